@@ -1,0 +1,13 @@
+//! The pure domain: typed values, the event decider, and the stored form of
+//! its facts. No actors, no I/O, no clocks.
+
+mod event;
+mod stored;
+mod values;
+
+pub use event::{
+    Command, DetailsPatch, DomainEvent, EventDetails, EventState, JoinedAs, Lifecycle, Membership,
+    Rejection, Waiter, decide, evolve,
+};
+pub use stored::{DecodeError, StoredEvent, current_schema_version};
+pub use values::{Capacity, Description, EventId, Tag, Title, UserId, ValueError, VenueId};

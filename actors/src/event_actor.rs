@@ -1,0 +1,410 @@
+//! The EventActor: one per event, the only writer of that event's state.
+//!
+//! A thin shell around `decide`/`evolve`: it decides each command against its
+//! in-memory state (including facts not yet durable, so a burst of joins is
+//! decided without waiting), hands the facts to the journal, and answers the
+//! caller only when the journal reports them committed. If a commit fails, the
+//! actor fails everything decided on top of it, leaves the registry and stops;
+//! the next command activates a fresh actor that rehydrates from the store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::Utc;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use crate::domain::{Command, DomainEvent, EventId, EventState, Membership, Rejection, UserId, decide, evolve};
+use crate::journal::{AppendError, Journal, Submit};
+use crate::registry::EventRegistry;
+use crate::store::{Append, EventStore, EventSummary, IdempotencyRecord};
+
+/// Tuning for every event actor.
+#[derive(Debug, Clone)]
+pub struct ActorSettings {
+    /// Commands queued for one event beyond this are refused with 503.
+    pub mailbox_capacity: usize,
+    /// An actor with nothing to do for this long leaves memory.
+    pub idle_timeout: Duration,
+    /// A snapshot is written after this many facts.
+    pub snapshot_every: u64,
+    /// How long idempotency records are kept.
+    pub idempotency_ttl: chrono::Duration,
+}
+
+impl Default for ActorSettings {
+    fn default() -> Self {
+        Self {
+            mailbox_capacity: 10_000,
+            idle_timeout: Duration::from_secs(300),
+            snapshot_every: 500,
+            idempotency_ttl: chrono::Duration::hours(24),
+        }
+    }
+}
+
+/// What a successful command leaves behind.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// False when the command was already in effect (joining twice,
+    /// publishing a published event): nothing new was recorded.
+    pub changed: bool,
+    pub summary: EventSummary,
+    /// The acting user's membership after a join or leave.
+    pub membership: Option<Membership>,
+}
+
+/// Turns an outcome into the `(status, body)` the client saw, so a replay can
+/// answer the same. Supplied by the HTTP layer, which owns response shapes.
+pub type RenderReply = fn(&Outcome) -> (u16, Value);
+
+/// The client's idempotency key for a command.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub user: UserId,
+    pub key: String,
+    pub fingerprint: String,
+    pub render: RenderReply,
+}
+
+/// Why a command did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// The event's queue (or the journal's) is full: retry shortly.
+    #[error("the event is busy; retry shortly")]
+    Overloaded,
+    /// Nothing was acknowledged; the store failed or the actor restarted.
+    #[error("the event is temporarily unavailable; retry shortly")]
+    Unavailable,
+}
+
+impl From<AppendError> for CommandError {
+    fn from(e: AppendError) -> Self {
+        match e {
+            AppendError::Overloaded => CommandError::Overloaded,
+            AppendError::Conflict | AppendError::Unavailable => CommandError::Unavailable,
+        }
+    }
+}
+
+pub type CommandReply = oneshot::Sender<Result<Outcome, CommandError>>;
+
+/// Counts a command in the mailbox-depth gauge for as long as it is queued.
+pub struct Queued(());
+
+impl Queued {
+    pub fn enter() -> Self {
+        metrics::gauge!("turnout_actor_mailbox_depth").increment(1.0);
+        Queued(())
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        metrics::gauge!("turnout_actor_mailbox_depth").decrement(1.0);
+    }
+}
+
+/// A command for one event.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Execute {
+    pub command: Command,
+    pub idempotency: Option<IdempotencyKey>,
+    pub request_id: Option<String>,
+    pub reply: CommandReply,
+    pub queued: Queued,
+}
+
+/// Facts handed to the journal and the callers waiting on them.
+struct InFlight {
+    events: Vec<DomainEvent>,
+    request_id: Option<String>,
+    waiters: Vec<(CommandReply, Outcome)>,
+    keys: Vec<(UserId, String)>,
+}
+
+pub struct EventActor {
+    id: EventId,
+    state: Option<EventState>,
+    store: Arc<dyn EventStore>,
+    journal: Addr<Journal>,
+    registry: EventRegistry,
+    settings: ActorSettings,
+    /// Keyed by submission order; the journal commits in that order.
+    in_flight: BTreeMap<u64, InFlight>,
+    /// Idempotency keys whose command is in flight, so a duplicate waits for
+    /// the same answer instead of being decided again.
+    in_flight_keys: HashMap<(UserId, String), (u64, Outcome)>,
+    next_seq: u64,
+    facts_since_snapshot: u64,
+    last_active: Instant,
+    /// Set after a failed commit or load: the state can no longer be trusted.
+    broken: bool,
+}
+
+impl EventActor {
+    pub(crate) fn new(
+        id: EventId,
+        store: Arc<dyn EventStore>,
+        journal: Addr<Journal>,
+        registry: EventRegistry,
+        settings: ActorSettings,
+    ) -> Self {
+        Self {
+            id,
+            state: None,
+            store,
+            journal,
+            registry,
+            settings,
+            in_flight: BTreeMap::new(),
+            in_flight_keys: HashMap::new(),
+            next_seq: 0,
+            facts_since_snapshot: 0,
+            last_active: Instant::now(),
+            broken: false,
+        }
+    }
+
+    fn execute(&mut self, msg: Execute, ctx: &mut Context<Self>) {
+        let Execute {
+            command,
+            idempotency,
+            request_id,
+            reply,
+            queued,
+        } = msg;
+        drop(queued);
+        self.last_active = Instant::now();
+        if self.broken {
+            let _ = reply.send(Err(CommandError::Unavailable));
+            return;
+        }
+        if let Some(key) = &idempotency
+            && let Some((seq, outcome)) = self.in_flight_keys.get(&(key.user, key.key.clone()))
+            && let Some(flight) = self.in_flight.get_mut(seq)
+        {
+            flight.waiters.push((reply, outcome.clone()));
+            return;
+        }
+
+        let decided = std::panic::catch_unwind(AssertUnwindSafe(|| decide(self.state.as_ref(), &command)));
+        let events = match decided {
+            Ok(Ok(events)) => events,
+            Ok(Err(rejection)) => {
+                metrics::counter!("turnout_commands_total", "outcome" => "rejected").increment(1);
+                let _ = reply.send(Err(rejection.into()));
+                return;
+            }
+            Err(_) => return self.crash(reply, ctx),
+        };
+
+        let base_version = self.state.as_ref().map_or(0, |s| s.version);
+        let state = self.state.take();
+        let folded = std::panic::catch_unwind(AssertUnwindSafe(|| events.iter().fold(state, evolve)));
+        let Ok(Some(state)) = folded else {
+            return self.crash(reply, ctx);
+        };
+
+        let outcome = Outcome {
+            changed: !events.is_empty(),
+            summary: EventSummary::from(&state),
+            membership: acting_user(&command).and_then(|u| state.membership(u)),
+        };
+        self.facts_since_snapshot += events.len() as u64;
+        let snapshot = (self.facts_since_snapshot >= self.settings.snapshot_every).then(|| {
+            self.facts_since_snapshot = 0;
+            state.clone()
+        });
+        self.state = Some(state);
+
+        if events.is_empty() && idempotency.is_none() {
+            // Nothing to write, but the answer may rest on facts still in
+            // flight: it must not be given before they are durable.
+            match self.in_flight.values_mut().next_back() {
+                Some(last) => last.waiters.push((reply, outcome)),
+                None => {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            return;
+        }
+
+        let now = Utc::now();
+        let record = idempotency.map(|key| {
+            let (status_code, response) = (key.render)(&outcome);
+            IdempotencyRecord {
+                user: key.user,
+                key: key.key,
+                fingerprint: key.fingerprint,
+                status_code,
+                response,
+                created_at: now,
+                expires_at: now + self.settings.idempotency_ttl,
+            }
+        });
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let keys: Vec<(UserId, String)> = record.iter().map(|r| (r.user, r.key.clone())).collect();
+        for key in &keys {
+            self.in_flight_keys.insert(key.clone(), (seq, outcome.clone()));
+        }
+        let append = Append {
+            stream: self.id,
+            base_version,
+            events: events.clone(),
+            summary: outcome.summary.clone(),
+            snapshot,
+            idempotency: record,
+            request_id: request_id.clone(),
+        };
+        self.in_flight.insert(
+            seq,
+            InFlight {
+                events,
+                request_id,
+                waiters: vec![(reply, outcome)],
+                keys,
+            },
+        );
+        let (tx, rx) = oneshot::channel();
+        self.journal.do_send(Submit { append, reply: tx });
+        ctx.spawn(rx.into_actor(self).map(move |result, actor, ctx| {
+            let result = result.unwrap_or(Err(AppendError::Unavailable));
+            actor.committed(seq, result, ctx);
+        }));
+    }
+
+    fn committed(&mut self, seq: u64, result: Result<(), AppendError>, ctx: &mut Context<Self>) {
+        let Some(flight) = self.in_flight.remove(&seq) else {
+            return;
+        };
+        for key in &flight.keys {
+            self.in_flight_keys.remove(key);
+        }
+        match result {
+            Ok(()) => {
+                log_facts(self.id, &flight);
+                for (reply, outcome) in flight.waiters {
+                    metrics::counter!("turnout_commands_total", "outcome" => "committed").increment(1);
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(error) => {
+                let error = CommandError::from(error);
+                // Everything decided after this append stood on it.
+                let later: Vec<u64> = self.in_flight.range(seq..).map(|(s, _)| *s).collect();
+                let failed = std::iter::once(flight).chain(later.into_iter().filter_map(|s| self.in_flight.remove(&s)));
+                for flight in failed {
+                    for (reply, _) in flight.waiters {
+                        metrics::counter!("turnout_commands_total", "outcome" => "failed").increment(1);
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+                self.in_flight_keys.retain(|_, (s, _)| *s < seq);
+                tracing::warn!(event_id = %self.id, "commit failed; the actor leaves and the next command reloads");
+                self.leave(ctx);
+            }
+        }
+        if self.broken && self.in_flight.is_empty() {
+            ctx.stop();
+        }
+    }
+
+    /// A panic in the domain: the state may be half-changed, so drop it.
+    fn crash(&mut self, reply: CommandReply, ctx: &mut Context<Self>) {
+        tracing::error!(event_id = %self.id, "event actor panicked; restarting from the store");
+        metrics::counter!("turnout_actor_panics_total").increment(1);
+        let _ = reply.send(Err(CommandError::Unavailable));
+        for (_, flight) in std::mem::take(&mut self.in_flight) {
+            for (reply, _) in flight.waiters {
+                let _ = reply.send(Err(CommandError::Unavailable));
+            }
+        }
+        self.in_flight_keys.clear();
+        self.leave(ctx);
+        ctx.stop();
+    }
+
+    /// Stops taking commands; the registry activates a fresh actor next time.
+    fn leave(&mut self, ctx: &mut Context<Self>) {
+        self.broken = true;
+        self.state = None;
+        self.registry.forget(self.id, &ctx.address());
+    }
+}
+
+fn acting_user(command: &Command) -> Option<UserId> {
+    match command {
+        Command::Join { user, .. } | Command::Leave { user, .. } => Some(*user),
+        _ => None,
+    }
+}
+
+/// One log line per business fact, after it is durable.
+fn log_facts(event_id: EventId, flight: &InFlight) {
+    let request_id = flight.request_id.as_deref().unwrap_or("-");
+    for fact in &flight.events {
+        match fact {
+            DomainEvent::Joined { user, status, .. } => {
+                tracing::info!(target: "turnout::facts", %event_id, user_id = %user, ?status, request_id, "joined")
+            }
+            DomainEvent::Promoted { user, .. } => {
+                tracing::info!(target: "turnout::facts", %event_id, user_id = %user, request_id, "promoted")
+            }
+            DomainEvent::Left { user, .. } => {
+                tracing::info!(target: "turnout::facts", %event_id, user_id = %user, request_id, "left")
+            }
+            other => tracing::info!(target: "turnout::facts", %event_id, request_id, "{}", other.kind()),
+        }
+    }
+}
+
+impl Actor for EventActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        metrics::gauge!("turnout_live_actors").increment(1.0);
+        let store = Arc::clone(&self.store);
+        let id = self.id;
+        // `wait` holds the mailbox until the state is back.
+        ctx.wait(
+            async move { store.load(id).await.and_then(|r| r.into_state()) }
+                .into_actor(self)
+                .map(|loaded, actor, ctx| match loaded {
+                    Ok(state) => actor.state = state,
+                    Err(error) => {
+                        tracing::error!(event_id = %actor.id, %error, "could not rehydrate event");
+                        actor.leave(ctx);
+                        ctx.stop();
+                    }
+                }),
+        );
+        let idle = self.settings.idle_timeout;
+        ctx.run_interval((idle / 4).max(Duration::from_millis(50)), move |actor, ctx| {
+            if actor.in_flight.is_empty() && actor.last_active.elapsed() >= idle {
+                tracing::debug!(event_id = %actor.id, "passivating idle event actor");
+                actor.registry.forget(actor.id, &ctx.address());
+                ctx.stop();
+            }
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        metrics::gauge!("turnout_live_actors").decrement(1.0);
+    }
+}
+
+impl Handler<Execute> for EventActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Execute, ctx: &mut Self::Context) {
+        self.execute(msg, ctx);
+    }
+}

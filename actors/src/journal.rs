@@ -1,0 +1,249 @@
+//! The Journal: the persistence supervisor every event actor writes through.
+//!
+//! It group-commits: whatever appends arrive while a transaction is in flight
+//! wait in a buffer and go together into the next one, so under load each
+//! commit carries more work instead of more commits queueing up. Each append
+//! is answered only after the transaction holding it has committed.
+//!
+//! A stream whose append failed is *fenced* until its actor reloads: later
+//! appends for it were decided on top of facts that never became durable, so
+//! they are refused until one arrives based on the last durable version.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use crate::domain::EventId;
+use crate::store::{Append, EventStore};
+
+/// Why an append was not made durable. The actor's caller gets a retryable
+/// error for every variant: nothing was acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    #[error("another writer took this stream's version, or an earlier append failed")]
+    Conflict,
+    #[error("the journal's buffer is full")]
+    Overloaded,
+    #[error("the commit failed or timed out")]
+    Unavailable,
+}
+
+pub type AppendReply = oneshot::Sender<Result<(), AppendError>>;
+
+/// Hands an append to the journal; `reply` resolves after its commit.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Submit {
+    pub append: Append,
+    pub reply: AppendReply,
+}
+
+/// Resolves once every append received so far has been committed or failed:
+/// the last step of a graceful shutdown.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Flush(pub oneshot::Sender<()>);
+
+#[derive(Debug, Clone)]
+pub struct JournalSettings {
+    /// Appends waiting beyond this are refused (callers see 503), so a stuck
+    /// database cannot grow memory without bound.
+    pub max_pending: usize,
+    /// Most appends in one transaction; keeps statements within bind limits.
+    pub max_batch: usize,
+    /// A commit taking longer fails its whole batch.
+    pub commit_timeout: Duration,
+}
+
+impl Default for JournalSettings {
+    fn default() -> Self {
+        Self {
+            max_pending: 50_000,
+            max_batch: 4_000,
+            commit_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+struct Pending {
+    append: Append,
+    reply: AppendReply,
+}
+
+pub struct Journal {
+    store: Arc<dyn EventStore>,
+    settings: JournalSettings,
+    buffer: VecDeque<Pending>,
+    committing: bool,
+    /// Streams fenced after a failure, with the version the next append must
+    /// build on.
+    fenced: HashMap<EventId, u64>,
+    flush_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl Journal {
+    pub fn new(store: Arc<dyn EventStore>, settings: JournalSettings) -> Self {
+        Self {
+            store,
+            settings,
+            buffer: VecDeque::new(),
+            committing: false,
+            fenced: HashMap::new(),
+            flush_waiters: Vec::new(),
+        }
+    }
+
+    fn start_commit(&mut self, ctx: &mut Context<Self>) {
+        if self.committing || self.buffer.is_empty() {
+            return;
+        }
+        self.committing = true;
+        let take = self.buffer.len().min(self.settings.max_batch);
+        let (appends, replies): (Vec<Append>, Vec<AppendReply>) = self
+            .buffer
+            .drain(..take)
+            .map(|p| (p.append, p.reply))
+            .unzip();
+        metrics::gauge!("turnout_journal_pending").set(self.buffer.len() as f64);
+        metrics::histogram!("turnout_journal_batch_size").record(appends.len() as f64);
+
+        let store = Arc::clone(&self.store);
+        let timeout = self.settings.commit_timeout;
+        let commit = async move {
+            let started = Instant::now();
+            let result = tokio::time::timeout(timeout, store.commit(&appends)).await;
+            metrics::histogram!("turnout_journal_commit_seconds")
+                .record(started.elapsed().as_secs_f64());
+            (appends, result)
+        };
+        ctx.spawn(
+            commit
+                .into_actor(self)
+                .map(move |(appends, result), journal, ctx| {
+                    journal.finish(appends, replies, result);
+                    journal.committing = false;
+                    journal.start_commit(ctx);
+                    journal.wake_flushers();
+                }),
+        );
+    }
+
+    fn finish(
+        &mut self,
+        appends: Vec<Append>,
+        replies: Vec<AppendReply>,
+        result: Result<Result<crate::store::CommitReport, crate::store::StoreError>, tokio::time::error::Elapsed>,
+    ) {
+        let conflicted = match result {
+            Ok(Ok(report)) => {
+                metrics::counter!("turnout_journal_commits_total", "outcome" => "ok").increment(1);
+                report.conflicted
+            }
+            Ok(Err(error)) => {
+                metrics::counter!("turnout_journal_commits_total", "outcome" => "error").increment(1);
+                tracing::error!(%error, appends = appends.len(), "journal commit failed");
+                return self.fail_all(appends, replies);
+            }
+            Err(_) => {
+                metrics::counter!("turnout_journal_commits_total", "outcome" => "timeout").increment(1);
+                tracing::error!(appends = appends.len(), "journal commit timed out");
+                return self.fail_all(appends, replies);
+            }
+        };
+        for (append, reply) in appends.into_iter().zip(replies) {
+            if conflicted.contains(&append.stream) {
+                tracing::warn!(stream = %append.stream, "version conflict; the actor will reload");
+                self.fence(&append);
+                let _ = reply.send(Err(AppendError::Conflict));
+            } else {
+                if self.fenced.get(&append.stream) == Some(&append.base_version) {
+                    self.fenced.remove(&append.stream);
+                }
+                let _ = reply.send(Ok(()));
+            }
+        }
+        self.drop_fenced_from_buffer();
+    }
+
+    fn fail_all(&mut self, appends: Vec<Append>, replies: Vec<AppendReply>) {
+        for (append, reply) in appends.into_iter().zip(replies) {
+            self.fence(&append);
+            let _ = reply.send(Err(AppendError::Unavailable));
+        }
+        self.drop_fenced_from_buffer();
+    }
+
+    /// The earliest failed base wins: that is the last durable version.
+    fn fence(&mut self, append: &Append) {
+        self.fenced.entry(append.stream).or_insert(append.base_version);
+    }
+
+    fn is_fenced_out(&self, append: &Append) -> bool {
+        self.fenced
+            .get(&append.stream)
+            .is_some_and(|&base| base != append.base_version)
+    }
+
+    fn drop_fenced_from_buffer(&mut self) {
+        if self.fenced.is_empty() {
+            return;
+        }
+        let (keep, refuse): (VecDeque<Pending>, VecDeque<Pending>) = std::mem::take(&mut self.buffer)
+            .into_iter()
+            .partition(|p| !self.is_fenced_out(&p.append));
+        self.buffer = keep;
+        for p in refuse {
+            let _ = p.reply.send(Err(AppendError::Conflict));
+        }
+    }
+
+    fn wake_flushers(&mut self) {
+        if !self.committing && self.buffer.is_empty() {
+            for waiter in self.flush_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+    }
+}
+
+impl Actor for Journal {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _ctx: &mut Self::Context) {
+        tracing::debug!("journal started");
+    }
+}
+
+impl Handler<Submit> for Journal {
+    type Result = ();
+
+    fn handle(&mut self, msg: Submit, ctx: &mut Self::Context) {
+        if self.is_fenced_out(&msg.append) {
+            let _ = msg.reply.send(Err(AppendError::Conflict));
+            return;
+        }
+        if self.buffer.len() >= self.settings.max_pending {
+            metrics::counter!("turnout_journal_refused_total").increment(1);
+            let _ = msg.reply.send(Err(AppendError::Overloaded));
+            return;
+        }
+        self.buffer.push_back(Pending {
+            append: msg.append,
+            reply: msg.reply,
+        });
+        metrics::gauge!("turnout_journal_pending").set(self.buffer.len() as f64);
+        self.start_commit(ctx);
+    }
+}
+
+impl Handler<Flush> for Journal {
+    type Result = ();
+
+    fn handle(&mut self, msg: Flush, _ctx: &mut Self::Context) {
+        self.flush_waiters.push(msg.0);
+        self.wake_flushers();
+    }
+}

@@ -1,0 +1,18 @@
+//! Turnout's core: the domain and the actors that own it.
+//!
+//! - `domain`: typed values and the event decider (`decide`, `evolve`) — pure.
+//! - `store`: the persistence port the journal and actors need; adapters live
+//!   in the server crate.
+//! - `journal`: the group-commit persistence supervisor.
+//! - `event_actor`: one actor per event, a thin shell around the decider.
+//! - `registry`: activates and routes to event actors.
+
+pub mod domain;
+pub mod event_actor;
+pub mod journal;
+pub mod registry;
+pub mod store;
+
+pub use event_actor::{ActorSettings, CommandError, IdempotencyKey, Outcome, RenderReply};
+pub use journal::{Flush, Journal, JournalSettings};
+pub use registry::EventRegistry;

@@ -1,0 +1,210 @@
+//! The persistence port: what the actors need from a database, and nothing
+//! about how. Adapters (SQLite, Postgres) live in the server crate.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::domain::{
+    Capacity, DomainEvent, EventDetails, EventId, EventState, JoinedAs, Lifecycle, StoredEvent,
+    UserId,
+};
+
+/// A database failure, described for operators. Never shown to clients.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// What the actor needs to rebuild an event: the latest snapshot, if any, and
+/// the facts recorded after it, in order.
+#[derive(Debug, Default)]
+pub struct Rehydration {
+    pub snapshot: Option<EventState>,
+    pub events: Vec<StoredEvent>,
+}
+
+impl Rehydration {
+    /// Folds the facts onto the snapshot, upcasting old shapes on the way.
+    pub fn into_state(self) -> Result<Option<EventState>, StoreError> {
+        let mut state = self.snapshot;
+        for stored in self.events {
+            let event = stored
+                .decode()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            state = crate::domain::evolve(state, &event);
+        }
+        Ok(state)
+    }
+}
+
+/// A successful command's replay record: the same key from the same user gets
+/// this answer again instead of a second effect.
+#[derive(Debug, Clone)]
+pub struct IdempotencyRecord {
+    pub user: UserId,
+    pub key: String,
+    /// What the key was used for (method and target); another use is refused.
+    pub fingerprint: String,
+    pub status_code: u16,
+    pub response: Value,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The event's row in the read model after an append.
+#[derive(Debug, Clone)]
+pub struct EventSummary {
+    pub id: EventId,
+    pub owner: UserId,
+    pub details: EventDetails,
+    pub capacity: Capacity,
+    pub lifecycle: Lifecycle,
+    pub active_count: usize,
+    pub waitlist_count: usize,
+    pub version: u64,
+}
+
+impl From<&EventState> for EventSummary {
+    fn from(state: &EventState) -> Self {
+        Self {
+            id: state.id,
+            owner: state.owner,
+            details: state.details.clone(),
+            capacity: state.capacity,
+            lifecycle: state.lifecycle,
+            active_count: state.active.len(),
+            waitlist_count: state.waitlist.len(),
+            version: state.version,
+        }
+    }
+}
+
+/// A membership's row in the `joins` read model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MembershipRow {
+    pub event_id: EventId,
+    pub user_id: UserId,
+    pub status: &'static str,
+    /// The stream version that put the row in its status: orders the active
+    /// list and the waitlist.
+    pub order_key: i64,
+    pub joined_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One actor's decided facts, handed to the journal for group commit.
+#[derive(Debug, Clone)]
+pub struct Append {
+    pub stream: EventId,
+    /// The stream's version before these facts.
+    pub base_version: u64,
+    pub events: Vec<DomainEvent>,
+    /// The event after the facts, for the read model.
+    pub summary: EventSummary,
+    /// Set every N facts so rehydration stays short.
+    pub snapshot: Option<EventState>,
+    pub idempotency: Option<IdempotencyRecord>,
+    pub request_id: Option<String>,
+}
+
+impl Append {
+    /// The facts numbered with their stream versions.
+    pub fn versioned(&self) -> impl Iterator<Item = (i64, &DomainEvent)> {
+        self.events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| ((self.base_version + 1 + i as u64) as i64, e))
+    }
+
+    /// Whether a fact here ends every membership of the event.
+    pub fn cancels(&self) -> bool {
+        self.events
+            .iter()
+            .any(|e| matches!(e, DomainEvent::Cancelled { .. }))
+    }
+
+    /// Whether the event's details (and so its tags) changed.
+    pub fn changes_details(&self) -> bool {
+        self.events.iter().any(|e| {
+            matches!(
+                e,
+                DomainEvent::Created { .. } | DomainEvent::DetailsChanged { .. }
+            )
+        })
+    }
+}
+
+/// The membership rows a batch of appends leaves behind: one per (event, user),
+/// the last change winning, in first-touched order.
+pub fn membership_rows(batch: &[Append]) -> Vec<MembershipRow> {
+    let mut index: HashMap<(EventId, UserId), usize> = HashMap::new();
+    let mut rows: Vec<MembershipRow> = Vec::new();
+    for append in batch {
+        for (version, event) in append.versioned() {
+            let row = match *event {
+                DomainEvent::Joined { user, status, at } => MembershipRow {
+                    event_id: append.stream,
+                    user_id: user,
+                    status: match status {
+                        JoinedAs::Active => "active",
+                        JoinedAs::Waitlisted => "waitlisted",
+                    },
+                    order_key: version,
+                    joined_at: at,
+                    updated_at: at,
+                },
+                DomainEvent::Promoted { user, joined_at, at } => MembershipRow {
+                    event_id: append.stream,
+                    user_id: user,
+                    status: "active",
+                    order_key: version,
+                    joined_at,
+                    updated_at: at,
+                },
+                DomainEvent::Left { user, joined_at, at } => MembershipRow {
+                    event_id: append.stream,
+                    user_id: user,
+                    status: "left",
+                    order_key: version,
+                    joined_at,
+                    updated_at: at,
+                },
+                _ => continue,
+            };
+            match index.get(&(row.event_id, row.user_id)) {
+                Some(&i) => rows[i] = row,
+                None => {
+                    index.insert((row.event_id, row.user_id), rows.len());
+                    rows.push(row);
+                }
+            }
+        }
+    }
+    rows
+}
+
+/// Which streams of a committed batch lost an optimistic-concurrency race.
+#[derive(Debug, Default)]
+pub struct CommitReport {
+    pub conflicted: Vec<EventId>,
+}
+
+/// The database behind the actors.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// The latest snapshot of a stream and the facts after it. An unknown
+    /// stream gives an empty rehydration.
+    async fn load(&self, stream: EventId) -> Result<Rehydration, StoreError>;
+
+    /// Writes a batch in one transaction: event log, snapshots, read models,
+    /// idempotency records and outbox rows, all or nothing — except that
+    /// streams whose versions were taken by another writer are left out and
+    /// reported in [`CommitReport::conflicted`].
+    async fn commit(&self, batch: &[Append]) -> Result<CommitReport, StoreError>;
+}
