@@ -1,1 +1,56 @@
-fn main() {}
+//! `turnout`: run the server (`serve`, the default) or apply migrations.
+
+use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
+use turnout::app::Application;
+use turnout::config::{Overrides, Settings, redact_url};
+
+#[derive(Parser)]
+#[command(name = "turnout", version, about = "Real-time event server")]
+struct Cli {
+    /// A settings file layered over the compiled-in defaults.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<String>,
+    /// Address to listen on [env: TURNOUT_BIND].
+    #[arg(long, global = true)]
+    bind: Option<String>,
+    /// sqlite:… or postgres:… [env: TURNOUT_DATABASE_URL].
+    #[arg(long, global = true)]
+    database_url: Option<String>,
+    /// redis://… for cross-node fan-out [env: TURNOUT_REDIS_URL].
+    #[arg(long, global = true)]
+    redis_url: Option<String>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the API (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(&Overrides {
+        config_file: cli.config,
+        bind: cli.bind,
+        database_url: cli.database_url,
+        redis_url: cli.redis_url,
+    })?;
+    let _logs = turnout::telemetry::init_logs(&settings.log_format, &settings.log_level);
+    let system = actix_web::rt::System::new();
+    match cli.command.unwrap_or(Cmd::Serve) {
+        Cmd::Serve => system.block_on(async {
+            let app = Application::build(settings).await?;
+            app.run_until_stopped().await
+        }),
+        Cmd::Migrate => system.block_on(async {
+            turnout::store::connect(settings.database_url.expose_secret(), &settings.database).await?;
+            tracing::info!(database = %redact_url(&settings.database_url), "migrations applied");
+            Ok(())
+        }),
+    }
+}

@@ -142,7 +142,7 @@ impl Append {
 
 /// The membership rows a batch of appends leaves behind: one per (event, user),
 /// the last change winning, in first-touched order.
-pub fn membership_rows(batch: &[Append]) -> Vec<MembershipRow> {
+pub fn membership_rows<'a>(batch: impl IntoIterator<Item = &'a Append>) -> Vec<MembershipRow> {
     let mut index: HashMap<(EventId, UserId), usize> = HashMap::new();
     let mut rows: Vec<MembershipRow> = Vec::new();
     for append in batch {

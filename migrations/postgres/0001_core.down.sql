@@ -1,0 +1,9 @@
+DROP TABLE outbox;
+DROP TABLE idempotency_keys;
+DROP TABLE joins;
+DROP TABLE event_tags;
+DROP TABLE events;
+DROP TABLE snapshots;
+DROP TABLE event_log;
+DROP TABLE venues;
+DROP TABLE users;

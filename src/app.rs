@@ -1,0 +1,180 @@
+//! Wiring: builds the store, the journal, the event registry and the HTTP
+//! server from settings. Tests build the same [`Application`] on port 0.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::middleware::{DefaultHeaders, from_fn};
+use actix_web::{App, HttpServer, dev::Server, web};
+use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::oneshot;
+use turnout_actors::store::EventStore;
+use turnout_actors::{ActorSettings, EventRegistry, Flush, Journal, JournalSettings};
+
+use crate::auth::TokenKeys;
+use crate::config::{Environment, Settings, redact_url};
+use crate::http::{self, AppState, request_context};
+use crate::store::{self, Store};
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    journal: Addr<Journal>,
+    threads: Vec<Arbiter>,
+}
+
+impl Application {
+    /// Connects (and migrates) the database, starts the actors and binds the
+    /// listener. Must run inside an actix `System`.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let store = store::connect(settings.database_url.expose_secret(), &settings.database)
+            .await
+            .with_context(|| format!("cannot open the database at {}", redact_url(&settings.database_url)))?;
+        let tokens = web::Data::new(token_keys(&settings)?);
+
+        let journal_thread = Arbiter::new();
+        let event_store: Arc<dyn EventStore> = store.clone();
+        let journal_settings = JournalSettings {
+            max_pending: settings.journal.max_pending,
+            max_batch: settings.journal.max_batch,
+            commit_timeout: Duration::from_millis(settings.journal.commit_timeout_ms),
+        };
+        let journal = Journal::start_in_arbiter(&journal_thread.handle(), move |_| {
+            Journal::new(event_store, journal_settings)
+        });
+
+        let actor_threads = match settings.actors.threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let mut threads: Vec<Arbiter> = (0..actor_threads).map(|_| Arbiter::new()).collect();
+        let registry = EventRegistry::new(
+            store.clone(),
+            journal.clone(),
+            ActorSettings {
+                mailbox_capacity: settings.actors.mailbox_capacity,
+                idle_timeout: Duration::from_secs(settings.actors.idle_timeout_secs),
+                snapshot_every: settings.actors.snapshot_every,
+                idempotency_ttl: chrono::Duration::hours(settings.idempotency.ttl_hours),
+            },
+            threads.iter().map(Arbiter::handle).collect(),
+        );
+        threads.push(journal_thread);
+
+        spawn_idempotency_purge(store.clone(), Duration::from_secs(settings.idempotency.purge_interval_secs));
+
+        let state = web::Data::new(AppState {
+            store,
+            registry,
+            metrics: crate::telemetry::metrics(),
+            write_timeout: settings.write_timeout(),
+        });
+        let max_body = settings.http.max_body_bytes;
+        let listener = TcpListener::bind(&settings.bind).with_context(|| format!("cannot bind {}", settings.bind))?;
+        let port = listener.local_addr()?.port();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .wrap(
+                    DefaultHeaders::new()
+                        .add(("X-Content-Type-Options", "nosniff"))
+                        .add(("X-Frame-Options", "DENY"))
+                        .add(("Referrer-Policy", "no-referrer")),
+                )
+                .wrap(from_fn(request_context::middleware))
+                .app_data(state.clone())
+                .app_data(tokens.clone())
+                .configure(http::configure(max_body))
+        })
+        .shutdown_timeout(settings.http.shutdown_timeout_secs)
+        .listen(listener)?;
+        if settings.http.workers > 0 {
+            server = server.workers(settings.http.workers);
+        }
+        tracing::info!(
+            bind = %settings.bind, port,
+            database = %redact_url(&settings.database_url),
+            actor_threads,
+            "turnout listening"
+        );
+        Ok(Self {
+            port,
+            server: server.run(),
+            journal,
+            threads,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGTERM/SIGINT, then stops accepting, lets in-flight
+    /// requests finish, and flushes the journal before returning.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.server.await?;
+        tracing::info!("http stopped; flushing the journal");
+        let (done, flushed) = oneshot::channel();
+        self.journal.do_send(Flush(done));
+        if tokio::time::timeout(Duration::from_secs(10), flushed).await.is_err() {
+            tracing::warn!("the journal did not flush within 10 s");
+        }
+        for thread in self.threads {
+            thread.stop();
+        }
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}
+
+/// The JWT keys: configured ones, or in development a generated key kept in
+/// the data directory so tokens survive restarts.
+fn token_keys(settings: &Settings) -> anyhow::Result<TokenKeys> {
+    let mut keys = settings.jwt_keys();
+    if keys.is_empty() {
+        debug_assert_eq!(settings.env, Environment::Development, "production settings require keys");
+        let path = std::path::Path::new(&settings.data_dir).join("jwt.key");
+        let key = match std::fs::read_to_string(&path) {
+            Ok(existing) if existing.trim().len() >= 32 => existing.trim().to_owned(),
+            _ => {
+                std::fs::create_dir_all(&settings.data_dir)?;
+                let key: String = {
+                    use rand::Rng;
+                    let bytes: [u8; 32] = rand::rng().random();
+                    bytes.iter().map(|b| format!("{b:02x}")).collect()
+                };
+                write_private(&path, &key)?;
+                key
+            }
+        };
+        tracing::warn!(path = %path.display(), "no TURNOUT_JWT_SECRETS set: using a development key from the data directory");
+        keys.push(SecretString::from(key));
+    }
+    tracing::info!(target: "turnout::audit", keys = keys.len(), "jwt keys loaded; the first signs");
+    Ok(TokenKeys::new(&keys, settings.auth.issuer.clone(), settings.auth.token_ttl_secs))
+}
+
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents.as_bytes())
+}
+
+fn spawn_idempotency_purge(store: Arc<dyn Store>, every: Duration) {
+    actix_web::rt::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            match store.purge_expired_replies(chrono::Utc::now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "purged expired idempotency records"),
+                Err(error) => tracing::warn!(%error, "could not purge idempotency records"),
+            }
+        }
+    });
+}

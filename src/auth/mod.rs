@@ -1,0 +1,11 @@
+//! Identity: account credentials (argon2id), bearer tokens (HS256 JWT with a
+//! rotating key list), and the request extractors that turn a token into a
+//! user.
+
+mod credentials;
+mod extract;
+mod tokens;
+
+pub use credentials::{DisplayName, Email, Password, hash_password, verify_password};
+pub use extract::{AuthUser, MaybeUser};
+pub use tokens::{Claims, TokenError, TokenKeys};

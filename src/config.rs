@@ -1,0 +1,188 @@
+//! Settings, layered: the compiled-in `config/default.toml`, then an optional
+//! file, then `TURNOUT_*` environment variables, then command-line flags.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::store::PoolSettings;
+
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub env: Environment,
+    pub bind: String,
+    /// May carry a password: printed only through [`redact_url`].
+    pub database_url: SecretString,
+    pub redis_url: Option<SecretString>,
+    pub data_dir: String,
+    pub log_format: String,
+    pub log_level: String,
+    /// Comma-separated HS256 keys; the first signs, any verifies.
+    pub jwt_secrets: Option<SecretString>,
+    pub auth: AuthSettings,
+    pub database: PoolSettings,
+    pub journal: JournalConfig,
+    pub actors: ActorConfig,
+    pub http: HttpSettings,
+    pub idempotency: IdempotencySettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    pub issuer: String,
+    pub token_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct JournalConfig {
+    pub max_pending: usize,
+    pub max_batch: usize,
+    pub commit_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ActorConfig {
+    pub mailbox_capacity: usize,
+    pub idle_timeout_secs: u64,
+    pub snapshot_every: u64,
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    pub write_timeout_ms: u64,
+    pub max_body_bytes: usize,
+    pub workers: usize,
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct IdempotencySettings {
+    pub ttl_hours: i64,
+    pub purge_interval_secs: u64,
+}
+
+/// Values given on the command line; they win over everything else.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config_file: Option<String>,
+    pub bind: Option<String>,
+    pub database_url: Option<String>,
+    pub redis_url: Option<String>,
+}
+
+impl Settings {
+    pub fn load(overrides: &Overrides) -> anyhow::Result<Self> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(path) = &overrides.config_file {
+            builder = builder.add_source(config::File::with_name(path).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("TURNOUT")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true),
+        );
+        for (key, value) in [
+            ("bind", &overrides.bind),
+            ("database_url", &overrides.database_url),
+            ("redis_url", &overrides.redis_url),
+        ] {
+            builder = builder.set_override_option(key, value.clone())?;
+        }
+        let settings: Settings = builder
+            .build()?
+            .try_deserialize()
+            .context("invalid configuration")?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.env == Environment::Production {
+            let keys = self.jwt_keys();
+            anyhow::ensure!(
+                !keys.is_empty(),
+                "TURNOUT_ENV=production needs TURNOUT_JWT_SECRETS (comma-separated keys of at least 32 bytes)"
+            );
+            anyhow::ensure!(
+                keys.iter().all(|k| k.expose_secret().len() >= 32),
+                "every key in TURNOUT_JWT_SECRETS must be at least 32 bytes in production"
+            );
+        }
+        anyhow::ensure!(self.http.max_body_bytes > 0, "http.max_body_bytes must be positive");
+        Ok(())
+    }
+
+    /// The configured JWT keys, first (signing) key first.
+    pub fn jwt_keys(&self) -> Vec<SecretString> {
+        self.jwt_secrets
+            .as_ref()
+            .map(|s| {
+                s.expose_secret()
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(|k| SecretString::from(k.to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.http.write_timeout_ms)
+    }
+}
+
+/// A URL fit for logs: the password, if any, replaced.
+pub fn redact_url(url: &SecretString) -> String {
+    let raw = url.expose_secret();
+    match (raw.find("://"), raw.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &raw[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}://{}:***@{}", &raw[..scheme_end], user, &raw[at + 1..])
+        }
+        _ => raw.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_flags_win() {
+        let settings = Settings::load(&Overrides {
+            bind: Some("127.0.0.1:9999".into()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(settings.bind, "127.0.0.1:9999");
+        assert!(settings.database_url.expose_secret().starts_with("sqlite:"));
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let settings = Settings::load(&Overrides {
+            database_url: Some("postgres://app:hunter2@db:5432/x".into()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert_eq!(redact_url(&settings.database_url), "postgres://app:***@db:5432/x");
+    }
+}

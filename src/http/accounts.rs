@@ -1,0 +1,228 @@
+//! Accounts: register, log in, read and update the caller's profile.
+
+use actix_web::{HttpResponse, web};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use sqlx::types::Json;
+use turnout_actors::domain::{Tag, UserId, ValueError};
+use uuid::Uuid;
+
+use super::{ApiError, AppState};
+use crate::auth::{AuthUser, DisplayName, Email, Password, TokenKeys, hash_password, verify_password};
+use crate::store::{UserRecord, from_micros, micros};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/auth/register", web::post().to(register))
+        .route("/auth/login", web::post().to(login))
+        .route("/me", web::get().to(me))
+        .route("/me", web::patch().to(update_me));
+}
+
+/// A point on the map.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GeoPoint {
+    pub lat: f64,
+    pub lon: f64,
+}
+
+impl GeoPoint {
+    pub fn check(self, field: &'static str) -> Result<(f64, f64), ValueError> {
+        if !(-90.0..=90.0).contains(&self.lat) || !(-180.0..=180.0).contains(&self.lon) {
+            return Err(ValueError::new(field, "lat must be -90..90 and lon -180..180"));
+        }
+        Ok((self.lat, self.lon))
+    }
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub email: String,
+    /// 8 to 128 characters.
+    pub password: String,
+    pub display_name: String,
+    /// Tags you like, e.g. `["jazz", "open-air"]`.
+    pub interests: Option<Vec<String>>,
+    pub home: Option<GeoPoint>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMeRequest {
+    pub interests: Option<Vec<String>>,
+    /// `null` forgets the home location.
+    #[serde(default, deserialize_with = "super::events::present")]
+    #[schema(value_type = Option<GeoPoint>)]
+    pub home: Option<Option<GeoPoint>>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UserView {
+    pub id: Uuid,
+    pub email: String,
+    pub display_name: String,
+    pub interests: Vec<String>,
+    pub home: Option<GeoPoint>,
+    pub role: String,
+    pub created_at: chrono::DateTime<Utc>,
+}
+
+impl From<UserRecord> for UserView {
+    fn from(u: UserRecord) -> Self {
+        Self {
+            id: u.id,
+            email: u.email,
+            display_name: u.display_name,
+            interests: u.interests.0,
+            home: u.home_lat.zip(u.home_lon).map(|(lat, lon)| GeoPoint { lat, lon }),
+            role: u.role,
+            created_at: from_micros(u.created_at),
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Session {
+    pub user: UserView,
+    /// Send as `Authorization: Bearer <token>`.
+    pub token: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SessionEnvelope {
+    pub data: Session,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UserEnvelope {
+    pub data: UserView,
+}
+
+fn interests(raw: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
+    let tags = Tag::parse_list(&raw.unwrap_or_default()).map_err(|e| ValueError::new("interests", e.reason))?;
+    Ok(tags.into_iter().map(String::from).collect())
+}
+
+/// Create an account and get a token.
+#[utoipa::path(post, path = "/v1/auth/register", tag = "accounts", request_body = RegisterRequest,
+    responses((status = 201, body = SessionEnvelope), (status = 409, description = "email taken", body = super::ErrorBody),
+        (status = 422, description = "invalid field", body = super::ErrorBody)))]
+pub async fn register(
+    state: web::Data<AppState>,
+    tokens: web::Data<TokenKeys>,
+    body: web::Json<RegisterRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let email = Email::parse(&body.email)?;
+    let password = Password::parse(body.password)?;
+    let display_name = DisplayName::parse(&body.display_name)?;
+    let interests = interests(body.interests)?;
+    let home = body.home.map(|h| h.check("home")).transpose()?;
+
+    let password_hash = web::block(move || hash_password(&password))
+        .await
+        .map_err(|_| ApiError::Internal)?;
+    let user = UserRecord {
+        id: UserId::new().as_uuid(),
+        email: email.as_str().to_owned(),
+        password_hash,
+        display_name: display_name.into_inner(),
+        interests: Json(interests),
+        home_lat: home.map(|h| h.0),
+        home_lon: home.map(|h| h.1),
+        role: "attendee".into(),
+        created_at: micros(Utc::now()),
+    };
+    let created = state.within_deadline(async { Ok(state.store.create_user(&user).await?) }).await?;
+    if !created {
+        return Err(ApiError::conflict("email_taken", "an account with this email already exists"));
+    }
+    tracing::info!(target: "turnout::audit", user_id = %user.id, "account registered");
+    let token = tokens.issue(UserId::from(user.id), Some(user.role.clone()));
+    Ok(HttpResponse::Created().json(SessionEnvelope {
+        data: Session { user: user.into(), token },
+    }))
+}
+
+/// Exchange email and password for a token.
+#[utoipa::path(post, path = "/v1/auth/login", tag = "accounts", request_body = LoginRequest,
+    responses((status = 200, body = SessionEnvelope), (status = 401, description = "wrong email or password", body = super::ErrorBody)))]
+pub async fn login(
+    state: web::Data<AppState>,
+    tokens: web::Data<TokenKeys>,
+    body: web::Json<LoginRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let user = match Email::parse(&body.email) {
+        Ok(email) => state.store.user_by_email(email.as_str()).await?,
+        Err(_) => None,
+    };
+    // Verify against a real hash even for unknown emails, so timing does not
+    // tell which accounts exist.
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let hash = match &user {
+        Some(u) => u.password_hash.clone(),
+        None => DUMMY
+            .get_or_init(|| hash_password(&Password::parse("not-a-real-password".into()).expect("valid")))
+            .clone(),
+    };
+    let password = body.password;
+    let matches = web::block(move || verify_password(&password, &hash))
+        .await
+        .map_err(|_| ApiError::Internal)?;
+    match user {
+        Some(user) if matches => {
+            tracing::info!(target: "turnout::audit", user_id = %user.id, "login");
+            let token = tokens.issue(UserId::from(user.id), Some(user.role.clone()));
+            Ok(HttpResponse::Ok().json(SessionEnvelope {
+                data: Session { user: user.into(), token },
+            }))
+        }
+        _ => {
+            tracing::info!(target: "turnout::audit", "failed login");
+            Err(ApiError::Unauthorized("wrong email or password"))
+        }
+    }
+}
+
+/// The caller's profile.
+#[utoipa::path(get, path = "/v1/me", tag = "accounts", security(("bearer" = [])),
+    responses((status = 200, body = UserEnvelope), (status = 404, description = "token without a local account", body = super::ErrorBody)))]
+pub async fn me(state: web::Data<AppState>, user: AuthUser) -> Result<HttpResponse, ApiError> {
+    let record = state.store.user(user.id).await?.ok_or(ApiError::NotFound("account"))?;
+    Ok(HttpResponse::Ok().json(UserEnvelope { data: record.into() }))
+}
+
+/// Update interests or home location.
+#[utoipa::path(patch, path = "/v1/me", tag = "accounts", security(("bearer" = [])), request_body = UpdateMeRequest,
+    responses((status = 200, body = UserEnvelope), (status = 422, body = super::ErrorBody)))]
+pub async fn update_me(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    body: web::Json<UpdateMeRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let current = state.store.user(user.id).await?.ok_or(ApiError::NotFound("account"))?;
+    let interests = match body.interests {
+        Some(raw) => self::interests(Some(raw))?,
+        None => current.interests.0.clone(),
+    };
+    let home = match body.home {
+        Some(Some(point)) => Some(point.check("home")?),
+        Some(None) => None,
+        None => current.home_lat.zip(current.home_lon),
+    };
+    state
+        .within_deadline(async { Ok(state.store.update_profile(user.id, &interests, home).await?) })
+        .await?;
+    let record = state.store.user(user.id).await?.ok_or(ApiError::NotFound("account"))?;
+    Ok(HttpResponse::Ok().json(UserEnvelope { data: record.into() }))
+}

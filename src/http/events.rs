@@ -1,0 +1,277 @@
+//! Events: create, publish, change, cancel, read and list. Every change is a
+//! command to the event's actor; reads come from the read model.
+
+use actix_web::{HttpResponse, web};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use turnout_actors::domain::{
+    Capacity, Command, Description, DetailsPatch, EventDetails, EventId, Lifecycle, Tag, Title, VenueId,
+};
+use turnout_actors::store::EventSummary;
+use uuid::Uuid;
+
+use super::pagination::{self, Page};
+use super::{ApiError, AppState};
+use crate::auth::{AuthUser, MaybeUser};
+use crate::store::{EventFilter, EventRecord, from_micros};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/events", web::post().to(create_event))
+        .route("/events", web::get().to(list_events))
+        .route("/events/{id}", web::get().to(get_event))
+        .route("/events/{id}", web::patch().to(update_event))
+        .route("/events/{id}/publish", web::post().to(publish_event))
+        .route("/events/{id}/cancel", web::post().to(cancel_event));
+}
+
+/// Tells a field sent as `null` (`Some(None)`) from one left out (`None`).
+pub fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEventRequest {
+    pub title: String,
+    pub description: Option<String>,
+    pub venue_id: Uuid,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: Option<DateTime<Utc>>,
+    /// 1 to 1,000,000.
+    pub capacity: i64,
+    pub tags: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateEventRequest {
+    pub title: Option<String>,
+    /// `null` clears it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub description: Option<Option<String>>,
+    pub venue_id: Option<Uuid>,
+    pub starts_at: Option<DateTime<Utc>>,
+    /// `null` clears it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    pub ends_at: Option<Option<DateTime<Utc>>>,
+    /// A raise promotes waiters in order; a cut below the active count is 409.
+    pub capacity: Option<i64>,
+    pub tags: Option<Vec<String>>,
+}
+
+/// An event with its live counts.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventView {
+    pub id: Uuid,
+    pub owner_id: Uuid,
+    pub venue_id: Uuid,
+    pub title: String,
+    pub description: Option<String>,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub tags: Vec<String>,
+    /// `draft`, `published` or `cancelled`.
+    pub status: String,
+    pub capacity: i64,
+    pub active_count: i64,
+    pub waitlist_count: i64,
+    pub places_left: i64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EventEnvelope {
+    pub data: EventView,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EventPage {
+    pub data: Vec<EventView>,
+    pub next_cursor: Option<String>,
+}
+
+impl From<EventRecord> for EventView {
+    fn from(e: EventRecord) -> Self {
+        Self {
+            id: e.id,
+            owner_id: e.owner_id,
+            venue_id: e.venue_id,
+            title: e.title,
+            description: e.description,
+            starts_at: from_micros(e.starts_at),
+            ends_at: e.ends_at.map(from_micros),
+            tags: e.tags,
+            status: e.status,
+            capacity: e.capacity,
+            active_count: e.active_count,
+            waitlist_count: e.waitlist_count,
+            places_left: (e.capacity - e.active_count).max(0),
+        }
+    }
+}
+
+impl From<&EventSummary> for EventView {
+    fn from(s: &EventSummary) -> Self {
+        let capacity = i64::from(s.capacity);
+        Self {
+            id: s.id.as_uuid(),
+            owner_id: s.owner.as_uuid(),
+            venue_id: s.details.venue_id.as_uuid(),
+            title: s.details.title.as_str().to_owned(),
+            description: s.details.description.as_ref().map(|d| d.as_str().to_owned()),
+            starts_at: s.details.starts_at,
+            ends_at: s.details.ends_at,
+            tags: s.details.tags.iter().map(|t| t.as_str().to_owned()).collect(),
+            status: s.lifecycle.as_str().to_owned(),
+            capacity,
+            active_count: s.active_count as i64,
+            waitlist_count: s.waitlist_count as i64,
+            places_left: (capacity - s.active_count as i64).max(0),
+        }
+    }
+}
+
+async fn require_venue(state: &AppState, id: Uuid) -> Result<VenueId, ApiError> {
+    let venue = VenueId::from(id);
+    match state.store.venue(venue).await? {
+        Some(_) => Ok(venue),
+        None => Err(ApiError::unprocessable("unknown_venue", "venue_id does not name a venue")),
+    }
+}
+
+fn summary_response(status: actix_web::http::StatusCode, summary: &EventSummary) -> HttpResponse {
+    HttpResponse::build(status).json(EventEnvelope { data: summary.into() })
+}
+
+/// Create an event (as a draft); the caller owns it.
+#[utoipa::path(post, path = "/v1/events", tag = "events", security(("bearer" = [])), request_body = CreateEventRequest,
+    responses((status = 201, body = EventEnvelope), (status = 422, body = super::ErrorBody)))]
+pub async fn create_event(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    body: web::Json<CreateEventRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let details = EventDetails {
+        title: Title::parse(&body.title)?,
+        description: body.description.as_deref().map(Description::parse).transpose()?,
+        venue_id: VenueId::from(body.venue_id),
+        starts_at: body.starts_at,
+        ends_at: body.ends_at,
+        tags: Tag::parse_list(&body.tags.unwrap_or_default())?,
+    };
+    let capacity = Capacity::parse(body.capacity)?;
+    require_venue(&state, body.venue_id).await?;
+    let id = EventId::new();
+    let command = Command::Create {
+        id,
+        owner: user.id,
+        details,
+        capacity,
+        at: super::now(),
+    };
+    let outcome = state.execute(id, command, None).await?;
+    Ok(summary_response(actix_web::http::StatusCode::CREATED, &outcome.summary))
+}
+
+/// Change details or capacity (owner only).
+#[utoipa::path(patch, path = "/v1/events/{id}", tag = "events", security(("bearer" = [])), params(("id" = Uuid, Path)),
+    request_body = UpdateEventRequest,
+    responses((status = 200, body = EventEnvelope), (status = 403, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
+pub async fn update_event(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    id: web::Path<Uuid>,
+    body: web::Json<UpdateEventRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let patch = DetailsPatch {
+        title: body.title.as_deref().map(Title::parse).transpose()?,
+        description: body
+            .description
+            .map(|d| d.as_deref().map(Description::parse).transpose())
+            .transpose()?,
+        venue_id: match body.venue_id {
+            Some(venue) => Some(require_venue(&state, venue).await?),
+            None => None,
+        },
+        starts_at: body.starts_at,
+        ends_at: body.ends_at,
+        tags: body.tags.as_deref().map(Tag::parse_list).transpose()?,
+    };
+    let capacity = body.capacity.map(Capacity::parse).transpose()?;
+    let command = Command::Update {
+        by: user.id,
+        patch,
+        capacity,
+        at: super::now(),
+    };
+    let outcome = state.execute(EventId::from(id.into_inner()), command, None).await?;
+    Ok(summary_response(actix_web::http::StatusCode::OK, &outcome.summary))
+}
+
+/// Publish a draft (owner only): it becomes listed and joinable.
+#[utoipa::path(post, path = "/v1/events/{id}/publish", tag = "events", security(("bearer" = [])), params(("id" = Uuid, Path)),
+    responses((status = 200, body = EventEnvelope), (status = 403, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
+pub async fn publish_event(state: web::Data<AppState>, user: AuthUser, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+    let command = Command::Publish { by: user.id, at: super::now() };
+    let outcome = state.execute(EventId::from(id.into_inner()), command, None).await?;
+    Ok(summary_response(actix_web::http::StatusCode::OK, &outcome.summary))
+}
+
+/// Cancel (owner only): every membership ends.
+#[utoipa::path(post, path = "/v1/events/{id}/cancel", tag = "events", security(("bearer" = [])), params(("id" = Uuid, Path)),
+    responses((status = 200, body = EventEnvelope), (status = 403, body = super::ErrorBody)))]
+pub async fn cancel_event(state: web::Data<AppState>, user: AuthUser, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+    let command = Command::Cancel { by: user.id, at: super::now() };
+    let outcome = state.execute(EventId::from(id.into_inner()), command, None).await?;
+    Ok(summary_response(actix_web::http::StatusCode::OK, &outcome.summary))
+}
+
+/// An event with live counts. Drafts are visible to their owner only.
+#[utoipa::path(get, path = "/v1/events/{id}", tag = "events", params(("id" = Uuid, Path)),
+    responses((status = 200, body = EventEnvelope), (status = 404, body = super::ErrorBody)))]
+pub async fn get_event(state: web::Data<AppState>, user: MaybeUser, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+    let event = state
+        .store
+        .event(EventId::from(id.into_inner()))
+        .await?
+        .filter(|e| e.status != Lifecycle::Draft.as_str() || user.0.as_ref().is_some_and(|u| u.id.as_uuid() == e.owner_id))
+        .ok_or(ApiError::NotFound("event"))?;
+    Ok(HttpResponse::Ok().json(EventEnvelope { data: event.into() }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventListQuery {
+    pub venue_id: Option<Uuid>,
+    pub tag: Option<String>,
+    /// Start of the window (inclusive); defaults to now.
+    pub from: Option<DateTime<Utc>>,
+    /// End of the window (exclusive).
+    pub to: Option<DateTime<Utc>>,
+    pub cursor: Option<String>,
+    /// 1 to 100; 20 when absent.
+    pub limit: Option<i64>,
+}
+
+/// Published events, soonest first.
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventListQuery),
+    responses((status = 200, body = EventPage), (status = 400, body = super::ErrorBody)))]
+pub async fn list_events(state: web::Data<AppState>, query: web::Query<EventListQuery>) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let limit = pagination::limit(query.limit)?;
+    let tag = query.tag.as_deref().map(Tag::parse).transpose()?;
+    let filter = EventFilter {
+        venue_id: query.venue_id.map(VenueId::from),
+        tag: tag.map(String::from),
+        from: Some(query.from.unwrap_or_else(Utc::now)),
+        to: query.to,
+        after: pagination::decode(query.cursor.as_deref())?,
+        limit: limit + 1,
+    };
+    let rows = state.store.list_events(&filter).await?;
+    let page: Page<EventView> = pagination::page(rows, limit, |e| (e.starts_at, e.id), EventView::from);
+    Ok(HttpResponse::Ok().json(page))
+}

@@ -1,0 +1,224 @@
+//! Joining and leaving events, the owner's attendee list, and the caller's
+//! own joins.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use turnout_actors::domain::{Command, EventId, Membership};
+use turnout_actors::{IdempotencyKey, Outcome};
+use uuid::Uuid;
+
+use super::events::EventView;
+use super::pagination::{self, PageQuery};
+use super::{ApiError, AppState};
+use crate::auth::AuthUser;
+use crate::store::{MembershipRecord, from_micros};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/events/{id}/join", web::post().to(join_event))
+        .route("/events/{id}/join", web::delete().to(leave_event))
+        .route("/events/{id}/attendees", web::get().to(attendees))
+        .route("/me/joins", web::get().to(my_joins));
+}
+
+/// Where the caller stands in an event.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct JoinView {
+    pub event_id: Uuid,
+    /// `active`, `waitlisted` or `left`.
+    pub status: String,
+    /// 1-based waitlist position; null unless waitlisted.
+    pub position: Option<usize>,
+    pub joined_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct JoinEnvelope {
+    pub data: JoinView,
+}
+
+impl JoinView {
+    fn new(event: EventId, membership: Option<Membership>) -> Self {
+        let (status, position, joined_at) = match membership {
+            Some(Membership::Active { joined_at }) => ("active", None, Some(joined_at)),
+            Some(Membership::Waitlisted { position, joined_at }) => ("waitlisted", Some(position), Some(joined_at)),
+            None => ("left", None, None),
+        };
+        Self {
+            event_id: event.as_uuid(),
+            status: status.to_owned(),
+            position,
+            joined_at,
+        }
+    }
+}
+
+/// The join answer, also stored for idempotent replay.
+fn render_join(outcome: &Outcome) -> (u16, Value) {
+    let status = if outcome.changed { 201 } else { 200 };
+    let view = JoinView::new(outcome.summary.id, outcome.membership);
+    (status, serde_json::to_value(view).expect("views serialise"))
+}
+
+fn idempotency_key(req: &HttpRequest) -> Result<String, ApiError> {
+    let key = req
+        .headers()
+        .get("Idempotency-Key")
+        .ok_or_else(|| ApiError::bad_request("missing_idempotency_key", "the Idempotency-Key header is required"))?;
+    key.to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.chars().all(|c| c.is_ascii_graphic()))
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_idempotency_key", "the Idempotency-Key must be 1 to 255 visible ASCII characters")
+        })
+}
+
+fn replay(status: u16, body: Value) -> HttpResponse {
+    HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::OK))
+        .insert_header(("Idempotent-Replayed", "true"))
+        .json(serde_json::json!({ "data": body }))
+}
+
+/// Join an event: active if a place is free, else waitlisted.
+#[utoipa::path(post, path = "/v1/events/{id}/join", tag = "joins", security(("bearer" = [])),
+    params(("id" = Uuid, Path), ("Idempotency-Key" = String, Header, description = "required; a replay returns the first answer")),
+    responses((status = 201, description = "joined (active or waitlisted)", body = JoinEnvelope),
+        (status = 200, description = "already a member: the current status", body = JoinEnvelope),
+        (status = 403, description = "the owner cannot join", body = super::ErrorBody),
+        (status = 409, description = "draft, cancelled or started", body = super::ErrorBody),
+        (status = 422, description = "Idempotency-Key reused for another request", body = super::ErrorBody),
+        (status = 503, description = "busy; retry after Retry-After", body = super::ErrorBody)))]
+pub async fn join_event(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    id: web::Path<Uuid>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let event = EventId::from(id.into_inner());
+    let key = idempotency_key(&req)?;
+    let fingerprint = format!("POST /v1/events/{event}/join");
+    if let Some(stored) = state.store.stored_reply(user.id, &key).await? {
+        if stored.fingerprint != fingerprint {
+            return Err(ApiError::unprocessable(
+                "idempotency_key_reused",
+                "this Idempotency-Key was already used for a different request",
+            ));
+        }
+        return Ok(replay(stored.status_code as u16, stored.response.0));
+    }
+    let command = Command::Join { user: user.id, at: super::now() };
+    let idempotency = IdempotencyKey {
+        user: user.id,
+        key,
+        fingerprint,
+        render: render_join,
+    };
+    let outcome = state.execute(event, command, Some(idempotency)).await?;
+    metrics::counter!("turnout_joins_total", "outcome" => match (&outcome.membership, outcome.changed) {
+        (_, false) => "already_member",
+        (Some(Membership::Active { .. }), true) => "active",
+        _ => "waitlisted",
+    })
+    .increment(1);
+    let (status, body) = render_join(&outcome);
+    Ok(HttpResponse::build(StatusCode::from_u16(status).expect("201 or 200")).json(serde_json::json!({ "data": body })))
+}
+
+/// Leave an event; the first waiter is promoted in the same commit.
+#[utoipa::path(delete, path = "/v1/events/{id}/join", tag = "joins", security(("bearer" = [])), params(("id" = Uuid, Path)),
+    responses((status = 200, body = JoinEnvelope), (status = 404, description = "not a member", body = super::ErrorBody)))]
+pub async fn leave_event(state: web::Data<AppState>, user: AuthUser, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+    let event = EventId::from(id.into_inner());
+    let outcome = state.execute(event, Command::Leave { user: user.id, at: super::now() }, None).await?;
+    metrics::counter!("turnout_leaves_total").increment(1);
+    Ok(HttpResponse::Ok().json(JoinEnvelope {
+        data: JoinView::new(event, outcome.membership),
+    }))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AttendeeView {
+    pub user_id: Uuid,
+    pub status: String,
+    pub position: Option<i64>,
+    pub joined_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AttendeePage {
+    pub data: Vec<AttendeeView>,
+    pub next_cursor: Option<String>,
+}
+
+/// The attendee list (owner only): active members, then the waitlist in order.
+#[utoipa::path(get, path = "/v1/events/{id}/attendees", tag = "joins", security(("bearer" = [])),
+    params(("id" = Uuid, Path), PageQuery),
+    responses((status = 200, body = AttendeePage), (status = 403, body = super::ErrorBody), (status = 404, body = super::ErrorBody)))]
+pub async fn attendees(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    id: web::Path<Uuid>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let event = EventId::from(id.into_inner());
+    let limit = pagination::limit(query.limit)?;
+    let after = pagination::decode::<(i64, i64)>(query.cursor.as_deref())?;
+    let record = state.store.event(event).await?.ok_or(ApiError::NotFound("event"))?;
+    if record.owner_id != user.id.as_uuid() {
+        return Err(ApiError::forbidden("not_owner", "only the event's owner may list its attendees"));
+    }
+    let rows = state.store.attendees(event, after, limit + 1).await?;
+    let page = pagination::page(
+        rows,
+        limit,
+        |m: &MembershipRecord| (i64::from(m.status != "active"), m.order_key),
+        |m| AttendeeView {
+            user_id: m.user_id,
+            status: m.status,
+            position: m.position,
+            joined_at: from_micros(m.joined_at),
+        },
+    );
+    Ok(HttpResponse::Ok().json(page))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MyJoinView {
+    pub event_id: Uuid,
+    /// `active`, `waitlisted` or `cancelled` (the event was cancelled).
+    pub status: String,
+    pub position: Option<i64>,
+    pub joined_at: DateTime<Utc>,
+    pub event: EventView,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MyJoinPage {
+    pub data: Vec<MyJoinView>,
+    pub next_cursor: Option<String>,
+}
+
+/// The caller's joins, newest first, each with its event card.
+#[utoipa::path(get, path = "/v1/me/joins", tag = "joins", security(("bearer" = [])), params(PageQuery),
+    responses((status = 200, body = MyJoinPage)))]
+pub async fn my_joins(state: web::Data<AppState>, user: AuthUser, query: web::Query<PageQuery>) -> Result<HttpResponse, ApiError> {
+    let limit = pagination::limit(query.limit)?;
+    let before = pagination::decode::<(i64, Uuid)>(query.cursor.as_deref())?;
+    let rows = state.store.joins_of(user.id, before, limit + 1).await?;
+    let page = pagination::page(
+        rows,
+        limit,
+        |(m, _)| (m.joined_at, m.event_id),
+        |(m, e)| MyJoinView {
+            event_id: m.event_id,
+            status: m.status,
+            position: m.position,
+            joined_at: from_micros(m.joined_at),
+            event: e.into(),
+        },
+    );
+    Ok(HttpResponse::Ok().json(page))
+}

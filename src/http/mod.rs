@@ -1,0 +1,161 @@
+//! The v1 HTTP API (actix-web): routes, the shared application state, and
+//! the configuration every route shares (body limits, error envelopes).
+//!
+//! - `accounts`: register, login, the caller's profile.
+//! - `venues`, `events`, `joins`: the product.
+//! - `ops`: health, readiness, metrics.
+//! - `openapi`: the OpenAPI document and the interactive docs page.
+
+mod accounts;
+mod error;
+mod events;
+mod joins;
+mod openapi;
+mod ops;
+mod pagination;
+pub mod request_context;
+mod venues;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::error::{JsonPayloadError, QueryPayloadError};
+use actix_web::{HttpRequest, web};
+use metrics_exporter_prometheus::PrometheusHandle;
+use turnout_actors::domain::{Command, EventId};
+use turnout_actors::{EventRegistry, IdempotencyKey, Outcome};
+
+pub use error::{ApiError, ErrorBody};
+pub use openapi::ApiDoc;
+
+use crate::store::Store;
+
+/// What every handler shares.
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub registry: EventRegistry,
+    pub metrics: PrometheusHandle,
+    pub write_timeout: Duration,
+}
+
+impl AppState {
+    /// Runs a command on its event's actor within the write deadline; the
+    /// answer arrives only once the command's facts are durable.
+    pub async fn execute(
+        &self,
+        event: EventId,
+        command: Command,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<Outcome, ApiError> {
+        let request_id = Some(request_context::current_request_id());
+        let run = self.registry.execute(event, command, idempotency, request_id);
+        match tokio::time::timeout(self.write_timeout, run).await {
+            Ok(result) => Ok(result?),
+            Err(_) => {
+                tracing::warn!(%event, "command missed the write deadline");
+                Err(ApiError::Unavailable)
+            }
+        }
+    }
+
+    /// Bounds a plain database write by the same deadline.
+    pub async fn within_deadline<T>(
+        &self,
+        write: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        tokio::time::timeout(self.write_timeout, write)
+            .await
+            .unwrap_or(Err(ApiError::Unavailable))
+    }
+}
+
+/// The time a command happens at, to the microsecond the store keeps, so an
+/// answer and a later read of the same fact agree exactly.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    crate::store::from_micros(crate::store::micros(chrono::Utc::now()))
+}
+
+/// Registers every route and the extractor settings behind the error envelope.
+pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        cfg.app_data(
+            web::JsonConfig::default()
+                .limit(max_body_bytes)
+                .error_handler(move |e, _| json_error(e, max_body_bytes).into()),
+        )
+        .app_data(web::PathConfig::default().error_handler(|_, _| {
+            ApiError::bad_request("invalid_path", "ids in the path must be UUIDs").into()
+        }))
+        .app_data(web::QueryConfig::default().error_handler(|e, _| query_error(e).into()))
+        .configure(ops::routes)
+        .configure(openapi::routes)
+        .service(
+            web::scope("/v1")
+                .configure(accounts::routes)
+                .configure(venues::routes)
+                .configure(events::routes)
+                .configure(joins::routes),
+        )
+        .default_service(web::to(not_found));
+    }
+}
+
+async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    tracing::debug!(path = req.path(), "no such route");
+    Err(ApiError::NotFound("route"))
+}
+
+fn json_error(e: JsonPayloadError, limit: usize) -> ApiError {
+    match e {
+        JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
+            ApiError::PayloadTooLarge(limit)
+        }
+        JsonPayloadError::ContentType => {
+            ApiError::bad_request("unsupported_media_type", "the body must be JSON (Content-Type: application/json)")
+        }
+        JsonPayloadError::Deserialize(e) if e.is_data() => {
+            ApiError::unprocessable("validation_failed", client_message(&e.to_string()))
+        }
+        JsonPayloadError::Deserialize(e) => {
+            ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {}", client_message(&e.to_string())))
+        }
+        _ => ApiError::bad_request("bad_body", "the request body could not be read"),
+    }
+}
+
+fn query_error(e: QueryPayloadError) -> ApiError {
+    let QueryPayloadError::Deserialize(e) = e else {
+        return ApiError::bad_request("invalid_query", "the query string is invalid");
+    };
+    ApiError::bad_request("invalid_query", format!("invalid query: {}", client_message(&e.to_string())))
+}
+
+/// serde's messages name Rust types ("expected i64"); say it in words.
+fn client_message(raw: &str) -> String {
+    const WORDS: &[(&str, &str)] = &[
+        ("i64", "an integer"),
+        ("i32", "an integer"),
+        ("u64", "a non-negative integer"),
+        ("u32", "a non-negative integer"),
+        ("u16", "a non-negative integer"),
+        ("usize", "a non-negative integer"),
+        ("f64", "a number"),
+        ("a sequence", "a list"),
+        ("a map", "an object"),
+        ("struct ", "object "),
+    ];
+    let mut message = raw.to_owned();
+    for (rust, words) in WORDS {
+        message = message.replace(rust, words);
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn serde_messages_do_not_name_rust_types() {
+        let message = super::client_message("invalid type: string \"x\", expected i64 at line 1 column 9");
+        assert_eq!(message, "invalid type: string \"x\", expected an integer at line 1 column 9");
+    }
+}

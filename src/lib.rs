@@ -1,0 +1,15 @@
+//! The Turnout server: HTTP API over one actor per event.
+//!
+//! - `app`: wires settings, store, actors and the HTTP server together.
+//! - `config`: layered settings (file, environment, flags).
+//! - `auth`: passwords, tokens and the identity extractors.
+//! - `http`: routes, the error envelope, pagination, OpenAPI.
+//! - `store`: the SQLite and Postgres adapters.
+//! - `telemetry`: logs and metrics.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,218 @@
+//! Storage adapters: the SQLite (embedded default) and Postgres
+//! implementations of the actors' [`EventStore`] port, plus the queries the
+//! HTTP layer reads from (accounts, venues and the read models).
+//!
+//! Both backends share one implementation (`sql.rs`): the schema keeps to
+//! types both speak (UUIDs, 64-bit integers for times in unix microseconds,
+//! JSON), so each query is written once.
+
+mod sql;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::Value;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::types::Json;
+use turnout_actors::domain::{EventId, UserId, VenueId};
+use turnout_actors::store::{EventStore, StoreError};
+use uuid::Uuid;
+
+pub use sql::SqlStore;
+
+/// Connection-pool settings from configuration.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub min_connections: u32,
+    pub acquire_timeout_ms: u64,
+}
+
+/// A user account row. The password hash never prints.
+#[derive(Clone, sqlx::FromRow)]
+pub struct UserRecord {
+    pub id: Uuid,
+    pub email: String,
+    pub password_hash: String,
+    pub display_name: String,
+    pub interests: Json<Vec<String>>,
+    pub home_lat: Option<f64>,
+    pub home_lon: Option<f64>,
+    pub role: String,
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .field("password_hash", &"[redacted]")
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct VenueRecord {
+    pub id: Uuid,
+    pub owner_id: Uuid,
+    pub name: String,
+    pub lat: f64,
+    pub lon: f64,
+    pub address: Option<String>,
+    pub created_at: i64,
+}
+
+/// An event as the read model holds it, with live counts.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EventRecord {
+    pub id: Uuid,
+    pub owner_id: Uuid,
+    pub venue_id: Uuid,
+    pub title: String,
+    pub description: Option<String>,
+    pub starts_at: i64,
+    pub ends_at: Option<i64>,
+    pub capacity: i64,
+    pub status: String,
+    pub active_count: i64,
+    pub waitlist_count: i64,
+    pub version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    #[sqlx(skip)]
+    pub tags: Vec<String>,
+}
+
+/// A membership in an event's roster or a user's list.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MembershipRecord {
+    pub event_id: Uuid,
+    pub user_id: Uuid,
+    pub status: String,
+    pub order_key: i64,
+    pub joined_at: i64,
+    /// 1-based, for waitlisted rows only.
+    pub position: Option<i64>,
+}
+
+/// A stored answer to replay for an idempotency key.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredReply {
+    pub fingerprint: String,
+    pub status_code: i64,
+    pub response: Json<Value>,
+}
+
+/// Filters for the public event listing; `after` is the keyset cursor.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub venue_id: Option<VenueId>,
+    pub tag: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub after: Option<(i64, Uuid)>,
+    pub limit: i64,
+}
+
+/// Everything the server stores. The event write path goes through the
+/// [`EventStore`] port (journal and actors); the rest is plain queries.
+#[async_trait]
+pub trait Store: EventStore {
+    /// Whether the database answers: readiness.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Inserts an account; `false` if the email is taken.
+    async fn create_user(&self, user: &UserRecord) -> Result<bool, StoreError>;
+    async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError>;
+    async fn user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError>;
+    async fn update_profile(
+        &self,
+        id: UserId,
+        interests: &[String],
+        home: Option<(f64, f64)>,
+    ) -> Result<(), StoreError>;
+
+    async fn create_venue(&self, venue: &VenueRecord) -> Result<(), StoreError>;
+    async fn venue(&self, id: VenueId) -> Result<Option<VenueRecord>, StoreError>;
+
+    async fn event(&self, id: EventId) -> Result<Option<EventRecord>, StoreError>;
+    async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, StoreError>;
+    /// Active members by when they became active, then the waitlist in order;
+    /// `after` is `(0 active | 1 waitlisted, order_key)`.
+    async fn attendees(
+        &self,
+        event: EventId,
+        after: Option<(i64, i64)>,
+        limit: i64,
+    ) -> Result<Vec<MembershipRecord>, StoreError>;
+    /// A user's memberships, newest first, each with its event; `before` is
+    /// the keyset cursor `(joined_at, event_id)`.
+    async fn joins_of(
+        &self,
+        user: UserId,
+        before: Option<(i64, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<(MembershipRecord, EventRecord)>, StoreError>;
+
+    async fn stored_reply(&self, user: UserId, key: &str) -> Result<Option<StoredReply>, StoreError>;
+    /// Deletes idempotency records past their expiry; returns how many.
+    async fn purge_expired_replies(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
+/// Opens the database named by `url` (`sqlite:` or `postgres:`) and brings
+/// its schema up to date.
+pub async fn connect(url: &str, pool: &PoolSettings) -> anyhow::Result<Arc<dyn Store>> {
+    let acquire = Duration::from_millis(pool.acquire_timeout_ms);
+    if url.starts_with("sqlite:") {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit is on disk before it is acknowledged.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        if let Some(dir) = options.get_filename().parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(pool.max_connections)
+            .min_connections(pool.min_connections)
+            .acquire_timeout(acquire)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Arc::new(SqlStore::new(pool)))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let pool = PgPoolOptions::new()
+            .max_connections(pool.max_connections)
+            .min_connections(pool.min_connections)
+            .acquire_timeout(acquire)
+            .connect(url)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Arc::new(SqlStore::new(pool)))
+    } else {
+        anyhow::bail!("unsupported database URL scheme: expected sqlite: or postgres:")
+    }
+}
+
+/// Times are stored as unix microseconds.
+pub fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+pub fn from_micros(us: i64) -> DateTime<Utc> {
+    Utc.timestamp_micros(us).single().unwrap_or_default()
+}
+
+fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}

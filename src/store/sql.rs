@@ -1,0 +1,596 @@
+//! The one SQL implementation of [`Store`] and [`EventStore`], instantiated
+//! for SQLite and for Postgres by `impl_store!`: the statements are the same,
+//! only the driver types differ.
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::{Pool, Postgres, QueryBuilder, Sqlite};
+use turnout_actors::domain::{EventId, EventState, StoredEvent, UserId, VenueId};
+use turnout_actors::store::{
+    Append, CommitReport, EventStore, Rehydration, StoreError, membership_rows,
+};
+use uuid::Uuid;
+
+use super::{
+    EventFilter, EventRecord, MembershipRecord, Store, StoredReply, UserRecord, VenueRecord,
+    micros, unavailable,
+};
+
+/// A database pool of either backend.
+pub struct SqlStore<DB: sqlx::Database> {
+    pool: Pool<DB>,
+}
+
+impl<DB: sqlx::Database> SqlStore<DB> {
+    pub fn new(pool: Pool<DB>) -> Self {
+        Self { pool }
+    }
+}
+
+/// Rows per multi-row INSERT: well under both backends' bind-parameter limits.
+const CHUNK: usize = 500;
+
+const EVENT_COLUMNS: &str = "e.id, e.owner_id, e.venue_id, e.title, e.description, e.starts_at, \
+     e.ends_at, e.capacity, e.status, e.active_count, e.waitlist_count, e.version, e.created_at, \
+     e.updated_at";
+
+/// Waitlist position of membership row `j`: its rank among the waiters.
+const POSITION: &str = "CASE WHEN j.status = 'waitlisted' THEN (SELECT COUNT(*) FROM joins w \
+     WHERE w.event_id = j.event_id AND w.status = 'waitlisted' AND w.order_key <= j.order_key) END";
+
+/// One outbox row per fact: what the relay publishes.
+fn outbox_payload(event: &turnout_actors::domain::DomainEvent) -> serde_json::Value {
+    let stored = StoredEvent::encode(event);
+    serde_json::json!({ "schema_version": stored.schema_version, "event": stored.payload })
+}
+
+macro_rules! impl_store {
+    ($db:ty) => {
+        impl SqlStore<$db> {
+            /// Appends every stream's facts; returns the streams whose
+            /// versions another writer already holds.
+            async fn append_log(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                live: &[&Append],
+                now: i64,
+            ) -> Result<HashSet<EventId>, sqlx::Error> {
+                let rows: Vec<(EventId, i64, StoredEvent, Option<&str>)> = live
+                    .iter()
+                    .flat_map(|a| {
+                        a.versioned().map(move |(v, e)| {
+                            (a.stream, v, StoredEvent::encode(e), a.request_id.as_deref())
+                        })
+                    })
+                    .collect();
+                let mut written: HashSet<(Uuid, i64)> = HashSet::with_capacity(rows.len());
+                for chunk in rows.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "INSERT INTO event_log (stream_id, version, event_type, schema_version, \
+                         payload, request_id, recorded_at) ",
+                    );
+                    q.push_values(chunk, |mut b, (stream, version, stored, request_id)| {
+                        b.push_bind(stream.as_uuid())
+                            .push_bind(*version)
+                            .push_bind(stored.event_type.clone())
+                            .push_bind(i64::from(stored.schema_version))
+                            .push_bind(Json(stored.payload.clone()))
+                            .push_bind(request_id.map(str::to_owned))
+                            .push_bind(now);
+                    });
+                    q.push(" ON CONFLICT DO NOTHING RETURNING stream_id, version");
+                    let inserted: Vec<(Uuid, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
+                    written.extend(inserted);
+                }
+                Ok(rows
+                    .iter()
+                    .filter(|(s, v, _, _)| !written.contains(&(s.as_uuid(), *v)))
+                    .map(|(s, _, _, _)| *s)
+                    .collect())
+            }
+
+            async fn write_read_models(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                live: &[&Append],
+                now: i64,
+            ) -> Result<(), sqlx::Error> {
+                // The event rows: the last summary of each stream wins.
+                let mut latest: HashMap<EventId, usize> = HashMap::new();
+                for (i, a) in live.iter().enumerate() {
+                    latest.insert(a.stream, i);
+                }
+                let mut summaries: Vec<_> = latest.values().map(|&i| &live[i].summary).collect();
+                summaries.sort_by_key(|s| s.id);
+                for chunk in summaries.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "INSERT INTO events (id, owner_id, venue_id, title, description, starts_at, \
+                         ends_at, capacity, status, active_count, waitlist_count, version, \
+                         created_at, updated_at) ",
+                    );
+                    q.push_values(chunk, |mut b, s| {
+                        b.push_bind(s.id.as_uuid())
+                            .push_bind(s.owner.as_uuid())
+                            .push_bind(s.details.venue_id.as_uuid())
+                            .push_bind(s.details.title.as_str().to_owned())
+                            .push_bind(s.details.description.as_ref().map(|d| d.as_str().to_owned()))
+                            .push_bind(micros(s.details.starts_at))
+                            .push_bind(s.details.ends_at.map(micros))
+                            .push_bind(i64::from(s.capacity))
+                            .push_bind(s.lifecycle.as_str())
+                            .push_bind(s.active_count as i64)
+                            .push_bind(s.waitlist_count as i64)
+                            .push_bind(s.version as i64)
+                            .push_bind(now)
+                            .push_bind(now);
+                    });
+                    q.push(
+                        " ON CONFLICT (id) DO UPDATE SET venue_id = excluded.venue_id, \
+                         title = excluded.title, description = excluded.description, \
+                         starts_at = excluded.starts_at, ends_at = excluded.ends_at, \
+                         capacity = excluded.capacity, status = excluded.status, \
+                         active_count = excluded.active_count, \
+                         waitlist_count = excluded.waitlist_count, version = excluded.version, \
+                         updated_at = excluded.updated_at",
+                    );
+                    q.build().execute(&mut **tx).await?;
+                }
+
+                for s in summaries.iter().filter(|s| {
+                    live.iter().any(|a| a.stream == s.id && a.changes_details())
+                }) {
+                    sqlx::query("DELETE FROM event_tags WHERE event_id = $1")
+                        .bind(s.id.as_uuid())
+                        .execute(&mut **tx)
+                        .await?;
+                    if !s.details.tags.is_empty() {
+                        let mut q = QueryBuilder::<$db>::new("INSERT INTO event_tags (tag, event_id) ");
+                        q.push_values(&s.details.tags, |mut b, tag| {
+                            b.push_bind(tag.as_str().to_owned()).push_bind(s.id.as_uuid());
+                        });
+                        q.build().execute(&mut **tx).await?;
+                    }
+                }
+
+                let rows = membership_rows(live.iter().copied());
+                for chunk in rows.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "INSERT INTO joins (event_id, user_id, status, order_key, joined_at, updated_at) ",
+                    );
+                    q.push_values(chunk, |mut b, r| {
+                        b.push_bind(r.event_id.as_uuid())
+                            .push_bind(r.user_id.as_uuid())
+                            .push_bind(r.status)
+                            .push_bind(r.order_key)
+                            .push_bind(micros(r.joined_at))
+                            .push_bind(micros(r.updated_at));
+                    });
+                    q.push(
+                        " ON CONFLICT (event_id, user_id) DO UPDATE SET status = excluded.status, \
+                         order_key = excluded.order_key, joined_at = excluded.joined_at, \
+                         updated_at = excluded.updated_at",
+                    );
+                    q.build().execute(&mut **tx).await?;
+                }
+
+                for a in live.iter().filter(|a| a.cancels()) {
+                    sqlx::query(
+                        "UPDATE joins SET status = 'cancelled', updated_at = $1 \
+                         WHERE event_id = $2 AND status IN ('active', 'waitlisted')",
+                    )
+                    .bind(now)
+                    .bind(a.stream.as_uuid())
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                Ok(())
+            }
+
+            async fn write_side_records(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                live: &[&Append],
+                now: i64,
+            ) -> Result<(), sqlx::Error> {
+                let mut snapshots: HashMap<EventId, &EventState> = HashMap::new();
+                for a in live {
+                    if let Some(s) = &a.snapshot {
+                        snapshots.insert(a.stream, s);
+                    }
+                }
+                let snapshots: Vec<_> = snapshots.into_values().collect();
+                for chunk in snapshots.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "INSERT INTO snapshots (stream_id, version, state, taken_at) ",
+                    );
+                    q.push_values(chunk, |mut b, s| {
+                        b.push_bind(s.id.as_uuid())
+                            .push_bind(s.version as i64)
+                            .push_bind(Json((*s).clone()))
+                            .push_bind(now);
+                    });
+                    q.push(
+                        " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
+                         state = excluded.state, taken_at = excluded.taken_at",
+                    );
+                    q.build().execute(&mut **tx).await?;
+                }
+
+                let records: Vec<_> = live.iter().filter_map(|a| a.idempotency.as_ref()).collect();
+                for chunk in records.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "INSERT INTO idempotency_keys (user_id, key, fingerprint, status_code, \
+                         response, created_at, expires_at) ",
+                    );
+                    q.push_values(chunk, |mut b, r| {
+                        b.push_bind(r.user.as_uuid())
+                            .push_bind(r.key.clone())
+                            .push_bind(r.fingerprint.clone())
+                            .push_bind(i64::from(r.status_code))
+                            .push_bind(Json(r.response.clone()))
+                            .push_bind(micros(r.created_at))
+                            .push_bind(micros(r.expires_at));
+                    });
+                    q.push(" ON CONFLICT DO NOTHING");
+                    q.build().execute(&mut **tx).await?;
+                }
+
+                let outbox: Vec<_> = live
+                    .iter()
+                    .flat_map(|a| a.versioned().map(move |(v, e)| (*a, v, e)))
+                    .collect();
+                for chunk in outbox.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "INSERT INTO outbox (id, topic, aggregate_id, stream_version, event_type, \
+                         payload, request_id, next_attempt_at, created_at) ",
+                    );
+                    q.push_values(chunk, |mut b, (a, version, event)| {
+                        b.push_bind(Uuid::now_v7())
+                            .push_bind("events")
+                            .push_bind(a.stream.as_uuid())
+                            .push_bind(*version)
+                            .push_bind(event.kind())
+                            .push_bind(Json(outbox_payload(event)))
+                            .push_bind(a.request_id.clone())
+                            .push_bind(now)
+                            .push_bind(now);
+                    });
+                    q.build().execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+
+            async fn tags_for(&self, events: &mut [EventRecord]) -> Result<(), StoreError> {
+                if events.is_empty() {
+                    return Ok(());
+                }
+                let mut q = QueryBuilder::<$db>::new("SELECT event_id, tag FROM event_tags WHERE event_id IN (");
+                let mut ids = q.separated(", ");
+                for e in events.iter() {
+                    ids.push_bind(e.id);
+                }
+                q.push(") ORDER BY tag");
+                let rows: Vec<(Uuid, String)> =
+                    q.build_query_as().fetch_all(&self.pool).await.map_err(unavailable)?;
+                let mut by_event: HashMap<Uuid, Vec<String>> = HashMap::new();
+                for (id, tag) in rows {
+                    by_event.entry(id).or_default().push(tag);
+                }
+                for e in events.iter_mut() {
+                    e.tags = by_event.remove(&e.id).unwrap_or_default();
+                }
+                Ok(())
+            }
+        }
+
+        #[async_trait]
+        impl EventStore for SqlStore<$db> {
+            async fn load(&self, stream: EventId) -> Result<Rehydration, StoreError> {
+                let snapshot: Option<(i64, Json<serde_json::Value>)> =
+                    sqlx::query_as("SELECT version, state FROM snapshots WHERE stream_id = $1")
+                        .bind(stream.as_uuid())
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(unavailable)?;
+                // A snapshot this build cannot read is skipped: the log is the truth.
+                let snapshot = snapshot.and_then(|(version, Json(state))| {
+                    match serde_json::from_value::<EventState>(state) {
+                        Ok(state) if state.version as i64 == version => Some(state),
+                        _ => {
+                            tracing::warn!(%stream, version, "ignoring unreadable snapshot");
+                            None
+                        }
+                    }
+                });
+                let after = snapshot.as_ref().map_or(0, |s| s.version as i64);
+                let rows: Vec<(String, i64, Json<serde_json::Value>)> = sqlx::query_as(
+                    "SELECT event_type, schema_version, payload FROM event_log \
+                     WHERE stream_id = $1 AND version > $2 ORDER BY version",
+                )
+                .bind(stream.as_uuid())
+                .bind(after)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                let events = rows
+                    .into_iter()
+                    .map(|(event_type, schema_version, Json(payload))| StoredEvent {
+                        event_type,
+                        schema_version: schema_version as i32,
+                        payload,
+                    })
+                    .collect();
+                Ok(Rehydration { snapshot, events })
+            }
+
+            async fn commit(&self, batch: &[Append]) -> Result<CommitReport, StoreError> {
+                let now = micros(Utc::now());
+                let mut conflicted: HashSet<EventId> = HashSet::new();
+                loop {
+                    let live: Vec<&Append> =
+                        batch.iter().filter(|a| !conflicted.contains(&a.stream)).collect();
+                    if live.is_empty() {
+                        break;
+                    }
+                    let mut tx = self.pool.begin().await.map_err(unavailable)?;
+                    let lost = Self::append_log(&mut tx, &live, now).await.map_err(unavailable)?;
+                    if !lost.is_empty() {
+                        // Retry without the streams that lost the race; their
+                        // actors reload and decide again.
+                        tx.rollback().await.map_err(unavailable)?;
+                        conflicted.extend(lost);
+                        continue;
+                    }
+                    Self::write_read_models(&mut tx, &live, now).await.map_err(unavailable)?;
+                    Self::write_side_records(&mut tx, &live, now).await.map_err(unavailable)?;
+                    tx.commit().await.map_err(unavailable)?;
+                    break;
+                }
+                Ok(CommitReport {
+                    conflicted: conflicted.into_iter().collect(),
+                })
+            }
+        }
+
+        #[async_trait]
+        impl Store for SqlStore<$db> {
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await.map_err(unavailable)?;
+                Ok(())
+            }
+
+            async fn create_user(&self, u: &UserRecord) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "INSERT INTO users (id, email, password_hash, display_name, interests, \
+                     home_lat, home_lon, role, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) ON CONFLICT (email) DO NOTHING",
+                )
+                .bind(u.id)
+                .bind(&u.email)
+                .bind(&u.password_hash)
+                .bind(&u.display_name)
+                .bind(&u.interests)
+                .bind(u.home_lat)
+                .bind(u.home_lon)
+                .bind(&u.role)
+                .bind(u.created_at)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
+                sqlx::query_as(
+                    "SELECT id, email, password_hash, display_name, interests, home_lat, home_lon, \
+                     role, created_at FROM users WHERE email = $1",
+                )
+                .bind(email)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)
+            }
+
+            async fn user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
+                sqlx::query_as(
+                    "SELECT id, email, password_hash, display_name, interests, home_lat, home_lon, \
+                     role, created_at FROM users WHERE id = $1",
+                )
+                .bind(id.as_uuid())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)
+            }
+
+            async fn update_profile(
+                &self,
+                id: UserId,
+                interests: &[String],
+                home: Option<(f64, f64)>,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "UPDATE users SET interests = $1, home_lat = $2, home_lon = $3, updated_at = $4 \
+                     WHERE id = $5",
+                )
+                .bind(Json(interests.to_vec()))
+                .bind(home.map(|h| h.0))
+                .bind(home.map(|h| h.1))
+                .bind(micros(Utc::now()))
+                .bind(id.as_uuid())
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                Ok(())
+            }
+
+            async fn create_venue(&self, v: &VenueRecord) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO venues (id, owner_id, name, lat, lon, address, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(v.id)
+                .bind(v.owner_id)
+                .bind(&v.name)
+                .bind(v.lat)
+                .bind(v.lon)
+                .bind(&v.address)
+                .bind(v.created_at)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                Ok(())
+            }
+
+            async fn venue(&self, id: VenueId) -> Result<Option<VenueRecord>, StoreError> {
+                sqlx::query_as(
+                    "SELECT id, owner_id, name, lat, lon, address, created_at FROM venues WHERE id = $1",
+                )
+                .bind(id.as_uuid())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)
+            }
+
+            async fn event(&self, id: EventId) -> Result<Option<EventRecord>, StoreError> {
+                let mut q = QueryBuilder::<$db>::new("SELECT ");
+                q.push(EVENT_COLUMNS).push(" FROM events e WHERE e.id = ").push_bind(id.as_uuid());
+                let found: Option<EventRecord> =
+                    q.build_query_as().fetch_optional(&self.pool).await.map_err(unavailable)?;
+                let mut found: Vec<EventRecord> = found.into_iter().collect();
+                self.tags_for(&mut found).await?;
+                Ok(found.pop())
+            }
+
+            async fn list_events(&self, f: &EventFilter) -> Result<Vec<EventRecord>, StoreError> {
+                let mut q = QueryBuilder::<$db>::new("SELECT ");
+                q.push(EVENT_COLUMNS).push(" FROM events e WHERE e.status = 'published'");
+                if let Some(venue) = f.venue_id {
+                    q.push(" AND e.venue_id = ").push_bind(venue.as_uuid());
+                }
+                if let Some(from) = f.from {
+                    q.push(" AND e.starts_at >= ").push_bind(micros(from));
+                }
+                if let Some(to) = f.to {
+                    q.push(" AND e.starts_at < ").push_bind(micros(to));
+                }
+                if let Some(tag) = &f.tag {
+                    q.push(" AND EXISTS (SELECT 1 FROM event_tags t WHERE t.event_id = e.id AND t.tag = ")
+                        .push_bind(tag.clone())
+                        .push(")");
+                }
+                if let Some((starts_at, id)) = f.after {
+                    q.push(" AND (e.starts_at > ")
+                        .push_bind(starts_at)
+                        .push(" OR (e.starts_at = ")
+                        .push_bind(starts_at)
+                        .push(" AND e.id > ")
+                        .push_bind(id)
+                        .push("))");
+                }
+                q.push(" ORDER BY e.starts_at, e.id LIMIT ").push_bind(f.limit);
+                let mut events: Vec<EventRecord> =
+                    q.build_query_as().fetch_all(&self.pool).await.map_err(unavailable)?;
+                self.tags_for(&mut events).await?;
+                Ok(events)
+            }
+
+            async fn attendees(
+                &self,
+                event: EventId,
+                after: Option<(i64, i64)>,
+                limit: i64,
+            ) -> Result<Vec<MembershipRecord>, StoreError> {
+                let mut q = QueryBuilder::<$db>::new("SELECT j.event_id, j.user_id, j.status, j.order_key, j.joined_at, ");
+                q.push(POSITION)
+                    .push(" AS position FROM joins j WHERE j.event_id = ")
+                    .push_bind(event.as_uuid())
+                    .push(" AND j.status IN ('active', 'waitlisted')");
+                const GROUP: &str = "(CASE WHEN j.status = 'active' THEN 0 ELSE 1 END)";
+                if let Some((group, order_key)) = after {
+                    q.push(" AND (")
+                        .push(GROUP)
+                        .push(" > ")
+                        .push_bind(group)
+                        .push(" OR (")
+                        .push(GROUP)
+                        .push(" = ")
+                        .push_bind(group)
+                        .push(" AND j.order_key > ")
+                        .push_bind(order_key)
+                        .push("))");
+                }
+                q.push(" ORDER BY ").push(GROUP).push(", j.order_key LIMIT ").push_bind(limit);
+                q.build_query_as().fetch_all(&self.pool).await.map_err(unavailable)
+            }
+
+            async fn joins_of(
+                &self,
+                user: UserId,
+                before: Option<(i64, Uuid)>,
+                limit: i64,
+            ) -> Result<Vec<(MembershipRecord, EventRecord)>, StoreError> {
+                let mut q = QueryBuilder::<$db>::new(
+                    "SELECT j.event_id, j.user_id, j.status, j.order_key, j.joined_at, ",
+                );
+                q.push(POSITION).push(" AS position FROM joins j WHERE j.user_id = ").push_bind(user.as_uuid());
+                q.push(" AND j.status <> 'left'");
+                if let Some((joined_at, event_id)) = before {
+                    q.push(" AND (j.joined_at < ")
+                        .push_bind(joined_at)
+                        .push(" OR (j.joined_at = ")
+                        .push_bind(joined_at)
+                        .push(" AND j.event_id < ")
+                        .push_bind(event_id)
+                        .push("))");
+                }
+                q.push(" ORDER BY j.joined_at DESC, j.event_id DESC LIMIT ").push_bind(limit);
+                let memberships: Vec<MembershipRecord> =
+                    q.build_query_as().fetch_all(&self.pool).await.map_err(unavailable)?;
+                if memberships.is_empty() {
+                    return Ok(Vec::new());
+                }
+                // The cards in one query, not one per membership.
+                let mut q = QueryBuilder::<$db>::new("SELECT ");
+                q.push(EVENT_COLUMNS).push(" FROM events e WHERE e.id IN (");
+                let mut ids = q.separated(", ");
+                for m in &memberships {
+                    ids.push_bind(m.event_id);
+                }
+                q.push(")");
+                let mut events: Vec<EventRecord> =
+                    q.build_query_as().fetch_all(&self.pool).await.map_err(unavailable)?;
+                self.tags_for(&mut events).await?;
+                let mut by_id: HashMap<Uuid, EventRecord> = events.into_iter().map(|e| (e.id, e)).collect();
+                Ok(memberships
+                    .into_iter()
+                    .filter_map(|m| by_id.remove(&m.event_id).map(|e| (m, e)))
+                    .collect())
+            }
+
+            async fn stored_reply(&self, user: UserId, key: &str) -> Result<Option<StoredReply>, StoreError> {
+                sqlx::query_as(
+                    "SELECT fingerprint, status_code, response FROM idempotency_keys \
+                     WHERE user_id = $1 AND key = $2 AND expires_at > $3",
+                )
+                .bind(user.as_uuid())
+                .bind(key)
+                .bind(micros(Utc::now()))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)
+            }
+
+            async fn purge_expired_replies(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+                let done = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= $1")
+                    .bind(micros(now))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(done.rows_affected())
+            }
+        }
+    };
+}
+
+impl_store!(Sqlite);
+impl_store!(Postgres);
