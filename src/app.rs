@@ -32,7 +32,12 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let store = store::connect(settings.database_url.expose_secret(), &settings.database)
             .await
-            .with_context(|| format!("cannot open the database at {}", redact_url(&settings.database_url)))?;
+            .with_context(|| {
+                format!(
+                    "cannot open the database at {}",
+                    redact_url(&settings.database_url)
+                )
+            })?;
         let tokens = web::Data::new(token_keys(&settings)?);
 
         let journal_thread = Arbiter::new();
@@ -64,7 +69,10 @@ impl Application {
         );
         threads.push(journal_thread);
 
-        spawn_idempotency_purge(store.clone(), Duration::from_secs(settings.idempotency.purge_interval_secs));
+        spawn_idempotency_purge(
+            store.clone(),
+            Duration::from_secs(settings.idempotency.purge_interval_secs),
+        );
 
         let state = web::Data::new(AppState {
             store,
@@ -73,7 +81,8 @@ impl Application {
             write_timeout: settings.write_timeout(),
         });
         let max_body = settings.http.max_body_bytes;
-        let listener = TcpListener::bind(&settings.bind).with_context(|| format!("cannot bind {}", settings.bind))?;
+        let listener = TcpListener::bind(&settings.bind)
+            .with_context(|| format!("cannot bind {}", settings.bind))?;
         let port = listener.local_addr()?.port();
         let mut server = HttpServer::new(move || {
             App::new()
@@ -118,7 +127,10 @@ impl Application {
         tracing::info!("http stopped; flushing the journal");
         let (done, flushed) = oneshot::channel();
         self.journal.do_send(Flush(done));
-        if tokio::time::timeout(Duration::from_secs(10), flushed).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), flushed)
+            .await
+            .is_err()
+        {
             tracing::warn!("the journal did not flush within 10 s");
         }
         for thread in self.threads {
@@ -134,7 +146,11 @@ impl Application {
 fn token_keys(settings: &Settings) -> anyhow::Result<TokenKeys> {
     let mut keys = settings.jwt_keys();
     if keys.is_empty() {
-        debug_assert_eq!(settings.env, Environment::Development, "production settings require keys");
+        debug_assert_eq!(
+            settings.env,
+            Environment::Development,
+            "production settings require keys"
+        );
         let path = std::path::Path::new(&settings.data_dir).join("jwt.key");
         let key = match std::fs::read_to_string(&path) {
             Ok(existing) if existing.trim().len() >= 32 => existing.trim().to_owned(),
@@ -153,7 +169,11 @@ fn token_keys(settings: &Settings) -> anyhow::Result<TokenKeys> {
         keys.push(SecretString::from(key));
     }
     tracing::info!(target: "turnout::audit", keys = keys.len(), "jwt keys loaded; the first signs");
-    Ok(TokenKeys::new(&keys, settings.auth.issuer.clone(), settings.auth.token_ttl_secs))
+    Ok(TokenKeys::new(
+        &keys,
+        settings.auth.issuer.clone(),
+        settings.auth.token_ttl_secs,
+    ))
 }
 
 fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {

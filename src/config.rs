@@ -122,7 +122,10 @@ impl Settings {
                 "every key in TURNOUT_JWT_SECRETS must be at least 32 bytes in production"
             );
         }
-        anyhow::ensure!(self.http.max_body_bytes > 0, "http.max_body_bytes must be positive");
+        anyhow::ensure!(
+            self.http.max_body_bytes > 0,
+            "http.max_body_bytes must be positive"
+        );
         Ok(())
     }
 
@@ -183,6 +186,9 @@ mod tests {
         .unwrap();
         let printed = format!("{settings:?}");
         assert!(!printed.contains("hunter2"), "{printed}");
-        assert_eq!(redact_url(&settings.database_url), "postgres://app:***@db:5432/x");
+        assert_eq!(
+            redact_url(&settings.database_url),
+            "postgres://app:***@db:5432/x"
+        );
     }
 }

@@ -48,7 +48,8 @@ fn main() -> anyhow::Result<()> {
             app.run_until_stopped().await
         }),
         Cmd::Migrate => system.block_on(async {
-            turnout::store::connect(settings.database_url.expose_secret(), &settings.database).await?;
+            turnout::store::connect(settings.database_url.expose_secret(), &settings.database)
+                .await?;
             tracing::info!(database = %redact_url(&settings.database_url), "migrations applied");
             Ok(())
         }),

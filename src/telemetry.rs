@@ -13,11 +13,19 @@ use tracing_subscriber::EnvFilter;
 pub fn init_logs(format: &str, level: &str) -> WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(format!("{level},sqlx=warn,actix_server=warn,actix_web=warn"))
+        EnvFilter::new(format!(
+            "{level},sqlx=warn,actix_server=warn,actix_web=warn"
+        ))
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     if format == "json" {
-        builder.json().flatten_event(true).with_current_span(true).init();
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init();
     } else {
         builder.init();
     }
@@ -33,10 +41,17 @@ pub fn metrics() -> PrometheusHandle {
             const LATENCY: &[f64] = &[
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ];
-            const BATCH: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0];
+            const BATCH: &[f64] = &[
+                1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0,
+            ];
             PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("turnout_journal_batch_size".into()), BATCH))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("turnout_journal_batch_size".into()),
+                        BATCH,
+                    )
+                })
                 .expect("bucket lists are non-empty")
                 .install_recorder()
                 .expect("the metrics recorder is installed once")

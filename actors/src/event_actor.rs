@@ -7,7 +7,7 @@
 //! actor fails everything decided on top of it, leaves the registry and stops;
 //! the next command activates a fresh actor that rehydrates from the store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +17,9 @@ use chrono::Utc;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::domain::{Command, DomainEvent, EventId, EventState, Membership, Rejection, UserId, decide, evolve};
+use crate::domain::{
+    Command, DomainEvent, EventId, EventState, Membership, Rejection, UserId, decide, evolve,
+};
 use crate::journal::{AppendError, Journal, Submit};
 use crate::registry::EventRegistry;
 use crate::store::{Append, EventStore, EventSummary, IdempotencyRecord};
@@ -131,6 +133,8 @@ struct InFlight {
 
 pub struct EventActor {
     id: EventId,
+    /// This incarnation's writer id, unique in the process.
+    writer: u64,
     state: Option<EventState>,
     store: Arc<dyn EventStore>,
     journal: Addr<Journal>,
@@ -141,6 +145,11 @@ pub struct EventActor {
     /// Idempotency keys whose command is in flight, so a duplicate waits for
     /// the same answer instead of being decided again.
     in_flight_keys: HashMap<(UserId, String), (u64, Outcome)>,
+    /// Recently committed keys and their answers, oldest first, bounded by
+    /// the mailbox capacity: a duplicate that checked the store just before
+    /// the first commit landed still gets the first answer, not a new one.
+    recent_keys: HashMap<(UserId, String), Outcome>,
+    recent_order: VecDeque<(UserId, String)>,
     next_seq: u64,
     facts_since_snapshot: u64,
     last_active: Instant,
@@ -156,8 +165,10 @@ impl EventActor {
         registry: EventRegistry,
         settings: ActorSettings,
     ) -> Self {
+        static WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Self {
             id,
+            writer: WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             state: None,
             store,
             journal,
@@ -165,6 +176,8 @@ impl EventActor {
             settings,
             in_flight: BTreeMap::new(),
             in_flight_keys: HashMap::new(),
+            recent_keys: HashMap::new(),
+            recent_order: VecDeque::new(),
             next_seq: 0,
             facts_since_snapshot: 0,
             last_active: Instant::now(),
@@ -186,15 +199,22 @@ impl EventActor {
             let _ = reply.send(Err(CommandError::Unavailable));
             return;
         }
-        if let Some(key) = &idempotency
-            && let Some((seq, outcome)) = self.in_flight_keys.get(&(key.user, key.key.clone()))
-            && let Some(flight) = self.in_flight.get_mut(seq)
-        {
-            flight.waiters.push((reply, outcome.clone()));
-            return;
+        if let Some(key) = &idempotency {
+            let key = (key.user, key.key.clone());
+            if let Some((seq, outcome)) = self.in_flight_keys.get(&key)
+                && let Some(flight) = self.in_flight.get_mut(seq)
+            {
+                flight.waiters.push((reply, outcome.clone()));
+                return;
+            }
+            if let Some(outcome) = self.recent_keys.get(&key) {
+                let _ = reply.send(Ok(outcome.clone()));
+                return;
+            }
         }
 
-        let decided = std::panic::catch_unwind(AssertUnwindSafe(|| decide(self.state.as_ref(), &command)));
+        let decided =
+            std::panic::catch_unwind(AssertUnwindSafe(|| decide(self.state.as_ref(), &command)));
         let events = match decided {
             Ok(Ok(events)) => events,
             Ok(Err(rejection)) => {
@@ -207,7 +227,8 @@ impl EventActor {
 
         let base_version = self.state.as_ref().map_or(0, |s| s.version);
         let state = self.state.take();
-        let folded = std::panic::catch_unwind(AssertUnwindSafe(|| events.iter().fold(state, evolve)));
+        let folded =
+            std::panic::catch_unwind(AssertUnwindSafe(|| events.iter().fold(state, evolve)));
         let Ok(Some(state)) = folded else {
             return self.crash(reply, ctx);
         };
@@ -253,10 +274,12 @@ impl EventActor {
         self.next_seq += 1;
         let keys: Vec<(UserId, String)> = record.iter().map(|r| (r.user, r.key.clone())).collect();
         for key in &keys {
-            self.in_flight_keys.insert(key.clone(), (seq, outcome.clone()));
+            self.in_flight_keys
+                .insert(key.clone(), (seq, outcome.clone()));
         }
         let append = Append {
             stream: self.id,
+            writer: self.writer,
             base_version,
             events: events.clone(),
             summary: outcome.summary.clone(),
@@ -285,14 +308,24 @@ impl EventActor {
         let Some(flight) = self.in_flight.remove(&seq) else {
             return;
         };
-        for key in &flight.keys {
-            self.in_flight_keys.remove(key);
-        }
+        let keys: Vec<_> = flight
+            .keys
+            .iter()
+            .filter_map(|key| {
+                self.in_flight_keys
+                    .remove(key)
+                    .map(|(_, outcome)| (key.clone(), outcome))
+            })
+            .collect();
         match result {
             Ok(()) => {
+                for (key, outcome) in keys {
+                    self.remember(key, outcome);
+                }
                 log_facts(self.id, &flight);
                 for (reply, outcome) in flight.waiters {
-                    metrics::counter!("turnout_commands_total", "outcome" => "committed").increment(1);
+                    metrics::counter!("turnout_commands_total", "outcome" => "committed")
+                        .increment(1);
                     let _ = reply.send(Ok(outcome));
                 }
             }
@@ -300,10 +333,12 @@ impl EventActor {
                 let error = CommandError::from(error);
                 // Everything decided after this append stood on it.
                 let later: Vec<u64> = self.in_flight.range(seq..).map(|(s, _)| *s).collect();
-                let failed = std::iter::once(flight).chain(later.into_iter().filter_map(|s| self.in_flight.remove(&s)));
+                let failed = std::iter::once(flight)
+                    .chain(later.into_iter().filter_map(|s| self.in_flight.remove(&s)));
                 for flight in failed {
                     for (reply, _) in flight.waiters {
-                        metrics::counter!("turnout_commands_total", "outcome" => "failed").increment(1);
+                        metrics::counter!("turnout_commands_total", "outcome" => "failed")
+                            .increment(1);
                         let _ = reply.send(Err(error.clone()));
                     }
                 }
@@ -314,6 +349,17 @@ impl EventActor {
         }
         if self.broken && self.in_flight.is_empty() {
             ctx.stop();
+        }
+    }
+
+    fn remember(&mut self, key: (UserId, String), outcome: Outcome) {
+        if self.recent_keys.insert(key.clone(), outcome).is_none() {
+            self.recent_order.push_back(key);
+        }
+        while self.recent_order.len() > self.settings.mailbox_capacity {
+            if let Some(old) = self.recent_order.pop_front() {
+                self.recent_keys.remove(&old);
+            }
         }
     }
 
@@ -361,7 +407,9 @@ fn log_facts(event_id: EventId, flight: &InFlight) {
             DomainEvent::Left { user, .. } => {
                 tracing::info!(target: "turnout::facts", %event_id, user_id = %user, request_id, "left")
             }
-            other => tracing::info!(target: "turnout::facts", %event_id, request_id, "{}", other.kind()),
+            other => {
+                tracing::info!(target: "turnout::facts", %event_id, request_id, "{}", other.kind())
+            }
         }
     }
 }
@@ -387,13 +435,16 @@ impl Actor for EventActor {
                 }),
         );
         let idle = self.settings.idle_timeout;
-        ctx.run_interval((idle / 4).max(Duration::from_millis(50)), move |actor, ctx| {
-            if actor.in_flight.is_empty() && actor.last_active.elapsed() >= idle {
-                tracing::debug!(event_id = %actor.id, "passivating idle event actor");
-                actor.registry.forget(actor.id, &ctx.address());
-                ctx.stop();
-            }
-        });
+        ctx.run_interval(
+            (idle / 4).max(Duration::from_millis(50)),
+            move |actor, ctx| {
+                if actor.in_flight.is_empty() && actor.last_active.elapsed() >= idle {
+                    tracing::debug!(event_id = %actor.id, "passivating idle event actor");
+                    actor.registry.forget(actor.id, &ctx.address());
+                    ctx.stop();
+                }
+            },
+        );
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {

@@ -5,18 +5,18 @@
 //! commit carries more work instead of more commits queueing up. Each append
 //! is answered only after the transaction holding it has committed.
 //!
-//! A stream whose append failed is *fenced* until its actor reloads: later
-//! appends for it were decided on top of facts that never became durable, so
-//! they are refused until one arrives based on the last durable version.
+//! A writer (one actor incarnation) whose append failed is *fenced*: its later
+//! appends were decided on top of facts that never became durable, so they
+//! are refused. The actor stops, and the next command activates a fresh
+//! incarnation that reloads the stream from the store.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::domain::EventId;
 use crate::store::{Append, EventStore};
 
 /// Why an append was not made durable. The actor's caller gets a retryable
@@ -78,9 +78,10 @@ pub struct Journal {
     settings: JournalSettings,
     buffer: VecDeque<Pending>,
     committing: bool,
-    /// Streams fenced after a failure, with the version the next append must
-    /// build on.
-    fenced: HashMap<EventId, u64>,
+    /// Writers fenced after a failure; bounded, oldest forgotten first (a
+    /// fenced actor stops at once, so only appends already in transit need it).
+    fenced: HashSet<u64>,
+    fenced_order: VecDeque<u64>,
     flush_waiters: Vec<oneshot::Sender<()>>,
 }
 
@@ -91,7 +92,8 @@ impl Journal {
             settings,
             buffer: VecDeque::new(),
             committing: false,
-            fenced: HashMap::new(),
+            fenced: HashSet::new(),
+            fenced_order: VecDeque::new(),
             flush_waiters: Vec::new(),
         }
     }
@@ -135,7 +137,10 @@ impl Journal {
         &mut self,
         appends: Vec<Append>,
         replies: Vec<AppendReply>,
-        result: Result<Result<crate::store::CommitReport, crate::store::StoreError>, tokio::time::error::Elapsed>,
+        result: Result<
+            Result<crate::store::CommitReport, crate::store::StoreError>,
+            tokio::time::error::Elapsed,
+        >,
     ) {
         let conflicted = match result {
             Ok(Ok(report)) => {
@@ -143,12 +148,14 @@ impl Journal {
                 report.conflicted
             }
             Ok(Err(error)) => {
-                metrics::counter!("turnout_journal_commits_total", "outcome" => "error").increment(1);
+                metrics::counter!("turnout_journal_commits_total", "outcome" => "error")
+                    .increment(1);
                 tracing::error!(%error, appends = appends.len(), "journal commit failed");
                 return self.fail_all(appends, replies);
             }
             Err(_) => {
-                metrics::counter!("turnout_journal_commits_total", "outcome" => "timeout").increment(1);
+                metrics::counter!("turnout_journal_commits_total", "outcome" => "timeout")
+                    .increment(1);
                 tracing::error!(appends = appends.len(), "journal commit timed out");
                 return self.fail_all(appends, replies);
             }
@@ -159,9 +166,6 @@ impl Journal {
                 self.fence(&append);
                 let _ = reply.send(Err(AppendError::Conflict));
             } else {
-                if self.fenced.get(&append.stream) == Some(&append.base_version) {
-                    self.fenced.remove(&append.stream);
-                }
                 let _ = reply.send(Ok(()));
             }
         }
@@ -176,24 +180,30 @@ impl Journal {
         self.drop_fenced_from_buffer();
     }
 
-    /// The earliest failed base wins: that is the last durable version.
     fn fence(&mut self, append: &Append) {
-        self.fenced.entry(append.stream).or_insert(append.base_version);
+        const REMEMBERED: usize = 4096;
+        if self.fenced.insert(append.writer) {
+            self.fenced_order.push_back(append.writer);
+            if self.fenced_order.len() > REMEMBERED
+                && let Some(old) = self.fenced_order.pop_front()
+            {
+                self.fenced.remove(&old);
+            }
+        }
     }
 
     fn is_fenced_out(&self, append: &Append) -> bool {
-        self.fenced
-            .get(&append.stream)
-            .is_some_and(|&base| base != append.base_version)
+        self.fenced.contains(&append.writer)
     }
 
     fn drop_fenced_from_buffer(&mut self) {
         if self.fenced.is_empty() {
             return;
         }
-        let (keep, refuse): (VecDeque<Pending>, VecDeque<Pending>) = std::mem::take(&mut self.buffer)
-            .into_iter()
-            .partition(|p| !self.is_fenced_out(&p.append));
+        let (keep, refuse): (VecDeque<Pending>, VecDeque<Pending>) =
+            std::mem::take(&mut self.buffer)
+                .into_iter()
+                .partition(|p| !self.is_fenced_out(&p.append));
         self.buffer = keep;
         for p in refuse {
             let _ = p.reply.send(Err(AppendError::Conflict));

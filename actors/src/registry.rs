@@ -12,7 +12,9 @@ use dashmap::mapref::entry::Entry;
 use tokio::sync::oneshot;
 
 use crate::domain::{Command, EventId};
-use crate::event_actor::{ActorSettings, CommandError, EventActor, Execute, IdempotencyKey, Outcome, Queued};
+use crate::event_actor::{
+    ActorSettings, CommandError, EventActor, Execute, IdempotencyKey, Outcome, Queued,
+};
 use crate::journal::Journal;
 use crate::store::EventStore;
 
@@ -36,7 +38,10 @@ impl EventRegistry {
         settings: ActorSettings,
         arbiters: Vec<ArbiterHandle>,
     ) -> Self {
-        assert!(!arbiters.is_empty(), "event actors need at least one arbiter");
+        assert!(
+            !arbiters.is_empty(),
+            "event actors need at least one arbiter"
+        );
         Self(Arc::new(Inner {
             actors: DashMap::new(),
             arbiters,
@@ -123,6 +128,8 @@ impl EventRegistry {
 
     /// Removes an actor, unless a newer one already took its place.
     pub(crate) fn forget(&self, event: EventId, addr: &Addr<EventActor>) {
-        self.0.actors.remove_if(&event, |_, current| current == addr);
+        self.0
+            .actors
+            .remove_if(&event, |_, current| current == addr);
     }
 }

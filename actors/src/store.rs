@@ -102,6 +102,9 @@ pub struct MembershipRow {
 #[derive(Debug, Clone)]
 pub struct Append {
     pub stream: EventId,
+    /// The actor incarnation that decided these facts; the journal fences a
+    /// writer whose earlier append failed.
+    pub writer: u64,
     /// The stream's version before these facts.
     pub base_version: u64,
     pub events: Vec<DomainEvent>,
@@ -159,7 +162,11 @@ pub fn membership_rows<'a>(batch: impl IntoIterator<Item = &'a Append>) -> Vec<M
                     joined_at: at,
                     updated_at: at,
                 },
-                DomainEvent::Promoted { user, joined_at, at } => MembershipRow {
+                DomainEvent::Promoted {
+                    user,
+                    joined_at,
+                    at,
+                } => MembershipRow {
                     event_id: append.stream,
                     user_id: user,
                     status: "active",
@@ -167,7 +174,11 @@ pub fn membership_rows<'a>(batch: impl IntoIterator<Item = &'a Append>) -> Vec<M
                     joined_at,
                     updated_at: at,
                 },
-                DomainEvent::Left { user, joined_at, at } => MembershipRow {
+                DomainEvent::Left {
+                    user,
+                    joined_at,
+                    at,
+                } => MembershipRow {
                     event_id: append.stream,
                     user_id: user,
                     status: "left",

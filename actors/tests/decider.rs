@@ -51,25 +51,55 @@ fn given(commands: &[Command]) -> (Option<EventState>, Vec<DomainEvent>) {
 }
 
 fn published(capacity: i64) -> Vec<Command> {
-    vec![create(capacity), Command::Publish { by: user(OWNER), at: t(1) }]
+    vec![
+        create(capacity),
+        Command::Publish {
+            by: user(OWNER),
+            at: t(1),
+        },
+    ]
 }
 
 fn join(n: u128, at: i64) -> Command {
-    Command::Join { user: user(n), at: t(at) }
+    Command::Join {
+        user: user(n),
+        at: t(at),
+    }
 }
 
 fn leave(n: u128, at: i64) -> Command {
-    Command::Leave { user: user(n), at: t(at) }
+    Command::Leave {
+        user: user(n),
+        at: t(at),
+    }
 }
 
 #[test]
 fn join_is_active_until_full_then_waitlisted_in_order() {
-    let (state, _) = given(&[published(2), vec![join(1, 2), join(2, 3), join(3, 4), join(4, 5)]].concat());
+    let (state, _) = given(
+        &[
+            published(2),
+            vec![join(1, 2), join(2, 3), join(3, 4), join(4, 5)],
+        ]
+        .concat(),
+    );
     let state = state.unwrap();
-    assert!(matches!(state.membership(user(1)), Some(Membership::Active { .. })));
-    assert!(matches!(state.membership(user(2)), Some(Membership::Active { .. })));
-    assert!(matches!(state.membership(user(3)), Some(Membership::Waitlisted { position: 1, .. })));
-    assert!(matches!(state.membership(user(4)), Some(Membership::Waitlisted { position: 2, .. })));
+    assert!(matches!(
+        state.membership(user(1)),
+        Some(Membership::Active { .. })
+    ));
+    assert!(matches!(
+        state.membership(user(2)),
+        Some(Membership::Active { .. })
+    ));
+    assert!(matches!(
+        state.membership(user(3)),
+        Some(Membership::Waitlisted { position: 1, .. })
+    ));
+    assert!(matches!(
+        state.membership(user(4)),
+        Some(Membership::Waitlisted { position: 2, .. })
+    ));
 }
 
 #[test]
@@ -78,20 +108,37 @@ fn leaving_promotes_the_earliest_waiter_in_the_same_step() {
     let events = decide(state.as_ref(), &leave(1, 5)).unwrap();
     assert_eq!(events.len(), 2);
     assert!(matches!(events[0], DomainEvent::Left { user: u, .. } if u == user(1)));
-    assert!(matches!(events[1], DomainEvent::Promoted { user: u, joined_at, .. } if u == user(2) && joined_at == t(3)));
+    assert!(
+        matches!(events[1], DomainEvent::Promoted { user: u, joined_at, .. } if u == user(2) && joined_at == t(3))
+    );
 }
 
 #[test]
 fn leaving_the_waitlist_promotes_nobody_and_closes_the_gap() {
-    let (state, _) = given(&[published(1), vec![join(1, 2), join(2, 3), join(3, 4), leave(2, 5)]].concat());
+    let (state, _) = given(
+        &[
+            published(1),
+            vec![join(1, 2), join(2, 3), join(3, 4), leave(2, 5)],
+        ]
+        .concat(),
+    );
     let state = state.unwrap();
     assert_eq!(state.active.len(), 1);
-    assert!(matches!(state.membership(user(3)), Some(Membership::Waitlisted { position: 1, .. })));
+    assert!(matches!(
+        state.membership(user(3)),
+        Some(Membership::Waitlisted { position: 1, .. })
+    ));
 }
 
 #[test]
 fn capacity_raise_promotes_waiters_in_order_and_a_cut_below_active_is_refused() {
-    let (state, _) = given(&[published(1), vec![join(1, 2), join(2, 3), join(3, 4), join(4, 5)]].concat());
+    let (state, _) = given(
+        &[
+            published(1),
+            vec![join(1, 2), join(2, 3), join(3, 4), join(4, 5)],
+        ]
+        .concat(),
+    );
     let raise = Command::Update {
         by: user(OWNER),
         patch: DetailsPatch::default(),
@@ -117,14 +164,20 @@ fn capacity_raise_promotes_waiters_in_order_and_a_cut_below_active_is_refused() 
     };
     assert_eq!(
         decide(state.as_ref(), &cut),
-        Err(Rejection::CapacityBelowActive { requested: 2, active: 3 })
+        Err(Rejection::CapacityBelowActive {
+            requested: 2,
+            active: 3
+        })
     );
 }
 
 #[test]
 fn the_owner_cannot_join() {
     let (state, _) = given(&published(5));
-    assert_eq!(decide(state.as_ref(), &join(OWNER, 2)), Err(Rejection::OwnerCannotJoin));
+    assert_eq!(
+        decide(state.as_ref(), &join(OWNER, 2)),
+        Err(Rejection::OwnerCannotJoin)
+    );
 }
 
 #[test]
@@ -136,13 +189,31 @@ fn joining_again_changes_nothing() {
 #[test]
 fn joins_need_a_published_event_that_has_not_started() {
     let (draft, _) = given(&[create(5)]);
-    assert_eq!(decide(draft.as_ref(), &join(1, 2)), Err(Rejection::NotPublished));
+    assert_eq!(
+        decide(draft.as_ref(), &join(1, 2)),
+        Err(Rejection::NotPublished)
+    );
 
     let (open, _) = given(&published(5));
-    assert_eq!(decide(open.as_ref(), &join(1, START)), Err(Rejection::Started));
+    assert_eq!(
+        decide(open.as_ref(), &join(1, START)),
+        Err(Rejection::Started)
+    );
 
-    let (cancelled, _) = given(&[published(5), vec![Command::Cancel { by: user(OWNER), at: t(2) }]].concat());
-    assert_eq!(decide(cancelled.as_ref(), &join(1, 3)), Err(Rejection::Cancelled));
+    let (cancelled, _) = given(
+        &[
+            published(5),
+            vec![Command::Cancel {
+                by: user(OWNER),
+                at: t(2),
+            }],
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        decide(cancelled.as_ref(), &join(1, 3)),
+        Err(Rejection::Cancelled)
+    );
 }
 
 #[test]
@@ -150,7 +221,14 @@ fn cancelling_ends_every_membership() {
     let (state, _) = given(
         &[
             published(1),
-            vec![join(1, 2), join(2, 3), Command::Cancel { by: user(OWNER), at: t(4) }],
+            vec![
+                join(1, 2),
+                join(2, 3),
+                Command::Cancel {
+                    by: user(OWNER),
+                    at: t(4),
+                },
+            ],
         ]
         .concat(),
     );
@@ -163,7 +241,13 @@ fn cancelling_ends_every_membership() {
 fn only_the_owner_manages_the_event() {
     let (state, _) = given(&[create(5)]);
     assert_eq!(
-        decide(state.as_ref(), &Command::Publish { by: user(1), at: t(1) }),
+        decide(
+            state.as_ref(),
+            &Command::Publish {
+                by: user(1),
+                at: t(1)
+            }
+        ),
         Err(Rejection::NotOwner)
     );
 }
@@ -179,7 +263,10 @@ fn an_event_must_start_in_the_future_and_end_after_it_starts() {
         capacity: Capacity::parse(1).unwrap(),
         at: t(0),
     };
-    assert!(matches!(decide(None, &create_past), Err(Rejection::InvalidSchedule(_))));
+    assert!(matches!(
+        decide(None, &create_past),
+        Err(Rejection::InvalidSchedule(_))
+    ));
 }
 
 #[test]
@@ -216,7 +303,10 @@ fn a_stored_fact_from_a_newer_build_is_refused_not_misread() {
         schema_version: 99,
         payload: serde_json::json!({}),
     };
-    assert!(matches!(stored.decode(), Err(DecodeError::FromTheFuture { .. })));
+    assert!(matches!(
+        stored.decode(),
+        Err(DecodeError::FromTheFuture { .. })
+    ));
 }
 
 // ---- properties ----
@@ -248,7 +338,10 @@ fn to_command(op: &Op, minute: i64) -> Command {
             capacity: Some(Capacity::parse(c as i64).unwrap()),
             at: t(minute),
         },
-        Op::Cancel => Command::Cancel { by: user(OWNER), at: t(minute) },
+        Op::Cancel => Command::Cancel {
+            by: user(OWNER),
+            at: t(minute),
+        },
     }
 }
 

@@ -16,7 +16,12 @@ impl Email {
             return Err(bad());
         }
         let (local, domain) = email.split_once('@').ok_or_else(bad)?;
-        if local.is_empty() || domain.contains('@') || !domain.contains('.') || domain.starts_with('.') || domain.ends_with('.') {
+        if local.is_empty()
+            || domain.contains('@')
+            || !domain.contains('.')
+            || domain.starts_with('.')
+            || domain.ends_with('.')
+        {
             return Err(bad());
         }
         Ok(Self(email))
@@ -48,7 +53,10 @@ impl DisplayName {
     pub fn parse(raw: &str) -> Result<Self, ValueError> {
         let name = raw.trim();
         if name.is_empty() || name.chars().count() > 80 || name.chars().any(char::is_control) {
-            return Err(ValueError::new("display_name", "must be 1 to 80 characters"));
+            return Err(ValueError::new(
+                "display_name",
+                "must be 1 to 80 characters",
+            ));
         }
         Ok(Self(name.to_owned()))
     }
@@ -69,7 +77,8 @@ pub fn hash_password(password: &Password) -> String {
 
 /// Checks a password against a stored hash. CPU-heavy, like hashing.
 pub fn verify_password(password: &str, stored_hash: &str) -> bool {
-    PasswordVerifier::<str>::verify_password(&Argon2::default(), password.as_bytes(), stored_hash).is_ok()
+    PasswordVerifier::<str>::verify_password(&Argon2::default(), password.as_bytes(), stored_hash)
+        .is_ok()
 }
 
 #[cfg(test)]
@@ -78,8 +87,19 @@ mod tests {
 
     #[test]
     fn emails_are_normalised_and_checked() {
-        assert_eq!(Email::parse(" Ada@Example.COM ").unwrap().as_str(), "ada@example.com");
-        for bad in ["", "ada", "ada@", "@example.com", "ada@example", "a b@example.com", "a@b@c.com"] {
+        assert_eq!(
+            Email::parse(" Ada@Example.COM ").unwrap().as_str(),
+            "ada@example.com"
+        );
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "a b@example.com",
+            "a@b@c.com",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad}");
         }
     }

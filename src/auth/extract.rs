@@ -29,10 +29,15 @@ fn identify(req: &HttpRequest) -> Result<Option<AuthUser>, ApiError> {
     let token = header
         .to_str()
         .ok()
-        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or(ApiError::Unauthorized("the Authorization header must be `Bearer <token>`"))?;
+        .ok_or(ApiError::Unauthorized(
+            "the Authorization header must be `Bearer <token>`",
+        ))?;
     let keys = req
         .app_data::<web::Data<TokenKeys>>()
         .expect("TokenKeys are registered as app data");
@@ -51,7 +56,11 @@ impl FromRequest for AuthUser {
     type Future = Ready<Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(identify(req).and_then(|u| u.ok_or(ApiError::Unauthorized("this endpoint needs a bearer token"))))
+        ready(
+            identify(req).and_then(|u| {
+                u.ok_or(ApiError::Unauthorized("this endpoint needs a bearer token"))
+            }),
+        )
     }
 }
 

@@ -69,7 +69,8 @@ impl TokenKeys {
             iss: self.issuer.clone(),
             role,
         };
-        encode(&Header::new(Algorithm::HS256), &claims, &self.signing).expect("HS256 signing cannot fail")
+        encode(&Header::new(Algorithm::HS256), &claims, &self.signing)
+            .expect("HS256 signing cannot fail")
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
@@ -80,11 +81,17 @@ impl TokenKeys {
         for key in &self.verifying {
             match decode::<Claims>(token, key, &validation) {
                 Ok(data) => return Ok(data.claims),
-                Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => expired = true,
+                Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
+                    expired = true
+                }
                 Err(_) => {}
             }
         }
-        Err(if expired { TokenError::Expired } else { TokenError::Invalid })
+        Err(if expired {
+            TokenError::Expired
+        } else {
+            TokenError::Invalid
+        })
     }
 }
 
@@ -93,14 +100,23 @@ mod tests {
     use super::*;
 
     fn keys(list: &[&str]) -> Vec<SecretString> {
-        list.iter().map(|k| SecretString::from(k.to_string())).collect()
+        list.iter()
+            .map(|k| SecretString::from(k.to_string()))
+            .collect()
     }
 
     #[test]
     fn tokens_signed_with_an_old_key_still_verify_after_rotation() {
-        let old = TokenKeys::new(&keys(&["old-key-old-key-old-key-old-key!"]), "turnout".into(), 60);
+        let old = TokenKeys::new(
+            &keys(&["old-key-old-key-old-key-old-key!"]),
+            "turnout".into(),
+            60,
+        );
         let rotated = TokenKeys::new(
-            &keys(&["new-key-new-key-new-key-new-key!", "old-key-old-key-old-key-old-key!"]),
+            &keys(&[
+                "new-key-new-key-new-key-new-key!",
+                "old-key-old-key-old-key-old-key!",
+            ]),
             "turnout".into(),
             60,
         );
@@ -111,15 +127,40 @@ mod tests {
 
     #[test]
     fn wrong_key_wrong_issuer_and_expiry_are_refused() {
-        let a = TokenKeys::new(&keys(&["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]), "turnout".into(), 60);
-        let b = TokenKeys::new(&keys(&["bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"]), "turnout".into(), 60);
-        let other_issuer = TokenKeys::new(&keys(&["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]), "elsewhere".into(), 60);
+        let a = TokenKeys::new(
+            &keys(&["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]),
+            "turnout".into(),
+            60,
+        );
+        let b = TokenKeys::new(
+            &keys(&["bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"]),
+            "turnout".into(),
+            60,
+        );
+        let other_issuer = TokenKeys::new(
+            &keys(&["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]),
+            "elsewhere".into(),
+            60,
+        );
         let token = a.issue(UserId::new(), None);
         assert_eq!(b.verify(&token).unwrap_err(), TokenError::Invalid);
-        assert_eq!(other_issuer.verify(&token).unwrap_err(), TokenError::Invalid);
+        assert_eq!(
+            other_issuer.verify(&token).unwrap_err(),
+            TokenError::Invalid
+        );
 
-        let stale = TokenKeys { ttl_secs: -3600, ..TokenKeys::new(&keys(&["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]), "turnout".into(), 60) };
-        assert_eq!(a.verify(&stale.issue(UserId::new(), None)).unwrap_err(), TokenError::Expired);
+        let stale = TokenKeys {
+            ttl_secs: -3600,
+            ..TokenKeys::new(
+                &keys(&["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]),
+                "turnout".into(),
+                60,
+            )
+        };
+        assert_eq!(
+            a.verify(&stale.issue(UserId::new(), None)).unwrap_err(),
+            TokenError::Expired
+        );
         assert!(!format!("{a:?}").contains("aaaa"));
     }
 }

@@ -8,7 +8,9 @@ use turnout_actors::domain::{Tag, UserId, ValueError};
 use uuid::Uuid;
 
 use super::{ApiError, AppState};
-use crate::auth::{AuthUser, DisplayName, Email, Password, TokenKeys, hash_password, verify_password};
+use crate::auth::{
+    AuthUser, DisplayName, Email, Password, TokenKeys, hash_password, verify_password,
+};
 use crate::store::{UserRecord, from_micros, micros};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -29,7 +31,10 @@ pub struct GeoPoint {
 impl GeoPoint {
     pub fn check(self, field: &'static str) -> Result<(f64, f64), ValueError> {
         if !(-90.0..=90.0).contains(&self.lat) || !(-180.0..=180.0).contains(&self.lon) {
-            return Err(ValueError::new(field, "lat must be -90..90 and lon -180..180"));
+            return Err(ValueError::new(
+                field,
+                "lat must be -90..90 and lon -180..180",
+            ));
         }
         Ok((self.lat, self.lon))
     }
@@ -82,7 +87,10 @@ impl From<UserRecord> for UserView {
             email: u.email,
             display_name: u.display_name,
             interests: u.interests.0,
-            home: u.home_lat.zip(u.home_lon).map(|(lat, lon)| GeoPoint { lat, lon }),
+            home: u
+                .home_lat
+                .zip(u.home_lon)
+                .map(|(lat, lon)| GeoPoint { lat, lon }),
             role: u.role,
             created_at: from_micros(u.created_at),
         }
@@ -107,7 +115,8 @@ pub struct UserEnvelope {
 }
 
 fn interests(raw: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
-    let tags = Tag::parse_list(&raw.unwrap_or_default()).map_err(|e| ValueError::new("interests", e.reason))?;
+    let tags = Tag::parse_list(&raw.unwrap_or_default())
+        .map_err(|e| ValueError::new("interests", e.reason))?;
     Ok(tags.into_iter().map(String::from).collect())
 }
 
@@ -141,14 +150,22 @@ pub async fn register(
         role: "attendee".into(),
         created_at: micros(Utc::now()),
     };
-    let created = state.within_deadline(async { Ok(state.store.create_user(&user).await?) }).await?;
+    let created = state
+        .within_deadline(async { Ok(state.store.create_user(&user).await?) })
+        .await?;
     if !created {
-        return Err(ApiError::conflict("email_taken", "an account with this email already exists"));
+        return Err(ApiError::conflict(
+            "email_taken",
+            "an account with this email already exists",
+        ));
     }
     tracing::info!(target: "turnout::audit", user_id = %user.id, "account registered");
     let token = tokens.issue(UserId::from(user.id), Some(user.role.clone()));
     Ok(HttpResponse::Created().json(SessionEnvelope {
-        data: Session { user: user.into(), token },
+        data: Session {
+            user: user.into(),
+            token,
+        },
     }))
 }
 
@@ -171,7 +188,9 @@ pub async fn login(
     let hash = match &user {
         Some(u) => u.password_hash.clone(),
         None => DUMMY
-            .get_or_init(|| hash_password(&Password::parse("not-a-real-password".into()).expect("valid")))
+            .get_or_init(|| {
+                hash_password(&Password::parse("not-a-real-password".into()).expect("valid"))
+            })
             .clone(),
     };
     let password = body.password;
@@ -183,7 +202,10 @@ pub async fn login(
             tracing::info!(target: "turnout::audit", user_id = %user.id, "login");
             let token = tokens.issue(UserId::from(user.id), Some(user.role.clone()));
             Ok(HttpResponse::Ok().json(SessionEnvelope {
-                data: Session { user: user.into(), token },
+                data: Session {
+                    user: user.into(),
+                    token,
+                },
             }))
         }
         _ => {
@@ -197,8 +219,14 @@ pub async fn login(
 #[utoipa::path(get, path = "/v1/me", tag = "accounts", security(("bearer" = [])),
     responses((status = 200, body = UserEnvelope), (status = 404, description = "token without a local account", body = super::ErrorBody)))]
 pub async fn me(state: web::Data<AppState>, user: AuthUser) -> Result<HttpResponse, ApiError> {
-    let record = state.store.user(user.id).await?.ok_or(ApiError::NotFound("account"))?;
-    Ok(HttpResponse::Ok().json(UserEnvelope { data: record.into() }))
+    let record = state
+        .store
+        .user(user.id)
+        .await?
+        .ok_or(ApiError::NotFound("account"))?;
+    Ok(HttpResponse::Ok().json(UserEnvelope {
+        data: record.into(),
+    }))
 }
 
 /// Update interests or home location.
@@ -210,7 +238,11 @@ pub async fn update_me(
     body: web::Json<UpdateMeRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let current = state.store.user(user.id).await?.ok_or(ApiError::NotFound("account"))?;
+    let current = state
+        .store
+        .user(user.id)
+        .await?
+        .ok_or(ApiError::NotFound("account"))?;
     let interests = match body.interests {
         Some(raw) => self::interests(Some(raw))?,
         None => current.interests.0.clone(),
@@ -221,8 +253,19 @@ pub async fn update_me(
         None => current.home_lat.zip(current.home_lon),
     };
     state
-        .within_deadline(async { Ok(state.store.update_profile(user.id, &interests, home).await?) })
+        .within_deadline(async {
+            Ok(state
+                .store
+                .update_profile(user.id, &interests, home)
+                .await?)
+        })
         .await?;
-    let record = state.store.user(user.id).await?.ok_or(ApiError::NotFound("account"))?;
-    Ok(HttpResponse::Ok().json(UserEnvelope { data: record.into() }))
+    let record = state
+        .store
+        .user(user.id)
+        .await?
+        .ok_or(ApiError::NotFound("account"))?;
+    Ok(HttpResponse::Ok().json(UserEnvelope {
+        data: record.into(),
+    }))
 }

@@ -53,19 +53,31 @@ pub struct ErrorDetail {
 
 impl ApiError {
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::BadRequest { code, message: message.into() }
+        Self::BadRequest {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        Self::Conflict { code, message: message.into() }
+        Self::Conflict {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
-        Self::Forbidden { code, message: message.into() }
+        Self::Forbidden {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
-        Self::Unprocessable { code, message: message.into() }
+        Self::Unprocessable {
+            code,
+            message: message.into(),
+        }
     }
 
     fn code(&self) -> &'static str {
@@ -89,7 +101,9 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Invalid(_) | ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Invalid(_) | ApiError::Unprocessable { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -147,7 +161,9 @@ impl From<Rejection> for ApiError {
             Rejection::Cancelled => ApiError::conflict("event_cancelled", message),
             Rejection::Started => ApiError::conflict("event_started", message),
             Rejection::NotMember => ApiError::NotFound("membership"),
-            Rejection::CapacityBelowActive { .. } => ApiError::conflict("capacity_below_active", message),
+            Rejection::CapacityBelowActive { .. } => {
+                ApiError::conflict("capacity_below_active", message)
+            }
             Rejection::InvalidSchedule(_) => ApiError::unprocessable("invalid_schedule", message),
         }
     }

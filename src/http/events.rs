@@ -5,7 +5,8 @@ use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use turnout_actors::domain::{
-    Capacity, Command, Description, DetailsPatch, EventDetails, EventId, Lifecycle, Tag, Title, VenueId,
+    Capacity, Command, Description, DetailsPatch, EventDetails, EventId, Lifecycle, Tag, Title,
+    VenueId,
 };
 use turnout_actors::store::EventSummary;
 use uuid::Uuid;
@@ -25,7 +26,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// Tells a field sent as `null` (`Some(None)`) from one left out (`None`).
-pub fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+pub fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
 
@@ -119,10 +122,19 @@ impl From<&EventSummary> for EventView {
             owner_id: s.owner.as_uuid(),
             venue_id: s.details.venue_id.as_uuid(),
             title: s.details.title.as_str().to_owned(),
-            description: s.details.description.as_ref().map(|d| d.as_str().to_owned()),
+            description: s
+                .details
+                .description
+                .as_ref()
+                .map(|d| d.as_str().to_owned()),
             starts_at: s.details.starts_at,
             ends_at: s.details.ends_at,
-            tags: s.details.tags.iter().map(|t| t.as_str().to_owned()).collect(),
+            tags: s
+                .details
+                .tags
+                .iter()
+                .map(|t| t.as_str().to_owned())
+                .collect(),
             status: s.lifecycle.as_str().to_owned(),
             capacity,
             active_count: s.active_count as i64,
@@ -136,12 +148,17 @@ async fn require_venue(state: &AppState, id: Uuid) -> Result<VenueId, ApiError> 
     let venue = VenueId::from(id);
     match state.store.venue(venue).await? {
         Some(_) => Ok(venue),
-        None => Err(ApiError::unprocessable("unknown_venue", "venue_id does not name a venue")),
+        None => Err(ApiError::unprocessable(
+            "unknown_venue",
+            "venue_id does not name a venue",
+        )),
     }
 }
 
 fn summary_response(status: actix_web::http::StatusCode, summary: &EventSummary) -> HttpResponse {
-    HttpResponse::build(status).json(EventEnvelope { data: summary.into() })
+    HttpResponse::build(status).json(EventEnvelope {
+        data: summary.into(),
+    })
 }
 
 /// Create an event (as a draft); the caller owns it.
@@ -155,7 +172,11 @@ pub async fn create_event(
     let body = body.into_inner();
     let details = EventDetails {
         title: Title::parse(&body.title)?,
-        description: body.description.as_deref().map(Description::parse).transpose()?,
+        description: body
+            .description
+            .as_deref()
+            .map(Description::parse)
+            .transpose()?,
         venue_id: VenueId::from(body.venue_id),
         starts_at: body.starts_at,
         ends_at: body.ends_at,
@@ -172,7 +193,10 @@ pub async fn create_event(
         at: super::now(),
     };
     let outcome = state.execute(id, command, None).await?;
-    Ok(summary_response(actix_web::http::StatusCode::CREATED, &outcome.summary))
+    Ok(summary_response(
+        actix_web::http::StatusCode::CREATED,
+        &outcome.summary,
+    ))
 }
 
 /// Change details or capacity (owner only).
@@ -207,37 +231,76 @@ pub async fn update_event(
         capacity,
         at: super::now(),
     };
-    let outcome = state.execute(EventId::from(id.into_inner()), command, None).await?;
-    Ok(summary_response(actix_web::http::StatusCode::OK, &outcome.summary))
+    let outcome = state
+        .execute(EventId::from(id.into_inner()), command, None)
+        .await?;
+    Ok(summary_response(
+        actix_web::http::StatusCode::OK,
+        &outcome.summary,
+    ))
 }
 
 /// Publish a draft (owner only): it becomes listed and joinable.
 #[utoipa::path(post, path = "/v1/events/{id}/publish", tag = "events", security(("bearer" = [])), params(("id" = Uuid, Path)),
     responses((status = 200, body = EventEnvelope), (status = 403, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
-pub async fn publish_event(state: web::Data<AppState>, user: AuthUser, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
-    let command = Command::Publish { by: user.id, at: super::now() };
-    let outcome = state.execute(EventId::from(id.into_inner()), command, None).await?;
-    Ok(summary_response(actix_web::http::StatusCode::OK, &outcome.summary))
+pub async fn publish_event(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let command = Command::Publish {
+        by: user.id,
+        at: super::now(),
+    };
+    let outcome = state
+        .execute(EventId::from(id.into_inner()), command, None)
+        .await?;
+    Ok(summary_response(
+        actix_web::http::StatusCode::OK,
+        &outcome.summary,
+    ))
 }
 
 /// Cancel (owner only): every membership ends.
 #[utoipa::path(post, path = "/v1/events/{id}/cancel", tag = "events", security(("bearer" = [])), params(("id" = Uuid, Path)),
     responses((status = 200, body = EventEnvelope), (status = 403, body = super::ErrorBody)))]
-pub async fn cancel_event(state: web::Data<AppState>, user: AuthUser, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
-    let command = Command::Cancel { by: user.id, at: super::now() };
-    let outcome = state.execute(EventId::from(id.into_inner()), command, None).await?;
-    Ok(summary_response(actix_web::http::StatusCode::OK, &outcome.summary))
+pub async fn cancel_event(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let command = Command::Cancel {
+        by: user.id,
+        at: super::now(),
+    };
+    let outcome = state
+        .execute(EventId::from(id.into_inner()), command, None)
+        .await?;
+    Ok(summary_response(
+        actix_web::http::StatusCode::OK,
+        &outcome.summary,
+    ))
 }
 
 /// An event with live counts. Drafts are visible to their owner only.
 #[utoipa::path(get, path = "/v1/events/{id}", tag = "events", params(("id" = Uuid, Path)),
     responses((status = 200, body = EventEnvelope), (status = 404, body = super::ErrorBody)))]
-pub async fn get_event(state: web::Data<AppState>, user: MaybeUser, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+pub async fn get_event(
+    state: web::Data<AppState>,
+    user: MaybeUser,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
     let event = state
         .store
         .event(EventId::from(id.into_inner()))
         .await?
-        .filter(|e| e.status != Lifecycle::Draft.as_str() || user.0.as_ref().is_some_and(|u| u.id.as_uuid() == e.owner_id))
+        .filter(|e| {
+            e.status != Lifecycle::Draft.as_str()
+                || user
+                    .0
+                    .as_ref()
+                    .is_some_and(|u| u.id.as_uuid() == e.owner_id)
+        })
         .ok_or(ApiError::NotFound("event"))?;
     Ok(HttpResponse::Ok().json(EventEnvelope { data: event.into() }))
 }
@@ -259,7 +322,10 @@ pub struct EventListQuery {
 /// Published events, soonest first.
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventListQuery),
     responses((status = 200, body = EventPage), (status = 400, body = super::ErrorBody)))]
-pub async fn list_events(state: web::Data<AppState>, query: web::Query<EventListQuery>) -> Result<HttpResponse, ApiError> {
+pub async fn list_events(
+    state: web::Data<AppState>,
+    query: web::Query<EventListQuery>,
+) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
     let limit = pagination::limit(query.limit)?;
     let tag = query.tag.as_deref().map(Tag::parse).transpose()?;
@@ -272,6 +338,7 @@ pub async fn list_events(state: web::Data<AppState>, query: web::Query<EventList
         limit: limit + 1,
     };
     let rows = state.store.list_events(&filter).await?;
-    let page: Page<EventView> = pagination::page(rows, limit, |e| (e.starts_at, e.id), EventView::from);
+    let page: Page<EventView> =
+        pagination::page(rows, limit, |e| (e.starts_at, e.id), EventView::from);
     Ok(HttpResponse::Ok().json(page))
 }

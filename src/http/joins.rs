@@ -43,7 +43,10 @@ impl JoinView {
     fn new(event: EventId, membership: Option<Membership>) -> Self {
         let (status, position, joined_at) = match membership {
             Some(Membership::Active { joined_at }) => ("active", None, Some(joined_at)),
-            Some(Membership::Waitlisted { position, joined_at }) => ("waitlisted", Some(position), Some(joined_at)),
+            Some(Membership::Waitlisted {
+                position,
+                joined_at,
+            }) => ("waitlisted", Some(position), Some(joined_at)),
             None => ("left", None, None),
         };
         Self {
@@ -63,16 +66,21 @@ fn render_join(outcome: &Outcome) -> (u16, Value) {
 }
 
 fn idempotency_key(req: &HttpRequest) -> Result<String, ApiError> {
-    let key = req
-        .headers()
-        .get("Idempotency-Key")
-        .ok_or_else(|| ApiError::bad_request("missing_idempotency_key", "the Idempotency-Key header is required"))?;
+    let key = req.headers().get("Idempotency-Key").ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_idempotency_key",
+            "the Idempotency-Key header is required",
+        )
+    })?;
     key.to_str()
         .ok()
         .filter(|k| !k.is_empty() && k.len() <= 255 && k.chars().all(|c| c.is_ascii_graphic()))
         .map(str::to_owned)
         .ok_or_else(|| {
-            ApiError::bad_request("invalid_idempotency_key", "the Idempotency-Key must be 1 to 255 visible ASCII characters")
+            ApiError::bad_request(
+                "invalid_idempotency_key",
+                "the Idempotency-Key must be 1 to 255 visible ASCII characters",
+            )
         })
 }
 
@@ -109,7 +117,10 @@ pub async fn join_event(
         }
         return Ok(replay(stored.status_code as u16, stored.response.0));
     }
-    let command = Command::Join { user: user.id, at: super::now() };
+    let command = Command::Join {
+        user: user.id,
+        at: super::now(),
+    };
     let idempotency = IdempotencyKey {
         user: user.id,
         key,
@@ -124,15 +135,31 @@ pub async fn join_event(
     })
     .increment(1);
     let (status, body) = render_join(&outcome);
-    Ok(HttpResponse::build(StatusCode::from_u16(status).expect("201 or 200")).json(serde_json::json!({ "data": body })))
+    Ok(
+        HttpResponse::build(StatusCode::from_u16(status).expect("201 or 200"))
+            .json(serde_json::json!({ "data": body })),
+    )
 }
 
 /// Leave an event; the first waiter is promoted in the same commit.
 #[utoipa::path(delete, path = "/v1/events/{id}/join", tag = "joins", security(("bearer" = [])), params(("id" = Uuid, Path)),
     responses((status = 200, body = JoinEnvelope), (status = 404, description = "not a member", body = super::ErrorBody)))]
-pub async fn leave_event(state: web::Data<AppState>, user: AuthUser, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+pub async fn leave_event(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
     let event = EventId::from(id.into_inner());
-    let outcome = state.execute(event, Command::Leave { user: user.id, at: super::now() }, None).await?;
+    let outcome = state
+        .execute(
+            event,
+            Command::Leave {
+                user: user.id,
+                at: super::now(),
+            },
+            None,
+        )
+        .await?;
     metrics::counter!("turnout_leaves_total").increment(1);
     Ok(HttpResponse::Ok().json(JoinEnvelope {
         data: JoinView::new(event, outcome.membership),
@@ -166,9 +193,16 @@ pub async fn attendees(
     let event = EventId::from(id.into_inner());
     let limit = pagination::limit(query.limit)?;
     let after = pagination::decode::<(i64, i64)>(query.cursor.as_deref())?;
-    let record = state.store.event(event).await?.ok_or(ApiError::NotFound("event"))?;
+    let record = state
+        .store
+        .event(event)
+        .await?
+        .ok_or(ApiError::NotFound("event"))?;
     if record.owner_id != user.id.as_uuid() {
-        return Err(ApiError::forbidden("not_owner", "only the event's owner may list its attendees"));
+        return Err(ApiError::forbidden(
+            "not_owner",
+            "only the event's owner may list its attendees",
+        ));
     }
     let rows = state.store.attendees(event, after, limit + 1).await?;
     let page = pagination::page(
@@ -204,7 +238,11 @@ pub struct MyJoinPage {
 /// The caller's joins, newest first, each with its event card.
 #[utoipa::path(get, path = "/v1/me/joins", tag = "joins", security(("bearer" = [])), params(PageQuery),
     responses((status = 200, body = MyJoinPage)))]
-pub async fn my_joins(state: web::Data<AppState>, user: AuthUser, query: web::Query<PageQuery>) -> Result<HttpResponse, ApiError> {
+pub async fn my_joins(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
     let limit = pagination::limit(query.limit)?;
     let before = pagination::decode::<(i64, Uuid)>(query.cursor.as_deref())?;
     let rows = state.store.joins_of(user.id, before, limit + 1).await?;

@@ -48,7 +48,9 @@ impl AppState {
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Outcome, ApiError> {
         let request_id = Some(request_context::current_request_id());
-        let run = self.registry.execute(event, command, idempotency, request_id);
+        let run = self
+            .registry
+            .execute(event, command, idempotency, request_id);
         match tokio::time::timeout(self.write_timeout, run).await {
             Ok(result) => Ok(result?),
             Err(_) => {
@@ -110,15 +112,20 @@ fn json_error(e: JsonPayloadError, limit: usize) -> ApiError {
         JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
             ApiError::PayloadTooLarge(limit)
         }
-        JsonPayloadError::ContentType => {
-            ApiError::bad_request("unsupported_media_type", "the body must be JSON (Content-Type: application/json)")
-        }
+        JsonPayloadError::ContentType => ApiError::bad_request(
+            "unsupported_media_type",
+            "the body must be JSON (Content-Type: application/json)",
+        ),
         JsonPayloadError::Deserialize(e) if e.is_data() => {
             ApiError::unprocessable("validation_failed", client_message(&e.to_string()))
         }
-        JsonPayloadError::Deserialize(e) => {
-            ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {}", client_message(&e.to_string())))
-        }
+        JsonPayloadError::Deserialize(e) => ApiError::bad_request(
+            "malformed_json",
+            format!(
+                "the body is not valid JSON: {}",
+                client_message(&e.to_string())
+            ),
+        ),
         _ => ApiError::bad_request("bad_body", "the request body could not be read"),
     }
 }
@@ -127,7 +134,10 @@ fn query_error(e: QueryPayloadError) -> ApiError {
     let QueryPayloadError::Deserialize(e) = e else {
         return ApiError::bad_request("invalid_query", "the query string is invalid");
     };
-    ApiError::bad_request("invalid_query", format!("invalid query: {}", client_message(&e.to_string())))
+    ApiError::bad_request(
+        "invalid_query",
+        format!("invalid query: {}", client_message(&e.to_string())),
+    )
 }
 
 /// serde's messages name Rust types ("expected i64"); say it in words.
@@ -155,7 +165,11 @@ fn client_message(raw: &str) -> String {
 mod tests {
     #[test]
     fn serde_messages_do_not_name_rust_types() {
-        let message = super::client_message("invalid type: string \"x\", expected i64 at line 1 column 9");
-        assert_eq!(message, "invalid type: string \"x\", expected an integer at line 1 column 9");
+        let message =
+            super::client_message("invalid type: string \"x\", expected i64 at line 1 column 9");
+        assert_eq!(
+            message,
+            "invalid type: string \"x\", expected an integer at line 1 column 9"
+        );
     }
 }

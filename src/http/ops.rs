@@ -23,7 +23,9 @@ pub async fn health() -> HttpResponse {
     responses((status = 200, description = "ready"), (status = 503, description = "the store does not answer", body = super::ErrorBody)))]
 pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     match tokio::time::timeout(Duration::from_secs(1), state.store.ping()).await {
-        Ok(Ok(())) => Ok(HttpResponse::Ok().json(serde_json::json!({ "data": { "status": "ready" } }))),
+        Ok(Ok(())) => {
+            Ok(HttpResponse::Ok().json(serde_json::json!({ "data": { "status": "ready" } })))
+        }
         Ok(Err(error)) => Err(error.into()),
         Err(_) => Err(ApiError::Unavailable),
     }

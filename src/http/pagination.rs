@@ -32,7 +32,10 @@ pub fn limit(raw: Option<i64>) -> Result<i64, ApiError> {
     match raw {
         None => Ok(DEFAULT_LIMIT),
         Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-        Some(_) => Err(ApiError::bad_request("invalid_query", format!("limit must be 1 to {MAX_LIMIT}"))),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be 1 to {MAX_LIMIT}"),
+        )),
     }
 }
 
@@ -41,13 +44,17 @@ pub fn encode<T: Serialize>(key: &T) -> String {
 }
 
 pub fn decode<T: DeserializeOwned>(cursor: Option<&str>) -> Result<Option<T>, ApiError> {
-    let Some(cursor) = cursor else { return Ok(None) };
+    let Some(cursor) = cursor else {
+        return Ok(None);
+    };
     URL_SAFE_NO_PAD
         .decode(cursor)
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .map(Some)
-        .ok_or_else(|| ApiError::bad_request("invalid_cursor", "the cursor is not one this server issued"))
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_cursor", "the cursor is not one this server issued")
+        })
 }
 
 /// Builds a page from `limit + 1` fetched rows: the extra row only says that
@@ -60,7 +67,11 @@ pub fn page<R, T, K: Serialize>(
 ) -> Page<T> {
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
-    let next_cursor = if more { rows.last().map(|r| encode(&key(r))) } else { None };
+    let next_cursor = if more {
+        rows.last().map(|r| encode(&key(r)))
+    } else {
+        None
+    };
     Page {
         data: rows.into_iter().map(view).collect(),
         next_cursor,

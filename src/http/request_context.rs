@@ -26,7 +26,9 @@ fn sane(id: &HeaderValue) -> Option<String> {
     let id = id.to_str().ok()?;
     (!id.is_empty()
         && id.len() <= 128
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))
     .then(|| id.to_owned())
 }
 
@@ -39,12 +41,16 @@ pub async fn middleware(
         .get(&REQUEST_ID)
         .and_then(sane)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().to_string();
     let span = tracing::info_span!("request", request_id = %id, %method, %route);
     let started = Instant::now();
 
-    let result = CURRENT.scope(id.clone(), next.call(req).instrument(span.clone())).await;
+    let result = CURRENT
+        .scope(id.clone(), next.call(req).instrument(span.clone()))
+        .await;
     let elapsed = started.elapsed();
     let mut response = result?;
     let status = response.status().as_u16();
@@ -57,9 +63,17 @@ pub async fn middleware(
     .record(elapsed.as_secs_f64());
     span.in_scope(|| {
         if status >= 500 {
-            tracing::warn!(status, latency_ms = elapsed.as_secs_f64() * 1e3, "request failed");
+            tracing::warn!(
+                status,
+                latency_ms = elapsed.as_secs_f64() * 1e3,
+                "request failed"
+            );
         } else {
-            tracing::debug!(status, latency_ms = elapsed.as_secs_f64() * 1e3, "request done");
+            tracing::debug!(
+                status,
+                latency_ms = elapsed.as_secs_f64() * 1e3,
+                "request done"
+            );
         }
     });
     Ok(response)

@@ -56,7 +56,10 @@ impl From<VenueRecord> for VenueView {
 fn bounded(field: &'static str, raw: &str, max: usize) -> Result<String, ValueError> {
     let text = raw.trim();
     if text.is_empty() || text.chars().count() > max || text.chars().any(char::is_control) {
-        return Err(ValueError::new(field, format!("must be 1 to {max} characters")));
+        return Err(ValueError::new(
+            field,
+            format!("must be 1 to {max} characters"),
+        ));
     }
     Ok(text.to_owned())
 }
@@ -70,24 +73,37 @@ pub async fn create_venue(
     body: web::Json<CreateVenueRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let (lat, lon) = GeoPoint { lat: body.lat, lon: body.lon }.check("lat/lon")?;
+    let (lat, lon) = GeoPoint {
+        lat: body.lat,
+        lon: body.lon,
+    }
+    .check("lat/lon")?;
     let venue = VenueRecord {
         id: VenueId::new().as_uuid(),
         owner_id: user.id.as_uuid(),
         name: bounded("name", &body.name, 200)?,
         lat,
         lon,
-        address: body.address.as_deref().map(|a| bounded("address", a, 500)).transpose()?,
+        address: body
+            .address
+            .as_deref()
+            .map(|a| bounded("address", a, 500))
+            .transpose()?,
         created_at: micros(Utc::now()),
     };
-    state.within_deadline(async { Ok(state.store.create_venue(&venue).await?) }).await?;
+    state
+        .within_deadline(async { Ok(state.store.create_venue(&venue).await?) })
+        .await?;
     Ok(HttpResponse::Created().json(VenueEnvelope { data: venue.into() }))
 }
 
 /// A venue.
 #[utoipa::path(get, path = "/v1/venues/{id}", tag = "venues", params(("id" = Uuid, Path)),
     responses((status = 200, body = VenueEnvelope), (status = 404, body = super::ErrorBody)))]
-pub async fn get_venue(state: web::Data<AppState>, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+pub async fn get_venue(
+    state: web::Data<AppState>,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
     let venue = state
         .store
         .venue(VenueId::from(id.into_inner()))

@@ -160,7 +160,11 @@ pub trait Store: EventStore {
         limit: i64,
     ) -> Result<Vec<(MembershipRecord, EventRecord)>, StoreError>;
 
-    async fn stored_reply(&self, user: UserId, key: &str) -> Result<Option<StoredReply>, StoreError>;
+    async fn stored_reply(
+        &self,
+        user: UserId,
+        key: &str,
+    ) -> Result<Option<StoredReply>, StoreError>;
     /// Deletes idempotency records past their expiry; returns how many.
     async fn purge_expired_replies(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
 }

@@ -280,7 +280,10 @@ pub enum Rejection {
 }
 
 /// Decides what a command does to an event that may not exist yet.
-pub fn decide(state: Option<&EventState>, command: &Command) -> Result<Vec<DomainEvent>, Rejection> {
+pub fn decide(
+    state: Option<&EventState>,
+    command: &Command,
+) -> Result<Vec<DomainEvent>, Rejection> {
     let Some(state) = state else {
         return match command {
             Command::Create {
@@ -334,7 +337,9 @@ pub fn decide(state: Option<&EventState>, command: &Command) -> Result<Vec<Domai
             let mut events = Vec::new();
             let details = patch.apply_to(&state.details);
             if details != state.details {
-                if details.starts_at != state.details.starts_at || details.ends_at != state.details.ends_at {
+                if details.starts_at != state.details.starts_at
+                    || details.ends_at != state.details.ends_at
+                {
                     check_schedule(&details, *at)?;
                 }
                 events.push(DomainEvent::DetailsChanged { details, at: *at });
@@ -351,11 +356,17 @@ pub fn decide(state: Option<&EventState>, command: &Command) -> Result<Vec<Domai
                 }
                 events.push(DomainEvent::CapacityChanged { capacity, at: *at });
                 let free = capacity.get() - active;
-                events.extend(state.waitlist.iter().take(free).map(|w| DomainEvent::Promoted {
-                    user: w.user,
-                    joined_at: w.joined_at,
-                    at: *at,
-                }));
+                events.extend(
+                    state
+                        .waitlist
+                        .iter()
+                        .take(free)
+                        .map(|w| DomainEvent::Promoted {
+                            user: w.user,
+                            joined_at: w.joined_at,
+                            at: *at,
+                        }),
+                );
             }
             Ok(events)
         }
@@ -470,7 +481,9 @@ pub fn evolve(state: Option<EventState>, event: &DomainEvent) -> Option<EventSta
                 state.waitlist.retain(|w| w.user != *user);
             }
         }
-        DomainEvent::Promoted { user, joined_at, .. } => {
+        DomainEvent::Promoted {
+            user, joined_at, ..
+        } => {
             state.waitlist.retain(|w| w.user != *user);
             state.active.insert(*user, *joined_at);
         }
@@ -489,12 +502,16 @@ fn require_owner(state: &EventState, by: UserId) -> Result<(), Rejection> {
 
 fn check_schedule(details: &EventDetails, at: DateTime<Utc>) -> Result<(), Rejection> {
     if details.starts_at <= at {
-        return Err(Rejection::InvalidSchedule("starts_at must be in the future"));
+        return Err(Rejection::InvalidSchedule(
+            "starts_at must be in the future",
+        ));
     }
     if let Some(ends_at) = details.ends_at
         && ends_at <= details.starts_at
     {
-        return Err(Rejection::InvalidSchedule("ends_at must be after starts_at"));
+        return Err(Rejection::InvalidSchedule(
+            "ends_at must be after starts_at",
+        ));
     }
     Ok(())
 }

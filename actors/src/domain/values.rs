@@ -268,7 +268,10 @@ mod tests {
 
     #[test]
     fn title_is_trimmed_and_bounded() {
-        assert_eq!(Title::parse("  Jazz night ").unwrap().as_str(), "Jazz night");
+        assert_eq!(
+            Title::parse("  Jazz night ").unwrap().as_str(),
+            "Jazz night"
+        );
         assert!(Title::parse("   ").is_err());
         assert!(Title::parse("x".repeat(201)).is_err());
         assert!(Title::parse("bad\u{0}byte").is_err());

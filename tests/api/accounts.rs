@@ -1,0 +1,75 @@
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::{TestApp, assert_error, body};
+use crate::on_both_backends;
+
+on_both_backends!(
+    register_login_and_profile,
+    duplicate_email_is_a_conflict,
+    wrong_password_is_401
+);
+
+async fn register_login_and_profile(app: TestApp) {
+    let user = app.register("Ada@Example.com").await;
+
+    let login = app
+        .request(Method::POST, "/v1/auth/login")
+        .json(&json!({ "email": "ada@example.com", "password": "correct horse" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), StatusCode::OK);
+    let login = body(login).await;
+    assert_eq!(login["data"]["user"]["id"], user.id.to_string());
+    assert!(login["data"]["user"].get("password_hash").is_none());
+
+    let patched = app
+        .as_user(&user, Method::PATCH, "/v1/me")
+        .json(&json!({ "interests": ["Jazz", "open-air"], "home": { "lat": 52.1, "lon": 5.1 } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), StatusCode::OK);
+
+    let me = body(
+        app.as_user(&user, Method::GET, "/v1/me")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(me["data"]["email"], "ada@example.com");
+    assert_eq!(me["data"]["interests"], json!(["jazz", "open-air"]));
+    assert_eq!(me["data"]["home"], json!({ "lat": 52.1, "lon": 5.1 }));
+}
+
+async fn duplicate_email_is_a_conflict(app: TestApp) {
+    app.register("bo@example.com").await;
+    let again = app
+        .request(Method::POST, "/v1/auth/register")
+        .json(
+            &json!({ "email": "BO@example.com", "password": "another one", "display_name": "Bo" }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_error(again, StatusCode::CONFLICT, "email_taken").await;
+}
+
+async fn wrong_password_is_401(app: TestApp) {
+    app.register("cy@example.com").await;
+    for (email, password) in [
+        ("cy@example.com", "wrong horse"),
+        ("nobody@example.com", "correct horse"),
+    ] {
+        let response = app
+            .request(Method::POST, "/v1/auth/login")
+            .json(&json!({ "email": email, "password": password }))
+            .send()
+            .await
+            .unwrap();
+        let body = assert_error(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
+        assert_eq!(body["error"]["message"], "wrong email or password");
+    }
+}

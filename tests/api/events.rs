@@ -1,0 +1,232 @@
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::{TestApp, assert_error, body, id_of};
+use crate::on_both_backends;
+
+on_both_backends!(
+    event_lifecycle_and_live_counts,
+    drafts_are_private_and_not_listed,
+    listing_filters_and_pages_without_gaps,
+    only_the_owner_manages_an_event,
+    cancelling_ends_every_membership,
+);
+
+async fn event_lifecycle_and_live_counts(app: TestApp) {
+    let owner = app.register("owner@example.com").await;
+    let event = app.draft_event(&owner, 2).await;
+    assert_eq!(app_event_as(&app, &owner, event).await["status"], "draft");
+
+    let published = app
+        .as_user(&owner, Method::POST, &format!("/v1/events/{event}/publish"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body(published).await["data"]["status"], "published");
+
+    let patched = app
+        .as_user(&owner, Method::PATCH, &format!("/v1/events/{event}"))
+        .json(&json!({ "title": "Later jazz", "description": "Bring friends", "tags": ["jazz", "late"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), StatusCode::OK);
+
+    let a = app.user();
+    app.join(&a, event).await;
+    let seen = app.event(event).await;
+    assert_eq!(seen["title"], "Later jazz");
+    assert_eq!(seen["description"], "Bring friends");
+    assert_eq!(seen["tags"], json!(["jazz", "late"]));
+    assert_eq!(seen["active_count"], 1);
+    assert_eq!(seen["places_left"], 1);
+
+    let cleared = app
+        .as_user(&owner, Method::PATCH, &format!("/v1/events/{event}"))
+        .json(&json!({ "description": null }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body(cleared).await["data"]["description"], json!(null));
+}
+
+async fn app_event_as(
+    app: &TestApp,
+    user: &crate::helpers::User,
+    event: uuid::Uuid,
+) -> serde_json::Value {
+    let response = app
+        .as_user(user, Method::GET, &format!("/v1/events/{event}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    body(response).await["data"].clone()
+}
+
+async fn drafts_are_private_and_not_listed(app: TestApp) {
+    let owner = app.register("owner@example.com").await;
+    let draft = app.draft_event(&owner, 5).await;
+    let anyone = app
+        .request(Method::GET, &format!("/v1/events/{draft}"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(anyone, StatusCode::NOT_FOUND, "not_found").await;
+    let listed = body(app.request(Method::GET, "/v1/events").send().await.unwrap()).await;
+    assert!(
+        listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["id"] != draft.to_string())
+    );
+}
+
+async fn listing_filters_and_pages_without_gaps(app: TestApp) {
+    let owner = app.register("owner@example.com").await;
+    let venue = app.venue(&owner).await;
+    let other_venue = app.venue(&owner).await;
+    // Many events share a start time: only the id tie-breaker orders them.
+    let same_time = chrono::Utc::now() + chrono::Duration::days(3);
+    let mut created = Vec::new();
+    for i in 0..13 {
+        let tag = if i % 2 == 0 { "jazz" } else { "rock" };
+        let at_venue = if i < 10 { venue } else { other_venue };
+        let response = app
+            .as_user(&owner, Method::POST, "/v1/events")
+            .json(
+                &json!({ "title": format!("Show {i}"), "venue_id": at_venue, "starts_at": same_time,
+                           "capacity": 10, "tags": [tag] }),
+            )
+            .send()
+            .await
+            .unwrap();
+        let id = id_of(&body(response).await);
+        app.as_user(&owner, Method::POST, &format!("/v1/events/{id}/publish"))
+            .send()
+            .await
+            .unwrap();
+        created.push(id);
+    }
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/v1/events?venue_id={venue}&limit=3");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let page = body(app.request(Method::GET, &path).send().await.unwrap()).await;
+        for e in page["data"].as_array().unwrap() {
+            seen.push(e["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let mut expected: Vec<_> = created[..10].to_vec();
+    expected.sort();
+    assert_eq!(seen, expected, "every event once, in (starts_at, id) order");
+
+    let jazz = body(
+        app.request(Method::GET, "/v1/events?tag=jazz&limit=100")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(jazz["data"].as_array().unwrap().len(), 7);
+
+    let window = body(
+        app.request(
+            Method::GET,
+            &format!(
+                "/v1/events?limit=100&to={}",
+                (same_time - chrono::Duration::hours(1))
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert!(window["data"].as_array().unwrap().is_empty());
+}
+
+async fn only_the_owner_manages_an_event(app: TestApp) {
+    let owner = app.register("owner@example.com").await;
+    let stranger = app.user();
+    let event = app.draft_event(&owner, 5).await;
+    for (method, path, body) in [
+        (Method::POST, format!("/v1/events/{event}/publish"), None),
+        (Method::POST, format!("/v1/events/{event}/cancel"), None),
+        (
+            Method::PATCH,
+            format!("/v1/events/{event}"),
+            Some(json!({ "capacity": 9 })),
+        ),
+    ] {
+        let mut request = app.as_user(&stranger, method, &path);
+        if let Some(b) = body {
+            request = request.json(&b);
+        }
+        assert_error(
+            request.send().await.unwrap(),
+            StatusCode::FORBIDDEN,
+            "not_owner",
+        )
+        .await;
+    }
+    let attendees = app
+        .as_user(
+            &stranger,
+            Method::GET,
+            &format!("/v1/events/{event}/attendees"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_error(attendees, StatusCode::FORBIDDEN, "not_owner").await;
+    assert_eq!(app_event_as(&app, &owner, event).await["status"], "draft");
+}
+
+async fn cancelling_ends_every_membership(app: TestApp) {
+    let owner = app.register("owner@example.com").await;
+    let event = app.published_event(&owner, 1).await;
+    let (a, b) = (app.user(), app.user());
+    app.join(&a, event).await;
+    app.join(&b, event).await;
+
+    let cancelled = app
+        .as_user(&owner, Method::POST, &format!("/v1/events/{event}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body(cancelled).await["data"]["status"], "cancelled");
+
+    let seen = app.event(event).await;
+    assert_eq!(
+        (
+            seen["active_count"].as_i64(),
+            seen["waitlist_count"].as_i64()
+        ),
+        (Some(0), Some(0))
+    );
+    let mine = body(
+        app.as_user(&b, Method::GET, "/v1/me/joins")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(mine["data"][0]["status"], "cancelled");
+    assert_error(
+        app.join(&a, event).await,
+        StatusCode::CONFLICT,
+        "event_cancelled",
+    )
+    .await;
+}

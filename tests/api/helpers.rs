@@ -1,0 +1,335 @@
+//! Spawns the real application on a random port against a fresh database,
+//! and talks to it over HTTP.
+
+use std::sync::LazyLock;
+
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use turnout::app::Application;
+use turnout::auth::TokenKeys;
+use turnout::config::{Overrides, Settings};
+use turnout_actors::domain::UserId;
+use uuid::Uuid;
+
+pub const JWT_KEY: &str = "test-key-test-key-test-key-test-key";
+
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    tokens: TokenKeys,
+    _dir: tempfile::TempDir,
+}
+
+/// Where the Postgres suite runs: `TURNOUT_TEST_POSTGRES_URL`. Unset means
+/// the Postgres tests are skipped (a bare machine); set but unreachable
+/// means they fail.
+pub fn postgres_base_url() -> Option<String> {
+    std::env::var("TURNOUT_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+static ONCE_NOTICE: LazyLock<()> = LazyLock::new(|| {
+    eprintln!("TURNOUT_TEST_POSTGRES_URL is not set: skipping the Postgres variants");
+});
+
+/// A database URL nobody else uses: a temp SQLite file, or a new Postgres
+/// database created from the base URL.
+pub async fn fresh_database(backend: Backend, dir: &tempfile::TempDir) -> Option<String> {
+    match backend {
+        Backend::Sqlite => Some(format!(
+            "sqlite://{}/turnout.db?mode=rwc",
+            dir.path().display()
+        )),
+        Backend::Postgres => {
+            let Some(base) = postgres_base_url() else {
+                LazyLock::force(&ONCE_NOTICE);
+                return None;
+            };
+            let name = format!("turnout_test_{}", Uuid::new_v4().simple());
+            let admin = sqlx::PgPool::connect(&base)
+                .await
+                .expect("TURNOUT_TEST_POSTGRES_URL is set but Postgres does not answer");
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&admin)
+                .await
+                .expect("create a test database");
+            admin.close().await;
+            Some(with_database(&base, &name))
+        }
+    }
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let (before_query, query) = url
+        .split_once('?')
+        .map_or((url, None), |(a, b)| (a, Some(b)));
+    let slash = before_query.rfind('/').expect("a URL with a path");
+    let prefix = if before_query[..slash].ends_with('/') {
+        before_query
+    } else {
+        &before_query[..slash]
+    };
+    let base = format!("{}/{}", prefix.trim_end_matches('/'), name);
+    match query {
+        Some(q) => format!("{base}?{q}"),
+        None => base,
+    }
+}
+
+pub fn test_settings(database_url: &str, dir: &tempfile::TempDir) -> Settings {
+    let mut settings = Settings::load(&Overrides {
+        bind: Some("127.0.0.1:0".into()),
+        database_url: Some(database_url.into()),
+        ..Overrides::default()
+    })
+    .expect("default settings load");
+    settings.jwt_secrets = Some(SecretString::from(JWT_KEY.to_owned()));
+    settings.data_dir = dir.path().display().to_string();
+    settings.http.workers = 2;
+    settings.actors.threads = 2;
+    settings.database.max_connections = 8;
+    settings
+}
+
+/// Starts the app; `None` when the backend is not configured here.
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, |_| {}).await
+}
+
+pub async fn spawn_app_with(
+    backend: Backend,
+    tweak: impl FnOnce(&mut Settings),
+) -> Option<TestApp> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database_url = fresh_database(backend, &dir).await?;
+    let mut settings = test_settings(&database_url, &dir);
+    tweak(&mut settings);
+    Some(start(settings, dir).await)
+}
+
+/// Starts another app on an existing database, as a second node would.
+pub async fn spawn_node(database_url: &str, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = test_settings(database_url, &dir);
+    tweak(&mut settings);
+    start(settings, dir).await
+}
+
+async fn start(settings: Settings, dir: tempfile::TempDir) -> TestApp {
+    let tokens = TokenKeys::new(&settings.jwt_keys(), settings.auth.issuer.clone(), 3600);
+    let app = Application::build(settings).await.expect("the app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    actix_web::rt::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .unwrap(),
+
+        tokens,
+        _dir: dir,
+    }
+}
+
+/// A user as the tests drive one: an id and a token.
+#[derive(Clone)]
+pub struct User {
+    pub id: Uuid,
+    pub token: String,
+}
+
+impl TestApp {
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, format!("{}{}", self.address, path))
+    }
+
+    pub fn as_user(&self, user: &User, method: Method, path: &str) -> RequestBuilder {
+        self.request(method, path).bearer_auth(&user.token)
+    }
+
+    /// A token-only identity, as an identity provider or the load tester mints.
+    pub fn user(&self) -> User {
+        let id = UserId::new();
+        User {
+            id: id.as_uuid(),
+            token: self.tokens.issue(id, None),
+        }
+    }
+
+    pub async fn register(&self, email: &str) -> User {
+        let response = self
+            .request(Method::POST, "/v1/auth/register")
+            .json(&json!({ "email": email, "password": "correct horse", "display_name": "Test" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body = body(response).await;
+        User {
+            id: body["data"]["user"]["id"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+            token: body["data"]["token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    pub async fn venue(&self, owner: &User) -> Uuid {
+        let response = self
+            .as_user(owner, Method::POST, "/v1/venues")
+            .json(&json!({ "name": "Blue Room", "lat": 52.37, "lon": 4.89 }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        id_of(&body(response).await)
+    }
+
+    /// A published event starting in a week.
+    pub async fn published_event(&self, owner: &User, capacity: i64) -> Uuid {
+        let event = self.draft_event(owner, capacity).await;
+        let response = self
+            .as_user(owner, Method::POST, &format!("/v1/events/{event}/publish"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        event
+    }
+
+    pub async fn draft_event(&self, owner: &User, capacity: i64) -> Uuid {
+        let venue = self.venue(owner).await;
+        let starts_at = chrono::Utc::now() + chrono::Duration::days(7);
+        let response = self
+            .as_user(owner, Method::POST, "/v1/events")
+            .json(&json!({
+                "title": "Late jazz", "venue_id": venue, "starts_at": starts_at,
+                "capacity": capacity, "tags": ["jazz"]
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        id_of(&body(response).await)
+    }
+
+    pub async fn join(&self, user: &User, event: Uuid) -> Response {
+        self.join_with_key(user, event, &Uuid::new_v4().to_string())
+            .await
+    }
+
+    pub async fn join_with_key(&self, user: &User, event: Uuid, key: &str) -> Response {
+        self.as_user(user, Method::POST, &format!("/v1/events/{event}/join"))
+            .header("Idempotency-Key", key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn leave(&self, user: &User, event: Uuid) -> Response {
+        self.as_user(user, Method::DELETE, &format!("/v1/events/{event}/join"))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn event(&self, event: Uuid) -> Value {
+        let response = self
+            .request(Method::GET, &format!("/v1/events/{event}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        body(response).await["data"].clone()
+    }
+
+    /// Every attendee, following cursors.
+    pub async fn attendees(&self, owner: &User, event: Uuid) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/v1/events/{event}/attendees?limit=37");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let response = self
+                .as_user(owner, Method::GET, &path)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let page = body(response).await;
+            all.extend(page["data"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => return all,
+            }
+        }
+    }
+}
+
+pub async fn body(response: Response) -> Value {
+    let text = response.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+}
+
+pub fn id_of(body: &Value) -> Uuid {
+    body["data"]["id"].as_str().unwrap().parse().unwrap()
+}
+
+/// Asserts an error response: status, the envelope, and its code.
+pub async fn assert_error(response: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(response.status(), status, "expected {status} {code}");
+    let request_id = response.headers().get("x-request-id").cloned();
+    let body = body(response).await;
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert_eq!(
+        body["error"]["request_id"].as_str(),
+        request_id.as_ref().and_then(|h| h.to_str().ok()),
+        "the envelope carries the response's request id"
+    );
+    body
+}
+
+/// Generates a SQLite and a Postgres variant of each scenario.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[actix_web::test]
+                async fn $name() {
+                    let app = $crate::helpers::spawn_app($crate::helpers::Backend::Sqlite).await.unwrap();
+                    super::$name(app).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[actix_web::test]
+                async fn $name() {
+                    if let Some(app) = $crate::helpers::spawn_app($crate::helpers::Backend::Postgres).await {
+                        super::$name(app).await;
+                    }
+                }
+            )*
+        }
+    };
+}

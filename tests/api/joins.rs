@@ -1,0 +1,315 @@
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::{Backend, TestApp, User, assert_error, body, spawn_app_with};
+use crate::on_both_backends;
+
+on_both_backends!(
+    concurrent_joins_never_overbook_and_number_the_waitlist,
+    leaving_promotes_the_earliest_waiter,
+    raising_capacity_promotes_in_order_and_cuts_below_active_are_refused,
+    an_idempotency_key_replays_the_first_answer,
+    joining_rules,
+    my_joins_are_newest_first_with_event_cards,
+);
+
+async fn concurrent_joins_never_overbook_and_number_the_waitlist(app: TestApp) {
+    let owner = app.register("owner@example.com").await;
+    let event = app.published_event(&owner, 50).await;
+    let users: Vec<User> = (0..200).map(|_| app.user()).collect();
+
+    let responses = join_all(users.iter().map(|u| app.join(u, event))).await;
+    let mut active = 0;
+    let mut positions = Vec::new();
+    for response in responses {
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let data = body(response).await["data"].clone();
+        match data["status"].as_str().unwrap() {
+            "active" => active += 1,
+            "waitlisted" => positions.push(data["position"].as_u64().unwrap()),
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    positions.sort();
+    assert_eq!(active, 50);
+    assert_eq!(positions, (1..=150).collect::<Vec<_>>());
+
+    let seen = app.event(event).await;
+    assert_eq!(
+        (
+            seen["active_count"].as_i64(),
+            seen["waitlist_count"].as_i64()
+        ),
+        (Some(50), Some(150))
+    );
+
+    let roster = app.attendees(&owner, event).await;
+    assert_eq!(roster.len(), 200);
+    assert!(
+        roster[..50]
+            .iter()
+            .all(|a| a["status"] == "active" && a["position"].is_null())
+    );
+    let listed: Vec<i64> = roster[50..]
+        .iter()
+        .map(|a| a["position"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        (1..=150).collect::<Vec<_>>(),
+        "waitlist in order, positions without gaps"
+    );
+    let ids: HashSet<&str> = roster
+        .iter()
+        .map(|a| a["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 200);
+}
+
+async fn leaving_promotes_the_earliest_waiter(app: TestApp) {
+    let owner = app.register("owner@example.com").await;
+    let event = app.published_event(&owner, 1).await;
+    let (a, b, c) = (app.user(), app.user(), app.user());
+    for u in [&a, &b, &c] {
+        app.join(u, event).await;
+    }
+    let left = app.leave(&a, event).await;
+    assert_eq!(left.status(), StatusCode::OK);
+    assert_eq!(body(left).await["data"]["status"], "left");
+
+    let roster = app.attendees(&owner, event).await;
+    assert_eq!(roster[0]["user_id"], b.id.to_string());
+    assert_eq!(roster[0]["status"], "active");
+    assert_eq!(roster[1]["user_id"], c.id.to_string());
+    assert_eq!(roster[1]["position"], 1);
+
+    assert_error(
+        app.leave(&a, event).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+}
+
+async fn raising_capacity_promotes_in_order_and_cuts_below_active_are_refused(app: TestApp) {
+    let owner = app.register("owner@example.com").await;
+    let event = app.published_event(&owner, 1).await;
+    let users: Vec<User> = (0..4).map(|_| app.user()).collect();
+    for u in &users {
+        app.join(u, event).await;
+    }
+    let raised = app
+        .as_user(&owner, Method::PATCH, &format!("/v1/events/{event}"))
+        .json(&json!({ "capacity": 3 }))
+        .send()
+        .await
+        .unwrap();
+    let raised = body(raised).await;
+    assert_eq!(
+        (
+            raised["data"]["active_count"].as_i64(),
+            raised["data"]["waitlist_count"].as_i64()
+        ),
+        (Some(3), Some(1))
+    );
+    let roster = app.attendees(&owner, event).await;
+    let order: Vec<&str> = roster
+        .iter()
+        .map(|a| a["user_id"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = users.iter().map(|u| u.id.to_string()).collect();
+    assert_eq!(order, expected);
+
+    let cut = app
+        .as_user(&owner, Method::PATCH, &format!("/v1/events/{event}"))
+        .json(&json!({ "capacity": 2 }))
+        .send()
+        .await
+        .unwrap();
+    assert_error(cut, StatusCode::CONFLICT, "capacity_below_active").await;
+    assert_eq!(app.event(event).await["capacity"], 3);
+}
+
+async fn an_idempotency_key_replays_the_first_answer(app: TestApp) {
+    let owner = app.register("owner@example.com").await;
+    let event = app.published_event(&owner, 1).await;
+    let other_event = app.published_event(&owner, 1).await;
+    let (a, b) = (app.user(), app.user());
+    app.join(&a, event).await;
+
+    // Concurrent duplicates while the first is in flight, then a late replay.
+    let first = join_all((0..5).map(|_| app.join_with_key(&b, event, "key-1"))).await;
+    let mut answers = Vec::new();
+    for response in first {
+        answers.push((response.status(), body(response).await));
+    }
+    let replay = app.join_with_key(&b, event, "key-1").await;
+    assert_eq!(replay.headers().get("idempotent-replayed").unwrap(), "true");
+    answers.push((replay.status(), body(replay).await));
+    for answer in &answers {
+        assert_eq!(answer, &answers[0]);
+    }
+    assert_eq!(answers[0].0, StatusCode::CREATED);
+    assert_eq!(answers[0].1["data"]["position"], 1);
+    assert_eq!(
+        app.event(event).await["waitlist_count"],
+        1,
+        "no second effect"
+    );
+
+    // Leave, then replay the old key: the stored answer, not a new join.
+    app.leave(&b, event).await;
+    let replay = app.join_with_key(&b, event, "key-1").await;
+    assert_eq!(body(replay).await, answers[0].1);
+    assert_eq!(app.event(event).await["waitlist_count"], 0);
+
+    let reused = app.join_with_key(&b, other_event, "key-1").await;
+    assert_error(
+        reused,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    )
+    .await;
+    assert_eq!(app.event(other_event).await["active_count"], 0);
+}
+
+async fn joining_rules(app: TestApp) {
+    let owner = app.register("owner@example.com").await;
+    let event = app.published_event(&owner, 5).await;
+    let draft = app.draft_event(&owner, 5).await;
+    let a = app.user();
+
+    assert_error(
+        app.join(&owner, event).await,
+        StatusCode::FORBIDDEN,
+        "owner_cannot_join",
+    )
+    .await;
+    assert_error(
+        app.join(&a, draft).await,
+        StatusCode::CONFLICT,
+        "event_not_published",
+    )
+    .await;
+    assert_error(
+        app.join(&a, uuid::Uuid::now_v7()).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+
+    assert_eq!(app.join(&a, event).await.status(), StatusCode::CREATED);
+    let again = app.join(&a, event).await;
+    assert_eq!(
+        again.status(),
+        StatusCode::OK,
+        "joining again answers the current membership"
+    );
+    assert_eq!(body(again).await["data"]["status"], "active");
+    assert_eq!(app.event(event).await["active_count"], 1);
+}
+
+async fn my_joins_are_newest_first_with_event_cards(app: TestApp) {
+    let owner = app.register("owner@example.com").await;
+    let me = app.user();
+    let mut events = Vec::new();
+    for _ in 0..5 {
+        let event = app.published_event(&owner, 1).await;
+        app.join(&me, event).await;
+        events.push(event);
+    }
+    let page = body(
+        app.as_user(&me, Method::GET, "/v1/me/joins?limit=3")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let first: Vec<&str> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        first,
+        [events[4], events[3], events[2]].map(|e| e.to_string())
+    );
+    assert_eq!(page["data"][0]["event"]["title"], "Late jazz");
+    assert_eq!(page["data"][0]["event"]["active_count"], 1);
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let rest = body(
+        app.as_user(
+            &me,
+            Method::GET,
+            &format!("/v1/me/joins?limit=3&cursor={cursor}"),
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    let rest: Vec<&str> = rest["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(rest, [events[1], events[0]].map(|e| e.to_string()));
+}
+
+/// Actors leave memory when idle and come back from snapshot + tail with the
+/// same state, FIFO order included.
+#[actix_web::test]
+async fn passivated_actors_rehydrate_from_snapshot_and_tail() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.actors.idle_timeout_secs = 1;
+        s.actors.snapshot_every = 3;
+    })
+    .await
+    .unwrap();
+    let owner = app.register("owner@example.com").await;
+    let event = app.published_event(&owner, 2).await;
+    let users: Vec<User> = (0..7).map(|_| app.user()).collect();
+    for u in &users {
+        app.join(u, event).await;
+    }
+    wait_for_passivation(&app).await;
+
+    // The rehydrated actor must promote users[2] — the front of the waitlist.
+    app.leave(&users[0], event).await;
+    let roster = app.attendees(&owner, event).await;
+    let order: Vec<&str> = roster
+        .iter()
+        .map(|a| a["user_id"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = users[1..].iter().map(|u| u.id.to_string()).collect();
+    assert_eq!(order, expected);
+    let late = app.user();
+    assert_eq!(
+        body(app.join(&late, event).await).await["data"]["position"],
+        5
+    );
+}
+
+async fn wait_for_passivation(app: &TestApp) {
+    for _ in 0..100 {
+        let metrics = app
+            .request(Method::GET, "/metrics")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.lines().any(|l| l == "turnout_registry_actors 0") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the idle actor was never passivated");
+}

@@ -1,0 +1,11 @@
+//! Black-box tests of the server over HTTP, each run against SQLite and,
+//! when `TURNOUT_TEST_POSTGRES_URL` is set, against a fresh Postgres database.
+
+mod helpers;
+
+mod accounts;
+mod bad_input;
+mod events;
+mod joins;
+mod nodes;
+mod ops;

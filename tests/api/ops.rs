@@ -1,0 +1,83 @@
+use reqwest::{Method, StatusCode};
+
+use crate::helpers::{TestApp, body};
+use crate::on_both_backends;
+
+on_both_backends!(
+    health_ready_metrics_and_openapi,
+    request_ids_are_echoed_or_made
+);
+
+async fn health_ready_metrics_and_openapi(app: TestApp) {
+    assert_eq!(
+        app.request(Method::GET, "/health")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let ready = app.request(Method::GET, "/ready").send().await.unwrap();
+    assert_eq!(body(ready).await["data"]["status"], "ready");
+
+    let owner = app.register("owner@example.com").await;
+    let event = app.published_event(&owner, 3).await;
+    app.join(&app.user(), event).await;
+    let metrics = app
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "turnout_joins_total",
+        "turnout_journal_batch_size_bucket",
+        "turnout_journal_commit_seconds_bucket",
+        "turnout_live_actors",
+        "turnout_actor_mailbox_depth",
+        "turnout_http_request_duration_seconds_bucket",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}");
+    }
+
+    let spec = body(
+        app.request(Method::GET, "/openapi.json")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/v1/events/{id}/join",
+        "/v1/me/joins",
+        "/v1/auth/register",
+        "/ready",
+    ] {
+        assert!(spec["paths"].get(path).is_some(), "openapi lacks {path}");
+    }
+    let docs = app.request(Method::GET, "/docs").send().await.unwrap();
+    assert_eq!(docs.status(), StatusCode::OK);
+    assert!(docs.text().await.unwrap().contains("openapi"));
+}
+
+async fn request_ids_are_echoed_or_made(app: TestApp) {
+    let echoed = app
+        .request(Method::GET, "/health")
+        .header("X-Request-ID", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echoed.headers()["x-request-id"], "abc-123");
+    let hostile = app
+        .request(Method::GET, "/health")
+        .header("X-Request-ID", "a\tb{}")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(hostile.headers()["x-request-id"], "a\tb{}");
+    let made = app.request(Method::GET, "/health").send().await.unwrap();
+    assert!(uuid::Uuid::parse_str(made.headers()["x-request-id"].to_str().unwrap()).is_ok());
+}
