@@ -1,7 +1,7 @@
 //! Spawns the real application on a random port against a fresh database,
 //! and talks to it over HTTP.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use secrecy::SecretString;
@@ -20,11 +20,12 @@ pub enum Backend {
     Postgres,
 }
 
+#[derive(Clone)]
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
-    tokens: TokenKeys,
-    _dir: tempfile::TempDir,
+    tokens: Arc<TokenKeys>,
+    _dir: Option<Arc<tempfile::TempDir>>,
 }
 
 /// Where the Postgres suite runs: `TURNOUT_TEST_POSTGRES_URL`. Unset means
@@ -134,9 +135,8 @@ async fn start(settings: Settings, dir: tempfile::TempDir) -> TestApp {
             .pool_max_idle_per_host(64)
             .build()
             .unwrap(),
-
-        tokens,
-        _dir: dir,
+        tokens: Arc::new(tokens),
+        _dir: Some(Arc::new(dir)),
     }
 }
 
@@ -148,6 +148,20 @@ pub struct User {
 }
 
 impl TestApp {
+    /// Talks to a server running elsewhere (a child process).
+    pub fn attach(address: &str, jwt_key: &str) -> Self {
+        Self {
+            address: address.to_owned(),
+            client: reqwest::Client::new(),
+            tokens: Arc::new(TokenKeys::new(
+                &[SecretString::from(jwt_key.to_owned())],
+                "turnout".into(),
+                3600,
+            )),
+            _dir: None,
+        }
+    }
+
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.client
             .request(method, format!("{}{}", self.address, path))
@@ -235,6 +249,14 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+
+    /// A join that may fail to connect (the server may be gone).
+    pub async fn try_join(&self, user: &User, event: Uuid) -> reqwest::Result<Response> {
+        self.as_user(user, Method::POST, &format!("/v1/events/{event}/join"))
+            .header("Idempotency-Key", Uuid::new_v4().to_string())
+            .send()
+            .await
     }
 
     pub async fn leave(&self, user: &User, event: Uuid) -> Response {

@@ -5,6 +5,7 @@ mod helpers;
 
 mod accounts;
 mod bad_input;
+mod crash;
 mod events;
 mod joins;
 mod nodes;

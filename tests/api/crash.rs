@@ -1,0 +1,158 @@
+//! `kill -9` the server binary while joins are in flight, restart it on the
+//! same database, and check that every join answered 2xx survived and no
+//! event is overbooked.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::helpers::{Backend, JWT_KEY, TestApp, User, body, fresh_database};
+
+const CAPACITY: i64 = 100;
+const JOINERS: usize = 600;
+
+struct Server {
+    child: Child,
+    address: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_server(database_url: &str, data_dir: &std::path::Path) -> Server {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_turnout"))
+        .args([
+            "serve",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--database-url",
+            database_url,
+        ])
+        .env("TURNOUT_JWT_SECRETS", JWT_KEY)
+        .env("TURNOUT_DATA_DIR", data_dir)
+        .env("TURNOUT_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the turnout binary starts");
+    let address = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if client
+            .get(format!("{address}/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Server { child, address };
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the server did not become ready");
+}
+
+async fn acknowledged_joins_survive_kill_9(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(url) = fresh_database(backend, &dir).await else {
+        return;
+    };
+    let mut server = start_server(&url, dir.path()).await;
+    let app = TestApp::attach(&server.address, JWT_KEY);
+
+    let owner = app.register("owner@example.com").await;
+    let event = app.published_event(&owner, CAPACITY).await;
+    let users: Vec<User> = (0..JOINERS).map(|_| app.user()).collect();
+
+    let acked: Arc<Mutex<HashMap<Uuid, Value>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for user in users {
+        let (app, acked) = (app.clone(), Arc::clone(&acked));
+        tasks.push(tokio::spawn(async move {
+            let Ok(response) = app.try_join(&user, event).await else {
+                return;
+            };
+            if response.status() == StatusCode::CREATED {
+                let data = body(response).await["data"].clone();
+                acked.lock().await.insert(user.id, data);
+            }
+        }));
+    }
+    // Kill mid-load: once some joins are acknowledged, others still in flight.
+    loop {
+        if acked.lock().await.len() >= JOINERS / 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().unwrap();
+    for task in tasks {
+        let _ = task.await;
+    }
+    let acked = acked.lock().await.clone();
+    assert!(acked.len() >= JOINERS / 4);
+
+    let mut restarted = start_server(&url, dir.path()).await;
+    let app = TestApp::attach(&restarted.address, JWT_KEY);
+    let roster = app.attendees(&owner, event).await;
+    let by_user: HashMap<&str, &Value> = roster
+        .iter()
+        .map(|a| (a["user_id"].as_str().unwrap(), a))
+        .collect();
+    for (user, answer) in &acked {
+        let row = by_user
+            .get(user.to_string().as_str())
+            .unwrap_or_else(|| panic!("acknowledged join of {user} was lost"));
+        assert_eq!(
+            row["status"], answer["status"],
+            "{user} kept the status it was told"
+        );
+    }
+    let active = roster.iter().filter(|a| a["status"] == "active").count() as i64;
+    assert!(active <= CAPACITY, "overbooked: {active} > {CAPACITY}");
+    let positions: Vec<i64> = roster
+        .iter()
+        .filter_map(|a| a["position"].as_i64())
+        .collect();
+    assert_eq!(positions, (1..=positions.len() as i64).collect::<Vec<_>>());
+    let seen = app.event(event).await;
+    assert_eq!(seen["active_count"].as_i64(), Some(active));
+    assert_eq!(
+        seen["waitlist_count"].as_i64(),
+        Some(positions.len() as i64)
+    );
+
+    // And the restarted server keeps deciding on the recovered state.
+    let late = app.user();
+    let joined = body(app.join(&late, event).await).await;
+    let expected = if active < CAPACITY {
+        "active"
+    } else {
+        "waitlisted"
+    };
+    assert_eq!(joined["data"]["status"], expected);
+    restarted.child.kill().unwrap();
+    restarted.child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_acknowledged_joins_survive_kill_9() {
+    acknowledged_joins_survive_kill_9(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_acknowledged_joins_survive_kill_9() {
+    acknowledged_joins_survive_kill_9(Backend::Postgres).await;
+}
