@@ -31,7 +31,9 @@ pub struct ActorSettings {
     pub mailbox_capacity: usize,
     /// An actor with nothing to do for this long leaves memory.
     pub idle_timeout: Duration,
-    /// A snapshot is written after this many facts.
+    /// A snapshot is written after this many facts — or, for a big event,
+    /// after as many facts as it has members, so writing snapshots costs
+    /// O(1) per fact and a reload replays at most about that many.
     pub snapshot_every: u64,
     /// How long idempotency records are kept.
     pub idempotency_ttl: chrono::Duration,
@@ -239,10 +241,12 @@ impl EventActor {
             membership: acting_user(&command).and_then(|u| state.membership(u)),
         };
         self.facts_since_snapshot += events.len() as u64;
-        let snapshot = (self.facts_since_snapshot >= self.settings.snapshot_every).then(|| {
-            self.facts_since_snapshot = 0;
-            state.clone()
-        });
+        let members = (state.active.len() + state.waitlist.len()) as u64;
+        let snapshot = (self.facts_since_snapshot >= self.settings.snapshot_every.max(members))
+            .then(|| {
+                self.facts_since_snapshot = 0;
+                state.clone()
+            });
         self.state = Some(state);
 
         if events.is_empty() && idempotency.is_none() {

@@ -357,7 +357,7 @@ proptest! {
             let Ok(events) = decide(state.as_ref(), &command) else { continue };
 
             // Promotion is FIFO: each promoted user is the front waiter at that moment.
-            let mut waitlist = before.as_ref().unwrap().waitlist.clone();
+            let mut waitlist: std::collections::VecDeque<Waiter> = before.as_ref().unwrap().waitlist.iter().copied().collect();
             for e in &events {
                 match e {
                     DomainEvent::Promoted { user, .. } => {

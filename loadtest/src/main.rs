@@ -1,1 +1,87 @@
-fn main() {}
+//! `turnout-loadtest`: drives a Turnout server with a scenario, measures
+//! latency and throughput, and then checks through the API that the server
+//! kept its invariants. Exits non-zero when an invariant fails or a threshold
+//! is missed, so it can gate a deployment.
+
+mod api;
+mod invariants;
+mod report;
+mod scenarios;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "turnout-loadtest", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// N users join one event at the same moment.
+    HotJoin(scenarios::hot_join::HotJoin),
+}
+
+/// Options every scenario shares.
+#[derive(Args, Clone)]
+pub struct Common {
+    /// The server to test.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub target: String,
+    /// The server's JWT key (its first TURNOUT_JWT_SECRETS entry), to mint
+    /// tokens for simulated users.
+    #[arg(long, env = "TURNOUT_JWT_KEY")]
+    pub jwt_key: String,
+    #[arg(long, default_value = "turnout")]
+    pub jwt_issuer: String,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Fail when p99 latency exceeds this.
+    #[arg(long)]
+    pub max_p99_ms: Option<f64>,
+    /// Fail when the share of non-2xx answers exceeds this (0..1).
+    #[arg(long)]
+    pub max_error_rate: Option<f64>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (report, common) = match cli.scenario {
+        Scenario::HotJoin(args) => {
+            let common = args.common.clone();
+            (scenarios::hot_join::run(args).await?, common)
+        }
+    };
+    report.print();
+    if let Some(path) = &common.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    let mut failed = !report.invariants_hold();
+    if let Some(max) = common.max_p99_ms
+        && report.latency.p99_ms > max
+    {
+        println!(
+            "FAIL  p99 {:.2} ms is over --max-p99-ms {max}",
+            report.latency.p99_ms
+        );
+        failed = true;
+    }
+    if let Some(max) = common.max_error_rate
+        && report.error_rate > max
+    {
+        println!(
+            "FAIL  error rate {:.4} is over --max-error-rate {max}",
+            report.error_rate
+        );
+        failed = true;
+    }
+    if failed {
+        std::process::exit(1);
+    }
+    Ok(())
+}

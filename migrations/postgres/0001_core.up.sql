@@ -96,8 +96,11 @@ CREATE TABLE idempotency_keys (
 CREATE INDEX idempotency_by_expiry ON idempotency_keys (expires_at);
 
 -- Written in the same transaction as the facts; a relay publishes them.
+-- Deliberately few indexes: every join writes a row here.
 CREATE TABLE outbox (
-    id              UUID PRIMARY KEY,
+    -- Monotonic: the relay publishes in this order.
+    id              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    message_id      UUID NOT NULL,
     topic           TEXT NOT NULL,
     aggregate_id    UUID NOT NULL,
     stream_version  BIGINT NOT NULL,
@@ -110,6 +113,6 @@ CREATE TABLE outbox (
     last_error      TEXT,
     created_at      BIGINT NOT NULL,
     published_at    BIGINT,
+    -- One message per fact: consumers dedupe on message_id.
     UNIQUE (aggregate_id, stream_version)
 );
-CREATE INDEX outbox_due ON outbox (status, next_attempt_at, created_at);

@@ -68,7 +68,7 @@ CREATE TABLE event_tags (
     tag      TEXT NOT NULL,
     event_id BLOB NOT NULL REFERENCES events (id),
     PRIMARY KEY (tag, event_id)
-);
+) WITHOUT ROWID;
 
 -- Read model: one row per (event, user) that ever joined.
 CREATE TABLE joins (
@@ -79,7 +79,7 @@ CREATE TABLE joins (
     joined_at  INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (event_id, user_id)
-);
+) WITHOUT ROWID;
 CREATE INDEX joins_by_user ON joins (user_id, joined_at, event_id);
 CREATE INDEX joins_roster ON joins (event_id, status, order_key);
 
@@ -96,8 +96,11 @@ CREATE TABLE idempotency_keys (
 CREATE INDEX idempotency_by_expiry ON idempotency_keys (expires_at);
 
 -- Written in the same transaction as the facts; a relay publishes them.
+-- Deliberately few indexes: every join writes a row here.
 CREATE TABLE outbox (
-    id              BLOB PRIMARY KEY,
+    -- Monotonic: the relay publishes in this order.
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id      BLOB NOT NULL,
     topic           TEXT NOT NULL,
     aggregate_id    BLOB NOT NULL,
     stream_version  INTEGER NOT NULL,
@@ -110,6 +113,6 @@ CREATE TABLE outbox (
     last_error      TEXT,
     created_at      INTEGER NOT NULL,
     published_at    INTEGER,
+    -- One message per fact: consumers dedupe on message_id.
     UNIQUE (aggregate_id, stream_version)
 );
-CREATE INDEX outbox_due ON outbox (status, next_attempt_at, created_at);

@@ -186,23 +186,35 @@ pub async fn connect(url: &str, pool: &PoolSettings) -> anyhow::Result<Arc<dyn S
         {
             std::fs::create_dir_all(dir)?;
         }
+        let journal = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(acquire)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&journal).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(pool.max_connections)
             .min_connections(pool.min_connections)
             .acquire_timeout(acquire)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Arc::new(SqlStore::new(pool)))
+        Ok(Arc::new(SqlStore::new(pool, journal)))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let journal = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(acquire)
+            .connect(url)
+            .await?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&journal)
+            .await?;
         let pool = PgPoolOptions::new()
             .max_connections(pool.max_connections)
             .min_connections(pool.min_connections)
             .acquire_timeout(acquire)
             .connect(url)
             .await?;
-        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(Arc::new(SqlStore::new(pool)))
+        Ok(Arc::new(SqlStore::new(pool, journal)))
     } else {
         anyhow::bail!("unsupported database URL scheme: expected sqlite: or postgres:")
     }

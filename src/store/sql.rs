@@ -19,14 +19,18 @@ use super::{
     micros, unavailable,
 };
 
-/// A database pool of either backend.
+/// A database of either backend.
 pub struct SqlStore<DB: sqlx::Database> {
+    /// Queries and account writes.
     pool: Pool<DB>,
+    /// The journal's own connection: group commits never queue behind a
+    /// burst of reads for a pooled connection.
+    journal: Pool<DB>,
 }
 
 impl<DB: sqlx::Database> SqlStore<DB> {
-    pub fn new(pool: Pool<DB>) -> Self {
-        Self { pool }
+    pub fn new(pool: Pool<DB>, journal: Pool<DB>) -> Self {
+        Self { pool, journal }
     }
 }
 
@@ -241,7 +245,7 @@ macro_rules! impl_store {
                     .collect();
                 for chunk in outbox.chunks(CHUNK) {
                     let mut q = QueryBuilder::<$db>::new(
-                        "INSERT INTO outbox (id, topic, aggregate_id, stream_version, event_type, \
+                        "INSERT INTO outbox (message_id, topic, aggregate_id, stream_version, event_type, \
                          payload, request_id, next_attempt_at, created_at) ",
                     );
                     q.push_values(chunk, |mut b, (a, version, event)| {
@@ -332,7 +336,7 @@ macro_rules! impl_store {
                     if live.is_empty() {
                         break;
                     }
-                    let mut tx = self.pool.begin().await.map_err(unavailable)?;
+                    let mut tx = self.journal.begin().await.map_err(unavailable)?;
                     let lost = Self::append_log(&mut tx, &live, now).await.map_err(unavailable)?;
                     if !lost.is_empty() {
                         // Retry without the streams that lost the race; their
@@ -500,11 +504,11 @@ macro_rules! impl_store {
                 after: Option<(i64, i64)>,
                 limit: i64,
             ) -> Result<Vec<MembershipRecord>, StoreError> {
-                let mut q = QueryBuilder::<$db>::new("SELECT j.event_id, j.user_id, j.status, j.order_key, j.joined_at, ");
-                q.push(POSITION)
-                    .push(" AS position FROM joins j WHERE j.event_id = ")
-                    .push_bind(event.as_uuid())
-                    .push(" AND j.status IN ('active', 'waitlisted')");
+                let mut q = QueryBuilder::<$db>::new(
+                    "SELECT j.event_id, j.user_id, j.status, j.order_key, j.joined_at, \
+                     CAST(NULL AS BIGINT) AS position FROM joins j WHERE j.event_id = ",
+                );
+                q.push_bind(event.as_uuid()).push(" AND j.status IN ('active', 'waitlisted')");
                 const GROUP: &str = "(CASE WHEN j.status = 'active' THEN 0 ELSE 1 END)";
                 if let Some((group, order_key)) = after {
                     q.push(" AND (")
@@ -520,7 +524,25 @@ macro_rules! impl_store {
                         .push("))");
                 }
                 q.push(" ORDER BY ").push(GROUP).push(", j.order_key LIMIT ").push_bind(limit);
-                q.build_query_as().fetch_all(&self.pool).await.map_err(unavailable)
+                let mut rows: Vec<MembershipRecord> =
+                    q.build_query_as().fetch_all(&self.pool).await.map_err(unavailable)?;
+                // Waiters are listed in order, so one count numbers the page:
+                // the first waiter here has as many ahead as precede it.
+                if let Some(first) = rows.iter().position(|m| m.status == "waitlisted") {
+                    let (ahead,): (i64,) = sqlx::query_as(
+                        "SELECT COUNT(*) FROM joins WHERE event_id = $1 AND status = 'waitlisted' \
+                         AND order_key < $2",
+                    )
+                    .bind(event.as_uuid())
+                    .bind(rows[first].order_key)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                    for (i, m) in rows[first..].iter_mut().enumerate() {
+                        m.position = Some(ahead + 1 + i as i64);
+                    }
+                }
+                Ok(rows)
             }
 
             async fn joins_of(

@@ -22,6 +22,14 @@ struct Server {
     address: String,
 }
 
+impl Drop for Server {
+    /// A failed test must not leave a server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -30,6 +38,10 @@ fn free_port() -> u16 {
         .port()
 }
 
+#[allow(
+    clippy::zombie_processes,
+    reason = "the Server guard kills and waits on drop"
+)]
 async fn start_server(database_url: &str, data_dir: &std::path::Path) -> Server {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_turnout"))
@@ -104,7 +116,7 @@ async fn acknowledged_joins_survive_kill_9(backend: Backend) {
     let acked = acked.lock().await.clone();
     assert!(acked.len() >= JOINERS / 4);
 
-    let mut restarted = start_server(&url, dir.path()).await;
+    let restarted = start_server(&url, dir.path()).await;
     let app = TestApp::attach(&restarted.address, JWT_KEY);
     let roster = app.attendees(&owner, event).await;
     let by_user: HashMap<&str, &Value> = roster
@@ -143,8 +155,7 @@ async fn acknowledged_joins_survive_kill_9(backend: Backend) {
         "waitlisted"
     };
     assert_eq!(joined["data"]["status"], expected);
-    restarted.child.kill().unwrap();
-    restarted.child.wait().unwrap();
+    drop(restarted);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

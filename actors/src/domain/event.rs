@@ -3,12 +3,13 @@
 //! pure — time arrives inside the command — so every rule here is tested
 //! without actors, clocks or databases.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::values::{Capacity, Description, EventId, Tag, Title, UserId, VenueId};
+use super::waitlist::{Waiter, Waitlist};
 
 /// What an event is, apart from who is in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,13 +41,6 @@ impl Lifecycle {
     }
 }
 
-/// Someone waiting for a place, with the time they asked for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Waiter {
-    pub user: UserId,
-    pub joined_at: DateTime<Utc>,
-}
-
 /// The live state of one event. `version` counts the facts folded into it, so
 /// it is also the stream version used for optimistic concurrency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,7 +53,7 @@ pub struct EventState {
     /// Active attendees and when they joined.
     pub active: BTreeMap<UserId, DateTime<Utc>>,
     /// Strict FIFO: the front is promoted first.
-    pub waitlist: VecDeque<Waiter>,
+    pub waitlist: Waitlist,
     pub version: u64,
 }
 
@@ -83,11 +77,10 @@ impl EventState {
             return Some(Membership::Active { joined_at });
         }
         self.waitlist
-            .iter()
-            .position(|w| w.user == user)
-            .map(|i| Membership::Waitlisted {
-                position: i + 1,
-                joined_at: self.waitlist[i].joined_at,
+            .find(user)
+            .map(|(position, w)| Membership::Waitlisted {
+                position,
+                joined_at: w.joined_at,
             })
     }
 
@@ -96,7 +89,7 @@ impl EventState {
     }
 
     fn is_member(&self, user: UserId) -> bool {
-        self.active.contains_key(&user) || self.waitlist.iter().any(|w| w.user == user)
+        self.active.contains_key(&user) || self.waitlist.contains(user)
     }
 }
 
@@ -420,8 +413,8 @@ pub fn decide(
                 }
                 return Ok(events);
             }
-            match state.waitlist.iter().find(|w| w.user == *user) {
-                Some(w) => Ok(vec![DomainEvent::Left {
+            match state.waitlist.find(*user) {
+                Some((_, w)) => Ok(vec![DomainEvent::Left {
                     user: *user,
                     joined_at: w.joined_at,
                     at: *at,
@@ -450,7 +443,7 @@ pub fn evolve(state: Option<EventState>, event: &DomainEvent) -> Option<EventSta
                 capacity: *capacity,
                 lifecycle: Lifecycle::Draft,
                 active: BTreeMap::new(),
-                waitlist: VecDeque::new(),
+                waitlist: Waitlist::default(),
                 version: 1,
             }),
             // A stream that does not start with `Created` is not an event.
@@ -478,13 +471,13 @@ pub fn evolve(state: Option<EventState>, event: &DomainEvent) -> Option<EventSta
         },
         DomainEvent::Left { user, .. } => {
             if state.active.remove(user).is_none() {
-                state.waitlist.retain(|w| w.user != *user);
+                state.waitlist.remove(*user);
             }
         }
         DomainEvent::Promoted {
             user, joined_at, ..
         } => {
-            state.waitlist.retain(|w| w.user != *user);
+            state.waitlist.remove(*user);
             state.active.insert(*user, *joined_at);
         }
     }

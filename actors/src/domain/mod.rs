@@ -4,10 +4,12 @@
 mod event;
 mod stored;
 mod values;
+mod waitlist;
 
 pub use event::{
     Command, DetailsPatch, DomainEvent, EventDetails, EventState, JoinedAs, Lifecycle, Membership,
-    Rejection, Waiter, decide, evolve,
+    Rejection, decide, evolve,
 };
 pub use stored::{DecodeError, StoredEvent, current_schema_version};
 pub use values::{Capacity, Description, EventId, Tag, Title, UserId, ValueError, VenueId};
+pub use waitlist::{Waiter, Waitlist};

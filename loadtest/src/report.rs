@@ -1,0 +1,174 @@
+//! What a run measured: latency percentiles (HdrHistogram), throughput,
+//! errors by kind, and the invariant checks; printed and written as JSON.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Latencies in microseconds, 1 µs to 60 s at 3 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            count: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p90_ms: ms(h.value_at_quantile(0.90)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+impl Check {
+    pub fn new(name: &str, passed: bool, detail: impl Into<String>) -> Self {
+        Self {
+            name: name.to_owned(),
+            passed,
+            detail: detail.into(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub target: String,
+    pub requests: u64,
+    pub elapsed_s: f64,
+    pub throughput_per_s: f64,
+    pub latency: Percentiles,
+    /// "201", "503", "timeout", "connect", … → count.
+    pub outcomes: BTreeMap<String, u64>,
+    pub error_rate: f64,
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    pub fn new(
+        scenario: &str,
+        target: &str,
+        latency: &Histogram<u64>,
+        elapsed: Duration,
+        outcomes: BTreeMap<String, u64>,
+        checks: Vec<Check>,
+    ) -> Self {
+        let requests: u64 = outcomes.values().sum();
+        let errors: u64 = outcomes
+            .iter()
+            .filter(|(k, _)| !k.starts_with('2'))
+            .map(|(_, v)| v)
+            .sum();
+        Self {
+            scenario: scenario.to_owned(),
+            target: target.to_owned(),
+            requests,
+            elapsed_s: elapsed.as_secs_f64(),
+            throughput_per_s: requests as f64 / elapsed.as_secs_f64().max(1e-9),
+            latency: Percentiles::of(latency),
+            outcomes,
+            error_rate: if requests == 0 {
+                0.0
+            } else {
+                errors as f64 / requests as f64
+            },
+            checks,
+        }
+    }
+
+    pub fn invariants_hold(&self) -> bool {
+        self.checks.iter().all(|c| c.passed)
+    }
+
+    pub fn print(&self) {
+        let l = &self.latency;
+        println!("scenario     {} against {}", self.scenario, self.target);
+        println!(
+            "requests     {} in {:.3} s = {:.0}/s",
+            self.requests, self.elapsed_s, self.throughput_per_s
+        );
+        println!(
+            "latency ms   p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+            l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+        );
+        let outcomes: Vec<String> = self
+            .outcomes
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        println!(
+            "outcomes     {}  (error rate {:.4})",
+            outcomes.join(", "),
+            self.error_rate
+        );
+        for c in &self.checks {
+            println!(
+                "{}  {} — {}",
+                if c.passed { "PASS" } else { "FAIL" },
+                c.name,
+                c.detail
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_come_from_the_histogram() {
+        let mut h = latency_histogram();
+        for us in 1..=1000u64 {
+            h.record(us * 1000).unwrap();
+        }
+        let p = Percentiles::of(&h);
+        assert_eq!(p.count, 1000);
+        assert!((p.p50_ms - 500.0).abs() < 1.0, "{p:?}");
+        assert!((p.p99_ms - 990.0).abs() < 1.0, "{p:?}");
+        assert!((p.max_ms - 1000.0).abs() < 1.0, "{p:?}");
+    }
+
+    #[test]
+    fn errors_are_every_non_2xx_outcome() {
+        let outcomes = BTreeMap::from([
+            ("201".to_owned(), 90),
+            ("503".to_owned(), 5),
+            ("timeout".to_owned(), 5),
+        ]);
+        let report = Report::new(
+            "t",
+            "x",
+            &latency_histogram(),
+            Duration::from_secs(1),
+            outcomes,
+            vec![],
+        );
+        assert_eq!(report.requests, 100);
+        assert!((report.error_rate - 0.10).abs() < 1e-9);
+        assert!(report.invariants_hold());
+    }
+}

@@ -1,0 +1,134 @@
+//! `hot-join`: N users join one event at the same moment. Set-up (the event,
+//! the tokens) happens before the clock starts; every request is released at
+//! once and up to `--concurrency` are in flight. Latency is measured per
+//! request from the moment it holds a connection slot (a closed model: with
+//! `--concurrency` equal to `--users`, that is the common start).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Args;
+use tokio::sync::{Barrier, Semaphore};
+use uuid::Uuid;
+
+use crate::Common;
+use crate::api::{Api, Minter};
+use crate::invariants::{HotJoinOutcome, Member, check_hot_join};
+use crate::report::{Report, latency_histogram};
+
+#[derive(Args)]
+pub struct HotJoin {
+    #[command(flatten)]
+    pub common: Common,
+    /// How many users join.
+    #[arg(long, default_value_t = 1000)]
+    pub users: usize,
+    /// The event's capacity; the rest are waitlisted.
+    #[arg(long, default_value_t = 100)]
+    pub capacity: u64,
+    /// Requests in flight at once (connections); defaults to --users.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+}
+
+enum Answer {
+    Status(u16, Option<String>),
+    Timeout,
+    Connect,
+}
+
+pub async fn run(args: HotJoin) -> anyhow::Result<Report> {
+    let concurrency = args.concurrency.unwrap_or(args.users).max(1);
+    let api = Api::new(&args.common.target, concurrency)?;
+    let minter = Minter::new(&args.common.jwt_key, &args.common.jwt_issuer);
+    let owner = minter.token(Uuid::now_v7());
+    let event = api.published_event(&owner, args.capacity).await?;
+    let users: Vec<(Uuid, String)> = (0..args.users)
+        .map(|_| {
+            let id = Uuid::now_v7();
+            (id, minter.token(id))
+        })
+        .collect();
+    eprintln!(
+        "hot-join: {} users on event {event} (capacity {}), {concurrency} in flight",
+        args.users, args.capacity
+    );
+
+    let gate = Arc::new(Barrier::new(users.len() + 1));
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = Vec::with_capacity(users.len());
+    for (user, token) in users {
+        let (api, gate, slots) = (api.clone(), Arc::clone(&gate), Arc::clone(&slots));
+        tasks.push(tokio::spawn(async move {
+            gate.wait().await;
+            let _slot = slots.acquire().await.expect("the semaphore stays open");
+            let start = Instant::now();
+            let answer = match api.join(&token, event, &Uuid::new_v4().to_string()).await {
+                Ok((status, body)) => {
+                    let told = body["data"]["status"].as_str().map(str::to_owned);
+                    Answer::Status(status.as_u16(), told)
+                }
+                Err(e) if e.is_timeout() => Answer::Timeout,
+                Err(_) => Answer::Connect,
+            };
+            (user, answer, start.elapsed())
+        }));
+    }
+    gate.wait().await;
+    let started = Instant::now();
+    let mut latency = latency_histogram();
+    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut acknowledged: HashMap<Uuid, String> = HashMap::new();
+    let mut refused: HashSet<Uuid> = HashSet::new();
+    for task in tasks {
+        let (user, answer, took) = task.await?;
+        latency.saturating_record(took.as_micros() as u64);
+        let kind = match answer {
+            Answer::Status(code, told) => {
+                if (200..300).contains(&code) {
+                    acknowledged.insert(user, told.unwrap_or_default());
+                } else {
+                    refused.insert(user);
+                }
+                code.to_string()
+            }
+            Answer::Timeout => "timeout".to_owned(),
+            Answer::Connect => "connect".to_owned(),
+        };
+        *outcomes.entry(kind).or_default() += 1;
+    }
+    let elapsed = started.elapsed();
+
+    // Let the read side settle on nothing: it is written in the same commit.
+    let roster: Vec<Member> = api
+        .attendees(&owner, event)
+        .await?
+        .into_iter()
+        .map(|a| Member {
+            user: a["user_id"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_default(),
+            status: a["status"].as_str().unwrap_or_default().to_owned(),
+            position: a["position"].as_u64(),
+        })
+        .collect();
+    let counts = api.event(event).await?;
+    let checks = check_hot_join(&HotJoinOutcome {
+        capacity: args.capacity,
+        acknowledged: &acknowledged,
+        refused: &refused,
+        roster: &roster,
+        active_count: counts["active_count"].as_u64().unwrap_or(0),
+        waitlist_count: counts["waitlist_count"].as_u64().unwrap_or(0),
+    });
+    Ok(Report::new(
+        "hot-join",
+        &args.common.target,
+        &latency,
+        elapsed,
+        outcomes,
+        checks,
+    ))
+}

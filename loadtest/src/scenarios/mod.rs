@@ -1,0 +1,3 @@
+//! One module per scenario, each with its arguments and a `run`.
+
+pub mod hot_join;
