@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -98,18 +99,30 @@ impl From<AppendError> for CommandError {
 
 pub type CommandReply = oneshot::Sender<Result<Outcome, CommandError>>;
 
-/// Counts a command in the mailbox-depth gauge for as long as it is queued.
-pub struct Queued(());
+/// A place in one actor's mailbox, held by a queued command and given back
+/// when the command is handled or dropped. actix bounds a mailbox per sender
+/// (each `Addr` clone gets a slot of its own), so the bound is enforced here.
+pub struct Queued {
+    depth: Arc<AtomicUsize>,
+}
 
 impl Queued {
-    pub fn enter() -> Self {
+    /// Takes a place if fewer than `capacity` commands are queued.
+    pub fn enter(depth: &Arc<AtomicUsize>, capacity: usize) -> Option<Self> {
+        if depth.fetch_add(1, Ordering::AcqRel) >= capacity {
+            depth.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
         metrics::gauge!("turnout_actor_mailbox_depth").increment(1.0);
-        Queued(())
+        Some(Self {
+            depth: Arc::clone(depth),
+        })
     }
 }
 
 impl Drop for Queued {
     fn drop(&mut self) {
+        self.depth.fetch_sub(1, Ordering::AcqRel);
         metrics::gauge!("turnout_actor_mailbox_depth").decrement(1.0);
     }
 }

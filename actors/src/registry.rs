@@ -4,6 +4,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use actix::dev::SendError;
 use actix::prelude::*;
@@ -21,8 +22,15 @@ use crate::store::EventStore;
 #[derive(Clone)]
 pub struct EventRegistry(Arc<Inner>);
 
+/// A live actor and how many commands wait in its mailbox.
+#[derive(Clone)]
+struct Live {
+    addr: Addr<EventActor>,
+    queued: Arc<AtomicUsize>,
+}
+
 struct Inner {
-    actors: DashMap<EventId, Addr<EventActor>>,
+    actors: DashMap<EventId, Live>,
     arbiters: Vec<ArbiterHandle>,
     store: Arc<dyn EventStore>,
     journal: Addr<Journal>,
@@ -62,25 +70,22 @@ impl EventRegistry {
         // A second try only when the first actor went away before handling
         // the command (passivated or broken), so nothing was decided twice.
         for _ in 0..2 {
-            let addr = self.activate(event);
+            let live = self.activate(event);
+            let Some(queued) = Queued::enter(&live.queued, self.0.settings.mailbox_capacity) else {
+                metrics::counter!("turnout_mailbox_full_total").increment(1);
+                return Err(CommandError::Overloaded);
+            };
             let (reply, answer) = oneshot::channel();
             let message = Execute {
                 command: command.clone(),
                 idempotency: idempotency.clone(),
                 request_id: request_id.clone(),
                 reply,
-                queued: Queued::enter(),
+                queued,
             };
-            match addr.try_send(message) {
-                Ok(()) => {}
-                Err(SendError::Full(_)) => {
-                    metrics::counter!("turnout_mailbox_full_total").increment(1);
-                    return Err(CommandError::Overloaded);
-                }
-                Err(SendError::Closed(_)) => {
-                    self.forget(event, &addr);
-                    continue;
-                }
+            if let Err(SendError::Closed(_) | SendError::Full(_)) = live.addr.try_send(message) {
+                self.forget(event, &live.addr);
+                continue;
             }
             if let Ok(result) = answer.await {
                 return result;
@@ -94,20 +99,23 @@ impl EventRegistry {
         self.0.actors.len()
     }
 
-    fn activate(&self, event: EventId) -> Addr<EventActor> {
+    fn activate(&self, event: EventId) -> Live {
         match self.0.actors.entry(event) {
-            Entry::Occupied(entry) if entry.get().connected() => entry.get().clone(),
+            Entry::Occupied(entry) if entry.get().addr.connected() => entry.get().clone(),
             entry => {
-                let addr = self.spawn(event);
+                let live = Live {
+                    addr: self.spawn(event),
+                    queued: Arc::default(),
+                };
                 match entry {
                     Entry::Occupied(mut e) => {
-                        e.insert(addr.clone());
+                        e.insert(live.clone());
                     }
                     Entry::Vacant(e) => {
-                        e.insert(addr.clone());
+                        e.insert(live.clone());
                     }
                 }
-                addr
+                live
             }
         }
     }
@@ -121,7 +129,8 @@ impl EventRegistry {
         let settings = self.0.settings.clone();
         let registry = self.clone();
         EventActor::start_in_arbiter(arbiter, move |ctx| {
-            ctx.set_mailbox_capacity(settings.mailbox_capacity);
+            // Bounded by `Queued`, not by actix (see there).
+            ctx.set_mailbox_capacity(0);
             EventActor::new(event, store, journal, registry, settings)
         })
     }
@@ -130,6 +139,6 @@ impl EventRegistry {
     pub(crate) fn forget(&self, event: EventId, addr: &Addr<EventActor>) {
         self.0
             .actors
-            .remove_if(&event, |_, current| current == addr);
+            .remove_if(&event, |_, current| &current.addr == addr);
     }
 }

@@ -167,3 +167,81 @@ async fn sqlite_acknowledged_joins_survive_kill_9() {
 async fn postgres_acknowledged_joins_survive_kill_9() {
     acknowledged_joins_survive_kill_9(Backend::Postgres).await;
 }
+
+/// SIGTERM mid-load: the server stops accepting, answers what it took,
+/// flushes the journal and exits cleanly; every acknowledged join is there.
+async fn sigterm_drains_and_exits_cleanly(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(url) = fresh_database(backend, &dir).await else {
+        return;
+    };
+    let mut server = start_server(&url, dir.path()).await;
+    let app = TestApp::attach(&server.address, JWT_KEY);
+    let owner = app.register("owner@example.com").await;
+    let event = app.published_event(&owner, CAPACITY).await;
+
+    let acked: Arc<Mutex<HashMap<Uuid, Value>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for _ in 0..JOINERS {
+        let (app, acked, user) = (app.clone(), Arc::clone(&acked), app.user());
+        tasks.push(tokio::spawn(async move {
+            if let Ok(response) = app.try_join(&user, event).await
+                && response.status() == StatusCode::CREATED
+            {
+                acked
+                    .lock()
+                    .await
+                    .insert(user.id, body(response).await["data"].clone());
+            }
+        }));
+    }
+    while acked.lock().await.len() < JOINERS / 4 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    for task in tasks {
+        let _ = task.await;
+    }
+    let exited = tokio::task::spawn_blocking(move || {
+        let status = server.child.wait();
+        (status, server)
+    });
+    let (status, _server) = tokio::time::timeout(Duration::from_secs(30), exited)
+        .await
+        .expect("exits in time")
+        .unwrap();
+    assert!(status.unwrap().success(), "a clean exit after SIGTERM");
+
+    let restarted = start_server(&url, dir.path()).await;
+    let app = TestApp::attach(&restarted.address, JWT_KEY);
+    let roster = app.attendees(&owner, event).await;
+    let listed: std::collections::HashSet<&str> = roster
+        .iter()
+        .map(|a| a["user_id"].as_str().unwrap())
+        .collect();
+    let acked = acked.lock().await;
+    assert!(acked.len() >= JOINERS / 4);
+    for user in acked.keys() {
+        assert!(
+            listed.contains(user.to_string().as_str()),
+            "acknowledged join of {user} was lost"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_sigterm_drains_and_exits_cleanly() {
+    sigterm_drains_and_exits_cleanly(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sigterm_drains_and_exits_cleanly() {
+    sigterm_drains_and_exits_cleanly(Backend::Postgres).await;
+}

@@ -10,3 +10,4 @@ mod events;
 mod joins;
 mod nodes;
 mod ops;
+mod store;

@@ -1,0 +1,332 @@
+//! The store adapters under the actors, on the real databases: what one
+//! commit writes, idempotency expiry, and old fact shapes read back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::Utc;
+use turnout::store::{self, PoolSettings, Store};
+use turnout_actors::domain::{Capacity, Command, EventDetails, EventId, Title, UserId, VenueId};
+use turnout_actors::store::EventStore;
+use turnout_actors::{ActorSettings, CommandError, EventRegistry, Journal, JournalSettings};
+
+use crate::helpers::{Backend, fresh_database};
+
+fn pool() -> PoolSettings {
+    PoolSettings {
+        max_connections: 4,
+        min_connections: 0,
+        acquire_timeout_ms: 3000,
+    }
+}
+
+async fn open(backend: Backend, dir: &tempfile::TempDir) -> Option<(Arc<dyn Store>, String)> {
+    let url = fresh_database(backend, dir).await?;
+    Some((
+        store::connect(&url, &pool()).await.expect("store opens"),
+        url,
+    ))
+}
+
+fn registry(
+    store: &Arc<dyn Store>,
+    settings: ActorSettings,
+    threads: Vec<ArbiterHandle>,
+) -> EventRegistry {
+    let event_store: Arc<dyn EventStore> = store.clone();
+    let journal = Journal::new(event_store, JournalSettings::default()).start();
+    EventRegistry::new(store.clone(), journal, settings, threads)
+}
+
+async fn create_event(
+    store: &Arc<dyn Store>,
+    registry: &EventRegistry,
+    owner: UserId,
+    capacity: i64,
+) -> EventId {
+    let venue = VenueId::new();
+    store
+        .create_venue(&store::VenueRecord {
+            id: venue.as_uuid(),
+            owner_id: owner.as_uuid(),
+            name: "Hall".into(),
+            lat: 0.0,
+            lon: 0.0,
+            address: None,
+            created_at: 0,
+        })
+        .await
+        .unwrap();
+    let id = EventId::new();
+    let details = EventDetails {
+        title: Title::parse("Fixture").unwrap(),
+        description: None,
+        venue_id: venue,
+        starts_at: Utc::now() + chrono::Duration::days(1),
+        ends_at: None,
+        tags: vec![],
+    };
+    let create = Command::Create {
+        id,
+        owner,
+        details,
+        capacity: Capacity::parse(capacity).unwrap(),
+        at: Utc::now(),
+    };
+    registry.execute(id, create, None, None).await.unwrap();
+    registry
+        .execute(
+            id,
+            Command::Publish {
+                by: owner,
+                at: Utc::now(),
+            },
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    id
+}
+
+/// Counts rows with a query both backends understand.
+async fn count(url: &str, sql: &'static str, id: uuid::Uuid) -> i64 {
+    if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        sqlx::query_scalar(sql)
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    } else {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        sqlx::query_scalar(sql)
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    }
+}
+
+async fn one_commit_writes_log_read_models_and_outbox(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((store, url)) = open(backend, &dir).await else {
+        return;
+    };
+    let registry = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
+    let owner = UserId::new();
+    let event = create_event(&store, &registry, owner, 1).await;
+    for _ in 0..3 {
+        registry
+            .execute(
+                event,
+                Command::Join {
+                    user: UserId::new(),
+                    at: Utc::now(),
+                },
+                None,
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let id = event.as_uuid();
+    assert_eq!(
+        count(
+            &url,
+            "SELECT COUNT(*) FROM event_log WHERE stream_id = $1",
+            id
+        )
+        .await,
+        5
+    );
+    assert_eq!(
+        count(
+            &url,
+            "SELECT COUNT(*) FROM outbox WHERE aggregate_id = $1",
+            id
+        )
+        .await,
+        5
+    );
+    assert_eq!(
+        count(
+            &url,
+            "SELECT COUNT(*) FROM outbox WHERE aggregate_id = $1 AND status = 'pending'",
+            id
+        )
+        .await,
+        5,
+        "one pending outbox message per fact"
+    );
+    assert_eq!(
+        count(&url, "SELECT COUNT(*) FROM joins WHERE event_id = $1", id).await,
+        3
+    );
+    assert_eq!(
+        count(
+            &url,
+            "SELECT active_count + waitlist_count FROM events WHERE id = $1",
+            id
+        )
+        .await,
+        3
+    );
+}
+
+async fn expired_idempotency_records_are_purged(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((store, _)) = open(backend, &dir).await else {
+        return;
+    };
+    let settings = ActorSettings {
+        idempotency_ttl: chrono::Duration::seconds(-1),
+        ..ActorSettings::default()
+    };
+    let registry = registry(&store, settings, vec![Arbiter::current()]);
+    let owner = UserId::new();
+    let event = create_event(&store, &registry, owner, 5).await;
+    let user = UserId::new();
+    let key = turnout_actors::IdempotencyKey {
+        user,
+        key: "k".into(),
+        fingerprint: "f".into(),
+        render: |_| (201, serde_json::json!({})),
+    };
+    registry
+        .execute(
+            event,
+            Command::Join {
+                user,
+                at: Utc::now(),
+            },
+            Some(key),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(
+        store.stored_reply(user, "k").await.unwrap().is_none(),
+        "an expired record is not replayed"
+    );
+    assert_eq!(store.purge_expired_replies(Utc::now()).await.unwrap(), 1);
+    assert_eq!(store.purge_expired_replies(Utc::now()).await.unwrap(), 0);
+}
+
+/// A stream written by an older build (a v1 `created` fact, tags as one
+/// string) still loads and is upcast.
+async fn an_old_fact_shape_loads(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((store, url)) = open(backend, &dir).await else {
+        return;
+    };
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("../../actors/tests/fixtures/created_v1.json")).unwrap();
+    let stream = uuid::Uuid::parse_str(fixture["id"].as_str().unwrap()).unwrap();
+    let insert = "INSERT INTO event_log (stream_id, version, event_type, schema_version, payload, request_id, recorded_at) \
+                  VALUES ($1, 1, 'created', 1, $2, NULL, 0)";
+    if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        sqlx::query(insert)
+            .bind(stream)
+            .bind(sqlx::types::Json(&fixture))
+            .execute(&pool)
+            .await
+            .unwrap();
+    } else {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::query(insert)
+            .bind(stream)
+            .bind(sqlx::types::Json(&fixture))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let state = store
+        .load(EventId::from(stream))
+        .await
+        .unwrap()
+        .into_state()
+        .unwrap()
+        .unwrap();
+    let tags: Vec<&str> = state.details.tags.iter().map(|t| t.as_str()).collect();
+    assert_eq!(tags, ["jazz", "late-night"]);
+    assert_eq!(state.version, 1);
+}
+
+/// With the actor's thread blocked, its bounded mailbox fills and further
+/// commands are refused at once (503 upstream), never queued without bound.
+async fn a_full_mailbox_refuses_instead_of_growing(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((store, _)) = open(backend, &dir).await else {
+        return;
+    };
+    let thread = Arbiter::new();
+    let settings = ActorSettings {
+        mailbox_capacity: 4,
+        ..ActorSettings::default()
+    };
+    let registry = registry(&store, settings, vec![thread.handle()]);
+    let owner = UserId::new();
+    let event = create_event(&store, &registry, owner, 100).await;
+
+    let (blocked, unblock) = std::sync::mpsc::channel::<()>();
+    thread.spawn_fn(move || {
+        let _ = unblock.recv_timeout(Duration::from_secs(10));
+    });
+    let mut pending = Vec::new();
+    for _ in 0..20 {
+        let registry = registry.clone();
+        pending.push(actix_web::rt::spawn(async move {
+            registry
+                .execute(
+                    event,
+                    Command::Join {
+                        user: UserId::new(),
+                        at: Utc::now(),
+                    },
+                    None,
+                    None,
+                )
+                .await
+        }));
+    }
+    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    blocked.send(()).unwrap();
+    let mut refused = 0;
+    let mut joined = 0;
+    for task in pending {
+        match task.await.unwrap() {
+            Ok(_) => joined += 1,
+            Err(CommandError::Overloaded) => refused += 1,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(refused > 0, "some commands were refused");
+    assert!(
+        joined > 0 && joined <= 5,
+        "the mailbox held at most its capacity (+1 in hand): {joined}"
+    );
+    let row = store.event(event).await.unwrap().unwrap();
+    assert_eq!(row.active_count, joined, "refused commands changed nothing");
+    thread.stop();
+}
+
+macro_rules! store_tests {
+    ($($name:ident),*) => {
+        mod sqlite {
+            $( #[actix_web::test] async fn $name() { super::$name(crate::helpers::Backend::Sqlite).await } )*
+        }
+        mod postgres {
+            $( #[actix_web::test] async fn $name() { super::$name(crate::helpers::Backend::Postgres).await } )*
+        }
+    };
+}
+
+store_tests!(
+    one_commit_writes_log_read_models_and_outbox,
+    expired_idempotency_records_are_purged,
+    an_old_fact_shape_loads,
+    a_full_mailbox_refuses_instead_of_growing
+);
