@@ -228,8 +228,15 @@ impl EventActor {
             }
         }
 
-        let decided =
-            std::panic::catch_unwind(AssertUnwindSafe(|| decide(self.state.as_ref(), &command)));
+        let decided = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            #[cfg(test)]
+            if let Command::Join { user, .. } = &command
+                && *PANIC_ON_JOIN_OF.lock().unwrap() == Some(*user)
+            {
+                panic!("injected by a test");
+            }
+            decide(self.state.as_ref(), &command)
+        }));
         let events = match decided {
             Ok(Ok(events)) => events,
             Ok(Err(rejection)) => {
@@ -474,5 +481,159 @@ impl Handler<Execute> for EventActor {
 
     fn handle(&mut self, msg: Execute, ctx: &mut Self::Context) {
         self.execute(msg, ctx);
+    }
+}
+
+#[cfg(test)]
+/// A join by this user panics inside the actor: fault injection for tests.
+pub(crate) static PANIC_ON_JOIN_OF: std::sync::Mutex<Option<UserId>> = std::sync::Mutex::new(None);
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use actix::prelude::*;
+    use chrono::Utc;
+
+    use super::*;
+    use crate::domain::{Capacity, EventDetails, Title, VenueId};
+    use crate::testing::MemoryStore;
+    use crate::{EventRegistry, Journal, JournalSettings};
+
+    fn setup(delay: Duration) -> (Arc<MemoryStore>, EventRegistry) {
+        let store = Arc::new(MemoryStore {
+            commit_delay: delay,
+            ..MemoryStore::default()
+        });
+        let journal = Journal::new(store.clone(), JournalSettings::default()).start();
+        let registry = EventRegistry::new(
+            store.clone(),
+            journal,
+            ActorSettings::default(),
+            vec![Arbiter::current()],
+        );
+        (store, registry)
+    }
+
+    async fn open_event(registry: &EventRegistry, capacity: i64) -> (EventId, UserId) {
+        let (id, owner) = (EventId::new(), UserId::new());
+        let details = EventDetails {
+            title: Title::parse("Test").unwrap(),
+            description: None,
+            venue_id: VenueId::new(),
+            starts_at: Utc::now() + chrono::Duration::days(1),
+            ends_at: None,
+            tags: vec![],
+        };
+        let create = Command::Create {
+            id,
+            owner,
+            details,
+            capacity: Capacity::parse(capacity).unwrap(),
+            at: Utc::now(),
+        };
+        registry.execute(id, create, None, None).await.unwrap();
+        registry
+            .execute(
+                id,
+                Command::Publish {
+                    by: owner,
+                    at: Utc::now(),
+                },
+                None,
+                None,
+            )
+            .await
+            .unwrap();
+        (id, owner)
+    }
+
+    #[actix::test]
+    async fn a_panicking_actor_is_replaced_and_rehydrated() {
+        let (_, registry) = setup(Duration::ZERO);
+        let (event, _) = open_event(&registry, 1).await;
+        let first = UserId::new();
+        registry
+            .execute(
+                event,
+                Command::Join {
+                    user: first,
+                    at: Utc::now(),
+                },
+                None,
+                None,
+            )
+            .await
+            .unwrap();
+
+        let doomed = UserId::new();
+        *PANIC_ON_JOIN_OF.lock().unwrap() = Some(doomed);
+        let crashed = registry
+            .execute(
+                event,
+                Command::Join {
+                    user: doomed,
+                    at: Utc::now(),
+                },
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(
+            crashed.unwrap_err(),
+            CommandError::Unavailable,
+            "nothing acknowledged from a crash"
+        );
+
+        // A fresh actor, rebuilt from the log: `first` still holds the place.
+        let next = registry
+            .execute(
+                event,
+                Command::Join {
+                    user: UserId::new(),
+                    at: Utc::now(),
+                },
+                None,
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            next.membership,
+            Some(Membership::Waitlisted { position: 1, .. })
+        ));
+        assert_eq!(next.summary.active_count, 1);
+    }
+
+    #[actix::test]
+    async fn the_journal_groups_concurrent_appends_into_few_commits() {
+        let (store, registry) = setup(Duration::from_millis(20));
+        let (event, _) = open_event(&registry, 1000).await;
+        let before = store.commits.load(Ordering::SeqCst);
+        let joins: Vec<_> = (0..200)
+            .map(|_| {
+                let registry = registry.clone();
+                actix::spawn(async move {
+                    registry
+                        .execute(
+                            event,
+                            Command::Join {
+                                user: UserId::new(),
+                                at: Utc::now(),
+                            },
+                            None,
+                            None,
+                        )
+                        .await
+                })
+            })
+            .collect();
+        for join in joins {
+            join.await.unwrap().unwrap();
+        }
+        let commits = store.commits.load(Ordering::SeqCst) - before;
+        assert!(commits < 20, "200 joins took {commits} commits");
     }
 }

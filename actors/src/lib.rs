@@ -12,6 +12,8 @@ pub mod event_actor;
 pub mod journal;
 pub mod registry;
 pub mod store;
+#[cfg(test)]
+mod testing;
 
 pub use event_actor::{ActorSettings, CommandError, IdempotencyKey, Outcome, RenderReply};
 pub use journal::{Flush, Journal, JournalSettings};

@@ -1,0 +1,50 @@
+//! Test support: an in-memory implementation of the store port with the same
+//! version fencing as the real log, so the actor shell and the journal can be
+//! tested without a database. The SQL adapters are tested against the real
+//! databases in the server crate.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::domain::{EventId, StoredEvent};
+use crate::store::{Append, CommitReport, EventStore, Rehydration, StoreError};
+
+#[derive(Default)]
+pub struct MemoryStore {
+    /// The event log.
+    pub log: Mutex<HashMap<EventId, Vec<StoredEvent>>>,
+    pub commits: AtomicUsize,
+    /// Each commit sleeps this long, so appends pile up behind it.
+    pub commit_delay: Duration,
+}
+
+#[async_trait]
+impl EventStore for MemoryStore {
+    async fn load(&self, stream: EventId) -> Result<Rehydration, StoreError> {
+        let log = self.log.lock().unwrap();
+        Ok(Rehydration {
+            snapshot: None,
+            events: log.get(&stream).cloned().unwrap_or_default(),
+        })
+    }
+
+    async fn commit(&self, batch: &[Append]) -> Result<CommitReport, StoreError> {
+        tokio::time::sleep(self.commit_delay).await;
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        let mut log = self.log.lock().unwrap();
+        let mut report = CommitReport::default();
+        for append in batch {
+            let stream = log.entry(append.stream).or_default();
+            if !append.events.is_empty() && stream.len() as u64 != append.base_version {
+                report.conflicted.push(append.stream);
+                continue;
+            }
+            stream.extend(append.events.iter().map(StoredEvent::encode));
+        }
+        Ok(report)
+    }
+}
