@@ -11,12 +11,15 @@ use actix_web::{App, HttpServer, dev::Server, web};
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::oneshot;
+use turnout_actors::changes::ChangeSink;
 use turnout_actors::store::EventStore;
 use turnout_actors::{ActorSettings, EventRegistry, Flush, Journal, JournalSettings};
 
 use crate::auth::TokenKeys;
 use crate::config::{Environment, Settings, redact_url};
+use crate::http::ws::Realtime;
 use crate::http::{self, AppState, request_context};
+use crate::realtime::{ConnectionLimits, Hubs, LocalFanout};
 use crate::store::{self, Store};
 
 pub struct Application {
@@ -56,9 +59,13 @@ impl Application {
             n => n,
         };
         let mut threads: Vec<Arbiter> = (0..actor_threads).map(|_| Arbiter::new()).collect();
+        let hub_thread = Arbiter::new();
+        let hubs = Hubs::new(store.clone(), &settings.realtime, hub_thread.handle());
+        let changes: Arc<dyn ChangeSink> = Arc::new(LocalFanout(hubs.clone()));
         let registry = EventRegistry::new(
             store.clone(),
             journal.clone(),
+            changes,
             ActorSettings {
                 mailbox_capacity: settings.actors.mailbox_capacity,
                 idle_timeout: Duration::from_secs(settings.actors.idle_timeout_secs),
@@ -68,6 +75,12 @@ impl Application {
             threads.iter().map(Arbiter::handle).collect(),
         );
         threads.push(journal_thread);
+        threads.push(hub_thread);
+        let realtime = web::Data::new(Realtime {
+            hubs,
+            limits: ConnectionLimits::new(&settings.realtime),
+            settings: Arc::new(settings.realtime.clone()),
+        });
 
         spawn_idempotency_purge(
             store.clone(),
@@ -95,6 +108,7 @@ impl Application {
                 .wrap(from_fn(request_context::middleware))
                 .app_data(state.clone())
                 .app_data(tokens.clone())
+                .app_data(realtime.clone())
                 .configure(http::configure(max_body))
         })
         .shutdown_timeout(settings.http.shutdown_timeout_secs)

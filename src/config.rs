@@ -36,6 +36,7 @@ pub struct Settings {
     pub actors: ActorConfig,
     pub http: HttpSettings,
     pub idempotency: IdempotencySettings,
+    pub realtime: crate::realtime::RealtimeSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -4,6 +4,7 @@
 //! - `config`: layered settings (file, environment, flags).
 //! - `auth`: passwords, tokens and the identity extractors.
 //! - `http`: routes, the error envelope, pagination, OpenAPI.
+//! - `realtime`: WebSocket sessions, channel hubs and fan-out.
 //! - `store`: the SQLite and Postgres adapters.
 //! - `telemetry`: logs and metrics.
 
@@ -11,5 +12,6 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod realtime;
 pub mod store;
 pub mod telemetry;

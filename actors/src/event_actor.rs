@@ -18,6 +18,7 @@ use chrono::Utc;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use crate::changes::Committed;
 use crate::domain::{
     Command, DomainEvent, EventId, EventState, Membership, Rejection, UserId, decide, evolve,
 };
@@ -347,6 +348,15 @@ impl EventActor {
                     self.remember(key, outcome);
                 }
                 log_facts(self.id, &flight);
+                if !flight.events.is_empty()
+                    && let Some((_, outcome)) = flight.waiters.first()
+                {
+                    self.registry.changes().committed(Committed {
+                        summary: outcome.summary.clone(),
+                        kinds: flight.events.iter().map(DomainEvent::kind).collect(),
+                        committed_at: Utc::now(),
+                    });
+                }
                 for (reply, outcome) in flight.waiters {
                     metrics::counter!("turnout_commands_total", "outcome" => "committed")
                         .increment(1);
@@ -511,6 +521,7 @@ mod tests {
         let registry = EventRegistry::new(
             store.clone(),
             journal,
+            Arc::new(crate::changes::NoChanges),
             ActorSettings::default(),
             vec![Arbiter::current()],
         );

@@ -1,5 +1,6 @@
 //! Turnout's core: the domain and the actors that own it.
 //!
+//! - `changes`: the port committed changes leave through (live updates).
 //! - `domain`: typed values and the event decider (`decide`, `evolve`) — pure.
 //! - `store`: the persistence port the journal and actors need; adapters live
 //!   in the server crate.
@@ -7,6 +8,7 @@
 //! - `event_actor`: one actor per event, a thin shell around the decider.
 //! - `registry`: activates and routes to event actors.
 
+pub mod changes;
 pub mod domain;
 pub mod event_actor;
 pub mod journal;

@@ -12,6 +12,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio::sync::oneshot;
 
+use crate::changes::ChangeSink;
 use crate::domain::{Command, EventId};
 use crate::event_actor::{
     ActorSettings, CommandError, EventActor, Execute, IdempotencyKey, Outcome, Queued,
@@ -34,6 +35,7 @@ struct Inner {
     arbiters: Vec<ArbiterHandle>,
     store: Arc<dyn EventStore>,
     journal: Addr<Journal>,
+    changes: Arc<dyn ChangeSink>,
     settings: ActorSettings,
 }
 
@@ -43,6 +45,7 @@ impl EventRegistry {
     pub fn new(
         store: Arc<dyn EventStore>,
         journal: Addr<Journal>,
+        changes: Arc<dyn ChangeSink>,
         settings: ActorSettings,
         arbiters: Vec<ArbiterHandle>,
     ) -> Self {
@@ -55,8 +58,13 @@ impl EventRegistry {
             arbiters,
             store,
             journal,
+            changes,
             settings,
         }))
+    }
+
+    pub(crate) fn changes(&self) -> &dyn ChangeSink {
+        self.0.changes.as_ref()
     }
 
     /// Runs a command on its event's actor and waits for the durable outcome.

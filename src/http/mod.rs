@@ -15,6 +15,7 @@ mod ops;
 mod pagination;
 pub mod request_context;
 mod venues;
+pub mod ws;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,7 @@ use turnout_actors::domain::{Command, EventId};
 use turnout_actors::{EventRegistry, IdempotencyKey, Outcome};
 
 pub use error::{ApiError, ErrorBody};
+pub use events::EventView;
 pub use openapi::ApiDoc;
 
 use crate::store::Store;
@@ -96,7 +98,8 @@ pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) 
                 .configure(accounts::routes)
                 .configure(venues::routes)
                 .configure(events::routes)
-                .configure(joins::routes),
+                .configure(joins::routes)
+                .configure(ws::routes),
         )
         .default_service(web::to(not_found));
     }

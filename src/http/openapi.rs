@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_scalar::{Scalar, Servable};
 
-use super::{accounts, events, joins, ops, venues};
+use super::{accounts, events, joins, ops, venues, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,10 +17,11 @@ use super::{accounts, events, joins, ops, venues};
         events::create_event, events::list_events, events::get_event, events::update_event,
         events::publish_event, events::cancel_event,
         joins::join_event, joins::leave_event, joins::attendees, joins::my_joins,
+        ws::upgrade,
         ops::health, ops::ready, ops::metrics,
     ),
     modifiers(&BearerAuth),
-    tags((name = "accounts"), (name = "venues"), (name = "events"), (name = "joins"), (name = "ops"))
+    tags((name = "accounts"), (name = "venues"), (name = "events"), (name = "joins"), (name = "realtime"), (name = "ops"))
 )]
 pub struct ApiDoc;
 

@@ -10,4 +10,5 @@ mod events;
 mod joins;
 mod nodes;
 mod ops;
+mod realtime;
 mod store;

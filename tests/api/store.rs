@@ -36,7 +36,13 @@ fn registry(
 ) -> EventRegistry {
     let event_store: Arc<dyn EventStore> = store.clone();
     let journal = Journal::new(event_store, JournalSettings::default()).start();
-    EventRegistry::new(store.clone(), journal, settings, threads)
+    EventRegistry::new(
+        store.clone(),
+        journal,
+        Arc::new(turnout_actors::changes::NoChanges),
+        settings,
+        threads,
+    )
 }
 
 async fn create_event(

@@ -1,0 +1,91 @@
+//! `GET /v1/ws`: the WebSocket upgrade. Checks the Origin and the connection
+//! limits, then hands the socket to a `WsSession` actor.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use actix_web::http::header::{HOST, ORIGIN};
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use super::ApiError;
+use crate::auth::TokenKeys;
+use crate::realtime::{ConnectionLimits, Hubs, RealtimeSettings, WsSession};
+
+/// What the upgrade handler needs.
+pub struct Realtime {
+    pub hubs: Hubs,
+    pub limits: Arc<ConnectionLimits>,
+    pub settings: Arc<RealtimeSettings>,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/ws", web::get().to(upgrade));
+}
+
+/// A browser page may open a socket only from this server's own origin or an
+/// allowed one; clients that send no Origin (apps, tools) are not browsers.
+fn origin_allowed(req: &HttpRequest, settings: &RealtimeSettings) -> bool {
+    let Some(origin) = req.headers().get(ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return true;
+    };
+    let same_origin = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|host| {
+            origin
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest == host)
+        });
+    same_origin
+        || settings
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed == origin)
+}
+
+/// Upgrade to the live-update protocol (see docs/PROTOCOL.md).
+#[utoipa::path(get, path = "/v1/ws", tag = "realtime",
+    responses((status = 101, description = "switching to the WebSocket protocol"),
+        (status = 400, description = "not a WebSocket upgrade", body = super::ErrorBody),
+        (status = 403, description = "origin not allowed", body = super::ErrorBody),
+        (status = 503, description = "connection limit reached", body = super::ErrorBody)))]
+pub async fn upgrade(
+    req: HttpRequest,
+    body: web::Payload,
+    realtime: web::Data<Realtime>,
+    tokens: web::Data<TokenKeys>,
+) -> Result<HttpResponse, ApiError> {
+    if !origin_allowed(&req, &realtime.settings) {
+        return Err(ApiError::forbidden(
+            "origin_not_allowed",
+            "this Origin may not open a socket here",
+        ));
+    }
+    let ip = req
+        .peer_addr()
+        .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip());
+    let admission = realtime
+        .limits
+        .admit(ip)
+        .ok_or(ApiError::Overloaded("too many connections; retry later"))?;
+    let (response, session, stream) = actix_ws::handle(&req, body).map_err(|_| {
+        ApiError::bad_request("not_a_websocket", "GET /v1/ws expects a WebSocket upgrade")
+    })?;
+    let max_frame = realtime.settings.max_frame_bytes;
+    let stream = stream
+        .max_frame_size(max_frame)
+        .aggregate_continuations()
+        .max_continuation_size(max_frame);
+    let (hubs, settings, tokens) = (
+        realtime.hubs.clone(),
+        Arc::clone(&realtime.settings),
+        tokens.into_inner(),
+    );
+    WsSession::create(move |ctx| {
+        ctx.add_stream(stream);
+        WsSession::new(session, hubs, tokens, settings, admission)
+    });
+    Ok(response)
+}

@@ -1,0 +1,393 @@
+//! A channel's hub: one actor per channel that keeps the channel's state,
+//! assigns every update its offset, keeps the recent history for resuming
+//! clients, and delivers to its subscribers. Because the snapshot, the offsets
+//! and the history all live here, a subscriber's snapshot and the updates
+//! after it can neither overlap nor leave a gap.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytestring::ByteString;
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::channel::Channel;
+use super::hubs::Hubs;
+use super::protocol::{self, Position};
+use crate::http::EventView;
+use crate::store::{EventFilter, EventRecord, Store};
+
+/// A committed change of one event, as the hubs see it.
+#[derive(Debug)]
+pub struct EventChange {
+    pub view: EventView,
+    /// The stream version: hubs ignore anything not newer than what they hold.
+    pub version: i64,
+    pub kinds: Vec<&'static str>,
+    pub committed_at: DateTime<Utc>,
+}
+
+/// A frame for one subscriber.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Deliver {
+    /// Shared by every subscriber: cloning is a reference count.
+    pub text: ByteString,
+    /// For updates: when the change committed (fan-out latency).
+    pub committed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    pub session: u64,
+    pub to: Recipient<Deliver>,
+    pub since: Option<Position>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe {
+    pub session: u64,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Apply(pub Arc<EventChange>);
+
+/// How many upcoming events a venue or feed channel lists.
+const LISTING_LIMIT: i64 = 500;
+
+enum State {
+    /// One event; `None` while it does not exist or is a draft.
+    Event(Option<EventView>),
+    /// Upcoming published events by id.
+    Listing(HashMap<Uuid, EventView>),
+}
+
+pub struct ChannelHub {
+    channel: Channel,
+    name: Arc<str>,
+    /// Changes whenever the hub starts: offsets from another epoch mean nothing.
+    epoch: Arc<str>,
+    offset: u64,
+    history: VecDeque<(u64, ByteString)>,
+    history_limit: usize,
+    state: State,
+    versions: HashMap<Uuid, i64>,
+    /// The snapshot's `data`, rebuilt after a change.
+    snapshot: Option<Arc<Value>>,
+    subscribers: HashMap<u64, Recipient<Deliver>>,
+    store: Arc<dyn Store>,
+    hubs: Hubs,
+    idle_limit: Duration,
+    idle_since: Instant,
+}
+
+impl ChannelHub {
+    pub fn new(
+        channel: Channel,
+        store: Arc<dyn Store>,
+        hubs: Hubs,
+        history_limit: usize,
+        idle_limit: Duration,
+    ) -> Self {
+        let state = match channel {
+            Channel::Event(_) => State::Event(None),
+            _ => State::Listing(HashMap::new()),
+        };
+        Self {
+            name: channel.to_string().into(),
+            channel,
+            epoch: format!("{:016x}", rand::random::<u64>()).into(),
+            offset: 0,
+            history: VecDeque::new(),
+            history_limit,
+            state,
+            versions: HashMap::new(),
+            snapshot: None,
+            subscribers: HashMap::new(),
+            store,
+            hubs,
+            idle_limit,
+            idle_since: Instant::now(),
+        }
+    }
+
+    fn loaded(&mut self, records: Vec<EventRecord>) {
+        for record in records {
+            self.versions.insert(record.id, record.version);
+            let view = EventView::from(record);
+            match &mut self.state {
+                State::Event(current) => *current = Some(view).filter(|v| v.status != "draft"),
+                State::Listing(events) => {
+                    events.insert(view.id, view);
+                }
+            }
+        }
+    }
+
+    fn snapshot_data(&mut self) -> Arc<Value> {
+        if let Some(data) = &self.snapshot {
+            return Arc::clone(data);
+        }
+        let data = Arc::new(match &self.state {
+            State::Event(event) => json!({ "event": event }),
+            State::Listing(events) => {
+                let mut listed: Vec<&EventView> = events.values().collect();
+                listed.sort_by_key(|e| (e.starts_at, e.id));
+                json!({ "events": listed })
+            }
+        });
+        self.snapshot = Some(Arc::clone(&data));
+        data
+    }
+
+    fn relevant(&self, view: &EventView) -> bool {
+        match &self.channel {
+            Channel::Event(id) => id.as_uuid() == view.id,
+            Channel::Venue(venue) => venue.as_uuid() == view.venue_id,
+            Channel::Feed { tag: None } => true,
+            Channel::Feed { tag: Some(tag) } => view.tags.iter().any(|t| t == tag.as_str()),
+        }
+    }
+
+    /// Folds a change into the state; returns the update to broadcast, if
+    /// subscribers should hear about it.
+    fn apply(&mut self, change: &EventChange) -> Option<Value> {
+        let view = &change.view;
+        if self
+            .versions
+            .get(&view.id)
+            .is_some_and(|&v| v >= change.version)
+        {
+            return None;
+        }
+        let relevant = self.relevant(view);
+        let listed_before = match &self.state {
+            State::Event(_) => false,
+            State::Listing(events) => events.contains_key(&view.id),
+        };
+        if !relevant && !listed_before {
+            return None;
+        }
+        self.versions.insert(view.id, change.version);
+        let kinds = &change.kinds;
+        match &mut self.state {
+            State::Event(current) => {
+                if view.status == "draft" {
+                    return None;
+                }
+                *current = Some(view.clone());
+                Some(json!({ "event": view, "kinds": kinds }))
+            }
+            State::Listing(events) => {
+                let listed = relevant && view.status == "published" && view.starts_at > Utc::now();
+                let before = if listed {
+                    events.insert(view.id, view.clone())
+                } else {
+                    events.remove(&view.id)
+                };
+                if !listed && before.is_none() {
+                    // Never listed here (a draft, say): nothing to tell.
+                    return None;
+                }
+                let reason = match &self.channel {
+                    Channel::Venue(_) => Some("changed"),
+                    _ => feed_reason(before.as_ref(), view, kinds, listed),
+                }?;
+                Some(json!({ "event": view, "kinds": kinds, "listed": listed, "reason": reason }))
+            }
+        }
+    }
+
+    fn broadcast(&mut self, data: Value, committed_at: DateTime<Utc>) {
+        self.snapshot = None;
+        self.offset += 1;
+        let text = ByteString::from(protocol::update(
+            &self.name,
+            &self.epoch,
+            self.offset,
+            &data,
+        ));
+        self.history.push_back((self.offset, text.clone()));
+        while self.history.len() > self.history_limit {
+            self.history.pop_front();
+        }
+        let frame = Deliver {
+            text,
+            committed_at: Some(committed_at),
+        };
+        for to in self.subscribers.values() {
+            to.do_send(frame.clone());
+        }
+        metrics::counter!("turnout_ws_updates_total", "kind" => self.channel.kind()).increment(1);
+    }
+
+    fn subscribe(&mut self, msg: Subscribe) {
+        let send = |text: String| {
+            msg.to.do_send(Deliver {
+                text: text.into(),
+                committed_at: None,
+            })
+        };
+        let resumable = msg.since.as_ref().filter(|since| {
+            let oldest_kept = self.history.front().map_or(self.offset + 1, |(o, _)| *o);
+            *since.epoch == *self.epoch
+                && since.offset <= self.offset
+                && since.offset + 1 >= oldest_kept
+        });
+        match (resumable, &msg.since) {
+            (Some(since), _) => {
+                metrics::counter!("turnout_ws_resumes_total", "recovered" => "true").increment(1);
+                send(protocol::resumed(&self.name, &self.epoch, since.offset));
+                for (_, text) in self.history.iter().filter(|(o, _)| *o > since.offset) {
+                    msg.to.do_send(Deliver {
+                        text: text.clone(),
+                        committed_at: None,
+                    });
+                }
+            }
+            (None, since) => {
+                if since.is_some() {
+                    metrics::counter!("turnout_ws_resumes_total", "recovered" => "false")
+                        .increment(1);
+                }
+                let data = self.snapshot_data();
+                send(protocol::snapshot(
+                    &self.name,
+                    &self.epoch,
+                    self.offset,
+                    since.as_ref().map(|_| false),
+                    &data,
+                ));
+            }
+        }
+        self.subscribers.insert(msg.session, msg.to);
+        metrics::gauge!("turnout_ws_subscriptions", "kind" => self.channel.kind()).increment(1.0);
+    }
+}
+
+/// Why the city feed mentions a change, if it does: new, changed, cancelled,
+/// filling up or full — not every join.
+fn feed_reason(
+    before: Option<&EventView>,
+    view: &EventView,
+    kinds: &[&'static str],
+    listed: bool,
+) -> Option<&'static str> {
+    if kinds.contains(&"cancelled") {
+        return Some("cancelled");
+    }
+    if kinds.contains(&"published") {
+        return Some("published");
+    }
+    if kinds
+        .iter()
+        .any(|k| matches!(*k, "details_changed" | "capacity_changed"))
+    {
+        return Some("changed");
+    }
+    let before = before?;
+    if !listed {
+        return Some("removed");
+    }
+    let nearly = (view.capacity / 10).max(1);
+    if view.places_left == 0 && before.places_left > 0 {
+        Some("full")
+    } else if view.places_left <= nearly && before.places_left > nearly {
+        Some("filling_up")
+    } else {
+        None
+    }
+}
+
+impl Actor for ChannelHub {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let store = Arc::clone(&self.store);
+        let channel = self.channel.clone();
+        // `wait` holds subscriptions and changes until the state is loaded;
+        // changes committed meanwhile queue up and are de-duplicated by version.
+        ctx.wait(
+            async move {
+                match channel {
+                    Channel::Event(id) => store.event(id).await.map(|e| e.into_iter().collect()),
+                    Channel::Venue(venue) => {
+                        let filter = EventFilter {
+                            venue_id: Some(venue),
+                            from: Some(Utc::now()),
+                            limit: LISTING_LIMIT,
+                            ..EventFilter::default()
+                        };
+                        store.list_events(&filter).await
+                    }
+                    Channel::Feed { tag } => {
+                        let filter = EventFilter {
+                            tag: tag.map(String::from),
+                            from: Some(Utc::now()),
+                            limit: LISTING_LIMIT,
+                            ..EventFilter::default()
+                        };
+                        store.list_events(&filter).await
+                    }
+                }
+            }
+            .into_actor(self)
+            .map(|loaded, hub, ctx| match loaded {
+                Ok(records) => hub.loaded(records),
+                Err(error) => {
+                    tracing::error!(channel = %hub.name, %error, "could not load channel state");
+                    hub.hubs.forget(&hub.channel, &ctx.address());
+                    ctx.stop();
+                }
+            }),
+        );
+        let idle_limit = self.idle_limit;
+        ctx.run_interval(
+            (idle_limit / 2).max(Duration::from_millis(100)),
+            move |hub, ctx| {
+                if hub.subscribers.is_empty() && hub.idle_since.elapsed() >= idle_limit {
+                    hub.hubs.forget(&hub.channel, &ctx.address());
+                    ctx.stop();
+                }
+            },
+        );
+    }
+}
+
+impl Handler<Subscribe> for ChannelHub {
+    type Result = ();
+
+    fn handle(&mut self, msg: Subscribe, _ctx: &mut Self::Context) {
+        self.subscribe(msg);
+    }
+}
+
+impl Handler<Unsubscribe> for ChannelHub {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsubscribe, _ctx: &mut Self::Context) {
+        if self.subscribers.remove(&msg.session).is_some() {
+            metrics::gauge!("turnout_ws_subscriptions", "kind" => self.channel.kind())
+                .decrement(1.0);
+        }
+        if self.subscribers.is_empty() {
+            self.idle_since = Instant::now();
+        }
+    }
+}
+
+impl Handler<Apply> for ChannelHub {
+    type Result = ();
+
+    fn handle(&mut self, Apply(change): Apply, _ctx: &mut Self::Context) {
+        if let Some(data) = self.apply(&change) {
+            self.broadcast(data, change.committed_at);
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Live updates over WebSocket (`GET /v1/ws`), modelled on Centrifugo and
+//! Phoenix Channels: a subscriber gets a snapshot carrying the channel's
+//! `epoch` and `offset`, then updates at offset+1, +2, … and can resume after
+//! a disconnect from the last offset it saw. See docs/PROTOCOL.md.
+//!
+//! - `channel`: channel names (`event:<id>`, `venue:<id>`, `feed`, `feed?tag=…`).
+//! - `protocol`: the JSON frames.
+//! - `hub`: one actor per channel; it owns the channel's state, offsets and
+//!   history, so a snapshot and the offsets after it can never disagree.
+//! - `hubs`: finds or starts hubs, and routes committed changes to them.
+//! - `session`: one actor per connection, with heartbeats, limits and a
+//!   byte-bounded outgoing queue.
+
+mod channel;
+mod hub;
+mod hubs;
+mod protocol;
+mod session;
+
+pub use channel::Channel;
+pub use hubs::{Hubs, LocalFanout};
+pub use session::{Admission, ConnectionLimits, WsSession};
+
+use serde::Deserialize;
+
+/// `[realtime]` settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RealtimeSettings {
+    /// A server ping this often.
+    pub heartbeat_secs: u64,
+    /// A connection silent for longer is closed.
+    pub client_timeout_secs: u64,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_subscriptions: usize,
+    /// Largest frame a client may send.
+    pub max_frame_bytes: usize,
+    /// Outgoing bytes a connection may have queued before it is closed as a
+    /// slow consumer (close code 4008).
+    pub max_queued_bytes: usize,
+    /// Malformed frames tolerated before the connection is closed.
+    pub max_strikes: u32,
+    /// Updates each channel keeps for resuming clients.
+    pub history: usize,
+    /// A hub with no subscribers for this long stops.
+    pub hub_idle_secs: u64,
+    /// Origins allowed to open a socket besides the server's own.
+    pub allowed_origins: Vec<String>,
+}

@@ -1,0 +1,309 @@
+//! One actor per WebSocket connection: parses client frames, manages the
+//! connection's subscriptions, and writes frames out through a queue bounded
+//! in bytes. A client that stops reading is closed with code 4008 instead of
+//! letting its queue grow; a silent client is closed after the timeout.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
+use bytestring::ByteString;
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+use turnout_actors::domain::UserId;
+
+use super::RealtimeSettings;
+use super::channel::Channel;
+use super::hub::{ChannelHub, Deliver, Subscribe, Unsubscribe};
+use super::hubs::Hubs;
+use super::protocol::{self, ClientFrame};
+use crate::auth::TokenKeys;
+
+/// Close code for a client too slow to take its updates: resync.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// Close code for a client that kept sending malformed frames.
+pub const CLOSE_POLICY: u16 = 1008;
+
+/// Open connections, in total and per client address.
+pub struct ConnectionLimits {
+    total: AtomicUsize,
+    per_ip: DashMap<IpAddr, usize>,
+    max_total: usize,
+    max_per_ip: usize,
+}
+
+/// A connection's place within the limits, given back on drop.
+pub struct Admission {
+    limits: Arc<ConnectionLimits>,
+    ip: IpAddr,
+}
+
+impl ConnectionLimits {
+    pub fn new(settings: &RealtimeSettings) -> Arc<Self> {
+        Arc::new(Self {
+            total: AtomicUsize::new(0),
+            per_ip: DashMap::new(),
+            max_total: settings.max_connections,
+            max_per_ip: settings.max_connections_per_ip,
+        })
+    }
+
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admission> {
+        let mut count = self.per_ip.entry(ip).or_insert(0);
+        if *count >= self.max_per_ip {
+            return None;
+        }
+        if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        *count += 1;
+        metrics::gauge!("turnout_ws_connections").increment(1.0);
+        Some(Admission {
+            limits: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.limits.total.fetch_sub(1, Ordering::AcqRel);
+        self.limits.per_ip.remove_if_mut(&self.ip, |_, count| {
+            *count -= 1;
+            *count == 0
+        });
+        metrics::gauge!("turnout_ws_connections").decrement(1.0);
+    }
+}
+
+pub struct WsSession {
+    id: u64,
+    session: actix_ws::Session,
+    hubs: Hubs,
+    tokens: Arc<TokenKeys>,
+    settings: Arc<RealtimeSettings>,
+    subscriptions: HashMap<String, Addr<ChannelHub>>,
+    user: Option<UserId>,
+    last_heard: Instant,
+    strikes: u32,
+    outgoing: Option<mpsc::UnboundedSender<Deliver>>,
+    queued_bytes: Arc<AtomicUsize>,
+    _admission: Admission,
+}
+
+impl WsSession {
+    pub fn new(
+        session: actix_ws::Session,
+        hubs: Hubs,
+        tokens: Arc<TokenKeys>,
+        settings: Arc<RealtimeSettings>,
+        admission: Admission,
+    ) -> Self {
+        static IDS: AtomicU64 = AtomicU64::new(1);
+        Self {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            session,
+            hubs,
+            tokens,
+            settings,
+            subscriptions: HashMap::new(),
+            user: None,
+            last_heard: Instant::now(),
+            strikes: 0,
+            outgoing: None,
+            queued_bytes: Arc::default(),
+            _admission: admission,
+        }
+    }
+
+    /// Queues a frame, or closes the connection if its queue is over budget.
+    fn send(&mut self, frame: Deliver, ctx: &mut Context<Self>) {
+        let len = frame.text.len();
+        if self.queued_bytes.fetch_add(len, Ordering::AcqRel) + len > self.settings.max_queued_bytes
+        {
+            metrics::counter!("turnout_ws_slow_consumers_total").increment(1);
+            tracing::info!(session = self.id, "closing a slow consumer");
+            return self.close(
+                CLOSE_SLOW_CONSUMER,
+                "slow consumer: resubscribe with since",
+                ctx,
+            );
+        }
+        if let Some(outgoing) = &self.outgoing {
+            let _ = outgoing.send(frame);
+        }
+    }
+
+    fn reply(&mut self, text: String, ctx: &mut Context<Self>) {
+        self.send(
+            Deliver {
+                text: ByteString::from(text),
+                committed_at: None,
+            },
+            ctx,
+        );
+    }
+
+    fn close(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
+        self.outgoing = None;
+        let session = self.session.clone();
+        let reason = CloseReason {
+            code: CloseCode::from(code),
+            description: Some(reason.to_owned()),
+        };
+        actix_web::rt::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(1), session.close(Some(reason))).await;
+        });
+        ctx.stop();
+    }
+
+    fn strike(&mut self, message: &str, ctx: &mut Context<Self>) {
+        self.strikes += 1;
+        if self.strikes > self.settings.max_strikes {
+            return self.close(CLOSE_POLICY, "too many malformed frames", ctx);
+        }
+        self.reply(protocol::error("bad_frame", message), ctx);
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+        let frame = match serde_json::from_str::<ClientFrame>(text) {
+            Ok(frame) => frame,
+            Err(e) => return self.strike(&format!("not a valid frame: {e}"), ctx),
+        };
+        match frame {
+            ClientFrame::Ping => self.reply(protocol::pong(), ctx),
+            ClientFrame::Auth { token } => match self.tokens.verify(&token) {
+                Ok(claims) => {
+                    self.user = Some(UserId::from(claims.sub));
+                    self.reply(protocol::authenticated(&claims.sub.to_string()), ctx);
+                }
+                Err(e) => self.reply(protocol::error("unauthorized", &e.to_string()), ctx),
+            },
+            ClientFrame::Subscribe { channel, since } => {
+                let parsed = match Channel::parse(&channel) {
+                    Ok(parsed) => parsed,
+                    Err(message) => return self.strike(&message, ctx),
+                };
+                if self.subscriptions.contains_key(&channel) {
+                    return self.reply(protocol::error("already_subscribed", &channel), ctx);
+                }
+                if self.subscriptions.len() >= self.settings.max_subscriptions {
+                    return self.reply(
+                        protocol::error(
+                            "too_many_subscriptions",
+                            &format!("at most {}", self.settings.max_subscriptions),
+                        ),
+                        ctx,
+                    );
+                }
+                let hub = self.hubs.hub(&parsed);
+                hub.do_send(Subscribe {
+                    session: self.id,
+                    to: ctx.address().recipient(),
+                    since,
+                });
+                self.subscriptions.insert(channel, hub);
+            }
+            ClientFrame::Unsubscribe { channel } => match self.subscriptions.remove(&channel) {
+                Some(hub) => {
+                    hub.do_send(Unsubscribe { session: self.id });
+                    self.reply(protocol::unsubscribed(&channel), ctx);
+                }
+                None => self.reply(protocol::error("not_subscribed", &channel), ctx),
+            },
+        }
+    }
+}
+
+impl Actor for WsSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // The writer owns the socket's send side and drains the queue in
+        // order; `queued_bytes` is what it has not written yet.
+        let (outgoing, mut queue) = mpsc::unbounded_channel::<Deliver>();
+        self.outgoing = Some(outgoing);
+        let (mut session, queued, id) = (
+            self.session.clone(),
+            Arc::clone(&self.queued_bytes),
+            self.id,
+        );
+        actix_web::rt::spawn(async move {
+            while let Some(frame) = queue.recv().await {
+                let len = frame.text.len();
+                match tokio::time::timeout(Duration::from_secs(10), session.text(frame.text)).await
+                {
+                    Ok(Ok(())) => {}
+                    _ => break,
+                }
+                queued.fetch_sub(len, Ordering::AcqRel);
+                metrics::counter!("turnout_ws_messages_sent_total").increment(1);
+                if let Some(at) = frame.committed_at {
+                    let latency = (chrono::Utc::now() - at).to_std().unwrap_or_default();
+                    metrics::histogram!("turnout_ws_fanout_seconds").record(latency.as_secs_f64());
+                }
+            }
+            tracing::debug!(session = id, "writer finished");
+        });
+
+        let heartbeat = Duration::from_secs(self.settings.heartbeat_secs);
+        let timeout = Duration::from_secs(self.settings.client_timeout_secs);
+        ctx.run_interval(heartbeat, move |session, ctx| {
+            if session.last_heard.elapsed() > timeout {
+                return session.close(u16::from(CloseCode::Normal), "heartbeat timeout", ctx);
+            }
+            let mut socket = session.session.clone();
+            actix_web::rt::spawn(async move {
+                let _ = socket.ping(b"").await;
+            });
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        for hub in self.subscriptions.values() {
+            hub.do_send(Unsubscribe { session: self.id });
+        }
+    }
+}
+
+impl Handler<Deliver> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, frame: Deliver, ctx: &mut Self::Context) {
+        self.send(frame, ctx);
+    }
+}
+
+impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
+    fn handle(&mut self, msg: Result<AggregatedMessage, ProtocolError>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
+        match msg {
+            Ok(AggregatedMessage::Text(text)) => self.on_text(&text, ctx),
+            Ok(AggregatedMessage::Binary(_)) => self.strike("frames are JSON text", ctx),
+            Ok(AggregatedMessage::Ping(bytes)) => {
+                let mut socket = self.session.clone();
+                actix_web::rt::spawn(async move {
+                    let _ = socket.pong(&bytes).await;
+                });
+            }
+            Ok(AggregatedMessage::Pong(_)) => {}
+            Ok(AggregatedMessage::Close(_)) => ctx.stop(),
+            Err(ProtocolError::Overflow) => {
+                self.close(u16::from(CloseCode::Size), "frame too large", ctx)
+            }
+            Err(e) => {
+                tracing::debug!(session = self.id, error = %e, "websocket protocol error");
+                ctx.stop();
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}

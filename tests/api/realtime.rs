@@ -1,0 +1,385 @@
+//! Live updates over a real WebSocket client.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+use crate::helpers::{Backend, TestApp, User, assert_error, body, spawn_app_with};
+
+type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(app: &TestApp) -> Socket {
+    let url = app.address.replace("http://", "ws://") + "/v1/ws";
+    connect_async(url).await.expect("websocket connects").0
+}
+
+async fn send(socket: &mut Socket, frame: Value) {
+    socket.send(Message::text(frame.to_string())).await.unwrap();
+}
+
+/// The next JSON frame, skipping pings.
+async fn next(socket: &mut Socket) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("the socket is open")
+            .expect("a valid frame");
+        match message {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Close(frame) => panic!("closed: {frame:?}"),
+            _ => continue,
+        }
+    }
+}
+
+async fn subscribe(socket: &mut Socket, channel: &str, since: Option<Value>) -> Value {
+    let mut frame = json!({ "type": "subscribe", "channel": channel });
+    if let Some(since) = since {
+        frame["since"] = since;
+    }
+    send(socket, frame).await;
+    next(socket).await
+}
+
+fn members(event: &Value) -> i64 {
+    event["active_count"].as_i64().unwrap() + event["waitlist_count"].as_i64().unwrap()
+}
+
+async fn sqlite_app(tweak: impl FnOnce(&mut turnout::config::Settings)) -> TestApp {
+    spawn_app_with(Backend::Sqlite, tweak).await.unwrap()
+}
+
+/// 1000 joins race the subscription: the snapshot and the updates after it
+/// neither overlap nor leave a gap, and the last update is the final state.
+#[actix_web::test]
+async fn snapshot_then_updates_without_gap_or_duplicate_while_joins_stream_in() {
+    let app = sqlite_app(|_| {}).await;
+    let owner = app.register("owner@example.com").await;
+    let event = app.published_event(&owner, 300).await;
+    let users: Vec<User> = (0..1000).map(|_| app.user()).collect();
+
+    let joining = {
+        let app = app.clone();
+        actix_web::rt::spawn(async move {
+            futures_util::future::join_all(users.iter().map(|u| app.join(u, event))).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let mut socket = connect(&app).await;
+    let snapshot = subscribe(&mut socket, &format!("event:{event}"), None).await;
+    assert_eq!(snapshot["type"], "snapshot");
+    assert_eq!(snapshot["v"], 1);
+    let mut offset = snapshot["offset"].as_u64().unwrap();
+    let mut seen = members(&snapshot["data"]["event"]);
+    while seen < 1000 {
+        let update = next(&mut socket).await;
+        assert_eq!(update["type"], "update");
+        assert_eq!(update["epoch"], snapshot["epoch"]);
+        assert_eq!(
+            update["offset"].as_u64().unwrap(),
+            offset + 1,
+            "no gap in offsets"
+        );
+        offset += 1;
+        let now = members(&update["data"]["event"]);
+        assert!(
+            now > seen,
+            "no update repeats what the snapshot or an earlier update had"
+        );
+        seen = now;
+    }
+    for response in joining.await.unwrap() {
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let last = app.event(event).await;
+    assert_eq!(
+        (
+            last["active_count"].as_i64(),
+            last["waitlist_count"].as_i64()
+        ),
+        (Some(300), Some(700))
+    );
+}
+
+#[actix_web::test]
+async fn a_client_resumes_from_its_last_offset() {
+    let app = sqlite_app(|_| {}).await;
+    let owner = app.register("owner@example.com").await;
+    let event = app.published_event(&owner, 10).await;
+    let channel = format!("event:{event}");
+
+    let mut socket = connect(&app).await;
+    let snapshot = subscribe(&mut socket, &channel, None).await;
+    app.join(&app.user(), event).await;
+    let first = next(&mut socket).await;
+    let since = json!({ "epoch": first["epoch"], "offset": first["offset"] });
+    drop(socket);
+
+    for _ in 0..3 {
+        app.join(&app.user(), event).await;
+    }
+    let mut socket = connect(&app).await;
+    let resumed = subscribe(&mut socket, &channel, Some(since)).await;
+    assert_eq!(resumed["type"], "resumed");
+    assert_eq!(resumed["recovered"], true);
+    let from = first["offset"].as_u64().unwrap();
+    for i in 1..=3 {
+        let missed = next(&mut socket).await;
+        assert_eq!(missed["offset"].as_u64().unwrap(), from + i);
+        assert_eq!(members(&missed["data"]["event"]), 1 + i as i64);
+    }
+    // And it stays live.
+    app.join(&app.user(), event).await;
+    let live = next(&mut socket).await;
+    assert_eq!(live["offset"].as_u64().unwrap(), from + 4);
+    assert_eq!(snapshot["epoch"], live["epoch"]);
+}
+
+#[actix_web::test]
+async fn a_resume_past_the_history_gets_a_fresh_snapshot() {
+    let app = sqlite_app(|s| s.realtime.history = 2).await;
+    let owner = app.register("owner@example.com").await;
+    let event = app.published_event(&owner, 10).await;
+    let channel = format!("event:{event}");
+    let mut socket = connect(&app).await;
+    let snapshot = subscribe(&mut socket, &channel, None).await;
+    let since = json!({ "epoch": snapshot["epoch"], "offset": snapshot["offset"] });
+    drop(socket);
+
+    for _ in 0..5 {
+        app.join(&app.user(), event).await;
+    }
+    let mut socket = connect(&app).await;
+    let fresh = subscribe(&mut socket, &channel, Some(since)).await;
+    assert_eq!(fresh["type"], "snapshot");
+    assert_eq!(fresh["recovered"], false);
+    assert_eq!(
+        fresh["offset"].as_u64().unwrap(),
+        snapshot["offset"].as_u64().unwrap() + 5
+    );
+    assert_eq!(members(&fresh["data"]["event"]), 5);
+
+    let mut other = connect(&app).await;
+    let wrong_epoch = subscribe(
+        &mut other,
+        &channel,
+        Some(json!({ "epoch": "nope", "offset": 1 })),
+    )
+    .await;
+    assert_eq!(wrong_epoch["recovered"], false);
+}
+
+#[actix_web::test]
+async fn a_venue_channel_lists_upcoming_events_and_their_counts() {
+    let app = sqlite_app(|_| {}).await;
+    let owner = app.register("owner@example.com").await;
+    let venue = app.venue(&owner).await;
+    let soon = chrono::Utc::now() + chrono::Duration::days(2);
+    let create = |title: &str| {
+        app.as_user(&owner, Method::POST, "/v1/events")
+            .json(&json!({ "title": title, "venue_id": venue, "starts_at": soon, "capacity": 2 }))
+            .send()
+    };
+    let first = crate::helpers::id_of(&body(create("Early show").await.unwrap()).await);
+    app.as_user(&owner, Method::POST, &format!("/v1/events/{first}/publish"))
+        .send()
+        .await
+        .unwrap();
+
+    let mut socket = connect(&app).await;
+    let snapshot = subscribe(&mut socket, &format!("venue:{venue}"), None).await;
+    let listed = snapshot["data"]["events"].as_array().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["title"], "Early show");
+
+    app.join(&app.user(), first).await;
+    let update = next(&mut socket).await;
+    assert_eq!(update["data"]["event"]["places_left"], 1);
+    assert_eq!(update["data"]["listed"], true);
+
+    let second = crate::helpers::id_of(&body(create("Late show").await.unwrap()).await);
+    app.as_user(
+        &owner,
+        Method::POST,
+        &format!("/v1/events/{second}/publish"),
+    )
+    .send()
+    .await
+    .unwrap();
+    let published = next(&mut socket).await;
+    assert_eq!(published["data"]["event"]["title"], "Late show");
+    assert_eq!(published["data"]["listed"], true);
+
+    app.as_user(&owner, Method::POST, &format!("/v1/events/{first}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    let cancelled = next(&mut socket).await;
+    assert_eq!(cancelled["data"]["event"]["status"], "cancelled");
+    assert_eq!(cancelled["data"]["listed"], false);
+}
+
+#[actix_web::test]
+async fn the_feed_reports_publishing_and_filling_up_not_every_join() {
+    let app = sqlite_app(|_| {}).await;
+    let owner = app.register("owner@example.com").await;
+    let mut socket = connect(&app).await;
+    let snapshot = subscribe(&mut socket, "feed?tag=jazz", None).await;
+    assert_eq!(snapshot["data"]["events"], json!([]));
+
+    let event = app.published_event(&owner, 20).await;
+    let published = next(&mut socket).await;
+    assert_eq!(published["data"]["reason"], "published");
+    for _ in 0..18 {
+        app.join(&app.user(), event).await;
+    }
+    let filling = next(&mut socket).await;
+    assert_eq!(filling["data"]["reason"], "filling_up");
+    assert_eq!(filling["data"]["event"]["places_left"], 2);
+    app.join(&app.user(), event).await;
+    app.join(&app.user(), event).await;
+    let full = next(&mut socket).await;
+    assert_eq!(full["data"]["reason"], "full");
+    assert_eq!(
+        full["offset"].as_u64().unwrap(),
+        published["offset"].as_u64().unwrap() + 2
+    );
+}
+
+#[actix_web::test]
+async fn malformed_frames_get_errors_then_the_connection_is_closed() {
+    let app = sqlite_app(|s| s.realtime.max_strikes = 2).await;
+    let mut socket = connect(&app).await;
+    send(&mut socket, json!({ "type": "ping" })).await;
+    assert_eq!(next(&mut socket).await["type"], "pong");
+    socket.send(Message::text("{not json")).await.unwrap();
+    let error = next(&mut socket).await;
+    assert_eq!(
+        (error["type"].as_str(), error["code"].as_str()),
+        (Some("error"), Some("bad_frame"))
+    );
+    send(
+        &mut socket,
+        json!({ "type": "subscribe", "channel": "nowhere" }),
+    )
+    .await;
+    assert!(
+        next(&mut socket).await["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown channel")
+    );
+    send(&mut socket, json!({ "type": "auth", "token": "forged" })).await;
+    assert_eq!(next(&mut socket).await["code"], "unauthorized");
+    socket.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    let close = loop {
+        match socket.next().await {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.unwrap().code), 1008);
+}
+
+#[actix_web::test]
+async fn connection_limits_and_origins_are_enforced() {
+    let app = sqlite_app(|s| {
+        s.realtime.max_connections_per_ip = 2;
+        s.realtime.allowed_origins = vec!["https://kiosk.example.org".into()];
+    })
+    .await;
+    let _a = connect(&app).await;
+    let _b = connect(&app).await;
+    let url = app.address.replace("http://", "ws://") + "/v1/ws";
+    match connect_async(url.clone()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 503)
+        }
+        other => panic!("a third connection from one address must be refused: {other:?}"),
+    }
+    drop(_a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut evil = url.clone().into_client_request().unwrap();
+    evil.headers_mut()
+        .insert("Origin", "https://evil.example".parse().unwrap());
+    match connect_async(evil).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 403)
+        }
+        other => panic!("a foreign origin must be refused: {other:?}"),
+    }
+    let mut kiosk = url.into_client_request().unwrap();
+    kiosk
+        .headers_mut()
+        .insert("Origin", "https://kiosk.example.org".parse().unwrap());
+    assert!(connect_async(kiosk).await.is_ok());
+
+    let plain = app.request(Method::GET, "/v1/ws").send().await.unwrap();
+    assert_error(plain, StatusCode::BAD_REQUEST, "not_a_websocket").await;
+}
+
+/// A client that stops reading is closed with 4008 once its queue passes the
+/// byte budget, instead of the server buffering for it without bound.
+#[actix_web::test]
+async fn a_slow_consumer_is_closed_with_4008() {
+    let app = sqlite_app(|s| s.realtime.max_queued_bytes = 256 * 1024).await;
+    let owner = app.register("owner@example.com").await;
+    let venue = app.venue(&owner).await;
+    let tags: Vec<String> = (0..20).map(|i| format!("tag{i}")).collect();
+    let description = "x".repeat(4000);
+    let soon = chrono::Utc::now() + chrono::Duration::days(2);
+    for i in 0..60 {
+        let created = app
+            .as_user(&owner, Method::POST, "/v1/events")
+            .json(
+                &json!({ "title": format!("Show {i}"), "venue_id": venue, "starts_at": soon,
+                           "capacity": 5, "tags": tags, "description": description }),
+            )
+            .send()
+            .await
+            .unwrap();
+        let id = crate::helpers::id_of(&body(created).await);
+        app.as_user(&owner, Method::POST, &format!("/v1/events/{id}/publish"))
+            .send()
+            .await
+            .unwrap();
+    }
+    // Twenty big snapshots (~300 KB each), and the client reads none of them.
+    let mut socket = connect(&app).await;
+    for tag in &tags {
+        send(
+            &mut socket,
+            json!({ "type": "subscribe", "channel": format!("feed?tag={tag}") }),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("the server acts")
+        {
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => break None,
+        }
+    };
+    assert_eq!(code, Some(4008));
+    let metrics = app
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("turnout_ws_slow_consumers_total"));
+}
