@@ -10,6 +10,7 @@ mod accounts;
 mod error;
 mod events;
 mod joins;
+mod kiosk;
 mod openapi;
 mod ops;
 mod pagination;
@@ -93,6 +94,7 @@ pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) 
         .app_data(web::QueryConfig::default().error_handler(|e, _| query_error(e).into()))
         .configure(ops::routes)
         .configure(openapi::routes)
+        .configure(kiosk::routes)
         .service(
             web::scope("/v1")
                 .configure(accounts::routes)

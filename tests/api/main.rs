@@ -8,6 +8,7 @@ mod bad_input;
 mod crash;
 mod events;
 mod joins;
+mod kiosk;
 mod nodes;
 mod ops;
 mod realtime;
