@@ -19,7 +19,7 @@ use crate::auth::TokenKeys;
 use crate::config::{Environment, Settings, redact_url};
 use crate::http::ws::Realtime;
 use crate::http::{self, AppState, request_context};
-use crate::realtime::{ConnectionLimits, Hubs, LocalFanout};
+use crate::realtime::{ConnectionLimits, Hubs, LocalFanout, RedisFanout};
 use crate::store::{self, Store};
 
 pub struct Application {
@@ -61,7 +61,17 @@ impl Application {
         let mut threads: Vec<Arbiter> = (0..actor_threads).map(|_| Arbiter::new()).collect();
         let hub_thread = Arbiter::new();
         let hubs = Hubs::new(store.clone(), &settings.realtime, hub_thread.handle());
-        let changes: Arc<dyn ChangeSink> = Arc::new(LocalFanout(hubs.clone()));
+        let changes: Arc<dyn ChangeSink> = match &settings.redis_url {
+            Some(url) => {
+                tracing::info!(redis = %redact_url(url), "cross-node fan-out through redis");
+                Arc::new(RedisFanout::start(
+                    url,
+                    settings.realtime.redis_channel.clone(),
+                    hubs.clone(),
+                )?)
+            }
+            None => Arc::new(LocalFanout(hubs.clone())),
+        };
         let registry = EventRegistry::new(
             store.clone(),
             journal.clone(),

@@ -65,7 +65,7 @@ pub struct UpdateEventRequest {
 }
 
 /// An event with its live counts.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventView {
     pub id: Uuid,
     pub owner_id: Uuid,

@@ -20,13 +20,14 @@ use super::protocol::{self, Position};
 use crate::http::EventView;
 use crate::store::{EventFilter, EventRecord, Store};
 
-/// A committed change of one event, as the hubs see it.
-#[derive(Debug)]
+/// A committed change of one event, as the hubs see it (and as it travels
+/// between nodes).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct EventChange {
     pub view: EventView,
     /// The stream version: hubs ignore anything not newer than what they hold.
     pub version: i64,
-    pub kinds: Vec<&'static str>,
+    pub kinds: Vec<String>,
     pub committed_at: DateTime<Utc>,
 }
 
@@ -276,19 +277,17 @@ impl ChannelHub {
 fn feed_reason(
     before: Option<&EventView>,
     view: &EventView,
-    kinds: &[&'static str],
+    kinds: &[String],
     listed: bool,
 ) -> Option<&'static str> {
-    if kinds.contains(&"cancelled") {
+    let has = |kind: &str| kinds.iter().any(|k| k == kind);
+    if has("cancelled") {
         return Some("cancelled");
     }
-    if kinds.contains(&"published") {
+    if has("published") {
         return Some("published");
     }
-    if kinds
-        .iter()
-        .any(|k| matches!(*k, "details_changed" | "capacity_changed"))
-    {
+    if has("details_changed") || has("capacity_changed") {
         return Some("changed");
     }
     let before = before?;

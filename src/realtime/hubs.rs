@@ -98,7 +98,7 @@ impl From<Committed> for EventChange {
         Self {
             view: EventView::from(&c.summary),
             version: c.summary.version as i64,
-            kinds: c.kinds,
+            kinds: c.kinds.iter().map(|k| (*k).to_owned()).collect(),
             committed_at: c.committed_at,
         }
     }

@@ -8,6 +8,7 @@
 //! - `hub`: one actor per channel; it owns the channel's state, offsets and
 //!   history, so a snapshot and the offsets after it can never disagree.
 //! - `hubs`: finds or starts hubs, and routes committed changes to them.
+//! - `redis_fanout`: cross-node fan-out through Redis pub/sub.
 //! - `session`: one actor per connection, with heartbeats, limits and a
 //!   byte-bounded outgoing queue.
 
@@ -15,10 +16,12 @@ mod channel;
 mod hub;
 mod hubs;
 mod protocol;
+mod redis_fanout;
 mod session;
 
 pub use channel::Channel;
 pub use hubs::{Hubs, LocalFanout};
+pub use redis_fanout::RedisFanout;
 pub use session::{Admission, ConnectionLimits, WsSession};
 
 use serde::Deserialize;
@@ -46,4 +49,6 @@ pub struct RealtimeSettings {
     pub hub_idle_secs: u64,
     /// Origins allowed to open a socket besides the server's own.
     pub allowed_origins: Vec<String>,
+    /// The Redis pub/sub channel nodes share changes on (with a Redis URL).
+    pub redis_channel: String,
 }

@@ -27,7 +27,8 @@ pub enum ClientFrame {
     Auth {
         token: String,
     },
-    Ping,
+    /// A struct variant, so that unknown fields are refused here too.
+    Ping {},
 }
 
 pub fn snapshot(
@@ -91,7 +92,7 @@ mod tests {
         ));
         assert!(matches!(
             serde_json::from_str(r#"{"type":"ping"}"#),
-            Ok(ClientFrame::Ping)
+            Ok(ClientFrame::Ping {})
         ));
         for bad in [
             r#"{"type":"subscribe"}"#,

@@ -176,7 +176,7 @@ impl WsSession {
             Err(e) => return self.strike(&format!("not a valid frame: {e}"), ctx),
         };
         match frame {
-            ClientFrame::Ping => self.reply(protocol::pong(), ctx),
+            ClientFrame::Ping {} => self.reply(protocol::pong(), ctx),
             ClientFrame::Auth { token } => match self.tokens.verify(&token) {
                 Ok(claims) => {
                     self.user = Some(UserId::from(claims.sub));

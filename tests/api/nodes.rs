@@ -54,3 +54,77 @@ async fn sqlite_a_stale_actor_is_fenced_and_reloads() {
 async fn postgres_a_stale_actor_is_fenced_and_reloads() {
     a_stale_actor_is_fenced_and_reloads(Backend::Postgres).await;
 }
+
+/// Two servers sharing the real Postgres and the real Redis: a client on
+/// node A sees, in order, the joins made through node B.
+#[actix_web::test]
+async fn a_client_on_one_node_sees_joins_made_through_another_in_order() {
+    use secrecy::SecretString;
+
+    let Some(redis_url) = std::env::var("TURNOUT_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!("TURNOUT_TEST_REDIS_URL is not set: skipping the two-node fan-out test");
+        return;
+    };
+    let mut check = redis::Client::open(redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("TURNOUT_TEST_REDIS_URL is set but Redis does not answer");
+    let _: String = redis::cmd("PING").query_async(&mut check).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let backend = if crate::helpers::postgres_base_url().is_some() {
+        Backend::Postgres
+    } else {
+        Backend::Sqlite
+    };
+    let url = fresh_database(backend, &dir).await.unwrap();
+    let channel = format!("turnout:test:{}", uuid::Uuid::new_v4());
+    let tweak = |s: &mut turnout::config::Settings| {
+        s.redis_url = Some(SecretString::from(redis_url.clone()));
+        s.realtime.redis_channel = channel.clone();
+    };
+    let a = spawn_node(&url, tweak).await;
+    let b = spawn_node(&url, tweak).await;
+    for node in [&a, &b] {
+        for attempt in 0.. {
+            let metrics = node
+                .request(reqwest::Method::GET, "/metrics")
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if metrics.lines().any(|l| l == "turnout_fanout_connected 1") {
+                break;
+            }
+            assert!(attempt < 100, "the node never subscribed to redis");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    let owner = b.register("owner@example.com").await;
+    let event = b.published_event(&owner, 100).await;
+    let mut socket = crate::realtime::connect(&a).await;
+    let snapshot = crate::realtime::subscribe(&mut socket, &format!("event:{event}"), None).await;
+    assert_eq!(snapshot["type"], "snapshot");
+    let first = snapshot["offset"].as_u64().unwrap() + 1;
+
+    for (offset, expected) in (first..).zip(1..=30) {
+        b.join(&b.user(), event).await;
+        let update = crate::realtime::next(&mut socket).await;
+        assert_eq!(
+            update["offset"].as_u64().unwrap(),
+            offset,
+            "no gap, no repeat"
+        );
+        assert_eq!(
+            update["data"]["event"]["active_count"], expected,
+            "joins through B arrive at A in order"
+        );
+    }
+}

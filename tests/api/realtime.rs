@@ -13,7 +13,7 @@ use crate::helpers::{Backend, TestApp, User, assert_error, body, spawn_app_with}
 
 type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(app: &TestApp) -> Socket {
+pub async fn connect(app: &TestApp) -> Socket {
     let url = app.address.replace("http://", "ws://") + "/v1/ws";
     connect_async(url).await.expect("websocket connects").0
 }
@@ -23,7 +23,7 @@ async fn send(socket: &mut Socket, frame: Value) {
 }
 
 /// The next JSON frame, skipping pings.
-async fn next(socket: &mut Socket) -> Value {
+pub async fn next(socket: &mut Socket) -> Value {
     loop {
         let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
             .await
@@ -38,7 +38,7 @@ async fn next(socket: &mut Socket) -> Value {
     }
 }
 
-async fn subscribe(socket: &mut Socket, channel: &str, since: Option<Value>) -> Value {
+pub async fn subscribe(socket: &mut Socket, channel: &str, since: Option<Value>) -> Value {
     let mut frame = json!({ "type": "subscribe", "channel": channel });
     if let Some(since) = since {
         frame["since"] = since;

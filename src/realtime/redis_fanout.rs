@@ -1,0 +1,143 @@
+//! Cross-node fan-out through Redis pub/sub. Each node routes its own
+//! committed changes straight to its hubs and publishes them on a Redis
+//! channel; every node subscribes and routes the other nodes' changes to its
+//! hubs. Hubs ignore anything not newer than what they hold, so order across
+//! nodes cannot move a count backwards.
+//!
+//! Publishing runs in one task, so one node's changes reach Redis in commit
+//! order; when Redis is away the task reconnects with backoff, and changes
+//! beyond a bounded queue are dropped and counted rather than held forever.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::AsyncCommands;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use turnout_actors::changes::{ChangeSink, Committed};
+use uuid::Uuid;
+
+use super::hub::EventChange;
+use super::hubs::Hubs;
+
+/// Changes waiting to be published while Redis is slow or away.
+const PUBLISH_QUEUE: usize = 10_000;
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    node: Uuid,
+    change: EventChange,
+}
+
+pub struct RedisFanout {
+    hubs: Hubs,
+    node: Uuid,
+    publish: mpsc::Sender<String>,
+}
+
+impl RedisFanout {
+    /// Starts the publisher and subscriber tasks on the current runtime.
+    pub fn start(url: &SecretString, channel: String, hubs: Hubs) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url.expose_secret())
+            .map_err(|e| anyhow::anyhow!("invalid Redis URL: {:?}", e.kind()))?;
+        let node = Uuid::now_v7();
+        let (publish, queue) = mpsc::channel(PUBLISH_QUEUE);
+        actix_web::rt::spawn(publisher(client.clone(), channel.clone(), queue));
+        actix_web::rt::spawn(subscriber(client, channel, node, hubs.clone()));
+        Ok(Self {
+            hubs,
+            node,
+            publish,
+        })
+    }
+}
+
+impl ChangeSink for RedisFanout {
+    fn committed(&self, change: Committed) {
+        let change = EventChange::from(change);
+        let wire = serde_json::to_string(&Wire {
+            node: self.node,
+            change: change.clone(),
+        })
+        .expect("changes serialise");
+        self.hubs.route(Arc::new(change));
+        if self.publish.try_send(wire).is_err() {
+            metrics::counter!("turnout_fanout_dropped_total").increment(1);
+        }
+    }
+}
+
+async fn backoff(attempt: &mut u32) {
+    let delay = Duration::from_millis(100 * 2u64.pow((*attempt).min(6)));
+    *attempt += 1;
+    tokio::time::sleep(delay).await;
+}
+
+async fn publisher(client: redis::Client, channel: String, mut queue: mpsc::Receiver<String>) {
+    let mut attempt = 0;
+    let mut pending: Option<String> = None;
+    loop {
+        let mut connection = match client.get_multiplexed_async_connection().await {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::warn!(error = ?error.kind(), "redis publisher cannot connect; retrying");
+                backoff(&mut attempt).await;
+                continue;
+            }
+        };
+        attempt = 0;
+        loop {
+            let payload = match pending.take() {
+                Some(p) => p,
+                None => match queue.recv().await {
+                    Some(p) => p,
+                    None => return,
+                },
+            };
+            let published: redis::RedisResult<i64> = connection.publish(&channel, &payload).await;
+            if let Err(error) = published {
+                tracing::warn!(error = ?error.kind(), "redis publish failed; reconnecting");
+                pending = Some(payload);
+                break;
+            }
+            metrics::counter!("turnout_fanout_published_total").increment(1);
+        }
+    }
+}
+
+async fn subscriber(client: redis::Client, channel: String, node: Uuid, hubs: Hubs) {
+    let mut attempt = 0;
+    loop {
+        let mut pubsub = match client.get_async_pubsub().await {
+            Ok(p) => p,
+            Err(error) => {
+                tracing::warn!(error = ?error.kind(), "redis subscriber cannot connect; retrying");
+                backoff(&mut attempt).await;
+                continue;
+            }
+        };
+        if let Err(error) = pubsub.subscribe(&channel).await {
+            tracing::warn!(error = ?error.kind(), "redis subscribe failed; retrying");
+            backoff(&mut attempt).await;
+            continue;
+        }
+        attempt = 0;
+        tracing::info!(%channel, "receiving other nodes' changes through redis");
+        metrics::gauge!("turnout_fanout_connected").set(1.0);
+        let mut messages = pubsub.into_on_message();
+        while let Some(message) = messages.next().await {
+            let Ok(wire) = serde_json::from_slice::<Wire>(message.get_payload_bytes()) else {
+                tracing::warn!("ignoring a malformed fan-out message");
+                continue;
+            };
+            if wire.node != node {
+                metrics::counter!("turnout_fanout_received_total").increment(1);
+                hubs.route(Arc::new(wire.change));
+            }
+        }
+        metrics::gauge!("turnout_fanout_connected").set(0.0);
+        tracing::warn!("redis subscription ended; reconnecting");
+    }
+}
