@@ -65,6 +65,18 @@ impl Api {
 
     /// A venue and a published event starting in a week.
     pub async fn published_event(&self, owner_token: &str, capacity: u64) -> anyhow::Result<Uuid> {
+        Ok(self
+            .published_event_at_venue(owner_token, capacity)
+            .await?
+            .0)
+    }
+
+    /// Like [`Api::published_event`], also returning the venue's id.
+    pub async fn published_event_at_venue(
+        &self,
+        owner_token: &str,
+        capacity: u64,
+    ) -> anyhow::Result<(Uuid, Uuid)> {
         let venue = self
             .post(
                 owner_token,
@@ -88,7 +100,8 @@ impl Api {
             Value::Null,
         )
         .await?;
-        Ok(id)
+        let venue: Uuid = venue["id"].as_str().context("venue id")?.parse()?;
+        Ok((id, venue))
     }
 
     pub async fn join(

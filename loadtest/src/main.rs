@@ -23,6 +23,8 @@ struct Cli {
 enum Scenario {
     /// N users join one event at the same moment.
     HotJoin(scenarios::hot_join::HotJoin),
+    /// K WebSocket clients on one venue; time until each has an update.
+    WsFanout(scenarios::ws_fanout::WsFanout),
 }
 
 /// Options every scenario shares.
@@ -55,6 +57,10 @@ async fn main() -> anyhow::Result<()> {
         Scenario::HotJoin(args) => {
             let common = args.common.clone();
             (scenarios::hot_join::run(args).await?, common)
+        }
+        Scenario::WsFanout(args) => {
+            let common = args.common.clone();
+            (scenarios::ws_fanout::run(args).await?, common)
         }
     };
     report.print();

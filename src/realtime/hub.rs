@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::channel::Channel;
 use super::hubs::Hubs;
 use super::protocol::{self, Position};
+use super::session::Outbox;
 use crate::http::EventView;
 use crate::store::{EventFilter, EventRecord, Store};
 
@@ -32,9 +33,8 @@ pub struct EventChange {
 }
 
 /// A frame for one subscriber.
-#[derive(Message, Clone)]
-#[rtype(result = "()")]
-pub struct Deliver {
+#[derive(Clone)]
+pub struct Frame {
     /// Shared by every subscriber: cloning is a reference count.
     pub text: ByteString,
     /// For updates: when the change committed (fan-out latency).
@@ -45,7 +45,7 @@ pub struct Deliver {
 #[rtype(result = "()")]
 pub struct Subscribe {
     pub session: u64,
-    pub to: Recipient<Deliver>,
+    pub to: Outbox,
     pub since: Option<Position>,
 }
 
@@ -81,7 +81,8 @@ pub struct ChannelHub {
     versions: HashMap<Uuid, i64>,
     /// The snapshot's `data`, rebuilt after a change.
     snapshot: Option<Arc<Value>>,
-    subscribers: HashMap<u64, Recipient<Deliver>>,
+    /// Each subscriber's outgoing queue: the hub writes to it directly.
+    subscribers: HashMap<u64, Outbox>,
     store: Arc<dyn Store>,
     hubs: Hubs,
     idle_limit: Duration,
@@ -218,19 +219,25 @@ impl ChannelHub {
         while self.history.len() > self.history_limit {
             self.history.pop_front();
         }
-        let frame = Deliver {
+        let frame = Frame {
             text,
             committed_at: Some(committed_at),
         };
-        for to in self.subscribers.values() {
-            to.do_send(frame.clone());
+        // A subscriber that is gone or over its budget is dropped here; its
+        // session closes itself.
+        let before = self.subscribers.len();
+        self.subscribers.retain(|_, to| to.push(frame.clone()));
+        let dropped = before - self.subscribers.len();
+        if dropped > 0 {
+            metrics::gauge!("turnout_ws_subscriptions", "kind" => self.channel.kind())
+                .decrement(dropped as f64);
         }
         metrics::counter!("turnout_ws_updates_total", "kind" => self.channel.kind()).increment(1);
     }
 
     fn subscribe(&mut self, msg: Subscribe) {
         let send = |text: String| {
-            msg.to.do_send(Deliver {
+            msg.to.push(Frame {
                 text: text.into(),
                 committed_at: None,
             })
@@ -246,7 +253,7 @@ impl ChannelHub {
                 metrics::counter!("turnout_ws_resumes_total", "recovered" => "true").increment(1);
                 send(protocol::resumed(&self.name, &self.epoch, since.offset));
                 for (_, text) in self.history.iter().filter(|(o, _)| *o > since.offset) {
-                    msg.to.do_send(Deliver {
+                    msg.to.push(Frame {
                         text: text.clone(),
                         committed_at: None,
                     });

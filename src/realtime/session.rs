@@ -18,7 +18,7 @@ use turnout_actors::domain::UserId;
 
 use super::RealtimeSettings;
 use super::channel::Channel;
-use super::hub::{ChannelHub, Deliver, Subscribe, Unsubscribe};
+use super::hub::{ChannelHub, Frame, Subscribe, Unsubscribe};
 use super::hubs::Hubs;
 use super::protocol::{self, ClientFrame};
 use crate::auth::TokenKeys;
@@ -81,6 +81,34 @@ impl Drop for Admission {
     }
 }
 
+/// A connection's outgoing queue, bounded in bytes. Hubs push into it
+/// directly; one writer task drains it onto the socket in order.
+#[derive(Clone)]
+pub struct Outbox {
+    queue: mpsc::UnboundedSender<Frame>,
+    queued_bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
+    session: Addr<WsSession>,
+}
+
+impl Outbox {
+    /// Queues a frame. False when the connection is gone or has just gone
+    /// over its budget, in which case its session is told to close it.
+    pub fn push(&self, frame: Frame) -> bool {
+        let len = frame.text.len();
+        if self.queued_bytes.fetch_add(len, Ordering::AcqRel) + len > self.max_bytes {
+            self.session.do_send(Overflowed);
+            return false;
+        }
+        self.queue.send(frame).is_ok()
+    }
+}
+
+/// The outgoing queue went over its byte budget.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Overflowed;
+
 pub struct WsSession {
     id: u64,
     session: actix_ws::Session,
@@ -91,8 +119,7 @@ pub struct WsSession {
     user: Option<UserId>,
     last_heard: Instant,
     strikes: u32,
-    outgoing: Option<mpsc::UnboundedSender<Deliver>>,
-    queued_bytes: Arc<AtomicUsize>,
+    outbox: Option<Outbox>,
     _admission: Admission,
 }
 
@@ -115,42 +142,22 @@ impl WsSession {
             user: None,
             last_heard: Instant::now(),
             strikes: 0,
-            outgoing: None,
-            queued_bytes: Arc::default(),
+            outbox: None,
             _admission: admission,
         }
     }
 
-    /// Queues a frame, or closes the connection if its queue is over budget.
-    fn send(&mut self, frame: Deliver, ctx: &mut Context<Self>) {
-        let len = frame.text.len();
-        if self.queued_bytes.fetch_add(len, Ordering::AcqRel) + len > self.settings.max_queued_bytes
-        {
-            metrics::counter!("turnout_ws_slow_consumers_total").increment(1);
-            tracing::info!(session = self.id, "closing a slow consumer");
-            return self.close(
-                CLOSE_SLOW_CONSUMER,
-                "slow consumer: resubscribe with since",
-                ctx,
-            );
-        }
-        if let Some(outgoing) = &self.outgoing {
-            let _ = outgoing.send(frame);
-        }
-    }
-
-    fn reply(&mut self, text: String, ctx: &mut Context<Self>) {
-        self.send(
-            Deliver {
+    fn reply(&mut self, text: String) {
+        if let Some(outbox) = &self.outbox {
+            outbox.push(Frame {
                 text: ByteString::from(text),
                 committed_at: None,
-            },
-            ctx,
-        );
+            });
+        }
     }
 
     fn close(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
-        self.outgoing = None;
+        self.outbox = None;
         let session = self.session.clone();
         let reason = CloseReason {
             code: CloseCode::from(code),
@@ -167,7 +174,7 @@ impl WsSession {
         if self.strikes > self.settings.max_strikes {
             return self.close(CLOSE_POLICY, "too many malformed frames", ctx);
         }
-        self.reply(protocol::error("bad_frame", message), ctx);
+        self.reply(protocol::error("bad_frame", message));
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
@@ -176,13 +183,13 @@ impl WsSession {
             Err(e) => return self.strike(&format!("not a valid frame: {e}"), ctx),
         };
         match frame {
-            ClientFrame::Ping {} => self.reply(protocol::pong(), ctx),
+            ClientFrame::Ping {} => self.reply(protocol::pong()),
             ClientFrame::Auth { token } => match self.tokens.verify(&token) {
                 Ok(claims) => {
                     self.user = Some(UserId::from(claims.sub));
-                    self.reply(protocol::authenticated(&claims.sub.to_string()), ctx);
+                    self.reply(protocol::authenticated(&claims.sub.to_string()));
                 }
-                Err(e) => self.reply(protocol::error("unauthorized", &e.to_string()), ctx),
+                Err(e) => self.reply(protocol::error("unauthorized", &e.to_string())),
             },
             ClientFrame::Subscribe { channel, since } => {
                 let parsed = match Channel::parse(&channel) {
@@ -190,21 +197,21 @@ impl WsSession {
                     Err(message) => return self.strike(&message, ctx),
                 };
                 if self.subscriptions.contains_key(&channel) {
-                    return self.reply(protocol::error("already_subscribed", &channel), ctx);
+                    return self.reply(protocol::error("already_subscribed", &channel));
                 }
                 if self.subscriptions.len() >= self.settings.max_subscriptions {
-                    return self.reply(
-                        protocol::error(
-                            "too_many_subscriptions",
-                            &format!("at most {}", self.settings.max_subscriptions),
-                        ),
-                        ctx,
-                    );
+                    return self.reply(protocol::error(
+                        "too_many_subscriptions",
+                        &format!("at most {}", self.settings.max_subscriptions),
+                    ));
                 }
+                let Some(outbox) = self.outbox.clone() else {
+                    return;
+                };
                 let hub = self.hubs.hub(&parsed);
                 hub.do_send(Subscribe {
                     session: self.id,
-                    to: ctx.address().recipient(),
+                    to: outbox,
                     since,
                 });
                 self.subscriptions.insert(channel, hub);
@@ -212,9 +219,9 @@ impl WsSession {
             ClientFrame::Unsubscribe { channel } => match self.subscriptions.remove(&channel) {
                 Some(hub) => {
                     hub.do_send(Unsubscribe { session: self.id });
-                    self.reply(protocol::unsubscribed(&channel), ctx);
+                    self.reply(protocol::unsubscribed(&channel));
                 }
-                None => self.reply(protocol::error("not_subscribed", &channel), ctx),
+                None => self.reply(protocol::error("not_subscribed", &channel)),
             },
         }
     }
@@ -226,13 +233,15 @@ impl Actor for WsSession {
     fn started(&mut self, ctx: &mut Self::Context) {
         // The writer owns the socket's send side and drains the queue in
         // order; `queued_bytes` is what it has not written yet.
-        let (outgoing, mut queue) = mpsc::unbounded_channel::<Deliver>();
-        self.outgoing = Some(outgoing);
-        let (mut session, queued, id) = (
-            self.session.clone(),
-            Arc::clone(&self.queued_bytes),
-            self.id,
-        );
+        let (queue_in, mut queue) = mpsc::unbounded_channel::<Frame>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        self.outbox = Some(Outbox {
+            queue: queue_in,
+            queued_bytes: Arc::clone(&queued),
+            max_bytes: self.settings.max_queued_bytes,
+            session: ctx.address(),
+        });
+        let (mut session, id) = (self.session.clone(), self.id);
         actix_web::rt::spawn(async move {
             while let Some(frame) = queue.recv().await {
                 let len = frame.text.len();
@@ -271,11 +280,19 @@ impl Actor for WsSession {
     }
 }
 
-impl Handler<Deliver> for WsSession {
+impl Handler<Overflowed> for WsSession {
     type Result = ();
 
-    fn handle(&mut self, frame: Deliver, ctx: &mut Self::Context) {
-        self.send(frame, ctx);
+    fn handle(&mut self, _: Overflowed, ctx: &mut Self::Context) {
+        if self.outbox.is_some() {
+            metrics::counter!("turnout_ws_slow_consumers_total").increment(1);
+            tracing::info!(session = self.id, "closing a slow consumer");
+            self.close(
+                CLOSE_SLOW_CONSUMER,
+                "slow consumer: resubscribe with since",
+                ctx,
+            );
+        }
     }
 }
 

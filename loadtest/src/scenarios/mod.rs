@@ -1,3 +1,4 @@
 //! One module per scenario, each with its arguments and a `run`.
 
 pub mod hot_join;
+pub mod ws_fanout;

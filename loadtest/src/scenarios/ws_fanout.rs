@@ -1,0 +1,253 @@
+//! `ws-fanout`: K WebSocket clients subscribe to one venue; then, round by
+//! round, one join is made over HTTP and every client's arrival time of the
+//! resulting update is recorded. Reports the delivery latency over all
+//! clients (from sending the join, and from its acknowledgement), the time
+//! until the last client had each update, and the server's memory per idle
+//! connection (from /proc, with --server-pid).
+//!
+//! Clients spread over several 127.0.0.x source addresses so that one
+//! address's ephemeral port range is not the limit.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpSocket;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+use crate::Common;
+use crate::api::{Api, Minter};
+use crate::report::{Check, Report, latency_histogram};
+
+#[derive(Args)]
+pub struct WsFanout {
+    #[command(flatten)]
+    pub common: Common,
+    /// Subscribed clients.
+    #[arg(long, default_value_t = 10_000)]
+    pub clients: usize,
+    /// Joins made, one at a time, each fanned out to every client.
+    #[arg(long, default_value_t = 10)]
+    pub rounds: usize,
+    /// Spread clients over 127.0.0.1 ..= 127.0.0.N.
+    #[arg(long, default_value_t = 4)]
+    pub source_addresses: u8,
+    /// The server's process id, to read its resident memory.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+}
+
+/// Resident memory of a process in bytes.
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn server_addr(target: &str) -> anyhow::Result<SocketAddr> {
+    let host = target.trim_start_matches("http://").trim_end_matches('/');
+    host.parse()
+        .with_context(|| format!("--target must be http://<ip>:<port> for ws-fanout, not {target}"))
+}
+
+/// One arrival: which round's update, and when.
+struct Arrival {
+    offset: u64,
+    at: Instant,
+}
+
+async fn client(
+    server: SocketAddr,
+    source: Ipv4Addr,
+    channel: String,
+    arrivals: mpsc::UnboundedSender<Arrival>,
+) -> anyhow::Result<u64> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
+    let stream = socket.connect(server).await?;
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("ws://{server}/v1/ws"), stream).await?;
+    ws.send(Message::text(
+        json!({ "type": "subscribe", "channel": channel }).to_string(),
+    ))
+    .await?;
+    let snapshot_offset = loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => {
+                let frame: Value = serde_json::from_str(&text)?;
+                if frame["type"] == "snapshot" {
+                    break frame["offset"].as_u64().unwrap_or(0);
+                }
+            }
+            Some(Ok(_)) => continue,
+            _ => anyhow::bail!("closed before the snapshot"),
+        }
+    };
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = ws.next().await {
+            if let Message::Text(text) = message {
+                let at = Instant::now();
+                if let Ok(frame) = serde_json::from_str::<Value>(&text)
+                    && frame["type"] == "update"
+                {
+                    let _ = arrivals.send(Arrival {
+                        offset: frame["offset"].as_u64().unwrap_or(0),
+                        at,
+                    });
+                }
+            }
+        }
+    });
+    Ok(snapshot_offset)
+}
+
+pub async fn run(args: WsFanout) -> anyhow::Result<Report> {
+    let server = server_addr(&args.common.target)?;
+    let api = Api::new(&args.common.target, 64)?;
+    let minter = Minter::new(&args.common.jwt_key, &args.common.jwt_issuer);
+    let owner = minter.token(Uuid::now_v7());
+    let (event, venue) = api.published_event_at_venue(&owner, 1_000_000).await?;
+    let channel = format!("venue:{venue}");
+    let rss_before = args.server_pid.and_then(rss_bytes);
+
+    eprintln!(
+        "ws-fanout: connecting {} clients to {channel}",
+        args.clients
+    );
+    let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel();
+    let handshakes = Arc::new(Semaphore::new(256));
+    let mut connecting = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        let source = Ipv4Addr::new(
+            127,
+            0,
+            0,
+            1 + (i % args.source_addresses.max(1) as usize) as u8,
+        );
+        let (channel, arrivals_tx, handshakes) = (
+            channel.clone(),
+            arrivals_tx.clone(),
+            Arc::clone(&handshakes),
+        );
+        connecting.push(tokio::spawn(async move {
+            let _slot = handshakes.acquire().await.expect("open");
+            client(server, source, channel, arrivals_tx).await
+        }));
+    }
+    drop(arrivals_tx);
+    let mut connected = 0usize;
+    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+    let mut start_offset = 0;
+    for task in connecting {
+        match task.await? {
+            Ok(offset) => {
+                connected += 1;
+                start_offset = start_offset.max(offset);
+            }
+            Err(e) => *failures.entry(format!("connect: {e}")).or_default() += 1,
+        }
+    }
+    eprintln!("ws-fanout: {connected} connected; letting them idle");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_idle = args.server_pid.and_then(rss_bytes);
+
+    let mut from_send = latency_histogram();
+    let mut from_ack = latency_histogram();
+    let mut all_delivered = latency_histogram();
+    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut complete_rounds = 0;
+    let started = Instant::now();
+    for round in 1..=args.rounds as u64 {
+        let user = Uuid::now_v7();
+        let sent = Instant::now();
+        let (status, _) = api
+            .join(&minter.token(user), event, &Uuid::new_v4().to_string())
+            .await?;
+        let acked = Instant::now();
+        *outcomes.entry(status.as_u16().to_string()).or_default() += 1;
+        let target = start_offset + round;
+        let mut received = 0usize;
+        let mut last = sent;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while received < connected {
+            match tokio::time::timeout_at(deadline, arrivals.recv()).await {
+                Ok(Some(arrival)) if arrival.offset == target => {
+                    received += 1;
+                    last = last.max(arrival.at);
+                    from_send.saturating_record(arrival.at.duration_since(sent).as_micros() as u64);
+                    from_ack.saturating_record(
+                        arrival.at.saturating_duration_since(acked).as_micros() as u64,
+                    );
+                }
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        if received == connected {
+            complete_rounds += 1;
+        }
+        all_delivered.saturating_record(last.duration_since(sent).as_micros() as u64);
+        eprintln!(
+            "round {round}: {received}/{connected} clients in {:.1} ms",
+            last.duration_since(sent).as_secs_f64() * 1e3
+        );
+    }
+    let elapsed = started.elapsed();
+
+    let per_connection = match (rss_before, rss_idle) {
+        (Some(before), Some(idle)) if connected > 0 => {
+            Some(idle.saturating_sub(before) / connected as u64)
+        }
+        _ => None,
+    };
+    let ms = |us: u64| us as f64 / 1000.0;
+    let mut checks = vec![
+        Check::new(
+            "every client connected",
+            connected == args.clients,
+            format!("{connected}/{} connected; {failures:?}", args.clients),
+        ),
+        Check::new(
+            "every round reached every client",
+            complete_rounds == args.rounds,
+            format!("{complete_rounds}/{} rounds complete", args.rounds),
+        ),
+        Check::new(
+            "delivery latency (info)",
+            true,
+            format!(
+                "from join sent: p50 {:.1} ms p99 {:.1} ms; from ack: p50 {:.1} ms p99 {:.1} ms; until the last client: p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
+                ms(from_send.value_at_quantile(0.5)),
+                ms(from_send.value_at_quantile(0.99)),
+                ms(from_ack.value_at_quantile(0.5)),
+                ms(from_ack.value_at_quantile(0.99)),
+                ms(all_delivered.value_at_quantile(0.5)),
+                ms(all_delivered.value_at_quantile(0.99)),
+                ms(all_delivered.max()),
+            ),
+        ),
+    ];
+    if let Some(bytes) = per_connection {
+        checks.push(Check::new(
+            "server memory per idle connection (info)",
+            true,
+            format!("{bytes} bytes ({:.1} KiB)", bytes as f64 / 1024.0),
+        ));
+    }
+    Ok(Report::new(
+        "ws-fanout",
+        &args.common.target,
+        &from_send,
+        elapsed,
+        outcomes,
+        checks,
+    ))
+}
