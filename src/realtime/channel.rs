@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use turnout_actors::domain::{EventId, Tag, VenueId};
+use turnout_actors::domain::{EventId, GeoPoint, Tag, VenueId, haversine_km};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Channel {
@@ -11,8 +11,65 @@ pub enum Channel {
     /// A venue's upcoming published events: what its kiosk shows.
     Venue(VenueId),
     /// City-wide: events published, changed, filling up or cancelled;
-    /// optionally only those with a tag.
-    Feed { tag: Option<Tag> },
+    /// optionally only those with a tag, or at venues within a radius.
+    Feed {
+        tag: Option<Tag>,
+        near: Option<Near>,
+    },
+}
+
+/// A circle on the map, kept in whole micro-degrees and metres so that
+/// channel names compare and hash exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Near {
+    lat_e6: i64,
+    lon_e6: i64,
+    radius_m: u32,
+}
+
+impl Near {
+    fn parse(raw: &str) -> Option<Self> {
+        let mut parts = raw.split(',').map(|p| p.trim().parse::<f64>());
+        let (lat, lon, km) = (
+            parts.next()?.ok()?,
+            parts.next()?.ok()?,
+            parts.next()?.ok()?,
+        );
+        if parts.next().is_some()
+            || !(-90.0..=90.0).contains(&lat)
+            || !(-180.0..=180.0).contains(&lon)
+        {
+            return None;
+        }
+        if !(0.1..=500.0).contains(&km) {
+            return None;
+        }
+        Some(Self {
+            lat_e6: (lat * 1e6).round() as i64,
+            lon_e6: (lon * 1e6).round() as i64,
+            radius_m: (km * 1000.0).round() as u32,
+        })
+    }
+
+    pub fn contains(&self, point: GeoPoint) -> bool {
+        let centre = GeoPoint {
+            lat: self.lat_e6 as f64 / 1e6,
+            lon: self.lon_e6 as f64 / 1e6,
+        };
+        haversine_km(centre, point) * 1000.0 <= f64::from(self.radius_m)
+    }
+}
+
+impl fmt::Display for Near {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{},{},{}",
+            self.lat_e6 as f64 / 1e6,
+            self.lon_e6 as f64 / 1e6,
+            f64::from(self.radius_m) / 1000.0
+        )
+    }
 }
 
 impl Channel {
@@ -35,14 +92,30 @@ impl Channel {
                 .map_err(|_| bad());
         }
         if name == "feed" {
-            return Ok(Channel::Feed { tag: None });
+            return Ok(Channel::Feed {
+                tag: None,
+                near: None,
+            });
         }
-        if let Some(tag) = name.strip_prefix("feed?tag=") {
-            return Tag::parse(tag)
-                .map(|t| Channel::Feed { tag: Some(t) })
-                .map_err(|e| e.to_string());
+        let Some(query) = name.strip_prefix("feed?") else {
+            return Err(bad());
+        };
+        let (mut tag, mut near) = (None, None);
+        for pair in query.split('&') {
+            match pair.split_once('=') {
+                Some(("tag", value)) if tag.is_none() => {
+                    tag = Some(Tag::parse(value).map_err(|e| e.to_string())?)
+                }
+                Some(("near", value)) if near.is_none() => {
+                    near = Some(
+                        Near::parse(value)
+                            .ok_or("near must be <lat>,<lon>,<km> with 0.1 <= km <= 500")?,
+                    )
+                }
+                _ => return Err(bad()),
+            }
         }
-        Err(bad())
+        Ok(Channel::Feed { tag, near })
     }
 
     /// The label used in metrics.
@@ -60,8 +133,20 @@ impl fmt::Display for Channel {
         match self {
             Channel::Event(id) => write!(f, "event:{id}"),
             Channel::Venue(id) => write!(f, "venue:{id}"),
-            Channel::Feed { tag: None } => f.write_str("feed"),
-            Channel::Feed { tag: Some(tag) } => write!(f, "feed?tag={}", tag.as_str()),
+            Channel::Feed {
+                tag: None,
+                near: None,
+            } => f.write_str("feed"),
+            Channel::Feed { tag, near } => {
+                f.write_str("feed?")?;
+                if let Some(tag) = tag {
+                    write!(f, "tag={}", tag.as_str())?;
+                }
+                if let Some(near) = near {
+                    write!(f, "{}near={near}", if tag.is_some() { "&" } else { "" })?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -77,6 +162,8 @@ mod tests {
             "venue:01a2069a-d8e7-754d-b993-d3d04cb36f31",
             "feed",
             "feed?tag=jazz",
+            "feed?near=52.37,4.89,5",
+            "feed?tag=jazz&near=52.37,4.89,2.5",
         ] {
             assert_eq!(Channel::parse(name).unwrap().to_string(), name);
         }
@@ -92,8 +179,44 @@ mod tests {
             "feeds",
             "feed?tag=no spaces",
             "user:me",
+            "feed?near=91,0,5",
+            "feed?near=52,4",
+            "feed?near=52,4,0",
+            "feed?tag=a&tag=b",
+            "feed?colour=red",
         ] {
             assert!(Channel::parse(name).is_err(), "{name}");
         }
+    }
+}
+
+#[cfg(test)]
+mod near_tests {
+    use super::*;
+
+    #[test]
+    fn tag_and_radius_combine() {
+        assert!(Channel::parse("feed?tag=jazz&near=52.37,4.89,2.5").is_ok());
+    }
+
+    #[test]
+    fn a_circle_contains_what_is_inside_it() {
+        let Channel::Feed {
+            near: Some(near), ..
+        } = Channel::parse("feed?near=52.3676,4.9041,10").unwrap()
+        else {
+            panic!("a near feed");
+        };
+        assert!(near.contains(GeoPoint {
+            lat: 52.37,
+            lon: 4.89
+        }));
+        assert!(
+            !near.contains(GeoPoint {
+                lat: 51.9244,
+                lon: 4.4777
+            }),
+            "Rotterdam is 57 km away"
+        );
     }
 }

@@ -20,6 +20,7 @@ use super::protocol::{self, Position};
 use super::session::Outbox;
 use crate::http::EventView;
 use crate::store::{EventFilter, EventRecord, Store};
+use turnout_actors::domain::{GeoPoint, VenueId};
 
 /// A committed change of one event, as the hubs see it (and as it travels
 /// between nodes).
@@ -79,6 +80,8 @@ pub struct ChannelHub {
     history_limit: usize,
     state: State,
     versions: HashMap<Uuid, i64>,
+    /// Venue positions, for a feed filtered by radius.
+    venues: HashMap<Uuid, GeoPoint>,
     /// The snapshot's `data`, rebuilt after a change.
     snapshot: Option<Arc<Value>>,
     /// Each subscriber's outgoing queue: the hub writes to it directly.
@@ -110,6 +113,7 @@ impl ChannelHub {
             history_limit,
             state,
             versions: HashMap::new(),
+            venues: HashMap::new(),
             snapshot: None,
             subscribers: HashMap::new(),
             store,
@@ -119,8 +123,15 @@ impl ChannelHub {
         }
     }
 
-    fn loaded(&mut self, records: Vec<EventRecord>) {
+    fn loaded(&mut self, (records, venues): (Vec<EventRecord>, Vec<(Uuid, f64, f64)>)) {
+        self.venues = venues
+            .into_iter()
+            .map(|(id, lat, lon)| (id, GeoPoint { lat, lon }))
+            .collect();
         for record in records {
+            if !self.relevant_record(&record) {
+                continue;
+            }
             self.versions.insert(record.id, record.version);
             let view = EventView::from(record);
             match &mut self.state {
@@ -152,9 +163,34 @@ impl ChannelHub {
         match &self.channel {
             Channel::Event(id) => id.as_uuid() == view.id,
             Channel::Venue(venue) => venue.as_uuid() == view.venue_id,
-            Channel::Feed { tag: None } => true,
-            Channel::Feed { tag: Some(tag) } => view.tags.iter().any(|t| t == tag.as_str()),
+            Channel::Feed { tag, near } => {
+                tag.as_ref()
+                    .is_none_or(|tag| view.tags.iter().any(|t| t == tag.as_str()))
+                    && near.is_none_or(|near| {
+                        self.venues
+                            .get(&view.venue_id)
+                            .is_some_and(|p| near.contains(*p))
+                    })
+            }
         }
+    }
+
+    fn relevant_record(&self, record: &EventRecord) -> bool {
+        match &self.channel {
+            Channel::Feed {
+                near: Some(near), ..
+            } => self
+                .venues
+                .get(&record.venue_id)
+                .is_some_and(|p| near.contains(*p)),
+            _ => true,
+        }
+    }
+
+    /// Whether this hub must learn a venue's position before applying.
+    fn needs_venue(&self, venue: Uuid) -> bool {
+        matches!(self.channel, Channel::Feed { near: Some(_), .. })
+            && !self.venues.contains_key(&venue)
     }
 
     /// Folds a change into the state; returns the update to broadcast, if
@@ -203,6 +239,12 @@ impl ChannelHub {
                 }?;
                 Some(json!({ "event": view, "kinds": kinds, "listed": listed, "reason": reason }))
             }
+        }
+    }
+
+    fn apply_and_broadcast(&mut self, change: &EventChange) {
+        if let Some(data) = self.apply(change) {
+            self.broadcast(data, change.committed_at);
         }
     }
 
@@ -322,7 +364,10 @@ impl Actor for ChannelHub {
         ctx.wait(
             async move {
                 match channel {
-                    Channel::Event(id) => store.event(id).await.map(|e| e.into_iter().collect()),
+                    Channel::Event(id) => store
+                        .event(id)
+                        .await
+                        .map(|e| (e.into_iter().collect(), Vec::new())),
                     Channel::Venue(venue) => {
                         let filter = EventFilter {
                             venue_id: Some(venue),
@@ -330,16 +375,24 @@ impl Actor for ChannelHub {
                             limit: LISTING_LIMIT,
                             ..EventFilter::default()
                         };
-                        store.list_events(&filter).await
+                        store
+                            .list_events(&filter)
+                            .await
+                            .map(|events| (events, Vec::new()))
                     }
-                    Channel::Feed { tag } => {
+                    Channel::Feed { tag, near } => {
                         let filter = EventFilter {
                             tag: tag.map(String::from),
                             from: Some(Utc::now()),
                             limit: LISTING_LIMIT,
                             ..EventFilter::default()
                         };
-                        store.list_events(&filter).await
+                        let events = store.list_events(&filter).await?;
+                        let venues = match near {
+                            Some(_) => store.venue_locations().await?,
+                            None => Vec::new(),
+                        };
+                        Ok((events, venues))
                     }
                 }
             }
@@ -391,9 +444,29 @@ impl Handler<Unsubscribe> for ChannelHub {
 impl Handler<Apply> for ChannelHub {
     type Result = ();
 
-    fn handle(&mut self, Apply(change): Apply, _ctx: &mut Self::Context) {
-        if let Some(data) = self.apply(&change) {
-            self.broadcast(data, change.committed_at);
+    fn handle(&mut self, Apply(change): Apply, ctx: &mut Self::Context) {
+        let venue = change.view.venue_id;
+        if !self.needs_venue(venue) {
+            return self.apply_and_broadcast(&change);
         }
+        // A venue this radius feed has not seen: learn where it is first;
+        // `wait` keeps later changes queued behind this one.
+        let store = Arc::clone(&self.store);
+        ctx.wait(
+            async move { store.venue(VenueId::from(venue)).await }
+                .into_actor(self)
+                .map(move |found, hub, _| {
+                    if let Ok(Some(v)) = found {
+                        hub.venues.insert(
+                            venue,
+                            GeoPoint {
+                                lat: v.lat,
+                                lon: v.lon,
+                            },
+                        );
+                    }
+                    hub.apply_and_broadcast(&change);
+                }),
+        );
     }
 }

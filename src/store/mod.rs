@@ -140,6 +140,8 @@ pub trait Store: EventStore {
 
     async fn create_venue(&self, venue: &VenueRecord) -> Result<(), StoreError>;
     async fn venue(&self, id: VenueId) -> Result<Option<VenueRecord>, StoreError>;
+    /// Every venue's position: `(id, lat, lon)`.
+    async fn venue_locations(&self) -> Result<Vec<(Uuid, f64, f64)>, StoreError>;
 
     async fn event(&self, id: EventId) -> Result<Option<EventRecord>, StoreError>;
     async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, StoreError>;

@@ -455,6 +455,13 @@ macro_rules! impl_store {
                 .map_err(unavailable)
             }
 
+            async fn venue_locations(&self) -> Result<Vec<(Uuid, f64, f64)>, StoreError> {
+                sqlx::query_as("SELECT id, lat, lon FROM venues")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(unavailable)
+            }
+
             async fn event(&self, id: EventId) -> Result<Option<EventRecord>, StoreError> {
                 let mut q = QueryBuilder::<$db>::new("SELECT ");
                 q.push(EVENT_COLUMNS).push(" FROM events e WHERE e.id = ").push_bind(id.as_uuid());

@@ -383,3 +383,79 @@ async fn a_slow_consumer_is_closed_with_4008() {
         .unwrap();
     assert!(metrics.contains("turnout_ws_slow_consumers_total"));
 }
+
+/// A client that stops answering is closed once it has been silent for the
+/// timeout; one that answers the server's pings stays.
+#[actix_web::test]
+async fn a_silent_client_is_closed_after_the_heartbeat_timeout() {
+    let app = sqlite_app(|s| {
+        s.realtime.heartbeat_secs = 1;
+        s.realtime.client_timeout_secs = 2;
+    })
+    .await;
+    let mut silent = connect(&app).await;
+    let mut lively = connect(&app).await;
+    let started = std::time::Instant::now();
+    // The lively client reads (tungstenite answers pings while reading) and
+    // pings now and then; the silent one does nothing for 4 s.
+    while started.elapsed() < Duration::from_secs(4) {
+        send(&mut lively, json!({ "type": "ping" })).await;
+        assert_eq!(next(&mut lively).await["type"], "pong");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), silent.next())
+            .await
+            .expect("the server acts")
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(closed.unwrap().reason.as_str(), "heartbeat timeout");
+    send(&mut lively, json!({ "type": "ping" })).await;
+    assert_eq!(next(&mut lively).await["type"], "pong");
+}
+
+#[actix_web::test]
+async fn a_radius_feed_hears_only_about_venues_inside_the_circle() {
+    let app = sqlite_app(|_| {}).await;
+    let owner = app.register("owner@example.com").await;
+    let mut socket = connect(&app).await;
+    // Centred on Amsterdam, 10 km.
+    let snapshot = subscribe(&mut socket, "feed?near=52.3676,4.9041,10", None).await;
+    assert_eq!(snapshot["data"]["events"], json!([]));
+
+    let far_venue = app
+        .as_user(&owner, Method::POST, "/v1/venues")
+        .json(&json!({ "name": "Rotterdam hall", "lat": 51.9244, "lon": 4.4777 }))
+        .send()
+        .await
+        .unwrap();
+    let far_venue = crate::helpers::id_of(&body(far_venue).await);
+    let soon = chrono::Utc::now() + chrono::Duration::days(2);
+    let far = app
+        .as_user(&owner, Method::POST, "/v1/events")
+        .json(&json!({ "title": "Far away", "venue_id": far_venue, "starts_at": soon, "capacity": 5 }))
+        .send()
+        .await
+        .unwrap();
+    let far = crate::helpers::id_of(&body(far).await);
+    app.as_user(&owner, Method::POST, &format!("/v1/events/{far}/publish"))
+        .send()
+        .await
+        .unwrap();
+
+    let near = app.published_event(&owner, 5).await; // at the Blue Room, in Amsterdam
+    let update = next(&mut socket).await;
+    assert_eq!(
+        update["data"]["event"]["id"],
+        near.to_string(),
+        "the far event was never sent"
+    );
+    assert_eq!(
+        update["offset"].as_u64().unwrap(),
+        snapshot["offset"].as_u64().unwrap() + 1
+    );
+}

@@ -2,6 +2,7 @@
 //! its facts. No actors, no I/O, no clocks.
 
 mod event;
+mod geo;
 mod stored;
 mod values;
 mod waitlist;
@@ -10,6 +11,7 @@ pub use event::{
     Command, DetailsPatch, DomainEvent, EventDetails, EventState, JoinedAs, Lifecycle, Membership,
     Rejection, decide, evolve,
 };
+pub use geo::{GeoPoint, haversine_km};
 pub use stored::{DecodeError, StoredEvent, current_schema_version};
 pub use values::{Capacity, Description, EventId, Tag, Title, UserId, ValueError, VenueId};
 pub use waitlist::{Waiter, Waitlist};
