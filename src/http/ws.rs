@@ -63,6 +63,9 @@ pub async fn upgrade(
             "this Origin may not open a socket here",
         ));
     }
+    let (response, session, stream) = actix_ws::handle(&req, body).map_err(|_| {
+        ApiError::bad_request("not_a_websocket", "GET /v1/ws expects a WebSocket upgrade")
+    })?;
     let ip = req
         .peer_addr()
         .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip());
@@ -70,9 +73,6 @@ pub async fn upgrade(
         .limits
         .admit(ip)
         .ok_or(ApiError::Overloaded("too many connections; retry later"))?;
-    let (response, session, stream) = actix_ws::handle(&req, body).map_err(|_| {
-        ApiError::bad_request("not_a_websocket", "GET /v1/ws expects a WebSocket upgrade")
-    })?;
     let max_frame = realtime.settings.max_frame_bytes;
     let stream = stream
         .max_frame_size(max_frame)

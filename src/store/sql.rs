@@ -10,7 +10,8 @@ use sqlx::types::Json;
 use sqlx::{Pool, Postgres, QueryBuilder, Sqlite};
 use turnout_actors::domain::{EventId, EventState, StoredEvent, UserId, VenueId};
 use turnout_actors::store::{
-    Append, CommitReport, EventStore, Rehydration, StoreError, membership_rows,
+    Append, CommitReport, EventStore, IdempotencyRecord, MembershipRow, Rehydration, StoreError,
+    membership_rows,
 };
 use uuid::Uuid;
 
@@ -51,6 +52,227 @@ fn outbox_payload(event: &turnout_actors::domain::DomainEvent) -> serde_json::Va
     serde_json::json!({ "schema_version": stored.schema_version, "event": stored.payload })
 }
 
+/// One fact for the event log; the payload is JSON text.
+struct LogRow {
+    stream: Uuid,
+    version: i64,
+    event_type: String,
+    schema_version: i64,
+    payload: String,
+    request_id: Option<String>,
+}
+
+/// One outbox message; the payload is JSON text.
+struct OutboxRow {
+    message_id: Uuid,
+    aggregate: Uuid,
+    version: i64,
+    event_type: &'static str,
+    payload: String,
+    request_id: Option<String>,
+}
+
+/// SQLite's bulk writes: multi-row `VALUES`, which SQLite compiles cheaply.
+impl SqlStore<Sqlite> {
+    async fn insert_log(
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        rows: &[LogRow],
+        now: i64,
+    ) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO event_log (stream_id, version, event_type, schema_version, payload, \
+             request_id, recorded_at) ",
+        );
+        q.push_values(rows, |mut b, r| {
+            b.push_bind(r.stream)
+                .push_bind(r.version)
+                .push_bind(r.event_type.clone())
+                .push_bind(r.schema_version)
+                .push_bind(r.payload.clone())
+                .push_bind(r.request_id.clone())
+                .push_bind(now);
+        });
+        q.push(" ON CONFLICT DO NOTHING RETURNING stream_id, version");
+        q.build_query_as().fetch_all(&mut **tx).await
+    }
+
+    async fn upsert_joins(
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        rows: &[MembershipRow],
+    ) -> Result<(), sqlx::Error> {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO joins (event_id, user_id, status, order_key, joined_at, updated_at) ",
+        );
+        q.push_values(rows, |mut b, r| {
+            b.push_bind(r.event_id.as_uuid())
+                .push_bind(r.user_id.as_uuid())
+                .push_bind(r.status)
+                .push_bind(r.order_key)
+                .push_bind(micros(r.joined_at))
+                .push_bind(micros(r.updated_at));
+        });
+        q.push(JOINS_UPSERT);
+        q.build().execute(&mut **tx).await.map(drop)
+    }
+
+    async fn insert_replies(
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        rows: &[&IdempotencyRecord],
+    ) -> Result<(), sqlx::Error> {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO idempotency_keys (user_id, key, fingerprint, status_code, response, \
+             created_at, expires_at) ",
+        );
+        q.push_values(rows, |mut b, r| {
+            b.push_bind(r.user.as_uuid())
+                .push_bind(r.key.clone())
+                .push_bind(r.fingerprint.clone())
+                .push_bind(i64::from(r.status_code))
+                .push_bind(r.response.to_string())
+                .push_bind(micros(r.created_at))
+                .push_bind(micros(r.expires_at));
+        });
+        q.push(" ON CONFLICT DO NOTHING");
+        q.build().execute(&mut **tx).await.map(drop)
+    }
+
+    async fn insert_outbox(
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        rows: &[OutboxRow],
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO outbox (message_id, topic, aggregate_id, stream_version, event_type, \
+             payload, request_id, next_attempt_at, created_at) ",
+        );
+        q.push_values(rows, |mut b, r| {
+            b.push_bind(r.message_id)
+                .push_bind("events")
+                .push_bind(r.aggregate)
+                .push_bind(r.version)
+                .push_bind(r.event_type)
+                .push_bind(r.payload.clone())
+                .push_bind(r.request_id.clone())
+                .push_bind(now)
+                .push_bind(now);
+        });
+        q.build().execute(&mut **tx).await.map(drop)
+    }
+}
+
+/// Postgres's bulk writes: one statement per table over `UNNEST`ed arrays,
+/// prepared once whatever the batch size (a multi-row `VALUES` is a new
+/// statement to parse and plan for every size).
+impl SqlStore<Postgres> {
+    async fn insert_log(
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        rows: &[LogRow],
+        now: i64,
+    ) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
+        sqlx::query_as(
+            "INSERT INTO event_log (stream_id, version, event_type, schema_version, payload, \
+             request_id, recorded_at) \
+             SELECT s, v, t, sv, p::jsonb, r, $7 \
+             FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::text[]) \
+               AS x(s, v, t, sv, p, r) \
+             ON CONFLICT DO NOTHING RETURNING stream_id, version",
+        )
+        .bind(rows.iter().map(|r| r.stream).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.event_type.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.schema_version).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.payload.clone()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.request_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(now)
+        .fetch_all(&mut **tx)
+        .await
+    }
+
+    async fn upsert_joins(
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        rows: &[MembershipRow],
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO joins (event_id, user_id, status, order_key, joined_at, updated_at) \
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::int8[], $6::int8[]){JOINS_UPSERT}"
+        )))
+        .bind(rows.iter().map(|r| r.event_id.as_uuid()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.user_id.as_uuid()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.status).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.order_key).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| micros(r.joined_at)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| micros(r.updated_at)).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await
+        .map(drop)
+    }
+
+    async fn insert_replies(
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        rows: &[&IdempotencyRecord],
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (user_id, key, fingerprint, status_code, response, \
+             created_at, expires_at) \
+             SELECT u, k, f, c, r::jsonb, ca, ea \
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::int8[], $7::int8[]) \
+               AS x(u, k, f, c, r, ca, ea) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(rows.iter().map(|r| r.user.as_uuid()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.key.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.fingerprint.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| i64::from(r.status_code)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.response.to_string()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| micros(r.created_at)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| micros(r.expires_at)).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await
+        .map(drop)
+    }
+
+    async fn insert_outbox(
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        rows: &[OutboxRow],
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO outbox (message_id, topic, aggregate_id, stream_version, event_type, \
+             payload, request_id, next_attempt_at, created_at) \
+             SELECT m, 'events', a, v, t, p::jsonb, r, $7, $7 \
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[], $6::text[]) \
+               AS x(m, a, v, t, p, r)",
+        )
+        .bind(rows.iter().map(|r| r.message_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.aggregate).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.event_type).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.payload.clone()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.request_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map(drop)
+    }
+}
+
+/// The rows of one batch are distinct per (event, user), so an upsert never
+/// touches a row twice.
+const JOINS_UPSERT: &str = " ON CONFLICT (event_id, user_id) DO UPDATE SET status = excluded.status, \
+     order_key = excluded.order_key, joined_at = excluded.joined_at, updated_at = excluded.updated_at";
+
 macro_rules! impl_store {
     ($db:ty) => {
         impl SqlStore<$db> {
@@ -61,37 +283,30 @@ macro_rules! impl_store {
                 live: &[&Append],
                 now: i64,
             ) -> Result<HashSet<EventId>, sqlx::Error> {
-                let rows: Vec<(EventId, i64, StoredEvent, Option<&str>)> = live
+                let rows: Vec<LogRow> = live
                     .iter()
                     .flat_map(|a| {
-                        a.versioned().map(move |(v, e)| {
-                            (a.stream, v, StoredEvent::encode(e), a.request_id.as_deref())
+                        a.versioned().map(move |(version, e)| {
+                            let stored = StoredEvent::encode(e);
+                            LogRow {
+                                stream: a.stream.as_uuid(),
+                                version,
+                                event_type: stored.event_type,
+                                schema_version: i64::from(stored.schema_version),
+                                payload: stored.payload.to_string(),
+                                request_id: a.request_id.clone(),
+                            }
                         })
                     })
                     .collect();
                 let mut written: HashSet<(Uuid, i64)> = HashSet::with_capacity(rows.len());
                 for chunk in rows.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new(
-                        "INSERT INTO event_log (stream_id, version, event_type, schema_version, \
-                         payload, request_id, recorded_at) ",
-                    );
-                    q.push_values(chunk, |mut b, (stream, version, stored, request_id)| {
-                        b.push_bind(stream.as_uuid())
-                            .push_bind(*version)
-                            .push_bind(stored.event_type.clone())
-                            .push_bind(i64::from(stored.schema_version))
-                            .push_bind(Json(stored.payload.clone()))
-                            .push_bind(request_id.map(str::to_owned))
-                            .push_bind(now);
-                    });
-                    q.push(" ON CONFLICT DO NOTHING RETURNING stream_id, version");
-                    let inserted: Vec<(Uuid, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
-                    written.extend(inserted);
+                    written.extend(Self::insert_log(tx, chunk, now).await?);
                 }
                 Ok(rows
                     .iter()
-                    .filter(|(s, v, _, _)| !written.contains(&(s.as_uuid(), *v)))
-                    .map(|(s, _, _, _)| *s)
+                    .filter(|r| !written.contains(&(r.stream, r.version)))
+                    .map(|r| EventId::from(r.stream))
                     .collect())
             }
 
@@ -159,23 +374,7 @@ macro_rules! impl_store {
 
                 let rows = membership_rows(live.iter().copied());
                 for chunk in rows.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new(
-                        "INSERT INTO joins (event_id, user_id, status, order_key, joined_at, updated_at) ",
-                    );
-                    q.push_values(chunk, |mut b, r| {
-                        b.push_bind(r.event_id.as_uuid())
-                            .push_bind(r.user_id.as_uuid())
-                            .push_bind(r.status)
-                            .push_bind(r.order_key)
-                            .push_bind(micros(r.joined_at))
-                            .push_bind(micros(r.updated_at));
-                    });
-                    q.push(
-                        " ON CONFLICT (event_id, user_id) DO UPDATE SET status = excluded.status, \
-                         order_key = excluded.order_key, joined_at = excluded.joined_at, \
-                         updated_at = excluded.updated_at",
-                    );
-                    q.build().execute(&mut **tx).await?;
+                    Self::upsert_joins(tx, chunk).await?;
                 }
 
                 for a in live.iter().filter(|a| a.cancels()) {
@@ -220,46 +419,26 @@ macro_rules! impl_store {
                     q.build().execute(&mut **tx).await?;
                 }
 
-                let records: Vec<_> = live.iter().filter_map(|a| a.idempotency.as_ref()).collect();
+                let records: Vec<&IdempotencyRecord> = live.iter().filter_map(|a| a.idempotency.as_ref()).collect();
                 for chunk in records.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new(
-                        "INSERT INTO idempotency_keys (user_id, key, fingerprint, status_code, \
-                         response, created_at, expires_at) ",
-                    );
-                    q.push_values(chunk, |mut b, r| {
-                        b.push_bind(r.user.as_uuid())
-                            .push_bind(r.key.clone())
-                            .push_bind(r.fingerprint.clone())
-                            .push_bind(i64::from(r.status_code))
-                            .push_bind(Json(r.response.clone()))
-                            .push_bind(micros(r.created_at))
-                            .push_bind(micros(r.expires_at));
-                    });
-                    q.push(" ON CONFLICT DO NOTHING");
-                    q.build().execute(&mut **tx).await?;
+                    Self::insert_replies(tx, chunk).await?;
                 }
 
-                let outbox: Vec<_> = live
+                let outbox: Vec<OutboxRow> = live
                     .iter()
-                    .flat_map(|a| a.versioned().map(move |(v, e)| (*a, v, e)))
+                    .flat_map(|a| {
+                        a.versioned().map(move |(version, e)| OutboxRow {
+                            message_id: Uuid::now_v7(),
+                            aggregate: a.stream.as_uuid(),
+                            version,
+                            event_type: e.kind(),
+                            payload: outbox_payload(e).to_string(),
+                            request_id: a.request_id.clone(),
+                        })
+                    })
                     .collect();
                 for chunk in outbox.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new(
-                        "INSERT INTO outbox (message_id, topic, aggregate_id, stream_version, event_type, \
-                         payload, request_id, next_attempt_at, created_at) ",
-                    );
-                    q.push_values(chunk, |mut b, (a, version, event)| {
-                        b.push_bind(Uuid::now_v7())
-                            .push_bind("events")
-                            .push_bind(a.stream.as_uuid())
-                            .push_bind(*version)
-                            .push_bind(event.kind())
-                            .push_bind(Json(outbox_payload(event)))
-                            .push_bind(a.request_id.clone())
-                            .push_bind(now)
-                            .push_bind(now);
-                    });
-                    q.build().execute(&mut **tx).await?;
+                    Self::insert_outbox(tx, chunk, now).await?;
                 }
                 Ok(())
             }
