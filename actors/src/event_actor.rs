@@ -22,7 +22,7 @@ use crate::changes::Committed;
 use crate::domain::{
     Command, DomainEvent, EventId, EventState, Membership, Rejection, UserId, decide, evolve,
 };
-use crate::journal::{AppendError, Journal, Submit};
+use crate::journal::{AppendError, Appended, Journal, Submit};
 use crate::registry::EventRegistry;
 use crate::store::{Append, EventStore, EventSummary, IdempotencyRecord};
 
@@ -87,6 +87,18 @@ pub enum CommandError {
     /// Nothing was acknowledged; the store failed or the actor restarted.
     #[error("the event is temporarily unavailable; retry shortly")]
     Unavailable,
+    #[error("this Idempotency-Key was already used for a different request")]
+    KeyReused,
+}
+
+/// A command's answer.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// Decided now (or already in effect), and durable.
+    Done(Outcome),
+    /// Answered before under the same idempotency key: that answer again,
+    /// with no second effect.
+    Replayed { status: u16, body: Value },
 }
 
 impl From<AppendError> for CommandError {
@@ -94,11 +106,12 @@ impl From<AppendError> for CommandError {
         match e {
             AppendError::Overloaded => CommandError::Overloaded,
             AppendError::Conflict | AppendError::Unavailable => CommandError::Unavailable,
+            AppendError::KeyReused => CommandError::KeyReused,
         }
     }
 }
 
-pub type CommandReply = oneshot::Sender<Result<Outcome, CommandError>>;
+pub type CommandReply = oneshot::Sender<Result<Reply, CommandError>>;
 
 /// A place in one actor's mailbox, held by a queued command and given back
 /// when the command is handled or dropped. actix bounds a mailbox per sender
@@ -139,12 +152,41 @@ pub struct Execute {
     pub queued: Queued,
 }
 
+/// A caller waiting for an append, with the answer it gets if the append
+/// commits. `keyed` callers used the append's idempotency key.
+struct Waiter {
+    reply: CommandReply,
+    answer: Reply,
+    keyed: bool,
+}
+
 /// Facts handed to the journal and the callers waiting on them.
 struct InFlight {
     events: Vec<DomainEvent>,
     request_id: Option<String>,
-    waiters: Vec<(CommandReply, Outcome)>,
-    keys: Vec<(UserId, String)>,
+    waiters: Vec<Waiter>,
+    key: Option<(UserId, String)>,
+}
+
+/// An answer given under an idempotency key.
+#[derive(Debug, Clone)]
+struct Rendered {
+    fingerprint: String,
+    status: u16,
+    body: Value,
+}
+
+impl Rendered {
+    /// The answer for a request with `fingerprint` using the same key.
+    fn replay_for(&self, fingerprint: &str) -> Result<Reply, CommandError> {
+        if self.fingerprint != fingerprint {
+            return Err(CommandError::KeyReused);
+        }
+        Ok(Reply::Replayed {
+            status: self.status,
+            body: self.body.clone(),
+        })
+    }
 }
 
 pub struct EventActor {
@@ -160,11 +202,11 @@ pub struct EventActor {
     in_flight: BTreeMap<u64, InFlight>,
     /// Idempotency keys whose command is in flight, so a duplicate waits for
     /// the same answer instead of being decided again.
-    in_flight_keys: HashMap<(UserId, String), (u64, Outcome)>,
+    in_flight_keys: HashMap<(UserId, String), (u64, Rendered)>,
     /// Recently committed keys and their answers, oldest first, bounded by
-    /// the mailbox capacity: a duplicate that checked the store just before
-    /// the first commit landed still gets the first answer, not a new one.
-    recent_keys: HashMap<(UserId, String), Outcome>,
+    /// the mailbox capacity, so most replays are answered from memory; older
+    /// ones are caught by the journal's check of the stored keys.
+    recent_keys: HashMap<(UserId, String), Rendered>,
     recent_order: VecDeque<(UserId, String)>,
     next_seq: u64,
     facts_since_snapshot: u64,
@@ -215,16 +257,25 @@ impl EventActor {
             let _ = reply.send(Err(CommandError::Unavailable));
             return;
         }
-        if let Some(key) = &idempotency {
-            let key = (key.user, key.key.clone());
-            if let Some((seq, outcome)) = self.in_flight_keys.get(&key)
+        if let Some(idempotency) = &idempotency {
+            let key = (idempotency.user, idempotency.key.clone());
+            if let Some((seq, rendered)) = self.in_flight_keys.get(&key)
                 && let Some(flight) = self.in_flight.get_mut(seq)
             {
-                flight.waiters.push((reply, outcome.clone()));
+                match rendered.replay_for(&idempotency.fingerprint) {
+                    Ok(answer) => flight.waiters.push(Waiter {
+                        reply,
+                        answer,
+                        keyed: true,
+                    }),
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
                 return;
             }
-            if let Some(outcome) = self.recent_keys.get(&key) {
-                let _ = reply.send(Ok(outcome.clone()));
+            if let Some(rendered) = self.recent_keys.get(&key) {
+                let _ = reply.send(rendered.replay_for(&idempotency.fingerprint));
                 return;
             }
         }
@@ -273,10 +324,15 @@ impl EventActor {
         if events.is_empty() && idempotency.is_none() {
             // Nothing to write, but the answer may rest on facts still in
             // flight: it must not be given before they are durable.
+            let answer = Reply::Done(outcome);
             match self.in_flight.values_mut().next_back() {
-                Some(last) => last.waiters.push((reply, outcome)),
+                Some(last) => last.waiters.push(Waiter {
+                    reply,
+                    answer,
+                    keyed: false,
+                }),
                 None => {
-                    let _ = reply.send(Ok(outcome));
+                    let _ = reply.send(Ok(answer));
                 }
             }
             return;
@@ -297,10 +353,14 @@ impl EventActor {
         });
         let seq = self.next_seq;
         self.next_seq += 1;
-        let keys: Vec<(UserId, String)> = record.iter().map(|r| (r.user, r.key.clone())).collect();
-        for key in &keys {
-            self.in_flight_keys
-                .insert(key.clone(), (seq, outcome.clone()));
+        let key = record.as_ref().map(|r| (r.user, r.key.clone()));
+        if let (Some(key), Some(r)) = (&key, &record) {
+            let rendered = Rendered {
+                fingerprint: r.fingerprint.clone(),
+                status: r.status_code,
+                body: r.response.clone(),
+            };
+            self.in_flight_keys.insert(key.clone(), (seq, rendered));
         }
         let append = Append {
             stream: self.id,
@@ -317,8 +377,12 @@ impl EventActor {
             InFlight {
                 events,
                 request_id,
-                waiters: vec![(reply, outcome)],
-                keys,
+                waiters: vec![Waiter {
+                    reply,
+                    answer: Reply::Done(outcome),
+                    keyed: key.is_some(),
+                }],
+                key,
             },
         );
         let (tx, rx) = oneshot::channel();
@@ -329,27 +393,31 @@ impl EventActor {
         }));
     }
 
-    fn committed(&mut self, seq: u64, result: Result<(), AppendError>, ctx: &mut Context<Self>) {
+    fn committed(
+        &mut self,
+        seq: u64,
+        result: Result<Appended, AppendError>,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(flight) = self.in_flight.remove(&seq) else {
             return;
         };
-        let keys: Vec<_> = flight
-            .keys
-            .iter()
-            .filter_map(|key| {
-                self.in_flight_keys
-                    .remove(key)
-                    .map(|(_, outcome)| (key.clone(), outcome))
-            })
-            .collect();
+        let rendered = flight.key.as_ref().and_then(|key| {
+            self.in_flight_keys
+                .remove(key)
+                .map(|(_, r)| (key.clone(), r))
+        });
         match result {
-            Ok(()) => {
-                for (key, outcome) in keys {
-                    self.remember(key, outcome);
+            Ok(Appended::Committed) => {
+                if let Some((key, answer)) = rendered {
+                    self.remember(key, answer);
                 }
                 log_facts(self.id, &flight);
                 if !flight.events.is_empty()
-                    && let Some((_, outcome)) = flight.waiters.first()
+                    && let Some(Waiter {
+                        answer: Reply::Done(outcome),
+                        ..
+                    }) = flight.waiters.first()
                 {
                     self.registry.changes().committed(Committed {
                         summary: outcome.summary.clone(),
@@ -357,11 +425,29 @@ impl EventActor {
                         committed_at: Utc::now(),
                     });
                 }
-                for (reply, outcome) in flight.waiters {
+                for waiter in flight.waiters {
                     metrics::counter!("turnout_commands_total", "outcome" => "committed")
                         .increment(1);
-                    let _ = reply.send(Ok(outcome));
+                    let _ = waiter.reply.send(Ok(waiter.answer));
                 }
+            }
+            Ok(Appended::Replayed(stored)) => {
+                if let Some((key, _)) = rendered {
+                    let answer = Rendered {
+                        fingerprint: stored.fingerprint.clone(),
+                        status: stored.status_code,
+                        body: stored.response.clone(),
+                    };
+                    self.remember(key, answer);
+                }
+                let replay = Reply::Replayed {
+                    status: stored.status_code,
+                    body: stored.response,
+                };
+                self.answer_unwritten(flight, Ok(replay), ctx);
+            }
+            Err(AppendError::KeyReused) => {
+                self.answer_unwritten(flight, Err(CommandError::KeyReused), ctx)
             }
             Err(error) => {
                 let error = CommandError::from(error);
@@ -370,10 +456,10 @@ impl EventActor {
                 let failed = std::iter::once(flight)
                     .chain(later.into_iter().filter_map(|s| self.in_flight.remove(&s)));
                 for flight in failed {
-                    for (reply, _) in flight.waiters {
+                    for waiter in flight.waiters {
                         metrics::counter!("turnout_commands_total", "outcome" => "failed")
                             .increment(1);
-                        let _ = reply.send(Err(error.clone()));
+                        let _ = waiter.reply.send(Err(error.clone()));
                     }
                 }
                 self.in_flight_keys.retain(|_, (s, _)| *s < seq);
@@ -386,8 +472,32 @@ impl EventActor {
         }
     }
 
-    fn remember(&mut self, key: (UserId, String), outcome: Outcome) {
-        if self.recent_keys.insert(key.clone(), outcome).is_none() {
+    /// The journal did not write this append because its idempotency key was
+    /// answered before. Keyed callers get `keyed`; if the append carried
+    /// facts, this actor applied them in memory, so it must reload.
+    fn answer_unwritten(
+        &mut self,
+        flight: InFlight,
+        keyed: Result<Reply, CommandError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let phantom = !flight.events.is_empty();
+        for waiter in flight.waiters {
+            let answer = match (waiter.keyed, phantom) {
+                (true, _) => keyed.clone(),
+                (false, true) => Err(CommandError::Unavailable),
+                (false, false) => Ok(waiter.answer),
+            };
+            let _ = waiter.reply.send(answer);
+        }
+        if phantom {
+            tracing::info!(event_id = %self.id, "an old idempotency key replayed a join; reloading");
+            self.leave(ctx);
+        }
+    }
+
+    fn remember(&mut self, key: (UserId, String), answer: Rendered) {
+        if self.recent_keys.insert(key.clone(), answer).is_none() {
             self.recent_order.push_back(key);
         }
         while self.recent_order.len() > self.settings.mailbox_capacity {
@@ -403,8 +513,8 @@ impl EventActor {
         metrics::counter!("turnout_actor_panics_total").increment(1);
         let _ = reply.send(Err(CommandError::Unavailable));
         for (_, flight) in std::mem::take(&mut self.in_flight) {
-            for (reply, _) in flight.waiters {
-                let _ = reply.send(Err(CommandError::Unavailable));
+            for waiter in flight.waiters {
+                let _ = waiter.reply.send(Err(CommandError::Unavailable));
             }
         }
         self.in_flight_keys.clear();
@@ -611,6 +721,9 @@ mod tests {
             )
             .await
             .unwrap();
+        let Reply::Done(next) = next else {
+            panic!("a fresh answer")
+        };
         assert!(matches!(
             next.membership,
             Some(Membership::Waitlisted { position: 1, .. })

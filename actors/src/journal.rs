@@ -17,10 +17,19 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::store::{Append, EventStore};
+use crate::store::{Append, EventStore, StoredAnswer};
 
 /// Why an append was not made durable. The actor's caller gets a retryable
 /// error for every variant: nothing was acknowledged.
+/// What became of an append that did not fail.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Appended {
+    Committed,
+    /// Its idempotency key was already stored with this answer; nothing of
+    /// the append was written.
+    Replayed(StoredAnswer),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AppendError {
     #[error("another writer took this stream's version, or an earlier append failed")]
@@ -29,9 +38,11 @@ pub enum AppendError {
     Overloaded,
     #[error("the commit failed or timed out")]
     Unavailable,
+    #[error("the idempotency key was already used for a different request")]
+    KeyReused,
 }
 
-pub type AppendReply = oneshot::Sender<Result<(), AppendError>>;
+pub type AppendReply = oneshot::Sender<Result<Appended, AppendError>>;
 
 /// Hands an append to the journal; `reply` resolves after its commit.
 #[derive(Message)]
@@ -142,10 +153,10 @@ impl Journal {
             tokio::time::error::Elapsed,
         >,
     ) {
-        let conflicted = match result {
+        let report = match result {
             Ok(Ok(report)) => {
                 metrics::counter!("turnout_journal_commits_total", "outcome" => "ok").increment(1);
-                report.conflicted
+                report
             }
             Ok(Err(error)) => {
                 metrics::counter!("turnout_journal_commits_total", "outcome" => "error")
@@ -160,13 +171,29 @@ impl Journal {
                 return self.fail_all(appends, replies);
             }
         };
-        for (append, reply) in appends.into_iter().zip(replies) {
-            if conflicted.contains(&append.stream) {
+        let mut replayed: std::collections::HashMap<usize, StoredAnswer> =
+            report.replayed.into_iter().collect();
+        for (i, (append, reply)) in appends.into_iter().zip(replies).enumerate() {
+            if let Some(answer) = replayed.remove(&i) {
+                let same_request = append
+                    .idempotency
+                    .as_ref()
+                    .is_some_and(|r| r.fingerprint == answer.fingerprint);
+                if !append.events.is_empty() {
+                    // The actor applied facts that must not happen.
+                    self.fence(&append);
+                }
+                let _ = reply.send(if same_request {
+                    Ok(Appended::Replayed(answer))
+                } else {
+                    Err(AppendError::KeyReused)
+                });
+            } else if report.conflicted.contains(&i) {
                 tracing::warn!(stream = %append.stream, "version conflict; the actor will reload");
                 self.fence(&append);
                 let _ = reply.send(Err(AppendError::Conflict));
             } else {
-                let _ = reply.send(Ok(()));
+                let _ = reply.send(Ok(Appended::Committed));
             }
         }
         self.drop_fenced_from_buffer();

@@ -17,6 +17,6 @@ pub mod store;
 #[cfg(test)]
 mod testing;
 
-pub use event_actor::{ActorSettings, CommandError, IdempotencyKey, Outcome, RenderReply};
-pub use journal::{Flush, Journal, JournalSettings};
+pub use event_actor::{ActorSettings, CommandError, IdempotencyKey, Outcome, RenderReply, Reply};
+pub use journal::{Appended, Flush, Journal, JournalSettings};
 pub use registry::EventRegistry;

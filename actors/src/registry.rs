@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use crate::changes::ChangeSink;
 use crate::domain::{Command, EventId};
 use crate::event_actor::{
-    ActorSettings, CommandError, EventActor, Execute, IdempotencyKey, Outcome, Queued,
+    ActorSettings, CommandError, EventActor, Execute, IdempotencyKey, Queued, Reply,
 };
 use crate::journal::Journal;
 use crate::store::EventStore;
@@ -74,7 +74,7 @@ impl EventRegistry {
         command: Command,
         idempotency: Option<IdempotencyKey>,
         request_id: Option<String>,
-    ) -> Result<Outcome, CommandError> {
+    ) -> Result<Reply, CommandError> {
         // A second try only when the first actor went away before handling
         // the command (passivated or broken), so nothing was decided twice.
         for _ in 0..2 {

@@ -200,10 +200,23 @@ pub fn membership_rows<'a>(batch: impl IntoIterator<Item = &'a Append>) -> Vec<M
     rows
 }
 
-/// Which streams of a committed batch lost an optimistic-concurrency race.
+/// An answer stored earlier under an idempotency key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredAnswer {
+    pub fingerprint: String,
+    pub status_code: u16,
+    pub response: Value,
+}
+
+/// What a commit did besides writing: streams that lost an
+/// optimistic-concurrency race (left out), and appends whose idempotency key
+/// was already stored (left out, answered with the stored answer instead).
 #[derive(Debug, Default)]
 pub struct CommitReport {
-    pub conflicted: Vec<EventId>,
+    /// By index in the batch.
+    pub conflicted: Vec<usize>,
+    /// By index in the batch.
+    pub replayed: Vec<(usize, StoredAnswer)>,
 }
 
 /// The database behind the actors.
@@ -216,6 +229,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// Writes a batch in one transaction: event log, snapshots, read models,
     /// idempotency records and outbox rows, all or nothing — except that
     /// streams whose versions were taken by another writer are left out and
-    /// reported in [`CommitReport::conflicted`].
+    /// reported in [`CommitReport::conflicted`], and an append whose
+    /// idempotency key is already stored is left out and reported in
+    /// [`CommitReport::replayed`] (with, if it carried facts, the rest of its
+    /// stream's appends, which count as conflicted).
     async fn commit(&self, batch: &[Append]) -> Result<CommitReport, StoreError>;
 }

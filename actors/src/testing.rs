@@ -37,10 +37,10 @@ impl EventStore for MemoryStore {
         self.commits.fetch_add(1, Ordering::SeqCst);
         let mut log = self.log.lock().unwrap();
         let mut report = CommitReport::default();
-        for append in batch {
+        for (i, append) in batch.iter().enumerate() {
             let stream = log.entry(append.stream).or_default();
             if !append.events.is_empty() && stream.len() as u64 != append.base_version {
-                report.conflicted.push(append.stream);
+                report.conflicted.push(i);
                 continue;
             }
             stream.extend(append.events.iter().map(StoredEvent::encode));

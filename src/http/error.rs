@@ -145,6 +145,9 @@ impl From<CommandError> for ApiError {
             CommandError::Rejected(rejection) => rejection.into(),
             CommandError::Overloaded => ApiError::Overloaded("the event is busy; retry shortly"),
             CommandError::Unavailable => ApiError::Unavailable,
+            CommandError::KeyReused => {
+                ApiError::unprocessable("idempotency_key_reused", error.to_string())
+            }
         }
     }
 }

@@ -192,7 +192,7 @@ pub async fn create_event(
         capacity,
         at: super::now(),
     };
-    let outcome = state.execute(id, command, None).await?;
+    let outcome = state.execute(id, command).await?;
     Ok(summary_response(
         actix_web::http::StatusCode::CREATED,
         &outcome.summary,
@@ -232,7 +232,7 @@ pub async fn update_event(
         at: super::now(),
     };
     let outcome = state
-        .execute(EventId::from(id.into_inner()), command, None)
+        .execute(EventId::from(id.into_inner()), command)
         .await?;
     Ok(summary_response(
         actix_web::http::StatusCode::OK,
@@ -253,7 +253,7 @@ pub async fn publish_event(
         at: super::now(),
     };
     let outcome = state
-        .execute(EventId::from(id.into_inner()), command, None)
+        .execute(EventId::from(id.into_inner()), command)
         .await?;
     Ok(summary_response(
         actix_web::http::StatusCode::OK,
@@ -274,7 +274,7 @@ pub async fn cancel_event(
         at: super::now(),
     };
     let outcome = state
-        .execute(EventId::from(id.into_inner()), command, None)
+        .execute(EventId::from(id.into_inner()), command)
         .await?;
     Ok(summary_response(
         actix_web::http::StatusCode::OK,

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use turnout_actors::domain::{Command, EventId, Membership};
-use turnout_actors::{IdempotencyKey, Outcome};
+use turnout_actors::{IdempotencyKey, Outcome, Reply};
 use uuid::Uuid;
 
 use super::events::EventView;
@@ -108,15 +108,6 @@ pub async fn join_event(
     let event = EventId::from(id.into_inner());
     let key = idempotency_key(&req)?;
     let fingerprint = format!("POST /v1/events/{event}/join");
-    if let Some(stored) = state.store.stored_reply(user.id, &key).await? {
-        if stored.fingerprint != fingerprint {
-            return Err(ApiError::unprocessable(
-                "idempotency_key_reused",
-                "this Idempotency-Key was already used for a different request",
-            ));
-        }
-        return Ok(replay(stored.status_code as u16, stored.response.0));
-    }
     let command = Command::Join {
         user: user.id,
         at: super::now(),
@@ -127,7 +118,18 @@ pub async fn join_event(
         fingerprint,
         render: render_join,
     };
-    let outcome = state.execute(event, command, Some(idempotency)).await?;
+    // No lookup here: the actor answers duplicates it has seen, and the
+    // journal checks every key of a batch against the stored ones at once.
+    let outcome = match state
+        .execute_keyed(event, command, Some(idempotency))
+        .await?
+    {
+        Reply::Done(outcome) => outcome,
+        Reply::Replayed { status, body } => {
+            metrics::counter!("turnout_joins_total", "outcome" => "replayed").increment(1);
+            return Ok(replay(status, body));
+        }
+    };
     metrics::counter!("turnout_joins_total", "outcome" => match (&outcome.membership, outcome.changed) {
         (_, false) => "already_member",
         (Some(Membership::Active { .. }), true) => "active",
@@ -157,7 +159,6 @@ pub async fn leave_event(
                 user: user.id,
                 at: super::now(),
             },
-            None,
         )
         .await?;
     metrics::counter!("turnout_leaves_total").increment(1);

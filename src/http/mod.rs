@@ -25,7 +25,7 @@ use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::{HttpRequest, web};
 use metrics_exporter_prometheus::PrometheusHandle;
 use turnout_actors::domain::{Command, EventId};
-use turnout_actors::{EventRegistry, IdempotencyKey, Outcome};
+use turnout_actors::{EventRegistry, IdempotencyKey, Outcome, Reply};
 
 pub use error::{ApiError, ErrorBody};
 pub use events::EventView;
@@ -44,12 +44,24 @@ pub struct AppState {
 impl AppState {
     /// Runs a command on its event's actor within the write deadline; the
     /// answer arrives only once the command's facts are durable.
-    pub async fn execute(
+    pub async fn execute(&self, event: EventId, command: Command) -> Result<Outcome, ApiError> {
+        match self.execute_keyed(event, command, None).await? {
+            Reply::Done(outcome) => Ok(outcome),
+            Reply::Replayed { .. } => {
+                tracing::error!(%event, "a command without an idempotency key was answered as a replay");
+                Err(ApiError::Internal)
+            }
+        }
+    }
+
+    /// Like [`AppState::execute`], for a command carrying an idempotency key:
+    /// the answer may be a replay of the first one.
+    pub async fn execute_keyed(
         &self,
         event: EventId,
         command: Command,
         idempotency: Option<IdempotencyKey>,
-    ) -> Result<Outcome, ApiError> {
+    ) -> Result<Reply, ApiError> {
         let request_id = Some(request_context::current_request_id());
         let run = self
             .registry

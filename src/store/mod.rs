@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
-use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::types::Json;
@@ -101,14 +100,6 @@ pub struct MembershipRecord {
     pub position: Option<i64>,
 }
 
-/// A stored answer to replay for an idempotency key.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct StoredReply {
-    pub fingerprint: String,
-    pub status_code: i64,
-    pub response: Json<Value>,
-}
-
 /// Filters for the public event listing; `after` is the keyset cursor.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
@@ -162,11 +153,6 @@ pub trait Store: EventStore {
         limit: i64,
     ) -> Result<Vec<(MembershipRecord, EventRecord)>, StoreError>;
 
-    async fn stored_reply(
-        &self,
-        user: UserId,
-        key: &str,
-    ) -> Result<Option<StoredReply>, StoreError>;
     /// Deletes idempotency records past their expiry; returns how many.
     async fn purge_expired_replies(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
 }

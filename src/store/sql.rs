@@ -11,13 +11,12 @@ use sqlx::{Pool, Postgres, QueryBuilder, Sqlite};
 use turnout_actors::domain::{EventId, EventState, StoredEvent, UserId, VenueId};
 use turnout_actors::store::{
     Append, CommitReport, EventStore, IdempotencyRecord, MembershipRow, Rehydration, StoreError,
-    membership_rows,
+    StoredAnswer, membership_rows,
 };
 use uuid::Uuid;
 
 use super::{
-    EventFilter, EventRecord, MembershipRecord, Store, StoredReply, UserRecord, VenueRecord,
-    micros, unavailable,
+    EventFilter, EventRecord, MembershipRecord, Store, UserRecord, VenueRecord, micros, unavailable,
 };
 
 /// A database of either backend.
@@ -62,6 +61,9 @@ struct LogRow {
     request_id: Option<String>,
 }
 
+/// A stored answer: user, key, fingerprint, status, response (JSON text).
+type AnswerRow = (Uuid, String, String, i64, String);
+
 /// One outbox message; the payload is JSON text.
 struct OutboxRow {
     message_id: Uuid,
@@ -93,6 +95,30 @@ impl SqlStore<Sqlite> {
                 .push_bind(now);
         });
         q.push(" ON CONFLICT DO NOTHING RETURNING stream_id, version");
+        q.build_query_as().fetch_all(&mut **tx).await
+    }
+
+    async fn select_answers(
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        keys: &[(Uuid, String)],
+        now: i64,
+    ) -> Result<Vec<AnswerRow>, sqlx::Error> {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT user_id, key, fingerprint, status_code, response FROM idempotency_keys \
+             WHERE expires_at > ",
+        );
+        q.push_bind(now).push(" AND (user_id, key) IN (VALUES ");
+        let mut pairs = q.separated(", ");
+        for (user, key) in keys {
+            pairs
+                .push("(")
+                .push_bind_unseparated(*user)
+                .push_unseparated(", ");
+            pairs
+                .push_bind_unseparated(key.clone())
+                .push_unseparated(")");
+        }
+        q.push(")");
         q.build_query_as().fetch_all(&mut **tx).await
     }
 
@@ -191,6 +217,24 @@ impl SqlStore<Postgres> {
                 .map(|r| r.request_id.clone())
                 .collect::<Vec<_>>(),
         )
+        .bind(now)
+        .fetch_all(&mut **tx)
+        .await
+    }
+
+    async fn select_answers(
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        keys: &[(Uuid, String)],
+        now: i64,
+    ) -> Result<Vec<AnswerRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT i.user_id, i.key, i.fingerprint, i.status_code, i.response::text \
+             FROM idempotency_keys i \
+             JOIN UNNEST($1::uuid[], $2::text[]) AS x(u, k) ON i.user_id = x.u AND i.key = x.k \
+             WHERE i.expires_at > $3",
+        )
+        .bind(keys.iter().map(|(u, _)| *u).collect::<Vec<_>>())
+        .bind(keys.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>())
         .bind(now)
         .fetch_all(&mut **tx)
         .await
@@ -308,6 +352,50 @@ macro_rules! impl_store {
                     .filter(|r| !written.contains(&(r.stream, r.version)))
                     .map(|r| EventId::from(r.stream))
                     .collect())
+            }
+
+            /// The appends whose idempotency key already has an answer: stored
+            /// (and unexpired), or taken by an earlier append of this batch.
+            async fn answered_keys(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                live: &[(usize, &Append)],
+                now: i64,
+            ) -> Result<Vec<(usize, StoredAnswer)>, sqlx::Error> {
+                let keyed: Vec<(usize, &IdempotencyRecord)> =
+                    live.iter().filter_map(|(i, a)| a.idempotency.as_ref().map(|r| (*i, r))).collect();
+                if keyed.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let keys: Vec<(Uuid, String)> = keyed.iter().map(|(_, r)| (r.user.as_uuid(), r.key.clone())).collect();
+                let mut stored: HashMap<(Uuid, String), StoredAnswer> = HashMap::new();
+                for chunk in keys.chunks(CHUNK) {
+                    for (user, key, fingerprint, status, response) in Self::select_answers(tx, chunk, now).await? {
+                        let answer = StoredAnswer {
+                            fingerprint,
+                            status_code: status as u16,
+                            response: serde_json::from_str(&response).unwrap_or_default(),
+                        };
+                        stored.insert((user, key), answer);
+                    }
+                }
+                let mut answered = Vec::new();
+                for (i, record) in keyed {
+                    let key = (record.user.as_uuid(), record.key.clone());
+                    match stored.get(&key) {
+                        Some(answer) => answered.push((i, answer.clone())),
+                        None => {
+                            stored.insert(
+                                key,
+                                StoredAnswer {
+                                    fingerprint: record.fingerprint.clone(),
+                                    status_code: record.status_code,
+                                    response: record.response.clone(),
+                                },
+                            );
+                        }
+                    }
+                }
+                Ok(answered)
             }
 
             async fn write_read_models(
@@ -508,30 +596,52 @@ macro_rules! impl_store {
 
             async fn commit(&self, batch: &[Append]) -> Result<CommitReport, StoreError> {
                 let now = micros(Utc::now());
-                let mut conflicted: HashSet<EventId> = HashSet::new();
+                let mut report = CommitReport::default();
+                let mut left_out: HashSet<usize> = HashSet::new();
                 loop {
-                    let live: Vec<&Append> =
-                        batch.iter().filter(|a| !conflicted.contains(&a.stream)).collect();
+                    let live: Vec<(usize, &Append)> =
+                        batch.iter().enumerate().filter(|(i, _)| !left_out.contains(i)).collect();
                     if live.is_empty() {
                         break;
                     }
                     let mut tx = self.journal.begin().await.map_err(unavailable)?;
-                    let lost = Self::append_log(&mut tx, &live, now).await.map_err(unavailable)?;
+                    // Keys answered before: those appends are replays.
+                    let answered = Self::answered_keys(&mut tx, &live, now).await.map_err(unavailable)?;
+                    if !answered.is_empty() {
+                        tx.rollback().await.map_err(unavailable)?;
+                        for (i, answer) in answered {
+                            left_out.insert(i);
+                            if !batch[i].events.is_empty() {
+                                // Later appends of the stream stood on it.
+                                for (j, later) in batch.iter().enumerate().skip(i + 1) {
+                                    if later.stream == batch[i].stream && left_out.insert(j) {
+                                        report.conflicted.push(j);
+                                    }
+                                }
+                            }
+                            report.replayed.push((i, answer));
+                        }
+                        continue;
+                    }
+                    let appends: Vec<&Append> = live.iter().map(|(_, a)| *a).collect();
+                    let lost = Self::append_log(&mut tx, &appends, now).await.map_err(unavailable)?;
                     if !lost.is_empty() {
                         // Retry without the streams that lost the race; their
                         // actors reload and decide again.
                         tx.rollback().await.map_err(unavailable)?;
-                        conflicted.extend(lost);
+                        for (i, a) in &live {
+                            if lost.contains(&a.stream) && left_out.insert(*i) {
+                                report.conflicted.push(*i);
+                            }
+                        }
                         continue;
                     }
-                    Self::write_read_models(&mut tx, &live, now).await.map_err(unavailable)?;
-                    Self::write_side_records(&mut tx, &live, now).await.map_err(unavailable)?;
+                    Self::write_read_models(&mut tx, &appends, now).await.map_err(unavailable)?;
+                    Self::write_side_records(&mut tx, &appends, now).await.map_err(unavailable)?;
                     tx.commit().await.map_err(unavailable)?;
                     break;
                 }
-                Ok(CommitReport {
-                    conflicted: conflicted.into_iter().collect(),
-                })
+                Ok(report)
             }
         }
 
@@ -773,19 +883,6 @@ macro_rules! impl_store {
                     .into_iter()
                     .filter_map(|m| by_id.remove(&m.event_id).map(|e| (m, e)))
                     .collect())
-            }
-
-            async fn stored_reply(&self, user: UserId, key: &str) -> Result<Option<StoredReply>, StoreError> {
-                sqlx::query_as(
-                    "SELECT fingerprint, status_code, response FROM idempotency_keys \
-                     WHERE user_id = $1 AND key = $2 AND expires_at > $3",
-                )
-                .bind(user.as_uuid())
-                .bind(key)
-                .bind(micros(Utc::now()))
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(unavailable)
             }
 
             async fn purge_expired_replies(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {

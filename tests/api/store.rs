@@ -212,12 +212,100 @@ async fn expired_idempotency_records_are_purged(backend: Backend) {
         )
         .await
         .unwrap();
-    assert!(
-        store.stored_reply(user, "k").await.unwrap().is_none(),
-        "an expired record is not replayed"
-    );
     assert_eq!(store.purge_expired_replies(Utc::now()).await.unwrap(), 1);
     assert_eq!(store.purge_expired_replies(Utc::now()).await.unwrap(), 0);
+}
+
+/// A key answered by one actor incarnation is replayed by another that never
+/// saw it (a restart, another node): the journal checks stored keys — and a
+/// replay never has a second effect, even after the user left.
+async fn an_old_key_replays_across_actor_incarnations(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((store, _)) = open(backend, &dir).await else {
+        return;
+    };
+    let first = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
+    let owner = UserId::new();
+    let event = create_event(&store, &first, owner, 5).await;
+    let user = UserId::new();
+    let key = || turnout_actors::IdempotencyKey {
+        user,
+        key: "join-once".into(),
+        fingerprint: format!("join {event}"),
+        render: |o| {
+            (
+                if o.changed { 201 } else { 200 },
+                serde_json::json!({ "changed": o.changed }),
+            )
+        },
+    };
+    let join = || Command::Join {
+        user,
+        at: Utc::now(),
+    };
+    let answer = first
+        .execute(event, join(), Some(key()), None)
+        .await
+        .unwrap();
+    assert!(matches!(answer, turnout_actors::Reply::Done(ref o) if o.changed));
+
+    // A fresh incarnation: the user is a member, and the key is stored.
+    let second = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
+    let replay = second
+        .execute(event, join(), Some(key()), None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(replay, turnout_actors::Reply::Replayed { status: 201, ref body } if body["changed"] == true),
+        "{replay:?}"
+    );
+
+    // The user leaves; the old key replayed on yet another incarnation must
+    // not join them again.
+    first
+        .execute(
+            event,
+            Command::Leave {
+                user,
+                at: Utc::now(),
+            },
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let third = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
+    let replay = third
+        .execute(event, join(), Some(key()), None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(replay, turnout_actors::Reply::Replayed { status: 201, .. }),
+        "{replay:?}"
+    );
+    let row = store.event(event).await.unwrap().unwrap();
+    assert_eq!(row.active_count, 0, "no second effect");
+    // And the incarnation that replayed reloaded: it still decides correctly.
+    let other = UserId::new();
+    let joined = third
+        .execute(
+            event,
+            Command::Join {
+                user: other,
+                at: Utc::now(),
+            },
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(joined, turnout_actors::Reply::Done(ref o) if o.summary.active_count == 1));
+
+    // The same key for a different request is refused.
+    let mut reused = key();
+    reused.fingerprint = "something else".into();
+    let refused = third.execute(event, join(), Some(reused), None).await;
+    assert_eq!(refused.unwrap_err(), CommandError::KeyReused);
 }
 
 /// A stream written by an older build (a v1 `created` fact, tags as one
@@ -334,5 +422,6 @@ store_tests!(
     one_commit_writes_log_read_models_and_outbox,
     expired_idempotency_records_are_purged,
     an_old_fact_shape_loads,
+    an_old_key_replays_across_actor_incarnations,
     a_full_mailbox_refuses_instead_of_growing
 );
