@@ -3,14 +3,8 @@
 //! kept its invariants. Exits non-zero when an invariant fails or a threshold
 //! is missed, so it can gate a deployment.
 
-mod api;
-mod invariants;
-mod report;
-mod scenarios;
-
-use std::path::PathBuf;
-
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
+use turnout_loadtest::scenarios;
 
 #[derive(Parser)]
 #[command(name = "turnout-loadtest", version, about)]
@@ -25,29 +19,6 @@ enum Scenario {
     HotJoin(scenarios::hot_join::HotJoin),
     /// K WebSocket clients on one venue; time until each has an update.
     WsFanout(scenarios::ws_fanout::WsFanout),
-}
-
-/// Options every scenario shares.
-#[derive(Args, Clone)]
-pub struct Common {
-    /// The server to test.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub target: String,
-    /// The server's JWT key (its first TURNOUT_JWT_SECRETS entry), to mint
-    /// tokens for simulated users.
-    #[arg(long, env = "TURNOUT_JWT_KEY")]
-    pub jwt_key: String,
-    #[arg(long, default_value = "turnout")]
-    pub jwt_issuer: String,
-    /// Write the report as JSON here.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Fail when p99 latency exceeds this.
-    #[arg(long)]
-    pub max_p99_ms: Option<f64>,
-    /// Fail when the share of non-2xx answers exceeds this (0..1).
-    #[arg(long)]
-    pub max_error_rate: Option<f64>,
 }
 
 #[tokio::main]

@@ -13,7 +13,7 @@ use tokio::sync::{Barrier, Semaphore};
 use uuid::Uuid;
 
 use crate::Common;
-use crate::api::{Api, Minter};
+use crate::api::Api;
 use crate::invariants::{HotJoinOutcome, Member, check_hot_join};
 use crate::report::{Report, latency_histogram};
 
@@ -30,6 +30,13 @@ pub struct HotJoin {
     /// Requests in flight at once (connections); defaults to --users.
     #[arg(long)]
     pub concurrency: Option<usize>,
+    /// Run the same load against the classic design instead: `rowlock`, one
+    /// transaction per join with SELECT … FOR UPDATE (needs --database-url).
+    #[arg(long, value_parser = ["rowlock"])]
+    pub baseline: Option<String>,
+    /// Postgres for --baseline.
+    #[arg(long, env = "TURNOUT_BASELINE_DATABASE_URL")]
+    pub database_url: Option<String>,
 }
 
 enum Answer {
@@ -40,8 +47,14 @@ enum Answer {
 
 pub async fn run(args: HotJoin) -> anyhow::Result<Report> {
     let concurrency = args.concurrency.unwrap_or(args.users).max(1);
+    if args.baseline.is_some() {
+        let url = args.database_url.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("--baseline rowlock needs --database-url postgres://…")
+        })?;
+        return crate::baseline::hot_join(url, args.users, args.capacity, concurrency).await;
+    }
     let api = Api::new(&args.common.target, concurrency)?;
-    let minter = Minter::new(&args.common.jwt_key, &args.common.jwt_issuer);
+    let minter = args.common.minter()?;
     let owner = minter.token(Uuid::now_v7());
     let event = api.published_event(&owner, args.capacity).await?;
     let users: Vec<(Uuid, String)> = (0..args.users)

@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 use crate::Common;
-use crate::api::{Api, Minter};
+use crate::api::Api;
 use crate::report::{Check, Report, latency_histogram};
 
 #[derive(Args)]
@@ -112,7 +112,7 @@ async fn client(
 pub async fn run(args: WsFanout) -> anyhow::Result<Report> {
     let server = server_addr(&args.common.target)?;
     let api = Api::new(&args.common.target, 64)?;
-    let minter = Minter::new(&args.common.jwt_key, &args.common.jwt_issuer);
+    let minter = args.common.minter()?;
     let owner = minter.token(Uuid::now_v7());
     let (event, venue) = api.published_event_at_venue(&owner, 1_000_000).await?;
     let channel = format!("venue:{venue}");

@@ -1,0 +1,51 @@
+//! The load generator and invariant checker for Turnout, as a library so
+//! that its scenarios can also run inside tests.
+//!
+//! - `api`: a thin client for the Turnout API, and token minting.
+//! - `scenarios`: one module per scenario (`hot_join`, `ws_fanout`).
+//! - `baseline`: the classic row-lock design, for side-by-side runs.
+//! - `invariants`: what the server must have kept, checked through the API.
+//! - `report`: percentiles, outcomes, checks; printed and as JSON.
+
+pub mod api;
+pub mod baseline;
+pub mod invariants;
+pub mod report;
+pub mod scenarios;
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+/// Options every scenario shares.
+#[derive(Args, Clone)]
+pub struct Common {
+    /// The server to test.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub target: String,
+    /// The server's JWT key (its first TURNOUT_JWT_SECRETS entry), to mint
+    /// tokens for simulated users.
+    #[arg(long, env = "TURNOUT_JWT_KEY")]
+    pub jwt_key: Option<String>,
+    #[arg(long, default_value = "turnout")]
+    pub jwt_issuer: String,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Fail when p99 latency exceeds this.
+    #[arg(long)]
+    pub max_p99_ms: Option<f64>,
+    /// Fail when the share of non-2xx answers exceeds this (0..1).
+    #[arg(long)]
+    pub max_error_rate: Option<f64>,
+}
+
+impl Common {
+    /// A token minter for the server under test.
+    pub fn minter(&self) -> anyhow::Result<api::Minter> {
+        let key = self.jwt_key.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("--jwt-key (or TURNOUT_JWT_KEY) is needed to mint tokens")
+        })?;
+        Ok(api::Minter::new(key, &self.jwt_issuer))
+    }
+}

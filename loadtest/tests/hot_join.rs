@@ -1,0 +1,83 @@
+//! A small hot-join against a real Turnout server started by the test: every
+//! invariant must hold.
+
+use secrecy::SecretString;
+use turnout::app::Application;
+use turnout::config::{Overrides, Settings};
+use turnout_loadtest::Common;
+use turnout_loadtest::scenarios::hot_join::{self, HotJoin};
+
+const KEY: &str = "loadtest-key-loadtest-key-loadtest";
+
+#[actix_web::test]
+async fn a_small_hot_join_keeps_every_invariant() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::load(&Overrides {
+        bind: Some("127.0.0.1:0".into()),
+        database_url: Some(format!(
+            "sqlite://{}/turnout.db?mode=rwc",
+            dir.path().display()
+        )),
+        ..Overrides::default()
+    })
+    .unwrap();
+    settings.jwt_secrets = Some(SecretString::from(KEY.to_owned()));
+    settings.data_dir = dir.path().display().to_string();
+    let app = Application::build(settings).await.unwrap();
+    let target = format!("http://127.0.0.1:{}", app.port());
+    actix_web::rt::spawn(app.run_until_stopped());
+
+    let report = hot_join::run(HotJoin {
+        common: Common {
+            target,
+            jwt_key: Some(KEY.into()),
+            jwt_issuer: "turnout".into(),
+            json: None,
+            max_p99_ms: None,
+            max_error_rate: None,
+        },
+        users: 300,
+        capacity: 40,
+        concurrency: None,
+        baseline: None,
+        database_url: None,
+    })
+    .await
+    .unwrap();
+
+    for check in &report.checks {
+        assert!(check.passed, "{}: {}", check.name, check.detail);
+    }
+    assert_eq!(report.checks.len(), 5);
+    assert_eq!(report.outcomes.get("201"), Some(&300));
+    assert_eq!(report.latency.count, 300);
+}
+
+/// The row-lock baseline is a fair comparison only if it is correct too.
+#[tokio::test]
+async fn the_rowlock_baseline_keeps_every_invariant() {
+    let Some(base) = std::env::var("TURNOUT_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!("TURNOUT_TEST_POSTGRES_URL is not set: skipping the baseline test");
+        return;
+    };
+    let name = format!("turnout_test_{}", uuid::Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect(&base)
+        .await
+        .expect("Postgres answers");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+
+    let report = turnout_loadtest::baseline::hot_join(&url, 200, 30, 200)
+        .await
+        .unwrap();
+    for check in &report.checks {
+        assert!(check.passed, "{}: {}", check.name, check.detail);
+    }
+    assert_eq!(report.requests, 200);
+}
