@@ -17,6 +17,7 @@ use turnout_actors::{ActorSettings, EventRegistry, Flush, Journal, JournalSettin
 
 use crate::auth::TokenKeys;
 use crate::config::{Environment, Settings, redact_url};
+use crate::http::rate_limit::RateLimits;
 use crate::http::ws::Realtime;
 use crate::http::{self, AppState, request_context};
 use crate::realtime::{ConnectionLimits, Hubs, LocalFanout, RedisFanout};
@@ -96,6 +97,15 @@ impl Application {
             store.clone(),
             Duration::from_secs(settings.idempotency.purge_interval_secs),
         );
+        let rate_limits = web::Data::new(RateLimits::new(&settings.rate_limits));
+        let quiet = rate_limits.clone();
+        actix_web::rt::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                quiet.forget_quiet_clients();
+            }
+        });
 
         let state = web::Data::new(AppState {
             store,
@@ -119,6 +129,7 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(tokens.clone())
                 .app_data(realtime.clone())
+                .app_data(rate_limits.clone())
                 .configure(http::configure(max_body))
         })
         .shutdown_timeout(settings.http.shutdown_timeout_secs)

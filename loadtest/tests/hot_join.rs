@@ -23,6 +23,8 @@ async fn a_small_hot_join_keeps_every_invariant() {
     .unwrap();
     settings.jwt_secrets = Some(SecretString::from(KEY.to_owned()));
     settings.data_dir = dir.path().display().to_string();
+    settings.rate_limits.per_user_per_minute = 0;
+    settings.rate_limits.per_ip_per_minute = 0;
     let app = Application::build(settings).await.unwrap();
     let target = format!("http://127.0.0.1:{}", app.port());
     actix_web::rt::spawn(app.run_until_stopped());

@@ -14,6 +14,7 @@ mod kiosk;
 mod openapi;
 mod ops;
 mod pagination;
+pub mod rate_limit;
 pub mod request_context;
 mod venues;
 pub mod ws;
@@ -109,6 +110,7 @@ pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) 
         .configure(kiosk::routes)
         .service(
             web::scope("/v1")
+                .wrap(actix_web::middleware::from_fn(rate_limit::middleware))
                 .configure(accounts::routes)
                 .configure(venues::routes)
                 .configure(events::routes)

@@ -11,5 +11,6 @@ mod joins;
 mod kiosk;
 mod nodes;
 mod ops;
+mod rate_limits;
 mod realtime;
 mod store;
