@@ -114,6 +114,7 @@ impl Application {
             write_timeout: settings.write_timeout(),
         });
         let max_body = settings.http.max_body_bytes;
+        let cors_origins = settings.http.cors_origins.clone();
         let listener = TcpListener::bind(&settings.bind)
             .with_context(|| format!("cannot bind {}", settings.bind))?;
         let port = listener.local_addr()?.port();
@@ -125,6 +126,7 @@ impl Application {
                         .add(("X-Frame-Options", "DENY"))
                         .add(("Referrer-Policy", "no-referrer")),
                 )
+                .wrap(cors(&cors_origins))
                 .wrap(from_fn(request_context::middleware))
                 .app_data(state.clone())
                 .app_data(tokens.clone())
@@ -174,6 +176,33 @@ impl Application {
         tracing::info!("shutdown complete");
         Ok(())
     }
+}
+
+/// CORS from the allowlist. Bearer tokens, not cookies, so never credentials.
+fn cors(origins: &[String]) -> actix_cors::Cors {
+    use actix_web::http::header;
+    let mut cors = actix_cors::Cors::default()
+        .allowed_methods(["GET", "POST", "PATCH", "DELETE"])
+        .allowed_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("idempotency-key"),
+            header::HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers([
+            header::HeaderName::from_static("x-request-id"),
+            header::RETRY_AFTER,
+            header::HeaderName::from_static("idempotent-replayed"),
+        ])
+        .max_age(3600);
+    for origin in origins {
+        cors = if origin == "*" {
+            cors.allow_any_origin()
+        } else {
+            cors.allowed_origin(origin)
+        };
+    }
+    cors
 }
 
 /// The JWT keys: configured ones, or in development a generated key kept in

@@ -64,6 +64,8 @@ pub struct ActorConfig {
 #[derive(Debug, Clone, Deserialize)]
 pub struct HttpSettings {
     pub write_timeout_ms: u64,
+    /// Browser origins allowed by CORS; `*` means any (not in production).
+    pub cors_origins: Vec<String>,
     pub max_body_bytes: usize,
     pub workers: usize,
     pub shutdown_timeout_secs: u64,

@@ -81,3 +81,71 @@ async fn request_ids_are_echoed_or_made(app: TestApp) {
     let made = app.request(Method::GET, "/health").send().await.unwrap();
     assert!(uuid::Uuid::parse_str(made.headers()["x-request-id"].to_str().unwrap()).is_ok());
 }
+
+#[actix_web::test]
+async fn cors_allows_only_listed_origins_and_never_credentials() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Backend::Sqlite, |s| {
+        s.http.cors_origins = vec!["https://app.example.org".into()];
+    })
+    .await
+    .unwrap();
+    let preflight = app
+        .request(Method::OPTIONS, "/v1/events")
+        .header("Origin", "https://app.example.org")
+        .header("Access-Control-Request-Method", "POST")
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization, content-type, idempotency-key",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://app.example.org"
+    );
+    assert!(
+        preflight
+            .headers()
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
+
+    let allowed = app
+        .request(Method::GET, "/health")
+        .header("Origin", "https://app.example.org")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example.org"
+    );
+
+    let foreign = app
+        .request(Method::GET, "/health")
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        foreign
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    let foreign_preflight = app
+        .request(Method::OPTIONS, "/v1/events")
+        .header("Origin", "https://evil.example")
+        .header("Access-Control-Request-Method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        foreign_preflight
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
