@@ -15,7 +15,7 @@ use turnout_actors::changes::ChangeSink;
 use turnout_actors::store::EventStore;
 use turnout_actors::{ActorSettings, EventRegistry, Flush, Journal, JournalSettings};
 
-use crate::auth::TokenKeys;
+use crate::auth::{LoginGuard, TokenKeys};
 use crate::config::{Environment, Settings, redact_url};
 use crate::http::rate_limit::RateLimits;
 use crate::http::ws::Realtime;
@@ -98,12 +98,14 @@ impl Application {
             Duration::from_secs(settings.idempotency.purge_interval_secs),
         );
         let rate_limits = web::Data::new(RateLimits::new(&settings.rate_limits));
-        let quiet = rate_limits.clone();
+        let login_guard = web::Data::new(LoginGuard::new(settings.auth.lockout.clone()));
+        let (quiet, old) = (rate_limits.clone(), login_guard.clone());
         actix_web::rt::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tick.tick().await;
                 quiet.forget_quiet_clients();
+                old.forget_old();
             }
         });
 
@@ -132,6 +134,7 @@ impl Application {
                 .app_data(tokens.clone())
                 .app_data(realtime.clone())
                 .app_data(rate_limits.clone())
+                .app_data(login_guard.clone())
                 .configure(http::configure(max_body))
         })
         .shutdown_timeout(settings.http.shutdown_timeout_secs)

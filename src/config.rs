@@ -44,6 +44,7 @@ pub struct Settings {
 pub struct AuthSettings {
     pub issuer: String,
     pub token_ttl_secs: u64,
+    pub lockout: crate::auth::LockoutSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -4,8 +4,10 @@
 
 mod credentials;
 mod extract;
+mod lockout;
 mod tokens;
 
 pub use credentials::{DisplayName, Email, Password, hash_password, verify_password};
 pub use extract::{AuthUser, MaybeUser};
+pub use lockout::{Admission, LockoutSettings, LoginGuard};
 pub use tokens::{Claims, TokenError, TokenKeys};

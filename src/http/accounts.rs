@@ -1,15 +1,17 @@
 //! Accounts: register, log in, read and update the caller's profile.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 use turnout_actors::domain::{Tag, UserId, ValueError};
 use uuid::Uuid;
 
+use super::rate_limit::RateLimits;
 use super::{ApiError, AppState};
 use crate::auth::{
-    AuthUser, DisplayName, Email, Password, TokenKeys, hash_password, verify_password,
+    Admission, AuthUser, DisplayName, Email, LoginGuard, Password, TokenKeys, hash_password,
+    verify_password,
 };
 use crate::store::{UserRecord, from_micros, micros};
 
@@ -171,13 +173,27 @@ pub async fn register(
 
 /// Exchange email and password for a token.
 #[utoipa::path(post, path = "/v1/auth/login", tag = "accounts", request_body = LoginRequest,
-    responses((status = 200, body = SessionEnvelope), (status = 401, description = "wrong email or password", body = super::ErrorBody)))]
+    responses((status = 200, body = SessionEnvelope), (status = 401, description = "wrong email or password", body = super::ErrorBody),
+        (status = 429, description = "too many failed logins: locked for a while", body = super::ErrorBody)))]
 pub async fn login(
     state: web::Data<AppState>,
     tokens: web::Data<TokenKeys>,
+    guard: web::Data<LoginGuard>,
+    limits: web::Data<RateLimits>,
+    req: HttpRequest,
     body: web::Json<LoginRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    let attempt = body.email.trim().to_lowercase();
+    let ip = limits.client_ip(req.peer_addr(), req.headers());
+    match guard.admit(&attempt, ip) {
+        Admission::Locked(wait) => {
+            tracing::info!(target: "turnout::audit", %ip, "login refused: locked out");
+            return Err(ApiError::TooManyRequests(wait.as_secs() + 1));
+        }
+        Admission::Proceed(pause) if !pause.is_zero() => tokio::time::sleep(pause).await,
+        Admission::Proceed(_) => {}
+    }
     let user = match Email::parse(&body.email) {
         Ok(email) => state.store.user_by_email(email.as_str()).await?,
         Err(_) => None,
@@ -199,6 +215,7 @@ pub async fn login(
         .map_err(|_| ApiError::Internal)?;
     match user {
         Some(user) if matches => {
+            guard.succeeded(&attempt);
             tracing::info!(target: "turnout::audit", user_id = %user.id, "login");
             let token = tokens.issue(UserId::from(user.id), Some(user.role.clone()));
             Ok(HttpResponse::Ok().json(SessionEnvelope {
@@ -209,7 +226,8 @@ pub async fn login(
             }))
         }
         _ => {
-            tracing::info!(target: "turnout::audit", "failed login");
+            guard.failed(&attempt, ip);
+            tracing::info!(target: "turnout::audit", %ip, "failed login");
             Err(ApiError::Unauthorized("wrong email or password"))
         }
     }

@@ -3,13 +3,13 @@
 //! limit: 429 with `Retry-After` and the error envelope. `X-Forwarded-For` is
 //! believed only when the peer is a configured trusted proxy.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
-use actix_web::http::header::AUTHORIZATION;
+use actix_web::http::header::{AUTHORIZATION, HeaderMap};
 use actix_web::middleware::Next;
 use actix_web::web;
 use governor::clock::{Clock, DefaultClock};
@@ -49,14 +49,12 @@ impl RateLimits {
 
     /// The client's address: the peer's, or, when the peer is a trusted
     /// proxy, the nearest address in `X-Forwarded-For` that is not one.
-    pub fn client_ip(&self, req: &ServiceRequest) -> IpAddr {
-        let peer = req
-            .peer_addr()
-            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    pub fn client_ip(&self, peer: Option<SocketAddr>, headers: &HeaderMap) -> IpAddr {
+        let peer = peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
         if !self.trusted_proxies.contains(&peer) {
             return peer;
         }
-        req.headers()
+        headers
             .get("x-forwarded-for")
             .and_then(|h| h.to_str().ok())
             .and_then(|chain| {
@@ -115,7 +113,7 @@ pub async fn middleware(
             .zip(req.app_data::<web::Data<TokenKeys>>())
             .and_then(|(token, keys)| keys.verify(token.trim()).ok())
             .map(|claims| claims.sub);
-        let ip = limits.client_ip(&req);
+        let ip = limits.client_ip(req.peer_addr(), req.headers());
         if let Err((scope, retry_after)) = limits.check(user, ip) {
             metrics::counter!("turnout_rate_limited_total", "scope" => scope).increment(1);
             tracing::info!(scope, %ip, "rate limited");

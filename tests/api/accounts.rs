@@ -73,3 +73,45 @@ async fn wrong_password_is_401(app: TestApp) {
         assert_eq!(body["error"]["message"], "wrong email or password");
     }
 }
+
+#[actix_web::test]
+async fn repeated_failed_logins_lock_the_account_for_a_while() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Backend::Sqlite, |s| {
+        s.auth.lockout.slow_after = 1;
+        s.auth.lockout.lock_after = 3;
+    })
+    .await
+    .unwrap();
+    app.register("dee@example.com").await;
+    app.register("eve@example.com").await;
+    let attempt = |email: &'static str, password: &'static str| {
+        app.request(Method::POST, "/v1/auth/login")
+            .json(&json!({ "email": email, "password": password }))
+            .send()
+    };
+    for _ in 0..3 {
+        let wrong = attempt("dee@example.com", "not the password")
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    }
+    // Locked: even the right password is refused, and says when to come back.
+    let locked = attempt("dee@example.com", "correct horse").await.unwrap();
+    assert!(
+        locked.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 800
+    );
+    assert_error(locked, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    // Another account is not affected.
+    assert_eq!(
+        attempt("eve@example.com", "correct horse")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+}
