@@ -4,17 +4,13 @@
 //! insert an outbox row. Runs straight against Postgres in its own tables
 //! (`rowlock_*`), which it creates and empties.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
-use std::time::Instant;
-
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres, Transaction};
-use tokio::sync::{Barrier, Semaphore};
 use uuid::Uuid;
 
+use crate::burst::{self, JoinResult};
 use crate::invariants::{HotJoinOutcome, Member, check_hot_join};
-use crate::report::{Report, latency_histogram};
+use crate::report::Report;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS rowlock_events (
@@ -100,41 +96,23 @@ pub async fn hot_join(
         "baseline rowlock: {users} users on one event (capacity {capacity}), {connections} connections"
     );
 
-    let gate = Arc::new(Barrier::new(users + 1));
-    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
-    let mut tasks = Vec::with_capacity(users);
-    for _ in 0..users {
-        let (pool, gate, slots) = (pool.clone(), Arc::clone(&gate), Arc::clone(&slots));
-        tasks.push(tokio::spawn(async move {
-            let user = Uuid::now_v7();
-            gate.wait().await;
-            let _slot = slots.acquire().await.expect("open");
-            let start = Instant::now();
-            let result = join(&pool, event, user, &Uuid::new_v4().to_string()).await;
-            (user, result, start.elapsed())
-        }));
-    }
-    gate.wait().await;
-    let started = Instant::now();
-    let mut latency = latency_histogram();
-    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
-    let mut acknowledged: HashMap<Uuid, String> = HashMap::new();
-    let mut refused: HashSet<Uuid> = HashSet::new();
-    for task in tasks {
-        let (user, result, took) = task.await?;
-        latency.saturating_record(took.as_micros() as u64);
-        match result {
-            Ok(status) => {
-                acknowledged.insert(user, status);
-                *outcomes.entry("committed".into()).or_default() += 1;
-            }
-            Err(e) => {
-                refused.insert(user);
-                *outcomes.entry(format!("error: {e}")).or_default() += 1;
+    let joiners: Vec<(Uuid, ())> = (0..users).map(|_| (Uuid::now_v7(), ())).collect();
+    let joins_pool = pool.clone();
+    let tally = burst::run(joiners, concurrency, move |user, ()| {
+        let pool = joins_pool.clone();
+        async move {
+            match join(&pool, event, user, &Uuid::new_v4().to_string()).await {
+                Ok(told) => JoinResult::Acknowledged {
+                    kind: "2xx committed".into(),
+                    told,
+                },
+                Err(e) => JoinResult::Refused {
+                    kind: format!("error: {e}"),
+                },
             }
         }
-    }
-    let elapsed = started.elapsed();
+    })
+    .await?;
 
     let rows: Vec<(Uuid, String, Option<i64>)> =
         sqlx::query_as("SELECT user_id, status, position FROM rowlock_joins WHERE event_id = $1 ORDER BY position NULLS FIRST")
@@ -156,32 +134,18 @@ pub async fn hot_join(
             .await?;
     let checks = check_hot_join(&HotJoinOutcome {
         capacity,
-        acknowledged: &acknowledged,
-        refused: &refused,
+        acknowledged: &tally.acknowledged,
+        refused: &tally.refused,
         roster: &roster,
         active_count: active_count as u64,
         waitlist_count: waitlist_count as u64,
     });
-    // Report "2xx" for committed joins so error rates compare with Turnout's.
-    let outcomes = outcomes
-        .into_iter()
-        .map(|(k, v)| {
-            (
-                if k == "committed" {
-                    "2xx committed".to_owned()
-                } else {
-                    k
-                },
-                v,
-            )
-        })
-        .collect();
     Ok(Report::new(
         "hot-join --baseline rowlock",
         database_url_label(database_url),
-        &latency,
-        elapsed,
-        outcomes,
+        &tally.latency,
+        tally.elapsed,
+        tally.outcomes,
         checks,
     ))
 }

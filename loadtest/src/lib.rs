@@ -3,12 +3,14 @@
 //!
 //! - `api`: a thin client for the Turnout API, and token minting.
 //! - `scenarios`: one module per scenario (`hot_join`, `ws_fanout`).
+//! - `burst`: release many joins at once, time and tally them.
 //! - `baseline`: the classic row-lock design, for side-by-side runs.
 //! - `invariants`: what the server must have kept, checked through the API.
 //! - `report`: percentiles, outcomes, checks; printed and as JSON.
 
 pub mod api;
 pub mod baseline;
+pub mod burst;
 pub mod invariants;
 pub mod report;
 pub mod scenarios;

@@ -4,18 +4,14 @@
 //! request from the moment it holds a connection slot (a closed model: with
 //! `--concurrency` equal to `--users`, that is the common start).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
-use std::time::Instant;
-
 use clap::Args;
-use tokio::sync::{Barrier, Semaphore};
 use uuid::Uuid;
 
 use crate::Common;
 use crate::api::Api;
+use crate::burst::{self, JoinResult};
 use crate::invariants::{HotJoinOutcome, Member, check_hot_join};
-use crate::report::{Report, latency_histogram};
+use crate::report::Report;
 
 #[derive(Args)]
 pub struct HotJoin {
@@ -37,12 +33,6 @@ pub struct HotJoin {
     /// Postgres for --baseline.
     #[arg(long, env = "TURNOUT_BASELINE_DATABASE_URL")]
     pub database_url: Option<String>,
-}
-
-enum Answer {
-    Status(u16, Option<String>),
-    Timeout,
-    Connect,
 }
 
 pub async fn run(args: HotJoin) -> anyhow::Result<Report> {
@@ -67,51 +57,32 @@ pub async fn run(args: HotJoin) -> anyhow::Result<Report> {
         "hot-join: {} users on event {event} (capacity {}), {concurrency} in flight",
         args.users, args.capacity
     );
+    let api_for_joins = api.clone();
 
-    let gate = Arc::new(Barrier::new(users.len() + 1));
-    let slots = Arc::new(Semaphore::new(concurrency));
-    let mut tasks = Vec::with_capacity(users.len());
-    for (user, token) in users {
-        let (api, gate, slots) = (api.clone(), Arc::clone(&gate), Arc::clone(&slots));
-        tasks.push(tokio::spawn(async move {
-            gate.wait().await;
-            let _slot = slots.acquire().await.expect("the semaphore stays open");
-            let start = Instant::now();
-            let answer = match api.join(&token, event, &Uuid::new_v4().to_string()).await {
-                Ok((status, body)) => {
-                    let told = body["data"]["status"].as_str().map(str::to_owned);
-                    Answer::Status(status.as_u16(), told)
-                }
-                Err(e) if e.is_timeout() => Answer::Timeout,
-                Err(_) => Answer::Connect,
-            };
-            (user, answer, start.elapsed())
-        }));
-    }
-    gate.wait().await;
-    let started = Instant::now();
-    let mut latency = latency_histogram();
-    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
-    let mut acknowledged: HashMap<Uuid, String> = HashMap::new();
-    let mut refused: HashSet<Uuid> = HashSet::new();
-    for task in tasks {
-        let (user, answer, took) = task.await?;
-        latency.saturating_record(took.as_micros() as u64);
-        let kind = match answer {
-            Answer::Status(code, told) => {
-                if (200..300).contains(&code) {
-                    acknowledged.insert(user, told.unwrap_or_default());
-                } else {
-                    refused.insert(user);
-                }
-                code.to_string()
+    let tally = burst::run(users, concurrency, move |_user, token: String| {
+        let api = api_for_joins.clone();
+        async move {
+            match api.join(&token, event, &Uuid::new_v4().to_string()).await {
+                Ok((status, body)) if status.is_success() => JoinResult::Acknowledged {
+                    kind: status.as_u16().to_string(),
+                    told: body["data"]["status"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                },
+                Ok((status, _)) => JoinResult::Refused {
+                    kind: status.as_u16().to_string(),
+                },
+                Err(e) if e.is_timeout() => JoinResult::Unknown {
+                    kind: "timeout".into(),
+                },
+                Err(_) => JoinResult::Unknown {
+                    kind: "connect".into(),
+                },
             }
-            Answer::Timeout => "timeout".to_owned(),
-            Answer::Connect => "connect".to_owned(),
-        };
-        *outcomes.entry(kind).or_default() += 1;
-    }
-    let elapsed = started.elapsed();
+        }
+    })
+    .await?;
 
     // Let the read side settle on nothing: it is written in the same commit.
     let roster: Vec<Member> = api
@@ -130,8 +101,8 @@ pub async fn run(args: HotJoin) -> anyhow::Result<Report> {
     let counts = api.event(event).await?;
     let checks = check_hot_join(&HotJoinOutcome {
         capacity: args.capacity,
-        acknowledged: &acknowledged,
-        refused: &refused,
+        acknowledged: &tally.acknowledged,
+        refused: &tally.refused,
         roster: &roster,
         active_count: counts["active_count"].as_u64().unwrap_or(0),
         waitlist_count: counts["waitlist_count"].as_u64().unwrap_or(0),
@@ -139,9 +110,9 @@ pub async fn run(args: HotJoin) -> anyhow::Result<Report> {
     Ok(Report::new(
         "hot-join",
         &args.common.target,
-        &latency,
-        elapsed,
-        outcomes,
+        &tally.latency,
+        tally.elapsed,
+        tally.outcomes,
         checks,
     ))
 }

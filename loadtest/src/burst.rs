@@ -1,0 +1,87 @@
+//! A burst of joins, released at once with at most `concurrency` in flight,
+//! each timed from the moment it holds a slot, and tallied: the shared core
+//! of `hot-join` against Turnout and against the row-lock baseline.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::sync::{Barrier, Semaphore};
+use uuid::Uuid;
+
+use crate::report::latency_histogram;
+
+/// How one join ended.
+pub enum JoinResult {
+    /// Acknowledged; `told` is the status the user was told.
+    Acknowledged { kind: String, told: String },
+    /// A definite refusal: it must not have taken effect.
+    Refused { kind: String },
+    /// No answer (timeout, connection): it may or may not have taken effect.
+    Unknown { kind: String },
+}
+
+/// What a burst measured and what each user was told.
+pub struct Tally {
+    pub latency: Histogram<u64>,
+    /// Outcome kind → count.
+    pub outcomes: BTreeMap<String, u64>,
+    pub acknowledged: HashMap<Uuid, String>,
+    pub refused: HashSet<Uuid>,
+    pub elapsed: Duration,
+}
+
+/// Runs `join(user, extra)` for every item at once.
+pub async fn run<T, F, Fut>(
+    items: Vec<(Uuid, T)>,
+    concurrency: usize,
+    join: F,
+) -> anyhow::Result<Tally>
+where
+    T: Send + 'static,
+    F: Fn(Uuid, T) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = JoinResult> + Send,
+{
+    let gate = Arc::new(Barrier::new(items.len() + 1));
+    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = Vec::with_capacity(items.len());
+    for (user, extra) in items {
+        let (join, gate, slots) = (join.clone(), Arc::clone(&gate), Arc::clone(&slots));
+        tasks.push(tokio::spawn(async move {
+            gate.wait().await;
+            let _slot = slots.acquire().await.expect("the semaphore stays open");
+            let start = Instant::now();
+            let result = join(user, extra).await;
+            (user, result, start.elapsed())
+        }));
+    }
+    gate.wait().await;
+    let started = Instant::now();
+    let mut tally = Tally {
+        latency: latency_histogram(),
+        outcomes: BTreeMap::new(),
+        acknowledged: HashMap::new(),
+        refused: HashSet::new(),
+        elapsed: Duration::ZERO,
+    };
+    for task in tasks {
+        let (user, result, took) = task.await?;
+        tally.latency.saturating_record(took.as_micros() as u64);
+        let kind = match result {
+            JoinResult::Acknowledged { kind, told } => {
+                tally.acknowledged.insert(user, told);
+                kind
+            }
+            JoinResult::Refused { kind } => {
+                tally.refused.insert(user);
+                kind
+            }
+            JoinResult::Unknown { kind } => kind,
+        };
+        *tally.outcomes.entry(kind).or_default() += 1;
+    }
+    tally.elapsed = started.elapsed();
+    Ok(tally)
+}
