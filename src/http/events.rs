@@ -155,6 +155,15 @@ async fn require_venue(state: &AppState, id: Uuid) -> Result<VenueId, ApiError> 
     }
 }
 
+/// Runs an owner's command on an existing event and answers with the event.
+async fn change(state: &AppState, id: Uuid, command: Command) -> Result<HttpResponse, ApiError> {
+    let outcome = state.execute(EventId::from(id), command).await?;
+    Ok(summary_response(
+        actix_web::http::StatusCode::OK,
+        &outcome.summary,
+    ))
+}
+
 fn summary_response(status: actix_web::http::StatusCode, summary: &EventSummary) -> HttpResponse {
     HttpResponse::build(status).json(EventEnvelope {
         data: summary.into(),
@@ -231,13 +240,7 @@ pub async fn update_event(
         capacity,
         at: super::now(),
     };
-    let outcome = state
-        .execute(EventId::from(id.into_inner()), command)
-        .await?;
-    Ok(summary_response(
-        actix_web::http::StatusCode::OK,
-        &outcome.summary,
-    ))
+    change(&state, id.into_inner(), command).await
 }
 
 /// Publish a draft (owner only): it becomes listed and joinable.
@@ -252,13 +255,7 @@ pub async fn publish_event(
         by: user.id,
         at: super::now(),
     };
-    let outcome = state
-        .execute(EventId::from(id.into_inner()), command)
-        .await?;
-    Ok(summary_response(
-        actix_web::http::StatusCode::OK,
-        &outcome.summary,
-    ))
+    change(&state, id.into_inner(), command).await
 }
 
 /// Cancel (owner only): every membership ends.
@@ -273,13 +270,7 @@ pub async fn cancel_event(
         by: user.id,
         at: super::now(),
     };
-    let outcome = state
-        .execute(EventId::from(id.into_inner()), command)
-        .await?;
-    Ok(summary_response(
-        actix_web::http::StatusCode::OK,
-        &outcome.summary,
-    ))
+    change(&state, id.into_inner(), command).await
 }
 
 /// An event with live counts. Drafts are visible to their owner only.
