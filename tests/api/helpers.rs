@@ -325,6 +325,7 @@ pub async fn assert_error(response: Response, status: StatusCode, code: &str) ->
             .is_some_and(|m| !m.is_empty()),
         "{body}"
     );
+    assert_no_leak(&body);
     assert_eq!(
         body["error"]["request_id"].as_str(),
         request_id.as_ref().and_then(|h| h.to_str().ok()),
@@ -357,4 +358,30 @@ macro_rules! on_both_backends {
             )*
         }
     };
+}
+
+/// An error body must not leak internals: SQL, file paths, panics, Rust type
+/// paths or driver names. Every error the suite checks passes through here.
+pub fn assert_no_leak(body: &Value) {
+    let text = body.to_string();
+    let lowered = text.to_lowercase();
+    for leak in [
+        "select ",
+        "insert ",
+        "update ",
+        "delete from",
+        "sqlx",
+        "sqlite",
+        "postgres",
+        "constraint",
+        "/src/",
+        ".rs:",
+        "panicked",
+        "backtrace",
+        "::",
+        "actix",
+        "serde",
+    ] {
+        assert!(!lowered.contains(leak), "error body leaks {leak:?}: {text}");
+    }
 }
