@@ -60,6 +60,12 @@ pub struct Unsubscribe {
 #[rtype(result = "()")]
 pub struct Apply(pub Arc<EventChange>);
 
+/// Changes may have been missed (the cross-node feed was down): reload the
+/// state, start a new epoch, and send every subscriber a fresh snapshot.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resync;
+
 /// How many upcoming events a venue or feed channel lists.
 const LISTING_LIMIT: i64 = 500;
 
@@ -80,6 +86,9 @@ pub struct ChannelHub {
     history_limit: usize,
     state: State,
     versions: HashMap<Uuid, i64>,
+    /// Set by a resync: when the reload is done, every subscriber gets a
+    /// fresh snapshot.
+    resyncing: bool,
     /// Venue positions, for a feed filtered by radius.
     venues: HashMap<Uuid, GeoPoint>,
     /// The snapshot's `data`, rebuilt after a change.
@@ -113,6 +122,7 @@ impl ChannelHub {
             history_limit,
             state,
             versions: HashMap::new(),
+            resyncing: false,
             venues: HashMap::new(),
             snapshot: None,
             subscribers: HashMap::new(),
@@ -242,6 +252,81 @@ impl ChannelHub {
         }
     }
 
+    /// Loads the channel's state from the read model. `wait` holds
+    /// subscriptions and changes until it is done; changes committed
+    /// meanwhile queue up and are de-duplicated by version.
+    fn load(&mut self, ctx: &mut Context<Self>) {
+        let store = Arc::clone(&self.store);
+        let channel = self.channel.clone();
+        ctx.wait(
+            async move {
+                match channel {
+                    Channel::Event(id) => store
+                        .event(id)
+                        .await
+                        .map(|e| (e.into_iter().collect(), Vec::new())),
+                    Channel::Venue(venue) => {
+                        let filter = EventFilter {
+                            venue_id: Some(venue),
+                            from: Some(Utc::now()),
+                            limit: LISTING_LIMIT,
+                            ..EventFilter::default()
+                        };
+                        store
+                            .list_events(&filter)
+                            .await
+                            .map(|events| (events, Vec::new()))
+                    }
+                    Channel::Feed { tag, near } => {
+                        let filter = EventFilter {
+                            tag: tag.map(String::from),
+                            from: Some(Utc::now()),
+                            limit: LISTING_LIMIT,
+                            ..EventFilter::default()
+                        };
+                        let events = store.list_events(&filter).await?;
+                        let venues = match near {
+                            Some(_) => store.venue_locations().await?,
+                            None => Vec::new(),
+                        };
+                        Ok((events, venues))
+                    }
+                }
+            }
+            .into_actor(self)
+            .map(|loaded, hub, ctx| match loaded {
+                Ok(records) => {
+                    hub.loaded(records);
+                    if std::mem::take(&mut hub.resyncing) {
+                        hub.send_fresh_snapshots();
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(channel = %hub.name, %error, "could not load channel state");
+                    hub.hubs.forget(&hub.channel, &ctx.address());
+                    ctx.stop();
+                }
+            }),
+        );
+    }
+
+    fn send_fresh_snapshots(&mut self) {
+        let data = self.snapshot_data();
+        let text = ByteString::from(protocol::snapshot(
+            &self.name,
+            &self.epoch,
+            self.offset,
+            Some(false),
+            &data,
+        ));
+        self.subscribers.retain(|_, to| {
+            to.push(Frame {
+                text: text.clone(),
+                committed_at: None,
+            })
+        });
+    }
+
     fn apply_and_broadcast(&mut self, change: &EventChange) {
         if let Some(data) = self.apply(change) {
             self.broadcast(data, change.committed_at);
@@ -357,55 +442,7 @@ impl Actor for ChannelHub {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let store = Arc::clone(&self.store);
-        let channel = self.channel.clone();
-        // `wait` holds subscriptions and changes until the state is loaded;
-        // changes committed meanwhile queue up and are de-duplicated by version.
-        ctx.wait(
-            async move {
-                match channel {
-                    Channel::Event(id) => store
-                        .event(id)
-                        .await
-                        .map(|e| (e.into_iter().collect(), Vec::new())),
-                    Channel::Venue(venue) => {
-                        let filter = EventFilter {
-                            venue_id: Some(venue),
-                            from: Some(Utc::now()),
-                            limit: LISTING_LIMIT,
-                            ..EventFilter::default()
-                        };
-                        store
-                            .list_events(&filter)
-                            .await
-                            .map(|events| (events, Vec::new()))
-                    }
-                    Channel::Feed { tag, near } => {
-                        let filter = EventFilter {
-                            tag: tag.map(String::from),
-                            from: Some(Utc::now()),
-                            limit: LISTING_LIMIT,
-                            ..EventFilter::default()
-                        };
-                        let events = store.list_events(&filter).await?;
-                        let venues = match near {
-                            Some(_) => store.venue_locations().await?,
-                            None => Vec::new(),
-                        };
-                        Ok((events, venues))
-                    }
-                }
-            }
-            .into_actor(self)
-            .map(|loaded, hub, ctx| match loaded {
-                Ok(records) => hub.loaded(records),
-                Err(error) => {
-                    tracing::error!(channel = %hub.name, %error, "could not load channel state");
-                    hub.hubs.forget(&hub.channel, &ctx.address());
-                    ctx.stop();
-                }
-            }),
-        );
+        self.load(ctx);
         let idle_limit = self.idle_limit;
         ctx.run_interval(
             (idle_limit / 2).max(Duration::from_millis(100)),
@@ -416,6 +453,25 @@ impl Actor for ChannelHub {
                 }
             },
         );
+    }
+}
+
+impl Handler<Resync> for ChannelHub {
+    type Result = ();
+
+    fn handle(&mut self, _: Resync, ctx: &mut Self::Context) {
+        metrics::counter!("turnout_ws_resyncs_total").increment(1);
+        self.epoch = format!("{:016x}", rand::random::<u64>()).into();
+        self.offset = 0;
+        self.history.clear();
+        self.versions.clear();
+        self.snapshot = None;
+        self.state = match self.channel {
+            Channel::Event(_) => State::Event(None),
+            _ => State::Listing(HashMap::new()),
+        };
+        self.resyncing = true;
+        self.load(ctx);
     }
 }
 

@@ -10,7 +10,7 @@ use turnout_actors::changes::{ChangeSink, Committed};
 
 use super::RealtimeSettings;
 use super::channel::Channel;
-use super::hub::{Apply, ChannelHub, EventChange};
+use super::hub::{Apply, ChannelHub, EventChange, Resync};
 use crate::http::EventView;
 use crate::store::Store;
 
@@ -71,6 +71,13 @@ impl Hubs {
     pub(super) fn forget(&self, channel: &Channel, addr: &Addr<ChannelHub>) {
         self.map(channel)
             .remove_if(channel, |_, current| current == addr);
+    }
+
+    /// Tells every running hub to reload: changes may have been missed.
+    pub fn resync_all(&self) {
+        for hub in self.0.direct.iter().chain(self.0.feeds.iter()) {
+            hub.do_send(Resync);
+        }
     }
 
     /// Offers a change to every running hub it may concern.

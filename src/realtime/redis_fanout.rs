@@ -109,6 +109,7 @@ async fn publisher(client: redis::Client, channel: String, mut queue: mpsc::Rece
 
 async fn subscriber(client: redis::Client, channel: String, node: Uuid, hubs: Hubs) {
     let mut attempt = 0;
+    let mut reconnecting = false;
     loop {
         let mut pubsub = match client.get_async_pubsub().await {
             Ok(p) => p,
@@ -126,6 +127,11 @@ async fn subscriber(client: redis::Client, channel: String, node: Uuid, hubs: Hu
         attempt = 0;
         tracing::info!(%channel, "receiving other nodes' changes through redis");
         metrics::gauge!("turnout_fanout_connected").set(1.0);
+        if reconnecting {
+            // Whatever other nodes committed meanwhile never arrived here.
+            hubs.resync_all();
+        }
+        reconnecting = true;
         let mut messages = pubsub.into_on_message();
         while let Some(message) = messages.next().await {
             let Ok(wire) = serde_json::from_slice::<Wire>(message.get_payload_bytes()) else {

@@ -127,4 +127,44 @@ async fn a_client_on_one_node_sees_joins_made_through_another_in_order() {
             "joins through B arrive at A in order"
         );
     }
+
+    // Cut every pub/sub connection: A misses what B commits until it is back,
+    // then its hubs reload and send a fresh snapshot.
+    // Keep cutting while B's joins commit, so they fall into the gap.
+    let killing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let killer = {
+        let (killing, mut redis) = (killing.clone(), check.clone());
+        tokio::spawn(async move {
+            while killing.load(std::sync::atomic::Ordering::Relaxed) {
+                let _: redis::RedisResult<redis::Value> = redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("TYPE")
+                    .arg("pubsub")
+                    .query_async(&mut redis)
+                    .await;
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    for _ in 0..5 {
+        b.join(&b.user(), event).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    killing.store(false, std::sync::atomic::Ordering::Relaxed);
+    killer.await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let frame = crate::realtime::next(&mut socket).await;
+        if frame["type"] == "snapshot" {
+            assert_eq!(frame["recovered"], false, "a resync is a fresh snapshot");
+        }
+        if frame["data"]["event"]["active_count"] == 35 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never caught up: {frame}"
+        );
+    }
 }
