@@ -163,12 +163,14 @@ pub async fn register(
     }
     tracing::info!(target: "turnout::audit", user_id = %user.id, "account registered");
     let token = tokens.issue(UserId::from(user.id), Some(user.role.clone()));
-    Ok(HttpResponse::Created().json(SessionEnvelope {
-        data: Session {
-            user: user.into(),
-            token,
-        },
-    }))
+    Ok(HttpResponse::Created()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(SessionEnvelope {
+            data: Session {
+                user: user.into(),
+                token,
+            },
+        }))
 }
 
 /// Exchange email and password for a token.
@@ -218,12 +220,14 @@ pub async fn login(
             guard.succeeded(&attempt);
             tracing::info!(target: "turnout::audit", user_id = %user.id, "login");
             let token = tokens.issue(UserId::from(user.id), Some(user.role.clone()));
-            Ok(HttpResponse::Ok().json(SessionEnvelope {
-                data: Session {
-                    user: user.into(),
-                    token,
-                },
-            }))
+            Ok(HttpResponse::Ok()
+                .insert_header(("Cache-Control", "no-store"))
+                .json(SessionEnvelope {
+                    data: Session {
+                        user: user.into(),
+                        token,
+                    },
+                }))
         }
         _ => {
             guard.failed(&attempt, ip);

@@ -69,7 +69,7 @@ pub async fn upgrade(
     let ip = req
         .peer_addr()
         .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip());
-    let admission = realtime
+    let permit = realtime
         .limits
         .admit(ip)
         .ok_or(ApiError::Overloaded("too many connections; retry later"))?;
@@ -85,7 +85,7 @@ pub async fn upgrade(
     );
     WsSession::create(move |ctx| {
         ctx.add_stream(stream);
-        WsSession::new(session, hubs, tokens, settings, admission)
+        WsSession::new(session, hubs, tokens, settings, permit)
     });
     Ok(response)
 }

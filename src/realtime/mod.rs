@@ -22,7 +22,7 @@ mod session;
 pub use channel::Channel;
 pub use hubs::{Hubs, LocalFanout};
 pub use redis_fanout::RedisFanout;
-pub use session::{Admission, ConnectionLimits, Outbox, WsSession};
+pub use session::{ConnectionLimits, ConnectionPermit, Outbox, WsSession};
 
 use serde::Deserialize;
 

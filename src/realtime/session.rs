@@ -37,7 +37,7 @@ pub struct ConnectionLimits {
 }
 
 /// A connection's place within the limits, given back on drop.
-pub struct Admission {
+pub struct ConnectionPermit {
     limits: Arc<ConnectionLimits>,
     ip: IpAddr,
 }
@@ -52,7 +52,7 @@ impl ConnectionLimits {
         })
     }
 
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admission> {
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionPermit> {
         let mut count = self.per_ip.entry(ip).or_insert(0);
         if *count >= self.max_per_ip {
             return None;
@@ -63,14 +63,14 @@ impl ConnectionLimits {
         }
         *count += 1;
         metrics::gauge!("turnout_ws_connections").increment(1.0);
-        Some(Admission {
+        Some(ConnectionPermit {
             limits: Arc::clone(self),
             ip,
         })
     }
 }
 
-impl Drop for Admission {
+impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         self.limits.total.fetch_sub(1, Ordering::AcqRel);
         self.limits.per_ip.remove_if_mut(&self.ip, |_, count| {
@@ -120,7 +120,7 @@ pub struct WsSession {
     last_heard: Instant,
     strikes: u32,
     outbox: Option<Outbox>,
-    _admission: Admission,
+    _permit: ConnectionPermit,
 }
 
 impl WsSession {
@@ -129,7 +129,7 @@ impl WsSession {
         hubs: Hubs,
         tokens: Arc<TokenKeys>,
         settings: Arc<RealtimeSettings>,
-        admission: Admission,
+        permit: ConnectionPermit,
     ) -> Self {
         static IDS: AtomicU64 = AtomicU64::new(1);
         Self {
@@ -143,7 +143,7 @@ impl WsSession {
             last_heard: Instant::now(),
             strikes: 0,
             outbox: None,
-            _admission: admission,
+            _permit: permit,
         }
     }
 

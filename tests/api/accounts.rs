@@ -20,6 +20,11 @@ async fn register_login_and_profile(app: TestApp) {
         .await
         .unwrap();
     assert_eq!(login.status(), StatusCode::OK);
+    assert_eq!(
+        login.headers()["cache-control"],
+        "no-store",
+        "tokens are never cached"
+    );
     let login = body(login).await;
     assert_eq!(login["data"]["user"]["id"], user.id.to_string());
     assert!(login["data"]["user"].get("password_hash").is_none());
