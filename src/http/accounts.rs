@@ -1,5 +1,6 @@
 //! Accounts: register, log in, read and update the caller's profile.
 
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -162,15 +163,20 @@ pub async fn register(
         ));
     }
     tracing::info!(target: "turnout::audit", user_id = %user.id, "account registered");
+    Ok(session_response(StatusCode::CREATED, user, &tokens))
+}
+
+/// `{user, token}` for a signed-in user. Tokens are never cached.
+fn session_response(status: StatusCode, user: UserRecord, tokens: &TokenKeys) -> HttpResponse {
     let token = tokens.issue(UserId::from(user.id), Some(user.role.clone()));
-    Ok(HttpResponse::Created()
+    HttpResponse::build(status)
         .insert_header(("Cache-Control", "no-store"))
         .json(SessionEnvelope {
             data: Session {
                 user: user.into(),
                 token,
             },
-        }))
+        })
 }
 
 /// Exchange email and password for a token.
@@ -219,15 +225,7 @@ pub async fn login(
         Some(user) if matches => {
             guard.succeeded(&attempt);
             tracing::info!(target: "turnout::audit", user_id = %user.id, "login");
-            let token = tokens.issue(UserId::from(user.id), Some(user.role.clone()));
-            Ok(HttpResponse::Ok()
-                .insert_header(("Cache-Control", "no-store"))
-                .json(SessionEnvelope {
-                    data: Session {
-                        user: user.into(),
-                        token,
-                    },
-                }))
+            Ok(session_response(StatusCode::OK, user, &tokens))
         }
         _ => {
             guard.failed(&attempt, ip);

@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::helpers::{Backend, JWT_KEY, TestApp, User, body, fresh_database};
+use crate::helpers::{Backend, JWT_KEY, TestApp, body, fresh_database};
 
 const CAPACITY: i64 = 100;
 const JOINERS: usize = 600;
@@ -77,6 +77,47 @@ async fn start_server(database_url: &str, data_dir: &std::path::Path) -> Server 
     panic!("the server did not become ready");
 }
 
+/// `JOINERS` joins in flight against a server that may die under them.
+struct JoinLoad {
+    /// Who was answered 201, with the answer.
+    acked: Arc<Mutex<HashMap<Uuid, Value>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl JoinLoad {
+    fn start(app: &TestApp, event: Uuid) -> Self {
+        let acked: Arc<Mutex<HashMap<Uuid, Value>>> = Arc::default();
+        let tasks = (0..JOINERS)
+            .map(|_| {
+                let (app, acked, user) = (app.clone(), Arc::clone(&acked), app.user());
+                tokio::spawn(async move {
+                    if let Ok(response) = app.try_join(&user, event).await
+                        && response.status() == StatusCode::CREATED
+                    {
+                        let answer = body(response).await["data"].clone();
+                        acked.lock().await.insert(user.id, answer);
+                    }
+                })
+            })
+            .collect();
+        Self { acked, tasks }
+    }
+
+    async fn until_acknowledged(&self, count: usize) {
+        while self.acked.lock().await.len() < count {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Waits for every join to end (answered or cut off); the acknowledged ones.
+    async fn finish(self) -> HashMap<Uuid, Value> {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.acked.lock().await.clone()
+    }
+}
+
 async fn acknowledged_joins_survive_kill_9(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let Some(url) = fresh_database(backend, &dir).await else {
@@ -87,35 +128,12 @@ async fn acknowledged_joins_survive_kill_9(backend: Backend) {
 
     let owner = app.register("owner@example.com").await;
     let event = app.published_event(&owner, CAPACITY).await;
-    let users: Vec<User> = (0..JOINERS).map(|_| app.user()).collect();
-
-    let acked: Arc<Mutex<HashMap<Uuid, Value>>> = Arc::default();
-    let mut tasks = Vec::new();
-    for user in users {
-        let (app, acked) = (app.clone(), Arc::clone(&acked));
-        tasks.push(tokio::spawn(async move {
-            let Ok(response) = app.try_join(&user, event).await else {
-                return;
-            };
-            if response.status() == StatusCode::CREATED {
-                let data = body(response).await["data"].clone();
-                acked.lock().await.insert(user.id, data);
-            }
-        }));
-    }
     // Kill mid-load: once some joins are acknowledged, others still in flight.
-    loop {
-        if acked.lock().await.len() >= JOINERS / 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let load = JoinLoad::start(&app, event);
+    load.until_acknowledged(JOINERS / 4).await;
     server.child.kill().expect("SIGKILL");
     server.child.wait().unwrap();
-    for task in tasks {
-        let _ = task.await;
-    }
-    let acked = acked.lock().await.clone();
+    let acked = load.finish().await;
     assert!(acked.len() >= JOINERS / 4);
 
     let restarted = start_server(&url, dir.path()).await;
@@ -182,24 +200,8 @@ async fn sigterm_drains_and_exits_cleanly(backend: Backend) {
     let owner = app.register("owner@example.com").await;
     let event = app.published_event(&owner, CAPACITY).await;
 
-    let acked: Arc<Mutex<HashMap<Uuid, Value>>> = Arc::default();
-    let mut tasks = Vec::new();
-    for _ in 0..JOINERS {
-        let (app, acked, user) = (app.clone(), Arc::clone(&acked), app.user());
-        tasks.push(tokio::spawn(async move {
-            if let Ok(response) = app.try_join(&user, event).await
-                && response.status() == StatusCode::CREATED
-            {
-                acked
-                    .lock()
-                    .await
-                    .insert(user.id, body(response).await["data"].clone());
-            }
-        }));
-    }
-    while acked.lock().await.len() < JOINERS / 4 {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let load = JoinLoad::start(&app, event);
+    load.until_acknowledged(JOINERS / 4).await;
     let pid = server.child.id().to_string();
     assert!(
         Command::new("kill")
@@ -208,9 +210,7 @@ async fn sigterm_drains_and_exits_cleanly(backend: Backend) {
             .unwrap()
             .success()
     );
-    for task in tasks {
-        let _ = task.await;
-    }
+    let acked = load.finish().await;
     let exited = tokio::task::spawn_blocking(move || {
         let status = server.child.wait();
         (status, server)
@@ -228,7 +228,6 @@ async fn sigterm_drains_and_exits_cleanly(backend: Backend) {
         .iter()
         .map(|a| a["user_id"].as_str().unwrap())
         .collect();
-    let acked = acked.lock().await;
     assert!(acked.len() >= JOINERS / 4);
     for user in acked.keys() {
         assert!(
