@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::domain::{DomainEvent, UserId};
 use crate::store::EventSummary;
 
 /// One committed append of one event.
@@ -13,7 +14,31 @@ pub struct Committed {
     pub summary: EventSummary,
     /// The kinds of the facts, in order: `joined`, `left`, `promoted`, …
     pub kinds: Vec<&'static str>,
+    /// Who joined (as active or waitlisted) and who left, in order:
+    /// recommendations learn from them.
+    pub joined: Vec<UserId>,
+    pub left: Vec<UserId>,
     pub committed_at: DateTime<Utc>,
+}
+
+impl Committed {
+    pub fn new(summary: EventSummary, facts: &[DomainEvent], committed_at: DateTime<Utc>) -> Self {
+        let (mut joined, mut left) = (Vec::new(), Vec::new());
+        for fact in facts {
+            match fact {
+                DomainEvent::Joined { user, .. } => joined.push(*user),
+                DomainEvent::Left { user, .. } => left.push(*user),
+                _ => {}
+            }
+        }
+        Self {
+            summary,
+            kinds: facts.iter().map(DomainEvent::kind).collect(),
+            joined,
+            left,
+            committed_at,
+        }
+    }
 }
 
 /// Receives committed changes. Must not block: hand the change on and return.

@@ -419,11 +419,11 @@ impl EventActor {
                         ..
                     }) = flight.waiters.first()
                 {
-                    self.registry.changes().committed(Committed {
-                        summary: outcome.summary.clone(),
-                        kinds: flight.events.iter().map(DomainEvent::kind).collect(),
-                        committed_at: Utc::now(),
-                    });
+                    self.registry.changes().committed(Committed::new(
+                        outcome.summary.clone(),
+                        &flight.events,
+                        Utc::now(),
+                    ));
                 }
                 for waiter in flight.waiters {
                     metrics::counter!("turnout_commands_total", "outcome" => "committed")

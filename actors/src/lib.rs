@@ -7,11 +7,14 @@
 //! - `journal`: the group-commit persistence supervisor.
 //! - `event_actor`: one actor per event, a thin shell around the decider.
 //! - `registry`: activates and routes to event actors.
+//! - `recommend`: recommendation scoring, ranking and the per-user
+//!   recommender actors.
 
 pub mod changes;
 pub mod domain;
 pub mod event_actor;
 pub mod journal;
+pub mod recommend;
 pub mod registry;
 pub mod store;
 #[cfg(test)]

@@ -1,0 +1,625 @@
+//! The live side of recommendations: a `RecommenderActor` per connected user
+//! keeps that user's ranked list and pushes a new one when its top-k moves;
+//! `Recommenders` owns the shared catalog, gathers committed changes for a
+//! short debounce window and offers each batch to the actors at once.
+//!
+//! Updates are incremental. Each actor ranks `list_len + spare` events and
+//! remembers the *floor*: the score of the best candidate it left out, so
+//! nothing outside its buffer scores above it. A changed event is re-scored
+//! alone and moved in or out of the buffer against that floor; only when the
+//! buffer runs short of a full list (or the user's own joins change their
+//! profile, or time has moved on) does the actor rank in full again.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use async_trait::async_trait;
+use chrono::Utc;
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use uuid::Uuid;
+
+use super::catalog::{Catalog, EventCard, EventUpdate};
+use super::profile::Profile;
+use super::rank::{RankSettings, Recommendation, ranked, score_event};
+use super::score::Reason;
+use crate::domain::{EventId, GeoPoint, Tag, UserId, VenueId};
+use crate::store::StoreError;
+
+/// What recommendations need from storage.
+#[async_trait]
+pub trait RecommendationSource: Send + Sync + 'static {
+    /// The user's interests, home and joins; `None` if there is no such user.
+    async fn profile(&self, user: UserId) -> Result<Option<ProfileSeed>, StoreError>;
+    /// A venue's position.
+    async fn venue(&self, venue: VenueId) -> Result<Option<GeoPoint>, StoreError>;
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ProfileSeed {
+    pub interests: Vec<Tag>,
+    pub home: Option<GeoPoint>,
+    /// Events the user is in (active or waitlisted), oldest join first.
+    pub joins: Vec<EventId>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RecommendSettings {
+    pub rank: RankSettings,
+    /// Events in each pushed list.
+    pub list_len: usize,
+    /// Events each actor keeps ranked beyond its list, so that most changes
+    /// are absorbed without ranking in full.
+    pub spare: usize,
+    /// Changes are gathered this long, then offered to every actor at once.
+    pub debounce: Duration,
+    /// Each actor ranks in full this often, because time moves scores.
+    pub refresh: Duration,
+    /// Events that started longer ago than this are forgotten.
+    pub retention: chrono::Duration,
+}
+
+impl Default for RecommendSettings {
+    fn default() -> Self {
+        Self {
+            rank: RankSettings::default(),
+            list_len: 10,
+            spare: 20,
+            debounce: Duration::from_millis(200),
+            refresh: Duration::from_secs(300),
+            retention: chrono::Duration::days(180),
+        }
+    }
+}
+
+/// One pushed list: a new revision whenever the top-k changes.
+#[derive(Debug, Clone)]
+pub struct RankedList {
+    /// Changes when the user's actor is restarted; revisions count from 1
+    /// within an epoch.
+    pub epoch: Arc<str>,
+    pub revision: u64,
+    pub items: Arc<Vec<(Recommendation, EventCard)>>,
+}
+
+/// Where a user's lists go (a WebSocket subscription).
+pub trait ListSink: Send + 'static {
+    /// False when the subscriber is gone.
+    fn deliver(&mut self, list: &RankedList) -> bool;
+}
+
+struct Shared {
+    catalog: RwLock<Catalog>,
+    actors: DashMap<UserId, Running>,
+    source: Arc<dyn RecommendationSource>,
+    settings: RecommendSettings,
+    thread: ArbiterHandle,
+}
+
+/// A user's actor and how many subscriptions it serves. Every message to it
+/// is sent under this entry's lock, so once the entry is gone nothing more
+/// reaches the actor.
+struct Running {
+    addr: Addr<RecommenderActor>,
+    subscribers: usize,
+}
+
+/// The handle the server holds: ranks on demand, routes changes, and starts
+/// or stops users' actors as their subscriptions come and go.
+#[derive(Clone)]
+pub struct Recommenders {
+    shared: Arc<Shared>,
+    keeper: Addr<CatalogKeeper>,
+}
+
+impl Recommenders {
+    /// Starts the catalog keeper; actors run on `thread`. Call inside an
+    /// actix system.
+    pub fn start(
+        catalog: Catalog,
+        source: Arc<dyn RecommendationSource>,
+        settings: RecommendSettings,
+        thread: ArbiterHandle,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            catalog: RwLock::new(catalog),
+            actors: DashMap::new(),
+            source,
+            settings,
+            thread,
+        });
+        let keeper_shared = Arc::clone(&shared);
+        let keeper = CatalogKeeper::start_in_arbiter(&shared.thread, move |_| CatalogKeeper {
+            shared: keeper_shared,
+            pending: Vec::new(),
+            locating: Default::default(),
+        });
+        Self { shared, keeper }
+    }
+
+    pub fn settings(&self) -> &RecommendSettings {
+        &self.shared.settings
+    }
+
+    /// Offers a committed change to the catalog and the actors.
+    pub fn apply(&self, update: EventUpdate) {
+        self.keeper.do_send(Apply(update));
+    }
+
+    /// Replaces the catalog (after changes may have been missed) and has
+    /// every actor rank in full.
+    pub fn reload(&self, catalog: Catalog) {
+        self.keeper.do_send(Reload(catalog));
+    }
+
+    /// Ranks a user's best `limit` events now; `None` if there is no such
+    /// user.
+    pub async fn rank_for(
+        &self,
+        user: UserId,
+        limit: usize,
+    ) -> Result<Option<Vec<(Recommendation, EventCard)>>, StoreError> {
+        let Some(seed) = self.shared.source.profile(user).await? else {
+            return Ok(None);
+        };
+        let settings = &self.shared.settings.rank;
+        let mut profile = Profile::new(user, seed.interests, seed.home, seed.joins);
+        let started = Instant::now();
+        let catalog = self.shared.catalog.read();
+        profile.learn(&catalog, settings.utc_offset_minutes);
+        let (list, _) = ranked(&catalog, &profile, settings, Utc::now(), limit);
+        metrics::histogram!("turnout_recs_rank_seconds").record(started.elapsed().as_secs_f64());
+        Ok(Some(with_cards(&catalog, list)))
+    }
+
+    /// Adds a subscriber to the user's list, starting the user's actor if
+    /// it is not running. The sink gets the current list, then each new one.
+    pub fn subscribe(&self, user: UserId, id: u64, sink: Box<dyn ListSink>) {
+        let mut running = self.shared.actors.entry(user).or_insert_with(|| {
+            let shared = Arc::clone(&self.shared);
+            metrics::gauge!("turnout_recs_actors").increment(1.0);
+            Running {
+                addr: RecommenderActor::start_in_arbiter(&self.shared.thread, move |_| {
+                    RecommenderActor::new(user, shared)
+                }),
+                subscribers: 0,
+            }
+        });
+        running.subscribers += 1;
+        running.addr.do_send(AddSink { id, sink });
+    }
+
+    /// Removes a subscriber; the actor stops with its last one.
+    pub fn unsubscribe(&self, user: UserId, id: u64) {
+        self.shared.actors.remove_if_mut(&user, |_, running| {
+            running.subscribers -= 1;
+            running.addr.do_send(RemoveSink { id });
+            running.subscribers == 0
+        });
+    }
+
+    /// The user's interests or home changed: their actor reloads the profile.
+    pub fn profile_changed(&self, user: UserId) {
+        if let Some(running) = self.shared.actors.get(&user) {
+            running.addr.do_send(ReloadProfile);
+        }
+    }
+
+    /// Running actors and the catalog's size, for metrics and benchmarks.
+    pub fn stats(&self) -> (usize, usize, usize) {
+        let (events, open) = self.shared.catalog.read().len();
+        (self.shared.actors.len(), events, open)
+    }
+}
+
+fn with_cards(catalog: &Catalog, list: Vec<Recommendation>) -> Vec<(Recommendation, EventCard)> {
+    list.into_iter()
+        .filter_map(|r| {
+            let card = catalog.card(r.event)?.clone();
+            Some((r, card))
+        })
+        .collect()
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Apply(EventUpdate);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Reload(Catalog);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct VenueLocated(VenueId, GeoPoint);
+
+/// Applies changes to the catalog (the only writer), routes users' own
+/// joins to their actors, and every debounce interval offers the events
+/// that changed to all actors in one batch.
+struct CatalogKeeper {
+    shared: Arc<Shared>,
+    pending: Vec<EventId>,
+    locating: HashSet<VenueId>,
+}
+
+impl CatalogKeeper {
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.pending.sort_unstable();
+        self.pending.dedup();
+        let batch: Arc<[EventId]> = std::mem::take(&mut self.pending).into();
+        for running in self.shared.actors.iter() {
+            running.addr.do_send(Changed(Arc::clone(&batch)));
+        }
+    }
+
+    fn maintain(&mut self) {
+        let now = Utc::now();
+        let mut catalog = self.shared.catalog.write();
+        catalog.maintain(now, now - self.shared.settings.retention);
+        let (events, open) = catalog.len();
+        metrics::gauge!("turnout_recs_catalog_events").set(events as f64);
+        metrics::gauge!("turnout_recs_catalog_open_events").set(open as f64);
+    }
+}
+
+impl Actor for CatalogKeeper {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.maintain();
+        ctx.run_interval(self.shared.settings.debounce, |keeper, _| keeper.flush());
+        ctx.run_interval(Duration::from_secs(60), |keeper, _| keeper.maintain());
+    }
+}
+
+impl Handler<Apply> for CatalogKeeper {
+    type Result = ();
+
+    fn handle(&mut self, Apply(update): Apply, ctx: &mut Self::Context) {
+        metrics::counter!("turnout_recs_changes_total").increment(1);
+        let venue = update.venue;
+        let known = {
+            let mut catalog = self.shared.catalog.write();
+            catalog.apply(&update);
+            catalog.knows_venue(venue)
+        };
+        if !known && self.locating.insert(venue) {
+            let source = Arc::clone(&self.shared.source);
+            let addr = ctx.address();
+            actix::spawn(async move {
+                match source.venue(venue).await {
+                    Ok(Some(place)) => addr.do_send(VenueLocated(venue, place)),
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot locate a venue for recommendations")
+                    }
+                }
+            });
+        }
+        for (users, joined) in [(&update.joined, true), (&update.left, false)] {
+            for user in users {
+                if let Some(running) = self.shared.actors.get(user) {
+                    running.addr.do_send(Moved {
+                        event: update.id,
+                        joined,
+                    });
+                }
+            }
+        }
+        self.pending.push(update.id);
+    }
+}
+
+impl Handler<VenueLocated> for CatalogKeeper {
+    type Result = ();
+
+    fn handle(&mut self, VenueLocated(venue, place): VenueLocated, _: &mut Self::Context) {
+        self.locating.remove(&venue);
+        self.shared.catalog.write().venue_located(venue, place);
+        let catalog = self.shared.catalog.read();
+        self.pending
+            .extend(catalog.open().filter(|c| c.venue == venue).map(|c| c.id));
+    }
+}
+
+impl Handler<Reload> for CatalogKeeper {
+    type Result = ();
+
+    fn handle(&mut self, Reload(catalog): Reload, _: &mut Self::Context) {
+        *self.shared.catalog.write() = catalog;
+        self.pending.clear();
+        for running in self.shared.actors.iter() {
+            running.addr.do_send(Refresh);
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct AddSink {
+    id: u64,
+    sink: Box<dyn ListSink>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RemoveSink {
+    id: u64,
+}
+
+/// Events that changed in the last debounce window.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Changed(Arc<[EventId]>);
+
+/// The user joined or left an event.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Moved {
+    event: EventId,
+    joined: bool,
+}
+
+/// Rank in full.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Refresh;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ReloadProfile;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ProfileLoaded(Result<Option<ProfileSeed>, StoreError>);
+
+/// One user's live list.
+pub struct RecommenderActor {
+    user: UserId,
+    shared: Arc<Shared>,
+    epoch: Arc<str>,
+    /// `None` until loaded.
+    profile: Option<Profile>,
+    /// Joins and leaves seen while the profile was loading.
+    moves_while_loading: Vec<(EventId, bool)>,
+    /// The best `list_len + spare` events, best first.
+    buffer: Vec<Recommendation>,
+    /// Nothing outside `buffer` scores above this.
+    floor: f64,
+    /// What the last pushed list showed: which events, in which order, why.
+    shown: Option<Vec<(EventId, Vec<Reason>)>>,
+    list: Option<RankedList>,
+    sinks: HashMap<u64, Box<dyn ListSink>>,
+}
+
+impl RecommenderActor {
+    fn new(user: UserId, shared: Arc<Shared>) -> Self {
+        Self {
+            user,
+            shared,
+            epoch: Arc::from(Uuid::now_v7().simple().to_string()),
+            profile: None,
+            moves_while_loading: Vec::new(),
+            buffer: Vec::new(),
+            floor: f64::NEG_INFINITY,
+            shown: None,
+            list: None,
+            sinks: HashMap::new(),
+        }
+    }
+
+    fn load_profile(&self, ctx: &mut Context<Self>) {
+        let (source, user, addr) = (Arc::clone(&self.shared.source), self.user, ctx.address());
+        actix::spawn(async move {
+            addr.do_send(ProfileLoaded(source.profile(user).await));
+        });
+    }
+
+    fn capacity(&self) -> usize {
+        self.shared.settings.list_len + self.shared.settings.spare
+    }
+
+    fn rank_in_full(&mut self) {
+        let Some(profile) = self.profile.as_mut() else {
+            return;
+        };
+        let started = Instant::now();
+        let settings = &self.shared.settings.rank;
+        let catalog = self.shared.catalog.read();
+        profile.learn(&catalog, settings.utc_offset_minutes);
+        let cap = self.shared.settings.list_len + self.shared.settings.spare;
+        (self.buffer, self.floor) = ranked(&catalog, profile, settings, Utc::now(), cap);
+        drop(catalog);
+        metrics::histogram!("turnout_recs_rank_seconds").record(started.elapsed().as_secs_f64());
+        self.publish_if_moved();
+    }
+
+    /// Re-scores only the changed events against the floor.
+    fn rescore(&mut self, changed: &[EventId]) {
+        let Some(profile) = self.profile.as_ref() else {
+            return;
+        };
+        let cap = self.capacity();
+        let now = Utc::now();
+        let catalog = self.shared.catalog.read();
+        for &event in changed {
+            if let Some(at) = self.buffer.iter().position(|r| r.event == event) {
+                self.buffer.remove(at);
+            }
+            let Some(fresh) =
+                score_event(&catalog, profile, &self.shared.settings.rank, now, event)
+            else {
+                continue;
+            };
+            // Below the floor it joins the events outside the buffer, all of
+            // which the floor still bounds.
+            if fresh.score > self.floor {
+                let at = self.buffer.partition_point(|r| {
+                    r.score > fresh.score || (r.score == fresh.score && r.event < fresh.event)
+                });
+                self.buffer.insert(at, fresh);
+                if self.buffer.len() > cap
+                    && let Some(dropped) = self.buffer.pop()
+                {
+                    self.floor = self.floor.max(dropped.score);
+                }
+            }
+        }
+        drop(catalog);
+        let short = self.buffer.len() < self.shared.settings.list_len;
+        if short && self.floor > f64::NEG_INFINITY {
+            self.rank_in_full();
+        } else {
+            self.publish_if_moved();
+        }
+    }
+
+    fn publish_if_moved(&mut self) {
+        let top = &self.buffer[..self.buffer.len().min(self.shared.settings.list_len)];
+        let key: Vec<(EventId, Vec<Reason>)> =
+            top.iter().map(|r| (r.event, r.reasons.clone())).collect();
+        if self.shown.as_ref() == Some(&key) {
+            return;
+        }
+        let items = with_cards(&self.shared.catalog.read(), top.to_vec());
+        let revision = self.list.as_ref().map_or(1, |l| l.revision + 1);
+        let list = RankedList {
+            epoch: Arc::clone(&self.epoch),
+            revision,
+            items: Arc::new(items),
+        };
+        self.sinks.retain(|_, sink| sink.deliver(&list));
+        metrics::counter!("turnout_recs_lists_pushed_total").increment(1);
+        self.shown = Some(key);
+        self.list = Some(list);
+    }
+}
+
+impl Actor for RecommenderActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.load_profile(ctx);
+        // Spread the actors' full refreshes over the interval, so that they
+        // do not all rank at the same moment.
+        let refresh = self.shared.settings.refresh;
+        let spread = (self.user.as_uuid().as_u128() % 1000) as u32;
+        ctx.run_later(
+            refresh.mul_f64(f64::from(spread) / 1000.0),
+            move |_, ctx| {
+                ctx.run_interval(refresh, |actor, _| actor.rank_in_full());
+            },
+        );
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        metrics::gauge!("turnout_recs_actors").decrement(1.0);
+    }
+}
+
+impl Handler<ProfileLoaded> for RecommenderActor {
+    type Result = ();
+
+    fn handle(&mut self, ProfileLoaded(loaded): ProfileLoaded, ctx: &mut Self::Context) {
+        match loaded {
+            Ok(Some(seed)) => {
+                let mut profile = Profile::new(self.user, seed.interests, seed.home, seed.joins);
+                for (event, joined) in self.moves_while_loading.drain(..) {
+                    if joined {
+                        profile.record_join(event);
+                    } else {
+                        profile.record_leave(event);
+                    }
+                }
+                self.profile = Some(profile);
+                self.rank_in_full();
+            }
+            Ok(None) => {
+                tracing::info!(user = %self.user.as_uuid(), "no such user: no recommendations");
+                self.sinks.clear();
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot load a profile for recommendations; retrying");
+                ctx.run_later(Duration::from_secs(2), |actor, ctx| actor.load_profile(ctx));
+            }
+        }
+    }
+}
+
+impl Handler<AddSink> for RecommenderActor {
+    type Result = ();
+
+    fn handle(&mut self, AddSink { id, mut sink }: AddSink, _: &mut Self::Context) {
+        if let Some(list) = &self.list
+            && !sink.deliver(list)
+        {
+            return;
+        }
+        self.sinks.insert(id, sink);
+    }
+}
+
+impl Handler<RemoveSink> for RecommenderActor {
+    type Result = ();
+
+    fn handle(&mut self, RemoveSink { id }: RemoveSink, ctx: &mut Self::Context) {
+        self.sinks.remove(&id);
+        // The registry forgets an actor with its last subscription, and
+        // nothing is sent to it after that: it is done.
+        let me = ctx.address();
+        let registered = self
+            .shared
+            .actors
+            .get(&self.user)
+            .is_some_and(|running| running.addr == me);
+        if self.sinks.is_empty() && !registered {
+            ctx.stop();
+        }
+    }
+}
+
+impl Handler<Changed> for RecommenderActor {
+    type Result = ();
+
+    fn handle(&mut self, Changed(events): Changed, _: &mut Self::Context) {
+        self.rescore(&events);
+    }
+}
+
+impl Handler<Moved> for RecommenderActor {
+    type Result = ();
+
+    fn handle(&mut self, Moved { event, joined }: Moved, _: &mut Self::Context) {
+        let Some(profile) = self.profile.as_mut() else {
+            self.moves_while_loading.push((event, joined));
+            return;
+        };
+        if joined {
+            profile.record_join(event);
+        } else {
+            profile.record_leave(event);
+        }
+        self.rank_in_full();
+    }
+}
+
+impl Handler<Refresh> for RecommenderActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Refresh, _: &mut Self::Context) {
+        self.rank_in_full();
+    }
+}
+
+impl Handler<ReloadProfile> for RecommenderActor {
+    type Result = ();
+
+    fn handle(&mut self, _: ReloadProfile, ctx: &mut Self::Context) {
+        self.load_profile(ctx);
+    }
+}

@@ -1,0 +1,689 @@
+//! The catalog: everything recommendations know about events, kept in memory
+//! and indexed so that ranking one user looks at a few hundred candidates
+//! rather than every upcoming event.
+//!
+//! It is fed by committed changes (and loaded from the read models at
+//! start), so it is as fresh as the live updates. Indexes hold only
+//! *candidates*: published events that have not started. Cards of past
+//! events stay for a while because users' histories point at them
+//! (co-attendance, "people who joined Late jazz joined this").
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::domain::{EventId, GeoPoint, Lifecycle, Tag, UserId, VenueId};
+
+/// Heat (join velocity) halves every this many hours.
+pub const HEAT_HALF_LIFE_HOURS: f64 = 6.0;
+/// How many recent joins of each user feed co-attendance.
+pub const HISTORY_LEN: usize = 32;
+/// Side of a grid cell, in degrees of latitude and longitude (~5.5 km N–S).
+const CELL_DEG: f64 = 0.05;
+/// Heat is measured against this instant (2020-01-01), in seconds.
+const HEAT_EPOCH_SECS: f64 = 1_577_836_800.0;
+
+/// What the catalog knows about one event.
+#[derive(Debug, Clone)]
+pub struct EventCard {
+    pub id: EventId,
+    pub owner: UserId,
+    pub title: Arc<str>,
+    pub venue: VenueId,
+    /// The venue's position, once the catalog knows the venue.
+    pub place: Option<GeoPoint>,
+    pub starts_at: DateTime<Utc>,
+    pub tags: Vec<Tag>,
+    pub lifecycle: Lifecycle,
+    pub capacity: u32,
+    pub active: u32,
+    pub waitlist: u32,
+    /// When the catalog first saw it published: new events get explored.
+    pub published_at: Option<DateTime<Utc>>,
+    /// Users who joined and have not left, as far as the catalog has seen.
+    pub joiners: u32,
+    pub version: u64,
+    /// ln Σ exp((tᵢ − epoch)/τ) over the join times tᵢ: in log form it never
+    /// overflows, and the order of events by heat does not change as time
+    /// passes, so the heat index needs no re-sorting.
+    log_heat: f64,
+}
+
+impl EventCard {
+    pub fn places_left(&self) -> u32 {
+        self.capacity.saturating_sub(self.active)
+    }
+
+    /// Recent joins, each weighted by exp(−age/τ): a half-life of
+    /// [`HEAT_HALF_LIFE_HOURS`].
+    pub fn heat(&self, now: DateTime<Utc>) -> f64 {
+        if self.log_heat == f64::NEG_INFINITY {
+            return 0.0;
+        }
+        (self.log_heat - heat_exponent(now)).exp()
+    }
+
+    /// Published and not yet started.
+    pub fn is_open(&self, now: DateTime<Utc>) -> bool {
+        self.lifecycle == Lifecycle::Published && self.starts_at > now
+    }
+
+    fn start_key(&self) -> (i64, EventId) {
+        (self.starts_at.timestamp_micros(), self.id)
+    }
+
+    fn heat_key(&self) -> (i64, EventId) {
+        let key = if self.log_heat == f64::NEG_INFINITY {
+            i64::MIN
+        } else {
+            (self.log_heat * 1e6) as i64
+        };
+        (key, self.id)
+    }
+}
+
+fn heat_exponent(t: DateTime<Utc>) -> f64 {
+    let tau = HEAT_HALF_LIFE_HOURS * 3600.0 / std::f64::consts::LN_2;
+    (t.timestamp_micros() as f64 / 1e6 - HEAT_EPOCH_SECS) / tau
+}
+
+/// ln(eᵃ + eᵇ) without overflow.
+fn log_add_exp(a: f64, b: f64) -> f64 {
+    if a == f64::NEG_INFINITY {
+        return b;
+    }
+    let (hi, lo) = if a > b { (a, b) } else { (b, a) };
+    hi + (lo - hi).exp().ln_1p()
+}
+
+/// One committed change of one event, as the catalog needs it.
+#[derive(Debug, Clone)]
+pub struct EventUpdate {
+    pub id: EventId,
+    pub owner: UserId,
+    pub title: String,
+    pub venue: VenueId,
+    pub starts_at: DateTime<Utc>,
+    pub tags: Vec<Tag>,
+    pub lifecycle: Lifecycle,
+    pub capacity: u32,
+    pub active: u32,
+    pub waitlist: u32,
+    pub version: u64,
+    /// Users who joined (active or waitlisted) and who left in this change.
+    pub joined: Vec<UserId>,
+    pub left: Vec<UserId>,
+    pub at: DateTime<Utc>,
+}
+
+/// Co-attendance evidence for one candidate: how strongly the user's joins
+/// point at it, and the joined event that points hardest.
+#[derive(Debug, Clone, Copy)]
+pub struct CoEvidence {
+    pub strength: f64,
+    pub because: EventId,
+    best: f64,
+}
+
+type Cell = (i32, i32);
+type Index = BTreeSet<(i64, EventId)>;
+
+#[derive(Debug, Default)]
+pub struct Catalog {
+    cards: HashMap<EventId, EventCard>,
+    venues: HashMap<VenueId, GeoPoint>,
+    by_start: Index,
+    by_tag: HashMap<Tag, Index>,
+    by_cell: HashMap<Cell, Index>,
+    by_heat: Index,
+    by_published: Index,
+    /// Each user's recent joins, oldest first.
+    histories: HashMap<UserId, VecDeque<EventId>>,
+    /// `co[a][b]`: users who joined both a and b; `b` is always an event
+    /// that was open when the pair was recorded.
+    co: HashMap<EventId, HashMap<EventId, u32>>,
+    /// The latest time the catalog has been told of: whether an event has
+    /// started is judged against it, so replayed histories and simulations
+    /// see the same catalog as live traffic.
+    clock: DateTime<Utc>,
+}
+
+fn cell_of(p: GeoPoint) -> Cell {
+    (
+        (p.lat / CELL_DEG).floor() as i32,
+        (p.lon / CELL_DEG).floor() as i32,
+    )
+}
+
+fn starting_between(
+    index: &Index,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> impl Iterator<Item = EventId> + '_ {
+    let lo = (from.timestamp_micros(), EventId::from(Uuid::max()));
+    let hi = (to.timestamp_micros(), EventId::from(Uuid::nil()));
+    index
+        .range((Bound::Excluded(lo), Bound::Excluded(hi)))
+        .map(|(_, id)| *id)
+}
+
+impl Catalog {
+    pub fn card(&self, id: EventId) -> Option<&EventCard> {
+        self.cards.get(&id)
+    }
+
+    /// Events known, and of those the open ones (the candidates).
+    pub fn len(&self) -> (usize, usize) {
+        (self.cards.len(), self.by_start.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cards.is_empty()
+    }
+
+    pub fn venue_located(&mut self, venue: VenueId, place: GeoPoint) {
+        self.venues.insert(venue, place);
+        let ids: Vec<EventId> = self
+            .cards
+            .values()
+            .filter(|c| c.venue == venue && c.place != Some(place))
+            .map(|c| c.id)
+            .collect();
+        for id in ids {
+            self.modify(id, |card| card.place = Some(place));
+        }
+    }
+
+    pub fn knows_venue(&self, venue: VenueId) -> bool {
+        self.venues.contains_key(&venue)
+    }
+
+    /// Applies one committed change; stale details (an older version) are
+    /// ignored, but its joins and leaves are facts of their own and count.
+    pub fn apply(&mut self, u: &EventUpdate) {
+        self.clock = self.clock.max(u.at);
+        let place = self.venues.get(&u.venue).copied();
+        if !self.cards.contains_key(&u.id) {
+            self.cards.insert(
+                u.id,
+                EventCard {
+                    id: u.id,
+                    owner: u.owner,
+                    title: Arc::from(u.title.as_str()),
+                    venue: u.venue,
+                    place,
+                    starts_at: u.starts_at,
+                    tags: Vec::new(),
+                    lifecycle: Lifecycle::Draft,
+                    capacity: u.capacity,
+                    active: 0,
+                    waitlist: 0,
+                    published_at: None,
+                    joiners: 0,
+                    version: 0,
+                    log_heat: f64::NEG_INFINITY,
+                },
+            );
+        }
+        self.modify(u.id, |card| {
+            if u.version <= card.version {
+                return;
+            }
+            if *card.title != *u.title {
+                card.title = Arc::from(u.title.as_str());
+            }
+            card.owner = u.owner;
+            card.venue = u.venue;
+            card.place = place;
+            card.starts_at = u.starts_at;
+            card.tags.clone_from(&u.tags);
+            card.lifecycle = u.lifecycle;
+            card.capacity = u.capacity;
+            card.active = u.active;
+            card.waitlist = u.waitlist;
+            card.version = u.version;
+            if u.lifecycle == Lifecycle::Published && card.published_at.is_none() {
+                card.published_at = Some(u.at);
+            }
+        });
+        for &user in &u.joined {
+            self.joined(user, u.id, u.at);
+        }
+        for &user in &u.left {
+            self.left(user, u.id);
+        }
+    }
+
+    /// Records a join: heat, the joiner count, and co-attendance with the
+    /// user's recent joins.
+    pub fn joined(&mut self, user: UserId, event: EventId, at: DateTime<Utc>) {
+        if !self.cards.contains_key(&event) {
+            return;
+        }
+        self.modify(event, |card| {
+            card.joiners += 1;
+            card.log_heat = log_add_exp(card.log_heat, heat_exponent(at));
+        });
+        let history = self.histories.entry(user).or_default();
+        if history.contains(&event) {
+            return;
+        }
+        for &earlier in history.iter() {
+            *self
+                .co
+                .entry(earlier)
+                .or_default()
+                .entry(event)
+                .or_default() += 1;
+            if self.cards.get(&earlier).is_some_and(|c| c.is_open(at)) {
+                *self
+                    .co
+                    .entry(event)
+                    .or_default()
+                    .entry(earlier)
+                    .or_default() += 1;
+            }
+        }
+        history.push_back(event);
+        if history.len() > HISTORY_LEN {
+            history.pop_front();
+        }
+    }
+
+    pub fn left(&mut self, user: UserId, event: EventId) {
+        if self.cards.contains_key(&event) {
+            self.modify(event, |card| card.joiners = card.joiners.saturating_sub(1));
+        }
+        let Some(history) = self.histories.get_mut(&user) else {
+            return;
+        };
+        let Some(at) = history.iter().position(|e| *e == event) else {
+            return;
+        };
+        history.remove(at);
+        for &other in history.iter() {
+            for (a, b) in [(other, event), (event, other)] {
+                if let Some(row) = self.co.get_mut(&a)
+                    && let Some(n) = row.get_mut(&b)
+                {
+                    *n -= 1;
+                    if *n == 0 {
+                        row.remove(&b);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops started events from the candidate indexes, forgets events that
+    /// started before `forget_before`, and prunes co-attendance rows to
+    /// events still open. Run every minute or so.
+    pub fn maintain(&mut self, now: DateTime<Utc>, forget_before: DateTime<Utc>) {
+        self.clock = self.clock.max(now);
+        let started: Vec<EventId> = self
+            .by_start
+            .range(..(now.timestamp_micros() + 1, EventId::from(Uuid::nil())))
+            .map(|(_, id)| *id)
+            .collect();
+        for id in started {
+            self.modify(id, |_| {});
+        }
+        let forgotten: Vec<EventId> = self
+            .cards
+            .values()
+            .filter(|c| c.starts_at < forget_before)
+            .map(|c| c.id)
+            .collect();
+        for id in &forgotten {
+            self.cards.remove(id);
+            self.co.remove(id);
+        }
+        let cards = &self.cards;
+        for row in self.co.values_mut() {
+            row.retain(|b, _| cards.get(b).is_some_and(|c| c.is_open(now)));
+        }
+        self.co.retain(|_, row| !row.is_empty());
+        for history in self.histories.values_mut() {
+            history.retain(|e| cards.contains_key(e));
+        }
+        self.histories.retain(|_, h| !h.is_empty());
+    }
+
+    /// Changes a card and keeps the indexes in step with it.
+    fn modify(&mut self, id: EventId, change: impl FnOnce(&mut EventCard)) {
+        let Some(mut card) = self.cards.remove(&id) else {
+            return;
+        };
+        self.unindex(&card);
+        change(&mut card);
+        if card.is_open(self.clock) {
+            self.index(&card);
+        }
+        self.cards.insert(id, card);
+    }
+
+    fn index(&mut self, card: &EventCard) {
+        let key = card.start_key();
+        self.by_start.insert(key);
+        for tag in &card.tags {
+            self.by_tag.entry(tag.clone()).or_default().insert(key);
+        }
+        if let Some(place) = card.place {
+            self.by_cell.entry(cell_of(place)).or_default().insert(key);
+        }
+        self.by_heat.insert(card.heat_key());
+        if let Some(at) = card.published_at {
+            self.by_published.insert((at.timestamp_micros(), card.id));
+        }
+    }
+
+    fn unindex(&mut self, card: &EventCard) {
+        let key = card.start_key();
+        if !self.by_start.remove(&key) {
+            return;
+        }
+        for tag in &card.tags {
+            if let Some(index) = self.by_tag.get_mut(tag) {
+                index.remove(&key);
+                if index.is_empty() {
+                    self.by_tag.remove(tag);
+                }
+            }
+        }
+        if let Some(place) = card.place {
+            let cell = cell_of(place);
+            if let Some(index) = self.by_cell.get_mut(&cell) {
+                index.remove(&key);
+                if index.is_empty() {
+                    self.by_cell.remove(&cell);
+                }
+            }
+        }
+        self.by_heat.remove(&card.heat_key());
+        if let Some(at) = card.published_at {
+            self.by_published.remove(&(at.timestamp_micros(), card.id));
+        }
+    }
+
+    /// Open events with the tag starting in `(from, to)`, soonest first.
+    pub(crate) fn with_tag(
+        &self,
+        tag: &Tag,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> impl Iterator<Item = EventId> + '_ {
+        self.by_tag
+            .get(tag)
+            .into_iter()
+            .flat_map(move |index| starting_between(index, from, to))
+    }
+
+    /// Open events within about `km` of `centre` starting in `(from, to)`:
+    /// whole grid cells, so callers still measure the distance.
+    pub(crate) fn near(
+        &self,
+        centre: GeoPoint,
+        km: f64,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> impl Iterator<Item = EventId> + '_ {
+        let dlat = km / 111.0;
+        let dlon = km / (111.0 * centre.lat.to_radians().cos().max(0.01));
+        let (lo, hi) = (
+            cell_of(GeoPoint {
+                lat: centre.lat - dlat,
+                lon: centre.lon - dlon,
+            }),
+            cell_of(GeoPoint {
+                lat: centre.lat + dlat,
+                lon: centre.lon + dlon,
+            }),
+        );
+        (lo.0..=hi.0)
+            .flat_map(move |y| (lo.1..=hi.1).map(move |x| (y, x)))
+            .filter_map(|cell| self.by_cell.get(&cell))
+            .flat_map(move |index| starting_between(index, from, to))
+    }
+
+    /// Open events, hottest first.
+    pub(crate) fn hottest(&self) -> impl Iterator<Item = EventId> + '_ {
+        self.by_heat.iter().rev().map(|(_, id)| *id)
+    }
+
+    /// Open events, most recently published first.
+    pub(crate) fn newest(&self) -> impl Iterator<Item = EventId> + '_ {
+        self.by_published.iter().rev().map(|(_, id)| *id)
+    }
+
+    /// Every open event, soonest first.
+    pub(crate) fn open(&self) -> impl Iterator<Item = &EventCard> + '_ {
+        self.by_start
+            .iter()
+            .filter_map(|(_, id)| self.cards.get(id))
+    }
+
+    /// How strongly the user's recent joins point at each open event through
+    /// co-attendance: Σ over joined events a of co(a, b) / √(n_a · n_b).
+    pub(crate) fn co_evidence(&self, history: &[EventId]) -> HashMap<EventId, CoEvidence> {
+        let mut evidence: HashMap<EventId, CoEvidence> = HashMap::new();
+        for &a in history {
+            let (Some(row), Some(card_a)) = (self.co.get(&a), self.cards.get(&a)) else {
+                continue;
+            };
+            let n_a = f64::from(card_a.joiners.max(1));
+            for (&b, &count) in row {
+                let Some(card_b) = self.cards.get(&b) else {
+                    continue;
+                };
+                let s = f64::from(count) / (n_a * f64::from(card_b.joiners.max(1))).sqrt();
+                let e = evidence.entry(b).or_insert(CoEvidence {
+                    strength: 0.0,
+                    because: a,
+                    best: 0.0,
+                });
+                e.strength += s;
+                if s > e.best {
+                    e.best = s;
+                    e.because = a;
+                }
+            }
+        }
+        evidence
+    }
+
+    /// Co-attendance evidence for one event only (incremental updates).
+    pub(crate) fn co_evidence_for(&self, history: &[EventId], b: EventId) -> Option<CoEvidence> {
+        let n_b = f64::from(self.cards.get(&b)?.joiners.max(1));
+        let mut found: Option<CoEvidence> = None;
+        for &a in history {
+            let (Some(count), Some(card_a)) = (
+                self.co.get(&a).and_then(|row| row.get(&b)),
+                self.cards.get(&a),
+            ) else {
+                continue;
+            };
+            let s = f64::from(*count) / (f64::from(card_a.joiners.max(1)) * n_b).sqrt();
+            let e = found.get_or_insert(CoEvidence {
+                strength: 0.0,
+                because: a,
+                best: 0.0,
+            });
+            e.strength += s;
+            if s > e.best {
+                e.best = s;
+                e.because = a;
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    fn update(id: EventId, starts_in_days: i64, tags: &[&str]) -> EventUpdate {
+        EventUpdate {
+            id,
+            owner: UserId::from(Uuid::now_v7()),
+            title: format!("event {id:?}"),
+            venue: VenueId::from(Uuid::nil()),
+            starts_at: Utc::now() + Duration::days(starts_in_days),
+            tags: tags.iter().map(|t| Tag::parse(t).unwrap()).collect(),
+            lifecycle: Lifecycle::Published,
+            capacity: 10,
+            active: 0,
+            waitlist: 0,
+            version: 1,
+            joined: vec![],
+            left: vec![],
+            at: Utc::now(),
+        }
+    }
+
+    fn new_id() -> EventId {
+        EventId::from(Uuid::now_v7())
+    }
+
+    #[test]
+    fn indexes_follow_lifecycle_and_time() {
+        let mut catalog = Catalog::default();
+        let (soon, later, draft) = (new_id(), new_id(), new_id());
+        catalog.apply(&update(soon, 1, &["jazz"]));
+        catalog.apply(&update(later, 40, &["jazz"]));
+        catalog.apply(&EventUpdate {
+            lifecycle: Lifecycle::Draft,
+            ..update(draft, 1, &["jazz"])
+        });
+        let jazz = Tag::parse("jazz").unwrap();
+        let now = Utc::now();
+        let within_month: Vec<_> = catalog
+            .with_tag(&jazz, now, now + Duration::days(30))
+            .collect();
+        assert_eq!(within_month, vec![soon]);
+        assert_eq!(catalog.len(), (3, 2));
+
+        let mut cancelled = update(soon, 1, &["jazz"]);
+        cancelled.lifecycle = Lifecycle::Cancelled;
+        cancelled.version = 2;
+        catalog.apply(&cancelled);
+        assert_eq!(
+            catalog
+                .with_tag(&jazz, now, now + Duration::days(30))
+                .count(),
+            0
+        );
+        assert_eq!(catalog.len(), (3, 1));
+    }
+
+    #[test]
+    fn stale_details_are_ignored_but_their_joins_count() {
+        let mut catalog = Catalog::default();
+        let id = new_id();
+        let mut newer = update(id, 2, &["jazz"]);
+        newer.version = 5;
+        newer.title = "newer".into();
+        catalog.apply(&newer);
+        let mut older = update(id, 2, &["rock"]);
+        older.version = 4;
+        older.title = "older".into();
+        older.joined = vec![UserId::from(Uuid::now_v7())];
+        catalog.apply(&older);
+        let card = catalog.card(id).unwrap();
+        assert_eq!(&*card.title, "newer");
+        assert_eq!(card.joiners, 1);
+        assert!(card.heat(Utc::now()) > 0.9);
+    }
+
+    #[test]
+    fn heat_halves_every_half_life_and_orders_the_index() {
+        let mut catalog = Catalog::default();
+        let (cold, hot) = (new_id(), new_id());
+        catalog.apply(&update(cold, 3, &[]));
+        catalog.apply(&update(hot, 3, &[]));
+        let past = Utc::now() - Duration::hours(HEAT_HALF_LIFE_HOURS as i64);
+        for _ in 0..4 {
+            catalog.joined(UserId::from(Uuid::now_v7()), cold, past);
+        }
+        for _ in 0..3 {
+            catalog.joined(UserId::from(Uuid::now_v7()), hot, Utc::now());
+        }
+        let now = Utc::now();
+        let cold_heat = catalog.card(cold).unwrap().heat(now);
+        assert!((cold_heat - 2.0).abs() < 0.01, "{cold_heat}");
+        assert_eq!(catalog.hottest().collect::<Vec<_>>(), vec![hot, cold]);
+    }
+
+    #[test]
+    fn co_attendance_counts_shared_joiners_and_undoes_leaves() {
+        let mut catalog = Catalog::default();
+        let (a, b, c) = (new_id(), new_id(), new_id());
+        for id in [a, b, c] {
+            catalog.apply(&update(id, 2, &[]));
+        }
+        let (u1, u2) = (UserId::from(Uuid::now_v7()), UserId::from(Uuid::now_v7()));
+        let now = Utc::now();
+        for u in [u1, u2] {
+            catalog.joined(u, a, now);
+            catalog.joined(u, b, now);
+        }
+        catalog.joined(u1, c, now);
+        let evidence = catalog.co_evidence(&[a]);
+        // Both joiners of a joined b: 2 / √(2·2) = 1; one of them joined c: 1 / √(2·1).
+        assert!((evidence[&b].strength - 1.0).abs() < 1e-9);
+        assert!((evidence[&c].strength - 1.0 / 2f64.sqrt()).abs() < 1e-9);
+        assert_eq!(evidence[&b].because, a);
+
+        catalog.left(u1, c);
+        assert!(!catalog.co_evidence(&[a]).contains_key(&c));
+        assert!(catalog.co_evidence_for(&[a], c).is_none());
+    }
+
+    #[test]
+    fn nearby_cells_cover_the_radius() {
+        let mut catalog = Catalog::default();
+        let venue = VenueId::from(Uuid::nil());
+        catalog.venue_located(
+            venue,
+            GeoPoint {
+                lat: 52.37,
+                lon: 4.90,
+            },
+        );
+        let id = new_id();
+        catalog.apply(&update(id, 1, &[]));
+        let now = Utc::now();
+        let to = now + Duration::days(7);
+        let close = GeoPoint {
+            lat: 52.40,
+            lon: 4.95,
+        };
+        let far = GeoPoint {
+            lat: 48.85,
+            lon: 2.35,
+        };
+        assert_eq!(
+            catalog.near(close, 6.0, now, to).collect::<Vec<_>>(),
+            vec![id]
+        );
+        assert_eq!(catalog.near(far, 6.0, now, to).count(), 0);
+    }
+
+    #[test]
+    fn maintenance_drops_started_and_forgotten_events() {
+        let mut catalog = Catalog::default();
+        let (past, future) = (new_id(), new_id());
+        catalog.apply(&update(past, 1, &[]));
+        catalog.apply(&update(future, 5, &[]));
+        let now = Utc::now() + Duration::days(2);
+        catalog.maintain(now, now - Duration::days(30));
+        assert_eq!(catalog.len(), (2, 1));
+        catalog.maintain(now, now);
+        assert_eq!(catalog.len(), (1, 1));
+        assert!(catalog.card(past).is_none());
+    }
+}
