@@ -12,6 +12,7 @@ use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::oneshot;
 use turnout_actors::changes::ChangeSink;
+use turnout_actors::recommend::Recommenders;
 use turnout_actors::store::EventStore;
 use turnout_actors::{ActorSettings, EventRegistry, Flush, Journal, JournalSettings};
 
@@ -20,7 +21,8 @@ use crate::config::{Environment, Settings, redact_url};
 use crate::http::rate_limit::RateLimits;
 use crate::http::ws::Realtime;
 use crate::http::{self, AppState, request_context};
-use crate::realtime::{ConnectionLimits, Hubs, LocalFanout, RedisFanout};
+use crate::realtime::{ConnectionLimits, Hubs, LocalFanout, RedisFanout, Router};
+use crate::recommendations::{StoreSource, load_catalog};
 use crate::store::{self, Store};
 
 pub struct Application {
@@ -62,16 +64,28 @@ impl Application {
         let mut threads: Vec<Arbiter> = (0..actor_threads).map(|_| Arbiter::new()).collect();
         let hub_thread = Arbiter::new();
         let hubs = Hubs::new(store.clone(), &settings.realtime, hub_thread.handle());
+        let recs_thread = Arbiter::new();
+        let recs_settings = settings.recommendations.settings();
+        let catalog = load_catalog(store.as_ref(), &recs_settings)
+            .await
+            .context("cannot load the recommendation catalog")?;
+        let recommenders = Recommenders::start(
+            catalog,
+            Arc::new(StoreSource(store.clone())),
+            recs_settings,
+            recs_thread.handle(),
+        );
+        let router = Router::new(hubs.clone(), recommenders.clone(), store.clone());
         let changes: Arc<dyn ChangeSink> = match &settings.redis_url {
             Some(url) => {
                 tracing::info!(redis = %redact_url(url), "cross-node fan-out through redis");
                 Arc::new(RedisFanout::start(
                     url,
                     settings.realtime.redis_channel.clone(),
-                    hubs.clone(),
+                    router,
                 )?)
             }
-            None => Arc::new(LocalFanout(hubs.clone())),
+            None => Arc::new(LocalFanout(router)),
         };
         let registry = EventRegistry::new(
             store.clone(),
@@ -87,8 +101,10 @@ impl Application {
         );
         threads.push(journal_thread);
         threads.push(hub_thread);
+        threads.push(recs_thread);
         let realtime = web::Data::new(Realtime {
             hubs,
+            recommenders: recommenders.clone(),
             limits: ConnectionLimits::new(&settings.realtime),
             settings: Arc::new(settings.realtime.clone()),
         });
@@ -112,6 +128,7 @@ impl Application {
         let state = web::Data::new(AppState {
             store,
             registry,
+            recommenders,
             metrics: crate::telemetry::metrics(),
             write_timeout: settings.write_timeout(),
         });

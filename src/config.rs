@@ -37,6 +37,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub idempotency: IdempotencySettings,
     pub realtime: crate::realtime::RealtimeSettings,
+    pub recommendations: crate::recommendations::RecommendationsConfig,
     pub rate_limits: crate::http::rate_limit::RateLimitSettings,
 }
 

@@ -5,6 +5,7 @@
 //! - `auth`: passwords, tokens and the identity extractors.
 //! - `http`: routes, the error envelope, pagination, OpenAPI.
 //! - `realtime`: WebSocket sessions, channel hubs and fan-out.
+//! - `recommendations`: the recommenders' settings, source and catalog load.
 //! - `store`: the SQLite and Postgres adapters.
 //! - `telemetry`: logs and metrics.
 
@@ -13,5 +14,6 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod realtime;
+pub mod recommendations;
 pub mod store;
 pub mod telemetry;

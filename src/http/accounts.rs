@@ -280,6 +280,7 @@ pub async fn update_me(
                 .await?)
         })
         .await?;
+    state.recommenders.profile_changed(user.id);
     let record = state
         .store
         .user(user.id)

@@ -3,6 +3,7 @@
 //!
 //! - `accounts`: register, login, the caller's profile.
 //! - `venues`, `events`, `joins`: the product.
+//! - `recommendations`: the caller's ranked events.
 //! - `ops`: health, readiness, metrics.
 //! - `openapi`: the OpenAPI document and the interactive docs page.
 
@@ -15,6 +16,7 @@ mod openapi;
 mod ops;
 mod pagination;
 pub mod rate_limit;
+pub mod recommendations;
 pub mod request_context;
 mod venues;
 pub mod ws;
@@ -26,6 +28,7 @@ use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::{HttpRequest, web};
 use metrics_exporter_prometheus::PrometheusHandle;
 use turnout_actors::domain::{Command, EventId};
+use turnout_actors::recommend::Recommenders;
 use turnout_actors::{EventRegistry, IdempotencyKey, Outcome, Reply};
 
 pub use error::{ApiError, ErrorBody};
@@ -38,6 +41,7 @@ use crate::store::Store;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub registry: EventRegistry,
+    pub recommenders: Recommenders,
     pub metrics: PrometheusHandle,
     pub write_timeout: Duration,
 }
@@ -115,6 +119,7 @@ pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) 
                 .configure(venues::routes)
                 .configure(events::routes)
                 .configure(joins::routes)
+                .configure(recommendations::routes)
                 .configure(ws::routes),
         )
         .default_service(web::to(not_found));

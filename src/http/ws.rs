@@ -9,12 +9,15 @@ use actix_web::http::header::{HOST, ORIGIN};
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::ApiError;
+use turnout_actors::recommend::Recommenders;
+
 use crate::auth::TokenKeys;
 use crate::realtime::{ConnectionLimits, Hubs, RealtimeSettings, WsSession};
 
 /// What the upgrade handler needs.
 pub struct Realtime {
     pub hubs: Hubs,
+    pub recommenders: Recommenders,
     pub limits: Arc<ConnectionLimits>,
     pub settings: Arc<RealtimeSettings>,
 }
@@ -78,14 +81,15 @@ pub async fn upgrade(
         .max_frame_size(max_frame)
         .aggregate_continuations()
         .max_continuation_size(max_frame);
-    let (hubs, settings, tokens) = (
+    let (hubs, recommenders, settings, tokens) = (
         realtime.hubs.clone(),
+        realtime.recommenders.clone(),
         Arc::clone(&realtime.settings),
         tokens.into_inner(),
     );
     WsSession::create(move |ctx| {
         ctx.add_stream(stream);
-        WsSession::new(session, hubs, tokens, settings, permit)
+        WsSession::new(session, hubs, recommenders, tokens, settings, permit)
     });
     Ok(response)
 }

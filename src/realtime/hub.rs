@@ -30,6 +30,11 @@ pub struct EventChange {
     /// The stream version: hubs ignore anything not newer than what they hold.
     pub version: i64,
     pub kinds: Vec<String>,
+    /// Users who joined and who left in this change (recommendations).
+    #[serde(default)]
+    pub joined: Vec<Uuid>,
+    #[serde(default)]
+    pub left: Vec<Uuid>,
     pub committed_at: DateTime<Utc>,
 }
 

@@ -11,6 +11,7 @@ use turnout_actors::changes::{ChangeSink, Committed};
 use super::RealtimeSettings;
 use super::channel::Channel;
 use super::hub::{Apply, ChannelHub, EventChange, Resync};
+use super::router::Router;
 use crate::http::EventView;
 use crate::store::Store;
 
@@ -97,8 +98,9 @@ impl Hubs {
     }
 }
 
-/// Routes this process's committed changes straight to its own hubs.
-pub struct LocalFanout(pub Hubs);
+/// Routes this process's committed changes straight to its own hubs and
+/// recommenders.
+pub struct LocalFanout(pub Router);
 
 impl From<Committed> for EventChange {
     fn from(c: Committed) -> Self {
@@ -106,6 +108,8 @@ impl From<Committed> for EventChange {
             view: EventView::from(&c.summary),
             version: c.summary.version as i64,
             kinds: c.kinds.iter().map(|k| (*k).to_owned()).collect(),
+            joined: c.joined.iter().map(|u| u.as_uuid()).collect(),
+            left: c.left.iter().map(|u| u.as_uuid()).collect(),
             committed_at: c.committed_at,
         }
     }

@@ -8,6 +8,7 @@
 //! - `hub`: one actor per channel; it owns the channel's state, offsets and
 //!   history, so a snapshot and the offsets after it can never disagree.
 //! - `hubs`: finds or starts hubs, and routes committed changes to them.
+//! - `router`: hands each committed change to the hubs and the recommenders.
 //! - `redis_fanout`: cross-node fan-out through Redis pub/sub.
 //! - `session`: one actor per connection, with heartbeats, limits and a
 //!   byte-bounded outgoing queue.
@@ -17,11 +18,14 @@ mod hub;
 mod hubs;
 mod protocol;
 mod redis_fanout;
+mod router;
 mod session;
 
 pub use channel::Channel;
+pub use hub::EventChange;
 pub use hubs::{Hubs, LocalFanout};
 pub use redis_fanout::RedisFanout;
+pub use router::Router;
 pub use session::{ConnectionLimits, ConnectionPermit, Outbox, WsSession};
 
 use serde::Deserialize;

@@ -20,7 +20,7 @@ use turnout_actors::changes::{ChangeSink, Committed};
 use uuid::Uuid;
 
 use super::hub::EventChange;
-use super::hubs::Hubs;
+use super::router::Router;
 
 /// Changes waiting to be published while Redis is slow or away.
 const PUBLISH_QUEUE: usize = 10_000;
@@ -32,22 +32,22 @@ struct Wire {
 }
 
 pub struct RedisFanout {
-    hubs: Hubs,
+    router: Router,
     node: Uuid,
     publish: mpsc::Sender<String>,
 }
 
 impl RedisFanout {
     /// Starts the publisher and subscriber tasks on the current runtime.
-    pub fn start(url: &SecretString, channel: String, hubs: Hubs) -> anyhow::Result<Self> {
+    pub fn start(url: &SecretString, channel: String, router: Router) -> anyhow::Result<Self> {
         let client = redis::Client::open(url.expose_secret())
             .map_err(|e| anyhow::anyhow!("invalid Redis URL: {:?}", e.kind()))?;
         let node = Uuid::now_v7();
         let (publish, queue) = mpsc::channel(PUBLISH_QUEUE);
         actix_web::rt::spawn(publisher(client.clone(), channel.clone(), queue));
-        actix_web::rt::spawn(subscriber(client, channel, node, hubs.clone()));
+        actix_web::rt::spawn(subscriber(client, channel, node, router.clone()));
         Ok(Self {
-            hubs,
+            router,
             node,
             publish,
         })
@@ -62,7 +62,7 @@ impl ChangeSink for RedisFanout {
             change: change.clone(),
         })
         .expect("changes serialise");
-        self.hubs.route(Arc::new(change));
+        self.router.route(Arc::new(change));
         if self.publish.try_send(wire).is_err() {
             metrics::counter!("turnout_fanout_dropped_total").increment(1);
         }
@@ -107,7 +107,7 @@ async fn publisher(client: redis::Client, channel: String, mut queue: mpsc::Rece
     }
 }
 
-async fn subscriber(client: redis::Client, channel: String, node: Uuid, hubs: Hubs) {
+async fn subscriber(client: redis::Client, channel: String, node: Uuid, router: Router) {
     let mut attempt = 0;
     let mut reconnecting = false;
     loop {
@@ -129,7 +129,7 @@ async fn subscriber(client: redis::Client, channel: String, node: Uuid, hubs: Hu
         metrics::gauge!("turnout_fanout_connected").set(1.0);
         if reconnecting {
             // Whatever other nodes committed meanwhile never arrived here.
-            hubs.resync_all();
+            router.resync_all();
         }
         reconnecting = true;
         let mut messages = pubsub.into_on_message();
@@ -140,7 +140,7 @@ async fn subscriber(client: redis::Client, channel: String, node: Uuid, hubs: Hu
             };
             if wire.node != node {
                 metrics::counter!("turnout_fanout_received_total").increment(1);
-                hubs.route(Arc::new(wire.change));
+                router.route(Arc::new(wire.change));
             }
         }
         metrics::gauge!("turnout_fanout_connected").set(0.0);

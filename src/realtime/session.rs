@@ -15,13 +15,15 @@ use bytestring::ByteString;
 use dashmap::DashMap;
 use tokio::sync::mpsc;
 use turnout_actors::domain::UserId;
+use turnout_actors::recommend::{ListSink, RankedList, Recommenders};
 
 use super::RealtimeSettings;
 use super::channel::Channel;
 use super::hub::{ChannelHub, Frame, Subscribe, Unsubscribe};
 use super::hubs::Hubs;
-use super::protocol::{self, ClientFrame};
+use super::protocol::{self, ClientFrame, Position};
 use crate::auth::TokenKeys;
+use crate::http::recommendations::RecommendationView;
 
 /// Close code for a client too slow to take its updates: resync.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
@@ -109,13 +111,63 @@ impl Outbox {
 #[rtype(result = "()")]
 struct Overflowed;
 
+/// The channel name of the caller's live recommendations.
+const RECS: &str = "recs";
+
+enum Subscription {
+    Hub(Addr<ChannelHub>),
+    /// The caller's recommendations, served by their recommender actor.
+    Recs(UserId),
+}
+
+/// Writes a user's recommendation lists to one connection: the first as the
+/// snapshot (or, when the client resumes at the current revision, as a
+/// `resumed`), each later one as an update.
+struct RecsSink {
+    outbox: Outbox,
+    since: Option<Position>,
+    started: bool,
+}
+
+impl ListSink for RecsSink {
+    fn deliver(&mut self, list: &RankedList) -> bool {
+        let text = if self.started {
+            protocol::update(RECS, &list.epoch, list.revision, &recs_data(list))
+        } else {
+            self.started = true;
+            match self.since.take() {
+                Some(since) if *since.epoch == *list.epoch && since.offset == list.revision => {
+                    protocol::resumed(RECS, &list.epoch, list.revision)
+                }
+                since => protocol::snapshot(
+                    RECS,
+                    &list.epoch,
+                    list.revision,
+                    since.map(|_| false),
+                    &recs_data(list),
+                ),
+            }
+        };
+        self.outbox.push(Frame {
+            text: ByteString::from(text),
+            committed_at: None,
+        })
+    }
+}
+
+fn recs_data(list: &RankedList) -> serde_json::Value {
+    let items: Vec<RecommendationView> = list.items.iter().map(RecommendationView::from).collect();
+    serde_json::json!({ "items": items })
+}
+
 pub struct WsSession {
     id: u64,
     session: actix_ws::Session,
     hubs: Hubs,
+    recommenders: Recommenders,
     tokens: Arc<TokenKeys>,
     settings: Arc<RealtimeSettings>,
-    subscriptions: HashMap<String, Addr<ChannelHub>>,
+    subscriptions: HashMap<String, Subscription>,
     user: Option<UserId>,
     last_heard: Instant,
     strikes: u32,
@@ -127,6 +179,7 @@ impl WsSession {
     pub fn new(
         session: actix_ws::Session,
         hubs: Hubs,
+        recommenders: Recommenders,
         tokens: Arc<TokenKeys>,
         settings: Arc<RealtimeSettings>,
         permit: ConnectionPermit,
@@ -136,6 +189,7 @@ impl WsSession {
             id: IDS.fetch_add(1, Ordering::Relaxed),
             session,
             hubs,
+            recommenders,
             tokens,
             settings,
             subscriptions: HashMap::new(),
@@ -169,6 +223,13 @@ impl WsSession {
         ctx.stop();
     }
 
+    fn end(&self, subscription: Subscription) {
+        match subscription {
+            Subscription::Hub(hub) => hub.do_send(Unsubscribe { session: self.id }),
+            Subscription::Recs(user) => self.recommenders.unsubscribe(user, self.id),
+        }
+    }
+
     fn strike(&mut self, message: &str, ctx: &mut Context<Self>) {
         self.strikes += 1;
         if self.strikes > self.settings.max_strikes {
@@ -192,9 +253,13 @@ impl WsSession {
                 Err(e) => self.reply(protocol::error("unauthorized", &e.to_string())),
             },
             ClientFrame::Subscribe { channel, since } => {
-                let parsed = match Channel::parse(&channel) {
-                    Ok(parsed) => parsed,
-                    Err(message) => return self.strike(&message, ctx),
+                let parsed = if channel == RECS {
+                    None
+                } else {
+                    match Channel::parse(&channel) {
+                        Ok(parsed) => Some(parsed),
+                        Err(message) => return self.strike(&message, ctx),
+                    }
                 };
                 if self.subscriptions.contains_key(&channel) {
                     return self.reply(protocol::error("already_subscribed", &channel));
@@ -208,17 +273,37 @@ impl WsSession {
                 let Some(outbox) = self.outbox.clone() else {
                     return;
                 };
-                let hub = self.hubs.hub(&parsed);
-                hub.do_send(Subscribe {
-                    session: self.id,
-                    to: outbox,
-                    since,
-                });
-                self.subscriptions.insert(channel, hub);
+                let subscription = match parsed {
+                    Some(parsed) => {
+                        let hub = self.hubs.hub(&parsed);
+                        hub.do_send(Subscribe {
+                            session: self.id,
+                            to: outbox,
+                            since,
+                        });
+                        Subscription::Hub(hub)
+                    }
+                    None => {
+                        let Some(user) = self.user else {
+                            return self.reply(protocol::error(
+                                "unauthorized",
+                                "send an auth frame before subscribing to recs",
+                            ));
+                        };
+                        let sink = RecsSink {
+                            outbox,
+                            since,
+                            started: false,
+                        };
+                        self.recommenders.subscribe(user, self.id, Box::new(sink));
+                        Subscription::Recs(user)
+                    }
+                };
+                self.subscriptions.insert(channel, subscription);
             }
             ClientFrame::Unsubscribe { channel } => match self.subscriptions.remove(&channel) {
-                Some(hub) => {
-                    hub.do_send(Unsubscribe { session: self.id });
+                Some(subscription) => {
+                    self.end(subscription);
                     self.reply(protocol::unsubscribed(&channel));
                 }
                 None => self.reply(protocol::error("not_subscribed", &channel)),
@@ -274,8 +359,8 @@ impl Actor for WsSession {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        for hub in self.subscriptions.values() {
-            hub.do_send(Unsubscribe { session: self.id });
+        for (_, subscription) in std::mem::take(&mut self.subscriptions) {
+            self.end(subscription);
         }
     }
 }

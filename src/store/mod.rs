@@ -153,6 +153,22 @@ pub trait Store: EventStore {
         limit: i64,
     ) -> Result<Vec<(MembershipRecord, EventRecord)>, StoreError>;
 
+    /// The events a user is in (active or waitlisted), the `limit` most
+    /// recent joins, oldest first.
+    async fn current_joins_of(&self, user: UserId, limit: i64) -> Result<Vec<Uuid>, StoreError>;
+    /// Every event starting at or after `since`, whatever its status, with
+    /// tags: what the recommendation catalog loads at start.
+    async fn events_starting_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<EventRecord>, StoreError>;
+    /// `(user, event, joined_at)` of the current members of those events,
+    /// in join order.
+    async fn joins_of_events_starting_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(Uuid, Uuid, i64)>, StoreError>;
+
     /// Deletes idempotency records past their expiry; returns how many.
     async fn purge_expired_replies(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
 }

@@ -885,6 +885,60 @@ macro_rules! impl_store {
                     .collect())
             }
 
+            async fn current_joins_of(&self, user: UserId, limit: i64) -> Result<Vec<Uuid>, StoreError> {
+                let mut newest_first: Vec<(Uuid,)> = sqlx::query_as(
+                    "SELECT event_id FROM joins WHERE user_id = $1 AND status IN ('active', 'waitlisted') \
+                     ORDER BY joined_at DESC, event_id DESC LIMIT $2",
+                )
+                .bind(user.as_uuid())
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                newest_first.reverse();
+                Ok(newest_first.into_iter().map(|(id,)| id).collect())
+            }
+
+            async fn events_starting_since(&self, since: DateTime<Utc>) -> Result<Vec<EventRecord>, StoreError> {
+                let mut q = QueryBuilder::<$db>::new("SELECT ");
+                q.push(EVENT_COLUMNS)
+                    .push(" FROM events e WHERE e.starts_at >= ")
+                    .push_bind(micros(since));
+                let mut events: Vec<EventRecord> =
+                    q.build_query_as().fetch_all(&self.pool).await.map_err(unavailable)?;
+                let tags: Vec<(Uuid, String)> = sqlx::query_as(
+                    "SELECT t.event_id, t.tag FROM event_tags t JOIN events e ON e.id = t.event_id \
+                     WHERE e.starts_at >= $1 ORDER BY t.tag",
+                )
+                .bind(micros(since))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                let mut by_event: HashMap<Uuid, Vec<String>> = HashMap::new();
+                for (id, tag) in tags {
+                    by_event.entry(id).or_default().push(tag);
+                }
+                for e in &mut events {
+                    e.tags = by_event.remove(&e.id).unwrap_or_default();
+                }
+                Ok(events)
+            }
+
+            async fn joins_of_events_starting_since(
+                &self,
+                since: DateTime<Utc>,
+            ) -> Result<Vec<(Uuid, Uuid, i64)>, StoreError> {
+                sqlx::query_as(
+                    "SELECT j.user_id, j.event_id, j.joined_at FROM joins j JOIN events e ON e.id = j.event_id \
+                     WHERE e.starts_at >= $1 AND j.status IN ('active', 'waitlisted') \
+                     ORDER BY j.joined_at, j.event_id",
+                )
+                .bind(micros(since))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)
+            }
+
             async fn purge_expired_replies(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
                 let done = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= $1")
                     .bind(micros(now))

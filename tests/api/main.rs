@@ -13,4 +13,5 @@ mod nodes;
 mod ops;
 mod rate_limits;
 mod realtime;
+mod recommendations;
 mod store;

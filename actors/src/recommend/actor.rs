@@ -57,6 +57,8 @@ pub struct RecommendSettings {
     pub debounce: Duration,
     /// Each actor ranks in full this often, because time moves scores.
     pub refresh: Duration,
+    /// An actor without subscribers stops after this long.
+    pub idle: Duration,
     /// Events that started longer ago than this are forgotten.
     pub retention: chrono::Duration,
 }
@@ -69,6 +71,7 @@ impl Default for RecommendSettings {
             spare: 20,
             debounce: Duration::from_millis(200),
             refresh: Duration::from_secs(300),
+            idle: Duration::from_secs(60),
             retention: chrono::Duration::days(180),
         }
     }
@@ -98,9 +101,10 @@ struct Shared {
     thread: ArbiterHandle,
 }
 
-/// A user's actor and how many subscriptions it serves. Every message to it
-/// is sent under this entry's lock, so once the entry is gone nothing more
-/// reaches the actor.
+/// A user's actor and how many subscriptions it serves. Subscriptions are
+/// counted under this entry's lock, and an idle actor leaves only by removing
+/// its own entry under that lock while the count is zero: after that no
+/// subscription can reach it.
 struct Running {
     addr: Addr<RecommenderActor>,
     subscribers: usize,
@@ -191,13 +195,13 @@ impl Recommenders {
         running.addr.do_send(AddSink { id, sink });
     }
 
-    /// Removes a subscriber; the actor stops with its last one.
+    /// Removes a subscriber. The actor outlives its last one by the idle
+    /// time, so that a client reconnecting after a network drop resumes.
     pub fn unsubscribe(&self, user: UserId, id: u64) {
-        self.shared.actors.remove_if_mut(&user, |_, running| {
-            running.subscribers -= 1;
+        if let Some(mut running) = self.shared.actors.get_mut(&user) {
+            running.subscribers = running.subscribers.saturating_sub(1);
             running.addr.do_send(RemoveSink { id });
-            running.subscribers == 0
-        });
+        }
     }
 
     /// The user's interests or home changed: their actor reloads the profile.
@@ -569,16 +573,21 @@ impl Handler<RemoveSink> for RecommenderActor {
 
     fn handle(&mut self, RemoveSink { id }: RemoveSink, ctx: &mut Self::Context) {
         self.sinks.remove(&id);
-        // The registry forgets an actor with its last subscription, and
-        // nothing is sent to it after that: it is done.
-        let me = ctx.address();
-        let registered = self
-            .shared
-            .actors
-            .get(&self.user)
-            .is_some_and(|running| running.addr == me);
-        if self.sinks.is_empty() && !registered {
-            ctx.stop();
+        if self.sinks.is_empty() {
+            ctx.run_later(self.shared.settings.idle, |actor, ctx| {
+                let me = ctx.address();
+                let idle = actor.sinks.is_empty()
+                    && actor
+                        .shared
+                        .actors
+                        .remove_if(&actor.user, |_, running| {
+                            running.addr == me && running.subscribers == 0
+                        })
+                        .is_some();
+                if idle {
+                    ctx.stop();
+                }
+            });
         }
     }
 }

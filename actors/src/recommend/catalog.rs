@@ -206,28 +206,23 @@ impl Catalog {
     pub fn apply(&mut self, u: &EventUpdate) {
         self.clock = self.clock.max(u.at);
         let place = self.venues.get(&u.venue).copied();
-        if !self.cards.contains_key(&u.id) {
-            self.cards.insert(
-                u.id,
-                EventCard {
-                    id: u.id,
-                    owner: u.owner,
-                    title: Arc::from(u.title.as_str()),
-                    venue: u.venue,
-                    place,
-                    starts_at: u.starts_at,
-                    tags: Vec::new(),
-                    lifecycle: Lifecycle::Draft,
-                    capacity: u.capacity,
-                    active: 0,
-                    waitlist: 0,
-                    published_at: None,
-                    joiners: 0,
-                    version: 0,
-                    log_heat: f64::NEG_INFINITY,
-                },
-            );
-        }
+        self.cards.entry(u.id).or_insert_with(|| EventCard {
+            id: u.id,
+            owner: u.owner,
+            title: Arc::from(u.title.as_str()),
+            venue: u.venue,
+            place,
+            starts_at: u.starts_at,
+            tags: Vec::new(),
+            lifecycle: Lifecycle::Draft,
+            capacity: u.capacity,
+            active: 0,
+            waitlist: 0,
+            published_at: None,
+            joiners: 0,
+            version: 0,
+            log_heat: f64::NEG_INFINITY,
+        });
         self.modify(u.id, |card| {
             if u.version <= card.version {
                 return;

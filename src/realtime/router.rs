@@ -1,0 +1,47 @@
+//! Where a committed change goes in this process — whether it was committed
+//! here or arrived from another node: to the channel hubs (live updates)
+//! and to the recommenders (live lists).
+
+use std::sync::Arc;
+
+use turnout_actors::recommend::{EventUpdate, Recommenders};
+
+use super::hub::EventChange;
+use super::hubs::Hubs;
+use crate::recommendations::load_catalog;
+use crate::store::Store;
+
+#[derive(Clone)]
+pub struct Router {
+    pub hubs: Hubs,
+    pub recommenders: Recommenders,
+    store: Arc<dyn Store>,
+}
+
+impl Router {
+    pub fn new(hubs: Hubs, recommenders: Recommenders, store: Arc<dyn Store>) -> Self {
+        Self {
+            hubs,
+            recommenders,
+            store,
+        }
+    }
+
+    pub fn route(&self, change: Arc<EventChange>) {
+        self.recommenders.apply(EventUpdate::from(&*change));
+        self.hubs.route(change);
+    }
+
+    /// Changes may have been missed (the cross-node feed was down): hubs
+    /// reload their state and the recommendation catalog is rebuilt.
+    pub fn resync_all(&self) {
+        self.hubs.resync_all();
+        let (store, recommenders) = (Arc::clone(&self.store), self.recommenders.clone());
+        actix_web::rt::spawn(async move {
+            match load_catalog(store.as_ref(), recommenders.settings()).await {
+                Ok(catalog) => recommenders.reload(catalog),
+                Err(error) => tracing::warn!(%error, "cannot reload the recommendation catalog"),
+            }
+        });
+    }
+}

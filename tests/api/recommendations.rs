@@ -1,0 +1,361 @@
+//! Recommendations over HTTP and on the `recs` WebSocket channel.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::{Backend, TestApp, User, assert_error, body, id_of, spawn_app};
+use crate::on_both_backends;
+use crate::realtime::{Socket, connect, next, send, subscribe};
+
+on_both_backends!(recommendations_are_ranked_explained_and_exclude_what_they_must);
+
+const HOME: (f64, f64) = (52.3700, 4.8900);
+
+async fn register_with(app: &TestApp, email: &str, interests: &[&str]) -> User {
+    let response = app
+        .request(Method::POST, "/v1/auth/register")
+        .json(&json!({
+            "email": email, "password": "correct horse", "display_name": "Fan",
+            "interests": interests, "home": { "lat": HOME.0, "lon": HOME.1 }
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body = body(response).await;
+    User {
+        id: body["data"]["user"]["id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap(),
+        token: body["data"]["token"].as_str().unwrap().to_owned(),
+    }
+}
+
+async fn venue_at(app: &TestApp, owner: &User, lat: f64, lon: f64) -> Uuid {
+    let response = app
+        .as_user(owner, Method::POST, "/v1/venues")
+        .json(&json!({ "name": "Hall", "lat": lat, "lon": lon }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    id_of(&body(response).await)
+}
+
+/// A draft event starting in `days`, published unless `draft`.
+async fn event(
+    app: &TestApp,
+    owner: &User,
+    venue: Uuid,
+    title: &str,
+    tags: &[&str],
+    days: i64,
+    publish: bool,
+) -> Uuid {
+    let starts_at = chrono::Utc::now() + chrono::Duration::days(days);
+    let response = app
+        .as_user(owner, Method::POST, "/v1/events")
+        .json(&json!({
+            "title": title, "venue_id": venue, "starts_at": starts_at,
+            "capacity": 20, "tags": tags
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let id = id_of(&body(response).await);
+    if publish {
+        let response = app
+            .as_user(owner, Method::POST, &format!("/v1/events/{id}/publish"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    id
+}
+
+async fn recommendations(app: &TestApp, user: &User, query: &str) -> Vec<Value> {
+    let response = app
+        .as_user(user, Method::GET, &format!("/v1/me/recommendations{query}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    body(response).await["data"].as_array().unwrap().clone()
+}
+
+fn ids(items: &[Value]) -> Vec<Uuid> {
+    items
+        .iter()
+        .map(|i| i["event"]["id"].as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// The catalog follows commits a moment later: waits (up to 10 s) until the
+/// list satisfies `done`.
+async fn recommendations_until(
+    app: &TestApp,
+    user: &User,
+    query: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let items = recommendations(app, user, query).await;
+        if done(&items) {
+            return items;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "recommendations never settled: {items:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn recommendations_are_ranked_explained_and_exclude_what_they_must(app: TestApp) {
+    let organizer = app.register("organizer@example.org").await;
+    let fan = register_with(&app, "fan@example.org", &["jazz"]).await;
+    let near = venue_at(&app, &organizer, HOME.0 + 0.01, HOME.1).await;
+    let far = venue_at(&app, &organizer, 53.2, 6.5).await;
+
+    let jazz = event(&app, &organizer, near, "Late jazz", &["jazz"], 3, true).await;
+    let rock = event(&app, &organizer, far, "Loud rock", &["rock"], 3, true).await;
+    let draft = event(&app, &organizer, near, "Draft jazz", &["jazz"], 3, false).await;
+    let cancelled = event(&app, &organizer, near, "Off jazz", &["jazz"], 3, true).await;
+    let response = app
+        .as_user(
+            &organizer,
+            Method::POST,
+            &format!("/v1/events/{cancelled}/cancel"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let own_venue = venue_at(&app, &fan, HOME.0, HOME.1).await;
+    let own = event(&app, &fan, own_venue, "My jazz", &["jazz"], 3, true).await;
+    let joined = event(&app, &organizer, near, "Joined jazz", &["jazz"], 3, true).await;
+    assert_eq!(app.join(&fan, joined).await.status(), StatusCode::CREATED);
+
+    let items = recommendations_until(&app, &fan, "", |items| {
+        let ids = ids(items);
+        ids.contains(&jazz) && ids.contains(&rock)
+    })
+    .await;
+    let ranked = ids(&items);
+    assert_eq!(ranked[0], jazz, "{items:#?}");
+    for excluded in [draft, cancelled, own, joined] {
+        assert!(
+            !ranked.contains(&excluded),
+            "{excluded} must not be recommended"
+        );
+    }
+    let top = &items[0];
+    let reasons: Vec<&str> = top["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert!(
+        reasons.contains(&"matches your interest: jazz"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.ends_with("km from home")),
+        "{reasons:?}"
+    );
+    assert!(top["score"].as_f64().unwrap() > items[1]["score"].as_f64().unwrap());
+    assert_eq!(top["event"]["places_left"], 20);
+    assert_eq!(top["event"]["title"], "Late jazz");
+
+    // Leaving makes an event recommendable again.
+    assert_eq!(app.leave(&fan, joined).await.status(), StatusCode::OK);
+    recommendations_until(&app, &fan, "", |items| ids(items).contains(&joined)).await;
+
+    assert_eq!(recommendations(&app, &fan, "?limit=1").await.len(), 1);
+    for bad in ["?limit=0", "?limit=101", "?limit=ten", "?page=2"] {
+        let response = app
+            .as_user(&fan, Method::GET, &format!("/v1/me/recommendations{bad}"))
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, StatusCode::BAD_REQUEST, "invalid_query").await;
+    }
+    let anonymous = app
+        .request(Method::GET, "/v1/me/recommendations")
+        .send()
+        .await
+        .unwrap();
+    assert_error(anonymous, StatusCode::UNAUTHORIZED, "unauthorized").await;
+}
+
+#[actix_web::test]
+async fn co_attendance_recommends_what_similar_people_joined_and_says_so() {
+    let app = spawn_app(Backend::Sqlite).await.unwrap();
+    let organizer = app.register("organizer@example.org").await;
+    let venue = venue_at(&app, &organizer, HOME.0, HOME.1).await;
+    let liked = event(&app, &organizer, venue, "Late jazz", &[], 2, true).await;
+    let also = event(&app, &organizer, venue, "Poetry night", &[], 4, true).await;
+    let decoy = event(&app, &organizer, venue, "Quiz night", &[], 4, true).await;
+    for _ in 0..2 {
+        let similar = app.user();
+        assert_eq!(
+            app.join(&similar, liked).await.status(),
+            StatusCode::CREATED
+        );
+        assert_eq!(app.join(&similar, also).await.status(), StatusCode::CREATED);
+        // The decoy is just as popular, but with other people.
+        let other = app.user();
+        assert_eq!(app.join(&other, decoy).await.status(), StatusCode::CREATED);
+    }
+    let fan = register_with(&app, "fan@example.org", &[]).await;
+    assert_eq!(app.join(&fan, liked).await.status(), StatusCode::CREATED);
+
+    let items = recommendations_until(&app, &fan, "", |items| {
+        items.first().is_some_and(|top| {
+            top["reasons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r == "people who joined Late jazz joined this")
+        })
+    })
+    .await;
+    assert_eq!(ids(&items)[0], also, "{items:#?}");
+    assert!(ids(&items).contains(&decoy));
+}
+
+/// Frames until one on the `recs` channel.
+async fn next_recs(socket: &mut Socket) -> Value {
+    loop {
+        let frame = next(socket).await;
+        if frame["channel"] == "recs" {
+            return frame;
+        }
+    }
+}
+
+fn listed(frame: &Value) -> Vec<Uuid> {
+    frame["data"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["event"]["id"].as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+#[actix_web::test]
+async fn the_recs_channel_pushes_a_new_list_when_the_top_changes() {
+    let app = spawn_app(Backend::Sqlite).await.unwrap();
+    let organizer = app.register("organizer@example.org").await;
+    let venue = venue_at(&app, &organizer, HOME.0, HOME.1).await;
+    let rock = event(&app, &organizer, venue, "Loud rock", &["rock"], 5, true).await;
+    let fan = register_with(&app, "fan@example.org", &["jazz"]).await;
+
+    let mut socket = connect(&app).await;
+    let refused = subscribe(&mut socket, "recs", None).await;
+    assert_eq!(refused["type"], "error");
+    assert_eq!(refused["code"], "unauthorized");
+    send(&mut socket, json!({ "type": "auth", "token": fan.token })).await;
+    assert_eq!(next(&mut socket).await["type"], "authenticated");
+
+    // The snapshot may or may not have seen the rock event yet; wait for it.
+    send(
+        &mut socket,
+        json!({ "type": "subscribe", "channel": "recs" }),
+    )
+    .await;
+    let mut frame = next_recs(&mut socket).await;
+    assert_eq!(frame["type"], "snapshot");
+    let epoch = frame["epoch"].as_str().unwrap().to_owned();
+    while !listed(&frame).contains(&rock) {
+        frame = next_recs(&mut socket).await;
+    }
+    let mut offset = frame["offset"].as_u64().unwrap();
+
+    // A new event matching the fan's interest moves to the top.
+    let jazz = event(&app, &organizer, venue, "Late jazz", &["jazz"], 5, true).await;
+    loop {
+        frame = next_recs(&mut socket).await;
+        assert_eq!(frame["type"], "update");
+        assert_eq!(frame["epoch"], epoch.as_str());
+        assert_eq!(frame["offset"].as_u64().unwrap(), offset + 1, "no gap");
+        offset += 1;
+        if listed(&frame).first() == Some(&jazz) {
+            break;
+        }
+    }
+    let top = &frame["data"]["items"][0];
+    assert!(
+        top["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "matches your interest: jazz")
+    );
+
+    // Joining it takes it off the list.
+    assert_eq!(app.join(&fan, jazz).await.status(), StatusCode::CREATED);
+    loop {
+        frame = next_recs(&mut socket).await;
+        assert_eq!(frame["offset"].as_u64().unwrap(), offset + 1, "no gap");
+        offset += 1;
+        if !listed(&frame).contains(&jazz) {
+            break;
+        }
+    }
+
+    // Changing interests re-ranks the live list.
+    let other = event(&app, &organizer, venue, "Blues", &["blues"], 6, true).await;
+    let response = app
+        .as_user(&fan, Method::PATCH, "/v1/me")
+        .json(&json!({ "interests": ["blues"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    loop {
+        frame = next_recs(&mut socket).await;
+        offset = frame["offset"].as_u64().unwrap();
+        if listed(&frame).first() == Some(&other) {
+            break;
+        }
+    }
+
+    // Resuming at the current revision sends nothing again; an old one gets
+    // the current list as a fresh snapshot.
+    drop(socket);
+    let mut socket = connect(&app).await;
+    send(&mut socket, json!({ "type": "auth", "token": fan.token })).await;
+    assert_eq!(next(&mut socket).await["type"], "authenticated");
+    let fresh = subscribe(
+        &mut socket,
+        "recs",
+        Some(json!({ "epoch": epoch, "offset": offset - 1 })),
+    )
+    .await;
+    assert_eq!(fresh["type"], "snapshot");
+    assert_eq!(fresh["recovered"], false);
+    let (epoch, offset) = (fresh["epoch"].clone(), fresh["offset"].clone());
+    send(
+        &mut socket,
+        json!({ "type": "unsubscribe", "channel": "recs" }),
+    )
+    .await;
+    assert_eq!(next(&mut socket).await["type"], "unsubscribed");
+    let resumed = subscribe(
+        &mut socket,
+        "recs",
+        Some(json!({ "epoch": epoch, "offset": offset })),
+    )
+    .await;
+    assert_eq!(resumed["type"], "resumed", "{resumed}");
+}
