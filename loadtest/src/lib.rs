@@ -7,11 +7,19 @@
 //! - `baseline`: the classic row-lock design, for side-by-side runs.
 //! - `invariants`: what the server must have kept, checked through the API.
 //! - `report`: percentiles, outcomes, checks; printed and as JSON.
+//! - `city`: a synthetic city drawn from a seed (recommendations).
+//! - `recs_eval`: offline evaluation of recommendations against popularity.
+//! - `recs_bench`: ranking latency and live-list push benchmarks.
+//! - `demo`: loads a synthetic city into a running server through the API.
 
 pub mod api;
 pub mod baseline;
 pub mod burst;
+pub mod city;
+pub mod demo;
 pub mod invariants;
+pub mod recs_bench;
+pub mod recs_eval;
 pub mod report;
 pub mod scenarios;
 

@@ -129,11 +129,14 @@ pub struct CoEvidence {
 }
 
 type Cell = (i32, i32);
+/// Hash maps on the ranking path: ids are random already, so a fast hash
+/// is as good as SipHash here and much cheaper.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type Index = BTreeSet<(i64, EventId)>;
 
 #[derive(Debug, Default)]
 pub struct Catalog {
-    cards: HashMap<EventId, EventCard>,
+    cards: FastMap<EventId, EventCard>,
     venues: HashMap<VenueId, GeoPoint>,
     by_start: Index,
     by_tag: HashMap<Tag, Index>,
@@ -144,7 +147,7 @@ pub struct Catalog {
     histories: HashMap<UserId, VecDeque<EventId>>,
     /// `co[a][b]`: users who joined both a and b; `b` is always an event
     /// that was open when the pair was recorded.
-    co: HashMap<EventId, HashMap<EventId, u32>>,
+    co: FastMap<EventId, FastMap<EventId, u32>>,
     /// The latest time the catalog has been told of: whether an event has
     /// started is judged against it, so replayed histories and simulations
     /// see the same catalog as live traffic.
@@ -462,8 +465,8 @@ impl Catalog {
 
     /// How strongly the user's recent joins point at each open event through
     /// co-attendance: Σ over joined events a of co(a, b) / √(n_a · n_b).
-    pub(crate) fn co_evidence(&self, history: &[EventId]) -> HashMap<EventId, CoEvidence> {
-        let mut evidence: HashMap<EventId, CoEvidence> = HashMap::new();
+    pub(crate) fn co_evidence(&self, history: &[EventId]) -> FastMap<EventId, CoEvidence> {
+        let mut evidence: FastMap<EventId, CoEvidence> = FastMap::default();
         for &a in history {
             let (Some(row), Some(card_a)) = (self.co.get(&a), self.cards.get(&a)) else {
                 continue;

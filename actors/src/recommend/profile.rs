@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 
-use chrono::{DateTime, Duration, Timelike, Utc};
+use chrono::{DateTime, Utc};
 
 use super::catalog::{Catalog, HISTORY_LEN};
 use crate::domain::{EventId, GeoPoint, Tag, UserId};
@@ -25,7 +25,9 @@ pub enum DaySlot {
 
 impl DaySlot {
     pub fn of(t: DateTime<Utc>, utc_offset_minutes: i32) -> Self {
-        match (t + Duration::minutes(i64::from(utc_offset_minutes))).hour() {
+        // Plain arithmetic on the timestamp: this runs for every candidate.
+        let local = t.timestamp() + 60 * i64::from(utc_offset_minutes);
+        match local.rem_euclid(86_400) / 3600 {
             6..=11 => Self::Morning,
             12..=16 => Self::Afternoon,
             17..=21 => Self::Evening,
@@ -60,7 +62,7 @@ pub struct Profile {
     history: VecDeque<EventId>,
     /// Learned from `history`: share of joins carrying each tag, shrunk
     /// towards zero for short histories.
-    tag_affinity: HashMap<Tag, f64>,
+    tag_affinity: Vec<(Tag, f64)>,
     slot_affinity: [f64; 4],
 }
 
@@ -78,7 +80,7 @@ impl Profile {
             home,
             joined: HashSet::new(),
             history: VecDeque::new(),
-            tag_affinity: HashMap::new(),
+            tag_affinity: Vec::new(),
             slot_affinity: [0.0; 4],
         };
         for event in joins {
@@ -131,9 +133,9 @@ impl Profile {
         }
         // Two pseudo-joins of nothing: one jazz night is a hint, not a taste.
         let shrink = known + 2.0;
-        for value in tags.values_mut() {
-            *value /= shrink;
-        }
+        let mut tags: Vec<(Tag, f64)> = tags.into_iter().map(|(t, n)| (t, n / shrink)).collect();
+        // Strongest first; a short list scanned beats hashing for every candidate.
+        tags.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         for value in &mut slots {
             *value /= shrink;
         }
@@ -143,7 +145,10 @@ impl Profile {
 
     /// Share of recent joins carrying the tag, in [0, 1).
     pub fn tag_affinity(&self, tag: &Tag) -> f64 {
-        self.tag_affinity.get(tag).copied().unwrap_or(0.0)
+        self.tag_affinity
+            .iter()
+            .find(|(t, _)| t == tag)
+            .map_or(0.0, |(_, v)| *v)
     }
 
     /// Share of recent joins starting in this part of the day, in [0, 1).
@@ -153,8 +158,6 @@ impl Profile {
 
     /// The learned tags, strongest first.
     pub fn top_learned_tags(&self, n: usize) -> Vec<&Tag> {
-        let mut tags: Vec<(&Tag, f64)> = self.tag_affinity.iter().map(|(t, v)| (t, *v)).collect();
-        tags.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-        tags.into_iter().take(n).map(|(t, _)| t).collect()
+        self.tag_affinity.iter().take(n).map(|(t, _)| t).collect()
     }
 }

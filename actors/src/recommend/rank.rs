@@ -2,12 +2,11 @@
 //! user's tags, the cells around home, co-attended events, the hottest and
 //! the newest — score each, keep the best. Never a scan of every event.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::catalog::{Catalog, CoEvidence};
+use super::catalog::{Catalog, CoEvidence, FastMap};
 use super::profile::Profile;
 use super::score::{self, CoAttendance, Reason, Weights};
 use crate::domain::EventId;
@@ -15,7 +14,7 @@ use crate::domain::EventId;
 /// Joins of the user that co-attendance looks through, newest first.
 const CO_HISTORY: usize = 16;
 /// Learned tags that fetch candidates, besides the declared interests.
-const LEARNED_TAGS: usize = 5;
+const LEARNED_TAGS: usize = 3;
 
 #[derive(Debug, Clone)]
 pub struct RankSettings {
@@ -40,7 +39,7 @@ impl Default for RankSettings {
         Self {
             weights: Weights::default(),
             horizon_days: 30,
-            per_source: 200,
+            per_source: 150,
             hottest: 100,
             newest: 50,
             radius_km: 5.0,
@@ -79,14 +78,33 @@ pub(crate) fn ranked(
 ) -> (Vec<Recommendation>, f64) {
     let history: Vec<EventId> = profile.recent_joins().take(CO_HISTORY).collect();
     let co = catalog.co_evidence(&history);
-    let mut scored: Vec<Recommendation> = candidates(catalog, profile, settings, now, &co)
+    let offset = settings.utc_offset_minutes;
+    // Score every candidate cheaply; explain only the ones kept.
+    let mut scored: Vec<(f64, EventId)> = candidates(catalog, profile, settings, now, &co)
         .into_iter()
-        .filter_map(|id| score_with(catalog, profile, settings, now, id, co.get(&id)))
+        .filter_map(|id| {
+            let card = catalog.card(id)?;
+            let strength = co.get(&id).map(|e| e.strength);
+            let s = score::signals(profile, card, strength, now, offset)?;
+            Some((s.total(&settings.weights), id))
+        })
         .collect();
-    scored.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.event.cmp(&b.event)));
-    let floor = scored.get(len).map_or(f64::NEG_INFINITY, |r| r.score);
+    let best_first =
+        |a: &(f64, EventId), b: &(f64, EventId)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+    if scored.len() > len + 1 {
+        scored.select_nth_unstable_by(len, best_first);
+        scored.truncate(len + 1);
+    }
+    scored.sort_by(best_first);
+    let floor = scored
+        .get(len)
+        .map_or(f64::NEG_INFINITY, |(score, _)| *score);
     scored.truncate(len);
-    (scored, floor)
+    let kept = scored
+        .into_iter()
+        .filter_map(|(_, id)| score_with(catalog, profile, settings, now, id, co.get(&id)))
+        .collect();
+    (kept, floor)
 }
 
 /// Scores one event for the user (incremental updates); `None` when it is
@@ -138,11 +156,11 @@ fn candidates(
     profile: &Profile,
     settings: &RankSettings,
     now: DateTime<Utc>,
-    co: &HashMap<EventId, CoEvidence>,
-) -> HashSet<EventId> {
+    co: &FastMap<EventId, CoEvidence>,
+) -> Vec<EventId> {
     let until = now + Duration::days(settings.horizon_days);
     let n = settings.per_source;
-    let mut found: HashSet<EventId> = HashSet::with_capacity(4 * n);
+    let mut found: Vec<EventId> = Vec::with_capacity(8 * n);
     let learned = profile.top_learned_tags(LEARNED_TAGS);
     let mut tags: Vec<_> = profile.interests.iter().collect();
     tags.extend(
@@ -165,6 +183,8 @@ fn candidates(
     found.extend(catalog.hottest().take(settings.hottest));
     found.extend(catalog.newest().take(settings.newest));
     found.extend(catalog.open().take(n).map(|c| c.id));
+    found.sort_unstable();
+    found.dedup();
     found
 }
 
@@ -286,7 +306,13 @@ mod tests {
         let nearby_late = event(&mut catalog, near_venue, &[], 25);
         let profile = Profile::new(UserId::from(Uuid::now_v7()), vec![], Some(home), []);
         let settings = RankSettings::default();
-        let found = candidates(&catalog, &profile, &settings, Utc::now(), &HashMap::new());
+        let found = candidates(
+            &catalog,
+            &profile,
+            &settings,
+            Utc::now(),
+            &FastMap::default(),
+        );
         assert!(found.len() < 600, "{}", found.len());
         assert!(found.contains(&nearby_late));
         let top = rank(&catalog, &profile, &settings, Utc::now(), 1);

@@ -80,14 +80,21 @@ pub struct Signals {
 /// Why an event is recommended; `Display` gives the words users see.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reason {
-    Interest(Tag),
+    /// The declared interests among the event's tags (at least one).
+    Interest(Vec<Tag>),
     Affinity(Tag),
     CoAttendance(Arc<str>),
     TimeOfDay(DaySlot),
-    Distance { km: f64 },
-    Popular { going: u32 },
+    Distance {
+        km: f64,
+    },
+    Popular {
+        going: u32,
+    },
     FillingFast,
-    StartsSoon { hours: i64 },
+    StartsSoon {
+        hours: i64,
+    },
     PlacesLeft(u32),
     JustAnnounced,
 }
@@ -95,7 +102,19 @@ pub enum Reason {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Interest(tag) => write!(f, "matches your interest: {}", tag.as_str()),
+            Self::Interest(tags) => match tags.as_slice() {
+                [one] => write!(f, "matches your interest: {}", one.as_str()),
+                [init @ .., last] => {
+                    let init: Vec<&str> = init.iter().map(Tag::as_str).collect();
+                    write!(
+                        f,
+                        "matches your interests: {} and {}",
+                        init.join(", "),
+                        last.as_str()
+                    )
+                }
+                [] => f.write_str("matches your interests"),
+            },
             Self::Affinity(tag) => write!(f, "you often join {} events", tag.as_str()),
             Self::CoAttendance(title) => write!(f, "people who joined {title} joined this"),
             Self::TimeOfDay(slot) => write!(f, "you usually go out {slot}"),
@@ -139,7 +158,8 @@ pub fn eligible(profile: &Profile, card: &EventCard, now: DateTime<Utc>) -> bool
     card.is_open(now) && card.owner != profile.user && !profile.has_joined(card.id)
 }
 
-/// Scores one event for one user; `None` when it must not be recommended.
+/// Scores one event for one user, with the reasons; `None` when it must not
+/// be recommended.
 pub fn score(
     profile: &Profile,
     card: &EventCard,
@@ -148,105 +168,166 @@ pub fn score(
     weights: &Weights,
     utc_offset_minutes: i32,
 ) -> Option<Scored> {
+    let s = signals(
+        profile,
+        card,
+        co.map(|c| c.strength),
+        now,
+        utc_offset_minutes,
+    )?;
+    Some(Scored {
+        score: s.total(weights),
+        signals: s,
+        reasons: reasons(
+            profile,
+            card,
+            &s,
+            co.map(|c| &c.because),
+            now,
+            weights,
+            utc_offset_minutes,
+        ),
+    })
+}
+
+impl Signals {
+    pub fn total(&self, w: &Weights) -> f64 {
+        w.interest * self.interest
+            + w.affinity * self.affinity
+            + w.co_attendance * self.co_attendance
+            + w.time_of_day * self.time_of_day
+            + w.distance * self.distance
+            + w.popularity * self.popularity
+            + w.trend * self.trend
+            + w.soon * self.soon
+            + w.availability * self.availability
+            + w.fresh * self.fresh
+    }
+}
+
+/// The signals alone: no allocation, so ranking can score every candidate
+/// and explain only the ones it keeps. `co_strength` is the co-attendance
+/// evidence, if any.
+pub fn signals(
+    profile: &Profile,
+    card: &EventCard,
+    co_strength: Option<f64>,
+    now: DateTime<Utc>,
+    utc_offset_minutes: i32,
+) -> Option<Signals> {
     if !eligible(profile, card, now) {
         return None;
     }
     let mut s = Signals::default();
-    // (contribution, reason) for each signal that can be named.
-    let mut named: Vec<(f64, Reason)> = Vec::with_capacity(8);
-
-    let mut matched = card.tags.iter().filter(|t| profile.interests.contains(t));
-    if let Some(first) = matched.next() {
-        s.interest = if matched.next().is_some() { 1.0 } else { 0.8 };
-        named.push((
-            weights.interest * s.interest,
-            Reason::Interest(first.clone()),
-        ));
-    }
-
-    if let Some((tag, affinity)) = card
+    let matched = card
         .tags
         .iter()
-        .map(|t| (t, profile.tag_affinity(t)))
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-    {
-        s.affinity = affinity;
-        named.push((weights.affinity * affinity, Reason::Affinity(tag.clone())));
+        .filter(|t| profile.interests.contains(t))
+        .count();
+    s.interest = match matched {
+        0 => 0.0,
+        1 => 0.8,
+        _ => 1.0,
+    };
+    s.affinity = card
+        .tags
+        .iter()
+        .map(|t| profile.tag_affinity(t))
+        .fold(0.0, f64::max);
+    if let Some(strength) = co_strength {
+        s.co_attendance = 1.0 - (-3.0 * strength).exp();
     }
-
-    if let Some(co) = co {
-        s.co_attendance = 1.0 - (-3.0 * co.strength).exp();
-        named.push((
-            weights.co_attendance * s.co_attendance,
-            Reason::CoAttendance(Arc::clone(&co.because)),
-        ));
-    }
-
-    let slot = DaySlot::of(card.starts_at, utc_offset_minutes);
-    s.time_of_day = profile.slot_affinity(slot);
-    named.push((weights.time_of_day * s.time_of_day, Reason::TimeOfDay(slot)));
-
+    s.time_of_day = profile.slot_affinity(DaySlot::of(card.starts_at, utc_offset_minutes));
     if let (Some(home), Some(place)) = (profile.home, card.place) {
-        let km = haversine_km(home, place);
-        s.distance = (-km / 4.0).exp();
-        named.push((weights.distance * s.distance, Reason::Distance { km }));
+        s.distance = (-haversine_km(home, place) / 4.0).exp();
     }
-
     s.popularity = ((1.0 + f64::from(card.joiners)).ln() / 501f64.ln()).min(1.0);
-    named.push((
-        weights.popularity * s.popularity,
-        Reason::Popular { going: card.active },
-    ));
-
     s.trend = 1.0 - (-card.heat(now) / 8.0).exp();
-    named.push((weights.trend * s.trend, Reason::FillingFast));
-
-    let hours = (card.starts_at - now).num_minutes() as f64 / 60.0;
-    s.soon = (-hours / 168.0).exp();
-    named.push((
-        weights.soon * s.soon,
-        Reason::StartsSoon {
-            hours: hours as i64,
-        },
-    ));
-
-    let left = card.places_left();
-    s.availability = if left > 0 {
+    s.soon = (-hours_until(card, now) / 168.0).exp();
+    s.availability = if card.places_left() > 0 {
         1.0
     } else {
         0.5 / (1.0 + 4.0 * f64::from(card.waitlist) / f64::from(card.capacity.max(1)))
     };
-
     if let Some(published) = card.published_at {
-        let age_hours = ((now - published).num_minutes() as f64 / 60.0).max(0.0);
+        let age_hours = hours_between(published, now).max(0.0);
         s.fresh = (-age_hours / 24.0).exp() / (1.0 + f64::from(card.joiners) / 5.0);
-        named.push((weights.fresh * s.fresh, Reason::JustAnnounced));
     }
+    Some(s)
+}
 
-    let score = weights.interest * s.interest
-        + weights.affinity * s.affinity
-        + weights.co_attendance * s.co_attendance
-        + weights.time_of_day * s.time_of_day
-        + weights.distance * s.distance
-        + weights.popularity * s.popularity
-        + weights.trend * s.trend
-        + weights.soon * s.soon
-        + weights.availability * s.availability
-        + weights.fresh * s.fresh;
+fn hours_until(card: &EventCard, now: DateTime<Utc>) -> f64 {
+    hours_between(now, card.starts_at)
+}
+
+fn hours_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    (to.timestamp() - from.timestamp()) as f64 / 3600.0
+}
+
+/// Names the signals that count most, strongest first, in words.
+pub fn reasons(
+    profile: &Profile,
+    card: &EventCard,
+    s: &Signals,
+    co_because: Option<&Arc<str>>,
+    now: DateTime<Utc>,
+    w: &Weights,
+    utc_offset_minutes: i32,
+) -> Vec<Reason> {
+    let mut named: Vec<(f64, Reason)> = Vec::with_capacity(8);
+    if s.interest > 0.0 {
+        let matched = card
+            .tags
+            .iter()
+            .filter(|t| profile.interests.contains(t))
+            .cloned()
+            .collect();
+        named.push((w.interest * s.interest, Reason::Interest(matched)));
+    }
+    if let Some(tag) = card
+        .tags
+        .iter()
+        .max_by(|a, b| profile.tag_affinity(a).total_cmp(&profile.tag_affinity(b)))
+    {
+        named.push((w.affinity * s.affinity, Reason::Affinity(tag.clone())));
+    }
+    if let Some(because) = co_because {
+        named.push((
+            w.co_attendance * s.co_attendance,
+            Reason::CoAttendance(Arc::clone(because)),
+        ));
+    }
+    let slot = DaySlot::of(card.starts_at, utc_offset_minutes);
+    named.push((w.time_of_day * s.time_of_day, Reason::TimeOfDay(slot)));
+    if let (Some(home), Some(place)) = (profile.home, card.place) {
+        let km = haversine_km(home, place);
+        named.push((w.distance * s.distance, Reason::Distance { km }));
+    }
+    named.push((
+        w.popularity * s.popularity,
+        Reason::Popular { going: card.active },
+    ));
+    named.push((w.trend * s.trend, Reason::FillingFast));
+    named.push((
+        w.soon * s.soon,
+        Reason::StartsSoon {
+            hours: hours_until(card, now) as i64,
+        },
+    ));
+    if card.published_at.is_some() {
+        named.push((w.fresh * s.fresh, Reason::JustAnnounced));
+    }
 
     named.retain(|(contribution, _)| *contribution >= REASON_MIN);
     named.sort_by(|a, b| b.0.total_cmp(&a.0));
     let mut reasons: Vec<Reason> = named.into_iter().map(|(_, r)| r).collect();
     // Scarcity is worth saying even though it is not what ranks the event.
+    let left = card.places_left();
     if left > 0 && left <= (card.capacity / 10).max(3) {
         reasons.insert(reasons.len().min(MAX_REASONS - 1), Reason::PlacesLeft(left));
     }
     reasons.truncate(MAX_REASONS);
-    Some(Scored {
-        score,
-        signals: s,
-        reasons,
-    })
+    reasons
 }
 
 #[cfg(test)]
@@ -339,6 +420,10 @@ mod tests {
         let one = scored(&f, &fan);
         fan.interests.push(tag("live"));
         let both = scored(&f, &fan);
+        assert_eq!(
+            both.reasons[0].to_string(),
+            "matches your interests: jazz and live"
+        );
         assert_eq!(plain.signals.interest, 0.0);
         assert_eq!(one.signals.interest, 0.8);
         assert_eq!(both.signals.interest, 1.0);
@@ -583,6 +668,6 @@ mod tests {
         fan.home = Some(AMSTERDAM);
         let s = scored(&f, &fan);
         assert!(s.reasons.len() <= MAX_REASONS);
-        assert_eq!(s.reasons[0], Reason::Interest(tag("jazz")));
+        assert_eq!(s.reasons[0], Reason::Interest(vec![tag("jazz")]));
     }
 }
