@@ -253,17 +253,16 @@ pub async fn load(args: &Demo) -> anyhow::Result<Loaded> {
     let (people_ref, events_ref) = (&people, &events);
     let joins: Vec<StatusCode> = stream::iter(city.joins.iter())
         .map(|j| async move {
-            // The same key on a re-run: the server answers it again instead of joining twice.
-            let key = Uuid::from_u128(
-                ((seed as u128) << 96) | ((j.person as u128) << 32) | j.event as u128,
-            );
+            // One key per person and event: a retried request replays instead of joining twice.
+            let event = events_ref[j.event];
+            let key = format!("demo-{seed}-{}-{event}", j.person);
             let (status, answer) = api
                 .call(
                     reqwest::Method::POST,
-                    &format!("/v1/events/{}/join", events_ref[j.event]),
+                    &format!("/v1/events/{event}/join"),
                     Some(&people_ref[j.person].1),
                     None,
-                    Some(&key.to_string()),
+                    Some(&key),
                 )
                 .await?;
             if !status.is_success() && status != StatusCode::CONFLICT {

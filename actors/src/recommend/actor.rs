@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use super::catalog::{Catalog, EventCard, EventUpdate};
 use super::profile::Profile;
-use super::rank::{RankSettings, Recommendation, ranked, score_event};
+use super::rank::{LiveList, RankSettings, Recommendation, ranked};
 use super::score::Reason;
 use crate::domain::{EventId, GeoPoint, Tag, UserId, VenueId};
 use crate::store::StoreError;
@@ -391,10 +391,8 @@ pub struct RecommenderActor {
     profile: Option<Profile>,
     /// Joins and leaves seen while the profile was loading.
     moves_while_loading: Vec<(EventId, bool)>,
-    /// The best `list_len + spare` events, best first.
-    buffer: Vec<Recommendation>,
-    /// Nothing outside `buffer` scores above this.
-    floor: f64,
+    /// The best `list_len + spare` events, kept up to date incrementally.
+    list_state: LiveList,
     /// What the last pushed list showed: which events, in which order, why.
     shown: Option<Vec<(EventId, Vec<Reason>)>>,
     list: Option<RankedList>,
@@ -409,8 +407,7 @@ impl RecommenderActor {
             epoch: Arc::from(Uuid::now_v7().simple().to_string()),
             profile: None,
             moves_while_loading: Vec::new(),
-            buffer: Vec::new(),
-            floor: f64::NEG_INFINITY,
+            list_state: LiveList::default(),
             shown: None,
             list: None,
             sinks: HashMap::new(),
@@ -424,10 +421,6 @@ impl RecommenderActor {
         });
     }
 
-    fn capacity(&self) -> usize {
-        self.shared.settings.list_len + self.shared.settings.spare
-    }
-
     fn rank_in_full(&mut self) {
         let Some(profile) = self.profile.as_mut() else {
             return;
@@ -436,55 +429,37 @@ impl RecommenderActor {
         let settings = &self.shared.settings.rank;
         let catalog = self.shared.catalog.read();
         profile.learn(&catalog, settings.utc_offset_minutes);
-        let cap = self.shared.settings.list_len + self.shared.settings.spare;
-        (self.buffer, self.floor) = ranked(&catalog, profile, settings, Utc::now(), cap);
+        let capacity = self.shared.settings.list_len + self.shared.settings.spare;
+        self.list_state = LiveList::rank(&catalog, profile, settings, Utc::now(), capacity);
         drop(catalog);
         metrics::histogram!("turnout_recs_rank_seconds").record(started.elapsed().as_secs_f64());
         self.publish_if_moved();
     }
 
-    /// Re-scores only the changed events against the floor.
+    /// Re-scores only the changed events.
     fn rescore(&mut self, changed: &[EventId]) {
         let Some(profile) = self.profile.as_ref() else {
             return;
         };
-        let cap = self.capacity();
-        let now = Utc::now();
         let catalog = self.shared.catalog.read();
-        for &event in changed {
-            if let Some(at) = self.buffer.iter().position(|r| r.event == event) {
-                self.buffer.remove(at);
-            }
-            let Some(fresh) =
-                score_event(&catalog, profile, &self.shared.settings.rank, now, event)
-            else {
-                continue;
-            };
-            // Below the floor it joins the events outside the buffer, all of
-            // which the floor still bounds.
-            if fresh.score > self.floor {
-                let at = self.buffer.partition_point(|r| {
-                    r.score > fresh.score || (r.score == fresh.score && r.event < fresh.event)
-                });
-                self.buffer.insert(at, fresh);
-                if self.buffer.len() > cap
-                    && let Some(dropped) = self.buffer.pop()
-                {
-                    self.floor = self.floor.max(dropped.score);
-                }
-            }
-        }
+        let complete = self.list_state.rescore(
+            &catalog,
+            profile,
+            &self.shared.settings.rank,
+            Utc::now(),
+            changed,
+            self.shared.settings.list_len,
+        );
         drop(catalog);
-        let short = self.buffer.len() < self.shared.settings.list_len;
-        if short && self.floor > f64::NEG_INFINITY {
-            self.rank_in_full();
-        } else {
+        if complete {
             self.publish_if_moved();
+        } else {
+            self.rank_in_full();
         }
     }
 
     fn publish_if_moved(&mut self) {
-        let top = &self.buffer[..self.buffer.len().min(self.shared.settings.list_len)];
+        let top = self.list_state.top(self.shared.settings.list_len);
         let key: Vec<(EventId, Vec<Reason>)> =
             top.iter().map(|r| (r.event, r.reasons.clone())).collect();
         if self.shown.as_ref() == Some(&key) {

@@ -24,5 +24,5 @@ pub use actor::{
 };
 pub use catalog::{Catalog, EventCard, EventUpdate};
 pub use profile::{DaySlot, Profile};
-pub use rank::{RankSettings, Recommendation, popularity_baseline, rank, score_event};
+pub use rank::{LiveList, RankSettings, Recommendation, popularity_baseline, rank, score_event};
 pub use score::{Reason, Signals, Weights};

@@ -107,6 +107,86 @@ pub(crate) fn ranked(
     (kept, floor)
 }
 
+/// A user's best events kept up to date one change at a time. It holds the
+/// best `capacity` events and the *floor*: the score of the best candidate
+/// left out, so nothing outside scores above it. A changed event is
+/// re-scored alone and moves in or out against the floor; only when fewer
+/// than a full list remain does the caller need to rank in full again.
+#[derive(Debug, Clone)]
+pub struct LiveList {
+    buffer: Vec<Recommendation>,
+    floor: f64,
+    capacity: usize,
+}
+
+impl Default for LiveList {
+    fn default() -> Self {
+        Self {
+            buffer: Vec::new(),
+            floor: f64::NEG_INFINITY,
+            capacity: 0,
+        }
+    }
+}
+
+impl LiveList {
+    pub fn rank(
+        catalog: &Catalog,
+        profile: &Profile,
+        settings: &RankSettings,
+        now: DateTime<Utc>,
+        capacity: usize,
+    ) -> Self {
+        let (buffer, floor) = ranked(catalog, profile, settings, now, capacity);
+        Self {
+            buffer,
+            floor,
+            capacity,
+        }
+    }
+
+    /// Re-scores the changed events. False when the list may have lost
+    /// events it cannot replace (fewer than `needed` left, with candidates
+    /// outside): rank in full.
+    pub fn rescore(
+        &mut self,
+        catalog: &Catalog,
+        profile: &Profile,
+        settings: &RankSettings,
+        now: DateTime<Utc>,
+        changed: &[EventId],
+        needed: usize,
+    ) -> bool {
+        for &event in changed {
+            if let Some(at) = self.buffer.iter().position(|r| r.event == event) {
+                self.buffer.remove(at);
+            }
+            let Some(fresh) = score_event(catalog, profile, settings, now, event) else {
+                continue;
+            };
+            // At or below the floor it joins the events outside, all of
+            // which the floor still bounds.
+            if fresh.score > self.floor {
+                let at = self.buffer.partition_point(|r| {
+                    r.score > fresh.score || (r.score == fresh.score && r.event < fresh.event)
+                });
+                self.buffer.insert(at, fresh);
+                if self.buffer.len() > self.capacity
+                    && let Some(dropped) = self.buffer.pop()
+                {
+                    self.floor = self.floor.max(dropped.score);
+                }
+            }
+        }
+        self.buffer.len() >= needed || self.floor == f64::NEG_INFINITY
+    }
+
+    /// The best `k`, best first.
+    pub fn top(&self, k: usize) -> &[Recommendation] {
+        &self.buffer[..self.buffer.len().min(k)]
+    }
+}
+
 /// Scores one event for the user (incremental updates); `None` when it is
 /// not to be recommended.
 pub fn score_event(
@@ -350,5 +430,136 @@ mod tests {
             popularity_baseline(&catalog, &profile, Utc::now(), 2),
             vec![busy, quiet]
         );
+    }
+
+    mod incremental {
+        use super::*;
+        use chrono::TimeZone;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Change {
+            Join { event: usize },
+            Publish { tags: u8, days: i64, near: bool },
+            Cancel { event: usize },
+            Fill { event: usize, waitlist: u32 },
+        }
+
+        fn changes() -> impl Strategy<Value = Change> {
+            prop_oneof![
+                3 => (0..64usize).prop_map(|event| Change::Join { event }),
+                2 => (0u8..16, 1i64..29, any::<bool>())
+                    .prop_map(|(tags, days, near)| Change::Publish { tags, days, near }),
+                1 => (0..64usize).prop_map(|event| Change::Cancel { event }),
+                1 => (0..64usize, 0u32..40).prop_map(|(event, waitlist)| Change::Fill { event, waitlist }),
+            ]
+        }
+
+        const TAGS: [&str; 4] = ["jazz", "rock", "food", "film"];
+
+        fn update(
+            id: EventId,
+            venue: VenueId,
+            tags: u8,
+            days: i64,
+            at: DateTime<Utc>,
+        ) -> EventUpdate {
+            EventUpdate {
+                id,
+                owner: UserId::from(Uuid::from_u128(1)),
+                title: format!("{id:?}"),
+                venue,
+                starts_at: at + Duration::days(days),
+                tags: (0..4)
+                    .filter(|i| tags & (1 << i) != 0)
+                    .map(|i| Tag::parse(TAGS[i]).unwrap())
+                    .collect(),
+                lifecycle: Lifecycle::Published,
+                capacity: 30,
+                active: 0,
+                waitlist: 0,
+                version: 1,
+                joined: vec![],
+                left: vec![],
+                at,
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Whatever changes, the incrementally kept list shows exactly
+            /// what ranking from scratch would. (Co-attendance is left out:
+            /// a join there also moves events that did not change, which the
+            /// actors' periodic full refresh picks up.)
+            #[test]
+            fn incremental_updates_match_ranking_from_scratch(
+                script in prop::collection::vec(changes(), 1..60)
+            ) {
+                const SHOWN: usize = 5;
+                let now = Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap();
+                let at = now - Duration::hours(1);
+                let home = GeoPoint { lat: 52.37, lon: 4.90 };
+                let (near, far) = (VenueId::from(Uuid::from_u128(2)), VenueId::from(Uuid::from_u128(3)));
+                let mut catalog = Catalog::default();
+                catalog.venue_located(near, home);
+                catalog.venue_located(far, GeoPoint { lat: 52.30, lon: 4.70 });
+                let mut events: Vec<EventUpdate> = (0..12u8)
+                    .map(|i| {
+                        let venue = if i % 2 == 0 { near } else { far };
+                        update(EventId::from(Uuid::from_u128(100 + u128::from(i))), venue, i % 16, 1 + i64::from(i), at)
+                    })
+                    .collect();
+                for e in &events {
+                    catalog.apply(e);
+                }
+                let profile = Profile::new(
+                    UserId::from(Uuid::from_u128(9)),
+                    vec![Tag::parse("jazz").unwrap()],
+                    Some(home),
+                    [],
+                );
+                let settings = RankSettings::default();
+                let mut live = LiveList::rank(&catalog, &profile, &settings, now, SHOWN + 3);
+                for (step, change) in script.into_iter().enumerate() {
+                    let n = events.len();
+                    let changed = match change {
+                        Change::Join { event } => {
+                            let id = events[event % n].id;
+                            catalog.joined(UserId::from(Uuid::from_u128(1000 + step as u128)), id, at);
+                            id
+                        }
+                        Change::Publish { tags, days, near: close } => {
+                            let id = EventId::from(Uuid::from_u128(500 + step as u128));
+                            events.push(update(id, if close { near } else { far }, tags, days, at));
+                            catalog.apply(events.last().unwrap());
+                            id
+                        }
+                        Change::Cancel { event } => {
+                            let e = &mut events[event % n];
+                            e.lifecycle = Lifecycle::Cancelled;
+                            e.version += 1;
+                            catalog.apply(e);
+                            e.id
+                        }
+                        Change::Fill { event, waitlist } => {
+                            let e = &mut events[event % n];
+                            e.active = e.capacity;
+                            e.waitlist = waitlist;
+                            e.version += 1;
+                            catalog.apply(e);
+                            e.id
+                        }
+                    };
+                    if !live.rescore(&catalog, &profile, &settings, now, &[changed], SHOWN) {
+                        live = LiveList::rank(&catalog, &profile, &settings, now, SHOWN + 3);
+                    }
+                    let expected: Vec<EventId> =
+                        rank(&catalog, &profile, &settings, now, SHOWN).iter().map(|r| r.event).collect();
+                    let kept: Vec<EventId> = live.top(SHOWN).iter().map(|r| r.event).collect();
+                    prop_assert_eq!(kept, expected, "after step {}", step);
+                }
+            }
+        }
     }
 }
