@@ -67,24 +67,25 @@ pub struct StoreSource(pub Arc<dyn Store>);
 
 #[async_trait]
 impl RecommendationSource for StoreSource {
-    async fn profile(&self, user: UserId) -> Result<Option<ProfileSeed>, StoreError> {
-        let Some(record) = self.0.user(user).await? else {
-            return Ok(None);
-        };
+    async fn profile(&self, user: UserId) -> Result<ProfileSeed, StoreError> {
+        let record = self.0.user(user).await?;
         let joins = self.0.current_joins_of(user, PROFILE_JOINS).await?;
-        Ok(Some(ProfileSeed {
+        Ok(ProfileSeed {
             interests: record
-                .interests
-                .0
-                .iter()
-                .filter_map(|t| Tag::parse(t).ok())
-                .collect(),
+                .as_ref()
+                .map(|r| {
+                    r.interests
+                        .0
+                        .iter()
+                        .filter_map(|t| Tag::parse(t).ok())
+                        .collect()
+                })
+                .unwrap_or_default(),
             home: record
-                .home_lat
-                .zip(record.home_lon)
+                .and_then(|r| r.home_lat.zip(r.home_lon))
                 .map(|(lat, lon)| GeoPoint { lat, lon }),
             joins: joins.into_iter().map(EventId::from).collect(),
-        }))
+        })
     }
 
     async fn venue(&self, venue: VenueId) -> Result<Option<GeoPoint>, StoreError> {

@@ -129,8 +129,8 @@ struct Seeds(HashMap<UserId, ProfileSeed>);
 
 #[async_trait]
 impl RecommendationSource for Seeds {
-    async fn profile(&self, user: UserId) -> Result<Option<ProfileSeed>, StoreError> {
-        Ok(self.0.get(&user).cloned())
+    async fn profile(&self, user: UserId) -> Result<ProfileSeed, StoreError> {
+        Ok(self.0.get(&user).cloned().unwrap_or_default())
     }
 
     async fn venue(&self, _: VenueId) -> Result<Option<GeoPoint>, StoreError> {

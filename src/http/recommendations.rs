@@ -82,10 +82,12 @@ impl From<&(Recommendation, EventCard)> for RecommendationView {
 }
 
 /// Published, upcoming, joinable events ranked for the caller, with reasons.
+/// A token-only identity (no local account) is ranked without interests or
+/// home: on its joins, popularity and freshness.
 #[utoipa::path(get, path = "/v1/me/recommendations", tag = "recommendations", params(RecommendationsQuery),
     security(("bearer" = [])),
     responses((status = 200, body = RecommendationList), (status = 400, body = super::ErrorBody),
-        (status = 401, body = super::ErrorBody), (status = 404, description = "token without a local account", body = super::ErrorBody)))]
+        (status = 401, body = super::ErrorBody)))]
 pub async fn recommendations(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -101,11 +103,7 @@ pub async fn recommendations(
             ));
         }
     };
-    let ranked = state
-        .recommenders
-        .rank_for(user.id, limit)
-        .await?
-        .ok_or(ApiError::NotFound("account"))?;
+    let ranked = state.recommenders.rank_for(user.id, limit).await?;
     Ok(HttpResponse::Ok().json(RecommendationList {
         data: ranked.iter().map(RecommendationView::from).collect(),
     }))

@@ -205,8 +205,10 @@ async fn co_attendance_recommends_what_similar_people_joined_and_says_so() {
     let liked = event(&app, &organizer, venue, "Late jazz", &[], 2, true).await;
     let also = event(&app, &organizer, venue, "Poetry night", &[], 4, true).await;
     let decoy = event(&app, &organizer, venue, "Quiz night", &[], 4, true).await;
+    let mut similar_people = Vec::new();
     for _ in 0..2 {
         let similar = app.user();
+        similar_people.push(similar.clone());
         assert_eq!(
             app.join(&similar, liked).await.status(),
             StatusCode::CREATED
@@ -231,6 +233,11 @@ async fn co_attendance_recommends_what_similar_people_joined_and_says_so() {
     .await;
     assert_eq!(ids(&items)[0], also, "{items:#?}");
     assert!(ids(&items).contains(&decoy));
+
+    // A token-only identity (no local account) is ranked too: what it joined
+    // is left out.
+    let items = recommendations(&app, &similar_people[0], "").await;
+    assert_eq!(ids(&items), vec![decoy], "{items:#?}");
 }
 
 /// Frames until one on the `recs` channel.

@@ -31,8 +31,9 @@ use crate::store::StoreError;
 /// What recommendations need from storage.
 #[async_trait]
 pub trait RecommendationSource: Send + Sync + 'static {
-    /// The user's interests, home and joins; `None` if there is no such user.
-    async fn profile(&self, user: UserId) -> Result<Option<ProfileSeed>, StoreError>;
+    /// The user's interests, home and joins. A token-only identity (no local
+    /// account) has joins but no interests or home.
+    async fn profile(&self, user: UserId) -> Result<ProfileSeed, StoreError>;
     /// A venue's position.
     async fn venue(&self, venue: VenueId) -> Result<Option<GeoPoint>, StoreError>;
 }
@@ -158,16 +159,13 @@ impl Recommenders {
         self.keeper.do_send(Reload(catalog));
     }
 
-    /// Ranks a user's best `limit` events now; `None` if there is no such
-    /// user.
+    /// Ranks a user's best `limit` events now.
     pub async fn rank_for(
         &self,
         user: UserId,
         limit: usize,
-    ) -> Result<Option<Vec<(Recommendation, EventCard)>>, StoreError> {
-        let Some(seed) = self.shared.source.profile(user).await? else {
-            return Ok(None);
-        };
+    ) -> Result<Vec<(Recommendation, EventCard)>, StoreError> {
+        let seed = self.shared.source.profile(user).await?;
         let settings = &self.shared.settings.rank;
         let mut profile = Profile::new(user, seed.interests, seed.home, seed.joins);
         let started = Instant::now();
@@ -175,7 +173,7 @@ impl Recommenders {
         profile.learn(&catalog, settings.utc_offset_minutes);
         let (list, _) = ranked(&catalog, &profile, settings, Utc::now(), limit);
         metrics::histogram!("turnout_recs_rank_seconds").record(started.elapsed().as_secs_f64());
-        Ok(Some(with_cards(&catalog, list)))
+        Ok(with_cards(&catalog, list))
     }
 
     /// Adds a subscriber to the user's list, starting the user's actor if
@@ -380,7 +378,7 @@ struct ReloadProfile;
 
 #[derive(Message)]
 #[rtype(result = "()")]
-struct ProfileLoaded(Result<Option<ProfileSeed>, StoreError>);
+struct ProfileLoaded(Result<ProfileSeed, StoreError>);
 
 /// One user's live list.
 pub struct RecommenderActor {
@@ -506,7 +504,7 @@ impl Handler<ProfileLoaded> for RecommenderActor {
 
     fn handle(&mut self, ProfileLoaded(loaded): ProfileLoaded, ctx: &mut Self::Context) {
         match loaded {
-            Ok(Some(seed)) => {
+            Ok(seed) => {
                 let mut profile = Profile::new(self.user, seed.interests, seed.home, seed.joins);
                 for (event, joined) in self.moves_while_loading.drain(..) {
                     if joined {
@@ -517,10 +515,6 @@ impl Handler<ProfileLoaded> for RecommenderActor {
                 }
                 self.profile = Some(profile);
                 self.rank_in_full();
-            }
-            Ok(None) => {
-                tracing::info!(user = %self.user.as_uuid(), "no such user: no recommendations");
-                self.sinks.clear();
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot load a profile for recommendations; retrying");
