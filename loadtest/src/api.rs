@@ -104,6 +104,32 @@ impl Api {
         Ok((id, venue))
     }
 
+    /// Publishes an event at an existing venue.
+    pub async fn publish_event(
+        &self,
+        owner_token: &str,
+        venue: Uuid,
+        title: &str,
+        starts_at: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<Uuid> {
+        let event = self
+            .post(
+                owner_token,
+                "/v1/events",
+                json!({ "title": title, "venue_id": venue, "starts_at": starts_at,
+                        "capacity": 1000, "tags": ["loadtest"] }),
+            )
+            .await?;
+        let id: Uuid = event["id"].as_str().context("event id")?.parse()?;
+        self.post(
+            owner_token,
+            &format!("/v1/events/{id}/publish"),
+            Value::Null,
+        )
+        .await?;
+        Ok(id)
+    }
+
     pub async fn join(
         &self,
         token: &str,

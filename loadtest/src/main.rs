@@ -19,6 +19,8 @@ enum Scenario {
     HotJoin(scenarios::hot_join::HotJoin),
     /// K WebSocket clients on one venue; time until each has an update.
     WsFanout(scenarios::ws_fanout::WsFanout),
+    /// K users with live recommendation lists; time until a new event tops each.
+    RecsFanout(scenarios::recs_fanout::RecsFanout),
 }
 
 #[tokio::main]
@@ -32,6 +34,10 @@ async fn main() -> anyhow::Result<()> {
         Scenario::WsFanout(args) => {
             let common = args.common.clone();
             (scenarios::ws_fanout::run(args).await?, common)
+        }
+        Scenario::RecsFanout(args) => {
+            let common = args.common.clone();
+            (scenarios::recs_fanout::run(args).await?, common)
         }
     };
     report.print();

@@ -1,7 +1,7 @@
 //! The frames of protocol version 1: JSON text, each with a `type`.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
 pub const VERSION: u8 = 1;
 
@@ -31,26 +31,53 @@ pub enum ClientFrame {
     Ping {},
 }
 
-pub fn snapshot(
+/// A snapshot or an update, serialised straight from the data: no
+/// intermediate JSON tree per frame.
+#[derive(Serialize)]
+struct ChannelFrame<'a, T: Serialize> {
+    v: u8,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    channel: &'a str,
+    epoch: &'a str,
+    offset: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovered: Option<bool>,
+    data: &'a T,
+}
+
+fn channel_frame<T: Serialize>(
+    kind: &'static str,
     channel: &str,
     epoch: &str,
     offset: u64,
     recovered: Option<bool>,
-    data: &Value,
+    data: &T,
 ) -> String {
-    let mut frame = json!({
-        "v": VERSION, "type": "snapshot", "channel": channel,
-        "epoch": epoch, "offset": offset, "data": data,
-    });
-    if let Some(recovered) = recovered {
-        frame["recovered"] = json!(recovered);
-    }
-    frame.to_string()
+    serde_json::to_string(&ChannelFrame {
+        v: VERSION,
+        kind,
+        channel,
+        epoch,
+        offset,
+        recovered,
+        data,
+    })
+    .expect("frames serialise")
 }
 
-pub fn update(channel: &str, epoch: &str, offset: u64, data: &Value) -> String {
-    json!({ "v": VERSION, "type": "update", "channel": channel, "epoch": epoch, "offset": offset, "data": data })
-        .to_string()
+pub fn snapshot<T: Serialize>(
+    channel: &str,
+    epoch: &str,
+    offset: u64,
+    recovered: Option<bool>,
+    data: &T,
+) -> String {
+    channel_frame("snapshot", channel, epoch, offset, recovered, data)
+}
+
+pub fn update<T: Serialize>(channel: &str, epoch: &str, offset: u64, data: &T) -> String {
+    channel_frame("update", channel, epoch, offset, None, data)
 }
 
 /// A resume that worked: the missed updates follow, from `offset + 1`.

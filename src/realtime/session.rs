@@ -155,9 +155,15 @@ impl ListSink for RecsSink {
     }
 }
 
-fn recs_data(list: &RankedList) -> serde_json::Value {
-    let items: Vec<RecommendationView> = list.items.iter().map(RecommendationView::from).collect();
-    serde_json::json!({ "items": items })
+#[derive(serde::Serialize)]
+struct RecsData {
+    items: Vec<RecommendationView>,
+}
+
+fn recs_data(list: &RankedList) -> RecsData {
+    RecsData {
+        items: list.items.iter().map(RecommendationView::from).collect(),
+    }
 }
 
 pub struct WsSession {

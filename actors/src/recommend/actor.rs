@@ -70,7 +70,7 @@ impl Default for RecommendSettings {
             rank: RankSettings::default(),
             list_len: 10,
             spare: 20,
-            debounce: Duration::from_millis(200),
+            debounce: Duration::from_millis(100),
             refresh: Duration::from_secs(300),
             idle: Duration::from_secs(60),
             retention: chrono::Duration::days(180),
@@ -394,6 +394,8 @@ pub struct RecommenderActor {
     /// What the last pushed list showed: which events, in which order, why.
     shown: Option<Vec<(EventId, Vec<Reason>)>>,
     list: Option<RankedList>,
+    /// Changes arrived while nobody was subscribed.
+    stale: bool,
     sinks: HashMap<u64, Box<dyn ListSink>>,
 }
 
@@ -408,6 +410,7 @@ impl RecommenderActor {
             list_state: LiveList::default(),
             shown: None,
             list: None,
+            stale: false,
             sinks: HashMap::new(),
         }
     }
@@ -419,7 +422,22 @@ impl RecommenderActor {
         });
     }
 
+    /// Nobody is watching (the last subscriber left; the actor lingers for
+    /// resumes): changes only mark the list stale, and the next subscriber
+    /// gets it ranked afresh.
+    fn idle(&self) -> bool {
+        self.sinks.is_empty() && self.list.is_some()
+    }
+
     fn rank_in_full(&mut self) {
+        if self.idle() {
+            self.stale = true;
+            return;
+        }
+        self.rank_now();
+    }
+
+    fn rank_now(&mut self) {
         let Some(profile) = self.profile.as_mut() else {
             return;
         };
@@ -436,6 +454,10 @@ impl RecommenderActor {
 
     /// Re-scores only the changed events.
     fn rescore(&mut self, changed: &[EventId]) {
+        if self.idle() {
+            self.stale = true;
+            return;
+        }
         let Some(profile) = self.profile.as_ref() else {
             return;
         };
@@ -528,6 +550,9 @@ impl Handler<AddSink> for RecommenderActor {
     type Result = ();
 
     fn handle(&mut self, AddSink { id, mut sink }: AddSink, _: &mut Self::Context) {
+        if std::mem::take(&mut self.stale) {
+            self.rank_now();
+        }
         if let Some(list) = &self.list
             && !sink.deliver(list)
         {

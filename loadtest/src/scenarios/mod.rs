@@ -1,4 +1,5 @@
 //! One module per scenario, each with its arguments and a `run`.
 
 pub mod hot_join;
+pub mod recs_fanout;
 pub mod ws_fanout;

@@ -45,14 +45,14 @@ pub struct WsFanout {
 }
 
 /// Resident memory of a process in bytes.
-fn rss_bytes(pid: u32) -> Option<u64> {
+pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
 
-fn server_addr(target: &str) -> anyhow::Result<SocketAddr> {
+pub(crate) fn server_addr(target: &str) -> anyhow::Result<SocketAddr> {
     let host = target.trim_start_matches("http://").trim_end_matches('/');
     host.parse()
         .with_context(|| format!("--target must be http://<ip>:<port> for ws-fanout, not {target}"))
@@ -64,17 +64,29 @@ struct Arrival {
     at: Instant,
 }
 
+pub(crate) type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A WebSocket to the server from the given source address.
+pub(crate) async fn connect_from(server: SocketAddr, source: Ipv4Addr) -> anyhow::Result<Socket> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
+    let stream = socket.connect(server).await?;
+    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{server}/v1/ws"), stream).await?;
+    Ok(ws)
+}
+
+/// The `i`th client's source address among `spread` loopback addresses.
+pub(crate) fn source_address(i: usize, spread: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 1 + (i % spread.max(1) as usize) as u8)
+}
+
 async fn client(
     server: SocketAddr,
     source: Ipv4Addr,
     channel: String,
     arrivals: mpsc::UnboundedSender<Arrival>,
 ) -> anyhow::Result<u64> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
-    let stream = socket.connect(server).await?;
-    let (mut ws, _) =
-        tokio_tungstenite::client_async(format!("ws://{server}/v1/ws"), stream).await?;
+    let mut ws = connect_from(server, source).await?;
     ws.send(Message::text(
         json!({ "type": "subscribe", "channel": channel }).to_string(),
     ))
@@ -126,12 +138,7 @@ pub async fn run(args: WsFanout) -> anyhow::Result<Report> {
     let handshakes = Arc::new(Semaphore::new(256));
     let mut connecting = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
-        let source = Ipv4Addr::new(
-            127,
-            0,
-            0,
-            1 + (i % args.source_addresses.max(1) as usize) as u8,
-        );
+        let source = source_address(i, args.source_addresses);
         let (channel, arrivals_tx, handshakes) = (
             channel.clone(),
             arrivals_tx.clone(),
