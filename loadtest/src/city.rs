@@ -37,9 +37,12 @@ pub const TAGS: [&str; 24] = [
     "boardgames",
 ];
 
-const ADJECTIVES: [&str; 12] = [
-    "Late", "Sunday", "Open", "Little", "Grand", "Midweek", "Night", "Morning", "Secret",
-    "Rooftop", "Canal", "Corner",
+/// Title words by part of the day (morning, afternoon, evening, night).
+const ADJECTIVES: [[&str; 4]; 4] = [
+    ["Morning", "Early", "Sunrise", "Breakfast"],
+    ["Open", "Little", "Canal", "Corner"],
+    ["Grand", "Rooftop", "Secret", "Midweek"],
+    ["Late", "Night", "Midnight", "After-hours"],
 ];
 
 const VENUE_NAMES: [&str; 12] = [
@@ -232,7 +235,7 @@ pub fn generate(params: CityParams) -> City {
                 + Duration::days(day)
                 + Duration::hours(hour)
                 + Duration::minutes(30 * draw.below(2) as i64);
-            let adjective = ADJECTIVES[draw.below(ADJECTIVES.len())];
+            let adjective = ADJECTIVES[slot][draw.below(4)];
             let mut title = format!("{adjective} {}", tags[0]);
             title[..1].make_ascii_uppercase();
             Event {
