@@ -109,6 +109,11 @@ impl Application {
             settings: Arc::new(settings.realtime.clone()),
         });
 
+        crate::outbox::start(
+            store.clone(),
+            settings.redis_url.as_ref(),
+            settings.outbox.clone(),
+        )?;
         spawn_idempotency_purge(
             store.clone(),
             Duration::from_secs(settings.idempotency.purge_interval_secs),

@@ -38,6 +38,7 @@ pub struct Settings {
     pub idempotency: IdempotencySettings,
     pub realtime: crate::realtime::RealtimeSettings,
     pub recommendations: crate::recommendations::RecommendationsConfig,
+    pub outbox: crate::outbox::OutboxSettings,
     pub rate_limits: crate::http::rate_limit::RateLimitSettings,
 }
 

@@ -72,3 +72,23 @@ impl FromRequest for MaybeUser {
         ready(identify(req).map(MaybeUser))
     }
 }
+
+/// A caller whose token carries the `admin` role.
+#[derive(Debug, Clone)]
+pub struct AdminUser(pub AuthUser);
+
+impl FromRequest for AdminUser {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(identify(req).and_then(|user| match user {
+            None => Err(ApiError::Unauthorized("this endpoint needs a bearer token")),
+            Some(user) if user.role.as_deref() == Some("admin") => Ok(AdminUser(user)),
+            Some(_) => Err(ApiError::forbidden(
+                "admin_only",
+                "this endpoint is for administrators",
+            )),
+        }))
+    }
+}

@@ -2,12 +2,14 @@
 //! the configuration every route shares (body limits, error envelopes).
 //!
 //! - `accounts`: register, login, the caller's profile.
+//! - `admin`: operator endpoints (dead outbox messages), admins only.
 //! - `venues`, `events`, `joins`: the product.
 //! - `recommendations`: the caller's ranked events.
 //! - `ops`: health, readiness, metrics.
 //! - `openapi`: the OpenAPI document and the interactive docs page.
 
 mod accounts;
+mod admin;
 mod error;
 mod events;
 mod joins;
@@ -120,6 +122,7 @@ pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) 
                 .configure(events::routes)
                 .configure(joins::routes)
                 .configure(recommendations::routes)
+                .configure(admin::routes)
                 .configure(ws::routes),
         )
         .default_service(web::to(not_found));

@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_scalar::{Scalar, Servable};
 
-use super::{accounts, events, joins, ops, recommendations, venues, ws};
+use super::{accounts, admin, events, joins, ops, recommendations, venues, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,11 +18,12 @@ use super::{accounts, events, joins, ops, recommendations, venues, ws};
         events::publish_event, events::cancel_event,
         joins::join_event, joins::leave_event, joins::attendees, joins::my_joins,
         recommendations::recommendations,
+        admin::dead_messages, admin::replay,
         ws::upgrade,
         ops::health, ops::ready, ops::metrics,
     ),
     modifiers(&BearerAuth),
-    tags((name = "accounts"), (name = "venues"), (name = "events"), (name = "joins"), (name = "recommendations"), (name = "realtime"), (name = "ops"))
+    tags((name = "accounts"), (name = "venues"), (name = "events"), (name = "joins"), (name = "recommendations"), (name = "realtime"), (name = "admin"), (name = "ops"))
 )]
 pub struct ApiDoc;
 

@@ -100,6 +100,40 @@ pub struct MembershipRecord {
     pub position: Option<i64>,
 }
 
+/// Where an outbox row stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxStatus {
+    Pending,
+    Dead,
+}
+
+impl OutboxStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+/// An outbox row: one fact, to be published once.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxMessage {
+    /// Monotonic: the publishing order.
+    pub id: i64,
+    pub message_id: Uuid,
+    pub topic: String,
+    pub aggregate_id: Uuid,
+    pub stream_version: i64,
+    pub event_type: String,
+    pub payload: String,
+    pub request_id: Option<String>,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+}
+
 /// Filters for the public event listing; `after` is the keyset cursor.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
@@ -168,6 +202,43 @@ pub trait Store: EventStore {
         &self,
         since: DateTime<Utc>,
     ) -> Result<Vec<(Uuid, Uuid, i64)>, StoreError>;
+
+    /// Sets an account's role (`attendee`, `organizer`, `admin`); false if
+    /// no account has that email.
+    async fn set_role(&self, email: &str, role: &str) -> Result<bool, StoreError>;
+
+    /// Takes or renews the named lease for `holder` until `now + ttl`; false
+    /// while another holder's lease runs.
+    async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        ttl_micros: i64,
+    ) -> Result<bool, StoreError>;
+    /// Outbox rows with the status, in id order, after the id `after`.
+    async fn outbox(
+        &self,
+        status: OutboxStatus,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxMessage>, StoreError>;
+    async fn outbox_published(&self, ids: &[i64], now: i64) -> Result<(), StoreError>;
+    /// Records a failed publish; `dead` gives the row up.
+    async fn outbox_failed(
+        &self,
+        id: i64,
+        attempts: i64,
+        next_attempt_at: i64,
+        error: &str,
+        dead: bool,
+    ) -> Result<(), StoreError>;
+    /// Puts a dead row back in the queue; false if there is no dead row `id`.
+    async fn replay_outbox(&self, id: i64, now: i64) -> Result<bool, StoreError>;
+    /// `(pending, dead)` row counts.
+    async fn outbox_counts(&self) -> Result<(i64, i64), StoreError>;
+    /// Deletes rows published before `before`; returns how many.
+    async fn purge_published_outbox(&self, before: i64) -> Result<u64, StoreError>;
 
     /// Deletes idempotency records past their expiry; returns how many.
     async fn purge_expired_replies(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;

@@ -16,7 +16,8 @@ use turnout_actors::store::{
 use uuid::Uuid;
 
 use super::{
-    EventFilter, EventRecord, MembershipRecord, Store, UserRecord, VenueRecord, micros, unavailable,
+    EventFilter, EventRecord, MembershipRecord, OutboxMessage, OutboxStatus, Store, UserRecord,
+    VenueRecord, micros, unavailable,
 };
 
 /// A database of either backend.
@@ -76,6 +77,13 @@ struct OutboxRow {
 
 /// SQLite's bulk writes: multi-row `VALUES`, which SQLite compiles cheaply.
 impl SqlStore<Sqlite> {
+    /// The journal's transaction takes the write lock up front: a deferred
+    /// transaction that reads first fails at once (SQLITE_BUSY) when another
+    /// connection wrote in between, instead of waiting its turn.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
+        self.journal.begin_with("BEGIN IMMEDIATE").await
+    }
+
     async fn insert_log(
         tx: &mut sqlx::Transaction<'_, Sqlite>,
         rows: &[LogRow],
@@ -190,6 +198,10 @@ impl SqlStore<Sqlite> {
 /// prepared once whatever the batch size (a multi-row `VALUES` is a new
 /// statement to parse and plan for every size).
 impl SqlStore<Postgres> {
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+        self.journal.begin().await
+    }
+
     async fn insert_log(
         tx: &mut sqlx::Transaction<'_, Postgres>,
         rows: &[LogRow],
@@ -604,7 +616,7 @@ macro_rules! impl_store {
                     if live.is_empty() {
                         break;
                     }
-                    let mut tx = self.journal.begin().await.map_err(unavailable)?;
+                    let mut tx = self.begin_write().await.map_err(unavailable)?;
                     // Keys answered before: those appends are replays.
                     let answered = Self::answered_keys(&mut tx, &live, now).await.map_err(unavailable)?;
                     if !answered.is_empty() {
@@ -937,6 +949,119 @@ macro_rules! impl_store {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(unavailable)
+            }
+
+            async fn set_role(&self, email: &str, role: &str) -> Result<bool, StoreError> {
+                let done = sqlx::query("UPDATE users SET role = $1, updated_at = $2 WHERE email = $3")
+                    .bind(role)
+                    .bind(micros(Utc::now()))
+                    .bind(email)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn take_lease(&self, name: &str, holder: &str, now: i64, ttl_micros: i64) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+                     WHERE leases.holder = excluded.holder OR leases.expires_at < $4",
+                )
+                .bind(name)
+                .bind(holder)
+                .bind(now + ttl_micros)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn outbox(&self, status: OutboxStatus, after: i64, limit: i64) -> Result<Vec<OutboxMessage>, StoreError> {
+                sqlx::query_as(
+                    "SELECT id, message_id, topic, aggregate_id, stream_version, event_type, \
+                     CAST(payload AS TEXT) AS payload, request_id, attempts, next_attempt_at, last_error, created_at \
+                     FROM outbox WHERE status = $1 AND id > $2 ORDER BY id LIMIT $3",
+                )
+                .bind(status.as_str())
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)
+            }
+
+            async fn outbox_published(&self, ids: &[i64], now: i64) -> Result<(), StoreError> {
+                if ids.is_empty() {
+                    return Ok(());
+                }
+                let mut q = QueryBuilder::<$db>::new("UPDATE outbox SET status = 'published', published_at = ");
+                q.push_bind(now).push(" WHERE status = 'pending' AND id IN (");
+                let mut list = q.separated(", ");
+                for id in ids {
+                    list.push_bind(*id);
+                }
+                q.push(")");
+                q.build().execute(&self.pool).await.map_err(unavailable)?;
+                Ok(())
+            }
+
+            async fn outbox_failed(
+                &self,
+                id: i64,
+                attempts: i64,
+                next_attempt_at: i64,
+                error: &str,
+                dead: bool,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "UPDATE outbox SET attempts = $1, next_attempt_at = $2, last_error = $3, status = $4 \
+                     WHERE id = $5 AND status = 'pending'",
+                )
+                .bind(attempts)
+                .bind(next_attempt_at)
+                .bind(error)
+                .bind(if dead { "dead" } else { "pending" })
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                Ok(())
+            }
+
+            async fn replay_outbox(&self, id: i64, now: i64) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = $1, last_error = NULL \
+                     WHERE id = $2 AND status = 'dead'",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn outbox_counts(&self) -> Result<(i64, i64), StoreError> {
+                let (pending,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                let (dead,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE status = 'dead'")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok((pending, dead))
+            }
+
+            async fn purge_published_outbox(&self, before: i64) -> Result<u64, StoreError> {
+                let done = sqlx::query("DELETE FROM outbox WHERE status = 'published' AND published_at < $1")
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(done.rows_affected())
             }
 
             async fn purge_expired_replies(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {

@@ -4,7 +4,7 @@
 use std::sync::{Arc, LazyLock};
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use turnout::app::Application;
 use turnout::auth::TokenKeys;
@@ -24,6 +24,8 @@ pub enum Backend {
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
+    /// Empty for a server attached from elsewhere.
+    pub database_url: String,
     tokens: Arc<TokenKeys>,
     _dir: Option<Arc<tempfile::TempDir>>,
 }
@@ -128,12 +130,14 @@ pub async fn spawn_node(database_url: &str, tweak: impl FnOnce(&mut Settings)) -
 }
 
 async fn start(settings: Settings, dir: tempfile::TempDir) -> TestApp {
+    let database_url = settings.database_url.expose_secret().to_owned();
     let tokens = TokenKeys::new(&settings.jwt_keys(), settings.auth.issuer.clone(), 3600);
     let app = Application::build(settings).await.expect("the app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
         address,
+        database_url,
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(64)
             .build()
@@ -156,6 +160,7 @@ impl TestApp {
         Self {
             address: address.to_owned(),
             client: reqwest::Client::new(),
+            database_url: String::new(),
             tokens: Arc::new(TokenKeys::new(
                 &[SecretString::from(jwt_key.to_owned())],
                 "turnout".into(),
@@ -181,6 +186,11 @@ impl TestApp {
             id: id.as_uuid(),
             token: self.tokens.issue(id, None),
         }
+    }
+
+    /// A token claiming a role, as an identity provider would issue it.
+    pub fn token_with_role(&self, role: &str) -> String {
+        self.tokens.issue(UserId::new(), Some(role.to_owned()))
     }
 
     pub async fn register(&self, email: &str) -> User {

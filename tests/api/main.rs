@@ -4,6 +4,7 @@
 mod helpers;
 
 mod accounts;
+mod admin;
 mod bad_input;
 mod crash;
 mod events;
@@ -11,6 +12,7 @@ mod joins;
 mod kiosk;
 mod nodes;
 mod ops;
+mod outbox;
 mod rate_limits;
 mod realtime;
 mod recommendations;

@@ -1,0 +1,128 @@
+//! `/v1/admin`: operator endpoints, for tokens with the `admin` role only.
+//! Dead outbox messages are listed and put back in the queue here (the
+//! runbook is in docs/OPERATIONS.md).
+
+use actix_web::{HttpResponse, web};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{ApiError, AppState, pagination};
+use crate::auth::AdminUser;
+use crate::store::{OutboxMessage, OutboxStatus, from_micros, micros};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/admin/outbox/dead", web::get().to(dead_messages))
+        .route("/admin/outbox/{id}/replay", web::post().to(replay));
+}
+
+/// An outbox message the relay gave up on.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeadMessage {
+    /// The outbox id: publishing order.
+    pub id: i64,
+    pub message_id: Uuid,
+    pub topic: String,
+    pub aggregate_id: Uuid,
+    pub stream_version: i64,
+    pub event_type: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub request_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<OutboxMessage> for DeadMessage {
+    fn from(m: OutboxMessage) -> Self {
+        Self {
+            id: m.id,
+            message_id: m.message_id,
+            topic: m.topic,
+            aggregate_id: m.aggregate_id,
+            stream_version: m.stream_version,
+            event_type: m.event_type,
+            attempts: m.attempts,
+            last_error: m.last_error,
+            request_id: m.request_id,
+            created_at: from_micros(m.created_at),
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DeadPage {
+    pub data: Vec<DeadMessage>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Replayed {
+    pub id: i64,
+    /// `pending`: the relay publishes it next, ahead of newer messages.
+    pub status: &'static str,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ReplayedEnvelope {
+    pub data: Replayed,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeadQuery {
+    pub cursor: Option<String>,
+    /// 1 to 100; 20 when absent.
+    pub limit: Option<i64>,
+}
+
+/// Dead outbox messages, oldest first.
+#[utoipa::path(get, path = "/v1/admin/outbox/dead", tag = "admin", params(DeadQuery), security(("bearer" = [])),
+    responses((status = 200, body = DeadPage), (status = 400, body = super::ErrorBody),
+        (status = 401, body = super::ErrorBody), (status = 403, description = "not an admin", body = super::ErrorBody)))]
+pub async fn dead_messages(
+    state: web::Data<AppState>,
+    admin: AdminUser,
+    query: web::Query<DeadQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = pagination::limit(query.limit)?;
+    let after: i64 = pagination::decode(query.cursor.as_deref())?.unwrap_or(0);
+    let mut rows = state
+        .store
+        .outbox(OutboxStatus::Dead, after, limit + 1)
+        .await?;
+    let next_cursor = (rows.len() as i64 > limit).then(|| {
+        rows.truncate(limit as usize);
+        pagination::encode(&rows.last().map_or(after, |r| r.id))
+    });
+    tracing::info!(target: "turnout::audit", admin = %admin.0.id.as_uuid(), count = rows.len(), "listed dead outbox messages");
+    Ok(HttpResponse::Ok().json(DeadPage {
+        data: rows.into_iter().map(DeadMessage::from).collect(),
+        next_cursor,
+    }))
+}
+
+/// Puts a dead outbox message back in the queue.
+#[utoipa::path(post, path = "/v1/admin/outbox/{id}/replay", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "the outbox id")),
+    responses((status = 200, body = ReplayedEnvelope), (status = 401, body = super::ErrorBody),
+        (status = 403, description = "not an admin", body = super::ErrorBody),
+        (status = 404, description = "no dead message with this id", body = super::ErrorBody)))]
+pub async fn replay(
+    state: web::Data<AppState>,
+    admin: AdminUser,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id: i64 = id.parse().ok().filter(|id| *id > 0).ok_or_else(|| {
+        ApiError::bad_request("invalid_path", "the outbox id is a positive integer")
+    })?;
+    if !state.store.replay_outbox(id, micros(Utc::now())).await? {
+        return Err(ApiError::NotFound("dead outbox message"));
+    }
+    tracing::info!(target: "turnout::audit", admin = %admin.0.id.as_uuid(), outbox_id = id, "replayed a dead outbox message");
+    Ok(HttpResponse::Ok().json(ReplayedEnvelope {
+        data: Replayed {
+            id,
+            status: "pending",
+        },
+    }))
+}

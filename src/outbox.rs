@@ -1,0 +1,290 @@
+//! The outbox relay: publishes the outbox rows that commits wrote, in id
+//! order, to one Redis stream per topic (`<stream_prefix><topic>`).
+//!
+//! - One relay at a time per database, whatever the number of server
+//!   processes: it holds a lease (`leases` table) that it renews every pass.
+//! - Strictly in order: a batch is the oldest pending rows; it is published
+//!   in one pipeline and then marked published. Delivery is at least once
+//!   (a crash between the two republishes the batch): consumers dedupe on
+//!   `message_id` (see `inbox`).
+//! - Redis unreachable: nothing is counted against the rows; the relay backs
+//!   off (exponentially, to 30 s) and the outbox grows until Redis returns,
+//!   then drains in order.
+//! - Redis answering with an error for the batch: the head row's attempt
+//!   count rises and it is retried with backoff; after `max_attempts` it is
+//!   marked dead (listed and replayed through the admin API) and the rows
+//!   behind it move on.
+//! - Without Redis (the embedded default) there is nobody outside the process
+//!   to publish to: rows are marked published as they come, so that the
+//!   retention purge keeps the table small.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::store::{OutboxMessage, OutboxStatus, Store, micros};
+
+/// `[outbox]` settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OutboxSettings {
+    /// Streams are named `<stream_prefix><topic>`.
+    pub stream_prefix: String,
+    /// Rows published per pipeline.
+    pub batch: i64,
+    /// Pause between passes when there is nothing to do.
+    pub poll_ms: u64,
+    /// Failed attempts (Redis answering with an error) before a row is dead.
+    pub max_attempts: i64,
+    /// Each stream is trimmed to about this many entries.
+    pub stream_max_len: usize,
+    /// Published rows are deleted after this long.
+    pub retention_hours: i64,
+}
+
+const LEASE: &str = "outbox-relay";
+const LEASE_TTL: Duration = Duration::from_secs(10);
+/// The lease is renewed this often (a write: not on every pass).
+const LEASE_RENEW: Duration = Duration::from_secs(2);
+
+/// Starts the relay (publishing to Redis when a URL is given) and the
+/// outbox gauges on the current runtime.
+pub fn start(
+    store: Arc<dyn Store>,
+    redis_url: Option<&SecretString>,
+    settings: OutboxSettings,
+) -> anyhow::Result<()> {
+    let client = redis_url
+        .map(|url| {
+            redis::Client::open(url.expose_secret())
+                .map_err(|e| anyhow::anyhow!("invalid Redis URL: {:?}", e.kind()))
+        })
+        .transpose()?;
+    actix_web::rt::spawn(relay(Arc::clone(&store), client, settings));
+    actix_web::rt::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            if let Ok((pending, dead)) = store.outbox_counts().await {
+                metrics::gauge!("turnout_outbox_pending").set(pending as f64);
+                metrics::gauge!("turnout_outbox_dead").set(dead as f64);
+            }
+        }
+    });
+    Ok(())
+}
+
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(100 * 2u64.pow(failures.min(8))).min(Duration::from_secs(30))
+}
+
+fn now_micros() -> i64 {
+    micros(chrono::Utc::now())
+}
+
+async fn relay(store: Arc<dyn Store>, client: Option<redis::Client>, settings: OutboxSettings) {
+    let holder = Uuid::now_v7().to_string();
+    let poll = Duration::from_millis(settings.poll_ms);
+    let mut connection: Option<ConnectionManager> = None;
+    let mut redis_failures = 0u32;
+    let mut last_purge = Instant::now();
+    let mut lease: Option<Instant> = None;
+    loop {
+        let now = now_micros();
+        let held = match lease {
+            Some(renewed) if renewed.elapsed() < LEASE_RENEW => true,
+            _ => match store
+                .take_lease(LEASE, &holder, now, LEASE_TTL.as_micros() as i64)
+                .await
+            {
+                Ok(true) => {
+                    lease = Some(Instant::now());
+                    true
+                }
+                Ok(false) => {
+                    lease = None;
+                    false
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "outbox relay cannot reach the store");
+                    lease = None;
+                    false
+                }
+            },
+        };
+        if !held {
+            tokio::time::sleep(poll.max(Duration::from_secs(1))).await;
+            continue;
+        }
+        let pause = match pass(&store, client.as_ref(), &mut connection, &settings).await {
+            Pass::Busy => {
+                redis_failures = 0;
+                Duration::ZERO
+            }
+            Pass::Idle => {
+                redis_failures = 0;
+                poll
+            }
+            Pass::RedisAway => {
+                redis_failures += 1;
+                backoff(redis_failures)
+            }
+            Pass::StoreAway => poll.max(Duration::from_secs(1)),
+        };
+        if last_purge.elapsed() > Duration::from_secs(60) {
+            last_purge = Instant::now();
+            purge(&store, &settings).await;
+        }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+enum Pass {
+    /// A full batch went out: go again at once.
+    Busy,
+    /// Nothing (more) to do.
+    Idle,
+    RedisAway,
+    StoreAway,
+}
+
+async fn pass(
+    store: &Arc<dyn Store>,
+    client: Option<&redis::Client>,
+    connection: &mut Option<ConnectionManager>,
+    settings: &OutboxSettings,
+) -> Pass {
+    let now = now_micros();
+    let rows = match store.outbox(OutboxStatus::Pending, 0, settings.batch).await {
+        Ok(rows) => rows,
+        Err(error) => {
+            tracing::warn!(%error, "outbox relay cannot read the outbox");
+            return Pass::StoreAway;
+        }
+    };
+    let Some(head) = rows.first() else {
+        return Pass::Idle;
+    };
+    // The head is backing off after an error: nothing behind it may overtake it.
+    if head.next_attempt_at > now {
+        return Pass::Idle;
+    }
+    let Some(client) = client else {
+        return mark_published(store, &rows, settings).await;
+    };
+    if connection.is_none() {
+        match ConnectionManager::new(client.clone()).await {
+            Ok(c) => *connection = Some(c),
+            Err(error) => {
+                tracing::warn!(error = ?error.kind(), "outbox relay cannot connect to redis; backing off");
+                return Pass::RedisAway;
+            }
+        }
+    }
+    let redis = connection.as_mut().expect("connected above");
+    let mut pipe = redis::pipe();
+    for row in &rows {
+        pipe.cmd("XADD")
+            .arg(format!("{}{}", settings.stream_prefix, row.topic))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(settings.stream_max_len)
+            .arg("*")
+            .arg(fields(row))
+            .ignore();
+    }
+    let started = Instant::now();
+    match pipe.query_async::<()>(redis).await {
+        Ok(()) => {
+            metrics::histogram!("turnout_outbox_pipeline_seconds")
+                .record(started.elapsed().as_secs_f64());
+            mark_published(store, &rows, settings).await
+        }
+        Err(error)
+            if error.is_io_error()
+                || error.is_connection_dropped()
+                || error.is_connection_refusal()
+                || error.is_timeout() =>
+        {
+            tracing::warn!(error = ?error.kind(), "redis is away; the outbox waits");
+            *connection = None;
+            Pass::RedisAway
+        }
+        Err(error) => {
+            let attempts = head.attempts + 1;
+            let dead = attempts >= settings.max_attempts;
+            let message = format!("redis refused the batch: {:?}", error.kind());
+            let retry_at = now_micros() + backoff(attempts as u32).as_micros() as i64;
+            if dead {
+                metrics::counter!("turnout_outbox_dead_total").increment(1);
+                tracing::error!(outbox_id = head.id, message_id = %head.message_id, attempts, "outbox row is dead: {message}");
+            } else {
+                tracing::warn!(
+                    outbox_id = head.id,
+                    attempts,
+                    "outbox publish failed: {message}"
+                );
+            }
+            match store
+                .outbox_failed(head.id, attempts, retry_at, &message, dead)
+                .await
+            {
+                Ok(()) => Pass::Idle,
+                Err(_) => Pass::StoreAway,
+            }
+        }
+    }
+}
+
+async fn mark_published(
+    store: &Arc<dyn Store>,
+    rows: &[OutboxMessage],
+    settings: &OutboxSettings,
+) -> Pass {
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    if let Err(error) = store.outbox_published(&ids, now_micros()).await {
+        // Published but not marked: the next pass publishes them again (at
+        // least once); consumers dedupe on message_id.
+        tracing::warn!(%error, "outbox rows published but not marked");
+        return Pass::StoreAway;
+    }
+    metrics::counter!("turnout_outbox_published_total").increment(ids.len() as u64);
+    let now = now_micros();
+    for row in rows {
+        let waited = (now - row.created_at).max(0) as f64 / 1e6;
+        metrics::histogram!("turnout_outbox_publish_latency_seconds").record(waited);
+    }
+    if rows.len() as i64 == settings.batch {
+        Pass::Busy
+    } else {
+        Pass::Idle
+    }
+}
+
+/// The stream entry: the fact and where it came from. `request_id` carries
+/// the trace context from the request that caused it.
+fn fields(row: &OutboxMessage) -> Vec<(&'static str, String)> {
+    vec![
+        ("outbox_id", row.id.to_string()),
+        ("message_id", row.message_id.to_string()),
+        ("event_type", row.event_type.clone()),
+        ("aggregate_id", row.aggregate_id.to_string()),
+        ("stream_version", row.stream_version.to_string()),
+        ("request_id", row.request_id.clone().unwrap_or_default()),
+        ("payload", row.payload.clone()),
+    ]
+}
+
+async fn purge(store: &Arc<dyn Store>, settings: &OutboxSettings) {
+    let before = now_micros() - settings.retention_hours * 3_600_000_000;
+    match store.purge_published_outbox(before).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deleted = n, "purged published outbox rows"),
+        Err(error) => tracing::warn!(%error, "cannot purge the outbox"),
+    }
+}

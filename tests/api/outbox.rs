@@ -1,0 +1,299 @@
+//! The outbox relay against the real Redis: facts reach the stream in
+//! order, survive Redis being away, and a message Redis refuses goes dead
+//! and is replayed by an admin. Runs when `TURNOUT_TEST_REDIS_URL` is set.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use secrecy::SecretString;
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use turnout::store::{OutboxStatus, Store};
+use uuid::Uuid;
+
+use crate::helpers::{Backend, TestApp, User, body, spawn_app_with};
+
+fn redis_url() -> Option<String> {
+    let url = std::env::var("TURNOUT_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    if url.is_none() {
+        eprintln!("TURNOUT_TEST_REDIS_URL is not set: skipping the outbox relay tests");
+    }
+    url
+}
+
+async fn redis(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("TURNOUT_TEST_REDIS_URL is set but Redis does not answer")
+}
+
+fn backend() -> Backend {
+    if crate::helpers::postgres_base_url().is_some() {
+        Backend::Postgres
+    } else {
+        Backend::Sqlite
+    }
+}
+
+async fn store(app: &TestApp) -> Arc<dyn Store> {
+    let pool = turnout::store::PoolSettings {
+        max_connections: 2,
+        min_connections: 0,
+        acquire_timeout_ms: 3000,
+    };
+    turnout::store::connect(&app.database_url, &pool)
+        .await
+        .unwrap()
+}
+
+/// A TCP proxy in front of Redis that the test switches off (cutting every
+/// connection and refusing new ones) and on again.
+async fn switchable_proxy(target: SocketAddr) -> (u16, watch::Sender<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (switch, on) = watch::channel(true);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let mut on = on.clone();
+            if !*on.borrow() {
+                drop(client);
+                continue;
+            }
+            tokio::spawn(async move {
+                let Ok(mut server) = TcpStream::connect(target).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = on.wait_for(|on| !*on) => {}
+                }
+            });
+        }
+    });
+    (port, switch)
+}
+
+async fn stream(
+    redis: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+) -> Vec<(String, Vec<(String, String)>)> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query_async(redis)
+        .await
+        .unwrap();
+    reply
+        .ids
+        .into_iter()
+        .map(|entry| {
+            let fields = entry
+                .map
+                .into_iter()
+                .map(|(k, v)| (k, redis::from_redis_value::<String>(v).unwrap()))
+                .collect();
+            (entry.id, fields)
+        })
+        .collect()
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
+    &fields.iter().find(|(k, _)| k == name).unwrap().1
+}
+
+async fn wait_until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut done: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[actix_web::test]
+async fn facts_reach_the_stream_in_order_even_after_redis_was_away() {
+    let Some(url) = redis_url() else { return };
+    let mut check = redis(&url).await;
+    let target: SocketAddr = {
+        let info = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection_info()
+            .clone();
+        match info.addr() {
+            redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}").parse().unwrap(),
+            other => panic!("a TCP Redis URL is needed, not {other:?}"),
+        }
+    };
+    let (port, switch) = switchable_proxy(target).await;
+    let prefix = format!("turnout-test-{}:", Uuid::new_v4().simple());
+    let key = format!("{prefix}events");
+    let app = spawn_app_with(backend(), |s| {
+        s.redis_url = Some(SecretString::from(format!("redis://127.0.0.1:{port}")));
+        s.outbox.stream_prefix = prefix.clone();
+        s.outbox.batch = 7;
+    })
+    .await
+    .unwrap();
+    let store = store(&app).await;
+
+    // Redis goes away; the server keeps taking joins, the outbox grows.
+    switch.send(false).unwrap();
+    let owner = app.user();
+    let event = app.published_event(&owner, 10).await;
+    for _ in 0..25 {
+        let joined = app.join(&app.user(), event).await;
+        let status = joined.status();
+        assert!(
+            status.is_success(),
+            "{status}: {}",
+            joined.text().await.unwrap()
+        );
+    }
+    let (pending, _) = store.outbox_counts().await.unwrap();
+    assert!(pending >= 27, "{pending} pending");
+    assert!(stream(&mut check, &key).await.is_empty());
+
+    // Back: it drains, in commit order, every fact exactly once.
+    switch.send(true).unwrap();
+    wait_until("the outbox drained", || {
+        let store = Arc::clone(&store);
+        async move { store.outbox_counts().await.unwrap().0 == 0 }
+    })
+    .await;
+    let entries = stream(&mut check, &key).await;
+    assert_eq!(entries.len() as i64, pending, "one entry per fact");
+    let outbox_ids: Vec<i64> = entries
+        .iter()
+        .map(|(_, f)| field(f, "outbox_id").parse().unwrap())
+        .collect();
+    assert!(
+        outbox_ids.windows(2).all(|w| w[0] < w[1]),
+        "in order: {outbox_ids:?}"
+    );
+    let versions: Vec<i64> = entries
+        .iter()
+        .filter(|(_, f)| field(f, "aggregate_id") == event.to_string())
+        .map(|(_, f)| field(f, "stream_version").parse().unwrap())
+        .collect();
+    assert_eq!(versions, (1..=versions.len() as i64).collect::<Vec<_>>());
+    let (_, first) = &entries[0];
+    assert_eq!(field(first, "event_type"), "created");
+    assert!(!field(first, "request_id").is_empty());
+    let payload: Value = serde_json::from_str(field(first, "payload")).unwrap();
+    assert!(
+        payload["schema_version"].as_i64().unwrap() >= 1,
+        "{payload}"
+    );
+    assert!(payload["event"].is_object(), "{payload}");
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut check)
+        .await
+        .unwrap();
+}
+
+#[actix_web::test]
+async fn a_message_redis_refuses_goes_dead_and_an_admin_replays_it() {
+    let Some(url) = redis_url() else { return };
+    let mut check = redis(&url).await;
+    let prefix = format!("turnout-test-{}:", Uuid::new_v4().simple());
+    let key = format!("{prefix}events");
+    // Not a stream: every XADD to it is refused.
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("not a stream")
+        .query_async(&mut check)
+        .await
+        .unwrap();
+    let app = spawn_app_with(backend(), |s| {
+        s.redis_url = Some(SecretString::from(url.clone()));
+        s.outbox.stream_prefix = prefix.clone();
+        s.outbox.max_attempts = 2;
+    })
+    .await
+    .unwrap();
+    let admin = User {
+        id: Uuid::now_v7(),
+        token: app.token_with_role("admin"),
+    };
+    let owner = app.user();
+    app.published_event(&owner, 10).await;
+
+    let dead = |app: TestApp, admin: User| async move {
+        let response = app
+            .as_user(&admin, Method::GET, "/v1/admin/outbox/dead")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        body(response).await["data"].as_array().unwrap().clone()
+    };
+    wait_until("both facts are dead", || {
+        let (app, admin) = (app.clone(), admin.clone());
+        async move { dead(app, admin).await.len() == 2 }
+    })
+    .await;
+    let listed = dead(app.clone(), admin.clone()).await;
+    assert_eq!(listed[0]["event_type"], "created");
+    assert_eq!(listed[0]["attempts"], 2);
+    assert!(
+        listed[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("refused")
+    );
+    let store = store(&app).await;
+    assert_eq!(
+        store.outbox(OutboxStatus::Dead, 0, 10).await.unwrap().len(),
+        2
+    );
+
+    // The operator fixes Redis and replays both, oldest first.
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut check)
+        .await
+        .unwrap();
+    for message in &listed {
+        let response = app
+            .as_user(
+                &admin,
+                Method::POST,
+                &format!("/v1/admin/outbox/{}/replay", message["id"]),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(body(response).await["data"]["status"], "pending");
+    }
+    wait_until("the replayed facts are published", || {
+        let store = Arc::clone(&store);
+        async move { store.outbox_counts().await.unwrap() == (0, 0) }
+    })
+    .await;
+    let entries = stream(&mut check, &key).await;
+    let types: Vec<&str> = entries
+        .iter()
+        .map(|(_, f)| field(f, "event_type"))
+        .collect();
+    assert_eq!(types, ["created", "published"]);
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut check)
+        .await
+        .unwrap();
+}
