@@ -136,6 +136,7 @@ impl Application {
             recommenders,
             metrics: crate::telemetry::metrics(),
             write_timeout: settings.write_timeout(),
+            breaker: crate::http::breaker::Breaker::new(&settings.http.breaker),
         });
         let max_body = settings.http.max_body_bytes;
         let cors_origins = settings.http.cors_origins.clone();

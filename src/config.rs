@@ -72,6 +72,7 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     pub workers: usize,
     pub shutdown_timeout_secs: u64,
+    pub breaker: crate::http::breaker::BreakerSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]

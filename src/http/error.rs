@@ -36,6 +36,8 @@ pub enum ApiError {
     Overloaded(&'static str),
     #[error("the service is temporarily unavailable; retry shortly")]
     Unavailable,
+    #[error("writes are paused while the database recovers; retry in {0} s")]
+    WritesPaused(u64),
     #[error("an internal error occurred")]
     Internal,
 }
@@ -95,6 +97,7 @@ impl ApiError {
             ApiError::TooManyRequests(_) => "rate_limited",
             ApiError::Overloaded(_) => "overloaded",
             ApiError::Unavailable => "unavailable",
+            ApiError::WritesPaused(_) => "writes_paused",
             ApiError::Internal => "internal_error",
         }
     }
@@ -113,7 +116,9 @@ impl ResponseError for ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Overloaded(_) | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded(_) | ApiError::Unavailable | ApiError::WritesPaused(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -123,7 +128,7 @@ impl ResponseError for ApiError {
         if self.status_code() == StatusCode::SERVICE_UNAVAILABLE {
             response.insert_header((RETRY_AFTER, HeaderValue::from_static("1")));
         }
-        if let ApiError::TooManyRequests(seconds) = self {
+        if let ApiError::TooManyRequests(seconds) | ApiError::WritesPaused(seconds) = self {
             response.insert_header((RETRY_AFTER, seconds.to_string()));
         }
         if let ApiError::Unauthorized(_) = self {

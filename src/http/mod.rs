@@ -10,6 +10,7 @@
 
 mod accounts;
 mod admin;
+pub mod breaker;
 mod error;
 mod events;
 mod joins;
@@ -46,6 +47,7 @@ pub struct AppState {
     pub recommenders: Recommenders,
     pub metrics: PrometheusHandle,
     pub write_timeout: Duration,
+    pub breaker: breaker::Breaker,
 }
 
 impl AppState {
@@ -69,17 +71,20 @@ impl AppState {
         command: Command,
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Reply, ApiError> {
+        let admitted = self.breaker.admit()?;
         let request_id = Some(request_context::current_request_id());
         let run = self
             .registry
             .execute(event, command, idempotency, request_id);
-        match tokio::time::timeout(self.write_timeout, run).await {
-            Ok(result) => Ok(result?),
+        let outcome = match tokio::time::timeout(self.write_timeout, run).await {
+            Ok(result) => result.map_err(ApiError::from),
             Err(_) => {
                 tracing::warn!(%event, "command missed the write deadline");
                 Err(ApiError::Unavailable)
             }
-        }
+        };
+        self.breaker.record(admitted, &outcome);
+        outcome
     }
 
     /// Bounds a plain database write by the same deadline.
@@ -87,9 +92,12 @@ impl AppState {
         &self,
         write: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<T, ApiError> {
-        tokio::time::timeout(self.write_timeout, write)
+        let admitted = self.breaker.admit()?;
+        let outcome = tokio::time::timeout(self.write_timeout, write)
             .await
-            .unwrap_or(Err(ApiError::Unavailable))
+            .unwrap_or(Err(ApiError::Unavailable));
+        self.breaker.record(admitted, &outcome);
+        outcome
     }
 }
 

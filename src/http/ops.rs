@@ -22,6 +22,9 @@ pub async fn health() -> HttpResponse {
 #[utoipa::path(get, path = "/ready", tag = "ops",
     responses((status = 200, description = "ready"), (status = 503, description = "the store does not answer", body = super::ErrorBody)))]
 pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if state.breaker.is_open() {
+        return Err(ApiError::Unavailable);
+    }
     match tokio::time::timeout(Duration::from_secs(1), state.store.ping()).await {
         Ok(Ok(())) => {
             Ok(HttpResponse::Ok().json(serde_json::json!({ "data": { "status": "ready" } })))

@@ -395,3 +395,35 @@ pub fn assert_no_leak(body: &Value) {
         assert!(!lowered.contains(leak), "error body leaks {leak:?}: {text}");
     }
 }
+
+/// A TCP proxy in front of a server (Redis, Postgres) that a test switches off (cutting every
+/// connection and refusing new ones) and on again.
+pub async fn switchable_proxy(
+    target: std::net::SocketAddr,
+) -> (u16, tokio::sync::watch::Sender<bool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (switch, on) = tokio::sync::watch::channel(true);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let mut on = on.clone();
+            if !*on.borrow() {
+                drop(client);
+                continue;
+            }
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = on.wait_for(|on| !*on) => {}
+                }
+            });
+        }
+    });
+    (port, switch)
+}

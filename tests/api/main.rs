@@ -12,6 +12,7 @@ mod joins;
 mod kiosk;
 mod nodes;
 mod ops;
+mod outage;
 mod outbox;
 mod rate_limits;
 mod realtime;

@@ -9,12 +9,10 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use turnout::store::{OutboxStatus, Store};
 use uuid::Uuid;
 
-use crate::helpers::{Backend, TestApp, User, body, spawn_app_with};
+use crate::helpers::{Backend, TestApp, User, body, spawn_app_with, switchable_proxy};
 
 fn redis_url() -> Option<String> {
     let url = std::env::var("TURNOUT_TEST_REDIS_URL")
@@ -51,36 +49,6 @@ async fn store(app: &TestApp) -> Arc<dyn Store> {
     turnout::store::connect(&app.database_url, &pool)
         .await
         .unwrap()
-}
-
-/// A TCP proxy in front of Redis that the test switches off (cutting every
-/// connection and refusing new ones) and on again.
-async fn switchable_proxy(target: SocketAddr) -> (u16, watch::Sender<bool>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (switch, on) = watch::channel(true);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut client, _)) = listener.accept().await else {
-                return;
-            };
-            let mut on = on.clone();
-            if !*on.borrow() {
-                drop(client);
-                continue;
-            }
-            tokio::spawn(async move {
-                let Ok(mut server) = TcpStream::connect(target).await else {
-                    return;
-                };
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                    _ = on.wait_for(|on| !*on) => {}
-                }
-            });
-        }
-    });
-    (port, switch)
 }
 
 async fn stream(

@@ -1,0 +1,170 @@
+//! A circuit breaker for writes. When the database stops answering, every
+//! write would otherwise wait out the full write deadline and pile up behind
+//! it; after `failures` consecutive store failures the breaker opens and
+//! writes fail fast with 503 `writes_paused` and `Retry-After` for the
+//! cool-down. Then one write is let through as a probe: if it succeeds the
+//! breaker closes, if not it opens again. Reads are not affected; `/ready`
+//! reports not ready while it is open.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use super::ApiError;
+
+/// `[http.breaker]` settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BreakerSettings {
+    /// Consecutive store failures that open the breaker.
+    pub failures: u32,
+    /// How long it stays open before a probe.
+    pub cool_down_ms: u64,
+}
+
+#[derive(Debug)]
+enum State {
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// One probe is out; everything else waits for its outcome.
+    Probing,
+}
+
+#[derive(Debug)]
+pub struct Breaker {
+    state: Mutex<State>,
+    threshold: u32,
+    cool_down: Duration,
+}
+
+/// A write the breaker let through; report how it went with
+/// [`Breaker::record`].
+#[must_use]
+pub struct Admitted;
+
+impl Breaker {
+    pub fn new(settings: &BreakerSettings) -> Self {
+        Self {
+            state: Mutex::new(State::Closed { failures: 0 }),
+            threshold: settings.failures.max(1),
+            cool_down: Duration::from_millis(settings.cool_down_ms),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Lets a write through, or refuses it while the breaker is open.
+    pub fn admit(&self) -> Result<Admitted, ApiError> {
+        let mut state = self.state();
+        match *state {
+            State::Closed { .. } => Ok(Admitted),
+            State::Open { until } if Instant::now() >= until => {
+                *state = State::Probing;
+                Ok(Admitted)
+            }
+            State::Open { until } => Err(ApiError::WritesPaused(
+                until
+                    .saturating_duration_since(Instant::now())
+                    .as_secs()
+                    .max(1),
+            )),
+            State::Probing => Err(ApiError::WritesPaused(1)),
+        }
+    }
+
+    /// Records the outcome of an admitted write: only the store being
+    /// unavailable counts as a failure.
+    pub fn record<T>(&self, _: Admitted, outcome: &Result<T, ApiError>) {
+        let store_failed = matches!(outcome, Err(ApiError::Unavailable));
+        let mut state = self.state();
+        *state = match (&*state, store_failed) {
+            (_, false) => State::Closed { failures: 0 },
+            (State::Closed { failures }, true) if failures + 1 < self.threshold => State::Closed {
+                failures: failures + 1,
+            },
+            (_, true) => {
+                if !matches!(*state, State::Open { .. }) {
+                    tracing::warn!("the database keeps failing: pausing writes");
+                    metrics::counter!("turnout_breaker_opened_total").increment(1);
+                }
+                State::Open {
+                    until: Instant::now() + self.cool_down,
+                }
+            }
+        };
+        metrics::gauge!("turnout_breaker_open").set(if matches!(*state, State::Closed { .. }) {
+            0.0
+        } else {
+            1.0
+        });
+    }
+
+    pub fn is_open(&self) -> bool {
+        !matches!(*self.state(), State::Closed { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker() -> Breaker {
+        Breaker::new(&BreakerSettings {
+            failures: 3,
+            cool_down_ms: 50,
+        })
+    }
+
+    fn fail(b: &Breaker) {
+        let admitted = b.admit().unwrap();
+        b.record::<()>(admitted, &Err(ApiError::Unavailable));
+    }
+
+    #[test]
+    fn opens_after_consecutive_store_failures_only() {
+        let b = breaker();
+        fail(&b);
+        fail(&b);
+        // A success in between resets the count.
+        let admitted = b.admit().unwrap();
+        b.record(admitted, &Ok(()));
+        fail(&b);
+        fail(&b);
+        assert!(!b.is_open());
+        // Refusals that are the client's business are not failures.
+        let admitted = b.admit().unwrap();
+        b.record::<()>(admitted, &Err(ApiError::NotFound("event")));
+        assert!(!b.is_open());
+        fail(&b);
+        fail(&b);
+        fail(&b);
+        assert!(b.is_open());
+        assert!(matches!(b.admit(), Err(ApiError::WritesPaused(_))));
+    }
+
+    #[test]
+    fn after_the_cool_down_one_probe_decides() {
+        let b = breaker();
+        for _ in 0..3 {
+            fail(&b);
+        }
+        std::thread::sleep(Duration::from_millis(60));
+        let probe = b.admit().expect("the probe goes through");
+        assert!(b.admit().is_err(), "only one probe at a time");
+        b.record::<()>(probe, &Err(ApiError::Unavailable));
+        assert!(b.admit().is_err(), "open again");
+        std::thread::sleep(Duration::from_millis(60));
+        let probe = b.admit().unwrap();
+        b.record(probe, &Ok(()));
+        assert!(!b.is_open());
+        assert!(b.admit().is_ok());
+    }
+}

@@ -1,0 +1,99 @@
+//! The database goes away mid-load (a TCP proxy in front of the real
+//! Postgres is cut): writes fail fast with 503 and Retry-After, `/ready`
+//! says not ready, and after the database returns everything recovers and
+//! no acknowledged join is lost. Runs when `TURNOUT_TEST_POSTGRES_URL` is set.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use uuid::Uuid;
+
+use crate::helpers::{Backend, body, fresh_database, spawn_node, switchable_proxy};
+
+#[actix_web::test]
+async fn writes_fail_fast_while_the_database_is_away_and_recover_without_losing_a_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(url) = fresh_database(Backend::Postgres, &dir).await else {
+        return;
+    };
+    // postgres://user@host:port/db → the same database through the proxy.
+    let (scheme_user, rest) = url.split_once('@').expect("a URL with a user");
+    let (host_port, database) = rest.split_once('/').unwrap();
+    let (port, switch) = switchable_proxy(host_port.parse().unwrap()).await;
+    let proxied = format!("{scheme_user}@127.0.0.1:{port}/{database}");
+    let app = spawn_node(&proxied, |s| {
+        s.http.breaker.failures = 3;
+        s.http.breaker.cool_down_ms = 300;
+        s.http.write_timeout_ms = 1500;
+        s.database.acquire_timeout_ms = 500;
+    })
+    .await;
+
+    let owner = app.user();
+    let event = app.published_event(&owner, 1000).await;
+    let mut acknowledged: HashSet<Uuid> = HashSet::new();
+    for _ in 0..10 {
+        let user = app.user();
+        assert_eq!(app.join(&user, event).await.status(), StatusCode::CREATED);
+        acknowledged.insert(user.id);
+    }
+
+    switch.send(false).unwrap();
+    let mut codes: HashSet<String> = HashSet::new();
+    for _ in 0..12 {
+        let user = app.user();
+        let Ok(response) = app.try_join(&user, event).await else {
+            continue;
+        };
+        let status = response.status();
+        if status.is_success() {
+            acknowledged.insert(user.id);
+            continue;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key("retry-after"));
+        codes.insert(
+            body(response).await["error"]["code"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert!(
+        codes.contains("writes_paused"),
+        "the breaker opened: {codes:?}"
+    );
+    let ready = app.request(Method::GET, "/ready").send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let health = app.request(Method::GET, "/health").send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK, "alive, just not ready");
+
+    switch.send(true).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let user = app.user();
+        if let Ok(response) = app.try_join(&user, event).await
+            && response.status() == StatusCode::CREATED
+        {
+            acknowledged.insert(user.id);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "writes never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ready = app.request(Method::GET, "/ready").send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+
+    let members: HashSet<Uuid> = app
+        .attendees(&owner, event)
+        .await
+        .iter()
+        .map(|a| a["user_id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    let lost: Vec<_> = acknowledged.difference(&members).collect();
+    assert!(lost.is_empty(), "acknowledged joins lost: {lost:?}");
+}
