@@ -29,7 +29,20 @@ pub struct Application {
     port: u16,
     server: Server,
     journal: Addr<Journal>,
-    threads: Vec<Arbiter>,
+    threads: Threads,
+}
+
+/// The app's own threads (actors, journal, hubs, recommenders). They stop
+/// when this is dropped — also when the app's future is dropped without a
+/// shutdown (a test ending), so their connections are not left open.
+struct Threads(Vec<Arbiter>);
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        for thread in &self.0 {
+            thread.stop();
+        }
+    }
 }
 
 impl Application {
@@ -175,7 +188,7 @@ impl Application {
             port,
             server: server.run(),
             journal,
-            threads,
+            threads: Threads(threads),
         })
     }
 
@@ -196,9 +209,7 @@ impl Application {
         {
             tracing::warn!("the journal did not flush within 10 s");
         }
-        for thread in self.threads {
-            thread.stop();
-        }
+        drop(self.threads);
         tracing::info!("shutdown complete");
         Ok(())
     }

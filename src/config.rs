@@ -129,6 +129,16 @@ impl Settings {
                 keys.iter().all(|k| k.expose_secret().len() >= 32),
                 "every key in TURNOUT_JWT_SECRETS must be at least 32 bytes in production"
             );
+            anyhow::ensure!(
+                keys.iter().all(|k| !weak_key(k.expose_secret())),
+                "a key in TURNOUT_JWT_SECRETS is weak (an example from the docs, or too few \
+                 distinct characters): generate one, e.g. `openssl rand -hex 32`"
+            );
+            anyhow::ensure!(
+                !self.http.cors_origins.iter().any(|o| o == "*")
+                    && !self.realtime.allowed_origins.iter().any(|o| o == "*"),
+                "a wildcard origin (\"*\") is refused in production: list the origins"
+            );
         }
         anyhow::ensure!(
             self.http.max_body_bytes > 0,
@@ -157,6 +167,14 @@ impl Settings {
     }
 }
 
+/// A key from the docs and examples, or one with too little variety to be
+/// random (`aaaa…`, `abab…`).
+fn weak_key(key: &str) -> bool {
+    const EXAMPLES: [&str; 3] = ["bench-key", "change-me", "loadtest-key"];
+    let distinct: std::collections::HashSet<char> = key.chars().collect();
+    distinct.len() < 10 || EXAMPLES.iter().any(|e| key.contains(e))
+}
+
 /// A URL fit for logs: the password, if any, replaced.
 pub fn redact_url(url: &SecretString) -> String {
     let raw = url.expose_secret();
@@ -183,6 +201,25 @@ mod tests {
         .unwrap();
         assert_eq!(settings.bind, "127.0.0.1:9999");
         assert!(settings.database_url.expose_secret().starts_with("sqlite:"));
+    }
+
+    #[test]
+    fn production_refuses_weak_keys_and_wildcard_origins() {
+        let production = |keys: &str, cors: &[&str]| {
+            let mut settings = Settings::load(&Overrides::default()).unwrap();
+            settings.env = Environment::Production;
+            settings.jwt_secrets = Some(SecretString::from(keys.to_owned()));
+            settings.http.cors_origins = cors.iter().map(|o| (*o).to_owned()).collect();
+            settings.validate()
+        };
+        let strong = "6f1c9d2a8b7e4035a1c2d3e4f5061728394a5b6c7d8e9f00";
+        assert!(production(strong, &["https://app.example.org"]).is_ok());
+        assert!(production("short", &[]).is_err());
+        assert!(production(&"a".repeat(40), &[]).is_err());
+        assert!(production("bench-key-bench-key-bench-key-bench", &[]).is_err());
+        assert!(production(&format!("{strong},{}", "ab".repeat(20)), &[]).is_err());
+        let wildcard = production(strong, &["*"]).unwrap_err().to_string();
+        assert!(wildcard.contains("wildcard"), "{wildcard}");
     }
 
     #[test]

@@ -98,7 +98,9 @@ pub fn test_settings(database_url: &str, dir: &tempfile::TempDir) -> Settings {
     settings.data_dir = dir.path().display().to_string();
     settings.http.workers = 2;
     settings.actors.threads = 2;
-    settings.database.max_connections = 8;
+    // Many apps run at once against one Postgres (max_connections 100).
+    settings.database.max_connections = 4;
+    settings.database.min_connections = 0;
     // Tests drive many writes from one address; the limits have their own tests.
     settings.rate_limits.per_user_per_minute = 0;
     settings.rate_limits.per_ip_per_minute = 0;
