@@ -173,13 +173,16 @@ impl Application {
                 .app_data(login_guard.clone())
                 .configure(http::configure(max_body))
         })
-        .shutdown_timeout(settings.http.shutdown_timeout_secs)
-        .listen(listener)?;
+        .shutdown_timeout(settings.http.shutdown_timeout_secs);
+        server = match &settings.http.tls {
+            Some(tls) => server.listen_rustls_0_23(listener, tls_config(tls)?)?,
+            None => server.listen(listener)?,
+        };
         if settings.http.workers > 0 {
             server = server.workers(settings.http.workers);
         }
         tracing::info!(
-            bind = %settings.bind, port,
+            bind = %settings.bind, port, tls = settings.http.tls.is_some(),
             database = %redact_url(&settings.database_url),
             actor_threads,
             "turnout listening"
@@ -213,6 +216,28 @@ impl Application {
         tracing::info!("shutdown complete");
         Ok(())
     }
+}
+
+/// The server's TLS identity from PEM files: the certificate chain (leaf
+/// first) and its private key.
+fn tls_config(tls: &crate::config::TlsSettings) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let chain = CertificateDer::pem_file_iter(&tls.cert_path)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .with_context(|| format!("cannot read the TLS certificate {}", tls.cert_path))?;
+    anyhow::ensure!(!chain.is_empty(), "no certificate in {}", tls.cert_path);
+    let key = PrivateKeyDer::from_pem_file(&tls.key_path)
+        .with_context(|| format!("cannot read the TLS private key {}", tls.key_path))?;
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .context("the TLS certificate and key do not match")?;
+    Ok(config)
 }
 
 /// CORS from the allowlist. Bearer tokens, not cookies, so never credentials.

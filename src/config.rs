@@ -73,6 +73,16 @@ pub struct HttpSettings {
     pub workers: usize,
     pub shutdown_timeout_secs: u64,
     pub breaker: crate::http::breaker::BreakerSettings,
+    /// Terminate TLS here (HTTPS and WSS) instead of at a proxy.
+    pub tls: Option<TlsSettings>,
+}
+
+/// `[http.tls]`: PEM files.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TlsSettings {
+    /// The certificate chain, leaf first.
+    pub cert_path: String,
+    pub key_path: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

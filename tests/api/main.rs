@@ -18,3 +18,4 @@ mod rate_limits;
 mod realtime;
 mod recommendations;
 mod store;
+mod tls;
