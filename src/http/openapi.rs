@@ -22,7 +22,7 @@ use super::{accounts, admin, events, joins, ops, recommendations, venues, ws};
         ws::upgrade,
         ops::health, ops::ready, ops::metrics,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonErrors),
     tags((name = "accounts"), (name = "venues"), (name = "events"), (name = "joins"), (name = "recommendations"), (name = "realtime"), (name = "admin"), (name = "ops"))
 )]
 pub struct ApiDoc;
@@ -43,6 +43,59 @@ impl Modify for BearerAuth {
                         .build(),
                 ),
             );
+    }
+}
+
+/// Errors any operation can answer with the envelope, documented once:
+/// malformed input (400), a bad token (401), an unknown id (404), a body too
+/// large (413), a failed validation (422), rate limits (429) and overload or
+/// an unavailable store (503). An operation's own documentation wins.
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::Ref;
+        use utoipa::openapi::{Content, ResponseBuilder};
+
+        const COMMON: [(&str, &str); 7] = [
+            ("400", "malformed request: body, query or path"),
+            ("401", "missing, invalid or expired token"),
+            ("404", "no such resource"),
+            ("413", "request body too large"),
+            ("422", "a field failed validation"),
+            ("429", "rate limited; see Retry-After"),
+            (
+                "503",
+                "overloaded or the database is unavailable; see Retry-After",
+            ),
+        ];
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for (status, description) in COMMON {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| {
+                            ResponseBuilder::new()
+                                .description(description)
+                                .content(
+                                    "application/json",
+                                    Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+                                )
+                                .build()
+                                .into()
+                        });
+                }
+            }
+        }
     }
 }
 
