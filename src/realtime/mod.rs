@@ -24,6 +24,7 @@ mod session;
 pub use channel::Channel;
 pub use hub::EventChange;
 pub use hubs::{Hubs, LocalFanout};
+pub use protocol::{ClientFrame, parse_client_frame};
 pub use redis_fanout::RedisFanout;
 pub use router::Router;
 pub use session::{ConnectionLimits, ConnectionPermit, Outbox, WsSession};

@@ -66,6 +66,11 @@ fn channel_frame<T: Serialize>(
     .expect("frames serialise")
 }
 
+/// Reads a client's frame; the only way frames are parsed.
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
 pub fn snapshot<T: Serialize>(
     channel: &str,
     epoch: &str,

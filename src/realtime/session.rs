@@ -245,7 +245,7 @@ impl WsSession {
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
-        let frame = match serde_json::from_str::<ClientFrame>(text) {
+        let frame = match protocol::parse_client_frame(text) {
             Ok(frame) => frame,
             Err(e) => return self.strike(&format!("not a valid frame: {e}"), ctx),
         };
