@@ -81,14 +81,16 @@ proptest! {
 
     #[test]
     fn typed_values_never_panic(raw in ".{0,300}", n in any::<i64>()) {
-        for parsed in [
+        // What is accepted is trimmed and never empty.
+        for value in [
             Tag::parse(&raw).map(|t| t.as_str().to_owned()),
             Title::parse(&raw).map(String::from),
             Description::parse(&raw).map(String::from),
-        ] {
-            if let Ok(value) = parsed {
-                prop_assert!(!value.trim().is_empty() || value.is_empty());
-            }
+        ]
+        .into_iter()
+        .flatten()
+        {
+            prop_assert!(!value.is_empty() && value.trim() == value, "{:?}", value);
         }
         let _ = Email::parse(&raw);
         let _ = DisplayName::parse(&raw);
