@@ -127,6 +127,13 @@ impl Application {
             settings.redis_url.as_ref(),
             settings.outbox.clone(),
         )?;
+        if let Some(url) = &settings.redis_url {
+            crate::consumers::start(
+                store.clone(),
+                url,
+                format!("{}events", settings.outbox.stream_prefix),
+            )?;
+        }
         spawn_idempotency_purge(
             store.clone(),
             Duration::from_secs(settings.idempotency.purge_interval_secs),

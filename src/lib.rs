@@ -5,6 +5,7 @@
 //! - `auth`: passwords, tokens and the identity extractors.
 //! - `http`: routes, the error envelope, pagination, OpenAPI.
 //! - `outbox`: the relay that publishes committed facts to Redis streams.
+//! - `consumers`: in-process consumers of those facts, idempotent by inbox.
 //! - `realtime`: WebSocket sessions, channel hubs and fan-out.
 //! - `recommendations`: the recommenders' settings, source and catalog load.
 //! - `store`: the SQLite and Postgres adapters.
@@ -13,6 +14,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod consumers;
 pub mod http;
 pub mod outbox;
 pub mod realtime;

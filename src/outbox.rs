@@ -15,8 +15,9 @@
 //!   marked dead (listed and replayed through the admin API) and the rows
 //!   behind it move on.
 //! - Without Redis (the embedded default) there is nobody outside the process
-//!   to publish to: rows are marked published as they come, so that the
-//!   retention purge keeps the table small.
+//!   to publish to: the rows go to the in-process consumers (`consumers`)
+//!   and are marked published, so that the retention purge keeps the table
+//!   small.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -175,6 +176,18 @@ async fn pass(
         return Pass::Idle;
     }
     let Some(client) = client else {
+        // Nobody outside: the in-process consumers get the rows here.
+        for row in &rows {
+            let fact = crate::consumers::Fact {
+                message_id: row.message_id,
+                event_type: row.event_type.clone(),
+                committed_at: row.created_at,
+            };
+            if let Err(error) = crate::consumers::handle(store.as_ref(), &fact).await {
+                tracing::warn!(%error, "an outbox consumer failed; retrying");
+                return Pass::StoreAway;
+            }
+        }
         return mark_published(store, &rows, settings).await;
     };
     if connection.is_none() {
@@ -266,8 +279,9 @@ async fn mark_published(
     }
 }
 
-/// The stream entry: the fact and where it came from. `request_id` carries
-/// the trace context from the request that caused it.
+/// The stream entry: the fact, when it was committed (unix µs) and where it
+/// came from. `request_id` carries the trace context from the request that
+/// caused it.
 fn fields(row: &OutboxMessage) -> Vec<(&'static str, String)> {
     vec![
         ("outbox_id", row.id.to_string()),
@@ -276,6 +290,7 @@ fn fields(row: &OutboxMessage) -> Vec<(&'static str, String)> {
         ("aggregate_id", row.aggregate_id.to_string()),
         ("stream_version", row.stream_version.to_string()),
         ("request_id", row.request_id.clone().unwrap_or_default()),
+        ("committed_at", row.created_at.to_string()),
         ("payload", row.payload.clone()),
     ]
 }

@@ -12,7 +12,8 @@ use crate::auth::AdminUser;
 use crate::store::{OutboxMessage, OutboxStatus, from_micros, micros};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/admin/outbox/dead", web::get().to(dead_messages))
+    cfg.route("/admin/stats", web::get().to(stats))
+        .route("/admin/outbox/dead", web::get().to(dead_messages))
         .route("/admin/outbox/{id}/replay", web::post().to(replay));
 }
 
@@ -124,5 +125,63 @@ pub async fn replay(
             id,
             status: "pending",
         },
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct StatsQuery {
+    /// Days back from today, 1 to 366; 7 when absent.
+    pub days: Option<i64>,
+}
+
+/// Facts committed on one UTC day, by kind.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DailyFacts {
+    /// `YYYY-MM-DD`
+    pub day: String,
+    /// `joined`, `left`, `promoted`, `published`, …
+    pub event_type: String,
+    pub facts: i64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct StatsEnvelope {
+    pub data: Vec<DailyFacts>,
+}
+
+/// Facts committed per day and kind, counted by the daily-facts consumer of
+/// the outbox (so they trail commits by a moment).
+#[utoipa::path(get, path = "/v1/admin/stats", tag = "admin", params(StatsQuery), security(("bearer" = [])),
+    responses((status = 200, body = StatsEnvelope), (status = 400, body = super::ErrorBody),
+        (status = 401, body = super::ErrorBody), (status = 403, description = "not an admin", body = super::ErrorBody)))]
+pub async fn stats(
+    state: web::Data<AppState>,
+    _: AdminUser,
+    query: web::Query<StatsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let days = match query.days {
+        None => 7,
+        Some(n) if (1..=366).contains(&n) => n,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "days must be 1 to 366",
+            ));
+        }
+    };
+    let since = (Utc::now() - chrono::Duration::days(days - 1))
+        .format("%Y-%m-%d")
+        .to_string();
+    let rows = state.store.daily_facts(&since).await?;
+    Ok(HttpResponse::Ok().json(StatsEnvelope {
+        data: rows
+            .into_iter()
+            .map(|(day, event_type, facts)| DailyFacts {
+                day,
+                event_type,
+                facts,
+            })
+            .collect(),
     }))
 }

@@ -240,6 +240,18 @@ pub trait Store: EventStore {
     /// Deletes rows published before `before`; returns how many.
     async fn purge_published_outbox(&self, before: i64) -> Result<u64, StoreError>;
 
+    /// The daily-facts consumer: counts one fact for the day, once per
+    /// message however often it is delivered (inbox); false for a
+    /// redelivery.
+    async fn count_daily_fact(
+        &self,
+        message_id: Uuid,
+        day: &str,
+        event_type: &str,
+    ) -> Result<bool, StoreError>;
+    /// `(day, event_type, facts)` from `since_day` (`YYYY-MM-DD`) on.
+    async fn daily_facts(&self, since_day: &str) -> Result<Vec<(String, String, i64)>, StoreError>;
+
     /// Deletes idempotency records past their expiry; returns how many.
     async fn purge_expired_replies(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
 }

@@ -20,6 +20,9 @@ use super::{
     VenueRecord, micros, unavailable,
 };
 
+/// The inbox name of the daily-facts consumer.
+const DAILY_FACTS_HANDLER: &str = "daily-facts";
+
 /// A database of either backend.
 pub struct SqlStore<DB: sqlx::Database> {
     /// Queries and account writes.
@@ -543,6 +546,26 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            /// The inbox: records that `handler` got `message_id`, in the
+            /// caller's transaction; false if it had it before (a
+            /// redelivery), in which case the caller skips its effect.
+            async fn first_delivery(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                message_id: Uuid,
+                handler: &str,
+            ) -> Result<bool, sqlx::Error> {
+                let done = sqlx::query(
+                    "INSERT INTO inbox (message_id, handler, processed_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(message_id)
+                .bind(handler)
+                .bind(micros(Utc::now()))
+                .execute(&mut **tx)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
             async fn tags_for(&self, events: &mut [EventRecord]) -> Result<(), StoreError> {
                 if events.is_empty() {
                     return Ok(());
@@ -1062,6 +1085,40 @@ macro_rules! impl_store {
                     .await
                     .map_err(unavailable)?;
                 Ok(done.rows_affected())
+            }
+
+            async fn count_daily_fact(
+                &self,
+                message_id: Uuid,
+                day: &str,
+                event_type: &str,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(unavailable)?;
+                if !Self::first_delivery(&mut tx, message_id, DAILY_FACTS_HANDLER).await.map_err(unavailable)? {
+                    tx.rollback().await.map_err(unavailable)?;
+                    return Ok(false);
+                }
+                sqlx::query(
+                    "INSERT INTO daily_facts (day, event_type, facts) VALUES ($1, $2, 1) \
+                     ON CONFLICT (day, event_type) DO UPDATE SET facts = daily_facts.facts + 1",
+                )
+                .bind(day)
+                .bind(event_type)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+                tx.commit().await.map_err(unavailable)?;
+                Ok(true)
+            }
+
+            async fn daily_facts(&self, since_day: &str) -> Result<Vec<(String, String, i64)>, StoreError> {
+                sqlx::query_as(
+                    "SELECT day, event_type, facts FROM daily_facts WHERE day >= $1 ORDER BY day, event_type",
+                )
+                .bind(since_day)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)
             }
 
             async fn purge_expired_replies(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {

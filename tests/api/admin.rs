@@ -44,7 +44,8 @@ async fn promote(app: &TestApp, email: &str, role: &str) -> User {
     }
 }
 
-const ROUTES: [(&str, &str); 2] = [
+const ROUTES: [(&str, &str); 3] = [
+    ("GET", "/v1/admin/stats"),
     ("GET", "/v1/admin/outbox/dead"),
     ("POST", "/v1/admin/outbox/1/replay"),
 ];
@@ -97,6 +98,82 @@ async fn admin_routes_answer_to_admins_only(app: TestApp) {
         .await
         .unwrap();
     assert_error(response, StatusCode::BAD_REQUEST, "invalid_query").await;
+
+    // The daily-facts consumer counts what was committed (through the
+    // in-process delivery here: no Redis).
+    let event = app.published_event(&attendee, 5).await;
+    for _ in 0..3 {
+        assert_eq!(
+            app.join(&app.user(), event).await.status(),
+            StatusCode::CREATED
+        );
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let response = app
+            .as_user(&admin, Method::GET, "/v1/admin/stats?days=2")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let stats = body(response).await["data"].clone();
+        let count = |kind: &str| {
+            stats
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|row| row["event_type"] == kind)
+                .map(|row| row["facts"].as_i64().unwrap())
+                .sum::<i64>()
+        };
+        if count("joined") == 3 {
+            assert_eq!(count("created"), 1);
+            assert_eq!(count("published"), 1);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never counted: {stats}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for bad in ["?days=0", "?days=367", "?days=x", "?weeks=1"] {
+        let response = app
+            .as_user(&admin, Method::GET, &format!("/v1/admin/stats{bad}"))
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, StatusCode::BAD_REQUEST, "invalid_query").await;
+    }
+
+    // The inbox: a message delivered again changes nothing.
+    let store = turnout::store::connect(
+        &app.database_url,
+        &turnout::store::PoolSettings {
+            max_connections: 1,
+            min_connections: 0,
+            acquire_timeout_ms: 3000,
+        },
+    )
+    .await
+    .unwrap();
+    let message = uuid::Uuid::now_v7();
+    assert!(
+        store
+            .count_daily_fact(message, "2026-01-01", "joined")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .count_daily_fact(message, "2026-01-01", "joined")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.daily_facts("2026-01-01").await.unwrap()[0],
+        ("2026-01-01".to_owned(), "joined".to_owned(), 1)
+    );
 
     let unknown_role = Command::new(env!("CARGO_BIN_EXE_turnout"))
         .args(["set-role", "admin@example.org", "emperor"])

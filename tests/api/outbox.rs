@@ -161,6 +161,64 @@ async fn facts_reach_the_stream_in_order_even_after_redis_was_away() {
     assert_eq!(field(first, "event_type"), "created");
     assert!(!field(first, "request_id").is_empty());
     let payload: Value = serde_json::from_str(field(first, "payload")).unwrap();
+    // The daily-facts consumer read the stream (in its consumer group) and
+    // counted each fact once — also one delivered twice.
+    let (_, last) = entries.last().unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&key)
+        .arg("*")
+        .arg(
+            last.iter()
+                .flat_map(|(k, v)| [k.as_str(), v.as_str()])
+                .collect::<Vec<_>>(),
+        )
+        .query_async(&mut check)
+        .await
+        .unwrap();
+    let admin = User {
+        id: Uuid::now_v7(),
+        token: app.token_with_role("admin"),
+    };
+    wait_until("every fact counted once", || {
+        let (app, admin) = (app.clone(), admin.clone());
+        async move {
+            let response = app
+                .as_user(&admin, Method::GET, "/v1/admin/stats?days=2")
+                .send()
+                .await
+                .unwrap();
+            let stats = body(response).await["data"].clone();
+            let total: i64 = stats
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|row| row["facts"].as_i64().unwrap())
+                .sum();
+            total == pending
+        }
+    })
+    .await;
+    let mut pending_entries = 1;
+    for _ in 0..50 {
+        let summary: redis::Value = redis::cmd("XPENDING")
+            .arg(&key)
+            .arg("turnout-daily-facts")
+            .query_async(&mut check)
+            .await
+            .unwrap();
+        pending_entries = match summary {
+            redis::Value::Array(items) => match items.first() {
+                Some(redis::Value::Int(n)) => *n,
+                _ => 0,
+            },
+            _ => 0,
+        };
+        if pending_entries == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pending_entries, 0, "every entry acknowledged");
     assert!(
         payload["schema_version"].as_i64().unwrap() >= 1,
         "{payload}"

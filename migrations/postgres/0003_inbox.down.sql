@@ -1,0 +1,2 @@
+DROP TABLE daily_facts;
+DROP TABLE inbox;

@@ -1,0 +1,132 @@
+//! In-process consumers of the outbox. Delivery is at least once, so every
+//! handler is made idempotent by the inbox: it records `(message_id,
+//! handler)` in the same transaction as its effect and skips a message it
+//! has seen (`Store::count_daily_fact` shows the pattern).
+//!
+//! With Redis, consumers read the outbox stream in a consumer group (the
+//! nodes share the work; an entry left unacknowledged by a node that died
+//! is claimed by another after a minute). Without Redis, the relay hands
+//! them the rows before marking them published.
+//!
+//! The one consumer today, `daily-facts`, counts the facts committed per UTC
+//! day and kind, for `GET /v1/admin/stats`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::streams::{StreamAutoClaimOptions, StreamId, StreamReadOptions, StreamReadReply};
+use secrecy::{ExposeSecret, SecretString};
+use uuid::Uuid;
+
+use crate::store::{Store, from_micros};
+use turnout_actors::store::StoreError;
+
+const GROUP: &str = "turnout-daily-facts";
+/// Entries another consumer left unacknowledged this long are taken over.
+const CLAIM_IDLE_MS: u64 = 60_000;
+
+/// One fact, as consumers see it.
+#[derive(Debug, Clone)]
+pub struct Fact {
+    pub message_id: Uuid,
+    pub event_type: String,
+    /// When it was committed, unix microseconds.
+    pub committed_at: i64,
+}
+
+/// Handles one fact; false when it was a redelivery and nothing changed.
+pub async fn handle(store: &dyn Store, fact: &Fact) -> Result<bool, StoreError> {
+    let day = from_micros(fact.committed_at)
+        .format("%Y-%m-%d")
+        .to_string();
+    let counted = store
+        .count_daily_fact(fact.message_id, &day, &fact.event_type)
+        .await?;
+    let outcome = if counted { "handled" } else { "redelivered" };
+    metrics::counter!("turnout_consumer_messages_total", "handler" => "daily-facts", "outcome" => outcome)
+        .increment(1);
+    Ok(counted)
+}
+
+fn fact_of(entry: &StreamId) -> Option<Fact> {
+    Some(Fact {
+        message_id: entry.get::<String>("message_id")?.parse().ok()?,
+        event_type: entry.get("event_type")?,
+        committed_at: entry.get::<String>("committed_at")?.parse().ok()?,
+    })
+}
+
+/// Starts the stream consumer of this node on the current runtime.
+pub fn start(
+    store: Arc<dyn Store>,
+    redis_url: &SecretString,
+    stream: String,
+) -> anyhow::Result<()> {
+    let client = redis::Client::open(redis_url.expose_secret())
+        .map_err(|e| anyhow::anyhow!("invalid Redis URL: {:?}", e.kind()))?;
+    actix_web::rt::spawn(consume(store, client, stream));
+    Ok(())
+}
+
+async fn consume(store: Arc<dyn Store>, client: redis::Client, stream: String) {
+    let consumer = format!("node-{}", Uuid::now_v7().simple());
+    let mut failures = 0u32;
+    loop {
+        if let Err(error) = consume_until_error(&store, &client, &stream, &consumer).await {
+            failures += 1;
+            tracing::warn!(%error, "the daily-facts consumer stopped; retrying");
+            tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(failures.min(7)))).await;
+        }
+    }
+}
+
+async fn consume_until_error(
+    store: &Arc<dyn Store>,
+    client: &redis::Client,
+    stream: &str,
+    consumer: &str,
+) -> anyhow::Result<()> {
+    let mut redis = client.get_multiplexed_async_connection().await?;
+    // From the start of the stream: a new group catches up on history, and
+    // the inbox makes that safe.
+    let created: redis::RedisResult<()> = redis.xgroup_create_mkstream(stream, GROUP, "0").await;
+    if let Err(error) = created
+        && error.code() != Some("BUSYGROUP")
+    {
+        return Err(error.into());
+    }
+    let read = StreamReadOptions::default()
+        .group(GROUP, consumer)
+        .count(100)
+        .block(2_000);
+    let mut last_claim = tokio::time::Instant::now() - Duration::from_secs(3600);
+    loop {
+        let mut entries: Vec<StreamId> = Vec::new();
+        if last_claim.elapsed() > Duration::from_secs(30) {
+            last_claim = tokio::time::Instant::now();
+            let claimed: redis::streams::StreamAutoClaimReply = redis
+                .xautoclaim_options(
+                    stream,
+                    GROUP,
+                    consumer,
+                    CLAIM_IDLE_MS,
+                    "0-0",
+                    StreamAutoClaimOptions::default().count(100),
+                )
+                .await?;
+            entries.extend(claimed.claimed);
+        }
+        let reply: Option<StreamReadReply> = redis.xread_options(&[stream], &[">"], &read).await?;
+        entries.extend(reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids));
+        for entry in entries {
+            match fact_of(&entry) {
+                Some(fact) => {
+                    handle(store.as_ref(), &fact).await?;
+                }
+                None => tracing::warn!(id = %entry.id, "skipping a malformed outbox entry"),
+            }
+            let _: usize = redis.xack(stream, GROUP, &[&entry.id]).await?;
+        }
+    }
+}
