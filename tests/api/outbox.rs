@@ -323,3 +323,54 @@ async fn a_message_redis_refuses_goes_dead_and_an_admin_replays_it() {
         .await
         .unwrap();
 }
+
+#[actix_web::test]
+async fn two_servers_on_one_database_publish_every_fact_once_in_order() {
+    let Some(url) = redis_url() else { return };
+    let mut check = redis(&url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let database = crate::helpers::fresh_database(backend(), &dir)
+        .await
+        .unwrap();
+    let prefix = format!("turnout-test-{}:", Uuid::new_v4().simple());
+    let key = format!("{prefix}events");
+    let tweak = |s: &mut turnout::config::Settings| {
+        s.redis_url = Some(SecretString::from(url.clone()));
+        s.outbox.stream_prefix = prefix.clone();
+        s.outbox.batch = 5;
+    };
+    let a = crate::helpers::spawn_node(&database, tweak).await;
+    let b = crate::helpers::spawn_node(&database, tweak).await;
+    let store = store(&a).await;
+
+    // Each node commits its own event's facts; both relays run, one holds
+    // the lease at a time.
+    let (on_a, on_b) = (
+        a.published_event(&a.user(), 100).await,
+        b.published_event(&b.user(), 100).await,
+    );
+    for _ in 0..20 {
+        assert!(a.join(&a.user(), on_a).await.status().is_success());
+        assert!(b.join(&b.user(), on_b).await.status().is_success());
+    }
+    wait_until("the outbox drained", || {
+        let store = Arc::clone(&store);
+        async move { store.outbox_counts().await.unwrap().0 == 0 }
+    })
+    .await;
+    let entries = stream(&mut check, &key).await;
+    let ids: Vec<i64> = entries
+        .iter()
+        .map(|(_, f)| field(f, "outbox_id").parse().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 44, "2 events × (created, published) + 40 joins");
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "once each, in order: {ids:?}"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut check)
+        .await
+        .unwrap();
+}

@@ -55,6 +55,11 @@ async fn the_server_speaks_https_with_the_configured_certificate() {
         .unwrap();
     let health = client.get(format!("{https}/health")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(
+        health.headers()["strict-transport-security"],
+        "max-age=31536000"
+    );
+    assert_eq!(health.headers()["x-content-type-options"], "nosniff");
 
     // Plain HTTP to the TLS port gets no answer.
     let plain = reqwest::Client::new()
