@@ -84,23 +84,11 @@ impl Api {
                 json!({ "name": "Load test hall", "lat": 52.37, "lon": 4.89 }),
             )
             .await?;
-        let starts_at = chrono::Utc::now() + chrono::Duration::days(7);
-        let event = self
-            .post(
-                owner_token,
-                "/v1/events",
-                json!({ "title": "Load test", "venue_id": venue["id"], "starts_at": starts_at,
-                        "capacity": capacity, "tags": ["loadtest"] }),
-            )
-            .await?;
-        let id: Uuid = event["id"].as_str().context("event id")?.parse()?;
-        self.post(
-            owner_token,
-            &format!("/v1/events/{id}/publish"),
-            Value::Null,
-        )
-        .await?;
         let venue: Uuid = venue["id"].as_str().context("venue id")?.parse()?;
+        let starts_at = chrono::Utc::now() + chrono::Duration::days(7);
+        let id = self
+            .publish_event(owner_token, venue, "Load test", starts_at, capacity)
+            .await?;
         Ok((id, venue))
     }
 
@@ -111,13 +99,14 @@ impl Api {
         venue: Uuid,
         title: &str,
         starts_at: chrono::DateTime<chrono::Utc>,
+        capacity: u64,
     ) -> anyhow::Result<Uuid> {
         let event = self
             .post(
                 owner_token,
                 "/v1/events",
                 json!({ "title": title, "venue_id": venue, "starts_at": starts_at,
-                        "capacity": 1000, "tags": ["loadtest"] }),
+                        "capacity": capacity, "tags": ["loadtest"] }),
             )
             .await?;
         let id: Uuid = event["id"].as_str().context("event id")?.parse()?;

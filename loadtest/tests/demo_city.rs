@@ -1,34 +1,12 @@
 //! The demo loader against a real server started by the test: the city
 //! arrives through the API and its people get recommendations at once.
 
-use secrecy::SecretString;
-use turnout::app::Application;
-use turnout::config::{Overrides, Settings};
+mod common;
+
+use common::server;
 use turnout_loadtest::demo::{self, Demo};
 
 const KEY: &str = "demo-test-key-demo-test-key-demo-test";
-
-async fn server(dir: &tempfile::TempDir, rate_limited: bool) -> String {
-    let mut settings = Settings::load(&Overrides {
-        bind: Some("127.0.0.1:0".into()),
-        database_url: Some(format!(
-            "sqlite://{}/turnout.db?mode=rwc",
-            dir.path().display()
-        )),
-        ..Overrides::default()
-    })
-    .unwrap();
-    settings.jwt_secrets = Some(SecretString::from(KEY.to_owned()));
-    settings.data_dir = dir.path().display().to_string();
-    if !rate_limited {
-        settings.rate_limits.per_user_per_minute = 0;
-        settings.rate_limits.per_ip_per_minute = 0;
-    }
-    let app = Application::build(settings).await.unwrap();
-    let target = format!("http://127.0.0.1:{}", app.port());
-    actix_web::rt::spawn(app.run_until_stopped());
-    target
-}
 
 fn small(target: String) -> Demo {
     Demo {
@@ -44,7 +22,7 @@ fn small(target: String) -> Demo {
 #[actix_web::test]
 async fn the_demo_city_loads_through_the_api_and_is_recommended_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let target = server(&dir, false).await;
+    let target = server(&dir, KEY, false).await;
     let loaded = demo::load(&small(target.clone())).await.unwrap();
     assert_eq!(loaded.venues.len(), 3);
     assert_eq!(loaded.events.len(), 24);
@@ -97,7 +75,7 @@ async fn the_demo_city_loads_through_the_api_and_is_recommended_at_once() {
 #[actix_web::test]
 async fn a_rate_limited_server_gets_a_clear_instruction() {
     let dir = tempfile::tempdir().unwrap();
-    let target = server(&dir, true).await;
+    let target = server(&dir, KEY, true).await;
     let error = demo::load(&small(target)).await.unwrap_err().to_string();
     assert!(
         error.contains("TURNOUT_RATE_LIMITS__PER_IP_PER_MINUTE=0"),

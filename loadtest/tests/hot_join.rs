@@ -1,9 +1,8 @@
 //! A small hot-join against a real Turnout server started by the test: every
 //! invariant must hold.
 
-use secrecy::SecretString;
-use turnout::app::Application;
-use turnout::config::{Overrides, Settings};
+mod common;
+
 use turnout_loadtest::Common;
 use turnout_loadtest::scenarios::hot_join::{self, HotJoin};
 
@@ -12,22 +11,7 @@ const KEY: &str = "loadtest-key-loadtest-key-loadtest";
 #[actix_web::test]
 async fn a_small_hot_join_keeps_every_invariant() {
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings::load(&Overrides {
-        bind: Some("127.0.0.1:0".into()),
-        database_url: Some(format!(
-            "sqlite://{}/turnout.db?mode=rwc",
-            dir.path().display()
-        )),
-        ..Overrides::default()
-    })
-    .unwrap();
-    settings.jwt_secrets = Some(SecretString::from(KEY.to_owned()));
-    settings.data_dir = dir.path().display().to_string();
-    settings.rate_limits.per_user_per_minute = 0;
-    settings.rate_limits.per_ip_per_minute = 0;
-    let app = Application::build(settings).await.unwrap();
-    let target = format!("http://127.0.0.1:{}", app.port());
-    actix_web::rt::spawn(app.run_until_stopped());
+    let target = common::server(&dir, KEY, false).await;
 
     let report = hot_join::run(HotJoin {
         common: Common {

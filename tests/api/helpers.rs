@@ -196,9 +196,19 @@ impl TestApp {
     }
 
     pub async fn register(&self, email: &str) -> User {
+        self.register_with(email, json!({})).await
+    }
+
+    /// Registers with extra profile fields (`interests`, `home`).
+    pub async fn register_with(&self, email: &str, profile: Value) -> User {
+        let mut account =
+            json!({ "email": email, "password": "correct horse", "display_name": "Test" });
+        if let (Some(account), Some(profile)) = (account.as_object_mut(), profile.as_object()) {
+            account.extend(profile.clone());
+        }
         let response = self
             .request(Method::POST, "/v1/auth/register")
-            .json(&json!({ "email": email, "password": "correct horse", "display_name": "Test" }))
+            .json(&account)
             .send()
             .await
             .unwrap();

@@ -15,25 +15,11 @@ on_both_backends!(recommendations_are_ranked_explained_and_exclude_what_they_mus
 const HOME: (f64, f64) = (52.3700, 4.8900);
 
 async fn register_with(app: &TestApp, email: &str, interests: &[&str]) -> User {
-    let response = app
-        .request(Method::POST, "/v1/auth/register")
-        .json(&json!({
-            "email": email, "password": "correct horse", "display_name": "Fan",
-            "interests": interests, "home": { "lat": HOME.0, "lon": HOME.1 }
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let body = body(response).await;
-    User {
-        id: body["data"]["user"]["id"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap(),
-        token: body["data"]["token"].as_str().unwrap().to_owned(),
-    }
+    app.register_with(
+        email,
+        json!({ "interests": interests, "home": { "lat": HOME.0, "lon": HOME.1 } }),
+    )
+    .await
 }
 
 async fn venue_at(app: &TestApp, owner: &User, lat: f64, lon: f64) -> Uuid {

@@ -128,6 +128,27 @@ pub struct CoEvidence {
     best: f64,
 }
 
+impl Default for CoEvidence {
+    fn default() -> Self {
+        Self {
+            strength: 0.0,
+            because: EventId::from(Uuid::nil()),
+            best: 0.0,
+        }
+    }
+}
+
+impl CoEvidence {
+    /// Adds what joined event `a` contributes.
+    fn add(&mut self, a: EventId, strength: f64) {
+        self.strength += strength;
+        if strength > self.best {
+            self.best = strength;
+            self.because = a;
+        }
+    }
+}
+
 type Cell = (i32, i32);
 /// Hash maps on the ranking path: ids are random already, so a fast hash
 /// is as good as SipHash here and much cheaper.
@@ -468,24 +489,12 @@ impl Catalog {
     pub(crate) fn co_evidence(&self, history: &[EventId]) -> FastMap<EventId, CoEvidence> {
         let mut evidence: FastMap<EventId, CoEvidence> = FastMap::default();
         for &a in history {
-            let (Some(row), Some(card_a)) = (self.co.get(&a), self.cards.get(&a)) else {
+            let Some(row) = self.co.get(&a) else {
                 continue;
             };
-            let n_a = f64::from(card_a.joiners.max(1));
             for (&b, &count) in row {
-                let Some(card_b) = self.cards.get(&b) else {
-                    continue;
-                };
-                let s = f64::from(count) / (n_a * f64::from(card_b.joiners.max(1))).sqrt();
-                let e = evidence.entry(b).or_insert(CoEvidence {
-                    strength: 0.0,
-                    because: a,
-                    best: 0.0,
-                });
-                e.strength += s;
-                if s > e.best {
-                    e.best = s;
-                    e.because = a;
+                if let Some(s) = self.pair_strength(a, b, count) {
+                    CoEvidence::add(evidence.entry(b).or_default(), a, s);
                 }
             }
         }
@@ -494,28 +503,22 @@ impl Catalog {
 
     /// Co-attendance evidence for one event only (incremental updates).
     pub(crate) fn co_evidence_for(&self, history: &[EventId], b: EventId) -> Option<CoEvidence> {
-        let n_b = f64::from(self.cards.get(&b)?.joiners.max(1));
         let mut found: Option<CoEvidence> = None;
         for &a in history {
-            let (Some(count), Some(card_a)) = (
-                self.co.get(&a).and_then(|row| row.get(&b)),
-                self.cards.get(&a),
-            ) else {
+            let Some(&count) = self.co.get(&a).and_then(|row| row.get(&b)) else {
                 continue;
             };
-            let s = f64::from(*count) / (f64::from(card_a.joiners.max(1)) * n_b).sqrt();
-            let e = found.get_or_insert(CoEvidence {
-                strength: 0.0,
-                because: a,
-                best: 0.0,
-            });
-            e.strength += s;
-            if s > e.best {
-                e.best = s;
-                e.because = a;
+            if let Some(s) = self.pair_strength(a, b, count) {
+                CoEvidence::add(found.get_or_insert_with(CoEvidence::default), a, s);
             }
         }
         found
+    }
+
+    /// co(a, b) / √(nₐ · n_b); `None` when either card is gone.
+    fn pair_strength(&self, a: EventId, b: EventId, count: u32) -> Option<f64> {
+        let (n_a, n_b) = (self.cards.get(&a)?.joiners, self.cards.get(&b)?.joiners);
+        Some(f64::from(count) / (f64::from(n_a.max(1)) * f64::from(n_b.max(1))).sqrt())
     }
 }
 

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-use super::ws_fanout::{connect_from, rss_bytes, server_addr, source_address};
+use super::ws_fanout::{connect_all, connect_from, rss_bytes, server_addr};
 use crate::Common;
 use crate::api::{Api, Minter};
 use crate::report::{Check, Report, latency_histogram};
@@ -102,29 +102,17 @@ pub async fn run(args: RecsFanout) -> anyhow::Result<Report> {
 
     eprintln!("recs-fanout: connecting {} users to recs", args.clients);
     let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel();
-    let handshakes = Arc::new(Semaphore::new(256));
-    let mut connecting = Vec::with_capacity(args.clients);
-    for i in 0..args.clients {
-        let source = source_address(i, args.source_addresses);
-        let (token, arrivals_tx, handshakes) = (
+    let (live, failures) = connect_all(args.clients, args.source_addresses, |source| {
+        client(
+            server,
+            source,
             minter.token(Uuid::now_v7()),
             arrivals_tx.clone(),
-            Arc::clone(&handshakes),
-        );
-        connecting.push(tokio::spawn(async move {
-            let _slot = handshakes.acquire().await.expect("open");
-            client(server, source, token, arrivals_tx).await
-        }));
-    }
+        )
+    })
+    .await?;
     drop(arrivals_tx);
-    let mut connected = 0usize;
-    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
-    for task in connecting {
-        match task.await? {
-            Ok(()) => connected += 1,
-            Err(e) => *failures.entry(format!("connect: {e}")).or_default() += 1,
-        }
-    }
+    let connected = live.len();
     eprintln!("recs-fanout: {connected} lists live; letting them idle");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_idle = args.server_pid.and_then(rss_bytes);
@@ -140,7 +128,7 @@ pub async fn run(args: RecsFanout) -> anyhow::Result<Report> {
             - chrono::Duration::minutes(round as i64);
         let sent = Instant::now();
         let event = api
-            .publish_event(&owner, venue, &format!("Round {round}"), starts_at)
+            .publish_event(&owner, venue, &format!("Round {round}"), starts_at, 1_000)
             .await?;
         // Publishing answered 200 (anything else is an error above).
         *outcomes.entry("200".into()).or_default() += 1;

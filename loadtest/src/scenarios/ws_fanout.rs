@@ -76,8 +76,40 @@ pub(crate) async fn connect_from(server: SocketAddr, source: Ipv4Addr) -> anyhow
 }
 
 /// The `i`th client's source address among `spread` loopback addresses.
-pub(crate) fn source_address(i: usize, spread: u8) -> Ipv4Addr {
+fn source_address(i: usize, spread: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, 1 + (i % spread.max(1) as usize) as u8)
+}
+
+/// Connects `count` clients (256 handshakes at a time), spread over
+/// `spread` loopback source addresses; returns what each connected client
+/// gave and the failures by message.
+pub(crate) async fn connect_all<T, Connect>(
+    count: usize,
+    spread: u8,
+    connect: impl Fn(Ipv4Addr) -> Connect,
+) -> anyhow::Result<(Vec<T>, BTreeMap<String, u64>)>
+where
+    T: Send + 'static,
+    Connect: std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+{
+    let handshakes = Arc::new(Semaphore::new(256));
+    let mut connecting = Vec::with_capacity(count);
+    for i in 0..count {
+        let (client, handshakes) = (connect(source_address(i, spread)), Arc::clone(&handshakes));
+        connecting.push(tokio::spawn(async move {
+            let _slot = handshakes.acquire().await.expect("open");
+            client.await
+        }));
+    }
+    let mut connected = Vec::with_capacity(count);
+    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+    for task in connecting {
+        match task.await? {
+            Ok(value) => connected.push(value),
+            Err(e) => *failures.entry(format!("connect: {e}")).or_default() += 1,
+        }
+    }
+    Ok((connected, failures))
 }
 
 async fn client(
@@ -135,33 +167,13 @@ pub async fn run(args: WsFanout) -> anyhow::Result<Report> {
         args.clients
     );
     let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel();
-    let handshakes = Arc::new(Semaphore::new(256));
-    let mut connecting = Vec::with_capacity(args.clients);
-    for i in 0..args.clients {
-        let source = source_address(i, args.source_addresses);
-        let (channel, arrivals_tx, handshakes) = (
-            channel.clone(),
-            arrivals_tx.clone(),
-            Arc::clone(&handshakes),
-        );
-        connecting.push(tokio::spawn(async move {
-            let _slot = handshakes.acquire().await.expect("open");
-            client(server, source, channel, arrivals_tx).await
-        }));
-    }
+    let (offsets, failures) = connect_all(args.clients, args.source_addresses, |source| {
+        client(server, source, channel.clone(), arrivals_tx.clone())
+    })
+    .await?;
     drop(arrivals_tx);
-    let mut connected = 0usize;
-    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
-    let mut start_offset = 0;
-    for task in connecting {
-        match task.await? {
-            Ok(offset) => {
-                connected += 1;
-                start_offset = start_offset.max(offset);
-            }
-            Err(e) => *failures.entry(format!("connect: {e}")).or_default() += 1,
-        }
-    }
+    let connected = offsets.len();
+    let start_offset = offsets.into_iter().max().unwrap_or(0);
     eprintln!("ws-fanout: {connected} connected; letting them idle");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_idle = args.server_pid.and_then(rss_bytes);
