@@ -17,6 +17,8 @@ struct Cli {
 enum Scenario {
     /// N users join one event at the same moment.
     HotJoin(scenarios::hot_join::HotJoin),
+    /// Joins spread over M events: a fixed arrival rate (open model) or flat out.
+    SpreadJoin(scenarios::spread_join::SpreadJoin),
     /// K WebSocket clients on one venue; time until each has an update.
     WsFanout(scenarios::ws_fanout::WsFanout),
     /// K users with live recommendation lists; time until a new event tops each.
@@ -30,6 +32,10 @@ async fn main() -> anyhow::Result<()> {
         Scenario::HotJoin(args) => {
             let common = args.common.clone();
             (scenarios::hot_join::run(args).await?, common)
+        }
+        Scenario::SpreadJoin(args) => {
+            let common = args.common.clone();
+            (scenarios::spread_join::run(args).await?, common)
         }
         Scenario::WsFanout(args) => {
             let common = args.common.clone();

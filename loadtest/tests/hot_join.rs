@@ -67,3 +67,35 @@ async fn the_rowlock_baseline_keeps_every_invariant() {
     }
     assert_eq!(report.requests, 200);
 }
+
+/// Spread over several events at a fixed rate (open model): every event
+/// keeps every invariant.
+#[actix_web::test]
+async fn a_small_spread_join_at_a_fixed_rate_keeps_every_invariant() {
+    use turnout_loadtest::scenarios::spread_join::{self, SpreadJoin};
+
+    let dir = tempfile::tempdir().unwrap();
+    let target = common::server(&dir, KEY, false).await;
+    let report = spread_join::run(SpreadJoin {
+        common: Common {
+            target,
+            jwt_key: Some(KEY.into()),
+            jwt_issuer: "turnout".into(),
+            json: None,
+            max_p99_ms: None,
+            max_error_rate: None,
+        },
+        events: 4,
+        users: 200,
+        capacity: 30,
+        rate: Some(400.0),
+        concurrency: 50,
+    })
+    .await
+    .unwrap();
+    for check in &report.checks {
+        assert!(check.passed, "{}: {}", check.name, check.detail);
+    }
+    assert_eq!(report.outcomes.get("201"), Some(&200));
+    assert_eq!(report.latency.count, 200);
+}

@@ -2,4 +2,5 @@
 
 pub mod hot_join;
 pub mod recs_fanout;
+pub mod spread_join;
 pub mod ws_fanout;

@@ -1,0 +1,241 @@
+//! `spread-join`: joins spread over M events, either at a fixed arrival rate
+//! (open model, `--rate`: each join has an intended send time and its latency
+//! is measured from that time, so a slow server cannot hide its queueing by
+//! slowing the generator down — coordinated omission corrected, as wrk2
+//! does) or flat out through `--concurrency` connections (closed model).
+//! Afterwards every event is checked as `hot-join` checks its one event.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::Common;
+use crate::api::Api;
+use crate::invariants::{HotJoinOutcome, Member, check_hot_join};
+use crate::report::{Check, Report, latency_histogram};
+
+#[derive(Args)]
+pub struct SpreadJoin {
+    #[command(flatten)]
+    pub common: Common,
+    /// Events the joins are spread over (round robin).
+    #[arg(long, default_value_t = 20)]
+    pub events: usize,
+    /// Joins in all, one user each.
+    #[arg(long, default_value_t = 5000)]
+    pub users: usize,
+    /// Each event's capacity.
+    #[arg(long, default_value_t = 100)]
+    pub capacity: u64,
+    /// Open model: joins per second, each sent at its intended time.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Closed model: connections sending flat out; with --rate, the most
+    /// requests in flight.
+    #[arg(long, default_value_t = 200)]
+    pub concurrency: usize,
+}
+
+/// When the `i`th join is meant to be sent, from the start, at `rate` per
+/// second: the open model's schedule.
+pub fn intended_offset(i: usize, rate: f64) -> Duration {
+    Duration::from_secs_f64(i as f64 / rate)
+}
+
+/// How a join ended, for its event.
+enum Answer {
+    Acknowledged(String),
+    Refused,
+    Unknown,
+}
+
+/// One check per name over every event: it holds if it holds for all.
+pub fn combine(per_event: Vec<Vec<Check>>) -> Vec<Check> {
+    let mut combined: BTreeMap<String, (usize, usize, Vec<String>)> = BTreeMap::new();
+    let events = per_event.len();
+    for (e, checks) in per_event.into_iter().enumerate() {
+        for check in checks {
+            let entry = combined.entry(check.name).or_default();
+            entry.0 += 1;
+            if check.passed {
+                entry.1 += 1;
+            } else {
+                entry.2.push(format!("event {e}: {}", check.detail));
+            }
+        }
+    }
+    combined
+        .into_iter()
+        .map(|(name, (seen, passed, failures))| {
+            let detail = if failures.is_empty() {
+                format!("all {events} events")
+            } else {
+                failures.join("; ")
+            };
+            Check::new(&name, seen == passed, detail)
+        })
+        .collect()
+}
+
+pub async fn run(args: SpreadJoin) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        args.events > 0 && args.users > 0,
+        "--events and --users must be positive"
+    );
+    if let Some(rate) = args.rate {
+        anyhow::ensure!(rate > 0.0, "--rate must be positive");
+    }
+    let api = Api::new(&args.common.target, args.concurrency)?;
+    let minter = args.common.minter()?;
+    let owner = minter.token(Uuid::now_v7());
+    let mut events = Vec::with_capacity(args.events);
+    for _ in 0..args.events {
+        events.push(api.published_event(&owner, args.capacity).await?);
+    }
+    let joins: Vec<(Uuid, String, usize)> = (0..args.users)
+        .map(|i| {
+            let user = Uuid::now_v7();
+            (user, minter.token(user), i % args.events)
+        })
+        .collect();
+    match args.rate {
+        Some(rate) => eprintln!(
+            "spread-join: {} joins over {} events at {rate}/s (open model, ≤ {} in flight)",
+            args.users, args.events, args.concurrency
+        ),
+        None => eprintln!(
+            "spread-join: {} joins over {} events through {} connections (closed model)",
+            args.users, args.events, args.concurrency
+        ),
+    }
+
+    let slots = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(joins.len());
+    for (i, (user, token, event)) in joins.into_iter().enumerate() {
+        let (api, slots, event_id) = (api.clone(), Arc::clone(&slots), events[event]);
+        let intended = args.rate.map(|rate| started + intended_offset(i, rate));
+        tasks.push(tokio::spawn(async move {
+            if let Some(at) = intended {
+                tokio::time::sleep_until(at.into()).await;
+            }
+            let _slot = slots.acquire().await.expect("the semaphore stays open");
+            // Open model: from the intended time, queueing included.
+            let from = intended.unwrap_or_else(Instant::now);
+            let answer = api
+                .join(&token, event_id, &Uuid::new_v4().to_string())
+                .await;
+            let took = from.elapsed();
+            let (kind, answer) = match answer {
+                Ok((status, body)) if status.is_success() => (
+                    status.as_u16().to_string(),
+                    Answer::Acknowledged(
+                        body["data"]["status"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    ),
+                ),
+                Ok((status, _)) => (status.as_u16().to_string(), Answer::Refused),
+                Err(e) if e.is_timeout() => ("timeout".to_owned(), Answer::Unknown),
+                Err(_) => ("connect".to_owned(), Answer::Unknown),
+            };
+            (user, event, kind, answer, took)
+        }));
+    }
+    let mut latency = latency_histogram();
+    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut acknowledged: Vec<HashMap<Uuid, String>> = vec![HashMap::new(); args.events];
+    let mut refused: Vec<HashSet<Uuid>> = vec![HashSet::new(); args.events];
+    for task in tasks {
+        let (user, event, kind, answer, took) = task.await?;
+        latency.saturating_record(took.as_micros() as u64);
+        *outcomes.entry(kind).or_default() += 1;
+        match answer {
+            Answer::Acknowledged(told) => {
+                acknowledged[event].insert(user, told);
+            }
+            Answer::Refused => {
+                refused[event].insert(user);
+            }
+            Answer::Unknown => {}
+        }
+    }
+    let elapsed = started.elapsed();
+
+    let mut per_event = Vec::with_capacity(args.events);
+    for (e, event) in events.iter().enumerate() {
+        let roster: Vec<Member> = api
+            .attendees(&owner, *event)
+            .await?
+            .into_iter()
+            .map(|a| Member {
+                user: a["user_id"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_default(),
+                status: a["status"].as_str().unwrap_or_default().to_owned(),
+                position: a["position"].as_u64(),
+            })
+            .collect();
+        let counts = api.event(*event).await?;
+        per_event.push(check_hot_join(&HotJoinOutcome {
+            capacity: args.capacity,
+            acknowledged: &acknowledged[e],
+            refused: &refused[e],
+            roster: &roster,
+            active_count: counts["active_count"].as_u64().unwrap_or(0),
+            waitlist_count: counts["waitlist_count"].as_u64().unwrap_or(0),
+        }));
+    }
+    let mut checks = combine(per_event);
+    let achieved = args.users as f64 / elapsed.as_secs_f64();
+    checks.push(Check::new(
+        "rate (info)",
+        true,
+        match args.rate {
+            Some(rate) => format!("achieved {achieved:.0}/s of {rate:.0}/s intended"),
+            None => format!("achieved {achieved:.0}/s flat out"),
+        },
+    ));
+    Ok(Report::new(
+        "spread-join",
+        &args.common.target,
+        &latency,
+        elapsed,
+        outcomes,
+        checks,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_schedule_spaces_joins_evenly() {
+        assert_eq!(intended_offset(0, 500.0), Duration::ZERO);
+        assert_eq!(intended_offset(500, 500.0), Duration::from_secs(1));
+        assert_eq!(intended_offset(3, 2.0), Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn a_check_holds_only_if_it_holds_for_every_event() {
+        let combined = combine(vec![
+            vec![Check::new("a", true, "fine"), Check::new("b", true, "fine")],
+            vec![
+                Check::new("a", true, "fine"),
+                Check::new("b", false, "3 missing"),
+            ],
+        ]);
+        assert_eq!(combined.len(), 2);
+        assert!(combined[0].passed);
+        assert_eq!(combined[0].detail, "all 2 events");
+        assert!(!combined[1].passed);
+        assert_eq!(combined[1].detail, "event 1: 3 missing");
+    }
+}
