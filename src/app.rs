@@ -11,6 +11,7 @@ use actix_web::{App, HttpServer, dev::Server, web};
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use turnout_actors::changes::ChangeSink;
 use turnout_actors::recommend::Recommenders;
 use turnout_actors::store::EventStore;
@@ -30,6 +31,10 @@ pub struct Application {
     server: Server,
     journal: Addr<Journal>,
     threads: Threads,
+    /// Tasks on this thread (outbox relay, consumers, purges): stopped at
+    /// shutdown while the runtime still runs, so none is dropped mid-query
+    /// after it.
+    background: Vec<JoinHandle<()>>,
 }
 
 /// The app's own threads (actors, journal, hubs, recommenders). They stop
@@ -122,33 +127,33 @@ impl Application {
             settings: Arc::new(settings.realtime.clone()),
         });
 
-        crate::outbox::start(
+        let mut background = crate::outbox::start(
             store.clone(),
             settings.redis_url.as_ref(),
             settings.outbox.clone(),
         )?;
         if let Some(url) = &settings.redis_url {
-            crate::consumers::start(
+            background.push(crate::consumers::start(
                 store.clone(),
                 url,
                 format!("{}events", settings.outbox.stream_prefix),
-            )?;
+            )?);
         }
-        spawn_idempotency_purge(
+        background.push(spawn_idempotency_purge(
             store.clone(),
             Duration::from_secs(settings.idempotency.purge_interval_secs),
-        );
+        ));
         let rate_limits = web::Data::new(RateLimits::new(&settings.rate_limits));
         let login_guard = web::Data::new(LoginGuard::new(settings.auth.lockout.clone()));
         let (quiet, old) = (rate_limits.clone(), login_guard.clone());
-        actix_web::rt::spawn(async move {
+        background.push(actix_web::rt::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tick.tick().await;
                 quiet.forget_quiet_clients();
                 old.forget_old();
             }
-        });
+        }));
 
         let state = web::Data::new(AppState {
             store,
@@ -195,6 +200,7 @@ impl Application {
             server: server.run(),
             journal,
             threads: Threads(threads),
+            background,
         })
     }
 
@@ -214,6 +220,10 @@ impl Application {
             .is_err()
         {
             tracing::warn!("the journal did not flush within 10 s");
+        }
+        for task in self.background {
+            task.abort();
+            let _ = task.await;
         }
         drop(self.threads);
         tracing::info!("shutdown complete");
@@ -329,7 +339,7 @@ fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> 
     options.open(path)?.write_all(contents.as_bytes())
 }
 
-fn spawn_idempotency_purge(store: Arc<dyn Store>, every: Duration) {
+fn spawn_idempotency_purge(store: Arc<dyn Store>, every: Duration) -> JoinHandle<()> {
     actix_web::rt::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
@@ -340,5 +350,5 @@ fn spawn_idempotency_purge(store: Arc<dyn Store>, every: Duration) {
                 Err(error) => tracing::warn!(%error, "could not purge idempotency records"),
             }
         }
-    });
+    })
 }

@@ -62,11 +62,10 @@ pub fn start(
     store: Arc<dyn Store>,
     redis_url: &SecretString,
     stream: String,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let client = redis::Client::open(redis_url.expose_secret())
         .map_err(|e| anyhow::anyhow!("invalid Redis URL: {:?}", e.kind()))?;
-    actix_web::rt::spawn(consume(store, client, stream));
-    Ok(())
+    Ok(actix_web::rt::spawn(consume(store, client, stream)))
 }
 
 async fn consume(store: Arc<dyn Store>, client: redis::Client, stream: String) {

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use redis::aio::ConnectionManager;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::store::{OutboxMessage, OutboxStatus, Store, micros};
@@ -52,20 +53,20 @@ const LEASE_TTL: Duration = Duration::from_secs(10);
 const LEASE_RENEW: Duration = Duration::from_secs(2);
 
 /// Starts the relay (publishing to Redis when a URL is given) and the
-/// outbox gauges on the current runtime.
+/// outbox gauges on the current runtime; returns their tasks.
 pub fn start(
     store: Arc<dyn Store>,
     redis_url: Option<&SecretString>,
     settings: OutboxSettings,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let client = redis_url
         .map(|url| {
             redis::Client::open(url.expose_secret())
                 .map_err(|e| anyhow::anyhow!("invalid Redis URL: {:?}", e.kind()))
         })
         .transpose()?;
-    actix_web::rt::spawn(relay(Arc::clone(&store), client, settings));
-    actix_web::rt::spawn(async move {
+    let relay = actix_web::rt::spawn(relay(Arc::clone(&store), client, settings));
+    let gauges = actix_web::rt::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
@@ -75,7 +76,7 @@ pub fn start(
             }
         }
     });
-    Ok(())
+    Ok(vec![relay, gauges])
 }
 
 fn backoff(failures: u32) -> Duration {

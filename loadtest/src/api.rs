@@ -137,6 +137,16 @@ impl Api {
         Ok((status, body))
     }
 
+    pub async fn leave(&self, token: &str, event: Uuid) -> reqwest::Result<StatusCode> {
+        let response = self
+            .client
+            .delete(format!("{}/v1/events/{event}/join", self.base))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        Ok(response.status())
+    }
+
     pub async fn event(&self, event: Uuid) -> anyhow::Result<Value> {
         let response = self
             .client

@@ -2,7 +2,7 @@
 //! that its scenarios can also run inside tests.
 //!
 //! - `api`: a thin client for the Turnout API, and token minting.
-//! - `scenarios`: one module per scenario (`hot_join`, `spread_join`, `ws_fanout`, `recs_fanout`).
+//! - `scenarios`: one module per scenario (`hot_join`, `spread_join`, `churn`, `ws_fanout`, `recs_fanout`).
 //! - `burst`: release many joins at once, time and tally them.
 //! - `baseline`: the classic row-lock design, for side-by-side runs.
 //! - `invariants`: what the server must have kept, checked through the API.

@@ -19,6 +19,8 @@ enum Scenario {
     HotJoin(scenarios::hot_join::HotJoin),
     /// Joins spread over M events: a fixed arrival rate (open model) or flat out.
     SpreadJoin(scenarios::spread_join::SpreadJoin),
+    /// Joins and leaves mixed on many events, each answer checked against a model.
+    Churn(scenarios::churn::Churn),
     /// K WebSocket clients on one venue; time until each has an update.
     WsFanout(scenarios::ws_fanout::WsFanout),
     /// K users with live recommendation lists; time until a new event tops each.
@@ -36,6 +38,10 @@ async fn main() -> anyhow::Result<()> {
         Scenario::SpreadJoin(args) => {
             let common = args.common.clone();
             (scenarios::spread_join::run(args).await?, common)
+        }
+        Scenario::Churn(args) => {
+            let common = args.common.clone();
+            (scenarios::churn::run(args).await?, common)
         }
         Scenario::WsFanout(args) => {
             let common = args.common.clone();

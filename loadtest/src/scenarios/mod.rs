@@ -1,5 +1,6 @@
 //! One module per scenario, each with its arguments and a `run`.
 
+pub mod churn;
 pub mod hot_join;
 pub mod recs_fanout;
 pub mod spread_join;

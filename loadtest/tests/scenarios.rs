@@ -1,5 +1,5 @@
-//! A small hot-join against a real Turnout server started by the test: every
-//! invariant must hold.
+//! Small runs of the scenarios against a real Turnout server started by the
+//! test: every invariant must hold.
 
 mod common;
 
@@ -98,4 +98,36 @@ async fn a_small_spread_join_at_a_fixed_rate_keeps_every_invariant() {
     }
     assert_eq!(report.outcomes.get("201"), Some(&200));
     assert_eq!(report.latency.count, 200);
+}
+
+/// Joins and leaves on several events: every answer, roster and count
+/// matches the tool's model.
+#[actix_web::test]
+async fn a_small_churn_matches_the_model() {
+    use turnout_loadtest::scenarios::churn::{self, Churn};
+
+    let dir = tempfile::tempdir().unwrap();
+    let target = common::server(&dir, KEY, false).await;
+    let report = churn::run(Churn {
+        common: Common {
+            target,
+            jwt_key: Some(KEY.into()),
+            jwt_issuer: "turnout".into(),
+            json: None,
+            max_p99_ms: None,
+            max_error_rate: None,
+        },
+        events: 4,
+        ops: 60,
+        capacity: 3,
+        leave_ratio: 0.4,
+        seed: 3,
+    })
+    .await
+    .unwrap();
+    for check in &report.checks {
+        assert!(check.passed, "{}: {}", check.name, check.detail);
+    }
+    assert_eq!(report.latency.count, 240);
+    assert!(report.outcomes.contains_key("200"), "{:?}", report.outcomes);
 }
