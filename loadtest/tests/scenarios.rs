@@ -8,20 +8,24 @@ use turnout_loadtest::scenarios::hot_join::{self, HotJoin};
 
 const KEY: &str = "loadtest-key-loadtest-key-loadtest";
 
+fn common_options(target: String) -> Common {
+    Common {
+        target,
+        jwt_key: Some(KEY.into()),
+        jwt_issuer: "turnout".into(),
+        json: None,
+        max_p99_ms: None,
+        max_error_rate: None,
+    }
+}
+
 #[actix_web::test]
 async fn a_small_hot_join_keeps_every_invariant() {
     let dir = tempfile::tempdir().unwrap();
     let target = common::server(&dir, KEY, false).await;
 
     let report = hot_join::run(HotJoin {
-        common: Common {
-            target,
-            jwt_key: Some(KEY.into()),
-            jwt_issuer: "turnout".into(),
-            json: None,
-            max_p99_ms: None,
-            max_error_rate: None,
-        },
+        common: common_options(target),
         users: 300,
         capacity: 40,
         concurrency: None,
@@ -77,14 +81,7 @@ async fn a_small_spread_join_at_a_fixed_rate_keeps_every_invariant() {
     let dir = tempfile::tempdir().unwrap();
     let target = common::server(&dir, KEY, false).await;
     let report = spread_join::run(SpreadJoin {
-        common: Common {
-            target,
-            jwt_key: Some(KEY.into()),
-            jwt_issuer: "turnout".into(),
-            json: None,
-            max_p99_ms: None,
-            max_error_rate: None,
-        },
+        common: common_options(target),
         events: 4,
         users: 200,
         capacity: 30,
@@ -109,14 +106,7 @@ async fn a_small_churn_matches_the_model() {
     let dir = tempfile::tempdir().unwrap();
     let target = common::server(&dir, KEY, false).await;
     let report = churn::run(Churn {
-        common: Common {
-            target,
-            jwt_key: Some(KEY.into()),
-            jwt_issuer: "turnout".into(),
-            json: None,
-            max_p99_ms: None,
-            max_error_rate: None,
-        },
+        common: common_options(target),
         events: 4,
         ops: 60,
         capacity: 3,

@@ -4,6 +4,8 @@
 //! request from the moment it holds a connection slot (a closed model: with
 //! `--concurrency` equal to `--users`, that is the common start).
 
+use std::collections::{HashMap, HashSet};
+
 use clap::Args;
 use uuid::Uuid;
 
@@ -11,7 +13,7 @@ use crate::Common;
 use crate::api::Api;
 use crate::burst::{self, JoinResult};
 use crate::invariants::{HotJoinOutcome, Member, check_hot_join};
-use crate::report::Report;
+use crate::report::{Check, Report};
 
 #[derive(Args)]
 pub struct HotJoin {
@@ -84,9 +86,38 @@ pub async fn run(args: HotJoin) -> anyhow::Result<Report> {
     })
     .await?;
 
-    // Let the read side settle on nothing: it is written in the same commit.
+    // The read side needs no settling: it is written in the same commit.
+    let checks = check_event(
+        &api,
+        &owner,
+        event,
+        args.capacity,
+        &tally.acknowledged,
+        &tally.refused,
+    )
+    .await?;
+    Ok(Report::new(
+        "hot-join",
+        &args.common.target,
+        &tally.latency,
+        tally.elapsed,
+        tally.outcomes,
+        checks,
+    ))
+}
+
+/// Reads one event's roster and counts through the API and checks them
+/// against what the load was told.
+pub(crate) async fn check_event(
+    api: &Api,
+    owner: &str,
+    event: Uuid,
+    capacity: u64,
+    acknowledged: &HashMap<Uuid, String>,
+    refused: &HashSet<Uuid>,
+) -> anyhow::Result<Vec<Check>> {
     let roster: Vec<Member> = api
-        .attendees(&owner, event)
+        .attendees(owner, event)
         .await?
         .into_iter()
         .map(|a| Member {
@@ -99,20 +130,12 @@ pub async fn run(args: HotJoin) -> anyhow::Result<Report> {
         })
         .collect();
     let counts = api.event(event).await?;
-    let checks = check_hot_join(&HotJoinOutcome {
-        capacity: args.capacity,
-        acknowledged: &tally.acknowledged,
-        refused: &tally.refused,
+    Ok(check_hot_join(&HotJoinOutcome {
+        capacity,
+        acknowledged,
+        refused,
         roster: &roster,
         active_count: counts["active_count"].as_u64().unwrap_or(0),
         waitlist_count: counts["waitlist_count"].as_u64().unwrap_or(0),
-    });
-    Ok(Report::new(
-        "hot-join",
-        &args.common.target,
-        &tally.latency,
-        tally.elapsed,
-        tally.outcomes,
-        checks,
-    ))
+    }))
 }

@@ -13,9 +13,9 @@ use clap::Args;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
+use super::hot_join::check_event;
 use crate::Common;
 use crate::api::Api;
-use crate::invariants::{HotJoinOutcome, Member, check_hot_join};
 use crate::report::{Check, Report, latency_histogram};
 
 #[derive(Args)]
@@ -169,28 +169,17 @@ pub async fn run(args: SpreadJoin) -> anyhow::Result<Report> {
 
     let mut per_event = Vec::with_capacity(args.events);
     for (e, event) in events.iter().enumerate() {
-        let roster: Vec<Member> = api
-            .attendees(&owner, *event)
-            .await?
-            .into_iter()
-            .map(|a| Member {
-                user: a["user_id"]
-                    .as_str()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or_default(),
-                status: a["status"].as_str().unwrap_or_default().to_owned(),
-                position: a["position"].as_u64(),
-            })
-            .collect();
-        let counts = api.event(*event).await?;
-        per_event.push(check_hot_join(&HotJoinOutcome {
-            capacity: args.capacity,
-            acknowledged: &acknowledged[e],
-            refused: &refused[e],
-            roster: &roster,
-            active_count: counts["active_count"].as_u64().unwrap_or(0),
-            waitlist_count: counts["waitlist_count"].as_u64().unwrap_or(0),
-        }));
+        per_event.push(
+            check_event(
+                &api,
+                &owner,
+                *event,
+                args.capacity,
+                &acknowledged[e],
+                &refused[e],
+            )
+            .await?,
+        );
     }
     let mut checks = combine(per_event);
     let achieved = args.users as f64 / elapsed.as_secs_f64();
