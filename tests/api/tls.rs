@@ -1,39 +1,17 @@
 //! TLS terminated by the server itself, from PEM files in config.
 
-use std::process::Command;
-
 use reqwest::StatusCode;
 use turnout::config::TlsSettings;
 
 use crate::helpers::{Backend, fresh_database, spawn_app_with, test_settings};
 
-/// A self-signed certificate for 127.0.0.1, made with the openssl CLI.
+/// A self-signed certificate for 127.0.0.1 (rcgen), written as PEM files.
 fn certificate(dir: &tempfile::TempDir) -> TlsSettings {
+    let made =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("a certificate");
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=turnout-test"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .args(["-addext", "extendedKeyUsage=serverAuth"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
     TlsSettings {
         cert_path: cert.display().to_string(),
         key_path: key.display().to_string(),
