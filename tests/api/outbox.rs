@@ -76,6 +76,17 @@ async fn stream(
         .collect()
 }
 
+/// A stream prefix of this test's own, and its events stream.
+fn fresh_stream() -> (String, String) {
+    let prefix = format!("turnout-test-{}:", Uuid::new_v4().simple());
+    let key = format!("{prefix}events");
+    (prefix, key)
+}
+
+async fn delete(redis: &mut redis::aio::MultiplexedConnection, key: &str) {
+    let _: () = redis::cmd("DEL").arg(key).query_async(redis).await.unwrap();
+}
+
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
     &fields.iter().find(|(k, _)| k == name).unwrap().1
 }
@@ -106,8 +117,7 @@ async fn facts_reach_the_stream_in_order_even_after_redis_was_away() {
         }
     };
     let (port, switch) = switchable_proxy(target).await;
-    let prefix = format!("turnout-test-{}:", Uuid::new_v4().simple());
-    let key = format!("{prefix}events");
+    let (prefix, key) = fresh_stream();
     let app = spawn_app_with(backend(), |s| {
         s.redis_url = Some(SecretString::from(format!("redis://127.0.0.1:{port}")));
         s.outbox.stream_prefix = prefix.clone();
@@ -224,19 +234,14 @@ async fn facts_reach_the_stream_in_order_even_after_redis_was_away() {
         "{payload}"
     );
     assert!(payload["event"].is_object(), "{payload}");
-    let _: () = redis::cmd("DEL")
-        .arg(&key)
-        .query_async(&mut check)
-        .await
-        .unwrap();
+    delete(&mut check, &key).await;
 }
 
 #[actix_web::test]
 async fn a_message_redis_refuses_goes_dead_and_an_admin_replays_it() {
     let Some(url) = redis_url() else { return };
     let mut check = redis(&url).await;
-    let prefix = format!("turnout-test-{}:", Uuid::new_v4().simple());
-    let key = format!("{prefix}events");
+    let (prefix, key) = fresh_stream();
     // Not a stream: every XADD to it is refused.
     let _: () = redis::cmd("SET")
         .arg(&key)
@@ -288,11 +293,7 @@ async fn a_message_redis_refuses_goes_dead_and_an_admin_replays_it() {
     );
 
     // The operator fixes Redis and replays both, oldest first.
-    let _: () = redis::cmd("DEL")
-        .arg(&key)
-        .query_async(&mut check)
-        .await
-        .unwrap();
+    delete(&mut check, &key).await;
     for message in &listed {
         let response = app
             .as_user(
@@ -317,11 +318,7 @@ async fn a_message_redis_refuses_goes_dead_and_an_admin_replays_it() {
         .map(|(_, f)| field(f, "event_type"))
         .collect();
     assert_eq!(types, ["created", "published"]);
-    let _: () = redis::cmd("DEL")
-        .arg(&key)
-        .query_async(&mut check)
-        .await
-        .unwrap();
+    delete(&mut check, &key).await;
 }
 
 #[actix_web::test]
@@ -332,8 +329,7 @@ async fn two_servers_on_one_database_publish_every_fact_once_in_order() {
     let database = crate::helpers::fresh_database(backend(), &dir)
         .await
         .unwrap();
-    let prefix = format!("turnout-test-{}:", Uuid::new_v4().simple());
-    let key = format!("{prefix}events");
+    let (prefix, key) = fresh_stream();
     let tweak = |s: &mut turnout::config::Settings| {
         s.redis_url = Some(SecretString::from(url.clone()));
         s.outbox.stream_prefix = prefix.clone();
@@ -368,9 +364,5 @@ async fn two_servers_on_one_database_publish_every_fact_once_in_order() {
         ids.windows(2).all(|w| w[0] < w[1]),
         "once each, in order: {ids:?}"
     );
-    let _: () = redis::cmd("DEL")
-        .arg(&key)
-        .query_async(&mut check)
-        .await
-        .unwrap();
+    delete(&mut check, &key).await;
 }

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-use super::ws_fanout::{connect_all, connect_from, rss_bytes, server_addr};
+use super::ws_fanout::{connect_all, connect_from, memory_per_connection, rss_bytes, server_addr};
 use crate::Common;
 use crate::api::{Api, Minter};
 use crate::report::{Check, Report, latency_histogram};
@@ -180,16 +180,12 @@ pub async fn run(args: RecsFanout) -> anyhow::Result<Report> {
             ),
         ),
     ];
-    if let (Some(before), Some(idle)) = (rss_before, rss_idle)
-        && connected > 0
-    {
-        let bytes = idle.saturating_sub(before) / connected as u64;
-        checks.push(Check::new(
-            "server memory per idle connection with a live list (info)",
-            true,
-            format!("{bytes} bytes ({:.1} KiB)", bytes as f64 / 1024.0),
-        ));
-    }
+    checks.extend(memory_per_connection(
+        "server memory per idle connection with a live list (info)",
+        rss_before,
+        rss_idle,
+        connected,
+    ));
     Ok(Report::new(
         "recs-fanout",
         &args.common.target,

@@ -52,6 +52,23 @@ pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The server's resident memory growth per connection, as an info check,
+/// when both readings were taken.
+pub(crate) fn memory_per_connection(
+    name: &str,
+    before: Option<u64>,
+    after: Option<u64>,
+    connections: usize,
+) -> Option<Check> {
+    let (before, after) = (before?, after?);
+    let bytes = after.saturating_sub(before) / connections.max(1) as u64;
+    Some(Check::new(
+        name,
+        true,
+        format!("{bytes} bytes ({:.1} KiB)", bytes as f64 / 1024.0),
+    ))
+}
+
 pub(crate) fn server_addr(target: &str) -> anyhow::Result<SocketAddr> {
     let host = target.trim_start_matches("http://").trim_end_matches('/');
     host.parse()
@@ -221,12 +238,6 @@ pub async fn run(args: WsFanout) -> anyhow::Result<Report> {
     }
     let elapsed = started.elapsed();
 
-    let per_connection = match (rss_before, rss_idle) {
-        (Some(before), Some(idle)) if connected > 0 => {
-            Some(idle.saturating_sub(before) / connected as u64)
-        }
-        _ => None,
-    };
     let ms = |us: u64| us as f64 / 1000.0;
     let mut checks = vec![
         Check::new(
@@ -254,13 +265,12 @@ pub async fn run(args: WsFanout) -> anyhow::Result<Report> {
             ),
         ),
     ];
-    if let Some(bytes) = per_connection {
-        checks.push(Check::new(
-            "server memory per idle connection (info)",
-            true,
-            format!("{bytes} bytes ({:.1} KiB)", bytes as f64 / 1024.0),
-        ));
-    }
+    checks.extend(memory_per_connection(
+        "server memory per idle connection (info)",
+        rss_before,
+        rss_idle,
+        connected,
+    ));
     Ok(Report::new(
         "ws-fanout",
         &args.common.target,
