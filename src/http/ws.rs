@@ -12,7 +12,7 @@ use super::ApiError;
 use turnout_actors::recommend::Recommenders;
 
 use crate::auth::TokenKeys;
-use crate::realtime::{ConnectionLimits, Hubs, RealtimeSettings, WsSession};
+use crate::realtime::{ConnectionLimits, Hubs, Outbox, RealtimeSettings, WsSession};
 
 /// What the upgrade handler needs.
 pub struct Realtime {
@@ -66,7 +66,9 @@ pub async fn upgrade(
             "this Origin may not open a socket here",
         ));
     }
-    let (response, session, stream) = actix_ws::handle(&req, body).map_err(|_| {
+    // actix-ws does the handshake and reads the client's frames; frames to
+    // the client skip its session and go through our own body.
+    let (response, _, stream) = actix_ws::handle(&req, body).map_err(|_| {
         ApiError::bad_request("not_a_websocket", "GET /v1/ws expects a WebSocket upgrade")
     })?;
     let ip = req
@@ -87,9 +89,21 @@ pub async fn upgrade(
         Arc::clone(&realtime.settings),
         tokens.into_inner(),
     );
-    WsSession::create(move |ctx| {
-        ctx.add_stream(stream);
-        WsSession::new(session, hubs, recommenders, tokens, settings, permit)
-    });
-    Ok(response)
+    let (response, inbound) = response.into_parts();
+    let mut ctx = Context::<WsSession>::new();
+    let (outbox, socket) = Outbox::new(
+        realtime.settings.max_queued_bytes,
+        ctx.address().recipient(),
+        inbound,
+    );
+    ctx.add_stream(stream);
+    ctx.run(WsSession::new(
+        outbox,
+        hubs,
+        recommenders,
+        tokens,
+        settings,
+        permit,
+    ));
+    Ok(response.set_body(socket).map_into_boxed_body())
 }

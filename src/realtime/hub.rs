@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::channel::Channel;
 use super::hubs::Hubs;
 use super::protocol::{self, Position};
-use super::session::Outbox;
+use super::socket::Outbox;
 use crate::http::EventView;
 use crate::store::{EventFilter, EventRecord, Store};
 use turnout_actors::domain::{GeoPoint, VenueId};

@@ -10,8 +10,9 @@
 //! - `hubs`: finds or starts hubs, and routes committed changes to them.
 //! - `router`: hands each committed change to the hubs and the recommenders.
 //! - `redis_fanout`: cross-node fan-out through Redis pub/sub.
-//! - `session`: one actor per connection, with heartbeats, limits and a
-//!   byte-bounded outgoing queue.
+//! - `session`: one actor per connection, with heartbeats and limits.
+//! - `socket`: a connection's byte-bounded outgoing queue, and the response
+//!   body that writes it to the socket.
 
 mod channel;
 mod hub;
@@ -20,6 +21,7 @@ mod protocol;
 mod redis_fanout;
 mod router;
 mod session;
+mod socket;
 
 pub use channel::Channel;
 pub use hub::EventChange;
@@ -27,7 +29,8 @@ pub use hubs::{Hubs, LocalFanout};
 pub use protocol::{ClientFrame, parse_client_frame};
 pub use redis_fanout::RedisFanout;
 pub use router::Router;
-pub use session::{ConnectionLimits, ConnectionPermit, Outbox, WsSession};
+pub use session::{ConnectionLimits, ConnectionPermit, WsSession};
+pub use socket::Outbox;
 
 use serde::Deserialize;
 

@@ -1,7 +1,7 @@
 //! One actor per WebSocket connection: parses client frames, manages the
-//! connection's subscriptions, and writes frames out through a queue bounded
-//! in bytes. A client that stops reading is closed with code 4008 instead of
-//! letting its queue grow; a silent client is closed after the timeout.
+//! connection's subscriptions, and answers through the connection's
+//! [`Outbox`]. A client that stops reading is closed with code 4008 instead
+//! of letting its queue grow; a silent client is closed after the timeout.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -13,7 +13,6 @@ use actix::prelude::*;
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
 use bytestring::ByteString;
 use dashmap::DashMap;
-use tokio::sync::mpsc;
 use turnout_actors::domain::UserId;
 use turnout_actors::recommend::{ListSink, RankedList, Recommenders};
 
@@ -22,6 +21,7 @@ use super::channel::Channel;
 use super::hub::{ChannelHub, Frame, Subscribe, Unsubscribe};
 use super::hubs::Hubs;
 use super::protocol::{self, ClientFrame, Position};
+use super::socket::{Outbox, Overflowed};
 use crate::auth::TokenKeys;
 use crate::http::recommendations::RecommendationView;
 
@@ -83,34 +83,6 @@ impl Drop for ConnectionPermit {
     }
 }
 
-/// A connection's outgoing queue, bounded in bytes. Hubs push into it
-/// directly; one writer task drains it onto the socket in order.
-#[derive(Clone)]
-pub struct Outbox {
-    queue: mpsc::UnboundedSender<Frame>,
-    queued_bytes: Arc<AtomicUsize>,
-    max_bytes: usize,
-    session: Addr<WsSession>,
-}
-
-impl Outbox {
-    /// Queues a frame. False when the connection is gone or has just gone
-    /// over its budget, in which case its session is told to close it.
-    pub fn push(&self, frame: Frame) -> bool {
-        let len = frame.text.len();
-        if self.queued_bytes.fetch_add(len, Ordering::AcqRel) + len > self.max_bytes {
-            self.session.do_send(Overflowed);
-            return false;
-        }
-        self.queue.send(frame).is_ok()
-    }
-}
-
-/// The outgoing queue went over its byte budget.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Overflowed;
-
 /// The channel name of the caller's live recommendations.
 const RECS: &str = "recs";
 
@@ -168,7 +140,9 @@ fn recs_data(list: &RankedList) -> RecsData {
 
 pub struct WsSession {
     id: u64,
-    session: actix_ws::Session,
+    outbox: Outbox,
+    /// A close frame has been queued: the session is on its way out.
+    closing: bool,
     hubs: Hubs,
     recommenders: Recommenders,
     tokens: Arc<TokenKeys>,
@@ -177,13 +151,12 @@ pub struct WsSession {
     user: Option<UserId>,
     last_heard: Instant,
     strikes: u32,
-    outbox: Option<Outbox>,
     _permit: ConnectionPermit,
 }
 
 impl WsSession {
     pub fn new(
-        session: actix_ws::Session,
+        outbox: Outbox,
         hubs: Hubs,
         recommenders: Recommenders,
         tokens: Arc<TokenKeys>,
@@ -193,7 +166,8 @@ impl WsSession {
         static IDS: AtomicU64 = AtomicU64::new(1);
         Self {
             id: IDS.fetch_add(1, Ordering::Relaxed),
-            session,
+            outbox,
+            closing: false,
             hubs,
             recommenders,
             tokens,
@@ -202,29 +176,22 @@ impl WsSession {
             user: None,
             last_heard: Instant::now(),
             strikes: 0,
-            outbox: None,
             _permit: permit,
         }
     }
 
     fn reply(&mut self, text: String) {
-        if let Some(outbox) = &self.outbox {
-            outbox.push(Frame {
-                text: ByteString::from(text),
-                committed_at: None,
-            });
-        }
+        self.outbox.push(Frame {
+            text: ByteString::from(text),
+            committed_at: None,
+        });
     }
 
     fn close(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
-        self.outbox = None;
-        let session = self.session.clone();
-        let reason = CloseReason {
+        self.closing = true;
+        self.outbox.close(CloseReason {
             code: CloseCode::from(code),
             description: Some(reason.to_owned()),
-        };
-        actix_web::rt::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(1), session.close(Some(reason))).await;
         });
         ctx.stop();
     }
@@ -276,9 +243,10 @@ impl WsSession {
                         &format!("at most {}", self.settings.max_subscriptions),
                     ));
                 }
-                let Some(outbox) = self.outbox.clone() else {
+                if self.closing {
                     return;
-                };
+                }
+                let outbox = self.outbox.clone();
                 let subscription = match parsed {
                     Some(parsed) => {
                         let hub = self.hubs.hub(&parsed);
@@ -322,45 +290,13 @@ impl Actor for WsSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // The writer owns the socket's send side and drains the queue in
-        // order; `queued_bytes` is what it has not written yet.
-        let (queue_in, mut queue) = mpsc::unbounded_channel::<Frame>();
-        let queued = Arc::new(AtomicUsize::new(0));
-        self.outbox = Some(Outbox {
-            queue: queue_in,
-            queued_bytes: Arc::clone(&queued),
-            max_bytes: self.settings.max_queued_bytes,
-            session: ctx.address(),
-        });
-        let (mut session, id) = (self.session.clone(), self.id);
-        actix_web::rt::spawn(async move {
-            while let Some(frame) = queue.recv().await {
-                let len = frame.text.len();
-                match tokio::time::timeout(Duration::from_secs(10), session.text(frame.text)).await
-                {
-                    Ok(Ok(())) => {}
-                    _ => break,
-                }
-                queued.fetch_sub(len, Ordering::AcqRel);
-                metrics::counter!("turnout_ws_messages_sent_total").increment(1);
-                if let Some(at) = frame.committed_at {
-                    let latency = (chrono::Utc::now() - at).to_std().unwrap_or_default();
-                    metrics::histogram!("turnout_ws_fanout_seconds").record(latency.as_secs_f64());
-                }
-            }
-            tracing::debug!(session = id, "writer finished");
-        });
-
         let heartbeat = Duration::from_secs(self.settings.heartbeat_secs);
         let timeout = Duration::from_secs(self.settings.client_timeout_secs);
         ctx.run_interval(heartbeat, move |session, ctx| {
             if session.last_heard.elapsed() > timeout {
                 return session.close(u16::from(CloseCode::Normal), "heartbeat timeout", ctx);
             }
-            let mut socket = session.session.clone();
-            actix_web::rt::spawn(async move {
-                let _ = socket.ping(b"").await;
-            });
+            session.outbox.ping();
         });
     }
 
@@ -368,6 +304,12 @@ impl Actor for WsSession {
         for (_, subscription) in std::mem::take(&mut self.subscriptions) {
             self.end(subscription);
         }
+        // Whatever ended the session, the client hears a close frame (a
+        // no-op when one is already on its way).
+        self.outbox.close(CloseReason {
+            code: CloseCode::Normal,
+            description: None,
+        });
     }
 }
 
@@ -375,7 +317,7 @@ impl Handler<Overflowed> for WsSession {
     type Result = ();
 
     fn handle(&mut self, _: Overflowed, ctx: &mut Self::Context) {
-        if self.outbox.is_some() {
+        if !self.closing {
             metrics::counter!("turnout_ws_slow_consumers_total").increment(1);
             tracing::info!(session = self.id, "closing a slow consumer");
             self.close(
@@ -393,12 +335,7 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
         match msg {
             Ok(AggregatedMessage::Text(text)) => self.on_text(&text, ctx),
             Ok(AggregatedMessage::Binary(_)) => self.strike("frames are JSON text", ctx),
-            Ok(AggregatedMessage::Ping(bytes)) => {
-                let mut socket = self.session.clone();
-                actix_web::rt::spawn(async move {
-                    let _ = socket.pong(&bytes).await;
-                });
-            }
+            Ok(AggregatedMessage::Ping(bytes)) => self.outbox.pong(bytes),
             Ok(AggregatedMessage::Pong(_)) => {}
             Ok(AggregatedMessage::Close(_)) => ctx.stop(),
             Err(ProtocolError::Overflow) => {

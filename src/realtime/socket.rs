@@ -1,0 +1,318 @@
+//! The send side of a WebSocket connection: the frames queued for one
+//! client, bounded in bytes, and the HTTP response body that writes them.
+//!
+//! Hubs push frames from their own thread; the connection's dispatcher
+//! drains the queue when woken and encodes the frames straight into its
+//! write buffer. An update therefore costs one wake-up and one write per
+//! client, with no task or channel in between, and an idle connection holds
+//! no more than an empty queue.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::mem;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use actix::prelude::*;
+use actix_codec::Encoder;
+use actix_http::body::{BodySize, BoxBody, MessageBody};
+use actix_http::ws::{CloseReason, Codec, Message};
+use actix_web::web::{Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
+
+use super::hub::Frame;
+
+/// Stop filling one chunk beyond this; the dispatcher polls again.
+const CHUNK_BYTES: usize = 16 * 1024;
+
+/// A frame waiting to be written.
+enum Outgoing {
+    Text(Frame),
+    Ping,
+    Pong(Bytes),
+    Close(CloseReason),
+}
+
+struct Queue {
+    frames: VecDeque<Outgoing>,
+    /// Bytes of text frames queued and not yet written.
+    bytes: usize,
+    /// A close frame is queued or written: nothing more is taken.
+    closing: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// The dispatcher's task, woken when something is queued.
+    writer: AtomicWaker,
+    max_bytes: usize,
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        // A panic while holding this lock cannot leave the queue half-changed:
+        // every change is a single push, pop or flag.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A connection's outgoing queue, bounded in bytes. Cloned into every hub
+/// the connection subscribes to.
+#[derive(Clone)]
+pub struct Outbox {
+    shared: Arc<Shared>,
+    /// Told when the queue overflows, so that it closes the connection.
+    session: Recipient<Overflowed>,
+}
+
+/// The outgoing queue went over its byte budget.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Overflowed;
+
+impl Outbox {
+    /// A queue of at most `max_bytes` and the response body that drains it.
+    /// `inbound` is actix-ws's own response body: it ends the stream of the
+    /// client's frames when dropped, so it lives exactly as long as ours.
+    pub fn new(
+        max_bytes: usize,
+        session: Recipient<Overflowed>,
+        inbound: BoxBody,
+    ) -> (Self, SocketBody) {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                frames: VecDeque::new(),
+                bytes: 0,
+                closing: false,
+            }),
+            writer: AtomicWaker::new(),
+            max_bytes,
+        });
+        let body = SocketBody {
+            shared: Arc::clone(&shared),
+            codec: Codec::new(),
+            finished: false,
+            _inbound: inbound,
+        };
+        (Self { shared, session }, body)
+    }
+
+    /// Queues a frame. False when the connection is closing or has just gone
+    /// over its budget, in which case its session is told to close it.
+    pub fn push(&self, frame: Frame) -> bool {
+        let mut queue = self.shared.queue();
+        if queue.closing {
+            return false;
+        }
+        if queue.bytes + frame.text.len() > self.shared.max_bytes {
+            drop(queue);
+            self.session.do_send(Overflowed);
+            return false;
+        }
+        queue.bytes += frame.text.len();
+        queue.frames.push_back(Outgoing::Text(frame));
+        drop(queue);
+        self.shared.writer.wake();
+        true
+    }
+
+    pub fn ping(&self) {
+        self.control(Outgoing::Ping);
+    }
+
+    pub fn pong(&self, payload: Bytes) {
+        self.control(Outgoing::Pong(payload));
+    }
+
+    /// Drops whatever is still queued, sends a close frame, and ends the
+    /// response once it is written.
+    pub fn close(&self, reason: CloseReason) {
+        let mut queue = self.shared.queue();
+        if queue.closing {
+            return;
+        }
+        queue.closing = true;
+        queue.frames.clear();
+        queue.bytes = 0;
+        queue.frames.push_back(Outgoing::Close(reason));
+        drop(queue);
+        self.shared.writer.wake();
+    }
+
+    /// Control frames are small and rare: they do not count against the budget.
+    fn control(&self, frame: Outgoing) {
+        let mut queue = self.shared.queue();
+        if !queue.closing {
+            queue.frames.push_back(frame);
+            drop(queue);
+            self.shared.writer.wake();
+        }
+    }
+}
+
+/// The body of the upgrade response: the encoded frames, in queue order,
+/// until a close frame has been written.
+pub struct SocketBody {
+    shared: Arc<Shared>,
+    codec: Codec,
+    finished: bool,
+    _inbound: BoxBody,
+}
+
+impl MessageBody for SocketBody {
+    type Error = Infallible;
+
+    fn size(&self) -> BodySize {
+        BodySize::Stream
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = self.get_mut();
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        this.shared.writer.register(cx.waker());
+        let mut chunk = BytesMut::new();
+        let (mut texts, mut latencies) = (0u64, Vec::new());
+        let mut queue = this.shared.queue();
+        while chunk.len() < CHUNK_BYTES {
+            let Some(outgoing) = queue.frames.pop_front() else {
+                break;
+            };
+            let message = match outgoing {
+                Outgoing::Text(frame) => {
+                    queue.bytes -= frame.text.len();
+                    texts += 1;
+                    if let Some(at) = frame.committed_at {
+                        latencies.push(at);
+                    }
+                    Message::Text(frame.text)
+                }
+                Outgoing::Ping => Message::Ping(Bytes::new()),
+                Outgoing::Pong(payload) => Message::Pong(payload),
+                Outgoing::Close(reason) => {
+                    this.finished = true;
+                    Message::Close(Some(reason))
+                }
+            };
+            this.codec
+                .encode(message, &mut chunk)
+                .expect("a server frame always encodes");
+            if this.finished {
+                queue.frames.clear();
+                break;
+            }
+        }
+        drop(queue);
+        if texts > 0 {
+            metrics::counter!("turnout_ws_messages_sent_total").increment(texts);
+            let now = chrono::Utc::now();
+            let histogram = metrics::histogram!("turnout_ws_fanout_seconds");
+            for at in latencies {
+                histogram.record((now - at).to_std().unwrap_or_default().as_secs_f64());
+            }
+        }
+        if chunk.is_empty() {
+            // Only a close frame ends the body; then `finished` answers above.
+            return Poll::Pending;
+        }
+        Poll::Ready(Some(Ok(mem::take(&mut chunk).freeze())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use actix_codec::Decoder;
+    use actix_http::ws::{CloseCode, Frame as WireFrame};
+    use bytestring::ByteString;
+
+    use super::*;
+
+    /// Stands in for the session: counts overflow notices.
+    struct Notices(Arc<AtomicUsize>);
+
+    impl Actor for Notices {
+        type Context = actix::Context<Self>;
+    }
+
+    impl Handler<Overflowed> for Notices {
+        type Result = ();
+
+        fn handle(&mut self, _: Overflowed, _: &mut Self::Context) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn outbox(max_bytes: usize) -> (Outbox, SocketBody, Arc<AtomicUsize>) {
+        let notices = Arc::new(AtomicUsize::new(0));
+        let session = Notices(Arc::clone(&notices)).start().recipient();
+        let (outbox, body) = Outbox::new(max_bytes, session, BoxBody::new(()));
+        (outbox, body, notices)
+    }
+
+    fn text(s: &str) -> Frame {
+        Frame {
+            text: ByteString::from(s.to_owned()),
+            committed_at: None,
+        }
+    }
+
+    /// The next chunk of the body, decoded as a client would.
+    async fn next_frames(body: &mut SocketBody) -> Option<Vec<WireFrame>> {
+        let chunk = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_next(cx)).await?;
+        let mut buf = BytesMut::from(&chunk.unwrap()[..]);
+        let mut codec = Codec::new().client_mode();
+        let mut frames = Vec::new();
+        while let Some(frame) = codec.decode(&mut buf).expect("valid frames") {
+            frames.push(frame);
+        }
+        Some(frames)
+    }
+
+    #[actix_web::test]
+    async fn frames_go_out_in_order_and_a_close_ends_the_body() {
+        let (outbox, mut body, _) = outbox(1024);
+        assert!(outbox.push(text("one")));
+        outbox.ping();
+        assert!(outbox.push(text("two")));
+        let frames = next_frames(&mut body).await.unwrap();
+        assert_eq!(frames.len(), 3);
+        assert!(matches!(&frames[0], WireFrame::Text(t) if &t[..] == b"one"));
+        assert!(matches!(&frames[1], WireFrame::Ping(_)));
+        assert!(matches!(&frames[2], WireFrame::Text(t) if &t[..] == b"two"));
+
+        assert!(outbox.push(text("dropped by the close")));
+        outbox.close(CloseReason {
+            code: CloseCode::from(4008),
+            description: Some("slow".into()),
+        });
+        assert!(
+            !outbox.push(text("after the close")),
+            "a closing queue takes nothing"
+        );
+        let frames = next_frames(&mut body).await.unwrap();
+        assert_eq!(frames.len(), 1, "the close dropped what was still queued");
+        assert!(matches!(&frames[0], WireFrame::Close(Some(r)) if r.code == CloseCode::from(4008)));
+        assert!(next_frames(&mut body).await.is_none(), "the body has ended");
+    }
+
+    #[actix_web::test]
+    async fn the_queue_refuses_past_its_budget_and_tells_the_session() {
+        let (outbox, mut body, notices) = outbox(10);
+        assert!(outbox.push(text("12345")));
+        assert!(outbox.push(text("67890")));
+        assert!(!outbox.push(text("x")), "11 bytes would be over 10");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        assert_eq!(notices.load(Ordering::SeqCst), 1);
+
+        let frames = next_frames(&mut body).await.unwrap();
+        assert_eq!(frames.len(), 2);
+        assert!(outbox.push(text("x")), "written frames leave the budget");
+    }
+}
