@@ -147,6 +147,18 @@ impl Api {
         Ok(response.status())
     }
 
+    /// A public read, as a load step: its status and body, whatever they are.
+    pub async fn get(&self, path: &str) -> reqwest::Result<(StatusCode, Value)> {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await?;
+        let status = response.status();
+        let body = response.json().await.unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
     pub async fn event(&self, event: Uuid) -> anyhow::Result<Value> {
         let response = self
             .client

@@ -8,9 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use reqwest::StatusCode;
+use serde_json::Value;
 use tokio::sync::{Barrier, Semaphore};
 use uuid::Uuid;
 
+use crate::progress;
 use crate::report::latency_histogram;
 
 /// How one join ended.
@@ -21,6 +24,61 @@ pub enum JoinResult {
     Refused { kind: String },
     /// No answer (timeout, connection): it may or may not have taken effect.
     Unknown { kind: String },
+}
+
+impl JoinResult {
+    /// What an answer from `POST /v1/events/{id}/join` means for the checks.
+    pub fn of(answer: reqwest::Result<(StatusCode, Value)>) -> Self {
+        match answer {
+            Ok((status, body)) if status.is_success() => Self::Acknowledged {
+                kind: status.as_u16().to_string(),
+                told: body["data"]["status"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            },
+            Ok((status, _)) => Self::Refused {
+                kind: status.as_u16().to_string(),
+            },
+            Err(e) if e.is_timeout() => Self::Unknown {
+                kind: "timeout".into(),
+            },
+            Err(_) => Self::Unknown {
+                kind: "connect".into(),
+            },
+        }
+    }
+}
+
+/// What the joins of a run over several events were told, per event.
+pub struct Answers {
+    pub acknowledged: Vec<HashMap<Uuid, String>>,
+    pub refused: Vec<HashSet<Uuid>>,
+}
+
+impl Answers {
+    pub fn new(events: usize) -> Self {
+        Self {
+            acknowledged: vec![HashMap::new(); events],
+            refused: vec![HashSet::new(); events],
+        }
+    }
+
+    /// Records what `user` was told when joining the `event`th event, and
+    /// returns the outcome's kind ("201", "timeout", …).
+    pub fn record(&mut self, event: usize, user: Uuid, result: JoinResult) -> String {
+        match result {
+            JoinResult::Acknowledged { kind, told } => {
+                self.acknowledged[event].insert(user, told);
+                kind
+            }
+            JoinResult::Refused { kind } => {
+                self.refused[event].insert(user);
+                kind
+            }
+            JoinResult::Unknown { kind } => kind,
+        }
+    }
 }
 
 /// What a burst measured and what each user was told.
@@ -46,14 +104,17 @@ where
 {
     let gate = Arc::new(Barrier::new(items.len() + 1));
     let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+    let bar = progress::bar(items.len(), "joins");
     let mut tasks = Vec::with_capacity(items.len());
     for (user, extra) in items {
         let (join, gate, slots) = (join.clone(), Arc::clone(&gate), Arc::clone(&slots));
+        let bar = bar.clone();
         tasks.push(tokio::spawn(async move {
             gate.wait().await;
             let _slot = slots.acquire().await.expect("the semaphore stays open");
             let start = Instant::now();
             let result = join(user, extra).await;
+            bar.inc(1);
             (user, result, start.elapsed())
         }));
     }
@@ -83,5 +144,6 @@ where
         *tally.outcomes.entry(kind).or_default() += 1;
     }
     tally.elapsed = started.elapsed();
+    bar.finish_and_clear();
     Ok(tally)
 }

@@ -2,11 +2,14 @@
 //! that its scenarios can also run inside tests.
 //!
 //! - `api`: a thin client for the Turnout API, and token minting.
-//! - `scenarios`: one module per scenario (`hot_join`, `spread_join`, `churn`, `ws_fanout`, `recs_fanout`).
+//! - `scenarios`: one module per scenario (`hot_join`, `spread_join`, `churn`,
+//!   `mixed`, `ws_fanout`, `recs_fanout`).
 //! - `burst`: release many joins at once, time and tally them.
 //! - `baseline`: the classic row-lock design, for side-by-side runs.
 //! - `invariants`: what the server must have kept, checked through the API.
 //! - `report`: percentiles, outcomes, checks; printed and as JSON.
+//! - `progress`: the progress bar drawn while a run is under way.
+//! - `process`: memory and CPU time of the server and of the tool, from /proc.
 //! - `city`: a synthetic city drawn from a seed (recommendations).
 //! - `recs_eval`: offline evaluation of recommendations against popularity.
 //! - `recs_bench`: ranking latency and live-list push benchmarks.
@@ -18,6 +21,8 @@ pub mod burst;
 pub mod city;
 pub mod demo;
 pub mod invariants;
+pub mod process;
+pub mod progress;
 pub mod recs_bench;
 pub mod recs_eval;
 pub mod report;
@@ -48,6 +53,10 @@ pub struct Common {
     /// Fail when the share of non-2xx answers exceeds this (0..1).
     #[arg(long)]
     pub max_error_rate: Option<f64>,
+    /// The server's process id, when it runs on this machine: the report
+    /// then gives its memory and the CPU time it spent per request.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
 }
 
 impl Common {

@@ -21,6 +21,8 @@ enum Scenario {
     SpreadJoin(scenarios::spread_join::SpreadJoin),
     /// Joins and leaves mixed on many events, each answer checked against a model.
     Churn(scenarios::churn::Churn),
+    /// Reads, joins and WebSocket subscribers together, each checked.
+    Mixed(scenarios::mixed::Mixed),
     /// K WebSocket clients on one venue; time until each has an update.
     WsFanout(scenarios::ws_fanout::WsFanout),
     /// K users with live recommendation lists; time until a new event tops each.
@@ -42,6 +44,10 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Churn(args) => {
             let common = args.common.clone();
             (scenarios::churn::run(args).await?, common)
+        }
+        Scenario::Mixed(args) => {
+            let common = args.common.clone();
+            (scenarios::mixed::run(args).await?, common)
         }
         Scenario::WsFanout(args) => {
             let common = args.common.clone();

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use clap::Args;
+use indicatif::ProgressBar;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
@@ -15,6 +16,7 @@ use uuid::Uuid;
 
 use crate::Common;
 use crate::api::{Api, Minter};
+use crate::progress;
 use crate::report::{Check, Report, latency_histogram};
 
 #[derive(Args)]
@@ -117,6 +119,7 @@ async fn churn_event(
     owner: &str,
     args: &Churn,
     index: usize,
+    bar: &ProgressBar,
 ) -> anyhow::Result<Worker> {
     let event = api.published_event(owner, args.capacity).await?;
     let mut rng = StdRng::seed_from_u64(args.seed.wrapping_add(index as u64));
@@ -130,6 +133,7 @@ async fn churn_event(
         counts_match: false,
     };
     for _ in 0..args.ops {
+        bar.inc(1);
         let members: Vec<Uuid> = model.members().collect();
         let leave = !members.is_empty() && rng.random::<f64>() < args.leave_ratio;
         let started = std::time::Instant::now();
@@ -233,12 +237,14 @@ pub async fn run(args: Churn) -> anyhow::Result<Report> {
         args.capacity,
         args.leave_ratio * 100.0
     );
+    let bar = progress::bar(args.events * args.ops, "operations");
     let started = std::time::Instant::now();
     let workers = futures_util::future::try_join_all(
-        (0..args.events).map(|i| churn_event(api.clone(), &minter, &owner, &args, i)),
+        (0..args.events).map(|i| churn_event(api.clone(), &minter, &owner, &args, i, &bar)),
     )
     .await?;
     let elapsed = started.elapsed();
+    bar.finish_and_clear();
 
     let mut latency = latency_histogram();
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();

@@ -13,6 +13,7 @@ use crate::Common;
 use crate::api::Api;
 use crate::burst::{self, JoinResult};
 use crate::invariants::{HotJoinOutcome, Member, check_hot_join};
+use crate::process::CpuMeter;
 use crate::report::{Check, Report};
 
 #[derive(Args)]
@@ -60,34 +61,17 @@ pub async fn run(args: HotJoin) -> anyhow::Result<Report> {
         args.users, args.capacity
     );
     let api_for_joins = api.clone();
+    let cpu = CpuMeter::start(args.common.server_pid);
 
     let tally = burst::run(users, concurrency, move |_user, token: String| {
         let api = api_for_joins.clone();
-        async move {
-            match api.join(&token, event, &Uuid::new_v4().to_string()).await {
-                Ok((status, body)) if status.is_success() => JoinResult::Acknowledged {
-                    kind: status.as_u16().to_string(),
-                    told: body["data"]["status"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                },
-                Ok((status, _)) => JoinResult::Refused {
-                    kind: status.as_u16().to_string(),
-                },
-                Err(e) if e.is_timeout() => JoinResult::Unknown {
-                    kind: "timeout".into(),
-                },
-                Err(_) => JoinResult::Unknown {
-                    kind: "connect".into(),
-                },
-            }
-        }
+        async move { JoinResult::of(api.join(&token, event, &Uuid::new_v4().to_string()).await) }
     })
     .await?;
 
     // The read side needs no settling: it is written in the same commit.
-    let checks = check_event(
+    let cpu = cpu.checks(args.users, "join");
+    let mut checks = check_event(
         &api,
         &owner,
         event,
@@ -96,6 +80,7 @@ pub async fn run(args: HotJoin) -> anyhow::Result<Report> {
         &tally.refused,
     )
     .await?;
+    checks.extend(cpu);
     Ok(Report::new(
         "hot-join",
         &args.common.target,

@@ -2,6 +2,7 @@
 
 pub mod churn;
 pub mod hot_join;
+pub mod mixed;
 pub mod recs_fanout;
 pub mod spread_join;
 pub mod ws_fanout;

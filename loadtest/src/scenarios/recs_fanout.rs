@@ -15,9 +15,10 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-use super::ws_fanout::{connect_all, connect_from, memory_per_connection, rss_bytes, server_addr};
+use super::ws_fanout::{connect_all, connect_from, memory_per_connection, server_addr};
 use crate::Common;
 use crate::api::{Api, Minter};
+use crate::process::rss_bytes;
 use crate::report::{Check, Report, latency_histogram};
 
 #[derive(Args)]
@@ -33,9 +34,6 @@ pub struct RecsFanout {
     /// Spread clients over 127.0.0.1 ..= 127.0.0.N.
     #[arg(long, default_value_t = 4)]
     pub source_addresses: u8,
-    /// The server's process id, to read its resident memory.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
 }
 
 /// A list arrived showing these events.
@@ -98,7 +96,7 @@ pub async fn run(args: RecsFanout) -> anyhow::Result<Report> {
     let minter: Arc<Minter> = Arc::new(args.common.minter()?);
     let owner = minter.token(Uuid::now_v7());
     let (_, venue) = api.published_event_at_venue(&owner, 1_000).await?;
-    let rss_before = args.server_pid.and_then(rss_bytes);
+    let rss_before = args.common.server_pid.and_then(rss_bytes);
 
     eprintln!("recs-fanout: connecting {} users to recs", args.clients);
     let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel();
@@ -115,7 +113,7 @@ pub async fn run(args: RecsFanout) -> anyhow::Result<Report> {
     let connected = live.len();
     eprintln!("recs-fanout: {connected} lists live; letting them idle");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss_idle = args.server_pid.and_then(rss_bytes);
+    let rss_idle = args.common.server_pid.and_then(rss_bytes);
 
     let mut from_send = latency_histogram();
     let mut all_delivered = latency_histogram();

@@ -5,7 +5,7 @@
 //! does) or flat out through `--concurrency` connections (closed model).
 //! Afterwards every event is checked as `hot-join` checks its one event.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,9 @@ use uuid::Uuid;
 use super::hot_join::check_event;
 use crate::Common;
 use crate::api::Api;
+use crate::burst::{Answers, JoinResult};
+use crate::process::CpuMeter;
+use crate::progress;
 use crate::report::{Check, Report, latency_histogram};
 
 #[derive(Args)]
@@ -46,13 +49,6 @@ pub fn intended_offset(i: usize, rate: f64) -> Duration {
     Duration::from_secs_f64(i as f64 / rate)
 }
 
-/// How a join ended, for its event.
-enum Answer {
-    Acknowledged(String),
-    Refused,
-    Unknown,
-}
-
 /// One check per name over every event: it holds if it holds for all.
 pub fn combine(per_event: Vec<Vec<Check>>) -> Vec<Check> {
     let mut combined: BTreeMap<String, (usize, usize, Vec<String>)> = BTreeMap::new();
@@ -79,6 +75,31 @@ pub fn combine(per_event: Vec<Vec<Check>>) -> Vec<Check> {
             Check::new(&name, seen == passed, detail)
         })
         .collect()
+}
+
+/// Checks every event as `hot-join` checks its one, combined per check.
+pub(crate) async fn check_events(
+    api: &Api,
+    owner: &str,
+    events: &[Uuid],
+    capacity: u64,
+    answers: &Answers,
+) -> anyhow::Result<Vec<Check>> {
+    let mut per_event = Vec::with_capacity(events.len());
+    for (e, event) in events.iter().enumerate() {
+        per_event.push(
+            check_event(
+                api,
+                owner,
+                *event,
+                capacity,
+                &answers.acknowledged[e],
+                &answers.refused[e],
+            )
+            .await?,
+        );
+    }
+    Ok(combine(per_event))
 }
 
 pub async fn run(args: SpreadJoin) -> anyhow::Result<Report> {
@@ -114,10 +135,13 @@ pub async fn run(args: SpreadJoin) -> anyhow::Result<Report> {
     }
 
     let slots = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let bar = progress::bar(joins.len(), "joins");
+    let cpu = CpuMeter::start(args.common.server_pid);
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(joins.len());
     for (i, (user, token, event)) in joins.into_iter().enumerate() {
         let (api, slots, event_id) = (api.clone(), Arc::clone(&slots), events[event]);
+        let bar = bar.clone();
         let intended = args.rate.map(|rate| started + intended_offset(i, rate));
         tasks.push(tokio::spawn(async move {
             if let Some(at) = intended {
@@ -126,62 +150,31 @@ pub async fn run(args: SpreadJoin) -> anyhow::Result<Report> {
             let _slot = slots.acquire().await.expect("the semaphore stays open");
             // Open model: from the intended time, queueing included.
             let from = intended.unwrap_or_else(Instant::now);
-            let answer = api
-                .join(&token, event_id, &Uuid::new_v4().to_string())
-                .await;
+            let answer = JoinResult::of(
+                api.join(&token, event_id, &Uuid::new_v4().to_string())
+                    .await,
+            );
             let took = from.elapsed();
-            let (kind, answer) = match answer {
-                Ok((status, body)) if status.is_success() => (
-                    status.as_u16().to_string(),
-                    Answer::Acknowledged(
-                        body["data"]["status"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned(),
-                    ),
-                ),
-                Ok((status, _)) => (status.as_u16().to_string(), Answer::Refused),
-                Err(e) if e.is_timeout() => ("timeout".to_owned(), Answer::Unknown),
-                Err(_) => ("connect".to_owned(), Answer::Unknown),
-            };
-            (user, event, kind, answer, took)
+            bar.inc(1);
+            (user, event, answer, took)
         }));
     }
     let mut latency = latency_histogram();
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
-    let mut acknowledged: Vec<HashMap<Uuid, String>> = vec![HashMap::new(); args.events];
-    let mut refused: Vec<HashSet<Uuid>> = vec![HashSet::new(); args.events];
+    let mut answers = Answers::new(args.events);
     for task in tasks {
-        let (user, event, kind, answer, took) = task.await?;
+        let (user, event, answer, took) = task.await?;
         latency.saturating_record(took.as_micros() as u64);
-        *outcomes.entry(kind).or_default() += 1;
-        match answer {
-            Answer::Acknowledged(told) => {
-                acknowledged[event].insert(user, told);
-            }
-            Answer::Refused => {
-                refused[event].insert(user);
-            }
-            Answer::Unknown => {}
-        }
+        *outcomes
+            .entry(answers.record(event, user, answer))
+            .or_default() += 1;
     }
     let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    let cpu = cpu.checks(args.users, "join");
 
-    let mut per_event = Vec::with_capacity(args.events);
-    for (e, event) in events.iter().enumerate() {
-        per_event.push(
-            check_event(
-                &api,
-                &owner,
-                *event,
-                args.capacity,
-                &acknowledged[e],
-                &refused[e],
-            )
-            .await?,
-        );
-    }
-    let mut checks = combine(per_event);
+    let mut checks = check_events(&api, &owner, &events, args.capacity, &answers).await?;
+    checks.extend(cpu);
     let achieved = args.users as f64 / elapsed.as_secs_f64();
     checks.push(Check::new(
         "rate (info)",

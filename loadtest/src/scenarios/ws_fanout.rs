@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::json;
 use tokio::net::TcpSocket;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_tungstenite::tungstenite::Message;
@@ -24,6 +25,7 @@ use uuid::Uuid;
 
 use crate::Common;
 use crate::api::Api;
+use crate::process::{CpuMeter, rss_bytes};
 use crate::report::{Check, Report, latency_histogram};
 
 #[derive(Args)]
@@ -39,17 +41,6 @@ pub struct WsFanout {
     /// Spread clients over 127.0.0.1 ..= 127.0.0.N.
     #[arg(long, default_value_t = 4)]
     pub source_addresses: u8,
-    /// The server's process id, to read its resident memory.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
-}
-
-/// Resident memory of a process in bytes.
-pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// The server's resident memory growth per connection, as an info check,
@@ -73,6 +64,28 @@ pub(crate) fn server_addr(target: &str) -> anyhow::Result<SocketAddr> {
     let host = target.trim_start_matches("http://").trim_end_matches('/');
     host.parse()
         .with_context(|| format!("--target must be http://<ip>:<port> for ws-fanout, not {target}"))
+}
+
+/// The parts of a channel frame the scenarios read; the rest is skipped
+/// without building a JSON tree, so that the client's parsing stays cheap
+/// next to the server's work.
+#[derive(Deserialize)]
+pub(crate) struct ChannelFrame {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub offset: Option<u64>,
+    pub data: Option<FrameData>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct FrameData {
+    pub event: Option<EventCounts>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct EventCounts {
+    pub active_count: u64,
+    pub waitlist_count: u64,
 }
 
 /// One arrival: which round's update, and when.
@@ -143,9 +156,9 @@ async fn client(
     let snapshot_offset = loop {
         match ws.next().await {
             Some(Ok(Message::Text(text))) => {
-                let frame: Value = serde_json::from_str(&text)?;
-                if frame["type"] == "snapshot" {
-                    break frame["offset"].as_u64().unwrap_or(0);
+                let frame: ChannelFrame = serde_json::from_str(&text)?;
+                if frame.kind == "snapshot" {
+                    break frame.offset.unwrap_or(0);
                 }
             }
             Some(Ok(_)) => continue,
@@ -156,11 +169,11 @@ async fn client(
         while let Some(Ok(message)) = ws.next().await {
             if let Message::Text(text) = message {
                 let at = Instant::now();
-                if let Ok(frame) = serde_json::from_str::<Value>(&text)
-                    && frame["type"] == "update"
+                if let Ok(frame) = serde_json::from_str::<ChannelFrame>(&text)
+                    && frame.kind == "update"
                 {
                     let _ = arrivals.send(Arrival {
-                        offset: frame["offset"].as_u64().unwrap_or(0),
+                        offset: frame.offset.unwrap_or(0),
                         at,
                     });
                 }
@@ -177,7 +190,7 @@ pub async fn run(args: WsFanout) -> anyhow::Result<Report> {
     let owner = minter.token(Uuid::now_v7());
     let (event, venue) = api.published_event_at_venue(&owner, 1_000_000).await?;
     let channel = format!("venue:{venue}");
-    let rss_before = args.server_pid.and_then(rss_bytes);
+    let rss_before = args.common.server_pid.and_then(rss_bytes);
 
     eprintln!(
         "ws-fanout: connecting {} clients to {channel}",
@@ -193,13 +206,14 @@ pub async fn run(args: WsFanout) -> anyhow::Result<Report> {
     let start_offset = offsets.into_iter().max().unwrap_or(0);
     eprintln!("ws-fanout: {connected} connected; letting them idle");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss_idle = args.server_pid.and_then(rss_bytes);
+    let rss_idle = args.common.server_pid.and_then(rss_bytes);
 
     let mut from_send = latency_histogram();
     let mut from_ack = latency_histogram();
     let mut all_delivered = latency_histogram();
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
     let mut complete_rounds = 0;
+    let cpu = CpuMeter::start(args.common.server_pid);
     let started = Instant::now();
     for round in 1..=args.rounds as u64 {
         let user = Uuid::now_v7();
@@ -265,6 +279,7 @@ pub async fn run(args: WsFanout) -> anyhow::Result<Report> {
             ),
         ),
     ];
+    checks.extend(cpu.checks(connected * args.rounds, "delivery"));
     checks.extend(memory_per_connection(
         "server memory per idle connection (info)",
         rss_before,

@@ -1,0 +1,110 @@
+//! What a process on this machine is using, from /proc: resident memory and
+//! CPU time. The scenarios read the server's (with `--server-pid`) and their
+//! own, so a report can say what one request cost each side.
+
+use std::time::Duration;
+
+use crate::report::Check;
+
+/// CPU time of the server (when its pid is known) and of the tool, from the
+/// start of a measurement: on a machine where both share the cores, this
+/// says what a request cost the server itself.
+pub struct CpuMeter {
+    server_pid: Option<u32>,
+    server: Option<Duration>,
+    own: Option<Duration>,
+}
+
+impl CpuMeter {
+    pub fn start(server_pid: Option<u32>) -> Self {
+        Self {
+            server_pid,
+            server: server_pid.and_then(cpu_time),
+            own: own_cpu_time(),
+        }
+    }
+
+    /// Info checks with the CPU time spent since the start per unit of work.
+    pub fn checks(&self, units: usize, what: &str) -> Vec<Check> {
+        let server = cpu_per(self.server, self.server_pid.and_then(cpu_time), units, what);
+        let own = cpu_per(self.own, own_cpu_time(), units, what);
+        let mut checks = Vec::new();
+        checks.extend(server.map(|per| Check::new("server CPU (info)", true, per)));
+        checks.extend(own.map(|per| Check::new("load generator CPU (info)", true, per)));
+        checks
+    }
+}
+
+/// Resident memory of a process in bytes.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// CPU time (user and system, all threads) a process has used.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    parse_cpu_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The tool's own CPU time.
+fn own_cpu_time() -> Option<Duration> {
+    cpu_time(std::process::id())
+}
+
+/// utime + stime from a /proc/<pid>/stat line, in clock ticks of 10 ms
+/// (USER_HZ is 100 on Linux).
+fn parse_cpu_time(stat: &str) -> Option<Duration> {
+    // The command name (field 2) may hold spaces and parentheses: count from
+    // the last ')'. utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+/// CPU time spent between two readings, per unit of work.
+fn cpu_per(
+    before: Option<Duration>,
+    after: Option<Duration>,
+    units: usize,
+    what: &str,
+) -> Option<String> {
+    let spent = after?.checked_sub(before?)?;
+    Some(format!(
+        "{:.1} µs per {what} ({:.2} s in all)",
+        spent.as_secs_f64() * 1e6 / units.max(1) as f64,
+        spent.as_secs_f64()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_is_utime_plus_stime() {
+        let stat = "4242 (turnout (x) y) S 1 4242 4242 0 -1 4194560 2519 0 0 0 150 25 0 0 20 0 7 0";
+        assert_eq!(parse_cpu_time(stat), Some(Duration::from_millis(1750)));
+    }
+
+    #[test]
+    fn this_process_has_memory_and_cpu_time() {
+        assert!(rss_bytes(std::process::id()).unwrap() > 0);
+        assert!(own_cpu_time().is_some());
+    }
+
+    #[test]
+    fn cost_per_unit_is_the_difference_divided() {
+        let per = cpu_per(
+            Some(Duration::from_secs(1)),
+            Some(Duration::from_secs(3)),
+            1000,
+            "join",
+        );
+        assert_eq!(per.as_deref(), Some("2000.0 µs per join (2.00 s in all)"));
+        assert_eq!(cpu_per(None, Some(Duration::ZERO), 1, "join"), None);
+    }
+}

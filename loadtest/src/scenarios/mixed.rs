@@ -1,0 +1,521 @@
+//! `mixed`: reads, joins and WebSocket subscribers together, as an evening
+//! in the city looks. Joins and reads each arrive at a fixed rate (open
+//! model: latency runs from each request's intended send time), while
+//! subscribers watch the events' channels. Afterwards the tool checks that
+//! the joins kept every event's invariants, that no read ever showed an
+//! overbooked event, and that every subscriber saw its channel's updates
+//! without a gap or a repeat and ended at the event's final counts.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+use super::spread_join::{check_events, intended_offset};
+use super::ws_fanout::{ChannelFrame, connect_all, connect_from, server_addr};
+use crate::Common;
+use crate::api::Api;
+use crate::burst::{Answers, JoinResult};
+use crate::process::CpuMeter;
+use crate::progress;
+use crate::report::{Check, Report, latency_histogram};
+
+#[derive(Args)]
+pub struct Mixed {
+    #[command(flatten)]
+    pub common: Common,
+    /// Events the load is spread over.
+    #[arg(long, default_value_t = 20)]
+    pub events: usize,
+    /// Each event's capacity.
+    #[arg(long, default_value_t = 100)]
+    pub capacity: u64,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Joins per second, each by a new user, round robin over the events.
+    #[arg(long, default_value_t = 500.0)]
+    pub join_rate: f64,
+    /// Reads per second: an event's details, and one in four the listing.
+    #[arg(long, default_value_t = 2000.0)]
+    pub read_rate: f64,
+    /// WebSocket clients, each subscribed to one event's channel.
+    #[arg(long, default_value_t = 1000)]
+    pub subscribers: usize,
+    /// Spread subscribers over 127.0.0.1 ..= 127.0.0.N.
+    #[arg(long, default_value_t = 4)]
+    pub source_addresses: u8,
+    /// The most requests in flight at once.
+    #[arg(long, default_value_t = 500)]
+    pub concurrency: usize,
+}
+
+/// One step of the load.
+enum Step {
+    Join {
+        user: Uuid,
+        token: String,
+        event: usize,
+    },
+    ReadEvent(usize),
+    ListEvents,
+}
+
+/// How one step ended.
+enum Done {
+    Join {
+        user: Uuid,
+        event: usize,
+        answer: JoinResult,
+    },
+    Read {
+        kind: String,
+        /// Events the answer showed with more active attendees than places.
+        overbooked: usize,
+    },
+}
+
+/// The steps of a run, each with its intended offset from the start: joins
+/// and reads interleaved, each kind at its own rate.
+fn schedule(args: &Mixed, token: impl Fn(Uuid) -> String) -> Vec<(Duration, Step)> {
+    let joins = (args.join_rate * args.duration) as usize;
+    let reads = (args.read_rate * args.duration) as usize;
+    let mut steps = Vec::with_capacity(joins + reads);
+    for i in 0..joins {
+        let user = Uuid::now_v7();
+        steps.push((
+            intended_offset(i, args.join_rate),
+            Step::Join {
+                user,
+                token: token(user),
+                event: i % args.events,
+            },
+        ));
+    }
+    for i in 0..reads {
+        let step = if i % 4 == 3 {
+            Step::ListEvents
+        } else {
+            Step::ReadEvent(i % args.events)
+        };
+        steps.push((intended_offset(i, args.read_rate), step));
+    }
+    steps.sort_by_key(|(at, _)| *at);
+    steps
+}
+
+/// How many events in a read's answer show more active attendees than
+/// places: one is an overbooking a reader could see.
+fn overbooked(body: &Value) -> usize {
+    let over = |e: &Value| {
+        e["capacity"]
+            .as_u64()
+            .zip(e["active_count"].as_u64())
+            .is_some_and(|(capacity, active)| active > capacity)
+    };
+    match &body["data"] {
+        Value::Array(events) => events.iter().filter(|e| over(e)).count(),
+        event => usize::from(over(event)),
+    }
+}
+
+/// What one subscriber has seen of its event's channel.
+#[derive(Debug, Default)]
+struct Seen {
+    offset: u64,
+    updates: u64,
+    /// Updates whose offset was not the one after the last.
+    out_of_order: u64,
+    /// Snapshots after the first: the server made the client resync.
+    resyncs: u64,
+    active: u64,
+    waitlist: u64,
+    closed: bool,
+}
+
+impl Seen {
+    fn take(&mut self, frame: &ChannelFrame) {
+        match frame.kind.as_str() {
+            "update" => {
+                self.updates += 1;
+                if frame.offset != Some(self.offset + 1) {
+                    self.out_of_order += 1;
+                }
+            }
+            "snapshot" => self.resyncs += 1,
+            _ => return,
+        }
+        self.offset = frame.offset.unwrap_or(self.offset);
+        if let Some(event) = frame.data.as_ref().and_then(|d| d.event.as_ref()) {
+            self.active = event.active_count;
+            self.waitlist = event.waitlist_count;
+        }
+    }
+}
+
+/// Subscribes to one event's channel and keeps what it sees up to date
+/// until the connection ends.
+async fn subscriber(
+    server: SocketAddr,
+    source: Ipv4Addr,
+    event: usize,
+    channel: String,
+) -> anyhow::Result<(usize, Arc<Mutex<Seen>>)> {
+    let mut ws = connect_from(server, source).await?;
+    ws.send(Message::text(
+        json!({ "type": "subscribe", "channel": channel }).to_string(),
+    ))
+    .await?;
+    let mut seen = Seen::default();
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => {
+                let frame: ChannelFrame = serde_json::from_str(&text)?;
+                if frame.kind == "snapshot" {
+                    seen.take(&frame);
+                    seen.resyncs = 0;
+                    break;
+                }
+            }
+            Some(Ok(_)) => continue,
+            _ => anyhow::bail!("closed before the snapshot"),
+        }
+    }
+    let seen = Arc::new(Mutex::new(seen));
+    let watching = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = ws.next().await {
+            if let Message::Text(text) = message
+                && let Ok(frame) = serde_json::from_str::<ChannelFrame>(&text)
+            {
+                watching.lock().expect("not poisoned").take(&frame);
+            }
+        }
+        watching.lock().expect("not poisoned").closed = true;
+    });
+    Ok((event, seen))
+}
+
+/// "p50 … p99 … max …" of a histogram in milliseconds.
+fn summary(h: &Histogram<u64>) -> String {
+    let ms = |us: u64| us as f64 / 1000.0;
+    format!(
+        "{} requests, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        h.len(),
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.max())
+    )
+}
+
+pub async fn run(args: Mixed) -> anyhow::Result<Report> {
+    anyhow::ensure!(args.events > 0, "--events must be positive");
+    anyhow::ensure!(
+        args.duration > 0.0 && args.join_rate > 0.0 && args.read_rate > 0.0,
+        "--duration, --join-rate and --read-rate must be positive"
+    );
+    let server = server_addr(&args.common.target)?;
+    let api = Api::new(&args.common.target, args.concurrency)?;
+    let minter = args.common.minter()?;
+    let owner = minter.token(Uuid::now_v7());
+    let mut events = Vec::with_capacity(args.events);
+    for _ in 0..args.events {
+        events.push(api.published_event(&owner, args.capacity).await?);
+    }
+
+    eprintln!("mixed: connecting {} subscribers", args.subscribers);
+    let channels: Vec<String> = events.iter().map(|e| format!("event:{e}")).collect();
+    let next = AtomicUsize::new(0);
+    let (subscribers, connect_failures) =
+        connect_all(args.subscribers, args.source_addresses, |source| {
+            let event = next.fetch_add(1, Ordering::Relaxed) % args.events;
+            subscriber(server, source, event, channels[event].clone())
+        })
+        .await?;
+
+    let steps = schedule(&args, |user| minter.token(user));
+    eprintln!(
+        "mixed: {:.0} joins/s and {:.0} reads/s for {} s over {} events, {} subscribers watching",
+        args.join_rate,
+        args.read_rate,
+        args.duration,
+        args.events,
+        subscribers.len()
+    );
+    let slots = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let bar = progress::bar(steps.len(), "requests");
+    let event_ids: Arc<[Uuid]> = events.clone().into();
+    let cpu = CpuMeter::start(args.common.server_pid);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(steps.len());
+    for (offset, step) in steps {
+        let (api, slots, bar) = (api.clone(), Arc::clone(&slots), bar.clone());
+        let intended = started + offset;
+        let event_ids = Arc::clone(&event_ids);
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(intended.into()).await;
+            let _slot = slots.acquire().await.expect("the semaphore stays open");
+            let done = match step {
+                Step::Join { user, token, event } => Done::Join {
+                    user,
+                    event,
+                    answer: JoinResult::of(
+                        api.join(&token, event_ids[event], &Uuid::new_v4().to_string())
+                            .await,
+                    ),
+                },
+                Step::ReadEvent(event) => {
+                    read(&api, &format!("/v1/events/{}", event_ids[event])).await
+                }
+                Step::ListEvents => read(&api, "/v1/events?limit=20").await,
+            };
+            bar.inc(1);
+            (done, intended.elapsed())
+        }));
+    }
+
+    let mut latency = latency_histogram();
+    let (mut join_latency, mut read_latency) = (latency_histogram(), latency_histogram());
+    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut answers = Answers::new(args.events);
+    let mut overbooked_reads = 0;
+    for task in tasks {
+        let (done, took) = task.await?;
+        let micros = took.as_micros() as u64;
+        latency.saturating_record(micros);
+        let kind = match done {
+            Done::Join {
+                user,
+                event,
+                answer,
+            } => {
+                join_latency.saturating_record(micros);
+                answers.record(event, user, answer)
+            }
+            Done::Read { kind, overbooked } => {
+                read_latency.saturating_record(micros);
+                overbooked_reads += overbooked;
+                kind
+            }
+        };
+        *outcomes.entry(kind).or_default() += 1;
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    let cpu = cpu.checks(latency.len() as usize, "request");
+
+    let mut checks = check_events(&api, &owner, &events, args.capacity, &answers).await?;
+    checks.push(Check::new(
+        "no read showed an overbooked event",
+        overbooked_reads == 0,
+        format!(
+            "{overbooked_reads} overbooked in {} reads",
+            read_latency.len()
+        ),
+    ));
+    checks.extend(check_subscribers(&api, &events, &subscribers).await?);
+    checks.push(Check::new(
+        "every subscriber connected",
+        subscribers.len() == args.subscribers,
+        format!(
+            "{}/{} connected; {connect_failures:?}",
+            subscribers.len(),
+            args.subscribers
+        ),
+    ));
+    let intended = args.join_rate + args.read_rate;
+    checks.push(Check::new(
+        "latency by kind (info)",
+        true,
+        format!(
+            "joins: {}; reads: {}",
+            summary(&join_latency),
+            summary(&read_latency)
+        ),
+    ));
+    checks.push(Check::new(
+        "rate (info)",
+        true,
+        format!(
+            "achieved {:.0}/s of {intended:.0}/s intended",
+            latency.len() as f64 / elapsed.as_secs_f64()
+        ),
+    ));
+    checks.extend(cpu);
+    Ok(Report::new(
+        "mixed",
+        &args.common.target,
+        &latency,
+        elapsed,
+        outcomes,
+        checks,
+    ))
+}
+
+async fn read(api: &Api, path: &str) -> Done {
+    match api.get(path).await {
+        Ok((status, body)) => Done::Read {
+            kind: status.as_u16().to_string(),
+            overbooked: overbooked(&body),
+        },
+        Err(e) if e.is_timeout() => Done::Read {
+            kind: "timeout".into(),
+            overbooked: 0,
+        },
+        Err(_) => Done::Read {
+            kind: "connect".into(),
+            overbooked: 0,
+        },
+    }
+}
+
+/// Every subscriber must end where its event ended, having seen each update
+/// once and in order. Updates are still in flight when the load stops, so
+/// the subscribers get a few seconds to catch up.
+async fn check_subscribers(
+    api: &Api,
+    events: &[Uuid],
+    subscribers: &[(usize, Arc<Mutex<Seen>>)],
+) -> anyhow::Result<Vec<Check>> {
+    let mut finals = Vec::with_capacity(events.len());
+    for event in events {
+        let counts = api.event(*event).await?;
+        finals.push((
+            counts["active_count"].as_u64().unwrap_or(0),
+            counts["waitlist_count"].as_u64().unwrap_or(0),
+        ));
+    }
+    let behind = || {
+        subscribers
+            .iter()
+            .filter(|(event, seen)| {
+                let seen = seen.lock().expect("not poisoned");
+                (seen.active, seen.waitlist) != finals[*event]
+            })
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while behind() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lagging = behind();
+    let (mut updates, mut out_of_order, mut resyncs, mut closed) = (0, 0, 0, 0);
+    for (_, seen) in subscribers {
+        let seen = seen.lock().expect("not poisoned");
+        updates += seen.updates;
+        out_of_order += seen.out_of_order;
+        resyncs += seen.resyncs;
+        closed += usize::from(seen.closed);
+    }
+    Ok(vec![
+        Check::new(
+            "every subscriber saw each update once, in order",
+            out_of_order == 0 && resyncs == 0 && closed == 0,
+            format!(
+                "{updates} updates; {out_of_order} out of order, {resyncs} resyncs, {closed} closed"
+            ),
+        ),
+        Check::new(
+            "every subscriber ended at its event's counts",
+            lagging == 0,
+            format!("{lagging}/{} behind after the load", subscribers.len()),
+        ),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(join_rate: f64, read_rate: f64, duration: f64) -> Mixed {
+        Mixed {
+            common: Common {
+                target: "http://127.0.0.1:1".into(),
+                jwt_key: None,
+                jwt_issuer: "turnout".into(),
+                json: None,
+                max_p99_ms: None,
+                max_error_rate: None,
+                server_pid: None,
+            },
+            events: 3,
+            capacity: 10,
+            duration,
+            join_rate,
+            read_rate,
+            subscribers: 0,
+            source_addresses: 1,
+            concurrency: 1,
+        }
+    }
+
+    #[test]
+    fn the_schedule_interleaves_joins_and_reads_at_their_rates() {
+        let steps = schedule(&args(2.0, 4.0, 2.0), |_| "token".into());
+        let joins: Vec<(Duration, usize)> = steps
+            .iter()
+            .filter_map(|(at, s)| match s {
+                Step::Join { event, .. } => Some((*at, *event)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            joins,
+            vec![
+                (Duration::ZERO, 0),
+                (Duration::from_millis(500), 1),
+                (Duration::from_secs(1), 2),
+                (Duration::from_millis(1500), 0),
+            ]
+        );
+        let lists = steps
+            .iter()
+            .filter(|(_, s)| matches!(s, Step::ListEvents))
+            .count();
+        assert_eq!(steps.len() - joins.len(), 8, "4/s for 2 s");
+        assert_eq!(lists, 2, "one read in four lists events");
+        assert!(steps.windows(2).all(|w| w[0].0 <= w[1].0), "in time order");
+    }
+
+    #[test]
+    fn a_read_is_overbooked_when_active_exceeds_capacity() {
+        let event = |active: u64| json!({ "capacity": 10, "active_count": active });
+        assert_eq!(overbooked(&json!({ "data": event(10) })), 0);
+        assert_eq!(overbooked(&json!({ "data": event(11) })), 1);
+        assert_eq!(
+            overbooked(&json!({ "data": [event(3), event(12), event(13)] })),
+            2
+        );
+        assert_eq!(overbooked(&json!({ "error": {} })), 0);
+    }
+
+    #[test]
+    fn a_subscriber_notices_gaps_repeats_and_resyncs() {
+        let frame = |kind: &str, offset: u64, active: u64| -> ChannelFrame {
+            serde_json::from_value(json!({
+                "type": kind, "offset": offset, "channel": "event:x",
+                "data": { "event": { "active_count": active, "waitlist_count": 0, "title": "t" },
+                          "kinds": ["joined"] }
+            }))
+            .unwrap()
+        };
+        let mut seen = Seen::default();
+        seen.take(&frame("update", 1, 1));
+        seen.take(&frame("update", 2, 2));
+        assert_eq!((seen.out_of_order, seen.active, seen.offset), (0, 2, 2));
+        seen.take(&frame("update", 2, 2));
+        seen.take(&frame("update", 4, 4));
+        assert_eq!(seen.out_of_order, 2, "a repeat and a gap");
+        seen.take(&frame("snapshot", 9, 9));
+        assert_eq!((seen.resyncs, seen.active, seen.offset), (1, 9, 9));
+    }
+}
