@@ -19,7 +19,7 @@ use redis::streams::{StreamAutoClaimOptions, StreamId, StreamReadOptions, Stream
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
-use crate::store::{Store, from_micros};
+use crate::store::{DailyFact, Store, from_micros};
 use turnout_actors::store::StoreError;
 
 const GROUP: &str = "turnout-daily-facts";
@@ -35,18 +35,28 @@ pub struct Fact {
     pub committed_at: i64,
 }
 
-/// Handles one fact; false when it was a redelivery and nothing changed.
-pub async fn handle(store: &dyn Store, fact: &Fact) -> Result<bool, StoreError> {
-    let day = from_micros(fact.committed_at)
-        .format("%Y-%m-%d")
-        .to_string();
-    let counted = store
-        .count_daily_fact(fact.message_id, &day, &fact.event_type)
-        .await?;
-    let outcome = if counted { "handled" } else { "redelivered" };
-    metrics::counter!("turnout_consumer_messages_total", "handler" => "daily-facts", "outcome" => outcome)
-        .increment(1);
-    Ok(counted)
+/// Handles a batch of facts in one transaction; returns how many were new
+/// (the rest were redeliveries and changed nothing).
+pub async fn handle(store: &dyn Store, facts: &[Fact]) -> Result<usize, StoreError> {
+    if facts.is_empty() {
+        return Ok(0);
+    }
+    let daily: Vec<DailyFact> = facts
+        .iter()
+        .map(|fact| DailyFact {
+            message_id: fact.message_id,
+            day: from_micros(fact.committed_at)
+                .format("%Y-%m-%d")
+                .to_string(),
+            event_type: fact.event_type.clone(),
+        })
+        .collect();
+    let handled = store.count_daily_facts(&daily).await?;
+    metrics::counter!("turnout_consumer_messages_total", "handler" => "daily-facts", "outcome" => "handled")
+        .increment(handled as u64);
+    metrics::counter!("turnout_consumer_messages_total", "handler" => "daily-facts", "outcome" => "redelivered")
+        .increment((facts.len() - handled) as u64);
+    Ok(handled)
 }
 
 fn fact_of(entry: &StreamId) -> Option<Fact> {
@@ -118,14 +128,21 @@ async fn consume_until_error(
         }
         let reply: Option<StreamReadReply> = redis.xread_options(&[stream], &[">"], &read).await?;
         entries.extend(reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids));
-        for entry in entries {
-            match fact_of(&entry) {
-                Some(fact) => {
-                    handle(store.as_ref(), &fact).await?;
-                }
-                None => tracing::warn!(id = %entry.id, "skipping a malformed outbox entry"),
-            }
-            let _: usize = redis.xack(stream, GROUP, &[&entry.id]).await?;
+        if entries.is_empty() {
+            continue;
         }
+        let facts: Vec<Fact> = entries
+            .iter()
+            .filter_map(|entry| {
+                let fact = fact_of(entry);
+                if fact.is_none() {
+                    tracing::warn!(id = %entry.id, "skipping a malformed outbox entry");
+                }
+                fact
+            })
+            .collect();
+        handle(store.as_ref(), &facts).await?;
+        let ids: Vec<&str> = entries.iter().map(|entry| entry.id.as_str()).collect();
+        let _: usize = redis.xack(stream, GROUP, &ids).await?;
     }
 }

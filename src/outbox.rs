@@ -178,16 +178,17 @@ async fn pass(
     }
     let Some(client) = client else {
         // Nobody outside: the in-process consumers get the rows here.
-        for row in &rows {
-            let fact = crate::consumers::Fact {
+        let facts: Vec<crate::consumers::Fact> = rows
+            .iter()
+            .map(|row| crate::consumers::Fact {
                 message_id: row.message_id,
                 event_type: row.event_type.clone(),
                 committed_at: row.created_at,
-            };
-            if let Err(error) = crate::consumers::handle(store.as_ref(), &fact).await {
-                tracing::warn!(%error, "an outbox consumer failed; retrying");
-                return Pass::StoreAway;
-            }
+            })
+            .collect();
+        if let Err(error) = crate::consumers::handle(store.as_ref(), &facts).await {
+            tracing::warn!(%error, "an outbox consumer failed; retrying");
+            return Pass::StoreAway;
         }
         return mark_published(store, &rows, settings).await;
     };

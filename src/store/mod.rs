@@ -116,6 +116,15 @@ impl OutboxStatus {
     }
 }
 
+/// One fact for the daily-facts consumer.
+#[derive(Debug, Clone)]
+pub struct DailyFact {
+    pub message_id: Uuid,
+    /// `YYYY-MM-DD`, UTC.
+    pub day: String,
+    pub event_type: String,
+}
+
 /// An outbox row: one fact, to be published once.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OutboxMessage {
@@ -240,15 +249,10 @@ pub trait Store: EventStore {
     /// Deletes rows published before `before`; returns how many.
     async fn purge_published_outbox(&self, before: i64) -> Result<u64, StoreError>;
 
-    /// The daily-facts consumer: counts one fact for the day, once per
-    /// message however often it is delivered (inbox); false for a
-    /// redelivery.
-    async fn count_daily_fact(
-        &self,
-        message_id: Uuid,
-        day: &str,
-        event_type: &str,
-    ) -> Result<bool, StoreError>;
+    /// The daily-facts consumer: counts each fact for its day, once per
+    /// message however often it is delivered (inbox), a batch in one
+    /// transaction; returns how many were new (the rest were redeliveries).
+    async fn count_daily_facts(&self, facts: &[DailyFact]) -> Result<usize, StoreError>;
     /// `(day, event_type, facts)` from `since_day` (`YYYY-MM-DD`) on.
     async fn daily_facts(&self, since_day: &str) -> Result<Vec<(String, String, i64)>, StoreError>;
 

@@ -16,8 +16,8 @@ use turnout_actors::store::{
 use uuid::Uuid;
 
 use super::{
-    EventFilter, EventRecord, MembershipRecord, OutboxMessage, OutboxStatus, Store, UserRecord,
-    VenueRecord, micros, unavailable,
+    DailyFact, EventFilter, EventRecord, MembershipRecord, OutboxMessage, OutboxStatus, Store,
+    UserRecord, VenueRecord, micros, unavailable,
 };
 
 /// The inbox name of the daily-facts consumer.
@@ -1087,28 +1087,28 @@ macro_rules! impl_store {
                 Ok(done.rows_affected())
             }
 
-            async fn count_daily_fact(
-                &self,
-                message_id: Uuid,
-                day: &str,
-                event_type: &str,
-            ) -> Result<bool, StoreError> {
+            async fn count_daily_facts(&self, facts: &[DailyFact]) -> Result<usize, StoreError> {
                 let mut tx = self.pool.begin().await.map_err(unavailable)?;
-                if !Self::first_delivery(&mut tx, message_id, DAILY_FACTS_HANDLER).await.map_err(unavailable)? {
-                    tx.rollback().await.map_err(unavailable)?;
-                    return Ok(false);
+                let mut new: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
+                for fact in facts {
+                    if Self::first_delivery(&mut tx, fact.message_id, DAILY_FACTS_HANDLER).await.map_err(unavailable)? {
+                        *new.entry((&fact.day, &fact.event_type)).or_default() += 1;
+                    }
                 }
-                sqlx::query(
-                    "INSERT INTO daily_facts (day, event_type, facts) VALUES ($1, $2, 1) \
-                     ON CONFLICT (day, event_type) DO UPDATE SET facts = daily_facts.facts + 1",
-                )
-                .bind(day)
-                .bind(event_type)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
+                for ((day, event_type), facts) in &new {
+                    sqlx::query(
+                        "INSERT INTO daily_facts (day, event_type, facts) VALUES ($1, $2, $3) \
+                         ON CONFLICT (day, event_type) DO UPDATE SET facts = daily_facts.facts + $3",
+                    )
+                    .bind(*day)
+                    .bind(*event_type)
+                    .bind(*facts)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                }
                 tx.commit().await.map_err(unavailable)?;
-                Ok(true)
+                Ok(new.values().sum::<i64>() as usize)
             }
 
             async fn daily_facts(&self, since_day: &str) -> Result<Vec<(String, String, i64)>, StoreError> {

@@ -157,22 +157,40 @@ async fn admin_routes_answer_to_admins_only(app: TestApp) {
     )
     .await
     .unwrap();
-    let message = uuid::Uuid::now_v7();
-    assert!(
-        store
-            .count_daily_fact(message, "2026-01-01", "joined")
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .count_daily_fact(message, "2026-01-01", "joined")
-            .await
-            .unwrap()
+    let fact = |message_id, event_type: &str| turnout::store::DailyFact {
+        message_id,
+        day: "2026-01-01".into(),
+        event_type: event_type.into(),
+    };
+    let (first, second) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let batch = [
+        fact(first, "joined"),
+        fact(second, "left"),
+        fact(first, "joined"),
+    ];
+    assert_eq!(
+        store.count_daily_facts(&batch).await.unwrap(),
+        2,
+        "a repeat within the batch counts once"
     );
     assert_eq!(
-        store.daily_facts("2026-01-01").await.unwrap()[0],
-        ("2026-01-01".to_owned(), "joined".to_owned(), 1)
+        store.count_daily_facts(&batch[..1]).await.unwrap(),
+        0,
+        "a redelivery counts nothing"
+    );
+    let counted: Vec<_> = store
+        .daily_facts("2026-01-01")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(day, _, _)| day == "2026-01-01")
+        .collect();
+    assert_eq!(
+        counted,
+        vec![
+            ("2026-01-01".to_owned(), "joined".to_owned(), 1),
+            ("2026-01-01".to_owned(), "left".to_owned(), 1)
+        ]
     );
 
     let unknown_role = Command::new(env!("CARGO_BIN_EXE_turnout"))
