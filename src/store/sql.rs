@@ -546,26 +546,6 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            /// The inbox: records that `handler` got `message_id`, in the
-            /// caller's transaction; false if it had it before (a
-            /// redelivery), in which case the caller skips its effect.
-            async fn first_delivery(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                message_id: Uuid,
-                handler: &str,
-            ) -> Result<bool, sqlx::Error> {
-                let done = sqlx::query(
-                    "INSERT INTO inbox (message_id, handler, processed_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(message_id)
-                .bind(handler)
-                .bind(micros(Utc::now()))
-                .execute(&mut **tx)
-                .await?;
-                Ok(done.rows_affected() == 1)
-            }
-
             async fn tags_for(&self, events: &mut [EventRecord]) -> Result<(), StoreError> {
                 if events.is_empty() {
                     return Ok(());
@@ -1088,10 +1068,29 @@ macro_rules! impl_store {
             }
 
             async fn count_daily_facts(&self, facts: &[DailyFact]) -> Result<usize, StoreError> {
+                // One statement per chunk records the messages in the inbox
+                // and names the ones it had not seen: a statement per fact
+                // cost a hop to the database's thread each.
+                const CHUNK: usize = 500;
                 let mut tx = self.pool.begin().await.map_err(unavailable)?;
+                let now = micros(Utc::now());
+                let mut first: HashSet<Uuid> = HashSet::new();
+                for chunk in facts.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "INSERT INTO inbox (message_id, handler, processed_at) ",
+                    );
+                    q.push_values(chunk, |mut b, fact| {
+                        b.push_bind(fact.message_id).push_bind(DAILY_FACTS_HANDLER).push_bind(now);
+                    });
+                    q.push(" ON CONFLICT DO NOTHING RETURNING message_id");
+                    let new: Vec<(Uuid,)> =
+                        q.build_query_as().fetch_all(&mut *tx).await.map_err(unavailable)?;
+                    first.extend(new.into_iter().map(|(id,)| id));
+                }
                 let mut new: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
                 for fact in facts {
-                    if Self::first_delivery(&mut tx, fact.message_id, DAILY_FACTS_HANDLER).await.map_err(unavailable)? {
+                    // `remove`: a message repeated within the batch counts once.
+                    if first.remove(&fact.message_id) {
                         *new.entry((&fact.day, &fact.event_type)).or_default() += 1;
                     }
                 }
