@@ -5,6 +5,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use actix::prelude::*;
+use actix_http::body::BoxBody;
+use actix_http::ws::handshake;
 use actix_web::http::header::{HOST, ORIGIN};
 use actix_web::{HttpRequest, HttpResponse, web};
 
@@ -12,7 +14,7 @@ use super::ApiError;
 use turnout_actors::recommend::Recommenders;
 
 use crate::auth::TokenKeys;
-use crate::realtime::{ConnectionLimits, Hubs, Outbox, RealtimeSettings, WsSession};
+use crate::realtime::{ConnectionLimits, Hubs, Inbound, Outbox, RealtimeSettings, WsSession};
 
 /// What the upgrade handler needs.
 pub struct Realtime {
@@ -66,9 +68,7 @@ pub async fn upgrade(
             "this Origin may not open a socket here",
         ));
     }
-    // actix-ws does the handshake and reads the client's frames; frames to
-    // the client skip its session and go through our own body.
-    let (response, _, stream) = actix_ws::handle(&req, body).map_err(|_| {
+    let handshake = handshake(req.head()).map_err(|_| {
         ApiError::bad_request("not_a_websocket", "GET /v1/ws expects a WebSocket upgrade")
     })?;
     let ip = req
@@ -78,25 +78,19 @@ pub async fn upgrade(
         .limits
         .admit(ip)
         .ok_or(ApiError::Overloaded("too many connections; retry later"))?;
-    let max_frame = realtime.settings.max_frame_bytes;
-    let stream = stream
-        .max_frame_size(max_frame)
-        .aggregate_continuations()
-        .max_continuation_size(max_frame);
+    let inbound = Inbound::new(body.into_inner(), realtime.settings.max_frame_bytes);
     let (hubs, recommenders, settings, tokens) = (
         realtime.hubs.clone(),
         realtime.recommenders.clone(),
         Arc::clone(&realtime.settings),
         tokens.into_inner(),
     );
-    let (response, inbound) = response.into_parts();
     let mut ctx = Context::<WsSession>::new();
     let (outbox, socket) = Outbox::new(
         realtime.settings.max_queued_bytes,
         ctx.address().recipient(),
-        inbound,
     );
-    ctx.add_stream(stream);
+    ctx.add_stream(inbound);
     ctx.run(WsSession::new(
         outbox,
         hubs,
@@ -105,5 +99,9 @@ pub async fn upgrade(
         settings,
         permit,
     ));
-    Ok(response.set_body(socket).map_into_boxed_body())
+    let mut handshake = handshake;
+    let response = handshake
+        .message_body(BoxBody::new(socket))
+        .map_err(|_| ApiError::Internal)?;
+    Ok(HttpResponse::from(response))
 }

@@ -11,12 +11,14 @@
 //! - `router`: hands each committed change to the hubs and the recommenders.
 //! - `redis_fanout`: cross-node fan-out through Redis pub/sub.
 //! - `session`: one actor per connection, with heartbeats and limits.
+//! - `inbound`: the client's frames, decoded and joined into messages.
 //! - `socket`: a connection's byte-bounded outgoing queue, and the response
 //!   body that writes it to the socket.
 
 mod channel;
 mod hub;
 mod hubs;
+mod inbound;
 mod protocol;
 mod redis_fanout;
 mod router;
@@ -26,6 +28,7 @@ mod socket;
 pub use channel::Channel;
 pub use hub::EventChange;
 pub use hubs::{Hubs, LocalFanout};
+pub use inbound::{Inbound, Incoming};
 pub use protocol::{ClientFrame, parse_client_frame};
 pub use redis_fanout::RedisFanout;
 pub use router::Router;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
+use actix_http::ws::{CloseCode, CloseReason, ProtocolError};
 use bytestring::ByteString;
 use dashmap::DashMap;
 use turnout_actors::domain::UserId;
@@ -20,6 +20,7 @@ use super::RealtimeSettings;
 use super::channel::Channel;
 use super::hub::{ChannelHub, Frame, Subscribe, Unsubscribe};
 use super::hubs::Hubs;
+use super::inbound::Incoming;
 use super::protocol::{self, ClientFrame, Position};
 use super::socket::{Outbox, Overflowed};
 use crate::auth::TokenKeys;
@@ -329,15 +330,15 @@ impl Handler<Overflowed> for WsSession {
     }
 }
 
-impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
-    fn handle(&mut self, msg: Result<AggregatedMessage, ProtocolError>, ctx: &mut Self::Context) {
+impl StreamHandler<Result<Incoming, ProtocolError>> for WsSession {
+    fn handle(&mut self, msg: Result<Incoming, ProtocolError>, ctx: &mut Self::Context) {
         self.last_heard = Instant::now();
         match msg {
-            Ok(AggregatedMessage::Text(text)) => self.on_text(&text, ctx),
-            Ok(AggregatedMessage::Binary(_)) => self.strike("frames are JSON text", ctx),
-            Ok(AggregatedMessage::Ping(bytes)) => self.outbox.pong(bytes),
-            Ok(AggregatedMessage::Pong(_)) => {}
-            Ok(AggregatedMessage::Close(_)) => ctx.stop(),
+            Ok(Incoming::Text(text)) => self.on_text(&text, ctx),
+            Ok(Incoming::Binary) => self.strike("frames are JSON text", ctx),
+            Ok(Incoming::Ping(bytes)) => self.outbox.pong(bytes),
+            Ok(Incoming::Pong) => {}
+            Ok(Incoming::Close) => ctx.stop(),
             Err(ProtocolError::Overflow) => {
                 self.close(u16::from(CloseCode::Size), "frame too large", ctx)
             }

@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 
 use actix::prelude::*;
 use actix_codec::Encoder;
-use actix_http::body::{BodySize, BoxBody, MessageBody};
+use actix_http::body::{BodySize, MessageBody};
 use actix_http::ws::{CloseReason, Codec, Message};
 use actix_web::web::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
@@ -73,13 +73,7 @@ pub struct Overflowed;
 
 impl Outbox {
     /// A queue of at most `max_bytes` and the response body that drains it.
-    /// `inbound` is actix-ws's own response body: it ends the stream of the
-    /// client's frames when dropped, so it lives exactly as long as ours.
-    pub fn new(
-        max_bytes: usize,
-        session: Recipient<Overflowed>,
-        inbound: BoxBody,
-    ) -> (Self, SocketBody) {
+    pub fn new(max_bytes: usize, session: Recipient<Overflowed>) -> (Self, SocketBody) {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 frames: VecDeque::new(),
@@ -93,7 +87,6 @@ impl Outbox {
             shared: Arc::clone(&shared),
             codec: Codec::new(),
             finished: false,
-            _inbound: inbound,
         };
         (Self { shared, session }, body)
     }
@@ -157,7 +150,6 @@ pub struct SocketBody {
     shared: Arc<Shared>,
     codec: Codec,
     finished: bool,
-    _inbound: BoxBody,
 }
 
 impl MessageBody for SocketBody {
@@ -252,7 +244,7 @@ mod tests {
     fn outbox(max_bytes: usize) -> (Outbox, SocketBody, Arc<AtomicUsize>) {
         let notices = Arc::new(AtomicUsize::new(0));
         let session = Notices(Arc::clone(&notices)).start().recipient();
-        let (outbox, body) = Outbox::new(max_bytes, session, BoxBody::new(()));
+        let (outbox, body) = Outbox::new(max_bytes, session);
         (outbox, body, notices)
     }
 
