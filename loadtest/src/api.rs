@@ -1,6 +1,7 @@
 //! A thin client for the Turnout API, and token minting for simulated users.
 
 use anyhow::{Context, bail};
+use futures_util::{StreamExt, TryStreamExt};
 use jsonwebtoken::{EncodingKey, Header, encode};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -69,6 +70,21 @@ impl Api {
             .published_event_at_venue(owner_token, capacity)
             .await?
             .0)
+    }
+
+    /// `count` published events, created 16 at a time (set-up, before the
+    /// clock starts).
+    pub async fn published_events(
+        &self,
+        owner_token: &str,
+        capacity: u64,
+        count: usize,
+    ) -> anyhow::Result<Vec<Uuid>> {
+        futures_util::stream::iter(0..count)
+            .map(|_| self.published_event(owner_token, capacity))
+            .buffered(16)
+            .try_collect()
+            .await
     }
 
     /// Like [`Api::published_event`], also returning the venue's id.

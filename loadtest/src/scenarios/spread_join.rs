@@ -113,10 +113,9 @@ pub async fn run(args: SpreadJoin) -> anyhow::Result<Report> {
     let api = Api::new(&args.common.target, args.concurrency)?;
     let minter = args.common.minter()?;
     let owner = minter.token(Uuid::now_v7());
-    let mut events = Vec::with_capacity(args.events);
-    for _ in 0..args.events {
-        events.push(api.published_event(&owner, args.capacity).await?);
-    }
+    let events = api
+        .published_events(&owner, args.capacity, args.events)
+        .await?;
     let joins: Vec<(Uuid, String, usize)> = (0..args.users)
         .map(|i| {
             let user = Uuid::now_v7();
