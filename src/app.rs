@@ -123,7 +123,10 @@ impl Application {
         let realtime = web::Data::new(Realtime {
             hubs,
             recommenders: recommenders.clone(),
-            limits: ConnectionLimits::new(&settings.realtime),
+            limits: ConnectionLimits::new(
+                settings.realtime.max_connections,
+                settings.realtime.max_connections_per_ip,
+            ),
             settings: Arc::new(settings.realtime.clone()),
         });
 

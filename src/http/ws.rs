@@ -89,16 +89,10 @@ pub async fn upgrade(
     let (outbox, socket) = Outbox::new(
         realtime.settings.max_queued_bytes,
         ctx.address().recipient(),
+        permit,
     );
     ctx.add_stream(inbound);
-    ctx.run(WsSession::new(
-        outbox,
-        hubs,
-        recommenders,
-        tokens,
-        settings,
-        permit,
-    ));
+    ctx.run(WsSession::new(outbox, hubs, recommenders, tokens, settings));
     let mut handshake = handshake;
     let response = handshake
         .message_body(BoxBody::new(socket))

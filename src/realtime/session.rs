@@ -39,19 +39,21 @@ pub struct ConnectionLimits {
     max_per_ip: usize,
 }
 
-/// A connection's place within the limits, given back on drop.
+/// A connection's place within the limits, given back on drop. The socket's
+/// response body holds it, so it is given back when the connection is gone —
+/// not when its session ends, which a client that stops reading outlives.
 pub struct ConnectionPermit {
     limits: Arc<ConnectionLimits>,
     ip: IpAddr,
 }
 
 impl ConnectionLimits {
-    pub fn new(settings: &RealtimeSettings) -> Arc<Self> {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
         Arc::new(Self {
             total: AtomicUsize::new(0),
             per_ip: DashMap::new(),
-            max_total: settings.max_connections,
-            max_per_ip: settings.max_connections_per_ip,
+            max_total,
+            max_per_ip,
         })
     }
 
@@ -152,7 +154,6 @@ pub struct WsSession {
     user: Option<UserId>,
     last_heard: Instant,
     strikes: u32,
-    _permit: ConnectionPermit,
 }
 
 impl WsSession {
@@ -162,7 +163,6 @@ impl WsSession {
         recommenders: Recommenders,
         tokens: Arc<TokenKeys>,
         settings: Arc<RealtimeSettings>,
-        permit: ConnectionPermit,
     ) -> Self {
         static IDS: AtomicU64 = AtomicU64::new(1);
         Self {
@@ -177,7 +177,6 @@ impl WsSession {
             user: None,
             last_heard: Instant::now(),
             strikes: 0,
-            _permit: permit,
         }
     }
 

@@ -22,6 +22,7 @@ use actix_web::web::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 
 use super::hub::Frame;
+use super::session::ConnectionPermit;
 
 /// Stop filling one chunk beyond this; the dispatcher polls again.
 const CHUNK_BYTES: usize = 16 * 1024;
@@ -76,8 +77,13 @@ pub struct Outbox {
 pub struct Overflowed;
 
 impl Outbox {
-    /// A queue of at most `max_bytes` and the response body that drains it.
-    pub fn new(max_bytes: usize, session: Recipient<Overflowed>) -> (Self, SocketBody) {
+    /// A queue of at most `max_bytes` and the response body that drains it;
+    /// the body keeps the connection's place within the limits.
+    pub fn new(
+        max_bytes: usize,
+        session: Recipient<Overflowed>,
+        permit: ConnectionPermit,
+    ) -> (Self, SocketBody) {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 frames: VecDeque::new(),
@@ -93,6 +99,7 @@ impl Outbox {
             shared: Arc::clone(&shared),
             codec: Codec::new(),
             finished: false,
+            _permit: permit,
         };
         (Self { shared, session }, body)
     }
@@ -156,6 +163,7 @@ pub struct SocketBody {
     shared: Arc<Shared>,
     codec: Codec,
     finished: bool,
+    _permit: ConnectionPermit,
 }
 
 impl MessageBody for SocketBody {
@@ -231,6 +239,7 @@ mod tests {
     use bytestring::ByteString;
 
     use super::*;
+    use crate::realtime::ConnectionLimits;
 
     /// Stands in for the session: counts overflow notices.
     struct Notices(Arc<AtomicUsize>);
@@ -250,8 +259,27 @@ mod tests {
     fn outbox(max_bytes: usize) -> (Outbox, SocketBody, Arc<AtomicUsize>) {
         let notices = Arc::new(AtomicUsize::new(0));
         let session = Notices(Arc::clone(&notices)).start().recipient();
-        let (outbox, body) = Outbox::new(max_bytes, session);
+        let permit = ConnectionLimits::new(1, 1)
+            .admit(std::net::Ipv4Addr::LOCALHOST.into())
+            .unwrap();
+        let (outbox, body) = Outbox::new(max_bytes, session, permit);
         (outbox, body, notices)
+    }
+
+    #[actix_web::test]
+    async fn the_connection_keeps_its_place_until_the_body_is_dropped() {
+        let limits = ConnectionLimits::new(1, 1);
+        let ip = std::net::Ipv4Addr::LOCALHOST.into();
+        let session = Notices(Arc::new(AtomicUsize::new(0))).start().recipient();
+        let (outbox, body) = Outbox::new(10, session, limits.admit(ip).unwrap());
+        outbox.close(CloseReason {
+            code: CloseCode::Normal,
+            description: None,
+        });
+        drop(outbox);
+        assert!(limits.admit(ip).is_none(), "the body still holds the place");
+        drop(body);
+        assert!(limits.admit(ip).is_some(), "the connection is gone");
     }
 
     fn text(s: &str) -> Frame {
