@@ -14,8 +14,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::AsyncCommands;
 use redis::streams::{StreamAutoClaimOptions, StreamId, StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, AsyncConnectionConfig};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
@@ -82,7 +82,9 @@ async fn consume(store: Arc<dyn Store>, client: redis::Client, stream: String) {
     let consumer = format!("node-{}", Uuid::now_v7().simple());
     let mut failures = 0u32;
     loop {
-        if let Err(error) = consume_until_error(&store, &client, &stream, &consumer).await {
+        if let Err(error) =
+            consume_until_error(&store, &client, &stream, &consumer, &mut failures).await
+        {
             failures += 1;
             tracing::warn!(%error, "the daily-facts consumer stopped; retrying");
             tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(failures.min(7)))).await;
@@ -95,8 +97,14 @@ async fn consume_until_error(
     client: &redis::Client,
     stream: &str,
     consumer: &str,
+    failures: &mut u32,
 ) -> anyhow::Result<()> {
-    let mut redis = client.get_multiplexed_async_connection().await?;
+    // No response timeout: XREADGROUP blocks for up to two seconds on a
+    // quiet stream, longer than the client's default of half a second.
+    let config = AsyncConnectionConfig::new().set_response_timeout(None);
+    let mut redis = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
     // From the start of the stream: a new group catches up on history, and
     // the inbox makes that safe.
     let created: redis::RedisResult<()> = redis.xgroup_create_mkstream(stream, GROUP, "0").await;
@@ -144,5 +152,6 @@ async fn consume_until_error(
         handle(store.as_ref(), &facts).await?;
         let ids: Vec<&str> = entries.iter().map(|entry| entry.id.as_str()).collect();
         let _: usize = redis.xack(stream, GROUP, &ids).await?;
+        *failures = 0;
     }
 }

@@ -16,6 +16,9 @@ use actix_web::web::{Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_util::Stream;
 
+/// The longest frame header: 2 bytes, an 8-byte length and a 4-byte mask.
+const MAX_HEADER_BYTES: usize = 14;
+
 /// A whole message from the client.
 #[derive(Debug, PartialEq)]
 pub enum Incoming {
@@ -35,7 +38,10 @@ pub struct Inbound<S> {
     /// A fragmented message being joined: whether it is text, and its bytes.
     partial: Option<(bool, BytesMut)>,
     max_bytes: usize,
+    /// The payload has ended: what is buffered is all there is.
     ended: bool,
+    /// An error was returned: the stream is over.
+    failed: bool,
 }
 
 impl<S> Inbound<S> {
@@ -47,6 +53,7 @@ impl<S> Inbound<S> {
             partial: None,
             max_bytes,
             ended: false,
+            failed: false,
         }
     }
 
@@ -106,24 +113,52 @@ where
 {
     type Item = Result<Incoming, ProtocolError>;
 
+    /// Ends after the first error: what follows a broken frame means nothing.
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if this.failed {
+            return Poll::Ready(None);
+        }
+        let next = this.next_message(cx);
+        if let Poll::Ready(Some(Err(_))) = next {
+            this.failed = true;
+            this.buf = BytesMut::new();
+            this.partial = None;
+        }
+        next
+    }
+}
+
+impl<S, E> Inbound<S>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    fn next_message(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Incoming, ProtocolError>>> {
         loop {
-            while let Some(frame) = this.codec.decode(&mut this.buf)? {
-                if let Some(message) = this.take(frame)? {
+            while let Some(frame) = self.codec.decode(&mut self.buf)? {
+                if let Some(message) = self.take(frame)? {
                     return Poll::Ready(Some(Ok(message)));
                 }
             }
-            if this.ended {
+            // The codec waits for a whole frame before checking its size:
+            // without this bound a header announcing a huge frame would
+            // have us buffer whatever follows it.
+            if self.buf.len() > self.max_bytes + MAX_HEADER_BYTES {
+                return Poll::Ready(Some(Err(ProtocolError::Overflow)));
+            }
+            if self.ended {
                 return Poll::Ready(None);
             }
-            match Pin::new(&mut this.payload).poll_next(cx) {
-                Poll::Ready(Some(Ok(bytes))) => this.buf.extend_from_slice(&bytes),
+            match Pin::new(&mut self.payload).poll_next(cx) {
+                Poll::Ready(Some(Ok(bytes))) => self.buf.extend_from_slice(&bytes),
                 Poll::Ready(Some(Err(e))) => {
-                    this.ended = true;
                     return Poll::Ready(Some(Err(ProtocolError::Io(io::Error::other(e)))));
                 }
-                Poll::Ready(None) => this.ended = true,
+                Poll::Ready(None) => self.ended = true,
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -206,6 +241,22 @@ mod tests {
             Message::Continuation(Item::Last(Bytes::from(vec![b'x'; 40]))),
         ];
         let got = read_all(Inbound::new(payload(pieces, 1000), 64)).await;
+        assert_eq!(got, vec![Err("overflow".to_owned())]);
+    }
+
+    #[actix_web::test]
+    async fn a_frame_announced_as_huge_is_refused_before_it_is_buffered() {
+        // A masked text frame header announcing 2^40 bytes, then a stream of
+        // bytes that never completes it.
+        let mut header = vec![0x81, 0xff];
+        header.extend_from_slice(&(1u64 << 40).to_be_bytes());
+        header.extend_from_slice(&[1, 2, 3, 4]);
+        let endless = futures_util::stream::iter(
+            std::iter::once(Bytes::from(header))
+                .chain(std::iter::repeat(Bytes::from_static(&[0u8; 1024])))
+                .map(Ok::<_, io::Error>),
+        );
+        let got = read_all(Inbound::new(endless, 4096)).await;
         assert_eq!(got, vec![Err("overflow".to_owned())]);
     }
 

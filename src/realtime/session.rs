@@ -58,14 +58,20 @@ impl ConnectionLimits {
     }
 
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionPermit> {
-        let mut count = self.per_ip.entry(ip).or_insert(0);
-        if *count >= self.max_per_ip {
-            return None;
-        }
+        // The total first: a refused address must leave no entry behind.
         if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
+        let Some(mut count) = self
+            .per_ip
+            .get_mut(&ip)
+            .or_else(|| (self.max_per_ip > 0).then(|| self.per_ip.entry(ip).or_insert(0)))
+            .filter(|count| **count < self.max_per_ip)
+        else {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        };
         *count += 1;
         metrics::gauge!("turnout_ws_connections").increment(1.0);
         Some(ConnectionPermit {
@@ -341,14 +347,55 @@ impl StreamHandler<Result<Incoming, ProtocolError>> for WsSession {
             Err(ProtocolError::Overflow) => {
                 self.close(u16::from(CloseCode::Size), "frame too large", ctx)
             }
+            Err(ProtocolError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => self.close(
+                u16::from(CloseCode::Invalid),
+                "text frames must be UTF-8",
+                ctx,
+            ),
+            Err(ProtocolError::Io(e)) => {
+                // The connection is gone: nobody to tell.
+                tracing::debug!(session = self.id, error = %e, "websocket connection lost");
+                ctx.stop();
+            }
             Err(e) => {
                 tracing::debug!(session = self.id, error = %e, "websocket protocol error");
-                ctx.stop();
+                self.close(u16::from(CloseCode::Protocol), "protocol error", ctx);
             }
         }
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    #[test]
+    fn limits_count_per_address_and_in_total_and_forget_refusals() {
+        let limits = ConnectionLimits::new(2, 1);
+        let (a, b, c) = (
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3)),
+        );
+        let first = limits.admit(a).expect("room");
+        assert!(limits.admit(a).is_none(), "one per address");
+        let _second = limits.admit(b).expect("room");
+        assert!(limits.admit(c).is_none(), "two in total");
+        assert!(
+            !limits.per_ip.contains_key(&c),
+            "a refused address leaves no entry behind"
+        );
+        drop(first);
+        assert!(!limits.per_ip.contains_key(&a));
+        assert!(
+            limits.admit(c).is_some(),
+            "a place given back is taken again"
+        );
     }
 }

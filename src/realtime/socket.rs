@@ -30,8 +30,6 @@ const CHUNK_BYTES: usize = 16 * 1024;
 /// A frame waiting to be written.
 enum Outgoing {
     Text(Frame),
-    Ping,
-    Pong(Bytes),
     Close(CloseReason),
 }
 
@@ -39,6 +37,11 @@ struct Queue {
     frames: VecDeque<Outgoing>,
     /// Bytes of text frames queued and not yet written.
     bytes: usize,
+    /// Control frames are flags, not queue entries, so that a client that
+    /// pings without reading cannot grow the queue: only the latest ping
+    /// needs an answer (RFC 6455, 5.5.3).
+    ping: bool,
+    pong: Option<Bytes>,
     /// A close frame is queued or written: nothing more is taken.
     closing: bool,
 }
@@ -88,6 +91,8 @@ impl Outbox {
             queue: Mutex::new(Queue {
                 frames: VecDeque::new(),
                 bytes: 0,
+                ping: false,
+                pong: None,
                 closing: false,
             }),
             writer: AtomicWaker::new(),
@@ -105,13 +110,14 @@ impl Outbox {
     }
 
     /// Queues a frame. False when the connection is closing or has just gone
-    /// over its budget, in which case its session is told to close it.
+    /// over its budget, in which case its session is told to close it. A
+    /// frame larger than the whole budget still goes out alone.
     pub fn push(&self, frame: Frame) -> bool {
         let mut queue = self.shared.queue();
         if queue.closing {
             return false;
         }
-        if queue.bytes + frame.text.len() > self.shared.max_bytes {
+        if queue.bytes > 0 && queue.bytes + frame.text.len() > self.shared.max_bytes {
             drop(queue);
             self.session.do_send(Overflowed);
             return false;
@@ -124,11 +130,13 @@ impl Outbox {
     }
 
     pub fn ping(&self) {
-        self.control(Outgoing::Ping);
+        self.control(|queue| queue.ping = true);
     }
 
+    /// Answers the client's latest ping; an unanswered earlier one is
+    /// superseded.
     pub fn pong(&self, payload: Bytes) {
-        self.control(Outgoing::Pong(payload));
+        self.control(|queue| queue.pong = Some(payload));
     }
 
     /// Drops whatever is still queued, sends a close frame, and ends the
@@ -146,11 +154,11 @@ impl Outbox {
         self.shared.writer.wake();
     }
 
-    /// Control frames are small and rare: they do not count against the budget.
-    fn control(&self, frame: Outgoing) {
+    /// Control frames go ahead of the queued text frames.
+    fn control(&self, set: impl FnOnce(&mut Queue)) {
         let mut queue = self.shared.queue();
         if !queue.closing {
-            queue.frames.push_back(frame);
+            set(&mut queue);
             drop(queue);
             self.shared.writer.wake();
         }
@@ -185,6 +193,12 @@ impl MessageBody for SocketBody {
         let mut chunk = BytesMut::new();
         let (mut texts, mut latencies) = (0u64, Vec::new());
         let mut queue = this.shared.queue();
+        if std::mem::take(&mut queue.ping) {
+            encode(&mut this.codec, Message::Ping(Bytes::new()), &mut chunk);
+        }
+        if let Some(payload) = queue.pong.take() {
+            encode(&mut this.codec, Message::Pong(payload), &mut chunk);
+        }
         while chunk.len() < CHUNK_BYTES {
             let Some(outgoing) = queue.frames.pop_front() else {
                 break;
@@ -198,16 +212,12 @@ impl MessageBody for SocketBody {
                     }
                     Message::Text(frame.text)
                 }
-                Outgoing::Ping => Message::Ping(Bytes::new()),
-                Outgoing::Pong(payload) => Message::Pong(payload),
                 Outgoing::Close(reason) => {
                     this.finished = true;
                     Message::Close(Some(reason))
                 }
             };
-            this.codec
-                .encode(message, &mut chunk)
-                .expect("a server frame always encodes");
+            encode(&mut this.codec, message, &mut chunk);
             if this.finished {
                 queue.frames.clear();
                 break;
@@ -228,6 +238,12 @@ impl MessageBody for SocketBody {
         }
         Poll::Ready(Some(Ok(mem::take(&mut chunk).freeze())))
     }
+}
+
+fn encode(codec: &mut Codec, message: Message, chunk: &mut BytesMut) {
+    codec
+        .encode(message, chunk)
+        .expect("a server frame always encodes");
 }
 
 #[cfg(test)]
@@ -256,7 +272,7 @@ mod tests {
         }
     }
 
-    fn outbox(max_bytes: usize) -> (Outbox, SocketBody, Arc<AtomicUsize>) {
+    fn outbox_with(max_bytes: usize) -> (Outbox, SocketBody, Arc<AtomicUsize>) {
         let notices = Arc::new(AtomicUsize::new(0));
         let session = Notices(Arc::clone(&notices)).start().recipient();
         let permit = ConnectionLimits::new(1, 1)
@@ -303,15 +319,25 @@ mod tests {
 
     #[actix_web::test]
     async fn frames_go_out_in_order_and_a_close_ends_the_body() {
-        let (outbox, mut body, _) = outbox(1024);
+        let (outbox, mut body, _) = outbox_with(1024);
         assert!(outbox.push(text("one")));
         outbox.ping();
         assert!(outbox.push(text("two")));
         let frames = next_frames(&mut body).await.unwrap();
         assert_eq!(frames.len(), 3);
-        assert!(matches!(&frames[0], WireFrame::Text(t) if &t[..] == b"one"));
-        assert!(matches!(&frames[1], WireFrame::Ping(_)));
+        assert!(
+            matches!(&frames[0], WireFrame::Ping(_)),
+            "control frames go ahead of the queue"
+        );
+        assert!(matches!(&frames[1], WireFrame::Text(t) if &t[..] == b"one"));
         assert!(matches!(&frames[2], WireFrame::Text(t) if &t[..] == b"two"));
+
+        for i in 0..100 {
+            outbox.pong(Bytes::from(format!("{i}")));
+        }
+        let frames = next_frames(&mut body).await.unwrap();
+        assert_eq!(frames.len(), 1, "pings pile up no answers: only the latest");
+        assert!(matches!(&frames[0], WireFrame::Pong(p) if &p[..] == b"99"));
 
         assert!(outbox.push(text("dropped by the close")));
         outbox.close(CloseReason {
@@ -330,7 +356,7 @@ mod tests {
 
     #[actix_web::test]
     async fn the_queue_refuses_past_its_budget_and_tells_the_session() {
-        let (outbox, mut body, notices) = outbox(10);
+        let (outbox, mut body, notices) = outbox_with(10);
         assert!(outbox.push(text("12345")));
         assert!(outbox.push(text("67890")));
         assert!(!outbox.push(text("x")), "11 bytes would be over 10");
@@ -340,5 +366,13 @@ mod tests {
         let frames = next_frames(&mut body).await.unwrap();
         assert_eq!(frames.len(), 2);
         assert!(outbox.push(text("x")), "written frames leave the budget");
+
+        let (outbox, mut body, _) = outbox_with(10);
+        assert!(
+            outbox.push(text("longer than the whole budget")),
+            "a large frame still goes out alone"
+        );
+        assert!(!outbox.push(text("x")), "but nothing joins it");
+        assert_eq!(next_frames(&mut body).await.unwrap().len(), 1);
     }
 }
