@@ -270,9 +270,9 @@ async fn mark_published(
     }
     metrics::counter!("turnout_outbox_published_total").increment(ids.len() as u64);
     let now = now_micros();
+    let latency = metrics::histogram!("turnout_outbox_publish_latency_seconds");
     for row in rows {
-        let waited = (now - row.created_at).max(0) as f64 / 1e6;
-        metrics::histogram!("turnout_outbox_publish_latency_seconds").record(waited);
+        latency.record((now - row.created_at).max(0) as f64 / 1e6);
     }
     if rows.len() as i64 == settings.batch {
         Pass::Busy
