@@ -345,6 +345,7 @@ impl ChannelHub {
             &self.name,
             &self.epoch,
             self.offset,
+            Some(committed_at),
             &data,
         ));
         self.history.push_back((self.offset, text.clone()));

@@ -1,5 +1,6 @@
 //! The frames of protocol version 1: JSON text, each with a `type`.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -43,6 +44,10 @@ struct ChannelFrame<'a, T: Serialize> {
     offset: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     recovered: Option<bool>,
+    /// For an update caused by a commit: when it committed, so that a client
+    /// can tell how fresh it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    committed_at: Option<DateTime<Utc>>,
     data: &'a T,
 }
 
@@ -52,6 +57,7 @@ fn channel_frame<T: Serialize>(
     epoch: &str,
     offset: u64,
     recovered: Option<bool>,
+    committed_at: Option<DateTime<Utc>>,
     data: &T,
 ) -> String {
     serde_json::to_string(&ChannelFrame {
@@ -61,6 +67,7 @@ fn channel_frame<T: Serialize>(
         epoch,
         offset,
         recovered,
+        committed_at,
         data,
     })
     .expect("frames serialise")
@@ -78,11 +85,18 @@ pub fn snapshot<T: Serialize>(
     recovered: Option<bool>,
     data: &T,
 ) -> String {
-    channel_frame("snapshot", channel, epoch, offset, recovered, data)
+    channel_frame("snapshot", channel, epoch, offset, recovered, None, data)
 }
 
-pub fn update<T: Serialize>(channel: &str, epoch: &str, offset: u64, data: &T) -> String {
-    channel_frame("update", channel, epoch, offset, None, data)
+/// An update; `committed_at` when a commit caused it.
+pub fn update<T: Serialize>(
+    channel: &str,
+    epoch: &str,
+    offset: u64,
+    committed_at: Option<DateTime<Utc>>,
+    data: &T,
+) -> String {
+    channel_frame("update", channel, epoch, offset, None, committed_at, data)
 }
 
 /// A resume that worked: the missed updates follow, from `offset + 1`.

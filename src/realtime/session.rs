@@ -113,7 +113,7 @@ struct RecsSink {
 impl ListSink for RecsSink {
     fn deliver(&mut self, list: &RankedList) -> bool {
         let text = if self.started {
-            protocol::update(RECS, &list.epoch, list.revision, &recs_data(list))
+            protocol::update(RECS, &list.epoch, list.revision, None, &recs_data(list))
         } else {
             self.started = true;
             match self.since.take() {

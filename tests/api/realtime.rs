@@ -81,6 +81,11 @@ async fn snapshot_then_updates_without_gap_or_duplicate_while_joins_stream_in() 
         let update = next(&mut socket).await;
         assert_eq!(update["type"], "update");
         assert_eq!(update["epoch"], snapshot["epoch"]);
+        let committed_at: chrono::DateTime<chrono::Utc> = update["committed_at"]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .expect("an update says when its commit happened (RFC 3339)");
+        assert!(committed_at <= chrono::Utc::now());
         assert_eq!(
             update["offset"].as_u64().unwrap(),
             offset + 1,

@@ -129,7 +129,6 @@ fn overbooked(body: &Value) -> usize {
 }
 
 /// What one subscriber has seen of its event's channel.
-#[derive(Debug, Default)]
 struct Seen {
     offset: u64,
     updates: u64,
@@ -140,15 +139,34 @@ struct Seen {
     active: u64,
     waitlist: u64,
     closed: bool,
+    /// From each update's commit (`committed_at`) to its arrival here.
+    from_commit: Histogram<u64>,
 }
 
 impl Seen {
-    fn take(&mut self, frame: &ChannelFrame) {
+    fn new() -> Self {
+        Self {
+            offset: 0,
+            updates: 0,
+            out_of_order: 0,
+            resyncs: 0,
+            active: 0,
+            waitlist: 0,
+            closed: false,
+            from_commit: latency_histogram(),
+        }
+    }
+
+    /// Takes a frame that arrived at `arrived`.
+    fn take(&mut self, frame: &ChannelFrame, arrived: chrono::DateTime<chrono::Utc>) {
         match frame.kind.as_str() {
             "update" => {
                 self.updates += 1;
                 if frame.offset != Some(self.offset + 1) {
                     self.out_of_order += 1;
+                }
+                if let Some(since) = frame.committed_at.and_then(|c| (arrived - c).to_std().ok()) {
+                    self.from_commit.saturating_record(since.as_micros() as u64);
                 }
             }
             "snapshot" => self.resyncs += 1,
@@ -175,13 +193,13 @@ async fn subscriber(
         json!({ "type": "subscribe", "channel": channel }).to_string(),
     ))
     .await?;
-    let mut seen = Seen::default();
+    let mut seen = Seen::new();
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(text))) => {
                 let frame: ChannelFrame = serde_json::from_str(&text)?;
                 if frame.kind == "snapshot" {
-                    seen.take(&frame);
+                    seen.take(&frame, chrono::Utc::now());
                     seen.resyncs = 0;
                     break;
                 }
@@ -197,7 +215,8 @@ async fn subscriber(
             if let Message::Text(text) = message
                 && let Ok(frame) = serde_json::from_str::<ChannelFrame>(&text)
             {
-                watching.lock().expect("not poisoned").take(&frame);
+                let arrived = chrono::Utc::now();
+                watching.lock().expect("not poisoned").take(&frame, arrived);
             }
         }
         watching.lock().expect("not poisoned").closed = true;
@@ -206,10 +225,10 @@ async fn subscriber(
 }
 
 /// "p50 … p99 … max …" of a histogram in milliseconds.
-fn summary(h: &Histogram<u64>) -> String {
+fn summary(h: &Histogram<u64>, what: &str) -> String {
     let ms = |us: u64| us as f64 / 1000.0;
     format!(
-        "{} requests, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "{} {what}, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         h.len(),
         ms(h.value_at_quantile(0.5)),
         ms(h.value_at_quantile(0.99)),
@@ -337,8 +356,8 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
         true,
         format!(
             "joins: {}; reads: {}",
-            summary(&join_latency),
-            summary(&read_latency)
+            summary(&join_latency, "requests"),
+            summary(&read_latency, "requests")
         ),
     ));
     checks.push(Check::new(
@@ -408,12 +427,14 @@ async fn check_subscribers(
     }
     let lagging = behind();
     let (mut updates, mut out_of_order, mut resyncs, mut closed) = (0, 0, 0, 0);
+    let mut from_commit = latency_histogram();
     for (_, seen) in subscribers {
         let seen = seen.lock().expect("not poisoned");
         updates += seen.updates;
         out_of_order += seen.out_of_order;
         resyncs += seen.resyncs;
         closed += usize::from(seen.closed);
+        from_commit.add(&seen.from_commit).expect("same bounds");
     }
     Ok(vec![
         Check::new(
@@ -427,6 +448,11 @@ async fn check_subscribers(
             "every subscriber ended at its event's counts",
             lagging == 0,
             format!("{lagging}/{} behind after the load", subscribers.len()),
+        ),
+        Check::new(
+            "updates from commit to subscriber (info)",
+            true,
+            summary(&from_commit, "updates"),
         ),
     ])
 }
@@ -502,19 +528,30 @@ mod tests {
         let frame = |kind: &str, offset: u64, active: u64| -> ChannelFrame {
             serde_json::from_value(json!({
                 "type": kind, "offset": offset, "channel": "event:x",
+                "committed_at": "2026-11-29T12:00:00.000000Z",
                 "data": { "event": { "active_count": active, "waitlist_count": 0, "title": "t" },
                           "kinds": ["joined"] }
             }))
             .unwrap()
         };
-        let mut seen = Seen::default();
-        seen.take(&frame("update", 1, 1));
-        seen.take(&frame("update", 2, 2));
+        let mut seen = Seen::new();
+        let now: chrono::DateTime<chrono::Utc> = "2026-11-29T12:00:00.005Z".parse().unwrap();
+        seen.take(&frame("update", 1, 1), now);
+        seen.take(&frame("update", 2, 2), now);
         assert_eq!((seen.out_of_order, seen.active, seen.offset), (0, 2, 2));
-        seen.take(&frame("update", 2, 2));
-        seen.take(&frame("update", 4, 4));
+        seen.take(&frame("update", 2, 2), now);
+        seen.take(&frame("update", 4, 4), now);
         assert_eq!(seen.out_of_order, 2, "a repeat and a gap");
-        seen.take(&frame("snapshot", 9, 9));
+        seen.take(&frame("snapshot", 9, 9), now);
         assert_eq!((seen.resyncs, seen.active, seen.offset), (1, 9, 9));
+        assert_eq!(
+            seen.from_commit.len(),
+            4,
+            "each update's time from its commit"
+        );
+        assert!(
+            seen.from_commit.equivalent(seen.from_commit.max(), 5000),
+            "5 ms, in µs"
+        );
     }
 }

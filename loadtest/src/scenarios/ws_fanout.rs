@@ -1,7 +1,8 @@
 //! `ws-fanout`: K WebSocket clients subscribe to one venue; then, round by
 //! round, one join is made over HTTP and every client's arrival time of the
 //! resulting update is recorded. Reports the delivery latency over all
-//! clients (from sending the join, and from its acknowledgement), the time
+//! clients (from sending the join, from its commit — the update's
+//! `committed_at` — and from its acknowledgement), the time
 //! until the last client had each update, and the server's memory per idle
 //! connection (from /proc, with --server-pid).
 //!
@@ -75,6 +76,7 @@ pub(crate) struct ChannelFrame {
     #[serde(rename = "type")]
     pub kind: String,
     pub offset: Option<u64>,
+    pub committed_at: Option<chrono::DateTime<chrono::Utc>>,
     pub data: Option<FrameData>,
 }
 
@@ -93,6 +95,9 @@ pub(crate) struct EventCounts {
 struct Arrival {
     offset: u64,
     at: Instant,
+    /// From the update's commit (its `committed_at`, same machine's clock)
+    /// to its arrival here.
+    since_commit: Option<Duration>,
 }
 
 pub(crate) type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
@@ -180,13 +185,16 @@ async fn client(
     tokio::spawn(async move {
         while let Some(Ok(message)) = ws.next().await {
             if let Message::Text(text) = message {
-                let at = Instant::now();
+                let (at, wall) = (Instant::now(), chrono::Utc::now());
                 if let Ok(frame) = serde_json::from_str::<ChannelFrame>(&text)
                     && frame.kind == "update"
                 {
                     let _ = arrivals.send(Arrival {
                         offset: frame.offset.unwrap_or(0),
                         at,
+                        since_commit: frame
+                            .committed_at
+                            .and_then(|committed| (wall - committed).to_std().ok()),
                     });
                 }
             }
@@ -222,6 +230,7 @@ pub async fn run(args: WsFanout) -> anyhow::Result<Report> {
 
     let mut from_send = latency_histogram();
     let mut from_ack = latency_histogram();
+    let mut from_commit = latency_histogram();
     let mut all_delivered = latency_histogram();
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
     let mut complete_rounds = 0;
@@ -248,6 +257,9 @@ pub async fn run(args: WsFanout) -> anyhow::Result<Report> {
                     from_ack.saturating_record(
                         arrival.at.saturating_duration_since(acked).as_micros() as u64,
                     );
+                    if let Some(since) = arrival.since_commit {
+                        from_commit.saturating_record(since.as_micros() as u64);
+                    }
                 }
                 Ok(Some(_)) => {}
                 _ => break,
@@ -280,9 +292,11 @@ pub async fn run(args: WsFanout) -> anyhow::Result<Report> {
             "delivery latency (info)",
             true,
             format!(
-                "from join sent: p50 {:.1} ms p99 {:.1} ms; from ack: p50 {:.1} ms p99 {:.1} ms; until the last client: p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
+                "from join sent: p50 {:.1} ms p99 {:.1} ms; from commit: p50 {:.1} ms p99 {:.1} ms; from ack: p50 {:.1} ms p99 {:.1} ms; until the last client: p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
                 ms(from_send.value_at_quantile(0.5)),
                 ms(from_send.value_at_quantile(0.99)),
+                ms(from_commit.value_at_quantile(0.5)),
+                ms(from_commit.value_at_quantile(0.99)),
                 ms(from_ack.value_at_quantile(0.5)),
                 ms(from_ack.value_at_quantile(0.99)),
                 ms(all_delivered.value_at_quantile(0.5)),
