@@ -279,6 +279,12 @@ fn stored_events_round_trip_and_old_shapes_upcast() {
     let (_, events) = given(&[published(3), vec![join(1, 2)]].concat());
     for e in &events {
         assert_eq!(&StoredEvent::encode(e).decode().unwrap(), e);
+        let text: serde_json::Value = serde_json::from_str(&StoredEvent::encode_text(e)).unwrap();
+        assert_eq!(
+            text,
+            StoredEvent::encode(e).payload,
+            "the log's text is the encoded value"
+        );
     }
 
     // Written by an earlier build, when tags were one comma-separated string.

@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::{Pool, Postgres, QueryBuilder, Sqlite};
-use turnout_actors::domain::{EventId, EventState, StoredEvent, UserId, VenueId};
+use turnout_actors::domain::{
+    EventId, EventState, StoredEvent, UserId, VenueId, current_schema_version,
+};
 use turnout_actors::store::{
     Append, CommitReport, EventStore, IdempotencyRecord, MembershipRow, Rehydration, StoreError,
     StoredAnswer, membership_rows,
@@ -49,10 +51,14 @@ const EVENT_COLUMNS: &str = "e.id, e.owner_id, e.venue_id, e.title, e.descriptio
 const POSITION: &str = "CASE WHEN j.status = 'waitlisted' THEN (SELECT COUNT(*) FROM joins w \
      WHERE w.event_id = j.event_id AND w.status = 'waitlisted' AND w.order_key <= j.order_key) END";
 
-/// One outbox row per fact: what the relay publishes.
-fn outbox_payload(event: &turnout_actors::domain::DomainEvent) -> serde_json::Value {
-    let stored = StoredEvent::encode(event);
-    serde_json::json!({ "schema_version": stored.schema_version, "event": stored.payload })
+/// One outbox row per fact: what the relay publishes,
+/// `{"schema_version": …, "event": …}`.
+fn outbox_payload(event: &turnout_actors::domain::DomainEvent) -> String {
+    format!(
+        r#"{{"schema_version":{},"event":{}}}"#,
+        current_schema_version(event.kind()),
+        StoredEvent::encode_text(event)
+    )
 }
 
 /// One fact for the event log; the payload is JSON text.
@@ -346,13 +352,12 @@ macro_rules! impl_store {
                     .iter()
                     .flat_map(|a| {
                         a.versioned().map(move |(version, e)| {
-                            let stored = StoredEvent::encode(e);
                             LogRow {
                                 stream: a.stream.as_uuid(),
                                 version,
-                                event_type: stored.event_type,
-                                schema_version: i64::from(stored.schema_version),
-                                payload: stored.payload.to_string(),
+                                event_type: e.kind().to_owned(),
+                                schema_version: i64::from(current_schema_version(e.kind())),
+                                payload: StoredEvent::encode_text(e),
                                 request_id: a.request_id.clone(),
                             }
                         })
@@ -535,7 +540,7 @@ macro_rules! impl_store {
                             aggregate: a.stream.as_uuid(),
                             version,
                             event_type: e.kind(),
-                            payload: outbox_payload(e).to_string(),
+                            payload: outbox_payload(e),
                             request_id: a.request_id.clone(),
                         })
                     })
