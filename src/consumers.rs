@@ -1,7 +1,9 @@
 //! In-process consumers of the outbox. Delivery is at least once, so every
 //! handler is made idempotent by the inbox: it records `(message_id,
 //! handler)` in the same transaction as its effect and skips a message it
-//! has seen (`Store::count_daily_fact` shows the pattern).
+//! has seen (`Store::count_daily_facts` shows the pattern). Facts are
+//! handled in batches, a transaction each, so that a consumer does not cost
+//! a commit per fact.
 //!
 //! With Redis, consumers read the outbox stream in a consumer group (the
 //! nodes share the work; an entry left unacknowledged by a node that died
