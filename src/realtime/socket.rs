@@ -191,7 +191,7 @@ impl MessageBody for SocketBody {
         }
         this.shared.writer.register(cx.waker());
         let mut chunk = BytesMut::new();
-        let (mut texts, mut latencies) = (0u64, Vec::new());
+        let (mut texts, mut now) = (0u64, None);
         let mut queue = this.shared.queue();
         if std::mem::take(&mut queue.ping) {
             encode(&mut this.codec, Message::Ping(Bytes::new()), &mut chunk);
@@ -208,7 +208,9 @@ impl MessageBody for SocketBody {
                     queue.bytes -= frame.text.len();
                     texts += 1;
                     if let Some(at) = frame.committed_at {
-                        latencies.push(at);
+                        let now = *now.get_or_insert_with(chrono::Utc::now);
+                        let latency = (now - at).to_std().unwrap_or_default();
+                        this.shared.fanout.record(latency.as_secs_f64());
                     }
                     Message::Text(frame.text)
                 }
@@ -226,11 +228,6 @@ impl MessageBody for SocketBody {
         drop(queue);
         if texts > 0 {
             this.shared.sent.increment(texts);
-            let now = chrono::Utc::now();
-            for at in latencies {
-                let latency = (now - at).to_std().unwrap_or_default();
-                this.shared.fanout.record(latency.as_secs_f64());
-            }
         }
         if chunk.is_empty() {
             // Only a close frame ends the body; then `finished` answers above.
