@@ -51,24 +51,48 @@ const EVENT_COLUMNS: &str = "e.id, e.owner_id, e.venue_id, e.title, e.descriptio
 const POSITION: &str = "CASE WHEN j.status = 'waitlisted' THEN (SELECT COUNT(*) FROM joins w \
      WHERE w.event_id = j.event_id AND w.status = 'waitlisted' AND w.order_key <= j.order_key) END";
 
-/// One outbox row per fact: what the relay publishes,
-/// `{"schema_version": …, "event": …}`.
-fn outbox_payload(event: &turnout_actors::domain::DomainEvent) -> String {
-    format!(
-        r#"{{"schema_version":{},"event":{}}}"#,
-        current_schema_version(event.kind()),
-        StoredEvent::encode_text(event)
-    )
-}
-
-/// One fact for the event log; the payload is JSON text.
+/// One fact for the event log; the payload is JSON text. Each fact of a
+/// commit is encoded once, here, and its outbox row is made from this one.
 struct LogRow {
     stream: Uuid,
     version: i64,
-    event_type: String,
+    event_type: &'static str,
     schema_version: i64,
     payload: String,
     request_id: Option<String>,
+}
+
+impl LogRow {
+    fn of_batch(live: &[&Append]) -> Vec<Self> {
+        live.iter()
+            .flat_map(|a| {
+                a.versioned().map(move |(version, e)| LogRow {
+                    stream: a.stream.as_uuid(),
+                    version,
+                    event_type: e.kind(),
+                    schema_version: i64::from(current_schema_version(e.kind())),
+                    payload: StoredEvent::encode_text(e),
+                    request_id: a.request_id.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The fact's outbox row: what the relay publishes, with the payload
+    /// `{"schema_version": …, "event": …}`.
+    fn outbox(&self) -> OutboxRow {
+        OutboxRow {
+            message_id: Uuid::now_v7(),
+            aggregate: self.stream,
+            version: self.version,
+            event_type: self.event_type,
+            payload: format!(
+                r#"{{"schema_version":{},"event":{}}}"#,
+                self.schema_version, self.payload
+            ),
+            request_id: self.request_id.clone(),
+        }
+    }
 }
 
 /// A stored answer: user, key, fingerprint, status, response (JSON text).
@@ -105,7 +129,7 @@ impl SqlStore<Sqlite> {
         q.push_values(rows, |mut b, r| {
             b.push_bind(r.stream)
                 .push_bind(r.version)
-                .push_bind(r.event_type.clone())
+                .push_bind(r.event_type)
                 .push_bind(r.schema_version)
                 .push_bind(r.payload.clone())
                 .push_bind(r.request_id.clone())
@@ -226,11 +250,7 @@ impl SqlStore<Postgres> {
         )
         .bind(rows.iter().map(|r| r.stream).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|r| r.event_type.clone())
-                .collect::<Vec<_>>(),
-        )
+        .bind(rows.iter().map(|r| r.event_type).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.schema_version).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.payload.clone()).collect::<Vec<_>>())
         .bind(
@@ -345,24 +365,9 @@ macro_rules! impl_store {
             /// versions another writer already holds.
             async fn append_log(
                 tx: &mut sqlx::Transaction<'_, $db>,
-                live: &[&Append],
+                rows: &[LogRow],
                 now: i64,
             ) -> Result<HashSet<EventId>, sqlx::Error> {
-                let rows: Vec<LogRow> = live
-                    .iter()
-                    .flat_map(|a| {
-                        a.versioned().map(move |(version, e)| {
-                            LogRow {
-                                stream: a.stream.as_uuid(),
-                                version,
-                                event_type: e.kind().to_owned(),
-                                schema_version: i64::from(current_schema_version(e.kind())),
-                                payload: StoredEvent::encode_text(e),
-                                request_id: a.request_id.clone(),
-                            }
-                        })
-                    })
-                    .collect();
                 let mut written: HashSet<(Uuid, i64)> = HashSet::with_capacity(rows.len());
                 for chunk in rows.chunks(CHUNK) {
                     written.extend(Self::insert_log(tx, chunk, now).await?);
@@ -501,6 +506,7 @@ macro_rules! impl_store {
             async fn write_side_records(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 live: &[&Append],
+                log: &[LogRow],
                 now: i64,
             ) -> Result<(), sqlx::Error> {
                 let mut snapshots: HashMap<EventId, &EventState> = HashMap::new();
@@ -532,19 +538,7 @@ macro_rules! impl_store {
                     Self::insert_replies(tx, chunk).await?;
                 }
 
-                let outbox: Vec<OutboxRow> = live
-                    .iter()
-                    .flat_map(|a| {
-                        a.versioned().map(move |(version, e)| OutboxRow {
-                            message_id: Uuid::now_v7(),
-                            aggregate: a.stream.as_uuid(),
-                            version,
-                            event_type: e.kind(),
-                            payload: outbox_payload(e),
-                            request_id: a.request_id.clone(),
-                        })
-                    })
-                    .collect();
+                let outbox: Vec<OutboxRow> = log.iter().map(LogRow::outbox).collect();
                 for chunk in outbox.chunks(CHUNK) {
                     Self::insert_outbox(tx, chunk, now).await?;
                 }
@@ -644,7 +638,8 @@ macro_rules! impl_store {
                         continue;
                     }
                     let appends: Vec<&Append> = live.iter().map(|(_, a)| *a).collect();
-                    let lost = Self::append_log(&mut tx, &appends, now).await.map_err(unavailable)?;
+                    let log = LogRow::of_batch(&appends);
+                    let lost = Self::append_log(&mut tx, &log, now).await.map_err(unavailable)?;
                     if !lost.is_empty() {
                         // Retry without the streams that lost the race; their
                         // actors reload and decide again.
@@ -657,7 +652,7 @@ macro_rules! impl_store {
                         continue;
                     }
                     Self::write_read_models(&mut tx, &appends, now).await.map_err(unavailable)?;
-                    Self::write_side_records(&mut tx, &appends, now).await.map_err(unavailable)?;
+                    Self::write_side_records(&mut tx, &appends, &log, now).await.map_err(unavailable)?;
                     tx.commit().await.map_err(unavailable)?;
                     break;
                 }
