@@ -68,7 +68,7 @@ pub async fn upgrade(
             "this Origin may not open a socket here",
         ));
     }
-    let handshake = handshake(req.head()).map_err(|_| {
+    let mut handshake = handshake(req.head()).map_err(|_| {
         ApiError::bad_request("not_a_websocket", "GET /v1/ws expects a WebSocket upgrade")
     })?;
     let ip = req
@@ -93,7 +93,6 @@ pub async fn upgrade(
     );
     ctx.add_stream(inbound);
     ctx.run(WsSession::new(outbox, hubs, recommenders, tokens, settings));
-    let mut handshake = handshake;
     let response = handshake
         .message_body(BoxBody::new(socket))
         .map_err(|_| ApiError::Internal)?;

@@ -10,7 +10,8 @@
 //! - `hubs`: finds or starts hubs, and routes committed changes to them.
 //! - `router`: hands each committed change to the hubs and the recommenders.
 //! - `redis_fanout`: cross-node fan-out through Redis pub/sub.
-//! - `session`: one actor per connection, with heartbeats and limits.
+//! - `session`: one actor per connection: frames, subscriptions, heartbeats.
+//! - `limits`: open connections, in total and per client address.
 //! - `inbound`: the client's frames, decoded and joined into messages.
 //! - `socket`: a connection's byte-bounded outgoing queue, and the response
 //!   body that writes it to the socket.
@@ -19,6 +20,7 @@ mod channel;
 mod hub;
 mod hubs;
 mod inbound;
+mod limits;
 mod protocol;
 mod redis_fanout;
 mod router;
@@ -29,10 +31,11 @@ pub use channel::Channel;
 pub use hub::EventChange;
 pub use hubs::{Hubs, LocalFanout};
 pub use inbound::{Inbound, Incoming};
+pub use limits::{ConnectionLimits, ConnectionPermit};
 pub use protocol::{ClientFrame, parse_client_frame};
 pub use redis_fanout::RedisFanout;
 pub use router::Router;
-pub use session::{ConnectionLimits, ConnectionPermit, WsSession};
+pub use session::WsSession;
 pub use socket::Outbox;
 
 use serde::Deserialize;

@@ -4,15 +4,13 @@
 //! of letting its queue grow; a silent client is closed after the timeout.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_http::ws::{CloseCode, CloseReason, ProtocolError};
 use bytestring::ByteString;
-use dashmap::DashMap;
 use turnout_actors::domain::UserId;
 use turnout_actors::recommend::{ListSink, RankedList, Recommenders};
 
@@ -30,67 +28,6 @@ use crate::http::recommendations::RecommendationView;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// Close code for a client that kept sending malformed frames.
 pub const CLOSE_POLICY: u16 = 1008;
-
-/// Open connections, in total and per client address.
-pub struct ConnectionLimits {
-    total: AtomicUsize,
-    per_ip: DashMap<IpAddr, usize>,
-    max_total: usize,
-    max_per_ip: usize,
-}
-
-/// A connection's place within the limits, given back on drop. The socket's
-/// response body holds it, so it is given back when the connection is gone —
-/// not when its session ends, which a client that stops reading outlives.
-pub struct ConnectionPermit {
-    limits: Arc<ConnectionLimits>,
-    ip: IpAddr,
-}
-
-impl ConnectionLimits {
-    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
-        Arc::new(Self {
-            total: AtomicUsize::new(0),
-            per_ip: DashMap::new(),
-            max_total,
-            max_per_ip,
-        })
-    }
-
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionPermit> {
-        // The total first: a refused address must leave no entry behind.
-        if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
-            self.total.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        let Some(mut count) = self
-            .per_ip
-            .get_mut(&ip)
-            .or_else(|| (self.max_per_ip > 0).then(|| self.per_ip.entry(ip).or_insert(0)))
-            .filter(|count| **count < self.max_per_ip)
-        else {
-            self.total.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        };
-        *count += 1;
-        metrics::gauge!("turnout_ws_connections").increment(1.0);
-        Some(ConnectionPermit {
-            limits: Arc::clone(self),
-            ip,
-        })
-    }
-}
-
-impl Drop for ConnectionPermit {
-    fn drop(&mut self) {
-        self.limits.total.fetch_sub(1, Ordering::AcqRel);
-        self.limits.per_ip.remove_if_mut(&self.ip, |_, count| {
-            *count -= 1;
-            *count == 0
-        });
-        metrics::gauge!("turnout_ws_connections").decrement(1.0);
-    }
-}
 
 /// The channel name of the caller's live recommendations.
 const RECS: &str = "recs";
@@ -150,8 +87,6 @@ fn recs_data(list: &RankedList) -> RecsData {
 pub struct WsSession {
     id: u64,
     outbox: Outbox,
-    /// A close frame has been queued: the session is on its way out.
-    closing: bool,
     hubs: Hubs,
     recommenders: Recommenders,
     tokens: Arc<TokenKeys>,
@@ -174,7 +109,6 @@ impl WsSession {
         Self {
             id: IDS.fetch_add(1, Ordering::Relaxed),
             outbox,
-            closing: false,
             hubs,
             recommenders,
             tokens,
@@ -194,7 +128,6 @@ impl WsSession {
     }
 
     fn close(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
-        self.closing = true;
         self.outbox.close(CloseReason {
             code: CloseCode::from(code),
             description: Some(reason.to_owned()),
@@ -249,7 +182,7 @@ impl WsSession {
                         &format!("at most {}", self.settings.max_subscriptions),
                     ));
                 }
-                if self.closing {
+                if self.outbox.is_closing() {
                     return;
                 }
                 let outbox = self.outbox.clone();
@@ -323,7 +256,7 @@ impl Handler<Overflowed> for WsSession {
     type Result = ();
 
     fn handle(&mut self, _: Overflowed, ctx: &mut Self::Context) {
-        if !self.closing {
+        if !self.outbox.is_closing() {
             metrics::counter!("turnout_ws_slow_consumers_total").increment(1);
             tracing::info!(session = self.id, "closing a slow consumer");
             self.close(
@@ -366,36 +299,5 @@ impl StreamHandler<Result<Incoming, ProtocolError>> for WsSession {
 
     fn finished(&mut self, ctx: &mut Self::Context) {
         ctx.stop();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::net::Ipv4Addr;
-
-    use super::*;
-
-    #[test]
-    fn limits_count_per_address_and_in_total_and_forget_refusals() {
-        let limits = ConnectionLimits::new(2, 1);
-        let (a, b, c) = (
-            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
-            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
-            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3)),
-        );
-        let first = limits.admit(a).expect("room");
-        assert!(limits.admit(a).is_none(), "one per address");
-        let _second = limits.admit(b).expect("room");
-        assert!(limits.admit(c).is_none(), "two in total");
-        assert!(
-            !limits.per_ip.contains_key(&c),
-            "a refused address leaves no entry behind"
-        );
-        drop(first);
-        assert!(!limits.per_ip.contains_key(&a));
-        assert!(
-            limits.admit(c).is_some(),
-            "a place given back is taken again"
-        );
     }
 }

@@ -22,7 +22,7 @@ use actix_web::web::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 
 use super::hub::Frame;
-use super::session::ConnectionPermit;
+use super::limits::ConnectionPermit;
 
 /// Stop filling one chunk beyond this; the dispatcher polls again.
 const CHUNK_BYTES: usize = 16 * 1024;
@@ -152,6 +152,11 @@ impl Outbox {
         queue.frames.push_back(Outgoing::Close(reason));
         drop(queue);
         self.shared.writer.wake();
+    }
+
+    /// A close frame is queued or written: the connection is on its way out.
+    pub fn is_closing(&self) -> bool {
+        self.shared.queue().closing
     }
 
     /// Control frames go ahead of the queued text frames.
