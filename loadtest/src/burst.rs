@@ -40,13 +40,19 @@ impl JoinResult {
             Ok((status, _)) => Self::Refused {
                 kind: status.as_u16().to_string(),
             },
-            Err(e) if e.is_timeout() => Self::Unknown {
-                kind: "timeout".into(),
-            },
-            Err(_) => Self::Unknown {
-                kind: "connect".into(),
+            Err(e) => Self::Unknown {
+                kind: failure_kind(&e).into(),
             },
         }
+    }
+}
+
+/// The outcome kind of a request that got no answer.
+pub fn failure_kind(error: &reqwest::Error) -> &'static str {
+    if error.is_timeout() {
+        "timeout"
+    } else {
+        "connect"
     }
 }
 

@@ -1,6 +1,6 @@
 //! What a process on this machine is using, from /proc: resident memory and
 //! CPU time. The scenarios read the server's (with `--server-pid`) and their
-//! own, so a report can say what one request cost each side.
+//! own, so a report can say what a connection or a request cost each side.
 
 use std::time::Duration;
 
@@ -41,6 +41,23 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// The server's resident memory growth per connection, as an info check,
+/// when both readings were taken.
+pub fn memory_per_connection(
+    name: &str,
+    before: Option<u64>,
+    after: Option<u64>,
+    connections: usize,
+) -> Option<Check> {
+    let (before, after) = (before?, after?);
+    let bytes = after.saturating_sub(before) / connections.max(1) as u64;
+    Some(Check::new(
+        name,
+        true,
+        format!("{bytes} bytes ({:.1} KiB)", bytes as f64 / 1024.0),
+    ))
 }
 
 /// CPU time (user and system, all threads) a process has used.

@@ -24,7 +24,7 @@ use super::spread_join::{check_events, intended_offset};
 use super::ws_fanout::{ChannelFrame, connect_all, connect_from, server_addr};
 use crate::Common;
 use crate::api::Api;
-use crate::burst::{Answers, JoinResult};
+use crate::burst::{Answers, JoinResult, failure_kind};
 use crate::process::CpuMeter;
 use crate::progress;
 use crate::report::{Check, Report, latency_histogram};
@@ -385,12 +385,8 @@ async fn read(api: &Api, path: &str) -> Done {
             kind: status.as_u16().to_string(),
             overbooked: overbooked(&body),
         },
-        Err(e) if e.is_timeout() => Done::Read {
-            kind: "timeout".into(),
-            overbooked: 0,
-        },
-        Err(_) => Done::Read {
-            kind: "connect".into(),
+        Err(e) => Done::Read {
+            kind: failure_kind(&e).into(),
             overbooked: 0,
         },
     }

@@ -15,10 +15,10 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-use super::ws_fanout::{connect_all, connect_from, memory_per_connection, server_addr};
+use super::ws_fanout::{connect_all, connect_from, server_addr};
 use crate::Common;
 use crate::api::{Api, Minter};
-use crate::process::rss_bytes;
+use crate::process::{memory_per_connection, rss_bytes};
 use crate::report::{Check, Report, latency_histogram};
 
 #[derive(Args)]

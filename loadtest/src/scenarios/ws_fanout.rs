@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use crate::Common;
 use crate::api::Api;
-use crate::process::{CpuMeter, rss_bytes};
+use crate::process::{CpuMeter, memory_per_connection, rss_bytes};
 use crate::report::{Check, Report, latency_histogram};
 
 #[derive(Args)]
@@ -43,23 +43,6 @@ pub struct WsFanout {
     /// Spread clients over 127.0.0.1 ..= 127.0.0.N.
     #[arg(long, default_value_t = 4)]
     pub source_addresses: u8,
-}
-
-/// The server's resident memory growth per connection, as an info check,
-/// when both readings were taken.
-pub(crate) fn memory_per_connection(
-    name: &str,
-    before: Option<u64>,
-    after: Option<u64>,
-    connections: usize,
-) -> Option<Check> {
-    let (before, after) = (before?, after?);
-    let bytes = after.saturating_sub(before) / connections.max(1) as u64;
-    Some(Check::new(
-        name,
-        true,
-        format!("{bytes} bytes ({:.1} KiB)", bytes as f64 / 1024.0),
-    ))
 }
 
 pub(crate) fn server_addr(target: &str) -> anyhow::Result<SocketAddr> {
