@@ -27,23 +27,18 @@ use super::limits::ConnectionPermit;
 /// Stop filling one chunk beyond this; the dispatcher polls again.
 const CHUNK_BYTES: usize = 16 * 1024;
 
-/// A frame waiting to be written.
-enum Outgoing {
-    Text(Frame),
-    Close(CloseReason),
-}
-
 struct Queue {
-    frames: VecDeque<Outgoing>,
-    /// Bytes of text frames queued and not yet written.
+    frames: VecDeque<Frame>,
+    /// Bytes of frames queued and not yet written.
     bytes: usize,
     /// Control frames are flags, not queue entries, so that a client that
     /// pings without reading cannot grow the queue: only the latest ping
     /// needs an answer (RFC 6455, 5.5.3).
     ping: bool,
     pong: Option<Bytes>,
-    /// A close frame is queued or written: nothing more is taken.
-    closing: bool,
+    /// Set once: the close frame goes out after the control frames and
+    /// ends the body; from then on nothing more is taken.
+    close: Option<CloseReason>,
 }
 
 struct Shared {
@@ -93,7 +88,7 @@ impl Outbox {
                 bytes: 0,
                 ping: false,
                 pong: None,
-                closing: false,
+                close: None,
             }),
             writer: AtomicWaker::new(),
             max_bytes,
@@ -114,7 +109,7 @@ impl Outbox {
     /// frame larger than the whole budget still goes out alone.
     pub fn push(&self, frame: Frame) -> bool {
         let mut queue = self.shared.queue();
-        if queue.closing {
+        if queue.close.is_some() {
             return false;
         }
         if queue.bytes > 0 && queue.bytes + frame.text.len() > self.shared.max_bytes {
@@ -123,7 +118,7 @@ impl Outbox {
             return false;
         }
         queue.bytes += frame.text.len();
-        queue.frames.push_back(Outgoing::Text(frame));
+        queue.frames.push_back(frame);
         drop(queue);
         self.shared.writer.wake();
         true
@@ -143,26 +138,25 @@ impl Outbox {
     /// response once it is written.
     pub fn close(&self, reason: CloseReason) {
         let mut queue = self.shared.queue();
-        if queue.closing {
+        if queue.close.is_some() {
             return;
         }
-        queue.closing = true;
+        queue.close = Some(reason);
         queue.frames.clear();
         queue.bytes = 0;
-        queue.frames.push_back(Outgoing::Close(reason));
         drop(queue);
         self.shared.writer.wake();
     }
 
     /// A close frame is queued or written: the connection is on its way out.
     pub fn is_closing(&self) -> bool {
-        self.shared.queue().closing
+        self.shared.queue().close.is_some()
     }
 
     /// Control frames go ahead of the queued text frames.
     fn control(&self, set: impl FnOnce(&mut Queue)) {
         let mut queue = self.shared.queue();
-        if !queue.closing {
+        if queue.close.is_none() {
             set(&mut queue);
             drop(queue);
             self.shared.writer.wake();
@@ -170,8 +164,8 @@ impl Outbox {
     }
 }
 
-/// The body of the upgrade response: the encoded frames, in queue order,
-/// until a close frame has been written.
+/// The body of the upgrade response: the encoded frames, control frames
+/// first, then the queue in order, until the close frame has been written.
 pub struct SocketBody {
     shared: Arc<Shared>,
     codec: Codec,
@@ -205,30 +199,25 @@ impl MessageBody for SocketBody {
             encode(&mut this.codec, Message::Pong(payload), &mut chunk);
         }
         while chunk.len() < CHUNK_BYTES {
-            let Some(outgoing) = queue.frames.pop_front() else {
+            let Some(frame) = queue.frames.pop_front() else {
                 break;
             };
-            let message = match outgoing {
-                Outgoing::Text(frame) => {
-                    queue.bytes -= frame.text.len();
-                    texts += 1;
-                    if let Some(at) = frame.committed_at {
-                        let now = *now.get_or_insert_with(chrono::Utc::now);
-                        let latency = (now - at).to_std().unwrap_or_default();
-                        this.shared.fanout.record(latency.as_secs_f64());
-                    }
-                    Message::Text(frame.text)
-                }
-                Outgoing::Close(reason) => {
-                    this.finished = true;
-                    Message::Close(Some(reason))
-                }
-            };
-            encode(&mut this.codec, message, &mut chunk);
-            if this.finished {
-                queue.frames.clear();
-                break;
+            queue.bytes -= frame.text.len();
+            texts += 1;
+            if let Some(at) = frame.committed_at {
+                let now = *now.get_or_insert_with(chrono::Utc::now);
+                let latency = (now - at).to_std().unwrap_or_default();
+                this.shared.fanout.record(latency.as_secs_f64());
             }
+            encode(&mut this.codec, Message::Text(frame.text), &mut chunk);
+        }
+        if let Some(reason) = &queue.close {
+            encode(
+                &mut this.codec,
+                Message::Close(Some(reason.clone())),
+                &mut chunk,
+            );
+            this.finished = true;
         }
         drop(queue);
         if texts > 0 {
