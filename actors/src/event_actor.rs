@@ -22,7 +22,7 @@ use crate::changes::Committed;
 use crate::domain::{
     Command, DomainEvent, EventId, EventState, Membership, Rejection, UserId, decide, evolve,
 };
-use crate::journal::{AppendError, Appended, Journal, Submit};
+use crate::journal::{AppendDone, AppendError, AppendReply, Appended, Journal, Submit};
 use crate::registry::EventRegistry;
 use crate::store::{Append, EventStore, EventSummary, IdempotencyRecord};
 
@@ -385,12 +385,10 @@ impl EventActor {
                 key,
             },
         );
-        let (tx, rx) = oneshot::channel();
-        self.journal.do_send(Submit { append, reply: tx });
-        ctx.spawn(rx.into_actor(self).map(move |result, actor, ctx| {
-            let result = result.unwrap_or(Err(AppendError::Unavailable));
-            actor.committed(seq, result, ctx);
-        }));
+        self.journal.do_send(Submit {
+            append,
+            reply: AppendReply::new(ctx.address().recipient(), seq),
+        });
     }
 
     fn committed(
@@ -601,6 +599,14 @@ impl Handler<Execute> for EventActor {
 
     fn handle(&mut self, msg: Execute, ctx: &mut Self::Context) {
         self.execute(msg, ctx);
+    }
+}
+
+impl Handler<AppendDone> for EventActor {
+    type Result = ();
+
+    fn handle(&mut self, done: AppendDone, ctx: &mut Self::Context) {
+        self.committed(done.seq, done.result, ctx);
     }
 }
 

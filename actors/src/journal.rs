@@ -42,9 +42,51 @@ pub enum AppendError {
     KeyReused,
 }
 
-pub type AppendReply = oneshot::Sender<Result<Appended, AppendError>>;
+/// An append's outcome, sent to its writer as a message: an actor handles a
+/// message in O(1), whereas a spawned future per append would be polled on
+/// every wake-up of the actor, with a thousand in flight a thousand times.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AppendDone {
+    /// The writer's own number for the append.
+    pub seq: u64,
+    pub result: Result<Appended, AppendError>,
+}
 
-/// Hands an append to the journal; `reply` resolves after its commit.
+/// Where an append's outcome goes. Every append is answered exactly once:
+/// one dropped unanswered (the journal stopped) answers `Unavailable`.
+pub struct AppendReply {
+    to: Option<Recipient<AppendDone>>,
+    seq: u64,
+}
+
+impl AppendReply {
+    pub fn new(to: Recipient<AppendDone>, seq: u64) -> Self {
+        Self { to: Some(to), seq }
+    }
+
+    fn send(mut self, result: Result<Appended, AppendError>) {
+        self.answer(result);
+    }
+
+    fn answer(&mut self, result: Result<Appended, AppendError>) {
+        if let Some(to) = self.to.take() {
+            // Past the mailbox's capacity too: an outcome is never dropped.
+            to.do_send(AppendDone {
+                seq: self.seq,
+                result,
+            });
+        }
+    }
+}
+
+impl Drop for AppendReply {
+    fn drop(&mut self) {
+        self.answer(Err(AppendError::Unavailable));
+    }
+}
+
+/// Hands an append to the journal; `reply` is answered after its commit.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Submit {
@@ -183,7 +225,7 @@ impl Journal {
                     // The actor applied facts that must not happen.
                     self.fence(&append);
                 }
-                let _ = reply.send(if same_request {
+                reply.send(if same_request {
                     Ok(Appended::Replayed(answer))
                 } else {
                     Err(AppendError::KeyReused)
@@ -191,9 +233,9 @@ impl Journal {
             } else if report.conflicted.contains(&i) {
                 tracing::warn!(stream = %append.stream, "version conflict; the actor will reload");
                 self.fence(&append);
-                let _ = reply.send(Err(AppendError::Conflict));
+                reply.send(Err(AppendError::Conflict));
             } else {
-                let _ = reply.send(Ok(Appended::Committed));
+                reply.send(Ok(Appended::Committed));
             }
         }
         self.drop_fenced_from_buffer();
@@ -202,7 +244,7 @@ impl Journal {
     fn fail_all(&mut self, appends: Vec<Append>, replies: Vec<AppendReply>) {
         for (append, reply) in appends.into_iter().zip(replies) {
             self.fence(&append);
-            let _ = reply.send(Err(AppendError::Unavailable));
+            reply.send(Err(AppendError::Unavailable));
         }
         self.drop_fenced_from_buffer();
     }
@@ -233,7 +275,7 @@ impl Journal {
                 .partition(|p| !self.is_fenced_out(&p.append));
         self.buffer = keep;
         for p in refuse {
-            let _ = p.reply.send(Err(AppendError::Conflict));
+            p.reply.send(Err(AppendError::Conflict));
         }
     }
 
@@ -259,12 +301,12 @@ impl Handler<Submit> for Journal {
 
     fn handle(&mut self, msg: Submit, ctx: &mut Self::Context) {
         if self.is_fenced_out(&msg.append) {
-            let _ = msg.reply.send(Err(AppendError::Conflict));
+            msg.reply.send(Err(AppendError::Conflict));
             return;
         }
         if self.buffer.len() >= self.settings.max_pending {
             metrics::counter!("turnout_journal_refused_total").increment(1);
-            let _ = msg.reply.send(Err(AppendError::Overloaded));
+            msg.reply.send(Err(AppendError::Overloaded));
             return;
         }
         self.buffer.push_back(Pending {
@@ -282,5 +324,53 @@ impl Handler<Flush> for Journal {
     fn handle(&mut self, msg: Flush, _ctx: &mut Self::Context) {
         self.flush_waiters.push(msg.0);
         self.wake_flushers();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that keeps the outcomes it is told, in order.
+    #[derive(Default)]
+    struct Writer(Vec<(u64, Result<Appended, AppendError>)>);
+
+    impl Actor for Writer {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<AppendDone> for Writer {
+        type Result = ();
+
+        fn handle(&mut self, done: AppendDone, _: &mut Self::Context) {
+            self.0.push((done.seq, done.result));
+        }
+    }
+
+    /// Everything told so far: the mailbox is FIFO, so earlier outcomes are in.
+    #[derive(Message)]
+    #[rtype(result = "Vec<(u64, Result<Appended, AppendError>)>")]
+    struct Told;
+
+    impl Handler<Told> for Writer {
+        type Result = MessageResult<Told>;
+
+        fn handle(&mut self, _: Told, _: &mut Self::Context) -> Self::Result {
+            MessageResult(std::mem::take(&mut self.0))
+        }
+    }
+
+    #[actix::test]
+    async fn every_append_is_answered_exactly_once_even_if_dropped() {
+        let writer = Writer::default().start();
+        AppendReply::new(writer.clone().recipient(), 1).send(Ok(Appended::Committed));
+        drop(AppendReply::new(writer.clone().recipient(), 2));
+        assert_eq!(
+            writer.send(Told).await.unwrap(),
+            vec![
+                (1, Ok(Appended::Committed)),
+                (2, Err(AppendError::Unavailable))
+            ]
+        );
     }
 }
