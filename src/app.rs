@@ -172,6 +172,7 @@ impl Application {
         let listener = TcpListener::bind(&settings.bind)
             .with_context(|| format!("cannot bind {}", settings.bind))?;
         let port = listener.local_addr()?.port();
+        drop_unresponsive_peers(&listener, settings.http.tcp_user_timeout_secs)?;
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap(security_headers(https))
@@ -236,6 +237,20 @@ impl Application {
 
 /// The server's TLS identity from PEM files: the certificate chain (leaf
 /// first) and its private key.
+/// Sets `TCP_USER_TIMEOUT` on the listener; accepted connections inherit
+/// it. A peer that stops acknowledging (gone, or no longer reading while its
+/// window is full) then errors the socket within `secs`, so its connection,
+/// and a WebSocket's place within the limits, is released: actix-http has
+/// no write timeout of its own.
+fn drop_unresponsive_peers(listener: &TcpListener, secs: u64) -> anyhow::Result<()> {
+    if secs > 0 {
+        socket2::SockRef::from(listener)
+            .set_tcp_user_timeout(Some(Duration::from_secs(secs)))
+            .context("cannot set TCP_USER_TIMEOUT on the listener")?;
+    }
+    Ok(())
+}
+
 fn tls_config(tls: &crate::config::TlsSettings) -> anyhow::Result<rustls::ServerConfig> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};

@@ -72,6 +72,9 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     pub workers: usize,
     pub shutdown_timeout_secs: u64,
+    /// Sent data left unacknowledged this long drops the connection (the
+    /// socket's `TCP_USER_TIMEOUT`); 0 keeps the system's default.
+    pub tcp_user_timeout_secs: u64,
     pub breaker: crate::http::breaker::BreakerSettings,
     /// Terminate TLS here (HTTPS and WSS) instead of at a proxy.
     pub tls: Option<TlsSettings>,

@@ -59,7 +59,10 @@ async fn sqlite_app(tweak: impl FnOnce(&mut turnout::config::Settings)) -> TestA
 /// neither overlap nor leave a gap, and the last update is the final state.
 #[actix_web::test]
 async fn snapshot_then_updates_without_gap_or_duplicate_while_joins_stream_in() {
-    let app = sqlite_app(|_| {}).await;
+    // This client reads on the test's one thread, shared with the 1000
+    // joining requests, so it may lag far behind: room for every update, so
+    // that what is tested is the order, not the slow-consumer close.
+    let app = sqlite_app(|s| s.realtime.max_queued_bytes = 4 << 20).await;
     let owner = app.register("owner@example.com").await;
     let event = app.published_event(&owner, 300).await;
     let users: Vec<User> = (0..1000).map(|_| app.user()).collect();
@@ -331,11 +334,10 @@ async fn connection_limits_and_origins_are_enforced() {
     assert_error(plain, StatusCode::BAD_REQUEST, "not_a_websocket").await;
 }
 
-/// A client that stops reading is closed with 4008 once its queue passes the
-/// byte budget, instead of the server buffering for it without bound.
-#[actix_web::test]
-async fn a_slow_consumer_is_closed_with_4008() {
-    let app = sqlite_app(|s| s.realtime.max_queued_bytes = 256 * 1024).await;
+/// Twenty `feed?tag=…` channels whose snapshots are about 300 KB each: a
+/// client that subscribes to all of them and reads nothing overflows any
+/// reasonable queue.
+async fn twenty_big_feeds(app: &TestApp) -> Vec<String> {
     let owner = app.register("owner@example.com").await;
     let venue = app.venue(&owner).await;
     let tags: Vec<String> = (0..20).map(|i| format!("tag{i}")).collect();
@@ -357,12 +359,20 @@ async fn a_slow_consumer_is_closed_with_4008() {
             .await
             .unwrap();
     }
-    // Twenty big snapshots (~300 KB each), and the client reads none of them.
+    tags.iter().map(|tag| format!("feed?tag={tag}")).collect()
+}
+
+/// A client that stops reading is closed with 4008 once its queue passes the
+/// byte budget, instead of the server buffering for it without bound.
+#[actix_web::test]
+async fn a_slow_consumer_is_closed_with_4008() {
+    let app = sqlite_app(|s| s.realtime.max_queued_bytes = 256 * 1024).await;
+    let feeds = twenty_big_feeds(&app).await;
     let mut socket = connect(&app).await;
-    for tag in &tags {
+    for channel in &feeds {
         send(
             &mut socket,
-            json!({ "type": "subscribe", "channel": format!("feed?tag={tag}") }),
+            json!({ "type": "subscribe", "channel": channel }),
         )
         .await;
     }
@@ -387,6 +397,61 @@ async fn a_slow_consumer_is_closed_with_4008() {
         .await
         .unwrap();
     assert!(metrics.contains("turnout_ws_slow_consumers_total"));
+}
+
+/// A client that never reads again, with its receive window full, cannot
+/// even be sent its close frame; the kernel's user timeout then drops the
+/// connection, and with it the client's place within the limits.
+#[actix_web::test]
+async fn a_client_that_never_reads_again_loses_its_place() {
+    let app = sqlite_app(|s| {
+        s.realtime.max_queued_bytes = 256 * 1024;
+        s.realtime.max_connections_per_ip = 1;
+        s.http.tcp_user_timeout_secs = 2;
+    })
+    .await;
+    let feeds = twenty_big_feeds(&app).await;
+    let url = app.address.replace("http://", "ws://") + "/v1/ws";
+    // A tiny receive buffer, so the server's writes stall at once.
+    let stream = {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let address = app.address.trim_start_matches("http://").parse().unwrap();
+        MaybeTlsStream::Plain(socket.connect(address).await.unwrap())
+    };
+    let (mut stuck, _) = tokio_tungstenite::client_async(url.clone(), stream)
+        .await
+        .expect("the first connection is admitted");
+    for channel in &feeds {
+        send(
+            &mut stuck,
+            json!({ "type": "subscribe", "channel": channel }),
+        )
+        .await;
+    }
+    let refused = |attempt| match attempt {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            response.status().as_u16() == 503
+        }
+        _ => false,
+    };
+    assert!(
+        refused(connect_async(url.clone()).await.map(|_| ())),
+        "the stuck client still holds the only place"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match connect_async(url.clone()).await {
+            Ok(_) => break,
+            attempt => assert!(refused(attempt.map(|_| ())), "refused, or admitted"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stuck connection was never dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(stuck);
 }
 
 /// A client that stops answering is closed once it has been silent for the
