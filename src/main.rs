@@ -35,6 +35,9 @@ enum Cmd {
     SetRole { email: String, role: String },
 }
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(&Overrides {

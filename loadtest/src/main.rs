@@ -29,6 +29,9 @@ enum Scenario {
     RecsFanout(scenarios::recs_fanout::RecsFanout),
 }
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
