@@ -2,16 +2,29 @@
 //! request path by a background writer; metrics are Prometheus text served
 //! at `/metrics`.
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_appender::non_blocking::WorkerGuard;
+use tracing_appender::non_blocking::{ErrorCounter, WorkerGuard};
 use tracing_subscriber::EnvFilter;
+
+/// Lines the background writer dropped because stdout fell behind: it is
+/// lossy on purpose, so that a slow log pipe cannot stall requests, and the
+/// loss is counted instead (`turnout_log_lines_dropped_total`).
+static DROPPED_LOG_LINES: OnceLock<ErrorCounter> = OnceLock::new();
+
+pub fn dropped_log_lines() -> usize {
+    DROPPED_LOG_LINES
+        .get()
+        .map_or(0, ErrorCounter::dropped_lines)
+}
 
 /// Installs the global log subscriber. Keep the guard alive for the life of
 /// the process: dropping it flushes buffered lines.
 pub fn init_logs(format: &str, level: &str) -> WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    let _ = DROPPED_LOG_LINES.set(writer.error_counter());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!(
             "{level},sqlx=warn,actix_server=warn,actix_web=warn"
@@ -19,7 +32,9 @@ pub fn init_logs(format: &str, level: &str) -> WorkerGuard {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(writer)
+        // Colour codes only for a person at a terminal, not in a log file.
+        .with_ansi(std::io::stdout().is_terminal());
     if format == "json" {
         builder
             .json()

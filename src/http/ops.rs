@@ -38,6 +38,8 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     metrics::gauge!("turnout_registry_actors").set(state.registry.live_actors() as f64);
+    metrics::counter!("turnout_log_lines_dropped_total")
+        .absolute(crate::telemetry::dropped_log_lines() as u64);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())

@@ -38,6 +38,7 @@ async fn health_ready_metrics_and_openapi(app: TestApp) {
         "turnout_live_actors",
         "turnout_actor_mailbox_depth",
         "turnout_http_request_duration_seconds_bucket",
+        "turnout_log_lines_dropped_total",
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}");
     }
