@@ -19,8 +19,6 @@ use tokio::sync::oneshot;
 
 use crate::store::{Append, EventStore, StoredAnswer};
 
-/// Why an append was not made durable. The actor's caller gets a retryable
-/// error for every variant: nothing was acknowledged.
 /// What became of an append that did not fail.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Appended {
@@ -30,6 +28,8 @@ pub enum Appended {
     Replayed(StoredAnswer),
 }
 
+/// Why an append was not made durable. The actor's caller gets a retryable
+/// error for every variant: nothing was acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AppendError {
     #[error("another writer took this stream's version, or an earlier append failed")]
@@ -42,9 +42,8 @@ pub enum AppendError {
     KeyReused,
 }
 
-/// An append's outcome, sent to its writer as a message: an actor handles a
-/// message in O(1), whereas a spawned future per append would be polled on
-/// every wake-up of the actor, with a thousand in flight a thousand times.
+/// An append's outcome, sent to its writer as a message, in the order the
+/// journal settles them; `AppendReply` makes sure there is exactly one.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct AppendDone {
@@ -71,7 +70,8 @@ impl AppendReply {
 
     fn answer(&mut self, result: Result<Appended, AppendError>) {
         if let Some(to) = self.to.take() {
-            // Past the mailbox's capacity too: an outcome is never dropped.
+            // `do_send` ignores a mailbox's capacity: a live writer always
+            // hears the outcome (a stopped one has nobody left to tell).
             to.do_send(AppendDone {
                 seq: self.seq,
                 result,
@@ -306,6 +306,9 @@ impl Handler<Submit> for Journal {
         }
         if self.buffer.len() >= self.settings.max_pending {
             metrics::counter!("turnout_journal_refused_total").increment(1);
+            // The writer's later appends stand on this one: were one of them
+            // let in once there is room, the stream would skip a version.
+            self.fence(&msg.append);
             msg.reply.send(Err(AppendError::Overloaded));
             return;
         }
@@ -329,7 +332,12 @@ impl Handler<Flush> for Journal {
 
 #[cfg(test)]
 mod tests {
+    use chrono::Utc;
+
     use super::*;
+    use crate::domain::{Capacity, EventDetails, EventId, Lifecycle, Title, UserId, VenueId};
+    use crate::store::EventSummary;
+    use crate::testing::MemoryStore;
 
     /// A writer that keeps the outcomes it is told, in order.
     #[derive(Default)]
@@ -358,6 +366,82 @@ mod tests {
         fn handle(&mut self, _: Told, _: &mut Self::Context) -> Self::Result {
             MessageResult(std::mem::take(&mut self.0))
         }
+    }
+
+    fn append(stream: EventId, writer: u64, base_version: u64) -> Append {
+        let details = EventDetails {
+            title: Title::parse("Test").unwrap(),
+            description: None,
+            venue_id: VenueId::new(),
+            starts_at: Utc::now() + chrono::Duration::days(1),
+            ends_at: None,
+            tags: vec![],
+        };
+        Append {
+            stream,
+            writer,
+            base_version,
+            events: vec![],
+            summary: EventSummary {
+                id: stream,
+                owner: UserId::new(),
+                details,
+                capacity: Capacity::parse(10).unwrap(),
+                lifecycle: Lifecycle::Published,
+                active_count: 0,
+                waitlist_count: 0,
+                version: base_version,
+            },
+            snapshot: None,
+            idempotency: None,
+            request_id: None,
+        }
+    }
+
+    /// An append refused for want of room fences its writer: the writer's
+    /// next append, decided on top of it, must not be let in once there is
+    /// room again, or the stream would skip a version.
+    #[actix::test]
+    async fn a_writer_refused_for_want_of_room_is_fenced() {
+        let store = Arc::new(MemoryStore {
+            commit_delay: Duration::from_millis(50),
+            ..MemoryStore::default()
+        });
+        let settings = JournalSettings {
+            max_pending: 1,
+            ..JournalSettings::default()
+        };
+        let journal = Journal::new(store, settings).start();
+        let writer = Writer::default().start();
+        let (stream, other) = (EventId::new(), EventId::new());
+        let submit = |append: Append, seq| Submit {
+            append,
+            reply: AppendReply::new(writer.clone().recipient(), seq),
+        };
+        journal.do_send(submit(append(stream, 1, 0), 1)); // committing
+        journal.do_send(submit(append(stream, 1, 1), 2)); // waiting, then fenced
+        journal.do_send(submit(append(stream, 1, 2), 3)); // no room
+        let (done, flushed) = oneshot::channel();
+        journal.do_send(Flush(done));
+        flushed.await.unwrap();
+        journal.do_send(submit(append(stream, 1, 3), 4)); // room, but fenced
+        journal.do_send(submit(append(other, 2, 0), 5)); // another writer
+        let (done, flushed) = oneshot::channel();
+        journal.do_send(Flush(done));
+        flushed.await.unwrap();
+        let mut told = writer.send(Told).await.unwrap();
+        told.sort_by_key(|(seq, _)| *seq);
+        assert_eq!(
+            told,
+            vec![
+                (1, Ok(Appended::Committed)),
+                // Shed with the rest: the writer reloads and decides again.
+                (2, Err(AppendError::Conflict)),
+                (3, Err(AppendError::Overloaded)),
+                (4, Err(AppendError::Conflict)),
+                (5, Ok(Appended::Committed)),
+            ]
+        );
     }
 
     #[actix::test]
