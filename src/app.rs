@@ -235,13 +235,13 @@ impl Application {
     }
 }
 
-/// The server's TLS identity from PEM files: the certificate chain (leaf
-/// first) and its private key.
 /// Sets `TCP_USER_TIMEOUT` on the listener; accepted connections inherit
-/// it. A peer that stops acknowledging (gone, or no longer reading while its
-/// window is full) then errors the socket within `secs`, so its connection,
-/// and a WebSocket's place within the limits, is released: actix-http has
-/// no write timeout of its own.
+/// it. A peer that acknowledges nothing (gone) or keeps its receive window
+/// shut (no longer reading) then has its socket errored within `secs`, so
+/// its connection, and a WebSocket's place within the limits, is released:
+/// actix-http has no write timeout of its own. Linux only (and 5.11 or later
+/// for the shut window); elsewhere the system's behaviour stays.
+#[cfg(target_os = "linux")]
 fn drop_unresponsive_peers(listener: &TcpListener, secs: u64) -> anyhow::Result<()> {
     if secs > 0 {
         socket2::SockRef::from(listener)
@@ -251,6 +251,16 @@ fn drop_unresponsive_peers(listener: &TcpListener, secs: u64) -> anyhow::Result<
     Ok(())
 }
 
+#[cfg(not(target_os = "linux"))]
+fn drop_unresponsive_peers(_: &TcpListener, secs: u64) -> anyhow::Result<()> {
+    if secs > 0 {
+        tracing::warn!("http.tcp_user_timeout_secs needs Linux; ignored here");
+    }
+    Ok(())
+}
+
+/// The server's TLS identity from PEM files: the certificate chain (leaf
+/// first) and its private key.
 fn tls_config(tls: &crate::config::TlsSettings) -> anyhow::Result<rustls::ServerConfig> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};

@@ -33,8 +33,12 @@ pub fn init_logs(format: &str, level: &str) -> WorkerGuard {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
-        // Colour codes only for a person at a terminal, not in a log file.
-        .with_ansi(std::io::stdout().is_terminal());
+        // Colour codes only for a person at a terminal who has not asked
+        // for none (https://no-color.org), never in a log file.
+        .with_ansi(
+            std::io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        );
     if format == "json" {
         builder
             .json()

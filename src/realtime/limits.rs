@@ -1,5 +1,6 @@
 //! The connection limits: open WebSocket connections in total and per
-//! client address, each connection holding its place until it is gone.
+//! client address, each connection holding its place until its socket's
+//! response body is done with.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -16,8 +17,10 @@ pub struct ConnectionLimits {
 }
 
 /// A connection's place within the limits, given back on drop. The socket's
-/// response body ([`super::socket::SocketBody`]) holds it, so it is given back when the connection is gone —
-/// not when its session ends, which a client that stops reading outlives.
+/// response body ([`super::socket::SocketBody`]) holds it, so it is given
+/// back once the close frame has been taken for writing or the connection
+/// has dropped — not when the session ends, which a client that stops
+/// reading outlives.
 pub struct ConnectionPermit {
     limits: Arc<ConnectionLimits>,
     ip: IpAddr,
