@@ -362,12 +362,18 @@ macro_rules! impl_store {
     ($db:ty) => {
         impl SqlStore<$db> {
             /// Appends every stream's facts; returns the streams whose
-            /// versions another writer already holds.
+            /// versions another writer already holds, or whose first fact
+            /// here does not follow the log's last one (then nothing is
+            /// written).
             async fn append_log(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 rows: &[LogRow],
                 now: i64,
             ) -> Result<HashSet<EventId>, sqlx::Error> {
+                let skipping = Self::streams_skipping_a_version(tx, rows).await?;
+                if !skipping.is_empty() {
+                    return Ok(skipping);
+                }
                 let mut written: HashSet<(Uuid, i64)> = HashSet::with_capacity(rows.len());
                 for chunk in rows.chunks(CHUNK) {
                     written.extend(Self::insert_log(tx, chunk, now).await?);
@@ -376,6 +382,39 @@ macro_rules! impl_store {
                     .iter()
                     .filter(|r| !written.contains(&(r.stream, r.version)))
                     .map(|r| EventId::from(r.stream))
+                    .collect())
+            }
+
+            /// Streams whose first fact here is not numbered one past the
+            /// log's last: their writer decided on top of facts that were
+            /// never written. The primary key refuses a version taken twice;
+            /// this refuses one skipped, so the log never has a gap.
+            async fn streams_skipping_a_version(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                rows: &[LogRow],
+            ) -> Result<HashSet<EventId>, sqlx::Error> {
+                let mut first: HashMap<Uuid, i64> = HashMap::new();
+                for r in rows {
+                    let version = first.entry(r.stream).or_insert(r.version);
+                    *version = (*version).min(r.version);
+                }
+                let streams: Vec<Uuid> = first.keys().copied().collect();
+                let mut last: HashMap<Uuid, i64> = HashMap::with_capacity(streams.len());
+                for chunk in streams.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "SELECT stream_id, MAX(version) FROM event_log WHERE stream_id IN (",
+                    );
+                    let mut list = q.separated(", ");
+                    for stream in chunk {
+                        list.push_bind(*stream);
+                    }
+                    q.push(") GROUP BY stream_id");
+                    last.extend(q.build_query_as::<(Uuid, i64)>().fetch_all(&mut **tx).await?);
+                }
+                Ok(first
+                    .into_iter()
+                    .filter(|(stream, version)| last.get(stream).copied().unwrap_or(0) + 1 != *version)
+                    .map(|(stream, _)| EventId::from(stream))
                     .collect())
             }
 

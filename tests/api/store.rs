@@ -7,8 +7,10 @@ use std::time::Duration;
 use actix::prelude::*;
 use chrono::Utc;
 use turnout::store::{self, PoolSettings, Store};
-use turnout_actors::domain::{Capacity, Command, EventDetails, EventId, Title, UserId, VenueId};
-use turnout_actors::store::EventStore;
+use turnout_actors::domain::{
+    Capacity, Command, EventDetails, EventId, Title, UserId, VenueId, decide, evolve,
+};
+use turnout_actors::store::{Append, EventStore, EventSummary};
 use turnout_actors::{ActorSettings, CommandError, EventRegistry, Journal, JournalSettings};
 
 use crate::helpers::{Backend, fresh_database};
@@ -407,6 +409,63 @@ async fn a_full_mailbox_refuses_instead_of_growing(backend: Backend) {
     thread.stop();
 }
 
+/// A writer that decided on top of a fact that was never written is refused
+/// like one that lost a race, and nothing of its append is kept: the log has
+/// no gaps, whatever the journal in front of it lets through.
+async fn an_append_that_skips_a_version_is_refused(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((store, _)) = open(backend, &dir).await else {
+        return;
+    };
+    let registry = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
+    let event = create_event(&store, &registry, UserId::new(), 5).await;
+    let state = store
+        .load(event)
+        .await
+        .unwrap()
+        .into_state()
+        .unwrap()
+        .unwrap();
+    let join = Command::Join {
+        user: UserId::new(),
+        at: Utc::now(),
+    };
+    let facts = decide(Some(&state), &join).unwrap();
+    let after = facts.iter().fold(Some(state.clone()), evolve).unwrap();
+    let append = |base_version| Append {
+        stream: event,
+        writer: u64::MAX,
+        base_version,
+        events: facts.clone(),
+        summary: EventSummary::from(&after),
+        snapshot: None,
+        idempotency: None,
+        request_id: None,
+    };
+
+    let skipping = store.commit(&[append(state.version + 1)]).await.unwrap();
+    assert_eq!(skipping.conflicted, vec![0]);
+    let reloaded = store
+        .load(event)
+        .await
+        .unwrap()
+        .into_state()
+        .unwrap()
+        .unwrap();
+    assert_eq!(reloaded.version, state.version, "nothing of it was written");
+
+    let following = store.commit(&[append(state.version)]).await.unwrap();
+    assert!(following.conflicted.is_empty());
+    let reloaded = store
+        .load(event)
+        .await
+        .unwrap()
+        .into_state()
+        .unwrap()
+        .unwrap();
+    assert_eq!(reloaded.version, after.version);
+}
+
 macro_rules! store_tests {
     ($($name:ident),*) => {
         mod sqlite {
@@ -423,5 +482,6 @@ store_tests!(
     expired_idempotency_records_are_purged,
     an_old_fact_shape_loads,
     an_old_key_replays_across_actor_incarnations,
-    a_full_mailbox_refuses_instead_of_growing
+    a_full_mailbox_refuses_instead_of_growing,
+    an_append_that_skips_a_version_is_refused
 );
