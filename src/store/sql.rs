@@ -43,6 +43,19 @@ impl<DB: sqlx::Database> SqlStore<DB> {
 /// Rows per multi-row INSERT: well under both backends' bind-parameter limits.
 const CHUNK: usize = 500;
 
+/// Which of the facts `x` (stream `s`, version `v`) may be appended: the
+/// first of its stream, or one whose predecessor is in the log or in this
+/// statement. The primary key refuses a version taken twice; this refuses
+/// one that skips a version, decided on top of a fact never written, so the
+/// log never has a gap. (A macro, so that `concat!` can take it.)
+macro_rules! follows {
+    () => {
+        " FROM x WHERE x.v = 1 \
+         OR EXISTS (SELECT 1 FROM event_log l WHERE l.stream_id = x.s AND l.version = x.v - 1) \
+         OR EXISTS (SELECT 1 FROM x AS y WHERE y.s = x.s AND y.v = x.v - 1)"
+    };
+}
+
 const EVENT_COLUMNS: &str = "e.id, e.owner_id, e.venue_id, e.title, e.description, e.starts_at, \
      e.ends_at, e.capacity, e.status, e.active_count, e.waitlist_count, e.version, e.created_at, \
      e.updated_at";
@@ -122,19 +135,21 @@ impl SqlStore<Sqlite> {
         rows: &[LogRow],
         now: i64,
     ) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO event_log (stream_id, version, event_type, schema_version, payload, \
-             request_id, recorded_at) ",
-        );
+        let mut q = QueryBuilder::<Sqlite>::new("WITH x (s, v, t, sv, p, r) AS (");
         q.push_values(rows, |mut b, r| {
             b.push_bind(r.stream)
                 .push_bind(r.version)
                 .push_bind(r.event_type)
                 .push_bind(r.schema_version)
                 .push_bind(r.payload.clone())
-                .push_bind(r.request_id.clone())
-                .push_bind(now);
+                .push_bind(r.request_id.clone());
         });
+        q.push(
+            ") INSERT INTO event_log (stream_id, version, event_type, schema_version, payload, \
+             request_id, recorded_at) SELECT s, v, t, sv, p, r, ",
+        );
+        q.push_bind(now);
+        q.push(follows!());
         q.push(" ON CONFLICT DO NOTHING RETURNING stream_id, version");
         q.build_query_as().fetch_all(&mut **tx).await
     }
@@ -240,14 +255,14 @@ impl SqlStore<Postgres> {
         rows: &[LogRow],
         now: i64,
     ) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
-        sqlx::query_as(
-            "INSERT INTO event_log (stream_id, version, event_type, schema_version, payload, \
-             request_id, recorded_at) \
-             SELECT s, v, t, sv, p::jsonb, r, $7 \
-             FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::text[]) \
-               AS x(s, v, t, sv, p, r) \
-             ON CONFLICT DO NOTHING RETURNING stream_id, version",
-        )
+        sqlx::query_as(concat!(
+            "WITH x (s, v, t, sv, p, r) AS (SELECT * FROM UNNEST($1::uuid[], $2::int8[], \
+             $3::text[], $4::int8[], $5::text[], $6::text[])) \
+             INSERT INTO event_log (stream_id, version, event_type, schema_version, payload, \
+             request_id, recorded_at) SELECT s, v, t, sv, p::jsonb, r, $7",
+            follows!(),
+            " ON CONFLICT DO NOTHING RETURNING stream_id, version"
+        ))
         .bind(rows.iter().map(|r| r.stream).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.event_type).collect::<Vec<_>>())
@@ -361,19 +376,14 @@ const JOINS_UPSERT: &str = " ON CONFLICT (event_id, user_id) DO UPDATE SET statu
 macro_rules! impl_store {
     ($db:ty) => {
         impl SqlStore<$db> {
-            /// Appends every stream's facts; returns the streams whose
-            /// versions another writer already holds, or whose first fact
-            /// here does not follow the log's last one (then nothing is
-            /// written).
+            /// Appends every stream's facts; returns the streams of which a
+            /// fact was not written: its version taken by another writer, or
+            /// not following the one before it (see `follows!`).
             async fn append_log(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 rows: &[LogRow],
                 now: i64,
             ) -> Result<HashSet<EventId>, sqlx::Error> {
-                let skipping = Self::streams_skipping_a_version(tx, rows).await?;
-                if !skipping.is_empty() {
-                    return Ok(skipping);
-                }
                 let mut written: HashSet<(Uuid, i64)> = HashSet::with_capacity(rows.len());
                 for chunk in rows.chunks(CHUNK) {
                     written.extend(Self::insert_log(tx, chunk, now).await?);
@@ -382,39 +392,6 @@ macro_rules! impl_store {
                     .iter()
                     .filter(|r| !written.contains(&(r.stream, r.version)))
                     .map(|r| EventId::from(r.stream))
-                    .collect())
-            }
-
-            /// Streams whose first fact here is not numbered one past the
-            /// log's last: their writer decided on top of facts that were
-            /// never written. The primary key refuses a version taken twice;
-            /// this refuses one skipped, so the log never has a gap.
-            async fn streams_skipping_a_version(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                rows: &[LogRow],
-            ) -> Result<HashSet<EventId>, sqlx::Error> {
-                let mut first: HashMap<Uuid, i64> = HashMap::new();
-                for r in rows {
-                    let version = first.entry(r.stream).or_insert(r.version);
-                    *version = (*version).min(r.version);
-                }
-                let streams: Vec<Uuid> = first.keys().copied().collect();
-                let mut last: HashMap<Uuid, i64> = HashMap::with_capacity(streams.len());
-                for chunk in streams.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new(
-                        "SELECT stream_id, MAX(version) FROM event_log WHERE stream_id IN (",
-                    );
-                    let mut list = q.separated(", ");
-                    for stream in chunk {
-                        list.push_bind(*stream);
-                    }
-                    q.push(") GROUP BY stream_id");
-                    last.extend(q.build_query_as::<(Uuid, i64)>().fetch_all(&mut **tx).await?);
-                }
-                Ok(first
-                    .into_iter()
-                    .filter(|(stream, version)| last.get(stream).copied().unwrap_or(0) + 1 != *version)
-                    .map(|(stream, _)| EventId::from(stream))
                     .collect())
             }
 
