@@ -624,8 +624,8 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
-    use crate::domain::{Capacity, EventDetails, Title, VenueId};
-    use crate::testing::MemoryStore;
+    use crate::domain::Capacity;
+    use crate::testing::{MemoryStore, event_details};
     use crate::{EventRegistry, Journal, JournalSettings};
 
     fn setup(delay: Duration) -> (Arc<MemoryStore>, EventRegistry) {
@@ -646,14 +646,7 @@ mod tests {
 
     async fn open_event(registry: &EventRegistry, capacity: i64) -> (EventId, UserId) {
         let (id, owner) = (EventId::new(), UserId::new());
-        let details = EventDetails {
-            title: Title::parse("Test").unwrap(),
-            description: None,
-            venue_id: VenueId::new(),
-            starts_at: Utc::now() + chrono::Duration::days(1),
-            ends_at: None,
-            tags: vec![],
-        };
+        let details = event_details();
         let create = Command::Create {
             id,
             owner,

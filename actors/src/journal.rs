@@ -332,12 +332,10 @@ impl Handler<Flush> for Journal {
 
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
-
     use super::*;
-    use crate::domain::{Capacity, EventDetails, EventId, Lifecycle, Title, UserId, VenueId};
+    use crate::domain::{Capacity, EventId, Lifecycle, UserId};
     use crate::store::EventSummary;
-    use crate::testing::MemoryStore;
+    use crate::testing::{MemoryStore, event_details};
 
     /// A writer that keeps the outcomes it is told, in order.
     #[derive(Default)]
@@ -369,14 +367,6 @@ mod tests {
     }
 
     fn append(stream: EventId, writer: u64, base_version: u64) -> Append {
-        let details = EventDetails {
-            title: Title::parse("Test").unwrap(),
-            description: None,
-            venue_id: VenueId::new(),
-            starts_at: Utc::now() + chrono::Duration::days(1),
-            ends_at: None,
-            tags: vec![],
-        };
         Append {
             stream,
             writer,
@@ -385,7 +375,7 @@ mod tests {
             summary: EventSummary {
                 id: stream,
                 owner: UserId::new(),
-                details,
+                details: event_details(),
                 capacity: Capacity::parse(10).unwrap(),
                 lifecycle: Lifecycle::Published,
                 active_count: 0,

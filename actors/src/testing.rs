@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::domain::{EventId, StoredEvent};
+use crate::domain::{EventDetails, EventId, StoredEvent, Title, VenueId};
 use crate::store::{Append, CommitReport, EventStore, Rehydration, StoreError};
 
 #[derive(Default)]
@@ -46,5 +46,17 @@ impl EventStore for MemoryStore {
             stream.extend(append.events.iter().map(StoredEvent::encode));
         }
         Ok(report)
+    }
+}
+
+/// The details of an event starting tomorrow: what most tests need.
+pub fn event_details() -> EventDetails {
+    EventDetails {
+        title: Title::parse("Test").unwrap(),
+        description: None,
+        venue_id: VenueId::new(),
+        starts_at: chrono::Utc::now() + chrono::Duration::days(1),
+        ends_at: None,
+        tags: vec![],
     }
 }

@@ -4,9 +4,17 @@
 mod common;
 
 use turnout_loadtest::Common;
+use turnout_loadtest::report::Report;
 use turnout_loadtest::scenarios::hot_join::{self, HotJoin};
 
 const KEY: &str = "loadtest-key-loadtest-key-loadtest";
+
+/// Names the first check that failed, with its detail.
+fn assert_every_check_passed(report: &Report) {
+    for check in &report.checks {
+        assert!(check.passed, "{}: {}", check.name, check.detail);
+    }
+}
 
 fn common_options(target: String) -> Common {
     Common {
@@ -36,9 +44,7 @@ async fn a_small_hot_join_keeps_every_invariant() {
     .await
     .unwrap();
 
-    for check in &report.checks {
-        assert!(check.passed, "{}: {}", check.name, check.detail);
-    }
+    assert_every_check_passed(&report);
     let invariants = report.checks.iter().filter(|c| !c.name.ends_with("(info)"));
     assert_eq!(invariants.count(), 5);
     assert_eq!(report.outcomes.get("201"), Some(&300));
@@ -68,9 +74,7 @@ async fn the_rowlock_baseline_keeps_every_invariant() {
     let report = turnout_loadtest::baseline::hot_join(&url, 200, 30, 200)
         .await
         .unwrap();
-    for check in &report.checks {
-        assert!(check.passed, "{}: {}", check.name, check.detail);
-    }
+    assert_every_check_passed(&report);
     assert_eq!(report.requests, 200);
 }
 
@@ -92,9 +96,7 @@ async fn a_small_spread_join_at_a_fixed_rate_keeps_every_invariant() {
     })
     .await
     .unwrap();
-    for check in &report.checks {
-        assert!(check.passed, "{}: {}", check.name, check.detail);
-    }
+    assert_every_check_passed(&report);
     assert_eq!(report.outcomes.get("201"), Some(&200));
     assert_eq!(report.latency.count, 200);
 }
@@ -117,9 +119,7 @@ async fn a_small_churn_matches_the_model() {
     })
     .await
     .unwrap();
-    for check in &report.checks {
-        assert!(check.passed, "{}: {}", check.name, check.detail);
-    }
+    assert_every_check_passed(&report);
     assert_eq!(report.latency.count, 240);
     assert!(report.outcomes.contains_key("200"), "{:?}", report.outcomes);
 }
@@ -146,9 +146,7 @@ async fn a_small_mixed_load_keeps_every_invariant() {
     })
     .await
     .unwrap();
-    for check in &report.checks {
-        assert!(check.passed, "{}: {}", check.name, check.detail);
-    }
+    assert_every_check_passed(&report);
     assert_eq!(report.outcomes.get("201"), Some(&120));
     assert_eq!(report.outcomes.get("200"), Some(&200));
     let subscribers = report

@@ -8,7 +8,7 @@ use actix::prelude::*;
 use chrono::Utc;
 use turnout::store::{self, PoolSettings, Store};
 use turnout_actors::domain::{
-    Capacity, Command, EventDetails, EventId, Title, UserId, VenueId, decide, evolve,
+    Capacity, Command, EventDetails, EventId, EventState, Title, UserId, VenueId, decide, evolve,
 };
 use turnout_actors::store::{Append, EventStore, EventSummary};
 use turnout_actors::{ActorSettings, CommandError, EventRegistry, Journal, JournalSettings};
@@ -96,6 +96,17 @@ async fn create_event(
         .await
         .unwrap();
     id
+}
+
+/// The event as its log (and snapshot) tell it.
+async fn current_state(store: &Arc<dyn Store>, event: EventId) -> EventState {
+    store
+        .load(event)
+        .await
+        .unwrap()
+        .into_state()
+        .unwrap()
+        .expect("the event exists")
 }
 
 /// Counts rows with a query both backends understand.
@@ -339,13 +350,7 @@ async fn an_old_fact_shape_loads(backend: Backend) {
             .await
             .unwrap();
     }
-    let state = store
-        .load(EventId::from(stream))
-        .await
-        .unwrap()
-        .into_state()
-        .unwrap()
-        .unwrap();
+    let state = current_state(&store, EventId::from(stream)).await;
     let tags: Vec<&str> = state.details.tags.iter().map(|t| t.as_str()).collect();
     assert_eq!(tags, ["jazz", "late-night"]);
     assert_eq!(state.version, 1);
@@ -419,13 +424,7 @@ async fn an_append_that_skips_a_version_is_refused(backend: Backend) {
     };
     let registry = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
     let event = create_event(&store, &registry, UserId::new(), 5).await;
-    let state = store
-        .load(event)
-        .await
-        .unwrap()
-        .into_state()
-        .unwrap()
-        .unwrap();
+    let state = current_state(&store, event).await;
     let join = Command::Join {
         user: UserId::new(),
         at: Utc::now(),
@@ -445,24 +444,12 @@ async fn an_append_that_skips_a_version_is_refused(backend: Backend) {
 
     let skipping = store.commit(&[append(state.version + 1)]).await.unwrap();
     assert_eq!(skipping.conflicted, vec![0]);
-    let reloaded = store
-        .load(event)
-        .await
-        .unwrap()
-        .into_state()
-        .unwrap()
-        .unwrap();
+    let reloaded = current_state(&store, event).await;
     assert_eq!(reloaded.version, state.version, "nothing of it was written");
 
     let following = store.commit(&[append(state.version)]).await.unwrap();
     assert!(following.conflicted.is_empty());
-    let reloaded = store
-        .load(event)
-        .await
-        .unwrap()
-        .into_state()
-        .unwrap()
-        .unwrap();
+    let reloaded = current_state(&store, event).await;
     assert_eq!(reloaded.version, after.version);
 }
 
