@@ -135,6 +135,9 @@ pub struct Journal {
     /// fenced actor stops at once, so only appends already in transit need it).
     fenced: HashSet<u64>,
     fenced_order: VecDeque<u64>,
+    /// A writer was fenced since the buffer was last swept; a writer fenced
+    /// earlier cannot be in it, since `Submit` turns it away.
+    fenced_since_sweep: bool,
     flush_waiters: Vec<oneshot::Sender<()>>,
 }
 
@@ -147,6 +150,7 @@ impl Journal {
             committing: false,
             fenced: HashSet::new(),
             fenced_order: VecDeque::new(),
+            fenced_since_sweep: false,
             flush_waiters: Vec::new(),
         }
     }
@@ -252,6 +256,7 @@ impl Journal {
     fn fence(&mut self, append: &Append) {
         const REMEMBERED: usize = 4096;
         if self.fenced.insert(append.writer) {
+            self.fenced_since_sweep = true;
             self.fenced_order.push_back(append.writer);
             if self.fenced_order.len() > REMEMBERED
                 && let Some(old) = self.fenced_order.pop_front()
@@ -266,7 +271,7 @@ impl Journal {
     }
 
     fn drop_fenced_from_buffer(&mut self) {
-        if self.fenced.is_empty() {
+        if !std::mem::take(&mut self.fenced_since_sweep) {
             return;
         }
         let (keep, refuse): (VecDeque<Pending>, VecDeque<Pending>) =

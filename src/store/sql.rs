@@ -44,15 +44,15 @@ impl<DB: sqlx::Database> SqlStore<DB> {
 const CHUNK: usize = 500;
 
 /// Which of the facts `x` (stream `s`, version `v`) may be appended: the
-/// first of its stream, or one whose predecessor is in the log or in this
-/// statement. The primary key refuses a version taken twice; this refuses
+/// first of its stream, one whose predecessor is in the same batch
+/// (`after_own`, known when the rows are built), or one whose predecessor is
+/// in the log. The primary key refuses a version taken twice; this refuses
 /// one that skips a version, decided on top of a fact never written, so the
 /// log never has a gap. (A macro, so that `concat!` can take it.)
 macro_rules! follows {
     () => {
-        " FROM x WHERE x.v = 1 \
-         OR EXISTS (SELECT 1 FROM event_log l WHERE l.stream_id = x.s AND l.version = x.v - 1) \
-         OR EXISTS (SELECT 1 FROM x AS y WHERE y.s = x.s AND y.v = x.v - 1)"
+        " FROM x WHERE x.v = 1 OR x.after_own \
+         OR EXISTS (SELECT 1 FROM event_log l WHERE l.stream_id = x.s AND l.version = x.v - 1)"
     };
 }
 
@@ -73,12 +73,19 @@ struct LogRow {
     schema_version: i64,
     payload: String,
     request_id: Option<String>,
+    /// The fact before it is in the same batch (see `follows!`).
+    after_own: bool,
 }
 
 impl LogRow {
     fn of_batch(live: &[&Append]) -> Vec<Self> {
+        let facts: HashSet<(EventId, i64)> = live
+            .iter()
+            .flat_map(|a| a.versioned().map(|(version, _)| (a.stream, version)))
+            .collect();
         live.iter()
             .flat_map(|a| {
+                let facts = &facts;
                 a.versioned().map(move |(version, e)| LogRow {
                     stream: a.stream.as_uuid(),
                     version,
@@ -86,6 +93,7 @@ impl LogRow {
                     schema_version: i64::from(current_schema_version(e.kind())),
                     payload: StoredEvent::encode_text(e),
                     request_id: a.request_id.clone(),
+                    after_own: facts.contains(&(a.stream, version - 1)),
                 })
             })
             .collect()
@@ -135,14 +143,15 @@ impl SqlStore<Sqlite> {
         rows: &[LogRow],
         now: i64,
     ) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
-        let mut q = QueryBuilder::<Sqlite>::new("WITH x (s, v, t, sv, p, r) AS (");
+        let mut q = QueryBuilder::<Sqlite>::new("WITH x (s, v, t, sv, p, r, after_own) AS (");
         q.push_values(rows, |mut b, r| {
             b.push_bind(r.stream)
                 .push_bind(r.version)
                 .push_bind(r.event_type)
                 .push_bind(r.schema_version)
                 .push_bind(r.payload.clone())
-                .push_bind(r.request_id.clone());
+                .push_bind(r.request_id.clone())
+                .push_bind(r.after_own);
         });
         q.push(
             ") INSERT INTO event_log (stream_id, version, event_type, schema_version, payload, \
@@ -256,10 +265,10 @@ impl SqlStore<Postgres> {
         now: i64,
     ) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
         sqlx::query_as(concat!(
-            "WITH x (s, v, t, sv, p, r) AS (SELECT * FROM UNNEST($1::uuid[], $2::int8[], \
-             $3::text[], $4::int8[], $5::text[], $6::text[])) \
+            "WITH x (s, v, t, sv, p, r, after_own) AS (SELECT * FROM UNNEST($1::uuid[], \
+             $2::int8[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::bool[])) \
              INSERT INTO event_log (stream_id, version, event_type, schema_version, payload, \
-             request_id, recorded_at) SELECT s, v, t, sv, p::jsonb, r, $7",
+             request_id, recorded_at) SELECT s, v, t, sv, p::jsonb, r, $8",
             follows!(),
             " ON CONFLICT DO NOTHING RETURNING stream_id, version"
         ))
@@ -273,6 +282,7 @@ impl SqlStore<Postgres> {
                 .map(|r| r.request_id.clone())
                 .collect::<Vec<_>>(),
         )
+        .bind(rows.iter().map(|r| r.after_own).collect::<Vec<_>>())
         .bind(now)
         .fetch_all(&mut **tx)
         .await
@@ -559,6 +569,33 @@ macro_rules! impl_store {
                     Self::insert_outbox(tx, chunk, now).await?;
                 }
                 Ok(())
+            }
+
+            /// The inbox: records that `handler` has these messages and
+            /// names the ones it had not seen before, so a consumer applies
+            /// each message once however often it is delivered. Call it in
+            /// the transaction of the handler's effect. One statement per
+            /// chunk: a statement per message would cost a hop to the
+            /// database's thread each.
+            async fn first_deliveries(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                message_ids: &[Uuid],
+                handler: &str,
+            ) -> Result<HashSet<Uuid>, sqlx::Error> {
+                let now = micros(Utc::now());
+                let mut first = HashSet::with_capacity(message_ids.len());
+                for chunk in message_ids.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "INSERT INTO inbox (message_id, handler, processed_at) ",
+                    );
+                    q.push_values(chunk, |mut b, id| {
+                        b.push_bind(*id).push_bind(handler).push_bind(now);
+                    });
+                    q.push(" ON CONFLICT DO NOTHING RETURNING message_id");
+                    let new: Vec<(Uuid,)> = q.build_query_as().fetch_all(&mut **tx).await?;
+                    first.extend(new.into_iter().map(|(id,)| id));
+                }
+                Ok(first)
             }
 
             async fn tags_for(&self, events: &mut [EventRecord]) -> Result<(), StoreError> {
@@ -1084,25 +1121,11 @@ macro_rules! impl_store {
             }
 
             async fn count_daily_facts(&self, facts: &[DailyFact]) -> Result<usize, StoreError> {
-                // One statement per chunk records the messages in the inbox
-                // and names the ones it had not seen: a statement per fact
-                // cost a hop to the database's thread each.
-                const CHUNK: usize = 500;
                 let mut tx = self.pool.begin().await.map_err(unavailable)?;
-                let now = micros(Utc::now());
-                let mut first: HashSet<Uuid> = HashSet::new();
-                for chunk in facts.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new(
-                        "INSERT INTO inbox (message_id, handler, processed_at) ",
-                    );
-                    q.push_values(chunk, |mut b, fact| {
-                        b.push_bind(fact.message_id).push_bind(DAILY_FACTS_HANDLER).push_bind(now);
-                    });
-                    q.push(" ON CONFLICT DO NOTHING RETURNING message_id");
-                    let new: Vec<(Uuid,)> =
-                        q.build_query_as().fetch_all(&mut *tx).await.map_err(unavailable)?;
-                    first.extend(new.into_iter().map(|(id,)| id));
-                }
+                let ids: Vec<Uuid> = facts.iter().map(|fact| fact.message_id).collect();
+                let mut first = Self::first_deliveries(&mut tx, &ids, DAILY_FACTS_HANDLER)
+                    .await
+                    .map_err(unavailable)?;
                 let mut new: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
                 for fact in facts {
                     // `remove`: a message repeated within the batch counts once.
