@@ -6,7 +6,6 @@
 //! response body for every connection, which the [`super::socket`] queue
 //! replaces: reading the frames here saves an idle connection that memory.
 
-use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -29,8 +28,34 @@ pub enum Incoming {
     Close,
 }
 
+/// Why the client's messages stopped; each has its own close code.
+#[derive(Debug, thiserror::Error)]
+pub enum InboundError {
+    /// A frame or a joined message over the limit (1009).
+    #[error("a message over the size limit")]
+    TooLarge,
+    /// A text message that is not UTF-8 (1007).
+    #[error("a text message that is not UTF-8")]
+    NotUtf8,
+    /// Frames that break RFC 6455 (1002).
+    #[error(transparent)]
+    Protocol(ProtocolError),
+    /// The connection failed under us: nobody is left to tell.
+    #[error("the connection failed: {0}")]
+    Lost(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<ProtocolError> for InboundError {
+    fn from(error: ProtocolError) -> Self {
+        match error {
+            ProtocolError::Overflow => Self::TooLarge,
+            other => Self::Protocol(other),
+        }
+    }
+}
+
 /// The client's messages, none larger than `max_bytes` (frames or joined
-/// continuations): a larger one is `ProtocolError::Overflow`.
+/// continuations): a larger one ends them with `InboundError::TooLarge`.
 pub struct Inbound<S> {
     payload: S,
     buf: BytesMut,
@@ -58,8 +83,8 @@ impl<S> Inbound<S> {
     }
 
     /// The message a frame completes, if it completes one.
-    fn take(&mut self, frame: Frame) -> Result<Option<Incoming>, ProtocolError> {
-        let whole = match frame {
+    fn take(&mut self, frame: Frame) -> Result<Option<Incoming>, InboundError> {
+        let item = match frame {
             Frame::Text(bytes) => return text(bytes).map(Some),
             Frame::Binary(_) => return Ok(Some(Incoming::Binary)),
             Frame::Ping(bytes) => return Ok(Some(Incoming::Ping(bytes))),
@@ -67,43 +92,35 @@ impl<S> Inbound<S> {
             Frame::Close(_) => return Ok(Some(Incoming::Close)),
             Frame::Continuation(item) => item,
         };
-        match (whole, &mut self.partial) {
-            (Item::FirstText(bytes), None) => {
-                self.partial = Some((true, BytesMut::from(&bytes[..])))
-            }
-            (Item::FirstBinary(bytes), None) => {
-                self.partial = Some((false, BytesMut::from(&bytes[..])))
-            }
-            (Item::Continue(bytes), Some((_, joined))) => joined.extend_from_slice(&bytes),
-            (Item::Last(bytes), Some((_, joined))) => {
+        let last = matches!(item, Item::Last(_));
+        let (is_text, joined) = match (item, self.partial.take()) {
+            (Item::FirstText(bytes), None) => (true, BytesMut::from(&bytes[..])),
+            (Item::FirstBinary(bytes), None) => (false, BytesMut::from(&bytes[..])),
+            (Item::Continue(bytes) | Item::Last(bytes), Some((is_text, mut joined))) => {
                 joined.extend_from_slice(&bytes);
-                let (is_text, joined) = self.partial.take().expect("matched above");
-                if joined.len() > self.max_bytes {
-                    return Err(ProtocolError::Overflow);
-                }
-                return if is_text {
-                    text(joined.freeze()).map(Some)
-                } else {
-                    Ok(Some(Incoming::Binary))
-                };
+                (is_text, joined)
             }
-            _ => return Err(ProtocolError::ContinuationNotStarted),
+            _ => return Err(ProtocolError::ContinuationNotStarted.into()),
+        };
+        if joined.len() > self.max_bytes {
+            return Err(InboundError::TooLarge);
         }
-        if self
-            .partial
-            .as_ref()
-            .is_some_and(|(_, joined)| joined.len() > self.max_bytes)
-        {
-            return Err(ProtocolError::Overflow);
+        if !last {
+            self.partial = Some((is_text, joined));
+            return Ok(None);
         }
-        Ok(None)
+        if is_text {
+            text(joined.freeze()).map(Some)
+        } else {
+            Ok(Some(Incoming::Binary))
+        }
     }
 }
 
-fn text(bytes: Bytes) -> Result<Incoming, ProtocolError> {
+fn text(bytes: Bytes) -> Result<Incoming, InboundError> {
     ByteString::try_from(bytes)
         .map(Incoming::Text)
-        .map_err(|e| ProtocolError::Io(io::Error::new(io::ErrorKind::InvalidData, e)))
+        .map_err(|_| InboundError::NotUtf8)
 }
 
 impl<S, E> Stream for Inbound<S>
@@ -111,7 +128,7 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::error::Error + Send + Sync + 'static,
 {
-    type Item = Result<Incoming, ProtocolError>;
+    type Item = Result<Incoming, InboundError>;
 
     /// Ends after the first error: what follows a broken frame means nothing.
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -137,7 +154,7 @@ where
     fn next_message(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Incoming, ProtocolError>>> {
+    ) -> Poll<Option<Result<Incoming, InboundError>>> {
         loop {
             while let Some(frame) = self.codec.decode(&mut self.buf)? {
                 if let Some(message) = self.take(frame)? {
@@ -148,7 +165,7 @@ where
             // without this bound a header announcing a huge frame would
             // have us buffer whatever follows it.
             if self.buf.len() > self.max_bytes + MAX_HEADER_BYTES {
-                return Poll::Ready(Some(Err(ProtocolError::Overflow)));
+                return Poll::Ready(Some(Err(InboundError::TooLarge)));
             }
             if self.ended {
                 return Poll::Ready(None);
@@ -156,7 +173,7 @@ where
             match Pin::new(&mut self.payload).poll_next(cx) {
                 Poll::Ready(Some(Ok(bytes))) => self.buf.extend_from_slice(&bytes),
                 Poll::Ready(Some(Err(e))) => {
-                    return Poll::Ready(Some(Err(ProtocolError::Io(io::Error::other(e)))));
+                    return Poll::Ready(Some(Err(InboundError::Lost(Box::new(e)))));
                 }
                 Poll::Ready(None) => self.ended = true,
                 Poll::Pending => return Poll::Pending,
@@ -167,6 +184,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::io;
+
     use actix_codec::Encoder;
     use actix_http::ws::Message;
     use futures_util::StreamExt;
@@ -194,8 +213,8 @@ mod tests {
     async fn read_all(
         inbound: Inbound<impl Stream<Item = Result<Bytes, io::Error>> + Unpin>,
     ) -> Vec<Result<Incoming, String>> {
-        let named = |e: ProtocolError| match e {
-            ProtocolError::Overflow => "overflow".to_owned(),
+        let named = |e: InboundError| match e {
+            InboundError::TooLarge => "overflow".to_owned(),
             e => e.to_string(),
         };
         inbound.map(|r| r.map_err(named)).collect().await

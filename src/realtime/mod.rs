@@ -30,7 +30,7 @@ mod socket;
 pub use channel::Channel;
 pub use hub::EventChange;
 pub use hubs::{Hubs, LocalFanout};
-pub use inbound::{Inbound, Incoming};
+pub use inbound::Inbound;
 pub use limits::{ConnectionLimits, ConnectionPermit};
 pub use protocol::{ClientFrame, parse_client_frame};
 pub use redis_fanout::RedisFanout;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_http::ws::{CloseCode, CloseReason, ProtocolError};
+use actix_http::ws::{CloseCode, CloseReason};
 use bytestring::ByteString;
 use turnout_actors::domain::UserId;
 use turnout_actors::recommend::{ListSink, RankedList, Recommenders};
@@ -18,7 +18,7 @@ use super::RealtimeSettings;
 use super::channel::Channel;
 use super::hub::{ChannelHub, Frame, Subscribe, Unsubscribe};
 use super::hubs::Hubs;
-use super::inbound::Incoming;
+use super::inbound::{InboundError, Incoming};
 use super::protocol::{self, ClientFrame, Position};
 use super::socket::{Outbox, Overflowed};
 use crate::auth::TokenKeys;
@@ -268,8 +268,8 @@ impl Handler<Overflowed> for WsSession {
     }
 }
 
-impl StreamHandler<Result<Incoming, ProtocolError>> for WsSession {
-    fn handle(&mut self, msg: Result<Incoming, ProtocolError>, ctx: &mut Self::Context) {
+impl StreamHandler<Result<Incoming, InboundError>> for WsSession {
+    fn handle(&mut self, msg: Result<Incoming, InboundError>, ctx: &mut Self::Context) {
         self.last_heard = Instant::now();
         match msg {
             Ok(Incoming::Text(text)) => self.on_text(&text, ctx),
@@ -277,20 +277,19 @@ impl StreamHandler<Result<Incoming, ProtocolError>> for WsSession {
             Ok(Incoming::Ping(bytes)) => self.outbox.pong(bytes),
             Ok(Incoming::Pong) => {}
             Ok(Incoming::Close) => ctx.stop(),
-            Err(ProtocolError::Overflow) => {
+            Err(InboundError::TooLarge) => {
                 self.close(u16::from(CloseCode::Size), "frame too large", ctx)
             }
-            Err(ProtocolError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => self.close(
+            Err(InboundError::NotUtf8) => self.close(
                 u16::from(CloseCode::Invalid),
                 "text frames must be UTF-8",
                 ctx,
             ),
-            Err(ProtocolError::Io(e)) => {
-                // The connection is gone: nobody to tell.
+            Err(InboundError::Lost(e)) => {
                 tracing::debug!(session = self.id, error = %e, "websocket connection lost");
                 ctx.stop();
             }
-            Err(e) => {
+            Err(InboundError::Protocol(e)) => {
                 tracing::debug!(session = self.id, error = %e, "websocket protocol error");
                 self.close(u16::from(CloseCode::Protocol), "protocol error", ctx);
             }
