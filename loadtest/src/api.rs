@@ -148,9 +148,7 @@ impl Api {
             .header("Idempotency-Key", key)
             .send()
             .await?;
-        let status = response.status();
-        let body = response.json().await.unwrap_or(Value::Null);
-        Ok((status, body))
+        Ok(status_and_body(response).await)
     }
 
     pub async fn leave(&self, token: &str, event: Uuid) -> reqwest::Result<StatusCode> {
@@ -170,9 +168,7 @@ impl Api {
             .get(format!("{}{path}", self.base))
             .send()
             .await?;
-        let status = response.status();
-        let body = response.json().await.unwrap_or(Value::Null);
-        Ok((status, body))
+        Ok(status_and_body(response).await)
     }
 
     pub async fn event(&self, event: Uuid) -> anyhow::Result<Value> {
@@ -211,4 +207,10 @@ impl Api {
             }
         }
     }
+}
+
+/// An answer as a load step sees it: the status, and the body if it is JSON.
+async fn status_and_body(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
 }

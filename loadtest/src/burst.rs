@@ -45,6 +45,27 @@ impl JoinResult {
             },
         }
     }
+
+    /// Files what `user` was told with the acknowledged or the refused, and
+    /// returns the outcome's kind ("201", "timeout", …).
+    fn file(
+        self,
+        user: Uuid,
+        acknowledged: &mut HashMap<Uuid, String>,
+        refused: &mut HashSet<Uuid>,
+    ) -> String {
+        match self {
+            Self::Acknowledged { kind, told } => {
+                acknowledged.insert(user, told);
+                kind
+            }
+            Self::Refused { kind } => {
+                refused.insert(user);
+                kind
+            }
+            Self::Unknown { kind } => kind,
+        }
+    }
 }
 
 /// The outcome kind of a request that got no answer.
@@ -73,17 +94,11 @@ impl Answers {
     /// Records what `user` was told when joining the `event`th event, and
     /// returns the outcome's kind ("201", "timeout", …).
     pub fn record(&mut self, event: usize, user: Uuid, result: JoinResult) -> String {
-        match result {
-            JoinResult::Acknowledged { kind, told } => {
-                self.acknowledged[event].insert(user, told);
-                kind
-            }
-            JoinResult::Refused { kind } => {
-                self.refused[event].insert(user);
-                kind
-            }
-            JoinResult::Unknown { kind } => kind,
-        }
+        result.file(
+            user,
+            &mut self.acknowledged[event],
+            &mut self.refused[event],
+        )
     }
 }
 
@@ -136,17 +151,7 @@ where
     for task in tasks {
         let (user, result, took) = task.await?;
         tally.latency.saturating_record(took.as_micros() as u64);
-        let kind = match result {
-            JoinResult::Acknowledged { kind, told } => {
-                tally.acknowledged.insert(user, told);
-                kind
-            }
-            JoinResult::Refused { kind } => {
-                tally.refused.insert(user);
-                kind
-            }
-            JoinResult::Unknown { kind } => kind,
-        };
+        let kind = result.file(user, &mut tally.acknowledged, &mut tally.refused);
         *tally.outcomes.entry(kind).or_default() += 1;
     }
     tally.elapsed = started.elapsed();

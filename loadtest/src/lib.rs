@@ -60,6 +60,20 @@ pub struct Common {
 }
 
 impl Common {
+    /// The command line's defaults against `target`, minting with `jwt_key`:
+    /// for tests and for programs that drive scenarios themselves.
+    pub fn for_target(target: impl Into<String>, jwt_key: Option<String>) -> Self {
+        Self {
+            target: target.into(),
+            jwt_key,
+            jwt_issuer: "turnout".into(),
+            json: None,
+            max_p99_ms: None,
+            max_error_rate: None,
+            server_pid: None,
+        }
+    }
+
     /// A token minter for the server under test.
     pub fn minter(&self) -> anyhow::Result<api::Minter> {
         let key = self.jwt_key.as_deref().ok_or_else(|| {

@@ -61,7 +61,7 @@ pub fn memory_per_connection(
 }
 
 /// CPU time (user and system, all threads) a process has used.
-pub fn cpu_time(pid: u32) -> Option<Duration> {
+fn cpu_time(pid: u32) -> Option<Duration> {
     parse_cpu_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 

@@ -17,15 +17,7 @@ fn assert_every_check_passed(report: &Report) {
 }
 
 fn common_options(target: String) -> Common {
-    Common {
-        target,
-        jwt_key: Some(KEY.into()),
-        jwt_issuer: "turnout".into(),
-        json: None,
-        max_p99_ms: None,
-        max_error_rate: None,
-        server_pid: None,
-    }
+    Common::for_target(target, Some(KEY.into()))
 }
 
 #[actix_web::test]

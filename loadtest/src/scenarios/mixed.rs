@@ -8,26 +8,25 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use hdrhistogram::Histogram;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 use super::spread_join::{check_events, intended_offset};
-use super::ws_fanout::{ChannelFrame, connect_all, connect_from, server_addr};
+use super::ws_fanout::{ChannelFrame, connect_all, connect_from, server_addr, subscribe};
 use crate::Common;
 use crate::api::Api;
 use crate::burst::{Answers, JoinResult, failure_kind};
 use crate::process::CpuMeter;
 use crate::progress;
-use crate::report::{Check, Report, latency_histogram};
+use crate::report::{Check, Percentiles, Report, latency_histogram};
 
 #[derive(Args)]
 pub struct Mixed {
@@ -172,6 +171,18 @@ impl Seen {
             "snapshot" => self.resyncs += 1,
             _ => return,
         }
+        self.follow(frame);
+    }
+
+    /// Where the subscriber starts: its first snapshot, not a resync.
+    fn from_snapshot(snapshot: &ChannelFrame) -> Self {
+        let mut seen = Self::new();
+        seen.follow(snapshot);
+        seen
+    }
+
+    /// The channel's position and the event's counts as of `frame`.
+    fn follow(&mut self, frame: &ChannelFrame) {
         self.offset = frame.offset.unwrap_or(self.offset);
         if let Some(event) = frame.data.as_ref().and_then(|d| d.event.as_ref()) {
             self.active = event.active_count;
@@ -189,26 +200,8 @@ async fn subscriber(
     channel: String,
 ) -> anyhow::Result<(usize, Arc<Mutex<Seen>>)> {
     let mut ws = connect_from(server, source).await?;
-    ws.send(Message::text(
-        json!({ "type": "subscribe", "channel": channel }).to_string(),
-    ))
-    .await?;
-    let mut seen = Seen::new();
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) => {
-                let frame: ChannelFrame = serde_json::from_str(&text)?;
-                if frame.kind == "snapshot" {
-                    seen.take(&frame, chrono::Utc::now());
-                    seen.resyncs = 0;
-                    break;
-                }
-            }
-            Some(Ok(_)) => continue,
-            _ => anyhow::bail!("closed before the snapshot"),
-        }
-    }
-    let seen = Arc::new(Mutex::new(seen));
+    let snapshot = subscribe(&mut ws, &channel).await?;
+    let seen = Arc::new(Mutex::new(Seen::from_snapshot(&snapshot)));
     let watching = Arc::clone(&seen);
     tokio::spawn(async move {
         while let Some(Ok(message)) = ws.next().await {
@@ -226,13 +219,10 @@ async fn subscriber(
 
 /// "p50 … p99 … max …" of a histogram in milliseconds.
 fn summary(h: &Histogram<u64>, what: &str) -> String {
-    let ms = |us: u64| us as f64 / 1000.0;
+    let p = Percentiles::of(h);
     format!(
         "{} {what}, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        h.len(),
-        ms(h.value_at_quantile(0.5)),
-        ms(h.value_at_quantile(0.99)),
-        ms(h.max())
+        p.count, p.p50_ms, p.p99_ms, p.max_ms
     )
 }
 
@@ -252,10 +242,9 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
 
     eprintln!("mixed: connecting {} subscribers", args.subscribers);
     let channels: Vec<String> = events.iter().map(|e| format!("event:{e}")).collect();
-    let next = AtomicUsize::new(0);
     let (subscribers, connect_failures) =
-        connect_all(args.subscribers, args.source_addresses, |source| {
-            let event = next.fetch_add(1, Ordering::Relaxed) % args.events;
+        connect_all(args.subscribers, args.source_addresses, |i, source| {
+            let event = i % args.events;
             subscriber(server, source, event, channels[event].clone())
         })
         .await?;
@@ -350,7 +339,7 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
             args.subscribers
         ),
     ));
-    let intended = args.join_rate + args.read_rate;
+    let intended_rate = args.join_rate + args.read_rate;
     checks.push(Check::new(
         "latency by kind (info)",
         true,
@@ -364,7 +353,7 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
         "rate (info)",
         true,
         format!(
-            "achieved {:.0}/s of {intended:.0}/s intended",
+            "achieved {:.0}/s of {intended_rate:.0}/s intended",
             latency.len() as f64 / elapsed.as_secs_f64()
         ),
     ));
@@ -436,6 +425,7 @@ async fn check_subscribers(
         Check::new(
             "every subscriber saw each update once, in order",
             out_of_order == 0 && resyncs == 0 && closed == 0,
+            // The count leads the detail: tests/scenarios.rs reads it there.
             format!(
                 "{updates} updates; {out_of_order} out of order, {resyncs} resyncs, {closed} closed"
             ),
@@ -455,19 +445,13 @@ async fn check_subscribers(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn args(join_rate: f64, read_rate: f64, duration: f64) -> Mixed {
         Mixed {
-            common: Common {
-                target: "http://127.0.0.1:1".into(),
-                jwt_key: None,
-                jwt_issuer: "turnout".into(),
-                json: None,
-                max_p99_ms: None,
-                max_error_rate: None,
-                server_pid: None,
-            },
+            common: Common::for_target("http://127.0.0.1:1", None),
             events: 3,
             capacity: 10,
             duration,

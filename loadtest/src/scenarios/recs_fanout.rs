@@ -100,7 +100,7 @@ pub async fn run(args: RecsFanout) -> anyhow::Result<Report> {
 
     eprintln!("recs-fanout: connecting {} users to recs", args.clients);
     let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel();
-    let (live, failures) = connect_all(args.clients, args.source_addresses, |source| {
+    let (live, failures) = connect_all(args.clients, args.source_addresses, |_, source| {
         client(
             server,
             source,

@@ -110,13 +110,14 @@ fn source_address(i: usize, spread: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, 1 + (i % spread.max(1) as usize) as u8)
 }
 
-/// Connects `count` clients (256 handshakes at a time), spread over
-/// `spread` loopback source addresses; returns what each connected client
-/// gave and the failures by message.
+/// Connects `count` clients (256 handshakes at a time; `connect` is told
+/// each one's number and source address), spread over `spread` loopback
+/// source addresses; returns what each connected client gave and the
+/// failures by message.
 pub(crate) async fn connect_all<T, Connect>(
     count: usize,
     spread: u8,
-    connect: impl Fn(Ipv4Addr) -> Connect,
+    connect: impl Fn(usize, Ipv4Addr) -> Connect,
 ) -> anyhow::Result<(Vec<T>, BTreeMap<String, u64>)>
 where
     T: Send + 'static,
@@ -125,7 +126,10 @@ where
     let handshakes = Arc::new(Semaphore::new(256));
     let mut connecting = Vec::with_capacity(count);
     for i in 0..count {
-        let (client, handshakes) = (connect(source_address(i, spread)), Arc::clone(&handshakes));
+        let (client, handshakes) = (
+            connect(i, source_address(i, spread)),
+            Arc::clone(&handshakes),
+        );
         connecting.push(tokio::spawn(async move {
             let _slot = handshakes.acquire().await.expect("open");
             client.await
@@ -142,6 +146,26 @@ where
     Ok((connected, failures))
 }
 
+/// Subscribes `ws` to `channel` and waits for the channel's snapshot.
+pub(crate) async fn subscribe(ws: &mut Socket, channel: &str) -> anyhow::Result<ChannelFrame> {
+    ws.send(Message::text(
+        json!({ "type": "subscribe", "channel": channel }).to_string(),
+    ))
+    .await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => {
+                let frame: ChannelFrame = serde_json::from_str(&text)?;
+                if frame.kind == "snapshot" {
+                    return Ok(frame);
+                }
+            }
+            Some(Ok(_)) => continue,
+            _ => anyhow::bail!("closed before the snapshot"),
+        }
+    }
+}
+
 async fn client(
     server: SocketAddr,
     source: Ipv4Addr,
@@ -149,22 +173,7 @@ async fn client(
     arrivals: mpsc::UnboundedSender<Arrival>,
 ) -> anyhow::Result<u64> {
     let mut ws = connect_from(server, source).await?;
-    ws.send(Message::text(
-        json!({ "type": "subscribe", "channel": channel }).to_string(),
-    ))
-    .await?;
-    let snapshot_offset = loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) => {
-                let frame: ChannelFrame = serde_json::from_str(&text)?;
-                if frame.kind == "snapshot" {
-                    break frame.offset.unwrap_or(0);
-                }
-            }
-            Some(Ok(_)) => continue,
-            _ => anyhow::bail!("closed before the snapshot"),
-        }
-    };
+    let snapshot_offset = subscribe(&mut ws, &channel).await?.offset.unwrap_or(0);
     tokio::spawn(async move {
         while let Some(Ok(message)) = ws.next().await {
             if let Message::Text(text) = message {
@@ -200,7 +209,7 @@ pub async fn run(args: WsFanout) -> anyhow::Result<Report> {
         args.clients
     );
     let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel();
-    let (offsets, failures) = connect_all(args.clients, args.source_addresses, |source| {
+    let (offsets, failures) = connect_all(args.clients, args.source_addresses, |_, source| {
         client(server, source, channel.clone(), arrivals_tx.clone())
     })
     .await?;
