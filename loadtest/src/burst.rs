@@ -1,6 +1,8 @@
-//! A burst of joins, released at once with at most `concurrency` in flight,
-//! each timed from the moment it holds a slot, and tallied: the shared core
-//! of `hot-join` against Turnout and against the row-lock baseline.
+//! How the scenarios send their requests and tally the answers: a burst of
+//! joins released at once (`run`, the core of `hot-join` against Turnout and
+//! against the row-lock baseline), and requests paced to a schedule or sent
+//! flat out (`paced`, for `spread-join` and `mixed`), at most `concurrency`
+//! in flight either way.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -157,4 +159,50 @@ where
     tally.elapsed = started.elapsed();
     bar.finish_and_clear();
     Ok(tally)
+}
+
+/// Sends every item at its intended offset from the start, or, without
+/// one, as soon as one of `concurrency` slots is free (closed model).
+/// An item's latency runs from its intended time, queueing included, so a
+/// server that falls behind cannot hide it by slowing the sender
+/// (coordinated omission corrected, as wrk2 does). Returns each answer with
+/// its latency, in the items' order, and how long the run took.
+pub async fn paced<T, R, F, Fut>(
+    items: Vec<(Option<Duration>, T)>,
+    concurrency: usize,
+    what: &str,
+    send: F,
+) -> anyhow::Result<(Vec<(R, Duration)>, Duration)>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(T) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = R> + Send,
+{
+    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+    let bar = progress::bar(items.len(), what);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(items.len());
+    for (offset, item) in items {
+        let (send, slots, bar) = (send.clone(), Arc::clone(&slots), bar.clone());
+        let intended = offset.map(|offset| started + offset);
+        tasks.push(tokio::spawn(async move {
+            if let Some(at) = intended {
+                tokio::time::sleep_until(at.into()).await;
+            }
+            let _slot = slots.acquire().await.expect("the semaphore stays open");
+            let from = intended.unwrap_or_else(Instant::now);
+            let answer = send(item).await;
+            let took = from.elapsed();
+            bar.inc(1);
+            (answer, took)
+        }));
+    }
+    let mut answered = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        answered.push(task.await?);
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    Ok((answered, elapsed))
 }

@@ -51,6 +51,16 @@ impl Check {
             detail: detail.into(),
         }
     }
+
+    /// The rate a run achieved, against the one it meant to send at (none:
+    /// flat out), for information.
+    pub fn rate(achieved: f64, intended: Option<f64>) -> Self {
+        let detail = match intended {
+            Some(rate) => format!("achieved {achieved:.0}/s of {rate:.0}/s intended"),
+            None => format!("achieved {achieved:.0}/s flat out"),
+        };
+        Self::new("rate (info)", true, detail)
+    }
 }
 
 #[derive(Debug, Serialize)]

@@ -15,7 +15,6 @@ use clap::Args;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::Value;
-use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
@@ -23,9 +22,8 @@ use super::spread_join::{check_events, intended_offset};
 use super::ws_fanout::{ChannelFrame, connect_all, connect_from, server_addr, subscribe};
 use crate::Common;
 use crate::api::Api;
-use crate::burst::{Answers, JoinResult, failure_kind};
+use crate::burst::{Answers, JoinResult, failure_kind, paced};
 use crate::process::CpuMeter;
-use crate::progress;
 use crate::report::{Check, Percentiles, Report, latency_histogram};
 
 #[derive(Args)]
@@ -258,45 +256,42 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
         args.events,
         subscribers.len()
     );
-    let slots = Arc::new(Semaphore::new(args.concurrency.max(1)));
-    let bar = progress::bar(steps.len(), "requests");
+    let items: Vec<(Option<Duration>, Step)> = steps
+        .into_iter()
+        .map(|(offset, step)| (Some(offset), step))
+        .collect();
     let event_ids: Arc<[Uuid]> = events.clone().into();
     let cpu = CpuMeter::start(args.common.server_pid);
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(steps.len());
-    for (offset, step) in steps {
-        let (api, slots, bar) = (api.clone(), Arc::clone(&slots), bar.clone());
-        let intended = started + offset;
-        let event_ids = Arc::clone(&event_ids);
-        tasks.push(tokio::spawn(async move {
-            tokio::time::sleep_until(intended.into()).await;
-            let _slot = slots.acquire().await.expect("the semaphore stays open");
-            let done = match step {
-                Step::Join { user, token, event } => Done::Join {
-                    user,
-                    event,
-                    answer: JoinResult::of(
-                        api.join(&token, event_ids[event], &Uuid::new_v4().to_string())
-                            .await,
-                    ),
-                },
-                Step::ReadEvent(event) => {
-                    read(&api, &format!("/v1/events/{}", event_ids[event])).await
+    let send = {
+        let api = api.clone();
+        move |step: Step| {
+            let (api, event_ids) = (api.clone(), Arc::clone(&event_ids));
+            async move {
+                match step {
+                    Step::Join { user, token, event } => {
+                        let key = Uuid::new_v4().to_string();
+                        Done::Join {
+                            user,
+                            event,
+                            answer: JoinResult::of(api.join(&token, event_ids[event], &key).await),
+                        }
+                    }
+                    Step::ReadEvent(event) => {
+                        read(&api, &format!("/v1/events/{}", event_ids[event])).await
+                    }
+                    Step::ListEvents => read(&api, "/v1/events?limit=20").await,
                 }
-                Step::ListEvents => read(&api, "/v1/events?limit=20").await,
-            };
-            bar.inc(1);
-            (done, intended.elapsed())
-        }));
-    }
+            }
+        }
+    };
+    let (answered, elapsed) = paced(items, args.concurrency, "requests", send).await?;
 
     let mut latency = latency_histogram();
     let (mut join_latency, mut read_latency) = (latency_histogram(), latency_histogram());
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
     let mut answers = Answers::new(args.events);
     let mut overbooked_reads = 0;
-    for task in tasks {
-        let (done, took) = task.await?;
+    for (done, took) in answered {
         let micros = took.as_micros() as u64;
         latency.saturating_record(micros);
         let kind = match done {
@@ -316,8 +311,6 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
         };
         *outcomes.entry(kind).or_default() += 1;
     }
-    let elapsed = started.elapsed();
-    bar.finish_and_clear();
     let cpu = cpu.checks(latency.len() as usize, "request");
 
     let mut checks = check_events(&api, &owner, &events, args.capacity, &answers).await?;
@@ -349,13 +342,9 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
             summary(&read_latency, "requests")
         ),
     ));
-    checks.push(Check::new(
-        "rate (info)",
-        true,
-        format!(
-            "achieved {:.0}/s of {intended_rate:.0}/s intended",
-            latency.len() as f64 / elapsed.as_secs_f64()
-        ),
+    checks.push(Check::rate(
+        latency.len() as f64 / elapsed.as_secs_f64(),
+        Some(intended_rate),
     ));
     checks.extend(cpu);
     Ok(Report::new(

@@ -7,18 +7,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
-use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::hot_join::check_event;
 use crate::Common;
 use crate::api::Api;
-use crate::burst::{Answers, JoinResult};
+use crate::burst::{Answers, JoinResult, paced};
 use crate::process::CpuMeter;
-use crate::progress;
 use crate::report::{Check, Report, latency_histogram};
 
 #[derive(Args)]
@@ -133,56 +131,43 @@ pub async fn run(args: SpreadJoin) -> anyhow::Result<Report> {
         ),
     }
 
-    let slots = Arc::new(Semaphore::new(args.concurrency.max(1)));
-    let bar = progress::bar(joins.len(), "joins");
+    let items: Vec<(Option<Duration>, (Uuid, String, usize))> = joins
+        .into_iter()
+        .enumerate()
+        .map(|(i, join)| (args.rate.map(|rate| intended_offset(i, rate)), join))
+        .collect();
+    let event_ids: Arc<[Uuid]> = events.clone().into();
     let cpu = CpuMeter::start(args.common.server_pid);
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(joins.len());
-    for (i, (user, token, event)) in joins.into_iter().enumerate() {
-        let (api, slots, event_id) = (api.clone(), Arc::clone(&slots), events[event]);
-        let bar = bar.clone();
-        let intended = args.rate.map(|rate| started + intended_offset(i, rate));
-        tasks.push(tokio::spawn(async move {
-            if let Some(at) = intended {
-                tokio::time::sleep_until(at.into()).await;
+    let send = {
+        let api = api.clone();
+        move |(user, token, event): (Uuid, String, usize)| {
+            let (api, event_id) = (api.clone(), event_ids[event]);
+            async move {
+                let key = Uuid::new_v4().to_string();
+                (
+                    user,
+                    event,
+                    JoinResult::of(api.join(&token, event_id, &key).await),
+                )
             }
-            let _slot = slots.acquire().await.expect("the semaphore stays open");
-            // Open model: from the intended time, queueing included.
-            let from = intended.unwrap_or_else(Instant::now);
-            let answer = JoinResult::of(
-                api.join(&token, event_id, &Uuid::new_v4().to_string())
-                    .await,
-            );
-            let took = from.elapsed();
-            bar.inc(1);
-            (user, event, answer, took)
-        }));
-    }
+        }
+    };
+    let (answered, elapsed) = paced(items, args.concurrency, "joins", send).await?;
     let mut latency = latency_histogram();
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
     let mut answers = Answers::new(args.events);
-    for task in tasks {
-        let (user, event, answer, took) = task.await?;
+    for ((user, event, answer), took) in answered {
         latency.saturating_record(took.as_micros() as u64);
         *outcomes
             .entry(answers.record(event, user, answer))
             .or_default() += 1;
     }
-    let elapsed = started.elapsed();
-    bar.finish_and_clear();
     let cpu = cpu.checks(args.users, "join");
 
     let mut checks = check_events(&api, &owner, &events, args.capacity, &answers).await?;
     checks.extend(cpu);
     let achieved = args.users as f64 / elapsed.as_secs_f64();
-    checks.push(Check::new(
-        "rate (info)",
-        true,
-        match args.rate {
-            Some(rate) => format!("achieved {achieved:.0}/s of {rate:.0}/s intended"),
-            None => format!("achieved {achieved:.0}/s flat out"),
-        },
-    ));
+    checks.push(Check::rate(achieved, args.rate));
     Ok(Report::new(
         "spread-join",
         &args.common.target,
