@@ -32,6 +32,9 @@ pub enum TokenError {
 pub struct TokenKeys {
     signing: EncodingKey,
     verifying: Vec<DecodingKey>,
+    /// What a token must satisfy: built once, since building it allocates
+    /// sets of claims and issuers and every authenticated request checks it.
+    validation: Validation,
     issuer: String,
     ttl_secs: i64,
 }
@@ -49,12 +52,16 @@ impl TokenKeys {
     /// `keys` must not be empty; the first one signs.
     pub fn new(keys: &[SecretString], issuer: String, ttl_secs: u64) -> Self {
         assert!(!keys.is_empty(), "at least one JWT key is required");
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[&issuer]);
+        validation.set_required_spec_claims(&["exp", "sub", "iss"]);
         Self {
             signing: EncodingKey::from_secret(keys[0].expose_secret().as_bytes()),
             verifying: keys
                 .iter()
                 .map(|k| DecodingKey::from_secret(k.expose_secret().as_bytes()))
                 .collect(),
+            validation,
             issuer,
             ttl_secs: ttl_secs as i64,
         }
@@ -74,12 +81,9 @@ impl TokenKeys {
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_issuer(&[&self.issuer]);
-        validation.set_required_spec_claims(&["exp", "sub", "iss"]);
         let mut expired = false;
         for key in &self.verifying {
-            match decode::<Claims>(token, key, &validation) {
+            match decode::<Claims>(token, key, &self.validation) {
                 Ok(data) => return Ok(data.claims),
                 Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
                     expired = true
