@@ -159,3 +159,30 @@ async fn a_small_mixed_load_keeps_every_invariant() {
         subscribers.detail
     );
 }
+
+/// Clients spread over two source addresses, with idle spells between the
+/// rounds: every round's update reaches every client.
+#[actix_web::test]
+async fn a_small_ws_fanout_reaches_every_client_in_every_round() {
+    use turnout_loadtest::scenarios::ws_fanout::{self, WsFanout};
+
+    let dir = tempfile::tempdir().unwrap();
+    let target = common::server(&dir, KEY, false).await;
+    let report = ws_fanout::run(WsFanout {
+        common: common_options(target),
+        clients: 40,
+        rounds: 3,
+        source_addresses: 2,
+        pause_ms: 100,
+    })
+    .await
+    .unwrap();
+    assert_every_check_passed(&report);
+    assert_eq!(report.outcomes.get("201"), Some(&3));
+    let rounds = report
+        .checks
+        .iter()
+        .find(|c| c.name == "every round reached every client")
+        .expect("the rounds check ran");
+    assert_eq!(rounds.detail, "3/3 rounds complete");
+}

@@ -43,6 +43,12 @@ pub struct WsFanout {
     /// Spread clients over 127.0.0.1 ..= 127.0.0.N.
     #[arg(long, default_value_t = 4)]
     pub source_addresses: u8,
+    /// Idle this long before each round, as a venue's screens do between
+    /// updates (0: rounds back to back after the first). An update after an
+    /// idle spell costs more than one in a steady stream; with a pause the
+    /// CPU figures also count what the server did meanwhile (heartbeats).
+    #[arg(long, default_value_t = 0)]
+    pub pause_ms: u64,
 }
 
 pub(crate) fn server_addr(target: &str) -> anyhow::Result<SocketAddr> {
@@ -229,6 +235,9 @@ pub async fn run(args: WsFanout) -> anyhow::Result<Report> {
     let cpu = CpuMeter::start(args.common.server_pid);
     let started = Instant::now();
     for round in 1..=args.rounds as u64 {
+        if round > 1 && args.pause_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(args.pause_ms)).await;
+        }
         let user = Uuid::now_v7();
         let sent = Instant::now();
         let (status, _) = api
