@@ -39,7 +39,9 @@ impl EventStore for MemoryStore {
         let mut report = CommitReport::default();
         for (i, append) in batch.iter().enumerate() {
             let stream = log.entry(append.stream).or_default();
-            if !append.events.is_empty() && stream.len() as u64 != append.base_version {
+            // As in the SQL stores: an append, even one without facts, stands
+            // only on the stream's latest version.
+            if stream.len() as u64 != append.base_version {
                 report.conflicted.push(i);
                 continue;
             }

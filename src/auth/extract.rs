@@ -4,10 +4,11 @@
 
 use std::future::{Ready, ready};
 
-use actix_web::{FromRequest, HttpRequest, dev::Payload, http::header::AUTHORIZATION, web};
+use actix_web::http::header::{AUTHORIZATION, HeaderValue};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload, web};
 use turnout_actors::domain::UserId;
 
-use super::tokens::{TokenError, TokenKeys};
+use super::tokens::{Claims, TokenError, TokenKeys};
 use crate::http::ApiError;
 
 /// A caller with a valid token.
@@ -22,29 +23,39 @@ pub struct AuthUser {
 #[derive(Debug, Clone)]
 pub struct MaybeUser(pub Option<AuthUser>);
 
+/// The token of an `Authorization: Bearer <token>` header (the scheme in any
+/// case, RFC 7235); `None` for any other value.
+pub fn bearer_token(header: &HeaderValue) -> Option<&str> {
+    let (scheme, token) = header.to_str().ok()?.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The claims of the request's token, put in the request's extensions by
+/// whoever verified it first (the rate limiter, for writes), so that a
+/// request's token is verified once.
+#[derive(Clone)]
+pub struct VerifiedClaims(pub Claims);
+
 fn identify(req: &HttpRequest) -> Result<Option<AuthUser>, ApiError> {
     let Some(header) = req.headers().get(AUTHORIZATION) else {
         return Ok(None);
     };
-    let token = header
-        .to_str()
-        .ok()
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or(ApiError::Unauthorized(
-            "the Authorization header must be `Bearer <token>`",
-        ))?;
-    let keys = req
-        .app_data::<web::Data<TokenKeys>>()
-        .expect("TokenKeys are registered as app data");
-    let claims = keys.verify(token).map_err(|e| match e {
-        TokenError::Expired => ApiError::Unauthorized("the token has expired"),
-        TokenError::Invalid => ApiError::Unauthorized("the token is invalid"),
-    })?;
+    let token = bearer_token(header).ok_or(ApiError::Unauthorized(
+        "the Authorization header must be `Bearer <token>`",
+    ))?;
+    let verified = req.extensions().get::<VerifiedClaims>().cloned();
+    let claims = match verified {
+        Some(VerifiedClaims(claims)) => claims,
+        None => req
+            .app_data::<web::Data<TokenKeys>>()
+            .expect("TokenKeys are registered as app data")
+            .verify(token)
+            .map_err(|e| match e {
+                TokenError::Expired => ApiError::Unauthorized("the token has expired"),
+                TokenError::Invalid => ApiError::Unauthorized("the token is invalid"),
+            })?,
+    };
     Ok(Some(AuthUser {
         id: UserId::from(claims.sub),
         role: claims.role,
@@ -90,5 +101,22 @@ impl FromRequest for AdminUser {
                 "this endpoint is for administrators",
             )),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        let token =
+            |value: &'static str| bearer_token(&HeaderValue::from_static(value)).map(str::to_owned);
+        assert_eq!(token("Bearer abc").as_deref(), Some("abc"));
+        assert_eq!(token("bearer abc").as_deref(), Some("abc"));
+        assert_eq!(token("BEARER  abc ").as_deref(), Some("abc"));
+        assert_eq!(token("Basic abc"), None);
+        assert_eq!(token("Bearer "), None);
+        assert_eq!(token("Bearerabc"), None);
     }
 }

@@ -8,6 +8,6 @@ mod lockout;
 mod tokens;
 
 pub use credentials::{DisplayName, Email, Password, hash_password, verify_password};
-pub use extract::{AdminUser, AuthUser, MaybeUser};
+pub use extract::{AdminUser, AuthUser, MaybeUser, VerifiedClaims, bearer_token};
 pub use lockout::{Admission, LockoutSettings, LoginGuard};
 pub use tokens::{Claims, TokenError, TokenKeys};

@@ -11,14 +11,14 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::http::header::{AUTHORIZATION, HeaderMap};
 use actix_web::middleware::Next;
-use actix_web::web;
+use actix_web::{HttpMessage, web};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
 use uuid::Uuid;
 
 use super::ApiError;
-use crate::auth::TokenKeys;
+use crate::auth::{TokenKeys, VerifiedClaims, bearer_token};
 
 /// `[rate_limits]` settings. A limit of 0 switches it off (load tests).
 #[derive(Debug, Clone, Deserialize)]
@@ -105,14 +105,16 @@ pub async fn middleware(
     let limits = req.app_data::<web::Data<RateLimits>>().cloned();
     if let Some(limits) = limits.filter(|_| is_write(req.method())) {
         // The subject of a valid token; an invalid one is refused later.
-        let user = req
+        let claims = req
             .headers()
             .get(AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .zip(req.app_data::<web::Data<TokenKeys>>())
-            .and_then(|(token, keys)| keys.verify(token.trim()).ok())
-            .map(|claims| claims.sub);
+            .and_then(|(token, keys)| keys.verify(token).ok());
+        let user = claims.as_ref().map(|claims| claims.sub);
+        if let Some(claims) = claims {
+            req.extensions_mut().insert(VerifiedClaims(claims));
+        }
         let ip = limits.client_ip(req.peer_addr(), req.headers());
         if let Err((scope, retry_after)) = limits.check(user, ip) {
             metrics::counter!("turnout_rate_limited_total", "scope" => scope).increment(1);

@@ -369,11 +369,9 @@ impl ChannelHub {
     }
 
     fn subscribe(&mut self, msg: Subscribe) {
-        let send = |text: String| {
-            msg.to.push(Frame {
-                text: text.into(),
-                committed_at: None,
-            })
+        let frame = |text: ByteString| Frame {
+            text,
+            committed_at: None,
         };
         let resumable = msg.since.as_ref().filter(|since| {
             let oldest_kept = self.history.front().map_or(self.offset + 1, |(o, _)| *o);
@@ -381,16 +379,18 @@ impl ChannelHub {
                 && since.offset <= self.offset
                 && since.offset + 1 >= oldest_kept
         });
-        match (resumable, &msg.since) {
+        let first: Vec<Frame> = match (resumable, &msg.since) {
             (Some(since), _) => {
                 metrics::counter!("turnout_ws_resumes_total", "recovered" => "true").increment(1);
-                send(protocol::resumed(&self.name, &self.epoch, since.offset));
-                for (_, text) in self.history.iter().filter(|(o, _)| *o > since.offset) {
-                    msg.to.push(Frame {
-                        text: text.clone(),
-                        committed_at: None,
-                    });
-                }
+                let resumed = protocol::resumed(&self.name, &self.epoch, since.offset);
+                std::iter::once(frame(resumed.into()))
+                    .chain(
+                        self.history
+                            .iter()
+                            .filter(|(o, _)| *o > since.offset)
+                            .map(|(_, text)| frame(text.clone())),
+                    )
+                    .collect()
             }
             (None, since) => {
                 if since.is_some() {
@@ -398,17 +398,25 @@ impl ChannelHub {
                         .increment(1);
                 }
                 let data = self.snapshot_data();
-                send(protocol::snapshot(
+                let snapshot = protocol::snapshot(
                     &self.name,
                     &self.epoch,
                     self.offset,
                     since.as_ref().map(|_| false),
                     &data,
-                ));
+                );
+                vec![frame(snapshot.into())]
             }
+        };
+        // Stop at the first frame refused: a later, smaller one could still
+        // fit and leave the client a gap it would resume past. A subscriber
+        // whose first frames did not all go out is not registered; its
+        // queue's overflow has told its session to close.
+        if first.into_iter().all(|frame| msg.to.push(frame)) {
+            self.subscribers.insert(msg.session, msg.to);
+            metrics::gauge!("turnout_ws_subscriptions", "kind" => self.channel.kind())
+                .increment(1.0);
         }
-        self.subscribers.insert(msg.session, msg.to);
-        metrics::gauge!("turnout_ws_subscriptions", "kind" => self.channel.kind()).increment(1.0);
     }
 }
 

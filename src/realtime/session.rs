@@ -173,6 +173,10 @@ impl WsSession {
                         Err(message) => return self.strike(&message, ctx),
                     }
                 };
+                // Frames carry the channel's canonical name (lower-case ids,
+                // parameters in one order), so that is the key too: two
+                // spellings of one channel are one subscription.
+                let channel = parsed.as_ref().map_or(channel, Channel::to_string);
                 if self.subscriptions.contains_key(&channel) {
                     return self.reply(protocol::error("already_subscribed", &channel));
                 }
@@ -214,13 +218,20 @@ impl WsSession {
                 };
                 self.subscriptions.insert(channel, subscription);
             }
-            ClientFrame::Unsubscribe { channel } => match self.subscriptions.remove(&channel) {
-                Some(subscription) => {
-                    self.end(subscription);
-                    self.reply(protocol::unsubscribed(&channel));
-                }
-                None => self.reply(protocol::error("not_subscribed", &channel)),
-            },
+            ClientFrame::Unsubscribe { channel } => {
+                let channel = Channel::parse(&channel).map_or(channel, |c| c.to_string());
+                self.unsubscribe(channel);
+            }
+        }
+    }
+
+    fn unsubscribe(&mut self, channel: String) {
+        match self.subscriptions.remove(&channel) {
+            Some(subscription) => {
+                self.end(subscription);
+                self.reply(protocol::unsubscribed(&channel));
+            }
+            None => self.reply(protocol::error("not_subscribed", &channel)),
         }
     }
 }

@@ -405,6 +405,52 @@ macro_rules! impl_store {
                     .collect())
             }
 
+            /// The appends without facts (a keyed command that changed
+            /// nothing) decided on a version that is no longer the stream's
+            /// latest. They write no log row, so the log's own checks cannot
+            /// catch them; answered as they are, they would acknowledge a
+            /// state another writer has moved past.
+            async fn stale_without_facts(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                live: &[(usize, &Append)],
+            ) -> Result<Vec<usize>, sqlx::Error> {
+                let mut streams: Vec<Uuid> = live
+                    .iter()
+                    .filter(|(_, a)| a.events.is_empty())
+                    .map(|(_, a)| a.stream.as_uuid())
+                    .collect();
+                streams.sort_unstable();
+                streams.dedup();
+                let mut latest: HashMap<Uuid, u64> = HashMap::with_capacity(streams.len());
+                for chunk in streams.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "SELECT stream_id, MAX(version) FROM event_log WHERE stream_id IN (",
+                    );
+                    let mut ids = q.separated(", ");
+                    for id in chunk {
+                        ids.push_bind(*id);
+                    }
+                    q.push(") GROUP BY stream_id");
+                    let rows: Vec<(Uuid, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
+                    latest.extend(rows.into_iter().map(|(id, v)| (id, v as u64)));
+                }
+                for id in streams {
+                    latest.entry(id).or_insert(0);
+                }
+                // Walk each stream's appends in order from its stored version.
+                let mut stale = Vec::new();
+                for (i, a) in live {
+                    let Some(version) = latest.get_mut(&a.stream.as_uuid()) else {
+                        continue;
+                    };
+                    if a.events.is_empty() && a.base_version != *version {
+                        stale.push(*i);
+                    }
+                    *version = a.base_version + a.events.len() as u64;
+                }
+                Ok(stale)
+            }
+
             /// The appends whose idempotency key already has an answer: stored
             /// (and unexpired), or taken by an earlier append of this batch.
             async fn answered_keys(
@@ -490,7 +536,7 @@ macro_rules! impl_store {
                          capacity = excluded.capacity, status = excluded.status, \
                          active_count = excluded.active_count, \
                          waitlist_count = excluded.waitlist_count, version = excluded.version, \
-                         updated_at = excluded.updated_at",
+                         updated_at = excluded.updated_at WHERE events.version <= excluded.version",
                     );
                     q.build().execute(&mut **tx).await?;
                 }
@@ -554,7 +600,8 @@ macro_rules! impl_store {
                     });
                     q.push(
                         " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
-                         state = excluded.state, taken_at = excluded.taken_at",
+                         state = excluded.state, taken_at = excluded.taken_at \
+                         WHERE snapshots.version <= excluded.version",
                     );
                     q.build().execute(&mut **tx).await?;
                 }
@@ -687,6 +734,16 @@ macro_rules! impl_store {
                                 }
                             }
                             report.replayed.push((i, answer));
+                        }
+                        continue;
+                    }
+                    let stale = Self::stale_without_facts(&mut tx, &live).await.map_err(unavailable)?;
+                    if !stale.is_empty() {
+                        tx.rollback().await.map_err(unavailable)?;
+                        for i in stale {
+                            if left_out.insert(i) {
+                                report.conflicted.push(i);
+                            }
                         }
                         continue;
                     }

@@ -38,10 +38,18 @@ async fn each_user_gets_a_budget_of_writes() {
         .unwrap();
     assert!((1..=60).contains(&retry_after), "{retry_after}");
     assert_error(limited, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    // The scheme is case-insensitive for the limit as for authentication.
+    let lower_case = app
+        .request(Method::DELETE, &format!("/v1/events/{event}/join"))
+        .header("Authorization", format!("bearer {}", user.token))
+        .send()
+        .await
+        .unwrap();
+    assert_error(lower_case, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
     assert_eq!(
         app.event(event).await["active_count"],
         1,
-        "the refused leave changed nothing"
+        "the refused leaves changed nothing"
     );
 
     // Another user has their own budget; reads are never limited.

@@ -115,6 +115,44 @@ async fn snapshot_then_updates_without_gap_or_duplicate_while_joins_stream_in() 
     );
 }
 
+/// Frames carry a channel's canonical name; a client that spelled it
+/// otherwise holds one subscription under that name, not two.
+#[actix_web::test]
+async fn one_channel_under_two_spellings_is_one_subscription() {
+    let app = sqlite_app(|_| {}).await;
+    let owner = app.register("owner@example.com").await;
+    let event = app.published_event(&owner, 10).await;
+    let canonical = format!("event:{event}");
+    let shouted = format!("event:{}", event.to_string().to_uppercase());
+
+    let mut socket = connect(&app).await;
+    let snapshot = subscribe(&mut socket, &shouted, None).await;
+    assert_eq!(snapshot["type"], "snapshot");
+    assert_eq!(snapshot["channel"], canonical.as_str());
+    let again = subscribe(&mut socket, &canonical, None).await;
+    assert_eq!(again["type"], "error");
+    assert_eq!(again["code"], "already_subscribed");
+
+    send(
+        &mut socket,
+        json!({ "type": "unsubscribe", "channel": shouted }),
+    )
+    .await;
+    let left = next(&mut socket).await;
+    assert_eq!(left["type"], "unsubscribed");
+    assert_eq!(left["channel"], canonical.as_str());
+
+    let snapshot = subscribe(&mut socket, &canonical, None).await;
+    assert_eq!(snapshot["type"], "snapshot");
+    app.join(&app.user(), event).await;
+    let update = next(&mut socket).await;
+    assert_eq!(update["channel"], canonical.as_str());
+    assert_eq!(
+        update["offset"].as_u64(),
+        Some(snapshot["offset"].as_u64().unwrap() + 1)
+    );
+}
+
 #[actix_web::test]
 async fn a_client_resumes_from_its_last_offset() {
     let app = sqlite_app(|_| {}).await;

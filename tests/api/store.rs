@@ -10,7 +10,7 @@ use turnout::store::{self, PoolSettings, Store};
 use turnout_actors::domain::{
     Capacity, Command, EventDetails, EventId, EventState, Title, UserId, VenueId, decide, evolve,
 };
-use turnout_actors::store::{Append, EventStore, EventSummary};
+use turnout_actors::store::{Append, EventStore, EventSummary, IdempotencyRecord};
 use turnout_actors::{ActorSettings, CommandError, EventRegistry, Journal, JournalSettings};
 
 use crate::helpers::{Backend, fresh_database};
@@ -453,6 +453,82 @@ async fn an_append_that_skips_a_version_is_refused(backend: Backend) {
     assert_eq!(reloaded.version, after.version);
 }
 
+/// A keyed command that changed nothing writes no fact, so the log cannot
+/// tell that it was decided on a version another writer has since moved
+/// past: the store must, or the caller would be told "you are in" of an
+/// event that has gone on without them, and the event's row would go back.
+async fn a_keyed_append_without_facts_on_an_old_version_is_refused(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((store, _)) = open(backend, &dir).await else {
+        return;
+    };
+    let registry = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
+    let event = create_event(&store, &registry, UserId::new(), 5).await;
+    let before = current_state(&store, event).await;
+    // Another writer moves the event on.
+    let join = Command::Join {
+        user: UserId::new(),
+        at: Utc::now(),
+    };
+    let facts = decide(Some(&before), &join).unwrap();
+    let after = facts.iter().fold(Some(before.clone()), evolve).unwrap();
+    let moved_on = Append {
+        stream: event,
+        writer: u64::MAX - 1,
+        base_version: before.version,
+        events: facts,
+        summary: EventSummary::from(&after),
+        snapshot: None,
+        idempotency: None,
+        request_id: None,
+    };
+    assert!(
+        store
+            .commit(&[moved_on])
+            .await
+            .unwrap()
+            .conflicted
+            .is_empty()
+    );
+
+    let no_op = |state: &EventState, key: &str| Append {
+        stream: event,
+        writer: u64::MAX,
+        base_version: state.version,
+        events: Vec::new(),
+        summary: EventSummary::from(state),
+        snapshot: None,
+        idempotency: Some(IdempotencyRecord {
+            user: UserId::new(),
+            key: key.into(),
+            fingerprint: "POST /join".into(),
+            status_code: 200,
+            response: serde_json::json!({}),
+            created_at: Utc::now(),
+            expires_at: Utc::now() + chrono::Duration::hours(1),
+        }),
+        request_id: None,
+    };
+    let stale = store.commit(&[no_op(&before, "stale")]).await.unwrap();
+    assert_eq!(
+        stale.conflicted,
+        vec![0],
+        "decided on a version since passed"
+    );
+    let row = store.event(event).await.unwrap().unwrap();
+    assert_eq!(
+        row.version, after.version as i64,
+        "the event's row did not go back"
+    );
+    assert_eq!(row.active_count, after.active.len() as i64);
+
+    let current = store.commit(&[no_op(&after, "current")]).await.unwrap();
+    assert!(
+        current.conflicted.is_empty(),
+        "on the latest version it stands"
+    );
+}
+
 macro_rules! store_tests {
     ($($name:ident),*) => {
         mod sqlite {
@@ -470,5 +546,6 @@ store_tests!(
     an_old_fact_shape_loads,
     an_old_key_replays_across_actor_incarnations,
     a_full_mailbox_refuses_instead_of_growing,
-    an_append_that_skips_a_version_is_refused
+    an_append_that_skips_a_version_is_refused,
+    a_keyed_append_without_facts_on_an_old_version_is_refused
 );
