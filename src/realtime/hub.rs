@@ -21,6 +21,7 @@ use super::socket::Outbox;
 use crate::http::EventView;
 use crate::store::{EventFilter, EventRecord, Store};
 use turnout_actors::domain::{GeoPoint, VenueId};
+use turnout_actors::store::StoreError;
 
 /// A committed change of one event, as the hubs see it (and as it travels
 /// between nodes).
@@ -138,7 +139,7 @@ impl ChannelHub {
         }
     }
 
-    fn loaded(&mut self, (records, venues): (Vec<EventRecord>, Vec<(Uuid, f64, f64)>)) {
+    fn loaded(&mut self, (records, venues): Loaded) {
         self.venues = venues
             .into_iter()
             .map(|(id, lat, lon)| (id, GeoPoint { lat, lon }))
@@ -259,57 +260,38 @@ impl ChannelHub {
 
     /// Loads the channel's state from the read model. `wait` holds
     /// subscriptions and changes until it is done; changes committed
-    /// meanwhile queue up and are de-duplicated by version.
+    /// meanwhile queue up and are de-duplicated by version. A failed load is
+    /// retried, backing off, rather than given up: the subscribers waiting
+    /// for their snapshot get it once the database answers again.
     fn load(&mut self, ctx: &mut Context<Self>) {
         let store = Arc::clone(&self.store);
-        let channel = self.channel.clone();
+        let (channel, name) = (self.channel.clone(), Arc::clone(&self.name));
         ctx.wait(
             async move {
-                match channel {
-                    Channel::Event(id) => store
-                        .event(id)
-                        .await
-                        .map(|e| (e.into_iter().collect(), Vec::new())),
-                    Channel::Venue(venue) => {
-                        let filter = EventFilter {
-                            venue_id: Some(venue),
-                            from: Some(Utc::now()),
-                            limit: LISTING_LIMIT,
-                            ..EventFilter::default()
-                        };
-                        store
-                            .list_events(&filter)
-                            .await
-                            .map(|events| (events, Vec::new()))
-                    }
-                    Channel::Feed { tag, near } => {
-                        let filter = EventFilter {
-                            tag: tag.map(String::from),
-                            from: Some(Utc::now()),
-                            limit: LISTING_LIMIT,
-                            ..EventFilter::default()
-                        };
-                        let events = store.list_events(&filter).await?;
-                        let venues = match near {
-                            Some(_) => store.venue_locations().await?,
-                            None => Vec::new(),
-                        };
-                        Ok((events, venues))
+                let mut pause = Duration::from_millis(100);
+                loop {
+                    match fetch(&*store, &channel).await {
+                        Ok(loaded) => return loaded,
+                        Err(error) => {
+                            metrics::counter!("turnout_ws_channel_load_failures_total")
+                                .increment(1);
+                            tracing::warn!(
+                                channel = %name,
+                                %error,
+                                retry_in_ms = pause.as_millis() as u64,
+                                "could not load channel state"
+                            );
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_secs(10));
+                        }
                     }
                 }
             }
             .into_actor(self)
-            .map(|loaded, hub, ctx| match loaded {
-                Ok(records) => {
-                    hub.loaded(records);
-                    if std::mem::take(&mut hub.resyncing) {
-                        hub.send_fresh_snapshots();
-                    }
-                }
-                Err(error) => {
-                    tracing::error!(channel = %hub.name, %error, "could not load channel state");
-                    hub.hubs.forget(&hub.channel, &ctx.address());
-                    ctx.stop();
+            .map(|loaded, hub, _| {
+                hub.loaded(loaded);
+                if std::mem::take(&mut hub.resyncing) {
+                    hub.send_fresh_snapshots();
                 }
             }),
         );
@@ -416,6 +398,38 @@ impl ChannelHub {
             self.subscribers.insert(msg.session, msg.to);
             metrics::gauge!("turnout_ws_subscriptions", "kind" => self.channel.kind())
                 .increment(1.0);
+        }
+    }
+}
+
+/// A channel's events (and, for a radius feed, the venues' positions).
+type Loaded = (Vec<EventRecord>, Vec<(Uuid, f64, f64)>);
+
+async fn fetch(store: &dyn Store, channel: &Channel) -> Result<Loaded, StoreError> {
+    match channel {
+        Channel::Event(id) => Ok((store.event(*id).await?.into_iter().collect(), Vec::new())),
+        Channel::Venue(venue) => {
+            let filter = EventFilter {
+                venue_id: Some(*venue),
+                from: Some(Utc::now()),
+                limit: LISTING_LIMIT,
+                ..EventFilter::default()
+            };
+            Ok((store.list_events(&filter).await?, Vec::new()))
+        }
+        Channel::Feed { tag, near } => {
+            let filter = EventFilter {
+                tag: tag.as_ref().map(|t| t.as_str().to_owned()),
+                from: Some(Utc::now()),
+                limit: LISTING_LIMIT,
+                ..EventFilter::default()
+            };
+            let events = store.list_events(&filter).await?;
+            let venues = match near {
+                Some(_) => store.venue_locations().await?,
+                None => Vec::new(),
+            };
+            Ok((events, venues))
         }
     }
 }

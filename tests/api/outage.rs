@@ -64,10 +64,35 @@ async fn writes_fail_fast_while_the_database_is_away_and_recover_without_losing_
         codes.contains("writes_paused"),
         "the breaker opened: {codes:?}"
     );
+    // A channel first asked for now cannot load; its subscriber waits for
+    // the database instead of being forgotten.
+    let mut socket = crate::realtime::connect(&app).await;
+    crate::realtime::send(
+        &mut socket,
+        serde_json::json!({ "type": "subscribe", "channel": format!("event:{event}") }),
+    )
+    .await;
     let ready = app.request(Method::GET, "/ready").send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     let health = app.request(Method::GET, "/health").send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK, "alive, just not ready");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !app
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .contains("turnout_ws_channel_load_failures_total")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the channel's load never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     switch.send(true).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -96,4 +121,8 @@ async fn writes_fail_fast_while_the_database_is_away_and_recover_without_losing_
         .collect();
     let lost: Vec<_> = acknowledged.difference(&members).collect();
     assert!(lost.is_empty(), "acknowledged joins lost: {lost:?}");
+
+    let snapshot = crate::realtime::next(&mut socket).await;
+    assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+    assert_eq!(snapshot["data"]["event"]["id"], event.to_string());
 }
