@@ -92,6 +92,18 @@ impl Hubs {
                 hub.do_send(Apply(Arc::clone(&change)));
             }
         }
+        if change.kinds.iter().any(|k| k == "details_changed") {
+            // The event may have moved: the venue it left must hear of it,
+            // and a change does not say where it was. Details change rarely,
+            // so every other venue hub is asked; those that never listed the
+            // event ignore it.
+            let here = Channel::Venue(view.venue_id.into());
+            for hub in self.0.direct.iter() {
+                if matches!(hub.key(), Channel::Venue(_)) && *hub.key() != here {
+                    hub.do_send(Apply(Arc::clone(&change)));
+                }
+            }
+        }
         for hub in self.0.feeds.iter() {
             hub.do_send(Apply(Arc::clone(&change)));
         }

@@ -271,6 +271,42 @@ async fn a_venue_channel_lists_upcoming_events_and_their_counts() {
     assert_eq!(cancelled["data"]["listed"], false);
 }
 
+/// An event moved to another venue leaves the first venue's screen and
+/// appears on the second's.
+#[actix_web::test]
+async fn an_event_that_moves_venue_leaves_one_listing_for_the_other() {
+    let app = sqlite_app(|_| {}).await;
+    let owner = app.register("owner@example.com").await;
+    let event = app.published_event(&owner, 10).await;
+    let from = app.event(event).await["venue_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let to = app.venue(&owner).await;
+
+    let mut old_screen = connect(&app).await;
+    let listed = subscribe(&mut old_screen, &format!("venue:{from}"), None).await;
+    assert_eq!(listed["data"]["events"].as_array().unwrap().len(), 1);
+    let mut new_screen = connect(&app).await;
+    let empty = subscribe(&mut new_screen, &format!("venue:{to}"), None).await;
+    assert_eq!(empty["data"]["events"], json!([]));
+
+    let moved = app
+        .as_user(&owner, Method::PATCH, &format!("/v1/events/{event}"))
+        .json(&json!({ "venue_id": to }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), StatusCode::OK);
+
+    let left = next(&mut old_screen).await;
+    assert_eq!(left["data"]["event"]["id"], event.to_string());
+    assert_eq!(left["data"]["listed"], false);
+    let arrived = next(&mut new_screen).await;
+    assert_eq!(arrived["data"]["event"]["id"], event.to_string());
+    assert_eq!(arrived["data"]["listed"], true);
+}
+
 #[actix_web::test]
 async fn the_feed_reports_publishing_and_filling_up_not_every_join() {
     let app = sqlite_app(|_| {}).await;
