@@ -7,8 +7,13 @@
 //! Publishing runs in one task, so one node's changes reach Redis in commit
 //! order; when Redis is away the task reconnects with backoff, and changes
 //! beyond a bounded queue are dropped and counted rather than held forever.
+//! Each node numbers what it publishes, dropped changes included, so a
+//! receiver that sees a number skipped knows it missed something and has
+//! its hubs reload, as it does after its own subscription was down.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -28,12 +33,15 @@ const PUBLISH_QUEUE: usize = 10_000;
 #[derive(Serialize, Deserialize)]
 struct Wire {
     node: Uuid,
+    /// The node's count of changes, from 1, whether or not each reached Redis.
+    seq: u64,
     change: EventChange,
 }
 
 pub struct RedisFanout {
     router: Router,
     node: Uuid,
+    sent: AtomicU64,
     publish: mpsc::Sender<String>,
 }
 
@@ -49,6 +57,7 @@ impl RedisFanout {
         Ok(Self {
             router,
             node,
+            sent: AtomicU64::new(0),
             publish,
         })
     }
@@ -59,6 +68,7 @@ impl ChangeSink for RedisFanout {
         let change = EventChange::from(change);
         let wire = serde_json::to_string(&Wire {
             node: self.node,
+            seq: self.sent.fetch_add(1, Ordering::Relaxed) + 1,
             change: change.clone(),
         })
         .expect("changes serialise");
@@ -87,7 +97,6 @@ async fn publisher(client: redis::Client, channel: String, mut queue: mpsc::Rece
                 continue;
             }
         };
-        attempt = 0;
         loop {
             let payload = match pending.take() {
                 Some(p) => p,
@@ -100,16 +109,38 @@ async fn publisher(client: redis::Client, channel: String, mut queue: mpsc::Rece
             if let Err(error) = published {
                 tracing::warn!(error = ?error.kind(), "redis publish failed; reconnecting");
                 pending = Some(payload);
+                // Backing off here too: an error Redis keeps giving (LOADING,
+                // NOPERM) must not become a tight reconnect loop.
+                backoff(&mut attempt).await;
                 break;
             }
+            attempt = 0;
             metrics::counter!("turnout_fanout_published_total").increment(1);
+        }
+    }
+}
+
+/// What this node last heard from each other node.
+#[derive(Default)]
+struct Heard(HashMap<Uuid, u64>);
+
+impl Heard {
+    /// Whether a change is new, and whether changes before it went missing.
+    fn hear(&mut self, node: Uuid, seq: u64) -> (bool, bool) {
+        match self.0.insert(node, seq) {
+            None => (true, false),
+            Some(last) if seq <= last => {
+                // A publish retried after its answer was lost: seen already.
+                self.0.insert(node, last);
+                (false, false)
+            }
+            Some(last) => (true, seq > last + 1),
         }
     }
 }
 
 async fn subscriber(client: redis::Client, channel: String, node: Uuid, router: Router) {
     let mut attempt = 0;
-    let mut reconnecting = false;
     loop {
         let mut pubsub = match client.get_async_pubsub().await {
             Ok(p) => p,
@@ -127,23 +158,53 @@ async fn subscriber(client: redis::Client, channel: String, node: Uuid, router: 
         attempt = 0;
         tracing::info!(%channel, "receiving other nodes' changes through redis");
         metrics::gauge!("turnout_fanout_connected").set(1.0);
-        if reconnecting {
-            // Whatever other nodes committed meanwhile never arrived here.
-            router.resync_all();
-        }
-        reconnecting = true;
+        // Whatever other nodes committed before this subscription (at boot,
+        // while hubs were loading) or while it was down never arrived here.
+        router.resync_all();
+        let mut heard = Heard::default();
         let mut messages = pubsub.into_on_message();
         while let Some(message) = messages.next().await {
             let Ok(wire) = serde_json::from_slice::<Wire>(message.get_payload_bytes()) else {
                 tracing::warn!("ignoring a malformed fan-out message");
                 continue;
             };
-            if wire.node != node {
+            if wire.node == node {
+                continue;
+            }
+            let (new, missed) = heard.hear(wire.node, wire.seq);
+            if missed {
+                metrics::counter!("turnout_fanout_gaps_total").increment(1);
+                tracing::warn!(from = %wire.node, "changes from another node went missing; reloading");
+                router.resync_all();
+            }
+            if new {
                 metrics::counter!("turnout_fanout_received_total").increment(1);
                 router.route(Arc::new(wire.change));
             }
         }
         metrics::gauge!("turnout_fanout_connected").set(0.0);
         tracing::warn!("redis subscription ended; reconnecting");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_skipped_number_is_a_gap_and_a_repeated_one_is_old_news() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut heard = Heard::default();
+        assert_eq!(
+            heard.hear(a, 7),
+            (true, false),
+            "the first heard from a node"
+        );
+        assert_eq!(heard.hear(a, 8), (true, false));
+        assert_eq!(heard.hear(a, 8), (false, false), "a retried publish");
+        assert_eq!(heard.hear(a, 5), (false, false));
+        assert_eq!(heard.hear(b, 1), (true, false), "each node counts alone");
+        assert_eq!(heard.hear(a, 10), (true, true), "9 went missing");
+        assert_eq!(heard.hear(a, 11), (true, false));
     }
 }
