@@ -43,6 +43,18 @@ impl<DB: sqlx::Database> SqlStore<DB> {
 /// Rows per multi-row INSERT: well under both backends' bind-parameter limits.
 const CHUNK: usize = 500;
 
+/// A key's answer is written once; a row still there after it expired (the
+/// purge runs on an interval) is replaced, not left to shadow the new one.
+/// (A macro, so that it joins the Postgres statement's literal.)
+macro_rules! idempotency_upsert {
+    () => {
+        " ON CONFLICT (user_id, key) DO UPDATE SET fingerprint = excluded.fingerprint, \
+         status_code = excluded.status_code, response = excluded.response, \
+         created_at = excluded.created_at, expires_at = excluded.expires_at \
+         WHERE idempotency_keys.expires_at <= excluded.created_at"
+    };
+}
+
 /// Which of the facts `x` (stream `s`, version `v`) may be appended: the
 /// first of its stream, one whose predecessor is in the same batch
 /// (`after_own`, known when the rows are built), or one whose predecessor is
@@ -223,7 +235,7 @@ impl SqlStore<Sqlite> {
                 .push_bind(micros(r.created_at))
                 .push_bind(micros(r.expires_at));
         });
-        q.push(" ON CONFLICT DO NOTHING");
+        q.push(idempotency_upsert!());
         q.build().execute(&mut **tx).await.map(drop)
     }
 
@@ -329,14 +341,14 @@ impl SqlStore<Postgres> {
         tx: &mut sqlx::Transaction<'_, Postgres>,
         rows: &[&IdempotencyRecord],
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        sqlx::query(concat!(
             "INSERT INTO idempotency_keys (user_id, key, fingerprint, status_code, response, \
              created_at, expires_at) \
              SELECT u, k, f, c, r::jsonb, ca, ea \
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::int8[], $7::int8[]) \
-               AS x(u, k, f, c, r, ca, ea) \
-             ON CONFLICT DO NOTHING",
-        )
+               AS x(u, k, f, c, r, ca, ea)",
+            idempotency_upsert!()
+        ))
         .bind(rows.iter().map(|r| r.user.as_uuid()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.key.clone()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.fingerprint.clone()).collect::<Vec<_>>())

@@ -529,6 +529,56 @@ async fn a_keyed_append_without_facts_on_an_old_version_is_refused(backend: Back
     );
 }
 
+/// A key whose answer expired but was not yet purged takes a new answer:
+/// the old row must not shadow it.
+async fn an_expired_key_takes_a_new_answer_before_the_purge(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((store, _)) = open(backend, &dir).await else {
+        return;
+    };
+    let registry = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
+    let event = create_event(&store, &registry, UserId::new(), 5).await;
+    let state = current_state(&store, event).await;
+    let user = UserId::new();
+    let keyed = |status_code: u16, age: chrono::Duration| Append {
+        stream: event,
+        writer: u64::MAX,
+        base_version: state.version,
+        events: Vec::new(),
+        summary: EventSummary::from(&state),
+        snapshot: None,
+        idempotency: Some(IdempotencyRecord {
+            user,
+            key: "reused".into(),
+            fingerprint: "POST /join".into(),
+            status_code,
+            response: serde_json::json!({ "status": status_code }),
+            created_at: Utc::now() - age,
+            expires_at: Utc::now() - age + chrono::Duration::hours(24),
+        }),
+        request_id: None,
+    };
+    let expired = keyed(201, chrono::Duration::hours(25));
+    assert!(store.commit(&[expired]).await.unwrap().replayed.is_empty());
+    let fresh = store
+        .commit(&[keyed(200, chrono::Duration::zero())])
+        .await
+        .unwrap();
+    assert!(
+        fresh.replayed.is_empty(),
+        "an expired answer is not replayed"
+    );
+    let again = store
+        .commit(&[keyed(202, chrono::Duration::zero())])
+        .await
+        .unwrap();
+    assert_eq!(again.replayed.len(), 1);
+    assert_eq!(
+        again.replayed[0].1.status_code, 200,
+        "the new answer was kept"
+    );
+}
+
 macro_rules! store_tests {
     ($($name:ident),*) => {
         mod sqlite {
@@ -547,5 +597,6 @@ store_tests!(
     an_old_key_replays_across_actor_incarnations,
     a_full_mailbox_refuses_instead_of_growing,
     an_append_that_skips_a_version_is_refused,
-    a_keyed_append_without_facts_on_an_old_version_is_refused
+    a_keyed_append_without_facts_on_an_old_version_is_refused,
+    an_expired_key_takes_a_new_answer_before_the_purge
 );
