@@ -22,7 +22,7 @@ use crate::changes::Committed;
 use crate::domain::{
     Command, DomainEvent, EventId, EventState, Membership, Rejection, UserId, decide, evolve,
 };
-use crate::journal::{AppendDone, AppendError, AppendReply, Appended, Journal, Submit};
+use crate::journal::{AppendDone, AppendError, AppendReply, Appended, Fence, Journal, Submit};
 use crate::registry::EventRegistry;
 use crate::store::{Append, EventStore, EventSummary, IdempotencyRecord};
 
@@ -516,6 +516,11 @@ impl EventActor {
             }
         }
         self.in_flight_keys.clear();
+        // Appends of this actor still waiting in the journal must not share
+        // a batch with those of the actor that replaces it.
+        self.journal.do_send(Fence {
+            writer: self.writer,
+        });
         self.leave(ctx);
         ctx.stop();
     }

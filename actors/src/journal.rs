@@ -94,6 +94,15 @@ pub struct Submit {
     pub reply: AppendReply,
 }
 
+/// A writer has stopped in the middle (its actor panicked): its appends not
+/// yet committing are refused, so that none of them shares a batch with the
+/// appends of the actor that replaces it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Fence {
+    pub writer: u64,
+}
+
 /// Resolves once every append received so far has been committed or failed:
 /// the last step of a graceful shutdown.
 #[derive(Message)]
@@ -254,10 +263,14 @@ impl Journal {
     }
 
     fn fence(&mut self, append: &Append) {
+        self.fence_writer(append.writer);
+    }
+
+    fn fence_writer(&mut self, writer: u64) {
         const REMEMBERED: usize = 4096;
-        if self.fenced.insert(append.writer) {
+        if self.fenced.insert(writer) {
             self.fenced_since_sweep = true;
-            self.fenced_order.push_back(append.writer);
+            self.fenced_order.push_back(writer);
             if self.fenced_order.len() > REMEMBERED
                 && let Some(old) = self.fenced_order.pop_front()
             {
@@ -323,6 +336,15 @@ impl Handler<Submit> for Journal {
         });
         metrics::gauge!("turnout_journal_pending").set(self.buffer.len() as f64);
         self.start_commit(ctx);
+    }
+}
+
+impl Handler<Fence> for Journal {
+    type Result = ();
+
+    fn handle(&mut self, msg: Fence, _ctx: &mut Self::Context) {
+        self.fence_writer(msg.writer);
+        self.drop_fenced_from_buffer();
     }
 }
 
@@ -435,6 +457,40 @@ mod tests {
                 (3, Err(AppendError::Overloaded)),
                 (4, Err(AppendError::Conflict)),
                 (5, Ok(Appended::Committed)),
+            ]
+        );
+    }
+
+    #[actix::test]
+    async fn a_writer_fenced_when_its_actor_stops_has_its_waiting_appends_refused() {
+        let store = Arc::new(MemoryStore {
+            commit_delay: Duration::from_millis(50),
+            ..MemoryStore::default()
+        });
+        let journal = Journal::new(store, JournalSettings::default()).start();
+        let writer = Writer::default().start();
+        let (stream, other) = (EventId::new(), EventId::new());
+        let submit = |append: Append, seq| Submit {
+            append,
+            reply: AppendReply::new(writer.clone().recipient(), seq),
+        };
+        journal.do_send(submit(append(stream, 1, 0), 1)); // committing
+        journal.do_send(submit(append(stream, 1, 1), 2)); // waiting
+        journal.do_send(submit(append(other, 2, 0), 3)); // another writer
+        journal.do_send(Fence { writer: 1 });
+        journal.do_send(submit(append(stream, 1, 2), 4)); // after the fence
+        let (done, flushed) = oneshot::channel();
+        journal.do_send(Flush(done));
+        flushed.await.unwrap();
+        let mut told = writer.send(Told).await.unwrap();
+        told.sort_by_key(|(seq, _)| *seq);
+        assert_eq!(
+            told,
+            vec![
+                (1, Ok(Appended::Committed)),
+                (2, Err(AppendError::Conflict)),
+                (3, Ok(Appended::Committed)),
+                (4, Err(AppendError::Conflict)),
             ]
         );
     }
