@@ -99,6 +99,9 @@ pub struct ChannelHub {
     venues: HashMap<Uuid, GeoPoint>,
     /// The snapshot's `data`, rebuilt after a change.
     snapshot: Option<Arc<Value>>,
+    /// A listing's next start time and the timer that takes the events
+    /// starting then off the list.
+    next_start: Option<(DateTime<Utc>, SpawnHandle)>,
     /// Each subscriber's outgoing queue: the hub writes to it directly.
     subscribers: HashMap<u64, Outbox>,
     store: Arc<dyn Store>,
@@ -131,6 +134,7 @@ impl ChannelHub {
             resyncing: false,
             venues: HashMap::new(),
             snapshot: None,
+            next_start: None,
             subscribers: HashMap::new(),
             store,
             hubs,
@@ -288,11 +292,12 @@ impl ChannelHub {
                 }
             }
             .into_actor(self)
-            .map(|loaded, hub, _| {
+            .map(|loaded, hub, ctx| {
                 hub.loaded(loaded);
                 if std::mem::take(&mut hub.resyncing) {
                     hub.send_fresh_snapshots();
                 }
+                hub.watch_for_starts(ctx);
             }),
         );
     }
@@ -314,9 +319,58 @@ impl ChannelHub {
         });
     }
 
-    fn apply_and_broadcast(&mut self, change: &EventChange) {
+    fn apply_and_broadcast(&mut self, change: &EventChange, ctx: &mut Context<Self>) {
         if let Some(data) = self.apply(change) {
             self.broadcast(data, change.committed_at);
+        }
+        self.watch_for_starts(ctx);
+    }
+
+    /// A listing shows upcoming events, so an event leaves it when it
+    /// starts, not at its next change: keeps a timer set for the earliest
+    /// start among the listed events.
+    fn watch_for_starts(&mut self, ctx: &mut Context<Self>) {
+        let State::Listing(events) = &self.state else {
+            return;
+        };
+        let next = events.values().map(|e| e.starts_at).min();
+        if next == self.next_start.as_ref().map(|(at, _)| *at) {
+            return;
+        }
+        if let Some((_, timer)) = self.next_start.take() {
+            ctx.cancel_future(timer);
+        }
+        let Some(at) = next else {
+            return;
+        };
+        let wait = (at - Utc::now()).to_std().unwrap_or_default();
+        let timer = ctx.run_later(wait, |hub, ctx| {
+            hub.next_start = None;
+            hub.drop_started();
+            hub.watch_for_starts(ctx);
+        });
+        self.next_start = Some((at, timer));
+    }
+
+    /// Takes the events that have started off the listing, each with an
+    /// update saying so.
+    fn drop_started(&mut self) {
+        let State::Listing(events) = &mut self.state else {
+            return;
+        };
+        let now = Utc::now();
+        let mut started: Vec<EventView> = events
+            .values()
+            .filter(|e| e.starts_at <= now)
+            .cloned()
+            .collect();
+        started.sort_by_key(|e| (e.starts_at, e.id));
+        for view in &started {
+            events.remove(&view.id);
+        }
+        for view in started {
+            let data = json!({ "event": view, "kinds": [], "listed": false, "reason": "started" });
+            self.broadcast(data, now);
         }
     }
 
@@ -531,7 +585,7 @@ impl Handler<Apply> for ChannelHub {
     fn handle(&mut self, Apply(change): Apply, ctx: &mut Self::Context) {
         let venue = change.view.venue_id;
         if !self.needs_venue(venue) {
-            return self.apply_and_broadcast(&change);
+            return self.apply_and_broadcast(&change, ctx);
         }
         // A venue this radius feed has not seen: learn where it is first;
         // `wait` keeps later changes queued behind this one.
@@ -539,7 +593,7 @@ impl Handler<Apply> for ChannelHub {
         ctx.wait(
             async move { store.venue(VenueId::from(venue)).await }
                 .into_actor(self)
-                .map(move |found, hub, _| {
+                .map(move |found, hub, ctx| {
                     if let Ok(Some(v)) = found {
                         hub.venues.insert(
                             venue,
@@ -549,7 +603,7 @@ impl Handler<Apply> for ChannelHub {
                             },
                         );
                     }
-                    hub.apply_and_broadcast(&change);
+                    hub.apply_and_broadcast(&change, ctx);
                 }),
         );
     }

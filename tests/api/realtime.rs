@@ -307,6 +307,40 @@ async fn an_event_that_moves_venue_leaves_one_listing_for_the_other() {
     assert_eq!(arrived["data"]["listed"], true);
 }
 
+/// A venue's screen shows upcoming events: one leaves it when it starts.
+#[actix_web::test]
+async fn an_event_leaves_the_venue_listing_when_it_starts() {
+    let app = sqlite_app(|_| {}).await;
+    let owner = app.register("owner@example.com").await;
+    let venue = app.venue(&owner).await;
+    let starts_at = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let created = app
+        .as_user(&owner, Method::POST, "/v1/events")
+        .json(&json!({ "title": "Matinee", "venue_id": venue, "starts_at": starts_at, "capacity": 5 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let event = crate::helpers::id_of(&body(created).await);
+    app.as_user(&owner, Method::POST, &format!("/v1/events/{event}/publish"))
+        .send()
+        .await
+        .unwrap();
+
+    let mut socket = connect(&app).await;
+    let snapshot = subscribe(&mut socket, &format!("venue:{venue}"), None).await;
+    assert_eq!(snapshot["data"]["events"].as_array().unwrap().len(), 1);
+    let started = next(&mut socket).await;
+    assert_eq!(started["data"]["event"]["id"], event.to_string());
+    assert_eq!(started["data"]["listed"], false);
+    assert_eq!(started["data"]["reason"], "started");
+    assert!(chrono::Utc::now() >= starts_at, "not before its start");
+
+    let mut late = connect(&app).await;
+    let snapshot = subscribe(&mut late, &format!("venue:{venue}"), None).await;
+    assert_eq!(snapshot["data"]["events"], json!([]));
+}
+
 #[actix_web::test]
 async fn the_feed_reports_publishing_and_filling_up_not_every_join() {
     let app = sqlite_app(|_| {}).await;
