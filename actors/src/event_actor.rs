@@ -293,7 +293,12 @@ impl EventActor {
             Ok(Ok(events)) => events,
             Ok(Err(rejection)) => {
                 metrics::counter!("turnout_commands_total", "outcome" => "rejected").increment(1);
-                let _ = reply.send(Err(rejection.into()));
+                match idempotency {
+                    Some(key) => self.refuse_unless_answered(key, rejection.into(), reply, ctx),
+                    None => {
+                        let _ = reply.send(Err(rejection.into()));
+                    }
+                }
                 return;
             }
             Err(_) => return self.crash(reply, ctx),
@@ -503,6 +508,40 @@ impl EventActor {
                 self.recent_keys.remove(&old);
             }
         }
+    }
+
+    /// A key this actor does not know may still have an answer in the store
+    /// (given before a restart, or remembered no longer): that answer stands,
+    /// not the refusal the command would get now.
+    fn refuse_unless_answered(
+        &mut self,
+        key: IdempotencyKey,
+        refusal: CommandError,
+        reply: CommandReply,
+        ctx: &mut Context<Self>,
+    ) {
+        let (store, user, wanted) = (Arc::clone(&self.store), key.user, key.key.clone());
+        ctx.spawn(
+            async move { store.stored_answer(user, &wanted).await }
+                .into_actor(self)
+                .map(move |stored, actor, _| {
+                    let answer = match stored {
+                        Ok(Some(stored)) => {
+                            let rendered = Rendered {
+                                fingerprint: stored.fingerprint,
+                                status: stored.status_code,
+                                body: stored.response,
+                            };
+                            let answer = rendered.replay_for(&key.fingerprint);
+                            actor.remember((key.user, key.key), rendered);
+                            answer
+                        }
+                        Ok(None) => Err(refusal),
+                        Err(_) => Err(CommandError::Unavailable),
+                    };
+                    let _ = reply.send(answer);
+                }),
+        );
     }
 
     /// A panic in the domain: the state may be half-changed, so drop it.

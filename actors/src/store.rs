@@ -234,4 +234,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// [`CommitReport::replayed`] (with, if it carried facts, the rest of its
     /// stream's appends, which count as conflicted).
     async fn commit(&self, batch: &[Append]) -> Result<CommitReport, StoreError>;
+
+    /// The unexpired answer stored under a user's idempotency key, if any.
+    async fn stored_answer(
+        &self,
+        user: UserId,
+        key: &str,
+    ) -> Result<Option<StoredAnswer>, StoreError>;
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::domain::{EventDetails, EventId, StoredEvent, Title, VenueId};
-use crate::store::{Append, CommitReport, EventStore, Rehydration, StoreError};
+use crate::domain::{EventDetails, EventId, StoredEvent, Title, UserId, VenueId};
+use crate::store::{Append, CommitReport, EventStore, Rehydration, StoreError, StoredAnswer};
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -20,6 +20,8 @@ pub struct MemoryStore {
     pub commits: AtomicUsize,
     /// Each commit sleeps this long, so appends pile up behind it.
     pub commit_delay: Duration,
+    /// Answers by (user, key), as committed.
+    pub answers: Mutex<HashMap<(UserId, String), StoredAnswer>>,
 }
 
 #[async_trait]
@@ -46,8 +48,27 @@ impl EventStore for MemoryStore {
                 continue;
             }
             stream.extend(append.events.iter().map(StoredEvent::encode));
+            if let Some(record) = &append.idempotency {
+                self.answers.lock().unwrap().insert(
+                    (record.user, record.key.clone()),
+                    StoredAnswer {
+                        fingerprint: record.fingerprint.clone(),
+                        status_code: record.status_code,
+                        response: record.response.clone(),
+                    },
+                );
+            }
         }
         Ok(report)
+    }
+
+    async fn stored_answer(
+        &self,
+        user: UserId,
+        key: &str,
+    ) -> Result<Option<StoredAnswer>, StoreError> {
+        let answers = self.answers.lock().unwrap();
+        Ok(answers.get(&(user, key.to_owned())).cloned())
     }
 }
 

@@ -131,6 +131,18 @@ impl LogRow {
 /// A stored answer: user, key, fingerprint, status, response (JSON text).
 type AnswerRow = (Uuid, String, String, i64, String);
 
+/// A stored answer, by the user and key it was given under.
+fn stored_answer(
+    (user, key, fingerprint, status, response): AnswerRow,
+) -> ((Uuid, String), StoredAnswer) {
+    let answer = StoredAnswer {
+        fingerprint,
+        status_code: status as u16,
+        response: serde_json::from_str(&response).unwrap_or_default(),
+    };
+    ((user, key), answer)
+}
+
 /// One outbox message; the payload is JSON text.
 struct OutboxRow {
     message_id: Uuid,
@@ -478,13 +490,9 @@ macro_rules! impl_store {
                 let keys: Vec<(Uuid, String)> = keyed.iter().map(|(_, r)| (r.user.as_uuid(), r.key.clone())).collect();
                 let mut stored: HashMap<(Uuid, String), StoredAnswer> = HashMap::new();
                 for chunk in keys.chunks(CHUNK) {
-                    for (user, key, fingerprint, status, response) in Self::select_answers(tx, chunk, now).await? {
-                        let answer = StoredAnswer {
-                            fingerprint,
-                            status_code: status as u16,
-                            response: serde_json::from_str(&response).unwrap_or_default(),
-                        };
-                        stored.insert((user, key), answer);
+                    for row in Self::select_answers(tx, chunk, now).await? {
+                        let (key, answer) = stored_answer(row);
+                        stored.insert(key, answer);
                     }
                 }
                 let mut answered = Vec::new();
@@ -718,6 +726,19 @@ macro_rules! impl_store {
                     })
                     .collect();
                 Ok(Rehydration { snapshot, events })
+            }
+
+            async fn stored_answer(
+                &self,
+                user: UserId,
+                key: &str,
+            ) -> Result<Option<StoredAnswer>, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(unavailable)?;
+                let rows = Self::select_answers(&mut tx, &[(user.as_uuid(), key.to_owned())], micros(Utc::now()))
+                    .await
+                    .map_err(unavailable)?;
+                tx.commit().await.map_err(unavailable)?;
+                Ok(rows.into_iter().next().map(|row| stored_answer(row).1))
             }
 
             async fn commit(&self, batch: &[Append]) -> Result<CommitReport, StoreError> {

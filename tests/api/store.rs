@@ -319,6 +319,34 @@ async fn an_old_key_replays_across_actor_incarnations(backend: Backend) {
     reused.fingerprint = "something else".into();
     let refused = third.execute(event, join(), Some(reused), None).await;
     assert_eq!(refused.unwrap_err(), CommandError::KeyReused);
+
+    // Cancelled now, the event would refuse the join; an incarnation that
+    // never saw the key still gives the answer stored under it.
+    third
+        .execute(
+            event,
+            Command::Cancel {
+                by: owner,
+                at: Utc::now(),
+            },
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let fourth = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
+    let replay = fourth
+        .execute(event, join(), Some(key()), None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(replay, turnout_actors::Reply::Replayed { status: 201, .. }),
+        "{replay:?}"
+    );
+    let mut reused = key();
+    reused.fingerprint = "something else".into();
+    let refused = fourth.execute(event, join(), Some(reused), None).await;
+    assert_eq!(refused.unwrap_err(), CommandError::KeyReused);
 }
 
 /// A stream written by an older build (a v1 `created` fact, tags as one
