@@ -1,7 +1,6 @@
 //! `GET /v1/ws`: the WebSocket upgrade. Checks the Origin and the connection
 //! limits, then hands the socket to a `WsSession` actor.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -11,6 +10,7 @@ use actix_web::http::header::{HOST, ORIGIN};
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::ApiError;
+use super::rate_limit::RateLimits;
 use turnout_actors::recommend::Recommenders;
 
 use crate::auth::TokenKeys;
@@ -61,6 +61,7 @@ pub async fn upgrade(
     body: web::Payload,
     realtime: web::Data<Realtime>,
     tokens: web::Data<TokenKeys>,
+    rate_limits: web::Data<RateLimits>,
 ) -> Result<HttpResponse, ApiError> {
     if !origin_allowed(&req, &realtime.settings) {
         return Err(ApiError::forbidden(
@@ -71,9 +72,9 @@ pub async fn upgrade(
     let mut handshake = handshake(req.head()).map_err(|_| {
         ApiError::bad_request("not_a_websocket", "GET /v1/ws expects a WebSocket upgrade")
     })?;
-    let ip = req
-        .peer_addr()
-        .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip());
+    // Behind a trusted proxy the client is the one it forwards for, as for
+    // the rate limits; otherwise every client would share the proxy's place.
+    let ip = rate_limits.client_ip(req.peer_addr(), req.headers());
     let permit = realtime
         .limits
         .admit(ip)

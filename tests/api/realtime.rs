@@ -442,6 +442,33 @@ async fn connection_limits_and_origins_are_enforced() {
     assert_error(plain, StatusCode::BAD_REQUEST, "not_a_websocket").await;
 }
 
+/// Behind a trusted proxy, the per-address limit counts the clients it
+/// forwards for, not the proxy.
+#[actix_web::test]
+async fn behind_a_trusted_proxy_each_client_has_its_own_connection_limit() {
+    let app = sqlite_app(|s| {
+        s.realtime.max_connections_per_ip = 1;
+        s.rate_limits.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    let url = app.address.replace("http://", "ws://") + "/v1/ws";
+    let forwarded_for = |client: &str| {
+        let mut request = url.clone().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("X-Forwarded-For", client.parse().unwrap());
+        connect_async(request)
+    };
+    let _first = forwarded_for("203.0.113.7").await.expect("one client");
+    let _second = forwarded_for("203.0.113.8").await.expect("another client");
+    match forwarded_for("203.0.113.7").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 503)
+        }
+        other => panic!("the first client's second connection must be refused: {other:?}"),
+    }
+}
+
 /// Twenty `feed?tag=…` channels whose snapshots are about 300 KB each: a
 /// client that subscribes to all of them and reads nothing overflows any
 /// reasonable queue.
