@@ -189,16 +189,9 @@ impl WsSession {
                 if self.outbox.is_closing() {
                     return;
                 }
-                let outbox = self.outbox.clone();
                 let subscription = match parsed {
                     Some(parsed) => {
-                        let hub = self.hubs.hub(&parsed);
-                        hub.do_send(Subscribe {
-                            session: self.id,
-                            to: outbox,
-                            since,
-                        });
-                        Subscription::Hub(hub)
+                        Subscription::Hub(self.join_hub(channel.clone(), parsed, since, ctx))
                     }
                     None => {
                         let Some(user) = self.user else {
@@ -208,7 +201,7 @@ impl WsSession {
                             ));
                         };
                         let sink = RecsSink {
-                            outbox,
+                            outbox: self.outbox.clone(),
                             since,
                             started: false,
                         };
@@ -223,6 +216,41 @@ impl WsSession {
                 self.unsubscribe(channel);
             }
         }
+    }
+
+    /// Subscribes to the channel's hub. A hub that stops for want of
+    /// subscribers just as this reaches it drops the message unread; the
+    /// channel then has a new hub, and the subscription goes there.
+    fn join_hub(
+        &mut self,
+        channel: String,
+        parsed: Channel,
+        since: Option<Position>,
+        ctx: &mut Context<Self>,
+    ) -> Addr<ChannelHub> {
+        let hub = self.hubs.hub(&parsed);
+        let subscribe = Subscribe {
+            session: self.id,
+            to: self.outbox.clone(),
+            since: since.clone(),
+        };
+        ctx.spawn(
+            hub.send(subscribe)
+                .into_actor(self)
+                .map(move |taken, session, ctx| {
+                    let still_wanted = matches!(
+                        session.subscriptions.get(&channel),
+                        Some(Subscription::Hub(_))
+                    );
+                    if taken.is_err() && still_wanted {
+                        let hub = session.join_hub(channel.clone(), parsed, since, ctx);
+                        session
+                            .subscriptions
+                            .insert(channel, Subscription::Hub(hub));
+                    }
+                }),
+        );
+        hub
     }
 
     fn unsubscribe(&mut self, channel: String) {

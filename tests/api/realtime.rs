@@ -442,6 +442,34 @@ async fn connection_limits_and_origins_are_enforced() {
     assert_error(plain, StatusCode::BAD_REQUEST, "not_a_websocket").await;
 }
 
+/// A hub stops once it has had no subscribers for `hub_idle_secs` (here 0):
+/// a client that comes back is served by a new hub, under a new epoch, with
+/// a snapshot every time. (A subscribe that reaches a hub in the instant it
+/// stops is retried on the next one; that window is too narrow to hit here.)
+#[actix_web::test]
+async fn a_channel_whose_hub_stopped_is_served_by_a_new_one() {
+    let app = sqlite_app(|s| s.realtime.hub_idle_secs = 0).await;
+    let owner = app.register("owner@example.com").await;
+    let event = app.published_event(&owner, 10).await;
+    let channel = format!("event:{event}");
+    let mut socket = connect(&app).await;
+    let mut epochs = std::collections::HashSet::new();
+    for _ in 0..5 {
+        let snapshot = subscribe(&mut socket, &channel, None).await;
+        assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+        epochs.insert(snapshot["epoch"].as_str().unwrap().to_owned());
+        send(
+            &mut socket,
+            json!({ "type": "unsubscribe", "channel": channel }),
+        )
+        .await;
+        assert_eq!(next(&mut socket).await["type"], "unsubscribed");
+        // The idle check runs every 100 ms.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(epochs.len(), 5, "each return met a new hub");
+}
+
 /// Behind a trusted proxy, the per-address limit counts the clients it
 /// forwards for, not the proxy.
 #[actix_web::test]
