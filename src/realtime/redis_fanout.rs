@@ -9,7 +9,10 @@
 //! beyond a bounded queue are dropped and counted rather than held forever.
 //! Each node numbers what it publishes, dropped changes included, so a
 //! receiver that sees a number skipped knows it missed something and has
-//! its hubs reload, as it does after its own subscription was down.
+//! its hubs reload, as it does after its own subscription was down. An idle
+//! node publishes a heartbeat; a subscription that hears nothing at all, not
+//! even its own node's heartbeat, for `SILENCE` is taken for dead and
+//! reconnected.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,13 +32,23 @@ use super::router::Router;
 
 /// Changes waiting to be published while Redis is slow or away.
 const PUBLISH_QUEUE: usize = 10_000;
+/// A node with nothing to publish says so this often; it hears its own
+/// messages back, so its subscription is known to be alive.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// A subscription that hears nothing for this long (not even the node's own
+/// heartbeat) is taken for dead: a connection cut without a reset, which
+/// TCP alone would notice only after many minutes.
+const SILENCE: Duration = Duration::from_secs(15);
 
 #[derive(Serialize, Deserialize)]
 struct Wire {
     node: Uuid,
-    /// The node's count of changes, from 1, whether or not each reached Redis.
+    /// The node's count of changes, from 1, whether or not each reached
+    /// Redis; 0 from a node that does not number them.
+    #[serde(default)]
     seq: u64,
-    change: EventChange,
+    /// None in a heartbeat.
+    change: Option<EventChange>,
 }
 
 pub struct RedisFanout {
@@ -52,7 +65,13 @@ impl RedisFanout {
             .map_err(|e| anyhow::anyhow!("invalid Redis URL: {:?}", e.kind()))?;
         let node = Uuid::now_v7();
         let (publish, queue) = mpsc::channel(PUBLISH_QUEUE);
-        actix_web::rt::spawn(publisher(client.clone(), channel.clone(), queue));
+        let heartbeat = serde_json::to_string(&Wire {
+            node,
+            seq: 0,
+            change: None,
+        })
+        .expect("a heartbeat serialises");
+        actix_web::rt::spawn(publisher(client.clone(), channel.clone(), queue, heartbeat));
         actix_web::rt::spawn(subscriber(client, channel, node, router.clone()));
         Ok(Self {
             router,
@@ -69,7 +88,7 @@ impl ChangeSink for RedisFanout {
         let wire = serde_json::to_string(&Wire {
             node: self.node,
             seq: self.sent.fetch_add(1, Ordering::Relaxed) + 1,
-            change: change.clone(),
+            change: Some(change.clone()),
         })
         .expect("changes serialise");
         self.router.route(Arc::new(change));
@@ -85,7 +104,12 @@ async fn backoff(attempt: &mut u32) {
     tokio::time::sleep(delay).await;
 }
 
-async fn publisher(client: redis::Client, channel: String, mut queue: mpsc::Receiver<String>) {
+async fn publisher(
+    client: redis::Client,
+    channel: String,
+    mut queue: mpsc::Receiver<String>,
+    heartbeat: String,
+) {
     let mut attempt = 0;
     let mut pending: Option<String> = None;
     loop {
@@ -100,9 +124,10 @@ async fn publisher(client: redis::Client, channel: String, mut queue: mpsc::Rece
         loop {
             let payload = match pending.take() {
                 Some(p) => p,
-                None => match queue.recv().await {
-                    Some(p) => p,
-                    None => return,
+                None => match tokio::time::timeout(HEARTBEAT, queue.recv()).await {
+                    Ok(Some(p)) => p,
+                    Ok(None) => return,
+                    Err(_) => heartbeat.clone(),
                 },
             };
             let published: redis::RedisResult<i64> = connection.publish(&channel, &payload).await;
@@ -163,15 +188,27 @@ async fn subscriber(client: redis::Client, channel: String, node: Uuid, router: 
         router.resync_all();
         let mut heard = Heard::default();
         let mut messages = pubsub.into_on_message();
-        while let Some(message) = messages.next().await {
+        loop {
+            let message = match tokio::time::timeout(SILENCE, messages.next()).await {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(silent_for = ?SILENCE, "redis subscription went silent");
+                    break;
+                }
+            };
             let Ok(wire) = serde_json::from_slice::<Wire>(message.get_payload_bytes()) else {
                 tracing::warn!("ignoring a malformed fan-out message");
                 continue;
             };
-            if wire.node == node {
+            let Some(change) = wire.change.filter(|_| wire.node != node) else {
+                // Our own change or anyone's heartbeat: the link is alive.
                 continue;
-            }
-            let (new, missed) = heard.hear(wire.node, wire.seq);
+            };
+            let (new, missed) = match wire.seq {
+                0 => (true, false),
+                seq => heard.hear(wire.node, seq),
+            };
             if missed {
                 metrics::counter!("turnout_fanout_gaps_total").increment(1);
                 tracing::warn!(from = %wire.node, "changes from another node went missing; reloading");
@@ -179,7 +216,7 @@ async fn subscriber(client: redis::Client, channel: String, node: Uuid, router: 
             }
             if new {
                 metrics::counter!("turnout_fanout_received_total").increment(1);
-                router.route(Arc::new(wire.change));
+                router.route(Arc::new(change));
             }
         }
         metrics::gauge!("turnout_fanout_connected").set(0.0);
@@ -190,6 +227,24 @@ async fn subscriber(client: redis::Client, channel: String, node: Uuid, router: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heartbeats_carry_no_change_and_unnumbered_changes_still_parse() {
+        let heartbeat = serde_json::to_string(&Wire {
+            node: Uuid::now_v7(),
+            seq: 0,
+            change: None,
+        })
+        .unwrap();
+        assert!(
+            serde_json::from_str::<Wire>(&heartbeat)
+                .unwrap()
+                .change
+                .is_none()
+        );
+        let unnumbered = format!(r#"{{"node":"{}","change":null}}"#, Uuid::now_v7());
+        assert_eq!(serde_json::from_str::<Wire>(&unnumbered).unwrap().seq, 0);
+    }
 
     #[test]
     fn a_skipped_number_is_a_gap_and_a_repeated_one_is_old_news() {
