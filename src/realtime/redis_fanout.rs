@@ -5,7 +5,8 @@
 //! nodes cannot move a count backwards.
 //!
 //! Publishing runs in one task, so one node's changes reach Redis in commit
-//! order; when Redis is away the task reconnects with backoff, and changes
+//! order, as many as have queued up in one pipelined round trip; when Redis
+//! is away the task reconnects with backoff, and changes
 //! beyond a bounded queue are dropped and counted rather than held forever.
 //! Each node numbers what it publishes, dropped changes included, so a
 //! receiver that sees a number skipped knows it missed something and has
@@ -20,7 +21,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::AsyncCommands;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -32,6 +32,8 @@ use super::router::Router;
 
 /// Changes waiting to be published while Redis is slow or away.
 const PUBLISH_QUEUE: usize = 10_000;
+/// At most this many changes go to Redis in one round trip.
+const PUBLISH_BATCH: usize = 256;
 /// A node with nothing to publish says so this often; it hears its own
 /// messages back, so its subscription is known to be alive.
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -111,7 +113,9 @@ async fn publisher(
     heartbeat: String,
 ) {
     let mut attempt = 0;
-    let mut pending: Option<String> = None;
+    // Published together, in order, as one pipeline: one round trip to Redis
+    // for as many changes as have queued up, not one each.
+    let mut batch: Vec<String> = Vec::new();
     loop {
         let mut connection = match client.get_multiplexed_async_connection().await {
             Ok(c) => c,
@@ -122,25 +126,36 @@ async fn publisher(
             }
         };
         loop {
-            let payload = match pending.take() {
-                Some(p) => p,
-                None => match tokio::time::timeout(HEARTBEAT, queue.recv()).await {
-                    Ok(Some(p)) => p,
+            if batch.is_empty() {
+                match tokio::time::timeout(HEARTBEAT, queue.recv()).await {
+                    Ok(Some(payload)) => batch.push(payload),
                     Ok(None) => return,
-                    Err(_) => heartbeat.clone(),
-                },
-            };
-            let published: redis::RedisResult<i64> = connection.publish(&channel, &payload).await;
+                    Err(_) => batch.push(heartbeat.clone()),
+                }
+                while batch.len() < PUBLISH_BATCH
+                    && let Ok(payload) = queue.try_recv()
+                {
+                    batch.push(payload);
+                }
+            }
+            let mut pipeline = redis::pipe();
+            for payload in &batch {
+                pipeline.publish(&channel, payload).ignore();
+            }
+            let published: redis::RedisResult<()> = pipeline.query_async(&mut connection).await;
             if let Err(error) = published {
+                // The batch is sent again whole; a receiver drops the
+                // numbers it has already seen.
                 tracing::warn!(error = ?error.kind(), "redis publish failed; reconnecting");
-                pending = Some(payload);
                 // Backing off here too: an error Redis keeps giving (LOADING,
                 // NOPERM) must not become a tight reconnect loop.
                 backoff(&mut attempt).await;
                 break;
             }
             attempt = 0;
-            metrics::counter!("turnout_fanout_published_total").increment(1);
+            let changes = batch.iter().filter(|p| **p != heartbeat).count();
+            metrics::counter!("turnout_fanout_published_total").increment(changes as u64);
+            batch.clear();
         }
     }
 }
