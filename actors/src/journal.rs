@@ -415,20 +415,38 @@ mod tests {
         }
     }
 
+    /// A journal whose commits each take 50 ms, so appends wait behind them.
+    fn slow_journal(settings: JournalSettings) -> Addr<Journal> {
+        let store = Arc::new(MemoryStore {
+            commit_delay: Duration::from_millis(50),
+            ..MemoryStore::default()
+        });
+        Journal::new(store, settings).start()
+    }
+
+    /// Waits until every append sent so far has been answered.
+    async fn flushed(journal: &Addr<Journal>) {
+        let (done, all_answered) = oneshot::channel();
+        journal.do_send(Flush(done));
+        all_answered.await.unwrap();
+    }
+
+    /// What the writer was told, in the order it submitted.
+    async fn told_in_order(writer: &Addr<Writer>) -> Vec<(u64, Result<Appended, AppendError>)> {
+        let mut told = writer.send(Told).await.unwrap();
+        told.sort_by_key(|(seq, _)| *seq);
+        told
+    }
+
     /// An append refused for want of room fences its writer: the writer's
     /// next append, decided on top of it, must not be let in once there is
     /// room again, or the stream would skip a version.
     #[actix::test]
     async fn a_writer_refused_for_want_of_room_is_fenced() {
-        let store = Arc::new(MemoryStore {
-            commit_delay: Duration::from_millis(50),
-            ..MemoryStore::default()
-        });
-        let settings = JournalSettings {
+        let journal = slow_journal(JournalSettings {
             max_pending: 1,
             ..JournalSettings::default()
-        };
-        let journal = Journal::new(store, settings).start();
+        });
         let writer = Writer::default().start();
         let (stream, other) = (EventId::new(), EventId::new());
         let submit = |append: Append, seq| Submit {
@@ -438,18 +456,12 @@ mod tests {
         journal.do_send(submit(append(stream, 1, 0), 1)); // committing
         journal.do_send(submit(append(stream, 1, 1), 2)); // waiting, then fenced
         journal.do_send(submit(append(stream, 1, 2), 3)); // no room
-        let (done, flushed) = oneshot::channel();
-        journal.do_send(Flush(done));
-        flushed.await.unwrap();
+        flushed(&journal).await;
         journal.do_send(submit(append(stream, 1, 3), 4)); // room, but fenced
         journal.do_send(submit(append(other, 2, 0), 5)); // another writer
-        let (done, flushed) = oneshot::channel();
-        journal.do_send(Flush(done));
-        flushed.await.unwrap();
-        let mut told = writer.send(Told).await.unwrap();
-        told.sort_by_key(|(seq, _)| *seq);
+        flushed(&journal).await;
         assert_eq!(
-            told,
+            told_in_order(&writer).await,
             vec![
                 (1, Ok(Appended::Committed)),
                 // Shed with the rest: the writer reloads and decides again.
@@ -463,11 +475,7 @@ mod tests {
 
     #[actix::test]
     async fn a_writer_fenced_when_its_actor_stops_has_its_waiting_appends_refused() {
-        let store = Arc::new(MemoryStore {
-            commit_delay: Duration::from_millis(50),
-            ..MemoryStore::default()
-        });
-        let journal = Journal::new(store, JournalSettings::default()).start();
+        let journal = slow_journal(JournalSettings::default());
         let writer = Writer::default().start();
         let (stream, other) = (EventId::new(), EventId::new());
         let submit = |append: Append, seq| Submit {
@@ -479,13 +487,9 @@ mod tests {
         journal.do_send(submit(append(other, 2, 0), 3)); // another writer
         journal.do_send(Fence { writer: 1 });
         journal.do_send(submit(append(stream, 1, 2), 4)); // after the fence
-        let (done, flushed) = oneshot::channel();
-        journal.do_send(Flush(done));
-        flushed.await.unwrap();
-        let mut told = writer.send(Told).await.unwrap();
-        told.sort_by_key(|(seq, _)| *seq);
+        flushed(&journal).await;
         assert_eq!(
-            told,
+            told_in_order(&writer).await,
             vec![
                 (1, Ok(Appended::Committed)),
                 (2, Err(AppendError::Conflict)),

@@ -302,6 +302,17 @@ impl TestApp {
     }
 
     /// Every attendee, following cursors.
+    /// The server's `/metrics` page.
+    pub async fn metrics(&self) -> String {
+        self.request(Method::GET, "/metrics")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn attendees(&self, owner: &User, event: Uuid) -> Vec<Value> {
         let mut all = Vec::new();
         let mut cursor: Option<String> = None;

@@ -298,14 +298,7 @@ async fn passivated_actors_rehydrate_from_snapshot_and_tail() {
 
 async fn wait_for_passivation(app: &TestApp) {
     for _ in 0..100 {
-        let metrics = app
-            .request(Method::GET, "/metrics")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.metrics().await;
         if metrics.lines().any(|l| l == "turnout_registry_actors 0") {
             return;
         }

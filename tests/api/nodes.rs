@@ -91,14 +91,7 @@ async fn a_client_on_one_node_sees_joins_made_through_another_in_order() {
     let b = spawn_node(&url, tweak).await;
     for node in [&a, &b] {
         for attempt in 0.. {
-            let metrics = node
-                .request(reqwest::Method::GET, "/metrics")
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let metrics = node.metrics().await;
             if metrics.lines().any(|l| l == "turnout_fanout_connected 1") {
                 break;
             }

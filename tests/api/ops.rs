@@ -23,14 +23,7 @@ async fn health_ready_metrics_and_openapi(app: TestApp) {
     let owner = app.register("owner@example.com").await;
     let event = app.published_event(&owner, 3).await;
     app.join(&app.user(), event).await;
-    let metrics = app
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     for name in [
         "turnout_joins_total",
         "turnout_journal_batch_size_bucket",

@@ -78,13 +78,8 @@ async fn writes_fail_fast_while_the_database_is_away_and_recover_without_losing_
     assert_eq!(health.status(), StatusCode::OK, "alive, just not ready");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !app
-        .request(Method::GET, "/metrics")
-        .send()
+        .metrics()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
         .contains("turnout_ws_channel_load_failures_total")
     {
         assert!(

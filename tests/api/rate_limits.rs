@@ -67,14 +67,7 @@ async fn each_user_gets_a_budget_of_writes() {
             200
         );
     }
-    let metrics = app
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("turnout_rate_limited_total{scope=\"user\"}"));
 }
 

@@ -551,14 +551,7 @@ async fn a_slow_consumer_is_closed_with_4008() {
         }
     };
     assert_eq!(code, Some(4008));
-    let metrics = app
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("turnout_ws_slow_consumers_total"));
 }
 

@@ -481,6 +481,35 @@ async fn an_append_that_skips_a_version_is_refused(backend: Backend) {
     assert_eq!(reloaded.version, after.version);
 }
 
+/// An append without facts (a keyed command that changed nothing) on
+/// `state`'s version, its answer kept for 24 hours from `created_at`.
+fn keyed_no_op(
+    state: &EventState,
+    user: UserId,
+    key: &str,
+    status_code: u16,
+    created_at: chrono::DateTime<Utc>,
+) -> Append {
+    Append {
+        stream: state.id,
+        writer: u64::MAX,
+        base_version: state.version,
+        events: Vec::new(),
+        summary: EventSummary::from(state),
+        snapshot: None,
+        idempotency: Some(IdempotencyRecord {
+            user,
+            key: key.into(),
+            fingerprint: "POST /join".into(),
+            status_code,
+            response: serde_json::json!({ "status": status_code }),
+            created_at,
+            expires_at: created_at + chrono::Duration::hours(24),
+        }),
+        request_id: None,
+    }
+}
+
 /// A keyed command that changed nothing writes no fact, so the log cannot
 /// tell that it was decided on a version another writer has since moved
 /// past: the store must, or the caller would be told "you are in" of an
@@ -519,24 +548,8 @@ async fn a_keyed_append_without_facts_on_an_old_version_is_refused(backend: Back
             .is_empty()
     );
 
-    let no_op = |state: &EventState, key: &str| Append {
-        stream: event,
-        writer: u64::MAX,
-        base_version: state.version,
-        events: Vec::new(),
-        summary: EventSummary::from(state),
-        snapshot: None,
-        idempotency: Some(IdempotencyRecord {
-            user: UserId::new(),
-            key: key.into(),
-            fingerprint: "POST /join".into(),
-            status_code: 200,
-            response: serde_json::json!({}),
-            created_at: Utc::now(),
-            expires_at: Utc::now() + chrono::Duration::hours(1),
-        }),
-        request_id: None,
-    };
+    let no_op =
+        |state: &EventState, key: &str| keyed_no_op(state, UserId::new(), key, 200, Utc::now());
     let stale = store.commit(&[no_op(&before, "stale")]).await.unwrap();
     assert_eq!(
         stale.conflicted,
@@ -568,23 +581,8 @@ async fn an_expired_key_takes_a_new_answer_before_the_purge(backend: Backend) {
     let event = create_event(&store, &registry, UserId::new(), 5).await;
     let state = current_state(&store, event).await;
     let user = UserId::new();
-    let keyed = |status_code: u16, age: chrono::Duration| Append {
-        stream: event,
-        writer: u64::MAX,
-        base_version: state.version,
-        events: Vec::new(),
-        summary: EventSummary::from(&state),
-        snapshot: None,
-        idempotency: Some(IdempotencyRecord {
-            user,
-            key: "reused".into(),
-            fingerprint: "POST /join".into(),
-            status_code,
-            response: serde_json::json!({ "status": status_code }),
-            created_at: Utc::now() - age,
-            expires_at: Utc::now() - age + chrono::Duration::hours(24),
-        }),
-        request_id: None,
+    let keyed = |status_code: u16, age: chrono::Duration| {
+        keyed_no_op(&state, user, "reused", status_code, Utc::now() - age)
     };
     let expired = keyed(201, chrono::Duration::hours(25));
     assert!(store.commit(&[expired]).await.unwrap().replayed.is_empty());
