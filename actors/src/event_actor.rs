@@ -156,7 +156,9 @@ pub struct Execute {
 /// commits. `keyed` callers used the append's idempotency key.
 struct Waiter {
     reply: CommandReply,
-    answer: Reply,
+    /// Given once the flight commits: an outcome, or a refusal decided on
+    /// the state the flight's facts made.
+    answer: Result<Reply, CommandError>,
     keyed: bool,
 }
 
@@ -265,7 +267,7 @@ impl EventActor {
                 match rendered.replay_for(&idempotency.fingerprint) {
                     Ok(answer) => flight.waiters.push(Waiter {
                         reply,
-                        answer,
+                        answer: Ok(answer),
                         keyed: true,
                     }),
                     Err(error) => {
@@ -293,13 +295,10 @@ impl EventActor {
             Ok(Ok(events)) => events,
             Ok(Err(rejection)) => {
                 metrics::counter!("turnout_commands_total", "outcome" => "rejected").increment(1);
-                match idempotency {
+                return match idempotency {
                     Some(key) => self.refuse_unless_answered(key, rejection.into(), reply, ctx),
-                    None => {
-                        let _ = reply.send(Err(rejection.into()));
-                    }
-                }
-                return;
+                    None => self.answer_after_in_flight(reply, Err(rejection.into())),
+                };
             }
             Err(_) => return self.crash(reply, ctx),
         };
@@ -327,20 +326,7 @@ impl EventActor {
         self.state = Some(state);
 
         if events.is_empty() && idempotency.is_none() {
-            // Nothing to write, but the answer may rest on facts still in
-            // flight: it must not be given before they are durable.
-            let answer = Reply::Done(outcome);
-            match self.in_flight.values_mut().next_back() {
-                Some(last) => last.waiters.push(Waiter {
-                    reply,
-                    answer,
-                    keyed: false,
-                }),
-                None => {
-                    let _ = reply.send(Ok(answer));
-                }
-            }
-            return;
+            return self.answer_after_in_flight(reply, Ok(Reply::Done(outcome)));
         }
 
         let now = Utc::now();
@@ -384,7 +370,7 @@ impl EventActor {
                 request_id,
                 waiters: vec![Waiter {
                     reply,
-                    answer: Reply::Done(outcome),
+                    answer: Ok(Reply::Done(outcome)),
                     keyed: key.is_some(),
                 }],
                 key,
@@ -418,7 +404,7 @@ impl EventActor {
                 log_facts(self.id, &flight);
                 if !flight.events.is_empty()
                     && let Some(Waiter {
-                        answer: Reply::Done(outcome),
+                        answer: Ok(Reply::Done(outcome)),
                         ..
                     }) = flight.waiters.first()
                 {
@@ -429,9 +415,11 @@ impl EventActor {
                     ));
                 }
                 for waiter in flight.waiters {
-                    metrics::counter!("turnout_commands_total", "outcome" => "committed")
-                        .increment(1);
-                    let _ = waiter.reply.send(Ok(waiter.answer));
+                    if waiter.answer.is_ok() {
+                        metrics::counter!("turnout_commands_total", "outcome" => "committed")
+                            .increment(1);
+                    }
+                    let _ = waiter.reply.send(waiter.answer);
                 }
             }
             Ok(Appended::Replayed(stored)) => {
@@ -489,7 +477,7 @@ impl EventActor {
             let answer = match (waiter.keyed, phantom) {
                 (true, _) => keyed.clone(),
                 (false, true) => Err(CommandError::Unavailable),
-                (false, false) => Ok(waiter.answer),
+                (false, false) => waiter.answer,
             };
             let _ = waiter.reply.send(answer);
         }
@@ -510,6 +498,22 @@ impl EventActor {
         }
     }
 
+    /// An answer that writes nothing may still rest on facts in flight (a
+    /// refusal because of a cancellation not yet committed): it waits for
+    /// them, and if they fail the caller hears of the failure instead.
+    fn answer_after_in_flight(&mut self, reply: CommandReply, answer: Result<Reply, CommandError>) {
+        match self.in_flight.values_mut().next_back() {
+            Some(last) => last.waiters.push(Waiter {
+                reply,
+                answer,
+                keyed: false,
+            }),
+            None => {
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
     /// A key this actor does not know may still have an answer in the store
     /// (given before a restart, or remembered no longer): that answer stands,
     /// not the refusal the command would get now.
@@ -524,22 +528,26 @@ impl EventActor {
         ctx.spawn(
             async move { store.stored_answer(user, &wanted).await }
                 .into_actor(self)
-                .map(move |stored, actor, _| {
-                    let answer = match stored {
-                        Ok(Some(stored)) => {
-                            let rendered = Rendered {
-                                fingerprint: stored.fingerprint,
-                                status: stored.status_code,
-                                body: stored.response,
-                            };
-                            let answer = rendered.replay_for(&key.fingerprint);
-                            actor.remember((key.user, key.key), rendered);
-                            answer
-                        }
-                        Ok(None) => Err(refusal),
-                        Err(_) => Err(CommandError::Unavailable),
-                    };
-                    let _ = reply.send(answer);
+                .map(move |stored, actor, _| match stored {
+                    Ok(Some(stored)) => {
+                        let rendered = Rendered {
+                            fingerprint: stored.fingerprint,
+                            status: stored.status_code,
+                            body: stored.response,
+                        };
+                        let _ = reply.send(rendered.replay_for(&key.fingerprint));
+                        actor.remember((key.user, key.key), rendered);
+                    }
+                    // Facts the refusal rests on may still be in flight; had
+                    // they failed meanwhile, the state it was decided on is
+                    // gone with them.
+                    Ok(None) if actor.broken => {
+                        let _ = reply.send(Err(CommandError::Unavailable));
+                    }
+                    Ok(None) => actor.answer_after_in_flight(reply, Err(refusal)),
+                    Err(_) => {
+                        let _ = reply.send(Err(CommandError::Unavailable));
+                    }
                 }),
         );
     }
@@ -772,6 +780,40 @@ mod tests {
             Some(Membership::Waitlisted { position: 1, .. })
         ));
         assert_eq!(next.summary.active_count, 1);
+    }
+
+    /// A join refused because of a cancellation still being committed is
+    /// answered only once the cancellation is durable.
+    #[actix::test]
+    async fn a_refusal_waits_for_the_facts_it_rests_on() {
+        let (_, registry) = setup(Duration::from_millis(200));
+        let (event, owner) = open_event(&registry, 10).await;
+        let answered = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let cancel = {
+            let (registry, answered) = (registry.clone(), Arc::clone(&answered));
+            actix::spawn(async move {
+                let cancel = Command::Cancel {
+                    by: owner,
+                    at: Utc::now(),
+                };
+                let done = registry.execute(event, cancel, None, None).await;
+                answered.lock().unwrap().push("cancel");
+                done
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let join = Command::Join {
+            user: UserId::new(),
+            at: Utc::now(),
+        };
+        let refused = registry.execute(event, join, None, None).await;
+        answered.lock().unwrap().push("join");
+        assert!(
+            matches!(refused, Err(CommandError::Rejected(_))),
+            "{refused:?}"
+        );
+        cancel.await.unwrap().unwrap();
+        assert_eq!(*answered.lock().unwrap(), vec!["cancel", "join"]);
     }
 
     #[actix::test]
