@@ -24,7 +24,7 @@ use crate::domain::{
 };
 use crate::journal::{AppendDone, AppendError, AppendReply, Appended, Fence, Journal, Submit};
 use crate::registry::EventRegistry;
-use crate::store::{Append, EventStore, EventSummary, IdempotencyRecord};
+use crate::store::{Append, EventStore, EventSummary, IdempotencyRecord, StoreError, StoredAnswer};
 
 /// Tuning for every event actor.
 #[derive(Debug, Clone)]
@@ -215,6 +215,8 @@ pub struct EventActor {
     last_active: Instant,
     /// Set after a failed commit or load: the state can no longer be trusted.
     broken: bool,
+    /// Stored-key lookups under way for refused commands.
+    key_lookups: usize,
 }
 
 impl EventActor {
@@ -242,6 +244,7 @@ impl EventActor {
             facts_since_snapshot: 0,
             last_active: Instant::now(),
             broken: false,
+            key_lookups: 0,
         }
     }
 
@@ -524,32 +527,53 @@ impl EventActor {
         reply: CommandReply,
         ctx: &mut Context<Self>,
     ) {
+        // A client that keeps sending refused commands under new keys must
+        // not fill the database's pool with lookups: beyond a few at once,
+        // the refusal is given as decided.
+        const MAX_LOOKUPS: usize = 16;
+        if self.key_lookups >= MAX_LOOKUPS {
+            return self.answer_after_in_flight(reply, Err(refusal));
+        }
+        self.key_lookups += 1;
         let (store, user, wanted) = (Arc::clone(&self.store), key.user, key.key.clone());
         ctx.spawn(
             async move { store.stored_answer(user, &wanted).await }
                 .into_actor(self)
-                .map(move |stored, actor, _| match stored {
-                    Ok(Some(stored)) => {
-                        let rendered = Rendered {
-                            fingerprint: stored.fingerprint,
-                            status: stored.status_code,
-                            body: stored.response,
-                        };
-                        let _ = reply.send(rendered.replay_for(&key.fingerprint));
-                        actor.remember((key.user, key.key), rendered);
-                    }
-                    // Facts the refusal rests on may still be in flight; had
-                    // they failed meanwhile, the state it was decided on is
-                    // gone with them.
-                    Ok(None) if actor.broken => {
-                        let _ = reply.send(Err(CommandError::Unavailable));
-                    }
-                    Ok(None) => actor.answer_after_in_flight(reply, Err(refusal)),
-                    Err(_) => {
-                        let _ = reply.send(Err(CommandError::Unavailable));
-                    }
+                .map(move |stored, actor, _| {
+                    actor.key_lookups -= 1;
+                    actor.refuse_or_replay(key, refusal, stored, reply);
                 }),
         );
+    }
+
+    fn refuse_or_replay(
+        &mut self,
+        key: IdempotencyKey,
+        refusal: CommandError,
+        stored: Result<Option<StoredAnswer>, StoreError>,
+        reply: CommandReply,
+    ) {
+        match stored {
+            Ok(Some(stored)) => {
+                let rendered = Rendered {
+                    fingerprint: stored.fingerprint,
+                    status: stored.status_code,
+                    body: stored.response,
+                };
+                let _ = reply.send(rendered.replay_for(&key.fingerprint));
+                self.remember((key.user, key.key), rendered);
+            }
+            // Facts the refusal rests on may still be in flight; had
+            // they failed meanwhile, the state it was decided on is
+            // gone with them.
+            Ok(None) if self.broken => {
+                let _ = reply.send(Err(CommandError::Unavailable));
+            }
+            Ok(None) => self.answer_after_in_flight(reply, Err(refusal)),
+            Err(_) => {
+                let _ = reply.send(Err(CommandError::Unavailable));
+            }
+        }
     }
 
     /// A panic in the domain: the state may be half-changed, so drop it.

@@ -323,7 +323,19 @@ impl ChannelHub {
         if let Some(data) = self.apply(change) {
             self.broadcast(data, change.committed_at);
         }
-        self.watch_for_starts(ctx);
+        // Only a listed event starting before the timer moves it; one that
+        // left the list or moved later lets it fire early, find nothing
+        // started, and look again — no scan of the listing per change.
+        let view = &change.view;
+        let listed = matches!(&self.state, State::Listing(events) if events.contains_key(&view.id));
+        if listed
+            && self
+                .next_start
+                .as_ref()
+                .is_none_or(|(at, _)| view.starts_at < *at)
+        {
+            self.start_timer(view.starts_at, ctx);
+        }
     }
 
     /// A listing shows upcoming events, so an event leaves it when it
@@ -333,16 +345,20 @@ impl ChannelHub {
         let State::Listing(events) = &self.state else {
             return;
         };
-        let next = events.values().map(|e| e.starts_at).min();
-        if next == self.next_start.as_ref().map(|(at, _)| *at) {
-            return;
+        match events.values().map(|e| e.starts_at).min() {
+            Some(at) => self.start_timer(at, ctx),
+            None => {
+                if let Some((_, timer)) = self.next_start.take() {
+                    ctx.cancel_future(timer);
+                }
+            }
         }
+    }
+
+    fn start_timer(&mut self, at: DateTime<Utc>, ctx: &mut Context<Self>) {
         if let Some((_, timer)) = self.next_start.take() {
             ctx.cancel_future(timer);
         }
-        let Some(at) = next else {
-            return;
-        };
         let wait = (at - Utc::now()).to_std().unwrap_or_default();
         let timer = ctx.run_later(wait, |hub, ctx| {
             hub.next_start = None;

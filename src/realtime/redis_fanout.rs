@@ -16,8 +16,7 @@
 //! reconnected.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -56,7 +55,8 @@ struct Wire {
 pub struct RedisFanout {
     router: Router,
     node: Uuid,
-    sent: AtomicU64,
+    /// Changes numbered so far.
+    sent: Mutex<u64>,
     publish: mpsc::Sender<String>,
 }
 
@@ -78,7 +78,7 @@ impl RedisFanout {
         Ok(Self {
             router,
             node,
-            sent: AtomicU64::new(0),
+            sent: Mutex::new(0),
             publish,
         })
     }
@@ -87,13 +87,18 @@ impl RedisFanout {
 impl ChangeSink for RedisFanout {
     fn committed(&self, change: Committed) {
         let change = EventChange::from(change);
+        self.router.route(Arc::new(change.clone()));
+        // Event actors commit on several threads: numbering and queueing
+        // under one lock keeps the numbers in the queue's order, so a
+        // receiver never takes a late one for a gap.
+        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        *sent += 1;
         let wire = serde_json::to_string(&Wire {
             node: self.node,
-            seq: self.sent.fetch_add(1, Ordering::Relaxed) + 1,
-            change: Some(change.clone()),
+            seq: *sent,
+            change: Some(change),
         })
         .expect("changes serialise");
-        self.router.route(Arc::new(change));
         if self.publish.try_send(wire).is_err() {
             metrics::counter!("turnout_fanout_dropped_total").increment(1);
         }

@@ -234,13 +234,16 @@ impl WsSession {
             to: self.outbox.clone(),
             since: since.clone(),
         };
+        let sent_to = hub.clone();
         ctx.spawn(
             hub.send(subscribe)
                 .into_actor(self)
                 .map(move |taken, session, ctx| {
+                    // Only if this is still the subscription: the client may
+                    // have left and come back, to the next hub, meanwhile.
                     let still_wanted = matches!(
                         session.subscriptions.get(&channel),
-                        Some(Subscription::Hub(_))
+                        Some(Subscription::Hub(hub)) if *hub == sent_to
                     );
                     if taken.is_err() && still_wanted {
                         let hub = session.join_hub(channel.clone(), parsed, since, ctx);

@@ -45,13 +45,15 @@ const CHUNK: usize = 500;
 
 /// A key's answer is written once; a row still there after it expired (the
 /// purge runs on an interval) is replaced, not left to shadow the new one.
-/// (A macro, so that it joins the Postgres statement's literal.)
+/// Expired as of the commit's time, which the caller binds after it, the
+/// same time the batch's check for answered keys used. (A macro, so that it
+/// joins the Postgres statement's literal.)
 macro_rules! idempotency_upsert {
     () => {
         " ON CONFLICT (user_id, key) DO UPDATE SET fingerprint = excluded.fingerprint, \
          status_code = excluded.status_code, response = excluded.response, \
          created_at = excluded.created_at, expires_at = excluded.expires_at \
-         WHERE idempotency_keys.expires_at <= excluded.created_at"
+         WHERE idempotency_keys.expires_at <= "
     };
 }
 
@@ -233,6 +235,7 @@ impl SqlStore<Sqlite> {
     async fn insert_replies(
         tx: &mut sqlx::Transaction<'_, Sqlite>,
         rows: &[&IdempotencyRecord],
+        now: i64,
     ) -> Result<(), sqlx::Error> {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO idempotency_keys (user_id, key, fingerprint, status_code, response, \
@@ -247,7 +250,7 @@ impl SqlStore<Sqlite> {
                 .push_bind(micros(r.created_at))
                 .push_bind(micros(r.expires_at));
         });
-        q.push(idempotency_upsert!());
+        q.push(idempotency_upsert!()).push_bind(now);
         q.build().execute(&mut **tx).await.map(drop)
     }
 
@@ -352,6 +355,7 @@ impl SqlStore<Postgres> {
     async fn insert_replies(
         tx: &mut sqlx::Transaction<'_, Postgres>,
         rows: &[&IdempotencyRecord],
+        now: i64,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(concat!(
             "INSERT INTO idempotency_keys (user_id, key, fingerprint, status_code, response, \
@@ -359,7 +363,8 @@ impl SqlStore<Postgres> {
              SELECT u, k, f, c, r::jsonb, ca, ea \
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::int8[], $7::int8[]) \
                AS x(u, k, f, c, r, ca, ea)",
-            idempotency_upsert!()
+            idempotency_upsert!(),
+            "$8"
         ))
         .bind(rows.iter().map(|r| r.user.as_uuid()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.key.clone()).collect::<Vec<_>>())
@@ -368,6 +373,7 @@ impl SqlStore<Postgres> {
         .bind(rows.iter().map(|r| r.response.to_string()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| micros(r.created_at)).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| micros(r.expires_at)).collect::<Vec<_>>())
+        .bind(now)
         .execute(&mut **tx)
         .await
         .map(drop)
@@ -628,7 +634,7 @@ macro_rules! impl_store {
 
                 let records: Vec<&IdempotencyRecord> = live.iter().filter_map(|a| a.idempotency.as_ref()).collect();
                 for chunk in records.chunks(CHUNK) {
-                    Self::insert_replies(tx, chunk).await?;
+                    Self::insert_replies(tx, chunk, now).await?;
                 }
 
                 let outbox: Vec<OutboxRow> = log.iter().map(LogRow::outbox).collect();
