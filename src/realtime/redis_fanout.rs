@@ -8,7 +8,7 @@
 //! order, as many as have queued up in one pipelined round trip; when Redis
 //! is away the task reconnects with backoff, and changes
 //! beyond a bounded queue are dropped and counted rather than held forever.
-//! Each node numbers what it publishes, dropped changes included, so a
+//! The publisher numbers what it sends, dropped changes included, so a
 //! receiver that sees a number skipped knows it missed something and has
 //! its hubs reload, as it does after its own subscription was down. An idle
 //! node publishes a heartbeat; a subscription that hears nothing at all, not
@@ -16,7 +16,8 @@
 //! reconnected.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -54,10 +55,10 @@ struct Wire {
 
 pub struct RedisFanout {
     router: Router,
-    node: Uuid,
-    /// Changes numbered so far.
-    sent: Mutex<u64>,
-    publish: mpsc::Sender<String>,
+    publish: mpsc::Sender<EventChange>,
+    /// Changes the full queue refused since the publisher last looked: they
+    /// take numbers too, so receivers see the gap.
+    dropped: Arc<AtomicU64>,
 }
 
 impl RedisFanout {
@@ -67,19 +68,18 @@ impl RedisFanout {
             .map_err(|e| anyhow::anyhow!("invalid Redis URL: {:?}", e.kind()))?;
         let node = Uuid::now_v7();
         let (publish, queue) = mpsc::channel(PUBLISH_QUEUE);
-        let heartbeat = serde_json::to_string(&Wire {
+        let dropped = Arc::new(AtomicU64::new(0));
+        let numbering = Numbering {
             node,
-            seq: 0,
-            change: None,
-        })
-        .expect("a heartbeat serialises");
-        actix_web::rt::spawn(publisher(client.clone(), channel.clone(), queue, heartbeat));
+            numbered: 0,
+            dropped: Arc::clone(&dropped),
+        };
+        actix_web::rt::spawn(publisher(client.clone(), channel.clone(), queue, numbering));
         actix_web::rt::spawn(subscriber(client, channel, node, router.clone()));
         Ok(Self {
             router,
-            node,
-            sent: Mutex::new(0),
             publish,
+            dropped,
         })
     }
 }
@@ -88,20 +88,38 @@ impl ChangeSink for RedisFanout {
     fn committed(&self, change: Committed) {
         let change = EventChange::from(change);
         self.router.route(Arc::new(change.clone()));
-        // Event actors commit on several threads: numbering and queueing
-        // under one lock keeps the numbers in the queue's order, so a
-        // receiver never takes a late one for a gap.
-        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
-        *sent += 1;
-        let wire = serde_json::to_string(&Wire {
-            node: self.node,
-            seq: *sent,
-            change: Some(change),
-        })
-        .expect("changes serialise");
-        if self.publish.try_send(wire).is_err() {
+        if self.publish.try_send(change).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("turnout_fanout_dropped_total").increment(1);
         }
+    }
+}
+
+/// Numbers a node's changes as the one publisher task sends them, so the
+/// numbers follow the queue's order whichever thread committed each.
+struct Numbering {
+    node: Uuid,
+    numbered: u64,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Numbering {
+    fn change(&mut self, change: EventChange) -> String {
+        self.numbered += 1 + self.dropped.swap(0, Ordering::Relaxed);
+        self.wire(self.numbered, Some(change))
+    }
+
+    fn heartbeat(&self) -> String {
+        self.wire(0, None)
+    }
+
+    fn wire(&self, seq: u64, change: Option<EventChange>) -> String {
+        let wire = Wire {
+            node: self.node,
+            seq,
+            change,
+        };
+        serde_json::to_string(&wire).expect("changes serialise")
     }
 }
 
@@ -114,13 +132,15 @@ async fn backoff(attempt: &mut u32) {
 async fn publisher(
     client: redis::Client,
     channel: String,
-    mut queue: mpsc::Receiver<String>,
-    heartbeat: String,
+    mut queue: mpsc::Receiver<EventChange>,
+    mut numbering: Numbering,
 ) {
     let mut attempt = 0;
     // Published together, in order, as one pipeline: one round trip to Redis
-    // for as many changes as have queued up, not one each.
+    // for as many changes as have queued up, not one each. `changes` of them
+    // are changes; the rest is a heartbeat.
     let mut batch: Vec<String> = Vec::new();
+    let mut changes = 0;
     loop {
         let mut connection = match client.get_multiplexed_async_connection().await {
             Ok(c) => c,
@@ -132,16 +152,23 @@ async fn publisher(
         };
         loop {
             if batch.is_empty() {
-                match tokio::time::timeout(HEARTBEAT, queue.recv()).await {
-                    Ok(Some(payload)) => batch.push(payload),
+                let idle = match tokio::time::timeout(HEARTBEAT, queue.recv()).await {
+                    Ok(Some(change)) => {
+                        batch.push(numbering.change(change));
+                        false
+                    }
                     Ok(None) => return,
-                    Err(_) => batch.push(heartbeat.clone()),
-                }
+                    Err(_) => {
+                        batch.push(numbering.heartbeat());
+                        true
+                    }
+                };
                 while batch.len() < PUBLISH_BATCH
-                    && let Ok(payload) = queue.try_recv()
+                    && let Ok(change) = queue.try_recv()
                 {
-                    batch.push(payload);
+                    batch.push(numbering.change(change));
                 }
+                changes = batch.len() - usize::from(idle);
             }
             let mut pipeline = redis::pipe();
             for payload in &batch {
@@ -158,7 +185,6 @@ async fn publisher(
                 break;
             }
             attempt = 0;
-            let changes = batch.iter().filter(|p| **p != heartbeat).count();
             metrics::counter!("turnout_fanout_published_total").increment(changes as u64);
             batch.clear();
         }
@@ -250,12 +276,12 @@ mod tests {
 
     #[test]
     fn heartbeats_carry_no_change_and_unnumbered_changes_still_parse() {
-        let heartbeat = serde_json::to_string(&Wire {
+        let numbering = Numbering {
             node: Uuid::now_v7(),
-            seq: 0,
-            change: None,
-        })
-        .unwrap();
+            numbered: 0,
+            dropped: Arc::default(),
+        };
+        let heartbeat = numbering.heartbeat();
         assert!(
             serde_json::from_str::<Wire>(&heartbeat)
                 .unwrap()
