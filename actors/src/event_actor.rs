@@ -178,6 +178,16 @@ struct Rendered {
     body: Value,
 }
 
+impl From<StoredAnswer> for Rendered {
+    fn from(stored: StoredAnswer) -> Self {
+        Self {
+            fingerprint: stored.fingerprint,
+            status: stored.status_code,
+            body: stored.response,
+        }
+    }
+}
+
 impl Rendered {
     /// The answer for a request with `fingerprint` using the same key.
     fn replay_for(&self, fingerprint: &str) -> Result<Reply, CommandError> {
@@ -426,18 +436,14 @@ impl EventActor {
                 }
             }
             Ok(Appended::Replayed(stored)) => {
+                let answer = Rendered::from(stored);
+                let replay = Reply::Replayed {
+                    status: answer.status,
+                    body: answer.body.clone(),
+                };
                 if let Some((key, _)) = rendered {
-                    let answer = Rendered {
-                        fingerprint: stored.fingerprint.clone(),
-                        status: stored.status_code,
-                        body: stored.response.clone(),
-                    };
                     self.remember(key, answer);
                 }
-                let replay = Reply::Replayed {
-                    status: stored.status_code,
-                    body: stored.response,
-                };
                 self.answer_unwritten(flight, Ok(replay), ctx);
             }
             Err(AppendError::KeyReused) => {
@@ -555,11 +561,7 @@ impl EventActor {
     ) {
         match stored {
             Ok(Some(stored)) => {
-                let rendered = Rendered {
-                    fingerprint: stored.fingerprint,
-                    status: stored.status_code,
-                    body: stored.response,
-                };
+                let rendered = Rendered::from(stored);
                 let _ = reply.send(rendered.replay_for(&key.fingerprint));
                 self.remember((key.user, key.key), rendered);
             }

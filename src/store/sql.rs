@@ -190,7 +190,7 @@ impl SqlStore<Sqlite> {
     }
 
     async fn select_answers(
-        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        conn: &mut sqlx::SqliteConnection,
         keys: &[(Uuid, String)],
         now: i64,
     ) -> Result<Vec<AnswerRow>, sqlx::Error> {
@@ -210,7 +210,7 @@ impl SqlStore<Sqlite> {
                 .push_unseparated(")");
         }
         q.push(")");
-        q.build_query_as().fetch_all(&mut **tx).await
+        q.build_query_as().fetch_all(conn).await
     }
 
     async fn upsert_joins(
@@ -316,7 +316,7 @@ impl SqlStore<Postgres> {
     }
 
     async fn select_answers(
-        tx: &mut sqlx::Transaction<'_, Postgres>,
+        conn: &mut sqlx::PgConnection,
         keys: &[(Uuid, String)],
         now: i64,
     ) -> Result<Vec<AnswerRow>, sqlx::Error> {
@@ -329,7 +329,7 @@ impl SqlStore<Postgres> {
         .bind(keys.iter().map(|(u, _)| *u).collect::<Vec<_>>())
         .bind(keys.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>())
         .bind(now)
-        .fetch_all(&mut **tx)
+        .fetch_all(conn)
         .await
     }
 
@@ -449,6 +449,10 @@ macro_rules! impl_store {
                     .filter(|(_, a)| a.events.is_empty())
                     .map(|(_, a)| a.stream.as_uuid())
                     .collect();
+                if streams.is_empty() {
+                    // The usual batch: every append carries facts.
+                    return Ok(Vec::new());
+                }
                 streams.sort_unstable();
                 streams.dedup();
                 let mut latest: HashMap<Uuid, u64> = HashMap::with_capacity(streams.len());
@@ -496,7 +500,7 @@ macro_rules! impl_store {
                 let keys: Vec<(Uuid, String)> = keyed.iter().map(|(_, r)| (r.user.as_uuid(), r.key.clone())).collect();
                 let mut stored: HashMap<(Uuid, String), StoredAnswer> = HashMap::new();
                 for chunk in keys.chunks(CHUNK) {
-                    for row in Self::select_answers(tx, chunk, now).await? {
+                    for row in Self::select_answers(&mut **tx, chunk, now).await? {
                         let (key, answer) = stored_answer(row);
                         stored.insert(key, answer);
                     }
@@ -739,11 +743,10 @@ macro_rules! impl_store {
                 user: UserId,
                 key: &str,
             ) -> Result<Option<StoredAnswer>, StoreError> {
-                let mut tx = self.pool.begin().await.map_err(unavailable)?;
-                let rows = Self::select_answers(&mut tx, &[(user.as_uuid(), key.to_owned())], micros(Utc::now()))
+                let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+                let rows = Self::select_answers(&mut conn, &[(user.as_uuid(), key.to_owned())], micros(Utc::now()))
                     .await
                     .map_err(unavailable)?;
-                tx.commit().await.map_err(unavailable)?;
                 Ok(rows.into_iter().next().map(|row| stored_answer(row).1))
             }
 
