@@ -424,6 +424,14 @@ mod tests {
         Journal::new(store, settings).start()
     }
 
+    /// An append whose outcome `writer` is told under `seq`.
+    fn submit(writer: &Addr<Writer>, append: Append, seq: u64) -> Submit {
+        Submit {
+            append,
+            reply: AppendReply::new(writer.clone().recipient(), seq),
+        }
+    }
+
     /// Waits until every append sent so far has been answered.
     async fn flushed(journal: &Addr<Journal>) {
         let (done, all_answered) = oneshot::channel();
@@ -449,16 +457,12 @@ mod tests {
         });
         let writer = Writer::default().start();
         let (stream, other) = (EventId::new(), EventId::new());
-        let submit = |append: Append, seq| Submit {
-            append,
-            reply: AppendReply::new(writer.clone().recipient(), seq),
-        };
-        journal.do_send(submit(append(stream, 1, 0), 1)); // committing
-        journal.do_send(submit(append(stream, 1, 1), 2)); // waiting, then fenced
-        journal.do_send(submit(append(stream, 1, 2), 3)); // no room
+        journal.do_send(submit(&writer, append(stream, 1, 0), 1)); // committing
+        journal.do_send(submit(&writer, append(stream, 1, 1), 2)); // waiting, then fenced
+        journal.do_send(submit(&writer, append(stream, 1, 2), 3)); // no room
         flushed(&journal).await;
-        journal.do_send(submit(append(stream, 1, 3), 4)); // room, but fenced
-        journal.do_send(submit(append(other, 2, 0), 5)); // another writer
+        journal.do_send(submit(&writer, append(stream, 1, 3), 4)); // room, but fenced
+        journal.do_send(submit(&writer, append(other, 2, 0), 5)); // another writer
         flushed(&journal).await;
         assert_eq!(
             told_in_order(&writer).await,
@@ -478,15 +482,11 @@ mod tests {
         let journal = slow_journal(JournalSettings::default());
         let writer = Writer::default().start();
         let (stream, other) = (EventId::new(), EventId::new());
-        let submit = |append: Append, seq| Submit {
-            append,
-            reply: AppendReply::new(writer.clone().recipient(), seq),
-        };
-        journal.do_send(submit(append(stream, 1, 0), 1)); // committing
-        journal.do_send(submit(append(stream, 1, 1), 2)); // waiting
-        journal.do_send(submit(append(other, 2, 0), 3)); // another writer
+        journal.do_send(submit(&writer, append(stream, 1, 0), 1)); // committing
+        journal.do_send(submit(&writer, append(stream, 1, 1), 2)); // waiting
+        journal.do_send(submit(&writer, append(other, 2, 0), 3)); // another writer
         journal.do_send(Fence { writer: 1 });
-        journal.do_send(submit(append(stream, 1, 2), 4)); // after the fence
+        journal.do_send(submit(&writer, append(stream, 1, 2), 4)); // after the fence
         flushed(&journal).await;
         assert_eq!(
             told_in_order(&writer).await,

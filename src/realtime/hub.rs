@@ -257,7 +257,7 @@ impl ChannelHub {
                     Channel::Venue(_) => Some("changed"),
                     _ => feed_reason(before.as_ref(), view, kinds, listed),
                 }?;
-                Some(json!({ "event": view, "kinds": kinds, "listed": listed, "reason": reason }))
+                Some(listing_update(view, kinds, listed, reason))
             }
         }
     }
@@ -385,8 +385,7 @@ impl ChannelHub {
             events.remove(&view.id);
         }
         for view in started {
-            let data = json!({ "event": view, "kinds": [], "listed": false, "reason": "started" });
-            self.broadcast(data, now);
+            self.broadcast(listing_update(&view, &[], false, "started"), now);
         }
     }
 
@@ -470,6 +469,12 @@ impl ChannelHub {
                 .increment(1.0);
         }
     }
+}
+
+/// A venue or feed update: the event, what changed, whether it is (still)
+/// listed, and why subscribers hear of it.
+fn listing_update(view: &EventView, kinds: &[String], listed: bool, reason: &str) -> Value {
+    json!({ "event": view, "kinds": kinds, "listed": listed, "reason": reason })
 }
 
 /// A channel's events (and, for a radius feed, the venues' positions).
