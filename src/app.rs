@@ -17,7 +17,7 @@ use turnout_actors::recommend::Recommenders;
 use turnout_actors::store::EventStore;
 use turnout_actors::{ActorSettings, EventRegistry, Flush, Journal, JournalSettings};
 
-use crate::auth::{LoginGuard, TokenKeys};
+use crate::auth::{Hashing, LoginGuard, TokenKeys};
 use crate::config::{Environment, Settings, redact_url};
 use crate::http::rate_limit::RateLimits;
 use crate::http::ws::Realtime;
@@ -148,6 +148,7 @@ impl Application {
         ));
         let rate_limits = web::Data::new(RateLimits::new(&settings.rate_limits));
         let login_guard = web::Data::new(LoginGuard::new(settings.auth.lockout.clone()));
+        let hashing = web::Data::new(Hashing::new(&settings.auth.hashing));
         let (quiet, old) = (rate_limits.clone(), login_guard.clone());
         background.push(actix_web::rt::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -183,6 +184,7 @@ impl Application {
                 .app_data(realtime.clone())
                 .app_data(rate_limits.clone())
                 .app_data(login_guard.clone())
+                .app_data(hashing.clone())
                 .configure(http::configure(max_body))
         })
         .shutdown_timeout(settings.http.shutdown_timeout_secs);

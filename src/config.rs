@@ -47,6 +47,7 @@ pub struct AuthSettings {
     pub issuer: String,
     pub token_ttl_secs: u64,
     pub lockout: crate::auth::LockoutSettings,
+    pub hashing: crate::auth::HashingSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -66,17 +66,17 @@ impl DisplayName {
     }
 }
 
-/// Hashes with argon2id and a fresh salt. CPU-heavy: call off the async
-/// executor (`web::block`).
-pub fn hash_password(password: &Password) -> String {
+/// Hashes with argon2id and a fresh salt. CPU- and memory-heavy: called
+/// only through [`super::Hashing`].
+pub(super) fn hash_password(password: &Password) -> String {
     let hash: PasswordHash = Argon2::default()
         .hash_password(password.0.expose_secret().as_bytes())
         .expect("argon2 with default parameters always hashes");
     hash.to_string()
 }
 
-/// Checks a password against a stored hash. CPU-heavy, like hashing.
-pub fn verify_password(password: &str, stored_hash: &str) -> bool {
+/// Checks a password against a stored hash. Heavy, like hashing.
+pub(super) fn verify_password(password: &str, stored_hash: &str) -> bool {
     PasswordVerifier::<str>::verify_password(&Argon2::default(), password.as_bytes(), stored_hash)
         .is_ok()
 }

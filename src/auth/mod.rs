@@ -4,10 +4,12 @@
 
 mod credentials;
 mod extract;
+mod hashing;
 mod lockout;
 mod tokens;
 
-pub use credentials::{DisplayName, Email, Password, hash_password, verify_password};
+pub use credentials::{DisplayName, Email, Password};
 pub use extract::{AdminUser, AuthUser, MaybeUser, VerifiedClaims, bearer_token};
+pub use hashing::{Busy, Hashing, HashingSettings};
 pub use lockout::{Admission, LockoutSettings, LoginGuard};
 pub use tokens::{Claims, TokenError, TokenKeys};

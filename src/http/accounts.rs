@@ -11,8 +11,7 @@ use uuid::Uuid;
 use super::rate_limit::RateLimits;
 use super::{ApiError, AppState};
 use crate::auth::{
-    Admission, AuthUser, DisplayName, Email, LoginGuard, Password, TokenKeys, hash_password,
-    verify_password,
+    Admission, AuthUser, DisplayName, Email, Hashing, LoginGuard, Password, TokenKeys,
 };
 use crate::store::{UserRecord, from_micros, micros};
 
@@ -126,10 +125,12 @@ fn interests(raw: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
 /// Create an account and get a token.
 #[utoipa::path(post, path = "/v1/auth/register", tag = "accounts", request_body = RegisterRequest,
     responses((status = 201, body = SessionEnvelope), (status = 409, description = "email taken", body = super::ErrorBody),
-        (status = 422, description = "invalid field", body = super::ErrorBody)))]
+        (status = 422, description = "invalid field", body = super::ErrorBody),
+        (status = 503, description = "too many passwords being hashed at once; see Retry-After", body = super::ErrorBody)))]
 pub async fn register(
     state: web::Data<AppState>,
     tokens: web::Data<TokenKeys>,
+    hashing: web::Data<Hashing>,
     body: web::Json<RegisterRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -139,9 +140,7 @@ pub async fn register(
     let interests = interests(body.interests)?;
     let home = body.home.map(|h| h.check("home")).transpose()?;
 
-    let password_hash = web::block(move || hash_password(&password))
-        .await
-        .map_err(|_| ApiError::Internal)?;
+    let password_hash = hashing.hash(password).await?;
     let user = UserRecord {
         id: UserId::new().as_uuid(),
         email: email.as_str().to_owned(),
@@ -182,10 +181,12 @@ fn session_response(status: StatusCode, user: UserRecord, tokens: &TokenKeys) ->
 /// Exchange email and password for a token.
 #[utoipa::path(post, path = "/v1/auth/login", tag = "accounts", request_body = LoginRequest,
     responses((status = 200, body = SessionEnvelope), (status = 401, description = "wrong email or password", body = super::ErrorBody),
-        (status = 429, description = "too many failed logins: locked for a while", body = super::ErrorBody)))]
+        (status = 429, description = "too many failed logins: locked for a while", body = super::ErrorBody),
+        (status = 503, description = "too many passwords being checked at once; see Retry-After", body = super::ErrorBody)))]
 pub async fn login(
     state: web::Data<AppState>,
     tokens: web::Data<TokenKeys>,
+    hashing: web::Data<Hashing>,
     guard: web::Data<LoginGuard>,
     limits: web::Data<RateLimits>,
     req: HttpRequest,
@@ -208,19 +209,17 @@ pub async fn login(
     };
     // Verify against a real hash even for unknown emails, so timing does not
     // tell which accounts exist.
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static DUMMY: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
     let hash = match &user {
         Some(u) => u.password_hash.clone(),
         None => DUMMY
-            .get_or_init(|| {
-                hash_password(&Password::parse("not-a-real-password".into()).expect("valid"))
+            .get_or_try_init(|| {
+                hashing.hash(Password::parse("not-a-real-password".into()).expect("valid"))
             })
+            .await?
             .clone(),
     };
-    let password = body.password;
-    let matches = web::block(move || verify_password(&password, &hash))
-        .await
-        .map_err(|_| ApiError::Internal)?;
+    let matches = hashing.verify(body.password, hash).await?;
     match user {
         Some(user) if matches => {
             guard.succeeded(&attempt);

@@ -26,6 +26,8 @@ pub enum ApiError {
     Forbidden { code: &'static str, message: String },
     #[error("{0} not found")]
     NotFound(&'static str),
+    #[error("this method is not served here; use GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS")]
+    MethodNotAllowed,
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
     #[error("the request body is larger than {0} bytes")]
@@ -93,6 +95,7 @@ impl ApiError {
             ApiError::Invalid(_) => "validation_failed",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::TooManyRequests(_) => "rate_limited",
             ApiError::Overloaded(_) => "overloaded",
@@ -113,6 +116,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -131,6 +135,9 @@ impl ResponseError for ApiError {
         if let ApiError::TooManyRequests(seconds) | ApiError::WritesPaused(seconds) = self {
             response.insert_header((RETRY_AFTER, seconds.to_string()));
         }
+        if let ApiError::MethodNotAllowed = self {
+            response.insert_header(("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+        }
         if let ApiError::Unauthorized(_) = self {
             response.insert_header(("WWW-Authenticate", "Bearer"));
         }
@@ -141,6 +148,12 @@ impl ResponseError for ApiError {
                 request_id: request_context::current_request_id(),
             },
         })
+    }
+}
+
+impl From<crate::auth::Busy> for ApiError {
+    fn from(_: crate::auth::Busy) -> Self {
+        ApiError::Overloaded("too many passwords are being checked at once; retry shortly")
     }
 }
 

@@ -1,14 +1,23 @@
 //! Per-request context: the request id (taken from `X-Request-ID` when the
 //! client sends a sane one, made up otherwise), a tracing span carrying it,
 //! the response header, and the latency histogram by route.
+//!
+//! Every label the histogram carries comes from a fixed set, never from the
+//! request itself: the method is one of [`METHODS`] (anything else is refused
+//! here, before routing, with 405), the route is the matched pattern or
+//! `unmatched`. A client making up methods or paths cannot grow `/metrics`.
 
 use std::time::Instant;
 
-use actix_web::body::MessageBody;
+use actix_web::ResponseError;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use tracing::Instrument;
+
+use super::ApiError;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -32,25 +41,56 @@ fn sane(id: &HeaderValue) -> Option<String> {
     .then(|| id.to_owned())
 }
 
+/// The methods the API serves. Any other is refused before routing.
+pub const METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
+
+/// The method as a metric label: one of [`METHODS`], or `other`.
+fn method_label(method: &Method) -> &'static str {
+    METHODS
+        .iter()
+        .find(|known| *known == method)
+        .map_or("other", Method::as_str)
+}
+
 pub async fn middleware(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let id = req
         .headers()
         .get(&REQUEST_ID)
         .and_then(sane)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let method = method_label(req.method());
+    // HEAD is answered wherever GET is: the codec already knows the request
+    // was HEAD and sends the headers without the body.
+    if req.method() == Method::HEAD {
+        req.head_mut().method = Method::GET;
+    }
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().to_string();
-    let span = tracing::info_span!("request", request_id = %id, %method, %route);
+    let span = tracing::info_span!("request", request_id = %id, method, %route);
     let started = Instant::now();
 
-    let result = CURRENT
-        .scope(id.clone(), next.call(req).instrument(span.clone()))
-        .await;
+    let result = if method == "other" {
+        let refusal =
+            CURRENT.sync_scope(id.clone(), || ApiError::MethodNotAllowed.error_response());
+        Ok(req.into_response(refusal).map_into_right_body())
+    } else {
+        CURRENT
+            .scope(id.clone(), next.call(req).instrument(span.clone()))
+            .await
+            .map(ServiceResponse::map_into_left_body)
+    };
     let elapsed = started.elapsed();
     let mut response = result?;
     let status = response.status().as_u16();

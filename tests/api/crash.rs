@@ -3,7 +3,7 @@
 //! event is overbooked.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,69 +13,10 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::helpers::{Backend, JWT_KEY, TestApp, body, fresh_database};
+use crate::process::ServerProcess;
 
 const CAPACITY: i64 = 100;
 const JOINERS: usize = 600;
-
-struct Server {
-    child: Child,
-    address: String,
-}
-
-impl Drop for Server {
-    /// A failed test must not leave a server running.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-#[allow(
-    clippy::zombie_processes,
-    reason = "the Server guard kills and waits on drop"
-)]
-async fn start_server(database_url: &str, data_dir: &std::path::Path) -> Server {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_turnout"))
-        .args([
-            "serve",
-            "--bind",
-            &format!("127.0.0.1:{port}"),
-            "--database-url",
-            database_url,
-        ])
-        .env("TURNOUT_JWT_SECRETS", JWT_KEY)
-        .env("TURNOUT_DATA_DIR", data_dir)
-        .env("TURNOUT_LOG_LEVEL", "warn")
-        .env("TURNOUT_RATE_LIMITS__PER_USER_PER_MINUTE", "0")
-        .env("TURNOUT_RATE_LIMITS__PER_IP_PER_MINUTE", "0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the turnout binary starts");
-    let address = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    for _ in 0..200 {
-        if client
-            .get(format!("{address}/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Server { child, address };
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the server did not become ready");
-}
 
 /// `JOINERS` joins in flight against a server that may die under them.
 struct JoinLoad {
@@ -123,7 +64,7 @@ async fn acknowledged_joins_survive_kill_9(backend: Backend) {
     let Some(url) = fresh_database(backend, &dir).await else {
         return;
     };
-    let mut server = start_server(&url, dir.path()).await;
+    let mut server = ServerProcess::start(&url, dir.path(), &[]).await;
     let app = TestApp::attach(&server.address, JWT_KEY);
 
     let owner = app.register("owner@example.com").await;
@@ -136,7 +77,7 @@ async fn acknowledged_joins_survive_kill_9(backend: Backend) {
     let acked = load.finish().await;
     assert!(acked.len() >= JOINERS / 4);
 
-    let restarted = start_server(&url, dir.path()).await;
+    let restarted = ServerProcess::start(&url, dir.path(), &[]).await;
     let app = TestApp::attach(&restarted.address, JWT_KEY);
     let roster = app.attendees(&owner, event).await;
     let by_user: HashMap<&str, &Value> = roster
@@ -195,7 +136,7 @@ async fn sigterm_drains_and_exits_cleanly(backend: Backend) {
     let Some(url) = fresh_database(backend, &dir).await else {
         return;
     };
-    let mut server = start_server(&url, dir.path()).await;
+    let mut server = ServerProcess::start(&url, dir.path(), &[]).await;
     let app = TestApp::attach(&server.address, JWT_KEY);
     let owner = app.register("owner@example.com").await;
     let event = app.published_event(&owner, CAPACITY).await;
@@ -221,7 +162,7 @@ async fn sigterm_drains_and_exits_cleanly(backend: Backend) {
         .unwrap();
     assert!(status.unwrap().success(), "a clean exit after SIGTERM");
 
-    let restarted = start_server(&url, dir.path()).await;
+    let restarted = ServerProcess::start(&url, dir.path(), &[]).await;
     let app = TestApp::attach(&restarted.address, JWT_KEY);
     let roster = app.attendees(&owner, event).await;
     let listed: std::collections::HashSet<&str> = roster

@@ -2,7 +2,9 @@
 //! when `TURNOUT_TEST_POSTGRES_URL` is set, against a fresh Postgres database.
 
 mod helpers;
+mod process;
 
+mod abuse;
 mod accounts;
 mod admin;
 mod bad_input;

@@ -1,0 +1,135 @@
+//! What a stranger can spend: one test per way found to grow the server's
+//! memory or CPU from outside. Where memory is the point the test runs the
+//! real binary and bounds its resident memory or its `/metrics` page.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::{Backend, TestApp, assert_error, fresh_database};
+use crate::process::ServerProcess;
+
+async fn server(env: &[(&str, &str)]) -> (ServerProcess, TestApp, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(Backend::Sqlite, &dir).await.unwrap();
+    let server = ServerProcess::start(&url, dir.path(), env).await;
+    let app = TestApp::attach(&server.address, crate::helpers::JWT_KEY);
+    (server, app, dir)
+}
+
+/// 2,000 made-up methods on made-up paths once grew `/metrics` from 2 KB to
+/// 11 MB for good. Now each is refused with 405 before routing, and every
+/// label comes from a fixed set, so the page grows by a few series at most.
+#[tokio::test]
+async fn made_up_methods_and_paths_do_not_grow_the_metrics_page() {
+    let (_server, app, _dir) = server(&[]).await;
+    app.request(Method::GET, "/health").send().await.unwrap();
+    let before = app.metrics().await.len();
+
+    let response = app
+        .request(Method::from_bytes(b"BREW").unwrap(), "/v1/events")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.headers()["allow"]
+            .to_str()
+            .unwrap()
+            .contains("GET")
+    );
+    assert_error(
+        response,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    )
+    .await;
+    for i in 0..1000 {
+        let method = Method::from_bytes(format!("M{i}").as_bytes()).unwrap();
+        let refused = app
+            .request(method, &format!("/made/up/{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let missing = app
+            .request(Method::GET, &format!("/made/up/{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    }
+
+    let page = app.metrics().await;
+    assert!(
+        !page.contains("M999") && !page.contains("/made/up"),
+        "{page}"
+    );
+    assert!(page.contains(r#"method="other""#), "{page}");
+    assert!(
+        page.len() < before + 8 * 1024,
+        "/metrics grew from {before} to {} bytes",
+        page.len()
+    );
+}
+
+/// HEAD is answered wherever GET is, with GET's headers and no body.
+#[tokio::test]
+async fn head_is_answered_wherever_get_is() {
+    let (_server, app, _dir) = server(&[]).await;
+    for path in ["/health", "/v1/events", "/openapi.json"] {
+        let head = app.request(Method::HEAD, path).send().await.unwrap();
+        assert_eq!(head.status(), StatusCode::OK, "HEAD {path}");
+        assert!(head.headers().contains_key("x-request-id"));
+        assert!(
+            head.bytes().await.unwrap().is_empty(),
+            "HEAD {path} has no body"
+        );
+    }
+}
+
+/// 100 concurrent wrong logins once took the server from 40 MB to about
+/// 1 GB: every argon2 hash (~19 MiB) ran at once on the blocking pool. Now
+/// two run at a time, four wait, and the rest are told 503 + Retry-After.
+#[tokio::test]
+async fn concurrent_logins_hash_a_few_at_a_time() {
+    let (server, app, _dir) = server(&[
+        ("TURNOUT_AUTH__HASHING__CONCURRENCY", "2"),
+        ("TURNOUT_AUTH__HASHING__QUEUE", "4"),
+    ])
+    .await;
+    app.register("victim@example.com").await;
+    let baseline = server.rss_mib();
+
+    let logins: Vec<_> = (0..100).map(|i| {
+        let app = app.clone();
+        tokio::spawn(async move {
+            app.request(Method::POST, "/v1/auth/login")
+                .json(&json!({ "email": "victim@example.com", "password": format!("guess-{i}-wrong") }))
+                .send()
+                .await
+                .unwrap()
+        })
+    }).collect();
+    let mut refused = 0;
+    for login in logins {
+        let response = login.await.unwrap();
+        match response.status() {
+            StatusCode::UNAUTHORIZED => {}
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(response.headers().contains_key("retry-after"));
+                assert_error(response, StatusCode::SERVICE_UNAVAILABLE, "overloaded").await;
+                refused += 1;
+            }
+            other => panic!("a wrong login answered {other}"),
+        }
+    }
+
+    assert!(
+        refused > 0,
+        "past 2 running and 4 waiting, some are refused"
+    );
+    let peak = server.peak_rss_mib();
+    assert!(
+        peak < baseline + 120,
+        "peak resident memory {peak} MiB, from {baseline} MiB before the logins"
+    );
+}

@@ -1,0 +1,96 @@
+//! The real `turnout` binary as a child process, for the tests that kill it
+//! or measure its memory: an in-process app shares the test's heap.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::helpers::JWT_KEY;
+
+pub struct ServerProcess {
+    pub child: Child,
+    pub address: String,
+}
+
+impl Drop for ServerProcess {
+    /// A failed test must not leave a server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl ServerProcess {
+    /// Starts the binary on a free port with the test key and rate limits
+    /// off, plus `env`, and waits until it is ready.
+    #[allow(
+        clippy::zombie_processes,
+        reason = "the ServerProcess guard kills and waits on drop"
+    )]
+    pub async fn start(
+        database_url: &str,
+        data_dir: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_turnout"))
+            .args([
+                "serve",
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+                "--database-url",
+                database_url,
+            ])
+            .env("TURNOUT_JWT_SECRETS", JWT_KEY)
+            .env("TURNOUT_DATA_DIR", data_dir)
+            .env("TURNOUT_LOG_LEVEL", "warn")
+            .env("TURNOUT_RATE_LIMITS__ENABLED", "false")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the turnout binary starts");
+        let address = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if client
+                .get(format!("{address}/ready"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Self { child, address };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the server did not become ready");
+    }
+
+    /// Resident memory now, in MiB.
+    pub fn rss_mib(&self) -> u64 {
+        self.status_kib("VmRSS:") / 1024
+    }
+
+    /// The most resident memory the process has had, in MiB.
+    pub fn peak_rss_mib(&self) -> u64 {
+        self.status_kib("VmHWM:") / 1024
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the server process is alive");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
+    }
+}
