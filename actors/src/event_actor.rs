@@ -353,6 +353,7 @@ impl EventActor {
                 response,
                 created_at: now,
                 expires_at: now + self.settings.idempotency_ttl,
+                keep: outcome.changed,
             }
         });
         let seq = self.next_seq;

@@ -48,7 +48,7 @@ impl EventStore for MemoryStore {
                 continue;
             }
             stream.extend(append.events.iter().map(StoredEvent::encode));
-            if let Some(record) = &append.idempotency {
+            if let Some(record) = append.idempotency.as_ref().filter(|r| r.keep) {
                 self.answers.lock().unwrap().insert(
                     (record.user, record.key.clone()),
                     StoredAnswer {

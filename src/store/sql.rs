@@ -636,7 +636,11 @@ macro_rules! impl_store {
                     q.build().execute(&mut **tx).await?;
                 }
 
-                let records: Vec<&IdempotencyRecord> = live.iter().filter_map(|a| a.idempotency.as_ref()).collect();
+                let records: Vec<&IdempotencyRecord> = live
+                    .iter()
+                    .filter_map(|a| a.idempotency.as_ref())
+                    .filter(|r| r.keep)
+                    .collect();
                 for chunk in records.chunks(CHUNK) {
                     Self::insert_replies(tx, chunk, now).await?;
                 }

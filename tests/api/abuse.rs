@@ -4,8 +4,9 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
+use turnout_actors::domain::UserId;
 
-use crate::helpers::{Backend, TestApp, assert_error, fresh_database};
+use crate::helpers::{Backend, TestApp, assert_error, body, fresh_database};
 use crate::process::ServerProcess;
 
 async fn server(env: &[(&str, &str)]) -> (ServerProcess, TestApp, tempfile::TempDir) {
@@ -133,3 +134,48 @@ async fn concurrent_logins_hash_a_few_at_a_time() {
         "peak resident memory {peak} MiB, from {baseline} MiB before the logins"
     );
 }
+
+/// One member sending joins under fresh keys once wrote one stored answer
+/// each. An answer that changed nothing is remembered by the event's actor
+/// (a replay gets it back) but never written.
+async fn joins_that_change_nothing_store_no_answers(app: TestApp) {
+    let owner = app.user();
+    let event = app.published_event(&owner, 10).await;
+    let member = app.user();
+    assert_eq!(
+        app.join_with_key(&member, event, "first").await.status(),
+        StatusCode::CREATED
+    );
+    for i in 0..200 {
+        let again = app
+            .join_with_key(&member, event, &format!("again-{i}"))
+            .await;
+        assert_eq!(again.status(), StatusCode::OK, "a member joining again");
+    }
+    let replay = app.join_with_key(&member, event, "again-7").await;
+    assert_eq!(replay.status(), StatusCode::OK);
+    assert_eq!(body(replay).await["data"]["status"], "active");
+
+    let store = app.store().await;
+    let member_id = UserId::from(member.id);
+    assert!(
+        store
+            .stored_answer(member_id, "first")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    for i in 0..200 {
+        let key = format!("again-{i}");
+        assert!(
+            store
+                .stored_answer(member_id, &key)
+                .await
+                .unwrap()
+                .is_none(),
+            "{key} changed nothing and was stored"
+        );
+    }
+}
+
+crate::on_both_backends!(joins_that_change_nothing_store_no_answers);

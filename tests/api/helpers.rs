@@ -301,7 +301,19 @@ impl TestApp {
         body(response).await["data"].clone()
     }
 
-    /// Every attendee, following cursors.
+    /// The app's database through the store's own port, for checks the
+    /// API does not show.
+    pub async fn store(&self) -> Arc<dyn turnout::store::Store> {
+        let pool = turnout::store::PoolSettings {
+            max_connections: 2,
+            min_connections: 0,
+            acquire_timeout_ms: 3000,
+        };
+        turnout::store::connect(&self.database_url, &pool)
+            .await
+            .unwrap()
+    }
+
     /// The server's `/metrics` page.
     pub async fn metrics(&self) -> String {
         self.request(Method::GET, "/metrics")
@@ -313,6 +325,7 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Every attendee, following cursors.
     pub async fn attendees(&self, owner: &User, event: Uuid) -> Vec<Value> {
         let mut all = Vec::new();
         let mut cursor: Option<String> = None;

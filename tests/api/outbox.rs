@@ -9,7 +9,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
 use serde_json::Value;
-use turnout::store::{OutboxStatus, Store};
+use turnout::store::OutboxStatus;
 use uuid::Uuid;
 
 use crate::helpers::{Backend, TestApp, User, body, spawn_app_with, switchable_proxy};
@@ -38,17 +38,6 @@ fn backend() -> Backend {
     } else {
         Backend::Sqlite
     }
-}
-
-async fn store(app: &TestApp) -> Arc<dyn Store> {
-    let pool = turnout::store::PoolSettings {
-        max_connections: 2,
-        min_connections: 0,
-        acquire_timeout_ms: 3000,
-    };
-    turnout::store::connect(&app.database_url, &pool)
-        .await
-        .unwrap()
 }
 
 async fn stream(
@@ -125,7 +114,7 @@ async fn facts_reach_the_stream_in_order_even_after_redis_was_away() {
     })
     .await
     .unwrap();
-    let store = store(&app).await;
+    let store = app.store().await;
 
     // Redis goes away; the server keeps taking joins, the outbox grows.
     switch.send(false).unwrap();
@@ -286,7 +275,7 @@ async fn a_message_redis_refuses_goes_dead_and_an_admin_replays_it() {
             .unwrap()
             .contains("refused")
     );
-    let store = store(&app).await;
+    let store = app.store().await;
     assert_eq!(
         store.outbox(OutboxStatus::Dead, 0, 10).await.unwrap().len(),
         2
@@ -337,7 +326,7 @@ async fn two_servers_on_one_database_publish_every_fact_once_in_order() {
     };
     let a = crate::helpers::spawn_node(&database, tweak).await;
     let b = crate::helpers::spawn_node(&database, tweak).await;
-    let store = store(&a).await;
+    let store = a.store().await;
 
     // Each node commits its own event's facts; both relays run, one holds
     // the lease at a time.

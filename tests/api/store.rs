@@ -505,6 +505,7 @@ fn keyed_no_op(
             response: serde_json::json!({ "status": status_code }),
             created_at,
             expires_at: created_at + chrono::Duration::hours(24),
+            keep: true,
         }),
         request_id: None,
     }
