@@ -209,6 +209,8 @@ pub struct EventActor {
     store: Arc<dyn EventStore>,
     journal: Addr<Journal>,
     registry: EventRegistry,
+    /// Commands waiting in this actor's mailbox (see [`Queued`]).
+    queued: Arc<AtomicUsize>,
     settings: ActorSettings,
     /// Keyed by submission order; the journal commits in that order.
     in_flight: BTreeMap<u64, InFlight>,
@@ -235,6 +237,7 @@ impl EventActor {
         store: Arc<dyn EventStore>,
         journal: Addr<Journal>,
         registry: EventRegistry,
+        queued: Arc<AtomicUsize>,
         settings: ActorSettings,
     ) -> Self {
         static WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -245,6 +248,7 @@ impl EventActor {
             store,
             journal,
             registry,
+            queued,
             settings,
             in_flight: BTreeMap::new(),
             in_flight_keys: HashMap::new(),
@@ -308,6 +312,12 @@ impl EventActor {
             Ok(Ok(events)) => events,
             Ok(Err(rejection)) => {
                 metrics::counter!("turnout_commands_total", "outcome" => "rejected").increment(1);
+                if self.state.is_none() {
+                    // No such event, so no key can have been answered for
+                    // it: no lookup, and the actor leaves at once.
+                    let _ = reply.send(Err(rejection.into()));
+                    return self.stop_if_unwanted(ctx);
+                }
                 return match idempotency {
                     Some(key) => self.refuse_unless_answered(key, rejection.into(), reply, ctx),
                     None => self.answer_after_in_flight(reply, Err(rejection.into())),
@@ -599,6 +609,20 @@ impl EventActor {
         ctx.stop();
     }
 
+    /// Stops once nothing is in flight or queued: an idle actor, or one for
+    /// an id that names no event (a client sending made-up ids must not
+    /// leave an actor behind for each).
+    fn stop_if_unwanted(&mut self, ctx: &mut Context<Self>) {
+        if self.in_flight.is_empty()
+            && self.key_lookups == 0
+            && self
+                .registry
+                .forget_if_unwanted(self.id, &ctx.address(), &self.queued)
+        {
+            ctx.stop();
+        }
+    }
+
     /// Stops taking commands; the registry activates a fresh actor next time.
     fn leave(&mut self, ctx: &mut Context<Self>) {
         self.broken = true;
@@ -659,10 +683,9 @@ impl Actor for EventActor {
         ctx.run_interval(
             (idle / 4).max(Duration::from_millis(50)),
             move |actor, ctx| {
-                if actor.in_flight.is_empty() && actor.last_active.elapsed() >= idle {
+                if actor.last_active.elapsed() >= idle {
                     tracing::debug!(event_id = %actor.id, "passivating idle event actor");
-                    actor.registry.forget(actor.id, &ctx.address());
-                    ctx.stop();
+                    actor.stop_if_unwanted(ctx);
                 }
             },
         );
@@ -747,6 +770,50 @@ mod tests {
             .await
             .unwrap();
         (id, owner)
+    }
+
+    #[actix::test]
+    async fn an_actor_for_an_id_that_names_no_event_leaves_at_once() {
+        let (_, registry) = setup(Duration::ZERO);
+        let (event, _) = open_event(&registry, 5).await;
+        let join_all = |ids: Vec<EventId>| {
+            let handles: Vec<_> = ids
+                .into_iter()
+                .map(|id| {
+                    let registry = registry.clone();
+                    let join = Command::Join {
+                        user: UserId::new(),
+                        at: Utc::now(),
+                    };
+                    actix::spawn(async move { registry.execute(id, join, None, None).await })
+                })
+                .collect();
+            async move {
+                for handle in handles {
+                    assert!(matches!(
+                        handle.await.unwrap(),
+                        Err(CommandError::Rejected(Rejection::NotFound))
+                    ));
+                }
+            }
+        };
+
+        join_all((0..50).map(|_| EventId::new()).collect()).await;
+        assert_eq!(
+            registry.live_actors(),
+            1,
+            "only the real event's actor stays"
+        );
+
+        // One made-up id many times at once: every caller is told it is
+        // not found; none is stranded by the actor leaving.
+        join_all(vec![EventId::new(); 50]).await;
+        assert_eq!(registry.live_actors(), 1);
+        let member = Command::Join {
+            user: UserId::new(),
+            at: Utc::now(),
+        };
+        assert!(registry.execute(event, member, None, None).await.is_ok());
     }
 
     #[actix::test]

@@ -4,7 +4,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use actix::dev::SendError;
 use actix::prelude::*;
@@ -78,8 +78,7 @@ impl EventRegistry {
         // A second try only when the first actor went away before handling
         // the command (passivated or broken), so nothing was decided twice.
         for _ in 0..2 {
-            let live = self.activate(event);
-            let Some(queued) = Queued::enter(&live.queued, self.0.settings.mailbox_capacity) else {
+            let Some((addr, queued)) = self.enter(event) else {
                 metrics::counter!("turnout_mailbox_full_total").increment(1);
                 return Err(CommandError::Overloaded);
             };
@@ -91,8 +90,8 @@ impl EventRegistry {
                 reply,
                 queued,
             };
-            if let Err(SendError::Closed(_) | SendError::Full(_)) = live.addr.try_send(message) {
-                self.forget(event, &live.addr);
+            if let Err(SendError::Closed(_) | SendError::Full(_)) = addr.try_send(message) {
+                self.forget(event, &addr);
                 continue;
             }
             if let Ok(result) = answer.await {
@@ -107,28 +106,25 @@ impl EventRegistry {
         self.0.actors.len()
     }
 
-    fn activate(&self, event: EventId) -> Live {
-        match self.0.actors.entry(event) {
-            Entry::Occupied(entry) if entry.get().addr.connected() => entry.get().clone(),
-            entry => {
-                let live = Live {
-                    addr: self.spawn(event),
-                    queued: Arc::default(),
-                };
-                match entry {
-                    Entry::Occupied(mut e) => {
-                        e.insert(live.clone());
-                    }
-                    Entry::Vacant(e) => {
-                        e.insert(live.clone());
-                    }
-                }
-                live
+    /// Activates the event's actor and takes a place in its mailbox, both
+    /// under the entry's lock, so an actor leaving through
+    /// [`EventRegistry::forget_if_unwanted`] never strands a command: a
+    /// caller has either taken its place already or finds no actor.
+    fn enter(&self, event: EventId) -> Option<(Addr<EventActor>, Queued)> {
+        let live = match self.0.actors.entry(event) {
+            Entry::Occupied(entry) if entry.get().addr.connected() => entry.into_ref(),
+            Entry::Occupied(mut entry) => {
+                entry.insert(self.spawn(event));
+                entry.into_ref()
             }
-        }
+            Entry::Vacant(entry) => entry.insert(self.spawn(event)),
+        };
+        let queued = Queued::enter(&live.queued, self.0.settings.mailbox_capacity)?;
+        Some((live.addr.clone(), queued))
     }
 
-    fn spawn(&self, event: EventId) -> Addr<EventActor> {
+    fn spawn(&self, event: EventId) -> Live {
+        let queued: Arc<AtomicUsize> = Arc::default();
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         event.hash(&mut hasher);
         let arbiter = &self.0.arbiters[hasher.finish() as usize % self.0.arbiters.len()];
@@ -136,11 +132,34 @@ impl EventRegistry {
         let journal = self.0.journal.clone();
         let settings = self.0.settings.clone();
         let registry = self.clone();
-        EventActor::start_in_arbiter(arbiter, move |ctx| {
+        let depth = Arc::clone(&queued);
+        let addr = EventActor::start_in_arbiter(arbiter, move |ctx| {
             // Bounded by `Queued`, not by actix (see there).
             ctx.set_mailbox_capacity(0);
-            EventActor::new(event, store, journal, registry, settings)
-        })
+            EventActor::new(event, store, journal, registry, depth, settings)
+        });
+        Live { addr, queued }
+    }
+
+    /// Removes an actor that has nothing queued, so it can stop without
+    /// dropping a command; `false` when a command waits for it.
+    pub(crate) fn forget_if_unwanted(
+        &self,
+        event: EventId,
+        addr: &Addr<EventActor>,
+        queued: &AtomicUsize,
+    ) -> bool {
+        match self.0.actors.entry(event) {
+            Entry::Occupied(entry) if &entry.get().addr == addr => {
+                let unwanted = queued.load(Ordering::Acquire) == 0;
+                if unwanted {
+                    entry.remove();
+                }
+                unwanted
+            }
+            // Already replaced: nobody can take a new place with it.
+            _ => queued.load(Ordering::Acquire) == 0,
+        }
     }
 
     /// Removes an actor, unless a newer one already took its place.

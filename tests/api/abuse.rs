@@ -179,3 +179,45 @@ async fn joins_that_change_nothing_store_no_answers(app: TestApp) {
 }
 
 crate::on_both_backends!(joins_that_change_nothing_store_no_answers);
+
+/// The value of an unlabelled metric on a `/metrics` page.
+fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+}
+
+/// 60,000 joins to made-up event ids once left an actor each in memory for
+/// the idle timeout (5 minutes). An actor whose load finds no event now
+/// answers 404 and leaves at once.
+#[tokio::test]
+async fn joins_to_made_up_events_leave_no_actors_behind() {
+    let (_server, app, _dir) = server(&[]).await;
+    let owner = app.user();
+    let event = app.published_event(&owner, 10).await;
+    assert_eq!(
+        app.join(&app.user(), event).await.status(),
+        StatusCode::CREATED
+    );
+
+    let joins: Vec<_> = (0..500)
+        .map(|_| {
+            let (app, user) = (app.clone(), app.user());
+            tokio::spawn(async move { app.join(&user, uuid::Uuid::new_v4()).await })
+        })
+        .collect();
+    for join in joins {
+        assert_error(join.await.unwrap(), StatusCode::NOT_FOUND, "not_found").await;
+    }
+
+    // Actors stop just after answering: wait for the gauge to settle.
+    let mut live = None;
+    for _ in 0..100 {
+        live = metric(&app.metrics().await, "turnout_live_actors");
+        if live == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(live, Some(1.0), "only the real event's actor is live");
+}
