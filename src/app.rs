@@ -19,6 +19,7 @@ use turnout_actors::{ActorSettings, EventRegistry, Flush, Journal, JournalSettin
 
 use crate::auth::{Hashing, LoginGuard, TokenKeys};
 use crate::config::{Environment, Settings, redact_url};
+use crate::http::client_limits::{self, BodyDeadline, HttpConnections};
 use crate::http::rate_limit::RateLimits;
 use crate::http::ws::Realtime;
 use crate::http::{self, AppState, request_context};
@@ -126,6 +127,7 @@ impl Application {
             limits: ConnectionLimits::new(
                 settings.realtime.max_connections,
                 settings.realtime.max_connections_per_ip,
+                "turnout_ws_connections",
             ),
             settings: Arc::new(settings.realtime.clone()),
         });
@@ -168,6 +170,14 @@ impl Application {
             breaker: crate::http::breaker::Breaker::new(&settings.http.breaker),
         });
         let max_body = settings.http.max_body_bytes;
+        let body_deadline = web::Data::new(BodyDeadline(Duration::from_secs(
+            settings.http.body_timeout_secs,
+        )));
+        let body_deadline = (settings.http.body_timeout_secs > 0).then_some(body_deadline);
+        let connections = Arc::new(HttpConnections::new(
+            settings.http.max_connections_per_ip,
+            settings.rate_limits.trusted_proxies.clone(),
+        ));
         let https = settings.http.tls.is_some();
         let cors_origins = settings.http.cors_origins.clone();
         let listener = TcpListener::bind(&settings.bind)
@@ -175,7 +185,12 @@ impl Application {
         let port = listener.local_addr()?.port();
         drop_unresponsive_peers(&listener, settings.http.tcp_user_timeout_secs)?;
         let mut server = HttpServer::new(move || {
-            App::new()
+            let app = App::new();
+            let app = match &body_deadline {
+                Some(deadline) => app.app_data(deadline.clone()),
+                None => app,
+            };
+            app.wrap(from_fn(client_limits::middleware))
                 .wrap(security_headers(https))
                 .wrap(cors(&cors_origins))
                 .wrap(from_fn(request_context::middleware))
@@ -187,6 +202,7 @@ impl Application {
                 .app_data(hashing.clone())
                 .configure(http::configure(max_body))
         })
+        .on_connect(move |connection, data| connections.on_connect(connection, data))
         .shutdown_timeout(settings.http.shutdown_timeout_secs);
         server = match &settings.http.tls {
             Some(tls) => server.listen_rustls_0_23(listener, tls_config(tls)?)?,

@@ -71,6 +71,11 @@ pub struct HttpSettings {
     /// Browser origins allowed by CORS; `*` means any (not in production).
     pub cors_origins: Vec<String>,
     pub max_body_bytes: usize,
+    /// A request body must have arrived this long after it is first read,
+    /// or 408; 0: no deadline.
+    pub body_timeout_secs: u64,
+    /// Open HTTP connections per client address; 0: no cap.
+    pub max_connections_per_ip: usize,
     pub workers: usize,
     pub shutdown_timeout_secs: u64,
     /// Sent data left unacknowledged this long drops the connection (the

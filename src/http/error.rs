@@ -32,6 +32,8 @@ pub enum ApiError {
     Conflict { code: &'static str, message: String },
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(u64),
     #[error("too many requests; retry in {0} s")]
     TooManyRequests(u64),
     #[error("{0}")]
@@ -97,6 +99,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::BodyTimeout(_) => "body_timeout",
             ApiError::TooManyRequests(_) => "rate_limited",
             ApiError::Overloaded(_) => "overloaded",
             ApiError::Unavailable => "unavailable",
@@ -119,6 +122,7 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Overloaded(_) | ApiError::Unavailable | ApiError::WritesPaused(_) => {
                 StatusCode::SERVICE_UNAVAILABLE

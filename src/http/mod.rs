@@ -6,11 +6,13 @@
 //! - `venues`, `events`, `joins`: the product.
 //! - `recommendations`: the caller's ranked events.
 //! - `ops`: health, readiness, metrics.
+//! - `client_limits`: body deadlines and connections per client address.
 //! - `openapi`: the OpenAPI document and the interactive docs page.
 
 mod accounts;
 mod admin;
 pub mod breaker;
+pub mod client_limits;
 mod error;
 mod events;
 mod joins;

@@ -1,6 +1,7 @@
-//! The connection limits: open WebSocket connections in total and per
-//! client address, each connection holding its place until its socket's
-//! response body is done with.
+//! Connection limits: open connections in total and per client address.
+//! WebSockets hold their place until the socket's response body is done
+//! with; HTTP connections (`http.max_connections_per_ip`) for as long as the
+//! connection is open.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -13,7 +14,10 @@ pub struct ConnectionLimits {
     total: AtomicUsize,
     per_ip: DashMap<IpAddr, usize>,
     max_total: usize,
+    /// 0: no cap per address.
     max_per_ip: usize,
+    /// The gauge of open connections.
+    gauge: &'static str,
 }
 
 /// A connection's place within the limits, given back on drop. The socket's
@@ -27,33 +31,35 @@ pub struct ConnectionPermit {
 }
 
 impl ConnectionLimits {
-    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+    /// `max_per_ip` 0 means no cap per address; `gauge` counts the open
+    /// connections.
+    pub fn new(max_total: usize, max_per_ip: usize, gauge: &'static str) -> Arc<Self> {
         Arc::new(Self {
             total: AtomicUsize::new(0),
             per_ip: DashMap::new(),
             max_total,
             max_per_ip,
+            gauge,
         })
     }
 
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionPermit> {
         // The total first, and the address only when it may connect at all:
         // a refused address leaves no entry behind.
-        if self.max_per_ip == 0 {
-            return None;
-        }
         if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        let mut count = self.per_ip.entry(ip).or_insert(0);
-        if *count >= self.max_per_ip {
-            drop(count);
-            self.total.fetch_sub(1, Ordering::AcqRel);
-            return None;
+        if self.max_per_ip > 0 {
+            let mut count = self.per_ip.entry(ip).or_insert(0);
+            if *count >= self.max_per_ip {
+                drop(count);
+                self.total.fetch_sub(1, Ordering::AcqRel);
+                return None;
+            }
+            *count += 1;
         }
-        *count += 1;
-        metrics::gauge!("turnout_ws_connections").increment(1.0);
+        metrics::gauge!(self.gauge).increment(1.0);
         Some(ConnectionPermit {
             limits: Arc::clone(self),
             ip,
@@ -64,11 +70,13 @@ impl ConnectionLimits {
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         self.limits.total.fetch_sub(1, Ordering::AcqRel);
-        self.limits.per_ip.remove_if_mut(&self.ip, |_, count| {
-            *count -= 1;
-            *count == 0
-        });
-        metrics::gauge!("turnout_ws_connections").decrement(1.0);
+        if self.limits.max_per_ip > 0 {
+            self.limits.per_ip.remove_if_mut(&self.ip, |_, count| {
+                *count -= 1;
+                *count == 0
+            });
+        }
+        metrics::gauge!(self.limits.gauge).decrement(1.0);
     }
 }
 
@@ -80,7 +88,7 @@ mod tests {
 
     #[test]
     fn limits_count_per_address_and_in_total_and_forget_refusals() {
-        let limits = ConnectionLimits::new(2, 1);
+        let limits = ConnectionLimits::new(2, 1, "test_connections");
         let (a, b, c) = (
             IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
             IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
@@ -100,5 +108,19 @@ mod tests {
             limits.admit(c).is_some(),
             "a place given back is taken again"
         );
+    }
+
+    #[test]
+    fn no_cap_per_address_keeps_the_total_and_no_entries() {
+        let limits = ConnectionLimits::new(2, 0, "test_connections");
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let places = [
+            limits.admit(ip).expect("room"),
+            limits.admit(ip).expect("room"),
+        ];
+        assert!(limits.admit(ip).is_none(), "two in total");
+        assert!(limits.per_ip.is_empty());
+        drop(places);
+        assert!(limits.admit(ip).is_some());
     }
 }

@@ -266,7 +266,7 @@ mod tests {
     fn outbox_with(max_bytes: usize) -> (Outbox, SocketBody, Arc<AtomicUsize>) {
         let notices = Arc::new(AtomicUsize::new(0));
         let session = Notices(Arc::clone(&notices)).start().recipient();
-        let permit = ConnectionLimits::new(1, 1)
+        let permit = ConnectionLimits::new(1, 1, "test_connections")
             .admit(std::net::Ipv4Addr::LOCALHOST.into())
             .unwrap();
         let (outbox, body) = Outbox::new(max_bytes, session, permit);
@@ -275,7 +275,7 @@ mod tests {
 
     #[actix_web::test]
     async fn the_connection_keeps_its_place_until_the_body_is_dropped() {
-        let limits = ConnectionLimits::new(1, 1);
+        let limits = ConnectionLimits::new(1, 1, "test_connections");
         let ip = std::net::Ipv4Addr::LOCALHOST.into();
         let session = Notices(Arc::new(AtomicUsize::new(0))).start().recipient();
         let (outbox, body) = Outbox::new(10, session, limits.admit(ip).unwrap());

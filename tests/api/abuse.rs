@@ -221,3 +221,131 @@ async fn joins_to_made_up_events_leave_no_actors_behind() {
     }
     assert_eq!(live, Some(1.0), "only the real event's actor is live");
 }
+
+/// A raw connection to the server, for clients no HTTP library would be.
+async fn raw_connection(app: &TestApp) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(app.address.trim_start_matches("http://"))
+        .await
+        .unwrap()
+}
+
+/// Reads the first response on a connection (its head and as much body as
+/// arrives) and whether the server then closed the connection; gives up
+/// waiting after 20 s, for a server that never would.
+async fn read_response(socket: &mut (impl tokio::io::AsyncRead + Unpin)) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(20), socket.read(&mut buf)).await;
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        match read {
+            Ok(Ok(0) | Err(_)) => return (text, true),
+            Ok(Ok(n)) => {
+                seen.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&seen);
+                let keeps_open = text.split_once("\r\n\r\n").is_some()
+                    && !text.to_lowercase().contains("connection: close");
+                if keeps_open {
+                    return (text.into_owned(), false);
+                }
+            }
+            Err(_) => return (text, false),
+        }
+    }
+}
+
+/// 300 connections sending a declared 60 KB body a byte every 8 s were all
+/// still open after 73 s. A body now has a deadline: past it the request is
+/// answered 408 and the connection is closed.
+#[tokio::test]
+async fn a_body_dribbled_past_its_deadline_is_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let (_server, app, _dir) = server(&[("TURNOUT_HTTP__BODY_TIMEOUT_SECS", "1")]).await;
+    let (mut reader, mut writer) = raw_connection(&app).await.into_split();
+    writer
+        .write_all(
+            b"POST /v1/auth/login HTTP/1.1\r\nHost: turnout\r\n\
+              Content-Type: application/json\r\nContent-Length: 60000\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+    let dribble = tokio::spawn(async move {
+        // A byte every 200 ms: headers done, the body never.
+        while writer.write_all(b" ").await.is_ok() {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    });
+
+    let (response, closed) = read_response(&mut reader).await;
+    dribble.abort();
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains("body_timeout"), "{response}");
+    assert!(closed, "the connection is closed after the 408");
+}
+
+/// Connections per client address are capped when accepted: one past the
+/// cap is answered 503 and closed; a place given back is taken again.
+#[tokio::test]
+async fn http_connections_per_address_are_capped() {
+    use tokio::io::AsyncWriteExt;
+    let (_server, app, _dir) = server(&[("TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP", "5")]).await;
+    let health = b"GET /health HTTP/1.1\r\nHost: turnout\r\n\r\n";
+    let mut open = Vec::new();
+    let refusal = loop {
+        assert!(open.len() <= 5, "more than 5 connections were served");
+        let mut socket = raw_connection(&app).await;
+        socket.write_all(health).await.unwrap();
+        let (response, closed) = read_response(&mut socket).await;
+        if response.starts_with("HTTP/1.1 200") {
+            assert!(!closed);
+            open.push(socket);
+        } else {
+            assert!(closed, "a refused connection is closed");
+            break response;
+        }
+    };
+    // The readiness probe's connection may not have been noticed closed yet.
+    assert!(open.len() >= 4, "{} served before the cap", open.len());
+    assert!(refusal.starts_with("HTTP/1.1 503"), "{refusal}");
+    assert!(refusal.contains("overloaded"), "{refusal}");
+
+    drop(open.pop());
+    let mut served = false;
+    for _ in 0..100 {
+        let mut socket = raw_connection(&app).await;
+        socket.write_all(health).await.unwrap();
+        if read_response(&mut socket)
+            .await
+            .0
+            .starts_with("HTTP/1.1 200")
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(served, "a closed connection gives its place back");
+}
+
+/// The WebSocket cap per address is small by default (50), so one client
+/// cannot take the server's 20,000 places.
+#[tokio::test]
+async fn websockets_per_address_are_few_by_default() {
+    let (_server, app, _dir) = server(&[]).await;
+    let url = app.address.replace("http://", "ws://") + "/v1/ws";
+    let mut sockets = Vec::new();
+    for _ in 0..50 {
+        let (socket, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .expect("50 connect");
+        sockets.push(socket);
+    }
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 503)
+        }
+        other => panic!("the 51st connection from one address must be refused: {other:?}"),
+    }
+}

@@ -28,8 +28,9 @@ fn free_port() -> u16 {
 }
 
 impl ServerProcess {
-    /// Starts the binary on a free port with the test key and rate limits
-    /// off, plus `env`, and waits until it is ready.
+    /// Starts the binary on a free port with the test key, rate limits and
+    /// the per-address cap on HTTP connections off (the tests are one
+    /// address), plus `env`, and waits until it is ready.
     #[allow(
         clippy::zombie_processes,
         reason = "the ServerProcess guard kills and waits on drop"
@@ -52,6 +53,7 @@ impl ServerProcess {
             .env("TURNOUT_DATA_DIR", data_dir)
             .env("TURNOUT_LOG_LEVEL", "warn")
             .env("TURNOUT_RATE_LIMITS__ENABLED", "false")
+            .env("TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP", "0")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -20,9 +20,11 @@ pub async fn server(dir: &tempfile::TempDir, key: &str, rate_limited: bool) -> S
     settings.jwt_secrets = Some(SecretString::from(key.to_owned()));
     settings.data_dir = dir.path().display().to_string();
     if !rate_limited {
-        settings.rate_limits.per_user_per_minute = 0;
-        settings.rate_limits.per_ip_per_minute = 0;
+        settings.rate_limits.enabled = false;
     }
+    // Every connection comes from this one address.
+    settings.http.max_connections_per_ip = 0;
+    settings.realtime.max_connections_per_ip = 0;
     let app = Application::build(settings).await.unwrap();
     let target = format!("http://127.0.0.1:{}", app.port());
     actix_web::rt::spawn(app.run_until_stopped());
