@@ -18,8 +18,16 @@ pub enum Channel {
     },
 }
 
+/// Radii a feed may have, in km: a requested radius is rounded up to the next.
+const RADII_KM: [f64; 10] = [0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0];
+
+/// Centres are rounded to this grid, in micro-degrees (0.01°, about 1 km).
+const GRID_E6: f64 = 10_000.0;
+
 /// A circle on the map, kept in whole micro-degrees and metres so that
-/// channel names compare and hash exactly.
+/// channel names compare and hash exactly. Centres snap to a 0.01° grid and
+/// radii up to one of [`RADII_KM`]: each distinct circle is a hub holding
+/// its own listing, so a client must not be able to make up thousands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Near {
     lat_e6: i64,
@@ -44,9 +52,11 @@ impl Near {
         if !(0.1..=500.0).contains(&km) {
             return None;
         }
+        let km = RADII_KM.into_iter().find(|r| *r >= km)?;
+        let snap = |degrees: f64| ((degrees * 1e6 / GRID_E6).round() * GRID_E6) as i64;
         Some(Self {
-            lat_e6: (lat * 1e6).round() as i64,
-            lon_e6: (lon * 1e6).round() as i64,
+            lat_e6: snap(lat),
+            lon_e6: snap(lon),
             radius_m: (km * 1000.0).round() as u32,
         })
     }
@@ -163,9 +173,24 @@ mod tests {
             "feed",
             "feed?tag=jazz",
             "feed?near=52.37,4.89,5",
-            "feed?tag=jazz&near=52.37,4.89,2.5",
+            "feed?tag=jazz&near=52.37,4.89,0.5",
         ] {
             assert_eq!(Channel::parse(name).unwrap().to_string(), name);
+        }
+    }
+
+    #[test]
+    fn circles_snap_to_a_grid_and_a_few_radii() {
+        for (asked, canonical) in [
+            ("feed?near=52.3712,4.8888,3", "feed?near=52.37,4.89,5"),
+            ("feed?near=52.368,4.893,5", "feed?near=52.37,4.89,5"),
+            (
+                "feed?near=-33.8688,151.2093,0.1",
+                "feed?near=-33.87,151.21,0.5",
+            ),
+            ("feed?near=0,0,499", "feed?near=0,0,500"),
+        ] {
+            assert_eq!(Channel::parse(asked).unwrap().to_string(), canonical);
         }
     }
 

@@ -49,11 +49,21 @@ pub struct Frame {
 }
 
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Subscribed")]
 pub struct Subscribe {
     pub session: u64,
     pub to: Outbox,
     pub since: Option<Position>,
+}
+
+/// How a hub took a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, MessageResponse)]
+pub enum Subscribed {
+    /// The first frames went to the subscriber's queue.
+    Taken,
+    /// The channel is `event:<id>` and no published event has that id (a
+    /// draft is shown to nobody here): the hub keeps no subscriber.
+    NoSuchEvent,
 }
 
 #[derive(Message)]
@@ -419,7 +429,11 @@ impl ChannelHub {
         metrics::counter!("turnout_ws_updates_total", "kind" => self.channel.kind()).increment(1);
     }
 
-    fn subscribe(&mut self, msg: Subscribe) {
+    fn subscribe(&mut self, msg: Subscribe) -> Subscribed {
+        if let (Channel::Event(id), State::Event(None)) = (&self.channel, &self.state) {
+            self.hubs.missed(*id);
+            return Subscribed::NoSuchEvent;
+        }
         let frame = |text: ByteString| Frame {
             text,
             committed_at: None,
@@ -468,6 +482,7 @@ impl ChannelHub {
             metrics::gauge!("turnout_ws_subscriptions", "kind" => self.channel.kind())
                 .increment(1.0);
         }
+        Subscribed::Taken
     }
 }
 
@@ -545,6 +560,7 @@ impl Actor for ChannelHub {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        metrics::gauge!("turnout_ws_hubs", "kind" => self.channel.kind()).increment(1.0);
         self.load(ctx);
         let idle_limit = self.idle_limit;
         ctx.run_interval(
@@ -556,6 +572,15 @@ impl Actor for ChannelHub {
                 }
             },
         );
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        metrics::gauge!("turnout_ws_hubs", "kind" => self.channel.kind()).decrement(1.0);
+        let held = self.subscribers.len();
+        if held > 0 {
+            metrics::gauge!("turnout_ws_subscriptions", "kind" => self.channel.kind())
+                .decrement(held as f64);
+        }
     }
 }
 
@@ -579,10 +604,16 @@ impl Handler<Resync> for ChannelHub {
 }
 
 impl Handler<Subscribe> for ChannelHub {
-    type Result = ();
+    type Result = Subscribed;
 
-    fn handle(&mut self, msg: Subscribe, _ctx: &mut Self::Context) {
-        self.subscribe(msg);
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Self::Context) -> Subscribed {
+        let subscribed = self.subscribe(msg);
+        if subscribed == Subscribed::NoSuchEvent && self.subscribers.is_empty() {
+            // Nothing to watch: leave now rather than after the idle time.
+            self.hubs.forget(&self.channel, &ctx.address());
+            ctx.stop();
+        }
+        subscribed
     }
 }
 

@@ -1,12 +1,18 @@
 //! Finds or starts the hub of a channel, and routes each committed change to
 //! the hubs it may concern: its event's, its venue's, and the feeds.
+//!
+//! Channel names come from clients, so hubs are bounded: at most
+//! `max_hubs` event and venue hubs and `max_feed_hubs` feed hubs run at
+//! once, and an `event:<id>` that names no published event starts no hub
+//! (after the first look, the miss is remembered for a few seconds).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use dashmap::DashMap;
 use turnout_actors::changes::{ChangeSink, Committed};
+use turnout_actors::domain::EventId;
 
 use super::RealtimeSettings;
 use super::channel::Channel;
@@ -26,8 +32,61 @@ struct Inner {
     store: Arc<dyn Store>,
     history: usize,
     idle: Duration,
+    max_hubs: usize,
+    max_feed_hubs: usize,
+    misses: RecentMisses,
     /// The thread all hubs run on.
     thread: ArbiterHandle,
+}
+
+/// Why a channel has no hub to join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoHub {
+    /// `event:<id>` names no published event.
+    NoSuchEvent,
+    /// As many hubs of the channel's kind run as the server allows.
+    Full,
+}
+
+/// Event ids recently found to name no published event, so a client
+/// subscribing to made-up ids costs one load each, not a hub. Bounded: past
+/// `capacity` the expired are dropped, and if none has, nothing is added.
+struct RecentMisses {
+    seen: DashMap<EventId, Instant>,
+    ttl: Duration,
+    capacity: usize,
+}
+
+impl RecentMisses {
+    fn new(ttl: Duration, capacity: usize) -> Self {
+        Self {
+            seen: DashMap::new(),
+            ttl,
+            capacity,
+        }
+    }
+
+    fn remember(&self, id: EventId) {
+        if self.seen.len() >= self.capacity {
+            self.seen.retain(|_, at| at.elapsed() < self.ttl);
+        }
+        if self.seen.len() < self.capacity {
+            self.seen.insert(id, Instant::now());
+        }
+    }
+
+    fn contains(&self, id: &EventId) -> bool {
+        let fresh = self.seen.get(id).map(|at| at.elapsed() < self.ttl);
+        if fresh == Some(false) {
+            self.seen.remove(id);
+        }
+        fresh == Some(true)
+    }
+
+    /// The event changed (it was created or published): no longer a miss.
+    fn forget(&self, id: &EventId) {
+        self.seen.remove(id);
+    }
 }
 
 impl Hubs {
@@ -38,6 +97,9 @@ impl Hubs {
             store,
             history: settings.history,
             idle: Duration::from_secs(settings.hub_idle_secs),
+            max_hubs: settings.max_hubs,
+            max_feed_hubs: settings.max_feed_hubs,
+            misses: RecentMisses::new(Duration::from_secs(10), 10_000),
             thread,
         }))
     }
@@ -49,16 +111,40 @@ impl Hubs {
         }
     }
 
-    /// The channel's hub, started if it is not running.
-    pub fn hub(&self, channel: &Channel) -> Addr<ChannelHub> {
-        let mut entry = self
-            .map(channel)
+    /// The channel's hub, started if it is not running and there is room.
+    pub fn hub(&self, channel: &Channel) -> Result<Addr<ChannelHub>, NoHub> {
+        if let Channel::Event(id) = channel
+            && self.0.misses.contains(id)
+        {
+            return Err(NoHub::NoSuchEvent);
+        }
+        let map = self.map(channel);
+        if let Some(hub) = map.get(channel).filter(|hub| hub.connected()) {
+            return Ok(hub.clone());
+        }
+        let cap = match channel {
+            Channel::Feed { .. } => self.0.max_feed_hubs,
+            _ => self.0.max_hubs,
+        };
+        // Counted before the entry is locked (`len` reads every shard);
+        // starters racing past it together overshoot by at most their number.
+        if map.len() >= cap {
+            metrics::counter!("turnout_ws_hubs_refused_total", "kind" => channel.kind())
+                .increment(1);
+            return Err(NoHub::Full);
+        }
+        let mut entry = map
             .entry(channel.clone())
             .or_insert_with(|| self.start(channel));
         if !entry.connected() {
             *entry = self.start(channel);
         }
-        entry.clone()
+        Ok(entry.clone())
+    }
+
+    /// An event hub found its event missing (or a draft).
+    pub(super) fn missed(&self, event: EventId) {
+        self.0.misses.remember(event);
     }
 
     fn start(&self, channel: &Channel) -> Addr<ChannelHub> {
@@ -84,6 +170,7 @@ impl Hubs {
     /// Offers a change to every running hub it may concern.
     pub fn route(&self, change: Arc<EventChange>) {
         let view = &change.view;
+        self.0.misses.forget(&view.id.into());
         for channel in [
             Channel::Event(view.id.into()),
             Channel::Venue(view.venue_id.into()),
@@ -130,5 +217,35 @@ impl From<Committed> for EventChange {
 impl ChangeSink for LocalFanout {
     fn committed(&self, change: Committed) {
         self.0.route(Arc::new(change.into()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_miss_is_remembered_briefly_and_forgotten_on_a_change() {
+        let misses = RecentMisses::new(Duration::from_millis(50), 10);
+        let (gone, published) = (EventId::new(), EventId::new());
+        misses.remember(gone);
+        misses.remember(published);
+        assert!(misses.contains(&gone));
+        misses.forget(&published);
+        assert!(!misses.contains(&published), "a change ends the miss");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!misses.contains(&gone), "a miss expires");
+        assert!(misses.seen.is_empty());
+    }
+
+    #[test]
+    fn misses_are_bounded() {
+        let misses = RecentMisses::new(Duration::from_secs(60), 3);
+        let ids: Vec<EventId> = (0..5).map(|_| EventId::new()).collect();
+        for id in &ids {
+            misses.remember(*id);
+        }
+        assert_eq!(misses.seen.len(), 3);
+        assert!(misses.contains(&ids[0]) && !misses.contains(&ids[4]));
     }
 }

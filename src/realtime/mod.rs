@@ -50,6 +50,13 @@ pub struct RealtimeSettings {
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
     pub max_subscriptions: usize,
+    /// Subscribe and unsubscribe frames one connection may send a minute.
+    pub max_subscribes_per_minute: u32,
+    /// Event and venue hubs running at once; a subscribe past it is refused.
+    pub max_hubs: usize,
+    /// Feed hubs (`feed`, `feed?tag=…`, `feed?near=…`) running at once: each
+    /// holds a listing of its own.
+    pub max_feed_hubs: usize,
     /// Largest frame a client may send.
     pub max_frame_bytes: usize,
     /// Outgoing bytes a connection may have queued before it is closed as a

@@ -16,8 +16,8 @@ use turnout_actors::recommend::{ListSink, RankedList, Recommenders};
 
 use super::RealtimeSettings;
 use super::channel::Channel;
-use super::hub::{ChannelHub, Frame, Subscribe, Unsubscribe};
-use super::hubs::Hubs;
+use super::hub::{ChannelHub, Frame, Subscribe, Subscribed, Unsubscribe};
+use super::hubs::{Hubs, NoHub};
 use super::inbound::{InboundError, Incoming};
 use super::protocol::{self, ClientFrame, Position};
 use super::socket::{Outbox, Overflowed};
@@ -95,6 +95,8 @@ pub struct WsSession {
     user: Option<UserId>,
     last_heard: Instant,
     strikes: u32,
+    /// Subscribe and unsubscribe frames left this minute; `None`: no limit.
+    churn: Option<governor::DefaultDirectRateLimiter>,
 }
 
 impl WsSession {
@@ -112,12 +114,34 @@ impl WsSession {
             hubs,
             recommenders,
             tokens,
-            settings,
             subscriptions: HashMap::new(),
             user: None,
             last_heard: Instant::now(),
             strikes: 0,
+            churn: std::num::NonZeroU32::new(settings.max_subscribes_per_minute)
+                .map(|n| governor::RateLimiter::direct(governor::Quota::per_minute(n))),
+            settings,
         }
+    }
+
+    /// Counts a subscribe or unsubscribe frame; `false` past the budget.
+    fn within_churn_budget(&mut self) -> bool {
+        if self
+            .churn
+            .as_ref()
+            .is_none_or(|budget| budget.check().is_ok())
+        {
+            return true;
+        }
+        metrics::counter!("turnout_ws_churn_limited_total").increment(1);
+        self.reply(protocol::error(
+            "rate_limited",
+            &format!(
+                "at most {} subscribe and unsubscribe frames a minute",
+                self.settings.max_subscribes_per_minute
+            ),
+        ));
+        false
     }
 
     fn reply(&mut self, text: String) {
@@ -164,6 +188,8 @@ impl WsSession {
                 }
                 Err(e) => self.reply(protocol::error("unauthorized", &e.to_string())),
             },
+            ClientFrame::Subscribe { .. } | ClientFrame::Unsubscribe { .. }
+                if !self.within_churn_budget() => {}
             ClientFrame::Subscribe { channel, since } => {
                 let parsed = if channel == RECS {
                     None
@@ -190,9 +216,10 @@ impl WsSession {
                     return;
                 }
                 let subscription = match parsed {
-                    Some(parsed) => {
-                        Subscription::Hub(self.join_hub(channel.clone(), parsed, since, ctx))
-                    }
+                    Some(parsed) => match self.join_hub(channel.clone(), parsed, since, ctx) {
+                        Ok(hub) => Subscription::Hub(hub),
+                        Err(no_hub) => return self.refuse(&channel, no_hub),
+                    },
                     None => {
                         let Some(user) = self.user else {
                             return self.reply(protocol::error(
@@ -218,17 +245,26 @@ impl WsSession {
         }
     }
 
+    fn refuse(&mut self, channel: &str, no_hub: NoHub) {
+        let (code, why) = match no_hub {
+            NoHub::NoSuchEvent => ("not_found", "no published event has this id"),
+            NoHub::Full => ("busy", "the server watches too many channels; retry later"),
+        };
+        self.reply(protocol::error(code, &format!("{channel}: {why}")));
+    }
+
     /// Subscribes to the channel's hub. A hub that stops for want of
     /// subscribers just as this reaches it drops the message unread; the
-    /// channel then has a new hub, and the subscription goes there.
+    /// channel then has a new hub, and the subscription goes there. A hub
+    /// that finds no such event keeps no subscriber, and the client is told.
     fn join_hub(
         &mut self,
         channel: String,
         parsed: Channel,
         since: Option<Position>,
         ctx: &mut Context<Self>,
-    ) -> Addr<ChannelHub> {
-        let hub = self.hubs.hub(&parsed);
+    ) -> Result<Addr<ChannelHub>, NoHub> {
+        let hub = self.hubs.hub(&parsed)?;
         let subscribe = Subscribe {
             session: self.id,
             to: self.outbox.clone(),
@@ -245,15 +281,27 @@ impl WsSession {
                         session.subscriptions.get(&channel),
                         Some(Subscription::Hub(hub)) if *hub == sent_to
                     );
-                    if taken.is_err() && still_wanted {
-                        let hub = session.join_hub(channel.clone(), parsed, since, ctx);
-                        session
-                            .subscriptions
-                            .insert(channel, Subscription::Hub(hub));
+                    if !still_wanted {
+                        return;
                     }
+                    let refused = match taken {
+                        Ok(Subscribed::Taken) => return,
+                        Ok(Subscribed::NoSuchEvent) => NoHub::NoSuchEvent,
+                        Err(_) => match session.join_hub(channel.clone(), parsed, since, ctx) {
+                            Ok(hub) => {
+                                session
+                                    .subscriptions
+                                    .insert(channel, Subscription::Hub(hub));
+                                return;
+                            }
+                            Err(no_hub) => no_hub,
+                        },
+                    };
+                    session.subscriptions.remove(&channel);
+                    session.refuse(&channel, refused);
                 }),
         );
-        hub
+        Ok(hub)
     }
 
     fn unsubscribe(&mut self, channel: String) {

@@ -8,6 +8,7 @@ use turnout_actors::domain::UserId;
 
 use crate::helpers::{Backend, TestApp, assert_error, body, fresh_database};
 use crate::process::ServerProcess;
+use crate::realtime::{connect, next, send, subscribe};
 
 async fn server(env: &[(&str, &str)]) -> (ServerProcess, TestApp, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -348,4 +349,130 @@ async fn websockets_per_address_are_few_by_default() {
         }
         other => panic!("the 51st connection from one address must be refused: {other:?}"),
     }
+}
+
+/// The value of a metric with one label on a `/metrics` page.
+fn labelled(page: &str, name: &str, label: &str) -> f64 {
+    let prefix = format!("{name}{{{label}}} ");
+    page.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map_or(0.0, |value| value.parse().unwrap())
+}
+
+/// 1,000 made-up radius feeds from one client, with events that have long
+/// descriptions, once cost ~800 MB: a hub and a listing each. Circles now
+/// snap to a grid and a few radii, and feed hubs are capped; past the cap a
+/// subscribe is answered `busy` and starts nothing.
+#[tokio::test]
+async fn made_up_feeds_are_few_and_capped() {
+    let (server, app, _dir) = server(&[
+        ("TURNOUT_REALTIME__MAX_FEED_HUBS", "10"),
+        ("TURNOUT_REALTIME__MAX_SUBSCRIBES_PER_MINUTE", "0"),
+        ("TURNOUT_REALTIME__MAX_CONNECTIONS_PER_IP", "0"),
+    ])
+    .await;
+    let owner = app.user();
+    let venue = app.venue(&owner).await;
+    for i in 0..40 {
+        let created = app
+            .as_user(&owner, Method::POST, "/v1/events")
+            .json(&json!({
+                "title": format!("Long evening {i}"), "description": "x".repeat(4000),
+                "venue_id": venue, "capacity": 10,
+                "starts_at": chrono::Utc::now() + chrono::Duration::days(3),
+            }))
+            .send()
+            .await
+            .unwrap();
+        let event = crate::helpers::id_of(&body(created).await);
+        app.as_user(&owner, Method::POST, &format!("/v1/events/{event}/publish"))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    // Circles a few metres apart are one channel.
+    let mut socket = connect(&app).await;
+    let first = subscribe(&mut socket, "feed?near=52.3701,4.8899,3", None).await;
+    assert_eq!(first["type"], "snapshot", "{first}");
+    assert_eq!(first["channel"], "feed?near=52.37,4.89,5");
+    let same = subscribe(&mut socket, "feed?near=52.3698,4.8903,4.5", None).await;
+    assert_eq!(same["code"], "already_subscribed", "{same}");
+
+    let baseline = server.rss_mib();
+    let (mut served, mut busy) = (1, 0);
+    let mut sockets = Vec::new();
+    for c in 0..20 {
+        let mut socket = connect(&app).await;
+        for s in 0..50 {
+            let near = format!("feed?near={},{},1", c, s as f64 * 0.5);
+            let answer = subscribe(&mut socket, &near, None).await;
+            match answer["type"].as_str() {
+                Some("snapshot") => served += 1,
+                _ if answer["code"] == "busy" => busy += 1,
+                _ => panic!("{near}: {answer}"),
+            }
+        }
+        sockets.push(socket);
+    }
+    assert!(served <= 10, "{served} feed hubs served");
+    assert_eq!(served + busy, 1001);
+    let page = app.metrics().await;
+    assert!(
+        labelled(&page, "turnout_ws_hubs", r#"kind="feed""#) <= 10.0,
+        "{page}"
+    );
+    assert!(
+        server.rss_mib() < baseline + 50,
+        "1,000 made-up feeds grew the server from {baseline} MiB to {} MiB",
+        server.rss_mib()
+    );
+}
+
+/// 100,000 subscribes to random `event:<uuid>` names once made a database
+/// read and a lasting hub each. Such a subscribe is now answered
+/// `not_found` and leaves no hub; a connection's subscribe and unsubscribe
+/// frames are rate limited.
+#[tokio::test]
+async fn made_up_event_channels_start_no_hubs_and_churn_is_limited() {
+    let (_server, app, _dir) = server(&[]).await;
+    let owner = app.user();
+    let draft = app.draft_event(&owner, 5).await;
+    let mut socket = connect(&app).await;
+    let answer = subscribe(&mut socket, &format!("event:{draft}"), None).await;
+    assert_eq!(
+        answer["code"], "not_found",
+        "a draft is nobody's channel: {answer}"
+    );
+    for _ in 0..40 {
+        let channel = format!("event:{}", uuid::Uuid::new_v4());
+        let answer = subscribe(&mut socket, &channel, None).await;
+        assert_eq!(answer["code"], "not_found", "{answer}");
+    }
+    let mut hubs = f64::NAN;
+    for _ in 0..100 {
+        hubs = labelled(&app.metrics().await, "turnout_ws_hubs", r#"kind="event""#);
+        if hubs == 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(hubs, 0.0, "no event hub stays for a made-up id");
+
+    // 41 subscribes so far; the default budget is 60 a minute.
+    let mut limited = false;
+    for _ in 0..30 {
+        send(
+            &mut socket,
+            json!({ "type": "unsubscribe", "channel": "feed" }),
+        )
+        .await;
+        let answer = next(&mut socket).await;
+        if answer["code"] == "rate_limited" {
+            limited = true;
+            break;
+        }
+        assert_eq!(answer["code"], "not_subscribed", "{answer}");
+    }
+    assert!(limited, "subscribe and unsubscribe frames are rate limited");
 }
