@@ -373,7 +373,8 @@ fn token_keys(settings: &Settings) -> anyhow::Result<TokenKeys> {
         &keys,
         settings.auth.issuer.clone(),
         settings.auth.token_ttl_secs,
-    ))
+    )
+    .with_max_lifetime(settings.auth.max_token_lifetime_secs))
 }
 
 fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {

@@ -46,6 +46,8 @@ pub struct Settings {
 pub struct AuthSettings {
     pub issuer: String,
     pub token_ttl_secs: u64,
+    /// Tokens whose `exp - iat` is longer are refused.
+    pub max_token_lifetime_secs: u64,
     pub lockout: crate::auth::LockoutSettings,
     pub hashing: crate::auth::HashingSettings,
 }

@@ -53,6 +53,10 @@ fn identify(req: &HttpRequest) -> Result<Option<AuthUser>, ApiError> {
             .verify(token)
             .map_err(|e| match e {
                 TokenError::Expired => ApiError::Unauthorized("the token has expired"),
+                TokenError::NotYetValid => ApiError::Unauthorized("the token is not valid yet"),
+                TokenError::TooLong => ApiError::Unauthorized(
+                    "the token's lifetime is longer than this server accepts",
+                ),
                 TokenError::Invalid => ApiError::Unauthorized("the token is invalid"),
             })?,
     };

@@ -1,5 +1,11 @@
 //! Bearer tokens: HS256 JWTs. Keys come as a list — sign with the first,
 //! accept any — so a key can be rotated without logging everyone out.
+//!
+//! Times are checked with a leeway of [`LEEWAY_SECS`] for clocks that
+//! differ: `exp` must not have passed, `nbf` (when present) must have come,
+//! `iat` must not be in the future, and `exp - iat` must not exceed the
+//! longest lifetime the server accepts (`auth.max_token_lifetime_secs`), so
+//! a token minted with a shared key cannot be good for a thousand years.
 
 use chrono::Utc;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
@@ -15,6 +21,9 @@ pub struct Claims {
     pub sub: Uuid,
     pub iat: i64,
     pub exp: i64,
+    /// Not before: optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
     pub iss: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
@@ -24,9 +33,19 @@ pub struct Claims {
 pub enum TokenError {
     #[error("the token has expired")]
     Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token's lifetime is longer than this server accepts")]
+    TooLong,
     #[error("the token is invalid")]
     Invalid,
 }
+
+/// Seconds two clocks may differ by.
+pub const LEEWAY_SECS: i64 = 60;
+
+/// The longest token lifetime accepted unless configured.
+pub const DEFAULT_MAX_LIFETIME_SECS: i64 = 7 * 24 * 3600;
 
 /// The signing and verifying keys. `Debug` shows how many, never which.
 pub struct TokenKeys {
@@ -37,6 +56,7 @@ pub struct TokenKeys {
     validation: Validation,
     issuer: String,
     ttl_secs: i64,
+    max_lifetime_secs: i64,
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -54,7 +74,9 @@ impl TokenKeys {
         assert!(!keys.is_empty(), "at least one JWT key is required");
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[&issuer]);
-        validation.set_required_spec_claims(&["exp", "sub", "iss"]);
+        validation.set_required_spec_claims(&["exp", "sub", "iss", "iat"]);
+        validation.leeway = LEEWAY_SECS as u64;
+        validation.validate_nbf = true;
         Self {
             signing: EncodingKey::from_secret(keys[0].expose_secret().as_bytes()),
             verifying: keys
@@ -64,7 +86,15 @@ impl TokenKeys {
             validation,
             issuer,
             ttl_secs: ttl_secs as i64,
+            max_lifetime_secs: DEFAULT_MAX_LIFETIME_SECS.max(ttl_secs as i64),
         }
+    }
+
+    /// Refuses tokens whose `exp - iat` is longer than `secs` (at least the
+    /// lifetime of the tokens this server issues).
+    pub fn with_max_lifetime(mut self, secs: u64) -> Self {
+        self.max_lifetime_secs = (secs as i64).max(self.ttl_secs);
+        self
     }
 
     pub fn issue(&self, user: UserId, role: Option<String>) -> String {
@@ -73,6 +103,7 @@ impl TokenKeys {
             sub: user.as_uuid(),
             iat: now,
             exp: now + self.ttl_secs,
+            nbf: None,
             iss: self.issuer.clone(),
             role,
         };
@@ -81,21 +112,33 @@ impl TokenKeys {
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        let mut expired = false;
+        use jsonwebtoken::errors::ErrorKind;
+        let mut refusal = TokenError::Invalid;
         for key in &self.verifying {
             match decode::<Claims>(token, key, &self.validation) {
-                Ok(data) => return Ok(data.claims),
-                Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
-                    expired = true
+                Ok(data) => return self.check_times(data.claims),
+                Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => {
+                    refusal = TokenError::Expired
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::ImmatureSignature) => {
+                    refusal = TokenError::NotYetValid
                 }
                 Err(_) => {}
             }
         }
-        Err(if expired {
-            TokenError::Expired
-        } else {
-            TokenError::Invalid
-        })
+        Err(refusal)
+    }
+
+    /// What the library does not check: an `iat` from the future, and a
+    /// lifetime longer than allowed.
+    fn check_times(&self, claims: Claims) -> Result<Claims, TokenError> {
+        if claims.iat > Utc::now().timestamp() + LEEWAY_SECS {
+            return Err(TokenError::NotYetValid);
+        }
+        if claims.exp.saturating_sub(claims.iat) > self.max_lifetime_secs {
+            return Err(TokenError::TooLong);
+        }
+        Ok(claims)
     }
 }
 
@@ -166,5 +209,57 @@ mod tests {
             TokenError::Expired
         );
         assert!(!format!("{a:?}").contains("aaaa"));
+    }
+
+    /// A token minted elsewhere with the shared key and chosen times.
+    fn minted(iat: i64, exp: i64, nbf: Option<i64>) -> String {
+        let claims = Claims {
+            sub: Uuid::new_v4(),
+            iat,
+            exp,
+            nbf,
+            iss: "turnout".into(),
+            role: None,
+        };
+        let key = EncodingKey::from_secret(b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+        encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+    }
+
+    #[test]
+    fn times_from_the_future_and_endless_lifetimes_are_refused() {
+        let keys = TokenKeys::new(
+            &keys(&["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]),
+            "turnout".into(),
+            86400,
+        )
+        .with_max_lifetime(2 * 86400);
+        let now = Utc::now().timestamp();
+        let year = 365 * 86400;
+        assert!(keys.verify(&minted(now, now + 3600, None)).is_ok());
+        assert!(
+            keys.verify(&minted(now - 10, now + 3600, Some(now + 30)))
+                .is_ok(),
+            "within the leeway"
+        );
+        assert_eq!(
+            keys.verify(&minted(now, now + 3600, Some(now + 3600)))
+                .unwrap_err(),
+            TokenError::NotYetValid
+        );
+        assert_eq!(
+            keys.verify(&minted(now + year, now + year + 3600, None))
+                .unwrap_err(),
+            TokenError::NotYetValid
+        );
+        let year_3000 = 32_503_680_000;
+        assert_eq!(
+            keys.verify(&minted(now, year_3000, None)).unwrap_err(),
+            TokenError::TooLong
+        );
+        assert_eq!(
+            keys.verify(&minted(now, now + 3 * 86400, None))
+                .unwrap_err(),
+            TokenError::TooLong
+        );
     }
 }

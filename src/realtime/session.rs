@@ -28,6 +28,9 @@ use crate::http::recommendations::RecommendationView;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// Close code for a client that kept sending malformed frames.
 pub const CLOSE_POLICY: u16 = 1008;
+/// Close code for a connection whose `auth` token has expired: reconnect
+/// and authenticate with a fresh token.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 
 /// The channel name of the caller's live recommendations.
 const RECS: &str = "recs";
@@ -93,6 +96,9 @@ pub struct WsSession {
     settings: Arc<RealtimeSettings>,
     subscriptions: HashMap<String, Subscription>,
     user: Option<UserId>,
+    /// When the `auth` token lapses (unix seconds), and the timer that
+    /// closes the connection then.
+    token_expiry: Option<(i64, SpawnHandle)>,
     last_heard: Instant,
     strikes: u32,
     /// Subscribe and unsubscribe frames left this minute; `None`: no limit.
@@ -116,12 +122,32 @@ impl WsSession {
             tokens,
             subscriptions: HashMap::new(),
             user: None,
+            token_expiry: None,
             last_heard: Instant::now(),
             strikes: 0,
             churn: std::num::NonZeroU32::new(settings.max_subscribes_per_minute)
                 .map(|n| governor::RateLimiter::direct(governor::Quota::per_minute(n))),
             settings,
         }
+    }
+
+    /// Closes the connection with [`CLOSE_TOKEN_EXPIRED`] when the token it
+    /// authenticated with lapses; a later `auth` replaces the deadline.
+    fn close_when_token_lapses(&mut self, exp: i64, ctx: &mut Context<Self>) {
+        if let Some((_, timer)) = self.token_expiry.take() {
+            ctx.cancel_future(timer);
+        }
+        let left = (exp - chrono::Utc::now().timestamp()).max(0) as u64;
+        let timer = ctx.run_later(Duration::from_secs(left), |session, ctx| {
+            session.close(CLOSE_TOKEN_EXPIRED, "token expired", ctx)
+        });
+        self.token_expiry = Some((exp, timer));
+    }
+
+    fn token_lapsed(&self) -> bool {
+        self.token_expiry
+            .as_ref()
+            .is_some_and(|(exp, _)| *exp <= chrono::Utc::now().timestamp())
     }
 
     /// Counts a subscribe or unsubscribe frame; `false` past the budget.
@@ -184,12 +210,16 @@ impl WsSession {
             ClientFrame::Auth { token } => match self.tokens.verify(&token) {
                 Ok(claims) => {
                     self.user = Some(UserId::from(claims.sub));
+                    self.close_when_token_lapses(claims.exp, ctx);
                     self.reply(protocol::authenticated(&claims.sub.to_string()));
                 }
                 Err(e) => self.reply(protocol::error("unauthorized", &e.to_string())),
             },
             ClientFrame::Subscribe { .. } | ClientFrame::Unsubscribe { .. }
                 if !self.within_churn_budget() => {}
+            ClientFrame::Subscribe { .. } if self.token_lapsed() => {
+                self.close(CLOSE_TOKEN_EXPIRED, "token expired", ctx)
+            }
             ClientFrame::Subscribe { channel, since } => {
                 let parsed = if channel == RECS {
                     None

@@ -179,8 +179,6 @@ async fn joins_that_change_nothing_store_no_answers(app: TestApp) {
     }
 }
 
-crate::on_both_backends!(joins_that_change_nothing_store_no_answers);
-
 /// The value of an unlabelled metric on a `/metrics` page.
 fn metric(page: &str, name: &str) -> Option<f64> {
     page.lines()
@@ -476,3 +474,89 @@ async fn made_up_event_channels_start_no_hubs_and_churn_is_limited() {
     }
     assert!(limited, "subscribe and unsubscribe frames are rate limited");
 }
+
+/// A token minted with the shared key and the given claims, as an identity
+/// provider (or an attacker holding a leaked key's tokens) would.
+fn mint(claims: serde_json::Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(crate::helpers::JWT_KEY.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+}
+
+/// `nbf` in the future, `iat` a year ahead and `exp` in the year 3000 were
+/// all accepted. Each is now refused, with a reason.
+async fn token_times_are_checked(app: TestApp) {
+    let now = chrono::Utc::now().timestamp();
+    let sub = uuid::Uuid::new_v4();
+    let claims =
+        |iat: i64, exp: i64| json!({ "sub": sub, "iss": "turnout", "iat": iat, "exp": exp });
+    let with_nbf = |nbf: i64| {
+        let mut c = claims(now, now + 3600);
+        c["nbf"] = json!(nbf);
+        c
+    };
+    let cases = [
+        (claims(now, now + 3600), None),
+        (with_nbf(now + 3600), Some("not valid yet")),
+        (
+            claims(now + 365 * 86400, now + 365 * 86400 + 3600),
+            Some("not valid yet"),
+        ),
+        (claims(now, 32_503_680_000), Some("lifetime")),
+        (
+            json!({ "sub": sub, "iss": "turnout", "exp": now + 3600 }),
+            Some("invalid"),
+        ),
+    ];
+    for (claims, refused) in cases {
+        let response = app
+            .request(Method::GET, "/v1/me/joins")
+            .bearer_auth(mint(claims.clone()))
+            .send()
+            .await
+            .unwrap();
+        match refused {
+            None => assert_eq!(response.status(), StatusCode::OK, "{claims}"),
+            Some(why) => {
+                let body = assert_error(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
+                let message = body["error"]["message"].as_str().unwrap();
+                assert!(message.contains(why), "{claims}: {message}");
+            }
+        }
+    }
+}
+
+/// A WebSocket authenticated with a token kept serving `recs` after the
+/// token expired. It is now closed with code 4001 when the token lapses.
+#[actix_web::test]
+async fn a_websocket_closes_when_its_token_lapses() {
+    use futures_util::StreamExt;
+    let app = crate::helpers::spawn_app(Backend::Sqlite).await.unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let token = mint(json!({
+        "sub": uuid::Uuid::new_v4(), "iss": "turnout", "iat": now, "exp": now + 2
+    }));
+    let mut socket = connect(&app).await;
+    send(&mut socket, json!({ "type": "auth", "token": token })).await;
+    assert_eq!(next(&mut socket).await["type"], "authenticated");
+    let recs = subscribe(&mut socket, "recs", None).await;
+    assert_eq!(recs["type"], "snapshot", "{recs}");
+
+    let close = loop {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(10), socket.next())
+            .await
+            .expect("closed within 10 s of the token's expiry");
+        match frame {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(close))) => break close,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    let close = close.expect("a close code");
+    assert_eq!(u16::from(close.code), 4001);
+    assert_eq!(close.reason.as_str(), "token expired");
+}
+
+crate::on_both_backends!(
+    joins_that_change_nothing_store_no_answers,
+    token_times_are_checked,
+);
