@@ -1,18 +1,33 @@
-//! Failed logins slow down and then lock out, per account and per client
-//! address, so passwords cannot be guessed at speed.
+//! Failed logins, counted so that guessing is slow but nobody can lock a
+//! stranger out.
+//!
+//! - Per (account, address): after `lock_after` failures that address may
+//!   not try that account for `lock_secs`. A guesser at one address is
+//!   stopped; the owner, elsewhere, is not.
+//! - Per address, over all accounts: ten times the budget, then locked
+//!   (credential stuffing from one address).
+//! - Per account, over all addresses: after `slow_after` failures each
+//!   attempt waits longer, up to `max_delay_ms` — a growing delay, never a
+//!   lock, so guessing from many addresses is slow and the owner still gets
+//!   in.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 /// `[auth.lockout]` settings.
 #[derive(Debug, Clone, Deserialize)]
 pub struct LockoutSettings {
-    /// Failures after which each further attempt waits longer.
+    /// Failures for an account (from anywhere) after which each further
+    /// attempt waits longer.
     pub slow_after: u32,
-    /// Failures that lock the account (or address) out.
+    /// The longest wait an account's failures impose.
+    pub max_delay_ms: u64,
+    /// Failures for an account from one address that lock that address out
+    /// of it (an address gets ten times as many over all accounts).
     pub lock_after: u32,
     pub lock_secs: u64,
 }
@@ -35,7 +50,15 @@ pub enum Admission {
 pub struct LoginGuard {
     settings: LockoutSettings,
     accounts: DashMap<String, Failures>,
+    pairs: DashMap<(String, IpAddr), Failures>,
     addresses: DashMap<IpAddr, Failures>,
+}
+
+/// An account as the logs name it: a digest of the normalised email, so a
+/// log line links attempts on one account without holding the address.
+pub fn account_digest(email: &str) -> String {
+    let digest = Sha256::digest(email.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl LoginGuard {
@@ -43,6 +66,7 @@ impl LoginGuard {
         Self {
             settings,
             accounts: DashMap::new(),
+            pairs: DashMap::new(),
             addresses: DashMap::new(),
         }
     }
@@ -51,32 +75,34 @@ impl LoginGuard {
         Duration::from_secs(self.settings.lock_secs)
     }
 
-    /// `scale` multiplies both thresholds: 1 for accounts, 10 for addresses.
-    fn admission_for(&self, failures: Option<Failures>, scale: u32) -> Admission {
-        let (slow_after, lock_after) = (
-            self.settings.slow_after * scale,
-            self.settings.lock_after * scale,
-        );
-        let Some(f) = failures.filter(|f| f.last.elapsed() < self.lock_window()) else {
-            return Admission::Proceed(Duration::ZERO);
-        };
-        if f.count >= lock_after {
-            return Admission::Locked(self.lock_window().saturating_sub(f.last.elapsed()));
-        }
-        let over = f.count.saturating_sub(slow_after);
-        Admission::Proceed(Duration::from_millis((100 * u64::from(over)).min(2_000)))
+    /// Failures still counting: within the window of the last one.
+    fn recent(&self, failures: Option<Failures>) -> Option<Failures> {
+        failures.filter(|f| f.last.elapsed() < self.lock_window())
     }
 
-    /// May this attempt go ahead? Addresses get ten times the account budget,
-    /// since many people can share one.
+    /// How long `failures` lock out, if they reach `limit`.
+    fn lock(&self, failures: Option<Failures>, limit: u32) -> Option<Duration> {
+        self.recent(failures)
+            .filter(|f| f.count >= limit)
+            .map(|f| self.lock_window().saturating_sub(f.last.elapsed()))
+    }
+
+    /// May this attempt go ahead?
     pub fn admit(&self, email: &str, ip: IpAddr) -> Admission {
-        let account = self.admission_for(self.accounts.get(email).map(|f| *f), 1);
-        let address = self.admission_for(self.addresses.get(&ip).map(|f| *f), 10);
-        match (account, address) {
-            (Admission::Locked(a), Admission::Locked(b)) => Admission::Locked(a.max(b)),
-            (locked @ Admission::Locked(_), _) | (_, locked @ Admission::Locked(_)) => locked,
-            (Admission::Proceed(a), Admission::Proceed(b)) => Admission::Proceed(a.max(b)),
+        let lock_after = self.settings.lock_after;
+        let pair = self.pairs.get(&(email.to_owned(), ip)).map(|f| *f);
+        let address = self.addresses.get(&ip).map(|f| *f);
+        let locked = [
+            self.lock(pair, lock_after),
+            self.lock(address, lock_after.saturating_mul(10)),
+        ];
+        if let Some(wait) = locked.into_iter().flatten().max() {
+            return Admission::Locked(wait);
         }
+        let account = self.recent(self.accounts.get(email).map(|f| *f));
+        let over = account.map_or(0, |f| f.count.saturating_sub(self.settings.slow_after));
+        let delay = (100 * u64::from(over)).min(self.settings.max_delay_ms);
+        Admission::Proceed(Duration::from_millis(delay))
     }
 
     pub fn failed(&self, email: &str, ip: IpAddr) {
@@ -87,28 +113,38 @@ impl LoginGuard {
             }
             f.count += 1;
             f.last = Instant::now();
+            f.count
         };
         let fresh = || Failures {
             count: 0,
             last: Instant::now(),
         };
-        let mut account = self.accounts.entry(email.to_owned()).or_insert_with(fresh);
-        bump(&mut account);
-        if account.count == self.settings.lock_after {
-            tracing::warn!(target: "turnout::audit", email, "account locked after repeated failed logins");
+        bump(&mut self.accounts.entry(email.to_owned()).or_insert_with(fresh));
+        let pair = bump(
+            &mut self
+                .pairs
+                .entry((email.to_owned(), ip))
+                .or_insert_with(fresh),
+        );
+        if pair == self.settings.lock_after {
+            tracing::warn!(target: "turnout::audit", account = %account_digest(email), %ip,
+                "an address is locked out of an account after repeated failed logins");
         }
-        drop(account);
         bump(&mut self.addresses.entry(ip).or_insert_with(fresh));
     }
 
-    pub fn succeeded(&self, email: &str) {
+    /// The right password: the account's and this address's failures for
+    /// it are forgotten.
+    pub fn succeeded(&self, email: &str, ip: IpAddr) {
         self.accounts.remove(email);
+        self.pairs.remove(&(email.to_owned(), ip));
     }
 
     /// Forgets failures older than the lock window: memory stays bounded.
     pub fn forget_old(&self) {
         let window = self.lock_window();
         self.accounts.retain(|_, f| f.last.elapsed() < window);
+        self.pairs.retain(|_, f| f.last.elapsed() < window);
         self.addresses.retain(|_, f| f.last.elapsed() < window);
     }
 }
@@ -120,47 +156,84 @@ mod tests {
     fn guard() -> LoginGuard {
         LoginGuard::new(LockoutSettings {
             slow_after: 2,
+            max_delay_ms: 300,
             lock_after: 4,
             lock_secs: 60,
         })
     }
 
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([192, 0, 2, last])
+    }
+
     #[test]
-    fn failures_slow_down_then_lock_and_success_resets() {
+    fn failures_from_one_address_lock_it_out_of_that_account_only() {
         let g = guard();
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        assert_eq!(g.admit("a@x.org", ip), Admission::Proceed(Duration::ZERO));
+        assert_eq!(
+            g.admit("a@x.org", ip(1)),
+            Admission::Proceed(Duration::ZERO)
+        );
         for _ in 0..3 {
-            g.failed("a@x.org", ip);
+            g.failed("a@x.org", ip(1));
         }
         assert_eq!(
-            g.admit("a@x.org", ip),
+            g.admit("a@x.org", ip(1)),
             Admission::Proceed(Duration::from_millis(100))
         );
-        g.failed("a@x.org", ip);
+        g.failed("a@x.org", ip(1));
         assert!(
-            matches!(g.admit("a@x.org", ip), Admission::Locked(d) if d > Duration::from_secs(50))
+            matches!(g.admit("a@x.org", ip(1)), Admission::Locked(d) if d > Duration::from_secs(50))
         );
         assert_eq!(
-            g.admit("b@x.org", ip),
+            g.admit("b@x.org", ip(1)),
             Admission::Proceed(Duration::ZERO),
             "other accounts are not locked"
         );
-        g.succeeded("a@x.org");
-        assert_eq!(g.admit("a@x.org", ip), Admission::Proceed(Duration::ZERO));
+        assert!(
+            matches!(g.admit("a@x.org", ip(2)), Admission::Proceed(_)),
+            "the owner, elsewhere, is not locked out"
+        );
+    }
+
+    #[test]
+    fn an_account_guessed_from_everywhere_is_slowed_never_locked() {
+        let g = guard();
+        for i in 0..50 {
+            g.failed("a@x.org", ip(i));
+        }
+        assert_eq!(
+            g.admit("a@x.org", ip(200)),
+            Admission::Proceed(Duration::from_millis(300)),
+            "the delay grows to its cap"
+        );
+        g.succeeded("a@x.org", ip(200));
+        assert_eq!(
+            g.admit("a@x.org", ip(200)),
+            Admission::Proceed(Duration::ZERO)
+        );
     }
 
     #[test]
     fn an_address_guessing_many_accounts_is_locked_too() {
         let g = guard();
-        let ip: IpAddr = "192.0.2.7".parse().unwrap();
         for i in 0..40 {
-            g.failed(&format!("user{i}@x.org"), ip);
+            g.failed(&format!("user{i}@x.org"), ip(7));
         }
-        assert!(matches!(g.admit("fresh@x.org", ip), Admission::Locked(_)));
+        assert!(matches!(
+            g.admit("fresh@x.org", ip(7)),
+            Admission::Locked(_)
+        ));
         assert_eq!(
-            g.admit("fresh@x.org", "192.0.2.8".parse().unwrap()),
+            g.admit("fresh@x.org", ip(8)),
             Admission::Proceed(Duration::ZERO)
         );
+    }
+
+    #[test]
+    fn logs_name_an_account_by_digest() {
+        let digest = account_digest("a@x.org");
+        assert_eq!(digest.len(), 16);
+        assert!(!digest.contains('@'));
+        assert_eq!(digest, account_digest("a@x.org"));
     }
 }

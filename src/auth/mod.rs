@@ -11,5 +11,5 @@ mod tokens;
 pub use credentials::{DisplayName, Email, Password};
 pub use extract::{AdminUser, AuthUser, MaybeUser, VerifiedClaims, bearer_token};
 pub use hashing::{Busy, Hashing, HashingSettings};
-pub use lockout::{Admission, LockoutSettings, LoginGuard};
+pub use lockout::{Admission, LockoutSettings, LoginGuard, account_digest};
 pub use tokens::{Claims, TokenError, TokenKeys};

@@ -12,6 +12,7 @@ use super::rate_limit::RateLimits;
 use super::{ApiError, AppState};
 use crate::auth::{
     Admission, AuthUser, DisplayName, Email, Hashing, LoginGuard, Password, TokenKeys,
+    account_digest,
 };
 use crate::store::{UserRecord, from_micros, micros};
 
@@ -197,7 +198,7 @@ pub async fn login(
     let ip = limits.client_ip(req.peer_addr(), req.headers());
     match guard.admit(&attempt, ip) {
         Admission::Locked(wait) => {
-            tracing::info!(target: "turnout::audit", %ip, "login refused: locked out");
+            tracing::info!(target: "turnout::audit", account = %account_digest(&attempt), %ip, "login refused: locked out");
             return Err(ApiError::TooManyRequests(wait.as_secs() + 1));
         }
         Admission::Proceed(pause) if !pause.is_zero() => tokio::time::sleep(pause).await,
@@ -222,13 +223,13 @@ pub async fn login(
     let matches = hashing.verify(body.password, hash).await?;
     match user {
         Some(user) if matches => {
-            guard.succeeded(&attempt);
+            guard.succeeded(&attempt, ip);
             tracing::info!(target: "turnout::audit", user_id = %user.id, "login");
             Ok(session_response(StatusCode::OK, user, &tokens))
         }
         _ => {
             guard.failed(&attempt, ip);
-            tracing::info!(target: "turnout::audit", %ip, "failed login");
+            tracing::info!(target: "turnout::audit", account = %account_digest(&attempt), %ip, "failed login");
             Err(ApiError::Unauthorized("wrong email or password"))
         }
     }

@@ -560,3 +560,43 @@ crate::on_both_backends!(
     joins_that_change_nothing_store_no_answers,
     token_times_are_checked,
 );
+
+/// Twelve wrong passwords for someone else's email, from another address,
+/// locked the owner out for 15 minutes. Now that address is locked out of
+/// that account, and the owner, elsewhere, still signs in.
+#[actix_web::test]
+async fn a_stranger_cannot_lock_the_owner_out() {
+    let app = crate::helpers::spawn_app_with(Backend::Sqlite, |s| {
+        s.rate_limits.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        s.auth.lockout.max_delay_ms = 500;
+    })
+    .await
+    .unwrap();
+    app.register("owner@example.com").await;
+    let login = |from: &'static str, password: &'static str| {
+        app.request(Method::POST, "/v1/auth/login")
+            .header("X-Forwarded-For", from)
+            .json(&json!({ "email": "owner@example.com", "password": password }))
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(
+            login("203.0.113.9", "not the password")
+                .await
+                .unwrap()
+                .status(),
+        );
+    }
+    assert_eq!(statuses[..10], [StatusCode::UNAUTHORIZED; 10]);
+    assert_eq!(statuses[10..], [StatusCode::TOO_MANY_REQUESTS; 2]);
+
+    let owner = login("198.51.100.7", "correct horse").await.unwrap();
+    assert_eq!(
+        owner.status(),
+        StatusCode::OK,
+        "the owner signs in from home"
+    );
+    let stranger = login("203.0.113.9", "correct horse").await.unwrap();
+    assert_error(stranger, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+}
