@@ -20,6 +20,7 @@ use turnout_actors::{ActorSettings, EventRegistry, Flush, Journal, JournalSettin
 use crate::auth::{Hashing, LoginGuard, TokenKeys};
 use crate::config::{Environment, Settings, redact_url};
 use crate::http::client_limits::{self, BodyDeadline, HttpConnections};
+use crate::http::ops::MetricsAccess;
 use crate::http::rate_limit::RateLimits;
 use crate::http::ws::Realtime;
 use crate::http::{self, AppState, request_context};
@@ -30,6 +31,8 @@ use crate::store::{self, Store};
 pub struct Application {
     port: u16,
     server: Server,
+    /// `/metrics` on a listener of its own, when `metrics.bind` is set.
+    metrics_server: Option<Server>,
     journal: Addr<Journal>,
     threads: Threads,
     /// Tasks on this thread (outbox relay, consumers, purges): stopped at
@@ -174,6 +177,14 @@ impl Application {
             settings.http.body_timeout_secs,
         )));
         let body_deadline = (settings.http.body_timeout_secs > 0).then_some(body_deadline);
+        let (metrics_access, metrics_server) = match &settings.metrics.bind {
+            Some(bind) => (
+                MetricsAccess::From(Vec::new()),
+                Some(metrics_listener(bind, state.clone())?),
+            ),
+            None => (MetricsAccess::From(settings.metrics.allowed.clone()), None),
+        };
+        let metrics_access = web::Data::new(metrics_access);
         let connections = Arc::new(HttpConnections::new(
             settings.http.max_connections_per_ip,
             settings.rate_limits.trusted_proxies.clone(),
@@ -200,6 +211,7 @@ impl Application {
                 .app_data(rate_limits.clone())
                 .app_data(login_guard.clone())
                 .app_data(hashing.clone())
+                .app_data(metrics_access.clone())
                 .configure(http::configure(max_body))
         })
         .on_connect(move |connection, data| connections.on_connect(connection, data))
@@ -220,6 +232,7 @@ impl Application {
         Ok(Self {
             port,
             server: server.run(),
+            metrics_server,
             journal,
             threads: Threads(threads),
             background,
@@ -233,7 +246,15 @@ impl Application {
     /// Serves until SIGTERM/SIGINT, then stops accepting, lets in-flight
     /// requests finish, and flushes the journal before returning.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let metrics = self.metrics_server.map(|server| {
+            let handle = server.handle();
+            (handle, actix_web::rt::spawn(server))
+        });
         self.server.await?;
+        if let Some((handle, running)) = metrics {
+            handle.stop(true).await;
+            let _ = running.await;
+        }
         tracing::info!("http stopped; flushing the journal");
         let (done, flushed) = oneshot::channel();
         self.journal.do_send(Flush(done));
@@ -251,6 +272,24 @@ impl Application {
         tracing::info!("shutdown complete");
         Ok(())
     }
+}
+
+/// `/metrics` alone, on the operator's own address.
+fn metrics_listener(bind: &str, state: web::Data<AppState>) -> anyhow::Result<Server> {
+    let listener =
+        TcpListener::bind(bind).with_context(|| format!("cannot bind metrics.bind {bind}"))?;
+    tracing::info!(bind, "metrics on a listener of their own");
+    let access = web::Data::new(MetricsAccess::Anyone);
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(access.clone())
+            .route("/metrics", web::get().to(http::ops::metrics))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run())
 }
 
 /// Sets `TCP_USER_TIMEOUT` on the listener; accepted connections inherit

@@ -40,6 +40,7 @@ pub struct Settings {
     pub recommendations: crate::recommendations::RecommendationsConfig,
     pub outbox: crate::outbox::OutboxSettings,
     pub rate_limits: crate::http::rate_limit::RateLimitSettings,
+    pub metrics: crate::http::ops::MetricsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -187,11 +187,50 @@ fn joining_again_changes_nothing() {
 }
 
 #[test]
+fn a_draft_is_not_found_by_anyone_but_its_owner() {
+    let (draft, _) = given(&[create(5)]);
+    let stranger = user(7);
+    for command in [
+        Command::Publish {
+            by: stranger,
+            at: t(1),
+        },
+        Command::Cancel {
+            by: stranger,
+            at: t(1),
+        },
+        Command::Update {
+            by: stranger,
+            patch: DetailsPatch::default(),
+            capacity: None,
+            at: t(1),
+        },
+        join(7, 1),
+        leave(7, 1),
+    ] {
+        assert_eq!(
+            decide(draft.as_ref(), &command),
+            Err(Rejection::NotFound),
+            "{command:?}"
+        );
+    }
+    let publish = Command::Publish {
+        by: user(OWNER),
+        at: t(1),
+    };
+    assert!(
+        decide(draft.as_ref(), &publish).is_ok(),
+        "the owner still can"
+    );
+}
+
+#[test]
 fn joins_need_a_published_event_that_has_not_started() {
     let (draft, _) = given(&[create(5)]);
     assert_eq!(
         decide(draft.as_ref(), &join(1, 2)),
-        Err(Rejection::NotPublished)
+        Err(Rejection::NotFound),
+        "a draft is not found by anyone but its owner"
     );
 
     let (open, _) = given(&published(5));
@@ -239,16 +278,35 @@ fn cancelling_ends_every_membership() {
 
 #[test]
 fn only_the_owner_manages_the_event() {
-    let (state, _) = given(&[create(5)]);
+    let (state, _) = given(&published(5));
     assert_eq!(
         decide(
             state.as_ref(),
-            &Command::Publish {
+            &Command::Cancel {
                 by: user(1),
                 at: t(1)
             }
         ),
         Err(Rejection::NotOwner)
+    );
+}
+
+#[test]
+fn an_event_starts_within_five_years() {
+    let mut far = details();
+    far.starts_at = t(0) + MAX_LEAD + Duration::minutes(1);
+    let create_far = Command::Create {
+        id: EventId::new(),
+        owner: user(OWNER),
+        details: far,
+        capacity: Capacity::parse(5).unwrap(),
+        at: t(0),
+    };
+    assert_eq!(
+        decide(None, &create_far),
+        Err(Rejection::InvalidSchedule(
+            "starts_at must be within 5 years"
+        ))
     );
 }
 

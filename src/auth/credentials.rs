@@ -52,7 +52,12 @@ pub struct DisplayName(String);
 impl DisplayName {
     pub fn parse(raw: &str) -> Result<Self, ValueError> {
         let name = raw.trim();
-        if name.is_empty() || name.chars().count() > 80 || name.chars().any(char::is_control) {
+        if name.is_empty()
+            || name.chars().count() > 80
+            || name
+                .chars()
+                .any(|c| c.is_control() || turnout_actors::domain::is_invisible_format(c))
+        {
             return Err(ValueError::new(
                 "display_name",
                 "must be 1 to 80 characters",

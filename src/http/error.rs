@@ -189,7 +189,6 @@ impl From<Rejection> for ApiError {
             Rejection::AlreadyExists => ApiError::conflict("already_exists", message),
             Rejection::NotOwner => ApiError::forbidden("not_owner", message),
             Rejection::OwnerCannotJoin => ApiError::forbidden("owner_cannot_join", message),
-            Rejection::NotPublished => ApiError::conflict("event_not_published", message),
             Rejection::Cancelled => ApiError::conflict("event_cancelled", message),
             Rejection::Started => ApiError::conflict("event_started", message),
             Rejection::NotMember => ApiError::NotFound("membership"),

@@ -211,7 +211,8 @@ pub async fn create_event(
 /// Change details or capacity (owner only).
 #[utoipa::path(patch, path = "/v1/events/{id}", tag = "events", security(("bearer" = [])), params(("id" = Uuid, Path)),
     request_body = UpdateEventRequest,
-    responses((status = 200, body = EventEnvelope), (status = 403, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
+    responses((status = 200, body = EventEnvelope), (status = 403, body = super::ErrorBody),
+        (status = 404, description = "no such event (a draft is found only by its owner)", body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
 pub async fn update_event(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -245,7 +246,8 @@ pub async fn update_event(
 
 /// Publish a draft (owner only): it becomes listed and joinable.
 #[utoipa::path(post, path = "/v1/events/{id}/publish", tag = "events", security(("bearer" = [])), params(("id" = Uuid, Path)),
-    responses((status = 200, body = EventEnvelope), (status = 403, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
+    responses((status = 200, body = EventEnvelope), (status = 403, body = super::ErrorBody),
+        (status = 404, description = "no such event (a draft is found only by its owner)", body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
 pub async fn publish_event(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -260,7 +262,8 @@ pub async fn publish_event(
 
 /// Cancel (owner only): every membership ends.
 #[utoipa::path(post, path = "/v1/events/{id}/cancel", tag = "events", security(("bearer" = [])), params(("id" = Uuid, Path)),
-    responses((status = 200, body = EventEnvelope), (status = 403, body = super::ErrorBody)))]
+    responses((status = 200, body = EventEnvelope), (status = 403, body = super::ErrorBody),
+        (status = 404, description = "no such event (a draft is found only by its owner)", body = super::ErrorBody)))]
 pub async fn cancel_event(
     state: web::Data<AppState>,
     user: AuthUser,

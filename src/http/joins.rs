@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use turnout_actors::domain::{Command, EventId, Membership};
+use turnout_actors::domain::{Command, EventId, Lifecycle, Membership};
 use turnout_actors::{IdempotencyKey, Outcome, Reply};
 use uuid::Uuid;
 
@@ -96,7 +96,8 @@ fn replay(status: u16, body: Value) -> HttpResponse {
     responses((status = 201, description = "joined (active or waitlisted)", body = JoinEnvelope),
         (status = 200, description = "already a member: the current status", body = JoinEnvelope),
         (status = 403, description = "the owner cannot join", body = super::ErrorBody),
-        (status = 409, description = "draft, cancelled or started", body = super::ErrorBody),
+        (status = 404, description = "no such event (a draft is found only by its owner)", body = super::ErrorBody),
+        (status = 409, description = "cancelled or started", body = super::ErrorBody),
         (status = 422, description = "Idempotency-Key reused for another request", body = super::ErrorBody),
         (status = 503, description = "busy; retry after Retry-After", body = super::ErrorBody)))]
 pub async fn join_event(
@@ -199,7 +200,11 @@ pub async fn attendees(
         .event(event)
         .await?
         .ok_or(ApiError::NotFound("event"))?;
-    if record.owner_id != user.id.as_uuid() {
+    let owner = record.owner_id == user.id.as_uuid();
+    if !owner && record.status == Lifecycle::Draft.as_str() {
+        return Err(ApiError::NotFound("event"));
+    }
+    if !owner {
         return Err(ApiError::forbidden(
             "not_owner",
             "only the event's owner may list its attendees",

@@ -18,7 +18,7 @@ mod events;
 mod joins;
 mod kiosk;
 mod openapi;
-mod ops;
+pub mod ops;
 mod pagination;
 pub mod rate_limit;
 pub mod recommendations;

@@ -1,10 +1,42 @@
 //! Operations endpoints: liveness, readiness, Prometheus metrics.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
 
 use super::{ApiError, AppState};
+
+/// `[metrics]` settings: who may read `/metrics`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetricsSettings {
+    /// Peer addresses the main listener answers `/metrics` to.
+    pub allowed: Vec<IpAddr>,
+    /// A listener of its own for `/metrics` (e.g. `10.0.0.5:9100`); when
+    /// set, the main listener does not serve it at all.
+    pub bind: Option<String>,
+}
+
+/// Who a listener serves `/metrics` to; everyone else gets 404, as if the
+/// page were not there.
+#[derive(Clone)]
+pub enum MetricsAccess {
+    From(Vec<IpAddr>),
+    /// The operator's own metrics listener.
+    Anyone,
+}
+
+impl MetricsAccess {
+    fn admits(&self, req: &HttpRequest) -> bool {
+        match self {
+            MetricsAccess::Anyone => true,
+            MetricsAccess::From(allowed) => req
+                .peer_addr()
+                .is_some_and(|peer| allowed.contains(&peer.ip().to_canonical())),
+        }
+    }
+}
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(health))
@@ -36,11 +68,18 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
 
 /// Prometheus text exposition.
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+pub async fn metrics(
+    state: web::Data<AppState>,
+    access: web::Data<MetricsAccess>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    if !access.admits(&req) {
+        return Err(ApiError::NotFound("route"));
+    }
     metrics::gauge!("turnout_registry_actors").set(state.registry.live_actors() as f64);
     metrics::counter!("turnout_log_lines_dropped_total")
         .absolute(crate::telemetry::dropped_log_lines() as u64);
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render())
+        .body(state.metrics.render()))
 }

@@ -53,6 +53,11 @@ impl RateLimits {
         }
     }
 
+    /// Whether `peer` is a proxy whose forwarding headers are believed.
+    pub fn is_trusted_proxy(&self, peer: Option<SocketAddr>) -> bool {
+        peer.is_some_and(|p| self.trusted_proxies.contains(&p.ip()))
+    }
+
     /// The client's address: the peer's, or, when the peer is a trusted
     /// proxy, the nearest address in `X-Forwarded-For` that is not one.
     pub fn client_ip(&self, peer: Option<SocketAddr>, headers: &HeaderMap) -> IpAddr {

@@ -1,5 +1,5 @@
-//! Per-request context: the request id (taken from `X-Request-ID` when the
-//! client sends a sane one, made up otherwise), a tracing span carrying it,
+//! Per-request context: the request id (taken from `X-Request-ID` when a
+//! trusted proxy sends a sane one, made up otherwise), a tracing span carrying it,
 //! the response header, and the latency histogram by route.
 //!
 //! Every label the histogram carries comes from a fixed set, never from the
@@ -64,9 +64,15 @@ pub async fn middleware(
     mut req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    // Only a trusted proxy's id is believed: from anyone else it could
+    // pose as another request's in the logs.
+    let from_proxy = req
+        .app_data::<actix_web::web::Data<super::rate_limit::RateLimits>>()
+        .is_some_and(|limits| limits.is_trusted_proxy(req.peer_addr()));
     let id = req
         .headers()
         .get(&REQUEST_ID)
+        .filter(|_| from_proxy)
         .and_then(sane)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let method = method_label(req.method());

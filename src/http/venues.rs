@@ -3,7 +3,7 @@
 use actix_web::{HttpResponse, web};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use turnout_actors::domain::{ValueError, VenueId};
+use turnout_actors::domain::{ValueError, VenueId, is_invisible_format};
 use uuid::Uuid;
 
 use super::accounts::GeoPoint;
@@ -55,10 +55,15 @@ impl From<VenueRecord> for VenueView {
 
 fn bounded(field: &'static str, raw: &str, max: usize) -> Result<String, ValueError> {
     let text = raw.trim();
-    if text.is_empty() || text.chars().count() > max || text.chars().any(char::is_control) {
+    if text.is_empty()
+        || text.chars().count() > max
+        || text
+            .chars()
+            .any(|c| c.is_control() || is_invisible_format(c))
+    {
         return Err(ValueError::new(
             field,
-            format!("must be 1 to {max} characters"),
+            format!("must be 1 to {max} visible characters"),
         ));
     }
     Ok(text.to_owned())

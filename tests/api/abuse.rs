@@ -600,3 +600,103 @@ async fn a_stranger_cannot_lock_the_owner_out() {
     let stranger = login("203.0.113.9", "correct horse").await.unwrap();
     assert_error(stranger, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
 }
+
+/// `/metrics` answers only to the addresses an operator lists, or only on a
+/// listener of its own; to anyone else it is not there.
+#[actix_web::test]
+async fn metrics_answer_only_where_the_operator_says() {
+    let unlisted = crate::helpers::spawn_app_with(Backend::Sqlite, |s| {
+        s.metrics.allowed = vec!["192.0.2.1".parse().unwrap()];
+    })
+    .await
+    .unwrap();
+    let refused = unlisted
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap();
+    assert_error(refused, StatusCode::NOT_FOUND, "not_found").await;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let separate = crate::helpers::spawn_app_with(Backend::Sqlite, |s| {
+        s.metrics.bind = Some(format!("127.0.0.1:{port}"));
+    })
+    .await
+    .unwrap();
+    let main = separate
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(main.status(), StatusCode::NOT_FOUND);
+    let own = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(own.status(), StatusCode::OK);
+    assert!(own.text().await.unwrap().contains("turnout_"));
+}
+
+/// Titles, descriptions, venue names and display names refuse characters
+/// that turn text around or hide it (kiosk spoofing); starts are at most
+/// five years ahead.
+#[actix_web::test]
+async fn text_that_spoofs_and_far_futures_are_refused() {
+    let app = crate::helpers::spawn_app(Backend::Sqlite).await.unwrap();
+    let owner = app.user();
+    let venue = app.venue(&owner).await;
+    let soon = chrono::Utc::now() + chrono::Duration::days(3);
+    for (field, value) in [
+        ("title", "free \u{202E}reeb"),
+        ("description", "zero\u{200B}width"),
+    ] {
+        let mut event =
+            json!({ "title": "Jazz", "venue_id": venue, "starts_at": soon, "capacity": 5 });
+        event[field] = json!(value);
+        let refused = app
+            .as_user(&owner, Method::POST, "/v1/events")
+            .json(&event)
+            .send()
+            .await
+            .unwrap();
+        let body = assert_error(
+            refused,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(field),
+            "{body}"
+        );
+    }
+    let venue_name = app
+        .as_user(&owner, Method::POST, "/v1/venues")
+        .json(&json!({ "name": "Hall \u{2067}x", "lat": 52.0, "lon": 4.0 }))
+        .send()
+        .await
+        .unwrap();
+    assert_error(
+        venue_name,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+
+    let far = chrono::Utc::now() + chrono::Duration::days(6 * 365);
+    let refused = app
+        .as_user(&owner, Method::POST, "/v1/events")
+        .json(&json!({ "title": "Jazz", "venue_id": venue, "starts_at": far, "capacity": 5 }))
+        .send()
+        .await
+        .unwrap();
+    assert_error(
+        refused,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_schedule",
+    )
+    .await;
+}

@@ -191,8 +191,8 @@ async fn joining_rules(app: TestApp) {
     .await;
     assert_error(
         app.join(&a, draft).await,
-        StatusCode::CONFLICT,
-        "event_not_published",
+        StatusCode::NOT_FOUND,
+        "not_found",
     )
     .await;
     assert_error(

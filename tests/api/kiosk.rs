@@ -235,6 +235,21 @@ async fn the_kiosk_page_updates_live_in_a_real_browser() {
         page.screenshot(&path).await;
     }
 
+    // All of the above ran under the page's Content-Security-Policy.
+    let served = app
+        .request(Method::GET, &format!("/kiosk/{venue}"))
+        .send()
+        .await
+        .unwrap();
+    let policy = served.headers()["content-security-policy"]
+        .to_str()
+        .unwrap();
+    assert!(
+        policy.starts_with("default-src 'none'; script-src 'sha256-"),
+        "{policy}"
+    );
+    assert!(policy.contains("connect-src 'self'"), "{policy}");
+
     let missing = app
         .request(Method::GET, &format!("/kiosk/{}", uuid::Uuid::now_v7()))
         .send()

@@ -166,6 +166,19 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Who asks: the owner-to-be for a creation, else the acting user.
+    pub fn actor(&self) -> Option<UserId> {
+        match self {
+            Command::Create { owner, .. } => Some(*owner),
+            Command::Publish { by, .. }
+            | Command::Update { by, .. }
+            | Command::Cancel { by, .. } => Some(*by),
+            Command::Join { user, .. } | Command::Leave { user, .. } => Some(*user),
+        }
+    }
+}
+
 /// How a join landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -258,8 +271,6 @@ pub enum Rejection {
     NotOwner,
     #[error("the owner cannot join their own event")]
     OwnerCannotJoin,
-    #[error("the event is not published yet")]
-    NotPublished,
     #[error("the event is cancelled")]
     Cancelled,
     #[error("the event has already started")]
@@ -299,6 +310,11 @@ pub fn decide(
         };
     };
 
+    // A draft exists only for its owner: to anyone else it is not found,
+    // whatever they ask of it.
+    if state.lifecycle == Lifecycle::Draft && command.actor() != Some(state.owner) {
+        return Err(Rejection::NotFound);
+    }
     match command {
         Command::Create { .. } => Err(Rejection::AlreadyExists),
         Command::Publish { by, at } => {
@@ -370,10 +386,8 @@ pub fn decide(
             if state.is_member(*user) {
                 return Ok(vec![]);
             }
-            match state.lifecycle {
-                Lifecycle::Draft => return Err(Rejection::NotPublished),
-                Lifecycle::Cancelled => return Err(Rejection::Cancelled),
-                Lifecycle::Published => {}
+            if state.lifecycle == Lifecycle::Cancelled {
+                return Err(Rejection::Cancelled);
             }
             if *at >= state.details.starts_at {
                 return Err(Rejection::Started);
@@ -493,10 +507,19 @@ fn require_owner(state: &EventState, by: UserId) -> Result<(), Rejection> {
     }
 }
 
+/// How far ahead an event may be planned: listings and kiosks sort by start,
+/// and a date in the year 9999 would sit there for good.
+pub const MAX_LEAD: chrono::Duration = chrono::Duration::days(5 * 365);
+
 fn check_schedule(details: &EventDetails, at: DateTime<Utc>) -> Result<(), Rejection> {
     if details.starts_at <= at {
         return Err(Rejection::InvalidSchedule(
             "starts_at must be in the future",
+        ));
+    }
+    if details.starts_at > at + MAX_LEAD {
+        return Err(Rejection::InvalidSchedule(
+            "starts_at must be within 5 years",
         ));
     }
     if let Some(ends_at) = details.ends_at

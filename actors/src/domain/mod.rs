@@ -8,10 +8,12 @@ mod values;
 mod waitlist;
 
 pub use event::{
-    Command, DetailsPatch, DomainEvent, EventDetails, EventState, JoinedAs, Lifecycle, Membership,
-    Rejection, decide, evolve,
+    Command, DetailsPatch, DomainEvent, EventDetails, EventState, JoinedAs, Lifecycle, MAX_LEAD,
+    Membership, Rejection, decide, evolve,
 };
 pub use geo::{GeoPoint, haversine_km};
 pub use stored::{DecodeError, StoredEvent, current_schema_version};
-pub use values::{Capacity, Description, EventId, Tag, Title, UserId, ValueError, VenueId};
+pub use values::{
+    Capacity, Description, EventId, Tag, Title, UserId, ValueError, VenueId, is_invisible_format,
+};
 pub use waitlist::{Waiter, Waitlist};

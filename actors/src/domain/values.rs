@@ -115,11 +115,26 @@ impl From<Capacity> for i64 {
 }
 
 /// Defines a trimmed text value with a character limit.
+/// Characters that change how text around them is shown without being seen:
+/// bidirectional embeddings, overrides and isolates, zero-width characters,
+/// invisible operators and the byte-order mark. In a title on a venue's
+/// screen they spoof ("free beer" reading backwards into something else).
+pub fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{061C}'                 // Arabic letter mark
+        | '\u{200B}'..='\u{200F}'   // zero-width space, joiners, LRM, RLM
+        | '\u{202A}'..='\u{202E}'   // embeddings and overrides
+        | '\u{2060}'..='\u{2064}'   // word joiner, invisible operators
+        | '\u{2066}'..='\u{2069}'   // isolates
+        | '\u{FEFF}'                // byte-order mark
+    )
+}
+
 macro_rules! bounded_text {
     ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
+        #[serde(from = "String", into = "String")]
         pub struct $name(String);
 
         impl $name {
@@ -139,6 +154,12 @@ macro_rules! bounded_text {
                 if text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
                     return Err(ValueError::new($field, "must not contain control characters"));
                 }
+                if text.chars().any(is_invisible_format) {
+                    return Err(ValueError::new(
+                        $field,
+                        "must not contain invisible or direction-changing characters",
+                    ));
+                }
                 Ok(Self(text.to_owned()))
             }
 
@@ -147,10 +168,11 @@ macro_rules! bounded_text {
             }
         }
 
-        impl TryFrom<String> for $name {
-            type Error = ValueError;
-            fn try_from(raw: String) -> Result<Self, Self::Error> {
-                Self::parse(raw)
+        /// Stored text (a fact, a snapshot) was checked when it was
+        /// written; a rule tightened since must not make it unreadable.
+        impl From<String> for $name {
+            fn from(stored: String) -> Self {
+                Self(stored)
             }
         }
 
@@ -275,6 +297,19 @@ mod tests {
         assert!(Title::parse("   ").is_err());
         assert!(Title::parse("x".repeat(201)).is_err());
         assert!(Title::parse("bad\u{0}byte").is_err());
+        for spoof in [
+            "free \u{202E}reeb",
+            "a\u{200B}b",
+            "\u{2067}x\u{2069}",
+            "\u{FEFF}bom",
+        ] {
+            assert!(Title::parse(spoof).is_err(), "{spoof:?}");
+            assert!(Description::parse(spoof).is_err(), "{spoof:?}");
+        }
+        assert!(
+            Title::parse("Café ☕ جاز").is_ok(),
+            "scripts and symbols are fine"
+        );
     }
 
     #[test]
