@@ -85,7 +85,7 @@ impl DemoApi {
             bail!(
                 "{method} {path} was rate limited. The demo loader writes far more than one \
                  person would: start the server with \
-                 TURNOUT_RATE_LIMITS__PER_USER_PER_MINUTE=0 TURNOUT_RATE_LIMITS__PER_IP_PER_MINUTE=0"
+                 TURNOUT_RATE_LIMITS__ENABLED=false"
             );
         }
         Ok((status, body))

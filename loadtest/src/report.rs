@@ -75,6 +75,25 @@ pub struct Report {
     pub outcomes: BTreeMap<String, u64>,
     pub error_rate: f64,
     pub checks: Vec<Check>,
+    /// What makes the figures mean something else than they seem.
+    pub warnings: Vec<String>,
+}
+
+/// How to start a server that a load from one machine measures, not limits.
+pub const LOAD_TEST_SERVER: &str = "TURNOUT_RATE_LIMITS__ENABLED=false \
+    TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP=0 TURNOUT_REALTIME__MAX_CONNECTIONS_PER_IP=0";
+
+/// A warning when most answers were 429: the run measured the server's rate
+/// limits, not its speed.
+fn rate_limited_warning(outcomes: &BTreeMap<String, u64>, requests: u64) -> Option<String> {
+    let limited = outcomes.get("429").copied().unwrap_or(0);
+    (requests > 0 && limited * 2 > requests).then(|| {
+        format!(
+            "{limited} of {requests} answers were 429 rate_limited: this run measured the \
+             server's rate limits, not its speed. Start the server for a load test with \
+             {LOAD_TEST_SERVER}"
+        )
+    })
 }
 
 impl Report {
@@ -99,13 +118,16 @@ impl Report {
             elapsed_s: elapsed.as_secs_f64(),
             throughput_per_s: requests as f64 / elapsed.as_secs_f64().max(1e-9),
             latency: Percentiles::of(latency),
-            outcomes,
+            outcomes: outcomes.clone(),
             error_rate: if requests == 0 {
                 0.0
             } else {
                 errors as f64 / requests as f64
             },
             checks,
+            warnings: rate_limited_warning(&outcomes, requests)
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -141,6 +163,10 @@ impl Report {
                 c.name,
                 c.detail
             );
+        }
+        for warning in &self.warnings {
+            println!("WARNING  {warning}");
+            eprintln!("\n*** WARNING: {warning} ***\n");
         }
     }
 }
@@ -180,5 +206,21 @@ mod tests {
         assert_eq!(report.requests, 100);
         assert!((report.error_rate - 0.10).abs() < 1e-9);
         assert!(report.invariants_hold());
+        assert!(report.warnings.is_empty());
+    }
+
+    #[test]
+    fn a_run_mostly_refused_for_rate_limits_says_so() {
+        let outcomes = BTreeMap::from([("201".to_owned(), 10), ("429".to_owned(), 90)]);
+        let report = Report::new(
+            "t",
+            "x",
+            &latency_histogram(),
+            Duration::from_secs(1),
+            outcomes,
+            vec![],
+        );
+        assert_eq!(report.warnings.len(), 1);
+        assert!(report.warnings[0].contains("TURNOUT_RATE_LIMITS__ENABLED=false"));
     }
 }

@@ -78,7 +78,7 @@ async fn a_rate_limited_server_gets_a_clear_instruction() {
     let target = server(&dir, KEY, true).await;
     let error = demo::load(&small(target)).await.unwrap_err().to_string();
     assert!(
-        error.contains("TURNOUT_RATE_LIMITS__PER_IP_PER_MINUTE=0"),
+        error.contains("TURNOUT_RATE_LIMITS__ENABLED=false"),
         "{error}"
     );
 }

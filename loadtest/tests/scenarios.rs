@@ -43,6 +43,27 @@ async fn a_small_hot_join_keeps_every_invariant() {
     assert_eq!(report.latency.count, 300);
 }
 
+/// A run against a server with its rate limits on mostly measures them: the
+/// report says so, and how to start the server instead.
+#[actix_web::test]
+async fn a_run_mostly_rate_limited_warns_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = common::server(&dir, KEY, true).await;
+    let report = hot_join::run(HotJoin {
+        common: common_options(target),
+        users: 300,
+        capacity: 40,
+        concurrency: None,
+        baseline: None,
+        database_url: None,
+    })
+    .await
+    .unwrap();
+    assert!(report.outcomes.get("429").copied().unwrap_or(0) > 150);
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    assert!(report.warnings[0].contains("TURNOUT_RATE_LIMITS__ENABLED=false"));
+}
+
 /// The row-lock baseline is a fair comparison only if it is correct too.
 #[tokio::test]
 async fn the_rowlock_baseline_keeps_every_invariant() {

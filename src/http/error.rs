@@ -36,6 +36,8 @@ pub enum ApiError {
     BodyTimeout(u64),
     #[error("too many requests; retry in {0} s")]
     TooManyRequests(u64),
+    #[error("rate limited: the {budget} budget is spent; retry in {retry_after} s")]
+    RateLimited { budget: String, retry_after: u64 },
     #[error("{0}")]
     Overloaded(&'static str),
     #[error("the service is temporarily unavailable; retry shortly")]
@@ -100,7 +102,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::BodyTimeout(_) => "body_timeout",
-            ApiError::TooManyRequests(_) => "rate_limited",
+            ApiError::TooManyRequests(_) | ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Overloaded(_) => "overloaded",
             ApiError::Unavailable => "unavailable",
             ApiError::WritesPaused(_) => "writes_paused",
@@ -123,7 +125,9 @@ impl ResponseError for ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests(_) | ApiError::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Overloaded(_) | ApiError::Unavailable | ApiError::WritesPaused(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -136,7 +140,13 @@ impl ResponseError for ApiError {
         if self.status_code() == StatusCode::SERVICE_UNAVAILABLE {
             response.insert_header((RETRY_AFTER, HeaderValue::from_static("1")));
         }
-        if let ApiError::TooManyRequests(seconds) | ApiError::WritesPaused(seconds) = self {
+        if let ApiError::TooManyRequests(seconds)
+        | ApiError::WritesPaused(seconds)
+        | ApiError::RateLimited {
+            retry_after: seconds,
+            ..
+        } = self
+        {
             response.insert_header((RETRY_AFTER, seconds.to_string()));
         }
         if let ApiError::MethodNotAllowed = self {

@@ -1,6 +1,7 @@
-//! Rate limits on every write (POST, PATCH, PUT, DELETE under `/v1`): per
-//! authenticated user and per client address, with governor's GCRA. Over the
-//! limit: 429 with `Retry-After` and the error envelope. `X-Forwarded-For` is
+//! Rate limits under `/v1`, a budget per kind of request (joins and
+//! leaves, sign-ups and logins, other writes, reads), each per user and/or
+//! per client address, with governor's GCRA. Over a budget: 429 with
+//! `Retry-After`, and the message says which budget. `X-Forwarded-For` is
 //! believed only when the peer is a configured trusted proxy.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -20,36 +21,151 @@ use uuid::Uuid;
 use super::ApiError;
 use crate::auth::{TokenKeys, VerifiedClaims, bearer_token};
 
-/// `[rate_limits]` settings. A limit of 0 switches it off (load tests).
+/// `[rate_limits]` settings: a budget per kind of request, each per
+/// minute; 0 switches one off, `enabled = false` all of them.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RateLimitSettings {
-    /// `false` switches every limit off at once (load tests).
     pub enabled: bool,
-    pub per_user_per_minute: u32,
-    pub per_ip_per_minute: u32,
+    /// Joins and leaves, per user and per address.
+    pub joins_per_user_per_minute: u32,
+    pub joins_per_ip_per_minute: u32,
+    /// Registrations and logins, per address.
+    pub accounts_per_ip_per_minute: u32,
+    /// Every other write (venues, events, profile, admin), per user and per
+    /// address: organisers publish a festival's worth at once.
+    pub writes_per_user_per_minute: u32,
+    pub writes_per_ip_per_minute: u32,
+    /// Reads under `/v1`, per address.
+    pub reads_per_ip_per_minute: u32,
     /// Peers whose `X-Forwarded-For` names the real client.
     pub trusted_proxies: Vec<IpAddr>,
 }
 
-pub struct RateLimits {
+/// The kinds of request with a budget of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    Joins,
+    Accounts,
+    Writes,
+    Reads,
+}
+
+impl Budget {
+    /// What a request to `route` (its matched pattern) with `method` spends.
+    pub fn of(method: &Method, route: Option<&str>) -> Self {
+        match (method, route) {
+            (&Method::GET | &Method::HEAD | &Method::OPTIONS, _) => Budget::Reads,
+            (&Method::POST | &Method::DELETE, Some("/v1/events/{id}/join")) => Budget::Joins,
+            (&Method::POST, Some("/v1/auth/register" | "/v1/auth/login")) => Budget::Accounts,
+            _ => Budget::Writes,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Budget::Joins => "joins",
+            Budget::Accounts => "accounts",
+            Budget::Writes => "writes",
+            Budget::Reads => "reads",
+        }
+    }
+}
+
+/// One budget: per user (when it has one) and per address.
+struct Limiter {
     per_user: Option<DefaultKeyedRateLimiter<Uuid>>,
     per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+}
+
+impl Limiter {
+    fn new(enabled: bool, per_user: u32, per_ip: u32) -> Self {
+        let quota = |per_minute: u32| {
+            NonZeroU32::new(per_minute)
+                .filter(|_| enabled)
+                .map(Quota::per_minute)
+        };
+        Self {
+            per_user: quota(per_user).map(RateLimiter::keyed),
+            per_ip: quota(per_ip).map(RateLimiter::keyed),
+        }
+    }
+
+    fn needs_user(&self) -> bool {
+        self.per_user.is_some()
+    }
+
+    fn forget_quiet_clients(&self) {
+        if let Some(l) = &self.per_user {
+            l.retain_recent();
+        }
+        if let Some(l) = &self.per_ip {
+            l.retain_recent();
+        }
+    }
+}
+
+pub struct RateLimits {
+    joins: Limiter,
+    accounts: Limiter,
+    writes: Limiter,
+    reads: Limiter,
     trusted_proxies: Vec<IpAddr>,
     clock: DefaultClock,
 }
 
+/// A budget spent: which, for whom, and how long until it has room.
+pub struct Spent {
+    pub budget: Budget,
+    pub per: &'static str,
+    pub retry_after: u64,
+}
+
+impl Spent {
+    /// The metric label: one of a fixed set.
+    fn scope(&self) -> &'static str {
+        match (self.budget, self.per) {
+            (Budget::Joins, "user") => "joins_user",
+            (Budget::Joins, _) => "joins_address",
+            (Budget::Accounts, _) => "accounts_address",
+            (Budget::Writes, "user") => "writes_user",
+            (Budget::Writes, _) => "writes_address",
+            (Budget::Reads, _) => "reads_address",
+        }
+    }
+
+    /// For the client: "joins per user".
+    fn describe(&self) -> String {
+        format!("{} per {}", self.budget.name(), self.per)
+    }
+}
+
 impl RateLimits {
     pub fn new(settings: &RateLimitSettings) -> Self {
-        let quota = |per_minute: u32| {
-            NonZeroU32::new(per_minute)
-                .filter(|_| settings.enabled)
-                .map(Quota::per_minute)
-        };
+        let on = settings.enabled;
         Self {
-            per_user: quota(settings.per_user_per_minute).map(RateLimiter::keyed),
-            per_ip: quota(settings.per_ip_per_minute).map(RateLimiter::keyed),
+            joins: Limiter::new(
+                on,
+                settings.joins_per_user_per_minute,
+                settings.joins_per_ip_per_minute,
+            ),
+            accounts: Limiter::new(on, 0, settings.accounts_per_ip_per_minute),
+            writes: Limiter::new(
+                on,
+                settings.writes_per_user_per_minute,
+                settings.writes_per_ip_per_minute,
+            ),
+            reads: Limiter::new(on, 0, settings.reads_per_ip_per_minute),
             trusted_proxies: settings.trusted_proxies.clone(),
             clock: DefaultClock::default(),
+        }
+    }
+
+    fn limiter(&self, budget: Budget) -> &Limiter {
+        match budget {
+            Budget::Joins => &self.joins,
+            Budget::Accounts => &self.accounts,
+            Budget::Writes => &self.writes,
+            Budget::Reads => &self.reads,
         }
     }
 
@@ -77,45 +193,48 @@ impl RateLimits {
             .unwrap_or(peer)
     }
 
-    /// Counts one write; `Err(seconds)` to wait when over a limit.
-    fn check(&self, user: Option<Uuid>, ip: IpAddr) -> Result<(), (&'static str, u64)> {
-        let wait = |not_until: governor::NotUntil<_>| {
-            not_until.wait_time_from(self.clock.now()).as_secs() + 1
+    /// Counts one request against its budget.
+    fn check(&self, budget: Budget, user: Option<Uuid>, ip: IpAddr) -> Result<(), Spent> {
+        let limiter = self.limiter(budget);
+        let spent = |per: &'static str, not_until: governor::NotUntil<_>| Spent {
+            budget,
+            per,
+            retry_after: not_until.wait_time_from(self.clock.now()).as_secs() + 1,
         };
-        if let (Some(limiter), Some(user)) = (&self.per_user, user) {
-            limiter.check_key(&user).map_err(|n| ("user", wait(n)))?;
+        if let (Some(l), Some(user)) = (&limiter.per_user, user) {
+            l.check_key(&user).map_err(|n| spent("user", n))?;
         }
-        if let Some(limiter) = &self.per_ip {
-            limiter.check_key(&ip).map_err(|n| ("ip", wait(n)))?;
+        if let Some(l) = &limiter.per_ip {
+            l.check_key(&ip).map_err(|n| spent("address", n))?;
         }
         Ok(())
     }
 
     /// Drops the state of clients that have been quiet: memory stays bounded.
     pub fn forget_quiet_clients(&self) {
-        if let Some(l) = &self.per_user {
-            l.retain_recent();
-        }
-        if let Some(l) = &self.per_ip {
-            l.retain_recent();
+        for limiter in [&self.joins, &self.accounts, &self.writes, &self.reads] {
+            limiter.forget_quiet_clients();
         }
     }
-}
-
-fn is_write(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::POST | Method::PATCH | Method::PUT | Method::DELETE
-    )
 }
 
 pub async fn middleware(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let limits = req.app_data::<web::Data<RateLimits>>().cloned();
-    if let Some(limits) = limits.filter(|_| is_write(req.method())) {
-        // The subject of a valid token; an invalid one is refused later.
+    let Some(limits) = req.app_data::<web::Data<RateLimits>>().cloned() else {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body);
+    };
+    let route = req.match_pattern();
+    let budget = Budget::of(req.method(), route.as_deref());
+    let limiter = limits.limiter(budget);
+    // The subject of a valid token, where the budget is per user; an
+    // invalid token is refused later. The verified claims are handed on, so
+    // the handler does not verify the token again.
+    let user = if limiter.needs_user() {
         let claims = req
             .headers()
             .get(AUTHORIZATION)
@@ -126,14 +245,48 @@ pub async fn middleware(
         if let Some(claims) = claims {
             req.extensions_mut().insert(VerifiedClaims(claims));
         }
-        let ip = limits.client_ip(req.peer_addr(), req.headers());
-        if let Err((scope, retry_after)) = limits.check(user, ip) {
-            metrics::counter!("turnout_rate_limited_total", "scope" => scope).increment(1);
-            tracing::info!(scope, %ip, "rate limited");
-            return Ok(req.error_response(ApiError::TooManyRequests(retry_after)));
-        }
+        user
+    } else {
+        None
+    };
+    let ip = limits.client_ip(req.peer_addr(), req.headers());
+    if let Err(spent) = limits.check(budget, user, ip) {
+        let scope = spent.scope();
+        metrics::counter!("turnout_rate_limited_total", "scope" => scope).increment(1);
+        tracing::info!(scope, %ip, "rate limited");
+        return Ok(req.error_response(ApiError::RateLimited {
+            budget: spent.describe(),
+            retry_after: spent.retry_after,
+        }));
     }
     next.call(req)
         .await
         .map(ServiceResponse::map_into_boxed_body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_request_spends_the_budget_of_its_kind() {
+        let join = Some("/v1/events/{id}/join");
+        assert_eq!(Budget::of(&Method::POST, join), Budget::Joins);
+        assert_eq!(Budget::of(&Method::DELETE, join), Budget::Joins);
+        assert_eq!(
+            Budget::of(&Method::POST, Some("/v1/auth/login")),
+            Budget::Accounts
+        );
+        assert_eq!(
+            Budget::of(&Method::POST, Some("/v1/auth/register")),
+            Budget::Accounts
+        );
+        assert_eq!(
+            Budget::of(&Method::POST, Some("/v1/events")),
+            Budget::Writes
+        );
+        assert_eq!(Budget::of(&Method::PATCH, Some("/v1/me")), Budget::Writes);
+        assert_eq!(Budget::of(&Method::GET, join), Budget::Reads);
+        assert_eq!(Budget::of(&Method::POST, None), Budget::Writes);
+    }
 }

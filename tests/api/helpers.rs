@@ -102,8 +102,7 @@ pub fn test_settings(database_url: &str, dir: &tempfile::TempDir) -> Settings {
     settings.database.max_connections = 4;
     settings.database.min_connections = 0;
     // Tests drive many writes from one address; the limits have their own tests.
-    settings.rate_limits.per_user_per_minute = 0;
-    settings.rate_limits.per_ip_per_minute = 0;
+    settings.rate_limits.enabled = false;
     settings.http.max_connections_per_ip = 0;
     settings.realtime.max_connections_per_ip = 0;
     settings

@@ -1,5 +1,5 @@
-//! Writes are rate limited per user and per client address; 429 says when to
-//! retry and changes nothing; reads are not limited.
+//! Each kind of request has its own budget, per user and/or per client
+//! address; 429 says which budget and when to retry, and changes nothing.
 
 use std::net::IpAddr;
 
@@ -20,9 +20,12 @@ async fn login(app: &TestApp, forwarded_for: Option<&str>) -> reqwest::Response 
 
 #[actix_web::test]
 async fn each_user_gets_a_budget_of_writes() {
-    let app = spawn_app_with(Backend::Sqlite, |s| s.rate_limits.per_user_per_minute = 3)
-        .await
-        .unwrap();
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.rate_limits.enabled = true;
+        s.rate_limits.joins_per_user_per_minute = 3;
+    })
+    .await
+    .unwrap();
     let owner = app.user();
     let event = app.published_event(&owner, 5).await; // the owner's three writes
     let user = app.user();
@@ -52,7 +55,7 @@ async fn each_user_gets_a_budget_of_writes() {
         "the refused leaves changed nothing"
     );
 
-    // Another user has their own budget; reads are never limited.
+    // Another user has their own budget; reads have one of their own.
     assert_eq!(
         app.join(&app.user(), event).await.status(),
         StatusCode::CREATED
@@ -68,13 +71,14 @@ async fn each_user_gets_a_budget_of_writes() {
         );
     }
     let metrics = app.metrics().await;
-    assert!(metrics.contains("turnout_rate_limited_total{scope=\"user\"}"));
+    assert!(metrics.contains("turnout_rate_limited_total{scope=\"joins_user\"}"));
 }
 
 #[actix_web::test]
 async fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
     let trusted = spawn_app_with(Backend::Sqlite, |s| {
-        s.rate_limits.per_ip_per_minute = 3;
+        s.rate_limits.enabled = true;
+        s.rate_limits.accounts_per_ip_per_minute = 3;
         s.rate_limits.trusted_proxies = vec!["127.0.0.1".parse::<IpAddr>().unwrap()];
     })
     .await
@@ -98,9 +102,12 @@ async fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
     );
 
     // Without trust, X-Forwarded-For is ignored: every request is the peer's.
-    let untrusted = spawn_app_with(Backend::Sqlite, |s| s.rate_limits.per_ip_per_minute = 3)
-        .await
-        .unwrap();
+    let untrusted = spawn_app_with(Backend::Sqlite, |s| {
+        s.rate_limits.enabled = true;
+        s.rate_limits.accounts_per_ip_per_minute = 3;
+    })
+    .await
+    .unwrap();
     for i in 0..3 {
         let forged = format!("198.51.100.{}", 10 + i);
         assert_eq!(
@@ -114,4 +121,106 @@ async fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
         "rate_limited",
     )
     .await;
+}
+
+/// With the default budgets an organiser publishes a festival's 30 events in
+/// a minute, while joins keep the audit's 10 a minute; the 429 names the
+/// budget that was spent.
+#[actix_web::test]
+async fn each_kind_of_request_spends_its_own_budget() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.rate_limits = turnout::config::Settings::load(&Default::default())
+            .unwrap()
+            .rate_limits;
+    })
+    .await
+    .unwrap();
+    let organiser = app.user();
+    let venue = app.venue(&organiser).await;
+    let starts = chrono::Utc::now() + chrono::Duration::days(9);
+    let mut festival = Vec::new();
+    for i in 0..30 {
+        let created = app
+            .as_user(&organiser, Method::POST, "/v1/events")
+            .json(&json!({ "title": format!("Stage {i}"), "venue_id": venue, "starts_at": starts, "capacity": 50 }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), StatusCode::CREATED, "event {i}");
+        festival.push(crate::helpers::id_of(&crate::helpers::body(created).await));
+    }
+    for event in &festival[..20] {
+        let published = app
+            .as_user(
+                &organiser,
+                Method::POST,
+                &format!("/v1/events/{event}/publish"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(published.status(), StatusCode::OK);
+    }
+
+    let fan = app.user();
+    for event in &festival[..10] {
+        assert_eq!(app.join(&fan, *event).await.status(), StatusCode::CREATED);
+    }
+    let spent = app.join(&fan, festival[10]).await;
+    let body = assert_error(spent, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("joins per user"), "{message}");
+    // The fan's other budgets are untouched.
+    let profile = app
+        .as_user(&fan, Method::GET, "/v1/me/joins")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(profile.status(), StatusCode::OK);
+}
+
+/// Reads have a budget per address too; `enabled = false` lifts them all.
+#[actix_web::test]
+async fn reads_are_bounded_and_everything_can_be_switched_off() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.rate_limits.enabled = true;
+        s.rate_limits.reads_per_ip_per_minute = 5;
+    })
+    .await
+    .unwrap();
+    for _ in 0..5 {
+        let read = app.request(Method::GET, "/v1/events").send().await.unwrap();
+        assert_eq!(read.status(), StatusCode::OK);
+    }
+    let spent = app.request(Method::GET, "/v1/events").send().await.unwrap();
+    let body = assert_error(spent, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("reads per address")
+    );
+
+    let off = spawn_app_with(Backend::Sqlite, |s| {
+        s.rate_limits.enabled = false;
+        s.rate_limits.reads_per_ip_per_minute = 1;
+        s.rate_limits.joins_per_user_per_minute = 1;
+    })
+    .await
+    .unwrap();
+    let owner = off.user();
+    let event = off.published_event(&owner, 5).await;
+    let user = off.user();
+    for _ in 0..3 {
+        assert_eq!(
+            off.request(Method::GET, "/v1/events")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK
+        );
+        off.join(&user, event).await;
+        off.leave(&user, event).await;
+    }
 }
