@@ -18,6 +18,12 @@ pub struct AuthUser {
     pub role: Option<String>,
 }
 
+impl AuthUser {
+    pub fn is_admin(&self) -> bool {
+        self.role.as_deref() == Some("admin")
+    }
+}
+
 /// A caller who may or may not have sent a token; a token that is sent must
 /// be valid.
 #[derive(Debug, Clone)]
@@ -99,7 +105,7 @@ impl FromRequest for AdminUser {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready(identify(req).and_then(|user| match user {
             None => Err(ApiError::Unauthorized("this endpoint needs a bearer token")),
-            Some(user) if user.role.as_deref() == Some("admin") => Ok(AdminUser(user)),
+            Some(user) if user.is_admin() => Ok(AdminUser(user)),
             Some(_) => Err(ApiError::forbidden(
                 "admin_only",
                 "this endpoint is for administrators",

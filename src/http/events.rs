@@ -12,7 +12,7 @@ use turnout_actors::store::EventSummary;
 use uuid::Uuid;
 
 use super::pagination::{self, Page};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, venues};
 use crate::auth::{AuthUser, MaybeUser};
 use crate::store::{EventFilter, EventRecord, from_micros};
 
@@ -144,17 +144,6 @@ impl From<&EventSummary> for EventView {
     }
 }
 
-async fn require_venue(state: &AppState, id: Uuid) -> Result<VenueId, ApiError> {
-    let venue = VenueId::from(id);
-    match state.store.venue(venue).await? {
-        Some(_) => Ok(venue),
-        None => Err(ApiError::unprocessable(
-            "unknown_venue",
-            "venue_id does not name a venue",
-        )),
-    }
-}
-
 /// Runs an owner's command on an existing event and answers with the event.
 async fn change(state: &AppState, id: Uuid, command: Command) -> Result<HttpResponse, ApiError> {
     let outcome = state.execute(EventId::from(id), command).await?;
@@ -172,7 +161,9 @@ fn summary_response(status: actix_web::http::StatusCode, summary: &EventSummary)
 
 /// Create an event (as a draft); the caller owns it.
 #[utoipa::path(post, path = "/v1/events", tag = "events", security(("bearer" = [])), request_body = CreateEventRequest,
-    responses((status = 201, body = EventEnvelope), (status = 422, body = super::ErrorBody)))]
+    responses((status = 201, body = EventEnvelope),
+        (status = 403, description = "`not_venue_organizer`: only the venue's owner, its organisers or an admin may put events on it", body = super::ErrorBody),
+        (status = 422, body = super::ErrorBody)))]
 pub async fn create_event(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -192,7 +183,7 @@ pub async fn create_event(
         tags: Tag::parse_list(&body.tags.unwrap_or_default())?,
     };
     let capacity = Capacity::parse(body.capacity)?;
-    require_venue(&state, body.venue_id).await?;
+    venues::may_place_events(&state, body.venue_id, &user).await?;
     let id = EventId::new();
     let command = Command::Create {
         id,
@@ -211,7 +202,8 @@ pub async fn create_event(
 /// Change details or capacity (owner only).
 #[utoipa::path(patch, path = "/v1/events/{id}", tag = "events", security(("bearer" = [])), params(("id" = Uuid, Path)),
     request_body = UpdateEventRequest,
-    responses((status = 200, body = EventEnvelope), (status = 403, body = super::ErrorBody),
+    responses((status = 200, body = EventEnvelope),
+        (status = 403, description = "not the event's owner, or (`not_venue_organizer`) a move to a venue the caller may not put events on", body = super::ErrorBody),
         (status = 404, description = "no such event (a draft is found only by its owner)", body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
 pub async fn update_event(
     state: web::Data<AppState>,
@@ -227,7 +219,7 @@ pub async fn update_event(
             .map(|d| d.as_deref().map(Description::parse).transpose())
             .transpose()?,
         venue_id: match body.venue_id {
-            Some(venue) => Some(require_venue(&state, venue).await?),
+            Some(venue) => Some(venues::may_place_events(&state, venue, &user).await?),
             None => None,
         },
         starts_at: body.starts_at,

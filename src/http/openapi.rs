@@ -14,6 +14,7 @@ use super::{accounts, admin, events, joins, ops, recommendations, venues, ws};
     paths(
         accounts::register, accounts::login, accounts::me, accounts::update_me,
         venues::create_venue, venues::get_venue,
+        venues::list_organizers, venues::add_organizer, venues::remove_organizer,
         events::create_event, events::list_events, events::get_event, events::update_event,
         events::publish_event, events::cancel_event,
         joins::join_event, joins::leave_event, joins::attendees, joins::my_joins,

@@ -1,4 +1,9 @@
-//! Venues: where events happen.
+//! Venues: where events happen, and who may put events on them.
+//!
+//! A venue belongs to the user who registered it. Its owner may name
+//! organisers; the owner, the organisers and admins may create events on the
+//! venue or move events to it. Nobody else may, so nobody's event appears on
+//! someone else's kiosk.
 
 use actix_web::{HttpResponse, web};
 use chrono::Utc;
@@ -10,10 +15,17 @@ use super::accounts::GeoPoint;
 use super::{ApiError, AppState};
 use crate::auth::AuthUser;
 use crate::store::{VenueRecord, from_micros, micros};
+use turnout_actors::domain::UserId;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/venues", web::post().to(create_venue))
-        .route("/venues/{id}", web::get().to(get_venue));
+        .route("/venues/{id}", web::get().to(get_venue))
+        .route("/venues/{id}/organizers", web::get().to(list_organizers))
+        .route("/venues/{id}/organizers", web::post().to(add_organizer))
+        .route(
+            "/venues/{id}/organizers/{user_id}",
+            web::delete().to(remove_organizer),
+        );
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -115,4 +127,181 @@ pub async fn get_venue(
         .await?
         .ok_or(ApiError::NotFound("venue"))?;
     Ok(HttpResponse::Ok().json(VenueEnvelope { data: venue.into() }))
+}
+
+/// Who may act on a venue: the rule behind every check below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    Owner,
+    Organizer,
+    Admin,
+    Stranger,
+}
+
+impl Standing {
+    fn may_place_events(self) -> bool {
+        self != Standing::Stranger
+    }
+
+    fn may_manage_organizers(self) -> bool {
+        matches!(self, Standing::Owner | Standing::Admin)
+    }
+}
+
+async fn standing(
+    state: &AppState,
+    venue: &VenueRecord,
+    user: &AuthUser,
+) -> Result<Standing, ApiError> {
+    Ok(if venue.owner_id == user.id.as_uuid() {
+        Standing::Owner
+    } else if user.is_admin() {
+        Standing::Admin
+    } else if state
+        .store
+        .is_organizer(VenueId::from(venue.id), user.id)
+        .await?
+    {
+        Standing::Organizer
+    } else {
+        Standing::Stranger
+    })
+}
+
+/// The venue an event is to be put on, if `user` may put events there:
+/// 422 `unknown_venue` if it does not exist, 403 `not_venue_organizer` if
+/// the user is not its owner, one of its organisers or an admin.
+pub async fn may_place_events(
+    state: &AppState,
+    id: Uuid,
+    user: &AuthUser,
+) -> Result<VenueId, ApiError> {
+    let Some(venue) = state.store.venue(VenueId::from(id)).await? else {
+        return Err(ApiError::unprocessable(
+            "unknown_venue",
+            "venue_id does not name a venue",
+        ));
+    };
+    if standing(state, &venue, user).await?.may_place_events() {
+        Ok(VenueId::from(id))
+    } else {
+        Err(ApiError::forbidden(
+            "not_venue_organizer",
+            "only the venue's owner, the organisers it names, or an admin may put events on this venue",
+        ))
+    }
+}
+
+/// The venue, if `user` may manage its organisers (404 if there is none).
+async fn managed_venue(state: &AppState, id: Uuid, user: &AuthUser) -> Result<VenueId, ApiError> {
+    let venue = state
+        .store
+        .venue(VenueId::from(id))
+        .await?
+        .ok_or(ApiError::NotFound("venue"))?;
+    if standing(state, &venue, user).await?.may_manage_organizers() {
+        Ok(VenueId::from(id))
+    } else {
+        Err(ApiError::forbidden(
+            "not_venue_owner",
+            "only the venue's owner or an admin may manage its organisers",
+        ))
+    }
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddOrganizerRequest {
+    /// The user who may put events on the venue from now on: the `sub` of
+    /// their tokens. Any id is taken, as users of an identity provider
+    /// exist only in their tokens.
+    pub user_id: Uuid,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OrganizerView {
+    pub user_id: Uuid,
+    pub added_at: chrono::DateTime<Utc>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OrganizersEnvelope {
+    /// Oldest first.
+    pub data: Vec<OrganizerView>,
+}
+
+/// The venue's organisers (owner or admin).
+#[utoipa::path(get, path = "/v1/venues/{id}/organizers", tag = "venues", security(("bearer" = [])), params(("id" = Uuid, Path)),
+    responses((status = 200, body = OrganizersEnvelope),
+        (status = 403, description = "`not_venue_owner`", body = super::ErrorBody),
+        (status = 404, body = super::ErrorBody)))]
+pub async fn list_organizers(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let venue = managed_venue(&state, id.into_inner(), &user).await?;
+    let data = state
+        .store
+        .organizers(venue)
+        .await?
+        .into_iter()
+        .map(|(user_id, added_at)| OrganizerView {
+            user_id,
+            added_at: from_micros(added_at),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(OrganizersEnvelope { data }))
+}
+
+/// Let another account put events on the venue (owner or admin).
+/// 201 when added, 200 when they already were an organiser.
+#[utoipa::path(post, path = "/v1/venues/{id}/organizers", tag = "venues", security(("bearer" = [])), params(("id" = Uuid, Path)),
+    request_body = AddOrganizerRequest,
+    responses((status = 201, body = OrganizerView), (status = 200, body = OrganizerView),
+        (status = 403, description = "`not_venue_owner`", body = super::ErrorBody),
+        (status = 404, body = super::ErrorBody)))]
+pub async fn add_organizer(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    id: web::Path<Uuid>,
+    body: web::Json<AddOrganizerRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let venue = managed_venue(&state, id.into_inner(), &user).await?;
+    let organizer = UserId::from(body.user_id);
+    let at = micros(Utc::now());
+    let added = state.store.add_organizer(venue, organizer, at).await?;
+    let view = OrganizerView {
+        user_id: body.user_id,
+        added_at: from_micros(at),
+    };
+    Ok(if added {
+        HttpResponse::Created().json(view)
+    } else {
+        HttpResponse::Ok().json(view)
+    })
+}
+
+/// Take back an organiser's right to put new events on the venue (owner or
+/// admin). Their events already there stay.
+#[utoipa::path(delete, path = "/v1/venues/{id}/organizers/{user_id}", tag = "venues", security(("bearer" = [])),
+    params(("id" = Uuid, Path), ("user_id" = Uuid, Path)),
+    responses((status = 204), (status = 403, description = "`not_venue_owner`", body = super::ErrorBody),
+        (status = 404, description = "no such venue, or the user is not its organiser", body = super::ErrorBody)))]
+pub async fn remove_organizer(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<(Uuid, Uuid)>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, organizer) = path.into_inner();
+    let venue = managed_venue(&state, id, &user).await?;
+    if state
+        .store
+        .remove_organizer(venue, UserId::from(organizer))
+        .await?
+    {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::NotFound("organizer"))
+    }
 }

@@ -176,6 +176,18 @@ pub trait Store: EventStore {
     async fn venue(&self, id: VenueId) -> Result<Option<VenueRecord>, StoreError>;
     /// Every venue's position: `(id, lat, lon)`.
     async fn venue_locations(&self) -> Result<Vec<(Uuid, f64, f64)>, StoreError>;
+    /// Lets `user` put events on `venue`; `false` if they already could.
+    async fn add_organizer(
+        &self,
+        venue: VenueId,
+        user: UserId,
+        at: i64,
+    ) -> Result<bool, StoreError>;
+    /// `false` if `user` was not an organiser of `venue`.
+    async fn remove_organizer(&self, venue: VenueId, user: UserId) -> Result<bool, StoreError>;
+    /// A venue's organisers with when each was added, oldest first.
+    async fn organizers(&self, venue: VenueId) -> Result<Vec<(Uuid, i64)>, StoreError>;
+    async fn is_organizer(&self, venue: VenueId, user: UserId) -> Result<bool, StoreError>;
 
     async fn event(&self, id: EventId) -> Result<Option<EventRecord>, StoreError>;
     async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, StoreError>;

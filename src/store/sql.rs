@@ -922,6 +922,60 @@ macro_rules! impl_store {
                     .map_err(unavailable)
             }
 
+            async fn add_organizer(
+                &self,
+                venue: VenueId,
+                user: UserId,
+                at: i64,
+            ) -> Result<bool, StoreError> {
+                let added = sqlx::query(
+                    "INSERT INTO venue_organizers (venue_id, user_id, added_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (venue_id, user_id) DO NOTHING",
+                )
+                .bind(venue.as_uuid())
+                .bind(user.as_uuid())
+                .bind(at)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                Ok(added.rows_affected() == 1)
+            }
+
+            async fn remove_organizer(&self, venue: VenueId, user: UserId) -> Result<bool, StoreError> {
+                let removed = sqlx::query(
+                    "DELETE FROM venue_organizers WHERE venue_id = $1 AND user_id = $2",
+                )
+                .bind(venue.as_uuid())
+                .bind(user.as_uuid())
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                Ok(removed.rows_affected() == 1)
+            }
+
+            async fn organizers(&self, venue: VenueId) -> Result<Vec<(Uuid, i64)>, StoreError> {
+                sqlx::query_as(
+                    "SELECT user_id, added_at FROM venue_organizers WHERE venue_id = $1 \
+                     ORDER BY added_at, user_id",
+                )
+                .bind(venue.as_uuid())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)
+            }
+
+            async fn is_organizer(&self, venue: VenueId, user: UserId) -> Result<bool, StoreError> {
+                let found: Option<(i64,)> = sqlx::query_as(
+                    "SELECT added_at FROM venue_organizers WHERE venue_id = $1 AND user_id = $2",
+                )
+                .bind(venue.as_uuid())
+                .bind(user.as_uuid())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                Ok(found.is_some())
+            }
+
             async fn event(&self, id: EventId) -> Result<Option<EventRecord>, StoreError> {
                 let mut q = QueryBuilder::<$db>::new("SELECT ");
                 q.push(EVENT_COLUMNS).push(" FROM events e WHERE e.id = ").push_bind(id.as_uuid());

@@ -6,7 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use turnout_actors::domain::UserId;
 
-use crate::helpers::{Backend, TestApp, assert_error, body, fresh_database};
+use crate::helpers::{Backend, TestApp, assert_error, body, fresh_database, id_of};
 use crate::process::ServerProcess;
 use crate::realtime::{connect, next, send, subscribe};
 
@@ -556,9 +556,120 @@ async fn a_websocket_closes_when_its_token_lapses() {
     assert_eq!(close.reason.as_str(), "token expired");
 }
 
+/// Anyone could put an event on any venue, and so on its kiosk. Only the
+/// venue's owner, the organisers the owner names, and admins may now create
+/// events there or move events to it.
+async fn only_a_venues_people_put_events_on_it(app: TestApp) {
+    let owner = app.user();
+    let stranger = app.user();
+    let hall = app.venue(&owner).await;
+    let create = |user: &crate::helpers::User, venue: uuid::Uuid| {
+        let starts_at = chrono::Utc::now() + chrono::Duration::days(7);
+        app.as_user(user, Method::POST, "/v1/events")
+            .json(&json!({ "title": "Free beer", "venue_id": venue, "starts_at": starts_at, "capacity": 5 }))
+            .send()
+    };
+    let move_to = |user: &crate::helpers::User, event: uuid::Uuid, venue: uuid::Uuid| {
+        app.as_user(user, Method::PATCH, &format!("/v1/events/{event}"))
+            .json(&json!({ "venue_id": venue }))
+            .send()
+    };
+    let organizers = format!("/v1/venues/{hall}/organizers");
+
+    let refused = create(&stranger, hall).await.unwrap();
+    assert_error(refused, StatusCode::FORBIDDEN, "not_venue_organizer").await;
+    let elsewhere = app.draft_event(&stranger, 5).await;
+    let refused = move_to(&stranger, elsewhere, hall).await.unwrap();
+    assert_error(refused, StatusCode::FORBIDDEN, "not_venue_organizer").await;
+    let stranger_view = app
+        .as_user(&stranger, Method::GET, &format!("/v1/events/{elsewhere}"))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(body(stranger_view).await["data"]["venue_id"], json!(hall));
+    for (method, path) in [
+        (Method::GET, organizers.clone()),
+        (Method::POST, organizers.clone()),
+        (Method::DELETE, format!("{organizers}/{}", owner.id)),
+    ] {
+        let refused = app
+            .as_user(&stranger, method, &path)
+            .json(&json!({ "user_id": stranger.id }))
+            .send()
+            .await
+            .unwrap();
+        assert_error(refused, StatusCode::FORBIDDEN, "not_venue_owner").await;
+    }
+
+    let add = || {
+        app.as_user(&owner, Method::POST, &organizers)
+            .json(&json!({ "user_id": stranger.id }))
+            .send()
+    };
+    assert_eq!(add().await.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(add().await.unwrap().status(), StatusCode::OK, "already one");
+    let listed = app
+        .as_user(&owner, Method::GET, &organizers)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), StatusCode::OK);
+    let listed = body(listed).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["data"][0]["user_id"], json!(stranger.id));
+
+    let created = create(&stranger, hall).await.unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED, "an organiser may");
+    let placed = id_of(&body(created).await);
+    assert_eq!(
+        move_to(&stranger, elsewhere, hall).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let admin = crate::helpers::User {
+        id: uuid::Uuid::nil(),
+        token: app.token_with_role("admin"),
+    };
+    assert_eq!(
+        create(&admin, hall).await.unwrap().status(),
+        StatusCode::CREATED,
+        "an admin may"
+    );
+
+    let removal = format!("{organizers}/{}", stranger.id);
+    let removed = app
+        .as_user(&owner, Method::DELETE, &removal)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), StatusCode::NO_CONTENT);
+    let again = app
+        .as_user(&owner, Method::DELETE, &removal)
+        .send()
+        .await
+        .unwrap();
+    assert_error(again, StatusCode::NOT_FOUND, "not_found").await;
+    let refused = create(&stranger, hall).await.unwrap();
+    assert_error(refused, StatusCode::FORBIDDEN, "not_venue_organizer").await;
+    let kept = app
+        .as_user(&stranger, Method::GET, &format!("/v1/events/{placed}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.status(), StatusCode::OK, "events already there stay");
+
+    let nowhere = format!("/v1/venues/{}/organizers", uuid::Uuid::now_v7());
+    let missing = app
+        .as_user(&owner, Method::GET, &nowhere)
+        .send()
+        .await
+        .unwrap();
+    assert_error(missing, StatusCode::NOT_FOUND, "not_found").await;
+}
+
 crate::on_both_backends!(
     joins_that_change_nothing_store_no_answers,
     token_times_are_checked,
+    only_a_venues_people_put_events_on_it,
 );
 
 /// Twelve wrong passwords for someone else's email, from another address,
