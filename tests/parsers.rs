@@ -60,6 +60,8 @@ proptest! {
 
     #[test]
     fn websocket_frames_never_panic(text in prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..400)
+            .prop_map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
         ".{0,200}",
         json_value().prop_map(|v| v.to_string()),
         frame_like().prop_map(|v| v.to_string()),

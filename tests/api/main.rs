@@ -10,6 +10,7 @@ mod admin;
 mod bad_input;
 mod crash;
 mod events;
+mod fuzz;
 mod joins;
 mod kiosk;
 mod nodes;
