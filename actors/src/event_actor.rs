@@ -7,7 +7,7 @@
 //! actor fails everything decided on top of it, leaves the registry and stops;
 //! the next command activates a fresh actor that rehydrates from the store.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,16 +15,16 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::Utc;
-use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::changes::Committed;
+use crate::changes::{ChangeSink, Committed};
 use crate::domain::{
     Command, DomainEvent, EventId, EventState, Membership, Rejection, UserId, decide, evolve,
 };
+use crate::idempotency::{Answer, Given, IdempotencyKey, KeyId, KeyMemory, Recalled};
 use crate::journal::{AppendDone, AppendError, AppendReply, Appended, Fence, Journal, Submit};
-use crate::registry::EventRegistry;
-use crate::store::{Append, EventStore, EventSummary, IdempotencyRecord, StoreError, StoredAnswer};
+use crate::roster::{Queued, Roster};
+use crate::store::{Append, EventStore, EventSummary, IdempotencyRecord, StoreError};
 
 /// Tuning for every event actor.
 #[derive(Debug, Clone)]
@@ -63,17 +63,14 @@ pub struct Outcome {
     pub membership: Option<Membership>,
 }
 
-/// Turns an outcome into the `(status, body)` the client saw, so a replay can
-/// answer the same. Supplied by the HTTP layer, which owns response shapes.
-pub type RenderReply = fn(&Outcome) -> (u16, Value);
-
-/// The client's idempotency key for a command.
-#[derive(Debug, Clone)]
-pub struct IdempotencyKey {
-    pub user: UserId,
-    pub key: String,
-    pub fingerprint: String,
-    pub render: RenderReply,
+impl Outcome {
+    /// What a keyed command answers, now and on a replay.
+    pub fn answer(&self) -> Answer {
+        Answer {
+            changed: self.changed,
+            membership: self.membership,
+        }
+    }
 }
 
 /// Why a command did not succeed.
@@ -98,7 +95,7 @@ pub enum Reply {
     Done(Outcome),
     /// Answered before under the same idempotency key: that answer again,
     /// with no second effect.
-    Replayed { status: u16, body: Value },
+    Replayed(Answer),
 }
 
 impl From<AppendError> for CommandError {
@@ -112,34 +109,6 @@ impl From<AppendError> for CommandError {
 }
 
 pub type CommandReply = oneshot::Sender<Result<Reply, CommandError>>;
-
-/// A place in one actor's mailbox, held by a queued command and given back
-/// when the command is handled or dropped. actix bounds a mailbox per sender
-/// (each `Addr` clone gets a slot of its own), so the bound is enforced here.
-pub struct Queued {
-    depth: Arc<AtomicUsize>,
-}
-
-impl Queued {
-    /// Takes a place if fewer than `capacity` commands are queued.
-    pub fn enter(depth: &Arc<AtomicUsize>, capacity: usize) -> Option<Self> {
-        if depth.fetch_add(1, Ordering::AcqRel) >= capacity {
-            depth.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        metrics::gauge!("turnout_actor_mailbox_depth").increment(1.0);
-        Some(Self {
-            depth: Arc::clone(depth),
-        })
-    }
-}
-
-impl Drop for Queued {
-    fn drop(&mut self) {
-        self.depth.fetch_sub(1, Ordering::AcqRel);
-        metrics::gauge!("turnout_actor_mailbox_depth").decrement(1.0);
-    }
-}
 
 /// A command for one event.
 #[derive(Message)]
@@ -167,38 +136,20 @@ struct InFlight {
     events: Vec<DomainEvent>,
     request_id: Option<String>,
     waiters: Vec<Waiter>,
-    key: Option<(UserId, String)>,
+    key: Option<KeyId>,
 }
 
-/// An answer given under an idempotency key.
-#[derive(Debug, Clone)]
-struct Rendered {
-    fingerprint: String,
-    status: u16,
-    body: Value,
-}
-
-impl From<StoredAnswer> for Rendered {
-    fn from(stored: StoredAnswer) -> Self {
-        Self {
-            fingerprint: stored.fingerprint,
-            status: stored.status_code,
-            body: stored.response,
-        }
-    }
-}
-
-impl Rendered {
-    /// The answer for a request with `fingerprint` using the same key.
-    fn replay_for(&self, fingerprint: &str) -> Result<Reply, CommandError> {
-        if self.fingerprint != fingerprint {
-            return Err(CommandError::KeyReused);
-        }
-        Ok(Reply::Replayed {
-            status: self.status,
-            body: self.body.clone(),
-        })
-    }
+/// What an event actor is given by the registry that starts it.
+pub(crate) struct Surroundings {
+    pub store: Arc<dyn EventStore>,
+    pub journal: Addr<Journal>,
+    /// Where it leaves when it stops.
+    pub roster: Arc<Roster<Addr<EventActor>>>,
+    /// Where its committed changes go.
+    pub changes: Arc<dyn ChangeSink>,
+    /// Commands waiting in its mailbox (see [`Queued`]).
+    pub queued: Arc<AtomicUsize>,
+    pub settings: ActorSettings,
 }
 
 pub struct EventActor {
@@ -208,20 +159,17 @@ pub struct EventActor {
     state: Option<EventState>,
     store: Arc<dyn EventStore>,
     journal: Addr<Journal>,
-    registry: EventRegistry,
+    roster: Arc<Roster<Addr<EventActor>>>,
+    changes: Arc<dyn ChangeSink>,
     /// Commands waiting in this actor's mailbox (see [`Queued`]).
     queued: Arc<AtomicUsize>,
     settings: ActorSettings,
     /// Keyed by submission order; the journal commits in that order.
     in_flight: BTreeMap<u64, InFlight>,
-    /// Idempotency keys whose command is in flight, so a duplicate waits for
-    /// the same answer instead of being decided again.
-    in_flight_keys: HashMap<(UserId, String), (u64, Rendered)>,
-    /// Recently committed keys and their answers, oldest first, bounded by
-    /// the mailbox capacity, so most replays are answered from memory; older
-    /// ones are caught by the journal's check of the stored keys.
-    recent_keys: HashMap<(UserId, String), Rendered>,
-    recent_order: VecDeque<(UserId, String)>,
+    /// Keys in flight and recently committed, bounded by the mailbox
+    /// capacity; older ones are caught by the journal's check of the stored
+    /// keys.
+    keys: KeyMemory,
     next_seq: u64,
     facts_since_snapshot: u64,
     last_active: Instant,
@@ -232,28 +180,20 @@ pub struct EventActor {
 }
 
 impl EventActor {
-    pub(crate) fn new(
-        id: EventId,
-        store: Arc<dyn EventStore>,
-        journal: Addr<Journal>,
-        registry: EventRegistry,
-        queued: Arc<AtomicUsize>,
-        settings: ActorSettings,
-    ) -> Self {
+    pub(crate) fn new(id: EventId, given: Surroundings) -> Self {
         static WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Self {
             id,
-            writer: WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            writer: WRITERS.fetch_add(1, Ordering::Relaxed),
             state: None,
-            store,
-            journal,
-            registry,
-            queued,
-            settings,
+            store: given.store,
+            journal: given.journal,
+            roster: given.roster,
+            changes: given.changes,
+            queued: given.queued,
+            keys: KeyMemory::new(given.settings.mailbox_capacity),
+            settings: given.settings,
             in_flight: BTreeMap::new(),
-            in_flight_keys: HashMap::new(),
-            recent_keys: HashMap::new(),
-            recent_order: VecDeque::new(),
             next_seq: 0,
             facts_since_snapshot: 0,
             last_active: Instant::now(),
@@ -277,25 +217,26 @@ impl EventActor {
             return;
         }
         if let Some(idempotency) = &idempotency {
-            let key = (idempotency.user, idempotency.key.clone());
-            if let Some((seq, rendered)) = self.in_flight_keys.get(&key)
-                && let Some(flight) = self.in_flight.get_mut(seq)
-            {
-                match rendered.replay_for(&idempotency.fingerprint) {
-                    Ok(answer) => flight.waiters.push(Waiter {
-                        reply,
-                        answer: Ok(answer),
-                        keyed: true,
-                    }),
-                    Err(error) => {
-                        let _ = reply.send(Err(error));
+            match self.keys.lookup(&idempotency.id()) {
+                Some(Recalled::InFlight { seq, given }) => {
+                    let answer = replay(given, &idempotency.fingerprint);
+                    match (answer, self.in_flight.get_mut(&seq)) {
+                        (Ok(answer), Some(flight)) => flight.waiters.push(Waiter {
+                            reply,
+                            answer: Ok(answer),
+                            keyed: true,
+                        }),
+                        (answer, _) => {
+                            let _ = reply.send(answer);
+                        }
                     }
+                    return;
                 }
-                return;
-            }
-            if let Some(rendered) = self.recent_keys.get(&key) {
-                let _ = reply.send(rendered.replay_for(&idempotency.fingerprint));
-                return;
+                Some(Recalled::Committed(given)) => {
+                    let _ = reply.send(replay(given, &idempotency.fingerprint));
+                    return;
+                }
+                None => {}
             }
         }
 
@@ -353,30 +294,28 @@ impl EventActor {
         }
 
         let now = Utc::now();
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let key = idempotency.as_ref().map(IdempotencyKey::id);
         let record = idempotency.map(|key| {
-            let (status_code, response) = (key.render)(&outcome);
+            self.keys.sent(
+                key.id(),
+                seq,
+                Given {
+                    fingerprint: key.fingerprint.clone(),
+                    answer: outcome.answer(),
+                },
+            );
             IdempotencyRecord {
                 user: key.user,
                 key: key.key,
                 fingerprint: key.fingerprint,
-                status_code,
-                response,
+                answer: outcome.answer(),
                 created_at: now,
                 expires_at: now + self.settings.idempotency_ttl,
                 keep: outcome.changed,
             }
         });
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let key = record.as_ref().map(|r| (r.user, r.key.clone()));
-        if let (Some(key), Some(r)) = (&key, &record) {
-            let rendered = Rendered {
-                fingerprint: r.fingerprint.clone(),
-                status: r.status_code,
-                body: r.response.clone(),
-            };
-            self.in_flight_keys.insert(key.clone(), (seq, rendered));
-        }
         let append = Append {
             stream: self.id,
             writer: self.writer,
@@ -415,15 +354,10 @@ impl EventActor {
         let Some(flight) = self.in_flight.remove(&seq) else {
             return;
         };
-        let rendered = flight.key.as_ref().and_then(|key| {
-            self.in_flight_keys
-                .remove(key)
-                .map(|(_, r)| (key.clone(), r))
-        });
         match result {
             Ok(Appended::Committed) => {
-                if let Some((key, answer)) = rendered {
-                    self.remember(key, answer);
+                if let Some(key) = &flight.key {
+                    self.keys.committed(key);
                 }
                 log_facts(self.id, &flight);
                 if !flight.events.is_empty()
@@ -432,7 +366,7 @@ impl EventActor {
                         ..
                     }) = flight.waiters.first()
                 {
-                    self.registry.changes().committed(Committed::new(
+                    self.changes.committed(Committed::new(
                         outcome.summary.clone(),
                         &flight.events,
                         Utc::now(),
@@ -446,18 +380,16 @@ impl EventActor {
                     let _ = waiter.reply.send(waiter.answer);
                 }
             }
-            Ok(Appended::Replayed(stored)) => {
-                let answer = Rendered::from(stored);
-                let replay = Reply::Replayed {
-                    status: answer.status,
-                    body: answer.body.clone(),
-                };
-                if let Some((key, _)) = rendered {
-                    self.remember(key, answer);
+            Ok(Appended::Replayed(answer)) => {
+                if let Some(key) = &flight.key {
+                    self.keys.replayed(key, answer);
                 }
-                self.answer_unwritten(flight, Ok(replay), ctx);
+                self.answer_unwritten(flight, Ok(Reply::Replayed(answer)), ctx);
             }
             Err(AppendError::KeyReused) => {
+                if let Some(key) = &flight.key {
+                    self.keys.refused(key);
+                }
                 self.answer_unwritten(flight, Err(CommandError::KeyReused), ctx)
             }
             Err(error) => {
@@ -473,7 +405,7 @@ impl EventActor {
                         let _ = waiter.reply.send(Err(error.clone()));
                     }
                 }
-                self.in_flight_keys.retain(|_, (s, _)| *s < seq);
+                self.keys.failed_from(seq);
                 tracing::warn!(event_id = %self.id, "commit failed; the actor leaves and the next command reloads");
                 self.leave(ctx);
             }
@@ -504,17 +436,6 @@ impl EventActor {
         if phantom {
             tracing::info!(event_id = %self.id, "an old idempotency key replayed a join; reloading");
             self.leave(ctx);
-        }
-    }
-
-    fn remember(&mut self, key: (UserId, String), answer: Rendered) {
-        if self.recent_keys.insert(key.clone(), answer).is_none() {
-            self.recent_order.push_back(key);
-        }
-        while self.recent_order.len() > self.settings.mailbox_capacity {
-            if let Some(old) = self.recent_order.pop_front() {
-                self.recent_keys.remove(&old);
-            }
         }
     }
 
@@ -567,14 +488,13 @@ impl EventActor {
         &mut self,
         key: IdempotencyKey,
         refusal: CommandError,
-        stored: Result<Option<StoredAnswer>, StoreError>,
+        stored: Result<Option<Given>, StoreError>,
         reply: CommandReply,
     ) {
         match stored {
-            Ok(Some(stored)) => {
-                let rendered = Rendered::from(stored);
-                let _ = reply.send(rendered.replay_for(&key.fingerprint));
-                self.remember((key.user, key.key), rendered);
+            Ok(Some(given)) => {
+                let _ = reply.send(replay(&given, &key.fingerprint));
+                self.keys.remember(key.id(), given);
             }
             // Facts the refusal rests on may still be in flight; had
             // they failed meanwhile, the state it was decided on is
@@ -599,7 +519,7 @@ impl EventActor {
                 let _ = waiter.reply.send(Err(CommandError::Unavailable));
             }
         }
-        self.in_flight_keys.clear();
+        self.keys.fail_all();
         // Appends of this actor still waiting in the journal must not share
         // a batch with those of the actor that replaces it.
         self.journal.do_send(Fence {
@@ -616,7 +536,7 @@ impl EventActor {
         if self.in_flight.is_empty()
             && self.key_lookups == 0
             && self
-                .registry
+                .roster
                 .forget_if_unwanted(self.id, &ctx.address(), &self.queued)
         {
             ctx.stop();
@@ -627,8 +547,17 @@ impl EventActor {
     fn leave(&mut self, ctx: &mut Context<Self>) {
         self.broken = true;
         self.state = None;
-        self.registry.forget(self.id, &ctx.address());
+        self.roster.forget(self.id, &ctx.address());
     }
+}
+
+/// A remembered answer for a request under the same key, or the refusal of
+/// a key used for another request.
+fn replay(given: &Given, fingerprint: &str) -> Result<Reply, CommandError> {
+    given
+        .replay_for(fingerprint)
+        .map(Reply::Replayed)
+        .ok_or(CommandError::KeyReused)
 }
 
 fn acting_user(command: &Command) -> Option<UserId> {

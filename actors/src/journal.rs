@@ -17,15 +17,16 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::store::{Append, EventStore, StoredAnswer};
+use crate::idempotency::{Answer, Given};
+use crate::store::{Append, EventStore};
 
 /// What became of an append that did not fail.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Appended {
     Committed,
-    /// Its idempotency key was already stored with this answer; nothing of
-    /// the append was written.
-    Replayed(StoredAnswer),
+    /// Its idempotency key was already stored, for the same request, with
+    /// this answer; nothing of the append was written.
+    Replayed(Answer),
 }
 
 /// Why an append was not made durable. The actor's caller gets a retryable
@@ -226,7 +227,7 @@ impl Journal {
                 return self.fail_all(appends, replies);
             }
         };
-        let mut replayed: std::collections::HashMap<usize, StoredAnswer> =
+        let mut replayed: std::collections::HashMap<usize, Given> =
             report.replayed.into_iter().collect();
         for (i, (append, reply)) in appends.into_iter().zip(replies).enumerate() {
             if let Some(answer) = replayed.remove(&i) {
@@ -239,7 +240,7 @@ impl Journal {
                     self.fence(&append);
                 }
                 reply.send(if same_request {
-                    Ok(Appended::Replayed(answer))
+                    Ok(Appended::Replayed(answer.answer))
                 } else {
                     Err(AppendError::KeyReused)
                 });

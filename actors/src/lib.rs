@@ -6,20 +6,26 @@
 //!   in the server crate.
 //! - `journal`: the group-commit persistence supervisor.
 //! - `event_actor`: one actor per event, a thin shell around the decider.
-//! - `registry`: activates and routes to event actors.
+//! - `idempotency`: answers given under idempotency keys, and the actor's
+//!   memory of them.
+//! - `registry`: activates and routes to event actors; `roster`: the table
+//!   of live actors it shares with them.
 //! - `recommend`: recommendation scoring, ranking and the per-user
 //!   recommender actors.
 
 pub mod changes;
 pub mod domain;
 pub mod event_actor;
+pub mod idempotency;
 pub mod journal;
 pub mod recommend;
 pub mod registry;
+mod roster;
 pub mod store;
 #[cfg(test)]
 mod testing;
 
-pub use event_actor::{ActorSettings, CommandError, IdempotencyKey, Outcome, RenderReply, Reply};
+pub use event_actor::{ActorSettings, CommandError, Outcome, Reply};
+pub use idempotency::{Answer, IdempotencyKey};
 pub use journal::{Appended, Flush, Journal, JournalSettings};
 pub use registry::EventRegistry;

@@ -4,34 +4,24 @@
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use actix::dev::SendError;
 use actix::prelude::*;
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
 use tokio::sync::oneshot;
 
 use crate::changes::ChangeSink;
 use crate::domain::{Command, EventId};
-use crate::event_actor::{
-    ActorSettings, CommandError, EventActor, Execute, IdempotencyKey, Queued, Reply,
-};
+use crate::event_actor::{ActorSettings, CommandError, EventActor, Execute, Reply};
+use crate::idempotency::IdempotencyKey;
 use crate::journal::Journal;
+use crate::roster::{Live, Queued, Roster};
 use crate::store::EventStore;
 
 #[derive(Clone)]
 pub struct EventRegistry(Arc<Inner>);
 
-/// A live actor and how many commands wait in its mailbox.
-#[derive(Clone)]
-struct Live {
-    addr: Addr<EventActor>,
-    queued: Arc<AtomicUsize>,
-}
-
 struct Inner {
-    actors: DashMap<EventId, Live>,
+    roster: Arc<Roster<Addr<EventActor>>>,
     arbiters: Vec<ArbiterHandle>,
     store: Arc<dyn EventStore>,
     journal: Addr<Journal>,
@@ -54,17 +44,13 @@ impl EventRegistry {
             "event actors need at least one arbiter"
         );
         Self(Arc::new(Inner {
-            actors: DashMap::new(),
+            roster: Arc::default(),
             arbiters,
             store,
             journal,
             changes,
             settings,
         }))
-    }
-
-    pub(crate) fn changes(&self) -> &dyn ChangeSink {
-        self.0.changes.as_ref()
     }
 
     /// Runs a command on its event's actor and waits for the durable outcome.
@@ -91,7 +77,7 @@ impl EventRegistry {
                 queued,
             };
             if let Err(SendError::Closed(_) | SendError::Full(_)) = addr.try_send(message) {
-                self.forget(event, &addr);
+                self.0.roster.forget(event, &addr);
                 continue;
             }
             if let Ok(result) = answer.await {
@@ -103,69 +89,36 @@ impl EventRegistry {
 
     /// How many event actors are in memory.
     pub fn live_actors(&self) -> usize {
-        self.0.actors.len()
+        self.0.roster.len()
     }
 
-    /// Activates the event's actor and takes a place in its mailbox, both
-    /// under the entry's lock, so an actor leaving through
-    /// [`EventRegistry::forget_if_unwanted`] never strands a command: a
-    /// caller has either taken its place already or finds no actor.
     fn enter(&self, event: EventId) -> Option<(Addr<EventActor>, Queued)> {
-        let live = match self.0.actors.entry(event) {
-            Entry::Occupied(entry) if entry.get().addr.connected() => entry.into_ref(),
-            Entry::Occupied(mut entry) => {
-                entry.insert(self.spawn(event));
-                entry.into_ref()
-            }
-            Entry::Vacant(entry) => entry.insert(self.spawn(event)),
-        };
-        let queued = Queued::enter(&live.queued, self.0.settings.mailbox_capacity)?;
-        Some((live.addr.clone(), queued))
+        self.0.roster.enter(
+            event,
+            Addr::connected,
+            || self.spawn(event),
+            self.0.settings.mailbox_capacity,
+        )
     }
 
-    fn spawn(&self, event: EventId) -> Live {
-        let queued: Arc<AtomicUsize> = Arc::default();
+    fn spawn(&self, event: EventId) -> Live<Addr<EventActor>> {
+        let queued: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         event.hash(&mut hasher);
         let arbiter = &self.0.arbiters[hasher.finish() as usize % self.0.arbiters.len()];
-        let store = Arc::clone(&self.0.store);
-        let journal = self.0.journal.clone();
-        let settings = self.0.settings.clone();
-        let registry = self.clone();
-        let depth = Arc::clone(&queued);
+        let shell = crate::event_actor::Surroundings {
+            store: Arc::clone(&self.0.store),
+            journal: self.0.journal.clone(),
+            roster: Arc::clone(&self.0.roster),
+            changes: Arc::clone(&self.0.changes),
+            queued: Arc::clone(&queued),
+            settings: self.0.settings.clone(),
+        };
         let addr = EventActor::start_in_arbiter(arbiter, move |ctx| {
             // Bounded by `Queued`, not by actix (see there).
             ctx.set_mailbox_capacity(0);
-            EventActor::new(event, store, journal, registry, depth, settings)
+            EventActor::new(event, shell)
         });
         Live { addr, queued }
-    }
-
-    /// Removes an actor that has nothing queued, so it can stop without
-    /// dropping a command; `false` when a command waits for it.
-    pub(crate) fn forget_if_unwanted(
-        &self,
-        event: EventId,
-        addr: &Addr<EventActor>,
-        queued: &AtomicUsize,
-    ) -> bool {
-        match self.0.actors.entry(event) {
-            Entry::Occupied(entry) if &entry.get().addr == addr => {
-                let unwanted = queued.load(Ordering::Acquire) == 0;
-                if unwanted {
-                    entry.remove();
-                }
-                unwanted
-            }
-            // Already replaced: nobody can take a new place with it.
-            _ => queued.load(Ordering::Acquire) == 0,
-        }
-    }
-
-    /// Removes an actor, unless a newer one already took its place.
-    pub(crate) fn forget(&self, event: EventId, addr: &Addr<EventActor>) {
-        self.0
-            .actors
-            .remove_if(&event, |_, current| &current.addr == addr);
     }
 }

@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
+use crate::idempotency::{Answer, Given};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 
 use crate::domain::{
     Capacity, DomainEvent, EventDetails, EventId, EventState, JoinedAs, Lifecycle, StoredEvent,
@@ -51,8 +51,7 @@ pub struct IdempotencyRecord {
     pub key: String,
     /// What the key was used for (method and target); another use is refused.
     pub fingerprint: String,
-    pub status_code: u16,
-    pub response: Value,
+    pub answer: Answer,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     /// Whether the answer is written. `false` for a command that changed
@@ -206,14 +205,6 @@ pub fn membership_rows<'a>(batch: impl IntoIterator<Item = &'a Append>) -> Vec<M
     rows
 }
 
-/// An answer stored earlier under an idempotency key.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredAnswer {
-    pub fingerprint: String,
-    pub status_code: u16,
-    pub response: Value,
-}
-
 /// What a commit did besides writing: streams that lost an
 /// optimistic-concurrency race (left out), and appends whose idempotency key
 /// was already stored (left out, answered with the stored answer instead).
@@ -222,7 +213,7 @@ pub struct CommitReport {
     /// By index in the batch.
     pub conflicted: Vec<usize>,
     /// By index in the batch.
-    pub replayed: Vec<(usize, StoredAnswer)>,
+    pub replayed: Vec<(usize, Given)>,
 }
 
 /// The database behind the actors.
@@ -242,9 +233,5 @@ pub trait EventStore: Send + Sync + 'static {
     async fn commit(&self, batch: &[Append]) -> Result<CommitReport, StoreError>;
 
     /// The unexpired answer stored under a user's idempotency key, if any.
-    async fn stored_answer(
-        &self,
-        user: UserId,
-        key: &str,
-    ) -> Result<Option<StoredAnswer>, StoreError>;
+    async fn stored_answer(&self, user: UserId, key: &str) -> Result<Option<Given>, StoreError>;
 }

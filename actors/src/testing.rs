@@ -11,7 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::domain::{EventDetails, EventId, StoredEvent, Title, UserId, VenueId};
-use crate::store::{Append, CommitReport, EventStore, Rehydration, StoreError, StoredAnswer};
+use crate::idempotency::Given;
+use crate::store::{Append, CommitReport, EventStore, Rehydration, StoreError};
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -21,7 +22,7 @@ pub struct MemoryStore {
     /// Each commit sleeps this long, so appends pile up behind it.
     pub commit_delay: Duration,
     /// Answers by (user, key), as committed.
-    pub answers: Mutex<HashMap<(UserId, String), StoredAnswer>>,
+    pub answers: Mutex<HashMap<(UserId, String), Given>>,
 }
 
 #[async_trait]
@@ -51,10 +52,9 @@ impl EventStore for MemoryStore {
             if let Some(record) = append.idempotency.as_ref().filter(|r| r.keep) {
                 self.answers.lock().unwrap().insert(
                     (record.user, record.key.clone()),
-                    StoredAnswer {
+                    Given {
                         fingerprint: record.fingerprint.clone(),
-                        status_code: record.status_code,
-                        response: record.response.clone(),
+                        answer: record.answer,
                     },
                 );
             }
@@ -62,11 +62,7 @@ impl EventStore for MemoryStore {
         Ok(report)
     }
 
-    async fn stored_answer(
-        &self,
-        user: UserId,
-        key: &str,
-    ) -> Result<Option<StoredAnswer>, StoreError> {
+    async fn stored_answer(&self, user: UserId, key: &str) -> Result<Option<Given>, StoreError> {
         let answers = self.answers.lock().unwrap();
         Ok(answers.get(&(user, key.to_owned())).cloned())
     }

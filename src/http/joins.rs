@@ -1,13 +1,11 @@
 //! Joining and leaving events, the owner's attendee list, and the caller's
 //! own joins.
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
 use turnout_actors::domain::{Command, EventId, Lifecycle, Membership};
-use turnout_actors::{IdempotencyKey, Outcome, Reply};
+use turnout_actors::{Answer, IdempotencyKey, Reply};
 use uuid::Uuid;
 
 use super::events::EventView;
@@ -58,11 +56,20 @@ impl JoinView {
     }
 }
 
-/// The join answer, also stored for idempotent replay.
-fn render_join(outcome: &Outcome) -> (u16, Value) {
-    let status = if outcome.changed { 201 } else { 200 };
-    let view = JoinView::new(outcome.summary.id, outcome.membership);
-    (status, serde_json::to_value(view).expect("views serialise"))
+/// A join's answer, the first time and on a replay: 201 when it changed
+/// something, 200 when the caller was a member already.
+fn join_response(event: EventId, answer: Answer, replayed: bool) -> HttpResponse {
+    let mut response = if answer.changed {
+        HttpResponse::Created()
+    } else {
+        HttpResponse::Ok()
+    };
+    if replayed {
+        response.insert_header(("Idempotent-Replayed", "true"));
+    }
+    response.json(JoinEnvelope {
+        data: JoinView::new(event, answer.membership),
+    })
 }
 
 fn idempotency_key(req: &HttpRequest) -> Result<String, ApiError> {
@@ -82,12 +89,6 @@ fn idempotency_key(req: &HttpRequest) -> Result<String, ApiError> {
                 "the Idempotency-Key must be 1 to 255 visible ASCII characters",
             )
         })
-}
-
-fn replay(status: u16, body: Value) -> HttpResponse {
-    HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::OK))
-        .insert_header(("Idempotent-Replayed", "true"))
-        .json(serde_json::json!({ "data": body }))
 }
 
 /// Join an event: active if a place is free, else waitlisted.
@@ -117,31 +118,24 @@ pub async fn join_event(
         user: user.id,
         key,
         fingerprint,
-        render: render_join,
     };
     // No lookup here: the actor answers duplicates it has seen, and the
     // journal checks every key of a batch against the stored ones at once.
-    let outcome = match state
+    let (answer, replayed) = match state
         .execute_keyed(event, command, Some(idempotency))
         .await?
     {
-        Reply::Done(outcome) => outcome,
-        Reply::Replayed { status, body } => {
-            metrics::counter!("turnout_joins_total", "outcome" => "replayed").increment(1);
-            return Ok(replay(status, body));
-        }
+        Reply::Done(outcome) => (outcome.answer(), false),
+        Reply::Replayed(answer) => (answer, true),
     };
-    metrics::counter!("turnout_joins_total", "outcome" => match (&outcome.membership, outcome.changed) {
-        (_, false) => "already_member",
-        (Some(Membership::Active { .. }), true) => "active",
+    let outcome = match (replayed, answer.changed, &answer.membership) {
+        (true, ..) => "replayed",
+        (_, false, _) => "already_member",
+        (_, true, Some(Membership::Active { .. })) => "active",
         _ => "waitlisted",
-    })
-    .increment(1);
-    let (status, body) = render_join(&outcome);
-    Ok(
-        HttpResponse::build(StatusCode::from_u16(status).expect("201 or 200"))
-            .json(serde_json::json!({ "data": body })),
-    )
+    };
+    metrics::counter!("turnout_joins_total", "outcome" => outcome).increment(1);
+    Ok(join_response(event, answer, replayed))
 }
 
 /// Leave an event; the first waiter is promoted in the same commit.

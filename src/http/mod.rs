@@ -58,7 +58,7 @@ impl AppState {
     pub async fn execute(&self, event: EventId, command: Command) -> Result<Outcome, ApiError> {
         match self.execute_keyed(event, command, None).await? {
             Reply::Done(outcome) => Ok(outcome),
-            Reply::Replayed { .. } => {
+            Reply::Replayed(_) => {
                 tracing::error!(%event, "a command without an idempotency key was answered as a replay");
                 Err(ApiError::Internal)
             }

@@ -11,9 +11,10 @@ use sqlx::{Pool, Postgres, QueryBuilder, Sqlite};
 use turnout_actors::domain::{
     EventId, EventState, StoredEvent, UserId, VenueId, current_schema_version,
 };
+use turnout_actors::idempotency::{Answer, Given};
 use turnout_actors::store::{
     Append, CommitReport, EventStore, IdempotencyRecord, MembershipRow, Rehydration, StoreError,
-    StoredAnswer, membership_rows,
+    membership_rows,
 };
 use uuid::Uuid;
 
@@ -51,7 +52,7 @@ const CHUNK: usize = 500;
 macro_rules! idempotency_upsert {
     () => {
         " ON CONFLICT (user_id, key) DO UPDATE SET fingerprint = excluded.fingerprint, \
-         status_code = excluded.status_code, response = excluded.response, \
+         answer = excluded.answer, \
          created_at = excluded.created_at, expires_at = excluded.expires_at \
          WHERE idempotency_keys.expires_at <= "
     };
@@ -130,19 +131,26 @@ impl LogRow {
     }
 }
 
-/// A stored answer: user, key, fingerprint, status, response (JSON text).
-type AnswerRow = (Uuid, String, String, i64, String);
+/// A stored answer: user, key, fingerprint, answer (JSON text).
+type AnswerRow = (Uuid, String, String, String);
 
 /// A stored answer, by the user and key it was given under.
 fn stored_answer(
-    (user, key, fingerprint, status, response): AnswerRow,
-) -> ((Uuid, String), StoredAnswer) {
-    let answer = StoredAnswer {
-        fingerprint,
-        status_code: status as u16,
-        response: serde_json::from_str(&response).unwrap_or_default(),
-    };
-    ((user, key), answer)
+    (user, key, fingerprint, answer): AnswerRow,
+) -> Result<((Uuid, String), Given), sqlx::Error> {
+    let answer: Answer =
+        serde_json::from_str(&answer).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    Ok((
+        (user, key),
+        Given {
+            fingerprint,
+            answer,
+        },
+    ))
+}
+
+fn answer_json(answer: &Answer) -> String {
+    serde_json::to_string(answer).expect("an answer serialises")
 }
 
 /// One outbox message; the payload is JSON text.
@@ -195,7 +203,7 @@ impl SqlStore<Sqlite> {
         now: i64,
     ) -> Result<Vec<AnswerRow>, sqlx::Error> {
         let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT user_id, key, fingerprint, status_code, response FROM idempotency_keys \
+            "SELECT user_id, key, fingerprint, answer FROM idempotency_keys \
              WHERE expires_at > ",
         );
         q.push_bind(now).push(" AND (user_id, key) IN (VALUES ");
@@ -238,15 +246,13 @@ impl SqlStore<Sqlite> {
         now: i64,
     ) -> Result<(), sqlx::Error> {
         let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO idempotency_keys (user_id, key, fingerprint, status_code, response, \
-             created_at, expires_at) ",
+            "INSERT INTO idempotency_keys (user_id, key, fingerprint, answer, created_at, expires_at) ",
         );
         q.push_values(rows, |mut b, r| {
             b.push_bind(r.user.as_uuid())
                 .push_bind(r.key.clone())
                 .push_bind(r.fingerprint.clone())
-                .push_bind(i64::from(r.status_code))
-                .push_bind(r.response.to_string())
+                .push_bind(answer_json(&r.answer))
                 .push_bind(micros(r.created_at))
                 .push_bind(micros(r.expires_at));
         });
@@ -321,7 +327,7 @@ impl SqlStore<Postgres> {
         now: i64,
     ) -> Result<Vec<AnswerRow>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT i.user_id, i.key, i.fingerprint, i.status_code, i.response::text \
+            "SELECT i.user_id, i.key, i.fingerprint, i.answer::text \
              FROM idempotency_keys i \
              JOIN UNNEST($1::uuid[], $2::text[]) AS x(u, k) ON i.user_id = x.u AND i.key = x.k \
              WHERE i.expires_at > $3",
@@ -358,19 +364,17 @@ impl SqlStore<Postgres> {
         now: i64,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(concat!(
-            "INSERT INTO idempotency_keys (user_id, key, fingerprint, status_code, response, \
-             created_at, expires_at) \
-             SELECT u, k, f, c, r::jsonb, ca, ea \
-             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::int8[], $7::int8[]) \
-               AS x(u, k, f, c, r, ca, ea)",
+            "INSERT INTO idempotency_keys (user_id, key, fingerprint, answer, created_at, expires_at) \
+             SELECT u, k, f, a::jsonb, ca, ea \
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[]) \
+               AS x(u, k, f, a, ca, ea)",
             idempotency_upsert!(),
-            "$8"
+            "$7"
         ))
         .bind(rows.iter().map(|r| r.user.as_uuid()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.key.clone()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.fingerprint.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| i64::from(r.status_code)).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.response.to_string()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| answer_json(&r.answer)).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| micros(r.created_at)).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| micros(r.expires_at)).collect::<Vec<_>>())
         .bind(now)
@@ -491,17 +495,17 @@ macro_rules! impl_store {
                 tx: &mut sqlx::Transaction<'_, $db>,
                 live: &[(usize, &Append)],
                 now: i64,
-            ) -> Result<Vec<(usize, StoredAnswer)>, sqlx::Error> {
+            ) -> Result<Vec<(usize, Given)>, sqlx::Error> {
                 let keyed: Vec<(usize, &IdempotencyRecord)> =
                     live.iter().filter_map(|(i, a)| a.idempotency.as_ref().map(|r| (*i, r))).collect();
                 if keyed.is_empty() {
                     return Ok(Vec::new());
                 }
                 let keys: Vec<(Uuid, String)> = keyed.iter().map(|(_, r)| (r.user.as_uuid(), r.key.clone())).collect();
-                let mut stored: HashMap<(Uuid, String), StoredAnswer> = HashMap::new();
+                let mut stored: HashMap<(Uuid, String), Given> = HashMap::new();
                 for chunk in keys.chunks(CHUNK) {
                     for row in Self::select_answers(&mut **tx, chunk, now).await? {
-                        let (key, answer) = stored_answer(row);
+                        let (key, answer) = stored_answer(row)?;
                         stored.insert(key, answer);
                     }
                 }
@@ -513,10 +517,9 @@ macro_rules! impl_store {
                         None => {
                             stored.insert(
                                 key,
-                                StoredAnswer {
+                                Given {
                                     fingerprint: record.fingerprint.clone(),
-                                    status_code: record.status_code,
-                                    response: record.response.clone(),
+                                    answer: record.answer,
                                 },
                             );
                         }
@@ -746,12 +749,16 @@ macro_rules! impl_store {
                 &self,
                 user: UserId,
                 key: &str,
-            ) -> Result<Option<StoredAnswer>, StoreError> {
+            ) -> Result<Option<Given>, StoreError> {
                 let mut conn = self.pool.acquire().await.map_err(unavailable)?;
                 let rows = Self::select_answers(&mut conn, &[(user.as_uuid(), key.to_owned())], micros(Utc::now()))
                     .await
                     .map_err(unavailable)?;
-                Ok(rows.into_iter().next().map(|row| stored_answer(row).1))
+                rows.into_iter()
+                    .next()
+                    .map(|row| stored_answer(row).map(|(_, given)| given))
+                    .transpose()
+                    .map_err(unavailable)
             }
 
             async fn commit(&self, batch: &[Append]) -> Result<CommitReport, StoreError> {

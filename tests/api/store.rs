@@ -211,7 +211,6 @@ async fn expired_idempotency_records_are_purged(backend: Backend) {
         user,
         key: "k".into(),
         fingerprint: "f".into(),
-        render: |_| (201, serde_json::json!({})),
     };
     registry
         .execute(
@@ -245,12 +244,6 @@ async fn an_old_key_replays_across_actor_incarnations(backend: Backend) {
         user,
         key: "join-once".into(),
         fingerprint: format!("join {event}"),
-        render: |o| {
-            (
-                if o.changed { 201 } else { 200 },
-                serde_json::json!({ "changed": o.changed }),
-            )
-        },
     };
     let join = || Command::Join {
         user,
@@ -269,7 +262,7 @@ async fn an_old_key_replays_across_actor_incarnations(backend: Backend) {
         .await
         .unwrap();
     assert!(
-        matches!(replay, turnout_actors::Reply::Replayed { status: 201, ref body } if body["changed"] == true),
+        matches!(replay, turnout_actors::Reply::Replayed(answer) if answer.changed),
         "{replay:?}"
     );
 
@@ -293,7 +286,7 @@ async fn an_old_key_replays_across_actor_incarnations(backend: Backend) {
         .await
         .unwrap();
     assert!(
-        matches!(replay, turnout_actors::Reply::Replayed { status: 201, .. }),
+        matches!(replay, turnout_actors::Reply::Replayed(answer) if answer.changed),
         "{replay:?}"
     );
     let row = store.event(event).await.unwrap().unwrap();
@@ -340,7 +333,7 @@ async fn an_old_key_replays_across_actor_incarnations(backend: Backend) {
         .await
         .unwrap();
     assert!(
-        matches!(replay, turnout_actors::Reply::Replayed { status: 201, .. }),
+        matches!(replay, turnout_actors::Reply::Replayed(answer) if answer.changed),
         "{replay:?}"
     );
     let mut reused = key();
@@ -482,12 +475,13 @@ async fn an_append_that_skips_a_version_is_refused(backend: Backend) {
 }
 
 /// An append without facts (a keyed command that changed nothing) on
-/// `state`'s version, its answer kept for 24 hours from `created_at`.
+/// `state`'s version, its answer (told apart by a waitlist `position`) kept
+/// for 24 hours from `created_at`.
 fn keyed_no_op(
     state: &EventState,
     user: UserId,
     key: &str,
-    status_code: u16,
+    position: usize,
     created_at: chrono::DateTime<Utc>,
 ) -> Append {
     Append {
@@ -501,8 +495,13 @@ fn keyed_no_op(
             user,
             key: key.into(),
             fingerprint: "POST /join".into(),
-            status_code,
-            response: serde_json::json!({ "status": status_code }),
+            answer: turnout_actors::Answer {
+                changed: false,
+                membership: Some(turnout_actors::domain::Membership::Waitlisted {
+                    position,
+                    joined_at: created_at,
+                }),
+            },
             created_at,
             expires_at: created_at + chrono::Duration::hours(24),
             keep: true,
@@ -550,7 +549,7 @@ async fn a_keyed_append_without_facts_on_an_old_version_is_refused(backend: Back
     );
 
     let no_op =
-        |state: &EventState, key: &str| keyed_no_op(state, UserId::new(), key, 200, Utc::now());
+        |state: &EventState, key: &str| keyed_no_op(state, UserId::new(), key, 1, Utc::now());
     let stale = store.commit(&[no_op(&before, "stale")]).await.unwrap();
     assert_eq!(
         stale.conflicted,
@@ -582,13 +581,13 @@ async fn an_expired_key_takes_a_new_answer_before_the_purge(backend: Backend) {
     let event = create_event(&store, &registry, UserId::new(), 5).await;
     let state = current_state(&store, event).await;
     let user = UserId::new();
-    let keyed = |status_code: u16, age: chrono::Duration| {
-        keyed_no_op(&state, user, "reused", status_code, Utc::now() - age)
+    let keyed = |position: usize, age: chrono::Duration| {
+        keyed_no_op(&state, user, "reused", position, Utc::now() - age)
     };
-    let expired = keyed(201, chrono::Duration::hours(25));
+    let expired = keyed(1, chrono::Duration::hours(25));
     assert!(store.commit(&[expired]).await.unwrap().replayed.is_empty());
     let fresh = store
-        .commit(&[keyed(200, chrono::Duration::zero())])
+        .commit(&[keyed(2, chrono::Duration::zero())])
         .await
         .unwrap();
     assert!(
@@ -596,12 +595,16 @@ async fn an_expired_key_takes_a_new_answer_before_the_purge(backend: Backend) {
         "an expired answer is not replayed"
     );
     let again = store
-        .commit(&[keyed(202, chrono::Duration::zero())])
+        .commit(&[keyed(3, chrono::Duration::zero())])
         .await
         .unwrap();
     assert_eq!(again.replayed.len(), 1);
     assert_eq!(
-        again.replayed[0].1.status_code, 200,
+        again.replayed[0].1.answer.membership.map(|m| match m {
+            turnout_actors::domain::Membership::Waitlisted { position, .. } => position,
+            turnout_actors::domain::Membership::Active { .. } => 0,
+        }),
+        Some(2),
         "the new answer was kept"
     );
 }

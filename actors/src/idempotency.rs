@@ -1,0 +1,259 @@
+//! Idempotency keys: what a keyed command answered, and the event actor's
+//! memory of the answers it gave.
+//!
+//! A client that retries a join under the same `Idempotency-Key` gets the
+//! first answer again and causes no second effect. The answer is kept as a
+//! domain value ([`Answer`]), not as a rendered response: the HTTP layer
+//! renders it, the same way for a first answer and for a replay.
+//!
+//! Three places hold answers, nearest first: [`KeyMemory`] in the actor (keys
+//! in flight, then recently committed ones), the stored keys the journal
+//! checks for a whole batch at once, and a lookup when a command is refused.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Membership, UserId};
+
+/// The client's idempotency key for a command.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub user: UserId,
+    pub key: String,
+    /// What the key is used for (method and target): another use of the same
+    /// key is refused, not answered with this one's answer.
+    pub fingerprint: String,
+}
+
+impl IdempotencyKey {
+    pub fn id(&self) -> KeyId {
+        (self.user, self.key.clone())
+    }
+}
+
+/// A key as it is looked up: per user, so two users' keys never collide.
+pub type KeyId = (UserId, String);
+
+/// What a keyed command answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    /// False when the command was already in effect (joining twice).
+    pub changed: bool,
+    /// The caller's membership after the command.
+    pub membership: Option<Membership>,
+}
+
+/// An answer given under a key, with what the key was used for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Given {
+    pub fingerprint: String,
+    pub answer: Answer,
+}
+
+impl Given {
+    /// The answer for a request with `fingerprint` under the same key, or
+    /// `None` if the key was used for something else.
+    pub fn replay_for(&self, fingerprint: &str) -> Option<Answer> {
+        (self.fingerprint == fingerprint).then_some(self.answer)
+    }
+}
+
+/// An event actor's memory of keys: those whose command is in flight (a
+/// duplicate waits for the same answer instead of being decided again),
+/// and the most recently committed ones, so most replays are answered
+/// without the database.
+#[derive(Debug)]
+pub struct KeyMemory {
+    /// Each with the sequence number of the append that carries it.
+    in_flight: HashMap<KeyId, (u64, Given)>,
+    recent: HashMap<KeyId, Given>,
+    /// Oldest first: the order `recent` forgets in.
+    order: VecDeque<KeyId>,
+    capacity: usize,
+}
+
+impl KeyMemory {
+    /// Remembers up to `capacity` committed keys.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            in_flight: HashMap::new(),
+            recent: HashMap::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    /// The answer given under `key`, in flight (with its append's sequence
+    /// number) or committed.
+    pub fn lookup(&self, key: &KeyId) -> Option<Recalled<'_>> {
+        if let Some((seq, given)) = self.in_flight.get(key) {
+            return Some(Recalled::InFlight { seq: *seq, given });
+        }
+        self.recent.get(key).map(Recalled::Committed)
+    }
+
+    /// `key`'s command was decided and its append `seq` handed on.
+    pub fn sent(&mut self, key: KeyId, seq: u64, given: Given) {
+        self.in_flight.insert(key, (seq, given));
+    }
+
+    /// `key`'s append committed: the answer decided for it stands.
+    pub fn committed(&mut self, key: &KeyId) {
+        if let Some((_, given)) = self.in_flight.remove(key) {
+            self.remember(key.clone(), given);
+        }
+    }
+
+    /// `key` turned out to be answered before (the store had it): that
+    /// answer stands instead of the one decided in memory.
+    pub fn replayed(&mut self, key: &KeyId, answer: Answer) {
+        if let Some((_, given)) = self.in_flight.remove(key) {
+            self.remember(
+                key.clone(),
+                Given {
+                    fingerprint: given.fingerprint,
+                    answer,
+                },
+            );
+        }
+    }
+
+    /// `key` was used before for another request: nothing was answered.
+    pub fn refused(&mut self, key: &KeyId) {
+        self.in_flight.remove(key);
+    }
+
+    /// Appends from `seq` on failed: their keys were never answered.
+    pub fn failed_from(&mut self, seq: u64) {
+        self.in_flight.retain(|_, (s, _)| *s < seq);
+    }
+
+    /// Everything in flight failed.
+    pub fn fail_all(&mut self) {
+        self.in_flight.clear();
+    }
+
+    /// An answer found elsewhere (the store) stands from now on.
+    pub fn remember(&mut self, key: KeyId, given: Given) {
+        if self.recent.insert(key.clone(), given).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.recent.remove(&old);
+            }
+        }
+    }
+}
+
+/// Where [`KeyMemory::lookup`] found an answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recalled<'a> {
+    /// Its append (sequence `seq`) is not durable yet: a duplicate must wait
+    /// for it, and fails with it.
+    InFlight {
+        seq: u64,
+        given: &'a Given,
+    },
+    Committed(&'a Given),
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::DateTime;
+
+    use super::*;
+
+    fn key(name: &str) -> KeyId {
+        (UserId::from(uuid::Uuid::nil()), name.to_owned())
+    }
+
+    fn given(position: usize) -> Given {
+        Given {
+            fingerprint: "POST /v1/events/e/join".into(),
+            answer: Answer {
+                changed: true,
+                membership: Some(Membership::Waitlisted {
+                    position,
+                    joined_at: DateTime::UNIX_EPOCH,
+                }),
+            },
+        }
+    }
+
+    #[test]
+    fn a_key_in_flight_is_recalled_with_its_append() {
+        let mut memory = KeyMemory::new(10);
+        memory.sent(key("a"), 7, given(1));
+        assert_eq!(
+            memory.lookup(&key("a")),
+            Some(Recalled::InFlight {
+                seq: 7,
+                given: &given(1)
+            })
+        );
+        assert_eq!(memory.lookup(&key("b")), None);
+    }
+
+    #[test]
+    fn a_committed_key_is_remembered() {
+        let mut memory = KeyMemory::new(10);
+        memory.sent(key("a"), 0, given(1));
+        memory.committed(&key("a"));
+        assert_eq!(
+            memory.lookup(&key("a")),
+            Some(Recalled::Committed(&given(1)))
+        );
+    }
+
+    #[test]
+    fn keys_of_failed_appends_are_forgotten_and_earlier_ones_kept() {
+        let mut memory = KeyMemory::new(10);
+        memory.sent(key("early"), 1, given(1));
+        memory.sent(key("failed"), 2, given(2));
+        memory.sent(key("later"), 3, given(3));
+        memory.failed_from(2);
+        assert!(memory.lookup(&key("early")).is_some());
+        assert_eq!(memory.lookup(&key("failed")), None);
+        assert_eq!(memory.lookup(&key("later")), None);
+        memory.fail_all();
+        assert_eq!(memory.lookup(&key("early")), None);
+    }
+
+    #[test]
+    fn a_replayed_answer_replaces_the_one_decided_in_memory() {
+        let mut memory = KeyMemory::new(10);
+        memory.sent(key("a"), 0, given(1));
+        memory.replayed(&key("a"), given(9).answer);
+        assert_eq!(
+            memory.lookup(&key("a")),
+            Some(Recalled::Committed(&given(9)))
+        );
+        memory.sent(key("b"), 1, given(2));
+        memory.refused(&key("b"));
+        assert_eq!(memory.lookup(&key("b")), None);
+    }
+
+    #[test]
+    fn the_oldest_committed_keys_are_forgotten_first() {
+        let mut memory = KeyMemory::new(2);
+        for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+            memory.remember(key(name), given(i));
+        }
+        memory.remember(key("b"), given(5));
+        assert_eq!(memory.lookup(&key("a")), None);
+        assert!(memory.lookup(&key("b")).is_some());
+        assert!(memory.lookup(&key("c")).is_some());
+    }
+
+    #[test]
+    fn a_key_replays_only_for_the_request_it_was_given_for() {
+        let given = given(1);
+        assert_eq!(
+            given.replay_for("POST /v1/events/e/join"),
+            Some(given.answer)
+        );
+        assert_eq!(given.replay_for("DELETE /v1/events/e/join"), None);
+    }
+}
