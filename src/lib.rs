@@ -10,6 +10,7 @@
 //! - `recommendations`: the recommenders' settings, source and catalog load.
 //! - `store`: the SQLite and Postgres adapters.
 //! - `telemetry`: logs and metrics.
+//! - `views`: what clients see of an event, on HTTP and WebSocket alike.
 
 pub mod app;
 pub mod auth;
@@ -21,3 +22,4 @@ pub mod realtime;
 pub mod recommendations;
 pub mod store;
 pub mod telemetry;
+pub mod views;

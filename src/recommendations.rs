@@ -15,7 +15,6 @@ use turnout_actors::recommend::{
 };
 use turnout_actors::store::StoreError;
 
-use crate::realtime::EventChange;
 use crate::store::{Store, from_micros};
 
 /// A user's joins that feed their profile.
@@ -147,31 +146,5 @@ fn lifecycle(status: &str) -> Lifecycle {
         "published" => Lifecycle::Published,
         "cancelled" => Lifecycle::Cancelled,
         _ => Lifecycle::Draft,
-    }
-}
-
-impl From<&EventChange> for EventUpdate {
-    fn from(change: &EventChange) -> Self {
-        let view = &change.view;
-        Self {
-            id: EventId::from(view.id),
-            owner: UserId::from(view.owner_id),
-            title: view.title.clone(),
-            venue: VenueId::from(view.venue_id),
-            starts_at: view.starts_at,
-            tags: view
-                .tags
-                .iter()
-                .filter_map(|t| Tag::parse(t).ok())
-                .collect(),
-            lifecycle: lifecycle(&view.status),
-            capacity: view.capacity as u32,
-            active: view.active_count as u32,
-            waitlist: view.waitlist_count as u32,
-            version: change.version as u64,
-            joined: change.joined.iter().copied().map(UserId::from).collect(),
-            left: change.left.iter().copied().map(UserId::from).collect(),
-            at: change.committed_at,
-        }
     }
 }

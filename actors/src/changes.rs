@@ -1,54 +1,63 @@
-//! The port through which committed changes leave the actors: live updates,
-//! recommendations and cross-node fan-out all subscribe here. Called only
-//! after the commit, so nobody is told about a fact that could still vanish.
+//! The one shape of a committed change, and the port it leaves the actors
+//! through. Live updates, recommendations and cross-node fan-out all consume
+//! [`EventChange`]; each renders what it needs from it at its own edge.
+//! A change is handed on only after its commit, so nobody is told about a
+//! fact that could still vanish.
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use crate::domain::{DomainEvent, UserId};
 use crate::store::EventSummary;
 
-/// One committed append of one event.
-#[derive(Debug, Clone)]
-pub struct Committed {
+/// One committed append of one event: the event after it and the facts
+/// that made it. Serialisable, as it travels between nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventChange {
     /// The event after the change (its version is the stream version).
     pub summary: EventSummary,
-    /// The kinds of the facts, in order: `joined`, `left`, `promoted`, …
-    pub kinds: Vec<&'static str>,
-    /// Who joined (as active or waitlisted) and who left, in order:
-    /// recommendations learn from them.
-    pub joined: Vec<UserId>,
-    pub left: Vec<UserId>,
+    /// In the order they were decided.
+    pub facts: Vec<DomainEvent>,
     pub committed_at: DateTime<Utc>,
 }
 
-impl Committed {
-    pub fn new(summary: EventSummary, facts: &[DomainEvent], committed_at: DateTime<Utc>) -> Self {
-        let (mut joined, mut left) = (Vec::new(), Vec::new());
-        for fact in facts {
-            match fact {
-                DomainEvent::Joined { user, .. } => joined.push(*user),
-                DomainEvent::Left { user, .. } => left.push(*user),
-                _ => {}
-            }
-        }
-        Self {
-            summary,
-            kinds: facts.iter().map(DomainEvent::kind).collect(),
-            joined,
-            left,
-            committed_at,
-        }
+impl EventChange {
+    /// The kinds of the facts, in order: `joined`, `left`, `promoted`, …
+    pub fn kinds(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.facts.iter().map(DomainEvent::kind)
+    }
+
+    pub fn has(&self, kind: &str) -> bool {
+        self.kinds().any(|k| k == kind)
+    }
+
+    /// Who joined (as active or waitlisted), in order.
+    pub fn joined(&self) -> impl Iterator<Item = UserId> + '_ {
+        self.facts.iter().filter_map(|fact| match fact {
+            DomainEvent::Joined { user, .. } => Some(*user),
+            _ => None,
+        })
+    }
+
+    /// Who left, in order.
+    pub fn left(&self) -> impl Iterator<Item = UserId> + '_ {
+        self.facts.iter().filter_map(|fact| match fact {
+            DomainEvent::Left { user, .. } => Some(*user),
+            _ => None,
+        })
     }
 }
 
 /// Receives committed changes. Must not block: hand the change on and return.
 pub trait ChangeSink: Send + Sync + 'static {
-    fn committed(&self, change: Committed);
+    fn committed(&self, change: Arc<EventChange>);
 }
 
 /// For deployments and tests that want no live updates.
 pub struct NoChanges;
 
 impl ChangeSink for NoChanges {
-    fn committed(&self, _change: Committed) {}
+    fn committed(&self, _change: Arc<EventChange>) {}
 }

@@ -17,7 +17,7 @@ use actix::prelude::*;
 use chrono::Utc;
 use tokio::sync::oneshot;
 
-use crate::changes::{ChangeSink, Committed};
+use crate::changes::{ChangeSink, EventChange};
 use crate::domain::{
     Command, DomainEvent, EventId, EventState, Membership, Rejection, UserId, decide, evolve,
 };
@@ -366,11 +366,11 @@ impl EventActor {
                         ..
                     }) = flight.waiters.first()
                 {
-                    self.changes.committed(Committed::new(
-                        outcome.summary.clone(),
-                        &flight.events,
-                        Utc::now(),
-                    ));
+                    self.changes.committed(Arc::new(EventChange {
+                        summary: outcome.summary.clone(),
+                        facts: flight.events.clone(),
+                        committed_at: Utc::now(),
+                    }));
                 }
                 for waiter in flight.waiters {
                     if waiter.answer.is_ok() {

@@ -63,7 +63,7 @@ pub struct IdempotencyRecord {
 }
 
 /// The event's row in the read model after an append.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EventSummary {
     pub id: EventId,
     pub owner: UserId,

@@ -14,7 +14,8 @@ use uuid::Uuid;
 use super::pagination::{self, Page};
 use super::{ApiError, AppState, venues};
 use crate::auth::{AuthUser, MaybeUser};
-use crate::store::{EventFilter, EventRecord, from_micros};
+use crate::store::EventFilter;
+use crate::views::EventView;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/events", web::post().to(create_event))
@@ -64,25 +65,6 @@ pub struct UpdateEventRequest {
     pub tags: Option<Vec<String>>,
 }
 
-/// An event with its live counts.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct EventView {
-    pub id: Uuid,
-    pub owner_id: Uuid,
-    pub venue_id: Uuid,
-    pub title: String,
-    pub description: Option<String>,
-    pub starts_at: DateTime<Utc>,
-    pub ends_at: Option<DateTime<Utc>>,
-    pub tags: Vec<String>,
-    /// `draft`, `published` or `cancelled`.
-    pub status: String,
-    pub capacity: i64,
-    pub active_count: i64,
-    pub waitlist_count: i64,
-    pub places_left: i64,
-}
-
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct EventEnvelope {
     pub data: EventView,
@@ -92,56 +74,6 @@ pub struct EventEnvelope {
 pub struct EventPage {
     pub data: Vec<EventView>,
     pub next_cursor: Option<String>,
-}
-
-impl From<EventRecord> for EventView {
-    fn from(e: EventRecord) -> Self {
-        Self {
-            id: e.id,
-            owner_id: e.owner_id,
-            venue_id: e.venue_id,
-            title: e.title,
-            description: e.description,
-            starts_at: from_micros(e.starts_at),
-            ends_at: e.ends_at.map(from_micros),
-            tags: e.tags,
-            status: e.status,
-            capacity: e.capacity,
-            active_count: e.active_count,
-            waitlist_count: e.waitlist_count,
-            places_left: (e.capacity - e.active_count).max(0),
-        }
-    }
-}
-
-impl From<&EventSummary> for EventView {
-    fn from(s: &EventSummary) -> Self {
-        let capacity = i64::from(s.capacity);
-        Self {
-            id: s.id.as_uuid(),
-            owner_id: s.owner.as_uuid(),
-            venue_id: s.details.venue_id.as_uuid(),
-            title: s.details.title.as_str().to_owned(),
-            description: s
-                .details
-                .description
-                .as_ref()
-                .map(|d| d.as_str().to_owned()),
-            starts_at: s.details.starts_at,
-            ends_at: s.details.ends_at,
-            tags: s
-                .details
-                .tags
-                .iter()
-                .map(|t| t.as_str().to_owned())
-                .collect(),
-            status: s.lifecycle.as_str().to_owned(),
-            capacity,
-            active_count: s.active_count as i64,
-            waitlist_count: s.waitlist_count as i64,
-            places_left: (capacity - s.active_count as i64).max(0),
-        }
-    }
 }
 
 /// Runs an owner's command on an existing event and answers with the event.

@@ -8,11 +8,11 @@ use turnout_actors::domain::{Command, EventId, Lifecycle, Membership};
 use turnout_actors::{Answer, IdempotencyKey, Reply};
 use uuid::Uuid;
 
-use super::events::EventView;
 use super::pagination::{self, PageQuery};
 use super::{ApiError, AppState};
 use crate::auth::AuthUser;
 use crate::store::{MembershipRecord, from_micros};
+use crate::views::EventView;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/events/{id}/join", web::post().to(join_event))

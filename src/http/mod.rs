@@ -37,7 +37,6 @@ use turnout_actors::recommend::Recommenders;
 use turnout_actors::{EventRegistry, IdempotencyKey, Outcome, Reply};
 
 pub use error::{ApiError, ErrorBody};
-pub use events::EventView;
 pub use openapi::ApiDoc;
 
 use crate::store::Store;

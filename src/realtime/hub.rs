@@ -18,26 +18,11 @@ use super::channel::Channel;
 use super::hubs::Hubs;
 use super::protocol::{self, Position};
 use super::socket::Outbox;
-use crate::http::EventView;
 use crate::store::{EventFilter, EventRecord, Store};
-use turnout_actors::domain::{GeoPoint, VenueId};
+use crate::views::EventView;
+use turnout_actors::changes::EventChange;
+use turnout_actors::domain::{GeoPoint, Lifecycle, VenueId};
 use turnout_actors::store::StoreError;
-
-/// A committed change of one event, as the hubs see it (and as it travels
-/// between nodes).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct EventChange {
-    pub view: EventView,
-    /// The stream version: hubs ignore anything not newer than what they hold.
-    pub version: i64,
-    pub kinds: Vec<String>,
-    /// Users who joined and who left in this change (recommendations).
-    #[serde(default)]
-    pub joined: Vec<Uuid>,
-    #[serde(default)]
-    pub left: Vec<Uuid>,
-    pub committed_at: DateTime<Utc>,
-}
 
 /// A frame for one subscriber.
 #[derive(Clone)]
@@ -226,14 +211,15 @@ impl ChannelHub {
     /// Folds a change into the state; returns the update to broadcast, if
     /// subscribers should hear about it.
     fn apply(&mut self, change: &EventChange) -> Option<Value> {
-        let view = &change.view;
+        let version = change.summary.version as i64;
         if self
             .versions
-            .get(&view.id)
-            .is_some_and(|&v| v >= change.version)
+            .get(&change.summary.id.as_uuid())
+            .is_some_and(|&v| v >= version)
         {
             return None;
         }
+        let view = &EventView::from(&change.summary);
         let relevant = self.relevant(view);
         let listed_before = match &self.state {
             State::Event(_) => false,
@@ -242,18 +228,21 @@ impl ChannelHub {
         if !relevant && !listed_before {
             return None;
         }
-        self.versions.insert(view.id, change.version);
-        let kinds = &change.kinds;
+        self.versions.insert(view.id, version);
+        let kinds: Vec<&str> = change.kinds().collect();
+        let kinds = &kinds;
+        let lifecycle = change.summary.lifecycle;
         match &mut self.state {
             State::Event(current) => {
-                if view.status == "draft" {
+                if lifecycle == Lifecycle::Draft {
                     return None;
                 }
                 *current = Some(view.clone());
                 Some(json!({ "event": view, "kinds": kinds }))
             }
             State::Listing(events) => {
-                let listed = relevant && view.status == "published" && view.starts_at > Utc::now();
+                let listed =
+                    relevant && lifecycle == Lifecycle::Published && view.starts_at > Utc::now();
                 let before = if listed {
                     events.insert(view.id, view.clone())
                 } else {
@@ -336,15 +325,18 @@ impl ChannelHub {
         // Only a listed event starting before the timer moves it; one that
         // left the list or moved later lets it fire early, find nothing
         // started, and look again — no scan of the listing per change.
-        let view = &change.view;
-        let listed = matches!(&self.state, State::Listing(events) if events.contains_key(&view.id));
+        let (id, starts_at) = (
+            change.summary.id.as_uuid(),
+            change.summary.details.starts_at,
+        );
+        let listed = matches!(&self.state, State::Listing(events) if events.contains_key(&id));
         if listed
             && self
                 .next_start
                 .as_ref()
-                .is_none_or(|(at, _)| view.starts_at < *at)
+                .is_none_or(|(at, _)| starts_at < *at)
         {
-            self.start_timer(view.starts_at, ctx);
+            self.start_timer(starts_at, ctx);
         }
     }
 
@@ -488,7 +480,7 @@ impl ChannelHub {
 
 /// A venue or feed update: the event, what changed, whether it is (still)
 /// listed, and why subscribers hear of it.
-fn listing_update(view: &EventView, kinds: &[String], listed: bool, reason: &str) -> Value {
+fn listing_update(view: &EventView, kinds: &[&str], listed: bool, reason: &str) -> Value {
     json!({ "event": view, "kinds": kinds, "listed": listed, "reason": reason })
 }
 
@@ -529,10 +521,10 @@ async fn fetch(store: &dyn Store, channel: &Channel) -> Result<Loaded, StoreErro
 fn feed_reason(
     before: Option<&EventView>,
     view: &EventView,
-    kinds: &[String],
+    kinds: &[&str],
     listed: bool,
 ) -> Option<&'static str> {
-    let has = |kind: &str| kinds.iter().any(|k| k == kind);
+    let has = |kind: &str| kinds.contains(&kind);
     if has("cancelled") {
         return Some("cancelled");
     }
@@ -635,7 +627,7 @@ impl Handler<Apply> for ChannelHub {
     type Result = ();
 
     fn handle(&mut self, Apply(change): Apply, ctx: &mut Self::Context) {
-        let venue = change.view.venue_id;
+        let venue = change.summary.details.venue_id.as_uuid();
         if !self.needs_venue(venue) {
             return self.apply_and_broadcast(&change, ctx);
         }

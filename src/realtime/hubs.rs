@@ -11,14 +11,13 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use dashmap::DashMap;
-use turnout_actors::changes::{ChangeSink, Committed};
+use turnout_actors::changes::{ChangeSink, EventChange};
 use turnout_actors::domain::EventId;
 
 use super::RealtimeSettings;
 use super::channel::Channel;
-use super::hub::{Apply, ChannelHub, EventChange, Resync};
+use super::hub::{Apply, ChannelHub, Resync};
 use super::router::Router;
-use crate::http::EventView;
 use crate::store::Store;
 
 #[derive(Clone)]
@@ -169,22 +168,19 @@ impl Hubs {
 
     /// Offers a change to every running hub it may concern.
     pub fn route(&self, change: Arc<EventChange>) {
-        let view = &change.view;
-        self.0.misses.forget(&view.id.into());
-        for channel in [
-            Channel::Event(view.id.into()),
-            Channel::Venue(view.venue_id.into()),
-        ] {
+        let (event, venue) = (change.summary.id, change.summary.details.venue_id);
+        self.0.misses.forget(&event);
+        for channel in [Channel::Event(event), Channel::Venue(venue)] {
             if let Some(hub) = self.0.direct.get(&channel) {
                 hub.do_send(Apply(Arc::clone(&change)));
             }
         }
-        if change.kinds.iter().any(|k| k == "details_changed") {
+        if change.has("details_changed") {
             // The event may have moved: the venue it left must hear of it,
             // and a change does not say where it was. Details change rarely,
             // so every other venue hub is asked; those that never listed the
             // event ignore it.
-            let here = Channel::Venue(view.venue_id.into());
+            let here = Channel::Venue(venue);
             for hub in self.0.direct.iter() {
                 if matches!(hub.key(), Channel::Venue(_)) && *hub.key() != here {
                     hub.do_send(Apply(Arc::clone(&change)));
@@ -201,22 +197,9 @@ impl Hubs {
 /// recommenders.
 pub struct LocalFanout(pub Router);
 
-impl From<Committed> for EventChange {
-    fn from(c: Committed) -> Self {
-        Self {
-            view: EventView::from(&c.summary),
-            version: c.summary.version as i64,
-            kinds: c.kinds.iter().map(|k| (*k).to_owned()).collect(),
-            joined: c.joined.iter().map(|u| u.as_uuid()).collect(),
-            left: c.left.iter().map(|u| u.as_uuid()).collect(),
-            committed_at: c.committed_at,
-        }
-    }
-}
-
 impl ChangeSink for LocalFanout {
-    fn committed(&self, change: Committed) {
-        self.0.route(Arc::new(change.into()));
+    fn committed(&self, change: Arc<EventChange>) {
+        self.0.route(change);
     }
 }
 

@@ -28,7 +28,6 @@ mod session;
 mod socket;
 
 pub use channel::Channel;
-pub use hub::EventChange;
 pub use hubs::{Hubs, LocalFanout};
 pub use inbound::Inbound;
 pub use limits::{ConnectionLimits, ConnectionPermit};

@@ -24,10 +24,9 @@ use futures_util::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use turnout_actors::changes::{ChangeSink, Committed};
+use turnout_actors::changes::{ChangeSink, EventChange};
 use uuid::Uuid;
 
-use super::hub::EventChange;
 use super::router::Router;
 
 /// Changes waiting to be published while Redis is slow or away.
@@ -42,20 +41,22 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 /// TCP alone would notice only after many minutes.
 const SILENCE: Duration = Duration::from_secs(15);
 
+/// A message on the Redis channel: `C` is the change, owned when read and
+/// borrowed when written.
 #[derive(Serialize, Deserialize)]
-struct Wire {
+struct Wire<C> {
     node: Uuid,
     /// The node's count of changes, from 1, whether or not each reached
     /// Redis; 0 from a node that does not number them.
     #[serde(default)]
     seq: u64,
     /// None in a heartbeat.
-    change: Option<EventChange>,
+    change: Option<C>,
 }
 
 pub struct RedisFanout {
     router: Router,
-    publish: mpsc::Sender<EventChange>,
+    publish: mpsc::Sender<Arc<EventChange>>,
     /// Changes the full queue refused since the publisher last looked: they
     /// take numbers too, so receivers see the gap.
     dropped: Arc<AtomicU64>,
@@ -85,9 +86,8 @@ impl RedisFanout {
 }
 
 impl ChangeSink for RedisFanout {
-    fn committed(&self, change: Committed) {
-        let change = EventChange::from(change);
-        self.router.route(Arc::new(change.clone()));
+    fn committed(&self, change: Arc<EventChange>) {
+        self.router.route(Arc::clone(&change));
         if self.publish.try_send(change).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("turnout_fanout_dropped_total").increment(1);
@@ -104,7 +104,7 @@ struct Numbering {
 }
 
 impl Numbering {
-    fn change(&mut self, change: EventChange) -> String {
+    fn change(&mut self, change: &EventChange) -> String {
         self.numbered += 1 + self.dropped.swap(0, Ordering::Relaxed);
         self.wire(self.numbered, Some(change))
     }
@@ -113,7 +113,7 @@ impl Numbering {
         self.wire(0, None)
     }
 
-    fn wire(&self, seq: u64, change: Option<EventChange>) -> String {
+    fn wire(&self, seq: u64, change: Option<&EventChange>) -> String {
         let wire = Wire {
             node: self.node,
             seq,
@@ -132,7 +132,7 @@ async fn backoff(attempt: &mut u32) {
 async fn publisher(
     client: redis::Client,
     channel: String,
-    mut queue: mpsc::Receiver<EventChange>,
+    mut queue: mpsc::Receiver<Arc<EventChange>>,
     mut numbering: Numbering,
 ) {
     let mut attempt = 0;
@@ -154,7 +154,7 @@ async fn publisher(
             if batch.is_empty() {
                 let idle = match tokio::time::timeout(HEARTBEAT, queue.recv()).await {
                     Ok(Some(change)) => {
-                        batch.push(numbering.change(change));
+                        batch.push(numbering.change(&change));
                         false
                     }
                     Ok(None) => return,
@@ -166,7 +166,7 @@ async fn publisher(
                 while batch.len() < PUBLISH_BATCH
                     && let Ok(change) = queue.try_recv()
                 {
-                    batch.push(numbering.change(change));
+                    batch.push(numbering.change(&change));
                 }
                 changes = batch.len() - usize::from(idle);
             }
@@ -243,7 +243,8 @@ async fn subscriber(client: redis::Client, channel: String, node: Uuid, router: 
                     break;
                 }
             };
-            let Ok(wire) = serde_json::from_slice::<Wire>(message.get_payload_bytes()) else {
+            let Ok(wire) = serde_json::from_slice::<Wire<EventChange>>(message.get_payload_bytes())
+            else {
                 tracing::warn!("ignoring a malformed fan-out message");
                 continue;
             };
@@ -283,13 +284,18 @@ mod tests {
         };
         let heartbeat = numbering.heartbeat();
         assert!(
-            serde_json::from_str::<Wire>(&heartbeat)
+            serde_json::from_str::<Wire<EventChange>>(&heartbeat)
                 .unwrap()
                 .change
                 .is_none()
         );
         let unnumbered = format!(r#"{{"node":"{}","change":null}}"#, Uuid::now_v7());
-        assert_eq!(serde_json::from_str::<Wire>(&unnumbered).unwrap().seq, 0);
+        assert_eq!(
+            serde_json::from_str::<Wire<EventChange>>(&unnumbered)
+                .unwrap()
+                .seq,
+            0
+        );
     }
 
     #[test]

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
+use turnout_actors::changes::EventChange;
 use turnout_actors::recommend::{EventUpdate, Recommenders};
 
-use super::hub::EventChange;
 use super::hubs::Hubs;
 use crate::recommendations::load_catalog;
 use crate::store::Store;

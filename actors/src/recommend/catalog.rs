@@ -15,6 +15,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::changes::EventChange;
 use crate::domain::{EventId, GeoPoint, Lifecycle, Tag, UserId, VenueId};
 
 /// Heat (join velocity) halves every this many hours.
@@ -117,6 +118,28 @@ pub struct EventUpdate {
     pub joined: Vec<UserId>,
     pub left: Vec<UserId>,
     pub at: DateTime<Utc>,
+}
+
+impl From<&EventChange> for EventUpdate {
+    fn from(change: &EventChange) -> Self {
+        let summary = &change.summary;
+        Self {
+            id: summary.id,
+            owner: summary.owner,
+            title: summary.details.title.as_str().to_owned(),
+            venue: summary.details.venue_id,
+            starts_at: summary.details.starts_at,
+            tags: summary.details.tags.clone(),
+            lifecycle: summary.lifecycle,
+            capacity: summary.capacity.get() as u32,
+            active: summary.active_count as u32,
+            waitlist: summary.waitlist_count as u32,
+            version: summary.version,
+            joined: change.joined().collect(),
+            left: change.left().collect(),
+            at: change.committed_at,
+        }
+    }
 }
 
 /// Co-attendance evidence for one candidate: how strongly the user's joins

@@ -1,0 +1,80 @@
+//! What clients see of an event: the JSON shape shared by the HTTP API and
+//! the WebSocket protocol. The core hands on typed values (an
+//! [`EventSummary`], a read-model [`EventRecord`]); this is the one place
+//! they become the wire's strings and numbers.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use turnout_actors::store::EventSummary;
+use uuid::Uuid;
+
+use crate::store::{EventRecord, from_micros};
+
+/// An event with its live counts.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventView {
+    pub id: Uuid,
+    pub owner_id: Uuid,
+    pub venue_id: Uuid,
+    pub title: String,
+    pub description: Option<String>,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub tags: Vec<String>,
+    /// `draft`, `published` or `cancelled`.
+    pub status: String,
+    pub capacity: i64,
+    pub active_count: i64,
+    pub waitlist_count: i64,
+    pub places_left: i64,
+}
+
+impl From<EventRecord> for EventView {
+    fn from(e: EventRecord) -> Self {
+        Self {
+            id: e.id,
+            owner_id: e.owner_id,
+            venue_id: e.venue_id,
+            title: e.title,
+            description: e.description,
+            starts_at: from_micros(e.starts_at),
+            ends_at: e.ends_at.map(from_micros),
+            tags: e.tags,
+            status: e.status,
+            capacity: e.capacity,
+            active_count: e.active_count,
+            waitlist_count: e.waitlist_count,
+            places_left: (e.capacity - e.active_count).max(0),
+        }
+    }
+}
+
+impl From<&EventSummary> for EventView {
+    fn from(s: &EventSummary) -> Self {
+        let capacity = i64::from(s.capacity);
+        Self {
+            id: s.id.as_uuid(),
+            owner_id: s.owner.as_uuid(),
+            venue_id: s.details.venue_id.as_uuid(),
+            title: s.details.title.as_str().to_owned(),
+            description: s
+                .details
+                .description
+                .as_ref()
+                .map(|d| d.as_str().to_owned()),
+            starts_at: s.details.starts_at,
+            ends_at: s.details.ends_at,
+            tags: s
+                .details
+                .tags
+                .iter()
+                .map(|t| t.as_str().to_owned())
+                .collect(),
+            status: s.lifecycle.as_str().to_owned(),
+            capacity,
+            active_count: s.active_count as i64,
+            waitlist_count: s.waitlist_count as i64,
+            places_left: (capacity - s.active_count as i64).max(0),
+        }
+    }
+}
