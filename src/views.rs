@@ -1,10 +1,12 @@
-//! What clients see of an event: the JSON shape shared by the HTTP API and
-//! the WebSocket protocol. The core hands on typed values (an
+//! What clients see of an event and of a recommendation: the JSON shapes
+//! shared by the HTTP API and the WebSocket protocol. The core hands on typed values (an
 //! [`EventSummary`], a read-model [`EventRecord`]); this is the one place
 //! they become the wire's strings and numbers.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use turnout_actors::domain::Lifecycle;
+use turnout_actors::recommend::{EventCard, Recommendation};
 use turnout_actors::store::EventSummary;
 use uuid::Uuid;
 
@@ -75,6 +77,56 @@ impl From<&EventSummary> for EventView {
             active_count: s.active_count as i64,
             waitlist_count: s.waitlist_count as i64,
             places_left: (capacity - s.active_count as i64).max(0),
+        }
+    }
+}
+
+/// A recommended event with its live counts.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RecommendedEvent {
+    pub id: Uuid,
+    pub title: String,
+    pub venue_id: Uuid,
+    pub starts_at: DateTime<Utc>,
+    pub tags: Vec<String>,
+    pub status: String,
+    pub capacity: u32,
+    pub active_count: u32,
+    pub waitlist_count: u32,
+    pub places_left: u32,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RecommendationView {
+    pub event: RecommendedEvent,
+    /// Higher is better; comparable within one list.
+    pub score: f64,
+    /// Why, strongest first: "matches your interest: jazz", "2.1 km from home", …
+    pub reasons: Vec<String>,
+}
+
+impl From<&(Recommendation, EventCard)> for RecommendationView {
+    fn from((r, card): &(Recommendation, EventCard)) -> Self {
+        Self {
+            event: RecommendedEvent {
+                id: card.id.as_uuid(),
+                title: card.title.to_string(),
+                venue_id: card.venue.as_uuid(),
+                starts_at: card.starts_at,
+                tags: card.tags.iter().map(|t| t.as_str().to_owned()).collect(),
+                status: match card.lifecycle {
+                    Lifecycle::Draft => "draft",
+                    Lifecycle::Published => "published",
+                    Lifecycle::Cancelled => "cancelled",
+                }
+                .to_owned(),
+                capacity: card.capacity,
+                active_count: card.active,
+                waitlist_count: card.waitlist,
+                places_left: card.places_left(),
+            },
+            score: (r.score * 1000.0).round() / 1000.0,
+            reasons: r.reasons.iter().map(ToString::to_string).collect(),
         }
     }
 }

@@ -8,11 +8,11 @@ use sqlx::types::Json;
 use turnout_actors::domain::{Tag, UserId, ValueError};
 use uuid::Uuid;
 
+use super::identity::AuthUser;
 use super::rate_limit::RateLimits;
 use super::{ApiError, AppState};
 use crate::auth::{
-    Admission, AuthUser, DisplayName, Email, Hashing, LoginGuard, Password, TokenKeys,
-    account_digest,
+    Admission, DisplayName, Email, Hashing, LoginGuard, Password, TokenKeys, account_digest,
 };
 use crate::store::{UserRecord, from_micros, micros};
 

@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::identity::AdminUser;
 use super::{ApiError, AppState, pagination};
-use crate::auth::AdminUser;
 use crate::store::{OutboxMessage, OutboxStatus, from_micros, micros};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -11,9 +11,9 @@ use turnout_actors::domain::{
 use turnout_actors::store::EventSummary;
 use uuid::Uuid;
 
+use super::identity::{AuthUser, MaybeUser};
 use super::pagination::{self, Page};
 use super::{ApiError, AppState, venues};
-use crate::auth::{AuthUser, MaybeUser};
 use crate::store::EventFilter;
 use crate::views::EventView;
 

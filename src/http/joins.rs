@@ -8,9 +8,9 @@ use turnout_actors::domain::{Command, EventId, Lifecycle, Membership};
 use turnout_actors::{Answer, IdempotencyKey, Reply};
 use uuid::Uuid;
 
+use super::identity::AuthUser;
 use super::pagination::{self, PageQuery};
 use super::{ApiError, AppState};
-use crate::auth::AuthUser;
 use crate::store::{MembershipRecord, from_micros};
 use crate::views::EventView;
 

@@ -2,11 +2,19 @@
 //! the configuration every route shares (body limits, error envelopes).
 //!
 //! - `accounts`: register, login, the caller's profile.
-//! - `admin`: operator endpoints (dead outbox messages), admins only.
+//! - `admin`: operator endpoints (stats, dead outbox messages), admins only.
 //! - `venues`, `events`, `joins`: the product.
 //! - `recommendations`: the caller's ranked events.
+//! - `ws`: the WebSocket upgrade (`GET /v1/ws`) and its admission.
+//! - `kiosk`: the venue screen page.
 //! - `ops`: health, readiness, metrics.
+//! - `identity`: the caller from `Authorization: Bearer` (extractors).
+//! - `request_context`: request ids, method and route labels, the access log.
+//! - `rate_limit`: the rate budgets by kind of request.
 //! - `client_limits`: body deadlines and connections per client address.
+//! - `breaker`: pauses writes while the database recovers.
+//! - `error`: the one error type and its envelope.
+//! - `pagination`: keyset cursors.
 //! - `openapi`: the OpenAPI document and the interactive docs page.
 
 mod accounts;
@@ -15,6 +23,7 @@ pub mod breaker;
 pub mod client_limits;
 mod error;
 mod events;
+mod identity;
 mod joins;
 mod kiosk;
 mod openapi;

@@ -19,7 +19,8 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::ApiError;
-use crate::auth::{TokenKeys, VerifiedClaims, bearer_token};
+use super::identity::{VerifiedClaims, bearer_token};
+use crate::auth::TokenKeys;
 
 /// `[rate_limits]` settings: a budget per kind of request, each per
 /// minute; 0 switches one off, `enabled = false` all of them.

@@ -3,14 +3,11 @@
 //! WebSocket channel.
 
 use actix_web::{HttpResponse, web};
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use turnout_actors::domain::Lifecycle;
-use turnout_actors::recommend::{EventCard, Recommendation};
-use uuid::Uuid;
 
+use super::identity::AuthUser;
 use super::{ApiError, AppState};
-use crate::auth::AuthUser;
+use crate::views::RecommendationView;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/me/recommendations", web::get().to(recommendations));
@@ -26,59 +23,9 @@ pub struct RecommendationsQuery {
     pub limit: Option<i64>,
 }
 
-/// A recommended event with its live counts.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct RecommendedEvent {
-    pub id: Uuid,
-    pub title: String,
-    pub venue_id: Uuid,
-    pub starts_at: DateTime<Utc>,
-    pub tags: Vec<String>,
-    pub status: String,
-    pub capacity: u32,
-    pub active_count: u32,
-    pub waitlist_count: u32,
-    pub places_left: u32,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct RecommendationView {
-    pub event: RecommendedEvent,
-    /// Higher is better; comparable within one list.
-    pub score: f64,
-    /// Why, strongest first: "matches your interest: jazz", "2.1 km from home", …
-    pub reasons: Vec<String>,
-}
-
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct RecommendationList {
     pub data: Vec<RecommendationView>,
-}
-
-impl From<&(Recommendation, EventCard)> for RecommendationView {
-    fn from((r, card): &(Recommendation, EventCard)) -> Self {
-        Self {
-            event: RecommendedEvent {
-                id: card.id.as_uuid(),
-                title: card.title.to_string(),
-                venue_id: card.venue.as_uuid(),
-                starts_at: card.starts_at,
-                tags: card.tags.iter().map(|t| t.as_str().to_owned()).collect(),
-                status: match card.lifecycle {
-                    Lifecycle::Draft => "draft",
-                    Lifecycle::Published => "published",
-                    Lifecycle::Cancelled => "cancelled",
-                }
-                .to_owned(),
-                capacity: card.capacity,
-                active_count: card.active,
-                waitlist_count: card.waitlist,
-                places_left: card.places_left(),
-            },
-            score: (r.score * 1000.0).round() / 1000.0,
-            reasons: r.reasons.iter().map(ToString::to_string).collect(),
-        }
-    }
 }
 
 /// Published, upcoming, joinable events ranked for the caller, with reasons.

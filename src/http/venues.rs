@@ -12,8 +12,8 @@ use turnout_actors::domain::{ValueError, VenueId, is_invisible_format};
 use uuid::Uuid;
 
 use super::accounts::GeoPoint;
+use super::identity::AuthUser;
 use super::{ApiError, AppState};
-use crate::auth::AuthUser;
 use crate::store::{VenueRecord, from_micros, micros};
 use turnout_actors::domain::UserId;
 

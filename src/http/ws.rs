@@ -14,7 +14,7 @@ use super::rate_limit::RateLimits;
 use turnout_actors::recommend::Recommenders;
 
 use crate::auth::TokenKeys;
-use crate::realtime::{ConnectionLimits, Hubs, Inbound, Outbox, RealtimeSettings, WsSession};
+use crate::realtime::{ConnectionLimits, Hubs, Inbound, RealtimeSettings, SendQueue, WsSession};
 
 /// What the upgrade handler needs.
 pub struct Realtime {
@@ -87,13 +87,13 @@ pub async fn upgrade(
         tokens.into_inner(),
     );
     let mut ctx = Context::<WsSession>::new();
-    let (outbox, socket) = Outbox::new(
+    let (queue, socket) = SendQueue::new(
         realtime.settings.max_queued_bytes,
         ctx.address().recipient(),
         permit,
     );
     ctx.add_stream(inbound);
-    ctx.run(WsSession::new(outbox, hubs, recommenders, tokens, settings));
+    ctx.run(WsSession::new(queue, hubs, recommenders, tokens, settings));
     let response = handshake
         .message_body(BoxBody::new(socket))
         .map_err(|_| ApiError::Internal)?;

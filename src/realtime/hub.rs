@@ -15,29 +15,27 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::channel::Channel;
-use super::hubs::Hubs;
 use super::protocol::{self, Position};
-use super::socket::Outbox;
+use super::socket::{Frame, SendQueue};
 use crate::store::{EventFilter, EventRecord, Store};
 use crate::views::EventView;
 use turnout_actors::changes::EventChange;
-use turnout_actors::domain::{GeoPoint, Lifecycle, VenueId};
+use turnout_actors::domain::{EventId, GeoPoint, Lifecycle, VenueId};
 use turnout_actors::store::StoreError;
 
-/// A frame for one subscriber.
-#[derive(Clone)]
-pub struct Frame {
-    /// Shared by every subscriber: cloning is a reference count.
-    pub text: ByteString,
-    /// For updates: when the change committed (fan-out latency).
-    pub committed_at: Option<DateTime<Utc>>,
+/// What a hub needs of the hubs that started it: where it leaves when it
+/// stops, and where it reports an event channel whose event does not
+/// exist. (A port, so that a hub does not depend on its registry.)
+pub trait HubHome: Send + Sync + 'static {
+    fn left(&self, channel: &Channel, hub: &Addr<ChannelHub>);
+    fn missed(&self, event: EventId);
 }
 
 #[derive(Message)]
 #[rtype(result = "Subscribed")]
 pub struct Subscribe {
     pub session: u64,
-    pub to: Outbox,
+    pub to: SendQueue,
     pub since: Option<Position>,
 }
 
@@ -98,9 +96,9 @@ pub struct ChannelHub {
     /// starting then off the list.
     next_start: Option<(DateTime<Utc>, SpawnHandle)>,
     /// Each subscriber's outgoing queue: the hub writes to it directly.
-    subscribers: HashMap<u64, Outbox>,
+    subscribers: HashMap<u64, SendQueue>,
     store: Arc<dyn Store>,
-    hubs: Hubs,
+    home: Arc<dyn HubHome>,
     idle_limit: Duration,
     idle_since: Instant,
 }
@@ -109,7 +107,7 @@ impl ChannelHub {
     pub fn new(
         channel: Channel,
         store: Arc<dyn Store>,
-        hubs: Hubs,
+        home: Arc<dyn HubHome>,
         history_limit: usize,
         idle_limit: Duration,
     ) -> Self {
@@ -132,7 +130,7 @@ impl ChannelHub {
             next_start: None,
             subscribers: HashMap::new(),
             store,
-            hubs,
+            home,
             idle_limit,
             idle_since: Instant::now(),
         }
@@ -423,7 +421,7 @@ impl ChannelHub {
 
     fn subscribe(&mut self, msg: Subscribe) -> Subscribed {
         if let (Channel::Event(id), State::Event(None)) = (&self.channel, &self.state) {
-            self.hubs.missed(*id);
+            self.home.missed(*id);
             return Subscribed::NoSuchEvent;
         }
         let frame = |text: ByteString| Frame {
@@ -559,7 +557,7 @@ impl Actor for ChannelHub {
             (idle_limit / 2).max(Duration::from_millis(100)),
             move |hub, ctx| {
                 if hub.subscribers.is_empty() && hub.idle_since.elapsed() >= idle_limit {
-                    hub.hubs.forget(&hub.channel, &ctx.address());
+                    hub.home.left(&hub.channel, &ctx.address());
                     ctx.stop();
                 }
             },
@@ -602,7 +600,7 @@ impl Handler<Subscribe> for ChannelHub {
         let subscribed = self.subscribe(msg);
         if subscribed == Subscribed::NoSuchEvent && self.subscribers.is_empty() {
             // Nothing to watch: leave now rather than after the idle time.
-            self.hubs.forget(&self.channel, &ctx.address());
+            self.home.left(&self.channel, &ctx.address());
             ctx.stop();
         }
         subscribed

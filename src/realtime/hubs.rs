@@ -11,13 +11,12 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use dashmap::DashMap;
-use turnout_actors::changes::{ChangeSink, EventChange};
+use turnout_actors::changes::EventChange;
 use turnout_actors::domain::EventId;
 
 use super::RealtimeSettings;
 use super::channel::Channel;
-use super::hub::{Apply, ChannelHub, Resync};
-use super::router::Router;
+use super::hub::{Apply, ChannelHub, HubHome, Resync};
 use crate::store::Store;
 
 #[derive(Clone)]
@@ -141,22 +140,13 @@ impl Hubs {
         Ok(entry.clone())
     }
 
-    /// An event hub found its event missing (or a draft).
-    pub(super) fn missed(&self, event: EventId) {
-        self.0.misses.remember(event);
-    }
-
     fn start(&self, channel: &Channel) -> Addr<ChannelHub> {
-        let (channel, store, hubs) = (channel.clone(), Arc::clone(&self.0.store), self.clone());
+        let (channel, store) = (channel.clone(), Arc::clone(&self.0.store));
+        let home: Arc<dyn HubHome> = Arc::new(self.clone());
         let (history, idle) = (self.0.history, self.0.idle);
         ChannelHub::start_in_arbiter(&self.0.thread, move |_| {
-            ChannelHub::new(channel, store, hubs, history, idle)
+            ChannelHub::new(channel, store, home, history, idle)
         })
-    }
-
-    pub(super) fn forget(&self, channel: &Channel, addr: &Addr<ChannelHub>) {
-        self.map(channel)
-            .remove_if(channel, |_, current| current == addr);
     }
 
     /// Tells every running hub to reload: changes may have been missed.
@@ -193,13 +183,15 @@ impl Hubs {
     }
 }
 
-/// Routes this process's committed changes straight to its own hubs and
-/// recommenders.
-pub struct LocalFanout(pub Router);
+impl HubHome for Hubs {
+    fn left(&self, channel: &Channel, hub: &Addr<ChannelHub>) {
+        self.map(channel)
+            .remove_if(channel, |_, current| current == hub);
+    }
 
-impl ChangeSink for LocalFanout {
-    fn committed(&self, change: Arc<EventChange>) {
-        self.0.route(change);
+    /// An event hub found its event missing (or a draft).
+    fn missed(&self, event: EventId) {
+        self.0.misses.remember(event);
     }
 }
 

@@ -7,14 +7,16 @@
 //! - `protocol`: the JSON frames.
 //! - `hub`: one actor per channel; it owns the channel's state, offsets and
 //!   history, so a snapshot and the offsets after it can never disagree.
+//!   It reaches the registry that started it only through its `HubHome`.
 //! - `hubs`: finds or starts hubs, and routes committed changes to them.
-//! - `router`: hands each committed change to the hubs and the recommenders.
+//! - `router`: hands each committed change to the hubs and the recommenders
+//!   (`LocalFanout` on one node, `redis_fanout` across nodes).
 //! - `redis_fanout`: cross-node fan-out through Redis pub/sub.
 //! - `session`: one actor per connection: frames, subscriptions, heartbeats.
 //! - `limits`: open connections, in total and per client address.
 //! - `inbound`: the client's frames, decoded and joined into messages.
-//! - `socket`: a connection's byte-bounded outgoing queue, and the response
-//!   body that writes it to the socket.
+//! - `socket`: a connection's byte-bounded `SendQueue` of frames, and the
+//!   response body that writes it to the socket.
 
 mod channel;
 mod hub;
@@ -28,14 +30,14 @@ mod session;
 mod socket;
 
 pub use channel::Channel;
-pub use hubs::{Hubs, LocalFanout};
+pub use hubs::Hubs;
 pub use inbound::Inbound;
 pub use limits::{ConnectionLimits, ConnectionPermit};
 pub use protocol::{ClientFrame, parse_client_frame};
 pub use redis_fanout::RedisFanout;
-pub use router::Router;
+pub use router::{LocalFanout, Router};
 pub use session::WsSession;
-pub use socket::Outbox;
+pub use socket::SendQueue;
 
 use serde::Deserialize;
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use turnout_actors::changes::EventChange;
+use turnout_actors::changes::{ChangeSink, EventChange};
 use turnout_actors::recommend::{EventUpdate, Recommenders};
 
 use super::hubs::Hubs;
@@ -43,5 +43,15 @@ impl Router {
                 Err(error) => tracing::warn!(%error, "cannot reload the recommendation catalog"),
             }
         });
+    }
+}
+
+/// Routes this process's committed changes straight to its own hubs and
+/// recommenders.
+pub struct LocalFanout(pub Router);
+
+impl ChangeSink for LocalFanout {
+    fn committed(&self, change: Arc<EventChange>) {
+        self.0.route(change);
     }
 }

@@ -1,6 +1,6 @@
 //! One actor per WebSocket connection: parses client frames, manages the
 //! connection's subscriptions, and answers through the connection's
-//! [`Outbox`]. A client that stops reading is closed with code 4008 instead
+//! [`SendQueue`]. A client that stops reading is closed with code 4008 instead
 //! of letting its queue grow; a silent client is closed after the timeout.
 
 use std::collections::HashMap;
@@ -16,13 +16,13 @@ use turnout_actors::recommend::{ListSink, RankedList, Recommenders};
 
 use super::RealtimeSettings;
 use super::channel::Channel;
-use super::hub::{ChannelHub, Frame, Subscribe, Subscribed, Unsubscribe};
+use super::hub::{ChannelHub, Subscribe, Subscribed, Unsubscribe};
 use super::hubs::{Hubs, NoHub};
 use super::inbound::{InboundError, Incoming};
 use super::protocol::{self, ClientFrame, Position};
-use super::socket::{Outbox, Overflowed};
+use super::socket::{Frame, Overflowed, SendQueue};
 use crate::auth::TokenKeys;
-use crate::http::recommendations::RecommendationView;
+use crate::views::RecommendationView;
 
 /// Close code for a client too slow to take its updates: resync.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
@@ -45,7 +45,7 @@ enum Subscription {
 /// snapshot (or, when the client resumes at the current revision, as a
 /// `resumed`), each later one as an update.
 struct RecsSink {
-    outbox: Outbox,
+    queue: SendQueue,
     since: Option<Position>,
     started: bool,
 }
@@ -69,7 +69,7 @@ impl ListSink for RecsSink {
                 ),
             }
         };
-        self.outbox.push(Frame {
+        self.queue.push(Frame {
             text: ByteString::from(text),
             committed_at: None,
         })
@@ -89,7 +89,7 @@ fn recs_data(list: &RankedList) -> RecsData {
 
 pub struct WsSession {
     id: u64,
-    outbox: Outbox,
+    queue: SendQueue,
     hubs: Hubs,
     recommenders: Recommenders,
     tokens: Arc<TokenKeys>,
@@ -107,7 +107,7 @@ pub struct WsSession {
 
 impl WsSession {
     pub fn new(
-        outbox: Outbox,
+        queue: SendQueue,
         hubs: Hubs,
         recommenders: Recommenders,
         tokens: Arc<TokenKeys>,
@@ -116,7 +116,7 @@ impl WsSession {
         static IDS: AtomicU64 = AtomicU64::new(1);
         Self {
             id: IDS.fetch_add(1, Ordering::Relaxed),
-            outbox,
+            queue,
             hubs,
             recommenders,
             tokens,
@@ -171,14 +171,14 @@ impl WsSession {
     }
 
     fn reply(&mut self, text: String) {
-        self.outbox.push(Frame {
+        self.queue.push(Frame {
             text: ByteString::from(text),
             committed_at: None,
         });
     }
 
     fn close(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
-        self.outbox.close(CloseReason {
+        self.queue.close(CloseReason {
             code: CloseCode::from(code),
             description: Some(reason.to_owned()),
         });
@@ -242,7 +242,7 @@ impl WsSession {
                         &format!("at most {}", self.settings.max_subscriptions),
                     ));
                 }
-                if self.outbox.is_closing() {
+                if self.queue.is_closing() {
                     return;
                 }
                 let subscription = match parsed {
@@ -258,7 +258,7 @@ impl WsSession {
                             ));
                         };
                         let sink = RecsSink {
-                            outbox: self.outbox.clone(),
+                            queue: self.queue.clone(),
                             since,
                             started: false,
                         };
@@ -297,7 +297,7 @@ impl WsSession {
         let hub = self.hubs.hub(&parsed)?;
         let subscribe = Subscribe {
             session: self.id,
-            to: self.outbox.clone(),
+            to: self.queue.clone(),
             since: since.clone(),
         };
         let sent_to = hub.clone();
@@ -355,7 +355,7 @@ impl Actor for WsSession {
             if session.last_heard.elapsed() > timeout {
                 return session.close(u16::from(CloseCode::Normal), "heartbeat timeout", ctx);
             }
-            session.outbox.ping();
+            session.queue.ping();
         });
     }
 
@@ -365,7 +365,7 @@ impl Actor for WsSession {
         }
         // Whatever ended the session, the client hears a close frame (a
         // no-op when one is already on its way).
-        self.outbox.close(CloseReason {
+        self.queue.close(CloseReason {
             code: CloseCode::Normal,
             description: None,
         });
@@ -376,7 +376,7 @@ impl Handler<Overflowed> for WsSession {
     type Result = ();
 
     fn handle(&mut self, _: Overflowed, ctx: &mut Self::Context) {
-        if !self.outbox.is_closing() {
+        if !self.queue.is_closing() {
             metrics::counter!("turnout_ws_slow_consumers_total").increment(1);
             tracing::info!(session = self.id, "closing a slow consumer");
             self.close(
@@ -394,7 +394,7 @@ impl StreamHandler<Result<Incoming, InboundError>> for WsSession {
         match msg {
             Ok(Incoming::Text(text)) => self.on_text(&text, ctx),
             Ok(Incoming::Binary) => self.strike("frames are JSON text", ctx),
-            Ok(Incoming::Ping(bytes)) => self.outbox.pong(bytes),
+            Ok(Incoming::Ping(bytes)) => self.queue.pong(bytes),
             Ok(Incoming::Pong) => {}
             Ok(Incoming::Close) => ctx.stop(),
             Err(InboundError::TooLarge) => {

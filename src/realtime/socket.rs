@@ -19,9 +19,10 @@ use actix_codec::Encoder;
 use actix_http::body::{BodySize, MessageBody};
 use actix_http::ws::{CloseReason, Codec, Message};
 use actix_web::web::{Bytes, BytesMut};
+use bytestring::ByteString;
+use chrono::{DateTime, Utc};
 use futures_util::task::AtomicWaker;
 
-use super::hub::Frame;
 use super::limits::ConnectionPermit;
 
 /// Stop filling one chunk beyond this; the dispatcher polls again.
@@ -60,10 +61,19 @@ impl Shared {
     }
 }
 
+/// A frame for one subscriber.
+#[derive(Clone)]
+pub struct Frame {
+    /// Shared by every subscriber: cloning is a reference count.
+    pub text: ByteString,
+    /// For updates: when the change committed (fan-out latency).
+    pub committed_at: Option<DateTime<Utc>>,
+}
+
 /// A connection's outgoing queue, bounded in bytes. Cloned into every hub
 /// the connection subscribes to.
 #[derive(Clone)]
-pub struct Outbox {
+pub struct SendQueue {
     shared: Arc<Shared>,
     /// Told when the queue overflows, so that it closes the connection.
     session: Recipient<Overflowed>,
@@ -74,7 +84,7 @@ pub struct Outbox {
 #[rtype(result = "()")]
 pub struct Overflowed;
 
-impl Outbox {
+impl SendQueue {
     /// A queue of at most `max_bytes` and the response body that drains it;
     /// the body keeps the connection's place within the limits.
     pub fn new(
@@ -243,7 +253,6 @@ mod tests {
 
     use actix_codec::Decoder;
     use actix_http::ws::{CloseCode, Frame as WireFrame};
-    use bytestring::ByteString;
 
     use super::*;
     use crate::realtime::ConnectionLimits;
@@ -263,14 +272,14 @@ mod tests {
         }
     }
 
-    fn outbox_with(max_bytes: usize) -> (Outbox, SocketBody, Arc<AtomicUsize>) {
+    fn queue_with(max_bytes: usize) -> (SendQueue, SocketBody, Arc<AtomicUsize>) {
         let notices = Arc::new(AtomicUsize::new(0));
         let session = Notices(Arc::clone(&notices)).start().recipient();
         let permit = ConnectionLimits::new(1, 1, "test_connections")
             .admit(std::net::Ipv4Addr::LOCALHOST.into())
             .unwrap();
-        let (outbox, body) = Outbox::new(max_bytes, session, permit);
-        (outbox, body, notices)
+        let (queue, body) = SendQueue::new(max_bytes, session, permit);
+        (queue, body, notices)
     }
 
     #[actix_web::test]
@@ -278,12 +287,12 @@ mod tests {
         let limits = ConnectionLimits::new(1, 1, "test_connections");
         let ip = std::net::Ipv4Addr::LOCALHOST.into();
         let session = Notices(Arc::new(AtomicUsize::new(0))).start().recipient();
-        let (outbox, body) = Outbox::new(10, session, limits.admit(ip).unwrap());
-        outbox.close(CloseReason {
+        let (queue, body) = SendQueue::new(10, session, limits.admit(ip).unwrap());
+        queue.close(CloseReason {
             code: CloseCode::Normal,
             description: None,
         });
-        drop(outbox);
+        drop(queue);
         assert!(limits.admit(ip).is_none(), "the body still holds the place");
         drop(body);
         assert!(limits.admit(ip).is_some(), "the connection is gone");
@@ -310,10 +319,10 @@ mod tests {
 
     #[actix_web::test]
     async fn frames_go_out_in_order_and_a_close_ends_the_body() {
-        let (outbox, mut body, _) = outbox_with(1024);
-        assert!(outbox.push(text("one")));
-        outbox.ping();
-        assert!(outbox.push(text("two")));
+        let (queue, mut body, _) = queue_with(1024);
+        assert!(queue.push(text("one")));
+        queue.ping();
+        assert!(queue.push(text("two")));
         let frames = next_frames(&mut body).await.unwrap();
         assert_eq!(frames.len(), 3);
         assert!(
@@ -324,19 +333,19 @@ mod tests {
         assert!(matches!(&frames[2], WireFrame::Text(t) if &t[..] == b"two"));
 
         for i in 0..100 {
-            outbox.pong(Bytes::from(format!("{i}")));
+            queue.pong(Bytes::from(format!("{i}")));
         }
         let frames = next_frames(&mut body).await.unwrap();
         assert_eq!(frames.len(), 1, "pings pile up no answers: only the latest");
         assert!(matches!(&frames[0], WireFrame::Pong(p) if &p[..] == b"99"));
 
-        assert!(outbox.push(text("dropped by the close")));
-        outbox.close(CloseReason {
+        assert!(queue.push(text("dropped by the close")));
+        queue.close(CloseReason {
             code: CloseCode::from(4008),
             description: Some("slow".into()),
         });
         assert!(
-            !outbox.push(text("after the close")),
+            !queue.push(text("after the close")),
             "a closing queue takes nothing"
         );
         let frames = next_frames(&mut body).await.unwrap();
@@ -347,23 +356,23 @@ mod tests {
 
     #[actix_web::test]
     async fn the_queue_refuses_past_its_budget_and_tells_the_session() {
-        let (outbox, mut body, notices) = outbox_with(10);
-        assert!(outbox.push(text("12345")));
-        assert!(outbox.push(text("67890")));
-        assert!(!outbox.push(text("x")), "11 bytes would be over 10");
+        let (queue, mut body, notices) = queue_with(10);
+        assert!(queue.push(text("12345")));
+        assert!(queue.push(text("67890")));
+        assert!(!queue.push(text("x")), "11 bytes would be over 10");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         assert_eq!(notices.load(Ordering::SeqCst), 1);
 
         let frames = next_frames(&mut body).await.unwrap();
         assert_eq!(frames.len(), 2);
-        assert!(outbox.push(text("x")), "written frames leave the budget");
+        assert!(queue.push(text("x")), "written frames leave the budget");
 
-        let (outbox, mut body, _) = outbox_with(10);
+        let (queue, mut body, _) = queue_with(10);
         assert!(
-            outbox.push(text("longer than the whole budget")),
+            queue.push(text("longer than the whole budget")),
             "a large frame still goes out alone"
         );
-        assert!(!outbox.push(text("x")), "but nothing joins it");
+        assert!(!queue.push(text("x")), "but nothing joins it");
         assert_eq!(next_frames(&mut body).await.unwrap().len(), 1);
     }
 }

@@ -8,8 +8,8 @@ use actix_web::http::header::{AUTHORIZATION, HeaderValue};
 use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload, web};
 use turnout_actors::domain::UserId;
 
-use super::tokens::{Claims, TokenError, TokenKeys};
-use crate::http::ApiError;
+use super::ApiError;
+use crate::auth::{Claims, TokenError, TokenKeys};
 
 /// A caller with a valid token.
 #[derive(Debug, Clone)]
