@@ -1,5 +1,7 @@
-//! Wiring: builds the store, the journal, the event registry and the HTTP
-//! server from settings. Tests build the same [`Application`] on port 0.
+//! Wiring: builds the application from settings in named steps — the store,
+//! the core (journal, event actors, hubs, recommenders), the background
+//! maintenance, and the HTTP server — and stops it in order. Tests build the
+//! same [`Application`] on port 0.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -11,13 +13,13 @@ use actix_web::{App, HttpServer, dev::Server, web};
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use turnout_actors::changes::ChangeSink;
 use turnout_actors::recommend::Recommenders;
 use turnout_actors::store::EventStore;
 use turnout_actors::{ActorSettings, EventRegistry, Flush, Journal, JournalSettings};
 
 use crate::auth::{Hashing, LoginGuard, TokenKeys};
+use crate::background::{Background, every};
 use crate::config::{Environment, Settings, redact_url};
 use crate::http::client_limits::{self, BodyDeadline, HttpConnections};
 use crate::http::ops::MetricsAccess;
@@ -35,16 +37,26 @@ pub struct Application {
     metrics_server: Option<Server>,
     journal: Addr<Journal>,
     threads: Threads,
-    /// Tasks on this thread (outbox relay, consumers, purges): stopped at
-    /// shutdown while the runtime still runs, so none is dropped mid-query
-    /// after it.
-    background: Vec<JoinHandle<()>>,
+    /// Tasks on this thread (outbox relay, consumers, purges): signalled and
+    /// awaited at shutdown while the runtime still runs, so none is dropped
+    /// mid-query after it.
+    background: Background,
 }
 
 /// The app's own threads (actors, journal, hubs, recommenders). They stop
 /// when this is dropped — also when the app's future is dropped without a
 /// shutdown (a test ending), so their connections are not left open.
+#[derive(Default)]
 struct Threads(Vec<Arbiter>);
+
+impl Threads {
+    fn start(&mut self) -> ArbiterHandle {
+        let thread = Arbiter::new();
+        let handle = thread.handle();
+        self.0.push(thread);
+        handle
+    }
+}
 
 impl Drop for Threads {
     fn drop(&mut self) {
@@ -54,187 +66,62 @@ impl Drop for Threads {
     }
 }
 
+/// The core the HTTP layer drives: the journal, the event actors and
+/// everything a committed change reaches.
+struct Core {
+    journal: Addr<Journal>,
+    registry: EventRegistry,
+    recommenders: Recommenders,
+    realtime: Realtime,
+}
+
+/// What every HTTP worker shares, built once.
+struct Shared {
+    state: web::Data<AppState>,
+    tokens: web::Data<TokenKeys>,
+    realtime: web::Data<Realtime>,
+    rate_limits: web::Data<RateLimits>,
+    login_guard: web::Data<LoginGuard>,
+    hashing: web::Data<Hashing>,
+}
+
 impl Application {
-    /// Connects (and migrates) the database, starts the actors and binds the
-    /// listener. Must run inside an actix `System`.
+    /// Connects (and migrates) the database, starts the actors and the
+    /// background tasks, and binds the listener. Must run inside an actix
+    /// `System`.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let store = store::connect(settings.database_url.expose_secret(), &settings.database)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot open the database at {}",
-                    redact_url(&settings.database_url)
-                )
-            })?;
-        let tokens = web::Data::new(token_keys(&settings)?);
-
-        let journal_thread = Arbiter::new();
-        let event_store: Arc<dyn EventStore> = store.clone();
-        let journal_settings = JournalSettings {
-            max_pending: settings.journal.max_pending,
-            max_batch: settings.journal.max_batch,
-            commit_timeout: Duration::from_millis(settings.journal.commit_timeout_ms),
+        let store = open_store(&settings).await?;
+        let tokens = token_keys(&settings)?;
+        let mut threads = Threads::default();
+        let core = start_core(&settings, &store, &mut threads).await?;
+        let mut background = Background::default();
+        let shared = Shared {
+            tokens: web::Data::new(tokens),
+            realtime: web::Data::new(core.realtime),
+            rate_limits: web::Data::new(RateLimits::new(&settings.rate_limits)),
+            login_guard: web::Data::new(LoginGuard::new(settings.auth.lockout.clone())),
+            hashing: web::Data::new(Hashing::new(&settings.auth.hashing)),
+            state: web::Data::new(AppState {
+                store: store.clone(),
+                registry: core.registry,
+                recommenders: core.recommenders,
+                metrics: crate::telemetry::metrics(),
+                write_timeout: settings.write_timeout(),
+                breaker: crate::http::breaker::Breaker::new(&settings.http.breaker),
+            }),
         };
-        let journal = Journal::start_in_arbiter(&journal_thread.handle(), move |_| {
-            Journal::new(event_store, journal_settings)
-        });
-
-        let actor_threads = match settings.actors.threads {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-            n => n,
+        start_maintenance(&settings, &store, &shared, &mut background)?;
+        let metrics_server = match &settings.metrics.bind {
+            Some(bind) => Some(metrics_listener(bind, shared.state.clone())?),
+            None => None,
         };
-        let mut threads: Vec<Arbiter> = (0..actor_threads).map(|_| Arbiter::new()).collect();
-        let hub_thread = Arbiter::new();
-        let hubs = Hubs::new(store.clone(), &settings.realtime, hub_thread.handle());
-        let recs_thread = Arbiter::new();
-        let recs_settings = settings.recommendations.settings();
-        let catalog = load_catalog(store.as_ref(), &recs_settings)
-            .await
-            .context("cannot load the recommendation catalog")?;
-        let recommenders = Recommenders::start(
-            catalog,
-            Arc::new(StoreSource(store.clone())),
-            recs_settings,
-            recs_thread.handle(),
-        );
-        let router = Router::new(hubs.clone(), recommenders.clone(), store.clone());
-        let changes: Arc<dyn ChangeSink> = match &settings.redis_url {
-            Some(url) => {
-                tracing::info!(redis = %redact_url(url), "cross-node fan-out through redis");
-                Arc::new(RedisFanout::start(
-                    url,
-                    settings.realtime.redis_channel.clone(),
-                    router,
-                )?)
-            }
-            None => Arc::new(LocalFanout(router)),
-        };
-        let registry = EventRegistry::new(
-            store.clone(),
-            journal.clone(),
-            changes,
-            ActorSettings {
-                mailbox_capacity: settings.actors.mailbox_capacity,
-                idle_timeout: Duration::from_secs(settings.actors.idle_timeout_secs),
-                snapshot_every: settings.actors.snapshot_every,
-                idempotency_ttl: chrono::Duration::hours(settings.idempotency.ttl_hours),
-            },
-            threads.iter().map(Arbiter::handle).collect(),
-        );
-        threads.push(journal_thread);
-        threads.push(hub_thread);
-        threads.push(recs_thread);
-        let realtime = web::Data::new(Realtime {
-            hubs,
-            recommenders: recommenders.clone(),
-            limits: ConnectionLimits::new(
-                settings.realtime.max_connections,
-                settings.realtime.max_connections_per_ip,
-                "turnout_ws_connections",
-            ),
-            settings: Arc::new(settings.realtime.clone()),
-        });
-
-        let mut background = crate::outbox::start(
-            store.clone(),
-            settings.redis_url.as_ref(),
-            settings.outbox.clone(),
-        )?;
-        if let Some(url) = &settings.redis_url {
-            background.push(crate::consumers::start(
-                store.clone(),
-                url,
-                format!("{}events", settings.outbox.stream_prefix),
-            )?);
-        }
-        background.push(spawn_idempotency_purge(
-            store.clone(),
-            Duration::from_secs(settings.idempotency.purge_interval_secs),
-        ));
-        let rate_limits = web::Data::new(RateLimits::new(&settings.rate_limits));
-        let login_guard = web::Data::new(LoginGuard::new(settings.auth.lockout.clone()));
-        let hashing = web::Data::new(Hashing::new(&settings.auth.hashing));
-        let (quiet, old) = (rate_limits.clone(), login_guard.clone());
-        background.push(actix_web::rt::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tick.tick().await;
-                quiet.forget_quiet_clients();
-                old.forget_old();
-            }
-        }));
-
-        let state = web::Data::new(AppState {
-            store,
-            registry,
-            recommenders,
-            metrics: crate::telemetry::metrics(),
-            write_timeout: settings.write_timeout(),
-            breaker: crate::http::breaker::Breaker::new(&settings.http.breaker),
-        });
-        let max_body = settings.http.max_body_bytes;
-        let body_deadline = web::Data::new(BodyDeadline(Duration::from_secs(
-            settings.http.body_timeout_secs,
-        )));
-        let body_deadline = (settings.http.body_timeout_secs > 0).then_some(body_deadline);
-        let (metrics_access, metrics_server) = match &settings.metrics.bind {
-            Some(bind) => (
-                MetricsAccess::From(Vec::new()),
-                Some(metrics_listener(bind, state.clone())?),
-            ),
-            None => (MetricsAccess::From(settings.metrics.allowed.clone()), None),
-        };
-        let metrics_access = web::Data::new(metrics_access);
-        let connections = Arc::new(HttpConnections::new(
-            settings.http.max_connections_per_ip,
-            settings.rate_limits.trusted_proxies.clone(),
-        ));
-        let https = settings.http.tls.is_some();
-        let cors_origins = settings.http.cors_origins.clone();
-        let listener = TcpListener::bind(&settings.bind)
-            .with_context(|| format!("cannot bind {}", settings.bind))?;
-        let port = listener.local_addr()?.port();
-        drop_unresponsive_peers(&listener, settings.http.tcp_user_timeout_secs)?;
-        let mut server = HttpServer::new(move || {
-            let app = App::new();
-            let app = match &body_deadline {
-                Some(deadline) => app.app_data(deadline.clone()),
-                None => app,
-            };
-            app.wrap(from_fn(client_limits::middleware))
-                .wrap(security_headers(https))
-                .wrap(cors(&cors_origins))
-                .wrap(from_fn(request_context::middleware))
-                .app_data(state.clone())
-                .app_data(tokens.clone())
-                .app_data(realtime.clone())
-                .app_data(rate_limits.clone())
-                .app_data(login_guard.clone())
-                .app_data(hashing.clone())
-                .app_data(metrics_access.clone())
-                .configure(http::configure(max_body))
-        })
-        .on_connect(move |connection, data| connections.on_connect(connection, data))
-        .shutdown_timeout(settings.http.shutdown_timeout_secs);
-        server = match &settings.http.tls {
-            Some(tls) => server.listen_rustls_0_23(listener, tls_config(tls)?)?,
-            None => server.listen(listener)?,
-        };
-        if settings.http.workers > 0 {
-            server = server.workers(settings.http.workers);
-        }
-        tracing::info!(
-            bind = %settings.bind, port, tls = settings.http.tls.is_some(),
-            database = %redact_url(&settings.database_url),
-            actor_threads,
-            "turnout listening"
-        );
+        let (server, port) = serve_http(&settings, shared)?;
         Ok(Self {
             port,
-            server: server.run(),
+            server,
             metrics_server,
-            journal,
-            threads: Threads(threads),
+            journal: core.journal,
+            threads,
             background,
         })
     }
@@ -264,14 +151,213 @@ impl Application {
         {
             tracing::warn!("the journal did not flush within 10 s");
         }
-        for task in self.background {
-            task.abort();
-            let _ = task.await;
-        }
+        self.background.stop(Duration::from_secs(10)).await;
         drop(self.threads);
         tracing::info!("shutdown complete");
         Ok(())
     }
+}
+
+async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    store::connect(settings.database_url.expose_secret(), &settings.database)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the database at {}",
+                redact_url(&settings.database_url)
+            )
+        })
+}
+
+/// The journal on a thread of its own, the event actors on a pool, the hubs
+/// and the recommenders each on one, and the path of a committed change to
+/// them (and, with Redis, to the other nodes).
+async fn start_core(
+    settings: &Settings,
+    store: &Arc<dyn Store>,
+    threads: &mut Threads,
+) -> anyhow::Result<Core> {
+    let event_store: Arc<dyn EventStore> = store.clone();
+    let journal_settings = JournalSettings {
+        max_pending: settings.journal.max_pending,
+        max_batch: settings.journal.max_batch,
+        commit_timeout: Duration::from_millis(settings.journal.commit_timeout_ms),
+    };
+    let journal = Journal::start_in_arbiter(&threads.start(), move |_| {
+        Journal::new(event_store, journal_settings)
+    });
+
+    let hubs = Hubs::new(store.clone(), &settings.realtime, threads.start());
+    let recs_settings = settings.recommendations.settings();
+    let catalog = load_catalog(store.as_ref(), &recs_settings)
+        .await
+        .context("cannot load the recommendation catalog")?;
+    let recommenders = Recommenders::start(
+        catalog,
+        Arc::new(StoreSource(store.clone())),
+        recs_settings,
+        threads.start(),
+    );
+    let router = Router::new(hubs.clone(), recommenders.clone(), store.clone());
+    let changes: Arc<dyn ChangeSink> = match &settings.redis_url {
+        Some(url) => {
+            tracing::info!(redis = %redact_url(url), "cross-node fan-out through redis");
+            Arc::new(RedisFanout::start(
+                url,
+                settings.realtime.redis_channel.clone(),
+                router,
+            )?)
+        }
+        None => Arc::new(LocalFanout(router)),
+    };
+
+    let actor_threads = match settings.actors.threads {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let registry = EventRegistry::new(
+        store.clone(),
+        journal.clone(),
+        changes,
+        ActorSettings {
+            mailbox_capacity: settings.actors.mailbox_capacity,
+            idle_timeout: Duration::from_secs(settings.actors.idle_timeout_secs),
+            snapshot_every: settings.actors.snapshot_every,
+            idempotency_ttl: chrono::Duration::hours(settings.idempotency.ttl_hours),
+        },
+        (0..actor_threads).map(|_| threads.start()).collect(),
+    );
+    let realtime = Realtime {
+        hubs,
+        recommenders: recommenders.clone(),
+        limits: ConnectionLimits::new(
+            settings.realtime.max_connections,
+            settings.realtime.max_connections_per_ip,
+            "turnout_ws_connections",
+        ),
+        settings: Arc::new(settings.realtime.clone()),
+    };
+    Ok(Core {
+        journal,
+        registry,
+        recommenders,
+        realtime,
+    })
+}
+
+/// The background work: the outbox relay and its consumer, the purge of
+/// expired idempotency keys, and the sweep of idle rate-limit and lockout
+/// entries.
+fn start_maintenance(
+    settings: &Settings,
+    store: &Arc<dyn Store>,
+    shared: &Shared,
+    background: &mut Background,
+) -> anyhow::Result<()> {
+    crate::outbox::start(
+        store.clone(),
+        settings.redis_url.as_ref(),
+        settings.outbox.clone(),
+        background,
+    )?;
+    if let Some(url) = &settings.redis_url {
+        crate::consumers::start(
+            store.clone(),
+            url,
+            format!("{}events", settings.outbox.stream_prefix),
+            background,
+        )?;
+    }
+    let purged = store.clone();
+    background.spawn(
+        "idempotency purge",
+        every(
+            Duration::from_secs(settings.idempotency.purge_interval_secs),
+            background.shutdown(),
+            move || {
+                let store = purged.clone();
+                async move {
+                    match store.purge_expired_replies(chrono::Utc::now()).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(deleted = n, "purged expired idempotency records"),
+                        Err(error) => {
+                            tracing::warn!(%error, "could not purge idempotency records")
+                        }
+                    }
+                }
+            },
+        ),
+    );
+    let (quiet, old) = (shared.rate_limits.clone(), shared.login_guard.clone());
+    background.spawn(
+        "limits sweep",
+        every(Duration::from_secs(60), background.shutdown(), move || {
+            quiet.forget_quiet_clients();
+            old.forget_old();
+            std::future::ready(())
+        }),
+    );
+    Ok(())
+}
+
+/// Binds the API's listener (TLS if configured) and starts its workers;
+/// returns the server and the port it got.
+fn serve_http(settings: &Settings, shared: Shared) -> anyhow::Result<(Server, u16)> {
+    let max_body = settings.http.max_body_bytes;
+    let body_deadline = (settings.http.body_timeout_secs > 0).then(|| {
+        web::Data::new(BodyDeadline(Duration::from_secs(
+            settings.http.body_timeout_secs,
+        )))
+    });
+    // With a listener of its own, `/metrics` answers nobody here.
+    let metrics_access = web::Data::new(MetricsAccess::From(match &settings.metrics.bind {
+        Some(_) => Vec::new(),
+        None => settings.metrics.allowed.clone(),
+    }));
+    let connections = Arc::new(HttpConnections::new(
+        settings.http.max_connections_per_ip,
+        settings.rate_limits.trusted_proxies.clone(),
+    ));
+    let https = settings.http.tls.is_some();
+    let cors_origins = settings.http.cors_origins.clone();
+    let listener = TcpListener::bind(&settings.bind)
+        .with_context(|| format!("cannot bind {}", settings.bind))?;
+    let port = listener.local_addr()?.port();
+    drop_unresponsive_peers(&listener, settings.http.tcp_user_timeout_secs)?;
+    let mut server = HttpServer::new(move || {
+        let app = App::new();
+        let app = match &body_deadline {
+            Some(deadline) => app.app_data(deadline.clone()),
+            None => app,
+        };
+        app.wrap(from_fn(client_limits::middleware))
+            .wrap(security_headers(https))
+            .wrap(cors(&cors_origins))
+            .wrap(from_fn(request_context::middleware))
+            .app_data(shared.state.clone())
+            .app_data(shared.tokens.clone())
+            .app_data(shared.realtime.clone())
+            .app_data(shared.rate_limits.clone())
+            .app_data(shared.login_guard.clone())
+            .app_data(shared.hashing.clone())
+            .app_data(metrics_access.clone())
+            .configure(http::configure(max_body))
+    })
+    .on_connect(move |connection, data| connections.on_connect(connection, data))
+    .shutdown_timeout(settings.http.shutdown_timeout_secs);
+    server = match &settings.http.tls {
+        Some(tls) => server.listen_rustls_0_23(listener, tls_config(tls)?)?,
+        None => server.listen(listener)?,
+    };
+    if settings.http.workers > 0 {
+        server = server.workers(settings.http.workers);
+    }
+    tracing::info!(
+        bind = %settings.bind, port, tls = https,
+        database = %redact_url(&settings.database_url),
+        "turnout listening"
+    );
+    Ok((server.run(), port))
 }
 
 /// `/metrics` alone, on the operator's own address.
@@ -423,18 +509,4 @@ fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> 
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     options.open(path)?.write_all(contents.as_bytes())
-}
-
-fn spawn_idempotency_purge(store: Arc<dyn Store>, every: Duration) -> JoinHandle<()> {
-    actix_web::rt::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tick.tick().await;
-            match store.purge_expired_replies(chrono::Utc::now()).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(deleted = n, "purged expired idempotency records"),
-                Err(error) => tracing::warn!(%error, "could not purge idempotency records"),
-            }
-        }
-    })
 }

@@ -21,6 +21,7 @@ use redis::{AsyncCommands, AsyncConnectionConfig};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
+use crate::background::{Background, Shutdown};
 use crate::store::{DailyFact, Store, from_micros};
 use turnout_actors::store::StoreError;
 
@@ -69,27 +70,43 @@ fn fact_of(entry: &StreamId) -> Option<Fact> {
     })
 }
 
-/// Starts the stream consumer of this node on the current runtime.
+/// Starts the stream consumer of this node among the background tasks.
 pub fn start(
     store: Arc<dyn Store>,
     redis_url: &SecretString,
     stream: String,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    background: &mut Background,
+) -> anyhow::Result<()> {
     let client = redis::Client::open(redis_url.expose_secret())
         .map_err(|e| anyhow::anyhow!("invalid Redis URL: {:?}", e.kind()))?;
-    Ok(actix_web::rt::spawn(consume(store, client, stream)))
+    let shutdown = background.shutdown();
+    background.spawn("outbox consumer", consume(store, client, stream, shutdown));
+    Ok(())
 }
 
-async fn consume(store: Arc<dyn Store>, client: redis::Client, stream: String) {
+/// Consumes until shutdown. Stopping mid-batch is safe: what was handled
+/// but not acknowledged is delivered again, and the inbox makes that a
+/// no-op.
+async fn consume(
+    store: Arc<dyn Store>,
+    client: redis::Client,
+    stream: String,
+    mut shutdown: Shutdown,
+) {
     let consumer = format!("node-{}", Uuid::now_v7().simple());
     let mut failures = 0u32;
     loop {
-        if let Err(error) =
-            consume_until_error(&store, &client, &stream, &consumer, &mut failures).await
-        {
+        let stopped = tokio::select! {
+            _ = shutdown.requested() => return,
+            stopped = consume_until_error(&store, &client, &stream, &consumer, &mut failures) => stopped,
+        };
+        if let Err(error) = stopped {
             failures += 1;
             tracing::warn!(%error, "the daily-facts consumer stopped; retrying");
-            tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(failures.min(7)))).await;
+            let pause = Duration::from_millis(200 * 2u64.pow(failures.min(7)));
+            if !shutdown.sleep(pause).await {
+                return;
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The Turnout server: HTTP API over one actor per event.
 //!
 //! - `app`: wires settings, store, actors and the HTTP server together.
+//! - `background`: background tasks that stop at a shutdown signal.
 //! - `config`: layered settings (file, environment, flags).
 //! - `auth`: passwords, tokens and the identity extractors.
 //! - `http`: routes, the error envelope, pagination, OpenAPI.
@@ -14,6 +15,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod background;
 pub mod config;
 pub mod consumers;
 pub mod http;

@@ -25,9 +25,10 @@ use std::time::{Duration, Instant};
 use redis::aio::ConnectionManager;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use tokio::task::JoinHandle;
+
 use uuid::Uuid;
 
+use crate::background::{Background, Shutdown, every};
 use crate::store::{OutboxMessage, OutboxStatus, Store, micros};
 
 /// `[outbox]` settings.
@@ -53,30 +54,37 @@ const LEASE_TTL: Duration = Duration::from_secs(10);
 const LEASE_RENEW: Duration = Duration::from_secs(2);
 
 /// Starts the relay (publishing to Redis when a URL is given) and the
-/// outbox gauges on the current runtime; returns their tasks.
+/// outbox gauges among the background tasks.
 pub fn start(
     store: Arc<dyn Store>,
     redis_url: Option<&SecretString>,
     settings: OutboxSettings,
-) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    background: &mut Background,
+) -> anyhow::Result<()> {
     let client = redis_url
         .map(|url| {
             redis::Client::open(url.expose_secret())
                 .map_err(|e| anyhow::anyhow!("invalid Redis URL: {:?}", e.kind()))
         })
         .transpose()?;
-    let relay = actix_web::rt::spawn(relay(Arc::clone(&store), client, settings));
-    let gauges = actix_web::rt::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            if let Ok((pending, dead)) = store.outbox_counts().await {
-                metrics::gauge!("turnout_outbox_pending").set(pending as f64);
-                metrics::gauge!("turnout_outbox_dead").set(dead as f64);
+    let shutdown = background.shutdown();
+    background.spawn(
+        "outbox relay",
+        relay(Arc::clone(&store), client, settings, shutdown.clone()),
+    );
+    background.spawn(
+        "outbox gauges",
+        every(Duration::from_secs(5), shutdown, move || {
+            let store = Arc::clone(&store);
+            async move {
+                if let Ok((pending, dead)) = store.outbox_counts().await {
+                    metrics::gauge!("turnout_outbox_pending").set(pending as f64);
+                    metrics::gauge!("turnout_outbox_dead").set(dead as f64);
+                }
             }
-        }
-    });
-    Ok(vec![relay, gauges])
+        }),
+    );
+    Ok(())
 }
 
 fn backoff(failures: u32) -> Duration {
@@ -87,14 +95,21 @@ fn now_micros() -> i64 {
     micros(chrono::Utc::now())
 }
 
-async fn relay(store: Arc<dyn Store>, client: Option<redis::Client>, settings: OutboxSettings) {
+/// Publishes until shutdown, which it heeds between passes, so a batch is
+/// never left published but unmarked by a stop.
+async fn relay(
+    store: Arc<dyn Store>,
+    client: Option<redis::Client>,
+    settings: OutboxSettings,
+    mut shutdown: Shutdown,
+) {
     let holder = Uuid::now_v7().to_string();
     let poll = Duration::from_millis(settings.poll_ms);
     let mut connection: Option<ConnectionManager> = None;
     let mut redis_failures = 0u32;
     let mut last_purge = Instant::now();
     let mut lease: Option<Instant> = None;
-    loop {
+    while !shutdown.is_requested() {
         let now = now_micros();
         let held = match lease {
             Some(renewed) if renewed.elapsed() < LEASE_RENEW => true,
@@ -118,7 +133,7 @@ async fn relay(store: Arc<dyn Store>, client: Option<redis::Client>, settings: O
             },
         };
         if !held {
-            tokio::time::sleep(poll.max(Duration::from_secs(1))).await;
+            shutdown.sleep(poll.max(Duration::from_secs(1))).await;
             continue;
         }
         let pause = match pass(&store, client.as_ref(), &mut connection, &settings).await {
@@ -141,7 +156,7 @@ async fn relay(store: Arc<dyn Store>, client: Option<redis::Client>, settings: O
             purge(&store, &settings).await;
         }
         if !pause.is_zero() {
-            tokio::time::sleep(pause).await;
+            shutdown.sleep(pause).await;
         }
     }
 }

@@ -1,0 +1,151 @@
+//! The server's background tasks (the outbox relay and its gauges, the
+//! stream consumer, purges and sweeps): each is started with a [`Shutdown`]
+//! signal and stops at it between two units of its work; at shutdown they are
+//! told together and awaited, and only one that overruns the grace period is
+//! cut off.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A task's view of the shutdown signal.
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Resolves once shutdown is requested (at once if it already was).
+    pub async fn requested(&mut self) {
+        // An error means the sender is gone: that is a shutdown too.
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+
+    pub fn is_requested(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Sleeps for `pause`; `false` if shutdown came first.
+    pub async fn sleep(&mut self, pause: Duration) -> bool {
+        tokio::select! {
+            _ = self.requested() => false,
+            _ = tokio::time::sleep(pause) => true,
+        }
+    }
+}
+
+/// Runs `work` every `period` (the first at once) until shutdown.
+pub async fn every<F, Fut>(period: Duration, mut shutdown: Shutdown, mut work: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = shutdown.requested() => return,
+            _ = tick.tick() => work().await,
+        }
+    }
+}
+
+/// The running tasks and the sender of their shutdown signal.
+pub struct Background {
+    stop: watch::Sender<bool>,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+}
+
+impl Default for Background {
+    fn default() -> Self {
+        Self {
+            stop: watch::channel(false).0,
+            tasks: Vec::new(),
+        }
+    }
+}
+
+impl Background {
+    /// The signal to hand a task that is started elsewhere.
+    pub fn shutdown(&self) -> Shutdown {
+        Shutdown(self.stop.subscribe())
+    }
+
+    /// Starts `task` on the current runtime; `name` is for the logs.
+    pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + 'static) {
+        self.tasks.push((name, actix_web::rt::spawn(task)));
+    }
+
+    /// Signals every task and waits for each, up to `grace` in all; a task
+    /// still running then is aborted, and said so.
+    pub async fn stop(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        for (name, mut task) in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                tracing::warn!(
+                    task = name,
+                    "a background task overran the shutdown grace; aborted"
+                );
+                task.abort();
+                let _ = task.await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[actix_web::test]
+    async fn tasks_stop_at_the_signal_after_their_current_unit_of_work() {
+        let mut background = Background::default();
+        let finished = Arc::new(AtomicUsize::new(0));
+        let units = Arc::clone(&finished);
+        background.spawn(
+            "ticker",
+            every(
+                Duration::from_millis(10),
+                background.shutdown(),
+                move || {
+                    let units = Arc::clone(&units);
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        units.fetch_add(1, Ordering::SeqCst);
+                    }
+                },
+            ),
+        );
+        let mut sleeper = background.shutdown();
+        let slept = Arc::new(AtomicUsize::new(0));
+        let woke = Arc::clone(&slept);
+        background.spawn("sleeper", async move {
+            if !sleeper.sleep(Duration::from_secs(3600)).await {
+                woke.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        background.stop(Duration::from_secs(5)).await;
+        let done = finished.load(Ordering::SeqCst);
+        assert!(done >= 1, "the unit under way finished");
+        assert_eq!(
+            slept.load(Ordering::SeqCst),
+            1,
+            "a sleep ends at the signal"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(finished.load(Ordering::SeqCst), done, "nothing runs after");
+    }
+
+    #[actix_web::test]
+    async fn a_task_that_ignores_the_signal_is_cut_off_at_the_grace() {
+        let mut background = Background::default();
+        background.spawn("stubborn", std::future::pending());
+        let started = std::time::Instant::now();
+        background.stop(Duration::from_millis(50)).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
