@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 use serde::Deserialize;
-use turnout_actors::domain::{EventId, GeoPoint, Lifecycle, Tag, UserId, VenueId};
+use turnout_actors::domain::{EventId, GeoPoint, Tag, UserId, VenueId};
 use turnout_actors::recommend::{
     Catalog, EventUpdate, ProfileSeed, RankSettings, RecommendSettings, RecommendationSource,
     Weights,
@@ -117,7 +117,7 @@ pub async fn load_catalog(
             venue: VenueId::from(e.venue_id),
             starts_at: from_micros(e.starts_at),
             tags: e.tags.iter().filter_map(|t| Tag::parse(t).ok()).collect(),
-            lifecycle: lifecycle(&e.status),
+            lifecycle: e.status,
             capacity: e.capacity as u32,
             active: e.active_count as u32,
             waitlist: e.waitlist_count as u32,
@@ -139,12 +139,4 @@ pub async fn load_catalog(
     let (known, open) = catalog.len();
     tracing::info!(events = known, open, "recommendation catalog loaded");
     Ok(catalog)
-}
-
-fn lifecycle(status: &str) -> Lifecycle {
-    match status {
-        "published" => Lifecycle::Published,
-        "cancelled" => Lifecycle::Cancelled,
-        _ => Lifecycle::Draft,
-    }
 }

@@ -23,8 +23,7 @@ pub struct EventView {
     pub starts_at: DateTime<Utc>,
     pub ends_at: Option<DateTime<Utc>>,
     pub tags: Vec<String>,
-    /// `draft`, `published` or `cancelled`.
-    pub status: String,
+    pub status: Lifecycle,
     pub capacity: i64,
     pub active_count: i64,
     pub waitlist_count: i64,
@@ -72,7 +71,7 @@ impl From<&EventSummary> for EventView {
                 .iter()
                 .map(|t| t.as_str().to_owned())
                 .collect(),
-            status: s.lifecycle.as_str().to_owned(),
+            status: s.lifecycle,
             capacity,
             active_count: s.active_count as i64,
             waitlist_count: s.waitlist_count as i64,
@@ -89,7 +88,7 @@ pub struct RecommendedEvent {
     pub venue_id: Uuid,
     pub starts_at: DateTime<Utc>,
     pub tags: Vec<String>,
-    pub status: String,
+    pub status: Lifecycle,
     pub capacity: u32,
     pub active_count: u32,
     pub waitlist_count: u32,
@@ -114,12 +113,7 @@ impl From<&(Recommendation, EventCard)> for RecommendationView {
                 venue_id: card.venue.as_uuid(),
                 starts_at: card.starts_at,
                 tags: card.tags.iter().map(|t| t.as_str().to_owned()).collect(),
-                status: match card.lifecycle {
-                    Lifecycle::Draft => "draft",
-                    Lifecycle::Published => "published",
-                    Lifecycle::Cancelled => "cancelled",
-                }
-                .to_owned(),
+                status: card.lifecycle,
                 capacity: card.capacity,
                 active_count: card.active,
                 waitlist_count: card.waitlist,

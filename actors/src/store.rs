@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Capacity, DomainEvent, EventDetails, EventId, EventState, JoinedAs, Lifecycle, StoredEvent,
-    UserId,
+    Capacity, DomainEvent, EventDetails, EventId, EventState, JoinedAs, Lifecycle, MemberStatus,
+    StoredEvent, UserId,
 };
 
 /// A database failure, described for operators. Never shown to clients.
@@ -95,7 +95,7 @@ impl From<&EventState> for EventSummary {
 pub struct MembershipRow {
     pub event_id: EventId,
     pub user_id: UserId,
-    pub status: &'static str,
+    pub status: MemberStatus,
     /// The stream version that put the row in its status: orders the active
     /// list and the waitlist.
     pub order_key: i64,
@@ -160,8 +160,8 @@ pub fn membership_rows<'a>(batch: impl IntoIterator<Item = &'a Append>) -> Vec<M
                     event_id: append.stream,
                     user_id: user,
                     status: match status {
-                        JoinedAs::Active => "active",
-                        JoinedAs::Waitlisted => "waitlisted",
+                        JoinedAs::Active => MemberStatus::Active,
+                        JoinedAs::Waitlisted => MemberStatus::Waitlisted,
                     },
                     order_key: version,
                     joined_at: at,
@@ -174,7 +174,7 @@ pub fn membership_rows<'a>(batch: impl IntoIterator<Item = &'a Append>) -> Vec<M
                 } => MembershipRow {
                     event_id: append.stream,
                     user_id: user,
-                    status: "active",
+                    status: MemberStatus::Active,
                     order_key: version,
                     joined_at,
                     updated_at: at,
@@ -186,7 +186,7 @@ pub fn membership_rows<'a>(batch: impl IntoIterator<Item = &'a Append>) -> Vec<M
                 } => MembershipRow {
                     event_id: append.stream,
                     user_id: user,
-                    status: "left",
+                    status: MemberStatus::Left,
                     order_key: version,
                     joined_at,
                     updated_at: at,

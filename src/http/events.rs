@@ -213,7 +213,7 @@ pub async fn get_event(
         .event(EventId::from(id.into_inner()))
         .await?
         .filter(|e| {
-            e.status != Lifecycle::Draft.as_str()
+            e.status != Lifecycle::Draft
                 || user
                     .0
                     .as_ref()

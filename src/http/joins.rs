@@ -4,7 +4,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use turnout_actors::domain::{Command, EventId, Lifecycle, Membership};
+use turnout_actors::domain::{Command, EventId, Lifecycle, MemberStatus, Membership};
 use turnout_actors::{Answer, IdempotencyKey, Reply};
 use uuid::Uuid;
 
@@ -25,8 +25,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JoinView {
     pub event_id: Uuid,
-    /// `active`, `waitlisted` or `left`.
-    pub status: String,
+    pub status: MemberStatus,
     /// 1-based waitlist position; null unless waitlisted.
     pub position: Option<usize>,
     pub joined_at: Option<DateTime<Utc>>,
@@ -40,16 +39,16 @@ pub struct JoinEnvelope {
 impl JoinView {
     fn new(event: EventId, membership: Option<Membership>) -> Self {
         let (status, position, joined_at) = match membership {
-            Some(Membership::Active { joined_at }) => ("active", None, Some(joined_at)),
+            Some(Membership::Active { joined_at }) => (MemberStatus::Active, None, Some(joined_at)),
             Some(Membership::Waitlisted {
                 position,
                 joined_at,
-            }) => ("waitlisted", Some(position), Some(joined_at)),
-            None => ("left", None, None),
+            }) => (MemberStatus::Waitlisted, Some(position), Some(joined_at)),
+            None => (MemberStatus::Left, None, None),
         };
         Self {
             event_id: event.as_uuid(),
-            status: status.to_owned(),
+            status,
             position,
             joined_at,
         }
@@ -165,7 +164,7 @@ pub async fn leave_event(
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct AttendeeView {
     pub user_id: Uuid,
-    pub status: String,
+    pub status: MemberStatus,
     pub position: Option<i64>,
     pub joined_at: DateTime<Utc>,
 }
@@ -195,7 +194,7 @@ pub async fn attendees(
         .await?
         .ok_or(ApiError::NotFound("event"))?;
     let owner = record.owner_id == user.id.as_uuid();
-    if !owner && record.status == Lifecycle::Draft.as_str() {
+    if !owner && record.status == Lifecycle::Draft {
         return Err(ApiError::NotFound("event"));
     }
     if !owner {
@@ -208,7 +207,7 @@ pub async fn attendees(
     let page = pagination::page(
         rows,
         limit,
-        |m: &MembershipRecord| (i64::from(m.status != "active"), m.order_key),
+        |m: &MembershipRecord| (i64::from(m.status != MemberStatus::Active), m.order_key),
         |m| AttendeeView {
             user_id: m.user_id,
             status: m.status,
@@ -223,7 +222,7 @@ pub async fn attendees(
 pub struct MyJoinView {
     pub event_id: Uuid,
     /// `active`, `waitlisted` or `cancelled` (the event was cancelled).
-    pub status: String,
+    pub status: MemberStatus,
     pub position: Option<i64>,
     pub joined_at: DateTime<Utc>,
     pub event: EventView,

@@ -148,7 +148,9 @@ impl ChannelHub {
             self.versions.insert(record.id, record.version);
             let view = EventView::from(record);
             match &mut self.state {
-                State::Event(current) => *current = Some(view).filter(|v| v.status != "draft"),
+                State::Event(current) => {
+                    *current = Some(view).filter(|v| v.status != Lifecycle::Draft)
+                }
                 State::Listing(events) => {
                     events.insert(view.id, view);
                 }

@@ -17,7 +17,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::types::Json;
-use turnout_actors::domain::{EventId, UserId, VenueId};
+use turnout_actors::domain::{EventId, Lifecycle, MemberStatus, UserId, VenueId};
 use turnout_actors::store::{EventStore, StoreError};
 use uuid::Uuid;
 
@@ -78,7 +78,8 @@ pub struct EventRecord {
     pub starts_at: i64,
     pub ends_at: Option<i64>,
     pub capacity: i64,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: Lifecycle,
     pub active_count: i64,
     pub waitlist_count: i64,
     pub version: i64,
@@ -93,7 +94,8 @@ pub struct EventRecord {
 pub struct MembershipRecord {
     pub event_id: Uuid,
     pub user_id: Uuid,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: MemberStatus,
     pub order_key: i64,
     pub joined_at: i64,
     /// 1-based, for waitlisted rows only.

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::{Pool, Postgres, QueryBuilder, Sqlite};
 use turnout_actors::domain::{
-    EventId, EventState, StoredEvent, UserId, VenueId, current_schema_version,
+    EventId, EventState, MemberStatus, StoredEvent, UserId, VenueId, current_schema_version,
 };
 use turnout_actors::idempotency::{Answer, Given};
 use turnout_actors::store::{
@@ -231,7 +231,7 @@ impl SqlStore<Sqlite> {
         q.push_values(rows, |mut b, r| {
             b.push_bind(r.event_id.as_uuid())
                 .push_bind(r.user_id.as_uuid())
-                .push_bind(r.status)
+                .push_bind(r.status.as_str())
                 .push_bind(r.order_key)
                 .push_bind(micros(r.joined_at))
                 .push_bind(micros(r.updated_at));
@@ -349,7 +349,7 @@ impl SqlStore<Postgres> {
         )))
         .bind(rows.iter().map(|r| r.event_id.as_uuid()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.user_id.as_uuid()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.status).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.order_key).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| micros(r.joined_at)).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| micros(r.updated_at)).collect::<Vec<_>>())
@@ -1056,7 +1056,7 @@ macro_rules! impl_store {
                     q.build_query_as().fetch_all(&self.pool).await.map_err(unavailable)?;
                 // Waiters are listed in order, so one count numbers the page:
                 // the first waiter here has as many ahead as precede it.
-                if let Some(first) = rows.iter().position(|m| m.status == "waitlisted") {
+                if let Some(first) = rows.iter().position(|m| m.status == MemberStatus::Waitlisted) {
                     let (ahead,): (i64,) = sqlx::query_as(
                         "SELECT COUNT(*) FROM joins WHERE event_id = $1 AND status = 'waitlisted' \
                          AND order_key < $2",

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::values::{Capacity, Description, EventId, Tag, Title, UserId, VenueId};
+use super::values::{Capacity, Description, EventId, Tag, Title, UserId, ValueError, VenueId};
 use super::waitlist::{Waiter, Waitlist};
 
 /// What an event is, apart from who is in it.
@@ -24,6 +24,7 @@ pub struct EventDetails {
 
 /// Where an event is in its life: draft → published → cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Lifecycle {
     Draft,
@@ -38,6 +39,57 @@ impl Lifecycle {
             Lifecycle::Published => "published",
             Lifecycle::Cancelled => "cancelled",
         }
+    }
+}
+
+impl TryFrom<String> for Lifecycle {
+    type Error = ValueError;
+
+    fn try_from(stored: String) -> Result<Self, ValueError> {
+        [Lifecycle::Draft, Lifecycle::Published, Lifecycle::Cancelled]
+            .into_iter()
+            .find(|l| l.as_str() == stored)
+            .ok_or_else(|| ValueError::new("status", format!("no event status {stored:?}")))
+    }
+}
+
+/// Where a user stands in an event's roster, as the read model keeps it:
+/// a membership that ended stays, as `left`, or as `cancelled` when the
+/// event was cancelled while they were in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum MemberStatus {
+    Active,
+    Waitlisted,
+    Left,
+    Cancelled,
+}
+
+impl MemberStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberStatus::Active => "active",
+            MemberStatus::Waitlisted => "waitlisted",
+            MemberStatus::Left => "left",
+            MemberStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl TryFrom<String> for MemberStatus {
+    type Error = ValueError;
+
+    fn try_from(stored: String) -> Result<Self, ValueError> {
+        [
+            MemberStatus::Active,
+            MemberStatus::Waitlisted,
+            MemberStatus::Left,
+            MemberStatus::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == stored)
+        .ok_or_else(|| ValueError::new("status", format!("no membership status {stored:?}")))
     }
 }
 
