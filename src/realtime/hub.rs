@@ -11,16 +11,16 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytestring::ByteString;
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::channel::Channel;
+use super::projection::Projection;
 use super::protocol::{self, Position};
 use super::socket::{Frame, SendQueue};
 use crate::store::{EventFilter, EventRecord, Store};
-use crate::views::EventView;
 use turnout_actors::changes::EventChange;
-use turnout_actors::domain::{EventId, GeoPoint, Lifecycle, VenueId};
+use turnout_actors::domain::{EventId, GeoPoint, VenueId};
 use turnout_actors::store::StoreError;
 
 /// What a hub needs of the hubs that started it: where it leaves when it
@@ -68,13 +68,6 @@ pub struct Resync;
 /// How many upcoming events a venue or feed channel lists.
 const LISTING_LIMIT: i64 = 500;
 
-enum State {
-    /// One event; `None` while it does not exist or is a draft.
-    Event(Option<EventView>),
-    /// Upcoming published events by id.
-    Listing(HashMap<Uuid, EventView>),
-}
-
 pub struct ChannelHub {
     channel: Channel,
     name: Arc<str>,
@@ -83,13 +76,11 @@ pub struct ChannelHub {
     offset: u64,
     history: VecDeque<(u64, ByteString)>,
     history_limit: usize,
-    state: State,
-    versions: HashMap<Uuid, i64>,
+    /// What the channel shows, and how a change moves it.
+    projection: Projection,
     /// Set by a resync: when the reload is done, every subscriber gets a
     /// fresh snapshot.
     resyncing: bool,
-    /// Venue positions, for a feed filtered by radius.
-    venues: HashMap<Uuid, GeoPoint>,
     /// The snapshot's `data`, rebuilt after a change.
     snapshot: Option<Arc<Value>>,
     /// A listing's next start time and the timer that takes the events
@@ -111,21 +102,15 @@ impl ChannelHub {
         history_limit: usize,
         idle_limit: Duration,
     ) -> Self {
-        let state = match channel {
-            Channel::Event(_) => State::Event(None),
-            _ => State::Listing(HashMap::new()),
-        };
         Self {
             name: channel.to_string().into(),
+            projection: Projection::new(channel.clone()),
             channel,
             epoch: format!("{:016x}", rand::random::<u64>()).into(),
             offset: 0,
             history: VecDeque::new(),
             history_limit,
-            state,
-            versions: HashMap::new(),
             resyncing: false,
-            venues: HashMap::new(),
             snapshot: None,
             next_start: None,
             subscribers: HashMap::new(),
@@ -136,129 +121,12 @@ impl ChannelHub {
         }
     }
 
-    fn loaded(&mut self, (records, venues): Loaded) {
-        self.venues = venues
-            .into_iter()
-            .map(|(id, lat, lon)| (id, GeoPoint { lat, lon }))
-            .collect();
-        for record in records {
-            if !self.relevant_record(&record) {
-                continue;
-            }
-            self.versions.insert(record.id, record.version);
-            let view = EventView::from(record);
-            match &mut self.state {
-                State::Event(current) => {
-                    *current = Some(view).filter(|v| v.status != Lifecycle::Draft)
-                }
-                State::Listing(events) => {
-                    events.insert(view.id, view);
-                }
-            }
-        }
-    }
-
     fn snapshot_data(&mut self) -> Arc<Value> {
-        if let Some(data) = &self.snapshot {
-            return Arc::clone(data);
-        }
-        let data = Arc::new(match &self.state {
-            State::Event(event) => json!({ "event": event }),
-            State::Listing(events) => {
-                let mut listed: Vec<&EventView> = events.values().collect();
-                listed.sort_by_key(|e| (e.starts_at, e.id));
-                json!({ "events": listed })
-            }
-        });
-        self.snapshot = Some(Arc::clone(&data));
-        data
-    }
-
-    fn relevant(&self, view: &EventView) -> bool {
-        match &self.channel {
-            Channel::Event(id) => id.as_uuid() == view.id,
-            Channel::Venue(venue) => venue.as_uuid() == view.venue_id,
-            Channel::Feed { tag, near } => {
-                tag.as_ref()
-                    .is_none_or(|tag| view.tags.iter().any(|t| t == tag.as_str()))
-                    && near.is_none_or(|near| {
-                        self.venues
-                            .get(&view.venue_id)
-                            .is_some_and(|p| near.contains(*p))
-                    })
-            }
-        }
-    }
-
-    fn relevant_record(&self, record: &EventRecord) -> bool {
-        match &self.channel {
-            Channel::Feed {
-                near: Some(near), ..
-            } => self
-                .venues
-                .get(&record.venue_id)
-                .is_some_and(|p| near.contains(*p)),
-            _ => true,
-        }
-    }
-
-    /// Whether this hub must learn a venue's position before applying.
-    fn needs_venue(&self, venue: Uuid) -> bool {
-        matches!(self.channel, Channel::Feed { near: Some(_), .. })
-            && !self.venues.contains_key(&venue)
-    }
-
-    /// Folds a change into the state; returns the update to broadcast, if
-    /// subscribers should hear about it.
-    fn apply(&mut self, change: &EventChange) -> Option<Value> {
-        let version = change.summary.version as i64;
-        if self
-            .versions
-            .get(&change.summary.id.as_uuid())
-            .is_some_and(|&v| v >= version)
-        {
-            return None;
-        }
-        let view = &EventView::from(&change.summary);
-        let relevant = self.relevant(view);
-        let listed_before = match &self.state {
-            State::Event(_) => false,
-            State::Listing(events) => events.contains_key(&view.id),
-        };
-        if !relevant && !listed_before {
-            return None;
-        }
-        self.versions.insert(view.id, version);
-        let kinds: Vec<&str> = change.kinds().collect();
-        let kinds = &kinds;
-        let lifecycle = change.summary.lifecycle;
-        match &mut self.state {
-            State::Event(current) => {
-                if lifecycle == Lifecycle::Draft {
-                    return None;
-                }
-                *current = Some(view.clone());
-                Some(json!({ "event": view, "kinds": kinds }))
-            }
-            State::Listing(events) => {
-                let listed =
-                    relevant && lifecycle == Lifecycle::Published && view.starts_at > Utc::now();
-                let before = if listed {
-                    events.insert(view.id, view.clone())
-                } else {
-                    events.remove(&view.id)
-                };
-                if !listed && before.is_none() {
-                    // Never listed here (a draft, say): nothing to tell.
-                    return None;
-                }
-                let reason = match &self.channel {
-                    Channel::Venue(_) => Some("changed"),
-                    _ => feed_reason(before.as_ref(), view, kinds, listed),
-                }?;
-                Some(listing_update(view, kinds, listed, reason))
-            }
-        }
+        let projection = &self.projection;
+        Arc::clone(
+            self.snapshot
+                .get_or_insert_with(|| Arc::new(projection.snapshot())),
+        )
     }
 
     /// Loads the channel's state from the read model. `wait` holds
@@ -291,8 +159,8 @@ impl ChannelHub {
                 }
             }
             .into_actor(self)
-            .map(|loaded, hub, ctx| {
-                hub.loaded(loaded);
+            .map(|(records, venues), hub, ctx| {
+                hub.projection.load(records, venues);
                 if std::mem::take(&mut hub.resyncing) {
                     hub.send_fresh_snapshots();
                 }
@@ -319,7 +187,7 @@ impl ChannelHub {
     }
 
     fn apply_and_broadcast(&mut self, change: &EventChange, ctx: &mut Context<Self>) {
-        if let Some(data) = self.apply(change) {
+        if let Some(data) = self.projection.apply(change, Utc::now()) {
             self.broadcast(data, change.committed_at);
         }
         // Only a listed event starting before the timer moves it; one that
@@ -329,8 +197,7 @@ impl ChannelHub {
             change.summary.id.as_uuid(),
             change.summary.details.starts_at,
         );
-        let listed = matches!(&self.state, State::Listing(events) if events.contains_key(&id));
-        if listed
+        if self.projection.lists(id)
             && self
                 .next_start
                 .as_ref()
@@ -344,10 +211,7 @@ impl ChannelHub {
     /// starts, not at its next change: keeps a timer set for the earliest
     /// start among the listed events.
     fn watch_for_starts(&mut self, ctx: &mut Context<Self>) {
-        let State::Listing(events) = &self.state else {
-            return;
-        };
-        match events.values().map(|e| e.starts_at).min() {
+        match self.projection.next_start() {
             Some(at) => self.start_timer(at, ctx),
             None => {
                 if let Some((_, timer)) = self.next_start.take() {
@@ -373,21 +237,9 @@ impl ChannelHub {
     /// Takes the events that have started off the listing, each with an
     /// update saying so.
     fn drop_started(&mut self) {
-        let State::Listing(events) = &mut self.state else {
-            return;
-        };
         let now = Utc::now();
-        let mut started: Vec<EventView> = events
-            .values()
-            .filter(|e| e.starts_at <= now)
-            .cloned()
-            .collect();
-        started.sort_by_key(|e| (e.starts_at, e.id));
-        for view in &started {
-            events.remove(&view.id);
-        }
-        for view in started {
-            self.broadcast(listing_update(&view, &[], false, "started"), now);
+        for update in self.projection.take_started(now) {
+            self.broadcast(update, now);
         }
     }
 
@@ -422,7 +274,9 @@ impl ChannelHub {
     }
 
     fn subscribe(&mut self, msg: Subscribe) -> Subscribed {
-        if let (Channel::Event(id), State::Event(None)) = (&self.channel, &self.state) {
+        if let Channel::Event(id) = &self.channel
+            && self.projection.shows_no_event()
+        {
             self.home.missed(*id);
             return Subscribed::NoSuchEvent;
         }
@@ -478,12 +332,6 @@ impl ChannelHub {
     }
 }
 
-/// A venue or feed update: the event, what changed, whether it is (still)
-/// listed, and why subscribers hear of it.
-fn listing_update(view: &EventView, kinds: &[&str], listed: bool, reason: &str) -> Value {
-    json!({ "event": view, "kinds": kinds, "listed": listed, "reason": reason })
-}
-
 /// A channel's events (and, for a radius feed, the venues' positions).
 type Loaded = (Vec<EventRecord>, Vec<(Uuid, f64, f64)>);
 
@@ -513,38 +361,6 @@ async fn fetch(store: &dyn Store, channel: &Channel) -> Result<Loaded, StoreErro
             };
             Ok((events, venues))
         }
-    }
-}
-
-/// Why the city feed mentions a change, if it does: new, changed, cancelled,
-/// filling up or full — not every join.
-fn feed_reason(
-    before: Option<&EventView>,
-    view: &EventView,
-    kinds: &[&str],
-    listed: bool,
-) -> Option<&'static str> {
-    let has = |kind: &str| kinds.contains(&kind);
-    if has("cancelled") {
-        return Some("cancelled");
-    }
-    if has("published") {
-        return Some("published");
-    }
-    if has("details_changed") || has("capacity_changed") {
-        return Some("changed");
-    }
-    let before = before?;
-    if !listed {
-        return Some("removed");
-    }
-    let nearly = (view.capacity / 10).max(1);
-    if view.places_left == 0 && before.places_left > 0 {
-        Some("full")
-    } else if view.places_left <= nearly && before.places_left > nearly {
-        Some("filling_up")
-    } else {
-        None
     }
 }
 
@@ -584,12 +400,8 @@ impl Handler<Resync> for ChannelHub {
         self.epoch = format!("{:016x}", rand::random::<u64>()).into();
         self.offset = 0;
         self.history.clear();
-        self.versions.clear();
         self.snapshot = None;
-        self.state = match self.channel {
-            Channel::Event(_) => State::Event(None),
-            _ => State::Listing(HashMap::new()),
-        };
+        self.projection = Projection::new(self.channel.clone());
         self.resyncing = true;
         self.load(ctx);
     }
@@ -628,7 +440,7 @@ impl Handler<Apply> for ChannelHub {
 
     fn handle(&mut self, Apply(change): Apply, ctx: &mut Self::Context) {
         let venue = change.summary.details.venue_id.as_uuid();
-        if !self.needs_venue(venue) {
+        if !self.projection.needs_venue(venue) {
             return self.apply_and_broadcast(&change, ctx);
         }
         // A venue this radius feed has not seen: learn where it is first;
@@ -639,13 +451,11 @@ impl Handler<Apply> for ChannelHub {
                 .into_actor(self)
                 .map(move |found, hub, ctx| {
                     if let Ok(Some(v)) = found {
-                        hub.venues.insert(
-                            venue,
-                            GeoPoint {
-                                lat: v.lat,
-                                lon: v.lon,
-                            },
-                        );
+                        let at = GeoPoint {
+                            lat: v.lat,
+                            lon: v.lon,
+                        };
+                        hub.projection.locate(venue, at);
                     }
                     hub.apply_and_broadcast(&change, ctx);
                 }),

@@ -5,8 +5,10 @@
 //!
 //! - `channel`: channel names (`event:<id>`, `venue:<id>`, `feed`, `feed?tag=…`).
 //! - `protocol`: the JSON frames.
-//! - `hub`: one actor per channel; it owns the channel's state, offsets and
-//!   history, so a snapshot and the offsets after it can never disagree.
+//! - `projection`: what a channel shows and how a change moves it (pure).
+//! - `hub`: one actor per channel around its projection; it owns the
+//!   offsets and history, so a snapshot and the offsets after it can never
+//!   disagree.
 //!   It reaches the registry that started it only through its `HubHome`.
 //! - `hubs`: finds or starts hubs, and routes committed changes to them.
 //! - `router`: hands each committed change to the hubs and the recommenders
@@ -23,6 +25,7 @@ mod hub;
 mod hubs;
 mod inbound;
 mod limits;
+mod projection;
 mod protocol;
 mod redis_fanout;
 mod router;

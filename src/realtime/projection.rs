@@ -1,0 +1,489 @@
+//! What a channel shows and how a committed change moves it — pure: no
+//! actor, no clock but the `now` it is given, no I/O. The hub that owns a
+//! projection numbers its updates, keeps their history and delivers them.
+//!
+//! An `event:<id>` channel shows one event (none while it does not exist or
+//! is a draft). A `venue:<id>` or `feed…` channel lists the upcoming
+//! published events it concerns; an event leaves the list when it starts,
+//! is cancelled or moves away. A feed tells its subscribers only what a city
+//! feed should: new, changed, cancelled, removed, filling up, full — not
+//! every join.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::channel::Channel;
+use crate::store::EventRecord;
+use crate::views::EventView;
+use turnout_actors::changes::EventChange;
+use turnout_actors::domain::{GeoPoint, Lifecycle};
+
+enum Shown {
+    /// One event; `None` while it does not exist or is a draft.
+    Event(Option<EventView>),
+    /// Upcoming published events by id.
+    Listing(HashMap<Uuid, EventView>),
+}
+
+pub struct Projection {
+    channel: Channel,
+    shown: Shown,
+    /// The stream version each event was last seen at: anything not newer
+    /// is old news (changes from other nodes may arrive late).
+    versions: HashMap<Uuid, i64>,
+    /// Venue positions, for a feed filtered by radius.
+    venues: HashMap<Uuid, GeoPoint>,
+}
+
+impl Projection {
+    /// An empty projection of `channel`, before anything is loaded.
+    pub fn new(channel: Channel) -> Self {
+        let shown = match channel {
+            Channel::Event(_) => Shown::Event(None),
+            _ => Shown::Listing(HashMap::new()),
+        };
+        Self {
+            channel,
+            shown,
+            versions: HashMap::new(),
+            venues: HashMap::new(),
+        }
+    }
+
+    /// Takes the read model's events (and, for a radius feed, the venues'
+    /// positions).
+    pub fn load(&mut self, records: Vec<EventRecord>, venues: Vec<(Uuid, f64, f64)>) {
+        self.venues = venues
+            .into_iter()
+            .map(|(id, lat, lon)| (id, GeoPoint { lat, lon }))
+            .collect();
+        for record in records {
+            if !self.near_enough(record.venue_id) {
+                continue;
+            }
+            self.versions.insert(record.id, record.version);
+            let view = EventView::from(record);
+            match &mut self.shown {
+                Shown::Event(current) => {
+                    *current = Some(view).filter(|v| v.status != Lifecycle::Draft)
+                }
+                Shown::Listing(events) => {
+                    events.insert(view.id, view);
+                }
+            }
+        }
+    }
+
+    /// A snapshot's `data`: `{"event": …}` or `{"events": [… by start]}`.
+    pub fn snapshot(&self) -> Value {
+        match &self.shown {
+            Shown::Event(event) => json!({ "event": event }),
+            Shown::Listing(events) => {
+                let mut listed: Vec<&EventView> = events.values().collect();
+                listed.sort_by_key(|e| (e.starts_at, e.id));
+                json!({ "events": listed })
+            }
+        }
+    }
+
+    /// An `event:<id>` channel whose event does not exist (or is a draft).
+    pub fn shows_no_event(&self) -> bool {
+        matches!(self.shown, Shown::Event(None))
+    }
+
+    /// Whether a change at `venue` can be applied only once the venue's
+    /// position is known (a radius feed that has not seen it).
+    pub fn needs_venue(&self, venue: Uuid) -> bool {
+        matches!(self.channel, Channel::Feed { near: Some(_), .. })
+            && !self.venues.contains_key(&venue)
+    }
+
+    pub fn locate(&mut self, venue: Uuid, at: GeoPoint) {
+        self.venues.insert(venue, at);
+    }
+
+    /// Folds a change in; the update's `data` if subscribers should hear of
+    /// it.
+    pub fn apply(&mut self, change: &EventChange, now: DateTime<Utc>) -> Option<Value> {
+        let version = change.summary.version as i64;
+        if self
+            .versions
+            .get(&change.summary.id.as_uuid())
+            .is_some_and(|&v| v >= version)
+        {
+            return None;
+        }
+        let view = &EventView::from(&change.summary);
+        let concerned = self.concerns(view);
+        let listed_before = match &self.shown {
+            Shown::Event(_) => false,
+            Shown::Listing(events) => events.contains_key(&view.id),
+        };
+        if !concerned && !listed_before {
+            return None;
+        }
+        self.versions.insert(view.id, version);
+        let kinds: Vec<&str> = change.kinds().collect();
+        let lifecycle = change.summary.lifecycle;
+        match &mut self.shown {
+            Shown::Event(current) => {
+                if lifecycle == Lifecycle::Draft {
+                    return None;
+                }
+                *current = Some(view.clone());
+                Some(json!({ "event": view, "kinds": kinds }))
+            }
+            Shown::Listing(events) => {
+                let listed = concerned && lifecycle == Lifecycle::Published && view.starts_at > now;
+                let before = if listed {
+                    events.insert(view.id, view.clone())
+                } else {
+                    events.remove(&view.id)
+                };
+                if !listed && before.is_none() {
+                    // Never listed here (a draft, say): nothing to tell.
+                    return None;
+                }
+                let reason = match &self.channel {
+                    Channel::Venue(_) => Some("changed"),
+                    _ => feed_reason(before.as_ref(), view, &kinds, listed),
+                }?;
+                Some(listing_update(view, &kinds, listed, reason))
+            }
+        }
+    }
+
+    /// When the earliest listed event starts, if any is listed.
+    pub fn next_start(&self) -> Option<DateTime<Utc>> {
+        match &self.shown {
+            Shown::Listing(events) => events.values().map(|e| e.starts_at).min(),
+            Shown::Event(_) => None,
+        }
+    }
+
+    pub fn lists(&self, event: Uuid) -> bool {
+        matches!(&self.shown, Shown::Listing(events) if events.contains_key(&event))
+    }
+
+    /// Takes the events that have started by `now` off the listing; an
+    /// update for each, in start order.
+    pub fn take_started(&mut self, now: DateTime<Utc>) -> Vec<Value> {
+        let Shown::Listing(events) = &mut self.shown else {
+            return Vec::new();
+        };
+        let mut started: Vec<EventView> = events
+            .values()
+            .filter(|e| e.starts_at <= now)
+            .cloned()
+            .collect();
+        started.sort_by_key(|e| (e.starts_at, e.id));
+        for view in &started {
+            events.remove(&view.id);
+        }
+        started
+            .iter()
+            .map(|view| listing_update(view, &[], false, "started"))
+            .collect()
+    }
+
+    fn concerns(&self, view: &EventView) -> bool {
+        match &self.channel {
+            Channel::Event(id) => id.as_uuid() == view.id,
+            Channel::Venue(venue) => venue.as_uuid() == view.venue_id,
+            Channel::Feed { tag, .. } => {
+                tag.as_ref()
+                    .is_none_or(|tag| view.tags.iter().any(|t| t == tag.as_str()))
+                    && self.near_enough(view.venue_id)
+            }
+        }
+    }
+
+    /// Whether an event at `venue` is within a radius feed's circle (always,
+    /// for any other channel).
+    fn near_enough(&self, venue: Uuid) -> bool {
+        match &self.channel {
+            Channel::Feed {
+                near: Some(near), ..
+            } => self.venues.get(&venue).is_some_and(|p| near.contains(*p)),
+            _ => true,
+        }
+    }
+}
+
+/// A venue or feed update: the event, what changed, whether it is (still)
+/// listed, and why subscribers hear of it.
+fn listing_update(view: &EventView, kinds: &[&str], listed: bool, reason: &str) -> Value {
+    json!({ "event": view, "kinds": kinds, "listed": listed, "reason": reason })
+}
+
+/// Why the city feed mentions a change, if it does: new, changed, cancelled,
+/// filling up or full — not every join.
+fn feed_reason(
+    before: Option<&EventView>,
+    view: &EventView,
+    kinds: &[&str],
+    listed: bool,
+) -> Option<&'static str> {
+    let has = |kind: &str| kinds.contains(&kind);
+    if has("cancelled") {
+        return Some("cancelled");
+    }
+    if has("published") {
+        return Some("published");
+    }
+    if has("details_changed") || has("capacity_changed") {
+        return Some("changed");
+    }
+    let before = before?;
+    if !listed {
+        return Some("removed");
+    }
+    let nearly = (view.capacity / 10).max(1);
+    if view.places_left == 0 && before.places_left > 0 {
+        Some("full")
+    } else if view.places_left <= nearly && before.places_left > nearly {
+        Some("filling_up")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+    use turnout_actors::domain::{
+        Capacity, Command, EventDetails, EventId, EventState, Tag, Title, UserId, VenueId, decide,
+        evolve,
+    };
+    use turnout_actors::store::EventSummary;
+
+    use super::*;
+
+    /// An event driven through the real decider, so every change a test
+    /// applies is one the actors could commit.
+    struct Event {
+        owner: UserId,
+        state: Option<EventState>,
+    }
+
+    impl Event {
+        fn new() -> Self {
+            Self {
+                owner: UserId::new(),
+                state: None,
+            }
+        }
+
+        fn run(&mut self, command: Command) -> EventChange {
+            let facts = decide(self.state.as_ref(), &command).expect("the command is allowed");
+            self.state = facts.iter().fold(self.state.take(), evolve);
+            EventChange {
+                summary: EventSummary::from(self.state.as_ref().unwrap()),
+                facts,
+                committed_at: Utc::now(),
+            }
+        }
+
+        fn create(&mut self, venue: VenueId, capacity: i64, tag: &str) -> EventChange {
+            let details = EventDetails {
+                title: Title::parse("Late jazz").unwrap(),
+                description: None,
+                venue_id: venue,
+                starts_at: Utc::now() + Duration::days(7),
+                ends_at: None,
+                tags: vec![Tag::parse(tag).unwrap()],
+            };
+            self.run(Command::Create {
+                id: EventId::new(),
+                owner: self.owner,
+                details,
+                capacity: Capacity::parse(capacity).unwrap(),
+                at: Utc::now(),
+            })
+        }
+
+        fn publish(&mut self) -> EventChange {
+            self.run(Command::Publish {
+                by: self.owner,
+                at: Utc::now(),
+            })
+        }
+
+        fn cancel(&mut self) -> EventChange {
+            self.run(Command::Cancel {
+                by: self.owner,
+                at: Utc::now(),
+            })
+        }
+
+        fn join(&mut self) -> EventChange {
+            self.run(Command::Join {
+                user: UserId::new(),
+                at: Utc::now(),
+            })
+        }
+
+        fn id(&self) -> EventId {
+            self.state.as_ref().unwrap().id
+        }
+    }
+
+    fn feed(name: &str) -> Projection {
+        Projection::new(Channel::parse(name).unwrap())
+    }
+
+    #[test]
+    fn an_event_channel_shows_its_event_once_published() {
+        let mut event = Event::new();
+        let draft = event.create(VenueId::new(), 5, "jazz");
+        let mut projection = Projection::new(Channel::Event(event.id()));
+
+        assert_eq!(
+            projection.apply(&draft, Utc::now()),
+            None,
+            "a draft is shown to nobody"
+        );
+        assert!(projection.shows_no_event());
+
+        let update = projection.apply(&event.publish(), Utc::now()).unwrap();
+        assert_eq!(update["event"]["status"], "published");
+        assert_eq!(update["kinds"], json!(["published"]));
+        assert!(!projection.shows_no_event());
+        assert_eq!(projection.snapshot()["event"]["id"], json!(event.id()));
+    }
+
+    #[test]
+    fn a_change_no_newer_than_what_is_shown_is_old_news() {
+        let mut event = Event::new();
+        event.create(VenueId::new(), 5, "jazz");
+        let mut projection = Projection::new(Channel::Event(event.id()));
+        let published = event.publish();
+        let joined = event.join();
+        assert!(projection.apply(&joined, Utc::now()).is_some());
+        assert_eq!(
+            projection.apply(&published, Utc::now()),
+            None,
+            "arrived late"
+        );
+        assert_eq!(projection.apply(&joined, Utc::now()), None, "arrived twice");
+        assert_eq!(projection.snapshot()["event"]["active_count"], 1);
+    }
+
+    #[test]
+    fn a_venue_lists_its_upcoming_published_events_and_drops_a_cancelled_one() {
+        let venue = VenueId::new();
+        let mut projection = Projection::new(Channel::Venue(venue));
+        let mut here = Event::new();
+        here.create(venue, 5, "jazz");
+        let mut elsewhere = Event::new();
+        elsewhere.create(VenueId::new(), 5, "jazz");
+
+        let listed = projection.apply(&here.publish(), Utc::now()).unwrap();
+        assert_eq!(
+            (listed["listed"].clone(), listed["reason"].clone()),
+            (json!(true), json!("changed"))
+        );
+        assert_eq!(projection.apply(&elsewhere.publish(), Utc::now()), None);
+        assert!(projection.lists(here.id().as_uuid()));
+
+        let cancelled = projection.apply(&here.cancel(), Utc::now()).unwrap();
+        assert_eq!(cancelled["listed"], false);
+        assert!(!projection.lists(here.id().as_uuid()));
+        assert_eq!(projection.snapshot()["events"], json!([]));
+    }
+
+    #[test]
+    fn the_city_feed_tells_of_filling_up_and_full_not_of_every_join() {
+        let mut projection = feed("feed");
+        let mut event = Event::new();
+        event.create(VenueId::new(), 10, "jazz");
+        let published = projection.apply(&event.publish(), Utc::now()).unwrap();
+        assert_eq!(published["reason"], "published");
+
+        let reasons: Vec<Option<String>> = (0..11)
+            .map(|_| {
+                projection
+                    .apply(&event.join(), Utc::now())
+                    .map(|u| u["reason"].as_str().unwrap().to_owned())
+            })
+            .collect();
+        let mut expected = vec![None; 11];
+        expected[8] = Some("filling_up".to_owned()); // one place left
+        expected[9] = Some("full".to_owned());
+        assert_eq!(
+            reasons, expected,
+            "the 11th joins the waitlist: nothing to tell"
+        );
+    }
+
+    #[test]
+    fn a_tag_feed_ignores_other_tags() {
+        let mut projection = feed("feed?tag=jazz");
+        let mut jazz = Event::new();
+        jazz.create(VenueId::new(), 5, "jazz");
+        let mut folk = Event::new();
+        folk.create(VenueId::new(), 5, "folk");
+        assert!(projection.apply(&jazz.publish(), Utc::now()).is_some());
+        assert_eq!(projection.apply(&folk.publish(), Utc::now()), None);
+        assert_eq!(projection.snapshot()["events"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_radius_feed_learns_where_a_venue_is_before_it_decides() {
+        let mut projection = feed("feed?near=52.37,4.89,2");
+        let (inside, outside) = (VenueId::new(), VenueId::new());
+        assert!(projection.needs_venue(inside.as_uuid()));
+        projection.locate(
+            inside.as_uuid(),
+            GeoPoint {
+                lat: 52.371,
+                lon: 4.891,
+            },
+        );
+        projection.locate(
+            outside.as_uuid(),
+            GeoPoint {
+                lat: 51.9,
+                lon: 4.5,
+            },
+        );
+        assert!(!projection.needs_venue(inside.as_uuid()));
+
+        let mut near = Event::new();
+        near.create(inside, 5, "jazz");
+        let mut far = Event::new();
+        far.create(outside, 5, "jazz");
+        assert!(projection.apply(&near.publish(), Utc::now()).is_some());
+        assert_eq!(projection.apply(&far.publish(), Utc::now()), None);
+    }
+
+    #[test]
+    fn events_leave_a_listing_when_they_start() {
+        let venue = VenueId::new();
+        let mut projection = Projection::new(Channel::Venue(venue));
+        let mut event = Event::new();
+        event.create(venue, 5, "jazz");
+        projection.apply(&event.publish(), Utc::now());
+        let starts_at = projection.next_start().unwrap();
+
+        assert!(
+            projection
+                .take_started(starts_at - Duration::seconds(1))
+                .is_empty()
+        );
+        let started = projection.take_started(starts_at);
+        assert_eq!(started.len(), 1);
+        assert_eq!(
+            (started[0]["reason"].clone(), started[0]["listed"].clone()),
+            (json!("started"), json!(false))
+        );
+        assert_eq!(projection.next_start(), None);
+        assert!(
+            projection.apply(&event.join(), starts_at).is_none(),
+            "a started event is not listed again"
+        );
+    }
+}
