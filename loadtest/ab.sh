@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Interleaved A/B of two server builds on the same load, in one session:
+# A and B alternate (ABBA order per round), each run on a fresh server and a
+# fresh SQLite database, so drift on a shared machine falls on both alike.
+#
+#   loadtest/ab.sh DIR_A DIR_B [ROUNDS]
+#
+# DIR_A and DIR_B each hold a release `turnout` and `turnout-loadtest`
+# (build one checkout, copy the two binaries out, build the other). Prints
+# one line per run and a per-build summary (median of the runs) of hot-join
+# (20,000 users through 1,000 connections, capacity 1,000) and ws-fanout
+# (5,000 clients on one venue, 10 rounds); SCENARIOS="hot-join" runs one.
+set -euo pipefail
+
+A=${1:?usage: loadtest/ab.sh DIR_A DIR_B [ROUNDS]}
+B=${2:?usage: loadtest/ab.sh DIR_A DIR_B [ROUNDS]}
+ROUNDS=${3:-3}
+SCENARIOS=${SCENARIOS:-hot-join ws-fanout}
+PORT=18081
+KEY=ab-bench-key-ab-bench-key-ab-bench-key
+OUT=$(mktemp -d)
+trap 'pkill -f "turnout --bind 127.0.0.1:$PORT" 2>/dev/null || true' EXIT
+
+run() {
+  local build=$1 label=$2 scenario=$3 round=$4
+  local data
+  data=$(mktemp -d)
+  TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data \
+    TURNOUT_DATABASE_URL="sqlite://$data/turnout.db?mode=rwc" \
+    TURNOUT_RATE_LIMITS__ENABLED=false TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP=0 \
+    TURNOUT_REALTIME__MAX_CONNECTIONS_PER_IP=0 \
+    "$build/turnout" --bind "127.0.0.1:$PORT" >"$data/server.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 50); do
+    curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
+    sleep 0.2
+  done
+  local json="$OUT/$label-$scenario-$round.json"
+  case $scenario in
+    hot-join)
+      "$build/turnout-loadtest" hot-join --target "http://127.0.0.1:$PORT" --jwt-key "$KEY" \
+        --server-pid "$pid" --users 20000 --concurrency 1000 --capacity 1000 --json "$json" >/dev/null 2>&1 ;;
+    ws-fanout)
+      "$build/turnout-loadtest" ws-fanout --target "http://127.0.0.1:$PORT" --jwt-key "$KEY" \
+        --server-pid "$pid" --clients 5000 --rounds 10 --json "$json" >/dev/null 2>&1 ;;
+  esac
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  rm -rf "$data"
+  python3 - "$json" "$label" "$scenario" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+cpu = next((c["detail"].split(" µs")[0] for c in d["checks"] if c["name"].startswith("server CPU")), "?")
+failed = [c["name"] for c in d["checks"] if not c["passed"]]
+print(f'{sys.argv[2]} {sys.argv[3]:9} {d["throughput_per_s"]:9.0f}/s  p50 {d["latency"]["p50_ms"]:7.2f}  '
+      f'p99 {d["latency"]["p99_ms"]:7.2f} ms  server CPU {cpu} µs/{"delivery" if sys.argv[3] == "ws-fanout" else "join"}  {"FAILED " + ",".join(failed) if failed else "all checks pass"}')
+EOF
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  for scenario in $SCENARIOS; do
+    if (( round % 2 )); then order="A B"; else order="B A"; fi
+    for label in $order; do
+      if [ "$label" = A ]; then run "$A" A "$scenario" "$round"; else run "$B" B "$scenario" "$round"; fi
+    done
+  done
+done
+
+python3 - "$OUT" <<'EOF'
+import glob, json, statistics, sys
+print("\nmedian over the runs:")
+for scenario in ("hot-join", "ws-fanout"):
+    for label in ("A", "B"):
+        runs = [json.load(open(f)) for f in sorted(glob.glob(f"{sys.argv[1]}/{label}-{scenario}-*.json"))]
+        if not runs:
+            continue
+        cpu = [float(c["detail"].split(" µs")[0]) for r in runs for c in r["checks"] if c["name"].startswith("server CPU")]
+        med = lambda xs: statistics.median(xs) if xs else float("nan")
+        print(f'{label} {scenario:9} {med([r["throughput_per_s"] for r in runs]):9.0f}/s  '
+              f'p50 {med([r["latency"]["p50_ms"] for r in runs]):7.2f}  p99 {med([r["latency"]["p99_ms"] for r in runs]):7.2f} ms  '
+              f'server CPU {med(cpu):.1f} µs/{"delivery" if scenario == "ws-fanout" else "join"}')
+EOF
