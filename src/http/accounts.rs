@@ -8,6 +8,7 @@ use sqlx::types::Json;
 use turnout_actors::domain::{Tag, UserId, ValueError};
 use uuid::Uuid;
 
+use super::ErrorCode;
 use super::identity::AuthUser;
 use super::rate_limit::RateLimits;
 use super::{ApiError, AppState};
@@ -158,7 +159,7 @@ pub async fn register(
         .await?;
     if !created {
         return Err(ApiError::conflict(
-            "email_taken",
+            ErrorCode::EmailTaken,
             "an account with this email already exists",
         ));
     }

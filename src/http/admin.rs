@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::ErrorCode;
 use super::identity::AdminUser;
 use super::{ApiError, AppState, pagination};
 use crate::store::{OutboxMessage, OutboxStatus, from_micros, micros};
@@ -114,7 +115,10 @@ pub async fn replay(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id: i64 = id.parse().ok().filter(|id| *id > 0).ok_or_else(|| {
-        ApiError::bad_request("invalid_path", "the outbox id is a positive integer")
+        ApiError::bad_request(
+            ErrorCode::InvalidPath,
+            "the outbox id is a positive integer",
+        )
     })?;
     if !state.store.replay_outbox(id, micros(Utc::now())).await? {
         return Err(ApiError::NotFound("dead outbox message"));
@@ -165,7 +169,7 @@ pub async fn stats(
         Some(n) if (1..=366).contains(&n) => n,
         Some(_) => {
             return Err(ApiError::bad_request(
-                "invalid_query",
+                ErrorCode::InvalidQuery,
                 "days must be 1 to 366",
             ));
         }

@@ -15,21 +15,21 @@ use super::request_context;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
-    BadRequest { code: &'static str, message: String },
+    BadRequest { code: ErrorCode, message: String },
     #[error("{0}")]
     Invalid(#[from] ValueError),
     #[error("{message}")]
-    Unprocessable { code: &'static str, message: String },
+    Unprocessable { code: ErrorCode, message: String },
     #[error("{0}")]
     Unauthorized(&'static str),
     #[error("{message}")]
-    Forbidden { code: &'static str, message: String },
+    Forbidden { code: ErrorCode, message: String },
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("this method is not served here; use GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS")]
     MethodNotAllowed,
     #[error("{message}")]
-    Conflict { code: &'static str, message: String },
+    Conflict { code: ErrorCode, message: String },
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("the request body did not arrive within {0} s")]
@@ -53,60 +53,102 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+/// Every error code the API answers with: stable, snake_case; match on it,
+/// not on the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The body is not valid for the endpoint (a field of the wrong type, say).
+    BadBody,
+    MalformedJson,
+    UnsupportedMediaType,
+    InvalidPath,
+    InvalidQuery,
+    InvalidCursor,
+    MissingIdempotencyKey,
+    InvalidIdempotencyKey,
+    /// The key was used before for another request.
+    IdempotencyKeyReused,
+    NotAWebsocket,
+    ValidationFailed,
+    InvalidSchedule,
+    UnknownVenue,
+    Unauthorized,
+    AdminOnly,
+    NotOwner,
+    OwnerCannotJoin,
+    NotVenueOrganizer,
+    NotVenueOwner,
+    OriginNotAllowed,
+    NotFound,
+    MethodNotAllowed,
+    AlreadyExists,
+    EmailTaken,
+    EventCancelled,
+    EventStarted,
+    CapacityBelowActive,
+    PayloadTooLarge,
+    BodyTimeout,
+    RateLimited,
+    Overloaded,
+    Unavailable,
+    WritesPaused,
+    InternalError,
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// Stable, snake_case: match on this, not on the message.
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
     pub request_id: String,
 }
 
 impl ApiError {
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::BadRequest {
             code,
             message: message.into(),
         }
     }
 
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn conflict(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Conflict {
             code,
             message: message.into(),
         }
     }
 
-    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn forbidden(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Forbidden {
             code,
             message: message.into(),
         }
     }
 
-    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn unprocessable(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Unprocessable {
             code,
             message: message.into(),
         }
     }
 
-    fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             ApiError::BadRequest { code, .. }
             | ApiError::Unprocessable { code, .. }
             | ApiError::Forbidden { code, .. }
-            | ApiError::Conflict { code, .. } => code,
-            ApiError::Invalid(_) => "validation_failed",
-            ApiError::Unauthorized(_) => "unauthorized",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
-            ApiError::PayloadTooLarge(_) => "payload_too_large",
-            ApiError::BodyTimeout(_) => "body_timeout",
-            ApiError::TooManyRequests(_) | ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Overloaded(_) => "overloaded",
-            ApiError::Unavailable => "unavailable",
-            ApiError::WritesPaused(_) => "writes_paused",
-            ApiError::Internal => "internal_error",
+            | ApiError::Conflict { code, .. } => *code,
+            ApiError::Invalid(_) => ErrorCode::ValidationFailed,
+            ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            ApiError::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            ApiError::BodyTimeout(_) => ErrorCode::BodyTimeout,
+            ApiError::TooManyRequests(_) | ApiError::RateLimited { .. } => ErrorCode::RateLimited,
+            ApiError::Overloaded(_) => ErrorCode::Overloaded,
+            ApiError::Unavailable => ErrorCode::Unavailable,
+            ApiError::WritesPaused(_) => ErrorCode::WritesPaused,
+            ApiError::Internal => ErrorCode::InternalError,
         }
     }
 }
@@ -157,7 +199,7 @@ impl ResponseError for ApiError {
         }
         response.json(ErrorBody {
             error: ErrorDetail {
-                code: self.code().to_owned(),
+                code: self.code(),
                 message: self.to_string(),
                 request_id: request_context::current_request_id(),
             },
@@ -185,7 +227,7 @@ impl From<CommandError> for ApiError {
             CommandError::Overloaded => ApiError::Overloaded("the event is busy; retry shortly"),
             CommandError::Unavailable => ApiError::Unavailable,
             CommandError::KeyReused => {
-                ApiError::unprocessable("idempotency_key_reused", error.to_string())
+                ApiError::unprocessable(ErrorCode::IdempotencyKeyReused, error.to_string())
             }
         }
     }
@@ -196,16 +238,18 @@ impl From<Rejection> for ApiError {
         let message = rejection.to_string();
         match rejection {
             Rejection::NotFound => ApiError::NotFound("event"),
-            Rejection::AlreadyExists => ApiError::conflict("already_exists", message),
-            Rejection::NotOwner => ApiError::forbidden("not_owner", message),
-            Rejection::OwnerCannotJoin => ApiError::forbidden("owner_cannot_join", message),
-            Rejection::Cancelled => ApiError::conflict("event_cancelled", message),
-            Rejection::Started => ApiError::conflict("event_started", message),
+            Rejection::AlreadyExists => ApiError::conflict(ErrorCode::AlreadyExists, message),
+            Rejection::NotOwner => ApiError::forbidden(ErrorCode::NotOwner, message),
+            Rejection::OwnerCannotJoin => ApiError::forbidden(ErrorCode::OwnerCannotJoin, message),
+            Rejection::Cancelled => ApiError::conflict(ErrorCode::EventCancelled, message),
+            Rejection::Started => ApiError::conflict(ErrorCode::EventStarted, message),
             Rejection::NotMember => ApiError::NotFound("membership"),
             Rejection::CapacityBelowActive { .. } => {
-                ApiError::conflict("capacity_below_active", message)
+                ApiError::conflict(ErrorCode::CapacityBelowActive, message)
             }
-            Rejection::InvalidSchedule(_) => ApiError::unprocessable("invalid_schedule", message),
+            Rejection::InvalidSchedule(_) => {
+                ApiError::unprocessable(ErrorCode::InvalidSchedule, message)
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload, web};
 use turnout_actors::domain::UserId;
 
 use super::ApiError;
+use super::ErrorCode;
 use crate::auth::{Claims, TokenError, TokenKeys};
 
 /// A caller with a valid token.
@@ -107,7 +108,7 @@ impl FromRequest for AdminUser {
             None => Err(ApiError::Unauthorized("this endpoint needs a bearer token")),
             Some(user) if user.is_admin() => Ok(AdminUser(user)),
             Some(_) => Err(ApiError::forbidden(
-                "admin_only",
+                ErrorCode::AdminOnly,
                 "this endpoint is for administrators",
             )),
         }))

@@ -8,6 +8,7 @@ use turnout_actors::domain::{Command, EventId, Lifecycle, MemberStatus, Membersh
 use turnout_actors::{Answer, IdempotencyKey, Reply};
 use uuid::Uuid;
 
+use super::ErrorCode;
 use super::identity::AuthUser;
 use super::pagination::{self, PageQuery};
 use super::{ApiError, AppState};
@@ -74,7 +75,7 @@ fn join_response(event: EventId, answer: Answer, replayed: bool) -> HttpResponse
 fn idempotency_key(req: &HttpRequest) -> Result<String, ApiError> {
     let key = req.headers().get("Idempotency-Key").ok_or_else(|| {
         ApiError::bad_request(
-            "missing_idempotency_key",
+            ErrorCode::MissingIdempotencyKey,
             "the Idempotency-Key header is required",
         )
     })?;
@@ -84,7 +85,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<String, ApiError> {
         .map(str::to_owned)
         .ok_or_else(|| {
             ApiError::bad_request(
-                "invalid_idempotency_key",
+                ErrorCode::InvalidIdempotencyKey,
                 "the Idempotency-Key must be 1 to 255 visible ASCII characters",
             )
         })
@@ -199,7 +200,7 @@ pub async fn attendees(
     }
     if !owner {
         return Err(ApiError::forbidden(
-            "not_owner",
+            ErrorCode::NotOwner,
             "only the event's owner may list its attendees",
         ));
     }

@@ -45,7 +45,7 @@ use turnout_actors::domain::{Command, EventId};
 use turnout_actors::recommend::Recommenders;
 use turnout_actors::{EventRegistry, IdempotencyKey, Outcome, Reply};
 
-pub use error::{ApiError, ErrorBody};
+pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use openapi::ApiDoc;
 
 use crate::store::Store;
@@ -126,7 +126,7 @@ pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) 
                 .error_handler(move |e, _| json_error(e, max_body_bytes).into()),
         )
         .app_data(web::PathConfig::default().error_handler(|_, _| {
-            ApiError::bad_request("invalid_path", "ids in the path must be UUIDs").into()
+            ApiError::bad_request(ErrorCode::InvalidPath, "ids in the path must be UUIDs").into()
         }))
         .app_data(web::QueryConfig::default().error_handler(|e, _| query_error(e).into()))
         .configure(ops::routes)
@@ -158,29 +158,29 @@ fn json_error(e: JsonPayloadError, limit: usize) -> ApiError {
             ApiError::PayloadTooLarge(limit)
         }
         JsonPayloadError::ContentType => ApiError::bad_request(
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "the body must be JSON (Content-Type: application/json)",
         ),
         JsonPayloadError::Deserialize(e) if e.is_data() => {
-            ApiError::unprocessable("validation_failed", client_message(&e.to_string()))
+            ApiError::unprocessable(ErrorCode::ValidationFailed, client_message(&e.to_string()))
         }
         JsonPayloadError::Deserialize(e) => ApiError::bad_request(
-            "malformed_json",
+            ErrorCode::MalformedJson,
             format!(
                 "the body is not valid JSON: {}",
                 client_message(&e.to_string())
             ),
         ),
-        _ => ApiError::bad_request("bad_body", "the request body could not be read"),
+        _ => ApiError::bad_request(ErrorCode::BadBody, "the request body could not be read"),
     }
 }
 
 fn query_error(e: QueryPayloadError) -> ApiError {
     let QueryPayloadError::Deserialize(e) = e else {
-        return ApiError::bad_request("invalid_query", "the query string is invalid");
+        return ApiError::bad_request(ErrorCode::InvalidQuery, "the query string is invalid");
     };
     ApiError::bad_request(
-        "invalid_query",
+        ErrorCode::InvalidQuery,
         format!("invalid query: {}", client_message(&e.to_string())),
     )
 }

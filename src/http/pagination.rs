@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::ApiError;
+use super::ErrorCode;
 
 /// A page of results.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -33,7 +34,7 @@ pub fn limit(raw: Option<i64>) -> Result<i64, ApiError> {
         None => Ok(DEFAULT_LIMIT),
         Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
         Some(_) => Err(ApiError::bad_request(
-            "invalid_query",
+            ErrorCode::InvalidQuery,
             format!("limit must be 1 to {MAX_LIMIT}"),
         )),
     }
@@ -53,7 +54,10 @@ pub fn decode<T: DeserializeOwned>(cursor: Option<&str>) -> Result<Option<T>, Ap
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .map(Some)
         .ok_or_else(|| {
-            ApiError::bad_request("invalid_cursor", "the cursor is not one this server issued")
+            ApiError::bad_request(
+                ErrorCode::InvalidCursor,
+                "the cursor is not one this server issued",
+            )
         })
 }
 

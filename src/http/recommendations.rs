@@ -5,6 +5,7 @@
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
+use super::ErrorCode;
 use super::identity::AuthUser;
 use super::{ApiError, AppState};
 use crate::views::RecommendationView;
@@ -45,7 +46,7 @@ pub async fn recommendations(
         Some(n) if (1..=MAX_LIMIT as i64).contains(&n) => n as usize,
         Some(_) => {
             return Err(ApiError::bad_request(
-                "invalid_query",
+                ErrorCode::InvalidQuery,
                 format!("limit must be 1 to {MAX_LIMIT}"),
             ));
         }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use turnout_actors::domain::{ValueError, VenueId, is_invisible_format};
 use uuid::Uuid;
 
+use super::ErrorCode;
 use super::accounts::GeoPoint;
 use super::identity::AuthUser;
 use super::{ApiError, AppState};
@@ -178,7 +179,7 @@ pub async fn may_place_events(
 ) -> Result<VenueId, ApiError> {
     let Some(venue) = state.store.venue(VenueId::from(id)).await? else {
         return Err(ApiError::unprocessable(
-            "unknown_venue",
+            ErrorCode::UnknownVenue,
             "venue_id does not name a venue",
         ));
     };
@@ -186,7 +187,7 @@ pub async fn may_place_events(
         Ok(VenueId::from(id))
     } else {
         Err(ApiError::forbidden(
-            "not_venue_organizer",
+            ErrorCode::NotVenueOrganizer,
             "only the venue's owner, the organisers it names, or an admin may put events on this venue",
         ))
     }
@@ -203,7 +204,7 @@ async fn managed_venue(state: &AppState, id: Uuid, user: &AuthUser) -> Result<Ve
         Ok(VenueId::from(id))
     } else {
         Err(ApiError::forbidden(
-            "not_venue_owner",
+            ErrorCode::NotVenueOwner,
             "only the venue's owner or an admin may manage its organisers",
         ))
     }

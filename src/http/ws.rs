@@ -10,6 +10,7 @@ use actix_web::http::header::{HOST, ORIGIN};
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::ApiError;
+use super::ErrorCode;
 use super::rate_limit::RateLimits;
 use turnout_actors::recommend::Recommenders;
 
@@ -65,12 +66,15 @@ pub async fn upgrade(
 ) -> Result<HttpResponse, ApiError> {
     if !origin_allowed(&req, &realtime.settings) {
         return Err(ApiError::forbidden(
-            "origin_not_allowed",
+            ErrorCode::OriginNotAllowed,
             "this Origin may not open a socket here",
         ));
     }
     let mut handshake = handshake(req.head()).map_err(|_| {
-        ApiError::bad_request("not_a_websocket", "GET /v1/ws expects a WebSocket upgrade")
+        ApiError::bad_request(
+            ErrorCode::NotAWebsocket,
+            "GET /v1/ws expects a WebSocket upgrade",
+        )
     })?;
     // Behind a trusted proxy the client is the one it forwards for, as for
     // the rate limits; otherwise every client would share the proxy's place.
