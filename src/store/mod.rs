@@ -156,17 +156,29 @@ pub struct EventFilter {
     pub limit: i64,
 }
 
-/// Everything the server stores. The event write path goes through the
-/// [`EventStore`] port (journal and actors); the rest is plain queries.
+/// Everything the server stores, by role: the event write path goes through
+/// the [`EventStore`] port (journal and actors); the rest are plain queries.
+/// Callers name the role they use (`use crate::store::Venues`), so a
+/// module's imports say what it touches.
 #[async_trait]
-pub trait Store: EventStore {
+pub trait Store: EventStore + Accounts + Venues + EventReads + OutboxRelay {
     /// Whether the database answers: readiness.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Deletes idempotency records past their expiry; returns how many.
+    async fn purge_expired_replies(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
+/// Accounts: sign-up, login lookups, profiles and roles.
+#[async_trait]
+pub trait Accounts: Send + Sync {
     /// Inserts an account; `false` if the email is taken.
     async fn create_user(&self, user: &UserRecord) -> Result<bool, StoreError>;
+
     async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError>;
+
     async fn user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError>;
+
     async fn update_profile(
         &self,
         id: UserId,
@@ -174,10 +186,21 @@ pub trait Store: EventStore {
         home: Option<(f64, f64)>,
     ) -> Result<(), StoreError>;
 
+    /// Sets an account's role (`attendee`, `organizer`, `admin`); false if
+    /// no account has that email.
+    async fn set_role(&self, email: &str, role: &str) -> Result<bool, StoreError>;
+}
+
+/// Venues and the organisers their owners name.
+#[async_trait]
+pub trait Venues: Send + Sync {
     async fn create_venue(&self, venue: &VenueRecord) -> Result<(), StoreError>;
+
     async fn venue(&self, id: VenueId) -> Result<Option<VenueRecord>, StoreError>;
+
     /// Every venue's position: `(id, lat, lon)`.
     async fn venue_locations(&self) -> Result<Vec<(Uuid, f64, f64)>, StoreError>;
+
     /// Lets `user` put events on `venue`; `false` if they already could.
     async fn add_organizer(
         &self,
@@ -185,14 +208,23 @@ pub trait Store: EventStore {
         user: UserId,
         at: i64,
     ) -> Result<bool, StoreError>;
+
     /// `false` if `user` was not an organiser of `venue`.
     async fn remove_organizer(&self, venue: VenueId, user: UserId) -> Result<bool, StoreError>;
+
     /// A venue's organisers with when each was added, oldest first.
     async fn organizers(&self, venue: VenueId) -> Result<Vec<(Uuid, i64)>, StoreError>;
-    async fn is_organizer(&self, venue: VenueId, user: UserId) -> Result<bool, StoreError>;
 
+    async fn is_organizer(&self, venue: VenueId, user: UserId) -> Result<bool, StoreError>;
+}
+
+/// The read models' queries: events, listings, rosters and a user's joins.
+#[async_trait]
+pub trait EventReads: Send + Sync {
     async fn event(&self, id: EventId) -> Result<Option<EventRecord>, StoreError>;
+
     async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, StoreError>;
+
     /// Active members by when they became active, then the waitlist in order;
     /// `after` is `(0 active | 1 waitlisted, order_key)`.
     async fn attendees(
@@ -201,6 +233,7 @@ pub trait Store: EventStore {
         after: Option<(i64, i64)>,
         limit: i64,
     ) -> Result<Vec<MembershipRecord>, StoreError>;
+
     /// A user's memberships, newest first, each with its event; `before` is
     /// the keyset cursor `(joined_at, event_id)`.
     async fn joins_of(
@@ -213,23 +246,25 @@ pub trait Store: EventStore {
     /// The events a user is in (active or waitlisted), the `limit` most
     /// recent joins, oldest first.
     async fn current_joins_of(&self, user: UserId, limit: i64) -> Result<Vec<Uuid>, StoreError>;
+
     /// Every event starting at or after `since`, whatever its status, with
     /// tags: what the recommendation catalog loads at start.
     async fn events_starting_since(
         &self,
         since: DateTime<Utc>,
     ) -> Result<Vec<EventRecord>, StoreError>;
+
     /// `(user, event, joined_at)` of the current members of those events,
     /// in join order.
     async fn joins_of_events_starting_since(
         &self,
         since: DateTime<Utc>,
     ) -> Result<Vec<(Uuid, Uuid, i64)>, StoreError>;
+}
 
-    /// Sets an account's role (`attendee`, `organizer`, `admin`); false if
-    /// no account has that email.
-    async fn set_role(&self, email: &str, role: &str) -> Result<bool, StoreError>;
-
+/// The outbox relay's rows and lease, and the consumers' inbox.
+#[async_trait]
+pub trait OutboxRelay: Send + Sync {
     /// Takes or renews the named lease for `holder` until `now + ttl`; false
     /// while another holder's lease runs.
     async fn take_lease(
@@ -239,6 +274,7 @@ pub trait Store: EventStore {
         now: i64,
         ttl_micros: i64,
     ) -> Result<bool, StoreError>;
+
     /// Outbox rows with the status, in id order, after the id `after`.
     async fn outbox(
         &self,
@@ -246,7 +282,9 @@ pub trait Store: EventStore {
         after: i64,
         limit: i64,
     ) -> Result<Vec<OutboxMessage>, StoreError>;
+
     async fn outbox_published(&self, ids: &[i64], now: i64) -> Result<(), StoreError>;
+
     /// Records a failed publish; `dead` gives the row up.
     async fn outbox_failed(
         &self,
@@ -256,10 +294,13 @@ pub trait Store: EventStore {
         error: &str,
         dead: bool,
     ) -> Result<(), StoreError>;
+
     /// Puts a dead row back in the queue; false if there is no dead row `id`.
     async fn replay_outbox(&self, id: i64, now: i64) -> Result<bool, StoreError>;
+
     /// `(pending, dead)` row counts.
     async fn outbox_counts(&self) -> Result<(i64, i64), StoreError>;
+
     /// Deletes rows published before `before`; returns how many.
     async fn purge_published_outbox(&self, before: i64) -> Result<u64, StoreError>;
 
@@ -267,11 +308,9 @@ pub trait Store: EventStore {
     /// message however often it is delivered (inbox), a batch in one
     /// transaction; returns how many were new (the rest were redeliveries).
     async fn count_daily_facts(&self, facts: &[DailyFact]) -> Result<usize, StoreError>;
+
     /// `(day, event_type, facts)` from `since_day` (`YYYY-MM-DD`) on.
     async fn daily_facts(&self, since_day: &str) -> Result<Vec<(String, String, i64)>, StoreError>;
-
-    /// Deletes idempotency records past their expiry; returns how many.
-    async fn purge_expired_replies(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
 }
 
 /// Opens the database named by `url` (`sqlite:` or `postgres:`) and brings

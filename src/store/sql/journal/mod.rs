@@ -1,0 +1,467 @@
+//! The journal's group commit: the event log, snapshots, read models,
+//! idempotency keys and outbox rows of a batch in one transaction (the
+//! [`EventStore`] port), with the few bulk statements written per database.
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use sqlx::types::Json;
+use sqlx::{Postgres, QueryBuilder, Sqlite};
+use turnout_actors::domain::{EventId, EventState, StoredEvent, UserId, current_schema_version};
+use turnout_actors::idempotency::{Answer, Given};
+use turnout_actors::store::{
+    Append, CommitReport, EventStore, IdempotencyRecord, Rehydration, StoreError, membership_rows,
+};
+use uuid::Uuid;
+
+use super::{CHUNK, SqlStore};
+
+mod bulk;
+use crate::store::{micros, unavailable};
+
+/// One fact for the event log; the payload is JSON text. Each fact of a
+/// commit is encoded once, here, and its outbox row is made from this one.
+struct LogRow {
+    stream: Uuid,
+    version: i64,
+    event_type: &'static str,
+    schema_version: i64,
+    payload: String,
+    request_id: Option<String>,
+    /// The fact before it is in the same batch (see `follows!`).
+    after_own: bool,
+}
+
+impl LogRow {
+    fn of_batch(live: &[&Append]) -> Vec<Self> {
+        let facts: HashSet<(EventId, i64)> = live
+            .iter()
+            .flat_map(|a| a.versioned().map(|(version, _)| (a.stream, version)))
+            .collect();
+        live.iter()
+            .flat_map(|a| {
+                let facts = &facts;
+                a.versioned().map(move |(version, e)| LogRow {
+                    stream: a.stream.as_uuid(),
+                    version,
+                    event_type: e.kind(),
+                    schema_version: i64::from(current_schema_version(e.kind())),
+                    payload: StoredEvent::encode_text(e),
+                    request_id: a.request_id.clone(),
+                    after_own: facts.contains(&(a.stream, version - 1)),
+                })
+            })
+            .collect()
+    }
+
+    /// The fact's outbox row: what the relay publishes, with the payload
+    /// `{"schema_version": …, "event": …}`.
+    fn outbox(&self) -> OutboxRow {
+        OutboxRow {
+            message_id: Uuid::now_v7(),
+            aggregate: self.stream,
+            version: self.version,
+            event_type: self.event_type,
+            payload: format!(
+                r#"{{"schema_version":{},"event":{}}}"#,
+                self.schema_version, self.payload
+            ),
+            request_id: self.request_id.clone(),
+        }
+    }
+}
+
+/// A stored answer: user, key, fingerprint, answer (JSON text).
+type AnswerRow = (Uuid, String, String, String);
+
+/// A stored answer, by the user and key it was given under.
+fn stored_answer(
+    (user, key, fingerprint, answer): AnswerRow,
+) -> Result<((Uuid, String), Given), sqlx::Error> {
+    let answer: Answer =
+        serde_json::from_str(&answer).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    Ok((
+        (user, key),
+        Given {
+            fingerprint,
+            answer,
+        },
+    ))
+}
+
+fn answer_json(answer: &Answer) -> String {
+    serde_json::to_string(answer).expect("an answer serialises")
+}
+
+/// One outbox message; the payload is JSON text.
+struct OutboxRow {
+    message_id: Uuid,
+    aggregate: Uuid,
+    version: i64,
+    event_type: &'static str,
+    payload: String,
+    request_id: Option<String>,
+}
+
+macro_rules! impl_event_store {
+    ($db:ty) => {
+        impl SqlStore<$db> {
+            /// Appends every stream's facts; returns the streams of which a
+            /// fact was not written: its version taken by another writer, or
+            /// not following the one before it (see `follows!`).
+            async fn append_log(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                rows: &[LogRow],
+                now: i64,
+            ) -> Result<HashSet<EventId>, sqlx::Error> {
+                let mut written: HashSet<(Uuid, i64)> = HashSet::with_capacity(rows.len());
+                for chunk in rows.chunks(CHUNK) {
+                    written.extend(Self::insert_log(tx, chunk, now).await?);
+                }
+                Ok(rows
+                    .iter()
+                    .filter(|r| !written.contains(&(r.stream, r.version)))
+                    .map(|r| EventId::from(r.stream))
+                    .collect())
+            }
+
+            /// The appends without facts (a keyed command that changed
+            /// nothing) decided on a version that is no longer the stream's
+            /// latest. They write no log row, so the log's own checks cannot
+            /// catch them; answered as they are, they would acknowledge a
+            /// state another writer has moved past.
+            async fn stale_without_facts(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                live: &[(usize, &Append)],
+            ) -> Result<Vec<usize>, sqlx::Error> {
+                let mut streams: Vec<Uuid> = live
+                    .iter()
+                    .filter(|(_, a)| a.events.is_empty())
+                    .map(|(_, a)| a.stream.as_uuid())
+                    .collect();
+                if streams.is_empty() {
+                    // The usual batch: every append carries facts.
+                    return Ok(Vec::new());
+                }
+                streams.sort_unstable();
+                streams.dedup();
+                let mut latest: HashMap<Uuid, u64> = HashMap::with_capacity(streams.len());
+                for chunk in streams.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "SELECT stream_id, MAX(version) FROM event_log WHERE stream_id IN (",
+                    );
+                    let mut ids = q.separated(", ");
+                    for id in chunk {
+                        ids.push_bind(*id);
+                    }
+                    q.push(") GROUP BY stream_id");
+                    let rows: Vec<(Uuid, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
+                    latest.extend(rows.into_iter().map(|(id, v)| (id, v as u64)));
+                }
+                for id in streams {
+                    latest.entry(id).or_insert(0);
+                }
+                // Walk each stream's appends in order from its stored version.
+                let mut stale = Vec::new();
+                for (i, a) in live {
+                    let Some(version) = latest.get_mut(&a.stream.as_uuid()) else {
+                        continue;
+                    };
+                    if a.events.is_empty() && a.base_version != *version {
+                        stale.push(*i);
+                    }
+                    *version = a.base_version + a.events.len() as u64;
+                }
+                Ok(stale)
+            }
+
+            /// The appends whose idempotency key already has an answer: stored
+            /// (and unexpired), or taken by an earlier append of this batch.
+            async fn answered_keys(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                live: &[(usize, &Append)],
+                now: i64,
+            ) -> Result<Vec<(usize, Given)>, sqlx::Error> {
+                let keyed: Vec<(usize, &IdempotencyRecord)> =
+                    live.iter().filter_map(|(i, a)| a.idempotency.as_ref().map(|r| (*i, r))).collect();
+                if keyed.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let keys: Vec<(Uuid, String)> = keyed.iter().map(|(_, r)| (r.user.as_uuid(), r.key.clone())).collect();
+                let mut stored: HashMap<(Uuid, String), Given> = HashMap::new();
+                for chunk in keys.chunks(CHUNK) {
+                    for row in Self::select_answers(&mut **tx, chunk, now).await? {
+                        let (key, answer) = stored_answer(row)?;
+                        stored.insert(key, answer);
+                    }
+                }
+                let mut answered = Vec::new();
+                for (i, record) in keyed {
+                    let key = (record.user.as_uuid(), record.key.clone());
+                    match stored.get(&key) {
+                        Some(answer) => answered.push((i, answer.clone())),
+                        None => {
+                            stored.insert(
+                                key,
+                                Given {
+                                    fingerprint: record.fingerprint.clone(),
+                                    answer: record.answer,
+                                },
+                            );
+                        }
+                    }
+                }
+                Ok(answered)
+            }
+
+            async fn write_read_models(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                live: &[&Append],
+                now: i64,
+            ) -> Result<(), sqlx::Error> {
+                // The event rows: the last summary of each stream wins.
+                let mut latest: HashMap<EventId, usize> = HashMap::new();
+                for (i, a) in live.iter().enumerate() {
+                    latest.insert(a.stream, i);
+                }
+                let mut summaries: Vec<_> = latest.values().map(|&i| &live[i].summary).collect();
+                summaries.sort_by_key(|s| s.id);
+                for chunk in summaries.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "INSERT INTO events (id, owner_id, venue_id, title, description, starts_at, \
+                         ends_at, capacity, status, active_count, waitlist_count, version, \
+                         created_at, updated_at) ",
+                    );
+                    q.push_values(chunk, |mut b, s| {
+                        b.push_bind(s.id.as_uuid())
+                            .push_bind(s.owner.as_uuid())
+                            .push_bind(s.details.venue_id.as_uuid())
+                            .push_bind(s.details.title.as_str().to_owned())
+                            .push_bind(s.details.description.as_ref().map(|d| d.as_str().to_owned()))
+                            .push_bind(micros(s.details.starts_at))
+                            .push_bind(s.details.ends_at.map(micros))
+                            .push_bind(i64::from(s.capacity))
+                            .push_bind(s.lifecycle.as_str())
+                            .push_bind(s.active_count as i64)
+                            .push_bind(s.waitlist_count as i64)
+                            .push_bind(s.version as i64)
+                            .push_bind(now)
+                            .push_bind(now);
+                    });
+                    q.push(
+                        " ON CONFLICT (id) DO UPDATE SET venue_id = excluded.venue_id, \
+                         title = excluded.title, description = excluded.description, \
+                         starts_at = excluded.starts_at, ends_at = excluded.ends_at, \
+                         capacity = excluded.capacity, status = excluded.status, \
+                         active_count = excluded.active_count, \
+                         waitlist_count = excluded.waitlist_count, version = excluded.version, \
+                         updated_at = excluded.updated_at WHERE events.version <= excluded.version",
+                    );
+                    q.build().execute(&mut **tx).await?;
+                }
+
+                for s in summaries.iter().filter(|s| {
+                    live.iter().any(|a| a.stream == s.id && a.changes_details())
+                }) {
+                    sqlx::query("DELETE FROM event_tags WHERE event_id = $1")
+                        .bind(s.id.as_uuid())
+                        .execute(&mut **tx)
+                        .await?;
+                    if !s.details.tags.is_empty() {
+                        let mut q = QueryBuilder::<$db>::new("INSERT INTO event_tags (tag, event_id) ");
+                        q.push_values(&s.details.tags, |mut b, tag| {
+                            b.push_bind(tag.as_str().to_owned()).push_bind(s.id.as_uuid());
+                        });
+                        q.build().execute(&mut **tx).await?;
+                    }
+                }
+
+                let rows = membership_rows(live.iter().copied());
+                for chunk in rows.chunks(CHUNK) {
+                    Self::upsert_joins(tx, chunk).await?;
+                }
+
+                for a in live.iter().filter(|a| a.cancels()) {
+                    sqlx::query(
+                        "UPDATE joins SET status = 'cancelled', updated_at = $1 \
+                         WHERE event_id = $2 AND status IN ('active', 'waitlisted')",
+                    )
+                    .bind(now)
+                    .bind(a.stream.as_uuid())
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                Ok(())
+            }
+
+            async fn write_side_records(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                live: &[&Append],
+                log: &[LogRow],
+                now: i64,
+            ) -> Result<(), sqlx::Error> {
+                let mut snapshots: HashMap<EventId, &EventState> = HashMap::new();
+                for a in live {
+                    if let Some(s) = &a.snapshot {
+                        snapshots.insert(a.stream, s);
+                    }
+                }
+                let snapshots: Vec<_> = snapshots.into_values().collect();
+                for chunk in snapshots.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "INSERT INTO snapshots (stream_id, version, state, taken_at) ",
+                    );
+                    q.push_values(chunk, |mut b, s| {
+                        b.push_bind(s.id.as_uuid())
+                            .push_bind(s.version as i64)
+                            .push_bind(Json((*s).clone()))
+                            .push_bind(now);
+                    });
+                    q.push(
+                        " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
+                         state = excluded.state, taken_at = excluded.taken_at \
+                         WHERE snapshots.version <= excluded.version",
+                    );
+                    q.build().execute(&mut **tx).await?;
+                }
+
+                let records: Vec<&IdempotencyRecord> = live
+                    .iter()
+                    .filter_map(|a| a.idempotency.as_ref())
+                    .filter(|r| r.keep)
+                    .collect();
+                for chunk in records.chunks(CHUNK) {
+                    Self::insert_replies(tx, chunk, now).await?;
+                }
+
+                let outbox: Vec<OutboxRow> = log.iter().map(LogRow::outbox).collect();
+                for chunk in outbox.chunks(CHUNK) {
+                    Self::insert_outbox(tx, chunk, now).await?;
+                }
+                Ok(())
+            }
+        }
+
+        #[async_trait]
+        impl EventStore for SqlStore<$db> {
+            async fn load(&self, stream: EventId) -> Result<Rehydration, StoreError> {
+                let snapshot: Option<(i64, Json<serde_json::Value>)> =
+                    sqlx::query_as("SELECT version, state FROM snapshots WHERE stream_id = $1")
+                        .bind(stream.as_uuid())
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(unavailable)?;
+                // A snapshot this build cannot read is skipped: the log is the truth.
+                let snapshot = snapshot.and_then(|(version, Json(state))| {
+                    match serde_json::from_value::<EventState>(state) {
+                        Ok(state) if state.version as i64 == version => Some(state),
+                        _ => {
+                            tracing::warn!(%stream, version, "ignoring unreadable snapshot");
+                            None
+                        }
+                    }
+                });
+                let after = snapshot.as_ref().map_or(0, |s| s.version as i64);
+                let rows: Vec<(String, i64, Json<serde_json::Value>)> = sqlx::query_as(
+                    "SELECT event_type, schema_version, payload FROM event_log \
+                     WHERE stream_id = $1 AND version > $2 ORDER BY version",
+                )
+                .bind(stream.as_uuid())
+                .bind(after)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                let events = rows
+                    .into_iter()
+                    .map(|(event_type, schema_version, Json(payload))| StoredEvent {
+                        event_type,
+                        schema_version: schema_version as i32,
+                        payload,
+                    })
+                    .collect();
+                Ok(Rehydration { snapshot, events })
+            }
+
+            async fn stored_answer(
+                &self,
+                user: UserId,
+                key: &str,
+            ) -> Result<Option<Given>, StoreError> {
+                let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+                let rows = Self::select_answers(&mut conn, &[(user.as_uuid(), key.to_owned())], micros(Utc::now()))
+                    .await
+                    .map_err(unavailable)?;
+                rows.into_iter()
+                    .next()
+                    .map(|row| stored_answer(row).map(|(_, given)| given))
+                    .transpose()
+                    .map_err(unavailable)
+            }
+
+            async fn commit(&self, batch: &[Append]) -> Result<CommitReport, StoreError> {
+                let now = micros(Utc::now());
+                let mut report = CommitReport::default();
+                let mut left_out: HashSet<usize> = HashSet::new();
+                loop {
+                    let live: Vec<(usize, &Append)> =
+                        batch.iter().enumerate().filter(|(i, _)| !left_out.contains(i)).collect();
+                    if live.is_empty() {
+                        break;
+                    }
+                    let mut tx = self.begin_write().await.map_err(unavailable)?;
+                    // Keys answered before: those appends are replays.
+                    let answered = Self::answered_keys(&mut tx, &live, now).await.map_err(unavailable)?;
+                    if !answered.is_empty() {
+                        tx.rollback().await.map_err(unavailable)?;
+                        for (i, answer) in answered {
+                            left_out.insert(i);
+                            if !batch[i].events.is_empty() {
+                                // Later appends of the stream stood on it.
+                                for (j, later) in batch.iter().enumerate().skip(i + 1) {
+                                    if later.stream == batch[i].stream && left_out.insert(j) {
+                                        report.conflicted.push(j);
+                                    }
+                                }
+                            }
+                            report.replayed.push((i, answer));
+                        }
+                        continue;
+                    }
+                    let stale = Self::stale_without_facts(&mut tx, &live).await.map_err(unavailable)?;
+                    if !stale.is_empty() {
+                        tx.rollback().await.map_err(unavailable)?;
+                        for i in stale {
+                            if left_out.insert(i) {
+                                report.conflicted.push(i);
+                            }
+                        }
+                        continue;
+                    }
+                    let appends: Vec<&Append> = live.iter().map(|(_, a)| *a).collect();
+                    let log = LogRow::of_batch(&appends);
+                    let lost = Self::append_log(&mut tx, &log, now).await.map_err(unavailable)?;
+                    if !lost.is_empty() {
+                        // Retry without the streams that lost the race; their
+                        // actors reload and decide again.
+                        tx.rollback().await.map_err(unavailable)?;
+                        for (i, a) in &live {
+                            if lost.contains(&a.stream) && left_out.insert(*i) {
+                                report.conflicted.push(*i);
+                            }
+                        }
+                        continue;
+                    }
+                    Self::write_read_models(&mut tx, &appends, now).await.map_err(unavailable)?;
+                    Self::write_side_records(&mut tx, &appends, &log, now).await.map_err(unavailable)?;
+                    tx.commit().await.map_err(unavailable)?;
+                    break;
+                }
+                Ok(report)
+            }
+        }
+    };
+}
+
+impl_event_store!(Sqlite);
+impl_event_store!(Postgres);

@@ -1,0 +1,235 @@
+//! The read models' queries: events, listings, rosters and a user's joins.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{Postgres, QueryBuilder, Sqlite};
+use turnout_actors::domain::{EventId, MemberStatus, UserId};
+use turnout_actors::store::StoreError;
+use uuid::Uuid;
+
+use super::{EVENT_COLUMNS, POSITION, SqlStore};
+use crate::store::{EventFilter, EventReads, EventRecord, MembershipRecord, micros, unavailable};
+
+macro_rules! impl_reads {
+    ($db:ty) => {
+        impl SqlStore<$db> {
+            async fn tags_for(&self, events: &mut [EventRecord]) -> Result<(), StoreError> {
+                if events.is_empty() {
+                    return Ok(());
+                }
+                let mut q = QueryBuilder::<$db>::new("SELECT event_id, tag FROM event_tags WHERE event_id IN (");
+                let mut ids = q.separated(", ");
+                for e in events.iter() {
+                    ids.push_bind(e.id);
+                }
+                q.push(") ORDER BY tag");
+                let rows: Vec<(Uuid, String)> =
+                    q.build_query_as().fetch_all(&self.pool).await.map_err(unavailable)?;
+                let mut by_event: HashMap<Uuid, Vec<String>> = HashMap::new();
+                for (id, tag) in rows {
+                    by_event.entry(id).or_default().push(tag);
+                }
+                for e in events.iter_mut() {
+                    e.tags = by_event.remove(&e.id).unwrap_or_default();
+                }
+                Ok(())
+            }
+        }
+
+        #[async_trait]
+        impl EventReads for SqlStore<$db> {
+            async fn event(&self, id: EventId) -> Result<Option<EventRecord>, StoreError> {
+                let mut q = QueryBuilder::<$db>::new("SELECT ");
+                q.push(EVENT_COLUMNS).push(" FROM events e WHERE e.id = ").push_bind(id.as_uuid());
+                let found: Option<EventRecord> =
+                    q.build_query_as().fetch_optional(&self.pool).await.map_err(unavailable)?;
+                let mut found: Vec<EventRecord> = found.into_iter().collect();
+                self.tags_for(&mut found).await?;
+                Ok(found.pop())
+            }
+
+            async fn list_events(&self, f: &EventFilter) -> Result<Vec<EventRecord>, StoreError> {
+                let mut q = QueryBuilder::<$db>::new("SELECT ");
+                q.push(EVENT_COLUMNS).push(" FROM events e WHERE e.status = 'published'");
+                if let Some(venue) = f.venue_id {
+                    q.push(" AND e.venue_id = ").push_bind(venue.as_uuid());
+                }
+                if let Some(from) = f.from {
+                    q.push(" AND e.starts_at >= ").push_bind(micros(from));
+                }
+                if let Some(to) = f.to {
+                    q.push(" AND e.starts_at < ").push_bind(micros(to));
+                }
+                if let Some(tag) = &f.tag {
+                    q.push(" AND EXISTS (SELECT 1 FROM event_tags t WHERE t.event_id = e.id AND t.tag = ")
+                        .push_bind(tag.clone())
+                        .push(")");
+                }
+                if let Some((starts_at, id)) = f.after {
+                    q.push(" AND (e.starts_at > ")
+                        .push_bind(starts_at)
+                        .push(" OR (e.starts_at = ")
+                        .push_bind(starts_at)
+                        .push(" AND e.id > ")
+                        .push_bind(id)
+                        .push("))");
+                }
+                q.push(" ORDER BY e.starts_at, e.id LIMIT ").push_bind(f.limit);
+                let mut events: Vec<EventRecord> =
+                    q.build_query_as().fetch_all(&self.pool).await.map_err(unavailable)?;
+                self.tags_for(&mut events).await?;
+                Ok(events)
+            }
+
+            async fn attendees(
+                &self,
+                event: EventId,
+                after: Option<(i64, i64)>,
+                limit: i64,
+            ) -> Result<Vec<MembershipRecord>, StoreError> {
+                let mut q = QueryBuilder::<$db>::new(
+                    "SELECT j.event_id, j.user_id, j.status, j.order_key, j.joined_at, \
+                     CAST(NULL AS BIGINT) AS position FROM joins j WHERE j.event_id = ",
+                );
+                q.push_bind(event.as_uuid()).push(" AND j.status IN ('active', 'waitlisted')");
+                const GROUP: &str = "(CASE WHEN j.status = 'active' THEN 0 ELSE 1 END)";
+                if let Some((group, order_key)) = after {
+                    q.push(" AND (")
+                        .push(GROUP)
+                        .push(" > ")
+                        .push_bind(group)
+                        .push(" OR (")
+                        .push(GROUP)
+                        .push(" = ")
+                        .push_bind(group)
+                        .push(" AND j.order_key > ")
+                        .push_bind(order_key)
+                        .push("))");
+                }
+                q.push(" ORDER BY ").push(GROUP).push(", j.order_key LIMIT ").push_bind(limit);
+                let mut rows: Vec<MembershipRecord> =
+                    q.build_query_as().fetch_all(&self.pool).await.map_err(unavailable)?;
+                // Waiters are listed in order, so one count numbers the page:
+                // the first waiter here has as many ahead as precede it.
+                if let Some(first) = rows.iter().position(|m| m.status == MemberStatus::Waitlisted) {
+                    let (ahead,): (i64,) = sqlx::query_as(
+                        "SELECT COUNT(*) FROM joins WHERE event_id = $1 AND status = 'waitlisted' \
+                         AND order_key < $2",
+                    )
+                    .bind(event.as_uuid())
+                    .bind(rows[first].order_key)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                    for (i, m) in rows[first..].iter_mut().enumerate() {
+                        m.position = Some(ahead + 1 + i as i64);
+                    }
+                }
+                Ok(rows)
+            }
+
+            async fn joins_of(
+                &self,
+                user: UserId,
+                before: Option<(i64, Uuid)>,
+                limit: i64,
+            ) -> Result<Vec<(MembershipRecord, EventRecord)>, StoreError> {
+                let mut q = QueryBuilder::<$db>::new(
+                    "SELECT j.event_id, j.user_id, j.status, j.order_key, j.joined_at, ",
+                );
+                q.push(POSITION).push(" AS position FROM joins j WHERE j.user_id = ").push_bind(user.as_uuid());
+                q.push(" AND j.status <> 'left'");
+                if let Some((joined_at, event_id)) = before {
+                    q.push(" AND (j.joined_at < ")
+                        .push_bind(joined_at)
+                        .push(" OR (j.joined_at = ")
+                        .push_bind(joined_at)
+                        .push(" AND j.event_id < ")
+                        .push_bind(event_id)
+                        .push("))");
+                }
+                q.push(" ORDER BY j.joined_at DESC, j.event_id DESC LIMIT ").push_bind(limit);
+                let memberships: Vec<MembershipRecord> =
+                    q.build_query_as().fetch_all(&self.pool).await.map_err(unavailable)?;
+                if memberships.is_empty() {
+                    return Ok(Vec::new());
+                }
+                // The cards in one query, not one per membership.
+                let mut q = QueryBuilder::<$db>::new("SELECT ");
+                q.push(EVENT_COLUMNS).push(" FROM events e WHERE e.id IN (");
+                let mut ids = q.separated(", ");
+                for m in &memberships {
+                    ids.push_bind(m.event_id);
+                }
+                q.push(")");
+                let mut events: Vec<EventRecord> =
+                    q.build_query_as().fetch_all(&self.pool).await.map_err(unavailable)?;
+                self.tags_for(&mut events).await?;
+                let mut by_id: HashMap<Uuid, EventRecord> = events.into_iter().map(|e| (e.id, e)).collect();
+                Ok(memberships
+                    .into_iter()
+                    .filter_map(|m| by_id.remove(&m.event_id).map(|e| (m, e)))
+                    .collect())
+            }
+
+            async fn current_joins_of(&self, user: UserId, limit: i64) -> Result<Vec<Uuid>, StoreError> {
+                let mut newest_first: Vec<(Uuid,)> = sqlx::query_as(
+                    "SELECT event_id FROM joins WHERE user_id = $1 AND status IN ('active', 'waitlisted') \
+                     ORDER BY joined_at DESC, event_id DESC LIMIT $2",
+                )
+                .bind(user.as_uuid())
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                newest_first.reverse();
+                Ok(newest_first.into_iter().map(|(id,)| id).collect())
+            }
+
+            async fn events_starting_since(&self, since: DateTime<Utc>) -> Result<Vec<EventRecord>, StoreError> {
+                let mut q = QueryBuilder::<$db>::new("SELECT ");
+                q.push(EVENT_COLUMNS)
+                    .push(" FROM events e WHERE e.starts_at >= ")
+                    .push_bind(micros(since));
+                let mut events: Vec<EventRecord> =
+                    q.build_query_as().fetch_all(&self.pool).await.map_err(unavailable)?;
+                let tags: Vec<(Uuid, String)> = sqlx::query_as(
+                    "SELECT t.event_id, t.tag FROM event_tags t JOIN events e ON e.id = t.event_id \
+                     WHERE e.starts_at >= $1 ORDER BY t.tag",
+                )
+                .bind(micros(since))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                let mut by_event: HashMap<Uuid, Vec<String>> = HashMap::new();
+                for (id, tag) in tags {
+                    by_event.entry(id).or_default().push(tag);
+                }
+                for e in &mut events {
+                    e.tags = by_event.remove(&e.id).unwrap_or_default();
+                }
+                Ok(events)
+            }
+
+            async fn joins_of_events_starting_since(
+                &self,
+                since: DateTime<Utc>,
+            ) -> Result<Vec<(Uuid, Uuid, i64)>, StoreError> {
+                sqlx::query_as(
+                    "SELECT j.user_id, j.event_id, j.joined_at FROM joins j JOIN events e ON e.id = j.event_id \
+                     WHERE e.starts_at >= $1 AND j.status IN ('active', 'waitlisted') \
+                     ORDER BY j.joined_at, j.event_id",
+                )
+                .bind(micros(since))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)
+            }
+        }
+    };
+}
+
+impl_reads!(Sqlite);
+impl_reads!(Postgres);

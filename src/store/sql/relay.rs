@@ -1,0 +1,196 @@
+//! The outbox relay's rows and lease, and the inbox that makes consumers
+//! idempotent (with the daily-facts consumer's counts).
+
+use std::collections::HashSet;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use sqlx::{Postgres, QueryBuilder, Sqlite};
+use turnout_actors::store::StoreError;
+use uuid::Uuid;
+
+use super::{CHUNK, SqlStore};
+use crate::store::{DailyFact, OutboxMessage, OutboxRelay, OutboxStatus, micros, unavailable};
+
+/// The inbox name of the daily-facts consumer.
+const DAILY_FACTS_HANDLER: &str = "daily-facts";
+
+macro_rules! impl_relay {
+    ($db:ty) => {
+        impl SqlStore<$db> {
+            /// The inbox: records that `handler` has these messages and
+            /// names the ones it had not seen before, so a consumer applies
+            /// each message once however often it is delivered. Call it in
+            /// the transaction of the handler's effect. One statement per
+            /// chunk: a statement per message would cost a hop to the
+            /// database's thread each.
+            async fn first_deliveries(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                message_ids: &[Uuid],
+                handler: &str,
+            ) -> Result<HashSet<Uuid>, sqlx::Error> {
+                let now = micros(Utc::now());
+                let mut first = HashSet::with_capacity(message_ids.len());
+                for chunk in message_ids.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "INSERT INTO inbox (message_id, handler, processed_at) ",
+                    );
+                    q.push_values(chunk, |mut b, id| {
+                        b.push_bind(*id).push_bind(handler).push_bind(now);
+                    });
+                    q.push(" ON CONFLICT DO NOTHING RETURNING message_id");
+                    let new: Vec<(Uuid,)> = q.build_query_as().fetch_all(&mut **tx).await?;
+                    first.extend(new.into_iter().map(|(id,)| id));
+                }
+                Ok(first)
+            }
+        }
+
+        #[async_trait]
+        impl OutboxRelay for SqlStore<$db> {
+            async fn take_lease(&self, name: &str, holder: &str, now: i64, ttl_micros: i64) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+                     WHERE leases.holder = excluded.holder OR leases.expires_at < $4",
+                )
+                .bind(name)
+                .bind(holder)
+                .bind(now + ttl_micros)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn outbox(&self, status: OutboxStatus, after: i64, limit: i64) -> Result<Vec<OutboxMessage>, StoreError> {
+                sqlx::query_as(
+                    "SELECT id, message_id, topic, aggregate_id, stream_version, event_type, \
+                     CAST(payload AS TEXT) AS payload, request_id, attempts, next_attempt_at, last_error, created_at \
+                     FROM outbox WHERE status = $1 AND id > $2 ORDER BY id LIMIT $3",
+                )
+                .bind(status.as_str())
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)
+            }
+
+            async fn outbox_published(&self, ids: &[i64], now: i64) -> Result<(), StoreError> {
+                if ids.is_empty() {
+                    return Ok(());
+                }
+                let mut q = QueryBuilder::<$db>::new("UPDATE outbox SET status = 'published', published_at = ");
+                q.push_bind(now).push(" WHERE status = 'pending' AND id IN (");
+                let mut list = q.separated(", ");
+                for id in ids {
+                    list.push_bind(*id);
+                }
+                q.push(")");
+                q.build().execute(&self.pool).await.map_err(unavailable)?;
+                Ok(())
+            }
+
+            async fn outbox_failed(
+                &self,
+                id: i64,
+                attempts: i64,
+                next_attempt_at: i64,
+                error: &str,
+                dead: bool,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "UPDATE outbox SET attempts = $1, next_attempt_at = $2, last_error = $3, status = $4 \
+                     WHERE id = $5 AND status = 'pending'",
+                )
+                .bind(attempts)
+                .bind(next_attempt_at)
+                .bind(error)
+                .bind(if dead { "dead" } else { "pending" })
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                Ok(())
+            }
+
+            async fn replay_outbox(&self, id: i64, now: i64) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = $1, last_error = NULL \
+                     WHERE id = $2 AND status = 'dead'",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn outbox_counts(&self) -> Result<(i64, i64), StoreError> {
+                let (pending,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                let (dead,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE status = 'dead'")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok((pending, dead))
+            }
+
+            async fn purge_published_outbox(&self, before: i64) -> Result<u64, StoreError> {
+                let done = sqlx::query("DELETE FROM outbox WHERE status = 'published' AND published_at < $1")
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(done.rows_affected())
+            }
+
+            async fn count_daily_facts(&self, facts: &[DailyFact]) -> Result<usize, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(unavailable)?;
+                let ids: Vec<Uuid> = facts.iter().map(|fact| fact.message_id).collect();
+                let mut first = Self::first_deliveries(&mut tx, &ids, DAILY_FACTS_HANDLER)
+                    .await
+                    .map_err(unavailable)?;
+                let mut new: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
+                for fact in facts {
+                    // `remove`: a message repeated within the batch counts once.
+                    if first.remove(&fact.message_id) {
+                        *new.entry((&fact.day, &fact.event_type)).or_default() += 1;
+                    }
+                }
+                for ((day, event_type), facts) in &new {
+                    sqlx::query(
+                        "INSERT INTO daily_facts (day, event_type, facts) VALUES ($1, $2, $3) \
+                         ON CONFLICT (day, event_type) DO UPDATE SET facts = daily_facts.facts + $3",
+                    )
+                    .bind(*day)
+                    .bind(*event_type)
+                    .bind(*facts)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                }
+                tx.commit().await.map_err(unavailable)?;
+                Ok(new.values().sum::<i64>() as usize)
+            }
+
+            async fn daily_facts(&self, since_day: &str) -> Result<Vec<(String, String, i64)>, StoreError> {
+                sqlx::query_as(
+                    "SELECT day, event_type, facts FROM daily_facts WHERE day >= $1 ORDER BY day, event_type",
+                )
+                .bind(since_day)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)
+            }
+        }
+    };
+}
+
+impl_relay!(Sqlite);
+impl_relay!(Postgres);
