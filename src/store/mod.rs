@@ -158,8 +158,6 @@ pub struct EventFilter {
 
 /// Everything the server stores, by role: the event write path goes through
 /// the [`EventStore`] port (journal and actors); the rest are plain queries.
-/// Callers name the role they use (`use crate::store::Venues`), so a
-/// module's imports say what it touches.
 #[async_trait]
 pub trait Store: EventStore + Accounts + Venues + EventReads + OutboxRelay {
     /// Whether the database answers: readiness.
