@@ -123,7 +123,7 @@ pub struct Execute {
 
 /// A caller waiting for an append, with the answer it gets if the append
 /// commits. `keyed` callers used the append's idempotency key.
-struct Waiter {
+struct Caller {
     reply: CommandReply,
     /// Given once the flight commits: an outcome, or a refusal decided on
     /// the state the flight's facts made.
@@ -133,9 +133,9 @@ struct Waiter {
 
 /// Facts handed to the journal and the callers waiting on them.
 struct InFlight {
-    events: Vec<DomainEvent>,
+    facts: Vec<DomainEvent>,
     request_id: Option<String>,
-    waiters: Vec<Waiter>,
+    callers: Vec<Caller>,
     key: Option<KeyId>,
 }
 
@@ -221,7 +221,7 @@ impl EventActor {
                 Some(Recalled::InFlight { seq, given }) => {
                     let answer = replay(given, &idempotency.fingerprint);
                     match (answer, self.in_flight.get_mut(&seq)) {
-                        (Ok(answer), Some(flight)) => flight.waiters.push(Waiter {
+                        (Ok(answer), Some(flight)) => flight.callers.push(Caller {
                             reply,
                             answer: Ok(answer),
                             keyed: true,
@@ -249,8 +249,8 @@ impl EventActor {
             }
             decide(self.state.as_ref(), &command)
         }));
-        let events = match decided {
-            Ok(Ok(events)) => events,
+        let facts = match decided {
+            Ok(Ok(facts)) => facts,
             Ok(Err(rejection)) => {
                 metrics::counter!("turnout_commands_total", "outcome" => "rejected").increment(1);
                 if self.state.is_none() {
@@ -270,17 +270,17 @@ impl EventActor {
         let base_version = self.state.as_ref().map_or(0, |s| s.version);
         let state = self.state.take();
         let folded =
-            std::panic::catch_unwind(AssertUnwindSafe(|| events.iter().fold(state, evolve)));
+            std::panic::catch_unwind(AssertUnwindSafe(|| facts.iter().fold(state, evolve)));
         let Ok(Some(state)) = folded else {
             return self.crash(reply, ctx);
         };
 
         let outcome = Outcome {
-            changed: !events.is_empty(),
+            changed: !facts.is_empty(),
             summary: EventSummary::from(&state),
             membership: acting_user(&command).and_then(|u| state.membership(u)),
         };
-        self.facts_since_snapshot += events.len() as u64;
+        self.facts_since_snapshot += facts.len() as u64;
         let members = (state.active.len() + state.waitlist.len()) as u64;
         let snapshot = (self.facts_since_snapshot >= self.settings.snapshot_every.max(members))
             .then(|| {
@@ -289,7 +289,7 @@ impl EventActor {
             });
         self.state = Some(state);
 
-        if events.is_empty() && idempotency.is_none() {
+        if facts.is_empty() && idempotency.is_none() {
             return self.answer_after_in_flight(reply, Ok(Reply::Done(outcome)));
         }
 
@@ -320,7 +320,7 @@ impl EventActor {
             stream: self.id,
             writer: self.writer,
             base_version,
-            events: events.clone(),
+            facts: facts.clone(),
             summary: outcome.summary.clone(),
             snapshot,
             idempotency: record,
@@ -329,9 +329,9 @@ impl EventActor {
         self.in_flight.insert(
             seq,
             InFlight {
-                events,
+                facts,
                 request_id,
-                waiters: vec![Waiter {
+                callers: vec![Caller {
                     reply,
                     answer: Ok(Reply::Done(outcome)),
                     keyed: key.is_some(),
@@ -360,24 +360,24 @@ impl EventActor {
                     self.keys.committed(key);
                 }
                 log_facts(self.id, &flight);
-                if !flight.events.is_empty()
-                    && let Some(Waiter {
+                if !flight.facts.is_empty()
+                    && let Some(Caller {
                         answer: Ok(Reply::Done(outcome)),
                         ..
-                    }) = flight.waiters.first()
+                    }) = flight.callers.first()
                 {
                     self.changes.committed(Arc::new(EventChange {
                         summary: outcome.summary.clone(),
-                        facts: flight.events.clone(),
+                        facts: flight.facts.clone(),
                         committed_at: Utc::now(),
                     }));
                 }
-                for waiter in flight.waiters {
-                    if waiter.answer.is_ok() {
+                for caller in flight.callers {
+                    if caller.answer.is_ok() {
                         metrics::counter!("turnout_commands_total", "outcome" => "committed")
                             .increment(1);
                     }
-                    let _ = waiter.reply.send(waiter.answer);
+                    let _ = caller.reply.send(caller.answer);
                 }
             }
             Ok(Appended::Replayed(answer)) => {
@@ -399,10 +399,10 @@ impl EventActor {
                 let failed = std::iter::once(flight)
                     .chain(later.into_iter().filter_map(|s| self.in_flight.remove(&s)));
                 for flight in failed {
-                    for waiter in flight.waiters {
+                    for caller in flight.callers {
                         metrics::counter!("turnout_commands_total", "outcome" => "failed")
                             .increment(1);
-                        let _ = waiter.reply.send(Err(error.clone()));
+                        let _ = caller.reply.send(Err(error.clone()));
                     }
                 }
                 self.keys.failed_from(seq);
@@ -424,14 +424,14 @@ impl EventActor {
         keyed: Result<Reply, CommandError>,
         ctx: &mut Context<Self>,
     ) {
-        let phantom = !flight.events.is_empty();
-        for waiter in flight.waiters {
-            let answer = match (waiter.keyed, phantom) {
+        let phantom = !flight.facts.is_empty();
+        for caller in flight.callers {
+            let answer = match (caller.keyed, phantom) {
                 (true, _) => keyed.clone(),
                 (false, true) => Err(CommandError::Unavailable),
-                (false, false) => waiter.answer,
+                (false, false) => caller.answer,
             };
-            let _ = waiter.reply.send(answer);
+            let _ = caller.reply.send(answer);
         }
         if phantom {
             tracing::info!(event_id = %self.id, "an old idempotency key replayed a join; reloading");
@@ -444,7 +444,7 @@ impl EventActor {
     /// them, and if they fail the caller hears of the failure instead.
     fn answer_after_in_flight(&mut self, reply: CommandReply, answer: Result<Reply, CommandError>) {
         match self.in_flight.values_mut().next_back() {
-            Some(last) => last.waiters.push(Waiter {
+            Some(last) => last.callers.push(Caller {
                 reply,
                 answer,
                 keyed: false,
@@ -515,8 +515,8 @@ impl EventActor {
         metrics::counter!("turnout_actor_panics_total").increment(1);
         let _ = reply.send(Err(CommandError::Unavailable));
         for (_, flight) in std::mem::take(&mut self.in_flight) {
-            for waiter in flight.waiters {
-                let _ = waiter.reply.send(Err(CommandError::Unavailable));
+            for caller in flight.callers {
+                let _ = caller.reply.send(Err(CommandError::Unavailable));
             }
         }
         self.keys.fail_all();
@@ -570,7 +570,7 @@ fn acting_user(command: &Command) -> Option<UserId> {
 /// One log line per business fact, after it is durable.
 fn log_facts(event_id: EventId, flight: &InFlight) {
     let request_id = flight.request_id.as_deref().unwrap_or("-");
-    for fact in &flight.events {
+    for fact in &flight.facts {
         match fact {
             DomainEvent::Joined { user, status, .. } => {
                 tracing::info!(target: "turnout::facts", %event_id, user_id = %user, ?status, request_id, "joined")

@@ -235,7 +235,7 @@ impl Journal {
                     .idempotency
                     .as_ref()
                     .is_some_and(|r| r.fingerprint == answer.fingerprint);
-                if !append.events.is_empty() {
+                if !append.facts.is_empty() {
                     // The actor applied facts that must not happen.
                     self.fence(&append);
                 }
@@ -399,7 +399,7 @@ mod tests {
             stream,
             writer,
             base_version,
-            events: vec![],
+            facts: vec![],
             summary: EventSummary {
                 id: stream,
                 owner: UserId::new(),

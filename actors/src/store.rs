@@ -26,14 +26,14 @@ pub enum StoreError {
 #[derive(Debug, Default)]
 pub struct Rehydration {
     pub snapshot: Option<EventState>,
-    pub events: Vec<StoredEvent>,
+    pub facts: Vec<StoredEvent>,
 }
 
 impl Rehydration {
     /// Folds the facts onto the snapshot, upcasting old shapes on the way.
     pub fn into_state(self) -> Result<Option<EventState>, StoreError> {
         let mut state = self.snapshot;
-        for stored in self.events {
+        for stored in self.facts {
             let event = stored
                 .decode()
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -112,7 +112,7 @@ pub struct Append {
     pub writer: u64,
     /// The stream's version before these facts.
     pub base_version: u64,
-    pub events: Vec<DomainEvent>,
+    pub facts: Vec<DomainEvent>,
     /// The event after the facts, for the read model.
     pub summary: EventSummary,
     /// Set every N facts so rehydration stays short.
@@ -124,7 +124,7 @@ pub struct Append {
 impl Append {
     /// The facts numbered with their stream versions.
     pub fn versioned(&self) -> impl Iterator<Item = (i64, &DomainEvent)> {
-        self.events
+        self.facts
             .iter()
             .enumerate()
             .map(|(i, e)| ((self.base_version + 1 + i as u64) as i64, e))
@@ -132,14 +132,14 @@ impl Append {
 
     /// Whether a fact here ends every membership of the event.
     pub fn cancels(&self) -> bool {
-        self.events
+        self.facts
             .iter()
             .any(|e| matches!(e, DomainEvent::Cancelled { .. }))
     }
 
     /// Whether the event's details (and so its tags) changed.
     pub fn changes_details(&self) -> bool {
-        self.events.iter().any(|e| {
+        self.facts.iter().any(|e| {
             matches!(
                 e,
                 DomainEvent::Created { .. } | DomainEvent::DetailsChanged { .. }

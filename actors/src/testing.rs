@@ -31,7 +31,7 @@ impl EventStore for MemoryStore {
         let log = self.log.lock().unwrap();
         Ok(Rehydration {
             snapshot: None,
-            events: log.get(&stream).cloned().unwrap_or_default(),
+            facts: log.get(&stream).cloned().unwrap_or_default(),
         })
     }
 
@@ -48,7 +48,7 @@ impl EventStore for MemoryStore {
                 report.conflicted.push(i);
                 continue;
             }
-            stream.extend(append.events.iter().map(StoredEvent::encode));
+            stream.extend(append.facts.iter().map(StoredEvent::encode));
             if let Some(record) = append.idempotency.as_ref().filter(|r| r.keep) {
                 self.answers.lock().unwrap().insert(
                     (record.user, record.key.clone()),

@@ -57,7 +57,7 @@ pub struct Unsubscribe {
 
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Apply(pub Arc<EventChange>);
+pub struct OfferChange(pub Arc<EventChange>);
 
 /// Changes may have been missed (the cross-node feed was down): reload the
 /// state, start a new epoch, and send every subscriber a fresh snapshot.
@@ -435,10 +435,10 @@ impl Handler<Unsubscribe> for ChannelHub {
     }
 }
 
-impl Handler<Apply> for ChannelHub {
+impl Handler<OfferChange> for ChannelHub {
     type Result = ();
 
-    fn handle(&mut self, Apply(change): Apply, ctx: &mut Self::Context) {
+    fn handle(&mut self, OfferChange(change): OfferChange, ctx: &mut Self::Context) {
         let venue = change.summary.details.venue_id.as_uuid();
         if !self.projection.needs_venue(venue) {
             return self.apply_and_broadcast(&change, ctx);

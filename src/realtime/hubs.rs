@@ -16,7 +16,7 @@ use turnout_actors::domain::EventId;
 
 use super::RealtimeSettings;
 use super::channel::Channel;
-use super::hub::{Apply, ChannelHub, HubHome, Resync};
+use super::hub::{ChannelHub, HubHome, OfferChange, Resync};
 use crate::store::Store;
 
 #[derive(Clone)]
@@ -162,7 +162,7 @@ impl Hubs {
         self.0.misses.forget(&event);
         for channel in [Channel::Event(event), Channel::Venue(venue)] {
             if let Some(hub) = self.0.direct.get(&channel) {
-                hub.do_send(Apply(Arc::clone(&change)));
+                hub.do_send(OfferChange(Arc::clone(&change)));
             }
         }
         if change.has("details_changed") {
@@ -173,12 +173,12 @@ impl Hubs {
             let here = Channel::Venue(venue);
             for hub in self.0.direct.iter() {
                 if matches!(hub.key(), Channel::Venue(_)) && *hub.key() != here {
-                    hub.do_send(Apply(Arc::clone(&change)));
+                    hub.do_send(OfferChange(Arc::clone(&change)));
                 }
             }
         }
         for hub in self.0.feeds.iter() {
-            hub.do_send(Apply(Arc::clone(&change)));
+            hub.do_send(OfferChange(Arc::clone(&change)));
         }
     }
 }

@@ -328,27 +328,29 @@ pub async fn connect(url: &str, pool: &PoolSettings) -> anyhow::Result<Arc<dyn S
         {
             std::fs::create_dir_all(dir)?;
         }
-        let journal = SqlitePoolOptions::new()
+        let commit_pool = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(acquire)
             .connect_with(options.clone())
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&journal).await?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&commit_pool)
+            .await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(pool.max_connections)
             .min_connections(pool.min_connections)
             .acquire_timeout(acquire)
             .connect_with(options)
             .await?;
-        Ok(Arc::new(SqlStore::new(pool, journal)))
+        Ok(Arc::new(SqlStore::new(pool, commit_pool)))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        let journal = PgPoolOptions::new()
+        let commit_pool = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(acquire)
             .connect(url)
             .await?;
         sqlx::migrate!("./migrations/postgres")
-            .run(&journal)
+            .run(&commit_pool)
             .await?;
         let pool = PgPoolOptions::new()
             .max_connections(pool.max_connections)
@@ -356,7 +358,7 @@ pub async fn connect(url: &str, pool: &PoolSettings) -> anyhow::Result<Arc<dyn S
             .acquire_timeout(acquire)
             .connect(url)
             .await?;
-        Ok(Arc::new(SqlStore::new(pool, journal)))
+        Ok(Arc::new(SqlStore::new(pool, commit_pool)))
     } else {
         anyhow::bail!("unsupported database URL scheme: expected sqlite: or postgres:")
     }

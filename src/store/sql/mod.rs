@@ -25,12 +25,12 @@ pub struct SqlStore<DB: sqlx::Database> {
     pool: Pool<DB>,
     /// The journal's own connection: group commits never queue behind a
     /// burst of reads for a pooled connection.
-    journal: Pool<DB>,
+    commit_pool: Pool<DB>,
 }
 
 impl<DB: sqlx::Database> SqlStore<DB> {
-    pub fn new(pool: Pool<DB>, journal: Pool<DB>) -> Self {
-        Self { pool, journal }
+    pub fn new(pool: Pool<DB>, commit_pool: Pool<DB>) -> Self {
+        Self { pool, commit_pool }
     }
 }
 

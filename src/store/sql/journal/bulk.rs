@@ -44,7 +44,7 @@ impl SqlStore<Sqlite> {
     pub(super) async fn begin_write(
         &self,
     ) -> Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
-        self.journal.begin_with("BEGIN IMMEDIATE").await
+        self.commit_pool.begin_with("BEGIN IMMEDIATE").await
     }
 
     pub(super) async fn insert_log(
@@ -166,7 +166,7 @@ impl SqlStore<Postgres> {
     pub(super) async fn begin_write(
         &self,
     ) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
-        self.journal.begin().await
+        self.commit_pool.begin().await
     }
 
     pub(super) async fn insert_log(

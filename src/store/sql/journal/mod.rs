@@ -137,7 +137,7 @@ macro_rules! impl_event_store {
             ) -> Result<Vec<usize>, sqlx::Error> {
                 let mut streams: Vec<Uuid> = live
                     .iter()
-                    .filter(|(_, a)| a.events.is_empty())
+                    .filter(|(_, a)| a.facts.is_empty())
                     .map(|(_, a)| a.stream.as_uuid())
                     .collect();
                 if streams.is_empty() {
@@ -168,10 +168,10 @@ macro_rules! impl_event_store {
                     let Some(version) = latest.get_mut(&a.stream.as_uuid()) else {
                         continue;
                     };
-                    if a.events.is_empty() && a.base_version != *version {
+                    if a.facts.is_empty() && a.base_version != *version {
                         stale.push(*i);
                     }
-                    *version = a.base_version + a.events.len() as u64;
+                    *version = a.base_version + a.facts.len() as u64;
                 }
                 Ok(stale)
             }
@@ -372,7 +372,7 @@ macro_rules! impl_event_store {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(unavailable)?;
-                let events = rows
+                let facts = rows
                     .into_iter()
                     .map(|(event_type, schema_version, Json(payload))| StoredEvent {
                         event_type,
@@ -380,7 +380,7 @@ macro_rules! impl_event_store {
                         payload,
                     })
                     .collect();
-                Ok(Rehydration { snapshot, events })
+                Ok(Rehydration { snapshot, facts })
             }
 
             async fn stored_answer(
@@ -416,7 +416,7 @@ macro_rules! impl_event_store {
                         tx.rollback().await.map_err(unavailable)?;
                         for (i, answer) in answered {
                             left_out.insert(i);
-                            if !batch[i].events.is_empty() {
+                            if !batch[i].facts.is_empty() {
                                 // Later appends of the stream stood on it.
                                 for (j, later) in batch.iter().enumerate().skip(i + 1) {
                                     if later.stream == batch[i].stream && left_out.insert(j) {
