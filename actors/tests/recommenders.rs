@@ -1,0 +1,164 @@
+//! The live recommendation actors, through their public handle: a
+//! subscriber gets the user's list at once, then a new revision only when
+//! the top of it moves; an actor with nobody to serve leaves. Given a
+//! catalog and a user, when changes arrive, then these lists are pushed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Arbiter;
+use async_trait::async_trait;
+use chrono::Utc;
+use tokio::sync::mpsc;
+use turnout_actors::domain::{EventId, GeoPoint, Lifecycle, Tag, UserId, VenueId};
+use turnout_actors::recommend::{
+    Catalog, EventUpdate, ListSink, ProfileSeed, RankedList, RecommendSettings,
+    RecommendationSource, Recommenders,
+};
+use turnout_actors::store::StoreError;
+
+/// A user who likes jazz, with no joins.
+struct JazzLover;
+
+#[async_trait]
+impl RecommendationSource for JazzLover {
+    async fn profile(&self, _user: UserId) -> Result<ProfileSeed, StoreError> {
+        Ok(ProfileSeed {
+            interests: vec![Tag::parse("jazz").unwrap()],
+            home: None,
+            joins: Vec::new(),
+        })
+    }
+
+    async fn venue(&self, _venue: VenueId) -> Result<Option<GeoPoint>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// A subscriber: every list pushed to it arrives on a channel.
+struct Pushed(mpsc::UnboundedSender<RankedList>);
+
+impl ListSink for Pushed {
+    fn deliver(&mut self, list: &RankedList) -> bool {
+        self.0.send(list.clone()).is_ok()
+    }
+}
+
+fn event(tag: &str, lifecycle: Lifecycle, version: u64) -> EventUpdate {
+    EventUpdate {
+        id: EventId::new(),
+        owner: UserId::new(),
+        title: format!("{tag} night"),
+        venue: VenueId::new(),
+        starts_at: Utc::now() + chrono::Duration::days(3),
+        tags: vec![Tag::parse(tag).unwrap()],
+        lifecycle,
+        capacity: 100,
+        active: 0,
+        waitlist: 0,
+        version,
+        joined: Vec::new(),
+        left: Vec::new(),
+        at: Utc::now(),
+    }
+}
+
+fn settings() -> RecommendSettings {
+    RecommendSettings {
+        list_len: 3,
+        spare: 2,
+        debounce: Duration::from_millis(10),
+        idle: Duration::from_millis(200),
+        ..RecommendSettings::default()
+    }
+}
+
+/// Recommenders over a catalog holding `events`, and a subscriber for one
+/// user.
+fn start(events: &[EventUpdate]) -> (Recommenders, UserId, mpsc::UnboundedReceiver<RankedList>) {
+    let mut catalog = Catalog::default();
+    for e in events {
+        catalog.apply(e);
+    }
+    let recommenders =
+        Recommenders::start(catalog, Arc::new(JazzLover), settings(), Arbiter::current());
+    let (user, (pushed, lists)) = (UserId::new(), mpsc::unbounded_channel());
+    recommenders.subscribe(user, 1, Box::new(Pushed(pushed)));
+    (recommenders, user, lists)
+}
+
+async fn next(lists: &mut mpsc::UnboundedReceiver<RankedList>) -> RankedList {
+    tokio::time::timeout(Duration::from_secs(5), lists.recv())
+        .await
+        .expect("a list within 5 s")
+        .expect("the actor is running")
+}
+
+async fn nothing_more(lists: &mut mpsc::UnboundedReceiver<RankedList>) {
+    let more = tokio::time::timeout(Duration::from_millis(300), lists.recv()).await;
+    assert!(more.is_err(), "no list expected, got {:?}", more.unwrap());
+}
+
+fn events_of(list: &RankedList) -> Vec<EventId> {
+    list.items.iter().map(|(r, _)| r.event).collect()
+}
+
+#[actix::test]
+async fn a_subscriber_gets_the_list_at_once_best_match_first() {
+    let folk = event("folk", Lifecycle::Published, 2);
+    let jazz = event("jazz", Lifecycle::Published, 2);
+    let (_recommenders, _user, mut lists) = start(&[folk.clone(), jazz.clone()]);
+
+    let first = next(&mut lists).await;
+    assert_eq!(first.revision, 1);
+    assert_eq!(events_of(&first)[0], jazz.id, "the interest ranks first");
+    assert!(events_of(&first).contains(&folk.id));
+}
+
+#[actix::test]
+async fn a_new_event_that_moves_the_top_is_pushed_and_a_draft_is_not() {
+    let (recommenders, _user, mut lists) = start(&[event("folk", Lifecycle::Published, 2)]);
+    let first = next(&mut lists).await;
+
+    recommenders.apply(event("jazz", Lifecycle::Draft, 1));
+    nothing_more(&mut lists).await;
+
+    let jazz = event("jazz", Lifecycle::Published, 2);
+    recommenders.apply(jazz.clone());
+    let second = next(&mut lists).await;
+    assert_eq!(second.revision, first.revision + 1);
+    assert_eq!(second.epoch, first.epoch);
+    assert_eq!(events_of(&second)[0], jazz.id);
+}
+
+#[actix::test]
+async fn a_cancelled_event_leaves_the_list() {
+    let jazz = event("jazz", Lifecycle::Published, 2);
+    let (recommenders, _user, mut lists) = start(&[jazz.clone()]);
+    assert_eq!(events_of(&next(&mut lists).await), vec![jazz.id]);
+
+    recommenders.apply(EventUpdate {
+        lifecycle: Lifecycle::Cancelled,
+        version: 3,
+        ..jazz
+    });
+    assert!(events_of(&next(&mut lists).await).is_empty());
+}
+
+#[actix::test]
+async fn an_actor_with_nobody_to_serve_leaves_after_its_idle_time() {
+    let (recommenders, user, mut lists) = start(&[event("jazz", Lifecycle::Published, 2)]);
+    next(&mut lists).await;
+    assert_eq!(recommenders.stats().0, 1, "one actor while subscribed");
+
+    recommenders.unsubscribe(user, 1);
+    let mut left = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if recommenders.stats().0 == 0 {
+            left = true;
+            break;
+        }
+    }
+    assert!(left, "the idle actor left");
+}
