@@ -134,7 +134,7 @@ async fn a_new_event_that_moves_the_top_is_pushed_and_a_draft_is_not() {
 #[actix::test]
 async fn a_cancelled_event_leaves_the_list() {
     let jazz = event("jazz", Lifecycle::Published, 2);
-    let (recommenders, _user, mut lists) = start(&[jazz.clone()]);
+    let (recommenders, _user, mut lists) = start(std::slice::from_ref(&jazz));
     assert_eq!(events_of(&next(&mut lists).await), vec![jazz.id]);
 
     recommenders.apply(EventUpdate {
