@@ -8,6 +8,8 @@
 //! - `event_actor`: one actor per event, a thin shell around the decider.
 //! - `idempotency`: answers given under idempotency keys, and the actor's
 //!   memory of them.
+//! - `in_flight`: the actor's appends awaiting the journal, and who waits
+//!   on each.
 //! - `registry`: activates and routes to event actors; `roster`: the table
 //!   of live actors it shares with them.
 //! - `recommend`: recommendation scoring, ranking and the per-user
@@ -17,6 +19,7 @@ pub mod changes;
 pub mod domain;
 pub mod event_actor;
 pub mod idempotency;
+mod in_flight;
 pub mod journal;
 pub mod recommend;
 pub mod registry;

@@ -7,7 +7,6 @@
 //! actor fails everything decided on top of it, leaves the registry and stops;
 //! the next command activates a fresh actor that rehydrates from the store.
 
-use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,7 +20,8 @@ use crate::changes::{ChangeSink, EventChange};
 use crate::domain::{
     Command, DomainEvent, EventId, EventState, Membership, Rejection, UserId, decide, evolve,
 };
-use crate::idempotency::{Answer, Given, IdempotencyKey, KeyId, KeyMemory, Recalled};
+use crate::idempotency::{Answer, Given, IdempotencyKey, KeyMemory, Recalled};
+use crate::in_flight::{Flight, InFlight};
 use crate::journal::{AppendDone, AppendError, AppendReply, Appended, Fence, Journal, Submit};
 use crate::roster::{Queued, Roster};
 use crate::store::{Append, EventStore, EventSummary, IdempotencyRecord, StoreError};
@@ -131,12 +131,11 @@ struct Caller {
     keyed: bool,
 }
 
-/// Facts handed to the journal and the callers waiting on them.
-struct InFlight {
-    facts: Vec<DomainEvent>,
-    request_id: Option<String>,
-    callers: Vec<Caller>,
-    key: Option<KeyId>,
+impl Caller {
+    /// Nothing in flight to wait on: the answer goes out now.
+    fn answer_now(self) {
+        let _ = self.reply.send(self.answer);
+    }
 }
 
 /// What an event actor is given by the registry that starts it.
@@ -165,12 +164,11 @@ pub struct EventActor {
     queued: Arc<AtomicUsize>,
     settings: ActorSettings,
     /// Keyed by submission order; the journal commits in that order.
-    in_flight: BTreeMap<u64, InFlight>,
+    in_flight: InFlight<Caller>,
     /// Keys in flight and recently committed, bounded by the mailbox
     /// capacity; older ones are caught by the journal's check of the stored
     /// keys.
     keys: KeyMemory,
-    next_seq: u64,
     facts_since_snapshot: u64,
     last_active: Instant,
     /// Set after a failed commit or load: the state can no longer be trusted.
@@ -193,8 +191,7 @@ impl EventActor {
             queued: given.queued,
             keys: KeyMemory::new(given.settings.mailbox_capacity),
             settings: given.settings,
-            in_flight: BTreeMap::new(),
-            next_seq: 0,
+            in_flight: InFlight::default(),
             facts_since_snapshot: 0,
             last_active: Instant::now(),
             broken: false,
@@ -219,15 +216,19 @@ impl EventActor {
         if let Some(idempotency) = &idempotency {
             match self.keys.lookup(&idempotency.id()) {
                 Some(Recalled::InFlight { seq, given }) => {
-                    let answer = replay(given, &idempotency.fingerprint);
-                    match (answer, self.in_flight.get_mut(&seq)) {
-                        (Ok(answer), Some(flight)) => flight.callers.push(Caller {
-                            reply,
-                            answer: Ok(answer),
-                            keyed: true,
-                        }),
-                        (answer, _) => {
-                            let _ = reply.send(answer);
+                    match replay(given, &idempotency.fingerprint) {
+                        Ok(answer) => {
+                            let waiting = Caller {
+                                reply,
+                                answer: Ok(answer),
+                                keyed: true,
+                            };
+                            if let Err(unwaited) = self.in_flight.wait_on(seq, waiting) {
+                                unwaited.answer_now();
+                            }
+                        }
+                        Err(refused) => {
+                            let _ = reply.send(Err(refused));
                         }
                     }
                     return;
@@ -294,8 +295,7 @@ impl EventActor {
         }
 
         let now = Utc::now();
-        let seq = self.next_seq;
-        self.next_seq += 1;
+        let seq = self.in_flight.next_seq();
         let key = idempotency.as_ref().map(IdempotencyKey::id);
         let record = idempotency.map(|key| {
             self.keys.sent(
@@ -326,19 +326,16 @@ impl EventActor {
             idempotency: record,
             request_id: request_id.clone(),
         };
-        self.in_flight.insert(
-            seq,
-            InFlight {
-                facts,
-                request_id,
-                callers: vec![Caller {
-                    reply,
-                    answer: Ok(Reply::Done(outcome)),
-                    keyed: key.is_some(),
-                }],
-                key,
-            },
-        );
+        self.in_flight.sent(Flight {
+            facts,
+            request_id,
+            callers: vec![Caller {
+                reply,
+                answer: Ok(Reply::Done(outcome)),
+                keyed: key.is_some(),
+            }],
+            key,
+        });
         self.journal.do_send(Submit {
             append,
             reply: AppendReply::new(ctx.address().recipient(), seq),
@@ -351,7 +348,7 @@ impl EventActor {
         result: Result<Appended, AppendError>,
         ctx: &mut Context<Self>,
     ) {
-        let Some(flight) = self.in_flight.remove(&seq) else {
+        let Some(flight) = self.in_flight.settled(seq) else {
             return;
         };
         match result {
@@ -395,10 +392,8 @@ impl EventActor {
             Err(error) => {
                 let error = CommandError::from(error);
                 // Everything decided after this append stood on it.
-                let later: Vec<u64> = self.in_flight.range(seq..).map(|(s, _)| *s).collect();
-                let failed = std::iter::once(flight)
-                    .chain(later.into_iter().filter_map(|s| self.in_flight.remove(&s)));
-                for flight in failed {
+                let later = self.in_flight.failed(seq);
+                for flight in std::iter::once(flight).chain(later) {
                     for caller in flight.callers {
                         metrics::counter!("turnout_commands_total", "outcome" => "failed")
                             .increment(1);
@@ -420,7 +415,7 @@ impl EventActor {
     /// facts, this actor applied them in memory, so it must reload.
     fn answer_unwritten(
         &mut self,
-        flight: InFlight,
+        flight: Flight<Caller>,
         keyed: Result<Reply, CommandError>,
         ctx: &mut Context<Self>,
     ) {
@@ -443,15 +438,13 @@ impl EventActor {
     /// refusal because of a cancellation not yet committed): it waits for
     /// them, and if they fail the caller hears of the failure instead.
     fn answer_after_in_flight(&mut self, reply: CommandReply, answer: Result<Reply, CommandError>) {
-        match self.in_flight.values_mut().next_back() {
-            Some(last) => last.callers.push(Caller {
-                reply,
-                answer,
-                keyed: false,
-            }),
-            None => {
-                let _ = reply.send(answer);
-            }
+        let caller = Caller {
+            reply,
+            answer,
+            keyed: false,
+        };
+        if let Err(unwaited) = self.in_flight.wait_on_latest(caller) {
+            unwaited.answer_now();
         }
     }
 
@@ -514,7 +507,7 @@ impl EventActor {
         tracing::error!(event_id = %self.id, "event actor panicked; restarting from the store");
         metrics::counter!("turnout_actor_panics_total").increment(1);
         let _ = reply.send(Err(CommandError::Unavailable));
-        for (_, flight) in std::mem::take(&mut self.in_flight) {
+        for flight in self.in_flight.abandon() {
             for caller in flight.callers {
                 let _ = caller.reply.send(Err(CommandError::Unavailable));
             }
@@ -568,7 +561,7 @@ fn acting_user(command: &Command) -> Option<UserId> {
 }
 
 /// One log line per business fact, after it is durable.
-fn log_facts(event_id: EventId, flight: &InFlight) {
+fn log_facts(event_id: EventId, flight: &Flight<Caller>) {
     let request_id = flight.request_id.as_deref().unwrap_or("-");
     for fact in &flight.facts {
         match fact {
@@ -646,226 +639,4 @@ impl Handler<AppendDone> for EventActor {
 pub(crate) static PANIC_ON_JOIN_OF: std::sync::Mutex<Option<UserId>> = std::sync::Mutex::new(None);
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::Ordering;
-    use std::time::Duration;
-
-    use actix::prelude::*;
-    use chrono::Utc;
-
-    use super::*;
-    use crate::domain::Capacity;
-    use crate::testing::{MemoryStore, event_details};
-    use crate::{EventRegistry, Journal, JournalSettings};
-
-    fn setup(delay: Duration) -> (Arc<MemoryStore>, EventRegistry) {
-        let store = Arc::new(MemoryStore {
-            commit_delay: delay,
-            ..MemoryStore::default()
-        });
-        let journal = Journal::new(store.clone(), JournalSettings::default()).start();
-        let registry = EventRegistry::new(
-            store.clone(),
-            journal,
-            Arc::new(crate::changes::NoChanges),
-            ActorSettings::default(),
-            vec![Arbiter::current()],
-        );
-        (store, registry)
-    }
-
-    async fn open_event(registry: &EventRegistry, capacity: i64) -> (EventId, UserId) {
-        let (id, owner) = (EventId::new(), UserId::new());
-        let details = event_details();
-        let create = Command::Create {
-            id,
-            owner,
-            details,
-            capacity: Capacity::parse(capacity).unwrap(),
-            at: Utc::now(),
-        };
-        registry.execute(id, create, None, None).await.unwrap();
-        registry
-            .execute(
-                id,
-                Command::Publish {
-                    by: owner,
-                    at: Utc::now(),
-                },
-                None,
-                None,
-            )
-            .await
-            .unwrap();
-        (id, owner)
-    }
-
-    #[actix::test]
-    async fn an_actor_for_an_id_that_names_no_event_leaves_at_once() {
-        let (_, registry) = setup(Duration::ZERO);
-        let (event, _) = open_event(&registry, 5).await;
-        let join_all = |ids: Vec<EventId>| {
-            let handles: Vec<_> = ids
-                .into_iter()
-                .map(|id| {
-                    let registry = registry.clone();
-                    let join = Command::Join {
-                        user: UserId::new(),
-                        at: Utc::now(),
-                    };
-                    actix::spawn(async move { registry.execute(id, join, None, None).await })
-                })
-                .collect();
-            async move {
-                for handle in handles {
-                    assert!(matches!(
-                        handle.await.unwrap(),
-                        Err(CommandError::Rejected(Rejection::NotFound))
-                    ));
-                }
-            }
-        };
-
-        join_all((0..50).map(|_| EventId::new()).collect()).await;
-        assert_eq!(
-            registry.live_actors(),
-            1,
-            "only the real event's actor stays"
-        );
-
-        // One made-up id many times at once: every caller is told it is
-        // not found; none is stranded by the actor leaving.
-        join_all(vec![EventId::new(); 50]).await;
-        assert_eq!(registry.live_actors(), 1);
-        let member = Command::Join {
-            user: UserId::new(),
-            at: Utc::now(),
-        };
-        assert!(registry.execute(event, member, None, None).await.is_ok());
-    }
-
-    #[actix::test]
-    async fn a_panicking_actor_is_replaced_and_rehydrated() {
-        let (_, registry) = setup(Duration::ZERO);
-        let (event, _) = open_event(&registry, 1).await;
-        let first = UserId::new();
-        registry
-            .execute(
-                event,
-                Command::Join {
-                    user: first,
-                    at: Utc::now(),
-                },
-                None,
-                None,
-            )
-            .await
-            .unwrap();
-
-        let doomed = UserId::new();
-        *PANIC_ON_JOIN_OF.lock().unwrap() = Some(doomed);
-        let crashed = registry
-            .execute(
-                event,
-                Command::Join {
-                    user: doomed,
-                    at: Utc::now(),
-                },
-                None,
-                None,
-            )
-            .await;
-        assert_eq!(
-            crashed.unwrap_err(),
-            CommandError::Unavailable,
-            "nothing acknowledged from a crash"
-        );
-
-        // A fresh actor, rebuilt from the log: `first` still holds the place.
-        let next = registry
-            .execute(
-                event,
-                Command::Join {
-                    user: UserId::new(),
-                    at: Utc::now(),
-                },
-                None,
-                None,
-            )
-            .await
-            .unwrap();
-        let Reply::Done(next) = next else {
-            panic!("a fresh answer")
-        };
-        assert!(matches!(
-            next.membership,
-            Some(Membership::Waitlisted { position: 1, .. })
-        ));
-        assert_eq!(next.summary.active_count, 1);
-    }
-
-    /// A join refused because of a cancellation still being committed is
-    /// answered only once the cancellation is durable.
-    #[actix::test]
-    async fn a_refusal_waits_for_the_facts_it_rests_on() {
-        let (_, registry) = setup(Duration::from_millis(200));
-        let (event, owner) = open_event(&registry, 10).await;
-        let answered = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let cancel = {
-            let (registry, answered) = (registry.clone(), Arc::clone(&answered));
-            actix::spawn(async move {
-                let cancel = Command::Cancel {
-                    by: owner,
-                    at: Utc::now(),
-                };
-                let done = registry.execute(event, cancel, None, None).await;
-                answered.lock().unwrap().push("cancel");
-                done
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let join = Command::Join {
-            user: UserId::new(),
-            at: Utc::now(),
-        };
-        let refused = registry.execute(event, join, None, None).await;
-        answered.lock().unwrap().push("join");
-        assert!(
-            matches!(refused, Err(CommandError::Rejected(_))),
-            "{refused:?}"
-        );
-        cancel.await.unwrap().unwrap();
-        assert_eq!(*answered.lock().unwrap(), vec!["cancel", "join"]);
-    }
-
-    #[actix::test]
-    async fn the_journal_groups_concurrent_appends_into_few_commits() {
-        let (store, registry) = setup(Duration::from_millis(20));
-        let (event, _) = open_event(&registry, 1000).await;
-        let before = store.commits.load(Ordering::SeqCst);
-        let joins: Vec<_> = (0..200)
-            .map(|_| {
-                let registry = registry.clone();
-                actix::spawn(async move {
-                    registry
-                        .execute(
-                            event,
-                            Command::Join {
-                                user: UserId::new(),
-                                at: Utc::now(),
-                            },
-                            None,
-                            None,
-                        )
-                        .await
-                })
-            })
-            .collect();
-        for join in joins {
-            join.await.unwrap().unwrap();
-        }
-        let commits = store.commits.load(Ordering::SeqCst) - before;
-        assert!(commits < 20, "200 joins took {commits} commits");
-    }
-}
+mod tests;

@@ -1,0 +1,224 @@
+//! The actor shell's own proofs: activation, panics, refusals that wait
+//! on facts in flight, and group commit — against the in-memory store.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::Utc;
+
+use super::*;
+use crate::domain::Capacity;
+use crate::testing::{MemoryStore, event_details};
+use crate::{EventRegistry, Journal, JournalSettings};
+
+fn setup(delay: Duration) -> (Arc<MemoryStore>, EventRegistry) {
+    let store = Arc::new(MemoryStore {
+        commit_delay: delay,
+        ..MemoryStore::default()
+    });
+    let journal = Journal::new(store.clone(), JournalSettings::default()).start();
+    let registry = EventRegistry::new(
+        store.clone(),
+        journal,
+        Arc::new(crate::changes::NoChanges),
+        ActorSettings::default(),
+        vec![Arbiter::current()],
+    );
+    (store, registry)
+}
+
+async fn open_event(registry: &EventRegistry, capacity: i64) -> (EventId, UserId) {
+    let (id, owner) = (EventId::new(), UserId::new());
+    let details = event_details();
+    let create = Command::Create {
+        id,
+        owner,
+        details,
+        capacity: Capacity::parse(capacity).unwrap(),
+        at: Utc::now(),
+    };
+    registry.execute(id, create, None, None).await.unwrap();
+    registry
+        .execute(
+            id,
+            Command::Publish {
+                by: owner,
+                at: Utc::now(),
+            },
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    (id, owner)
+}
+
+#[actix::test]
+async fn an_actor_for_an_id_that_names_no_event_leaves_at_once() {
+    let (_, registry) = setup(Duration::ZERO);
+    let (event, _) = open_event(&registry, 5).await;
+    let join_all = |ids: Vec<EventId>| {
+        let handles: Vec<_> = ids
+            .into_iter()
+            .map(|id| {
+                let registry = registry.clone();
+                let join = Command::Join {
+                    user: UserId::new(),
+                    at: Utc::now(),
+                };
+                actix::spawn(async move { registry.execute(id, join, None, None).await })
+            })
+            .collect();
+        async move {
+            for handle in handles {
+                assert!(matches!(
+                    handle.await.unwrap(),
+                    Err(CommandError::Rejected(Rejection::NotFound))
+                ));
+            }
+        }
+    };
+
+    join_all((0..50).map(|_| EventId::new()).collect()).await;
+    assert_eq!(
+        registry.live_actors(),
+        1,
+        "only the real event's actor stays"
+    );
+
+    // One made-up id many times at once: every caller is told it is
+    // not found; none is stranded by the actor leaving.
+    join_all(vec![EventId::new(); 50]).await;
+    assert_eq!(registry.live_actors(), 1);
+    let member = Command::Join {
+        user: UserId::new(),
+        at: Utc::now(),
+    };
+    assert!(registry.execute(event, member, None, None).await.is_ok());
+}
+
+#[actix::test]
+async fn a_panicking_actor_is_replaced_and_rehydrated() {
+    let (_, registry) = setup(Duration::ZERO);
+    let (event, _) = open_event(&registry, 1).await;
+    let first = UserId::new();
+    registry
+        .execute(
+            event,
+            Command::Join {
+                user: first,
+                at: Utc::now(),
+            },
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+
+    let doomed = UserId::new();
+    *PANIC_ON_JOIN_OF.lock().unwrap() = Some(doomed);
+    let crashed = registry
+        .execute(
+            event,
+            Command::Join {
+                user: doomed,
+                at: Utc::now(),
+            },
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        crashed.unwrap_err(),
+        CommandError::Unavailable,
+        "nothing acknowledged from a crash"
+    );
+
+    // A fresh actor, rebuilt from the log: `first` still holds the place.
+    let next = registry
+        .execute(
+            event,
+            Command::Join {
+                user: UserId::new(),
+                at: Utc::now(),
+            },
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let Reply::Done(next) = next else {
+        panic!("a fresh answer")
+    };
+    assert!(matches!(
+        next.membership,
+        Some(Membership::Waitlisted { position: 1, .. })
+    ));
+    assert_eq!(next.summary.active_count, 1);
+}
+
+/// A join refused because of a cancellation still being committed is
+/// answered only once the cancellation is durable.
+#[actix::test]
+async fn a_refusal_waits_for_the_facts_it_rests_on() {
+    let (_, registry) = setup(Duration::from_millis(200));
+    let (event, owner) = open_event(&registry, 10).await;
+    let answered = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let cancel = {
+        let (registry, answered) = (registry.clone(), Arc::clone(&answered));
+        actix::spawn(async move {
+            let cancel = Command::Cancel {
+                by: owner,
+                at: Utc::now(),
+            };
+            let done = registry.execute(event, cancel, None, None).await;
+            answered.lock().unwrap().push("cancel");
+            done
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let join = Command::Join {
+        user: UserId::new(),
+        at: Utc::now(),
+    };
+    let refused = registry.execute(event, join, None, None).await;
+    answered.lock().unwrap().push("join");
+    assert!(
+        matches!(refused, Err(CommandError::Rejected(_))),
+        "{refused:?}"
+    );
+    cancel.await.unwrap().unwrap();
+    assert_eq!(*answered.lock().unwrap(), vec!["cancel", "join"]);
+}
+
+#[actix::test]
+async fn the_journal_groups_concurrent_appends_into_few_commits() {
+    let (store, registry) = setup(Duration::from_millis(20));
+    let (event, _) = open_event(&registry, 1000).await;
+    let before = store.commits.load(Ordering::SeqCst);
+    let joins: Vec<_> = (0..200)
+        .map(|_| {
+            let registry = registry.clone();
+            actix::spawn(async move {
+                registry
+                    .execute(
+                        event,
+                        Command::Join {
+                            user: UserId::new(),
+                            at: Utc::now(),
+                        },
+                        None,
+                        None,
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for join in joins {
+        join.await.unwrap().unwrap();
+    }
+    let commits = store.commits.load(Ordering::SeqCst) - before;
+    assert!(commits < 20, "200 joins took {commits} commits");
+}
