@@ -5,6 +5,8 @@
 //! - `store`: the persistence port the journal and actors need; adapters live
 //!   in the server crate.
 //! - `journal`: the group-commit persistence supervisor.
+//! - `placement`: which shard an event is in and which node should own each
+//!   shard (rendezvous hashing) — pure, the base of the cluster.
 //! - `event_actor`: one actor per event, a thin shell around the decider.
 //! - `idempotency`: answers given under idempotency keys, and the actor's
 //!   memory of them.
@@ -21,6 +23,7 @@ pub mod event_actor;
 pub mod idempotency;
 mod in_flight;
 pub mod journal;
+pub mod placement;
 pub mod recommend;
 pub mod registry;
 mod roster;
