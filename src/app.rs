@@ -20,6 +20,7 @@ use turnout_actors::{ActorSettings, EventRegistry, Flush, Journal, JournalSettin
 
 use crate::auth::{Hashing, LoginGuard, TokenKeys};
 use crate::background::{Background, every};
+use crate::cluster::Node;
 use crate::config::{Environment, Settings, redact_url};
 use crate::http::client_limits::{self, BodyDeadline, HttpConnections};
 use crate::http::ops::MetricsAccess;
@@ -91,6 +92,14 @@ impl Application {
     /// `System`.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let store = open_store(&settings).await?;
+        let listener = TcpListener::bind(&settings.bind)
+            .with_context(|| format!("cannot bind {}", settings.bind))?;
+        let node = Node::join(
+            &store,
+            &settings.cluster,
+            &listener.local_addr()?.to_string(),
+        )
+        .await?;
         let tokens = token_keys(&settings)?;
         let mut threads = Threads::default();
         let core = start_core(&settings, &store, &mut threads).await?;
@@ -108,14 +117,20 @@ impl Application {
                 metrics: crate::telemetry::metrics(),
                 write_timeout: settings.write_timeout(),
                 breaker: crate::http::breaker::Breaker::new(&settings.http.breaker),
+                node: node.clone(),
             }),
         };
         start_maintenance(&settings, &store, &shared, &mut background)?;
+        node.keep_alive(
+            store.clone(),
+            settings.cluster.heartbeat_ms,
+            &mut background,
+        );
         let metrics_server = match &settings.metrics.bind {
             Some(bind) => Some(metrics_listener(bind, shared.state.clone())?),
             None => None,
         };
-        let (server, port) = serve_http(&settings, shared)?;
+        let (server, port) = serve_http(&settings, shared, listener)?;
         Ok(Self {
             port,
             server,
@@ -302,7 +317,11 @@ fn start_maintenance(
 
 /// Binds the API's listener (TLS if configured) and starts its workers;
 /// returns the server and the port it got.
-fn serve_http(settings: &Settings, shared: Shared) -> anyhow::Result<(Server, u16)> {
+fn serve_http(
+    settings: &Settings,
+    shared: Shared,
+    listener: TcpListener,
+) -> anyhow::Result<(Server, u16)> {
     let max_body = settings.http.max_body_bytes;
     let body_deadline = (settings.http.body_timeout_secs > 0).then(|| {
         web::Data::new(BodyDeadline(Duration::from_secs(
@@ -320,8 +339,6 @@ fn serve_http(settings: &Settings, shared: Shared) -> anyhow::Result<(Server, u1
     ));
     let https = settings.http.tls.is_some();
     let cors_origins = settings.http.cors_origins.clone();
-    let listener = TcpListener::bind(&settings.bind)
-        .with_context(|| format!("cannot bind {}", settings.bind))?;
     let port = listener.local_addr()?.port();
     drop_unresponsive_peers(&listener, settings.http.tcp_user_timeout_secs)?;
     let mut server = HttpServer::new(move || {

@@ -41,6 +41,7 @@ pub struct Settings {
     pub outbox: crate::outbox::OutboxSettings,
     pub rate_limits: crate::http::rate_limit::RateLimitSettings,
     pub metrics: crate::http::ops::MetricsSettings,
+    pub cluster: crate::cluster::ClusterSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]

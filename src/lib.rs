@@ -2,6 +2,7 @@
 //!
 //! - `app`: wires settings, store, actors and the HTTP server together.
 //! - `background`: background tasks that stop at a shutdown signal.
+//! - `cluster`: this node's membership of the cluster (registration, heartbeat).
 //! - `config`: layered settings (file, environment, flags).
 //! - `auth`: passwords, tokens and the identity extractors.
 //! - `http`: routes, the error envelope, pagination, OpenAPI.
@@ -16,6 +17,7 @@
 pub mod app;
 pub mod auth;
 pub mod background;
+pub mod cluster;
 pub mod config;
 pub mod consumers;
 pub mod http;

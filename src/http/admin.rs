@@ -5,6 +5,7 @@
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use turnout_actors::placement::{self, NodeId};
 use uuid::Uuid;
 
 use super::ErrorCode;
@@ -15,7 +16,8 @@ use crate::store::{OutboxMessage, OutboxStatus, from_micros, micros};
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/admin/stats", web::get().to(stats))
         .route("/admin/outbox/dead", web::get().to(dead_messages))
-        .route("/admin/outbox/{id}/replay", web::post().to(replay));
+        .route("/admin/outbox/{id}/replay", web::post().to(replay))
+        .route("/admin/cluster", web::get().to(cluster));
 }
 
 /// An outbox message the relay gave up on.
@@ -187,5 +189,72 @@ pub async fn stats(
                 facts,
             })
             .collect(),
+    }))
+}
+
+/// A node of the cluster, as the others see it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ClusterNode {
+    pub id: Uuid,
+    /// Where the other nodes reach it.
+    pub address: String,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+    /// Heard from within the lease TTL.
+    pub live: bool,
+    /// Shards placement gives it among the live nodes.
+    pub shards: usize,
+    /// The node that answered.
+    pub this_node: bool,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ClusterView {
+    /// The cluster's shard count, fixed in its database.
+    pub shards: u32,
+    pub nodes: Vec<ClusterNode>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ClusterEnvelope {
+    pub data: ClusterView,
+}
+
+/// The cluster's nodes, whether each is live, and how many shards placement
+/// gives each. (Shards are not yet leased: every node still serves every
+/// event — see docs/ARCHITECTURE.md.)
+#[utoipa::path(get, path = "/v1/admin/cluster", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = ClusterEnvelope),
+        (status = 401, body = super::ErrorBody), (status = 403, description = "not an admin", body = super::ErrorBody)))]
+pub async fn cluster(state: web::Data<AppState>, _: AdminUser) -> Result<HttpResponse, ApiError> {
+    let node = &state.node;
+    let now = micros(Utc::now());
+    let registered = state.store.nodes().await?;
+    let live: Vec<NodeId> = registered
+        .iter()
+        .filter(|n| node.is_live(n.heartbeat_at, now))
+        .map(|n| NodeId::from(n.id))
+        .collect();
+    let placed = placement::owners(node.shards, &live);
+    let nodes = registered
+        .into_iter()
+        .map(|n| ClusterNode {
+            live: node.is_live(n.heartbeat_at, now),
+            shards: placed
+                .iter()
+                .filter(|owner| **owner == Some(NodeId::from(n.id)))
+                .count(),
+            this_node: n.id == node.id.as_uuid(),
+            id: n.id,
+            address: n.address,
+            started_at: from_micros(n.started_at),
+            heartbeat_at: from_micros(n.heartbeat_at),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(ClusterEnvelope {
+        data: ClusterView {
+            shards: node.shards.get(),
+            nodes,
+        },
     }))
 }

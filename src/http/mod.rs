@@ -58,6 +58,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub write_timeout: Duration,
     pub breaker: breaker::Breaker,
+    /// This node of the cluster.
+    pub node: crate::cluster::Node,
 }
 
 impl AppState {

@@ -19,7 +19,7 @@ use super::{accounts, admin, events, joins, ops, recommendations, venues, ws};
         events::publish_event, events::cancel_event,
         joins::join_event, joins::leave_event, joins::attendees, joins::my_joins,
         recommendations::recommendations,
-        admin::stats, admin::dead_messages, admin::replay,
+        admin::stats, admin::dead_messages, admin::replay, admin::cluster,
         ws::upgrade,
         ops::health, ops::ready, ops::metrics,
     ),

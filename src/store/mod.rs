@@ -159,7 +159,7 @@ pub struct EventFilter {
 /// Everything the server stores, by role: the event write path goes through
 /// the [`EventStore`] port (journal and actors); the rest are plain queries.
 #[async_trait]
-pub trait Store: EventStore + Accounts + Venues + EventReads + OutboxRelay {
+pub trait Store: EventStore + Accounts + Venues + EventReads + OutboxRelay + Membership {
     /// Whether the database answers: readiness.
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -258,6 +258,34 @@ pub trait EventReads: Send + Sync {
         &self,
         since: DateTime<Utc>,
     ) -> Result<Vec<(Uuid, Uuid, i64)>, StoreError>;
+}
+
+/// A node of the cluster as it registered.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct NodeRecord {
+    pub id: Uuid,
+    /// Where the other nodes reach it.
+    pub address: String,
+    pub started_at: i64,
+    pub heartbeat_at: i64,
+}
+
+/// The cluster's membership: the shard count fixed in the database, and the
+/// nodes with their heartbeats.
+#[async_trait]
+pub trait Membership: Send + Sync {
+    /// The cluster's shard count: `proposed` if none was stored yet (it is
+    /// stored), else the one stored, whatever `proposed` is.
+    async fn shard_count(&self, proposed: i64) -> Result<i64, StoreError>;
+    /// Registers a node (or registers it again, after a restart with the
+    /// same id).
+    async fn register_node(&self, node: &NodeRecord) -> Result<(), StoreError>;
+    /// `false` if the node is not registered (it was removed as dead).
+    async fn heartbeat(&self, node: Uuid, now: i64) -> Result<bool, StoreError>;
+    /// Every registered node, by id, live or not.
+    async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+    /// A node leaving the cluster on its own (shutdown).
+    async fn deregister_node(&self, node: Uuid) -> Result<(), StoreError>;
 }
 
 /// The outbox relay's rows and lease, and the consumers' inbox.

@@ -8,6 +8,7 @@ mod abuse;
 mod accounts;
 mod admin;
 mod bad_input;
+mod cluster;
 mod crash;
 mod events;
 mod fuzz;

@@ -1,7 +1,8 @@
 //! The one SQL implementation of the store ports, for SQLite and for
 //! Postgres, split by what it persists: `journal` (the group commit behind
-//! [`EventStore`]), `accounts`, `venues`, `reads` (the read models' queries)
-//! and `relay` (outbox, inbox and leases). Each file instantiates its impls
+//! [`EventStore`]), `accounts`, `venues`, `reads` (the read models'
+//! queries), `membership` (the cluster's nodes) and `relay` (outbox, inbox
+//! and leases). Each file instantiates its impls
 //! for both databases with a small macro: the statements are the same, only
 //! the driver types differ; the few that differ (the journal's bulk writes)
 //! are written per database in `journal::bulk`.
@@ -15,6 +16,7 @@ use super::{Store, micros, unavailable};
 
 mod accounts;
 mod journal;
+mod membership;
 mod reads;
 mod relay;
 mod venues;

@@ -1,0 +1,185 @@
+//! This node's place in the cluster. Nodes that share a database form the
+//! cluster by themselves: each registers (id, the address the others reach
+//! it at, start time) and heartbeats; a node whose heartbeat is older than
+//! the lease TTL is dead for placement. The shard count is fixed in the
+//! database by the first node; a node configured otherwise refuses to
+//! start. Which node should own each shard follows from the live members
+//! (`turnout_actors::placement`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+use turnout_actors::placement::{NodeId, ShardCount};
+use uuid::Uuid;
+
+use crate::background::{Background, every};
+use crate::store::{NodeRecord, Store, micros};
+
+/// `[cluster]` settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClusterSettings {
+    /// This node's id; generated at each start when absent.
+    pub node_id: Option<Uuid>,
+    /// The address other nodes reach this one at; the bind address when
+    /// absent (a wildcard such as 0.0.0.0 is advertised as it is, with a
+    /// warning: the other nodes cannot reach it).
+    pub advertise: Option<String>,
+    /// Shards in the cluster: fixed when the database is first used.
+    pub shards: u32,
+    /// A node silent for longer is dead for placement.
+    pub lease_ttl_ms: u64,
+    /// How often a node says it is alive.
+    pub heartbeat_ms: u64,
+}
+
+/// This node, registered.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub id: NodeId,
+    pub address: String,
+    pub shards: ShardCount,
+    pub lease_ttl: Duration,
+}
+
+impl Node {
+    /// Registers this node: checks the shard count against the database's
+    /// and works out the address to advertise.
+    pub async fn join(
+        store: &Arc<dyn Store>,
+        settings: &ClusterSettings,
+        bind: &str,
+    ) -> anyhow::Result<Self> {
+        let configured =
+            ShardCount::new(settings.shards).context("cluster.shards must be at least 1")?;
+        let stored = store
+            .shard_count(i64::from(configured.get()))
+            .await
+            .context("cannot read the cluster's shard count")?;
+        anyhow::ensure!(
+            stored == i64::from(configured.get()),
+            "this database's cluster has {stored} shards but cluster.shards is {}: every node of a \
+             cluster must be configured with the shard count its database was first used with \
+             (set TURNOUT_CLUSTER__SHARDS={stored})",
+            configured.get()
+        );
+        let address = advertised(settings.advertise.as_deref(), bind);
+        let id = settings.node_id.map_or_else(NodeId::new, NodeId::from);
+        let now = micros(chrono::Utc::now());
+        store
+            .register_node(&NodeRecord {
+                id: id.as_uuid(),
+                address: address.clone(),
+                started_at: now,
+                heartbeat_at: now,
+            })
+            .await
+            .context("cannot register this node")?;
+        tracing::info!(node = %id.as_uuid(), %address, shards = configured.get(), "joined the cluster");
+        Ok(Self {
+            id,
+            address,
+            shards: configured,
+            lease_ttl: Duration::from_millis(settings.lease_ttl_ms),
+        })
+    }
+
+    /// Heartbeats among the background tasks until shutdown, then leaves.
+    pub fn keep_alive(&self, store: Arc<dyn Store>, every_ms: u64, background: &mut Background) {
+        let (id, address, started_at) = (
+            self.id.as_uuid(),
+            self.address.clone(),
+            micros(chrono::Utc::now()),
+        );
+        let node = self.clone();
+        let beats = Arc::clone(&store);
+        background.spawn(
+            "cluster heartbeat",
+            every(
+                Duration::from_millis(every_ms),
+                background.shutdown(),
+                move || {
+                    let (store, address, node) =
+                        (Arc::clone(&beats), address.clone(), node.clone());
+                    async move {
+                        let now = micros(chrono::Utc::now());
+                        match store.heartbeat(id, now).await {
+                            Ok(true) => {}
+                            // Removed while away (a long pause): register again.
+                            Ok(false) => {
+                                let record = NodeRecord {
+                                    id,
+                                    address,
+                                    started_at,
+                                    heartbeat_at: now,
+                                };
+                                if let Err(error) = store.register_node(&record).await {
+                                    tracing::warn!(%error, "cannot register this node again");
+                                }
+                            }
+                            Err(error) => tracing::warn!(%error, "cannot heartbeat"),
+                        }
+                        if let Ok(nodes) = store.nodes().await {
+                            let live = nodes
+                                .iter()
+                                .filter(|n| node.is_live(n.heartbeat_at, now))
+                                .count();
+                            metrics::gauge!("turnout_cluster_nodes").set(live as f64);
+                        }
+                    }
+                },
+            ),
+        );
+        let mut shutdown = background.shutdown();
+        background.spawn("cluster leave", async move {
+            shutdown.requested().await;
+            if let Err(error) = store.deregister_node(id).await {
+                tracing::warn!(%error, "cannot leave the cluster cleanly; the others will time this node out");
+            }
+        });
+    }
+
+    /// Whether a node last heard of at `heartbeat_at` is alive at `now`
+    /// (both unix microseconds).
+    pub fn is_live(&self, heartbeat_at: i64, now: i64) -> bool {
+        now - heartbeat_at <= self.lease_ttl.as_micros() as i64
+    }
+}
+
+/// The address to advertise: configured, or the bind address — said to be
+/// unreachable when it is a wildcard (enough for a node on its own).
+fn advertised(configured: Option<&str>, bind: &str) -> String {
+    if let Some(address) = configured {
+        return address.to_owned();
+    }
+    if is_wildcard(bind) {
+        tracing::warn!(
+            bind,
+            "the bind address is a wildcard other nodes cannot reach: in a cluster, set \
+             cluster.advertise (TURNOUT_CLUSTER__ADVERTISE) to this node's address"
+        );
+    }
+    bind.to_owned()
+}
+
+fn is_wildcard(bind: &str) -> bool {
+    let host = bind.rsplit_once(':').map_or(bind, |(host, _)| host);
+    matches!(host, "0.0.0.0" | "[::]" | "::" | "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_advertises_the_configured_address_or_its_bind_address() {
+        assert_eq!(advertised(None, "127.0.0.1:8080"), "127.0.0.1:8080");
+        assert_eq!(
+            advertised(Some("10.0.0.5:8080"), "0.0.0.0:8080"),
+            "10.0.0.5:8080"
+        );
+        assert!(is_wildcard("0.0.0.0:8080") && is_wildcard("[::]:8080"));
+        assert!(!is_wildcard("10.0.0.5:8080"));
+    }
+}
