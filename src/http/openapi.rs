@@ -4,7 +4,7 @@
 use actix_web::{HttpResponse, web};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
-use utoipa_scalar::{Scalar, Servable};
+use utoipa_swagger_ui::SwaggerUi;
 
 use super::{accounts, admin, events, joins, ops, recommendations, venues, ws};
 
@@ -100,11 +100,16 @@ impl Modify for CommonErrors {
     }
 }
 
+/// `/openapi.json`, and at `/docs/` Swagger UI with its assets inside the
+/// binary: the page works without internet (venues and city IT often have
+/// none) and loads nothing from anywhere else.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/openapi.json", web::get().to(document))
-        .service(Scalar::with_url("/docs", ApiDoc::openapi()));
+    cfg.route("/docs", web::get().to(to_docs))
+        .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", ApiDoc::openapi()));
 }
 
-async fn document() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
+async fn to_docs() -> HttpResponse {
+    HttpResponse::PermanentRedirect()
+        .insert_header(("Location", "/docs/"))
+        .finish()
 }

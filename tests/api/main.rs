@@ -1,6 +1,7 @@
 //! Black-box tests of the server over HTTP, each run against SQLite and,
 //! when `TURNOUT_TEST_POSTGRES_URL` is set, against a fresh Postgres database.
 
+mod browser;
 mod helpers;
 mod process;
 

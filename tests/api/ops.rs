@@ -163,3 +163,37 @@ async fn cors_allows_only_listed_origins_and_never_credentials() {
             .is_none()
     );
 }
+
+/// `/docs` works on a machine without internet: Swagger UI and its assets
+/// come from the server itself, and the page lists the API's operations.
+#[actix_web::test]
+async fn the_docs_page_works_offline_in_a_real_browser() {
+    use crate::browser::{Page, browser_available, launch};
+    if !browser_available() {
+        return;
+    }
+    let app = crate::helpers::spawn_app(crate::helpers::Backend::Sqlite)
+        .await
+        .unwrap();
+    let (_browser, devtools) = launch(&format!("{}/docs", app.address), 1280, 900);
+    let mut page = Page::attach(&devtools).await;
+    page.wait_for(
+        "String(document.querySelectorAll('.opblock').length > 20)",
+        "true",
+    )
+    .await;
+    let listed = page
+        .eval("Array.from(document.querySelectorAll('.opblock-summary-path')).map(e => e.textContent).join(' ')")
+        .await;
+    assert!(
+        listed.as_str().unwrap().contains("/v1/events/{id}/join"),
+        "{listed}"
+    );
+    let elsewhere = page
+        .eval(
+            "JSON.stringify(performance.getEntriesByType('resource')
+               .map(r => r.name).filter(n => !n.startsWith(location.origin)))",
+        )
+        .await;
+    assert_eq!(elsewhere, "[]", "the page loaded nothing from elsewhere");
+}
