@@ -2,7 +2,6 @@
 //! driven over the DevTools protocol. The page loads, shows the places left,
 //! and changes when someone joins over HTTP — without a reload.
 
-use futures_util::SinkExt;
 use reqwest::Method;
 use serde_json::json;
 
