@@ -252,7 +252,7 @@ pub async fn me(state: web::Data<AppState>, user: AuthUser) -> Result<HttpRespon
 
 /// Update interests or home location.
 #[utoipa::path(patch, path = "/v1/me", tag = "accounts", security(("bearer" = [])), request_body = UpdateMeRequest,
-    responses((status = 200, body = UserEnvelope), (status = 422, body = super::ErrorBody)))]
+    responses((status = 200, body = UserEnvelope), (status = 404, description = "token without a local account", body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
 pub async fn update_me(
     state: web::Data<AppState>,
     user: AuthUser,

@@ -47,10 +47,13 @@ impl Modify for BearerAuth {
     }
 }
 
-/// Errors any operation can answer with the envelope, documented once:
-/// malformed input (400), a bad token (401), an unknown id (404), a body too
-/// large (413), a failed validation (422), rate limits (429) and overload or
-/// an unavailable store (503). An operation's own documentation wins.
+/// Errors documented once, on the operations that can answer them: a bad
+/// token (401), rate limits (429) on `/v1`; a malformed or invalid request
+/// (400, 422) where there is a body, a query or a path to get wrong; an
+/// unknown id (404) where the path names one; a body too large or too slow
+/// (413, 408) where there is a body; and overload (503: the store is away, or
+/// a connection past the per-address cap) anywhere. An operation's own
+/// documentation wins.
 struct CommonErrors;
 
 impl Modify for CommonErrors {
@@ -58,19 +61,9 @@ impl Modify for CommonErrors {
         use utoipa::openapi::schema::Ref;
         use utoipa::openapi::{Content, ResponseBuilder};
 
-        const COMMON: [(&str, &str); 7] = [
-            ("400", "malformed request: body, query or path"),
-            ("401", "missing, invalid or expired token"),
-            ("404", "no such resource"),
-            ("413", "request body too large"),
-            ("422", "a field failed validation"),
-            ("429", "rate limited; see Retry-After"),
-            (
-                "503",
-                "overloaded or the database is unavailable; see Retry-After",
-            ),
-        ];
-        for item in openapi.paths.paths.values_mut() {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let api = path.starts_with("/v1/");
+            let names_a_resource = path.contains('{');
             let operations = [
                 &mut item.get,
                 &mut item.post,
@@ -79,7 +72,25 @@ impl Modify for CommonErrors {
                 &mut item.delete,
             ];
             for operation in operations.into_iter().flatten() {
-                for (status, description) in COMMON {
+                let body = operation.request_body.is_some();
+                let inputs = body
+                    || names_a_resource
+                    || operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                let errors = [
+                    ("400", "malformed request: body, query or path", inputs),
+                    ("401", "missing, invalid or expired token", api),
+                    ("404", "no such resource", names_a_resource),
+                    ("408", "the request body did not arrive in time", body),
+                    ("413", "request body too large", body),
+                    ("422", "a field failed validation", inputs),
+                    ("429", "rate limited; see Retry-After", api),
+                    (
+                        "503",
+                        "overloaded or the database is unavailable; see Retry-After",
+                        true,
+                    ),
+                ];
+                for (status, description, _) in errors.into_iter().filter(|e| e.2) {
                     operation
                         .responses
                         .responses
