@@ -50,8 +50,14 @@ async fn health_ready_metrics_and_openapi(app: TestApp) {
         assert!(spec["paths"].get(path).is_some(), "openapi lacks {path}");
     }
     let docs = app.request(Method::GET, "/docs").send().await.unwrap();
-    assert_eq!(docs.status(), StatusCode::OK);
-    assert!(docs.text().await.unwrap().contains("openapi"));
+    assert_eq!(docs.status(), StatusCode::OK, "/docs leads to the page");
+    assert!(docs.text().await.unwrap().contains("swagger-ui"));
+    let setup = app
+        .request(Method::GET, "/docs/swagger-initializer.js")
+        .send()
+        .await
+        .unwrap();
+    assert!(setup.text().await.unwrap().contains("/openapi.json"));
 }
 
 /// A request id is believed only from a trusted proxy, and only in a sane
