@@ -20,6 +20,7 @@ use crate::store::EventRecord;
 use crate::views::EventView;
 use turnout_actors::changes::EventChange;
 use turnout_actors::domain::{GeoPoint, Lifecycle};
+use turnout_actors::store::EventSummary;
 
 enum Shown {
     /// One event; `None` while it does not exist or is a draft.
@@ -116,16 +117,19 @@ impl Projection {
         {
             return None;
         }
-        let view = &EventView::from(&change.summary);
-        let concerned = self.concerns(view);
+        let id = change.summary.id.as_uuid();
+        let concerned = self.concerns(&change.summary);
         let listed_before = match &self.shown {
             Shown::Event(_) => false,
-            Shown::Listing(events) => events.contains_key(&view.id),
+            Shown::Listing(events) => events.contains_key(&id),
         };
         if !concerned && !listed_before {
             return None;
         }
-        self.versions.insert(view.id, version);
+        // Rendered only for a change this channel shows: a feed hub is
+        // offered every change.
+        let view = &EventView::from(&change.summary);
+        self.versions.insert(id, version);
         let kinds: Vec<&str> = change.kinds().collect();
         let lifecycle = change.summary.lifecycle;
         match &mut self.shown {
@@ -189,14 +193,15 @@ impl Projection {
             .collect()
     }
 
-    fn concerns(&self, view: &EventView) -> bool {
+    fn concerns(&self, event: &EventSummary) -> bool {
+        let venue = event.details.venue_id;
         match &self.channel {
-            Channel::Event(id) => id.as_uuid() == view.id,
-            Channel::Venue(venue) => venue.as_uuid() == view.venue_id,
+            Channel::Event(id) => *id == event.id,
+            Channel::Venue(here) => *here == venue,
             Channel::Feed { tag, .. } => {
                 tag.as_ref()
-                    .is_none_or(|tag| view.tags.iter().any(|t| t == tag.as_str()))
-                    && self.near_enough(view.venue_id)
+                    .is_none_or(|tag| event.details.tags.contains(tag))
+                    && self.near_enough(venue.as_uuid())
             }
         }
     }
@@ -258,7 +263,6 @@ mod tests {
         Capacity, Command, EventDetails, EventId, EventState, Tag, Title, UserId, VenueId, decide,
         evolve,
     };
-    use turnout_actors::store::EventSummary;
 
     use super::*;
 

@@ -365,7 +365,7 @@ impl EventActor {
                 {
                     self.changes.committed(Arc::new(EventChange {
                         summary: outcome.summary.clone(),
-                        facts: flight.facts.clone(),
+                        facts: flight.facts,
                         committed_at: Utc::now(),
                     }));
                 }
