@@ -46,10 +46,12 @@ impl TryFrom<String> for Lifecycle {
     type Error = ValueError;
 
     fn try_from(stored: String) -> Result<Self, ValueError> {
-        [Lifecycle::Draft, Lifecycle::Published, Lifecycle::Cancelled]
-            .into_iter()
-            .find(|l| l.as_str() == stored)
-            .ok_or_else(|| ValueError::new("status", format!("no event status {stored:?}")))
+        by_name(
+            [Lifecycle::Draft, Lifecycle::Published, Lifecycle::Cancelled],
+            Lifecycle::as_str,
+            &stored,
+            "event status",
+        )
     }
 }
 
@@ -81,16 +83,30 @@ impl TryFrom<String> for MemberStatus {
     type Error = ValueError;
 
     fn try_from(stored: String) -> Result<Self, ValueError> {
-        [
-            MemberStatus::Active,
-            MemberStatus::Waitlisted,
-            MemberStatus::Left,
-            MemberStatus::Cancelled,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == stored)
-        .ok_or_else(|| ValueError::new("status", format!("no membership status {stored:?}")))
+        by_name(
+            [
+                MemberStatus::Active,
+                MemberStatus::Waitlisted,
+                MemberStatus::Left,
+                MemberStatus::Cancelled,
+            ],
+            MemberStatus::as_str,
+            &stored,
+            "membership status",
+        )
     }
+}
+
+/// The one of `all` whose name is `stored` (read back from the database).
+fn by_name<T: Copy, const N: usize>(
+    all: [T; N],
+    name: fn(T) -> &'static str,
+    stored: &str,
+    what: &str,
+) -> Result<T, ValueError> {
+    all.into_iter()
+        .find(|v| name(*v) == stored)
+        .ok_or_else(|| ValueError::new("status", format!("no {what} {stored:?}")))
 }
 
 /// The live state of one event. `version` counts the facts folded into it, so
