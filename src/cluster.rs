@@ -87,12 +87,7 @@ impl Node {
 
     /// Heartbeats among the background tasks until shutdown, then leaves.
     pub fn keep_alive(&self, store: Arc<dyn Store>, every_ms: u64, background: &mut Background) {
-        let (id, address, started_at) = (
-            self.id.as_uuid(),
-            self.address.clone(),
-            micros(chrono::Utc::now()),
-        );
-        let node = self.clone();
+        let (id, started_at, node) = (self.id.as_uuid(), micros(chrono::Utc::now()), self.clone());
         let beats = Arc::clone(&store);
         background.spawn(
             "cluster heartbeat",
@@ -100,8 +95,7 @@ impl Node {
                 Duration::from_millis(every_ms),
                 background.shutdown(),
                 move || {
-                    let (store, address, node) =
-                        (Arc::clone(&beats), address.clone(), node.clone());
+                    let (store, node) = (Arc::clone(&beats), node.clone());
                     async move {
                         let now = micros(chrono::Utc::now());
                         match store.heartbeat(id, now).await {
@@ -110,7 +104,7 @@ impl Node {
                             Ok(false) => {
                                 let record = NodeRecord {
                                     id,
-                                    address,
+                                    address: node.address.clone(),
                                     started_at,
                                     heartbeat_at: now,
                                 };
