@@ -15,12 +15,15 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::oneshot;
 use turnout_actors::changes::ChangeSink;
 use turnout_actors::recommend::Recommenders;
+use turnout_actors::shards::HeldShards;
 use turnout_actors::store::EventStore;
 use turnout_actors::{ActorSettings, EventRegistry, Flush, Journal, JournalSettings};
 
 use crate::auth::{Hashing, LoginGuard, TokenKeys};
 use crate::background::{Background, every};
 use crate::cluster::Node;
+use crate::cluster::forward::{Commands, InternalKeys, Peers};
+use crate::cluster::placement::Placement;
 use crate::config::{Environment, Settings, redact_url};
 use crate::http::client_limits::{self, BodyDeadline, HttpConnections};
 use crate::http::ops::MetricsAccess;
@@ -37,11 +40,15 @@ pub struct Application {
     /// `/metrics` on a listener of its own, when `metrics.bind` is set.
     metrics_server: Option<Server>,
     journal: Addr<Journal>,
+    /// In a cluster: hands this node's shards over before it stops.
+    placement: Option<Placement>,
     threads: Threads,
     /// Tasks on this thread (outbox relay, consumers, purges): signalled and
     /// awaited at shutdown while the runtime still runs, so none is dropped
     /// mid-query after it.
     background: Background,
+    /// SQLite's file, this server's alone until it stops.
+    _claim: store::ServerClaim,
 }
 
 /// The app's own threads (actors, journal, hubs, recommenders). They stop
@@ -84,6 +91,7 @@ struct Shared {
     rate_limits: web::Data<RateLimits>,
     login_guard: web::Data<LoginGuard>,
     hashing: web::Data<Hashing>,
+    internal_keys: web::Data<InternalKeys>,
 }
 
 impl Application {
@@ -91,6 +99,7 @@ impl Application {
     /// background tasks, and binds the listener. Must run inside an actix
     /// `System`.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let claim = store::ServerClaim::take(settings.database_url.expose_secret())?;
         let store = open_store(&settings).await?;
         let listener = TcpListener::bind(&settings.bind)
             .with_context(|| format!("cannot bind {}", settings.bind))?;
@@ -100,9 +109,58 @@ impl Application {
             &listener.local_addr()?.to_string(),
         )
         .await?;
-        let tokens = token_keys(&settings)?;
+        // On SQLite the node is alone by construction (the file is locked):
+        // it holds every shard and writes without leases.
+        let alone = store::is_embedded(settings.database_url.expose_secret());
+        let held = Arc::new(if alone {
+            HeldShards::everything(node.shards)
+        } else {
+            HeldShards::none(node.shards)
+        });
+        let jwt_keys = jwt_keys(&settings)?;
+        let tokens = TokenKeys::new(
+            &jwt_keys,
+            settings.auth.issuer.clone(),
+            settings.auth.token_ttl_secs,
+        )
+        .with_max_lifetime(settings.auth.max_token_lifetime_secs);
+        let internal_keys = Arc::new(InternalKeys::new(&match settings.cluster.internal_keys() {
+            keys if keys.is_empty() => jwt_keys,
+            keys => keys,
+        }));
         let mut threads = Threads::default();
-        let core = start_core(&settings, &store, &mut threads).await?;
+        let core = start_core(&settings, &store, &mut threads, Arc::clone(&held)).await?;
+        let placement = (!alone).then(|| {
+            Placement::new(
+                node.clone(),
+                store.clone(),
+                Arc::clone(&held),
+                core.registry.clone(),
+                core.journal.clone(),
+            )
+        });
+        let directory = match &placement {
+            Some(placement) => {
+                placement
+                    .start()
+                    .await
+                    .context("cannot take this node's shards")?;
+                placement.directory()
+            }
+            None => Arc::default(),
+        };
+        let peers = Peers::new(
+            Arc::clone(&internal_keys),
+            node.id,
+            settings
+                .http
+                .tls
+                .as_ref()
+                .map(|tls| std::path::Path::new(&tls.cert_path)),
+            settings.write_timeout(),
+        )
+        .context("cannot build the client nodes forward commands with")?;
+        let commands = Commands::new(node.id, core.registry.clone(), held, directory, peers);
         let mut background = Background::default();
         let shared = Shared {
             tokens: web::Data::new(tokens),
@@ -110,6 +168,7 @@ impl Application {
             rate_limits: web::Data::new(RateLimits::new(&settings.rate_limits)),
             login_guard: web::Data::new(LoginGuard::new(settings.auth.lockout.clone())),
             hashing: web::Data::new(Hashing::new(&settings.auth.hashing)),
+            internal_keys: web::Data::from(internal_keys),
             state: web::Data::new(AppState {
                 store: store.clone(),
                 registry: core.registry,
@@ -118,6 +177,7 @@ impl Application {
                 write_timeout: settings.write_timeout(),
                 breaker: crate::http::breaker::Breaker::new(&settings.http.breaker),
                 node: node.clone(),
+                commands,
             }),
         };
         start_maintenance(&settings, &store, &shared, &mut background)?;
@@ -126,6 +186,12 @@ impl Application {
             settings.cluster.heartbeat_ms,
             &mut background,
         );
+        if let Some(placement) = &placement {
+            placement.clone().run(
+                Duration::from_millis(settings.cluster.heartbeat_ms),
+                &mut background,
+            );
+        }
         let metrics_server = match &settings.metrics.bind {
             Some(bind) => Some(metrics_listener(bind, shared.state.clone())?),
             None => None,
@@ -136,8 +202,10 @@ impl Application {
             server,
             metrics_server,
             journal: core.journal,
+            placement,
             threads,
             background,
+            _claim: claim,
         })
     }
 
@@ -145,14 +213,32 @@ impl Application {
         self.port
     }
 
-    /// Serves until SIGTERM/SIGINT, then stops accepting, lets in-flight
-    /// requests finish, and flushes the journal before returning.
+    /// Serves until SIGTERM/SIGINT; then, in a cluster, hands its shards
+    /// over while still serving (commands for them go to their new
+    /// holders), stops accepting, lets in-flight requests finish, and
+    /// flushes the journal before returning.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let metrics = self.metrics_server.map(|server| {
             let handle = server.handle();
             (handle, actix_web::rt::spawn(server))
         });
-        self.server.await?;
+        let http = self.server.handle();
+        let mut serving = actix_web::rt::spawn(self.server);
+        tokio::select! {
+            stopped = &mut serving => return stopped?.map_err(Into::into),
+            () = stop_requested() => {}
+        }
+        if let Some(placement) = &self.placement
+            && tokio::time::timeout(Duration::from_secs(10), placement.leave())
+                .await
+                .is_err()
+        {
+            tracing::warn!(
+                "handing the shards over took more than 10 s; the others take them when the leases run out"
+            );
+        }
+        http.stop(true).await;
+        serving.await??;
         if let Some((handle, running)) = metrics {
             handle.stop(true).await;
             let _ = running.await;
@@ -191,6 +277,7 @@ async fn start_core(
     settings: &Settings,
     store: &Arc<dyn Store>,
     threads: &mut Threads,
+    held: Arc<HeldShards>,
 ) -> anyhow::Result<Core> {
     let event_store: Arc<dyn EventStore> = store.clone();
     let journal_settings = JournalSettings {
@@ -241,6 +328,7 @@ async fn start_core(
             idempotency_ttl: chrono::Duration::hours(settings.idempotency.ttl_hours),
         },
         (0..actor_threads).map(|_| threads.start()).collect(),
+        held,
     );
     let realtime = Realtime {
         hubs,
@@ -357,10 +445,14 @@ fn serve_http(
             .app_data(shared.rate_limits.clone())
             .app_data(shared.login_guard.clone())
             .app_data(shared.hashing.clone())
+            .app_data(shared.internal_keys.clone())
             .app_data(metrics_access.clone())
             .configure(http::configure(max_body))
     })
     .on_connect(move |connection, data| connections.on_connect(connection, data))
+    // `run_until_stopped` hears the signals: a node hands its shards over
+    // before it stops accepting.
+    .disable_signals()
     .shutdown_timeout(settings.http.shutdown_timeout_secs);
     server = match &settings.http.tls {
         Some(tls) => server.listen_rustls_0_23(listener, tls_config(tls)?)?,
@@ -483,9 +575,29 @@ fn cors(origins: &[String]) -> actix_cors::Cors {
     cors
 }
 
+/// SIGTERM or SIGINT (Ctrl-C).
+async fn stop_requested() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => tokio::select! {
+                _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+            },
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 /// The JWT keys: configured ones, or in development a generated key kept in
 /// the data directory so tokens survive restarts.
-fn token_keys(settings: &Settings) -> anyhow::Result<TokenKeys> {
+fn jwt_keys(settings: &Settings) -> anyhow::Result<Vec<SecretString>> {
     let mut keys = settings.jwt_keys();
     if keys.is_empty() {
         debug_assert_eq!(
@@ -511,12 +623,7 @@ fn token_keys(settings: &Settings) -> anyhow::Result<TokenKeys> {
         keys.push(SecretString::from(key));
     }
     tracing::info!(target: "turnout::audit", keys = keys.len(), "jwt keys loaded; the first signs");
-    Ok(TokenKeys::new(
-        &keys,
-        settings.auth.issuer.clone(),
-        settings.auth.token_ttl_secs,
-    )
-    .with_max_lifetime(settings.auth.max_token_lifetime_secs))
+    Ok(keys)
 }
 
 fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {

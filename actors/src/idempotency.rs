@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{Membership, UserId};
 
 /// The client's idempotency key for a command.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct IdempotencyKey {
     pub user: UserId,
     pub key: String,

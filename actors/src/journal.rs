@@ -41,6 +41,8 @@ pub enum AppendError {
     Unavailable,
     #[error("the idempotency key was already used for a different request")]
     KeyReused,
+    #[error("this node no longer holds the stream's shard")]
+    LeaseLost,
 }
 
 /// An append's outcome, sent to its writer as a message, in the order the
@@ -244,6 +246,11 @@ impl Journal {
                 } else {
                     Err(AppendError::KeyReused)
                 });
+            } else if report.fenced.contains(&i) {
+                tracing::warn!(stream = %append.stream, lease = ?append.lease, "the shard's lease was lost; refused");
+                metrics::counter!("turnout_journal_fenced_total").increment(1);
+                self.fence(&append);
+                reply.send(Err(AppendError::LeaseLost));
             } else if report.conflicted.contains(&i) {
                 tracing::warn!(stream = %append.stream, "version conflict; the actor will reload");
                 self.fence(&append);
@@ -398,6 +405,7 @@ mod tests {
         Append {
             stream,
             writer,
+            lease: None,
             base_version,
             facts: vec![],
             summary: EventSummary {

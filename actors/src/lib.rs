@@ -12,6 +12,8 @@
 //!   memory of them.
 //! - `in_flight`: the actor's appends awaiting the journal, and who waits
 //!   on each.
+//! - `shards`: the shards this node holds now, and the lease (fencing
+//!   token) each event's actor writes under.
 //! - `registry`: activates and routes to event actors; `roster`: the table
 //!   of live actors it shares with them.
 //! - `recommend`: recommendation scoring, ranking and the per-user
@@ -27,6 +29,7 @@ pub mod placement;
 pub mod recommend;
 pub mod registry;
 mod roster;
+pub mod shards;
 pub mod store;
 #[cfg(test)]
 mod testing;

@@ -36,6 +36,11 @@ impl ShardCount {
     pub fn all(self) -> impl Iterator<Item = ShardId> {
         (0..self.get()).map(ShardId)
     }
+
+    /// Shard number `n` of this cluster; `None` if out of range.
+    pub fn shard(self, n: u32) -> Option<ShardId> {
+        (n < self.get()).then_some(ShardId(n))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -45,6 +50,16 @@ impl ShardId {
     pub fn get(self) -> u32 {
         self.0
     }
+}
+
+/// A fencing token: a shard's lease as a node took it. Each taking of a
+/// shard gets a greater epoch than the one before, so a commit can tell
+/// the holder of the lease from a node that lost it (paused, partitioned)
+/// and still believes it holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ShardLease {
+    pub shard: ShardId,
+    pub epoch: u64,
 }
 
 /// A node of the cluster: generated at start unless configured.

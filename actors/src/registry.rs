@@ -1,6 +1,8 @@
 //! The registry of live event actors: activates an event's actor on first use
 //! (a virtual actor), spreads actors over a pool of arbiter threads, and routes
-//! each command to the one actor that owns the event.
+//! each command to the one actor that owns the event — if this node holds
+//! the event's shard; otherwise it answers [`CommandError::NotHere`] and
+//! decides nothing.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -11,10 +13,12 @@ use tokio::sync::oneshot;
 
 use crate::changes::ChangeSink;
 use crate::domain::{Command, EventId};
-use crate::event_actor::{ActorSettings, CommandError, EventActor, Execute, Reply};
+use crate::event_actor::{ActorSettings, CommandError, EventActor, Execute, Reply, Retire};
 use crate::idempotency::IdempotencyKey;
 use crate::journal::Journal;
+use crate::placement::{ShardId, ShardLease};
 use crate::roster::{Live, Queued, Roster};
+use crate::shards::HeldShards;
 use crate::store::EventStore;
 
 #[derive(Clone)]
@@ -27,6 +31,7 @@ struct Inner {
     journal: Addr<Journal>,
     changes: Arc<dyn ChangeSink>,
     settings: ActorSettings,
+    shards: Arc<HeldShards>,
 }
 
 impl EventRegistry {
@@ -38,6 +43,7 @@ impl EventRegistry {
         changes: Arc<dyn ChangeSink>,
         settings: ActorSettings,
         arbiters: Vec<ArbiterHandle>,
+        shards: Arc<HeldShards>,
     ) -> Self {
         assert!(
             !arbiters.is_empty(),
@@ -50,6 +56,7 @@ impl EventRegistry {
             journal,
             changes,
             settings,
+            shards,
         }))
     }
 
@@ -62,9 +69,15 @@ impl EventRegistry {
         request_id: Option<String>,
     ) -> Result<Reply, CommandError> {
         // A second try only when the first actor went away before handling
-        // the command (passivated or broken), so nothing was decided twice.
+        // the command (passivated, broken or retired), so nothing was
+        // decided twice.
         for _ in 0..2 {
-            let Some((addr, queued)) = self.enter(event) else {
+            let lease = self
+                .0
+                .shards
+                .lease_for(event)
+                .map_err(|_| CommandError::NotHere)?;
+            let Some((addr, queued)) = self.enter(event, lease) else {
                 metrics::counter!("turnout_mailbox_full_total").increment(1);
                 return Err(CommandError::Overloaded);
             };
@@ -92,16 +105,44 @@ impl EventRegistry {
         self.0.roster.len()
     }
 
-    fn enter(&self, event: EventId) -> Option<(Addr<EventActor>, Queued)> {
+    /// Retires every live actor of `shard` (their commands in flight
+    /// finish; later ones are answered [`CommandError::NotHere`]) and
+    /// resolves once all of them have stopped. Call it after the shard has
+    /// been let go of in [`HeldShards`], so no new actor starts meanwhile.
+    pub fn retire(&self, shard: ShardId) -> impl Future<Output = ()> + use<> {
+        let stopped: Vec<oneshot::Receiver<()>> = self
+            .0
+            .roster
+            .matching(|event| self.0.shards.shard_of(event) == shard)
+            .into_iter()
+            .map(|addr| {
+                let (stopped, on_stop) = oneshot::channel();
+                addr.do_send(Retire { stopped });
+                on_stop
+            })
+            .collect();
+        async move {
+            for on_stop in stopped {
+                // Resolves with an error when the actor drops the sender.
+                let _ = on_stop.await;
+            }
+        }
+    }
+
+    fn enter(
+        &self,
+        event: EventId,
+        lease: Option<ShardLease>,
+    ) -> Option<(Addr<EventActor>, Queued)> {
         self.0.roster.enter(
             event,
             Addr::connected,
-            || self.spawn(event),
+            || self.spawn(event, lease),
             self.0.settings.mailbox_capacity,
         )
     }
 
-    fn spawn(&self, event: EventId) -> Live<Addr<EventActor>> {
+    fn spawn(&self, event: EventId, lease: Option<ShardLease>) -> Live<Addr<EventActor>> {
         let queued: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         event.hash(&mut hasher);
@@ -113,6 +154,7 @@ impl EventRegistry {
             changes: Arc::clone(&self.0.changes),
             queued: Arc::clone(&queued),
             settings: self.0.settings.clone(),
+            lease,
         };
         let addr = EventActor::start_in_arbiter(arbiter, move |ctx| {
             // Bounded by `Queued`, not by actix (see there).

@@ -82,6 +82,15 @@ impl<A: Clone + PartialEq> Roster<A> {
     pub fn len(&self) -> usize {
         self.actors.len()
     }
+
+    /// The actors of the events `wanted` picks.
+    pub fn matching(&self, wanted: impl Fn(EventId) -> bool) -> Vec<A> {
+        self.actors
+            .iter()
+            .filter(|entry| wanted(*entry.key()))
+            .map(|entry| entry.value().addr.clone())
+            .collect()
+    }
 }
 
 /// A place in one actor's mailbox, held by a queued command and given back

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use crate::idempotency::{Answer, Given};
+use crate::placement::ShardLease;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -110,6 +111,9 @@ pub struct Append {
     /// The actor incarnation that decided these facts; the journal fences a
     /// writer whose earlier append failed.
     pub writer: u64,
+    /// The shard lease the actor was activated under, in a cluster: the
+    /// commit is refused unless this node still holds it at that epoch.
+    pub lease: Option<ShardLease>,
     /// The stream's version before these facts.
     pub base_version: u64,
     pub facts: Vec<DomainEvent>,
@@ -205,11 +209,14 @@ pub fn membership_rows<'a>(batch: impl IntoIterator<Item = &'a Append>) -> Vec<M
     rows
 }
 
-/// What a commit did besides writing: streams that lost an
-/// optimistic-concurrency race (left out), and appends whose idempotency key
-/// was already stored (left out, answered with the stored answer instead).
+/// What a commit did besides writing: appends whose shard lease this node
+/// no longer holds (left out), streams that lost an optimistic-concurrency
+/// race (left out), and appends whose idempotency key was already stored
+/// (left out, answered with the stored answer instead).
 #[derive(Debug, Default)]
 pub struct CommitReport {
+    /// By index in the batch.
+    pub fenced: Vec<usize>,
     /// By index in the batch.
     pub conflicted: Vec<usize>,
     /// By index in the batch.
@@ -225,7 +232,9 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Writes a batch in one transaction: event log, snapshots, read models,
     /// idempotency records and outbox rows, all or nothing — except that
-    /// streams whose versions were taken by another writer are left out and
+    /// appends whose lease is no longer this node's at its epoch (checked
+    /// in the same transaction) are left out and reported in
+    /// [`CommitReport::fenced`], streams whose versions were taken by another writer are left out and
     /// reported in [`CommitReport::conflicted`], and an append whose
     /// idempotency key is already stored is left out and reported in
     /// [`CommitReport::replayed`] (with, if it carried facts, the rest of its

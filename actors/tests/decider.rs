@@ -304,9 +304,9 @@ fn an_event_starts_within_five_years() {
     };
     assert_eq!(
         decide(None, &create_far),
-        Err(Rejection::InvalidSchedule(
-            "starts_at must be within 5 years"
-        ))
+        Err(Rejection::InvalidSchedule {
+            problem: ScheduleProblem::StartsTooFarAhead
+        })
     );
 }
 
@@ -323,7 +323,9 @@ fn an_event_must_start_in_the_future_and_end_after_it_starts() {
     };
     assert!(matches!(
         decide(None, &create_past),
-        Err(Rejection::InvalidSchedule(_))
+        Err(Rejection::InvalidSchedule {
+            problem: ScheduleProblem::StartsInThePast
+        })
     ));
 }
 

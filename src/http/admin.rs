@@ -204,6 +204,9 @@ pub struct ClusterNode {
     pub live: bool,
     /// Shards placement gives it among the live nodes.
     pub shards: usize,
+    /// Shards whose lease it holds now (this node: as it believes; a node
+    /// alone on SQLite holds every shard without leases).
+    pub shards_held: usize,
     /// The node that answered.
     pub this_node: bool,
 }
@@ -213,6 +216,20 @@ pub struct ClusterView {
     /// The cluster's shard count, fixed in its database.
     pub shards: u32,
     pub nodes: Vec<ClusterNode>,
+    /// Every shard's lease, by shard (none on SQLite, where one node holds
+    /// everything).
+    pub leases: Vec<ShardLeaseView>,
+}
+
+/// A shard's lease: who holds it, since which taking (the epoch), until when.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ShardLeaseView {
+    pub shard: i64,
+    /// `null` while the shard is free.
+    pub node: Option<Uuid>,
+    /// Incremented by every taking: the fencing token commits are checked against.
+    pub epoch: i64,
+    pub expires_at: DateTime<Utc>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -220,9 +237,8 @@ pub struct ClusterEnvelope {
     pub data: ClusterView,
 }
 
-/// The cluster's nodes, whether each is live, and how many shards placement
-/// gives each. (Shards are not yet leased: every node still serves every
-/// event — see docs/ARCHITECTURE.md.)
+/// The cluster's nodes, whether each is live, how many shards placement
+/// gives each and how many each holds, and every shard's lease.
 #[utoipa::path(get, path = "/v1/admin/cluster", tag = "admin", security(("bearer" = [])),
     responses((status = 200, body = ClusterEnvelope),
         (status = 401, body = super::ErrorBody), (status = 403, description = "not an admin", body = super::ErrorBody)))]
@@ -230,6 +246,8 @@ pub async fn cluster(state: web::Data<AppState>, _: AdminUser) -> Result<HttpRes
     let node = &state.node;
     let now = micros(Utc::now());
     let registered = state.store.nodes().await?;
+    let leases = state.store.leases().await?;
+    let held_here = state.commands.held().held().len();
     let live: Vec<NodeId> = registered
         .iter()
         .filter(|n| node.is_live(n.heartbeat_at, now))
@@ -244,6 +262,14 @@ pub async fn cluster(state: web::Data<AppState>, _: AdminUser) -> Result<HttpRes
                 .iter()
                 .filter(|owner| **owner == Some(NodeId::from(n.id)))
                 .count(),
+            shards_held: if n.id == node.id.as_uuid() {
+                held_here
+            } else {
+                leases
+                    .iter()
+                    .filter(|l| l.node == Some(n.id) && l.expires_at >= now)
+                    .count()
+            },
             this_node: n.id == node.id.as_uuid(),
             id: n.id,
             address: n.address,
@@ -255,6 +281,15 @@ pub async fn cluster(state: web::Data<AppState>, _: AdminUser) -> Result<HttpRes
         data: ClusterView {
             shards: node.shards.get(),
             nodes,
+            leases: leases
+                .into_iter()
+                .map(|l| ShardLeaseView {
+                    shard: l.shard,
+                    node: l.node,
+                    epoch: l.epoch,
+                    expires_at: from_micros(l.expires_at),
+                })
+                .collect(),
         },
     }))
 }

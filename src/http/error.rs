@@ -225,7 +225,8 @@ impl From<CommandError> for ApiError {
         match error {
             CommandError::Rejected(rejection) => rejection.into(),
             CommandError::Overloaded => ApiError::Overloaded("the event is busy; retry shortly"),
-            CommandError::Unavailable => ApiError::Unavailable,
+            // Nobody could be found to decide it before the deadline.
+            CommandError::Unavailable | CommandError::NotHere => ApiError::Unavailable,
             CommandError::KeyReused => {
                 ApiError::unprocessable(ErrorCode::IdempotencyKeyReused, error.to_string())
             }
@@ -247,7 +248,7 @@ impl From<Rejection> for ApiError {
             Rejection::CapacityBelowActive { .. } => {
                 ApiError::conflict(ErrorCode::CapacityBelowActive, message)
             }
-            Rejection::InvalidSchedule(_) => {
+            Rejection::InvalidSchedule { .. } => {
                 ApiError::unprocessable(ErrorCode::InvalidSchedule, message)
             }
         }

@@ -46,8 +46,10 @@ use turnout_actors::recommend::Recommenders;
 use turnout_actors::{EventRegistry, IdempotencyKey, Outcome, Reply};
 
 pub use error::{ApiError, ErrorBody, ErrorCode};
+pub use identity::bearer_token;
 pub use openapi::ApiDoc;
 
+use crate::cluster::forward::Forwarded;
 use crate::store::Store;
 
 /// What every handler shares.
@@ -60,6 +62,8 @@ pub struct AppState {
     pub breaker: breaker::Breaker,
     /// This node of the cluster.
     pub node: crate::cluster::Node,
+    /// Runs each command where its event's shard is held.
+    pub commands: crate::cluster::forward::Commands,
 }
 
 impl AppState {
@@ -84,10 +88,12 @@ impl AppState {
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Reply, ApiError> {
         let admitted = self.breaker.admit()?;
-        let request_id = Some(request_context::current_request_id());
-        let run = self
-            .registry
-            .execute(event, command, idempotency, request_id);
+        let run = self.commands.execute(Forwarded {
+            event,
+            command,
+            idempotency,
+            request_id: Some(request_context::current_request_id()),
+        });
         let outcome = match tokio::time::timeout(self.write_timeout, run).await {
             Ok(result) => result.map_err(ApiError::from),
             Err(_) => {
@@ -134,6 +140,10 @@ pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) 
         .configure(ops::routes)
         .configure(openapi::routes)
         .configure(kiosk::routes)
+        .route(
+            crate::cluster::forward::INTERNAL_PATH,
+            web::post().to(crate::cluster::forward::forwarded_command),
+        )
         .service(
             web::scope("/v1")
                 .wrap(actix_web::middleware::from_fn(rate_limit::middleware))

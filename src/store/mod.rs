@@ -270,8 +270,27 @@ pub struct NodeRecord {
     pub heartbeat_at: i64,
 }
 
-/// The cluster's membership: the shard count fixed in the database, and the
-/// nodes with their heartbeats.
+/// A shard's lease as stored. `node` is `None` while the shard is free.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct LeaseRecord {
+    pub shard: i64,
+    pub node: Option<Uuid>,
+    pub epoch: i64,
+    /// Unix microseconds.
+    pub expires_at: i64,
+}
+
+impl LeaseRecord {
+    /// Whether a node may take the shard at `now`: nobody holds it, the
+    /// holder let its lease run out, or `node` itself is the holder (after
+    /// a restart under the same id, or a lease it stopped believing in).
+    pub fn is_takeable_by(&self, node: Uuid, now: i64) -> bool {
+        self.node.is_none_or(|holder| holder == node) || self.expires_at < now
+    }
+}
+
+/// The cluster's membership: the shard count fixed in the database, the
+/// nodes with their heartbeats, and the shard leases.
 #[async_trait]
 pub trait Membership: Send + Sync {
     /// The cluster's shard count: `proposed` if none was stored yet (it is
@@ -286,6 +305,27 @@ pub trait Membership: Send + Sync {
     async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
     /// A node leaving the cluster on its own (shutdown).
     async fn deregister_node(&self, node: Uuid) -> Result<(), StoreError>;
+
+    /// Makes sure a lease row exists, free, for each of `shards` shards.
+    async fn seed_leases(&self, shards: i64) -> Result<(), StoreError>;
+    /// Every shard's lease, by shard.
+    async fn leases(&self) -> Result<Vec<LeaseRecord>, StoreError>;
+    /// Takes `shard` for `node` until `expires_at` if it is still at
+    /// `seen_epoch` and still takeable at `now` (see
+    /// [`LeaseRecord::is_takeable_by`]); the new epoch, or `None` when
+    /// another node got there first or the holder renewed.
+    async fn take_shard(
+        &self,
+        shard: i64,
+        node: Uuid,
+        seen_epoch: i64,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Option<i64>, StoreError>;
+    /// Extends every lease `node` holds to `expires_at`.
+    async fn renew_shards(&self, node: Uuid, expires_at: i64) -> Result<u64, StoreError>;
+    /// Frees `shard` if `node` still holds it at `epoch`.
+    async fn release_shard(&self, shard: i64, node: Uuid, epoch: i64) -> Result<bool, StoreError>;
 }
 
 /// The outbox relay's rows and lease, and the consumers' inbox.
@@ -337,6 +377,57 @@ pub trait OutboxRelay: Send + Sync {
 
     /// `(day, event_type, facts)` from `since_day` (`YYYY-MM-DD`) on.
     async fn daily_facts(&self, since_day: &str) -> Result<Vec<(String, String, i64)>, StoreError>;
+}
+
+/// Whether the URL names an embedded database (SQLite): one process only.
+pub fn is_embedded(url: &str) -> bool {
+    url.starts_with("sqlite:")
+}
+
+/// A server's exclusive claim on an embedded database, held for as long as
+/// the server runs (an advisory `flock` on the file, apart from SQLite's own
+/// locks). A second server on the same file would decide on the same events
+/// with actors of its own, so it is refused; one-off commands such as
+/// `turnout set-role` share the file as SQLite allows. The lock goes with
+/// the process, however it ends.
+#[derive(Debug)]
+pub struct ServerClaim {
+    _file: Option<std::fs::File>,
+}
+
+impl ServerClaim {
+    /// Claims the database `url` names for this server: nothing to claim on
+    /// Postgres (nodes share it) or an in-memory SQLite database.
+    pub fn take(url: &str) -> anyhow::Result<Self> {
+        if !is_embedded(url) {
+            return Ok(Self { _file: None });
+        }
+        let options = SqliteConnectOptions::from_str(url)?;
+        let path = options.get_filename();
+        if path.as_os_str().is_empty() || path.to_str() == Some(":memory:") {
+            return Ok(Self { _file: None });
+        }
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: Some(file) }),
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "another Turnout server is using the SQLite database {}: SQLite is single-node; \
+                 run one server per file, or use Postgres to run several nodes",
+                path.display()
+            ),
+            Err(std::fs::TryLockError::Error(error)) => Err(error.into()),
+        }
+    }
 }
 
 /// Opens the database named by `url` (`sqlite:` or `postgres:`) and brings

@@ -5,27 +5,17 @@
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::helpers::{Backend, TestApp, body, fresh_database, spawn_node, test_settings};
-
-async fn cluster(app: &TestApp) -> Value {
-    let response = app
-        .request(Method::GET, "/v1/admin/cluster")
-        .bearer_auth(app.token_with_role("admin"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    body(response).await["data"].clone()
-}
+use crate::helpers::{Backend, TestApp, fresh_database, spawn_node, test_settings};
 
 async fn a_lone_node_is_the_whole_cluster(app: TestApp) {
-    let view = cluster(&app).await;
+    let view = app.cluster().await;
     assert_eq!(view["shards"], 256);
     let nodes = view["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 1, "{view}");
     assert_eq!(nodes[0]["live"], true);
     assert_eq!(nodes[0]["this_node"], true);
     assert_eq!(nodes[0]["shards"], 256, "a lone node is placed every shard");
+    assert_eq!(nodes[0]["shards_held"], 256, "and holds them");
     let address = nodes[0]["address"].as_str().unwrap();
     assert!(
         app.address.ends_with(address),
@@ -52,7 +42,7 @@ async fn nodes_sharing_a_database_share_the_shards() {
     };
     let a = spawn_node(&url, |_| {}).await;
     let b = spawn_node(&url, |_| {}).await;
-    let view = cluster(&a).await;
+    let view = a.wait_for_placement(2).await;
     let nodes = view["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 2, "{view}");
     assert!(nodes.iter().all(|n| n["live"] == true));
@@ -63,7 +53,7 @@ async fn nodes_sharing_a_database_share_the_shards() {
     assert_eq!(shares.iter().sum::<u64>(), 256, "{shares:?}");
     assert!(shares.iter().all(|s| *s > 0), "{shares:?}");
     assert_eq!(nodes.iter().filter(|n| n["this_node"] == true).count(), 1);
-    let from_b = cluster(&b).await;
+    let from_b = b.cluster().await;
     let placed = |view: &Value| -> Vec<(String, u64)> {
         view["nodes"]
             .as_array()
@@ -87,7 +77,9 @@ async fn nodes_sharing_a_database_share_the_shards() {
 #[actix_web::test]
 async fn a_node_configured_with_another_shard_count_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
-    let url = fresh_database(Backend::Sqlite, &dir).await.unwrap();
+    let Some(url) = fresh_database(Backend::Postgres, &dir).await else {
+        return;
+    };
     let _first = spawn_node(&url, |_| {}).await;
     let mut settings = test_settings(&url, &dir);
     settings.cluster.shards = 64;

@@ -2,6 +2,7 @@
 //! and talks to it over HTTP.
 
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
@@ -313,6 +314,48 @@ impl TestApp {
         turnout::store::connect(&self.database_url, &pool)
             .await
             .unwrap()
+    }
+
+    /// `GET /v1/admin/cluster`, as an admin.
+    pub async fn cluster(&self) -> Value {
+        let response = self
+            .request(Method::GET, "/v1/admin/cluster")
+            .bearer_auth(self.token_with_role("admin"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        body(response).await["data"].clone()
+    }
+
+    /// Waits until the cluster's `nodes` live nodes each hold the shards
+    /// placement gives them, every shard held once.
+    pub async fn wait_for_placement(&self, nodes: usize) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let view = self.cluster().await;
+            let live: Vec<&Value> = view["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["live"] == true)
+                .collect();
+            let settled = live.len() == nodes
+                && live.iter().all(|n| n["shards"] == n["shards_held"])
+                && live
+                    .iter()
+                    .map(|n| n["shards_held"].as_u64().unwrap())
+                    .sum::<u64>()
+                    == view["shards"].as_u64().unwrap();
+            if settled {
+                return view;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "placement never settled on {nodes} nodes: {view}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The server's `/metrics` page.

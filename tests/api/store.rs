@@ -10,6 +10,8 @@ use turnout::store::{self, PoolSettings, Store};
 use turnout_actors::domain::{
     Capacity, Command, EventDetails, EventId, EventState, Title, UserId, VenueId, decide, evolve,
 };
+use turnout_actors::placement::{ShardCount, ShardLease, shard_of};
+use turnout_actors::shards::HeldShards;
 use turnout_actors::store::{Append, EventStore, EventSummary, IdempotencyRecord};
 use turnout_actors::{ActorSettings, CommandError, EventRegistry, Journal, JournalSettings};
 
@@ -44,6 +46,7 @@ fn registry(
         Arc::new(turnout_actors::changes::NoChanges),
         settings,
         threads,
+        Arc::new(HeldShards::everything(ShardCount::DEFAULT)),
     )
 }
 
@@ -453,6 +456,7 @@ async fn an_append_that_skips_a_version_is_refused(backend: Backend) {
     let facts = decide(Some(&state), &join).unwrap();
     let after = facts.iter().fold(Some(state.clone()), evolve).unwrap();
     let append = |base_version| Append {
+        lease: None,
         stream: event,
         writer: u64::MAX,
         base_version,
@@ -485,6 +489,7 @@ fn keyed_no_op(
     created_at: chrono::DateTime<Utc>,
 ) -> Append {
     Append {
+        lease: None,
         stream: state.id,
         writer: u64::MAX,
         base_version: state.version,
@@ -530,6 +535,7 @@ async fn a_keyed_append_without_facts_on_an_old_version_is_refused(backend: Back
     let facts = decide(Some(&before), &join).unwrap();
     let after = facts.iter().fold(Some(before.clone()), evolve).unwrap();
     let moved_on = Append {
+        lease: None,
         stream: event,
         writer: u64::MAX - 1,
         base_version: before.version,
@@ -609,6 +615,92 @@ async fn an_expired_key_takes_a_new_answer_before_the_purge(backend: Backend) {
     );
 }
 
+/// A node that lost a shard's lease cannot write to that shard's events,
+/// even on the right version: a node that paused while its lease lapsed and
+/// another node took the shard is fenced by the epoch, in the commit's own
+/// transaction.
+async fn an_append_under_a_lost_lease_is_fenced(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((store, _)) = open(backend, &dir).await else {
+        return;
+    };
+    let registry = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
+    let event = create_event(&store, &registry, UserId::new(), 5).await;
+    let shards = ShardCount::DEFAULT;
+    let shard = shard_of(event, shards);
+    store.seed_leases(i64::from(shards.get())).await.unwrap();
+    let (paused, successor) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let ttl = 5_000_000;
+    let now = store::micros(Utc::now());
+    let first = store
+        .take_shard(i64::from(shard.get()), paused, 0, now, now + ttl)
+        .await
+        .unwrap()
+        .expect("a free shard is taken");
+
+    let state = current_state(&store, event).await;
+    let join = |state: &EventState, epoch: i64| {
+        let command = Command::Join {
+            user: UserId::new(),
+            at: Utc::now(),
+        };
+        let facts = decide(Some(state), &command).unwrap();
+        let after = facts.iter().fold(Some(state.clone()), evolve).unwrap();
+        Append {
+            lease: Some(ShardLease {
+                shard,
+                epoch: epoch as u64,
+            }),
+            stream: event,
+            writer: u64::MAX,
+            base_version: state.version,
+            facts,
+            summary: EventSummary::from(&after),
+            snapshot: None,
+            idempotency: None,
+            request_id: None,
+        }
+    };
+    let held = store.commit(&[join(&state, first)]).await.unwrap();
+    assert!(held.fenced.is_empty() && held.conflicted.is_empty());
+
+    // The holder falls silent past its lease; another node takes the shard.
+    let later = now + ttl + 1;
+    let second = store
+        .take_shard(i64::from(shard.get()), successor, first, later, later + ttl)
+        .await
+        .unwrap()
+        .expect("a lapsed lease is taken");
+    assert!(second > first, "taking a shard moves its epoch on");
+    assert_eq!(
+        store
+            .take_shard(i64::from(shard.get()), paused, first, later, later + ttl)
+            .await
+            .unwrap(),
+        None,
+        "a lease is taken once per epoch"
+    );
+
+    // The paused node wakes up and writes on the right version: fenced.
+    let state = current_state(&store, event).await;
+    let stale = store.commit(&[join(&state, first)]).await.unwrap();
+    assert_eq!(stale.fenced, vec![0]);
+    assert!(stale.conflicted.is_empty());
+    assert_eq!(
+        current_state(&store, event).await.version,
+        state.version,
+        "nothing of a fenced append is written"
+    );
+
+    // The new holder writes at its epoch.
+    let fresh = store.commit(&[join(&state, second)]).await.unwrap();
+    assert!(fresh.fenced.is_empty() && fresh.conflicted.is_empty());
+    assert_eq!(
+        current_state(&store, event).await.version,
+        state.version + 1
+    );
+}
+
 macro_rules! store_tests {
     ($($name:ident),*) => {
         mod sqlite {
@@ -627,6 +719,7 @@ store_tests!(
     an_old_key_replays_across_actor_incarnations,
     a_full_mailbox_refuses_instead_of_growing,
     an_append_that_skips_a_version_is_refused,
+    an_append_under_a_lost_lease_is_fenced,
     a_keyed_append_without_facts_on_an_old_version_is_refused,
     an_expired_key_takes_a_new_answer_before_the_purge
 );

@@ -162,7 +162,7 @@ impl EventState {
 }
 
 /// A change to an event's details; `None` leaves a field as it is.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DetailsPatch {
     pub title: Option<Title>,
     /// `Some(None)` clears the description.
@@ -201,7 +201,8 @@ impl DetailsPatch {
 
 /// What someone asks of an event. `at` is the command's time, taken once at
 /// the edge so decisions are reproducible.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
     Create {
         id: EventId,
@@ -329,7 +330,8 @@ impl DomainEvent {
 }
 
 /// Why a command was refused. Nothing changed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "rejection", rename_all = "snake_case")]
 pub enum Rejection {
     #[error("event not found")]
     NotFound,
@@ -347,8 +349,20 @@ pub enum Rejection {
     NotMember,
     #[error("capacity {requested} is below the {active} people already active")]
     CapacityBelowActive { requested: usize, active: usize },
-    #[error("{0}")]
-    InvalidSchedule(&'static str),
+    #[error("{problem}")]
+    InvalidSchedule { problem: ScheduleProblem },
+}
+
+/// What is wrong with an event's dates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleProblem {
+    #[error("starts_at must be in the future")]
+    StartsInThePast,
+    #[error("starts_at must be within 5 years")]
+    StartsTooFarAhead,
+    #[error("ends_at must be after starts_at")]
+    EndsBeforeItStarts,
 }
 
 /// Decides what a command does to an event that may not exist yet.
@@ -581,21 +595,21 @@ pub const MAX_LEAD: chrono::Duration = chrono::Duration::days(5 * 365);
 
 fn check_schedule(details: &EventDetails, at: DateTime<Utc>) -> Result<(), Rejection> {
     if details.starts_at <= at {
-        return Err(Rejection::InvalidSchedule(
-            "starts_at must be in the future",
-        ));
+        return Err(Rejection::InvalidSchedule {
+            problem: ScheduleProblem::StartsInThePast,
+        });
     }
     if details.starts_at > at + MAX_LEAD {
-        return Err(Rejection::InvalidSchedule(
-            "starts_at must be within 5 years",
-        ));
+        return Err(Rejection::InvalidSchedule {
+            problem: ScheduleProblem::StartsTooFarAhead,
+        });
     }
     if let Some(ends_at) = details.ends_at
         && ends_at <= details.starts_at
     {
-        return Err(Rejection::InvalidSchedule(
-            "ends_at must be after starts_at",
-        ));
+        return Err(Rejection::InvalidSchedule {
+            problem: ScheduleProblem::EndsBeforeItStarts,
+        });
     }
     Ok(())
 }

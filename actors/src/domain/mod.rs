@@ -9,7 +9,7 @@ mod waitlist;
 
 pub use event::{
     Command, DetailsPatch, DomainEvent, EventDetails, EventState, JoinedAs, Lifecycle, MAX_LEAD,
-    MemberStatus, Membership, Rejection, decide, evolve,
+    MemberStatus, Membership, Rejection, ScheduleProblem, decide, evolve,
 };
 pub use geo::{GeoPoint, haversine_km};
 pub use stored::{DecodeError, StoredEvent, current_schema_version};

@@ -23,6 +23,7 @@ use crate::domain::{
 use crate::idempotency::{Answer, Given, IdempotencyKey, KeyMemory, Recalled};
 use crate::in_flight::{Flight, InFlight};
 use crate::journal::{AppendDone, AppendError, AppendReply, Appended, Fence, Journal, Submit};
+use crate::placement::ShardLease;
 use crate::roster::{Queued, Roster};
 use crate::store::{Append, EventStore, EventSummary, IdempotencyRecord, StoreError};
 
@@ -53,7 +54,7 @@ impl Default for ActorSettings {
 }
 
 /// What a successful command leaves behind.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
     /// False when the command was already in effect (joining twice,
     /// publishing a published event): nothing new was recorded.
@@ -73,8 +74,10 @@ impl Outcome {
     }
 }
 
-/// Why a command did not succeed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a command did not succeed. Serialisable: a command forwarded to the
+/// node holding its event comes back as one of these or a [`Reply`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "error", rename_all = "snake_case")]
 pub enum CommandError {
     #[error(transparent)]
     Rejected(#[from] Rejection),
@@ -86,10 +89,15 @@ pub enum CommandError {
     Unavailable,
     #[error("this Idempotency-Key was already used for a different request")]
     KeyReused,
+    /// This node does not hold the event's shard (any more): nothing was
+    /// decided here, and the command may go to the node that holds it.
+    #[error("the event is held by another node")]
+    NotHere,
 }
 
 /// A command's answer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
     /// Decided now (or already in effect), and durable.
     Done(Outcome),
@@ -104,6 +112,7 @@ impl From<AppendError> for CommandError {
             AppendError::Overloaded => CommandError::Overloaded,
             AppendError::Conflict | AppendError::Unavailable => CommandError::Unavailable,
             AppendError::KeyReused => CommandError::KeyReused,
+            AppendError::LeaseLost => CommandError::NotHere,
         }
     }
 }
@@ -149,6 +158,17 @@ pub(crate) struct Surroundings {
     /// Commands waiting in its mailbox (see [`Queued`]).
     pub queued: Arc<AtomicUsize>,
     pub settings: ActorSettings,
+    /// The shard lease it writes under, in a cluster.
+    pub lease: Option<ShardLease>,
+}
+
+/// The actor's shard is being handed to another node: it takes no new
+/// command, finishes what is in flight and stops; `stopped` resolves (its
+/// sender is dropped) when it has.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Retire {
+    pub stopped: oneshot::Sender<()>,
 }
 
 pub struct EventActor {
@@ -163,6 +183,9 @@ pub struct EventActor {
     /// Commands waiting in this actor's mailbox (see [`Queued`]).
     queued: Arc<AtomicUsize>,
     settings: ActorSettings,
+    lease: Option<ShardLease>,
+    /// Set by [`Retire`]: who waits for this actor to stop.
+    retired: Option<Vec<oneshot::Sender<()>>>,
     /// Keyed by submission order; the journal commits in that order.
     in_flight: InFlight<Caller>,
     /// Keys in flight and recently committed, bounded by the mailbox
@@ -189,6 +212,8 @@ impl EventActor {
             roster: given.roster,
             changes: given.changes,
             queued: given.queued,
+            lease: given.lease,
+            retired: None,
             keys: KeyMemory::new(given.settings.mailbox_capacity),
             settings: given.settings,
             in_flight: InFlight::default(),
@@ -209,6 +234,10 @@ impl EventActor {
         } = msg;
         drop(queued);
         self.last_active = Instant::now();
+        if self.retired.is_some() {
+            let _ = reply.send(Err(CommandError::NotHere));
+            return;
+        }
         if self.broken {
             let _ = reply.send(Err(CommandError::Unavailable));
             return;
@@ -319,6 +348,7 @@ impl EventActor {
         let append = Append {
             stream: self.id,
             writer: self.writer,
+            lease: self.lease,
             base_version,
             facts: facts.clone(),
             summary: outcome.summary.clone(),
@@ -405,7 +435,7 @@ impl EventActor {
                 self.leave(ctx);
             }
         }
-        if self.broken && self.in_flight.is_empty() {
+        if (self.broken || self.retired.is_some()) && self.in_flight.is_empty() {
             ctx.stop();
         }
     }
@@ -623,6 +653,20 @@ impl Handler<Execute> for EventActor {
 
     fn handle(&mut self, msg: Execute, ctx: &mut Self::Context) {
         self.execute(msg, ctx);
+    }
+}
+
+impl Handler<Retire> for EventActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Retire, ctx: &mut Self::Context) {
+        // Out of the roster at once: a command for the event from now on
+        // finds no actor here and goes to the shard's next holder.
+        self.roster.forget(self.id, &ctx.address());
+        self.retired.get_or_insert_default().push(msg.stopped);
+        if self.in_flight.is_empty() {
+            ctx.stop();
+        }
     }
 }
 

@@ -10,6 +10,8 @@ use chrono::Utc;
 
 use super::*;
 use crate::domain::Capacity;
+use crate::placement::ShardCount;
+use crate::shards::HeldShards;
 use crate::testing::{MemoryStore, event_details};
 use crate::{EventRegistry, Journal, JournalSettings};
 
@@ -25,6 +27,7 @@ fn setup(delay: Duration) -> (Arc<MemoryStore>, EventRegistry) {
         Arc::new(crate::changes::NoChanges),
         ActorSettings::default(),
         vec![Arbiter::current()],
+        Arc::new(HeldShards::everything(ShardCount::DEFAULT)),
     );
     (store, registry)
 }

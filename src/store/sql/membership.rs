@@ -1,4 +1,5 @@
-//! The cluster's membership: its shard count and its nodes' heartbeats.
+//! The cluster's membership: its shard count, its nodes' heartbeats and
+//! its shard leases.
 
 use async_trait::async_trait;
 use sqlx::{Postgres, Sqlite};
@@ -6,7 +7,7 @@ use turnout_actors::store::StoreError;
 use uuid::Uuid;
 
 use super::SqlStore;
-use crate::store::{Membership, NodeRecord, unavailable};
+use crate::store::{LeaseRecord, Membership, NodeRecord, unavailable};
 
 macro_rules! impl_membership {
     ($db:ty) => {
@@ -67,6 +68,82 @@ macro_rules! impl_membership {
                     .await
                     .map_err(unavailable)?;
                 Ok(())
+            }
+
+            async fn seed_leases(&self, shards: i64) -> Result<(), StoreError> {
+                // `WHERE true` keeps SQLite from reading ON CONFLICT as a join.
+                sqlx::query(
+                    "WITH RECURSIVE numbers(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM numbers WHERE n + 1 < $1) \
+                     INSERT INTO shard_leases (shard) SELECT n FROM numbers WHERE true \
+                     ON CONFLICT (shard) DO NOTHING",
+                )
+                .bind(shards)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                Ok(())
+            }
+
+            async fn leases(&self) -> Result<Vec<LeaseRecord>, StoreError> {
+                sqlx::query_as(
+                    "SELECT CAST(shard AS BIGINT) AS shard, node, epoch, expires_at \
+                     FROM shard_leases ORDER BY shard",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)
+            }
+
+            async fn take_shard(
+                &self,
+                shard: i64,
+                node: Uuid,
+                seen_epoch: i64,
+                now: i64,
+                expires_at: i64,
+            ) -> Result<Option<i64>, StoreError> {
+                let taken = sqlx::query(
+                    "UPDATE shard_leases SET node = $1, epoch = epoch + 1, expires_at = $2 \
+                     WHERE shard = $3 AND epoch = $4 AND (node IS NULL OR node = $1 OR expires_at < $5)",
+                )
+                .bind(node)
+                .bind(expires_at)
+                .bind(shard)
+                .bind(seen_epoch)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                Ok((taken.rows_affected() == 1).then_some(seen_epoch + 1))
+            }
+
+            async fn renew_shards(&self, node: Uuid, expires_at: i64) -> Result<u64, StoreError> {
+                let renewed = sqlx::query("UPDATE shard_leases SET expires_at = $1 WHERE node = $2")
+                    .bind(expires_at)
+                    .bind(node)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(renewed.rows_affected())
+            }
+
+            async fn release_shard(
+                &self,
+                shard: i64,
+                node: Uuid,
+                epoch: i64,
+            ) -> Result<bool, StoreError> {
+                let released = sqlx::query(
+                    "UPDATE shard_leases SET node = NULL, expires_at = 0 \
+                     WHERE shard = $1 AND node = $2 AND epoch = $3",
+                )
+                .bind(shard)
+                .bind(node)
+                .bind(epoch)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                Ok(released.rows_affected() == 1)
             }
         }
     };

@@ -105,8 +105,56 @@ struct OutboxRow {
 }
 
 macro_rules! impl_event_store {
-    ($db:ty) => {
+    // `$share_lock`: how the dialect holds lease rows against a concurrent
+    // taking until the commit ends (SQLite's write transaction already
+    // excludes every other writer).
+    ($db:ty, $share_lock:literal) => {
         impl SqlStore<$db> {
+            /// The appends whose shard lease this node no longer holds at
+            /// the epoch their actor was activated with: taken by another
+            /// node, or released. The lease rows stay locked against a
+            /// taking until this transaction ends, so a node taking the
+            /// shard waits for this commit and then loads what it wrote.
+            async fn fenced_out(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                live: &[(usize, &Append)],
+            ) -> Result<Vec<usize>, sqlx::Error> {
+                let mut shards: Vec<i64> = live
+                    .iter()
+                    .filter_map(|(_, a)| a.lease.map(|l| i64::from(l.shard.get())))
+                    .collect();
+                if shards.is_empty() {
+                    return Ok(Vec::new());
+                }
+                shards.sort_unstable();
+                shards.dedup();
+                let mut query: QueryBuilder<$db> = QueryBuilder::new(
+                    "SELECT CAST(shard AS BIGINT), epoch FROM shard_leases WHERE node IS NOT NULL AND shard IN (",
+                );
+                let mut list = query.separated(", ");
+                for shard in &shards {
+                    list.push_bind(*shard);
+                }
+                // In shard order, as a taking locks them: no deadlock.
+                query.push(") ORDER BY shard");
+                query.push($share_lock);
+                let held: HashMap<i64, i64> = query
+                    .build_query_as::<(i64, i64)>()
+                    .fetch_all(&mut **tx)
+                    .await?
+                    .into_iter()
+                    .collect();
+                Ok(live
+                    .iter()
+                    .filter(|(_, a)| {
+                        a.lease.is_some_and(|l| {
+                            held.get(&i64::from(l.shard.get())) != Some(&(l.epoch as i64))
+                        })
+                    })
+                    .map(|(i, _)| *i)
+                    .collect())
+            }
+
             /// Appends every stream's facts; returns the streams of which a
             /// fact was not written: its version taken by another writer, or
             /// not following the one before it (see `follows!`).
@@ -410,6 +458,17 @@ macro_rules! impl_event_store {
                         break;
                     }
                     let mut tx = self.begin_write().await.map_err(unavailable)?;
+                    // A node that lost a shard must not write to it, even
+                    // where the stream's version would fit.
+                    let fenced = Self::fenced_out(&mut tx, &live).await.map_err(unavailable)?;
+                    if !fenced.is_empty() {
+                        tx.rollback().await.map_err(unavailable)?;
+                        for i in fenced {
+                            left_out.insert(i);
+                            report.fenced.push(i);
+                        }
+                        continue;
+                    }
                     // Keys answered before: those appends are replays.
                     let answered = Self::answered_keys(&mut tx, &live, now).await.map_err(unavailable)?;
                     if !answered.is_empty() {
@@ -463,5 +522,5 @@ macro_rules! impl_event_store {
     };
 }
 
-impl_event_store!(Sqlite);
-impl_event_store!(Postgres);
+impl_event_store!(Sqlite, "");
+impl_event_store!(Postgres, " FOR SHARE");

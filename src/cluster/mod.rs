@@ -4,12 +4,19 @@
 //! the lease TTL is dead for placement. The shard count is fixed in the
 //! database by the first node; a node configured otherwise refuses to
 //! start. Which node should own each shard follows from the live members
-//! (`turnout_actors::placement`).
+//! (`turnout_actors::placement`); `placement` keeps this node's shard
+//! leases in line with it, and `forward` sends each command to the node
+//! holding its event's shard.
+
+pub mod forward;
+pub mod placement;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use turnout_actors::placement::{NodeId, ShardCount};
 use uuid::Uuid;
@@ -32,6 +39,27 @@ pub struct ClusterSettings {
     pub lease_ttl_ms: u64,
     /// How often a node says it is alive.
     pub heartbeat_ms: u64,
+    /// Comma-separated keys nodes sign their calls to each other with
+    /// (the first signs, any verifies: rotatable). The JWT keys when
+    /// absent.
+    pub internal_secrets: Option<SecretString>,
+}
+
+impl ClusterSettings {
+    /// The internal keys, if configured apart from the JWT keys.
+    pub fn internal_keys(&self) -> Vec<SecretString> {
+        self.internal_secrets
+            .as_ref()
+            .map(|s| {
+                s.expose_secret()
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(|k| SecretString::from(k.to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 /// This node, registered.
@@ -41,6 +69,9 @@ pub struct Node {
     pub address: String,
     pub shards: ShardCount,
     pub lease_ttl: Duration,
+    /// Set when the node starts handing its shards over to leave: it stops
+    /// heartbeating and taking shards.
+    leaving: Arc<AtomicBool>,
 }
 
 impl Node {
@@ -82,6 +113,7 @@ impl Node {
             address,
             shards: configured,
             lease_ttl: Duration::from_millis(settings.lease_ttl_ms),
+            leaving: Arc::default(),
         })
     }
 
@@ -97,6 +129,9 @@ impl Node {
                 move || {
                     let (store, node) = (Arc::clone(&beats), node.clone());
                     async move {
+                        if node.is_leaving() {
+                            return;
+                        }
                         let now = micros(chrono::Utc::now());
                         match store.heartbeat(id, now).await {
                             Ok(true) => {}
@@ -132,6 +167,15 @@ impl Node {
                 tracing::warn!(%error, "cannot leave the cluster cleanly; the others will time this node out");
             }
         });
+    }
+
+    /// Marks the node as leaving (see [`placement::Placement::leave`]).
+    pub fn start_leaving(&self) {
+        self.leaving.store(true, Ordering::Release);
+    }
+
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::Acquire)
     }
 
     /// Whether a node last heard of at `heartbeat_at` is alive at `now`

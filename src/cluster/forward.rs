@@ -1,0 +1,261 @@
+//! Commands go to the node that holds their event's shard. A node that
+//! holds the shard runs the command on its actor; any other forwards it to
+//! the holder over HTTP (keep-alive, authenticated with the cluster's
+//! internal key) and answers with the holder's answer, which the route
+//! renders exactly as if it had been decided here. What the caller is
+//! (their verified user id), their idempotency key and the request id
+//! travel inside the command.
+//!
+//! A shard that is moving (released, not yet taken; or its holder just
+//! died) is waited for: the command is tried again every few milliseconds
+//! until the write deadline, and never decided by a node that does not
+//! hold the shard.
+
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::{Deserialize, Serialize};
+use turnout_actors::domain::{Command, EventId, UserId};
+use turnout_actors::placement::NodeId;
+use turnout_actors::shards::HeldShards;
+use turnout_actors::{CommandError, EventRegistry, IdempotencyKey, Reply};
+use uuid::Uuid;
+
+use super::placement::{Directory, Holder};
+use crate::auth::TokenKeys;
+use crate::http::{ApiError, AppState};
+
+/// How long a command waits before it looks for its shard's holder again.
+const PAUSE: Duration = Duration::from_millis(25);
+
+/// A command on its way to the node holding its event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Forwarded {
+    pub event: EventId,
+    pub command: Command,
+    pub idempotency: Option<IdempotencyKey>,
+    pub request_id: Option<String>,
+}
+
+/// The holder's answer, as it travels back.
+type Answered = Result<Reply, CommandError>;
+
+/// Runs commands where their event's shard is held.
+pub struct Commands {
+    me: Uuid,
+    registry: EventRegistry,
+    held: Arc<HeldShards>,
+    directory: Arc<Directory>,
+    peers: Peers,
+}
+
+impl Commands {
+    pub fn new(
+        me: NodeId,
+        registry: EventRegistry,
+        held: Arc<HeldShards>,
+        directory: Arc<Directory>,
+        peers: Peers,
+    ) -> Self {
+        Self {
+            me: me.as_uuid(),
+            registry,
+            held,
+            directory,
+            peers,
+        }
+    }
+
+    /// The shards this node holds.
+    pub fn held(&self) -> &HeldShards {
+        &self.held
+    }
+
+    /// The command's durable answer, from this node or the holder. Runs
+    /// until answered: the caller bounds it with the write deadline.
+    pub async fn execute(&self, forwarded: Forwarded) -> Answered {
+        let shard = self.held.shard_of(forwarded.event);
+        loop {
+            if self.held.epoch(shard).is_some() {
+                match self.run_here(&forwarded).await {
+                    Err(CommandError::NotHere) => {}
+                    answer => return answer,
+                }
+            } else if let Some(holder) = self.directory.holder(shard).filter(|h| h.node != self.me)
+            {
+                match self.peers.forward(&holder, &forwarded).await {
+                    Ok(Err(CommandError::NotHere)) | Err(Undelivered::NotSent) => {}
+                    // Sent, but the answer was lost: only a keyed command
+                    // may go again (its key finds the first answer).
+                    Err(Undelivered::Lost) if forwarded.idempotency.is_some() => {}
+                    Err(Undelivered::Lost) => return Err(CommandError::Unavailable),
+                    Ok(answer) => return answer,
+                }
+            }
+            tokio::time::sleep(PAUSE).await;
+        }
+    }
+
+    /// Runs a command on this node's actor; [`CommandError::NotHere`] if
+    /// the shard is not held here.
+    pub async fn run_here(&self, forwarded: &Forwarded) -> Answered {
+        self.registry
+            .execute(
+                forwarded.event,
+                forwarded.command.clone(),
+                forwarded.idempotency.clone(),
+                forwarded.request_id.clone(),
+            )
+            .await
+    }
+}
+
+/// Why a forwarded command has no answer.
+#[derive(Debug)]
+pub enum Undelivered {
+    /// It never reached the holder (no connection): nothing was decided.
+    NotSent,
+    /// It may have reached the holder; its answer did not come back.
+    Lost,
+}
+
+/// The HTTP client to the other nodes, and the key its calls are signed
+/// with.
+pub struct Peers {
+    client: reqwest::Client,
+    keys: Arc<InternalKeys>,
+    me: NodeId,
+    scheme: &'static str,
+}
+
+impl Peers {
+    pub fn new(
+        keys: Arc<InternalKeys>,
+        me: NodeId,
+        tls_root: Option<&std::path::Path>,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let mut client = reqwest::Client::builder()
+            .timeout(timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60));
+        if let Some(cert) = tls_root {
+            let pem = std::fs::read(cert)
+                .with_context(|| format!("cannot read the TLS certificate {}", cert.display()))?;
+            client = client.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+        }
+        Ok(Self {
+            client: client.build()?,
+            keys,
+            me,
+            scheme: if tls_root.is_some() { "https" } else { "http" },
+        })
+    }
+
+    async fn forward(
+        &self,
+        holder: &Holder,
+        forwarded: &Forwarded,
+    ) -> Result<Answered, Undelivered> {
+        let started = Instant::now();
+        let mut request = self
+            .client
+            .post(format!(
+                "{}://{}{INTERNAL_PATH}",
+                self.scheme, holder.address
+            ))
+            .bearer_auth(self.keys.issue(self.me))
+            .json(forwarded);
+        if let Some(id) = &forwarded.request_id {
+            request = request.header("x-request-id", id);
+        }
+        let outcome = match request.send().await {
+            Ok(response) if response.status().is_success() => response
+                .json::<Answered>()
+                .await
+                .map_err(|error| {
+                    tracing::warn!(%error, node = %holder.node, "a forwarded command's answer was unreadable");
+                    Undelivered::Lost
+                }),
+            Ok(response) => {
+                tracing::error!(status = %response.status(), node = %holder.node,
+                    "a node refused a forwarded command: do the nodes share cluster.internal_secrets (or the JWT keys)?");
+                Err(Undelivered::Lost)
+            }
+            Err(error) if error.is_connect() => {
+                tracing::debug!(%error, node = %holder.node, "cannot reach a shard's holder");
+                Err(Undelivered::NotSent)
+            }
+            Err(error) => {
+                tracing::warn!(%error, node = %holder.node, "a forwarded command got no answer");
+                Err(Undelivered::Lost)
+            }
+        };
+        let label = match &outcome {
+            Ok(Err(CommandError::NotHere)) => "not_here",
+            Ok(_) => "answered",
+            Err(Undelivered::NotSent) => "not_sent",
+            Err(Undelivered::Lost) => "lost",
+        };
+        metrics::counter!("turnout_forwarded_commands_total", "outcome" => label).increment(1);
+        metrics::histogram!("turnout_forward_seconds").record(started.elapsed().as_secs_f64());
+        outcome
+    }
+}
+
+/// Where forwarded commands arrive.
+pub const INTERNAL_PATH: &str = "/internal/commands";
+
+/// The key nodes sign their calls to each other with: short-lived tokens
+/// naming the calling node, under an issuer no user token has.
+pub struct InternalKeys(TokenKeys);
+
+const INTERNAL_ISSUER: &str = "turnout-internal";
+const NODE_ROLE: &str = "node";
+
+impl InternalKeys {
+    pub fn new(keys: &[secrecy::SecretString]) -> Self {
+        Self(TokenKeys::new(keys, INTERNAL_ISSUER.to_owned(), 60))
+    }
+
+    fn issue(&self, me: NodeId) -> String {
+        self.0
+            .issue(UserId::from(me.as_uuid()), Some(NODE_ROLE.to_owned()))
+    }
+
+    fn verify(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        let token = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(crate::http::bearer_token)
+            .ok_or(ApiError::Unauthorized("a node's call needs its token"))?;
+        match self.0.verify(token) {
+            Ok(claims) if claims.role.as_deref() == Some(NODE_ROLE) => Ok(()),
+            _ => Err(ApiError::Unauthorized("not a node of this cluster")),
+        }
+    }
+}
+
+impl std::fmt::Debug for InternalKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("InternalKeys").field(&self.0).finish()
+    }
+}
+
+/// `POST /internal/commands`: a command another node forwarded here. Run
+/// here or answered `not_here`, never forwarded again.
+pub async fn forwarded_command(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    keys: web::Data<InternalKeys>,
+    body: web::Json<Forwarded>,
+) -> Result<HttpResponse, ApiError> {
+    keys.verify(&req)?;
+    let run = state.commands.run_here(&body);
+    let answer = tokio::time::timeout(state.write_timeout, run)
+        .await
+        .unwrap_or(Err(CommandError::Unavailable));
+    Ok(HttpResponse::Ok().json(answer))
+}

@@ -1,0 +1,373 @@
+//! Placement rounds: which shards this node holds, kept in line with the
+//! live membership. Every round a node reads the members and the leases,
+//! takes the shards rendezvous hashing gives it once they are free, hands
+//! over those it should no longer hold (its actors stop, the journal
+//! flushes, the lease is released), and lets go of any it finds taken by
+//! another node. It also refreshes the directory commands are forwarded by.
+//!
+//! Every decision is a row changed in one statement: a taking is a
+//! compare-and-set on the shard's epoch that succeeds only while the lease
+//! is free, expired or already this node's.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use actix::Addr;
+use tokio::sync::oneshot;
+use turnout_actors::placement::{NodeId, ShardId, ShardLease};
+use turnout_actors::shards::HeldShards;
+use turnout_actors::{EventRegistry, Flush, Journal};
+use uuid::Uuid;
+
+use super::Node;
+use crate::background::{Background, every};
+use crate::store::{LeaseRecord, NodeRecord, Store, micros};
+
+/// Where a shard lives, as this node last read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Holder {
+    pub node: Uuid,
+    pub address: Arc<str>,
+}
+
+/// The holder of every shard held by a live node, refreshed each round.
+#[derive(Default)]
+pub struct Directory(RwLock<Arc<Vec<Option<Holder>>>>);
+
+impl Directory {
+    pub fn holder(&self, shard: ShardId) -> Option<Holder> {
+        let holders = Arc::clone(&self.0.read().expect("directory lock"));
+        holders.get(shard.get() as usize).cloned().flatten()
+    }
+
+    fn replace(&self, holders: Vec<Option<Holder>>) {
+        *self.0.write().expect("directory lock") = Arc::new(holders);
+    }
+}
+
+/// This node's part in placement.
+#[derive(Clone)]
+pub struct Placement {
+    node: Node,
+    store: Arc<dyn Store>,
+    held: Arc<HeldShards>,
+    registry: EventRegistry,
+    journal: Addr<Journal>,
+    directory: Arc<Directory>,
+}
+
+/// What a round decided for one shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Move {
+    /// Free, expired or already this node's in the database: take it.
+    Take { seen_epoch: i64 },
+    /// Held here but placed elsewhere: hand it over.
+    HandOver { epoch: u64 },
+    /// Held here in memory, but the lease says otherwise: stop using it.
+    Lost,
+}
+
+/// The moves for one round — pure: the leases and live nodes as read, what
+/// this node believes it holds, and the time.
+pub fn plan(
+    me: NodeId,
+    leases: &[LeaseRecord],
+    live: &[NodeId],
+    believed: impl Fn(ShardId) -> Option<u64>,
+    shard: impl Fn(i64) -> Option<ShardId>,
+    now: i64,
+) -> Vec<(ShardId, Move)> {
+    let placed = |s: ShardId| turnout_actors::placement::owner(s, live);
+    let mut moves = Vec::new();
+    for lease in leases {
+        let Some(id) = shard(lease.shard) else {
+            continue;
+        };
+        let mine = lease.node == Some(me.as_uuid());
+        match believed(id) {
+            Some(epoch) if !(mine && lease.epoch as u64 == epoch) => moves.push((id, Move::Lost)),
+            Some(epoch) => {
+                if placed(id).is_some_and(|owner| owner != me) {
+                    moves.push((id, Move::HandOver { epoch }));
+                }
+            }
+            None => {
+                if placed(id) == Some(me) && lease.is_takeable_by(me.as_uuid(), now) {
+                    moves.push((
+                        id,
+                        Move::Take {
+                            seen_epoch: lease.epoch,
+                        },
+                    ));
+                }
+            }
+        }
+    }
+    moves
+}
+
+impl Placement {
+    pub fn new(
+        node: Node,
+        store: Arc<dyn Store>,
+        held: Arc<HeldShards>,
+        registry: EventRegistry,
+        journal: Addr<Journal>,
+    ) -> Self {
+        Self {
+            node,
+            store,
+            held,
+            registry,
+            journal,
+            directory: Arc::default(),
+        }
+    }
+
+    pub fn directory(&self) -> Arc<Directory> {
+        Arc::clone(&self.directory)
+    }
+
+    /// Seeds the lease rows and runs a first round, so a node alone is
+    /// serving its shards before it answers its first request.
+    pub async fn start(&self) -> anyhow::Result<()> {
+        self.store
+            .seed_leases(i64::from(self.node.shards.get()))
+            .await?;
+        self.round().await;
+        Ok(())
+    }
+
+    /// Rounds among the background tasks, four per heartbeat, until
+    /// shutdown; then every shard is handed over.
+    pub fn run(self, heartbeat: Duration, background: &mut Background) {
+        let placement = self.clone();
+        background.spawn(
+            "placement",
+            every(
+                (heartbeat / 4).max(Duration::from_millis(50)),
+                background.shutdown(),
+                move || {
+                    let placement = placement.clone();
+                    async move { placement.round().await }
+                },
+            ),
+        );
+        let renewals = self.clone();
+        background.spawn(
+            "lease renewal",
+            every(heartbeat, background.shutdown(), move || {
+                let placement = renewals.clone();
+                async move { placement.renew().await }
+            }),
+        );
+    }
+
+    /// Hands every shard over: the node leaves the membership first, so the
+    /// others place its shards among themselves and take each as soon as it
+    /// is released.
+    pub async fn leave(&self) {
+        self.node.start_leaving();
+        if let Err(error) = self.store.deregister_node(self.node.id.as_uuid()).await {
+            tracing::warn!(%error, "cannot leave the membership; the others will time this node out");
+        }
+        let held = self.held.held();
+        tracing::info!(shards = held.len(), "handing every shard over");
+        self.hand_over(held).await;
+    }
+
+    async fn renew(&self) {
+        let until = micros(chrono::Utc::now()) + self.node.lease_ttl.as_micros() as i64;
+        if let Err(error) = self.store.renew_shards(self.node.id.as_uuid(), until).await {
+            tracing::warn!(%error, "cannot renew this node's shard leases");
+        }
+    }
+
+    async fn round(&self) {
+        if self.node.is_leaving() {
+            return;
+        }
+        let (nodes, leases) = match tokio::try_join!(self.store.nodes(), self.store.leases()) {
+            Ok(read) => read,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the cluster's leases; placement waits");
+                return;
+            }
+        };
+        let now = micros(chrono::Utc::now());
+        let live: Vec<&NodeRecord> = nodes
+            .iter()
+            .filter(|n| self.node.is_live(n.heartbeat_at, now))
+            .collect();
+        let live_ids: Vec<NodeId> = live.iter().map(|n| NodeId::from(n.id)).collect();
+        let count = self.node.shards;
+        let moves = plan(
+            self.node.id,
+            &leases,
+            &live_ids,
+            |s| self.held.epoch(s),
+            |n| u32::try_from(n).ok().and_then(|n| count.shard(n)),
+            now,
+        );
+
+        let mut handing_over = Vec::new();
+        for (shard, planned) in moves {
+            match planned {
+                Move::Take { seen_epoch } => self.take(shard, seen_epoch, now).await,
+                Move::HandOver { epoch } => handing_over.push(ShardLease { shard, epoch }),
+                Move::Lost => {
+                    tracing::warn!(
+                        shard = shard.get(),
+                        "another node took a shard this node held"
+                    );
+                    metrics::counter!("turnout_cluster_shards_lost_total").increment(1);
+                    self.held.let_go(shard);
+                    actix::spawn(self.registry.retire(shard));
+                }
+            }
+        }
+        if !handing_over.is_empty() {
+            self.hand_over(handing_over).await;
+        }
+
+        let holders = leases
+            .iter()
+            .map(|lease| {
+                let holder = lease.node?;
+                let node = live.iter().find(|n| n.id == holder)?;
+                (lease.expires_at >= now).then(|| Holder {
+                    node: holder,
+                    address: Arc::from(node.address.as_str()),
+                })
+            })
+            .collect();
+        self.directory.replace(holders);
+        metrics::gauge!("turnout_cluster_shards_held").set(self.held.held().len() as f64);
+    }
+
+    async fn take(&self, shard: ShardId, seen_epoch: i64, now: i64) {
+        let until = now + self.node.lease_ttl.as_micros() as i64;
+        match self
+            .store
+            .take_shard(
+                i64::from(shard.get()),
+                self.node.id.as_uuid(),
+                seen_epoch,
+                now,
+                until,
+            )
+            .await
+        {
+            Ok(Some(epoch)) => {
+                metrics::counter!("turnout_cluster_lease_takeovers_total").increment(1);
+                tracing::info!(shard = shard.get(), epoch, "took a shard");
+                self.held.hold(ShardLease {
+                    shard,
+                    epoch: epoch as u64,
+                });
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, shard = shard.get(), "cannot take a shard"),
+        }
+    }
+
+    /// Stops routing to the shards, lets their actors finish what is in
+    /// flight, flushes the journal, and releases the leases.
+    async fn hand_over(&self, leases: Vec<ShardLease>) {
+        for lease in &leases {
+            self.held.let_go(lease.shard);
+        }
+        for lease in &leases {
+            self.registry.retire(lease.shard).await;
+        }
+        let (done, flushed) = oneshot::channel();
+        self.journal.do_send(Flush(done));
+        let _ = flushed.await;
+        for lease in leases {
+            match self
+                .store
+                .release_shard(
+                    i64::from(lease.shard.get()),
+                    self.node.id.as_uuid(),
+                    lease.epoch as i64,
+                )
+                .await
+            {
+                Ok(_) => {
+                    metrics::counter!("turnout_cluster_handovers_total").increment(1);
+                }
+                // The lease runs out by itself; the next holder waits the TTL.
+                Err(error) => {
+                    tracing::warn!(%error, shard = lease.shard.get(), "cannot release a shard")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use turnout_actors::placement::ShardCount;
+
+    const NOW: i64 = 1_000_000_000;
+
+    fn lease(shard: i64, node: Option<NodeId>, epoch: i64, expires_at: i64) -> LeaseRecord {
+        LeaseRecord {
+            shard,
+            node: node.map(NodeId::as_uuid),
+            epoch,
+            expires_at,
+        }
+    }
+
+    fn shards(n: u32) -> impl Fn(i64) -> Option<ShardId> {
+        move |i| ShardCount::new(n).unwrap().shard(i as u32)
+    }
+
+    #[test]
+    fn a_lone_node_takes_every_free_shard() {
+        let me = NodeId::new();
+        let leases: Vec<_> = (0..4).map(|s| lease(s, None, 3, 0)).collect();
+        let moves = plan(me, &leases, &[me], |_| None, shards(4), NOW);
+        assert_eq!(moves.len(), 4);
+        assert!(
+            moves
+                .iter()
+                .all(|(_, m)| *m == Move::Take { seen_epoch: 3 })
+        );
+    }
+
+    #[test]
+    fn a_live_holders_lease_is_not_taken_until_it_runs_out_or_is_released() {
+        let (me, other) = (NodeId::new(), NodeId::new());
+        let held = [lease(0, Some(other), 5, NOW + 1)];
+        assert!(plan(me, &held, &[me], |_| None, shards(1), NOW).is_empty());
+        let expired = [lease(0, Some(other), 5, NOW - 1)];
+        assert_eq!(
+            plan(me, &expired, &[me], |_| None, shards(1), NOW),
+            vec![(shards(1)(0).unwrap(), Move::Take { seen_epoch: 5 })]
+        );
+    }
+
+    #[test]
+    fn a_shard_placed_elsewhere_is_handed_over_and_one_taken_away_is_let_go() {
+        let (me, other) = (NodeId::new(), NodeId::new());
+        let live = [me, other];
+        let shard = shards(64);
+        // Some shard rendezvous hashing gives the other node.
+        let theirs = (0..64)
+            .find(|s| turnout_actors::placement::owner(shard(*s).unwrap(), &live) == Some(other))
+            .unwrap();
+        let mine_in_db = [lease(theirs, Some(me), 2, NOW + 1)];
+        assert_eq!(
+            plan(me, &mine_in_db, &live, |_| Some(2), &shard, NOW),
+            vec![(shard(theirs).unwrap(), Move::HandOver { epoch: 2 })]
+        );
+        let taken = [lease(theirs, Some(other), 3, NOW + 1)];
+        assert_eq!(
+            plan(me, &taken, &live, |_| Some(2), &shard, NOW),
+            vec![(shard(theirs).unwrap(), Move::Lost)]
+        );
+    }
+}
