@@ -183,10 +183,10 @@ impl Placement {
         }
     }
 
+    /// Takes and hands over shards as placement says, and refreshes the
+    /// directory of holders. A leaving node only refreshes the directory: it
+    /// forwards what reaches it while it drains.
     async fn round(&self) {
-        if self.node.is_leaving() {
-            return;
-        }
         let (nodes, leases) = match tokio::try_join!(self.store.nodes(), self.store.leases()) {
             Ok(read) => read,
             Err(error) => {
@@ -201,14 +201,18 @@ impl Placement {
             .collect();
         let live_ids: Vec<NodeId> = live.iter().map(|n| NodeId::from(n.id)).collect();
         let count = self.node.shards;
-        let moves = plan(
-            self.node.id,
-            &leases,
-            &live_ids,
-            |s| self.held.epoch(s),
-            |n| u32::try_from(n).ok().and_then(|n| count.shard(n)),
-            now,
-        );
+        let moves = if self.node.is_leaving() {
+            Vec::new()
+        } else {
+            plan(
+                self.node.id,
+                &leases,
+                &live_ids,
+                |s| self.held.epoch(s),
+                |n| u32::try_from(n).ok().and_then(|n| count.shard(n)),
+                now,
+            )
+        };
 
         let mut handing_over = Vec::new();
         for (shard, planned) in moves {

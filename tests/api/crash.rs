@@ -2,7 +2,7 @@
 //! same database, and check that every join answered 2xx survived and no
 //! event is overbooked.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::helpers::{Backend, JWT_KEY, TestApp, body, fresh_database};
+use crate::invariants::assert_roster;
 use crate::process::ServerProcess;
 
 const CAPACITY: i64 = 100;
@@ -79,33 +80,8 @@ async fn acknowledged_joins_survive_kill_9(backend: Backend) {
 
     let restarted = ServerProcess::start(&url, dir.path(), &[]).await;
     let app = TestApp::attach(&restarted.address, JWT_KEY);
-    let roster = app.attendees(&owner, event).await;
-    let by_user: HashMap<&str, &Value> = roster
-        .iter()
-        .map(|a| (a["user_id"].as_str().unwrap(), a))
-        .collect();
-    for (user, answer) in &acked {
-        let row = by_user
-            .get(user.to_string().as_str())
-            .unwrap_or_else(|| panic!("acknowledged join of {user} was lost"));
-        assert_eq!(
-            row["status"], answer["status"],
-            "{user} kept the status it was told"
-        );
-    }
+    let roster = assert_roster(&app, &owner, event, CAPACITY, &acked, &HashSet::new()).await;
     let active = roster.iter().filter(|a| a["status"] == "active").count() as i64;
-    assert!(active <= CAPACITY, "overbooked: {active} > {CAPACITY}");
-    let positions: Vec<i64> = roster
-        .iter()
-        .filter_map(|a| a["position"].as_i64())
-        .collect();
-    assert_eq!(positions, (1..=positions.len() as i64).collect::<Vec<_>>());
-    let seen = app.event(event).await;
-    assert_eq!(seen["active_count"].as_i64(), Some(active));
-    assert_eq!(
-        seen["waitlist_count"].as_i64(),
-        Some(positions.len() as i64)
-    );
 
     // And the restarted server keeps deciding on the recovered state.
     let late = app.user();
@@ -164,18 +140,8 @@ async fn sigterm_drains_and_exits_cleanly(backend: Backend) {
 
     let restarted = ServerProcess::start(&url, dir.path(), &[]).await;
     let app = TestApp::attach(&restarted.address, JWT_KEY);
-    let roster = app.attendees(&owner, event).await;
-    let listed: std::collections::HashSet<&str> = roster
-        .iter()
-        .map(|a| a["user_id"].as_str().unwrap())
-        .collect();
     assert!(acked.len() >= JOINERS / 4);
-    for user in acked.keys() {
-        assert!(
-            listed.contains(user.to_string().as_str()),
-            "acknowledged join of {user} was lost"
-        );
-    }
+    assert_roster(&app, &owner, event, CAPACITY, &acked, &HashSet::new()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 
 mod browser;
 mod helpers;
+mod invariants;
 mod process;
 
 mod abuse;
@@ -12,6 +13,7 @@ mod bad_input;
 mod cluster;
 mod crash;
 mod events;
+mod fleet;
 mod fuzz;
 mod joins;
 mod kiosk;

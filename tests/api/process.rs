@@ -19,7 +19,7 @@ impl Drop for ServerProcess {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -31,16 +31,26 @@ impl ServerProcess {
     /// Starts the binary on a free port with the test key, rate limits and
     /// the per-address cap on HTTP connections off (the tests are one
     /// address), plus `env`, and waits until it is ready.
-    #[allow(
-        clippy::zombie_processes,
-        reason = "the ServerProcess guard kills and waits on drop"
-    )]
     pub async fn start(
         database_url: &str,
         data_dir: &std::path::Path,
         env: &[(&str, &str)],
     ) -> Self {
-        let port = free_port();
+        Self::start_on(free_port(), database_url, data_dir, env).await
+    }
+
+    /// [`ServerProcess::start`] on a given port (a node restarted where
+    /// its proxy expects it).
+    #[allow(
+        clippy::zombie_processes,
+        reason = "the ServerProcess guard kills and waits on drop"
+    )]
+    pub async fn start_on(
+        port: u16,
+        database_url: &str,
+        data_dir: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_turnout"))
             .args([
                 "serve",
@@ -73,6 +83,35 @@ impl ServerProcess {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("the server did not become ready");
+    }
+
+    /// Sends the process a signal (`TERM`, `STOP`, `CONT`, `KILL`).
+    pub fn signal(&self, signal: &str) {
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -{signal}");
+    }
+
+    /// SIGTERM, then the exit; whether it was clean.
+    pub async fn terminate(mut self) -> bool {
+        self.signal("TERM");
+        let exited = tokio::task::spawn_blocking(move || {
+            let status = self.child.wait();
+            (status, self)
+        });
+        let (status, _) = tokio::time::timeout(Duration::from_secs(30), exited)
+            .await
+            .expect("exits within 30 s of SIGTERM")
+            .unwrap();
+        status.unwrap().success()
+    }
+
+    /// `kill -9`, and the process reaped.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().unwrap();
     }
 
     /// Resident memory now, in MiB.
