@@ -1,5 +1,9 @@
 //! A thin client for the Turnout API, and token minting for simulated users.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
 use anyhow::{Context, bail};
 use futures_util::{StreamExt, TryStreamExt};
 use jsonwebtoken::{EncodingKey, Header, encode};
@@ -29,28 +33,80 @@ impl Minter {
     }
 }
 
+/// The API of one server, or of a cluster's nodes taken round-robin.
 #[derive(Clone)]
 pub struct Api {
     pub client: Client,
-    pub base: String,
+    targets: Arc<[Target]>,
+    next: Arc<AtomicUsize>,
+}
+
+/// One server, and what its load steps were answered.
+struct Target {
+    base: String,
+    outcomes: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Api {
-    pub fn new(base: &str, connections: usize) -> anyhow::Result<Self> {
+    /// `connections` kept open to each target.
+    pub fn new(targets: &[String], connections: usize) -> anyhow::Result<Self> {
+        anyhow::ensure!(!targets.is_empty(), "--target is needed");
         let client = Client::builder()
             .pool_max_idle_per_host(connections)
             .timeout(std::time::Duration::from_secs(30))
             .build()?;
         Ok(Self {
             client,
-            base: base.trim_end_matches('/').to_owned(),
+            targets: targets
+                .iter()
+                .map(|base| Target {
+                    base: base.trim_end_matches('/').to_owned(),
+                    outcomes: Mutex::default(),
+                })
+                .collect(),
+            next: Arc::default(),
         })
+    }
+
+    /// The next target's index and base URL.
+    fn pick(&self) -> (usize, &str) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.targets.len();
+        (i, &self.targets[i].base)
+    }
+
+    /// Counts a load step's answer (its status, or `error`) for target `i`.
+    fn tally<T>(&self, i: usize, answer: &reqwest::Result<(StatusCode, T)>) {
+        let outcome = match answer {
+            Ok((status, _)) => status.as_u16().to_string(),
+            Err(error) if error.is_timeout() => "timeout".into(),
+            Err(error) if error.is_connect() => "connect".into(),
+            Err(_) => "error".into(),
+        };
+        let mut outcomes = self.targets[i].outcomes.lock().expect("tally lock");
+        *outcomes.entry(outcome).or_default() += 1;
+    }
+
+    /// With several targets, each one's load-step outcomes (joins, leaves
+    /// and reads); empty with one.
+    pub fn outcomes_by_target(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        if self.targets.len() < 2 {
+            return BTreeMap::new();
+        }
+        self.targets
+            .iter()
+            .map(|t| {
+                (
+                    t.base.clone(),
+                    t.outcomes.lock().expect("tally lock").clone(),
+                )
+            })
+            .collect()
     }
 
     async fn post(&self, token: &str, path: &str, body: Value) -> anyhow::Result<Value> {
         let response = self
             .client
-            .post(format!("{}{path}", self.base))
+            .post(format!("{}{path}", self.pick().1))
             .bearer_auth(token)
             .json(&body)
             .send()
@@ -141,40 +197,50 @@ impl Api {
         event: Uuid,
         key: &str,
     ) -> reqwest::Result<(StatusCode, Value)> {
-        let response = self
+        let (i, base) = self.pick();
+        let sent = self
             .client
-            .post(format!("{}/v1/events/{event}/join", self.base))
+            .post(format!("{base}/v1/events/{event}/join"))
             .bearer_auth(token)
             .header("Idempotency-Key", key)
             .send()
-            .await?;
-        Ok(status_and_body(response).await)
+            .await;
+        let answer = match sent {
+            Ok(response) => Ok(status_and_body(response).await),
+            Err(error) => Err(error),
+        };
+        self.tally(i, &answer);
+        answer
     }
 
     pub async fn leave(&self, token: &str, event: Uuid) -> reqwest::Result<StatusCode> {
-        let response = self
+        let (i, base) = self.pick();
+        let answer = self
             .client
-            .delete(format!("{}/v1/events/{event}/join", self.base))
+            .delete(format!("{base}/v1/events/{event}/join"))
             .bearer_auth(token)
             .send()
-            .await?;
-        Ok(response.status())
+            .await
+            .map(|response| (response.status(), ()));
+        self.tally(i, &answer);
+        answer.map(|(status, ())| status)
     }
 
     /// A public read, as a load step: its status and body, whatever they are.
     pub async fn get(&self, path: &str) -> reqwest::Result<(StatusCode, Value)> {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await?;
-        Ok(status_and_body(response).await)
+        let (i, base) = self.pick();
+        let answer = match self.client.get(format!("{base}{path}")).send().await {
+            Ok(response) => Ok(status_and_body(response).await),
+            Err(error) => Err(error),
+        };
+        self.tally(i, &answer);
+        answer
     }
 
     pub async fn event(&self, event: Uuid) -> anyhow::Result<Value> {
         let response = self
             .client
-            .get(format!("{}/v1/events/{event}", self.base))
+            .get(format!("{}/v1/events/{event}", self.pick().1))
             .send()
             .await?;
         let body: Value = response.error_for_status()?.json().await?;
@@ -186,7 +252,7 @@ impl Api {
         let mut all = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let mut url = format!("{}/v1/events/{event}/attendees?limit=100", self.base);
+            let mut url = format!("{}/v1/events/{event}/attendees?limit=100", self.pick().1);
             if let Some(c) = &cursor {
                 url.push_str("&cursor=");
                 url.push_str(c);

@@ -35,9 +35,11 @@ use clap::Args;
 /// Options every scenario shares.
 #[derive(Args, Clone)]
 pub struct Common {
-    /// The server to test.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub target: String,
+    /// The server to test; several (comma-separated or repeated) are used
+    /// round-robin, request by request, as a balancer in front of a
+    /// cluster would, and the report gives the outcomes per target.
+    #[arg(long = "target", value_delimiter = ',', num_args = 1.., default_value = "http://127.0.0.1:8080")]
+    pub targets: Vec<String>,
     /// The server's JWT key (its first TURNOUT_JWT_SECRETS entry), to mint
     /// tokens for simulated users.
     #[arg(long, env = "TURNOUT_JWT_KEY")]
@@ -64,7 +66,7 @@ impl Common {
     /// for tests and for programs that drive scenarios themselves.
     pub fn for_target(target: impl Into<String>, jwt_key: Option<String>) -> Self {
         Self {
-            target: target.into(),
+            targets: vec![target.into()],
             jwt_key,
             jwt_issuer: "turnout".into(),
             json: None,
@@ -72,6 +74,11 @@ impl Common {
             max_error_rate: None,
             server_pid: None,
         }
+    }
+
+    /// The targets as the report names them.
+    pub fn target_label(&self) -> String {
+        self.targets.join(",")
     }
 
     /// A token minter for the server under test.

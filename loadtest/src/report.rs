@@ -77,6 +77,9 @@ pub struct Report {
     pub checks: Vec<Check>,
     /// What makes the figures mean something else than they seem.
     pub warnings: Vec<String>,
+    /// With several targets: each one's load-step outcomes.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_target: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 /// How to start a server that a load from one machine measures, not limits.
@@ -128,7 +131,14 @@ impl Report {
             warnings: rate_limited_warning(&outcomes, requests)
                 .into_iter()
                 .collect(),
+            by_target: BTreeMap::new(),
         }
+    }
+
+    /// The outcomes per target (see [`crate::api::Api::outcomes_by_target`]).
+    pub fn by_target(mut self, outcomes: BTreeMap<String, BTreeMap<String, u64>>) -> Self {
+        self.by_target = outcomes;
+        self
     }
 
     pub fn invariants_hold(&self) -> bool {
@@ -156,6 +166,10 @@ impl Report {
             outcomes.join(", "),
             self.error_rate
         );
+        for (target, outcomes) in &self.by_target {
+            let outcomes: Vec<String> = outcomes.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            println!("  via        {target}  {}", outcomes.join(", "));
+        }
         for c in &self.checks {
             println!(
                 "{}  {} — {}",

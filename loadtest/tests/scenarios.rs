@@ -137,6 +137,38 @@ async fn a_small_churn_matches_the_model() {
     assert!(report.outcomes.contains_key("200"), "{:?}", report.outcomes);
 }
 
+/// Through two nodes of a cluster, round-robin: every answer still matches
+/// the model (each event decided by one actor, whichever node was called),
+/// and the report counts each node's answers.
+#[actix_web::test]
+async fn a_churn_through_two_nodes_matches_the_model() {
+    use turnout_loadtest::scenarios::churn::{self, Churn};
+
+    let dir = tempfile::tempdir().unwrap();
+    let Some(targets) = common::cluster(&dir, KEY, 2).await else {
+        eprintln!("TURNOUT_TEST_POSTGRES_URL is not set: skipping the two-node churn");
+        return;
+    };
+    let mut options = common_options(targets[0].clone());
+    options.targets = targets.clone();
+    let report = churn::run(Churn {
+        common: options,
+        events: 6,
+        ops: 40,
+        capacity: 3,
+        leave_ratio: 0.4,
+        seed: 5,
+    })
+    .await
+    .unwrap();
+    assert_every_check_passed(&report);
+    assert_eq!(report.by_target.len(), 2, "{:?}", report.by_target);
+    for target in &targets {
+        let answered: u64 = report.by_target[target].values().sum();
+        assert!(answered > 0, "{target} took part: {:?}", report.by_target);
+    }
+}
+
 /// Reads, joins and subscribers together: the joins keep every event's
 /// invariants, no read shows an overbooking, and every subscriber sees each
 /// update once, in order, and ends at its event's counts.

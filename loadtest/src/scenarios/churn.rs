@@ -227,7 +227,7 @@ pub async fn run(args: Churn) -> anyhow::Result<Report> {
         (0.0..1.0).contains(&args.leave_ratio),
         "--leave-ratio is in [0, 1)"
     );
-    let api = Api::new(&args.common.target, args.events)?;
+    let api = Api::new(&args.common.targets, args.events)?;
     let minter = args.common.minter()?;
     let owner = minter.token(Uuid::now_v7());
     eprintln!(
@@ -281,12 +281,13 @@ pub async fn run(args: Churn) -> anyhow::Result<Report> {
     ];
     Ok(Report::new(
         "churn",
-        &args.common.target,
+        &args.common.target_label(),
         &latency,
         elapsed,
         outcomes,
         checks,
-    ))
+    )
+    .by_target(api.outcomes_by_target()))
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ pub async fn run(args: HotJoin) -> anyhow::Result<Report> {
         })?;
         return crate::baseline::hot_join(url, args.users, args.capacity, concurrency).await;
     }
-    let api = Api::new(&args.common.target, concurrency)?;
+    let api = Api::new(&args.common.targets, concurrency)?;
     let minter = args.common.minter()?;
     let owner = minter.token(Uuid::now_v7());
     let event = api.published_event(&owner, args.capacity).await?;
@@ -83,12 +83,13 @@ pub async fn run(args: HotJoin) -> anyhow::Result<Report> {
     checks.extend(cpu);
     Ok(Report::new(
         "hot-join",
-        &args.common.target,
+        &args.common.target_label(),
         &tally.latency,
         tally.elapsed,
         tally.outcomes,
         checks,
-    ))
+    )
+    .by_target(api.outcomes_by_target()))
 }
 
 /// Reads one event's roster and counts through the API and checks them

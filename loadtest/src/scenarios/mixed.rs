@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 use super::spread_join::{check_events, intended_offset};
-use super::ws_fanout::{ChannelFrame, connect_all, connect_from, server_addr, subscribe};
+use super::ws_fanout::{ChannelFrame, connect_all, connect_from, server_addrs, subscribe};
 use crate::Common;
 use crate::api::Api;
 use crate::burst::{Answers, JoinResult, failure_kind, paced};
@@ -230,8 +230,8 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
         args.duration > 0.0 && args.join_rate > 0.0 && args.read_rate > 0.0,
         "--duration, --join-rate and --read-rate must be positive"
     );
-    let server = server_addr(&args.common.target)?;
-    let api = Api::new(&args.common.target, args.concurrency)?;
+    let servers = server_addrs(&args.common.targets)?;
+    let api = Api::new(&args.common.targets, args.concurrency)?;
     let minter = args.common.minter()?;
     let owner = minter.token(Uuid::now_v7());
     let events = api
@@ -243,7 +243,12 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
     let (subscribers, connect_failures) =
         connect_all(args.subscribers, args.source_addresses, |i, source| {
             let event = i % args.events;
-            subscriber(server, source, event, channels[event].clone())
+            subscriber(
+                servers[i % servers.len()],
+                source,
+                event,
+                channels[event].clone(),
+            )
         })
         .await?;
 
@@ -349,12 +354,13 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
     checks.extend(cpu);
     Ok(Report::new(
         "mixed",
-        &args.common.target,
+        &args.common.target_label(),
         &latency,
         elapsed,
         outcomes,
         checks,
-    ))
+    )
+    .by_target(api.outcomes_by_target()))
 }
 
 async fn read(api: &Api, path: &str) -> Done {

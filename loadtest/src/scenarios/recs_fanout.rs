@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-use super::ws_fanout::{connect_all, connect_from, server_addr};
+use super::ws_fanout::{connect_all, connect_from, server_addrs};
 use crate::Common;
 use crate::api::{Api, Minter};
 use crate::process::{memory_per_connection, rss_bytes};
@@ -91,8 +91,8 @@ async fn client(
 }
 
 pub async fn run(args: RecsFanout) -> anyhow::Result<Report> {
-    let server = server_addr(&args.common.target)?;
-    let api = Api::new(&args.common.target, 16)?;
+    let servers = server_addrs(&args.common.targets)?;
+    let api = Api::new(&args.common.targets, 16)?;
     let minter: Arc<Minter> = Arc::new(args.common.minter()?);
     let owner = minter.token(Uuid::now_v7());
     let (_, venue) = api.published_event_at_venue(&owner, 1_000).await?;
@@ -100,9 +100,9 @@ pub async fn run(args: RecsFanout) -> anyhow::Result<Report> {
 
     eprintln!("recs-fanout: connecting {} users to recs", args.clients);
     let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel();
-    let (live, failures) = connect_all(args.clients, args.source_addresses, |_, source| {
+    let (live, failures) = connect_all(args.clients, args.source_addresses, |i, source| {
         client(
-            server,
+            servers[i % servers.len()],
             source,
             minter.token(Uuid::now_v7()),
             arrivals_tx.clone(),
@@ -186,10 +186,11 @@ pub async fn run(args: RecsFanout) -> anyhow::Result<Report> {
     ));
     Ok(Report::new(
         "recs-fanout",
-        &args.common.target,
+        &args.common.target_label(),
         &from_send,
         elapsed,
         outcomes,
         checks,
-    ))
+    )
+    .by_target(api.outcomes_by_target()))
 }

@@ -108,7 +108,7 @@ pub async fn run(args: SpreadJoin) -> anyhow::Result<Report> {
     if let Some(rate) = args.rate {
         anyhow::ensure!(rate > 0.0, "--rate must be positive");
     }
-    let api = Api::new(&args.common.target, args.concurrency)?;
+    let api = Api::new(&args.common.targets, args.concurrency)?;
     let minter = args.common.minter()?;
     let owner = minter.token(Uuid::now_v7());
     let events = api
@@ -170,12 +170,13 @@ pub async fn run(args: SpreadJoin) -> anyhow::Result<Report> {
     checks.push(Check::rate(achieved, args.rate));
     Ok(Report::new(
         "spread-join",
-        &args.common.target,
+        &args.common.target_label(),
         &latency,
         elapsed,
         outcomes,
         checks,
-    ))
+    )
+    .by_target(api.outcomes_by_target()))
 }
 
 #[cfg(test)]

@@ -51,10 +51,18 @@ pub struct WsFanout {
     pub pause_ms: u64,
 }
 
-pub(crate) fn server_addr(target: &str) -> anyhow::Result<SocketAddr> {
-    let host = target.trim_start_matches("http://").trim_end_matches('/');
-    host.parse()
-        .with_context(|| format!("--target must be http://<ip>:<port> for ws-fanout, not {target}"))
+/// The targets' socket addresses: WebSocket clients are spread over them
+/// round-robin.
+pub(crate) fn server_addrs(targets: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
+    targets
+        .iter()
+        .map(|target| {
+            let host = target.trim_start_matches("http://").trim_end_matches('/');
+            host.parse().with_context(|| {
+                format!("--target must be http://<ip>:<port> for WebSocket scenarios, not {target}")
+            })
+        })
+        .collect()
 }
 
 /// The parts of a channel frame the scenarios read; the rest is skipped
@@ -202,8 +210,8 @@ async fn client(
 }
 
 pub async fn run(args: WsFanout) -> anyhow::Result<Report> {
-    let server = server_addr(&args.common.target)?;
-    let api = Api::new(&args.common.target, 64)?;
+    let servers = server_addrs(&args.common.targets)?;
+    let api = Api::new(&args.common.targets, 64)?;
     let minter = args.common.minter()?;
     let owner = minter.token(Uuid::now_v7());
     let (event, venue) = api.published_event_at_venue(&owner, 1_000_000).await?;
@@ -215,8 +223,13 @@ pub async fn run(args: WsFanout) -> anyhow::Result<Report> {
         args.clients
     );
     let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel();
-    let (offsets, failures) = connect_all(args.clients, args.source_addresses, |_, source| {
-        client(server, source, channel.clone(), arrivals_tx.clone())
+    let (offsets, failures) = connect_all(args.clients, args.source_addresses, |i, source| {
+        client(
+            servers[i % servers.len()],
+            source,
+            channel.clone(),
+            arrivals_tx.clone(),
+        )
     })
     .await?;
     drop(arrivals_tx);
@@ -315,10 +328,11 @@ pub async fn run(args: WsFanout) -> anyhow::Result<Report> {
     ));
     Ok(Report::new(
         "ws-fanout",
-        &args.common.target,
+        &args.common.target_label(),
         &from_send,
         elapsed,
         outcomes,
         checks,
-    ))
+    )
+    .by_target(api.outcomes_by_target()))
 }

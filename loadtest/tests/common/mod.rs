@@ -1,5 +1,6 @@
-//! A real Turnout server for the load tester's tests: SQLite in a temp dir,
-//! a known JWT key, on a random port.
+//! Real Turnout servers for the load tester's tests: SQLite in a temp dir
+//! (or a cluster on a fresh Postgres database), a known JWT key, on random
+//! ports.
 
 use secrecy::SecretString;
 use turnout::app::Application;
@@ -8,12 +9,36 @@ use turnout::config::{Overrides, Settings};
 /// Starts the server and returns its address; `rate_limited` keeps the
 /// default write limits, otherwise they are off (load from one address).
 pub async fn server(dir: &tempfile::TempDir, key: &str, rate_limited: bool) -> String {
+    let url = format!("sqlite://{}/turnout.db?mode=rwc", dir.path().display());
+    start(&url, dir, key, rate_limited).await
+}
+
+/// `nodes` servers forming a cluster on a fresh Postgres database, their
+/// addresses; `None` when `TURNOUT_TEST_POSTGRES_URL` is not set.
+pub async fn cluster(dir: &tempfile::TempDir, key: &str, nodes: usize) -> Option<Vec<String>> {
+    let base = std::env::var("TURNOUT_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    let name = format!("turnout_test_{}", uuid::Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect(&base)
+        .await
+        .expect("TURNOUT_TEST_POSTGRES_URL is set but Postgres does not answer");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+    let mut addresses = Vec::new();
+    for _ in 0..nodes {
+        addresses.push(start(&url, dir, key, false).await);
+    }
+    Some(addresses)
+}
+
+async fn start(url: &str, dir: &tempfile::TempDir, key: &str, rate_limited: bool) -> String {
     let mut settings = Settings::load(&Overrides {
         bind: Some("127.0.0.1:0".into()),
-        database_url: Some(format!(
-            "sqlite://{}/turnout.db?mode=rwc",
-            dir.path().display()
-        )),
+        database_url: Some(url.to_owned()),
         ..Overrides::default()
     })
     .unwrap();
