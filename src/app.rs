@@ -30,7 +30,7 @@ use crate::http::ops::MetricsAccess;
 use crate::http::rate_limit::RateLimits;
 use crate::http::ws::Realtime;
 use crate::http::{self, AppState, request_context};
-use crate::realtime::{ConnectionLimits, Hubs, LocalFanout, RedisFanout, Router};
+use crate::realtime::{ConnectionLimits, FanoutLink, Hubs, LocalFanout, RedisFanout, Router};
 use crate::recommendations::{StoreSource, load_catalog};
 use crate::store::{self, Store};
 
@@ -81,6 +81,7 @@ struct Core {
     registry: EventRegistry,
     recommenders: Recommenders,
     realtime: Realtime,
+    fanout: FanoutLink,
 }
 
 /// What every HTTP worker shares, built once.
@@ -178,6 +179,7 @@ impl Application {
                 breaker: crate::http::breaker::Breaker::new(&settings.http.breaker),
                 node: node.clone(),
                 commands,
+                fanout: core.fanout,
             }),
         };
         start_maintenance(&settings, &store, &shared, &mut background)?;
@@ -301,16 +303,14 @@ async fn start_core(
         threads.start(),
     );
     let router = Router::new(hubs.clone(), recommenders.clone(), store.clone());
-    let changes: Arc<dyn ChangeSink> = match &settings.redis_url {
+    let (changes, fanout): (Arc<dyn ChangeSink>, FanoutLink) = match &settings.redis_url {
         Some(url) => {
             tracing::info!(redis = %redact_url(url), "cross-node fan-out through redis");
-            Arc::new(RedisFanout::start(
-                url,
-                settings.realtime.redis_channel.clone(),
-                router,
-            )?)
+            let fanout = RedisFanout::start(url, settings.realtime.redis_channel.clone(), router)?;
+            let link = fanout.link();
+            (Arc::new(fanout), link)
         }
-        None => Arc::new(LocalFanout(router)),
+        None => (Arc::new(LocalFanout(router)), FanoutLink::default()),
     };
 
     let actor_threads = match settings.actors.threads {
@@ -345,6 +345,7 @@ async fn start_core(
         registry,
         recommenders,
         realtime,
+        fanout,
     })
 }
 

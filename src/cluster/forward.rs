@@ -220,7 +220,7 @@ impl InternalKeys {
         Self(TokenKeys::new(keys, INTERNAL_ISSUER.to_owned(), 60))
     }
 
-    fn issue(&self, me: NodeId) -> String {
+    pub fn issue(&self, me: NodeId) -> String {
         self.0
             .issue(UserId::from(me.as_uuid()), Some(NODE_ROLE.to_owned()))
     }
@@ -245,15 +245,22 @@ impl std::fmt::Debug for InternalKeys {
 }
 
 /// `POST /internal/commands`: a command another node forwarded here. Run
-/// here or answered `not_here`, never forwarded again.
+/// here or answered `not_here`, never forwarded again. The caller is
+/// checked before the body is read: a stranger learns nothing of its shape.
 pub async fn forwarded_command(
     req: HttpRequest,
     state: web::Data<AppState>,
     keys: web::Data<InternalKeys>,
-    body: web::Json<Forwarded>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     keys.verify(&req)?;
-    let run = state.commands.run_here(&body);
+    let forwarded: Forwarded = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::bad_request(
+            crate::http::ErrorCode::MalformedJson,
+            "not a forwarded command",
+        )
+    })?;
+    let run = state.commands.run_here(&forwarded);
     let answer = tokio::time::timeout(state.write_timeout, run)
         .await
         .unwrap_or(Err(CommandError::Unavailable));

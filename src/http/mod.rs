@@ -64,6 +64,8 @@ pub struct AppState {
     pub node: crate::cluster::Node,
     /// Runs each command where its event's shard is held.
     pub commands: crate::cluster::forward::Commands,
+    /// Whether the other nodes' live updates reach this one.
+    pub fanout: crate::realtime::FanoutLink,
 }
 
 impl AppState {

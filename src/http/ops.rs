@@ -50,17 +50,21 @@ pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "data": { "status": "ok" } }))
 }
 
-/// Readiness: the store answers within a second.
+/// Readiness: the store answers within a second. `fanout` says whether
+/// other nodes' live updates reach this one: `local` (no Redis), `connected`
+/// or `disconnected` — a node without Redis still takes joins, so it stays
+/// ready.
 #[utoipa::path(get, path = "/ready", tag = "ops",
-    responses((status = 200, description = "ready"), (status = 503, description = "the store does not answer", body = super::ErrorBody)))]
+    responses((status = 200, description = "ready; `fanout`: `local`, `connected` or `disconnected`"), (status = 503, description = "the store does not answer", body = super::ErrorBody)))]
 pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if state.breaker.is_open() {
         return Err(ApiError::Unavailable);
     }
     match tokio::time::timeout(Duration::from_secs(1), state.store.ping()).await {
-        Ok(Ok(())) => {
-            Ok(HttpResponse::Ok().json(serde_json::json!({ "data": { "status": "ready" } })))
-        }
+        Ok(Ok(())) => Ok(HttpResponse::Ok().json(serde_json::json!({ "data": {
+                "status": "ready",
+                "fanout": state.fanout.state(),
+            } }))),
         Ok(Err(error)) => Err(error.into()),
         Err(_) => Err(ApiError::Unavailable),
     }

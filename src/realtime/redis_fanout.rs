@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -54,8 +54,26 @@ struct Wire<C> {
     change: Option<C>,
 }
 
+/// Whether this node hears the other nodes' changes — the one part of the
+/// cluster Redis carries (placement and joins do not need it).
+#[derive(Clone, Default)]
+pub struct FanoutLink(Option<Arc<AtomicBool>>);
+
+impl FanoutLink {
+    /// `local` (no Redis: one node), `connected`, or `disconnected` (live
+    /// updates from other nodes pause; this node's own still flow).
+    pub fn state(&self) -> &'static str {
+        match &self.0 {
+            None => "local",
+            Some(up) if up.load(Ordering::Relaxed) => "connected",
+            Some(_) => "disconnected",
+        }
+    }
+}
+
 pub struct RedisFanout {
     router: Router,
+    link: FanoutLink,
     publish: mpsc::Sender<Arc<EventChange>>,
     /// Changes the full queue refused since the publisher last looked: they
     /// take numbers too, so receivers see the gap.
@@ -76,12 +94,24 @@ impl RedisFanout {
             dropped: Arc::clone(&dropped),
         };
         actix_web::rt::spawn(publisher(client.clone(), channel.clone(), queue, numbering));
-        actix_web::rt::spawn(subscriber(client, channel, node, router.clone()));
+        let up = Arc::new(AtomicBool::new(false));
+        actix_web::rt::spawn(subscriber(
+            client,
+            channel,
+            node,
+            router.clone(),
+            Arc::clone(&up),
+        ));
         Ok(Self {
             router,
+            link: FanoutLink(Some(up)),
             publish,
             dropped,
         })
+    }
+
+    pub fn link(&self) -> FanoutLink {
+        self.link.clone()
     }
 }
 
@@ -210,7 +240,14 @@ impl Heard {
     }
 }
 
-async fn subscriber(client: redis::Client, channel: String, node: Uuid, router: Router) {
+async fn subscriber(
+    client: redis::Client,
+    channel: String,
+    node: Uuid,
+    router: Router,
+    up: Arc<AtomicBool>,
+) {
+    metrics::gauge!("turnout_fanout_connected").set(0.0);
     let mut attempt = 0;
     loop {
         let mut pubsub = match client.get_async_pubsub().await {
@@ -229,6 +266,7 @@ async fn subscriber(client: redis::Client, channel: String, node: Uuid, router: 
         attempt = 0;
         tracing::info!(%channel, "receiving other nodes' changes through redis");
         metrics::gauge!("turnout_fanout_connected").set(1.0);
+        up.store(true, Ordering::Relaxed);
         // Whatever other nodes committed before this subscription (at boot,
         // while hubs were loading) or while it was down never arrived here.
         router.resync_all();
@@ -267,6 +305,7 @@ async fn subscriber(client: redis::Client, channel: String, node: Uuid, router: 
             }
         }
         metrics::gauge!("turnout_fanout_connected").set(0.0);
+        up.store(false, Ordering::Relaxed);
         tracing::warn!("redis subscription ended; reconnecting");
     }
 }

@@ -32,7 +32,10 @@ async fn a_lone_node_is_the_whole_cluster(app: TestApp) {
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
 }
 
-crate::on_both_backends!(a_lone_node_is_the_whole_cluster);
+crate::on_both_backends!(
+    a_lone_node_is_the_whole_cluster,
+    only_nodes_may_forward_commands
+);
 
 #[actix_web::test]
 async fn nodes_sharing_a_database_share_the_shards() {
@@ -92,4 +95,66 @@ async fn a_node_configured_with_another_shard_count_refuses_to_start() {
         message.contains("256 shards") && message.contains("TURNOUT_CLUSTER__SHARDS=256"),
         "{message}"
     );
+}
+
+/// The internal route takes commands only from nodes of the cluster: no
+/// token, a user's token (even an admin's), or a node token signed with
+/// another key are refused before the body is read, and nothing changes.
+async fn only_nodes_may_forward_commands(app: TestApp) {
+    let owner = app.register("owner@example.com").await;
+    let event = app.published_event(&owner, 5).await;
+    let stranger = app.user();
+    let command = serde_json::json!({
+        "event": event,
+        "command": { "command": "join", "user": stranger.id, "at": chrono::Utc::now() },
+        "idempotency": null,
+        "request_id": null,
+    });
+    let foreign = turnout::cluster::forward::InternalKeys::new(&[secrecy::SecretString::from(
+        "another-cluster-another-cluster-key".to_owned(),
+    )]);
+    let tokens = [
+        None,
+        Some(stranger.token.clone()),
+        Some(app.token_with_role("admin")),
+        Some(foreign.issue(turnout_actors::placement::NodeId::new())),
+    ];
+    for token in tokens {
+        let mut request = app
+            .request(Method::POST, "/internal/commands")
+            .json(&command);
+        if let Some(token) = &token {
+            request = request.bearer_auth(token);
+        }
+        let refused = request.send().await.unwrap();
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        let mut garbled = app
+            .request(Method::POST, "/internal/commands")
+            .body("{not json");
+        if let Some(token) = &token {
+            garbled = garbled.bearer_auth(token);
+        }
+        assert_eq!(
+            garbled.send().await.unwrap().status(),
+            StatusCode::UNAUTHORIZED,
+            "refused before the body is read"
+        );
+    }
+    assert_eq!(app.event(event).await["active_count"], 0);
+
+    // A node of this cluster (its key is the JWT key here) is heard.
+    let ours = turnout::cluster::forward::InternalKeys::new(&[secrecy::SecretString::from(
+        crate::helpers::JWT_KEY.to_owned(),
+    )]);
+    let answered = app
+        .request(Method::POST, "/internal/commands")
+        .bearer_auth(ours.issue(turnout_actors::placement::NodeId::new()))
+        .json(&command)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answered.status(), StatusCode::OK);
+    let reply = crate::helpers::body(answered).await;
+    assert!(reply.get("Ok").is_some(), "{reply}");
+    assert_eq!(app.event(event).await["active_count"], 1);
 }

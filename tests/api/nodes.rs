@@ -209,3 +209,43 @@ async fn a_client_on_one_node_sees_joins_made_through_another_in_order() {
         );
     }
 }
+
+/// Placement does not use Redis: with Redis unreachable, two nodes still
+/// decide every join on one actor; only live updates between nodes pause,
+/// and `/ready` says so.
+#[actix_web::test]
+async fn without_redis_a_cluster_takes_joins_and_says_live_updates_are_down() {
+    use secrecy::SecretString;
+
+    let dir = tempfile::tempdir().unwrap();
+    let Some(url) = fresh_database(Backend::Postgres, &dir).await else {
+        return;
+    };
+    // Nothing listens on port 1.
+    let tweak = |s: &mut turnout::config::Settings| {
+        s.redis_url = Some(SecretString::from("redis://127.0.0.1:1".to_owned()));
+    };
+    let a = spawn_node(&url, tweak).await;
+    let b = spawn_node(&url, tweak).await;
+    a.wait_for_placement(2).await;
+
+    let owner = a.register("owner@example.com").await;
+    let event = a.published_event(&owner, 3).await;
+    for (i, node) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let joined = node.join(&node.user(), event).await;
+        assert_eq!(joined.status(), StatusCode::CREATED);
+        let expected = if i < 3 { "active" } else { "waitlisted" };
+        assert_eq!(body(joined).await["data"]["status"], expected);
+    }
+    for node in [&a, &b] {
+        let ready = node
+            .request(reqwest::Method::GET, "/ready")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), StatusCode::OK, "still ready for joins");
+        // (`turnout_fanout_connected` says the same, but in-process nodes
+        // of parallel tests share one metrics registry.)
+        assert_eq!(body(ready).await["data"]["fanout"], "disconnected");
+    }
+}

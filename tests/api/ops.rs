@@ -15,7 +15,12 @@ async fn health_ready_metrics_and_openapi(app: TestApp) {
         StatusCode::OK
     );
     let ready = app.request(Method::GET, "/ready").send().await.unwrap();
-    assert_eq!(body(ready).await["data"]["status"], "ready");
+    let ready = body(ready).await;
+    assert_eq!(ready["data"]["status"], "ready");
+    assert_eq!(
+        ready["data"]["fanout"], "local",
+        "no Redis: one node's updates"
+    );
 
     let owner = app.register("owner@example.com").await;
     let event = app.published_event(&owner, 3).await;
