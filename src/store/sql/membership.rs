@@ -9,8 +9,11 @@ use uuid::Uuid;
 use super::SqlStore;
 use crate::store::{LeaseRecord, Membership, NodeRecord, unavailable};
 
+// `$in_shard_order`: how the dialect locks a node's lease rows before
+// renewing them — in shard order on Postgres, the order commits take their
+// shares in (see the journal), so a renewal and a commit never deadlock.
 macro_rules! impl_membership {
-    ($db:ty) => {
+    ($db:ty, $in_shard_order:literal) => {
         #[async_trait]
         impl Membership for SqlStore<$db> {
             async fn shard_count(&self, proposed: i64) -> Result<i64, StoreError> {
@@ -118,7 +121,12 @@ macro_rules! impl_membership {
             }
 
             async fn renew_shards(&self, node: Uuid, expires_at: i64) -> Result<u64, StoreError> {
-                let renewed = sqlx::query("UPDATE shard_leases SET expires_at = $1 WHERE node = $2")
+                let renewed = sqlx::query(concat!(
+                    "UPDATE shard_leases SET expires_at = $1 WHERE shard IN \
+                     (SELECT shard FROM shard_leases WHERE node = $2 ORDER BY shard",
+                    $in_shard_order,
+                    ")"
+                ))
                     .bind(expires_at)
                     .bind(node)
                     .execute(&self.pool)
@@ -149,5 +157,5 @@ macro_rules! impl_membership {
     };
 }
 
-impl_membership!(Sqlite);
-impl_membership!(Postgres);
+impl_membership!(Sqlite, "");
+impl_membership!(Postgres, " FOR UPDATE");
