@@ -100,6 +100,7 @@ impl Application {
     /// background tasks, and binds the listener. Must run inside an actix
     /// `System`.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        crate::telemetry::export_from_start();
         let claim = store::ServerClaim::take(settings.database_url.expose_secret())?;
         let store = open_store(&settings).await?;
         let listener = TcpListener::bind(&settings.bind)
@@ -118,6 +119,7 @@ impl Application {
         } else {
             HeldShards::none(node.shards)
         });
+        metrics::gauge!("turnout_cluster_shards_held").set(held.held().len() as f64);
         let jwt_keys = jwt_keys(&settings)?;
         let tokens = TokenKeys::new(
             &jwt_keys,

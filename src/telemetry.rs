@@ -51,6 +51,51 @@ pub fn init_logs(format: &str, level: &str) -> WorkerGuard {
     guard
 }
 
+/// Counters that exist from the start, at zero: a series that first
+/// appears at 1 shows no `increase()`, so an alert on the first dead
+/// message, lost shard or refused append would never fire; and a dashboard
+/// shows a flat line rather than "no data".
+const COUNTED_FROM_START: &[&str] = &[
+    "turnout_actor_panics_total",
+    "turnout_breaker_opened_total",
+    "turnout_cluster_handovers_total",
+    "turnout_cluster_lease_takeovers_total",
+    "turnout_cluster_shards_lost_total",
+    "turnout_fanout_dropped_total",
+    "turnout_fanout_gaps_total",
+    "turnout_journal_fenced_total",
+    "turnout_journal_refused_total",
+    "turnout_log_lines_dropped_total",
+    "turnout_mailbox_full_total",
+    "turnout_outbox_dead_total",
+    "turnout_outbox_published_total",
+    "turnout_recs_lists_pushed_total",
+    "turnout_ws_slow_consumers_total",
+];
+
+/// Gauges whose value at the start is known to be zero.
+const ZERO_AT_START: &[&str] = &[
+    "turnout_journal_pending",
+    "turnout_live_actors",
+    "turnout_recs_actors",
+    "turnout_ws_connections",
+];
+
+/// Installs the recorder before anything records (what is recorded before
+/// it goes nowhere) and exports the series that must exist from the start.
+pub fn export_from_start() {
+    let _ = metrics();
+    for &name in COUNTED_FROM_START {
+        metrics::counter!(name).increment(0);
+    }
+    for outcome in ["answered", "not_here", "not_sent", "lost"] {
+        metrics::counter!("turnout_forwarded_commands_total", "outcome" => outcome).increment(0);
+    }
+    for &name in ZERO_AT_START {
+        metrics::gauge!(name).set(0.0);
+    }
+}
+
 /// The process-wide Prometheus recorder (installed once, shared by every app
 /// in the process, which matters for tests).
 pub fn metrics() -> PrometheusHandle {

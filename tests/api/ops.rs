@@ -208,3 +208,70 @@ async fn the_docs_page_works_offline_in_a_real_browser() {
         .await;
     assert_eq!(elsewhere, "[]", "the page loaded nothing from elsewhere");
 }
+
+/// Every metric the alert rules (deploy/prometheus) and the dashboard
+/// (deploy/grafana) read is one a running server exports — from its start,
+/// so that `rate()` and `increase()` see the first event too.
+#[actix_web::test]
+async fn the_alert_rules_and_the_dashboard_read_only_exported_metrics() {
+    let redis = std::env::var("TURNOUT_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    let backend = if crate::helpers::postgres_base_url().is_some() {
+        crate::helpers::Backend::Postgres
+    } else {
+        crate::helpers::Backend::Sqlite
+    };
+    let app = crate::helpers::spawn_app_with(backend, |s| {
+        if let Some(url) = &redis {
+            s.redis_url = Some(secrecy::SecretString::from(url.clone()));
+            s.realtime.redis_channel = format!("turnout:test:{}", uuid::Uuid::new_v4());
+        }
+    })
+    .await
+    .unwrap();
+    let owner = app.register("owner@example.com").await;
+    let event = app.published_event(&owner, 3).await;
+    app.join(&app.user(), event).await;
+    let mut socket = crate::realtime::connect(&app).await;
+    crate::realtime::subscribe(&mut socket, &format!("event:{event}"), None).await;
+    app.join(&app.user(), event).await;
+    crate::realtime::next(&mut socket).await;
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let mut named = std::collections::BTreeSet::new();
+    for file in ["prometheus/turnout.rules.yml", "grafana/turnout.json"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let mut rest = text.as_str();
+        while let Some(start) = rest.find("turnout_") {
+            let name: String = rest[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            // Recording rules (`turnout:…`) are made from these.
+            if !rest[..start].ends_with(':') {
+                named.insert(name.clone());
+            }
+            rest = &rest[start + name.len()..];
+        }
+    }
+    assert!(named.len() > 25, "found only {named:?}");
+    if redis.is_none() {
+        eprintln!("TURNOUT_TEST_REDIS_URL is not set: not checking turnout_fanout_connected");
+        named.remove("turnout_fanout_connected");
+    }
+    let page = app.metrics().await;
+    let exported: std::collections::BTreeSet<&str> = page
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let missing: Vec<&String> = named
+        .iter()
+        .filter(|n| !exported.contains(n.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "named in deploy/ but not on /metrics: {missing:?}"
+    );
+}
