@@ -15,6 +15,7 @@ pub async fn server(dir: &tempfile::TempDir, key: &str, rate_limited: bool) -> S
 
 /// `nodes` servers forming a cluster on a fresh Postgres database, their
 /// addresses; `None` when `TURNOUT_TEST_POSTGRES_URL` is not set.
+#[allow(dead_code, reason = "not every test file runs a cluster")]
 pub async fn cluster(dir: &tempfile::TempDir, key: &str, nodes: usize) -> Option<Vec<String>> {
     let base = std::env::var("TURNOUT_TEST_POSTGRES_URL")
         .ok()
