@@ -42,6 +42,80 @@ pub struct Settings {
     pub rate_limits: crate::http::rate_limit::RateLimitSettings,
     pub metrics: crate::http::ops::MetricsSettings,
     pub cluster: crate::cluster::ClusterSettings,
+    /// Keys the sources gave that no setting has (a typo, an old name):
+    /// warned about at start, refused in production.
+    #[serde(skip)]
+    pub unknown: Vec<UnknownSetting>,
+}
+
+/// A key a settings file or a `TURNOUT_…` variable gave that no setting
+/// has, with the known key nearest to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownSetting {
+    /// Dotted, as in a file: `http.write_timout_ms`.
+    pub key: String,
+    /// The variable that gave it, if one did.
+    pub variable: Option<String>,
+    pub nearest: Option<String>,
+}
+
+impl std::fmt::Display for UnknownSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.variable {
+            Some(variable) => write!(f, "{variable} is not a setting")?,
+            None => write!(f, "`{}` is not a setting", self.key)?,
+        }
+        match (&self.nearest, &self.variable) {
+            (Some(nearest), Some(_)) => write!(f, "; did you mean {}?", variable_name(nearest)),
+            (Some(nearest), None) => write!(f, "; did you mean `{nearest}`?"),
+            (None, _) => write!(f, " (config/default.toml lists every setting)"),
+        }
+    }
+}
+
+/// The variable that sets a dotted key: `http.write_timeout_ms` →
+/// `TURNOUT_HTTP__WRITE_TIMEOUT_MS`.
+fn variable_name(key: &str) -> String {
+    format!("TURNOUT_{}", key.replace('.', "__").to_uppercase())
+}
+
+/// Every key config/default.toml names, set or shown commented out
+/// (`# redis_url = …`): the file is the list of settings.
+fn known_keys() -> Vec<String> {
+    let mut section = String::new();
+    let mut keys = Vec::new();
+    let is_key = |k: &str| !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+    for line in DEFAULTS.lines().map(str::trim) {
+        let line = line.strip_prefix('#').map_or(line, str::trim_start);
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']'))
+            && name.split('.').all(is_key)
+        {
+            section = name.to_owned();
+            keys.push(section.clone());
+            continue;
+        }
+        let Some((key, _)) = line.split_once(" = ") else {
+            continue;
+        };
+        if is_key(key) {
+            keys.push(if section.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{section}.{key}")
+            });
+        }
+    }
+    keys
+}
+
+/// The known key a mistaken one most likely meant, if any is close.
+fn nearest(key: &str, known: &[String]) -> Option<String> {
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(key, k), k))
+        .filter(|(distance, _)| *distance <= (key.len() / 3).max(2))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, k)| k.clone())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,15 +207,32 @@ impl Settings {
         ] {
             builder = builder.set_override_option(key, value.clone())?;
         }
-        let settings: Settings = builder
-            .build()?
-            .try_deserialize()
-            .context("invalid configuration")?;
+        let mut ignored = Vec::new();
+        let mut settings: Settings = serde_ignored::deserialize(builder.build()?, |path| {
+            ignored.push(path.to_string());
+        })
+        .context("invalid configuration")?;
+        let known = known_keys();
+        settings.unknown = ignored
+            .into_iter()
+            .map(|key| UnknownSetting {
+                variable: Some(variable_name(&key)).filter(|v| std::env::var_os(v).is_some()),
+                nearest: nearest(&key, &known),
+                key,
+            })
+            .collect();
         settings.validate()?;
         Ok(settings)
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        if self.env == Environment::Production && !self.unknown.is_empty() {
+            let mistakes: Vec<String> = self.unknown.iter().map(ToString::to_string).collect();
+            anyhow::bail!(
+                "TURNOUT_ENV=production refuses unknown settings: {}",
+                mistakes.join("; ")
+            );
+        }
         if self.env == Environment::Production {
             let keys = self.jwt_keys();
             anyhow::ensure!(
@@ -230,6 +321,8 @@ mod tests {
     fn production_refuses_weak_keys_and_wildcard_origins() {
         let production = |keys: &str, cors: &[&str]| {
             let mut settings = Settings::load(&Overrides::default()).unwrap();
+            // The test suite's own TURNOUT_TEST_… variables are not the point here.
+            settings.unknown.clear();
             settings.env = Environment::Production;
             settings.jwt_secrets = Some(SecretString::from(keys.to_owned()));
             settings.http.cors_origins = cors.iter().map(|o| (*o).to_owned()).collect();
@@ -243,6 +336,67 @@ mod tests {
         assert!(production(&format!("{strong},{}", "ab".repeat(20)), &[]).is_err());
         let wildcard = production(strong, &["*"]).unwrap_err().to_string();
         assert!(wildcard.contains("wildcard"), "{wildcard}");
+    }
+
+    #[test]
+    fn every_setting_is_known_and_a_typo_finds_its_setting() {
+        let known = known_keys();
+        for key in [
+            "bind",
+            "jwt_secrets",
+            "redis_url",
+            "http.write_timeout_ms",
+            "http.tls.cert_path",
+            "metrics.bind",
+            "cluster.internal_secrets",
+            "realtime.max_frame_bytes",
+        ] {
+            assert!(known.iter().any(|k| k == key), "{key} in {known:?}");
+        }
+        assert_eq!(
+            nearest("http.write_timout_ms", &known).as_deref(),
+            Some("http.write_timeout_ms")
+        );
+        assert_eq!(
+            nearest("cluster.shard", &known).as_deref(),
+            Some("cluster.shards")
+        );
+        assert_eq!(nearest("completely_unrelated_thing", &known), None);
+        let typo = UnknownSetting {
+            key: "http.write_timout_ms".into(),
+            variable: Some("TURNOUT_HTTP__WRITE_TIMOUT_MS".into()),
+            nearest: Some("http.write_timeout_ms".into()),
+        };
+        assert_eq!(
+            typo.to_string(),
+            "TURNOUT_HTTP__WRITE_TIMOUT_MS is not a setting; did you mean TURNOUT_HTTP__WRITE_TIMEOUT_MS?"
+        );
+    }
+
+    #[test]
+    fn production_refuses_unknown_settings() {
+        let mut settings = Settings::load(&Overrides::default()).unwrap();
+        settings.env = Environment::Production;
+        settings.jwt_secrets = Some(SecretString::from(
+            "6f1c9d2a8b7e4035a1c2d3e4f5061728394a5b6c7d8e9f00".to_owned(),
+        ));
+        settings.unknown = vec![UnknownSetting {
+            key: "http.write_timout_ms".into(),
+            variable: None,
+            nearest: Some("http.write_timeout_ms".into()),
+        }];
+        let refused = settings.validate().unwrap_err().to_string();
+        assert!(
+            refused.contains(
+                "`http.write_timout_ms` is not a setting; did you mean `http.write_timeout_ms`?"
+            ),
+            "{refused}"
+        );
+        settings.env = Environment::Development;
+        assert!(
+            settings.validate().is_ok(),
+            "only warned about in development"
+        );
     }
 
     #[test]

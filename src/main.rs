@@ -33,6 +33,18 @@ enum Cmd {
     /// Give an account a role (`attendee`, `organizer` or `admin`): how the
     /// first admin is made. Takes effect at their next login.
     SetRole { email: String, role: String },
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the effective settings (secrets redacted) and exit non-zero if
+    /// a file or a TURNOUT_… variable gives a key no setting has.
+    Check,
 }
 
 #[global_allocator]
@@ -46,9 +58,15 @@ fn main() -> anyhow::Result<()> {
         database_url: cli.database_url,
         redis_url: cli.redis_url,
     })?;
+    let command = cli.command.unwrap_or(Cmd::Serve);
     let _logs = turnout::telemetry::init_logs(&settings.log_format, &settings.log_level);
+    if !matches!(command, Cmd::Config { .. }) {
+        for mistake in &settings.unknown {
+            tracing::warn!(%mistake, "ignoring an unknown setting");
+        }
+    }
     let system = actix_web::rt::System::new();
-    match cli.command.unwrap_or(Cmd::Serve) {
+    match command {
         Cmd::Serve => system.block_on(async {
             let app = Application::build(settings).await?;
             app.run_until_stopped().await
@@ -67,6 +85,9 @@ fn main() -> anyhow::Result<()> {
             println!("{email} is now {role}; it takes effect at their next login");
             Ok(())
         }),
+        Cmd::Config {
+            action: ConfigCmd::Check,
+        } => check_config(&settings),
         Cmd::Migrate => system.block_on(async {
             turnout::store::connect(settings.database_url.expose_secret(), &settings.database)
                 .await?;
@@ -74,4 +95,18 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }),
     }
+}
+
+/// `turnout config check`: the effective settings, secrets redacted, and
+/// every unknown key as an error (exit status 1).
+fn check_config(settings: &Settings) -> anyhow::Result<()> {
+    println!("{settings:#?}");
+    for mistake in &settings.unknown {
+        eprintln!("error: {mistake}");
+    }
+    if !settings.unknown.is_empty() {
+        std::process::exit(1);
+    }
+    eprintln!("the configuration is valid");
+    Ok(())
 }
