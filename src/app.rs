@@ -25,6 +25,7 @@ use crate::cluster::Node;
 use crate::cluster::forward::{Commands, InternalKeys, Peers};
 use crate::cluster::placement::Placement;
 use crate::config::{Environment, Settings, redact_url};
+use crate::event_cache::{EventCache, Serving};
 use crate::http::client_limits::{self, BodyDeadline, HttpConnections};
 use crate::http::ops::MetricsAccess;
 use crate::http::rate_limit::RateLimits;
@@ -82,6 +83,7 @@ struct Core {
     recommenders: Recommenders,
     realtime: Realtime,
     fanout: FanoutLink,
+    events: EventCache,
 }
 
 /// What every HTTP worker shares, built once.
@@ -163,7 +165,14 @@ impl Application {
             settings.write_timeout(),
         )
         .context("cannot build the client nodes forward commands with")?;
-        let commands = Commands::new(node.id, core.registry.clone(), held, directory, peers);
+        let commands = Commands::new(
+            node.id,
+            core.registry.clone(),
+            held,
+            directory,
+            peers,
+            core.events.clone(),
+        );
         let mut background = Background::default();
         let shared = Shared {
             tokens: web::Data::new(tokens),
@@ -182,6 +191,7 @@ impl Application {
                 node: node.clone(),
                 commands,
                 fanout: core.fanout,
+                events: core.events,
             }),
         };
         start_maintenance(&settings, &store, &shared, &mut background)?;
@@ -304,15 +314,35 @@ async fn start_core(
         recs_settings,
         threads.start(),
     );
-    let router = Router::new(hubs.clone(), recommenders.clone(), store.clone());
-    let (changes, fanout): (Arc<dyn ChangeSink>, FanoutLink) = match &settings.redis_url {
+    let fanout = match settings.redis_url {
+        Some(_) => FanoutLink::unlinked(),
+        None => FanoutLink::default(),
+    };
+    // A node alone (SQLite) hears every change; a cluster node only through
+    // Redis (see `event_cache`).
+    let serving = match (held.is_fenced(), &settings.redis_url) {
+        (false, _) => Serving::Always,
+        (true, Some(_)) => Serving::WhileLinked(fanout.clone()),
+        (true, None) => Serving::Never,
+    };
+    let events = EventCache::new(settings.http.cached_events, serving);
+    let router = Router::new(
+        hubs.clone(),
+        recommenders.clone(),
+        events.clone(),
+        store.clone(),
+    );
+    let changes: Arc<dyn ChangeSink> = match &settings.redis_url {
         Some(url) => {
             tracing::info!(redis = %redact_url(url), "cross-node fan-out through redis");
-            let fanout = RedisFanout::start(url, settings.realtime.redis_channel.clone(), router)?;
-            let link = fanout.link();
-            (Arc::new(fanout), link)
+            Arc::new(RedisFanout::start(
+                url,
+                settings.realtime.redis_channel.clone(),
+                router,
+                fanout.clone(),
+            )?)
         }
-        None => (Arc::new(LocalFanout(router)), FanoutLink::default()),
+        None => Arc::new(LocalFanout(router)),
     };
 
     let actor_threads = match settings.actors.threads {
@@ -348,6 +378,7 @@ async fn start_core(
         recommenders,
         realtime,
         fanout,
+        events,
     })
 }
 

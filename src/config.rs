@@ -162,6 +162,8 @@ pub struct HttpSettings {
     pub breaker: crate::http::breaker::BreakerSettings,
     /// Terminate TLS here (HTTPS and WSS) instead of at a proxy.
     pub tls: Option<TlsSettings>,
+    /// Events whose `GET /v1/events/{id}` answer is held in memory.
+    pub cached_events: usize,
 }
 
 /// `[http.tls]`: PEM files.

@@ -20,6 +20,7 @@ pub mod background;
 pub mod cluster;
 pub mod config;
 pub mod consumers;
+pub mod event_cache;
 pub mod http;
 pub mod outbox;
 pub mod realtime;

@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use super::placement::{Directory, Holder};
 use crate::auth::TokenKeys;
+use crate::event_cache::EventCache;
 use crate::http::{ApiError, AppState};
 
 /// How long a command waits before it looks for its shard's holder again.
@@ -46,6 +47,9 @@ type Answered = Result<Reply, CommandError>;
 pub struct Commands {
     me: Uuid,
     registry: EventRegistry,
+    /// Told of a forwarded command's result, so that this node's next read
+    /// shows it (read your writes, whichever node decided).
+    events: EventCache,
     held: Arc<HeldShards>,
     directory: Arc<Directory>,
     peers: Peers,
@@ -58,10 +62,12 @@ impl Commands {
         held: Arc<HeldShards>,
         directory: Arc<Directory>,
         peers: Peers,
+        events: EventCache,
     ) -> Self {
         Self {
             me: me.as_uuid(),
             registry,
+            events,
             held,
             directory,
             peers,
@@ -91,7 +97,12 @@ impl Commands {
                     // may go again (its key finds the first answer).
                     Err(Undelivered::Lost) if forwarded.idempotency.is_some() => {}
                     Err(Undelivered::Lost) => return Err(CommandError::Unavailable),
-                    Ok(answer) => return answer,
+                    Ok(answer) => {
+                        if let Ok(Reply::Done(outcome)) = &answer {
+                            self.events.changed(&outcome.summary);
+                        }
+                        return answer;
+                    }
                 }
             }
             tokio::time::sleep(PAUSE).await;

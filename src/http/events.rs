@@ -1,12 +1,14 @@
 //! Events: create, publish, change, cancel, read and list. Every change is a
 //! command to the event's actor; reads come from the read model.
 
+use std::sync::Arc;
+
+use actix_web::http::header::ContentType;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use turnout_actors::domain::{
-    Capacity, Command, Description, DetailsPatch, EventDetails, EventId, Lifecycle, Tag, Title,
-    VenueId,
+    Capacity, Command, Description, DetailsPatch, EventDetails, EventId, Tag, Title, VenueId,
 };
 use turnout_actors::store::EventSummary;
 use uuid::Uuid;
@@ -14,6 +16,7 @@ use uuid::Uuid;
 use super::identity::{AuthUser, MaybeUser};
 use super::pagination::{self, Page};
 use super::{ApiError, AppState, venues};
+use crate::event_cache::CachedEvent;
 use crate::store::EventFilter;
 use crate::views::EventView;
 
@@ -208,19 +211,32 @@ pub async fn get_event(
     user: MaybeUser,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let event = state
-        .store
-        .event(EventId::from(id.into_inner()))
-        .await?
-        .filter(|e| {
-            e.status != Lifecycle::Draft
-                || user
-                    .0
-                    .as_ref()
-                    .is_some_and(|u| u.id.as_uuid() == e.owner_id)
-        })
-        .ok_or(ApiError::NotFound("event"))?;
-    Ok(HttpResponse::Ok().json(EventEnvelope { data: event.into() }))
+    let id = EventId::from(id.into_inner());
+    let event = match state.events.get(id) {
+        Some(held) => {
+            metrics::counter!("turnout_event_reads_total", "source" => "memory").increment(1);
+            held
+        }
+        None => {
+            metrics::counter!("turnout_event_reads_total", "source" => "database").increment(1);
+            let began = state.events.generation();
+            let read = CachedEvent::from(
+                state
+                    .store
+                    .event(id)
+                    .await?
+                    .ok_or(ApiError::NotFound("event"))?,
+            );
+            state.events.loaded(began, read.clone());
+            Arc::new(read)
+        }
+    };
+    if !event.visible_to(user.0.as_ref().map(|u| u.id)) {
+        return Err(ApiError::NotFound("event"));
+    }
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(event.body.clone()))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -66,6 +66,8 @@ pub struct AppState {
     pub commands: crate::cluster::forward::Commands,
     /// Whether the other nodes' live updates reach this one.
     pub fanout: crate::realtime::FanoutLink,
+    /// `GET /v1/events/{id}` answers held in memory.
+    pub events: crate::event_cache::EventCache,
 }
 
 impl AppState {

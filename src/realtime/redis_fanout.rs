@@ -60,6 +60,15 @@ struct Wire<C> {
 pub struct FanoutLink(Option<Arc<AtomicBool>>);
 
 impl FanoutLink {
+    /// A link that is not up (yet).
+    pub fn unlinked() -> Self {
+        Self(Some(Arc::default()))
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.0.as_ref().is_some_and(|up| up.load(Ordering::Acquire))
+    }
+
     /// `local` (no Redis: one node), `connected`, or `disconnected` (live
     /// updates from other nodes pause; this node's own still flow).
     pub fn state(&self) -> &'static str {
@@ -73,7 +82,6 @@ impl FanoutLink {
 
 pub struct RedisFanout {
     router: Router,
-    link: FanoutLink,
     publish: mpsc::Sender<Arc<EventChange>>,
     /// Changes the full queue refused since the publisher last looked: they
     /// take numbers too, so receivers see the gap.
@@ -82,7 +90,13 @@ pub struct RedisFanout {
 
 impl RedisFanout {
     /// Starts the publisher and subscriber tasks on the current runtime.
-    pub fn start(url: &SecretString, channel: String, router: Router) -> anyhow::Result<Self> {
+    /// `link` is told whether the subscription is up.
+    pub fn start(
+        url: &SecretString,
+        channel: String,
+        router: Router,
+        link: FanoutLink,
+    ) -> anyhow::Result<Self> {
         let client = redis::Client::open(url.expose_secret())
             .map_err(|e| anyhow::anyhow!("invalid Redis URL: {:?}", e.kind()))?;
         let node = Uuid::now_v7();
@@ -94,24 +108,13 @@ impl RedisFanout {
             dropped: Arc::clone(&dropped),
         };
         actix_web::rt::spawn(publisher(client.clone(), channel.clone(), queue, numbering));
-        let up = Arc::new(AtomicBool::new(false));
-        actix_web::rt::spawn(subscriber(
-            client,
-            channel,
-            node,
-            router.clone(),
-            Arc::clone(&up),
-        ));
+        let up = link.0.clone().unwrap_or_default();
+        actix_web::rt::spawn(subscriber(client, channel, node, router.clone(), up));
         Ok(Self {
             router,
-            link: FanoutLink(Some(up)),
             publish,
             dropped,
         })
-    }
-
-    pub fn link(&self) -> FanoutLink {
-        self.link.clone()
     }
 }
 
@@ -266,10 +269,11 @@ async fn subscriber(
         attempt = 0;
         tracing::info!(%channel, "receiving other nodes' changes through redis");
         metrics::gauge!("turnout_fanout_connected").set(1.0);
-        up.store(true, Ordering::Relaxed);
         // Whatever other nodes committed before this subscription (at boot,
-        // while hubs were loading) or while it was down never arrived here.
+        // while hubs were loading) or while it was down never arrived here:
+        // forgotten before anything is answered from memory again.
         router.resync_all();
+        up.store(true, Ordering::Release);
         let mut heard = Heard::default();
         let mut messages = pubsub.into_on_message();
         loop {
@@ -305,7 +309,7 @@ async fn subscriber(
             }
         }
         metrics::gauge!("turnout_fanout_connected").set(0.0);
-        up.store(false, Ordering::Relaxed);
+        up.store(false, Ordering::Release);
         tracing::warn!("redis subscription ended; reconnecting");
     }
 }

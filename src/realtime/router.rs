@@ -1,6 +1,6 @@
 //! Where a committed change goes in this process — whether it was committed
-//! here or arrived from another node: to the channel hubs (live updates)
-//! and to the recommenders (live lists).
+//! here or arrived from another node: to the event cache (reads), the
+//! channel hubs (live updates) and the recommenders (live lists).
 
 use std::sync::Arc;
 
@@ -8,6 +8,7 @@ use turnout_actors::changes::{ChangeSink, EventChange};
 use turnout_actors::recommend::{EventUpdate, Recommenders};
 
 use super::hubs::Hubs;
+use crate::event_cache::EventCache;
 use crate::recommendations::load_catalog;
 use crate::store::Store;
 
@@ -15,26 +16,36 @@ use crate::store::Store;
 pub struct Router {
     pub hubs: Hubs,
     pub recommenders: Recommenders,
+    events: EventCache,
     store: Arc<dyn Store>,
 }
 
 impl Router {
-    pub fn new(hubs: Hubs, recommenders: Recommenders, store: Arc<dyn Store>) -> Self {
+    pub fn new(
+        hubs: Hubs,
+        recommenders: Recommenders,
+        events: EventCache,
+        store: Arc<dyn Store>,
+    ) -> Self {
         Self {
             hubs,
             recommenders,
+            events,
             store,
         }
     }
 
     pub fn route(&self, change: Arc<EventChange>) {
+        self.events.changed(&change.summary);
         self.recommenders.apply(EventUpdate::from(&*change));
         self.hubs.route(change);
     }
 
-    /// Changes may have been missed (the cross-node feed was down): hubs
-    /// reload their state and the recommendation catalog is rebuilt.
+    /// Changes may have been missed (the cross-node feed was down): the
+    /// event cache forgets what it held, hubs reload their state and the
+    /// recommendation catalog is rebuilt.
     pub fn resync_all(&self) {
+        self.events.forget_all();
         self.hubs.resync_all();
         let (store, recommenders) = (Arc::clone(&self.store), self.recommenders.clone());
         actix_web::rt::spawn(async move {

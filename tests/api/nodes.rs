@@ -208,6 +208,90 @@ async fn a_client_on_one_node_sees_joins_made_through_another_in_order() {
             "A never caught up: {frame}"
         );
     }
+    // What A answers from memory was forgotten when its link came back:
+    // the joins B took while A was cut off show.
+    assert_eq!(a.event(event).await["active_count"], 35);
+}
+
+/// Reads are answered from memory on every node of a cluster linked
+/// through Redis: the node that took a join (or forwarded it) shows it at
+/// once, the other as soon as the change reaches it — and each read is the
+/// count a database read would give.
+#[actix_web::test]
+async fn reads_on_every_node_follow_the_joins_through_any_node() {
+    use secrecy::SecretString;
+
+    let Some(redis_url) = std::env::var("TURNOUT_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!("TURNOUT_TEST_REDIS_URL is not set: skipping the cached reads across nodes");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(url) = fresh_database(Backend::Postgres, &dir).await else {
+        return;
+    };
+    let channel = format!("turnout:test:{}", uuid::Uuid::new_v4());
+    let tweak = |s: &mut turnout::config::Settings| {
+        s.redis_url = Some(SecretString::from(redis_url.clone()));
+        s.realtime.redis_channel = channel.clone();
+    };
+    let a = spawn_node(&url, tweak).await;
+    let b = spawn_node(&url, tweak).await;
+    a.wait_for_placement(2).await;
+    for node in [&a, &b] {
+        while body(
+            node.request(reqwest::Method::GET, "/ready")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await["data"]["fanout"]
+            != "connected"
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    let owner = a.register("owner@example.com").await;
+    let event = a.published_event(&owner, 8).await;
+    let store = a.store().await;
+    for joined in 1..=12_i64 {
+        let (took, other) = if joined % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        assert_eq!(
+            took.join(&took.user(), event).await.status(),
+            StatusCode::CREATED
+        );
+        let (active, waiting) = (joined.min(8), (joined - 8).max(0));
+        let seen = took.event(event).await;
+        assert_eq!(
+            (
+                seen["active_count"].as_i64(),
+                seen["waitlist_count"].as_i64()
+            ),
+            (Some(active), Some(waiting)),
+            "the node that took the join shows it at once"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while other.event(event).await["active_count"].as_i64() != Some(active) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the other node never heard"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let stored = store
+            .event(turnout_actors::domain::EventId::from(event))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (stored.active_count, stored.waitlist_count),
+            (active, waiting),
+            "memory and the database agree"
+        );
+    }
 }
 
 /// Placement does not use Redis: with Redis unreachable, two nodes still
