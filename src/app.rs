@@ -27,6 +27,7 @@ use crate::cluster::placement::Placement;
 use crate::config::{Environment, Settings, redact_url};
 use crate::event_cache::{EventCache, Serving};
 use crate::http::client_limits::{self, BodyDeadline, HttpConnections};
+use crate::http::drain::{self, Drain};
 use crate::http::ops::MetricsAccess;
 use crate::http::rate_limit::RateLimits;
 use crate::http::ws::Realtime;
@@ -38,6 +39,11 @@ use crate::store::{self, Store};
 pub struct Application {
     port: u16,
     server: Server,
+    /// Set as the node stops accepting: answers close their connections.
+    drain: Drain,
+    /// The API's listening socket, to refuse new connections at a stop
+    /// before the workers stop.
+    listening: TcpListener,
     /// `/metrics` on a listener of its own, when `metrics.bind` is set.
     metrics_server: Option<Server>,
     journal: Addr<Journal>,
@@ -95,6 +101,7 @@ struct Shared {
     login_guard: web::Data<LoginGuard>,
     hashing: web::Data<Hashing>,
     internal_keys: web::Data<InternalKeys>,
+    drain: web::Data<Drain>,
 }
 
 impl Application {
@@ -174,6 +181,7 @@ impl Application {
             core.events.clone(),
         );
         let mut background = Background::default();
+        let drain = Drain::default();
         let shared = Shared {
             tokens: web::Data::new(tokens),
             realtime: web::Data::new(core.realtime),
@@ -181,6 +189,7 @@ impl Application {
             login_guard: web::Data::new(LoginGuard::new(settings.auth.lockout.clone())),
             hashing: web::Data::new(Hashing::new(&settings.auth.hashing)),
             internal_keys: web::Data::from(internal_keys),
+            drain: web::Data::new(drain.clone()),
             state: web::Data::new(AppState {
                 store: store.clone(),
                 registry: core.registry,
@@ -192,6 +201,7 @@ impl Application {
                 commands,
                 fanout: core.fanout,
                 events: core.events,
+                drain: drain.clone(),
             }),
         };
         start_maintenance(&settings, &store, &shared, &mut background)?;
@@ -210,10 +220,15 @@ impl Application {
             Some(bind) => Some(metrics_listener(bind, shared.state.clone())?),
             None => None,
         };
+        let listening = listener
+            .try_clone()
+            .context("cannot keep a handle on the listener")?;
         let (server, port) = serve_http(&settings, shared, listener)?;
         Ok(Self {
             port,
             server,
+            drain,
+            listening,
             metrics_server,
             journal: core.journal,
             placement,
@@ -227,10 +242,13 @@ impl Application {
         self.port
     }
 
-    /// Serves until SIGTERM/SIGINT; then, in a cluster, hands its shards
-    /// over while still serving (commands for them go to their new
-    /// holders), stops accepting, lets in-flight requests finish, and
-    /// flushes the journal before returning.
+    /// Serves until SIGTERM/SIGINT. Then, in a cluster, hands its shards
+    /// over while it still serves (commands for them go to their new
+    /// holders); then refuses new connections — a proxy sends those
+    /// requests elsewhere — while it answers on the connections already
+    /// open, each answer closing its connection, and `/ready` says 503 (a
+    /// request already sent is answered; none is sent on a connection the
+    /// node is closing); once they are closed, it flushes the journal.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let metrics = self.metrics_server.map(|server| {
             let handle = server.handle();
@@ -251,6 +269,8 @@ impl Application {
                 "handing the shards over took more than 10 s; the others take them when the leases run out"
             );
         }
+        self.drain.start();
+        refuse_new_connections(&self.listening).await;
         http.stop(true).await;
         serving.await??;
         if let Some((handle, running)) = metrics {
@@ -271,6 +291,18 @@ impl Application {
         tracing::info!("shutdown complete");
         Ok(())
     }
+}
+
+/// Stops the listener taking connections — a proxy's next connect is
+/// refused, so it sends that request to another node — and gives the
+/// workers a moment to serve the connections already accepted: a graceful
+/// stop would drop those still queued, and a proxy that had sent a request
+/// on one could not safely send it elsewhere.
+async fn refuse_new_connections(listener: &TcpListener) {
+    if let Err(error) = socket2::SockRef::from(listener).shutdown(std::net::Shutdown::Read) {
+        tracing::warn!(%error, "cannot stop the listener ahead of the workers");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
 async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
@@ -470,6 +502,7 @@ fn serve_http(
             None => app,
         };
         app.wrap(from_fn(client_limits::middleware))
+            .wrap(from_fn(drain::middleware))
             .wrap(security_headers(https))
             .wrap(cors(&cors_origins))
             .wrap(from_fn(request_context::middleware))
@@ -480,6 +513,7 @@ fn serve_http(
             .app_data(shared.login_guard.clone())
             .app_data(shared.hashing.clone())
             .app_data(shared.internal_keys.clone())
+            .app_data(shared.drain.clone())
             .app_data(metrics_access.clone())
             .configure(http::configure(max_body))
     })

@@ -21,6 +21,7 @@ mod accounts;
 mod admin;
 pub mod breaker;
 pub mod client_limits;
+pub mod drain;
 mod error;
 mod events;
 mod identity;
@@ -68,6 +69,8 @@ pub struct AppState {
     pub fanout: crate::realtime::FanoutLink,
     /// `GET /v1/events/{id}` answers held in memory.
     pub events: crate::event_cache::EventCache,
+    /// Set when the node is stopping.
+    pub drain: drain::Drain,
 }
 
 impl AppState {

@@ -55,8 +55,11 @@ pub async fn health() -> HttpResponse {
 /// or `disconnected` — a node without Redis still takes joins, so it stays
 /// ready.
 #[utoipa::path(get, path = "/ready", tag = "ops",
-    responses((status = 200, description = "ready; `fanout`: `local`, `connected` or `disconnected`"), (status = 503, description = "the store does not answer", body = super::ErrorBody)))]
+    responses((status = 200, description = "ready; `fanout`: `local`, `connected` or `disconnected`"), (status = 503, description = "the store does not answer, or the node is stopping", body = super::ErrorBody)))]
 pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if state.drain.is_draining() {
+        return Err(ApiError::Overloaded("this node is stopping"));
+    }
     if state.breaker.is_open() {
         return Err(ApiError::Unavailable);
     }

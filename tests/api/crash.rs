@@ -153,3 +153,54 @@ async fn sqlite_sigterm_drains_and_exits_cleanly() {
 async fn postgres_sigterm_drains_and_exits_cleanly() {
     sigterm_drains_and_exits_cleanly(Backend::Postgres).await;
 }
+
+/// At SIGTERM the node stops accepting but answers on the connections
+/// already open, each answer closing its connection, and `/ready` says 503
+/// (a proxy never sends on a connection this node is closing); it stops as
+/// soon as they have closed, well before `http.shutdown_timeout_secs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_connections_before_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(Backend::Sqlite, &dir).await.unwrap();
+    let server = ServerProcess::start(
+        &url,
+        dir.path(),
+        &[("TURNOUT_HTTP__SHUTDOWN_TIMEOUT_SECS", "60")],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let ready = format!("{}/ready", server.address);
+    let kept = client.get(&ready).send().await.unwrap();
+    assert_eq!(kept.status(), StatusCode::OK);
+    assert!(
+        kept.headers()
+            .get("connection")
+            .is_none_or(|c| c != "close")
+    );
+
+    server.signal("TERM");
+    let started = std::time::Instant::now();
+    let draining = loop {
+        let answer = client.get(&ready).send().await.unwrap();
+        if answer.status() == StatusCode::SERVICE_UNAVAILABLE {
+            break answer;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never drained");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(draining.headers()["connection"], "close");
+    let answer = body(draining).await;
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stopping"),
+        "{answer}"
+    );
+    assert!(server.exited().await, "a clean exit");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "stopped once its connections closed, not at the shutdown timeout: {:?}",
+        started.elapsed()
+    );
+}

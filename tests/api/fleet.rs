@@ -44,6 +44,11 @@ impl Drop for Nginx {
 }
 
 impl Nginx {
+    /// What nginx logged (warnings and errors): why a request failed.
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("error.log")).unwrap_or_default()
+    }
+
     /// Round-robin over `upstreams` (loopback ports; a node not running is
     /// skipped, as a stopped node would be), with the site's proxy settings.
     #[allow(
@@ -525,7 +530,12 @@ async fn a_rolling_restart_fails_no_request() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let tally = load.stop().await;
     println!("rolling restart: {}", summary(&tally));
-    assert!(tally.failures.is_empty(), "{}", summary(&tally));
+    assert!(
+        tally.failures.is_empty(),
+        "{}\nnginx: {}",
+        summary(&tally),
+        fleet.nginx.error_log()
+    );
     assert!(tally.acknowledged() > 0);
     assert_every_event_whole(&front, &owner, &events, capacity, &tally).await;
 }
@@ -630,7 +640,12 @@ async fn a_node_joining_under_load_takes_its_share_and_fails_no_request() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let tally = load.stop().await;
     println!("a fourth node joins: {}", summary(&tally));
-    assert!(tally.failures.is_empty(), "{}", summary(&tally));
+    assert!(
+        tally.failures.is_empty(),
+        "{}\nnginx: {}",
+        summary(&tally),
+        fleet.nginx.error_log()
+    );
 
     let after = leases(&view);
     let newcomer = view["nodes"]

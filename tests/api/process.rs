@@ -95,8 +95,13 @@ impl ServerProcess {
     }
 
     /// SIGTERM, then the exit; whether it was clean.
-    pub async fn terminate(mut self) -> bool {
+    pub async fn terminate(self) -> bool {
         self.signal("TERM");
+        self.exited().await
+    }
+
+    /// Waits (up to 30 s) for the process to end; whether it ended cleanly.
+    pub async fn exited(mut self) -> bool {
         let exited = tokio::task::spawn_blocking(move || {
             let status = self.child.wait();
             (status, self)
