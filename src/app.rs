@@ -44,6 +44,10 @@ pub struct Application {
     /// The API's listening socket, to refuse new connections at a stop
     /// before the workers stop.
     listening: TcpListener,
+    /// Open HTTP connections: a stop waits for them to close.
+    connections: Arc<HttpConnections>,
+    /// How long a stop waits for them at most.
+    drain_for: Duration,
     /// `/metrics` on a listener of its own, when `metrics.bind` is set.
     metrics_server: Option<Server>,
     journal: Addr<Journal>,
@@ -223,12 +227,14 @@ impl Application {
         let listening = listener
             .try_clone()
             .context("cannot keep a handle on the listener")?;
-        let (server, port) = serve_http(&settings, shared, listener)?;
+        let (server, port, connections) = serve_http(&settings, shared, listener)?;
         Ok(Self {
             port,
             server,
             drain,
             listening,
+            connections,
+            drain_for: Duration::from_secs(settings.http.drain_secs),
             metrics_server,
             journal: core.journal,
             placement,
@@ -270,7 +276,8 @@ impl Application {
             );
         }
         self.drain.start();
-        refuse_new_connections(&self.listening).await;
+        refuse_new_connections(&self.listening);
+        wait_for_connections_to_close(&self.connections, self.drain_for).await;
         http.stop(true).await;
         serving.await??;
         if let Some((handle, running)) = metrics {
@@ -293,16 +300,28 @@ impl Application {
     }
 }
 
-/// Stops the listener taking connections — a proxy's next connect is
-/// refused, so it sends that request to another node — and gives the
-/// workers a moment to serve the connections already accepted: a graceful
-/// stop would drop those still queued, and a proxy that had sent a request
-/// on one could not safely send it elsewhere.
-async fn refuse_new_connections(listener: &TcpListener) {
+/// Stops the listener taking connections: a proxy's next connect is
+/// refused, so it sends that request to another node. The workers go on
+/// serving the connections already accepted (a graceful stop would drop
+/// those still queued, and a proxy that had sent a request on one could not
+/// safely send it elsewhere).
+fn refuse_new_connections(listener: &TcpListener) {
     if let Err(error) = socket2::SockRef::from(listener).shutdown(std::net::Shutdown::Read) {
         tracing::warn!(%error, "cannot stop the listener ahead of the workers");
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+/// Until every connection has closed — each answer now closes its own, and
+/// a proxy closes its idle ones after its keep-alive — or `limit` passed.
+async fn wait_for_connections_to_close(connections: &HttpConnections, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    // A connection accepted just before the listener stopped may not be
+    // counted yet: wait a moment before trusting a zero.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    while connections.open() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!(still_open = connections.open(), "stopping");
 }
 
 async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
@@ -475,7 +494,7 @@ fn serve_http(
     settings: &Settings,
     shared: Shared,
     listener: TcpListener,
-) -> anyhow::Result<(Server, u16)> {
+) -> anyhow::Result<(Server, u16, Arc<HttpConnections>)> {
     let max_body = settings.http.max_body_bytes;
     let body_deadline = (settings.http.body_timeout_secs > 0).then(|| {
         web::Data::new(BodyDeadline(Duration::from_secs(
@@ -517,7 +536,10 @@ fn serve_http(
             .app_data(metrics_access.clone())
             .configure(http::configure(max_body))
     })
-    .on_connect(move |connection, data| connections.on_connect(connection, data))
+    .on_connect({
+        let connections = Arc::clone(&connections);
+        move |connection, data| connections.on_connect(connection, data)
+    })
     // `run_until_stopped` hears the signals: a node hands its shards over
     // before it stops accepting.
     .disable_signals()
@@ -534,7 +556,7 @@ fn serve_http(
         database = %redact_url(&settings.database_url),
         "turnout listening"
     );
-    Ok((server.run(), port))
+    Ok((server.run(), port, connections))
 }
 
 /// `/metrics` alone, on the operator's own address.

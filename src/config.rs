@@ -164,6 +164,8 @@ pub struct HttpSettings {
     pub tls: Option<TlsSettings>,
     /// Events whose `GET /v1/events/{id}` answer is held in memory.
     pub cached_events: usize,
+    /// How long a stopping node waits for its open connections to close.
+    pub drain_secs: u64,
 }
 
 /// `[http.tls]`: PEM files.

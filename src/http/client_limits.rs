@@ -14,6 +14,7 @@ use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -36,6 +37,17 @@ use crate::realtime::{ConnectionLimits, ConnectionPermit};
 pub struct HttpConnections {
     limits: Arc<ConnectionLimits>,
     trusted_proxies: Vec<IpAddr>,
+    /// Every open connection, a trusted proxy's too (a stop waits for them).
+    open: Arc<AtomicUsize>,
+}
+
+/// Holds a connection's place in [`HttpConnections::open`] while it lives.
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A connection accepted over the per-address cap: its first request is
@@ -48,12 +60,20 @@ impl HttpConnections {
         Self {
             limits: ConnectionLimits::new(usize::MAX, max_per_ip, "turnout_http_connections"),
             trusted_proxies,
+            open: Arc::default(),
         }
+    }
+
+    /// Connections open now, from anyone.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
     }
 
     /// For `HttpServer::on_connect`: the connection holds its place in its
     /// own data, which actix drops when the connection closes.
     pub fn on_connect(&self, connection: &dyn Any, data: &mut Extensions) {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        data.insert(Open(Arc::clone(&self.open)));
         let Some(peer) = peer_of(connection) else {
             return;
         };

@@ -157,7 +157,7 @@ async fn postgres_sigterm_drains_and_exits_cleanly() {
 /// At SIGTERM the node stops accepting but answers on the connections
 /// already open, each answer closing its connection, and `/ready` says 503
 /// (a proxy never sends on a connection this node is closing); it stops as
-/// soon as they have closed, well before `http.shutdown_timeout_secs`.
+/// soon as they have closed, well before `http.drain_secs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_connections_before_stopping() {
     let dir = tempfile::tempdir().unwrap();
@@ -165,7 +165,10 @@ async fn sigterm_drains_connections_before_stopping() {
     let server = ServerProcess::start(
         &url,
         dir.path(),
-        &[("TURNOUT_HTTP__SHUTDOWN_TIMEOUT_SECS", "60")],
+        &[
+            ("TURNOUT_HTTP__SHUTDOWN_TIMEOUT_SECS", "60"),
+            ("TURNOUT_HTTP__DRAIN_SECS", "60"),
+        ],
     )
     .await;
     let client = reqwest::Client::new();

@@ -88,7 +88,7 @@ http {{
     upstream turnout {{
         {servers}
         keepalive 64;
-        keepalive_timeout 4s;
+        keepalive_timeout 2s;
     }}
     server {{
         listen 127.0.0.1:{port};
