@@ -185,6 +185,7 @@ async fn a_small_mixed_load_keeps_every_invariant() {
         duration: 1.0,
         join_rate: 120.0,
         read_rate: 200.0,
+        list_every: 4,
         subscribers: 30,
         source_addresses: 1,
         concurrency: 50,

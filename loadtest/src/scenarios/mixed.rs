@@ -42,9 +42,13 @@ pub struct Mixed {
     /// Joins per second, each by a new user, round robin over the events.
     #[arg(long, default_value_t = 500.0)]
     pub join_rate: f64,
-    /// Reads per second: an event's details, and one in four the listing.
+    /// Reads per second: an event's details, and one in `--list-every` the
+    /// listing.
     #[arg(long, default_value_t = 2000.0)]
     pub read_rate: f64,
+    /// One read in this many is the listing; 0: details only.
+    #[arg(long, default_value_t = 4)]
+    pub list_every: usize,
     /// WebSocket clients, each subscribed to one event's channel.
     #[arg(long, default_value_t = 1000)]
     pub subscribers: usize,
@@ -99,7 +103,7 @@ fn schedule(args: &Mixed, token: impl Fn(Uuid) -> String) -> Vec<(Duration, Step
         ));
     }
     for i in 0..reads {
-        let step = if i % 4 == 3 {
+        let step = if args.list_every > 0 && i % args.list_every == args.list_every - 1 {
             Step::ListEvents
         } else {
             Step::ReadEvent(i % args.events)
@@ -452,6 +456,7 @@ mod tests {
             duration,
             join_rate,
             read_rate,
+            list_every: 4,
             subscribers: 0,
             source_addresses: 1,
             concurrency: 1,
