@@ -70,10 +70,6 @@ async fn the_kiosk_page_updates_live_in_a_real_browser() {
         format!("document.querySelector('[data-event-id=\"{earlier}\"] .places').textContent");
     page.wait_for(&earlier_places, "Full · waitlist 1").await;
 
-    if let Ok(path) = std::env::var("TURNOUT_KIOSK_SCREENSHOT") {
-        page.screenshot(&path).await;
-    }
-
     // All of the above ran under the page's Content-Security-Policy.
     let served = app
         .request(Method::GET, &format!("/kiosk/{venue}"))
@@ -95,4 +91,90 @@ async fn the_kiosk_page_updates_live_in_a_real_browser() {
         .await
         .unwrap();
     assert_eq!(missing.status(), 404);
+}
+
+/// Read from across a room, in portrait (1080×1920) and landscape
+/// (1920×1080): each card's title takes most of its width and at most two
+/// lines; the time is compact ("Today 20:00", "Sat 1 Jun 20:00"); the time
+/// and "Full · waitlist N" each stay on one line, inside the card.
+#[actix_web::test]
+async fn the_kiosk_is_readable_from_across_a_room() {
+    if !browser_available() {
+        return;
+    }
+    let app = spawn_app(Backend::Sqlite).await.unwrap();
+    let owner = app.register("venue@example.com").await;
+    let venue = app.venue(&owner).await;
+    let long = "The Grand Municipal Orchestra of the Northern Provinces plays the complete \
+                symphonies, with guests, in one extraordinarily long evening";
+    publish(&app, &owner, venue, long, 2, 50).await;
+    let full = publish(&app, &owner, venue, "Poetry slam", 3, 1).await;
+    for _ in 0..13 {
+        app.join(&app.user(), full).await;
+    }
+    publish(&app, &owner, venue, "Brunch quiz", 24 * 5, 40).await;
+
+    for (width, height) in [(1080, 1920), (1920, 1080)] {
+        let (_browser, devtools) = launch(&format!("{}/kiosk/{venue}", app.address), width, height);
+        let mut page = Page::attach(&devtools).await;
+        page.wait_for("String(document.querySelectorAll('.event').length)", "3")
+            .await;
+        let cards = page
+            .eval(
+                "JSON.stringify([...document.querySelectorAll('.event')].map(card => {
+                    const box = (el) => el.getBoundingClientRect();
+                    const [title, time, places] = ['.title', '.time', '.places']
+                        .map(s => card.querySelector(s));
+                    const lines = (el) => Math.round(box(el).height
+                        / parseFloat(getComputedStyle(el).lineHeight));
+                    const oneLine = (el) => box(el).height
+                        < 1.6 * parseFloat(getComputedStyle(el).fontSize);
+                    return {
+                        title: title.textContent, time: time.textContent, places: places.textContent,
+                        titleShare: box(title).width / box(card).width,
+                        titleLines: lines(title),
+                        titleBiggest: parseFloat(getComputedStyle(title).fontSize)
+                            > parseFloat(getComputedStyle(places).fontSize),
+                        timeOneLine: oneLine(time), placesOneLine: oneLine(places),
+                        inside: box(places).right <= box(card).right
+                            && box(time).right <= box(places).left,
+                    };
+                }))",
+            )
+            .await;
+        let cards: Vec<serde_json::Value> =
+            serde_json::from_str(cards.as_str().expect("measurements")).unwrap();
+        for card in &cards {
+            let at = format!("{width}×{height}: {card}");
+            assert!(card["titleShare"].as_f64().unwrap() >= 0.5, "{at}");
+            assert!(card["titleLines"].as_i64().unwrap() <= 2, "{at}");
+            assert_eq!(card["titleBiggest"], true, "{at}");
+            assert_eq!(card["timeOneLine"], true, "{at}");
+            assert_eq!(card["placesOneLine"], true, "{at}");
+            assert_eq!(card["inside"], true, "{at}");
+        }
+        let texts: Vec<(&str, &str)> = cards
+            .iter()
+            .map(|c| (c["time"].as_str().unwrap(), c["places"].as_str().unwrap()))
+            .collect();
+        assert!(texts[1].1 == "Full · waitlist 12", "{texts:?}");
+        assert!(
+            texts[0].0.starts_with("Today ") || texts[0].0.starts_with("Tomorrow "),
+            "{texts:?}"
+        );
+        let day = texts[2].0;
+        let words: Vec<&str> = day.split(' ').collect();
+        assert!(
+            words.len() == 4
+                && words[1].parse::<u32>().is_ok()
+                && words[3].len() == 5
+                && words[3].as_bytes()[2] == b':',
+            "a compact day and a 24-hour time: {day:?}"
+        );
+        if width < height
+            && let Ok(path) = std::env::var("TURNOUT_KIOSK_SCREENSHOT")
+        {
+            page.screenshot(&path).await;
+        }
+    }
 }
