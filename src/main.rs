@@ -32,7 +32,11 @@ enum Cmd {
     Migrate,
     /// Give an account a role (`attendee`, `organizer` or `admin`): how the
     /// first admin is made. Takes effect at their next login.
-    SetRole { email: String, role: String },
+    SetRole {
+        email: String,
+        #[arg(value_enum)]
+        role: turnout::auth::Role,
+    },
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -72,16 +76,14 @@ fn main() -> anyhow::Result<()> {
             app.run_until_stopped().await
         }),
         Cmd::SetRole { email, role } => system.block_on(async {
-            if !["attendee", "organizer", "admin"].contains(&role.as_str()) {
-                anyhow::bail!("role must be attendee, organizer or admin, not {role:?}");
-            }
             let store =
                 turnout::store::connect(settings.database_url.expose_secret(), &settings.database)
                     .await?;
-            if !store.set_role(&email.trim().to_lowercase(), &role).await? {
+            if !store.set_role(&email.trim().to_lowercase(), role).await? {
                 anyhow::bail!("no account has the email {email:?}");
             }
-            tracing::info!(target: "turnout::audit", %email, %role, "role changed from the command line");
+            let role = role.as_str();
+            tracing::info!(target: "turnout::audit", %email, role, "role changed from the command line");
             println!("{email} is now {role}; it takes effect at their next login");
             Ok(())
         }),

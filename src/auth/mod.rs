@@ -6,9 +6,11 @@
 mod credentials;
 mod hashing;
 mod lockout;
+mod role;
 mod tokens;
 
 pub use credentials::{DisplayName, Email, Password};
 pub use hashing::{Busy, Hashing, HashingSettings};
 pub use lockout::{Admission, LockoutSettings, LoginGuard, account_digest};
+pub use role::Role;
 pub use tokens::{Claims, TokenError, TokenKeys};

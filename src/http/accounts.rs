@@ -13,7 +13,7 @@ use super::identity::AuthUser;
 use super::rate_limit::RateLimits;
 use super::{ApiError, AppState};
 use crate::auth::{
-    Admission, DisplayName, Email, Hashing, LoginGuard, Password, TokenKeys, account_digest,
+    Admission, DisplayName, Email, Hashing, LoginGuard, Password, Role, TokenKeys, account_digest,
 };
 use crate::store::{UserRecord, from_micros, micros};
 
@@ -46,6 +46,11 @@ impl GeoPoint {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "email": "ada@example.org", "password": "correct horse battery",
+    "display_name": "Ada", "interests": ["jazz", "open-air"],
+    "home": { "lat": 52.37, "lon": 4.89 }
+}))]
 pub struct RegisterRequest {
     pub email: String,
     /// 8 to 128 characters.
@@ -58,6 +63,7 @@ pub struct RegisterRequest {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({ "email": "ada@example.org", "password": "correct horse battery" }))]
 pub struct LoginRequest {
     pub email: String,
     pub password: String,
@@ -80,7 +86,7 @@ pub struct UserView {
     pub display_name: String,
     pub interests: Vec<String>,
     pub home: Option<GeoPoint>,
-    pub role: String,
+    pub role: Role,
     pub created_at: chrono::DateTime<Utc>,
 }
 
@@ -151,7 +157,7 @@ pub async fn register(
         interests: Json(interests),
         home_lat: home.map(|h| h.0),
         home_lon: home.map(|h| h.1),
-        role: "attendee".into(),
+        role: Role::Attendee,
         created_at: micros(Utc::now()),
     };
     let created = state
@@ -169,7 +175,7 @@ pub async fn register(
 
 /// `{user, token}` for a signed-in user. Tokens are never cached.
 fn session_response(status: StatusCode, user: UserRecord, tokens: &TokenKeys) -> HttpResponse {
-    let token = tokens.issue(UserId::from(user.id), Some(user.role.clone()));
+    let token = tokens.issue(UserId::from(user.id), Some(user.role.as_str().to_owned()));
     HttpResponse::build(status)
         .insert_header(("Cache-Control", "no-store"))
         .json(SessionEnvelope {

@@ -49,6 +49,10 @@ pub enum ApiError {
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({ "error": {
+    "code": "not_found", "message": "event not found",
+    "request_id": "5f0c2a8e-3b1d-4c7e-9a2f-1e8d7c6b5a40"
+}}))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }

@@ -38,6 +38,12 @@ pub fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "title": "Late jazz", "description": "A trio from Leiden.",
+    "venue_id": "01a2069a-d9f0-7c41-8b2e-6f3c1d4e5a70",
+    "starts_at": "2026-12-12T20:00:00Z", "ends_at": "2026-12-12T23:00:00Z",
+    "capacity": 120, "tags": ["jazz", "live"]
+}))]
 pub struct CreateEventRequest {
     pub title: String,
     pub description: Option<String>,
@@ -69,6 +75,13 @@ pub struct UpdateEventRequest {
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({ "data": {
+    "id": "01a2069a-da0a-7681-9539-12485e50749c", "owner_id": "01a2069a-d9c4-7e12-a1b3-2f4e5d6c7b80",
+    "venue_id": "01a2069a-d9f0-7c41-8b2e-6f3c1d4e5a70", "title": "Late jazz",
+    "description": "A trio from Leiden.", "starts_at": "2026-12-12T20:00:00Z",
+    "ends_at": "2026-12-12T23:00:00Z", "tags": ["jazz", "live"], "status": "published",
+    "capacity": 120, "active_count": 118, "waitlist_count": 0, "places_left": 2
+}}))]
 pub struct EventEnvelope {
     pub data: EventView,
 }

@@ -21,7 +21,7 @@ pub struct AuthUser {
 
 impl AuthUser {
     pub fn is_admin(&self) -> bool {
-        self.role.as_deref() == Some("admin")
+        self.role.as_deref() == Some(crate::auth::Role::Admin.as_str())
     }
 }
 

@@ -33,6 +33,10 @@ pub struct JoinView {
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({ "data": {
+    "event_id": "01a2069a-da0a-7681-9539-12485e50749c", "status": "waitlisted",
+    "position": 3, "joined_at": "2026-12-02T10:15:00Z"
+}}))]
 pub struct JoinEnvelope {
     pub data: JoinView,
 }

@@ -41,7 +41,8 @@ pub struct UserRecord {
     pub interests: Json<Vec<String>>,
     pub home_lat: Option<f64>,
     pub home_lon: Option<f64>,
-    pub role: String,
+    #[sqlx(try_from = "String")]
+    pub role: crate::auth::Role,
     pub created_at: i64,
 }
 
@@ -186,7 +187,7 @@ pub trait Accounts: Send + Sync {
 
     /// Sets an account's role (`attendee`, `organizer`, `admin`); false if
     /// no account has that email.
-    async fn set_role(&self, email: &str, role: &str) -> Result<bool, StoreError>;
+    async fn set_role(&self, email: &str, role: crate::auth::Role) -> Result<bool, StoreError>;
 }
 
 /// Venues and the organisers their owners name.

@@ -199,6 +199,11 @@ async fn admin_routes_answer_to_admins_only(app: TestApp) {
         .output()
         .unwrap();
     assert!(!unknown_role.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown_role.stderr)
+            .contains("possible values: attendee, organizer, admin"),
+        "the error names the roles"
+    );
     let unknown_email = Command::new(env!("CARGO_BIN_EXE_turnout"))
         .args(["set-role", "nobody@example.org", "admin"])
         .env("TURNOUT_DATABASE_URL", &app.database_url)

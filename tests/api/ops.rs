@@ -46,6 +46,26 @@ async fn health_ready_metrics_and_openapi(app: TestApp) {
     )
     .await;
     assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    let schemas = &spec["components"]["schemas"];
+    assert_eq!(
+        schemas["Role"]["enum"],
+        serde_json::json!(["attendee", "organizer", "admin"]),
+        "roles are an enum generated clients can match on"
+    );
+    for (schema, field) in [
+        ("CreateEventRequest", "title"),
+        ("RegisterRequest", "email"),
+        ("LoginRequest", "password"),
+        ("EventEnvelope", "data"),
+        ("JoinEnvelope", "data"),
+        ("ErrorBody", "error"),
+    ] {
+        assert!(
+            schemas[schema]["example"].get(field).is_some(),
+            "{schema} has an example: {}",
+            schemas[schema]
+        );
+    }
     for path in [
         "/v1/events/{id}/join",
         "/v1/me/joins",

@@ -27,7 +27,7 @@ macro_rules! impl_accounts {
                 .bind(&u.interests)
                 .bind(u.home_lat)
                 .bind(u.home_lon)
-                .bind(&u.role)
+                .bind(u.role.as_str())
                 .bind(u.created_at)
                 .execute(&self.pool)
                 .await
@@ -78,9 +78,9 @@ macro_rules! impl_accounts {
                 Ok(())
             }
 
-            async fn set_role(&self, email: &str, role: &str) -> Result<bool, StoreError> {
+            async fn set_role(&self, email: &str, role: crate::auth::Role) -> Result<bool, StoreError> {
                 let done = sqlx::query("UPDATE users SET role = $1, updated_at = $2 WHERE email = $3")
-                    .bind(role)
+                    .bind(role.as_str())
                     .bind(micros(Utc::now()))
                     .bind(email)
                     .execute(&self.pool)
