@@ -13,7 +13,7 @@ use super::{accounts, admin, events, joins, ops, recommendations, venues, ws};
     info(title = "Turnout", version = "1", description = "Real-time event platform: events, joins with a FIFO waitlist, live counts. Every success body is `{\"data\": …}`; every error is `{\"error\": {code, message, request_id}}`."),
     paths(
         accounts::register, accounts::login, accounts::me, accounts::update_me,
-        venues::create_venue, venues::get_venue,
+        venues::create_venue, venues::get_venue, venues::update_venue,
         venues::list_organizers, venues::add_organizer, venues::remove_organizer,
         events::create_event, events::list_events, events::get_event, events::update_event,
         events::publish_event, events::cancel_event,

@@ -21,6 +21,7 @@ use turnout_actors::domain::UserId;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/venues", web::post().to(create_venue))
         .route("/venues/{id}", web::get().to(get_venue))
+        .route("/venues/{id}", web::patch().to(update_venue))
         .route("/venues/{id}/organizers", web::get().to(list_organizers))
         .route("/venues/{id}/organizers", web::post().to(add_organizer))
         .route(
@@ -36,6 +37,16 @@ pub struct CreateVenueRequest {
     pub lat: f64,
     pub lon: f64,
     pub address: Option<String>,
+    /// An IANA time zone name, e.g. `Europe/Amsterdam`: the kiosk shows
+    /// times and its clock in it (else in the screen's own).
+    pub time_zone: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateVenueRequest {
+    /// An IANA time zone name; `null` clears it.
+    pub time_zone: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -45,6 +56,7 @@ pub struct VenueView {
     pub lat: f64,
     pub lon: f64,
     pub address: Option<String>,
+    pub time_zone: Option<String>,
     pub created_at: chrono::DateTime<Utc>,
 }
 
@@ -61,9 +73,23 @@ impl From<VenueRecord> for VenueView {
             lat: v.lat,
             lon: v.lon,
             address: v.address,
+            time_zone: v.time_zone,
             created_at: from_micros(v.created_at),
         }
     }
+}
+
+/// An IANA time zone name the tz database knows, as it spells it.
+fn time_zone(raw: &str) -> Result<String, ValueError> {
+    raw.trim()
+        .parse::<chrono_tz::Tz>()
+        .map(|zone| zone.name().to_owned())
+        .map_err(|_| {
+            ValueError::new(
+                "time_zone",
+                "must be an IANA time zone name, e.g. Europe/Amsterdam",
+            )
+        })
 }
 
 fn bounded(field: &'static str, raw: &str, max: usize) -> Result<String, ValueError> {
@@ -107,6 +133,7 @@ pub async fn create_venue(
             .as_deref()
             .map(|a| bounded("address", a, 500))
             .transpose()?,
+        time_zone: body.time_zone.as_deref().map(time_zone).transpose()?,
         created_at: micros(Utc::now()),
     };
     state
@@ -128,6 +155,38 @@ pub async fn get_venue(
         .await?
         .ok_or(ApiError::NotFound("venue"))?;
     Ok(HttpResponse::Ok().json(VenueEnvelope { data: venue.into() }))
+}
+
+/// Set or clear a venue's time zone (its owner or an admin).
+#[utoipa::path(patch, path = "/v1/venues/{id}", tag = "venues", security(("bearer" = [])), params(("id" = Uuid, Path)),
+    request_body = UpdateVenueRequest,
+    responses((status = 200, body = VenueEnvelope), (status = 401, body = super::ErrorBody),
+        (status = 403, body = super::ErrorBody), (status = 404, body = super::ErrorBody),
+        (status = 422, body = super::ErrorBody)))]
+pub async fn update_venue(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    id: web::Path<Uuid>,
+    body: web::Json<UpdateVenueRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let zone = body.time_zone.as_deref().map(time_zone).transpose()?;
+    let venue = managed_venue(&state, id.into_inner(), &user).await?;
+    state
+        .within_deadline(async {
+            Ok(state
+                .store
+                .set_venue_time_zone(venue, zone.as_deref())
+                .await?)
+        })
+        .await?;
+    let updated = state
+        .store
+        .venue(venue)
+        .await?
+        .ok_or(ApiError::NotFound("venue"))?;
+    Ok(HttpResponse::Ok().json(VenueEnvelope {
+        data: updated.into(),
+    }))
 }
 
 /// Who may act on a venue: the rule behind every check below.
@@ -205,7 +264,7 @@ async fn managed_venue(state: &AppState, id: Uuid, user: &AuthUser) -> Result<Ve
     } else {
         Err(ApiError::forbidden(
             ErrorCode::NotVenueOwner,
-            "only the venue's owner or an admin may manage its organisers",
+            "only the venue's owner or an admin may change the venue or its organisers",
         ))
     }
 }

@@ -65,6 +65,8 @@ pub struct VenueRecord {
     pub lat: f64,
     pub lon: f64,
     pub address: Option<String>,
+    /// An IANA name (`Europe/Amsterdam`): how its screens show times.
+    pub time_zone: Option<String>,
     pub created_at: i64,
 }
 
@@ -196,6 +198,13 @@ pub trait Venues: Send + Sync {
     async fn create_venue(&self, venue: &VenueRecord) -> Result<(), StoreError>;
 
     async fn venue(&self, id: VenueId) -> Result<Option<VenueRecord>, StoreError>;
+
+    /// Sets (or clears) a venue's time zone; false if there is no venue `id`.
+    async fn set_venue_time_zone(
+        &self,
+        id: VenueId,
+        time_zone: Option<&str>,
+    ) -> Result<bool, StoreError>;
 
     /// Every venue's position: `(id, lat, lon)`.
     async fn venue_locations(&self) -> Result<Vec<(Uuid, f64, f64)>, StoreError>;

@@ -178,3 +178,80 @@ async fn the_kiosk_is_readable_from_across_a_room() {
         }
     }
 }
+
+/// A venue's time zone (an IANA name, set at creation or later by its
+/// owner) is the kiosk's: event times and "Today" are the venue's, not the
+/// screen's. A name the tz database does not know is refused.
+#[actix_web::test]
+async fn the_kiosk_shows_times_in_the_venues_time_zone() {
+    use chrono::TimeZone;
+
+    let app = spawn_app(Backend::Sqlite).await.unwrap();
+    let owner = app.register("venue@example.com").await;
+    let make = |time_zone: &str| {
+        app.as_user(&owner, Method::POST, "/v1/venues")
+            .json(&json!({ "name": "Harbour Hall", "lat": -36.85, "lon": 174.76, "time_zone": time_zone }))
+    };
+    let refused = make("Middle/Earth").send().await.unwrap();
+    assert_eq!(refused.status(), 422);
+    assert!(
+        body(refused).await["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("IANA time zone")
+    );
+    let created = body(make("Pacific/Kiritimati").send().await.unwrap()).await;
+    assert_eq!(created["data"]["time_zone"], "Pacific/Kiritimati");
+    let venue = id_of(&created);
+
+    // Its owner may change it; nobody else may.
+    let path = format!("/v1/venues/{venue}");
+    let stranger = app.register("stranger@example.com").await;
+    let denied = app
+        .as_user(&stranger, Method::PATCH, &path)
+        .json(&json!({ "time_zone": "Europe/Amsterdam" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+    for zone in [json!(null), json!("Pacific/Kiritimati")] {
+        let changed = app
+            .as_user(&owner, Method::PATCH, &path)
+            .json(&json!({ "time_zone": zone }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(changed.status(), 200);
+        assert_eq!(body(changed).await["data"]["time_zone"], zone);
+    }
+
+    if !browser_available() {
+        return;
+    }
+    let event = publish(&app, &owner, venue, "Sunrise set", 30, 10).await;
+    let starts_at: chrono::DateTime<chrono::Utc> = app.event(event).await["starts_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let local = chrono_tz::Pacific::Kiritimati.from_utc_datetime(&starts_at.naive_utc());
+    let today = chrono_tz::Pacific::Kiritimati
+        .from_utc_datetime(&chrono::Utc::now().naive_utc())
+        .date_naive();
+    let day = match (local.date_naive() - today).num_days() {
+        0 => "Today".to_owned(),
+        1 => "Tomorrow".to_owned(),
+        _ => local.format("%a %-d %b").to_string(),
+    };
+    let expected = format!("{day} {}", local.format("%H:%M"));
+
+    let (_browser, devtools) = launch(&format!("{}/kiosk/{venue}", app.address), 1080, 1920);
+    let mut page = Page::attach(&devtools).await;
+    page.wait_for("document.body.dataset.timeZone ?? ''", "Pacific/Kiritimati")
+        .await;
+    page.wait_for(
+        &format!("document.querySelector('[data-event-id=\"{event}\"] .time')?.textContent ?? ''"),
+        &expected,
+    )
+    .await;
+}

@@ -65,6 +65,7 @@ async fn create_event(
             lat: 0.0,
             lon: 0.0,
             address: None,
+            time_zone: None,
             created_at: 0,
         })
         .await

@@ -15,8 +15,8 @@ macro_rules! impl_venues {
         impl Venues for SqlStore<$db> {
             async fn create_venue(&self, v: &VenueRecord) -> Result<(), StoreError> {
                 sqlx::query(
-                    "INSERT INTO venues (id, owner_id, name, lat, lon, address, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    "INSERT INTO venues (id, owner_id, name, lat, lon, address, time_zone, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 )
                 .bind(v.id)
                 .bind(v.owner_id)
@@ -24,6 +24,7 @@ macro_rules! impl_venues {
                 .bind(v.lat)
                 .bind(v.lon)
                 .bind(&v.address)
+                .bind(&v.time_zone)
                 .bind(v.created_at)
                 .execute(&self.pool)
                 .await
@@ -33,12 +34,27 @@ macro_rules! impl_venues {
 
             async fn venue(&self, id: VenueId) -> Result<Option<VenueRecord>, StoreError> {
                 sqlx::query_as(
-                    "SELECT id, owner_id, name, lat, lon, address, created_at FROM venues WHERE id = $1",
+                    "SELECT id, owner_id, name, lat, lon, address, time_zone, created_at \
+                     FROM venues WHERE id = $1",
                 )
                 .bind(id.as_uuid())
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(unavailable)
+            }
+
+            async fn set_venue_time_zone(
+                &self,
+                id: VenueId,
+                time_zone: Option<&str>,
+            ) -> Result<bool, StoreError> {
+                let set = sqlx::query("UPDATE venues SET time_zone = $1 WHERE id = $2")
+                    .bind(time_zone)
+                    .bind(id.as_uuid())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(set.rows_affected() == 1)
             }
 
             async fn venue_locations(&self) -> Result<Vec<(Uuid, f64, f64)>, StoreError> {
