@@ -150,6 +150,9 @@ impl EventCache {
 
     /// A committed change (or a forwarded command's answer).
     pub fn changed(&self, summary: &EventSummary) {
+        if matches!(self.serving, Serving::Never) {
+            return;
+        }
         let held = self.entries.get(&summary.id).map(|e| e.version);
         if held.is_some_and(|v| v >= summary.version) {
             return;
@@ -283,6 +286,7 @@ mod tests {
         let never = EventCache::new(10, Serving::Never);
         never.changed(&summary(id, 1, 0, Lifecycle::Published));
         assert!(never.get(id).is_none());
+        assert!(never.is_empty(), "and holds nothing it will never serve");
         let unlinked = EventCache::new(10, Serving::WhileLinked(FanoutLink::unlinked()));
         unlinked.changed(&summary(id, 1, 0, Lifecycle::Published));
         assert!(unlinked.get(id).is_none(), "the link is down");
