@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use actix_web::web::Bytes;
 use dashmap::DashMap;
@@ -34,6 +35,8 @@ pub struct CachedEvent {
     lifecycle: Lifecycle,
     /// The 200 answer's body, rendered once per change.
     pub body: Bytes,
+    /// When this node heard or read it.
+    heard_at: Instant,
 }
 
 #[derive(Serialize)]
@@ -51,6 +54,7 @@ impl CachedEvent {
             owner,
             lifecycle: view.status,
             body: Bytes::from(body),
+            heard_at: Instant::now(),
         }
     }
 
@@ -82,12 +86,19 @@ impl From<EventRecord> for CachedEvent {
     }
 }
 
+/// How long a cluster node answers an entry from memory without hearing of
+/// it again: a change lost with the node that made it (killed before it
+/// published) shows within this, since a read past it goes to the read
+/// model.
+const CLUSTER_FRESHNESS: Duration = Duration::from_secs(1);
+
 /// When the cache may answer.
 #[derive(Clone)]
 pub enum Serving {
     /// This node is the only one: it hears every change.
     Always,
-    /// A cluster node: while its fan-out link is up.
+    /// A cluster node: while its fan-out link is up, each entry for
+    /// [`CLUSTER_FRESHNESS`].
     WhileLinked(FanoutLink),
     /// A cluster node without Redis hears only its own changes.
     Never,
@@ -102,6 +113,16 @@ pub struct EventCache {
     generation: Arc<AtomicU64>,
     max_events: usize,
     serving: Serving,
+}
+
+/// Which held entry an incoming one replaces.
+#[derive(Clone, Copy)]
+enum Replace {
+    /// A change: only an older entry.
+    Newer,
+    /// A read of the read model: an older one or the same version (it is
+    /// heard again, so fresh again).
+    AsNew,
 }
 
 /// Where a load began, to tell whether the cache was emptied meanwhile.
@@ -131,7 +152,11 @@ impl EventCache {
         if !self.serves() {
             return None;
         }
-        self.entries.get(&id).map(|e| Arc::clone(e.value()))
+        let held = self.entries.get(&id).map(|e| Arc::clone(e.value()))?;
+        match self.serving {
+            Serving::WhileLinked(_) if held.heard_at.elapsed() > CLUSTER_FRESHNESS => None,
+            _ => Some(held),
+        }
     }
 
     /// Call before reading the read model; hand it to
@@ -143,8 +168,14 @@ impl EventCache {
     /// An event read from the read model, kept unless the cache was
     /// emptied since `began` or already holds something as new.
     pub fn loaded(&self, began: Generation, event: CachedEvent) {
-        if self.serves() && began == self.generation() {
-            self.keep(event);
+        if !self.serves() || began != self.generation() {
+            return;
+        }
+        let id = event.id;
+        self.keep(event, Replace::AsNew);
+        // Everything may have been forgotten while it went in.
+        if began != self.generation() {
+            self.entries.remove(&id);
         }
     }
 
@@ -157,22 +188,28 @@ impl EventCache {
         if held.is_some_and(|v| v >= summary.version) {
             return;
         }
-        self.keep(CachedEvent::from(summary));
+        self.keep(CachedEvent::from(summary), Replace::Newer);
     }
 
     /// Changes may have been missed: nothing held is trusted any more.
     pub fn forget_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.entries.clear();
+        metrics::gauge!("turnout_event_cache_events").set(0.0);
     }
 
     /// Holds `event` if it is newer than what is held, and there is room
     /// for it (a full cache still follows the events it holds).
-    fn keep(&self, event: CachedEvent) {
+    fn keep(&self, event: CachedEvent, replace: Replace) {
         let full = self.entries.len() >= self.max_events;
         match self.entries.entry(event.id) {
             Entry::Occupied(mut held) => {
-                if held.get().version < event.version {
+                let version = held.get().version;
+                let replaces = match replace {
+                    Replace::Newer => version < event.version,
+                    Replace::AsNew => version <= event.version,
+                };
+                if replaces {
                     held.insert(Arc::new(event));
                 }
             }
@@ -290,6 +327,32 @@ mod tests {
         let unlinked = EventCache::new(10, Serving::WhileLinked(FanoutLink::unlinked()));
         unlinked.changed(&summary(id, 1, 0, Lifecycle::Published));
         assert!(unlinked.get(id).is_none(), "the link is down");
+    }
+
+    #[test]
+    fn a_cluster_node_answers_an_entry_only_while_it_is_fresh() {
+        let link = FanoutLink::unlinked();
+        link.set_connected(true);
+        let cache = EventCache::new(10, Serving::WhileLinked(link));
+        let id = EventId::new();
+        cache.changed(&summary(id, 1, 0, Lifecycle::Published));
+        assert!(cache.get(id).is_some(), "just heard");
+        let mut stale = CachedEvent::from(&summary(id, 2, 1, Lifecycle::Published));
+        stale.heard_at = Instant::now() - CLUSTER_FRESHNESS * 2;
+        cache.keep(stale, Replace::Newer);
+        assert!(
+            cache.get(id).is_none(),
+            "not heard of for too long: read again"
+        );
+        let now = cache.generation();
+        cache.loaded(
+            now,
+            CachedEvent::from(&summary(id, 2, 1, Lifecycle::Published)),
+        );
+        assert!(
+            cache.get(id).is_some(),
+            "the same version read again is fresh"
+        );
     }
 
     #[test]

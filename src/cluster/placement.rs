@@ -65,6 +65,9 @@ pub enum Move {
     HandOver { epoch: u64 },
     /// Held here in memory, but the lease says otherwise: stop using it.
     Lost,
+    /// The lease names this node, which does not hold the shard in memory
+    /// (a release that failed) and is not placed it: free it.
+    Release { epoch: i64 },
 }
 
 /// The moves for one round — pure: the leases and live nodes as read, what
@@ -99,6 +102,8 @@ pub fn plan(
                             seen_epoch: lease.epoch,
                         },
                     ));
+                } else if mine {
+                    moves.push((id, Move::Release { epoch: lease.epoch }));
                 }
             }
         }
@@ -178,7 +183,17 @@ impl Placement {
 
     async fn renew(&self) {
         let until = micros(chrono::Utc::now()) + self.node.lease_ttl.as_micros() as i64;
-        if let Err(error) = self.store.renew_shards(self.node.id.as_uuid(), until).await {
+        let held: Vec<i64> = self
+            .held
+            .held()
+            .iter()
+            .map(|lease| i64::from(lease.shard.get()))
+            .collect();
+        if let Err(error) = self
+            .store
+            .renew_shards(self.node.id.as_uuid(), &held, until)
+            .await
+        {
             tracing::warn!(%error, "cannot renew this node's shard leases");
         }
     }
@@ -219,6 +234,9 @@ impl Placement {
             match planned {
                 Move::Take { seen_epoch } => self.take(shard, seen_epoch, now).await,
                 Move::HandOver { epoch } => handing_over.push(ShardLease { shard, epoch }),
+                Move::Release { epoch } => {
+                    self.release(shard, epoch).await;
+                }
                 Move::Lost => {
                     tracing::warn!(
                         shard = shard.get(),
@@ -288,22 +306,25 @@ impl Placement {
         self.journal.do_send(Flush(done));
         let _ = flushed.await;
         for lease in leases {
-            match self
-                .store
-                .release_shard(
-                    i64::from(lease.shard.get()),
-                    self.node.id.as_uuid(),
-                    lease.epoch as i64,
-                )
-                .await
-            {
-                Ok(_) => {
-                    metrics::counter!("turnout_cluster_handovers_total").increment(1);
-                }
-                // The lease runs out by itself; the next holder waits the TTL.
-                Err(error) => {
-                    tracing::warn!(%error, shard = lease.shard.get(), "cannot release a shard")
-                }
+            if self.release(lease.shard, lease.epoch as i64).await {
+                metrics::counter!("turnout_cluster_handovers_total").increment(1);
+            }
+        }
+    }
+
+    /// Frees a lease this node holds at `epoch`; whether it did. One that
+    /// cannot be freed now is not renewed, so it lapses within the TTL, and
+    /// the next round tries again.
+    async fn release(&self, shard: ShardId, epoch: i64) -> bool {
+        match self
+            .store
+            .release_shard(i64::from(shard.get()), self.node.id.as_uuid(), epoch)
+            .await
+        {
+            Ok(released) => released,
+            Err(error) => {
+                tracing::warn!(%error, shard = shard.get(), "cannot release a shard");
+                false
             }
         }
     }
@@ -372,6 +393,22 @@ mod tests {
         assert_eq!(
             plan(me, &taken, &live, |_| Some(2), &shard, NOW),
             vec![(shard(theirs).unwrap(), Move::Lost)]
+        );
+    }
+
+    #[test]
+    fn a_lease_left_naming_this_node_after_a_failed_release_is_freed() {
+        let (me, other) = (NodeId::new(), NodeId::new());
+        let live = [me, other];
+        let shard = shards(64);
+        let theirs = (0..64)
+            .find(|s| turnout_actors::placement::owner(shard(*s).unwrap(), &live) == Some(other))
+            .unwrap();
+        // This node let go of the shard in memory, but its release failed.
+        let left_behind = [lease(theirs, Some(me), 4, NOW + 1)];
+        assert_eq!(
+            plan(me, &left_behind, &live, |_| None, &shard, NOW),
+            vec![(shard(theirs).unwrap(), Move::Release { epoch: 4 })]
         );
     }
 }

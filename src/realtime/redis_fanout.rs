@@ -65,6 +65,13 @@ impl FanoutLink {
         Self(Some(Arc::default()))
     }
 
+    #[cfg(test)]
+    pub fn set_connected(&self, up: bool) {
+        if let Some(link) = &self.0 {
+            link.store(up, Ordering::Release);
+        }
+    }
+
     pub fn is_connected(&self) -> bool {
         self.0.as_ref().is_some_and(|up| up.load(Ordering::Acquire))
     }

@@ -736,13 +736,17 @@ async fn lease_renewals_never_deadlock_with_commits(backend: Backend) {
         states.push(current_state(&store, event).await);
     }
 
+    let all: Vec<i64> = (0..i64::from(shards.get())).collect();
     let renewing = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let renewals = {
-        let (store, renewing) = (store.clone(), renewing.clone());
+        let (store, renewing, all) = (store.clone(), renewing.clone(), all.clone());
         tokio::spawn(async move {
             let mut renewed = 0;
             while renewing.load(std::sync::atomic::Ordering::Relaxed) {
-                store.renew_shards(node, until).await.expect("a renewal");
+                store
+                    .renew_shards(node, &all, until)
+                    .await
+                    .expect("a renewal");
                 renewed += 1;
             }
             renewed

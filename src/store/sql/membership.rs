@@ -2,7 +2,7 @@
 //! its shard leases.
 
 use async_trait::async_trait;
-use sqlx::{Postgres, Sqlite};
+use sqlx::{Postgres, QueryBuilder, Sqlite};
 use turnout_actors::store::StoreError;
 use uuid::Uuid;
 
@@ -120,15 +120,28 @@ macro_rules! impl_membership {
                 Ok((taken.rows_affected() == 1).then_some(seen_epoch + 1))
             }
 
-            async fn renew_shards(&self, node: Uuid, expires_at: i64) -> Result<u64, StoreError> {
-                let renewed = sqlx::query(concat!(
-                    "UPDATE shard_leases SET expires_at = $1 WHERE shard IN \
-                     (SELECT shard FROM shard_leases WHERE node = $2 ORDER BY shard",
-                    $in_shard_order,
-                    ")"
-                ))
-                    .bind(expires_at)
-                    .bind(node)
+            async fn renew_shards(
+                &self,
+                node: Uuid,
+                shards: &[i64],
+                expires_at: i64,
+            ) -> Result<u64, StoreError> {
+                if shards.is_empty() {
+                    return Ok(0);
+                }
+                let mut query = QueryBuilder::<$db>::new("UPDATE shard_leases SET expires_at = ");
+                query
+                    .push_bind(expires_at)
+                    .push(" WHERE shard IN (SELECT shard FROM shard_leases WHERE node = ")
+                    .push_bind(node)
+                    .push(" AND shard IN (");
+                let mut listed = query.separated(", ");
+                for shard in shards {
+                    listed.push_bind(*shard);
+                }
+                query.push(") ORDER BY shard").push($in_shard_order).push(")");
+                let renewed = query
+                    .build()
                     .execute(&self.pool)
                     .await
                     .map_err(unavailable)?;
