@@ -59,6 +59,16 @@ pub struct UnknownSetting {
     pub nearest: Option<String>,
 }
 
+impl UnknownSetting {
+    /// From a file, inside a known section, or close to a known key: meant
+    /// as a setting. A variable with an unrelated name may be someone
+    /// else's — Kubernetes gives a Service named `turnout` variables such
+    /// as `TURNOUT_SERVICE_HOST` — so it is only warned about.
+    pub fn is_surely_a_mistake(&self) -> bool {
+        self.variable.is_none() || self.key.contains('.') || self.nearest.is_some()
+    }
+}
+
 impl std::fmt::Display for UnknownSetting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.variable {
@@ -230,8 +240,13 @@ impl Settings {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        if self.env == Environment::Production && !self.unknown.is_empty() {
-            let mistakes: Vec<String> = self.unknown.iter().map(ToString::to_string).collect();
+        let refused: Vec<&UnknownSetting> = self
+            .unknown
+            .iter()
+            .filter(|u| u.is_surely_a_mistake())
+            .collect();
+        if self.env == Environment::Production && !refused.is_empty() {
+            let mistakes: Vec<String> = refused.iter().map(ToString::to_string).collect();
             anyhow::bail!(
                 "TURNOUT_ENV=production refuses unknown settings: {}",
                 mistakes.join("; ")
@@ -401,6 +416,16 @@ mod tests {
             settings.validate().is_ok(),
             "only warned about in development"
         );
+
+        // A variable no setting is near, such as one Kubernetes sets for a
+        // Service named turnout, is not refused.
+        settings.env = Environment::Production;
+        settings.unknown = vec![UnknownSetting {
+            key: "service_host".into(),
+            variable: Some("TURNOUT_SERVICE_HOST".into()),
+            nearest: None,
+        }];
+        assert!(settings.validate().is_ok());
     }
 
     #[test]

@@ -100,13 +100,19 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// `turnout config check`: the effective settings, secrets redacted, and
-/// every unknown key as an error (exit status 1).
+/// every unknown key — an error (exit status 1) when it was surely meant as
+/// a setting, a warning for a variable that may be someone else's.
 fn check_config(settings: &Settings) -> anyhow::Result<()> {
     println!("{settings:#?}");
-    for mistake in &settings.unknown {
-        eprintln!("error: {mistake}");
+    for unknown in &settings.unknown {
+        let kind = if unknown.is_surely_a_mistake() {
+            "error"
+        } else {
+            "warning"
+        };
+        eprintln!("{kind}: {unknown}");
     }
-    if !settings.unknown.is_empty() {
+    if settings.unknown.iter().any(|u| u.is_surely_a_mistake()) {
         std::process::exit(1);
     }
     eprintln!("the configuration is valid");

@@ -57,7 +57,11 @@ fn a_misspelt_key_in_a_file_or_a_variable_is_named_with_its_nearest_setting() {
     std::fs::write(&file, "[http]\nwrite_timout_ms = 2500\n").unwrap();
     let checked = turnout(
         &["config", "check", "--config", file.to_str().unwrap()],
-        &[("TURNOUT_CLUSTER__SHARD", "64")],
+        &[
+            ("TURNOUT_CLUSTER__SHARD", "64"),
+            // What Kubernetes sets for a Service named turnout: not ours.
+            ("TURNOUT_SERVICE_HOST", "10.0.0.7"),
+        ],
     );
     let stderr = text(&checked.stderr);
     assert_eq!(checked.status.code(), Some(1), "{stderr}");
@@ -71,6 +75,10 @@ fn a_misspelt_key_in_a_file_or_a_variable_is_named_with_its_nearest_setting() {
         stderr.contains(
             "error: TURNOUT_CLUSTER__SHARD is not a setting; did you mean TURNOUT_CLUSTER__SHARDS?"
         ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("warning: TURNOUT_SERVICE_HOST is not a setting"),
         "{stderr}"
     );
 }
