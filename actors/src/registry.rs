@@ -155,6 +155,7 @@ impl EventRegistry {
             queued: Arc::clone(&queued),
             settings: self.0.settings.clone(),
             lease,
+            held: Arc::clone(&self.0.shards),
         };
         let addr = EventActor::start_in_arbiter(arbiter, move |ctx| {
             // Bounded by `Queued`, not by actix (see there).

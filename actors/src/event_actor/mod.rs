@@ -25,6 +25,7 @@ use crate::in_flight::{Flight, InFlight};
 use crate::journal::{AppendDone, AppendError, AppendReply, Appended, Fence, Journal, Submit};
 use crate::placement::ShardLease;
 use crate::roster::{Queued, Roster};
+use crate::shards::HeldShards;
 use crate::store::{Append, EventStore, EventSummary, IdempotencyRecord, StoreError};
 
 /// Tuning for every event actor.
@@ -160,6 +161,8 @@ pub(crate) struct Surroundings {
     pub settings: ActorSettings,
     /// The shard lease it writes under, in a cluster.
     pub lease: Option<ShardLease>,
+    /// The shards this node holds now, to tell when its lease is gone.
+    pub held: Arc<HeldShards>,
 }
 
 /// The actor's shard is being handed to another node: it takes no new
@@ -184,6 +187,7 @@ pub struct EventActor {
     queued: Arc<AtomicUsize>,
     settings: ActorSettings,
     lease: Option<ShardLease>,
+    held: Arc<HeldShards>,
     /// Set by [`Retire`]: who waits for this actor to stop.
     retired: Option<Vec<oneshot::Sender<()>>>,
     /// Keyed by submission order; the journal commits in that order.
@@ -213,6 +217,7 @@ impl EventActor {
             changes: given.changes,
             queued: given.queued,
             lease: given.lease,
+            held: given.held,
             retired: None,
             keys: KeyMemory::new(given.settings.mailbox_capacity),
             settings: given.settings,
@@ -221,6 +226,18 @@ impl EventActor {
             last_active: Instant::now(),
             broken: false,
             key_lookups: 0,
+        }
+    }
+
+    /// Out of the roster at once — a command for the event from now on
+    /// finds no actor here and goes to the shard's holder — then stops once
+    /// nothing is in flight; `stopped` is told when it has.
+    fn retire(&mut self, stopped: Option<oneshot::Sender<()>>, ctx: &mut Context<Self>) {
+        self.roster.forget(self.id, &ctx.address());
+        let waiting = self.retired.get_or_insert_default();
+        waiting.extend(stopped);
+        if self.in_flight.is_empty() {
+            ctx.stop();
         }
     }
 
@@ -234,6 +251,14 @@ impl EventActor {
         } = msg;
         drop(queued);
         self.last_active = Instant::now();
+        if self.retired.is_none()
+            && let Some(lease) = self.lease
+            && self.held.epoch(lease.shard) != Some(lease.epoch)
+        {
+            // Activated just as its shard was handed over, or the shard was
+            // lost: it may not answer, not even "nothing changed".
+            self.retire(None, ctx);
+        }
         if self.retired.is_some() {
             let _ = reply.send(Err(CommandError::NotHere));
             return;
@@ -660,13 +685,7 @@ impl Handler<Retire> for EventActor {
     type Result = ();
 
     fn handle(&mut self, msg: Retire, ctx: &mut Self::Context) {
-        // Out of the roster at once: a command for the event from now on
-        // finds no actor here and goes to the shard's next holder.
-        self.roster.forget(self.id, &ctx.address());
-        self.retired.get_or_insert_default().push(msg.stopped);
-        if self.in_flight.is_empty() {
-            ctx.stop();
-        }
+        self.retire(Some(msg.stopped), ctx);
     }
 }
 

@@ -225,3 +225,57 @@ async fn the_journal_groups_concurrent_appends_into_few_commits() {
     let commits = store.commits.load(Ordering::SeqCst) - before;
     assert!(commits < 20, "200 joins took {commits} commits");
 }
+
+/// An actor activated under a lease this node has since let go of — a
+/// handover that ran just before it started, so its `Retire` missed it —
+/// answers nothing, not even "nothing changed", and leaves; the next
+/// command gets a fresh actor under the lease the node holds now.
+#[actix::test]
+async fn an_actor_whose_lease_is_gone_answers_nothing_and_leaves() {
+    let store = Arc::new(MemoryStore::default());
+    let journal = Journal::new(store.clone(), JournalSettings::default()).start();
+    let held = Arc::new(HeldShards::none(ShardCount::DEFAULT));
+    let registry = EventRegistry::new(
+        store.clone(),
+        journal,
+        Arc::new(crate::changes::NoChanges),
+        ActorSettings::default(),
+        vec![Arbiter::current()],
+        Arc::clone(&held),
+    );
+    let event = EventId::new();
+    let shard = held.shard_of(event);
+    held.hold(ShardLease { shard, epoch: 1 });
+    let owner = UserId::new();
+    let create = Command::Create {
+        id: event,
+        owner,
+        details: event_details(),
+        capacity: Capacity::parse(5).unwrap(),
+        at: Utc::now(),
+    };
+    registry.execute(event, create, None, None).await.unwrap();
+    let publish = Command::Publish {
+        by: owner,
+        at: Utc::now(),
+    };
+    registry
+        .execute(event, publish.clone(), None, None)
+        .await
+        .unwrap();
+
+    // The shard went away and came back at a new epoch; the actor never
+    // heard.
+    held.let_go(shard);
+    held.hold(ShardLease { shard, epoch: 2 });
+    assert!(matches!(
+        registry.execute(event, publish.clone(), None, None).await,
+        Err(CommandError::NotHere)
+    ));
+    let again = registry.execute(event, publish, None, None).await;
+    assert!(
+        matches!(again, Ok(Reply::Done(Outcome { changed: false, .. }))),
+        "a fresh actor answers: {again:?}"
+    );
+    assert_eq!(registry.live_actors(), 1);
+}
