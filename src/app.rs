@@ -26,13 +26,14 @@ use crate::cluster::forward::{Commands, InternalKeys, Peers};
 use crate::cluster::placement::Placement;
 use crate::config::{Environment, Settings, redact_url};
 use crate::event_cache::{EventCache, Serving};
+use crate::fanout_link::FanoutLink;
 use crate::http::client_limits::{self, BodyDeadline, HttpConnections};
 use crate::http::drain::{self, Drain};
 use crate::http::ops::MetricsAccess;
 use crate::http::rate_limit::RateLimits;
 use crate::http::ws::Realtime;
 use crate::http::{self, AppState, request_context};
-use crate::realtime::{ConnectionLimits, FanoutLink, Hubs, LocalFanout, RedisFanout, Router};
+use crate::realtime::{ConnectionLimits, Hubs, LocalFanout, RedisFanout, Router};
 use crate::recommendations::{StoreSource, load_catalog};
 use crate::store::{self, Store};
 

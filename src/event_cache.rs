@@ -21,7 +21,7 @@ use serde::Serialize;
 use turnout_actors::domain::{EventId, Lifecycle, UserId};
 use turnout_actors::store::EventSummary;
 
-use crate::realtime::FanoutLink;
+use crate::fanout_link::FanoutLink;
 use crate::store::EventRecord;
 use crate::views::EventView;
 
@@ -332,7 +332,7 @@ mod tests {
     #[test]
     fn a_cluster_node_answers_an_entry_only_while_it_is_fresh() {
         let link = FanoutLink::unlinked();
-        link.set_connected(true);
+        link.mark(true);
         let cache = EventCache::new(10, Serving::WhileLinked(link));
         let id = EventId::new();
         cache.changed(&summary(id, 1, 0, Lifecycle::Published));

@@ -21,6 +21,7 @@ pub mod cluster;
 pub mod config;
 pub mod consumers;
 pub mod event_cache;
+pub mod fanout_link;
 pub mod http;
 pub mod outbox;
 pub mod realtime;

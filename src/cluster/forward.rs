@@ -15,7 +15,6 @@ use anyhow::Context;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use turnout_actors::domain::{Command, EventId, UserId};
 use turnout_actors::placement::NodeId;
@@ -26,7 +25,6 @@ use uuid::Uuid;
 use super::placement::{Directory, Holder};
 use crate::auth::TokenKeys;
 use crate::event_cache::EventCache;
-use crate::http::{ApiError, AppState};
 
 /// How long a command waits before it looks for its shard's holder again.
 const PAUSE: Duration = Duration::from_millis(25);
@@ -236,16 +234,9 @@ impl InternalKeys {
             .issue(UserId::from(me.as_uuid()), Some(NODE_ROLE.to_owned()))
     }
 
-    fn verify(&self, req: &HttpRequest) -> Result<(), ApiError> {
-        let token = req
-            .headers()
-            .get(actix_web::http::header::AUTHORIZATION)
-            .and_then(crate::http::bearer_token)
-            .ok_or(ApiError::Unauthorized("a node's call needs its token"))?;
-        match self.0.verify(token) {
-            Ok(claims) if claims.role.as_deref() == Some(NODE_ROLE) => Ok(()),
-            _ => Err(ApiError::Unauthorized("not a node of this cluster")),
-        }
+    /// Whether `token` was signed by a node of this cluster.
+    pub fn admits(&self, token: &str) -> bool {
+        matches!(self.0.verify(token), Ok(claims) if claims.role.as_deref() == Some(NODE_ROLE))
     }
 }
 
@@ -253,27 +244,4 @@ impl std::fmt::Debug for InternalKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("InternalKeys").field(&self.0).finish()
     }
-}
-
-/// `POST /internal/commands`: a command another node forwarded here. Run
-/// here or answered `not_here`, never forwarded again. The caller is
-/// checked before the body is read: a stranger learns nothing of its shape.
-pub async fn forwarded_command(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    keys: web::Data<InternalKeys>,
-    body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
-    keys.verify(&req)?;
-    let forwarded: Forwarded = serde_json::from_slice(&body).map_err(|_| {
-        ApiError::bad_request(
-            crate::http::ErrorCode::MalformedJson,
-            "not a forwarded command",
-        )
-    })?;
-    let run = state.commands.run_here(&forwarded);
-    let answer = tokio::time::timeout(state.write_timeout, run)
-        .await
-        .unwrap_or(Err(CommandError::Unavailable));
-    Ok(HttpResponse::Ok().json(answer))
 }

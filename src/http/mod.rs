@@ -8,6 +8,8 @@
 //! - `ws`: the WebSocket upgrade (`GET /v1/ws`) and its admission.
 //! - `kiosk`: the venue screen page.
 //! - `ops`: health, readiness, metrics.
+//! - `internal`: commands other nodes forward to this one (nodes only).
+//! - `drain`: closing connections as the node stops.
 //! - `identity`: the caller from `Authorization: Bearer` (extractors).
 //! - `request_context`: request ids, method and route labels, the access log.
 //! - `rate_limit`: the rate budgets by kind of request.
@@ -25,6 +27,7 @@ pub mod drain;
 mod error;
 mod events;
 mod identity;
+mod internal;
 mod joins;
 mod kiosk;
 mod openapi;
@@ -47,7 +50,6 @@ use turnout_actors::recommend::Recommenders;
 use turnout_actors::{EventRegistry, IdempotencyKey, Outcome, Reply};
 
 pub use error::{ApiError, ErrorBody, ErrorCode};
-pub use identity::bearer_token;
 pub use openapi::ApiDoc;
 
 use crate::cluster::forward::Forwarded;
@@ -66,7 +68,7 @@ pub struct AppState {
     /// Runs each command where its event's shard is held.
     pub commands: crate::cluster::forward::Commands,
     /// Whether the other nodes' live updates reach this one.
-    pub fanout: crate::realtime::FanoutLink,
+    pub fanout: crate::fanout_link::FanoutLink,
     /// `GET /v1/events/{id}` answers held in memory.
     pub events: crate::event_cache::EventCache,
     /// Set when the node is stopping.
@@ -149,7 +151,7 @@ pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) 
         .configure(kiosk::routes)
         .route(
             crate::cluster::forward::INTERNAL_PATH,
-            web::post().to(crate::cluster::forward::forwarded_command),
+            web::post().to(internal::forwarded_command),
         )
         .service(
             web::scope("/v1")

@@ -37,7 +37,7 @@ pub use hubs::Hubs;
 pub use inbound::Inbound;
 pub use limits::{ConnectionLimits, ConnectionPermit};
 pub use protocol::{ClientFrame, parse_client_frame};
-pub use redis_fanout::{FanoutLink, RedisFanout};
+pub use redis_fanout::RedisFanout;
 pub use router::{LocalFanout, Router};
 pub use session::WsSession;
 pub use socket::SendQueue;

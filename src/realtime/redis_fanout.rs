@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -28,6 +28,7 @@ use turnout_actors::changes::{ChangeSink, EventChange};
 use uuid::Uuid;
 
 use super::router::Router;
+use crate::fanout_link::FanoutLink;
 
 /// Changes waiting to be published while Redis is slow or away.
 const PUBLISH_QUEUE: usize = 10_000;
@@ -52,39 +53,6 @@ struct Wire<C> {
     seq: u64,
     /// None in a heartbeat.
     change: Option<C>,
-}
-
-/// Whether this node hears the other nodes' changes — the one part of the
-/// cluster Redis carries (placement and joins do not need it).
-#[derive(Clone, Default)]
-pub struct FanoutLink(Option<Arc<AtomicBool>>);
-
-impl FanoutLink {
-    /// A link that is not up (yet).
-    pub fn unlinked() -> Self {
-        Self(Some(Arc::default()))
-    }
-
-    #[cfg(test)]
-    pub fn set_connected(&self, up: bool) {
-        if let Some(link) = &self.0 {
-            link.store(up, Ordering::Release);
-        }
-    }
-
-    pub fn is_connected(&self) -> bool {
-        self.0.as_ref().is_some_and(|up| up.load(Ordering::Acquire))
-    }
-
-    /// `local` (no Redis: one node), `connected`, or `disconnected` (live
-    /// updates from other nodes pause; this node's own still flow).
-    pub fn state(&self) -> &'static str {
-        match &self.0 {
-            None => "local",
-            Some(up) if up.load(Ordering::Relaxed) => "connected",
-            Some(_) => "disconnected",
-        }
-    }
 }
 
 pub struct RedisFanout {
@@ -115,8 +83,7 @@ impl RedisFanout {
             dropped: Arc::clone(&dropped),
         };
         actix_web::rt::spawn(publisher(client.clone(), channel.clone(), queue, numbering));
-        let up = link.0.clone().unwrap_or_default();
-        actix_web::rt::spawn(subscriber(client, channel, node, router.clone(), up));
+        actix_web::rt::spawn(subscriber(client, channel, node, router.clone(), link));
         Ok(Self {
             router,
             publish,
@@ -255,7 +222,7 @@ async fn subscriber(
     channel: String,
     node: Uuid,
     router: Router,
-    up: Arc<AtomicBool>,
+    link: FanoutLink,
 ) {
     metrics::gauge!("turnout_fanout_connected").set(0.0);
     let mut attempt = 0;
@@ -280,7 +247,7 @@ async fn subscriber(
         // while hubs were loading) or while it was down never arrived here:
         // forgotten before anything is answered from memory again.
         router.resync_all();
-        up.store(true, Ordering::Release);
+        link.mark(true);
         let mut heard = Heard::default();
         let mut messages = pubsub.into_on_message();
         loop {
@@ -316,7 +283,7 @@ async fn subscriber(
             }
         }
         metrics::gauge!("turnout_fanout_connected").set(0.0);
-        up.store(false, Ordering::Release);
+        link.mark(false);
         tracing::warn!("redis subscription ended; reconnecting");
     }
 }
