@@ -75,6 +75,7 @@ const COUNTED_FROM_START: &[&str] = &[
 
 /// Gauges whose value at the start is known to be zero.
 const ZERO_AT_START: &[&str] = &[
+    "turnout_event_cache_events",
     "turnout_journal_pending",
     "turnout_live_actors",
     "turnout_recs_actors",
@@ -90,6 +91,9 @@ pub fn export_from_start() {
     }
     for outcome in ["answered", "not_here", "not_sent", "lost"] {
         metrics::counter!("turnout_forwarded_commands_total", "outcome" => outcome).increment(0);
+    }
+    for source in ["memory", "database"] {
+        metrics::counter!("turnout_event_reads_total", "source" => source).increment(0);
     }
     for &name in ZERO_AT_START {
         metrics::gauge!(name).set(0.0);
