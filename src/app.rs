@@ -277,6 +277,8 @@ impl Application {
             );
         }
         self.drain.start();
+        // The acceptor stops first, so it never sees the shut listener fail.
+        http.pause().await;
         refuse_new_connections(&self.listening);
         wait_for_connections_to_close(&self.connections, self.drain_for).await;
         http.stop(true).await;
