@@ -282,22 +282,27 @@ impl Settings {
 
     /// The configured JWT keys, first (signing) key first.
     pub fn jwt_keys(&self) -> Vec<SecretString> {
-        self.jwt_secrets
-            .as_ref()
-            .map(|s| {
-                s.expose_secret()
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|k| !k.is_empty())
-                    .map(|k| SecretString::from(k.to_owned()))
-                    .collect()
-            })
-            .unwrap_or_default()
+        key_list(self.jwt_secrets.as_ref())
     }
 
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.http.write_timeout_ms)
     }
+}
+
+/// A comma-separated list of keys, as a setting holds it, in order (the
+/// first signs, any verifies); none when unset.
+pub fn key_list(setting: Option<&SecretString>) -> Vec<SecretString> {
+    setting
+        .map(|s| {
+            s.expose_secret()
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(|k| SecretString::from(k.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A key from the docs and examples, or one with too little variety to be

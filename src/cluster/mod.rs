@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 use turnout_actors::placement::{NodeId, ShardCount};
 use uuid::Uuid;
@@ -48,17 +48,7 @@ pub struct ClusterSettings {
 impl ClusterSettings {
     /// The internal keys, if configured apart from the JWT keys.
     pub fn internal_keys(&self) -> Vec<SecretString> {
-        self.internal_secrets
-            .as_ref()
-            .map(|s| {
-                s.expose_secret()
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|k| !k.is_empty())
-                    .map(|k| SecretString::from(k.to_owned()))
-                    .collect()
-            })
-            .unwrap_or_default()
+        crate::config::key_list(self.internal_secrets.as_ref())
     }
 }
 

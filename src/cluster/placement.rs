@@ -350,6 +350,13 @@ mod tests {
         move |i| ShardCount::new(n).unwrap().shard(i as u32)
     }
 
+    /// Some shard of 64 that rendezvous hashing gives `node` among `live`.
+    fn placed_on(node: NodeId, live: &[NodeId], shard: impl Fn(i64) -> Option<ShardId>) -> i64 {
+        (0..64)
+            .find(|s| turnout_actors::placement::owner(shard(*s).unwrap(), live) == Some(node))
+            .unwrap()
+    }
+
     #[test]
     fn a_lone_node_takes_every_free_shard() {
         let me = NodeId::new();
@@ -380,10 +387,7 @@ mod tests {
         let (me, other) = (NodeId::new(), NodeId::new());
         let live = [me, other];
         let shard = shards(64);
-        // Some shard rendezvous hashing gives the other node.
-        let theirs = (0..64)
-            .find(|s| turnout_actors::placement::owner(shard(*s).unwrap(), &live) == Some(other))
-            .unwrap();
+        let theirs = placed_on(other, &live, &shard);
         let mine_in_db = [lease(theirs, Some(me), 2, NOW + 1)];
         assert_eq!(
             plan(me, &mine_in_db, &live, |_| Some(2), &shard, NOW),
@@ -401,9 +405,7 @@ mod tests {
         let (me, other) = (NodeId::new(), NodeId::new());
         let live = [me, other];
         let shard = shards(64);
-        let theirs = (0..64)
-            .find(|s| turnout_actors::placement::owner(shard(*s).unwrap(), &live) == Some(other))
-            .unwrap();
+        let theirs = placed_on(other, &live, &shard);
         // This node let go of the shard in memory, but its release failed.
         let left_behind = [lease(theirs, Some(me), 4, NOW + 1)];
         assert_eq!(

@@ -110,43 +110,15 @@ async fn joins_through_two_nodes_are_decided_by_one_actor_each() {
 /// node A sees, in order, the joins made through node B.
 #[actix_web::test]
 async fn a_client_on_one_node_sees_joins_made_through_another_in_order() {
-    use secrecy::SecretString;
-
-    let Some(redis_url) = std::env::var("TURNOUT_TEST_REDIS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        eprintln!("TURNOUT_TEST_REDIS_URL is not set: skipping the two-node fan-out test");
+    let dir = tempfile::tempdir().unwrap();
+    let Some((a, b, redis_url)) = linked_nodes(&dir).await else {
         return;
     };
-    let mut check = redis::Client::open(redis_url.as_str())
+    let check = redis::Client::open(redis_url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .expect("TURNOUT_TEST_REDIS_URL is set but Redis does not answer");
-    let _: String = redis::cmd("PING").query_async(&mut check).await.unwrap();
-
-    let dir = tempfile::tempdir().unwrap();
-    let Some(url) = fresh_database(Backend::Postgres, &dir).await else {
-        return;
-    };
-    let channel = format!("turnout:test:{}", uuid::Uuid::new_v4());
-    let tweak = |s: &mut turnout::config::Settings| {
-        s.redis_url = Some(SecretString::from(redis_url.clone()));
-        s.realtime.redis_channel = channel.clone();
-    };
-    let a = spawn_node(&url, tweak).await;
-    let b = spawn_node(&url, tweak).await;
-    for node in [&a, &b] {
-        for attempt in 0.. {
-            let metrics = node.metrics().await;
-            if metrics.lines().any(|l| l == "turnout_fanout_connected 1") {
-                break;
-            }
-            assert!(attempt < 100, "the node never subscribed to redis");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    }
 
     let owner = b.register("owner@example.com").await;
     let event = b.published_event(&owner, 100).await;
@@ -219,40 +191,11 @@ async fn a_client_on_one_node_sees_joins_made_through_another_in_order() {
 /// count a database read would give.
 #[actix_web::test]
 async fn reads_on_every_node_follow_the_joins_through_any_node() {
-    use secrecy::SecretString;
-
-    let Some(redis_url) = std::env::var("TURNOUT_TEST_REDIS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        eprintln!("TURNOUT_TEST_REDIS_URL is not set: skipping the cached reads across nodes");
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
-    let Some(url) = fresh_database(Backend::Postgres, &dir).await else {
+    let Some((a, b, _)) = linked_nodes(&dir).await else {
         return;
     };
-    let channel = format!("turnout:test:{}", uuid::Uuid::new_v4());
-    let tweak = |s: &mut turnout::config::Settings| {
-        s.redis_url = Some(SecretString::from(redis_url.clone()));
-        s.realtime.redis_channel = channel.clone();
-    };
-    let a = spawn_node(&url, tweak).await;
-    let b = spawn_node(&url, tweak).await;
     a.wait_for_placement(2).await;
-    for node in [&a, &b] {
-        while body(
-            node.request(reqwest::Method::GET, "/ready")
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await["data"]["fanout"]
-            != "connected"
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    }
 
     let owner = a.register("owner@example.com").await;
     let event = a.published_event(&owner, 8).await;
@@ -332,4 +275,40 @@ async fn without_redis_a_cluster_takes_joins_and_says_live_updates_are_down() {
         // of parallel tests share one metrics registry.)
         assert_eq!(body(ready).await["data"]["fanout"], "disconnected");
     }
+}
+
+/// Two nodes on a fresh Postgres database, linked through the real Redis on
+/// a channel of their own, once each hears the other; and the Redis URL.
+/// `None` without Postgres or Redis.
+async fn linked_nodes(dir: &tempfile::TempDir) -> Option<(TestApp, TestApp, String)> {
+    let Some(redis_url) = std::env::var("TURNOUT_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!("TURNOUT_TEST_REDIS_URL is not set: skipping a test of nodes linked by Redis");
+        return None;
+    };
+    let url = fresh_database(Backend::Postgres, dir).await?;
+    let channel = format!("turnout:test:{}", uuid::Uuid::new_v4());
+    let tweak = |s: &mut turnout::config::Settings| {
+        s.redis_url = Some(secrecy::SecretString::from(redis_url.clone()));
+        s.realtime.redis_channel = channel.clone();
+    };
+    let a = spawn_node(&url, tweak).await;
+    let b = spawn_node(&url, tweak).await;
+    for node in [&a, &b] {
+        for attempt in 0.. {
+            let ready = node
+                .request(reqwest::Method::GET, "/ready")
+                .send()
+                .await
+                .unwrap();
+            if body(ready).await["data"]["fanout"] == "connected" {
+                break;
+            }
+            assert!(attempt < 200, "the node never subscribed to redis");
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+    Some((a, b, redis_url))
 }

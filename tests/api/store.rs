@@ -616,6 +616,29 @@ async fn an_expired_key_takes_a_new_answer_before_the_purge(backend: Backend) {
     );
 }
 
+/// A new user's join decided on `state`, as an append under `lease`, and
+/// the state after it.
+fn joined_under(state: &EventState, lease: ShardLease) -> (Append, EventState) {
+    let command = Command::Join {
+        user: UserId::new(),
+        at: Utc::now(),
+    };
+    let facts = decide(Some(state), &command).unwrap();
+    let after = facts.iter().fold(Some(state.clone()), evolve).unwrap();
+    let append = Append {
+        lease: Some(lease),
+        stream: state.id,
+        writer: u64::MAX,
+        base_version: state.version,
+        facts,
+        summary: EventSummary::from(&after),
+        snapshot: None,
+        idempotency: None,
+        request_id: None,
+    };
+    (append, after)
+}
+
 /// A node that lost a shard's lease cannot write to that shard's events,
 /// even on the right version: a node that paused while its lease lapsed and
 /// another node took the shard is fenced by the epoch, in the commit's own
@@ -641,26 +664,14 @@ async fn an_append_under_a_lost_lease_is_fenced(backend: Backend) {
 
     let state = current_state(&store, event).await;
     let join = |state: &EventState, epoch: i64| {
-        let command = Command::Join {
-            user: UserId::new(),
-            at: Utc::now(),
-        };
-        let facts = decide(Some(state), &command).unwrap();
-        let after = facts.iter().fold(Some(state.clone()), evolve).unwrap();
-        Append {
-            lease: Some(ShardLease {
+        joined_under(
+            state,
+            ShardLease {
                 shard,
                 epoch: epoch as u64,
-            }),
-            stream: event,
-            writer: u64::MAX,
-            base_version: state.version,
-            facts,
-            summary: EventSummary::from(&after),
-            snapshot: None,
-            idempotency: None,
-            request_id: None,
-        }
+            },
+        )
+        .0
     };
     let held = store.commit(&[join(&state, first)]).await.unwrap();
     assert!(held.fenced.is_empty() && held.conflicted.is_empty());
@@ -755,27 +766,10 @@ async fn lease_renewals_never_deadlock_with_commits(backend: Backend) {
     for _ in 0..60 {
         let mut batch = Vec::new();
         for state in states.iter_mut() {
-            let command = Command::Join {
-                user: UserId::new(),
-                at: Utc::now(),
-            };
-            let facts = decide(Some(state), &command).unwrap();
-            let after = facts.iter().fold(Some(state.clone()), evolve).unwrap();
             let shard = shard_of(state.id, shards);
-            batch.push(Append {
-                lease: Some(ShardLease {
-                    shard,
-                    epoch: epochs[&shard.get()],
-                }),
-                stream: state.id,
-                writer: u64::MAX,
-                base_version: state.version,
-                facts,
-                summary: EventSummary::from(&after),
-                snapshot: None,
-                idempotency: None,
-                request_id: None,
-            });
+            let epoch = epochs[&shard.get()];
+            let (append, after) = joined_under(state, ShardLease { shard, epoch });
+            batch.push(append);
             *state = after;
         }
         let report = store.commit(&batch).await.expect("no commit fails");

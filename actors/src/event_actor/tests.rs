@@ -16,6 +16,11 @@ use crate::testing::{MemoryStore, event_details};
 use crate::{EventRegistry, Journal, JournalSettings};
 
 fn setup(delay: Duration) -> (Arc<MemoryStore>, EventRegistry) {
+    setup_holding(delay, Arc::new(HeldShards::everything(ShardCount::DEFAULT)))
+}
+
+/// A registry on a node that holds `held`.
+fn setup_holding(delay: Duration, held: Arc<HeldShards>) -> (Arc<MemoryStore>, EventRegistry) {
     let store = Arc::new(MemoryStore {
         commit_delay: delay,
         ..MemoryStore::default()
@@ -27,7 +32,7 @@ fn setup(delay: Duration) -> (Arc<MemoryStore>, EventRegistry) {
         Arc::new(crate::changes::NoChanges),
         ActorSettings::default(),
         vec![Arbiter::current()],
-        Arc::new(HeldShards::everything(ShardCount::DEFAULT)),
+        held,
     );
     (store, registry)
 }
@@ -232,17 +237,8 @@ async fn the_journal_groups_concurrent_appends_into_few_commits() {
 /// command gets a fresh actor under the lease the node holds now.
 #[actix::test]
 async fn an_actor_whose_lease_is_gone_answers_nothing_and_leaves() {
-    let store = Arc::new(MemoryStore::default());
-    let journal = Journal::new(store.clone(), JournalSettings::default()).start();
     let held = Arc::new(HeldShards::none(ShardCount::DEFAULT));
-    let registry = EventRegistry::new(
-        store.clone(),
-        journal,
-        Arc::new(crate::changes::NoChanges),
-        ActorSettings::default(),
-        vec![Arbiter::current()],
-        Arc::clone(&held),
-    );
+    let (_, registry) = setup_holding(Duration::ZERO, Arc::clone(&held));
     let event = EventId::new();
     let shard = held.shard_of(event);
     held.hold(ShardLease { shard, epoch: 1 });
