@@ -42,6 +42,7 @@ pub struct Settings {
     pub rate_limits: crate::http::rate_limit::RateLimitSettings,
     pub metrics: crate::http::ops::MetricsSettings,
     pub cluster: crate::cluster::ClusterSettings,
+    pub traces: crate::telemetry::TraceSettings,
     /// Keys the sources gave that no setting has (a typo, an old name):
     /// warned about at start, refused in production.
     #[serde(skip)]
@@ -277,7 +278,7 @@ impl Settings {
             self.http.max_body_bytes > 0,
             "http.max_body_bytes must be positive"
         );
-        Ok(())
+        self.traces.validate()
     }
 
     /// The configured JWT keys, first (signing) key first.

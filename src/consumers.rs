@@ -36,6 +36,8 @@ pub struct Fact {
     pub event_type: String,
     /// When it was committed, unix microseconds.
     pub committed_at: i64,
+    /// The trace of its publishing, when traces are exported.
+    pub traceparent: Option<String>,
 }
 
 /// Handles a batch of facts in one transaction; returns how many were new
@@ -44,6 +46,29 @@ pub async fn handle(store: &dyn Store, facts: &[Fact]) -> Result<usize, StoreErr
     if facts.is_empty() {
         return Ok(0);
     }
+    // One span per traced fact, a child of its publishing, open while the
+    // batch that handles it is.
+    let _handling: Vec<tracing::Span> = facts
+        .iter()
+        .filter_map(|fact| {
+            let traceparent = fact.traceparent.as_deref()?;
+            let span = tracing::info_span!(
+                parent: None,
+                "outbox.consume",
+                otel.name = "daily-facts consume",
+                otel.kind = "consumer",
+                message_id = %fact.message_id,
+            );
+            crate::telemetry::continue_trace(
+                &span,
+                crate::telemetry::TraceHeaders {
+                    traceparent: Some(traceparent),
+                    tracestate: None,
+                },
+            );
+            Some(span)
+        })
+        .collect();
     let daily: Vec<DailyFact> = facts
         .iter()
         .map(|fact| DailyFact {
@@ -67,6 +92,7 @@ fn fact_of(entry: &StreamId) -> Option<Fact> {
         message_id: entry.get::<String>("message_id")?.parse().ok()?,
         event_type: entry.get("event_type")?,
         committed_at: entry.get::<String>("committed_at")?.parse().ok()?,
+        traceparent: entry.get::<String>("traceparent").filter(|t| !t.is_empty()),
     })
 }
 

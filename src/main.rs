@@ -63,7 +63,8 @@ fn main() -> anyhow::Result<()> {
         redis_url: cli.redis_url,
     })?;
     let command = cli.command.unwrap_or(Cmd::Serve);
-    let _logs = turnout::telemetry::init_logs(&settings.log_format, &settings.log_level);
+    let _telemetry =
+        turnout::telemetry::init(&settings.log_format, &settings.log_level, &settings.traces)?;
     if !matches!(command, Cmd::Config { .. }) {
         for mistake in &settings.unknown {
             tracing::warn!(%mistake, "ignoring an unknown setting");

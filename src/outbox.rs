@@ -191,14 +191,22 @@ async fn pass(
     if head.next_attempt_at > now {
         return Pass::Idle;
     }
+    // Open until the rows are marked published.
+    let publishing: Vec<Option<tracing::Span>> = rows.iter().map(publish_span).collect();
+    let traces: Vec<Option<String>> = publishing
+        .iter()
+        .map(|span| span.as_ref().and_then(crate::telemetry::traceparent))
+        .collect();
     let Some(client) = client else {
         // Nobody outside: the in-process consumers get the rows here.
         let facts: Vec<crate::consumers::Fact> = rows
             .iter()
-            .map(|row| crate::consumers::Fact {
+            .zip(&traces)
+            .map(|(row, traceparent)| crate::consumers::Fact {
                 message_id: row.message_id,
                 event_type: row.event_type.clone(),
                 committed_at: row.created_at,
+                traceparent: traceparent.clone(),
             })
             .collect();
         if let Err(error) = crate::consumers::handle(store.as_ref(), &facts).await {
@@ -218,14 +226,14 @@ async fn pass(
     }
     let redis = connection.as_mut().expect("connected above");
     let mut pipe = redis::pipe();
-    for row in &rows {
+    for (row, traceparent) in rows.iter().zip(&traces) {
         pipe.cmd("XADD")
             .arg(format!("{}{}", settings.stream_prefix, row.topic))
             .arg("MAXLEN")
             .arg("~")
             .arg(settings.stream_max_len)
             .arg("*")
-            .arg(fields(row))
+            .arg(fields(row, traceparent.as_deref()))
             .ignore();
     }
     let started = Instant::now();
@@ -296,10 +304,32 @@ async fn mark_published(
     }
 }
 
+/// The span of a row's publishing, a child of the command that wrote it;
+/// none for a row written while traces were off.
+fn publish_span(row: &OutboxMessage) -> Option<tracing::Span> {
+    let traceparent = row.traceparent.as_deref()?;
+    let span = tracing::info_span!(
+        parent: None,
+        "outbox.publish",
+        otel.name = "outbox publish",
+        otel.kind = "producer",
+        message_id = %row.message_id,
+        event_type = %row.event_type,
+    );
+    crate::telemetry::continue_trace(
+        &span,
+        crate::telemetry::TraceHeaders {
+            traceparent: Some(traceparent),
+            tracestate: None,
+        },
+    );
+    Some(span)
+}
+
 /// The stream entry: the fact, when it was committed (unix µs) and where it
-/// came from. `request_id` carries the trace context from the request that
-/// caused it.
-fn fields(row: &OutboxMessage) -> Vec<(&'static str, String)> {
+/// came from: the request that caused it, and the trace of its publishing
+/// (W3C `traceparent`, empty when traces are off) for its consumers.
+fn fields(row: &OutboxMessage, traceparent: Option<&str>) -> Vec<(&'static str, String)> {
     vec![
         ("outbox_id", row.id.to_string()),
         ("message_id", row.message_id.to_string()),
@@ -307,6 +337,7 @@ fn fields(row: &OutboxMessage) -> Vec<(&'static str, String)> {
         ("aggregate_id", row.aggregate_id.to_string()),
         ("stream_version", row.stream_version.to_string()),
         ("request_id", row.request_id.clone().unwrap_or_default()),
+        ("traceparent", traceparent.unwrap_or_default().to_owned()),
         ("committed_at", row.created_at.to_string()),
         ("payload", row.payload.clone()),
     ]

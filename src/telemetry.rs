@@ -1,13 +1,30 @@
-//! Logs and metrics. Logs are structured `tracing` events written off the
-//! request path by a background writer; metrics are Prometheus text served
-//! at `/metrics`.
+//! Logs, traces and metrics. Logs are structured `tracing` events written
+//! off the request path by a background writer; traces are the same
+//! `tracing` spans, exported over OTLP when a collector is configured (a
+//! join's trace: its request, the event actor's command, the journal commit
+//! that carried it — one commit span linked to every command in its batch —
+//! the outbox publish and the consumer that handled it); metrics are
+//! Prometheus text served at `/metrics`.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{TraceContextExt, TracerProvider};
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use serde::Deserialize;
+use tracing::Level;
 use tracing_appender::non_blocking::{ErrorCounter, WorkerGuard};
-use tracing_subscriber::EnvFilter;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// Lines the background writer dropped because stdout fell behind: it is
 /// lossy on purpose, so that a slow log pipe cannot stall requests, and the
@@ -20,9 +37,62 @@ pub fn dropped_log_lines() -> usize {
         .map_or(0, ErrorCounter::dropped_lines)
 }
 
-/// Installs the global log subscriber. Keep the guard alive for the life of
-/// the process: dropping it flushes buffered lines.
-pub fn init_logs(format: &str, level: &str) -> WorkerGuard {
+/// `[traces]`: OpenTelemetry traces, sent over OTLP/HTTP (protobuf) to a
+/// collector. Off unless an endpoint is given.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TraceSettings {
+    /// Where spans are posted, e.g. `http://127.0.0.1:4318/v1/traces`.
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
+    /// The share of traces kept when a request brings no sampling decision
+    /// of its own (an incoming `traceparent`'s is followed).
+    pub sample_ratio: f64,
+}
+
+impl TraceSettings {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.sample_ratio),
+            "traces.sample_ratio must be between 0 and 1"
+        );
+        if let Some(endpoint) = &self.otlp_endpoint {
+            anyhow::ensure!(
+                endpoint.starts_with("http://") || endpoint.starts_with("https://"),
+                "traces.otlp_endpoint must be an http:// or https:// URL (OTLP over HTTP)"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What keeps logs and traces flowing; dropping it flushes both.
+pub struct Telemetry {
+    _logs: WorkerGuard,
+    traces: Option<SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(traces) = self.traces.take()
+            && let Err(error) = traces.shutdown()
+        {
+            eprintln!("traces were not all sent: {error}");
+        }
+    }
+}
+
+/// Whether spans are being exported: when not, no trace context is worked
+/// out, stored or sent.
+static TRACING: AtomicBool = AtomicBool::new(false);
+
+pub fn traces_on() -> bool {
+    TRACING.load(Ordering::Relaxed)
+}
+
+/// Installs the global subscriber: log lines to stdout, and spans to an
+/// OTLP collector when one is configured. Call it outside any async
+/// runtime (the exporter's HTTP client blocks, on a thread of its own).
+pub fn init(format: &str, level: &str, traces: &TraceSettings) -> anyhow::Result<Telemetry> {
     let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
     let _ = DROPPED_LOG_LINES.set(writer.error_counter());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -30,8 +100,7 @@ pub fn init_logs(format: &str, level: &str) -> WorkerGuard {
             "{level},sqlx=warn,actix_server=warn,actix_web=warn"
         ))
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         // Colour codes only for a person at a terminal who has not asked
         // for none (https://no-color.org), never in a log file.
@@ -39,16 +108,102 @@ pub fn init_logs(format: &str, level: &str) -> WorkerGuard {
             std::io::stdout().is_terminal()
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
         );
-    if format == "json" {
-        builder
-            .json()
+    let logs = if format == "json" {
+        logs.json()
             .flatten_event(true)
             .with_current_span(true)
-            .init();
+            .boxed()
     } else {
-        builder.init();
+        logs.boxed()
+    };
+    let provider = traces
+        .otlp_endpoint
+        .as_deref()
+        .map(|endpoint| tracer_provider(endpoint, traces))
+        .transpose()?;
+    // Spans of Turnout's own code only (a target matches by prefix, so
+    // this takes the actors crate's too): the log level does not decide
+    // what a trace holds, nor does a library's span make one.
+    let spans = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("turnout"))
+            .with_filter(Targets::new().with_target("turnout", Level::INFO))
+    });
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(spans)
+        .try_init()?;
+    TRACING.store(provider.is_some(), Ordering::Relaxed);
+    Ok(Telemetry {
+        _logs: guard,
+        traces: provider,
+    })
+}
+
+fn tracer_provider(endpoint: &str, settings: &TraceSettings) -> anyhow::Result<SdkTracerProvider> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(endpoint)
+        .build()?;
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            settings.sample_ratio,
+        ))))
+        .with_resource(
+            Resource::builder()
+                .with_service_name(settings.service_name.clone())
+                .build(),
+        )
+        .build())
+}
+
+/// The W3C `traceparent` of `span`, to carry its trace across a process
+/// boundary (an outbox row, a stream entry, a forwarded command); none
+/// when traces are off.
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    if !traces_on() {
+        return None;
     }
-    guard
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// A trace context as W3C Trace Context carries it: the `traceparent`
+/// (and `tracestate`) header of a request, or the same fields stored with
+/// an outbox row or a stream entry.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceHeaders<'a> {
+    pub traceparent: Option<&'a str>,
+    pub tracestate: Option<&'a str>,
+}
+
+impl Extractor for TraceHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            "traceparent" => self.traceparent,
+            "tracestate" => self.tracestate,
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent", "tracestate"]
+    }
+}
+
+/// Makes `span` a child of the span `from` names (a request's caller, an
+/// outbox row's writer). Call it before `span` is first entered.
+pub fn continue_trace(span: &tracing::Span, from: TraceHeaders<'_>) {
+    if !traces_on() || from.traceparent.is_none() {
+        return;
+    }
+    let parent = TraceContextPropagator::new().extract(&from);
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
 }
 
 /// Counters that exist from the start, at zero: a series that first
@@ -92,8 +247,11 @@ pub fn export_from_start() {
     for outcome in ["answered", "not_here", "not_sent", "lost"] {
         metrics::counter!("turnout_forwarded_commands_total", "outcome" => outcome).increment(0);
     }
-    for source in ["memory", "database"] {
-        metrics::counter!("turnout_event_reads_total", "source" => source).increment(0);
+    for read in ["details", "listing"] {
+        for source in ["memory", "database"] {
+            metrics::counter!("turnout_event_reads_total", "read" => read, "source" => source)
+                .increment(0);
+        }
     }
     for &name in ZERO_AT_START {
         metrics::gauge!(name).set(0.0);

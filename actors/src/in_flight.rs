@@ -18,6 +18,8 @@ use crate::idempotency::KeyId;
 pub struct Flight<C> {
     pub facts: Vec<DomainEvent>,
     pub request_id: Option<String>,
+    /// The command's span, ended when the flight settles.
+    pub span: tracing::Span,
     /// The command's own caller first, then any that wait on it.
     pub callers: Vec<C>,
     /// The idempotency key the append carries.
@@ -107,6 +109,7 @@ mod tests {
         Flight {
             facts: Vec::new(),
             request_id: None,
+            span: tracing::Span::none(),
             callers: vec![caller],
             key: None,
         }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use crate::idempotency::{Answer, Given};
 use crate::store::{Append, EventStore};
@@ -181,6 +182,12 @@ impl Journal {
         metrics::gauge!("turnout_journal_pending").set(self.buffer.len() as f64);
         metrics::histogram!("turnout_journal_batch_size").record(appends.len() as f64);
 
+        // One commit carries many commands: its span is a trace of its own,
+        // linked to the span of every command it carries.
+        let span = tracing::info_span!(parent: None, "journal.commit", appends = appends.len());
+        for append in &appends {
+            span.follows_from(&append.span);
+        }
         let store = Arc::clone(&self.store);
         let timeout = self.settings.commit_timeout;
         let commit = async move {
@@ -190,16 +197,14 @@ impl Journal {
                 .record(started.elapsed().as_secs_f64());
             (appends, result)
         };
-        ctx.spawn(
-            commit
-                .into_actor(self)
-                .map(move |(appends, result), journal, ctx| {
-                    journal.finish(appends, replies, result);
-                    journal.committing = false;
-                    journal.start_commit(ctx);
-                    journal.wake_flushers();
-                }),
-        );
+        ctx.spawn(commit.instrument(span).into_actor(self).map(
+            move |(appends, result), journal, ctx| {
+                journal.finish(appends, replies, result);
+                journal.committing = false;
+                journal.start_commit(ctx);
+                journal.wake_flushers();
+            },
+        ));
     }
 
     fn finish(
@@ -421,6 +426,7 @@ mod tests {
             snapshot: None,
             idempotency: None,
             request_id: None,
+            span: tracing::Span::none(),
         }
     }
 

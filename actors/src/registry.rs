@@ -86,6 +86,7 @@ impl EventRegistry {
                 command: command.clone(),
                 idempotency: idempotency.clone(),
                 request_id: request_id.clone(),
+                span: tracing::Span::current(),
                 reply,
                 queued,
             };

@@ -123,6 +123,9 @@ pub struct Append {
     pub snapshot: Option<EventState>,
     pub idempotency: Option<IdempotencyRecord>,
     pub request_id: Option<String>,
+    /// The deciding command's span: the commit span links to it, and the
+    /// outbox rows carry its trace on.
+    pub span: tracing::Span,
 }
 
 impl Append {

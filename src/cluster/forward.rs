@@ -180,6 +180,10 @@ impl Peers {
         if let Some(id) = &forwarded.request_id {
             request = request.header("x-request-id", id);
         }
+        // The holder's handling joins the request's trace.
+        if let Some(traceparent) = crate::telemetry::traceparent(&tracing::Span::current()) {
+            request = request.header("traceparent", traceparent);
+        }
         let outcome = match request.send().await {
             Ok(response) if response.status().is_success() => response
                 .json::<Answered>()

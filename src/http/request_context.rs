@@ -1,6 +1,7 @@
 //! Per-request context: the request id (taken from `X-Request-ID` when a
-//! trusted proxy sends a sane one, made up otherwise), a tracing span carrying it,
-//! the response header, and the latency histogram by route.
+//! trusted proxy sends a sane one, made up otherwise), a tracing span carrying it
+//! (continuing the caller's trace when it sends a W3C `traceparent`), the
+//! response header, and the latency histogram by route.
 //!
 //! Every label the histogram carries comes from a fixed set, never from the
 //! request itself: the method is one of [`METHODS`] (anything else is refused
@@ -84,7 +85,26 @@ pub async fn middleware(
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
-    let span = tracing::info_span!("request", request_id = %id, method, %route);
+    let span = tracing::info_span!(
+        "request",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        request_id = %id,
+        method,
+        %route,
+    );
+    // A caller's trace is continued, whoever the caller is: the context
+    // names a trace, it grants nothing.
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    crate::telemetry::continue_trace(
+        &span,
+        crate::telemetry::TraceHeaders {
+            traceparent: header("traceparent"),
+            tracestate: header("tracestate"),
+        },
+    );
     let started = Instant::now();
 
     let result = if method == "other" {
@@ -100,6 +120,10 @@ pub async fn middleware(
     let elapsed = started.elapsed();
     let mut response = result?;
     let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
     response.headers_mut().insert(
         REQUEST_ID,
         HeaderValue::from_str(&id).expect("request ids are sane header values"),

@@ -142,6 +142,8 @@ pub struct OutboxMessage {
     pub event_type: String,
     pub payload: String,
     pub request_id: Option<String>,
+    /// The W3C trace context of the command that wrote it (traces on only).
+    pub traceparent: Option<String>,
     pub attempts: i64,
     pub next_attempt_at: i64,
     pub last_error: Option<String>,

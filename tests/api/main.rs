@@ -26,3 +26,4 @@ mod realtime;
 mod recommendations;
 mod store;
 mod tls;
+mod traces;

@@ -466,6 +466,7 @@ async fn an_append_that_skips_a_version_is_refused(backend: Backend) {
         snapshot: None,
         idempotency: None,
         request_id: None,
+        span: tracing::Span::none(),
     };
 
     let skipping = store.commit(&[append(state.version + 1)]).await.unwrap();
@@ -513,6 +514,7 @@ fn keyed_no_op(
             keep: true,
         }),
         request_id: None,
+        span: tracing::Span::none(),
     }
 }
 
@@ -545,6 +547,7 @@ async fn a_keyed_append_without_facts_on_an_old_version_is_refused(backend: Back
         snapshot: None,
         idempotency: None,
         request_id: None,
+        span: tracing::Span::none(),
     };
     assert!(
         store
@@ -635,6 +638,7 @@ fn joined_under(state: &EventState, lease: ShardLease) -> (Append, EventState) {
         snapshot: None,
         idempotency: None,
         request_id: None,
+        span: tracing::Span::none(),
     };
     (append, after)
 }

@@ -300,6 +300,20 @@ pub enum DomainEvent {
     },
 }
 
+impl Command {
+    /// What the command asks for, for logs and traces.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Create { .. } => "create",
+            Command::Publish { .. } => "publish",
+            Command::Update { .. } => "update",
+            Command::Cancel { .. } => "cancel",
+            Command::Join { .. } => "join",
+            Command::Leave { .. } => "leave",
+        }
+    }
+}
+
 impl DomainEvent {
     /// The name used in the event log, logs and the outbox.
     pub fn kind(&self) -> &'static str {

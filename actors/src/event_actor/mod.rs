@@ -127,6 +127,8 @@ pub struct Execute {
     pub command: Command,
     pub idempotency: Option<IdempotencyKey>,
     pub request_id: Option<String>,
+    /// The caller's span (its request's): the command's own is its child.
+    pub span: tracing::Span,
     pub reply: CommandReply,
     pub queued: Queued,
 }
@@ -246,10 +248,19 @@ impl EventActor {
             command,
             idempotency,
             request_id,
+            span: caller,
             reply,
             queued,
         } = msg;
         drop(queued);
+        // Lives until the command's append has committed (it travels with
+        // the append and its flight), so the span covers the wait.
+        let span = tracing::info_span!(
+            parent: &caller,
+            "event.command",
+            otel.name = format!("event {}", command.name()),
+            event_id = %self.id,
+        );
         self.last_active = Instant::now();
         if self.retired.is_none()
             && let Some(lease) = self.lease
@@ -380,10 +391,12 @@ impl EventActor {
             snapshot,
             idempotency: record,
             request_id: request_id.clone(),
+            span: span.clone(),
         };
         self.in_flight.sent(Flight {
             facts,
             request_id,
+            span,
             callers: vec![Caller {
                 reply,
                 answer: Ok(Reply::Done(outcome)),
@@ -411,7 +424,7 @@ impl EventActor {
                 if let Some(key) = &flight.key {
                     self.keys.committed(key);
                 }
-                log_facts(self.id, &flight);
+                flight.span.in_scope(|| log_facts(self.id, &flight));
                 if !flight.facts.is_empty()
                     && let Some(Caller {
                         answer: Ok(Reply::Done(outcome)),

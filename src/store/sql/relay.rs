@@ -67,7 +67,7 @@ macro_rules! impl_relay {
             async fn outbox(&self, status: OutboxStatus, after: i64, limit: i64) -> Result<Vec<OutboxMessage>, StoreError> {
                 sqlx::query_as(
                     "SELECT id, message_id, topic, aggregate_id, stream_version, event_type, \
-                     CAST(payload AS TEXT) AS payload, request_id, attempts, next_attempt_at, last_error, created_at \
+                     CAST(payload AS TEXT) AS payload, request_id, traceparent, attempts, next_attempt_at, last_error, created_at \
                      FROM outbox WHERE status = $1 AND id > $2 ORDER BY id LIMIT $3",
                 )
                 .bind(status.as_str())

@@ -142,7 +142,7 @@ impl SqlStore<Sqlite> {
     ) -> Result<(), sqlx::Error> {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO outbox (message_id, topic, aggregate_id, stream_version, event_type, \
-             payload, request_id, next_attempt_at, created_at) ",
+             payload, request_id, traceparent, next_attempt_at, created_at) ",
         );
         q.push_values(rows, |mut b, r| {
             b.push_bind(r.message_id)
@@ -152,6 +152,7 @@ impl SqlStore<Sqlite> {
                 .push_bind(r.event_type)
                 .push_bind(r.payload.clone())
                 .push_bind(r.request_id.clone())
+                .push_bind(r.traceparent.clone())
                 .push_bind(now)
                 .push_bind(now);
         });
@@ -267,10 +268,10 @@ impl SqlStore<Postgres> {
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO outbox (message_id, topic, aggregate_id, stream_version, event_type, \
-             payload, request_id, next_attempt_at, created_at) \
-             SELECT m, 'events', a, v, t, p::jsonb, r, $7, $7 \
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[], $6::text[]) \
-               AS x(m, a, v, t, p, r)",
+             payload, request_id, traceparent, next_attempt_at, created_at) \
+             SELECT m, 'events', a, v, t, p::jsonb, r, tp, $8, $8 \
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[], $6::text[], \
+                         $7::text[]) AS x(m, a, v, t, p, r, tp)",
         )
         .bind(rows.iter().map(|r| r.message_id).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.aggregate).collect::<Vec<_>>())
@@ -280,6 +281,11 @@ impl SqlStore<Postgres> {
         .bind(
             rows.iter()
                 .map(|r| r.request_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.traceparent.clone())
                 .collect::<Vec<_>>(),
         )
         .bind(now)

@@ -29,6 +29,8 @@ struct LogRow {
     schema_version: i64,
     payload: String,
     request_id: Option<String>,
+    /// The deciding command's trace, for the outbox row.
+    traceparent: Option<String>,
     /// The fact before it is in the same batch (see `follows!`).
     after_own: bool,
 }
@@ -42,6 +44,7 @@ impl LogRow {
         live.iter()
             .flat_map(|a| {
                 let facts = &facts;
+                let traceparent = crate::telemetry::traceparent(&a.span);
                 a.versioned().map(move |(version, e)| LogRow {
                     stream: a.stream.as_uuid(),
                     version,
@@ -49,6 +52,7 @@ impl LogRow {
                     schema_version: i64::from(current_schema_version(e.kind())),
                     payload: StoredEvent::encode_text(e),
                     request_id: a.request_id.clone(),
+                    traceparent: traceparent.clone(),
                     after_own: facts.contains(&(a.stream, version - 1)),
                 })
             })
@@ -68,6 +72,7 @@ impl LogRow {
                 self.schema_version, self.payload
             ),
             request_id: self.request_id.clone(),
+            traceparent: self.traceparent.clone(),
         }
     }
 }
@@ -102,6 +107,7 @@ struct OutboxRow {
     event_type: &'static str,
     payload: String,
     request_id: Option<String>,
+    traceparent: Option<String>,
 }
 
 macro_rules! impl_event_store {
