@@ -436,7 +436,8 @@ async fn start_core(
     })
 }
 
-/// The background work: the outbox relay and its consumer, the purge of
+/// The background work: the outbox relay and its consumer, the load of the
+/// event listing into memory, the purge of
 /// expired idempotency keys, and the sweep of idle rate-limit and lockout
 /// entries.
 fn start_maintenance(
@@ -451,6 +452,10 @@ fn start_maintenance(
         settings.outbox.clone(),
         background,
     )?;
+    let (events, listed) = (shared.state.events.clone(), store.clone());
+    background.spawn("event listing load", async move {
+        events.load_listing(listed.as_ref()).await;
+    });
     if let Some(url) = &settings.redis_url {
         crate::consumers::start(
             store.clone(),

@@ -9,21 +9,34 @@
 //! up in a cluster, never in a cluster without Redis. When changes may have
 //! been missed (the link came back, a numbering gap) everything is
 //! forgotten, and a load that started before that is not kept.
+//!
+//! A node alone also answers the listing (`GET /v1/events`) from memory:
+//! the published events held, in the listing's order, are every published
+//! event starting from some instant on once a full load of them from the
+//! read model has gone in (what changed during the load wins by version,
+//! and every later change is heard). A query reaching earlier than that
+//! instant, or a cache too full to hold them all, goes to the database.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use actix_web::web::Bytes;
+use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use serde::Serialize;
 use turnout_actors::domain::{EventId, Lifecycle, UserId};
 use turnout_actors::store::EventSummary;
 
+use uuid::Uuid;
+
 use crate::fanout_link::FanoutLink;
-use crate::store::EventRecord;
+use crate::store::{EventFilter, EventRecord, Store, micros};
 use crate::views::EventView;
+use turnout_actors::store::StoreError;
 
 /// One event as `GET /v1/events/{id}` answers it.
 #[derive(Debug, Clone)]
@@ -33,6 +46,10 @@ pub struct CachedEvent {
     pub version: u64,
     owner: UserId,
     lifecycle: Lifecycle,
+    /// What the listing filters and orders on (unix µs).
+    starts_at: i64,
+    venue_id: Uuid,
+    tags: Vec<String>,
     /// The 200 answer's body, rendered once per change.
     pub body: Bytes,
     /// When this node heard or read it.
@@ -53,9 +70,33 @@ impl CachedEvent {
             version,
             owner,
             lifecycle: view.status,
+            starts_at: micros(view.starts_at),
+            venue_id: view.venue_id,
+            tags: view.tags.clone(),
             body: Bytes::from(body),
             heard_at: Instant::now(),
         }
+    }
+
+    /// The event's view alone, as a listing's page holds it: the body
+    /// without its envelope (`{"data":` … `}`), not copied.
+    pub fn view_json(&self) -> Bytes {
+        const ENVELOPE_OPEN: usize = r#"{"data":"#.len();
+        self.body.slice(ENVELOPE_OPEN..self.body.len() - 1)
+    }
+
+    /// The listing's sort key, which its cursor holds.
+    pub fn listing_key(&self) -> (i64, Uuid) {
+        (self.starts_at, self.id.as_uuid())
+    }
+
+    fn listed(&self) -> bool {
+        self.lifecycle == Lifecycle::Published
+    }
+
+    fn matches(&self, filter: &EventFilter) -> bool {
+        filter.venue_id.is_none_or(|v| v.as_uuid() == self.venue_id)
+            && filter.tag.as_ref().is_none_or(|t| self.tags.contains(t))
     }
 
     /// Drafts are seen by their owner only.
@@ -104,13 +145,62 @@ pub enum Serving {
     Never,
 }
 
+/// The published events held, in the listing's order.
+#[derive(Default)]
+struct Listing {
+    by_start: BTreeMap<(i64, Uuid), Arc<CachedEvent>>,
+    /// Every published event starting at or after this (unix µs) is held;
+    /// none until a full load has gone in, and again once one may be
+    /// missing (forgotten, or refused for want of room).
+    complete_from: Option<i64>,
+}
+
+impl Listing {
+    /// `held` (the entry before, if any) is replaced by `now`.
+    fn replace(&mut self, held: Option<&CachedEvent>, now: &Arc<CachedEvent>) {
+        if let Some(held) = held.filter(|h| h.listed()) {
+            self.by_start.remove(&held.listing_key());
+        }
+        if now.listed() {
+            self.by_start.insert(now.listing_key(), Arc::clone(now));
+        }
+    }
+
+    /// The first `limit` events of the page `filter` asks for, if every
+    /// event it could hold is held.
+    fn page(&self, filter: &EventFilter, limit: usize) -> Option<Vec<Arc<CachedEvent>>> {
+        let from = micros(filter.from?);
+        if self.complete_from.is_none_or(|complete| from < complete) {
+            return None;
+        }
+        let start = match filter.after {
+            Some(after) if after >= (from, Uuid::nil()) => Bound::Excluded(after),
+            _ => Bound::Included((from, Uuid::nil())),
+        };
+        let to = filter.to.map(micros);
+        Some(
+            self.by_start
+                .range((start, Bound::Unbounded))
+                .map(|(_, event)| event)
+                .take_while(|event| to.is_none_or(|to| event.starts_at < to))
+                .filter(|event| event.matches(filter))
+                .take(limit)
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
 /// The events held, and which of them may be answered from memory.
 #[derive(Clone)]
 pub struct EventCache {
     entries: Arc<DashMap<EventId, Arc<CachedEvent>>>,
+    listing: Arc<RwLock<Listing>>,
     /// Bumped by [`EventCache::forget_all`]: a load from an older
     /// generation may predate a missed change, so it is not kept.
     generation: Arc<AtomicU64>,
+    /// Events not taken for want of room, so far.
+    refused: Arc<AtomicU64>,
     max_events: usize,
     serving: Serving,
 }
@@ -129,13 +219,59 @@ enum Replace {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Generation(u64);
 
+/// Where a load of the listing began, to tell whether the cache was
+/// emptied, or had no room for an event, meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListingLoad {
+    generation: Generation,
+    refused: u64,
+}
+
 impl EventCache {
     pub fn new(max_events: usize, serving: Serving) -> Self {
         Self {
             entries: Arc::default(),
+            listing: Arc::default(),
             generation: Arc::default(),
+            refused: Arc::default(),
             max_events,
             serving,
+        }
+    }
+
+    /// The first `limit` events of a listing page, if it may be answered
+    /// from memory: on a node alone, once the published events are loaded
+    /// (see [`EventCache::listing_loaded`]).
+    pub fn page(&self, filter: &EventFilter, limit: usize) -> Option<Vec<Arc<CachedEvent>>> {
+        if !matches!(self.serving, Serving::Always) {
+            return None;
+        }
+        self.listing
+            .read()
+            .expect("the listing lock is not poisoned")
+            .page(filter, limit)
+    }
+
+    /// Call before reading every published event for the listing; hand
+    /// it to [`EventCache::listing_loaded`].
+    pub fn listing_load(&self) -> ListingLoad {
+        ListingLoad {
+            generation: self.generation(),
+            refused: self.refused.load(Ordering::Acquire),
+        }
+    }
+
+    /// Every published event starting at or after `from` has been read and
+    /// handed to [`EventCache::loaded`]: from now on the listing may be
+    /// answered from memory, unless since `began` the cache was emptied or
+    /// had no room for an event.
+    pub fn listing_loaded(&self, began: ListingLoad, from: DateTime<Utc>) {
+        let mut listing = self
+            .listing
+            .write()
+            .expect("the listing lock is not poisoned");
+        if began == self.listing_load() {
+            listing.complete_from = Some(micros(from));
         }
     }
 
@@ -191,10 +327,54 @@ impl EventCache {
         self.keep(CachedEvent::from(summary), Replace::Newer);
     }
 
+    /// Reads every published event from now on into the cache, then lets
+    /// the listing be answered from memory (a node alone only; retried
+    /// until the store answers).
+    pub async fn load_listing(&self, store: &dyn Store) {
+        if !matches!(self.serving, Serving::Always) {
+            return;
+        }
+        const PAGE: i64 = 1000;
+        loop {
+            let began = self.listing_load();
+            let from = Utc::now();
+            let mut filter = EventFilter {
+                from: Some(from),
+                limit: PAGE,
+                ..EventFilter::default()
+            };
+            let read: Result<(), StoreError> = async {
+                loop {
+                    let rows = store.list_events(&filter).await?;
+                    let more = rows.len() as i64 == PAGE;
+                    filter.after = rows.last().map(|r| (r.starts_at, r.id));
+                    for row in rows {
+                        self.loaded(began.generation, CachedEvent::from(row));
+                    }
+                    if !more {
+                        return Ok(());
+                    }
+                }
+            }
+            .await;
+            match read {
+                Ok(()) => return self.listing_loaded(began, from),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot load the event listing; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
     /// Changes may have been missed: nothing held is trusted any more.
     pub fn forget_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.entries.clear();
+        *self
+            .listing
+            .write()
+            .expect("the listing lock is not poisoned") = Listing::default();
         metrics::gauge!("turnout_event_cache_events").set(0.0);
     }
 
@@ -202,6 +382,9 @@ impl EventCache {
     /// for it (a full cache still follows the events it holds).
     fn keep(&self, event: CachedEvent, replace: Replace) {
         let full = self.entries.len() >= self.max_events;
+        let event = Arc::new(event);
+        // The entry stays locked while the listing follows it, so the two
+        // agree on each event.
         match self.entries.entry(event.id) {
             Entry::Occupied(mut held) => {
                 let version = held.get().version;
@@ -210,17 +393,37 @@ impl EventCache {
                     Replace::AsNew => version <= event.version,
                 };
                 if replaces {
-                    held.insert(Arc::new(event));
+                    self.list(Some(held.get()), &event);
+                    held.insert(event);
                 }
             }
             Entry::Vacant(_) if full => {
                 metrics::counter!("turnout_event_cache_full_total").increment(1);
+                self.refused.fetch_add(1, Ordering::AcqRel);
+                // The listing may lack this event from now on.
+                self.listing
+                    .write()
+                    .expect("the listing lock is not poisoned")
+                    .complete_from = None;
             }
             Entry::Vacant(room) => {
-                room.insert(Arc::new(event));
+                self.list(None, &event);
+                room.insert(event);
             }
         }
         metrics::gauge!("turnout_event_cache_events").set(self.entries.len() as f64);
+    }
+
+    fn list(&self, held: Option<&Arc<CachedEvent>>, now: &Arc<CachedEvent>) {
+        if !matches!(self.serving, Serving::Always)
+            || !(now.listed() || held.is_some_and(|h| h.listed()))
+        {
+            return;
+        }
+        self.listing
+            .write()
+            .expect("the listing lock is not poisoned")
+            .replace(held.map(|h| &**h), now);
     }
 
     pub fn len(&self) -> usize {
@@ -236,7 +439,7 @@ impl EventCache {
 mod tests {
     use super::*;
     use chrono::Utc;
-    use turnout_actors::domain::{Capacity, EventDetails, Title, VenueId};
+    use turnout_actors::domain::{Capacity, EventDetails, Tag, Title, VenueId};
 
     fn summary(id: EventId, version: u64, active: usize, lifecycle: Lifecycle) -> EventSummary {
         EventSummary {
@@ -353,6 +556,181 @@ mod tests {
             cache.get(id).is_some(),
             "the same version read again is fresh"
         );
+    }
+
+    /// A published event at `venue`, `hours` from a fixed instant, tagged.
+    fn listed(
+        id: EventId,
+        version: u64,
+        venue: VenueId,
+        hours: i64,
+        tags: &[&str],
+    ) -> EventSummary {
+        let mut event = summary(id, version, 0, Lifecycle::Published);
+        event.details.venue_id = venue;
+        event.details.starts_at = epoch() + chrono::Duration::hours(hours);
+        event.details.tags = Tag::parse_list(tags).unwrap();
+        event
+    }
+
+    fn epoch() -> DateTime<Utc> {
+        "2027-01-01T00:00:00Z".parse().unwrap()
+    }
+
+    fn upcoming(limit: i64) -> EventFilter {
+        EventFilter {
+            from: Some(epoch()),
+            limit,
+            ..EventFilter::default()
+        }
+    }
+
+    fn ids(page: &[Arc<CachedEvent>]) -> Vec<EventId> {
+        page.iter().map(|e| e.id).collect()
+    }
+
+    /// A node alone whose listing has been loaded (with nothing in it).
+    fn loaded_listing() -> EventCache {
+        let cache = EventCache::new(100, Serving::Always);
+        let began = cache.listing_load();
+        cache.listing_loaded(began, epoch());
+        cache
+    }
+
+    #[test]
+    fn the_listing_is_answered_from_memory_only_once_loaded() {
+        let cache = EventCache::new(100, Serving::Always);
+        let id = EventId::new();
+        cache.changed(&listed(id, 1, VenueId::new(), 1, &[]));
+        assert!(cache.page(&upcoming(10), 10).is_none(), "not loaded yet");
+        let began = cache.listing_load();
+        cache.listing_loaded(began, epoch());
+        assert_eq!(ids(&cache.page(&upcoming(10), 10).unwrap()), vec![id]);
+        let earlier = EventFilter {
+            from: Some(epoch() - chrono::Duration::hours(1)),
+            ..upcoming(10)
+        };
+        assert!(cache.page(&earlier, 10).is_none(), "before what was loaded");
+    }
+
+    #[test]
+    fn a_load_during_which_the_cache_was_emptied_or_full_does_not_complete_the_listing() {
+        let cache = EventCache::new(1, Serving::Always);
+        let began = cache.listing_load();
+        cache.forget_all();
+        cache.listing_loaded(began, epoch());
+        assert!(cache.page(&upcoming(10), 10).is_none(), "emptied meanwhile");
+
+        let began = cache.listing_load();
+        cache.changed(&listed(EventId::new(), 1, VenueId::new(), 1, &[]));
+        cache.changed(&listed(EventId::new(), 1, VenueId::new(), 2, &[]));
+        cache.listing_loaded(began, epoch());
+        assert!(
+            cache.page(&upcoming(10), 10).is_none(),
+            "an event found no room"
+        );
+    }
+
+    #[test]
+    fn a_full_cache_stops_answering_the_listing() {
+        let cache = EventCache::new(1, Serving::Always);
+        let began = cache.listing_load();
+        cache.listing_loaded(began, epoch());
+        cache.changed(&listed(EventId::new(), 1, VenueId::new(), 1, &[]));
+        assert!(cache.page(&upcoming(10), 10).is_some());
+        cache.changed(&listed(EventId::new(), 1, VenueId::new(), 2, &[]));
+        assert!(cache.page(&upcoming(10), 10).is_none(), "it may lack one");
+    }
+
+    #[test]
+    fn a_cancelled_event_leaves_the_listing_and_a_moved_one_moves() {
+        let cache = loaded_listing();
+        let venue = VenueId::new();
+        let (moved, cancelled) = (EventId::new(), EventId::new());
+        cache.changed(&listed(moved, 1, venue, 1, &[]));
+        cache.changed(&listed(cancelled, 1, venue, 2, &[]));
+        let mut gone = listed(cancelled, 2, venue, 2, &[]);
+        gone.lifecycle = Lifecycle::Cancelled;
+        cache.changed(&gone);
+        cache.changed(&listed(moved, 2, venue, 5, &[]));
+        let page = cache.page(&upcoming(10), 10).unwrap();
+        assert_eq!(ids(&page), vec![moved]);
+        assert_eq!(
+            page[0].starts_at,
+            micros(epoch() + chrono::Duration::hours(5))
+        );
+    }
+
+    #[test]
+    fn a_cluster_node_lists_from_the_database() {
+        let link = FanoutLink::unlinked();
+        link.mark(true);
+        let cache = EventCache::new(10, Serving::WhileLinked(link));
+        let began = cache.listing_load();
+        cache.listing_loaded(began, epoch());
+        assert!(cache.page(&upcoming(10), 10).is_none());
+    }
+
+    #[test]
+    fn a_listed_event_renders_as_its_view() {
+        let cache = loaded_listing();
+        cache.changed(&listed(EventId::new(), 1, VenueId::new(), 1, &["jazz"]));
+        let event = &cache.page(&upcoming(10), 10).unwrap()[0];
+        let whole: serde_json::Value = serde_json::from_slice(&event.body).unwrap();
+        let view: serde_json::Value = serde_json::from_slice(&event.view_json()).unwrap();
+        assert_eq!(whole["data"], view);
+    }
+
+    proptest::proptest! {
+        /// Whatever the events and the query, a page from memory is what
+        /// the read model's query gives: the published events from `from`
+        /// (and after the cursor) up to `to`, of the venue and tag asked
+        /// for, in (starts_at, id) order, at most `limit`.
+        #[test]
+        fn a_page_from_memory_is_the_query_over_the_same_events(
+            events in proptest::collection::vec(
+                (0i64..48, 0usize..3, proptest::collection::vec(0usize..3, 0..3), 0u8..4),
+                0..40,
+            ),
+            venue in proptest::option::of(0usize..3),
+            tag in proptest::option::of(0usize..3),
+            to in proptest::option::of(0i64..60),
+            cursor_at in proptest::option::of(0usize..40),
+            limit in 1usize..10,
+        ) {
+            const TAGS: [&str; 3] = ["jazz", "quiz", "kids"];
+            let venues = [VenueId::new(), VenueId::new(), VenueId::new()];
+            let cache = loaded_listing();
+            let mut all = Vec::new();
+            for (hours, venue, tags, lifecycle) in &events {
+                let tags: Vec<&str> = tags.iter().map(|t| TAGS[*t]).collect();
+                let mut event = listed(EventId::new(), 1, venues[*venue], *hours - 2, &tags);
+                event.lifecycle = [Lifecycle::Published, Lifecycle::Published, Lifecycle::Draft, Lifecycle::Cancelled][*lifecycle as usize];
+                cache.changed(&event);
+                all.push(CachedEvent::from(&event));
+            }
+            all.sort_by_key(CachedEvent::listing_key);
+            let after = cursor_at.and_then(|i| all.get(i)).map(CachedEvent::listing_key);
+            let filter = EventFilter {
+                venue_id: venue.map(|v| venues[v]),
+                tag: tag.map(|t| TAGS[t].to_owned()),
+                to: to.map(|h| epoch() + chrono::Duration::hours(h)),
+                after,
+                ..upcoming(limit as i64)
+            };
+            let from = micros(epoch());
+            let expected: Vec<EventId> = all
+                .iter()
+                .filter(|e| e.lifecycle == Lifecycle::Published)
+                .filter(|e| e.starts_at >= from)
+                .filter(|e| filter.to.is_none_or(|to| e.starts_at < micros(to)))
+                .filter(|e| after.is_none_or(|a| e.listing_key() > a))
+                .filter(|e| e.matches(&filter))
+                .take(limit)
+                .map(|e| e.id)
+                .collect();
+            proptest::prop_assert_eq!(ids(&cache.page(&filter, limit).unwrap()), expected);
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use turnout_actors::recommend::{EventCard, Recommendation};
 use turnout_actors::store::EventSummary;
 use uuid::Uuid;
 
-use crate::store::{EventRecord, from_micros};
+use crate::store::{EventRecord, from_micros, micros};
 
 /// An event with its live counts.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -50,6 +50,10 @@ impl From<EventRecord> for EventView {
     }
 }
 
+fn to_the_microsecond(at: DateTime<Utc>) -> DateTime<Utc> {
+    from_micros(micros(at))
+}
+
 impl From<&EventSummary> for EventView {
     fn from(s: &EventSummary) -> Self {
         let capacity = i64::from(s.capacity);
@@ -63,14 +67,20 @@ impl From<&EventSummary> for EventView {
                 .description
                 .as_ref()
                 .map(|d| d.as_str().to_owned()),
-            starts_at: s.details.starts_at,
-            ends_at: s.details.ends_at,
-            tags: s
-                .details
-                .tags
-                .iter()
-                .map(|t| t.as_str().to_owned())
-                .collect(),
+            // As the read model gives them back, whichever answers: times
+            // to the microsecond it stores, tags in order.
+            starts_at: to_the_microsecond(s.details.starts_at),
+            ends_at: s.details.ends_at.map(to_the_microsecond),
+            tags: {
+                let mut tags: Vec<String> = s
+                    .details
+                    .tags
+                    .iter()
+                    .map(|t| t.as_str().to_owned())
+                    .collect();
+                tags.sort();
+                tags
+            },
             status: s.lifecycle,
             capacity,
             active_count: s.active_count as i64,

@@ -227,11 +227,13 @@ pub async fn get_event(
     let id = EventId::from(id.into_inner());
     let event = match state.events.get(id) {
         Some(held) => {
-            metrics::counter!("turnout_event_reads_total", "source" => "memory").increment(1);
+            metrics::counter!("turnout_event_reads_total", "read" => "details", "source" => "memory")
+                .increment(1);
             held
         }
         None => {
-            metrics::counter!("turnout_event_reads_total", "source" => "database").increment(1);
+            metrics::counter!("turnout_event_reads_total", "read" => "details", "source" => "database")
+                .increment(1);
             let began = state.events.generation();
             let read = CachedEvent::from(
                 state
@@ -284,6 +286,16 @@ pub async fn list_events(
         after: pagination::decode(query.cursor.as_deref())?,
         limit: limit + 1,
     };
+    if let Some(held) = state.events.page(&filter, filter.limit as usize) {
+        metrics::counter!("turnout_event_reads_total", "read" => "listing", "source" => "memory")
+            .increment(1);
+        let page = pagination::page(held, limit, |e| e.listing_key(), |e| e.view_json());
+        return Ok(HttpResponse::Ok()
+            .content_type(ContentType::json())
+            .body(pagination::rendered(page)));
+    }
+    metrics::counter!("turnout_event_reads_total", "read" => "listing", "source" => "database")
+        .increment(1);
     let rows = state.store.list_events(&filter).await?;
     let page: Page<EventView> =
         pagination::page(rows, limit, |e| (e.starts_at, e.id), EventView::from);

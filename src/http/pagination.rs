@@ -63,6 +63,23 @@ pub fn decode<T: DeserializeOwned>(cursor: Option<&str>) -> Result<Option<T>, Ap
 
 /// Builds a page from `limit + 1` fetched rows: the extra row only says that
 /// there is a next page.
+/// A page of items already rendered as JSON, rendered as [`Page`] would be.
+pub fn rendered(page: Page<actix_web::web::Bytes>) -> actix_web::web::Bytes {
+    let items: usize = page.data.iter().map(|item| item.len() + 1).sum();
+    let mut body = Vec::with_capacity(items + 64);
+    body.extend_from_slice(br#"{"data":["#);
+    for (i, item) in page.data.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item);
+    }
+    body.extend_from_slice(br#"],"next_cursor":"#);
+    serde_json::to_writer(&mut body, &page.next_cursor).expect("a cursor serialises");
+    body.push(b'}');
+    body.into()
+}
+
 pub fn page<R, T, K: Serialize>(
     mut rows: Vec<R>,
     limit: i64,

@@ -248,3 +248,172 @@ async fn cancelling_ends_every_membership(app: TestApp) {
     )
     .await;
 }
+
+/// Every listing read of `/metrics` so far, by where it was answered from.
+fn listing_reads(metrics: &str, source: &str) -> u64 {
+    let series = format!(r#"turnout_event_reads_total{{read="listing",source="{source}"}} "#);
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// Every page of `query`, following cursors, `limit` at a time.
+async fn whole_listing(app: &TestApp, query: &str, limit: usize) -> Vec<serde_json::Value> {
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/v1/events?limit={limit}{query}");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let page = body(app.request(Method::GET, &path).send().await.unwrap()).await;
+        all.extend(page["data"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return all,
+        }
+    }
+}
+
+/// A node alone answers the listing from memory once it has loaded it: the
+/// same pages, byte for byte in meaning, as the read model's query gives —
+/// after joins, a cancellation, a move and events created after the load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listing_from_memory_is_the_listing_of_the_read_model() {
+    use crate::helpers::{Backend, JWT_KEY, fresh_database};
+    use turnout::store::EventFilter;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(Backend::Sqlite, &dir).await.unwrap();
+    let server = crate::process::ServerProcess::start(&url, dir.path(), &[]).await;
+    let app = TestApp::attach(&server.address, JWT_KEY);
+    let owner = app.register("owner@example.com").await;
+    let venues = [app.venue(&owner).await, app.venue(&owner).await];
+    let soon = chrono::Utc::now() + chrono::Duration::days(2);
+    let mut events = Vec::new();
+    for i in 0..14i64 {
+        let created = app
+            .as_user(&owner, Method::POST, "/v1/events")
+            .json(&json!({
+                "title": format!("Show {i}"), "venue_id": venues[(i % 2) as usize],
+                // Some share a start: the id breaks the tie.
+                "starts_at": soon + chrono::Duration::hours(i / 3), "capacity": 3,
+                "tags": if i % 3 == 0 { json!(["jazz"]) } else { json!(["quiz", "kids"]) },
+            }))
+            .send()
+            .await
+            .unwrap();
+        let id = id_of(&body(created).await);
+        if i != 13 {
+            let published = app
+                .as_user(&owner, Method::POST, &format!("/v1/events/{id}/publish"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(published.status(), StatusCode::OK);
+        }
+        events.push(id);
+    }
+    // Served from memory once the load is in.
+    for _ in 0..100 {
+        app.request(Method::GET, "/v1/events").send().await.unwrap();
+        if listing_reads(&app.metrics().await, "memory") > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Changes after the load: joins (one event full, with a waitlist), a
+    // cancellation, a move to later, a new event.
+    for _ in 0..4 {
+        assert!(app.join(&app.user(), events[0]).await.status().is_success());
+    }
+    assert!(app.join(&app.user(), events[1]).await.status().is_success());
+    let cancelled = app
+        .as_user(
+            &owner,
+            Method::POST,
+            &format!("/v1/events/{}/cancel", events[2]),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), StatusCode::OK);
+    let moved = app
+        .as_user(&owner, Method::PATCH, &format!("/v1/events/{}", events[3]))
+        .json(&json!({ "starts_at": soon + chrono::Duration::days(1) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), StatusCode::OK);
+    app.published_event(&owner, 5).await;
+
+    let from_database_before = listing_reads(&app.metrics().await, "database");
+    let store = turnout::store::connect(
+        &url,
+        &turnout::store::PoolSettings {
+            max_connections: 1,
+            min_connections: 0,
+            acquire_timeout_ms: 3000,
+        },
+    )
+    .await
+    .unwrap();
+    let tag = |t: &str| Some(t.to_owned());
+    let to = soon + chrono::Duration::hours(3);
+    let queries = [
+        (String::new(), EventFilter::default()),
+        (
+            format!("&venue_id={}", venues[0]),
+            EventFilter {
+                venue_id: Some(venues[0].into()),
+                ..EventFilter::default()
+            },
+        ),
+        (
+            "&tag=kids".to_owned(),
+            EventFilter {
+                tag: tag("kids"),
+                ..EventFilter::default()
+            },
+        ),
+        (
+            format!(
+                "&to={}",
+                to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            EventFilter {
+                to: Some(chrono::SubsecRound::trunc_subsecs(to, 0)),
+                ..EventFilter::default()
+            },
+        ),
+    ];
+    for (query, filter) in queries {
+        let filter = EventFilter {
+            from: Some(chrono::Utc::now()),
+            limit: 1000,
+            ..filter
+        };
+        let expected: Vec<serde_json::Value> = store
+            .list_events(&filter)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| serde_json::to_value(turnout::views::EventView::from(e)).unwrap())
+            .collect();
+        assert!(!expected.is_empty(), "{query}");
+        for limit in [1, 4, 100] {
+            assert_eq!(
+                whole_listing(&app, &query, limit).await,
+                expected,
+                "{query} by {limit}"
+            );
+        }
+    }
+    assert_eq!(
+        listing_reads(&app.metrics().await, "database"),
+        from_database_before,
+        "every page came from memory"
+    );
+    drop(server);
+}
