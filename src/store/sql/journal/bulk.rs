@@ -4,10 +4,18 @@
 use sqlx::{Postgres, QueryBuilder, Sqlite};
 use uuid::Uuid;
 
-use super::{AnswerRow, LogRow, OutboxRow, answer_json};
+use std::collections::{HashMap, HashSet};
+
+use sqlx::Row;
+use turnout_actors::idempotency::Given;
+use turnout_actors::store::{Append, IdempotencyRecord, MembershipRow, membership_rows};
+
+use super::{
+    AnswerRow, CHUNK, Checked, LogRow, OutboxRow, answer_json, answered, keyed, latest_snapshots,
+    latest_summaries, lost, retagged, stored_answer,
+};
 use crate::store::SqlStore;
 use crate::store::micros;
-use turnout_actors::store::{IdempotencyRecord, MembershipRow};
 
 /// A key's answer is written once; a row still there after it expired (the
 /// purge runs on an interval) is replaced, not left to shadow the new one.
@@ -52,7 +60,14 @@ impl SqlStore<Sqlite> {
         rows: &[LogRow],
         now: i64,
     ) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
-        let mut q = QueryBuilder::<Sqlite>::new("WITH x (s, v, t, sv, p, r, after_own) AS (");
+        let mut q = QueryBuilder::new("");
+        Self::push_insert_log(&mut q, rows, now);
+        q.build_query_as().fetch_all(&mut **tx).await
+    }
+
+    /// Returns the versions written: `stream_id, version`.
+    fn push_insert_log(q: &mut QueryBuilder<Sqlite>, rows: &[LogRow], now: i64) {
+        q.push("WITH x (s, v, t, sv, p, r, after_own) AS (");
         q.push_values(rows, |mut b, r| {
             b.push_bind(r.stream)
                 .push_bind(r.version)
@@ -69,7 +84,6 @@ impl SqlStore<Sqlite> {
         q.push_bind(now);
         q.push(follows!());
         q.push(" ON CONFLICT DO NOTHING RETURNING stream_id, version");
-        q.build_query_as().fetch_all(&mut **tx).await
     }
 
     pub(super) async fn select_answers(
@@ -77,7 +91,14 @@ impl SqlStore<Sqlite> {
         keys: &[(Uuid, String)],
         now: i64,
     ) -> Result<Vec<AnswerRow>, sqlx::Error> {
-        let mut q = QueryBuilder::<Sqlite>::new(
+        let mut q = QueryBuilder::new("");
+        Self::push_select_answers(&mut q, keys, now);
+        q.build_query_as().fetch_all(conn).await
+    }
+
+    /// Returns `user_id, key, fingerprint, answer` (an [`AnswerRow`]).
+    fn push_select_answers(q: &mut QueryBuilder<Sqlite>, keys: &[(Uuid, String)], now: i64) {
+        q.push(
             "SELECT user_id, key, fingerprint, answer FROM idempotency_keys \
              WHERE expires_at > ",
         );
@@ -93,16 +114,19 @@ impl SqlStore<Sqlite> {
                 .push_unseparated(")");
         }
         q.push(")");
-        q.build_query_as().fetch_all(conn).await
     }
 
     pub(super) async fn upsert_joins(
         tx: &mut sqlx::Transaction<'_, Sqlite>,
         rows: &[MembershipRow],
     ) -> Result<(), sqlx::Error> {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO joins (event_id, user_id, status, order_key, joined_at, updated_at) ",
-        );
+        let mut q = QueryBuilder::new("");
+        Self::push_upsert_joins(&mut q, rows);
+        q.build().execute(&mut **tx).await.map(drop)
+    }
+
+    fn push_upsert_joins(q: &mut QueryBuilder<Sqlite>, rows: &[MembershipRow]) {
+        q.push("INSERT INTO joins (event_id, user_id, status, order_key, joined_at, updated_at) ");
         q.push_values(rows, |mut b, r| {
             b.push_bind(r.event_id.as_uuid())
                 .push_bind(r.user_id.as_uuid())
@@ -112,7 +136,6 @@ impl SqlStore<Sqlite> {
                 .push_bind(micros(r.updated_at));
         });
         q.push(JOINS_UPSERT);
-        q.build().execute(&mut **tx).await.map(drop)
     }
 
     pub(super) async fn insert_replies(
@@ -120,7 +143,13 @@ impl SqlStore<Sqlite> {
         rows: &[&IdempotencyRecord],
         now: i64,
     ) -> Result<(), sqlx::Error> {
-        let mut q = QueryBuilder::<Sqlite>::new(
+        let mut q = QueryBuilder::new("");
+        Self::push_insert_replies(&mut q, rows, now);
+        q.build().execute(&mut **tx).await.map(drop)
+    }
+
+    fn push_insert_replies(q: &mut QueryBuilder<Sqlite>, rows: &[&IdempotencyRecord], now: i64) {
+        q.push(
             "INSERT INTO idempotency_keys (user_id, key, fingerprint, answer, created_at, expires_at) ",
         );
         q.push_values(rows, |mut b, r| {
@@ -132,7 +161,6 @@ impl SqlStore<Sqlite> {
                 .push_bind(micros(r.expires_at));
         });
         q.push(idempotency_upsert!()).push_bind(now);
-        q.build().execute(&mut **tx).await.map(drop)
     }
 
     pub(super) async fn insert_outbox(
@@ -140,7 +168,13 @@ impl SqlStore<Sqlite> {
         rows: &[OutboxRow],
         now: i64,
     ) -> Result<(), sqlx::Error> {
-        let mut q = QueryBuilder::<Sqlite>::new(
+        let mut q = QueryBuilder::new("");
+        Self::push_insert_outbox(&mut q, rows, now);
+        q.build().execute(&mut **tx).await.map(drop)
+    }
+
+    fn push_insert_outbox(q: &mut QueryBuilder<Sqlite>, rows: &[OutboxRow], now: i64) {
+        q.push(
             "INSERT INTO outbox (message_id, topic, aggregate_id, stream_version, event_type, \
              payload, request_id, traceparent, next_attempt_at, created_at) ",
         );
@@ -156,7 +190,109 @@ impl SqlStore<Sqlite> {
                 .push_bind(now)
                 .push_bind(now);
         });
-        q.build().execute(&mut **tx).await.map(drop)
+    }
+
+    /// The whole batch — the check for answered keys, the facts, the read
+    /// models and side records — in one query of many statements, which
+    /// the driver runs in a row on its worker thread: one hand-off to it
+    /// instead of one per statement, which is most of what a commit costs
+    /// (each hand-off wakes two threads). What the checks find rolls it all
+    /// back, as the statement-at-a-time path would never have written it.
+    /// `None` for a batch that needs that path: an append without facts
+    /// (its staleness is checked before any fact is written), or one too
+    /// big for one statement per table.
+    pub(super) async fn write_at_once(
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        live: &[(usize, &Append)],
+        log: &[LogRow],
+        now: i64,
+    ) -> Result<Option<Checked>, sqlx::Error> {
+        if live.iter().any(|(_, a)| a.facts.is_empty()) || live.len() > CHUNK || log.len() > CHUNK {
+            return Ok(None);
+        }
+        let appends: Vec<&Append> = live.iter().map(|(_, a)| *a).collect();
+        let keyed = keyed(live);
+        let mut q = QueryBuilder::new("");
+        let mut statements = 0;
+        let mut next = |q: &mut QueryBuilder<Sqlite>| {
+            if statements > 0 {
+                q.push(";\n");
+            }
+            statements += 1;
+        };
+        if !keyed.is_empty() {
+            next(&mut q);
+            let keys: Vec<(Uuid, String)> = keyed
+                .iter()
+                .map(|(_, r)| (r.user.as_uuid(), r.key.clone()))
+                .collect();
+            Self::push_select_answers(&mut q, &keys, now);
+        }
+        next(&mut q);
+        Self::push_insert_log(&mut q, log, now);
+        let summaries = latest_summaries(&appends);
+        next(&mut q);
+        Self::push_events_upsert(&mut q, &summaries, now);
+        for event in retagged(&summaries, &appends) {
+            next(&mut q);
+            Self::push_delete_tags(&mut q, event);
+            if !event.details.tags.is_empty() {
+                next(&mut q);
+                Self::push_insert_tags(&mut q, event);
+            }
+        }
+        let memberships = membership_rows(appends.iter().copied());
+        if !memberships.is_empty() {
+            next(&mut q);
+            Self::push_upsert_joins(&mut q, &memberships);
+        }
+        for append in appends.iter().filter(|a| a.cancels()) {
+            next(&mut q);
+            Self::push_cancel(&mut q, append.stream, now);
+        }
+        let snapshots = latest_snapshots(&appends);
+        if !snapshots.is_empty() {
+            next(&mut q);
+            Self::push_snapshots(&mut q, &snapshots, now);
+        }
+        let replies: Vec<&IdempotencyRecord> =
+            keyed.iter().map(|(_, r)| *r).filter(|r| r.keep).collect();
+        if !replies.is_empty() {
+            next(&mut q);
+            Self::push_insert_replies(&mut q, &replies, now);
+        }
+        let outbox: Vec<OutboxRow> = log.iter().map(LogRow::outbox).collect();
+        next(&mut q);
+        Self::push_insert_outbox(&mut q, &outbox, now);
+
+        // Rows come back in statement order: the stored answers (four
+        // columns), then the versions written (two).
+        let mut stored: HashMap<(Uuid, String), Given> = HashMap::new();
+        let mut written: HashSet<(Uuid, i64)> = HashSet::with_capacity(log.len());
+        for row in q.build().fetch_all(&mut **tx).await? {
+            if row.len() == 4 {
+                let answer: AnswerRow = (
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    row.try_get(3)?,
+                );
+                let (key, given) = stored_answer(answer)?;
+                stored.insert(key, given);
+            } else {
+                written.insert((row.try_get(0)?, row.try_get(1)?));
+            }
+        }
+        let answered = answered(keyed, stored);
+        if !answered.is_empty() {
+            return Ok(Some(Checked::Answered(answered)));
+        }
+        let lost = lost(log, &written);
+        Ok(Some(if lost.is_empty() {
+            Checked::Written
+        } else {
+            Checked::Lost(lost)
+        }))
     }
 }
 
@@ -164,6 +300,17 @@ impl SqlStore<Sqlite> {
 /// prepared once whatever the batch size (a multi-row `VALUES` is a new
 /// statement to parse and plan for every size).
 impl SqlStore<Postgres> {
+    /// Postgres binds one statement at a time: every batch goes statement
+    /// by statement (see the SQLite one).
+    pub(super) async fn write_at_once(
+        _: &mut sqlx::Transaction<'_, Postgres>,
+        _: &[(usize, &Append)],
+        _: &[LogRow],
+        _: i64,
+    ) -> Result<Option<Checked>, sqlx::Error> {
+        Ok(None)
+    }
+
     pub(super) async fn begin_write(
         &self,
     ) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {

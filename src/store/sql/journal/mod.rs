@@ -11,7 +11,8 @@ use sqlx::{Postgres, QueryBuilder, Sqlite};
 use turnout_actors::domain::{EventId, EventState, StoredEvent, UserId, current_schema_version};
 use turnout_actors::idempotency::{Answer, Given};
 use turnout_actors::store::{
-    Append, CommitReport, EventStore, IdempotencyRecord, Rehydration, StoreError, membership_rows,
+    Append, CommitReport, EventStore, EventSummary, IdempotencyRecord, Rehydration, StoreError,
+    membership_rows,
 };
 use uuid::Uuid;
 
@@ -75,6 +76,92 @@ impl LogRow {
             traceparent: self.traceparent.clone(),
         }
     }
+}
+
+/// The event rows a batch writes: the last summary of each
+/// stream wins.
+fn latest_summaries<'a>(live: &[&'a Append]) -> Vec<&'a EventSummary> {
+    let mut latest: HashMap<EventId, usize> = HashMap::new();
+    for (i, a) in live.iter().enumerate() {
+        latest.insert(a.stream, i);
+    }
+    let mut summaries: Vec<_> = latest.values().map(|&i| &live[i].summary).collect();
+    summaries.sort_by_key(|s| s.id);
+    summaries
+}
+
+/// The events whose tags a batch rewrites: details changed.
+fn retagged<'a>(
+    summaries: &'a [&'a EventSummary],
+    live: &'a [&Append],
+) -> impl Iterator<Item = &'a EventSummary> {
+    summaries
+        .iter()
+        .copied()
+        .filter(|s| live.iter().any(|a| a.stream == s.id && a.changes_details()))
+}
+
+/// The snapshots a batch writes: the latest of each stream.
+fn latest_snapshots<'a>(live: &[&'a Append]) -> Vec<&'a EventState> {
+    let mut snapshots: HashMap<EventId, &EventState> = HashMap::new();
+    for a in live {
+        if let Some(s) = &a.snapshot {
+            snapshots.insert(a.stream, s);
+        }
+    }
+    snapshots.into_values().collect()
+}
+
+/// The keyed appends of a batch, with their keys.
+fn keyed<'a>(live: &[(usize, &'a Append)]) -> Vec<(usize, &'a IdempotencyRecord)> {
+    live.iter()
+        .filter_map(|(i, a)| a.idempotency.as_ref().map(|r| (*i, r)))
+        .collect()
+}
+
+/// The appends whose key already has an answer: `stored` (and unexpired),
+/// or taken by an earlier append of this batch.
+fn answered(
+    keyed: Vec<(usize, &IdempotencyRecord)>,
+    mut stored: HashMap<(Uuid, String), Given>,
+) -> Vec<(usize, Given)> {
+    let mut answered = Vec::new();
+    for (i, record) in keyed {
+        let key = (record.user.as_uuid(), record.key.clone());
+        match stored.get(&key) {
+            Some(answer) => answered.push((i, answer.clone())),
+            None => {
+                stored.insert(
+                    key,
+                    Given {
+                        fingerprint: record.fingerprint.clone(),
+                        answer: record.answer,
+                    },
+                );
+            }
+        }
+    }
+    answered
+}
+
+/// The streams of which a fact was not written, given those that were.
+fn lost(rows: &[LogRow], written: &HashSet<(Uuid, i64)>) -> HashSet<EventId> {
+    rows.iter()
+        .filter(|r| !written.contains(&(r.stream, r.version)))
+        .map(|r| EventId::from(r.stream))
+        .collect()
+}
+
+/// What a batch's checks found, or that it was written. Anything but
+/// `Written` rolls the transaction back and leaves those appends out.
+enum Checked {
+    Written,
+    /// Appends whose keys were answered before: replays.
+    Answered(Vec<(usize, Given)>),
+    /// Appends without facts decided on a version no longer the latest.
+    Stale(Vec<usize>),
+    /// Streams whose facts lost the race for their versions.
+    Lost(HashSet<EventId>),
 }
 
 /// A stored answer: user, key, fingerprint, answer (JSON text).
@@ -173,11 +260,7 @@ macro_rules! impl_event_store {
                 for chunk in rows.chunks(CHUNK) {
                     written.extend(Self::insert_log(tx, chunk, now).await?);
                 }
-                Ok(rows
-                    .iter()
-                    .filter(|r| !written.contains(&(r.stream, r.version)))
-                    .map(|r| EventId::from(r.stream))
-                    .collect())
+                Ok(lost(rows, &written))
             }
 
             /// The appends without facts (a keyed command that changed
@@ -237,8 +320,7 @@ macro_rules! impl_event_store {
                 live: &[(usize, &Append)],
                 now: i64,
             ) -> Result<Vec<(usize, Given)>, sqlx::Error> {
-                let keyed: Vec<(usize, &IdempotencyRecord)> =
-                    live.iter().filter_map(|(i, a)| a.idempotency.as_ref().map(|r| (*i, r))).collect();
+                let keyed = keyed(live);
                 if keyed.is_empty() {
                     return Ok(Vec::new());
                 }
@@ -250,23 +332,105 @@ macro_rules! impl_event_store {
                         stored.insert(key, answer);
                     }
                 }
-                let mut answered = Vec::new();
-                for (i, record) in keyed {
-                    let key = (record.user.as_uuid(), record.key.clone());
-                    match stored.get(&key) {
-                        Some(answer) => answered.push((i, answer.clone())),
-                        None => {
-                            stored.insert(
-                                key,
-                                Given {
-                                    fingerprint: record.fingerprint.clone(),
-                                    answer: record.answer,
-                                },
-                            );
-                        }
-                    }
+                Ok(answered(keyed, stored))
+            }
+
+            fn push_events_upsert(q: &mut QueryBuilder<$db>, chunk: &[&EventSummary], now: i64) {
+                q.push(
+                    "INSERT INTO events (id, owner_id, venue_id, title, description, starts_at, \
+                     ends_at, capacity, status, active_count, waitlist_count, version, \
+                     created_at, updated_at) ",
+                );
+                q.push_values(chunk, |mut b, s| {
+                    b.push_bind(s.id.as_uuid())
+                        .push_bind(s.owner.as_uuid())
+                        .push_bind(s.details.venue_id.as_uuid())
+                        .push_bind(s.details.title.as_str().to_owned())
+                        .push_bind(s.details.description.as_ref().map(|d| d.as_str().to_owned()))
+                        .push_bind(micros(s.details.starts_at))
+                        .push_bind(s.details.ends_at.map(micros))
+                        .push_bind(i64::from(s.capacity))
+                        .push_bind(s.lifecycle.as_str())
+                        .push_bind(s.active_count as i64)
+                        .push_bind(s.waitlist_count as i64)
+                        .push_bind(s.version as i64)
+                        .push_bind(now)
+                        .push_bind(now);
+                });
+                q.push(
+                    " ON CONFLICT (id) DO UPDATE SET venue_id = excluded.venue_id, \
+                     title = excluded.title, description = excluded.description, \
+                     starts_at = excluded.starts_at, ends_at = excluded.ends_at, \
+                     capacity = excluded.capacity, status = excluded.status, \
+                     active_count = excluded.active_count, \
+                     waitlist_count = excluded.waitlist_count, version = excluded.version, \
+                     updated_at = excluded.updated_at WHERE events.version <= excluded.version",
+                );
+            }
+
+            fn push_delete_tags(q: &mut QueryBuilder<$db>, event: &EventSummary) {
+                q.push("DELETE FROM event_tags WHERE event_id = ")
+                    .push_bind(event.id.as_uuid());
+            }
+
+            /// The event has tags.
+            fn push_insert_tags(q: &mut QueryBuilder<$db>, event: &EventSummary) {
+                q.push("INSERT INTO event_tags (tag, event_id) ");
+                q.push_values(&event.details.tags, |mut b, tag| {
+                    b.push_bind(tag.as_str().to_owned()).push_bind(event.id.as_uuid());
+                });
+            }
+
+            /// Every membership of a cancelled event ends.
+            fn push_cancel(q: &mut QueryBuilder<$db>, event: EventId, now: i64) {
+                q.push("UPDATE joins SET status = 'cancelled', updated_at = ")
+                    .push_bind(now)
+                    .push(" WHERE event_id = ")
+                    .push_bind(event.as_uuid())
+                    .push(" AND status IN ('active', 'waitlisted')");
+            }
+
+            fn push_snapshots(q: &mut QueryBuilder<$db>, chunk: &[&EventState], now: i64) {
+                q.push("INSERT INTO snapshots (stream_id, version, state, taken_at) ");
+                q.push_values(chunk, |mut b, s| {
+                    b.push_bind(s.id.as_uuid())
+                        .push_bind(s.version as i64)
+                        .push_bind(Json((*s).clone()))
+                        .push_bind(now);
+                });
+                q.push(
+                    " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
+                     state = excluded.state, taken_at = excluded.taken_at \
+                     WHERE snapshots.version <= excluded.version",
+                );
+            }
+
+            /// The batch's checks and writes, a statement at a time: the
+            /// keys answered before, appends without facts on a stale
+            /// version, the facts (whose versions may have been taken),
+            /// then the read models and side records.
+            async fn write_stepwise(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                live: &[(usize, &Append)],
+                log: &[LogRow],
+                now: i64,
+            ) -> Result<Checked, sqlx::Error> {
+                let answered = Self::answered_keys(tx, live, now).await?;
+                if !answered.is_empty() {
+                    return Ok(Checked::Answered(answered));
                 }
-                Ok(answered)
+                let stale = Self::stale_without_facts(tx, live).await?;
+                if !stale.is_empty() {
+                    return Ok(Checked::Stale(stale));
+                }
+                let lost = Self::append_log(tx, log, now).await?;
+                if !lost.is_empty() {
+                    return Ok(Checked::Lost(lost));
+                }
+                let appends: Vec<&Append> = live.iter().map(|(_, a)| *a).collect();
+                Self::write_read_models(tx, &appends, now).await?;
+                Self::write_side_records(tx, &appends, log, now).await?;
+                Ok(Checked::Written)
             }
 
             async fn write_read_models(
@@ -274,59 +438,20 @@ macro_rules! impl_event_store {
                 live: &[&Append],
                 now: i64,
             ) -> Result<(), sqlx::Error> {
-                // The event rows: the last summary of each stream wins.
-                let mut latest: HashMap<EventId, usize> = HashMap::new();
-                for (i, a) in live.iter().enumerate() {
-                    latest.insert(a.stream, i);
-                }
-                let mut summaries: Vec<_> = latest.values().map(|&i| &live[i].summary).collect();
-                summaries.sort_by_key(|s| s.id);
+                let summaries = latest_summaries(live);
                 for chunk in summaries.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new(
-                        "INSERT INTO events (id, owner_id, venue_id, title, description, starts_at, \
-                         ends_at, capacity, status, active_count, waitlist_count, version, \
-                         created_at, updated_at) ",
-                    );
-                    q.push_values(chunk, |mut b, s| {
-                        b.push_bind(s.id.as_uuid())
-                            .push_bind(s.owner.as_uuid())
-                            .push_bind(s.details.venue_id.as_uuid())
-                            .push_bind(s.details.title.as_str().to_owned())
-                            .push_bind(s.details.description.as_ref().map(|d| d.as_str().to_owned()))
-                            .push_bind(micros(s.details.starts_at))
-                            .push_bind(s.details.ends_at.map(micros))
-                            .push_bind(i64::from(s.capacity))
-                            .push_bind(s.lifecycle.as_str())
-                            .push_bind(s.active_count as i64)
-                            .push_bind(s.waitlist_count as i64)
-                            .push_bind(s.version as i64)
-                            .push_bind(now)
-                            .push_bind(now);
-                    });
-                    q.push(
-                        " ON CONFLICT (id) DO UPDATE SET venue_id = excluded.venue_id, \
-                         title = excluded.title, description = excluded.description, \
-                         starts_at = excluded.starts_at, ends_at = excluded.ends_at, \
-                         capacity = excluded.capacity, status = excluded.status, \
-                         active_count = excluded.active_count, \
-                         waitlist_count = excluded.waitlist_count, version = excluded.version, \
-                         updated_at = excluded.updated_at WHERE events.version <= excluded.version",
-                    );
+                    let mut q = QueryBuilder::new("");
+                    Self::push_events_upsert(&mut q, chunk, now);
                     q.build().execute(&mut **tx).await?;
                 }
 
-                for s in summaries.iter().filter(|s| {
-                    live.iter().any(|a| a.stream == s.id && a.changes_details())
-                }) {
-                    sqlx::query("DELETE FROM event_tags WHERE event_id = $1")
-                        .bind(s.id.as_uuid())
-                        .execute(&mut **tx)
-                        .await?;
+                for s in retagged(&summaries, live) {
+                    let mut q = QueryBuilder::new("");
+                    Self::push_delete_tags(&mut q, s);
+                    q.build().execute(&mut **tx).await?;
                     if !s.details.tags.is_empty() {
-                        let mut q = QueryBuilder::<$db>::new("INSERT INTO event_tags (tag, event_id) ");
-                        q.push_values(&s.details.tags, |mut b, tag| {
-                            b.push_bind(tag.as_str().to_owned()).push_bind(s.id.as_uuid());
-                        });
+                        let mut q = QueryBuilder::new("");
+                        Self::push_insert_tags(&mut q, s);
                         q.build().execute(&mut **tx).await?;
                     }
                 }
@@ -337,14 +462,9 @@ macro_rules! impl_event_store {
                 }
 
                 for a in live.iter().filter(|a| a.cancels()) {
-                    sqlx::query(
-                        "UPDATE joins SET status = 'cancelled', updated_at = $1 \
-                         WHERE event_id = $2 AND status IN ('active', 'waitlisted')",
-                    )
-                    .bind(now)
-                    .bind(a.stream.as_uuid())
-                    .execute(&mut **tx)
-                    .await?;
+                    let mut q = QueryBuilder::new("");
+                    Self::push_cancel(&mut q, a.stream, now);
+                    q.build().execute(&mut **tx).await?;
                 }
                 Ok(())
             }
@@ -355,28 +475,10 @@ macro_rules! impl_event_store {
                 log: &[LogRow],
                 now: i64,
             ) -> Result<(), sqlx::Error> {
-                let mut snapshots: HashMap<EventId, &EventState> = HashMap::new();
-                for a in live {
-                    if let Some(s) = &a.snapshot {
-                        snapshots.insert(a.stream, s);
-                    }
-                }
-                let snapshots: Vec<_> = snapshots.into_values().collect();
+                let snapshots = latest_snapshots(live);
                 for chunk in snapshots.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new(
-                        "INSERT INTO snapshots (stream_id, version, state, taken_at) ",
-                    );
-                    q.push_values(chunk, |mut b, s| {
-                        b.push_bind(s.id.as_uuid())
-                            .push_bind(s.version as i64)
-                            .push_bind(Json((*s).clone()))
-                            .push_bind(now);
-                    });
-                    q.push(
-                        " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
-                         state = excluded.state, taken_at = excluded.taken_at \
-                         WHERE snapshots.version <= excluded.version",
-                    );
+                    let mut q = QueryBuilder::new("");
+                    Self::push_snapshots(&mut q, chunk, now);
                     q.build().execute(&mut **tx).await?;
                 }
 
@@ -475,51 +577,58 @@ macro_rules! impl_event_store {
                         }
                         continue;
                     }
-                    // Keys answered before: those appends are replays.
-                    let answered = Self::answered_keys(&mut tx, &live, now).await.map_err(unavailable)?;
-                    if !answered.is_empty() {
-                        tx.rollback().await.map_err(unavailable)?;
-                        for (i, answer) in answered {
-                            left_out.insert(i);
-                            if !batch[i].facts.is_empty() {
-                                // Later appends of the stream stood on it.
-                                for (j, later) in batch.iter().enumerate().skip(i + 1) {
-                                    if later.stream == batch[i].stream && left_out.insert(j) {
-                                        report.conflicted.push(j);
-                                    }
-                                }
-                            }
-                            report.replayed.push((i, answer));
-                        }
-                        continue;
-                    }
-                    let stale = Self::stale_without_facts(&mut tx, &live).await.map_err(unavailable)?;
-                    if !stale.is_empty() {
-                        tx.rollback().await.map_err(unavailable)?;
-                        for i in stale {
-                            if left_out.insert(i) {
-                                report.conflicted.push(i);
-                            }
-                        }
-                        continue;
-                    }
                     let appends: Vec<&Append> = live.iter().map(|(_, a)| *a).collect();
                     let log = LogRow::of_batch(&appends);
-                    let lost = Self::append_log(&mut tx, &log, now).await.map_err(unavailable)?;
-                    if !lost.is_empty() {
-                        // Retry without the streams that lost the race; their
-                        // actors reload and decide again.
-                        tx.rollback().await.map_err(unavailable)?;
-                        for (i, a) in &live {
-                            if lost.contains(&a.stream) && left_out.insert(*i) {
-                                report.conflicted.push(*i);
-                            }
+                    let checked = match Self::write_at_once(&mut tx, &live, &log, now)
+                        .await
+                        .map_err(unavailable)?
+                    {
+                        Some(checked) => checked,
+                        None => Self::write_stepwise(&mut tx, &live, &log, now)
+                            .await
+                            .map_err(unavailable)?,
+                    };
+                    match checked {
+                        Checked::Written => {
+                            tx.commit().await.map_err(unavailable)?;
                         }
-                        continue;
+                        Checked::Answered(answered) => {
+                            tx.rollback().await.map_err(unavailable)?;
+                            for (i, answer) in answered {
+                                left_out.insert(i);
+                                if !batch[i].facts.is_empty() {
+                                    // Later appends of the stream stood on it.
+                                    for (j, later) in batch.iter().enumerate().skip(i + 1) {
+                                        if later.stream == batch[i].stream && left_out.insert(j) {
+                                            report.conflicted.push(j);
+                                        }
+                                    }
+                                }
+                                report.replayed.push((i, answer));
+                            }
+                            continue;
+                        }
+                        Checked::Stale(stale) => {
+                            tx.rollback().await.map_err(unavailable)?;
+                            for i in stale {
+                                if left_out.insert(i) {
+                                    report.conflicted.push(i);
+                                }
+                            }
+                            continue;
+                        }
+                        Checked::Lost(lost) => {
+                            // Retry without the streams that lost the race;
+                            // their actors reload and decide again.
+                            tx.rollback().await.map_err(unavailable)?;
+                            for (i, a) in &live {
+                                if lost.contains(&a.stream) && left_out.insert(*i) {
+                                    report.conflicted.push(*i);
+                                }
+                            }
+                            continue;
+                        }
                     }
-                    Self::write_read_models(&mut tx, &appends, now).await.map_err(unavailable)?;
-                    Self::write_side_records(&mut tx, &appends, &log, now).await.map_err(unavailable)?;
-                    tx.commit().await.map_err(unavailable)?;
                     break;
                 }
                 Ok(report)

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Spread joins at an arrival rate the server keeps up with: 400 joins/s over
+# 200 events of capacity 100 (8,000 users, 20 s), SQLite, on a fresh server;
+# prints the server's CPU per join and its threads' context switches per
+# join (from /proc). BIN names the server binary, for an A/B of two builds:
+#
+#   cargo build --release -p turnout -p turnout-loadtest
+#   cp target/release/turnout /tmp/turnout-a     # … and another build as -b
+#   for b in a b a b; do BIN=/tmp/turnout-$b loadtest/spread-ab.sh; done
+#
+# Extra arguments are settings for the server (VAR=value).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KEY=spread-bench-key-spread-bench-key-0123
+PORT=18131
+data=$(mktemp -d)
+env TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data \
+  TURNOUT_DATABASE_URL="sqlite://$data/turnout.db?mode=rwc" \
+  TURNOUT_RATE_LIMITS__ENABLED=false TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP=0 "$@" \
+  ${BIN:-target/release/turnout} --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &
+pid=$!
+for _ in $(seq 1 50); do curl -sf http://127.0.0.1:$PORT/ready >/dev/null && break; sleep 0.1; done
+switches() {
+  cat /proc/$pid/task/*/status | awk '/^voluntary_ctxt_switches/ {n += $2} END {print n}'
+}
+(sleep 4; switches > "$data/switches.start"; sleep 10; switches > "$data/switches.end") &
+counter=$!
+target/release/turnout-loadtest spread-join --target http://127.0.0.1:$PORT --jwt-key $KEY \
+  --events 200 --capacity 100 --users ${USERS:-8000} --rate 400 --server-pid $pid --json $data/r.json >/dev/null 2>&1 || true
+wait $counter
+per_join=$(( ($(cat "$data/switches.end") - $(cat "$data/switches.start")) / 4000 ))
+python3 - "$data/r.json" "${BIN:-target/release/turnout}" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+cpu = [c["detail"] for c in d["checks"] if "CPU" in c["name"]]
+failed = [c["name"] for c in d["checks"] if not c["passed"]]
+print(f'{sys.argv[2]}  {d["throughput_per_s"]:6.0f} req/s  p50 {d["latency"]["p50_ms"]:.2f}  p99 {d["latency"]["p99_ms"]:.2f} ms  {cpu}  {"FAILED " + ",".join(failed) if failed else "all checks pass"}')
+PY
+echo "  context switches per join (10 s at 400/s): $per_join"
+kill $pid; wait $pid 2>/dev/null || true
+rm -rf "$data"
