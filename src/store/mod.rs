@@ -465,21 +465,20 @@ pub async fn connect(url: &str, pool: &PoolSettings) -> anyhow::Result<Arc<dyn S
         {
             std::fs::create_dir_all(dir)?;
         }
-        let commit_pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(acquire)
-            .connect_with(options.clone())
-            .await?;
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&commit_pool)
-            .await?;
+        let path = options.get_filename().to_owned();
+        anyhow::ensure!(
+            !path.as_os_str().is_empty() && path.to_str() != Some(":memory:"),
+            "SQLite needs a database file (the journal writes through a connection of its own)"
+        );
         let pool = SqlitePoolOptions::new()
             .max_connections(pool.max_connections)
             .min_connections(pool.min_connections)
             .acquire_timeout(acquire)
             .connect_with(options)
             .await?;
-        Ok(Arc::new(SqlStore::new(pool, commit_pool)))
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        let writer = sql::SqliteWriter::open(&path)?;
+        Ok(Arc::new(SqlStore::new(pool, writer)))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         let commit_pool = PgPoolOptions::new()
             .max_connections(1)

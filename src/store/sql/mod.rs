@@ -4,8 +4,8 @@
 //! queries), `membership` (the cluster's nodes) and `relay` (outbox, inbox
 //! and leases). Each file instantiates its impls
 //! for both databases with a small macro: the statements are the same, only
-//! the driver types differ; the few that differ (the journal's bulk writes)
-//! are written per database in `journal::bulk`.
+//! the driver types differ. The journal's commit is written per database
+//! (`journal::postgres`, `journal::sqlite`).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -16,23 +16,38 @@ use super::{Store, micros, unavailable};
 
 mod accounts;
 mod journal;
+pub use journal::SqliteWriter;
 mod membership;
 mod reads;
 mod relay;
 mod venues;
 
-/// A database of either backend.
-pub struct SqlStore<DB: sqlx::Database> {
-    /// Queries and account writes.
-    pool: Pool<DB>,
-    /// The journal's own connection: group commits never queue behind a
-    /// burst of reads for a pooled connection.
-    commit_pool: Pool<DB>,
+/// What each database's journal commits through: its own connection, so
+/// that group commits never queue behind a burst of reads for a pooled one.
+pub trait Dialect: sqlx::Database {
+    type Writer: Send + Sync;
 }
 
-impl<DB: sqlx::Database> SqlStore<DB> {
-    pub fn new(pool: Pool<DB>, commit_pool: Pool<DB>) -> Self {
-        Self { pool, commit_pool }
+impl Dialect for Sqlite {
+    /// On a thread of its own (see `journal::sqlite`).
+    type Writer = SqliteWriter;
+}
+
+impl Dialect for Postgres {
+    type Writer = Pool<Postgres>;
+}
+
+/// A database of either backend.
+pub struct SqlStore<DB: Dialect> {
+    /// Queries and account writes.
+    pool: Pool<DB>,
+    /// The journal's connection.
+    writer: DB::Writer,
+}
+
+impl<DB: Dialect> SqlStore<DB> {
+    pub fn new(pool: Pool<DB>, writer: DB::Writer) -> Self {
+        Self { pool, writer }
     }
 }
 

@@ -1,24 +1,27 @@
 //! The journal's group commit: the event log, snapshots, read models,
 //! idempotency keys and outbox rows of a batch in one transaction (the
-//! [`EventStore`] port), with the few bulk statements written per database.
+//! [`EventStore`] port). What a batch writes and how its checks are read is
+//! here; each database's attempt at it is in `postgres` and `sqlite`.
 
 use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::Utc;
 use sqlx::types::Json;
-use sqlx::{Postgres, QueryBuilder, Sqlite};
+use sqlx::{Postgres, Sqlite};
 use turnout_actors::domain::{EventId, EventState, StoredEvent, UserId, current_schema_version};
 use turnout_actors::idempotency::{Answer, Given};
 use turnout_actors::store::{
     Append, CommitReport, EventStore, EventSummary, IdempotencyRecord, Rehydration, StoreError,
-    membership_rows,
 };
 use uuid::Uuid;
 
 use super::{CHUNK, SqlStore};
 
-mod bulk;
+mod postgres;
+mod sqlite;
+pub use sqlite::SqliteWriter;
+
 use crate::store::{micros, unavailable};
 
 /// One fact for the event log; the payload is JSON text. Each fact of a
@@ -156,12 +159,126 @@ fn lost(rows: &[LogRow], written: &HashSet<(Uuid, i64)>) -> HashSet<EventId> {
 /// `Written` rolls the transaction back and leaves those appends out.
 enum Checked {
     Written,
+    /// Appends whose shard this node no longer holds at their epoch.
+    Fenced(Vec<usize>),
     /// Appends whose keys were answered before: replays.
     Answered(Vec<(usize, Given)>),
     /// Appends without facts decided on a version no longer the latest.
     Stale(Vec<usize>),
     /// Streams whose facts lost the race for their versions.
     Lost(HashSet<EventId>),
+}
+
+/// A batch committed in as many attempts as it takes: each leaves out the
+/// appends the one before found replayed, conflicting or fenced (and the
+/// appends of a stream that stood on a replayed one) and tries the rest,
+/// until one is written or none is left.
+struct Attempts<'a> {
+    batch: &'a [Append],
+    left_out: HashSet<usize>,
+    report: CommitReport,
+    written: bool,
+}
+
+impl<'a> Attempts<'a> {
+    fn new(batch: &'a [Append]) -> Self {
+        Self {
+            batch,
+            left_out: HashSet::new(),
+            report: CommitReport::default(),
+            written: false,
+        }
+    }
+
+    /// The appends the next attempt tries, if one is needed.
+    fn next(&self) -> Option<Vec<(usize, &'a Append)>> {
+        let live: Vec<(usize, &Append)> = self
+            .batch
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.left_out.contains(i))
+            .collect();
+        (!self.written && !live.is_empty()).then_some(live)
+    }
+
+    /// What the attempt at `live` found.
+    fn settle(&mut self, live: &[(usize, &Append)], checked: Checked) {
+        let (batch, report, left_out) = (self.batch, &mut self.report, &mut self.left_out);
+        match checked {
+            Checked::Written => self.written = true,
+            Checked::Fenced(fenced) => {
+                // A node that lost a shard must not write to it, even
+                // where the stream's version would fit.
+                for i in fenced {
+                    left_out.insert(i);
+                    report.fenced.push(i);
+                }
+            }
+            Checked::Answered(answered) => {
+                for (i, answer) in answered {
+                    left_out.insert(i);
+                    if !batch[i].facts.is_empty() {
+                        // Later appends of the stream stood on it.
+                        for (j, later) in batch.iter().enumerate().skip(i + 1) {
+                            if later.stream == batch[i].stream && left_out.insert(j) {
+                                report.conflicted.push(j);
+                            }
+                        }
+                    }
+                    report.replayed.push((i, answer));
+                }
+            }
+            Checked::Stale(stale) => {
+                for i in stale {
+                    if left_out.insert(i) {
+                        report.conflicted.push(i);
+                    }
+                }
+            }
+            Checked::Lost(lost) => {
+                // Retry without the streams that lost the race; their
+                // actors reload and decide again.
+                for (i, a) in live {
+                    if lost.contains(&a.stream) && left_out.insert(*i) {
+                        report.conflicted.push(*i);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Of the appends without facts, those decided on a version that is no
+/// longer their stream's latest, given each stream's stored latest
+/// version. `appends` are the batch's, in order: index, stream, base
+/// version and number of facts; each moves its stream on.
+fn stale(
+    appends: impl IntoIterator<Item = (usize, EventId, u64, usize)>,
+    mut latest: HashMap<Uuid, u64>,
+) -> Vec<usize> {
+    let mut stale = Vec::new();
+    for (i, stream, base_version, facts) in appends {
+        let Some(version) = latest.get_mut(&stream.as_uuid()) else {
+            continue;
+        };
+        if facts == 0 && base_version != *version {
+            stale.push(i);
+        }
+        *version = base_version + facts as u64;
+    }
+    stale
+}
+
+/// The streams of a batch's appends without facts, each once.
+fn streams_without_facts(live: &[(usize, &Append)]) -> Vec<Uuid> {
+    let mut streams: Vec<Uuid> = live
+        .iter()
+        .filter(|(_, a)| a.facts.is_empty())
+        .map(|(_, a)| a.stream.as_uuid())
+        .collect();
+    streams.sort_unstable();
+    streams.dedup();
+    streams
 }
 
 /// A stored answer: user, key, fingerprint, answer (JSON text).
@@ -198,307 +315,7 @@ struct OutboxRow {
 }
 
 macro_rules! impl_event_store {
-    // `$share_lock`: how the dialect holds lease rows against a concurrent
-    // taking until the commit ends (SQLite's write transaction already
-    // excludes every other writer).
-    ($db:ty, $share_lock:literal) => {
-        impl SqlStore<$db> {
-            /// The appends whose shard lease this node no longer holds at
-            /// the epoch their actor was activated with: taken by another
-            /// node, or released. The lease rows stay locked against a
-            /// taking until this transaction ends, so a node taking the
-            /// shard waits for this commit and then loads what it wrote.
-            async fn fenced_out(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                live: &[(usize, &Append)],
-            ) -> Result<Vec<usize>, sqlx::Error> {
-                let mut shards: Vec<i64> = live
-                    .iter()
-                    .filter_map(|(_, a)| a.lease.map(|l| i64::from(l.shard.get())))
-                    .collect();
-                if shards.is_empty() {
-                    return Ok(Vec::new());
-                }
-                shards.sort_unstable();
-                shards.dedup();
-                let mut query: QueryBuilder<$db> = QueryBuilder::new(
-                    "SELECT CAST(shard AS BIGINT), epoch FROM shard_leases WHERE node IS NOT NULL AND shard IN (",
-                );
-                let mut list = query.separated(", ");
-                for shard in &shards {
-                    list.push_bind(*shard);
-                }
-                // In shard order, as a taking locks them: no deadlock.
-                query.push(") ORDER BY shard");
-                query.push($share_lock);
-                let held: HashMap<i64, i64> = query
-                    .build_query_as::<(i64, i64)>()
-                    .fetch_all(&mut **tx)
-                    .await?
-                    .into_iter()
-                    .collect();
-                Ok(live
-                    .iter()
-                    .filter(|(_, a)| {
-                        a.lease.is_some_and(|l| {
-                            held.get(&i64::from(l.shard.get())) != Some(&(l.epoch as i64))
-                        })
-                    })
-                    .map(|(i, _)| *i)
-                    .collect())
-            }
-
-            /// Appends every stream's facts; returns the streams of which a
-            /// fact was not written: its version taken by another writer, or
-            /// not following the one before it (see `follows!`).
-            async fn append_log(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                rows: &[LogRow],
-                now: i64,
-            ) -> Result<HashSet<EventId>, sqlx::Error> {
-                let mut written: HashSet<(Uuid, i64)> = HashSet::with_capacity(rows.len());
-                for chunk in rows.chunks(CHUNK) {
-                    written.extend(Self::insert_log(tx, chunk, now).await?);
-                }
-                Ok(lost(rows, &written))
-            }
-
-            /// The appends without facts (a keyed command that changed
-            /// nothing) decided on a version that is no longer the stream's
-            /// latest. They write no log row, so the log's own checks cannot
-            /// catch them; answered as they are, they would acknowledge a
-            /// state another writer has moved past.
-            async fn stale_without_facts(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                live: &[(usize, &Append)],
-            ) -> Result<Vec<usize>, sqlx::Error> {
-                let mut streams: Vec<Uuid> = live
-                    .iter()
-                    .filter(|(_, a)| a.facts.is_empty())
-                    .map(|(_, a)| a.stream.as_uuid())
-                    .collect();
-                if streams.is_empty() {
-                    // The usual batch: every append carries facts.
-                    return Ok(Vec::new());
-                }
-                streams.sort_unstable();
-                streams.dedup();
-                let mut latest: HashMap<Uuid, u64> = HashMap::with_capacity(streams.len());
-                for chunk in streams.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new(
-                        "SELECT stream_id, MAX(version) FROM event_log WHERE stream_id IN (",
-                    );
-                    let mut ids = q.separated(", ");
-                    for id in chunk {
-                        ids.push_bind(*id);
-                    }
-                    q.push(") GROUP BY stream_id");
-                    let rows: Vec<(Uuid, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
-                    latest.extend(rows.into_iter().map(|(id, v)| (id, v as u64)));
-                }
-                for id in streams {
-                    latest.entry(id).or_insert(0);
-                }
-                // Walk each stream's appends in order from its stored version.
-                let mut stale = Vec::new();
-                for (i, a) in live {
-                    let Some(version) = latest.get_mut(&a.stream.as_uuid()) else {
-                        continue;
-                    };
-                    if a.facts.is_empty() && a.base_version != *version {
-                        stale.push(*i);
-                    }
-                    *version = a.base_version + a.facts.len() as u64;
-                }
-                Ok(stale)
-            }
-
-            /// The appends whose idempotency key already has an answer: stored
-            /// (and unexpired), or taken by an earlier append of this batch.
-            async fn answered_keys(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                live: &[(usize, &Append)],
-                now: i64,
-            ) -> Result<Vec<(usize, Given)>, sqlx::Error> {
-                let keyed = keyed(live);
-                if keyed.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let keys: Vec<(Uuid, String)> = keyed.iter().map(|(_, r)| (r.user.as_uuid(), r.key.clone())).collect();
-                let mut stored: HashMap<(Uuid, String), Given> = HashMap::new();
-                for chunk in keys.chunks(CHUNK) {
-                    for row in Self::select_answers(&mut **tx, chunk, now).await? {
-                        let (key, answer) = stored_answer(row)?;
-                        stored.insert(key, answer);
-                    }
-                }
-                Ok(answered(keyed, stored))
-            }
-
-            fn push_events_upsert(q: &mut QueryBuilder<$db>, chunk: &[&EventSummary], now: i64) {
-                q.push(
-                    "INSERT INTO events (id, owner_id, venue_id, title, description, starts_at, \
-                     ends_at, capacity, status, active_count, waitlist_count, version, \
-                     created_at, updated_at) ",
-                );
-                q.push_values(chunk, |mut b, s| {
-                    b.push_bind(s.id.as_uuid())
-                        .push_bind(s.owner.as_uuid())
-                        .push_bind(s.details.venue_id.as_uuid())
-                        .push_bind(s.details.title.as_str().to_owned())
-                        .push_bind(s.details.description.as_ref().map(|d| d.as_str().to_owned()))
-                        .push_bind(micros(s.details.starts_at))
-                        .push_bind(s.details.ends_at.map(micros))
-                        .push_bind(i64::from(s.capacity))
-                        .push_bind(s.lifecycle.as_str())
-                        .push_bind(s.active_count as i64)
-                        .push_bind(s.waitlist_count as i64)
-                        .push_bind(s.version as i64)
-                        .push_bind(now)
-                        .push_bind(now);
-                });
-                q.push(
-                    " ON CONFLICT (id) DO UPDATE SET venue_id = excluded.venue_id, \
-                     title = excluded.title, description = excluded.description, \
-                     starts_at = excluded.starts_at, ends_at = excluded.ends_at, \
-                     capacity = excluded.capacity, status = excluded.status, \
-                     active_count = excluded.active_count, \
-                     waitlist_count = excluded.waitlist_count, version = excluded.version, \
-                     updated_at = excluded.updated_at WHERE events.version <= excluded.version",
-                );
-            }
-
-            fn push_delete_tags(q: &mut QueryBuilder<$db>, event: &EventSummary) {
-                q.push("DELETE FROM event_tags WHERE event_id = ")
-                    .push_bind(event.id.as_uuid());
-            }
-
-            /// The event has tags.
-            fn push_insert_tags(q: &mut QueryBuilder<$db>, event: &EventSummary) {
-                q.push("INSERT INTO event_tags (tag, event_id) ");
-                q.push_values(&event.details.tags, |mut b, tag| {
-                    b.push_bind(tag.as_str().to_owned()).push_bind(event.id.as_uuid());
-                });
-            }
-
-            /// Every membership of a cancelled event ends.
-            fn push_cancel(q: &mut QueryBuilder<$db>, event: EventId, now: i64) {
-                q.push("UPDATE joins SET status = 'cancelled', updated_at = ")
-                    .push_bind(now)
-                    .push(" WHERE event_id = ")
-                    .push_bind(event.as_uuid())
-                    .push(" AND status IN ('active', 'waitlisted')");
-            }
-
-            fn push_snapshots(q: &mut QueryBuilder<$db>, chunk: &[&EventState], now: i64) {
-                q.push("INSERT INTO snapshots (stream_id, version, state, taken_at) ");
-                q.push_values(chunk, |mut b, s| {
-                    b.push_bind(s.id.as_uuid())
-                        .push_bind(s.version as i64)
-                        .push_bind(Json((*s).clone()))
-                        .push_bind(now);
-                });
-                q.push(
-                    " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
-                     state = excluded.state, taken_at = excluded.taken_at \
-                     WHERE snapshots.version <= excluded.version",
-                );
-            }
-
-            /// The batch's checks and writes, a statement at a time: the
-            /// keys answered before, appends without facts on a stale
-            /// version, the facts (whose versions may have been taken),
-            /// then the read models and side records.
-            async fn write_stepwise(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                live: &[(usize, &Append)],
-                log: &[LogRow],
-                now: i64,
-            ) -> Result<Checked, sqlx::Error> {
-                let answered = Self::answered_keys(tx, live, now).await?;
-                if !answered.is_empty() {
-                    return Ok(Checked::Answered(answered));
-                }
-                let stale = Self::stale_without_facts(tx, live).await?;
-                if !stale.is_empty() {
-                    return Ok(Checked::Stale(stale));
-                }
-                let lost = Self::append_log(tx, log, now).await?;
-                if !lost.is_empty() {
-                    return Ok(Checked::Lost(lost));
-                }
-                let appends: Vec<&Append> = live.iter().map(|(_, a)| *a).collect();
-                Self::write_read_models(tx, &appends, now).await?;
-                Self::write_side_records(tx, &appends, log, now).await?;
-                Ok(Checked::Written)
-            }
-
-            async fn write_read_models(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                live: &[&Append],
-                now: i64,
-            ) -> Result<(), sqlx::Error> {
-                let summaries = latest_summaries(live);
-                for chunk in summaries.chunks(CHUNK) {
-                    let mut q = QueryBuilder::new("");
-                    Self::push_events_upsert(&mut q, chunk, now);
-                    q.build().execute(&mut **tx).await?;
-                }
-
-                for s in retagged(&summaries, live) {
-                    let mut q = QueryBuilder::new("");
-                    Self::push_delete_tags(&mut q, s);
-                    q.build().execute(&mut **tx).await?;
-                    if !s.details.tags.is_empty() {
-                        let mut q = QueryBuilder::new("");
-                        Self::push_insert_tags(&mut q, s);
-                        q.build().execute(&mut **tx).await?;
-                    }
-                }
-
-                let rows = membership_rows(live.iter().copied());
-                for chunk in rows.chunks(CHUNK) {
-                    Self::upsert_joins(tx, chunk).await?;
-                }
-
-                for a in live.iter().filter(|a| a.cancels()) {
-                    let mut q = QueryBuilder::new("");
-                    Self::push_cancel(&mut q, a.stream, now);
-                    q.build().execute(&mut **tx).await?;
-                }
-                Ok(())
-            }
-
-            async fn write_side_records(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                live: &[&Append],
-                log: &[LogRow],
-                now: i64,
-            ) -> Result<(), sqlx::Error> {
-                let snapshots = latest_snapshots(live);
-                for chunk in snapshots.chunks(CHUNK) {
-                    let mut q = QueryBuilder::new("");
-                    Self::push_snapshots(&mut q, chunk, now);
-                    q.build().execute(&mut **tx).await?;
-                }
-
-                let records: Vec<&IdempotencyRecord> = live
-                    .iter()
-                    .filter_map(|a| a.idempotency.as_ref())
-                    .filter(|r| r.keep)
-                    .collect();
-                for chunk in records.chunks(CHUNK) {
-                    Self::insert_replies(tx, chunk, now).await?;
-                }
-
-                let outbox: Vec<OutboxRow> = log.iter().map(LogRow::outbox).collect();
-                for chunk in outbox.chunks(CHUNK) {
-                    Self::insert_outbox(tx, chunk, now).await?;
-                }
-                Ok(())
-            }
-        }
-
+    ($db:ty) => {
         #[async_trait]
         impl EventStore for SqlStore<$db> {
             async fn load(&self, stream: EventId) -> Result<Rehydration, StoreError> {
@@ -557,85 +374,16 @@ macro_rules! impl_event_store {
 
             async fn commit(&self, batch: &[Append]) -> Result<CommitReport, StoreError> {
                 let now = micros(Utc::now());
-                let mut report = CommitReport::default();
-                let mut left_out: HashSet<usize> = HashSet::new();
-                loop {
-                    let live: Vec<(usize, &Append)> =
-                        batch.iter().enumerate().filter(|(i, _)| !left_out.contains(i)).collect();
-                    if live.is_empty() {
-                        break;
-                    }
-                    let mut tx = self.begin_write().await.map_err(unavailable)?;
-                    // A node that lost a shard must not write to it, even
-                    // where the stream's version would fit.
-                    let fenced = Self::fenced_out(&mut tx, &live).await.map_err(unavailable)?;
-                    if !fenced.is_empty() {
-                        tx.rollback().await.map_err(unavailable)?;
-                        for i in fenced {
-                            left_out.insert(i);
-                            report.fenced.push(i);
-                        }
-                        continue;
-                    }
-                    let appends: Vec<&Append> = live.iter().map(|(_, a)| *a).collect();
-                    let log = LogRow::of_batch(&appends);
-                    let checked = match Self::write_at_once(&mut tx, &live, &log, now)
-                        .await
-                        .map_err(unavailable)?
-                    {
-                        Some(checked) => checked,
-                        None => Self::write_stepwise(&mut tx, &live, &log, now)
-                            .await
-                            .map_err(unavailable)?,
-                    };
-                    match checked {
-                        Checked::Written => {
-                            tx.commit().await.map_err(unavailable)?;
-                        }
-                        Checked::Answered(answered) => {
-                            tx.rollback().await.map_err(unavailable)?;
-                            for (i, answer) in answered {
-                                left_out.insert(i);
-                                if !batch[i].facts.is_empty() {
-                                    // Later appends of the stream stood on it.
-                                    for (j, later) in batch.iter().enumerate().skip(i + 1) {
-                                        if later.stream == batch[i].stream && left_out.insert(j) {
-                                            report.conflicted.push(j);
-                                        }
-                                    }
-                                }
-                                report.replayed.push((i, answer));
-                            }
-                            continue;
-                        }
-                        Checked::Stale(stale) => {
-                            tx.rollback().await.map_err(unavailable)?;
-                            for i in stale {
-                                if left_out.insert(i) {
-                                    report.conflicted.push(i);
-                                }
-                            }
-                            continue;
-                        }
-                        Checked::Lost(lost) => {
-                            // Retry without the streams that lost the race;
-                            // their actors reload and decide again.
-                            tx.rollback().await.map_err(unavailable)?;
-                            for (i, a) in &live {
-                                if lost.contains(&a.stream) && left_out.insert(*i) {
-                                    report.conflicted.push(*i);
-                                }
-                            }
-                            continue;
-                        }
-                    }
-                    break;
+                let mut attempts = Attempts::new(batch);
+                while let Some(live) = attempts.next() {
+                    let checked = self.attempt(&live, now).await?;
+                    attempts.settle(&live, checked);
                 }
-                Ok(report)
+                Ok(attempts.report)
             }
         }
     };
 }
 
-impl_event_store!(Sqlite, "");
-impl_event_store!(Postgres, " FOR SHARE");
+impl_event_store!(Sqlite);
+impl_event_store!(Postgres);

@@ -1,0 +1,433 @@
+//! SQLite's group commit: the journal's connection on a thread of its own
+//! (rusqlite), its statements prepared once, taking each attempt at a batch
+//! in one hand-off and answering in one.
+//!
+//! Every other statement goes through sqlx, which runs a SQLite connection
+//! on a worker thread and hands it each statement, and hands back each
+//! result and each row: every hand-off wakes a thread. A commit of a join
+//! or two is a dozen statements, so through sqlx a spread join cost some
+//! thirty context switches and most of its CPU in the scheduler, almost
+//! none in SQLite (docs/BENCHMARKS.md).
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use sqlx::{QueryBuilder, Sqlite};
+use tokio::sync::oneshot;
+use turnout_actors::domain::EventId;
+use turnout_actors::idempotency::Given;
+use turnout_actors::store::{
+    Append, EventSummary, IdempotencyRecord, MembershipRow, StoreError, membership_rows,
+};
+use uuid::Uuid;
+
+use super::{
+    AnswerRow, Checked, LogRow, OutboxRow, answer_json, answered, latest_snapshots,
+    latest_summaries, lost, retagged, stale, streams_without_facts,
+};
+use crate::store::{SqlStore, micros};
+
+/// The journal's SQLite connection, on its thread.
+pub struct SqliteWriter {
+    attempts: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for SqliteWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteWriter")
+    }
+}
+
+struct Job {
+    batch: Batch,
+    outcome: oneshot::Sender<rusqlite::Result<Checked>>,
+}
+
+impl SqliteWriter {
+    /// Opens the database file (already created and migrated) as the
+    /// journal's connection, with the settings every connection has: WAL,
+    /// a commit on disk before it is acknowledged, foreign keys, and five
+    /// seconds' patience with another connection's write.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let connection = Connection::open(path)?;
+        connection.busy_timeout(Duration::from_secs(5))?;
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        connection.pragma_update(None, "foreign_keys", true)?;
+        connection.set_prepared_statement_cache_capacity(32);
+        let (attempts, inbox) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("sqlite-journal".into())
+            .spawn(move || {
+                let mut connection = connection;
+                // Ends when the store (the last sender) is dropped.
+                for job in inbox {
+                    let _ = job.outcome.send(attempt(&mut connection, &job.batch));
+                }
+            })?;
+        Ok(Self { attempts })
+    }
+
+    async fn attempt(&self, batch: Batch) -> Result<Checked, StoreError> {
+        let (outcome, checked) = oneshot::channel();
+        self.attempts
+            .send(Job { batch, outcome })
+            .map_err(|_| StoreError::Unavailable("the SQLite journal thread stopped".into()))?;
+        checked
+            .await
+            .map_err(|_| StoreError::Unavailable("the SQLite journal thread stopped".into()))?
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+}
+
+/// One attempt at a batch, in rows the writer's thread owns.
+struct Batch {
+    now: i64,
+    /// The appends written under a shard lease: index, shard and epoch.
+    leases: Vec<(usize, i64, i64)>,
+    /// Each append's index in the batch, stream, base version and number
+    /// of facts, in batch order (for the check of appends without facts).
+    appends: Vec<(usize, EventId, u64, usize)>,
+    keyed: Vec<(usize, IdempotencyRecord)>,
+    /// Streams with an append without facts, each once.
+    without_facts: Vec<Uuid>,
+    log: Vec<LogRow>,
+    events: Vec<EventSummary>,
+    retagged: Vec<(Uuid, Vec<String>)>,
+    memberships: Vec<MembershipRow>,
+    cancelled: Vec<Uuid>,
+    /// Stream, version and the state as JSON text.
+    snapshots: Vec<(Uuid, i64, String)>,
+    outbox: Vec<OutboxRow>,
+}
+
+impl Batch {
+    fn of(live: &[(usize, &Append)], now: i64) -> Self {
+        let appends: Vec<&Append> = live.iter().map(|(_, a)| *a).collect();
+        let log = LogRow::of_batch(&appends);
+        let summaries = latest_summaries(&appends);
+        Self {
+            now,
+            leases: live
+                .iter()
+                .filter_map(|(i, a)| {
+                    a.lease
+                        .map(|l| (*i, i64::from(l.shard.get()), l.epoch as i64))
+                })
+                .collect(),
+            appends: live
+                .iter()
+                .map(|(i, a)| (*i, a.stream, a.base_version, a.facts.len()))
+                .collect(),
+            keyed: live
+                .iter()
+                .filter_map(|(i, a)| a.idempotency.clone().map(|r| (*i, r)))
+                .collect(),
+            without_facts: streams_without_facts(live),
+            retagged: retagged(&summaries, &appends)
+                .map(|s| {
+                    let tags = s.details.tags.iter().map(|t| t.as_str().to_owned());
+                    (s.id.as_uuid(), tags.collect())
+                })
+                .collect(),
+            events: summaries.into_iter().cloned().collect(),
+            memberships: membership_rows(appends.iter().copied()),
+            cancelled: appends
+                .iter()
+                .filter(|a| a.cancels())
+                .map(|a| a.stream.as_uuid())
+                .collect(),
+            snapshots: latest_snapshots(&appends)
+                .into_iter()
+                .map(|s| {
+                    let state = serde_json::to_string(s).expect("a state serialises");
+                    (s.id.as_uuid(), s.version as i64, state)
+                })
+                .collect(),
+            outbox: log.iter().map(LogRow::outbox).collect(),
+            log,
+        }
+    }
+}
+
+impl SqlStore<Sqlite> {
+    pub(super) async fn attempt(
+        &self,
+        live: &[(usize, &Append)],
+        now: i64,
+    ) -> Result<Checked, StoreError> {
+        self.writer.attempt(Batch::of(live, now)).await
+    }
+
+    /// The stored, unexpired answers to `keys`, through the pool (the
+    /// writer's thread is the journal's alone).
+    pub(super) async fn select_answers(
+        conn: &mut sqlx::SqliteConnection,
+        keys: &[(Uuid, String)],
+        now: i64,
+    ) -> Result<Vec<AnswerRow>, sqlx::Error> {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT user_id, key, fingerprint, answer FROM idempotency_keys WHERE expires_at > ",
+        );
+        q.push_bind(now).push(" AND (user_id, key) IN (VALUES ");
+        let mut pairs = q.separated(", ");
+        for (user, key) in keys {
+            pairs
+                .push("(")
+                .push_bind_unseparated(*user)
+                .push_unseparated(", ");
+            pairs
+                .push_bind_unseparated(key.clone())
+                .push_unseparated(")");
+        }
+        q.push(")");
+        q.build_query_as().fetch_all(conn).await
+    }
+}
+
+/// One attempt, on the writer's thread: a write transaction (taken up
+/// front: one that read first would fail at once when another connection
+/// wrote in between), committed only if every check passed; dropped, it
+/// rolls back.
+fn attempt(connection: &mut Connection, batch: &Batch) -> rusqlite::Result<Checked> {
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = batch.now;
+
+    // A node that lost a shard must not write to it, even where the
+    // stream's version would fit (the write transaction keeps any taking
+    // of the lease out until it ends).
+    if !batch.leases.is_empty() {
+        let mut epoch_of = tx.prepare_cached(
+            "SELECT epoch FROM shard_leases WHERE node IS NOT NULL AND shard = ?1",
+        )?;
+        let mut held: HashMap<i64, Option<i64>> = HashMap::new();
+        let mut fenced = Vec::new();
+        for (i, shard, epoch) in &batch.leases {
+            let holding = match held.get(shard) {
+                Some(holding) => *holding,
+                None => {
+                    let holding = epoch_of
+                        .query_row(params![shard], |row| row.get(0))
+                        .optional()?;
+                    held.insert(*shard, holding);
+                    holding
+                }
+            };
+            if holding != Some(*epoch) {
+                fenced.push(*i);
+            }
+        }
+        if !fenced.is_empty() {
+            return Ok(Checked::Fenced(fenced));
+        }
+    }
+
+    // Keys answered before: those appends are replays.
+    let mut stored: HashMap<(Uuid, String), Given> = HashMap::new();
+    let mut select = tx.prepare_cached(
+        "SELECT fingerprint, answer FROM idempotency_keys \
+         WHERE user_id = ?1 AND key = ?2 AND expires_at > ?3",
+    )?;
+    for (_, record) in &batch.keyed {
+        let key = (record.user.as_uuid(), record.key.clone());
+        let found = select
+            .query_row(params![key.0, key.1, now], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })
+            .optional()?;
+        if let Some((fingerprint, answer)) = found {
+            let answer = serde_json::from_str(&answer).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e.into())
+            })?;
+            stored.insert(
+                key,
+                Given {
+                    fingerprint,
+                    answer,
+                },
+            );
+        }
+    }
+    drop(select);
+    let answered = answered(batch.keyed.iter().map(|(i, r)| (*i, r)).collect(), stored);
+    if !answered.is_empty() {
+        return Ok(Checked::Answered(answered));
+    }
+
+    // Appends without facts decided on a version no longer the latest.
+    if !batch.without_facts.is_empty() {
+        let mut latest_of = tx.prepare_cached(
+            "SELECT COALESCE(MAX(version), 0) FROM event_log WHERE stream_id = ?1",
+        )?;
+        let mut latest = HashMap::with_capacity(batch.without_facts.len());
+        for stream in &batch.without_facts {
+            let version: i64 = latest_of.query_row(params![stream], |row| row.get(0))?;
+            latest.insert(*stream, version as u64);
+        }
+        let stale = stale(batch.appends.iter().copied(), latest);
+        if !stale.is_empty() {
+            return Ok(Checked::Stale(stale));
+        }
+    }
+
+    // The facts: a version taken, or one that skips a version (decided on
+    // top of a fact never written), is not written; the log has no gaps.
+    let mut insert_fact = tx.prepare_cached(
+        "INSERT INTO event_log (stream_id, version, event_type, schema_version, payload, \
+         request_id, recorded_at) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 \
+         WHERE ?2 = 1 OR ?8 \
+         OR EXISTS (SELECT 1 FROM event_log l WHERE l.stream_id = ?1 AND l.version = ?2 - 1) \
+         ON CONFLICT DO NOTHING",
+    )?;
+    let mut written = HashSet::with_capacity(batch.log.len());
+    for row in &batch.log {
+        let inserted = insert_fact.execute(params![
+            row.stream,
+            row.version,
+            row.event_type,
+            row.schema_version,
+            row.payload,
+            row.request_id,
+            now,
+            row.after_own,
+        ])?;
+        if inserted == 1 {
+            written.insert((row.stream, row.version));
+        }
+    }
+    drop(insert_fact);
+    let lost = lost(&batch.log, &written);
+    if !lost.is_empty() {
+        return Ok(Checked::Lost(lost));
+    }
+
+    write_read_models(&tx, batch)?;
+    write_side_records(&tx, batch)?;
+    tx.commit()?;
+    Ok(Checked::Written)
+}
+
+fn write_read_models(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> rusqlite::Result<()> {
+    let now = batch.now;
+    let mut upsert_event = tx.prepare_cached(
+        "INSERT INTO events (id, owner_id, venue_id, title, description, starts_at, ends_at, \
+         capacity, status, active_count, waitlist_count, version, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13) \
+         ON CONFLICT (id) DO UPDATE SET venue_id = excluded.venue_id, \
+         title = excluded.title, description = excluded.description, \
+         starts_at = excluded.starts_at, ends_at = excluded.ends_at, \
+         capacity = excluded.capacity, status = excluded.status, \
+         active_count = excluded.active_count, waitlist_count = excluded.waitlist_count, \
+         version = excluded.version, updated_at = excluded.updated_at \
+         WHERE events.version <= excluded.version",
+    )?;
+    for s in &batch.events {
+        upsert_event.execute(params![
+            s.id.as_uuid(),
+            s.owner.as_uuid(),
+            s.details.venue_id.as_uuid(),
+            s.details.title.as_str(),
+            s.details.description.as_ref().map(|d| d.as_str()),
+            micros(s.details.starts_at),
+            s.details.ends_at.map(micros),
+            i64::from(s.capacity),
+            s.lifecycle.as_str(),
+            s.active_count as i64,
+            s.waitlist_count as i64,
+            s.version as i64,
+            now,
+        ])?;
+    }
+
+    let mut untag = tx.prepare_cached("DELETE FROM event_tags WHERE event_id = ?1")?;
+    let mut tag = tx.prepare_cached("INSERT INTO event_tags (tag, event_id) VALUES (?1, ?2)")?;
+    for (event, tags) in &batch.retagged {
+        untag.execute(params![event])?;
+        for t in tags {
+            tag.execute(params![t, event])?;
+        }
+    }
+
+    let mut upsert_membership = tx.prepare_cached(
+        "INSERT INTO joins (event_id, user_id, status, order_key, joined_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+         ON CONFLICT (event_id, user_id) DO UPDATE SET status = excluded.status, \
+         order_key = excluded.order_key, joined_at = excluded.joined_at, \
+         updated_at = excluded.updated_at",
+    )?;
+    for m in &batch.memberships {
+        upsert_membership.execute(params![
+            m.event_id.as_uuid(),
+            m.user_id.as_uuid(),
+            m.status.as_str(),
+            m.order_key,
+            micros(m.joined_at),
+            micros(m.updated_at),
+        ])?;
+    }
+
+    let mut cancel = tx.prepare_cached(
+        "UPDATE joins SET status = 'cancelled', updated_at = ?1 \
+         WHERE event_id = ?2 AND status IN ('active', 'waitlisted')",
+    )?;
+    for event in &batch.cancelled {
+        cancel.execute(params![now, event])?;
+    }
+    Ok(())
+}
+
+fn write_side_records(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> rusqlite::Result<()> {
+    let now = batch.now;
+    let mut snapshot = tx.prepare_cached(
+        "INSERT INTO snapshots (stream_id, version, state, taken_at) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
+         state = excluded.state, taken_at = excluded.taken_at \
+         WHERE snapshots.version <= excluded.version",
+    )?;
+    for (stream, version, state) in &batch.snapshots {
+        snapshot.execute(params![stream, version, state, now])?;
+    }
+
+    // A key's answer is written once; a row still there after it expired
+    // (the purge runs on an interval) is replaced, not left to shadow it.
+    let mut reply = tx.prepare_cached(
+        "INSERT INTO idempotency_keys (user_id, key, fingerprint, answer, created_at, expires_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+         ON CONFLICT (user_id, key) DO UPDATE SET fingerprint = excluded.fingerprint, \
+         answer = excluded.answer, created_at = excluded.created_at, \
+         expires_at = excluded.expires_at WHERE idempotency_keys.expires_at <= ?7",
+    )?;
+    for (_, r) in batch.keyed.iter().filter(|(_, r)| r.keep) {
+        reply.execute(params![
+            r.user.as_uuid(),
+            r.key,
+            r.fingerprint,
+            answer_json(&r.answer),
+            micros(r.created_at),
+            micros(r.expires_at),
+            now,
+        ])?;
+    }
+
+    let mut outbox = tx.prepare_cached(
+        "INSERT INTO outbox (message_id, topic, aggregate_id, stream_version, event_type, \
+         payload, request_id, traceparent, next_attempt_at, created_at) \
+         VALUES (?1, 'events', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+    )?;
+    for row in &batch.outbox {
+        outbox.execute(params![
+            row.message_id,
+            row.aggregate,
+            row.version,
+            row.event_type,
+            row.payload,
+            row.request_id,
+            row.traceparent,
+            now,
+        ])?;
+    }
+    Ok(())
+}
