@@ -43,6 +43,45 @@ async fn a_small_hot_join_keeps_every_invariant() {
     assert_eq!(report.latency.count, 300);
 }
 
+/// The measuring stick answers the hot-join load in the same shapes, so the
+/// load tool checks its roster as it checks Turnout's: a yardstick that
+/// overbooked or lost a join would flatter nobody.
+#[actix_web::test]
+async fn the_measuring_stick_keeps_every_invariant_of_a_hot_join() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bind = format!("127.0.0.1:{port}");
+    let mut stick = std::process::Command::new(env!("CARGO_BIN_EXE_http-stick"))
+        .args(["--bind", &bind, "--jwt-key", KEY, "--workers", "1"])
+        .spawn()
+        .unwrap();
+    let target = format!("http://{bind}");
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        if client.post(format!("{target}/v1/venues")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let report = hot_join::run(HotJoin {
+        common: common_options(target),
+        users: 300,
+        capacity: 40,
+        concurrency: None,
+        baseline: None,
+        database_url: None,
+    })
+    .await;
+    let _ = stick.kill();
+    let _ = stick.wait();
+    let report = report.unwrap();
+    assert_every_check_passed(&report);
+    assert_eq!(report.outcomes.get("201"), Some(&300));
+}
+
 /// A run against a server with its rate limits on mostly measures them: the
 /// report says so, and how to start the server instead.
 #[actix_web::test]
