@@ -61,7 +61,12 @@ async fn the_measuring_stick_keeps_every_invariant_of_a_hot_join() {
     let target = format!("http://{bind}");
     let client = reqwest::Client::new();
     for _ in 0..100 {
-        if client.post(format!("{target}/v1/venues")).send().await.is_ok() {
+        if client
+            .post(format!("{target}/v1/venues"))
+            .send()
+            .await
+            .is_ok()
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
