@@ -198,6 +198,14 @@ impl<'c, DB: Database> crate::acquire::Acquire<'c> for &'c mut PoolConnection<DB
 /// Returns the connection to the [`Pool`][crate::pool::Pool] it was checked-out from.
 impl<DB: Database> Drop for PoolConnection<DB> {
     fn drop(&mut self) {
+        // Turnout's patch: dropped where no runtime runs (a runtime shutting
+        // down drops its tasks' futures outside its context), nothing can be
+        // spawned; the connection is dropped with its socket, not panicked on.
+        #[cfg(feature = "_rt-tokio")]
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+
         if self.close_on_drop {
             crate::rt::spawn(self.take_and_close());
             return;
