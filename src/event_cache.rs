@@ -201,6 +201,8 @@ pub struct EventCache {
     generation: Arc<AtomicU64>,
     /// Events not taken for want of room, so far.
     refused: Arc<AtomicU64>,
+    /// When a full cache last let go of started events (unix µs).
+    last_eviction: Arc<AtomicU64>,
     max_events: usize,
     serving: Serving,
 }
@@ -234,6 +236,7 @@ impl EventCache {
             listing: Arc::default(),
             generation: Arc::default(),
             refused: Arc::default(),
+            last_eviction: Arc::default(),
             max_events,
             serving,
         }
@@ -381,6 +384,9 @@ impl EventCache {
     /// Holds `event` if it is newer than what is held, and there is room
     /// for it (a full cache still follows the events it holds).
     fn keep(&self, event: CachedEvent, replace: Replace) {
+        if self.entries.len() >= self.max_events && !self.entries.contains_key(&event.id) {
+            self.let_go_of_started(Utc::now());
+        }
         let full = self.entries.len() >= self.max_events;
         let event = Arc::new(event);
         // The entry stays locked while the listing follows it, so the two
@@ -410,6 +416,36 @@ impl EventCache {
                 self.list(None, &event);
                 room.insert(event);
             }
+        }
+        metrics::gauge!("turnout_event_cache_events").set(self.entries.len() as f64);
+    }
+
+    /// A full cache lets go of the events that started more than a day
+    /// ago (a read of one loads it again), at most once a minute: a cache
+    /// full of upcoming events is not swept on every new one. The listing
+    /// from memory then starts after them.
+    fn let_go_of_started(&self, now: DateTime<Utc>) {
+        const SWEEP_EVERY: i64 = 60_000_000;
+        let now = micros(now);
+        let last = self.last_eviction.load(Ordering::Acquire);
+        if now - (last as i64) < SWEEP_EVERY
+            || self
+                .last_eviction
+                .compare_exchange(last, now as u64, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return;
+        }
+        let started_before = now - 86_400_000_000;
+        self.entries
+            .retain(|_, event| event.starts_at >= started_before);
+        let mut listing = self
+            .listing
+            .write()
+            .expect("the listing lock is not poisoned");
+        listing.by_start = listing.by_start.split_off(&(started_before, Uuid::nil()));
+        if let Some(complete) = &mut listing.complete_from {
+            *complete = (*complete).max(started_before);
         }
         metrics::gauge!("turnout_event_cache_events").set(self.entries.len() as f64);
     }
@@ -679,6 +715,39 @@ mod tests {
         let whole: serde_json::Value = serde_json::from_slice(&event.body).unwrap();
         let view: serde_json::Value = serde_json::from_slice(&event.view_json()).unwrap();
         assert_eq!(whole["data"], view);
+    }
+
+    #[test]
+    fn a_full_cache_lets_go_of_events_that_started_days_ago() {
+        let cache = EventCache::new(2, Serving::Always);
+        let began = cache.listing_load();
+        cache.listing_loaded(began, Utc::now());
+        let venue = VenueId::new();
+        let (past, soon, later) = (EventId::new(), EventId::new(), EventId::new());
+        let at = |id, days: i64| {
+            let mut event = listed(id, 1, venue, 0, &[]);
+            event.details.starts_at = Utc::now() + chrono::Duration::days(days);
+            event
+        };
+        cache.changed(&at(past, -3));
+        cache.changed(&at(soon, 1));
+        cache.changed(&at(later, 2));
+        assert!(cache.get(past).is_none(), "let go of");
+        assert!(cache.get(later).is_some(), "taken in its place");
+        let upcoming = EventFilter {
+            from: Some(Utc::now()),
+            limit: 10,
+            ..EventFilter::default()
+        };
+        assert_eq!(ids(&cache.page(&upcoming, 10).unwrap()), vec![soon, later]);
+        let from_the_past = EventFilter {
+            from: Some(Utc::now() - chrono::Duration::days(4)),
+            ..upcoming
+        };
+        assert!(
+            cache.page(&from_the_past, 10).is_none(),
+            "the listing from memory starts after what it let go of"
+        );
     }
 
     proptest::proptest! {
