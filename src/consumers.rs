@@ -59,14 +59,7 @@ pub async fn handle(store: &dyn Store, facts: &[Fact]) -> Result<usize, StoreErr
                 otel.kind = "consumer",
                 message_id = %fact.message_id,
             );
-            crate::telemetry::continue_trace(
-                &span,
-                crate::telemetry::TraceHeaders {
-                    traceparent: Some(traceparent),
-                    tracestate: None,
-                },
-            );
-            Some(span)
+            Some(crate::telemetry::following(span, traceparent))
         })
         .collect();
     let daily: Vec<DailyFact> = facts

@@ -316,14 +316,7 @@ fn publish_span(row: &OutboxMessage) -> Option<tracing::Span> {
         message_id = %row.message_id,
         event_type = %row.event_type,
     );
-    crate::telemetry::continue_trace(
-        &span,
-        crate::telemetry::TraceHeaders {
-            traceparent: Some(traceparent),
-            tracestate: None,
-        },
-    );
-    Some(span)
+    Some(crate::telemetry::following(span, traceparent))
 }
 
 /// The stream entry: the fact, when it was committed (unix µs) and where it

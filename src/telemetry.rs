@@ -206,6 +206,19 @@ pub fn continue_trace(span: &tracing::Span, from: TraceHeaders<'_>) {
     }
 }
 
+/// `span`, continuing the trace a stored or received `traceparent` names
+/// (an outbox row's, a stream entry's). Call it on a span not yet entered.
+pub fn following(span: tracing::Span, traceparent: &str) -> tracing::Span {
+    continue_trace(
+        &span,
+        TraceHeaders {
+            traceparent: Some(traceparent),
+            tracestate: None,
+        },
+    );
+    span
+}
+
 /// Counters that exist from the start, at zero: a series that first
 /// appears at 1 shows no `increase()`, so an alert on the first dead
 /// message, lost shard or refused append would never fire; and a dashboard

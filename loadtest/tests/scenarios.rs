@@ -20,12 +20,9 @@ fn common_options(target: String) -> Common {
     Common::for_target(target, Some(KEY.into()))
 }
 
-#[actix_web::test]
-async fn a_small_hot_join_keeps_every_invariant() {
-    let dir = tempfile::tempdir().unwrap();
-    let target = common::server(&dir, KEY, false).await;
-
-    let report = hot_join::run(HotJoin {
+/// 300 users at once on one event of capacity 40.
+async fn small_hot_join(target: String) -> anyhow::Result<Report> {
+    hot_join::run(HotJoin {
         common: common_options(target),
         users: 300,
         capacity: 40,
@@ -34,7 +31,14 @@ async fn a_small_hot_join_keeps_every_invariant() {
         database_url: None,
     })
     .await
-    .unwrap();
+}
+
+#[actix_web::test]
+async fn a_small_hot_join_keeps_every_invariant() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = common::server(&dir, KEY, false).await;
+
+    let report = small_hot_join(target).await.unwrap();
 
     assert_every_check_passed(&report);
     let invariants = report.checks.iter().filter(|c| !c.name.ends_with("(info)"));
@@ -71,15 +75,7 @@ async fn the_measuring_stick_keeps_every_invariant_of_a_hot_join() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let report = hot_join::run(HotJoin {
-        common: common_options(target),
-        users: 300,
-        capacity: 40,
-        concurrency: None,
-        baseline: None,
-        database_url: None,
-    })
-    .await;
+    let report = small_hot_join(target).await;
     let _ = stick.kill();
     let _ = stick.wait();
     let report = report.unwrap();
@@ -93,16 +89,7 @@ async fn the_measuring_stick_keeps_every_invariant_of_a_hot_join() {
 async fn a_run_mostly_rate_limited_warns_loudly() {
     let dir = tempfile::tempdir().unwrap();
     let target = common::server(&dir, KEY, true).await;
-    let report = hot_join::run(HotJoin {
-        common: common_options(target),
-        users: 300,
-        capacity: 40,
-        concurrency: None,
-        baseline: None,
-        database_url: None,
-    })
-    .await
-    .unwrap();
+    let report = small_hot_join(target).await.unwrap();
     assert!(report.outcomes.get("429").copied().unwrap_or(0) > 150);
     assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
     assert!(report.warnings[0].contains("TURNOUT_RATE_LIMITS__ENABLED=false"));

@@ -87,7 +87,7 @@ pub async fn middleware(
         .unwrap_or_else(|| "unmatched".to_owned());
     let span = tracing::info_span!(
         "request",
-        otel.name = format!("{method} {route}"),
+        otel.name = tracing::field::Empty,
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
@@ -95,16 +95,20 @@ pub async fn middleware(
         method,
         %route,
     );
-    // A caller's trace is continued, whoever the caller is: the context
-    // names a trace, it grants nothing.
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-    crate::telemetry::continue_trace(
-        &span,
-        crate::telemetry::TraceHeaders {
-            traceparent: header("traceparent"),
-            tracestate: header("tracestate"),
-        },
-    );
+    // Named and linked only when traces are exported: no work per request
+    // otherwise. A caller's trace is continued, whoever the caller is: the
+    // context names a trace, it grants nothing.
+    if crate::telemetry::traces_on() {
+        span.record("otel.name", format!("{method} {route}"));
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        crate::telemetry::continue_trace(
+            &span,
+            crate::telemetry::TraceHeaders {
+                traceparent: header("traceparent"),
+                tracestate: header("tracestate"),
+            },
+        );
+    }
     let started = Instant::now();
 
     let result = if method == "other" {

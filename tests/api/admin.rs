@@ -147,16 +147,7 @@ async fn admin_routes_answer_to_admins_only(app: TestApp) {
     }
 
     // The inbox: a message delivered again changes nothing.
-    let store = turnout::store::connect(
-        &app.database_url,
-        &turnout::store::PoolSettings {
-            max_connections: 1,
-            min_connections: 0,
-            acquire_timeout_ms: 3000,
-        },
-    )
-    .await
-    .unwrap();
+    let store = app.store().await;
     let fact = |message_id, event_type: &str| turnout::store::DailyFact {
         message_id,
         day: "2026-01-01".into(),

@@ -349,16 +349,7 @@ async fn the_listing_from_memory_is_the_listing_of_the_read_model() {
     app.published_event(&owner, 5).await;
 
     let from_database_before = listing_reads(&app.metrics().await, "database");
-    let store = turnout::store::connect(
-        &url,
-        &turnout::store::PoolSettings {
-            max_connections: 1,
-            min_connections: 0,
-            acquire_timeout_ms: 3000,
-        },
-    )
-    .await
-    .unwrap();
+    let store = crate::helpers::store_at(&url).await;
     let tag = |t: &str| Some(t.to_owned());
     let to = soon + chrono::Duration::hours(3);
     let queries = [

@@ -151,6 +151,17 @@ async fn start(settings: Settings, dir: tempfile::TempDir) -> TestApp {
     }
 }
 
+/// The database at `url` through the store's own port, for checks the API
+/// does not show (of a server in another process, too).
+pub async fn store_at(url: &str) -> Arc<dyn turnout::store::Store> {
+    let pool = turnout::store::PoolSettings {
+        max_connections: 2,
+        min_connections: 0,
+        acquire_timeout_ms: 3000,
+    };
+    turnout::store::connect(url, &pool).await.unwrap()
+}
+
 /// A user as the tests drive one: an id and a token.
 #[derive(Clone)]
 pub struct User {
@@ -306,14 +317,7 @@ impl TestApp {
     /// The app's database through the store's own port, for checks the
     /// API does not show.
     pub async fn store(&self) -> Arc<dyn turnout::store::Store> {
-        let pool = turnout::store::PoolSettings {
-            max_connections: 2,
-            min_connections: 0,
-            acquire_timeout_ms: 3000,
-        };
-        turnout::store::connect(&self.database_url, &pool)
-            .await
-            .unwrap()
+        store_at(&self.database_url).await
     }
 
     /// `GET /v1/admin/cluster`, as an admin.

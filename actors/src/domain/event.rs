@@ -301,15 +301,15 @@ pub enum DomainEvent {
 }
 
 impl Command {
-    /// What the command asks for, for logs and traces.
-    pub fn name(&self) -> &'static str {
+    /// The command's span name in traces.
+    pub fn trace_name(&self) -> &'static str {
         match self {
-            Command::Create { .. } => "create",
-            Command::Publish { .. } => "publish",
-            Command::Update { .. } => "update",
-            Command::Cancel { .. } => "cancel",
-            Command::Join { .. } => "join",
-            Command::Leave { .. } => "leave",
+            Command::Create { .. } => "event create",
+            Command::Publish { .. } => "event publish",
+            Command::Update { .. } => "event update",
+            Command::Cancel { .. } => "event cancel",
+            Command::Join { .. } => "event join",
+            Command::Leave { .. } => "event leave",
         }
     }
 }

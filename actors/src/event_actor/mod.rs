@@ -258,7 +258,7 @@ impl EventActor {
         let span = tracing::info_span!(
             parent: &caller,
             "event.command",
-            otel.name = format!("event {}", command.name()),
+            otel.name = command.trace_name(),
             event_id = %self.id,
         );
         self.last_active = Instant::now();
