@@ -490,8 +490,10 @@ mod tests {
                 tags: vec![],
             },
             capacity: Capacity::parse(10).unwrap(),
+            policy: Default::default(),
             lifecycle,
             active_count: active,
+            offered_count: 0,
             waitlist_count: 0,
             version,
         }

@@ -119,7 +119,7 @@ pub async fn load_catalog(
             tags: e.tags.iter().filter_map(|t| Tag::parse(t).ok()).collect(),
             lifecycle: e.status,
             capacity: e.capacity as u32,
-            active: e.active_count as u32,
+            active: (e.active_count + e.offered_count) as u32,
             waitlist: e.waitlist_count as u32,
             version: e.version as u64,
             joined: Vec::new(),

@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use turnout_actors::domain::Lifecycle;
+use turnout_actors::domain::{Lifecycle, WaitlistFill, WaitlistMode, WaitlistPolicy};
 use turnout_actors::recommend::{EventCard, Recommendation};
 use turnout_actors::store::EventSummary;
 use uuid::Uuid;
@@ -25,9 +25,38 @@ pub struct EventView {
     pub tags: Vec<String>,
     pub status: Lifecycle,
     pub capacity: i64,
+    /// Seats of active parties.
     pub active_count: i64,
+    /// Seats held for parties that have an offer to accept.
+    pub offered_seats: i64,
+    /// Seats the waiting parties ask for.
     pub waitlist_count: i64,
+    /// Capacity less active and offered seats.
     pub places_left: i64,
+    #[serde(flatten)]
+    pub waitlist: WaitlistSettings,
+}
+
+/// How an event serves its waitlist.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WaitlistSettings {
+    pub waitlist_mode: WaitlistMode,
+    pub waitlist_fill: WaitlistFill,
+    /// How long an offer is held, in seconds.
+    pub offer_hold_secs: i64,
+    /// The most seats one join may ask for.
+    pub max_party: i64,
+}
+
+impl From<WaitlistPolicy> for WaitlistSettings {
+    fn from(p: WaitlistPolicy) -> Self {
+        Self {
+            waitlist_mode: p.mode,
+            waitlist_fill: p.fill,
+            offer_hold_secs: i64::from(p.offer_hold),
+            max_party: i64::from(p.max_party),
+        }
+    }
 }
 
 impl From<EventRecord> for EventView {
@@ -44,8 +73,15 @@ impl From<EventRecord> for EventView {
             status: e.status,
             capacity: e.capacity,
             active_count: e.active_count,
+            offered_seats: e.offered_count,
             waitlist_count: e.waitlist_count,
-            places_left: (e.capacity - e.active_count).max(0),
+            places_left: (e.capacity - e.active_count - e.offered_count).max(0),
+            waitlist: WaitlistSettings {
+                waitlist_mode: e.waitlist_mode,
+                waitlist_fill: e.waitlist_fill,
+                offer_hold_secs: e.offer_hold_secs,
+                max_party: e.max_party,
+            },
         }
     }
 }
@@ -84,8 +120,10 @@ impl From<&EventSummary> for EventView {
             status: s.lifecycle,
             capacity,
             active_count: s.active_count as i64,
+            offered_seats: s.offered_count as i64,
             waitlist_count: s.waitlist_count as i64,
-            places_left: (capacity - s.active_count as i64).max(0),
+            places_left: s.places_left() as i64,
+            waitlist: s.policy.into(),
         }
     }
 }

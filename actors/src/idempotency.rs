@@ -177,6 +177,7 @@ mod tests {
                 membership: Some(Membership::Waitlisted {
                     position,
                     joined_at: DateTime::UNIX_EPOCH,
+                    seats: Default::default(),
                 }),
             },
         }

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Capacity, DomainEvent, EventDetails, EventId, EventState, JoinedAs, Lifecycle, MemberStatus,
-    StoredEvent, UserId,
+    Capacity, DomainEvent, EventDetails, EventId, EventState, Lifecycle, MemberStatus, Seats,
+    StoredEvent, UserId, WaitlistPolicy,
 };
 
 /// A database failure, described for operators. Never shown to clients.
@@ -70,10 +70,27 @@ pub struct EventSummary {
     pub owner: UserId,
     pub details: EventDetails,
     pub capacity: Capacity,
+    /// Absent from changes sent by a node from before offers.
+    #[serde(default)]
+    pub policy: WaitlistPolicy,
     pub lifecycle: Lifecycle,
+    /// Seats of active parties.
     pub active_count: usize,
+    /// Seats held on offer.
+    #[serde(default)]
+    pub offered_count: usize,
+    /// Seats the waiting parties ask for.
     pub waitlist_count: usize,
     pub version: u64,
+}
+
+impl EventSummary {
+    /// Places a newcomer could take: capacity less seats active and on offer.
+    pub fn places_left(&self) -> usize {
+        self.capacity
+            .get()
+            .saturating_sub(self.active_count + self.offered_count)
+    }
 }
 
 impl From<&EventState> for EventSummary {
@@ -83,9 +100,11 @@ impl From<&EventState> for EventSummary {
             owner: state.owner,
             details: state.details.clone(),
             capacity: state.capacity,
+            policy: state.policy,
             lifecycle: state.lifecycle,
-            active_count: state.active.len(),
-            waitlist_count: state.waitlist.len(),
+            active_count: state.active.seats(),
+            offered_count: state.offers.seats(),
+            waitlist_count: state.waitlist.seats(),
             version: state.version,
         }
     }
@@ -100,6 +119,9 @@ pub struct MembershipRow {
     /// The stream version that put the row in its status: orders the active
     /// list and the waitlist.
     pub order_key: i64,
+    pub seats: Seats,
+    /// While the status is `offered`: when the hold runs out.
+    pub offer_expires_at: Option<DateTime<Utc>>,
     pub joined_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -162,43 +184,22 @@ pub fn membership_rows<'a>(batch: impl IntoIterator<Item = &'a Append>) -> Vec<M
     let mut rows: Vec<MembershipRow> = Vec::new();
     for append in batch {
         for (version, event) in append.versioned() {
-            let row = match *event {
-                DomainEvent::Joined { user, status, at } => MembershipRow {
-                    event_id: append.stream,
-                    user_id: user,
-                    status: match status {
-                        JoinedAs::Active => MemberStatus::Active,
-                        JoinedAs::Waitlisted => MemberStatus::Waitlisted,
-                    },
-                    order_key: version,
-                    joined_at: at,
-                    updated_at: at,
-                },
-                DomainEvent::Promoted {
-                    user,
-                    joined_at,
-                    at,
-                } => MembershipRow {
-                    event_id: append.stream,
-                    user_id: user,
-                    status: MemberStatus::Active,
-                    order_key: version,
-                    joined_at,
-                    updated_at: at,
-                },
-                DomainEvent::Left {
-                    user,
-                    joined_at,
-                    at,
-                } => MembershipRow {
-                    event_id: append.stream,
-                    user_id: user,
-                    status: MemberStatus::Left,
-                    order_key: version,
-                    joined_at,
-                    updated_at: at,
-                },
-                _ => continue,
+            let (Some(party), Some(status)) = (event.party(), event.member_status()) else {
+                continue;
+            };
+            let offer_expires_at = match *event {
+                DomainEvent::Offered { expires_at, .. } => Some(expires_at),
+                _ => None,
+            };
+            let row = MembershipRow {
+                event_id: append.stream,
+                user_id: party.user,
+                status,
+                order_key: version,
+                seats: party.seats,
+                offer_expires_at,
+                joined_at: party.joined_at,
+                updated_at: event.at(),
             };
             match index.get(&(row.event_id, row.user_id)) {
                 Some(&i) => rows[i] = row,

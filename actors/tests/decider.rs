@@ -1,78 +1,12 @@
 //! Given/when/then tests of the event decider, and property tests over random
 //! command sequences.
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
+mod support;
+
+use chrono::Duration;
 use proptest::prelude::*;
+use support::*;
 use turnout_actors::domain::*;
-
-fn t(minutes: i64) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).unwrap() + Duration::minutes(minutes)
-}
-
-fn user(n: u128) -> UserId {
-    UserId::from(uuid::Uuid::from_u128(n + 1))
-}
-
-const OWNER: u128 = 1000;
-const START: i64 = 10_000;
-
-fn details() -> EventDetails {
-    EventDetails {
-        title: Title::parse("Late jazz").unwrap(),
-        description: None,
-        venue_id: VenueId::from(uuid::Uuid::from_u128(7)),
-        starts_at: t(START),
-        ends_at: None,
-        tags: vec![Tag::parse("jazz").unwrap()],
-    }
-}
-
-fn create(capacity: i64) -> Command {
-    Command::Create {
-        id: EventId::from(uuid::Uuid::from_u128(42)),
-        owner: user(OWNER),
-        details: details(),
-        capacity: Capacity::parse(capacity).unwrap(),
-        at: t(0),
-    }
-}
-
-/// Runs commands from nothing, returning the state and every fact emitted.
-fn given(commands: &[Command]) -> (Option<EventState>, Vec<DomainEvent>) {
-    let mut state = None;
-    let mut all = Vec::new();
-    for c in commands {
-        if let Ok(events) = decide(state.as_ref(), c) {
-            state = events.iter().fold(state, evolve);
-            all.extend(events);
-        }
-    }
-    (state, all)
-}
-
-fn published(capacity: i64) -> Vec<Command> {
-    vec![
-        create(capacity),
-        Command::Publish {
-            by: user(OWNER),
-            at: t(1),
-        },
-    ]
-}
-
-fn join(n: u128, at: i64) -> Command {
-    Command::Join {
-        user: user(n),
-        at: t(at),
-    }
-}
-
-fn leave(n: u128, at: i64) -> Command {
-    Command::Leave {
-        user: user(n),
-        at: t(at),
-    }
-}
 
 #[test]
 fn join_is_active_until_full_then_waitlisted_in_order() {
@@ -143,6 +77,7 @@ fn capacity_raise_promotes_waiters_in_order_and_a_cut_below_active_is_refused() 
         by: user(OWNER),
         patch: DetailsPatch::default(),
         capacity: Some(Capacity::parse(3).unwrap()),
+        policy: PolicyPatch::default(),
         at: t(6),
     };
     let events = decide(state.as_ref(), &raise).unwrap();
@@ -160,6 +95,7 @@ fn capacity_raise_promotes_waiters_in_order_and_a_cut_below_active_is_refused() 
         by: user(OWNER),
         patch: DetailsPatch::default(),
         capacity: Some(Capacity::parse(2).unwrap()),
+        policy: PolicyPatch::default(),
         at: t(7),
     };
     assert_eq!(
@@ -203,6 +139,7 @@ fn a_draft_is_not_found_by_anyone_but_its_owner() {
             by: stranger,
             patch: DetailsPatch::default(),
             capacity: None,
+            policy: PolicyPatch::default(),
             at: t(1),
         },
         join(7, 1),
@@ -300,6 +237,7 @@ fn an_event_starts_within_five_years() {
         owner: user(OWNER),
         details: far,
         capacity: Capacity::parse(5).unwrap(),
+        policy: WaitlistPolicy::default(),
         at: t(0),
     };
     assert_eq!(
@@ -319,6 +257,7 @@ fn an_event_must_start_in_the_future_and_end_after_it_starts() {
         owner: user(OWNER),
         details: past,
         capacity: Capacity::parse(1).unwrap(),
+        policy: WaitlistPolicy::default(),
         at: t(0),
     };
     assert!(matches!(
@@ -402,6 +341,7 @@ fn to_command(op: &Op, minute: i64) -> Command {
             by: user(OWNER),
             patch: DetailsPatch::default(),
             capacity: Some(Capacity::parse(c as i64).unwrap()),
+            policy: PolicyPatch::default(),
             at: t(minute),
         },
         Op::Cancel => Command::Cancel {

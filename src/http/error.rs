@@ -91,6 +91,11 @@ pub enum ErrorCode {
     EventCancelled,
     EventStarted,
     CapacityBelowActive,
+    /// More seats than the event takes in one party (or than its capacity).
+    PartyTooLarge,
+    /// Accepting or declining an offer the caller does not hold (never
+    /// made, already answered, or run out).
+    NoOffer,
     PayloadTooLarge,
     BodyTimeout,
     RateLimited,
@@ -255,6 +260,10 @@ impl From<Rejection> for ApiError {
             Rejection::InvalidSchedule { .. } => {
                 ApiError::unprocessable(ErrorCode::InvalidSchedule, message)
             }
+            Rejection::PartyTooLarge { .. } => {
+                ApiError::unprocessable(ErrorCode::PartyTooLarge, message)
+            }
+            Rejection::NoOffer => ApiError::conflict(ErrorCode::NoOffer, message),
         }
     }
 }

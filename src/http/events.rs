@@ -8,7 +8,8 @@ use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use turnout_actors::domain::{
-    Capacity, Command, Description, DetailsPatch, EventDetails, EventId, Tag, Title, VenueId,
+    Capacity, Command, Description, DetailsPatch, EventDetails, EventId, OfferHold, PolicyPatch,
+    Seats, Tag, Title, VenueId, WaitlistFill, WaitlistMode, WaitlistPolicy,
 };
 use turnout_actors::store::EventSummary;
 use uuid::Uuid;
@@ -42,7 +43,8 @@ pub fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
     "title": "Late jazz", "description": "A trio from Leiden.",
     "venue_id": "01a2069a-d9f0-7c41-8b2e-6f3c1d4e5a70",
     "starts_at": "2026-12-12T20:00:00Z", "ends_at": "2026-12-12T23:00:00Z",
-    "capacity": 120, "tags": ["jazz", "live"]
+    "capacity": 120, "tags": ["jazz", "live"],
+    "waitlist_mode": "offer", "offer_hold_secs": 1800, "max_party": 4
 }))]
 pub struct CreateEventRequest {
     pub title: String,
@@ -50,9 +52,34 @@ pub struct CreateEventRequest {
     pub venue_id: Uuid,
     pub starts_at: DateTime<Utc>,
     pub ends_at: Option<DateTime<Utc>>,
-    /// 1 to 1,000,000.
+    /// 1 to 1,000,000 seats.
     pub capacity: i64,
     pub tags: Option<Vec<String>>,
+    /// `auto` (default): a freed place makes the next party active at once.
+    /// `offer`: it is held for the party, which accepts or declines it.
+    pub waitlist_mode: Option<WaitlistMode>,
+    /// `strict` (default: first come, first served, always) or `first_fit`
+    /// (a smaller party behind may take places the first cannot use).
+    pub waitlist_fill: Option<WaitlistFill>,
+    /// How long an offer is held: 60 to 604,800 seconds (default 1,800).
+    pub offer_hold_secs: Option<i64>,
+    /// The most seats one join may ask for: 1 to 20 (default 1).
+    pub max_party: Option<i64>,
+}
+
+/// The waitlist settings a request sets; those left out stay as they are.
+fn policy_patch(
+    mode: Option<WaitlistMode>,
+    fill: Option<WaitlistFill>,
+    offer_hold_secs: Option<i64>,
+    max_party: Option<i64>,
+) -> Result<PolicyPatch, ApiError> {
+    Ok(PolicyPatch {
+        mode,
+        fill,
+        offer_hold: offer_hold_secs.map(OfferHold::parse).transpose()?,
+        max_party: max_party.map(Seats::parse).transpose()?,
+    })
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -69,9 +96,20 @@ pub struct UpdateEventRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<DateTime<Utc>>)]
     pub ends_at: Option<Option<DateTime<Utc>>>,
-    /// A raise promotes waiters in order; a cut below the active count is 409.
+    /// A raise serves waiting parties in order; a cut below the seats
+    /// active and on offer is 409.
     pub capacity: Option<i64>,
     pub tags: Option<Vec<String>>,
+    /// `auto` (default): a freed place makes the next party active at once.
+    /// `offer`: it is held for the party, which accepts or declines it.
+    pub waitlist_mode: Option<WaitlistMode>,
+    /// `strict` (default: first come, first served, always) or `first_fit`
+    /// (a smaller party behind may take places the first cannot use).
+    pub waitlist_fill: Option<WaitlistFill>,
+    /// How long an offer is held: 60 to 604,800 seconds (default 1,800).
+    pub offer_hold_secs: Option<i64>,
+    /// The most seats one join may ask for: 1 to 20 (default 1).
+    pub max_party: Option<i64>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -80,7 +118,9 @@ pub struct UpdateEventRequest {
     "venue_id": "01a2069a-d9f0-7c41-8b2e-6f3c1d4e5a70", "title": "Late jazz",
     "description": "A trio from Leiden.", "starts_at": "2026-12-12T20:00:00Z",
     "ends_at": "2026-12-12T23:00:00Z", "tags": ["jazz", "live"], "status": "published",
-    "capacity": 120, "active_count": 118, "waitlist_count": 0, "places_left": 2
+    "capacity": 120, "active_count": 116, "offered_seats": 2, "waitlist_count": 5,
+    "places_left": 2, "waitlist_mode": "offer", "waitlist_fill": "strict",
+    "offer_hold_secs": 1800, "max_party": 4
 }}))]
 pub struct EventEnvelope {
     pub data: EventView,
@@ -131,6 +171,13 @@ pub async fn create_event(
         tags: Tag::parse_list(&body.tags.unwrap_or_default())?,
     };
     let capacity = Capacity::parse(body.capacity)?;
+    let policy = policy_patch(
+        body.waitlist_mode,
+        body.waitlist_fill,
+        body.offer_hold_secs,
+        body.max_party,
+    )?
+    .apply_to(WaitlistPolicy::default());
     venues::may_place_events(&state, body.venue_id, &user).await?;
     let id = EventId::new();
     let command = Command::Create {
@@ -138,6 +185,7 @@ pub async fn create_event(
         owner: user.id,
         details,
         capacity,
+        policy,
         at: super::now(),
     };
     let outcome = state.execute(id, command).await?;
@@ -147,7 +195,7 @@ pub async fn create_event(
     ))
 }
 
-/// Change details or capacity (owner only).
+/// Change details, capacity or waitlist settings (owner only).
 #[utoipa::path(patch, path = "/v1/events/{id}", tag = "events", security(("bearer" = [])), params(("id" = Uuid, Path)),
     request_body = UpdateEventRequest,
     responses((status = 200, body = EventEnvelope),
@@ -179,6 +227,12 @@ pub async fn update_event(
         by: user.id,
         patch,
         capacity,
+        policy: policy_patch(
+            body.waitlist_mode,
+            body.waitlist_fill,
+            body.offer_hold_secs,
+            body.max_party,
+        )?,
         at: super::now(),
     };
     change(&state, id.into_inner(), command).await

@@ -3,8 +3,8 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use turnout_actors::domain::{Command, EventId, Lifecycle, MemberStatus, Membership};
+use serde::{Deserialize, Serialize};
+use turnout_actors::domain::{Command, EventId, Lifecycle, MemberStatus, Membership, Seats};
 use turnout_actors::{Answer, IdempotencyKey, Reply};
 use uuid::Uuid;
 
@@ -18,6 +18,8 @@ use crate::views::EventView;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/events/{id}/join", web::post().to(join_event))
         .route("/events/{id}/join", web::delete().to(leave_event))
+        .route("/events/{id}/offer/accept", web::post().to(accept_offer))
+        .route("/events/{id}/offer/decline", web::post().to(decline_offer))
         .route("/events/{id}/attendees", web::get().to(attendees))
         .route("/me/joins", web::get().to(my_joins));
 }
@@ -27,37 +29,74 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub struct JoinView {
     pub event_id: Uuid,
     pub status: MemberStatus,
-    /// 1-based waitlist position; null unless waitlisted.
+    /// Seats of the caller's party; null once it is out.
+    pub seats: Option<usize>,
+    /// 1-based waitlist position, counting parties; null unless waitlisted.
     pub position: Option<usize>,
+    /// When an offer's hold runs out; null unless offered.
+    pub offer_expires_at: Option<DateTime<Utc>>,
     pub joined_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 #[schema(example = json!({ "data": {
     "event_id": "01a2069a-da0a-7681-9539-12485e50749c", "status": "waitlisted",
-    "position": 3, "joined_at": "2026-12-02T10:15:00Z"
+    "seats": 2, "position": 3, "offer_expires_at": null, "joined_at": "2026-12-02T10:15:00Z"
 }}))]
 pub struct JoinEnvelope {
     pub data: JoinView,
 }
 
 impl JoinView {
-    fn new(event: EventId, membership: Option<Membership>) -> Self {
-        let (status, position, joined_at) = match membership {
-            Some(Membership::Active { joined_at }) => (MemberStatus::Active, None, Some(joined_at)),
+    /// `out` is the status shown when the caller holds no membership.
+    fn new(event: EventId, membership: Option<Membership>, out: MemberStatus) -> Self {
+        let view = Self {
+            event_id: event.as_uuid(),
+            status: out,
+            seats: membership.map(|m| m.seats().get()),
+            position: None,
+            offer_expires_at: None,
+            joined_at: None,
+        };
+        match membership {
+            Some(Membership::Active { joined_at, .. }) => Self {
+                status: MemberStatus::Active,
+                joined_at: Some(joined_at),
+                ..view
+            },
+            Some(Membership::Offered {
+                joined_at,
+                expires_at,
+                ..
+            }) => Self {
+                status: MemberStatus::Offered,
+                offer_expires_at: Some(expires_at),
+                joined_at: Some(joined_at),
+                ..view
+            },
             Some(Membership::Waitlisted {
                 position,
                 joined_at,
-            }) => (MemberStatus::Waitlisted, Some(position), Some(joined_at)),
-            None => (MemberStatus::Left, None, None),
-        };
-        Self {
-            event_id: event.as_uuid(),
-            status,
-            position,
-            joined_at,
+                ..
+            }) => Self {
+                status: MemberStatus::Waitlisted,
+                position: Some(position),
+                joined_at: Some(joined_at),
+                ..view
+            },
+            None => view,
         }
     }
+}
+
+/// The optional body of a join.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({ "seats": 2 }))]
+pub struct JoinRequest {
+    /// Places for the caller's party, together: 1 (the default) to the
+    /// event's `max_party`.
+    pub seats: Option<i64>,
 }
 
 /// A join's answer, the first time and on a replay: 201 when it changed
@@ -72,7 +111,7 @@ fn join_response(event: EventId, answer: Answer, replayed: bool) -> HttpResponse
         response.insert_header(("Idempotent-Replayed", "true"));
     }
     response.json(JoinEnvelope {
-        data: JoinView::new(event, answer.membership),
+        data: JoinView::new(event, answer.membership, MemberStatus::Left),
     })
 }
 
@@ -95,27 +134,39 @@ fn idempotency_key(req: &HttpRequest) -> Result<String, ApiError> {
         })
 }
 
-/// Join an event: active if a place is free, else waitlisted.
+/// Join an event, alone or as a party (`{"seats": n}`): active if the
+/// places are free and nobody waits ahead, else waitlisted.
 #[utoipa::path(post, path = "/v1/events/{id}/join", tag = "joins", security(("bearer" = [])),
     params(("id" = Uuid, Path), ("Idempotency-Key" = String, Header, description = "required; a replay returns the first answer")),
+    request_body(content = Option<JoinRequest>, description = "optional; without it, one seat"),
     responses((status = 201, description = "joined (active or waitlisted)", body = JoinEnvelope),
         (status = 200, description = "already a member: the current status", body = JoinEnvelope),
         (status = 403, description = "the owner cannot join", body = super::ErrorBody),
         (status = 404, description = "no such event (a draft is found only by its owner)", body = super::ErrorBody),
         (status = 409, description = "cancelled or started", body = super::ErrorBody),
-        (status = 422, description = "Idempotency-Key reused for another request", body = super::ErrorBody),
+        (status = 422, description = "`party_too_large`: more seats than the event takes in one party; `idempotency_key_reused`: the key was used for another request", body = super::ErrorBody),
         (status = 503, description = "busy; retry after Retry-After", body = super::ErrorBody)))]
 pub async fn join_event(
     state: web::Data<AppState>,
     user: AuthUser,
     id: web::Path<Uuid>,
     req: HttpRequest,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let event = EventId::from(id.into_inner());
     let key = idempotency_key(&req)?;
-    let fingerprint = format!("POST /v1/events/{event}/join");
+    let seats = match super::optional_json::<JoinRequest>(&body)?.and_then(|b| b.seats) {
+        Some(seats) => Seats::parse(seats)?,
+        None => Seats::default(),
+    };
+    // The same key with another party size is another request.
+    let fingerprint = match seats.get() {
+        1 => format!("POST /v1/events/{event}/join"),
+        n => format!("POST /v1/events/{event}/join seats={n}"),
+    };
     let command = Command::Join {
         user: user.id,
+        seats,
         at: super::now(),
     };
     let idempotency = IdempotencyKey {
@@ -142,7 +193,8 @@ pub async fn join_event(
     Ok(join_response(event, answer, replayed))
 }
 
-/// Leave an event; the first waiter is promoted in the same commit.
+/// Leave an event (or give up an offer, or a place on the waitlist); the
+/// places freed go to the waitlist in the same commit.
 #[utoipa::path(delete, path = "/v1/events/{id}/join", tag = "joins", security(("bearer" = [])), params(("id" = Uuid, Path)),
     responses((status = 200, body = JoinEnvelope), (status = 404, description = "not a member", body = super::ErrorBody)))]
 pub async fn leave_event(
@@ -162,7 +214,89 @@ pub async fn leave_event(
         .await?;
     metrics::counter!("turnout_leaves_total").increment(1);
     Ok(HttpResponse::Ok().json(JoinEnvelope {
-        data: JoinView::new(event, outcome.membership),
+        data: JoinView::new(event, outcome.membership, MemberStatus::Left),
+    }))
+}
+
+/// Accept the places offered to you: your party becomes active.
+#[utoipa::path(post, path = "/v1/events/{id}/offer/accept", tag = "joins", security(("bearer" = [])),
+    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "optional; a replay returns the first answer")),
+    responses((status = 200, description = "active (also when accepted before)", body = JoinEnvelope),
+        (status = 404, description = "no such event", body = super::ErrorBody),
+        (status = 409, description = "`no_offer`: you hold no offer (never made, answered, or run out); `event_started`, `event_cancelled`", body = super::ErrorBody),
+        (status = 422, description = "Idempotency-Key reused for another request", body = super::ErrorBody)))]
+pub async fn accept_offer(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    id: web::Path<Uuid>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let event = EventId::from(id.into_inner());
+    let command = Command::AcceptOffer {
+        user: user.id,
+        at: super::now(),
+    };
+    answer_offer(&state, event, command, "accept", &req, MemberStatus::Active).await
+}
+
+/// Decline the places offered to you: they pass to the next party at once,
+/// and your party is out.
+#[utoipa::path(post, path = "/v1/events/{id}/offer/decline", tag = "joins", security(("bearer" = [])),
+    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "optional; a replay returns the first answer")),
+    responses((status = 200, description = "declined", body = JoinEnvelope),
+        (status = 404, description = "no such event", body = super::ErrorBody),
+        (status = 409, description = "`no_offer`: you hold no offer; `event_started`, `event_cancelled`", body = super::ErrorBody),
+        (status = 422, description = "Idempotency-Key reused for another request", body = super::ErrorBody)))]
+pub async fn decline_offer(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    id: web::Path<Uuid>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let event = EventId::from(id.into_inner());
+    let command = Command::DeclineOffer {
+        user: user.id,
+        at: super::now(),
+    };
+    answer_offer(
+        &state,
+        event,
+        command,
+        "decline",
+        &req,
+        MemberStatus::Declined,
+    )
+    .await
+}
+
+/// Accepts or declines, under the caller's idempotency key if they sent one.
+async fn answer_offer(
+    state: &AppState,
+    event: EventId,
+    command: Command,
+    answer: &'static str,
+    req: &HttpRequest,
+    out: MemberStatus,
+) -> Result<HttpResponse, ApiError> {
+    let idempotency = match req.headers().contains_key("Idempotency-Key") {
+        true => Some(IdempotencyKey {
+            user: command.actor().expect("an offer is answered by a user"),
+            key: idempotency_key(req)?,
+            fingerprint: format!("POST /v1/events/{event}/offer/{answer}"),
+        }),
+        false => None,
+    };
+    let (given, replayed) = match state.execute_keyed(event, command, idempotency).await? {
+        Reply::Done(outcome) => (outcome.answer(), false),
+        Reply::Replayed(given) => (given, true),
+    };
+    metrics::counter!("turnout_offer_answers_total", "answer" => answer).increment(1);
+    let mut response = HttpResponse::Ok();
+    if replayed {
+        response.insert_header(("Idempotent-Replayed", "true"));
+    }
+    Ok(response.json(JoinEnvelope {
+        data: JoinView::new(event, given.membership, out),
     }))
 }
 
@@ -170,7 +304,9 @@ pub async fn leave_event(
 pub struct AttendeeView {
     pub user_id: Uuid,
     pub status: MemberStatus,
+    pub seats: i64,
     pub position: Option<i64>,
+    pub offer_expires_at: Option<DateTime<Utc>>,
     pub joined_at: DateTime<Utc>,
 }
 
@@ -180,7 +316,8 @@ pub struct AttendeePage {
     pub next_cursor: Option<String>,
 }
 
-/// The attendee list (owner only): active members, then the waitlist in order.
+/// The attendee list (owner only): active parties, then those holding an
+/// offer, then the waitlist in order.
 #[utoipa::path(get, path = "/v1/events/{id}/attendees", tag = "joins", security(("bearer" = [])),
     params(("id" = Uuid, Path), PageQuery),
     responses((status = 200, body = AttendeePage), (status = 403, body = super::ErrorBody), (status = 404, body = super::ErrorBody)))]
@@ -212,11 +349,20 @@ pub async fn attendees(
     let page = pagination::page(
         rows,
         limit,
-        |m: &MembershipRecord| (i64::from(m.status != MemberStatus::Active), m.order_key),
+        |m: &MembershipRecord| {
+            let group = match m.status {
+                MemberStatus::Active => 0,
+                MemberStatus::Offered => 1,
+                _ => 2,
+            };
+            (group, m.order_key)
+        },
         |m| AttendeeView {
             user_id: m.user_id,
             status: m.status,
+            seats: m.seats,
             position: m.position,
+            offer_expires_at: m.offer_expires_at.map(from_micros),
             joined_at: from_micros(m.joined_at),
         },
     );
@@ -226,9 +372,12 @@ pub async fn attendees(
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct MyJoinView {
     pub event_id: Uuid,
-    /// `active`, `waitlisted` or `cancelled` (the event was cancelled).
+    /// `active`, `offered`, `waitlisted`, `expired` (an offer not taken in
+    /// time) or `cancelled` (the event was cancelled).
     pub status: MemberStatus,
+    pub seats: i64,
     pub position: Option<i64>,
+    pub offer_expires_at: Option<DateTime<Utc>>,
     pub joined_at: DateTime<Utc>,
     pub event: EventView,
 }
@@ -257,7 +406,9 @@ pub async fn my_joins(
         |(m, e)| MyJoinView {
             event_id: m.event_id,
             status: m.status,
+            seats: m.seats,
             position: m.position,
+            offer_expires_at: m.offer_expires_at.map(from_micros),
             joined_at: from_micros(m.joined_at),
             event: e.into(),
         },

@@ -196,6 +196,17 @@ fn json_error(e: JsonPayloadError, limit: usize) -> ApiError {
     }
 }
 
+/// A JSON body that may be left out: an empty body is `None`; anything
+/// else must be JSON for `T`, and is judged as a required body is.
+pub fn optional_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Option<T>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(body)
+        .map(Some)
+        .map_err(|e| json_error(JsonPayloadError::Deserialize(e), body.len()))
+}
+
 fn query_error(e: QueryPayloadError) -> ApiError {
     let QueryPayloadError::Deserialize(e) = e else {
         return ApiError::bad_request(ErrorCode::InvalidQuery, "the query string is invalid");

@@ -260,8 +260,8 @@ fn feed_reason(
 mod tests {
     use chrono::Duration;
     use turnout_actors::domain::{
-        Capacity, Command, EventDetails, EventId, EventState, Tag, Title, UserId, VenueId, decide,
-        evolve,
+        Capacity, Command, EventDetails, EventId, EventState, Seats, Tag, Title, UserId, VenueId,
+        WaitlistPolicy, decide, evolve,
     };
 
     use super::*;
@@ -305,6 +305,7 @@ mod tests {
                 owner: self.owner,
                 details,
                 capacity: Capacity::parse(capacity).unwrap(),
+                policy: WaitlistPolicy::default(),
                 at: Utc::now(),
             })
         }
@@ -326,6 +327,7 @@ mod tests {
         fn join(&mut self) -> EventChange {
             self.run(Command::Join {
                 user: UserId::new(),
+                seats: Seats::default(),
                 at: Utc::now(),
             })
         }

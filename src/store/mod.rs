@@ -17,7 +17,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::types::Json;
-use turnout_actors::domain::{EventId, Lifecycle, MemberStatus, UserId, VenueId};
+use turnout_actors::domain::{
+    EventId, Lifecycle, MemberStatus, UserId, VenueId, WaitlistFill, WaitlistMode,
+};
 use turnout_actors::store::{EventStore, StoreError};
 use uuid::Uuid;
 
@@ -84,7 +86,14 @@ pub struct EventRecord {
     #[sqlx(try_from = "String")]
     pub status: Lifecycle,
     pub active_count: i64,
+    pub offered_count: i64,
     pub waitlist_count: i64,
+    #[sqlx(try_from = "String")]
+    pub waitlist_mode: WaitlistMode,
+    pub offer_hold_secs: i64,
+    pub max_party: i64,
+    #[sqlx(try_from = "String")]
+    pub waitlist_fill: WaitlistFill,
     pub version: i64,
     pub created_at: i64,
     pub updated_at: i64,
@@ -100,6 +109,9 @@ pub struct MembershipRecord {
     #[sqlx(try_from = "String")]
     pub status: MemberStatus,
     pub order_key: i64,
+    pub seats: i64,
+    /// While offered: when the hold runs out.
+    pub offer_expires_at: Option<i64>,
     pub joined_at: i64,
     /// 1-based, for waitlisted rows only.
     pub position: Option<i64>,

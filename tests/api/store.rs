@@ -8,7 +8,8 @@ use actix::prelude::*;
 use chrono::Utc;
 use turnout::store::{self, PoolSettings, Store};
 use turnout_actors::domain::{
-    Capacity, Command, EventDetails, EventId, EventState, Title, UserId, VenueId, decide, evolve,
+    Capacity, Command, EventDetails, EventId, EventState, Seats, Title, UserId, VenueId,
+    WaitlistPolicy, decide, evolve,
 };
 use turnout_actors::placement::{ShardCount, ShardLease, shard_of};
 use turnout_actors::shards::HeldShards;
@@ -84,6 +85,7 @@ async fn create_event(
         owner,
         details,
         capacity: Capacity::parse(capacity).unwrap(),
+        policy: WaitlistPolicy::default(),
         at: Utc::now(),
     };
     registry.execute(id, create, None, None).await.unwrap();
@@ -146,6 +148,7 @@ async fn one_commit_writes_log_read_models_and_outbox(backend: Backend) {
                 event,
                 Command::Join {
                     user: UserId::new(),
+                    seats: Seats::default(),
                     at: Utc::now(),
                 },
                 None,
@@ -221,6 +224,7 @@ async fn expired_idempotency_records_are_purged(backend: Backend) {
             event,
             Command::Join {
                 user,
+                seats: Seats::default(),
                 at: Utc::now(),
             },
             Some(key),
@@ -251,6 +255,7 @@ async fn an_old_key_replays_across_actor_incarnations(backend: Backend) {
     };
     let join = || Command::Join {
         user,
+        seats: Seats::default(),
         at: Utc::now(),
     };
     let answer = first
@@ -302,6 +307,7 @@ async fn an_old_key_replays_across_actor_incarnations(backend: Backend) {
             event,
             Command::Join {
                 user: other,
+                seats: Seats::default(),
                 at: Utc::now(),
             },
             None,
@@ -410,6 +416,7 @@ async fn a_full_mailbox_refuses_instead_of_growing(backend: Backend) {
                     event,
                     Command::Join {
                         user: UserId::new(),
+                        seats: Seats::default(),
                         at: Utc::now(),
                     },
                     None,
@@ -452,6 +459,7 @@ async fn an_append_that_skips_a_version_is_refused(backend: Backend) {
     let state = current_state(&store, event).await;
     let join = Command::Join {
         user: UserId::new(),
+        seats: Seats::default(),
         at: Utc::now(),
     };
     let facts = decide(Some(&state), &join).unwrap();
@@ -507,6 +515,7 @@ fn keyed_no_op(
                 membership: Some(turnout_actors::domain::Membership::Waitlisted {
                     position,
                     joined_at: created_at,
+                    seats: Seats::default(),
                 }),
             },
             created_at,
@@ -533,6 +542,7 @@ async fn a_keyed_append_without_facts_on_an_old_version_is_refused(backend: Back
     // Another writer moves the event on.
     let join = Command::Join {
         user: UserId::new(),
+        seats: Seats::default(),
         at: Utc::now(),
     };
     let facts = decide(Some(&before), &join).unwrap();
@@ -612,7 +622,7 @@ async fn an_expired_key_takes_a_new_answer_before_the_purge(backend: Backend) {
     assert_eq!(
         again.replayed[0].1.answer.membership.map(|m| match m {
             turnout_actors::domain::Membership::Waitlisted { position, .. } => position,
-            turnout_actors::domain::Membership::Active { .. } => 0,
+            _ => 0,
         }),
         Some(2),
         "the new answer was kept"
@@ -624,6 +634,7 @@ async fn an_expired_key_takes_a_new_answer_before_the_purge(backend: Backend) {
 fn joined_under(state: &EventState, lease: ShardLease) -> (Append, EventState) {
     let command = Command::Join {
         user: UserId::new(),
+        seats: Seats::default(),
         at: Utc::now(),
     };
     let facts = decide(Some(state), &command).unwrap();

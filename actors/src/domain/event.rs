@@ -3,13 +3,12 @@
 //! pure — time arrives inside the command — so every rule here is tested
 //! without actors, clocks or databases.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::values::{Capacity, Description, EventId, Tag, Title, UserId, ValueError, VenueId};
-use super::waitlist::{Waiter, Waitlist};
+use super::places::{Attendee, Holders, Offer};
+use super::values::{Capacity, Description, EventId, Seats, Tag, Title, UserId, VenueId};
+use super::waitlist::{PolicyPatch, Waiter, Waitlist, WaitlistFill, WaitlistMode, WaitlistPolicy};
 
 /// What an event is, apart from who is in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,31 +31,14 @@ pub enum Lifecycle {
     Cancelled,
 }
 
-impl Lifecycle {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Lifecycle::Draft => "draft",
-            Lifecycle::Published => "published",
-            Lifecycle::Cancelled => "cancelled",
-        }
-    }
-}
-
-impl TryFrom<String> for Lifecycle {
-    type Error = ValueError;
-
-    fn try_from(stored: String) -> Result<Self, ValueError> {
-        by_name(
-            [Lifecycle::Draft, Lifecycle::Published, Lifecycle::Cancelled],
-            Lifecycle::as_str,
-            &stored,
-            "event status",
-        )
-    }
-}
+named!(Lifecycle, "event status",
+    Lifecycle::Draft => "draft",
+    Lifecycle::Published => "published",
+    Lifecycle::Cancelled => "cancelled");
 
 /// Where a user stands in an event's roster, as the read model keeps it:
-/// a membership that ended stays, as `left`, or as `cancelled` when the
+/// a membership that ended stays, as `left`, `declined` or `expired` (an
+/// offer turned down or not taken in time), or as `cancelled` when the
 /// event was cancelled while they were in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -64,50 +46,21 @@ impl TryFrom<String> for Lifecycle {
 pub enum MemberStatus {
     Active,
     Waitlisted,
+    Offered,
     Left,
+    Declined,
+    Expired,
     Cancelled,
 }
 
-impl MemberStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MemberStatus::Active => "active",
-            MemberStatus::Waitlisted => "waitlisted",
-            MemberStatus::Left => "left",
-            MemberStatus::Cancelled => "cancelled",
-        }
-    }
-}
-
-impl TryFrom<String> for MemberStatus {
-    type Error = ValueError;
-
-    fn try_from(stored: String) -> Result<Self, ValueError> {
-        by_name(
-            [
-                MemberStatus::Active,
-                MemberStatus::Waitlisted,
-                MemberStatus::Left,
-                MemberStatus::Cancelled,
-            ],
-            MemberStatus::as_str,
-            &stored,
-            "membership status",
-        )
-    }
-}
-
-/// The one of `all` whose name is `stored` (read back from the database).
-fn by_name<T: Copy, const N: usize>(
-    all: [T; N],
-    name: fn(T) -> &'static str,
-    stored: &str,
-    what: &str,
-) -> Result<T, ValueError> {
-    all.into_iter()
-        .find(|v| name(*v) == stored)
-        .ok_or_else(|| ValueError::new("status", format!("no {what} {stored:?}")))
-}
+named!(MemberStatus, "membership status",
+    MemberStatus::Active => "active",
+    MemberStatus::Waitlisted => "waitlisted",
+    MemberStatus::Offered => "offered",
+    MemberStatus::Left => "left",
+    MemberStatus::Declined => "declined",
+    MemberStatus::Expired => "expired",
+    MemberStatus::Cancelled => "cancelled");
 
 /// The live state of one event. `version` counts the facts folded into it, so
 /// it is also the stream version used for optimistic concurrency.
@@ -117,10 +70,16 @@ pub struct EventState {
     pub owner: UserId,
     pub details: EventDetails,
     pub capacity: Capacity,
+    /// Absent from snapshots taken before offers: the default policy.
+    #[serde(default)]
+    pub policy: WaitlistPolicy,
     pub lifecycle: Lifecycle,
-    /// Active attendees and when they joined.
-    pub active: BTreeMap<UserId, DateTime<Utc>>,
-    /// Strict FIFO: the front is promoted first.
+    /// Active parties.
+    pub active: Holders<Attendee>,
+    /// Places held for parties until they accept, decline or run out.
+    #[serde(default)]
+    pub offers: Holders<Offer>,
+    /// First come, first served (see [`WaitlistFill`]).
     pub waitlist: Waitlist,
     pub version: u64,
 }
@@ -131,33 +90,119 @@ pub struct EventState {
 pub enum Membership {
     Active {
         joined_at: DateTime<Utc>,
+        /// Absent from answers stored before parties: one.
+        #[serde(default)]
+        seats: Seats,
     },
-    /// `position` is 1-based: 1 is promoted next.
+    /// Places held for the party until `expires_at`.
+    Offered {
+        joined_at: DateTime<Utc>,
+        seats: Seats,
+        expires_at: DateTime<Utc>,
+    },
+    /// `position` is 1-based, counting parties: 1 is served next.
     Waitlisted {
         position: usize,
         joined_at: DateTime<Utc>,
+        #[serde(default)]
+        seats: Seats,
     },
+}
+
+impl Membership {
+    pub fn seats(&self) -> Seats {
+        match *self {
+            Membership::Active { seats, .. }
+            | Membership::Offered { seats, .. }
+            | Membership::Waitlisted { seats, .. } => seats,
+        }
+    }
 }
 
 impl EventState {
     pub fn membership(&self, user: UserId) -> Option<Membership> {
-        if let Some(&joined_at) = self.active.get(&user) {
-            return Some(Membership::Active { joined_at });
+        if let Some(a) = self.active.get(&user) {
+            return Some(Membership::Active {
+                joined_at: a.joined_at,
+                seats: a.seats,
+            });
+        }
+        if let Some(o) = self.offers.get(&user) {
+            return Some(Membership::Offered {
+                joined_at: o.joined_at,
+                seats: o.seats,
+                expires_at: o.expires_at,
+            });
         }
         self.waitlist
             .find(user)
             .map(|(position, w)| Membership::Waitlisted {
                 position,
                 joined_at: w.joined_at,
+                seats: w.seats,
             })
     }
 
+    /// Seats held: active, and on offer.
+    pub fn taken_places(&self) -> usize {
+        self.active.seats() + self.offers.seats()
+    }
+
     pub fn free_places(&self) -> usize {
-        self.capacity.get().saturating_sub(self.active.len())
+        self.capacity.get().saturating_sub(self.taken_places())
+    }
+
+    /// Members of every kind: active, offered and waiting parties.
+    pub fn parties(&self) -> usize {
+        self.active.len() + self.offers.len() + self.waitlist.len()
+    }
+
+    /// When the first offer runs out, if one is held.
+    pub fn next_deadline(&self) -> Option<DateTime<Utc>> {
+        self.offers.next_deadline()
     }
 
     fn is_member(&self, user: UserId) -> bool {
-        self.active.contains_key(&user) || self.waitlist.contains(user)
+        self.active.contains_key(&user)
+            || self.offers.contains_key(&user)
+            || self.waitlist.contains(user)
+    }
+
+    /// The facts that hand `free` places to waiting parties under `policy`,
+    /// leaving out `gone` (a waiting party leaving in the same step). In
+    /// offer mode no offer is made once the event has started: it could not
+    /// be accepted.
+    fn serve(
+        &self,
+        policy: WaitlistPolicy,
+        free: usize,
+        gone: Option<UserId>,
+        at: DateTime<Utc>,
+    ) -> Vec<DomainEvent> {
+        if self.lifecycle == Lifecycle::Cancelled
+            || (policy.mode == WaitlistMode::Offer && at >= self.details.starts_at)
+        {
+            return Vec::new();
+        }
+        let served = self.waitlist.served(free, policy.fill, gone);
+        served
+            .into_iter()
+            .map(|w| match policy.mode {
+                WaitlistMode::Auto => DomainEvent::Promoted {
+                    user: w.user,
+                    joined_at: w.joined_at,
+                    seats: w.seats,
+                    at,
+                },
+                WaitlistMode::Offer => DomainEvent::Offered {
+                    user: w.user,
+                    joined_at: w.joined_at,
+                    seats: w.seats,
+                    expires_at: at + policy.offer_hold.duration(),
+                    at,
+                },
+            })
+            .collect()
     }
 }
 
@@ -209,6 +254,9 @@ pub enum Command {
         owner: UserId,
         details: EventDetails,
         capacity: Capacity,
+        /// Absent from commands forwarded by a node from before offers.
+        #[serde(default)]
+        policy: WaitlistPolicy,
         at: DateTime<Utc>,
     },
     Publish {
@@ -219,6 +267,8 @@ pub enum Command {
         by: UserId,
         patch: DetailsPatch,
         capacity: Option<Capacity>,
+        #[serde(default)]
+        policy: PolicyPatch,
         at: DateTime<Utc>,
     },
     Cancel {
@@ -227,23 +277,84 @@ pub enum Command {
     },
     Join {
         user: UserId,
+        #[serde(default)]
+        seats: Seats,
         at: DateTime<Utc>,
     },
     Leave {
         user: UserId,
         at: DateTime<Utc>,
     },
+    AcceptOffer {
+        user: UserId,
+        at: DateTime<Utc>,
+    },
+    DeclineOffer {
+        user: UserId,
+        at: DateTime<Utc>,
+    },
+    /// The event's own clock: offers whose hold ran out by `at` pass on.
+    ExpireOffers {
+        at: DateTime<Utc>,
+    },
 }
 
 impl Command {
-    /// Who asks: the owner-to-be for a creation, else the acting user.
+    /// Who asks: the owner-to-be for a creation, else the acting user;
+    /// nobody for the event's own clock.
     pub fn actor(&self) -> Option<UserId> {
         match self {
             Command::Create { owner, .. } => Some(*owner),
             Command::Publish { by, .. }
             | Command::Update { by, .. }
             | Command::Cancel { by, .. } => Some(*by),
-            Command::Join { user, .. } | Command::Leave { user, .. } => Some(*user),
+            Command::Join { user, .. }
+            | Command::Leave { user, .. }
+            | Command::AcceptOffer { user, .. }
+            | Command::DeclineOffer { user, .. } => Some(*user),
+            Command::ExpireOffers { .. } => None,
+        }
+    }
+
+    /// When the command happens.
+    pub fn at(&self) -> DateTime<Utc> {
+        match self {
+            Command::Create { at, .. }
+            | Command::Publish { at, .. }
+            | Command::Update { at, .. }
+            | Command::Cancel { at, .. }
+            | Command::Join { at, .. }
+            | Command::Leave { at, .. }
+            | Command::AcceptOffer { at, .. }
+            | Command::DeclineOffer { at, .. }
+            | Command::ExpireOffers { at } => *at,
+        }
+    }
+
+    /// The member whose place the command is about: their membership is
+    /// part of its answer.
+    pub fn member(&self) -> Option<UserId> {
+        match self {
+            Command::Join { user, .. }
+            | Command::Leave { user, .. }
+            | Command::AcceptOffer { user, .. }
+            | Command::DeclineOffer { user, .. } => Some(*user),
+            _ => None,
+        }
+    }
+
+    /// The command's span name in traces.
+    pub fn trace_name(&self) -> &'static str {
+        match self {
+            Command::Create { .. } => "event create",
+            Command::Publish { .. } => "event publish",
+            Command::Update { .. } => "event update",
+            Command::Cancel { .. } => "event cancel",
+            Command::Join { .. } => "event join",
+            Command::Leave { .. } => "event leave",
+            Command::AcceptOffer { .. } => "event accept offer",
+            Command::DeclineOffer { .. } => "event decline offer",
+            Command::ExpireOffers { .. } => "event expire offers",
         }
     }
 }
@@ -266,6 +377,7 @@ pub enum DomainEvent {
         owner: UserId,
         details: EventDetails,
         capacity: Capacity,
+        policy: WaitlistPolicy,
         at: DateTime<Utc>,
     },
     Published {
@@ -279,39 +391,60 @@ pub enum DomainEvent {
         capacity: Capacity,
         at: DateTime<Utc>,
     },
+    WaitlistChanged {
+        policy: WaitlistPolicy,
+        at: DateTime<Utc>,
+    },
     Cancelled {
         at: DateTime<Utc>,
     },
     Joined {
         user: UserId,
         status: JoinedAs,
+        seats: Seats,
         at: DateTime<Utc>,
     },
+    /// A member left: from the active list, an offer or the waitlist.
     Left {
         user: UserId,
         joined_at: DateTime<Utc>,
+        seats: Seats,
         at: DateTime<Utc>,
     },
-    /// The front waiter took a free place.
+    /// A waiting party took free places (auto mode).
     Promoted {
         user: UserId,
         joined_at: DateTime<Utc>,
+        seats: Seats,
         at: DateTime<Utc>,
     },
-}
-
-impl Command {
-    /// The command's span name in traces.
-    pub fn trace_name(&self) -> &'static str {
-        match self {
-            Command::Create { .. } => "event create",
-            Command::Publish { .. } => "event publish",
-            Command::Update { .. } => "event update",
-            Command::Cancel { .. } => "event cancel",
-            Command::Join { .. } => "event join",
-            Command::Leave { .. } => "event leave",
-        }
-    }
+    /// Free places are held for a waiting party until `expires_at`.
+    Offered {
+        user: UserId,
+        joined_at: DateTime<Utc>,
+        seats: Seats,
+        expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    OfferAccepted {
+        user: UserId,
+        joined_at: DateTime<Utc>,
+        seats: Seats,
+        at: DateTime<Utc>,
+    },
+    OfferDeclined {
+        user: UserId,
+        joined_at: DateTime<Utc>,
+        seats: Seats,
+        at: DateTime<Utc>,
+    },
+    /// The hold ran out before the party answered: it is out.
+    OfferExpired {
+        user: UserId,
+        joined_at: DateTime<Utc>,
+        seats: Seats,
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent {
@@ -322,10 +455,15 @@ impl DomainEvent {
             DomainEvent::Published { .. } => "published",
             DomainEvent::DetailsChanged { .. } => "details_changed",
             DomainEvent::CapacityChanged { .. } => "capacity_changed",
+            DomainEvent::WaitlistChanged { .. } => "waitlist_changed",
             DomainEvent::Cancelled { .. } => "cancelled",
             DomainEvent::Joined { .. } => "joined",
             DomainEvent::Left { .. } => "left",
             DomainEvent::Promoted { .. } => "promoted",
+            DomainEvent::Offered { .. } => "offered",
+            DomainEvent::OfferAccepted { .. } => "offer_accepted",
+            DomainEvent::OfferDeclined { .. } => "offer_declined",
+            DomainEvent::OfferExpired { .. } => "offer_expired",
         }
     }
 
@@ -335,12 +473,98 @@ impl DomainEvent {
             | DomainEvent::Published { at }
             | DomainEvent::DetailsChanged { at, .. }
             | DomainEvent::CapacityChanged { at, .. }
+            | DomainEvent::WaitlistChanged { at, .. }
             | DomainEvent::Cancelled { at }
             | DomainEvent::Joined { at, .. }
             | DomainEvent::Left { at, .. }
-            | DomainEvent::Promoted { at, .. } => *at,
+            | DomainEvent::Promoted { at, .. }
+            | DomainEvent::Offered { at, .. }
+            | DomainEvent::OfferAccepted { at, .. }
+            | DomainEvent::OfferDeclined { at, .. }
+            | DomainEvent::OfferExpired { at, .. } => *at,
         }
     }
+
+    /// The party a fact is about: who, how many seats, since when.
+    pub fn party(&self) -> Option<Party> {
+        let (user, seats, joined_at) = match *self {
+            DomainEvent::Joined {
+                user, seats, at, ..
+            } => (user, seats, at),
+            DomainEvent::Left {
+                user,
+                seats,
+                joined_at,
+                ..
+            }
+            | DomainEvent::Promoted {
+                user,
+                seats,
+                joined_at,
+                ..
+            }
+            | DomainEvent::Offered {
+                user,
+                seats,
+                joined_at,
+                ..
+            }
+            | DomainEvent::OfferAccepted {
+                user,
+                seats,
+                joined_at,
+                ..
+            }
+            | DomainEvent::OfferDeclined {
+                user,
+                seats,
+                joined_at,
+                ..
+            }
+            | DomainEvent::OfferExpired {
+                user,
+                seats,
+                joined_at,
+                ..
+            } => (user, seats, joined_at),
+            _ => return None,
+        };
+        Some(Party {
+            user,
+            seats,
+            joined_at,
+        })
+    }
+
+    /// Where the fact leaves its member, as the roster read model keeps it.
+    pub fn member_status(&self) -> Option<MemberStatus> {
+        Some(match self {
+            DomainEvent::Joined {
+                status: JoinedAs::Active,
+                ..
+            }
+            | DomainEvent::Promoted { .. }
+            | DomainEvent::OfferAccepted { .. } => MemberStatus::Active,
+            DomainEvent::Joined {
+                status: JoinedAs::Waitlisted,
+                ..
+            } => MemberStatus::Waitlisted,
+            DomainEvent::Offered { .. } => MemberStatus::Offered,
+            DomainEvent::Left { .. } => MemberStatus::Left,
+            DomainEvent::OfferDeclined { .. } => MemberStatus::Declined,
+            DomainEvent::OfferExpired { .. } => MemberStatus::Expired,
+            _ => return None,
+        })
+    }
+}
+
+/// Who a membership fact is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Party {
+    pub user: UserId,
+    pub seats: Seats,
+    /// When the party first asked.
+    pub joined_at: DateTime<Utc>,
 }
 
 /// Why a command was refused. Nothing changed.
@@ -361,10 +585,14 @@ pub enum Rejection {
     Started,
     #[error("you are not a member of this event")]
     NotMember,
-    #[error("capacity {requested} is below the {active} people already active")]
+    #[error("capacity {requested} is below the {active} places already taken or on offer")]
     CapacityBelowActive { requested: usize, active: usize },
     #[error("{problem}")]
     InvalidSchedule { problem: ScheduleProblem },
+    #[error("this event takes parties of at most {max} (you asked for {seats})")]
+    PartyTooLarge { seats: usize, max: usize },
+    #[error("you hold no offer for this event")]
+    NoOffer,
 }
 
 /// What is wrong with an event's dates.
@@ -391,6 +619,7 @@ pub fn decide(
                 owner,
                 details,
                 capacity,
+                policy,
                 at,
             } => {
                 check_schedule(details, *at)?;
@@ -399,6 +628,7 @@ pub fn decide(
                     owner: *owner,
                     details: details.clone(),
                     capacity: *capacity,
+                    policy: *policy,
                     at: *at,
                 }])
             }
@@ -433,106 +663,177 @@ pub fn decide(
             by,
             patch,
             capacity,
+            policy,
             at,
-        } => {
-            require_owner(state, *by)?;
-            if state.lifecycle == Lifecycle::Cancelled {
-                return Err(Rejection::Cancelled);
-            }
-            let mut events = Vec::new();
-            let details = patch.apply_to(&state.details);
-            if details != state.details {
-                if details.starts_at != state.details.starts_at
-                    || details.ends_at != state.details.ends_at
-                {
-                    check_schedule(&details, *at)?;
-                }
-                events.push(DomainEvent::DetailsChanged { details, at: *at });
-            }
-            if let Some(capacity) = *capacity
-                && capacity != state.capacity
-            {
-                let active = state.active.len();
-                if capacity.get() < active {
-                    return Err(Rejection::CapacityBelowActive {
-                        requested: capacity.get(),
-                        active,
-                    });
-                }
-                events.push(DomainEvent::CapacityChanged { capacity, at: *at });
-                let free = capacity.get() - active;
-                events.extend(
-                    state
-                        .waitlist
-                        .iter()
-                        .take(free)
-                        .map(|w| DomainEvent::Promoted {
-                            user: w.user,
-                            joined_at: w.joined_at,
-                            at: *at,
-                        }),
-                );
-            }
-            Ok(events)
+        } => decide_update(state, *by, patch, *capacity, policy, *at),
+        Command::Join { user, seats, at } => decide_join(state, *user, *seats, *at),
+        Command::Leave { user, at } => {
+            require_open(state, *at)?;
+            let (joined_at, seats, freed, gone) = if let Some(a) = state.active.get(user) {
+                (a.joined_at, a.seats, a.seats.get(), None)
+            } else if let Some(o) = state.offers.get(user) {
+                (o.joined_at, o.seats, o.seats.get(), None)
+            } else if let Some((_, w)) = state.waitlist.find(*user) {
+                // A waiting party frees nothing, but it may have stood in
+                // the way of smaller parties behind it.
+                (w.joined_at, w.seats, 0, Some(*user))
+            } else {
+                return Err(Rejection::NotMember);
+            };
+            let mut facts = vec![DomainEvent::Left {
+                user: *user,
+                joined_at,
+                seats,
+                at: *at,
+            }];
+            facts.extend(state.serve(state.policy, state.free_places() + freed, gone, *at));
+            Ok(facts)
         }
-        Command::Join { user, at } => {
-            if *user == state.owner {
-                return Err(Rejection::OwnerCannotJoin);
-            }
-            if state.is_member(*user) {
+        Command::AcceptOffer { user, at } => {
+            require_open(state, *at)?;
+            if state.active.contains_key(user) {
+                // Accepted before: in effect already.
                 return Ok(vec![]);
             }
-            if state.lifecycle == Lifecycle::Cancelled {
-                return Err(Rejection::Cancelled);
-            }
-            if *at >= state.details.starts_at {
-                return Err(Rejection::Started);
-            }
-            let status = if state.free_places() > 0 {
-                JoinedAs::Active
-            } else {
-                JoinedAs::Waitlisted
-            };
-            Ok(vec![DomainEvent::Joined {
-                user: *user,
-                status,
-                at: *at,
-            }])
-        }
-        Command::Leave { user, at } => {
-            if state.lifecycle == Lifecycle::Cancelled {
-                return Err(Rejection::Cancelled);
-            }
-            if *at >= state.details.starts_at {
-                return Err(Rejection::Started);
-            }
-            if let Some(&joined_at) = state.active.get(user) {
-                let mut events = vec![DomainEvent::Left {
+            match state.offers.get(user) {
+                Some(o) if *at < o.expires_at => Ok(vec![DomainEvent::OfferAccepted {
                     user: *user,
-                    joined_at,
-                    at: *at,
-                }];
-                // A place frees up only if the event is not over capacity,
-                // which it never is; the front waiter takes it in this step.
-                if let Some(front) = state.waitlist.front() {
-                    events.push(DomainEvent::Promoted {
-                        user: front.user,
-                        joined_at: front.joined_at,
-                        at: *at,
-                    });
-                }
-                return Ok(events);
-            }
-            match state.waitlist.find(*user) {
-                Some((_, w)) => Ok(vec![DomainEvent::Left {
-                    user: *user,
-                    joined_at: w.joined_at,
+                    joined_at: o.joined_at,
+                    seats: o.seats,
                     at: *at,
                 }]),
-                None => Err(Rejection::NotMember),
+                _ => Err(Rejection::NoOffer),
             }
         }
+        Command::DeclineOffer { user, at } => {
+            require_open(state, *at)?;
+            let Some(o) = state.offers.get(user) else {
+                return Err(Rejection::NoOffer);
+            };
+            let mut facts = vec![DomainEvent::OfferDeclined {
+                user: *user,
+                joined_at: o.joined_at,
+                seats: o.seats,
+                at: *at,
+            }];
+            facts.extend(state.serve(state.policy, state.free_places() + o.seats.get(), None, *at));
+            Ok(facts)
+        }
+        Command::ExpireOffers { at } => {
+            let due = state.offers.due(*at);
+            let freed: usize = due.iter().map(|(_, o)| o.seats.get()).sum();
+            let mut facts: Vec<DomainEvent> = due
+                .into_iter()
+                .map(|(user, o)| DomainEvent::OfferExpired {
+                    user,
+                    joined_at: o.joined_at,
+                    seats: o.seats,
+                    at: *at,
+                })
+                .collect();
+            if freed > 0 {
+                facts.extend(state.serve(state.policy, state.free_places() + freed, None, *at));
+            }
+            Ok(facts)
+        }
     }
+}
+
+fn decide_update(
+    state: &EventState,
+    by: UserId,
+    patch: &DetailsPatch,
+    capacity: Option<Capacity>,
+    policy: &PolicyPatch,
+    at: DateTime<Utc>,
+) -> Result<Vec<DomainEvent>, Rejection> {
+    require_owner(state, by)?;
+    if state.lifecycle == Lifecycle::Cancelled {
+        return Err(Rejection::Cancelled);
+    }
+    let mut events = Vec::new();
+    let details = patch.apply_to(&state.details);
+    if details != state.details {
+        if details.starts_at != state.details.starts_at || details.ends_at != state.details.ends_at
+        {
+            check_schedule(&details, at)?;
+        }
+        events.push(DomainEvent::DetailsChanged { details, at });
+    }
+    let capacity = capacity.unwrap_or(state.capacity);
+    if capacity != state.capacity {
+        let taken = state.taken_places();
+        if capacity.get() < taken {
+            return Err(Rejection::CapacityBelowActive {
+                requested: capacity.get(),
+                active: taken,
+            });
+        }
+        events.push(DomainEvent::CapacityChanged { capacity, at });
+    }
+    let next_policy = policy.apply_to(state.policy);
+    if next_policy != state.policy {
+        events.push(DomainEvent::WaitlistChanged {
+            policy: next_policy,
+            at,
+        });
+    }
+    if capacity != state.capacity || next_policy.fill != state.policy.fill {
+        let free = capacity.get() - state.taken_places();
+        events.extend(state.serve(next_policy, free, None, at));
+    }
+    Ok(events)
+}
+
+fn decide_join(
+    state: &EventState,
+    user: UserId,
+    seats: Seats,
+    at: DateTime<Utc>,
+) -> Result<Vec<DomainEvent>, Rejection> {
+    if user == state.owner {
+        return Err(Rejection::OwnerCannotJoin);
+    }
+    if state.is_member(user) {
+        return Ok(vec![]);
+    }
+    require_open(state, at)?;
+    // A party larger than the whole event would wait for ever, and in
+    // strict order everyone behind it with it.
+    let max = state.policy.max_party.get().min(state.capacity.get());
+    if seats.get() > max {
+        return Err(Rejection::PartyTooLarge {
+            seats: seats.get(),
+            max,
+        });
+    }
+    // A newcomer comes after everyone waiting: in strict order it takes
+    // free places only if nobody waits; in first-fit order the places free
+    // are those no waiting party fits.
+    let fits = seats.get() <= state.free_places();
+    let ahead = state.policy.fill == WaitlistFill::Strict && !state.waitlist.is_empty();
+    let status = if fits && !ahead {
+        JoinedAs::Active
+    } else {
+        JoinedAs::Waitlisted
+    };
+    Ok(vec![DomainEvent::Joined {
+        user,
+        status,
+        seats,
+        at,
+    }])
+}
+
+/// Membership changes only while the event is on and has not started.
+fn require_open(state: &EventState, at: DateTime<Utc>) -> Result<(), Rejection> {
+    if state.lifecycle == Lifecycle::Cancelled {
+        return Err(Rejection::Cancelled);
+    }
+    if at >= state.details.starts_at {
+        return Err(Rejection::Started);
+    }
+    Ok(())
 }
 
 /// Folds one fact into the state. Facts are history: they are never refused,
@@ -545,14 +846,17 @@ pub fn evolve(state: Option<EventState>, event: &DomainEvent) -> Option<EventSta
                 owner,
                 details,
                 capacity,
+                policy,
                 ..
             } => Some(EventState {
                 id: *id,
                 owner: *owner,
                 details: details.clone(),
                 capacity: *capacity,
+                policy: *policy,
                 lifecycle: Lifecycle::Draft,
-                active: BTreeMap::new(),
+                active: Holders::default(),
+                offers: Holders::default(),
                 waitlist: Waitlist::default(),
                 version: 1,
             }),
@@ -565,30 +869,86 @@ pub fn evolve(state: Option<EventState>, event: &DomainEvent) -> Option<EventSta
         DomainEvent::Published { .. } => state.lifecycle = Lifecycle::Published,
         DomainEvent::DetailsChanged { details, .. } => state.details = details.clone(),
         DomainEvent::CapacityChanged { capacity, .. } => state.capacity = *capacity,
+        DomainEvent::WaitlistChanged { policy, .. } => state.policy = *policy,
         DomainEvent::Cancelled { .. } => {
             state.lifecycle = Lifecycle::Cancelled;
             state.active.clear();
+            state.offers.clear();
             state.waitlist.clear();
         }
-        DomainEvent::Joined { user, status, at } => match status {
-            JoinedAs::Active => {
-                state.active.insert(*user, *at);
-            }
+        DomainEvent::Joined {
+            user,
+            status,
+            seats,
+            at,
+        } => match status {
+            JoinedAs::Active => state.active.insert(
+                *user,
+                Attendee {
+                    joined_at: *at,
+                    seats: *seats,
+                },
+            ),
             JoinedAs::Waitlisted => state.waitlist.push_back(Waiter {
                 user: *user,
                 joined_at: *at,
+                seats: *seats,
             }),
         },
         DomainEvent::Left { user, .. } => {
-            if state.active.remove(user).is_none() {
+            if state.active.remove(user).is_none() && state.offers.remove(user).is_none() {
                 state.waitlist.remove(*user);
             }
         }
         DomainEvent::Promoted {
-            user, joined_at, ..
+            user,
+            joined_at,
+            seats,
+            ..
         } => {
             state.waitlist.remove(*user);
-            state.active.insert(*user, *joined_at);
+            state.active.insert(
+                *user,
+                Attendee {
+                    joined_at: *joined_at,
+                    seats: *seats,
+                },
+            );
+        }
+        DomainEvent::Offered {
+            user,
+            joined_at,
+            seats,
+            expires_at,
+            ..
+        } => {
+            state.waitlist.remove(*user);
+            state.offers.insert(
+                *user,
+                Offer {
+                    joined_at: *joined_at,
+                    seats: *seats,
+                    expires_at: *expires_at,
+                },
+            );
+        }
+        DomainEvent::OfferAccepted {
+            user,
+            joined_at,
+            seats,
+            ..
+        } => {
+            state.offers.remove(user);
+            state.active.insert(
+                *user,
+                Attendee {
+                    joined_at: *joined_at,
+                    seats: *seats,
+                },
+            );
+        }
+        DomainEvent::OfferDeclined { user, .. } | DomainEvent::OfferExpired { user, .. } => {
+            state.offers.remove(user);
         }
     }
     state.version += 1;

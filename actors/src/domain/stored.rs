@@ -6,6 +6,7 @@
 use serde_json::Value;
 
 use super::event::DomainEvent;
+use super::waitlist::WaitlistPolicy;
 
 /// A fact as it sits in the event log.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,7 +42,11 @@ pub enum DecodeError {
 pub fn current_schema_version(event_type: &str) -> i32 {
     match event_type {
         // v2: `details.tags` became a list; v1 wrote a comma-separated string.
-        "created" | "details_changed" => 2,
+        // v3 (created): the waitlist policy; before it, today's default.
+        "created" => 3,
+        "details_changed" => 2,
+        // v2: parties — `seats`; before them, everyone came alone.
+        "joined" | "left" | "promoted" => 2,
         _ => 1,
     }
 }
@@ -90,6 +95,15 @@ impl StoredEvent {
     }
 }
 
+/// Adds a field an older shape lacked.
+fn insert(payload: &mut Value, field: &str, value: Value) -> Result<(), String> {
+    payload
+        .as_object_mut()
+        .ok_or("the payload is not an object")?
+        .insert(field.into(), value);
+    Ok(())
+}
+
 /// Moves one payload from `version` to `version + 1`.
 fn upcast_step(event_type: &str, version: i32, mut payload: Value) -> Result<Value, String> {
     match (event_type, version) {
@@ -109,6 +123,16 @@ fn upcast_step(event_type: &str, version: i32, mut payload: Value) -> Result<Val
                 Some(other) => return Err(format!("tags is neither a string nor null: {other}")),
             };
             details.insert("tags".into(), Value::Array(tags));
+            Ok(payload)
+        }
+        ("created", 2) => {
+            let policy =
+                serde_json::to_value(WaitlistPolicy::default()).expect("a policy serialises");
+            insert(&mut payload, "policy", policy)?;
+            Ok(payload)
+        }
+        ("joined" | "left" | "promoted", 1) => {
+            insert(&mut payload, "seats", Value::from(1))?;
             Ok(payload)
         }
         _ => Err(format!("no upcaster from v{version}")),

@@ -114,6 +114,72 @@ impl From<Capacity> for i64 {
     }
 }
 
+/// Defines a bounded whole number parsed from a client's `i64`.
+macro_rules! bounded_count {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $min:literal ..= $max:literal, default $default:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "i64", into = "i64")]
+        pub struct $name(u32);
+
+        impl $name {
+            pub const MIN: u32 = $min;
+            pub const MAX: u32 = $max;
+
+            pub fn parse(raw: i64) -> Result<Self, ValueError> {
+                if raw < i64::from(Self::MIN) || raw > i64::from(Self::MAX) {
+                    return Err(ValueError::new(
+                        $field,
+                        format!("must be from {} to {}", Self::MIN, Self::MAX),
+                    ));
+                }
+                Ok(Self(raw as u32))
+            }
+
+            pub fn get(self) -> usize {
+                self.0 as usize
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self($default)
+            }
+        }
+
+        impl TryFrom<i64> for $name {
+            type Error = ValueError;
+            fn try_from(raw: i64) -> Result<Self, Self::Error> {
+                Self::parse(raw)
+            }
+        }
+
+        impl From<$name> for i64 {
+            fn from(n: $name) -> Self {
+                i64::from(n.0)
+            }
+        }
+    };
+}
+
+bounded_count!(
+    /// How many places one party asks for, together: 1 to 20. Also the
+    /// largest party an event takes (`max_party`).
+    Seats, "seats", 1 ..= 20, default 1
+);
+
+bounded_count!(
+    /// How long a place offered to a waiting party is held for it, in
+    /// seconds: a minute to a week, half an hour unless the event says.
+    OfferHold, "offer_hold_secs", 60 ..= 604_800, default 1_800
+);
+
+impl OfferHold {
+    pub fn duration(self) -> chrono::Duration {
+        chrono::Duration::seconds(i64::from(self.0))
+    }
+}
+
 /// Defines a trimmed text value with a character limit.
 /// Characters that change how text around them is shown without being seen:
 /// bidirectional embeddings, overrides and isolates, zero-width characters,

@@ -13,13 +13,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use chrono::Utc;
+use chrono::{DateTime, SubsecRound, Utc};
 use tokio::sync::oneshot;
 
 use crate::changes::{ChangeSink, EventChange};
-use crate::domain::{
-    Command, DomainEvent, EventId, EventState, Membership, Rejection, UserId, decide, evolve,
-};
+use crate::domain::{Command, EventId, EventState, Membership, Rejection, decide, evolve};
 use crate::idempotency::{Answer, Given, IdempotencyKey, KeyMemory, Recalled};
 use crate::in_flight::{Flight, InFlight};
 use crate::journal::{AppendDone, AppendError, AppendReply, Appended, Fence, Journal, Submit};
@@ -204,6 +202,8 @@ pub struct EventActor {
     broken: bool,
     /// Stored-key lookups under way for refused commands.
     key_lookups: usize,
+    /// The timer for the earliest offer deadline, and that deadline.
+    deadline: Option<(DateTime<Utc>, SpawnHandle)>,
 }
 
 impl EventActor {
@@ -228,6 +228,7 @@ impl EventActor {
             last_active: Instant::now(),
             broken: false,
             key_lookups: 0,
+            deadline: None,
         }
     }
 
@@ -248,11 +249,69 @@ impl EventActor {
             command,
             idempotency,
             request_id,
-            span: caller,
+            span,
             reply,
             queued,
         } = msg;
         drop(queued);
+        // An offer whose hold ran out passes on before anything else is
+        // decided: nobody may accept it, nor be measured against it.
+        if !matches!(command, Command::ExpireOffers { .. })
+            && let Some(deadline) = self.state.as_ref().and_then(EventState::next_deadline)
+            && deadline <= command.at()
+        {
+            self.expire_offers(command.at(), ctx);
+        }
+        self.run(command, idempotency, request_id, span, reply, ctx);
+    }
+
+    /// The event's own clock: offers due by `at` pass on. Nobody waits for
+    /// the answer; a failed commit makes the actor leave, and the next
+    /// command (or the server's sweep of due offers) loads it again.
+    fn expire_offers(&mut self, at: DateTime<Utc>, ctx: &mut Context<Self>) {
+        let (reply, _unheard) = oneshot::channel();
+        self.run(
+            Command::ExpireOffers { at },
+            None,
+            None,
+            tracing::Span::none(),
+            reply,
+            ctx,
+        );
+    }
+
+    /// Keeps one timer, for the earliest offer deadline.
+    fn arm_deadline(&mut self, ctx: &mut Context<Self>) {
+        let next = self.state.as_ref().and_then(EventState::next_deadline);
+        if self.deadline.as_ref().map(|(at, _)| *at) == next {
+            return;
+        }
+        if let Some((_, timer)) = self.deadline.take() {
+            ctx.cancel_future(timer);
+        }
+        let Some(at) = next else { return };
+        let wait = (at - Utc::now()).to_std().unwrap_or_default();
+        let timer = ctx.run_later(wait, move |actor, ctx| {
+            actor.deadline = None;
+            if actor.broken || actor.retired.is_some() {
+                return;
+            }
+            // Not before the deadline, whatever the clock's grain.
+            let now = Utc::now().trunc_subsecs(6).max(at);
+            actor.expire_offers(now, ctx);
+        });
+        self.deadline = Some((at, timer));
+    }
+
+    fn run(
+        &mut self,
+        command: Command,
+        idempotency: Option<IdempotencyKey>,
+        request_id: Option<String>,
+        caller: tracing::Span,
+        reply: CommandReply,
+        ctx: &mut Context<Self>,
+    ) {
         // Lives until the command's append has committed (it travels with
         // the append and its flight), so the span covers the wait.
         let span = tracing::info_span!(
@@ -344,16 +403,17 @@ impl EventActor {
         let outcome = Outcome {
             changed: !facts.is_empty(),
             summary: EventSummary::from(&state),
-            membership: acting_user(&command).and_then(|u| state.membership(u)),
+            membership: command.member().and_then(|u| state.membership(u)),
         };
         self.facts_since_snapshot += facts.len() as u64;
-        let members = (state.active.len() + state.waitlist.len()) as u64;
+        let members = state.parties() as u64;
         let snapshot = (self.facts_since_snapshot >= self.settings.snapshot_every.max(members))
             .then(|| {
                 self.facts_since_snapshot = 0;
                 state.clone()
             });
         self.state = Some(state);
+        self.arm_deadline(ctx);
 
         if facts.is_empty() && idempotency.is_none() {
             return self.answer_after_in_flight(reply, Ok(Reply::Done(outcome)));
@@ -621,29 +681,22 @@ fn replay(given: &Given, fingerprint: &str) -> Result<Reply, CommandError> {
         .ok_or(CommandError::KeyReused)
 }
 
-fn acting_user(command: &Command) -> Option<UserId> {
-    match command {
-        Command::Join { user, .. } | Command::Leave { user, .. } => Some(*user),
-        _ => None,
-    }
-}
-
 /// One log line per business fact, after it is durable.
 fn log_facts(event_id: EventId, flight: &Flight<Caller>) {
     let request_id = flight.request_id.as_deref().unwrap_or("-");
     for fact in &flight.facts {
-        match fact {
-            DomainEvent::Joined { user, status, .. } => {
-                tracing::info!(target: "turnout::facts", %event_id, user_id = %user, ?status, request_id, "joined")
-            }
-            DomainEvent::Promoted { user, .. } => {
-                tracing::info!(target: "turnout::facts", %event_id, user_id = %user, request_id, "promoted")
-            }
-            DomainEvent::Left { user, .. } => {
-                tracing::info!(target: "turnout::facts", %event_id, user_id = %user, request_id, "left")
-            }
-            other => {
-                tracing::info!(target: "turnout::facts", %event_id, request_id, "{}", other.kind())
+        match fact.party() {
+            Some(party) => tracing::info!(
+                target: "turnout::facts",
+                %event_id,
+                user_id = %party.user,
+                seats = party.seats.get(),
+                request_id,
+                "{}",
+                fact.kind()
+            ),
+            None => {
+                tracing::info!(target: "turnout::facts", %event_id, request_id, "{}", fact.kind())
             }
         }
     }
@@ -661,7 +714,12 @@ impl Actor for EventActor {
             async move { store.load(id).await.and_then(|r| r.into_state()) }
                 .into_actor(self)
                 .map(|loaded, actor, ctx| match loaded {
-                    Ok(state) => actor.state = state,
+                    Ok(state) => {
+                        actor.state = state;
+                        // A deadline that passed while nobody held the
+                        // event fires at once.
+                        actor.arm_deadline(ctx);
+                    }
                     Err(error) => {
                         tracing::error!(event_id = %actor.id, %error, "could not rehydrate event");
                         actor.leave(ctx);
@@ -673,7 +731,9 @@ impl Actor for EventActor {
         ctx.run_interval(
             (idle / 4).max(Duration::from_millis(50)),
             move |actor, ctx| {
-                if actor.last_active.elapsed() >= idle {
+                // An actor holding offers keeps their timer: it stays.
+                let holds_offers = actor.state.as_ref().is_some_and(|s| !s.offers.is_empty());
+                if actor.last_active.elapsed() >= idle && !holds_offers {
                     tracing::debug!(event_id = %actor.id, "passivating idle event actor");
                     actor.stop_if_unwanted(ctx);
                 }
@@ -712,7 +772,8 @@ impl Handler<AppendDone> for EventActor {
 
 #[cfg(test)]
 /// A join by this user panics inside the actor: fault injection for tests.
-pub(crate) static PANIC_ON_JOIN_OF: std::sync::Mutex<Option<UserId>> = std::sync::Mutex::new(None);
+pub(crate) static PANIC_ON_JOIN_OF: std::sync::Mutex<Option<crate::domain::UserId>> =
+    std::sync::Mutex::new(None);
 
 #[cfg(test)]
 mod tests;

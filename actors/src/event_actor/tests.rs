@@ -9,7 +9,7 @@ use actix::prelude::*;
 use chrono::Utc;
 
 use super::*;
-use crate::domain::Capacity;
+use crate::domain::{Capacity, Seats, UserId, WaitlistPolicy};
 use crate::placement::ShardCount;
 use crate::shards::HeldShards;
 use crate::testing::{MemoryStore, event_details};
@@ -45,6 +45,7 @@ async fn open_event(registry: &EventRegistry, capacity: i64) -> (EventId, UserId
         owner,
         details,
         capacity: Capacity::parse(capacity).unwrap(),
+        policy: WaitlistPolicy::default(),
         at: Utc::now(),
     };
     registry.execute(id, create, None, None).await.unwrap();
@@ -74,6 +75,7 @@ async fn an_actor_for_an_id_that_names_no_event_leaves_at_once() {
                 let registry = registry.clone();
                 let join = Command::Join {
                     user: UserId::new(),
+                    seats: Seats::default(),
                     at: Utc::now(),
                 };
                 actix::spawn(async move { registry.execute(id, join, None, None).await })
@@ -102,6 +104,7 @@ async fn an_actor_for_an_id_that_names_no_event_leaves_at_once() {
     assert_eq!(registry.live_actors(), 1);
     let member = Command::Join {
         user: UserId::new(),
+        seats: Seats::default(),
         at: Utc::now(),
     };
     assert!(registry.execute(event, member, None, None).await.is_ok());
@@ -117,6 +120,7 @@ async fn a_panicking_actor_is_replaced_and_rehydrated() {
             event,
             Command::Join {
                 user: first,
+                seats: Seats::default(),
                 at: Utc::now(),
             },
             None,
@@ -132,6 +136,7 @@ async fn a_panicking_actor_is_replaced_and_rehydrated() {
             event,
             Command::Join {
                 user: doomed,
+                seats: Seats::default(),
                 at: Utc::now(),
             },
             None,
@@ -150,6 +155,7 @@ async fn a_panicking_actor_is_replaced_and_rehydrated() {
             event,
             Command::Join {
                 user: UserId::new(),
+                seats: Seats::default(),
                 at: Utc::now(),
             },
             None,
@@ -189,6 +195,7 @@ async fn a_refusal_waits_for_the_facts_it_rests_on() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let join = Command::Join {
         user: UserId::new(),
+        seats: Seats::default(),
         at: Utc::now(),
     };
     let refused = registry.execute(event, join, None, None).await;
@@ -215,6 +222,7 @@ async fn the_journal_groups_concurrent_appends_into_few_commits() {
                         event,
                         Command::Join {
                             user: UserId::new(),
+                            seats: Seats::default(),
                             at: Utc::now(),
                         },
                         None,
@@ -248,6 +256,7 @@ async fn an_actor_whose_lease_is_gone_answers_nothing_and_leaves() {
         owner,
         details: event_details(),
         capacity: Capacity::parse(5).unwrap(),
+        policy: WaitlistPolicy::default(),
         at: Utc::now(),
     };
     registry.execute(event, create, None, None).await.unwrap();

@@ -40,6 +40,7 @@ pub struct EventCard {
     pub tags: Vec<Tag>,
     pub lifecycle: Lifecycle,
     pub capacity: u32,
+    /// Seats taken: active, or held on offer.
     pub active: u32,
     pub waitlist: u32,
     /// When the catalog first saw it published: new events get explored.
@@ -132,7 +133,8 @@ impl From<&EventChange> for EventUpdate {
             tags: summary.details.tags.clone(),
             lifecycle: summary.lifecycle,
             capacity: summary.capacity.get() as u32,
-            active: summary.active_count as u32,
+            // Seats on offer are as good as taken for a newcomer.
+            active: (summary.active_count + summary.offered_count) as u32,
             waitlist: summary.waitlist_count as u32,
             version: summary.version,
             joined: change.joined().collect(),

@@ -55,7 +55,8 @@ impl<DB: Dialect> SqlStore<DB> {
 const CHUNK: usize = 500;
 
 const EVENT_COLUMNS: &str = "e.id, e.owner_id, e.venue_id, e.title, e.description, e.starts_at, \
-     e.ends_at, e.capacity, e.status, e.active_count, e.waitlist_count, e.version, e.created_at, \
+     e.ends_at, e.capacity, e.status, e.active_count, e.offered_count, e.waitlist_count, \
+     e.waitlist_mode, e.offer_hold_secs, e.max_party, e.waitlist_fill, e.version, e.created_at, \
      e.updated_at";
 
 /// Waitlist position of membership row `j`: its rank among the waiters.

@@ -90,11 +90,12 @@ macro_rules! impl_reads {
                 limit: i64,
             ) -> Result<Vec<MembershipRecord>, StoreError> {
                 let mut q = QueryBuilder::<$db>::new(
-                    "SELECT j.event_id, j.user_id, j.status, j.order_key, j.joined_at, \
-                     CAST(NULL AS BIGINT) AS position FROM joins j WHERE j.event_id = ",
+                    "SELECT j.event_id, j.user_id, j.status, j.order_key, j.seats, j.offer_expires_at, \
+                     j.joined_at, CAST(NULL AS BIGINT) AS position FROM joins j WHERE j.event_id = ",
                 );
-                q.push_bind(event.as_uuid()).push(" AND j.status IN ('active', 'waitlisted')");
-                const GROUP: &str = "(CASE WHEN j.status = 'active' THEN 0 ELSE 1 END)";
+                q.push_bind(event.as_uuid()).push(" AND j.status IN ('active', 'offered', 'waitlisted')");
+                const GROUP: &str =
+                    "(CASE j.status WHEN 'active' THEN 0 WHEN 'offered' THEN 1 ELSE 2 END)";
                 if let Some((group, order_key)) = after {
                     q.push(" AND (")
                         .push(GROUP)
@@ -137,10 +138,13 @@ macro_rules! impl_reads {
                 limit: i64,
             ) -> Result<Vec<(MembershipRecord, EventRecord)>, StoreError> {
                 let mut q = QueryBuilder::<$db>::new(
-                    "SELECT j.event_id, j.user_id, j.status, j.order_key, j.joined_at, ",
+                    "SELECT j.event_id, j.user_id, j.status, j.order_key, j.seats, j.offer_expires_at, \
+                     j.joined_at, ",
                 );
                 q.push(POSITION).push(" AS position FROM joins j WHERE j.user_id = ").push_bind(user.as_uuid());
-                q.push(" AND j.status <> 'left'");
+                // What the caller ended themselves is gone from their list;
+                // what ended for them (an expired offer, a cancelled event) stays.
+                q.push(" AND j.status NOT IN ('left', 'declined')");
                 if let Some((joined_at, event_id)) = before {
                     q.push(" AND (j.joined_at < ")
                         .push_bind(joined_at)
@@ -176,7 +180,8 @@ macro_rules! impl_reads {
 
             async fn current_joins_of(&self, user: UserId, limit: i64) -> Result<Vec<Uuid>, StoreError> {
                 let mut newest_first: Vec<(Uuid,)> = sqlx::query_as(
-                    "SELECT event_id FROM joins WHERE user_id = $1 AND status IN ('active', 'waitlisted') \
+                    "SELECT event_id FROM joins WHERE user_id = $1 \
+                     AND status IN ('active', 'offered', 'waitlisted') \
                      ORDER BY joined_at DESC, event_id DESC LIMIT $2",
                 )
                 .bind(user.as_uuid())
@@ -219,7 +224,7 @@ macro_rules! impl_reads {
             ) -> Result<Vec<(Uuid, Uuid, i64)>, StoreError> {
                 sqlx::query_as(
                     "SELECT j.user_id, j.event_id, j.joined_at FROM joins j JOIN events e ON e.id = j.event_id \
-                     WHERE e.starts_at >= $1 AND j.status IN ('active', 'waitlisted') \
+                     WHERE e.starts_at >= $1 AND j.status IN ('active', 'offered', 'waitlisted') \
                      ORDER BY j.joined_at, j.event_id",
                 )
                 .bind(micros(since))

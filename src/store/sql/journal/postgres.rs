@@ -200,7 +200,8 @@ impl SqlStore<Postgres> {
     fn push_events_upsert(q: &mut QueryBuilder<Postgres>, chunk: &[&EventSummary], now: i64) {
         q.push(
             "INSERT INTO events (id, owner_id, venue_id, title, description, starts_at, \
-             ends_at, capacity, status, active_count, waitlist_count, version, \
+             ends_at, capacity, status, active_count, offered_count, waitlist_count, \
+             waitlist_mode, offer_hold_secs, max_party, waitlist_fill, version, \
              created_at, updated_at) ",
         );
         q.push_values(chunk, |mut b, s| {
@@ -219,7 +220,12 @@ impl SqlStore<Postgres> {
                 .push_bind(i64::from(s.capacity))
                 .push_bind(s.lifecycle.as_str())
                 .push_bind(s.active_count as i64)
+                .push_bind(s.offered_count as i64)
                 .push_bind(s.waitlist_count as i64)
+                .push_bind(s.policy.mode.as_str())
+                .push_bind(i64::from(s.policy.offer_hold))
+                .push_bind(i64::from(s.policy.max_party))
+                .push_bind(s.policy.fill.as_str())
                 .push_bind(s.version as i64)
                 .push_bind(now)
                 .push_bind(now);
@@ -229,8 +235,10 @@ impl SqlStore<Postgres> {
              title = excluded.title, description = excluded.description, \
              starts_at = excluded.starts_at, ends_at = excluded.ends_at, \
              capacity = excluded.capacity, status = excluded.status, \
-             active_count = excluded.active_count, \
-             waitlist_count = excluded.waitlist_count, version = excluded.version, \
+             active_count = excluded.active_count, offered_count = excluded.offered_count, \
+             waitlist_count = excluded.waitlist_count, waitlist_mode = excluded.waitlist_mode, \
+             offer_hold_secs = excluded.offer_hold_secs, max_party = excluded.max_party, \
+             waitlist_fill = excluded.waitlist_fill, version = excluded.version, \
              updated_at = excluded.updated_at WHERE events.version <= excluded.version",
         );
     }
@@ -255,7 +263,7 @@ impl SqlStore<Postgres> {
             .push_bind(now)
             .push(" WHERE event_id = ")
             .push_bind(event.as_uuid())
-            .push(" AND status IN ('active', 'waitlisted')");
+            .push(" AND status IN ('active', 'waitlisted', 'offered')");
     }
 
     fn push_snapshots(q: &mut QueryBuilder<Postgres>, chunk: &[&EventState], now: i64) {
@@ -423,15 +431,30 @@ impl SqlStore<Postgres> {
         rows: &[MembershipRow],
     ) -> Result<(), sqlx::Error> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO joins (event_id, user_id, status, order_key, joined_at, updated_at) \
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::int8[], $6::int8[]){JOINS_UPSERT}"
+            "INSERT INTO joins (event_id, user_id, status, order_key, seats, offer_expires_at, \
+             joined_at, updated_at) SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], \
+             $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int8[]){JOINS_UPSERT}"
         )))
-        .bind(rows.iter().map(|r| r.event_id.as_uuid()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.event_id.as_uuid())
+                .collect::<Vec<_>>(),
+        )
         .bind(rows.iter().map(|r| r.user_id.as_uuid()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.order_key).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| i64::from(r.seats)).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.offer_expires_at.map(micros))
+                .collect::<Vec<_>>(),
+        )
         .bind(rows.iter().map(|r| micros(r.joined_at)).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| micros(r.updated_at)).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| micros(r.updated_at))
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut **tx)
         .await
         .map(drop)
@@ -499,4 +522,6 @@ impl SqlStore<Postgres> {
 /// The rows of one batch are distinct per (event, user), so an upsert never
 /// touches a row twice.
 const JOINS_UPSERT: &str = " ON CONFLICT (event_id, user_id) DO UPDATE SET status = excluded.status, \
-     order_key = excluded.order_key, joined_at = excluded.joined_at, updated_at = excluded.updated_at";
+     order_key = excluded.order_key, seats = excluded.seats, \
+     offer_expires_at = excluded.offer_expires_at, joined_at = excluded.joined_at, \
+     updated_at = excluded.updated_at";

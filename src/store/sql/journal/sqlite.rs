@@ -314,13 +314,18 @@ fn write_read_models(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> rusqlite:
     let now = batch.now;
     let mut upsert_event = tx.prepare_cached(
         "INSERT INTO events (id, owner_id, venue_id, title, description, starts_at, ends_at, \
-         capacity, status, active_count, waitlist_count, version, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13) \
+         capacity, status, active_count, offered_count, waitlist_count, waitlist_mode, \
+         offer_hold_secs, max_party, waitlist_fill, version, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
+         ?18, ?18) \
          ON CONFLICT (id) DO UPDATE SET venue_id = excluded.venue_id, \
          title = excluded.title, description = excluded.description, \
          starts_at = excluded.starts_at, ends_at = excluded.ends_at, \
          capacity = excluded.capacity, status = excluded.status, \
-         active_count = excluded.active_count, waitlist_count = excluded.waitlist_count, \
+         active_count = excluded.active_count, offered_count = excluded.offered_count, \
+         waitlist_count = excluded.waitlist_count, waitlist_mode = excluded.waitlist_mode, \
+         offer_hold_secs = excluded.offer_hold_secs, max_party = excluded.max_party, \
+         waitlist_fill = excluded.waitlist_fill, \
          version = excluded.version, updated_at = excluded.updated_at \
          WHERE events.version <= excluded.version",
     )?;
@@ -336,7 +341,12 @@ fn write_read_models(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> rusqlite:
             i64::from(s.capacity),
             s.lifecycle.as_str(),
             s.active_count as i64,
+            s.offered_count as i64,
             s.waitlist_count as i64,
+            s.policy.mode.as_str(),
+            i64::from(s.policy.offer_hold),
+            i64::from(s.policy.max_party),
+            s.policy.fill.as_str(),
             s.version as i64,
             now,
         ])?;
@@ -352,10 +362,11 @@ fn write_read_models(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> rusqlite:
     }
 
     let mut upsert_membership = tx.prepare_cached(
-        "INSERT INTO joins (event_id, user_id, status, order_key, joined_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+        "INSERT INTO joins (event_id, user_id, status, order_key, seats, offer_expires_at, \
+         joined_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
          ON CONFLICT (event_id, user_id) DO UPDATE SET status = excluded.status, \
-         order_key = excluded.order_key, joined_at = excluded.joined_at, \
+         order_key = excluded.order_key, seats = excluded.seats, \
+         offer_expires_at = excluded.offer_expires_at, joined_at = excluded.joined_at, \
          updated_at = excluded.updated_at",
     )?;
     for m in &batch.memberships {
@@ -364,6 +375,8 @@ fn write_read_models(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> rusqlite:
             m.user_id.as_uuid(),
             m.status.as_str(),
             m.order_key,
+            i64::from(m.seats),
+            m.offer_expires_at.map(micros),
             micros(m.joined_at),
             micros(m.updated_at),
         ])?;
@@ -371,7 +384,7 @@ fn write_read_models(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> rusqlite:
 
     let mut cancel = tx.prepare_cached(
         "UPDATE joins SET status = 'cancelled', updated_at = ?1 \
-         WHERE event_id = ?2 AND status IN ('active', 'waitlisted')",
+         WHERE event_id = ?2 AND status IN ('active', 'waitlisted', 'offered')",
     )?;
     for event in &batch.cancelled {
         cancel.execute(params![now, event])?;
