@@ -177,14 +177,14 @@ impl Application {
             settings.write_timeout(),
         )
         .context("cannot build the client nodes forward commands with")?;
-        let commands = Commands::new(
+        let commands = Arc::new(Commands::new(
             node.id,
             core.registry.clone(),
             held,
             directory,
             peers,
             core.events.clone(),
-        );
+        ));
         let mut background = Background::default();
         let drain = Drain::default();
         let shared = Shared {
@@ -437,7 +437,7 @@ async fn start_core(
 }
 
 /// The background work: the outbox relay and its consumer, the load of the
-/// event listing into memory, the purge of
+/// event listing into memory, the offer clock, the purge of
 /// expired idempotency keys, and the sweep of idle rate-limit and lockout
 /// entries.
 fn start_maintenance(
@@ -464,6 +464,12 @@ fn start_maintenance(
             background,
         )?;
     }
+    crate::offer_clock::start(
+        &settings.offers,
+        store.clone(),
+        shared.state.commands.clone(),
+        background,
+    );
     let purged = store.clone();
     background.spawn(
         "idempotency purge",

@@ -36,6 +36,7 @@ pub struct Settings {
     pub actors: ActorConfig,
     pub http: HttpSettings,
     pub idempotency: IdempotencySettings,
+    pub offers: OfferSettings,
     pub realtime: crate::realtime::RealtimeSettings,
     pub recommendations: crate::recommendations::RecommendationsConfig,
     pub outbox: crate::outbox::OutboxSettings,
@@ -191,6 +192,19 @@ pub struct TlsSettings {
 pub struct IdempotencySettings {
     pub ttl_hours: i64,
     pub purge_interval_secs: u64,
+}
+
+/// Waitlist offers: how the server keeps their deadlines.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OfferSettings {
+    /// How often the server looks for offers running out within the next
+    /// two sweeps, and wakes their events (after a restart or a shard
+    /// moving here, nobody else would): each event then keeps its own
+    /// deadline to the millisecond.
+    pub sweep_secs: u64,
+    /// How long before an offer runs out its holder is warned on the `me`
+    /// channel.
+    pub warn_before_secs: u64,
 }
 
 /// Values given on the command line; they win over everything else.

@@ -23,6 +23,7 @@ pub mod consumers;
 pub mod event_cache;
 pub mod fanout_link;
 pub mod http;
+pub mod offer_clock;
 pub mod outbox;
 pub mod realtime;
 pub mod recommendations;

@@ -79,6 +79,11 @@ impl Commands {
 
     /// The command's durable answer, from this node or the holder. Runs
     /// until answered: the caller bounds it with the write deadline.
+    /// Whether this node holds the event's shard now.
+    pub fn holds(&self, event: EventId) -> bool {
+        self.held.epoch(self.held.shard_of(event)).is_some()
+    }
+
     pub async fn execute(&self, forwarded: Forwarded) -> Answered {
         let shard = self.held.shard_of(forwarded.event);
         loop {

@@ -290,7 +290,6 @@ async fn answer_offer(
         Reply::Done(outcome) => (outcome.answer(), false),
         Reply::Replayed(given) => (given, true),
     };
-    metrics::counter!("turnout_offer_answers_total", "answer" => answer).increment(1);
     let mut response = HttpResponse::Ok();
     if replayed {
         response.insert_header(("Idempotent-Replayed", "true"));

@@ -66,7 +66,7 @@ pub struct AppState {
     /// This node of the cluster.
     pub node: crate::cluster::Node,
     /// Runs each command where its event's shard is held.
-    pub commands: crate::cluster::forward::Commands,
+    pub commands: Arc<crate::cluster::forward::Commands>,
     /// Whether the other nodes' live updates reach this one.
     pub fanout: crate::fanout_link::FanoutLink,
     /// `GET /v1/events/{id}` answers held in memory.

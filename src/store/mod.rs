@@ -265,6 +265,13 @@ pub trait EventReads: Send + Sync {
         limit: i64,
     ) -> Result<Vec<(MembershipRecord, EventRecord)>, StoreError>;
 
+    /// Events holding an offer that runs out by `by`, at most `limit`.
+    async fn events_with_offers_due(
+        &self,
+        by: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<EventId>, StoreError>;
+
     /// The events a user is in (active or waitlisted), the `limit` most
     /// recent joins, oldest first.
     async fn current_joins_of(&self, user: UserId, limit: i64) -> Result<Vec<Uuid>, StoreError>;

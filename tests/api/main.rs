@@ -18,6 +18,7 @@ mod fuzz;
 mod joins;
 mod kiosk;
 mod nodes;
+mod offers;
 mod ops;
 mod outage;
 mod outbox;

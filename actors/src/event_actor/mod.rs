@@ -17,7 +17,9 @@ use chrono::{DateTime, SubsecRound, Utc};
 use tokio::sync::oneshot;
 
 use crate::changes::{ChangeSink, EventChange};
-use crate::domain::{Command, EventId, EventState, Membership, Rejection, decide, evolve};
+use crate::domain::{
+    Command, DomainEvent, EventId, EventState, Membership, Rejection, decide, evolve,
+};
 use crate::idempotency::{Answer, Given, IdempotencyKey, KeyMemory, Recalled};
 use crate::in_flight::{Flight, InFlight};
 use crate::journal::{AppendDone, AppendError, AppendReply, Appended, Fence, Journal, Submit};
@@ -681,10 +683,21 @@ fn replay(given: &Given, fingerprint: &str) -> Result<Reply, CommandError> {
         .ok_or(CommandError::KeyReused)
 }
 
-/// One log line per business fact, after it is durable.
+/// One log line per business fact, after it is durable, and the offers
+/// counted.
 fn log_facts(event_id: EventId, flight: &Flight<Caller>) {
     let request_id = flight.request_id.as_deref().unwrap_or("-");
     for fact in &flight.facts {
+        let offer = match fact {
+            DomainEvent::Offered { .. } => Some("offered"),
+            DomainEvent::OfferAccepted { .. } => Some("accepted"),
+            DomainEvent::OfferDeclined { .. } => Some("declined"),
+            DomainEvent::OfferExpired { .. } => Some("expired"),
+            _ => None,
+        };
+        if let Some(outcome) = offer {
+            metrics::counter!("turnout_offers_total", "outcome" => outcome).increment(1);
+        }
         match fact.party() {
             Some(party) => tracing::info!(
                 target: "turnout::facts",

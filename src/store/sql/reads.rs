@@ -178,6 +178,23 @@ macro_rules! impl_reads {
                     .collect())
             }
 
+            async fn events_with_offers_due(
+                &self,
+                by: DateTime<Utc>,
+                limit: i64,
+            ) -> Result<Vec<EventId>, StoreError> {
+                let due: Vec<(Uuid,)> = sqlx::query_as(
+                    "SELECT DISTINCT event_id FROM joins \
+                     WHERE status = 'offered' AND offer_expires_at <= $1 LIMIT $2",
+                )
+                .bind(micros(by))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                Ok(due.into_iter().map(|(id,)| EventId::from(id)).collect())
+            }
+
             async fn current_joins_of(&self, user: UserId, limit: i64) -> Result<Vec<Uuid>, StoreError> {
                 let mut newest_first: Vec<(Uuid,)> = sqlx::query_as(
                     "SELECT event_id FROM joins WHERE user_id = $1 \

@@ -1,0 +1,59 @@
+//! Wakes the events whose waitlist offers run out soon. Each event actor
+//! keeps its own offers' deadlines (a timer, re-armed when it loads), and
+//! stays in memory while it holds one; but after a restart, or when a shard
+//! moves here, nothing would load it. This sweep does: every `sweep_secs`
+//! it asks the read model for events holding an offer due within the next
+//! two sweeps, and sends each one this node holds the event's own clock
+//! command, which loads it — a deadline already past is processed at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use turnout_actors::domain::Command;
+
+use crate::background::{Background, every};
+use crate::cluster::forward::{Commands, Forwarded};
+use crate::config::OfferSettings;
+use crate::store::Store;
+
+/// Events woken per sweep at most; the rest wait for the next.
+const BATCH: i64 = 1_000;
+
+pub fn start(
+    settings: &OfferSettings,
+    store: Arc<dyn Store>,
+    commands: Arc<Commands>,
+    background: &mut Background,
+) {
+    let period = Duration::from_secs(settings.sweep_secs.max(1));
+    let horizon = chrono::Duration::from_std(period * 2).unwrap_or(chrono::Duration::MAX);
+    background.spawn(
+        "offer clock",
+        every(period, background.shutdown(), move || {
+            let (store, commands) = (store.clone(), commands.clone());
+            async move {
+                let now = crate::http::now();
+                let due = match store.events_with_offers_due(now + horizon, BATCH).await {
+                    Ok(due) => due,
+                    Err(error) => {
+                        tracing::warn!(%error, "could not look for offers running out");
+                        return;
+                    }
+                };
+                for event in due.into_iter().filter(|e| commands.holds(*e)) {
+                    let woken = commands
+                        .execute(Forwarded {
+                            event,
+                            command: Command::ExpireOffers { at: now },
+                            idempotency: None,
+                            request_id: None,
+                        })
+                        .await;
+                    if let Err(error) = woken {
+                        tracing::warn!(%event, %error, "could not wake an event holding offers");
+                    }
+                }
+            }
+        }),
+    );
+}

@@ -1,0 +1,359 @@
+//! The grown-up waitlist over HTTP: parties, offers that pass on (declined,
+//! left, run out) until one is accepted, the views that count offered
+//! places, and an offer's deadline kept across a `kill -9`.
+
+use std::time::Duration;
+
+use reqwest::{Method, Response, StatusCode};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::{Backend, JWT_KEY, TestApp, User, assert_error, body, fresh_database, id_of};
+use crate::process::ServerProcess;
+
+/// A published event starting in a week, with these waitlist settings.
+async fn event_with(app: &TestApp, owner: &User, capacity: i64, settings: Value) -> Uuid {
+    let venue = app.venue(owner).await;
+    let mut request = json!({
+        "title": "Late jazz", "venue_id": venue,
+        "starts_at": chrono::Utc::now() + chrono::Duration::days(7),
+        "capacity": capacity,
+    });
+    request
+        .as_object_mut()
+        .unwrap()
+        .extend(settings.as_object().unwrap().clone());
+    let created = app
+        .as_user(owner, Method::POST, "/v1/events")
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let event = id_of(&body(created).await);
+    let published = app
+        .as_user(owner, Method::POST, &format!("/v1/events/{event}/publish"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), StatusCode::OK);
+    event
+}
+
+async fn answer_offer(app: &TestApp, user: &User, event: Uuid, answer: &str) -> Response {
+    app.as_user(
+        user,
+        Method::POST,
+        &format!("/v1/events/{event}/offer/{answer}"),
+    )
+    .send()
+    .await
+    .unwrap()
+}
+
+async fn join_party(app: &TestApp, user: &User, event: Uuid, seats: Value) -> Response {
+    app.as_user(user, Method::POST, &format!("/v1/events/{event}/join"))
+        .header("Idempotency-Key", Uuid::new_v4().to_string())
+        .json(&json!({ "seats": seats }))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The caller's membership of `event`, from their list of joins.
+async fn membership(app: &TestApp, user: &User, event: Uuid) -> Value {
+    let mine = body(
+        app.as_user(user, Method::GET, "/v1/me/joins")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    mine["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["event_id"] == event.to_string())
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+async fn an_offer_passes_on_until_someone_accepts_it(app: TestApp) {
+    let owner = app.register("owner@example.com").await;
+    let event = event_with(
+        &app,
+        &owner,
+        1,
+        json!({ "waitlist_mode": "offer", "offer_hold_secs": 600 }),
+    )
+    .await;
+    let [a, b, c, d, e] = [(); 5].map(|_| app.user());
+    for u in [&a, &b, &c, &d] {
+        app.join(u, event).await;
+    }
+    assert_error(
+        answer_offer(&app, &b, event, "accept").await,
+        StatusCode::CONFLICT,
+        "no_offer",
+    )
+    .await;
+
+    // A leave makes an offer to the first waiter, and holds the place.
+    let before = chrono::Utc::now();
+    assert_eq!(app.leave(&a, event).await.status(), StatusCode::OK);
+    let offered = membership(&app, &b, event).await;
+    assert_eq!(offered["status"], "offered");
+    let expires_at: chrono::DateTime<chrono::Utc> = offered["offer_expires_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(expires_at >= before + chrono::Duration::seconds(600));
+    assert!(expires_at <= chrono::Utc::now() + chrono::Duration::seconds(600));
+    let seen = app.event(event).await;
+    assert_eq!(
+        (
+            &seen["active_count"],
+            &seen["offered_seats"],
+            &seen["places_left"],
+            &seen["waitlist_mode"]
+        ),
+        (&json!(0), &json!(1), &json!(0), &json!("offer"))
+    );
+    let roster = app.attendees(&owner, event).await;
+    let statuses: Vec<(&str, &Value)> = roster
+        .iter()
+        .map(|m| (m["status"].as_str().unwrap(), &m["position"]))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("offered", &Value::Null),
+            ("waitlisted", &json!(1)),
+            ("waitlisted", &json!(2))
+        ]
+    );
+    let late = body(app.join(&e, event).await).await;
+    assert_eq!(
+        (&late["data"]["status"], &late["data"]["position"]),
+        (&json!("waitlisted"), &json!(3)),
+        "a held place is not free"
+    );
+
+    // Declined: the next waiter has it at once. A replay answers the same.
+    let declined = app
+        .as_user(
+            &b,
+            Method::POST,
+            &format!("/v1/events/{event}/offer/decline"),
+        )
+        .header("Idempotency-Key", "decline-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(declined.status(), StatusCode::OK);
+    assert_eq!(body(declined).await["data"]["status"], "declined");
+    let again = app
+        .as_user(
+            &b,
+            Method::POST,
+            &format!("/v1/events/{event}/offer/decline"),
+        )
+        .header("Idempotency-Key", "decline-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.headers()["Idempotent-Replayed"], "true");
+    assert_eq!(body(again).await["data"]["status"], "declined");
+    assert_eq!(membership(&app, &c, event).await["status"], "offered");
+
+    // Accepted: active; accepting again changes nothing; nobody else may.
+    let accepted = body(answer_offer(&app, &c, event, "accept").await).await;
+    assert_eq!(accepted["data"]["status"], "active");
+    let twice = answer_offer(&app, &c, event, "accept").await;
+    assert_eq!(twice.status(), StatusCode::OK);
+    assert_eq!(body(twice).await["data"]["status"], "active");
+    assert_error(
+        answer_offer(&app, &d, event, "accept").await,
+        StatusCode::CONFLICT,
+        "no_offer",
+    )
+    .await;
+    let seen = app.event(event).await;
+    assert_eq!(
+        (&seen["active_count"], &seen["offered_seats"]),
+        (&json!(1), &json!(0))
+    );
+
+    // Leaving with an offer in hand passes it on too.
+    app.leave(&c, event).await;
+    assert_eq!(membership(&app, &d, event).await["status"], "offered");
+    app.leave(&d, event).await;
+    assert_eq!(membership(&app, &e, event).await["status"], "offered");
+}
+
+async fn parties_take_seats_in_order(app: TestApp) {
+    let owner = app.register("owner@example.com").await;
+    let event = event_with(&app, &owner, 4, json!({ "max_party": 3 })).await;
+    let [a, b, c] = [(); 3].map(|_| app.user());
+
+    for (seats, status, code) in [
+        (
+            json!(4),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "party_too_large",
+        ),
+        (
+            json!(0),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            json!(21),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            json!("two"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+    ] {
+        assert_error(join_party(&app, &a, event, seats).await, status, code).await;
+    }
+    let junk = app
+        .as_user(&a, Method::POST, &format!("/v1/events/{event}/join"))
+        .header("Idempotency-Key", "junk")
+        .body("{seats")
+        .send()
+        .await
+        .unwrap();
+    assert_error(junk, StatusCode::BAD_REQUEST, "malformed_json").await;
+    assert_eq!(app.event(event).await["active_count"], 0, "nothing changed");
+
+    let joined = body(join_party(&app, &a, event, json!(3)).await).await;
+    assert_eq!(
+        (&joined["data"]["status"], &joined["data"]["seats"]),
+        (&json!("active"), &json!(3))
+    );
+    let waiting = body(join_party(&app, &b, event, json!(2)).await).await;
+    assert_eq!(waiting["data"]["status"], "waitlisted");
+    let behind = body(join_party(&app, &c, event, json!(1)).await).await;
+    assert_eq!(
+        behind["data"]["position"], 2,
+        "strict order: one place free, but a party waits ahead"
+    );
+
+    let first_fit = app
+        .as_user(&owner, Method::PATCH, &format!("/v1/events/{event}"))
+        .json(&json!({ "waitlist_fill": "first_fit" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first_fit.status(), StatusCode::OK);
+    let seen = body(first_fit).await["data"].clone();
+    assert_eq!(
+        (
+            &seen["waitlist_fill"],
+            &seen["active_count"],
+            &seen["waitlist_count"]
+        ),
+        (&json!("first_fit"), &json!(4), &json!(2)),
+        "the party of one behind took the place the party of two could not use"
+    );
+    assert_eq!(membership(&app, &c, event).await["status"], "active");
+
+    for (patch, code) in [
+        (json!({ "offer_hold_secs": 59 }), "validation_failed"),
+        (json!({ "max_party": 21 }), "validation_failed"),
+        (json!({ "waitlist_mode": "lottery" }), "validation_failed"),
+        (json!({ "capacity": 3 }), "capacity_below_active"),
+    ] {
+        let refused = app
+            .as_user(&owner, Method::PATCH, &format!("/v1/events/{event}"))
+            .json(&patch)
+            .send()
+            .await
+            .unwrap();
+        let status = refused.status();
+        assert!(status.is_client_error(), "{patch}: {status}");
+        assert_error(refused, status, code).await;
+    }
+}
+
+crate::on_both_backends!(
+    an_offer_passes_on_until_someone_accepts_it,
+    parties_take_seats_in_order,
+);
+
+/// An offer made before a `kill -9` still runs out on time after the
+/// restart: the deadline is in the event's state, the sweep wakes the
+/// event, and its timer passes the offer on.
+async fn an_offer_runs_out_on_time_across_a_kill_9(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(url) = fresh_database(backend, &dir).await else {
+        return;
+    };
+    let env = [("TURNOUT_OFFERS__SWEEP_SECS", "1")];
+    let mut server = ServerProcess::start(&url, dir.path(), &env).await;
+    let app = TestApp::attach(&server.address, JWT_KEY);
+    let owner = app.register("owner@example.com").await;
+    let event = event_with(
+        &app,
+        &owner,
+        1,
+        json!({ "waitlist_mode": "offer", "offer_hold_secs": 60 }),
+    )
+    .await;
+    let [a, b, c] = [(); 3].map(|_| app.user());
+    for u in [&a, &b, &c] {
+        app.join(u, event).await;
+    }
+    app.leave(&a, event).await;
+    let offered = membership(&app, &b, event).await;
+    assert_eq!(offered["status"], "offered");
+    let expires_at: chrono::DateTime<chrono::Utc> = offered["offer_expires_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().unwrap();
+    let restarted = ServerProcess::start(&url, dir.path(), &env).await;
+    let app = TestApp::attach(&restarted.address, JWT_KEY);
+
+    // Nothing touches the event: only its own clock can move the offer on.
+    let passed_on = loop {
+        let now = chrono::Utc::now();
+        let mine = membership(&app, &b, event).await;
+        if mine["status"] == "expired" {
+            break now;
+        }
+        assert_eq!(mine["status"], "offered", "{mine}");
+        assert!(
+            now < expires_at + chrono::Duration::seconds(5),
+            "the offer outlived its deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(passed_on >= expires_at, "never before the deadline");
+    assert_eq!(membership(&app, &c, event).await["status"], "offered");
+    let seen = app.event(event).await;
+    assert_eq!(
+        (&seen["offered_seats"], &seen["places_left"]),
+        (&json!(1), &json!(0))
+    );
+    drop(restarted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_an_offer_runs_out_on_time_across_a_kill_9() {
+    an_offer_runs_out_on_time_across_a_kill_9(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_offer_runs_out_on_time_across_a_kill_9() {
+    an_offer_runs_out_on_time_across_a_kill_9(Backend::Postgres).await;
+}
