@@ -39,6 +39,7 @@ fn in_offer_mode_a_freed_place_is_offered_to_the_first_waiter_and_held() {
             joined_at: t(3),
             seats: Seats::default(),
             expires_at: t(10 + HOLD),
+            because: Some(Freed::Left),
             at: t(10),
         }
     );

@@ -26,6 +26,7 @@ pub mod client_limits;
 pub mod drain;
 mod error;
 mod events;
+mod history;
 mod identity;
 mod internal;
 mod joins;
@@ -160,6 +161,7 @@ pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) 
                 .configure(venues::routes)
                 .configure(events::routes)
                 .configure(joins::routes)
+                .configure(history::routes)
                 .configure(recommendations::routes)
                 .configure(admin::routes)
                 .configure(ws::routes),

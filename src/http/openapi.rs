@@ -6,18 +6,19 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{accounts, admin, events, joins, ops, recommendations, venues, ws};
+use super::{accounts, admin, events, history, joins, ops, recommendations, venues, ws};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Turnout", version = "1", description = "Real-time event platform: events, joins with a FIFO waitlist, live counts. Every success body is `{\"data\": …}`; every error is `{\"error\": {code, message, request_id}}`."),
+    info(title = "Turnout", version = "1", description = "Real-time event platform: events, joins (alone or as a party) with a first-come-first-served waitlist that can hold freed places as offers, live counts. Every success body is `{\"data\": …}`; every error is `{\"error\": {code, message, request_id}}`."),
     paths(
         accounts::register, accounts::login, accounts::me, accounts::update_me,
         venues::create_venue, venues::get_venue, venues::update_venue,
         venues::list_organizers, venues::add_organizer, venues::remove_organizer,
         events::create_event, events::list_events, events::get_event, events::update_event,
         events::publish_event, events::cancel_event,
-        joins::join_event, joins::leave_event, joins::attendees, joins::my_joins,
+        joins::join_event, joins::leave_event, joins::accept_offer, joins::decline_offer,
+        joins::attendees, joins::my_joins, history::history,
         recommendations::recommendations,
         admin::stats, admin::dead_messages, admin::replay, admin::cluster,
         ws::upgrade,

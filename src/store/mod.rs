@@ -17,6 +17,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::types::Json;
+use turnout_actors::domain::StoredEvent;
 use turnout_actors::domain::{
     EventId, Lifecycle, MemberStatus, UserId, VenueId, WaitlistFill, WaitlistMode,
 };
@@ -264,6 +265,15 @@ pub trait EventReads: Send + Sync {
         before: Option<(i64, Uuid)>,
         limit: i64,
     ) -> Result<Vec<(MembershipRecord, EventRecord)>, StoreError>;
+
+    /// An event's facts after stream version `after`, oldest first, at most
+    /// `limit`: its history, from the log itself.
+    async fn history(
+        &self,
+        event: EventId,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, StoredEvent)>, StoreError>;
 
     /// Events holding an offer that runs out by `by`, at most `limit`.
     async fn events_with_offers_due(

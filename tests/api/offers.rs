@@ -191,6 +191,118 @@ async fn an_offer_passes_on_until_someone_accepts_it(app: TestApp) {
     assert_eq!(membership(&app, &d, event).await["status"], "offered");
     app.leave(&d, event).await;
     assert_eq!(membership(&app, &e, event).await["status"], "offered");
+
+    // The history tells it all, in order, page by page and as CSV.
+    let history = history_of(&app, &owner, event).await;
+    let told: Vec<(&str, Option<Uuid>)> = history
+        .iter()
+        .map(|h| {
+            let who = h["user_id"].as_str().map(|u| u.parse().unwrap());
+            (h["what"].as_str().unwrap(), who)
+        })
+        .collect();
+    assert_eq!(
+        told,
+        [
+            ("created", None),
+            ("published", None),
+            ("joined", Some(a.id)),
+            ("waitlisted", Some(b.id)),
+            ("waitlisted", Some(c.id)),
+            ("waitlisted", Some(d.id)),
+            ("left", Some(a.id)),
+            ("offered", Some(b.id)),
+            ("waitlisted", Some(e.id)),
+            ("declined", Some(b.id)),
+            ("offered", Some(c.id)),
+            ("accepted", Some(c.id)),
+            ("left", Some(c.id)),
+            ("offered", Some(d.id)),
+            ("left", Some(d.id)),
+            ("offered", Some(e.id)),
+        ]
+    );
+    assert_eq!(history[7]["why"], "first in line when a member left");
+    assert_eq!(
+        history[10]["why"],
+        "first in line when an offer was declined"
+    );
+    assert_eq!(history[7]["seats"], 1);
+    assert!(history[7]["offer_expires_at"].is_string());
+    let versions: Vec<i64> = history
+        .iter()
+        .map(|h| h["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(versions, (1..=16).collect::<Vec<_>>());
+
+    let csv = app
+        .as_user(
+            &owner,
+            Method::GET,
+            &format!("/v1/events/{event}/history?limit=100"),
+        )
+        .header("Accept", "text/csv")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.status(), StatusCode::OK);
+    assert!(
+        csv.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    let text = csv.text().await.unwrap();
+    let mut rows = text.lines();
+    assert_eq!(
+        rows.next(),
+        Some("version,at,what,user_id,seats,why,offer_expires_at,capacity")
+    );
+    let rows: Vec<Vec<&str>> = rows.map(|r| r.split(',').collect()).collect();
+    assert_eq!(rows.len(), 16);
+    assert_eq!(
+        (rows[7][2], rows[7][3]),
+        ("offered", b.id.to_string().as_str())
+    );
+
+    assert_error(
+        app.as_user(&b, Method::GET, &format!("/v1/events/{event}/history"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::FORBIDDEN,
+        "not_owner",
+    )
+    .await;
+}
+
+/// Every entry of an event's history, through pages of five.
+async fn history_of(app: &TestApp, owner: &User, event: Uuid) -> Vec<Value> {
+    let mut entries = Vec::new();
+    let mut path = format!("/v1/events/{event}/history?limit=5");
+    loop {
+        let page = app.as_user(owner, Method::GET, &path).send().await.unwrap();
+        assert_eq!(page.status(), StatusCode::OK);
+        let next = page
+            .headers()
+            .get("link")
+            .map(|l| l.to_str().unwrap().to_owned());
+        let page = body(page).await;
+        entries.extend(page["data"].as_array().unwrap().iter().cloned());
+        match (next, page["next_cursor"].as_str()) {
+            (Some(link), Some(cursor)) => {
+                assert!(link.contains(cursor), "{link}");
+                path = link
+                    .trim_start_matches('<')
+                    .split('>')
+                    .next()
+                    .unwrap()
+                    .to_owned();
+            }
+            (None, None) => return entries,
+            other => panic!("the Link header and next_cursor disagree: {other:?}"),
+        }
+    }
 }
 
 async fn parties_take_seats_in_order(app: TestApp) {

@@ -177,6 +177,7 @@ impl EventState {
         policy: WaitlistPolicy,
         free: usize,
         gone: Option<UserId>,
+        because: Freed,
         at: DateTime<Utc>,
     ) -> Vec<DomainEvent> {
         if self.lifecycle == Lifecycle::Cancelled
@@ -192,6 +193,7 @@ impl EventState {
                     user: w.user,
                     joined_at: w.joined_at,
                     seats: w.seats,
+                    because: Some(because),
                     at,
                 },
                 WaitlistMode::Offer => DomainEvent::Offered {
@@ -199,6 +201,7 @@ impl EventState {
                     joined_at: w.joined_at,
                     seats: w.seats,
                     expires_at: at + policy.offer_hold.duration(),
+                    because: Some(because),
                     at,
                 },
             })
@@ -416,6 +419,9 @@ pub enum DomainEvent {
         user: UserId,
         joined_at: DateTime<Utc>,
         seats: Seats,
+        /// Absent from facts written before it was recorded.
+        #[serde(default)]
+        because: Option<Freed>,
         at: DateTime<Utc>,
     },
     /// Free places are held for a waiting party until `expires_at`.
@@ -424,6 +430,7 @@ pub enum DomainEvent {
         joined_at: DateTime<Utc>,
         seats: Seats,
         expires_at: DateTime<Utc>,
+        because: Option<Freed>,
         at: DateTime<Utc>,
     },
     OfferAccepted {
@@ -558,6 +565,34 @@ impl DomainEvent {
     }
 }
 
+/// Why places came free for the waiting parties they were handed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Freed {
+    /// A member left (or gave up an offer by leaving).
+    Left,
+    /// A party waiting ahead left the waitlist.
+    WaitlistLeft,
+    OfferDeclined,
+    OfferExpired,
+    CapacityRaised,
+    /// The owner changed how the waitlist is served.
+    FillChanged,
+}
+
+impl Freed {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Freed::Left => "a member left",
+            Freed::WaitlistLeft => "a party waiting ahead left the waitlist",
+            Freed::OfferDeclined => "an offer was declined",
+            Freed::OfferExpired => "an offer ran out",
+            Freed::CapacityRaised => "the capacity was raised",
+            Freed::FillChanged => "the waitlist's order changed to first fit",
+        }
+    }
+}
+
 /// Who a membership fact is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Party {
@@ -669,14 +704,14 @@ pub fn decide(
         Command::Join { user, seats, at } => decide_join(state, *user, *seats, *at),
         Command::Leave { user, at } => {
             require_open(state, *at)?;
-            let (joined_at, seats, freed, gone) = if let Some(a) = state.active.get(user) {
-                (a.joined_at, a.seats, a.seats.get(), None)
+            let (joined_at, seats, freed, gone, because) = if let Some(a) = state.active.get(user) {
+                (a.joined_at, a.seats, a.seats.get(), None, Freed::Left)
             } else if let Some(o) = state.offers.get(user) {
-                (o.joined_at, o.seats, o.seats.get(), None)
+                (o.joined_at, o.seats, o.seats.get(), None, Freed::Left)
             } else if let Some((_, w)) = state.waitlist.find(*user) {
                 // A waiting party frees nothing, but it may have stood in
                 // the way of smaller parties behind it.
-                (w.joined_at, w.seats, 0, Some(*user))
+                (w.joined_at, w.seats, 0, Some(*user), Freed::WaitlistLeft)
             } else {
                 return Err(Rejection::NotMember);
             };
@@ -686,7 +721,13 @@ pub fn decide(
                 seats,
                 at: *at,
             }];
-            facts.extend(state.serve(state.policy, state.free_places() + freed, gone, *at));
+            facts.extend(state.serve(
+                state.policy,
+                state.free_places() + freed,
+                gone,
+                because,
+                *at,
+            ));
             Ok(facts)
         }
         Command::AcceptOffer { user, at } => {
@@ -716,7 +757,13 @@ pub fn decide(
                 seats: o.seats,
                 at: *at,
             }];
-            facts.extend(state.serve(state.policy, state.free_places() + o.seats.get(), None, *at));
+            facts.extend(state.serve(
+                state.policy,
+                state.free_places() + o.seats.get(),
+                None,
+                Freed::OfferDeclined,
+                *at,
+            ));
             Ok(facts)
         }
         Command::ExpireOffers { at } => {
@@ -732,7 +779,13 @@ pub fn decide(
                 })
                 .collect();
             if freed > 0 {
-                facts.extend(state.serve(state.policy, state.free_places() + freed, None, *at));
+                facts.extend(state.serve(
+                    state.policy,
+                    state.free_places() + freed,
+                    None,
+                    Freed::OfferExpired,
+                    *at,
+                ));
             }
             Ok(facts)
         }
@@ -780,7 +833,11 @@ fn decide_update(
     }
     if capacity != state.capacity || next_policy.fill != state.policy.fill {
         let free = capacity.get() - state.taken_places();
-        events.extend(state.serve(next_policy, free, None, at));
+        let because = match capacity > state.capacity {
+            true => Freed::CapacityRaised,
+            false => Freed::FillChanged,
+        };
+        events.extend(state.serve(next_policy, free, None, because, at));
     }
     Ok(events)
 }

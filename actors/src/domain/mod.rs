@@ -37,8 +37,8 @@ mod values;
 mod waitlist;
 
 pub use event::{
-    Command, DetailsPatch, DomainEvent, EventDetails, EventState, JoinedAs, Lifecycle, MAX_LEAD,
-    MemberStatus, Membership, Party, Rejection, ScheduleProblem, decide, evolve,
+    Command, DetailsPatch, DomainEvent, EventDetails, EventState, Freed, JoinedAs, Lifecycle,
+    MAX_LEAD, MemberStatus, Membership, Party, Rejection, ScheduleProblem, decide, evolve,
 };
 pub use geo::{GeoPoint, haversine_km};
 pub use places::{Attendee, Holders, Offer};

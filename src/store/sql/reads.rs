@@ -4,8 +4,9 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::types::Json;
 use sqlx::{Postgres, QueryBuilder, Sqlite};
-use turnout_actors::domain::{EventId, MemberStatus, UserId};
+use turnout_actors::domain::{EventId, MemberStatus, StoredEvent, UserId};
 use turnout_actors::store::StoreError;
 use uuid::Uuid;
 
@@ -175,6 +176,35 @@ macro_rules! impl_reads {
                 Ok(memberships
                     .into_iter()
                     .filter_map(|m| by_id.remove(&m.event_id).map(|e| (m, e)))
+                    .collect())
+            }
+
+            async fn history(
+                &self,
+                event: EventId,
+                after: i64,
+                limit: i64,
+            ) -> Result<Vec<(i64, StoredEvent)>, StoreError> {
+                let rows: Vec<(i64, String, i64, Json<serde_json::Value>)> = sqlx::query_as(
+                    "SELECT version, event_type, schema_version, payload FROM event_log \
+                     WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT $3",
+                )
+                .bind(event.as_uuid())
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(version, event_type, schema_version, Json(payload))| {
+                        let stored = StoredEvent {
+                            event_type,
+                            schema_version: schema_version as i32,
+                            payload,
+                        };
+                        (version, stored)
+                    })
                     .collect())
             }
 
