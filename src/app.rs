@@ -33,7 +33,7 @@ use crate::http::ops::MetricsAccess;
 use crate::http::rate_limit::RateLimits;
 use crate::http::ws::Realtime;
 use crate::http::{self, AppState, request_context};
-use crate::realtime::{ConnectionLimits, Hubs, LocalFanout, RedisFanout, Router};
+use crate::realtime::{ConnectionLimits, Hubs, LocalFanout, MeFeeds, RedisFanout, Router};
 use crate::recommendations::{StoreSource, load_catalog};
 use crate::store::{self, Store};
 
@@ -380,9 +380,14 @@ async fn start_core(
         (true, None) => Serving::Never,
     };
     let events = EventCache::new(settings.http.cached_events, serving);
+    let me = MeFeeds::new(
+        store.clone(),
+        Duration::from_secs(settings.offers.warn_before_secs),
+    );
     let router = Router::new(
         hubs.clone(),
         recommenders.clone(),
+        me.clone(),
         events.clone(),
         store.clone(),
     );
@@ -418,6 +423,7 @@ async fn start_core(
     );
     let realtime = Realtime {
         hubs,
+        me,
         recommenders: recommenders.clone(),
         limits: ConnectionLimits::new(
             settings.realtime.max_connections,

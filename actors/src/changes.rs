@@ -9,7 +9,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{DomainEvent, UserId};
+use crate::domain::{DomainEvent, UserId, WaitlistMove};
 use crate::store::EventSummary;
 
 /// One committed append of one event: the event after it and the facts
@@ -20,6 +20,11 @@ pub struct EventChange {
     pub summary: EventSummary,
     /// In the order they were decided.
     pub facts: Vec<DomainEvent>,
+    /// How the facts moved the waitlist, so that a waiting party can tell
+    /// its new place without asking. Absent from changes sent by a node
+    /// from before it was sent.
+    #[serde(default)]
+    pub moves: Vec<WaitlistMove>,
     pub committed_at: DateTime<Utc>,
 }
 

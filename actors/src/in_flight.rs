@@ -10,13 +10,15 @@
 
 use std::collections::BTreeMap;
 
-use crate::domain::DomainEvent;
+use crate::domain::{DomainEvent, WaitlistMove};
 use crate::idempotency::KeyId;
 
 /// One append and who waits on it.
 #[derive(Debug)]
 pub struct Flight<C> {
     pub facts: Vec<DomainEvent>,
+    /// How the facts move the waitlist (see [`crate::domain::waitlist_moves`]).
+    pub moves: Vec<WaitlistMove>,
     pub request_id: Option<String>,
     /// The command's span, ended when the flight settles.
     pub span: tracing::Span,
@@ -108,6 +110,7 @@ mod tests {
     fn flight(caller: &'static str) -> Flight<&'static str> {
         Flight {
             facts: Vec::new(),
+            moves: Vec::new(),
             request_id: None,
             span: tracing::Span::none(),
             callers: vec![caller],

@@ -473,6 +473,27 @@ proptest! {
             {
                 prop_assert!(before.waitlist.is_empty(), "a newcomer went ahead of a waiting party");
             }
+            // Each waiting party's new place follows from the moves alone.
+            let moves = waitlist_moves(&before, &facts);
+            for w in before.waitlist.iter() {
+                let mut place = Some(position[&w.user] as u32 + 1);
+                for m in &moves {
+                    place = place.and_then(|p| m.shift(p));
+                }
+                let now = match after.membership(w.user) {
+                    Some(Membership::Waitlisted { position, .. }) => Some(position as u32),
+                    _ => None,
+                };
+                if after.lifecycle != Lifecycle::Cancelled {
+                    prop_assert_eq!(place, now, "{:?} after {:?}", w.user, moves);
+                }
+            }
+            for m in &moves {
+                if let WaitlistMove::Entered { user, position } = m {
+                    let entered = matches!(after.membership(*user), Some(Membership::Waitlisted { position: p, .. }) if p as u32 == *position);
+                    prop_assert!(entered);
+                }
+            }
             // The clock: nothing due is left once it has run.
             if let Command::ExpireOffers { at } = command {
                 prop_assert!(after.offers.iter().all(|(_, o)| o.expires_at > at));

@@ -15,11 +15,14 @@ use super::rate_limit::RateLimits;
 use turnout_actors::recommend::Recommenders;
 
 use crate::auth::TokenKeys;
-use crate::realtime::{ConnectionLimits, Hubs, Inbound, RealtimeSettings, SendQueue, WsSession};
+use crate::realtime::{
+    Channels, ConnectionLimits, Hubs, Inbound, MeFeeds, RealtimeSettings, SendQueue, WsSession,
+};
 
 /// What the upgrade handler needs.
 pub struct Realtime {
     pub hubs: Hubs,
+    pub me: MeFeeds,
     pub recommenders: Recommenders,
     pub limits: Arc<ConnectionLimits>,
     pub settings: Arc<RealtimeSettings>,
@@ -84,8 +87,9 @@ pub async fn upgrade(
         .admit(ip)
         .ok_or(ApiError::Overloaded("too many connections; retry later"))?;
     let inbound = Inbound::new(body.into_inner(), realtime.settings.max_frame_bytes);
-    let (hubs, recommenders, settings, tokens) = (
+    let (hubs, me, recommenders, settings, tokens) = (
         realtime.hubs.clone(),
+        realtime.me.clone(),
         realtime.recommenders.clone(),
         Arc::clone(&realtime.settings),
         tokens.into_inner(),
@@ -97,7 +101,16 @@ pub async fn upgrade(
         permit,
     );
     ctx.add_stream(inbound);
-    ctx.run(WsSession::new(queue, hubs, recommenders, tokens, settings));
+    ctx.run(WsSession::new(
+        queue,
+        Channels {
+            hubs,
+            me,
+            recommenders,
+        },
+        tokens,
+        settings,
+    ));
     let response = handshake
         .message_body(BoxBody::new(socket))
         .map_err(|_| ApiError::Internal)?;

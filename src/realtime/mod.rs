@@ -14,6 +14,7 @@
 //! - `router`: hands each committed change to the hubs and the recommenders
 //!   (`LocalFanout` on one node, `redis_fanout` across nodes).
 //! - `redis_fanout`: cross-node fan-out through Redis pub/sub.
+//! - `me`: the `me` channel, each signed-in person's own places, live.
 //! - `session`: one actor per connection: frames, subscriptions, heartbeats.
 //! - `limits`: open connections, in total and per client address.
 //! - `inbound`: the client's frames, decoded and joined into messages.
@@ -25,6 +26,7 @@ mod hub;
 mod hubs;
 mod inbound;
 mod limits;
+mod me;
 mod projection;
 mod protocol;
 mod redis_fanout;
@@ -36,10 +38,11 @@ pub use channel::Channel;
 pub use hubs::Hubs;
 pub use inbound::Inbound;
 pub use limits::{ConnectionLimits, ConnectionPermit};
+pub use me::MeFeeds;
 pub use protocol::{ClientFrame, parse_client_frame};
 pub use redis_fanout::RedisFanout;
 pub use router::{LocalFanout, Router};
-pub use session::WsSession;
+pub use session::{Channels, WsSession};
 pub use socket::SendQueue;
 
 use serde::Deserialize;

@@ -287,6 +287,7 @@ mod tests {
             EventChange {
                 summary: EventSummary::from(self.state.as_ref().unwrap()),
                 facts,
+                moves: Vec::new(),
                 committed_at: Utc::now(),
             }
         }

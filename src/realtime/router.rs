@@ -1,6 +1,7 @@
 //! Where a committed change goes in this process — whether it was committed
 //! here or arrived from another node: to the event cache (reads), the
-//! channel hubs (live updates) and the recommenders (live lists).
+//! channel hubs (live updates), the `me` watchers and the recommenders
+//! (live lists).
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use turnout_actors::changes::{ChangeSink, EventChange};
 use turnout_actors::recommend::{EventUpdate, Recommenders};
 
 use super::hubs::Hubs;
+use super::me::MeFeeds;
 use crate::event_cache::EventCache;
 use crate::recommendations::load_catalog;
 use crate::store::Store;
@@ -16,6 +18,7 @@ use crate::store::Store;
 pub struct Router {
     pub hubs: Hubs,
     pub recommenders: Recommenders,
+    pub me: MeFeeds,
     events: EventCache,
     store: Arc<dyn Store>,
 }
@@ -24,12 +27,14 @@ impl Router {
     pub fn new(
         hubs: Hubs,
         recommenders: Recommenders,
+        me: MeFeeds,
         events: EventCache,
         store: Arc<dyn Store>,
     ) -> Self {
         Self {
             hubs,
             recommenders,
+            me,
             events,
             store,
         }
@@ -38,6 +43,7 @@ impl Router {
     pub fn route(&self, change: Arc<EventChange>) {
         self.events.changed(&change.summary);
         self.recommenders.apply(EventUpdate::from(&*change));
+        self.me.route(&change);
         self.hubs.route(change);
     }
 
@@ -47,6 +53,7 @@ impl Router {
     pub fn resync_all(&self) {
         self.events.forget_all();
         self.hubs.resync_all();
+        self.me.resync_all();
         let (store, recommenders) = (Arc::clone(&self.store), self.recommenders.clone());
         actix_web::rt::spawn(async move {
             match load_catalog(store.as_ref(), recommenders.settings()).await {

@@ -19,6 +19,7 @@ use super::channel::Channel;
 use super::hub::{ChannelHub, Subscribe, Subscribed, Unsubscribe};
 use super::hubs::{Hubs, NoHub};
 use super::inbound::{InboundError, Incoming};
+use super::me::{ME, MeFeeds, MeWatcher, StopWatching};
 use super::protocol::{self, ClientFrame, Position};
 use super::socket::{Frame, Overflowed, SendQueue};
 use crate::auth::TokenKeys;
@@ -39,6 +40,15 @@ enum Subscription {
     Hub(Addr<ChannelHub>),
     /// The caller's recommendations, served by their recommender actor.
     Recs(UserId),
+    /// The caller's own places.
+    Me(Addr<MeWatcher>),
+}
+
+/// Where a connection's channels are served from.
+pub struct Channels {
+    pub hubs: Hubs,
+    pub me: MeFeeds,
+    pub recommenders: Recommenders,
 }
 
 /// Writes a user's recommendation lists to one connection: the first as the
@@ -91,6 +101,7 @@ pub struct WsSession {
     id: u64,
     queue: SendQueue,
     hubs: Hubs,
+    me: MeFeeds,
     recommenders: Recommenders,
     tokens: Arc<TokenKeys>,
     settings: Arc<RealtimeSettings>,
@@ -108,16 +119,21 @@ pub struct WsSession {
 impl WsSession {
     pub fn new(
         queue: SendQueue,
-        hubs: Hubs,
-        recommenders: Recommenders,
+        channels: Channels,
         tokens: Arc<TokenKeys>,
         settings: Arc<RealtimeSettings>,
     ) -> Self {
         static IDS: AtomicU64 = AtomicU64::new(1);
+        let Channels {
+            hubs,
+            me,
+            recommenders,
+        } = channels;
         Self {
             id: IDS.fetch_add(1, Ordering::Relaxed),
             queue,
             hubs,
+            me,
             recommenders,
             tokens,
             subscriptions: HashMap::new(),
@@ -189,6 +205,7 @@ impl WsSession {
         match subscription {
             Subscription::Hub(hub) => hub.do_send(Unsubscribe { session: self.id }),
             Subscription::Recs(user) => self.recommenders.unsubscribe(user, self.id),
+            Subscription::Me(watcher) => watcher.do_send(StopWatching),
         }
     }
 
@@ -221,7 +238,7 @@ impl WsSession {
                 self.close(CLOSE_TOKEN_EXPIRED, "token expired", ctx)
             }
             ClientFrame::Subscribe { channel, since } => {
-                let parsed = if channel == RECS {
+                let parsed = if channel == RECS || channel == ME {
                     None
                 } else {
                     match Channel::parse(&channel) {
@@ -254,9 +271,15 @@ impl WsSession {
                         let Some(user) = self.user else {
                             return self.reply(protocol::error(
                                 "unauthorized",
-                                "send an auth frame before subscribing to recs",
+                                &format!("send an auth frame before subscribing to {channel}"),
                             ));
                         };
+                        if channel == ME {
+                            let watcher = self.me.watch(user, self.queue.clone(), since);
+                            self.subscriptions
+                                .insert(channel, Subscription::Me(watcher));
+                            return;
+                        }
                         let sink = RecsSink {
                             queue: self.queue.clone(),
                             since,

@@ -118,6 +118,14 @@ pub struct MembershipRecord {
     pub position: Option<i64>,
 }
 
+/// A live membership with the version of its event's read-model row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Place {
+    #[sqlx(flatten)]
+    pub membership: MembershipRecord,
+    pub version: i64,
+}
+
 /// Where an outbox row stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutboxStatus {
@@ -265,6 +273,11 @@ pub trait EventReads: Send + Sync {
         before: Option<(i64, Uuid)>,
         limit: i64,
     ) -> Result<Vec<(MembershipRecord, EventRecord)>, StoreError>;
+
+    /// A user's live places (active, offered, waitlisted), newest first, at
+    /// most `limit`, each with its event's version — read in one statement,
+    /// so the places are those of that version.
+    async fn places_of(&self, user: UserId, limit: i64) -> Result<Vec<Place>, StoreError>;
 
     /// An event's facts after stream version `after`, oldest first, at most
     /// `limit`: its history, from the log itself.

@@ -8,8 +8,11 @@ use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{Backend, JWT_KEY, TestApp, User, assert_error, body, fresh_database, id_of};
+use crate::helpers::{
+    Backend, JWT_KEY, TestApp, User, assert_error, body, fresh_database, id_of, spawn_app_with,
+};
 use crate::process::ServerProcess;
+use crate::realtime;
 
 /// A published event starting in a week, with these waitlist settings.
 async fn event_with(app: &TestApp, owner: &User, capacity: i64, settings: Value) -> Uuid {
@@ -392,6 +395,104 @@ async fn parties_take_seats_in_order(app: TestApp) {
         assert!(status.is_client_error(), "{patch}: {status}");
         assert_error(refused, status, code).await;
     }
+}
+
+/// The `me` channel follows one person's place: its position, the offer,
+/// the warning before the offer runs out, and the acceptance.
+async fn the_me_channel_follows_my_place(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |settings| {
+        settings.offers.warn_before_secs = 57;
+    })
+    .await
+    else {
+        return;
+    };
+    let owner = app.register("owner@example.com").await;
+    let event = event_with(
+        &app,
+        &owner,
+        1,
+        json!({ "waitlist_mode": "offer", "offer_hold_secs": 60 }),
+    )
+    .await;
+    let [a, b, me] = [(); 3].map(|_| app.user());
+    let mut socket = realtime::connect(&app).await;
+    let refused = realtime::subscribe(&mut socket, "me", None).await;
+    assert_eq!(refused["code"], "unauthorized", "{refused}");
+    realtime::send(&mut socket, json!({ "type": "auth", "token": me.token })).await;
+    assert_eq!(realtime::next(&mut socket).await["type"], "authenticated");
+    let snapshot = realtime::subscribe(&mut socket, "me", None).await;
+    assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+    assert_eq!(snapshot["data"]["places"], json!([]));
+
+    app.join(&a, event).await;
+    app.join(&b, event).await;
+    app.join(&me, event).await;
+    let update = realtime::next(&mut socket).await;
+    assert_eq!(update["data"]["reason"], "waitlisted", "{update}");
+    assert_eq!(update["data"]["place"]["position"], 2);
+    assert_eq!(update["offset"], 1);
+
+    app.leave(&b, event).await;
+    let moved = realtime::next(&mut socket).await;
+    assert_eq!(
+        (
+            &moved["data"]["reason"],
+            &moved["data"]["place"]["position"]
+        ),
+        (&json!("position"), &json!(1)),
+        "{moved}"
+    );
+
+    app.leave(&a, event).await;
+    let offered = realtime::next(&mut socket).await;
+    assert_eq!(offered["data"]["reason"], "offered", "{offered}");
+    assert_eq!(offered["data"]["place"]["status"], "offered");
+    let deadline = offered["data"]["place"]["offer_expires_at"].clone();
+    assert!(deadline.is_string());
+
+    // 60 s hold, warned 57 s before: about 3 s after the offer.
+    let warning = realtime::next(&mut socket).await;
+    assert_eq!(warning["data"]["reason"], "offer_expiring", "{warning}");
+    assert_eq!(warning["data"]["place"]["offer_expires_at"], deadline);
+
+    answer_offer(&app, &me, event, "accept").await;
+    let accepted = realtime::next(&mut socket).await;
+    assert_eq!(
+        (
+            &accepted["data"]["reason"],
+            &accepted["data"]["place"]["status"]
+        ),
+        (&json!("accepted"), &json!("active")),
+        "{accepted}"
+    );
+    assert_eq!(accepted["offset"], 5);
+
+    // A new subscription starts from the place as it stands.
+    let mut again = realtime::connect(&app).await;
+    realtime::send(&mut again, json!({ "type": "auth", "token": me.token })).await;
+    realtime::next(&mut again).await;
+    let snapshot = realtime::subscribe(&mut again, "me", None).await;
+    let places = snapshot["data"]["places"].as_array().unwrap();
+    assert_eq!(places.len(), 1);
+    assert_eq!(
+        (
+            &places[0]["event_id"],
+            &places[0]["status"],
+            &places[0]["seats"]
+        ),
+        (&json!(event), &json!("active"), &json!(1))
+    );
+}
+
+#[actix_web::test]
+async fn sqlite_the_me_channel_follows_my_place() {
+    the_me_channel_follows_my_place(Backend::Sqlite).await;
+}
+
+#[actix_web::test]
+async fn postgres_the_me_channel_follows_my_place() {
+    the_me_channel_follows_my_place(Backend::Postgres).await;
 }
 
 crate::on_both_backends!(

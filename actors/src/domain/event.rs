@@ -593,6 +593,67 @@ impl Freed {
     }
 }
 
+/// How a decision moves the waitlist, for those watching their place in
+/// it: a party entering it, or leaving it (served, or gone), each at its
+/// 1-based position as it stood when that fact applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "move", rename_all = "snake_case")]
+pub enum WaitlistMove {
+    Entered { user: UserId, position: u32 },
+    Vacated { user: UserId, position: u32 },
+}
+
+impl WaitlistMove {
+    /// Where a party waiting at `position` stands after this move (`None`:
+    /// it is the party that left).
+    pub fn shift(self, position: u32) -> Option<u32> {
+        match self {
+            WaitlistMove::Entered { .. } => Some(position),
+            WaitlistMove::Vacated { position: gone, .. } if gone < position => Some(position - 1),
+            WaitlistMove::Vacated { position: gone, .. } if gone == position => None,
+            WaitlistMove::Vacated { .. } => Some(position),
+        }
+    }
+}
+
+/// The waitlist moves `facts`, decided on `state`, make. (A cancellation
+/// ends every place at once and moves nobody.)
+pub fn waitlist_moves(state: &EventState, facts: &[DomainEvent]) -> Vec<WaitlistMove> {
+    // Positions in the list as it was, of the parties gone so far.
+    let mut gone: Vec<usize> = Vec::new();
+    let mut moves = Vec::new();
+    for fact in facts {
+        let Some(party) = fact.party() else { continue };
+        match fact {
+            DomainEvent::Joined {
+                status: JoinedAs::Waitlisted,
+                ..
+            } => {
+                let waiting = state.waitlist.len() - gone.len();
+                moves.push(WaitlistMove::Entered {
+                    user: party.user,
+                    position: (waiting + 1) as u32,
+                });
+            }
+            DomainEvent::Left { .. }
+            | DomainEvent::Promoted { .. }
+            | DomainEvent::Offered { .. } => {
+                let Some(was) = state.waitlist.position_of(party.user) else {
+                    continue;
+                };
+                let ahead_gone = gone.iter().filter(|g| **g < was).count();
+                gone.push(was);
+                moves.push(WaitlistMove::Vacated {
+                    user: party.user,
+                    position: (was - ahead_gone) as u32,
+                });
+            }
+            _ => {}
+        }
+    }
+    moves
+}
+
 /// Who a membership fact is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Party {

@@ -38,7 +38,8 @@ mod waitlist;
 
 pub use event::{
     Command, DetailsPatch, DomainEvent, EventDetails, EventState, Freed, JoinedAs, Lifecycle,
-    MAX_LEAD, MemberStatus, Membership, Party, Rejection, ScheduleProblem, decide, evolve,
+    MAX_LEAD, MemberStatus, Membership, Party, Rejection, ScheduleProblem, WaitlistMove, decide,
+    evolve, waitlist_moves,
 };
 pub use geo::{GeoPoint, haversine_km};
 pub use places::{Attendee, Holders, Offer};

@@ -88,6 +88,18 @@ impl Waitlist {
             .map(|i| (i + 1, &self.queue[i]))
     }
 
+    /// The 1-based position of a waiting party, searching from the front,
+    /// where the parties being served are.
+    pub fn position_of(&self, user: UserId) -> Option<usize> {
+        if !self.contains(user) {
+            return None;
+        }
+        self.queue
+            .iter()
+            .position(|w| w.user == user)
+            .map(|i| i + 1)
+    }
+
     pub fn push_back(&mut self, waiter: Waiter) {
         if self.members.insert(waiter.user) {
             self.seats += waiter.seats.get();

@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use crate::changes::{ChangeSink, EventChange};
 use crate::domain::{
     Command, DomainEvent, EventId, EventState, Membership, Rejection, decide, evolve,
+    waitlist_moves,
 };
 use crate::idempotency::{Answer, Given, IdempotencyKey, KeyMemory, Recalled};
 use crate::in_flight::{Flight, InFlight};
@@ -395,6 +396,10 @@ impl EventActor {
         };
 
         let base_version = self.state.as_ref().map_or(0, |s| s.version);
+        let moves = match &self.state {
+            Some(state) if !facts.is_empty() => waitlist_moves(state, &facts),
+            _ => Vec::new(),
+        };
         let state = self.state.take();
         let folded =
             std::panic::catch_unwind(AssertUnwindSafe(|| facts.iter().fold(state, evolve)));
@@ -457,6 +462,7 @@ impl EventActor {
         };
         self.in_flight.sent(Flight {
             facts,
+            moves,
             request_id,
             span,
             callers: vec![Caller {
@@ -496,6 +502,7 @@ impl EventActor {
                     self.changes.committed(Arc::new(EventChange {
                         summary: outcome.summary.clone(),
                         facts: flight.facts,
+                        moves: flight.moves,
                         committed_at: Utc::now(),
                     }));
                 }

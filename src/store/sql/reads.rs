@@ -11,7 +11,9 @@ use turnout_actors::store::StoreError;
 use uuid::Uuid;
 
 use super::{EVENT_COLUMNS, POSITION, SqlStore};
-use crate::store::{EventFilter, EventReads, EventRecord, MembershipRecord, micros, unavailable};
+use crate::store::{
+    EventFilter, EventReads, EventRecord, MembershipRecord, Place, micros, unavailable,
+};
 
 macro_rules! impl_reads {
     ($db:ty) => {
@@ -177,6 +179,21 @@ macro_rules! impl_reads {
                     .into_iter()
                     .filter_map(|m| by_id.remove(&m.event_id).map(|e| (m, e)))
                     .collect())
+            }
+
+            async fn places_of(&self, user: UserId, limit: i64) -> Result<Vec<Place>, StoreError> {
+                let mut q = QueryBuilder::<$db>::new(
+                    "SELECT j.event_id, j.user_id, j.status, j.order_key, j.seats, j.offer_expires_at, \
+                     j.joined_at, ",
+                );
+                q.push(POSITION)
+                    .push(" AS position, e.version FROM joins j JOIN events e ON e.id = j.event_id \
+                           WHERE j.user_id = ")
+                    .push_bind(user.as_uuid())
+                    .push(" AND j.status IN ('active', 'offered', 'waitlisted') \
+                           ORDER BY j.joined_at DESC, j.event_id DESC LIMIT ")
+                    .push_bind(limit);
+                q.build_query_as().fetch_all(&self.pool).await.map_err(unavailable)
             }
 
             async fn history(

@@ -1,0 +1,651 @@
+//! The `me` channel: a signed-in person's own places, live. After `auth`, a
+//! subscriber gets a snapshot of their live places (active, offered,
+//! waitlisted), then an update whenever one changes status, moves in a
+//! waitlist, is offered, or is about to run out (`warn_before_secs` ahead).
+//!
+//! - [`MyPlaces`] is the pure part: how a committed change moves one
+//!   person's places. A waiting place moves by the change's waitlist moves
+//!   (see [`turnout_actors::domain::waitlist_moves`]): nobody asks the
+//!   database where they stand after each change.
+//! - [`MeWatcher`] is one actor per subscription around it: it loads the
+//!   snapshot, writes the frames and keeps the warning timers.
+//! - [`MeFeeds`] routes each committed change to the watchers it concerns:
+//!   those of the people its facts name, and those waiting in its event.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use bytestring::ByteString;
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use serde::Serialize;
+use turnout_actors::changes::EventChange;
+use turnout_actors::domain::{DomainEvent, EventId, JoinedAs, MemberStatus, UserId, WaitlistMove};
+use uuid::Uuid;
+
+use super::protocol::{self, Position};
+use super::socket::{Frame, SendQueue};
+use crate::store::{Place, Store, from_micros};
+
+/// The channel's name.
+pub const ME: &str = "me";
+
+/// Places a snapshot holds at most: the most recent joins.
+const SNAPSHOT_LIMIT: i64 = 500;
+
+/// One of the person's places, as the channel shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MyPlace {
+    pub event_id: Uuid,
+    pub status: MemberStatus,
+    pub seats: usize,
+    /// 1-based, counting parties; only while waitlisted.
+    pub position: Option<u32>,
+    /// Only while offered.
+    pub offer_expires_at: Option<DateTime<Utc>>,
+    pub joined_at: DateTime<Utc>,
+    /// The event's version this place is as of.
+    #[serde(skip)]
+    pub version: u64,
+}
+
+impl From<Place> for MyPlace {
+    fn from(place: Place) -> Self {
+        let m = place.membership;
+        Self {
+            event_id: m.event_id,
+            status: m.status,
+            seats: m.seats as usize,
+            position: m.position.map(|p| p as u32),
+            offer_expires_at: m.offer_expires_at.map(from_micros),
+            joined_at: from_micros(m.joined_at),
+            version: place.version as u64,
+        }
+    }
+}
+
+/// Why an update was sent.
+pub type Reason = &'static str;
+
+/// One person's live places, moved by committed changes.
+#[derive(Debug, Default)]
+pub struct MyPlaces {
+    user: Option<UserId>,
+    by_event: HashMap<EventId, MyPlace>,
+}
+
+impl MyPlaces {
+    pub fn new(user: UserId, places: impl IntoIterator<Item = MyPlace>) -> Self {
+        Self {
+            user: Some(user),
+            by_event: places
+                .into_iter()
+                .map(|p| (EventId::from(p.event_id), p))
+                .collect(),
+        }
+    }
+
+    pub fn get(&self, event: EventId) -> Option<&MyPlace> {
+        self.by_event.get(&event)
+    }
+
+    /// Oldest join first.
+    pub fn all(&self) -> Vec<MyPlace> {
+        let mut places: Vec<MyPlace> = self.by_event.values().cloned().collect();
+        places.sort_by_key(|p| (p.joined_at, p.event_id));
+        places
+    }
+
+    /// The events where the person waits: others' moves there shift them.
+    pub fn waiting_in(&self) -> impl Iterator<Item = EventId> + '_ {
+        self.by_event
+            .iter()
+            .filter(|(_, p)| p.status == MemberStatus::Waitlisted)
+            .map(|(e, _)| *e)
+    }
+
+    /// Moves the places by a committed change; the updates to send, in
+    /// order. A change already reflected (an older version) moves nothing.
+    pub fn apply(&mut self, change: &EventChange) -> Vec<(Reason, MyPlace)> {
+        let event = change.summary.id;
+        let version = change.summary.version;
+        if self
+            .by_event
+            .get(&event)
+            .is_some_and(|p| p.version >= version)
+        {
+            return Vec::new();
+        }
+        let mut place = self.by_event.get(&event).cloned();
+        let mut updates: Vec<(Reason, MyPlace)> = Vec::new();
+        let mut named = false;
+        for fact in &change.facts {
+            if let DomainEvent::Cancelled { .. } = fact {
+                if let Some(p) = place.as_mut() {
+                    p.status = MemberStatus::Cancelled;
+                    p.position = None;
+                    p.offer_expires_at = None;
+                    p.version = version;
+                    updates.push(("cancelled", p.clone()));
+                }
+                continue;
+            }
+            let (Some(party), Some(status)) = (fact.party(), fact.member_status()) else {
+                continue;
+            };
+            if Some(party.user) != self.user {
+                continue;
+            }
+            named = true;
+            let position = change.moves.iter().find_map(|m| match *m {
+                WaitlistMove::Entered { user, position } if user == party.user => Some(position),
+                _ => None,
+            });
+            let now = MyPlace {
+                event_id: event.as_uuid(),
+                status,
+                seats: party.seats.get(),
+                position: (status == MemberStatus::Waitlisted)
+                    .then_some(position)
+                    .flatten(),
+                offer_expires_at: match fact {
+                    DomainEvent::Offered { expires_at, .. } => Some(*expires_at),
+                    _ => None,
+                },
+                joined_at: party.joined_at,
+                version,
+            };
+            updates.push((reason(fact), now.clone()));
+            place = Some(now);
+        }
+        if !named
+            && let Some(p) = place.as_mut()
+            && p.status == MemberStatus::Waitlisted
+            && let Some(before) = p.position
+        {
+            let after = change
+                .moves
+                .iter()
+                .try_fold(before, |at, m| m.shift(at))
+                .unwrap_or(before);
+            p.version = version;
+            if after != before {
+                p.position = Some(after);
+                updates.push(("position", p.clone()));
+            }
+        }
+        match place {
+            Some(p) if is_live(p.status) => {
+                self.by_event.insert(event, p);
+            }
+            _ => {
+                self.by_event.remove(&event);
+            }
+        }
+        updates
+    }
+
+    /// Takes a fresh read of the places; the ones it changed, as updates.
+    pub fn refresh(&mut self, fresh: Vec<MyPlace>) -> Vec<(Reason, MyPlace)> {
+        let mut updates = Vec::new();
+        for place in fresh {
+            let event = EventId::from(place.event_id);
+            let known = self.by_event.get(&event);
+            if known.is_some_and(|k| k.version >= place.version) {
+                continue;
+            }
+            if known.is_none_or(|k| *k != place) {
+                updates.push(("refreshed", place.clone()));
+            }
+            self.by_event.insert(event, place);
+        }
+        updates
+    }
+}
+
+fn is_live(status: MemberStatus) -> bool {
+    matches!(
+        status,
+        MemberStatus::Active | MemberStatus::Offered | MemberStatus::Waitlisted
+    )
+}
+
+fn reason(fact: &DomainEvent) -> Reason {
+    match fact {
+        DomainEvent::Joined {
+            status: JoinedAs::Waitlisted,
+            ..
+        } => "waitlisted",
+        DomainEvent::OfferAccepted { .. } => "accepted",
+        DomainEvent::OfferDeclined { .. } => "declined",
+        DomainEvent::OfferExpired { .. } => "expired",
+        other => other.kind(),
+    }
+}
+
+/// Routes committed changes to the `me` watchers they concern.
+#[derive(Clone)]
+pub struct MeFeeds(Arc<Inner>);
+
+struct Inner {
+    store: Arc<dyn Store>,
+    /// An offer's holder is warned this long before it runs out.
+    warn_before: chrono::Duration,
+    /// Each person's watchers: one per subscribed connection.
+    watchers: DashMap<UserId, HashSet<Addr<MeWatcher>>>,
+    /// The watchers of people waiting in each event.
+    waiting: DashMap<EventId, HashSet<Addr<MeWatcher>>>,
+}
+
+impl MeFeeds {
+    pub fn new(store: Arc<dyn Store>, warn_before: std::time::Duration) -> Self {
+        Self(Arc::new(Inner {
+            store,
+            warn_before: chrono::Duration::from_std(warn_before)
+                .unwrap_or(chrono::Duration::zero()),
+            watchers: DashMap::new(),
+            waiting: DashMap::new(),
+        }))
+    }
+
+    /// Starts a subscription's watcher, writing to `queue`.
+    pub fn watch(
+        &self,
+        user: UserId,
+        queue: SendQueue,
+        since: Option<Position>,
+    ) -> Addr<MeWatcher> {
+        MeWatcher {
+            user,
+            queue,
+            feeds: self.clone(),
+            places: MyPlaces::default(),
+            epoch: Uuid::new_v4().simple().to_string()[..8].to_owned(),
+            offset: 0,
+            since,
+            waiting_in: HashSet::new(),
+            warnings: HashMap::new(),
+        }
+        .start()
+    }
+
+    /// Hands a committed change to the watchers it may concern.
+    pub fn route(&self, change: &Arc<EventChange>) {
+        let mut to: HashSet<Addr<MeWatcher>> = HashSet::new();
+        if let Some(waiting) = self.0.waiting.get(&change.summary.id) {
+            to.extend(waiting.iter().cloned());
+        }
+        for user in change
+            .facts
+            .iter()
+            .filter_map(|f| f.party())
+            .map(|p| p.user)
+        {
+            if let Some(watchers) = self.0.watchers.get(&user) {
+                to.extend(watchers.iter().cloned());
+            }
+        }
+        for watcher in to {
+            watcher.do_send(MeChange(Arc::clone(change)));
+        }
+    }
+
+    /// Changes may have been missed: every watcher reads its places again.
+    pub fn resync_all(&self) {
+        for watchers in self.0.watchers.iter() {
+            for watcher in watchers.iter() {
+                watcher.do_send(Refresh);
+            }
+        }
+    }
+
+    fn set_waiting(&self, watcher: &Addr<MeWatcher>, event: EventId, waiting: bool) {
+        if waiting {
+            self.0
+                .waiting
+                .entry(event)
+                .or_default()
+                .insert(watcher.clone());
+        } else {
+            self.0
+                .waiting
+                .remove_if_mut(&event, |_, set| set.remove(watcher) && set.is_empty());
+        }
+    }
+}
+
+/// A committed change that may concern the watcher's person.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct MeChange(Arc<EventChange>);
+
+/// Read the places again (changes may have been missed).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Refresh;
+
+/// The subscription ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopWatching;
+
+/// One `me` subscription.
+pub struct MeWatcher {
+    user: UserId,
+    queue: SendQueue,
+    feeds: MeFeeds,
+    places: MyPlaces,
+    epoch: String,
+    offset: u64,
+    since: Option<Position>,
+    /// The events this watcher is registered as waiting in.
+    waiting_in: HashSet<EventId>,
+    /// The warning timer of each offer held, with its deadline.
+    warnings: HashMap<EventId, (DateTime<Utc>, SpawnHandle)>,
+}
+
+impl MeWatcher {
+    fn load(&self) -> impl Future<Output = Option<Vec<MyPlace>>> + 'static {
+        let (store, user) = (Arc::clone(&self.feeds.0.store), self.user);
+        async move {
+            match store.places_of(user, SNAPSHOT_LIMIT).await {
+                Ok(places) => Some(places.into_iter().map(MyPlace::from).collect()),
+                Err(error) => {
+                    tracing::warn!(%error, "could not load a person's places");
+                    None
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, text: String) {
+        self.queue.push(Frame {
+            text: ByteString::from(text),
+            committed_at: None,
+        });
+    }
+
+    fn send_updates(
+        &mut self,
+        updates: Vec<(Reason, MyPlace)>,
+        committed_at: Option<DateTime<Utc>>,
+        ctx: &mut Context<Self>,
+    ) {
+        for (reason, place) in updates {
+            self.offset += 1;
+            let text = protocol::update(
+                ME,
+                &self.epoch,
+                self.offset,
+                committed_at,
+                &Update {
+                    reason,
+                    place: &place,
+                },
+            );
+            self.send(text);
+        }
+        self.follow(ctx);
+    }
+
+    /// Registers where the person waits, and keeps one warning timer per
+    /// offer held.
+    fn follow(&mut self, ctx: &mut Context<Self>) {
+        let me = ctx.address();
+        let waiting: HashSet<EventId> = self.places.waiting_in().collect();
+        for gone in self.waiting_in.difference(&waiting) {
+            self.feeds.set_waiting(&me, *gone, false);
+        }
+        for new in waiting.difference(&self.waiting_in) {
+            self.feeds.set_waiting(&me, *new, true);
+        }
+        self.waiting_in = waiting;
+
+        let offers: HashMap<EventId, DateTime<Utc>> = self
+            .places
+            .all()
+            .into_iter()
+            .filter_map(|p| Some((EventId::from(p.event_id), p.offer_expires_at?)))
+            .collect();
+        self.warnings.retain(|event, (deadline, timer)| {
+            let kept = offers.get(event) == Some(deadline);
+            if !kept {
+                ctx.cancel_future(*timer);
+            }
+            kept
+        });
+        for (event, deadline) in offers {
+            if self.warnings.contains_key(&event) {
+                continue;
+            }
+            let Ok(wait) = (deadline - self.feeds.0.warn_before - Utc::now()).to_std() else {
+                // Already inside the warning window: the offer itself said when.
+                continue;
+            };
+            let timer = ctx.run_later(wait, move |watcher, ctx| {
+                watcher.warnings.remove(&event);
+                if let Some(place) = watcher.places.get(event).cloned()
+                    && place.offer_expires_at == Some(deadline)
+                {
+                    watcher.send_updates(vec![("offer_expiring", place)], None, ctx);
+                }
+            });
+            self.warnings.insert(event, (deadline, timer));
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Snapshot<'a> {
+    places: &'a [MyPlace],
+}
+
+#[derive(Serialize)]
+struct Update<'a> {
+    reason: Reason,
+    place: &'a MyPlace,
+}
+
+impl Actor for MeWatcher {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.feeds
+            .0
+            .watchers
+            .entry(self.user)
+            .or_default()
+            .insert(ctx.address());
+        // Registered first, then read: a change committed meanwhile is
+        // either in the read or arrives after it (and older ones are
+        // recognised by their version).
+        ctx.wait(self.load().into_actor(self).map(|loaded, watcher, ctx| {
+            let places = loaded.unwrap_or_default();
+            watcher.places = MyPlaces::new(watcher.user, places);
+            let all = watcher.places.all();
+            // The channel keeps no history: a resume gets a snapshot.
+            let recovered = watcher.since.take().map(|_| false);
+            let text = protocol::snapshot(
+                ME,
+                &watcher.epoch,
+                watcher.offset,
+                recovered,
+                &Snapshot { places: &all },
+            );
+            watcher.send(text);
+            watcher.follow(ctx);
+            // A change to an event the person waits in, committed between
+            // the read and registering as waiting there, reached nobody:
+            // one more read settles it.
+            ctx.notify(Refresh);
+        }));
+    }
+
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        let me = ctx.address();
+        for event in self.waiting_in.drain() {
+            self.feeds.set_waiting(&me, event, false);
+        }
+        self.feeds
+            .0
+            .watchers
+            .remove_if_mut(&self.user, |_, set| set.remove(&me) && set.is_empty());
+    }
+}
+
+impl Handler<MeChange> for MeWatcher {
+    type Result = ();
+
+    fn handle(&mut self, MeChange(change): MeChange, ctx: &mut Self::Context) {
+        let updates = self.places.apply(&change);
+        if !updates.is_empty() {
+            self.send_updates(updates, Some(change.committed_at), ctx);
+        }
+    }
+}
+
+impl Handler<Refresh> for MeWatcher {
+    type Result = ();
+
+    fn handle(&mut self, _: Refresh, ctx: &mut Self::Context) {
+        ctx.wait(self.load().into_actor(self).map(|loaded, watcher, ctx| {
+            if let Some(fresh) = loaded {
+                let updates = watcher.places.refresh(fresh);
+                watcher.send_updates(updates, None, ctx);
+            }
+        }));
+    }
+}
+
+impl Handler<StopWatching> for MeWatcher {
+    type Result = ();
+
+    fn handle(&mut self, _: StopWatching, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use turnout_actors::domain::{
+        Capacity, Command, EventDetails, EventState, Seats, Title, VenueId, WaitlistMode,
+        WaitlistPolicy, decide, evolve, waitlist_moves,
+    };
+    use turnout_actors::store::EventSummary;
+
+    use super::*;
+
+    /// An event of capacity 1 in offer mode, and the changes commands make.
+    struct Event {
+        state: Option<EventState>,
+    }
+
+    impl Event {
+        fn new() -> Self {
+            let mut event = Self { state: None };
+            let owner = UserId::new();
+            event.run(Command::Create {
+                id: EventId::new(),
+                owner,
+                details: EventDetails {
+                    title: Title::parse("Quiz").unwrap(),
+                    description: None,
+                    venue_id: VenueId::new(),
+                    starts_at: Utc::now() + chrono::Duration::days(1),
+                    ends_at: None,
+                    tags: vec![],
+                },
+                capacity: Capacity::parse(1).unwrap(),
+                policy: WaitlistPolicy {
+                    mode: WaitlistMode::Offer,
+                    ..WaitlistPolicy::default()
+                },
+                at: Utc::now(),
+            });
+            event.run(Command::Publish {
+                by: owner,
+                at: Utc::now(),
+            });
+            event
+        }
+
+        fn run(&mut self, command: Command) -> EventChange {
+            let facts = decide(self.state.as_ref(), &command).unwrap();
+            let moves = self
+                .state
+                .as_ref()
+                .map(|s| waitlist_moves(s, &facts))
+                .unwrap_or_default();
+            self.state = facts.iter().fold(self.state.take(), evolve);
+            EventChange {
+                summary: EventSummary::from(self.state.as_ref().unwrap()),
+                facts,
+                moves,
+                committed_at: Utc::now(),
+            }
+        }
+
+        fn join(&mut self, user: UserId) -> EventChange {
+            self.run(Command::Join {
+                user,
+                seats: Seats::default(),
+                at: Utc::now(),
+            })
+        }
+
+        fn leave(&mut self, user: UserId) -> EventChange {
+            self.run(Command::Leave {
+                user,
+                at: Utc::now(),
+            })
+        }
+    }
+
+    #[test]
+    fn a_waiting_place_moves_up_as_those_ahead_leave_and_is_then_offered() {
+        let (a, b, c, me) = (UserId::new(), UserId::new(), UserId::new(), UserId::new());
+        let mut event = Event::new();
+        let mut mine = MyPlaces::new(me, []);
+        for u in [a, b, c] {
+            assert!(mine.apply(&event.join(u)).is_empty(), "not about me");
+        }
+        let joined = mine.apply(&event.join(me));
+        assert_eq!(joined.len(), 1);
+        assert_eq!(joined[0].0, "waitlisted");
+        assert_eq!(joined[0].1.position, Some(3));
+
+        let moved = mine.apply(&event.leave(c));
+        assert_eq!(
+            (moved[0].0, moved[0].1.position),
+            ("position", Some(2)),
+            "someone ahead left"
+        );
+        let offered_to_b = event.leave(a);
+        let moved = mine.apply(&offered_to_b);
+        assert_eq!((moved[0].0, moved[0].1.position), ("position", Some(1)));
+        assert!(
+            mine.apply(&offered_to_b).is_empty(),
+            "a change seen before moves nothing"
+        );
+
+        let offered = mine.apply(&event.leave(b));
+        assert_eq!(offered[0].0, "offered");
+        assert_eq!(offered[0].1.status, MemberStatus::Offered);
+        assert!(offered[0].1.offer_expires_at.is_some());
+        assert_eq!(offered[0].1.position, None);
+        assert_eq!(mine.waiting_in().count(), 0);
+    }
+
+    #[test]
+    fn a_place_that_ends_leaves_the_list() {
+        let me = UserId::new();
+        let mut event = Event::new();
+        let mut mine = MyPlaces::new(me, []);
+        mine.apply(&event.join(me));
+        assert_eq!(mine.all().len(), 1);
+        let left = mine.apply(&event.leave(me));
+        assert_eq!(left[0].0, "left");
+        assert!(mine.all().is_empty());
+    }
+}
