@@ -52,7 +52,8 @@ async fn the_kiosk_page_updates_live_in_a_real_browser() {
     page.wait_for("document.getElementById('venue').textContent", "Blue Room")
         .await;
 
-    app.join(&app.user(), event).await;
+    let first_in = app.user();
+    app.join(&first_in, event).await;
     page.wait_for(&places, "4 places left").await;
 
     // A new event appears in order, without a reload.
@@ -69,6 +70,22 @@ async fn the_kiosk_page_updates_live_in_a_real_browser() {
     let earlier_places =
         format!("document.querySelector('[data-event-id=\"{earlier}\"] .places').textContent");
     page.wait_for(&earlier_places, "Full · waitlist 1").await;
+
+    // A place held for a waiting party shows as on offer.
+    let offering = app
+        .as_user(&owner, Method::PATCH, &format!("/v1/events/{event}"))
+        .json(&json!({ "waitlist_mode": "offer", "capacity": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(offering.status(), 200);
+    let waiting = body(app.join(&app.user(), event).await).await;
+    assert_eq!(
+        waiting["data"]["status"], "waitlisted",
+        "the one place is taken"
+    );
+    app.leave(&first_in, event).await;
+    page.wait_for(&places, "Full · 1 place on offer").await;
 
     // All of the above ran under the page's Content-Security-Policy.
     let served = app

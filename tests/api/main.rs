@@ -17,6 +17,7 @@ mod fleet;
 mod fuzz;
 mod joins;
 mod kiosk;
+mod migrations;
 mod nodes;
 mod offers;
 mod ops;
