@@ -536,6 +536,14 @@ async fn an_offer_runs_out_on_time_across_a_kill_9(backend: Backend) {
     server.child.wait().unwrap();
     let restarted = ServerProcess::start(&url, dir.path(), &env).await;
     let app = TestApp::attach(&restarted.address, JWT_KEY);
+    let mut socket = realtime::connect(&app).await;
+    realtime::send(&mut socket, json!({ "type": "auth", "token": b.token })).await;
+    realtime::next(&mut socket).await;
+    let snapshot = realtime::subscribe(&mut socket, "me", None).await;
+    assert_eq!(
+        snapshot["data"]["places"][0]["status"], "offered",
+        "{snapshot}"
+    );
 
     // Nothing touches the event: only its own clock can move the offer on.
     let passed_on = loop {
@@ -549,9 +557,25 @@ async fn an_offer_runs_out_on_time_across_a_kill_9(backend: Backend) {
             now < expires_at + chrono::Duration::seconds(5),
             "the offer outlived its deadline"
         );
+        // The socket waits unread: a ping keeps it from timing out.
+        realtime::send(&mut socket, json!({ "type": "ping" })).await;
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     assert!(passed_on >= expires_at, "never before the deadline");
+    let expired = loop {
+        let frame = realtime::next(&mut socket).await;
+        if frame["type"] != "pong" {
+            break frame;
+        }
+    };
+    assert_eq!(
+        (
+            &expired["data"]["reason"],
+            &expired["data"]["place"]["status"]
+        ),
+        (&json!("expired"), &json!("expired")),
+        "the me channel tells the holder: {expired}"
+    );
     assert_eq!(membership(&app, &c, event).await["status"], "offered");
     let seen = app.event(event).await;
     assert_eq!(
