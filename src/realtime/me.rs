@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix::prelude::*;
 use bytestring::ByteString;
@@ -232,10 +233,10 @@ struct Inner {
     store: Arc<dyn Store>,
     /// An offer's holder is warned this long before it runs out.
     warn_before: chrono::Duration,
-    /// Each person's watchers: one per subscribed connection.
-    watchers: DashMap<UserId, HashSet<Addr<MeWatcher>>>,
-    /// The watchers of people waiting in each event.
-    waiting: DashMap<EventId, HashSet<Addr<MeWatcher>>>,
+    /// Each person's watchers (one per subscribed connection), by id.
+    watchers: DashMap<UserId, HashMap<u64, Addr<MeWatcher>>>,
+    /// The watchers of people waiting in each event, by id.
+    waiting: DashMap<EventId, HashMap<u64, Addr<MeWatcher>>>,
 }
 
 impl MeFeeds {
@@ -256,7 +257,9 @@ impl MeFeeds {
         queue: SendQueue,
         since: Option<Position>,
     ) -> Addr<MeWatcher> {
+        static IDS: AtomicU64 = AtomicU64::new(1);
         MeWatcher {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             user,
             queue,
             feeds: self.clone(),
@@ -272,9 +275,9 @@ impl MeFeeds {
 
     /// Hands a committed change to the watchers it may concern.
     pub fn route(&self, change: &Arc<EventChange>) {
-        let mut to: HashSet<Addr<MeWatcher>> = HashSet::new();
+        let mut to: HashMap<u64, Addr<MeWatcher>> = HashMap::new();
         if let Some(waiting) = self.0.waiting.get(&change.summary.id) {
-            to.extend(waiting.iter().cloned());
+            to.extend(waiting.iter().map(|(id, w)| (*id, w.clone())));
         }
         for user in change
             .facts
@@ -283,10 +286,10 @@ impl MeFeeds {
             .map(|p| p.user)
         {
             if let Some(watchers) = self.0.watchers.get(&user) {
-                to.extend(watchers.iter().cloned());
+                to.extend(watchers.iter().map(|(id, w)| (*id, w.clone())));
             }
         }
-        for watcher in to {
+        for watcher in to.into_values() {
             watcher.do_send(MeChange(Arc::clone(change)));
         }
     }
@@ -294,23 +297,24 @@ impl MeFeeds {
     /// Changes may have been missed: every watcher reads its places again.
     pub fn resync_all(&self) {
         for watchers in self.0.watchers.iter() {
-            for watcher in watchers.iter() {
+            for watcher in watchers.values() {
                 watcher.do_send(Refresh);
             }
         }
     }
 
-    fn set_waiting(&self, watcher: &Addr<MeWatcher>, event: EventId, waiting: bool) {
+    fn set_waiting(&self, (id, watcher): (u64, &Addr<MeWatcher>), event: EventId, waiting: bool) {
         if waiting {
             self.0
                 .waiting
                 .entry(event)
                 .or_default()
-                .insert(watcher.clone());
+                .insert(id, watcher.clone());
         } else {
-            self.0
-                .waiting
-                .remove_if_mut(&event, |_, set| set.remove(watcher) && set.is_empty());
+            self.0.waiting.remove_if_mut(&event, |_, by_id| {
+                by_id.remove(&id);
+                by_id.is_empty()
+            });
         }
     }
 }
@@ -332,6 +336,7 @@ pub struct StopWatching;
 
 /// One `me` subscription.
 pub struct MeWatcher {
+    id: u64,
     user: UserId,
     queue: SendQueue,
     feeds: MeFeeds,
@@ -395,10 +400,10 @@ impl MeWatcher {
         let me = ctx.address();
         let waiting: HashSet<EventId> = self.places.waiting_in().collect();
         for gone in self.waiting_in.difference(&waiting) {
-            self.feeds.set_waiting(&me, *gone, false);
+            self.feeds.set_waiting((self.id, &me), *gone, false);
         }
         for new in waiting.difference(&self.waiting_in) {
-            self.feeds.set_waiting(&me, *new, true);
+            self.feeds.set_waiting((self.id, &me), *new, true);
         }
         self.waiting_in = waiting;
 
@@ -456,7 +461,7 @@ impl Actor for MeWatcher {
             .watchers
             .entry(self.user)
             .or_default()
-            .insert(ctx.address());
+            .insert(self.id, ctx.address());
         // Registered first, then read: a change committed meanwhile is
         // either in the read or arrives after it (and older ones are
         // recognised by their version).
@@ -484,13 +489,14 @@ impl Actor for MeWatcher {
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
         let me = ctx.address();
-        for event in self.waiting_in.drain() {
-            self.feeds.set_waiting(&me, event, false);
+        for event in std::mem::take(&mut self.waiting_in) {
+            self.feeds.set_waiting((self.id, &me), event, false);
         }
-        self.feeds
-            .0
-            .watchers
-            .remove_if_mut(&self.user, |_, set| set.remove(&me) && set.is_empty());
+        let id = self.id;
+        self.feeds.0.watchers.remove_if_mut(&self.user, |_, by_id| {
+            by_id.remove(&id);
+            by_id.is_empty()
+        });
     }
 }
 
