@@ -86,8 +86,8 @@ impl Api {
         *outcomes.entry(outcome).or_default() += 1;
     }
 
-    /// With several targets, each one's load-step outcomes (joins, leaves
-    /// and reads); empty with one.
+    /// With several targets, each one's load-step outcomes (joins, leaves,
+    /// offer answers and reads); empty with one.
     pub fn outcomes_by_target(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
         if self.targets.len() < 2 {
             return BTreeMap::new();
@@ -149,6 +149,37 @@ impl Api {
         owner_token: &str,
         capacity: u64,
     ) -> anyhow::Result<(Uuid, Uuid)> {
+        let venue = self.venue(owner_token).await?;
+        let starts_at = chrono::Utc::now() + chrono::Duration::days(7);
+        let id = self
+            .publish_event(owner_token, venue, "Load test", starts_at, capacity)
+            .await?;
+        Ok((id, venue))
+    }
+
+    /// Like [`Api::published_event`], with waitlist `settings` (an object of
+    /// `waitlist_mode`, `waitlist_fill`, `offer_hold_secs`, `max_party`;
+    /// those left out keep the server's defaults).
+    pub async fn published_event_with(
+        &self,
+        owner_token: &str,
+        capacity: u64,
+        settings: Value,
+    ) -> anyhow::Result<Uuid> {
+        let venue = self.venue(owner_token).await?;
+        let starts_at = chrono::Utc::now() + chrono::Duration::days(7);
+        self.publish_event_with(
+            owner_token,
+            venue,
+            "Load test",
+            starts_at,
+            capacity,
+            settings,
+        )
+        .await
+    }
+
+    async fn venue(&self, owner_token: &str) -> anyhow::Result<Uuid> {
         let venue = self
             .post(
                 owner_token,
@@ -156,12 +187,7 @@ impl Api {
                 json!({ "name": "Load test hall", "lat": 52.37, "lon": 4.89 }),
             )
             .await?;
-        let venue: Uuid = venue["id"].as_str().context("venue id")?.parse()?;
-        let starts_at = chrono::Utc::now() + chrono::Duration::days(7);
-        let id = self
-            .publish_event(owner_token, venue, "Load test", starts_at, capacity)
-            .await?;
-        Ok((id, venue))
+        Ok(venue["id"].as_str().context("venue id")?.parse()?)
     }
 
     /// Publishes an event at an existing venue.
@@ -173,14 +199,27 @@ impl Api {
         starts_at: chrono::DateTime<chrono::Utc>,
         capacity: u64,
     ) -> anyhow::Result<Uuid> {
-        let event = self
-            .post(
-                owner_token,
-                "/v1/events",
-                json!({ "title": title, "venue_id": venue, "starts_at": starts_at,
-                        "capacity": capacity, "tags": ["loadtest"] }),
-            )
-            .await?;
+        self.publish_event_with(owner_token, venue, title, starts_at, capacity, Value::Null)
+            .await
+    }
+
+    /// Publishes an event at an existing venue with waitlist `settings`
+    /// (see [`Api::published_event_with`]).
+    pub async fn publish_event_with(
+        &self,
+        owner_token: &str,
+        venue: Uuid,
+        title: &str,
+        starts_at: chrono::DateTime<chrono::Utc>,
+        capacity: u64,
+        settings: Value,
+    ) -> anyhow::Result<Uuid> {
+        let mut body = json!({ "title": title, "venue_id": venue, "starts_at": starts_at,
+                               "capacity": capacity, "tags": ["loadtest"] });
+        if let (Value::Object(body), Value::Object(settings)) = (&mut body, settings) {
+            body.extend(settings);
+        }
+        let event = self.post(owner_token, "/v1/events", body).await?;
         let id: Uuid = event["id"].as_str().context("event id")?.parse()?;
         self.post(
             owner_token,
@@ -191,18 +230,49 @@ impl Api {
         Ok(id)
     }
 
+    /// A join without a body: one seat.
     pub async fn join(
         &self,
         token: &str,
         event: Uuid,
         key: &str,
     ) -> reqwest::Result<(StatusCode, Value)> {
+        self.join_party(token, event, key, None).await
+    }
+
+    /// A join for a party of `seats` (sent as `{"seats": n}`), or without a
+    /// body when `None`.
+    pub async fn join_party(
+        &self,
+        token: &str,
+        event: Uuid,
+        key: &str,
+        seats: Option<usize>,
+    ) -> reqwest::Result<(StatusCode, Value)> {
         let (i, base) = self.pick();
-        let sent = self
+        let mut request = self
             .client
             .post(format!("{base}/v1/events/{event}/join"))
             .bearer_auth(token)
-            .header("Idempotency-Key", key)
+            .header("Idempotency-Key", key);
+        if let Some(seats) = seats {
+            request = request.json(&json!({ "seats": seats }));
+        }
+        let answer = match request.send().await {
+            Ok(response) => Ok(status_and_body(response).await),
+            Err(error) => Err(error),
+        };
+        self.tally(i, &answer);
+        answer
+    }
+
+    /// Leaves an event (from active, an offer or the waitlist).
+    pub async fn leave(&self, token: &str, event: Uuid) -> reqwest::Result<(StatusCode, Value)> {
+        let (i, base) = self.pick();
+        let sent = self
+            .client
+            .delete(format!("{base}/v1/events/{event}/join"))
+            .bearer_auth(token)
             .send()
             .await;
         let answer = match sent {
@@ -213,17 +283,27 @@ impl Api {
         answer
     }
 
-    pub async fn leave(&self, token: &str, event: Uuid) -> reqwest::Result<StatusCode> {
+    /// Accepts (`accept`) or declines the offer the caller holds.
+    pub async fn answer_offer(
+        &self,
+        token: &str,
+        event: Uuid,
+        accept: bool,
+    ) -> reqwest::Result<(StatusCode, Value)> {
         let (i, base) = self.pick();
-        let answer = self
+        let answer = if accept { "accept" } else { "decline" };
+        let sent = self
             .client
-            .delete(format!("{base}/v1/events/{event}/join"))
+            .post(format!("{base}/v1/events/{event}/offer/{answer}"))
             .bearer_auth(token)
             .send()
-            .await
-            .map(|response| (response.status(), ()));
+            .await;
+        let answer = match sent {
+            Ok(response) => Ok(status_and_body(response).await),
+            Err(error) => Err(error),
+        };
         self.tally(i, &answer);
-        answer.map(|(status, ())| status)
+        answer
     }
 
     /// A public read, as a load step: its status and body, whatever they are.

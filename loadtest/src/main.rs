@@ -25,7 +25,8 @@ enum Scenario {
     HotJoin(scenarios::hot_join::HotJoin),
     /// Joins spread over M events: a fixed arrival rate (open model) or flat out.
     SpreadJoin(scenarios::spread_join::SpreadJoin),
-    /// Joins and leaves mixed on many events, each answer checked against a model.
+    /// Joins, leaves and offer answers mixed on many events (parties, offer and
+    /// first-fit waitlists optional), each answer checked against a model.
     Churn(scenarios::churn::Churn),
     /// Reads, joins and WebSocket subscribers together, each checked.
     Mixed(scenarios::mixed::Mixed),

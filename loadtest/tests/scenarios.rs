@@ -145,6 +145,25 @@ async fn a_small_spread_join_at_a_fixed_rate_keeps_every_invariant() {
     assert_eq!(report.latency.count, 200);
 }
 
+/// The churn options at the command line's defaults (one-seat joins, every
+/// event promoting at once in strict order), against `common`.
+fn churn_defaults(common: Common, seed: u64) -> turnout_loadtest::scenarios::churn::Churn {
+    turnout_loadtest::scenarios::churn::Churn {
+        common,
+        events: 50,
+        ops: 200,
+        capacity: 10,
+        leave_ratio: 0.4,
+        max_party: 1,
+        offers: 0.0,
+        first_fit: 0.0,
+        answer_ratio: 0.5,
+        decline_ratio: 0.3,
+        offer_hold_secs: 600,
+        seed,
+    }
+}
+
 /// Joins and leaves on several events: every answer, roster and count
 /// matches the tool's model.
 #[actix_web::test]
@@ -154,18 +173,67 @@ async fn a_small_churn_matches_the_model() {
     let dir = tempfile::tempdir().unwrap();
     let target = common::server(&dir, KEY, false).await;
     let report = churn::run(Churn {
-        common: common_options(target),
         events: 4,
         ops: 60,
         capacity: 3,
         leave_ratio: 0.4,
-        seed: 3,
+        ..churn_defaults(common_options(target), 3)
     })
     .await
     .unwrap();
     assert_every_check_passed(&report);
     assert_eq!(report.latency.count, 240);
     assert!(report.outcomes.contains_key("200"), "{:?}", report.outcomes);
+}
+
+/// Parties of one to three seats, half the events making offers (accepted
+/// or declined as the run goes), half of each kind filling first-fit: every
+/// answer, roster and count still matches the tool's model. Offers are held
+/// far longer than the run; their running out is tested by the server's
+/// own tests (tests/api/offers.rs).
+#[actix_web::test]
+async fn a_small_churn_with_parties_and_offers_matches_the_model() {
+    use turnout_loadtest::scenarios::churn::{self, Churn};
+
+    let dir = tempfile::tempdir().unwrap();
+    let target = common::server(&dir, KEY, false).await;
+    let report = churn::run(Churn {
+        events: 4,
+        ops: 80,
+        capacity: 5,
+        leave_ratio: 0.35,
+        max_party: 3,
+        offers: 0.5,
+        first_fit: 0.5,
+        ..churn_defaults(common_options(target), 11)
+    })
+    .await
+    .unwrap();
+    assert_every_check_passed(&report);
+    assert_eq!(report.latency.count, 320);
+    let operations = report
+        .checks
+        .iter()
+        .find(|c| c.name == "operations (info)")
+        .expect("the scenario tallies its operations");
+    // "… N accepts, M declines; P parties promoted, O offered; …"
+    let tally = |what: &str| -> u64 {
+        let words: Vec<&str> = operations.detail.split([' ', ',', ';']).collect();
+        let at = words.iter().position(|w| *w == what).unwrap();
+        words[at - 1].parse().unwrap()
+    };
+    // Parties were promoted (auto mode) and offered, offers accepted and
+    // declined.
+    for what in ["parties", "offered", "accepts", "declines"] {
+        assert!(tally(what) > 0, "no {what}: {}", operations.detail);
+    }
+    assert!(
+        operations
+            .detail
+            .contains("2 events in offer mode, 2 first-fit"),
+        "{}",
+        operations.detail
+    );
 }
 
 /// Through two nodes of a cluster, round-robin: every answer still matches
@@ -183,12 +251,11 @@ async fn a_churn_through_two_nodes_matches_the_model() {
     let mut options = common_options(targets[0].clone());
     options.targets = targets.clone();
     let report = churn::run(Churn {
-        common: options,
         events: 6,
         ops: 40,
         capacity: 3,
         leave_ratio: 0.4,
-        seed: 5,
+        ..churn_defaults(options, 5)
     })
     .await
     .unwrap();
