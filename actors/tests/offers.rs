@@ -310,6 +310,26 @@ fn a_capacity_raise_in_offer_mode_makes_offers_in_order_and_a_cut_below_held_sea
 }
 
 #[test]
+fn capacity_may_not_be_cut_below_a_waiting_party() {
+    let state = state_after(
+        &[
+            published_with(4, parties(WaitlistFill::Strict)),
+            vec![join_party(1, 1, 2), join_party(2, 4, 3)],
+        ]
+        .concat(),
+    );
+
+    assert_eq!(
+        decide(Some(&state), &set_capacity(3, 4)),
+        Err(Rejection::CapacityBelowParty {
+            requested: 3,
+            seats: 4
+        }),
+        "the party of four could never be served, nor anyone behind it"
+    );
+}
+
+#[test]
 fn no_offer_is_made_once_the_event_has_started() {
     let state = state_after(&[full_offer_event(), vec![leave(1, START - HOLD)]].concat());
 

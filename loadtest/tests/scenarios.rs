@@ -52,14 +52,52 @@ async fn a_small_hot_join_keeps_every_invariant() {
 /// overbooked or lost a join would flatter nobody.
 #[actix_web::test]
 async fn the_measuring_stick_keeps_every_invariant_of_a_hot_join() {
+    let (mut stick, target) = start_stick(
+        env!("CARGO_BIN_EXE_http-stick"),
+        &["--jwt-key", KEY, "--workers", "1"],
+    )
+    .await;
+    let report = small_hot_join(target).await;
+    let _ = stick.kill();
+    let _ = stick.wait();
+    let report = report.unwrap();
+    assert_every_check_passed(&report);
+    assert_eq!(report.outcomes.get("201"), Some(&300));
+}
+
+/// The bare-broadcast stick delivers every update to every client, as the
+/// same tool checks Turnout's fan-out.
+#[actix_web::test]
+async fn the_broadcast_stick_reaches_every_client_in_every_round() {
+    use turnout_loadtest::scenarios::ws_fanout::{self, WsFanout};
+
+    let (mut stick, target) = start_stick(env!("CARGO_BIN_EXE_ws-stick"), &[]).await;
+    let report = ws_fanout::run(WsFanout {
+        common: common_options(target),
+        clients: 40,
+        rounds: 3,
+        source_addresses: 2,
+        pause_ms: 0,
+    })
+    .await;
+    let _ = stick.kill();
+    let _ = stick.wait();
+    let report = report.unwrap();
+    assert_every_check_passed(&report);
+    assert_eq!(report.outcomes.get("201"), Some(&3));
+}
+
+/// Starts a measuring-stick binary on a free port; its base URL once it answers.
+async fn start_stick(binary: &str, args: &[&str]) -> (std::process::Child, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let bind = format!("127.0.0.1:{port}");
-    let mut stick = std::process::Command::new(env!("CARGO_BIN_EXE_http-stick"))
-        .args(["--bind", &bind, "--jwt-key", KEY, "--workers", "1"])
+    let stick = std::process::Command::new(binary)
+        .args(["--bind", &bind])
+        .args(args)
         .spawn()
         .unwrap();
     let target = format!("http://{bind}");
@@ -75,12 +113,7 @@ async fn the_measuring_stick_keeps_every_invariant_of_a_hot_join() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let report = small_hot_join(target).await;
-    let _ = stick.kill();
-    let _ = stick.wait();
-    let report = report.unwrap();
-    assert_every_check_passed(&report);
-    assert_eq!(report.outcomes.get("201"), Some(&300));
+    (stick, target)
 }
 
 /// A run against a server with its rate limits on mostly measures them: the

@@ -91,6 +91,8 @@ pub enum ErrorCode {
     EventCancelled,
     EventStarted,
     CapacityBelowActive,
+    /// A capacity cut below the seats a waiting party asks for.
+    CapacityBelowParty,
     /// More seats than the event takes in one party (or than its capacity).
     PartyTooLarge,
     /// Accepting or declining an offer the caller does not hold (never
@@ -256,6 +258,9 @@ impl From<Rejection> for ApiError {
             Rejection::NotMember => ApiError::NotFound("membership"),
             Rejection::CapacityBelowActive { .. } => {
                 ApiError::conflict(ErrorCode::CapacityBelowActive, message)
+            }
+            Rejection::CapacityBelowParty { .. } => {
+                ApiError::conflict(ErrorCode::CapacityBelowParty, message)
             }
             Rejection::InvalidSchedule { .. } => {
                 ApiError::unprocessable(ErrorCode::InvalidSchedule, message)

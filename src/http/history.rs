@@ -44,7 +44,7 @@ pub enum Happening {
 #[schema(example = json!({
     "version": 7, "at": "2026-12-02T10:15:00Z", "what": "offered",
     "user_id": "01a2069a-d9c4-7e12-a1b3-2f4e5d6c7b80", "seats": 2,
-    "why": "first in line when an offer was declined",
+    "why": "served from the waitlist when an offer was declined",
     "offer_expires_at": "2026-12-02T10:45:00Z", "capacity": null
 }))]
 pub struct HistoryEntry {
@@ -78,8 +78,8 @@ impl HistoryEntry {
             capacity: None,
         };
         let served = |because: &Option<Freed>| match because {
-            Some(because) => format!("first in line when {}", because.as_str()),
-            None => "first in line when places came free".to_owned(),
+            Some(because) => format!("served from the waitlist when {}", because.as_str()),
+            None => "served from the waitlist when places came free".to_owned(),
         };
         match fact {
             DomainEvent::Created { capacity, .. } => Self {
@@ -227,8 +227,24 @@ fn wants_csv(req: &HttpRequest) -> bool {
         .any(|v| v.split(',').any(|t| t.trim().starts_with("text/csv")))
 }
 
+/// The CSV columns: the entry's fields, in order.
+const COLUMNS: [&str; 8] = [
+    "version",
+    "at",
+    "what",
+    "user_id",
+    "seats",
+    "why",
+    "offer_expires_at",
+    "capacity",
+];
+
 fn csv(entries: &[HistoryEntry]) -> Result<Vec<u8>, ApiError> {
-    let mut out = ::csv::Writer::from_writer(Vec::new());
+    // The header is written even for an empty page.
+    let mut out = ::csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(Vec::new());
+    out.write_record(COLUMNS).map_err(|_| ApiError::Internal)?;
     for entry in entries {
         out.serialize(entry).map_err(|error| {
             tracing::error!(%error, "a history row does not write as CSV");
@@ -259,23 +275,29 @@ mod tests {
         assert_eq!(entry.what, Happening::Offered);
         assert_eq!(entry.user_id, Some(user.as_uuid()));
         assert_eq!(entry.seats, Some(2));
-        assert_eq!(entry.why, "first in line when an offer was declined");
+        assert_eq!(
+            entry.why,
+            "served from the waitlist when an offer was declined"
+        );
         assert_eq!(
             entry.offer_expires_at,
             Some(at + chrono::Duration::minutes(30))
         );
 
+        let empty = String::from_utf8(csv(&[]).unwrap()).unwrap();
+        assert_eq!(
+            empty.trim_end(),
+            COLUMNS.join(","),
+            "an empty page has its header"
+        );
         let text = String::from_utf8(csv(&[entry]).unwrap()).unwrap();
         let mut lines = text.lines();
-        assert_eq!(
-            lines.next(),
-            Some("version,at,what,user_id,seats,why,offer_expires_at,capacity")
-        );
+        assert_eq!(lines.next(), Some(COLUMNS.join(",").as_str()));
         assert_eq!(
             lines.next(),
             Some(
                 format!(
-                    "7,2030-03-17T17:46:40Z,offered,{user},2,first in line when an offer was declined,2030-03-17T18:16:40Z,"
+                    "7,2030-03-17T17:46:40Z,offered,{user},2,served from the waitlist when an offer was declined,2030-03-17T18:16:40Z,"
                 )
                 .as_str()
             )

@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use serde::Serialize;
 use turnout_actors::changes::EventChange;
-use turnout_actors::domain::{DomainEvent, EventId, JoinedAs, MemberStatus, UserId, WaitlistMove};
+use turnout_actors::domain::{DomainEvent, EventId, MemberStatus, UserId, WaitlistMove};
 use uuid::Uuid;
 
 use super::protocol::{self, Position};
@@ -51,6 +51,16 @@ pub struct MyPlace {
     pub version: u64,
 }
 
+impl MyPlace {
+    /// Whether a client would see the same place (versions aside).
+    fn shows_as(&self, other: &MyPlace) -> bool {
+        MyPlace {
+            version: other.version,
+            ..self.clone()
+        } == *other
+    }
+}
+
 impl From<Place> for MyPlace {
     fn from(place: Place) -> Self {
         let m = place.membership;
@@ -77,11 +87,13 @@ pub struct MyPlaces {
 }
 
 impl MyPlaces {
+    /// From the person's places as read (ended ones are left out).
     pub fn new(user: UserId, places: impl IntoIterator<Item = MyPlace>) -> Self {
         Self {
             user: Some(user),
             by_event: places
                 .into_iter()
+                .filter(|p| is_live(p.status))
                 .map(|p| (EventId::from(p.event_id), p))
                 .collect(),
         }
@@ -157,7 +169,7 @@ impl MyPlaces {
                 joined_at: party.joined_at,
                 version,
             };
-            updates.push((reason(fact), now.clone()));
+            updates.push((fact.what(), now.clone()));
             place = Some(now);
         }
         if !named
@@ -187,7 +199,8 @@ impl MyPlaces {
         updates
     }
 
-    /// Takes a fresh read of the places; the ones it changed, as updates.
+    /// Takes a fresh read of the person's places (ended ones too); the
+    /// ones it changed, as updates. A place read as ended leaves the list.
     pub fn refresh(&mut self, fresh: Vec<MyPlace>) -> Vec<(Reason, MyPlace)> {
         let mut updates = Vec::new();
         for place in fresh {
@@ -196,10 +209,18 @@ impl MyPlaces {
             if known.is_some_and(|k| k.version >= place.version) {
                 continue;
             }
-            if known.is_none_or(|k| *k != place) {
+            let live = is_live(place.status);
+            if !live && known.is_none() {
+                continue;
+            }
+            if known.is_none_or(|k| !k.shows_as(&place)) {
                 updates.push(("refreshed", place.clone()));
             }
-            self.by_event.insert(event, place);
+            if live {
+                self.by_event.insert(event, place);
+            } else {
+                self.by_event.remove(&event);
+            }
         }
         updates
     }
@@ -210,19 +231,6 @@ fn is_live(status: MemberStatus) -> bool {
         status,
         MemberStatus::Active | MemberStatus::Offered | MemberStatus::Waitlisted
     )
-}
-
-fn reason(fact: &DomainEvent) -> Reason {
-    match fact {
-        DomainEvent::Joined {
-            status: JoinedAs::Waitlisted,
-            ..
-        } => "waitlisted",
-        DomainEvent::OfferAccepted { .. } => "accepted",
-        DomainEvent::OfferDeclined { .. } => "declined",
-        DomainEvent::OfferExpired { .. } => "expired",
-        other => other.kind(),
-    }
 }
 
 /// Routes committed changes to the `me` watchers they concern.

@@ -144,28 +144,19 @@ async fn an_offer_passes_on_until_someone_accepts_it(app: TestApp) {
     );
 
     // Declined: the next waiter has it at once. A replay answers the same.
-    let declined = app
-        .as_user(
+    let decline = || {
+        app.as_user(
             &b,
             Method::POST,
             &format!("/v1/events/{event}/offer/decline"),
         )
         .header("Idempotency-Key", "decline-1")
         .send()
-        .await
-        .unwrap();
+    };
+    let declined = decline().await.unwrap();
     assert_eq!(declined.status(), StatusCode::OK);
     assert_eq!(body(declined).await["data"]["status"], "declined");
-    let again = app
-        .as_user(
-            &b,
-            Method::POST,
-            &format!("/v1/events/{event}/offer/decline"),
-        )
-        .header("Idempotency-Key", "decline-1")
-        .send()
-        .await
-        .unwrap();
+    let again = decline().await.unwrap();
     assert_eq!(again.status(), StatusCode::OK);
     assert_eq!(again.headers()["Idempotent-Replayed"], "true");
     assert_eq!(body(again).await["data"]["status"], "declined");
@@ -225,10 +216,13 @@ async fn an_offer_passes_on_until_someone_accepts_it(app: TestApp) {
             ("offered", Some(e.id)),
         ]
     );
-    assert_eq!(history[7]["why"], "first in line when a member left");
+    assert_eq!(
+        history[7]["why"],
+        "served from the waitlist when a member left"
+    );
     assert_eq!(
         history[10]["why"],
-        "first in line when an offer was declined"
+        "served from the waitlist when an offer was declined"
     );
     assert_eq!(history[7]["seats"], 1);
     assert!(history[7]["offer_expires_at"].is_string());
@@ -581,6 +575,25 @@ async fn an_offer_runs_out_on_time_across_a_kill_9(backend: Backend) {
     assert_eq!(
         (&seen["offered_seats"], &seen["places_left"]),
         (&json!(1), &json!(0))
+    );
+    let history = body(
+        app.as_user(&owner, Method::GET, &format!("/v1/events/{event}/history"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let last: Vec<(&Value, &Value)> = history["data"].as_array().unwrap()[7..]
+        .iter()
+        .map(|h| (&h["what"], &h["user_id"]))
+        .collect();
+    assert_eq!(
+        last,
+        [
+            (&json!("expired"), &json!(b.id)),
+            (&json!("offered"), &json!(c.id))
+        ],
+        "the log says the offer ran out and passed on"
     );
     drop(restarted);
 }

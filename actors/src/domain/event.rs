@@ -492,6 +492,22 @@ impl DomainEvent {
         }
     }
 
+    /// What happened, in one word, as logs, history and the `me` channel say
+    /// it: a join is `joined` or `waitlisted`, an answered offer `accepted`
+    /// or `declined`, one run out `expired`; other facts by their kind.
+    pub fn what(&self) -> &'static str {
+        match self {
+            DomainEvent::Joined {
+                status: JoinedAs::Waitlisted,
+                ..
+            } => "waitlisted",
+            DomainEvent::OfferAccepted { .. } => "accepted",
+            DomainEvent::OfferDeclined { .. } => "declined",
+            DomainEvent::OfferExpired { .. } => "expired",
+            other => other.kind(),
+        }
+    }
+
     /// The party a fact is about: who, how many seats, since when.
     pub fn party(&self) -> Option<Party> {
         let (user, seats, joined_at) = match *self {
@@ -683,6 +699,10 @@ pub enum Rejection {
     NotMember,
     #[error("capacity {requested} is below the {active} places already taken or on offer")]
     CapacityBelowActive { requested: usize, active: usize },
+    #[error(
+        "capacity {requested} is below a waiting party of {seats}, which could never be served"
+    )]
+    CapacityBelowParty { requested: usize, seats: usize },
     #[error("{problem}")]
     InvalidSchedule { problem: ScheduleProblem },
     #[error("this event takes parties of at most {max} (you asked for {seats})")]
@@ -881,6 +901,16 @@ fn decide_update(
             return Err(Rejection::CapacityBelowActive {
                 requested: capacity.get(),
                 active: taken,
+            });
+        }
+        // Nobody waits for places that can never exist; in strict order,
+        // nor would anyone behind them be served.
+        if let Some(largest) = state.waitlist.iter().map(|w| w.seats.get()).max()
+            && capacity.get() < largest
+        {
+            return Err(Rejection::CapacityBelowParty {
+                requested: capacity.get(),
+                seats: largest,
             });
         }
         events.push(DomainEvent::CapacityChanged { capacity, at });

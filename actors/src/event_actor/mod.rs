@@ -713,10 +713,10 @@ fn log_facts(event_id: EventId, flight: &Flight<Caller>) {
                 seats = party.seats.get(),
                 request_id,
                 "{}",
-                fact.kind()
+                fact.what()
             ),
             None => {
-                tracing::info!(target: "turnout::facts", %event_id, request_id, "{}", fact.kind())
+                tracing::info!(target: "turnout::facts", %event_id, request_id, "{}", fact.what())
             }
         }
     }

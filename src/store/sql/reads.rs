@@ -190,8 +190,7 @@ macro_rules! impl_reads {
                     .push(" AS position, e.version FROM joins j JOIN events e ON e.id = j.event_id \
                            WHERE j.user_id = ")
                     .push_bind(user.as_uuid())
-                    .push(" AND j.status IN ('active', 'offered', 'waitlisted') \
-                           ORDER BY j.joined_at DESC, j.event_id DESC LIMIT ")
+                    .push(" ORDER BY j.joined_at DESC, j.event_id DESC LIMIT ")
                     .push_bind(limit);
                 q.build_query_as().fetch_all(&self.pool).await.map_err(unavailable)
             }
@@ -230,9 +229,11 @@ macro_rules! impl_reads {
                 by: DateTime<Utc>,
                 limit: i64,
             ) -> Result<Vec<EventId>, StoreError> {
+                // The most urgent first, should there be more than `limit`.
                 let due: Vec<(Uuid,)> = sqlx::query_as(
-                    "SELECT DISTINCT event_id FROM joins \
-                     WHERE status = 'offered' AND offer_expires_at <= $1 LIMIT $2",
+                    "SELECT event_id FROM joins \
+                     WHERE status = 'offered' AND offer_expires_at <= $1 \
+                     GROUP BY event_id ORDER BY MIN(offer_expires_at) LIMIT $2",
                 )
                 .bind(micros(by))
                 .bind(limit)

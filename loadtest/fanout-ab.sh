@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Turnout's fan-out against the bare-broadcast measuring stick
+# (src/bin/ws-stick.rs: after the handshake, one thread writes each update's
+# frame bytes to every socket), side by side in one session: the same
+# ws-fanout load (CLIENTS clients on one venue, ROUNDS joins) on fresh
+# servers — the stick, then Turnout on SQLite — PAIRS times, interleaved.
+#
+#   cargo build --release -p turnout -p turnout-loadtest
+#   loadtest/fanout-ab.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ulimit -n 65536
+KEY=stick-bench-key-stick-bench-key-0123
+PORT=18152
+CLIENTS=${CLIENTS:-10000}
+
+load() {
+  local name=$1 pid=$2 data=$3
+  target/release/turnout-loadtest ws-fanout --target http://127.0.0.1:$PORT --jwt-key $KEY \
+    --server-pid "$pid" --clients "$CLIENTS" --rounds "${ROUNDS:-10}" \
+    --json "$data/r.json" >/dev/null 2>&1 || true
+  python3 - "$data/r.json" "$name" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+cpu = [c["detail"].split(" per")[0] for c in d["checks"] if "CPU" in c["name"]]
+failed = [c["name"] for c in d["checks"] if not c["passed"]]
+print(f'{sys.argv[2]:<16} p50 {d["latency"]["p50_ms"]:6.1f}  p99 {d["latency"]["p99_ms"]:6.1f} ms  server {cpu[0]:>9} / tool {cpu[1]:>9} per delivery  {"FAILED " + ",".join(failed) if failed else "all checks pass"}')
+PY
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+for pair in $(seq 1 "${PAIRS:-2}"); do
+  data=$(mktemp -d)
+  target/release/ws-stick --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 100); do curl -s -o /dev/null -X POST http://127.0.0.1:$PORT/v1/venues && break; sleep 0.1; done
+  load stick $pid "$data"; rm -rf "$data"
+
+  data=$(mktemp -d)
+  TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data \
+    TURNOUT_DATABASE_URL="sqlite://$data/turnout.db?mode=rwc" \
+    TURNOUT_RATE_LIMITS__ENABLED=false TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP=0 \
+    TURNOUT_REALTIME__MAX_CONNECTIONS_PER_IP=0 \
+    target/release/turnout --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$PORT/ready >/dev/null && break; sleep 0.1; done
+  load "turnout sqlite" $pid "$data"; rm -rf "$data"
+done
