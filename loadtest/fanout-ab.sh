@@ -3,13 +3,15 @@
 # (src/bin/ws-stick.rs: after the handshake, one thread writes each update's
 # frame bytes to every socket), side by side in one session: the same
 # ws-fanout load (CLIENTS clients on one venue, ROUNDS joins) on fresh
-# servers — the stick, then Turnout on SQLite — PAIRS times, interleaved.
+# servers — the stick, then Turnout on SQLite (each binary of BINS, for an
+# A/B of two builds) — PAIRS times, interleaved.
 #
 #   cargo build --release -p turnout -p turnout-loadtest
 #   loadtest/fanout-ab.sh
+#   BINS="/tmp/turnout-before target/release/turnout" loadtest/fanout-ab.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)"   # 10,000 sockets on each side
 KEY=stick-bench-key-stick-bench-key-0123
 PORT=18152
 CLIENTS=${CLIENTS:-10000}
@@ -36,13 +38,15 @@ for pair in $(seq 1 "${PAIRS:-2}"); do
   for _ in $(seq 1 100); do curl -s -o /dev/null -X POST http://127.0.0.1:$PORT/v1/venues && break; sleep 0.1; done
   load stick $pid "$data"; rm -rf "$data"
 
-  data=$(mktemp -d)
-  TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data \
-    TURNOUT_DATABASE_URL="sqlite://$data/turnout.db?mode=rwc" \
-    TURNOUT_RATE_LIMITS__ENABLED=false TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP=0 \
-    TURNOUT_REALTIME__MAX_CONNECTIONS_PER_IP=0 \
-    target/release/turnout --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &
-  pid=$!
-  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$PORT/ready >/dev/null && break; sleep 0.1; done
-  load "turnout sqlite" $pid "$data"; rm -rf "$data"
+  for bin in ${BINS:-target/release/turnout}; do
+    data=$(mktemp -d)
+    TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data \
+      TURNOUT_DATABASE_URL="sqlite://$data/turnout.db?mode=rwc" \
+      TURNOUT_RATE_LIMITS__ENABLED=false TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP=0 \
+      TURNOUT_REALTIME__MAX_CONNECTIONS_PER_IP=0 \
+      "$bin" --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$PORT/ready >/dev/null && break; sleep 0.1; done
+    load "$(basename "$bin")" $pid "$data"; rm -rf "$data"
+  done
 done

@@ -171,19 +171,11 @@ impl ChannelHub {
 
     fn send_fresh_snapshots(&mut self) {
         let data = self.snapshot_data();
-        let text = ByteString::from(protocol::snapshot(
-            &self.name,
-            &self.epoch,
-            self.offset,
-            Some(false),
-            &data,
-        ));
-        self.subscribers.retain(|_, to| {
-            to.push(Frame {
-                text: text.clone(),
-                committed_at: None,
-            })
-        });
+        let frame = Frame::text(
+            protocol::snapshot(&self.name, &self.epoch, self.offset, Some(false), &data),
+            None,
+        );
+        self.subscribers.retain(|_, to| to.push(frame.clone()));
     }
 
     fn apply_and_broadcast(&mut self, change: &EventChange, ctx: &mut Context<Self>) {
@@ -257,10 +249,7 @@ impl ChannelHub {
         while self.history.len() > self.history_limit {
             self.history.pop_front();
         }
-        let frame = Frame {
-            text,
-            committed_at: Some(committed_at),
-        };
+        let frame = Frame::text(text, Some(committed_at));
         // A subscriber that is gone or over its budget is dropped here; its
         // session closes itself.
         let before = self.subscribers.len();
@@ -280,10 +269,7 @@ impl ChannelHub {
             self.home.missed(*id);
             return Subscribed::NoSuchEvent;
         }
-        let frame = |text: ByteString| Frame {
-            text,
-            committed_at: None,
-        };
+        let frame = |text: ByteString| Frame::text(text, None);
         let resumable = msg.since.as_ref().filter(|since| {
             let oldest_kept = self.history.front().map_or(self.offset + 1, |(o, _)| *o);
             *since.epoch == *self.epoch

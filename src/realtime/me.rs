@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix::prelude::*;
-use bytestring::ByteString;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use serde::Serialize;
@@ -373,10 +372,7 @@ impl MeWatcher {
     }
 
     fn send(&mut self, text: String) {
-        self.queue.push(Frame {
-            text: ByteString::from(text),
-            committed_at: None,
-        });
+        self.queue.push(Frame::text(text, None));
     }
 
     fn send_updates(

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_http::ws::{CloseCode, CloseReason};
-use bytestring::ByteString;
 use turnout_actors::domain::UserId;
 use turnout_actors::recommend::{ListSink, RankedList, Recommenders};
 
@@ -79,10 +78,7 @@ impl ListSink for RecsSink {
                 ),
             }
         };
-        self.queue.push(Frame {
-            text: ByteString::from(text),
-            committed_at: None,
-        })
+        self.queue.push(Frame::text(text, None))
     }
 }
 
@@ -187,10 +183,7 @@ impl WsSession {
     }
 
     fn reply(&mut self, text: String) {
-        self.queue.push(Frame {
-            text: ByteString::from(text),
-            committed_at: None,
-        });
+        self.queue.push(Frame::text(text, None));
     }
 
     fn close(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {

@@ -1,9 +1,9 @@
 //! The send side of a WebSocket connection: the frames queued for one
 //! client, bounded in bytes, and the HTTP response body that writes them.
 //!
-//! Hubs push frames from their own thread; the connection's dispatcher
-//! drains the queue when woken and encodes the frames straight into its
-//! write buffer. An update therefore costs one wake-up and one write per
+//! Hubs push frames from their own thread, each encoded once for all its
+//! subscribers; the connection's dispatcher drains the queue when woken and
+//! writes the frames' shared bytes. An update therefore costs one wake-up and one write per
 //! client, with no task or channel in between, and an idle connection holds
 //! no more than an empty queue.
 
@@ -61,13 +61,31 @@ impl Shared {
     }
 }
 
-/// A frame for one subscriber.
+/// A text frame, encoded once — WebSocket header and text — so that every
+/// subscriber of an update is handed the same bytes (a clone is a reference
+/// count) and a lone frame is written as it is.
 #[derive(Clone)]
 pub struct Frame {
-    /// Shared by every subscriber: cloning is a reference count.
-    pub text: ByteString,
+    encoded: Bytes,
+    /// The text's length: what a queue's budget counts.
+    text_len: usize,
     /// For updates: when the change committed (fan-out latency).
-    pub committed_at: Option<DateTime<Utc>>,
+    committed_at: Option<DateTime<Utc>>,
+}
+
+impl Frame {
+    /// `committed_at` for an update a commit caused.
+    pub fn text(text: impl Into<ByteString>, committed_at: Option<DateTime<Utc>>) -> Self {
+        let text = text.into();
+        let text_len = text.len();
+        let mut encoded = BytesMut::with_capacity(text_len + 10);
+        encode(&mut Codec::new(), Message::Text(text), &mut encoded);
+        Self {
+            encoded: encoded.freeze(),
+            text_len,
+            committed_at,
+        }
+    }
 }
 
 /// A connection's outgoing queue, bounded in bytes. Cloned into every hub
@@ -122,12 +140,12 @@ impl SendQueue {
         if queue.close.is_some() {
             return false;
         }
-        if queue.bytes > 0 && queue.bytes + frame.text.len() > self.shared.max_bytes {
+        if queue.bytes > 0 && queue.bytes + frame.text_len > self.shared.max_bytes {
             drop(queue);
             self.session.do_send(Overflowed);
             return false;
         }
-        queue.bytes += frame.text.len();
+        queue.bytes += frame.text_len;
         queue.frames.push_back(frame);
         drop(queue);
         self.shared.writer.wake();
@@ -199,6 +217,9 @@ impl MessageBody for SocketBody {
             return Poll::Ready(None);
         }
         this.shared.writer.register(cx.waker());
+        // A lone frame goes out as its shared bytes; several, or control
+        // frames, are gathered into one chunk.
+        let mut lone: Option<Bytes> = None;
         let mut chunk = BytesMut::new();
         let (mut texts, mut now) = (0u64, None);
         let mut queue = this.shared.queue();
@@ -212,16 +233,26 @@ impl MessageBody for SocketBody {
             let Some(frame) = queue.frames.pop_front() else {
                 break;
             };
-            queue.bytes -= frame.text.len();
+            queue.bytes -= frame.text_len;
             texts += 1;
             if let Some(at) = frame.committed_at {
                 let now = *now.get_or_insert_with(chrono::Utc::now);
                 let latency = (now - at).to_std().unwrap_or_default();
                 this.shared.fanout.record(latency.as_secs_f64());
             }
-            encode(&mut this.codec, Message::Text(frame.text), &mut chunk);
+            if chunk.is_empty() && lone.is_none() {
+                lone = Some(frame.encoded);
+            } else {
+                if let Some(first) = lone.take() {
+                    chunk.extend_from_slice(&first);
+                }
+                chunk.extend_from_slice(&frame.encoded);
+            }
         }
         if let Some(reason) = &queue.close {
+            if let Some(first) = lone.take() {
+                chunk.extend_from_slice(&first);
+            }
             encode(
                 &mut this.codec,
                 Message::Close(Some(reason.clone())),
@@ -232,6 +263,9 @@ impl MessageBody for SocketBody {
         drop(queue);
         if texts > 0 {
             this.shared.sent.increment(texts);
+        }
+        if let Some(frame) = lone {
+            return Poll::Ready(Some(Ok(frame)));
         }
         if chunk.is_empty() {
             // Only a close frame ends the body; then `finished` answers above.
@@ -299,10 +333,7 @@ mod tests {
     }
 
     fn text(s: &str) -> Frame {
-        Frame {
-            text: ByteString::from(s.to_owned()),
-            committed_at: None,
-        }
+        Frame::text(s.to_owned(), None)
     }
 
     /// The next chunk of the body, decoded as a client would.
