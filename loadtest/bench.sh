@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Every load in one go, each on a fresh server, and one table: the
+# measuring sticks, Turnout on SQLite and on Postgres, and the classic
+# design, side by side in one session — the table at the top of
+# docs/BENCHMARKS.md.
+#
+#   cargo build --release -p turnout -p turnout-loadtest
+#   loadtest/bench.sh            # needs Postgres at 127.0.0.1:5432 (user postgres) and pgbench
+#
+# Loads: hot (hot-join: 20,000 users through 1,000 connections, one event of
+# capacity 1,000); spread (spread-join: 400 joins/s over 200 events of
+# capacity 100); reads (2,000 reads/s — an event's details, one in four the
+# listing — plus 20 joins/s); mix (400 joins/s, 1,500 reads/s and 2,000
+# subscribers over 200 events, MIX_SECS seconds; the ten-minute run is its
+# own command in docs/BENCHMARKS.md); fan-out (10,000 WebSocket clients on
+# one venue, 10 updates); classic (pgbench on the stored-procedure design,
+# best of 8 and 16 clients).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ulimit -n "$(ulimit -Hn)"
+KEY=bench-key-bench-key-bench-key-0123
+PORT=18161
+PG=postgres://postgres@127.0.0.1:5432
+out=$(mktemp -d)
+pid=
+
+ready() {
+  for _ in $(seq 1 100); do
+    curl -s -o /dev/null -X POST "http://127.0.0.1:$PORT/$1" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# turnout <sqlite|postgres>: a fresh server on a fresh database.
+turnout() {
+  local data url
+  data=$(mktemp -d)
+  if [ "$1" = sqlite ]; then
+    url="sqlite://$data/turnout.db?mode=rwc"
+  else
+    dropdb -h 127.0.0.1 -U postgres --if-exists turnout_bench
+    createdb -h 127.0.0.1 -U postgres turnout_bench
+    url=$PG/turnout_bench
+  fi
+  TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data TURNOUT_DATABASE_URL=$url \
+    TURNOUT_RATE_LIMITS__ENABLED=false TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP=0 \
+    TURNOUT_REALTIME__MAX_CONNECTIONS_PER_IP=0 \
+    target/release/turnout --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$PORT/ready >/dev/null && break; sleep 0.1; done
+}
+
+stick() {
+  target/release/"$1" --bind 127.0.0.1:$PORT "${@:2}" >/dev/null 2>&1 &
+  pid=$!
+  ready v1/venues
+}
+
+# load <load> <system> <scenario and its arguments…>: runs the tool against
+# the server just started, keeps its report, and stops the server.
+load() {
+  local name=$1 system=$2
+  shift 2
+  echo "bench: $name on $system" >&2
+  target/release/turnout-loadtest "$@" --target http://127.0.0.1:$PORT --jwt-key $KEY \
+    --server-pid "$pid" --json "$out/$name.$system.json" >/dev/null 2>&1 || true
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+hot=(hot-join --users 20000 --concurrency 1000 --capacity 1000)
+spread=(spread-join --events 200 --capacity 100 --users 8000 --rate 400)
+reads=(mixed --events 200 --capacity 100 --duration 20 --join-rate 20 --read-rate 2000 --subscribers 0 --list-every 4)
+mix=(mixed --events 200 --capacity 100 --duration "${MIX_SECS:-30}" --join-rate 400 --read-rate 1500 --subscribers 2000)
+fanout=(ws-fanout --clients 10000 --rounds 10)
+
+stick http-stick --jwt-key $KEY; load hot stick "${hot[@]}"
+for db in sqlite postgres; do
+  turnout $db; load hot "turnout $db" "${hot[@]}"
+  turnout $db; load spread "turnout $db" "${spread[@]}"
+  turnout $db; load mix "turnout $db" "${mix[@]}"
+done
+turnout sqlite; load reads "turnout sqlite" "${reads[@]}"
+stick ws-stick; load fan-out stick "${fanout[@]}"
+turnout sqlite; load fan-out "turnout sqlite" "${fanout[@]}"
+CLIENTS="8 16" SECONDS_EACH=15 loadtest/classic-bench.sh >"$out/classic.txt" 2>&1 || true
+
+python3 - "$out" "$(git rev-parse --short HEAD)" <<'PY'
+import datetime, glob, json, os, re, sys
+out, commit = sys.argv[1], sys.argv[2]
+rows, cpu_of = [], {}
+order = ["hot", "spread", "reads", "mix", "fan-out"]
+for path in glob.glob(os.path.join(out, "*.json")):
+    load, system = os.path.basename(path)[:-5].split(".", 1)
+    d = json.load(open(path))
+    server = next((c["detail"] for c in d["checks"] if c["name"].startswith("server CPU")), "")
+    m = re.match(r"([\d.]+) µs per (\w+)", server)
+    cpu, per = (float(m.group(1)), m.group(2)) if m else (None, "")
+    failed = [c["name"] for c in d["checks"] if not c["passed"]]
+    rows.append((order.index(load), system != "stick", system, load, d["throughput_per_s"], d["latency"]["p99_ms"], cpu, per, failed))
+    if system == "stick":
+        cpu_of[load] = (cpu, d["throughput_per_s"])
+print(f"Turnout bench, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, at {commit}\n")
+print("| load | system | requests/s | p99 | server CPU per request | × the stick's CPU | throughput ÷ the stick's | checks |")
+print("|---|---|---|---|---|---|---|---|")
+for _, _, system, load, rate, p99, cpu, per, failed in sorted(rows):
+    stick = cpu_of.get(load)
+    times = f"{cpu / stick[0]:.2f}" if stick and cpu and system != "stick" else ("1" if system == "stick" else "—")
+    share = f"{rate / stick[1]:.2f}" if stick and system != "stick" and load == "hot" else ("1" if system == "stick" else "—")
+    cpu_text = f"{cpu:.1f} µs per {per}" if cpu else "—"
+    verdict = "all pass" if not failed else "FAILED: " + ", ".join(failed)
+    print(f"| {load} | {system} | {rate:,.0f} | {p99:.1f} ms | {cpu_text} | {times} | {share} | {verdict} |")
+classic = open(os.path.join(out, "classic.txt")).read()
+best = max((float(m.group(2)), int(m.group(1))) for m in re.finditer(r"clients (\d+): ([\d.]+) joins/s", classic)) if "joins/s" in classic else None
+if best:
+    hot_stick = cpu_of.get("hot", (None, None))[1]
+    ratio = f"; ÷ the stick's throughput: {best[0] / hot_stick:.2f}" if hot_stick else ""
+    print(f"\nclassic design at its best (pgbench, {best[1]} clients): {best[0]:,.0f} joins/s{ratio}")
+PY
+rm -rf "$out"
