@@ -144,7 +144,8 @@ impl Fleet {
         let turn = ONE_AT_A_TIME.lock().await;
         let dir = tempfile::tempdir().unwrap();
         let url = fresh_database(Backend::Postgres, &dir).await?;
-        let mut env = Vec::new();
+        // Offers held on a node that dies are looked for every second.
+        let mut env = vec![("TURNOUT_OFFERS__SWEEP_SECS".to_owned(), "1".to_owned())];
         if let Some(redis) = std::env::var("TURNOUT_TEST_REDIS_URL")
             .ok()
             .filter(|u| !u.is_empty())
@@ -503,6 +504,62 @@ async fn a_node_killed_under_load_loses_nothing_and_its_events_move() {
     );
     tally.absorb(probes);
     assert_every_event_whole(&front, &owner, &events, capacity, &tally).await;
+}
+
+/// An offer held on a node that is killed runs out on time on the node that
+/// takes its event over: the deadline is in the event's state, and the new
+/// holder's offer clock loads the event, whose timer passes the offer on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_on_a_killed_node_runs_out_on_the_node_that_takes_over() {
+    let Some(mut fleet) = Fleet::start(2, 2).await else {
+        return;
+    };
+    let front = fleet.front();
+    let owner = front.register("owner@example.com").await;
+    let event = crate::offers::event_with(
+        &front,
+        &owner,
+        1,
+        serde_json::json!({ "waitlist_mode": "offer", "offer_hold_secs": 60 }),
+    )
+    .await;
+    let [a, b, c] = [(); 3].map(|_| front.user());
+    for u in [&a, &b, &c] {
+        assert!(front.join(u, event).await.status().is_success());
+    }
+    assert_eq!(front.leave(&a, event).await.status(), StatusCode::OK);
+    let offered = crate::offers::membership(&front, &b, event).await;
+    assert_eq!(offered["status"], "offered", "{offered}");
+    let expires_at: chrono::DateTime<chrono::Utc> = offered["offer_expires_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let victim = fleet.holders(&front, &[event]).await[&event];
+    fleet.take(victim).kill();
+    let survivor = fleet.node(1 - victim);
+    let ran_out = loop {
+        let now = chrono::Utc::now();
+        let mine = crate::offers::membership(&survivor, &b, event).await;
+        if mine["status"] == "expired" {
+            break now;
+        }
+        assert_eq!(mine["status"], "offered", "{mine}");
+        assert!(
+            now < expires_at
+                + chrono::Duration::from_std(LEASE_TTL).unwrap()
+                + chrono::Duration::seconds(5),
+            "the offer outlived its deadline and the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(ran_out >= expires_at, "never before the deadline");
+    assert_eq!(
+        crate::offers::membership(&survivor, &c, event).await["status"],
+        "offered",
+        "the offer passed on"
+    );
 }
 
 /// Each node in turn stopped with SIGTERM and started again, under load:

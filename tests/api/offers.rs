@@ -15,7 +15,12 @@ use crate::process::ServerProcess;
 use crate::realtime;
 
 /// A published event starting in a week, with these waitlist settings.
-async fn event_with(app: &TestApp, owner: &User, capacity: i64, settings: Value) -> Uuid {
+pub(crate) async fn event_with(
+    app: &TestApp,
+    owner: &User,
+    capacity: i64,
+    settings: Value,
+) -> Uuid {
     let venue = app.venue(owner).await;
     let mut request = json!({
         "title": "Late jazz", "venue_id": venue,
@@ -64,7 +69,7 @@ async fn join_party(app: &TestApp, user: &User, event: Uuid, seats: Value) -> Re
 }
 
 /// The caller's membership of `event`, from their list of joins.
-async fn membership(app: &TestApp, user: &User, event: Uuid) -> Value {
+pub(crate) async fn membership(app: &TestApp, user: &User, event: Uuid) -> Value {
     let mine = body(
         app.as_user(user, Method::GET, "/v1/me/joins")
             .send()
