@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Checks the load tool's hot-join figures against wrk (Debian's `wrk`):
+# the same hot event — one event of capacity 500, each request a join by a
+# new user (HS256 tokens minted beforehand) — through 2 threads and 1,000
+# connections for DURATION seconds, against the HTTP stick and Turnout on
+# SQLite, each on a fresh server; prints wrk's joins/s and the server's CPU
+# per join (from /proc).
+#
+#   cargo build --release -p turnout -p turnout-loadtest
+#   loadtest/wrk-check.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ulimit -n "$(ulimit -Hn)"
+KEY=wrk-bench-key-wrk-bench-key-wrk-0123
+PORT=18171
+DURATION=${DURATION:-5}
+dir=$(mktemp -d)
+python3 - "$KEY" "$dir/tokens" 200000 <<'PY'
+import base64, hashlib, hmac, json, sys, time, uuid
+key, path, n = sys.argv[1].encode(), sys.argv[2], int(sys.argv[3])
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
+head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+now = int(time.time())
+with open(path, "w") as out:
+    for _ in range(n):
+        body = b64(json.dumps({"sub": str(uuid.uuid4()), "iat": now, "exp": now + 3600, "iss": "turnout"}).encode())
+        signing = head + b"." + body
+        out.write((signing + b"." + b64(hmac.new(key, signing, hashlib.sha256).digest())).decode() + "\n")
+PY
+owner=$(tail -1 "$dir/tokens")
+
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+run() {
+  local name=$1 pid=$2
+  for _ in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:$PORT/v1/venues -X POST && break; sleep 0.1; done
+  local auth=(-H "Authorization: Bearer $owner" -H "Content-Type: application/json")
+  local venue event
+  venue=$(curl -s "${auth[@]}" -X POST http://127.0.0.1:$PORT/v1/venues \
+    -d '{"name":"Hall","lat":52.37,"lon":4.89}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["id"])')
+  event=$(curl -s "${auth[@]}" -X POST http://127.0.0.1:$PORT/v1/events \
+    -d "{\"title\":\"Hot\",\"venue_id\":\"$venue\",\"starts_at\":\"$(date -u -d '+7 days' +%FT%TZ)\",\"capacity\":500}" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["id"])')
+  curl -s -o /dev/null "${auth[@]}" -X POST http://127.0.0.1:$PORT/v1/events/$event/publish
+  local before after ticks
+  before=$(cpu "$pid")
+  result=$(EVENT=$event TOKENS=$dir/tokens THREADS=2 wrk -t2 -c1000 -d"${DURATION}s" \
+    -s loadtest/wrk/join.lua http://127.0.0.1:$PORT 2>&1)
+  after=$(cpu "$pid")
+  ticks=$(getconf CLK_TCK)
+  python3 - "$name" "$before" "$after" "$ticks" <<PY
+import re, sys
+name, before, after, ticks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+text = """$result"""
+rate = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+total = int(re.search(r"(\d+) requests in", text).group(1))
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+cpu_us = (after - before) / ticks * 1e6 / max(total, 1)
+print(f"{name:<16} wrk {rate:9.0f} joins/s  server {cpu_us:6.1f} µs per join  non-2xx: {errors.group(1) if errors else 0}")
+PY
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+for round in 1 2; do
+  target/release/http-stick --bind 127.0.0.1:$PORT --jwt-key $KEY >/dev/null 2>&1 &
+  run stick $!
+  data=$(mktemp -d)
+  TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data \
+    TURNOUT_DATABASE_URL="sqlite://$data/turnout.db?mode=rwc" \
+    TURNOUT_RATE_LIMITS__ENABLED=false TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP=0 \
+    target/release/turnout --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &
+  run "turnout sqlite" $!
+  rm -rf "$data"
+done
+rm -rf "$dir"
