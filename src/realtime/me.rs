@@ -460,6 +460,7 @@ impl Actor for MeWatcher {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        metrics::gauge!("turnout_ws_subscriptions", "kind" => ME).increment(1.0);
         self.feeds
             .0
             .watchers
@@ -492,6 +493,7 @@ impl Actor for MeWatcher {
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
+        metrics::gauge!("turnout_ws_subscriptions", "kind" => ME).decrement(1.0);
         let me = ctx.address();
         for event in std::mem::take(&mut self.waiting_in) {
             self.feeds.set_waiting((self.id, &me), event, false);
