@@ -428,7 +428,12 @@ async fn the_me_channel_follows_my_place(backend: Backend) {
     app.join(&b, event).await;
     app.join(&me, event).await;
     let update = realtime::next(&mut socket).await;
-    assert_eq!(update["data"]["reason"], "waitlisted", "{update}");
+    // The one read the watcher makes after its snapshot may, on a slow
+    // machine, see the join before the change arrives: then it is told as
+    // `refreshed`, and the change, older, is not told twice.
+    let reason = update["data"]["reason"].as_str().unwrap();
+    assert!(["waitlisted", "refreshed"].contains(&reason), "{update}");
+    assert_eq!(update["data"]["place"]["status"], "waitlisted");
     assert_eq!(update["data"]["place"]["position"], 2);
     assert_eq!(update["offset"], 1);
 
