@@ -86,10 +86,9 @@ impl HistoryEntry {
                 capacity: Some(i64::from(*capacity)),
                 ..entry(Happening::Created, "the owner created it as a draft".into())
             },
-            DomainEvent::Published { .. } => entry(
-                Happening::Published,
-                format!("the owner {}", Lifecycle::Published.as_str()),
-            ),
+            DomainEvent::Published { .. } => {
+                entry(Happening::Published, "the owner published it".into())
+            }
             DomainEvent::DetailsChanged { .. } => entry(
                 Happening::DetailsChanged,
                 "the owner changed its details".into(),

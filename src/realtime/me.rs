@@ -79,9 +79,9 @@ impl From<Place> for MyPlace {
 pub type Reason = &'static str;
 
 /// One person's live places, moved by committed changes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MyPlaces {
-    user: Option<UserId>,
+    user: UserId,
     by_event: HashMap<EventId, MyPlace>,
 }
 
@@ -89,7 +89,7 @@ impl MyPlaces {
     /// From the person's places as read (ended ones are left out).
     pub fn new(user: UserId, places: impl IntoIterator<Item = MyPlace>) -> Self {
         Self {
-            user: Some(user),
+            user,
             by_event: places
                 .into_iter()
                 .filter(|p| is_live(p.status))
@@ -146,7 +146,7 @@ impl MyPlaces {
             let (Some(party), Some(status)) = (fact.party(), fact.member_status()) else {
                 continue;
             };
-            if Some(party.user) != self.user {
+            if party.user != self.user {
                 continue;
             }
             named = true;
@@ -270,7 +270,7 @@ impl MeFeeds {
             user,
             queue,
             feeds: self.clone(),
-            places: MyPlaces::default(),
+            places: MyPlaces::new(user, []),
             epoch: Uuid::new_v4().simple().to_string()[..8].to_owned(),
             offset: 0,
             since,

@@ -516,13 +516,7 @@ async fn an_offer_on_a_killed_node_runs_out_on_the_node_that_takes_over() {
     };
     let front = fleet.front();
     let owner = front.register("owner@example.com").await;
-    let event = crate::offers::event_with(
-        &front,
-        &owner,
-        1,
-        serde_json::json!({ "waitlist_mode": "offer", "offer_hold_secs": 60 }),
-    )
-    .await;
+    let event = crate::offers::offer_event(&front, &owner, 60).await;
     let [a, b, c] = [(); 3].map(|_| front.user());
     for u in [&a, &b, &c] {
         assert!(front.join(u, event).await.status().is_success());

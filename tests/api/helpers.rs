@@ -250,7 +250,13 @@ impl TestApp {
 
     /// A published event starting in a week.
     pub async fn published_event(&self, owner: &User, capacity: i64) -> Uuid {
-        let event = self.draft_event(owner, capacity).await;
+        self.published_event_with(owner, capacity, json!({})).await
+    }
+
+    /// A published event starting in a week, with these settings besides
+    /// (`waitlist_mode`, `offer_hold_secs`, …).
+    pub async fn published_event_with(&self, owner: &User, capacity: i64, settings: Value) -> Uuid {
+        let event = self.draft_event_with(owner, capacity, settings).await;
         let response = self
             .as_user(owner, Method::POST, &format!("/v1/events/{event}/publish"))
             .send()
@@ -261,14 +267,23 @@ impl TestApp {
     }
 
     pub async fn draft_event(&self, owner: &User, capacity: i64) -> Uuid {
+        self.draft_event_with(owner, capacity, json!({})).await
+    }
+
+    async fn draft_event_with(&self, owner: &User, capacity: i64, settings: Value) -> Uuid {
         let venue = self.venue(owner).await;
         let starts_at = chrono::Utc::now() + chrono::Duration::days(7);
+        let mut event = json!({
+            "title": "Late jazz", "venue_id": venue, "starts_at": starts_at,
+            "capacity": capacity, "tags": ["jazz"]
+        });
+        event
+            .as_object_mut()
+            .unwrap()
+            .extend(settings.as_object().cloned().unwrap_or_default());
         let response = self
             .as_user(owner, Method::POST, "/v1/events")
-            .json(&json!({
-                "title": "Late jazz", "venue_id": venue, "starts_at": starts_at,
-                "capacity": capacity, "tags": ["jazz"]
-            }))
+            .json(&event)
             .send()
             .await
             .unwrap();

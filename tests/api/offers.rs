@@ -9,43 +9,29 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{
-    Backend, JWT_KEY, TestApp, User, assert_error, body, fresh_database, id_of, spawn_app_with,
+    Backend, JWT_KEY, TestApp, User, assert_error, body, fresh_database, spawn_app_with,
 };
 use crate::process::ServerProcess;
 use crate::realtime;
 
-/// A published event starting in a week, with these waitlist settings.
-pub(crate) async fn event_with(
-    app: &TestApp,
-    owner: &User,
-    capacity: i64,
-    settings: Value,
-) -> Uuid {
-    let venue = app.venue(owner).await;
-    let mut request = json!({
-        "title": "Late jazz", "venue_id": venue,
-        "starts_at": chrono::Utc::now() + chrono::Duration::days(7),
-        "capacity": capacity,
-    });
-    request
-        .as_object_mut()
-        .unwrap()
-        .extend(settings.as_object().unwrap().clone());
-    let created = app
-        .as_user(owner, Method::POST, "/v1/events")
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), StatusCode::CREATED);
-    let event = id_of(&body(created).await);
-    let published = app
-        .as_user(owner, Method::POST, &format!("/v1/events/{event}/publish"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(published.status(), StatusCode::OK);
-    event
+/// An event of capacity 1 that holds a freed place for `hold_secs`.
+pub(crate) async fn offer_event(app: &TestApp, owner: &User, hold_secs: i64) -> Uuid {
+    app.published_event_with(
+        owner,
+        1,
+        json!({ "waitlist_mode": "offer", "offer_hold_secs": hold_secs }),
+    )
+    .await
+}
+
+/// A socket authenticated as `user` and subscribed to `me`; its snapshot.
+async fn me_socket(app: &TestApp, user: &User) -> (realtime::Socket, Value) {
+    let mut socket = realtime::connect(app).await;
+    realtime::send(&mut socket, json!({ "type": "auth", "token": user.token })).await;
+    assert_eq!(realtime::next(&mut socket).await["type"], "authenticated");
+    let snapshot = realtime::subscribe(&mut socket, "me", None).await;
+    assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+    (socket, snapshot)
 }
 
 async fn answer_offer(app: &TestApp, user: &User, event: Uuid, answer: &str) -> Response {
@@ -88,13 +74,7 @@ pub(crate) async fn membership(app: &TestApp, user: &User, event: Uuid) -> Value
 
 async fn an_offer_passes_on_until_someone_accepts_it(app: TestApp) {
     let owner = app.register("owner@example.com").await;
-    let event = event_with(
-        &app,
-        &owner,
-        1,
-        json!({ "waitlist_mode": "offer", "offer_hold_secs": 600 }),
-    )
-    .await;
+    let event = offer_event(&app, &owner, 600).await;
     let [a, b, c, d, e] = [(); 5].map(|_| app.user());
     for u in [&a, &b, &c, &d] {
         app.join(u, event).await;
@@ -309,7 +289,9 @@ async fn history_of(app: &TestApp, owner: &User, event: Uuid) -> Vec<Value> {
 
 async fn parties_take_seats_in_order(app: TestApp) {
     let owner = app.register("owner@example.com").await;
-    let event = event_with(&app, &owner, 4, json!({ "max_party": 3 })).await;
+    let event = app
+        .published_event_with(&owner, 4, json!({ "max_party": 3 }))
+        .await;
     let [a, b, c] = [(); 3].map(|_| app.user());
 
     for (seats, status, code) in [
@@ -407,21 +389,12 @@ async fn the_me_channel_follows_my_place(backend: Backend) {
         return;
     };
     let owner = app.register("owner@example.com").await;
-    let event = event_with(
-        &app,
-        &owner,
-        1,
-        json!({ "waitlist_mode": "offer", "offer_hold_secs": 60 }),
-    )
-    .await;
+    let event = offer_event(&app, &owner, 60).await;
     let [a, b, me] = [(); 3].map(|_| app.user());
-    let mut socket = realtime::connect(&app).await;
-    let refused = realtime::subscribe(&mut socket, "me", None).await;
+    let mut anonymous = realtime::connect(&app).await;
+    let refused = realtime::subscribe(&mut anonymous, "me", None).await;
     assert_eq!(refused["code"], "unauthorized", "{refused}");
-    realtime::send(&mut socket, json!({ "type": "auth", "token": me.token })).await;
-    assert_eq!(realtime::next(&mut socket).await["type"], "authenticated");
-    let snapshot = realtime::subscribe(&mut socket, "me", None).await;
-    assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+    let (mut socket, snapshot) = me_socket(&app, &me).await;
     assert_eq!(snapshot["data"]["places"], json!([]));
 
     app.join(&a, event).await;
@@ -473,10 +446,7 @@ async fn the_me_channel_follows_my_place(backend: Backend) {
     assert_eq!(accepted["offset"], 5);
 
     // A new subscription starts from the place as it stands.
-    let mut again = realtime::connect(&app).await;
-    realtime::send(&mut again, json!({ "type": "auth", "token": me.token })).await;
-    realtime::next(&mut again).await;
-    let snapshot = realtime::subscribe(&mut again, "me", None).await;
+    let (_again, snapshot) = me_socket(&app, &me).await;
     let places = snapshot["data"]["places"].as_array().unwrap();
     assert_eq!(places.len(), 1);
     assert_eq!(
@@ -516,13 +486,7 @@ async fn an_offer_runs_out_on_time_across_a_kill_9(backend: Backend) {
     let mut server = ServerProcess::start(&url, dir.path(), &env).await;
     let app = TestApp::attach(&server.address, JWT_KEY);
     let owner = app.register("owner@example.com").await;
-    let event = event_with(
-        &app,
-        &owner,
-        1,
-        json!({ "waitlist_mode": "offer", "offer_hold_secs": 60 }),
-    )
-    .await;
+    let event = offer_event(&app, &owner, 60).await;
     let [a, b, c] = [(); 3].map(|_| app.user());
     for u in [&a, &b, &c] {
         app.join(u, event).await;
@@ -540,10 +504,7 @@ async fn an_offer_runs_out_on_time_across_a_kill_9(backend: Backend) {
     server.child.wait().unwrap();
     let restarted = ServerProcess::start(&url, dir.path(), &env).await;
     let app = TestApp::attach(&restarted.address, JWT_KEY);
-    let mut socket = realtime::connect(&app).await;
-    realtime::send(&mut socket, json!({ "type": "auth", "token": b.token })).await;
-    realtime::next(&mut socket).await;
-    let snapshot = realtime::subscribe(&mut socket, "me", None).await;
+    let (mut socket, snapshot) = me_socket(&app, &b).await;
     assert_eq!(
         snapshot["data"]["places"][0]["status"], "offered",
         "{snapshot}"
