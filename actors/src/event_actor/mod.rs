@@ -258,9 +258,10 @@ impl EventActor {
         } = msg;
         drop(queued);
         // An offer whose hold ran out passes on before anything else is
-        // decided: nobody may accept it, nor be measured against it.
+        // decided: nobody may accept it, nor be measured against it. (The
+        // armed timer holds the earliest deadline: no scan of the offers.)
         if !matches!(command, Command::ExpireOffers { .. })
-            && let Some(deadline) = self.state.as_ref().and_then(EventState::next_deadline)
+            && let Some((deadline, _)) = self.deadline
             && deadline <= command.at()
         {
             self.expire_offers(command.at(), ctx);
