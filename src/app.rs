@@ -352,6 +352,7 @@ async fn start_core(
         max_pending: settings.journal.max_pending,
         max_batch: settings.journal.max_batch,
         commit_timeout: Duration::from_millis(settings.journal.commit_timeout_ms),
+        linger: Duration::from_micros(settings.journal.linger_us),
     };
     let journal = Journal::start_in_arbiter(&threads.start(), move |_| {
         Journal::new(event_store, journal_settings)
@@ -458,9 +459,13 @@ fn start_maintenance(
         settings.outbox.clone(),
         background,
     )?;
-    let (events, listed) = (shared.state.events.clone(), store.clone());
-    background.spawn("event listing load", async move {
-        events.load_listing(listed.as_ref()).await;
+    let (events, listed, shutdown) = (
+        shared.state.events.clone(),
+        store.clone(),
+        background.shutdown(),
+    );
+    background.spawn("event listing", async move {
+        events.keep_listing(listed.as_ref(), shutdown).await;
     });
     if let Some(url) = &settings.redis_url {
         crate::consumers::start(

@@ -10,14 +10,18 @@
 //! been missed (the link came back, a numbering gap) everything is
 //! forgotten, and a load that started before that is not kept.
 //!
-//! A node alone also answers the listing (`GET /v1/events`) from memory:
-//! the published events held, in the listing's order, are every published
+//! The listing (`GET /v1/events`) is answered from memory too: the
+//! published events held, in the listing's order, are every published
 //! event starting from some instant on once a full load of them from the
 //! read model has gone in (what changed during the load wins by version,
 //! and every later change is heard). A query reaching earlier than that
-//! instant, or a cache too full to hold them all, goes to the database.
+//! instant, or a cache too full to hold them all, goes to the database. A
+//! cluster node holds the listing to the same freshness as an entry: it
+//! loads it again while it is asked for, and answers from memory only a
+//! listing loaded within [`CLUSTER_FRESHNESS`], so a change lost with a
+//! killed node shows there as soon as in an event's details.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -28,11 +32,13 @@ use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use serde::Serialize;
+use tokio::sync::Notify;
 use turnout_actors::domain::{EventId, Lifecycle, UserId};
 use turnout_actors::store::EventSummary;
 
 use uuid::Uuid;
 
+use crate::background::Shutdown;
 use crate::fanout_link::FanoutLink;
 use crate::store::{EventFilter, EventRecord, Store, micros};
 use crate::views::EventView;
@@ -153,6 +159,8 @@ struct Listing {
     /// none until a full load has gone in, and again once one may be
     /// missing (forgotten, or refused for want of room).
     complete_from: Option<i64>,
+    /// When the last full load that went in began.
+    loaded_at: Option<Instant>,
 }
 
 impl Listing {
@@ -164,6 +172,25 @@ impl Listing {
         if now.listed() {
             self.by_start.insert(now.listing_key(), Arc::clone(now));
         }
+    }
+
+    /// A full load that began at `began` read every published event from
+    /// `from` on, `read` being those it found: one held from there on that
+    /// it did not find, and that nothing was heard of since it began, has
+    /// gone (cancelled or moved by a change this node never heard).
+    fn loaded(&mut self, from: i64, began: Instant, read: &HashSet<EventId>) -> Vec<EventId> {
+        let gone: Vec<(i64, Uuid)> = self
+            .by_start
+            .range((from, Uuid::nil())..)
+            .filter(|(_, event)| !read.contains(&event.id) && event.heard_at < began)
+            .map(|(key, _)| *key)
+            .collect();
+        self.complete_from = Some(from);
+        self.loaded_at = Some(began);
+        gone.iter()
+            .filter_map(|key| self.by_start.remove(key))
+            .map(|event| event.id)
+            .collect()
     }
 
     /// The first `limit` events of the page `filter` asks for, if every
@@ -205,6 +232,8 @@ pub struct EventCache {
     last_eviction: Arc<AtomicU64>,
     max_events: usize,
     serving: Serving,
+    /// Asks a cluster node's listing keeper for a fresh load.
+    listing_wanted: Arc<Notify>,
 }
 
 /// Which held entry an incoming one replaces.
@@ -223,10 +252,11 @@ pub struct Generation(u64);
 
 /// Where a load of the listing began, to tell whether the cache was
 /// emptied, or had no room for an event, meanwhile.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct ListingLoad {
     generation: Generation,
     refused: u64,
+    at: Instant,
 }
 
 impl EventCache {
@@ -239,20 +269,34 @@ impl EventCache {
             last_eviction: Arc::default(),
             max_events,
             serving,
+            listing_wanted: Arc::default(),
         }
     }
 
     /// The first `limit` events of a listing page, if it may be answered
-    /// from memory: on a node alone, once the published events are loaded
-    /// (see [`EventCache::listing_loaded`]).
+    /// from memory: once the published events are loaded (see
+    /// [`EventCache::listing_loaded`]) and, on a cluster node, while it
+    /// hears every change and the load is fresh. A cluster node asks for
+    /// the next load halfway through, so a listing asked for steadily is
+    /// always answered from memory.
     pub fn page(&self, filter: &EventFilter, limit: usize) -> Option<Vec<Arc<CachedEvent>>> {
-        if !matches!(self.serving, Serving::Always) {
+        if !self.serves() {
             return None;
         }
-        self.listing
+        let listing = self
+            .listing
             .read()
-            .expect("the listing lock is not poisoned")
-            .page(filter, limit)
+            .expect("the listing lock is not poisoned");
+        if let Serving::WhileLinked(_) = self.serving {
+            let age = listing.loaded_at.map(|at| at.elapsed());
+            if age.is_none_or(|age| age > CLUSTER_FRESHNESS / 2) {
+                self.listing_wanted.notify_one();
+            }
+            if age.is_none_or(|age| age > CLUSTER_FRESHNESS) {
+                return None;
+            }
+        }
+        listing.page(filter, limit)
     }
 
     /// Call before reading every published event for the listing; hand
@@ -261,20 +305,29 @@ impl EventCache {
         ListingLoad {
             generation: self.generation(),
             refused: self.refused.load(Ordering::Acquire),
+            at: Instant::now(),
         }
     }
 
-    /// Every published event starting at or after `from` has been read and
-    /// handed to [`EventCache::loaded`]: from now on the listing may be
-    /// answered from memory, unless since `began` the cache was emptied or
-    /// had no room for an event.
-    pub fn listing_loaded(&self, began: ListingLoad, from: DateTime<Utc>) {
-        let mut listing = self
+    /// Every published event starting at or after `from` has been read
+    /// (`read`) and handed to [`EventCache::loaded`]: from now on the
+    /// listing may be answered from memory, unless since `began` the cache
+    /// was emptied or had no room for an event. A listed event the load
+    /// did not find, and nothing was heard of since it began, is dropped.
+    pub fn listing_loaded(&self, began: ListingLoad, from: DateTime<Utc>, read: &HashSet<EventId>) {
+        let now = self.listing_load();
+        if (began.generation, began.refused) != (now.generation, now.refused) {
+            return;
+        }
+        let gone = self
             .listing
             .write()
-            .expect("the listing lock is not poisoned");
-        if began == self.listing_load() {
-            listing.complete_from = Some(micros(from));
+            .expect("the listing lock is not poisoned")
+            .loaded(micros(from), began.at, read);
+        // Not under the listing's lock: `keep` takes an entry's, then it.
+        for id in gone {
+            self.entries
+                .remove_if(&id, |_, held| held.heard_at < began.at);
         }
     }
 
@@ -330,13 +383,30 @@ impl EventCache {
         self.keep(CachedEvent::from(summary), Replace::Newer);
     }
 
-    /// Reads every published event from now on into the cache, then lets
-    /// the listing be answered from memory (a node alone only; retried
-    /// until the store answers).
-    pub async fn load_listing(&self, store: &dyn Store) {
-        if !matches!(self.serving, Serving::Always) {
-            return;
+    /// Keeps the listing in memory until shutdown: a node alone loads it
+    /// once; a cluster node loads it again whenever [`EventCache::page`]
+    /// asks, while its link is up. A load that fails is retried after a
+    /// second.
+    pub async fn keep_listing(&self, store: &dyn Store, mut shutdown: Shutdown) {
+        match self.serving {
+            Serving::Always => self.load_listing(store, &mut shutdown).await,
+            Serving::WhileLinked(_) => loop {
+                tokio::select! {
+                    _ = shutdown.requested() => return,
+                    _ = self.listing_wanted.notified() => {}
+                }
+                if self.serves() {
+                    self.load_listing(store, &mut shutdown).await;
+                }
+            },
+            Serving::Never => {}
         }
+    }
+
+    /// Reads every published event from now on into the cache, then lets
+    /// the listing be answered from memory (retried until the store
+    /// answers, or shutdown).
+    async fn load_listing(&self, store: &dyn Store, shutdown: &mut Shutdown) {
         const PAGE: i64 = 1000;
         loop {
             let began = self.listing_load();
@@ -346,12 +416,14 @@ impl EventCache {
                 limit: PAGE,
                 ..EventFilter::default()
             };
+            let mut found = HashSet::new();
             let read: Result<(), StoreError> = async {
                 loop {
                     let rows = store.list_events(&filter).await?;
                     let more = rows.len() as i64 == PAGE;
                     filter.after = rows.last().map(|r| (r.starts_at, r.id));
                     for row in rows {
+                        found.insert(EventId::from(row.id));
                         self.loaded(began.generation, CachedEvent::from(row));
                     }
                     if !more {
@@ -361,10 +433,12 @@ impl EventCache {
             }
             .await;
             match read {
-                Ok(()) => return self.listing_loaded(began, from),
+                Ok(()) => return self.listing_loaded(began, from, &found),
                 Err(error) => {
                     tracing::warn!(%error, "cannot load the event listing; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if !shutdown.sleep(Duration::from_secs(1)).await {
+                        return;
+                    }
                 }
             }
         }
@@ -451,7 +525,7 @@ impl EventCache {
     }
 
     fn list(&self, held: Option<&Arc<CachedEvent>>, now: &Arc<CachedEvent>) {
-        if !matches!(self.serving, Serving::Always)
+        if matches!(self.serving, Serving::Never)
             || !(now.listed() || held.is_some_and(|h| h.listed()))
         {
             return;
@@ -631,7 +705,7 @@ mod tests {
     fn loaded_listing() -> EventCache {
         let cache = EventCache::new(100, Serving::Always);
         let began = cache.listing_load();
-        cache.listing_loaded(began, epoch());
+        cache.listing_loaded(began, epoch(), &HashSet::new());
         cache
     }
 
@@ -642,7 +716,7 @@ mod tests {
         cache.changed(&listed(id, 1, VenueId::new(), 1, &[]));
         assert!(cache.page(&upcoming(10), 10).is_none(), "not loaded yet");
         let began = cache.listing_load();
-        cache.listing_loaded(began, epoch());
+        cache.listing_loaded(began, epoch(), &HashSet::from([id]));
         assert_eq!(ids(&cache.page(&upcoming(10), 10).unwrap()), vec![id]);
         let earlier = EventFilter {
             from: Some(epoch() - chrono::Duration::hours(1)),
@@ -656,13 +730,13 @@ mod tests {
         let cache = EventCache::new(1, Serving::Always);
         let began = cache.listing_load();
         cache.forget_all();
-        cache.listing_loaded(began, epoch());
+        cache.listing_loaded(began, epoch(), &HashSet::new());
         assert!(cache.page(&upcoming(10), 10).is_none(), "emptied meanwhile");
 
         let began = cache.listing_load();
         cache.changed(&listed(EventId::new(), 1, VenueId::new(), 1, &[]));
         cache.changed(&listed(EventId::new(), 1, VenueId::new(), 2, &[]));
-        cache.listing_loaded(began, epoch());
+        cache.listing_loaded(began, epoch(), &HashSet::new());
         assert!(
             cache.page(&upcoming(10), 10).is_none(),
             "an event found no room"
@@ -673,7 +747,7 @@ mod tests {
     fn a_full_cache_stops_answering_the_listing() {
         let cache = EventCache::new(1, Serving::Always);
         let began = cache.listing_load();
-        cache.listing_loaded(began, epoch());
+        cache.listing_loaded(began, epoch(), &HashSet::new());
         cache.changed(&listed(EventId::new(), 1, VenueId::new(), 1, &[]));
         assert!(cache.page(&upcoming(10), 10).is_some());
         cache.changed(&listed(EventId::new(), 1, VenueId::new(), 2, &[]));
@@ -699,14 +773,65 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_cluster_node_lists_from_the_database() {
+    /// A linked cluster node whose listing was loaded `ago`.
+    fn cluster_listing(link: &FanoutLink, ago: Duration) -> EventCache {
+        let cache = EventCache::new(10, Serving::WhileLinked(link.clone()));
+        let mut began = cache.listing_load();
+        began.at -= ago;
+        cache.listing_loaded(began, epoch(), &HashSet::new());
+        cache
+    }
+
+    #[tokio::test]
+    async fn a_cluster_node_lists_from_memory_while_the_load_is_fresh_and_asks_for_the_next() {
         let link = FanoutLink::unlinked();
         link.mark(true);
-        let cache = EventCache::new(10, Serving::WhileLinked(link));
+        let fresh = cluster_listing(&link, Duration::ZERO);
+        let id = EventId::new();
+        fresh.changed(&listed(id, 1, VenueId::new(), 1, &[]));
+        assert_eq!(ids(&fresh.page(&upcoming(10), 10).unwrap()), vec![id]);
+        let nobody_asked =
+            tokio::time::timeout(Duration::from_millis(20), fresh.listing_wanted.notified()).await;
+        assert!(nobody_asked.is_err(), "a fresh load needs no other");
+
+        let aging = cluster_listing(&link, CLUSTER_FRESHNESS * 3 / 4);
+        assert!(aging.page(&upcoming(10), 10).is_some(), "still fresh");
+        // `notify_one` leaves a permit when nobody waits yet.
+        let next =
+            tokio::time::timeout(Duration::from_millis(20), aging.listing_wanted.notified()).await;
+        assert!(next.is_ok(), "halfway through, the next load is asked for");
+
+        let stale = cluster_listing(&link, CLUSTER_FRESHNESS * 2);
+        assert!(
+            stale.page(&upcoming(10), 10).is_none(),
+            "too old: the database"
+        );
+
+        link.mark(false);
+        assert!(
+            fresh.page(&upcoming(10), 10).is_none(),
+            "the link is down: changes may be missed"
+        );
+    }
+
+    #[test]
+    fn a_load_drops_a_listed_event_it_did_not_find_unless_heard_of_since() {
+        let link = FanoutLink::unlinked();
+        link.mark(true);
+        let cache = cluster_listing(&link, Duration::ZERO);
+        let venue = VenueId::new();
+        let (kept, lost, heard) = (EventId::new(), EventId::new(), EventId::new());
+        for id in [kept, lost, heard] {
+            cache.changed(&listed(id, 1, venue, 1, &[]));
+        }
         let began = cache.listing_load();
-        cache.listing_loaded(began, epoch());
-        assert!(cache.page(&upcoming(10), 10).is_none());
+        // Cancelled by a node that died before it could tell anyone: the
+        // load does not find `lost`. `heard` was published during the load.
+        cache.changed(&listed(heard, 2, venue, 2, &[]));
+        cache.listing_loaded(began, epoch(), &HashSet::from([kept]));
+        let page = cache.page(&upcoming(10), 10).unwrap();
+        assert_eq!(ids(&page), vec![kept, heard]);
+        assert!(cache.get(lost).is_none(), "gone from the details too");
     }
 
     #[test]
@@ -723,7 +848,7 @@ mod tests {
     fn a_full_cache_lets_go_of_events_that_started_days_ago() {
         let cache = EventCache::new(2, Serving::Always);
         let began = cache.listing_load();
-        cache.listing_loaded(began, Utc::now());
+        cache.listing_loaded(began, Utc::now(), &HashSet::new());
         let venue = VenueId::new();
         let (past, soon, later) = (EventId::new(), EventId::new(), EventId::new());
         let at = |id, days: i64| {

@@ -237,6 +237,88 @@ async fn reads_on_every_node_follow_the_joins_through_any_node() {
     }
 }
 
+/// The listing too is answered from memory on a linked cluster node: it
+/// follows joins made through the other node, and a change no node heard
+/// of (written by a node killed before it could publish it; here, straight
+/// into the database) shows within the freshness bound, a second or two.
+#[actix_web::test]
+async fn the_listing_on_a_cluster_node_is_from_memory_and_catches_a_change_nobody_heard() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((a, b, _)) = linked_nodes(&dir).await else {
+        return;
+    };
+    a.wait_for_placement(2).await;
+    let owner = a.register("owner@example.com").await;
+    let (joined, lost) = (
+        a.published_event(&owner, 5).await,
+        a.published_event(&owner, 5).await,
+    );
+    let listed = |page: &serde_json::Value, id: uuid::Uuid| {
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == id.to_string())
+            .cloned()
+    };
+    let listing = |node: &TestApp| {
+        let request = node.request(reqwest::Method::GET, "/v1/events?limit=100");
+        async move { body(request.send().await.unwrap()).await }
+    };
+    assert_eq!(
+        a.join(&a.user(), joined).await.status(),
+        StatusCode::CREATED
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let page = listing(&b).await;
+        if listed(&page, joined).is_some_and(|e| e["active_count"] == 1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node b's listing never showed the join"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let from_memory = |metrics: String| {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(r#"turnout_event_reads_total{read="listing",source="memory"} "#)
+            })
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+    };
+    assert!(
+        from_memory(b.metrics().await) > 0,
+        "node b answered its listing from memory"
+    );
+
+    let pool = sqlx::PgPool::connect(&a.database_url).await.unwrap();
+    sqlx::query("UPDATE events SET status = 'cancelled', version = version + 1 WHERE id = $1")
+        .bind(lost)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let written = std::time::Instant::now();
+    for node in [&a, &b] {
+        loop {
+            if listed(&listing(node).await, lost).is_none() {
+                break;
+            }
+            assert!(
+                written.elapsed() < std::time::Duration::from_secs(3),
+                "a change nobody heard stayed in a listing"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    assert!(
+        listed(&listing(&b).await, joined).is_some(),
+        "the rest stays listed"
+    );
+}
+
 /// Placement does not use Redis: with Redis unreachable, two nodes still
 /// decide every join on one actor; only live updates between nodes pause,
 /// and `/ready` says so.
