@@ -145,6 +145,7 @@ pub struct JournalConfig {
     pub max_pending: usize,
     pub max_batch: usize,
     pub commit_timeout_ms: u64,
+    pub linger_us: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

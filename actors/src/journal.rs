@@ -5,6 +5,12 @@
 //! commit carries more work instead of more commits queueing up. Each append
 //! is answered only after the transaction holding it has committed.
 //!
+//! Between bursts, appends find the journal idle and would each pay a commit
+//! of their own (a durable commit is an `fsync` and a round of thread
+//! wake-ups). So an append that finds it idle waits up to `linger` for
+//! company — only while appends have been arriving closer together than
+//! that, so a quiet server adds no latency to a lone join.
+//!
 //! A writer (one actor incarnation) whose append failed is *fenced*: its later
 //! appends were decided on top of facts that never became durable, so they
 //! are refused. The actor stops, and the next command activates a fresh
@@ -122,6 +128,10 @@ pub struct JournalSettings {
     pub max_batch: usize,
     /// A commit taking longer fails its whole batch.
     pub commit_timeout: Duration,
+    /// How long an append that finds the journal idle waits for others to
+    /// share its commit, when appends arrive closer together than this;
+    /// zero commits at once.
+    pub linger: Duration,
 }
 
 impl Default for JournalSettings {
@@ -130,7 +140,38 @@ impl Default for JournalSettings {
             max_pending: 50_000,
             max_batch: 4_000,
             commit_timeout: Duration::from_secs(5),
+            linger: Duration::ZERO,
         }
+    }
+}
+
+/// How closely appends have been arriving: a moving average of the gaps
+/// between them, so one lull or one burst does not decide alone.
+#[derive(Debug, Default)]
+struct Arrivals {
+    last: Option<Instant>,
+    /// Mean gap in seconds; none until two appends have arrived.
+    mean_gap: Option<f64>,
+}
+
+impl Arrivals {
+    /// The weight of the newest gap in the average.
+    const WEIGHT: f64 = 0.125;
+
+    fn arrived(&mut self, at: Instant) {
+        if let Some(last) = self.last {
+            let gap = at.saturating_duration_since(last).as_secs_f64();
+            self.mean_gap = Some(match self.mean_gap {
+                Some(mean) => mean + Self::WEIGHT * (gap - mean),
+                None => gap,
+            });
+        }
+        self.last = Some(at);
+    }
+
+    /// Whether another append is expected within `linger`.
+    fn company_within(&self, linger: Duration) -> bool {
+        !linger.is_zero() && self.mean_gap.is_some_and(|gap| gap < linger.as_secs_f64())
     }
 }
 
@@ -144,6 +185,9 @@ pub struct Journal {
     settings: JournalSettings,
     buffer: VecDeque<Pending>,
     committing: bool,
+    arrivals: Arrivals,
+    /// The commit waiting for company, if one is.
+    lingering: Option<SpawnHandle>,
     /// Writers fenced after a failure; bounded, oldest forgotten first (a
     /// fenced actor stops at once, so only appends already in transit need it).
     fenced: HashSet<u64>,
@@ -161,6 +205,8 @@ impl Journal {
             settings,
             buffer: VecDeque::new(),
             committing: false,
+            arrivals: Arrivals::default(),
+            lingering: None,
             fenced: HashSet::new(),
             fenced_order: VecDeque::new(),
             fenced_since_sweep: false,
@@ -168,8 +214,34 @@ impl Journal {
         }
     }
 
+    /// A new append is in the buffer: commit now, or wait a little for
+    /// company if the journal is idle and more appends are expected.
+    fn commit_soon(&mut self, ctx: &mut Context<Self>) {
+        if self.committing {
+            return;
+        }
+        if self.buffer.len() >= self.settings.max_batch {
+            if let Some(timer) = self.lingering.take() {
+                ctx.cancel_future(timer);
+            }
+            return self.start_commit(ctx);
+        }
+        if self.lingering.is_some() {
+            return;
+        }
+        if !self.arrivals.company_within(self.settings.linger) {
+            return self.start_commit(ctx);
+        }
+        self.lingering = Some(ctx.run_later(self.settings.linger, |journal, ctx| {
+            journal.lingering = None;
+            journal.start_commit(ctx);
+            // Fenced appends may have left the buffer empty meanwhile.
+            journal.wake_flushers();
+        }));
+    }
+
     fn start_commit(&mut self, ctx: &mut Context<Self>) {
-        if self.committing || self.buffer.is_empty() {
+        if self.committing || self.lingering.is_some() || self.buffer.is_empty() {
             return;
         }
         self.committing = true;
@@ -348,7 +420,8 @@ impl Handler<Submit> for Journal {
             reply: msg.reply,
         });
         metrics::gauge!("turnout_journal_pending").set(self.buffer.len() as f64);
-        self.start_commit(ctx);
+        self.arrivals.arrived(Instant::now());
+        self.commit_soon(ctx);
     }
 }
 
@@ -364,7 +437,12 @@ impl Handler<Fence> for Journal {
 impl Handler<Flush> for Journal {
     type Result = ();
 
-    fn handle(&mut self, msg: Flush, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Flush, ctx: &mut Self::Context) {
+        // Nobody waits for company at a flush.
+        if let Some(timer) = self.lingering.take() {
+            ctx.cancel_future(timer);
+            self.start_commit(ctx);
+        }
         self.flush_waiters.push(msg.0);
         self.wake_flushers();
     }
@@ -461,6 +539,80 @@ mod tests {
         let mut told = writer.send(Told).await.unwrap();
         told.sort_by_key(|(seq, _)| *seq);
         told
+    }
+
+    #[test]
+    fn company_is_expected_only_while_appends_arrive_closer_than_the_linger() {
+        let linger = Duration::from_millis(5);
+        let start = Instant::now();
+        let mut arrivals = Arrivals::default();
+        arrivals.arrived(start);
+        assert!(!arrivals.company_within(linger), "one append says nothing");
+        for i in 1..=20 {
+            arrivals.arrived(start + Duration::from_millis(2 * i));
+        }
+        assert!(arrivals.company_within(linger), "every 2 ms");
+        assert!(!arrivals.company_within(Duration::ZERO), "lingering is off");
+        assert!(
+            !arrivals.company_within(Duration::from_millis(1)),
+            "slower than a 1 ms linger"
+        );
+        arrivals.arrived(start + Duration::from_millis(42));
+        assert!(arrivals.company_within(linger), "one lull does not decide");
+        for i in 1..=20 {
+            arrivals.arrived(start + Duration::from_millis(42 + 100 * i));
+        }
+        assert!(!arrivals.company_within(linger), "every 100 ms");
+    }
+
+    /// With a linger, appends arriving close together share commits; a
+    /// lone append on a quiet journal does not wait for the linger.
+    #[actix::test]
+    async fn appends_arriving_close_together_share_a_commit_and_a_lone_one_does_not_wait() {
+        let store = Arc::new(MemoryStore::default());
+        let journal = Journal::new(
+            store.clone(),
+            JournalSettings {
+                linger: Duration::from_secs(60),
+                ..JournalSettings::default()
+            },
+        )
+        .start();
+        let writer = Writer::default().start();
+        let answered = tokio::time::timeout(Duration::from_secs(5), async {
+            journal.do_send(submit(&writer, append(EventId::new(), 1, 0), 1));
+            while told_in_order(&writer).await.is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(answered.is_ok(), "a lone append is committed at once");
+
+        let lingering = Journal::new(
+            store.clone(),
+            JournalSettings {
+                linger: Duration::from_millis(300),
+                ..JournalSettings::default()
+            },
+        )
+        .start();
+        let before = store.commits.load(std::sync::atomic::Ordering::SeqCst);
+        // 10 ms apart: without a linger, each would find the journal idle.
+        for seq in 0..10 {
+            lingering.do_send(submit(&writer, append(EventId::new(), 10 + seq, 0), seq));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut told = Vec::new();
+        while told.len() < 10 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            told.extend(told_in_order(&writer).await);
+        }
+        let commits = store.commits.load(std::sync::atomic::Ordering::SeqCst) - before;
+        assert!(
+            commits <= 3,
+            "ten appends 10 ms apart took {commits} commits"
+        );
+        assert!(told.iter().all(|(_, r)| *r == Ok(Appended::Committed)));
     }
 
     /// An append refused for want of room fences its writer: the writer's
