@@ -43,6 +43,59 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The server's resident memory, read every `every` while a load runs.
+pub struct RssTrack {
+    samples: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+    sampler: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RssTrack {
+    /// Starts reading (nothing without a pid).
+    pub fn start(pid: Option<u32>, every: std::time::Duration) -> Self {
+        let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sampler = pid.map(|pid| {
+            let samples = samples.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    if let Some(rss) = rss_bytes(pid) {
+                        samples.lock().unwrap().push(rss);
+                    }
+                }
+            })
+        });
+        Self { samples, sampler }
+    }
+
+    /// Stops reading: an info check with where the memory started and
+    /// ended, its growth over the second half of the run, and the growth
+    /// per member the load added.
+    pub fn check(mut self, pid: Option<u32>, members: usize) -> Option<Check> {
+        if let Some(sampler) = self.sampler.take() {
+            sampler.abort();
+        }
+        let mut samples = std::mem::take(&mut *self.samples.lock().unwrap());
+        samples.extend(pid.and_then(rss_bytes));
+        let (first, last) = (*samples.first()?, *samples.last()?);
+        let half = samples[samples.len() / 2];
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        Some(Check::new(
+            "server memory (info)",
+            true,
+            format!(
+                "RSS {:.0} MiB at the start, {:.0} MiB halfway, {:.0} MiB at the end, {:.0} MiB at most; \
+                 {} bytes per member added ({members})",
+                mib(first),
+                mib(half),
+                mib(last),
+                mib(samples.iter().copied().max().unwrap_or(last)),
+                last.saturating_sub(first) / members.max(1) as u64,
+            ),
+        ))
+    }
+}
+
 /// The server's resident memory growth per connection, as an info check,
 /// when both readings were taken.
 pub fn memory_per_connection(

@@ -23,7 +23,7 @@ use super::ws_fanout::{ChannelFrame, connect_all, connect_from, server_addrs, su
 use crate::Common;
 use crate::api::Api;
 use crate::burst::{Answers, JoinResult, failure_kind, paced};
-use crate::process::CpuMeter;
+use crate::process::{CpuMeter, RssTrack};
 use crate::report::{Check, Percentiles, Report, latency_histogram};
 
 #[derive(Args)]
@@ -271,6 +271,7 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
         .collect();
     let event_ids: Arc<[Uuid]> = events.clone().into();
     let cpu = CpuMeter::start(args.common.server_pid);
+    let rss = RssTrack::start(args.common.server_pid, Duration::from_secs(5));
     let send = {
         let api = api.clone();
         move |step: Step| {
@@ -321,6 +322,8 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
         *outcomes.entry(kind).or_default() += 1;
     }
     let cpu = cpu.checks(latency.len() as usize, "request");
+    let members: usize = answers.acknowledged.iter().map(|a| a.len()).sum();
+    let memory = rss.check(args.common.server_pid, members);
 
     let mut checks = check_events(&api, &owner, &events, args.capacity, &answers).await?;
     checks.push(Check::new(
@@ -356,6 +359,7 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
         Some(intended_rate),
     ));
     checks.extend(cpu);
+    checks.extend(memory);
     Ok(Report::new(
         "mixed",
         &args.common.target_label(),
