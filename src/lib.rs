@@ -6,6 +6,7 @@
 //! - `config`: layered settings (file, environment, flags).
 //! - `auth`: passwords, tokens and the identity extractors.
 //! - `http`: routes, the error envelope, pagination, OpenAPI.
+//! - `memory`: the process's memory, as /metrics reports it.
 //! - `outbox`: the relay that publishes committed facts to Redis streams.
 //! - `consumers`: in-process consumers of those facts, idempotent by inbox.
 //! - `realtime`: WebSocket sessions, channel hubs and fan-out.
@@ -23,6 +24,7 @@ pub mod consumers;
 pub mod event_cache;
 pub mod fanout_link;
 pub mod http;
+pub mod memory;
 pub mod offer_clock;
 pub mod outbox;
 pub mod realtime;

@@ -54,6 +54,13 @@ enum ConfigCmd {
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read once at start. A background thread returns
+/// freed pages to the kernel on time: without it an arena purges only when
+/// something allocates from it again, so memory freed as a load ends (event
+/// actors passivated, hubs gone) stays resident while the server idles.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: &[u8] = b"background_thread:true\0";
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(&Overrides {
@@ -63,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         redis_url: cli.redis_url,
     })?;
     let command = cli.command.unwrap_or(Cmd::Serve);
+    turnout::memory::read_heap_with(turnout::memory::jemalloc_heap);
     let _telemetry =
         turnout::telemetry::init(&settings.log_format, &settings.log_level, &settings.traces)?;
     if !matches!(command, Cmd::Config { .. }) {

@@ -11,6 +11,7 @@
 //! checks for a whole batch at once, and a lookup when a command is refused.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -61,26 +62,32 @@ impl Given {
 
 /// An event actor's memory of keys: those whose command is in flight (a
 /// duplicate waits for the same answer instead of being decided again),
-/// and the most recently committed ones, so most replays are answered
-/// without the database.
+/// and the recently committed ones, so a client's retry is answered without
+/// the database. Committed keys are kept a short while and up to a count:
+/// a retry comes soon after its request, and an older one is answered from
+/// the stored keys all the same — so the memory is a cost per recent
+/// request, not per member an event ever took.
 #[derive(Debug)]
 pub struct KeyMemory {
     /// Each with the sequence number of the append that carries it.
     in_flight: HashMap<KeyId, (u64, Given)>,
     recent: HashMap<KeyId, Given>,
-    /// Oldest first: the order `recent` forgets in.
-    order: VecDeque<KeyId>,
+    /// Oldest first, with when each was remembered: the order `recent`
+    /// forgets in.
+    order: VecDeque<(Instant, KeyId)>,
     capacity: usize,
+    keep_for: Duration,
 }
 
 impl KeyMemory {
-    /// Remembers up to `capacity` committed keys.
-    pub fn new(capacity: usize) -> Self {
+    /// Remembers up to `capacity` committed keys, each for `keep_for`.
+    pub fn new(capacity: usize, keep_for: Duration) -> Self {
         Self {
             in_flight: HashMap::new(),
             recent: HashMap::new(),
             order: VecDeque::new(),
             capacity,
+            keep_for,
         }
     }
 
@@ -99,15 +106,15 @@ impl KeyMemory {
     }
 
     /// `key`'s append committed: the answer decided for it stands.
-    pub fn committed(&mut self, key: &KeyId) {
+    pub fn committed(&mut self, key: &KeyId, now: Instant) {
         if let Some((_, given)) = self.in_flight.remove(key) {
-            self.remember(key.clone(), given);
+            self.remember(key.clone(), given, now);
         }
     }
 
     /// `key` turned out to be answered before (the store had it): that
     /// answer stands instead of the one decided in memory.
-    pub fn replayed(&mut self, key: &KeyId, answer: Answer) {
+    pub fn replayed(&mut self, key: &KeyId, answer: Answer, now: Instant) {
         if let Some((_, given)) = self.in_flight.remove(key) {
             self.remember(
                 key.clone(),
@@ -115,6 +122,7 @@ impl KeyMemory {
                     fingerprint: given.fingerprint,
                     answer,
                 },
+                now,
             );
         }
     }
@@ -135,14 +143,35 @@ impl KeyMemory {
     }
 
     /// An answer found elsewhere (the store) stands from now on.
-    pub fn remember(&mut self, key: KeyId, given: Given) {
+    pub fn remember(&mut self, key: KeyId, given: Given, now: Instant) {
         if self.recent.insert(key.clone(), given).is_none() {
-            self.order.push_back(key);
+            self.order.push_back((now, key));
         }
         while self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.recent.remove(&old);
-            }
+            self.forget_oldest();
+        }
+        self.let_go_of_old(now);
+    }
+
+    /// Forgets committed keys remembered longer ago than `keep_for`.
+    pub fn let_go_of_old(&mut self, now: Instant) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) > self.keep_for)
+        {
+            self.forget_oldest();
+        }
+        if self.recent.is_empty() && self.recent.capacity() > 0 {
+            // A burst's table would otherwise stay allocated for good.
+            self.recent = HashMap::new();
+            self.order = VecDeque::new();
+        }
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some((_, old)) = self.order.pop_front() {
+            self.recent.remove(&old);
         }
     }
 }
@@ -165,6 +194,8 @@ mod tests {
 
     use super::*;
 
+    const MINUTE: Duration = Duration::from_secs(60);
+
     fn key(name: &str) -> KeyId {
         (UserId::from(uuid::Uuid::nil()), name.to_owned())
     }
@@ -185,7 +216,7 @@ mod tests {
 
     #[test]
     fn a_key_in_flight_is_recalled_with_its_append() {
-        let mut memory = KeyMemory::new(10);
+        let mut memory = KeyMemory::new(10, MINUTE);
         memory.sent(key("a"), 7, given(1));
         assert_eq!(
             memory.lookup(&key("a")),
@@ -199,9 +230,9 @@ mod tests {
 
     #[test]
     fn a_committed_key_is_remembered() {
-        let mut memory = KeyMemory::new(10);
+        let mut memory = KeyMemory::new(10, MINUTE);
         memory.sent(key("a"), 0, given(1));
-        memory.committed(&key("a"));
+        memory.committed(&key("a"), Instant::now());
         assert_eq!(
             memory.lookup(&key("a")),
             Some(Recalled::Committed(&given(1)))
@@ -210,7 +241,7 @@ mod tests {
 
     #[test]
     fn keys_of_failed_appends_are_forgotten_and_earlier_ones_kept() {
-        let mut memory = KeyMemory::new(10);
+        let mut memory = KeyMemory::new(10, MINUTE);
         memory.sent(key("early"), 1, given(1));
         memory.sent(key("failed"), 2, given(2));
         memory.sent(key("later"), 3, given(3));
@@ -224,9 +255,9 @@ mod tests {
 
     #[test]
     fn a_replayed_answer_replaces_the_one_decided_in_memory() {
-        let mut memory = KeyMemory::new(10);
+        let mut memory = KeyMemory::new(10, MINUTE);
         memory.sent(key("a"), 0, given(1));
-        memory.replayed(&key("a"), given(9).answer);
+        memory.replayed(&key("a"), given(9).answer, Instant::now());
         assert_eq!(
             memory.lookup(&key("a")),
             Some(Recalled::Committed(&given(9)))
@@ -238,14 +269,33 @@ mod tests {
 
     #[test]
     fn the_oldest_committed_keys_are_forgotten_first() {
-        let mut memory = KeyMemory::new(2);
+        let mut memory = KeyMemory::new(2, MINUTE);
+        let now = Instant::now();
         for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
-            memory.remember(key(name), given(i));
+            memory.remember(key(name), given(i), now);
         }
-        memory.remember(key("b"), given(5));
+        memory.remember(key("b"), given(5), now);
         assert_eq!(memory.lookup(&key("a")), None);
         assert!(memory.lookup(&key("b")).is_some());
         assert!(memory.lookup(&key("c")).is_some());
+    }
+
+    #[test]
+    fn committed_keys_are_forgotten_once_older_than_the_memory_keeps_them() {
+        let start = Instant::now();
+        let mut memory = KeyMemory::new(10, MINUTE);
+        memory.remember(key("old"), given(1), start);
+        memory.remember(key("newer"), given(2), start + MINUTE / 2);
+        memory.sent(key("in flight"), 3, given(3));
+
+        memory.let_go_of_old(start + MINUTE + Duration::from_secs(1));
+        assert_eq!(memory.lookup(&key("old")), None);
+        assert!(memory.lookup(&key("newer")).is_some());
+
+        // A key is never forgotten while its command is in flight.
+        memory.let_go_of_old(start + 10 * MINUTE);
+        assert_eq!(memory.lookup(&key("newer")), None);
+        assert!(memory.lookup(&key("in flight")).is_some());
     }
 
     #[test]

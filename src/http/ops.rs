@@ -84,6 +84,7 @@ pub async fn metrics(
         return Err(ApiError::NotFound("route"));
     }
     metrics::gauge!("turnout_registry_actors").set(state.registry.live_actors() as f64);
+    crate::memory::record();
     metrics::counter!("turnout_log_lines_dropped_total")
         .absolute(crate::telemetry::dropped_log_lines() as u64);
     Ok(HttpResponse::Ok()

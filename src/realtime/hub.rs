@@ -4,7 +4,7 @@
 //! and the history all live here, a subscriber's snapshot and the updates
 //! after it can neither overlap nor leave a gap.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::channel::Channel;
+use super::history::{History, HistoryLimits};
 use super::projection::Projection;
 use super::protocol::{self, Position};
 use super::socket::{Frame, SendQueue};
@@ -74,8 +75,7 @@ pub struct ChannelHub {
     /// Changes whenever the hub starts: offsets from another epoch mean nothing.
     epoch: Arc<str>,
     offset: u64,
-    history: VecDeque<(u64, ByteString)>,
-    history_limit: usize,
+    history: History,
     /// What the channel shows, and how a change moves it.
     projection: Projection,
     /// Set by a resync: when the reload is done, every subscriber gets a
@@ -99,7 +99,7 @@ impl ChannelHub {
         channel: Channel,
         store: Arc<dyn Store>,
         home: Arc<dyn HubHome>,
-        history_limit: usize,
+        history: HistoryLimits,
         idle_limit: Duration,
     ) -> Self {
         Self {
@@ -108,8 +108,7 @@ impl ChannelHub {
             channel,
             epoch: format!("{:016x}", rand::random::<u64>()).into(),
             offset: 0,
-            history: VecDeque::new(),
-            history_limit,
+            history: History::new(history),
             resyncing: false,
             snapshot: None,
             next_start: None,
@@ -245,10 +244,7 @@ impl ChannelHub {
             Some(committed_at),
             &data,
         ));
-        self.history.push_back((self.offset, text.clone()));
-        while self.history.len() > self.history_limit {
-            self.history.pop_front();
-        }
+        self.history.push(self.offset, text.clone(), Instant::now());
         let frame = Frame::text(text, Some(committed_at));
         // A subscriber that is gone or over its budget is dropped here; its
         // session closes itself.
@@ -270,24 +266,24 @@ impl ChannelHub {
             return Subscribed::NoSuchEvent;
         }
         let frame = |text: ByteString| Frame::text(text, None);
-        let resumable = msg.since.as_ref().filter(|since| {
-            let oldest_kept = self.history.front().map_or(self.offset + 1, |(o, _)| *o);
-            *since.epoch == *self.epoch
-                && since.offset <= self.offset
-                && since.offset + 1 >= oldest_kept
-        });
-        let first: Vec<Frame> = match (resumable, &msg.since) {
-            (Some(since), _) => {
-                metrics::counter!("turnout_ws_resumes_total", "recovered" => "true").increment(1);
+        let (latest, now) = (self.offset, Instant::now());
+        let replay = msg
+            .since
+            .as_ref()
+            .filter(|since| *since.epoch == *self.epoch)
+            .and_then(|since| {
+                let missed = self.history.after(since.offset, latest, now)?;
                 let resumed = protocol::resumed(&self.name, &self.epoch, since.offset);
-                std::iter::once(frame(resumed.into()))
-                    .chain(
-                        self.history
-                            .iter()
-                            .filter(|(o, _)| *o > since.offset)
-                            .map(|(_, text)| frame(text.clone())),
-                    )
-                    .collect()
+                Some(
+                    std::iter::once(frame(resumed.into()))
+                        .chain(missed.map(|text| frame(text.clone())))
+                        .collect::<Vec<Frame>>(),
+                )
+            });
+        let first: Vec<Frame> = match (replay, &msg.since) {
+            (Some(frames), _) => {
+                metrics::counter!("turnout_ws_resumes_total", "recovered" => "true").increment(1);
+                frames
             }
             (None, since) => {
                 if since.is_some() {

@@ -16,6 +16,7 @@ use turnout_actors::domain::EventId;
 
 use super::RealtimeSettings;
 use super::channel::Channel;
+use super::history::HistoryLimits;
 use super::hub::{ChannelHub, HubHome, OfferChange, Resync};
 use crate::store::Store;
 
@@ -28,7 +29,7 @@ struct Inner {
     /// Feed hubs: few, and every change is offered to each.
     feeds: DashMap<Channel, Addr<ChannelHub>>,
     store: Arc<dyn Store>,
-    history: usize,
+    history: HistoryLimits,
     idle: Duration,
     max_hubs: usize,
     max_feed_hubs: usize,
@@ -93,7 +94,10 @@ impl Hubs {
             direct: DashMap::new(),
             feeds: DashMap::new(),
             store,
-            history: settings.history,
+            history: HistoryLimits {
+                updates: settings.history,
+                max_age: Duration::from_secs(settings.history_secs),
+            },
             idle: Duration::from_secs(settings.hub_idle_secs),
             max_hubs: settings.max_hubs,
             max_feed_hubs: settings.max_feed_hubs,

@@ -6,6 +6,7 @@
 //! - `channel`: channel names (`event:<id>`, `venue:<id>`, `feed`, `feed?tag=…`).
 //! - `protocol`: the JSON frames.
 //! - `projection`: what a channel shows and how a change moves it (pure).
+//! - `history`: a channel's recent updates, kept for resuming clients (pure).
 //! - `hub`: one actor per channel around its projection; it owns the
 //!   offsets and history, so a snapshot and the offsets after it can never
 //!   disagree.
@@ -22,6 +23,7 @@
 //!   response body that writes it to the socket.
 
 mod channel;
+mod history;
 mod hub;
 mod hubs;
 mod inbound;
@@ -71,8 +73,10 @@ pub struct RealtimeSettings {
     pub max_queued_bytes: usize,
     /// Malformed frames tolerated before the connection is closed.
     pub max_strikes: u32,
-    /// Updates each channel keeps for resuming clients.
+    /// Updates each channel keeps for resuming clients, at most…
     pub history: usize,
+    /// …and none older than this: a client away longer gets a snapshot.
+    pub history_secs: u64,
     /// A hub with no subscribers for this long stops.
     pub hub_idle_secs: u64,
     /// Origins allowed to open a socket besides the server's own.

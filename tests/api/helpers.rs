@@ -136,6 +136,7 @@ pub async fn spawn_node(database_url: &str, tweak: impl FnOnce(&mut Settings)) -
 async fn start(settings: Settings, dir: tempfile::TempDir) -> TestApp {
     let database_url = settings.database_url.expose_secret().to_owned();
     let tokens = TokenKeys::new(&settings.jwt_keys(), settings.auth.issuer.clone(), 3600);
+    turnout::memory::read_heap_with(turnout::memory::jemalloc_heap);
     let app = Application::build(settings).await.expect("the app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     actix_web::rt::spawn(app.run_until_stopped());

@@ -1,6 +1,10 @@
 //! Black-box tests of the server over HTTP, each run against SQLite and,
 //! when `TURNOUT_TEST_POSTGRES_URL` is set, against a fresh Postgres database.
 
+// The allocator the server runs on (src/main.rs), so /metrics reports its heap.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod browser;
 mod helpers;
 mod invariants;

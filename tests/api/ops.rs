@@ -295,3 +295,42 @@ async fn the_alert_rules_and_the_dashboard_read_only_exported_metrics() {
         "named in deploy/ but not on /metrics: {missing:?}"
     );
 }
+
+/// The real binary reports its memory — the kernel's resident set and the
+/// allocator's account of the heap — and runs jemalloc's background thread,
+/// which hands freed pages back while the server idles.
+#[tokio::test]
+async fn the_server_reports_its_heap_and_frees_pages_from_a_background_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = crate::helpers::fresh_database(crate::helpers::Backend::Sqlite, &dir)
+        .await
+        .unwrap();
+    let server = crate::process::ServerProcess::start(&url, dir.path(), &[]).await;
+    let app = TestApp::attach(&server.address, crate::helpers::JWT_KEY);
+    let page = app.metrics().await;
+    let gauge = |name: &str| -> f64 {
+        page.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} on /metrics"))
+            .parse()
+            .unwrap()
+    };
+    let (allocated, active, resident) = (
+        gauge("turnout_heap_allocated_bytes"),
+        gauge("turnout_heap_active_bytes"),
+        gauge("turnout_heap_resident_bytes"),
+    );
+    assert!(0.0 < allocated && allocated <= active && active <= resident);
+    assert!(gauge("turnout_heap_retained_bytes") >= 0.0);
+    let rss = gauge("turnout_process_resident_bytes");
+    assert!(rss >= 1024.0 * 1024.0, "resident set {rss}");
+
+    let threads = std::fs::read_dir(format!("/proc/{}/task", server.child.id())).unwrap();
+    let names: Vec<String> = threads
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("jemalloc_bg_thd")),
+        "no jemalloc background thread among {names:?}"
+    );
+}

@@ -29,6 +29,10 @@ use crate::roster::{Queued, Roster};
 use crate::shards::HeldShards;
 use crate::store::{Append, EventStore, EventSummary, IdempotencyRecord, StoreError};
 
+/// How long an actor remembers a committed idempotency key: a client's retry
+/// comes well within it, and a later one is answered from the stored keys.
+const REMEMBER_KEYS_FOR: Duration = Duration::from_secs(60);
+
 /// Tuning for every event actor.
 #[derive(Debug, Clone)]
 pub struct ActorSettings {
@@ -195,9 +199,9 @@ pub struct EventActor {
     retired: Option<Vec<oneshot::Sender<()>>>,
     /// Keyed by submission order; the journal commits in that order.
     in_flight: InFlight<Caller>,
-    /// Keys in flight and recently committed, bounded by the mailbox
-    /// capacity; older ones are caught by the journal's check of the stored
-    /// keys.
+    /// Keys in flight, and those committed in the last
+    /// [`REMEMBER_KEYS_FOR`] (at most the mailbox capacity); older ones are
+    /// caught by the journal's check of the stored keys.
     keys: KeyMemory,
     facts_since_snapshot: u64,
     last_active: Instant,
@@ -224,7 +228,7 @@ impl EventActor {
             lease: given.lease,
             held: given.held,
             retired: None,
-            keys: KeyMemory::new(given.settings.mailbox_capacity),
+            keys: KeyMemory::new(given.settings.mailbox_capacity, REMEMBER_KEYS_FOR),
             settings: given.settings,
             in_flight: InFlight::default(),
             facts_since_snapshot: 0,
@@ -491,7 +495,7 @@ impl EventActor {
         match result {
             Ok(Appended::Committed) => {
                 if let Some(key) = &flight.key {
-                    self.keys.committed(key);
+                    self.keys.committed(key, Instant::now());
                 }
                 flight.span.in_scope(|| log_facts(self.id, &flight));
                 if !flight.facts.is_empty()
@@ -517,7 +521,7 @@ impl EventActor {
             }
             Ok(Appended::Replayed(answer)) => {
                 if let Some(key) = &flight.key {
-                    self.keys.replayed(key, answer);
+                    self.keys.replayed(key, answer, Instant::now());
                 }
                 self.answer_unwritten(flight, Ok(Reply::Replayed(answer)), ctx);
             }
@@ -625,7 +629,7 @@ impl EventActor {
         match stored {
             Ok(Some(given)) => {
                 let _ = reply.send(replay(&given, &key.fingerprint));
-                self.keys.remember(key.id(), given);
+                self.keys.remember(key.id(), given, Instant::now());
             }
             // Facts the refusal rests on may still be in flight; had
             // they failed meanwhile, the state it was decided on is
@@ -753,6 +757,7 @@ impl Actor for EventActor {
             (idle / 4).max(Duration::from_millis(50)),
             move |actor, ctx| {
                 // An actor holding offers keeps their timer: it stays.
+                actor.keys.let_go_of_old(Instant::now());
                 let holds_offers = actor.state.as_ref().is_some_and(|s| !s.offers.is_empty());
                 if actor.last_active.elapsed() >= idle && !holds_offers {
                     tracing::debug!(event_id = %actor.id, "passivating idle event actor");
