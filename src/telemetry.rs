@@ -283,7 +283,7 @@ pub fn metrics() -> PrometheusHandle {
             const BATCH: &[f64] = &[
                 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0,
             ];
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY)
                 .and_then(|b| {
                     b.set_buckets_for_metric(
@@ -293,7 +293,24 @@ pub fn metrics() -> PrometheusHandle {
                 })
                 .expect("bucket lists are non-empty")
                 .install_recorder()
-                .expect("the metrics recorder is installed once")
+                .expect("the metrics recorder is installed once");
+            // Histogram samples wait in a buffer until they are folded into
+            // buckets: without upkeep only a scrape folds them, and a server
+            // nobody scrapes grows by every request it times.
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(METRICS_UPKEEP);
+                        upkeep.run_upkeep();
+                    }
+                })
+                .expect("the metrics upkeep thread starts");
+            handle
         })
         .clone()
 }
+
+/// How often histogram samples are folded into their buckets.
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);

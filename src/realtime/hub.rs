@@ -237,13 +237,17 @@ impl ChannelHub {
     fn broadcast(&mut self, data: Value, committed_at: DateTime<Utc>) {
         self.snapshot = None;
         self.offset += 1;
-        let text = ByteString::from(protocol::update(
+        let mut text = protocol::update(
             &self.name,
             &self.epoch,
             self.offset,
             Some(committed_at),
             &data,
-        ));
+        );
+        // The frame is kept in the history: not the spare room the encoder
+        // grew it with, up to as much again.
+        text.shrink_to_fit();
+        let text = ByteString::from(text);
         self.history.push(self.offset, text.clone(), Instant::now());
         let frame = Frame::text(text, Some(committed_at));
         // A subscriber that is gone or over its budget is dropped here; its
