@@ -32,6 +32,10 @@ pub struct PoolSettings {
     pub max_connections: u32,
     pub min_connections: u32,
     pub acquire_timeout_ms: u64,
+    /// A connection idle this long is closed (down to `min_connections`),
+    /// and with it what it holds: a SQLite connection's page cache, a
+    /// Postgres backend.
+    pub idle_timeout_secs: u64,
 }
 
 /// A user account row. The password hash never prints.
@@ -494,6 +498,7 @@ impl ServerClaim {
 /// its schema up to date.
 pub async fn connect(url: &str, pool: &PoolSettings) -> anyhow::Result<Arc<dyn Store>> {
     let acquire = Duration::from_millis(pool.acquire_timeout_ms);
+    let idle = Duration::from_secs(pool.idle_timeout_secs);
     if url.starts_with("sqlite:") {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -516,6 +521,7 @@ pub async fn connect(url: &str, pool: &PoolSettings) -> anyhow::Result<Arc<dyn S
             .max_connections(pool.max_connections)
             .min_connections(pool.min_connections)
             .acquire_timeout(acquire)
+            .idle_timeout(idle)
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
@@ -534,6 +540,7 @@ pub async fn connect(url: &str, pool: &PoolSettings) -> anyhow::Result<Arc<dyn S
             .max_connections(pool.max_connections)
             .min_connections(pool.min_connections)
             .acquire_timeout(acquire)
+            .idle_timeout(idle)
             .connect(url)
             .await?;
         Ok(Arc::new(SqlStore::new(pool, commit_pool)))

@@ -159,6 +159,7 @@ pub async fn store_at(url: &str) -> Arc<dyn turnout::store::Store> {
         max_connections: 2,
         min_connections: 0,
         acquire_timeout_ms: 3000,
+        idle_timeout_secs: 60,
     };
     turnout::store::connect(url, &pool).await.unwrap()
 }

@@ -23,6 +23,7 @@ fn pool() -> PoolSettings {
         max_connections: 4,
         min_connections: 0,
         acquire_timeout_ms: 3000,
+        idle_timeout_secs: 60,
     }
 }
 

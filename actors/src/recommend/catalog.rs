@@ -8,7 +8,7 @@
 //! events stay for a while because users' histories point at them
 //! (co-attendance, "people who joined Late jazz joined this").
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -180,6 +180,49 @@ type Cell = (i32, i32);
 pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type Index = BTreeSet<(i64, EventId)>;
 
+/// A user's most recent joins (at most [`HISTORY_LEN`]), oldest first, in a
+/// slice of exactly their size: the catalog holds one for every user who
+/// joined anything in its window, most of them with a join or two, so the
+/// spare room a growable queue keeps would be most of what they cost.
+#[derive(Debug, Default)]
+struct RecentJoins(Box<[EventId]>);
+
+impl RecentJoins {
+    fn contains(&self, event: &EventId) -> bool {
+        self.0.contains(event)
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, EventId> {
+        self.0.iter()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Adds the newest join, letting go of the oldest beyond the bound.
+    fn push(&mut self, event: EventId) {
+        let keep = self.0.len().min(HISTORY_LEN - 1);
+        let mut joins = Vec::with_capacity(keep + 1);
+        joins.extend_from_slice(&self.0[self.0.len() - keep..]);
+        joins.push(event);
+        self.0 = joins.into_boxed_slice();
+    }
+
+    /// Whether `event` was there to remove.
+    fn remove(&mut self, event: EventId) -> bool {
+        let before = self.0.len();
+        self.retain(|e| *e != event);
+        self.0.len() < before
+    }
+
+    fn retain(&mut self, keep: impl Fn(&EventId) -> bool) {
+        if !self.0.iter().all(&keep) {
+            self.0 = self.0.iter().copied().filter(|e| keep(e)).collect();
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Catalog {
     cards: FastMap<EventId, EventCard>,
@@ -190,7 +233,7 @@ pub struct Catalog {
     by_heat: Index,
     by_published: Index,
     /// Each user's recent joins, oldest first.
-    histories: HashMap<UserId, VecDeque<EventId>>,
+    histories: HashMap<UserId, RecentJoins>,
     /// `co[a][b]`: users who joined both a and b; `b` is always an event
     /// that was open when the pair was recorded.
     co: FastMap<EventId, FastMap<EventId, u32>>,
@@ -331,10 +374,7 @@ impl Catalog {
                     .or_default() += 1;
             }
         }
-        history.push_back(event);
-        if history.len() > HISTORY_LEN {
-            history.pop_front();
-        }
+        history.push(event);
     }
 
     pub fn left(&mut self, user: UserId, event: EventId) {
@@ -344,10 +384,9 @@ impl Catalog {
         let Some(history) = self.histories.get_mut(&user) else {
             return;
         };
-        let Some(at) = history.iter().position(|e| *e == event) else {
+        if !history.remove(event) {
             return;
-        };
-        history.remove(at);
+        }
         for &other in history.iter() {
             for (a, b) in [(other, event), (event, other)] {
                 if let Some(row) = self.co.get_mut(&a)
@@ -550,6 +589,26 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_joins_keep_the_newest_in_a_slice_of_their_own_size() {
+        let events: Vec<EventId> = (0..HISTORY_LEN + 2)
+            .map(|_| EventId::from(Uuid::new_v4()))
+            .collect();
+        let mut joins = RecentJoins::default();
+        joins.push(events[0]);
+        assert_eq!(joins.0.len(), 1);
+        for &event in &events[1..] {
+            joins.push(event);
+        }
+        assert_eq!(&*joins.0, &events[2..], "the oldest two are let go");
+        assert!(joins.remove(events[5]));
+        assert!(!joins.remove(events[5]));
+        assert!(!joins.contains(&events[5]));
+        assert_eq!(joins.0.len(), HISTORY_LEN - 1);
+        joins.retain(|_| false);
+        assert!(joins.is_empty());
+    }
     use chrono::Duration;
 
     fn update(id: EventId, starts_in_days: i64, tags: &[&str]) -> EventUpdate {
