@@ -5,7 +5,13 @@
 # docs/BENCHMARKS.md.
 #
 #   cargo build --release -p turnout -p turnout-loadtest
-#   loadtest/bench.sh            # needs Postgres at 127.0.0.1:5432 (user postgres) and pgbench
+#   loadtest/bench.sh            # needs Postgres at 127.0.0.1:5432 (user postgres), Redis at
+#                                # 127.0.0.1:6379 and pgbench
+#
+# Turnout on Postgres runs as a cluster node does, with Redis carrying the
+# changes (REDIS_URL to use another; REDIS_URL= runs it without): without
+# Redis a Postgres node cannot hear another node's changes, so it reads the
+# listing from the database on every request.
 #
 # Loads: hot (hot-join: 20,000 users through 1,000 connections, one event of
 # capacity 1,000); spread (spread-join: 400 joins/s over 200 events of
@@ -21,6 +27,7 @@ ulimit -n "$(ulimit -Hn)"
 KEY=bench-key-bench-key-bench-key-0123
 PORT=18161
 PG=postgres://postgres@127.0.0.1:5432
+REDIS=${REDIS_URL-redis://127.0.0.1:6379}
 out=$(mktemp -d)
 pid=
 
@@ -34,7 +41,7 @@ ready() {
 
 # turnout <sqlite|postgres>: a fresh server on a fresh database.
 turnout() {
-  local data url
+  local data url redis=()
   data=$(mktemp -d)
   if [ "$1" = sqlite ]; then
     url="sqlite://$data/turnout.db?mode=rwc"
@@ -42,8 +49,12 @@ turnout() {
     dropdb -h 127.0.0.1 -U postgres --if-exists turnout_bench
     createdb -h 127.0.0.1 -U postgres turnout_bench
     url=$PG/turnout_bench
+    if [ -n "$REDIS" ]; then
+      redis-cli -u "$REDIS" del turnout:bench >/dev/null
+      redis=(TURNOUT_REDIS_URL="$REDIS" TURNOUT_REALTIME__REDIS_CHANNEL=turnout:bench)
+    fi
   fi
-  TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data TURNOUT_DATABASE_URL=$url \
+  env "${redis[@]}" TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data TURNOUT_DATABASE_URL=$url \
     TURNOUT_RATE_LIMITS__ENABLED=false TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP=0 \
     TURNOUT_REALTIME__MAX_CONNECTIONS_PER_IP=0 \
     target/release/turnout --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &

@@ -137,15 +137,6 @@ pub enum OutboxStatus {
     Dead,
 }
 
-impl OutboxStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Dead => "dead",
-        }
-    }
-}
-
 /// One fact for the daily-facts consumer.
 #[derive(Debug, Clone)]
 pub struct DailyFact {

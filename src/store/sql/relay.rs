@@ -65,12 +65,25 @@ macro_rules! impl_relay {
             }
 
             async fn outbox(&self, status: OutboxStatus, after: i64, limit: i64) -> Result<Vec<OutboxMessage>, StoreError> {
-                sqlx::query_as(
-                    "SELECT id, message_id, topic, aggregate_id, stream_version, event_type, \
-                     CAST(payload AS TEXT) AS payload, request_id, traceparent, attempts, next_attempt_at, last_error, created_at \
-                     FROM outbox WHERE status = $1 AND id > $2 ORDER BY id LIMIT $3",
-                )
-                .bind(status.as_str())
+                // The status is written into the statement, not bound: only
+                // then can a prepared plan use the partial index of that
+                // status. With `status = $1` Postgres's generic plan walked
+                // the primary key from `after` through every published row
+                // on each poll, and the relay's cost grew with the table.
+                macro_rules! select_outbox {
+                    ($status:literal) => {
+                        concat!(
+                            "SELECT id, message_id, topic, aggregate_id, stream_version, event_type, \
+                             CAST(payload AS TEXT) AS payload, request_id, traceparent, attempts, next_attempt_at, last_error, created_at \
+                             FROM outbox WHERE status = '", $status, "' AND id > $1 ORDER BY id LIMIT $2"
+                        )
+                    };
+                }
+                let statement = match status {
+                    OutboxStatus::Pending => select_outbox!("pending"),
+                    OutboxStatus::Dead => select_outbox!("dead"),
+                };
+                sqlx::query_as(statement)
                 .bind(after)
                 .bind(limit)
                 .fetch_all(&self.pool)
