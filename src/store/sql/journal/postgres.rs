@@ -413,11 +413,16 @@ impl SqlStore<Postgres> {
         keys: &[(Uuid, String)],
         now: i64,
     ) -> Result<Vec<AnswerRow>, sqlx::Error> {
+        // One primary-key lookup per key, whatever the plan cache holds:
+        // the `LIMIT 1` (a no-op on the key) keeps the planner from turning
+        // the lookup into a join it may hash over the whole table — a plan
+        // that, kept by the journal's one connection, cost more with every
+        // key stored.
         sqlx::query_as(
             "SELECT i.user_id, i.key, i.fingerprint, i.answer::text \
-             FROM idempotency_keys i \
-             JOIN UNNEST($1::uuid[], $2::text[]) AS x(u, k) ON i.user_id = x.u AND i.key = x.k \
-             WHERE i.expires_at > $3",
+             FROM UNNEST($1::uuid[], $2::text[]) AS x(u, k) \
+             CROSS JOIN LATERAL (SELECT user_id, key, fingerprint, answer FROM idempotency_keys \
+               WHERE user_id = x.u AND key = x.k AND expires_at > $3 LIMIT 1) i",
         )
         .bind(keys.iter().map(|(u, _)| *u).collect::<Vec<_>>())
         .bind(keys.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>())
