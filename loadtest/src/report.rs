@@ -61,6 +61,38 @@ impl Check {
         };
         Self::new("rate (info)", true, detail)
     }
+
+    /// The seconds of a run (by when each request was meant to go) whose
+    /// slowest answer was slowest, for information: a stall shows as one
+    /// or two seconds far above the rest, and when it came says what ran
+    /// then (a checkpoint, a purge, a scrape).
+    pub fn slowest_seconds(requests: impl IntoIterator<Item = (Duration, Duration)>) -> Self {
+        let worst = slowest_seconds(requests, 3);
+        let detail = worst
+            .iter()
+            .map(|(second, took)| format!("at {second} s: {:.1} ms", took.as_secs_f64() * 1e3))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Self::new("slowest seconds (info)", true, detail)
+    }
+}
+
+/// The `top` seconds of a run with the longest answer, slowest first, from
+/// each request's intended send time (since the start) and how long it
+/// took.
+pub fn slowest_seconds(
+    requests: impl IntoIterator<Item = (Duration, Duration)>,
+    top: usize,
+) -> Vec<(u64, Duration)> {
+    let mut worst: BTreeMap<u64, Duration> = BTreeMap::new();
+    for (sent, took) in requests {
+        let slowest = worst.entry(sent.as_secs()).or_default();
+        *slowest = (*slowest).max(took);
+    }
+    let mut worst: Vec<(u64, Duration)> = worst.into_iter().collect();
+    worst.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    worst.truncate(top);
+    worst
 }
 
 #[derive(Debug, Serialize)]
@@ -188,6 +220,24 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_slowest_seconds_are_those_with_the_longest_answer() {
+        let ms = Duration::from_millis;
+        let requests = [
+            (ms(100), ms(5)),
+            (ms(900), ms(700)), // second 0
+            (ms(1_200), ms(3)), // second 1
+            (ms(2_500), ms(40)),
+            (ms(2_600), ms(1_500)), // second 2
+            (ms(3_000), ms(40)),    // second 3
+        ];
+        assert_eq!(
+            slowest_seconds(requests, 3),
+            vec![(2, ms(1_500)), (0, ms(700)), (3, ms(40))]
+        );
+        assert!(slowest_seconds([], 3).is_empty());
+    }
 
     #[test]
     fn percentiles_come_from_the_histogram() {

@@ -306,3 +306,58 @@ async fn wait_for_passivation(app: &TestApp) {
     }
     panic!("the idle actor was never passivated");
 }
+
+/// The journal's one connection plans its statements while the tables are
+/// nearly empty and keeps those plans. A lookup it may hash (a join, an
+/// `EXISTS`) is then kept as a read of the whole table on every commit —
+/// on a busy server, a commit that grows slower with every row. After
+/// forty commits on Postgres, the log and the stored keys have been read
+/// whole no more than a handful of times.
+#[actix_web::test]
+async fn the_journal_on_postgres_looks_rows_up_by_index_whatever_it_planned_on() {
+    let Some(app) = spawn_app_with(Backend::Postgres, |_| {}).await else {
+        return;
+    };
+    let owner = app.user();
+    let event = app.published_event(&owner, 1_000).await;
+    for _ in 0..40 {
+        let response = app.join(&app.user(), event).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+
+    // A backend reports its table statistics when idle, at most once a
+    // second: wait until the journal's inserts show.
+    let db = sqlx::PgPool::connect(&app.database_url).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (inserted,): (i64,) = sqlx::query_as(
+            "SELECT COALESCE(SUM(n_tup_ins), 0)::BIGINT FROM pg_stat_user_tables \
+             WHERE relname = 'idempotency_keys'",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        if inserted >= 40 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the statistics never showed the journal's inserts ({inserted})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let scans: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT relname::TEXT, seq_scan FROM pg_stat_user_tables \
+         WHERE relname IN ('event_log', 'idempotency_keys') ORDER BY relname",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(scans.len(), 2);
+    for (table, scans) in scans {
+        assert!(
+            scans < 10,
+            "{table} was read whole {scans} times in 40 commits"
+        );
+    }
+}

@@ -265,6 +265,7 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
         args.events,
         subscribers.len()
     );
+    let sent: Vec<Duration> = steps.iter().map(|(offset, _)| *offset).collect();
     let items: Vec<(Option<Duration>, Step)> = steps
         .into_iter()
         .map(|(offset, step)| (Some(offset), step))
@@ -301,6 +302,8 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
     let mut answers = Answers::new(args.events);
     let mut overbooked_reads = 0;
+    // `paced` answers in the order the steps were given.
+    let slowest = Check::slowest_seconds(sent.into_iter().zip(answered.iter().map(|(_, t)| *t)));
     for (done, took) in answered {
         let micros = took.as_micros() as u64;
         latency.saturating_record(micros);
@@ -354,6 +357,7 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
             summary(&read_latency, "requests")
         ),
     ));
+    checks.push(slowest);
     checks.push(Check::rate(
         latency.len() as f64 / elapsed.as_secs_f64(),
         Some(intended_rate),

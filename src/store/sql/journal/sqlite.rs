@@ -25,7 +25,7 @@ use turnout_actors::store::{
 use uuid::Uuid;
 
 use super::{
-    AnswerRow, Checked, LogRow, OutboxRow, answer_json, answered, latest_snapshots,
+    AnswerRow, Checked, LogRow, OutboxRow, Steps, answer_json, answered, latest_snapshots,
     latest_summaries, lost, retagged, stale, streams_without_facts,
 };
 use crate::store::{SqlStore, micros};
@@ -193,7 +193,9 @@ impl SqlStore<Sqlite> {
 /// wrote in between), committed only if every check passed; dropped, it
 /// rolls back.
 fn attempt(connection: &mut Connection, batch: &Batch) -> rusqlite::Result<Checked> {
+    let mut steps = Steps::start();
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    steps.done("begin");
     let now = batch.now;
 
     // A node that lost a shard must not write to it, even where the
@@ -224,6 +226,7 @@ fn attempt(connection: &mut Connection, batch: &Batch) -> rusqlite::Result<Check
             return Ok(Checked::Fenced(fenced));
         }
     }
+    steps.done("leases");
 
     // Keys answered before: those appends are replays.
     let mut stored: HashMap<(Uuid, String), Given> = HashMap::new();
@@ -252,6 +255,7 @@ fn attempt(connection: &mut Connection, batch: &Batch) -> rusqlite::Result<Check
         }
     }
     drop(select);
+    steps.done("keys");
     let answered = answered(batch.keyed.iter().map(|(i, r)| (*i, r)).collect(), stored);
     if !answered.is_empty() {
         return Ok(Checked::Answered(answered));
@@ -272,6 +276,7 @@ fn attempt(connection: &mut Connection, batch: &Batch) -> rusqlite::Result<Check
             return Ok(Checked::Stale(stale));
         }
     }
+    steps.done("stale");
 
     // The facts: a version taken, or one that skips a version (decided on
     // top of a fact never written), is not written; the log has no gaps.
@@ -299,18 +304,24 @@ fn attempt(connection: &mut Connection, batch: &Batch) -> rusqlite::Result<Check
         }
     }
     drop(insert_fact);
+    steps.done("log");
     let lost = lost(&batch.log, &written);
     if !lost.is_empty() {
         return Ok(Checked::Lost(lost));
     }
 
-    write_read_models(&tx, batch)?;
-    write_side_records(&tx, batch)?;
+    write_read_models(&tx, batch, &mut steps)?;
+    write_side_records(&tx, batch, &mut steps)?;
     tx.commit()?;
+    steps.done("commit");
     Ok(Checked::Written)
 }
 
-fn write_read_models(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> rusqlite::Result<()> {
+fn write_read_models(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &Batch,
+    steps: &mut Steps,
+) -> rusqlite::Result<()> {
     let now = batch.now;
     let mut upsert_event = tx.prepare_cached(
         "INSERT INTO events (id, owner_id, venue_id, title, description, starts_at, ends_at, \
@@ -360,6 +371,7 @@ fn write_read_models(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> rusqlite:
             tag.execute(params![t, event])?;
         }
     }
+    steps.done("events");
 
     let mut upsert_membership = tx.prepare_cached(
         "INSERT INTO joins (event_id, user_id, status, order_key, seats, offer_expires_at, \
@@ -389,10 +401,15 @@ fn write_read_models(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> rusqlite:
     for event in &batch.cancelled {
         cancel.execute(params![now, event])?;
     }
+    steps.done("memberships");
     Ok(())
 }
 
-fn write_side_records(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> rusqlite::Result<()> {
+fn write_side_records(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &Batch,
+    steps: &mut Steps,
+) -> rusqlite::Result<()> {
     let now = batch.now;
     let mut snapshot = tx.prepare_cached(
         "INSERT INTO snapshots (stream_id, version, state, taken_at) VALUES (?1, ?2, ?3, ?4) \
@@ -403,6 +420,7 @@ fn write_side_records(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> rusqlite
     for (stream, version, state) in &batch.snapshots {
         snapshot.execute(params![stream, version, state, now])?;
     }
+    steps.done("snapshots");
 
     // A key's answer is written once; a row still there after it expired
     // (the purge runs on an interval) is replaced, not left to shadow it.
@@ -424,6 +442,7 @@ fn write_side_records(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> rusqlite
             now,
         ])?;
     }
+    steps.done("replies");
 
     let mut outbox = tx.prepare_cached(
         "INSERT INTO outbox (message_id, topic, aggregate_id, stream_version, event_type, \
@@ -442,5 +461,6 @@ fn write_side_records(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> rusqlite
             now,
         ])?;
     }
+    steps.done("outbox");
     Ok(())
 }
