@@ -30,6 +30,7 @@ async fn health_ready_metrics_and_openapi(app: TestApp) {
         "turnout_joins_total",
         "turnout_journal_batch_size_bucket",
         "turnout_journal_commit_seconds_bucket",
+        "turnout_journal_step_seconds_bucket",
         "turnout_live_actors",
         "turnout_actor_mailbox_depth",
         "turnout_http_request_duration_seconds_bucket",
