@@ -5,7 +5,7 @@ use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{Backend, TestApp, User, assert_error, body, spawn_app_with};
+use crate::helpers::{Backend, TestApp, User, assert_error, body, spawn_app, spawn_app_with};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -315,7 +315,7 @@ async fn wait_for_passivation(app: &TestApp) {
 /// whole no more than a handful of times.
 #[actix_web::test]
 async fn the_journal_on_postgres_looks_rows_up_by_index_whatever_it_planned_on() {
-    let Some(app) = spawn_app_with(Backend::Postgres, |_| {}).await else {
+    let Some(app) = spawn_app(Backend::Postgres).await else {
         return;
     };
     let owner = app.user();

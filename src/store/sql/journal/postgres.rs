@@ -16,7 +16,7 @@ use turnout_actors::store::{
 use uuid::Uuid;
 
 use super::{
-    AnswerRow, CHUNK, Checked, LogRow, OutboxRow, Steps, answer_json, answered, keyed,
+    AnswerRow, CHUNK, Checked, LogRow, OutboxRow, Step, Steps, answer_json, answered, keyed,
     latest_snapshots, latest_summaries, lost, retagged, stale, stored_answer,
     streams_without_facts,
 };
@@ -69,9 +69,9 @@ impl SqlStore<Postgres> {
     ) -> Result<Checked, StoreError> {
         let mut steps = Steps::start();
         let mut tx = self.writer.begin().await.map_err(unavailable)?;
-        steps.done("begin");
+        steps.done(Step::Begin);
         let fenced = Self::fenced_out(&mut tx, live).await.map_err(unavailable)?;
-        steps.done("leases");
+        steps.done(Step::Leases);
         let checked = if fenced.is_empty() {
             let appends: Vec<&Append> = live.iter().map(|(_, a)| *a).collect();
             let log = LogRow::of_batch(&appends);
@@ -86,7 +86,7 @@ impl SqlStore<Postgres> {
             _ => tx.rollback().await,
         }
         .map_err(unavailable)?;
-        steps.done("commit");
+        steps.done(Step::Commit);
         Ok(checked)
     }
 
@@ -306,17 +306,17 @@ impl SqlStore<Postgres> {
         steps: &mut Steps,
     ) -> Result<Checked, sqlx::Error> {
         let answered = Self::answered_keys(tx, live, now).await?;
-        steps.done("keys");
+        steps.done(Step::Keys);
         if !answered.is_empty() {
             return Ok(Checked::Answered(answered));
         }
         let stale = Self::stale_without_facts(tx, live).await?;
-        steps.done("stale");
+        steps.done(Step::Stale);
         if !stale.is_empty() {
             return Ok(Checked::Stale(stale));
         }
         let lost = Self::append_log(tx, log, now).await?;
-        steps.done("log");
+        steps.done(Step::Log);
         if !lost.is_empty() {
             return Ok(Checked::Lost(lost));
         }
@@ -349,7 +349,7 @@ impl SqlStore<Postgres> {
                 q.build().execute(&mut **tx).await?;
             }
         }
-        steps.done("events");
+        steps.done(Step::Events);
 
         let rows = membership_rows(live.iter().copied());
         for chunk in rows.chunks(CHUNK) {
@@ -361,7 +361,7 @@ impl SqlStore<Postgres> {
             Self::push_cancel(&mut q, a.stream, now);
             q.build().execute(&mut **tx).await?;
         }
-        steps.done("memberships");
+        steps.done(Step::Memberships);
         Ok(())
     }
 
@@ -378,7 +378,7 @@ impl SqlStore<Postgres> {
             Self::push_snapshots(&mut q, chunk, now);
             q.build().execute(&mut **tx).await?;
         }
-        steps.done("snapshots");
+        steps.done(Step::Snapshots);
 
         let records: Vec<&IdempotencyRecord> = live
             .iter()
@@ -388,13 +388,13 @@ impl SqlStore<Postgres> {
         for chunk in records.chunks(CHUNK) {
             Self::insert_replies(tx, chunk, now).await?;
         }
-        steps.done("replies");
+        steps.done(Step::Replies);
 
         let outbox: Vec<OutboxRow> = log.iter().map(LogRow::outbox).collect();
         for chunk in outbox.chunks(CHUNK) {
             Self::insert_outbox(tx, chunk, now).await?;
         }
-        steps.done("outbox");
+        steps.done(Step::Outbox);
         Ok(())
     }
 }

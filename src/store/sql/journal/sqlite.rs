@@ -25,7 +25,7 @@ use turnout_actors::store::{
 use uuid::Uuid;
 
 use super::{
-    AnswerRow, Checked, LogRow, OutboxRow, Steps, answer_json, answered, latest_snapshots,
+    AnswerRow, Checked, LogRow, OutboxRow, Step, Steps, answer_json, answered, latest_snapshots,
     latest_summaries, lost, retagged, stale, streams_without_facts,
 };
 use crate::store::{SqlStore, micros};
@@ -195,7 +195,7 @@ impl SqlStore<Sqlite> {
 fn attempt(connection: &mut Connection, batch: &Batch) -> rusqlite::Result<Checked> {
     let mut steps = Steps::start();
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    steps.done("begin");
+    steps.done(Step::Begin);
     let now = batch.now;
 
     // A node that lost a shard must not write to it, even where the
@@ -226,7 +226,7 @@ fn attempt(connection: &mut Connection, batch: &Batch) -> rusqlite::Result<Check
             return Ok(Checked::Fenced(fenced));
         }
     }
-    steps.done("leases");
+    steps.done(Step::Leases);
 
     // Keys answered before: those appends are replays.
     let mut stored: HashMap<(Uuid, String), Given> = HashMap::new();
@@ -255,7 +255,7 @@ fn attempt(connection: &mut Connection, batch: &Batch) -> rusqlite::Result<Check
         }
     }
     drop(select);
-    steps.done("keys");
+    steps.done(Step::Keys);
     let answered = answered(batch.keyed.iter().map(|(i, r)| (*i, r)).collect(), stored);
     if !answered.is_empty() {
         return Ok(Checked::Answered(answered));
@@ -276,7 +276,7 @@ fn attempt(connection: &mut Connection, batch: &Batch) -> rusqlite::Result<Check
             return Ok(Checked::Stale(stale));
         }
     }
-    steps.done("stale");
+    steps.done(Step::Stale);
 
     // The facts: a version taken, or one that skips a version (decided on
     // top of a fact never written), is not written; the log has no gaps.
@@ -304,7 +304,7 @@ fn attempt(connection: &mut Connection, batch: &Batch) -> rusqlite::Result<Check
         }
     }
     drop(insert_fact);
-    steps.done("log");
+    steps.done(Step::Log);
     let lost = lost(&batch.log, &written);
     if !lost.is_empty() {
         return Ok(Checked::Lost(lost));
@@ -313,7 +313,7 @@ fn attempt(connection: &mut Connection, batch: &Batch) -> rusqlite::Result<Check
     write_read_models(&tx, batch, &mut steps)?;
     write_side_records(&tx, batch, &mut steps)?;
     tx.commit()?;
-    steps.done("commit");
+    steps.done(Step::Commit);
     Ok(Checked::Written)
 }
 
@@ -371,7 +371,7 @@ fn write_read_models(
             tag.execute(params![t, event])?;
         }
     }
-    steps.done("events");
+    steps.done(Step::Events);
 
     let mut upsert_membership = tx.prepare_cached(
         "INSERT INTO joins (event_id, user_id, status, order_key, seats, offer_expires_at, \
@@ -401,7 +401,7 @@ fn write_read_models(
     for event in &batch.cancelled {
         cancel.execute(params![now, event])?;
     }
-    steps.done("memberships");
+    steps.done(Step::Memberships);
     Ok(())
 }
 
@@ -420,7 +420,7 @@ fn write_side_records(
     for (stream, version, state) in &batch.snapshots {
         snapshot.execute(params![stream, version, state, now])?;
     }
-    steps.done("snapshots");
+    steps.done(Step::Snapshots);
 
     // A key's answer is written once; a row still there after it expired
     // (the purge runs on an interval) is replaced, not left to shadow it.
@@ -442,7 +442,7 @@ fn write_side_records(
             now,
         ])?;
     }
-    steps.done("replies");
+    steps.done(Step::Replies);
 
     let mut outbox = tx.prepare_cached(
         "INSERT INTO outbox (message_id, topic, aggregate_id, stream_version, event_type, \
@@ -461,6 +461,6 @@ fn write_side_records(
             now,
         ])?;
     }
-    steps.done("outbox");
+    steps.done(Step::Outbox);
     Ok(())
 }
