@@ -489,6 +489,96 @@ async fn an_append_that_skips_a_version_is_refused(backend: Backend) {
     assert_eq!(reloaded.version, after.version);
 }
 
+/// Two writers decide a join on the same version; the second to commit
+/// loses the race for it and leaves nothing behind: no membership, no
+/// stored answer, no second outbox row for the version (which would also
+/// collide with the first's).
+async fn a_fact_whose_version_was_taken_writes_nothing(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((store, url)) = open(backend, &dir).await else {
+        return;
+    };
+    let registry = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
+    let event = create_event(&store, &registry, UserId::new(), 5).await;
+    let state = current_state(&store, event).await;
+    let keyed_join = |user: UserId| {
+        let facts = decide(
+            Some(&state),
+            &Command::Join {
+                user,
+                seats: Seats::default(),
+                at: Utc::now(),
+            },
+        )
+        .unwrap();
+        let after = facts.iter().fold(Some(state.clone()), evolve).unwrap();
+        let mut append = keyed_no_op(&after, user, "join", 0, Utc::now());
+        append.base_version = state.version;
+        append.facts = facts;
+        append
+    };
+    let (first, second) = (UserId::new(), UserId::new());
+
+    let won = store.commit(&[keyed_join(first)]).await.unwrap();
+    assert!(won.conflicted.is_empty());
+    let lost = store.commit(&[keyed_join(second)]).await.unwrap();
+    assert_eq!(lost.conflicted, vec![0], "its version was taken");
+
+    let reloaded = current_state(&store, event).await;
+    assert!(reloaded.membership(first).is_some());
+    assert!(reloaded.membership(second).is_none());
+    assert!(store.stored_answer(first, "join").await.unwrap().is_some());
+    assert!(
+        store.stored_answer(second, "join").await.unwrap().is_none(),
+        "the loser's answer was not kept"
+    );
+    let facts = count(
+        &url,
+        "SELECT COUNT(*) FROM event_log WHERE stream_id = $1",
+        event.as_uuid(),
+    )
+    .await;
+    let messages = count(
+        &url,
+        "SELECT COUNT(*) FROM outbox WHERE aggregate_id = $1",
+        event.as_uuid(),
+    )
+    .await;
+    assert_eq!(messages, facts, "one outbox row per fact written");
+    let members = count(
+        &url,
+        "SELECT COUNT(*) FROM joins WHERE event_id = $1",
+        event.as_uuid(),
+    )
+    .await;
+    assert_eq!(members, 1);
+}
+
+/// Two appends of one batch under the same key: the first is written, the
+/// second replays the first's answer — and nothing of the batch fails.
+async fn a_key_taken_twice_in_one_batch_is_answered_once(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((store, _)) = open(backend, &dir).await else {
+        return;
+    };
+    let registry = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
+    let event = create_event(&store, &registry, UserId::new(), 5).await;
+    let state = current_state(&store, event).await;
+    let user = UserId::new();
+    let first = keyed_no_op(&state, user, "twice", 1, Utc::now());
+    let again = keyed_no_op(&state, user, "twice", 2, Utc::now());
+
+    let report = store.commit(&[first.clone(), again]).await.unwrap();
+    assert!(report.conflicted.is_empty(), "{report:?}");
+    let [(1, given)] = report.replayed.as_slice() else {
+        panic!("the second append replays: {report:?}");
+    };
+    let kept = first.idempotency.unwrap().answer;
+    assert_eq!(given.answer, kept, "the first's answer");
+    let stored = store.stored_answer(user, "twice").await.unwrap().unwrap();
+    assert_eq!(stored.answer, kept);
+}
+
 /// An append without facts (a keyed command that changed nothing) on
 /// `state`'s version, its answer (told apart by a waitlist `position`) kept
 /// for 24 hours from `created_at`.
@@ -816,5 +906,7 @@ store_tests!(
     an_append_under_a_lost_lease_is_fenced,
     lease_renewals_never_deadlock_with_commits,
     a_keyed_append_without_facts_on_an_old_version_is_refused,
-    an_expired_key_takes_a_new_answer_before_the_purge
+    an_expired_key_takes_a_new_answer_before_the_purge,
+    a_fact_whose_version_was_taken_writes_nothing,
+    a_key_taken_twice_in_one_batch_is_answered_once
 );

@@ -16,7 +16,7 @@ use turnout_actors::store::{
 };
 use uuid::Uuid;
 
-use super::{CHUNK, SqlStore};
+use super::SqlStore;
 
 mod postgres;
 mod sqlite;
@@ -33,6 +33,8 @@ enum Step {
     Leases,
     /// Answers stored before.
     Keys,
+    /// On Postgres, the steps from `Keys` to `Outbox`: one statement.
+    Batch,
     Stale,
     /// The facts.
     Log,
@@ -53,6 +55,7 @@ impl Step {
             Step::Begin => "begin",
             Step::Leases => "leases",
             Step::Keys => "keys",
+            Step::Batch => "batch",
             Step::Stale => "stale",
             Step::Log => "log",
             Step::Events => "events",

@@ -1,41 +1,32 @@
 //! Postgres's group commit: an attempt is a transaction on the journal's
-//! own connection, a statement at a time — the lease check, the answered
-//! keys, stale appends without facts, the facts, then the read models and
-//! side records — each table written by one statement over `UNNEST`ed
-//! arrays.
+//! own connection — `BEGIN`, the lease check (in a cluster), one statement
+//! that makes the batch's checks and writes every table, `COMMIT` (or
+//! `ROLLBACK`, if a check failed).
+//!
+//! Why one statement: each round trip to the database costs a commit a
+//! quarter to half a millisecond on a busy machine and wakes the journal's
+//! task twice, and a batch wrote nine tables' worth of them in turn. All
+//! parts of a statement see the database as it was when it began, so the
+//! checks in it (keys answered before, the latest version of streams whose
+//! append has no facts) read what they would have read first in the
+//! transaction; and whatever the statement wrote is rolled back when one
+//! of them fails.
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::types::Json;
 use sqlx::{Postgres, QueryBuilder};
-use turnout_actors::domain::{EventId, EventState};
+use turnout_actors::domain::EventState;
 use turnout_actors::idempotency::Given;
-use turnout_actors::store::{
-    Append, EventSummary, IdempotencyRecord, MembershipRow, StoreError, membership_rows,
-};
+use turnout_actors::store::{Append, EventSummary, IdempotencyRecord, StoreError, membership_rows};
 use uuid::Uuid;
 
 use super::{
-    AnswerRow, CHUNK, Checked, LogRow, OutboxRow, Step, Steps, answer_json, answered, keyed,
+    AnswerRow, Checked, LogRow, OutboxRow, Step, Steps, answer_json, answered, keyed,
     latest_snapshots, latest_summaries, lost, retagged, stale, stored_answer,
     streams_without_facts,
 };
 use crate::store::SqlStore;
 use crate::store::{micros, unavailable};
-
-/// A key's answer is written once; a row still there after it expired (the
-/// purge runs on an interval) is replaced, not left to shadow the new one.
-/// Expired as of the commit's time, which the caller binds after it, the
-/// same time the batch's check for answered keys used. (A macro, so that it
-/// joins the Postgres statement's literal.)
-macro_rules! idempotency_upsert {
-    () => {
-        " ON CONFLICT (user_id, key) DO UPDATE SET fingerprint = excluded.fingerprint, \
-         answer = excluded.answer, \
-         created_at = excluded.created_at, expires_at = excluded.expires_at \
-         WHERE idempotency_keys.expires_at <= "
-    };
-}
 
 /// Which of the facts `x` (stream `s`, version `v`) may be appended: the
 /// first of its stream, one whose predecessor is in the same batch
@@ -58,10 +49,96 @@ macro_rules! follows {
     };
 }
 
+/// The batch's checks and writes: `$1` is the commit's time; each table's
+/// rows come as one array per column. It answers a row per fact written
+/// (`written`), per stream asked about (`latest`: its latest stored
+/// version, NULL for none) and per key answered before (`answered`).
+///
+/// The lookups are written so that whatever plan the journal's one
+/// connection keeps for the statement, each is an index probe per row: a
+/// `LATERAL … LIMIT 1` for the keys (a join Postgres might hash over the
+/// whole table), scalar subqueries for the versions. A key's answer is
+/// written once; a row still there after it expired (the purge runs on an
+/// interval) is replaced, not left to shadow the new one. The outbox takes
+/// only the facts written: another writer's fact at the same version has
+/// its own row, which a second one would collide with.
+const BATCH: &str = concat!(
+    "WITH \
+     keys (u, k) AS (SELECT * FROM UNNEST($2::uuid[], $3::text[])), \
+     answered AS (SELECT i.user_id, i.key, i.fingerprint, i.answer::text AS answer FROM keys \
+       CROSS JOIN LATERAL (SELECT user_id, key, fingerprint, answer FROM idempotency_keys \
+         WHERE user_id = keys.u AND key = keys.k AND expires_at > $1 LIMIT 1) i), \
+     latest AS (SELECT s, (SELECT max(version) FROM event_log WHERE stream_id = w.s) AS v \
+       FROM UNNEST($4::uuid[]) AS w(s)), \
+     x (s, v, t, sv, p, r, after_own) AS (SELECT * FROM UNNEST($5::uuid[], $6::int8[], \
+       $7::text[], $8::int8[], $9::text[], $10::text[], $11::bool[])), \
+     written AS (INSERT INTO event_log (stream_id, version, event_type, schema_version, \
+       payload, request_id, recorded_at) SELECT s, v, t, sv, p::jsonb, r, $1",
+    follows!(),
+    " ON CONFLICT DO NOTHING RETURNING stream_id, version), \
+     event_rows AS (INSERT INTO events (id, owner_id, venue_id, title, description, \
+       starts_at, ends_at, capacity, status, active_count, offered_count, waitlist_count, \
+       waitlist_mode, offer_hold_secs, max_party, waitlist_fill, version, created_at, \
+       updated_at) \
+       SELECT *, $1, $1 FROM UNNEST($12::uuid[], $13::uuid[], $14::uuid[], $15::text[], \
+         $16::text[], $17::int8[], $18::int8[], $19::int8[], $20::text[], $21::int8[], \
+         $22::int8[], $23::int8[], $24::text[], $25::int8[], $26::int8[], $27::text[], \
+         $28::int8[]) \
+       ON CONFLICT (id) DO UPDATE SET venue_id = excluded.venue_id, \
+         title = excluded.title, description = excluded.description, \
+         starts_at = excluded.starts_at, ends_at = excluded.ends_at, \
+         capacity = excluded.capacity, status = excluded.status, \
+         active_count = excluded.active_count, offered_count = excluded.offered_count, \
+         waitlist_count = excluded.waitlist_count, waitlist_mode = excluded.waitlist_mode, \
+         offer_hold_secs = excluded.offer_hold_secs, max_party = excluded.max_party, \
+         waitlist_fill = excluded.waitlist_fill, version = excluded.version, \
+         updated_at = excluded.updated_at WHERE events.version <= excluded.version), \
+     membership_rows AS (INSERT INTO joins (event_id, user_id, status, order_key, seats, \
+       offer_expires_at, joined_at, updated_at) \
+       SELECT * FROM UNNEST($29::uuid[], $30::uuid[], $31::text[], $32::int8[], $33::int8[], \
+         $34::int8[], $35::int8[], $36::int8[]) \
+       ON CONFLICT (event_id, user_id) DO UPDATE SET status = excluded.status, \
+         order_key = excluded.order_key, seats = excluded.seats, \
+         offer_expires_at = excluded.offer_expires_at, joined_at = excluded.joined_at, \
+         updated_at = excluded.updated_at), \
+     snapshot_rows AS (INSERT INTO snapshots (stream_id, version, state, taken_at) \
+       SELECT s, v, st::jsonb, $1 FROM UNNEST($37::uuid[], $38::int8[], $39::text[]) \
+         AS y(s, v, st) \
+       ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
+         state = excluded.state, taken_at = excluded.taken_at \
+         WHERE snapshots.version <= excluded.version), \
+     reply_rows AS (INSERT INTO idempotency_keys (user_id, key, fingerprint, answer, \
+       created_at, expires_at) \
+       SELECT u, k, f, a::jsonb, ca, ea FROM UNNEST($40::uuid[], $41::text[], $42::text[], \
+         $43::text[], $44::int8[], $45::int8[]) AS z(u, k, f, a, ca, ea) \
+       ON CONFLICT (user_id, key) DO UPDATE SET fingerprint = excluded.fingerprint, \
+         answer = excluded.answer, created_at = excluded.created_at, \
+         expires_at = excluded.expires_at WHERE idempotency_keys.expires_at <= $1), \
+     outbox_rows AS (INSERT INTO outbox (message_id, topic, aggregate_id, stream_version, \
+       event_type, payload, request_id, traceparent, next_attempt_at, created_at) \
+       SELECT m, 'events', a, o.v, t, p::jsonb, r, tp, $1, $1 \
+       FROM UNNEST($46::uuid[], $47::uuid[], $48::int8[], $49::text[], $50::text[], \
+         $51::text[], $52::text[]) AS o(m, a, v, t, p, r, tp) \
+       JOIN written ON written.stream_id = o.a AND written.version = o.v) \
+     SELECT 'written', stream_id, version, NULL, NULL, NULL FROM written \
+     UNION ALL SELECT 'latest', s, v, NULL, NULL, NULL FROM latest \
+     UNION ALL SELECT 'answered', user_id, NULL, key, fingerprint, answer FROM answered"
+);
+
+/// What the batch statement answered: one row per fact written, per stream
+/// whose latest version was asked for, per key answered before.
+type BatchRow = (
+    String,
+    Uuid,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
 impl SqlStore<Postgres> {
     /// One attempt at a batch: a transaction on the journal's own
-    /// connection, a statement at a time, committed only if every check
-    /// passed.
+    /// connection, committed only if every check passed.
     pub(super) async fn attempt(
         &self,
         live: &[(usize, &Append)],
@@ -73,11 +150,11 @@ impl SqlStore<Postgres> {
         let fenced = Self::fenced_out(&mut tx, live).await.map_err(unavailable)?;
         steps.done(Step::Leases);
         let checked = if fenced.is_empty() {
-            let appends: Vec<&Append> = live.iter().map(|(_, a)| *a).collect();
-            let log = LogRow::of_batch(&appends);
-            Self::write_stepwise(&mut tx, live, &log, now, &mut steps)
+            let checked = Self::write_batch(&mut tx, live, now)
                 .await
-                .map_err(unavailable)?
+                .map_err(unavailable)?;
+            steps.done(Step::Batch);
+            checked
         } else {
             Checked::Fenced(fenced)
         };
@@ -108,22 +185,16 @@ impl SqlStore<Postgres> {
         }
         shards.sort_unstable();
         shards.dedup();
-        let mut query: QueryBuilder<Postgres> = QueryBuilder::new(
-            "SELECT CAST(shard AS BIGINT), epoch FROM shard_leases WHERE node IS NOT NULL AND shard IN (",
-        );
-        let mut list = query.separated(", ");
-        for shard in &shards {
-            list.push_bind(*shard);
-        }
         // In shard order, as a taking locks them: no deadlock.
-        query.push(") ORDER BY shard");
-        query.push(" FOR SHARE");
-        let held: HashMap<i64, i64> = query
-            .build_query_as::<(i64, i64)>()
-            .fetch_all(&mut **tx)
-            .await?
-            .into_iter()
-            .collect();
+        let held: HashMap<i64, i64> = sqlx::query_as(
+            "SELECT CAST(shard AS BIGINT), epoch FROM shard_leases \
+             WHERE node IS NOT NULL AND shard = ANY($1::int8[]) ORDER BY shard FOR SHARE",
+        )
+        .bind(shards)
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .collect();
         Ok(live
             .iter()
             .filter(|(_, a)| {
@@ -134,314 +205,317 @@ impl SqlStore<Postgres> {
             .collect())
     }
 
-    /// Appends every stream's facts; returns the streams of which a
-    /// fact was not written: its version taken by another writer, or
-    /// not following the one before it (see `follows!`).
-    async fn append_log(
-        tx: &mut sqlx::Transaction<'_, Postgres>,
-        rows: &[LogRow],
-        now: i64,
-    ) -> Result<HashSet<EventId>, sqlx::Error> {
-        let mut written: HashSet<(Uuid, i64)> = HashSet::with_capacity(rows.len());
-        for chunk in rows.chunks(CHUNK) {
-            written.extend(Self::insert_log(tx, chunk, now).await?);
-        }
-        Ok(lost(rows, &written))
-    }
-
-    /// The appends without facts (a keyed command that changed
-    /// nothing) decided on a version that is no longer the stream's
-    /// latest. They write no log row, so the log's own checks cannot
-    /// catch them; answered as they are, they would acknowledge a
-    /// state another writer has moved past.
-    async fn stale_without_facts(
-        tx: &mut sqlx::Transaction<'_, Postgres>,
-        live: &[(usize, &Append)],
-    ) -> Result<Vec<usize>, sqlx::Error> {
-        let streams = streams_without_facts(live);
-        if streams.is_empty() {
-            // The usual batch: every append carries facts.
-            return Ok(Vec::new());
-        }
-        let mut latest: HashMap<Uuid, u64> = HashMap::with_capacity(streams.len());
-        for chunk in streams.chunks(CHUNK) {
-            let mut q = QueryBuilder::<Postgres>::new(
-                "SELECT stream_id, MAX(version) FROM event_log WHERE stream_id IN (",
-            );
-            let mut ids = q.separated(", ");
-            for id in chunk {
-                ids.push_bind(*id);
-            }
-            q.push(") GROUP BY stream_id");
-            let rows: Vec<(Uuid, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
-            latest.extend(rows.into_iter().map(|(id, v)| (id, v as u64)));
-        }
-        for id in streams {
-            latest.entry(id).or_insert(0);
-        }
-        let appends = live
-            .iter()
-            .map(|(i, a)| (*i, a.stream, a.base_version, a.facts.len()));
-        Ok(stale(appends, latest))
-    }
-
-    /// The appends whose idempotency key already has an answer: stored
-    /// (and unexpired), or taken by an earlier append of this batch.
-    async fn answered_keys(
+    /// The batch's checks and writes: the statement `BATCH`, then what it
+    /// found, in the order the checks stand — keys answered before (or
+    /// taken earlier in the batch), appends without facts on a stale
+    /// version, facts whose versions were taken — and, once all passed, the
+    /// rare writes that depend on rows it wrote: an event's new tags, a
+    /// cancelled event's memberships.
+    async fn write_batch(
         tx: &mut sqlx::Transaction<'_, Postgres>,
         live: &[(usize, &Append)],
         now: i64,
-    ) -> Result<Vec<(usize, Given)>, sqlx::Error> {
-        let keyed = keyed(live);
-        if keyed.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<(Uuid, String)> = keyed
-            .iter()
-            .map(|(_, r)| (r.user.as_uuid(), r.key.clone()))
-            .collect();
-        let mut stored: HashMap<(Uuid, String), Given> = HashMap::new();
-        for chunk in keys.chunks(CHUNK) {
-            for row in Self::select_answers(tx, chunk, now).await? {
-                let (key, answer) = stored_answer(row)?;
-                stored.insert(key, answer);
-            }
-        }
-        Ok(answered(keyed, stored))
-    }
-
-    fn push_events_upsert(q: &mut QueryBuilder<Postgres>, chunk: &[&EventSummary], now: i64) {
-        q.push(
-            "INSERT INTO events (id, owner_id, venue_id, title, description, starts_at, \
-             ends_at, capacity, status, active_count, offered_count, waitlist_count, \
-             waitlist_mode, offer_hold_secs, max_party, waitlist_fill, version, \
-             created_at, updated_at) ",
-        );
-        q.push_values(chunk, |mut b, s| {
-            b.push_bind(s.id.as_uuid())
-                .push_bind(s.owner.as_uuid())
-                .push_bind(s.details.venue_id.as_uuid())
-                .push_bind(s.details.title.as_str().to_owned())
-                .push_bind(
-                    s.details
-                        .description
-                        .as_ref()
-                        .map(|d| d.as_str().to_owned()),
-                )
-                .push_bind(micros(s.details.starts_at))
-                .push_bind(s.details.ends_at.map(micros))
-                .push_bind(i64::from(s.capacity))
-                .push_bind(s.lifecycle.as_str())
-                .push_bind(s.active_count as i64)
-                .push_bind(s.offered_count as i64)
-                .push_bind(s.waitlist_count as i64)
-                .push_bind(s.policy.mode.as_str())
-                .push_bind(i64::from(s.policy.offer_hold))
-                .push_bind(i64::from(s.policy.max_party))
-                .push_bind(s.policy.fill.as_str())
-                .push_bind(s.version as i64)
-                .push_bind(now)
-                .push_bind(now);
-        });
-        q.push(
-            " ON CONFLICT (id) DO UPDATE SET venue_id = excluded.venue_id, \
-             title = excluded.title, description = excluded.description, \
-             starts_at = excluded.starts_at, ends_at = excluded.ends_at, \
-             capacity = excluded.capacity, status = excluded.status, \
-             active_count = excluded.active_count, offered_count = excluded.offered_count, \
-             waitlist_count = excluded.waitlist_count, waitlist_mode = excluded.waitlist_mode, \
-             offer_hold_secs = excluded.offer_hold_secs, max_party = excluded.max_party, \
-             waitlist_fill = excluded.waitlist_fill, version = excluded.version, \
-             updated_at = excluded.updated_at WHERE events.version <= excluded.version",
-        );
-    }
-
-    fn push_delete_tags(q: &mut QueryBuilder<Postgres>, event: &EventSummary) {
-        q.push("DELETE FROM event_tags WHERE event_id = ")
-            .push_bind(event.id.as_uuid());
-    }
-
-    /// The event has tags.
-    fn push_insert_tags(q: &mut QueryBuilder<Postgres>, event: &EventSummary) {
-        q.push("INSERT INTO event_tags (tag, event_id) ");
-        q.push_values(&event.details.tags, |mut b, tag| {
-            b.push_bind(tag.as_str().to_owned())
-                .push_bind(event.id.as_uuid());
-        });
-    }
-
-    /// Every membership of a cancelled event ends.
-    fn push_cancel(q: &mut QueryBuilder<Postgres>, event: EventId, now: i64) {
-        q.push("UPDATE joins SET status = 'cancelled', updated_at = ")
-            .push_bind(now)
-            .push(" WHERE event_id = ")
-            .push_bind(event.as_uuid())
-            .push(" AND status IN ('active', 'waitlisted', 'offered')");
-    }
-
-    fn push_snapshots(q: &mut QueryBuilder<Postgres>, chunk: &[&EventState], now: i64) {
-        q.push("INSERT INTO snapshots (stream_id, version, state, taken_at) ");
-        q.push_values(chunk, |mut b, s| {
-            b.push_bind(s.id.as_uuid())
-                .push_bind(s.version as i64)
-                .push_bind(Json((*s).clone()))
-                .push_bind(now);
-        });
-        q.push(
-            " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
-             state = excluded.state, taken_at = excluded.taken_at \
-             WHERE snapshots.version <= excluded.version",
-        );
-    }
-
-    /// The batch's checks and writes, a statement at a time: the
-    /// keys answered before, appends without facts on a stale
-    /// version, the facts (whose versions may have been taken),
-    /// then the read models and side records.
-    async fn write_stepwise(
-        tx: &mut sqlx::Transaction<'_, Postgres>,
-        live: &[(usize, &Append)],
-        log: &[LogRow],
-        now: i64,
-        steps: &mut Steps,
     ) -> Result<Checked, sqlx::Error> {
-        let answered = Self::answered_keys(tx, live, now).await?;
-        steps.done(Step::Keys);
+        let appends: Vec<&Append> = live.iter().map(|(_, a)| *a).collect();
+        let log = LogRow::of_batch(&appends);
+        let keyed = keyed(live);
+        let streams = streams_without_facts(live);
+        let summaries = latest_summaries(&appends);
+
+        let rows: Vec<BatchRow> =
+            Self::batch_statement(&keyed, &streams, &log, &summaries, &appends, now)
+                .fetch_all(&mut **tx)
+                .await?;
+        let mut written: HashSet<(Uuid, i64)> = HashSet::with_capacity(log.len());
+        let mut latest: HashMap<Uuid, u64> = HashMap::with_capacity(streams.len());
+        let mut stored: HashMap<(Uuid, String), Given> = HashMap::new();
+        for (kind, id, version, key, fingerprint, answer) in rows {
+            match (kind.as_str(), version, key, fingerprint, answer) {
+                ("written", Some(version), ..) => {
+                    written.insert((id, version));
+                }
+                ("latest", version, ..) => {
+                    latest.insert(id, version.unwrap_or(0) as u64);
+                }
+                ("answered", _, Some(key), Some(fingerprint), Some(answer)) => {
+                    let (key, given) = stored_answer((id, key, fingerprint, answer))?;
+                    stored.insert(key, given);
+                }
+                _ => {
+                    return Err(sqlx::Error::Protocol(format!(
+                        "the batch statement answered an unexpected row of kind {kind}"
+                    )));
+                }
+            }
+        }
+
+        let answered = answered(keyed, stored);
         if !answered.is_empty() {
             return Ok(Checked::Answered(answered));
         }
-        let stale = Self::stale_without_facts(tx, live).await?;
-        steps.done(Step::Stale);
-        if !stale.is_empty() {
-            return Ok(Checked::Stale(stale));
+        if !streams.is_empty() {
+            let versions = live
+                .iter()
+                .map(|(i, a)| (*i, a.stream, a.base_version, a.facts.len()));
+            let stale = stale(versions, latest);
+            if !stale.is_empty() {
+                return Ok(Checked::Stale(stale));
+            }
         }
-        let lost = Self::append_log(tx, log, now).await?;
-        steps.done(Step::Log);
+        let lost = lost(&log, &written);
         if !lost.is_empty() {
             return Ok(Checked::Lost(lost));
         }
-        let appends: Vec<&Append> = live.iter().map(|(_, a)| *a).collect();
-        Self::write_read_models(tx, &appends, now, steps).await?;
-        Self::write_side_records(tx, &appends, log, now, steps).await?;
-        Ok(Checked::Written)
-    }
 
-    async fn write_read_models(
-        tx: &mut sqlx::Transaction<'_, Postgres>,
-        live: &[&Append],
-        now: i64,
-        steps: &mut Steps,
-    ) -> Result<(), sqlx::Error> {
-        let summaries = latest_summaries(live);
-        for chunk in summaries.chunks(CHUNK) {
-            let mut q = QueryBuilder::new("");
-            Self::push_events_upsert(&mut q, chunk, now);
-            q.build().execute(&mut **tx).await?;
-        }
-
-        for s in retagged(&summaries, live) {
-            let mut q = QueryBuilder::new("");
-            Self::push_delete_tags(&mut q, s);
-            q.build().execute(&mut **tx).await?;
+        for s in retagged(&summaries, &appends) {
+            sqlx::query("DELETE FROM event_tags WHERE event_id = $1")
+                .bind(s.id.as_uuid())
+                .execute(&mut **tx)
+                .await?;
             if !s.details.tags.is_empty() {
-                let mut q = QueryBuilder::new("");
-                Self::push_insert_tags(&mut q, s);
+                let mut q =
+                    QueryBuilder::<Postgres>::new("INSERT INTO event_tags (tag, event_id) ");
+                q.push_values(&s.details.tags, |mut b, tag| {
+                    b.push_bind(tag.as_str().to_owned())
+                        .push_bind(s.id.as_uuid());
+                });
                 q.build().execute(&mut **tx).await?;
             }
         }
-        steps.done(Step::Events);
-
-        let rows = membership_rows(live.iter().copied());
-        for chunk in rows.chunks(CHUNK) {
-            Self::upsert_joins(tx, chunk).await?;
+        for a in appends.iter().filter(|a| a.cancels()) {
+            // Every membership of a cancelled event ends.
+            sqlx::query(
+                "UPDATE joins SET status = 'cancelled', updated_at = $1 \
+                 WHERE event_id = $2 AND status IN ('active', 'waitlisted', 'offered')",
+            )
+            .bind(now)
+            .bind(a.stream.as_uuid())
+            .execute(&mut **tx)
+            .await?;
         }
-
-        for a in live.iter().filter(|a| a.cancels()) {
-            let mut q = QueryBuilder::new("");
-            Self::push_cancel(&mut q, a.stream, now);
-            q.build().execute(&mut **tx).await?;
-        }
-        steps.done(Step::Memberships);
-        Ok(())
+        Ok(Checked::Written)
     }
 
-    async fn write_side_records(
-        tx: &mut sqlx::Transaction<'_, Postgres>,
-        live: &[&Append],
+    /// `BATCH` with the batch's rows bound, a column at a time.
+    fn batch_statement<'q>(
+        keyed: &[(usize, &IdempotencyRecord)],
+        streams: &[Uuid],
         log: &[LogRow],
+        summaries: &[&EventSummary],
+        appends: &[&Append],
         now: i64,
-        steps: &mut Steps,
-    ) -> Result<(), sqlx::Error> {
-        let snapshots = latest_snapshots(live);
-        for chunk in snapshots.chunks(CHUNK) {
-            let mut q = QueryBuilder::new("");
-            Self::push_snapshots(&mut q, chunk, now);
-            q.build().execute(&mut **tx).await?;
-        }
-        steps.done(Step::Snapshots);
-
-        let records: Vec<&IdempotencyRecord> = live
+    ) -> sqlx::query::QueryAs<'q, Postgres, BatchRow, sqlx::postgres::PgArguments> {
+        // A key taken twice in the batch is written once: the check
+        // leaves the later append out, and an upsert may not touch a row
+        // twice in one statement.
+        let mut seen = HashSet::new();
+        let replies: Vec<&IdempotencyRecord> = keyed
             .iter()
-            .filter_map(|a| a.idempotency.as_ref())
-            .filter(|r| r.keep)
+            .map(|(_, r)| *r)
+            .filter(|r| r.keep && seen.insert((r.user, r.key.as_str())))
             .collect();
-        for chunk in records.chunks(CHUNK) {
-            Self::insert_replies(tx, chunk, now).await?;
-        }
-        steps.done(Step::Replies);
-
+        let memberships = membership_rows(appends.iter().copied());
+        let snapshots: Vec<&EventState> = latest_snapshots(appends);
         let outbox: Vec<OutboxRow> = log.iter().map(LogRow::outbox).collect();
-        for chunk in outbox.chunks(CHUNK) {
-            Self::insert_outbox(tx, chunk, now).await?;
-        }
-        steps.done(Step::Outbox);
-        Ok(())
-    }
-}
+        let column =
+            |f: &dyn Fn(&EventSummary) -> i64| summaries.iter().map(|s| f(s)).collect::<Vec<i64>>();
 
-/// Postgres's bulk writes: one statement per table over `UNNEST`ed arrays,
-/// prepared once whatever the batch size (a multi-row `VALUES` is a new
-/// statement to parse and plan for every size).
-impl SqlStore<Postgres> {
-    pub(super) async fn insert_log(
-        tx: &mut sqlx::Transaction<'_, Postgres>,
-        rows: &[LogRow],
-        now: i64,
-    ) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
-        sqlx::query_as(concat!(
-            "WITH x (s, v, t, sv, p, r, after_own) AS (SELECT * FROM UNNEST($1::uuid[], \
-             $2::int8[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::bool[])) \
-             INSERT INTO event_log (stream_id, version, event_type, schema_version, payload, \
-             request_id, recorded_at) SELECT s, v, t, sv, p::jsonb, r, $8",
-            follows!(),
-            " ON CONFLICT DO NOTHING RETURNING stream_id, version"
-        ))
-        .bind(rows.iter().map(|r| r.stream).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.event_type).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.schema_version).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.payload.clone()).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|r| r.request_id.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|r| r.after_own).collect::<Vec<_>>())
-        .bind(now)
-        .fetch_all(&mut **tx)
-        .await
+        sqlx::query_as(BATCH)
+            .bind(now)
+            // Keys asked about.
+            .bind(
+                keyed
+                    .iter()
+                    .map(|(_, r)| r.user.as_uuid())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(keyed.iter().map(|(_, r)| r.key.clone()).collect::<Vec<_>>())
+            // Streams whose latest version is asked for.
+            .bind(streams.to_vec())
+            // The facts.
+            .bind(log.iter().map(|r| r.stream).collect::<Vec<_>>())
+            .bind(log.iter().map(|r| r.version).collect::<Vec<_>>())
+            .bind(log.iter().map(|r| r.event_type).collect::<Vec<_>>())
+            .bind(log.iter().map(|r| r.schema_version).collect::<Vec<_>>())
+            .bind(log.iter().map(|r| r.payload.clone()).collect::<Vec<_>>())
+            .bind(log.iter().map(|r| r.request_id.clone()).collect::<Vec<_>>())
+            .bind(log.iter().map(|r| r.after_own).collect::<Vec<_>>())
+            // Event rows.
+            .bind(summaries.iter().map(|s| s.id.as_uuid()).collect::<Vec<_>>())
+            .bind(
+                summaries
+                    .iter()
+                    .map(|s| s.owner.as_uuid())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                summaries
+                    .iter()
+                    .map(|s| s.details.venue_id.as_uuid())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                summaries
+                    .iter()
+                    .map(|s| s.details.title.as_str().to_owned())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                summaries
+                    .iter()
+                    .map(|s| {
+                        s.details
+                            .description
+                            .as_ref()
+                            .map(|d| d.as_str().to_owned())
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .bind(column(&|s| micros(s.details.starts_at)))
+            .bind(
+                summaries
+                    .iter()
+                    .map(|s| s.details.ends_at.map(micros))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(column(&|s| i64::from(s.capacity)))
+            .bind(
+                summaries
+                    .iter()
+                    .map(|s| s.lifecycle.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(column(&|s| s.active_count as i64))
+            .bind(column(&|s| s.offered_count as i64))
+            .bind(column(&|s| s.waitlist_count as i64))
+            .bind(
+                summaries
+                    .iter()
+                    .map(|s| s.policy.mode.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(column(&|s| i64::from(s.policy.offer_hold)))
+            .bind(column(&|s| i64::from(s.policy.max_party)))
+            .bind(
+                summaries
+                    .iter()
+                    .map(|s| s.policy.fill.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(column(&|s| s.version as i64))
+            // Memberships.
+            .bind(
+                memberships
+                    .iter()
+                    .map(|r| r.event_id.as_uuid())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                memberships
+                    .iter()
+                    .map(|r| r.user_id.as_uuid())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                memberships
+                    .iter()
+                    .map(|r| r.status.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(memberships.iter().map(|r| r.order_key).collect::<Vec<_>>())
+            .bind(
+                memberships
+                    .iter()
+                    .map(|r| i64::from(r.seats))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                memberships
+                    .iter()
+                    .map(|r| r.offer_expires_at.map(micros))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                memberships
+                    .iter()
+                    .map(|r| micros(r.joined_at))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                memberships
+                    .iter()
+                    .map(|r| micros(r.updated_at))
+                    .collect::<Vec<_>>(),
+            )
+            // Snapshots.
+            .bind(snapshots.iter().map(|s| s.id.as_uuid()).collect::<Vec<_>>())
+            .bind(
+                snapshots
+                    .iter()
+                    .map(|s| s.version as i64)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                snapshots
+                    .iter()
+                    .map(|s| serde_json::to_string(s).expect("a state serialises"))
+                    .collect::<Vec<_>>(),
+            )
+            // Answers kept.
+            .bind(replies.iter().map(|r| r.user.as_uuid()).collect::<Vec<_>>())
+            .bind(replies.iter().map(|r| r.key.clone()).collect::<Vec<_>>())
+            .bind(
+                replies
+                    .iter()
+                    .map(|r| r.fingerprint.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                replies
+                    .iter()
+                    .map(|r| answer_json(&r.answer))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                replies
+                    .iter()
+                    .map(|r| micros(r.created_at))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                replies
+                    .iter()
+                    .map(|r| micros(r.expires_at))
+                    .collect::<Vec<_>>(),
+            )
+            // Outbox rows.
+            .bind(outbox.iter().map(|r| r.message_id).collect::<Vec<_>>())
+            .bind(outbox.iter().map(|r| r.aggregate).collect::<Vec<_>>())
+            .bind(outbox.iter().map(|r| r.version).collect::<Vec<_>>())
+            .bind(outbox.iter().map(|r| r.event_type).collect::<Vec<_>>())
+            .bind(outbox.iter().map(|r| r.payload.clone()).collect::<Vec<_>>())
+            .bind(
+                outbox
+                    .iter()
+                    .map(|r| r.request_id.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                outbox
+                    .iter()
+                    .map(|r| r.traceparent.clone())
+                    .collect::<Vec<_>>(),
+            )
     }
 
+    /// The answers stored (and unexpired) for `keys`.
     pub(super) async fn select_answers(
         conn: &mut sqlx::PgConnection,
         keys: &[(Uuid, String)],
         now: i64,
     ) -> Result<Vec<AnswerRow>, sqlx::Error> {
-        // One primary-key lookup per key, whatever the plan cache holds:
-        // the `LIMIT 1` (a no-op on the key) keeps the planner from turning
-        // the lookup into a join it may hash over the whole table — a plan
-        // that, kept by the journal's one connection, cost more with every
-        // key stored.
+        // One primary-key lookup per key, whatever the plan cache holds
+        // (see `BATCH`).
         sqlx::query_as(
             "SELECT i.user_id, i.key, i.fingerprint, i.answer::text \
              FROM UNNEST($1::uuid[], $2::text[]) AS x(u, k) \
@@ -454,103 +528,4 @@ impl SqlStore<Postgres> {
         .fetch_all(conn)
         .await
     }
-
-    pub(super) async fn upsert_joins(
-        tx: &mut sqlx::Transaction<'_, Postgres>,
-        rows: &[MembershipRow],
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO joins (event_id, user_id, status, order_key, seats, offer_expires_at, \
-             joined_at, updated_at) SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], \
-             $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int8[]){JOINS_UPSERT}"
-        )))
-        .bind(
-            rows.iter()
-                .map(|r| r.event_id.as_uuid())
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|r| r.user_id.as_uuid()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.order_key).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| i64::from(r.seats)).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|r| r.offer_expires_at.map(micros))
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|r| micros(r.joined_at)).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|r| micros(r.updated_at))
-                .collect::<Vec<_>>(),
-        )
-        .execute(&mut **tx)
-        .await
-        .map(drop)
-    }
-
-    pub(super) async fn insert_replies(
-        tx: &mut sqlx::Transaction<'_, Postgres>,
-        rows: &[&IdempotencyRecord],
-        now: i64,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(concat!(
-            "INSERT INTO idempotency_keys (user_id, key, fingerprint, answer, created_at, expires_at) \
-             SELECT u, k, f, a::jsonb, ca, ea \
-             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[]) \
-               AS x(u, k, f, a, ca, ea)",
-            idempotency_upsert!(),
-            "$7"
-        ))
-        .bind(rows.iter().map(|r| r.user.as_uuid()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.key.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.fingerprint.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| answer_json(&r.answer)).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| micros(r.created_at)).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| micros(r.expires_at)).collect::<Vec<_>>())
-        .bind(now)
-        .execute(&mut **tx)
-        .await
-        .map(drop)
-    }
-
-    pub(super) async fn insert_outbox(
-        tx: &mut sqlx::Transaction<'_, Postgres>,
-        rows: &[OutboxRow],
-        now: i64,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO outbox (message_id, topic, aggregate_id, stream_version, event_type, \
-             payload, request_id, traceparent, next_attempt_at, created_at) \
-             SELECT m, 'events', a, v, t, p::jsonb, r, tp, $8, $8 \
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[], $6::text[], \
-                         $7::text[]) AS x(m, a, v, t, p, r, tp)",
-        )
-        .bind(rows.iter().map(|r| r.message_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.aggregate).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.event_type).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.payload.clone()).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|r| r.request_id.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|r| r.traceparent.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(now)
-        .execute(&mut **tx)
-        .await
-        .map(drop)
-    }
 }
-
-/// The rows of one batch are distinct per (event, user), so an upsert never
-/// touches a row twice.
-const JOINS_UPSERT: &str = " ON CONFLICT (event_id, user_id) DO UPDATE SET status = excluded.status, \
-     order_key = excluded.order_key, seats = excluded.seats, \
-     offer_expires_at = excluded.offer_expires_at, joined_at = excluded.joined_at, \
-     updated_at = excluded.updated_at";
