@@ -29,11 +29,11 @@ use crate::store::{micros, unavailable};
 enum Step {
     /// On SQLite, waiting for the write lock.
     Begin,
-    /// The fencing check.
+    /// The fencing check (on Postgres, part of `Batch`).
     Leases,
     /// Answers stored before.
     Keys,
-    /// On Postgres, the steps from `Keys` to `Outbox`: one statement.
+    /// On Postgres, the steps from `Leases` to `Outbox`: one statement.
     Batch,
     Stale,
     /// The facts.

@@ -1,16 +1,17 @@
 //! Postgres's group commit: an attempt is a transaction on the journal's
-//! own connection — `BEGIN`, the lease check (in a cluster), one statement
-//! that makes the batch's checks and writes every table, `COMMIT` (or
-//! `ROLLBACK`, if a check failed).
+//! own connection of three round trips — `BEGIN`, one statement that makes
+//! the batch's checks and writes every table, `COMMIT` (or `ROLLBACK`, if
+//! a check failed).
 //!
 //! Why one statement: each round trip to the database costs a commit a
 //! quarter to half a millisecond on a busy machine and wakes the journal's
-//! task twice, and a batch wrote nine tables' worth of them in turn. All
-//! parts of a statement see the database as it was when it began, so the
-//! checks in it (keys answered before, the latest version of streams whose
-//! append has no facts) read what they would have read first in the
-//! transaction; and whatever the statement wrote is rolled back when one
-//! of them fails.
+//! task twice, and a batch made ten of them in turn. All parts of a
+//! statement see the database as it was when it began, so the checks in it
+//! (keys answered before, the latest version of streams whose append has no
+//! facts) read what they would have read first in the transaction; the
+//! lease check locks the newest version of its rows, whenever in the
+//! statement it runs; and whatever the statement wrote is rolled back when
+//! a check fails.
 
 use std::collections::{HashMap, HashSet};
 
@@ -50,9 +51,17 @@ macro_rules! follows {
 }
 
 /// The batch's checks and writes: `$1` is the commit's time; each table's
-/// rows come as one array per column. It answers a row per fact written
-/// (`written`), per stream asked about (`latest`: its latest stored
-/// version, NULL for none) and per key answered before (`answered`).
+/// rows come as one array per column. It answers a row per lease this node
+/// holds of the shards asked about (`held`: shard, epoch), per fact written
+/// (`written`: stream, version), per stream asked about (`latest`: its
+/// latest stored version, NULL for none) and per key answered before
+/// (`answered`: user, key, fingerprint, answer).
+///
+/// The leases are locked against a taking until the transaction ends, so a
+/// node taking a shard waits for this commit and then loads what it wrote;
+/// in shard order, as a taking and a renewal lock them, so no deadlock. A
+/// locking read takes the newest version of a row, not the statement's
+/// snapshot: a taking committed while the statement ran is seen.
 ///
 /// The lookups are written so that whatever plan the journal's one
 /// connection keeps for the statement, each is an index probe per row: a
@@ -64,6 +73,8 @@ macro_rules! follows {
 /// its own row, which a second one would collide with.
 const BATCH: &str = concat!(
     "WITH \
+     held AS (SELECT CAST(shard AS BIGINT) AS shard, epoch FROM shard_leases \
+       WHERE node IS NOT NULL AND shard = ANY($53::int8[]) ORDER BY shard FOR SHARE), \
      keys (u, k) AS (SELECT * FROM UNNEST($2::uuid[], $3::text[])), \
      answered AS (SELECT i.user_id, i.key, i.fingerprint, i.answer::text AS answer FROM keys \
        CROSS JOIN LATERAL (SELECT user_id, key, fingerprint, answer FROM idempotency_keys \
@@ -120,21 +131,58 @@ const BATCH: &str = concat!(
        FROM UNNEST($46::uuid[], $47::uuid[], $48::int8[], $49::text[], $50::text[], \
          $51::text[], $52::text[]) AS o(m, a, v, t, p, r, tp) \
        JOIN written ON written.stream_id = o.a AND written.version = o.v) \
-     SELECT 'written', stream_id, version, NULL, NULL, NULL FROM written \
-     UNION ALL SELECT 'latest', s, v, NULL, NULL, NULL FROM latest \
-     UNION ALL SELECT 'answered', user_id, NULL, key, fingerprint, answer FROM answered"
+     SELECT 'held', NULL::uuid, epoch, shard, NULL::text, NULL::text, NULL::text FROM held \
+     UNION ALL SELECT 'written', stream_id, version, NULL, NULL, NULL, NULL FROM written \
+     UNION ALL SELECT 'latest', s, v, NULL, NULL, NULL, NULL FROM latest \
+     UNION ALL SELECT 'answered', user_id, NULL, NULL, key, fingerprint, answer FROM answered"
 );
 
-/// What the batch statement answered: one row per fact written, per stream
-/// whose latest version was asked for, per key answered before.
-type BatchRow = (
+/// A row `BATCH` answers: its kind, then the columns that kind sets.
+type FoundRow = (
     String,
-    Uuid,
+    Option<Uuid>,
+    Option<i64>,
     Option<i64>,
     Option<String>,
     Option<String>,
     Option<String>,
 );
+
+/// What `BATCH` found, a row at a time.
+enum Found {
+    Held { shard: i64, epoch: i64 },
+    Written { stream: Uuid, version: i64 },
+    Latest { stream: Uuid, version: Option<i64> },
+    Answered(AnswerRow),
+}
+
+impl TryFrom<FoundRow> for Found {
+    type Error = sqlx::Error;
+
+    fn try_from(row: FoundRow) -> Result<Self, sqlx::Error> {
+        Ok(match row {
+            (kind, None, Some(epoch), Some(shard), ..) if kind == "held" => {
+                Found::Held { shard, epoch }
+            }
+            (kind, Some(stream), Some(version), ..) if kind == "written" => {
+                Found::Written { stream, version }
+            }
+            (kind, Some(stream), version, ..) if kind == "latest" => {
+                Found::Latest { stream, version }
+            }
+            (kind, Some(user), _, _, Some(key), Some(fingerprint), Some(answer))
+                if kind == "answered" =>
+            {
+                Found::Answered((user, key, fingerprint, answer))
+            }
+            (kind, ..) => {
+                return Err(sqlx::Error::Protocol(format!(
+                    "the batch statement answered a row of kind {kind} without its columns"
+                )));
+            }
+        })
+    }
+}
 
 impl SqlStore<Postgres> {
     /// One attempt at a batch: a transaction on the journal's own
@@ -147,17 +195,10 @@ impl SqlStore<Postgres> {
         let mut steps = Steps::start();
         let mut tx = self.writer.begin().await.map_err(unavailable)?;
         steps.done(Step::Begin);
-        let fenced = Self::fenced_out(&mut tx, live).await.map_err(unavailable)?;
-        steps.done(Step::Leases);
-        let checked = if fenced.is_empty() {
-            let checked = Self::write_batch(&mut tx, live, now)
-                .await
-                .map_err(unavailable)?;
-            steps.done(Step::Batch);
-            checked
-        } else {
-            Checked::Fenced(fenced)
-        };
+        let checked = Self::write_batch(&mut tx, live, now)
+            .await
+            .map_err(unavailable)?;
+        steps.done(Step::Batch);
         match checked {
             Checked::Written => tx.commit().await,
             _ => tx.rollback().await,
@@ -167,47 +208,11 @@ impl SqlStore<Postgres> {
         Ok(checked)
     }
 
-    /// The appends whose shard lease this node no longer holds at
-    /// the epoch their actor was activated with: taken by another
-    /// node, or released. The lease rows stay locked against a
-    /// taking until this transaction ends, so a node taking the
-    /// shard waits for this commit and then loads what it wrote.
-    async fn fenced_out(
-        tx: &mut sqlx::Transaction<'_, Postgres>,
-        live: &[(usize, &Append)],
-    ) -> Result<Vec<usize>, sqlx::Error> {
-        let mut shards: Vec<i64> = live
-            .iter()
-            .filter_map(|(_, a)| a.lease.map(|l| i64::from(l.shard.get())))
-            .collect();
-        if shards.is_empty() {
-            return Ok(Vec::new());
-        }
-        shards.sort_unstable();
-        shards.dedup();
-        // In shard order, as a taking locks them: no deadlock.
-        let held: HashMap<i64, i64> = sqlx::query_as(
-            "SELECT CAST(shard AS BIGINT), epoch FROM shard_leases \
-             WHERE node IS NOT NULL AND shard = ANY($1::int8[]) ORDER BY shard FOR SHARE",
-        )
-        .bind(shards)
-        .fetch_all(&mut **tx)
-        .await?
-        .into_iter()
-        .collect();
-        Ok(live
-            .iter()
-            .filter(|(_, a)| {
-                a.lease
-                    .is_some_and(|l| held.get(&i64::from(l.shard.get())) != Some(&(l.epoch as i64)))
-            })
-            .map(|(i, _)| *i)
-            .collect())
-    }
-
     /// The batch's checks and writes: the statement `BATCH`, then what it
-    /// found, in the order the checks stand — keys answered before (or
-    /// taken earlier in the batch), appends without facts on a stale
+    /// found, in the order the checks stand — appends whose shard this node
+    /// no longer holds at the epoch their actor was activated with (taken
+    /// by another node, or released), keys answered before (or taken
+    /// earlier in the batch), appends without facts on a stale
     /// version, facts whose versions were taken — and, once all passed, the
     /// rare writes that depend on rows it wrote: an event's new tags, a
     /// cancelled event's memberships.
@@ -222,33 +227,43 @@ impl SqlStore<Postgres> {
         let streams = streams_without_facts(live);
         let summaries = latest_summaries(&appends);
 
-        let rows: Vec<BatchRow> =
-            Self::batch_statement(&keyed, &streams, &log, &summaries, &appends, now)
+        let rows: Vec<FoundRow> =
+            Self::batch_statement(live, &keyed, &streams, &log, &summaries, &appends, now)
                 .fetch_all(&mut **tx)
                 .await?;
+        let mut held: HashMap<i64, i64> = HashMap::new();
         let mut written: HashSet<(Uuid, i64)> = HashSet::with_capacity(log.len());
         let mut latest: HashMap<Uuid, u64> = HashMap::with_capacity(streams.len());
         let mut stored: HashMap<(Uuid, String), Given> = HashMap::new();
-        for (kind, id, version, key, fingerprint, answer) in rows {
-            match (kind.as_str(), version, key, fingerprint, answer) {
-                ("written", Some(version), ..) => {
-                    written.insert((id, version));
+        for row in rows {
+            match Found::try_from(row)? {
+                Found::Held { shard, epoch } => {
+                    held.insert(shard, epoch);
                 }
-                ("latest", version, ..) => {
-                    latest.insert(id, version.unwrap_or(0) as u64);
+                Found::Written { stream, version } => {
+                    written.insert((stream, version));
                 }
-                ("answered", _, Some(key), Some(fingerprint), Some(answer)) => {
-                    let (key, given) = stored_answer((id, key, fingerprint, answer))?;
+                Found::Latest { stream, version } => {
+                    latest.insert(stream, version.unwrap_or(0) as u64);
+                }
+                Found::Answered(row) => {
+                    let (key, given) = stored_answer(row)?;
                     stored.insert(key, given);
-                }
-                _ => {
-                    return Err(sqlx::Error::Protocol(format!(
-                        "the batch statement answered an unexpected row of kind {kind}"
-                    )));
                 }
             }
         }
 
+        let fenced: Vec<usize> = live
+            .iter()
+            .filter(|(_, a)| {
+                a.lease
+                    .is_some_and(|l| held.get(&i64::from(l.shard.get())) != Some(&(l.epoch as i64)))
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        if !fenced.is_empty() {
+            return Ok(Checked::Fenced(fenced));
+        }
         let answered = answered(keyed, stored);
         if !answered.is_empty() {
             return Ok(Checked::Answered(answered));
@@ -298,13 +313,14 @@ impl SqlStore<Postgres> {
 
     /// `BATCH` with the batch's rows bound, a column at a time.
     fn batch_statement<'q>(
+        live: &[(usize, &Append)],
         keyed: &[(usize, &IdempotencyRecord)],
         streams: &[Uuid],
         log: &[LogRow],
         summaries: &[&EventSummary],
         appends: &[&Append],
         now: i64,
-    ) -> sqlx::query::QueryAs<'q, Postgres, BatchRow, sqlx::postgres::PgArguments> {
+    ) -> sqlx::query::QueryAs<'q, Postgres, FoundRow, sqlx::postgres::PgArguments> {
         // A key taken twice in the batch is written once: the check
         // leaves the later append out, and an upsert may not touch a row
         // twice in one statement.
@@ -317,6 +333,12 @@ impl SqlStore<Postgres> {
         let memberships = membership_rows(appends.iter().copied());
         let snapshots: Vec<&EventState> = latest_snapshots(appends);
         let outbox: Vec<OutboxRow> = log.iter().map(LogRow::outbox).collect();
+        let mut shards: Vec<i64> = live
+            .iter()
+            .filter_map(|(_, a)| a.lease.map(|l| i64::from(l.shard.get())))
+            .collect();
+        shards.sort_unstable();
+        shards.dedup();
         let column =
             |f: &dyn Fn(&EventSummary) -> i64| summaries.iter().map(|s| f(s)).collect::<Vec<i64>>();
 
@@ -506,6 +528,8 @@ impl SqlStore<Postgres> {
                     .map(|r| r.traceparent.clone())
                     .collect::<Vec<_>>(),
             )
+            // Shards whose leases are checked.
+            .bind(shards)
     }
 
     /// The answers stored (and unexpired) for `keys`.
