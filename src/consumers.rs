@@ -8,7 +8,8 @@
 //! With Redis, consumers read the outbox stream in a consumer group (the
 //! nodes share the work; an entry left unacknowledged by a node that died
 //! is claimed by another after a minute). Without Redis, the relay hands
-//! them the rows before marking them published.
+//! them the rows, and a handler's effect and the rows' mark as published
+//! are one transaction: exactly once, with no inbox row to write.
 //!
 //! The one consumer today, `daily-facts`, counts the facts committed per UTC
 //! day and kind, for `GET /v1/admin/stats`.
@@ -46,9 +47,33 @@ pub async fn handle(store: &dyn Store, facts: &[Fact]) -> Result<usize, StoreErr
     if facts.is_empty() {
         return Ok(0);
     }
-    // One span per traced fact, a child of its publishing, open while the
-    // batch that handles it is.
-    let _handling: Vec<tracing::Span> = facts
+    let _handling = consuming(facts);
+    let handled = store.count_daily_facts(&daily(facts)).await?;
+    counted(facts.len(), handled);
+    Ok(handled)
+}
+
+/// Without Redis: handles the relay's outbox rows (`ids`, one per fact)
+/// and marks them published in the same transaction, so each is handled
+/// exactly once and no inbox row is written. Returns how many were
+/// handled (rows no longer pending are not).
+pub async fn handle_outbox_rows(
+    store: &dyn Store,
+    facts: &[Fact],
+    ids: &[i64],
+    now: i64,
+) -> Result<usize, StoreError> {
+    let _handling = consuming(facts);
+    let rows: Vec<(i64, DailyFact)> = ids.iter().copied().zip(daily(facts)).collect();
+    let handled = store.count_daily_facts_and_publish(&rows, now).await?;
+    counted(facts.len(), handled);
+    Ok(handled)
+}
+
+/// One span per traced fact, a child of its publishing, to be held open
+/// while the batch that handles it is.
+fn consuming(facts: &[Fact]) -> Vec<tracing::Span> {
+    facts
         .iter()
         .filter_map(|fact| {
             let traceparent = fact.traceparent.as_deref()?;
@@ -61,8 +86,11 @@ pub async fn handle(store: &dyn Store, facts: &[Fact]) -> Result<usize, StoreErr
             );
             Some(crate::telemetry::following(span, traceparent))
         })
-        .collect();
-    let daily: Vec<DailyFact> = facts
+        .collect()
+}
+
+fn daily(facts: &[Fact]) -> Vec<DailyFact> {
+    facts
         .iter()
         .map(|fact| DailyFact {
             message_id: fact.message_id,
@@ -71,13 +99,14 @@ pub async fn handle(store: &dyn Store, facts: &[Fact]) -> Result<usize, StoreErr
                 .to_string(),
             event_type: fact.event_type.clone(),
         })
-        .collect();
-    let handled = store.count_daily_facts(&daily).await?;
+        .collect()
+}
+
+fn counted(delivered: usize, handled: usize) {
     metrics::counter!("turnout_consumer_messages_total", "handler" => "daily-facts", "outcome" => "handled")
         .increment(handled as u64);
     metrics::counter!("turnout_consumer_messages_total", "handler" => "daily-facts", "outcome" => "redelivered")
-        .increment((facts.len() - handled) as u64);
-    Ok(handled)
+        .increment((delivered - handled) as u64);
 }
 
 fn fact_of(entry: &StreamId) -> Option<Fact> {

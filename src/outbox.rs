@@ -15,9 +15,9 @@
 //!   marked dead (listed and replayed through the admin API) and the rows
 //!   behind it move on.
 //! - Without Redis (the embedded default) there is nobody outside the process
-//!   to publish to: the rows go to the in-process consumers (`consumers`)
-//!   and are marked published, so that the retention purge keeps the table
-//!   small.
+//!   to publish to: the rows go to the in-process consumers (`consumers`),
+//!   which mark them published in the transaction of their effect (so the
+//!   retention purge keeps the table small).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -209,11 +209,14 @@ async fn pass(
                 traceparent: traceparent.clone(),
             })
             .collect();
-        if let Err(error) = crate::consumers::handle(store.as_ref(), &facts).await {
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let handled =
+            crate::consumers::handle_outbox_rows(store.as_ref(), &facts, &ids, now_micros()).await;
+        if let Err(error) = handled {
             tracing::warn!(%error, "an outbox consumer failed; retrying");
             return Pass::StoreAway;
         }
-        return mark_published(store, &rows, settings).await;
+        return published(&rows, settings);
     };
     if connection.is_none() {
         match ConnectionManager::new(client.clone()).await {
@@ -291,7 +294,13 @@ async fn mark_published(
         tracing::warn!(%error, "outbox rows published but not marked");
         return Pass::StoreAway;
     }
-    metrics::counter!("turnout_outbox_published_total").increment(ids.len() as u64);
+    published(rows, settings)
+}
+
+/// Counts `rows`, just marked published, and says whether a full batch
+/// suggests more are waiting.
+fn published(rows: &[OutboxMessage], settings: &OutboxSettings) -> Pass {
+    metrics::counter!("turnout_outbox_published_total").increment(rows.len() as u64);
     let now = now_micros();
     let latency = metrics::histogram!("turnout_outbox_publish_latency_seconds");
     for row in rows {

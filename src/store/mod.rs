@@ -430,6 +430,17 @@ pub trait OutboxRelay: Send + Sync {
     /// transaction; returns how many were new (the rest were redeliveries).
     async fn count_daily_facts(&self, facts: &[DailyFact]) -> Result<usize, StoreError>;
 
+    /// The daily-facts consumer without a broker, handed outbox rows (id
+    /// and fact) by the relay: counting them and marking them published
+    /// are one transaction, so each row is counted exactly once and needs
+    /// no inbox row — only the rows still pending count. Returns how many
+    /// did.
+    async fn count_daily_facts_and_publish(
+        &self,
+        rows: &[(i64, DailyFact)],
+        now: i64,
+    ) -> Result<usize, StoreError>;
+
     /// `(day, event_type, facts)` from `since_day` (`YYYY-MM-DD`) on.
     async fn daily_facts(&self, since_day: &str) -> Result<Vec<(String, String, i64)>, StoreError>;
 }

@@ -137,6 +137,55 @@ async fn admin_routes_answer_to_admins_only(app: TestApp) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    // Without Redis the count and the rows' mark as published are one
+    // transaction: counted means published, and a row handed over again
+    // counts nothing.
+    let store = app.store().await;
+    assert!(
+        store
+            .outbox(turnout::store::OutboxStatus::Pending, 0, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "every counted row is published"
+    );
+    const PUBLISHED: &str = "SELECT id FROM outbox WHERE status = 'published'";
+    let published: Vec<i64> = if app.database_url.starts_with("sqlite:") {
+        let db = sqlx::SqlitePool::connect(&app.database_url).await.unwrap();
+        sqlx::query_scalar(PUBLISHED).fetch_all(&db).await.unwrap()
+    } else {
+        let db = sqlx::PgPool::connect(&app.database_url).await.unwrap();
+        sqlx::query_scalar(PUBLISHED).fetch_all(&db).await.unwrap()
+    };
+    assert_eq!(published.len(), 5, "created, published, three joins");
+    let again: Vec<(i64, turnout::store::DailyFact)> = published
+        .iter()
+        .map(|id| {
+            let fact = turnout::store::DailyFact {
+                message_id: uuid::Uuid::now_v7(),
+                day: "2026-01-02".into(),
+                event_type: "joined".into(),
+            };
+            (*id, fact)
+        })
+        .collect();
+    assert_eq!(
+        store
+            .count_daily_facts_and_publish(&again, 0)
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(
+        !store
+            .daily_facts("2026-01-02")
+            .await
+            .unwrap()
+            .iter()
+            .any(|(day, _, _)| day == "2026-01-02"),
+        "nothing counted twice"
+    );
+
     for bad in ["?days=0", "?days=367", "?days=x", "?weeks=1"] {
         let response = app
             .as_user(&admin, Method::GET, &format!("/v1/admin/stats{bad}"))
@@ -147,7 +196,6 @@ async fn admin_routes_answer_to_admins_only(app: TestApp) {
     }
 
     // The inbox: a message delivered again changes nothing.
-    let store = app.store().await;
     let fact = |message_id, event_type: &str| turnout::store::DailyFact {
         message_id,
         day: "2026-01-01".into(),

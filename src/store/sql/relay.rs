@@ -44,6 +44,25 @@ macro_rules! impl_relay {
                 }
                 Ok(first)
             }
+
+            /// Adds `new` facts to each `(day, event_type)`'s count.
+            async fn add_daily_facts(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                new: &std::collections::BTreeMap<(&str, &str), i64>,
+            ) -> Result<(), sqlx::Error> {
+                for ((day, event_type), facts) in new {
+                    sqlx::query(
+                        "INSERT INTO daily_facts (day, event_type, facts) VALUES ($1, $2, $3) \
+                         ON CONFLICT (day, event_type) DO UPDATE SET facts = daily_facts.facts + $3",
+                    )
+                    .bind(*day)
+                    .bind(*event_type)
+                    .bind(*facts)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                Ok(())
+            }
         }
 
         #[async_trait]
@@ -176,20 +195,42 @@ macro_rules! impl_relay {
                         *new.entry((&fact.day, &fact.event_type)).or_default() += 1;
                     }
                 }
-                for ((day, event_type), facts) in &new {
-                    sqlx::query(
-                        "INSERT INTO daily_facts (day, event_type, facts) VALUES ($1, $2, $3) \
-                         ON CONFLICT (day, event_type) DO UPDATE SET facts = daily_facts.facts + $3",
-                    )
-                    .bind(*day)
-                    .bind(*event_type)
-                    .bind(*facts)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
-                }
+                Self::add_daily_facts(&mut tx, &new).await.map_err(unavailable)?;
                 tx.commit().await.map_err(unavailable)?;
                 Ok(new.values().sum::<i64>() as usize)
+            }
+
+            async fn count_daily_facts_and_publish(
+                &self,
+                rows: &[(i64, DailyFact)],
+                now: i64,
+            ) -> Result<usize, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(unavailable)?;
+                let mut marked: HashSet<i64> = HashSet::with_capacity(rows.len());
+                for chunk in rows.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "UPDATE outbox SET status = 'published', published_at = ",
+                    );
+                    q.push_bind(now).push(" WHERE status = 'pending' AND id IN (");
+                    let mut list = q.separated(", ");
+                    for (id, _) in chunk {
+                        list.push_bind(*id);
+                    }
+                    q.push(") RETURNING id");
+                    let ids: Vec<(i64,)> =
+                        q.build_query_as().fetch_all(&mut *tx).await.map_err(unavailable)?;
+                    marked.extend(ids.into_iter().map(|(id,)| id));
+                }
+                let mut new: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
+                for (id, fact) in rows {
+                    // Only a row this transaction took from pending counts.
+                    if marked.contains(id) {
+                        *new.entry((&fact.day, &fact.event_type)).or_default() += 1;
+                    }
+                }
+                Self::add_daily_facts(&mut tx, &new).await.map_err(unavailable)?;
+                tx.commit().await.map_err(unavailable)?;
+                Ok(marked.len())
             }
 
             async fn daily_facts(&self, since_day: &str) -> Result<Vec<(String, String, i64)>, StoreError> {
