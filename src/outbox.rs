@@ -345,11 +345,19 @@ fn fields(row: &OutboxMessage, traceparent: Option<&str>) -> Vec<(&'static str, 
     ]
 }
 
+/// Deletes the rows published, and the consumers' inbox rows of messages
+/// handled, more than the retention ago: a redelivery can only come while
+/// a message's row is kept.
 async fn purge(store: &Arc<dyn Store>, settings: &OutboxSettings) {
     let before = now_micros() - settings.retention_hours * 3_600_000_000;
     match store.purge_published_outbox(before).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(deleted = n, "purged published outbox rows"),
         Err(error) => tracing::warn!(%error, "cannot purge the outbox"),
+    }
+    match store.purge_inbox(before).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deleted = n, "purged inbox rows"),
+        Err(error) => tracing::warn!(%error, "cannot purge the inbox"),
     }
 }

@@ -182,6 +182,15 @@ macro_rules! impl_relay {
                 Ok(done.rows_affected())
             }
 
+            async fn purge_inbox(&self, before: i64) -> Result<u64, StoreError> {
+                let done = sqlx::query("DELETE FROM inbox WHERE processed_at < $1")
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(done.rows_affected())
+            }
+
             async fn count_daily_facts(&self, facts: &[DailyFact]) -> Result<usize, StoreError> {
                 let mut tx = self.pool.begin().await.map_err(unavailable)?;
                 let ids: Vec<Uuid> = facts.iter().map(|fact| fact.message_id).collect();
