@@ -92,29 +92,37 @@ macro_rules! impl_reads {
                 after: Option<(i64, i64)>,
                 limit: i64,
             ) -> Result<Vec<MembershipRecord>, StoreError> {
-                let mut q = QueryBuilder::<$db>::new(
-                    "SELECT j.event_id, j.user_id, j.status, j.order_key, j.seats, j.offer_expires_at, \
-                     j.joined_at, CAST(NULL AS BIGINT) AS position FROM joins j WHERE j.event_id = ",
-                );
-                q.push_bind(event.as_uuid()).push(" AND j.status IN ('active', 'offered', 'waitlisted')");
-                const GROUP: &str =
-                    "(CASE j.status WHEN 'active' THEN 0 WHEN 'offered' THEN 1 ELSE 2 END)";
-                if let Some((group, order_key)) = after {
-                    q.push(" AND (")
-                        .push(GROUP)
-                        .push(" > ")
-                        .push_bind(group)
-                        .push(" OR (")
-                        .push(GROUP)
-                        .push(" = ")
-                        .push_bind(group)
-                        .push(" AND j.order_key > ")
-                        .push_bind(order_key)
-                        .push("))");
+                // The active, then those on offer, then the waiting, each in
+                // order: one index range (`joins_roster`) per status, so a page
+                // deep in a long roster reads its own rows, not the whole
+                // membership sorted again.
+                const GROUPS: [(i64, &str); 3] = [(0, "active"), (1, "offered"), (2, "waitlisted")];
+                let mut rows: Vec<MembershipRecord> = Vec::new();
+                for (group, status) in GROUPS {
+                    let left = limit - rows.len() as i64;
+                    let from = match after {
+                        Some((after_group, _)) if group < after_group => continue,
+                        Some((after_group, order_key)) if group == after_group => order_key,
+                        _ => i64::MIN,
+                    };
+                    if left <= 0 {
+                        break;
+                    }
+                    let page: Vec<MembershipRecord> = sqlx::query_as(
+                        "SELECT event_id, user_id, status, order_key, seats, offer_expires_at, \
+                         joined_at, CAST(NULL AS BIGINT) AS position FROM joins \
+                         WHERE event_id = $1 AND status = $2 AND order_key > $3 \
+                         ORDER BY order_key LIMIT $4",
+                    )
+                    .bind(event.as_uuid())
+                    .bind(status)
+                    .bind(from)
+                    .bind(left)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                    rows.extend(page);
                 }
-                q.push(" ORDER BY ").push(GROUP).push(", j.order_key LIMIT ").push_bind(limit);
-                let mut rows: Vec<MembershipRecord> =
-                    q.build_query_as().fetch_all(&self.pool).await.map_err(unavailable)?;
                 // Waiters are listed in order, so one count numbers the page:
                 // the first waiter here has as many ahead as precede it.
                 if let Some(first) = rows.iter().position(|m| m.status == MemberStatus::Waitlisted) {
