@@ -116,6 +116,14 @@ async fn current_state(store: &Arc<dyn Store>, event: EventId) -> EventState {
         .expect("the event exists")
 }
 
+/// A published event of capacity five, as its log tells it (created
+/// through actors of its own; the test then commits to the store itself).
+async fn event_of_five(store: &Arc<dyn Store>) -> EventState {
+    let registry = registry(store, ActorSettings::default(), vec![Arbiter::current()]);
+    let event = create_event(store, &registry, UserId::new(), 5).await;
+    current_state(store, event).await
+}
+
 /// Counts rows with a query both backends understand.
 async fn count(url: &str, sql: &'static str, id: uuid::Uuid) -> i64 {
     if url.starts_with("sqlite:") {
@@ -455,9 +463,8 @@ async fn an_append_that_skips_a_version_is_refused(backend: Backend) {
     let Some((store, _)) = open(backend, &dir).await else {
         return;
     };
-    let registry = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
-    let event = create_event(&store, &registry, UserId::new(), 5).await;
-    let state = current_state(&store, event).await;
+    let state = event_of_five(&store).await;
+    let event = state.id;
     let join = Command::Join {
         user: UserId::new(),
         seats: Seats::default(),
@@ -498,9 +505,8 @@ async fn a_fact_whose_version_was_taken_writes_nothing(backend: Backend) {
     let Some((store, url)) = open(backend, &dir).await else {
         return;
     };
-    let registry = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
-    let event = create_event(&store, &registry, UserId::new(), 5).await;
-    let state = current_state(&store, event).await;
+    let state = event_of_five(&store).await;
+    let event = state.id;
     let keyed_join = |user: UserId| {
         let facts = decide(
             Some(&state),
@@ -561,9 +567,7 @@ async fn a_key_taken_twice_in_one_batch_is_answered_once(backend: Backend) {
     let Some((store, _)) = open(backend, &dir).await else {
         return;
     };
-    let registry = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
-    let event = create_event(&store, &registry, UserId::new(), 5).await;
-    let state = current_state(&store, event).await;
+    let state = event_of_five(&store).await;
     let user = UserId::new();
     let first = keyed_no_op(&state, user, "twice", 1, Utc::now());
     let again = keyed_no_op(&state, user, "twice", 2, Utc::now());
@@ -627,9 +631,8 @@ async fn a_keyed_append_without_facts_on_an_old_version_is_refused(backend: Back
     let Some((store, _)) = open(backend, &dir).await else {
         return;
     };
-    let registry = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
-    let event = create_event(&store, &registry, UserId::new(), 5).await;
-    let before = current_state(&store, event).await;
+    let before = event_of_five(&store).await;
+    let event = before.id;
     // Another writer moves the event on.
     let join = Command::Join {
         user: UserId::new(),
@@ -688,9 +691,7 @@ async fn an_expired_key_takes_a_new_answer_before_the_purge(backend: Backend) {
     let Some((store, _)) = open(backend, &dir).await else {
         return;
     };
-    let registry = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
-    let event = create_event(&store, &registry, UserId::new(), 5).await;
-    let state = current_state(&store, event).await;
+    let state = event_of_five(&store).await;
     let user = UserId::new();
     let keyed = |position: usize, age: chrono::Duration| {
         keyed_no_op(&state, user, "reused", position, Utc::now() - age)

@@ -45,6 +45,30 @@ macro_rules! impl_relay {
                 Ok(first)
             }
 
+            /// Marks the rows `ids` published, those still pending; returns
+            /// which it marked.
+            async fn mark_published(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                ids: &[i64],
+                now: i64,
+            ) -> Result<HashSet<i64>, sqlx::Error> {
+                let mut marked = HashSet::with_capacity(ids.len());
+                for chunk in ids.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "UPDATE outbox SET status = 'published', published_at = ",
+                    );
+                    q.push_bind(now).push(" WHERE status = 'pending' AND id IN (");
+                    let mut list = q.separated(", ");
+                    for id in chunk {
+                        list.push_bind(*id);
+                    }
+                    q.push(") RETURNING id");
+                    let done: Vec<(i64,)> = q.build_query_as().fetch_all(&mut *conn).await?;
+                    marked.extend(done.into_iter().map(|(id,)| id));
+                }
+                Ok(marked)
+            }
+
             /// Adds `new` facts to each `(day, event_type)`'s count.
             async fn add_daily_facts(
                 tx: &mut sqlx::Transaction<'_, $db>,
@@ -114,14 +138,8 @@ macro_rules! impl_relay {
                 if ids.is_empty() {
                     return Ok(());
                 }
-                let mut q = QueryBuilder::<$db>::new("UPDATE outbox SET status = 'published', published_at = ");
-                q.push_bind(now).push(" WHERE status = 'pending' AND id IN (");
-                let mut list = q.separated(", ");
-                for id in ids {
-                    list.push_bind(*id);
-                }
-                q.push(")");
-                q.build().execute(&self.pool).await.map_err(unavailable)?;
+                let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+                Self::mark_published(&mut conn, ids, now).await.map_err(unavailable)?;
                 Ok(())
             }
 
@@ -215,21 +233,8 @@ macro_rules! impl_relay {
                 now: i64,
             ) -> Result<usize, StoreError> {
                 let mut tx = self.pool.begin().await.map_err(unavailable)?;
-                let mut marked: HashSet<i64> = HashSet::with_capacity(rows.len());
-                for chunk in rows.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new(
-                        "UPDATE outbox SET status = 'published', published_at = ",
-                    );
-                    q.push_bind(now).push(" WHERE status = 'pending' AND id IN (");
-                    let mut list = q.separated(", ");
-                    for (id, _) in chunk {
-                        list.push_bind(*id);
-                    }
-                    q.push(") RETURNING id");
-                    let ids: Vec<(i64,)> =
-                        q.build_query_as().fetch_all(&mut *tx).await.map_err(unavailable)?;
-                    marked.extend(ids.into_iter().map(|(id,)| id));
-                }
+                let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+                let marked = Self::mark_published(&mut tx, &ids, now).await.map_err(unavailable)?;
                 let mut new: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
                 for (id, fact) in rows {
                     // Only a row this transaction took from pending counts.

@@ -18,6 +18,23 @@ use uuid::Uuid;
 
 use super::SqlStore;
 
+/// What an event row's upsert replaces: everything but its owner and when
+/// it was created, and only with a newer version. (A macro, so that each
+/// database's statement can `concat!` it.)
+macro_rules! events_upsert {
+    () => {
+        " ON CONFLICT (id) DO UPDATE SET venue_id = excluded.venue_id, \
+         title = excluded.title, description = excluded.description, \
+         starts_at = excluded.starts_at, ends_at = excluded.ends_at, \
+         capacity = excluded.capacity, status = excluded.status, \
+         active_count = excluded.active_count, offered_count = excluded.offered_count, \
+         waitlist_count = excluded.waitlist_count, waitlist_mode = excluded.waitlist_mode, \
+         offer_hold_secs = excluded.offer_hold_secs, max_party = excluded.max_party, \
+         waitlist_fill = excluded.waitlist_fill, version = excluded.version, \
+         updated_at = excluded.updated_at WHERE events.version <= excluded.version"
+    };
+}
+
 mod postgres;
 mod sqlite;
 pub use sqlite::SqliteWriter;

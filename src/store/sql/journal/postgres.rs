@@ -94,16 +94,9 @@ const BATCH: &str = concat!(
        SELECT *, $1, $1 FROM UNNEST($12::uuid[], $13::uuid[], $14::uuid[], $15::text[], \
          $16::text[], $17::int8[], $18::int8[], $19::int8[], $20::text[], $21::int8[], \
          $22::int8[], $23::int8[], $24::text[], $25::int8[], $26::int8[], $27::text[], \
-         $28::int8[]) \
-       ON CONFLICT (id) DO UPDATE SET venue_id = excluded.venue_id, \
-         title = excluded.title, description = excluded.description, \
-         starts_at = excluded.starts_at, ends_at = excluded.ends_at, \
-         capacity = excluded.capacity, status = excluded.status, \
-         active_count = excluded.active_count, offered_count = excluded.offered_count, \
-         waitlist_count = excluded.waitlist_count, waitlist_mode = excluded.waitlist_mode, \
-         offer_hold_secs = excluded.offer_hold_secs, max_party = excluded.max_party, \
-         waitlist_fill = excluded.waitlist_fill, version = excluded.version, \
-         updated_at = excluded.updated_at WHERE events.version <= excluded.version), \
+         $28::int8[])",
+    events_upsert!(),
+    "), \
      membership_rows AS (INSERT INTO joins (event_id, user_id, status, order_key, seats, \
        offer_expires_at, joined_at, updated_at) \
        SELECT * FROM UNNEST($29::uuid[], $30::uuid[], $31::text[], $32::int8[], $33::int8[], \
@@ -147,6 +140,11 @@ type FoundRow = (
     Option<String>,
     Option<String>,
 );
+
+/// One column of `rows`, as an array parameter for `UNNEST`.
+fn column<T, U>(rows: &[T], value: impl Fn(&T) -> U) -> Vec<U> {
+    rows.iter().map(value).collect()
+}
 
 /// What `BATCH` found, a row at a time.
 enum Found {
@@ -339,195 +337,74 @@ impl SqlStore<Postgres> {
             .collect();
         shards.sort_unstable();
         shards.dedup();
-        let column =
-            |f: &dyn Fn(&EventSummary) -> i64| summaries.iter().map(|s| f(s)).collect::<Vec<i64>>();
-
         sqlx::query_as(BATCH)
             .bind(now)
             // Keys asked about.
-            .bind(
-                keyed
-                    .iter()
-                    .map(|(_, r)| r.user.as_uuid())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(keyed.iter().map(|(_, r)| r.key.clone()).collect::<Vec<_>>())
+            .bind(column(keyed, |(_, r)| r.user.as_uuid()))
+            .bind(column(keyed, |(_, r)| r.key.clone()))
             // Streams whose latest version is asked for.
             .bind(streams.to_vec())
             // The facts.
-            .bind(log.iter().map(|r| r.stream).collect::<Vec<_>>())
-            .bind(log.iter().map(|r| r.version).collect::<Vec<_>>())
-            .bind(log.iter().map(|r| r.event_type).collect::<Vec<_>>())
-            .bind(log.iter().map(|r| r.schema_version).collect::<Vec<_>>())
-            .bind(log.iter().map(|r| r.payload.clone()).collect::<Vec<_>>())
-            .bind(log.iter().map(|r| r.request_id.clone()).collect::<Vec<_>>())
-            .bind(log.iter().map(|r| r.after_own).collect::<Vec<_>>())
+            .bind(column(log, |r| r.stream))
+            .bind(column(log, |r| r.version))
+            .bind(column(log, |r| r.event_type))
+            .bind(column(log, |r| r.schema_version))
+            .bind(column(log, |r| r.payload.clone()))
+            .bind(column(log, |r| r.request_id.clone()))
+            .bind(column(log, |r| r.after_own))
             // Event rows.
-            .bind(summaries.iter().map(|s| s.id.as_uuid()).collect::<Vec<_>>())
-            .bind(
-                summaries
-                    .iter()
-                    .map(|s| s.owner.as_uuid())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                summaries
-                    .iter()
-                    .map(|s| s.details.venue_id.as_uuid())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                summaries
-                    .iter()
-                    .map(|s| s.details.title.as_str().to_owned())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                summaries
-                    .iter()
-                    .map(|s| {
-                        s.details
-                            .description
-                            .as_ref()
-                            .map(|d| d.as_str().to_owned())
-                    })
-                    .collect::<Vec<_>>(),
-            )
-            .bind(column(&|s| micros(s.details.starts_at)))
-            .bind(
-                summaries
-                    .iter()
-                    .map(|s| s.details.ends_at.map(micros))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(column(&|s| i64::from(s.capacity)))
-            .bind(
-                summaries
-                    .iter()
-                    .map(|s| s.lifecycle.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(column(&|s| s.active_count as i64))
-            .bind(column(&|s| s.offered_count as i64))
-            .bind(column(&|s| s.waitlist_count as i64))
-            .bind(
-                summaries
-                    .iter()
-                    .map(|s| s.policy.mode.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(column(&|s| i64::from(s.policy.offer_hold)))
-            .bind(column(&|s| i64::from(s.policy.max_party)))
-            .bind(
-                summaries
-                    .iter()
-                    .map(|s| s.policy.fill.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(column(&|s| s.version as i64))
+            .bind(column(summaries, |s| s.id.as_uuid()))
+            .bind(column(summaries, |s| s.owner.as_uuid()))
+            .bind(column(summaries, |s| s.details.venue_id.as_uuid()))
+            .bind(column(summaries, |s| s.details.title.as_str().to_owned()))
+            .bind(column(summaries, |s| {
+                s.details
+                    .description
+                    .as_ref()
+                    .map(|d| d.as_str().to_owned())
+            }))
+            .bind(column(summaries, |s| micros(s.details.starts_at)))
+            .bind(column(summaries, |s| s.details.ends_at.map(micros)))
+            .bind(column(summaries, |s| i64::from(s.capacity)))
+            .bind(column(summaries, |s| s.lifecycle.as_str()))
+            .bind(column(summaries, |s| s.active_count as i64))
+            .bind(column(summaries, |s| s.offered_count as i64))
+            .bind(column(summaries, |s| s.waitlist_count as i64))
+            .bind(column(summaries, |s| s.policy.mode.as_str()))
+            .bind(column(summaries, |s| i64::from(s.policy.offer_hold)))
+            .bind(column(summaries, |s| i64::from(s.policy.max_party)))
+            .bind(column(summaries, |s| s.policy.fill.as_str()))
+            .bind(column(summaries, |s| s.version as i64))
             // Memberships.
-            .bind(
-                memberships
-                    .iter()
-                    .map(|r| r.event_id.as_uuid())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                memberships
-                    .iter()
-                    .map(|r| r.user_id.as_uuid())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                memberships
-                    .iter()
-                    .map(|r| r.status.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(memberships.iter().map(|r| r.order_key).collect::<Vec<_>>())
-            .bind(
-                memberships
-                    .iter()
-                    .map(|r| i64::from(r.seats))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                memberships
-                    .iter()
-                    .map(|r| r.offer_expires_at.map(micros))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                memberships
-                    .iter()
-                    .map(|r| micros(r.joined_at))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                memberships
-                    .iter()
-                    .map(|r| micros(r.updated_at))
-                    .collect::<Vec<_>>(),
-            )
+            .bind(column(&memberships, |r| r.event_id.as_uuid()))
+            .bind(column(&memberships, |r| r.user_id.as_uuid()))
+            .bind(column(&memberships, |r| r.status.as_str()))
+            .bind(column(&memberships, |r| r.order_key))
+            .bind(column(&memberships, |r| i64::from(r.seats)))
+            .bind(column(&memberships, |r| r.offer_expires_at.map(micros)))
+            .bind(column(&memberships, |r| micros(r.joined_at)))
+            .bind(column(&memberships, |r| micros(r.updated_at)))
             // Snapshots.
-            .bind(snapshots.iter().map(|s| s.id.as_uuid()).collect::<Vec<_>>())
-            .bind(
-                snapshots
-                    .iter()
-                    .map(|s| s.version as i64)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                snapshots
-                    .iter()
-                    .map(|s| serde_json::to_string(s).expect("a state serialises"))
-                    .collect::<Vec<_>>(),
-            )
+            .bind(column(&snapshots, |s| s.id.as_uuid()))
+            .bind(column(&snapshots, |s| s.version as i64))
+            .bind(column(&snapshots, |s| {
+                serde_json::to_string(s).expect("a state serialises")
+            }))
             // Answers kept.
-            .bind(replies.iter().map(|r| r.user.as_uuid()).collect::<Vec<_>>())
-            .bind(replies.iter().map(|r| r.key.clone()).collect::<Vec<_>>())
-            .bind(
-                replies
-                    .iter()
-                    .map(|r| r.fingerprint.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                replies
-                    .iter()
-                    .map(|r| answer_json(&r.answer))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                replies
-                    .iter()
-                    .map(|r| micros(r.created_at))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                replies
-                    .iter()
-                    .map(|r| micros(r.expires_at))
-                    .collect::<Vec<_>>(),
-            )
+            .bind(column(&replies, |r| r.user.as_uuid()))
+            .bind(column(&replies, |r| r.key.clone()))
+            .bind(column(&replies, |r| r.fingerprint.clone()))
+            .bind(column(&replies, |r| answer_json(&r.answer)))
+            .bind(column(&replies, |r| micros(r.created_at)))
+            .bind(column(&replies, |r| micros(r.expires_at)))
             // Outbox rows.
-            .bind(outbox.iter().map(|r| r.message_id).collect::<Vec<_>>())
-            .bind(outbox.iter().map(|r| r.aggregate).collect::<Vec<_>>())
-            .bind(outbox.iter().map(|r| r.version).collect::<Vec<_>>())
-            .bind(outbox.iter().map(|r| r.event_type).collect::<Vec<_>>())
-            .bind(outbox.iter().map(|r| r.payload.clone()).collect::<Vec<_>>())
-            .bind(
-                outbox
-                    .iter()
-                    .map(|r| r.request_id.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                outbox
-                    .iter()
-                    .map(|r| r.traceparent.clone())
-                    .collect::<Vec<_>>(),
-            )
+            .bind(column(&outbox, |r| r.message_id))
+            .bind(column(&outbox, |r| r.aggregate))
+            .bind(column(&outbox, |r| r.version))
+            .bind(column(&outbox, |r| r.event_type))
+            .bind(column(&outbox, |r| r.payload.clone()))
+            .bind(column(&outbox, |r| r.request_id.clone()))
+            .bind(column(&outbox, |r| r.traceparent.clone()))
             // Shards whose leases are checked.
             .bind(shards)
     }

@@ -323,23 +323,14 @@ fn write_read_models(
     steps: &mut Steps,
 ) -> rusqlite::Result<()> {
     let now = batch.now;
-    let mut upsert_event = tx.prepare_cached(
+    let mut upsert_event = tx.prepare_cached(concat!(
         "INSERT INTO events (id, owner_id, venue_id, title, description, starts_at, ends_at, \
          capacity, status, active_count, offered_count, waitlist_count, waitlist_mode, \
          offer_hold_secs, max_party, waitlist_fill, version, created_at, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
-         ?18, ?18) \
-         ON CONFLICT (id) DO UPDATE SET venue_id = excluded.venue_id, \
-         title = excluded.title, description = excluded.description, \
-         starts_at = excluded.starts_at, ends_at = excluded.ends_at, \
-         capacity = excluded.capacity, status = excluded.status, \
-         active_count = excluded.active_count, offered_count = excluded.offered_count, \
-         waitlist_count = excluded.waitlist_count, waitlist_mode = excluded.waitlist_mode, \
-         offer_hold_secs = excluded.offer_hold_secs, max_party = excluded.max_party, \
-         waitlist_fill = excluded.waitlist_fill, \
-         version = excluded.version, updated_at = excluded.updated_at \
-         WHERE events.version <= excluded.version",
-    )?;
+         ?18, ?18)",
+        events_upsert!()
+    ))?;
     for s in &batch.events {
         upsert_event.execute(params![
             s.id.as_uuid(),
