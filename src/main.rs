@@ -58,7 +58,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// freed pages to the kernel on time: without it an arena purges only when
 /// something allocates from it again, so memory freed as a load ends (event
 /// actors passivated, hubs gone) stays resident while the server idles.
-#[unsafe(export_name = "_rjem_malloc_conf")]
+#[unsafe(export_name = "malloc_conf")]
 static MALLOC_CONF: &[u8] = b"background_thread:true\0";
 
 fn main() -> anyhow::Result<()> {

@@ -85,6 +85,10 @@ pub async fn metrics(
     }
     metrics::gauge!("turnout_registry_actors").set(state.registry.live_actors() as f64);
     crate::memory::record();
+    for pool in state.store.connections() {
+        metrics::gauge!("turnout_db_connections", "pool" => pool.pool).set(pool.open as f64);
+        metrics::gauge!("turnout_db_connections_idle", "pool" => pool.pool).set(pool.idle as f64);
+    }
     metrics::counter!("turnout_log_lines_dropped_total")
         .absolute(crate::telemetry::dropped_log_lines() as u64);
     Ok(HttpResponse::Ok()

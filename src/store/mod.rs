@@ -181,11 +181,24 @@ pub struct EventFilter {
 /// the [`EventStore`] port (journal and actors); the rest are plain queries.
 #[async_trait]
 pub trait Store: EventStore + Accounts + Venues + EventReads + OutboxRelay + Membership {
+    /// How many connections each pool holds open: for /metrics.
+    fn connections(&self) -> [PoolConnections; 2];
+
     /// Whether the database answers: readiness.
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Deletes idempotency records past their expiry; returns how many.
     async fn purge_expired_replies(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
+/// A connection pool's size, as /metrics reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConnections {
+    /// `requests` or `background`.
+    pub pool: &'static str,
+    pub open: u32,
+    /// Of `open`, those waiting to be used.
+    pub idle: usize,
 }
 
 /// Accounts: sign-up, login lookups, profiles and roles.
@@ -502,6 +515,11 @@ impl ServerClaim {
     }
 }
 
+/// Connections for what the server does on a timer (see
+/// [`SqlStore`]): the relay's pass and a cluster's lease renewal may
+/// overlap, nothing more.
+const BACKGROUND_CONNECTIONS: u32 = 2;
+
 /// Opens the database named by `url` (`sqlite:` or `postgres:`) and brings
 /// its schema up to date.
 pub async fn connect(url: &str, pool: &PoolSettings) -> anyhow::Result<Arc<dyn Store>> {
@@ -525,16 +543,21 @@ pub async fn connect(url: &str, pool: &PoolSettings) -> anyhow::Result<Arc<dyn S
             !path.as_os_str().is_empty() && path.to_str() != Some(":memory:"),
             "SQLite needs a database file (the journal writes through a connection of its own)"
         );
-        let pool = SqlitePoolOptions::new()
+        let requests = SqlitePoolOptions::new()
             .max_connections(pool.max_connections)
             .min_connections(pool.min_connections)
             .acquire_timeout(acquire)
             .idle_timeout(idle)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&requests).await?;
+        let background = SqlitePoolOptions::new()
+            .max_connections(BACKGROUND_CONNECTIONS)
+            .acquire_timeout(acquire)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         let writer = sql::SqliteWriter::open(&path)?;
-        Ok(Arc::new(SqlStore::new(pool, writer)))
+        Ok(Arc::new(SqlStore::new(requests, background, writer)))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         let commit_pool = PgPoolOptions::new()
             .max_connections(1)
@@ -544,14 +567,19 @@ pub async fn connect(url: &str, pool: &PoolSettings) -> anyhow::Result<Arc<dyn S
         sqlx::migrate!("./migrations/postgres")
             .run(&commit_pool)
             .await?;
-        let pool = PgPoolOptions::new()
+        let requests = PgPoolOptions::new()
             .max_connections(pool.max_connections)
             .min_connections(pool.min_connections)
             .acquire_timeout(acquire)
             .idle_timeout(idle)
             .connect(url)
             .await?;
-        Ok(Arc::new(SqlStore::new(pool, commit_pool)))
+        let background = PgPoolOptions::new()
+            .max_connections(BACKGROUND_CONNECTIONS)
+            .acquire_timeout(acquire)
+            .connect(url)
+            .await?;
+        Ok(Arc::new(SqlStore::new(requests, background, commit_pool)))
     } else {
         anyhow::bail!("unsupported database URL scheme: expected sqlite: or postgres:")
     }

@@ -1,6 +1,8 @@
 use reqwest::{Method, StatusCode};
 
-use crate::helpers::{TestApp, body};
+use std::time::{Duration, Instant};
+
+use crate::helpers::{Backend, TestApp, body, spawn_app_with};
 use crate::on_both_backends;
 
 on_both_backends!(health_ready_metrics_and_openapi);
@@ -334,4 +336,62 @@ async fn the_server_reports_its_heap_and_frees_pages_from_a_background_thread() 
         names.iter().any(|n| n.starts_with("jemalloc_bg_thd")),
         "no jemalloc background thread among {names:?}"
     );
+}
+
+mod idle_connections {
+    use crate::helpers::Backend;
+
+    #[actix_web::test]
+    async fn sqlite() {
+        super::connections_a_burst_opened_close_once_idle(Backend::Sqlite).await;
+    }
+
+    #[actix_web::test]
+    async fn postgres() {
+        super::connections_a_burst_opened_close_once_idle(Backend::Postgres).await;
+    }
+}
+
+/// Connections a burst of requests opened close once they sit idle, while
+/// the outbox relay keeps polling the database every 100 ms: the timers'
+/// queries go through a pool of their own, or they would keep touching
+/// every connection the burst left and none would ever close.
+async fn connections_a_burst_opened_close_once_idle(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |s| s.database.idle_timeout_secs = 1).await else {
+        return;
+    };
+    let owner = app.register("owner@example.com").await;
+    let event = app.published_event(&owner, 3).await;
+    app.join(&app.user(), event).await;
+    // Roster pages are read from the database, each through a connection.
+    futures_util::future::join_all((0..32).map(|_| app.attendees(&owner, event))).await;
+    // None closes before it has been idle for a second.
+    let after_burst = open_connections(&app.metrics().await, "requests");
+    assert!(
+        after_burst > 1,
+        "the burst opened several connections ({after_burst})"
+    );
+    assert!(open_connections(&app.metrics().await, "background") >= 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let open = open_connections(&app.metrics().await, "requests");
+        if open == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} connections still open 30 s after the burst"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `turnout_db_connections` of one pool, from /metrics.
+fn open_connections(metrics: &str, pool: &str) -> u32 {
+    let series = format!("turnout_db_connections{{pool=\"{pool}\"}} ");
+    let line = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .unwrap_or_else(|| panic!("/metrics lacks the {pool} pool"));
+    line.parse().unwrap()
 }

@@ -21,11 +21,11 @@ macro_rules! impl_membership {
                     "INSERT INTO cluster (id, shard_count) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
                 )
                 .bind(proposed)
-                .execute(&self.pool)
+                .execute(&self.background)
                 .await
                 .map_err(unavailable)?;
                 let (stored,): (i64,) = sqlx::query_as("SELECT shard_count FROM cluster WHERE id = 1")
-                    .fetch_one(&self.pool)
+                    .fetch_one(&self.background)
                     .await
                     .map_err(unavailable)?;
                 Ok(stored)
@@ -41,7 +41,7 @@ macro_rules! impl_membership {
                 .bind(&node.address)
                 .bind(node.started_at)
                 .bind(node.heartbeat_at)
-                .execute(&self.pool)
+                .execute(&self.background)
                 .await
                 .map_err(unavailable)?;
                 Ok(())
@@ -51,7 +51,7 @@ macro_rules! impl_membership {
                 let done = sqlx::query("UPDATE nodes SET heartbeat_at = $1 WHERE id = $2")
                     .bind(now)
                     .bind(node)
-                    .execute(&self.pool)
+                    .execute(&self.background)
                     .await
                     .map_err(unavailable)?;
                 Ok(done.rows_affected() == 1)
@@ -59,7 +59,7 @@ macro_rules! impl_membership {
 
             async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
                 sqlx::query_as("SELECT id, address, started_at, heartbeat_at FROM nodes ORDER BY id")
-                    .fetch_all(&self.pool)
+                    .fetch_all(&self.background)
                     .await
                     .map_err(unavailable)
             }
@@ -67,7 +67,7 @@ macro_rules! impl_membership {
             async fn deregister_node(&self, node: Uuid) -> Result<(), StoreError> {
                 sqlx::query("DELETE FROM nodes WHERE id = $1")
                     .bind(node)
-                    .execute(&self.pool)
+                    .execute(&self.background)
                     .await
                     .map_err(unavailable)?;
                 Ok(())
@@ -81,7 +81,7 @@ macro_rules! impl_membership {
                      ON CONFLICT (shard) DO NOTHING",
                 )
                 .bind(shards)
-                .execute(&self.pool)
+                .execute(&self.background)
                 .await
                 .map_err(unavailable)?;
                 Ok(())
@@ -92,7 +92,7 @@ macro_rules! impl_membership {
                     "SELECT CAST(shard AS BIGINT) AS shard, node, epoch, expires_at \
                      FROM shard_leases ORDER BY shard",
                 )
-                .fetch_all(&self.pool)
+                .fetch_all(&self.background)
                 .await
                 .map_err(unavailable)
             }
@@ -114,7 +114,7 @@ macro_rules! impl_membership {
                 .bind(shard)
                 .bind(seen_epoch)
                 .bind(now)
-                .execute(&self.pool)
+                .execute(&self.background)
                 .await
                 .map_err(unavailable)?;
                 Ok((taken.rows_affected() == 1).then_some(seen_epoch + 1))
@@ -142,7 +142,7 @@ macro_rules! impl_membership {
                 query.push(") ORDER BY shard").push($in_shard_order).push(")");
                 let renewed = query
                     .build()
-                    .execute(&self.pool)
+                    .execute(&self.background)
                     .await
                     .map_err(unavailable)?;
                 Ok(renewed.rows_affected())
@@ -161,7 +161,7 @@ macro_rules! impl_membership {
                 .bind(shard)
                 .bind(node)
                 .bind(epoch)
-                .execute(&self.pool)
+                .execute(&self.background)
                 .await
                 .map_err(unavailable)?;
                 Ok(released.rows_affected() == 1)

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Pool, Postgres, Sqlite};
 use turnout_actors::store::StoreError;
 
-use super::{Store, micros, unavailable};
+use super::{PoolConnections, Store, micros, unavailable};
 
 mod accounts;
 mod journal;
@@ -39,15 +39,26 @@ impl Dialect for Postgres {
 
 /// A database of either backend.
 pub struct SqlStore<DB: Dialect> {
-    /// Queries and account writes.
+    /// Requests' queries and account writes.
     pool: Pool<DB>,
+    /// What the server does on a timer: the outbox relay, the offer clock,
+    /// cluster membership and leases. Kept apart because a pool hands out
+    /// its least recently used connection: a poll every 100 ms through the
+    /// requests' pool would touch each of its connections every few
+    /// seconds, so none would ever sit idle long enough to be closed, and
+    /// the pool would keep its peak size (and SQLite page caches) for good.
+    background: Pool<DB>,
     /// The journal's connection.
     writer: DB::Writer,
 }
 
 impl<DB: Dialect> SqlStore<DB> {
-    pub fn new(pool: Pool<DB>, writer: DB::Writer) -> Self {
-        Self { pool, writer }
+    pub fn new(pool: Pool<DB>, background: Pool<DB>, writer: DB::Writer) -> Self {
+        Self {
+            pool,
+            background,
+            writer,
+        }
     }
 }
 
@@ -67,6 +78,18 @@ macro_rules! impl_store {
     ($db:ty) => {
         #[async_trait]
         impl Store for SqlStore<$db> {
+            fn connections(&self) -> [PoolConnections; 2] {
+                let count = |name, pool: &Pool<$db>| PoolConnections {
+                    pool: name,
+                    open: pool.size(),
+                    idle: pool.num_idle(),
+                };
+                [
+                    count("requests", &self.pool),
+                    count("background", &self.background),
+                ]
+            }
+
             async fn ping(&self) -> Result<(), StoreError> {
                 sqlx::query("SELECT 1")
                     .execute(&self.pool)
@@ -78,7 +101,7 @@ macro_rules! impl_store {
             async fn purge_expired_replies(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
                 let done = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= $1")
                     .bind(micros(now))
-                    .execute(&self.pool)
+                    .execute(&self.background)
                     .await
                     .map_err(unavailable)?;
                 Ok(done.rows_affected())

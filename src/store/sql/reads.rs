@@ -245,7 +245,7 @@ macro_rules! impl_reads {
                 )
                 .bind(micros(by))
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.background)
                 .await
                 .map_err(unavailable)?;
                 Ok(due.into_iter().map(|(id,)| EventId::from(id)).collect())

@@ -101,7 +101,7 @@ macro_rules! impl_relay {
                 .bind(holder)
                 .bind(now + ttl_micros)
                 .bind(now)
-                .execute(&self.pool)
+                .execute(&self.background)
                 .await
                 .map_err(unavailable)?;
                 Ok(done.rows_affected() == 1)
@@ -129,7 +129,7 @@ macro_rules! impl_relay {
                 sqlx::query_as(statement)
                 .bind(after)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.background)
                 .await
                 .map_err(unavailable)
             }
@@ -138,7 +138,7 @@ macro_rules! impl_relay {
                 if ids.is_empty() {
                     return Ok(());
                 }
-                let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+                let mut conn = self.background.acquire().await.map_err(unavailable)?;
                 Self::mark_published(&mut conn, ids, now).await.map_err(unavailable)?;
                 Ok(())
             }
@@ -160,7 +160,7 @@ macro_rules! impl_relay {
                 .bind(error)
                 .bind(if dead { "dead" } else { "pending" })
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&self.background)
                 .await
                 .map_err(unavailable)?;
                 Ok(())
@@ -173,7 +173,7 @@ macro_rules! impl_relay {
                 )
                 .bind(now)
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&self.background)
                 .await
                 .map_err(unavailable)?;
                 Ok(done.rows_affected() == 1)
@@ -181,11 +181,11 @@ macro_rules! impl_relay {
 
             async fn outbox_counts(&self) -> Result<(i64, i64), StoreError> {
                 let (pending,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")
-                    .fetch_one(&self.pool)
+                    .fetch_one(&self.background)
                     .await
                     .map_err(unavailable)?;
                 let (dead,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE status = 'dead'")
-                    .fetch_one(&self.pool)
+                    .fetch_one(&self.background)
                     .await
                     .map_err(unavailable)?;
                 Ok((pending, dead))
@@ -194,7 +194,7 @@ macro_rules! impl_relay {
             async fn purge_published_outbox(&self, before: i64) -> Result<u64, StoreError> {
                 let done = sqlx::query("DELETE FROM outbox WHERE status = 'published' AND published_at < $1")
                     .bind(before)
-                    .execute(&self.pool)
+                    .execute(&self.background)
                     .await
                     .map_err(unavailable)?;
                 Ok(done.rows_affected())
@@ -203,14 +203,14 @@ macro_rules! impl_relay {
             async fn purge_inbox(&self, before: i64) -> Result<u64, StoreError> {
                 let done = sqlx::query("DELETE FROM inbox WHERE processed_at < $1")
                     .bind(before)
-                    .execute(&self.pool)
+                    .execute(&self.background)
                     .await
                     .map_err(unavailable)?;
                 Ok(done.rows_affected())
             }
 
             async fn count_daily_facts(&self, facts: &[DailyFact]) -> Result<usize, StoreError> {
-                let mut tx = self.pool.begin().await.map_err(unavailable)?;
+                let mut tx = self.background.begin().await.map_err(unavailable)?;
                 let ids: Vec<Uuid> = facts.iter().map(|fact| fact.message_id).collect();
                 let mut first = Self::first_deliveries(&mut tx, &ids, DAILY_FACTS_HANDLER)
                     .await
@@ -232,7 +232,7 @@ macro_rules! impl_relay {
                 rows: &[(i64, DailyFact)],
                 now: i64,
             ) -> Result<usize, StoreError> {
-                let mut tx = self.pool.begin().await.map_err(unavailable)?;
+                let mut tx = self.background.begin().await.map_err(unavailable)?;
                 let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
                 let marked = Self::mark_published(&mut tx, &ids, now).await.map_err(unavailable)?;
                 let mut new: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
@@ -252,7 +252,7 @@ macro_rules! impl_relay {
                     "SELECT day, event_type, facts FROM daily_facts WHERE day >= $1 ORDER BY day, event_type",
                 )
                 .bind(since_day)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.background)
                 .await
                 .map_err(unavailable)
             }
