@@ -245,6 +245,37 @@ async fn expired_idempotency_records_are_purged(backend: Backend) {
     assert_eq!(store.purge_expired_replies(Utc::now()).await.unwrap(), 0);
 }
 
+/// A backlog of many batches (a long outage, a shorter retention) is purged
+/// whole, a batch per statement, and what has not expired stays.
+async fn a_purge_takes_a_backlog_of_many_batches(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((store, url)) = open(backend, &dir).await else {
+        return;
+    };
+    let user = uuid::Uuid::now_v7();
+    let keep_until = turnout::store::micros(Utc::now() + chrono::Duration::hours(1));
+    for (keys, expires_at) in [(12_345, 0), (1, keep_until)] {
+        let insert = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $2) \
+             INSERT INTO idempotency_keys (user_id, key, fingerprint, answer, created_at, expires_at) \
+             SELECT $1, 'k' || i || '-' || $3, 'f', '{}', 0, $3 FROM n";
+        if url.starts_with("sqlite:") {
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            let q = sqlx::query(insert).bind(user).bind(keys).bind(expires_at);
+            q.execute(&pool).await.unwrap();
+        } else {
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            let q = sqlx::query(insert).bind(user).bind(keys).bind(expires_at);
+            q.execute(&pool).await.unwrap();
+        }
+    }
+    assert_eq!(
+        store.purge_expired_replies(Utc::now()).await.unwrap(),
+        12_345
+    );
+    let left = "SELECT COUNT(*) FROM idempotency_keys WHERE user_id = $1";
+    assert_eq!(count(&url, left, user).await, 1);
+}
+
 /// A key answered by one actor incarnation is replayed by another that never
 /// saw it (a restart, another node): the journal checks stored keys — and a
 /// replay never has a second effect, even after the user left.
@@ -900,6 +931,7 @@ macro_rules! store_tests {
 store_tests!(
     one_commit_writes_log_read_models_and_outbox,
     expired_idempotency_records_are_purged,
+    a_purge_takes_a_backlog_of_many_batches,
     an_old_fact_shape_loads,
     an_old_key_replays_across_actor_incarnations,
     a_full_mailbox_refuses_instead_of_growing,

@@ -62,6 +62,9 @@ impl<DB: Dialect> SqlStore<DB> {
     }
 }
 
+/// Rows a purge deletes per statement.
+const PURGE_BATCH: i64 = 5_000;
+
 /// Rows per multi-row INSERT: well under both backends' bind-parameter limits.
 const CHUNK: usize = 500;
 
@@ -99,12 +102,36 @@ macro_rules! impl_store {
             }
 
             async fn purge_expired_replies(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
-                let done = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= $1")
-                    .bind(micros(now))
-                    .execute(&self.background)
-                    .await
-                    .map_err(unavailable)?;
-                Ok(done.rows_affected())
+                self.purge(
+                    "DELETE FROM idempotency_keys WHERE (user_id, key) IN (SELECT user_id, key \
+                     FROM idempotency_keys WHERE expires_at <= $1 LIMIT $2)",
+                    micros(now),
+                )
+                .await
+            }
+        }
+
+        impl SqlStore<$db> {
+            /// Runs a purge `statement` (`$1`: the bound, `$2`: a batch
+            /// size) until a batch deletes less than a whole batch; returns
+            /// how many rows went. A batch at a time, so that the journal's
+            /// commits, which SQLite serialises with every other write,
+            /// wait for one batch at most, not for a backlog of millions.
+            async fn purge(&self, statement: &'static str, bound: i64) -> Result<u64, StoreError> {
+                let mut deleted = 0;
+                loop {
+                    let batch = sqlx::query(statement)
+                        .bind(bound)
+                        .bind(PURGE_BATCH)
+                        .execute(&self.background)
+                        .await
+                        .map_err(unavailable)?
+                        .rows_affected();
+                    deleted += batch;
+                    if batch < PURGE_BATCH as u64 {
+                        return Ok(deleted);
+                    }
+                }
             }
         }
     };

@@ -192,21 +192,21 @@ macro_rules! impl_relay {
             }
 
             async fn purge_published_outbox(&self, before: i64) -> Result<u64, StoreError> {
-                let done = sqlx::query("DELETE FROM outbox WHERE status = 'published' AND published_at < $1")
-                    .bind(before)
-                    .execute(&self.background)
-                    .await
-                    .map_err(unavailable)?;
-                Ok(done.rows_affected())
+                self.purge(
+                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
+                     WHERE status = 'published' AND published_at < $1 LIMIT $2)",
+                    before,
+                )
+                .await
             }
 
             async fn purge_inbox(&self, before: i64) -> Result<u64, StoreError> {
-                let done = sqlx::query("DELETE FROM inbox WHERE processed_at < $1")
-                    .bind(before)
-                    .execute(&self.background)
-                    .await
-                    .map_err(unavailable)?;
-                Ok(done.rows_affected())
+                self.purge(
+                    "DELETE FROM inbox WHERE (message_id, handler) IN (SELECT message_id, handler \
+                     FROM inbox WHERE processed_at < $1 LIMIT $2)",
+                    before,
+                )
+                .await
             }
 
             async fn count_daily_facts(&self, facts: &[DailyFact]) -> Result<usize, StoreError> {
