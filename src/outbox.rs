@@ -68,9 +68,23 @@ pub fn start(
         })
         .transpose()?;
     let shutdown = background.shutdown();
+    let retention_hours = settings.retention_hours;
     background.spawn(
         "outbox relay",
         relay(Arc::clone(&store), client, settings, shutdown.clone()),
+    );
+    // Apart from the relay: a backlog's purge takes a while (see
+    // `SqlStore::purge`), and the relay must keep publishing and renewing
+    // its lease meanwhile.
+    background.spawn(
+        "outbox purge",
+        every(Duration::from_secs(60), shutdown.clone(), {
+            let store = Arc::clone(&store);
+            move || {
+                let store = Arc::clone(&store);
+                async move { purge(&store, retention_hours).await }
+            }
+        }),
     );
     background.spawn(
         "outbox gauges",
@@ -107,7 +121,6 @@ async fn relay(
     let poll = Duration::from_millis(settings.poll_ms);
     let mut connection: Option<ConnectionManager> = None;
     let mut redis_failures = 0u32;
-    let mut last_purge = Instant::now();
     let mut lease: Option<Instant> = None;
     while !shutdown.is_requested() {
         let now = now_micros();
@@ -151,10 +164,6 @@ async fn relay(
             }
             Pass::StoreAway => poll.max(Duration::from_secs(1)),
         };
-        if last_purge.elapsed() > Duration::from_secs(60) {
-            last_purge = Instant::now();
-            purge(&store, &settings).await;
-        }
         if !pause.is_zero() {
             shutdown.sleep(pause).await;
         }
@@ -348,8 +357,8 @@ fn fields(row: &OutboxMessage, traceparent: Option<&str>) -> Vec<(&'static str, 
 /// Deletes the rows published, and the consumers' inbox rows of messages
 /// handled, more than the retention ago: a redelivery can only come while
 /// a message's row is kept.
-async fn purge(store: &Arc<dyn Store>, settings: &OutboxSettings) {
-    let before = now_micros() - settings.retention_hours * 3_600_000_000;
+async fn purge(store: &Arc<dyn Store>, retention_hours: i64) {
+    let before = now_micros() - retention_hours * 3_600_000_000;
     match store.purge_published_outbox(before).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(deleted = n, "purged published outbox rows"),

@@ -63,7 +63,7 @@ impl<DB: Dialect> SqlStore<DB> {
 }
 
 /// Rows a purge deletes per statement.
-const PURGE_BATCH: i64 = 5_000;
+const PURGE_BATCH: i64 = 500;
 
 /// Rows per multi-row INSERT: well under both backends' bind-parameter limits.
 const CHUNK: usize = 500;
@@ -114,12 +114,17 @@ macro_rules! impl_store {
         impl SqlStore<$db> {
             /// Runs a purge `statement` (`$1`: the bound, `$2`: a batch
             /// size) until a batch deletes less than a whole batch; returns
-            /// how many rows went. A batch at a time, so that the journal's
-            /// commits, which SQLite serialises with every other write,
-            /// wait for one batch at most, not for a backlog of millions.
+            /// how many rows went. A short batch at a time, resting twice
+            /// as long as each took: the journal's commits, which SQLite
+            /// serialises with every other write, then wait for one short
+            /// batch at most, and a commit waiting on the lock (SQLite
+            /// retries after a growing sleep) finds it free before the next
+            /// batch. A backlog of two million rows no longer stalls joins
+            /// for five seconds (docs/BENCHMARKS.md).
             async fn purge(&self, statement: &'static str, bound: i64) -> Result<u64, StoreError> {
                 let mut deleted = 0;
                 loop {
+                    let started = std::time::Instant::now();
                     let batch = sqlx::query(statement)
                         .bind(bound)
                         .bind(PURGE_BATCH)
@@ -131,6 +136,7 @@ macro_rules! impl_store {
                     if batch < PURGE_BATCH as u64 {
                         return Ok(deleted);
                     }
+                    tokio::time::sleep(2 * started.elapsed()).await;
                 }
             }
         }

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The mix (400 joins/s, 1,500 reads/s, 200 subscribers) for 90 s on a SQLite
+# database whose outbox holds ROWS published rows past the retention, so
+# the server purges them while it serves; prints the latency and the
+# slowest seconds. For an A/B of two builds:
+#
+#   cargo build --release -p turnout -p turnout-loadtest
+#   loadtest/purge-backlog.sh /tmp/turnout-before 2000000
+#   loadtest/purge-backlog.sh target/release/turnout 2000000
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BIN=${1:-target/release/turnout}; ROWS=${2:-2000000}
+KEY=bench-key-bench-key-bench-key-0123; PORT=18171
+data=$(mktemp -d)
+run() { env TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=info TURNOUT_DATA_DIR=$data TURNOUT_DATABASE_URL="sqlite://$data/turnout.db?mode=rwc" \
+  TURNOUT_RATE_LIMITS__ENABLED=false TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP=0 TURNOUT_REALTIME__MAX_CONNECTIONS_PER_IP=0 \
+  $BIN --bind 127.0.0.1:$PORT >>"$data/log" 2>&1 & pid=$!
+  for _ in $(seq 1 600); do curl -sf http://127.0.0.1:$PORT/ready >/dev/null && break; sleep 0.1; done; }
+run; kill $pid; wait $pid 2>/dev/null
+python3 - "$data/turnout.db" $ROWS <<'PY'
+import sqlite3, sys, os
+c = sqlite3.connect(sys.argv[1]); n = int(sys.argv[2])
+c.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < ?) INSERT INTO outbox (message_id, topic, aggregate_id, stream_version, event_type, payload, status, next_attempt_at, created_at, published_at) SELECT randomblob(16), 'events', randomblob(16), 1, 'joined', '{\"user\":\"00000000-0000-0000-0000-000000000000\",\"seats\":1,\"at\":1}', 'published', 0, 1, 1 FROM n", (n,))
+c.commit(); print("outbox rows", c.execute("select count(*) from outbox").fetchone()[0], "db MiB", os.path.getsize(sys.argv[1])//1048576)
+PY
+run
+target/release/turnout-loadtest mixed --target http://127.0.0.1:$PORT --jwt-key $KEY --events 200 --capacity 100 --duration 90 \
+  --join-rate 400 --read-rate 1500 --subscribers 200 --server-pid $pid 2>&1 | grep -E "latency by|slowest|FAIL"
+grep -i "purged" $data/log | head -3
+kill $pid; wait $pid 2>/dev/null; rm -rf $data
