@@ -20,7 +20,7 @@ use turnout_actors::store::EventStore;
 use turnout_actors::{ActorSettings, EventRegistry, Flush, Journal, JournalSettings};
 
 use crate::auth::{Hashing, LoginGuard, TokenKeys};
-use crate::background::{Background, every};
+use crate::background::{Background, every, purge_in_batches};
 use crate::cluster::Node;
 use crate::cluster::forward::{Commands, InternalKeys, Peers};
 use crate::cluster::placement::Placement;
@@ -487,14 +487,23 @@ fn start_maintenance(
         every(
             Duration::from_secs(settings.idempotency.purge_interval_secs),
             background.shutdown(),
-            move || {
-                let store = purged.clone();
-                async move {
-                    match store.purge_expired_replies(chrono::Utc::now()).await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(deleted = n, "purged expired idempotency records"),
-                        Err(error) => {
-                            tracing::warn!(%error, "could not purge idempotency records")
+            {
+                let shutdown = background.shutdown();
+                move || {
+                    let (store, mut shutdown) = (purged.clone(), shutdown.clone());
+                    async move {
+                        let now = chrono::Utc::now();
+                        let purge = purge_in_batches(&mut shutdown, |limit| {
+                            store.purge_expired_replies(now, limit)
+                        });
+                        match purge.await {
+                            Ok(0) => {}
+                            Ok(n) => {
+                                tracing::info!(deleted = n, "purged expired idempotency records")
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, "could not purge idempotency records")
+                            }
                         }
                     }
                 }

@@ -34,13 +34,45 @@ impl Shutdown {
     }
 }
 
-/// Runs `work` every `period` (the first at once) until shutdown.
+/// Rows a purge deletes per statement.
+pub const PURGE_BATCH: i64 = 500;
+
+/// Runs a purge a batch at a time (`batch` deletes up to the limit it is
+/// given) until a batch comes back short or shutdown comes; returns how
+/// many rows went. Between batches it rests twice as long as the batch
+/// took: the journal's commits, which SQLite serialises with every other
+/// write, then wait for one short batch at most, and a commit waiting on
+/// the lock (SQLite retries after a growing sleep) finds it free before
+/// the next. A backlog of two million rows no longer stalls joins for
+/// five seconds (docs/BENCHMARKS.md).
+pub async fn purge_in_batches<F, Fut>(
+    shutdown: &mut Shutdown,
+    mut batch: F,
+) -> Result<u64, turnout_actors::store::StoreError>
+where
+    F: FnMut(i64) -> Fut,
+    Fut: Future<Output = Result<u64, turnout_actors::store::StoreError>>,
+{
+    let mut deleted = 0;
+    loop {
+        let started = std::time::Instant::now();
+        let taken = batch(PURGE_BATCH).await?;
+        deleted += taken;
+        if taken < PURGE_BATCH as u64 || !shutdown.sleep(2 * started.elapsed()).await {
+            return Ok(deleted);
+        }
+    }
+}
+
+/// Runs `work` every `period` (the first at once) until shutdown; a tick
+/// missed while `work` ran late is skipped, not run at once.
 pub async fn every<F, Fut>(period: Duration, mut shutdown: Shutdown, mut work: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = ()>,
 {
     let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.requested() => return,

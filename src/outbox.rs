@@ -20,6 +20,7 @@
 //!   retention purge keeps the table small).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
@@ -28,7 +29,7 @@ use serde::Deserialize;
 
 use uuid::Uuid;
 
-use crate::background::{Background, Shutdown, every};
+use crate::background::{Background, Shutdown, every, purge_in_batches};
 use crate::store::{OutboxMessage, OutboxStatus, Store, micros};
 
 /// `[outbox]` settings.
@@ -69,9 +70,16 @@ pub fn start(
         .transpose()?;
     let shutdown = background.shutdown();
     let retention_hours = settings.retention_hours;
+    let relaying = Arc::new(AtomicBool::new(false));
     background.spawn(
         "outbox relay",
-        relay(Arc::clone(&store), client, settings, shutdown.clone()),
+        relay(
+            Arc::clone(&store),
+            client,
+            settings,
+            Arc::clone(&relaying),
+            shutdown.clone(),
+        ),
     );
     // Apart from the relay: a backlog's purge takes a while (see
     // `SqlStore::purge`), and the relay must keep publishing and renewing
@@ -79,10 +87,17 @@ pub fn start(
     background.spawn(
         "outbox purge",
         every(Duration::from_secs(60), shutdown.clone(), {
-            let store = Arc::clone(&store);
+            let (store, relaying, shutdown) =
+                (Arc::clone(&store), Arc::clone(&relaying), shutdown.clone());
             move || {
-                let store = Arc::clone(&store);
-                async move { purge(&store, retention_hours).await }
+                let (store, relaying, mut shutdown) =
+                    (Arc::clone(&store), Arc::clone(&relaying), shutdown.clone());
+                async move {
+                    // One node purges: the one whose relay holds the lease.
+                    if relaying.load(Ordering::Relaxed) {
+                        purge(&store, retention_hours, &mut shutdown).await;
+                    }
+                }
             }
         }),
     );
@@ -115,6 +130,7 @@ async fn relay(
     store: Arc<dyn Store>,
     client: Option<redis::Client>,
     settings: OutboxSettings,
+    relaying: Arc<AtomicBool>,
     mut shutdown: Shutdown,
 ) {
     let holder = Uuid::now_v7().to_string();
@@ -145,6 +161,7 @@ async fn relay(
                 }
             },
         };
+        relaying.store(held, Ordering::Relaxed);
         if !held {
             shutdown.sleep(poll.max(Duration::from_secs(1))).await;
             continue;
@@ -357,14 +374,18 @@ fn fields(row: &OutboxMessage, traceparent: Option<&str>) -> Vec<(&'static str, 
 /// Deletes the rows published, and the consumers' inbox rows of messages
 /// handled, more than the retention ago: a redelivery can only come while
 /// a message's row is kept.
-async fn purge(store: &Arc<dyn Store>, retention_hours: i64) {
+async fn purge(store: &Arc<dyn Store>, retention_hours: i64, shutdown: &mut Shutdown) {
     let before = now_micros() - retention_hours * 3_600_000_000;
-    match store.purge_published_outbox(before).await {
+    let outbox = purge_in_batches(shutdown, |limit| {
+        store.purge_published_outbox(before, limit)
+    });
+    match outbox.await {
         Ok(0) => {}
         Ok(n) => tracing::info!(deleted = n, "purged published outbox rows"),
         Err(error) => tracing::warn!(%error, "cannot purge the outbox"),
     }
-    match store.purge_inbox(before).await {
+    let inbox = purge_in_batches(shutdown, |limit| store.purge_inbox(before, limit));
+    match inbox.await {
         Ok(0) => {}
         Ok(n) => tracing::info!(deleted = n, "purged inbox rows"),
         Err(error) => tracing::warn!(%error, "cannot purge the inbox"),

@@ -187,8 +187,13 @@ pub trait Store: EventStore + Accounts + Venues + EventReads + OutboxRelay + Mem
     /// Whether the database answers: readiness.
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Deletes idempotency records past their expiry; returns how many.
-    async fn purge_expired_replies(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Deletes up to `limit` idempotency records past their expiry;
+    /// returns how many (see `background::purge_in_batches`).
+    async fn purge_expired_replies(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<u64, StoreError>;
 }
 
 /// A connection pool's size, as /metrics reports it.
@@ -435,14 +440,14 @@ pub trait OutboxRelay: Send + Sync {
     /// `(pending, dead)` row counts.
     async fn outbox_counts(&self) -> Result<(i64, i64), StoreError>;
 
-    /// Deletes rows published before `before`; returns how many.
-    async fn purge_published_outbox(&self, before: i64) -> Result<u64, StoreError>;
+    /// Deletes up to `limit` rows published before `before`; returns how many.
+    async fn purge_published_outbox(&self, before: i64, limit: i64) -> Result<u64, StoreError>;
 
-    /// Deletes the inbox rows of messages handled before `before`; returns
-    /// how many. A message delivered again after its row is gone would be
+    /// Deletes up to `limit` inbox rows of messages handled before
+    /// `before`; returns how many. A message delivered again after its row is gone would be
     /// handled again, so keep them as long as a redelivery can come: as
     /// long as published outbox rows are kept.
-    async fn purge_inbox(&self, before: i64) -> Result<u64, StoreError>;
+    async fn purge_inbox(&self, before: i64, limit: i64) -> Result<u64, StoreError>;
 
     /// The daily-facts consumer: counts each fact for its day, once per
     /// message however often it is delivered (inbox), a batch in one
@@ -515,10 +520,11 @@ impl ServerClaim {
     }
 }
 
-/// Connections for what the server does on a timer (see
-/// [`SqlStore`]): the relay's pass and a cluster's lease renewal may
-/// overlap, nothing more.
-const BACKGROUND_CONNECTIONS: u32 = 2;
+/// Connections for what the server does on a timer (see [`SqlStore`]):
+/// the relay's pass, a purge, the offer clock and a cluster's placement
+/// (which reads nodes and leases at once) may overlap; the admin routes'
+/// outbox, stats and cluster reads share them too.
+const BACKGROUND_CONNECTIONS: u32 = 4;
 
 /// Opens the database named by `url` (`sqlite:` or `postgres:`) and brings
 /// its schema up to date.

@@ -220,8 +220,8 @@ async fn admin_routes_answer_to_admins_only(app: TestApp) {
     // Once the retention has passed, the purge forgets the messages (a
     // redelivery then would count again: none can come that late).
     let later = chrono::Utc::now().timestamp_micros() + 1;
-    assert_eq!(store.purge_inbox(later).await.unwrap(), 2);
-    assert_eq!(store.purge_inbox(later).await.unwrap(), 0);
+    assert_eq!(store.purge_inbox(later, 100).await.unwrap(), 2);
+    assert_eq!(store.purge_inbox(later, 100).await.unwrap(), 0);
     let counted: Vec<_> = store
         .daily_facts("2026-01-01")
         .await

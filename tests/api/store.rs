@@ -241,8 +241,66 @@ async fn expired_idempotency_records_are_purged(backend: Backend) {
         )
         .await
         .unwrap();
-    assert_eq!(store.purge_expired_replies(Utc::now()).await.unwrap(), 1);
-    assert_eq!(store.purge_expired_replies(Utc::now()).await.unwrap(), 0);
+    assert_eq!(
+        store.purge_expired_replies(Utc::now(), 10).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        store.purge_expired_replies(Utc::now(), 10).await.unwrap(),
+        0
+    );
+}
+
+/// Published outbox rows go once published before the bound, at most the
+/// batch's limit per call; rows still pending stay whatever their age.
+async fn published_outbox_rows_are_purged_in_batches(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((store, url)) = open(backend, &dir).await else {
+        return;
+    };
+    let registry = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
+    let event = create_event(&store, &registry, UserId::new(), 1).await;
+    for _ in 0..3 {
+        let join = Command::Join {
+            user: UserId::new(),
+            seats: Seats::default(),
+            at: Utc::now(),
+        };
+        registry.execute(event, join, None, None).await.unwrap();
+    }
+    let pending = store
+        .outbox(turnout::store::OutboxStatus::Pending, 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 5, "created, and a fact per join");
+    let ids: Vec<i64> = pending.iter().take(3).map(|m| m.id).collect();
+    let published_at = 1_000;
+    store.outbox_published(&ids, published_at).await.unwrap();
+    assert_eq!(
+        store
+            .purge_published_outbox(published_at, 100)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .purge_published_outbox(published_at + 1, 2)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .purge_published_outbox(published_at + 1, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    let left = "SELECT COUNT(*) FROM outbox WHERE aggregate_id = $1 AND status = 'pending'";
+    assert_eq!(count(&url, left, event.as_uuid()).await, 2);
+    let all = "SELECT COUNT(*) FROM outbox WHERE aggregate_id = $1";
+    assert_eq!(count(&url, all, event.as_uuid()).await, 2);
 }
 
 /// A backlog of many batches (a long outage, a shorter retention) is purged
@@ -268,10 +326,14 @@ async fn a_purge_takes_a_backlog_of_many_batches(backend: Backend) {
             q.execute(&pool).await.unwrap();
         }
     }
-    assert_eq!(
-        store.purge_expired_replies(Utc::now()).await.unwrap(),
-        12_345
-    );
+    // Held: a shutdown signal whose sender is gone stops the purge.
+    let background = turnout::background::Background::default();
+    let mut shutdown = background.shutdown();
+    let now = Utc::now();
+    let purge = turnout::background::purge_in_batches(&mut shutdown, |limit| {
+        store.purge_expired_replies(now, limit)
+    });
+    assert_eq!(purge.await.unwrap(), 12_345);
     let left = "SELECT COUNT(*) FROM idempotency_keys WHERE user_id = $1";
     assert_eq!(count(&url, left, user).await, 1);
 }
@@ -932,6 +994,7 @@ store_tests!(
     one_commit_writes_log_read_models_and_outbox,
     expired_idempotency_records_are_purged,
     a_purge_takes_a_backlog_of_many_batches,
+    published_outbox_rows_are_purged_in_batches,
     an_old_fact_shape_loads,
     an_old_key_replays_across_actor_incarnations,
     a_full_mailbox_refuses_instead_of_growing,

@@ -41,8 +41,9 @@ impl Dialect for Postgres {
 pub struct SqlStore<DB: Dialect> {
     /// Requests' queries and account writes.
     pool: Pool<DB>,
-    /// What the server does on a timer: the outbox relay, the offer clock,
-    /// cluster membership and leases. Kept apart because a pool hands out
+    /// What the server does on a timer: the outbox relay, purges, the
+    /// offer clock, cluster membership and leases (and the admin routes
+    /// that read the outbox and the cluster). Kept apart because a pool hands out
     /// its least recently used connection: a poll every 100 ms through the
     /// requests' pool would touch each of its connections every few
     /// seconds, so none would ever sit idle long enough to be closed, and
@@ -61,9 +62,6 @@ impl<DB: Dialect> SqlStore<DB> {
         }
     }
 }
-
-/// Rows a purge deletes per statement.
-const PURGE_BATCH: i64 = 500;
 
 /// Rows per multi-row INSERT: well under both backends' bind-parameter limits.
 const CHUNK: usize = 500;
@@ -101,43 +99,37 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn purge_expired_replies(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+            async fn purge_expired_replies(
+                &self,
+                now: DateTime<Utc>,
+                limit: i64,
+            ) -> Result<u64, StoreError> {
                 self.purge(
                     "DELETE FROM idempotency_keys WHERE (user_id, key) IN (SELECT user_id, key \
                      FROM idempotency_keys WHERE expires_at <= $1 LIMIT $2)",
                     micros(now),
+                    limit,
                 )
                 .await
             }
         }
 
         impl SqlStore<$db> {
-            /// Runs a purge `statement` (`$1`: the bound, `$2`: a batch
-            /// size) until a batch deletes less than a whole batch; returns
-            /// how many rows went. A short batch at a time, resting twice
-            /// as long as each took: the journal's commits, which SQLite
-            /// serialises with every other write, then wait for one short
-            /// batch at most, and a commit waiting on the lock (SQLite
-            /// retries after a growing sleep) finds it free before the next
-            /// batch. A backlog of two million rows no longer stalls joins
-            /// for five seconds (docs/BENCHMARKS.md).
-            async fn purge(&self, statement: &'static str, bound: i64) -> Result<u64, StoreError> {
-                let mut deleted = 0;
-                loop {
-                    let started = std::time::Instant::now();
-                    let batch = sqlx::query(statement)
-                        .bind(bound)
-                        .bind(PURGE_BATCH)
-                        .execute(&self.background)
-                        .await
-                        .map_err(unavailable)?
-                        .rows_affected();
-                    deleted += batch;
-                    if batch < PURGE_BATCH as u64 {
-                        return Ok(deleted);
-                    }
-                    tokio::time::sleep(2 * started.elapsed()).await;
-                }
+            /// Runs one batch of a purge: `statement` deletes up to `$2`
+            /// rows past the bound `$1`.
+            async fn purge(
+                &self,
+                statement: &'static str,
+                bound: i64,
+                limit: i64,
+            ) -> Result<u64, StoreError> {
+                let done = sqlx::query(statement)
+                    .bind(bound)
+                    .bind(limit)
+                    .execute(&self.background)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(done.rows_affected())
             }
         }
     };

@@ -191,20 +191,22 @@ macro_rules! impl_relay {
                 Ok((pending, dead))
             }
 
-            async fn purge_published_outbox(&self, before: i64) -> Result<u64, StoreError> {
+            async fn purge_published_outbox(&self, before: i64, limit: i64) -> Result<u64, StoreError> {
                 self.purge(
                     "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
                      WHERE status = 'published' AND published_at < $1 LIMIT $2)",
                     before,
+                    limit,
                 )
                 .await
             }
 
-            async fn purge_inbox(&self, before: i64) -> Result<u64, StoreError> {
+            async fn purge_inbox(&self, before: i64, limit: i64) -> Result<u64, StoreError> {
                 self.purge(
                     "DELETE FROM inbox WHERE (message_id, handler) IN (SELECT message_id, handler \
                      FROM inbox WHERE processed_at < $1 LIMIT $2)",
                     before,
+                    limit,
                 )
                 .await
             }
