@@ -487,23 +487,18 @@ fn start_maintenance(
         every(
             Duration::from_secs(settings.idempotency.purge_interval_secs),
             background.shutdown(),
-            {
-                let shutdown = background.shutdown();
-                move || {
-                    let (store, mut shutdown) = (purged.clone(), shutdown.clone());
-                    async move {
-                        let now = chrono::Utc::now();
-                        let purge = purge_in_batches(&mut shutdown, |limit| {
-                            store.purge_expired_replies(now, limit)
-                        });
-                        match purge.await {
-                            Ok(0) => {}
-                            Ok(n) => {
-                                tracing::info!(deleted = n, "purged expired idempotency records")
-                            }
-                            Err(error) => {
-                                tracing::warn!(%error, "could not purge idempotency records")
-                            }
+            move |mut shutdown| {
+                let store = purged.clone();
+                async move {
+                    let now = chrono::Utc::now();
+                    let purge = purge_in_batches(&mut shutdown, |limit| {
+                        store.purge_expired_replies(now, limit)
+                    });
+                    match purge.await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(deleted = n, "purged expired idempotency records"),
+                        Err(error) => {
+                            tracing::warn!(%error, "could not purge idempotency records")
                         }
                     }
                 }
@@ -513,7 +508,7 @@ fn start_maintenance(
     let (quiet, old) = (shared.rate_limits.clone(), shared.login_guard.clone());
     background.spawn(
         "limits sweep",
-        every(Duration::from_secs(60), background.shutdown(), move || {
+        every(Duration::from_secs(60), background.shutdown(), move |_| {
             quiet.forget_quiet_clients();
             old.forget_old();
             std::future::ready(())

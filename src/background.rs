@@ -65,10 +65,11 @@ where
 }
 
 /// Runs `work` every `period` (the first at once) until shutdown; a tick
-/// missed while `work` ran late is skipped, not run at once.
+/// missed while `work` ran late is skipped, not run at once. `work` is
+/// handed the signal, for a unit of work long enough to heed it midway.
 pub async fn every<F, Fut>(period: Duration, mut shutdown: Shutdown, mut work: F)
 where
-    F: FnMut() -> Fut,
+    F: FnMut(Shutdown) -> Fut,
     Fut: Future<Output = ()>,
 {
     let mut tick = tokio::time::interval(period);
@@ -76,7 +77,7 @@ where
     loop {
         tokio::select! {
             _ = shutdown.requested() => return,
-            _ = tick.tick() => work().await,
+            _ = tick.tick() => work(shutdown.clone()).await,
         }
     }
 }
@@ -142,7 +143,7 @@ mod tests {
             every(
                 Duration::from_millis(10),
                 background.shutdown(),
-                move || {
+                move |_| {
                     let units = Arc::clone(&units);
                     async move {
                         tokio::time::sleep(Duration::from_millis(30)).await;

@@ -29,7 +29,7 @@ pub fn start(
     let horizon = chrono::Duration::from_std(period * 2).unwrap_or(chrono::Duration::MAX);
     background.spawn(
         "offer clock",
-        every(period, background.shutdown(), move || {
+        every(period, background.shutdown(), move |_| {
             let (store, commands) = (store.clone(), commands.clone());
             async move {
                 let now = crate::http::now();

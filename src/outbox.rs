@@ -82,16 +82,14 @@ pub fn start(
         ),
     );
     // Apart from the relay: a backlog's purge takes a while (see
-    // `SqlStore::purge`), and the relay must keep publishing and renewing
+    // `purge_in_batches`), and the relay must keep publishing and renewing
     // its lease meanwhile.
     background.spawn(
         "outbox purge",
         every(Duration::from_secs(60), shutdown.clone(), {
-            let (store, relaying, shutdown) =
-                (Arc::clone(&store), Arc::clone(&relaying), shutdown.clone());
-            move || {
-                let (store, relaying, mut shutdown) =
-                    (Arc::clone(&store), Arc::clone(&relaying), shutdown.clone());
+            let store = Arc::clone(&store);
+            move |mut shutdown| {
+                let (store, relaying) = (Arc::clone(&store), Arc::clone(&relaying));
                 async move {
                     // One node purges: the one whose relay holds the lease.
                     if relaying.load(Ordering::Relaxed) {
@@ -103,7 +101,7 @@ pub fn start(
     );
     background.spawn(
         "outbox gauges",
-        every(Duration::from_secs(5), shutdown, move || {
+        every(Duration::from_secs(5), shutdown, move |_| {
             let store = Arc::clone(&store);
             async move {
                 if let Ok((pending, dead)) = store.outbox_counts().await {

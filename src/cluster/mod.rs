@@ -116,7 +116,7 @@ impl Node {
             every(
                 Duration::from_millis(every_ms),
                 background.shutdown(),
-                move || {
+                move |_| {
                     let (store, node) = (Arc::clone(&beats), node.clone());
                     async move {
                         if node.is_leaving() {

@@ -152,7 +152,7 @@ impl Placement {
             every(
                 (heartbeat / 4).max(Duration::from_millis(50)),
                 background.shutdown(),
-                move || {
+                move |_| {
                     let placement = placement.clone();
                     async move { placement.round().await }
                 },
@@ -161,7 +161,7 @@ impl Placement {
         let renewals = self.clone();
         background.spawn(
             "lease renewal",
-            every(heartbeat, background.shutdown(), move || {
+            every(heartbeat, background.shutdown(), move |_| {
                 let placement = renewals.clone();
                 async move { placement.renew().await }
             }),

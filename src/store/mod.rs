@@ -444,9 +444,9 @@ pub trait OutboxRelay: Send + Sync {
     async fn purge_published_outbox(&self, before: i64, limit: i64) -> Result<u64, StoreError>;
 
     /// Deletes up to `limit` inbox rows of messages handled before
-    /// `before`; returns how many. A message delivered again after its row is gone would be
-    /// handled again, so keep them as long as a redelivery can come: as
-    /// long as published outbox rows are kept.
+    /// `before`; returns how many. A message delivered again after its row
+    /// is gone would be handled again, so keep them as long as a
+    /// redelivery can come: as long as published outbox rows are kept.
     async fn purge_inbox(&self, before: i64, limit: i64) -> Result<u64, StoreError>;
 
     /// The daily-facts consumer: counts each fact for its day, once per

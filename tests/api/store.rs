@@ -143,6 +143,18 @@ async fn count(url: &str, sql: &'static str, id: uuid::Uuid) -> i64 {
     }
 }
 
+/// Runs a statement both backends understand, `$1` bound to `id`.
+async fn execute(url: &str, sql: String, id: uuid::Uuid) {
+    let sql = sqlx::AssertSqlSafe(sql);
+    if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        sqlx::query(sql).bind(id).execute(&pool).await.unwrap();
+    } else {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        sqlx::query(sql).bind(id).execute(&pool).await.unwrap();
+    }
+}
+
 async fn one_commit_writes_log_read_models_and_outbox(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let Some((store, url)) = open(backend, &dir).await else {
@@ -312,19 +324,15 @@ async fn a_purge_takes_a_backlog_of_many_batches(backend: Backend) {
     };
     let user = uuid::Uuid::now_v7();
     let keep_until = turnout::store::micros(Utc::now() + chrono::Duration::hours(1));
-    for (keys, expires_at) in [(12_345, 0), (1, keep_until)] {
-        let insert = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $2) \
+    let insert = |keys: i64, expires_at: i64| {
+        format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {keys}) \
              INSERT INTO idempotency_keys (user_id, key, fingerprint, answer, created_at, expires_at) \
-             SELECT $1, 'k' || i || '-' || $3, 'f', '{}', 0, $3 FROM n";
-        if url.starts_with("sqlite:") {
-            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-            let q = sqlx::query(insert).bind(user).bind(keys).bind(expires_at);
-            q.execute(&pool).await.unwrap();
-        } else {
-            let pool = sqlx::PgPool::connect(&url).await.unwrap();
-            let q = sqlx::query(insert).bind(user).bind(keys).bind(expires_at);
-            q.execute(&pool).await.unwrap();
-        }
+             SELECT $1, 'k' || i || '-{expires_at}', 'f', '{{}}', 0, {expires_at} FROM n"
+        )
+    };
+    for (keys, expires_at) in [(12_345, 0), (1, keep_until)] {
+        execute(&url, insert(keys, expires_at), user).await;
     }
     // Held: a shutdown signal whose sender is gone stops the purge.
     let background = turnout::background::Background::default();

@@ -43,11 +43,12 @@ pub struct SqlStore<DB: Dialect> {
     pool: Pool<DB>,
     /// What the server does on a timer: the outbox relay, purges, the
     /// offer clock, cluster membership and leases (and the admin routes
-    /// that read the outbox and the cluster). Kept apart because a pool hands out
-    /// its least recently used connection: a poll every 100 ms through the
-    /// requests' pool would touch each of its connections every few
-    /// seconds, so none would ever sit idle long enough to be closed, and
-    /// the pool would keep its peak size (and SQLite page caches) for good.
+    /// that read the outbox and the cluster). Kept apart because a pool
+    /// hands out its least recently used connection: a poll every 100 ms
+    /// through the requests' pool would touch each of its connections
+    /// every few seconds, so none would ever sit idle long enough to be
+    /// closed, and the pool would keep its peak size (and SQLite page
+    /// caches) for good.
     background: Pool<DB>,
     /// The journal's connection.
     writer: DB::Writer,
