@@ -20,8 +20,11 @@ use crate::store::{UserRecord, from_micros, micros};
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/auth/register", web::post().to(register))
         .route("/auth/login", web::post().to(login))
-        .route("/me", web::get().to(me))
-        .route("/me", web::patch().to(update_me));
+        .service(
+            super::resource("/me")
+                .route(web::get().to(me))
+                .route(web::patch().to(update_me)),
+        );
 }
 
 /// A point on the map.

@@ -22,12 +22,22 @@ use crate::store::EventFilter;
 use crate::views::EventView;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/events", web::post().to(create_event))
-        .route("/events", web::get().to(list_events))
-        .route("/events/{id}", web::get().to(get_event))
-        .route("/events/{id}", web::patch().to(update_event))
-        .route("/events/{id}/publish", web::post().to(publish_event))
-        .route("/events/{id}/cancel", web::post().to(cancel_event));
+    cfg.service(
+        super::resource("/events")
+            .route(web::post().to(create_event))
+            .route(web::get().to(list_events)),
+    );
+}
+
+/// Routes under `/events/{id}` (see `super::event_routes`).
+pub fn event_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        super::resource("")
+            .route(web::get().to(get_event))
+            .route(web::patch().to(update_event)),
+    )
+    .route("/publish", web::post().to(publish_event))
+    .route("/cancel", web::post().to(cancel_event));
 }
 
 /// Tells a field sent as `null` (`Some(None)`) from one left out (`None`).

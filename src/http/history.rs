@@ -13,8 +13,9 @@ use super::identity::AuthUser;
 use super::pagination::{self, Page, PageQuery};
 use super::{ApiError, AppState, ErrorCode};
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/events/{id}/history", web::get().to(history));
+/// Routes under `/events/{id}` (see `super::event_routes`).
+pub fn event_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/history", web::get().to(history));
 }
 
 /// What happened.

@@ -16,12 +16,19 @@ use crate::store::{MembershipRecord, from_micros};
 use crate::views::EventView;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/events/{id}/join", web::post().to(join_event))
-        .route("/events/{id}/join", web::delete().to(leave_event))
-        .route("/events/{id}/offer/accept", web::post().to(accept_offer))
-        .route("/events/{id}/offer/decline", web::post().to(decline_offer))
-        .route("/events/{id}/attendees", web::get().to(attendees))
-        .route("/me/joins", web::get().to(my_joins));
+    cfg.route("/me/joins", web::get().to(my_joins));
+}
+
+/// Routes under `/events/{id}` (see `super::event_routes`).
+pub fn event_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        super::resource("/join")
+            .route(web::post().to(join_event))
+            .route(web::delete().to(leave_event)),
+    )
+    .route("/offer/accept", web::post().to(accept_offer))
+    .route("/offer/decline", web::post().to(decline_offer))
+    .route("/attendees", web::get().to(attendees));
 }
 
 /// Where the caller stands in an event.

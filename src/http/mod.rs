@@ -148,26 +148,43 @@ pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) 
         }))
         .app_data(web::QueryConfig::default().error_handler(|e, _| query_error(e).into()))
         .configure(ops::routes)
-        .configure(openapi::routes)
-        .configure(kiosk::routes)
-        .route(
-            crate::cluster::forward::INTERNAL_PATH,
-            web::post().to(internal::forwarded_command),
-        )
         .service(
             web::scope("/v1")
                 .wrap(actix_web::middleware::from_fn(rate_limit::middleware))
                 .configure(accounts::routes)
-                .configure(venues::routes)
                 .configure(events::routes)
                 .configure(joins::routes)
-                .configure(history::routes)
                 .configure(recommendations::routes)
-                .configure(admin::routes)
-                .configure(ws::routes),
+                .configure(ws::routes)
+                .service(web::scope("/events/{id}").configure(event_routes))
+                .configure(venues::routes)
+                .configure(admin::routes),
         )
+        .route(
+            crate::cluster::forward::INTERNAL_PATH,
+            web::post().to(internal::forwarded_command),
+        )
+        .configure(openapi::routes)
+        .configure(kiosk::routes)
         .default_service(web::to(not_found));
     }
+}
+
+/// Everything under `/v1/events/{id}`, in one scope: the router matches the
+/// id once, not once per route. Each route with a path pattern costs a
+/// regex match per request that reaches it, and with a resource per route
+/// a join was tried against a dozen patterns (twice: once for the route
+/// label in `request_context`) before it found its own.
+fn event_routes(cfg: &mut web::ServiceConfig) {
+    cfg.configure(events::event_routes)
+        .configure(joins::event_routes)
+        .configure(history::event_routes);
+}
+
+/// A resource answering several methods; any other is answered as a path
+/// nobody serves, as a route per method would be.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(not_found))
 }
 
 async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {

@@ -19,15 +19,20 @@ use crate::store::{VenueRecord, from_micros, micros};
 use turnout_actors::domain::UserId;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/venues", web::post().to(create_venue))
-        .route("/venues/{id}", web::get().to(get_venue))
-        .route("/venues/{id}", web::patch().to(update_venue))
-        .route("/venues/{id}/organizers", web::get().to(list_organizers))
-        .route("/venues/{id}/organizers", web::post().to(add_organizer))
-        .route(
-            "/venues/{id}/organizers/{user_id}",
-            web::delete().to(remove_organizer),
-        );
+    cfg.route("/venues", web::post().to(create_venue)).service(
+        web::scope("/venues/{id}")
+            .service(
+                super::resource("")
+                    .route(web::get().to(get_venue))
+                    .route(web::patch().to(update_venue)),
+            )
+            .service(
+                super::resource("/organizers")
+                    .route(web::get().to(list_organizers))
+                    .route(web::post().to(add_organizer)),
+            )
+            .route("/organizers/{user_id}", web::delete().to(remove_organizer)),
+    );
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

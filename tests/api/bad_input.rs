@@ -279,6 +279,19 @@ async fn bad_tokens_ids_and_headers_are_refused(app: TestApp) {
         .await
         .unwrap();
     assert_error(no_route, StatusCode::NOT_FOUND, "not_found").await;
+    // Paths that serve several methods answer any other as a path nobody
+    // serves, in the envelope, as paths serving one method do.
+    for (method, path) in [
+        (Method::PUT, join_path.clone()),
+        (Method::DELETE, format!("/v1/events/{event}")),
+        (Method::PUT, "/v1/me".to_owned()),
+        (Method::DELETE, "/v1/events".to_owned()),
+        (Method::POST, format!("/v1/events/{event}/attendees")),
+        (Method::GET, format!("/v1/events/{event}/nothing")),
+    ] {
+        let response = app.as_user(&user, method, &path).send().await.unwrap();
+        assert_error(response, StatusCode::NOT_FOUND, "not_found").await;
+    }
 
     assert_eq!(app.event(event).await["active_count"], 0, "nothing joined");
 }
