@@ -1,10 +1,11 @@
 //! The outbox relay's rows and lease, and the inbox that makes consumers
 //! idempotent (with the daily-facts consumer's counts).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::Utc;
+use rusqlite::TransactionBehavior;
 use sqlx::{Postgres, QueryBuilder, Sqlite};
 use turnout_actors::store::StoreError;
 use uuid::Uuid;
@@ -45,34 +46,10 @@ macro_rules! impl_relay {
                 Ok(first)
             }
 
-            /// Marks the rows `ids` published, those still pending; returns
-            /// which it marked.
-            async fn mark_published(
-                conn: &mut <$db as sqlx::Database>::Connection,
-                ids: &[i64],
-                now: i64,
-            ) -> Result<HashSet<i64>, sqlx::Error> {
-                let mut marked = HashSet::with_capacity(ids.len());
-                for chunk in ids.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new(
-                        "UPDATE outbox SET status = 'published', published_at = ",
-                    );
-                    q.push_bind(now).push(" WHERE status = 'pending' AND id IN (");
-                    let mut list = q.separated(", ");
-                    for id in chunk {
-                        list.push_bind(*id);
-                    }
-                    q.push(") RETURNING id");
-                    let done: Vec<(i64,)> = q.build_query_as().fetch_all(&mut *conn).await?;
-                    marked.extend(done.into_iter().map(|(id,)| id));
-                }
-                Ok(marked)
-            }
-
             /// Adds `new` facts to each `(day, event_type)`'s count.
             async fn add_daily_facts(
                 tx: &mut sqlx::Transaction<'_, $db>,
-                new: &std::collections::BTreeMap<(&str, &str), i64>,
+                new: &BTreeMap<(&str, &str), i64>,
             ) -> Result<(), sqlx::Error> {
                 for ((day, event_type), facts) in new {
                     sqlx::query(
@@ -108,39 +85,14 @@ macro_rules! impl_relay {
             }
 
             async fn outbox(&self, status: OutboxStatus, after: i64, limit: i64) -> Result<Vec<OutboxMessage>, StoreError> {
-                // The status is written into the statement, not bound: only
-                // then can a prepared plan use the partial index of that
-                // status. With `status = $1` Postgres's generic plan walked
-                // the primary key from `after` through every published row
-                // on each poll, and the relay's cost grew with the table.
-                macro_rules! select_outbox {
-                    ($status:literal) => {
-                        concat!(
-                            "SELECT id, message_id, topic, aggregate_id, stream_version, event_type, \
-                             CAST(payload AS TEXT) AS payload, request_id, traceparent, attempts, next_attempt_at, last_error, created_at \
-                             FROM outbox WHERE status = '", $status, "' AND id > $1 ORDER BY id LIMIT $2"
-                        )
-                    };
-                }
-                let statement = match status {
-                    OutboxStatus::Pending => select_outbox!("pending"),
-                    OutboxStatus::Dead => select_outbox!("dead"),
-                };
-                sqlx::query_as(statement)
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&self.background)
-                .await
-                .map_err(unavailable)
+                self.outbox_rows(status, after, limit).await
             }
 
             async fn outbox_published(&self, ids: &[i64], now: i64) -> Result<(), StoreError> {
                 if ids.is_empty() {
                     return Ok(());
                 }
-                let mut conn = self.background.acquire().await.map_err(unavailable)?;
-                Self::mark_published(&mut conn, ids, now).await.map_err(unavailable)?;
-                Ok(())
+                self.publish(ids, now).await
             }
 
             async fn outbox_failed(
@@ -217,7 +169,7 @@ macro_rules! impl_relay {
                 let mut first = Self::first_deliveries(&mut tx, &ids, DAILY_FACTS_HANDLER)
                     .await
                     .map_err(unavailable)?;
-                let mut new: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
+                let mut new: BTreeMap<(&str, &str), i64> = Default::default();
                 for fact in facts {
                     // `remove`: a message repeated within the batch counts once.
                     if first.remove(&fact.message_id) {
@@ -234,19 +186,7 @@ macro_rules! impl_relay {
                 rows: &[(i64, DailyFact)],
                 now: i64,
             ) -> Result<usize, StoreError> {
-                let mut tx = self.background.begin().await.map_err(unavailable)?;
-                let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
-                let marked = Self::mark_published(&mut tx, &ids, now).await.map_err(unavailable)?;
-                let mut new: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
-                for (id, fact) in rows {
-                    // Only a row this transaction took from pending counts.
-                    if marked.contains(id) {
-                        *new.entry((&fact.day, &fact.event_type)).or_default() += 1;
-                    }
-                }
-                Self::add_daily_facts(&mut tx, &new).await.map_err(unavailable)?;
-                tx.commit().await.map_err(unavailable)?;
-                Ok(marked.len())
+                self.publish_counting(rows, now).await
             }
 
             async fn daily_facts(&self, since_day: &str) -> Result<Vec<(String, String, i64)>, StoreError> {
@@ -264,3 +204,204 @@ macro_rules! impl_relay {
 
 impl_relay!(Sqlite);
 impl_relay!(Postgres);
+
+/// The relay's read of the outbox. The status is written into the
+/// statement, not bound: only then can a prepared plan use the partial
+/// index of that status. With `status = $1` Postgres's generic plan walked
+/// the primary key from `after` through every published row on each poll,
+/// and the relay's cost grew with the table.
+fn select_outbox(status: OutboxStatus) -> &'static str {
+    macro_rules! select_outbox {
+        ($status:literal) => {
+            concat!(
+                "SELECT id, message_id, topic, aggregate_id, stream_version, event_type, \
+                 CAST(payload AS TEXT) AS payload, request_id, traceparent, attempts, \
+                 next_attempt_at, last_error, created_at \
+                 FROM outbox WHERE status = '",
+                $status,
+                "' AND id > $1 ORDER BY id LIMIT $2"
+            )
+        };
+    }
+    match status {
+        OutboxStatus::Pending => select_outbox!("pending"),
+        OutboxStatus::Dead => select_outbox!("dead"),
+    }
+}
+
+/// The facts of `rows` to add to each day's and kind's count: only rows
+/// `marked` (taken from pending by this transaction) count, so a row
+/// published already is not counted again.
+fn daily_counts<'a>(
+    rows: &'a [(i64, DailyFact)],
+    marked: impl Fn(i64) -> bool,
+) -> BTreeMap<(&'a str, &'a str), i64> {
+    let mut new = BTreeMap::new();
+    for (id, fact) in rows {
+        if marked(*id) {
+            *new.entry((fact.day.as_str(), fact.event_type.as_str()))
+                .or_default() += 1;
+        }
+    }
+    new
+}
+
+impl SqlStore<Postgres> {
+    /// Marks the rows `ids` published, those still pending; returns
+    /// which it marked.
+    async fn mark_published(
+        conn: &mut sqlx::PgConnection,
+        ids: &[i64],
+        now: i64,
+    ) -> Result<HashSet<i64>, sqlx::Error> {
+        let mut marked = HashSet::with_capacity(ids.len());
+        for chunk in ids.chunks(CHUNK) {
+            let mut q = QueryBuilder::<Postgres>::new(
+                "UPDATE outbox SET status = 'published', published_at = ",
+            );
+            q.push_bind(now)
+                .push(" WHERE status = 'pending' AND id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            q.push(") RETURNING id");
+            let done: Vec<(i64,)> = q.build_query_as().fetch_all(&mut *conn).await?;
+            marked.extend(done.into_iter().map(|(id,)| id));
+        }
+        Ok(marked)
+    }
+
+    async fn outbox_rows(
+        &self,
+        status: OutboxStatus,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        sqlx::query_as(select_outbox(status))
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.background)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn publish(&self, ids: &[i64], now: i64) -> Result<(), StoreError> {
+        let mut conn = self.background.acquire().await.map_err(unavailable)?;
+        Self::mark_published(&mut conn, ids, now)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn publish_counting(
+        &self,
+        rows: &[(i64, DailyFact)],
+        now: i64,
+    ) -> Result<usize, StoreError> {
+        let mut tx = self.background.begin().await.map_err(unavailable)?;
+        let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+        let marked = Self::mark_published(&mut tx, &ids, now)
+            .await
+            .map_err(unavailable)?;
+        let new = daily_counts(rows, |id| marked.contains(&id));
+        Self::add_daily_facts(&mut tx, &new)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(marked.len())
+    }
+}
+
+/// On SQLite the relay reads and marks through the journal's connection
+/// (see `journal::sqlite`), a hand-off each way per pass rather than one
+/// per row, and without costing the journal its page cache.
+impl SqlStore<Sqlite> {
+    async fn outbox_rows(
+        &self,
+        status: OutboxStatus,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        self.writer
+            .call(move |connection| {
+                let mut select = connection.prepare_cached(select_outbox(status))?;
+                let rows = select.query_map(rusqlite::params![after, limit], |row| {
+                    Ok(OutboxMessage {
+                        id: row.get(0)?,
+                        message_id: row.get(1)?,
+                        topic: row.get(2)?,
+                        aggregate_id: row.get(3)?,
+                        stream_version: row.get(4)?,
+                        event_type: row.get(5)?,
+                        payload: row.get(6)?,
+                        request_id: row.get(7)?,
+                        traceparent: row.get(8)?,
+                        attempts: row.get(9)?,
+                        next_attempt_at: row.get(10)?,
+                        last_error: row.get(11)?,
+                        created_at: row.get(12)?,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
+    }
+
+    async fn publish(&self, ids: &[i64], now: i64) -> Result<(), StoreError> {
+        let ids = ids.to_vec();
+        self.writer
+            .call(move |connection| {
+                let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                mark_on_writer(&tx, ids.iter().copied(), now)?;
+                tx.commit()
+            })
+            .await
+    }
+
+    async fn publish_counting(
+        &self,
+        rows: &[(i64, DailyFact)],
+        now: i64,
+    ) -> Result<usize, StoreError> {
+        let rows = rows.to_vec();
+        self.writer
+            .call(move |connection| {
+                let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let marked = mark_on_writer(&tx, rows.iter().map(|(id, _)| *id), now)?;
+                {
+                    let mut add = tx.prepare_cached(
+                        "INSERT INTO daily_facts (day, event_type, facts) VALUES (?1, ?2, ?3) \
+                         ON CONFLICT (day, event_type) DO UPDATE SET facts = daily_facts.facts + ?3",
+                    )?;
+                    for ((day, event_type), facts) in daily_counts(&rows, |id| marked.contains(&id)) {
+                        add.execute(rusqlite::params![day, event_type, facts])?;
+                    }
+                }
+                tx.commit()?;
+                Ok(marked.len())
+            })
+            .await
+    }
+}
+
+/// Marks the rows `ids` published, those still pending; returns which it
+/// marked. A prepared statement per row costs nothing on the writer's
+/// thread (no hand-off per statement, as through sqlx).
+fn mark_on_writer(
+    tx: &rusqlite::Transaction<'_>,
+    ids: impl Iterator<Item = i64>,
+    now: i64,
+) -> rusqlite::Result<HashSet<i64>> {
+    let mut mark = tx.prepare_cached(
+        "UPDATE outbox SET status = 'published', published_at = ?1 \
+         WHERE id = ?2 AND status = 'pending'",
+    )?;
+    let mut marked = HashSet::new();
+    for id in ids {
+        if mark.execute(rusqlite::params![now, id])? == 1 {
+            marked.insert(id);
+        }
+    }
+    Ok(marked)
+}

@@ -1,6 +1,9 @@
 //! SQLite's group commit: the journal's connection on a thread of its own
 //! (rusqlite), its statements prepared once, taking each attempt at a batch
-//! in one hand-off and answering in one.
+//! in one hand-off and answering in one. The outbox relay's reads and marks
+//! run on it too (`super::super::relay`): a commit by another connection
+//! would make this one drop its whole page cache before its next
+//! transaction, and the relay commits several times a second.
 //!
 //! Every other statement goes through sqlx, which runs a SQLite connection
 //! on a worker thread and hands it each statement, and hands back each
@@ -32,18 +35,16 @@ use crate::store::{SqlStore, micros};
 
 /// The journal's SQLite connection, on its thread.
 pub struct SqliteWriter {
-    attempts: mpsc::Sender<Job>,
+    work: mpsc::Sender<Work>,
 }
+
+/// Something to do with the writer's connection, on its thread.
+type Work = Box<dyn FnOnce(&mut Connection) + Send>;
 
 impl std::fmt::Debug for SqliteWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SqliteWriter")
     }
-}
-
-struct Job {
-    batch: Batch,
-    outcome: oneshot::Sender<rusqlite::Result<Checked>>,
 }
 
 impl SqliteWriter {
@@ -58,27 +59,34 @@ impl SqliteWriter {
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.pragma_update(None, "foreign_keys", true)?;
         connection.set_prepared_statement_cache_capacity(32);
-        let (attempts, inbox) = mpsc::channel::<Job>();
+        let (work, inbox) = mpsc::channel::<Work>();
         std::thread::Builder::new()
             .name("sqlite-journal".into())
             .spawn(move || {
                 let mut connection = connection;
                 // Ends when the store (the last sender) is dropped.
-                for job in inbox {
-                    let _ = job.outcome.send(attempt(&mut connection, &job.batch));
+                for work in inbox {
+                    work(&mut connection);
                 }
             })?;
-        Ok(Self { attempts })
+        Ok(Self { work })
     }
 
-    async fn attempt(&self, batch: Batch) -> Result<Checked, StoreError> {
-        let (outcome, checked) = oneshot::channel();
-        self.attempts
-            .send(Job { batch, outcome })
-            .map_err(|_| StoreError::Unavailable("the SQLite journal thread stopped".into()))?;
-        checked
-            .await
-            .map_err(|_| StoreError::Unavailable("the SQLite journal thread stopped".into()))?
+    /// Runs `task` with the writer's connection, on its thread: one
+    /// hand-off there and one back, whatever the task does.
+    pub(in crate::store::sql) async fn call<T: Send + 'static>(
+        &self,
+        task: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let stopped = || StoreError::Unavailable("the SQLite journal thread stopped".into());
+        let (outcome, done) = oneshot::channel();
+        self.work
+            .send(Box::new(move |connection| {
+                let _ = outcome.send(task(connection));
+            }))
+            .map_err(|_| stopped())?;
+        done.await
+            .map_err(|_| stopped())?
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 }
@@ -159,7 +167,10 @@ impl SqlStore<Sqlite> {
         live: &[(usize, &Append)],
         now: i64,
     ) -> Result<Checked, StoreError> {
-        self.writer.attempt(Batch::of(live, now)).await
+        let batch = Batch::of(live, now);
+        self.writer
+            .call(move |connection| attempt(connection, &batch))
+            .await
     }
 
     /// The stored, unexpired answers to `keys`, through the pool (the
