@@ -232,10 +232,10 @@ fn select_outbox(status: OutboxStatus) -> &'static str {
 /// The facts of `rows` to add to each day's and kind's count: only rows
 /// `marked` (taken from pending by this transaction) count, so a row
 /// published already is not counted again.
-fn daily_counts<'a>(
-    rows: &'a [(i64, DailyFact)],
+fn daily_counts(
+    rows: &[(i64, DailyFact)],
     marked: impl Fn(i64) -> bool,
-) -> BTreeMap<(&'a str, &'a str), i64> {
+) -> BTreeMap<(&str, &str), i64> {
     let mut new = BTreeMap::new();
     for (id, fact) in rows {
         if marked(*id) {
