@@ -455,6 +455,27 @@ pub enum DomainEvent {
 }
 
 impl DomainEvent {
+    /// Whether this fact changes only who holds and who waits for places,
+    /// not the event itself (its details, capacity, lifecycle or waitlist
+    /// policy): the read model then needs its counts written, nothing more.
+    pub fn moves_members_only(&self) -> bool {
+        match self {
+            DomainEvent::Created { .. }
+            | DomainEvent::Published { .. }
+            | DomainEvent::DetailsChanged { .. }
+            | DomainEvent::CapacityChanged { .. }
+            | DomainEvent::WaitlistChanged { .. }
+            | DomainEvent::Cancelled { .. } => false,
+            DomainEvent::Joined { .. }
+            | DomainEvent::Left { .. }
+            | DomainEvent::Promoted { .. }
+            | DomainEvent::Offered { .. }
+            | DomainEvent::OfferAccepted { .. }
+            | DomainEvent::OfferDeclined { .. }
+            | DomainEvent::OfferExpired { .. } => true,
+        }
+    }
+
     /// The name used in the event log, logs and the outbox.
     pub fn kind(&self) -> &'static str {
         match self {
