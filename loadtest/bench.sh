@@ -13,6 +13,9 @@
 # Redis a Postgres node cannot hear another node's changes, so it reads the
 # listing from the database on every request.
 #
+# BIN names another build of the server to run (an A/B of two builds in one
+# session); the table then names it instead of the commit.
+#
 # Loads: hot (hot-join: 20,000 users through 1,000 connections, one event of
 # capacity 1,000); spread (spread-join: 400 joins/s over 200 events of
 # capacity 100); reads (2,000 reads/s — an event's details, one in four the
@@ -57,7 +60,7 @@ turnout() {
   env "${redis[@]}" TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data TURNOUT_DATABASE_URL=$url \
     TURNOUT_RATE_LIMITS__ENABLED=false TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP=0 \
     TURNOUT_REALTIME__MAX_CONNECTIONS_PER_IP=0 \
-    target/release/turnout --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &
+    "${BIN:-target/release/turnout}" --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &
   pid=$!
   for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$PORT/ready >/dev/null && break; sleep 0.1; done
 }
@@ -96,7 +99,7 @@ stick ws-stick; load fan-out stick "${fanout[@]}"
 turnout sqlite; load fan-out "turnout sqlite" "${fanout[@]}"
 CLIENTS="8 16" SECONDS_EACH=15 loadtest/classic-bench.sh >"$out/classic.txt" 2>&1 || true
 
-python3 - "$out" "$(git rev-parse --short HEAD)" <<'PY'
+python3 - "$out" "${BIN:-$(git rev-parse --short HEAD)}" <<'PY'
 import datetime, glob, json, os, re, sys
 out, commit = sys.argv[1], sys.argv[2]
 rows, cpu_of = [], {}
