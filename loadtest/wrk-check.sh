@@ -8,6 +8,7 @@
 #
 #   cargo build --release -p turnout -p turnout-loadtest
 #   loadtest/wrk-check.sh
+#   BIN=/tmp/turnout-before loadtest/wrk-check.sh   # another build of the server
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ulimit -n "$(ulimit -Hn)"
@@ -68,7 +69,7 @@ for round in 1 2; do
   TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data \
     TURNOUT_DATABASE_URL="sqlite://$data/turnout.db?mode=rwc" \
     TURNOUT_RATE_LIMITS__ENABLED=false TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP=0 \
-    target/release/turnout --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &
+    "${BIN:-target/release/turnout}" --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &
   run "turnout sqlite" $!
   rm -rf "$data"
 done
