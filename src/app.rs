@@ -354,7 +354,8 @@ async fn start_core(
         commit_timeout: Duration::from_millis(settings.journal.commit_timeout_ms),
         linger: Duration::from_micros(settings.journal.linger_us),
     };
-    let journal = Journal::start_in_arbiter(&threads.start(), move |_| {
+    let journal_thread = store.journal_thread().unwrap_or_else(|| threads.start());
+    let journal = Journal::start_in_arbiter(&journal_thread, move |_| {
         Journal::new(event_store, journal_settings)
     });
 

@@ -184,6 +184,11 @@ pub trait Store: EventStore + Accounts + Venues + EventReads + OutboxRelay + Mem
     /// How many connections each pool holds open: for /metrics.
     fn connections(&self) -> [PoolConnections; 2];
 
+    /// The thread the journal actor should run on: the one its commits run
+    /// on, where the store has one (SQLite), so that handing a batch over
+    /// wakes no other thread. `None`: a thread of its own.
+    fn journal_thread(&self) -> Option<actix::ArbiterHandle>;
+
     /// Whether the database answers: readiness.
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -527,7 +532,8 @@ impl ServerClaim {
 const BACKGROUND_CONNECTIONS: u32 = 4;
 
 /// Opens the database named by `url` (`sqlite:` or `postgres:`) and brings
-/// its schema up to date.
+/// its schema up to date. Call inside an actix system: SQLite's journal
+/// connection lives on an arbiter of its own.
 pub async fn connect(url: &str, pool: &PoolSettings) -> anyhow::Result<Arc<dyn Store>> {
     let acquire = Duration::from_millis(pool.acquire_timeout_ms);
     let idle = Duration::from_secs(pool.idle_timeout_secs);

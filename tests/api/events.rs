@@ -279,7 +279,7 @@ async fn whole_listing(app: &TestApp, query: &str, limit: usize) -> Vec<serde_js
 /// A node alone answers the listing from memory once it has loaded it: the
 /// same pages, byte for byte in meaning, as the read model's query gives —
 /// after joins, a cancellation, a move and events created after the load.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[actix_web::test]
 async fn the_listing_from_memory_is_the_listing_of_the_read_model() {
     use crate::helpers::{Backend, JWT_KEY, fresh_database};
     use turnout::store::EventFilter;

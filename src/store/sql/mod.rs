@@ -26,15 +26,26 @@ mod venues;
 /// that group commits never queue behind a burst of reads for a pooled one.
 pub trait Dialect: sqlx::Database {
     type Writer: Send + Sync;
+
+    /// The thread the journal's commits run on, if they have one.
+    fn journal_thread(writer: &Self::Writer) -> Option<actix::ArbiterHandle>;
 }
 
 impl Dialect for Sqlite {
     /// On a thread of its own (see `journal::sqlite`).
     type Writer = SqliteWriter;
+
+    fn journal_thread(writer: &SqliteWriter) -> Option<actix::ArbiterHandle> {
+        Some(writer.thread())
+    }
 }
 
 impl Dialect for Postgres {
     type Writer = Pool<Postgres>;
+
+    fn journal_thread(_: &Pool<Postgres>) -> Option<actix::ArbiterHandle> {
+        None
+    }
 }
 
 /// A database of either backend.
@@ -80,6 +91,10 @@ macro_rules! impl_store {
     ($db:ty) => {
         #[async_trait]
         impl Store for SqlStore<$db> {
+            fn journal_thread(&self) -> Option<actix::ArbiterHandle> {
+                <$db as Dialect>::journal_thread(&self.writer)
+            }
+
             fn connections(&self) -> [PoolConnections; 2] {
                 let count = |name, pool: &Pool<$db>| PoolConnections {
                     pool: name,

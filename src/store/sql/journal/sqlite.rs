@@ -1,6 +1,10 @@
 //! SQLite's group commit: the journal's connection on a thread of its own
-//! (rusqlite), its statements prepared once, taking each attempt at a batch
-//! in one hand-off and answering in one. The outbox relay's reads and marks
+//! (rusqlite, on an actix arbiter), its statements prepared once. The
+//! journal actor runs on that thread too (`Store::journal_thread`), so an
+//! attempt at a batch is a task queued on the thread it is already on, not
+//! a hand-off that wakes another and an answer that wakes it back; while
+//! SQLite commits, the actor's mailbox gathers the next batch. The outbox
+//! relay's reads and marks
 //! run on it too (`super::super::relay`): a commit by another connection
 //! would make this one drop its whole page cache before its next
 //! transaction, and the relay commits several times a second.
@@ -12,11 +16,12 @@
 //! thirty context switches and most of its CPU in the scheduler, almost
 //! none in SQLite (docs/BENCHMARKS.md).
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::mpsc;
 use std::time::Duration;
 
+use actix::{Arbiter, ArbiterHandle};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sqlx::{QueryBuilder, Sqlite};
 use tokio::sync::oneshot;
@@ -33,13 +38,24 @@ use super::{
 };
 use crate::store::{SqlStore, micros};
 
-/// The journal's SQLite connection, on its thread.
+/// The journal's SQLite connection, on its thread: an actix arbiter, so
+/// that the journal actor can run there too (`Store::journal_thread`) and
+/// hand it a batch without waking another thread.
 pub struct SqliteWriter {
-    work: mpsc::Sender<Work>,
+    thread: Arbiter,
 }
 
-/// Something to do with the writer's connection, on its thread.
-type Work = Box<dyn FnOnce(&mut Connection) + Send>;
+thread_local! {
+    /// The writer's connection, set on the writer's thread before any task
+    /// reaches it, and closed when that thread ends.
+    static CONNECTION: RefCell<Option<Connection>> = const { RefCell::new(None) };
+}
+
+impl Drop for SqliteWriter {
+    fn drop(&mut self) {
+        self.thread.stop();
+    }
+}
 
 impl std::fmt::Debug for SqliteWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -59,17 +75,14 @@ impl SqliteWriter {
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.pragma_update(None, "foreign_keys", true)?;
         connection.set_prepared_statement_cache_capacity(32);
-        let (work, inbox) = mpsc::channel::<Work>();
-        std::thread::Builder::new()
-            .name("sqlite-journal".into())
-            .spawn(move || {
-                let mut connection = connection;
-                // Ends when the store (the last sender) is dropped.
-                for work in inbox {
-                    work(&mut connection);
-                }
-            })?;
-        Ok(Self { work })
+        let thread = Arbiter::try_new()?;
+        thread.spawn_fn(move || CONNECTION.set(Some(connection)));
+        Ok(Self { thread })
+    }
+
+    /// The writer's thread.
+    pub fn thread(&self) -> ArbiterHandle {
+        self.thread.handle()
     }
 
     /// Runs `task` with the writer's connection, on its thread: one
@@ -80,11 +93,15 @@ impl SqliteWriter {
     ) -> Result<T, StoreError> {
         let stopped = || StoreError::Unavailable("the SQLite journal thread stopped".into());
         let (outcome, done) = oneshot::channel();
-        self.work
-            .send(Box::new(move |connection| {
-                let _ = outcome.send(task(connection));
-            }))
-            .map_err(|_| stopped())?;
+        let sent = self.thread.spawn_fn(move || {
+            let result = CONNECTION.with_borrow_mut(|connection| {
+                task(connection.as_mut().expect("set before any task"))
+            });
+            let _ = outcome.send(result);
+        });
+        if !sent {
+            return Err(stopped());
+        }
         done.await
             .map_err(|_| stopped())?
             .map_err(|e| StoreError::Unavailable(e.to_string()))
