@@ -25,6 +25,8 @@
 # one venue, 10 updates); classic (pgbench on the stored-procedure design,
 # best of 8 and 16 clients).
 set -euo pipefail
+# BIN may be given relative to where the script was started from.
+if [ -n "${BIN:-}" ]; then BIN=$(realpath "$BIN"); fi
 cd "$(dirname "$0")/.."
 ulimit -n "$(ulimit -Hn)"
 KEY=bench-key-bench-key-bench-key-0123

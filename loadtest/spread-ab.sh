@@ -10,6 +10,8 @@
 #
 # Extra arguments are settings for the server (VAR=value).
 set -euo pipefail
+# BIN may be given relative to where the script was started from.
+if [ -n "${BIN:-}" ]; then BIN=$(realpath "$BIN"); fi
 cd "$(dirname "$0")/.."
 KEY=spread-bench-key-spread-bench-key-0123
 PORT=18131

@@ -10,6 +10,8 @@
 #   loadtest/wrk-check.sh
 #   BIN=/tmp/turnout-before loadtest/wrk-check.sh   # another build of the server
 set -euo pipefail
+# BIN may be given relative to where the script was started from.
+if [ -n "${BIN:-}" ]; then BIN=$(realpath "$BIN"); fi
 cd "$(dirname "$0")/.."
 ulimit -n "$(ulimit -Hn)"
 KEY=wrk-bench-key-wrk-bench-key-wrk-0123

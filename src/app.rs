@@ -63,8 +63,10 @@ pub struct Application {
     _claim: store::ServerClaim,
 }
 
-/// The app's own threads (actors, journal, hubs, recommenders). They stop
-/// when this is dropped — also when the app's future is dropped without a
+/// The app's own threads (actors, hubs, recommenders, and on Postgres the
+/// journal; on SQLite the journal runs on the store's thread, which stops
+/// when the last handle to the store is dropped). They stop when this is
+/// dropped — also when the app's future is dropped without a
 /// shutdown (a test ending), so their connections are not left open.
 #[derive(Default)]
 struct Threads(Vec<Arbiter>);
@@ -338,7 +340,8 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
         })
 }
 
-/// The journal on a thread of its own, the event actors on a pool, the hubs
+/// The journal on the store's thread (SQLite) or one of its own, the event
+/// actors on a pool, the hubs
 /// and the recommenders each on one, and the path of a committed change to
 /// them (and, with Redis, to the other nodes).
 async fn start_core(

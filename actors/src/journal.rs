@@ -126,7 +126,10 @@ pub struct JournalSettings {
     pub max_pending: usize,
     /// Most appends in one transaction; keeps statements within bind limits.
     pub max_batch: usize,
-    /// A commit taking longer fails its whole batch.
+    /// A commit taking longer fails its whole batch. Where the store commits
+    /// on the journal's own thread (SQLite), the timer cannot fire while an
+    /// attempt runs: it bounds the wait before and between attempts, and an
+    /// attempt itself is bounded by SQLite's busy timeout.
     pub commit_timeout: Duration,
     /// How long an append that finds the journal idle waits for others to
     /// share its commit, when appends arrive closer together than this;

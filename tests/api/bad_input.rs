@@ -194,6 +194,7 @@ async fn bad_event_bodies_are_refused_and_change_nothing(app: TestApp) {
 
 async fn bad_tokens_ids_and_headers_are_refused(app: TestApp) {
     let owner = app.register("owner@example.com").await;
+    let venue = app.venue(&owner).await;
     let event = app.published_event(&owner, 5).await;
     let join_path = format!("/v1/events/{event}/join");
 
@@ -288,6 +289,9 @@ async fn bad_tokens_ids_and_headers_are_refused(app: TestApp) {
         (Method::DELETE, "/v1/events".to_owned()),
         (Method::POST, format!("/v1/events/{event}/attendees")),
         (Method::GET, format!("/v1/events/{event}/nothing")),
+        (Method::PUT, format!("/v1/venues/{venue}")),
+        (Method::DELETE, format!("/v1/venues/{venue}/organizers")),
+        (Method::GET, format!("/v1/venues/{venue}/nothing")),
     ] {
         let response = app.as_user(&user, method, &path).send().await.unwrap();
         assert_error(response, StatusCode::NOT_FOUND, "not_found").await;

@@ -40,6 +40,19 @@ async fn event_lifecycle_and_live_counts(app: TestApp) {
     assert_eq!(seen["tags"], json!(["jazz", "late"]));
     assert_eq!(seen["active_count"], 1);
     assert_eq!(seen["places_left"], 1);
+    // The read model too (the answer above may come from memory): the
+    // join's commit writes the counts alone and keeps what the edit wrote.
+    let row = app
+        .store()
+        .await
+        .event(turnout_actors::domain::EventId::from(event))
+        .await
+        .unwrap()
+        .expect("the event's row");
+    assert_eq!(row.title, "Later jazz");
+    assert_eq!(row.description.as_deref(), Some("Bring friends"));
+    assert_eq!(row.status, turnout_actors::domain::Lifecycle::Published);
+    assert_eq!((row.capacity, row.active_count), (2, 1));
 
     let cleared = app
         .as_user(&owner, Method::PATCH, &format!("/v1/events/{event}"))

@@ -23,7 +23,8 @@ mod relay;
 mod venues;
 
 /// What each database's journal commits through: its own connection, so
-/// that group commits never queue behind a burst of reads for a pooled one.
+/// that group commits never queue behind a burst of requests' reads for a
+/// pooled one (on SQLite they share it with the outbox relay alone).
 pub trait Dialect: sqlx::Database {
     type Writer: Send + Sync;
 

@@ -121,7 +121,8 @@ struct Batch {
     without_facts: Vec<Uuid>,
     log: Vec<LogRow>,
     events: Vec<EventSummary>,
-    /// Events whose counts alone changed: an `UPDATE` of those columns
+    /// Events with nothing but members' comings and goings in this batch
+    /// (or appends without facts): an `UPDATE` of the counts
     /// rewrites the row's page and no index's, where the upsert of every
     /// column (`events`) rewrites the two indexes on venue, status and start
     /// too — two pages fewer in the commit of a join.
@@ -139,6 +140,7 @@ impl Batch {
         let appends: Vec<&Append> = live.iter().map(|(_, a)| *a).collect();
         let log = LogRow::of_batch(&appends);
         let summaries = latest_summaries(&appends);
+        let changed = changed_events(&appends);
         Self {
             now,
             leases: live
@@ -163,14 +165,14 @@ impl Batch {
                     (s.id.as_uuid(), tags.collect())
                 })
                 .collect(),
-            counted: summaries
-                .iter()
-                .filter(|s| !changes_the_event(&appends, s.id))
-                .map(|s| (*s).clone())
-                .collect(),
             events: summaries
                 .iter()
-                .filter(|s| changes_the_event(&appends, s.id))
+                .filter(|s| changed.contains(&s.id))
+                .map(|s| (*s).clone())
+                .collect(),
+            counted: summaries
+                .iter()
+                .filter(|s| !changed.contains(&s.id))
                 .map(|s| (*s).clone())
                 .collect(),
             memberships: membership_rows(appends.iter().copied()),
@@ -192,11 +194,13 @@ impl Batch {
     }
 }
 
-/// Whether an append of this batch to `event` changes more than its counts.
-fn changes_the_event(appends: &[&Append], event: EventId) -> bool {
+/// The events an append of this batch changes beyond their counts.
+fn changed_events(appends: &[&Append]) -> HashSet<EventId> {
     appends
         .iter()
-        .any(|a| a.stream == event && !a.facts.iter().all(|fact| fact.moves_members_only()))
+        .filter(|a| !a.facts.iter().all(|fact| fact.moves_members_only()))
+        .map(|a| a.stream)
+        .collect()
 }
 
 impl SqlStore<Sqlite> {
@@ -211,8 +215,8 @@ impl SqlStore<Sqlite> {
             .await
     }
 
-    /// The stored, unexpired answers to `keys`, through the pool (the
-    /// writer's thread is the journal's alone).
+    /// The stored, unexpired answers to `keys`, through the pool (requests
+    /// must not queue behind the journal's commits on the writer's thread).
     pub(super) async fn select_answers(
         conn: &mut sqlx::SqliteConnection,
         keys: &[(Uuid, String)],
