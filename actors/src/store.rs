@@ -166,6 +166,12 @@ impl Append {
             .any(|e| matches!(e, DomainEvent::Cancelled { .. }))
     }
 
+    /// Whether a fact here changes the event itself, not only who holds
+    /// and who waits for its places (see `DomainEvent::moves_members_only`).
+    pub fn changes_the_event(&self) -> bool {
+        !self.facts.iter().all(DomainEvent::moves_members_only)
+    }
+
     /// Whether the event's details (and so its tags) changed.
     pub fn changes_details(&self) -> bool {
         self.facts.iter().any(|e| {

@@ -13,6 +13,11 @@ use uuid::Uuid;
 use super::{CHUNK, SqlStore};
 use crate::store::{DailyFact, OutboxMessage, OutboxRelay, OutboxStatus, micros, unavailable};
 
+/// Adds `$3` facts to the count of day `$1` and kind `$2` (SQLite numbers
+/// `$n` in order of first use, so rusqlite binds it by position too).
+const ADD_DAILY_FACTS: &str = "INSERT INTO daily_facts (day, event_type, facts) \
+     VALUES ($1, $2, $3) ON CONFLICT (day, event_type) DO UPDATE SET facts = daily_facts.facts + $3";
+
 /// The inbox name of the daily-facts consumer.
 const DAILY_FACTS_HANDLER: &str = "daily-facts";
 
@@ -52,10 +57,7 @@ macro_rules! impl_relay {
                 new: &BTreeMap<(&str, &str), i64>,
             ) -> Result<(), sqlx::Error> {
                 for ((day, event_type), facts) in new {
-                    sqlx::query(
-                        "INSERT INTO daily_facts (day, event_type, facts) VALUES ($1, $2, $3) \
-                         ON CONFLICT (day, event_type) DO UPDATE SET facts = daily_facts.facts + $3",
-                    )
+                    sqlx::query(ADD_DAILY_FACTS)
                     .bind(*day)
                     .bind(*event_type)
                     .bind(*facts)
@@ -370,11 +372,9 @@ impl SqlStore<Sqlite> {
                 let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let marked = mark_on_writer(&tx, rows.iter().map(|(id, _)| *id), now)?;
                 {
-                    let mut add = tx.prepare_cached(
-                        "INSERT INTO daily_facts (day, event_type, facts) VALUES (?1, ?2, ?3) \
-                         ON CONFLICT (day, event_type) DO UPDATE SET facts = daily_facts.facts + ?3",
-                    )?;
-                    for ((day, event_type), facts) in daily_counts(&rows, |id| marked.contains(&id)) {
+                    let mut add = tx.prepare_cached(ADD_DAILY_FACTS)?;
+                    for ((day, event_type), facts) in daily_counts(&rows, |id| marked.contains(&id))
+                    {
                         add.execute(rusqlite::params![day, event_type, facts])?;
                     }
                 }

@@ -4,10 +4,10 @@
 //! attempt at a batch is a task queued on the thread it is already on, not
 //! a hand-off that wakes another and an answer that wakes it back; while
 //! SQLite commits, the actor's mailbox gathers the next batch. The outbox
-//! relay's reads and marks
-//! run on it too (`super::super::relay`): a commit by another connection
-//! would make this one drop its whole page cache before its next
-//! transaction, and the relay commits several times a second.
+//! relay's reads and marks run on it too (`super::super::relay`): a commit
+//! by another connection would make this one drop its whole page cache
+//! before its next transaction, and the relay commits several times a
+//! second.
 //!
 //! Every other statement goes through sqlx, which runs a SQLite connection
 //! on a worker thread and hands it each statement, and hands back each
@@ -122,10 +122,10 @@ struct Batch {
     log: Vec<LogRow>,
     events: Vec<EventSummary>,
     /// Events with nothing but members' comings and goings in this batch
-    /// (or appends without facts): an `UPDATE` of the counts
-    /// rewrites the row's page and no index's, where the upsert of every
-    /// column (`events`) rewrites the two indexes on venue, status and start
-    /// too — two pages fewer in the commit of a join.
+    /// (or appends without facts): an `UPDATE` of the counts rewrites the
+    /// row's page and no index's, where the upsert of every column
+    /// (`events`) rewrites the two indexes on venue, status and start too —
+    /// two pages fewer in the commit of a join.
     counted: Vec<EventSummary>,
     retagged: Vec<(Uuid, Vec<String>)>,
     memberships: Vec<MembershipRow>,
@@ -140,7 +140,15 @@ impl Batch {
         let appends: Vec<&Append> = live.iter().map(|(_, a)| *a).collect();
         let log = LogRow::of_batch(&appends);
         let summaries = latest_summaries(&appends);
-        let changed = changed_events(&appends);
+        let changed: HashSet<EventId> = appends
+            .iter()
+            .filter(|a| a.changes_the_event())
+            .map(|a| a.stream)
+            .collect();
+        let (events, counted) = summaries
+            .iter()
+            .map(|s| (*s).clone())
+            .partition(|s| changed.contains(&s.id));
         Self {
             now,
             leases: live
@@ -165,16 +173,8 @@ impl Batch {
                     (s.id.as_uuid(), tags.collect())
                 })
                 .collect(),
-            events: summaries
-                .iter()
-                .filter(|s| changed.contains(&s.id))
-                .map(|s| (*s).clone())
-                .collect(),
-            counted: summaries
-                .iter()
-                .filter(|s| !changed.contains(&s.id))
-                .map(|s| (*s).clone())
-                .collect(),
+            events,
+            counted,
             memberships: membership_rows(appends.iter().copied()),
             cancelled: appends
                 .iter()
@@ -192,15 +192,6 @@ impl Batch {
             log,
         }
     }
-}
-
-/// The events an append of this batch changes beyond their counts.
-fn changed_events(appends: &[&Append]) -> HashSet<EventId> {
-    appends
-        .iter()
-        .filter(|a| !a.facts.iter().all(|fact| fact.moves_members_only()))
-        .map(|a| a.stream)
-        .collect()
 }
 
 impl SqlStore<Sqlite> {
