@@ -544,7 +544,8 @@ pub async fn connect(url: &str, pool: &PoolSettings) -> anyhow::Result<Arc<dyn S
             // FULL: a commit is on disk before it is acknowledged.
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            .pragma("wal_autocheckpoint", sql::WAL_CHECKPOINT_PAGES.to_string());
         if let Some(dir) = options.get_filename().parent()
             && !dir.as_os_str().is_empty()
         {

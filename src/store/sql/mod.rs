@@ -16,7 +16,7 @@ use super::{PoolConnections, Store, micros, unavailable};
 
 mod accounts;
 mod journal;
-pub use journal::SqliteWriter;
+pub use journal::{SqliteWriter, WAL_CHECKPOINT_PAGES};
 mod membership;
 mod reads;
 mod relay;

@@ -37,7 +37,7 @@ macro_rules! events_upsert {
 
 mod postgres;
 mod sqlite;
-pub use sqlite::SqliteWriter;
+pub use sqlite::{SqliteWriter, WAL_CHECKPOINT_PAGES};
 
 use crate::store::{micros, unavailable};
 
