@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use turnout_actors::changes::{ChangeSink, EventChange};
@@ -259,13 +260,22 @@ async fn subscriber(
                     break;
                 }
             };
-            let Ok(wire) = serde_json::from_slice::<Wire<EventChange>>(message.get_payload_bytes())
-            else {
+            let payload = message.get_payload_bytes();
+            // Our own changes come back too: skipped on their sender alone,
+            // without building the change (a whole event's details).
+            let Ok(sender) = serde_json::from_slice::<Wire<IgnoredAny>>(payload) else {
                 tracing::warn!("ignoring a malformed fan-out message");
                 continue;
             };
-            let Some(change) = wire.change.filter(|_| wire.node != node) else {
+            if sender.node == node || sender.change.is_none() {
                 // Our own change or anyone's heartbeat: the link is alive.
+                continue;
+            }
+            let Ok(wire) = serde_json::from_slice::<Wire<EventChange>>(payload) else {
+                tracing::warn!("ignoring a malformed fan-out message");
+                continue;
+            };
+            let Some(change) = wire.change else {
                 continue;
             };
             let (new, missed) = match wire.seq {
@@ -291,6 +301,26 @@ async fn subscriber(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sender_is_read_without_the_change() {
+        let node = Uuid::now_v7();
+        let heartbeat = Numbering {
+            node,
+            numbered: 0,
+            dropped: Arc::default(),
+        }
+        .heartbeat();
+        let sender = serde_json::from_str::<Wire<IgnoredAny>>(&heartbeat).unwrap();
+        assert_eq!((sender.node, sender.change.is_none()), (node, true));
+        // Whatever the change holds, it is skipped, not built.
+        let change = format!(r#"{{"node":"{node}","seq":7,"change":{{"any":["shape",1]}}}}"#);
+        let sender = serde_json::from_str::<Wire<IgnoredAny>>(&change).unwrap();
+        assert_eq!(
+            (sender.node, sender.seq, sender.change.is_some()),
+            (node, 7, true)
+        );
+    }
 
     #[test]
     fn heartbeats_carry_no_change_and_unnumbered_changes_still_parse() {
