@@ -15,7 +15,8 @@
 //! indexes, and with 2 MiB of cache it spilled dirty pages into the WAL
 //! mid-transaction and read them back, and a checkpoint every 1,000 pages
 //! copied the same hot pages again and again. The cache is given back
-//! after a quiet spell ([`IDLE_RELEASE`]), so a load leaves no memory behind.
+//! once the journal has been quiet a while ([`IDLE_RELEASE`]), so a load
+//! leaves no memory behind.
 //!
 //! Every other statement goes through sqlx, which runs a SQLite connection
 //! on a worker thread and hands it each statement, and hands back each
@@ -61,31 +62,28 @@ const CACHE_KIB: i64 = 16 * 1024;
 /// one that commits past it does the checkpoint.
 pub const WAL_CHECKPOINT_PAGES: i64 = 10_000;
 
-/// A writer that has run no task for this long gives its cache back.
+/// A journal that has attempted no batch for this long gives its cache
+/// back. (The outbox relay's polls run on the same connection every 100 ms,
+/// but a poll of an empty outbox reads a page or two.)
 const IDLE_RELEASE: Duration = Duration::from_secs(30);
 
 thread_local! {
     /// The writer's connection, set on the writer's thread before any task
     /// reaches it, and closed when that thread ends.
     static CONNECTION: RefCell<Option<Connection>> = const { RefCell::new(None) };
-    /// Whether a task used the connection since the last idle check.
-    static USED: Cell<bool> = const { Cell::new(false) };
+    /// Whether the journal attempted a batch since the last idle check.
+    static ATTEMPTED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Runs `task` with the writer's connection; on the writer's thread only.
-fn with_connection<T>(task: impl FnOnce(&mut Connection) -> T) -> T {
-    USED.set(true);
-    CONNECTION.with_borrow_mut(|connection| task(connection.as_mut().expect("set before any task")))
-}
-
-/// Every [`IDLE_RELEASE`], frees the cache's pages if no task ran since the
-/// last look: what a load read in is kept while it lasts, not for good.
+/// Every [`IDLE_RELEASE`], frees the cache's pages if the journal attempted
+/// no batch since the last look: what a load read in is kept while it
+/// lasts, not for good.
 async fn release_when_idle() {
     let mut every = tokio::time::interval(IDLE_RELEASE);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        if !USED.replace(false) {
+        if !ATTEMPTED.replace(false) {
             CONNECTION.with_borrow(|connection| {
                 if let Some(connection) = connection
                     && let Err(e) = connection.release_memory()
@@ -143,7 +141,9 @@ impl SqliteWriter {
         let stopped = || StoreError::Unavailable("the SQLite journal thread stopped".into());
         let (outcome, done) = oneshot::channel();
         let sent = self.thread.spawn_fn(move || {
-            let result = with_connection(task);
+            let result = CONNECTION.with_borrow_mut(|connection| {
+                task(connection.as_mut().expect("set before any task"))
+            });
             let _ = outcome.send(result);
         });
         if !sent {
@@ -284,6 +284,7 @@ impl SqlStore<Sqlite> {
 /// wrote in between), committed only if every check passed; dropped, it
 /// rolls back.
 fn attempt(connection: &mut Connection, batch: &Batch) -> rusqlite::Result<Checked> {
+    ATTEMPTED.set(true);
     let mut steps = Steps::start();
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     steps.done(Step::Begin);
