@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::Utc;
-use turnout::store::{self, PoolSettings, Store};
+use turnout::store::{self, OutboxRelay, PoolSettings, Store};
 use turnout_actors::domain::{
     Capacity, Command, EventDetails, EventId, EventState, Seats, Title, UserId, VenueId,
     WaitlistPolicy, decide, evolve,
@@ -987,6 +987,33 @@ async fn lease_renewals_never_deadlock_with_commits(backend: Backend) {
     assert!(renewals.await.unwrap() > 0);
 }
 
+/// The outbox relay's lease (on SQLite written through the journal's
+/// connection): one holder at a time, renewed by its holder, taken by
+/// another only once it ran out.
+async fn the_relay_lease_has_one_holder_until_it_runs_out(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((store, _)) = open(backend, &dir).await else {
+        return;
+    };
+    let ttl = 10_000_000;
+    let now = Utc::now().timestamp_micros();
+    let take = |holder: &'static str, at: i64| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .take_lease("relay-test", holder, at, ttl)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(take("a", now).await, "a free lease is taken");
+    assert!(!take("b", now + 1).await, "held by a: b is refused");
+    assert!(take("a", now + 2).await, "its holder renews it");
+    assert!(!take("b", now + ttl).await, "renewed: still a's");
+    assert!(take("b", now + 2 + ttl + 1).await, "run out: b takes it");
+    assert!(!take("a", now + 2 + ttl + 2).await, "now a is refused");
+}
+
 macro_rules! store_tests {
     ($($name:ident),*) => {
         mod sqlite {
@@ -1008,6 +1035,7 @@ store_tests!(
     a_full_mailbox_refuses_instead_of_growing,
     an_append_that_skips_a_version_is_refused,
     an_append_under_a_lost_lease_is_fenced,
+    the_relay_lease_has_one_holder_until_it_runs_out,
     lease_renewals_never_deadlock_with_commits,
     a_keyed_append_without_facts_on_an_old_version_is_refused,
     an_expired_key_takes_a_new_answer_before_the_purge,

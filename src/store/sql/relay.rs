@@ -18,6 +18,12 @@ use crate::store::{DailyFact, OutboxMessage, OutboxRelay, OutboxStatus, micros, 
 const ADD_DAILY_FACTS: &str = "INSERT INTO daily_facts (day, event_type, facts) \
      VALUES ($1, $2, $3) ON CONFLICT (day, event_type) DO UPDATE SET facts = daily_facts.facts + $3";
 
+/// Takes or renews lease `$1` for holder `$2` until `$3`, if the holder
+/// has it or it ran out before `$4`.
+const TAKE_LEASE: &str = "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+     WHERE leases.holder = excluded.holder OR leases.expires_at < $4";
+
 /// The inbox name of the daily-facts consumer.
 const DAILY_FACTS_HANDLER: &str = "daily-facts";
 
@@ -71,19 +77,7 @@ macro_rules! impl_relay {
         #[async_trait]
         impl OutboxRelay for SqlStore<$db> {
             async fn take_lease(&self, name: &str, holder: &str, now: i64, ttl_micros: i64) -> Result<bool, StoreError> {
-                let done = sqlx::query(
-                    "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
-                     WHERE leases.holder = excluded.holder OR leases.expires_at < $4",
-                )
-                .bind(name)
-                .bind(holder)
-                .bind(now + ttl_micros)
-                .bind(now)
-                .execute(&self.background)
-                .await
-                .map_err(unavailable)?;
-                Ok(done.rows_affected() == 1)
+                self.lease(name, holder, now + ttl_micros, now).await
             }
 
             async fn outbox(&self, status: OutboxStatus, after: i64, limit: i64) -> Result<Vec<OutboxMessage>, StoreError> {
@@ -274,6 +268,24 @@ impl SqlStore<Postgres> {
         Ok(marked)
     }
 
+    async fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(TAKE_LEASE)
+            .bind(name)
+            .bind(holder)
+            .bind(until)
+            .bind(now)
+            .execute(&self.background)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn outbox_rows(
         &self,
         status: OutboxStatus,
@@ -315,10 +327,27 @@ impl SqlStore<Postgres> {
     }
 }
 
-/// On SQLite the relay reads and marks through the journal's connection
-/// (see `journal::sqlite`), a hand-off each way per pass rather than one
-/// per row, and without costing the journal its page cache.
+/// On SQLite the relay reads, marks and renews its lease through the
+/// journal's connection (see `journal::sqlite`), a hand-off each way per
+/// pass rather than one per row, and without costing the journal its page
+/// cache.
 impl SqlStore<Sqlite> {
+    async fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.writer
+            .call(move |connection| {
+                let mut take = connection.prepare_cached(TAKE_LEASE)?;
+                Ok(take.execute(rusqlite::params![name, holder, until, now])? == 1)
+            })
+            .await
+    }
+
     async fn outbox_rows(
         &self,
         status: OutboxStatus,
