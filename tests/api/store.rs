@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::Utc;
-use turnout::store::{self, OutboxRelay, PoolSettings, Store};
+use turnout::store::{self, PoolSettings, Store};
 use turnout_actors::domain::{
     Capacity, Command, EventDetails, EventId, EventState, Seats, Title, UserId, VenueId,
     WaitlistPolicy, decide, evolve,

@@ -4,7 +4,7 @@
 //! attempt at a batch is a task queued on the thread it is already on, not
 //! a hand-off that wakes another and an answer that wakes it back; while
 //! SQLite commits, the actor's mailbox gathers the next batch. The outbox
-//! relay's reads and marks run on it too (`super::super::relay`): a commit
+//! relay's reads, marks and lease run on it too (`super::super::relay`): a commit
 //! by another connection would make this one drop its whole page cache
 //! before its next transaction, and the relay commits several times a
 //! second.
