@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
-use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use turnout_actors::changes::{ChangeSink, EventChange};
 use uuid::Uuid;
@@ -260,22 +260,20 @@ async fn subscriber(
                     break;
                 }
             };
-            let payload = message.get_payload_bytes();
-            // Our own changes come back too: skipped on their sender alone,
-            // without building the change (a whole event's details).
-            let Ok(sender) = serde_json::from_slice::<Wire<IgnoredAny>>(payload) else {
+            // Read once, the change left as raw text: our own changes come
+            // back too, and are skipped without building one (a whole
+            // event's details).
+            let wire = serde_json::from_slice::<Wire<&RawValue>>(message.get_payload_bytes());
+            let Ok(wire) = wire else {
                 tracing::warn!("ignoring a malformed fan-out message");
                 continue;
             };
-            if sender.node == node || sender.change.is_none() {
+            let Some(change) = wire.change.filter(|_| wire.node != node) else {
                 // Our own change or anyone's heartbeat: the link is alive.
                 continue;
-            }
-            let Ok(wire) = serde_json::from_slice::<Wire<EventChange>>(payload) else {
-                tracing::warn!("ignoring a malformed fan-out message");
-                continue;
             };
-            let Some(change) = wire.change else {
+            let Ok(change) = serde_json::from_str::<EventChange>(change.get()) else {
+                tracing::warn!("ignoring a malformed fan-out message");
                 continue;
             };
             let (new, missed) = match wire.seq {
@@ -311,11 +309,11 @@ mod tests {
             dropped: Arc::default(),
         }
         .heartbeat();
-        let sender = serde_json::from_str::<Wire<IgnoredAny>>(&heartbeat).unwrap();
+        let sender = serde_json::from_str::<Wire<&RawValue>>(&heartbeat).unwrap();
         assert_eq!((sender.node, sender.change.is_none()), (node, true));
         // Whatever the change holds, it is skipped, not built.
         let change = format!(r#"{{"node":"{node}","seq":7,"change":{{"any":["shape",1]}}}}"#);
-        let sender = serde_json::from_str::<Wire<IgnoredAny>>(&change).unwrap();
+        let sender = serde_json::from_str::<Wire<&RawValue>>(&change).unwrap();
         assert_eq!(
             (sender.node, sender.seq, sender.change.is_some()),
             (node, 7, true)
