@@ -232,6 +232,7 @@ const COUNTED_FROM_START: &[&str] = &[
     "turnout_fanout_dropped_total",
     "turnout_fanout_gaps_total",
     "turnout_journal_fenced_total",
+    "turnout_journal_rechecked_total",
     "turnout_journal_refused_total",
     "turnout_log_lines_dropped_total",
     "turnout_mailbox_full_total",

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::types::Json;
 use turnout_actors::domain::StoredEvent;
@@ -572,14 +572,6 @@ pub async fn connect(url: &str, pool: &PoolSettings) -> anyhow::Result<Arc<dyn S
         let writer = sql::SqliteWriter::open(&path)?;
         Ok(Arc::new(SqlStore::new(requests, background, writer)))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        let commit_pool = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(acquire)
-            .connect(url)
-            .await?;
-        sqlx::migrate!("./migrations/postgres")
-            .run(&commit_pool)
-            .await?;
         let requests = PgPoolOptions::new()
             .max_connections(pool.max_connections)
             .min_connections(pool.min_connections)
@@ -587,12 +579,16 @@ pub async fn connect(url: &str, pool: &PoolSettings) -> anyhow::Result<Arc<dyn S
             .idle_timeout(idle)
             .connect(url)
             .await?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&requests)
+            .await?;
         let background = PgPoolOptions::new()
             .max_connections(BACKGROUND_CONNECTIONS)
             .acquire_timeout(acquire)
             .connect(url)
             .await?;
-        Ok(Arc::new(SqlStore::new(requests, background, commit_pool)))
+        let writer = sql::PgWriter::connect(PgConnectOptions::from_str(url)?).await?;
+        Ok(Arc::new(SqlStore::new(requests, background, writer)))
     } else {
         anyhow::bail!("unsupported database URL scheme: expected sqlite: or postgres:")
     }

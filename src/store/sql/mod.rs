@@ -16,7 +16,7 @@ use super::{PoolConnections, Store, micros, unavailable};
 
 mod accounts;
 mod journal;
-pub use journal::{SqliteWriter, WAL_CHECKPOINT_PAGES};
+pub use journal::{PgWriter, SqliteWriter, WAL_CHECKPOINT_PAGES};
 mod membership;
 mod reads;
 mod relay;
@@ -42,9 +42,10 @@ impl Dialect for Sqlite {
 }
 
 impl Dialect for Postgres {
-    type Writer = Pool<Postgres>;
+    /// A connection, not a pool (see `journal::postgres`).
+    type Writer = PgWriter;
 
-    fn journal_thread(_: &Pool<Postgres>) -> Option<actix::ArbiterHandle> {
+    fn journal_thread(_: &PgWriter) -> Option<actix::ArbiterHandle> {
         None
     }
 }

@@ -1,22 +1,29 @@
-//! Postgres's group commit: an attempt is a transaction on the journal's
-//! own connection of three round trips — `BEGIN`, one statement that makes
-//! the batch's checks and writes every table, `COMMIT` (or `ROLLBACK`, if
-//! a check failed).
+//! Postgres's group commit, on the journal's own connection
+//! ([`PgWriter`]). An attempt is one round trip when its checks pass: one
+//! autocommitted statement that makes the batch's checks, writes every
+//! table and, if a check failed, raises, so that it writes nothing
+//! (`BATCH_OR_REFUSE`). Only then is the batch checked again, in a
+//! transaction that reads what failed (`BEGIN`, `BATCH`, `ROLLBACK`), and
+//! the next attempt leaves those appends out. A batch whose writes depend
+//! on rows it wrote (an event's new tags, a cancelled event's memberships)
+//! takes the transaction from the start.
 //!
 //! Why one statement: each round trip to the database costs a commit a
 //! quarter to half a millisecond on a busy machine and wakes the journal's
-//! task twice, and a batch made ten of them in turn. All parts of a
-//! statement see the database as it was when it began, so the checks in it
-//! (keys answered before, the latest version of streams whose append has no
-//! facts) read what they would have read first in the transaction; the
-//! lease check locks the newest version of its rows, whenever in the
-//! statement it runs; and whatever the statement wrote is rolled back when
-//! a check fails.
+//! task twice. All parts of a statement see the database as it was when it
+//! began, so the checks in it (keys answered before, the latest version of
+//! streams whose append has no facts) read what they would have read first
+//! in a transaction; the lease check locks the newest version of its rows,
+//! whenever in the statement it runs; and whatever the statement wrote is
+//! undone when it raises.
 
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
-use sqlx::{Postgres, QueryBuilder};
-use turnout_actors::domain::EventState;
+use sqlx::postgres::{PgArguments, PgConnectOptions};
+use sqlx::{Arguments, Connection, PgConnection, Postgres, QueryBuilder};
+use tokio::sync::{Mutex, MutexGuard};
+use turnout_actors::domain::{EventId, EventState};
 use turnout_actors::idempotency::Given;
 use turnout_actors::store::{Append, EventSummary, IdempotencyRecord, StoreError, membership_rows};
 use uuid::Uuid;
@@ -24,7 +31,7 @@ use uuid::Uuid;
 use super::{
     AnswerRow, Checked, LogRow, OutboxRow, Step, Steps, answer_json, answered, keyed,
     latest_snapshots, latest_summaries, lost, retagged, stale, stored_answer,
-    streams_without_facts,
+    streams_without_facts, unstale_versions,
 };
 use crate::store::SqlStore;
 use crate::store::{micros, unavailable};
@@ -50,14 +57,17 @@ macro_rules! follows {
     };
 }
 
-/// The batch's checks and writes: `$1` is the commit's time; each table's
-/// rows come as one array per column. It answers a row per lease this node
-/// holds of the shards asked about (`held`: shard, epoch), per fact written
-/// (`written`: stream, version), per stream asked about (`latest`: its
-/// latest stored version, NULL for none) and per key answered before
-/// (`answered`: user, key, fingerprint, answer).
+/// The batch's checks and writes, up to what the statement answers (a
+/// macro, so that `BATCH` and `BATCH_OR_REFUSE` can `concat!` it): `$1` is
+/// the commit's time; each table's rows come as one array per column. What
+/// the checks read: the leases this node holds of the shards asked about
+/// (`held`: shard, epoch), the facts written (`written`: stream, version),
+/// the streams asked about (`latest`: its latest stored version, NULL for
+/// none) and the keys answered before (`answered`: user, key, fingerprint,
+/// answer).
 ///
-/// The leases are locked against a taking until the transaction ends, so a
+/// The leases are locked against a taking until the statement's
+/// transaction ends, so a
 /// node taking a shard waits for this commit and then loads what it wrote;
 /// in shard order, as a taking and a renewal lock them, so no deadlock. A
 /// locking read takes the newest version of a row, not the statement's
@@ -71,64 +81,100 @@ macro_rules! follows {
 /// interval) is replaced, not left to shadow the new one. The outbox takes
 /// only the facts written: another writer's fact at the same version has
 /// its own row, which a second one would collide with.
+macro_rules! batch_writes {
+    () => {
+        concat!(
+            "WITH \
+             held AS (SELECT CAST(shard AS BIGINT) AS shard, epoch FROM shard_leases \
+               WHERE node IS NOT NULL AND shard = ANY($53::int8[]) ORDER BY shard FOR SHARE), \
+             keys (u, k) AS (SELECT * FROM UNNEST($2::uuid[], $3::text[])), \
+             answered AS (SELECT i.user_id, i.key, i.fingerprint, i.answer::text AS answer FROM keys \
+               CROSS JOIN LATERAL (SELECT user_id, key, fingerprint, answer FROM idempotency_keys \
+                 WHERE user_id = keys.u AND key = keys.k AND expires_at > $1 LIMIT 1) i), \
+             latest AS (SELECT s, (SELECT max(version) FROM event_log WHERE stream_id = w.s) AS v \
+               FROM UNNEST($4::uuid[]) AS w(s)), \
+             x (s, v, t, sv, p, r, after_own) AS (SELECT * FROM UNNEST($5::uuid[], $6::int8[], \
+               $7::text[], $8::int8[], $9::text[], $10::text[], $11::bool[])), \
+             written AS (INSERT INTO event_log (stream_id, version, event_type, schema_version, \
+               payload, request_id, recorded_at) SELECT s, v, t, sv, p::jsonb, r, $1",
+            follows!(),
+            " ON CONFLICT DO NOTHING RETURNING stream_id, version), \
+             event_rows AS (INSERT INTO events (id, owner_id, venue_id, title, description, \
+               starts_at, ends_at, capacity, status, active_count, offered_count, waitlist_count, \
+               waitlist_mode, offer_hold_secs, max_party, waitlist_fill, version, created_at, \
+               updated_at) \
+               SELECT *, $1, $1 FROM UNNEST($12::uuid[], $13::uuid[], $14::uuid[], $15::text[], \
+                 $16::text[], $17::int8[], $18::int8[], $19::int8[], $20::text[], $21::int8[], \
+                 $22::int8[], $23::int8[], $24::text[], $25::int8[], $26::int8[], $27::text[], \
+                 $28::int8[])",
+            events_upsert!(),
+            "), \
+             membership_rows AS (INSERT INTO joins (event_id, user_id, status, order_key, seats, \
+               offer_expires_at, joined_at, updated_at) \
+               SELECT * FROM UNNEST($29::uuid[], $30::uuid[], $31::text[], $32::int8[], $33::int8[], \
+                 $34::int8[], $35::int8[], $36::int8[]) \
+               ON CONFLICT (event_id, user_id) DO UPDATE SET status = excluded.status, \
+                 order_key = excluded.order_key, seats = excluded.seats, \
+                 offer_expires_at = excluded.offer_expires_at, joined_at = excluded.joined_at, \
+                 updated_at = excluded.updated_at), \
+             snapshot_rows AS (INSERT INTO snapshots (stream_id, version, state, taken_at) \
+               SELECT s, v, st::jsonb, $1 FROM UNNEST($37::uuid[], $38::int8[], $39::text[]) \
+                 AS y(s, v, st) \
+               ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
+                 state = excluded.state, taken_at = excluded.taken_at \
+                 WHERE snapshots.version <= excluded.version), \
+             reply_rows AS (INSERT INTO idempotency_keys (user_id, key, fingerprint, answer, \
+               created_at, expires_at) \
+               SELECT u, k, f, a::jsonb, ca, ea FROM UNNEST($40::uuid[], $41::text[], $42::text[], \
+                 $43::text[], $44::int8[], $45::int8[]) AS z(u, k, f, a, ca, ea) \
+               ON CONFLICT (user_id, key) DO UPDATE SET fingerprint = excluded.fingerprint, \
+                 answer = excluded.answer, created_at = excluded.created_at, \
+                 expires_at = excluded.expires_at WHERE idempotency_keys.expires_at <= $1), \
+             outbox_rows AS (INSERT INTO outbox (message_id, topic, aggregate_id, stream_version, \
+               event_type, payload, request_id, traceparent, next_attempt_at, created_at) \
+               SELECT m, 'events', a, o.v, t, p::jsonb, r, tp, $1, $1 \
+               FROM UNNEST($46::uuid[], $47::uuid[], $48::int8[], $49::text[], $50::text[], \
+                 $51::text[], $52::text[]) AS o(m, a, v, t, p, r, tp) \
+               JOIN written ON written.stream_id = o.a AND written.version = o.v)"
+        )
+    };
+}
+
+/// The batch's checks and writes, answering a row for each thing a check
+/// read: a lease held, a fact written, a stream's latest version, a key
+/// answered before. Run in a transaction, which is rolled back if a check
+/// failed.
 const BATCH: &str = concat!(
-    "WITH \
-     held AS (SELECT CAST(shard AS BIGINT) AS shard, epoch FROM shard_leases \
-       WHERE node IS NOT NULL AND shard = ANY($53::int8[]) ORDER BY shard FOR SHARE), \
-     keys (u, k) AS (SELECT * FROM UNNEST($2::uuid[], $3::text[])), \
-     answered AS (SELECT i.user_id, i.key, i.fingerprint, i.answer::text AS answer FROM keys \
-       CROSS JOIN LATERAL (SELECT user_id, key, fingerprint, answer FROM idempotency_keys \
-         WHERE user_id = keys.u AND key = keys.k AND expires_at > $1 LIMIT 1) i), \
-     latest AS (SELECT s, (SELECT max(version) FROM event_log WHERE stream_id = w.s) AS v \
-       FROM UNNEST($4::uuid[]) AS w(s)), \
-     x (s, v, t, sv, p, r, after_own) AS (SELECT * FROM UNNEST($5::uuid[], $6::int8[], \
-       $7::text[], $8::int8[], $9::text[], $10::text[], $11::bool[])), \
-     written AS (INSERT INTO event_log (stream_id, version, event_type, schema_version, \
-       payload, request_id, recorded_at) SELECT s, v, t, sv, p::jsonb, r, $1",
-    follows!(),
-    " ON CONFLICT DO NOTHING RETURNING stream_id, version), \
-     event_rows AS (INSERT INTO events (id, owner_id, venue_id, title, description, \
-       starts_at, ends_at, capacity, status, active_count, offered_count, waitlist_count, \
-       waitlist_mode, offer_hold_secs, max_party, waitlist_fill, version, created_at, \
-       updated_at) \
-       SELECT *, $1, $1 FROM UNNEST($12::uuid[], $13::uuid[], $14::uuid[], $15::text[], \
-         $16::text[], $17::int8[], $18::int8[], $19::int8[], $20::text[], $21::int8[], \
-         $22::int8[], $23::int8[], $24::text[], $25::int8[], $26::int8[], $27::text[], \
-         $28::int8[])",
-    events_upsert!(),
-    "), \
-     membership_rows AS (INSERT INTO joins (event_id, user_id, status, order_key, seats, \
-       offer_expires_at, joined_at, updated_at) \
-       SELECT * FROM UNNEST($29::uuid[], $30::uuid[], $31::text[], $32::int8[], $33::int8[], \
-         $34::int8[], $35::int8[], $36::int8[]) \
-       ON CONFLICT (event_id, user_id) DO UPDATE SET status = excluded.status, \
-         order_key = excluded.order_key, seats = excluded.seats, \
-         offer_expires_at = excluded.offer_expires_at, joined_at = excluded.joined_at, \
-         updated_at = excluded.updated_at), \
-     snapshot_rows AS (INSERT INTO snapshots (stream_id, version, state, taken_at) \
-       SELECT s, v, st::jsonb, $1 FROM UNNEST($37::uuid[], $38::int8[], $39::text[]) \
-         AS y(s, v, st) \
-       ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
-         state = excluded.state, taken_at = excluded.taken_at \
-         WHERE snapshots.version <= excluded.version), \
-     reply_rows AS (INSERT INTO idempotency_keys (user_id, key, fingerprint, answer, \
-       created_at, expires_at) \
-       SELECT u, k, f, a::jsonb, ca, ea FROM UNNEST($40::uuid[], $41::text[], $42::text[], \
-         $43::text[], $44::int8[], $45::int8[]) AS z(u, k, f, a, ca, ea) \
-       ON CONFLICT (user_id, key) DO UPDATE SET fingerprint = excluded.fingerprint, \
-         answer = excluded.answer, created_at = excluded.created_at, \
-         expires_at = excluded.expires_at WHERE idempotency_keys.expires_at <= $1), \
-     outbox_rows AS (INSERT INTO outbox (message_id, topic, aggregate_id, stream_version, \
-       event_type, payload, request_id, traceparent, next_attempt_at, created_at) \
-       SELECT m, 'events', a, o.v, t, p::jsonb, r, tp, $1, $1 \
-       FROM UNNEST($46::uuid[], $47::uuid[], $48::int8[], $49::text[], $50::text[], \
-         $51::text[], $52::text[]) AS o(m, a, v, t, p, r, tp) \
-       JOIN written ON written.stream_id = o.a AND written.version = o.v) \
-     SELECT 'held', NULL::uuid, epoch, shard, NULL::text, NULL::text, NULL::text FROM held \
+    batch_writes!(),
+    " SELECT 'held', NULL::uuid, epoch, shard, NULL::text, NULL::text, NULL::text FROM held \
      UNION ALL SELECT 'written', stream_id, version, NULL, NULL, NULL, NULL FROM written \
      UNION ALL SELECT 'latest', s, v, NULL, NULL, NULL, NULL FROM latest \
      UNION ALL SELECT 'answered', user_id, NULL, NULL, key, fingerprint, answer FROM answered"
 );
+
+/// The batch's checks and writes as one autocommitted statement, which
+/// raises (`REFUSED`, from `turnout_refuse_unless`) and so writes nothing
+/// unless every check passed: every lease expected (`$54`: shard, `$55`:
+/// epoch; each pair once) is held, no key was answered before, each stream
+/// expected to be at a version (`$56`, `$57`; see `unstale_versions`) is,
+/// and every fact was written.
+///
+/// The lease check counts a join, which reads every row of `held`, so that
+/// each lease is locked however the other checks fall out.
+const BATCH_OR_REFUSE: &str = concat!(
+    batch_writes!(),
+    " SELECT turnout_refuse_unless( \
+       (SELECT count(*) FROM held \
+         JOIN UNNEST($54::int8[], $55::int8[]) AS f(shard, epoch) \
+         ON held.shard = f.shard AND held.epoch = f.epoch) = cardinality($54::int8[]) \
+       AND NOT EXISTS (SELECT 1 FROM answered) \
+       AND NOT EXISTS (SELECT 1 FROM UNNEST($56::uuid[], $57::int8[]) AS e(s, v) \
+         JOIN latest ON latest.s = e.s WHERE COALESCE(latest.v, 0) <> e.v) \
+       AND (SELECT count(*) FROM written) = cardinality($5::uuid[]))"
+);
+
+/// The SQLSTATE `turnout_refuse_unless` raises (migration 0013).
+const REFUSED: &str = "TN001";
 
 /// A row `BATCH` answers: its kind, then the columns that kind sets.
 type FoundRow = (
@@ -182,26 +228,318 @@ impl TryFrom<FoundRow> for Found {
     }
 }
 
+/// The journal's own Postgres connection: one connection, not a pool of
+/// one, because a pool checks a connection with a round trip when it
+/// hands it out and again when it takes it back (sqlx's
+/// `test_before_acquire` and its check on release), two of what were a
+/// commit's five round trips. This one is checked only after it sat idle
+/// for `IDLE_CHECK`, when the server or the network may have closed it,
+/// and opened again after any failure that was not the database's answer
+/// to a statement.
+pub struct PgWriter {
+    options: PgConnectOptions,
+    connection: Mutex<Option<Open>>,
+}
+
+/// The writer's connection, and when it was last used.
+struct Open {
+    connection: PgConnection,
+    used: Instant,
+}
+
+/// How long the journal's connection may sit unused before its next use
+/// checks it first.
+const IDLE_CHECK: Duration = Duration::from_secs(10);
+
+impl PgWriter {
+    pub async fn connect(options: PgConnectOptions) -> Result<Self, sqlx::Error> {
+        let connection = PgConnection::connect_with(&options).await?;
+        Ok(Self {
+            options,
+            connection: Mutex::new(Some(Open {
+                connection,
+                used: Instant::now(),
+            })),
+        })
+    }
+
+    /// The connection, for one attempt: checked first if it sat idle, and
+    /// opened again if it was found broken.
+    async fn lock(&self) -> Result<Writing<'_>, sqlx::Error> {
+        let mut slot = self.connection.lock().await;
+        if let Some(open) = slot.as_mut()
+            && open.used.elapsed() > IDLE_CHECK
+            && open.connection.ping().await.is_err()
+        {
+            *slot = None;
+        }
+        if slot.is_none() {
+            let connection = PgConnection::connect_with(&self.options).await?;
+            *slot = Some(Open {
+                connection,
+                used: Instant::now(),
+            });
+        }
+        Ok(Writing(slot))
+    }
+}
+
+/// The writer's connection, held for one attempt.
+struct Writing<'a>(MutexGuard<'a, Option<Open>>);
+
+impl Writing<'_> {
+    fn connection(&mut self) -> &mut PgConnection {
+        &mut self
+            .0
+            .as_mut()
+            .expect("`lock` opens the connection")
+            .connection
+    }
+
+    /// What the attempt came to. A failure other than the database's
+    /// answer (a socket closed, a protocol out of step) leaves the
+    /// connection in a state nothing should build on: it is closed, and the
+    /// next attempt opens another.
+    fn settle<T>(mut self, outcome: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+        match (&outcome, self.0.as_mut()) {
+            (Err(e), _) if !matches!(e, sqlx::Error::Database(_)) => *self.0 = None,
+            (_, Some(open)) => open.used = Instant::now(),
+            (_, None) => {}
+        }
+        outcome
+    }
+}
+
+/// A batch's rows, each table's worked out once for whichever statement
+/// takes them.
+struct Rows<'a> {
+    live: &'a [(usize, &'a Append)],
+    appends: Vec<&'a Append>,
+    log: Vec<LogRow>,
+    keyed: Vec<(usize, &'a IdempotencyRecord)>,
+    /// Streams whose latest version is asked for.
+    streams: Vec<Uuid>,
+    summaries: Vec<&'a EventSummary>,
+}
+
+impl<'a> Rows<'a> {
+    fn of(live: &'a [(usize, &'a Append)]) -> Self {
+        let appends: Vec<&Append> = live.iter().map(|(_, a)| *a).collect();
+        Self {
+            live,
+            log: LogRow::of_batch(&appends),
+            keyed: keyed(live),
+            streams: streams_without_facts(live),
+            summaries: latest_summaries(&appends),
+            appends,
+        }
+    }
+
+    /// Each append's index, stream, base version and number of facts.
+    fn versions(&self) -> impl Iterator<Item = (usize, EventId, u64, usize)> + '_ {
+        self.live
+            .iter()
+            .map(|(i, a)| (*i, a.stream, a.base_version, a.facts.len()))
+    }
+
+    /// What the one statement must find for no append to be left out, or
+    /// `None` if the batch needs the transaction: its writes depend on rows
+    /// it writes (an event's new tags, a cancelled event's memberships), a
+    /// key is taken twice in it, or an append is stale whatever is stored.
+    fn expected(&self) -> Option<Expected> {
+        if retagged(&self.summaries, &self.appends).next().is_some()
+            || self.appends.iter().any(|a| a.cancels())
+        {
+            return None;
+        }
+        let mut keys = HashSet::with_capacity(self.keyed.len());
+        if !self
+            .keyed
+            .iter()
+            .all(|(_, r)| keys.insert((r.user, r.key.as_str())))
+        {
+            return None;
+        }
+        let latest = unstale_versions(self.versions())?;
+        let mut leases: Vec<(i64, i64)> = self
+            .appends
+            .iter()
+            .filter_map(|a| a.lease.map(|l| (i64::from(l.shard.get()), l.epoch as i64)))
+            .collect();
+        leases.sort_unstable();
+        leases.dedup();
+        Some(Expected { leases, latest })
+    }
+
+    /// `BATCH`'s parameters, then, for `BATCH_OR_REFUSE`, what it expects.
+    fn arguments(&self, now: i64, expected: Option<&Expected>) -> Result<PgArguments, sqlx::Error> {
+        self.bind(now, expected).map_err(sqlx::Error::Encode)
+    }
+
+    fn bind(
+        &self,
+        now: i64,
+        expected: Option<&Expected>,
+    ) -> Result<PgArguments, sqlx::error::BoxDynError> {
+        let (keyed, log, summaries) = (&self.keyed, &self.log, &self.summaries);
+        // A key taken twice in the batch is written once: the check
+        // leaves the later append out, and an upsert may not touch a row
+        // twice in one statement.
+        let mut seen = HashSet::new();
+        let replies: Vec<&IdempotencyRecord> = keyed
+            .iter()
+            .map(|(_, r)| *r)
+            .filter(|r| r.keep && seen.insert((r.user, r.key.as_str())))
+            .collect();
+        let memberships = membership_rows(self.appends.iter().copied());
+        let snapshots: Vec<&EventState> = latest_snapshots(&self.appends);
+        let outbox: Vec<OutboxRow> = log.iter().map(LogRow::outbox).collect();
+        let mut shards: Vec<i64> = self
+            .appends
+            .iter()
+            .filter_map(|a| a.lease.map(|l| i64::from(l.shard.get())))
+            .collect();
+        shards.sort_unstable();
+        shards.dedup();
+
+        let mut a = PgArguments::default();
+        a.add(now)?;
+        // Keys asked about.
+        a.add(column(keyed, |(_, r)| r.user.as_uuid()))?;
+        a.add(column(keyed, |(_, r)| r.key.clone()))?;
+        // Streams whose latest version is asked for.
+        a.add(&self.streams)?;
+        // The facts.
+        a.add(column(log, |r| r.stream))?;
+        a.add(column(log, |r| r.version))?;
+        a.add(column(log, |r| r.event_type))?;
+        a.add(column(log, |r| r.schema_version))?;
+        a.add(column(log, |r| r.payload.clone()))?;
+        a.add(column(log, |r| r.request_id.clone()))?;
+        a.add(column(log, |r| r.after_own))?;
+        // Event rows.
+        a.add(column(summaries, |s| s.id.as_uuid()))?;
+        a.add(column(summaries, |s| s.owner.as_uuid()))?;
+        a.add(column(summaries, |s| s.details.venue_id.as_uuid()))?;
+        a.add(column(summaries, |s| s.details.title.as_str().to_owned()))?;
+        a.add(column(summaries, |s| {
+            s.details
+                .description
+                .as_ref()
+                .map(|d| d.as_str().to_owned())
+        }))?;
+        a.add(column(summaries, |s| micros(s.details.starts_at)))?;
+        a.add(column(summaries, |s| s.details.ends_at.map(micros)))?;
+        a.add(column(summaries, |s| i64::from(s.capacity)))?;
+        a.add(column(summaries, |s| s.lifecycle.as_str()))?;
+        a.add(column(summaries, |s| s.active_count as i64))?;
+        a.add(column(summaries, |s| s.offered_count as i64))?;
+        a.add(column(summaries, |s| s.waitlist_count as i64))?;
+        a.add(column(summaries, |s| s.policy.mode.as_str()))?;
+        a.add(column(summaries, |s| i64::from(s.policy.offer_hold)))?;
+        a.add(column(summaries, |s| i64::from(s.policy.max_party)))?;
+        a.add(column(summaries, |s| s.policy.fill.as_str()))?;
+        a.add(column(summaries, |s| s.version as i64))?;
+        // Memberships.
+        a.add(column(&memberships, |r| r.event_id.as_uuid()))?;
+        a.add(column(&memberships, |r| r.user_id.as_uuid()))?;
+        a.add(column(&memberships, |r| r.status.as_str()))?;
+        a.add(column(&memberships, |r| r.order_key))?;
+        a.add(column(&memberships, |r| i64::from(r.seats)))?;
+        a.add(column(&memberships, |r| r.offer_expires_at.map(micros)))?;
+        a.add(column(&memberships, |r| micros(r.joined_at)))?;
+        a.add(column(&memberships, |r| micros(r.updated_at)))?;
+        // Snapshots.
+        a.add(column(&snapshots, |s| s.id.as_uuid()))?;
+        a.add(column(&snapshots, |s| s.version as i64))?;
+        a.add(column(&snapshots, |s| {
+            serde_json::to_string(s).expect("a state serialises")
+        }))?;
+        // Answers kept.
+        a.add(column(&replies, |r| r.user.as_uuid()))?;
+        a.add(column(&replies, |r| r.key.clone()))?;
+        a.add(column(&replies, |r| r.fingerprint.clone()))?;
+        a.add(column(&replies, |r| answer_json(&r.answer)))?;
+        a.add(column(&replies, |r| micros(r.created_at)))?;
+        a.add(column(&replies, |r| micros(r.expires_at)))?;
+        // Outbox rows.
+        a.add(column(&outbox, |r| r.message_id))?;
+        a.add(column(&outbox, |r| r.aggregate))?;
+        a.add(column(&outbox, |r| r.version))?;
+        a.add(column(&outbox, |r| r.event_type))?;
+        a.add(column(&outbox, |r| r.payload.clone()))?;
+        a.add(column(&outbox, |r| r.request_id.clone()))?;
+        a.add(column(&outbox, |r| r.traceparent.clone()))?;
+        // Shards whose leases are checked.
+        a.add(shards)?;
+        if let Some(expected) = expected {
+            a.add(column(&expected.leases, |(shard, _)| *shard))?;
+            a.add(column(&expected.leases, |(_, epoch)| *epoch))?;
+            a.add(column(&expected.latest, |(stream, _)| *stream))?;
+            a.add(column(&expected.latest, |(_, version)| *version as i64))?;
+        }
+        Ok(a)
+    }
+}
+
+/// What `BATCH_OR_REFUSE` must find for the batch to be written whole.
+struct Expected {
+    /// Shard and epoch of each lease the batch's appends were decided
+    /// under.
+    leases: Vec<(i64, i64)>,
+    /// The latest stored version of each stream whose append without facts
+    /// comes before any of its facts (none stored: 0).
+    latest: Vec<(Uuid, u64)>,
+}
+
+/// Whether `BATCH_OR_REFUSE` refused: a check failed, and it wrote nothing.
+fn refused(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some(REFUSED))
+}
+
 impl SqlStore<Postgres> {
-    /// One attempt at a batch: a transaction on the journal's own
-    /// connection, committed only if every check passed.
+    /// One attempt at a batch, on the journal's own connection.
     pub(super) async fn attempt(
         &self,
         live: &[(usize, &Append)],
         now: i64,
     ) -> Result<Checked, StoreError> {
+        let mut writing = self.writer.lock().await.map_err(unavailable)?;
+        let checked = Self::attempt_on(writing.connection(), live, now).await;
+        writing.settle(checked).map_err(unavailable)
+    }
+
+    /// The batch as one statement, if it can be, written whole unless a
+    /// check fails; else, or then, in a transaction that reads which check
+    /// failed, committed only if none did.
+    async fn attempt_on(
+        conn: &mut PgConnection,
+        live: &[(usize, &Append)],
+        now: i64,
+    ) -> Result<Checked, sqlx::Error> {
+        let rows = Rows::of(live);
         let mut steps = Steps::start();
-        let mut tx = self.writer.begin().await.map_err(unavailable)?;
+        if let Some(expected) = rows.expected() {
+            let written = sqlx::query_with(BATCH_OR_REFUSE, rows.arguments(now, Some(&expected))?)
+                .execute(&mut *conn)
+                .await;
+            steps.done(Step::Statement);
+            match written {
+                Ok(_) => return Ok(Checked::Written),
+                Err(e) if refused(&e) => {
+                    metrics::counter!("turnout_journal_rechecked_total").increment(1);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut tx = conn.begin().await?;
         steps.done(Step::Begin);
-        let checked = Self::write_batch(&mut tx, live, now)
-            .await
-            .map_err(unavailable)?;
+        let checked = Self::write_batch(&mut tx, &rows, now).await?;
         steps.done(Step::Batch);
         match checked {
-            Checked::Written => tx.commit().await,
-            _ => tx.rollback().await,
+            Checked::Written => tx.commit().await?,
+            _ => tx.rollback().await?,
         }
-        .map_err(unavailable)?;
         steps.done(Step::Commit);
         Ok(checked)
     }
@@ -216,24 +554,18 @@ impl SqlStore<Postgres> {
     /// cancelled event's memberships.
     async fn write_batch(
         tx: &mut sqlx::Transaction<'_, Postgres>,
-        live: &[(usize, &Append)],
+        rows: &Rows<'_>,
         now: i64,
     ) -> Result<Checked, sqlx::Error> {
-        let appends: Vec<&Append> = live.iter().map(|(_, a)| *a).collect();
-        let log = LogRow::of_batch(&appends);
-        let keyed = keyed(live);
-        let streams = streams_without_facts(live);
-        let summaries = latest_summaries(&appends);
-
-        let rows: Vec<FoundRow> =
-            Self::batch_statement(live, &keyed, &streams, &log, &summaries, &appends, now)
-                .fetch_all(&mut **tx)
-                .await?;
+        let found: Vec<FoundRow> = sqlx::query_as_with(BATCH, rows.arguments(now, None)?)
+            .fetch_all(&mut **tx)
+            .await?;
+        let (live, log) = (rows.live, &rows.log);
         let mut held: HashMap<i64, i64> = HashMap::new();
         let mut written: HashSet<(Uuid, i64)> = HashSet::with_capacity(log.len());
-        let mut latest: HashMap<Uuid, u64> = HashMap::with_capacity(streams.len());
+        let mut latest: HashMap<Uuid, u64> = HashMap::with_capacity(rows.streams.len());
         let mut stored: HashMap<(Uuid, String), Given> = HashMap::new();
-        for row in rows {
+        for row in found {
             match Found::try_from(row)? {
                 Found::Held { shard, epoch } => {
                     held.insert(shard, epoch);
@@ -262,25 +594,22 @@ impl SqlStore<Postgres> {
         if !fenced.is_empty() {
             return Ok(Checked::Fenced(fenced));
         }
-        let answered = answered(keyed, stored);
+        let answered = answered(rows.keyed.clone(), stored);
         if !answered.is_empty() {
             return Ok(Checked::Answered(answered));
         }
-        if !streams.is_empty() {
-            let versions = live
-                .iter()
-                .map(|(i, a)| (*i, a.stream, a.base_version, a.facts.len()));
-            let stale = stale(versions, latest);
+        if !rows.streams.is_empty() {
+            let stale = stale(rows.versions(), latest);
             if !stale.is_empty() {
                 return Ok(Checked::Stale(stale));
             }
         }
-        let lost = lost(&log, &written);
+        let lost = lost(log, &written);
         if !lost.is_empty() {
             return Ok(Checked::Lost(lost));
         }
 
-        for s in retagged(&summaries, &appends) {
+        for s in retagged(&rows.summaries, &rows.appends) {
             sqlx::query("DELETE FROM event_tags WHERE event_id = $1")
                 .bind(s.id.as_uuid())
                 .execute(&mut **tx)
@@ -295,7 +624,7 @@ impl SqlStore<Postgres> {
                 q.build().execute(&mut **tx).await?;
             }
         }
-        for a in appends.iter().filter(|a| a.cancels()) {
+        for a in rows.appends.iter().filter(|a| a.cancels()) {
             // Every membership of a cancelled event ends.
             sqlx::query(
                 "UPDATE joins SET status = 'cancelled', updated_at = $1 \
@@ -307,106 +636,6 @@ impl SqlStore<Postgres> {
             .await?;
         }
         Ok(Checked::Written)
-    }
-
-    /// `BATCH` with the batch's rows bound, a column at a time.
-    fn batch_statement<'q>(
-        live: &[(usize, &Append)],
-        keyed: &[(usize, &IdempotencyRecord)],
-        streams: &[Uuid],
-        log: &[LogRow],
-        summaries: &[&EventSummary],
-        appends: &[&Append],
-        now: i64,
-    ) -> sqlx::query::QueryAs<'q, Postgres, FoundRow, sqlx::postgres::PgArguments> {
-        // A key taken twice in the batch is written once: the check
-        // leaves the later append out, and an upsert may not touch a row
-        // twice in one statement.
-        let mut seen = HashSet::new();
-        let replies: Vec<&IdempotencyRecord> = keyed
-            .iter()
-            .map(|(_, r)| *r)
-            .filter(|r| r.keep && seen.insert((r.user, r.key.as_str())))
-            .collect();
-        let memberships = membership_rows(appends.iter().copied());
-        let snapshots: Vec<&EventState> = latest_snapshots(appends);
-        let outbox: Vec<OutboxRow> = log.iter().map(LogRow::outbox).collect();
-        let mut shards: Vec<i64> = live
-            .iter()
-            .filter_map(|(_, a)| a.lease.map(|l| i64::from(l.shard.get())))
-            .collect();
-        shards.sort_unstable();
-        shards.dedup();
-        sqlx::query_as(BATCH)
-            .bind(now)
-            // Keys asked about.
-            .bind(column(keyed, |(_, r)| r.user.as_uuid()))
-            .bind(column(keyed, |(_, r)| r.key.clone()))
-            // Streams whose latest version is asked for.
-            .bind(streams.to_vec())
-            // The facts.
-            .bind(column(log, |r| r.stream))
-            .bind(column(log, |r| r.version))
-            .bind(column(log, |r| r.event_type))
-            .bind(column(log, |r| r.schema_version))
-            .bind(column(log, |r| r.payload.clone()))
-            .bind(column(log, |r| r.request_id.clone()))
-            .bind(column(log, |r| r.after_own))
-            // Event rows.
-            .bind(column(summaries, |s| s.id.as_uuid()))
-            .bind(column(summaries, |s| s.owner.as_uuid()))
-            .bind(column(summaries, |s| s.details.venue_id.as_uuid()))
-            .bind(column(summaries, |s| s.details.title.as_str().to_owned()))
-            .bind(column(summaries, |s| {
-                s.details
-                    .description
-                    .as_ref()
-                    .map(|d| d.as_str().to_owned())
-            }))
-            .bind(column(summaries, |s| micros(s.details.starts_at)))
-            .bind(column(summaries, |s| s.details.ends_at.map(micros)))
-            .bind(column(summaries, |s| i64::from(s.capacity)))
-            .bind(column(summaries, |s| s.lifecycle.as_str()))
-            .bind(column(summaries, |s| s.active_count as i64))
-            .bind(column(summaries, |s| s.offered_count as i64))
-            .bind(column(summaries, |s| s.waitlist_count as i64))
-            .bind(column(summaries, |s| s.policy.mode.as_str()))
-            .bind(column(summaries, |s| i64::from(s.policy.offer_hold)))
-            .bind(column(summaries, |s| i64::from(s.policy.max_party)))
-            .bind(column(summaries, |s| s.policy.fill.as_str()))
-            .bind(column(summaries, |s| s.version as i64))
-            // Memberships.
-            .bind(column(&memberships, |r| r.event_id.as_uuid()))
-            .bind(column(&memberships, |r| r.user_id.as_uuid()))
-            .bind(column(&memberships, |r| r.status.as_str()))
-            .bind(column(&memberships, |r| r.order_key))
-            .bind(column(&memberships, |r| i64::from(r.seats)))
-            .bind(column(&memberships, |r| r.offer_expires_at.map(micros)))
-            .bind(column(&memberships, |r| micros(r.joined_at)))
-            .bind(column(&memberships, |r| micros(r.updated_at)))
-            // Snapshots.
-            .bind(column(&snapshots, |s| s.id.as_uuid()))
-            .bind(column(&snapshots, |s| s.version as i64))
-            .bind(column(&snapshots, |s| {
-                serde_json::to_string(s).expect("a state serialises")
-            }))
-            // Answers kept.
-            .bind(column(&replies, |r| r.user.as_uuid()))
-            .bind(column(&replies, |r| r.key.clone()))
-            .bind(column(&replies, |r| r.fingerprint.clone()))
-            .bind(column(&replies, |r| answer_json(&r.answer)))
-            .bind(column(&replies, |r| micros(r.created_at)))
-            .bind(column(&replies, |r| micros(r.expires_at)))
-            // Outbox rows.
-            .bind(column(&outbox, |r| r.message_id))
-            .bind(column(&outbox, |r| r.aggregate))
-            .bind(column(&outbox, |r| r.version))
-            .bind(column(&outbox, |r| r.event_type))
-            .bind(column(&outbox, |r| r.payload.clone()))
-            .bind(column(&outbox, |r| r.request_id.clone()))
-            .bind(column(&outbox, |r| r.traceparent.clone()))
-            // Shards whose leases are checked.
-            .bind(shards)
     }
 
     /// The answers stored (and unexpired) for `keys`.

@@ -1,0 +1,1 @@
+DROP FUNCTION turnout_refuse_unless(BOOLEAN);
