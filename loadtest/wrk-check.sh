@@ -9,6 +9,12 @@
 #   cargo build --release -p turnout -p turnout-loadtest
 #   loadtest/wrk-check.sh
 #   BIN=/tmp/turnout-before loadtest/wrk-check.sh   # another build of the server
+#
+# Extra arguments are settings for the server (VAR=value), e.g. Postgres;
+# RESET is a command run before each of Turnout's runs (a fresh database):
+#
+#   RESET='dropdb -h 127.0.0.1 -U postgres --if-exists turnout_bench && createdb -h 127.0.0.1 -U postgres turnout_bench' \
+#     loadtest/wrk-check.sh TURNOUT_DATABASE_URL=postgres://postgres@127.0.0.1:5432/turnout_bench
 set -euo pipefail
 # BIN may be given relative to where the script was started from.
 if [ -n "${BIN:-}" ]; then BIN=$(realpath "$BIN"); fi
@@ -68,11 +74,12 @@ for round in 1 2; do
   target/release/http-stick --bind 127.0.0.1:$PORT --jwt-key $KEY >/dev/null 2>&1 &
   run stick $!
   data=$(mktemp -d)
-  TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data \
+  if [ -n "${RESET:-}" ]; then bash -c "$RESET"; fi
+  env TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data \
     TURNOUT_DATABASE_URL="sqlite://$data/turnout.db?mode=rwc" \
-    TURNOUT_RATE_LIMITS__ENABLED=false TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP=0 \
+    TURNOUT_RATE_LIMITS__ENABLED=false TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP=0 "$@" \
     "${BIN:-target/release/turnout}" --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &
-  run "turnout sqlite" $!
+  run "turnout" $!
   rm -rf "$data"
 done
 rm -rf "$dir"
