@@ -13,7 +13,9 @@
 # Extra arguments are settings for the server (VAR=value), e.g. Postgres;
 # RESET is a command run before each of Turnout's runs (a fresh database):
 #
-#   RESET='dropdb -h 127.0.0.1 -U postgres --if-exists turnout_bench && createdb -h 127.0.0.1 -U postgres turnout_bench' \
+# DB_PROCESS=postgres also prints the database's CPU per join.
+#
+#   DB_PROCESS=postgres RESET='dropdb -h 127.0.0.1 -U postgres --if-exists turnout_bench && createdb -h 127.0.0.1 -U postgres turnout_bench' \
 #     loadtest/wrk-check.sh TURNOUT_DATABASE_URL=postgres://postgres@127.0.0.1:5432/turnout_bench
 set -euo pipefail
 # BIN may be given relative to where the script was started from.
@@ -39,6 +41,13 @@ PY
 owner=$(tail -1 "$dir/tokens")
 
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# The CPU of every process named DB_PROCESS (e.g. postgres): what the
+# database spends on the joins, beside the server's own.
+db_cpu() {
+  if [ -z "${DB_PROCESS:-}" ]; then echo 0; return; fi
+  for p in $(pgrep -x "$DB_PROCESS"); do awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null; done \
+    | awk '{n += $1} END {print n + 0}'
+}
 
 run() {
   local name=$1 pid=$2
@@ -51,21 +60,25 @@ run() {
     -d "{\"title\":\"Hot\",\"venue_id\":\"$venue\",\"starts_at\":\"$(date -u -d '+7 days' +%FT%TZ)\",\"capacity\":500}" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["id"])')
   curl -s -o /dev/null "${auth[@]}" -X POST http://127.0.0.1:$PORT/v1/events/$event/publish
-  local before after ticks
+  local before after db_before db_after ticks
   before=$(cpu "$pid")
+  db_before=$(db_cpu)
   result=$(EVENT=$event TOKENS=$dir/tokens THREADS=2 wrk -t2 -c1000 -d"${DURATION}s" \
     -s loadtest/wrk/join.lua http://127.0.0.1:$PORT 2>&1)
   after=$(cpu "$pid")
+  db_after=$(db_cpu)
   ticks=$(getconf CLK_TCK)
-  python3 - "$name" "$before" "$after" "$ticks" <<PY
+  python3 - "$name" "$before" "$after" "$ticks" "$db_before" "$db_after" <<PY
 import re, sys
 name, before, after, ticks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+db_ticks = int(sys.argv[6]) - int(sys.argv[5])
 text = """$result"""
 rate = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 total = int(re.search(r"(\d+) requests in", text).group(1))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 cpu_us = (after - before) / ticks * 1e6 / max(total, 1)
-print(f"{name:<16} wrk {rate:9.0f} joins/s  server {cpu_us:6.1f} µs per join  non-2xx: {errors.group(1) if errors else 0}")
+db = f"  database {db_ticks / ticks * 1e6 / max(total, 1):6.1f} µs per join" if db_ticks else ""
+print(f"{name:<16} wrk {rate:9.0f} joins/s  server {cpu_us:6.1f} µs per join{db}  non-2xx: {errors.group(1) if errors else 0}")
 PY
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
