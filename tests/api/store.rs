@@ -1014,6 +1014,66 @@ async fn the_relay_lease_has_one_holder_until_it_runs_out(backend: Backend) {
     assert!(!take("a", now + 2 + ttl + 2).await, "now a is refused");
 }
 
+/// The journal's own Postgres connection, closed under it by the server,
+/// is opened again: a join whose commit found it closed is refused whole,
+/// and the next one is written.
+#[actix_web::test]
+async fn postgres_the_journal_opens_its_connection_again_after_losing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((store, url)) = open(Backend::Postgres, &dir).await else {
+        return;
+    };
+    let registry = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
+    let event = create_event(&store, &registry, UserId::new(), 10).await;
+
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    let closed: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()) AS k",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert!(closed >= 1, "the journal's connection was open");
+
+    // The first join's commit finds the connection closed; the actor that
+    // decided it is fenced and refuses once more before it reloads.
+    let mut outcomes = Vec::new();
+    for _ in 0..5 {
+        let join = Command::Join {
+            user: UserId::new(),
+            seats: Seats::default(),
+            at: Utc::now(),
+        };
+        let outcome = registry.execute(event, join, None, None).await;
+        let written = outcome.is_ok();
+        outcomes.push(outcome);
+        if written {
+            break;
+        }
+    }
+    assert!(
+        outcomes.last().is_some_and(|o| o.is_ok()),
+        "a join is written once the connection is open again: {outcomes:?}"
+    );
+    for refused in &outcomes[..outcomes.len() - 1] {
+        assert!(
+            matches!(refused, Err(CommandError::Unavailable)),
+            "a commit on the closed connection is refused as unavailable: {refused:?}"
+        );
+    }
+    assert_eq!(
+        count(
+            &url,
+            "SELECT COUNT(*) FROM joins WHERE event_id = $1",
+            event.as_uuid()
+        )
+        .await,
+        1,
+        "only the join that was answered is stored"
+    );
+}
+
 macro_rules! store_tests {
     ($($name:ident),*) => {
         mod sqlite {
