@@ -16,6 +16,10 @@
 # BIN names another build of the server to run (an A/B of two builds in one
 # session); the table then names it instead of the commit.
 #
+# On Postgres the database works in processes of its own, so the table has
+# their CPU too, per request, over the tool's whole run (setup included):
+# on SQLite the database is inside the server's figure.
+#
 # Loads: hot (hot-join: 20,000 users through 1,000 connections, one event of
 # capacity 1,000); spread (spread-join: 400 joins/s over 200 events of
 # capacity 100); reads (2,000 reads/s — an event's details, one in four the
@@ -73,14 +77,23 @@ stick() {
   ready v1/venues
 }
 
+# CPU of every Postgres process, in clock ticks.
+db_ticks() {
+  for p in $(pgrep -x postgres); do awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null; done \
+    | awk '{n += $1} END {print n + 0}'
+}
+
 # load <load> <system> <scenario and its arguments…>: runs the tool against
-# the server just started, keeps its report, and stops the server.
+# the server just started, keeps its report (and, on Postgres, the
+# database's CPU), and stops the server.
 load() {
-  local name=$1 system=$2
+  local name=$1 system=$2 before
   shift 2
   echo "bench: $name on $system" >&2
+  before=$(db_ticks)
   target/release/turnout-loadtest "$@" --target http://127.0.0.1:$PORT --jwt-key $KEY \
     --server-pid "$pid" --json "$out/$name.$system.json" >/dev/null 2>&1 || true
+  if [[ $system == *postgres* ]]; then echo $(($(db_ticks) - before)) >"$out/$name.$system.db"; fi
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
@@ -101,9 +114,9 @@ stick ws-stick; load fan-out stick "${fanout[@]}"
 turnout sqlite; load fan-out "turnout sqlite" "${fanout[@]}"
 CLIENTS="8 16" SECONDS_EACH=15 loadtest/classic-bench.sh >"$out/classic.txt" 2>&1 || true
 
-python3 - "$out" "${BIN:-$(git rev-parse --short HEAD)}" <<'PY'
+python3 - "$out" "${BIN:-$(git rev-parse --short HEAD)}" "$(getconf CLK_TCK)" <<'PY'
 import datetime, glob, json, os, re, sys
-out, commit = sys.argv[1], sys.argv[2]
+out, commit, ticks = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rows, cpu_of = [], {}
 order = ["hot", "spread", "reads", "mix", "fan-out"]
 for path in glob.glob(os.path.join(out, "*.json")):
@@ -113,19 +126,22 @@ for path in glob.glob(os.path.join(out, "*.json")):
     m = re.match(r"([\d.]+) µs per (\w+)", server)
     cpu, per = (float(m.group(1)), m.group(2)) if m else (None, "")
     failed = [c["name"] for c in d["checks"] if not c["passed"]]
-    rows.append((order.index(load), system != "stick", system, load, d["throughput_per_s"], d["latency"]["p99_ms"], cpu, per, failed))
+    db_path = path[:-5] + ".db"
+    db = int(open(db_path).read()) / ticks * 1e6 / max(d["requests"], 1) if os.path.exists(db_path) else None
+    rows.append((order.index(load), system != "stick", system, load, d["throughput_per_s"], d["latency"]["p99_ms"], cpu, per, db, failed))
     if system == "stick":
         cpu_of[load] = (cpu, d["throughput_per_s"])
 print(f"Turnout bench, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, at {commit}\n")
-print("| load | system | requests/s | p99 | server CPU per request | × the stick's CPU | throughput ÷ the stick's | checks |")
-print("|---|---|---|---|---|---|---|---|")
-for _, _, system, load, rate, p99, cpu, per, failed in sorted(rows):
+print("| load | system | requests/s | p99 | server CPU per request | × the stick's CPU | throughput ÷ the stick's | database CPU per request | checks |")
+print("|---|---|---|---|---|---|---|---|---|")
+for _, _, system, load, rate, p99, cpu, per, db, failed in sorted(rows):
     stick = cpu_of.get(load)
     times = f"{cpu / stick[0]:.2f}" if stick and cpu and system != "stick" else ("1" if system == "stick" else "—")
     share = f"{rate / stick[1]:.2f}" if stick and system != "stick" and load == "hot" else ("1" if system == "stick" else "—")
     cpu_text = f"{cpu:.1f} µs per {per}" if cpu else "—"
     verdict = "all pass" if not failed else "FAILED: " + ", ".join(failed)
-    print(f"| {load} | {system} | {rate:,.0f} | {p99:.1f} ms | {cpu_text} | {times} | {share} | {verdict} |")
+    db_text = f"{db:.1f} µs" if db is not None else ("in the server" if "sqlite" in system else "—")
+    print(f"| {load} | {system} | {rate:,.0f} | {p99:.1f} ms | {cpu_text} | {times} | {share} | {db_text} | {verdict} |")
 classic = open(os.path.join(out, "classic.txt")).read()
 best = max((float(m.group(2)), int(m.group(1))) for m in re.finditer(r"clients (\d+): ([\d.]+) joins/s", classic)) if "joins/s" in classic else None
 if best:
