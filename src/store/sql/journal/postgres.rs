@@ -67,11 +67,11 @@ macro_rules! follows {
 /// answer).
 ///
 /// The leases are locked against a taking until the statement's
-/// transaction ends, so a
-/// node taking a shard waits for this commit and then loads what it wrote;
-/// in shard order, as a taking and a renewal lock them, so no deadlock. A
-/// locking read takes the newest version of a row, not the statement's
-/// snapshot: a taking committed while the statement ran is seen.
+/// transaction ends, so a node taking a shard waits for this commit and
+/// then loads what it wrote; in shard order, as a taking and a renewal
+/// lock them, so no deadlock. A locking read takes the newest version of a
+/// row, not the statement's snapshot: a taking committed while the
+/// statement ran is seen.
 ///
 /// The lookups are written so that whatever plan the journal's one
 /// connection keeps for the statement, each is an index probe per row: a
