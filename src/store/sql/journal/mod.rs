@@ -48,7 +48,7 @@ enum Step {
     /// On Postgres, the batch as one autocommitted statement: its checks,
     /// writes and commit (`begin` to `commit` follow only if it refused).
     Statement,
-    /// On SQLite, waiting for the write lock.
+    /// Starting the transaction: on SQLite, waiting for the write lock.
     Begin,
     /// The fencing check (on Postgres, part of `Batch`).
     Leases,

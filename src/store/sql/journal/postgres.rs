@@ -2,11 +2,13 @@
 //! ([`PgWriter`]). An attempt is one round trip when its checks pass: one
 //! autocommitted statement that makes the batch's checks, writes every
 //! table and, if a check failed, raises, so that it writes nothing
-//! (`BATCH_OR_REFUSE`). Only then is the batch checked again, in a
-//! transaction that reads what failed (`BEGIN`, `BATCH`, `ROLLBACK`), and
-//! the next attempt leaves those appends out. A batch whose writes depend
-//! on rows it wrote (an event's new tags, a cancelled event's memberships)
-//! takes the transaction from the start.
+//! (`BATCH_OR_REFUSE`). Only then is the batch run again in a transaction
+//! that reads what each check found (`BEGIN`, `BATCH`, then `ROLLBACK`
+//! and the next attempt leaves the failed appends out — or `COMMIT`, if
+//! the checks pass this time). A batch the one statement cannot check
+//! takes the transaction from the start: its writes depend on rows it
+//! writes (an event's new tags, a cancelled event's memberships), a key is
+//! taken twice in it, or an append is stale whatever is stored.
 //!
 //! Why one statement: each round trip to the database costs a commit a
 //! quarter to half a millisecond on a busy machine and wakes the journal's
@@ -20,7 +22,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgArguments, PgConnectOptions};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgDatabaseError, PgSeverity};
 use sqlx::{Arguments, Connection, PgConnection, Postgres, QueryBuilder};
 use tokio::sync::{Mutex, MutexGuard};
 use turnout_actors::domain::{EventId, EventState};
@@ -159,8 +161,9 @@ const BATCH: &str = concat!(
 /// expected to be at a version (`$56`, `$57`; see `unstale_versions`) is,
 /// and every fact was written.
 ///
-/// The lease check counts a join, which reads every row of `held`, so that
-/// each lease is locked however the other checks fall out.
+/// A lease counts as held only once its row is read, and `held` reads
+/// its rows `FOR SHARE`: a statement that passes has locked every lease it
+/// checked, until it commits.
 const BATCH_OR_REFUSE: &str = concat!(
     batch_writes!(),
     " SELECT turnout_refuse_unless( \
@@ -267,46 +270,64 @@ impl PgWriter {
     /// opened again if it was found broken.
     async fn lock(&self) -> Result<Writing<'_>, sqlx::Error> {
         let mut slot = self.connection.lock().await;
-        if let Some(open) = slot.as_mut()
+        let mut kept = slot.take();
+        if let Some(open) = kept.as_mut()
             && open.used.elapsed() > IDLE_CHECK
             && open.connection.ping().await.is_err()
         {
-            *slot = None;
+            kept = None;
         }
-        if slot.is_none() {
-            let connection = PgConnection::connect_with(&self.options).await?;
-            *slot = Some(Open {
-                connection,
+        let open = match kept {
+            Some(open) => open,
+            None => Open {
+                connection: PgConnection::connect_with(&self.options).await?,
                 used: Instant::now(),
-            });
-        }
-        Ok(Writing(slot))
+            },
+        };
+        Ok(Writing { slot, open })
     }
 }
 
-/// The writer's connection, held for one attempt.
-struct Writing<'a>(MutexGuard<'a, Option<Open>>);
+/// The writer's connection, taken out for one attempt. Only `settle`
+/// puts it back: an attempt cut off (the journal's timeout drops the
+/// commit's future) may have left a statement running or a transaction
+/// open on it, so its connection is closed with it, which ends both on the
+/// server, and the next attempt opens another.
+struct Writing<'a> {
+    slot: MutexGuard<'a, Option<Open>>,
+    open: Open,
+}
 
 impl Writing<'_> {
     fn connection(&mut self) -> &mut PgConnection {
-        &mut self
-            .0
-            .as_mut()
-            .expect("`lock` opens the connection")
-            .connection
+        &mut self.open.connection
     }
 
-    /// What the attempt came to. A failure other than the database's
-    /// answer (a socket closed, a protocol out of step) leaves the
-    /// connection in a state nothing should build on: it is closed, and the
-    /// next attempt opens another.
-    fn settle<T>(mut self, outcome: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
-        match (&outcome, self.0.as_mut()) {
-            (Err(e), _) if !matches!(e, sqlx::Error::Database(_)) => *self.0 = None,
-            (_, Some(open)) => open.used = Instant::now(),
-            (_, None) => {}
+    /// What the attempt came to; the connection goes back unless the
+    /// failure left it unusable (see `leaves_usable`).
+    fn settle<T>(self, outcome: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+        let Writing { mut slot, mut open } = self;
+        if outcome.as_ref().err().is_none_or(leaves_usable) {
+            open.used = Instant::now();
+            *slot = Some(open);
         }
         outcome
+    }
+}
+
+/// Whether a connection that failed with `e` can take the next attempt:
+/// yes after the database's answer to a statement (a refusal, a
+/// constraint) and after a value that would not encode or decode; no after
+/// a socket or protocol failure, or an error the server ends the session
+/// with (severity `FATAL` or `PANIC`: shut down by an administrator, an
+/// idle transaction timed out).
+fn leaves_usable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d
+            .try_downcast_ref::<PgDatabaseError>()
+            .is_none_or(|pg| !matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic)),
+        sqlx::Error::Encode(_) | sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. } => true,
+        _ => false,
     }
 }
 
@@ -320,17 +341,27 @@ struct Rows<'a> {
     /// Streams whose latest version is asked for.
     streams: Vec<Uuid>,
     summaries: Vec<&'a EventSummary>,
+    /// Shard and epoch of each lease the appends were decided under, each
+    /// pair once, in shard order.
+    leases: Vec<(i64, i64)>,
 }
 
 impl<'a> Rows<'a> {
     fn of(live: &'a [(usize, &'a Append)]) -> Self {
         let appends: Vec<&Append> = live.iter().map(|(_, a)| *a).collect();
+        let mut leases: Vec<(i64, i64)> = appends
+            .iter()
+            .filter_map(|a| a.lease.map(|l| (i64::from(l.shard.get()), l.epoch as i64)))
+            .collect();
+        leases.sort_unstable();
+        leases.dedup();
         Self {
             live,
             log: LogRow::of_batch(&appends),
             keyed: keyed(live),
             streams: streams_without_facts(live),
             summaries: latest_summaries(&appends),
+            leases,
             appends,
         }
     }
@@ -360,15 +391,7 @@ impl<'a> Rows<'a> {
         {
             return None;
         }
-        let latest = unstale_versions(self.versions())?;
-        let mut leases: Vec<(i64, i64)> = self
-            .appends
-            .iter()
-            .filter_map(|a| a.lease.map(|l| (i64::from(l.shard.get()), l.epoch as i64)))
-            .collect();
-        leases.sort_unstable();
-        leases.dedup();
-        Some(Expected { leases, latest })
+        unstale_versions(self.versions()).map(|latest| Expected { latest })
     }
 
     /// `BATCH`'s parameters, then, for `BATCH_OR_REFUSE`, what it expects.
@@ -394,12 +417,7 @@ impl<'a> Rows<'a> {
         let memberships = membership_rows(self.appends.iter().copied());
         let snapshots: Vec<&EventState> = latest_snapshots(&self.appends);
         let outbox: Vec<OutboxRow> = log.iter().map(LogRow::outbox).collect();
-        let mut shards: Vec<i64> = self
-            .appends
-            .iter()
-            .filter_map(|a| a.lease.map(|l| i64::from(l.shard.get())))
-            .collect();
-        shards.sort_unstable();
+        let mut shards: Vec<i64> = self.leases.iter().map(|(shard, _)| *shard).collect();
         shards.dedup();
 
         let mut a = PgArguments::default();
@@ -473,8 +491,8 @@ impl<'a> Rows<'a> {
         // Shards whose leases are checked.
         a.add(shards)?;
         if let Some(expected) = expected {
-            a.add(column(&expected.leases, |(shard, _)| *shard))?;
-            a.add(column(&expected.leases, |(_, epoch)| *epoch))?;
+            a.add(column(&self.leases, |(shard, _)| *shard))?;
+            a.add(column(&self.leases, |(_, epoch)| *epoch))?;
             a.add(column(&expected.latest, |(stream, _)| *stream))?;
             a.add(column(&expected.latest, |(_, version)| *version as i64))?;
         }
@@ -482,11 +500,9 @@ impl<'a> Rows<'a> {
     }
 }
 
-/// What `BATCH_OR_REFUSE` must find for the batch to be written whole.
+/// What `BATCH_OR_REFUSE` must find, besides every lease held at its epoch,
+/// for the batch to be written whole.
 struct Expected {
-    /// Shard and epoch of each lease the batch's appends were decided
-    /// under.
-    leases: Vec<(i64, i64)>,
     /// The latest stored version of each stream whose append without facts
     /// comes before any of its facts (none stored: 0).
     latest: Vec<(Uuid, u64)>,
@@ -534,7 +550,15 @@ impl SqlStore<Postgres> {
         }
         let mut tx = conn.begin().await?;
         steps.done(Step::Begin);
-        let checked = Self::write_batch(&mut tx, &rows, now).await?;
+        let checked = match Self::write_batch(&mut tx, &rows, now).await {
+            Ok(checked) => checked,
+            Err(e) => {
+                // Rolled back now rather than on the connection's next use:
+                // until then it would hold its leases' locks and its rows.
+                tx.rollback().await?;
+                return Err(e);
+            }
+        };
         steps.done(Step::Batch);
         match checked {
             Checked::Written => tx.commit().await?,
