@@ -257,6 +257,7 @@ const IDLE_CHECK: Duration = Duration::from_secs(10);
 impl PgWriter {
     pub async fn connect(options: PgConnectOptions) -> Result<Self, sqlx::Error> {
         let connection = PgConnection::connect_with(&options).await?;
+        metrics::counter!("turnout_journal_connections_opened_total").increment(1);
         Ok(Self {
             options,
             connection: Mutex::new(Some(Open {
@@ -279,10 +280,13 @@ impl PgWriter {
         }
         let open = match kept {
             Some(open) => open,
-            None => Open {
-                connection: PgConnection::connect_with(&self.options).await?,
-                used: Instant::now(),
-            },
+            None => {
+                metrics::counter!("turnout_journal_connections_opened_total").increment(1);
+                Open {
+                    connection: PgConnection::connect_with(&self.options).await?,
+                    used: Instant::now(),
+                }
+            }
         };
         Ok(Writing { slot, open })
     }
@@ -307,9 +311,14 @@ impl Writing<'_> {
     /// failure left it unusable (see `leaves_usable`).
     fn settle<T>(self, outcome: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
         let Writing { mut slot, mut open } = self;
-        if outcome.as_ref().err().is_none_or(leaves_usable) {
-            open.used = Instant::now();
-            *slot = Some(open);
+        match &outcome {
+            Err(error) if !leaves_usable(error) => {
+                tracing::warn!(%error, "the journal's Postgres connection failed; the next commit opens another");
+            }
+            _ => {
+                open.used = Instant::now();
+                *slot = Some(open);
+            }
         }
         outcome
     }
