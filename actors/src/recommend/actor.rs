@@ -1,7 +1,11 @@
 //! The live side of recommendations: a `RecommenderActor` per connected user
 //! keeps that user's ranked list and pushes a new one when its top-k moves;
 //! `Recommenders` owns the shared catalog, gathers committed changes for a
-//! short debounce window and offers each batch to the actors at once.
+//! short debounce window and offers each batch to the actors at once. The
+//! changes wait in a queue the catalog's keeper drains on the same tick,
+//! rather than as a message each: at a few hundred changes a second, one
+//! spread over many events, a message per change woke the keeper's thread
+//! for every join.
 //!
 //! Updates are incremental. Each actor ranks `list_len + spare` events and
 //! remembers the *floor*: the score of the best candidate it left out, so
@@ -18,7 +22,7 @@ use actix::prelude::*;
 use async_trait::async_trait;
 use chrono::Utc;
 use dashmap::DashMap;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use uuid::Uuid;
 
 use super::catalog::{Catalog, EventCard, EventUpdate};
@@ -96,6 +100,8 @@ pub trait ListSink: Send + 'static {
 
 struct Shared {
     catalog: RwLock<Catalog>,
+    /// What the keeper takes in order on its next tick.
+    handed: Mutex<Vec<Handed>>,
     actors: DashMap<UserId, Running>,
     source: Arc<dyn RecommendationSource>,
     settings: RecommendSettings,
@@ -116,7 +122,9 @@ struct Running {
 #[derive(Clone)]
 pub struct Recommenders {
     shared: Arc<Shared>,
-    keeper: Addr<CatalogKeeper>,
+    /// Held so that the keeper runs as long as a handle does: an actor
+    /// whose every address is gone stops.
+    _keeper: Addr<CatalogKeeper>,
 }
 
 impl Recommenders {
@@ -130,6 +138,7 @@ impl Recommenders {
     ) -> Self {
         let shared = Arc::new(Shared {
             catalog: RwLock::new(catalog),
+            handed: Mutex::new(Vec::new()),
             actors: DashMap::new(),
             source,
             settings,
@@ -141,22 +150,27 @@ impl Recommenders {
             pending: Vec::new(),
             locating: Default::default(),
         });
-        Self { shared, keeper }
+        Self {
+            shared,
+            _keeper: keeper,
+        }
     }
 
     pub fn settings(&self) -> &RecommendSettings {
         &self.shared.settings
     }
 
-    /// Offers a committed change to the catalog and the actors.
+    /// Offers a committed change to the catalog and the actors, on the
+    /// keeper's next tick.
     pub fn apply(&self, update: EventUpdate) {
-        self.keeper.do_send(Apply(update));
+        self.shared.handed.lock().push(Handed::Change(update));
     }
 
     /// Replaces the catalog (after changes may have been missed) and has
-    /// every actor rank in full.
+    /// every actor rank in full, on the keeper's next tick, after the
+    /// changes handed before it.
     pub fn reload(&self, catalog: Catalog) {
-        self.keeper.do_send(Reload(catalog));
+        self.shared.handed.lock().push(Handed::Reload(catalog));
     }
 
     /// Ranks a user's best `limit` events now.
@@ -225,21 +239,19 @@ fn with_cards(catalog: &Catalog, list: Vec<Recommendation>) -> Vec<(Recommendati
         .collect()
 }
 
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Apply(EventUpdate);
-
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Reload(Catalog);
+/// What the keeper is handed between its ticks.
+enum Handed {
+    Change(EventUpdate),
+    Reload(Catalog),
+}
 
 #[derive(Message)]
 #[rtype(result = "()")]
 struct VenueLocated(VenueId, GeoPoint);
 
-/// Applies changes to the catalog (the only writer), routes users' own
-/// joins to their actors, and every debounce interval offers the events
-/// that changed to all actors in one batch.
+/// Every debounce interval applies the changes handed to it to the catalog
+/// (the only writer), routes users' own joins to their actors, and offers
+/// the events that changed to all actors in one batch.
 struct CatalogKeeper {
     shared: Arc<Shared>,
     pending: Vec<EventId>,
@@ -247,6 +259,18 @@ struct CatalogKeeper {
 }
 
 impl CatalogKeeper {
+    /// The tick: what was handed, in order, then the batch to the actors.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let handed = std::mem::take(&mut *self.shared.handed.lock());
+        for handed in handed {
+            match handed {
+                Handed::Change(update) => self.apply(update, ctx),
+                Handed::Reload(catalog) => self.reload(catalog),
+            }
+        }
+        self.flush();
+    }
+
     fn flush(&mut self) {
         if self.pending.is_empty() {
             return;
@@ -274,15 +298,15 @@ impl Actor for CatalogKeeper {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.maintain();
-        ctx.run_interval(self.shared.settings.debounce, |keeper, _| keeper.flush());
+        ctx.run_interval(self.shared.settings.debounce, |keeper, ctx| {
+            keeper.tick(ctx)
+        });
         ctx.run_interval(Duration::from_secs(60), |keeper, _| keeper.maintain());
     }
 }
 
-impl Handler<Apply> for CatalogKeeper {
-    type Result = ();
-
-    fn handle(&mut self, Apply(update): Apply, ctx: &mut Self::Context) {
+impl CatalogKeeper {
+    fn apply(&mut self, update: EventUpdate, ctx: &mut Context<Self>) {
         metrics::counter!("turnout_recs_changes_total").increment(1);
         let venue = update.venue;
         let known = {
@@ -329,10 +353,8 @@ impl Handler<VenueLocated> for CatalogKeeper {
     }
 }
 
-impl Handler<Reload> for CatalogKeeper {
-    type Result = ();
-
-    fn handle(&mut self, Reload(catalog): Reload, _: &mut Self::Context) {
+impl CatalogKeeper {
+    fn reload(&mut self, catalog: Catalog) {
         *self.shared.catalog.write() = catalog;
         self.pending.clear();
         for running in self.shared.actors.iter() {
