@@ -2,10 +2,10 @@
 //! keeps that user's ranked list and pushes a new one when its top-k moves;
 //! `Recommenders` owns the shared catalog, gathers committed changes for a
 //! short debounce window and offers each batch to the actors at once. The
-//! changes wait in a queue the catalog's keeper drains on the same tick,
-//! rather than as a message each: at a few hundred changes a second, one
-//! spread over many events, a message per change woke the keeper's thread
-//! for every join.
+//! changes wait in a queue that the catalog's keeper drains on the same
+//! tick, rather than as a message each: with a few hundred changes a
+//! second spread over many events, a message per change woke the keeper's
+//! thread for every join.
 //!
 //! Updates are incremental. Each actor ranks `list_len + spare` events and
 //! remembers the *floor*: the score of the best candidate it left out, so
@@ -291,21 +291,7 @@ impl CatalogKeeper {
         metrics::gauge!("turnout_recs_catalog_events").set(events as f64);
         metrics::gauge!("turnout_recs_catalog_open_events").set(open as f64);
     }
-}
 
-impl Actor for CatalogKeeper {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        self.maintain();
-        ctx.run_interval(self.shared.settings.debounce, |keeper, ctx| {
-            keeper.tick(ctx)
-        });
-        ctx.run_interval(Duration::from_secs(60), |keeper, _| keeper.maintain());
-    }
-}
-
-impl CatalogKeeper {
     fn apply(&mut self, update: EventUpdate, ctx: &mut Context<Self>) {
         metrics::counter!("turnout_recs_changes_total").increment(1);
         let venue = update.venue;
@@ -339,6 +325,26 @@ impl CatalogKeeper {
         }
         self.pending.push(update.id);
     }
+
+    fn reload(&mut self, catalog: Catalog) {
+        *self.shared.catalog.write() = catalog;
+        self.pending.clear();
+        for running in self.shared.actors.iter() {
+            running.addr.do_send(Refresh);
+        }
+    }
+}
+
+impl Actor for CatalogKeeper {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.maintain();
+        ctx.run_interval(self.shared.settings.debounce, |keeper, ctx| {
+            keeper.tick(ctx)
+        });
+        ctx.run_interval(Duration::from_secs(60), |keeper, _| keeper.maintain());
+    }
 }
 
 impl Handler<VenueLocated> for CatalogKeeper {
@@ -350,16 +356,6 @@ impl Handler<VenueLocated> for CatalogKeeper {
         let catalog = self.shared.catalog.read();
         self.pending
             .extend(catalog.open().filter(|c| c.venue == venue).map(|c| c.id));
-    }
-}
-
-impl CatalogKeeper {
-    fn reload(&mut self, catalog: Catalog) {
-        *self.shared.catalog.write() = catalog;
-        self.pending.clear();
-        for running in self.shared.actors.iter() {
-            running.addr.do_send(Refresh);
-        }
     }
 }
 
