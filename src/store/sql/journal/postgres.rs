@@ -254,16 +254,24 @@ struct Open {
 /// checks it first.
 const IDLE_CHECK: Duration = Duration::from_secs(10);
 
-impl PgWriter {
-    pub async fn connect(options: PgConnectOptions) -> Result<Self, sqlx::Error> {
-        let connection = PgConnection::connect_with(&options).await?;
+impl Open {
+    /// A new connection, counted for operators.
+    async fn new(options: &PgConnectOptions) -> Result<Self, sqlx::Error> {
+        let connection = PgConnection::connect_with(options).await?;
         metrics::counter!("turnout_journal_connections_opened_total").increment(1);
         Ok(Self {
+            connection,
+            used: Instant::now(),
+        })
+    }
+}
+
+impl PgWriter {
+    pub async fn connect(options: PgConnectOptions) -> Result<Self, sqlx::Error> {
+        let open = Open::new(&options).await?;
+        Ok(Self {
             options,
-            connection: Mutex::new(Some(Open {
-                connection,
-                used: Instant::now(),
-            })),
+            connection: Mutex::new(Some(open)),
         })
     }
 
@@ -280,13 +288,7 @@ impl PgWriter {
         }
         let open = match kept {
             Some(open) => open,
-            None => {
-                metrics::counter!("turnout_journal_connections_opened_total").increment(1);
-                Open {
-                    connection: PgConnection::connect_with(&self.options).await?,
-                    used: Instant::now(),
-                }
-            }
+            None => Open::new(&self.options).await?,
         };
         Ok(Writing { slot, open })
     }
@@ -382,11 +384,14 @@ impl<'a> Rows<'a> {
             .map(|(i, a)| (*i, a.stream, a.base_version, a.facts.len()))
     }
 
-    /// What the one statement must find for no append to be left out, or
-    /// `None` if the batch needs the transaction: its writes depend on rows
-    /// it writes (an event's new tags, a cancelled event's memberships), a
-    /// key is taken twice in it, or an append is stale whatever is stored.
-    fn expected(&self) -> Option<Expected> {
+    /// What the one statement must find, besides every lease held at its
+    /// epoch, for no append to be left out: the latest stored version of
+    /// each stream whose append without facts comes before any of its facts
+    /// (none stored: 0). `None` if the batch needs the transaction: its
+    /// writes depend on rows it writes (an event's new tags, a cancelled
+    /// event's memberships), a key is taken twice in it, or an append is
+    /// stale whatever is stored.
+    fn expected_versions(&self) -> Option<Vec<(Uuid, u64)>> {
         if retagged(&self.summaries, &self.appends).next().is_some()
             || self.appends.iter().any(|a| a.cancels())
         {
@@ -400,18 +405,23 @@ impl<'a> Rows<'a> {
         {
             return None;
         }
-        unstale_versions(self.versions()).map(|latest| Expected { latest })
+        unstale_versions(self.versions())
     }
 
-    /// `BATCH`'s parameters, then, for `BATCH_OR_REFUSE`, what it expects.
-    fn arguments(&self, now: i64, expected: Option<&Expected>) -> Result<PgArguments, sqlx::Error> {
+    /// `BATCH`'s parameters, then, for `BATCH_OR_REFUSE`, the leases and
+    /// versions it expects.
+    fn arguments(
+        &self,
+        now: i64,
+        expected: Option<&[(Uuid, u64)]>,
+    ) -> Result<PgArguments, sqlx::Error> {
         self.bind(now, expected).map_err(sqlx::Error::Encode)
     }
 
     fn bind(
         &self,
         now: i64,
-        expected: Option<&Expected>,
+        expected: Option<&[(Uuid, u64)]>,
     ) -> Result<PgArguments, sqlx::error::BoxDynError> {
         let (keyed, log, summaries) = (&self.keyed, &self.log, &self.summaries);
         // A key taken twice in the batch is written once: the check
@@ -499,22 +509,14 @@ impl<'a> Rows<'a> {
         a.add(column(&outbox, |r| r.traceparent.clone()))?;
         // Shards whose leases are checked.
         a.add(shards)?;
-        if let Some(expected) = expected {
+        if let Some(versions) = expected {
             a.add(column(&self.leases, |(shard, _)| *shard))?;
             a.add(column(&self.leases, |(_, epoch)| *epoch))?;
-            a.add(column(&expected.latest, |(stream, _)| *stream))?;
-            a.add(column(&expected.latest, |(_, version)| *version as i64))?;
+            a.add(column(versions, |(stream, _)| *stream))?;
+            a.add(column(versions, |(_, version)| *version as i64))?;
         }
         Ok(a)
     }
-}
-
-/// What `BATCH_OR_REFUSE` must find, besides every lease held at its epoch,
-/// for the batch to be written whole.
-struct Expected {
-    /// The latest stored version of each stream whose append without facts
-    /// comes before any of its facts (none stored: 0).
-    latest: Vec<(Uuid, u64)>,
 }
 
 /// Whether `BATCH_OR_REFUSE` refused: a check failed, and it wrote nothing.
@@ -544,8 +546,8 @@ impl SqlStore<Postgres> {
     ) -> Result<Checked, sqlx::Error> {
         let rows = Rows::of(live);
         let mut steps = Steps::start();
-        if let Some(expected) = rows.expected() {
-            let written = sqlx::query_with(BATCH_OR_REFUSE, rows.arguments(now, Some(&expected))?)
+        if let Some(versions) = rows.expected_versions() {
+            let written = sqlx::query_with(BATCH_OR_REFUSE, rows.arguments(now, Some(&versions))?)
                 .execute(&mut *conn)
                 .await;
             steps.done(Step::Statement);
