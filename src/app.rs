@@ -8,8 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use actix_http::{HttpService, TlsAcceptorConfig};
+use actix_service::{IntoServiceFactory, ServiceFactoryExt, map_config};
+use actix_web::dev::{AppConfig, Server};
 use actix_web::middleware::{DefaultHeaders, from_fn};
-use actix_web::{App, HttpServer, dev::Server, web};
+use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::oneshot;
@@ -31,6 +34,7 @@ use crate::http::client_limits::{self, BodyDeadline, HttpConnections};
 use crate::http::drain::{self, Drain};
 use crate::http::ops::MetricsAccess;
 use crate::http::rate_limit::RateLimits;
+use crate::http::upgrade::WebSocketUpgrade;
 use crate::http::ws::Realtime;
 use crate::http::{self, AppState, request_context};
 use crate::realtime::{ConnectionLimits, Hubs, LocalFanout, MeFeeds, RedisFanout, Router};
@@ -523,6 +527,12 @@ fn start_maintenance(
 
 /// Binds the API's listener (TLS if configured) and starts its workers;
 /// returns the server and the port it got.
+///
+/// Built from actix-http's `HttpService` rather than actix-web's
+/// `HttpServer` for one reason: `HttpServer` cannot hand a WebSocket its
+/// socket ([`http::upgrade`]). The service is configured as `HttpServer`
+/// configures it (its `listen` and `listen_rustls_0_23`), so ordinary
+/// requests see no difference.
 fn serve_http(
     settings: &Settings,
     shared: Shared,
@@ -545,9 +555,9 @@ fn serve_http(
     ));
     let https = settings.http.tls.is_some();
     let cors_origins = settings.http.cors_origins.clone();
-    let port = listener.local_addr()?.port();
+    let address = listener.local_addr()?;
     drop_unresponsive_peers(&listener, settings.http.tcp_user_timeout_secs)?;
-    let mut server = HttpServer::new(move || {
+    let app = move || {
         let app = App::new();
         let app = match &body_deadline {
             Some(deadline) => app.app_data(deadline.clone()),
@@ -568,28 +578,57 @@ fn serve_http(
             .app_data(shared.drain.clone())
             .app_data(metrics_access.clone())
             .configure(http::configure(max_body))
-    })
-    .on_connect({
-        let connections = Arc::clone(&connections);
-        move |connection, data| connections.on_connect(connection, data)
-    })
+    };
     // `run_until_stopped` hears the signals: a node hands its shards over
     // before it stops accepting.
-    .disable_signals()
-    .shutdown_timeout(settings.http.shutdown_timeout_secs);
-    server = match &settings.http.tls {
-        Some(tls) => server.listen_rustls_0_23(listener, tls_config(tls)?)?,
-        None => server.listen(listener)?,
-    };
+    let mut builder = actix_server::Server::build()
+        .disable_signals()
+        .shutdown_timeout(settings.http.shutdown_timeout_secs);
     if settings.http.workers > 0 {
-        server = server.workers(settings.http.workers);
+        builder = builder.workers(settings.http.workers);
     }
+    let graceful = builder.graceful_shutdown_signal();
+    let counted = Arc::clone(&connections);
+    // `HttpServer`'s defaults: a request's head within 5 s, and 1 s for a
+    // closing connection to go.
+    macro_rules! http_service {
+        () => {{
+            let graceful = graceful.clone();
+            let counted = Arc::clone(&counted);
+            let config = AppConfig::__priv_test_new(https, address.to_string(), address);
+            HttpService::build()
+                .graceful_shutdown_signal(move || {
+                    let graceful = graceful.clone();
+                    async move { graceful.notified().await }
+                })
+                .client_request_timeout(Duration::from_secs(5))
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .local_addr(address)
+                .on_connect_ext(move |io: &_, data: _| {
+                    counted.on_connect(io as &dyn std::any::Any, data)
+                })
+                .upgrade(WebSocketUpgrade::new(app().into_factory(), config.clone()))
+                .finish(map_config(
+                    app().into_factory().map_err(|error| error.error_response()),
+                    move |()| config.clone(),
+                ))
+        }};
+    }
+    builder = match &settings.http.tls {
+        Some(tls) => {
+            let tls = tls_config(tls)?;
+            builder.listen("turnout-https", listener, move || {
+                http_service!().rustls_0_23_with_config(tls.clone(), TlsAcceptorConfig::default())
+            })?
+        }
+        None => builder.listen("turnout-http", listener, move || http_service!().tcp())?,
+    };
     tracing::info!(
-        bind = %settings.bind, port, tls = https,
+        bind = %settings.bind, port = address.port(), tls = https,
         database = %redact_url(&settings.database_url),
         "turnout listening"
     );
-    Ok((server.run(), port, connections))
+    Ok((builder.run(), address.port(), connections))
 }
 
 /// `/metrics` alone, on the operator's own address.

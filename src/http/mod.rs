@@ -37,6 +37,7 @@ mod pagination;
 pub mod rate_limit;
 pub mod recommendations;
 pub mod request_context;
+pub mod upgrade;
 mod venues;
 pub mod ws;
 

@@ -1,13 +1,15 @@
 //! `GET /v1/ws`: the WebSocket upgrade. Checks the Origin and the connection
-//! limits, then hands the socket to a `WsSession` actor.
+//! limits, answers 101, and once the socket is taken over, runs a
+//! `WsSession` actor on it and writes its frames.
 
 use std::sync::Arc;
 
 use actix::prelude::*;
-use actix_http::body::BoxBody;
 use actix_http::ws::handshake;
 use actix_web::http::header::{HOST, ORIGIN};
+use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::{StreamExt, stream};
 
 use super::ApiError;
 use super::ErrorCode;
@@ -16,7 +18,8 @@ use turnout_actors::recommend::Recommenders;
 
 use crate::auth::TokenKeys;
 use crate::realtime::{
-    Channels, ConnectionLimits, Hubs, Inbound, MeFeeds, RealtimeSettings, SendQueue, WsSession,
+    Channels, ConnectionLimits, ConnectionPermit, Hubs, Inbound, MeFeeds, RealtimeSettings,
+    SendQueue, Socket, WsSession,
 };
 
 /// What the upgrade handler needs.
@@ -54,7 +57,9 @@ fn origin_allowed(req: &HttpRequest, settings: &RealtimeSettings) -> bool {
             .any(|allowed| allowed == origin)
 }
 
-/// Upgrade to the live-update protocol (see docs/PROTOCOL.md).
+/// Upgrade to the live-update protocol (see docs/PROTOCOL.md). Accepting
+/// answers 101 and leaves the socket to [`super::upgrade`], which takes it
+/// over from actix-http and calls [`Accepted::serve`].
 #[utoipa::path(get, path = "/v1/ws", tag = "realtime",
     responses((status = 101, description = "switching to the WebSocket protocol"),
         (status = 400, description = "not a WebSocket upgrade", body = super::ErrorBody),
@@ -62,7 +67,6 @@ fn origin_allowed(req: &HttpRequest, settings: &RealtimeSettings) -> bool {
         (status = 503, description = "connection limit reached", body = super::ErrorBody)))]
 pub async fn upgrade(
     req: HttpRequest,
-    body: web::Payload,
     realtime: web::Data<Realtime>,
     tokens: web::Data<TokenKeys>,
     rate_limits: web::Data<RateLimits>,
@@ -73,12 +77,17 @@ pub async fn upgrade(
             "this Origin may not open a socket here",
         ));
     }
-    let mut handshake = handshake(req.head()).map_err(|_| {
-        ApiError::bad_request(
-            ErrorCode::NotAWebsocket,
-            "GET /v1/ws expects a WebSocket upgrade",
-        )
-    })?;
+    // Only an HTTP/1.1 upgrade reaches here through the upgrade service;
+    // anything else (no upgrade headers, HTTP/2) gets no socket to take.
+    let mut handshake = handshake(req.head())
+        .ok()
+        .filter(|_| super::upgrade::offered(&req))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                ErrorCode::NotAWebsocket,
+                "GET /v1/ws expects a WebSocket upgrade over HTTP/1.1",
+            )
+        })?;
     // Behind a trusted proxy the client is the one it forwards for, as for
     // the rate limits; otherwise every client would share the proxy's place.
     let ip = rate_limits.client_ip(req.peer_addr(), req.headers());
@@ -86,33 +95,53 @@ pub async fn upgrade(
         .limits
         .admit(ip)
         .ok_or(ApiError::Overloaded("too many connections; retry later"))?;
-    let inbound = Inbound::new(body.into_inner(), realtime.settings.max_frame_bytes);
-    let (hubs, me, recommenders, settings, tokens) = (
-        realtime.hubs.clone(),
-        realtime.me.clone(),
-        realtime.recommenders.clone(),
-        Arc::clone(&realtime.settings),
-        tokens.into_inner(),
-    );
-    let mut ctx = Context::<WsSession>::new();
-    let (queue, socket) = SendQueue::new(
-        realtime.settings.max_queued_bytes,
-        ctx.address().recipient(),
+    let mut response = HttpResponse::from(handshake.finish()).map_into_boxed_body();
+    response.extensions_mut().insert(Accepted {
         permit,
-    );
-    ctx.add_stream(inbound);
-    ctx.run(WsSession::new(
-        queue,
-        Channels {
-            hubs,
-            me,
-            recommenders,
+        channels: Channels {
+            hubs: realtime.hubs.clone(),
+            me: realtime.me.clone(),
+            recommenders: realtime.recommenders.clone(),
         },
-        tokens,
-        settings,
-    ));
-    let response = handshake
-        .message_body(BoxBody::new(socket))
-        .map_err(|_| ApiError::Internal)?;
-    Ok(HttpResponse::from(response))
+        tokens: tokens.into_inner(),
+        settings: Arc::clone(&realtime.settings),
+    });
+    Ok(response)
+}
+
+/// An upgrade the API has answered 101: what the connection's session needs
+/// once the socket is taken over.
+pub struct Accepted {
+    permit: ConnectionPermit,
+    channels: Channels,
+    tokens: Arc<TokenKeys>,
+    settings: Arc<RealtimeSettings>,
+}
+
+impl Accepted {
+    /// Starts the connection's session on `socket` (after `buffered`, the
+    /// bytes the client sent behind its upgrade request) and writes its
+    /// frames until the connection ends.
+    pub async fn serve(self, socket: Socket, buffered: Bytes) {
+        let (read, write) = socket.split();
+        let inbound = Inbound::new(
+            stream::iter((!buffered.is_empty()).then_some(Ok(buffered))).chain(read),
+            self.settings.max_frame_bytes,
+        );
+        let mut ctx = Context::<WsSession>::new();
+        let (queue, writer) = SendQueue::new(
+            self.settings.max_queued_bytes,
+            ctx.address().recipient(),
+            write,
+            self.permit,
+        );
+        ctx.add_stream(inbound);
+        ctx.run(WsSession::new(
+            queue,
+            self.channels,
+            self.tokens,
+            self.settings,
+        ));
+        writer.run().await;
+    }
 }

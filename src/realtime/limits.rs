@@ -1,6 +1,6 @@
 //! Connection limits: open connections in total and per client address.
-//! WebSockets hold their place until the socket's response body is done
-//! with; HTTP connections (`http.max_connections_per_ip`) for as long as the
+//! WebSockets hold their place until the socket's writer is done with it;
+//! HTTP connections (`http.max_connections_per_ip`) for as long as the
 //! connection is open.
 
 use std::net::IpAddr;
@@ -21,10 +21,9 @@ pub struct ConnectionLimits {
 }
 
 /// A connection's place within the limits, given back on drop. The socket's
-/// response body ([`super::socket::SocketBody`]) holds it, so it is given
-/// back once the close frame has been taken for writing or the connection
-/// has dropped — not when the session ends, which a client that stops
-/// reading outlives.
+/// writer ([`super::socket::Writer`]) holds it, so it is given back once the
+/// close frame has been written (or could not be) and the socket shut down
+/// — not when the session ends, which a client that stops reading outlives.
 pub struct ConnectionPermit {
     limits: Arc<ConnectionLimits>,
     ip: IpAddr,

@@ -20,7 +20,8 @@
 //! - `limits`: open connections, in total and per client address.
 //! - `inbound`: the client's frames, decoded and joined into messages.
 //! - `socket`: a connection's byte-bounded `SendQueue` of frames, and the
-//!   response body that writes it to the socket.
+//!   writer that drains it; hubs write to a plain TCP socket themselves.
+//! - `takeover`: an upgraded connection's socket, taken from actix-http.
 
 mod channel;
 mod history;
@@ -35,6 +36,7 @@ mod redis_fanout;
 mod router;
 mod session;
 mod socket;
+mod takeover;
 
 pub use channel::Channel;
 pub use hubs::Hubs;
@@ -46,6 +48,7 @@ pub use redis_fanout::RedisFanout;
 pub use router::{LocalFanout, Router};
 pub use session::{Channels, WsSession};
 pub use socket::SendQueue;
+pub use takeover::{Socket, Takeover};
 
 use serde::Deserialize;
 

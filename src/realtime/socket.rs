@@ -1,32 +1,40 @@
 //! The send side of a WebSocket connection: the frames queued for one
-//! client, bounded in bytes, and the HTTP response body that writes them.
+//! client, bounded in bytes, and the writer that drains them to the socket.
 //!
 //! Hubs push frames from their own thread, each encoded once for all its
-//! subscribers; the connection's dispatcher drains the queue when woken and
-//! writes the frames' shared bytes. An update therefore costs one wake-up and one write per
-//! client, with no task or channel in between, and an idle connection holds
-//! no more than an empty queue.
+//! subscribers. On plain TCP, a frame pushed while nothing waits before it
+//! is written by the hub there and then: one `send`, with no wake-up of the
+//! connection's worker. Whatever the socket does not take at once — and
+//! every frame on TLS — waits in the queue for the connection's [`Writer`],
+//! which writes the frames' shared bytes when woken. An idle connection
+//! holds no more than an empty queue.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::mem;
-use std::pin::Pin;
+use std::future::poll_fn;
+use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::Poll;
+use std::time::Duration;
 
 use actix::prelude::*;
 use actix_codec::Encoder;
-use actix_http::body::{BodySize, MessageBody};
 use actix_http::ws::{CloseReason, Codec, Message};
+use actix_web::rt::net::TcpStream;
 use actix_web::web::{Bytes, BytesMut};
 use bytestring::ByteString;
 use chrono::{DateTime, Utc};
 use futures_util::task::AtomicWaker;
+use tokio::sync::Notify;
 
 use super::limits::ConnectionPermit;
+use super::takeover::WriteSide;
 
-/// Stop filling one chunk beyond this; the dispatcher polls again.
+/// Stop filling one write beyond this.
 const CHUNK_BYTES: usize = 16 * 1024;
+
+/// How long a close waits for the frames before it to be written: a client
+/// that stopped reading cannot keep its connection by never taking them.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 struct Queue {
     frames: VecDeque<Frame>,
@@ -38,14 +46,32 @@ struct Queue {
     ping: bool,
     pong: Option<Bytes>,
     /// Set once: the close frame goes out after the control frames and
-    /// ends the body; from then on nothing more is taken.
+    /// ends the connection; from then on nothing more is taken.
     close: Option<CloseReason>,
+    /// The writer has taken bytes out and not finished writing them.
+    writing: bool,
+    /// Plain TCP, until the connection ends: a hub writes a frame itself
+    /// when nothing waits to be written before it.
+    direct: Option<Arc<TcpStream>>,
+}
+
+impl Queue {
+    /// Nothing waits to be written, so a new frame may go out at once.
+    fn idle(&self) -> bool {
+        self.frames.is_empty()
+            && !self.ping
+            && self.pong.is_none()
+            && self.close.is_none()
+            && !self.writing
+    }
 }
 
 struct Shared {
     queue: Mutex<Queue>,
-    /// The dispatcher's task, woken when something is queued.
+    /// The writer's task, woken when something is queued.
     writer: AtomicWaker,
+    /// Told once a close is queued: the close's grace starts.
+    closing: Notify,
     max_bytes: usize,
     /// Looked up once per connection rather than once per frame: a fan-out
     /// to 10,000 connections writes 10,000 frames.
@@ -58,6 +84,22 @@ impl Shared {
         // A panic while holding this lock cannot leave the queue half-changed:
         // every change is a single push, pop or flag.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts frames written, and how long after their commit.
+    fn written<'a>(&self, frames: impl IntoIterator<Item = &'a Frame>) {
+        let (mut texts, mut now) = (0, None);
+        for frame in frames {
+            texts += 1;
+            if let Some(at) = frame.committed_at {
+                let now = *now.get_or_insert_with(Utc::now);
+                let latency = (now - at).to_std().unwrap_or_default();
+                self.fanout.record(latency.as_secs_f64());
+            }
+        }
+        if texts > 0 {
+            self.sent.increment(texts);
+        }
     }
 }
 
@@ -103,13 +145,15 @@ pub struct SendQueue {
 pub struct Overflowed;
 
 impl SendQueue {
-    /// A queue of at most `max_bytes` and the response body that drains it;
-    /// the body keeps the connection's place within the limits.
+    /// A queue of at most `max_bytes` for the socket `sink`, and the writer
+    /// that drains it; the writer keeps the connection's place within the
+    /// limits.
     pub fn new(
         max_bytes: usize,
         session: Recipient<Overflowed>,
+        sink: WriteSide,
         permit: ConnectionPermit,
-    ) -> (Self, SocketBody) {
+    ) -> (Self, Writer) {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 frames: VecDeque::new(),
@@ -117,25 +161,28 @@ impl SendQueue {
                 ping: false,
                 pong: None,
                 close: None,
+                writing: false,
+                direct: sink.shared(),
             }),
             writer: AtomicWaker::new(),
+            closing: Notify::new(),
             max_bytes,
             sent: metrics::counter!("turnout_ws_messages_sent_total"),
             fanout: metrics::histogram!("turnout_ws_fanout_seconds"),
         });
-        let body = SocketBody {
+        let writer = Writer {
             shared: Arc::clone(&shared),
-            codec: Codec::new(),
-            finished: false,
+            sink,
             _permit: permit,
         };
-        (Self { shared, session }, body)
+        (Self { shared, session }, writer)
     }
 
-    /// Queues a frame. False when the connection is closing or has just gone
-    /// over its budget, in which case its session is told to close it. A
-    /// frame larger than the whole budget still goes out alone.
-    pub fn push(&self, frame: Frame) -> bool {
+    /// Queues a frame, or writes it at once when the socket allows. False
+    /// when the connection is closing or has just gone over its budget, in
+    /// which case its session is told to close it. A frame larger than the
+    /// whole budget still goes out alone.
+    pub fn push(&self, mut frame: Frame) -> bool {
         let mut queue = self.shared.queue();
         if queue.close.is_some() {
             return false;
@@ -144,6 +191,21 @@ impl SendQueue {
             drop(queue);
             self.session.do_send(Overflowed);
             return false;
+        }
+        if queue.idle()
+            && let Some(tcp) = &queue.direct
+        {
+            // Under the lock, so that no frame queued after this one can be
+            // written before it. An error is the writer's to meet.
+            match tcp.try_write(&frame.encoded) {
+                Ok(written) if written == frame.encoded.len() => {
+                    drop(queue);
+                    self.shared.written([&frame]);
+                    return true;
+                }
+                Ok(written) => frame.encoded = frame.encoded.slice(written..),
+                Err(_) => {}
+            }
         }
         queue.bytes += frame.text_len;
         queue.frames.push_back(frame);
@@ -163,7 +225,7 @@ impl SendQueue {
     }
 
     /// Drops whatever is still queued, sends a close frame, and ends the
-    /// response once it is written.
+    /// connection once it is written, or [`CLOSE_GRACE`] after.
     pub fn close(&self, reason: CloseReason) {
         let mut queue = self.shared.queue();
         if queue.close.is_some() {
@@ -173,6 +235,7 @@ impl SendQueue {
         queue.frames.clear();
         queue.bytes = 0;
         drop(queue);
+        self.shared.closing.notify_one();
         self.shared.writer.wake();
     }
 
@@ -192,87 +255,123 @@ impl SendQueue {
     }
 }
 
-/// The body of the upgrade response: the encoded frames, control frames
-/// first, then the queue in order, until the close frame has been written.
-pub struct SocketBody {
+/// Writes a connection's queue to its socket: control frames first, then
+/// the queue in order, until the close frame is out.
+pub struct Writer {
     shared: Arc<Shared>,
-    codec: Codec,
-    finished: bool,
+    sink: WriteSide,
     _permit: ConnectionPermit,
 }
 
-impl MessageBody for SocketBody {
-    type Error = Infallible;
+/// What the writer took from the queue for one write.
+struct Batch {
+    bytes: Bytes,
+    frames: Vec<Frame>,
+    /// The close frame is in it: the last write.
+    last: bool,
+}
 
-    fn size(&self) -> BodySize {
-        BodySize::Stream
-    }
-
-    fn poll_next(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
-        let this = self.get_mut();
-        if this.finished {
-            return Poll::Ready(None);
-        }
-        this.shared.writer.register(cx.waker());
-        // A lone frame goes out as its shared bytes; several, or control
-        // frames, are gathered into one chunk.
-        let mut lone: Option<Bytes> = None;
-        let mut chunk = BytesMut::new();
-        let (mut texts, mut now) = (0u64, None);
-        let mut queue = this.shared.queue();
-        if std::mem::take(&mut queue.ping) {
-            encode(&mut this.codec, Message::Ping(Bytes::new()), &mut chunk);
-        }
-        if let Some(payload) = queue.pong.take() {
-            encode(&mut this.codec, Message::Pong(payload), &mut chunk);
-        }
-        while chunk.len() < CHUNK_BYTES {
-            let Some(frame) = queue.frames.pop_front() else {
-                break;
-            };
-            queue.bytes -= frame.text_len;
-            texts += 1;
-            if let Some(at) = frame.committed_at {
-                let now = *now.get_or_insert_with(chrono::Utc::now);
-                let latency = (now - at).to_std().unwrap_or_default();
-                this.shared.fanout.record(latency.as_secs_f64());
-            }
-            if chunk.is_empty() && lone.is_none() {
-                lone = Some(frame.encoded);
-            } else {
-                if let Some(first) = lone.take() {
-                    chunk.extend_from_slice(&first);
+impl Writer {
+    /// Runs until the close frame is written, the socket fails, or a close
+    /// has waited [`CLOSE_GRACE`]; then shuts the socket down, which ends
+    /// the session's read side too, and gives the connection's place back.
+    pub async fn run(self) {
+        let Self {
+            shared,
+            mut sink,
+            _permit,
+        } = self;
+        let closed_cleanly = tokio::select! {
+            written = write_frames(&shared, &mut sink) => match written {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::debug!(%error, "websocket write failed");
+                    false
                 }
+            },
+            () = async {
+                shared.closing.notified().await;
+                tokio::time::sleep(CLOSE_GRACE).await;
+            } => false,
+        };
+        {
+            let mut queue = shared.queue();
+            queue.close.get_or_insert(CloseReason {
+                code: actix_http::ws::CloseCode::Abnormal,
+                description: None,
+            });
+            queue.frames.clear();
+            queue.bytes = 0;
+            queue.direct = None;
+        }
+        sink.shut_down(closed_cleanly).await;
+    }
+}
+
+async fn write_frames(shared: &Shared, sink: &mut WriteSide) -> io::Result<()> {
+    let mut codec = Codec::new();
+    loop {
+        let batch = poll_fn(|cx| {
+            shared.writer.register(cx.waker());
+            match take_batch(&mut shared.queue(), &mut codec) {
+                Some(batch) => Poll::Ready(batch),
+                None => Poll::Pending,
+            }
+        })
+        .await;
+        sink.write_all(&batch.bytes).await?;
+        shared.queue().writing = false;
+        shared.written(&batch.frames);
+        if batch.last {
+            return Ok(());
+        }
+    }
+}
+
+/// Takes the next write out of the queue: a lone frame as its shared bytes;
+/// several, or control frames, gathered into one chunk.
+fn take_batch(queue: &mut Queue, codec: &mut Codec) -> Option<Batch> {
+    if queue.writing {
+        return None;
+    }
+    let mut chunk = BytesMut::new();
+    if std::mem::take(&mut queue.ping) {
+        encode(codec, Message::Ping(Bytes::new()), &mut chunk);
+    }
+    if let Some(payload) = queue.pong.take() {
+        encode(codec, Message::Pong(payload), &mut chunk);
+    }
+    let (mut frames, mut size) = (Vec::new(), chunk.len());
+    while size < CHUNK_BYTES {
+        let Some(frame) = queue.frames.pop_front() else {
+            break;
+        };
+        queue.bytes -= frame.text_len;
+        size += frame.encoded.len();
+        frames.push(frame);
+    }
+    let last = queue.close.is_some();
+    let bytes = match &frames[..] {
+        [lone] if chunk.is_empty() && !last => lone.encoded.clone(),
+        _ => {
+            for frame in &frames {
                 chunk.extend_from_slice(&frame.encoded);
             }
-        }
-        if let Some(reason) = &queue.close {
-            if let Some(first) = lone.take() {
-                chunk.extend_from_slice(&first);
+            if let Some(reason) = &queue.close {
+                encode(codec, Message::Close(Some(reason.clone())), &mut chunk);
             }
-            encode(
-                &mut this.codec,
-                Message::Close(Some(reason.clone())),
-                &mut chunk,
-            );
-            this.finished = true;
+            if chunk.is_empty() {
+                return None;
+            }
+            chunk.freeze()
         }
-        drop(queue);
-        if texts > 0 {
-            this.shared.sent.increment(texts);
-        }
-        if let Some(frame) = lone {
-            return Poll::Ready(Some(Ok(frame)));
-        }
-        if chunk.is_empty() {
-            // Only a close frame ends the body; then `finished` answers above.
-            return Poll::Pending;
-        }
-        Poll::Ready(Some(Ok(mem::take(&mut chunk).freeze())))
-    }
+    };
+    queue.writing = true;
+    Some(Batch {
+        bytes,
+        frames,
+        last,
+    })
 }
 
 fn encode(codec: &mut Codec, message: Message, chunk: &mut BytesMut) {
@@ -287,6 +386,8 @@ mod tests {
 
     use actix_codec::Decoder;
     use actix_http::ws::{CloseCode, Frame as WireFrame};
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpSocket};
 
     use super::*;
     use crate::realtime::ConnectionLimits;
@@ -306,71 +407,116 @@ mod tests {
         }
     }
 
-    fn queue_with(max_bytes: usize) -> (SendQueue, SocketBody, Arc<AtomicUsize>) {
+    /// A real loopback connection: the server's end as a write side, and
+    /// the client's end. Small socket buffers when `tight`, so that the
+    /// client not reading soon blocks the server's writes.
+    async fn connection(tight: bool) -> (WriteSide, tokio::net::TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpSocket::new_v4().unwrap();
+        if tight {
+            client.set_recv_buffer_size(4096).unwrap();
+        }
+        let client = client
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        if tight {
+            socket2::SockRef::from(&server)
+                .set_send_buffer_size(4096)
+                .unwrap();
+        }
+        (WriteSide::Tcp(Arc::new(server)), client)
+    }
+
+    struct Connection {
+        queue: SendQueue,
+        client: tokio::net::TcpStream,
+        notices: Arc<AtomicUsize>,
+        /// What the client has read and not yet decoded.
+        read: BytesMut,
+    }
+
+    async fn connect(max_bytes: usize, tight: bool) -> Connection {
+        let (sink, client) = connection(tight).await;
         let notices = Arc::new(AtomicUsize::new(0));
         let session = Notices(Arc::clone(&notices)).start().recipient();
         let permit = ConnectionLimits::new(1, 1, "test_connections")
             .admit(std::net::Ipv4Addr::LOCALHOST.into())
             .unwrap();
-        let (queue, body) = SendQueue::new(max_bytes, session, permit);
-        (queue, body, notices)
+        let (queue, writer) = SendQueue::new(max_bytes, session, sink, permit);
+        actix_web::rt::spawn(writer.run());
+        Connection {
+            queue,
+            client,
+            notices,
+            read: BytesMut::new(),
+        }
     }
 
-    #[actix_web::test]
-    async fn the_connection_keeps_its_place_until_the_body_is_dropped() {
-        let limits = ConnectionLimits::new(1, 1, "test_connections");
-        let ip = std::net::Ipv4Addr::LOCALHOST.into();
-        let session = Notices(Arc::new(AtomicUsize::new(0))).start().recipient();
-        let (queue, body) = SendQueue::new(10, session, limits.admit(ip).unwrap());
-        queue.close(CloseReason {
-            code: CloseCode::Normal,
-            description: None,
-        });
-        drop(queue);
-        assert!(limits.admit(ip).is_none(), "the body still holds the place");
-        drop(body);
-        assert!(limits.admit(ip).is_some(), "the connection is gone");
+    impl Connection {
+        /// The next `count` frames, decoded as a client would.
+        async fn frames(&mut self, count: usize) -> Vec<WireFrame> {
+            let mut codec = Codec::new().client_mode().max_size(1 << 24);
+            let mut frames = Vec::new();
+            while frames.len() < count {
+                if let Some(frame) = codec.decode(&mut self.read).expect("valid frames") {
+                    frames.push(frame);
+                    continue;
+                }
+                let read = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    self.client.read_buf(&mut self.read),
+                )
+                .await
+                .expect("the server writes")
+                .unwrap();
+                assert!(read > 0, "the server closed early");
+            }
+            frames
+        }
+
+        /// Whether the server has ended the connection (after what was sent).
+        async fn ended(&mut self) -> bool {
+            let mut rest = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), self.client.read_to_end(&mut rest))
+                .await
+                .is_ok_and(|read| read.is_ok())
+        }
     }
 
     fn text(s: &str) -> Frame {
         Frame::text(s.to_owned(), None)
     }
 
-    /// The next chunk of the body, decoded as a client would.
-    async fn next_frames(body: &mut SocketBody) -> Option<Vec<WireFrame>> {
-        let chunk = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_next(cx)).await?;
-        let mut buf = BytesMut::from(&chunk.unwrap()[..]);
-        let mut codec = Codec::new().client_mode();
-        let mut frames = Vec::new();
-        while let Some(frame) = codec.decode(&mut buf).expect("valid frames") {
-            frames.push(frame);
-        }
-        Some(frames)
+    fn is_text(frame: &WireFrame, expected: &str) -> bool {
+        matches!(frame, WireFrame::Text(t) if &t[..] == expected.as_bytes())
     }
 
     #[actix_web::test]
-    async fn frames_go_out_in_order_and_a_close_ends_the_body() {
-        let (queue, mut body, _) = queue_with(1024);
+    async fn frames_go_out_in_order_and_a_close_ends_the_connection() {
+        let mut connection = connect(1024, false).await;
+        let queue = connection.queue.clone();
         assert!(queue.push(text("one")));
         queue.ping();
         assert!(queue.push(text("two")));
-        let frames = next_frames(&mut body).await.unwrap();
-        assert_eq!(frames.len(), 3);
+        let frames = connection.frames(3).await;
+        assert!(is_text(&frames[0], "one"));
         assert!(
-            matches!(&frames[0], WireFrame::Ping(_)),
-            "control frames go ahead of the queue"
+            matches!(&frames[1], WireFrame::Ping(_)),
+            "a ping goes ahead of the frames queued behind it"
         );
-        assert!(matches!(&frames[1], WireFrame::Text(t) if &t[..] == b"one"));
-        assert!(matches!(&frames[2], WireFrame::Text(t) if &t[..] == b"two"));
+        assert!(is_text(&frames[2], "two"));
 
         for i in 0..100 {
             queue.pong(Bytes::from(format!("{i}")));
         }
-        let frames = next_frames(&mut body).await.unwrap();
-        assert_eq!(frames.len(), 1, "pings pile up no answers: only the latest");
-        assert!(matches!(&frames[0], WireFrame::Pong(p) if &p[..] == b"99"));
+        let frames = connection.frames(1).await;
+        assert!(
+            matches!(&frames[0], WireFrame::Pong(p) if &p[..] == b"99"),
+            "pings pile up no answers: only the latest"
+        );
 
-        assert!(queue.push(text("dropped by the close")));
         queue.close(CloseReason {
             code: CloseCode::from(4008),
             description: Some("slow".into()),
@@ -379,31 +525,70 @@ mod tests {
             !queue.push(text("after the close")),
             "a closing queue takes nothing"
         );
-        let frames = next_frames(&mut body).await.unwrap();
-        assert_eq!(frames.len(), 1, "the close dropped what was still queued");
+        let frames = connection.frames(1).await;
         assert!(matches!(&frames[0], WireFrame::Close(Some(r)) if r.code == CloseCode::from(4008)));
-        assert!(next_frames(&mut body).await.is_none(), "the body has ended");
+        assert!(connection.ended().await, "the server ended the connection");
     }
 
     #[actix_web::test]
     async fn the_queue_refuses_past_its_budget_and_tells_the_session() {
-        let (queue, mut body, notices) = queue_with(10);
-        assert!(queue.push(text("12345")));
-        assert!(queue.push(text("67890")));
-        assert!(!queue.push(text("x")), "11 bytes would be over 10");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        assert_eq!(notices.load(Ordering::SeqCst), 1);
-
-        let frames = next_frames(&mut body).await.unwrap();
-        assert_eq!(frames.len(), 2);
-        assert!(queue.push(text("x")), "written frames leave the budget");
-
-        let (queue, mut body, _) = queue_with(10);
+        let mut connection = connect(64 * 1024, true).await;
+        let queue = connection.queue.clone();
+        // Far more than the socket's buffers take: the rest waits queued.
+        let big = "x".repeat(1 << 20);
         assert!(
-            queue.push(text("longer than the whole budget")),
-            "a large frame still goes out alone"
+            queue.push(text(&big)),
+            "a frame larger than the whole budget still goes out alone"
         );
-        assert!(!queue.push(text("x")), "but nothing joins it");
-        assert_eq!(next_frames(&mut body).await.unwrap().len(), 1);
+        assert!(!queue.push(text("y")), "but nothing joins it");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(connection.notices.load(Ordering::SeqCst), 1);
+
+        let frames = connection.frames(1).await;
+        assert!(is_text(&frames[0], &big), "the big frame arrives whole");
+        assert!(queue.push(text("z")), "written frames leave the budget");
+        assert!(is_text(&connection.frames(1).await[0], "z"));
+    }
+
+    #[actix_web::test]
+    async fn a_close_that_cannot_be_written_ends_the_connection_after_its_grace() {
+        let mut connection = connect(64 * 1024, true).await;
+        let queue = connection.queue.clone();
+        assert!(queue.push(text(&"x".repeat(1 << 20))));
+        queue.close(CloseReason {
+            code: CloseCode::Normal,
+            description: None,
+        });
+        // The client reads nothing for longer than the grace.
+        tokio::time::sleep(CLOSE_GRACE + Duration::from_secs(1)).await;
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(
+            Duration::from_secs(10),
+            connection.client.read_to_end(&mut rest),
+        )
+        .await
+        .expect("the server ended the connection");
+        assert!(
+            read.is_err() || rest.len() < (1 << 20),
+            "the frame was cut off with the connection"
+        );
+    }
+
+    #[actix_web::test]
+    async fn the_connection_keeps_its_place_until_the_writer_ends() {
+        let limits = ConnectionLimits::new(1, 1, "test_connections");
+        let ip = std::net::Ipv4Addr::LOCALHOST.into();
+        let session = Notices(Arc::new(AtomicUsize::new(0))).start().recipient();
+        let (sink, _client) = connection(false).await;
+        let (queue, writer) = SendQueue::new(10, session, sink, limits.admit(ip).unwrap());
+        let writing = actix_web::rt::spawn(writer.run());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(limits.admit(ip).is_none(), "the writer holds the place");
+        queue.close(CloseReason {
+            code: CloseCode::Normal,
+            description: None,
+        });
+        writing.await.unwrap();
+        assert!(limits.admit(ip).is_some(), "the connection is gone");
     }
 }

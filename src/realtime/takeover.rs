@@ -1,0 +1,140 @@
+//! The socket of an upgraded connection, taken over from actix-http: the
+//! client's bytes for [`super::Inbound`], and a write side for the
+//! connection's [`super::SendQueue`].
+//!
+//! A plain TCP socket is shared rather than split: tokio reads and writes
+//! it through `&self`, so a hub can write a frame to it from the hub's own
+//! thread — one `send` per subscriber, as a bare broadcast does — instead
+//! of waking the connection's worker to copy the frame into actix-http's
+//! write buffer. A TLS stream needs its session state for every write, so
+//! only the connection's own task writes it.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use actix_web::rt::net::TcpStream;
+use actix_web::web::Bytes;
+use futures_util::Stream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+
+/// Bytes read at once. On the stack: an idle connection holds no read buffer.
+const READ_BYTES: usize = 4096;
+
+type TlsStream = actix_tls::accept::rustls_0_23::TlsStream<TcpStream>;
+
+/// A connection's io, once the upgrade is answered.
+pub enum Socket {
+    Tcp(Arc<TcpStream>),
+    Tls(ReadHalf<TlsStream>, WriteHalf<TlsStream>),
+}
+
+/// The io types the server accepts, each turned into a [`Socket`].
+pub trait Takeover: AsyncRead + AsyncWrite + Unpin + 'static {
+    fn into_socket(self) -> Socket;
+}
+
+impl Takeover for TcpStream {
+    fn into_socket(self) -> Socket {
+        Socket::Tcp(Arc::new(self))
+    }
+}
+
+impl Takeover for TlsStream {
+    fn into_socket(self) -> Socket {
+        let (read, write) = tokio::io::split(self);
+        Socket::Tls(read, write)
+    }
+}
+
+impl Socket {
+    pub fn split(self) -> (ReadSide, WriteSide) {
+        match self {
+            Self::Tcp(tcp) => (ReadSide::Tcp(Arc::clone(&tcp)), WriteSide::Tcp(tcp)),
+            Self::Tls(read, write) => (ReadSide::Tls(read), WriteSide::Tls(write)),
+        }
+    }
+}
+
+/// The client's bytes, as a stream of chunks for [`super::Inbound`].
+pub enum ReadSide {
+    Tcp(Arc<TcpStream>),
+    Tls(ReadHalf<TlsStream>),
+}
+
+impl Stream for ReadSide {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut buf = [0u8; READ_BYTES];
+        let read = match self.get_mut() {
+            Self::Tcp(tcp) => loop {
+                ready!(tcp.poll_read_ready(cx))?;
+                match tcp.try_read(&mut buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    result => break result?,
+                }
+            },
+            Self::Tls(tls) => {
+                let mut filled = ReadBuf::new(&mut buf);
+                ready!(Pin::new(tls).poll_read(cx, &mut filled))?;
+                filled.filled().len()
+            }
+        };
+        Poll::Ready((read > 0).then(|| Ok(Bytes::copy_from_slice(&buf[..read]))))
+    }
+}
+
+/// Where the connection's frames go.
+pub enum WriteSide {
+    Tcp(Arc<TcpStream>),
+    Tls(WriteHalf<TlsStream>),
+}
+
+impl WriteSide {
+    /// The socket a hub may write to from its own thread, if there is one.
+    pub fn shared(&self) -> Option<Arc<TcpStream>> {
+        match self {
+            Self::Tcp(tcp) => Some(Arc::clone(tcp)),
+            Self::Tls(_) => None,
+        }
+    }
+
+    pub async fn write_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Tcp(tcp) => {
+                while !bytes.is_empty() {
+                    tcp.writable().await?;
+                    match tcp.try_write(bytes) {
+                        Ok(written) => bytes = &bytes[written..],
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+            Self::Tls(tls) => {
+                tls.write_all(bytes).await?;
+                tls.flush().await
+            }
+        }
+    }
+
+    /// Ends the connection for the client too, whoever else still holds the
+    /// socket: a hub's queue, or the session's read side. TLS says goodbye
+    /// (`close_notify`) only after a clean close, and waits for that no
+    /// longer than a moment: the client may have stopped reading.
+    pub async fn shut_down(&mut self, cleanly: bool) {
+        match self {
+            Self::Tcp(tcp) => {
+                let _ = socket2::SockRef::from(&**tcp).shutdown(std::net::Shutdown::Both);
+            }
+            Self::Tls(tls) if cleanly => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+            }
+            Self::Tls(_) => {}
+        }
+    }
+}
