@@ -25,8 +25,9 @@ load() {
 import json, sys
 d = json.load(open(sys.argv[1]))
 cpu = [c["detail"].split(" per")[0] for c in d["checks"] if "CPU" in c["name"]]
+idle = [c["detail"].split(" per")[0] for c in d["checks"] if "per idle connection" in c["name"]]
 failed = [c["name"] for c in d["checks"] if not c["passed"]]
-print(f'{sys.argv[2]:<16} p50 {d["latency"]["p50_ms"]:6.1f}  p99 {d["latency"]["p99_ms"]:6.1f} ms  server {cpu[0]:>9} / tool {cpu[1]:>9} per delivery  {"FAILED " + ",".join(failed) if failed else "all checks pass"}')
+print(f'{sys.argv[2]:<16} p50 {d["latency"]["p50_ms"]:6.1f}  p99 {d["latency"]["p99_ms"]:6.1f} ms  server {cpu[0]:>9} / tool {cpu[1]:>9} per delivery  idle {idle[0] if idle else "?":>9} per connection  {"FAILED " + ",".join(failed) if failed else "all checks pass"}')
 PY
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }

@@ -7,7 +7,9 @@
 //! the handler starts reading it; past that the request is answered 408 and
 //! the connection is closed. A connection takes its place within
 //! `http.max_connections_per_ip` when accepted and gives it back when it
-//! closes; one over the cap gets 503 and is closed.
+//! closes; one over the cap gets 503 and is closed. A connection upgraded
+//! to a WebSocket gives its place back at the upgrade: the realtime limits
+//! count it from then on (`http::upgrade`).
 
 use std::any::Any;
 use std::cell::Cell;

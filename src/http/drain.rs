@@ -4,6 +4,8 @@
 //! is closing — a request it could not safely send elsewhere, since a POST
 //! that may have arrived is not retried. Idle connections are closed by the
 //! proxy first (its upstream keep-alive is shorter than the server's).
+//! WebSocket connections are told to go (close 1001) and new ones refused,
+//! so clients reconnect to a node that stays.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,19 +15,38 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::ConnectionType;
 use actix_web::middleware::Next;
 use actix_web::{Error, web};
+use tokio::sync::Notify;
 
-/// Whether this node is draining; shared by the middleware, `/ready` and
-/// the shutdown sequence.
+/// Whether this node is draining; shared by the middleware, `/ready`, the
+/// WebSocket connections (told to go) and the shutdown sequence.
 #[derive(Clone, Default)]
-pub struct Drain(Arc<AtomicBool>);
+pub struct Drain(Arc<Draining>);
+
+#[derive(Default)]
+struct Draining {
+    started: AtomicBool,
+    told: Notify,
+}
 
 impl Drain {
     pub fn start(&self) {
-        self.0.store(true, Ordering::Release);
+        self.0.started.store(true, Ordering::Release);
+        self.0.told.notify_waiters();
     }
 
     pub fn is_draining(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.started.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the node is draining.
+    pub async fn started(&self) {
+        let told = self.0.told.notified();
+        let mut told = std::pin::pin!(told);
+        // Registered before the check, so a start in between still wakes it.
+        told.as_mut().enable();
+        if !self.is_draining() {
+            told.await;
+        }
     }
 }
 

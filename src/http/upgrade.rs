@@ -17,7 +17,7 @@
 use std::convert::Infallible;
 use std::rc::Rc;
 
-use actix_codec::Framed;
+use actix_codec::{Framed, FramedParts};
 use actix_http::body::{BodySize, MessageBody, to_bytes};
 use actix_http::h1::{self, SendResponse};
 use actix_http::{ConnectionType, HttpMessage, Request, Response};
@@ -28,7 +28,7 @@ use futures_util::SinkExt;
 use futures_util::future::LocalBoxFuture;
 
 use super::ws::Accepted;
-use crate::realtime::Takeover;
+use crate::realtime::{Socket, Takeover};
 
 /// Marks a request that came with its connection: only such a request can
 /// be upgraded.
@@ -102,35 +102,59 @@ where
     fn call(&self, (req, framed): (Request, Framed<T, h1::Codec>)) -> Self::Future {
         let app = Rc::clone(&self.app);
         Box::pin(async move {
-            // A client that goes before its upgrade is answered is no error
-            // of the server's.
-            if let Err(error) = take_over(&*app, req, framed).await {
-                tracing::debug!(%error, "websocket upgrade not completed");
+            // Asking the API runs its middleware's futures: in a box of
+            // their own, freed once answered (a statement of its own: a
+            // temporary in the `match` would live through the arms), so
+            // that the connection does not hold their size while it is open.
+            let answered = Box::pin(answer(&*app, req, framed)).await;
+            match answered {
+                Ok(Some(upgraded)) => {
+                    let Upgraded {
+                        accepted,
+                        socket,
+                        buffered,
+                    } = upgraded;
+                    accepted.serve(socket, buffered).await;
+                }
+                Ok(None) => {}
+                // A client that goes before its upgrade is answered is no
+                // error of the server's.
+                Err(error) => tracing::debug!(%error, "websocket upgrade not completed"),
             }
             Ok(())
         })
     }
 }
 
-/// Asks the API about the upgrade request, and on a 101 runs the
-/// connection on its socket until it ends.
-async fn take_over<T, S, B>(
+/// A connection the API upgraded, its 101 written.
+struct Upgraded {
+    accepted: Accepted,
+    socket: Socket,
+    /// What the client sent behind its upgrade request.
+    buffered: Bytes,
+}
+
+/// Asks the API about the upgrade request. On a 101 with [`Accepted`],
+/// writes it and takes the socket; otherwise writes the answer and closes.
+async fn answer<T, S, B>(
     app: &S,
     req: Request,
     mut framed: Framed<T, h1::Codec>,
-) -> Result<(), std::io::Error>
+) -> Result<Option<Upgraded>, std::io::Error>
 where
     T: Takeover,
     S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
     B: MessageBody + 'static,
 {
     req.extensions_mut().insert(Offered);
-    let (request, mut response) = match app.call(req).await {
-        Ok(answered) => {
-            let (request, response) = answered.into_parts();
-            (Some(request), response.map_into_boxed_body())
-        }
-        Err(error) => (None, error.error_response()),
+    // The request goes with the answer: its headers hold on to actix-http's
+    // 8 KiB read buffer (they are slices of it), and their map is 6.7 KiB.
+    // With it goes the connection's data, so an upgraded connection counts
+    // within the realtime limits only, not `http.max_connections_per_ip`
+    // or the HTTP connections a stop waits for (it is told to go instead).
+    let mut response = match app.call(req).await {
+        Ok(answered) => answered.into_parts().1.map_into_boxed_body(),
+        Err(error) => error.error_response(),
     };
     let accepted = response.extensions_mut().remove::<Accepted>();
     let mut response = Response::from(response);
@@ -146,18 +170,22 @@ where
             .map_err(|error| {
                 std::io::Error::other(format!("cannot answer an upgrade request: {error}"))
             })?;
-        return Ok(());
+        return Ok(None);
     };
     framed
         .send(h1::Message::Item((response.drop_body(), BodySize::None)))
         .await?;
-    let parts = framed.into_parts();
-    debug_assert!(parts.write_buf.is_empty(), "the 101 was flushed");
-    // Copied out, so that the dispatcher's 8 KiB read buffer goes.
-    let buffered = Bytes::copy_from_slice(&parts.read_buf);
-    // The request keeps the connection's data (its place within the
-    // per-address cap, and the count a stop waits on) until the end.
-    accepted.serve(parts.io.into_socket(), buffered).await;
-    drop(request);
-    Ok(())
+    let FramedParts {
+        io,
+        read_buf,
+        write_buf,
+        ..
+    } = framed.into_parts();
+    debug_assert!(write_buf.is_empty(), "the 101 was flushed");
+    // Copied out, so that the dispatcher's 8 KiB buffers go now.
+    Ok(Some(Upgraded {
+        accepted,
+        socket: io.into_socket(),
+        buffered: Bytes::copy_from_slice(&read_buf),
+    }))
 }

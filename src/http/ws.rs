@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
-use actix_http::ws::handshake;
+use actix_http::ws::{CloseCode, CloseReason, handshake};
 use actix_web::http::header::{HOST, ORIGIN};
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -13,6 +13,7 @@ use futures_util::{StreamExt, stream};
 
 use super::ApiError;
 use super::ErrorCode;
+use super::drain::Drain;
 use super::rate_limit::RateLimits;
 use turnout_actors::recommend::Recommenders;
 
@@ -70,7 +71,11 @@ pub async fn upgrade(
     realtime: web::Data<Realtime>,
     tokens: web::Data<TokenKeys>,
     rate_limits: web::Data<RateLimits>,
+    drain: web::Data<Drain>,
 ) -> Result<HttpResponse, ApiError> {
+    if drain.is_draining() {
+        return Err(ApiError::Overloaded("this node is stopping; connect again"));
+    }
     if !origin_allowed(&req, &realtime.settings) {
         return Err(ApiError::forbidden(
             ErrorCode::OriginNotAllowed,
@@ -105,6 +110,7 @@ pub async fn upgrade(
         },
         tokens: tokens.into_inner(),
         settings: Arc::clone(&realtime.settings),
+        drain: Drain::clone(&drain),
     });
     Ok(response)
 }
@@ -116,12 +122,14 @@ pub struct Accepted {
     channels: Channels,
     tokens: Arc<TokenKeys>,
     settings: Arc<RealtimeSettings>,
+    drain: Drain,
 }
 
 impl Accepted {
     /// Starts the connection's session on `socket` (after `buffered`, the
     /// bytes the client sent behind its upgrade request) and writes its
-    /// frames until the connection ends.
+    /// frames until the connection ends. When the node starts draining, the
+    /// client is told to go (1001) and reconnects to a node that stays.
     pub async fn serve(self, socket: Socket, buffered: Bytes) {
         let (read, write) = socket.split();
         let inbound = Inbound::new(
@@ -136,12 +144,22 @@ impl Accepted {
             self.permit,
         );
         ctx.add_stream(inbound);
+        let going = queue.clone();
         ctx.run(WsSession::new(
             queue,
             self.channels,
             self.tokens,
             self.settings,
         ));
-        writer.run().await;
+        let writing = writer.run();
+        let mut writing = std::pin::pin!(writing);
+        tokio::select! {
+            () = &mut writing => return,
+            () = self.drain.started() => going.close(CloseReason {
+                code: CloseCode::Away,
+                description: Some("this node is stopping; connect again".to_owned()),
+            }),
+        }
+        writing.await;
     }
 }

@@ -281,6 +281,7 @@ impl Writer {
             mut sink,
             _permit,
         } = self;
+        let ended = Ended(&shared);
         let closed_cleanly = tokio::select! {
             written = write_frames(&shared, &mut sink) => match written {
                 Ok(()) => true,
@@ -294,17 +295,26 @@ impl Writer {
                 tokio::time::sleep(CLOSE_GRACE).await;
             } => false,
         };
-        {
-            let mut queue = shared.queue();
-            queue.close.get_or_insert(CloseReason {
-                code: actix_http::ws::CloseCode::Abnormal,
-                description: None,
-            });
-            queue.frames.clear();
-            queue.bytes = 0;
-            queue.direct = None;
-        }
+        drop(ended);
         sink.shut_down(closed_cleanly).await;
+    }
+}
+
+/// However the writer ends — its close written, the socket failed, or its
+/// worker dropped it at a stop — hubs stop writing to the socket and
+/// queueing for it.
+struct Ended<'a>(&'a Shared);
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        let mut queue = self.0.queue();
+        queue.close.get_or_insert(CloseReason {
+            code: actix_http::ws::CloseCode::Abnormal,
+            description: None,
+        });
+        queue.frames.clear();
+        queue.bytes = 0;
+        queue.direct = None;
     }
 }
 

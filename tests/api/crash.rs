@@ -7,9 +7,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 use crate::helpers::{Backend, JWT_KEY, TestApp, body, fresh_database};
@@ -156,8 +158,9 @@ async fn postgres_sigterm_drains_and_exits_cleanly() {
 
 /// At SIGTERM the node stops accepting but answers on the connections
 /// already open, each answer closing its connection, and `/ready` says 503
-/// (a proxy never sends on a connection this node is closing); it stops as
-/// soon as they have closed, well before `http.drain_secs`.
+/// (a proxy never sends on a connection this node is closing); WebSockets
+/// are told to go (1001); it stops as soon as they have closed, well before
+/// `http.drain_secs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_connections_before_stopping() {
     let dir = tempfile::tempdir().unwrap();
@@ -181,8 +184,31 @@ async fn sigterm_drains_connections_before_stopping() {
             .is_none_or(|c| c != "close")
     );
 
+    let ws = server.address.replace("http://", "ws://") + "/v1/ws";
+    let (mut socket, _) = tokio_tungstenite::connect_async(&ws).await.unwrap();
+
     server.signal("TERM");
     let started = std::time::Instant::now();
+    // A WebSocket is told to go, so its client reconnects to a node that
+    // stays, and the node need not wait for it.
+    let going = loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("the socket hears the stop")
+        {
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(going, Some(1001));
+    match tokio_tungstenite::connect_async(&ws).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(refused)) => {
+            assert_eq!(refused.status().as_u16(), 503)
+        }
+        Err(_) => {} // the listener is already shut
+        Ok(_) => panic!("a draining node took a new socket"),
+    }
     let draining = loop {
         let answer = client.get(&ready).send().await.unwrap();
         if answer.status() == StatusCode::SERVICE_UNAVAILABLE {

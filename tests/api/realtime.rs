@@ -5,6 +5,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
@@ -18,12 +19,15 @@ pub async fn connect(app: &TestApp) -> Socket {
     connect_async(url).await.expect("websocket connects").0
 }
 
-pub async fn send(socket: &mut Socket, frame: Value) {
+pub async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+    socket: &mut WebSocketStream<S>,
+    frame: Value,
+) {
     socket.send(Message::text(frame.to_string())).await.unwrap();
 }
 
 /// The next JSON frame, skipping pings.
-pub async fn next(socket: &mut Socket) -> Value {
+pub async fn next<S: AsyncRead + AsyncWrite + Unpin>(socket: &mut WebSocketStream<S>) -> Value {
     loop {
         let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
             .await
@@ -687,4 +691,103 @@ async fn a_radius_feed_hears_only_about_venues_inside_the_circle() {
         update["offset"].as_u64().unwrap(),
         snapshot["offset"].as_u64().unwrap() + 1
     );
+}
+
+/// A raw connection to the server, for what a WebSocket client library
+/// would not send: bytes written as they are, read until the server closes.
+async fn raw(app: &TestApp) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(app.address.trim_start_matches("http://"))
+        .await
+        .unwrap()
+}
+
+fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+/// A client may send its first frames right behind the upgrade request,
+/// before it has read the 101: the server read them with the request, and
+/// answers them once the socket is the session's.
+#[actix_web::test]
+async fn frames_sent_with_the_upgrade_request_are_answered() {
+    use actix_codec::{Decoder, Encoder};
+    use actix_http::ws::{Codec, Frame, Message as WsMessage};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = sqlite_app(|_| {}).await;
+    let mut stream = raw(&app).await;
+    let mut bytes = actix_web::web::BytesMut::from(upgrade_request("/v1/ws").as_bytes());
+    let mut codec = Codec::new().client_mode();
+    for _ in 0..2 {
+        codec
+            .encode(
+                WsMessage::Text(json!({ "type": "ping" }).to_string().into()),
+                &mut bytes,
+            )
+            .unwrap();
+    }
+    stream.write_all(&bytes).await.unwrap();
+
+    let mut read = actix_web::web::BytesMut::new();
+    let head_end = loop {
+        if let Some(at) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        assert!(stream.read_buf(&mut read).await.unwrap() > 0);
+    };
+    let head = String::from_utf8_lossy(&read[..head_end]).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("x-request-id:"),
+        "the API's middleware answered the upgrade: {head}"
+    );
+    let _ = read.split_to(head_end);
+    let mut pongs = 0;
+    while pongs < 2 {
+        match codec.decode(&mut read).unwrap() {
+            Some(Frame::Text(text)) => {
+                let frame: Value = serde_json::from_slice(&text).unwrap();
+                assert_eq!(frame["type"], "pong");
+                pongs += 1;
+            }
+            Some(_) => {}
+            None => {
+                let n = tokio::time::timeout(Duration::from_secs(10), stream.read_buf(&mut read))
+                    .await
+                    .expect("the server answers")
+                    .unwrap();
+                assert!(n > 0, "the server closed before answering");
+            }
+        }
+    }
+}
+
+/// An upgrade request anywhere but `/v1/ws` is answered as that path would
+/// answer it, and the connection is closed: only the socket route upgrades.
+#[actix_web::test]
+async fn an_upgrade_request_elsewhere_is_answered_as_usual_then_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = sqlite_app(|_| {}).await;
+    for (path, status) in [("/health", "200"), ("/v1/nowhere", "404")] {
+        let mut stream = raw(&app).await;
+        stream
+            .write_all(upgrade_request(path).as_bytes())
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("the server closes the connection")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path}: {answer}"
+        );
+    }
 }
