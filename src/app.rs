@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actix_http::{HttpService, TlsAcceptorConfig};
-use actix_service::{IntoServiceFactory, ServiceFactoryExt, map_config};
+use actix_service::{IntoServiceFactory, ServiceFactoryExt};
 use actix_web::dev::{AppConfig, Server};
 use actix_web::middleware::{DefaultHeaders, from_fn};
 use actix_web::{App, HttpServer, web};
@@ -34,7 +34,7 @@ use crate::http::client_limits::{self, BodyDeadline, HttpConnections};
 use crate::http::drain::{self, Drain};
 use crate::http::ops::MetricsAccess;
 use crate::http::rate_limit::RateLimits;
-use crate::http::upgrade::WebSocketUpgrade;
+use crate::http::upgrade::WorkerApp;
 use crate::http::ws::Realtime;
 use crate::http::{self, AppState, request_context};
 use crate::realtime::{ConnectionLimits, Hubs, LocalFanout, MeFeeds, RedisFanout, Router};
@@ -596,6 +596,7 @@ fn serve_http(
             let graceful = graceful.clone();
             let counted = Arc::clone(&counted);
             let config = AppConfig::__priv_test_new(https, address.to_string(), address);
+            let api = WorkerApp::new(app().into_factory(), config);
             HttpService::build()
                 .graceful_shutdown_signal(move || {
                     let graceful = graceful.clone();
@@ -607,11 +608,8 @@ fn serve_http(
                 .on_connect_ext(move |io: &_, data: _| {
                     counted.on_connect(io as &dyn std::any::Any, data)
                 })
-                .upgrade(WebSocketUpgrade::new(app().into_factory(), config.clone()))
-                .finish(map_config(
-                    app().into_factory().map_err(|error| error.error_response()),
-                    move |()| config.clone(),
-                ))
+                .upgrade(api.upgrades())
+                .finish(api.requests().map_err(|error| error.error_response()))
         }};
     }
     builder = match &settings.http.tls {

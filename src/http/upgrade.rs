@@ -24,8 +24,9 @@ use actix_http::{ConnectionType, HttpMessage, Request, Response};
 use actix_web::HttpRequest;
 use actix_web::dev::{AppConfig, Service, ServiceFactory, ServiceResponse, always_ready};
 use actix_web::web::Bytes;
+use futures_util::FutureExt;
 use futures_util::SinkExt;
-use futures_util::future::LocalBoxFuture;
+use futures_util::future::{LocalBoxFuture, Shared};
 
 use super::ws::Accepted;
 use crate::realtime::{Socket, Takeover};
@@ -39,47 +40,104 @@ pub fn offered(req: &HttpRequest) -> bool {
     req.extensions().contains::<Offered>()
 }
 
-/// The upgrade service's factory: one service per worker, each with its own
-/// instance of the API's `App`.
-pub struct WebSocketUpgrade<A> {
-    app: A,
-    config: AppConfig,
+/// The API's `App`, built once per worker for ordinary requests and
+/// upgrades alike: an `App` holds its router's compiled patterns, some
+/// 2.7 MiB, which a second instance per worker would cost again.
+pub struct WorkerApp<S> {
+    built: Shared<LocalBoxFuture<'static, Result<Rc<S>, ()>>>,
 }
 
-impl<A> WebSocketUpgrade<A> {
-    pub fn new(app: A, config: AppConfig) -> Self {
-        Self { app, config }
+impl<S: 'static> WorkerApp<S> {
+    /// Builds nothing yet: the first of the two factories to start builds
+    /// `app` with `config`, and the other shares it.
+    pub fn new<A>(app: A, config: AppConfig) -> Self
+    where
+        A: ServiceFactory<Request, Config = AppConfig, Service = S, InitError = ()>,
+        A::Future: 'static,
+    {
+        let building = app.new_service(config);
+        let built: LocalBoxFuture<'static, _> =
+            Box::pin(async move { building.await.map(Rc::new) });
+        Self {
+            built: built.shared(),
+        }
+    }
+
+    /// The factory of the service for ordinary requests.
+    pub fn requests(&self) -> Requests<S> {
+        Requests {
+            built: self.built.clone(),
+        }
+    }
+
+    /// The factory of the service for WebSocket upgrades.
+    pub fn upgrades(&self) -> WebSocketUpgrade<S> {
+        WebSocketUpgrade {
+            built: self.built.clone(),
+        }
     }
 }
 
-impl<T, A, B> ServiceFactory<(Request, Framed<T, h1::Codec>)> for WebSocketUpgrade<A>
+/// [`WorkerApp::requests`].
+pub struct Requests<S> {
+    built: Shared<LocalBoxFuture<'static, Result<Rc<S>, ()>>>,
+}
+
+impl<S, B> ServiceFactory<Request> for Requests<S>
+where
+    S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+{
+    type Response = ServiceResponse<B>;
+    type Error = actix_web::Error;
+    type Config = ();
+    type Service = AppService<S>;
+    type InitError = ();
+    type Future = LocalBoxFuture<'static, Result<Self::Service, ()>>;
+
+    fn new_service(&self, _: ()) -> Self::Future {
+        let built = self.built.clone();
+        Box::pin(async move { built.await.map(AppService) })
+    }
+}
+
+/// The worker's `App`, shared.
+pub struct AppService<S>(Rc<S>);
+
+impl<S: Service<Request>> Service<Request> for AppService<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&self, req: Request) -> Self::Future {
+        self.0.call(req)
+    }
+}
+
+/// [`WorkerApp::upgrades`].
+pub struct WebSocketUpgrade<S> {
+    built: Shared<LocalBoxFuture<'static, Result<Rc<S>, ()>>>,
+}
+
+impl<T, S, B> ServiceFactory<(Request, Framed<T, h1::Codec>)> for WebSocketUpgrade<S>
 where
     T: Takeover,
-    A: ServiceFactory<
-            Request,
-            Config = AppConfig,
-            Response = ServiceResponse<B>,
-            Error = actix_web::Error,
-            InitError = (),
-        >,
-    A::Service: 'static,
-    A::Future: 'static,
+    S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
     B: MessageBody + 'static,
 {
     type Response = ();
     type Error = Infallible;
     type Config = ();
-    type Service = UpgradeService<A::Service>;
+    type Service = UpgradeService<S>;
     type InitError = ();
     type Future = LocalBoxFuture<'static, Result<Self::Service, ()>>;
 
     fn new_service(&self, _: ()) -> Self::Future {
-        let app = self.app.new_service(self.config.clone());
-        Box::pin(async move {
-            Ok(UpgradeService {
-                app: Rc::new(app.await?),
-            })
-        })
+        let built = self.built.clone();
+        Box::pin(async move { built.await.map(|app| UpgradeService { app }) })
     }
 }
 
