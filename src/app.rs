@@ -366,7 +366,10 @@ async fn start_core(
         Journal::new(event_store, journal_settings)
     });
 
-    let hubs = Hubs::new(store.clone(), &settings.realtime, threads.start());
+    let hub_threads = (0..settings.realtime.hub_threads.max(1))
+        .map(|_| threads.start())
+        .collect();
+    let hubs = Hubs::new(store.clone(), &settings.realtime, hub_threads);
     let recs_settings = settings.recommendations.settings();
     let catalog = load_catalog(store.as_ref(), &recs_settings)
         .await

@@ -6,6 +6,7 @@
 //! once, and an `event:<id>` that names no published event starts no hub
 //! (after the first look, the miss is remembered for a few seconds).
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,8 +35,10 @@ struct Inner {
     max_hubs: usize,
     max_feed_hubs: usize,
     misses: RecentMisses,
-    /// The thread all hubs run on.
-    thread: ArbiterHandle,
+    /// The threads hubs run on, a channel always on the same one. A hub
+    /// writes to its plain-TCP subscribers' sockets itself, so a big
+    /// audience's fan-out is its thread's work.
+    threads: Vec<ArbiterHandle>,
 }
 
 /// Why a channel has no hub to join.
@@ -89,7 +92,13 @@ impl RecentMisses {
 }
 
 impl Hubs {
-    pub fn new(store: Arc<dyn Store>, settings: &RealtimeSettings, thread: ArbiterHandle) -> Self {
+    /// `threads`: at least one.
+    pub fn new(
+        store: Arc<dyn Store>,
+        settings: &RealtimeSettings,
+        threads: Vec<ArbiterHandle>,
+    ) -> Self {
+        assert!(!threads.is_empty(), "hubs need a thread to run on");
         Self(Arc::new(Inner {
             direct: DashMap::new(),
             feeds: DashMap::new(),
@@ -102,7 +111,7 @@ impl Hubs {
             max_hubs: settings.max_hubs,
             max_feed_hubs: settings.max_feed_hubs,
             misses: RecentMisses::new(Duration::from_secs(10), 10_000),
-            thread,
+            threads,
         }))
     }
 
@@ -148,7 +157,11 @@ impl Hubs {
         let (channel, store) = (channel.clone(), Arc::clone(&self.0.store));
         let home: Arc<dyn HubHome> = Arc::new(self.clone());
         let (history, idle) = (self.0.history, self.0.idle);
-        ChannelHub::start_in_arbiter(&self.0.thread, move |_| {
+        let threads = &self.0.threads;
+        let mut hasher = std::hash::DefaultHasher::new();
+        channel.hash(&mut hasher);
+        let thread = &threads[hasher.finish() as usize % threads.len()];
+        ChannelHub::start_in_arbiter(thread, move |_| {
             ChannelHub::new(channel, store, home, history, idle)
         })
     }

@@ -69,6 +69,10 @@ pub struct RealtimeSettings {
     /// Feed hubs (`feed`, `feed?tag=…`, `feed?near=…`) running at once: each
     /// holds a listing of its own.
     pub max_feed_hubs: usize,
+    /// Threads the channel hubs run on. A hub writes each update to its
+    /// subscribers' sockets itself (on plain TCP); raise this on a machine
+    /// with many cores and channels with big audiences.
+    pub hub_threads: usize,
     /// Largest frame a client may send.
     pub max_frame_bytes: usize,
     /// Outgoing bytes a connection may have queued before it is closed as a

@@ -791,3 +791,31 @@ async fn an_upgrade_request_elsewhere_is_answered_as_usual_then_closed() {
         );
     }
 }
+
+/// With hubs on several threads (`realtime.hub_threads`), each channel's
+/// hub lives on one of them and writes to its subscribers from there: every
+/// subscriber hears its own channel's updates, in order.
+#[actix_web::test]
+async fn hubs_on_several_threads_each_serve_their_channels() {
+    let app = sqlite_app(|s| s.realtime.hub_threads = 3).await;
+    let owner = app.register("owner@example.com").await;
+    let mut watched = Vec::new();
+    for _ in 0..6 {
+        let event = app.published_event(&owner, 10).await;
+        let mut socket = connect(&app).await;
+        let snapshot = subscribe(&mut socket, &format!("event:{event}"), None).await;
+        assert_eq!(snapshot["type"], "snapshot");
+        watched.push((event, socket, snapshot["offset"].as_u64().unwrap()));
+    }
+    for round in 1..=2 {
+        for (event, _, _) in &watched {
+            app.join(&app.user(), *event).await;
+        }
+        for (event, socket, offset) in &mut watched {
+            let update = next(socket).await;
+            assert_eq!(update["channel"], format!("event:{event}"));
+            assert_eq!(update["offset"].as_u64(), Some(*offset + round));
+            assert_eq!(members(&update["data"]["event"]), round as i64);
+        }
+    }
+}
