@@ -6,10 +6,14 @@
 //! - `venues`, `events`, `joins`: the product.
 //! - `recommendations`: the caller's ranked events.
 //! - `ws`: the WebSocket upgrade (`GET /v1/ws`) and its admission.
+//! - `upgrade`: upgrade requests arrive here with their connection; the
+//!   API decides, and an accepted socket is taken over from actix-http.
+//!   The worker's one `App` serves both.
 //! - `kiosk`: the venue screen page.
 //! - `ops`: health, readiness, metrics.
 //! - `internal`: commands other nodes forward to this one (nodes only).
-//! - `drain`: closing connections as the node stops.
+//! - `drain`: closing connections (and telling sockets to go) as the node
+//!   stops.
 //! - `identity`: the caller from `Authorization: Bearer` (extractors).
 //! - `request_context`: request ids, method and route labels, the access log.
 //! - `rate_limit`: the rate budgets by kind of request.
