@@ -8,7 +8,8 @@
 #   cp target/release/turnout /tmp/turnout-a     # … and another build as -b
 #   for b in a b a b; do BIN=/tmp/turnout-$b loadtest/spread-ab.sh; done
 #
-# Extra arguments are settings for the server (VAR=value).
+# Extra arguments are settings for the server (VAR=value). DB_PROCESS=postgres
+# also prints the database's CPU per join, over the same 10 s.
 set -euo pipefail
 # BIN may be given relative to where the script was started from.
 if [ -n "${BIN:-}" ]; then BIN=$(realpath "$BIN"); fi
@@ -25,7 +26,14 @@ for _ in $(seq 1 50); do curl -sf http://127.0.0.1:$PORT/ready >/dev/null && bre
 switches() {
   cat /proc/$pid/task/*/status | awk '/^voluntary_ctxt_switches/ {n += $2} END {print n}'
 }
-(sleep 4; switches > "$data/switches.start"; sleep 10; switches > "$data/switches.end") &
+# The CPU ticks of every process named DB_PROCESS (e.g. postgres).
+db_cpu() {
+  if [ -z "${DB_PROCESS:-}" ]; then echo 0; return; fi
+  for p in $(pgrep -x "$DB_PROCESS"); do awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null; done \
+    | awk '{n += $1} END {print n + 0}'
+}
+(sleep 4; switches > "$data/switches.start"; db_cpu > "$data/db.start"; sleep 10
+ switches > "$data/switches.end"; db_cpu > "$data/db.end") &
 counter=$!
 target/release/turnout-loadtest spread-join --target http://127.0.0.1:$PORT --jwt-key $KEY \
   --events 200 --capacity 100 --users ${USERS:-8000} --rate 400 --server-pid $pid --json $data/r.json >/dev/null 2>&1 || true
@@ -39,5 +47,9 @@ failed = [c["name"] for c in d["checks"] if not c["passed"]]
 print(f'{sys.argv[2]}  {d["throughput_per_s"]:6.0f} req/s  p50 {d["latency"]["p50_ms"]:.2f}  p99 {d["latency"]["p99_ms"]:.2f} ms  {cpu}  {"FAILED " + ",".join(failed) if failed else "all checks pass"}')
 PY
 echo "  context switches per join (10 s at 400/s): $per_join"
+if [ -n "${DB_PROCESS:-}" ]; then
+  ticks=$(( $(cat "$data/db.end") - $(cat "$data/db.start") ))
+  echo "  $DB_PROCESS CPU per join (10 s at 400/s): $(( ticks * 1000000 / $(getconf CLK_TCK) / 4000 )) µs"
+fi
 kill $pid; wait $pid 2>/dev/null || true
 rm -rf "$data"
