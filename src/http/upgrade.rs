@@ -223,11 +223,13 @@ where
         // Written whole: refusals are short.
         let (response, body) = response.into_parts();
         let body = to_bytes(body).await.unwrap_or_default();
-        SendResponse::new(framed, response.set_body(body))
+        let mut framed = SendResponse::new(framed, response.set_body(body))
             .await
             .map_err(|error| {
                 std::io::Error::other(format!("cannot answer an upgrade request: {error}"))
             })?;
+        // Flushed and shut down (TLS: `close_notify`) before it is dropped.
+        framed.close().await?;
         return Ok(None);
     };
     framed
@@ -243,7 +245,7 @@ where
     // Copied out, so that the dispatcher's 8 KiB buffers go now.
     Ok(Some(Upgraded {
         accepted,
-        socket: io.into_socket(),
+        socket: io.into_socket()?,
         buffered: Bytes::copy_from_slice(&read_buf),
     }))
 }

@@ -28,24 +28,36 @@ type TlsStream = actix_tls::accept::rustls_0_23::TlsStream<TcpStream>;
 /// A connection's io, once the upgrade is answered.
 pub enum Socket {
     Tcp(Arc<TcpStream>),
-    Tls(ReadHalf<TlsStream>, WriteHalf<TlsStream>),
+    Tls {
+        read: ReadHalf<TlsStream>,
+        write: WriteHalf<TlsStream>,
+        /// A second handle on the TCP socket under the TLS session, to end
+        /// the connection whoever holds the halves.
+        raw: TcpStream,
+    },
 }
 
 /// The io types the server accepts, each turned into a [`Socket`].
 pub trait Takeover: AsyncRead + AsyncWrite + Unpin + 'static {
-    fn into_socket(self) -> Socket;
+    fn into_socket(self) -> io::Result<Socket>;
 }
 
+// Frames go out as they come: Nagle's algorithm would hold a small frame
+// behind an unacknowledged one for as long as the client delays its ACK.
 impl Takeover for TcpStream {
-    fn into_socket(self) -> Socket {
-        Socket::Tcp(Arc::new(self))
+    fn into_socket(self) -> io::Result<Socket> {
+        self.set_nodelay(true)?;
+        Ok(Socket::Tcp(Arc::new(self)))
     }
 }
 
 impl Takeover for TlsStream {
-    fn into_socket(self) -> Socket {
+    fn into_socket(self) -> io::Result<Socket> {
+        let tcp = self.get_ref().0;
+        tcp.set_nodelay(true)?;
+        let raw = TcpStream::from_std(socket2::SockRef::from(tcp).try_clone()?.into())?;
         let (read, write) = tokio::io::split(self);
-        Socket::Tls(read, write)
+        Ok(Socket::Tls { read, write, raw })
     }
 }
 
@@ -53,7 +65,7 @@ impl Socket {
     pub fn split(self) -> (ReadSide, WriteSide) {
         match self {
             Self::Tcp(tcp) => (ReadSide::Tcp(Arc::clone(&tcp)), WriteSide::Tcp(tcp)),
-            Self::Tls(read, write) => (ReadSide::Tls(read), WriteSide::Tls(write)),
+            Self::Tls { read, write, raw } => (ReadSide::Tls(read), WriteSide::Tls { write, raw }),
         }
     }
 }
@@ -90,7 +102,10 @@ impl Stream for ReadSide {
 /// Where the connection's frames go.
 pub enum WriteSide {
     Tcp(Arc<TcpStream>),
-    Tls(WriteHalf<TlsStream>),
+    Tls {
+        write: WriteHalf<TlsStream>,
+        raw: TcpStream,
+    },
 }
 
 impl WriteSide {
@@ -98,7 +113,15 @@ impl WriteSide {
     pub fn shared(&self) -> Option<Arc<TcpStream>> {
         match self {
             Self::Tcp(tcp) => Some(Arc::clone(tcp)),
-            Self::Tls(_) => None,
+            Self::Tls { .. } => None,
+        }
+    }
+
+    /// The TCP socket itself, under TLS too.
+    fn raw(&self) -> &TcpStream {
+        match self {
+            Self::Tcp(tcp) => tcp,
+            Self::Tls { raw, .. } => raw,
         }
     }
 
@@ -115,26 +138,47 @@ impl WriteSide {
                 }
                 Ok(())
             }
-            Self::Tls(tls) => {
-                tls.write_all(bytes).await?;
-                tls.flush().await
+            Self::Tls { write, .. } => {
+                write.write_all(bytes).await?;
+                write.flush().await
             }
         }
     }
 
     /// Ends the connection for the client too, whoever else still holds the
-    /// socket: a hub's queue, or the session's read side. TLS says goodbye
-    /// (`close_notify`) only after a clean close, and waits for that no
-    /// longer than a moment: the client may have stopped reading.
+    /// socket (a hub's queue, the session's read side), so that the session
+    /// hears its end. After a clean close the server first says it is done
+    /// sending (TLS `close_notify`, then a FIN) and reads what the client
+    /// still sends, its close frame among it, for up to [`LINGER`]: a
+    /// socket closed with unread bytes is reset, and a reset can overtake
+    /// the close frame on its way.
     pub async fn shut_down(&mut self, cleanly: bool) {
-        match self {
-            Self::Tcp(tcp) => {
-                let _ = socket2::SockRef::from(&**tcp).shutdown(std::net::Shutdown::Both);
+        if cleanly {
+            if let Self::Tls { write, .. } = self {
+                let _ = tokio::time::timeout(LINGER, write.shutdown()).await;
             }
-            Self::Tls(tls) if cleanly => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
-            }
-            Self::Tls(_) => {}
+            let raw = self.raw();
+            let _ = socket2::SockRef::from(raw).shutdown(std::net::Shutdown::Write);
+            let _ = tokio::time::timeout(LINGER, discard_until_end(raw)).await;
+        }
+        let _ = socket2::SockRef::from(self.raw()).shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// How long a closing connection reads what the client still sends.
+const LINGER: Duration = Duration::from_secs(1);
+
+async fn discard_until_end(tcp: &TcpStream) {
+    let mut buf = [0u8; READ_BYTES];
+    loop {
+        if tcp.readable().await.is_err() {
+            return;
+        }
+        match tcp.try_read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
         }
     }
 }

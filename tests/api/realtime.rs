@@ -784,11 +784,14 @@ async fn an_upgrade_request_elsewhere_is_answered_as_usual_then_closed() {
             .await
             .expect("the server closes the connection")
             .unwrap();
-        let answer = String::from_utf8_lossy(&answer);
+        let answer = String::from_utf8_lossy(&answer).to_lowercase();
         assert!(
-            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            answer.starts_with(&format!("http/1.1 {status}")),
             "{path}: {answer}"
         );
+        let head = &answer[..answer.find("\r\n\r\n").expect("a whole head")];
+        assert!(head.contains("\r\nconnection: close"), "{path}: {head}");
+        assert!(!head.contains("upgrade"), "{path}: {head}");
     }
 }
 

@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
 use turnout::config::TlsSettings;
 
 use crate::helpers::{Backend, fresh_database, spawn_app_with, test_settings};
@@ -134,4 +136,14 @@ async fn live_updates_flow_over_wss() {
     send(&mut socket, json!({ "type": "ping" })).await;
     assert_eq!(next(&mut socket).await["type"], "pong");
     socket.close(None).await.unwrap();
+    // The server answers the close, and the connection ends without error.
+    let mut answered = false;
+    while let Some(message) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), socket.next())
+            .await
+            .expect("the server ends the connection")
+    {
+        answered |= matches!(message.expect("a clean end"), Message::Close(_));
+    }
+    assert!(answered, "the server's close frame arrived");
 }
