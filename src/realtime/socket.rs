@@ -309,7 +309,9 @@ impl Writer {
             } => false,
         };
         drop(ended);
-        sink.shut_down(closed_cleanly).await;
+        // Boxed: the ending's futures would otherwise add their size to
+        // every open connection's.
+        Box::pin(sink.shut_down(closed_cleanly)).await;
     }
 }
 

@@ -169,16 +169,20 @@ impl WriteSide {
 const LINGER: Duration = Duration::from_secs(1);
 
 async fn discard_until_end(tcp: &TcpStream) {
-    let mut buf = [0u8; READ_BYTES];
     loop {
         if tcp.readable().await.is_err() {
             return;
         }
-        match tcp.try_read(&mut buf) {
+        match discard(tcp) {
             Ok(0) => return,
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => return,
         }
     }
+}
+
+/// Its buffer on the stack, not in the connection's future.
+fn discard(tcp: &TcpStream) -> io::Result<usize> {
+    tcp.try_read(&mut [0u8; READ_BYTES])
 }
