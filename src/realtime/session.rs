@@ -388,6 +388,18 @@ impl Actor for WsSession {
     }
 }
 
+/// A session that ends without `stopped` (a handler panicked, and the task
+/// running it was dropped) still closes its socket: the writer would wait
+/// for a close that nobody else sends.
+impl Drop for WsSession {
+    fn drop(&mut self) {
+        self.queue.close(CloseReason {
+            code: CloseCode::Error,
+            description: None,
+        });
+    }
+}
+
 impl Handler<Overflowed> for WsSession {
     type Result = ();
 
