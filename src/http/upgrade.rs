@@ -40,11 +40,14 @@ pub fn offered(req: &HttpRequest) -> bool {
     req.extensions().contains::<Offered>()
 }
 
+/// The worker's `App` service being built, or built, for whoever asks.
+type Building<S> = Shared<LocalBoxFuture<'static, Result<Rc<S>, ()>>>;
+
 /// The API's `App`, built once per worker for ordinary requests and
 /// upgrades alike: an `App` holds its router's compiled patterns, some
 /// 2.7 MiB, which a second instance per worker would cost again.
 pub struct WorkerApp<S> {
-    built: Shared<LocalBoxFuture<'static, Result<Rc<S>, ()>>>,
+    built: Building<S>,
 }
 
 impl<S: 'static> WorkerApp<S> {
@@ -80,7 +83,7 @@ impl<S: 'static> WorkerApp<S> {
 
 /// [`WorkerApp::requests`].
 pub struct Requests<S> {
-    built: Shared<LocalBoxFuture<'static, Result<Rc<S>, ()>>>,
+    built: Building<S>,
 }
 
 impl<S, B> ServiceFactory<Request> for Requests<S>
@@ -119,7 +122,7 @@ impl<S: Service<Request>> Service<Request> for AppService<S> {
 
 /// [`WorkerApp::upgrades`].
 pub struct WebSocketUpgrade<S> {
-    built: Shared<LocalBoxFuture<'static, Result<Rc<S>, ()>>>,
+    built: Building<S>,
 }
 
 impl<T, S, B> ServiceFactory<(Request, Framed<T, h1::Codec>)> for WebSocketUpgrade<S>
