@@ -142,6 +142,12 @@ for _, _, system, load, rate, p99, cpu, per, db, failed in sorted(rows):
     verdict = "all pass" if not failed else "FAILED: " + ", ".join(failed)
     db_text = f"{db:.1f} µs" if db is not None else ("in the server" if "sqlite" in system else "—")
     print(f"| {load} | {system} | {rate:,.0f} | {p99:.1f} ms | {cpu_text} | {times} | {share} | {db_text} | {verdict} |")
+idle = {}
+for path in glob.glob(os.path.join(out, "fan-out.*.json")):
+    d = json.load(open(path))
+    idle[os.path.basename(path)[len("fan-out."):-5]] = next((c["detail"] for c in d["checks"] if "per idle connection" in c["name"]), "?")
+if idle:
+    print("\nserver memory per idle WebSocket connection (fan-out): " + "; ".join(f"{system} {detail}" for system, detail in sorted(idle.items())))
 classic = open(os.path.join(out, "classic.txt")).read()
 best = max((float(m.group(2)), int(m.group(1))) for m in re.finditer(r"clients (\d+): ([\d.]+) joins/s", classic)) if "joins/s" in classic else None
 if best:
