@@ -33,6 +33,7 @@ pub mod shards;
 pub mod store;
 #[cfg(test)]
 mod testing;
+pub mod threads;
 
 pub use event_actor::{ActorSettings, CommandError, Outcome, Reply};
 pub use idempotency::{Answer, IdempotencyKey};

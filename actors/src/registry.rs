@@ -4,7 +4,6 @@
 //! the event's shard; otherwise it answers [`CommandError::NotHere`] and
 //! decides nothing.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use actix::dev::SendError;
@@ -20,13 +19,14 @@ use crate::placement::{ShardId, ShardLease};
 use crate::roster::{Live, Queued, Roster};
 use crate::shards::HeldShards;
 use crate::store::EventStore;
+use crate::threads::Threads;
 
 #[derive(Clone)]
 pub struct EventRegistry(Arc<Inner>);
 
 struct Inner {
     roster: Arc<Roster<Addr<EventActor>>>,
-    arbiters: Vec<ArbiterHandle>,
+    arbiters: Threads,
     store: Arc<dyn EventStore>,
     journal: Addr<Journal>,
     changes: Arc<dyn ChangeSink>,
@@ -45,13 +45,9 @@ impl EventRegistry {
         arbiters: Vec<ArbiterHandle>,
         shards: Arc<HeldShards>,
     ) -> Self {
-        assert!(
-            !arbiters.is_empty(),
-            "event actors need at least one arbiter"
-        );
         Self(Arc::new(Inner {
             roster: Arc::default(),
-            arbiters,
+            arbiters: Threads::new(arbiters, "event actors"),
             store,
             journal,
             changes,
@@ -145,9 +141,7 @@ impl EventRegistry {
 
     fn spawn(&self, event: EventId, lease: Option<ShardLease>) -> Live<Addr<EventActor>> {
         let queued: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        event.hash(&mut hasher);
-        let arbiter = &self.0.arbiters[hasher.finish() as usize % self.0.arbiters.len()];
+        let arbiter = self.0.arbiters.for_key(&event);
         let shell = crate::event_actor::Surroundings {
             store: Arc::clone(&self.0.store),
             journal: self.0.journal.clone(),

@@ -6,7 +6,6 @@
 //! once, and an `event:<id>` that names no published event starts no hub
 //! (after the first look, the miss is remembered for a few seconds).
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use actix::prelude::*;
 use dashmap::DashMap;
 use turnout_actors::changes::EventChange;
 use turnout_actors::domain::EventId;
+use turnout_actors::threads::Threads;
 
 use super::RealtimeSettings;
 use super::channel::Channel;
@@ -38,7 +38,7 @@ struct Inner {
     /// The threads hubs run on, a channel always on the same one. A hub
     /// writes to its plain-TCP subscribers' sockets itself, so a big
     /// audience's fan-out is its thread's work.
-    threads: Vec<ArbiterHandle>,
+    threads: Threads,
 }
 
 /// Why a channel has no hub to join.
@@ -92,13 +92,11 @@ impl RecentMisses {
 }
 
 impl Hubs {
-    /// `threads`: at least one.
     pub fn new(
         store: Arc<dyn Store>,
         settings: &RealtimeSettings,
         threads: Vec<ArbiterHandle>,
     ) -> Self {
-        assert!(!threads.is_empty(), "hubs need a thread to run on");
         Self(Arc::new(Inner {
             direct: DashMap::new(),
             feeds: DashMap::new(),
@@ -111,7 +109,7 @@ impl Hubs {
             max_hubs: settings.max_hubs,
             max_feed_hubs: settings.max_feed_hubs,
             misses: RecentMisses::new(Duration::from_secs(10), 10_000),
-            threads,
+            threads: Threads::new(threads, "hubs"),
         }))
     }
 
@@ -157,10 +155,7 @@ impl Hubs {
         let (channel, store) = (channel.clone(), Arc::clone(&self.0.store));
         let home: Arc<dyn HubHome> = Arc::new(self.clone());
         let (history, idle) = (self.0.history, self.0.idle);
-        let threads = &self.0.threads;
-        let mut hasher = std::hash::DefaultHasher::new();
-        channel.hash(&mut hasher);
-        let thread = &threads[hasher.finish() as usize % threads.len()];
+        let thread = self.0.threads.for_key(&channel);
         ChannelHub::start_in_arbiter(thread, move |_| {
             ChannelHub::new(channel, store, home, history, idle)
         })
