@@ -29,7 +29,7 @@ use futures_util::SinkExt;
 use futures_util::future::{LocalBoxFuture, Shared};
 
 use super::ws::Accepted;
-use crate::realtime::{Socket, Takeover};
+use crate::realtime::{ReadSide, Takeover, WriteSide};
 
 /// Marks a request that came with its connection: only such a request can
 /// be upgraded.
@@ -93,30 +93,13 @@ where
     type Response = ServiceResponse<B>;
     type Error = actix_web::Error;
     type Config = ();
-    type Service = AppService<S>;
+    // actix-service serves through an `Rc` as through the service itself.
+    type Service = Rc<S>;
     type InitError = ();
-    type Future = LocalBoxFuture<'static, Result<Self::Service, ()>>;
+    type Future = Building<S>;
 
     fn new_service(&self, _: ()) -> Self::Future {
-        let built = self.built.clone();
-        Box::pin(async move { built.await.map(AppService) })
-    }
-}
-
-/// The worker's `App`, shared.
-pub struct AppService<S>(Rc<S>);
-
-impl<S: Service<Request>> Service<Request> for AppService<S> {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&self, req: Request) -> Self::Future {
-        self.0.call(req)
+        self.built.clone()
     }
 }
 
@@ -169,14 +152,12 @@ where
             // that the connection does not hold their size while it is open.
             let answered = Box::pin(answer(&*app, req, framed)).await;
             match answered {
-                Ok(Some(upgraded)) => {
-                    let Upgraded {
-                        accepted,
-                        socket,
-                        buffered,
-                    } = upgraded;
-                    accepted.serve(socket, buffered).await;
-                }
+                Ok(Some(Upgraded {
+                    accepted,
+                    read,
+                    write,
+                    buffered,
+                })) => accepted.serve(read, write, buffered).await,
                 Ok(None) => {}
                 // A client that goes before its upgrade is answered is no
                 // error of the server's.
@@ -190,7 +171,8 @@ where
 /// A connection the API upgraded, its 101 written.
 struct Upgraded {
     accepted: Accepted,
-    socket: Socket,
+    read: ReadSide,
+    write: WriteSide,
     /// What the client sent behind its upgrade request.
     buffered: Bytes,
 }
@@ -245,10 +227,12 @@ where
         ..
     } = framed.into_parts();
     debug_assert!(write_buf.is_empty(), "the 101 was flushed");
+    let (read, write) = io.take_over()?;
     // Copied out, so that the dispatcher's 8 KiB buffers go now.
     Ok(Some(Upgraded {
         accepted,
-        socket: io.into_socket()?,
+        read,
+        write,
         buffered: Bytes::copy_from_slice(&read_buf),
     }))
 }

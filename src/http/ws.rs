@@ -19,8 +19,8 @@ use turnout_actors::recommend::Recommenders;
 
 use crate::auth::TokenKeys;
 use crate::realtime::{
-    Channels, ConnectionLimits, ConnectionPermit, Hubs, Inbound, MeFeeds, RealtimeSettings,
-    SendQueue, Socket, WsSession,
+    Channels, ConnectionLimits, ConnectionPermit, Hubs, Inbound, MeFeeds, ReadSide,
+    RealtimeSettings, SendQueue, WriteSide, WsSession,
 };
 
 /// What the upgrade handler needs.
@@ -126,12 +126,11 @@ pub struct Accepted {
 }
 
 impl Accepted {
-    /// Starts the connection's session on `socket` (after `buffered`, the
+    /// Starts the connection's session on `read` (after `buffered`, the
     /// bytes the client sent behind its upgrade request) and writes its
-    /// frames until the connection ends. When the node starts draining, the
+    /// frames to `write` until the connection ends. When the node starts draining, the
     /// client is told to go (1001) and reconnects to a node that stays.
-    pub async fn serve(self, socket: Socket, buffered: Bytes) {
-        let (read, write) = socket.split();
+    pub async fn serve(self, read: ReadSide, write: WriteSide, buffered: Bytes) {
         let inbound = Inbound::new(
             stream::iter((!buffered.is_empty()).then_some(Ok(buffered))).chain(read),
             self.settings.max_frame_bytes,

@@ -48,7 +48,7 @@ pub use redis_fanout::RedisFanout;
 pub use router::{LocalFanout, Router};
 pub use session::{Channels, WsSession};
 pub use socket::SendQueue;
-pub use takeover::{Socket, Takeover};
+pub use takeover::{ReadSide, Takeover, WriteSide};
 
 use serde::Deserialize;
 

@@ -60,6 +60,12 @@ struct Queue {
 }
 
 impl Queue {
+    /// Drops the frames not yet begun; a begun one must still be finished.
+    fn drop_queued(&mut self) {
+        self.frames.clear();
+        self.bytes = self.unfinished.as_ref().map_or(0, |frame| frame.text_len);
+    }
+
     /// Nothing waits to be written, so a new frame may go out at once.
     fn idle(&self) -> bool {
         self.frames.is_empty()
@@ -245,8 +251,7 @@ impl SendQueue {
             return;
         }
         queue.close = Some(reason);
-        queue.frames.clear();
-        queue.bytes = queue.unfinished.as_ref().map_or(0, |frame| frame.text_len);
+        queue.drop_queued();
         drop(queue);
         self.shared.closing.notify_one();
         self.shared.writer.wake();
@@ -327,9 +332,8 @@ impl Drop for Ended<'_> {
             code: actix_http::ws::CloseCode::Abnormal,
             description: None,
         });
-        queue.frames.clear();
         queue.unfinished = None;
-        queue.bytes = 0;
+        queue.drop_queued();
         queue.direct = None;
     }
 }

@@ -25,48 +25,29 @@ const READ_BYTES: usize = 4096;
 
 type TlsStream = actix_tls::accept::rustls_0_23::TlsStream<TcpStream>;
 
-/// A connection's io, once the upgrade is answered.
-pub enum Socket {
-    Tcp(Arc<TcpStream>),
-    Tls {
-        read: ReadHalf<TlsStream>,
-        write: WriteHalf<TlsStream>,
-        /// A second handle on the TCP socket under the TLS session, to end
-        /// the connection whoever holds the halves.
-        raw: TcpStream,
-    },
-}
-
-/// The io types the server accepts, each turned into a [`Socket`].
+/// The io types the server accepts, each split into the client's bytes and
+/// where the connection's frames go.
 pub trait Takeover: AsyncRead + AsyncWrite + Unpin + 'static {
-    fn into_socket(self) -> io::Result<Socket>;
+    fn take_over(self) -> io::Result<(ReadSide, WriteSide)>;
 }
 
 // Frames go out as they come: Nagle's algorithm would hold a small frame
 // behind an unacknowledged one for as long as the client delays its ACK.
 impl Takeover for TcpStream {
-    fn into_socket(self) -> io::Result<Socket> {
+    fn take_over(self) -> io::Result<(ReadSide, WriteSide)> {
         self.set_nodelay(true)?;
-        Ok(Socket::Tcp(Arc::new(self)))
+        let tcp = Arc::new(self);
+        Ok((ReadSide::Tcp(Arc::clone(&tcp)), WriteSide::Tcp(tcp)))
     }
 }
 
 impl Takeover for TlsStream {
-    fn into_socket(self) -> io::Result<Socket> {
+    fn take_over(self) -> io::Result<(ReadSide, WriteSide)> {
         let tcp = self.get_ref().0;
         tcp.set_nodelay(true)?;
         let raw = TcpStream::from_std(socket2::SockRef::from(tcp).try_clone()?.into())?;
         let (read, write) = tokio::io::split(self);
-        Ok(Socket::Tls { read, write, raw })
-    }
-}
-
-impl Socket {
-    pub fn split(self) -> (ReadSide, WriteSide) {
-        match self {
-            Self::Tcp(tcp) => (ReadSide::Tcp(Arc::clone(&tcp)), WriteSide::Tcp(tcp)),
-            Self::Tls { read, write, raw } => (ReadSide::Tls(read), WriteSide::Tls { write, raw }),
-        }
+        Ok((ReadSide::Tls(read), WriteSide::Tls { write, raw }))
     }
 }
 
@@ -104,6 +85,8 @@ pub enum WriteSide {
     Tcp(Arc<TcpStream>),
     Tls {
         write: WriteHalf<TlsStream>,
+        /// A second handle on the TCP socket under the TLS session, to end
+        /// the connection whoever holds the halves.
         raw: TcpStream,
     },
 }
