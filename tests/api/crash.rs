@@ -7,16 +7,15 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::sync::Mutex;
-use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 use crate::helpers::{Backend, JWT_KEY, TestApp, body, fresh_database};
 use crate::invariants::assert_roster;
 use crate::process::ServerProcess;
+use crate::realtime::close_frame;
 
 const CAPACITY: i64 = 100;
 const JOINERS: usize = 600;
@@ -191,16 +190,7 @@ async fn sigterm_drains_connections_before_stopping() {
     let started = std::time::Instant::now();
     // A WebSocket is told to go, so its client reconnects to a node that
     // stays, and the node need not wait for it.
-    let going = loop {
-        match tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("the socket hears the stop")
-        {
-            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
+    let going = close_frame(&mut socket).await.map(|f| u16::from(f.code));
     assert_eq!(going, Some(1001));
     match tokio_tungstenite::connect_async(&ws).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(refused)) => {

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 use crate::helpers::{Backend, TestApp, User, assert_error, body, spawn_app_with};
@@ -38,6 +39,22 @@ pub async fn next<S: AsyncRead + AsyncWrite + Unpin>(socket: &mut WebSocketStrea
             Message::Text(text) => return serde_json::from_str(&text).unwrap(),
             Message::Close(frame) => panic!("closed: {frame:?}"),
             _ => continue,
+        }
+    }
+}
+
+/// The close frame the server sends, skipping what comes before it.
+pub async fn close_frame<S: AsyncRead + AsyncWrite + Unpin>(
+    socket: &mut WebSocketStream<S>,
+) -> Option<CloseFrame> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("the server acts within 10 s")
+        {
+            Some(Ok(Message::Close(frame))) => return frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
         }
     }
 }
@@ -398,13 +415,7 @@ async fn malformed_frames_get_errors_then_the_connection_is_closed() {
     send(&mut socket, json!({ "type": "auth", "token": "forged" })).await;
     assert_eq!(next(&mut socket).await["code"], "unauthorized");
     socket.send(Message::binary(vec![1, 2, 3])).await.unwrap();
-    let close = loop {
-        match socket.next().await {
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
+    let close = close_frame(&mut socket).await;
     assert_eq!(u16::from(close.unwrap().code), 1008);
 }
 
@@ -544,16 +555,7 @@ async fn a_slow_consumer_is_closed_with_4008() {
         .await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let code = loop {
-        match tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("the server acts")
-        {
-            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
-            Some(Ok(_)) => continue,
-            Some(Err(_)) | None => break None,
-        }
-    };
+    let code = close_frame(&mut socket).await.map(|f| u16::from(f.code));
     assert_eq!(code, Some(4008));
     let metrics = app.metrics().await;
     assert!(metrics.contains("turnout_ws_slow_consumers_total"));
@@ -636,16 +638,7 @@ async fn a_silent_client_is_closed_after_the_heartbeat_timeout() {
         assert_eq!(next(&mut lively).await["type"], "pong");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let closed = loop {
-        match tokio::time::timeout(Duration::from_secs(5), silent.next())
-            .await
-            .expect("the server acts")
-        {
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
+    let closed = close_frame(&mut silent).await;
     assert_eq!(closed.unwrap().reason.as_str(), "heartbeat timeout");
     send(&mut lively, json!({ "type": "ping" })).await;
     assert_eq!(next(&mut lively).await["type"], "pong");
