@@ -416,8 +416,9 @@ impl TestApp {
 }
 
 pub async fn body(response: Response) -> Value {
+    let status = response.status();
     let text = response.text().await.unwrap();
-    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"))
 }
 
 pub fn id_of(body: &Value) -> Uuid {
