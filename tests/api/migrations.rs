@@ -89,3 +89,70 @@ async fn postgres_migrations_go_down_and_up_again() {
     };
     round_trip!(sqlx::PgPool, POSTGRES, url);
 }
+
+/// SQLite's log and outbox rebuilt to write fewer pages per commit (13)
+/// keep their rows, down and up again, and the outbox still numbers a new
+/// message after every one present.
+#[tokio::test]
+async fn sqlite_tables_rebuilt_for_fewer_pages_keep_their_rows() {
+    const BEFORE_REBUILD: i64 = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(Backend::Sqlite, &dir).await.unwrap();
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    SQLITE.run(&pool).await.unwrap();
+    let stream = Uuid::now_v7();
+    let fact = |version: i64| {
+        sqlx::query(
+            "INSERT INTO event_log (stream_id, version, event_type, schema_version, payload, \
+             recorded_at) VALUES ($1, $2, 'joined', 1, '{}', 0)",
+        )
+        .bind(stream)
+        .bind(version)
+    };
+    let message = |version: i64| {
+        sqlx::query(
+            "INSERT INTO outbox (message_id, topic, aggregate_id, stream_version, event_type, \
+             payload, next_attempt_at, created_at) VALUES ($1, 'events', $2, $3, 'joined', '{}', 0, 0)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(stream)
+        .bind(version)
+    };
+    for version in 1..=3 {
+        fact(version).execute(&pool).await.unwrap();
+        message(version).execute(&pool).await.unwrap();
+    }
+    let rows = |pool: sqlx::SqlitePool| async move {
+        let log: Vec<(i64,)> = sqlx::query_as("SELECT version FROM event_log ORDER BY version")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let outbox: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT id, stream_version FROM outbox ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        (log, outbox)
+    };
+    let before = rows(pool.clone()).await;
+
+    SQLITE.undo(&pool, BEFORE_REBUILD).await.unwrap();
+    assert_eq!(rows(pool.clone()).await, before, "down keeps the rows");
+    SQLITE.run(&pool).await.unwrap();
+    assert_eq!(rows(pool.clone()).await, before, "up again keeps them");
+
+    sqlx::query("DELETE FROM outbox WHERE stream_version = 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    message(4).execute(&pool).await.unwrap();
+    let (_, outbox) = rows(pool.clone()).await;
+    let ids: Vec<i64> = outbox.iter().map(|(id, _)| *id).collect();
+    assert!(ids.is_sorted(), "{ids:?}");
+    assert_eq!(outbox.last().unwrap().1, 4, "the new message comes last");
+    assert!(
+        fact(3).execute(&pool).await.is_err(),
+        "a version is still written once"
+    );
+    pool.close().await;
+}
