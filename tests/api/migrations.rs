@@ -135,10 +135,21 @@ async fn sqlite_tables_rebuilt_for_fewer_pages_keep_their_rows() {
         (log, outbox)
     };
     let before = rows(pool.clone()).await;
+    let rowless = |pool: sqlx::SqlitePool| async move {
+        let (sql,): (String,) =
+            sqlx::query_as("SELECT sql FROM sqlite_master WHERE name = 'event_log'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        sql.contains("WITHOUT ROWID")
+    };
+    assert!(rowless(pool.clone()).await);
 
     SQLITE.undo(&pool, BEFORE_REBUILD).await.unwrap();
+    assert!(!rowless(pool.clone()).await);
     assert_eq!(rows(pool.clone()).await, before, "down keeps the rows");
     SQLITE.run(&pool).await.unwrap();
+    assert!(rowless(pool.clone()).await);
     assert_eq!(rows(pool.clone()).await, before, "up again keeps them");
 
     sqlx::query("DELETE FROM outbox WHERE stream_version = 1")
