@@ -141,6 +141,58 @@ impl Frame {
     }
 }
 
+/// The frames of one update that a hub wrote straight to sockets, counted
+/// and timed in groups: a fan-out to 10,000 connections reads the clock and
+/// adds to the histogram once per [`Delivered::GROUP`] deliveries, with the
+/// latency of the group's last (the longest any of them waited). One
+/// observation per frame was ~2 % of a large fan-out's CPU. Recorded when
+/// dropped.
+pub struct Delivered {
+    committed_at: Option<DateTime<Utc>>,
+    unrecorded: u64,
+}
+
+impl Delivered {
+    const GROUP: u64 = 256;
+
+    /// For the frames of an update committed at `committed_at` (none for
+    /// snapshots and replies).
+    pub fn new(committed_at: Option<DateTime<Utc>>) -> Self {
+        Self {
+            committed_at,
+            unrecorded: 0,
+        }
+    }
+
+    fn one(&mut self) {
+        self.unrecorded += 1;
+        if self.unrecorded == Self::GROUP {
+            self.record();
+        }
+    }
+
+    fn record(&mut self) {
+        if self.unrecorded == 0 {
+            return;
+        }
+        metrics::counter!(SENT).increment(self.unrecorded);
+        if let Some(at) = self.committed_at {
+            let latency = (Utc::now() - at).to_std().unwrap_or_default();
+            metrics::histogram!(FANOUT).record(latency.as_secs_f64());
+        }
+        self.unrecorded = 0;
+    }
+}
+
+impl Drop for Delivered {
+    fn drop(&mut self) {
+        self.record();
+    }
+}
+
+const SENT: &str = "turnout_ws_messages_sent_total";
+const FANOUT: &str = "turnout_ws_fanout_seconds";
+
 /// A connection's outgoing queue, bounded in bytes. Cloned into every hub
 /// the connection subscribes to.
 #[derive(Clone)]
@@ -179,8 +231,8 @@ impl SendQueue {
             writer: AtomicWaker::new(),
             closing: Notify::new(),
             max_bytes,
-            sent: metrics::counter!("turnout_ws_messages_sent_total"),
-            fanout: metrics::histogram!("turnout_ws_fanout_seconds"),
+            sent: metrics::counter!(SENT),
+            fanout: metrics::histogram!(FANOUT),
         });
         let writer = Writer {
             shared: Arc::clone(&shared),
@@ -194,7 +246,15 @@ impl SendQueue {
     /// when the connection is closing or has just gone over its budget, in
     /// which case its session is told to close it. A frame larger than the
     /// whole budget still goes out alone.
-    pub fn push(&self, mut frame: Frame) -> bool {
+    pub fn push(&self, frame: Frame) -> bool {
+        let mut delivered = Delivered::new(frame.committed_at);
+        self.push_counted(&frame, &mut delivered)
+    }
+
+    /// [`Self::push`] for one of many deliveries of the same update: a frame
+    /// written at once is counted in `delivered`, and only a frame that
+    /// waits is cloned.
+    pub fn push_counted(&self, frame: &Frame, delivered: &mut Delivered) -> bool {
         let mut queue = self.shared.queue();
         if queue.close.is_some() {
             return false;
@@ -208,17 +268,23 @@ impl SendQueue {
             && let Some(tcp) = &queue.direct
         {
             // Under the lock, so that no frame queued after this one can be
-            // written before it. An error is the writer's to meet.
-            match tcp.try_write(&frame.encoded) {
+            // written before it. An error is the writer's to meet. The
+            // socket is non-blocking; `send` on it directly skips tokio's
+            // readiness record (another cache line per connection), which
+            // only caches what the kernel knows: a full socket makes the
+            // writer's next write find out and wait for the kernel's edge.
+            match socket2::SockRef::from(tcp.as_ref()).send(&frame.encoded) {
                 Ok(written) if written == frame.encoded.len() => {
                     drop(queue);
-                    self.shared.written([&frame]);
+                    delivered.one();
                     return true;
                 }
                 Ok(written) if written > 0 => {
-                    frame.encoded = frame.encoded.slice(written..);
                     queue.bytes += frame.text_len;
-                    queue.unfinished = Some(frame);
+                    queue.unfinished = Some(Frame {
+                        encoded: frame.encoded.slice(written..),
+                        ..frame.clone()
+                    });
                     drop(queue);
                     self.shared.writer.wake();
                     return true;
@@ -227,7 +293,7 @@ impl SendQueue {
             }
         }
         queue.bytes += frame.text_len;
-        queue.frames.push_back(frame);
+        queue.frames.push_back(frame.clone());
         drop(queue);
         self.shared.writer.wake();
         true

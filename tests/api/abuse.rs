@@ -6,7 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use turnout_actors::domain::UserId;
 
-use crate::helpers::{Backend, TestApp, assert_error, body, fresh_database, id_of};
+use crate::helpers::{Backend, TestApp, assert_error, body, fresh_database, id_of, metric};
 use crate::process::ServerProcess;
 use crate::realtime::{connect, next, send, subscribe};
 
@@ -180,12 +180,6 @@ async fn joins_that_change_nothing_store_no_answers(app: TestApp) {
 }
 
 /// The value of an unlabelled metric on a `/metrics` page.
-fn metric(page: &str, name: &str) -> Option<f64> {
-    page.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|value| value.parse().ok())
-}
-
 /// 60,000 joins to made-up event ids once left an actor each in memory for
 /// the idle timeout (5 minutes). An actor whose load finds no event now
 /// answers 404 and leaves at once.

@@ -415,6 +415,13 @@ impl TestApp {
     }
 }
 
+/// An unlabelled metric's value on a `/metrics` page.
+pub fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+}
+
 pub async fn body(response: Response) -> Value {
     let status = response.status();
     let text = response.text().await.unwrap();

@@ -11,7 +11,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
-use crate::helpers::{Backend, TestApp, User, assert_error, body, spawn_app_with};
+use crate::helpers::{
+    Backend, TestApp, User, assert_error, body, fresh_database, metric, spawn_app_with,
+};
+use crate::process::ServerProcess;
 
 pub type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -814,4 +817,44 @@ async fn hubs_on_several_threads_each_serve_their_channels() {
             assert_eq!(members(&update["data"]["event"]), round as i64);
         }
     }
+}
+
+/// Every frame a hub writes counts in `turnout_ws_messages_sent_total`; an
+/// update's fan-out is timed in `turnout_ws_fanout_seconds` once per group
+/// of its deliveries, so three subscribers of one venue add three frames
+/// and one observation. (A server of its own: the metrics are the
+/// process's.)
+#[tokio::test]
+async fn an_update_delivered_to_subscribers_is_counted_and_timed() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(Backend::Sqlite, &dir).await.unwrap();
+    let server = ServerProcess::start(&url, dir.path(), &[]).await;
+    let app = TestApp::attach(&server.address, crate::helpers::JWT_KEY);
+    let owner = app.register("owner@example.com").await;
+    let event = app.published_event(&owner, 10).await;
+    let venue = app.event(event).await["venue_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let mut socket = connect(&app).await;
+        subscribe(&mut socket, &format!("venue:{venue}"), None).await;
+        sockets.push(socket);
+    }
+    let counts = |page: &str| {
+        (
+            metric(page, "turnout_ws_messages_sent_total").unwrap_or(0.0),
+            metric(page, "turnout_ws_fanout_seconds_count").unwrap_or(0.0),
+        )
+    };
+    let (sent, timed) = counts(&app.metrics().await);
+
+    app.join(&app.user(), event).await;
+    for socket in &mut sockets {
+        assert_eq!(next(socket).await["type"], "update");
+    }
+    let (sent_after, timed_after) = counts(&app.metrics().await);
+    assert_eq!(sent_after - sent, 3.0, "a frame per subscriber");
+    assert_eq!(timed_after - timed, 1.0, "one observation for the update");
 }
