@@ -1,15 +1,13 @@
 -- A join alone in its commit wrote 13 pages to the WAL, one B-tree page per
 -- table and index it touched (docs/BENCHMARKS.md, "Fewer pages per
--- commit"). Three of them only served SQLite's bookkeeping:
+-- commit"). Two of them only served SQLite's bookkeeping:
 --
--- * event_log and idempotency_keys kept each row twice, in a rowid table
---   and in the index of their primary key. WITHOUT ROWID stores the row in
---   its primary key's B-tree alone (their rows are small, as SQLite advises
---   for such tables).
+-- * event_log kept each row twice, in a rowid table and in the index of
+--   its primary key. WITHOUT ROWID stores the row in its primary key's
+--   B-tree alone (its rows are small, as SQLite advises for such tables).
 -- * outbox's AUTOINCREMENT updated sqlite_sequence on every insert. A plain
---   INTEGER PRIMARY KEY is still larger than every row present, which is
---   all the relay's order needs: an id can be reused only after its row was
---   purged, and nothing refers to a purged row.
+--   INTEGER PRIMARY KEY numbers a new row after the largest id present,
+--   and the purge always keeps the newest row, so ids still never go back.
 
 CREATE TABLE event_log_next (
     stream_id      BLOB NOT NULL,
@@ -27,7 +25,8 @@ DROP TABLE event_log;
 ALTER TABLE event_log_next RENAME TO event_log;
 
 CREATE TABLE outbox_next (
-    -- Larger than every row present: the relay publishes in this order.
+    -- Never goes back (the purge keeps the newest row): the relay
+    -- publishes in this order.
     id              INTEGER PRIMARY KEY,
     message_id      BLOB NOT NULL,
     topic           TEXT NOT NULL,

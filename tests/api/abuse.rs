@@ -179,7 +179,6 @@ async fn joins_that_change_nothing_store_no_answers(app: TestApp) {
     }
 }
 
-/// The value of an unlabelled metric on a `/metrics` page.
 /// 60,000 joins to made-up event ids once left an actor each in memory for
 /// the idle timeout (5 minutes). An actor whose load finds no event now
 /// answers 404 and leaves at once.

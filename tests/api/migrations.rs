@@ -91,8 +91,8 @@ async fn postgres_migrations_go_down_and_up_again() {
 }
 
 /// SQLite's log and outbox rebuilt to write fewer pages per commit (13)
-/// keep their rows, down and up again, and the outbox still numbers a new
-/// message after every one present.
+/// keep their rows and indexes, down and up again, and the outbox numbers
+/// a new message after every one before.
 #[tokio::test]
 async fn sqlite_tables_rebuilt_for_fewer_pages_keep_their_rows() {
     const BEFORE_REBUILD: i64 = 12;
@@ -135,32 +135,56 @@ async fn sqlite_tables_rebuilt_for_fewer_pages_keep_their_rows() {
         (log, outbox)
     };
     let before = rows(pool.clone()).await;
-    let rowless = |pool: sqlx::SqlitePool| async move {
-        let (sql,): (String,) =
-            sqlx::query_as("SELECT sql FROM sqlite_master WHERE name = 'event_log'")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        sql.contains("WITHOUT ROWID")
+    // What the rebuild changes: (event_log without rowids, outbox without
+    // AUTOINCREMENT).
+    let shape = |pool: sqlx::SqlitePool| async move {
+        let sql = |table: &'static str| {
+            let pool = pool.clone();
+            async move {
+                let (sql,): (String,) =
+                    sqlx::query_as("SELECT sql FROM sqlite_master WHERE name = $1")
+                        .bind(table)
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap();
+                sql
+            }
+        };
+        (
+            sql("event_log").await.contains("WITHOUT ROWID"),
+            !sql("outbox").await.contains("AUTOINCREMENT"),
+        )
     };
-    assert!(rowless(pool.clone()).await);
-
-    SQLITE.undo(&pool, BEFORE_REBUILD).await.unwrap();
-    assert!(!rowless(pool.clone()).await);
-    assert_eq!(rows(pool.clone()).await, before, "down keeps the rows");
-    SQLITE.run(&pool).await.unwrap();
-    assert!(rowless(pool.clone()).await);
-    assert_eq!(rows(pool.clone()).await, before, "up again keeps them");
-
-    sqlx::query("DELETE FROM outbox WHERE stream_version = 1")
-        .execute(&pool)
+    let indexes = |pool: sqlx::SqlitePool| async move {
+        let names: Vec<(String,)> = sqlx::query_as(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outbox' \
+             ORDER BY name",
+        )
+        .fetch_all(&pool)
         .await
         .unwrap();
+        names.into_iter().map(|(name,)| name).collect::<Vec<_>>()
+    };
+    assert_eq!(shape(pool.clone()).await, (true, true));
+    let outbox_indexes = indexes(pool.clone()).await;
+
+    SQLITE.undo(&pool, BEFORE_REBUILD).await.unwrap();
+    assert_eq!(shape(pool.clone()).await, (false, false));
+    assert_eq!(rows(pool.clone()).await, before, "down keeps the rows");
+    assert_eq!(indexes(pool.clone()).await, outbox_indexes);
+    SQLITE.run(&pool).await.unwrap();
+    assert_eq!(shape(pool.clone()).await, (true, true));
+    assert_eq!(rows(pool.clone()).await, before, "up again keeps them");
+    assert_eq!(indexes(pool.clone()).await, outbox_indexes);
+
     message(4).execute(&pool).await.unwrap();
     let (_, outbox) = rows(pool.clone()).await;
-    let ids: Vec<i64> = outbox.iter().map(|(id, _)| *id).collect();
-    assert!(ids.is_sorted(), "{ids:?}");
-    assert_eq!(outbox.last().unwrap().1, 4, "the new message comes last");
+    let newest = before.1.iter().map(|(id, _)| *id).max().unwrap();
+    assert_eq!(outbox.last().unwrap().1, 4);
+    assert!(
+        outbox.last().unwrap().0 > newest,
+        "a new message comes after"
+    );
     assert!(
         fact(3).execute(&pool).await.is_err(),
         "a version is still written once"

@@ -315,6 +315,43 @@ async fn published_outbox_rows_are_purged_in_batches(backend: Backend) {
     assert_eq!(count(&url, all, event.as_uuid()).await, 2);
 }
 
+/// Purging every published row keeps the newest, so a message written
+/// afterwards still takes an id above every id before it (SQLite numbers a
+/// row after the largest id present).
+async fn outbox_ids_never_go_back_after_a_purge(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((store, _url)) = open(backend, &dir).await else {
+        return;
+    };
+    let registry = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
+    let event = create_event(&store, &registry, UserId::new(), 1).await;
+    let join = || Command::Join {
+        user: UserId::new(),
+        seats: Seats::default(),
+        at: Utc::now(),
+    };
+    registry.execute(event, join(), None, None).await.unwrap();
+    let pending = |store: Arc<dyn Store>| async move {
+        store
+            .outbox(turnout::store::OutboxStatus::Pending, 0, 100)
+            .await
+            .unwrap()
+    };
+    let ids: Vec<i64> = pending(store.clone()).await.iter().map(|m| m.id).collect();
+    let newest = *ids.iter().max().unwrap();
+    store.outbox_published(&ids, 1_000).await.unwrap();
+    assert_eq!(
+        store.purge_published_outbox(2_000, 100).await.unwrap(),
+        ids.len() as u64 - 1,
+        "all but the newest"
+    );
+
+    registry.execute(event, join(), None, None).await.unwrap();
+    let after = pending(store.clone()).await;
+    assert_eq!(after.len(), 1);
+    assert!(after[0].id > newest, "{} after {newest}", after[0].id);
+}
+
 /// A backlog of many batches (a long outage, a shorter retention) is purged
 /// whole, a batch per statement, and what has not expired stays.
 async fn a_purge_takes_a_backlog_of_many_batches(backend: Backend) {
@@ -1091,6 +1128,7 @@ store_tests!(
     expired_idempotency_records_are_purged,
     a_purge_takes_a_backlog_of_many_batches,
     published_outbox_rows_are_purged_in_batches,
+    outbox_ids_never_go_back_after_a_purge,
     an_old_fact_shape_loads,
     an_old_key_replays_across_actor_incarnations,
     a_full_mailbox_refuses_instead_of_growing,

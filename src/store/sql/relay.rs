@@ -140,9 +140,13 @@ macro_rules! impl_relay {
             }
 
             async fn purge_published_outbox(&self, before: i64, limit: i64) -> Result<u64, StoreError> {
+                // The newest row stays, whatever its age: SQLite numbers a new
+                // row after the largest id present, so the outbox ids that
+                // consumers see never go back.
                 self.purge(
                     "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
-                     WHERE status = 'published' AND published_at < $1 LIMIT $2)",
+                     WHERE status = 'published' AND published_at < $1 \
+                     AND id < (SELECT max(id) FROM outbox) LIMIT $2)",
                     before,
                     limit,
                 )
