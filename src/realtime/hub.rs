@@ -18,7 +18,7 @@ use super::channel::Channel;
 use super::history::{History, HistoryLimits};
 use super::projection::Projection;
 use super::protocol::{self, Position};
-use super::socket::{Delivered, Frame, SendQueue};
+use super::socket::{Fanout, Frame, SendQueue};
 use crate::store::{EventFilter, EventRecord, Store};
 use turnout_actors::changes::EventChange;
 use turnout_actors::domain::{EventId, GeoPoint, VenueId};
@@ -174,9 +174,8 @@ impl ChannelHub {
             protocol::snapshot(&self.name, &self.epoch, self.offset, Some(false), &data),
             None,
         );
-        let mut delivered = Delivered::new(None);
-        self.subscribers
-            .retain(|_, to| to.push_counted(&frame, &mut delivered));
+        let mut fanout = Fanout::of(&frame);
+        self.subscribers.retain(|_, to| fanout.to(to));
     }
 
     fn apply_and_broadcast(&mut self, change: &EventChange, ctx: &mut Context<Self>) {
@@ -255,9 +254,8 @@ impl ChannelHub {
         // A subscriber that is gone or over its budget is dropped here; its
         // session closes itself.
         let before = self.subscribers.len();
-        let mut delivered = Delivered::new(Some(committed_at));
-        self.subscribers
-            .retain(|_, to| to.push_counted(&frame, &mut delivered));
+        let mut fanout = Fanout::of(&frame);
+        self.subscribers.retain(|_, to| fanout.to(to));
         let dropped = before - self.subscribers.len();
         if dropped > 0 {
             metrics::gauge!("turnout_ws_subscriptions", "kind" => self.channel.kind())

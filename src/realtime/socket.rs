@@ -104,8 +104,7 @@ impl Shared {
             texts += 1;
             if let Some(at) = frame.committed_at {
                 let now = *now.get_or_insert_with(Utc::now);
-                let latency = (now - at).to_std().unwrap_or_default();
-                self.fanout.record(latency.as_secs_f64());
+                self.fanout.record(seconds_since(at, now));
             }
         }
         if texts > 0 {
@@ -141,37 +140,45 @@ impl Frame {
     }
 }
 
-/// The frames of one update that a hub wrote straight to sockets, counted
-/// and timed in groups: a fan-out to 10,000 connections reads the clock
-/// once per [`Delivered::GROUP`] deliveries and gives each delivery of the
-/// group the latency of its last (at most a few milliseconds more than its
-/// own). A clock read and a record per frame were ~3 % of a large fan-out's
-/// CPU. Recorded when dropped.
-pub struct Delivered {
-    committed_at: Option<DateTime<Utc>>,
+/// One frame on its way to many subscribers (a hub's update or snapshot).
+/// The frames the hub writes straight to sockets are counted and timed in
+/// groups: a fan-out to 10,000 connections reads the clock once per
+/// [`Fanout::GROUP`] deliveries and gives each delivery of the group the
+/// latency of its last (at most a few milliseconds more than its own). A
+/// clock read and a record per frame were ~3 % of a large fan-out's CPU.
+/// Recorded when dropped.
+pub struct Fanout<'a> {
+    frame: &'a Frame,
     unrecorded: u64,
     sent: metrics::Counter,
     fanout: metrics::Histogram,
 }
 
-impl Delivered {
+impl<'a> Fanout<'a> {
     const GROUP: u64 = 256;
 
-    /// For the frames of an update committed at `committed_at` (none for
-    /// snapshots and replies).
-    pub fn new(committed_at: Option<DateTime<Utc>>) -> Self {
+    pub fn of(frame: &'a Frame) -> Self {
         Self {
-            committed_at,
+            frame,
             unrecorded: 0,
             sent: metrics::counter!(SENT),
             fanout: metrics::histogram!(FANOUT),
         }
     }
 
-    fn one(&mut self) {
-        self.unrecorded += 1;
-        if self.unrecorded == Self::GROUP {
-            self.record();
+    /// Hands the frame to one subscriber; false as [`SendQueue::push`].
+    /// Only a frame that waits in the queue is cloned.
+    pub fn to(&mut self, queue: &SendQueue) -> bool {
+        match queue.offer(self.frame) {
+            Offered::Written => {
+                self.unrecorded += 1;
+                if self.unrecorded == Self::GROUP {
+                    self.record();
+                }
+                true
+            }
+            Offered::Queued => true,
+            Offered::Refused => false,
         }
     }
 
@@ -180,19 +187,36 @@ impl Delivered {
             return;
         }
         self.sent.increment(self.unrecorded);
-        if let Some(at) = self.committed_at {
-            let latency = (Utc::now() - at).to_std().unwrap_or_default();
+        if let Some(at) = self.frame.committed_at {
             self.fanout
-                .record_many(latency.as_secs_f64(), self.unrecorded as usize);
+                .record_many(seconds_since(at, Utc::now()), self.unrecorded as usize);
         }
         self.unrecorded = 0;
     }
 }
 
-impl Drop for Delivered {
+impl Drop for Fanout<'_> {
     fn drop(&mut self) {
         self.record();
     }
+}
+
+/// How long after its commit a frame went out, for the fan-out histogram.
+fn seconds_since(committed_at: DateTime<Utc>, now: DateTime<Utc>) -> f64 {
+    (now - committed_at)
+        .to_std()
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// What became of a frame offered to a queue.
+enum Offered {
+    /// On the wire already.
+    Written,
+    /// For the connection's writer.
+    Queued,
+    /// The connection is closing or over its budget.
+    Refused,
 }
 
 const SENT: &str = "turnout_ws_messages_sent_total";
@@ -252,27 +276,25 @@ impl SendQueue {
     /// which case its session is told to close it. A frame larger than the
     /// whole budget still goes out alone.
     pub fn push(&self, frame: Frame) -> bool {
-        let mut delivered = Delivered {
-            committed_at: frame.committed_at,
-            unrecorded: 0,
-            sent: self.shared.sent.clone(),
-            fanout: self.shared.fanout.clone(),
-        };
-        self.push_counted(&frame, &mut delivered)
+        match self.offer(&frame) {
+            Offered::Written => {
+                self.shared.written([&frame]);
+                true
+            }
+            Offered::Queued => true,
+            Offered::Refused => false,
+        }
     }
 
-    /// [`Self::push`] for one of many deliveries of the same update: a frame
-    /// written at once is counted in `delivered`, and only a frame that
-    /// waits is cloned.
-    pub fn push_counted(&self, frame: &Frame, delivered: &mut Delivered) -> bool {
+    fn offer(&self, frame: &Frame) -> Offered {
         let mut queue = self.shared.queue();
         if queue.close.is_some() {
-            return false;
+            return Offered::Refused;
         }
         if queue.bytes > 0 && queue.bytes + frame.text_len > self.shared.max_bytes {
             drop(queue);
             self.session.do_send(Overflowed);
-            return false;
+            return Offered::Refused;
         }
         if queue.idle()
             && let Some(tcp) = &queue.direct
@@ -284,11 +306,7 @@ impl SendQueue {
             // only caches what the kernel knows: a full socket makes the
             // writer's next write find out and wait for the kernel's edge.
             match socket2::SockRef::from(tcp.as_ref()).send(&frame.encoded) {
-                Ok(written) if written == frame.encoded.len() => {
-                    drop(queue);
-                    delivered.one();
-                    return true;
-                }
+                Ok(written) if written == frame.encoded.len() => return Offered::Written,
                 Ok(written) if written > 0 => {
                     queue.bytes += frame.text_len;
                     queue.unfinished = Some(Frame {
@@ -297,7 +315,7 @@ impl SendQueue {
                     });
                     drop(queue);
                     self.shared.writer.wake();
-                    return true;
+                    return Offered::Queued;
                 }
                 Ok(_) | Err(_) => {}
             }
@@ -306,7 +324,7 @@ impl SendQueue {
         queue.frames.push_back(frame.clone());
         drop(queue);
         self.shared.writer.wake();
-        true
+        Offered::Queued
     }
 
     pub fn ping(&self) {
@@ -437,9 +455,6 @@ async fn write_frames(shared: &Shared, sink: &mut WriteSide) -> io::Result<()> {
 /// Takes the next write out of the queue: a lone frame as its shared bytes;
 /// several, or control frames, gathered into one chunk.
 fn take_batch(queue: &mut Queue, codec: &mut Codec) -> Option<Batch> {
-    if queue.writing {
-        return None;
-    }
     if let Some(frame) = queue.unfinished.take() {
         queue.bytes -= frame.text_len;
         queue.writing = true;
