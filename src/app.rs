@@ -58,7 +58,7 @@ pub struct Application {
     journal: Addr<Journal>,
     /// In a cluster: hands this node's shards over before it stops.
     placement: Option<Placement>,
-    threads: Threads,
+    threads: OwnedThreads,
     /// Tasks on this thread (outbox relay, consumers, purges): signalled and
     /// awaited at shutdown while the runtime still runs, so none is dropped
     /// mid-query after it.
@@ -73,18 +73,22 @@ pub struct Application {
 /// dropped — also when the app's future is dropped without a
 /// shutdown (a test ending), so their connections are not left open.
 #[derive(Default)]
-struct Threads(Vec<Arbiter>);
+struct OwnedThreads(Vec<Arbiter>);
 
-impl Threads {
+impl OwnedThreads {
     fn start(&mut self) -> ArbiterHandle {
         let thread = Arbiter::new();
         let handle = thread.handle();
         self.0.push(thread);
         handle
     }
+
+    fn start_many(&mut self, count: usize) -> Vec<ArbiterHandle> {
+        (0..count).map(|_| self.start()).collect()
+    }
 }
 
-impl Drop for Threads {
+impl Drop for OwnedThreads {
     fn drop(&mut self) {
         for thread in &self.0 {
             thread.stop();
@@ -151,7 +155,7 @@ impl Application {
             keys if keys.is_empty() => jwt_keys,
             keys => keys,
         }));
-        let mut threads = Threads::default();
+        let mut threads = OwnedThreads::default();
         let core = start_core(&settings, &store, &mut threads, Arc::clone(&held)).await?;
         let placement = (!alone).then(|| {
             Placement::new(
@@ -351,7 +355,7 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
 async fn start_core(
     settings: &Settings,
     store: &Arc<dyn Store>,
-    threads: &mut Threads,
+    threads: &mut OwnedThreads,
     held: Arc<HeldShards>,
 ) -> anyhow::Result<Core> {
     let event_store: Arc<dyn EventStore> = store.clone();
@@ -366,9 +370,7 @@ async fn start_core(
         Journal::new(event_store, journal_settings)
     });
 
-    let hub_threads = (0..settings.realtime.hub_threads.max(1))
-        .map(|_| threads.start())
-        .collect();
+    let hub_threads = threads.start_many(settings.realtime.hub_threads);
     let hubs = Hubs::new(store.clone(), &settings.realtime, hub_threads);
     let recs_settings = settings.recommendations.settings();
     let catalog = load_catalog(store.as_ref(), &recs_settings)
@@ -430,7 +432,7 @@ async fn start_core(
             snapshot_every: settings.actors.snapshot_every,
             idempotency_ttl: chrono::Duration::hours(settings.idempotency.ttl_hours),
         },
-        (0..actor_threads).map(|_| threads.start()).collect(),
+        threads.start_many(actor_threads),
         held,
     );
     let realtime = Realtime {

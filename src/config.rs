@@ -293,6 +293,10 @@ impl Settings {
             self.http.max_body_bytes > 0,
             "http.max_body_bytes must be positive"
         );
+        anyhow::ensure!(
+            self.realtime.hub_threads > 0,
+            "realtime.hub_threads must be at least 1"
+        );
         self.traces.validate()
     }
 
@@ -376,6 +380,14 @@ mod tests {
         assert!(production(&format!("{strong},{}", "ab".repeat(20)), &[]).is_err());
         let wildcard = production(strong, &["*"]).unwrap_err().to_string();
         assert!(wildcard.contains("wildcard"), "{wildcard}");
+    }
+
+    #[test]
+    fn hubs_need_a_thread() {
+        let mut settings = Settings::load(&Overrides::default()).unwrap();
+        settings.realtime.hub_threads = 0;
+        let refused = settings.validate().unwrap_err().to_string();
+        assert!(refused.contains("realtime.hub_threads"), "{refused}");
     }
 
     #[test]

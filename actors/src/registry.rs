@@ -26,7 +26,7 @@ pub struct EventRegistry(Arc<Inner>);
 
 struct Inner {
     roster: Arc<Roster<Addr<EventActor>>>,
-    arbiters: Threads,
+    threads: Threads,
     store: Arc<dyn EventStore>,
     journal: Addr<Journal>,
     changes: Arc<dyn ChangeSink>,
@@ -35,19 +35,19 @@ struct Inner {
 }
 
 impl EventRegistry {
-    /// `arbiters` are the threads event actors run on; an event always lands
+    /// `threads` are the threads event actors run on; an event always lands
     /// on the same one.
     pub fn new(
         store: Arc<dyn EventStore>,
         journal: Addr<Journal>,
         changes: Arc<dyn ChangeSink>,
         settings: ActorSettings,
-        arbiters: Vec<ArbiterHandle>,
+        threads: Vec<ArbiterHandle>,
         shards: Arc<HeldShards>,
     ) -> Self {
         Self(Arc::new(Inner {
             roster: Arc::default(),
-            arbiters: Threads::new(arbiters, "event actors"),
+            threads: Threads::new(threads, "event actors"),
             store,
             journal,
             changes,
@@ -141,7 +141,7 @@ impl EventRegistry {
 
     fn spawn(&self, event: EventId, lease: Option<ShardLease>) -> Live<Addr<EventActor>> {
         let queued: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
-        let arbiter = self.0.arbiters.for_key(&event);
+        let arbiter = self.0.threads.for_key(&event);
         let shell = crate::event_actor::Surroundings {
             store: Arc::clone(&self.0.store),
             journal: self.0.journal.clone(),

@@ -71,7 +71,7 @@ impl HttpConnections {
         self.open.load(Ordering::Acquire)
     }
 
-    /// For `HttpServer::on_connect`: the connection holds its place in its
+    /// For the server's `on_connect_ext`: the connection holds its place in its
     /// own data, which actix drops when the connection closes.
     pub fn on_connect(&self, connection: &dyn Any, data: &mut Extensions) {
         self.open.fetch_add(1, Ordering::AcqRel);
