@@ -22,7 +22,7 @@ use actix_http::body::{BodySize, MessageBody, to_bytes};
 use actix_http::h1::{self, SendResponse};
 use actix_http::{ConnectionType, HttpMessage, Request, Response};
 use actix_web::HttpRequest;
-use actix_web::dev::{AppConfig, Service, ServiceFactory, ServiceResponse, always_ready};
+use actix_web::dev::{AppConfig, Service, ServiceFactory, ServiceResponse, fn_factory, fn_service};
 use actix_web::web::Bytes;
 use futures_util::FutureExt;
 use futures_util::SinkExt;
@@ -66,106 +66,82 @@ impl<S: 'static> WorkerApp<S> {
         }
     }
 
-    /// The factory of the service for ordinary requests.
-    pub fn requests(&self) -> Requests<S> {
-        Requests {
-            built: self.built.clone(),
-        }
+    /// The factory of the service for ordinary requests: the `App` itself
+    /// (actix-service serves through an `Rc` as through the service).
+    pub fn requests(
+        &self,
+    ) -> impl ServiceFactory<
+        Request,
+        Config = (),
+        Response = S::Response,
+        Error = S::Error,
+        InitError = (),
+    > + use<S>
+    where
+        S: Service<Request>,
+    {
+        let built = self.built.clone();
+        fn_factory(move || built.clone())
     }
 
     /// The factory of the service for WebSocket upgrades.
-    pub fn upgrades(&self) -> WebSocketUpgrade<S> {
-        WebSocketUpgrade {
-            built: self.built.clone(),
-        }
-    }
-}
-
-/// [`WorkerApp::requests`].
-pub struct Requests<S> {
-    built: Building<S>,
-}
-
-impl<S, B> ServiceFactory<Request> for Requests<S>
-where
-    S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-{
-    type Response = ServiceResponse<B>;
-    type Error = actix_web::Error;
-    type Config = ();
-    // actix-service serves through an `Rc` as through the service itself.
-    type Service = Rc<S>;
-    type InitError = ();
-    type Future = Building<S>;
-
-    fn new_service(&self, _: ()) -> Self::Future {
-        self.built.clone()
-    }
-}
-
-/// [`WorkerApp::upgrades`].
-pub struct WebSocketUpgrade<S> {
-    built: Building<S>,
-}
-
-impl<T, S, B> ServiceFactory<(Request, Framed<T, h1::Codec>)> for WebSocketUpgrade<S>
-where
-    T: Takeover,
-    S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: MessageBody + 'static,
-{
-    type Response = ();
-    type Error = Infallible;
-    type Config = ();
-    type Service = UpgradeService<S>;
-    type InitError = ();
-    type Future = LocalBoxFuture<'static, Result<Self::Service, ()>>;
-
-    fn new_service(&self, _: ()) -> Self::Future {
+    pub fn upgrades<T, B>(
+        &self,
+    ) -> impl ServiceFactory<
+        (Request, Framed<T, h1::Codec>),
+        Config = (),
+        Response = (),
+        Error = Infallible,
+        InitError = (),
+    > + use<S, T, B>
+    where
+        T: Takeover,
+        S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+        B: MessageBody + 'static,
+    {
         let built = self.built.clone();
-        Box::pin(async move { built.await.map(|app| UpgradeService { app }) })
-    }
-}
-
-pub struct UpgradeService<S> {
-    app: Rc<S>,
-}
-
-impl<T, S, B> Service<(Request, Framed<T, h1::Codec>)> for UpgradeService<S>
-where
-    T: Takeover,
-    S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: MessageBody + 'static,
-{
-    type Response = ();
-    type Error = Infallible;
-    type Future = LocalBoxFuture<'static, Result<(), Infallible>>;
-
-    always_ready!();
-
-    fn call(&self, (req, framed): (Request, Framed<T, h1::Codec>)) -> Self::Future {
-        let app = Rc::clone(&self.app);
-        Box::pin(async move {
-            // Asking the API runs its middleware's futures: in a box of
-            // their own, freed once answered (a statement of its own: a
-            // temporary in the `match` would live through the arms), so
-            // that the connection does not hold their size while it is open.
-            let answered = Box::pin(answer(&*app, req, framed)).await;
-            match answered {
-                Ok(Some(Upgraded {
-                    accepted,
-                    read,
-                    write,
-                    buffered,
-                })) => accepted.serve(read, write, buffered).await,
-                Ok(None) => {}
-                // A client that goes before its upgrade is answered is no
-                // error of the server's.
-                Err(error) => tracing::debug!(%error, "websocket upgrade not completed"),
-            }
-            Ok(())
+        fn_factory(move || {
+            built.clone().map(|built| {
+                built.map(|app| {
+                    // Boxed, as actix-http keeps a connection's upgrade future in
+                    // the same place as its HTTP dispatcher: a larger future
+                    // there would make every HTTP connection larger.
+                    fn_service(move |(req, framed)| Box::pin(upgrade(Rc::clone(&app), req, framed)))
+                })
+            })
         })
     }
+}
+
+/// Serves one upgrade request with its connection.
+async fn upgrade<T, S, B>(
+    app: Rc<S>,
+    req: Request,
+    framed: Framed<T, h1::Codec>,
+) -> Result<(), Infallible>
+where
+    T: Takeover,
+    S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody + 'static,
+{
+    // Asking the API runs its middleware's futures: in a box of their own,
+    // freed once answered (a statement of its own: a temporary in the
+    // `match` would live through the arms), so that the connection does not
+    // hold their size while it is open.
+    let answered = Box::pin(answer(&*app, req, framed)).await;
+    match answered {
+        Ok(Some(Upgraded {
+            accepted,
+            read,
+            write,
+            buffered,
+        })) => accepted.serve(read, write, buffered).await,
+        Ok(None) => {}
+        // A client that goes before its upgrade is answered is no error of
+        // the server's.
+        Err(error) => tracing::debug!(%error, "websocket upgrade not completed"),
+    }
+    Ok(())
 }
 
 /// A connection the API upgraded, its 101 written.
