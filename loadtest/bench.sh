@@ -26,8 +26,8 @@
 # listing — plus 20 joins/s); mix (400 joins/s, 1,500 reads/s and 2,000
 # subscribers over 200 events, MIX_SECS seconds; the ten-minute run is its
 # own command in docs/BENCHMARKS.md); fan-out (10,000 WebSocket clients on
-# one venue, 10 updates); classic (pgbench on the stored-procedure design,
-# best of 8 and 16 clients).
+# one venue, 60 updates: ten were too few to tell builds apart); classic
+# (pgbench on the stored-procedure design, best of 8 and 16 clients).
 set -euo pipefail
 # BIN may be given relative to where the script was started from.
 if [ -n "${BIN:-}" ]; then BIN=$(realpath "$BIN"); fi
@@ -101,7 +101,7 @@ hot=(hot-join --users 20000 --concurrency 1000 --capacity 1000)
 spread=(spread-join --events 200 --capacity 100 --users 8000 --rate 400)
 reads=(mixed --events 200 --capacity 100 --duration 20 --join-rate 20 --read-rate 2000 --subscribers 0 --list-every 4)
 mix=(mixed --events 200 --capacity 100 --duration "${MIX_SECS:-30}" --join-rate 400 --read-rate 1500 --subscribers 2000)
-fanout=(ws-fanout --clients 10000 --rounds 10)
+fanout=(ws-fanout --clients 10000 --rounds 60)
 
 stick http-stick --jwt-key $KEY; load hot stick "${hot[@]}"
 for db in sqlite postgres; do

@@ -4,7 +4,8 @@
 # frame bytes to every socket), side by side in one session: the same
 # ws-fanout load (CLIENTS clients on one venue, ROUNDS joins) on fresh
 # servers — the stick, then Turnout on SQLite (each binary of BINS, for an
-# A/B of two builds) — PAIRS times, interleaved.
+# A/B of two builds) — PAIRS times, interleaved. PAUSE_MS idles that long
+# before each update, as a venue's screens do between updates.
 #
 #   cargo build --release -p turnout -p turnout-loadtest
 #   loadtest/fanout-ab.sh
@@ -19,7 +20,7 @@ CLIENTS=${CLIENTS:-10000}
 load() {
   local name=$1 pid=$2 data=$3
   target/release/turnout-loadtest ws-fanout --target http://127.0.0.1:$PORT --jwt-key $KEY \
-    --server-pid "$pid" --clients "$CLIENTS" --rounds "${ROUNDS:-10}" \
+    --server-pid "$pid" --clients "$CLIENTS" --rounds "${ROUNDS:-10}" --pause-ms "${PAUSE_MS:-0}" \
     --json "$data/r.json" >/dev/null 2>&1 || true
   python3 - "$data/r.json" "$name" <<'PY'
 import json, sys
