@@ -9,21 +9,36 @@
 //! write buffer. A TLS stream needs its session state for every write, so
 //! only the connection's own task writes it.
 
+use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use actix_web::rt::net::TcpStream;
 use actix_web::web::Bytes;
 use futures_util::Stream;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Bytes read at once. On the stack: an idle connection holds no read buffer.
 const READ_BYTES: usize = 4096;
 
 type TlsStream = actix_tls::accept::rustls_0_23::TlsStream<TcpStream>;
+
+/// A TLS stream read by the session and written by the writer, each
+/// holding the lock only while it polls. tokio's `split` does the same,
+/// but its halves never lend the socket under the session, which the
+/// writer needs once, to end the connection: a second handle taken up
+/// front cost every TLS WebSocket a file descriptor and a registration with
+/// the reactor for its whole life.
+type SharedTls = Arc<Mutex<TlsStream>>;
+
+fn lock(tls: &SharedTls) -> MutexGuard<'_, TlsStream> {
+    // Poisoned only by a panic in the other side's poll, which ends its
+    // task: this side still needs the socket, if only to end it.
+    tls.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The io types the server accepts, each split into the client's bytes and
 /// where the connection's frames go.
@@ -43,18 +58,16 @@ impl Takeover for TcpStream {
 
 impl Takeover for TlsStream {
     fn take_over(self) -> io::Result<(ReadSide, WriteSide)> {
-        let tcp = self.get_ref().0;
-        tcp.set_nodelay(true)?;
-        let raw = TcpStream::from_std(socket2::SockRef::from(tcp).try_clone()?.into())?;
-        let (read, write) = tokio::io::split(self);
-        Ok((ReadSide::Tls(read), WriteSide::Tls { write, raw }))
+        self.get_ref().0.set_nodelay(true)?;
+        let tls = Arc::new(Mutex::new(self));
+        Ok((ReadSide::Tls(Arc::clone(&tls)), WriteSide::Tls(tls)))
     }
 }
 
 /// The client's bytes, as a stream of chunks for [`super::Inbound`].
 pub enum ReadSide {
     Tcp(Arc<TcpStream>),
-    Tls(ReadHalf<TlsStream>),
+    Tls(SharedTls),
 }
 
 impl Stream for ReadSide {
@@ -72,7 +85,7 @@ impl Stream for ReadSide {
             },
             Self::Tls(tls) => {
                 let mut filled = ReadBuf::new(&mut buf);
-                ready!(Pin::new(tls).poll_read(cx, &mut filled))?;
+                ready!(Pin::new(&mut *lock(tls)).poll_read(cx, &mut filled))?;
                 filled.filled().len()
             }
         };
@@ -83,12 +96,7 @@ impl Stream for ReadSide {
 /// Where the connection's frames go.
 pub enum WriteSide {
     Tcp(Arc<TcpStream>),
-    Tls {
-        write: WriteHalf<TlsStream>,
-        /// A second handle on the TCP socket under the TLS session, to end
-        /// the connection whoever holds the halves.
-        raw: TcpStream,
-    },
+    Tls(SharedTls),
 }
 
 impl WriteSide {
@@ -96,16 +104,16 @@ impl WriteSide {
     pub fn shared(&self) -> Option<Arc<TcpStream>> {
         match self {
             Self::Tcp(tcp) => Some(Arc::clone(tcp)),
-            Self::Tls { .. } => None,
+            Self::Tls(_) => None,
         }
     }
 
-    /// The TCP socket itself, under TLS too.
-    fn raw(&self) -> &TcpStream {
-        match self {
-            Self::Tcp(tcp) => tcp,
-            Self::Tls { raw, .. } => raw,
-        }
+    /// Shuts the TCP socket itself down, under TLS too.
+    fn shut(&self, how: std::net::Shutdown) {
+        let _ = match self {
+            Self::Tcp(tcp) => socket2::SockRef::from(tcp.as_ref()).shutdown(how),
+            Self::Tls(tls) => socket2::SockRef::from(lock(tls).get_ref().0).shutdown(how),
+        };
     }
 
     pub async fn write_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
@@ -121,9 +129,14 @@ impl WriteSide {
                 }
                 Ok(())
             }
-            Self::Tls { write, .. } => {
-                write.write_all(bytes).await?;
-                write.flush().await
+            Self::Tls(tls) => {
+                while !bytes.is_empty() {
+                    match poll_fn(|cx| Pin::new(&mut *lock(tls)).poll_write(cx, bytes)).await? {
+                        0 => return Err(io::ErrorKind::WriteZero.into()),
+                        written => bytes = &bytes[written..],
+                    }
+                }
+                poll_fn(|cx| Pin::new(&mut *lock(tls)).poll_flush(cx)).await
             }
         }
     }
@@ -137,14 +150,26 @@ impl WriteSide {
     /// the close frame on its way.
     pub async fn shut_down(&mut self, cleanly: bool) {
         if cleanly {
-            if let Self::Tls { write, .. } = self {
-                let _ = tokio::time::timeout(LINGER, write.shutdown()).await;
+            if let Self::Tls(tls) = self {
+                let close_notify = poll_fn(|cx| Pin::new(&mut *lock(tls)).poll_shutdown(cx));
+                let _ = tokio::time::timeout(LINGER, close_notify).await;
             }
-            let raw = self.raw();
-            let _ = socket2::SockRef::from(raw).shutdown(std::net::Shutdown::Write);
-            let _ = tokio::time::timeout(LINGER, discard_until_end(raw)).await;
+            self.shut(std::net::Shutdown::Write);
+            match self {
+                Self::Tcp(tcp) => {
+                    let _ = tokio::time::timeout(LINGER, discard_until_end(tcp)).await;
+                }
+                // The session reads through the lock; the bytes left are
+                // read on a handle of their own, for the linger only.
+                Self::Tls(tls) => {
+                    let tcp = socket2::SockRef::from(lock(tls).get_ref().0).try_clone();
+                    if let Ok(tcp) = tcp.and_then(|tcp| TcpStream::from_std(tcp.into())) {
+                        let _ = tokio::time::timeout(LINGER, discard_until_end(&tcp)).await;
+                    }
+                }
+            }
         }
-        let _ = socket2::SockRef::from(self.raw()).shutdown(std::net::Shutdown::Both);
+        self.shut(std::net::Shutdown::Both);
     }
 }
 
