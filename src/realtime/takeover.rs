@@ -160,11 +160,19 @@ impl WriteSide {
                     let _ = tokio::time::timeout(LINGER, discard_until_end(tcp)).await;
                 }
                 // The session reads through the lock; the bytes left are
-                // read on a handle of their own, for the linger only.
+                // read on a handle of their own, for the linger only — or,
+                // out of descriptors (a drain closes every connection at
+                // once), by polling the socket itself.
                 Self::Tls(tls) => {
                     let tcp = socket2::SockRef::from(lock(tls).get_ref().0).try_clone();
-                    if let Ok(tcp) = tcp.and_then(|tcp| TcpStream::from_std(tcp.into())) {
-                        let _ = tokio::time::timeout(LINGER, discard_until_end(&tcp)).await;
+                    match tcp.and_then(|tcp| TcpStream::from_std(tcp.into())) {
+                        Ok(tcp) => {
+                            let _ = tokio::time::timeout(LINGER, discard_until_end(&tcp)).await;
+                        }
+                        Err(error) => {
+                            tracing::debug!(%error, "no second handle for the linger");
+                            let _ = tokio::time::timeout(LINGER, poll_until_end(tls)).await;
+                        }
                     }
                 }
             }
@@ -193,4 +201,22 @@ async fn discard_until_end(tcp: &TcpStream) {
 /// Its buffer on the stack, not in the connection's future.
 fn discard(tcp: &TcpStream) -> io::Result<usize> {
     tcp.try_read(&mut [0u8; READ_BYTES])
+}
+
+/// [`discard_until_end`] without a handle of its own: waiting for the
+/// socket's readiness would take the session's place to be woken, so this
+/// looks every few milliseconds instead.
+async fn poll_until_end(tls: &SharedTls) {
+    use std::io::Read;
+    loop {
+        let read = (&*socket2::SockRef::from(lock(tls).get_ref().0)).read(&mut [0u8; READ_BYTES]);
+        match read {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(_) => return,
+        }
+    }
 }

@@ -206,6 +206,7 @@ async fn live_updates_flow_over_wss() {
 /// A close the server decides goes out over TLS and ends the connection,
 /// and a TLS WebSocket holds one descriptor in the server, its socket's,
 /// open or closing.
+#[cfg(target_os = "linux")]
 #[actix_web::test]
 async fn the_server_closes_a_wss_connection_and_holds_one_socket_each() {
     let dir = tempfile::tempdir().unwrap();
@@ -249,6 +250,7 @@ async fn the_server_closes_a_wss_connection_and_holds_one_socket_each() {
 /// on `port` (the in-process server's side; the other tests' servers
 /// listen elsewhere), from Linux's `/proc`: a socket's inode is in
 /// `/proc/net/tcp` and behind each of its descriptors in `/proc/self/fd`.
+#[cfg(target_os = "linux")]
 fn server_sockets(port: u16) -> Vec<usize> {
     const LISTEN: &str = "0A";
     let table = std::fs::read_to_string("/proc/net/tcp").expect("Linux's /proc");
