@@ -171,7 +171,11 @@ impl WriteSide {
                         }
                         Err(error) => {
                             tracing::debug!(%error, "no second handle for the linger");
-                            let _ = tokio::time::timeout(LINGER, poll_until_end(tls)).await;
+                            let read = |buf: &mut [u8]| {
+                                use std::io::Read;
+                                (&*socket2::SockRef::from(lock(tls).get_ref().0)).read(buf)
+                            };
+                            let _ = tokio::time::timeout(LINGER, poll_until_end(read)).await;
                         }
                     }
                 }
@@ -205,12 +209,10 @@ fn discard(tcp: &TcpStream) -> io::Result<usize> {
 
 /// [`discard_until_end`] without a handle of its own: waiting for the
 /// socket's readiness would take the session's place to be woken, so this
-/// looks every few milliseconds instead.
-async fn poll_until_end(tls: &SharedTls) {
-    use std::io::Read;
+/// tries a non-blocking `read` every few milliseconds instead.
+async fn poll_until_end(mut read: impl FnMut(&mut [u8]) -> io::Result<usize>) {
     loop {
-        let read = (&*socket2::SockRef::from(lock(tls).get_ref().0)).read(&mut [0u8; READ_BYTES]);
-        match read {
+        match read(&mut [0u8; READ_BYTES]) {
             Ok(0) => return,
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -218,5 +220,47 @@ async fn poll_until_end(tls: &SharedTls) {
             }
             Err(_) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// The linger without a second handle reads what the client sends,
+    /// waiting between reads, until the client ends its side.
+    #[tokio::test]
+    async fn polling_reads_until_the_client_ends_its_side() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let client = tokio::spawn(async move {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                client.write_all(&[1; 100]).await.unwrap();
+            }
+            client.shutdown().await.unwrap();
+            client
+        });
+        let mut read_bytes = 0;
+        let read = |buf: &mut [u8]| {
+            let read = (&*socket2::SockRef::from(&server)).read(buf);
+            if let Ok(n) = read {
+                read_bytes += n;
+            }
+            read
+        };
+        tokio::time::timeout(Duration::from_secs(5), poll_until_end(read))
+            .await
+            .expect("the end is seen");
+        assert_eq!(read_bytes, 300);
+        drop(client.await.unwrap());
     }
 }
