@@ -29,9 +29,8 @@ type TlsStream = actix_tls::accept::rustls_0_23::TlsStream<TcpStream>;
 /// A TLS stream read by the session and written by the writer, each
 /// holding the lock only while it polls. tokio's `split` does the same,
 /// but its halves never lend the socket under the session, which the
-/// writer needs once, to end the connection: a second handle taken up
-/// front cost every TLS WebSocket a file descriptor and a registration with
-/// the reactor for its whole life.
+/// writer needs to end the connection: a second handle on it cost every
+/// TLS WebSocket a file descriptor and a registration with the reactor.
 type SharedTls = Arc<Mutex<TlsStream>>;
 
 fn lock(tls: &SharedTls) -> MutexGuard<'_, TlsStream> {
@@ -159,25 +158,12 @@ impl WriteSide {
                 Self::Tcp(tcp) => {
                     let _ = tokio::time::timeout(LINGER, discard_until_end(tcp)).await;
                 }
-                // The session reads through the lock; the bytes left are
-                // read on a handle of their own, for the linger only — or,
-                // out of descriptors (a drain closes every connection at
-                // once), by polling the socket itself.
                 Self::Tls(tls) => {
-                    let tcp = socket2::SockRef::from(lock(tls).get_ref().0).try_clone();
-                    match tcp.and_then(|tcp| TcpStream::from_std(tcp.into())) {
-                        Ok(tcp) => {
-                            let _ = tokio::time::timeout(LINGER, discard_until_end(&tcp)).await;
-                        }
-                        Err(error) => {
-                            tracing::debug!(%error, "no second handle for the linger");
-                            let read = |buf: &mut [u8]| {
-                                use std::io::Read;
-                                (&*socket2::SockRef::from(lock(tls).get_ref().0)).read(buf)
-                            };
-                            let _ = tokio::time::timeout(LINGER, poll_until_end(read)).await;
-                        }
-                    }
+                    let read = |buf: &mut [u8]| {
+                        use std::io::Read;
+                        (&*socket2::SockRef::from(lock(tls).get_ref().0)).read(buf)
+                    };
+                    let _ = tokio::time::timeout(LINGER, poll_until_end(read)).await;
                 }
             }
         }
@@ -207,8 +193,9 @@ fn discard(tcp: &TcpStream) -> io::Result<usize> {
     tcp.try_read(&mut [0u8; READ_BYTES])
 }
 
-/// [`discard_until_end`] without a handle of its own: waiting for the
-/// socket's readiness would take the session's place to be woken, so this
+/// [`discard_until_end`] for a socket under TLS, which lives inside the
+/// stream's lock: waiting for its readiness would take the session's place
+/// to be woken (and a second handle to wait on, a descriptor), so this
 /// tries a non-blocking `read` every few milliseconds instead.
 async fn poll_until_end(mut read: impl FnMut(&mut [u8]) -> io::Result<usize>) {
     loop {
@@ -232,8 +219,8 @@ mod tests {
 
     use super::*;
 
-    /// The linger without a second handle reads what the client sends,
-    /// waiting between reads, until the client ends its side.
+    /// The linger under TLS reads what the client sends, waiting between
+    /// reads, until the client ends its side.
     #[tokio::test]
     async fn polling_reads_until_the_client_ends_its_side() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
