@@ -1,6 +1,7 @@
 //! Migrations go down as well as up: the latest one undone keeps what it
 //! can of the data, and applied again gives the same schema back.
 
+use sqlx::SqlitePool;
 use sqlx::migrate::Migrator;
 use uuid::Uuid;
 
@@ -98,7 +99,7 @@ async fn sqlite_tables_rebuilt_for_fewer_pages_keep_their_rows() {
     const BEFORE_REBUILD: i64 = 12;
     let dir = tempfile::tempdir().unwrap();
     let url = fresh_database(Backend::Sqlite, &dir).await.unwrap();
-    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let pool = SqlitePool::connect(&url).await.unwrap();
     SQLITE.run(&pool).await.unwrap();
     let stream = Uuid::now_v7();
     let fact = |version: i64| {
@@ -122,63 +123,21 @@ async fn sqlite_tables_rebuilt_for_fewer_pages_keep_their_rows() {
         fact(version).execute(&pool).await.unwrap();
         message(version).execute(&pool).await.unwrap();
     }
-    let rows = |pool: sqlx::SqlitePool| async move {
-        let log: Vec<(i64,)> = sqlx::query_as("SELECT version FROM event_log ORDER BY version")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-        let outbox: Vec<(i64, i64)> =
-            sqlx::query_as("SELECT id, stream_version FROM outbox ORDER BY id")
-                .fetch_all(&pool)
-                .await
-                .unwrap();
-        (log, outbox)
-    };
-    let before = rows(pool.clone()).await;
-    // What the rebuild changes: (event_log without rowids, outbox without
-    // AUTOINCREMENT).
-    let shape = |pool: sqlx::SqlitePool| async move {
-        let sql = |table: &'static str| {
-            let pool = pool.clone();
-            async move {
-                let (sql,): (String,) =
-                    sqlx::query_as("SELECT sql FROM sqlite_master WHERE name = $1")
-                        .bind(table)
-                        .fetch_one(&pool)
-                        .await
-                        .unwrap();
-                sql
-            }
-        };
-        (
-            sql("event_log").await.contains("WITHOUT ROWID"),
-            !sql("outbox").await.contains("AUTOINCREMENT"),
-        )
-    };
-    let indexes = |pool: sqlx::SqlitePool| async move {
-        let names: Vec<(String,)> = sqlx::query_as(
-            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outbox' \
-             ORDER BY name",
-        )
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-        names.into_iter().map(|(name,)| name).collect::<Vec<_>>()
-    };
-    assert_eq!(shape(pool.clone()).await, (true, true));
-    let outbox_indexes = indexes(pool.clone()).await;
+    let before = log_and_outbox(&pool).await;
+    assert_eq!(rebuilt(&pool).await, (true, true));
+    let indexes = outbox_indexes(&pool).await;
 
     SQLITE.undo(&pool, BEFORE_REBUILD).await.unwrap();
-    assert_eq!(shape(pool.clone()).await, (false, false));
-    assert_eq!(rows(pool.clone()).await, before, "down keeps the rows");
-    assert_eq!(indexes(pool.clone()).await, outbox_indexes);
+    assert_eq!(rebuilt(&pool).await, (false, false));
+    assert_eq!(log_and_outbox(&pool).await, before, "down keeps the rows");
+    assert_eq!(outbox_indexes(&pool).await, indexes);
     SQLITE.run(&pool).await.unwrap();
-    assert_eq!(shape(pool.clone()).await, (true, true));
-    assert_eq!(rows(pool.clone()).await, before, "up again keeps them");
-    assert_eq!(indexes(pool.clone()).await, outbox_indexes);
+    assert_eq!(rebuilt(&pool).await, (true, true));
+    assert_eq!(log_and_outbox(&pool).await, before, "up again keeps them");
+    assert_eq!(outbox_indexes(&pool).await, indexes);
 
     message(4).execute(&pool).await.unwrap();
-    let (_, outbox) = rows(pool.clone()).await;
+    let (_, outbox) = log_and_outbox(&pool).await;
     let newest = before.1.iter().map(|(id, _)| *id).max().unwrap();
     assert_eq!(outbox.last().unwrap().1, 4);
     assert!(
@@ -190,4 +149,46 @@ async fn sqlite_tables_rebuilt_for_fewer_pages_keep_their_rows() {
         "a version is still written once"
     );
     pool.close().await;
+}
+
+/// The log's versions, and the outbox's ids with their versions.
+async fn log_and_outbox(pool: &SqlitePool) -> (Vec<(i64,)>, Vec<(i64, i64)>) {
+    let log = sqlx::query_as("SELECT version FROM event_log ORDER BY version")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    let outbox = sqlx::query_as("SELECT id, stream_version FROM outbox ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    (log, outbox)
+}
+
+/// What migration 13 changes: the log without rowids, the outbox without
+/// `AUTOINCREMENT`.
+async fn rebuilt(pool: &SqlitePool) -> (bool, bool) {
+    (
+        table_sql(pool, "event_log").await.contains("WITHOUT ROWID"),
+        !table_sql(pool, "outbox").await.contains("AUTOINCREMENT"),
+    )
+}
+
+async fn table_sql(pool: &SqlitePool, table: &str) -> String {
+    let (sql,): (String,) = sqlx::query_as("SELECT sql FROM sqlite_master WHERE name = $1")
+        .bind(table)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    sql
+}
+
+async fn outbox_indexes(pool: &SqlitePool) -> Vec<String> {
+    let names: Vec<(String,)> = sqlx::query_as(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outbox' \
+         ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    names.into_iter().map(|(name,)| name).collect()
 }
