@@ -91,8 +91,8 @@ pub struct ChannelHub {
     /// fan-out walks the queues, the sockets and the kernel's state of each
     /// connection in about the order they were allocated, as a bare
     /// broadcast walks its vector, and the CPU's prefetchers keep up. In a
-    /// hash map's order each subscriber was a cache miss or two: a
-    /// tenth of the CPU per delivery (docs/BENCHMARKS.md).
+    /// hash map's order each subscriber was a cache miss or two: 12 % of
+    /// the CPU per delivery (docs/BENCHMARKS.md).
     subscribers: BTreeMap<u64, SendQueue>,
     store: Arc<dyn Store>,
     home: Arc<dyn HubHome>,
