@@ -372,15 +372,26 @@ fn attempt(connection: &mut Connection, batch: &Batch) -> rusqlite::Result<Check
 
     // The facts: a version taken, or one that skips a version (decided on
     // top of a fact never written), is not written; the log has no gaps.
+    // The predecessor is looked up apart from the insert, and only for the
+    // first fact of its stream in the batch: an `INSERT … SELECT` that
+    // reads its own table builds a temporary table for its one row, a
+    // b-tree opened and freed per fact.
+    let mut predecessor = tx.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM event_log WHERE stream_id = ?1 AND version = ?2)",
+    )?;
     let mut insert_fact = tx.prepare_cached(
         "INSERT INTO event_log (stream_id, version, event_type, schema_version, payload, \
-         request_id, recorded_at) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 \
-         WHERE ?2 = 1 OR ?8 \
-         OR EXISTS (SELECT 1 FROM event_log l WHERE l.stream_id = ?1 AND l.version = ?2 - 1) \
+         request_id, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
          ON CONFLICT DO NOTHING",
     )?;
     let mut written = HashSet::with_capacity(batch.log.len());
     for row in &batch.log {
+        let follows = row.version == 1
+            || row.after_own
+            || predecessor.query_row(params![row.stream, row.version - 1], |r| r.get(0))?;
+        if !follows {
+            continue;
+        }
         let inserted = insert_fact.execute(params![
             row.stream,
             row.version,
@@ -389,13 +400,12 @@ fn attempt(connection: &mut Connection, batch: &Batch) -> rusqlite::Result<Check
             row.payload,
             row.request_id,
             now,
-            row.after_own,
         ])?;
         if inserted == 1 {
             written.insert((row.stream, row.version));
         }
     }
-    drop(insert_fact);
+    drop((predecessor, insert_fact));
     steps.done(Step::Log);
     let lost = lost(&batch.log, &written);
     if !lost.is_empty() {
