@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use actix_web::web::Bytes;
@@ -45,19 +45,18 @@ use crate::views::EventView;
 use turnout_actors::store::StoreError;
 
 /// One event as `GET /v1/events/{id}` answers it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CachedEvent {
     pub id: EventId,
     /// The event's stream version: a newer one replaces an older.
     pub version: u64,
     owner: UserId,
-    lifecycle: Lifecycle,
-    /// What the listing filters and orders on (unix µs).
+    /// What the listing orders on (unix µs).
     starts_at: i64,
-    venue_id: Uuid,
-    tags: Vec<String>,
-    /// The 200 answer's body, rendered once per change.
-    pub body: Bytes,
+    view: EventView,
+    /// The 200 answer's body, rendered by the first read of this version,
+    /// not at each change: a hot event changes many times between reads.
+    body: OnceLock<Bytes>,
     /// When this node heard or read it.
     heard_at: Instant,
 }
@@ -68,27 +67,35 @@ struct Envelope<'a> {
 }
 
 impl CachedEvent {
-    fn rendered(id: EventId, version: u64, owner: UserId, view: &EventView) -> Self {
-        let body =
-            serde_json::to_vec(&Envelope { data: view }).expect("an event view always serializes");
+    fn new(id: EventId, version: u64, owner: UserId, view: EventView) -> Self {
         Self {
             id,
             version,
             owner,
-            lifecycle: view.status,
             starts_at: micros(view.starts_at),
-            venue_id: view.venue_id,
-            tags: view.tags.clone(),
-            body: Bytes::from(body),
+            view,
+            body: OnceLock::new(),
             heard_at: Instant::now(),
         }
+    }
+
+    /// The 200 answer's body.
+    pub fn body(&self) -> Bytes {
+        self.body
+            .get_or_init(|| {
+                let body = serde_json::to_vec(&Envelope { data: &self.view })
+                    .expect("an event view always serializes");
+                Bytes::from(body)
+            })
+            .clone()
     }
 
     /// The event's view alone, as a listing's page holds it: the body
     /// without its envelope (`{"data":` … `}`), not copied.
     pub fn view_json(&self) -> Bytes {
         const ENVELOPE_OPEN: usize = r#"{"data":"#.len();
-        self.body.slice(ENVELOPE_OPEN..self.body.len() - 1)
+        let body = self.body();
+        body.slice(ENVELOPE_OPEN..body.len() - 1)
     }
 
     /// The listing's sort key, which its cursor holds.
@@ -97,27 +104,32 @@ impl CachedEvent {
     }
 
     fn listed(&self) -> bool {
-        self.lifecycle == Lifecycle::Published
+        self.view.status == Lifecycle::Published
     }
 
     fn matches(&self, filter: &EventFilter) -> bool {
-        filter.venue_id.is_none_or(|v| v.as_uuid() == self.venue_id)
-            && filter.tag.as_ref().is_none_or(|t| self.tags.contains(t))
+        filter
+            .venue_id
+            .is_none_or(|v| v.as_uuid() == self.view.venue_id)
+            && filter
+                .tag
+                .as_ref()
+                .is_none_or(|t| self.view.tags.contains(t))
     }
 
     /// Drafts are seen by their owner only.
     pub fn visible_to(&self, user: Option<UserId>) -> bool {
-        self.lifecycle != Lifecycle::Draft || user == Some(self.owner)
+        self.view.status != Lifecycle::Draft || user == Some(self.owner)
     }
 }
 
 impl From<&EventSummary> for CachedEvent {
     fn from(summary: &EventSummary) -> Self {
-        Self::rendered(
+        Self::new(
             summary.id,
             summary.version,
             summary.owner,
-            &EventView::from(summary),
+            EventView::from(summary),
         )
     }
 }
@@ -129,7 +141,7 @@ impl From<EventRecord> for CachedEvent {
             record.version as u64,
             UserId::from(record.owner_id),
         );
-        Self::rendered(id, version, owner, &EventView::from(record))
+        Self::new(id, version, owner, EventView::from(record))
     }
 }
 
@@ -359,10 +371,11 @@ impl EventCache {
 
     /// An event read from the read model, kept unless the cache was
     /// emptied since `began` or already holds something as new.
-    pub fn loaded(&self, began: Generation, event: CachedEvent) {
+    pub fn loaded(&self, began: Generation, event: impl Into<Arc<CachedEvent>>) {
         if !self.serves() || began != self.generation() {
             return;
         }
+        let event = event.into();
         let id = event.id;
         self.keep(event, Replace::AsNew);
         // Everything may have been forgotten while it went in.
@@ -380,7 +393,7 @@ impl EventCache {
         if held.is_some_and(|v| v >= summary.version) {
             return;
         }
-        self.keep(CachedEvent::from(summary), Replace::Newer);
+        self.keep(Arc::new(CachedEvent::from(summary)), Replace::Newer);
     }
 
     /// Keeps the listing in memory until shutdown: a node alone loads it
@@ -457,12 +470,11 @@ impl EventCache {
 
     /// Holds `event` if it is newer than what is held, and there is room
     /// for it (a full cache still follows the events it holds).
-    fn keep(&self, event: CachedEvent, replace: Replace) {
+    fn keep(&self, event: Arc<CachedEvent>, replace: Replace) {
         if self.entries.len() >= self.max_events && !self.entries.contains_key(&event.id) {
             self.let_go_of_started(Utc::now());
         }
         let full = self.entries.len() >= self.max_events;
-        let event = Arc::new(event);
         // The entry stays locked while the listing follows it, so the two
         // agree on each event.
         match self.entries.entry(event.id) {
@@ -574,7 +586,7 @@ mod tests {
     }
 
     fn active_count(event: &CachedEvent) -> u64 {
-        let body: serde_json::Value = serde_json::from_slice(&event.body).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&event.body()).unwrap();
         body["data"]["active_count"].as_u64().unwrap()
     }
 
@@ -839,7 +851,7 @@ mod tests {
         let cache = loaded_listing();
         cache.changed(&listed(EventId::new(), 1, VenueId::new(), 1, &["jazz"]));
         let event = &cache.page(&upcoming(10), 10).unwrap()[0];
-        let whole: serde_json::Value = serde_json::from_slice(&event.body).unwrap();
+        let whole: serde_json::Value = serde_json::from_slice(&event.body()).unwrap();
         let view: serde_json::Value = serde_json::from_slice(&event.view_json()).unwrap();
         assert_eq!(whole["data"], view);
     }

@@ -299,15 +299,15 @@ pub async fn get_event(
             metrics::counter!("turnout_event_reads_total", "read" => "details", "source" => "database")
                 .increment(1);
             let began = state.events.generation();
-            let read = CachedEvent::from(
+            let read = Arc::new(CachedEvent::from(
                 state
                     .store
                     .event(id)
                     .await?
                     .ok_or(ApiError::NotFound("event"))?,
-            );
+            ));
             state.events.loaded(began, read.clone());
-            Arc::new(read)
+            read
         }
     };
     if !event.visible_to(user.0.as_ref().map(|u| u.id)) {
@@ -315,7 +315,7 @@ pub async fn get_event(
     }
     Ok(HttpResponse::Ok()
         .content_type(ContentType::json())
-        .body(event.body.clone()))
+        .body(event.body()))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -229,7 +229,7 @@ pub async fn middleware(
             .await
             .map(ServiceResponse::map_into_boxed_body);
     };
-    let route = req.match_pattern();
+    let route = super::request_context::matched_route(&req);
     let budget = Budget::of(req.method(), route.as_deref());
     let limiter = limits.limiter(budget);
     // The subject of a valid token, where the budget is per user; an

@@ -10,12 +10,12 @@
 
 use std::time::Instant;
 
-use actix_web::ResponseError;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
+use actix_web::{HttpMessage, ResponseError};
 use tracing::Instrument;
 
 use super::ApiError;
@@ -29,6 +29,22 @@ tokio::task_local! {
 /// The id of the request being served, for error bodies and commands.
 pub fn current_request_id() -> String {
     CURRENT.try_with(Clone::clone).unwrap_or_default()
+}
+
+/// The route pattern a request matched, found once per request and kept
+/// in its extensions: finding it walks every route's pattern, and both this
+/// middleware and the rate budgets want it.
+#[derive(Clone)]
+struct MatchedRoute(Option<String>);
+
+/// The pattern of the route `req` matched (`None`: no route).
+pub fn matched_route(req: &ServiceRequest) -> Option<String> {
+    if let Some(MatchedRoute(route)) = req.extensions().get::<MatchedRoute>() {
+        return route.clone();
+    }
+    let route = req.match_pattern();
+    req.extensions_mut().insert(MatchedRoute(route.clone()));
+    route
 }
 
 /// Accepts a client id only if it cannot forge log lines or blow up headers.
@@ -82,9 +98,7 @@ pub async fn middleware(
     if req.method() == Method::HEAD {
         req.head_mut().method = Method::GET;
     }
-    let route = req
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route = matched_route(&req).unwrap_or_else(|| "unmatched".to_owned());
     let span = tracing::info_span!(
         "request",
         otel.name = tracing::field::Empty,

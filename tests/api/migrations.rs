@@ -1,8 +1,8 @@
 //! Migrations go down as well as up: the latest one undone keeps what it
 //! can of the data, and applied again gives the same schema back.
 
-use sqlx::{AssertSqlSafe, SqlitePool};
 use sqlx::migrate::Migrator;
+use sqlx::{AssertSqlSafe, SqlitePool};
 use uuid::Uuid;
 
 use crate::helpers::{Backend, fresh_database};
@@ -223,13 +223,14 @@ async fn sqlite_status_checks_of_the_tables_a_join_writes_build_no_b_tree() {
     let published = "UPDATE outbox SET status = $3, published_at = 0 \
          WHERE aggregate_id = $1 AND message_id = $2";
     for statement in [membership, message, published] {
-        let program: Vec<(i64, String)> = sqlx::query_as(AssertSqlSafe(format!("EXPLAIN {statement}")))
-            .bind(event)
-            .bind(user)
-            .bind("active")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+        let program: Vec<(i64, String)> =
+            sqlx::query_as(AssertSqlSafe(format!("EXPLAIN {statement}")))
+                .bind(event)
+                .bind(user)
+                .bind("active")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
         assert!(
             program.iter().all(|(_, opcode)| opcode != "OpenEphemeral"),
             "{statement}: {program:?}"

@@ -77,6 +77,16 @@ impl EventCard {
         (self.starts_at.timestamp_micros(), self.id)
     }
 
+    fn index_keys(&self) -> IndexKeys {
+        IndexKeys {
+            start: self.start_key(),
+            tags: self.tags.clone(),
+            cell: self.place.map(cell_of),
+            heat: self.heat_key(),
+            published: self.published_at.map(|at| (at.timestamp_micros(), self.id)),
+        }
+    }
+
     fn heat_key(&self) -> (i64, EventId) {
         let key = if self.log_heat == f64::NEG_INFINITY {
             i64::MIN
@@ -85,6 +95,15 @@ impl EventCard {
         };
         (key, self.id)
     }
+}
+
+/// Where an open card sits in the catalog's indexes.
+struct IndexKeys {
+    start: (i64, EventId),
+    tags: Vec<Tag>,
+    cell: Option<Cell>,
+    heat: (i64, EventId),
+    published: Option<(i64, EventId)>,
 }
 
 fn heat_exponent(t: DateTime<Utc>) -> f64 {
@@ -435,59 +454,85 @@ impl Catalog {
         self.histories.retain(|_, h| !h.is_empty());
     }
 
-    /// Changes a card and keeps the indexes in step with it.
+    /// Changes a card and keeps the indexes in step with it, moving it
+    /// only in the indexes whose keys changed: a join on a busy event
+    /// moves its heat alone, and a change of counts nothing.
     fn modify(&mut self, id: EventId, change: impl FnOnce(&mut EventCard)) {
         let Some(mut card) = self.cards.remove(&id) else {
             return;
         };
-        self.unindex(&card);
+        let before = card.index_keys();
+        let indexed = self.by_start.contains(&before.start);
         change(&mut card);
-        if card.is_open(self.clock) {
-            self.index(&card);
+        let after = card.is_open(self.clock).then(|| card.index_keys());
+        match (indexed.then_some(&before), &after) {
+            (None, None) => {}
+            (Some(before), None) => self.unindex(before),
+            (None, Some(after)) => self.index(after),
+            (Some(before), Some(after))
+                if before.start != after.start
+                    || before.tags != after.tags
+                    || before.cell != after.cell =>
+            {
+                self.unindex(before);
+                self.index(after);
+            }
+            (Some(before), Some(after)) => {
+                if before.heat != after.heat {
+                    self.by_heat.remove(&before.heat);
+                    self.by_heat.insert(after.heat);
+                }
+                if before.published != after.published {
+                    if let Some(published) = before.published {
+                        self.by_published.remove(&published);
+                    }
+                    if let Some(published) = after.published {
+                        self.by_published.insert(published);
+                    }
+                }
+            }
         }
         self.cards.insert(id, card);
     }
 
-    fn index(&mut self, card: &EventCard) {
-        let key = card.start_key();
-        self.by_start.insert(key);
-        for tag in &card.tags {
-            self.by_tag.entry(tag.clone()).or_default().insert(key);
+    fn index(&mut self, keys: &IndexKeys) {
+        self.by_start.insert(keys.start);
+        for tag in &keys.tags {
+            self.by_tag
+                .entry(tag.clone())
+                .or_default()
+                .insert(keys.start);
         }
-        if let Some(place) = card.place {
-            self.by_cell.entry(cell_of(place)).or_default().insert(key);
+        if let Some(cell) = keys.cell {
+            self.by_cell.entry(cell).or_default().insert(keys.start);
         }
-        self.by_heat.insert(card.heat_key());
-        if let Some(at) = card.published_at {
-            self.by_published.insert((at.timestamp_micros(), card.id));
+        self.by_heat.insert(keys.heat);
+        if let Some(published) = keys.published {
+            self.by_published.insert(published);
         }
     }
 
-    fn unindex(&mut self, card: &EventCard) {
-        let key = card.start_key();
-        if !self.by_start.remove(&key) {
-            return;
-        }
-        for tag in &card.tags {
+    fn unindex(&mut self, keys: &IndexKeys) {
+        self.by_start.remove(&keys.start);
+        for tag in &keys.tags {
             if let Some(index) = self.by_tag.get_mut(tag) {
-                index.remove(&key);
+                index.remove(&keys.start);
                 if index.is_empty() {
                     self.by_tag.remove(tag);
                 }
             }
         }
-        if let Some(place) = card.place {
-            let cell = cell_of(place);
-            if let Some(index) = self.by_cell.get_mut(&cell) {
-                index.remove(&key);
-                if index.is_empty() {
-                    self.by_cell.remove(&cell);
-                }
+        if let Some(cell) = keys.cell
+            && let Some(index) = self.by_cell.get_mut(&cell)
+        {
+            index.remove(&keys.start);
+            if index.is_empty() {
+                self.by_cell.remove(&cell);
             }
         }
-        self.by_heat.remove(&card.heat_key());
-        if let Some(at) = card.published_at {
-            self.by_published.remove(&(at.timestamp_micros(), card.id));
+        self.by_heat.remove(&keys.heat);
+        if let Some(published) = keys.published {
+            self.by_published.remove(&published);
         }
     }
 
