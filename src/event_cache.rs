@@ -666,7 +666,7 @@ mod tests {
         assert!(cache.get(id).is_some(), "just heard");
         let mut stale = CachedEvent::from(&summary(id, 2, 1, Lifecycle::Published));
         stale.heard_at = Instant::now() - CLUSTER_FRESHNESS * 2;
-        cache.keep(stale, Replace::Newer);
+        cache.keep(Arc::new(stale), Replace::Newer);
         assert!(
             cache.get(id).is_none(),
             "not heard of for too long: read again"
@@ -929,7 +929,7 @@ mod tests {
             let from = micros(epoch());
             let expected: Vec<EventId> = all
                 .iter()
-                .filter(|e| e.lifecycle == Lifecycle::Published)
+                .filter(|e| e.view.status == Lifecycle::Published)
                 .filter(|e| e.starts_at >= from)
                 .filter(|e| filter.to.is_none_or(|to| e.starts_at < micros(to)))
                 .filter(|e| after.is_none_or(|a| e.listing_key() > a))

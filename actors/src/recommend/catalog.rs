@@ -816,4 +816,99 @@ mod tests {
         assert_eq!(catalog.len(), (1, 1));
         assert!(catalog.card(past).is_none());
     }
+
+    /// The indexes as they would be built afresh from the cards indexed
+    /// now: what moving a card only where its keys changed must give.
+    fn rebuilt(catalog: &Catalog) -> Catalog {
+        let mut fresh = Catalog::default();
+        for card in catalog.cards.values() {
+            if catalog.by_start.contains(&card.start_key()) {
+                fresh.index(&card.index_keys());
+            }
+        }
+        fresh
+    }
+
+    fn same_indexes(a: &Catalog, b: &Catalog) -> bool {
+        a.by_start == b.by_start
+            && a.by_tag == b.by_tag
+            && a.by_cell == b.by_cell
+            && a.by_heat == b.by_heat
+            && a.by_published == b.by_published
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Event, version, start in hours, tags, lifecycle, active seats.
+        Details(usize, u64, i64, Vec<&'static str>, Lifecycle, u32),
+        Joined(usize, usize),
+        Left(usize, usize),
+        Located(usize),
+        /// The clock moves on this many hours and the catalog is kept.
+        Maintain(i64),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        let lifecycle = prop_oneof![
+            Just(Lifecycle::Draft),
+            Just(Lifecycle::Published),
+            Just(Lifecycle::Cancelled)
+        ];
+        let tags = proptest::sample::subsequence(vec!["jazz", "rock", "folk"], 0..=3);
+        prop_oneof![
+            4 => (0..4usize, 1..8u64, -2..48i64, tags, lifecycle, 0..10u32)
+                .prop_map(|(e, v, h, t, l, a)| Step::Details(e, v, h, t, l, a)),
+            4 => (0..4usize, 0..6usize).prop_map(|(e, u)| Step::Joined(e, u)),
+            2 => (0..4usize, 0..6usize).prop_map(|(e, u)| Step::Left(e, u)),
+            1 => (0..2usize).prop_map(Step::Located),
+            1 => (0..6i64).prop_map(Step::Maintain),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the changes, the indexes hold exactly the keys of the
+        /// cards they index, and after upkeep exactly the open cards.
+        #[test]
+        fn indexes_match_indexes_built_afresh(steps in proptest::collection::vec(step(), 1..60)) {
+            let start = Utc::now();
+            let events: Vec<EventId> = (0..4).map(|_| new_id()).collect();
+            let users: Vec<UserId> = (0..6).map(|_| UserId::from(Uuid::now_v7())).collect();
+            let venues = [VenueId::from(Uuid::nil()), VenueId::from(Uuid::now_v7())];
+            let mut clock = start;
+            let mut catalog = Catalog::default();
+            for step in steps {
+                match step {
+                    Step::Details(e, version, hours, tags, lifecycle, active) => {
+                        catalog.apply(&EventUpdate {
+                            version,
+                            lifecycle,
+                            active,
+                            venue: venues[e % 2],
+                            starts_at: start + Duration::hours(hours),
+                            at: clock,
+                            ..update(events[e], 0, &tags)
+                        });
+                    }
+                    Step::Joined(e, u) => catalog.joined(users[u], events[e], clock),
+                    Step::Left(e, u) => catalog.left(users[u], events[e]),
+                    Step::Located(v) => catalog.venue_located(
+                        venues[v],
+                        GeoPoint { lat: 52.0 + v as f64, lon: 4.9 },
+                    ),
+                    Step::Maintain(hours) => {
+                        clock += Duration::hours(hours);
+                        catalog.maintain(clock, start - Duration::days(1));
+                        let open: Vec<_> =
+                            catalog.cards.values().filter(|c| c.is_open(catalog.clock)).collect();
+                        proptest::prop_assert_eq!(catalog.by_start.len(), open.len());
+                        for card in open {
+                            proptest::prop_assert!(catalog.by_start.contains(&card.start_key()));
+                        }
+                    }
+                }
+                proptest::prop_assert!(same_indexes(&catalog, &rebuilt(&catalog)));
+            }
+        }
+    }
 }

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The server's own instructions per join, counted by valgrind's callgrind:
+# user space only (the kernel's share, fsync and sends, is not counted),
+# but the same count for the same build and load whatever else the machine
+# is doing, where CPU time on this shared box moves by ±10 % from run to
+# run. For an A/B of a change too small for CPU time to show:
+#
+#   cargo build --release -p turnout -p turnout-loadtest
+#   cp target/release/turnout /tmp/turnout-a     # … and another build as -b
+#   for b in a b a b; do BIN=/tmp/turnout-$b loadtest/instructions.sh; done
+#
+# The load is hot-join: USERS (2,000) users join one event of capacity
+# 2,000 through CONCURRENCY (100) connections, batched as under load;
+# CONCURRENCY=1 gives each join a commit of its own, as spread joins have.
+# Counting starts once the server is ready and stops when the tool ends;
+# OUT keeps callgrind's profile (callgrind_annotate reads it). The server
+# runs some 50 times slower under valgrind, so batches differ from a real
+# run's: compare builds under the same load, not with CPU times.
+set -euo pipefail
+if [ -n "${BIN:-}" ]; then BIN=$(realpath "$BIN"); fi
+cd "$(dirname "$0")/.."
+KEY=instructions-key-instructions-key-0123
+PORT=18191
+USERS=${USERS:-2000}
+data=$(mktemp -d)
+out=${OUT:-$data/callgrind.out}
+env TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data \
+  TURNOUT_DATABASE_URL="sqlite://$data/turnout.db?mode=rwc" \
+  TURNOUT_RATE_LIMITS__ENABLED=false TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP=0 "$@" \
+  valgrind --tool=callgrind --callgrind-out-file="$out" \
+  "${BIN:-target/release/turnout}" --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &
+pid=$!
+for _ in $(seq 1 600); do curl -sf http://127.0.0.1:$PORT/ready >/dev/null && break; sleep 0.2; done
+# What start-up cost is dropped; the dump after the load holds the load's.
+callgrind_control --zero $pid >/dev/null
+target/release/turnout-loadtest hot-join --target http://127.0.0.1:$PORT --jwt-key $KEY \
+  --users "$USERS" --concurrency "${CONCURRENCY:-100}" --capacity "$USERS" \
+  --json "$data/r.json" >/dev/null 2>&1 || true
+callgrind_control --dump $pid >/dev/null
+kill $pid; wait $pid 2>/dev/null || true
+total=$(callgrind_annotate "$out.1" | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+python3 - "$data/r.json" "${BIN:-target/release/turnout}" "$total" "$USERS" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+failed = [c["name"] for c in d["checks"] if not c["passed"]]
+total, users = int(sys.argv[3]), int(sys.argv[4])
+print(f'{sys.argv[2]}  {total / users:9.0f} instructions per join  ({total:,} for {users:,} joins)  {"FAILED " + ",".join(failed) if failed else "all checks pass"}')
+PY
+rm -rf "$data"
+if [ -n "${OUT:-}" ]; then echo "  profile: $out.1"; fi
