@@ -32,11 +32,11 @@ env TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data \
 pid=$!
 for _ in $(seq 1 600); do curl -sf http://127.0.0.1:$PORT/ready >/dev/null && break; sleep 0.2; done
 # What start-up cost is dropped; the dump after the load holds the load's.
-callgrind_control --zero $pid >/dev/null
+callgrind_control --zero $pid >/dev/null 2>&1
 target/release/turnout-loadtest hot-join --target http://127.0.0.1:$PORT --jwt-key $KEY \
   --users "$USERS" --concurrency "${CONCURRENCY:-100}" --capacity "$USERS" \
   --json "$data/r.json" >/dev/null 2>&1 || true
-callgrind_control --dump $pid >/dev/null
+callgrind_control --dump $pid >/dev/null 2>&1
 kill $pid; wait $pid 2>/dev/null || true
 total=$(callgrind_annotate "$out.1" | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
 python3 - "$data/r.json" "${BIN:-target/release/turnout}" "$total" "$USERS" <<'PY'
