@@ -34,7 +34,6 @@ pub fn current_request_id() -> String {
 /// The route pattern a request matched, found once per request and kept
 /// in its extensions: finding it walks every route's pattern, and both this
 /// middleware and the rate budgets want it.
-#[derive(Clone)]
 struct MatchedRoute(Option<String>);
 
 /// The pattern of the route `req` matched (`None`: no route).

@@ -454,45 +454,46 @@ impl Catalog {
         self.histories.retain(|_, h| !h.is_empty());
     }
 
-    /// Changes a card and keeps the indexes in step with it, moving it
-    /// only in the indexes whose keys changed: a join on a busy event
-    /// moves its heat alone, and a change of counts nothing.
+    /// Changes a card and keeps the indexes in step with it.
     fn modify(&mut self, id: EventId, change: impl FnOnce(&mut EventCard)) {
         let Some(mut card) = self.cards.remove(&id) else {
             return;
         };
-        let before = card.index_keys();
-        let indexed = self.by_start.contains(&before.start);
+        let before = self
+            .by_start
+            .contains(&card.start_key())
+            .then(|| card.index_keys());
         change(&mut card);
         let after = card.is_open(self.clock).then(|| card.index_keys());
-        match (indexed.then_some(&before), &after) {
+        match (before, after) {
             (None, None) => {}
-            (Some(before), None) => self.unindex(before),
-            (None, Some(after)) => self.index(after),
-            (Some(before), Some(after))
-                if before.start != after.start
-                    || before.tags != after.tags
-                    || before.cell != after.cell =>
-            {
-                self.unindex(before);
-                self.index(after);
-            }
-            (Some(before), Some(after)) => {
-                if before.heat != after.heat {
-                    self.by_heat.remove(&before.heat);
-                    self.by_heat.insert(after.heat);
-                }
-                if before.published != after.published {
-                    if let Some(published) = before.published {
-                        self.by_published.remove(&published);
-                    }
-                    if let Some(published) = after.published {
-                        self.by_published.insert(published);
-                    }
-                }
-            }
+            (Some(before), None) => self.unindex(&before),
+            (None, Some(after)) => self.index(&after),
+            (Some(before), Some(after)) => self.reindex(&before, &after),
         }
         self.cards.insert(id, card);
+    }
+
+    /// Moves an indexed card only in the indexes whose keys changed: a
+    /// join on a busy event moves its heat alone, new counts nothing.
+    fn reindex(&mut self, before: &IndexKeys, after: &IndexKeys) {
+        if before.start != after.start || before.tags != after.tags || before.cell != after.cell {
+            self.unindex(before);
+            self.index(after);
+            return;
+        }
+        if before.heat != after.heat {
+            self.by_heat.remove(&before.heat);
+            self.by_heat.insert(after.heat);
+        }
+        if before.published != after.published {
+            if let Some(published) = before.published {
+                self.by_published.remove(&published);
+            }
+            if let Some(published) = after.published {
+                self.by_published.insert(published);
+            }
+        }
     }
 
     fn index(&mut self, keys: &IndexKeys) {
