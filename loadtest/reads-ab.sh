@@ -7,18 +7,25 @@
 #   cargo build --release -p turnout -p turnout-loadtest
 #   LIST_EVERY=0 loadtest/reads-ab.sh      # details only
 #   loadtest/reads-ab.sh                   # one read in four the listing
+#
+# For an A/B of two builds with the cache on, interleave them with BIN
+# (another build of the server) and CACHED (the settings to run, "50000"):
+#
+#   for b in a b a b; do BIN=/tmp/turnout-$b CACHED=50000 loadtest/reads-ab.sh; done
 set -euo pipefail
+# BIN may be given relative to where the script was started from.
+if [ -n "${BIN:-}" ]; then BIN=$(realpath "$BIN"); fi
 cd "$(dirname "$0")/.."
 KEY=reads-bench-key-reads-bench-key-0123
 PORT=18121
 for round in 1 2; do
-  for cached in 0 50000; do
+  for cached in ${CACHED:-0 50000}; do
     data=$(mktemp -d)
     TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data \
       TURNOUT_DATABASE_URL="sqlite://$data/turnout.db?mode=rwc" \
       TURNOUT_RATE_LIMITS__ENABLED=false TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP=0 \
       TURNOUT_REALTIME__MAX_CONNECTIONS_PER_IP=0 TURNOUT_HTTP__CACHED_EVENTS=$cached \
-      target/release/turnout --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &
+      "${BIN:-target/release/turnout}" --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &
     pid=$!
     for _ in $(seq 1 50); do curl -sf http://127.0.0.1:$PORT/ready >/dev/null && break; sleep 0.1; done
     target/release/turnout-loadtest mixed --target http://127.0.0.1:$PORT --jwt-key $KEY \

@@ -4,7 +4,9 @@
 # new user (HS256 tokens minted beforehand) — through 2 threads and 1,000
 # connections for DURATION seconds, against the HTTP stick and Turnout on
 # SQLite, each on a fresh server; prints wrk's joins/s and the server's CPU
-# per join (from /proc).
+# per join (from /proc); for Turnout, also how much of the run its journal
+# had a commit in flight and how many appends a commit carried (from
+# /metrics): a journal busy ~100 % of the run is the ceiling.
 #
 #   cargo build --release -p turnout -p turnout-loadtest
 #   loadtest/wrk-check.sh
@@ -68,7 +70,11 @@ run() {
   after=$(cpu "$pid")
   db_after=$(db_cpu)
   ticks=$(getconf CLK_TCK)
-  python3 - "$name" "$before" "$after" "$ticks" "$db_before" "$db_after" <<PY
+  # Turnout's journal: how much of the run a commit was in flight, and
+  # appends per commit (the stick has no /metrics: empty).
+  local journal
+  journal=$(curl -s http://127.0.0.1:$PORT/metrics | grep -E '^turnout_journal_(commit_seconds_sum|batch_size_(sum|count)) ' || true)
+  python3 - "$name" "$before" "$after" "$ticks" "$db_before" "$db_after" "$DURATION" <<PY
 import re, sys
 name, before, after, ticks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 db_ticks = int(sys.argv[6]) - int(sys.argv[5])
@@ -78,7 +84,13 @@ total = int(re.search(r"(\d+) requests in", text).group(1))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 cpu_us = (after - before) / ticks * 1e6 / max(total, 1)
 db = f"  database {db_ticks / ticks * 1e6 / max(total, 1):6.1f} µs per join" if db_ticks else ""
-print(f"{name:<16} wrk {rate:9.0f} joins/s  server {cpu_us:6.1f} µs per join{db}  non-2xx: {errors.group(1) if errors else 0}")
+metrics = dict(line.split() for line in """$journal""".splitlines())
+journal = ""
+if metrics:
+    busy = float(metrics["turnout_journal_commit_seconds_sum"]) / int(sys.argv[7])
+    batch = float(metrics["turnout_journal_batch_size_sum"]) / max(float(metrics["turnout_journal_batch_size_count"]), 1)
+    journal = f"  journal busy {busy:4.0%}, {batch:5.0f} appends per commit"
+print(f"{name:<16} wrk {rate:9.0f} joins/s  server {cpu_us:6.1f} µs per join{db}  non-2xx: {errors.group(1) if errors else 0}{journal}")
 PY
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }

@@ -582,6 +582,7 @@ fn serve_http(
             .app_data(shared.internal_keys.clone())
             .app_data(shared.drain.clone())
             .app_data(metrics_access.clone())
+            .app_data(http::route_memo::RouteMemo::default())
             .configure(http::configure(max_body))
     };
     // `run_until_stopped` hears the signals: a node hands its shards over

@@ -16,6 +16,8 @@
 //!   stops.
 //! - `identity`: the caller from `Authorization: Bearer` (extractors).
 //! - `request_context`: request ids, method and route labels, the access log.
+//! - `route_memo`: each worker's memory of the route each path matched and
+//!   of each route's latency histogram.
 //! - `rate_limit`: the rate budgets by kind of request.
 //! - `client_limits`: body deadlines and connections per client address.
 //! - `breaker`: pauses writes while the database recovers.
@@ -41,6 +43,7 @@ mod pagination;
 pub mod rate_limit;
 pub mod recommendations;
 pub mod request_context;
+pub mod route_memo;
 pub mod upgrade;
 mod venues;
 pub mod ws;

@@ -8,17 +8,19 @@
 //! here, before routing, with 405), the route is the matched pattern or
 //! `unmatched`. A client making up methods or paths cannot grow `/metrics`.
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use actix_web::ResponseError;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{HttpMessage, ResponseError};
 use tracing::Instrument;
 
 use super::ApiError;
+use super::route_memo::{RouteMemo, latency_histogram, route_label};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -31,19 +33,13 @@ pub fn current_request_id() -> String {
     CURRENT.try_with(Clone::clone).unwrap_or_default()
 }
 
-/// The route pattern a request matched, found once per request and kept
-/// in its extensions: finding it walks every route's pattern, and both this
-/// middleware and the rate budgets want it.
-struct MatchedRoute(Option<String>);
-
-/// The pattern of the route `req` matched (`None`: no route).
-pub fn matched_route(req: &ServiceRequest) -> Option<String> {
-    if let Some(MatchedRoute(route)) = req.extensions().get::<MatchedRoute>() {
-        return route.clone();
+/// The pattern of the route `req` matched (`None`: no route), as this
+/// worker's [`RouteMemo`] remembers it.
+pub fn matched_route(req: &ServiceRequest) -> Option<Arc<str>> {
+    match req.app_data::<RouteMemo>() {
+        Some(memo) => memo.pattern(req.path(), || req.match_pattern()),
+        None => req.match_pattern().map(Arc::from),
     }
-    let route = req.match_pattern();
-    req.extensions_mut().insert(MatchedRoute(route.clone()));
-    route
 }
 
 /// Accepts a client id only if it cannot forge log lines or blow up headers.
@@ -97,7 +93,8 @@ pub async fn middleware(
     if req.method() == Method::HEAD {
         req.head_mut().method = Method::GET;
     }
-    let route = matched_route(&req).unwrap_or_else(|| "unmatched".to_owned());
+    let matched = matched_route(&req);
+    let route = route_label(matched.as_ref());
     let span = tracing::info_span!(
         "request",
         otel.name = tracing::field::Empty,
@@ -145,8 +142,10 @@ pub async fn middleware(
         REQUEST_ID,
         HeaderValue::from_str(&id).expect("request ids are sane header values"),
     );
-    metrics::histogram!("turnout_http_request_duration_seconds",
-        "route" => route, "method" => method, "status" => status.to_string())
+    match response.request().app_data::<RouteMemo>() {
+        Some(memo) => memo.latency(matched.as_ref(), method, status),
+        None => latency_histogram(matched.as_ref(), method, status),
+    }
     .record(elapsed.as_secs_f64());
     span.in_scope(|| {
         if status >= 500 {

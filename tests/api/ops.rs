@@ -40,6 +40,33 @@ async fn health_ready_metrics_and_openapi(app: TestApp) {
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}");
     }
+    // Latency is labelled by the route's pattern, whatever the path, and a
+    // path no route matches is `unmatched`: a client cannot add labels.
+    // Each path is asked twice (the second answer comes from the worker's
+    // memory of it).
+    let made_up = format!("/made-up/{}", uuid::Uuid::new_v4());
+    for _ in 0..2 {
+        let missing = app.request(Method::GET, &made_up).send().await.unwrap();
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        let details = app
+            .request(Method::GET, &format!("/v1/events/{event}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(details.status(), StatusCode::OK);
+    }
+    let metrics = app.metrics().await;
+    for route in ["/v1/events/{id}/join", "/v1/events/{id}", "unmatched"] {
+        assert!(
+            metrics.contains(&format!("route=\"{route}\"")),
+            "no latency labelled {route}"
+        );
+    }
+    assert!(!metrics.contains(&made_up), "a path became a label");
+    assert!(
+        !metrics.contains(&event.to_string()),
+        "an id became a label"
+    );
 
     let spec = body(
         app.request(Method::GET, "/openapi.json")
