@@ -561,12 +561,14 @@ pub async fn connect(url: &str, pool: &PoolSettings) -> anyhow::Result<Arc<dyn S
             .min_connections(pool.min_connections)
             .acquire_timeout(acquire)
             .idle_timeout(idle)
+            .after_connect(|conn, _| Box::pin(stable_plans(conn)))
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&requests).await?;
         let background = SqlitePoolOptions::new()
             .max_connections(BACKGROUND_CONNECTIONS)
             .acquire_timeout(acquire)
+            .after_connect(|conn, _| Box::pin(stable_plans(conn)))
             .connect_with(options)
             .await?;
         let writer = sql::SqliteWriter::open(&path)?;
@@ -594,6 +596,30 @@ pub async fn connect(url: &str, pool: &PoolSettings) -> anyhow::Result<Arc<dyn S
     }
 }
 
+/// Gives a SQLite connection plans that do not depend on bound values (the
+/// query planner stability guarantee). Without it SQLite plans a statement
+/// with `LIMIT $n` for the value bound, and so marks it stale whenever a
+/// value is bound again: every page of a listing, a roster or the outbox
+/// was prepared afresh at each execution, some 95,000 instructions, more
+/// than most of those queries cost. No statement here wants a plan by value.
+async fn stable_plans(conn: &mut sqlx::SqliteConnection) -> Result<(), sqlx::Error> {
+    use rusqlite::ffi;
+    let mut handle = conn.lock_handle().await?;
+    let db = handle.as_raw_handle().as_ptr();
+    let mut enabled: std::os::raw::c_int = 0;
+    // SAFETY: `db` is this connection's open handle, locked for the call by
+    // `handle`; the call sets one flag of the connection and writes its new
+    // value to `enabled`. (sqlx and rusqlite link the same libsqlite3-sys.)
+    let rc =
+        unsafe { ffi::sqlite3_db_config(db, ffi::SQLITE_DBCONFIG_ENABLE_QPSG, 1, &mut enabled) };
+    if rc != ffi::SQLITE_OK || enabled != 1 {
+        return Err(sqlx::Error::Configuration(
+            format!("SQLite refused stable plans (code {rc})").into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Times are stored as unix microseconds.
 pub fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
@@ -605,4 +631,77 @@ pub fn from_micros(us: i64) -> DateTime<Utc> {
 
 fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How often the connection's statements that read `limited` were
+    /// prepared again.
+    async fn repreparations(conn: &mut sqlx::SqliteConnection, limited: &str) -> i32 {
+        use rusqlite::ffi;
+        let mut handle = conn.lock_handle().await.unwrap();
+        let db = handle.as_raw_handle().as_ptr();
+        let mut total = 0;
+        // SAFETY: the handle is locked for the walk; each statement pointer
+        // comes from `sqlite3_next_stmt` on it and is only read.
+        unsafe {
+            let mut statement = ffi::sqlite3_next_stmt(db, std::ptr::null_mut());
+            while !statement.is_null() {
+                let sql = std::ffi::CStr::from_ptr(ffi::sqlite3_sql(statement));
+                if sql.to_string_lossy().contains(limited) {
+                    total +=
+                        ffi::sqlite3_stmt_status(statement, ffi::SQLITE_STMTSTATUS_REPREPARE, 0);
+                }
+                statement = ffi::sqlite3_next_stmt(db, statement);
+            }
+        }
+        total
+    }
+
+    /// A `LIMIT $1` page, read with three limits.
+    async fn pages(conn: &mut sqlx::SqliteConnection) {
+        sqlx::query("CREATE TABLE IF NOT EXISTS t (x INTEGER PRIMARY KEY)")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        for limit in [10_i64, 20, 30] {
+            sqlx::query("SELECT x FROM t ORDER BY x LIMIT $1")
+                .bind(limit)
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn with_stable_plans_a_page_is_never_prepared_again_for_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("plans.db"))
+            .create_if_missing(true);
+        let plain = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .unwrap();
+        let stable = SqlitePoolOptions::new()
+            .max_connections(1)
+            .after_connect(|conn, _| Box::pin(stable_plans(conn)))
+            .connect_with(options)
+            .await
+            .unwrap();
+
+        let mut conn = plain.acquire().await.unwrap();
+        pages(&mut conn).await;
+        assert_eq!(
+            repreparations(&mut conn, "LIMIT $1").await,
+            3,
+            "SQLite's own default: each execution planned again for its limit"
+        );
+        let mut conn = stable.acquire().await.unwrap();
+        pages(&mut conn).await;
+        assert_eq!(repreparations(&mut conn, "LIMIT $1").await, 0);
+    }
 }

@@ -31,6 +31,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use actix::{Arbiter, ArbiterHandle};
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sqlx::{QueryBuilder, Sqlite};
 use tokio::sync::oneshot;
@@ -110,10 +111,12 @@ impl std::fmt::Debug for SqliteWriter {
 impl SqliteWriter {
     /// Opens the database file (already created and migrated) as the
     /// journal's connection, with the settings every connection has: WAL,
-    /// a commit on disk before it is acknowledged, foreign keys, and five
-    /// seconds' patience with another connection's write.
+    /// a commit on disk before it is acknowledged, foreign keys, plans
+    /// that do not depend on bound values (see `store::stable_plans`), and
+    /// five seconds' patience with another connection's write.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         let connection = Connection::open(path)?;
+        connection.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
         connection.busy_timeout(Duration::from_secs(5))?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
