@@ -11,8 +11,9 @@
 //! Paths are the client's to choose: a path is kept only up to
 //! [`MAX_PATH`] bytes, at most [`MAX_PATHS`] of them, and all are
 //! forgotten when that is full. A client sending made-up paths costs a
-//! worker at most half a MiB, and each such request the walk it cost
-//! before. The histograms are bounded by the routes, methods and statuses.
+//! worker under 1 MiB (the paths' 512 KiB and the table's slots), and each
+//! such request the walk it cost before. The histograms are bounded by the
+//! routes, methods and statuses.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
