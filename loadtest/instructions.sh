@@ -42,15 +42,7 @@ if [ "${LOAD:-joins}" = joins ]; then
     --json "$data/r.json" >/dev/null 2>&1 || true
   callgrind_control --dump $pid >/dev/null 2>&1
 else
-  token=$(python3 - "$KEY" <<'PY'
-import base64, hashlib, hmac, json, sys, time, uuid
-key, b64 = sys.argv[1].encode(), lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
-now = int(time.time())
-signing = b64(b'{"alg":"HS256","typ":"JWT"}') + b"." + b64(json.dumps(
-    {"sub": str(uuid.uuid4()), "iat": now, "exp": now + 3600, "iss": "turnout"}).encode())
-print((signing + b"." + b64(hmac.new(key, signing, hashlib.sha256).digest())).decode())
-PY
-)
+  token=$(loadtest/tokens.py "$KEY")
   auth=(-H "Authorization: Bearer $token" -H "Content-Type: application/json")
   id() { python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["id"])'; }
   venue=$(curl -s "${auth[@]}" -X POST http://127.0.0.1:$PORT/v1/venues \

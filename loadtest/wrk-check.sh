@@ -28,18 +28,7 @@ KEY=wrk-bench-key-wrk-bench-key-wrk-0123
 PORT=18171
 DURATION=${DURATION:-5}
 dir=$(mktemp -d)
-python3 - "$KEY" "$dir/tokens" 200000 <<'PY'
-import base64, hashlib, hmac, json, sys, time, uuid
-key, path, n = sys.argv[1].encode(), sys.argv[2], int(sys.argv[3])
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
-head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-now = int(time.time())
-with open(path, "w") as out:
-    for _ in range(n):
-        body = b64(json.dumps({"sub": str(uuid.uuid4()), "iat": now, "exp": now + 3600, "iss": "turnout"}).encode())
-        signing = head + b"." + body
-        out.write((signing + b"." + b64(hmac.new(key, signing, hashlib.sha256).digest())).decode() + "\n")
-PY
+loadtest/tokens.py "$KEY" 200000 >"$dir/tokens"
 owner=$(tail -1 "$dir/tokens")
 
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }

@@ -11,16 +11,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::ResponseError;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
+use actix_web::{HttpRequest, ResponseError};
 use tracing::Instrument;
 
 use super::ApiError;
-use super::route_memo::{RouteMemo, latency_histogram, route_label};
+use super::route_memo::{RouteMemo, route_label};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -36,10 +36,14 @@ pub fn current_request_id() -> String {
 /// The pattern of the route `req` matched (`None`: no route), as this
 /// worker's [`RouteMemo`] remembers it.
 pub fn matched_route(req: &ServiceRequest) -> Option<Arc<str>> {
-    match req.app_data::<RouteMemo>() {
-        Some(memo) => memo.pattern(req.path(), || req.match_pattern()),
-        None => req.match_pattern().map(Arc::from),
-    }
+    route_memo(req.request()).pattern(req.path(), || req.match_pattern())
+}
+
+/// The worker's memory of its routes, which the app factory gives every
+/// worker's `App` (`app.rs`).
+fn route_memo(req: &HttpRequest) -> &RouteMemo {
+    req.app_data::<RouteMemo>()
+        .expect("every worker's App holds a RouteMemo")
 }
 
 /// Accepts a client id only if it cannot forge log lines or blow up headers.
@@ -142,11 +146,9 @@ pub async fn middleware(
         REQUEST_ID,
         HeaderValue::from_str(&id).expect("request ids are sane header values"),
     );
-    match response.request().app_data::<RouteMemo>() {
-        Some(memo) => memo.latency(matched.as_ref(), method, status),
-        None => latency_histogram(matched.as_ref(), method, status),
-    }
-    .record(elapsed.as_secs_f64());
+    route_memo(response.request())
+        .latency(matched.as_ref(), method, status)
+        .record(elapsed.as_secs_f64());
     span.in_scope(|| {
         if status >= 500 {
             tracing::warn!(
