@@ -71,7 +71,9 @@ enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 13] = [
+    /// Every step in declaration order. `Commit` is the last of an attempt
+    /// and of the enum, so a step added before it must be listed here too.
+    const ALL: [Step; Step::Commit as usize + 1] = [
         Step::Statement,
         Step::Begin,
         Step::Leases,
