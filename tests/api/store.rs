@@ -542,8 +542,11 @@ async fn a_full_mailbox_refuses_instead_of_growing(backend: Backend) {
         return;
     };
     let thread = Arbiter::new();
+    // The mailbox's four and the one the actor has in hand.
+    const HELD: usize = 5;
+    const SENT: usize = 20;
     let settings = ActorSettings {
-        mailbox_capacity: 4,
+        mailbox_capacity: HELD - 1,
         ..ActorSettings::default()
     };
     let registry = registry(&store, settings, vec![thread.handle()]);
@@ -551,11 +554,16 @@ async fn a_full_mailbox_refuses_instead_of_growing(backend: Backend) {
     let event = create_event(&store, &registry, owner, 100).await;
 
     let (blocked, unblock) = std::sync::mpsc::channel::<()>();
+    let (held, holding) = tokio::sync::oneshot::channel::<()>();
     thread.spawn_fn(move || {
+        let _ = held.send(());
         let _ = unblock.recv_timeout(Duration::from_secs(10));
     });
+    // No command is sent before the actor's thread is held: on a busy
+    // machine the thread could otherwise take a few before it blocks.
+    holding.await.expect("the actor's thread is held");
     let mut pending = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..SENT {
         let registry = registry.clone();
         pending.push(actix_web::rt::spawn(async move {
             registry
@@ -572,7 +580,14 @@ async fn a_full_mailbox_refuses_instead_of_growing(backend: Backend) {
                 .await
         }));
     }
-    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    // Those the mailbox cannot take are refused at once; wait for them
+    // (rather than for a fixed time a loaded machine may overrun).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pending.iter().filter(|task| task.is_finished()).count() < SENT - HELD
+        && std::time::Instant::now() < deadline
+    {
+        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+    }
     blocked.send(()).unwrap();
     let mut refused = 0;
     let mut joined = 0;
@@ -585,11 +600,14 @@ async fn a_full_mailbox_refuses_instead_of_growing(backend: Backend) {
     }
     assert!(refused > 0, "some commands were refused");
     assert!(
-        joined > 0 && joined <= 5,
+        joined > 0 && joined <= HELD,
         "the mailbox held at most its capacity (+1 in hand): {joined}"
     );
     let row = store.event(event).await.unwrap().unwrap();
-    assert_eq!(row.active_count, joined, "refused commands changed nothing");
+    assert_eq!(
+        row.active_count, joined as i64,
+        "refused commands changed nothing"
+    );
     thread.stop();
 }
 
