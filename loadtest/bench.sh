@@ -28,6 +28,12 @@
 # own command in docs/BENCHMARKS.md); fan-out (10,000 WebSocket clients on
 # one venue, 60 updates: ten were too few to tell builds apart); classic
 # (pgbench on the stored-procedure design, best of 8 and 16 clients).
+#
+# Two sticks for the joins: the HTTP stick holds memberships in memory
+# only; the durable stick (`http-stick --durable`) also appends each new
+# one to a file and fsyncs it, in groups, before answering: the least a
+# durable join costs here, which a spread join (one commit each) cannot
+# go below whatever its design.
 set -euo pipefail
 # BIN may be given relative to where the script was started from.
 if [ -n "${BIN:-}" ]; then BIN=$(realpath "$BIN"); fi
@@ -104,6 +110,9 @@ mix=(mixed --events 200 --capacity 100 --duration "${MIX_SECS:-30}" --join-rate 
 fanout=(ws-fanout --clients 10000 --rounds 60)
 
 stick http-stick --jwt-key $KEY; load hot stick "${hot[@]}"
+stick http-stick --jwt-key $KEY --durable "$out/joins"; load hot "durable stick" "${hot[@]}"
+stick http-stick --jwt-key $KEY; load spread stick "${spread[@]}"
+stick http-stick --jwt-key $KEY --durable "$out/joins"; load spread "durable stick" "${spread[@]}"
 for db in sqlite postgres; do
   turnout $db; load hot "turnout $db" "${hot[@]}"
   turnout $db; load spread "turnout $db" "${spread[@]}"
@@ -117,7 +126,7 @@ CLIENTS="8 16" SECONDS_EACH=15 loadtest/classic-bench.sh >"$out/classic.txt" 2>&
 python3 - "$out" "${BIN:-$(git rev-parse --short HEAD)}" "$(getconf CLK_TCK)" <<'PY'
 import datetime, glob, json, os, re, sys
 out, commit, ticks = sys.argv[1], sys.argv[2], int(sys.argv[3])
-rows, cpu_of = [], {}
+rows, cpu_of, durable_of = [], {}, {}
 order = ["hot", "spread", "reads", "mix", "fan-out"]
 for path in glob.glob(os.path.join(out, "*.json")):
     load, system = os.path.basename(path)[:-5].split(".", 1)
@@ -131,17 +140,21 @@ for path in glob.glob(os.path.join(out, "*.json")):
     rows.append((order.index(load), system != "stick", system, load, d["throughput_per_s"], d["latency"]["p99_ms"], cpu, per, db, failed))
     if system == "stick":
         cpu_of[load] = (cpu, d["throughput_per_s"])
+    if system == "durable stick":
+        durable_of[load] = cpu
 print(f"Turnout bench, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, at {commit}\n")
-print("| load | system | requests/s | p99 | server CPU per request | × the stick's CPU | throughput ÷ the stick's | database CPU per request | checks |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| load | system | requests/s | p99 | server CPU per request | × the stick's CPU | × the durable stick's | throughput ÷ the stick's | database CPU per request | checks |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for _, _, system, load, rate, p99, cpu, per, db, failed in sorted(rows):
     stick = cpu_of.get(load)
     times = f"{cpu / stick[0]:.2f}" if stick and cpu and system != "stick" else ("1" if system == "stick" else "—")
     share = f"{rate / stick[1]:.2f}" if stick and system != "stick" and load == "hot" else ("1" if system == "stick" else "—")
+    durable = durable_of.get(load)
+    times_durable = f"{cpu / durable:.2f}" if durable and cpu and "stick" not in system else "—"
     cpu_text = f"{cpu:.1f} µs per {per}" if cpu else "—"
     verdict = "all pass" if not failed else "FAILED: " + ", ".join(failed)
     db_text = f"{db:.1f} µs" if db is not None else ("in the server" if "sqlite" in system else "—")
-    print(f"| {load} | {system} | {rate:,.0f} | {p99:.1f} ms | {cpu_text} | {times} | {share} | {db_text} | {verdict} |")
+    print(f"| {load} | {system} | {rate:,.0f} | {p99:.1f} ms | {cpu_text} | {times} | {times_durable} | {share} | {db_text} | {verdict} |")
 idle = {}
 for path in glob.glob(os.path.join(out, "fan-out.*.json")):
     d = json.load(open(path))

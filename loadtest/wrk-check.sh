@@ -2,8 +2,10 @@
 # Checks the load tool's hot-join figures against wrk (Debian's `wrk`):
 # the same hot event — one event of capacity 500, each request a join by a
 # new user (HS256 tokens minted beforehand) — through 2 threads and 1,000
-# connections for DURATION seconds, against the HTTP stick and Turnout on
-# SQLite, each on a fresh server; prints wrk's joins/s and the server's CPU
+# connections for DURATION seconds, against the HTTP stick, the stick
+# made durable (`http-stick --durable`: each join appended to a file and
+# fsync'd, in groups, before it is answered) and Turnout on SQLite, each on
+# a fresh server; prints wrk's joins/s and the server's CPU
 # per join (from /proc); for Turnout, also how much of the run its journal
 # had a commit in flight and how many appends a commit carried (from
 # /metrics): a journal busy ~100 % of the run is the ceiling.
@@ -88,6 +90,8 @@ for round in 1 2; do
   target/release/http-stick --bind 127.0.0.1:$PORT --jwt-key $KEY >/dev/null 2>&1 &
   run stick $!
   data=$(mktemp -d)
+  target/release/http-stick --bind 127.0.0.1:$PORT --jwt-key $KEY --durable "$data/joins" >/dev/null 2>&1 &
+  run "durable stick" $!
   if [ -n "${RESET:-}" ]; then bash -c "$RESET"; fi
   env TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data \
     TURNOUT_DATABASE_URL="sqlite://$data/turnout.db?mode=rwc" \

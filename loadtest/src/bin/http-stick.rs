@@ -6,6 +6,13 @@
 //! what Turnout does beyond this is what its CPU per join beyond the
 //! stick's pays for.
 //!
+//! With `--durable FILE` it is the least a *durable* join can cost: each
+//! new membership is a line appended to FILE and `fsync`ed before it is
+//! answered, by one thread that writes whatever joins arrived while it
+//! synced in one write and one `fsync` (a group commit in its plainest
+//! form). A join on a quiet event pays for a sync of its own there as in
+//! Turnout, so this is the floor to hold Turnout's spread joins against.
+//!
 //! It answers the few routes the load tool uses, in the same shapes, so
 //! `hot-join` runs against it unchanged and checks its roster too:
 //!
@@ -16,7 +23,10 @@
 //! ```
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, mpsc};
 
 use actix::prelude::*;
 use actix_web::http::StatusCode;
@@ -26,6 +36,7 @@ use dashmap::DashMap;
 use jsonwebtoken::{DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 #[global_allocator]
@@ -43,6 +54,49 @@ struct Args {
     /// HTTP worker threads; 0 means one per core.
     #[arg(long, default_value_t = 0)]
     workers: usize,
+    /// Append each new membership to this file and `fsync` it before
+    /// answering.
+    #[arg(long)]
+    durable: Option<PathBuf>,
+}
+
+/// A new membership's line, and who waits for it to be on disk.
+type Record = (String, oneshot::Sender<()>);
+
+/// The durable log: one thread appends and syncs, a batch at a time.
+struct Log(mpsc::Sender<Record>);
+
+impl Log {
+    fn open(path: &PathBuf) -> std::io::Result<Self> {
+        let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+        let (records, arrived) = mpsc::channel::<Record>();
+        std::thread::spawn(move || {
+            while let Ok(first) = arrived.recv() {
+                let batch: Vec<Record> = std::iter::once(first).chain(arrived.try_iter()).collect();
+                if let Err(error) = write_batch(&mut file, &batch) {
+                    eprintln!("http-stick: the log could not be written: {error}");
+                    std::process::exit(1);
+                }
+                for (_, written) in batch {
+                    let _ = written.send(());
+                }
+            }
+        });
+        Ok(Self(records))
+    }
+
+    /// Resolves once `line` is on disk.
+    async fn append(&self, line: String) -> Result<(), ()> {
+        let (written, on_disk) = oneshot::channel();
+        self.0.send((line, written)).map_err(|_| ())?;
+        on_disk.await.map_err(|_| ())
+    }
+}
+
+fn write_batch(file: &mut File, batch: &[Record]) -> std::io::Result<()> {
+    let bytes: String = batch.iter().map(|(line, _)| line.as_str()).collect();
+    file.write_all(bytes.as_bytes())?;
+    file.sync_all()
 }
 
 #[derive(Deserialize)]
@@ -117,6 +171,7 @@ struct Stick {
     key: DecodingKey,
     validation: Validation,
     events: DashMap<Uuid, Addr<Event>>,
+    log: Option<Log>,
 }
 
 impl Stick {
@@ -199,6 +254,12 @@ async fn join(stick: web::Data<Stick>, request: HttpRequest, id: web::Path<Uuid>
     };
     match event.send(Join(user)).await {
         Ok((code, status, position)) => {
+            if let (201, Some(log)) = (code, &stick.log) {
+                let line = format!("{} {user} {status} {}\n", *id, position.unwrap_or(0));
+                if log.append(line).await.is_err() {
+                    return HttpResponse::ServiceUnavailable().finish();
+                }
+            }
             HttpResponse::build(StatusCode::from_u16(code).expect("200 or 201")).json(
                 json!({ "data": { "event_id": *id, "user_id": user, "status": status, "position": position } }),
             )
@@ -235,6 +296,7 @@ fn main() -> std::io::Result<()> {
         key: DecodingKey::from_secret(args.jwt_key.as_bytes()),
         validation,
         events: DashMap::new(),
+        log: args.durable.as_ref().map(Log::open).transpose()?,
     }));
     let workers = if args.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
