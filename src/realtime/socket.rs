@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::Duration;
@@ -56,7 +57,34 @@ struct Queue {
     writing: bool,
     /// Plain TCP, until the connection ends: a hub writes a frame itself
     /// when nothing waits to be written before it.
-    direct: Option<Arc<TcpStream>>,
+    direct: Option<Direct>,
+}
+
+/// The socket a hub writes to itself, its descriptor kept in the queue
+/// beside the lock the hub has just taken. Read through the stream, the
+/// descriptor is in the stream's own allocation: one more cache miss per
+/// connection, which a fan-out to 10,000 connections pays 10,000 times per
+/// update (docs/BENCHMARKS.md, "The durable stick").
+struct Direct {
+    fd: RawFd,
+    /// Keeps `fd` open for as long as this lives.
+    _stream: Arc<TcpStream>,
+}
+
+impl Direct {
+    fn new(stream: Arc<TcpStream>) -> Self {
+        Self {
+            fd: stream.as_raw_fd(),
+            _stream: stream,
+        }
+    }
+}
+
+impl AsFd for Direct {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: `_stream` owns the descriptor, and lives as long as `self`.
+        unsafe { BorrowedFd::borrow_raw(self.fd) }
+    }
 }
 
 impl Queue {
@@ -255,7 +283,7 @@ impl SendQueue {
                 close: None,
                 unfinished: None,
                 writing: false,
-                direct: sink.shared(),
+                direct: sink.shared().map(Direct::new),
             }),
             writer: AtomicWaker::new(),
             closing: Notify::new(),
@@ -305,7 +333,7 @@ impl SendQueue {
             // readiness record (another cache line per connection), which
             // only caches what the kernel knows: a full socket makes the
             // writer's next write find out and wait for the kernel's edge.
-            match socket2::SockRef::from(tcp.as_ref()).send(&frame.encoded) {
+            match socket2::SockRef::from(tcp).send(&frame.encoded) {
                 Ok(written) if written == frame.encoded.len() => return Offered::Written,
                 Ok(written) if written > 0 => {
                     queue.bytes += frame.text_len;

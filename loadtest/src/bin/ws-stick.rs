@@ -177,16 +177,20 @@ fn route(
     }
 }
 
-/// An update frame the size and shape of Turnout's venue update.
+/// An update frame the size and shape of Turnout's venue update, byte
+/// for byte as long: a channel named by a venue's id, a 16-digit epoch,
+/// the event's tag.
 fn update(event: &str, offset: u64) -> Vec<u8> {
     let text = json!({
-        "v": 1, "type": "update", "channel": "venue:stick", "epoch": "stick", "offset": offset,
+        "v": 1, "type": "update", "channel": format!("venue:{}", Uuid::nil()),
+        "epoch": "57ac000000000000", "offset": offset,
         "committed_at": chrono::Utc::now(),
         "data": {
             "event": {
                 "id": event, "owner_id": Uuid::nil(), "venue_id": Uuid::nil(),
                 "title": "Load test", "description": null,
-                "starts_at": chrono::Utc::now(), "ends_at": null, "tags": [],
+                "starts_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "ends_at": null, "tags": ["loadtest"],
                 "status": "published", "capacity": 1_000_000, "active_count": offset,
                 "offered_seats": 0, "waitlist_count": 0, "places_left": 1_000_000 - offset,
                 "waitlist_mode": "auto", "waitlist_fill": "strict",
