@@ -65,6 +65,37 @@ async fn the_measuring_stick_keeps_every_invariant_of_a_hot_join() {
     assert_eq!(report.outcomes.get("201"), Some(&300));
 }
 
+/// The durable stick keeps the same invariants, and every join it
+/// acknowledged is a line in its file, with the status it was told: a
+/// floor for durable joins that wrote less than it answered would measure
+/// nothing.
+#[actix_web::test]
+async fn the_durable_stick_has_every_acknowledged_join_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("joins");
+    let (mut stick, target) = start_stick(
+        env!("CARGO_BIN_EXE_http-stick"),
+        &["--jwt-key", KEY, "--durable", file.to_str().unwrap()],
+    )
+    .await;
+    let report = small_hot_join(target).await;
+    let _ = stick.kill();
+    let _ = stick.wait();
+    let report = report.unwrap();
+    assert_every_check_passed(&report);
+    assert_eq!(report.outcomes.get("201"), Some(&300));
+
+    // Read once the process is killed: what it answered, it had written.
+    let lines = std::fs::read_to_string(&file).unwrap();
+    let statuses: Vec<&str> = lines
+        .lines()
+        .map(|line| line.split(' ').nth(2).unwrap())
+        .collect();
+    assert_eq!(statuses.len(), 300);
+    assert_eq!(statuses.iter().filter(|s| **s == "active").count(), 40);
+    assert_eq!(statuses.iter().filter(|s| **s == "waitlisted").count(), 260);
+}
+
 /// The bare-broadcast stick delivers every update to every client, as the
 /// same tool checks Turnout's fan-out.
 #[actix_web::test]

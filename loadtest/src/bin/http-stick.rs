@@ -25,7 +25,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 
 use actix::prelude::*;
@@ -67,7 +67,7 @@ type Record = (String, oneshot::Sender<()>);
 struct Log(mpsc::Sender<Record>);
 
 impl Log {
-    fn open(path: &PathBuf) -> std::io::Result<Self> {
+    fn open(path: &Path) -> std::io::Result<Self> {
         let mut file = OpenOptions::new().create(true).append(true).open(path)?;
         let (records, arrived) = mpsc::channel::<Record>();
         std::thread::spawn(move || {
@@ -296,7 +296,7 @@ fn main() -> std::io::Result<()> {
         key: DecodingKey::from_secret(args.jwt_key.as_bytes()),
         validation,
         events: DashMap::new(),
-        log: args.durable.as_ref().map(Log::open).transpose()?,
+        log: args.durable.as_deref().map(Log::open).transpose()?,
     }));
     let workers = if args.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
