@@ -65,10 +65,9 @@ async fn the_measuring_stick_keeps_every_invariant_of_a_hot_join() {
     assert_eq!(report.outcomes.get("201"), Some(&300));
 }
 
-/// The durable stick keeps the same invariants, and every join it
-/// acknowledged is a line in its file, with the status it was told: a
-/// floor for durable joins that wrote less than it answered would measure
-/// nothing.
+/// The durable stick keeps the same invariants, and its file holds a line
+/// for every join it acknowledged, as many active as the event's capacity:
+/// a durable stick that wrote less than it answered would measure nothing.
 #[actix_web::test]
 async fn the_durable_stick_has_every_acknowledged_join_on_disk() {
     let dir = tempfile::tempdir().unwrap();
@@ -85,7 +84,7 @@ async fn the_durable_stick_has_every_acknowledged_join_on_disk() {
     assert_every_check_passed(&report);
     assert_eq!(report.outcomes.get("201"), Some(&300));
 
-    // Read once the process is killed: what it answered, it had written.
+    // Read once the process is killed.
     let lines = std::fs::read_to_string(&file).unwrap();
     let statuses: Vec<&str> = lines
         .lines()

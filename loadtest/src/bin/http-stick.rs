@@ -6,12 +6,13 @@
 //! what Turnout does beyond this is what its CPU per join beyond the
 //! stick's pays for.
 //!
-//! With `--durable FILE` it is the least a *durable* join can cost: each
-//! new membership is a line appended to FILE and `fsync`ed before it is
-//! answered, by one thread that writes whatever joins arrived while it
-//! synced in one write and one `fsync` (a group commit in its plainest
-//! form). A join on a quiet event pays for a sync of its own there as in
-//! Turnout, so this is the floor to hold Turnout's spread joins against.
+//! With `--durable FILE` it is a durable join at its plainest: each new
+//! membership is a line appended to FILE and `fsync`ed before it is
+//! answered (a repeated join waits behind its first answer's line), by one
+//! thread that writes whatever joins arrived while it synced in one write
+//! and one `fsync` (a group commit). A join on a quiet event pays for a
+//! sync of its own there as in Turnout: the stick to hold Turnout's spread
+//! joins against.
 //!
 //! It answers the few routes the load tool uses, in the same shapes, so
 //! `hot-join` runs against it unchanged and checks its roster too:
@@ -60,41 +61,47 @@ struct Args {
     durable: Option<PathBuf>,
 }
 
-/// A new membership's line, and who waits for it to be on disk.
+/// A line for the log (empty for a repeated join, which only waits for
+/// what is before it), and who waits for it to be on disk.
 type Record = (String, oneshot::Sender<()>);
 
-/// The durable log: one thread appends and syncs, a batch at a time.
-struct Log(mpsc::Sender<Record>);
+/// Where an event's actor hands its records, in the order it decides
+/// them.
+type Log = mpsc::Sender<Record>;
 
-impl Log {
-    fn open(path: &Path) -> std::io::Result<Self> {
-        let mut file = OpenOptions::new().create(true).append(true).open(path)?;
-        let (records, arrived) = mpsc::channel::<Record>();
-        std::thread::spawn(move || {
-            while let Ok(first) = arrived.recv() {
-                let batch: Vec<Record> = std::iter::once(first).chain(arrived.try_iter()).collect();
-                if let Err(error) = write_batch(&mut file, &batch) {
-                    eprintln!("http-stick: the log could not be written: {error}");
-                    std::process::exit(1);
-                }
-                for (_, written) in batch {
-                    let _ = written.send(());
-                }
+/// Opens the log: one thread appends and syncs, a batch at a time. A
+/// batch is answered once it is synced; one with nothing to write (only
+/// repeats) follows batches already synced, so it is answered at once.
+fn open_log(path: &Path) -> std::io::Result<Log> {
+    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    // The file's name must survive a crash as well as its lines.
+    File::open(
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    )?
+    .sync_all()?;
+    let (records, arrived) = mpsc::channel::<Record>();
+    std::thread::spawn(move || {
+        while let Ok(first) = arrived.recv() {
+            let batch: Vec<Record> = std::iter::once(first).chain(arrived.try_iter()).collect();
+            if let Err(error) = write_batch(&mut file, &batch) {
+                eprintln!("http-stick: the log could not be written: {error}");
+                std::process::exit(1);
             }
-        });
-        Ok(Self(records))
-    }
-
-    /// Resolves once `line` is on disk.
-    async fn append(&self, line: String) -> Result<(), ()> {
-        let (written, on_disk) = oneshot::channel();
-        self.0.send((line, written)).map_err(|_| ())?;
-        on_disk.await.map_err(|_| ())
-    }
+            for (_, written) in batch {
+                let _ = written.send(());
+            }
+        }
+    });
+    Ok(records)
 }
 
 fn write_batch(file: &mut File, batch: &[Record]) -> std::io::Result<()> {
     let bytes: String = batch.iter().map(|(line, _)| line.as_str()).collect();
+    if bytes.is_empty() {
+        return Ok(());
+    }
     file.write_all(bytes.as_bytes())?;
     file.sync_all()
 }
@@ -107,26 +114,50 @@ struct Claims {
 /// One event: capacity, who is in, who waits (in order, and each one's
 /// place: nobody leaves the stick's events).
 struct Event {
+    id: Uuid,
     capacity: usize,
     active: HashSet<Uuid>,
     waiting: VecDeque<Uuid>,
     place: HashMap<Uuid, usize>,
+    log: Option<Log>,
 }
+
+impl Event {
+    /// With `--durable`: hands the join's line to the log (none for a
+    /// repeat, which waits behind its first answer's line all the same) and
+    /// says when it is on disk.
+    fn logged(&self, user: Uuid, answer: &Answer) -> Option<oneshot::Receiver<()>> {
+        let log = self.log.as_ref()?;
+        let (code, status, position) = answer;
+        let line = match code {
+            201 => format!("{} {user} {status} {}\n", self.id, position.unwrap_or(0)),
+            _ => String::new(),
+        };
+        let (written, on_disk) = oneshot::channel();
+        // Were the log gone, `written` would be dropped with the record:
+        // the join is then refused, not answered undurably.
+        let _ = log.send((line, written));
+        Some(on_disk)
+    }
+}
+
+/// A join's status code and membership.
+type Answer = (u16, &'static str, Option<usize>);
 
 impl Actor for Event {
     type Context = Context<Self>;
 }
 
-/// Join: the answer's status code and membership.
+/// Join: the answer, and with `--durable` when it may be given.
 #[derive(Message)]
-#[rtype(result = "(u16, &'static str, Option<usize>)")]
+#[rtype(result = "(Answer, Option<oneshot::Receiver<()>>)")]
 struct Join(Uuid);
 
 impl Handler<Join> for Event {
     type Result = MessageResult<Join>;
 
     fn handle(&mut self, Join(user): Join, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(if self.active.contains(&user) {
+        let answer = if self.active.contains(&user) {
             (200, "active", None)
         } else if let Some(place) = self.place.get(&user) {
             (200, "waitlisted", Some(*place))
@@ -137,7 +168,9 @@ impl Handler<Join> for Event {
             self.waiting.push_back(user);
             self.place.insert(user, self.waiting.len());
             (201, "waitlisted", Some(self.waiting.len()))
-        })
+        };
+        let on_disk = self.logged(user, &answer);
+        MessageResult((answer, on_disk))
     }
 }
 
@@ -221,10 +254,12 @@ async fn create_event(
     }
     let id = Uuid::now_v7();
     let event = Event {
+        id,
         capacity: body.capacity,
         active: HashSet::new(),
         waiting: VecDeque::new(),
         place: HashMap::new(),
+        log: stick.log.clone(),
     }
     .start();
     stick.events.insert(id, event);
@@ -253,12 +288,11 @@ async fn join(stick: web::Data<Stick>, request: HttpRequest, id: web::Path<Uuid>
         return not_found();
     };
     match event.send(Join(user)).await {
-        Ok((code, status, position)) => {
-            if let (201, Some(log)) = (code, &stick.log) {
-                let line = format!("{} {user} {status} {}\n", *id, position.unwrap_or(0));
-                if log.append(line).await.is_err() {
-                    return HttpResponse::ServiceUnavailable().finish();
-                }
+        Ok(((code, status, position), on_disk)) => {
+            if let Some(on_disk) = on_disk
+                && on_disk.await.is_err()
+            {
+                return HttpResponse::ServiceUnavailable().finish();
             }
             HttpResponse::build(StatusCode::from_u16(code).expect("200 or 201")).json(
                 json!({ "data": { "event_id": *id, "user_id": user, "status": status, "position": position } }),
@@ -296,7 +330,7 @@ fn main() -> std::io::Result<()> {
         key: DecodingKey::from_secret(args.jwt_key.as_bytes()),
         validation,
         events: DashMap::new(),
-        log: args.durable.as_deref().map(Log::open).transpose()?,
+        log: args.durable.as_deref().map(open_log).transpose()?,
     }));
     let workers = if args.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())

@@ -177,9 +177,9 @@ fn route(
     }
 }
 
-/// An update frame the size and shape of Turnout's venue update, byte
-/// for byte as long: a channel named by a venue's id, a 16-digit epoch,
-/// the event's tag.
+/// An update frame the size and shape of Turnout's venue update, as long
+/// to within the digits of its numbers and timestamps: a channel named by
+/// a venue's id, a 16-digit epoch, the event's tag.
 fn update(event: &str, offset: u64) -> Vec<u8> {
     let text = json!({
         "v": 1, "type": "update", "channel": format!("venue:{}", Uuid::nil()),
