@@ -92,9 +92,9 @@ PY
 for round in 1 2; do
   target/release/http-stick --bind 127.0.0.1:$PORT --jwt-key $KEY >/dev/null 2>&1 &
   run stick $!
-  data=$(mktemp -d)
-  target/release/http-stick --bind 127.0.0.1:$PORT --jwt-key $KEY --durable "$data/joins" >/dev/null 2>&1 &
+  target/release/http-stick --bind 127.0.0.1:$PORT --jwt-key $KEY --durable "$dir/joins.$round" >/dev/null 2>&1 &
   run "durable stick" $!
+  data=$(mktemp -d)
   if [ -n "${RESET:-}" ]; then bash -c "$RESET"; fi
   env TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data \
     TURNOUT_DATABASE_URL="sqlite://$data/turnout.db?mode=rwc" \

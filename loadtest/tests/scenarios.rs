@@ -52,17 +52,7 @@ async fn a_small_hot_join_keeps_every_invariant() {
 /// overbooked or lost a join would flatter nobody.
 #[actix_web::test]
 async fn the_measuring_stick_keeps_every_invariant_of_a_hot_join() {
-    let (mut stick, target) = start_stick(
-        env!("CARGO_BIN_EXE_http-stick"),
-        &["--jwt-key", KEY, "--workers", "1"],
-    )
-    .await;
-    let report = small_hot_join(target).await;
-    let _ = stick.kill();
-    let _ = stick.wait();
-    let report = report.unwrap();
-    assert_every_check_passed(&report);
-    assert_eq!(report.outcomes.get("201"), Some(&300));
+    small_hot_join_on_the_stick(&["--workers", "1"]).await;
 }
 
 /// The durable stick keeps the same invariants, and its file holds a line
@@ -72,17 +62,7 @@ async fn the_measuring_stick_keeps_every_invariant_of_a_hot_join() {
 async fn the_durable_stick_has_every_acknowledged_join_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("joins");
-    let (mut stick, target) = start_stick(
-        env!("CARGO_BIN_EXE_http-stick"),
-        &["--jwt-key", KEY, "--durable", file.to_str().unwrap()],
-    )
-    .await;
-    let report = small_hot_join(target).await;
-    let _ = stick.kill();
-    let _ = stick.wait();
-    let report = report.unwrap();
-    assert_every_check_passed(&report);
-    assert_eq!(report.outcomes.get("201"), Some(&300));
+    small_hot_join_on_the_stick(&["--durable", file.to_str().unwrap()]).await;
 
     // Read once the process is killed.
     let lines = std::fs::read_to_string(&file).unwrap();
@@ -115,6 +95,19 @@ async fn the_broadcast_stick_reaches_every_client_in_every_round() {
     let report = report.unwrap();
     assert_every_check_passed(&report);
     assert_eq!(report.outcomes.get("201"), Some(&3));
+}
+
+/// The small hot join against `http-stick` started with `args`, killed
+/// once the load is done: every check passes and every user got a 201.
+async fn small_hot_join_on_the_stick(args: &[&str]) {
+    let args: Vec<&str> = ["--jwt-key", KEY].iter().chain(args).copied().collect();
+    let (mut stick, target) = start_stick(env!("CARGO_BIN_EXE_http-stick"), &args).await;
+    let report = small_hot_join(target).await;
+    let _ = stick.kill();
+    let _ = stick.wait();
+    let report = report.unwrap();
+    assert_every_check_passed(&report);
+    assert_eq!(report.outcomes.get("201"), Some(&300));
 }
 
 /// Starts a measuring-stick binary on a free port; its base URL once it answers.

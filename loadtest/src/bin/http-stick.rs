@@ -111,6 +111,9 @@ struct Claims {
     sub: Uuid,
 }
 
+/// A join's status code and membership.
+type Answer = (u16, &'static str, Option<usize>);
+
 /// One event: capacity, who is in, who waits (in order, and each one's
 /// place: nobody leaves the stick's events).
 struct Event {
@@ -140,9 +143,6 @@ impl Event {
         Some(on_disk)
     }
 }
-
-/// A join's status code and membership.
-type Answer = (u16, &'static str, Option<usize>);
 
 impl Actor for Event {
     type Context = Context<Self>;
