@@ -26,7 +26,10 @@
 # listing — plus 20 joins/s); mix (400 joins/s, 1,500 reads/s and 2,000
 # subscribers over 200 events, MIX_SECS seconds; the ten-minute run is its
 # own command in docs/BENCHMARKS.md); fan-out (10,000 WebSocket clients on
-# one venue, 60 updates: ten were too few to tell builds apart); classic
+# one venue, 60 updates: ten were too few to tell builds apart; the stick
+# and Turnout take turns FANOUT_PAIRS times (3), and the table's ratio is
+# the median of the pairs', since from one pair to the next both move by
+# ±10 % on this machine); classic
 # (pgbench on the stored-procedure design, best of 8 and 16 clients).
 #
 # Two sticks for the joins: the HTTP stick holds memberships in memory
@@ -106,7 +109,8 @@ hot=(hot-join --users 20000 --concurrency 1000 --capacity 1000)
 spread=(spread-join --events 200 --capacity 100 --users 8000 --rate 400)
 reads=(mixed --events 200 --capacity 100 --duration 20 --join-rate 20 --read-rate 2000 --subscribers 0 --list-every 4)
 mix=(mixed --events 200 --capacity 100 --duration "${MIX_SECS:-30}" --join-rate 400 --read-rate 1500 --subscribers 2000)
-fanout=(ws-fanout --clients 10000 --rounds 60)
+FANOUT_ROUNDS=60
+fanout=(ws-fanout --clients 10000 --rounds $FANOUT_ROUNDS)
 
 stick http-stick --jwt-key $KEY; load hot stick "${hot[@]}"
 stick http-stick --jwt-key $KEY --durable "$out/joins.hot"; load hot "durable stick" "${hot[@]}"
@@ -118,17 +122,20 @@ for db in sqlite postgres; do
   turnout $db; load mix "turnout $db" "${mix[@]}"
 done
 turnout sqlite; load reads "turnout sqlite" "${reads[@]}"
-stick ws-stick; load fan-out stick "${fanout[@]}"
-turnout sqlite; load fan-out "turnout sqlite" "${fanout[@]}"
+for pair in $(seq 1 "${FANOUT_PAIRS:-3}"); do
+  stick ws-stick; load "fan-out~$pair" stick "${fanout[@]}"
+  turnout sqlite; load "fan-out~$pair" "turnout sqlite" "${fanout[@]}"
+done
 CLIENTS="8 16" SECONDS_EACH=15 loadtest/classic-bench.sh >"$out/classic.txt" 2>&1 || true
 
-python3 - "$out" "${BIN:-$(git rev-parse --short HEAD)}" "$(getconf CLK_TCK)" <<'PY'
-import datetime, glob, json, os, re, sys
-out, commit, ticks = sys.argv[1], sys.argv[2], int(sys.argv[3])
-rows, cpu_of, durable_of = [], {}, {}
+python3 - "$out" "${BIN:-$(git rev-parse --short HEAD)}" "$(getconf CLK_TCK)" $FANOUT_ROUNDS <<'PY'
+import datetime, glob, json, os, re, statistics, sys
+out, commit, ticks, fanout_rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+rows, cpu_of, durable_of, pairs = [], {}, {}, {}
 order = ["hot", "spread", "reads", "mix", "fan-out"]
 for path in glob.glob(os.path.join(out, "*.json")):
     load, system = os.path.basename(path)[:-5].split(".", 1)
+    load, _, pair = load.partition("~")
     d = json.load(open(path))
     server = next((c["detail"] for c in d["checks"] if c["name"].startswith("server CPU")), "")
     m = re.match(r"([\d.]+) µs per (\w+)", server)
@@ -136,6 +143,18 @@ for path in glob.glob(os.path.join(out, "*.json")):
     failed = [c["name"] for c in d["checks"] if not c["passed"]]
     db_path = path[:-5] + ".db"
     db = int(open(db_path).read()) / ticks * 1e6 / max(d["requests"], 1) if os.path.exists(db_path) else None
+    if pair:
+        # The fan-out's CPU from the seconds in all, over the deliveries to
+        # the clients that connected: the tool rounds its figure per
+        # delivery to one decimal, a few per cent here.
+        seconds = re.search(r"\(([\d.]+) s in all", server)
+        connected = next((int(re.match(r"(\d+)/", c["detail"]).group(1)) for c in d["checks"]
+                          if c["name"] == "every client connected"), 0)
+        if seconds and connected:
+            cpu = float(seconds.group(1)) * 1e6 / (connected * fanout_rounds)
+        pairs.setdefault(system, {})[int(pair)] = cpu
+        if pair != "1":
+            continue
     rows.append((order.index(load), system != "stick", system, load, d["throughput_per_s"], d["latency"]["p99_ms"], cpu, per, db, failed))
     if system == "stick":
         cpu_of[load] = (cpu, d["throughput_per_s"])
@@ -144,9 +163,14 @@ for path in glob.glob(os.path.join(out, "*.json")):
 print(f"Turnout bench, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, at {commit}\n")
 print("| load | system | requests/s | p99 | server CPU per request | × the stick's CPU | × the durable stick's | throughput ÷ the stick's | database CPU per request | checks |")
 print("|---|---|---|---|---|---|---|---|---|---|")
+# The fan-out's ratio is the median of its pairs' (their figures below).
+fanout_ratios = [cpu / pairs["stick"][n] for n, cpu in sorted(pairs.get("turnout sqlite", {}).items())
+                 if cpu and pairs.get("stick", {}).get(n)]
 for _, _, system, load, rate, p99, cpu, per, db, failed in sorted(rows):
     stick = cpu_of.get(load)
     times = f"{cpu / stick[0]:.2f}" if stick and cpu and system != "stick" else ("1" if system == "stick" else "—")
+    if load == "fan-out" and system != "stick" and fanout_ratios:
+        times = f"{statistics.median(fanout_ratios):.2f} (median)"
     share = f"{rate / stick[1]:.2f}" if stick and system != "stick" and load == "hot" else ("1" if system == "stick" else "—")
     durable = durable_of.get(load)
     times_durable = f"{cpu / durable:.2f}" if durable and cpu and "stick" not in system else "—"
@@ -154,10 +178,15 @@ for _, _, system, load, rate, p99, cpu, per, db, failed in sorted(rows):
     verdict = "all pass" if not failed else "FAILED: " + ", ".join(failed)
     db_text = f"{db:.1f} µs" if db is not None else ("in the server" if "sqlite" in system else "—")
     print(f"| {load} | {system} | {rate:,.0f} | {p99:.1f} ms | {cpu_text} | {times} | {times_durable} | {share} | {db_text} | {verdict} |")
+if pairs:
+    print("\nfan-out, server CPU per delivery pair by pair: " + "; ".join(
+        f"{system} " + ", ".join(f"{cpu:.2f}" for _, cpu in sorted(each.items())) + " µs"
+        for system, each in sorted(pairs.items()))
+        + "; Turnout × the stick: " + ", ".join(f"{r:.2f}" for r in fanout_ratios))
 idle = {}
-for path in glob.glob(os.path.join(out, "fan-out.*.json")):
+for path in glob.glob(os.path.join(out, "fan-out~1.*.json")):
     d = json.load(open(path))
-    idle[os.path.basename(path)[len("fan-out."):-5]] = next((c["detail"] for c in d["checks"] if "per idle connection" in c["name"]), "?")
+    idle[os.path.basename(path)[len("fan-out~1."):-5]] = next((c["detail"] for c in d["checks"] if "per idle connection" in c["name"]), "?")
 if idle:
     print("\nserver memory per idle WebSocket connection (fan-out): " + "; ".join(f"{system} {detail}" for system, detail in sorted(idle.items())))
 classic = open(os.path.join(out, "classic.txt")).read()

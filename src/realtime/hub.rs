@@ -4,7 +4,6 @@
 //! and the history all live here, a subscriber's snapshot and the updates
 //! after it can neither overlap nor leave a gap.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +18,7 @@ use super::history::{History, HistoryLimits};
 use super::projection::Projection;
 use super::protocol::{self, Position};
 use super::socket::{Fanout, Frame, SendQueue};
+use super::subscribers::Subscribers;
 use crate::store::{EventFilter, EventRecord, Store};
 use turnout_actors::changes::EventChange;
 use turnout_actors::domain::{EventId, GeoPoint, VenueId};
@@ -86,14 +86,9 @@ pub struct ChannelHub {
     /// A listing's next start time and the timer that takes the events
     /// starting then off the list.
     next_start: Option<(DateTime<Utc>, SpawnHandle)>,
-    /// Each subscriber's outgoing queue: the hub writes to it directly.
-    /// Kept in the order the sessions began (their ids grow), so that a
-    /// fan-out walks the queues, the sockets and the kernel's state of each
-    /// connection in about the order they were allocated, as a bare
-    /// broadcast walks its vector, and the CPU's prefetchers keep up. In a
-    /// hash map's order each subscriber was a cache miss or two: 12 % of
-    /// the CPU per delivery (docs/BENCHMARKS.md).
-    subscribers: BTreeMap<u64, SendQueue>,
+    /// Each subscriber's outgoing queue, in the order the sessions began:
+    /// the hub writes to it directly.
+    subscribers: Subscribers<SendQueue>,
     store: Arc<dyn Store>,
     home: Arc<dyn HubHome>,
     idle_limit: Duration,
@@ -118,7 +113,7 @@ impl ChannelHub {
             resyncing: false,
             snapshot: None,
             next_start: None,
-            subscribers: BTreeMap::new(),
+            subscribers: Subscribers::new(),
             store,
             home,
             idle_limit,
@@ -180,8 +175,7 @@ impl ChannelHub {
             protocol::snapshot(&self.name, &self.epoch, self.offset, Some(false), &data),
             None,
         );
-        let mut fanout = Fanout::of(&frame);
-        self.subscribers.retain(|_, to| fanout.to(to));
+        self.fan_out(&frame);
     }
 
     fn apply_and_broadcast(&mut self, change: &EventChange, ctx: &mut Context<Self>) {
@@ -257,17 +251,19 @@ impl ChannelHub {
         let text = ByteString::from(text);
         self.history.push(self.offset, text.clone(), Instant::now());
         let frame = Frame::text(text, Some(committed_at));
-        // A subscriber that is gone or over its budget is dropped here; its
-        // session closes itself.
-        let before = self.subscribers.len();
-        let mut fanout = Fanout::of(&frame);
-        self.subscribers.retain(|_, to| fanout.to(to));
-        let dropped = before - self.subscribers.len();
+        self.fan_out(&frame);
+        metrics::counter!("turnout_ws_updates_total", "kind" => self.channel.kind()).increment(1);
+    }
+
+    /// Hands `frame` to every subscriber. One that is gone or over its
+    /// budget is dropped here; its session closes itself.
+    fn fan_out(&mut self, frame: &Frame) {
+        let mut fanout = Fanout::of(frame);
+        let dropped = self.subscribers.retain(|to| fanout.to(to));
         if dropped > 0 {
             metrics::gauge!("turnout_ws_subscriptions", "kind" => self.channel.kind())
                 .decrement(dropped as f64);
         }
-        metrics::counter!("turnout_ws_updates_total", "kind" => self.channel.kind()).increment(1);
     }
 
     fn subscribe(&mut self, msg: Subscribe) -> Subscribed {
@@ -419,7 +415,7 @@ impl Handler<Unsubscribe> for ChannelHub {
     type Result = ();
 
     fn handle(&mut self, msg: Unsubscribe, _ctx: &mut Self::Context) {
-        if self.subscribers.remove(&msg.session).is_some() {
+        if self.subscribers.remove(msg.session).is_some() {
             metrics::gauge!("turnout_ws_subscriptions", "kind" => self.channel.kind())
                 .decrement(1.0);
         }
