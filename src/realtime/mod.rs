@@ -21,7 +21,6 @@
 //! - `inbound`: the client's frames, decoded and joined into messages.
 //! - `socket`: a connection's byte-bounded `SendQueue` of frames, and the
 //!   writer that drains it; hubs write to a plain TCP socket themselves.
-//! - `subscribers`: a hub's subscribers, in the order their fan-out walks.
 //! - `takeover`: an upgraded connection's socket, taken from actix-http.
 
 mod channel;
@@ -37,7 +36,6 @@ mod redis_fanout;
 mod router;
 mod session;
 mod socket;
-mod subscribers;
 mod takeover;
 
 pub use channel::Channel;

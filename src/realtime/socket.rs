@@ -37,34 +37,27 @@ const CHUNK_BYTES: usize = 16 * 1024;
 /// that stopped reading cannot keep its connection by never taking them.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// Laid out for the fan-out (`repr(C)`, fields in this order): a hub's
-/// [`SendQueue::offer`] reads every field but the queue's buffer for each
-/// frame, so those sit in the cache line of the lock it has just taken and
-/// the next, where Rust's own order spread them over four lines (a miss
-/// each, 10,000 times an update). The states that are rarely set are
-/// boxed, a word each, to fit.
-#[repr(C)]
 struct Queue {
+    frames: VecDeque<Frame>,
     /// Bytes of frames queued and not yet written.
     bytes: usize,
-    /// Plain TCP, until the connection ends: a hub writes a frame itself
-    /// when nothing waits to be written before it.
-    direct: Option<Direct>,
-    /// Set once: the close frame goes out after the control frames and
-    /// ends the connection; from then on nothing more is taken.
-    close: Option<Box<CloseReason>>,
     /// Control frames are flags, not queue entries, so that a client that
     /// pings without reading cannot grow the queue: only the latest ping
     /// needs an answer (RFC 6455, 5.5.3).
-    pong: Option<Box<Bytes>>,
+    ping: bool,
+    pong: Option<Bytes>,
+    /// Set once: the close frame goes out after the control frames and
+    /// ends the connection; from then on nothing more is taken.
+    close: Option<CloseReason>,
     /// The rest of a frame a hub wrote only part of: on the wire its header
     /// promised these bytes, so they go out before anything else, a
     /// control frame or the close included.
-    unfinished: Option<Box<Frame>>,
-    ping: bool,
+    unfinished: Option<Frame>,
     /// The writer has taken bytes out and not finished writing them.
     writing: bool,
-    frames: VecDeque<Frame>,
+    /// Plain TCP, until the connection ends: a hub writes a frame itself
+    /// when nothing waits to be written before it.
+    direct: Option<Direct>,
 }
 
 /// The socket a hub writes to itself, its descriptor kept in the queue
@@ -284,14 +277,14 @@ impl SendQueue {
     ) -> (Self, Writer) {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
-                bytes: 0,
-                direct: sink.shared().map(Direct::new),
-                close: None,
-                pong: None,
-                unfinished: None,
-                ping: false,
-                writing: false,
                 frames: VecDeque::new(),
+                bytes: 0,
+                ping: false,
+                pong: None,
+                close: None,
+                unfinished: None,
+                writing: false,
+                direct: sink.shared().map(Direct::new),
             }),
             writer: AtomicWaker::new(),
             closing: Notify::new(),
@@ -345,10 +338,10 @@ impl SendQueue {
                 Ok(written) if written == frame.encoded.len() => return Offered::Written,
                 Ok(written) if written > 0 => {
                     queue.bytes += frame.text_len;
-                    queue.unfinished = Some(Box::new(Frame {
+                    queue.unfinished = Some(Frame {
                         encoded: frame.encoded.slice(written..),
                         ..frame.clone()
-                    }));
+                    });
                     drop(queue);
                     self.shared.writer.wake();
                     return Offered::Queued;
@@ -370,7 +363,7 @@ impl SendQueue {
     /// Answers the client's latest ping; an unanswered earlier one is
     /// superseded.
     pub fn pong(&self, payload: Bytes) {
-        self.control(|queue| queue.pong = Some(Box::new(payload)));
+        self.control(|queue| queue.pong = Some(payload));
     }
 
     /// Drops whatever is still queued, sends a close frame, and ends the
@@ -380,7 +373,7 @@ impl SendQueue {
         if queue.close.is_some() {
             return;
         }
-        queue.close = Some(Box::new(reason));
+        queue.close = Some(reason);
         queue.drop_queued();
         drop(queue);
         self.shared.closing.notify_one();
@@ -458,11 +451,9 @@ struct Ended<'a>(&'a Shared);
 impl Drop for Ended<'_> {
     fn drop(&mut self) {
         let mut queue = self.0.queue();
-        queue.close.get_or_insert_with(|| {
-            Box::new(CloseReason {
-                code: actix_http::ws::CloseCode::Abnormal,
-                description: None,
-            })
+        queue.close.get_or_insert(CloseReason {
+            code: actix_http::ws::CloseCode::Abnormal,
+            description: None,
         });
         queue.unfinished = None;
         queue.drop_queued();
@@ -498,7 +489,7 @@ fn take_batch(queue: &mut Queue, codec: &mut Codec) -> Option<Batch> {
         queue.writing = true;
         return Some(Batch {
             bytes: frame.encoded.clone(),
-            frames: vec![*frame],
+            frames: vec![frame],
             last: false,
         });
     }
@@ -507,7 +498,7 @@ fn take_batch(queue: &mut Queue, codec: &mut Codec) -> Option<Batch> {
         encode(codec, Message::Ping(Bytes::new()), &mut chunk);
     }
     if let Some(payload) = queue.pong.take() {
-        encode(codec, Message::Pong(*payload), &mut chunk);
+        encode(codec, Message::Pong(payload), &mut chunk);
     }
     let (mut frames, mut size) = (Vec::new(), chunk.len());
     while size < CHUNK_BYTES {
@@ -526,11 +517,7 @@ fn take_batch(queue: &mut Queue, codec: &mut Codec) -> Option<Batch> {
                 chunk.extend_from_slice(&frame.encoded);
             }
             if let Some(reason) = &queue.close {
-                encode(
-                    codec,
-                    Message::Close(Some(CloseReason::clone(reason))),
-                    &mut chunk,
-                );
+                encode(codec, Message::Close(Some(reason.clone())), &mut chunk);
             }
             if chunk.is_empty() {
                 return None;
