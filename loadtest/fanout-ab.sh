@@ -7,8 +7,8 @@
 # A/B of two builds) — PAIRS times, interleaved. PAUSE_MS idles that long
 # before each update, as a venue's screens do between updates. At the end,
 # each build's CPU per delivery over the stick's in the same pair, and the
-# median of those ratios: from one pair to the next both move by ±10 % on
-# this shared machine, more than a change to the hub does.
+# median of those ratios: from one pair to the next each side moves by
+# ±10 % on this shared machine, more than a change to the hub does.
 #
 #   cargo build --release -p turnout -p turnout-loadtest
 #   loadtest/fanout-ab.sh
@@ -18,6 +18,7 @@ cd "$(dirname "$0")/.."
 ulimit -n "$(ulimit -Hn)"   # 10,000 sockets on each side
 KEY=stick-bench-key-stick-bench-key-0123
 runs=$(mktemp)
+trap 'rm -f "$runs"' EXIT
 PORT=18152
 CLIENTS=${CLIENTS:-10000}
 
@@ -26,7 +27,7 @@ load() {
   target/release/turnout-loadtest ws-fanout --target http://127.0.0.1:$PORT --jwt-key $KEY \
     --server-pid "$pid" --clients "$CLIENTS" --rounds "${ROUNDS:-10}" --pause-ms "${PAUSE_MS:-0}" \
     --json "$data/r.json" >/dev/null 2>&1 || true
-  python3 - "$data/r.json" "$name" "${ROUNDS:-10}" "$runs" <<'PY'
+  python3 - "$data/r.json" "$name" "${ROUNDS:-10}" "$runs" "${4:-$name}" <<'PY'
 import json, re, sys
 d = json.load(open(sys.argv[1]))
 # Per delivery to two decimals, from the seconds in all (the tool rounds
@@ -42,13 +43,13 @@ cpu = [f"{s / deliveries * 1e6:.2f} µs" for s in seconds]
 idle = [c["detail"].split(" per")[0] for c in d["checks"] if "per idle connection" in c["name"]]
 failed = [c["name"] for c in d["checks"] if not c["passed"]]
 with open(sys.argv[4], "a") as runs:
-    runs.write(f"{sys.argv[2]} {seconds[0] / deliveries * 1e6}\n")
+    runs.write(f"{seconds[0] / deliveries * 1e6} {sys.argv[5]}\n")
 print(f'{sys.argv[2]:<16} p50 {d["latency"]["p50_ms"]:6.1f}  p99 {d["latency"]["p99_ms"]:6.1f} ms  server {cpu[0]:>9} / tool {cpu[1]:>9} per delivery  idle {idle[0] if idle else "?":>9} per connection  {"FAILED " + ",".join(failed) if failed else "all checks pass"}')
 PY
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
-for pair in $(seq 1 "${PAIRS:-2}"); do
+for pair in $(seq 1 "${PAIRS:-3}"); do
   data=$(mktemp -d)
   target/release/ws-stick --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &
   pid=$!
@@ -64,7 +65,7 @@ for pair in $(seq 1 "${PAIRS:-2}"); do
       "$bin" --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &
     pid=$!
     for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$PORT/ready >/dev/null && break; sleep 0.1; done
-    load "$(basename "$bin")" $pid "$data"; rm -rf "$data"
+    load "$(basename "$bin")" $pid "$data" "$bin"; rm -rf "$data"
   done
 done
 
@@ -72,7 +73,7 @@ python3 - "$runs" <<'PY'
 import statistics, sys
 ratios, stick = {}, None
 for line in open(sys.argv[1]):
-    name, cpu = line.split()
+    cpu, name = line.rstrip("\n").split(" ", 1)
     if name == "stick":
         stick = float(cpu)
     else:
@@ -80,4 +81,3 @@ for line in open(sys.argv[1]):
 for name, each in ratios.items():
     print(f"{name:<16} × the stick, pair by pair: {', '.join(f'{r:.2f}' for r in each)}; median {statistics.median(each):.2f}")
 PY
-rm -f "$runs"

@@ -127,7 +127,7 @@ async fn sqlite_tables_rebuilt_for_fewer_pages_keep_their_rows() {
     }
     let before = log_and_outbox(&pool).await;
     assert_eq!(rebuilt(&pool).await, (true, true));
-    let indexes = outbox_indexes(&pool).await;
+    let indexes = indexes_of(&pool, "outbox").await;
     assert!(
         !indexes.contains(&UNIQUE_VERSION.to_string()),
         "15 dropped the outbox's UNIQUE (aggregate_id, stream_version): {indexes:?}"
@@ -139,11 +139,11 @@ async fn sqlite_tables_rebuilt_for_fewer_pages_keep_their_rows() {
     let mut with_unique = indexes.clone();
     with_unique.push(UNIQUE_VERSION.to_string());
     with_unique.sort();
-    assert_eq!(outbox_indexes(&pool).await, with_unique);
+    assert_eq!(indexes_of(&pool, "outbox").await, with_unique);
     SQLITE.run(&pool).await.unwrap();
     assert_eq!(rebuilt(&pool).await, (true, true));
     assert_eq!(log_and_outbox(&pool).await, before, "up again keeps them");
-    assert_eq!(outbox_indexes(&pool).await, indexes);
+    assert_eq!(indexes_of(&pool, "outbox").await, indexes);
 
     message(4).execute(&pool).await.unwrap();
     let (_, outbox) = log_and_outbox(&pool).await;
@@ -191,15 +191,90 @@ async fn table_sql(pool: &SqlitePool, table: &str) -> String {
     sql
 }
 
-async fn outbox_indexes(pool: &SqlitePool) -> Vec<String> {
+async fn indexes_of(pool: &SqlitePool, table: &str) -> Vec<String> {
     let names: Vec<(String,)> = sqlx::query_as(
-        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outbox' \
-         ORDER BY name",
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = $1 ORDER BY name",
     )
+    .bind(table)
     .fetch_all(pool)
     .await
     .unwrap();
     names.into_iter().map(|(name,)| name).collect()
+}
+
+/// SQLite's joins as a rowid table under a unique (user, event) (16) keep
+/// their rows down and up again, and a person's list, a membership and
+/// an event's roster are still read through an index, not a scan.
+#[tokio::test]
+async fn sqlite_joins_keyed_by_user_keep_their_rows_and_an_index_for_each_read() {
+    const BEFORE_KEYED_BY_USER: i64 = 15;
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(Backend::Sqlite, &dir).await.unwrap();
+    let pool = SqlitePool::connect(&url).await.unwrap();
+    SQLITE.run(&pool).await.unwrap();
+    let (venue, user, event) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    for statement in SEED {
+        sqlx::query(statement)
+            .bind(venue)
+            .bind(user)
+            .bind(event)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let joins = |pool: SqlitePool| async move {
+        let rows: Vec<(Uuid, Uuid, String, i64, i64)> = sqlx::query_as(
+            "SELECT event_id, user_id, status, order_key, seats FROM joins ORDER BY user_id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        rows
+    };
+    let before = joins(pool.clone()).await;
+    let keyed_by_user = ["joins_offers", "joins_roster", "sqlite_autoindex_joins_1"];
+    assert_eq!(indexes_of(&pool, "joins").await, keyed_by_user);
+    assert!(!table_sql(&pool, "joins").await.contains("WITHOUT ROWID"));
+
+    SQLITE.undo(&pool, BEFORE_KEYED_BY_USER).await.unwrap();
+    assert_eq!(joins(pool.clone()).await, before, "down keeps the rows");
+    assert!(table_sql(&pool, "joins").await.contains("WITHOUT ROWID"));
+    assert!(
+        indexes_of(&pool, "joins")
+            .await
+            .contains(&"joins_by_user".to_string())
+    );
+
+    SQLITE.run(&pool).await.unwrap();
+    assert_eq!(joins(pool.clone()).await, before, "up again keeps them");
+    assert_eq!(indexes_of(&pool, "joins").await, keyed_by_user);
+    for (read, index) in [
+        (
+            "SELECT * FROM joins WHERE user_id = $1 ORDER BY joined_at DESC, event_id DESC LIMIT 20",
+            "sqlite_autoindex_joins_1",
+        ),
+        (
+            "SELECT * FROM joins WHERE event_id = $1 AND user_id = $1",
+            "sqlite_autoindex_joins_1",
+        ),
+        (
+            "SELECT * FROM joins WHERE event_id = $1 AND status = 'waitlisted' ORDER BY order_key",
+            "joins_roster",
+        ),
+    ] {
+        let plan: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {read}")))
+                .bind(user)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        let steps: Vec<&str> = plan.iter().map(|(.., step)| step.as_str()).collect();
+        assert!(
+            steps.iter().any(|step| step.contains(index)),
+            "{read}: {steps:?}"
+        );
+    }
+    pool.close().await;
 }
 
 /// The status checks of the tables a join writes (14) are comparisons:
