@@ -109,8 +109,7 @@ hot=(hot-join --users 20000 --concurrency 1000 --capacity 1000)
 spread=(spread-join --events 200 --capacity 100 --users 8000 --rate 400)
 reads=(mixed --events 200 --capacity 100 --duration 20 --join-rate 20 --read-rate 2000 --subscribers 0 --list-every 4)
 mix=(mixed --events 200 --capacity 100 --duration "${MIX_SECS:-30}" --join-rate 400 --read-rate 1500 --subscribers 2000)
-fanout_rounds=60
-fanout=(ws-fanout --clients 10000 --rounds $fanout_rounds)
+fanout=(ws-fanout --clients 10000 --rounds 60)
 
 stick http-stick --jwt-key $KEY; load hot stick "${hot[@]}"
 stick http-stick --jwt-key $KEY --durable "$out/joins.hot"; load hot "durable stick" "${hot[@]}"
@@ -128,10 +127,10 @@ for pair in $(seq 1 "${FANOUT_PAIRS:-3}"); do
 done
 CLIENTS="8 16" SECONDS_EACH=15 loadtest/classic-bench.sh >"$out/classic.txt" 2>&1 || true
 
-python3 - "$out" "${BIN:-$(git rev-parse --short HEAD)}" "$(getconf CLK_TCK)" $fanout_rounds <<'PY'
+python3 - "$out" "${BIN:-$(git rev-parse --short HEAD)}" "$(getconf CLK_TCK)" <<'PY'
 import datetime, glob, json, os, re, sys
-out, commit, ticks, fanout_rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-rows, cpu_of, durable_of, pairs, fanout_rows, fanout_failed = [], {}, {}, {}, {}, {}
+out, commit, ticks = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rows, cpu_of, durable_of, fanout_rows = [], {}, {}, {}
 order = ["hot", "spread", "reads", "mix", "fan-out"]
 for path in glob.glob(os.path.join(out, "*.json")):
     load, system = os.path.basename(path)[:-5].split(".", 1)
@@ -143,20 +142,11 @@ for path in glob.glob(os.path.join(out, "*.json")):
     failed = [c["name"] for c in d["checks"] if not c["passed"]]
     db_path = path[:-5] + ".db"
     db = int(open(db_path).read()) / ticks * 1e6 / max(d["requests"], 1) if os.path.exists(db_path) else None
+    row = (order.index(load), system != "stick", system, load, d["throughput_per_s"], d["latency"]["p99_ms"], cpu, per, db, failed)
     if pair:
-        # The fan-out's CPU from the seconds in all, over the deliveries to
-        # the clients that connected: the tool rounds its figure per
-        # delivery to one decimal, a few per cent here.
-        seconds = re.search(r"\(([\d.]+) s in all", server)
-        connected = next((int(re.match(r"(\d+)/", c["detail"]).group(1)) for c in d["checks"]
-                          if c["name"] == "every client connected"), 0)
-        if seconds and connected:
-            cpu = float(seconds.group(1)) * 1e6 / (connected * fanout_rounds)
-        pairs.setdefault(system, {})[int(pair)] = cpu
-        fanout_failed.setdefault(system, set()).update(failed)
-        fanout_rows[(int(pair), system)] = (order.index(load), system != "stick", system, load, d["throughput_per_s"], d["latency"]["p99_ms"], cpu, per, db, failed)
+        fanout_rows.setdefault(system, {})[int(pair)] = row
         continue
-    rows.append((order.index(load), system != "stick", system, load, d["throughput_per_s"], d["latency"]["p99_ms"], cpu, per, db, failed))
+    rows.append(row)
     if system == "stick":
         cpu_of[load] = (cpu, d["throughput_per_s"])
     if system == "durable stick":
@@ -164,15 +154,16 @@ for path in glob.glob(os.path.join(out, "*.json")):
 # The fan-out's pairs: the table shows the pair whose ratio is the median
 # (the lower of the two middle ones for an even count), with every
 # pair's failed checks.
-fanout_ratios = {n: cpu / pairs["stick"][n] for n, cpu in sorted(pairs.get("turnout sqlite", {}).items())
-                 if cpu and pairs.get("stick", {}).get(n)}
+cpu_in = lambda system, n: fanout_rows.get(system, {}).get(n, (None,) * 10)[6]
+fanout_ratios = {n: cpu_in("turnout sqlite", n) / cpu_in("stick", n) for n in sorted(fanout_rows.get("turnout sqlite", {}))
+                 if cpu_in("turnout sqlite", n) and cpu_in("stick", n)}
 if fanout_ratios:
     by_ratio = sorted(fanout_ratios, key=fanout_ratios.get)
     median = by_ratio[(len(by_ratio) - 1) // 2]
-    for system in ("stick", "turnout sqlite"):
-        row = fanout_rows[(median, system)]
-        rows.append(row[:9] + (sorted(fanout_failed[system]),))
-    cpu_of["fan-out"] = (fanout_rows[(median, "stick")][6], fanout_rows[(median, "stick")][4])
+    for system, each in fanout_rows.items():
+        failed = sorted({name for row in each.values() for name in row[9]})
+        rows.append(each[median][:9] + (failed,))
+    cpu_of["fan-out"] = (cpu_in("stick", median), fanout_rows["stick"][median][4])
 print(f"Turnout bench, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, at {commit}\n")
 print("| load | system | requests/s | p99 | server CPU per request | × the stick's CPU | × the durable stick's | throughput ÷ the stick's | database CPU per request | checks |")
 print("|---|---|---|---|---|---|---|---|---|---|")
@@ -184,14 +175,14 @@ for _, _, system, load, rate, p99, cpu, per, db, failed in sorted(rows):
     share = f"{rate / stick[1]:.2f}" if stick and system != "stick" and load == "hot" else ("1" if system == "stick" else "—")
     durable = durable_of.get(load)
     times_durable = f"{cpu / durable:.2f}" if durable and cpu and "stick" not in system else "—"
-    cpu_text = f"{cpu:.1f} µs per {per}" if cpu else "—"
+    cpu_text = f"{cpu:.{2 if cpu < 10 else 1}f} µs per {per}" if cpu else "—"
     verdict = "all pass" if not failed else "FAILED: " + ", ".join(failed)
     db_text = f"{db:.1f} µs" if db is not None else ("in the server" if "sqlite" in system else "—")
     print(f"| {load} | {system} | {rate:,.0f} | {p99:.1f} ms | {cpu_text} | {times} | {times_durable} | {share} | {db_text} | {verdict} |")
-if pairs:
+if fanout_rows:
     print("\nfan-out, server CPU per delivery pair by pair: " + "; ".join(
-        f"{system} " + ", ".join(f"{cpu:.2f}" if cpu else "—" for _, cpu in sorted(each.items())) + " µs"
-        for system, each in sorted(pairs.items()))
+        f"{system} " + ", ".join(f"{row[6]:.2f}" if row[6] else "—" for _, row in sorted(each.items())) + " µs"
+        for system, each in sorted(fanout_rows.items()))
         + "; Turnout × the stick: " + ", ".join(f"{r:.2f}" for r in fanout_ratios.values()))
 idle = {}
 for path in glob.glob(os.path.join(out, "fan-out~1.*.json")):

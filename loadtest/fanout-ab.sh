@@ -27,24 +27,18 @@ load() {
   target/release/turnout-loadtest ws-fanout --target http://127.0.0.1:$PORT --jwt-key $KEY \
     --server-pid "$pid" --clients "$CLIENTS" --rounds "${ROUNDS:-10}" --pause-ms "${PAUSE_MS:-0}" \
     --json "$data/r.json" >/dev/null 2>&1 || true
-  python3 - "$data/r.json" "$name" "${ROUNDS:-10}" "$runs" "${4:-$name}" <<'PY'
+  python3 - "$data/r.json" "$name" "$runs" "${4:-$name}" <<'PY'
 import json, re, sys
 d = json.load(open(sys.argv[1]))
-# Per delivery to two decimals, from the seconds in all (the tool rounds
-# its own figure to one): builds a few per cent apart differ in the first.
-# CPU time comes in 10 ms ticks, so the second decimal means something from
-# ROUNDS=60 (a tick is 0.017 µs per delivery there), not at 10.
-connected = next(int(re.match(r"(\d+)/", c["detail"]).group(1))
-                 for c in d["checks"] if c["name"] == "every client connected")
-deliveries = connected * int(sys.argv[3])
-seconds = [float(re.search(r"\(([\d.]+) s in all", c["detail"]).group(1))
-           for c in d["checks"] if "CPU" in c["name"]]
-cpu = [f"{s / deliveries * 1e6:.2f} µs" for s in seconds]
+# The server's and the tool's CPU per delivery. It comes in 10 ms ticks, so
+# its second decimal means something from ROUNDS=60 (a tick is 0.017 µs
+# per delivery there), not at 10.
+cpu = [re.match(r"[\d.]+", c["detail"]).group(0) for c in d["checks"] if "CPU" in c["name"]]
 idle = [c["detail"].split(" per")[0] for c in d["checks"] if "per idle connection" in c["name"]]
 failed = [c["name"] for c in d["checks"] if not c["passed"]]
-with open(sys.argv[4], "a") as runs:
-    runs.write(f"{seconds[0] / deliveries * 1e6} {sys.argv[5]}\n")
-print(f'{sys.argv[2]:<16} p50 {d["latency"]["p50_ms"]:6.1f}  p99 {d["latency"]["p99_ms"]:6.1f} ms  server {cpu[0]:>9} / tool {cpu[1]:>9} per delivery  idle {idle[0] if idle else "?":>9} per connection  {"FAILED " + ",".join(failed) if failed else "all checks pass"}')
+with open(sys.argv[3], "a") as runs:
+    runs.write(f"{cpu[0]} {sys.argv[4]}\n")
+print(f'{sys.argv[2]:<16} p50 {d["latency"]["p50_ms"]:6.1f}  p99 {d["latency"]["p99_ms"]:6.1f} ms  server {cpu[0]:>6} µs / tool {cpu[1]:>6} µs per delivery  idle {idle[0] if idle else "?":>9} per connection  {"FAILED " + ",".join(failed) if failed else "all checks pass"}')
 PY
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
@@ -76,7 +70,7 @@ for line in open(sys.argv[1]):
     cpu, name = line.rstrip("\n").split(" ", 1)
     if name == "stick":
         stick = float(cpu)
-    else:
+    elif stick:  # a pair whose stick measured no CPU at all has no ratio
         ratios.setdefault(name, []).append(float(cpu) / stick)
 for name, each in ratios.items():
     print(f"{name:<16} × the stick, pair by pair: {', '.join(f'{r:.2f}' for r in each)}; median {statistics.median(each):.2f}")

@@ -24,20 +24,28 @@ const SEED: [&str; 3] = [
      joined_at, updated_at) VALUES ($3, $2, 'offered', 4, 2, 99, 1, 1)",
 ];
 
-macro_rules! round_trip {
-    ($pool:ty, $migrator:expr, $url:expr) => {{
-        let pool = <$pool>::connect(&$url).await.unwrap();
-        $migrator.run(&pool).await.unwrap();
+/// Writes [`SEED`] into `$pool` (of either backend); the user's id.
+macro_rules! seed {
+    ($pool:expr) => {{
         let (venue, user, event) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         for statement in SEED {
             sqlx::query(statement)
                 .bind(venue)
                 .bind(user)
                 .bind(event)
-                .execute(&pool)
+                .execute(&$pool)
                 .await
                 .unwrap();
         }
+        user
+    }};
+}
+
+macro_rules! round_trip {
+    ($pool:ty, $migrator:expr, $url:expr) => {{
+        let pool = <$pool>::connect(&$url).await.unwrap();
+        $migrator.run(&pool).await.unwrap();
+        seed!(pool);
 
         $migrator.undo(&pool, BEFORE_OFFERS).await.unwrap();
         let (status,): (String,) = sqlx::query_as("SELECT status FROM joins")
@@ -212,16 +220,7 @@ async fn sqlite_joins_keyed_by_user_keep_their_rows_and_an_index_for_each_read()
     let url = fresh_database(Backend::Sqlite, &dir).await.unwrap();
     let pool = SqlitePool::connect(&url).await.unwrap();
     SQLITE.run(&pool).await.unwrap();
-    let (venue, user, event) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
-    for statement in SEED {
-        sqlx::query(statement)
-            .bind(venue)
-            .bind(user)
-            .bind(event)
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
+    let user = seed!(pool);
     let joins = |pool: SqlitePool| async move {
         let rows: Vec<(Uuid, Uuid, String, i64, i64)> = sqlx::query_as(
             "SELECT event_id, user_id, status, order_key, seats FROM joins ORDER BY user_id",
