@@ -13,6 +13,7 @@
 #   cargo build --release -p turnout -p turnout-loadtest
 #   loadtest/wrk-check.sh
 #   BIN=/tmp/turnout-before loadtest/wrk-check.sh   # another build of the server
+#   SYSTEMS=turnout ROUNDS=1 loadtest/wrk-check.sh TURNOUT_JOURNAL__PRIORITY_BOOST=0   # Turnout alone
 #
 # Extra arguments are settings for the server (VAR=value), e.g. Postgres;
 # RESET is a command run before each of Turnout's runs (a fresh database):
@@ -29,6 +30,9 @@ ulimit -n "$(ulimit -Hn)"
 KEY=wrk-bench-key-wrk-bench-key-wrk-0123
 PORT=18171
 DURATION=${DURATION:-5}
+# Which systems run, each ROUNDS (2) times: SYSTEMS=turnout for an A/B of
+# two builds or settings of the server alone.
+SYSTEMS=${SYSTEMS:-stick durable turnout}
 dir=$(mktemp -d)
 # Enough users that the fastest system here (the stick, up to ~100k
 # joins/s) never sees one twice in a run: a repeat is answered from
@@ -89,11 +93,16 @@ PY
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
-for round in 1 2; do
-  target/release/http-stick --bind 127.0.0.1:$PORT --jwt-key $KEY >/dev/null 2>&1 &
-  run stick $!
-  target/release/http-stick --bind 127.0.0.1:$PORT --jwt-key $KEY --durable "$dir/joins.$round" >/dev/null 2>&1 &
-  run "durable stick" $!
+for round in $(seq 1 "${ROUNDS:-2}"); do
+  if [[ " $SYSTEMS " == *" stick "* ]]; then
+    target/release/http-stick --bind 127.0.0.1:$PORT --jwt-key $KEY >/dev/null 2>&1 &
+    run stick $!
+  fi
+  if [[ " $SYSTEMS " == *" durable "* ]]; then
+    target/release/http-stick --bind 127.0.0.1:$PORT --jwt-key $KEY --durable "$dir/joins.$round" >/dev/null 2>&1 &
+    run "durable stick" $!
+  fi
+  [[ " $SYSTEMS " == *" turnout "* ]] || continue
   data=$(mktemp -d)
   if [ -n "${RESET:-}" ]; then bash -c "$RESET"; fi
   env TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data \
