@@ -366,7 +366,6 @@ async fn start_core(
         linger: Duration::from_micros(settings.journal.linger_us),
     };
     let journal_thread = store.journal_thread().unwrap_or_else(|| threads.start());
-    crate::journal_priority::run_ahead(&journal_thread, settings.journal.priority_boost);
     let journal = Journal::start_in_arbiter(&journal_thread, move |_| {
         Journal::new(event_store, journal_settings)
     });

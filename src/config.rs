@@ -146,7 +146,6 @@ pub struct JournalConfig {
     pub max_batch: usize,
     pub commit_timeout_ms: u64,
     pub linger_us: u64,
-    pub priority_boost: crate::journal_priority::PriorityBoost,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -24,7 +24,6 @@ pub mod consumers;
 pub mod event_cache;
 pub mod fanout_link;
 pub mod http;
-pub mod journal_priority;
 pub mod memory;
 pub mod offer_clock;
 pub mod outbox;

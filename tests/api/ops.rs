@@ -2,9 +2,8 @@ use reqwest::{Method, StatusCode};
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::{Backend, TestApp, body, fresh_database, metric, spawn_app_with};
+use crate::helpers::{Backend, TestApp, body, spawn_app_with};
 use crate::on_both_backends;
-use crate::process::ServerProcess;
 
 on_both_backends!(health_ready_metrics_and_openapi);
 
@@ -417,88 +416,4 @@ fn open_connections(metrics: &str, pool: &str) -> u32 {
         .find_map(|l| l.strip_prefix(&series))
         .unwrap_or_else(|| panic!("/metrics lacks the {pool} pool"));
     line.parse().unwrap()
-}
-
-/// The journal's thread is named, and runs `journal.priority_boost` nice
-/// steps ahead of the server's other threads where the process may lower a
-/// nice value (`CAP_SYS_NICE`, or an `RLIMIT_NICE` that reaches), at
-/// theirs where it may not; `/metrics` says which.
-#[tokio::test]
-async fn the_journals_thread_runs_ahead_of_the_others_where_the_process_may() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = fresh_database(Backend::Sqlite, &dir).await.unwrap();
-    let server = ServerProcess::start(
-        &url,
-        dir.path(),
-        &[("TURNOUT_JOURNAL__PRIORITY_BOOST", "7")],
-    )
-    .await;
-    let pid = server.child.id();
-    let threads = threads_of(pid);
-    let journal: Vec<i32> = threads
-        .iter()
-        .filter(|(name, _)| name == "turnout-journal")
-        .map(|(_, nice)| *nice)
-        .collect();
-    assert_eq!(journal.len(), 1, "one journal thread among {threads:?}");
-    let process = nice_of(&format!("/proc/{pid}/stat"));
-    let expected = if may_lower_nice_to(pid, process - 7) {
-        process - 7
-    } else {
-        process
-    };
-    assert_eq!(journal[0], expected, "{threads:?}");
-    assert!(
-        threads
-            .iter()
-            .filter(|(name, _)| name != "turnout-journal")
-            .all(|(_, nice)| *nice == process),
-        "the other threads stay at the process's nice value: {threads:?}"
-    );
-    let app = TestApp::attach(&server.address, crate::helpers::JWT_KEY);
-    assert_eq!(
-        metric(&app.metrics().await, "turnout_journal_nice"),
-        Some(f64::from(expected))
-    );
-}
-
-/// Each thread of process `pid`: its name and nice value.
-fn threads_of(pid: u32) -> Vec<(String, i32)> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .map(|task| {
-            let task = task.unwrap().path();
-            let name = std::fs::read_to_string(task.join("comm")).unwrap();
-            let nice = nice_of(&task.join("stat").to_string_lossy());
-            (name.trim_end().to_owned(), nice)
-        })
-        .collect()
-}
-
-/// The nice value in a `/proc/…/stat` file: field 19, counted after the
-/// name's closing parenthesis (a name may hold spaces).
-fn nice_of(stat: &str) -> i32 {
-    let stat = std::fs::read_to_string(stat).unwrap();
-    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-    after_name.split(' ').nth(16).unwrap().parse().unwrap()
-}
-
-/// Whether process `pid` may set a thread's nice value as low as `nice`:
-/// it holds `CAP_SYS_NICE` (bit 23), or its `RLIMIT_NICE` reaches (a limit
-/// of `n` allows down to `20 - n`).
-fn may_lower_nice_to(pid: u32, nice: i32) -> bool {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let effective = status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
-        .map(|caps| u64::from_str_radix(caps.trim(), 16).unwrap())
-        .unwrap();
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let rlimit_nice: i32 = limits
-        .lines()
-        .find_map(|line| line.strip_prefix("Max nice priority"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|soft| soft.parse().ok())
-        .unwrap_or(0);
-    effective & (1 << 23) != 0 || 20 - rlimit_nice <= nice
 }
