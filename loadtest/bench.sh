@@ -30,7 +30,7 @@
 # and Turnout take turns FANOUT_PAIRS times (7), and the table shows the
 # pair whose ratio is the median, since from one pair to the next each
 # side moves by ±10 % on this machine: with three pairs the median itself
-# moved from 1.06 to 1.25 within half an hour); classic
+# was 1.25 and 1.06 within half an hour); classic
 # (pgbench on the stored-procedure design, best of 8 and 16 clients).
 #
 # Two sticks for the joins: the HTTP stick holds memberships in memory

@@ -13,7 +13,7 @@
 #   cargo build --release -p turnout -p turnout-loadtest
 #   loadtest/wrk-check.sh
 #   BIN=/tmp/turnout-before loadtest/wrk-check.sh   # another build of the server
-#   SYSTEMS=turnout ROUNDS=1 loadtest/wrk-check.sh TURNOUT_JOURNAL__PRIORITY_BOOST=0   # Turnout alone
+#   BIN=/tmp/turnout-before SYSTEMS=turnout ROUNDS=1 loadtest/wrk-check.sh   # Turnout alone
 #
 # Extra arguments are settings for the server (VAR=value), e.g. Postgres;
 # RESET is a command run before each of Turnout's runs (a fresh database):
@@ -30,7 +30,8 @@ ulimit -n "$(ulimit -Hn)"
 KEY=wrk-bench-key-wrk-bench-key-wrk-0123
 PORT=18171
 DURATION=${DURATION:-5}
-# Which systems run, each ROUNDS (2) times: SYSTEMS=turnout for an A/B of
+# Which systems run (of stick, durable and turnout), each ROUNDS (2)
+# times: SYSTEMS=turnout for an A/B of
 # two builds or settings of the server alone.
 SYSTEMS=${SYSTEMS:-stick durable turnout}
 dir=$(mktemp -d)
