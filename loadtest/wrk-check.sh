@@ -31,9 +31,12 @@ KEY=wrk-bench-key-wrk-bench-key-wrk-0123
 PORT=18171
 DURATION=${DURATION:-5}
 # Which systems run (of stick, durable and turnout), each ROUNDS (2)
-# times: SYSTEMS=turnout for an A/B of
-# two builds or settings of the server alone.
+# times: SYSTEMS=turnout for an A/B of two builds or settings of the
+# server alone. A name it does not know stops it, rather than running less.
 SYSTEMS=${SYSTEMS:-stick durable turnout}
+for system in $SYSTEMS; do
+  case $system in stick | durable | turnout) ;; *) echo "SYSTEMS: no system named $system" >&2; exit 2 ;; esac
+done
 dir=$(mktemp -d)
 # Enough users that the fastest system here (the stick, up to ~100k
 # joins/s) never sees one twice in a run: a repeat is answered from

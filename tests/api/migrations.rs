@@ -221,22 +221,13 @@ async fn sqlite_joins_keyed_by_user_keep_their_rows_and_an_index_for_each_read()
     let pool = SqlitePool::connect(&url).await.unwrap();
     SQLITE.run(&pool).await.unwrap();
     let user = seed!(pool);
-    let joins = |pool: SqlitePool| async move {
-        let rows: Vec<(Uuid, Uuid, String, i64, i64)> = sqlx::query_as(
-            "SELECT event_id, user_id, status, order_key, seats FROM joins ORDER BY user_id",
-        )
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-        rows
-    };
-    let before = joins(pool.clone()).await;
+    let before = joins(&pool).await;
     let keyed_by_user = ["joins_offers", "joins_roster", "sqlite_autoindex_joins_1"];
     assert_eq!(indexes_of(&pool, "joins").await, keyed_by_user);
     assert!(!table_sql(&pool, "joins").await.contains("WITHOUT ROWID"));
 
     SQLITE.undo(&pool, BEFORE_KEYED_BY_USER).await.unwrap();
-    assert_eq!(joins(pool.clone()).await, before, "down keeps the rows");
+    assert_eq!(joins(&pool).await, before, "down keeps the rows");
     assert!(table_sql(&pool, "joins").await.contains("WITHOUT ROWID"));
     assert!(
         indexes_of(&pool, "joins")
@@ -245,7 +236,7 @@ async fn sqlite_joins_keyed_by_user_keep_their_rows_and_an_index_for_each_read()
     );
 
     SQLITE.run(&pool).await.unwrap();
-    assert_eq!(joins(pool.clone()).await, before, "up again keeps them");
+    assert_eq!(joins(&pool).await, before, "up again keeps them");
     assert_eq!(indexes_of(&pool, "joins").await, keyed_by_user);
     for (read, index) in [
         (
@@ -274,6 +265,14 @@ async fn sqlite_joins_keyed_by_user_keep_their_rows_and_an_index_for_each_read()
         );
     }
     pool.close().await;
+}
+
+/// Every row of `joins`, in the user's order.
+async fn joins(pool: &SqlitePool) -> Vec<(Uuid, Uuid, String, i64, i64)> {
+    sqlx::query_as("SELECT event_id, user_id, status, order_key, seats FROM joins ORDER BY user_id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
 }
 
 /// The status checks of the tables a join writes (14) are comparisons:
