@@ -33,10 +33,14 @@
 # was 1.25 and 1.06 within half an hour); classic
 # (pgbench on the stored-procedure design, best of 8 and 16 clients).
 #
-# Two sticks for the joins: the HTTP stick holds memberships in memory
+# Three sticks for the joins: the HTTP stick holds memberships in memory
 # only; the durable stick (`http-stick --durable`) also appends each new
 # one to a file and fsyncs it, in groups, before answering: a durable join
-# at its plainest, to hold spread joins (one commit each) against.
+# at its plainest, to hold spread joins (one commit each) against; the
+# SQLite stick (`http-stick --sqlite`) commits instead, in groups, the five
+# records the one-transaction rule asks of a join (fact, membership,
+# counts, answer, outbox row) to SQLite with Turnout's settings: the floor
+# of that rule on SQLite, with nothing else of Turnout's.
 set -euo pipefail
 # BIN may be given relative to where the script was started from.
 if [ -n "${BIN:-}" ]; then BIN=$(realpath "$BIN"); fi
@@ -116,6 +120,8 @@ stick http-stick --jwt-key $KEY; load hot stick "${hot[@]}"
 stick http-stick --jwt-key $KEY --durable "$out/joins.hot"; load hot "durable stick" "${hot[@]}"
 stick http-stick --jwt-key $KEY; load spread stick "${spread[@]}"
 stick http-stick --jwt-key $KEY --durable "$out/joins.spread"; load spread "durable stick" "${spread[@]}"
+stick http-stick --jwt-key $KEY --sqlite "$out/joins-hot.db"; load hot "sqlite stick" "${hot[@]}"
+stick http-stick --jwt-key $KEY --sqlite "$out/joins-spread.db"; load spread "sqlite stick" "${spread[@]}"
 for db in sqlite postgres; do
   turnout $db; load hot "turnout $db" "${hot[@]}"
   turnout $db; load spread "turnout $db" "${spread[@]}"
@@ -131,7 +137,7 @@ CLIENTS="8 16" SECONDS_EACH=15 loadtest/classic-bench.sh >"$out/classic.txt" 2>&
 python3 - "$out" "${BIN:-$(git rev-parse --short HEAD)}" "$(getconf CLK_TCK)" <<'PY'
 import datetime, glob, json, os, re, sys
 out, commit, ticks = sys.argv[1], sys.argv[2], int(sys.argv[3])
-rows, cpu_of, durable_of, fanout_rows = [], {}, {}, {}
+rows, cpu_of, durable_of, sqlite_of, fanout_rows = [], {}, {}, {}, {}
 order = ["hot", "spread", "reads", "mix", "fan-out"]
 for path in glob.glob(os.path.join(out, "*.json")):
     load, system = os.path.basename(path)[:-5].split(".", 1)
@@ -152,6 +158,8 @@ for path in glob.glob(os.path.join(out, "*.json")):
         cpu_of[load] = (cpu, d["throughput_per_s"])
     if system == "durable stick":
         durable_of[load] = cpu
+    if system == "sqlite stick":
+        sqlite_of[load] = cpu
 # The fan-out's pairs: the table shows the pair whose ratio is the median
 # (the lower of the two middle ones for an even count), with every
 # pair's failed checks.
@@ -166,8 +174,8 @@ if fanout_ratios:
         rows.append(each[median][:9] + (failed,))
     cpu_of["fan-out"] = (cpu_in("stick", median), fanout_rows["stick"][median][4])
 print(f"Turnout bench, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, at {commit}\n")
-print("| load | system | requests/s | p99 | server CPU per request | × the stick's CPU | × the durable stick's | throughput ÷ the stick's | database CPU per request | checks |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| load | system | requests/s | p99 | server CPU per request | × the stick's CPU | × the durable stick's | × the SQLite stick's | throughput ÷ the stick's | database CPU per request | checks |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for _, _, system, load, rate, p99, cpu, per, db, failed in sorted(rows):
     stick = cpu_of.get(load)
     times = f"{cpu / stick[0]:.2f}" if stick and cpu and system != "stick" else ("1" if system == "stick" else "—")
@@ -176,10 +184,12 @@ for _, _, system, load, rate, p99, cpu, per, db, failed in sorted(rows):
     share = f"{rate / stick[1]:.2f}" if stick and system != "stick" and load == "hot" else ("1" if system == "stick" else "—")
     durable = durable_of.get(load)
     times_durable = f"{cpu / durable:.2f}" if durable and cpu and "stick" not in system else "—"
+    floor = sqlite_of.get(load)
+    times_sqlite = f"{cpu / floor:.2f}" if floor and cpu and "stick" not in system else "—"
     cpu_text = f"{cpu:.{2 if cpu < 10 else 1}f} µs per {per}" if cpu else "—"
     verdict = "all pass" if not failed else "FAILED: " + ", ".join(failed)
     db_text = f"{db:.1f} µs" if db is not None else ("in the server" if "sqlite" in system else "—")
-    print(f"| {load} | {system} | {rate:,.0f} | {p99:.1f} ms | {cpu_text} | {times} | {times_durable} | {share} | {db_text} | {verdict} |")
+    print(f"| {load} | {system} | {rate:,.0f} | {p99:.1f} ms | {cpu_text} | {times} | {times_durable} | {times_sqlite} | {share} | {db_text} | {verdict} |")
 if fanout_rows:
     print("\nfan-out, server CPU per delivery pair by pair: " + "; ".join(
         f"{system} " + ", ".join(f"{row[6]:.2f}" if row[6] else "—" for _, row in sorted(each.items())) + " µs"

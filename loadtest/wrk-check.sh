@@ -4,7 +4,9 @@
 # new user (HS256 tokens minted beforehand) — through 2 threads and 1,000
 # connections for DURATION seconds, against the HTTP stick, the stick
 # made durable (`http-stick --durable`: each join appended to a file and
-# fsync'd, in groups, before it is answered) and Turnout on SQLite, each on
+# fsync'd, in groups, before it is answered), the SQLite stick
+# (`http-stick --sqlite`: the one-transaction rule's five records per join
+# committed to SQLite, in groups) and Turnout on SQLite, each on
 # a fresh server; prints wrk's joins/s and the server's CPU
 # per join (from /proc); for Turnout, also how much of the run its journal
 # had a commit in flight and how many appends a commit carried (from
@@ -30,12 +32,12 @@ ulimit -n "$(ulimit -Hn)"
 KEY=wrk-bench-key-wrk-bench-key-wrk-0123
 PORT=18171
 DURATION=${DURATION:-5}
-# Which systems run (of stick, durable and turnout), each ROUNDS (2)
+# Which systems run (of stick, durable, sqlite and turnout), each ROUNDS (2)
 # times: SYSTEMS=turnout for an A/B of two builds or settings of the
 # server alone. A name it does not know stops it, rather than running less.
-SYSTEMS=${SYSTEMS:-stick durable turnout}
+SYSTEMS=${SYSTEMS:-stick durable sqlite turnout}
 for system in $SYSTEMS; do
-  case $system in stick | durable | turnout) ;; *) echo "SYSTEMS: no system named $system" >&2; exit 2 ;; esac
+  case $system in stick | durable | sqlite | turnout) ;; *) echo "SYSTEMS: no system named $system" >&2; exit 2 ;; esac
 done
 dir=$(mktemp -d)
 # Enough users that the fastest system here (the stick, up to ~100k
@@ -105,6 +107,10 @@ for round in $(seq 1 "${ROUNDS:-2}"); do
   if [[ " $SYSTEMS " == *" durable "* ]]; then
     target/release/http-stick --bind 127.0.0.1:$PORT --jwt-key $KEY --durable "$dir/joins.$round" >/dev/null 2>&1 &
     run "durable stick" $!
+  fi
+  if [[ " $SYSTEMS " == *" sqlite "* ]]; then
+    target/release/http-stick --bind 127.0.0.1:$PORT --jwt-key $KEY --sqlite "$dir/joins.$round.db" >/dev/null 2>&1 &
+    run "sqlite stick" $!
   fi
   [[ " $SYSTEMS " == *" turnout "* ]] || continue
   data=$(mktemp -d)

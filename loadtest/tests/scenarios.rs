@@ -75,6 +75,42 @@ async fn the_durable_stick_has_every_acknowledged_join_on_disk() {
     assert_eq!(statuses.iter().filter(|s| **s == "waitlisted").count(), 260);
 }
 
+/// The SQLite stick keeps the same invariants, and once it is killed its
+/// database holds the rule's five records for every join it acknowledged:
+/// a fact, a membership, an answer and an outbox row each, and the event's
+/// counts as of the last. A floor that wrote less would flatter Turnout.
+#[actix_web::test]
+async fn the_sqlite_stick_has_every_acknowledged_join_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("joins.db");
+    small_hot_join_on_the_stick(&["--sqlite", file.to_str().unwrap()]).await;
+
+    let db = rusqlite::Connection::open(&file).unwrap();
+    let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(count("SELECT COUNT(*) FROM facts"), 300);
+    assert_eq!(count("SELECT COUNT(*) FROM answers"), 300);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM outbox WHERE status = 'pending'"),
+        300
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM memberships WHERE status = 'active'"),
+        40
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM memberships WHERE status = 'waitlisted'"),
+        260
+    );
+    let counts: (i64, i64, i64) = db
+        .query_row(
+            "SELECT active_count, waitlist_count, version FROM events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(counts, (40, 260, 300));
+}
+
 /// The bare-broadcast stick delivers every update to every client, as the
 /// same tool checks Turnout's fan-out.
 #[actix_web::test]

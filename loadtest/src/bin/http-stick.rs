@@ -14,6 +14,17 @@
 //! sync of its own there as in Turnout: the stick to hold Turnout's spread
 //! joins against.
 //!
+//! With `--sqlite FILE` the log is a SQLite database that takes, per new
+//! membership and in one transaction per batch, the five records the
+//! design's one-transaction rule asks of a join: the fact, the membership,
+//! the event's counts, the answer kept under the request's
+//! `Idempotency-Key`, and an outbox row — each with the one index a product
+//! reads it by (a person's joins, an event's roster, keys by expiry, the
+//! pending outbox), in WAL mode with `synchronous = FULL` and statements
+//! prepared once. No relay, no snapshots, no checks: the floor of that rule
+//! on SQLite, to tell what Turnout's joins pay for the rule from what they
+//! pay for the rest.
+//!
 //! It answers the few routes the load tool uses, in the same shapes, so
 //! `hot-join` runs against it unchanged and checks its roster too:
 //!
@@ -25,7 +36,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 
@@ -57,35 +68,206 @@ struct Args {
     workers: usize,
     /// Append each new membership to this file and `fsync` it before
     /// answering.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sqlite")]
     durable: Option<PathBuf>,
+    /// Write each new membership's records to this SQLite database (created
+    /// if missing) and commit before answering.
+    #[arg(long)]
+    sqlite: Option<PathBuf>,
 }
 
-/// A line for the log (empty for a repeated join, which only waits for
-/// what is before it), and who waits for it to be on disk.
-type Record = (String, oneshot::Sender<()>);
+/// A new membership, as the log keeps it.
+struct Joined {
+    event: Uuid,
+    user: Uuid,
+    /// The request's `Idempotency-Key` (empty without one).
+    key: String,
+    status: &'static str,
+    /// The place on the waitlist (0 when active).
+    position: usize,
+    /// The event's joins so far, this one included: the fact's number.
+    version: usize,
+    active: usize,
+    waiting: usize,
+}
+
+/// A new membership for the log (none for a repeated join, which only
+/// waits for what is before it), and who waits for it to be on disk.
+type Record = (Option<Joined>, oneshot::Sender<()>);
 
 /// Where an event's actor hands its records, in the order it decides
 /// them.
 type Log = mpsc::Sender<Record>;
 
-/// Opens the log: one thread appends and syncs, a batch at a time. A
-/// batch is answered once it is synced; one with nothing to write (only
-/// repeats) follows batches already synced, so it is answered at once.
-fn open_log(path: &Path) -> std::io::Result<Log> {
-    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
-    // The file's name must survive a crash as well as its lines.
-    File::open(
-        path.parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new(".")),
-    )?
-    .sync_all()?;
+/// Where the log's batches go, each on disk before it is answered.
+enum Sink {
+    /// A line per membership, appended; one `fsync` per batch.
+    Lines(File),
+    /// The rule's five records per membership; one commit per batch.
+    Sqlite(rusqlite::Connection),
+}
+
+impl Sink {
+    fn lines(path: &Path) -> std::io::Result<Sink> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        // The file's name must survive a crash as well as its lines.
+        File::open(
+            path.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new(".")),
+        )?
+        .sync_all()?;
+        Ok(Sink::Lines(file))
+    }
+
+    fn sqlite(path: &Path) -> rusqlite::Result<Sink> {
+        let connection = rusqlite::Connection::open(path)?;
+        connection.execute_batch(SCHEMA)?;
+        Ok(Sink::Sqlite(connection))
+    }
+
+    fn write(&mut self, batch: &[&Joined]) -> Result<(), String> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Sink::Lines(file) => {
+                let bytes: String = batch
+                    .iter()
+                    .map(|j| format!("{} {} {} {}\n", j.event, j.user, j.status, j.position))
+                    .collect();
+                file.write_all(bytes.as_bytes())
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| e.to_string())
+            }
+            Sink::Sqlite(connection) => commit(connection, batch).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// The five records' tables, as a product that reads them needs them.
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = FULL;
+CREATE TABLE IF NOT EXISTS facts (
+    stream_id BLOB NOT NULL, version INTEGER NOT NULL, event_type TEXT NOT NULL,
+    payload TEXT NOT NULL, recorded_at INTEGER NOT NULL,
+    PRIMARY KEY (stream_id, version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    id BLOB PRIMARY KEY, active_count INTEGER NOT NULL, waitlist_count INTEGER NOT NULL,
+    version INTEGER NOT NULL, updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS memberships (
+    event_id BLOB NOT NULL, user_id BLOB NOT NULL, status TEXT NOT NULL,
+    position INTEGER NOT NULL, joined_at INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS memberships_by_user ON memberships (user_id, event_id);
+CREATE INDEX IF NOT EXISTS memberships_roster ON memberships (event_id, status, position);
+CREATE TABLE IF NOT EXISTS answers (
+    user_id BLOB NOT NULL, key TEXT NOT NULL, answer TEXT NOT NULL, expires_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, key)
+);
+CREATE INDEX IF NOT EXISTS answers_by_expiry ON answers (expires_at);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY, message_id BLOB NOT NULL, aggregate_id BLOB NOT NULL,
+    stream_version INTEGER NOT NULL, payload TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending', created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (id) WHERE status = 'pending';
+";
+
+/// One transaction for a batch: each membership's fact, row, answer and
+/// outbox row, and each event's counts once, as of its last join.
+fn commit(connection: &mut rusqlite::Connection, batch: &[&Joined]) -> rusqlite::Result<()> {
+    let clock = chrono::Utc::now();
+    let (now, at) = (
+        clock.timestamp_micros(),
+        clock.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    );
+    let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    {
+        let mut fact = tx.prepare_cached(
+            "INSERT INTO facts (stream_id, version, event_type, payload, recorded_at) \
+             VALUES (?1, ?2, 'member_joined', ?3, ?4)",
+        )?;
+        let mut membership = tx.prepare_cached(
+            "INSERT INTO memberships (event_id, user_id, status, position, joined_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let mut answer = tx.prepare_cached(
+            "INSERT INTO answers (user_id, key, answer, expires_at) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut outbox = tx.prepare_cached(
+            "INSERT INTO outbox (message_id, aggregate_id, stream_version, payload, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let mut counts = tx.prepare_cached(
+            "INSERT INTO events (id, active_count, waitlist_count, version, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO UPDATE SET \
+             active_count = excluded.active_count, waitlist_count = excluded.waitlist_count, \
+             version = excluded.version, updated_at = excluded.updated_at",
+        )?;
+        let mut last: HashMap<Uuid, &Joined> = HashMap::new();
+        for j in batch {
+            let position = (j.position > 0).then_some(j.position);
+            let payload = json!({
+                "type": "member_joined", "event_id": j.event, "user_id": j.user,
+                "status": j.status, "position": position, "seats": 1, "at": at,
+            })
+            .to_string();
+            fact.execute(rusqlite::params![j.event, j.version as i64, payload, now])?;
+            membership.execute(rusqlite::params![
+                j.event,
+                j.user,
+                j.status,
+                j.position as i64,
+                now
+            ])?;
+            let reply = json!({ "data": {
+                "event_id": j.event, "user_id": j.user, "status": j.status, "position": position,
+            } })
+            .to_string();
+            answer.execute(rusqlite::params![
+                j.user,
+                j.key,
+                reply,
+                now + 86_400_000_000
+            ])?;
+            let message = format!(r#"{{"schema_version":1,"event":{payload}}}"#);
+            outbox.execute(rusqlite::params![
+                Uuid::now_v7(),
+                j.event,
+                j.version as i64,
+                message,
+                now
+            ])?;
+            last.insert(j.event, j);
+        }
+        for j in last.values() {
+            counts.execute(rusqlite::params![
+                j.event,
+                j.active as i64,
+                j.waiting as i64,
+                j.version as i64,
+                now
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
+/// Starts the log: one thread writes, a batch at a time, whatever arrived
+/// while it wrote the one before (a group commit). A batch is answered once
+/// it is on disk; one with nothing to write (only repeats) follows batches
+/// already on disk, so it is answered at once.
+fn open_log(mut sink: Sink) -> Log {
     let (records, arrived) = mpsc::channel::<Record>();
     std::thread::spawn(move || {
         while let Ok(first) = arrived.recv() {
             let batch: Vec<Record> = std::iter::once(first).chain(arrived.try_iter()).collect();
-            if let Err(error) = write_batch(&mut file, &batch) {
+            let joined: Vec<&Joined> = batch.iter().filter_map(|(j, _)| j.as_ref()).collect();
+            if let Err(error) = sink.write(&joined) {
                 eprintln!("http-stick: the log could not be written: {error}");
                 std::process::exit(1);
             }
@@ -94,16 +276,7 @@ fn open_log(path: &Path) -> std::io::Result<Log> {
             }
         }
     });
-    Ok(records)
-}
-
-fn write_batch(file: &mut File, batch: &[Record]) -> std::io::Result<()> {
-    let bytes: String = batch.iter().map(|(line, _)| line.as_str()).collect();
-    if bytes.is_empty() {
-        return Ok(());
-    }
-    file.write_all(bytes.as_bytes())?;
-    file.sync_all()
+    records
 }
 
 #[derive(Deserialize)]
@@ -126,20 +299,26 @@ struct Event {
 }
 
 impl Event {
-    /// With `--durable`: hands the join's line to the log (none for a
-    /// repeat, which waits behind its first answer's line all the same) and
-    /// says when it is on disk.
-    fn logged(&self, user: Uuid, answer: &Answer) -> Option<oneshot::Receiver<()>> {
+    /// With a log: hands it the join (nothing for a repeat, which waits
+    /// behind its first answer's records all the same) and says when it is
+    /// on disk.
+    fn logged(&self, user: Uuid, key: String, answer: &Answer) -> Option<oneshot::Receiver<()>> {
         let log = self.log.as_ref()?;
-        let (code, status, position) = answer;
-        let line = match code {
-            201 => format!("{} {user} {status} {}\n", self.id, position.unwrap_or(0)),
-            _ => String::new(),
-        };
+        let (code, status, position) = *answer;
+        let joined = (code == 201).then(|| Joined {
+            event: self.id,
+            user,
+            key,
+            status,
+            position: position.unwrap_or(0),
+            version: self.active.len() + self.waiting.len(),
+            active: self.active.len(),
+            waiting: self.waiting.len(),
+        });
         let (written, on_disk) = oneshot::channel();
         // Were the log gone, `written` would be dropped with the record:
         // the join is then refused, not answered undurably.
-        let _ = log.send((line, written));
+        let _ = log.send((joined, written));
         Some(on_disk)
     }
 }
@@ -148,15 +327,16 @@ impl Actor for Event {
     type Context = Context<Self>;
 }
 
-/// Join: the answer, and with `--durable` when it may be given.
+/// Join (the user and the request's `Idempotency-Key`): the answer, and
+/// with a log when it may be given.
 #[derive(Message)]
 #[rtype(result = "(Answer, Option<oneshot::Receiver<()>>)")]
-struct Join(Uuid);
+struct Join(Uuid, String);
 
 impl Handler<Join> for Event {
     type Result = MessageResult<Join>;
 
-    fn handle(&mut self, Join(user): Join, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Join(user, key): Join, _: &mut Context<Self>) -> Self::Result {
         let answer = if self.active.contains(&user) {
             (200, "active", None)
         } else if let Some(place) = self.place.get(&user) {
@@ -169,7 +349,7 @@ impl Handler<Join> for Event {
             self.place.insert(user, self.waiting.len());
             (201, "waitlisted", Some(self.waiting.len()))
         };
-        let on_disk = self.logged(user, &answer);
+        let on_disk = self.logged(user, key, &answer);
         MessageResult((answer, on_disk))
     }
 }
@@ -287,7 +467,13 @@ async fn join(stick: web::Data<Stick>, request: HttpRequest, id: web::Path<Uuid>
     let Some(event) = stick.event(*id) else {
         return not_found();
     };
-    match event.send(Join(user)).await {
+    let key = request
+        .headers()
+        .get("idempotency-key")
+        .and_then(|k| k.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    match event.send(Join(user, key)).await {
         Ok(((code, status, position), on_disk)) => {
             if let Some(on_disk) = on_disk
                 && on_disk.await.is_err()
@@ -330,7 +516,11 @@ fn main() -> std::io::Result<()> {
         key: DecodingKey::from_secret(args.jwt_key.as_bytes()),
         validation,
         events: DashMap::new(),
-        log: args.durable.as_deref().map(open_log).transpose()?,
+        log: match (&args.durable, &args.sqlite) {
+            (Some(path), _) => Some(open_log(Sink::lines(path)?)),
+            (_, Some(path)) => Some(open_log(Sink::sqlite(path).map_err(std::io::Error::other)?)),
+            (None, None) => None,
+        },
     }));
     let workers = if args.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
