@@ -101,6 +101,14 @@ async fn the_sqlite_stick_has_every_acknowledged_join_committed() {
         count("SELECT COUNT(*) FROM memberships WHERE status = 'waitlisted'"),
         260
     );
+    let places: Vec<i64> = db
+        .prepare("SELECT position FROM memberships WHERE status = 'waitlisted' ORDER BY position")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(places, (1..=260).collect::<Vec<i64>>());
     let counts: (i64, i64, i64) = db
         .query_row(
             "SELECT active_count, waitlist_count, version FROM events",
