@@ -39,8 +39,8 @@
 # at its plainest, to hold spread joins (one commit each) against; the
 # SQLite stick (`http-stick --sqlite`) commits instead, in groups, the five
 # records the one-transaction rule asks of a join (fact, membership,
-# counts, answer, outbox row) to SQLite with Turnout's settings: the floor
-# of that rule on SQLite, with nothing else of Turnout's.
+# counts, answer, outbox row) to SQLite with Turnout's settings: that rule
+# at its plainest on SQLite, with nothing else of Turnout's.
 set -euo pipefail
 # BIN may be given relative to where the script was started from.
 if [ -n "${BIN:-}" ]; then BIN=$(realpath "$BIN"); fi

@@ -18,8 +18,8 @@
 //! membership and in one transaction per batch, the five records the
 //! design's one-transaction rule asks of a join: the fact, the membership,
 //! the event's counts, the answer kept under the request's
-//! `Idempotency-Key` when the request has one, and an outbox row — each
-//! with the one index a product reads it by (a person's joins, an event's
+//! `Idempotency-Key` when the request has one, and an outbox row — with
+//! the indexes a product reads them by (a person's joins, an event's
 //! roster, keys by expiry, the pending outbox), with the settings of
 //! Turnout's journal (WAL, `synchronous = FULL`, a 16 MiB page cache, a
 //! checkpoint every 10,000 pages) and statements prepared once. No relay,
