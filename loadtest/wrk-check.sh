@@ -99,20 +99,23 @@ PY
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
+# chosen <system>: whether SYSTEMS names it.
+chosen() { [[ " $SYSTEMS " == *" $1 "* ]]; }
+
+# stick <system> <name> [flags…]: runs http-stick with the flags, when chosen.
+stick() {
+  local system=$1 name=$2
+  shift 2
+  chosen "$system" || return 0
+  target/release/http-stick --bind 127.0.0.1:$PORT --jwt-key $KEY "$@" >/dev/null 2>&1 &
+  run "$name" $!
+}
+
 for round in $(seq 1 "${ROUNDS:-2}"); do
-  if [[ " $SYSTEMS " == *" stick "* ]]; then
-    target/release/http-stick --bind 127.0.0.1:$PORT --jwt-key $KEY >/dev/null 2>&1 &
-    run stick $!
-  fi
-  if [[ " $SYSTEMS " == *" durable "* ]]; then
-    target/release/http-stick --bind 127.0.0.1:$PORT --jwt-key $KEY --durable "$dir/joins.$round" >/dev/null 2>&1 &
-    run "durable stick" $!
-  fi
-  if [[ " $SYSTEMS " == *" sqlite "* ]]; then
-    target/release/http-stick --bind 127.0.0.1:$PORT --jwt-key $KEY --sqlite "$dir/joins.$round.db" >/dev/null 2>&1 &
-    run "sqlite stick" $!
-  fi
-  [[ " $SYSTEMS " == *" turnout "* ]] || continue
+  stick stick stick
+  stick durable "durable stick" --durable "$dir/joins.$round"
+  stick sqlite "sqlite stick" --sqlite "$dir/joins.$round.db"
+  chosen turnout || continue
   data=$(mktemp -d)
   if [ -n "${RESET:-}" ]; then bash -c "$RESET"; fi
   env TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data \

@@ -85,12 +85,18 @@ struct Joined {
     /// The request's `Idempotency-Key`: its answer is kept under it.
     key: Option<String>,
     status: &'static str,
-    /// The place on the waitlist (0 when active).
-    position: usize,
-    /// The event's joins so far, this one included: the fact's number.
-    version: usize,
+    /// The place on the waitlist.
+    position: Option<usize>,
+    /// The event's counts with this join; nobody leaves the stick's events,
+    /// so their sum is the event's joins so far: the fact's number.
     active: usize,
     waiting: usize,
+}
+
+impl Joined {
+    fn version(&self) -> i64 {
+        (self.active + self.waiting) as i64
+    }
 }
 
 /// A new membership for the log (none for a repeated join, which only
@@ -139,7 +145,10 @@ impl Sink {
             Sink::Lines(file) => {
                 let bytes: String = batch
                     .iter()
-                    .map(|j| format!("{} {} {} {}\n", j.event, j.user, j.status, j.position))
+                    .map(|j| {
+                        let place = j.position.unwrap_or(0);
+                        format!("{} {} {} {place}\n", j.event, j.user, j.status)
+                    })
                     .collect();
                 file.write_all(bytes.as_bytes())
                     .and_then(|()| file.sync_all())
@@ -219,32 +228,31 @@ fn commit(connection: &mut rusqlite::Connection, batch: &[&Joined]) -> rusqlite:
         )?;
         let mut last: HashMap<Uuid, &Joined> = HashMap::new();
         for j in batch {
-            let position = (j.position > 0).then_some(j.position);
             let payload = json!({
                 "type": "member_joined", "event_id": j.event, "user_id": j.user,
-                "status": j.status, "position": position, "seats": 1, "at": at,
+                "status": j.status, "position": j.position, "seats": 1, "at": at,
             })
             .to_string();
-            fact.execute(rusqlite::params![j.event, j.version as i64, payload, now])?;
+            fact.execute(rusqlite::params![j.event, j.version(), payload, now])?;
             membership.execute(rusqlite::params![
                 j.event,
                 j.user,
                 j.status,
-                j.position as i64,
+                j.position.unwrap_or(0) as i64,
                 now
             ])?;
-            let reply = json!({ "data": {
-                "event_id": j.event, "user_id": j.user, "status": j.status, "position": position,
-            } })
-            .to_string();
             if let Some(key) = &j.key {
+                let reply = json!({ "data": {
+                    "event_id": j.event, "user_id": j.user, "status": j.status, "position": j.position,
+                } })
+                .to_string();
                 answer.execute(rusqlite::params![j.user, key, reply, now + 86_400_000_000])?;
             }
             let message = format!(r#"{{"schema_version":1,"event":{payload}}}"#);
             outbox.execute(rusqlite::params![
                 Uuid::now_v7(),
                 j.event,
-                j.version as i64,
+                j.version(),
                 message,
                 now
             ])?;
@@ -255,7 +263,7 @@ fn commit(connection: &mut rusqlite::Connection, batch: &[&Joined]) -> rusqlite:
                 j.event,
                 j.active as i64,
                 j.waiting as i64,
-                j.version as i64,
+                j.version(),
                 now
             ])?;
         }
@@ -316,13 +324,12 @@ impl Event {
     ) -> Option<oneshot::Receiver<()>> {
         let log = self.log.as_ref()?;
         let (code, status, position) = *answer;
-        let joined = (code == 201).then(|| Joined {
+        let joined = (code == 201).then_some(Joined {
             event: self.id,
             user,
             key,
             status,
-            position: position.unwrap_or(0),
-            version: self.active.len() + self.waiting.len(),
+            position,
             active: self.active.len(),
             waiting: self.waiting.len(),
         });
