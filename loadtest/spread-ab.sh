@@ -3,7 +3,8 @@
 # 200 events of capacity 100 (8,000 users, 20 s), SQLite, on a fresh server;
 # prints the server's CPU per join, its threads' context switches per join
 # (from /proc) and how many appends each of the journal's commits carried
-# (from /metrics: `journal.linger_us` raises it). BIN names the server binary, for an A/B of two builds:
+# (from /metrics: `journal.linger_us` raises it). BIN names the server
+# binary, for an A/B of two builds:
 #
 #   cargo build --release -p turnout -p turnout-loadtest
 #   cp target/release/turnout /tmp/turnout-a     # … and another build as -b
