@@ -52,7 +52,7 @@ echo "  context switches per join (10 s at 400/s): $per_join"
 # Over the whole run: how many appends each of the journal's commits carried.
 curl -sf http://127.0.0.1:$PORT/metrics | awk '
   /^turnout_journal_batch_size_sum/ {sum = $2} /^turnout_journal_batch_size_count/ {n = $2}
-  END {if (n) printf "  appends per commit: %.2f (%d commits)\n", sum / n, n}'
+  END {if (n) printf "  appends per commit: %.2f (%d commits)\n", sum / n, n}' || true
 if [ -n "${DB_PROCESS:-}" ]; then
   ticks=$(( $(cat "$data/db.end") - $(cat "$data/db.start") ))
   echo "  $DB_PROCESS CPU per join (10 s at 400/s): $(( ticks * 1000000 / $(getconf CLK_TCK) / 4000 )) µs"

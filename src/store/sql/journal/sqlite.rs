@@ -1,9 +1,8 @@
 //! SQLite's group commit: the journal's connection on a thread of its own
 //! (rusqlite, on an actix arbiter), its statements prepared once. The
 //! journal actor runs on that thread too (`Store::journal_thread`), so an
-//! attempt at a batch runs where the actor already is, not a hand-off that
-//! wakes another thread and an answer that wakes it back — nor a task queued
-//! on its own thread, which wakes that thread through its event loop; while
+//! attempt at a batch is a task queued on the thread it is already on, not
+//! a hand-off that wakes another and an answer that wakes it back; while
 //! SQLite commits, the actor's mailbox gathers the next batch. The outbox
 //! relay's reads, marks and lease run on it too (`super::super::relay`): a commit
 //! by another connection would make this one drop its whole page cache
@@ -29,7 +28,6 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::{Arbiter, ArbiterHandle};
@@ -55,14 +53,7 @@ use crate::store::{SqlStore, micros};
 /// hand it a batch without waking another thread.
 pub struct SqliteWriter {
     thread: Arbiter,
-    /// Which writer this is, so that a call made on a writer's thread can
-    /// tell its own connection from another writer's (a process may open
-    /// several stores, as tests do).
-    id: u64,
 }
-
-/// The next writer's [`SqliteWriter::id`]; 0 marks a thread of no writer.
-static NEXT_WRITER: AtomicU64 = AtomicU64::new(1);
 
 /// The journal's page cache, at most (SQLite's default is 2 MiB).
 const CACHE_KIB: i64 = 16 * 1024;
@@ -81,8 +72,6 @@ thread_local! {
     /// The writer's connection, set on the writer's thread before any task
     /// reaches it, and closed when that thread ends.
     static CONNECTION: RefCell<Option<Connection>> = const { RefCell::new(None) };
-    /// The id of the writer whose thread this is; 0 on every other thread.
-    static WRITER: Cell<u64> = const { Cell::new(0) };
     /// Whether the journal attempted a batch since the last idle check.
     static ATTEMPTED: Cell<bool> = const { Cell::new(false) };
 }
@@ -135,14 +124,10 @@ impl SqliteWriter {
         connection.pragma_update(None, "cache_size", -CACHE_KIB)?;
         connection.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
         connection.set_prepared_statement_cache_capacity(32);
-        let id = NEXT_WRITER.fetch_add(1, Ordering::Relaxed);
         let thread = Arbiter::try_new()?;
-        thread.spawn_fn(move || {
-            CONNECTION.set(Some(connection));
-            WRITER.set(id);
-        });
+        thread.spawn_fn(move || CONNECTION.set(Some(connection)));
         thread.spawn(release_when_idle());
-        Ok(Self { thread, id })
+        Ok(Self { thread })
     }
 
     /// The writer's thread.
@@ -152,17 +137,16 @@ impl SqliteWriter {
 
     /// Runs `task` with the writer's connection, on its thread: one
     /// hand-off there and one back, whatever the task does. Called on that
-    /// thread (the journal actor's commits), it runs at once: queued as a
-    /// task, it would wake the very thread it is on.
+    /// thread (the journal's commits), it is still queued as a task: run at
+    /// once, a commit would finish the moment it is polled, and under load
+    /// the journal actor would go from one to the next without giving the
+    /// thread back, the relay's tasks there left waiting for the load to
+    /// end (docs/BENCHMARKS.md, "Tried, not kept: the journal's attempt
+    /// run at once").
     pub(in crate::store::sql) async fn call<T: Send + 'static>(
         &self,
         task: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        if WRITER.get() == self.id {
-            return CONNECTION
-                .with_borrow_mut(|connection| task(connection.as_mut().expect("set with WRITER")))
-                .map_err(|e| StoreError::Unavailable(e.to_string()));
-        }
         let stopped = || StoreError::Unavailable("the SQLite journal thread stopped".into());
         let (outcome, done) = oneshot::channel();
         let sent = self.thread.spawn_fn(move || {
@@ -596,45 +580,4 @@ fn write_side_records(
     }
     steps.done(Step::Outbox);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use futures_util::FutureExt;
-
-    use super::*;
-
-    /// The file behind a connection.
-    fn file(connection: &mut Connection) -> rusqlite::Result<String> {
-        connection.query_row(
-            "SELECT file FROM pragma_database_list WHERE name = 'main'",
-            [],
-            |row| row.get(0),
-        )
-    }
-
-    /// A call reaches its own writer's connection from any thread: at once
-    /// on that writer's thread, handed over from any other — another
-    /// writer's thread included.
-    #[actix::test]
-    async fn a_call_runs_on_its_own_writers_connection_at_once_on_its_thread() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = SqliteWriter::open(&dir.path().join("a.db")).unwrap();
-        let b = SqliteWriter::open(&dir.path().join("b.db")).unwrap();
-        assert!(a.call(file).await.unwrap().ends_with("a.db"));
-
-        let (told, answer) = oneshot::channel();
-        let a_thread = a.thread();
-        let (a, b) = (std::sync::Arc::new(a), std::sync::Arc::new(b));
-        let (a_there, b_there) = (a.clone(), b.clone());
-        a_thread.spawn(async move {
-            let own = a_there.call(file).now_or_never();
-            let other = b_there.call(file).await;
-            let _ = told.send((own, other));
-        });
-        let (own, other) = answer.await.unwrap();
-        let own = own.expect("ready without a hand-off").unwrap();
-        assert!(own.ends_with("a.db"), "{own}");
-        assert!(other.unwrap().ends_with("b.db"));
-    }
 }
