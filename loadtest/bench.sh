@@ -137,7 +137,10 @@ CLIENTS="8 16" SECONDS_EACH=15 loadtest/classic-bench.sh >"$out/classic.txt" 2>&
 python3 - "$out" "${BIN:-$(git rev-parse --short HEAD)}" "$(getconf CLK_TCK)" <<'PY'
 import datetime, glob, json, os, re, sys
 out, commit, ticks = sys.argv[1], sys.argv[2], int(sys.argv[3])
-rows, cpu_of, durable_of, sqlite_of, fanout_rows = [], {}, {}, {}, {}
+rows, cpu_of, fanout_rows = [], {}, {}
+# The sticks each Turnout row is also held against, in the table's order:
+# the CPU per request of each, by load.
+floors = {"durable stick": {}, "sqlite stick": {}}
 order = ["hot", "spread", "reads", "mix", "fan-out"]
 for path in glob.glob(os.path.join(out, "*.json")):
     load, system = os.path.basename(path)[:-5].split(".", 1)
@@ -156,10 +159,8 @@ for path in glob.glob(os.path.join(out, "*.json")):
     rows.append(row)
     if system == "stick":
         cpu_of[load] = (cpu, d["throughput_per_s"])
-    if system == "durable stick":
-        durable_of[load] = cpu
-    if system == "sqlite stick":
-        sqlite_of[load] = cpu
+    if system in floors:
+        floors[system][load] = cpu
 # The fan-out's pairs: the table shows the pair whose ratio is the median
 # (the lower of the two middle ones for an even count), with every
 # pair's failed checks.
@@ -182,14 +183,13 @@ for _, _, system, load, rate, p99, cpu, per, db, failed in sorted(rows):
     if load == "fan-out" and system != "stick" and fanout_ratios:
         times += " (the median pair)"
     share = f"{rate / stick[1]:.2f}" if stick and system != "stick" and load == "hot" else ("1" if system == "stick" else "—")
-    durable = durable_of.get(load)
-    times_durable = f"{cpu / durable:.2f}" if durable and cpu and "stick" not in system else "—"
-    floor = sqlite_of.get(load)
-    times_sqlite = f"{cpu / floor:.2f}" if floor and cpu and "stick" not in system else "—"
+    times_floors = " | ".join(
+        f"{cpu / floor[load]:.2f}" if floor.get(load) and cpu and "stick" not in system else "—"
+        for floor in floors.values())
     cpu_text = f"{cpu:.{2 if cpu < 10 else 1}f} µs per {per}" if cpu else "—"
     verdict = "all pass" if not failed else "FAILED: " + ", ".join(failed)
     db_text = f"{db:.1f} µs" if db is not None else ("in the server" if "sqlite" in system else "—")
-    print(f"| {load} | {system} | {rate:,.0f} | {p99:.1f} ms | {cpu_text} | {times} | {times_durable} | {times_sqlite} | {share} | {db_text} | {verdict} |")
+    print(f"| {load} | {system} | {rate:,.0f} | {p99:.1f} ms | {cpu_text} | {times} | {times_floors} | {share} | {db_text} | {verdict} |")
 if fanout_rows:
     print("\nfan-out, server CPU per delivery pair by pair: " + "; ".join(
         f"{system} " + ", ".join(f"{row[6]:.2f}" if row[6] else "—" for _, row in sorted(each.items())) + " µs"

@@ -130,14 +130,16 @@ impl Sink {
     }
 
     /// Writes to the database at `path`, its tables created if missing.
-    fn sqlite(path: &Path) -> rusqlite::Result<Sink> {
-        let connection = rusqlite::Connection::open(path)?;
-        connection.execute_batch(SCHEMA)?;
+    fn sqlite(path: &Path) -> std::io::Result<Sink> {
+        let connection = rusqlite::Connection::open(path).map_err(std::io::Error::other)?;
+        connection
+            .execute_batch(SCHEMA)
+            .map_err(std::io::Error::other)?;
         Ok(Sink::Sqlite(connection))
     }
 
     /// Puts `batch` on disk, in one sync or one commit.
-    fn write(&mut self, batch: &[&Joined]) -> Result<(), String> {
+    fn write(&mut self, batch: &[&Joined]) -> std::io::Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -150,11 +152,10 @@ impl Sink {
                         format!("{} {} {} {place}\n", j.event, j.user, j.status)
                     })
                     .collect();
-                file.write_all(bytes.as_bytes())
-                    .and_then(|()| file.sync_all())
-                    .map_err(|e| e.to_string())
+                file.write_all(bytes.as_bytes())?;
+                file.sync_all()
             }
-            Sink::Sqlite(connection) => commit(connection, batch).map_err(|e| e.to_string()),
+            Sink::Sqlite(connection) => commit(connection, batch).map_err(std::io::Error::other),
         }
     }
 }
@@ -534,13 +535,13 @@ fn main() -> std::io::Result<()> {
         key: DecodingKey::from_secret(args.jwt_key.as_bytes()),
         validation,
         events: DashMap::new(),
-        log: match (&args.durable, &args.sqlite) {
-            (Some(path), _) => Some(start_log(Sink::lines(path)?)),
-            (_, Some(path)) => Some(start_log(
-                Sink::sqlite(path).map_err(std::io::Error::other)?,
-            )),
-            (None, None) => None,
-        },
+        log: args
+            .durable
+            .as_deref()
+            .map(Sink::lines)
+            .or_else(|| args.sqlite.as_deref().map(Sink::sqlite))
+            .transpose()?
+            .map(start_log),
     }));
     let workers = if args.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
