@@ -219,7 +219,11 @@ impl WsSession {
             ClientFrame::Ping {} => self.reply(protocol::pong()),
             ClientFrame::Auth { token } => match self.tokens.verify(&token) {
                 Ok(claims) => {
-                    self.user = Some(UserId::from(claims.sub));
+                    let user = UserId::from(claims.sub);
+                    if self.user.is_some_and(|before| before != user) {
+                        self.end_user_feeds();
+                    }
+                    self.user = Some(user);
                     self.close_when_token_lapses(claims.exp, ctx);
                     self.reply(protocol::authenticated(&claims.sub.to_string()));
                 }
@@ -348,6 +352,19 @@ impl WsSession {
                 }),
         );
         Ok(hub)
+    }
+
+    /// Ends the `me` and `recs` subscriptions, each with an `unsubscribed`
+    /// frame: they are the user's whom the connection authenticated as, and
+    /// an `auth` for someone else must not leave them running on the
+    /// earlier user's lapsing token.
+    fn end_user_feeds(&mut self) {
+        for channel in [ME, RECS] {
+            if let Some(subscription) = self.subscriptions.remove(channel) {
+                self.end(subscription);
+                self.reply(protocol::unsubscribed(channel));
+            }
+        }
     }
 
     fn unsubscribe(&mut self, channel: String) {

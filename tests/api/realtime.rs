@@ -79,6 +79,65 @@ async fn sqlite_app(tweak: impl FnOnce(&mut turnout::config::Settings)) -> TestA
     spawn_app_with(Backend::Sqlite, tweak).await.unwrap()
 }
 
+/// An `auth` for someone else ends the first user's own feeds (`me`,
+/// `recs`), each with `unsubscribed`: they must not run on after the first
+/// user's token is replaced. A second `me` follows the new user alone.
+#[actix_web::test]
+async fn an_auth_for_another_user_ends_the_first_users_own_feeds() {
+    let app = sqlite_app(|_| {}).await;
+    let owner = app.register("owner@example.com").await;
+    let theirs = app.published_event(&owner, 10).await;
+    let mine = app.published_event(&owner, 10).await;
+    let (first, second) = (app.user(), app.user());
+    let mut socket = connect(&app).await;
+    send(&mut socket, json!({ "type": "auth", "token": first.token })).await;
+    assert_eq!(next(&mut socket).await["type"], "authenticated");
+    assert_eq!(subscribe(&mut socket, "me", None).await["type"], "snapshot");
+    send(
+        &mut socket,
+        json!({ "type": "subscribe", "channel": "recs" }),
+    )
+    .await;
+    while next(&mut socket).await["channel"] != "recs" {}
+
+    // The same user again (a refreshed token) keeps its feeds.
+    send(&mut socket, json!({ "type": "auth", "token": first.token })).await;
+    assert_eq!(next(&mut socket).await["type"], "authenticated");
+    send(
+        &mut socket,
+        json!({ "type": "auth", "token": second.token }),
+    )
+    .await;
+    let mut ended = Vec::new();
+    loop {
+        let frame = next(&mut socket).await;
+        match frame["type"].as_str() {
+            Some("unsubscribed") => ended.push(frame["channel"].as_str().unwrap().to_owned()),
+            Some("authenticated") => break,
+            _ => {}
+        }
+    }
+    ended.sort();
+    assert_eq!(ended, ["me", "recs"]);
+
+    app.join(&first, theirs).await;
+    let snapshot = subscribe(&mut socket, "me", None).await;
+    assert_eq!(snapshot["data"]["places"], json!([]), "{snapshot}");
+    app.join(&second, mine).await;
+    loop {
+        let frame = next(&mut socket).await;
+        assert_ne!(
+            frame["data"]["place"]["event_id"],
+            theirs.to_string(),
+            "the first user's place reached the second's connection: {frame}"
+        );
+        if frame["channel"] == "me" && frame["type"] == "update" {
+            assert_eq!(frame["data"]["place"]["event_id"], mine.to_string());
+            break;
+        }
+    }
+}
+
 /// 1000 joins race the subscription: the snapshot and the updates after it
 /// neither overlap nor leave a gap, and the last update is the final state.
 #[actix_web::test]
