@@ -145,6 +145,52 @@ async fn a_cancelled_event_leaves_the_list() {
     assert!(events_of(&next(&mut lists).await).is_empty());
 }
 
+/// A reload reads the catalog over a while, and a change committed
+/// meanwhile may or may not be in what it read. Given two published events,
+/// when one is cancelled and the other joined while a reload is under way
+/// that read the first before its cancel and the second after its join,
+/// then the reloaded catalog knows the cancel, and the join counts once.
+#[actix::test]
+async fn changes_handed_while_the_catalog_reloads_outlive_the_reload() {
+    let jazz = event("jazz", Lifecycle::Published, 2);
+    let folk = event("folk", Lifecycle::Published, 2);
+    let (recommenders, user, mut lists) = start(&[jazz.clone(), folk.clone()]);
+    assert_eq!(events_of(&next(&mut lists).await), vec![jazz.id, folk.id]);
+
+    let (read, reading) = tokio::sync::oneshot::channel::<Catalog>();
+    recommenders.reload_from(async move { Ok(reading.await.unwrap()) });
+    let folk_joined = EventUpdate {
+        active: 1,
+        version: 3,
+        joined: vec![UserId::new()],
+        ..folk.clone()
+    };
+    recommenders.apply(folk_joined.clone());
+    recommenders.apply(EventUpdate {
+        lifecycle: Lifecycle::Cancelled,
+        version: 3,
+        ..jazz.clone()
+    });
+    assert_eq!(events_of(&next(&mut lists).await), vec![folk.id]);
+
+    let mut loaded = Catalog::default();
+    loaded.apply(&jazz);
+    loaded.apply(&folk);
+    loaded.apply(&folk_joined);
+    read.send(loaded).unwrap();
+    nothing_more(&mut lists).await;
+    let ranked = recommenders.rank_for(user, 3).await.unwrap();
+    let cards: Vec<_> = ranked
+        .iter()
+        .map(|(_, card)| (card.id, card.joiners))
+        .collect();
+    assert_eq!(
+        cards,
+        vec![(folk.id, 1)],
+        "jazz stays cancelled, folk's join counts once"
+    );
+}
+
 #[actix::test]
 async fn an_actor_with_nobody_to_serve_leaves_after_its_idle_time() {
     let (recommenders, user, mut lists) = start(&[event("jazz", Lifecycle::Published, 2)]);

@@ -54,13 +54,12 @@ impl Router {
         self.events.forget_all();
         self.hubs.resync_all();
         self.me.resync_all();
-        let (store, recommenders) = (Arc::clone(&self.store), self.recommenders.clone());
-        actix_web::rt::spawn(async move {
-            match load_catalog(store.as_ref(), recommenders.settings()).await {
-                Ok(catalog) => recommenders.reload(catalog),
-                Err(error) => tracing::warn!(%error, "cannot reload the recommendation catalog"),
-            }
-        });
+        let (store, settings) = (
+            Arc::clone(&self.store),
+            self.recommenders.settings().clone(),
+        );
+        self.recommenders
+            .reload_from(async move { load_catalog(store.as_ref(), &settings).await });
     }
 }
 

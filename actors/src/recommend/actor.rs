@@ -149,6 +149,7 @@ impl Recommenders {
             shared: keeper_shared,
             pending: Vec::new(),
             locating: Default::default(),
+            since_reload: None,
         });
         Self {
             shared,
@@ -166,11 +167,21 @@ impl Recommenders {
         self.shared.handed.lock().push(Handed::Change(update));
     }
 
-    /// Replaces the catalog (after changes may have been missed) and has
-    /// every actor rank in full, on the keeper's next tick, after the
-    /// changes handed before it.
-    pub fn reload(&self, catalog: Catalog) {
-        self.shared.handed.lock().push(Handed::Reload(catalog));
+    /// Replaces the catalog with the one `load` reads (after changes may
+    /// have been missed) and has every actor rank in full. The changes
+    /// handed while it loads are applied again to the loaded catalog, which
+    /// may have been read before them or after ([`Catalog::reapply`]). A
+    /// load that fails leaves the catalog as it is.
+    pub fn reload_from(&self, load: impl Future<Output = Result<Catalog, StoreError>> + 'static) {
+        self.shared.handed.lock().push(Handed::Loading);
+        let shared = Arc::clone(&self.shared);
+        actix::spawn(async move {
+            let loaded = load.await;
+            if let Err(error) = &loaded {
+                tracing::warn!(%error, "cannot reload the recommendation catalog");
+            }
+            shared.handed.lock().push(Handed::Loaded(loaded.ok()));
+        });
     }
 
     /// Ranks a user's best `limit` events now.
@@ -242,7 +253,17 @@ fn with_cards(catalog: &Catalog, list: Vec<Recommendation>) -> Vec<(Recommendati
 /// What the keeper is handed between its ticks.
 enum Handed {
     Change(EventUpdate),
-    Reload(Catalog),
+    /// A reload began: the changes from here on are kept for its catalog.
+    Loading,
+    /// A reload ended, with its catalog unless it failed.
+    Loaded(Option<Catalog>),
+}
+
+/// The changes applied since the earliest reload still under way began.
+#[derive(Default)]
+struct SinceReload {
+    loads: usize,
+    changes: Vec<EventUpdate>,
 }
 
 #[derive(Message)]
@@ -256,6 +277,8 @@ struct CatalogKeeper {
     shared: Arc<Shared>,
     pending: Vec<EventId>,
     locating: HashSet<VenueId>,
+    /// `None` while no reload is under way.
+    since_reload: Option<SinceReload>,
 }
 
 impl CatalogKeeper {
@@ -264,8 +287,14 @@ impl CatalogKeeper {
         let handed = std::mem::take(&mut *self.shared.handed.lock());
         for handed in handed {
             match handed {
-                Handed::Change(update) => self.apply(update, ctx),
-                Handed::Reload(catalog) => self.reload(catalog),
+                Handed::Change(update) => {
+                    self.apply(&update, ctx);
+                    if let Some(since) = &mut self.since_reload {
+                        since.changes.push(update);
+                    }
+                }
+                Handed::Loading => self.since_reload.get_or_insert_default().loads += 1,
+                Handed::Loaded(catalog) => self.loaded(catalog),
             }
         }
         self.flush();
@@ -292,12 +321,12 @@ impl CatalogKeeper {
         metrics::gauge!("turnout_recs_catalog_open_events").set(open as f64);
     }
 
-    fn apply(&mut self, update: EventUpdate, ctx: &mut Context<Self>) {
+    fn apply(&mut self, update: &EventUpdate, ctx: &mut Context<Self>) {
         metrics::counter!("turnout_recs_changes_total").increment(1);
         let venue = update.venue;
         let known = {
             let mut catalog = self.shared.catalog.write();
-            catalog.apply(&update);
+            catalog.apply(update);
             catalog.knows_venue(venue)
         };
         if !known && self.locating.insert(venue) {
@@ -324,6 +353,26 @@ impl CatalogKeeper {
             }
         }
         self.pending.push(update.id);
+    }
+
+    fn loaded(&mut self, catalog: Option<Catalog>) {
+        let Some(since) = &mut self.since_reload else {
+            return;
+        };
+        since.loads -= 1;
+        if let Some(mut catalog) = catalog {
+            for change in &since.changes {
+                catalog.reapply(change);
+            }
+            self.reload(catalog);
+        }
+        if self
+            .since_reload
+            .as_ref()
+            .is_some_and(|since| since.loads == 0)
+        {
+            self.since_reload = None;
+        }
     }
 
     fn reload(&mut self, catalog: Catalog) {

@@ -363,6 +363,21 @@ impl Catalog {
         }
     }
 
+    /// Applies a change again to a catalog read from the store while it was
+    /// being committed. A card at the change's version or later was read
+    /// with it, joins and leaves included: the change is skipped, where
+    /// [`Catalog::apply`] would count a late change's joins (a change that
+    /// comes out of order comes once).
+    pub fn reapply(&mut self, u: &EventUpdate) {
+        if self
+            .cards
+            .get(&u.id)
+            .is_none_or(|card| card.version < u.version)
+        {
+            self.apply(u);
+        }
+    }
+
     /// Records a join: heat, the joiner count, and co-attendance with the
     /// user's recent joins.
     pub fn joined(&mut self, user: UserId, event: EventId, at: DateTime<Utc>) {
@@ -728,6 +743,33 @@ mod tests {
         assert_eq!(&*card.title, "newer");
         assert_eq!(card.joiners, 1);
         assert!(card.heat(Utc::now()) > 0.9);
+    }
+
+    #[test]
+    fn a_change_reapplied_counts_only_where_the_catalog_was_read_before_it() {
+        let mut catalog = Catalog::default();
+        let id = new_id();
+        let mut joined = update(id, 2, &["jazz"]);
+        joined.joined = vec![UserId::from(Uuid::now_v7())];
+        catalog.apply(&joined);
+        catalog.reapply(&joined);
+        assert_eq!(
+            catalog.card(id).unwrap().joiners,
+            1,
+            "read with it: skipped"
+        );
+
+        let mut next = joined.clone();
+        next.version += 1;
+        next.title = "next".into();
+        next.joined = vec![UserId::from(Uuid::now_v7())];
+        catalog.reapply(&next);
+        let card = catalog.card(id).unwrap();
+        assert_eq!(
+            (&*card.title, card.joiners),
+            ("next", 2),
+            "read before it: applied"
+        );
     }
 
     #[test]
