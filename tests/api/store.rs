@@ -1130,6 +1130,89 @@ async fn postgres_the_journal_opens_its_connection_again_after_losing_it() {
     );
 }
 
+/// Another node's journal takes the same key (a client that reused it for
+/// an event held there) while this one's commit is under way: the commit
+/// began before that answer was written, so its check of the stored keys
+/// cannot see it, and the write of its own answer waits for the other's
+/// commit and then leaves the row alone. It must find the other answer
+/// and replay it, not write its facts with no answer kept. Once for a join
+/// (the one statement) and once for a cancel (the transaction).
+#[actix_web::test]
+async fn postgres_a_key_another_node_answered_meanwhile_is_replayed() {
+    for cancel in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((store, url)) = open(Backend::Postgres, &dir).await else {
+            return;
+        };
+        let state = event_of_five(&store).await;
+        let user = UserId::new();
+        let command = match cancel {
+            false => Command::Join {
+                user,
+                seats: Seats::default(),
+                at: Utc::now(),
+            },
+            true => Command::Cancel {
+                by: state.owner,
+                at: Utc::now(),
+            },
+        };
+        let facts = decide(Some(&state), &command).unwrap();
+        let after = facts.iter().fold(Some(state.clone()), evolve).unwrap();
+        let mut append = keyed_no_op(&after, user, "shared", 0, Utc::now());
+        append.base_version = state.version;
+        append.facts = facts;
+        assert_eq!(append.cancels(), cancel);
+
+        let admin = sqlx::PgPool::connect(&url).await.unwrap();
+        let mut other = admin.begin().await.unwrap();
+        let now = Utc::now().timestamp_micros();
+        sqlx::query(
+            "INSERT INTO idempotency_keys (user_id, key, fingerprint, answer, created_at, \
+             expires_at) VALUES ($1, 'shared', 'POST /elsewhere', \
+             '{\"changed\":true,\"membership\":null}', $2, $3)",
+        )
+        .bind(user.as_uuid())
+        .bind(now)
+        .bind(now + 3_600_000_000)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+        let committing = actix_web::rt::spawn({
+            let store = Arc::clone(&store);
+            async move { store.commit(&[append]).await }
+        });
+        // Until this node's commit waits on the other's row.
+        let mut waits = false;
+        for _ in 0..500 {
+            waits = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock')",
+            )
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+            if waits {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(waits, "the commit never waited for the other node's key");
+        other.commit().await.unwrap();
+
+        let report = committing.await.unwrap().unwrap();
+        let [(0, given)] = report.replayed.as_slice() else {
+            panic!("cancel {cancel}: the other node's answer is replayed: {report:?}");
+        };
+        assert_eq!(given.fingerprint, "POST /elsewhere");
+        assert_eq!(
+            current_state(&store, state.id).await.version,
+            state.version,
+            "cancel {cancel}: no fact written"
+        );
+    }
+}
+
 macro_rules! store_tests {
     ($($name:ident),*) => {
         mod sqlite {

@@ -131,7 +131,8 @@ macro_rules! batch_writes {
                  $43::text[], $44::int8[], $45::int8[]) AS z(u, k, f, a, ca, ea) \
                ON CONFLICT (user_id, key) DO UPDATE SET fingerprint = excluded.fingerprint, \
                  answer = excluded.answer, created_at = excluded.created_at, \
-                 expires_at = excluded.expires_at WHERE idempotency_keys.expires_at <= $1), \
+                 expires_at = excluded.expires_at WHERE idempotency_keys.expires_at <= $1 \
+               RETURNING user_id, key), \
              outbox_rows AS (INSERT INTO outbox (message_id, topic, aggregate_id, stream_version, \
                event_type, payload, request_id, traceparent, next_attempt_at, created_at) \
                SELECT m, 'events', a, o.v, t, p::jsonb, r, tp, $1, $1 \
@@ -151,7 +152,8 @@ const BATCH: &str = concat!(
     " SELECT 'held', NULL::uuid, epoch, shard, NULL::text, NULL::text, NULL::text FROM held \
      UNION ALL SELECT 'written', stream_id, version, NULL, NULL, NULL, NULL FROM written \
      UNION ALL SELECT 'latest', s, v, NULL, NULL, NULL, NULL FROM latest \
-     UNION ALL SELECT 'answered', user_id, NULL, NULL, key, fingerprint, answer FROM answered"
+     UNION ALL SELECT 'answered', user_id, NULL, NULL, key, fingerprint, answer FROM answered \
+     UNION ALL SELECT 'replied', user_id, NULL, NULL, key, NULL, NULL FROM reply_rows"
 );
 
 /// The batch's checks and writes as one autocommitted statement, which
@@ -159,7 +161,10 @@ const BATCH: &str = concat!(
 /// unless every check passed: every lease expected (`$54`: shard, `$55`:
 /// epoch; each pair once) is held, no key was answered before, each stream
 /// expected to be at a version (`$56`, `$57`; see `unstale_versions`) is,
-/// and every fact was written.
+/// every fact was written and every answer kept. (A key another node's
+/// journal wrote after this statement's snapshot was taken is not in
+/// `answered`: the upsert waits for that commit and then leaves the row,
+/// unexpired, alone.)
 ///
 /// A lease counts as held only once its row is read, and `held` reads
 /// its rows `FOR SHARE`: a statement that passes has locked every lease it
@@ -173,7 +178,8 @@ const BATCH_OR_REFUSE: &str = concat!(
        AND NOT EXISTS (SELECT 1 FROM answered) \
        AND NOT EXISTS (SELECT 1 FROM UNNEST($56::uuid[], $57::int8[]) AS e(s, v) \
          JOIN latest ON latest.s = e.s WHERE COALESCE(latest.v, 0) <> e.v) \
-       AND (SELECT count(*) FROM written) = cardinality($5::uuid[]))"
+       AND (SELECT count(*) FROM written) = cardinality($5::uuid[]) \
+       AND (SELECT count(*) FROM reply_rows) = cardinality($40::uuid[]))"
 );
 
 /// The SQLSTATE `turnout_refuse_unless` raises (migration 0013).
@@ -197,10 +203,24 @@ fn column<T, U>(rows: &[T], value: impl Fn(&T) -> U) -> Vec<U> {
 
 /// What `BATCH` found, a row at a time.
 enum Found {
-    Held { shard: i64, epoch: i64 },
-    Written { stream: Uuid, version: i64 },
-    Latest { stream: Uuid, version: Option<i64> },
+    Held {
+        shard: i64,
+        epoch: i64,
+    },
+    Written {
+        stream: Uuid,
+        version: i64,
+    },
+    Latest {
+        stream: Uuid,
+        version: Option<i64>,
+    },
     Answered(AnswerRow),
+    /// An answer written by this batch.
+    Replied {
+        user: Uuid,
+        key: String,
+    },
 }
 
 impl TryFrom<FoundRow> for Found {
@@ -221,6 +241,9 @@ impl TryFrom<FoundRow> for Found {
                 if kind == "answered" =>
             {
                 Found::Answered((user, key, fingerprint, answer))
+            }
+            (kind, Some(user), _, _, Some(key), ..) if kind == "replied" => {
+                Found::Replied { user, key }
             }
             (kind, ..) => {
                 return Err(sqlx::Error::Protocol(format!(
@@ -579,6 +602,51 @@ impl SqlStore<Postgres> {
         Ok(checked)
     }
 
+    /// The keys to be kept that `BATCH` did not write, read again: another
+    /// node's journal committed them after the statement's snapshot was
+    /// taken (it found no answer, and its upsert, having waited for that
+    /// commit, left the unexpired row alone), so they were answered before
+    /// this batch after all. A statement of its own sees that commit.
+    async fn answered_meanwhile(
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        rows: &Rows<'_>,
+        replied: &HashSet<(Uuid, String)>,
+    ) -> Result<Vec<(usize, Given)>, sqlx::Error> {
+        let missing: Vec<(usize, &IdempotencyRecord)> = rows
+            .keyed
+            .iter()
+            .filter(|(_, r)| r.keep && !replied.contains(&(r.user.as_uuid(), r.key.clone())))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            return Ok(Vec::new());
+        }
+        let stored: Vec<AnswerRow> = sqlx::query_as(
+            "SELECT user_id, key, fingerprint, answer::text FROM idempotency_keys \
+             WHERE (user_id, key) IN (SELECT * FROM UNNEST($1::uuid[], $2::text[]))",
+        )
+        .bind(column(&missing, |(_, r)| r.user.as_uuid()))
+        .bind(column(&missing, |(_, r)| r.key.clone()))
+        .fetch_all(&mut **tx)
+        .await?;
+        let stored: HashMap<(Uuid, String), Given> = stored
+            .into_iter()
+            .map(stored_answer)
+            .collect::<Result<_, _>>()?;
+        missing
+            .into_iter()
+            .map(
+                |(i, r)| match stored.get(&(r.user.as_uuid(), r.key.clone())) {
+                    Some(given) => Ok((i, given.clone())),
+                    None => Err(sqlx::Error::Protocol(format!(
+                        "the answer to key {:?} was neither written nor found",
+                        r.key
+                    ))),
+                },
+            )
+            .collect()
+    }
+
     /// The batch's checks and writes: the statement `BATCH`, then what it
     /// found, in the order the checks stand — appends whose shard this node
     /// no longer holds at the epoch their actor was activated with (taken
@@ -600,6 +668,7 @@ impl SqlStore<Postgres> {
         let mut written: HashSet<(Uuid, i64)> = HashSet::with_capacity(log.len());
         let mut latest: HashMap<Uuid, u64> = HashMap::with_capacity(rows.streams.len());
         let mut stored: HashMap<(Uuid, String), Given> = HashMap::new();
+        let mut replied: HashSet<(Uuid, String)> = HashSet::with_capacity(rows.keyed.len());
         for row in found {
             match Found::try_from(row)? {
                 Found::Held { shard, epoch } => {
@@ -614,6 +683,9 @@ impl SqlStore<Postgres> {
                 Found::Answered(row) => {
                     let (key, given) = stored_answer(row)?;
                     stored.insert(key, given);
+                }
+                Found::Replied { user, key } => {
+                    replied.insert((user, key));
                 }
             }
         }
@@ -632,6 +704,10 @@ impl SqlStore<Postgres> {
         let answered = answered(rows.keyed.clone(), stored);
         if !answered.is_empty() {
             return Ok(Checked::Answered(answered));
+        }
+        let taken_meanwhile = Self::answered_meanwhile(tx, rows, &replied).await?;
+        if !taken_meanwhile.is_empty() {
+            return Ok(Checked::Answered(taken_meanwhile));
         }
         if !rows.streams.is_empty() {
             let stale = stale(rows.versions(), latest);
