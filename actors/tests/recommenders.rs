@@ -191,6 +191,54 @@ async fn changes_handed_while_the_catalog_reloads_outlive_the_reload() {
     );
 }
 
+/// A jazz lover with no joins, whose every profile read waits for a
+/// permit.
+struct GatedJazzLover(tokio::sync::Semaphore);
+
+#[async_trait]
+impl RecommendationSource for GatedJazzLover {
+    async fn profile(&self, user: UserId) -> Result<ProfileSeed, StoreError> {
+        self.0.acquire().await.unwrap().forget();
+        JazzLover.profile(user).await
+    }
+
+    async fn venue(&self, venue: VenueId) -> Result<Option<GeoPoint>, StoreError> {
+        JazzLover.venue(venue).await
+    }
+}
+
+/// Given a subscriber whose profile is read again (their interests
+/// changed), when they join an event while that read is under way and it
+/// then answers without the join, then the event stays out of their list.
+#[actix::test]
+async fn a_join_during_a_profile_reload_outlives_the_reload() {
+    let jazz = event("jazz", Lifecycle::Published, 2);
+    let mut catalog = Catalog::default();
+    catalog.apply(&jazz);
+    let source = Arc::new(GatedJazzLover(tokio::sync::Semaphore::new(1)));
+    let recommenders = Recommenders::start(catalog, source.clone(), settings(), Arbiter::current());
+    let (user, (pushed, mut lists)) = (UserId::new(), mpsc::unbounded_channel());
+    recommenders.subscribe(user, 1, Box::new(Pushed(pushed)));
+    assert_eq!(events_of(&next(&mut lists).await), vec![jazz.id]);
+
+    recommenders.profile_changed(user);
+    recommenders.apply(EventUpdate {
+        active: 1,
+        version: 3,
+        joined: vec![user],
+        ..jazz.clone()
+    });
+    assert!(events_of(&next(&mut lists).await).is_empty(), "joined: out");
+
+    source.0.add_permits(1);
+    nothing_more(&mut lists).await;
+    assert_eq!(
+        source.0.available_permits(),
+        0,
+        "the reload read the profile"
+    );
+}
+
 #[actix::test]
 async fn an_actor_with_nobody_to_serve_leaves_after_its_idle_time() {
     let (recommenders, user, mut lists) = start(&[event("jazz", Lifecycle::Published, 2)]);

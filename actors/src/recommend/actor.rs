@@ -454,7 +454,11 @@ pub struct RecommenderActor {
     epoch: Arc<str>,
     /// `None` until loaded.
     profile: Option<Profile>,
-    /// Joins and leaves seen while the profile was loading.
+    /// Profile reads under way: the first, or a reload after the user's
+    /// interests or home changed.
+    loading: usize,
+    /// Joins and leaves seen while a profile read was under way: the
+    /// profile it reads may predate them.
     moves_while_loading: Vec<(EventId, bool)>,
     /// The best `list_len + spare` events, kept up to date incrementally.
     list_state: LiveList,
@@ -473,6 +477,7 @@ impl RecommenderActor {
             shared,
             epoch: Arc::from(Uuid::now_v7().simple().to_string()),
             profile: None,
+            loading: 0,
             moves_while_loading: Vec::new(),
             list_state: LiveList::default(),
             shown: None,
@@ -482,7 +487,8 @@ impl RecommenderActor {
         }
     }
 
-    fn load_profile(&self, ctx: &mut Context<Self>) {
+    fn load_profile(&mut self, ctx: &mut Context<Self>) {
+        self.loading += 1;
         let (source, user, addr) = (Arc::clone(&self.shared.source), self.user, ctx.address());
         actix::spawn(async move {
             addr.do_send(ProfileLoaded(source.profile(user).await));
@@ -592,15 +598,21 @@ impl Handler<ProfileLoaded> for RecommenderActor {
     type Result = ();
 
     fn handle(&mut self, ProfileLoaded(loaded): ProfileLoaded, ctx: &mut Self::Context) {
+        self.loading -= 1;
         match loaded {
             Ok(seed) => {
                 let mut profile = Profile::new(self.user, seed.interests, seed.home, seed.joins);
-                for (event, joined) in self.moves_while_loading.drain(..) {
+                // In the order they came: the last move of an event wins,
+                // whether or not the read had seen it.
+                for &(event, joined) in &self.moves_while_loading {
                     if joined {
                         profile.record_join(event);
                     } else {
                         profile.record_leave(event);
                     }
+                }
+                if self.loading == 0 {
+                    self.moves_while_loading.clear();
                 }
                 self.profile = Some(profile);
                 self.rank_in_full();
@@ -665,8 +677,12 @@ impl Handler<Moved> for RecommenderActor {
     type Result = ();
 
     fn handle(&mut self, Moved { event, joined }: Moved, _: &mut Self::Context) {
-        let Some(profile) = self.profile.as_mut() else {
+        // Also while no read is under way but none has succeeded yet: a
+        // failed one is tried again.
+        if self.loading > 0 || self.profile.is_none() {
             self.moves_while_loading.push((event, joined));
+        }
+        let Some(profile) = self.profile.as_mut() else {
             return;
         };
         if joined {
