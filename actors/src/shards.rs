@@ -5,10 +5,13 @@
 //!
 //! Holding a shard here is this node's belief; the lease row in the
 //! database is the truth, and the journal checks every commit against it.
-//! A node that lost a lease without noticing (paused, cut off) keeps
-//! believing until its next placement round, but cannot write.
+//! A node that lost a lease without noticing (paused, cut off) cannot
+//! write, and stops believing once the expiry it last wrote is past: after
+//! that it routes no command to the shard's actors, which would otherwise
+//! answer what needs no commit (a refusal, "nothing changed") from a state
+//! another node may have moved on from.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use crate::domain::EventId;
 use crate::placement::{ShardCount, ShardId, ShardLease, shard_of};
@@ -25,6 +28,10 @@ pub struct NotHeld(pub ShardId);
 pub struct HeldShards {
     count: ShardCount,
     epochs: Box<[AtomicU64]>,
+    /// Until when (unix µs, this node's clock) each lease is believed: the
+    /// expiry this node last wrote to it, less a margin for the difference
+    /// between its clock and the others'.
+    believed_until: Box<[AtomicI64]>,
     /// Whether appends carry leases. A node alone on its database by
     /// construction (SQLite's file lock) holds everything and needs none.
     fenced: bool,
@@ -37,6 +44,7 @@ impl HeldShards {
         Self {
             count,
             epochs: (0..count.get()).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            believed_until: (0..count.get()).map(|_| AtomicI64::new(i64::MAX)).collect(),
             fenced: false,
         }
     }
@@ -46,6 +54,7 @@ impl HeldShards {
         Self {
             count,
             epochs: (0..count.get()).map(|_| AtomicU64::new(NOT_HELD)).collect(),
+            believed_until: (0..count.get()).map(|_| AtomicI64::new(0)).collect(),
             fenced: true,
         }
     }
@@ -76,17 +85,40 @@ impl HeldShards {
         }
     }
 
-    /// The epoch this node holds `shard` at, if it holds it.
+    /// The epoch this node holds `shard` at, if it holds it and its lease
+    /// is believed current: what routes a command here.
     pub fn epoch(&self, shard: ShardId) -> Option<u64> {
+        self.epoch_at(shard, chrono::Utc::now().timestamp_micros())
+    }
+
+    fn epoch_at(&self, shard: ShardId, now: i64) -> Option<u64> {
+        self.believed(shard)
+            .filter(|_| now < self.believed_until[shard.get() as usize].load(Ordering::Acquire))
+    }
+
+    /// The epoch of the lease this node last took of `shard` and has not
+    /// let go, whether or not it is believed current: what placement,
+    /// renewals and hand-overs work from.
+    pub fn believed(&self, shard: ShardId) -> Option<u64> {
         let epoch = self.epochs[shard.get() as usize].load(Ordering::Acquire);
         (epoch != NOT_HELD).then_some(epoch)
     }
 
-    /// Records a lease this node took.
-    pub fn hold(&self, lease: ShardLease) {
+    /// Records a lease this node took, believed until `until` (unix µs).
+    pub fn hold(&self, lease: ShardLease, until: i64) {
         assert!(self.fenced, "a node alone holds every shard already");
         assert_ne!(lease.epoch, NOT_HELD, "epoch 0 is never a lease");
-        self.epochs[lease.shard.get() as usize].store(lease.epoch, Ordering::Release);
+        let shard = lease.shard.get() as usize;
+        self.believed_until[shard].store(until, Ordering::Release);
+        self.epochs[shard].store(lease.epoch, Ordering::Release);
+    }
+
+    /// Every lease of `shards` was renewed: each is believed until `until`
+    /// (unix µs), or later if a taking since said so.
+    pub fn renewed(&self, shards: &[ShardId], until: i64) {
+        for shard in shards {
+            self.believed_until[shard.get() as usize].fetch_max(until, Ordering::AcqRel);
+        }
     }
 
     /// Stops routing to `shard`'s actors: it is being handed over, or was
@@ -97,11 +129,15 @@ impl HeldShards {
         }
     }
 
-    /// Every shard held, with its epoch.
+    /// Every shard held, with its epoch, whether or not its lease is
+    /// believed current (see [`HeldShards::believed`]).
     pub fn held(&self) -> Vec<ShardLease> {
         self.count
             .all()
-            .filter_map(|shard| self.epoch(shard).map(|epoch| ShardLease { shard, epoch }))
+            .filter_map(|shard| {
+                self.believed(shard)
+                    .map(|epoch| ShardLease { shard, epoch })
+            })
             .collect()
     }
 }
@@ -112,6 +148,33 @@ mod tests {
 
     fn shards(n: u32) -> ShardCount {
         ShardCount::new(n).unwrap()
+    }
+
+    #[test]
+    fn a_lease_past_its_expiry_routes_nothing_here_until_renewed() {
+        let held = HeldShards::none(shards(4));
+        let event = EventId::new();
+        let shard = held.shard_of(event);
+        let lease = ShardLease { shard, epoch: 3 };
+        held.hold(lease, 1_000);
+        assert_eq!(held.epoch_at(shard, 999), Some(3));
+        assert_eq!(held.epoch_at(shard, 1_000), None, "its expiry is past");
+        assert_eq!(held.believed(shard), Some(3), "placement still sees it");
+        assert_eq!(held.held(), vec![lease], "and renewals still renew it");
+
+        held.renewed(&[shard], 2_000);
+        assert_eq!(held.epoch_at(shard, 1_500), Some(3));
+        held.renewed(&[shard], 1_200);
+        assert_eq!(
+            held.epoch_at(shard, 1_500),
+            Some(3),
+            "a renewal never shortens"
+        );
+        assert_eq!(
+            held.lease_for(event),
+            Err(NotHeld(shard)),
+            "in 1970, long expired"
+        );
     }
 
     #[test]
@@ -128,7 +191,7 @@ mod tests {
         let shard = held.shard_of(event);
         assert_eq!(held.lease_for(event), Err(NotHeld(shard)));
 
-        held.hold(ShardLease { shard, epoch: 7 });
+        held.hold(ShardLease { shard, epoch: 7 }, i64::MAX);
         assert_eq!(
             held.lease_for(event),
             Ok(Some(ShardLease { shard, epoch: 7 }))

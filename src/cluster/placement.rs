@@ -181,20 +181,34 @@ impl Placement {
         self.hand_over(held).await;
     }
 
+    /// Until when a lease that expires at `until` is believed here: a
+    /// tenth of the TTL less, for the difference between this node's clock
+    /// and the clocks of the others, which judge the expiry by their own.
+    fn believed_until(&self, until: i64) -> i64 {
+        until - self.node.lease_ttl.as_micros() as i64 / 10
+    }
+
+    /// Renews every lease held; believed for another TTL once all of them
+    /// were. (One that was not has been taken: the next round finds it
+    /// lost, and the renewal after that counts the rest.)
     async fn renew(&self) {
         let until = micros(chrono::Utc::now()) + self.node.lease_ttl.as_micros() as i64;
-        let held: Vec<i64> = self
-            .held
-            .held()
-            .iter()
-            .map(|lease| i64::from(lease.shard.get()))
-            .collect();
-        if let Err(error) = self
+        let held: Vec<ShardId> = self.held.held().iter().map(|lease| lease.shard).collect();
+        let shards: Vec<i64> = held.iter().map(|shard| i64::from(shard.get())).collect();
+        match self
             .store
-            .renew_shards(self.node.id.as_uuid(), &held, until)
+            .renew_shards(self.node.id.as_uuid(), &shards, until)
             .await
         {
-            tracing::warn!(%error, "cannot renew this node's shard leases");
+            Ok(renewed) if renewed == held.len() as u64 => {
+                self.held.renewed(&held, self.believed_until(until));
+            }
+            Ok(renewed) => tracing::warn!(
+                renewed,
+                held = held.len(),
+                "some of this node's shard leases were not renewed"
+            ),
+            Err(error) => tracing::warn!(%error, "cannot renew this node's shard leases"),
         }
     }
 
@@ -223,7 +237,7 @@ impl Placement {
                 self.node.id,
                 &leases,
                 &live_ids,
-                |s| self.held.epoch(s),
+                |s| self.held.believed(s),
                 |n| u32::try_from(n).ok().and_then(|n| count.shard(n)),
                 now,
             )
@@ -283,10 +297,13 @@ impl Placement {
             Ok(Some(epoch)) => {
                 metrics::counter!("turnout_cluster_lease_takeovers_total").increment(1);
                 tracing::info!(shard = shard.get(), epoch, "took a shard");
-                self.held.hold(ShardLease {
-                    shard,
-                    epoch: epoch as u64,
-                });
+                self.held.hold(
+                    ShardLease {
+                        shard,
+                        epoch: epoch as u64,
+                    },
+                    self.believed_until(until),
+                );
             }
             Ok(None) => {}
             Err(error) => tracing::warn!(%error, shard = shard.get(), "cannot take a shard"),

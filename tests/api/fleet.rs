@@ -671,6 +671,73 @@ async fn a_paused_node_commits_nothing_after_its_leases_lapse() {
     assert_every_event_whole(&survivor, &owner, &events, capacity, &tally).await;
 }
 
+/// A node paused past its leases' expiry answers nothing from the state it
+/// held once it resumes, not even what needs no commit: a leave by someone
+/// who joined through another node meanwhile reaches that node, where the
+/// paused node's memory (no such member) would have refused it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_answers_nothing_from_memory_after_its_leases_lapse() {
+    let Some(fleet) = Fleet::start(3, 3).await else {
+        return;
+    };
+    let front = fleet.front();
+    let owner = front.register("owner@example.com").await;
+    let events = fleet.events_on_every_node(&owner, 5, 3, 1).await;
+    let zombie = 0;
+    let (zombie_app, survivor) = (fleet.node(zombie), fleet.node(1));
+    let holders = fleet.holders(&survivor, &events).await;
+    let event = *events
+        .iter()
+        .find(|e| holders.get(e) == Some(&zombie))
+        .expect("the zombie holds an event");
+    let early = zombie_app.user();
+    assert_eq!(
+        zombie_app.join(&early, event).await.status(),
+        StatusCode::CREATED,
+        "the event's actor is warm on the zombie"
+    );
+
+    fleet.process(zombie).signal("STOP");
+    tokio::time::sleep(LEASE_TTL + Duration::from_millis(1500)).await;
+    let late = survivor.user();
+    let started = Instant::now();
+    loop {
+        let status = survivor.join(&late, event).await.status();
+        if status == StatusCode::CREATED {
+            break;
+        }
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "while the shard moves"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Sent while the zombie is paused, on a connection of its own (the
+    // zombie closes the idle one it had once it resumes): it waits in the
+    // listening socket's queue.
+    let leaving = tokio::spawn({
+        let (app, late) = (fleet.node(zombie), late.clone());
+        async move { app.leave(&late, event).await.status() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fleet.process(zombie).signal("CONT");
+    let status = leaving.await.unwrap();
+    assert!(
+        status.is_success(),
+        "the leave reached the holder: {status}"
+    );
+    let seen = survivor.event(event).await;
+    assert_eq!(
+        seen["active_count"], 1,
+        "only the early member is left: {seen}"
+    );
+}
+
 /// A fourth node started under load takes about a quarter of the shards —
 /// only what placement now gives it moves — and no request fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

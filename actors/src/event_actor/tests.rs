@@ -249,7 +249,7 @@ async fn an_actor_whose_lease_is_gone_answers_nothing_and_leaves() {
     let (_, registry) = setup_holding(Duration::ZERO, Arc::clone(&held));
     let event = EventId::new();
     let shard = held.shard_of(event);
-    held.hold(ShardLease { shard, epoch: 1 });
+    held.hold(ShardLease { shard, epoch: 1 }, i64::MAX);
     let owner = UserId::new();
     let create = Command::Create {
         id: event,
@@ -272,7 +272,7 @@ async fn an_actor_whose_lease_is_gone_answers_nothing_and_leaves() {
     // The shard went away and came back at a new epoch; the actor never
     // heard.
     held.let_go(shard);
-    held.hold(ShardLease { shard, epoch: 2 });
+    held.hold(ShardLease { shard, epoch: 2 }, i64::MAX);
     assert!(matches!(
         registry.execute(event, publish.clone(), None, None).await,
         Err(CommandError::NotHere)
