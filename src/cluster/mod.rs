@@ -125,8 +125,11 @@ impl Node {
                         let now = micros(chrono::Utc::now());
                         match store.heartbeat(id, now).await {
                             Ok(true) => {}
-                            // Removed while away (a long pause): register again.
-                            Ok(false) => {
+                            // Removed while away (a long pause): register again
+                            // — unless the node began to leave meanwhile (its
+                            // leaving removed the row): the others would place
+                            // shards on it that nobody then takes.
+                            Ok(false) if !node.is_leaving() => {
                                 let record = NodeRecord {
                                     id,
                                     address: node.address.clone(),
@@ -136,7 +139,13 @@ impl Node {
                                 if let Err(error) = store.register_node(&record).await {
                                     tracing::warn!(%error, "cannot register this node again");
                                 }
+                                if node.is_leaving()
+                                    && let Err(error) = store.deregister_node(id).await
+                                {
+                                    tracing::warn!(%error, "cannot leave the membership");
+                                }
                             }
+                            Ok(false) => {}
                             Err(error) => tracing::warn!(%error, "cannot heartbeat"),
                         }
                         if let Ok(nodes) = store.nodes().await {

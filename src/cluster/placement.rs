@@ -297,13 +297,17 @@ impl Placement {
             Ok(Some(epoch)) => {
                 metrics::counter!("turnout_cluster_lease_takeovers_total").increment(1);
                 tracing::info!(shard = shard.get(), epoch, "took a shard");
-                self.held.hold(
-                    ShardLease {
-                        shard,
-                        epoch: epoch as u64,
-                    },
-                    self.believed_until(until),
-                );
+                let lease = ShardLease {
+                    shard,
+                    epoch: epoch as u64,
+                };
+                self.held.hold(lease, self.believed_until(until));
+                // Taken by a round that began before the node began to
+                // leave, after `leave` listed what it hands over: handed
+                // over here, or nobody would take it until it lapsed.
+                if self.node.is_leaving() {
+                    self.hand_over(vec![lease]).await;
+                }
             }
             Ok(None) => {}
             Err(error) => tracing::warn!(%error, shard = shard.get(), "cannot take a shard"),

@@ -117,6 +117,19 @@ impl MyPlaces {
             .map(|(e, _)| *e)
     }
 
+    /// Whether a change shows that one before it was missed: it is to an
+    /// event the person waits in, where every change reaches them, and it
+    /// does not follow the version their place is at. (After a shard moves
+    /// between nodes, the new holder's first change can overtake the old
+    /// holder's last one — an offer, say — which then comes as an older
+    /// version and moves nothing.) Then the places are read again.
+    pub fn missed_before(&self, change: &EventChange) -> bool {
+        let base = change.summary.version - change.facts.len() as u64;
+        self.by_event
+            .get(&change.summary.id)
+            .is_some_and(|p| p.status == MemberStatus::Waitlisted && p.version < base)
+    }
+
     /// Moves the places by a committed change; the updates to send, in
     /// order. A change already reflected (an older version) moves nothing.
     pub fn apply(&mut self, change: &EventChange) -> Vec<(Reason, MyPlace)> {
@@ -510,9 +523,14 @@ impl Handler<MeChange> for MeWatcher {
     type Result = ();
 
     fn handle(&mut self, MeChange(change): MeChange, ctx: &mut Self::Context) {
+        let missed = self.places.missed_before(&change);
         let updates = self.places.apply(&change);
         if !updates.is_empty() {
             self.send_updates(updates, Some(change.committed_at), ctx);
+        }
+        if missed {
+            metrics::counter!("turnout_me_gaps_total").increment(1);
+            ctx.notify(Refresh);
         }
     }
 }
@@ -647,6 +665,30 @@ mod tests {
         assert!(offered[0].1.offer_expires_at.is_some());
         assert_eq!(offered[0].1.position, None);
         assert_eq!(mine.waiting_in().count(), 0);
+    }
+
+    #[test]
+    fn a_change_that_overtook_an_earlier_one_is_told_as_a_gap() {
+        let (a, b, me) = (UserId::new(), UserId::new(), UserId::new());
+        let mut event = Event::new();
+        let mut mine = MyPlaces::new(me, []);
+        mine.apply(&event.join(a));
+        mine.apply(&event.join(me));
+        let offered_to_me = event.leave(a);
+        let someone_else_waits = event.join(b);
+        assert!(
+            !mine.missed_before(&offered_to_me),
+            "the next change follows"
+        );
+        assert!(
+            mine.missed_before(&someone_else_waits),
+            "it came first: the offer before it was missed"
+        );
+        mine.apply(&someone_else_waits);
+        assert!(
+            mine.apply(&offered_to_me).is_empty(),
+            "the late offer is older than the place: only a read tells it"
+        );
     }
 
     #[test]
