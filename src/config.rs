@@ -297,6 +297,15 @@ impl Settings {
             self.realtime.hub_threads > 0,
             "realtime.hub_threads must be at least 1"
         );
+        // A node believes a lease for 0.9 of the TTL after it asked to renew
+        // it, and renews with each heartbeat: without room for a slow
+        // renewal or two, its shards would stop serving between renewals.
+        anyhow::ensure!(
+            self.cluster.lease_ttl_ms >= 2 * self.cluster.heartbeat_ms,
+            "cluster.lease_ttl_ms ({}) must be at least twice cluster.heartbeat_ms ({})",
+            self.cluster.lease_ttl_ms,
+            self.cluster.heartbeat_ms
+        );
         self.traces.validate()
     }
 
@@ -388,6 +397,16 @@ mod tests {
         settings.realtime.hub_threads = 0;
         let refused = settings.validate().unwrap_err().to_string();
         assert!(refused.contains("realtime.hub_threads"), "{refused}");
+    }
+
+    #[test]
+    fn a_lease_outlives_two_heartbeats() {
+        let mut settings = Settings::load(&Overrides::default()).unwrap();
+        settings.cluster.lease_ttl_ms = 2 * settings.cluster.heartbeat_ms - 1;
+        let refused = settings.validate().unwrap_err().to_string();
+        assert!(refused.contains("cluster.lease_ttl_ms"), "{refused}");
+        settings.cluster.lease_ttl_ms += 1;
+        settings.validate().unwrap();
     }
 
     #[test]

@@ -11,13 +11,24 @@
 //! answer what needs no commit (a refusal, "nothing changed") from a state
 //! another node may have moved on from.
 
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Instant;
 
 use crate::domain::EventId;
 use crate::placement::{ShardCount, ShardId, ShardLease, shard_of};
 
 /// Epoch 0 is never a lease: the first taking of a shard makes it 1.
 const NOT_HELD: u64 = 0;
+
+/// What the deadlines count from: a monotonic clock, so that a step of the
+/// wall clock neither stretches a belief nor ends every one at once.
+static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// `at` in µs since [`ORIGIN`]; an instant before it, 0 (long past).
+fn since_origin(at: Instant) -> i64 {
+    at.saturating_duration_since(*ORIGIN).as_micros() as i64
+}
 
 /// The event's shard is not held here: another node holds it, or nobody
 /// does for the moment (it is moving).
@@ -28,9 +39,9 @@ pub struct NotHeld(pub ShardId);
 pub struct HeldShards {
     count: ShardCount,
     epochs: Box<[AtomicU64]>,
-    /// Until when (unix µs, this node's clock) each lease is believed: the
-    /// expiry this node last wrote to it, less a margin for the difference
-    /// between its clock and the others'.
+    /// Until when each lease is believed (µs since [`ORIGIN`]): a TTL
+    /// from just before this node last took or renewed it, less a margin
+    /// for the difference between its clock and the others'.
     believed_until: Box<[AtomicI64]>,
     /// Whether appends carry leases. A node alone on its database by
     /// construction (SQLite's file lock) holds everything and needs none.
@@ -88,12 +99,12 @@ impl HeldShards {
     /// The epoch this node holds `shard` at, if it holds it and its lease
     /// is believed current: what routes a command here.
     pub fn epoch(&self, shard: ShardId) -> Option<u64> {
-        self.epoch_at(shard, chrono::Utc::now().timestamp_micros())
+        self.epoch_at(shard, Instant::now())
     }
 
-    fn epoch_at(&self, shard: ShardId, now: i64) -> Option<u64> {
-        self.believed(shard)
-            .filter(|_| now < self.believed_until[shard.get() as usize].load(Ordering::Acquire))
+    fn epoch_at(&self, shard: ShardId, at: Instant) -> Option<u64> {
+        let until = self.believed_until[shard.get() as usize].load(Ordering::Acquire);
+        self.believed(shard).filter(|_| since_origin(at) < until)
     }
 
     /// The epoch of the lease this node last took of `shard` and has not
@@ -104,20 +115,21 @@ impl HeldShards {
         (epoch != NOT_HELD).then_some(epoch)
     }
 
-    /// Records a lease this node took, believed until `until` (unix µs).
-    pub fn hold(&self, lease: ShardLease, until: i64) {
+    /// Records a lease this node took, believed until `until`.
+    pub fn hold(&self, lease: ShardLease, until: Instant) {
         assert!(self.fenced, "a node alone holds every shard already");
         assert_ne!(lease.epoch, NOT_HELD, "epoch 0 is never a lease");
         let shard = lease.shard.get() as usize;
-        self.believed_until[shard].store(until, Ordering::Release);
+        self.believed_until[shard].store(since_origin(until), Ordering::Release);
         self.epochs[shard].store(lease.epoch, Ordering::Release);
     }
 
-    /// Every lease of `shards` was renewed: each is believed until `until`
-    /// (unix µs), or later if a taking since said so.
-    pub fn renewed(&self, shards: &[ShardId], until: i64) {
+    /// Every lease of `shards` was renewed: each is believed until `until`,
+    /// or later if a taking since said so.
+    pub fn renewed(&self, shards: &[ShardId], until: Instant) {
         for shard in shards {
-            self.believed_until[shard.get() as usize].fetch_max(until, Ordering::AcqRel);
+            self.believed_until[shard.get() as usize]
+                .fetch_max(since_origin(until), Ordering::AcqRel);
         }
     }
 
@@ -150,30 +162,36 @@ mod tests {
         ShardCount::new(n).unwrap()
     }
 
+    fn far_off() -> Instant {
+        Instant::now() + std::time::Duration::from_secs(3_600)
+    }
+
     #[test]
     fn a_lease_past_its_expiry_routes_nothing_here_until_renewed() {
         let held = HeldShards::none(shards(4));
         let event = EventId::new();
         let shard = held.shard_of(event);
         let lease = ShardLease { shard, epoch: 3 };
-        held.hold(lease, 1_000);
-        assert_eq!(held.epoch_at(shard, 999), Some(3));
-        assert_eq!(held.epoch_at(shard, 1_000), None, "its expiry is past");
+        let (start, ms) = (Instant::now(), std::time::Duration::from_millis);
+        held.hold(lease, start + ms(1_000));
+        assert_eq!(held.epoch_at(shard, start + ms(999)), Some(3));
+        assert_eq!(held.epoch_at(shard, start + ms(1_000)), None, "past");
         assert_eq!(held.believed(shard), Some(3), "placement still sees it");
         assert_eq!(held.held(), vec![lease], "and renewals still renew it");
 
-        held.renewed(&[shard], 2_000);
-        assert_eq!(held.epoch_at(shard, 1_500), Some(3));
-        held.renewed(&[shard], 1_200);
+        held.renewed(&[shard], start + ms(2_000));
+        assert_eq!(held.epoch_at(shard, start + ms(1_500)), Some(3));
+        held.renewed(&[shard], start + ms(1_200));
         assert_eq!(
-            held.epoch_at(shard, 1_500),
+            held.epoch_at(shard, start + ms(1_500)),
             Some(3),
             "a renewal never shortens"
         );
+        held.hold(lease, *ORIGIN);
         assert_eq!(
             held.lease_for(event),
             Err(NotHeld(shard)),
-            "in 1970, long expired"
+            "held until long ago"
         );
     }
 
@@ -191,7 +209,7 @@ mod tests {
         let shard = held.shard_of(event);
         assert_eq!(held.lease_for(event), Err(NotHeld(shard)));
 
-        held.hold(ShardLease { shard, epoch: 7 }, i64::MAX);
+        held.hold(ShardLease { shard, epoch: 7 }, far_off());
         assert_eq!(
             held.lease_for(event),
             Ok(Some(ShardLease { shard, epoch: 7 }))

@@ -10,7 +10,7 @@
 //! is free, expired or already this node's.
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::Addr;
 use tokio::sync::oneshot;
@@ -181,17 +181,20 @@ impl Placement {
         self.hand_over(held).await;
     }
 
-    /// Until when a lease that expires at `until` is believed here: a
-    /// tenth of the TTL less, for the difference between this node's clock
-    /// and the clocks of the others, which judge the expiry by their own.
-    fn believed_until(&self, until: i64) -> i64 {
-        until - self.node.lease_ttl.as_micros() as i64 / 10
+    /// Until when a lease written with an expiry one TTL after `asked`
+    /// (taken on this node's monotonic clock before the write was sent) is
+    /// believed here: a tenth of the TTL less, for the difference between
+    /// this node's clock and the clocks of the others, which judge the
+    /// expiry by their own.
+    fn believed_until(&self, asked: Instant) -> Instant {
+        asked + self.node.lease_ttl - self.node.lease_ttl / 10
     }
 
     /// Renews every lease held; believed for another TTL once all of them
     /// were. (One that was not has been taken: the next round finds it
     /// lost, and the renewal after that counts the rest.)
     async fn renew(&self) {
+        let asked = Instant::now();
         let until = micros(chrono::Utc::now()) + self.node.lease_ttl.as_micros() as i64;
         let held: Vec<ShardId> = self.held.held().iter().map(|lease| lease.shard).collect();
         let shards: Vec<i64> = held.iter().map(|shard| i64::from(shard.get())).collect();
@@ -201,7 +204,7 @@ impl Placement {
             .await
         {
             Ok(renewed) if renewed == held.len() as u64 => {
-                self.held.renewed(&held, self.believed_until(until));
+                self.held.renewed(&held, self.believed_until(asked));
             }
             Ok(renewed) => tracing::warn!(
                 renewed,
@@ -216,6 +219,7 @@ impl Placement {
     /// directory of holders. A leaving node only refreshes the directory: it
     /// forwards what reaches it while it drains.
     async fn round(&self) {
+        let asked = Instant::now();
         let (nodes, leases) = match tokio::try_join!(self.store.nodes(), self.store.leases()) {
             Ok(read) => read,
             Err(error) => {
@@ -246,7 +250,10 @@ impl Placement {
         let mut handing_over = Vec::new();
         for (shard, planned) in moves {
             match planned {
-                Move::Take { seen_epoch } => self.take(shard, seen_epoch, now).await,
+                // Not once the node began to leave, in a round that began
+                // before.
+                Move::Take { .. } if self.node.is_leaving() => {}
+                Move::Take { seen_epoch } => self.take(shard, seen_epoch, now, asked).await,
                 Move::HandOver { epoch } => handing_over.push(ShardLease { shard, epoch }),
                 Move::Release { epoch } => {
                     self.release(shard, epoch).await;
@@ -281,7 +288,7 @@ impl Placement {
         metrics::gauge!("turnout_cluster_shards_held").set(self.held.held().len() as f64);
     }
 
-    async fn take(&self, shard: ShardId, seen_epoch: i64, now: i64) {
+    async fn take(&self, shard: ShardId, seen_epoch: i64, now: i64, asked: Instant) {
         let until = now + self.node.lease_ttl.as_micros() as i64;
         match self
             .store
@@ -301,7 +308,7 @@ impl Placement {
                     shard,
                     epoch: epoch as u64,
                 };
-                self.held.hold(lease, self.believed_until(until));
+                self.held.hold(lease, self.believed_until(asked));
                 // Taken by a round that began before the node began to
                 // leave, after `leave` listed what it hands over: handed
                 // over here, or nobody would take it until it lapsed.

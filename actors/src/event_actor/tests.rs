@@ -15,6 +15,10 @@ use crate::shards::HeldShards;
 use crate::testing::{MemoryStore, event_details};
 use crate::{EventRegistry, Journal, JournalSettings};
 
+fn far_off() -> std::time::Instant {
+    std::time::Instant::now() + Duration::from_secs(3_600)
+}
+
 fn setup(delay: Duration) -> (Arc<MemoryStore>, EventRegistry) {
     setup_holding(delay, Arc::new(HeldShards::everything(ShardCount::DEFAULT)))
 }
@@ -249,7 +253,7 @@ async fn an_actor_whose_lease_is_gone_answers_nothing_and_leaves() {
     let (_, registry) = setup_holding(Duration::ZERO, Arc::clone(&held));
     let event = EventId::new();
     let shard = held.shard_of(event);
-    held.hold(ShardLease { shard, epoch: 1 }, i64::MAX);
+    held.hold(ShardLease { shard, epoch: 1 }, far_off());
     let owner = UserId::new();
     let create = Command::Create {
         id: event,
@@ -272,7 +276,7 @@ async fn an_actor_whose_lease_is_gone_answers_nothing_and_leaves() {
     // The shard went away and came back at a new epoch; the actor never
     // heard.
     held.let_go(shard);
-    held.hold(ShardLease { shard, epoch: 2 }, i64::MAX);
+    held.hold(ShardLease { shard, epoch: 2 }, far_off());
     assert!(matches!(
         registry.execute(event, publish.clone(), None, None).await,
         Err(CommandError::NotHere)

@@ -489,6 +489,12 @@ impl RecommenderActor {
 
     fn load_profile(&mut self, ctx: &mut Context<Self>) {
         self.loading += 1;
+        self.read_profile(ctx);
+    }
+
+    /// One read of the profile; a failed one is tried again, still counted
+    /// in `loading`.
+    fn read_profile(&self, ctx: &mut Context<Self>) {
         let (source, user, addr) = (Arc::clone(&self.shared.source), self.user, ctx.address());
         actix::spawn(async move {
             addr.do_send(ProfileLoaded(source.profile(user).await));
@@ -598,9 +604,9 @@ impl Handler<ProfileLoaded> for RecommenderActor {
     type Result = ();
 
     fn handle(&mut self, ProfileLoaded(loaded): ProfileLoaded, ctx: &mut Self::Context) {
-        self.loading -= 1;
         match loaded {
             Ok(seed) => {
+                self.loading -= 1;
                 let mut profile = Profile::new(self.user, seed.interests, seed.home, seed.joins);
                 // In the order they came: the last move of an event wins,
                 // whether or not the read had seen it.
@@ -619,7 +625,7 @@ impl Handler<ProfileLoaded> for RecommenderActor {
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot load a profile for recommendations; retrying");
-                ctx.run_later(Duration::from_secs(2), |actor, ctx| actor.load_profile(ctx));
+                ctx.run_later(Duration::from_secs(2), |actor, ctx| actor.read_profile(ctx));
             }
         }
     }
@@ -677,9 +683,7 @@ impl Handler<Moved> for RecommenderActor {
     type Result = ();
 
     fn handle(&mut self, Moved { event, joined }: Moved, _: &mut Self::Context) {
-        // Also while no read is under way but none has succeeded yet: a
-        // failed one is tried again.
-        if self.loading > 0 || self.profile.is_none() {
+        if self.loading > 0 {
             self.moves_while_loading.push((event, joined));
         }
         let Some(profile) = self.profile.as_mut() else {

@@ -367,7 +367,10 @@ impl Catalog {
     /// being committed. A card at the change's version or later was read
     /// with it, joins and leaves included: the change is skipped, where
     /// [`Catalog::apply`] would count a late change's joins (a change that
-    /// comes out of order comes once).
+    /// comes out of order comes once). Not quite exact: a load reads the
+    /// events, then their joins, so a join committed between the two reads
+    /// counts twice (a leave not at all) — heat a little off, no card's
+    /// details or lifecycle.
     pub fn reapply(&mut self, u: &EventUpdate) {
         if self
             .cards
