@@ -6,10 +6,11 @@
 //! Holding a shard here is this node's belief; the lease row in the
 //! database is the truth, and the journal checks every commit against it.
 //! A node that lost a lease without noticing (paused, cut off) cannot
-//! write, and stops believing once the expiry it last wrote is past: after
-//! that it routes no command to the shard's actors, which would otherwise
-//! answer what needs no commit (a refusal, "nothing changed") from a state
-//! another node may have moved on from.
+//! write, and stops believing once most of a TTL has passed since it last
+//! took or renewed the lease: after that it routes no command to the
+//! shard's actors, which would otherwise answer what needs no commit (a
+//! refusal, "nothing changed") from a state another node may have moved on
+//! from.
 
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -99,6 +100,10 @@ impl HeldShards {
     /// The epoch this node holds `shard` at, if it holds it and its lease
     /// is believed current: what routes a command here.
     pub fn epoch(&self, shard: ShardId) -> Option<u64> {
+        if !self.fenced {
+            // Held for good: no clock read on a node alone's join path.
+            return self.believed(shard);
+        }
         self.epoch_at(shard, Instant::now())
     }
 

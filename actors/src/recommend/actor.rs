@@ -149,7 +149,7 @@ impl Recommenders {
             shared: keeper_shared,
             pending: Vec::new(),
             locating: Default::default(),
-            since_reload: None,
+            reloads: WhileReading::default(),
         });
         Self {
             shared,
@@ -259,11 +259,45 @@ enum Handed {
     Loaded(Option<Catalog>),
 }
 
-/// The changes applied since the earliest reload still under way began.
-#[derive(Default)]
-struct SinceReload {
-    loads: usize,
-    changes: Vec<EventUpdate>,
+/// Changes heard while reads of what they change are under way (the
+/// catalog's, a user's profile), to be applied again to what each read
+/// brings: it may have been read before them. Kept until the last read
+/// under way ends.
+struct WhileReading<T> {
+    reads: usize,
+    changes: Vec<T>,
+}
+
+impl<T> Default for WhileReading<T> {
+    fn default() -> Self {
+        Self {
+            reads: 0,
+            changes: Vec::new(),
+        }
+    }
+}
+
+impl<T> WhileReading<T> {
+    fn began(&mut self) {
+        self.reads += 1;
+    }
+
+    /// A change applied to what is held now; kept if a read is under way.
+    fn heard(&mut self, change: T) {
+        if self.reads > 0 {
+            self.changes.push(change);
+        }
+    }
+
+    /// A read ended: `apply` gets every change heard since the earliest
+    /// read under way began, in order (none for a read that failed).
+    fn ended(&mut self, apply: impl FnMut(&T)) {
+        self.changes.iter().for_each(apply);
+        self.reads = self.reads.saturating_sub(1);
+        if self.reads == 0 {
+            self.changes.clear();
+        }
+    }
 }
 
 #[derive(Message)]
@@ -277,8 +311,7 @@ struct CatalogKeeper {
     shared: Arc<Shared>,
     pending: Vec<EventId>,
     locating: HashSet<VenueId>,
-    /// `None` while no reload is under way.
-    since_reload: Option<SinceReload>,
+    reloads: WhileReading<EventUpdate>,
 }
 
 impl CatalogKeeper {
@@ -289,12 +322,14 @@ impl CatalogKeeper {
             match handed {
                 Handed::Change(update) => {
                     self.apply(&update, ctx);
-                    if let Some(since) = &mut self.since_reload {
-                        since.changes.push(update);
-                    }
+                    self.reloads.heard(update);
                 }
-                Handed::Loading => self.since_reload.get_or_insert_default().loads += 1,
-                Handed::Loaded(catalog) => self.loaded(catalog),
+                Handed::Loading => self.reloads.began(),
+                Handed::Loaded(None) => self.reloads.ended(|_| {}),
+                Handed::Loaded(Some(mut catalog)) => {
+                    self.reloads.ended(|change| catalog.reapply(change));
+                    self.reload(catalog);
+                }
             }
         }
         self.flush();
@@ -353,26 +388,6 @@ impl CatalogKeeper {
             }
         }
         self.pending.push(update.id);
-    }
-
-    fn loaded(&mut self, catalog: Option<Catalog>) {
-        let Some(since) = &mut self.since_reload else {
-            return;
-        };
-        since.loads -= 1;
-        if let Some(mut catalog) = catalog {
-            for change in &since.changes {
-                catalog.reapply(change);
-            }
-            self.reload(catalog);
-        }
-        if self
-            .since_reload
-            .as_ref()
-            .is_some_and(|since| since.loads == 0)
-        {
-            self.since_reload = None;
-        }
     }
 
     fn reload(&mut self, catalog: Catalog) {
@@ -454,12 +469,9 @@ pub struct RecommenderActor {
     epoch: Arc<str>,
     /// `None` until loaded.
     profile: Option<Profile>,
-    /// Profile reads under way: the first, or a reload after the user's
-    /// interests or home changed.
-    loading: usize,
-    /// Joins and leaves seen while a profile read was under way: the
-    /// profile it reads may predate them.
-    moves_while_loading: Vec<(EventId, bool)>,
+    /// Joins and leaves heard while the profile was read: the first read,
+    /// or again after the user's interests or home changed.
+    moves_while_reading: WhileReading<(EventId, bool)>,
     /// The best `list_len + spare` events, kept up to date incrementally.
     list_state: LiveList,
     /// What the last pushed list showed: which events, in which order, why.
@@ -477,8 +489,7 @@ impl RecommenderActor {
             shared,
             epoch: Arc::from(Uuid::now_v7().simple().to_string()),
             profile: None,
-            loading: 0,
-            moves_while_loading: Vec::new(),
+            moves_while_reading: WhileReading::default(),
             list_state: LiveList::default(),
             shown: None,
             list: None,
@@ -488,12 +499,12 @@ impl RecommenderActor {
     }
 
     fn load_profile(&mut self, ctx: &mut Context<Self>) {
-        self.loading += 1;
+        self.moves_while_reading.began();
         self.read_profile(ctx);
     }
 
-    /// One read of the profile; a failed one is tried again, still counted
-    /// in `loading`.
+    /// One read of the profile; a failed one is tried again, still under
+    /// way.
     fn read_profile(&self, ctx: &mut Context<Self>) {
         let (source, user, addr) = (Arc::clone(&self.shared.source), self.user, ctx.address());
         actix::spawn(async move {
@@ -606,20 +617,11 @@ impl Handler<ProfileLoaded> for RecommenderActor {
     fn handle(&mut self, ProfileLoaded(loaded): ProfileLoaded, ctx: &mut Self::Context) {
         match loaded {
             Ok(seed) => {
-                self.loading -= 1;
                 let mut profile = Profile::new(self.user, seed.interests, seed.home, seed.joins);
                 // In the order they came: the last move of an event wins,
                 // whether or not the read had seen it.
-                for &(event, joined) in &self.moves_while_loading {
-                    if joined {
-                        profile.record_join(event);
-                    } else {
-                        profile.record_leave(event);
-                    }
-                }
-                if self.loading == 0 {
-                    self.moves_while_loading.clear();
-                }
+                self.moves_while_reading
+                    .ended(|&(event, joined)| profile.record_move(event, joined));
                 self.profile = Some(profile);
                 self.rank_in_full();
             }
@@ -683,17 +685,11 @@ impl Handler<Moved> for RecommenderActor {
     type Result = ();
 
     fn handle(&mut self, Moved { event, joined }: Moved, _: &mut Self::Context) {
-        if self.loading > 0 {
-            self.moves_while_loading.push((event, joined));
-        }
+        self.moves_while_reading.heard((event, joined));
         let Some(profile) = self.profile.as_mut() else {
             return;
         };
-        if joined {
-            profile.record_join(event);
-        } else {
-            profile.record_leave(event);
-        }
+        profile.record_move(event, joined);
         self.rank_in_full();
     }
 }

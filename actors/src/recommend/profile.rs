@@ -112,6 +112,15 @@ impl Profile {
         }
     }
 
+    /// A join (`joined`) or a leave; call [`Profile::learn`] afterwards.
+    pub fn record_move(&mut self, event: EventId, joined: bool) {
+        if joined {
+            self.record_join(event);
+        } else {
+            self.record_leave(event);
+        }
+    }
+
     /// Call [`Profile::learn`] afterwards.
     pub fn record_leave(&mut self, event: EventId) {
         if self.joined.remove(&event) {

@@ -400,6 +400,17 @@ impl<'a> Rows<'a> {
         }
     }
 
+    /// The answers the batch writes, with their appends' indexes: those
+    /// kept, a key taken twice once (the check leaves the later append
+    /// out, and an upsert may not touch a row twice in one statement).
+    fn replies(&self) -> impl Iterator<Item = (usize, &'a IdempotencyRecord)> + '_ {
+        let mut seen = HashSet::new();
+        self.keyed
+            .iter()
+            .copied()
+            .filter(move |(_, r)| r.keep && seen.insert((r.user, r.key.as_str())))
+    }
+
     /// Each append's index, stream, base version and number of facts.
     fn versions(&self) -> impl Iterator<Item = (usize, EventId, u64, usize)> + '_ {
         self.live
@@ -447,15 +458,7 @@ impl<'a> Rows<'a> {
         expected: Option<&[(Uuid, u64)]>,
     ) -> Result<PgArguments, sqlx::error::BoxDynError> {
         let (keyed, log, summaries) = (&self.keyed, &self.log, &self.summaries);
-        // A key taken twice in the batch is written once: the check
-        // leaves the later append out, and an upsert may not touch a row
-        // twice in one statement.
-        let mut seen = HashSet::new();
-        let replies: Vec<&IdempotencyRecord> = keyed
-            .iter()
-            .map(|(_, r)| *r)
-            .filter(|r| r.keep && seen.insert((r.user, r.key.as_str())))
-            .collect();
+        let replies: Vec<&IdempotencyRecord> = self.replies().map(|(_, r)| r).collect();
         let memberships = membership_rows(self.appends.iter().copied());
         let snapshots: Vec<&EventState> = latest_snapshots(&self.appends);
         let outbox: Vec<OutboxRow> = log.iter().map(LogRow::outbox).collect();
@@ -613,10 +616,8 @@ impl SqlStore<Postgres> {
         replied: &HashSet<(Uuid, String)>,
     ) -> Result<Vec<(usize, Given)>, sqlx::Error> {
         let missing: Vec<(usize, &IdempotencyRecord)> = rows
-            .keyed
-            .iter()
-            .filter(|(_, r)| r.keep && !replied.contains(&(r.user.as_uuid(), r.key.clone())))
-            .copied()
+            .replies()
+            .filter(|(_, r)| !replied.contains(&(r.user.as_uuid(), r.key.clone())))
             .collect();
         if missing.is_empty() {
             return Ok(Vec::new());
