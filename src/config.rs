@@ -342,17 +342,24 @@ fn weak_key(key: &str) -> bool {
     distinct.len() < 10 || EXAMPLES.iter().any(|e| key.contains(e))
 }
 
-/// A URL fit for logs: the password, if any, replaced.
+/// A URL fit for logs: the password, if any, replaced, and the query
+/// string dropped (drivers take secrets there too: `?password=…`,
+/// `?sslpassword=…`).
 pub fn redact_url(url: &SecretString) -> String {
     let raw = url.expose_secret();
-    match (raw.find("://"), raw.rfind('@')) {
+    let (raw, query) = match raw.split_once('?') {
+        Some((base, _)) => (base, "?***"),
+        None => (raw, ""),
+    };
+    let base = match (raw.find("://"), raw.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &raw[scheme_end + 3..at];
             let user = userinfo.split(':').next().unwrap_or("");
             format!("{}://{}:***@{}", &raw[..scheme_end], user, &raw[at + 1..])
         }
         _ => raw.to_owned(),
-    }
+    };
+    base + query
 }
 
 #[cfg(test)]
@@ -493,5 +500,7 @@ mod tests {
             redact_url(&settings.database_url),
             "postgres://app:***@db:5432/x"
         );
+        let in_query = SecretString::from("postgres://app@db/x?sslmode=require&password=hunter2");
+        assert_eq!(redact_url(&in_query), "postgres://app:***@db/x?***");
     }
 }

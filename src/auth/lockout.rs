@@ -10,6 +10,10 @@
 //!   attempt waits longer, up to `max_delay_ms` — a growing delay, never a
 //!   lock, so guessing from many addresses is slow and the owner still gets
 //!   in.
+//!
+//! Only a well-formed [`Email`] is counted, and by its digest: whatever a
+//! stranger types, an entry costs the same few bytes, and entries older than
+//! the lock window are forgotten.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -17,6 +21,9 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+use super::Email;
+use crate::http::rate_limit::counted_as;
 
 /// `[auth.lockout]` settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -49,9 +56,19 @@ pub enum Admission {
 
 pub struct LoginGuard {
     settings: LockoutSettings,
-    accounts: DashMap<String, Failures>,
-    pairs: DashMap<(String, IpAddr), Failures>,
+    accounts: DashMap<Account, Failures>,
+    pairs: DashMap<(Account, IpAddr), Failures>,
     addresses: DashMap<IpAddr, Failures>,
+}
+
+/// An account as the guard counts it: the SHA-256 of its normalised email.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Account([u8; 32]);
+
+impl Account {
+    fn of(email: &Email) -> Self {
+        Self(Sha256::digest(email.as_str().as_bytes()).into())
+    }
 }
 
 /// An account as the logs name it: a digest of the normalised email, so a
@@ -88,9 +105,10 @@ impl LoginGuard {
     }
 
     /// May this attempt go ahead?
-    pub fn admit(&self, email: &str, ip: IpAddr) -> Admission {
+    pub fn admit(&self, email: &Email, ip: IpAddr) -> Admission {
+        let (account, ip) = (Account::of(email), counted_as(ip));
         let lock_after = self.settings.lock_after;
-        let pair = self.pairs.get(&(email.to_owned(), ip)).map(|f| *f);
+        let pair = self.pairs.get(&(account, ip)).map(|f| *f);
         let address = self.addresses.get(&ip).map(|f| *f);
         let locked = [
             self.lock(pair, lock_after),
@@ -99,13 +117,14 @@ impl LoginGuard {
         if let Some(wait) = locked.into_iter().flatten().max() {
             return Admission::Locked(wait);
         }
-        let account = self.recent(self.accounts.get(email).map(|f| *f));
+        let account = self.recent(self.accounts.get(&account).map(|f| *f));
         let over = account.map_or(0, |f| f.count.saturating_sub(self.settings.slow_after));
         let delay = (100 * u64::from(over)).min(self.settings.max_delay_ms);
         Admission::Proceed(Duration::from_millis(delay))
     }
 
-    pub fn failed(&self, email: &str, ip: IpAddr) {
+    pub fn failed(&self, email: &Email, ip: IpAddr) {
+        let (account, ip) = (Account::of(email), counted_as(ip));
         let window = self.lock_window();
         let bump = |f: &mut Failures| {
             if f.last.elapsed() >= window {
@@ -119,15 +138,10 @@ impl LoginGuard {
             count: 0,
             last: Instant::now(),
         };
-        bump(&mut self.accounts.entry(email.to_owned()).or_insert_with(fresh));
-        let pair = bump(
-            &mut self
-                .pairs
-                .entry((email.to_owned(), ip))
-                .or_insert_with(fresh),
-        );
+        bump(&mut self.accounts.entry(account).or_insert_with(fresh));
+        let pair = bump(&mut self.pairs.entry((account, ip)).or_insert_with(fresh));
         if pair == self.settings.lock_after {
-            tracing::warn!(target: "turnout::audit", account = %account_digest(email), %ip,
+            tracing::warn!(target: "turnout::audit", account = %account_digest(email.as_str()), %ip,
                 "an address is locked out of an account after repeated failed logins");
         }
         bump(&mut self.addresses.entry(ip).or_insert_with(fresh));
@@ -135,9 +149,10 @@ impl LoginGuard {
 
     /// The right password: the account's and this address's failures for
     /// it are forgotten.
-    pub fn succeeded(&self, email: &str, ip: IpAddr) {
-        self.accounts.remove(email);
-        self.pairs.remove(&(email.to_owned(), ip));
+    pub fn succeeded(&self, email: &Email, ip: IpAddr) {
+        let (account, ip) = (Account::of(email), counted_as(ip));
+        self.accounts.remove(&account);
+        self.pairs.remove(&(account, ip));
     }
 
     /// Forgets failures older than the lock window: memory stays bounded.
@@ -162,6 +177,10 @@ mod tests {
         })
     }
 
+    fn email(raw: &str) -> Email {
+        Email::parse(raw).expect("a valid email")
+    }
+
     fn ip(last: u8) -> IpAddr {
         IpAddr::from([192, 0, 2, last])
     }
@@ -170,27 +189,27 @@ mod tests {
     fn failures_from_one_address_lock_it_out_of_that_account_only() {
         let g = guard();
         assert_eq!(
-            g.admit("a@x.org", ip(1)),
+            g.admit(&email("a@x.org"), ip(1)),
             Admission::Proceed(Duration::ZERO)
         );
         for _ in 0..3 {
-            g.failed("a@x.org", ip(1));
+            g.failed(&email("a@x.org"), ip(1));
         }
         assert_eq!(
-            g.admit("a@x.org", ip(1)),
+            g.admit(&email("a@x.org"), ip(1)),
             Admission::Proceed(Duration::from_millis(100))
         );
-        g.failed("a@x.org", ip(1));
+        g.failed(&email("a@x.org"), ip(1));
         assert!(
-            matches!(g.admit("a@x.org", ip(1)), Admission::Locked(d) if d > Duration::from_secs(50))
+            matches!(g.admit(&email("a@x.org"), ip(1)), Admission::Locked(d) if d > Duration::from_secs(50))
         );
         assert_eq!(
-            g.admit("b@x.org", ip(1)),
+            g.admit(&email("b@x.org"), ip(1)),
             Admission::Proceed(Duration::ZERO),
             "other accounts are not locked"
         );
         assert!(
-            matches!(g.admit("a@x.org", ip(2)), Admission::Proceed(_)),
+            matches!(g.admit(&email("a@x.org"), ip(2)), Admission::Proceed(_)),
             "the owner, elsewhere, is not locked out"
         );
     }
@@ -199,16 +218,16 @@ mod tests {
     fn an_account_guessed_from_everywhere_is_slowed_never_locked() {
         let g = guard();
         for i in 0..50 {
-            g.failed("a@x.org", ip(i));
+            g.failed(&email("a@x.org"), ip(i));
         }
         assert_eq!(
-            g.admit("a@x.org", ip(200)),
+            g.admit(&email("a@x.org"), ip(200)),
             Admission::Proceed(Duration::from_millis(300)),
             "the delay grows to its cap"
         );
-        g.succeeded("a@x.org", ip(200));
+        g.succeeded(&email("a@x.org"), ip(200));
         assert_eq!(
-            g.admit("a@x.org", ip(200)),
+            g.admit(&email("a@x.org"), ip(200)),
             Admission::Proceed(Duration::ZERO)
         );
     }
@@ -217,14 +236,14 @@ mod tests {
     fn an_address_guessing_many_accounts_is_locked_too() {
         let g = guard();
         for i in 0..40 {
-            g.failed(&format!("user{i}@x.org"), ip(7));
+            g.failed(&email(&format!("user{i}@x.org")), ip(7));
         }
         assert!(matches!(
-            g.admit("fresh@x.org", ip(7)),
+            g.admit(&email("fresh@x.org"), ip(7)),
             Admission::Locked(_)
         ));
         assert_eq!(
-            g.admit("fresh@x.org", ip(8)),
+            g.admit(&email("fresh@x.org"), ip(8)),
             Admission::Proceed(Duration::ZERO)
         );
     }

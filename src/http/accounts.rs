@@ -204,20 +204,21 @@ pub async fn login(
     body: web::Json<LoginRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let attempt = body.email.trim().to_lowercase();
+    // No account has a malformed email: refused at once, and nothing of it
+    // is kept (the guard counts only well-formed ones).
+    let Ok(email) = Email::parse(&body.email) else {
+        return Err(ApiError::Unauthorized("wrong email or password"));
+    };
     let ip = limits.client_ip(req.peer_addr(), req.headers());
-    match guard.admit(&attempt, ip) {
+    match guard.admit(&email, ip) {
         Admission::Locked(wait) => {
-            tracing::info!(target: "turnout::audit", account = %account_digest(&attempt), %ip, "login refused: locked out");
+            tracing::info!(target: "turnout::audit", account = %account_digest(email.as_str()), %ip, "login refused: locked out");
             return Err(ApiError::TooManyRequests(wait.as_secs() + 1));
         }
         Admission::Proceed(pause) if !pause.is_zero() => tokio::time::sleep(pause).await,
         Admission::Proceed(_) => {}
     }
-    let user = match Email::parse(&body.email) {
-        Ok(email) => state.store.user_by_email(email.as_str()).await?,
-        Err(_) => None,
-    };
+    let user = state.store.user_by_email(email.as_str()).await?;
     // Verify against a real hash even for unknown emails, so timing does not
     // tell which accounts exist.
     static DUMMY: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
@@ -233,13 +234,13 @@ pub async fn login(
     let matches = hashing.verify(body.password, hash).await?;
     match user {
         Some(user) if matches => {
-            guard.succeeded(&attempt, ip);
+            guard.succeeded(&email, ip);
             tracing::info!(target: "turnout::audit", user_id = %user.id, "login");
             Ok(session_response(StatusCode::OK, user, &tokens))
         }
         _ => {
-            guard.failed(&attempt, ip);
-            tracing::info!(target: "turnout::audit", account = %account_digest(&attempt), %ip, "failed login");
+            guard.failed(&email, ip);
+            tracing::info!(target: "turnout::audit", account = %account_digest(email.as_str()), %ip, "failed login");
             Err(ApiError::Unauthorized("wrong email or password"))
         }
     }

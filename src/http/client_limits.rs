@@ -79,7 +79,7 @@ impl HttpConnections {
         let Some(peer) = peer_of(connection) else {
             return;
         };
-        if self.trusted_proxies.contains(&peer.ip()) {
+        if super::rate_limit::is_trusted(&self.trusted_proxies, peer.ip()) {
             return;
         }
         match self.limits.admit(peer.ip()) {

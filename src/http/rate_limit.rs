@@ -105,6 +105,36 @@ impl Limiter {
     }
 }
 
+/// Whether `ip` is one of `proxies` (an IPv4 proxy seen on a dual-stack
+/// listener as `::ffff:a.b.c.d` too).
+pub fn is_trusted(proxies: &[IpAddr], ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    proxies.iter().any(|p| p.to_canonical() == ip)
+}
+
+/// One `X-Forwarded-For` hop's address: bare, or with a port as some
+/// proxies write it (`192.0.2.1:4711`, `[2001:db8::1]:4711`).
+fn hop_address(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .or_else(|_| hop.parse::<SocketAddr>().map(|a| a.ip()))
+        .ok()
+        .map(|ip| ip.to_canonical())
+}
+
+/// The address a client's budgets and connections are counted by: an
+/// IPv6 client by its /64, the block one subscriber is given and may
+/// draw fresh addresses from at will (counted one by one, each would get
+/// a budget of its own).
+pub fn counted_as(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
+    }
+}
+
 pub struct RateLimits {
     joins: Limiter,
     accounts: Limiter,
@@ -172,26 +202,33 @@ impl RateLimits {
 
     /// Whether `peer` is a proxy whose forwarding headers are believed.
     pub fn is_trusted_proxy(&self, peer: Option<SocketAddr>) -> bool {
-        peer.is_some_and(|p| self.trusted_proxies.contains(&p.ip()))
+        peer.is_some_and(|p| is_trusted(&self.trusted_proxies, p.ip()))
     }
 
     /// The client's address: the peer's, or, when the peer is a trusted
     /// proxy, the nearest address in `X-Forwarded-For` that is not one.
+    /// The chain is read from the right, each hop written by the one after
+    /// it; a hop that is not an address ends the walk at the last trusted
+    /// one, for whatever stands left of it may be the client's invention.
     pub fn client_ip(&self, peer: Option<SocketAddr>, headers: &HeaderMap) -> IpAddr {
-        let peer = peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
-        if !self.trusted_proxies.contains(&peer) {
+        let peer = peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip().to_canonical());
+        if !is_trusted(&self.trusted_proxies, peer) {
             return peer;
         }
-        headers
-            .get("x-forwarded-for")
-            .and_then(|h| h.to_str().ok())
-            .and_then(|chain| {
-                chain
-                    .rsplit(',')
-                    .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
-                    .find(|ip| !self.trusted_proxies.contains(ip))
-            })
-            .unwrap_or(peer)
+        let Some(chain) = headers.get("x-forwarded-for").and_then(|h| h.to_str().ok()) else {
+            return peer;
+        };
+        let mut nearest = peer;
+        for hop in chain.rsplit(',') {
+            let Some(ip) = hop_address(hop.trim()) else {
+                break;
+            };
+            if !is_trusted(&self.trusted_proxies, ip) {
+                return ip;
+            }
+            nearest = ip;
+        }
+        nearest
     }
 
     /// Counts one request against its budget.
@@ -206,7 +243,8 @@ impl RateLimits {
             l.check_key(&user).map_err(|n| spent("user", n))?;
         }
         if let Some(l) = &limiter.per_ip {
-            l.check_key(&ip).map_err(|n| spent("address", n))?;
+            l.check_key(&counted_as(ip))
+                .map_err(|n| spent("address", n))?;
         }
         Ok(())
     }
@@ -289,5 +327,73 @@ mod tests {
         assert_eq!(Budget::of(&Method::PATCH, Some("/v1/me")), Budget::Writes);
         assert_eq!(Budget::of(&Method::GET, join), Budget::Reads);
         assert_eq!(Budget::of(&Method::POST, None), Budget::Writes);
+    }
+
+    fn limits(trusted: &[&str]) -> RateLimits {
+        RateLimits::new(&RateLimitSettings {
+            enabled: true,
+            joins_per_user_per_minute: 100,
+            joins_per_ip_per_minute: 100,
+            accounts_per_ip_per_minute: 100,
+            writes_per_user_per_minute: 100,
+            writes_per_ip_per_minute: 100,
+            reads_per_ip_per_minute: 100,
+            trusted_proxies: trusted.iter().map(|p| p.parse().unwrap()).collect(),
+        })
+    }
+
+    fn forwarded(chain: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            actix_web::http::header::HeaderName::from_static("x-forwarded-for"),
+            chain.parse().unwrap(),
+        );
+        headers
+    }
+
+    fn peer(addr: &str) -> Option<SocketAddr> {
+        Some(addr.parse().unwrap())
+    }
+
+    #[test]
+    fn a_trusted_proxy_on_a_dual_stack_listener_is_still_trusted() {
+        let limits = limits(&["10.0.0.2"]);
+        let mapped = peer("[::ffff:10.0.0.2]:5000");
+        assert!(limits.is_trusted_proxy(mapped));
+        assert_eq!(
+            limits.client_ip(mapped, &forwarded("198.51.100.7")),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn the_walk_stops_at_a_hop_that_is_not_an_address() {
+        let limits = limits(&["10.0.0.2"]);
+        let client = |chain| limits.client_ip(peer("10.0.0.2:5000"), &forwarded(chain));
+        // A proxy that writes ports is read, not skipped.
+        assert_eq!(
+            client("9.9.9.9, 1.2.3.4:5"),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client("9.9.9.9, [2001:db8::1]:5"),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        // What stands left of a hop that is no address is not believed.
+        assert_eq!(
+            client("9.9.9.9, not-an-address"),
+            "10.0.0.2".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(counted_as(a), counted_as(b));
+        assert_ne!(counted_as(a), counted_as(other));
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(counted_as("::ffff:192.0.2.1".parse().unwrap()), v4);
     }
 }

@@ -43,6 +43,7 @@ impl ConnectionLimits {
     }
 
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionPermit> {
+        let ip = crate::http::rate_limit::counted_as(ip);
         // The total first, and the address only when it may connect at all:
         // a refused address leaves no entry behind.
         if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {

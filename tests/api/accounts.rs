@@ -111,6 +111,20 @@ async fn repeated_failed_logins_lock_the_account_for_a_while() {
             > 800
     );
     assert_error(locked, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    // Malformed emails are refused without counting: no account has one,
+    // and a stranger's 20 KB of junk must not be kept for the lock window.
+    // Counted, these 31 would lock the address (ten times `lock_after`).
+    let junk = "j".repeat(20_000);
+    for i in 0..31 {
+        let wrong = app
+            .request(Method::POST, "/v1/auth/login")
+            .json(&json!({ "email": format!("{junk}{i}"), "password": "x" }))
+            .send()
+            .await
+            .unwrap();
+        let body = assert_error(wrong, StatusCode::UNAUTHORIZED, "unauthorized").await;
+        assert_eq!(body["error"]["message"], "wrong email or password");
+    }
     // Another account is not affected.
     assert_eq!(
         attempt("eve@example.com", "correct horse")
