@@ -44,7 +44,27 @@ pub struct Breaker {
 /// A write the breaker let through; report how it went with
 /// [`Breaker::record`].
 #[must_use]
-pub struct Admitted;
+pub struct Admitted<'a> {
+    breaker: &'a Breaker,
+    /// Whether this write is the probe the breaker waits on.
+    probe: bool,
+}
+
+impl Drop for Admitted<'_> {
+    /// A probe dropped before its outcome was recorded (its request was
+    /// cancelled: the client went away) leaves no verdict, and the breaker
+    /// would wait on it for ever: the next write probes instead.
+    fn drop(&mut self) {
+        if self.probe {
+            let mut state = self.breaker.state();
+            if matches!(*state, State::Probing) {
+                *state = State::Open {
+                    until: Instant::now(),
+                };
+            }
+        }
+    }
+}
 
 impl Breaker {
     pub fn new(settings: &BreakerSettings) -> Self {
@@ -62,13 +82,19 @@ impl Breaker {
     }
 
     /// Lets a write through, or refuses it while the breaker is open.
-    pub fn admit(&self) -> Result<Admitted, ApiError> {
+    pub fn admit(&self) -> Result<Admitted<'_>, ApiError> {
         let mut state = self.state();
         match *state {
-            State::Closed { .. } => Ok(Admitted),
+            State::Closed { .. } => Ok(Admitted {
+                breaker: self,
+                probe: false,
+            }),
             State::Open { until } if Instant::now() >= until => {
                 *state = State::Probing;
-                Ok(Admitted)
+                Ok(Admitted {
+                    breaker: self,
+                    probe: true,
+                })
             }
             State::Open { until } => Err(ApiError::WritesPaused(
                 until
@@ -82,7 +108,9 @@ impl Breaker {
 
     /// Records the outcome of an admitted write: only the store being
     /// unavailable counts as a failure.
-    pub fn record<T>(&self, _: Admitted, outcome: &Result<T, ApiError>) {
+    pub fn record<T>(&self, mut admitted: Admitted<'_>, outcome: &Result<T, ApiError>) {
+        admitted.probe = false;
+        drop(admitted);
         let store_failed = matches!(outcome, Err(ApiError::Unavailable));
         let mut state = self.state();
         *state = match (&*state, store_failed) {
@@ -166,5 +194,21 @@ mod tests {
         b.record(probe, &Ok(()));
         assert!(!b.is_open());
         assert!(b.admit().is_ok());
+    }
+
+    #[test]
+    fn a_probe_dropped_unrecorded_lets_the_next_write_probe() {
+        let b = breaker();
+        for _ in 0..3 {
+            fail(&b);
+        }
+        std::thread::sleep(Duration::from_millis(60));
+        let probe = b.admit().expect("the probe goes through");
+        drop(probe);
+
+        let next = b.admit().expect("the next write probes");
+        assert!(b.admit().is_err(), "still one probe at a time");
+        b.record(next, &Ok(()));
+        assert!(!b.is_open());
     }
 }
