@@ -16,7 +16,7 @@ pub async fn forwarded_command(
     req: HttpRequest,
     state: web::Data<AppState>,
     keys: web::Data<InternalKeys>,
-    body: web::Bytes,
+    body: super::Body,
 ) -> Result<HttpResponse, ApiError> {
     let token = req
         .headers()
@@ -26,7 +26,7 @@ pub async fn forwarded_command(
     if !keys.admits(token) {
         return Err(ApiError::Unauthorized("not a node of this cluster"));
     }
-    let forwarded: Forwarded = serde_json::from_slice(&body)
+    let forwarded: Forwarded = serde_json::from_slice(&body.0)
         .map_err(|_| ApiError::bad_request(ErrorCode::MalformedJson, "not a forwarded command"))?;
     let run = state.commands.run_here(&forwarded);
     let answer = tokio::time::timeout(state.write_timeout, run)

@@ -158,11 +158,11 @@ pub async fn join_event(
     user: AuthUser,
     id: web::Path<Uuid>,
     req: HttpRequest,
-    body: web::Bytes,
+    body: super::Body,
 ) -> Result<HttpResponse, ApiError> {
     let event = EventId::from(id.into_inner());
     let key = idempotency_key(&req)?;
-    let seats = match super::optional_json::<JoinRequest>(&body)?.and_then(|b| b.seats) {
+    let seats = match super::optional_json::<JoinRequest>(&body.0)?.and_then(|b| b.seats) {
         Some(seats) => Seats::parse(seats)?,
         None => Seats::default(),
     };

@@ -151,6 +151,8 @@ pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) 
                 .limit(max_body_bytes)
                 .error_handler(move |e, _| json_error(e, max_body_bytes).into()),
         )
+        .app_data(web::PayloadConfig::new(max_body_bytes))
+        .app_data(MaxBodyBytes(max_body_bytes))
         .app_data(web::PathConfig::default().error_handler(|_, _| {
             ApiError::bad_request(ErrorCode::InvalidPath, "ids in the path must be UUIDs").into()
         }))
@@ -220,6 +222,38 @@ fn json_error(e: JsonPayloadError, limit: usize) -> ApiError {
             ),
         ),
         _ => ApiError::bad_request(ErrorCode::BadBody, "the request body could not be read"),
+    }
+}
+
+/// `http.max_body_bytes`, for [`Body`]'s refusal.
+#[derive(Clone, Copy)]
+struct MaxBodyBytes(usize);
+
+/// A raw body within `http.max_body_bytes` (the `PayloadConfig` above);
+/// a larger one is refused in the error envelope, where actix's own
+/// `Bytes` answers a plain-text 413.
+pub struct Body(pub web::Bytes);
+
+impl actix_web::FromRequest for Body {
+    type Error = ApiError;
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let limit = req.app_data::<MaxBodyBytes>().map_or(0, |m| m.0);
+        let read = <web::Bytes as actix_web::FromRequest>::from_request(req, payload);
+        Box::pin(async move {
+            read.await
+                .map(Body)
+                .map_err(|e| match e.as_error::<actix_web::error::PayloadError>() {
+                    Some(actix_web::error::PayloadError::Overflow) => {
+                        ApiError::PayloadTooLarge(limit)
+                    }
+                    _ => ApiError::bad_request(
+                        ErrorCode::BadBody,
+                        "the request body could not be read",
+                    ),
+                })
+        })
     }
 }
 

@@ -50,8 +50,10 @@ pub struct CreateVenueRequest {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateVenueRequest {
-    /// An IANA time zone name; `null` clears it.
-    pub time_zone: Option<String>,
+    /// An IANA time zone name; `null` clears it; left out, it stays.
+    #[serde(default, deserialize_with = "super::events::present")]
+    #[schema(value_type = Option<String>)]
+    pub time_zone: Option<Option<String>>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -174,16 +176,21 @@ pub async fn update_venue(
     id: web::Path<Uuid>,
     body: web::Json<UpdateVenueRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let zone = body.time_zone.as_deref().map(time_zone).transpose()?;
+    let zone = match &body.time_zone {
+        Some(zone) => Some(zone.as_deref().map(time_zone).transpose()?),
+        None => None,
+    };
     let venue = managed_venue(&state, id.into_inner(), &user).await?;
-    state
-        .within_deadline(async {
-            Ok(state
-                .store
-                .set_venue_time_zone(venue, zone.as_deref())
-                .await?)
-        })
-        .await?;
+    if let Some(zone) = zone {
+        state
+            .within_deadline(async {
+                Ok(state
+                    .store
+                    .set_venue_time_zone(venue, zone.as_deref())
+                    .await?)
+            })
+            .await?;
+    }
     let updated = state
         .store
         .venue(venue)

@@ -153,6 +153,23 @@ async fn bad_event_bodies_are_refused_and_change_nothing(app: TestApp) {
         listed["data"].as_array().unwrap().is_empty(),
         "nothing was created"
     );
+    // A join reads its optional body raw: the same limit and envelope.
+    let some_event = app.published_event(&owner, 5).await;
+    let response = app
+        .as_user(
+            &owner,
+            Method::POST,
+            &format!("/v1/events/{some_event}/join"),
+        )
+        .header("content-type", "application/json")
+        .body(format!(
+            "{{\"seats\": 1, \"pad\": \"{}\"}}",
+            "x".repeat(70 * 1024)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
 
     let bad_venue = app
         .as_user(&owner, Method::POST, "/v1/venues")

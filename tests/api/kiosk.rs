@@ -241,6 +241,17 @@ async fn the_kiosk_shows_times_in_the_venues_time_zone() {
         assert_eq!(changed.status(), 200);
         assert_eq!(body(changed).await["data"]["time_zone"], zone);
     }
+    // Left out, it stays.
+    let unchanged = app
+        .as_user(&owner, Method::PATCH, &path)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        body(unchanged).await["data"]["time_zone"],
+        "Pacific/Kiritimati"
+    );
 
     if !browser_available() {
         return;
