@@ -269,6 +269,43 @@ fn an_event_must_start_in_the_future_and_end_after_it_starts() {
 }
 
 #[test]
+fn a_started_event_cannot_be_moved_to_start_again() {
+    // Given an event that started with someone waiting beside a free place
+    // (an offer ran out after the start, and none is made once it started),
+    let (state, _) = given(
+        &[
+            published_with(2, offers(60, WaitlistFill::FirstFit)),
+            vec![
+                join(1, 2),
+                join(2, 3),
+                join(3, 4),
+                join(4, 5),
+                leave(1, START - 10),
+                expire(START + 51),
+            ],
+        ]
+        .concat(),
+    );
+    let state = state.unwrap();
+    assert_eq!(state.free_places(), 1);
+    assert_eq!(state.waitlist.len(), 1);
+    // when the owner moves its start to tomorrow,
+    let patch = DetailsPatch {
+        starts_at: Some(t(START + 24 * 60)),
+        ..DetailsPatch::default()
+    };
+    let reschedule = Command::Update {
+        by: user(OWNER),
+        patch,
+        capacity: None,
+        policy: PolicyPatch::default(),
+        at: t(START + 52),
+    };
+    // then it is refused: reopened, a newcomer would pass the waiter.
+    assert_eq!(decide(Some(&state), &reschedule), Err(Rejection::Started));
+}
+
+#[test]
 fn commands_on_a_missing_event_are_not_found() {
     assert_eq!(decide(None, &join(1, 1)), Err(Rejection::NotFound));
 }

@@ -909,6 +909,12 @@ fn decide_update(
     let mut events = Vec::new();
     let details = patch.apply_to(&state.details);
     if details != state.details {
+        if details.starts_at != state.details.starts_at && state.details.starts_at <= at {
+            // Moved into the future, a started event would take joins again
+            // while the offers and promotions it stopped at its start were
+            // never made: newcomers would pass the people waiting.
+            return Err(Rejection::Started);
+        }
         if details.starts_at != state.details.starts_at || details.ends_at != state.details.ends_at
         {
             check_schedule(&details, at)?;
