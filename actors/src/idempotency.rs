@@ -9,8 +9,19 @@
 //! Three places hold answers, nearest first: [`KeyMemory`] in the actor (keys
 //! in flight, then recently committed ones), the stored keys the journal
 //! checks for a whole batch at once, and a lookup when a command is refused.
+//!
+//! The journal's check comes after the command was decided. A key answered
+//! before that the actor did not know (used on another event, or retried
+//! after its memory let go) is found there, and what the actor decided
+//! meanwhile — its own facts and everything decided on top of them — is
+//! undone by a reload, failing the others' commands in that batch.
+//! [`KeyReplayers`] keeps that from being anyone's lever: a user whose key
+//! did so once has their unknown keys looked up before deciding, for a
+//! while.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -176,6 +187,68 @@ impl KeyMemory {
     }
 }
 
+/// The users whose key was found answered before only after their command
+/// was decided (a reload of the event, see the module's doc), each until
+/// `watch_for` after the last time. Their keys the actor does not know are
+/// looked up in the store before anything is decided: a client reusing
+/// keys, by mistake or to fail other people's commands, costs one reload
+/// per `watch_for`, then a lookup per command. Everyone else pays one
+/// atomic load per keyed command.
+pub struct KeyReplayers {
+    watched: Mutex<HashMap<UserId, Instant>>,
+    /// `watched.len()`, read without the lock.
+    count: AtomicUsize,
+    watch_for: Duration,
+    capacity: usize,
+}
+
+impl KeyReplayers {
+    /// Watches up to `capacity` users at once, each for `watch_for`.
+    pub fn new(watch_for: Duration, capacity: usize) -> Self {
+        Self {
+            watched: Mutex::new(HashMap::new()),
+            count: AtomicUsize::new(0),
+            watch_for,
+            capacity,
+        }
+    }
+
+    fn watched(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Instant>> {
+        self.watched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `user`'s key, answered before, undid what had been decided for it.
+    /// Past `capacity` the lapsed are forgotten first; if none has, the
+    /// user is not added (the bound holds; each such user costs a reload).
+    pub fn replayed_late(&self, user: UserId, now: Instant) {
+        let mut watched = self.watched();
+        if watched.len() >= self.capacity && !watched.contains_key(&user) {
+            watched.retain(|_, since| now.saturating_duration_since(*since) < self.watch_for);
+        }
+        if watched.len() < self.capacity || watched.contains_key(&user) {
+            watched.insert(user, now);
+        }
+        self.count.store(watched.len(), Ordering::Release);
+    }
+
+    /// Whether `user`'s unknown keys are to be looked up before deciding.
+    pub fn watching(&self, user: UserId, now: Instant) -> bool {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let mut watched = self.watched();
+        let watching = watched
+            .get(&user)
+            .is_some_and(|since| now.saturating_duration_since(*since) < self.watch_for);
+        if !watching && watched.remove(&user).is_some() {
+            self.count.store(watched.len(), Ordering::Release);
+        }
+        watching
+    }
+}
+
 /// Where [`KeyMemory::lookup`] found an answer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Recalled<'a> {
@@ -306,5 +379,43 @@ mod tests {
             Some(given.answer)
         );
         assert_eq!(given.replay_for("DELETE /v1/events/e/join"), None);
+    }
+
+    #[test]
+    fn a_user_whose_key_replayed_late_is_watched_for_a_while() {
+        let replayers = KeyReplayers::new(MINUTE, 10);
+        let (start, reuser, other) = (Instant::now(), UserId::new(), UserId::new());
+        assert!(!replayers.watching(reuser, start), "nobody at first");
+
+        replayers.replayed_late(reuser, start);
+
+        assert!(replayers.watching(reuser, start + Duration::from_secs(59)));
+        assert!(!replayers.watching(other, start));
+        assert!(
+            !replayers.watching(reuser, start + MINUTE),
+            "the watch lapses"
+        );
+        assert_eq!(replayers.count.load(Ordering::Acquire), 0, "and is let go");
+    }
+
+    #[test]
+    fn watched_users_are_bounded() {
+        let replayers = KeyReplayers::new(MINUTE, 2);
+        let start = Instant::now();
+        let [a, b, c] = [(); 3].map(|_| UserId::new());
+        replayers.replayed_late(a, start);
+        replayers.replayed_late(b, start);
+
+        replayers.replayed_late(c, start + Duration::from_secs(1));
+        assert!(
+            !replayers.watching(c, start + Duration::from_secs(1)),
+            "full"
+        );
+
+        replayers.replayed_late(c, start + MINUTE);
+        assert!(
+            replayers.watching(c, start + MINUTE),
+            "the lapsed make room"
+        );
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use crate::changes::ChangeSink;
 use crate::domain::{Command, EventId};
 use crate::event_actor::{ActorSettings, CommandError, EventActor, Execute, Reply, Retire};
-use crate::idempotency::IdempotencyKey;
+use crate::idempotency::{IdempotencyKey, KeyReplayers};
 use crate::journal::Journal;
 use crate::placement::{ShardId, ShardLease};
 use crate::roster::{Live, Queued, Roster};
@@ -32,7 +32,13 @@ struct Inner {
     changes: Arc<dyn ChangeSink>,
     settings: ActorSettings,
     shards: Arc<HeldShards>,
+    replayers: Arc<KeyReplayers>,
 }
+
+/// How long a user whose key replayed late has their unknown keys looked
+/// up before deciding, and how many such users are watched at once.
+const WATCH_REPLAYERS_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+const WATCHED_REPLAYERS: usize = 65_536;
 
 impl EventRegistry {
     /// `threads` are the threads event actors run on; an event always lands
@@ -53,6 +59,7 @@ impl EventRegistry {
             changes,
             settings,
             shards,
+            replayers: Arc::new(KeyReplayers::new(WATCH_REPLAYERS_FOR, WATCHED_REPLAYERS)),
         }))
     }
 
@@ -151,6 +158,7 @@ impl EventRegistry {
             settings: self.0.settings.clone(),
             lease,
             held: Arc::clone(&self.0.shards),
+            replayers: Arc::clone(&self.0.replayers),
         };
         let addr = EventActor::start_in_arbiter(arbiter, move |ctx| {
             // Bounded by `Queued`, not by actix (see there).

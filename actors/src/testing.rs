@@ -23,6 +23,8 @@ pub struct MemoryStore {
     pub commit_delay: Duration,
     /// Answers by (user, key), as committed.
     pub answers: Mutex<HashMap<(UserId, String), Given>>,
+    /// Appends committed with a snapshot.
+    pub snapshots: AtomicUsize,
 }
 
 #[async_trait]
@@ -41,6 +43,15 @@ impl EventStore for MemoryStore {
         let mut log = self.log.lock().unwrap();
         let mut report = CommitReport::default();
         for (i, append) in batch.iter().enumerate() {
+            // As in the SQL stores: a key answered before is replayed, and
+            // nothing of its append is written.
+            if let Some(record) = &append.idempotency {
+                let answers = self.answers.lock().unwrap();
+                if let Some(given) = answers.get(&(record.user, record.key.clone())) {
+                    report.replayed.push((i, given.clone()));
+                    continue;
+                }
+            }
             let stream = log.entry(append.stream).or_default();
             // As in the SQL stores: an append, even one without facts, stands
             // only on the stream's latest version.
@@ -49,6 +60,9 @@ impl EventStore for MemoryStore {
                 continue;
             }
             stream.extend(append.facts.iter().map(StoredEvent::encode));
+            if append.snapshot.is_some() {
+                self.snapshots.fetch_add(1, Ordering::SeqCst);
+            }
             if let Some(record) = append.idempotency.as_ref().filter(|r| r.keep) {
                 self.answers.lock().unwrap().insert(
                     (record.user, record.key.clone()),

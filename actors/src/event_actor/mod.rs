@@ -21,7 +21,7 @@ use crate::domain::{
     Command, DomainEvent, EventId, EventState, Membership, Rejection, decide, evolve,
     waitlist_moves,
 };
-use crate::idempotency::{Answer, Given, IdempotencyKey, KeyMemory, Recalled};
+use crate::idempotency::{Answer, Given, IdempotencyKey, KeyMemory, KeyReplayers, Recalled};
 use crate::in_flight::{Flight, InFlight};
 use crate::journal::{AppendDone, AppendError, AppendReply, Appended, Fence, Journal, Submit};
 use crate::placement::ShardLease;
@@ -32,6 +32,10 @@ use crate::store::{Append, EventStore, EventSummary, IdempotencyRecord, StoreErr
 /// How long an actor remembers a committed idempotency key: a client's retry
 /// comes well within it, and a later one is answered from the stored keys.
 const REMEMBER_KEYS_FOR: Duration = Duration::from_secs(60);
+
+/// Stored-key lookups one actor runs at once: a client sending commands
+/// under new keys must not fill the database's pool with them.
+const MAX_LOOKUPS: usize = 16;
 
 /// Tuning for every event actor.
 #[derive(Debug, Clone)]
@@ -170,6 +174,8 @@ pub(crate) struct Surroundings {
     pub lease: Option<ShardLease>,
     /// The shards this node holds now, to tell when its lease is gone.
     pub held: Arc<HeldShards>,
+    /// Users whose unknown keys are looked up before deciding.
+    pub replayers: Arc<KeyReplayers>,
 }
 
 /// The actor's shard is being handed to another node: it takes no new
@@ -203,6 +209,7 @@ pub struct EventActor {
     /// [`REMEMBER_KEYS_FOR`] (at most the mailbox capacity); older ones are
     /// caught by the journal's check of the stored keys.
     keys: KeyMemory,
+    replayers: Arc<KeyReplayers>,
     facts_since_snapshot: u64,
     last_active: Instant,
     /// Set after a failed commit or load: the state can no longer be trusted.
@@ -229,6 +236,7 @@ impl EventActor {
             held: given.held,
             retired: None,
             keys: KeyMemory::new(given.settings.mailbox_capacity, REMEMBER_KEYS_FOR),
+            replayers: given.replayers,
             settings: given.settings,
             in_flight: InFlight::default(),
             facts_since_snapshot: 0,
@@ -270,7 +278,7 @@ impl EventActor {
         {
             self.expire_offers(command.at(), ctx);
         }
-        self.run(command, idempotency, request_id, span, reply, ctx);
+        self.run(command, idempotency, request_id, span, reply, false, ctx);
     }
 
     /// The event's own clock: offers due by `at` pass on. Nobody waits for
@@ -284,6 +292,7 @@ impl EventActor {
             None,
             tracing::Span::none(),
             reply,
+            false,
             ctx,
         );
     }
@@ -311,6 +320,10 @@ impl EventActor {
         self.deadline = Some((at, timer));
     }
 
+    /// Decides `command` and hands its append to the journal, or answers
+    /// it from what is known. `looked_up`: its key was just looked up in
+    /// the store and not found.
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &mut self,
         command: Command,
@@ -318,6 +331,7 @@ impl EventActor {
         request_id: Option<String>,
         caller: tracing::Span,
         reply: CommandReply,
+        looked_up: bool,
         ctx: &mut Context<Self>,
     ) {
         // Lives until the command's append has committed (it travels with
@@ -368,6 +382,11 @@ impl EventActor {
                 Some(Recalled::Committed(given)) => {
                     let _ = reply.send(replay(given, &idempotency.fingerprint));
                     return;
+                }
+                None if !looked_up && self.replayers.watching(idempotency.user, Instant::now()) => {
+                    let key = idempotency.clone();
+                    return self
+                        .look_up_before_deciding(command, key, request_id, caller, reply, ctx);
                 }
                 None => {}
             }
@@ -572,6 +591,9 @@ impl EventActor {
         }
         if phantom {
             tracing::info!(event_id = %self.id, "an old idempotency key replayed a join; reloading");
+            if let Some((user, _)) = &flight.key {
+                self.replayers.replayed_late(*user, Instant::now());
+            }
             self.leave(ctx);
         }
     }
@@ -600,10 +622,7 @@ impl EventActor {
         reply: CommandReply,
         ctx: &mut Context<Self>,
     ) {
-        // A client that keeps sending refused commands under new keys must
-        // not fill the database's pool with lookups: beyond a few at once,
-        // the refusal is given as decided.
-        const MAX_LOOKUPS: usize = 16;
+        // Beyond a few lookups at once, the refusal is given as decided.
         if self.key_lookups >= MAX_LOOKUPS {
             return self.answer_after_in_flight(reply, Err(refusal));
         }
@@ -615,6 +634,45 @@ impl EventActor {
                 .map(move |stored, actor, _| {
                     actor.key_lookups -= 1;
                     actor.refuse_or_replay(key, refusal, stored, reply);
+                }),
+        );
+    }
+
+    /// A key of a user [`KeyReplayers`] watches, unknown here: looked up
+    /// before anything is decided for it, so an answer given before stands
+    /// without facts decided in memory that a reload would have to undo.
+    fn look_up_before_deciding(
+        &mut self,
+        command: Command,
+        key: IdempotencyKey,
+        request_id: Option<String>,
+        caller: tracing::Span,
+        reply: CommandReply,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.key_lookups >= MAX_LOOKUPS {
+            let _ = reply.send(Err(CommandError::Unavailable));
+            return;
+        }
+        self.key_lookups += 1;
+        let (store, user, wanted) = (Arc::clone(&self.store), key.user, key.key.clone());
+        ctx.spawn(
+            async move { store.stored_answer(user, &wanted).await }
+                .into_actor(self)
+                .map(move |stored, actor, ctx| {
+                    actor.key_lookups -= 1;
+                    match stored {
+                        Ok(Some(given)) => {
+                            let _ = reply.send(replay(&given, &key.fingerprint));
+                            actor.keys.remember(key.id(), given, Instant::now());
+                        }
+                        Ok(None) => {
+                            actor.run(command, Some(key), request_id, caller, reply, true, ctx)
+                        }
+                        Err(_) => {
+                            let _ = reply.send(Err(CommandError::Unavailable));
+                        }
+                    }
                 }),
         );
     }
@@ -736,21 +794,30 @@ impl Actor for EventActor {
         let id = self.id;
         // `wait` holds the mailbox until the state is back.
         ctx.wait(
-            async move { store.load(id).await.and_then(|r| r.into_state()) }
-                .into_actor(self)
-                .map(|loaded, actor, ctx| match loaded {
-                    Ok(state) => {
-                        actor.state = state;
-                        // A deadline that passed while nobody held the
-                        // event fires at once.
-                        actor.arm_deadline(ctx);
-                    }
-                    Err(error) => {
-                        tracing::error!(event_id = %actor.id, %error, "could not rehydrate event");
-                        actor.leave(ctx);
-                        ctx.stop();
-                    }
-                }),
+            async move {
+                let rehydration = store.load(id).await?;
+                let replayed = rehydration.facts.len() as u64;
+                Ok::<_, StoreError>((rehydration.into_state()?, replayed))
+            }
+            .into_actor(self)
+            .map(|loaded, actor, ctx| match loaded {
+                Ok((state, replayed)) => {
+                    actor.state = state;
+                    // The facts past the snapshot count towards the
+                    // next one: an event whose actors each live for
+                    // fewer than `snapshot_every` facts still gets
+                    // snapshots, and a load replays a bounded tail.
+                    actor.facts_since_snapshot = replayed;
+                    // A deadline that passed while nobody held the
+                    // event fires at once.
+                    actor.arm_deadline(ctx);
+                }
+                Err(error) => {
+                    tracing::error!(event_id = %actor.id, %error, "could not rehydrate event");
+                    actor.leave(ctx);
+                    ctx.stop();
+                }
+            }),
         );
         let idle = self.settings.idle_timeout;
         ctx.run_interval(

@@ -25,6 +25,14 @@ fn setup(delay: Duration) -> (Arc<MemoryStore>, EventRegistry) {
 
 /// A registry on a node that holds `held`.
 fn setup_holding(delay: Duration, held: Arc<HeldShards>) -> (Arc<MemoryStore>, EventRegistry) {
+    setup_with(delay, held, ActorSettings::default())
+}
+
+fn setup_with(
+    delay: Duration,
+    held: Arc<HeldShards>,
+    settings: ActorSettings,
+) -> (Arc<MemoryStore>, EventRegistry) {
     let store = Arc::new(MemoryStore {
         commit_delay: delay,
         ..MemoryStore::default()
@@ -34,7 +42,7 @@ fn setup_holding(delay: Duration, held: Arc<HeldShards>) -> (Arc<MemoryStore>, E
         store.clone(),
         journal,
         Arc::new(crate::changes::NoChanges),
-        ActorSettings::default(),
+        settings,
         vec![Arbiter::current()],
         held,
     );
@@ -287,4 +295,95 @@ async fn an_actor_whose_lease_is_gone_answers_nothing_and_leaves() {
         "a fresh actor answers: {again:?}"
     );
     assert_eq!(registry.live_actors(), 1);
+}
+
+#[actix::test]
+async fn facts_replayed_at_activation_count_towards_the_next_snapshot() {
+    let settings = ActorSettings {
+        snapshot_every: 3,
+        idle_timeout: Duration::from_millis(100),
+        ..ActorSettings::default()
+    };
+    let everything = Arc::new(HeldShards::everything(ShardCount::DEFAULT));
+    let (store, registry) = setup_with(Duration::ZERO, everything, settings);
+    // Given an event of two facts whose actor went idle and passivated,
+    let (event, _) = open_event(&registry, 5).await;
+    let passivated = async {
+        while registry.live_actors() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), passivated)
+        .await
+        .expect("the idle actor passivates");
+    assert_eq!(store.snapshots.load(Ordering::SeqCst), 0);
+
+    // when a fresh actor takes the third fact,
+    let join = Command::Join {
+        user: UserId::new(),
+        seats: Seats::default(),
+        at: Utc::now(),
+    };
+    registry.execute(event, join, None, None).await.unwrap();
+
+    // then it snapshots: the two it replayed count, as if one actor had
+    // lived through all three.
+    assert_eq!(store.snapshots.load(Ordering::SeqCst), 1);
+}
+
+/// A key answered on one event, reused on a busy other: the journal finds
+/// it only after the actor decided a join for it and others' joins on top,
+/// and a reload undoes them all. Once is the most that may cost: the
+/// reuser's unknown keys are then looked up before anything is decided.
+#[actix::test]
+async fn a_key_reused_on_another_event_fails_others_once_at_most() {
+    let (_, registry) = setup(Duration::from_millis(100));
+    let (first, _) = open_event(&registry, 100).await;
+    let (busy, _) = open_event(&registry, 100).await;
+    let reuser = UserId::new();
+    let join = |user| Command::Join {
+        user,
+        seats: Seats::default(),
+        at: Utc::now(),
+    };
+    let key = |event: EventId| IdempotencyKey {
+        user: reuser,
+        key: "the same key".to_owned(),
+        fingerprint: format!("POST /v1/events/{event}/join"),
+    };
+    registry
+        .execute(first, join(reuser), Some(key(first)), None)
+        .await
+        .unwrap();
+
+    // The reuser's join on the busy event, then ten others' while it commits.
+    let round = || async {
+        let reused = {
+            let registry = registry.clone();
+            let (join, key) = (join(reuser), Some(key(busy)));
+            actix::spawn(async move { registry.execute(busy, join, key, None).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let others: Vec<_> = (0..10)
+            .map(|_| {
+                let (registry, join) = (registry.clone(), join(UserId::new()));
+                actix::spawn(async move { registry.execute(busy, join, None, None).await })
+            })
+            .collect();
+        let mut failed = 0;
+        for other in others {
+            if other.await.unwrap().is_err() {
+                failed += 1;
+            }
+        }
+        (reused.await.unwrap(), failed)
+    };
+
+    let (reused, failed) = round().await;
+    assert!(matches!(reused, Err(CommandError::KeyReused)), "{reused:?}");
+    assert!(failed > 0, "the first reuse undid others' joins");
+
+    let (reused, failed) = round().await;
+    assert!(matches!(reused, Err(CommandError::KeyReused)), "{reused:?}");
+    assert_eq!(failed, 0, "the second was refused before deciding");
 }
