@@ -46,8 +46,9 @@ pub enum Subscribed {
     /// The first frames went to the subscriber's queue.
     Taken,
     /// The channel is `event:<id>` and no published event has that id (a
-    /// draft is shown to nobody here): the hub keeps no subscriber.
-    NoSuchEvent,
+    /// draft is shown to nobody here), or `venue:<id>` and no venue has
+    /// that id: the hub keeps no subscriber.
+    NotFound,
 }
 
 #[derive(Message)]
@@ -83,6 +84,8 @@ pub struct ChannelHub {
     resyncing: bool,
     /// The snapshot's `data`, rebuilt after a change.
     snapshot: Option<Arc<Value>>,
+    /// The channel is a venue's and the load found no such venue.
+    missing: bool,
     /// A listing's next start time and the timer that takes the events
     /// starting then off the list.
     next_start: Option<(DateTime<Utc>, SpawnHandle)>,
@@ -117,6 +120,7 @@ impl ChannelHub {
             history: History::new(history),
             resyncing: false,
             snapshot: None,
+            missing: false,
             next_start: None,
             subscribers: BTreeMap::new(),
             store,
@@ -164,7 +168,9 @@ impl ChannelHub {
                 }
             }
             .into_actor(self)
-            .map(|(records, venues), hub, ctx| {
+            .map(|loaded, hub, ctx| {
+                hub.missing = loaded.is_none();
+                let (records, venues) = loaded.unwrap_or_default();
                 hub.projection.load(records, venues);
                 if std::mem::take(&mut hub.resyncing) {
                     hub.send_fresh_snapshots();
@@ -278,7 +284,10 @@ impl ChannelHub {
             && self.projection.shows_no_event()
         {
             self.home.missed(*id);
-            return Subscribed::NoSuchEvent;
+            return Subscribed::NotFound;
+        }
+        if self.missing {
+            return Subscribed::NotFound;
         }
         let frame = |text: ByteString| Frame::text(text, None);
         let (latest, now) = (self.offset, Instant::now());
@@ -329,20 +338,29 @@ impl ChannelHub {
     }
 }
 
-/// A channel's events (and, for a radius feed, the venues' positions).
-type Loaded = (Vec<EventRecord>, Vec<(Uuid, f64, f64)>);
+/// A channel's events (and, for a radius feed, the venues' positions);
+/// `None` for a venue channel whose venue does not exist.
+type Loaded = Option<(Vec<EventRecord>, Vec<(Uuid, f64, f64)>)>;
 
 async fn fetch(store: &dyn Store, channel: &Channel) -> Result<Loaded, StoreError> {
     match channel {
-        Channel::Event(id) => Ok((store.event(*id).await?.into_iter().collect(), Vec::new())),
+        Channel::Event(id) => Ok(Some((
+            store.event(*id).await?.into_iter().collect(),
+            Vec::new(),
+        ))),
         Channel::Venue(venue) => {
+            // A made-up venue id would otherwise hold a hub (of the
+            // node's `max_hubs`) for as long as its subscriber stays.
+            if store.venue(*venue).await?.is_none() {
+                return Ok(None);
+            }
             let filter = EventFilter {
                 venue_id: Some(*venue),
                 from: Some(Utc::now()),
                 limit: LISTING_LIMIT,
                 ..EventFilter::default()
             };
-            Ok((store.list_events(&filter).await?, Vec::new()))
+            Ok(Some((store.list_events(&filter).await?, Vec::new())))
         }
         Channel::Feed { tag, near } => {
             let filter = EventFilter {
@@ -356,7 +374,7 @@ async fn fetch(store: &dyn Store, channel: &Channel) -> Result<Loaded, StoreErro
                 Some(_) => store.venue_locations().await?,
                 None => Vec::new(),
             };
-            Ok((events, venues))
+            Ok(Some((events, venues)))
         }
     }
 }
@@ -409,7 +427,7 @@ impl Handler<Subscribe> for ChannelHub {
 
     fn handle(&mut self, msg: Subscribe, ctx: &mut Self::Context) -> Subscribed {
         let subscribed = self.subscribe(msg);
-        if subscribed == Subscribed::NoSuchEvent && self.subscribers.is_empty() {
+        if subscribed == Subscribed::NotFound && self.subscribers.is_empty() {
             // Nothing to watch: leave now rather than after the idle time.
             self.home.left(&self.channel, &ctx.address());
             ctx.stop();

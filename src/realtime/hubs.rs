@@ -44,8 +44,8 @@ struct Inner {
 /// Why a channel has no hub to join.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoHub {
-    /// `event:<id>` names no published event.
-    NoSuchEvent,
+    /// `event:<id>` names no published event (or `venue:<id>` no venue).
+    NotFound,
     /// As many hubs of the channel's kind run as the server allows.
     Full,
 }
@@ -125,7 +125,7 @@ impl Hubs {
         if let Channel::Event(id) = channel
             && self.0.misses.contains(id)
         {
-            return Err(NoHub::NoSuchEvent);
+            return Err(NoHub::NotFound);
         }
         let map = self.map(channel);
         if let Some(hub) = map.get(channel).filter(|hub| hub.connected()) {

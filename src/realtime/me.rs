@@ -10,7 +10,9 @@
 //! - [`MeWatcher`] is one actor per subscription around it: it loads the
 //!   snapshot, writes the frames and keeps the warning timers.
 //! - [`MeFeeds`] routes each committed change to the watchers it concerns:
-//!   those of the people its facts name, and those waiting in its event.
+//!   those of the people its facts name, those waiting in its event, and,
+//!   when it cancels the event, those holding any place in it (the
+//!   cancellation names nobody).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -115,6 +117,12 @@ impl MyPlaces {
             .iter()
             .filter(|(_, p)| p.status == MemberStatus::Waitlisted)
             .map(|(e, _)| *e)
+    }
+
+    /// The events where the person holds a live place: a cancellation
+    /// there ends it without naming them.
+    pub fn held_in(&self) -> impl Iterator<Item = EventId> + '_ {
+        self.by_event.keys().copied()
     }
 
     /// Whether a change shows that one before it was missed: it is to an
@@ -256,7 +264,19 @@ struct Inner {
     /// Each person's watchers (one per subscribed connection), by id.
     watchers: DashMap<UserId, HashMap<u64, Addr<MeWatcher>>>,
     /// The watchers of people waiting in each event, by id.
-    waiting: DashMap<EventId, HashMap<u64, Addr<MeWatcher>>>,
+    waiting: Watching,
+    /// The watchers of people holding any live place in each event, by id.
+    holding: Watching,
+}
+
+/// Watchers registered by event, by id.
+type Watching = DashMap<EventId, HashMap<u64, Addr<MeWatcher>>>;
+
+/// Which of an event's registers a watcher is in.
+#[derive(Clone, Copy)]
+enum Register {
+    Waiting,
+    Holding,
 }
 
 impl MeFeeds {
@@ -267,6 +287,7 @@ impl MeFeeds {
                 .unwrap_or(chrono::Duration::zero()),
             watchers: DashMap::new(),
             waiting: DashMap::new(),
+            holding: DashMap::new(),
         }))
     }
 
@@ -288,6 +309,7 @@ impl MeFeeds {
             offset: 0,
             since,
             waiting_in: HashSet::new(),
+            holding_in: HashSet::new(),
             warnings: HashMap::new(),
         }
         .start()
@@ -296,8 +318,16 @@ impl MeFeeds {
     /// Hands a committed change to the watchers it may concern.
     pub fn route(&self, change: &Arc<EventChange>) {
         let mut to: HashMap<u64, Addr<MeWatcher>> = HashMap::new();
-        if let Some(waiting) = self.0.waiting.get(&change.summary.id) {
+        let event = change.summary.id;
+        if let Some(waiting) = self.0.waiting.get(&event) {
             to.extend(waiting.iter().map(|(id, w)| (*id, w.clone())));
+        }
+        let cancels = change
+            .facts
+            .iter()
+            .any(|f| matches!(f, DomainEvent::Cancelled { .. }));
+        if cancels && let Some(holding) = self.0.holding.get(&event) {
+            to.extend(holding.iter().map(|(id, w)| (*id, w.clone())));
         }
         for user in change
             .facts
@@ -323,18 +353,34 @@ impl MeFeeds {
         }
     }
 
-    fn set_waiting(&self, (id, watcher): (u64, &Addr<MeWatcher>), event: EventId, waiting: bool) {
-        if waiting {
-            self.0
-                .waiting
-                .entry(event)
-                .or_default()
-                .insert(id, watcher.clone());
-        } else {
-            self.0.waiting.remove_if_mut(&event, |_, by_id| {
+    fn register(&self, register: Register) -> &Watching {
+        match register {
+            Register::Waiting => &self.0.waiting,
+            Register::Holding => &self.0.holding,
+        }
+    }
+
+    /// Moves a watcher's registration in `register` from the events of
+    /// `from` to those of `to`.
+    fn reregister(
+        &self,
+        register: Register,
+        (id, watcher): (u64, &Addr<MeWatcher>),
+        from: &HashSet<EventId>,
+        to: &HashSet<EventId>,
+    ) {
+        let watching = self.register(register);
+        for gone in from.difference(to) {
+            watching.remove_if_mut(gone, |_, by_id| {
                 by_id.remove(&id);
                 by_id.is_empty()
             });
+        }
+        for new in to.difference(from) {
+            watching
+                .entry(*new)
+                .or_default()
+                .insert(id, watcher.clone());
         }
     }
 }
@@ -366,6 +412,8 @@ pub struct MeWatcher {
     since: Option<Position>,
     /// The events this watcher is registered as waiting in.
     waiting_in: HashSet<EventId>,
+    /// The events this watcher is registered as holding a place in.
+    holding_in: HashSet<EventId>,
     /// The warning timer of each offer held, with its deadline.
     warnings: HashMap<EventId, (DateTime<Utc>, SpawnHandle)>,
 }
@@ -411,18 +459,18 @@ impl MeWatcher {
         self.follow(ctx);
     }
 
-    /// Registers where the person waits, and keeps one warning timer per
-    /// offer held.
+    /// Registers where the person waits and where they hold a place, and
+    /// keeps one warning timer per offer held.
     fn follow(&mut self, ctx: &mut Context<Self>) {
-        let me = ctx.address();
+        let me = (self.id, &ctx.address());
         let waiting: HashSet<EventId> = self.places.waiting_in().collect();
-        for gone in self.waiting_in.difference(&waiting) {
-            self.feeds.set_waiting((self.id, &me), *gone, false);
-        }
-        for new in waiting.difference(&self.waiting_in) {
-            self.feeds.set_waiting((self.id, &me), *new, true);
-        }
+        self.feeds
+            .reregister(Register::Waiting, me, &self.waiting_in, &waiting);
         self.waiting_in = waiting;
+        let holding: HashSet<EventId> = self.places.held_in().collect();
+        self.feeds
+            .reregister(Register::Holding, me, &self.holding_in, &holding);
+        self.holding_in = holding;
 
         let offers: HashMap<EventId, DateTime<Utc>> = self
             .places
@@ -507,10 +555,14 @@ impl Actor for MeWatcher {
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
         metrics::gauge!("turnout_ws_subscriptions", "kind" => ME).decrement(1.0);
-        let me = ctx.address();
-        for event in std::mem::take(&mut self.waiting_in) {
-            self.feeds.set_waiting((self.id, &me), event, false);
-        }
+        let me = (self.id, &ctx.address());
+        let none = HashSet::new();
+        let waiting = std::mem::take(&mut self.waiting_in);
+        self.feeds
+            .reregister(Register::Waiting, me, &waiting, &none);
+        let holding = std::mem::take(&mut self.holding_in);
+        self.feeds
+            .reregister(Register::Holding, me, &holding, &none);
         let id = self.id;
         self.feeds.0.watchers.remove_if_mut(&self.user, |_, by_id| {
             by_id.remove(&id);

@@ -242,7 +242,13 @@ fn feed_reason(
     if has("details_changed") || has("capacity_changed") {
         return Some("changed");
     }
-    let before = before?;
+    let Some(before) = before else {
+        // Listed now, not before, and not just published: a listing full at
+        // load (`LISTING_LIMIT`), or a `published` change overtaken by a
+        // later one after a shard moved. A later snapshot lists it, so
+        // subscribers already here are told too.
+        return listed.then_some("added");
+    };
     if !listed {
         return Some("removed");
     }
@@ -360,6 +366,26 @@ mod tests {
         assert_eq!(update["kinds"], json!(["published"]));
         assert!(!projection.shows_no_event());
         assert_eq!(projection.snapshot()["event"]["id"], json!(event.id()));
+    }
+
+    #[test]
+    fn an_event_the_feed_first_hears_of_by_a_join_is_told_as_added() {
+        let mut event = Event::new();
+        event.create(VenueId::new(), 50, "jazz");
+        // The feed never saw it published (loaded full, or the change was
+        // overtaken): its first news is a join.
+        event.publish();
+        let mut projection = feed("feed?tag=jazz");
+
+        let update = projection.apply(&event.join(), Utc::now()).unwrap();
+
+        assert_eq!(
+            (&update["reason"], &update["listed"]),
+            (&json!("added"), &json!(true))
+        );
+        assert!(projection.lists(event.id().as_uuid()));
+        // The next join is an ordinary one: not told.
+        assert_eq!(projection.apply(&event.join(), Utc::now()), None);
     }
 
     #[test]

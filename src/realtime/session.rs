@@ -297,7 +297,10 @@ impl WsSession {
 
     fn refuse(&mut self, channel: &str, no_hub: NoHub) {
         let (code, why) = match no_hub {
-            NoHub::NoSuchEvent => ("not_found", "no published event has this id"),
+            NoHub::NotFound if channel.starts_with("venue:") => {
+                ("not_found", "no venue has this id")
+            }
+            NoHub::NotFound => ("not_found", "no published event has this id"),
             NoHub::Full => ("busy", "the server watches too many channels; retry later"),
         };
         self.reply(protocol::error(code, &format!("{channel}: {why}")));
@@ -336,7 +339,7 @@ impl WsSession {
                     }
                     let refused = match taken {
                         Ok(Subscribed::Taken) => return,
-                        Ok(Subscribed::NoSuchEvent) => NoHub::NoSuchEvent,
+                        Ok(Subscribed::NotFound) => NoHub::NotFound,
                         Err(_) => match session.join_hub(channel.clone(), parsed, since, ctx) {
                             Ok(hub) => {
                                 session

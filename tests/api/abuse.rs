@@ -440,17 +440,30 @@ async fn made_up_event_channels_start_no_hubs_and_churn_is_limited() {
         let answer = subscribe(&mut socket, &channel, None).await;
         assert_eq!(answer["code"], "not_found", "{answer}");
     }
-    let mut hubs = f64::NAN;
-    for _ in 0..100 {
-        hubs = labelled(&app.metrics().await, "turnout_ws_hubs", r#"kind="event""#);
-        if hubs == 0.0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // A made-up venue is no channel either (each would hold a hub of the
+    // node's `max_hubs` for as long as its subscriber stayed).
+    for _ in 0..5 {
+        let channel = format!("venue:{}", uuid::Uuid::new_v4());
+        let answer = subscribe(&mut socket, &channel, None).await;
+        assert_eq!(answer["code"], "not_found", "{answer}");
+        assert!(
+            answer["message"].as_str().unwrap().contains("no venue"),
+            "{answer}"
+        );
     }
-    assert_eq!(hubs, 0.0, "no event hub stays for a made-up id");
+    for kind in [r#"kind="event""#, r#"kind="venue""#] {
+        let mut hubs = f64::NAN;
+        for _ in 0..100 {
+            hubs = labelled(&app.metrics().await, "turnout_ws_hubs", kind);
+            if hubs == 0.0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(hubs, 0.0, "no hub stays for a made-up id ({kind})");
+    }
 
-    // 41 subscribes so far; the default budget is 60 a minute.
+    // 46 subscribes so far; the default budget is 60 a minute.
     let mut limited = false;
     for _ in 0..30 {
         send(

@@ -472,7 +472,59 @@ async fn postgres_the_me_channel_follows_my_place() {
 crate::on_both_backends!(
     an_offer_passes_on_until_someone_accepts_it,
     parties_take_seats_in_order,
+    a_cancellation_reaches_every_place_holder_on_me,
 );
+
+/// A cancellation names nobody, yet it ends every place: the active
+/// member's, the offered one's and the waiter's `me` feeds each hear it.
+async fn a_cancellation_reaches_every_place_holder_on_me(app: TestApp) {
+    let owner = app.register("owner@example.com").await;
+    let event = app
+        .published_event_with(
+            &owner,
+            2,
+            json!({ "waitlist_mode": "offer", "offer_hold_secs": 600 }),
+        )
+        .await;
+    let [leaver, active, offered, waiting] = [(); 4].map(|_| app.user());
+    for u in [&leaver, &active, &offered, &waiting] {
+        app.join(u, event).await;
+    }
+    assert_eq!(app.leave(&leaver, event).await.status(), StatusCode::OK);
+    let mut sockets = Vec::new();
+    for (user, status) in [
+        (&active, "active"),
+        (&offered, "offered"),
+        (&waiting, "waitlisted"),
+    ] {
+        let (socket, snapshot) = me_socket(&app, user).await;
+        assert_eq!(
+            snapshot["data"]["places"][0]["status"], status,
+            "{snapshot}"
+        );
+        sockets.push(socket);
+    }
+
+    let cancelled = app
+        .as_user(&owner, Method::POST, &format!("/v1/events/{event}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), StatusCode::OK);
+
+    for socket in &mut sockets {
+        let update = realtime::next(socket).await;
+        assert_eq!(
+            (
+                &update["data"]["reason"],
+                &update["data"]["place"]["status"],
+                &update["data"]["place"]["event_id"]
+            ),
+            (&json!("cancelled"), &json!("cancelled"), &json!(event)),
+            "{update}"
+        );
+    }
+}
 
 /// An offer made before a `kill -9` still runs out on time after the
 /// restart: the deadline is in the event's state, the sweep wakes the
