@@ -44,7 +44,12 @@ pub fn start(
                     let woken = commands
                         .execute(Forwarded {
                             event,
-                            command: Command::ExpireOffers { at: now },
+                            // Each event's own time: the sweep waits for
+                            // each commit, and an old `at` would shorten
+                            // the holds of the offers it makes.
+                            command: Command::ExpireOffers {
+                                at: crate::http::now(),
+                            },
                             idempotency: None,
                             request_id: None,
                         })

@@ -270,13 +270,8 @@ async fn pass(
                 .record(started.elapsed().as_secs_f64());
             mark_published(store, &rows, settings).await
         }
-        Err(error)
-            if error.is_io_error()
-                || error.is_connection_dropped()
-                || error.is_connection_refusal()
-                || error.is_timeout() =>
-        {
-            tracing::warn!(error = ?error.kind(), "redis is away; the outbox waits");
+        Err(error) if redis_away(&error) => {
+            tracing::warn!(error = ?error.kind(), code = error.code(), "redis is away; the outbox waits");
             *connection = None;
             Pass::RedisAway
         }
@@ -304,6 +299,31 @@ async fn pass(
             }
         }
     }
+}
+
+/// Whether Redis failed the batch for its own state, not for what the
+/// rows hold: unreachable, or answering every write with an error until
+/// it recovers — loading its dump after a restart, out of memory, unable
+/// to persist, a replica after a failover. Nothing is then counted against
+/// the rows: charged to the head row, such an outage would mark good rows
+/// dead one after another, and the stream would go on without them.
+fn redis_away(error: &redis::RedisError) -> bool {
+    const OUTAGES: [&str; 9] = [
+        "LOADING",
+        "BUSY",
+        "OOM",
+        "MISCONF",
+        "READONLY",
+        "MASTERDOWN",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "NOREPLICAS",
+    ];
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_timeout()
+        || error.code().is_some_and(|code| OUTAGES.contains(&code))
 }
 
 async fn mark_published(
@@ -387,5 +407,40 @@ async fn purge(store: &Arc<dyn Store>, retention_hours: i64, shutdown: &mut Shut
         Ok(0) => {}
         Ok(n) => tracing::info!(deleted = n, "purged inbox rows"),
         Err(error) => tracing::warn!(%error, "cannot purge the inbox"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error Redis answers with `reply` (a RESP error line).
+    fn answered(reply: &str) -> redis::RedisError {
+        match redis::parse_redis_value(reply.as_bytes()) {
+            Ok(redis::Value::ServerError(error)) => error.into(),
+            other => panic!("not an error reply: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_outage_answered_as_an_error_charges_no_row() {
+        for reply in [
+            "-LOADING Redis is loading the dataset in memory\r\n",
+            "-OOM command not allowed when used memory > 'maxmemory'.\r\n",
+            "-MISCONF Redis is configured to save RDB snapshots\r\n",
+            "-READONLY You can't write against a read only replica.\r\n",
+        ] {
+            assert!(redis_away(&answered(reply)), "{reply}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_of_the_batch_itself_is_charged_to_its_head() {
+        for reply in [
+            "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            "-ERR wrong number of arguments for 'xadd' command\r\n",
+        ] {
+            assert!(!redis_away(&answered(reply)), "{reply}");
+        }
     }
 }

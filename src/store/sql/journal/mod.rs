@@ -269,9 +269,19 @@ fn answered(
 }
 
 /// The streams of which a fact was not written, given those that were.
+///
+/// `written` holds each (stream, version) once, so two facts of a batch
+/// claiming one version would both look written while the log kept one:
+/// a version claimed twice is lost, whichever was written. No path builds
+/// such a batch (one writer holds a stream), and this keeps it so.
 fn lost(rows: &[LogRow], written: &HashSet<(Uuid, i64)>) -> HashSet<EventId> {
+    let mut claimed = HashSet::with_capacity(rows.len());
     rows.iter()
-        .filter(|r| !written.contains(&(r.stream, r.version)))
+        .filter(|r| {
+            let version = (r.stream, r.version);
+            let first_claim = claimed.insert(version);
+            !(first_claim && written.contains(&version))
+        })
         .map(|r| EventId::from(r.stream))
         .collect()
 }
@@ -537,6 +547,43 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    fn fact(stream: Uuid, version: i64) -> LogRow {
+        LogRow {
+            stream,
+            version,
+            event_type: "member_joined",
+            schema_version: 1,
+            payload: "{}".to_owned(),
+            request_id: None,
+            traceparent: None,
+            after_own: false,
+        }
+    }
+
+    #[test]
+    fn a_fact_not_written_loses_its_stream_the_race() {
+        let (won, beaten) = (Uuid::now_v7(), Uuid::now_v7());
+        let rows = [fact(won, 1), fact(won, 2), fact(beaten, 4)];
+        let written = HashSet::from([(won, 1), (won, 2)]);
+
+        assert_eq!(
+            lost(&rows, &written),
+            HashSet::from([EventId::from(beaten)])
+        );
+    }
+
+    #[test]
+    fn a_version_claimed_twice_in_one_batch_is_lost_though_one_was_written() {
+        let stream = Uuid::now_v7();
+        let rows = [fact(stream, 3), fact(stream, 3)];
+        let written = HashSet::from([(stream, 3)]);
+
+        assert_eq!(
+            lost(&rows, &written),
+            HashSet::from([EventId::from(stream)])
+        );
+    }
 
     #[test]
     fn every_step_has_its_own_histogram() {

@@ -254,6 +254,35 @@ impl TryFrom<FoundRow> for Found {
     }
 }
 
+/// What the re-read found of the answers a batch meant to write and did
+/// not (`missing`: index, stream, key): a key answered meanwhile is a
+/// replay. A key neither written nor found had an answer that expired,
+/// and the purge deleted it, between the statement and the re-read: the
+/// key is free again, so its stream's appends are left out for their
+/// actors to decide again, as after a lost race. `None`: nothing missing.
+fn meanwhile<'a>(
+    missing: impl IntoIterator<Item = (usize, EventId, &'a IdempotencyRecord)>,
+    stored: &HashMap<(Uuid, String), Given>,
+) -> Option<Checked> {
+    let mut answered = Vec::new();
+    let mut vanished = HashSet::new();
+    for (i, stream, record) in missing {
+        match stored.get(&(record.user.as_uuid(), record.key.clone())) {
+            Some(given) => answered.push((i, given.clone())),
+            None => {
+                vanished.insert(stream);
+            }
+        }
+    }
+    if !answered.is_empty() {
+        Some(Checked::Answered(answered))
+    } else if !vanished.is_empty() {
+        Some(Checked::Lost(vanished))
+    } else {
+        None
+    }
+}
+
 /// The journal's own Postgres connection: one connection, not a pool of
 /// one, because a pool checks a connection with a round trip when it
 /// hands it out and again when it takes it back (sqlx's
@@ -614,13 +643,13 @@ impl SqlStore<Postgres> {
         tx: &mut sqlx::Transaction<'_, Postgres>,
         rows: &Rows<'_>,
         replied: &HashSet<(Uuid, String)>,
-    ) -> Result<Vec<(usize, Given)>, sqlx::Error> {
+    ) -> Result<Option<Checked>, sqlx::Error> {
         let missing: Vec<(usize, &IdempotencyRecord)> = rows
             .replies()
             .filter(|(_, r)| !replied.contains(&(r.user.as_uuid(), r.key.clone())))
             .collect();
         if missing.is_empty() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let stored: Vec<AnswerRow> = sqlx::query_as(
             "SELECT user_id, key, fingerprint, answer::text FROM idempotency_keys \
@@ -634,18 +663,16 @@ impl SqlStore<Postgres> {
             .into_iter()
             .map(stored_answer)
             .collect::<Result<_, _>>()?;
-        missing
+        let stream_of = |i: usize| {
+            rows.live
+                .iter()
+                .find(|(j, _)| *j == i)
+                .map(|(_, a)| a.stream)
+        };
+        let missing = missing
             .into_iter()
-            .map(
-                |(i, r)| match stored.get(&(r.user.as_uuid(), r.key.clone())) {
-                    Some(given) => Ok((i, given.clone())),
-                    None => Err(sqlx::Error::Protocol(format!(
-                        "the answer to key {:?} was neither written nor found",
-                        r.key
-                    ))),
-                },
-            )
-            .collect()
+            .filter_map(|(i, r)| stream_of(i).map(|stream| (i, stream, r)));
+        Ok(meanwhile(missing, &stored))
     }
 
     /// The batch's checks and writes: the statement `BATCH`, then what it
@@ -706,9 +733,8 @@ impl SqlStore<Postgres> {
         if !answered.is_empty() {
             return Ok(Checked::Answered(answered));
         }
-        let taken_meanwhile = Self::answered_meanwhile(tx, rows, &replied).await?;
-        if !taken_meanwhile.is_empty() {
-            return Ok(Checked::Answered(taken_meanwhile));
+        if let Some(checked) = Self::answered_meanwhile(tx, rows, &replied).await? {
+            return Ok(checked);
         }
         if !rows.streams.is_empty() {
             let stale = stale(rows.versions(), latest);
@@ -769,5 +795,57 @@ impl SqlStore<Postgres> {
         .bind(now)
         .fetch_all(conn)
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use turnout_actors::domain::UserId;
+    use turnout_actors::idempotency::Answer;
+
+    use super::*;
+
+    fn record(key: &str) -> IdempotencyRecord {
+        IdempotencyRecord {
+            user: UserId::from(Uuid::nil()),
+            key: key.to_owned(),
+            fingerprint: "POST /v1/events/e/join".to_owned(),
+            answer: Answer {
+                changed: true,
+                membership: None,
+            },
+            created_at: Utc::now(),
+            expires_at: Utc::now(),
+            keep: true,
+        }
+    }
+
+    #[test]
+    fn a_key_answered_meanwhile_is_replayed() {
+        let (stream, k) = (EventId::from(Uuid::now_v7()), record("k"));
+        let given = Given {
+            fingerprint: "POST /v1/events/other/join".to_owned(),
+            answer: k.answer,
+        };
+        let stored = HashMap::from([((Uuid::nil(), "k".to_owned()), given.clone())]);
+
+        let checked = meanwhile([(3, stream, &k)], &stored);
+
+        assert!(matches!(checked, Some(Checked::Answered(a)) if a == vec![(3, given)]));
+    }
+
+    #[test]
+    fn a_key_neither_written_nor_found_sends_its_stream_back_to_its_actor() {
+        let (stream, k) = (EventId::from(Uuid::now_v7()), record("k"));
+
+        let checked = meanwhile([(0, stream, &k)], &HashMap::new());
+
+        assert!(matches!(checked, Some(Checked::Lost(l)) if l == HashSet::from([stream])));
+    }
+
+    #[test]
+    fn nothing_missing_is_nothing_to_do() {
+        assert!(meanwhile([], &HashMap::new()).is_none());
     }
 }
