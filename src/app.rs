@@ -444,6 +444,11 @@ async fn start_core(
             settings.realtime.max_connections_per_ip,
             "turnout_ws_connections",
         ),
+        filtered_feeds: ConnectionLimits::new(
+            usize::MAX,
+            settings.realtime.max_filtered_feeds_per_ip,
+            "turnout_ws_filtered_feeds",
+        ),
         settings: Arc::new(settings.realtime.clone()),
     };
     Ok(Core {
@@ -484,7 +489,11 @@ fn start_maintenance(
         crate::consumers::start(
             store.clone(),
             url,
-            format!("{}events", settings.outbox.stream_prefix),
+            format!(
+                "{}{}",
+                settings.outbox.stream_prefix,
+                crate::outbox::TOPICS[0]
+            ),
             background,
         )?;
     }

@@ -14,6 +14,11 @@
 //!   count rises and it is retried with backoff; after `max_attempts` it is
 //!   marked dead (listed and replayed through the admin API) and the rows
 //!   behind it move on.
+//! - A stream keeps what `outbox.retention_hours` keeps of the outbox and the
+//!   inbox, and no longer (`trim_streams`, with the purge): a redelivery,
+//!   or a consumer group created anew reading from the start, never meets
+//!   an entry whose inbox row is gone, which it would count again.
+//!   `stream_max_len` bounds it meanwhile.
 //! - Without Redis (the embedded default) there is nobody outside the process
 //!   to publish to: the rows go to the in-process consumers (`consumers`),
 //!   which mark them published in the transaction of their effect (so the
@@ -49,6 +54,9 @@ pub struct OutboxSettings {
     pub retention_hours: i64,
 }
 
+/// The topics the journal writes outbox rows for: a stream each.
+pub const TOPICS: [&str; 1] = ["events"];
+
 const LEASE: &str = "outbox-relay";
 const LEASE_TTL: Duration = Duration::from_secs(10);
 /// The lease is renewed this often (a write: not on every pass).
@@ -69,13 +77,13 @@ pub fn start(
         })
         .transpose()?;
     let shutdown = background.shutdown();
-    let retention_hours = settings.retention_hours;
+    let (retention_hours, prefix) = (settings.retention_hours, settings.stream_prefix.clone());
     let relaying = Arc::new(AtomicBool::new(false));
     background.spawn(
         "outbox relay",
         relay(
             Arc::clone(&store),
-            client,
+            client.clone(),
             settings,
             Arc::clone(&relaying),
             shutdown.clone(),
@@ -90,9 +98,15 @@ pub fn start(
             let store = Arc::clone(&store);
             move |mut shutdown| {
                 let (store, relaying) = (Arc::clone(&store), Arc::clone(&relaying));
+                let (client, prefix) = (client.clone(), prefix.clone());
                 async move {
                     // One node purges: the one whose relay holds the lease.
                     if relaying.load(Ordering::Relaxed) {
+                        if let Some(client) = &client
+                            && let Err(error) = trim_streams(client, &prefix, retention_hours).await
+                        {
+                            tracing::warn!(error = ?error.kind(), "cannot trim the outbox streams");
+                        }
                         purge(&store, retention_hours, &mut shutdown).await;
                     }
                 }
@@ -137,7 +151,7 @@ async fn relay(
     let mut redis_failures = 0u32;
     let mut lease: Option<Instant> = None;
     while !shutdown.is_requested() {
-        let now = now_micros();
+        let (now, asked) = (now_micros(), Instant::now());
         let held = match lease {
             Some(renewed) if renewed.elapsed() < LEASE_RENEW => true,
             _ => match store
@@ -145,7 +159,9 @@ async fn relay(
                 .await
             {
                 Ok(true) => {
-                    lease = Some(Instant::now());
+                    // From when it was asked: a slow answer shortens the
+                    // time the lease is believed, never lengthens it.
+                    lease = Some(asked);
                     true
                 }
                 Ok(false) => {
@@ -387,6 +403,34 @@ fn fields(row: &OutboxMessage, traceparent: Option<&str>) -> Vec<(&'static str, 
         ("committed_at", row.created_at.to_string()),
         ("payload", row.payload.clone()),
     ]
+}
+
+/// Drops the streams' entries older than the retention: an entry's id is
+/// its time of publishing in milliseconds, and the inbox row of its
+/// delivery, made later, is kept for as long (see the module's doc).
+/// Trimmed exactly, not `~`: this runs once a minute, and a rough trim
+/// keeps whole blocks of older entries.
+pub async fn trim_streams(
+    client: &redis::Client,
+    prefix: &str,
+    retention_hours: i64,
+) -> redis::RedisResult<u64> {
+    let mut redis = client.get_multiplexed_async_connection().await?;
+    let oldest_kept = chrono::Utc::now().timestamp_millis() - retention_hours * 3_600_000;
+    let mut trimmed = 0;
+    for topic in TOPICS {
+        let n: u64 = redis::cmd("XTRIM")
+            .arg(format!("{prefix}{topic}"))
+            .arg("MINID")
+            .arg(oldest_kept.max(0))
+            .query_async(&mut redis)
+            .await?;
+        trimmed += n;
+    }
+    if trimmed > 0 {
+        tracing::info!(trimmed, "trimmed outbox stream entries past the retention");
+    }
+    Ok(trimmed)
 }
 
 /// Deletes the rows published, and the consumers' inbox rows of messages

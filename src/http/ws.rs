@@ -29,6 +29,8 @@ pub struct Realtime {
     pub me: MeFeeds,
     pub recommenders: Recommenders,
     pub limits: Arc<ConnectionLimits>,
+    /// The filtered feeds each client address holds.
+    pub filtered_feeds: Arc<ConnectionLimits>,
     pub settings: Arc<RealtimeSettings>,
 }
 
@@ -107,6 +109,8 @@ pub async fn upgrade(
             hubs: realtime.hubs.clone(),
             me: realtime.me.clone(),
             recommenders: realtime.recommenders.clone(),
+            filtered_feeds: Arc::clone(&realtime.filtered_feeds),
+            client: ip,
         },
         tokens: tokens.into_inner(),
         settings: Arc::clone(&realtime.settings),

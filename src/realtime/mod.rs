@@ -69,6 +69,10 @@ pub struct RealtimeSettings {
     /// Feed hubs (`feed`, `feed?tag=…`, `feed?near=…`) running at once: each
     /// holds a listing of its own.
     pub max_feed_hubs: usize,
+    /// Filtered feeds (`feed?tag=…`, `feed?near=…`) subscribed at once from
+    /// one client address, over all its connections (0: no cap): one client
+    /// cannot take every feed hub.
+    pub max_filtered_feeds_per_ip: usize,
     /// Threads the channel hubs run on. A hub writes each update to its
     /// subscribers' sockets itself (on plain TCP); raise this on a machine
     /// with many cores and channels with big audiences.

@@ -4,6 +4,7 @@
 //! of letting its queue grow; a silent client is closed after the timeout.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use super::channel::Channel;
 use super::hub::{ChannelHub, Subscribe, Subscribed, Unsubscribe};
 use super::hubs::{Hubs, NoHub};
 use super::inbound::{InboundError, Incoming};
+use super::limits::{ConnectionLimits, ConnectionPermit};
 use super::me::{ME, MeFeeds, MeWatcher, StopWatching};
 use super::protocol::{self, ClientFrame, Position};
 use super::socket::{Frame, Overflowed, SendQueue};
@@ -36,7 +38,12 @@ pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 const RECS: &str = "recs";
 
 enum Subscription {
-    Hub(Addr<ChannelHub>),
+    Hub {
+        hub: Addr<ChannelHub>,
+        /// Its place among the client address's filtered feeds, if it is
+        /// one: held while it lasts, given back when it is dropped.
+        _place: Option<ConnectionPermit>,
+    },
     /// The caller's recommendations, served by their recommender actor.
     Recs(UserId),
     /// The caller's own places.
@@ -48,6 +55,12 @@ pub struct Channels {
     pub hubs: Hubs,
     pub me: MeFeeds,
     pub recommenders: Recommenders,
+    /// The filtered feeds (`feed?tag=…`, `feed?near=…`) each client address
+    /// holds: each distinct one is a hub of the node's `max_feed_hubs`, so
+    /// one client must not take them all.
+    pub filtered_feeds: Arc<ConnectionLimits>,
+    /// The connection's client address, as its limits count it.
+    pub client: IpAddr,
 }
 
 /// Writes a user's recommendation lists to one connection: the first as the
@@ -97,6 +110,8 @@ pub struct WsSession {
     id: u64,
     queue: SendQueue,
     hubs: Hubs,
+    filtered_feeds: Arc<ConnectionLimits>,
+    client: IpAddr,
     me: MeFeeds,
     recommenders: Recommenders,
     tokens: Arc<TokenKeys>,
@@ -124,11 +139,15 @@ impl WsSession {
             hubs,
             me,
             recommenders,
+            filtered_feeds,
+            client,
         } = channels;
         Self {
             id: IDS.fetch_add(1, Ordering::Relaxed),
             queue,
             hubs,
+            filtered_feeds,
+            client,
             me,
             recommenders,
             tokens,
@@ -196,7 +215,7 @@ impl WsSession {
 
     fn end(&self, subscription: Subscription) {
         match subscription {
-            Subscription::Hub(hub) => hub.do_send(Unsubscribe { session: self.id }),
+            Subscription::Hub { hub, .. } => hub.do_send(Unsubscribe { session: self.id }),
             Subscription::Recs(user) => self.recommenders.unsubscribe(user, self.id),
             Subscription::Me(watcher) => watcher.do_send(StopWatching),
         }
@@ -260,10 +279,28 @@ impl WsSession {
                     return;
                 }
                 let subscription = match parsed {
-                    Some(parsed) => match self.join_hub(channel.clone(), parsed, since, ctx) {
-                        Ok(hub) => Subscription::Hub(hub),
-                        Err(no_hub) => return self.refuse(&channel, no_hub),
-                    },
+                    Some(parsed) => {
+                        let filtered = matches!(&parsed, Channel::Feed { tag, near } if tag.is_some() || near.is_some());
+                        let place = match filtered {
+                            true => match self.filtered_feeds.admit(self.client) {
+                                Some(place) => Some(place),
+                                None => {
+                                    return self.reply(protocol::error(
+                                        "too_many_subscriptions",
+                                        &format!(
+                                            "{channel}: at most {} filtered feeds per client address",
+                                            self.settings.max_filtered_feeds_per_ip
+                                        ),
+                                    ));
+                                }
+                            },
+                            false => None,
+                        };
+                        match self.join_hub(channel.clone(), parsed, since, ctx) {
+                            Ok(hub) => Subscription::Hub { hub, _place: place },
+                            Err(no_hub) => return self.refuse(&channel, no_hub),
+                        }
+                    }
                     None => {
                         let Some(user) = self.user else {
                             return self.reply(protocol::error(
@@ -332,7 +369,7 @@ impl WsSession {
                     // have left and come back, to the next hub, meanwhile.
                     let still_wanted = matches!(
                         session.subscriptions.get(&channel),
-                        Some(Subscription::Hub(hub)) if *hub == sent_to
+                        Some(Subscription::Hub { hub, .. }) if *hub == sent_to
                     );
                     if !still_wanted {
                         return;
@@ -342,9 +379,12 @@ impl WsSession {
                         Ok(Subscribed::NotFound) => NoHub::NotFound,
                         Err(_) => match session.join_hub(channel.clone(), parsed, since, ctx) {
                             Ok(hub) => {
-                                session
-                                    .subscriptions
-                                    .insert(channel, Subscription::Hub(hub));
+                                // The new hub's, keeping its place.
+                                if let Some(Subscription::Hub { hub: joined, .. }) =
+                                    session.subscriptions.get_mut(&channel)
+                                {
+                                    *joined = hub;
+                                }
                                 return;
                             }
                             Err(no_hub) => no_hub,

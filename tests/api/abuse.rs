@@ -360,6 +360,7 @@ async fn made_up_feeds_are_few_and_capped() {
         ("TURNOUT_REALTIME__MAX_FEED_HUBS", "10"),
         ("TURNOUT_REALTIME__MAX_SUBSCRIBES_PER_MINUTE", "0"),
         ("TURNOUT_REALTIME__MAX_CONNECTIONS_PER_IP", "0"),
+        ("TURNOUT_REALTIME__MAX_FILTERED_FEEDS_PER_IP", "0"),
     ])
     .await;
     let owner = app.user();
@@ -418,6 +419,43 @@ async fn made_up_feeds_are_few_and_capped() {
         "1,000 made-up feeds grew the server from {baseline} MiB to {} MiB",
         server.rss_mib()
     );
+}
+
+/// One client address cannot take every feed hub: past
+/// `max_filtered_feeds_per_ip` filtered feeds over all its connections a
+/// subscribe is refused, and an unsubscribe gives its place back. The city
+/// feed, one hub for everyone, is not counted.
+#[tokio::test]
+async fn one_address_holds_a_bounded_number_of_filtered_feeds() {
+    let (_server, app, _dir) = server(&[
+        ("TURNOUT_REALTIME__MAX_FILTERED_FEEDS_PER_IP", "3"),
+        ("TURNOUT_REALTIME__MAX_SUBSCRIBES_PER_MINUTE", "0"),
+    ])
+    .await;
+    let (mut first, mut second) = (connect(&app).await, connect(&app).await);
+    for channel in ["feed?tag=a", "feed?near=52.37,4.89,5"] {
+        let taken = subscribe(&mut first, channel, None).await;
+        assert_eq!(taken["type"], "snapshot", "{taken}");
+    }
+    let taken = subscribe(&mut second, "feed?tag=c", None).await;
+    assert_eq!(taken["type"], "snapshot", "{taken}");
+
+    let refused = subscribe(&mut second, "feed?tag=d", None).await;
+    assert_eq!(refused["code"], "too_many_subscriptions", "{refused}");
+    let city = subscribe(&mut second, "feed", None).await;
+    assert_eq!(
+        city["type"], "snapshot",
+        "the city feed is not counted: {city}"
+    );
+
+    send(
+        &mut first,
+        json!({ "type": "unsubscribe", "channel": "feed?tag=a" }),
+    )
+    .await;
+    assert_eq!(next(&mut first).await["type"], "unsubscribed");
+    let taken = subscribe(&mut second, "feed?tag=d", None).await;
+    assert_eq!(taken["type"], "snapshot", "a place given back: {taken}");
 }
 
 /// 100,000 subscribes to random `event:<uuid>` names once made a database

@@ -355,3 +355,38 @@ async fn two_servers_on_one_database_publish_every_fact_once_in_order() {
     );
     delete(&mut check, &key).await;
 }
+
+/// A stream keeps no entry older than the retention: its consumers' inbox
+/// rows are purged after that, and an entry read again then would be
+/// counted twice.
+#[actix_web::test]
+async fn stream_entries_older_than_the_retention_are_trimmed() {
+    let Some(url) = redis_url() else { return };
+    let mut check = redis(&url).await;
+    let (prefix, key) = fresh_stream();
+    let two_days_ago = chrono::Utc::now().timestamp_millis() - 48 * 3_600_000;
+    for id in [format!("{two_days_ago}-0"), "*".to_owned()] {
+        let _: String = redis::cmd("XADD")
+            .arg(&key)
+            .arg(&id)
+            .arg("payload")
+            .arg("{}")
+            .query_async(&mut check)
+            .await
+            .unwrap();
+    }
+
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let trimmed = turnout::outbox::trim_streams(&client, &prefix, 24)
+        .await
+        .unwrap();
+
+    assert_eq!(trimmed, 1);
+    let left: u64 = redis::cmd("XLEN")
+        .arg(&key)
+        .query_async(&mut check)
+        .await
+        .unwrap();
+    assert_eq!(left, 1, "the entry within the retention stays");
+    delete(&mut check, &key).await;
+}
