@@ -11,14 +11,17 @@
 //! The publisher numbers what it sends, dropped changes included, so a
 //! receiver that sees a number skipped knows it missed something and has
 //! its hubs reload, as it does after its own subscription was down. An idle
-//! node publishes a heartbeat; a subscription that hears nothing at all, not
-//! even its own node's heartbeat, for `SILENCE` is taken for dead and
-//! reconnected.
+//! node publishes a heartbeat carrying its count, so a tail it dropped shows
+//! too. A node that goes silent for `SILENCE` (it died, or lost Redis) may
+//! have committed changes it never published: the receivers reload then as
+//! well, and compare its numbers again if it comes back. A subscription that
+//! hears nothing at all, not even its own node's heartbeat, for `SILENCE` is
+//! taken for dead and reconnected.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
@@ -49,7 +52,8 @@ const SILENCE: Duration = Duration::from_secs(15);
 struct Wire<C> {
     node: Uuid,
     /// The node's count of changes, from 1, whether or not each reached
-    /// Redis; 0 from a node that does not number them.
+    /// Redis (a heartbeat: the count so far); 0 from a node that does not
+    /// number them.
     #[serde(default)]
     seq: u64,
     /// None in a heartbeat.
@@ -117,8 +121,11 @@ impl Numbering {
         self.wire(self.numbered, Some(change))
     }
 
-    fn heartbeat(&self) -> String {
-        self.wire(0, None)
+    /// The count so far, changes the full queue refused included: a
+    /// receiver that heard less knows the tail went missing.
+    fn heartbeat(&mut self) -> String {
+        self.numbered += self.dropped.swap(0, Ordering::Relaxed);
+        self.wire(self.numbered, None)
     }
 
     fn wire(&self, seq: u64, change: Option<&EventChange>) -> String {
@@ -199,22 +206,74 @@ async fn publisher(
     }
 }
 
-/// What this node last heard from each other node.
+/// What this node last heard from each other node, and when.
 #[derive(Default)]
-struct Heard(HashMap<Uuid, u64>);
+struct Heard(HashMap<Uuid, Last>);
+
+struct Last {
+    seq: u64,
+    at: Instant,
+    /// Silent for `SILENCE` (and reloaded for): its numbers are still
+    /// compared if it speaks again.
+    lapsed: bool,
+}
+
+/// A node silent this long after it lapsed is forgotten (a process gone for
+/// good; each start is a new node).
+const FORGET_AFTER: Duration = Duration::from_secs(3_600);
 
 impl Heard {
     /// Whether a change is new, and whether changes before it went missing.
-    fn hear(&mut self, node: Uuid, seq: u64) -> (bool, bool) {
-        match self.0.insert(node, seq) {
-            None => (true, false),
-            Some(last) if seq <= last => {
-                // A publish retried after its answer was lost: seen already.
-                self.0.insert(node, last);
-                (false, false)
-            }
-            Some(last) => (true, seq > last + 1),
+    fn hear(&mut self, node: Uuid, seq: u64, now: Instant) -> (bool, bool) {
+        let Some(last) = self.0.get_mut(&node) else {
+            self.0.insert(
+                node,
+                Last {
+                    seq,
+                    at: now,
+                    lapsed: false,
+                },
+            );
+            return (true, false);
+        };
+        last.at = now;
+        last.lapsed = false;
+        if seq <= last.seq {
+            // A publish retried after its answer was lost: seen already.
+            return (false, false);
         }
+        let missed = seq > last.seq + 1;
+        last.seq = seq;
+        (true, missed)
+    }
+
+    /// A heartbeat: the node's count so far. Whether changes went missing.
+    fn counted(&mut self, node: Uuid, count: u64, now: Instant) -> bool {
+        let last = self.0.entry(node).or_insert(Last {
+            seq: count,
+            at: now,
+            lapsed: false,
+        });
+        last.at = now;
+        last.lapsed = false;
+        let missed = count > last.seq;
+        last.seq = last.seq.max(count);
+        missed
+    }
+
+    /// Whether a node went silent for `SILENCE` since the last call: what
+    /// it committed last may never have been published.
+    fn lapsed(&mut self, now: Instant) -> bool {
+        let mut any = false;
+        self.0.retain(|_, last| {
+            let silent = now.saturating_duration_since(last.at);
+            if !last.lapsed && silent >= SILENCE {
+                last.lapsed = true;
+                any = true;
+            }
+            silent < FORGET_AFTER
+        });
+        any
     }
 }
 
@@ -268,8 +327,22 @@ async fn subscriber(
                 tracing::warn!("ignoring a malformed fan-out message");
                 continue;
             };
-            let Some(change) = wire.change.filter(|_| wire.node != node) else {
-                // Our own change or anyone's heartbeat: the link is alive.
+            let now = Instant::now();
+            if heard.lapsed(now) {
+                metrics::counter!("turnout_fanout_gaps_total").increment(1);
+                tracing::warn!("another node went silent; its last changes may be lost; reloading");
+                router.resync_all();
+            }
+            if wire.node == node {
+                // Our own change or heartbeat: the link is alive.
+                continue;
+            }
+            let Some(change) = wire.change else {
+                if wire.seq > 0 && heard.counted(wire.node, wire.seq, now) {
+                    metrics::counter!("turnout_fanout_gaps_total").increment(1);
+                    tracing::warn!(from = %wire.node, "changes from another node went missing; reloading");
+                    router.resync_all();
+                }
                 continue;
             };
             let Ok(change) = serde_json::from_str::<EventChange>(change.get()) else {
@@ -278,7 +351,7 @@ async fn subscriber(
             };
             let (new, missed) = match wire.seq {
                 0 => (true, false),
-                seq => heard.hear(wire.node, seq),
+                seq => heard.hear(wire.node, seq, now),
             };
             if missed {
                 metrics::counter!("turnout_fanout_gaps_total").increment(1);
@@ -322,7 +395,7 @@ mod tests {
 
     #[test]
     fn heartbeats_carry_no_change_and_unnumbered_changes_still_parse() {
-        let numbering = Numbering {
+        let mut numbering = Numbering {
             node: Uuid::now_v7(),
             numbered: 0,
             dropped: Arc::default(),
@@ -345,18 +418,59 @@ mod tests {
 
     #[test]
     fn a_skipped_number_is_a_gap_and_a_repeated_one_is_old_news() {
-        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let (a, b, now) = (Uuid::now_v7(), Uuid::now_v7(), Instant::now());
         let mut heard = Heard::default();
         assert_eq!(
-            heard.hear(a, 7),
+            heard.hear(a, 7, now),
             (true, false),
             "the first heard from a node"
         );
-        assert_eq!(heard.hear(a, 8), (true, false));
-        assert_eq!(heard.hear(a, 8), (false, false), "a retried publish");
-        assert_eq!(heard.hear(a, 5), (false, false));
-        assert_eq!(heard.hear(b, 1), (true, false), "each node counts alone");
-        assert_eq!(heard.hear(a, 10), (true, true), "9 went missing");
-        assert_eq!(heard.hear(a, 11), (true, false));
+        assert_eq!(heard.hear(a, 8, now), (true, false));
+        assert_eq!(heard.hear(a, 8, now), (false, false), "a retried publish");
+        assert_eq!(heard.hear(a, 5, now), (false, false));
+        assert_eq!(
+            heard.hear(b, 1, now),
+            (true, false),
+            "each node counts alone"
+        );
+        assert_eq!(heard.hear(a, 10, now), (true, true), "9 went missing");
+        assert_eq!(heard.hear(a, 11, now), (true, false));
+    }
+
+    #[test]
+    fn a_heartbeat_counting_more_than_was_heard_is_a_gap() {
+        let (a, now) = (Uuid::now_v7(), Instant::now());
+        let dropped = Arc::new(AtomicU64::new(0));
+        let mut numbering = Numbering {
+            node: a,
+            numbered: 0,
+            dropped: Arc::clone(&dropped),
+        };
+        let mut heard = Heard::default();
+        let seq = |wire: String| serde_json::from_str::<Wire<&RawValue>>(&wire).unwrap().seq;
+
+        // One change published and heard.
+        numbering.numbered = 1;
+        assert_eq!(heard.hear(a, 1, now), (true, false));
+        assert!(!heard.counted(a, seq(numbering.heartbeat()), now));
+        // The queue was full for the next two: the tail went missing.
+        dropped.fetch_add(2, Ordering::Relaxed);
+        assert!(heard.counted(a, seq(numbering.heartbeat()), now));
+        assert!(!heard.counted(a, seq(numbering.heartbeat()), now), "once");
+    }
+
+    #[test]
+    fn a_node_silent_for_long_is_told_once_and_compared_again_when_back() {
+        let (a, now) = (Uuid::now_v7(), Instant::now());
+        let mut heard = Heard::default();
+        heard.hear(a, 3, now);
+        assert!(!heard.lapsed(now + SILENCE / 2));
+        assert!(heard.lapsed(now + SILENCE), "it may have died mid-publish");
+        assert!(!heard.lapsed(now + SILENCE * 2), "told once");
+        // Back, it is compared with what was heard before it went quiet.
+        assert_eq!(heard.hear(a, 6, now + SILENCE * 3), (true, true));
+        assert!(!heard.lapsed(now + SILENCE * 3));
+        assert!(heard.lapsed(now + SILENCE * 3 + FORGET_AFTER));
+        assert!(heard.0.is_empty(), "gone for good: forgotten");
     }
 }
