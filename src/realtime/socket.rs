@@ -167,6 +167,11 @@ impl Frame {
             committed_at,
         }
     }
+
+    /// What the frame counts against a queue's budget.
+    pub fn budgeted_len(&self) -> usize {
+        self.text_len
+    }
 }
 
 /// One frame on its way to many subscribers (a hub's update or snapshot).
@@ -298,6 +303,12 @@ impl SendQueue {
             _permit: permit,
         };
         (Self { shared, session }, writer)
+    }
+
+    /// The bytes of frames the queue may hold before the connection is
+    /// closed as a slow consumer.
+    pub fn budget(&self) -> usize {
+        self.shared.max_bytes
     }
 
     /// Queues a frame, or writes it at once when the socket allows. False

@@ -270,6 +270,41 @@ async fn a_client_resumes_from_its_last_offset() {
     assert_eq!(snapshot["epoch"], live["epoch"]);
 }
 
+/// A resume whose missed updates would fill most of the connection's queue
+/// gets a snapshot: replayed, they would overflow it, close the connection
+/// (4008) and the client, resuming again, would loop.
+#[actix_web::test]
+async fn a_resume_bigger_than_half_the_queue_gets_a_snapshot() {
+    let app = sqlite_app(|s| s.realtime.max_queued_bytes = 4 * 1024).await;
+    let owner = app.register("owner@example.com").await;
+    let event = app.published_event(&owner, 50).await;
+    let channel = format!("event:{event}");
+    let mut socket = connect(&app).await;
+    let snapshot = subscribe(&mut socket, &channel, None).await;
+    let since = json!({ "epoch": snapshot["epoch"], "offset": snapshot["offset"] });
+    let one_update = {
+        app.join(&app.user(), event).await;
+        next(&mut socket).await.to_string().len()
+    };
+    drop(socket);
+    // More missed updates than half the queue holds, fewer than the history.
+    let missed = 2 * 1024 / one_update + 2;
+    assert!(missed < 100, "updates of {one_update} bytes");
+    for _ in 0..missed {
+        app.join(&app.user(), event).await;
+    }
+
+    let mut socket = connect(&app).await;
+    let fresh = subscribe(&mut socket, &channel, Some(since)).await;
+
+    assert_eq!(
+        (&fresh["type"], &fresh["recovered"]),
+        (&json!("snapshot"), &json!(false)),
+        "{fresh}"
+    );
+    assert_eq!(members(&fresh["data"]["event"]), 1 + missed as i64);
+}
+
 #[actix_web::test]
 async fn a_resume_past_the_history_gets_a_fresh_snapshot() {
     let app = sqlite_app(|s| s.realtime.history = 2).await;
