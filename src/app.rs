@@ -37,7 +37,9 @@ use crate::http::rate_limit::RateLimits;
 use crate::http::upgrade::WorkerApp;
 use crate::http::ws::Realtime;
 use crate::http::{self, AppState, request_context};
-use crate::realtime::{ConnectionLimits, Hubs, LocalFanout, MeFeeds, RedisFanout, Router};
+use crate::realtime::{
+    ConnectionLimits, FeedPlaces, Hubs, LocalFanout, MeFeeds, RedisFanout, Router,
+};
 use crate::recommendations::{StoreSource, load_catalog};
 use crate::store::{self, Store};
 
@@ -444,11 +446,7 @@ async fn start_core(
             settings.realtime.max_connections_per_ip,
             "turnout_ws_connections",
         ),
-        filtered_feeds: ConnectionLimits::new(
-            usize::MAX,
-            settings.realtime.max_filtered_feeds_per_ip,
-            "turnout_ws_filtered_feeds",
-        ),
+        filtered_feeds: FeedPlaces::new(settings.realtime.max_filtered_feeds_per_ip),
         settings: Arc::new(settings.realtime.clone()),
     };
     Ok(Core {

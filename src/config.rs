@@ -344,22 +344,28 @@ fn weak_key(key: &str) -> bool {
 
 /// A URL fit for logs: the password, if any, replaced, and the query
 /// string dropped (drivers take secrets there too: `?password=…`,
-/// `?sslpassword=…`).
+/// `?sslpassword=…`). The user info is the authority's, up to its last `@`
+/// (a password may hold a `?`); the authority ends at the path.
 pub fn redact_url(url: &SecretString) -> String {
     let raw = url.expose_secret();
-    let (raw, query) = match raw.split_once('?') {
-        Some((base, _)) => (base, "?***"),
-        None => (raw, ""),
-    };
-    let base = match (raw.find("://"), raw.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &raw[scheme_end + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}://{}:***@{}", &raw[..scheme_end], user, &raw[at + 1..])
+    let (prefix, rest) = match raw.find("://") {
+        Some(scheme_end) => {
+            let (scheme, rest) = raw.split_at(scheme_end + 3);
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => {
+                    let user = rest[..at].split(':').next().unwrap_or("");
+                    (format!("{scheme}{user}:***@"), &rest[at + 1..])
+                }
+                None => (scheme.to_owned(), rest),
+            }
         }
-        _ => raw.to_owned(),
+        None => (String::new(), raw),
     };
-    base + query
+    match rest.split_once('?') {
+        Some((base, _)) => format!("{prefix}{base}?***"),
+        None => format!("{prefix}{rest}"),
+    }
 }
 
 #[cfg(test)]
@@ -502,5 +508,9 @@ mod tests {
         );
         let in_query = SecretString::from("postgres://app@db/x?sslmode=require&password=hunter2");
         assert_eq!(redact_url(&in_query), "postgres://app:***@db/x?***");
+        let odd = SecretString::from("postgres://app:hun?ter2@db/x");
+        assert_eq!(redact_url(&odd), "postgres://app:***@db/x");
+        let embedded = SecretString::from("sqlite:data/turnout.db?mode=rwc");
+        assert_eq!(redact_url(&embedded), "sqlite:data/turnout.db?***");
     }
 }

@@ -322,9 +322,10 @@ async fn pass(
 /// it recovers — loading its dump after a restart, out of memory, unable
 /// to persist, a replica after a failover. Nothing is then counted against
 /// the rows: charged to the head row, such an outage would mark good rows
-/// dead one after another, and the stream would go on without them.
+/// dead one after another, and the stream would go on without them. (Its
+/// credentials refused count too: no row is to blame.)
 fn redis_away(error: &redis::RedisError) -> bool {
-    const OUTAGES: [&str; 9] = [
+    const OUTAGES: [&str; 12] = [
         "LOADING",
         "BUSY",
         "OOM",
@@ -334,6 +335,11 @@ fn redis_away(error: &redis::RedisError) -> bool {
         "TRYAGAIN",
         "CLUSTERDOWN",
         "NOREPLICAS",
+        // Credentials or ACLs changed under the relay: every write fails
+        // until an operator fixes them, whatever the row.
+        "NOAUTH",
+        "WRONGPASS",
+        "NOPERM",
     ];
     error.is_io_error()
         || error.is_connection_dropped()

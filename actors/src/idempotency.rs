@@ -20,10 +20,10 @@
 //! while.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Membership, UserId};
@@ -192,12 +192,14 @@ impl KeyMemory {
 /// `watch_for` after the last time. Their keys the actor does not know are
 /// looked up in the store before anything is decided: a client reusing
 /// keys, by mistake or to fail other people's commands, costs one reload
-/// per `watch_for`, then a lookup per command. Everyone else pays one
-/// atomic load per keyed command.
+/// per `watch_for`, then a lookup per command. While nobody is watched,
+/// a keyed command costs one atomic load; while someone is, a map lookup.
 pub struct KeyReplayers {
-    watched: Mutex<HashMap<UserId, Instant>>,
-    /// `watched.len()`, read without the lock.
-    count: AtomicUsize,
+    watched: DashMap<UserId, Instant>,
+    /// When the last watch ends, in nanoseconds since `origin`: past it
+    /// nobody is watched, and no lock is taken.
+    until: AtomicU64,
+    origin: Instant,
     watch_for: Duration,
     capacity: usize,
 }
@@ -206,44 +208,50 @@ impl KeyReplayers {
     /// Watches up to `capacity` users at once, each for `watch_for`.
     pub fn new(watch_for: Duration, capacity: usize) -> Self {
         Self {
-            watched: Mutex::new(HashMap::new()),
-            count: AtomicUsize::new(0),
+            watched: DashMap::new(),
+            until: AtomicU64::new(0),
+            origin: Instant::now(),
             watch_for,
             capacity,
         }
     }
 
-    fn watched(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Instant>> {
-        self.watched
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn nanos(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.origin).as_nanos() as u64
+    }
+
+    /// Whether a watch may still run at `now`.
+    fn any_watched(&self, now: Instant) -> bool {
+        self.nanos(now) < self.until.load(Ordering::Acquire)
     }
 
     /// `user`'s key, answered before, undid what had been decided for it.
     /// Past `capacity` the lapsed are forgotten first; if none has, the
     /// user is not added (the bound holds; each such user costs a reload).
     pub fn replayed_late(&self, user: UserId, now: Instant) {
-        let mut watched = self.watched();
+        let watched = &self.watched;
+        if !self.any_watched(now) {
+            watched.clear();
+        }
         if watched.len() >= self.capacity && !watched.contains_key(&user) {
             watched.retain(|_, since| now.saturating_duration_since(*since) < self.watch_for);
         }
         if watched.len() < self.capacity || watched.contains_key(&user) {
             watched.insert(user, now);
+            self.until
+                .fetch_max(self.nanos(now + self.watch_for), Ordering::AcqRel);
         }
-        self.count.store(watched.len(), Ordering::Release);
     }
 
     /// Whether `user`'s unknown keys are to be looked up before deciding.
     pub fn watching(&self, user: UserId, now: Instant) -> bool {
-        if self.count.load(Ordering::Acquire) == 0 {
+        if !self.any_watched(now) {
             return false;
         }
-        let mut watched = self.watched();
-        let watching = watched
-            .get(&user)
-            .is_some_and(|since| now.saturating_duration_since(*since) < self.watch_for);
-        if !watching && watched.remove(&user).is_some() {
-            self.count.store(watched.len(), Ordering::Release);
+        let lapsed = |since: &Instant| now.saturating_duration_since(*since) >= self.watch_for;
+        let watching = self.watched.get(&user).is_some_and(|since| !lapsed(&since));
+        if !watching {
+            self.watched.remove_if(&user, |_, since| lapsed(since));
         }
         watching
     }
@@ -395,7 +403,10 @@ mod tests {
             !replayers.watching(reuser, start + MINUTE),
             "the watch lapses"
         );
-        assert_eq!(replayers.count.load(Ordering::Acquire), 0, "and is let go");
+        assert!(
+            !replayers.any_watched(start + MINUTE),
+            "and nobody's keyed command takes the lock"
+        );
     }
 
     #[test]

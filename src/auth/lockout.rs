@@ -124,7 +124,7 @@ impl LoginGuard {
     }
 
     pub fn failed(&self, email: &Email, ip: IpAddr) {
-        let (account, ip) = (Account::of(email), counted_as(ip));
+        let (account, counted) = (Account::of(email), counted_as(ip));
         let window = self.lock_window();
         let bump = |f: &mut Failures| {
             if f.last.elapsed() >= window {
@@ -139,12 +139,12 @@ impl LoginGuard {
             last: Instant::now(),
         };
         bump(&mut self.accounts.entry(account).or_insert_with(fresh));
-        let pair = bump(&mut self.pairs.entry((account, ip)).or_insert_with(fresh));
+        let pair = bump(&mut self.pairs.entry((account, counted)).or_insert_with(fresh));
         if pair == self.settings.lock_after {
             tracing::warn!(target: "turnout::audit", account = %account_digest(email.as_str()), %ip,
                 "an address is locked out of an account after repeated failed logins");
         }
-        bump(&mut self.addresses.entry(ip).or_insert_with(fresh));
+        bump(&mut self.addresses.entry(counted).or_insert_with(fresh));
     }
 
     /// The right password: the account's and this address's failures for

@@ -170,9 +170,13 @@ pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) 
                 .configure(venues::routes)
                 .configure(admin::routes),
         )
-        .route(
-            crate::cluster::forward::INTERNAL_PATH,
-            web::post().to(internal::forwarded_command),
+        .service(
+            // A forwarded command carries the client's body and more: four
+            // times the client's limit.
+            web::resource(crate::cluster::forward::INTERNAL_PATH)
+                .app_data(web::PayloadConfig::new(4 * max_body_bytes))
+                .app_data(MaxBodyBytes(4 * max_body_bytes))
+                .route(web::post().to(internal::forwarded_command)),
         )
         .configure(openapi::routes)
         .configure(kiosk::routes)

@@ -112,10 +112,14 @@ pub fn is_trusted(proxies: &[IpAddr], ip: IpAddr) -> bool {
     proxies.iter().any(|p| p.to_canonical() == ip)
 }
 
-/// One `X-Forwarded-For` hop's address: bare, or with a port as some
-/// proxies write it (`192.0.2.1:4711`, `[2001:db8::1]:4711`).
+/// One `X-Forwarded-For` hop's address: bare, bracketed, or with a port as
+/// some proxies write it (`192.0.2.1:4711`, `[2001:db8::1]:4711`).
 fn hop_address(hop: &str) -> Option<IpAddr> {
-    hop.parse::<IpAddr>()
+    let bare = hop
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(hop);
+    bare.parse::<IpAddr>()
         .or_else(|_| hop.parse::<SocketAddr>().map(|a| a.ip()))
         .ok()
         .map(|ip| ip.to_canonical())
@@ -378,6 +382,10 @@ mod tests {
         assert_eq!(
             client("9.9.9.9, [2001:db8::1]:5"),
             "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client("9.9.9.9, [2001:db8::2]"),
+            "2001:db8::2".parse::<IpAddr>().unwrap()
         );
         // What stands left of a hop that is no address is not believed.
         assert_eq!(

@@ -19,7 +19,7 @@ use turnout_actors::recommend::Recommenders;
 
 use crate::auth::TokenKeys;
 use crate::realtime::{
-    Channels, ConnectionLimits, ConnectionPermit, Hubs, Inbound, MeFeeds, ReadSide,
+    Channels, ConnectionLimits, ConnectionPermit, FeedPlaces, Hubs, Inbound, MeFeeds, ReadSide,
     RealtimeSettings, SendQueue, WriteSide, WsSession,
 };
 
@@ -30,7 +30,7 @@ pub struct Realtime {
     pub recommenders: Recommenders,
     pub limits: Arc<ConnectionLimits>,
     /// The filtered feeds each client address holds.
-    pub filtered_feeds: Arc<ConnectionLimits>,
+    pub filtered_feeds: Arc<FeedPlaces>,
     pub settings: Arc<RealtimeSettings>,
 }
 

@@ -304,13 +304,14 @@ impl ChannelHub {
                         .collect::<Vec<Frame>>(),
                 )
             })
-            // A replay that would take more than half of the connection's
-            // queue gets a snapshot instead: resuming several busy channels
-            // at once would otherwise overflow it, close the connection
-            // (4008: resume with `since`) and do so again on every return.
+            // A replay that would take more than half of the room left in
+            // the connection's queue gets a snapshot instead: resuming
+            // several busy channels at once would otherwise overflow it,
+            // close the connection (4008: resume with `since`) and do so
+            // again on every return.
             .filter(|frames| {
                 let bytes: usize = frames.iter().map(Frame::budgeted_len).sum();
-                bytes <= msg.to.budget() / 2
+                bytes <= msg.to.room() / 2
             });
         let first: Vec<Frame> = match (replay, &msg.since) {
             (Some(frames), _) => {

@@ -1,8 +1,10 @@
 //! Connection limits: open connections in total and per client address.
 //! WebSockets hold their place until the socket's writer is done with it;
 //! HTTP connections (`http.max_connections_per_ip`) for as long as the
-//! connection is open.
+//! connection is open. And [`FeedPlaces`]: the distinct filtered feeds each
+//! client address holds.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -80,6 +82,73 @@ impl Drop for ConnectionPermit {
     }
 }
 
+/// The distinct filtered feeds (`feed?tag=…`, `feed?near=…`) each client
+/// address holds, each counted once however many of its connections
+/// subscribe to it: a distinct feed is a hub of the node's `max_feed_hubs`,
+/// and one client must not take them all, while a venue's Wi-Fi full of
+/// phones on one feed takes one place.
+pub struct FeedPlaces {
+    by_client: DashMap<IpAddr, HashMap<String, usize>>,
+    /// 0: no cap.
+    max_per_client: usize,
+}
+
+/// A subscription's hold on its feed's place, given back on drop.
+pub struct FeedPlace {
+    places: Arc<FeedPlaces>,
+    client: IpAddr,
+    channel: String,
+}
+
+const FILTERED_FEEDS: &str = "turnout_ws_filtered_feeds";
+
+impl FeedPlaces {
+    pub fn new(max_per_client: usize) -> Arc<Self> {
+        Arc::new(Self {
+            by_client: DashMap::new(),
+            max_per_client,
+        })
+    }
+
+    /// A place for `channel` (its canonical name) from `client`, or `None`
+    /// when that address already holds as many other feeds as allowed.
+    pub fn admit(self: &Arc<Self>, client: IpAddr, channel: &str) -> Option<FeedPlace> {
+        let client = crate::http::rate_limit::counted_as(client);
+        let mut feeds = self.by_client.entry(client).or_default();
+        let full = self.max_per_client > 0 && feeds.len() >= self.max_per_client;
+        match feeds.get_mut(channel) {
+            Some(holders) => *holders += 1,
+            None if full => return None,
+            None => {
+                feeds.insert(channel.to_owned(), 1);
+                metrics::gauge!(FILTERED_FEEDS).increment(1.0);
+            }
+        }
+        Some(FeedPlace {
+            places: Arc::clone(self),
+            client,
+            channel: channel.to_owned(),
+        })
+    }
+}
+
+impl Drop for FeedPlace {
+    fn drop(&mut self) {
+        self.places
+            .by_client
+            .remove_if_mut(&self.client, |_, feeds| {
+                if let Some(holders) = feeds.get_mut(&self.channel) {
+                    *holders -= 1;
+                    if *holders == 0 {
+                        feeds.remove(&self.channel);
+                        metrics::gauge!(FILTERED_FEEDS).decrement(1.0);
+                    }
+                }
+                feeds.is_empty()
+            });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
@@ -122,5 +191,41 @@ mod tests {
         assert!(limits.per_ip.is_empty());
         drop(places);
         assert!(limits.admit(ip).is_some());
+    }
+
+    #[test]
+    fn an_address_holds_distinct_feeds_up_to_its_cap_each_once() {
+        let places = FeedPlaces::new(2);
+        let (nat, other) = (
+            IpAddr::from(Ipv4Addr::new(192, 0, 2, 1)),
+            IpAddr::from(Ipv4Addr::new(192, 0, 2, 2)),
+        );
+        let phones: Vec<FeedPlace> = (0..30)
+            .map(|_| {
+                places
+                    .admit(nat, "feed?tag=jazz")
+                    .expect("one feed, one place")
+            })
+            .collect();
+        let second = places.admit(nat, "feed?tag=folk").expect("a second feed");
+        assert!(
+            places.admit(nat, "feed?tag=punk").is_none(),
+            "a third is refused"
+        );
+        assert!(
+            places.admit(other, "feed?tag=punk").is_some(),
+            "per address"
+        );
+
+        drop(second);
+        let third = places
+            .admit(nat, "feed?tag=punk")
+            .expect("a place given back");
+        drop(phones);
+        drop(third);
+        assert!(
+            places.by_client.get(&nat).is_none(),
+            "nothing held, nothing kept"
+        );
     }
 }

@@ -41,7 +41,7 @@ mod takeover;
 pub use channel::Channel;
 pub use hubs::Hubs;
 pub use inbound::Inbound;
-pub use limits::{ConnectionLimits, ConnectionPermit};
+pub use limits::{ConnectionLimits, ConnectionPermit, FeedPlaces};
 pub use me::MeFeeds;
 pub use protocol::{ClientFrame, parse_client_frame};
 pub use redis_fanout::RedisFanout;
@@ -69,9 +69,9 @@ pub struct RealtimeSettings {
     /// Feed hubs (`feed`, `feed?tag=…`, `feed?near=…`) running at once: each
     /// holds a listing of its own.
     pub max_feed_hubs: usize,
-    /// Filtered feeds (`feed?tag=…`, `feed?near=…`) subscribed at once from
-    /// one client address, over all its connections (0: no cap): one client
-    /// cannot take every feed hub.
+    /// Distinct filtered feeds (`feed?tag=…`, `feed?near=…`) one client
+    /// address holds at once, over all its connections (0: no cap): one
+    /// client cannot take every feed hub.
     pub max_filtered_feeds_per_ip: usize,
     /// Threads the channel hubs run on. A hub writes each update to its
     /// subscribers' sockets itself (on plain TCP); raise this on a machine

@@ -309,6 +309,7 @@ async fn subscriber(
         router.resync_all();
         link.mark(true);
         let mut heard = Heard::default();
+        let mut last_check = Instant::now();
         let mut messages = pubsub.into_on_message();
         loop {
             let message = match tokio::time::timeout(SILENCE, messages.next()).await {
@@ -328,17 +329,24 @@ async fn subscriber(
                 continue;
             };
             let now = Instant::now();
-            if heard.lapsed(now) {
-                metrics::counter!("turnout_fanout_gaps_total").increment(1);
-                tracing::warn!("another node went silent; its last changes may be lost; reloading");
-                router.resync_all();
+            if now.saturating_duration_since(last_check) >= Duration::from_secs(1) {
+                last_check = now;
+                if heard.lapsed(now) {
+                    metrics::counter!("turnout_fanout_gaps_total").increment(1);
+                    tracing::warn!(
+                        "another node went silent; its last changes may be lost; reloading"
+                    );
+                    router.resync_all();
+                }
             }
             if wire.node == node {
                 // Our own change or heartbeat: the link is alive.
                 continue;
             }
             let Some(change) = wire.change else {
-                if wire.seq > 0 && heard.counted(wire.node, wire.seq, now) {
+                // A node from before heartbeats counted sends 0: heard, and
+                // nothing to compare.
+                if heard.counted(wire.node, wire.seq, now) {
                     metrics::counter!("turnout_fanout_gaps_total").increment(1);
                     tracing::warn!(from = %wire.node, "changes from another node went missing; reloading");
                     router.resync_all();
@@ -350,7 +358,11 @@ async fn subscriber(
                 continue;
             };
             let (new, missed) = match wire.seq {
-                0 => (true, false),
+                // A node that does not number its changes: heard, no more.
+                0 => {
+                    heard.counted(wire.node, 0, now);
+                    (true, false)
+                }
                 seq => heard.hear(wire.node, seq, now),
             };
             if missed {
@@ -457,6 +469,15 @@ mod tests {
         dropped.fetch_add(2, Ordering::Relaxed);
         assert!(heard.counted(a, seq(numbering.heartbeat()), now));
         assert!(!heard.counted(a, seq(numbering.heartbeat()), now), "once");
+    }
+
+    #[test]
+    fn a_node_that_does_not_number_its_changes_is_heard_all_the_same() {
+        let (old, now) = (Uuid::now_v7(), Instant::now());
+        let mut heard = Heard::default();
+        assert!(!heard.counted(old, 0, now));
+        assert!(!heard.counted(old, 0, now + SILENCE / 2), "no gap in 0s");
+        assert!(!heard.lapsed(now + SILENCE), "heard {:?} ago", SILENCE / 2);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use super::channel::Channel;
 use super::hub::{ChannelHub, Subscribe, Subscribed, Unsubscribe};
 use super::hubs::{Hubs, NoHub};
 use super::inbound::{InboundError, Incoming};
-use super::limits::{ConnectionLimits, ConnectionPermit};
+use super::limits::{FeedPlace, FeedPlaces};
 use super::me::{ME, MeFeeds, MeWatcher, StopWatching};
 use super::protocol::{self, ClientFrame, Position};
 use super::socket::{Frame, Overflowed, SendQueue};
@@ -42,7 +42,7 @@ enum Subscription {
         hub: Addr<ChannelHub>,
         /// Its place among the client address's filtered feeds, if it is
         /// one: held while it lasts, given back when it is dropped.
-        _place: Option<ConnectionPermit>,
+        _place: Option<FeedPlace>,
     },
     /// The caller's recommendations, served by their recommender actor.
     Recs(UserId),
@@ -58,7 +58,7 @@ pub struct Channels {
     /// The filtered feeds (`feed?tag=…`, `feed?near=…`) each client address
     /// holds: each distinct one is a hub of the node's `max_feed_hubs`, so
     /// one client must not take them all.
-    pub filtered_feeds: Arc<ConnectionLimits>,
+    pub filtered_feeds: Arc<FeedPlaces>,
     /// The connection's client address, as its limits count it.
     pub client: IpAddr,
 }
@@ -110,7 +110,7 @@ pub struct WsSession {
     id: u64,
     queue: SendQueue,
     hubs: Hubs,
-    filtered_feeds: Arc<ConnectionLimits>,
+    filtered_feeds: Arc<FeedPlaces>,
     client: IpAddr,
     me: MeFeeds,
     recommenders: Recommenders,
@@ -282,7 +282,7 @@ impl WsSession {
                     Some(parsed) => {
                         let filtered = matches!(&parsed, Channel::Feed { tag, near } if tag.is_some() || near.is_some());
                         let place = match filtered {
-                            true => match self.filtered_feeds.admit(self.client) {
+                            true => match self.filtered_feeds.admit(self.client, &channel) {
                                 Some(place) => Some(place),
                                 None => {
                                     return self.reply(protocol::error(

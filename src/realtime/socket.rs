@@ -305,10 +305,11 @@ impl SendQueue {
         (Self { shared, session }, writer)
     }
 
-    /// The bytes of frames the queue may hold before the connection is
-    /// closed as a slow consumer.
-    pub fn budget(&self) -> usize {
-        self.shared.max_bytes
+    /// The bytes of frames the queue may still take before the connection
+    /// is closed as a slow consumer.
+    pub fn room(&self) -> usize {
+        let queued = self.shared.queue().bytes;
+        self.shared.max_bytes.saturating_sub(queued)
     }
 
     /// Queues a frame, or writes it at once when the socket allows. False

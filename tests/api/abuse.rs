@@ -422,9 +422,10 @@ async fn made_up_feeds_are_few_and_capped() {
 }
 
 /// One client address cannot take every feed hub: past
-/// `max_filtered_feeds_per_ip` filtered feeds over all its connections a
-/// subscribe is refused, and an unsubscribe gives its place back. The city
-/// feed, one hub for everyone, is not counted.
+/// `max_filtered_feeds_per_ip` distinct filtered feeds over all its
+/// connections a subscribe is refused, and an unsubscribe gives its place
+/// back. A feed it already holds, and the city feed (one hub for everyone),
+/// take none.
 #[tokio::test]
 async fn one_address_holds_a_bounded_number_of_filtered_feeds() {
     let (_server, app, _dir) = server(&[
@@ -442,6 +443,11 @@ async fn one_address_holds_a_bounded_number_of_filtered_feeds() {
 
     let refused = subscribe(&mut second, "feed?tag=d", None).await;
     assert_eq!(refused["code"], "too_many_subscriptions", "{refused}");
+    let shared = subscribe(&mut first, "feed?tag=c", None).await;
+    assert_eq!(
+        shared["type"], "snapshot",
+        "a feed the address holds takes no second place: {shared}"
+    );
     let city = subscribe(&mut second, "feed", None).await;
     assert_eq!(
         city["type"], "snapshot",

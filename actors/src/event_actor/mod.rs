@@ -412,8 +412,11 @@ impl EventActor {
                     return self.stop_if_unwanted(ctx);
                 }
                 return match idempotency {
-                    Some(key) => self.refuse_unless_answered(key, rejection.into(), reply, ctx),
-                    None => self.answer_after_in_flight(reply, Err(rejection.into())),
+                    Some(key) if !looked_up => {
+                        self.refuse_unless_answered(key, rejection.into(), reply, ctx)
+                    }
+                    // Looked up just before: no answer is stored for it.
+                    _ => self.answer_after_in_flight(reply, Err(rejection.into())),
                 };
             }
             Err(_) => return self.crash(reply, ctx),
@@ -438,17 +441,22 @@ impl EventActor {
         };
         self.facts_since_snapshot += facts.len() as u64;
         let members = state.parties() as u64;
-        let snapshot = (self.facts_since_snapshot >= self.settings.snapshot_every.max(members))
-            .then(|| {
-                self.facts_since_snapshot = 0;
-                state.clone()
-            });
+        let snapshot_due = self.facts_since_snapshot >= self.settings.snapshot_every.max(members);
         self.state = Some(state);
         self.arm_deadline(ctx);
 
         if facts.is_empty() && idempotency.is_none() {
             return self.answer_after_in_flight(reply, Ok(Reply::Done(outcome)));
         }
+        // Taken only for an append that goes out: a command that writes
+        // nothing would drop it, and the count with it.
+        let snapshot = match snapshot_due {
+            true => {
+                self.facts_since_snapshot = 0;
+                self.state.clone()
+            }
+            false => None,
+        };
 
         let now = Utc::now();
         let seq = self.in_flight.next_seq();

@@ -37,16 +37,24 @@ fn setup_with(
         commit_delay: delay,
         ..MemoryStore::default()
     });
+    (store.clone(), registry_on(store, held, settings))
+}
+
+/// A registry (a node) on `store`, which another may share.
+fn registry_on(
+    store: Arc<MemoryStore>,
+    held: Arc<HeldShards>,
+    settings: ActorSettings,
+) -> EventRegistry {
     let journal = Journal::new(store.clone(), JournalSettings::default()).start();
-    let registry = EventRegistry::new(
-        store.clone(),
+    EventRegistry::new(
+        store,
         journal,
         Arc::new(crate::changes::NoChanges),
         settings,
         vec![Arbiter::current()],
         held,
-    );
-    (store, registry)
+    )
 }
 
 async fn open_event(registry: &EventRegistry, capacity: i64) -> (EventId, UserId) {
@@ -386,4 +394,44 @@ async fn a_key_reused_on_another_event_fails_others_once_at_most() {
     let (reused, failed) = round().await;
     assert!(matches!(reused, Err(CommandError::KeyReused)), "{reused:?}");
     assert_eq!(failed, 0, "the second was refused before deciding");
+}
+
+/// A snapshot falls due at activation when more facts were replayed than
+/// `snapshot_every` (written before it was lowered, say). A first command
+/// that writes nothing must leave it due, not take it and drop it.
+#[actix::test]
+async fn a_snapshot_due_at_activation_waits_for_a_command_that_writes() {
+    let everything = || Arc::new(HeldShards::everything(ShardCount::DEFAULT));
+    let (store, before) = setup_with(Duration::ZERO, everything(), ActorSettings::default());
+    let (event, owner) = open_event(&before, 10).await;
+    let join = || Command::Join {
+        user: UserId::new(),
+        seats: Seats::default(),
+        at: Utc::now(),
+    };
+    for _ in 0..3 {
+        before.execute(event, join(), None, None).await.unwrap();
+    }
+    // Given five facts and no snapshot, read by a node that snapshots
+    // every three,
+    let lowered = ActorSettings {
+        snapshot_every: 3,
+        ..ActorSettings::default()
+    };
+    let after = registry_on(store.clone(), everything(), lowered);
+    // when its first command changes nothing, and the next writes,
+    let again = Command::Publish {
+        by: owner,
+        at: Utc::now(),
+    };
+    let unchanged = after.execute(event, again, None, None).await;
+    assert!(matches!(
+        unchanged,
+        Ok(Reply::Done(Outcome { changed: false, .. }))
+    ));
+    assert_eq!(store.snapshots.load(Ordering::SeqCst), 0);
+    after.execute(event, join(), None, None).await.unwrap();
+
+    // then the one that writes carries the snapshot.
+    assert_eq!(store.snapshots.load(Ordering::SeqCst), 1);
 }
