@@ -41,6 +41,7 @@ pub struct Settings {
     pub recommendations: crate::recommendations::RecommendationsConfig,
     pub outbox: crate::outbox::OutboxSettings,
     pub rate_limits: crate::http::rate_limit::RateLimitSettings,
+    pub quotas: QuotaSettings,
     pub metrics: crate::http::ops::MetricsSettings,
     pub cluster: crate::cluster::ClusterSettings,
     pub traces: crate::telemetry::TraceSettings,
@@ -179,6 +180,33 @@ pub struct HttpSettings {
     pub cached_events: usize,
     /// How long a stopping node waits for its open connections to close.
     pub drain_secs: u64,
+}
+
+/// `[quotas]`: what one account may own at once; 0: no cap. Each created
+/// row is memory on every node (the catalog of open events, the listings)
+/// and rows in the database, so a stranger's account must not grow them
+/// without bound. Counted before each create: concurrent creates may go a
+/// few past it. Like the rate limits, they are abuse limits, and
+/// `rate_limits.enabled = false` (a load test from one machine) lifts them
+/// too.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct QuotaSettings {
+    /// Events not yet started and not cancelled, drafts included.
+    pub upcoming_events_per_owner: i64,
+    pub venues_per_owner: i64,
+}
+
+impl Settings {
+    /// The quotas in force: none while the rate limits are off.
+    pub fn quotas_in_force(&self) -> QuotaSettings {
+        match self.rate_limits.enabled {
+            true => self.quotas,
+            false => QuotaSettings {
+                upcoming_events_per_owner: 0,
+                venues_per_owner: 0,
+            },
+        }
+    }
 }
 
 /// `[http.tls]`: PEM files.

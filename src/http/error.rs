@@ -98,6 +98,9 @@ pub enum ErrorCode {
     /// Accepting or declining an offer the caller does not hold (never
     /// made, already answered, or run out).
     NoOffer,
+    /// The caller owns as many venues, or upcoming events, as one account
+    /// may (`[quotas]`).
+    QuotaReached,
     PayloadTooLarge,
     BodyTimeout,
     RateLimited,

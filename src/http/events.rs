@@ -16,9 +16,9 @@ use uuid::Uuid;
 
 use super::identity::{AuthUser, MaybeUser};
 use super::pagination::{self, Page};
-use super::{ApiError, AppState, venues};
+use super::{ApiError, AppState, ErrorCode, venues};
 use crate::event_cache::CachedEvent;
-use crate::store::EventFilter;
+use crate::store::{EventFilter, micros};
 use crate::views::EventView;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -161,6 +161,7 @@ fn summary_response(status: actix_web::http::StatusCode, summary: &EventSummary)
 #[utoipa::path(post, path = "/v1/events", tag = "events", security(("bearer" = [])), request_body = CreateEventRequest,
     responses((status = 201, body = EventEnvelope),
         (status = 403, description = "`not_venue_organizer`: only the venue's owner, its organisers or an admin may put events on it", body = super::ErrorBody),
+        (status = 409, description = "`quota_reached`: the caller owns as many upcoming events as an account may", body = super::ErrorBody),
         (status = 422, body = super::ErrorBody)))]
 pub async fn create_event(
     state: web::Data<AppState>,
@@ -189,6 +190,19 @@ pub async fn create_event(
     )?
     .apply_to(WaitlistPolicy::default());
     venues::may_place_events(&state, body.venue_id, &user).await?;
+    let quota = state.quotas.upcoming_events_per_owner;
+    if quota > 0
+        && state
+            .store
+            .upcoming_events_owned(user.id, micros(super::now()))
+            .await?
+            >= quota
+    {
+        return Err(ApiError::conflict(
+            ErrorCode::QuotaReached,
+            format!("an account may own {quota} upcoming events (not started, not cancelled)"),
+        ));
+    }
     let id = EventId::new();
     let command = Command::Create {
         id,

@@ -82,6 +82,8 @@ pub struct AppState {
     pub events: crate::event_cache::EventCache,
     /// Set when the node is stopping.
     pub drain: drain::Drain,
+    /// What one account may own.
+    pub quotas: crate::config::QuotaSettings,
 }
 
 impl AppState {

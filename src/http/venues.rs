@@ -117,7 +117,9 @@ fn bounded(field: &'static str, raw: &str, max: usize) -> Result<String, ValueEr
 
 /// Register a venue.
 #[utoipa::path(post, path = "/v1/venues", tag = "venues", security(("bearer" = [])), request_body = CreateVenueRequest,
-    responses((status = 201, body = VenueEnvelope), (status = 422, body = super::ErrorBody)))]
+    responses((status = 201, body = VenueEnvelope),
+        (status = 409, description = "`quota_reached`: the caller owns as many venues as an account may", body = super::ErrorBody),
+        (status = 422, body = super::ErrorBody)))]
 pub async fn create_venue(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -129,6 +131,13 @@ pub async fn create_venue(
         lon: body.lon,
     }
     .check("lat/lon")?;
+    let quota = state.quotas.venues_per_owner;
+    if quota > 0 && state.store.venues_owned(user.id).await? >= quota {
+        return Err(ApiError::conflict(
+            ErrorCode::QuotaReached,
+            format!("an account may own {quota} venues"),
+        ));
+    }
     let venue = VenueRecord {
         id: VenueId::new().as_uuid(),
         owner_id: user.id.as_uuid(),

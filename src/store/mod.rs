@@ -265,6 +265,9 @@ pub trait Venues: Send + Sync {
     async fn organizers(&self, venue: VenueId) -> Result<Vec<(Uuid, i64)>, StoreError>;
 
     async fn is_organizer(&self, venue: VenueId, user: UserId) -> Result<bool, StoreError>;
+
+    /// How many venues `owner` owns (for `[quotas]`).
+    async fn venues_owned(&self, owner: UserId) -> Result<i64, StoreError>;
 }
 
 /// The read models' queries: events, listings, rosters and a user's joins.
@@ -273,6 +276,10 @@ pub trait EventReads: Send + Sync {
     async fn event(&self, id: EventId) -> Result<Option<EventRecord>, StoreError>;
 
     async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// How many of `owner`'s events start after `now` (unix µs) and are not
+    /// cancelled, drafts included (for `[quotas]`).
+    async fn upcoming_events_owned(&self, owner: UserId, now: i64) -> Result<i64, StoreError>;
 
     /// Active members by when they became active, then the waitlist in order;
     /// `after` is `(0 active | 1 waitlisted, order_key)`.

@@ -1,7 +1,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{TestApp, assert_error, body, id_of};
+use crate::helpers::{Backend, TestApp, assert_error, body, id_of, spawn_app_with};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -420,4 +420,73 @@ async fn the_listing_from_memory_is_the_listing_of_the_read_model() {
         "every page came from memory"
     );
     drop(server);
+}
+
+/// An account owns a bounded number of venues and of upcoming events (a
+/// stranger's account must not grow every node's catalog without bound);
+/// a cancelled event gives its place back, and other accounts are apart.
+async fn an_account_owns_a_bounded_number_of_venues_and_events(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |s| {
+        s.rate_limits.enabled = true;
+        s.quotas.venues_per_owner = 2;
+        s.quotas.upcoming_events_per_owner = 2;
+    })
+    .await
+    else {
+        return;
+    };
+    let (owner, other) = (app.user(), app.user());
+    let venue = app.venue(&owner).await;
+    app.venue(&owner).await;
+    let refused = app
+        .as_user(&owner, Method::POST, "/v1/venues")
+        .json(&json!({ "name": "Third Room", "lat": 52.37, "lon": 4.89 }))
+        .send()
+        .await
+        .unwrap();
+    let error = assert_error(refused, StatusCode::CONFLICT, "quota_reached").await;
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("2 venues")
+    );
+    app.venue(&other).await;
+
+    let create = || {
+        app.as_user(&owner, Method::POST, "/v1/events")
+            .json(&json!({
+                "title": "Late jazz", "venue_id": venue, "capacity": 5,
+                "starts_at": chrono::Utc::now() + chrono::Duration::days(7),
+            }))
+    };
+    let first = id_of(&body(create().send().await.unwrap()).await);
+    assert_eq!(create().send().await.unwrap().status(), StatusCode::CREATED);
+    assert_error(
+        create().send().await.unwrap(),
+        StatusCode::CONFLICT,
+        "quota_reached",
+    )
+    .await;
+    let cancelled = app
+        .as_user(&owner, Method::POST, &format!("/v1/events/{first}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), StatusCode::OK);
+    assert_eq!(
+        create().send().await.unwrap().status(),
+        StatusCode::CREATED,
+        "a cancelled event gives its place back"
+    );
+}
+
+#[actix_web::test]
+async fn sqlite_an_account_owns_a_bounded_number_of_venues_and_events() {
+    an_account_owns_a_bounded_number_of_venues_and_events(Backend::Sqlite).await;
+}
+
+#[actix_web::test]
+async fn postgres_an_account_owns_a_bounded_number_of_venues_and_events() {
+    an_account_owns_a_bounded_number_of_venues_and_events(Backend::Postgres).await;
 }

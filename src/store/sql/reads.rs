@@ -53,6 +53,22 @@ macro_rules! impl_reads {
                 Ok(found.pop())
             }
 
+            async fn upcoming_events_owned(
+                &self,
+                owner: UserId,
+                now: i64,
+            ) -> Result<i64, StoreError> {
+                sqlx::query_scalar(
+                    "SELECT count(*) FROM events \
+                     WHERE owner_id = $1 AND starts_at > $2 AND status <> 'cancelled'",
+                )
+                .bind(owner.as_uuid())
+                .bind(now)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(unavailable)
+            }
+
             async fn list_events(&self, f: &EventFilter) -> Result<Vec<EventRecord>, StoreError> {
                 let mut q = QueryBuilder::<$db>::new("SELECT ");
                 q.push(EVENT_COLUMNS).push(" FROM events e WHERE e.status = 'published'");

@@ -13,6 +13,14 @@ macro_rules! impl_venues {
     ($db:ty) => {
         #[async_trait]
         impl Venues for SqlStore<$db> {
+            async fn venues_owned(&self, owner: UserId) -> Result<i64, StoreError> {
+                sqlx::query_scalar("SELECT count(*) FROM venues WHERE owner_id = $1")
+                    .bind(owner.as_uuid())
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(unavailable)
+            }
+
             async fn create_venue(&self, v: &VenueRecord) -> Result<(), StoreError> {
                 sqlx::query(
                     "INSERT INTO venues (id, owner_id, name, lat, lon, address, time_zone, created_at) \
