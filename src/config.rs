@@ -194,6 +194,9 @@ pub struct QuotaSettings {
     /// Events not yet started and not cancelled, drafts included.
     pub upcoming_events_per_owner: i64,
     pub venues_per_owner: i64,
+    /// Accounts a venue's owner names to put events on it (a venue's
+    /// organiser list is answered whole).
+    pub organizers_per_venue: i64,
 }
 
 impl Settings {
@@ -204,6 +207,7 @@ impl Settings {
             false => QuotaSettings {
                 upcoming_events_per_owner: 0,
                 venues_per_owner: 0,
+                organizers_per_venue: 0,
             },
         }
     }

@@ -341,7 +341,8 @@ pub async fn list_organizers(
     request_body = AddOrganizerRequest,
     responses((status = 201, body = OrganizerView), (status = 200, body = OrganizerView),
         (status = 403, description = "`not_venue_owner`", body = super::ErrorBody),
-        (status = 404, body = super::ErrorBody)))]
+        (status = 404, body = super::ErrorBody),
+        (status = 409, description = "`quota_reached`: the venue has as many organisers as one may", body = super::ErrorBody)))]
 pub async fn add_organizer(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -350,6 +351,17 @@ pub async fn add_organizer(
 ) -> Result<HttpResponse, ApiError> {
     let venue = managed_venue(&state, id.into_inner(), &user).await?;
     let organizer = UserId::from(body.user_id);
+    let quota = state.quotas.organizers_per_venue;
+    if quota > 0 {
+        let named = state.store.organizers(venue).await?;
+        let already = named.iter().any(|(u, _)| *u == body.user_id);
+        if !already && named.len() as i64 >= quota {
+            return Err(ApiError::conflict(
+                ErrorCode::QuotaReached,
+                format!("a venue may have {quota} organisers"),
+            ));
+        }
+    }
     let at = micros(Utc::now());
     let added = state.store.add_organizer(venue, organizer, at).await?;
     let view = OrganizerView {

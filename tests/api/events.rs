@@ -423,13 +423,15 @@ async fn the_listing_from_memory_is_the_listing_of_the_read_model() {
 }
 
 /// An account owns a bounded number of venues and of upcoming events (a
-/// stranger's account must not grow every node's catalog without bound);
-/// a cancelled event gives its place back, and other accounts are apart.
+/// stranger's account must not grow every node's catalog without bound),
+/// and a venue names a bounded number of organisers; a cancelled event
+/// gives its place back, and other accounts are apart.
 async fn an_account_owns_a_bounded_number_of_venues_and_events(backend: Backend) {
     let Some(app) = spawn_app_with(backend, |s| {
         s.rate_limits.enabled = true;
         s.quotas.venues_per_owner = 2;
         s.quotas.upcoming_events_per_owner = 2;
+        s.quotas.organizers_per_venue = 1;
     })
     .await
     else {
@@ -452,6 +454,31 @@ async fn an_account_owns_a_bounded_number_of_venues_and_events(backend: Backend)
             .contains("2 venues")
     );
     app.venue(&other).await;
+
+    let name = |organizer: uuid::Uuid| {
+        app.as_user(
+            &owner,
+            Method::POST,
+            &format!("/v1/venues/{venue}/organizers"),
+        )
+        .json(&json!({ "user_id": organizer }))
+    };
+    let first_organizer = uuid::Uuid::now_v7();
+    assert_eq!(
+        name(first_organizer).send().await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        name(first_organizer).send().await.unwrap().status(),
+        StatusCode::OK,
+        "naming one again is no new place"
+    );
+    assert_error(
+        name(uuid::Uuid::now_v7()).send().await.unwrap(),
+        StatusCode::CONFLICT,
+        "quota_reached",
+    )
+    .await;
 
     let create = || {
         app.as_user(&owner, Method::POST, "/v1/events")
