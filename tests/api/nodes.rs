@@ -394,3 +394,113 @@ async fn linked_nodes(dir: &tempfile::TempDir) -> Option<(TestApp, TestApp, Stri
     }
     Some((a, b, redis_url))
 }
+
+/// A node's heartbeat carries its count of changes, and a node that falls
+/// silent may have committed changes it never published: either way the
+/// nodes that hear it reload their channels, and a client gets a fresh
+/// snapshot instead of a count left behind. Another node is played here by
+/// messages published straight to the shared Redis channel.
+#[actix_web::test]
+async fn a_dropped_tail_or_a_silent_node_makes_the_others_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(redis_url) = std::env::var("TURNOUT_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!("TURNOUT_TEST_REDIS_URL is not set: skipping a test of nodes linked by Redis");
+        return;
+    };
+    let Some(url) = fresh_database(Backend::Postgres, &dir).await else {
+        return;
+    };
+    let channel = format!("turnout:test:{}", uuid::Uuid::new_v4());
+    let node = spawn_node(&url, |s| {
+        s.redis_url = Some(secrecy::SecretString::from(redis_url.clone()));
+        s.realtime.redis_channel = channel.clone();
+    })
+    .await;
+    for attempt in 0.. {
+        let ready = node
+            .request(reqwest::Method::GET, "/ready")
+            .send()
+            .await
+            .unwrap();
+        if body(ready).await["data"]["fanout"] == "connected" {
+            break;
+        }
+        assert!(attempt < 200, "the node never subscribed to redis");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let mut redis = redis::Client::open(redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("TURNOUT_TEST_REDIS_URL is set but Redis does not answer");
+    let owner = node.register("owner@example.com").await;
+    let event = node.published_event(&owner, 10).await;
+    let mut socket = crate::realtime::connect(&node).await;
+    let mut snapshot =
+        crate::realtime::subscribe(&mut socket, &format!("event:{event}"), None).await;
+    // The node subscribes to Redis as it starts and reloads then: wait for
+    // that reload's snapshot, if it comes after ours.
+    while let Ok(frame) = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        crate::realtime::next(&mut socket),
+    )
+    .await
+    {
+        snapshot = frame;
+    }
+    assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+    let other = uuid::Uuid::now_v7();
+    let heartbeat =
+        |seq: u64| serde_json::json!({ "node": other, "seq": seq, "change": null }).to_string();
+    let mut publish = async |message: String| {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(message)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    };
+
+    // The other node has counted 1 change, then 3: two never arrived.
+    publish(heartbeat(1)).await;
+    publish(heartbeat(3)).await;
+    let fresh = crate::realtime::next(&mut socket).await;
+    assert_eq!(
+        (&fresh["type"], &fresh["recovered"]),
+        (&serde_json::json!("snapshot"), &serde_json::json!(false)),
+        "a dropped tail: {fresh}"
+    );
+
+    // Then it falls silent (killed mid-publish, say): after 15 s, once more.
+    let silent_since = std::time::Instant::now();
+    let fresh = text_within(&mut socket, std::time::Duration::from_secs(30))
+        .await
+        .expect("a silent node is noticed");
+    assert_eq!(
+        (&fresh["type"], &fresh["recovered"]),
+        (&serde_json::json!("snapshot"), &serde_json::json!(false)),
+        "a silent node: {fresh}"
+    );
+    assert!(silent_since.elapsed() >= std::time::Duration::from_secs(14));
+}
+
+/// The next text frame within `wait`, if one comes.
+async fn text_within(
+    socket: &mut crate::realtime::Socket,
+    wait: std::time::Duration,
+) -> Option<Value> {
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let message = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .ok()??
+            .ok()?;
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+            return serde_json::from_str(&text).ok();
+        }
+    }
+}
