@@ -2,6 +2,7 @@
 //!
 //! - `app`: wires settings, store, actors and the HTTP server together.
 //! - `background`: background tasks that stop at a shutdown signal.
+//! - `client_address`: what every per-address limit counts a client as.
 //! - `cluster`: this node's membership of the cluster (registration, heartbeat).
 //! - `config`: layered settings (file, environment, flags).
 //! - `auth`: passwords, tokens and the identity extractors.
@@ -18,6 +19,7 @@
 pub mod app;
 pub mod auth;
 pub mod background;
+pub mod client_address;
 pub mod cluster;
 pub mod config;
 pub mod consumers;

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::Email;
-use crate::http::rate_limit::counted_as;
+use crate::client_address::counted_as;
 
 /// `[auth.lockout]` settings.
 #[derive(Debug, Clone, Deserialize)]

@@ -79,7 +79,7 @@ impl HttpConnections {
         let Some(peer) = peer_of(connection) else {
             return;
         };
-        if super::rate_limit::is_trusted(&self.trusted_proxies, peer.ip()) {
+        if crate::client_address::is_trusted(&self.trusted_proxies, peer.ip()) {
             return;
         }
         match self.limits.admit(peer.ip()) {

@@ -21,6 +21,7 @@ use uuid::Uuid;
 use super::ApiError;
 use super::identity::{VerifiedClaims, bearer_token};
 use crate::auth::TokenKeys;
+use crate::client_address::{counted_as, is_trusted};
 
 /// `[rate_limits]` settings: a budget per kind of request, each per
 /// minute; 0 switches one off, `enabled = false` all of them.
@@ -105,13 +106,6 @@ impl Limiter {
     }
 }
 
-/// Whether `ip` is one of `proxies` (an IPv4 proxy seen on a dual-stack
-/// listener as `::ffff:a.b.c.d` too).
-pub fn is_trusted(proxies: &[IpAddr], ip: IpAddr) -> bool {
-    let ip = ip.to_canonical();
-    proxies.iter().any(|p| p.to_canonical() == ip)
-}
-
 /// One `X-Forwarded-For` hop's address: bare, bracketed, or with a port as
 /// some proxies write it (`192.0.2.1:4711`, `[2001:db8::1]:4711`).
 fn hop_address(hop: &str) -> Option<IpAddr> {
@@ -123,20 +117,6 @@ fn hop_address(hop: &str) -> Option<IpAddr> {
         .or_else(|_| hop.parse::<SocketAddr>().map(|a| a.ip()))
         .ok()
         .map(|ip| ip.to_canonical())
-}
-
-/// The address a client's budgets and connections are counted by: an
-/// IPv6 client by its /64, the block one subscriber is given and may
-/// draw fresh addresses from at will (counted one by one, each would get
-/// a budget of its own).
-pub fn counted_as(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(prefix.into())
-        }
-        v4 => v4,
-    }
 }
 
 pub struct RateLimits {

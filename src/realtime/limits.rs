@@ -45,7 +45,7 @@ impl ConnectionLimits {
     }
 
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionPermit> {
-        let ip = crate::http::rate_limit::counted_as(ip);
+        let ip = crate::client_address::counted_as(ip);
         // The total first, and the address only when it may connect at all:
         // a refused address leaves no entry behind.
         if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
@@ -113,7 +113,7 @@ impl FeedPlaces {
     /// A place for `channel` (its canonical name) from `client`, or `None`
     /// when that address already holds as many other feeds as allowed.
     pub fn admit(self: &Arc<Self>, client: IpAddr, channel: &str) -> Option<FeedPlace> {
-        let client = crate::http::rate_limit::counted_as(client);
+        let client = crate::client_address::counted_as(client);
         let mut feeds = self.by_client.entry(client).or_default();
         let full = self.max_per_client > 0 && feeds.len() >= self.max_per_client;
         match feeds.get_mut(channel) {
