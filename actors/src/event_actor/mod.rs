@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::changes::{ChangeSink, EventChange};
 use crate::domain::{
-    Command, DomainEvent, EventId, EventState, Membership, Rejection, decide, evolve,
+    Command, DomainEvent, EventId, EventState, Membership, Rejection, UserId, decide, evolve,
     waitlist_moves,
 };
 use crate::idempotency::{Answer, Given, IdempotencyKey, KeyMemory, KeyReplayers, Recalled};
@@ -634,16 +634,9 @@ impl EventActor {
         if self.key_lookups >= MAX_LOOKUPS {
             return self.answer_after_in_flight(reply, Err(refusal));
         }
-        self.key_lookups += 1;
-        let (store, user, wanted) = (Arc::clone(&self.store), key.user, key.key.clone());
-        ctx.spawn(
-            async move { store.stored_answer(user, &wanted).await }
-                .into_actor(self)
-                .map(move |stored, actor, _| {
-                    actor.key_lookups -= 1;
-                    actor.refuse_or_replay(key, refusal, stored, reply);
-                }),
-        );
+        self.look_up(key.user, key.key.clone(), ctx, move |actor, stored, _| {
+            actor.refuse_or_replay(key, refusal, stored, reply);
+        });
     }
 
     /// A key of a user [`KeyReplayers`] watches, unknown here: looked up
@@ -662,25 +655,40 @@ impl EventActor {
             let _ = reply.send(Err(CommandError::Unavailable));
             return;
         }
+        self.look_up(
+            key.user,
+            key.key.clone(),
+            ctx,
+            move |actor, stored, ctx| match stored {
+                Ok(Some(given)) => {
+                    let _ = reply.send(replay(&given, &key.fingerprint));
+                    actor.keys.remember(key.id(), given, Instant::now());
+                }
+                Ok(None) => actor.run(command, Some(key), request_id, caller, reply, true, ctx),
+                Err(_) => {
+                    let _ = reply.send(Err(CommandError::Unavailable));
+                }
+            },
+        );
+    }
+
+    /// Reads the answer stored under `user`'s key `wanted`, then `then`
+    /// with it; the actor does not passivate while a lookup is under way.
+    fn look_up(
+        &mut self,
+        user: UserId,
+        wanted: String,
+        ctx: &mut Context<Self>,
+        then: impl FnOnce(&mut Self, Result<Option<Given>, StoreError>, &mut Context<Self>) + 'static,
+    ) {
         self.key_lookups += 1;
-        let (store, user, wanted) = (Arc::clone(&self.store), key.user, key.key.clone());
+        let store = Arc::clone(&self.store);
         ctx.spawn(
             async move { store.stored_answer(user, &wanted).await }
                 .into_actor(self)
                 .map(move |stored, actor, ctx| {
                     actor.key_lookups -= 1;
-                    match stored {
-                        Ok(Some(given)) => {
-                            let _ = reply.send(replay(&given, &key.fingerprint));
-                            actor.keys.remember(key.id(), given, Instant::now());
-                        }
-                        Ok(None) => {
-                            actor.run(command, Some(key), request_id, caller, reply, true, ctx)
-                        }
-                        Err(_) => {
-                            let _ = reply.send(Err(CommandError::Unavailable));
-                        }
-                    }
+                    then(actor, stored, ctx);
                 }),
         );
     }
