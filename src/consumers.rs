@@ -29,6 +29,8 @@ use turnout_actors::store::StoreError;
 const GROUP: &str = "turnout-daily-facts";
 /// Entries another consumer left unacknowledged this long are taken over.
 const CLAIM_IDLE_MS: u64 = 60_000;
+/// How often the group's lag is read for `turnout_outbox_consumer_lag`.
+const LAG_EVERY: Duration = Duration::from_secs(10);
 
 /// One fact, as consumers see it.
 #[derive(Debug, Clone)]
@@ -159,6 +161,24 @@ async fn consume(
     }
 }
 
+/// How many of `stream`'s entries `group` has yet to be handed: the
+/// stream is capped near `outbox.stream_max_len` entries as it is written,
+/// so a group that far behind loses the oldest it had not read. `None`
+/// when Redis cannot tell (after some deletions) or the group is unknown.
+pub async fn group_lag(
+    redis: &mut impl AsyncCommands,
+    stream: &str,
+    group: &str,
+) -> redis::RedisResult<Option<u64>> {
+    let groups: redis::streams::StreamInfoGroupsReply = redis.xinfo_groups(stream).await?;
+    Ok(groups
+        .groups
+        .into_iter()
+        .find(|g| g.name == group)
+        .and_then(|g| g.lag)
+        .map(|lag| lag as u64))
+}
+
 async fn consume_until_error(
     store: &Arc<dyn Store>,
     client: &redis::Client,
@@ -185,7 +205,14 @@ async fn consume_until_error(
         .count(100)
         .block(2_000);
     let mut last_claim = tokio::time::Instant::now() - Duration::from_secs(3600);
+    let mut last_lag = last_claim;
     loop {
+        if last_lag.elapsed() > LAG_EVERY {
+            last_lag = tokio::time::Instant::now();
+            if let Some(lag) = group_lag(&mut redis, stream, GROUP).await? {
+                metrics::gauge!("turnout_outbox_consumer_lag").set(lag as f64);
+            }
+        }
         let mut entries: Vec<StreamId> = Vec::new();
         if last_claim.elapsed() > Duration::from_secs(30) {
             last_claim = tokio::time::Instant::now();

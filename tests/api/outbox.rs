@@ -390,3 +390,38 @@ async fn stream_entries_older_than_the_retention_are_trimmed() {
     assert_eq!(left, 1, "the entry within the retention stays");
     delete(&mut check, &key).await;
 }
+
+/// The consumer group's lag, for `turnout_outbox_consumer_lag`: the entries
+/// it has yet to be handed, which a stream capped at `stream_max_len` trims
+/// unread once there are too many.
+#[actix_web::test]
+async fn a_consumer_groups_lag_is_the_entries_it_has_yet_to_be_handed() {
+    let Some(url) = redis_url() else { return };
+    let mut check = redis(&url).await;
+    let (_, key) = fresh_stream();
+    for _ in 0..3 {
+        let _: String = redis::cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg("payload")
+            .arg("{}")
+            .query_async(&mut check)
+            .await
+            .unwrap();
+    }
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&key)
+        .arg("behind")
+        .arg("0")
+        .query_async(&mut check)
+        .await
+        .unwrap();
+
+    let lag = turnout::consumers::group_lag(&mut check, &key, "behind").await;
+
+    assert_eq!(lag.unwrap(), Some(3));
+    let unknown = turnout::consumers::group_lag(&mut check, &key, "nobody").await;
+    assert_eq!(unknown.unwrap(), None);
+    delete(&mut check, &key).await;
+}
