@@ -270,6 +270,9 @@ pub fn export_from_start() {
     for &name in ZERO_AT_START {
         metrics::gauge!(name).set(0.0);
     }
+    // Nothing is behind until a stream consumer reads its group's lag (as
+    // it starts, then every 10 s); a node without Redis has no stream.
+    metrics::gauge!("turnout_outbox_consumer_lag").set(0.0);
 }
 
 /// The process-wide Prometheus recorder (installed once, shared by every app
