@@ -491,7 +491,7 @@ fn start_maintenance(
             format!(
                 "{}{}",
                 settings.outbox.stream_prefix,
-                crate::outbox::TOPICS[0]
+                crate::outbox::EVENTS_TOPIC
             ),
             background,
         )?;

@@ -24,3 +24,27 @@ pub fn counted_as(ip: IpAddr) -> IpAddr {
         v4 => v4,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(address: &str) -> IpAddr {
+        address.parse().unwrap()
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64() {
+        let (a, b) = (ip("2001:db8:1:2:aaaa::1"), ip("2001:db8:1:2:bbbb::9"));
+        assert_eq!(counted_as(a), counted_as(b));
+        assert_ne!(counted_as(a), counted_as(ip("2001:db8:1:3::1")));
+        assert_eq!(counted_as(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
+    }
+
+    #[test]
+    fn a_proxy_is_trusted_in_either_form_of_its_address() {
+        let proxies = [ip("10.0.0.2")];
+        assert!(is_trusted(&proxies, ip("::ffff:10.0.0.2")));
+        assert!(!is_trusted(&proxies, ip("10.0.0.3")));
+    }
+}

@@ -189,7 +189,7 @@ pub struct HttpSettings {
 /// few past it. Like the rate limits, they are abuse limits, and
 /// `rate_limits.enabled = false` (a load test from one machine) lifts them
 /// too.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
 pub struct QuotaSettings {
     /// Events not yet started and not cancelled, drafts included.
     pub upcoming_events_per_owner: i64,
@@ -204,11 +204,7 @@ impl Settings {
     pub fn quotas_in_force(&self) -> QuotaSettings {
         match self.rate_limits.enabled {
             true => self.quotas,
-            false => QuotaSettings {
-                upcoming_events_per_owner: 0,
-                venues_per_owner: 0,
-                organizers_per_venue: 0,
-            },
+            false => QuotaSettings::default(),
         }
     }
 }

@@ -15,7 +15,7 @@
 //!   marked dead (listed and replayed through the admin API) and the rows
 //!   behind it move on.
 //! - A stream keeps what `outbox.retention_hours` keeps of the outbox and the
-//!   inbox, and no longer (`trim_streams`, with the purge): a redelivery,
+//!   inbox, and no longer (`trim_stream`, with the purge): a redelivery,
 //!   or a consumer group created anew reading from the start, never meets
 //!   an entry whose inbox row is gone, which it would count again.
 //!   `stream_max_len` bounds it meanwhile.
@@ -54,8 +54,9 @@ pub struct OutboxSettings {
     pub retention_hours: i64,
 }
 
-/// The topics the journal writes outbox rows for: a stream each.
-pub const TOPICS: [&str; 1] = ["events"];
+/// The topic of every outbox row the journal writes (its SQL writes it as
+/// `'events'`): one stream, `<stream_prefix>events`.
+pub const EVENTS_TOPIC: &str = "events";
 
 const LEASE: &str = "outbox-relay";
 const LEASE_TTL: Duration = Duration::from_secs(10);
@@ -103,7 +104,7 @@ pub fn start(
                     // One node purges: the one whose relay holds the lease.
                     if relaying.load(Ordering::Relaxed) {
                         if let Some(client) = &client
-                            && let Err(error) = trim_streams(client, &prefix, retention_hours).await
+                            && let Err(error) = trim_stream(client, &prefix, retention_hours).await
                         {
                             tracing::warn!(error = ?error.kind(), "cannot trim the outbox streams");
                         }
@@ -411,28 +412,24 @@ fn fields(row: &OutboxMessage, traceparent: Option<&str>) -> Vec<(&'static str, 
     ]
 }
 
-/// Drops the streams' entries older than the retention: an entry's id is
+/// Drops the stream's entries older than the retention: an entry's id is
 /// its time of publishing in milliseconds, and the inbox row of its
 /// delivery, made later, is kept for as long (see the module's doc).
 /// Trimmed exactly, not `~`: this runs once a minute, and a rough trim
 /// keeps whole blocks of older entries.
-pub async fn trim_streams(
+pub async fn trim_stream(
     client: &redis::Client,
     prefix: &str,
     retention_hours: i64,
 ) -> redis::RedisResult<u64> {
     let mut redis = client.get_multiplexed_async_connection().await?;
     let oldest_kept = chrono::Utc::now().timestamp_millis() - retention_hours * 3_600_000;
-    let mut trimmed = 0;
-    for topic in TOPICS {
-        let n: u64 = redis::cmd("XTRIM")
-            .arg(format!("{prefix}{topic}"))
-            .arg("MINID")
-            .arg(oldest_kept.max(0))
-            .query_async(&mut redis)
-            .await?;
-        trimmed += n;
-    }
+    let trimmed: u64 = redis::cmd("XTRIM")
+        .arg(format!("{prefix}{EVENTS_TOPIC}"))
+        .arg("MINID")
+        .arg(oldest_kept.max(0))
+        .query_async(&mut redis)
+        .await?;
     if trimmed > 0 {
         tracing::info!(trimmed, "trimmed outbox stream entries past the retention");
     }

@@ -178,13 +178,19 @@ mod tests {
         assert!(matches!(b.admit(), Err(ApiError::WritesPaused(_))));
     }
 
-    #[test]
-    fn after_the_cool_down_one_probe_decides() {
+    /// A breaker opened by three failures, its cool-down over.
+    fn cooled_down() -> Breaker {
         let b = breaker();
         for _ in 0..3 {
             fail(&b);
         }
         std::thread::sleep(Duration::from_millis(60));
+        b
+    }
+
+    #[test]
+    fn after_the_cool_down_one_probe_decides() {
+        let b = cooled_down();
         let probe = b.admit().expect("the probe goes through");
         assert!(b.admit().is_err(), "only one probe at a time");
         b.record::<()>(probe, &Err(ApiError::Unavailable));
@@ -198,11 +204,7 @@ mod tests {
 
     #[test]
     fn a_probe_dropped_unrecorded_lets_the_next_write_probe() {
-        let b = breaker();
-        for _ in 0..3 {
-            fail(&b);
-        }
-        std::thread::sleep(Duration::from_millis(60));
+        let b = cooled_down();
         let probe = b.admit().expect("the probe goes through");
         drop(probe);
 

@@ -128,6 +128,12 @@ impl Channel {
         Ok(Channel::Feed { tag, near })
     }
 
+    /// A feed narrowed by tag or place: one of many a client may choose,
+    /// each a hub of its own (`realtime.max_filtered_feeds_per_ip`).
+    pub fn is_filtered_feed(&self) -> bool {
+        matches!(self, Channel::Feed { tag, near } if tag.is_some() || near.is_some())
+    }
+
     /// The label used in metrics.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -110,21 +110,21 @@ impl FeedPlaces {
         })
     }
 
-    /// A place for `channel` (its canonical name) from `client`, or `None`
+    /// A place for `channel` (its canonical name) from `client`, or the cap
     /// when that address already holds as many other feeds as allowed.
-    pub fn admit(self: &Arc<Self>, client: IpAddr, channel: &str) -> Option<FeedPlace> {
+    pub fn admit(self: &Arc<Self>, client: IpAddr, channel: &str) -> Result<FeedPlace, usize> {
         let client = crate::client_address::counted_as(client);
         let mut feeds = self.by_client.entry(client).or_default();
         let full = self.max_per_client > 0 && feeds.len() >= self.max_per_client;
         match feeds.get_mut(channel) {
             Some(holders) => *holders += 1,
-            None if full => return None,
+            None if full => return Err(self.max_per_client),
             None => {
                 feeds.insert(channel.to_owned(), 1);
                 metrics::gauge!(FILTERED_FEEDS).increment(1.0);
             }
         }
-        Some(FeedPlace {
+        Ok(FeedPlace {
             places: Arc::clone(self),
             client,
             channel: channel.to_owned(),
@@ -209,13 +209,10 @@ mod tests {
             .collect();
         let second = places.admit(nat, "feed?tag=folk").expect("a second feed");
         assert!(
-            places.admit(nat, "feed?tag=punk").is_none(),
+            places.admit(nat, "feed?tag=punk").err() == Some(2),
             "a third is refused"
         );
-        assert!(
-            places.admit(other, "feed?tag=punk").is_some(),
-            "per address"
-        );
+        assert!(places.admit(other, "feed?tag=punk").is_ok(), "per address");
 
         drop(second);
         let third = places

@@ -225,19 +225,10 @@ const FORGET_AFTER: Duration = Duration::from_secs(3_600);
 impl Heard {
     /// Whether a change is new, and whether changes before it went missing.
     fn hear(&mut self, node: Uuid, seq: u64, now: Instant) -> (bool, bool) {
-        let Some(last) = self.0.get_mut(&node) else {
-            self.0.insert(
-                node,
-                Last {
-                    seq,
-                    at: now,
-                    lapsed: false,
-                },
-            );
+        let (last, first) = self.heard_from(node, seq, now);
+        if first {
             return (true, false);
-        };
-        last.at = now;
-        last.lapsed = false;
+        }
         if seq <= last.seq {
             // A publish retried after its answer was lost: seen already.
             return (false, false);
@@ -249,16 +240,27 @@ impl Heard {
 
     /// A heartbeat: the node's count so far. Whether changes went missing.
     fn counted(&mut self, node: Uuid, count: u64, now: Instant) -> bool {
-        let last = self.0.entry(node).or_insert(Last {
-            seq: count,
-            at: now,
-            lapsed: false,
-        });
-        last.at = now;
-        last.lapsed = false;
+        let (last, _) = self.heard_from(node, count, now);
         let missed = count > last.seq;
         last.seq = last.seq.max(count);
         missed
+    }
+
+    /// `node` was heard at `now`: what was heard from it before (a node
+    /// heard for the first time starts at `seq`), and whether it is new.
+    fn heard_from(&mut self, node: Uuid, seq: u64, now: Instant) -> (&mut Last, bool) {
+        let mut first = false;
+        let last = self.0.entry(node).or_insert_with(|| {
+            first = true;
+            Last {
+                seq,
+                at: now,
+                lapsed: false,
+            }
+        });
+        last.at = now;
+        last.lapsed = false;
+        (last, first)
     }
 
     /// Whether a node went silent for `SILENCE` since the last call: what

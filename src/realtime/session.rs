@@ -280,16 +280,14 @@ impl WsSession {
                 }
                 let subscription = match parsed {
                     Some(parsed) => {
-                        let filtered = matches!(&parsed, Channel::Feed { tag, near } if tag.is_some() || near.is_some());
-                        let place = match filtered {
+                        let place = match parsed.is_filtered_feed() {
                             true => match self.filtered_feeds.admit(self.client, &channel) {
-                                Some(place) => Some(place),
-                                None => {
+                                Ok(place) => Some(place),
+                                Err(cap) => {
                                     return self.reply(protocol::error(
                                         "too_many_subscriptions",
                                         &format!(
-                                            "{channel}: at most {} filtered feeds per client address",
-                                            self.settings.max_filtered_feeds_per_ip
+                                            "{channel}: at most {cap} filtered feeds per client address"
                                         ),
                                     ));
                                 }

@@ -40,6 +40,26 @@ pub fn postgres_base_url() -> Option<String> {
         .filter(|u| !u.is_empty())
 }
 
+/// `TURNOUT_TEST_REDIS_URL`, if set; `what` names the tests skipped without.
+pub fn redis_test_url(what: &str) -> Option<String> {
+    let url = std::env::var("TURNOUT_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    if url.is_none() {
+        eprintln!("TURNOUT_TEST_REDIS_URL is not set: skipping {what}");
+    }
+    url
+}
+
+/// A connection to the test Redis at `url`, to check what the server wrote.
+pub async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("TURNOUT_TEST_REDIS_URL is set but Redis does not answer")
+}
+
 static ONCE_NOTICE: LazyLock<()> = LazyLock::new(|| {
     eprintln!("TURNOUT_TEST_POSTGRES_URL is not set: skipping the Postgres variants");
 });

@@ -12,24 +12,12 @@ use serde_json::Value;
 use turnout::store::OutboxStatus;
 use uuid::Uuid;
 
-use crate::helpers::{Backend, TestApp, User, body, spawn_app_with, switchable_proxy};
+use crate::helpers::{
+    Backend, TestApp, User, body, redis_connection, spawn_app_with, switchable_proxy,
+};
 
 fn redis_url() -> Option<String> {
-    let url = std::env::var("TURNOUT_TEST_REDIS_URL")
-        .ok()
-        .filter(|u| !u.is_empty());
-    if url.is_none() {
-        eprintln!("TURNOUT_TEST_REDIS_URL is not set: skipping the outbox relay tests");
-    }
-    url
-}
-
-async fn redis(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("TURNOUT_TEST_REDIS_URL is set but Redis does not answer")
+    crate::helpers::redis_test_url("the outbox relay tests")
 }
 
 fn backend() -> Backend {
@@ -72,6 +60,18 @@ fn fresh_stream() -> (String, String) {
     (prefix, key)
 }
 
+/// Adds an entry of id `id` (`*`: now) to the stream `key`.
+async fn add_entry(redis: &mut redis::aio::MultiplexedConnection, key: &str, id: &str) {
+    let _: String = redis::cmd("XADD")
+        .arg(key)
+        .arg(id)
+        .arg("payload")
+        .arg("{}")
+        .query_async(redis)
+        .await
+        .unwrap();
+}
+
 async fn delete(redis: &mut redis::aio::MultiplexedConnection, key: &str) {
     let _: () = redis::cmd("DEL").arg(key).query_async(redis).await.unwrap();
 }
@@ -94,7 +94,7 @@ async fn wait_until<F: std::future::Future<Output = bool>>(
 #[actix_web::test]
 async fn facts_reach_the_stream_in_order_even_after_redis_was_away() {
     let Some(url) = redis_url() else { return };
-    let mut check = redis(&url).await;
+    let mut check = redis_connection(&url).await;
     let target: SocketAddr = {
         let info = redis::Client::open(url.as_str())
             .unwrap()
@@ -229,7 +229,7 @@ async fn facts_reach_the_stream_in_order_even_after_redis_was_away() {
 #[actix_web::test]
 async fn a_message_redis_refuses_goes_dead_and_an_admin_replays_it() {
     let Some(url) = redis_url() else { return };
-    let mut check = redis(&url).await;
+    let mut check = redis_connection(&url).await;
     let (prefix, key) = fresh_stream();
     // Not a stream: every XADD to it is refused.
     let _: () = redis::cmd("SET")
@@ -313,7 +313,7 @@ async fn a_message_redis_refuses_goes_dead_and_an_admin_replays_it() {
 #[actix_web::test]
 async fn two_servers_on_one_database_publish_every_fact_once_in_order() {
     let Some(url) = redis_url() else { return };
-    let mut check = redis(&url).await;
+    let mut check = redis_connection(&url).await;
     let dir = tempfile::tempdir().unwrap();
     let database = crate::helpers::fresh_database(backend(), &dir)
         .await
@@ -362,22 +362,15 @@ async fn two_servers_on_one_database_publish_every_fact_once_in_order() {
 #[actix_web::test]
 async fn stream_entries_older_than_the_retention_are_trimmed() {
     let Some(url) = redis_url() else { return };
-    let mut check = redis(&url).await;
+    let mut check = redis_connection(&url).await;
     let (prefix, key) = fresh_stream();
     let two_days_ago = chrono::Utc::now().timestamp_millis() - 48 * 3_600_000;
     for id in [format!("{two_days_ago}-0"), "*".to_owned()] {
-        let _: String = redis::cmd("XADD")
-            .arg(&key)
-            .arg(&id)
-            .arg("payload")
-            .arg("{}")
-            .query_async(&mut check)
-            .await
-            .unwrap();
+        add_entry(&mut check, &key, &id).await;
     }
 
     let client = redis::Client::open(url.as_str()).unwrap();
-    let trimmed = turnout::outbox::trim_streams(&client, &prefix, 24)
+    let trimmed = turnout::outbox::trim_stream(&client, &prefix, 24)
         .await
         .unwrap();
 
@@ -397,17 +390,10 @@ async fn stream_entries_older_than_the_retention_are_trimmed() {
 #[actix_web::test]
 async fn a_consumer_groups_lag_is_the_entries_it_has_yet_to_be_handed() {
     let Some(url) = redis_url() else { return };
-    let mut check = redis(&url).await;
+    let mut check = redis_connection(&url).await;
     let (_, key) = fresh_stream();
     for _ in 0..3 {
-        let _: String = redis::cmd("XADD")
-            .arg(&key)
-            .arg("*")
-            .arg("payload")
-            .arg("{}")
-            .query_async(&mut check)
-            .await
-            .unwrap();
+        add_entry(&mut check, &key, "*").await;
     }
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")

@@ -660,10 +660,7 @@ impl EventActor {
             key.key.clone(),
             ctx,
             move |actor, stored, ctx| match stored {
-                Ok(Some(given)) => {
-                    let _ = reply.send(replay(&given, &key.fingerprint));
-                    actor.keys.remember(key.id(), given, Instant::now());
-                }
+                Ok(Some(given)) => actor.replay_stored(key, given, reply),
                 Ok(None) => actor.run(command, Some(key), request_id, caller, reply, true, ctx),
                 Err(_) => {
                     let _ = reply.send(Err(CommandError::Unavailable));
@@ -693,6 +690,13 @@ impl EventActor {
         );
     }
 
+    /// `key` was answered before, as the store says: that answer (or the
+    /// refusal of another use of the key) stands, and is remembered.
+    fn replay_stored(&mut self, key: IdempotencyKey, given: Given, reply: CommandReply) {
+        let _ = reply.send(replay(&given, &key.fingerprint));
+        self.keys.remember(key.id(), given, Instant::now());
+    }
+
     fn refuse_or_replay(
         &mut self,
         key: IdempotencyKey,
@@ -701,10 +705,7 @@ impl EventActor {
         reply: CommandReply,
     ) {
         match stored {
-            Ok(Some(given)) => {
-                let _ = reply.send(replay(&given, &key.fingerprint));
-                self.keys.remember(key.id(), given, Instant::now());
-            }
+            Ok(Some(given)) => self.replay_stored(key, given, reply),
             // Facts the refusal rests on may still be in flight; had
             // they failed meanwhile, the state it was decided on is
             // gone with them.
