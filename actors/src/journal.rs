@@ -113,8 +113,10 @@ pub struct Fence {
     pub writer: u64,
 }
 
-/// Resolves once every append received so far has been committed or failed:
-/// the last step of a graceful shutdown.
+/// Resolves once every append received before it has been committed or
+/// failed: the last step of a graceful shutdown, and of handing a shard
+/// over. Appends arriving after it are not waited for, or a journal kept
+/// busy by other streams would never answer it.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Flush(pub oneshot::Sender<()>);
@@ -179,6 +181,8 @@ impl Arrivals {
 }
 
 struct Pending {
+    /// Its place in the order appends arrived (see [`Flush`]).
+    number: u64,
     append: Append,
     reply: AppendReply,
 }
@@ -187,7 +191,12 @@ pub struct Journal {
     store: Arc<dyn EventStore>,
     settings: JournalSettings,
     buffer: VecDeque<Pending>,
-    committing: bool,
+    /// The number the next append to arrive is given.
+    received: u64,
+    /// The number of the first append of the batch being committed: every
+    /// append before it is settled, and every one after it is in the batch
+    /// or the buffer (batches are taken from the buffer's front).
+    committing: Option<u64>,
     arrivals: Arrivals,
     /// The commit waiting for company, if one is.
     lingering: Option<SpawnHandle>,
@@ -198,7 +207,8 @@ pub struct Journal {
     /// A writer was fenced since the buffer was last swept; a writer fenced
     /// earlier cannot be in it, since `Submit` turns it away.
     fenced_since_sweep: bool,
-    flush_waiters: Vec<oneshot::Sender<()>>,
+    /// Each waits for the appends numbered below its own.
+    flush_waiters: Vec<(u64, oneshot::Sender<()>)>,
 }
 
 impl Journal {
@@ -207,7 +217,8 @@ impl Journal {
             store,
             settings,
             buffer: VecDeque::new(),
-            committing: false,
+            received: 0,
+            committing: None,
             arrivals: Arrivals::default(),
             lingering: None,
             fenced: HashSet::new(),
@@ -220,7 +231,7 @@ impl Journal {
     /// A new append is in the buffer: commit now, or wait a little for
     /// company if the journal is idle and more appends are expected.
     fn commit_soon(&mut self, ctx: &mut Context<Self>) {
-        if self.committing {
+        if self.committing.is_some() {
             return;
         }
         if self.buffer.len() >= self.settings.max_batch {
@@ -244,10 +255,13 @@ impl Journal {
     }
 
     fn start_commit(&mut self, ctx: &mut Context<Self>) {
-        if self.committing || self.lingering.is_some() || self.buffer.is_empty() {
+        if self.committing.is_some() || self.lingering.is_some() {
             return;
         }
-        self.committing = true;
+        let Some(first) = self.buffer.front() else {
+            return;
+        };
+        self.committing = Some(first.number);
         let take = self.buffer.len().min(self.settings.max_batch);
         let (appends, replies): (Vec<Append>, Vec<AppendReply>) = self
             .buffer
@@ -275,7 +289,7 @@ impl Journal {
         ctx.spawn(commit.instrument(span).into_actor(self).map(
             move |(appends, result), journal, ctx| {
                 journal.finish(appends, replies, result);
-                journal.committing = false;
+                journal.committing = None;
                 journal.start_commit(ctx);
                 journal.wake_flushers();
             },
@@ -386,10 +400,15 @@ impl Journal {
     }
 
     fn wake_flushers(&mut self) {
-        if !self.committing && self.buffer.is_empty() {
-            for waiter in self.flush_waiters.drain(..) {
-                let _ = waiter.send(());
-            }
+        let oldest_unsettled = self
+            .committing
+            .or_else(|| self.buffer.front().map(|p| p.number));
+        let (settled, waiting) = std::mem::take(&mut self.flush_waiters)
+            .into_iter()
+            .partition(|(upto, _)| oldest_unsettled.is_none_or(|oldest| oldest >= *upto));
+        self.flush_waiters = waiting;
+        for (_, waiter) in settled {
+            let _ = waiter.send(());
         }
     }
 }
@@ -419,9 +438,11 @@ impl Handler<Submit> for Journal {
             return;
         }
         self.buffer.push_back(Pending {
+            number: self.received,
             append: msg.append,
             reply: msg.reply,
         });
+        self.received += 1;
         metrics::gauge!("turnout_journal_pending").set(self.buffer.len() as f64);
         self.arrivals.arrived(Instant::now());
         self.commit_soon(ctx);
@@ -434,6 +455,7 @@ impl Handler<Fence> for Journal {
     fn handle(&mut self, msg: Fence, _ctx: &mut Self::Context) {
         self.fence_writer(msg.writer);
         self.drop_fenced_from_buffer();
+        self.wake_flushers();
     }
 }
 
@@ -446,7 +468,7 @@ impl Handler<Flush> for Journal {
             ctx.cancel_future(timer);
             self.start_commit(ctx);
         }
-        self.flush_waiters.push(msg.0);
+        self.flush_waiters.push((self.received, msg.0));
         self.wake_flushers();
     }
 }
@@ -646,6 +668,37 @@ mod tests {
                 (4, Err(AppendError::Conflict)),
                 (5, Ok(Appended::Committed)),
             ]
+        );
+    }
+
+    /// A shard's handover flushes the journal while other streams keep it
+    /// busy: the flush waits for the appends before it, not for a quiet
+    /// moment that may never come.
+    #[actix::test]
+    async fn a_flush_waits_only_for_the_appends_received_before_it() {
+        let journal = slow_journal(JournalSettings::default());
+        let writer = Writer::default().start();
+        journal.do_send(submit(&writer, append(EventId::new(), 1, 0), 1)); // committing
+        journal.do_send(submit(&writer, append(EventId::new(), 2, 0), 2)); // waiting
+        let (done, flushed) = oneshot::channel();
+        journal.do_send(Flush(done));
+        let busy = {
+            let (journal, writer) = (journal.clone(), writer.clone());
+            actix::spawn(async move {
+                for seq in 3..1_000 {
+                    journal.do_send(submit(&writer, append(EventId::new(), seq, 0), seq));
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        };
+
+        let answered = tokio::time::timeout(Duration::from_secs(2), flushed).await;
+        busy.abort();
+        assert!(answered.is_ok(), "the flush waited for appends after it");
+        let told = told_in_order(&writer).await;
+        assert_eq!(
+            told[..2],
+            [(1, Ok(Appended::Committed)), (2, Ok(Appended::Committed))]
         );
     }
 

@@ -22,7 +22,7 @@ use turnout_actors::placement::{NodeId, ShardCount};
 use uuid::Uuid;
 
 use crate::background::{Background, every};
-use crate::store::{NodeRecord, Store, micros};
+use crate::store::{NodeRecord, Store};
 
 /// `[cluster]` settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -59,6 +59,8 @@ pub struct Node {
     pub address: String,
     pub shards: ShardCount,
     pub lease_ttl: Duration,
+    /// When it registered, by the database's clock.
+    started_at: i64,
     /// Set when the node starts handing its shards over to leave: it stops
     /// heartbeating and taking shards.
     leaving: Arc<AtomicBool>,
@@ -87,7 +89,10 @@ impl Node {
         );
         let address = advertised(settings.advertise.as_deref(), bind);
         let id = settings.node_id.map_or_else(NodeId::new, NodeId::from);
-        let now = micros(chrono::Utc::now());
+        let now = store
+            .clock()
+            .await
+            .context("cannot read the database's clock")?;
         store
             .register_node(&NodeRecord {
                 id: id.as_uuid(),
@@ -103,13 +108,14 @@ impl Node {
             address,
             shards: configured,
             lease_ttl: Duration::from_millis(settings.lease_ttl_ms),
+            started_at: now,
             leaving: Arc::default(),
         })
     }
 
     /// Heartbeats among the background tasks until shutdown, then leaves.
     pub fn keep_alive(&self, store: Arc<dyn Store>, every_ms: u64, background: &mut Background) {
-        let (id, started_at, node) = (self.id.as_uuid(), micros(chrono::Utc::now()), self.clone());
+        let (id, node) = (self.id.as_uuid(), self.clone());
         let beats = Arc::clone(&store);
         background.spawn(
             "cluster heartbeat",
@@ -122,7 +128,10 @@ impl Node {
                         if node.is_leaving() {
                             return;
                         }
-                        let now = micros(chrono::Utc::now());
+                        let now = match store.clock().await {
+                            Ok(now) => now,
+                            Err(error) => return tracing::warn!(%error, "cannot heartbeat"),
+                        };
                         match store.heartbeat(id, now).await {
                             Ok(true) => {}
                             // Removed while away (a long pause): register again
@@ -133,7 +142,7 @@ impl Node {
                                 let record = NodeRecord {
                                     id,
                                     address: node.address.clone(),
-                                    started_at,
+                                    started_at: node.started_at,
                                     heartbeat_at: now,
                                 };
                                 if let Err(error) = store.register_node(&record).await {
@@ -178,7 +187,7 @@ impl Node {
     }
 
     /// Whether a node last heard of at `heartbeat_at` is alive at `now`
-    /// (both unix microseconds).
+    /// (both unix microseconds, by the database's clock).
     pub fn is_live(&self, heartbeat_at: i64, now: i64) -> bool {
         now - heartbeat_at <= self.lease_ttl.as_micros() as i64
     }

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::Node;
 use crate::background::{Background, every};
-use crate::store::{LeaseRecord, NodeRecord, Store, micros};
+use crate::store::{LeaseRecord, NodeRecord, Store};
 
 /// Where a shard lives, as this node last read it.
 #[derive(Debug, Clone, PartialEq)]
@@ -182,10 +182,11 @@ impl Placement {
     }
 
     /// Until when a lease written with an expiry one TTL after `asked`
-    /// (taken on this node's monotonic clock before the write was sent) is
-    /// believed here: a tenth of the TTL less, for the difference between
-    /// this node's clock and the clocks of the others, which judge the
-    /// expiry by their own.
+    /// is believed here. `asked` is taken on this node's monotonic clock
+    /// before the database's clock was read for the expiry, so the lease
+    /// runs at least a TTL from it; a tenth of the TTL less, for the rates
+    /// of the two clocks drifting apart. (Both are durations: the nodes'
+    /// wall clocks need not agree.)
     fn believed_until(&self, asked: Instant) -> Instant {
         asked + self.node.lease_ttl - self.node.lease_ttl / 10
     }
@@ -195,7 +196,11 @@ impl Placement {
     /// lost, and the renewal after that counts the rest.)
     async fn renew(&self) {
         let asked = Instant::now();
-        let until = micros(chrono::Utc::now()) + self.node.lease_ttl.as_micros() as i64;
+        let now = match self.store.clock().await {
+            Ok(now) => now,
+            Err(error) => return tracing::warn!(%error, "cannot renew this node's shard leases"),
+        };
+        let until = now + self.node.lease_ttl.as_micros() as i64;
         let held: Vec<ShardId> = self.held.held().iter().map(|lease| lease.shard).collect();
         let shards: Vec<i64> = held.iter().map(|shard| i64::from(shard.get())).collect();
         match self
@@ -220,14 +225,14 @@ impl Placement {
     /// forwards what reaches it while it drains.
     async fn round(&self) {
         let asked = Instant::now();
-        let (nodes, leases) = match tokio::try_join!(self.store.nodes(), self.store.leases()) {
+        let read = tokio::try_join!(self.store.clock(), self.store.nodes(), self.store.leases());
+        let (now, nodes, leases) = match read {
             Ok(read) => read,
             Err(error) => {
                 tracing::warn!(%error, "cannot read the cluster's leases; placement waits");
                 return;
             }
         };
-        let now = micros(chrono::Utc::now());
         let live: Vec<&NodeRecord> = nodes
             .iter()
             .filter(|n| self.node.is_live(n.heartbeat_at, now))

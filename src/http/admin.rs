@@ -244,7 +244,7 @@ pub struct ClusterEnvelope {
         (status = 401, body = super::ErrorBody), (status = 403, description = "not an admin", body = super::ErrorBody)))]
 pub async fn cluster(state: web::Data<AppState>, _: AdminUser) -> Result<HttpResponse, ApiError> {
     let node = &state.node;
-    let now = micros(Utc::now());
+    let now = state.store.clock().await?;
     let registered = state.store.nodes().await?;
     let leases = state.store.leases().await?;
     let held_here = state.commands.held().held().len();

@@ -370,8 +370,15 @@ impl LeaseRecord {
 
 /// The cluster's membership: the shard count fixed in the database, the
 /// nodes with their heartbeats, and the shard leases.
+///
+/// Every time written here or compared with what is (`now`, `expires_at`,
+/// `heartbeat_at`) is the database's, read by [`Membership::clock`]: the
+/// nodes' own clocks may disagree, and a node whose clock ran ahead would
+/// take a lease its holder still believes in.
 #[async_trait]
 pub trait Membership: Send + Sync {
+    /// The database's time now, in unix microseconds.
+    async fn clock(&self) -> Result<i64, StoreError>;
     /// The cluster's shard count: `proposed` if none was stored yet (it is
     /// stored), else the one stored, whatever `proposed` is.
     async fn shard_count(&self, proposed: i64) -> Result<i64, StoreError>;

@@ -918,7 +918,7 @@ async fn an_append_under_a_lost_lease_is_fenced(backend: Backend) {
     store.seed_leases(i64::from(shards.get())).await.unwrap();
     let (paused, successor) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     let ttl = 5_000_000;
-    let now = store::micros(Utc::now());
+    let now = store.clock().await.unwrap();
     let first = store
         .take_shard(i64::from(shard.get()), paused, 0, now, now + ttl)
         .await
@@ -990,7 +990,7 @@ async fn lease_renewals_never_deadlock_with_commits(backend: Backend) {
     let shards = ShardCount::DEFAULT;
     store.seed_leases(i64::from(shards.get())).await.unwrap();
     let node = uuid::Uuid::new_v4();
-    let now = store::micros(Utc::now());
+    let now = store.clock().await.unwrap();
     let until = now + 600_000_000;
     // Taken in random order, so the rows' physical order is not the shards'.
     let mut order: Vec<u32> = (0..shards.get()).collect();
@@ -1213,6 +1213,30 @@ async fn postgres_a_key_another_node_answered_meanwhile_is_replayed() {
     }
 }
 
+/// Leases and heartbeats are written and judged by the database's clock,
+/// in unix microseconds, whichever node reads it.
+async fn the_cluster_keeps_time_by_the_databases_clock(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((store, _)) = open(backend, &dir).await else {
+        return;
+    };
+    let before = store::micros(Utc::now());
+    let first = store.clock().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let second = store.clock().await.unwrap();
+    let after = store::micros(Utc::now());
+    // The database runs on this machine: its clock is this one's, give or
+    // take a few milliseconds of rounding (SQLite's is in milliseconds).
+    assert!(
+        (before - 5_000..=after + 5_000).contains(&first),
+        "{first} is not unix microseconds between {before} and {after}"
+    );
+    assert!(
+        second >= first + 15_000,
+        "{first} then {second}, 20 ms apart"
+    );
+}
+
 macro_rules! store_tests {
     ($($name:ident),*) => {
         mod sqlite {
@@ -1240,5 +1264,6 @@ store_tests!(
     a_keyed_append_without_facts_on_an_old_version_is_refused,
     an_expired_key_takes_a_new_answer_before_the_purge,
     a_fact_whose_version_was_taken_writes_nothing,
-    a_key_taken_twice_in_one_batch_is_answered_once
+    a_key_taken_twice_in_one_batch_is_answered_once,
+    the_cluster_keeps_time_by_the_databases_clock
 );

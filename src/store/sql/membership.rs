@@ -12,10 +12,19 @@ use crate::store::{LeaseRecord, Membership, NodeRecord, unavailable};
 // `$in_shard_order`: how the dialect locks a node's lease rows before
 // renewing them — in shard order on Postgres, the order commits take their
 // shares in (see the journal), so a renewal and a commit never deadlock.
+// `$clock`: the database's time now, in unix microseconds.
 macro_rules! impl_membership {
-    ($db:ty, $in_shard_order:literal) => {
+    ($db:ty, $in_shard_order:literal, $clock:literal) => {
         #[async_trait]
         impl Membership for SqlStore<$db> {
+            async fn clock(&self) -> Result<i64, StoreError> {
+                let (now,): (i64,) = sqlx::query_as(concat!("SELECT ", $clock))
+                    .fetch_one(&self.background)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(now)
+            }
+
             async fn shard_count(&self, proposed: i64) -> Result<i64, StoreError> {
                 sqlx::query(
                     "INSERT INTO cluster (id, shard_count) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
@@ -170,5 +179,13 @@ macro_rules! impl_membership {
     };
 }
 
-impl_membership!(Sqlite, "");
-impl_membership!(Postgres, " FOR UPDATE");
+impl_membership!(
+    Sqlite,
+    "",
+    "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)"
+);
+impl_membership!(
+    Postgres,
+    " FOR UPDATE",
+    "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT)"
+);
