@@ -17,16 +17,20 @@
 //! undone by a reload, failing the others' commands in that batch.
 //! [`KeyReplayers`] keeps that from being anyone's lever: a user whose key
 //! did so once has their unknown keys looked up before deciding, for a
-//! while.
+//! while. A lookup finds only answers already committed, so a fresh key
+//! sent to two events at once would still be decided by both:
+//! [`KeysInFlight`] lets one event of the node hold a key while its command
+//! is in flight, and the other is refused at once.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Membership, UserId};
+use crate::domain::{EventId, Membership, UserId};
 
 /// The client's idempotency key for a command.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -257,6 +261,82 @@ impl KeyReplayers {
     }
 }
 
+/// The keys whose command is in flight on this node, each with the event
+/// that decided it. Two events' actors decide apart, so one fresh key sent
+/// to two events at once would be decided by both, and the journal would
+/// find the second only at commit, undoing what was decided on top of it.
+/// A key claimed here by one event is refused to any other until its
+/// append settles (the claim is dropped); the client retries and gets the
+/// key's verdict then. One map entry per keyed command in flight.
+#[derive(Default)]
+pub struct KeysInFlight {
+    claimed: DashMap<KeyId, (EventId, u64)>,
+    /// Tells one claim of a key from a later one by the same event (an
+    /// actor that reloaded while its earlier incarnation still settles).
+    claims: AtomicU64,
+}
+
+/// A key held for one event's command until this is dropped.
+pub struct KeyClaim {
+    key: KeyId,
+    number: u64,
+    keys: Arc<KeysInFlight>,
+}
+
+impl std::fmt::Debug for KeyClaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyClaim")
+            .field("number", &self.number)
+            .finish()
+    }
+}
+
+/// The key is in flight on another event of this node.
+#[derive(Debug, PartialEq, Eq)]
+pub struct KeyInUse;
+
+impl KeysInFlight {
+    /// Holds `key` for `event`'s command, unless another event holds it.
+    pub fn claim(self: &Arc<Self>, key: KeyId, event: EventId) -> Result<KeyClaim, KeyInUse> {
+        let number = self.claims.fetch_add(1, Ordering::Relaxed);
+        match self.claimed.entry(key.clone()) {
+            dashmap::Entry::Occupied(held) if held.get().0 != event => return Err(KeyInUse),
+            dashmap::Entry::Occupied(mut held) => *held.get_mut() = (event, number),
+            dashmap::Entry::Vacant(free) => {
+                free.insert((event, number));
+            }
+        }
+        Ok(KeyClaim {
+            key,
+            number,
+            keys: Arc::clone(self),
+        })
+    }
+
+    /// How many keys are held now.
+    pub fn len(&self) -> usize {
+        self.claimed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.claimed.is_empty()
+    }
+}
+
+impl KeyClaim {
+    pub fn key(&self) -> &KeyId {
+        &self.key
+    }
+}
+
+impl Drop for KeyClaim {
+    fn drop(&mut self) {
+        self.keys
+            .claimed
+            .remove_if(&self.key, |_, (_, number)| *number == self.number);
+    }
+}
+
 /// Where [`KeyMemory::lookup`] found an answer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Recalled<'a> {
@@ -387,6 +467,27 @@ mod tests {
             Some(given.answer)
         );
         assert_eq!(given.replay_for("DELETE /v1/events/e/join"), None);
+    }
+
+    #[test]
+    fn a_key_in_flight_on_one_event_is_refused_to_another_until_it_settles() {
+        let keys = Arc::new(KeysInFlight::default());
+        let (first, second) = (EventId::new(), EventId::new());
+        // Given a key in flight on one event,
+        let held = keys.claim(key("k"), first).unwrap();
+        // when another event claims it, it is refused,
+        assert_eq!(keys.claim(key("k"), second).unwrap_err(), KeyInUse);
+        // while other keys, and the same event again, are not.
+        let other = keys.claim(key("other"), second).unwrap();
+        let again = keys.claim(key("k"), first).unwrap();
+        // The earlier claim settling leaves the later one held;
+        drop(held);
+        assert_eq!(keys.claim(key("k"), second).unwrap_err(), KeyInUse);
+        // once every claim has settled, the key is free.
+        drop(again);
+        assert!(keys.claim(key("k"), second).is_ok());
+        drop(other);
+        assert!(keys.is_empty());
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use crate::domain::{DomainEvent, WaitlistMove};
-use crate::idempotency::KeyId;
+use crate::idempotency::KeyClaim;
 
 /// One append and who waits on it.
 #[derive(Debug)]
@@ -24,8 +24,9 @@ pub struct Flight<C> {
     pub span: tracing::Span,
     /// The command's own caller first, then any that wait on it.
     pub callers: Vec<C>,
-    /// The idempotency key the append carries.
-    pub key: Option<KeyId>,
+    /// The idempotency key the append carries, held for its event on this
+    /// node until the flight is dropped.
+    pub key: Option<KeyClaim>,
 }
 
 /// The appends in flight, by the sequence number they were sent with.

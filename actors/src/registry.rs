@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use crate::changes::ChangeSink;
 use crate::domain::{Command, EventId};
 use crate::event_actor::{ActorSettings, CommandError, EventActor, Execute, Reply, Retire};
-use crate::idempotency::{IdempotencyKey, KeyReplayers};
+use crate::idempotency::{IdempotencyKey, KeyReplayers, KeysInFlight};
 use crate::journal::Journal;
 use crate::placement::{ShardId, ShardLease};
 use crate::roster::{Live, Queued, Roster};
@@ -33,6 +33,7 @@ struct Inner {
     settings: ActorSettings,
     shards: Arc<HeldShards>,
     replayers: Arc<KeyReplayers>,
+    keys_in_flight: Arc<KeysInFlight>,
 }
 
 /// How long a user whose key replayed late has their unknown keys looked
@@ -60,6 +61,7 @@ impl EventRegistry {
             settings,
             shards,
             replayers: Arc::new(KeyReplayers::new(WATCH_REPLAYERS_FOR, WATCHED_REPLAYERS)),
+            keys_in_flight: Arc::default(),
         }))
     }
 
@@ -159,6 +161,7 @@ impl EventRegistry {
             lease,
             held: Arc::clone(&self.0.shards),
             replayers: Arc::clone(&self.0.replayers),
+            keys_in_flight: Arc::clone(&self.0.keys_in_flight),
         };
         let addr = EventActor::start_in_arbiter(arbiter, move |ctx| {
             // Bounded by `Queued`, not by actix (see there).

@@ -73,6 +73,9 @@ pub enum ErrorCode {
     InvalidIdempotencyKey,
     /// The key was used before for another request.
     IdempotencyKeyReused,
+    /// The key's request on another event is still in progress: retry once
+    /// it is answered.
+    IdempotencyKeyInUse,
     NotAWebsocket,
     ValidationFailed,
     InvalidSchedule,
@@ -243,6 +246,9 @@ impl From<CommandError> for ApiError {
             CommandError::Unavailable | CommandError::NotHere => ApiError::Unavailable,
             CommandError::KeyReused => {
                 ApiError::unprocessable(ErrorCode::IdempotencyKeyReused, error.to_string())
+            }
+            CommandError::KeyInUse => {
+                ApiError::conflict(ErrorCode::IdempotencyKeyInUse, error.to_string())
             }
         }
     }

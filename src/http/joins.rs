@@ -150,7 +150,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<String, ApiError> {
         (status = 200, description = "already a member: the current status", body = JoinEnvelope),
         (status = 403, description = "the owner cannot join", body = super::ErrorBody),
         (status = 404, description = "no such event (a draft is found only by its owner)", body = super::ErrorBody),
-        (status = 409, description = "cancelled or started", body = super::ErrorBody),
+        (status = 409, description = "`event_cancelled`, `event_started`; `idempotency_key_in_use`: the key's request on another event is still in progress (retry)", body = super::ErrorBody),
         (status = 422, description = "`party_too_large`: more seats than the event takes in one party; `idempotency_key_reused`: the key was used for another request", body = super::ErrorBody),
         (status = 503, description = "busy; retry after Retry-After", body = super::ErrorBody)))]
 pub async fn join_event(
@@ -203,7 +203,8 @@ pub async fn join_event(
 /// Leave an event (or give up an offer, or a place on the waitlist); the
 /// places freed go to the waitlist in the same commit.
 #[utoipa::path(delete, path = "/v1/events/{id}/join", tag = "joins", security(("bearer" = [])), params(("id" = Uuid, Path)),
-    responses((status = 200, body = JoinEnvelope), (status = 404, description = "not a member", body = super::ErrorBody)))]
+    responses((status = 200, body = JoinEnvelope), (status = 404, description = "not a member", body = super::ErrorBody),
+        (status = 409, description = "`idempotency_key_in_use`: the key's request on another event is still in progress (retry)", body = super::ErrorBody)))]
 pub async fn leave_event(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -230,7 +231,7 @@ pub async fn leave_event(
     params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "optional; a replay returns the first answer")),
     responses((status = 200, description = "active (also when accepted before)", body = JoinEnvelope),
         (status = 404, description = "no such event", body = super::ErrorBody),
-        (status = 409, description = "`no_offer`: you hold no offer (never made, answered, or run out); `event_started`, `event_cancelled`", body = super::ErrorBody),
+        (status = 409, description = "`no_offer`: you hold no offer (never made, answered, or run out); `event_started`, `event_cancelled`; `idempotency_key_in_use`: the key's request on another event is still in progress (retry)", body = super::ErrorBody),
         (status = 422, description = "Idempotency-Key reused for another request", body = super::ErrorBody)))]
 pub async fn accept_offer(
     state: web::Data<AppState>,
@@ -252,7 +253,7 @@ pub async fn accept_offer(
     params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "optional; a replay returns the first answer")),
     responses((status = 200, description = "declined", body = JoinEnvelope),
         (status = 404, description = "no such event", body = super::ErrorBody),
-        (status = 409, description = "`no_offer`: you hold no offer; `event_started`, `event_cancelled`", body = super::ErrorBody),
+        (status = 409, description = "`no_offer`: you hold no offer; `event_started`, `event_cancelled`; `idempotency_key_in_use`: the key's request on another event is still in progress (retry)", body = super::ErrorBody),
         (status = 422, description = "Idempotency-Key reused for another request", body = super::ErrorBody)))]
 pub async fn decline_offer(
     state: web::Data<AppState>,

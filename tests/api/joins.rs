@@ -175,6 +175,40 @@ async fn an_idempotency_key_replays_the_first_answer(app: TestApp) {
     )
     .await;
     assert_eq!(app.event(other_event).await["active_count"], 0);
+
+    // One fresh key sent to two events at once: one joins, the other is
+    // refused (in use while the first is in flight, reused once it is
+    // answered), never a 5xx and never two effects.
+    let (left, right) = (
+        app.published_event(&owner, 5).await,
+        app.published_event(&owner, 5).await,
+    );
+    for round in 0..5 {
+        let key = format!("raced-{round}");
+        let (on_left, on_right) = futures_util::join!(
+            app.join_with_key(&b, left, &key),
+            app.join_with_key(&b, right, &key)
+        );
+        let mut answers = Vec::new();
+        for response in [on_left, on_right] {
+            let status = response.status();
+            answers.push((status, body(response).await["error"]["code"].clone()));
+        }
+        answers.sort_by_key(|(status, _)| *status);
+        match &answers[..] {
+            [
+                (StatusCode::OK | StatusCode::CREATED, _),
+                (StatusCode::CONFLICT, code),
+            ] if code == "idempotency_key_in_use" => {}
+            [
+                (StatusCode::OK | StatusCode::CREATED, _),
+                (StatusCode::UNPROCESSABLE_ENTITY, code),
+            ] if code == "idempotency_key_reused" => {}
+            other => panic!("round {round}: {other:?}"),
+        }
+        app.leave(&b, left).await;
+        app.leave(&b, right).await;
+    }
 }
 
 async fn joining_rules(app: TestApp) {

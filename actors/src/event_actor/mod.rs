@@ -21,7 +21,9 @@ use crate::domain::{
     Command, DomainEvent, EventId, EventState, Membership, Rejection, UserId, decide, evolve,
     waitlist_moves,
 };
-use crate::idempotency::{Answer, Given, IdempotencyKey, KeyMemory, KeyReplayers, Recalled};
+use crate::idempotency::{
+    Answer, Given, IdempotencyKey, KeyInUse, KeyMemory, KeyReplayers, KeysInFlight, Recalled,
+};
 use crate::in_flight::{Flight, InFlight};
 use crate::journal::{AppendDone, AppendError, AppendReply, Appended, Fence, Journal, Submit};
 use crate::placement::ShardLease;
@@ -99,6 +101,10 @@ pub enum CommandError {
     Unavailable,
     #[error("this Idempotency-Key was already used for a different request")]
     KeyReused,
+    /// The key's command on another event is still in flight: nothing was
+    /// decided for this one.
+    #[error("a request under this Idempotency-Key is still in progress; retry once it is answered")]
+    KeyInUse,
     /// This node does not hold the event's shard (any more): nothing was
     /// decided here, and the command may go to the node that holds it.
     #[error("the event is held by another node")]
@@ -176,6 +182,8 @@ pub(crate) struct Surroundings {
     pub held: Arc<HeldShards>,
     /// Users whose unknown keys are looked up before deciding.
     pub replayers: Arc<KeyReplayers>,
+    /// The node's keys in flight, which one event at a time may hold.
+    pub keys_in_flight: Arc<KeysInFlight>,
 }
 
 /// The actor's shard is being handed to another node: it takes no new
@@ -210,6 +218,7 @@ pub struct EventActor {
     /// caught by the journal's check of the stored keys.
     keys: KeyMemory,
     replayers: Arc<KeyReplayers>,
+    keys_in_flight: Arc<KeysInFlight>,
     facts_since_snapshot: u64,
     last_active: Instant,
     /// Set after a failed commit or load: the state can no longer be trusted.
@@ -237,6 +246,7 @@ impl EventActor {
             retired: None,
             keys: KeyMemory::new(given.settings.mailbox_capacity, REMEMBER_KEYS_FOR),
             replayers: given.replayers,
+            keys_in_flight: given.keys_in_flight,
             settings: given.settings,
             in_flight: InFlight::default(),
             facts_since_snapshot: 0,
@@ -391,6 +401,18 @@ impl EventActor {
                 None => {}
             }
         }
+        // Held until the append settles (it travels in the flight), or
+        // dropped with a command that writes nothing.
+        let claim = match &idempotency {
+            Some(key) => match self.keys_in_flight.claim(key.id(), self.id) {
+                Ok(claim) => Some(claim),
+                Err(KeyInUse) => {
+                    let _ = reply.send(Err(CommandError::KeyInUse));
+                    return;
+                }
+            },
+            None => None,
+        };
 
         let decided = std::panic::catch_unwind(AssertUnwindSafe(|| {
             #[cfg(test)]
@@ -460,7 +482,6 @@ impl EventActor {
 
         let now = Utc::now();
         let seq = self.in_flight.next_seq();
-        let key = idempotency.as_ref().map(IdempotencyKey::id);
         let record = idempotency.map(|key| {
             self.keys.sent(
                 key.id(),
@@ -500,9 +521,9 @@ impl EventActor {
             callers: vec![Caller {
                 reply,
                 answer: Ok(Reply::Done(outcome)),
-                keyed: key.is_some(),
+                keyed: claim.is_some(),
             }],
-            key,
+            key: claim,
         });
         self.journal.do_send(Submit {
             append,
@@ -521,8 +542,8 @@ impl EventActor {
         };
         match result {
             Ok(Appended::Committed) => {
-                if let Some(key) = &flight.key {
-                    self.keys.committed(key, Instant::now());
+                if let Some(claim) = &flight.key {
+                    self.keys.committed(claim.key(), Instant::now());
                 }
                 flight.span.in_scope(|| log_facts(self.id, &flight));
                 if !flight.facts.is_empty()
@@ -547,14 +568,14 @@ impl EventActor {
                 }
             }
             Ok(Appended::Replayed(answer)) => {
-                if let Some(key) = &flight.key {
-                    self.keys.replayed(key, answer, Instant::now());
+                if let Some(claim) = &flight.key {
+                    self.keys.replayed(claim.key(), answer, Instant::now());
                 }
                 self.answer_unwritten(flight, Ok(Reply::Replayed(answer)), ctx);
             }
             Err(AppendError::KeyReused) => {
-                if let Some(key) = &flight.key {
-                    self.keys.refused(key);
+                if let Some(claim) = &flight.key {
+                    self.keys.refused(claim.key());
                 }
                 self.answer_unwritten(flight, Err(CommandError::KeyReused), ctx)
             }
@@ -599,8 +620,8 @@ impl EventActor {
         }
         if phantom {
             tracing::info!(event_id = %self.id, "an old idempotency key replayed a join; reloading");
-            if let Some((user, _)) = &flight.key {
-                self.replayers.replayed_late(*user, Instant::now());
+            if let Some(claim) = &flight.key {
+                self.replayers.replayed_late(claim.key().0, Instant::now());
             }
             self.leave(ctx);
         }

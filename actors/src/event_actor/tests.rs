@@ -396,6 +396,55 @@ async fn a_key_reused_on_another_event_fails_others_once_at_most() {
     assert_eq!(failed, 0, "the second was refused before deciding");
 }
 
+/// One fresh key sent to two events at once: the second event refuses it
+/// before deciding, so the journal never finds it answered at commit and
+/// nobody else's join on that event is undone.
+#[actix::test]
+async fn a_fresh_key_raced_on_two_events_fails_nobody_elses_command() {
+    let (_, registry) = setup(Duration::from_millis(100));
+    let (first, _) = open_event(&registry, 100).await;
+    let (busy, _) = open_event(&registry, 100).await;
+    let racer = UserId::new();
+    let join = |user| Command::Join {
+        user,
+        seats: Seats::default(),
+        at: Utc::now(),
+    };
+    let key = |event: EventId| IdempotencyKey {
+        user: racer,
+        key: "raced".into(),
+        fingerprint: format!("POST /v1/events/{event}/join"),
+    };
+    let spawn_join = |event, user, key: Option<IdempotencyKey>| {
+        let registry = registry.clone();
+        actix::spawn(async move { registry.execute(event, join(user), key, None).await })
+    };
+
+    // Given the key's join in flight on one event,
+    let on_first = spawn_join(first, racer, Some(key(first)));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // when the same key reaches another event, among others' joins,
+    let on_busy = spawn_join(busy, racer, Some(key(busy)));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let others: Vec<_> = (0..10)
+        .map(|_| spawn_join(busy, UserId::new(), None))
+        .collect();
+    let on_busy = on_busy.await.unwrap();
+
+    // then it is refused there at once, and every other join stands.
+    assert!(
+        matches!(on_busy, Err(CommandError::KeyInUse)),
+        "{on_busy:?}"
+    );
+    for other in others {
+        assert!(other.await.unwrap().is_ok(), "another's join was undone");
+    }
+    assert!(on_first.await.unwrap().is_ok());
+    // Once settled, the key's verdict is the usual one: used for another request.
+    let after = spawn_join(busy, racer, Some(key(busy))).await.unwrap();
+    assert!(matches!(after, Err(CommandError::KeyReused)), "{after:?}");
+}
+
 /// A snapshot falls due at activation when more facts were replayed than
 /// `snapshot_every` (written before it was lowered, say). A first command
 /// that writes nothing must leave it due, not take it and drop it.
