@@ -46,10 +46,13 @@ impl EventChange {
         })
     }
 
-    /// Who left, in order.
+    /// Who is out, in order: who left, declined their offer, or let it run
+    /// out.
     pub fn left(&self) -> impl Iterator<Item = UserId> + '_ {
         self.facts.iter().filter_map(|fact| match fact {
-            DomainEvent::Left { user, .. } => Some(*user),
+            DomainEvent::Left { user, .. }
+            | DomainEvent::OfferDeclined { user, .. }
+            | DomainEvent::OfferExpired { user, .. } => Some(*user),
             _ => None,
         })
     }
@@ -65,4 +68,66 @@ pub struct NoChanges;
 
 impl ChangeSink for NoChanges {
     fn committed(&self, _change: Arc<EventChange>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Capacity, EventId, Lifecycle, Seats};
+    use crate::testing::event_details;
+
+    #[test]
+    fn whoever_declines_or_lets_an_offer_run_out_is_out_like_one_who_left() {
+        let (joined, left, declined, expired) =
+            (UserId::new(), UserId::new(), UserId::new(), UserId::new());
+        let (at, seats) = (Utc::now(), Seats::default());
+        let id = EventId::new();
+        let change = EventChange {
+            summary: EventSummary {
+                id,
+                owner: UserId::new(),
+                details: event_details(),
+                capacity: Capacity::parse(10).unwrap(),
+                policy: Default::default(),
+                lifecycle: Lifecycle::Published,
+                active_count: 1,
+                offered_count: 0,
+                waitlist_count: 0,
+                version: 5,
+            },
+            facts: vec![
+                DomainEvent::Joined {
+                    user: joined,
+                    status: crate::domain::JoinedAs::Active,
+                    seats,
+                    at,
+                },
+                DomainEvent::Left {
+                    user: left,
+                    joined_at: at,
+                    seats,
+                    at,
+                },
+                DomainEvent::OfferDeclined {
+                    user: declined,
+                    joined_at: at,
+                    seats,
+                    at,
+                },
+                DomainEvent::OfferExpired {
+                    user: expired,
+                    joined_at: at,
+                    seats,
+                    at,
+                },
+            ],
+            moves: Vec::new(),
+            committed_at: at,
+        };
+        assert_eq!(change.joined().collect::<Vec<_>>(), vec![joined]);
+        assert_eq!(
+            change.left().collect::<Vec<_>>(),
+            vec![left, declined, expired]
+        );
+    }
 }

@@ -356,3 +356,60 @@ async fn the_recs_channel_pushes_a_new_list_when_the_top_changes() {
     .await;
     assert_eq!(resumed["type"], "resumed", "{resumed}");
 }
+
+/// An event that starts leaves the live lists that show it at once, not at
+/// the next full re-rank minutes later.
+#[actix_web::test]
+async fn an_event_that_starts_leaves_the_recs_channel() {
+    let app = spawn_app(Backend::Sqlite).await.unwrap();
+    let organizer = app.register("organizer@example.org").await;
+    let venue = venue_at(&app, &organizer, HOME.0, HOME.1).await;
+    let response = app
+        .as_user(&organizer, Method::POST, "/v1/events")
+        .json(&json!({
+            "title": "Jazz at once", "venue_id": venue, "capacity": 20, "tags": ["jazz"],
+            "starts_at": chrono::Utc::now() + chrono::Duration::seconds(3),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let soon = id_of(&body(response).await);
+    let published = app
+        .as_user(
+            &organizer,
+            Method::POST,
+            &format!("/v1/events/{soon}/publish"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), StatusCode::OK);
+    let later = event(&app, &organizer, venue, "Jazz later", &["jazz"], 5, true).await;
+    let fan = register_with(&app, "fan@example.org", &["jazz"]).await;
+
+    let mut socket = connect(&app).await;
+    send(&mut socket, json!({ "type": "auth", "token": fan.token })).await;
+    assert_eq!(next(&mut socket).await["type"], "authenticated");
+    send(
+        &mut socket,
+        json!({ "type": "subscribe", "channel": "recs" }),
+    )
+    .await;
+    let mut frame = next_recs(&mut socket).await;
+    while !listed(&frame).contains(&soon) {
+        frame = next_recs(&mut socket).await;
+    }
+
+    let started = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let frame = next_recs(&mut socket).await;
+            if !listed(&frame).contains(&soon) {
+                return frame;
+            }
+        }
+    })
+    .await
+    .expect("the started event stayed on the list");
+    assert_eq!(listed(&started), vec![later], "the rest stays");
+}

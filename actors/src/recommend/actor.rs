@@ -302,7 +302,9 @@ impl<T> WhileReading<T> {
 
 #[derive(Message)]
 #[rtype(result = "()")]
-struct VenueLocated(VenueId, GeoPoint);
+/// A venue's place as looked up: `None` when it could not be (the next
+/// change at the venue looks it up again).
+struct VenueLocated(VenueId, Option<GeoPoint>);
 
 /// Every debounce interval applies the changes handed to it to the catalog
 /// (the only writer), routes users' own joins to their actors, and offers
@@ -332,6 +334,13 @@ impl CatalogKeeper {
                 }
             }
         }
+        // An event that starts is no longer recommended: the lists that
+        // show it hear of it with the tick's changes.
+        let now = Utc::now();
+        if self.shared.catalog.read().has_started(now) {
+            let started = self.shared.catalog.write().close_started(now);
+            self.pending.extend(started);
+        }
         self.flush();
     }
 
@@ -350,7 +359,8 @@ impl CatalogKeeper {
     fn maintain(&mut self) {
         let now = Utc::now();
         let mut catalog = self.shared.catalog.write();
-        catalog.maintain(now, now - self.shared.settings.retention);
+        let started = catalog.maintain(now, now - self.shared.settings.retention);
+        self.pending.extend(started);
         let (events, open) = catalog.len();
         metrics::gauge!("turnout_recs_catalog_events").set(events as f64);
         metrics::gauge!("turnout_recs_catalog_open_events").set(open as f64);
@@ -368,13 +378,15 @@ impl CatalogKeeper {
             let source = Arc::clone(&self.shared.source);
             let addr = ctx.address();
             actix::spawn(async move {
-                match source.venue(venue).await {
-                    Ok(Some(place)) => addr.do_send(VenueLocated(venue, place)),
-                    Ok(None) => {}
+                let place = match source.venue(venue).await {
+                    Ok(place) => place,
                     Err(error) => {
-                        tracing::warn!(%error, "cannot locate a venue for recommendations")
+                        tracing::warn!(%error, "cannot locate a venue for recommendations");
+                        // The venue's next event's change asks again.
+                        None
                     }
-                }
+                };
+                addr.do_send(VenueLocated(venue, place));
             });
         }
         for (users, joined) in [(&update.joined, true), (&update.left, false)] {
@@ -416,6 +428,9 @@ impl Handler<VenueLocated> for CatalogKeeper {
 
     fn handle(&mut self, VenueLocated(venue, place): VenueLocated, _: &mut Self::Context) {
         self.locating.remove(&venue);
+        let Some(place) = place else {
+            return;
+        };
         self.shared.catalog.write().venue_located(venue, place);
         let catalog = self.shared.catalog.read();
         self.pending

@@ -438,19 +438,34 @@ impl Catalog {
         }
     }
 
-    /// Drops started events from the candidate indexes, forgets events that
-    /// started before `forget_before`, and prunes co-attendance rows to
-    /// events still open. Run every minute or so.
-    pub fn maintain(&mut self, now: DateTime<Utc>, forget_before: DateTime<Utc>) {
+    /// Whether an event among the candidates has started by `now`.
+    pub fn has_started(&self, now: DateTime<Utc>) -> bool {
+        self.by_start
+            .first()
+            .is_some_and(|(at, _)| *at <= now.timestamp_micros())
+    }
+
+    /// Drops the events that started by `now` from the candidate indexes;
+    /// their ids, for the lists that still show them.
+    pub fn close_started(&mut self, now: DateTime<Utc>) -> Vec<EventId> {
         self.clock = self.clock.max(now);
         let started: Vec<EventId> = self
             .by_start
             .range(..(now.timestamp_micros() + 1, EventId::from(Uuid::nil())))
             .map(|(_, id)| *id)
             .collect();
-        for id in started {
+        for &id in &started {
             self.modify(id, |_| {});
         }
+        started
+    }
+
+    /// Drops started events from the candidate indexes (their ids are
+    /// returned), forgets events that started before `forget_before`, and
+    /// prunes co-attendance rows to events still open. Run every minute or
+    /// so.
+    pub fn maintain(&mut self, now: DateTime<Utc>, forget_before: DateTime<Utc>) -> Vec<EventId> {
+        let started = self.close_started(now);
         let forgotten: Vec<EventId> = self
             .cards
             .values()
@@ -470,6 +485,7 @@ impl Catalog {
             history.retain(|e| cards.contains_key(e));
         }
         self.histories.retain(|_, h| !h.is_empty());
+        started
     }
 
     /// Changes a card and keeps the indexes in step with it.
@@ -856,9 +872,13 @@ mod tests {
         catalog.apply(&update(past, 1, &[]));
         catalog.apply(&update(future, 5, &[]));
         let now = Utc::now() + Duration::days(2);
-        catalog.maintain(now, now - Duration::days(30));
+        assert!(!catalog.has_started(Utc::now()));
+        assert!(catalog.has_started(now));
+        // The started event's id goes to the lists that may show it, once.
+        assert_eq!(catalog.maintain(now, now - Duration::days(30)), vec![past]);
+        assert!(!catalog.has_started(now));
         assert_eq!(catalog.len(), (2, 1));
-        catalog.maintain(now, now);
+        assert_eq!(catalog.maintain(now, now), vec![]);
         assert_eq!(catalog.len(), (1, 1));
         assert!(catalog.card(past).is_none());
     }
