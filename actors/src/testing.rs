@@ -25,6 +25,8 @@ pub struct MemoryStore {
     pub answers: Mutex<HashMap<(UserId, String), Given>>,
     /// Appends committed with a snapshot.
     pub snapshots: AtomicUsize,
+    /// Each stored-key lookup sleeps this long.
+    pub lookup_delay: Duration,
 }
 
 #[async_trait]
@@ -77,6 +79,7 @@ impl EventStore for MemoryStore {
     }
 
     async fn stored_answer(&self, user: UserId, key: &str) -> Result<Option<Given>, StoreError> {
+        tokio::time::sleep(self.lookup_delay).await;
         let answers = self.answers.lock().unwrap();
         Ok(answers.get(&(user, key.to_owned())).cloned())
     }

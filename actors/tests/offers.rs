@@ -113,6 +113,26 @@ fn declining_passes_the_offer_on_at_once_and_the_party_is_out() {
     );
 }
 
+/// A request taken by a node whose clock lags is decided on the clock of
+/// the node that holds the event: an acceptance timed before the deadline
+/// there, but decided after it here, is too late.
+#[test]
+fn an_acceptance_is_judged_by_the_deciding_nodes_clock() {
+    let state = state_after(&[full_offer_event(), vec![leave(1, 10)]].concat());
+    let lagging = accept(2, 10 + HOLD - 1);
+    assert!(
+        decide(Some(&state), &lagging).is_ok(),
+        "in time by its own clock"
+    );
+
+    let decided_here = lagging.no_earlier_than(t(10 + HOLD));
+
+    assert_eq!(decided_here.at(), t(10 + HOLD));
+    assert_eq!(decide(Some(&state), &decided_here), Err(Rejection::NoOffer));
+    // A command timed later than the deciding clock keeps its time.
+    assert_eq!(accept(2, 12).no_earlier_than(t(11)).at(), t(12));
+}
+
 #[test]
 fn an_offer_not_taken_in_time_expires_and_passes_on() {
     let state = state_after(&[full_offer_event(), vec![leave(1, 10)]].concat());

@@ -118,7 +118,10 @@ impl Commands {
         self.registry
             .execute(
                 forwarded.event,
-                forwarded.command.clone(),
+                forwarded
+                    .command
+                    .clone()
+                    .no_earlier_than(chrono::Utc::now()),
                 forwarded.idempotency.clone(),
                 forwarded.request_id.clone(),
             )

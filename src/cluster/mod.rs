@@ -89,6 +89,10 @@ impl Node {
         );
         let address = advertised(settings.advertise.as_deref(), bind);
         let id = settings.node_id.map_or_else(NodeId::new, NodeId::from);
+        let lease_ttl = Duration::from_millis(settings.lease_ttl_ms);
+        if settings.node_id.is_some() {
+            wait_for_the_last_process_of(id, lease_ttl, store).await?;
+        }
         let now = store
             .clock()
             .await
@@ -107,7 +111,7 @@ impl Node {
             id,
             address,
             shards: configured,
-            lease_ttl: Duration::from_millis(settings.lease_ttl_ms),
+            lease_ttl,
             started_at: now,
             leaving: Arc::default(),
         })
@@ -189,7 +193,44 @@ impl Node {
     /// Whether a node last heard of at `heartbeat_at` is alive at `now`
     /// (both unix microseconds, by the database's clock).
     pub fn is_live(&self, heartbeat_at: i64, now: i64) -> bool {
-        now - heartbeat_at <= self.lease_ttl.as_micros() as i64
+        heard_within(self.lease_ttl, heartbeat_at, now)
+    }
+}
+
+/// Whether a node last heard of at `heartbeat_at` is alive at `now`.
+fn heard_within(lease_ttl: Duration, heartbeat_at: i64, now: i64) -> bool {
+    now - heartbeat_at <= lease_ttl.as_micros() as i64
+}
+
+/// A configured node id may still be heartbeating in another process (a
+/// deploy that starts the new process before the old one stops, or a
+/// copied configuration): two processes under one id would each take the
+/// shards the other holds, back and forth. Waits until the id's last
+/// process has been silent a TTL (at once after it left cleanly, which
+/// removes its row), and refuses to start if it keeps beating.
+async fn wait_for_the_last_process_of(
+    id: NodeId,
+    lease_ttl: Duration,
+    store: &Arc<dyn Store>,
+) -> anyhow::Result<()> {
+    let give_up = tokio::time::Instant::now() + 2 * lease_ttl + Duration::from_secs(1);
+    loop {
+        let (now, nodes) = tokio::try_join!(store.clock(), store.nodes())
+            .context("cannot read the cluster's nodes")?;
+        let alive =
+            |n: &&NodeRecord| n.id == id.as_uuid() && heard_within(lease_ttl, n.heartbeat_at, now);
+        let Some(running) = nodes.iter().find(alive) else {
+            return Ok(());
+        };
+        anyhow::ensure!(
+            tokio::time::Instant::now() < give_up,
+            "another process is running as node {} (at {}, heard from {} ms ago): stop it, \
+             or give this one another cluster.node_id",
+            running.id,
+            running.address,
+            (now - running.heartbeat_at) / 1000
+        );
+        tokio::time::sleep(lease_ttl / 10).await;
     }
 }
 

@@ -191,9 +191,9 @@ impl Placement {
         asked + self.node.lease_ttl - self.node.lease_ttl / 10
     }
 
-    /// Renews every lease held; believed for another TTL once all of them
-    /// were. (One that was not has been taken: the next round finds it
-    /// lost, and the renewal after that counts the rest.)
+    /// Renews every lease held; each one renewed is believed for another
+    /// TTL. (One that was not has been taken or released: the next round
+    /// finds out which.)
     async fn renew(&self) {
         let asked = Instant::now();
         let now = match self.store.clock().await {
@@ -201,21 +201,31 @@ impl Placement {
             Err(error) => return tracing::warn!(%error, "cannot renew this node's shard leases"),
         };
         let until = now + self.node.lease_ttl.as_micros() as i64;
-        let held: Vec<ShardId> = self.held.held().iter().map(|lease| lease.shard).collect();
-        let shards: Vec<i64> = held.iter().map(|shard| i64::from(shard.get())).collect();
+        let held = self.held.held();
+        let leases: Vec<(i64, i64)> = held
+            .iter()
+            .map(|lease| (i64::from(lease.shard.get()), lease.epoch as i64))
+            .collect();
         match self
             .store
-            .renew_shards(self.node.id.as_uuid(), &shards, until)
+            .renew_shards(self.node.id.as_uuid(), &leases, until)
             .await
         {
-            Ok(renewed) if renewed == held.len() as u64 => {
-                self.held.renewed(&held, self.believed_until(asked));
+            Ok(renewed) => {
+                if renewed.len() < held.len() {
+                    tracing::warn!(
+                        renewed = renewed.len(),
+                        held = held.len(),
+                        "some of this node's shard leases were not renewed"
+                    );
+                }
+                let count = self.node.shards;
+                let renewed: Vec<ShardId> = renewed
+                    .into_iter()
+                    .filter_map(|n| u32::try_from(n).ok().and_then(|n| count.shard(n)))
+                    .collect();
+                self.held.renewed(&renewed, self.believed_until(asked));
             }
-            Ok(renewed) => tracing::warn!(
-                renewed,
-                held = held.len(),
-                "some of this node's shard leases were not renewed"
-            ),
             Err(error) => tracing::warn!(%error, "cannot renew this node's shard leases"),
         }
     }

@@ -408,14 +408,15 @@ pub trait Membership: Send + Sync {
         now: i64,
         expires_at: i64,
     ) -> Result<Option<i64>, StoreError>;
-    /// Extends the leases of `shards` that `node` holds to `expires_at`
-    /// (only those it believes it holds: a lease it let go of lapses).
+    /// Extends the leases `node` holds at the given (shard, epoch) to
+    /// `expires_at` (only those it believes it holds: a lease it let go of
+    /// lapses); the shards renewed.
     async fn renew_shards(
         &self,
         node: Uuid,
-        shards: &[i64],
+        leases: &[(i64, i64)],
         expires_at: i64,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<Vec<i64>, StoreError>;
     /// Frees `shard` if `node` still holds it at `epoch`.
     async fn release_shard(&self, shard: i64, node: Uuid, epoch: i64) -> Result<bool, StoreError>;
 }

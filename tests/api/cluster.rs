@@ -158,3 +158,65 @@ async fn only_nodes_may_forward_commands(app: TestApp) {
     assert!(reply.get("Ok").is_some(), "{reply}");
     assert_eq!(app.event(event).await["active_count"], 1);
 }
+
+/// Two processes under one configured node id would take each other's
+/// shards back and forth: a second one refuses to start while the first
+/// still beats; one whose predecessor fell silent starts at once.
+#[actix_web::test]
+async fn a_node_id_runs_in_one_process_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(url) = fresh_database(Backend::Postgres, &dir).await else {
+        return;
+    };
+    let quick = |id: uuid::Uuid| {
+        move |settings: &mut turnout::config::Settings| {
+            settings.cluster.node_id = Some(id);
+            settings.cluster.lease_ttl_ms = 600;
+            settings.cluster.heartbeat_ms = 200;
+        }
+    };
+    let running = uuid::Uuid::new_v4();
+    let _first = spawn_node(&url, quick(running)).await;
+
+    let mut settings = test_settings(&url, &dir);
+    quick(running)(&mut settings);
+    let error = turnout::app::Application::build(settings)
+        .await
+        .err()
+        .expect("no second process under a live node's id");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains(&format!("another process is running as node {running}")),
+        "{message}"
+    );
+
+    // A predecessor that crashed left its row behind, silent.
+    let crashed = uuid::Uuid::new_v4();
+    let pool = turnout::store::PoolSettings {
+        max_connections: 2,
+        min_connections: 0,
+        acquire_timeout_ms: 3000,
+        idle_timeout_secs: 60,
+    };
+    let store = turnout::store::connect(&url, &pool).await.unwrap();
+    let long_ago = store.clock().await.unwrap() - 60_000_000;
+    store
+        .register_node(&turnout::store::NodeRecord {
+            id: crashed,
+            address: "127.0.0.1:1".into(),
+            started_at: long_ago,
+            heartbeat_at: long_ago,
+        })
+        .await
+        .unwrap();
+    let restarted = spawn_node(&url, quick(crashed)).await;
+    let view = restarted.wait_for_placement(2).await;
+    assert!(
+        view["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == crashed.to_string() && n["this_node"] == true),
+        "{view}"
+    );
+}

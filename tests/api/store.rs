@@ -955,6 +955,21 @@ async fn an_append_under_a_lost_lease_is_fenced(backend: Backend) {
         None,
         "a lease is taken once per epoch"
     );
+    let at = |node, epoch| (node, vec![(i64::from(shard.get()), epoch)]);
+    for ((node, leases), renewed) in [
+        (at(paused, first), vec![]),
+        (at(successor, first), vec![]),
+        (at(successor, second), vec![i64::from(shard.get())]),
+    ] {
+        assert_eq!(
+            store
+                .renew_shards(node, &leases, later + ttl)
+                .await
+                .unwrap(),
+            renewed,
+            "only the holder at the current epoch renews"
+        );
+    }
 
     // The paused node wakes up and writes on the right version: fenced.
     let state = current_state(&store, event).await;
@@ -1010,17 +1025,20 @@ async fn lease_renewals_never_deadlock_with_commits(backend: Backend) {
         states.push(current_state(&store, event).await);
     }
 
-    let all: Vec<i64> = (0..i64::from(shards.get())).collect();
+    let all: Vec<(i64, i64)> = (0..shards.get())
+        .map(|shard| (i64::from(shard), epochs[&shard] as i64))
+        .collect();
     let renewing = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let renewals = {
         let (store, renewing, all) = (store.clone(), renewing.clone(), all.clone());
         tokio::spawn(async move {
             let mut renewed = 0;
             while renewing.load(std::sync::atomic::Ordering::Relaxed) {
-                store
+                let renewed_now = store
                     .renew_shards(node, &all, until)
                     .await
                     .expect("a renewal");
+                assert_eq!(renewed_now.len(), all.len(), "every lease held");
                 renewed += 1;
             }
             renewed

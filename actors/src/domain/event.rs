@@ -320,6 +320,26 @@ impl Command {
     }
 
     /// When the command happens.
+    /// The command timed no earlier than `now`: a command decided on a
+    /// node other than the one that took the request is judged by the
+    /// deciding node's clock, so a lagging clock elsewhere cannot stretch
+    /// an offer's hold or join an event that has started.
+    pub fn no_earlier_than(mut self, now: DateTime<Utc>) -> Self {
+        let at = match &mut self {
+            Command::Create { at, .. }
+            | Command::Publish { at, .. }
+            | Command::Update { at, .. }
+            | Command::Cancel { at, .. }
+            | Command::Join { at, .. }
+            | Command::Leave { at, .. }
+            | Command::AcceptOffer { at, .. }
+            | Command::DeclineOffer { at, .. }
+            | Command::ExpireOffers { at } => at,
+        };
+        *at = (*at).max(now);
+        self
+    }
+
     pub fn at(&self) -> DateTime<Utc> {
         match self {
             Command::Create { at, .. }

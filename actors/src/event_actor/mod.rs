@@ -353,10 +353,7 @@ impl EventActor {
             event_id = %self.id,
         );
         self.last_active = Instant::now();
-        if self.retired.is_none()
-            && let Some(lease) = self.lease
-            && self.held.epoch(lease.shard) != Some(lease.epoch)
-        {
+        if self.retired.is_none() && !self.holds_its_shard() {
             // Activated just as its shard was handed over, or the shard was
             // lost: it may not answer, not even "nothing changed".
             self.retire(None, ctx);
@@ -733,11 +730,23 @@ impl EventActor {
             Ok(None) if self.broken => {
                 let _ = reply.send(Err(CommandError::Unavailable));
             }
+            // The shard moved during the lookup: the refusal was decided
+            // on a state another node now writes on.
+            Ok(None) if !self.holds_its_shard() => {
+                let _ = reply.send(Err(CommandError::NotHere));
+            }
             Ok(None) => self.answer_after_in_flight(reply, Err(refusal)),
             Err(_) => {
                 let _ = reply.send(Err(CommandError::Unavailable));
             }
         }
+    }
+
+    /// Whether this node still holds the actor's shard at the epoch the
+    /// actor was activated with (always, outside a cluster).
+    fn holds_its_shard(&self) -> bool {
+        self.lease
+            .is_none_or(|lease| self.held.epoch(lease.shard) == Some(lease.epoch))
     }
 
     /// A panic in the domain: the state may be half-changed, so drop it.

@@ -396,6 +396,54 @@ async fn a_key_reused_on_another_event_fails_others_once_at_most() {
     assert_eq!(failed, 0, "the second was refused before deciding");
 }
 
+/// A refusal waits for its key's lookup; if the shard moved meanwhile, the
+/// state it was decided on is another node's to judge: "not here", not
+/// the refusal.
+#[actix::test]
+async fn a_refusal_whose_shard_moved_during_its_lookup_is_not_given() {
+    let held = Arc::new(HeldShards::none(ShardCount::DEFAULT));
+    let store = Arc::new(MemoryStore {
+        lookup_delay: Duration::from_millis(100),
+        ..MemoryStore::default()
+    });
+    let registry = registry_on(store, Arc::clone(&held), ActorSettings::default());
+    let event = EventId::new();
+    let shard = held.shard_of(event);
+    held.hold(ShardLease { shard, epoch: 1 }, far_off());
+    let owner = UserId::new();
+    let create = Command::Create {
+        id: event,
+        owner,
+        details: event_details(),
+        capacity: Capacity::parse(5).unwrap(),
+        policy: WaitlistPolicy::default(),
+        at: Utc::now(),
+    };
+    registry.execute(event, create, None, None).await.unwrap();
+
+    // Given the owner's keyed join, refused and looking its key up,
+    let key = IdempotencyKey {
+        user: owner,
+        key: "k".into(),
+        fingerprint: format!("POST /v1/events/{event}/join"),
+    };
+    let join = Command::Join {
+        user: owner,
+        seats: Seats::default(),
+        at: Utc::now(),
+    };
+    let refused = {
+        let registry = registry.clone();
+        actix::spawn(async move { registry.execute(event, join, Some(key), None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    // when the shard moves to another node before the lookup returns,
+    held.let_go(shard);
+    // then the refusal is not given.
+    let answer = refused.await.unwrap();
+    assert!(matches!(answer, Err(CommandError::NotHere)), "{answer:?}");
+}
+
 /// One fresh key sent to two events at once: the second event refuses it
 /// before deciding, so the journal never finds it answered at commit and
 /// nobody else's join on that event is undone.

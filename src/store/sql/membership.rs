@@ -132,29 +132,37 @@ macro_rules! impl_membership {
             async fn renew_shards(
                 &self,
                 node: Uuid,
-                shards: &[i64],
+                leases: &[(i64, i64)],
                 expires_at: i64,
-            ) -> Result<u64, StoreError> {
-                if shards.is_empty() {
-                    return Ok(0);
+            ) -> Result<Vec<i64>, StoreError> {
+                if leases.is_empty() {
+                    return Ok(Vec::new());
                 }
                 let mut query = QueryBuilder::<$db>::new("UPDATE shard_leases SET expires_at = ");
                 query
                     .push_bind(expires_at)
                     .push(" WHERE shard IN (SELECT shard FROM shard_leases WHERE node = ")
                     .push_bind(node)
-                    .push(" AND shard IN (");
+                    .push(" AND (shard, epoch) IN (VALUES ");
                 let mut listed = query.separated(", ");
-                for shard in shards {
-                    listed.push_bind(*shard);
+                for (shard, epoch) in leases {
+                    listed
+                        .push("(")
+                        .push_bind_unseparated(*shard)
+                        .push_unseparated(", ")
+                        .push_bind_unseparated(*epoch)
+                        .push_unseparated(")");
                 }
-                query.push(") ORDER BY shard").push($in_shard_order).push(")");
-                let renewed = query
-                    .build()
-                    .execute(&self.background)
+                query
+                    .push(") ORDER BY shard")
+                    .push($in_shard_order)
+                    .push(") RETURNING CAST(shard AS BIGINT)");
+                let renewed: Vec<(i64,)> = query
+                    .build_query_as()
+                    .fetch_all(&self.background)
                     .await
                     .map_err(unavailable)?;
-                Ok(renewed.rows_affected())
+                Ok(renewed.into_iter().map(|(shard,)| shard).collect())
             }
 
             async fn release_shard(
