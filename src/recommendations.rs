@@ -124,8 +124,10 @@ pub async fn load_catalog(
             version: e.version as u64,
             joined: Vec::new(),
             left: Vec::new(),
-            // When it was last changed stands in for when it was published.
-            at: from_micros(e.updated_at),
+            // When it was created stands in for when it was published (the
+            // row keeps no publish time): `updated_at` moves with every
+            // join, and would make the busiest events look just announced.
+            at: from_micros(e.created_at),
         });
     }
     for (user, event, joined_at) in store.joins_of_events_starting_since(since).await? {

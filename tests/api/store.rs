@@ -1231,6 +1231,42 @@ async fn postgres_a_key_another_node_answered_meanwhile_is_replayed() {
     }
 }
 
+/// The recommendations' catalog read afresh (at start, or after missed
+/// changes) dates an event's announcement from its creation: the row's
+/// `updated_at` moves with every join, and the busiest events would look
+/// just announced.
+async fn a_reloaded_catalog_dates_announcements_before_the_joins(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((store, _)) = open(backend, &dir).await else {
+        return;
+    };
+    let registry = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
+    let event = create_event(&store, &registry, UserId::new(), 10).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let joins_began = Utc::now();
+    for _ in 0..3 {
+        let join = Command::Join {
+            user: UserId::new(),
+            seats: Seats::default(),
+            at: Utc::now(),
+        };
+        registry.execute(event, join, None, None).await.unwrap();
+    }
+
+    let settings = turnout_actors::recommend::RecommendSettings::default();
+    let catalog = turnout::recommendations::load_catalog(store.as_ref(), &settings)
+        .await
+        .unwrap();
+
+    let card = catalog.card(event).expect("the event is in the catalog");
+    assert_eq!(card.joiners, 3);
+    let announced = card.published_at.expect("a published event is announced");
+    assert!(
+        announced < joins_began,
+        "announced at {announced}, after the joins that began at {joins_began}"
+    );
+}
+
 /// Leases and heartbeats are written and judged by the database's clock,
 /// in unix microseconds, whichever node reads it.
 async fn the_cluster_keeps_time_by_the_databases_clock(backend: Backend) {
@@ -1283,5 +1319,6 @@ store_tests!(
     an_expired_key_takes_a_new_answer_before_the_purge,
     a_fact_whose_version_was_taken_writes_nothing,
     a_key_taken_twice_in_one_batch_is_answered_once,
-    the_cluster_keeps_time_by_the_databases_clock
+    the_cluster_keeps_time_by_the_databases_clock,
+    a_reloaded_catalog_dates_announcements_before_the_joins
 );
