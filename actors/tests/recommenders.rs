@@ -256,3 +256,117 @@ async fn an_actor_with_nobody_to_serve_leaves_after_its_idle_time() {
     }
     assert!(left, "the idle actor left");
 }
+
+/// A user's profile as it was at each read: jazz at first; the first
+/// reload answers late with folk (what the second change replaced); the
+/// second reload answers at once with blues.
+struct ChangingMind {
+    reads: std::sync::atomic::AtomicUsize,
+    first_reload: tokio::sync::Semaphore,
+}
+
+#[async_trait]
+impl RecommendationSource for ChangingMind {
+    async fn profile(&self, _user: UserId) -> Result<ProfileSeed, StoreError> {
+        let interest = match self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            0 => "jazz",
+            1 => {
+                self.first_reload.acquire().await.unwrap().forget();
+                "folk"
+            }
+            _ => "blues",
+        };
+        Ok(ProfileSeed {
+            interests: vec![Tag::parse(interest).unwrap()],
+            home: None,
+            joins: Vec::new(),
+        })
+    }
+
+    async fn venue(&self, _venue: VenueId) -> Result<Option<GeoPoint>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// Given two quick changes of interests, when the first change's read
+/// answers after the second's, then the list keeps following the second.
+#[actix::test]
+async fn a_late_profile_read_does_not_undo_a_newer_one() {
+    let (jazz, folk, blues) = (
+        event("jazz", Lifecycle::Published, 2),
+        event("folk", Lifecycle::Published, 2),
+        event("blues", Lifecycle::Published, 2),
+    );
+    let mut catalog = Catalog::default();
+    for e in [&jazz, &folk, &blues] {
+        catalog.apply(e);
+    }
+    let source = Arc::new(ChangingMind {
+        reads: Default::default(),
+        first_reload: tokio::sync::Semaphore::new(0),
+    });
+    let recommenders = Recommenders::start(catalog, source.clone(), settings(), Arbiter::current());
+    let (user, (pushed, mut lists)) = (UserId::new(), mpsc::unbounded_channel());
+    recommenders.subscribe(user, 1, Box::new(Pushed(pushed)));
+    assert_eq!(events_of(&next(&mut lists).await)[0], jazz.id);
+
+    recommenders.profile_changed(user);
+    recommenders.profile_changed(user);
+    assert_eq!(events_of(&next(&mut lists).await)[0], blues.id);
+
+    source.first_reload.add_permits(1);
+    nothing_more(&mut lists).await;
+    assert_eq!(
+        source.first_reload.available_permits(),
+        0,
+        "the late read answered"
+    );
+}
+
+/// A jazz lover whose interests become blues after the first read, changed
+/// through another node: nobody tells this one.
+struct ChangedElsewhere(std::sync::atomic::AtomicUsize);
+
+#[async_trait]
+impl RecommendationSource for ChangedElsewhere {
+    async fn profile(&self, _user: UserId) -> Result<ProfileSeed, StoreError> {
+        let interest = match self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            0 => "jazz",
+            _ => "blues",
+        };
+        Ok(ProfileSeed {
+            interests: vec![Tag::parse(interest).unwrap()],
+            home: None,
+            joins: Vec::new(),
+        })
+    }
+
+    async fn venue(&self, _venue: VenueId) -> Result<Option<GeoPoint>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// Given interests changed where this node did not hear of it, when the
+/// list's periodic refresh comes, then it reads the profile again and
+/// follows the new interests.
+#[actix::test]
+async fn the_periodic_refresh_reads_the_profile_again() {
+    let (jazz, blues) = (
+        event("jazz", Lifecycle::Published, 2),
+        event("blues", Lifecycle::Published, 2),
+    );
+    let mut catalog = Catalog::default();
+    catalog.apply(&jazz);
+    catalog.apply(&blues);
+    let settings = RecommendSettings {
+        refresh: Duration::from_millis(300),
+        ..settings()
+    };
+    let source = Arc::new(ChangedElsewhere(Default::default()));
+    let recommenders = Recommenders::start(catalog, source, settings, Arbiter::current());
+    let (user, (pushed, mut lists)) = (UserId::new(), mpsc::unbounded_channel());
+    recommenders.subscribe(user, 1, Box::new(Pushed(pushed)));
+    assert_eq!(events_of(&next(&mut lists).await)[0], jazz.id);
+
+    assert_eq!(events_of(&next(&mut lists).await)[0], blues.id);
+}

@@ -475,7 +475,8 @@ struct ReloadProfile;
 
 #[derive(Message)]
 #[rtype(result = "()")]
-struct ProfileLoaded(Result<ProfileSeed, StoreError>);
+/// The profile as read by read number `.0` (see `profile_reads`).
+struct ProfileLoaded(u64, Result<ProfileSeed, StoreError>);
 
 /// One user's live list.
 pub struct RecommenderActor {
@@ -487,6 +488,9 @@ pub struct RecommenderActor {
     /// Joins and leaves heard while the profile was read: the first read,
     /// or again after the user's interests or home changed.
     moves_while_reading: WhileReading<(EventId, bool)>,
+    /// Profile reads begun: reads run at once, and one begun before a
+    /// later one may answer after it, with what the later one replaced.
+    profile_reads: u64,
     /// The best `list_len + spare` events, kept up to date incrementally.
     list_state: LiveList,
     /// What the last pushed list showed: which events, in which order, why.
@@ -505,6 +509,7 @@ impl RecommenderActor {
             epoch: Arc::from(Uuid::now_v7().simple().to_string()),
             profile: None,
             moves_while_reading: WhileReading::default(),
+            profile_reads: 0,
             list_state: LiveList::default(),
             shown: None,
             list: None,
@@ -515,15 +520,16 @@ impl RecommenderActor {
 
     fn load_profile(&mut self, ctx: &mut Context<Self>) {
         self.moves_while_reading.began();
-        self.read_profile(ctx);
+        self.profile_reads += 1;
+        self.read_profile(self.profile_reads, ctx);
     }
 
-    /// One read of the profile; a failed one is tried again, still under
-    /// way.
-    fn read_profile(&self, ctx: &mut Context<Self>) {
+    /// Read `number` of the profile; a failed one is tried again, still
+    /// under way.
+    fn read_profile(&self, number: u64, ctx: &mut Context<Self>) {
         let (source, user, addr) = (Arc::clone(&self.shared.source), self.user, ctx.address());
         actix::spawn(async move {
-            addr.do_send(ProfileLoaded(source.profile(user).await));
+            addr.do_send(ProfileLoaded(number, source.profile(user).await));
         });
     }
 
@@ -610,13 +616,15 @@ impl Actor for RecommenderActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.load_profile(ctx);
         // Spread the actors' full refreshes over the interval, so that they
-        // do not all rank at the same moment.
+        // do not all rank at the same moment. Each reads the profile again
+        // first: a change of interests made through another node of a
+        // cluster is told only to that node's recommender.
         let refresh = self.shared.settings.refresh;
         let spread = (self.user.as_uuid().as_u128() % 1000) as u32;
         ctx.run_later(
             refresh.mul_f64(f64::from(spread) / 1000.0),
             move |_, ctx| {
-                ctx.run_interval(refresh, |actor, _| actor.rank_in_full());
+                ctx.run_interval(refresh, |actor, ctx| actor.load_profile(ctx));
             },
         );
     }
@@ -629,7 +637,11 @@ impl Actor for RecommenderActor {
 impl Handler<ProfileLoaded> for RecommenderActor {
     type Result = ();
 
-    fn handle(&mut self, ProfileLoaded(loaded): ProfileLoaded, ctx: &mut Self::Context) {
+    fn handle(&mut self, ProfileLoaded(number, loaded): ProfileLoaded, ctx: &mut Self::Context) {
+        if number < self.profile_reads {
+            // A later read is under way: its answer is the newer.
+            return self.moves_while_reading.ended(|_| {});
+        }
         match loaded {
             Ok(seed) => {
                 let mut profile = Profile::new(self.user, seed.interests, seed.home, seed.joins);
@@ -642,7 +654,9 @@ impl Handler<ProfileLoaded> for RecommenderActor {
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot load a profile for recommendations; retrying");
-                ctx.run_later(Duration::from_secs(2), |actor, ctx| actor.read_profile(ctx));
+                ctx.run_later(Duration::from_secs(2), move |actor, ctx| {
+                    actor.read_profile(number, ctx)
+                });
             }
         }
     }
