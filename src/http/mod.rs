@@ -121,7 +121,15 @@ impl AppState {
                 Err(ApiError::Unavailable)
             }
         };
-        self.breaker.record(admitted, &outcome);
+        if matches!(outcome, Err(ApiError::Unavailable)) && !self.commands.holds(event) {
+            // Another node's event whose holder did not answer (it died, or
+            // the shard is moving): placement's to settle, no sign that
+            // the database fails, so no verdict — or a dead peer would
+            // pause this node's own writes too.
+            drop(admitted);
+        } else {
+            self.breaker.record(admitted, &outcome);
+        }
         outcome
     }
 

@@ -141,6 +141,11 @@ impl Fleet {
     /// `running` nodes started, out of `ports` in nginx's list (the rest
     /// start later), and placement settled; `None` without Postgres.
     async fn start(running: usize, ports: usize) -> Option<Self> {
+        Self::start_with(running, ports, &[]).await
+    }
+
+    /// Like [`Fleet::start`], every node with the settings `extra` too.
+    async fn start_with(running: usize, ports: usize, extra: &[(&str, &str)]) -> Option<Self> {
         let turn = ONE_AT_A_TIME.lock().await;
         let dir = tempfile::tempdir().unwrap();
         let url = fresh_database(Backend::Postgres, &dir).await?;
@@ -158,6 +163,7 @@ impl Fleet {
                 format!("{prefix}:"),
             ));
         }
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let ports: Vec<u16> = (0..ports).map(|_| free_port()).collect();
         let nginx = Nginx::start(&ports);
         let mut fleet = Self {
@@ -511,6 +517,47 @@ async fn a_node_killed_under_load_loses_nothing_and_its_events_move() {
     );
     tally.absorb(probes);
     assert_every_event_whole(&front, &owner, &events, capacity, &tally).await;
+}
+
+/// A peer that dies holding shards makes commands for its events miss the
+/// write deadline until its leases lapse. That is placement's to settle,
+/// not a sign that the database fails: the survivor's breaker stays closed
+/// and its own events keep taking joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_peer_does_not_pause_the_survivors_writes() {
+    let settings = [
+        ("TURNOUT_HTTP__WRITE_TIMEOUT_MS", "500"),
+        ("TURNOUT_HTTP__BREAKER__FAILURES", "2"),
+    ];
+    let Some(mut fleet) = Fleet::start_with(2, 2, &settings).await else {
+        return;
+    };
+    let front = fleet.front();
+    let owner = front.register("owner@example.com").await;
+    let events = fleet.events_on_every_node(&owner, 100, 2, 1).await;
+    let holders = fleet.holders(&front, &events).await;
+    let on = |node| *events.iter().find(|e| holders[e] == node).unwrap();
+    let (ours, theirs) = (on(0), on(1));
+    let survivor = fleet.node(0);
+    fleet.take(1).kill();
+
+    // Within the dead node's lease (3 s), its event's joins time out.
+    let joins = (0..4).map(|_| {
+        let user = survivor.user();
+        let survivor = &survivor;
+        async move { survivor.join(&user, theirs).await.status() }
+    });
+    let statuses = join_all(joins).await;
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::SERVICE_UNAVAILABLE),
+        "{statuses:?}"
+    );
+
+    let user = survivor.user();
+    let own = survivor.join(&user, ours).await;
+    assert_eq!(own.status(), StatusCode::CREATED, "{}", body(own).await);
 }
 
 /// An offer held on a node that is killed runs out on time on the node that
