@@ -152,12 +152,18 @@ async fn relay(
     let mut redis_failures = 0u32;
     let mut lease: Option<Instant> = None;
     while !shutdown.is_requested() {
-        let (now, asked) = (now_micros(), Instant::now());
+        let asked = Instant::now();
         let held = match lease {
             Some(renewed) if renewed.elapsed() < LEASE_RENEW => true,
-            _ => match store
-                .take_lease(LEASE, &holder, now, LEASE_TTL.as_micros() as i64)
-                .await
+            // By the database's clock, as the cluster's leases: another
+            // node's clock running ahead must not take a lease still held.
+            _ => match async {
+                let now = store.clock().await?;
+                store
+                    .take_lease(LEASE, &holder, now, LEASE_TTL.as_micros() as i64)
+                    .await
+            }
+            .await
             {
                 Ok(true) => {
                     // From when it was asked: a slow answer shortens the
