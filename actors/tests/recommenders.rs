@@ -370,3 +370,30 @@ async fn the_periodic_refresh_reads_the_profile_again() {
 
     assert_eq!(events_of(&next(&mut lists).await)[0], blues.id);
 }
+
+/// Given a list showing an event, when the event is renamed (nothing else
+/// moves), then the list is pushed again with the new title; a join that
+/// changes only its counts is not pushed.
+#[actix::test]
+async fn an_edited_event_is_pushed_again_and_a_count_alone_is_not() {
+    let jazz = event("jazz", Lifecycle::Published, 2);
+    let (recommenders, _user, mut lists) = start(std::slice::from_ref(&jazz));
+    assert_eq!(events_of(&next(&mut lists).await), vec![jazz.id]);
+
+    recommenders.apply(EventUpdate {
+        title: "jazz night, moved upstairs".into(),
+        version: 3,
+        ..jazz.clone()
+    });
+    let renamed = next(&mut lists).await;
+    assert_eq!(&*renamed.items[0].1.title, "jazz night, moved upstairs");
+
+    recommenders.apply(EventUpdate {
+        title: "jazz night, moved upstairs".into(),
+        active: 1,
+        version: 4,
+        joined: vec![UserId::new()],
+        ..jazz
+    });
+    nothing_more(&mut lists).await;
+}

@@ -493,8 +493,9 @@ pub struct RecommenderActor {
     profile_reads: u64,
     /// The best `list_len + spare` events, kept up to date incrementally.
     list_state: LiveList,
-    /// What the last pushed list showed: which events, in which order, why.
-    shown: Option<Vec<(EventId, Vec<Reason>)>>,
+    /// What the last pushed list showed: which events, in which order, why,
+    /// and how each looked (see [`crate::recommend::EventCard::looks`]).
+    shown: Option<Vec<(EventId, Vec<Reason>, u64)>>,
     list: Option<RankedList>,
     /// Changes arrived while nobody was subscribed.
     stale: bool,
@@ -591,12 +592,19 @@ impl RecommenderActor {
 
     fn publish_if_moved(&mut self) {
         let top = self.list_state.top(self.shared.settings.list_len);
-        let key: Vec<(EventId, Vec<Reason>)> =
-            top.iter().map(|r| (r.event, r.reasons.clone())).collect();
+        let catalog = self.shared.catalog.read();
+        let key: Vec<(EventId, Vec<Reason>, u64)> = top
+            .iter()
+            .map(|r| {
+                let looks = catalog.card(r.event).map_or(0, |card| card.looks);
+                (r.event, r.reasons.clone(), looks)
+            })
+            .collect();
         if self.shown.as_ref() == Some(&key) {
             return;
         }
-        let items = with_cards(&self.shared.catalog.read(), top.to_vec());
+        let items = with_cards(&catalog, top.to_vec());
+        drop(catalog);
         let revision = self.list.as_ref().map_or(1, |l| l.revision + 1);
         let list = RankedList {
             epoch: Arc::clone(&self.epoch),

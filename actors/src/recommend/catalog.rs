@@ -48,6 +48,10 @@ pub struct EventCard {
     /// Users who joined and have not left, as far as the catalog has seen.
     pub joiners: u32,
     pub version: u64,
+    /// Counts the changes to what a list shows of the event besides its
+    /// counts (its title, start and venue): a list that showed an earlier
+    /// one is pushed again.
+    pub looks: u64,
     /// ln Σ exp((tᵢ − epoch)/τ) over the join times tᵢ: in log form it never
     /// overflows, and the order of events by heat does not change as time
     /// passes, so the heat index needs no re-sorting.
@@ -332,11 +336,15 @@ impl Catalog {
             published_at: None,
             joiners: 0,
             version: 0,
+            looks: 0,
             log_heat: f64::NEG_INFINITY,
         });
         self.modify(u.id, |card| {
             if u.version <= card.version {
                 return;
+            }
+            if *card.title != *u.title || card.starts_at != u.starts_at || card.venue != u.venue {
+                card.looks += 1;
             }
             if *card.title != *u.title {
                 card.title = Arc::from(u.title.as_str());
