@@ -130,7 +130,8 @@ pub struct JournalSettings {
     pub max_batch: usize,
     /// A commit taking longer fails its whole batch. Where the store commits
     /// on the journal's own thread (SQLite), the timer cannot fire while an
-    /// attempt runs: it bounds the wait before and between attempts, and an
+    /// attempt runs: it bounds the wait before and between attempts (an
+    /// attempt whose deadline passed while it waited is not run), and an
     /// attempt itself is bounded by SQLite's busy timeout.
     pub commit_timeout: Duration,
     /// How long an append that finds the journal idle waits for others to

@@ -143,6 +143,10 @@ impl SqliteWriter {
     /// thread back, the relay's tasks there left waiting for the load to
     /// end (docs/BENCHMARKS.md, "Tried, not kept: the journal's attempt
     /// run at once").
+    ///
+    /// A task whose caller stopped waiting before its turn came (a commit
+    /// past the journal's deadline, which fires between tasks) is not run:
+    /// its callers were told it failed, and it must not land after all.
     pub(in crate::store::sql) async fn call<T: Send + 'static>(
         &self,
         task: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -150,6 +154,9 @@ impl SqliteWriter {
         let stopped = || StoreError::Unavailable("the SQLite journal thread stopped".into());
         let (outcome, done) = oneshot::channel();
         let sent = self.thread.spawn_fn(move || {
+            if outcome.is_closed() {
+                return;
+            }
             let result = CONNECTION.with_borrow_mut(|connection| {
                 task(connection.as_mut().expect("set before any task"))
             });
@@ -580,4 +587,42 @@ fn write_side_records(
     }
     steps.done(Step::Outbox);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// A commit that waited behind the thread's other work past its
+    /// deadline is not run when its turn comes: its callers were told it
+    /// failed, and it must not land after all.
+    #[actix::test]
+    async fn a_task_whose_caller_gave_up_before_it_began_is_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = SqliteWriter::open(&dir.path().join("journal.db")).unwrap();
+        let ran = Arc::new(AtomicBool::new(false));
+        let busy = writer.call(|_| {
+            std::thread::sleep(Duration::from_millis(200));
+            Ok(())
+        });
+        let abandoned = {
+            let ran = Arc::clone(&ran);
+            tokio::time::timeout(
+                Duration::from_millis(50),
+                writer.call(move |_| {
+                    ran.store(true, Ordering::SeqCst);
+                    Ok(())
+                }),
+            )
+        };
+        let (busy, abandoned) = futures_util::join!(busy, abandoned);
+        busy.unwrap();
+        assert!(abandoned.is_err(), "the deadline passed");
+        // Tasks run in the order they were queued: this one ran after it.
+        writer.call(|_| Ok(())).await.unwrap();
+        assert!(!ran.load(Ordering::SeqCst), "the abandoned task ran");
+    }
 }
