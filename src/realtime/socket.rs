@@ -148,7 +148,8 @@ impl Shared {
 #[derive(Clone)]
 pub struct Frame {
     encoded: Bytes,
-    /// The text's length: what a queue's budget counts.
+    /// The text's length: what a queue's budget counts (in a queue, what
+    /// it was charged: see [`SendQueue::push`]).
     text_len: usize,
     /// For updates: when the change committed (fan-out latency).
     committed_at: Option<DateTime<Utc>>,
@@ -315,7 +316,9 @@ impl SendQueue {
     /// Queues a frame, or writes it at once when the socket allows. False
     /// when the connection is closing or has just gone over its budget, in
     /// which case its session is told to close it. A frame larger than the
-    /// whole budget still goes out alone.
+    /// whole budget (a big snapshot) still goes out when nothing is queued,
+    /// and counts as half the budget: the frames after it have the other
+    /// half, or the next update would close a client that reads on.
     pub fn push(&self, frame: Frame) -> bool {
         match self.offer(&frame) {
             Offered::Written => {
@@ -332,7 +335,12 @@ impl SendQueue {
         if queue.close.is_some() {
             return Offered::Refused;
         }
-        if queue.bytes > 0 && queue.bytes + frame.text_len > self.shared.max_bytes {
+        let max_bytes = self.shared.max_bytes;
+        let charge = match frame.text_len > max_bytes {
+            true => max_bytes / 2,
+            false => frame.text_len,
+        };
+        if queue.bytes > 0 && queue.bytes + charge > max_bytes {
             drop(queue);
             self.session.do_send(Overflowed);
             return Offered::Refused;
@@ -349,9 +357,12 @@ impl SendQueue {
             match socket2::SockRef::from(tcp).send(&frame.encoded) {
                 Ok(written) if written == frame.encoded.len() => return Offered::Written,
                 Ok(written) if written > 0 => {
-                    queue.bytes += frame.text_len;
+                    // What is left of it is what waits.
+                    let charge = charge.min(frame.encoded.len() - written);
+                    queue.bytes += charge;
                     queue.unfinished = Some(Frame {
                         encoded: frame.encoded.slice(written..),
+                        text_len: charge,
                         ..frame.clone()
                     });
                     drop(queue);
@@ -361,8 +372,11 @@ impl SendQueue {
                 Ok(_) | Err(_) => {}
             }
         }
-        queue.bytes += frame.text_len;
-        queue.frames.push_back(frame.clone());
+        queue.bytes += charge;
+        queue.frames.push_back(Frame {
+            text_len: charge,
+            ..frame.clone()
+        });
         drop(queue);
         self.shared.writer.wake();
         Offered::Queued
@@ -711,12 +725,17 @@ mod tests {
             queue.push(text(&big)),
             "a frame larger than the whole budget still goes out alone"
         );
-        assert!(!queue.push(text("y")), "but nothing joins it");
+        assert!(
+            queue.push(text("y")),
+            "and counts as half of it: frames after it have the other half"
+        );
+        assert!(!queue.push(text(&"w".repeat(32 * 1024))), "but no more");
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(connection.notices.load(Ordering::SeqCst), 1);
 
-        let frames = connection.frames(1).await;
+        let frames = connection.frames(2).await;
         assert!(is_text(&frames[0], &big), "the big frame arrives whole");
+        assert!(is_text(&frames[1], "y"));
         assert!(queue.push(text("z")), "written frames leave the budget");
         assert!(is_text(&connection.frames(1).await[0], "z"));
     }
