@@ -62,6 +62,11 @@ const LEASE: &str = "outbox-relay";
 const LEASE_TTL: Duration = Duration::from_secs(10);
 /// The lease is renewed this often (a write: not on every pass).
 const LEASE_RENEW: Duration = Duration::from_secs(2);
+/// How long a pipeline of up to a batch of `XADD`s may take to answer.
+/// The client's default, half a second, is per request and counts the
+/// whole pipeline: a Redis slowed by an fsync or a trim would be taken
+/// for gone, and the batch it had added published again on every pass.
+const PIPELINE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts the relay (publishing to Redis when a URL is given) and the
 /// outbox gauges among the background tasks.
@@ -266,7 +271,9 @@ async fn pass(
         return published(&rows, settings);
     };
     if connection.is_none() {
-        match ConnectionManager::new(client.clone()).await {
+        let config =
+            redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(PIPELINE_TIMEOUT));
+        match ConnectionManager::new_with_config(client.clone(), config).await {
             Ok(c) => *connection = Some(c),
             Err(error) => {
                 tracing::warn!(error = ?error.kind(), "outbox relay cannot connect to redis; backing off");

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::ErrorCode;
 use super::identity::AdminUser;
 use super::{ApiError, AppState, pagination};
-use crate::store::{OutboxMessage, OutboxStatus, from_micros, micros};
+use crate::store::{OutboxMessage, OutboxStatus, from_micros};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/admin/stats", web::get().to(stats))
@@ -122,7 +122,7 @@ pub async fn replay(
             "the outbox id is a positive integer",
         )
     })?;
-    if !state.store.replay_outbox(id, micros(Utc::now())).await? {
+    if !state.store.replay_outbox(id).await? {
         return Err(ApiError::NotFound("dead outbox message"));
     }
     tracing::info!(target: "turnout::audit", admin = %admin.0.id.as_uuid(), outbox_id = id, "replayed a dead outbox message");

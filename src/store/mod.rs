@@ -455,7 +455,7 @@ pub trait OutboxRelay: Send + Sync {
     ) -> Result<(), StoreError>;
 
     /// Puts a dead row back in the queue; false if there is no dead row `id`.
-    async fn replay_outbox(&self, id: i64, now: i64) -> Result<bool, StoreError>;
+    async fn replay_outbox(&self, id: i64) -> Result<bool, StoreError>;
 
     /// `(pending, dead)` row counts.
     async fn outbox_counts(&self) -> Result<(i64, i64), StoreError>;

@@ -114,12 +114,11 @@ macro_rules! impl_relay {
                 Ok(())
             }
 
-            async fn replay_outbox(&self, id: i64, now: i64) -> Result<bool, StoreError> {
+            async fn replay_outbox(&self, id: i64) -> Result<bool, StoreError> {
                 let done = sqlx::query(
-                    "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = $1, last_error = NULL \
-                     WHERE id = $2 AND status = 'dead'",
+                    "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = 0, last_error = NULL \
+                     WHERE id = $1 AND status = 'dead'",
                 )
-                .bind(now)
                 .bind(id)
                 .execute(&self.background)
                 .await

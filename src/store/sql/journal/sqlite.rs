@@ -571,7 +571,7 @@ fn write_side_records(
     let mut outbox = tx.prepare_cached(
         "INSERT INTO outbox (message_id, topic, aggregate_id, stream_version, event_type, \
          payload, request_id, traceparent, next_attempt_at, created_at) \
-         VALUES (?1, 'events', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+         VALUES (?1, 'events', ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)",
     )?;
     for row in &batch.outbox {
         outbox.execute(params![
