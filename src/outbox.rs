@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -108,12 +109,14 @@ pub fn start(
                 async move {
                     // One node purges: the one whose relay holds the lease.
                     if relaying.load(Ordering::Relaxed) {
+                        let mut trimmed = true;
                         if let Some(client) = &client
                             && let Err(error) = trim_stream(client, &prefix, retention_hours).await
                         {
                             tracing::warn!(error = ?error.kind(), "cannot trim the outbox streams");
+                            trimmed = false;
                         }
-                        purge(&store, retention_hours, &mut shutdown).await;
+                        purge(&store, retention_hours, trimmed, &mut shutdown).await;
                     }
                 }
             }
@@ -427,20 +430,42 @@ fn fields(row: &OutboxMessage, traceparent: Option<&str>) -> Vec<(&'static str, 
 
 /// Drops the stream's entries older than the retention: an entry's id is
 /// its time of publishing in milliseconds, and the inbox row of its
-/// delivery, made later, is kept for as long (see the module's doc).
-/// Trimmed exactly, not `~`: this runs once a minute, and a rough trim
-/// keeps whole blocks of older entries.
+/// delivery, made later, is kept for as long (see the module's doc). But
+/// none a consumer group still needs: from each group's oldest entry
+/// handed out and not acknowledged, or else the last it was handed, on,
+/// everything stays (a group down or behind longer than the retention
+/// keeps its entries; the stream's cap still bounds them, and
+/// `turnout_outbox_consumer_lag` shows it). Trimmed exactly, not `~`: this
+/// runs once a minute, and a rough trim keeps whole blocks of older
+/// entries. The number trimmed.
 pub async fn trim_stream(
     client: &redis::Client,
     prefix: &str,
     retention_hours: i64,
 ) -> redis::RedisResult<u64> {
     let mut redis = client.get_multiplexed_async_connection().await?;
-    let oldest_kept = chrono::Utc::now().timestamp_millis() - retention_hours * 3_600_000;
+    let stream = format!("{prefix}{EVENTS_TOPIC}");
+    let exists: bool = redis.exists(&stream).await?;
+    if !exists {
+        return Ok(0);
+    }
+    let oldest_kept = (chrono::Utc::now().timestamp_millis() - retention_hours * 3_600_000).max(0);
+    let mut trim_below = EntryId(oldest_kept as u64, 0);
+    let groups: redis::streams::StreamInfoGroupsReply = redis.xinfo_groups(&stream).await?;
+    for group in groups.groups {
+        let mut needed = EntryId::parse(&group.last_delivered_id);
+        if group.pending > 0
+            && let redis::streams::StreamPendingReply::Data(pending) =
+                redis.xpending(&stream, &group.name).await?
+        {
+            needed = needed.min(EntryId::parse(&pending.start_id));
+        }
+        trim_below = trim_below.min(needed);
+    }
     let trimmed: u64 = redis::cmd("XTRIM")
-        .arg(format!("{prefix}{EVENTS_TOPIC}"))
+        .arg(&stream)
         .arg("MINID")
-        .arg(oldest_kept.max(0))
+        .arg(trim_below.to_string())
         .query_async(&mut redis)
         .await?;
     if trimmed > 0 {
@@ -449,10 +474,39 @@ pub async fn trim_stream(
     Ok(trimmed)
 }
 
+/// A stream entry's id: milliseconds, then a sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct EntryId(u64, u64);
+
+impl EntryId {
+    /// An id as Redis writes it; one it cannot read is the stream's start
+    /// (so nothing is trimmed for it).
+    fn parse(id: &str) -> Self {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        match (ms.parse(), seq.parse()) {
+            (Ok(ms), Ok(seq)) => Self(ms, seq),
+            _ => Self(0, 0),
+        }
+    }
+}
+
+impl std::fmt::Display for EntryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
 /// Deletes the rows published, and the consumers' inbox rows of messages
 /// handled, more than the retention ago: a redelivery can only come while
-/// a message's row is kept.
-async fn purge(store: &Arc<dyn Store>, retention_hours: i64, shutdown: &mut Shutdown) {
+/// a message's row is kept. The inbox rows only once the stream was
+/// trimmed (`stream_trimmed`): an entry left in it would count twice for
+/// a group that reads it anew.
+async fn purge(
+    store: &Arc<dyn Store>,
+    retention_hours: i64,
+    stream_trimmed: bool,
+    shutdown: &mut Shutdown,
+) {
     let before = now_micros() - retention_hours * 3_600_000_000;
     let outbox = purge_in_batches(shutdown, |limit| {
         store.purge_published_outbox(before, limit)
@@ -461,6 +515,9 @@ async fn purge(store: &Arc<dyn Store>, retention_hours: i64, shutdown: &mut Shut
         Ok(0) => {}
         Ok(n) => tracing::info!(deleted = n, "purged published outbox rows"),
         Err(error) => tracing::warn!(%error, "cannot purge the outbox"),
+    }
+    if !stream_trimmed {
+        return;
     }
     let inbox = purge_in_batches(shutdown, |limit| store.purge_inbox(before, limit));
     match inbox.await {

@@ -384,6 +384,81 @@ async fn stream_entries_older_than_the_retention_are_trimmed() {
     delete(&mut check, &key).await;
 }
 
+/// A consumer group still needs what it was handed and has not
+/// acknowledged, and what it has yet to read: the trim leaves them, however
+/// old, and takes them once the group is through.
+#[actix_web::test]
+async fn the_trim_keeps_what_a_consumer_group_still_needs() {
+    let Some(url) = redis_url() else { return };
+    let mut check = redis_connection(&url).await;
+    let (prefix, key) = fresh_stream();
+    let three_days_ago = chrono::Utc::now().timestamp_millis() - 72 * 3_600_000;
+    for id in [
+        format!("{three_days_ago}-0"),
+        format!("{three_days_ago}-1"),
+        format!("{three_days_ago}-2"),
+        "*".to_owned(),
+    ] {
+        add_entry(&mut check, &key, &id).await;
+    }
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&key)
+        .arg("slow")
+        .arg("0")
+        .query_async(&mut check)
+        .await
+        .unwrap();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let trim = || turnout::outbox::trim_stream(&client, &prefix, 24);
+
+    // Given the oldest entry handed out and not acknowledged,
+    let first = hand_out(&mut check, &key, 1).await;
+    // the trim keeps it and what follows.
+    assert_eq!(trim().await.unwrap(), 0, "handed, not acknowledged");
+
+    // Acknowledged, the entries not yet handed still stay;
+    acknowledge(&mut check, &key, &first).await;
+    assert_eq!(trim().await.unwrap(), 0, "not yet handed");
+
+    // once the group is through, the old ones go.
+    let rest = hand_out(&mut check, &key, 10).await;
+    acknowledge(&mut check, &key, &rest).await;
+    assert_eq!(trim().await.unwrap(), 3, "the three past the retention");
+    delete(&mut check, &key).await;
+}
+
+/// Up to `count` entries handed to group `slow`'s reader: their ids.
+async fn hand_out(
+    redis: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    count: usize,
+) -> Vec<String> {
+    let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("slow")
+        .arg("reader")
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(key)
+        .arg(">")
+        .query_async(redis)
+        .await
+        .unwrap();
+    reply.keys[0].ids.iter().map(|e| e.id.clone()).collect()
+}
+
+async fn acknowledge(redis: &mut redis::aio::MultiplexedConnection, key: &str, ids: &[String]) {
+    let _: u64 = redis::cmd("XACK")
+        .arg(key)
+        .arg("slow")
+        .arg(ids)
+        .query_async(redis)
+        .await
+        .unwrap();
+}
+
 /// The consumer group's lag, for `turnout_outbox_consumer_lag`: the entries
 /// it has yet to be handed, which a stream capped at `stream_max_len` trims
 /// unread once there are too many.
