@@ -137,8 +137,9 @@ macro_rules! batch_writes {
                event_type, payload, request_id, traceparent, next_attempt_at, created_at) \
                SELECT m, 'events', a, o.v, t, p::jsonb, r, tp, 0, $1 \
                FROM UNNEST($46::uuid[], $47::uuid[], $48::int8[], $49::text[], $50::text[], \
-                 $51::text[], $52::text[]) AS o(m, a, v, t, p, r, tp) \
-               JOIN written ON written.stream_id = o.a AND written.version = o.v)"
+                 $51::text[], $52::text[]) WITH ORDINALITY AS o(m, a, v, t, p, r, tp, n) \
+               JOIN written ON written.stream_id = o.a AND written.version = o.v \
+               ORDER BY o.n)"
         )
     };
 }
