@@ -325,7 +325,7 @@ impl WsSession {
             }
             ClientFrame::Unsubscribe { channel } => {
                 let channel = Channel::parse(&channel).map_or(channel, |c| c.to_string());
-                self.unsubscribe(channel);
+                self.unsubscribe(channel, ctx);
             }
         }
     }
@@ -408,8 +408,18 @@ impl WsSession {
         }
     }
 
-    fn unsubscribe(&mut self, channel: String) {
+    /// A hub's channel is told `unsubscribed` once the hub has let the
+    /// session go: a subscribe just before it may still have a snapshot
+    /// coming, which must not follow the `unsubscribed`, nor anything after.
+    fn unsubscribe(&mut self, channel: String, ctx: &mut Context<Self>) {
         match self.subscriptions.remove(&channel) {
+            Some(Subscription::Hub { hub, _place }) => {
+                let left = hub.send(Unsubscribe { session: self.id });
+                ctx.spawn(left.into_actor(self).map(move |_, session, _| {
+                    drop(_place);
+                    session.reply(protocol::unsubscribed(&channel));
+                }));
+            }
             Some(subscription) => {
                 self.end(subscription);
                 self.reply(protocol::unsubscribed(&channel));

@@ -236,6 +236,38 @@ async fn one_channel_under_two_spellings_is_one_subscription() {
     );
 }
 
+/// An unsubscribe sent right behind its subscribe, before the hub (new,
+/// loading the event) has answered: the snapshot comes first, then
+/// `unsubscribed`, and nothing of the channel after it.
+#[actix_web::test]
+async fn unsubscribed_is_the_last_frame_of_its_channel() {
+    let app = sqlite_app(|_| {}).await;
+    let owner = app.register("owner@example.com").await;
+    let mut socket = connect(&app).await;
+    for round in 0..5 {
+        let event = app.published_event(&owner, 10).await;
+        let channel = format!("event:{event}");
+        // In one write, so that the server reads them together.
+        for frame in ["subscribe", "unsubscribe"] {
+            let frame = json!({ "type": frame, "channel": channel }).to_string();
+            socket.feed(Message::text(frame)).await.unwrap();
+        }
+        socket.flush().await.unwrap();
+
+        let first = next(&mut socket).await;
+        assert_eq!(first["type"], "snapshot", "round {round}: {first}");
+        let last = next(&mut socket).await;
+        assert_eq!(last["type"], "unsubscribed", "round {round}: {last}");
+
+        app.join(&app.user(), event).await;
+        let after = tokio::time::timeout(Duration::from_millis(300), next(&mut socket)).await;
+        assert!(
+            after.is_err(),
+            "round {round}: {after:?} after unsubscribed"
+        );
+    }
+}
+
 #[actix_web::test]
 async fn a_client_resumes_from_its_last_offset() {
     let app = sqlite_app(|_| {}).await;
