@@ -222,11 +222,17 @@ impl WsSession {
     }
 
     fn strike(&mut self, message: &str, ctx: &mut Context<Self>) {
+        self.strike_as("bad_frame", message, ctx);
+    }
+
+    /// A malformed frame, or an `auth` whose token does not verify (each a
+    /// signature check: not to be had for free, over and over).
+    fn strike_as(&mut self, code: &str, message: &str, ctx: &mut Context<Self>) {
         self.strikes += 1;
         if self.strikes > self.settings.max_strikes {
             return self.close(CLOSE_POLICY, "too many malformed frames", ctx);
         }
-        self.reply(protocol::error("bad_frame", message));
+        self.reply(protocol::error(code, message));
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
@@ -246,7 +252,7 @@ impl WsSession {
                     self.close_when_token_lapses(claims.exp, ctx);
                     self.reply(protocol::authenticated(&claims.sub.to_string()));
                 }
-                Err(e) => self.reply(protocol::error("unauthorized", &e.to_string())),
+                Err(e) => self.strike_as("unauthorized", &e.to_string(), ctx),
             },
             ClientFrame::Subscribe { .. } | ClientFrame::Unsubscribe { .. }
                 if !self.within_churn_budget() => {}

@@ -518,9 +518,12 @@ async fn the_feed_reports_publishing_and_filling_up_not_every_join() {
     );
 }
 
+/// Malformed frames and `auth`s with a token that does not verify are
+/// strikes: each gets an error, and past `max_strikes` the connection is
+/// closed.
 #[actix_web::test]
-async fn malformed_frames_get_errors_then_the_connection_is_closed() {
-    let app = sqlite_app(|s| s.realtime.max_strikes = 2).await;
+async fn malformed_frames_and_forged_tokens_get_errors_then_the_connection_is_closed() {
+    let app = sqlite_app(|s| s.realtime.max_strikes = 3).await;
     let mut socket = connect(&app).await;
     send(&mut socket, json!({ "type": "ping" })).await;
     assert_eq!(next(&mut socket).await["type"], "pong");
