@@ -132,6 +132,9 @@ impl Hubs {
             return Ok(hub.clone());
         }
         let cap = match channel {
+            // The city's feed is one hub, and always let in: filtered feeds
+            // from a few addresses must not take every kiosk's channel.
+            Channel::Feed { .. } if !channel.is_filtered_feed() => usize::MAX,
             Channel::Feed { .. } => self.0.max_feed_hubs,
             _ => self.0.max_hubs,
         };

@@ -464,6 +464,27 @@ async fn one_address_holds_a_bounded_number_of_filtered_feeds() {
     assert_eq!(taken["type"], "snapshot", "a place given back: {taken}");
 }
 
+/// Filtered feeds from a few addresses can take every feed hub the node
+/// runs; the city's feed is still let in.
+#[tokio::test]
+async fn filtered_feeds_cannot_take_the_city_feeds_place() {
+    let (_server, app, _dir) = server(&[
+        ("TURNOUT_REALTIME__MAX_FEED_HUBS", "2"),
+        ("TURNOUT_REALTIME__MAX_SUBSCRIBES_PER_MINUTE", "0"),
+    ])
+    .await;
+    let mut socket = connect(&app).await;
+    for channel in ["feed?tag=a", "feed?tag=b"] {
+        let taken = subscribe(&mut socket, channel, None).await;
+        assert_eq!(taken["type"], "snapshot", "{taken}");
+    }
+    let refused = subscribe(&mut socket, "feed?tag=c", None).await;
+    assert_eq!(refused["code"], "busy", "{refused}");
+
+    let city = subscribe(&mut socket, "feed", None).await;
+    assert_eq!(city["type"], "snapshot", "{city}");
+}
+
 /// 100,000 subscribes to random `event:<uuid>` names once made a database
 /// read and a lasting hub each. Such a subscribe is now answered
 /// `not_found` and leaves no hub; a connection's subscribe and unsubscribe
