@@ -313,11 +313,7 @@ impl KeysInFlight {
         })
     }
 
-    /// How many keys are held now.
-    pub fn len(&self) -> usize {
-        self.claimed.len()
-    }
-
+    /// Whether no key is held now.
     pub fn is_empty(&self) -> bool {
         self.claimed.is_empty()
     }

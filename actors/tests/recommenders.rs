@@ -17,17 +17,22 @@ use turnout_actors::recommend::{
 };
 use turnout_actors::store::StoreError;
 
+/// A profile with one interest, no home and no joins.
+fn likes(tag: &str) -> ProfileSeed {
+    ProfileSeed {
+        interests: vec![Tag::parse(tag).unwrap()],
+        home: None,
+        joins: Vec::new(),
+    }
+}
+
 /// A user who likes jazz, with no joins.
 struct JazzLover;
 
 #[async_trait]
 impl RecommendationSource for JazzLover {
     async fn profile(&self, _user: UserId) -> Result<ProfileSeed, StoreError> {
-        Ok(ProfileSeed {
-            interests: vec![Tag::parse("jazz").unwrap()],
-            home: None,
-            joins: Vec::new(),
-        })
+        Ok(likes("jazz"))
     }
 
     async fn venue(&self, _venue: VenueId) -> Result<Option<GeoPoint>, StoreError> {
@@ -76,12 +81,20 @@ fn settings() -> RecommendSettings {
 /// Recommenders over a catalog holding `events`, and a subscriber for one
 /// user.
 fn start(events: &[EventUpdate]) -> (Recommenders, UserId, mpsc::UnboundedReceiver<RankedList>) {
+    start_with(events, Arc::new(JazzLover), settings())
+}
+
+/// Like [`start`], the user's profile read from `source`.
+fn start_with(
+    events: &[EventUpdate],
+    source: Arc<dyn RecommendationSource>,
+    settings: RecommendSettings,
+) -> (Recommenders, UserId, mpsc::UnboundedReceiver<RankedList>) {
     let mut catalog = Catalog::default();
     for e in events {
         catalog.apply(e);
     }
-    let recommenders =
-        Recommenders::start(catalog, Arc::new(JazzLover), settings(), Arbiter::current());
+    let recommenders = Recommenders::start(catalog, source, settings, Arbiter::current());
     let (user, (pushed, lists)) = (UserId::new(), mpsc::unbounded_channel());
     recommenders.subscribe(user, 1, Box::new(Pushed(pushed)));
     (recommenders, user, lists)
@@ -213,12 +226,9 @@ impl RecommendationSource for GatedJazzLover {
 #[actix::test]
 async fn a_join_during_a_profile_reload_outlives_the_reload() {
     let jazz = event("jazz", Lifecycle::Published, 2);
-    let mut catalog = Catalog::default();
-    catalog.apply(&jazz);
     let source = Arc::new(GatedJazzLover(tokio::sync::Semaphore::new(1)));
-    let recommenders = Recommenders::start(catalog, source.clone(), settings(), Arbiter::current());
-    let (user, (pushed, mut lists)) = (UserId::new(), mpsc::unbounded_channel());
-    recommenders.subscribe(user, 1, Box::new(Pushed(pushed)));
+    let (recommenders, user, mut lists) =
+        start_with(std::slice::from_ref(&jazz), source.clone(), settings());
     assert_eq!(events_of(&next(&mut lists).await), vec![jazz.id]);
 
     recommenders.profile_changed(user);
@@ -257,30 +267,35 @@ async fn an_actor_with_nobody_to_serve_leaves_after_its_idle_time() {
     assert!(left, "the idle actor left");
 }
 
-/// A user's profile as it was at each read: jazz at first; the first
-/// reload answers late with folk (what the second change replaced); the
-/// second reload answers at once with blues.
+/// A user whose interests change from read to read: read `n` answers
+/// `answers[n]` (the last one from then on), and read `gated`, if any,
+/// only once a permit is added to `gate`.
 struct ChangingMind {
+    answers: Vec<&'static str>,
+    gated: Option<usize>,
+    gate: tokio::sync::Semaphore,
     reads: std::sync::atomic::AtomicUsize,
-    first_reload: tokio::sync::Semaphore,
+}
+
+impl ChangingMind {
+    fn new(answers: &[&'static str], gated: Option<usize>) -> Arc<Self> {
+        Arc::new(Self {
+            answers: answers.to_vec(),
+            gated,
+            gate: tokio::sync::Semaphore::new(0),
+            reads: Default::default(),
+        })
+    }
 }
 
 #[async_trait]
 impl RecommendationSource for ChangingMind {
     async fn profile(&self, _user: UserId) -> Result<ProfileSeed, StoreError> {
-        let interest = match self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
-            0 => "jazz",
-            1 => {
-                self.first_reload.acquire().await.unwrap().forget();
-                "folk"
-            }
-            _ => "blues",
-        };
-        Ok(ProfileSeed {
-            interests: vec![Tag::parse(interest).unwrap()],
-            home: None,
-            joins: Vec::new(),
-        })
+        let read = self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.gated == Some(read) {
+            self.gate.acquire().await.unwrap().forget();
+        }
+        Ok(likes(self.answers[read.min(self.answers.len() - 1)]))
     }
 
     async fn venue(&self, _venue: VenueId) -> Result<Option<GeoPoint>, StoreError> {
@@ -297,53 +312,23 @@ async fn a_late_profile_read_does_not_undo_a_newer_one() {
         event("folk", Lifecycle::Published, 2),
         event("blues", Lifecycle::Published, 2),
     );
-    let mut catalog = Catalog::default();
-    for e in [&jazz, &folk, &blues] {
-        catalog.apply(e);
-    }
-    let source = Arc::new(ChangingMind {
-        reads: Default::default(),
-        first_reload: tokio::sync::Semaphore::new(0),
-    });
-    let recommenders = Recommenders::start(catalog, source.clone(), settings(), Arbiter::current());
-    let (user, (pushed, mut lists)) = (UserId::new(), mpsc::unbounded_channel());
-    recommenders.subscribe(user, 1, Box::new(Pushed(pushed)));
+    // Jazz at first; the first reload answers late with folk (what the
+    // second change replaced); the second answers at once with blues.
+    let source = ChangingMind::new(&["jazz", "folk", "blues"], Some(1));
+    let (recommenders, user, mut lists) = start_with(
+        &[jazz.clone(), folk, blues.clone()],
+        source.clone(),
+        settings(),
+    );
     assert_eq!(events_of(&next(&mut lists).await)[0], jazz.id);
 
     recommenders.profile_changed(user);
     recommenders.profile_changed(user);
     assert_eq!(events_of(&next(&mut lists).await)[0], blues.id);
 
-    source.first_reload.add_permits(1);
+    source.gate.add_permits(1);
     nothing_more(&mut lists).await;
-    assert_eq!(
-        source.first_reload.available_permits(),
-        0,
-        "the late read answered"
-    );
-}
-
-/// A jazz lover whose interests become blues after the first read, changed
-/// through another node: nobody tells this one.
-struct ChangedElsewhere(std::sync::atomic::AtomicUsize);
-
-#[async_trait]
-impl RecommendationSource for ChangedElsewhere {
-    async fn profile(&self, _user: UserId) -> Result<ProfileSeed, StoreError> {
-        let interest = match self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
-            0 => "jazz",
-            _ => "blues",
-        };
-        Ok(ProfileSeed {
-            interests: vec![Tag::parse(interest).unwrap()],
-            home: None,
-            joins: Vec::new(),
-        })
-    }
-
-    async fn venue(&self, _venue: VenueId) -> Result<Option<GeoPoint>, StoreError> {
-        Ok(None)
-    }
+    assert_eq!(source.gate.available_permits(), 0, "the late read answered");
 }
 
 /// Given interests changed where this node did not hear of it, when the
@@ -355,17 +340,15 @@ async fn the_periodic_refresh_reads_the_profile_again() {
         event("jazz", Lifecycle::Published, 2),
         event("blues", Lifecycle::Published, 2),
     );
-    let mut catalog = Catalog::default();
-    catalog.apply(&jazz);
-    catalog.apply(&blues);
     let settings = RecommendSettings {
         refresh: Duration::from_millis(300),
         ..settings()
     };
-    let source = Arc::new(ChangedElsewhere(Default::default()));
-    let recommenders = Recommenders::start(catalog, source, settings, Arbiter::current());
-    let (user, (pushed, mut lists)) = (UserId::new(), mpsc::unbounded_channel());
-    recommenders.subscribe(user, 1, Box::new(Pushed(pushed)));
+    // Blues after the first read: changed through another node, which
+    // tells nobody here.
+    let source = ChangingMind::new(&["jazz", "blues"], None);
+    let (_recommenders, _user, mut lists) =
+        start_with(&[jazz.clone(), blues.clone()], source, settings);
     assert_eq!(events_of(&next(&mut lists).await)[0], jazz.id);
 
     assert_eq!(events_of(&next(&mut lists).await)[0], blues.id);

@@ -419,10 +419,11 @@ impl WsSession {
     /// coming, which must not follow the `unsubscribed`, nor anything after.
     fn unsubscribe(&mut self, channel: String, ctx: &mut Context<Self>) {
         match self.subscriptions.remove(&channel) {
-            Some(Subscription::Hub { hub, _place }) => {
+            Some(Subscription::Hub { hub, _place: place }) => {
                 let left = hub.send(Unsubscribe { session: self.id });
                 ctx.spawn(left.into_actor(self).map(move |_, session, _| {
-                    drop(_place);
+                    // The feed's place is given back with the hub's.
+                    drop(place);
                     session.reply(protocol::unsubscribed(&channel));
                 }));
             }

@@ -33,7 +33,7 @@ async fn venue_at(app: &TestApp, owner: &User, lat: f64, lon: f64) -> Uuid {
     id_of(&body(response).await)
 }
 
-/// A draft event starting in `days`, published unless `draft`.
+/// An event starting in `days`, published if `publish`.
 async fn event(
     app: &TestApp,
     owner: &User,
@@ -43,7 +43,20 @@ async fn event(
     days: i64,
     publish: bool,
 ) -> Uuid {
-    let starts_at = chrono::Utc::now() + chrono::Duration::days(days);
+    let starts_in = chrono::Duration::days(days);
+    event_starting_in(app, owner, venue, title, tags, starts_in, publish).await
+}
+
+async fn event_starting_in(
+    app: &TestApp,
+    owner: &User,
+    venue: Uuid,
+    title: &str,
+    tags: &[&str],
+    starts_in: chrono::Duration,
+    publish: bool,
+) -> Uuid {
+    let starts_at = chrono::Utc::now() + starts_in;
     let response = app
         .as_user(owner, Method::POST, "/v1/events")
         .json(&json!({
@@ -364,27 +377,17 @@ async fn an_event_that_starts_leaves_the_recs_channel() {
     let app = spawn_app(Backend::Sqlite).await.unwrap();
     let organizer = app.register("organizer@example.org").await;
     let venue = venue_at(&app, &organizer, HOME.0, HOME.1).await;
-    let response = app
-        .as_user(&organizer, Method::POST, "/v1/events")
-        .json(&json!({
-            "title": "Jazz at once", "venue_id": venue, "capacity": 20, "tags": ["jazz"],
-            "starts_at": chrono::Utc::now() + chrono::Duration::seconds(3),
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let soon = id_of(&body(response).await);
-    let published = app
-        .as_user(
-            &organizer,
-            Method::POST,
-            &format!("/v1/events/{soon}/publish"),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(published.status(), StatusCode::OK);
+    let in_3_s = chrono::Duration::seconds(3);
+    let soon = event_starting_in(
+        &app,
+        &organizer,
+        venue,
+        "Jazz at once",
+        &["jazz"],
+        in_3_s,
+        true,
+    )
+    .await;
     let later = event(&app, &organizer, venue, "Jazz later", &["jazz"], 5, true).await;
     let fan = register_with(&app, "fan@example.org", &["jazz"]).await;
 

@@ -105,6 +105,15 @@ async fn create_event(
     id
 }
 
+/// A one-seat join by a new user, now.
+fn a_join() -> Command {
+    Command::Join {
+        user: UserId::new(),
+        seats: Seats::default(),
+        at: Utc::now(),
+    }
+}
+
 /// The event as its log (and snapshot) tell it.
 async fn current_state(store: &Arc<dyn Store>, event: EventId) -> EventState {
     store
@@ -164,19 +173,7 @@ async fn one_commit_writes_log_read_models_and_outbox(backend: Backend) {
     let owner = UserId::new();
     let event = create_event(&store, &registry, owner, 1).await;
     for _ in 0..3 {
-        registry
-            .execute(
-                event,
-                Command::Join {
-                    user: UserId::new(),
-                    seats: Seats::default(),
-                    at: Utc::now(),
-                },
-                None,
-                None,
-            )
-            .await
-            .unwrap();
+        registry.execute(event, a_join(), None, None).await.unwrap();
     }
     let id = event.as_uuid();
     assert_eq!(
@@ -273,12 +270,7 @@ async fn published_outbox_rows_are_purged_in_batches(backend: Backend) {
     let registry = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
     let event = create_event(&store, &registry, UserId::new(), 1).await;
     for _ in 0..3 {
-        let join = Command::Join {
-            user: UserId::new(),
-            seats: Seats::default(),
-            at: Utc::now(),
-        };
-        registry.execute(event, join, None, None).await.unwrap();
+        registry.execute(event, a_join(), None, None).await.unwrap();
     }
     let pending = store
         .outbox(turnout::store::OutboxStatus::Pending, 0, 100)
@@ -329,11 +321,7 @@ async fn outbox_ids_never_go_back_after_a_purge(backend: Backend) {
     };
     let registry = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
     let event = create_event(&store, &registry, UserId::new(), 1).await;
-    let join = || Command::Join {
-        user: UserId::new(),
-        seats: Seats::default(),
-        at: Utc::now(),
-    };
+    let join = || a_join();
     registry.execute(event, join(), None, None).await.unwrap();
     let pending = |store: Arc<dyn Store>| async move {
         store
@@ -570,18 +558,7 @@ async fn a_full_mailbox_refuses_instead_of_growing(backend: Backend) {
     for _ in 0..SENT {
         let registry = registry.clone();
         pending.push(actix_web::rt::spawn(async move {
-            registry
-                .execute(
-                    event,
-                    Command::Join {
-                        user: UserId::new(),
-                        seats: Seats::default(),
-                        at: Utc::now(),
-                    },
-                    None,
-                    None,
-                )
-                .await
+            registry.execute(event, a_join(), None, None).await
         }));
     }
     // Those the mailbox cannot take are refused at once; wait for them
@@ -625,11 +602,7 @@ async fn an_append_that_skips_a_version_is_refused(backend: Backend) {
     };
     let state = event_of_five(&store).await;
     let event = state.id;
-    let join = Command::Join {
-        user: UserId::new(),
-        seats: Seats::default(),
-        at: Utc::now(),
-    };
+    let join = a_join();
     let facts = decide(Some(&state), &join).unwrap();
     let after = facts.iter().fold(Some(state.clone()), evolve).unwrap();
     let append = |base_version| Append {
@@ -794,11 +767,7 @@ async fn a_keyed_append_without_facts_on_an_old_version_is_refused(backend: Back
     let before = event_of_five(&store).await;
     let event = before.id;
     // Another writer moves the event on.
-    let join = Command::Join {
-        user: UserId::new(),
-        seats: Seats::default(),
-        at: Utc::now(),
-    };
+    let join = a_join();
     let facts = decide(Some(&before), &join).unwrap();
     let after = facts.iter().fold(Some(before.clone()), evolve).unwrap();
     let moved_on = Append {
@@ -884,11 +853,7 @@ async fn an_expired_key_takes_a_new_answer_before_the_purge(backend: Backend) {
 /// A new user's join decided on `state`, as an append under `lease`, and
 /// the state after it.
 fn joined_under(state: &EventState, lease: ShardLease) -> (Append, EventState) {
-    let command = Command::Join {
-        user: UserId::new(),
-        seats: Seats::default(),
-        at: Utc::now(),
-    };
+    let command = a_join();
     let facts = decide(Some(state), &command).unwrap();
     let after = facts.iter().fold(Some(state.clone()), evolve).unwrap();
     let append = Append {
@@ -1118,11 +1083,7 @@ async fn postgres_the_journal_opens_its_connection_again_after_losing_it() {
     // goes through a new connection.
     let mut outcomes = Vec::new();
     for _ in 0..2 {
-        let join = Command::Join {
-            user: UserId::new(),
-            seats: Seats::default(),
-            at: Utc::now(),
-        };
+        let join = a_join();
         let outcome = registry.execute(event, join, None, None).await;
         let written = outcome.is_ok();
         outcomes.push(outcome);
@@ -1249,12 +1210,7 @@ async fn a_reloaded_catalog_dates_announcements_before_the_joins(backend: Backen
     tokio::time::sleep(Duration::from_millis(50)).await;
     let joins_began = Utc::now();
     for _ in 0..3 {
-        let join = Command::Join {
-            user: UserId::new(),
-            seats: Seats::default(),
-            at: Utc::now(),
-        };
-        registry.execute(event, join, None, None).await.unwrap();
+        registry.execute(event, a_join(), None, None).await.unwrap();
     }
 
     let settings = turnout_actors::recommend::RecommendSettings::default();

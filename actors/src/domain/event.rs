@@ -302,6 +302,24 @@ pub enum Command {
     },
 }
 
+/// `body` with `at` bound to the command's time, whichever command it is
+/// (by reference, or by mutable reference for `&mut`).
+macro_rules! command_at {
+    ($command:expr, $at:ident => $body:expr) => {
+        match $command {
+            Command::Create { $at, .. }
+            | Command::Publish { $at, .. }
+            | Command::Update { $at, .. }
+            | Command::Cancel { $at, .. }
+            | Command::Join { $at, .. }
+            | Command::Leave { $at, .. }
+            | Command::AcceptOffer { $at, .. }
+            | Command::DeclineOffer { $at, .. }
+            | Command::ExpireOffers { $at } => $body,
+        }
+    };
+}
+
 impl Command {
     /// Who asks: the owner-to-be for a creation, else the acting user;
     /// nobody for the event's own clock.
@@ -319,39 +337,18 @@ impl Command {
         }
     }
 
-    /// When the command happens.
     /// The command timed no earlier than `now`: a command decided on a
     /// node other than the one that took the request is judged by the
     /// deciding node's clock, so a lagging clock elsewhere cannot stretch
     /// an offer's hold or join an event that has started.
     pub fn no_earlier_than(mut self, now: DateTime<Utc>) -> Self {
-        let at = match &mut self {
-            Command::Create { at, .. }
-            | Command::Publish { at, .. }
-            | Command::Update { at, .. }
-            | Command::Cancel { at, .. }
-            | Command::Join { at, .. }
-            | Command::Leave { at, .. }
-            | Command::AcceptOffer { at, .. }
-            | Command::DeclineOffer { at, .. }
-            | Command::ExpireOffers { at } => at,
-        };
-        *at = (*at).max(now);
+        command_at!(&mut self, at => *at = (*at).max(now));
         self
     }
 
+    /// When the command happens.
     pub fn at(&self) -> DateTime<Utc> {
-        match self {
-            Command::Create { at, .. }
-            | Command::Publish { at, .. }
-            | Command::Update { at, .. }
-            | Command::Cancel { at, .. }
-            | Command::Join { at, .. }
-            | Command::Leave { at, .. }
-            | Command::AcceptOffer { at, .. }
-            | Command::DeclineOffer { at, .. }
-            | Command::ExpireOffers { at } => *at,
-        }
+        command_at!(self, at => *at)
     }
 
     /// The member whose place the command is about: their membership is

@@ -15,6 +15,35 @@ use crate::shards::HeldShards;
 use crate::testing::{MemoryStore, event_details};
 use crate::{EventRegistry, Journal, JournalSettings};
 
+/// A one-seat join by `user`, now.
+fn join(user: UserId) -> Command {
+    Command::Join {
+        user,
+        seats: Seats::default(),
+        at: Utc::now(),
+    }
+}
+
+/// `user`'s idempotency key `name`, on a join of `event`.
+fn join_key(user: UserId, name: &str, event: EventId) -> IdempotencyKey {
+    IdempotencyKey {
+        user,
+        key: name.to_owned(),
+        fingerprint: format!("POST /v1/events/{event}/join"),
+    }
+}
+
+/// Runs `command` on a task of its own, so the test goes on meanwhile.
+fn spawn_execute(
+    registry: &EventRegistry,
+    event: EventId,
+    command: Command,
+    key: Option<IdempotencyKey>,
+) -> tokio::task::JoinHandle<Result<Reply, CommandError>> {
+    let registry = registry.clone();
+    actix::spawn(async move { registry.execute(event, command, key, None).await })
+}
+
 fn far_off() -> std::time::Instant {
     std::time::Instant::now() + Duration::from_secs(3_600)
 }
@@ -57,18 +86,24 @@ fn registry_on(
     )
 }
 
-async fn open_event(registry: &EventRegistry, capacity: i64) -> (EventId, UserId) {
-    let (id, owner) = (EventId::new(), UserId::new());
-    let details = event_details();
+/// A draft event `id` of `capacity`, by a new owner, whom it returns.
+async fn create_event(registry: &EventRegistry, id: EventId, capacity: i64) -> UserId {
+    let owner = UserId::new();
     let create = Command::Create {
         id,
         owner,
-        details,
+        details: event_details(),
         capacity: Capacity::parse(capacity).unwrap(),
         policy: WaitlistPolicy::default(),
         at: Utc::now(),
     };
     registry.execute(id, create, None, None).await.unwrap();
+    owner
+}
+
+async fn open_event(registry: &EventRegistry, capacity: i64) -> (EventId, UserId) {
+    let id = EventId::new();
+    let owner = create_event(registry, id, capacity).await;
     registry
         .execute(
             id,
@@ -91,15 +126,7 @@ async fn an_actor_for_an_id_that_names_no_event_leaves_at_once() {
     let join_all = |ids: Vec<EventId>| {
         let handles: Vec<_> = ids
             .into_iter()
-            .map(|id| {
-                let registry = registry.clone();
-                let join = Command::Join {
-                    user: UserId::new(),
-                    seats: Seats::default(),
-                    at: Utc::now(),
-                };
-                actix::spawn(async move { registry.execute(id, join, None, None).await })
-            })
+            .map(|id| spawn_execute(&registry, id, join(UserId::new()), None))
             .collect();
         async move {
             for handle in handles {
@@ -122,11 +149,7 @@ async fn an_actor_for_an_id_that_names_no_event_leaves_at_once() {
     // not found; none is stranded by the actor leaving.
     join_all(vec![EventId::new(); 50]).await;
     assert_eq!(registry.live_actors(), 1);
-    let member = Command::Join {
-        user: UserId::new(),
-        seats: Seats::default(),
-        at: Utc::now(),
-    };
+    let member = join(UserId::new());
     assert!(registry.execute(event, member, None, None).await.is_ok());
 }
 
@@ -136,33 +159,13 @@ async fn a_panicking_actor_is_replaced_and_rehydrated() {
     let (event, _) = open_event(&registry, 1).await;
     let first = UserId::new();
     registry
-        .execute(
-            event,
-            Command::Join {
-                user: first,
-                seats: Seats::default(),
-                at: Utc::now(),
-            },
-            None,
-            None,
-        )
+        .execute(event, join(first), None, None)
         .await
         .unwrap();
 
     let doomed = UserId::new();
     *PANIC_ON_JOIN_OF.lock().unwrap() = Some(doomed);
-    let crashed = registry
-        .execute(
-            event,
-            Command::Join {
-                user: doomed,
-                seats: Seats::default(),
-                at: Utc::now(),
-            },
-            None,
-            None,
-        )
-        .await;
+    let crashed = registry.execute(event, join(doomed), None, None).await;
     assert_eq!(
         crashed.unwrap_err(),
         CommandError::Unavailable,
@@ -171,16 +174,7 @@ async fn a_panicking_actor_is_replaced_and_rehydrated() {
 
     // A fresh actor, rebuilt from the log: `first` still holds the place.
     let next = registry
-        .execute(
-            event,
-            Command::Join {
-                user: UserId::new(),
-                seats: Seats::default(),
-                at: Utc::now(),
-            },
-            None,
-            None,
-        )
+        .execute(event, join(UserId::new()), None, None)
         .await
         .unwrap();
     let Reply::Done(next) = next else {
@@ -213,11 +207,7 @@ async fn a_refusal_waits_for_the_facts_it_rests_on() {
         })
     };
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let join = Command::Join {
-        user: UserId::new(),
-        seats: Seats::default(),
-        at: Utc::now(),
-    };
+    let join = join(UserId::new());
     let refused = registry.execute(event, join, None, None).await;
     answered.lock().unwrap().push("join");
     assert!(
@@ -238,16 +228,7 @@ async fn the_journal_groups_concurrent_appends_into_few_commits() {
             let registry = registry.clone();
             actix::spawn(async move {
                 registry
-                    .execute(
-                        event,
-                        Command::Join {
-                            user: UserId::new(),
-                            seats: Seats::default(),
-                            at: Utc::now(),
-                        },
-                        None,
-                        None,
-                    )
+                    .execute(event, join(UserId::new()), None, None)
                     .await
             })
         })
@@ -270,16 +251,7 @@ async fn an_actor_whose_lease_is_gone_answers_nothing_and_leaves() {
     let event = EventId::new();
     let shard = held.shard_of(event);
     held.hold(ShardLease { shard, epoch: 1 }, far_off());
-    let owner = UserId::new();
-    let create = Command::Create {
-        id: event,
-        owner,
-        details: event_details(),
-        capacity: Capacity::parse(5).unwrap(),
-        policy: WaitlistPolicy::default(),
-        at: Utc::now(),
-    };
-    registry.execute(event, create, None, None).await.unwrap();
+    let owner = create_event(&registry, event, 5).await;
     let publish = Command::Publish {
         by: owner,
         at: Utc::now(),
@@ -327,11 +299,7 @@ async fn facts_replayed_at_activation_count_towards_the_next_snapshot() {
     assert_eq!(store.snapshots.load(Ordering::SeqCst), 0);
 
     // when a fresh actor takes the third fact,
-    let join = Command::Join {
-        user: UserId::new(),
-        seats: Seats::default(),
-        at: Utc::now(),
-    };
+    let join = join(UserId::new());
     registry.execute(event, join, None, None).await.unwrap();
 
     // then it snapshots: the two it replayed count, as if one actor had
@@ -349,16 +317,7 @@ async fn a_key_reused_on_another_event_fails_others_once_at_most() {
     let (first, _) = open_event(&registry, 100).await;
     let (busy, _) = open_event(&registry, 100).await;
     let reuser = UserId::new();
-    let join = |user| Command::Join {
-        user,
-        seats: Seats::default(),
-        at: Utc::now(),
-    };
-    let key = |event: EventId| IdempotencyKey {
-        user: reuser,
-        key: "the same key".to_owned(),
-        fingerprint: format!("POST /v1/events/{event}/join"),
-    };
+    let key = |event| join_key(reuser, "the same key", event);
     registry
         .execute(first, join(reuser), Some(key(first)), None)
         .await
@@ -366,17 +325,10 @@ async fn a_key_reused_on_another_event_fails_others_once_at_most() {
 
     // The reuser's join on the busy event, then ten others' while it commits.
     let round = || async {
-        let reused = {
-            let registry = registry.clone();
-            let (join, key) = (join(reuser), Some(key(busy)));
-            actix::spawn(async move { registry.execute(busy, join, key, None).await })
-        };
+        let reused = spawn_execute(&registry, busy, join(reuser), Some(key(busy)));
         tokio::time::sleep(Duration::from_millis(10)).await;
         let others: Vec<_> = (0..10)
-            .map(|_| {
-                let (registry, join) = (registry.clone(), join(UserId::new()));
-                actix::spawn(async move { registry.execute(busy, join, None, None).await })
-            })
+            .map(|_| spawn_execute(&registry, busy, join(UserId::new()), None))
             .collect();
         let mut failed = 0;
         for other in others {
@@ -410,32 +362,11 @@ async fn a_refusal_whose_shard_moved_during_its_lookup_is_not_given() {
     let event = EventId::new();
     let shard = held.shard_of(event);
     held.hold(ShardLease { shard, epoch: 1 }, far_off());
-    let owner = UserId::new();
-    let create = Command::Create {
-        id: event,
-        owner,
-        details: event_details(),
-        capacity: Capacity::parse(5).unwrap(),
-        policy: WaitlistPolicy::default(),
-        at: Utc::now(),
-    };
-    registry.execute(event, create, None, None).await.unwrap();
+    let owner = create_event(&registry, event, 5).await;
 
     // Given the owner's keyed join, refused and looking its key up,
-    let key = IdempotencyKey {
-        user: owner,
-        key: "k".into(),
-        fingerprint: format!("POST /v1/events/{event}/join"),
-    };
-    let join = Command::Join {
-        user: owner,
-        seats: Seats::default(),
-        at: Utc::now(),
-    };
-    let refused = {
-        let registry = registry.clone();
-        actix::spawn(async move { registry.execute(event, join, Some(key), None).await })
-    };
+    let key = join_key(owner, "k", event);
+    let refused = spawn_execute(&registry, event, join(owner), Some(key));
     tokio::time::sleep(Duration::from_millis(30)).await;
     // when the shard moves to another node before the lookup returns,
     held.let_go(shard);
@@ -453,26 +384,14 @@ async fn a_fresh_key_raced_on_two_events_fails_nobody_elses_command() {
     let (first, _) = open_event(&registry, 100).await;
     let (busy, _) = open_event(&registry, 100).await;
     let racer = UserId::new();
-    let join = |user| Command::Join {
-        user,
-        seats: Seats::default(),
-        at: Utc::now(),
-    };
-    let key = |event: EventId| IdempotencyKey {
-        user: racer,
-        key: "raced".into(),
-        fingerprint: format!("POST /v1/events/{event}/join"),
-    };
-    let spawn_join = |event, user, key: Option<IdempotencyKey>| {
-        let registry = registry.clone();
-        actix::spawn(async move { registry.execute(event, join(user), key, None).await })
-    };
+    let key = |event| Some(join_key(racer, "raced", event));
+    let spawn_join = |event, user, key| spawn_execute(&registry, event, join(user), key);
 
     // Given the key's join in flight on one event,
-    let on_first = spawn_join(first, racer, Some(key(first)));
+    let on_first = spawn_join(first, racer, key(first));
     tokio::time::sleep(Duration::from_millis(20)).await;
     // when the same key reaches another event, among others' joins,
-    let on_busy = spawn_join(busy, racer, Some(key(busy)));
+    let on_busy = spawn_join(busy, racer, key(busy));
     tokio::time::sleep(Duration::from_millis(5)).await;
     let others: Vec<_> = (0..10)
         .map(|_| spawn_join(busy, UserId::new(), None))
@@ -489,7 +408,7 @@ async fn a_fresh_key_raced_on_two_events_fails_nobody_elses_command() {
     }
     assert!(on_first.await.unwrap().is_ok());
     // Once settled, the key's verdict is the usual one: used for another request.
-    let after = spawn_join(busy, racer, Some(key(busy))).await.unwrap();
+    let after = spawn_join(busy, racer, key(busy)).await.unwrap();
     assert!(matches!(after, Err(CommandError::KeyReused)), "{after:?}");
 }
 
@@ -501,13 +420,11 @@ async fn a_snapshot_due_at_activation_waits_for_a_command_that_writes() {
     let everything = || Arc::new(HeldShards::everything(ShardCount::DEFAULT));
     let (store, before) = setup_with(Duration::ZERO, everything(), ActorSettings::default());
     let (event, owner) = open_event(&before, 10).await;
-    let join = || Command::Join {
-        user: UserId::new(),
-        seats: Seats::default(),
-        at: Utc::now(),
-    };
     for _ in 0..3 {
-        before.execute(event, join(), None, None).await.unwrap();
+        before
+            .execute(event, join(UserId::new()), None, None)
+            .await
+            .unwrap();
     }
     // Given five facts and no snapshot, read by a node that snapshots
     // every three,
@@ -527,7 +444,10 @@ async fn a_snapshot_due_at_activation_waits_for_a_command_that_writes() {
         Ok(Reply::Done(Outcome { changed: false, .. }))
     ));
     assert_eq!(store.snapshots.load(Ordering::SeqCst), 0);
-    after.execute(event, join(), None, None).await.unwrap();
+    after
+        .execute(event, join(UserId::new()), None, None)
+        .await
+        .unwrap();
 
     // then the one that writes carries the snapshot.
     assert_eq!(store.snapshots.load(Ordering::SeqCst), 1);
