@@ -253,6 +253,15 @@ async fn next_recs(socket: &mut Socket) -> Value {
     }
 }
 
+/// Authenticates the socket as `user` and subscribes to `recs`: the
+/// channel's first frame.
+async fn recs_as(socket: &mut Socket, user: &User) -> Value {
+    send(socket, json!({ "type": "auth", "token": user.token })).await;
+    assert_eq!(next(socket).await["type"], "authenticated");
+    send(socket, json!({ "type": "subscribe", "channel": "recs" })).await;
+    next_recs(socket).await
+}
+
 fn listed(frame: &Value) -> Vec<Uuid> {
     frame["data"]["items"]
         .as_array()
@@ -274,16 +283,8 @@ async fn the_recs_channel_pushes_a_new_list_when_the_top_changes() {
     let refused = subscribe(&mut socket, "recs", None).await;
     assert_eq!(refused["type"], "error");
     assert_eq!(refused["code"], "unauthorized");
-    send(&mut socket, json!({ "type": "auth", "token": fan.token })).await;
-    assert_eq!(next(&mut socket).await["type"], "authenticated");
-
     // The snapshot may or may not have seen the rock event yet; wait for it.
-    send(
-        &mut socket,
-        json!({ "type": "subscribe", "channel": "recs" }),
-    )
-    .await;
-    let mut frame = next_recs(&mut socket).await;
+    let mut frame = recs_as(&mut socket, &fan).await;
     assert_eq!(frame["type"], "snapshot");
     let epoch = frame["epoch"].as_str().unwrap().to_owned();
     while !listed(&frame).contains(&rock) {
@@ -392,14 +393,7 @@ async fn an_event_that_starts_leaves_the_recs_channel() {
     let fan = register_with(&app, "fan@example.org", &["jazz"]).await;
 
     let mut socket = connect(&app).await;
-    send(&mut socket, json!({ "type": "auth", "token": fan.token })).await;
-    assert_eq!(next(&mut socket).await["type"], "authenticated");
-    send(
-        &mut socket,
-        json!({ "type": "subscribe", "channel": "recs" }),
-    )
-    .await;
-    let mut frame = next_recs(&mut socket).await;
+    let mut frame = recs_as(&mut socket, &fan).await;
     while !listed(&frame).contains(&soon) {
         frame = next_recs(&mut socket).await;
     }
