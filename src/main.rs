@@ -88,7 +88,11 @@ fn main() -> anyhow::Result<()> {
             let store =
                 turnout::store::connect(settings.database_url.expose_secret(), &settings.database)
                     .await?;
-            if !store.set_role(&email.trim().to_lowercase(), role).await? {
+            // The same normalisation as at sign-up, or a look-alike spelling
+            // would miss the account.
+            let account = turnout::auth::Email::parse(&email)
+                .map_err(|_| anyhow::anyhow!("{email:?} is not a valid email address"))?;
+            if !store.set_role(account.as_str(), role).await? {
                 anyhow::bail!("no account has the email {email:?}");
             }
             let role = role.as_str();

@@ -4,15 +4,26 @@ use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use secrecy::{ExposeSecret, SecretString};
 use turnout_actors::domain::ValueError;
 
-/// A normalised (trimmed, lowercased) email address.
+/// A normalised email address: trimmed, in Unicode's compatibility form
+/// (NFKC) and lowercased, so that addresses that look the same (`ａｄａ@…`
+/// and `ada@…`, a composed and a decomposed `é`) are one account. Invisible
+/// characters are refused: an address that differs only by one would look
+/// the same in every log and admin tool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email(String);
 
 impl Email {
     pub fn parse(raw: &str) -> Result<Self, ValueError> {
-        let email = raw.trim().to_lowercase();
+        use unicode_normalization::UnicodeNormalization;
+        let email = raw.trim().nfkc().collect::<String>().to_lowercase();
         let bad = || ValueError::new("email", "must be a valid email address");
-        if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if email.len() > 254
+            || email.chars().any(|c| {
+                c.is_whitespace()
+                    || c.is_control()
+                    || turnout_actors::domain::is_invisible_format(c)
+            })
+        {
             return Err(bad());
         }
         let (local, domain) = email.split_once('@').ok_or_else(bad)?;
@@ -104,9 +115,23 @@ mod tests {
             "ada@example",
             "a b@example.com",
             "a@b@c.com",
+            "ada\u{200B}@example.com",
+            "ada@exam\u{202E}ple.com",
         ] {
             assert!(Email::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn emails_that_look_the_same_are_one_account() {
+        let ada = Email::parse("ada@example.com").unwrap();
+        assert_eq!(Email::parse("ＡＤＡ@example.com").unwrap(), ada);
+        assert_eq!(Email::parse("ada＠example.com").unwrap(), ada);
+        assert_eq!(
+            Email::parse("ame\u{0301}lie@example.com").unwrap(),
+            Email::parse("am\u{00E9}lie@example.com").unwrap(),
+            "a decomposed é is the composed one"
+        );
     }
 
     #[test]

@@ -11,6 +11,10 @@
 //!   lock, so guessing from many addresses is slow and the owner still gets
 //!   in.
 //!
+//! An attempt counts from the moment it is let in, not only once its
+//! password has been checked: a burst of parallel guesses from one address
+//! gets no more tries than the same guesses one after another.
+//!
 //! Only a well-formed [`Email`] is counted, and by its digest: whatever a
 //! stranger types, an entry costs the same few bytes, and entries older than
 //! the lock window are forgotten.
@@ -43,17 +47,41 @@ pub struct LockoutSettings {
 struct Failures {
     count: u32,
     last: Instant,
+    /// Attempts let in whose password is still being checked.
+    in_flight: u32,
+}
+
+impl Failures {
+    fn none() -> Self {
+        Self {
+            count: 0,
+            last: Instant::now(),
+            in_flight: 0,
+        }
+    }
 }
 
 /// What a login attempt may do.
-#[derive(Debug, PartialEq)]
-pub enum Admission {
-    /// Go ahead, after this pause.
-    Proceed(Duration),
+#[derive(Debug)]
+pub enum Admission<'g> {
+    /// Go ahead, after this pause; the attempt counts until it is settled.
+    Proceed(Attempt<'g>, Duration),
     /// Locked out for this long.
     Locked(Duration),
 }
 
+/// A login attempt let in by the guard. It counts against its address's
+/// limits while its password is checked; [`Attempt::failed`] or
+/// [`Attempt::succeeded`] settles it, and an attempt dropped unsettled (its
+/// client went away) counts as never made.
+#[derive(Debug)]
+pub struct Attempt<'g> {
+    guard: &'g LoginGuard,
+    account: Account,
+    ip: IpAddr,
+}
+
+#[derive(Debug)]
 pub struct LoginGuard {
     settings: LockoutSettings,
     accounts: DashMap<Account, Failures>,
@@ -69,13 +97,17 @@ impl Account {
     fn of(email: &Email) -> Self {
         Self(Sha256::digest(email.as_str().as_bytes()).into())
     }
+
+    /// What the logs call it: see [`account_digest`].
+    fn digest(&self) -> String {
+        self.0[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 /// An account as the logs name it: a digest of the normalised email, so a
 /// log line links attempts on one account without holding the address.
 pub fn account_digest(email: &str) -> String {
-    let digest = Sha256::digest(email.as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    Account(Sha256::digest(email.as_bytes()).into()).digest()
 }
 
 impl LoginGuard {
@@ -97,35 +129,69 @@ impl LoginGuard {
         failures.filter(|f| f.last.elapsed() < self.lock_window())
     }
 
-    /// How long `failures` lock out, if they reach `limit`.
-    fn lock(&self, failures: Option<Failures>, limit: u32) -> Option<Duration> {
-        self.recent(failures)
-            .filter(|f| f.count >= limit)
-            .map(|f| self.lock_window().saturating_sub(f.last.elapsed()))
+    /// How long `failures` and the attempts in flight lock out, if together
+    /// they reach `limit`. Attempts in flight lock only until they settle:
+    /// the client is told to come back in a second.
+    fn lock(&self, failures: &Failures, limit: u32) -> Option<Duration> {
+        let recent = self.recent(Some(*failures)).map_or(0, |f| f.count);
+        if recent.saturating_add(failures.in_flight) < limit {
+            return None;
+        }
+        Some(if recent >= limit {
+            self.lock_window().saturating_sub(failures.last.elapsed())
+        } else {
+            Duration::from_secs(1)
+        })
     }
 
-    /// May this attempt go ahead?
-    pub fn admit(&self, email: &Email, ip: IpAddr) -> Admission {
+    /// May this attempt go ahead? If so, it counts as in flight until the
+    /// returned [`Attempt`] is settled or dropped. The pair's entry is
+    /// locked while the address's is checked, so two parallel attempts
+    /// cannot both take the last try.
+    pub fn admit(&self, email: &Email, ip: IpAddr) -> Admission<'_> {
         let (account, ip) = (Account::of(email), counted_as(ip));
         let lock_after = self.settings.lock_after;
-        let pair = self.pairs.get(&(account, ip)).map(|f| *f);
-        let address = self.addresses.get(&ip).map(|f| *f);
+        let mut pair = self
+            .pairs
+            .entry((account, ip))
+            .or_insert_with(Failures::none);
+        let mut address = self.addresses.entry(ip).or_insert_with(Failures::none);
         let locked = [
-            self.lock(pair, lock_after),
-            self.lock(address, lock_after.saturating_mul(10)),
+            self.lock(&pair, lock_after),
+            self.lock(&address, lock_after.saturating_mul(10)),
         ];
         if let Some(wait) = locked.into_iter().flatten().max() {
             return Admission::Locked(wait);
         }
-        let account = self.recent(self.accounts.get(&account).map(|f| *f));
-        let over = account.map_or(0, |f| f.count.saturating_sub(self.settings.slow_after));
+        pair.in_flight += 1;
+        address.in_flight += 1;
+        drop((pair, address));
+        let failures = self.recent(self.accounts.get(&account).map(|f| *f));
+        let over = failures.map_or(0, |f| f.count.saturating_sub(self.settings.slow_after));
         let delay = (100 * u64::from(over)).min(self.settings.max_delay_ms);
-        Admission::Proceed(Duration::from_millis(delay))
+        let attempt = Attempt {
+            guard: self,
+            account,
+            ip,
+        };
+        Admission::Proceed(attempt, Duration::from_millis(delay))
     }
 
-    pub fn failed(&self, email: &Email, ip: IpAddr) {
-        let (account, counted) = (Account::of(email), counted_as(ip));
+    /// Forgets failures older than the lock window: memory stays bounded.
+    pub fn forget_old(&self) {
         let window = self.lock_window();
+        let live = |f: &Failures| f.in_flight > 0 || (f.count > 0 && f.last.elapsed() < window);
+        self.accounts.retain(|_, f| live(f));
+        self.pairs.retain(|_, f| live(f));
+        self.addresses.retain(|_, f| live(f));
+    }
+}
+
+impl Attempt<'_> {
+    /// The wrong password (or no such account): it counts as a failure.
+    pub fn failed(self) {
+        let guard = self.guard;
+        let window = guard.lock_window();
         let bump = |f: &mut Failures| {
             if f.last.elapsed() >= window {
                 f.count = 0;
@@ -134,33 +200,49 @@ impl LoginGuard {
             f.last = Instant::now();
             f.count
         };
-        let fresh = || Failures {
-            count: 0,
-            last: Instant::now(),
-        };
-        bump(&mut self.accounts.entry(account).or_insert_with(fresh));
-        let pair = bump(&mut self.pairs.entry((account, counted)).or_insert_with(fresh));
-        if pair == self.settings.lock_after {
-            tracing::warn!(target: "turnout::audit", account = %account_digest(email.as_str()), %ip,
+        bump(
+            &mut guard
+                .accounts
+                .entry(self.account)
+                .or_insert_with(Failures::none),
+        );
+        let pair = bump(
+            &mut guard
+                .pairs
+                .entry((self.account, self.ip))
+                .or_insert_with(Failures::none),
+        );
+        if pair == guard.settings.lock_after {
+            tracing::warn!(target: "turnout::audit", account = %self.account.digest(), ip = %self.ip,
                 "an address is locked out of an account after repeated failed logins");
         }
-        bump(&mut self.addresses.entry(counted).or_insert_with(fresh));
+        bump(
+            &mut guard
+                .addresses
+                .entry(self.ip)
+                .or_insert_with(Failures::none),
+        );
+        // Dropped here: counted as a failure, no longer in flight.
     }
 
     /// The right password: the account's and this address's failures for
     /// it are forgotten.
-    pub fn succeeded(&self, email: &Email, ip: IpAddr) {
-        let (account, ip) = (Account::of(email), counted_as(ip));
-        self.accounts.remove(&account);
-        self.pairs.remove(&(account, ip));
+    pub fn succeeded(self) {
+        self.guard.accounts.remove(&self.account);
+        if let Some(mut pair) = self.guard.pairs.get_mut(&(self.account, self.ip)) {
+            pair.count = 0;
+        }
     }
+}
 
-    /// Forgets failures older than the lock window: memory stays bounded.
-    pub fn forget_old(&self) {
-        let window = self.lock_window();
-        self.accounts.retain(|_, f| f.last.elapsed() < window);
-        self.pairs.retain(|_, f| f.last.elapsed() < window);
-        self.addresses.retain(|_, f| f.last.elapsed() < window);
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if let Some(mut pair) = self.guard.pairs.get_mut(&(self.account, self.ip)) {
+            pair.in_flight = pair.in_flight.saturating_sub(1);
+        }
+        if let Some(mut address) = self.guard.addresses.get_mut(&self.ip) {
+            address.in_flight = address.in_flight.saturating_sub(1);
+        }
     }
 }
 
@@ -185,31 +267,50 @@ mod tests {
         IpAddr::from([192, 0, 2, last])
     }
 
+    /// The pause an attempt is let in after (its attempt settled as
+    /// neither), or `None` if it is locked out.
+    fn pause(g: &LoginGuard, raw: &str, at: IpAddr) -> Option<Duration> {
+        match g.admit(&email(raw), at) {
+            Admission::Proceed(_, pause) => Some(pause),
+            Admission::Locked(_) => None,
+        }
+    }
+
+    fn lock(g: &LoginGuard, raw: &str, at: IpAddr) -> Option<Duration> {
+        match g.admit(&email(raw), at) {
+            Admission::Proceed(..) => None,
+            Admission::Locked(wait) => Some(wait),
+        }
+    }
+
+    /// A wrong password, from `at`.
+    fn fail(g: &LoginGuard, raw: &str, at: IpAddr) {
+        match g.admit(&email(raw), at) {
+            Admission::Proceed(attempt, _) => attempt.failed(),
+            Admission::Locked(wait) => panic!("{raw} from {at} is locked for {wait:?}"),
+        }
+    }
+
     #[test]
     fn failures_from_one_address_lock_it_out_of_that_account_only() {
         let g = guard();
-        assert_eq!(
-            g.admit(&email("a@x.org"), ip(1)),
-            Admission::Proceed(Duration::ZERO)
-        );
+        assert_eq!(pause(&g, "a@x.org", ip(1)), Some(Duration::ZERO));
         for _ in 0..3 {
-            g.failed(&email("a@x.org"), ip(1));
+            fail(&g, "a@x.org", ip(1));
         }
         assert_eq!(
-            g.admit(&email("a@x.org"), ip(1)),
-            Admission::Proceed(Duration::from_millis(100))
+            pause(&g, "a@x.org", ip(1)),
+            Some(Duration::from_millis(100))
         );
-        g.failed(&email("a@x.org"), ip(1));
-        assert!(
-            matches!(g.admit(&email("a@x.org"), ip(1)), Admission::Locked(d) if d > Duration::from_secs(50))
-        );
+        fail(&g, "a@x.org", ip(1));
+        assert!(lock(&g, "a@x.org", ip(1)).is_some_and(|d| d > Duration::from_secs(50)));
         assert_eq!(
-            g.admit(&email("b@x.org"), ip(1)),
-            Admission::Proceed(Duration::ZERO),
+            pause(&g, "b@x.org", ip(1)),
+            Some(Duration::ZERO),
             "other accounts are not locked"
         );
         assert!(
-            matches!(g.admit(&email("a@x.org"), ip(2)), Admission::Proceed(_)),
+            pause(&g, "a@x.org", ip(2)).is_some(),
             "the owner, elsewhere, is not locked out"
         );
     }
@@ -218,34 +319,88 @@ mod tests {
     fn an_account_guessed_from_everywhere_is_slowed_never_locked() {
         let g = guard();
         for i in 0..50 {
-            g.failed(&email("a@x.org"), ip(i));
+            fail(&g, "a@x.org", ip(i));
         }
+        let Admission::Proceed(attempt, pause_then) = g.admit(&email("a@x.org"), ip(200)) else {
+            panic!("an account is never locked for everyone")
+        };
         assert_eq!(
-            g.admit(&email("a@x.org"), ip(200)),
-            Admission::Proceed(Duration::from_millis(300)),
+            pause_then,
+            Duration::from_millis(300),
             "the delay grows to its cap"
         );
-        g.succeeded(&email("a@x.org"), ip(200));
-        assert_eq!(
-            g.admit(&email("a@x.org"), ip(200)),
-            Admission::Proceed(Duration::ZERO)
-        );
+        attempt.succeeded();
+        assert_eq!(pause(&g, "a@x.org", ip(200)), Some(Duration::ZERO));
     }
 
     #[test]
     fn an_address_guessing_many_accounts_is_locked_too() {
         let g = guard();
         for i in 0..40 {
-            g.failed(&email(&format!("user{i}@x.org")), ip(7));
+            fail(&g, &format!("user{i}@x.org"), ip(7));
         }
-        assert!(matches!(
-            g.admit(&email("fresh@x.org"), ip(7)),
-            Admission::Locked(_)
-        ));
+        assert!(lock(&g, "fresh@x.org", ip(7)).is_some());
+        assert_eq!(pause(&g, "fresh@x.org", ip(8)), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn parallel_guesses_get_no_more_tries_than_guesses_in_turn() {
+        let g = guard();
+        // Four guesses let in at once, none of them checked yet.
+        let in_flight: Vec<_> = (0..4)
+            .map(|_| match g.admit(&email("a@x.org"), ip(1)) {
+                Admission::Proceed(attempt, _) => attempt,
+                Admission::Locked(_) => panic!("the first four are let in"),
+            })
+            .collect();
         assert_eq!(
-            g.admit(&email("fresh@x.org"), ip(8)),
-            Admission::Proceed(Duration::ZERO)
+            lock(&g, "a@x.org", ip(1)),
+            Some(Duration::from_secs(1)),
+            "a fifth waits for the four to settle"
         );
+        assert!(
+            pause(&g, "a@x.org", ip(2)).is_some(),
+            "the owner, elsewhere, is not held up"
+        );
+        for attempt in in_flight {
+            attempt.failed();
+        }
+        assert!(
+            lock(&g, "a@x.org", ip(1)).is_some_and(|d| d > Duration::from_secs(50)),
+            "four failures lock the address out"
+        );
+    }
+
+    #[test]
+    fn an_attempt_whose_client_went_away_counts_as_never_made() {
+        let g = guard();
+        for _ in 0..3 {
+            fail(&g, "a@x.org", ip(1));
+        }
+        for _ in 0..10 {
+            // Let in and dropped unsettled, as when a client disconnects
+            // while its password is checked.
+            assert!(pause(&g, "a@x.org", ip(1)).is_some());
+        }
+        fail(&g, "a@x.org", ip(1));
+        assert!(lock(&g, "a@x.org", ip(1)).is_some());
+    }
+
+    #[test]
+    fn settled_attempts_leave_nothing_behind_once_old() {
+        let g = LoginGuard::new(LockoutSettings {
+            lock_secs: 0,
+            ..guard().settings
+        });
+        fail(&g, "a@x.org", ip(1));
+        let Admission::Proceed(pending, _) = g.admit(&email("b@x.org"), ip(1)) else {
+            panic!("no lock lasts zero seconds")
+        };
+        g.forget_old();
+        assert_eq!(g.pairs.len(), 1, "only the attempt still in flight");
+        drop(pending);
+        g.forget_old();
+        assert!(g.pairs.is_empty() && g.addresses.is_empty() && g.accounts.is_empty());
     }
 
     #[test]

@@ -210,14 +210,18 @@ pub async fn login(
         return Err(ApiError::Unauthorized("wrong email or password"));
     };
     let ip = limits.client_ip(req.peer_addr(), req.headers());
-    match guard.admit(&email, ip) {
+    let attempt = match guard.admit(&email, ip) {
         Admission::Locked(wait) => {
             tracing::info!(target: "turnout::audit", account = %account_digest(email.as_str()), %ip, "login refused: locked out");
             return Err(ApiError::TooManyRequests(wait.as_secs() + 1));
         }
-        Admission::Proceed(pause) if !pause.is_zero() => tokio::time::sleep(pause).await,
-        Admission::Proceed(_) => {}
-    }
+        Admission::Proceed(attempt, pause) => {
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            attempt
+        }
+    };
     let user = state.store.user_by_email(email.as_str()).await?;
     // Verify against a real hash even for unknown emails, so timing does not
     // tell which accounts exist.
@@ -234,12 +238,12 @@ pub async fn login(
     let matches = hashing.verify(body.password, hash).await?;
     match user {
         Some(user) if matches => {
-            guard.succeeded(&email, ip);
+            attempt.succeeded();
             tracing::info!(target: "turnout::audit", user_id = %user.id, "login");
             Ok(session_response(StatusCode::OK, user, &tokens))
         }
         _ => {
-            guard.failed(&email, ip);
+            attempt.failed();
             tracing::info!(target: "turnout::audit", account = %account_digest(email.as_str()), %ip, "failed login");
             Err(ApiError::Unauthorized("wrong email or password"))
         }

@@ -6,7 +6,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use turnout_actors::domain::UserId;
 
-use crate::helpers::{Backend, TestApp, assert_error, body, fresh_database, id_of, metric};
+use crate::helpers::{
+    Backend, TestApp, assert_error, body, fresh_database, id_of, labelled, metric,
+};
 use crate::process::ServerProcess;
 use crate::realtime::{connect, next, send, subscribe};
 
@@ -91,6 +93,8 @@ async fn head_is_answered_wherever_get_is() {
 /// 100 concurrent wrong logins once took the server from 40 MB to about
 /// 1 GB: every argon2 hash (~19 MiB) ran at once on the blocking pool. Now
 /// two run at a time, four wait, and the rest are told 503 + Retry-After.
+/// (Each for an account of its own: one account's guesses from one address
+/// are stopped sooner, by the login guard, as `accounts` tests.)
 #[tokio::test]
 async fn concurrent_logins_hash_a_few_at_a_time() {
     let (server, app, _dir) = server(&[
@@ -98,14 +102,14 @@ async fn concurrent_logins_hash_a_few_at_a_time() {
         ("TURNOUT_AUTH__HASHING__QUEUE", "4"),
     ])
     .await;
-    app.register("victim@example.com").await;
+    app.register("victim0@example.com").await;
     let baseline = server.rss_mib();
 
     let logins: Vec<_> = (0..100).map(|i| {
         let app = app.clone();
         tokio::spawn(async move {
             app.request(Method::POST, "/v1/auth/login")
-                .json(&json!({ "email": "victim@example.com", "password": format!("guess-{i}-wrong") }))
+                .json(&json!({ "email": format!("victim{i}@example.com"), "password": format!("guess-{i}-wrong") }))
                 .send()
                 .await
                 .unwrap()
@@ -343,13 +347,6 @@ async fn websockets_per_address_are_few_by_default() {
 }
 
 /// The value of a metric with one label on a `/metrics` page.
-fn labelled(page: &str, name: &str, label: &str) -> f64 {
-    let prefix = format!("{name}{{{label}}} ");
-    page.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .map_or(0.0, |value| value.parse().unwrap())
-}
-
 /// 1,000 made-up radius feeds from one client, with events that have long
 /// descriptions, once cost ~800 MB: a hub and a listing each. Circles now
 /// snap to a grid and a few radii, and feed hubs are capped; past the cap a

@@ -79,6 +79,36 @@ async fn wrong_password_is_401(app: TestApp) {
     }
 }
 
+/// Guesses sent all at once count as they are let in, not once each is
+/// checked: twenty in parallel from one address get no more wrong answers
+/// than `lock_after`, as twenty in turn would.
+#[actix_web::test]
+async fn parallel_guesses_get_no_more_tries_than_guesses_in_turn() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Backend::Sqlite, |s| {
+        s.auth.lockout.lock_after = 3;
+        s.auth.hashing.concurrency = 20;
+        s.auth.hashing.queue = 20;
+    })
+    .await
+    .unwrap();
+    app.register("dee@example.com").await;
+    let guesses = (0..20).map(|i| {
+        app.request(Method::POST, "/v1/auth/login")
+            .json(&json!({ "email": "dee@example.com", "password": format!("guess number {i}") }))
+            .send()
+    });
+    let answers = futures_util::future::join_all(guesses).await;
+    let mut checked = 0;
+    for answer in answers {
+        match answer.unwrap().status() {
+            StatusCode::UNAUTHORIZED => checked += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("a guess answered {other}"),
+        }
+    }
+    assert_eq!(checked, 3, "guesses checked, with lock_after = 3");
+}
+
 #[actix_web::test]
 async fn repeated_failed_logins_lock_the_account_for_a_while() {
     let app = crate::helpers::spawn_app_with(crate::helpers::Backend::Sqlite, |s| {
