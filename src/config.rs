@@ -245,6 +245,15 @@ pub struct Overrides {
     pub redis_url: Option<String>,
 }
 
+/// The settings that hold lists, which a `TURNOUT_…` variable gives
+/// comma-separated (`TURNOUT_HTTP__CORS_ORIGINS=https://a.example,https://b.example`).
+const LIST_SETTINGS: [&str; 4] = [
+    "http.cors_origins",
+    "realtime.allowed_origins",
+    "rate_limits.trusted_proxies",
+    "metrics.allowed",
+];
+
 impl Settings {
     pub fn load(overrides: &Overrides) -> anyhow::Result<Self> {
         let mut builder = config::Config::builder()
@@ -252,12 +261,17 @@ impl Settings {
         if let Some(path) = &overrides.config_file {
             builder = builder.add_source(config::File::with_name(path).required(true));
         }
-        builder = builder.add_source(
-            config::Environment::with_prefix("TURNOUT")
-                .prefix_separator("_")
-                .separator("__")
-                .try_parsing(true),
-        );
+        let mut variables = config::Environment::with_prefix("TURNOUT")
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",");
+        // Lists in a variable are comma-separated; every other value stays
+        // one string, commas and all (the key lists are split later).
+        for key in LIST_SETTINGS {
+            variables = variables.with_list_parse_key(key);
+        }
+        builder = builder.add_source(variables);
         for (key, value) in [
             ("bind", &overrides.bind),
             ("database_url", &overrides.database_url),
@@ -302,15 +316,13 @@ impl Settings {
                 !keys.is_empty(),
                 "TURNOUT_ENV=production needs TURNOUT_JWT_SECRETS (comma-separated keys of at least 32 bytes)"
             );
-            anyhow::ensure!(
-                keys.iter().all(|k| k.expose_secret().len() >= 32),
-                "every key in TURNOUT_JWT_SECRETS must be at least 32 bytes in production"
-            );
-            anyhow::ensure!(
-                keys.iter().all(|k| !weak_key(k.expose_secret())),
-                "a key in TURNOUT_JWT_SECRETS is weak (an example from the docs, or too few \
-                 distinct characters): generate one, e.g. `openssl rand -hex 32`"
-            );
+            strong_keys(&keys, "TURNOUT_JWT_SECRETS")?;
+            // The nodes' keys sign forwarded commands, which act as any
+            // user: as strong as the users' own.
+            strong_keys(
+                &self.cluster.internal_keys(),
+                "cluster.internal_secrets (TURNOUT_CLUSTER__INTERNAL_SECRETS)",
+            )?;
             anyhow::ensure!(
                 !self.http.cors_origins.iter().any(|o| o == "*")
                     && !self.realtime.allowed_origins.iter().any(|o| o == "*"),
@@ -325,6 +337,42 @@ impl Settings {
             self.realtime.hub_threads > 0,
             "realtime.hub_threads must be at least 1"
         );
+        // Values that parse but would break the server, not configure it.
+        for (fine, refusal) in [
+            (
+                self.journal.max_batch > 0,
+                "journal.max_batch must be at least 1 (a commit of none takes no appends)",
+            ),
+            (
+                self.journal.max_pending > 0,
+                "journal.max_pending must be at least 1",
+            ),
+            (
+                self.database.max_connections > 0,
+                "database.max_connections must be at least 1",
+            ),
+            (
+                self.database.acquire_timeout_ms > 0,
+                "database.acquire_timeout_ms must be positive",
+            ),
+            (
+                self.database.idle_timeout_secs > 0,
+                "database.idle_timeout_secs must be positive (0 would close every idle \
+                 connection at once, not keep them)",
+            ),
+            (
+                self.idempotency.ttl_hours > 0,
+                "idempotency.ttl_hours must be positive (a key kept for no time lets a \
+                 retry run twice)",
+            ),
+            (
+                self.idempotency.purge_interval_secs > 0,
+                "idempotency.purge_interval_secs must be positive",
+            ),
+            (self.outbox.batch > 0, "outbox.batch must be at least 1"),
+        ] {
+            anyhow::ensure!(fine, "{refusal}");
+        }
         // A node believes a lease for 0.9 of the TTL after it asked to renew
         // it, and renews with each heartbeat: without room for a slow
         // renewal or two, its shards would stop serving between renewals.
@@ -364,6 +412,21 @@ pub fn key_list(setting: Option<&SecretString>) -> Vec<SecretString> {
 
 /// A key from the docs and examples, or one with too little variety to be
 /// random (`aaaa…`, `abab…`).
+/// Production's rule for signing keys: each at least 32 bytes, and none
+/// an example or of too few distinct characters.
+fn strong_keys(keys: &[SecretString], setting: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        keys.iter().all(|k| k.expose_secret().len() >= 32),
+        "every key in {setting} must be at least 32 bytes in production"
+    );
+    anyhow::ensure!(
+        keys.iter().all(|k| !weak_key(k.expose_secret())),
+        "a key in {setting} is weak (an example from the docs, or too few \
+         distinct characters): generate one, e.g. `openssl rand -hex 32`"
+    );
+    Ok(())
+}
+
 fn weak_key(key: &str) -> bool {
     const EXAMPLES: [&str; 3] = ["bench-key", "change-me", "loadtest-key"];
     let distinct: std::collections::HashSet<char> = key.chars().collect();
@@ -372,15 +435,15 @@ fn weak_key(key: &str) -> bool {
 
 /// A URL fit for logs: the password, if any, replaced, and the query
 /// string dropped (drivers take secrets there too: `?password=…`,
-/// `?sslpassword=…`). The user info is the authority's, up to its last `@`
-/// (a password may hold a `?`); the authority ends at the path.
+/// `?sslpassword=…`). The user info runs to the URL's last `@`: a password
+/// written unencoded may hold `/`, `?` or `@`, and a base64 one often does.
+/// An `@` later in the URL hides more than the password, never less.
 pub fn redact_url(url: &SecretString) -> String {
     let raw = url.expose_secret();
     let (prefix, rest) = match raw.find("://") {
         Some(scheme_end) => {
             let (scheme, rest) = raw.split_at(scheme_end + 3);
-            let authority_end = rest.find('/').unwrap_or(rest.len());
-            match rest[..authority_end].rfind('@') {
+            match rest.rfind('@') {
                 Some(at) => {
                     let user = rest[..at].split(':').next().unwrap_or("");
                     (format!("{scheme}{user}:***@"), &rest[at + 1..])
@@ -430,6 +493,39 @@ mod tests {
         assert!(production(&format!("{strong},{}", "ab".repeat(20)), &[]).is_err());
         let wildcard = production(strong, &["*"]).unwrap_err().to_string();
         assert!(wildcard.contains("wildcard"), "{wildcard}");
+    }
+
+    #[test]
+    fn production_refuses_weak_keys_between_nodes() {
+        let production = |internal: &str| {
+            let mut settings = Settings::load(&Overrides::default()).unwrap();
+            settings.unknown.clear();
+            settings.env = Environment::Production;
+            settings.jwt_secrets = Some(SecretString::from(
+                "6f1c9d2a8b7e4035a1c2d3e4f5061728394a5b6c7d8e9f00".to_owned(),
+            ));
+            settings.cluster.internal_secrets = Some(SecretString::from(internal.to_owned()));
+            settings.validate()
+        };
+        assert!(production("0a9b8c7d6e5f40312233445566778899aabbccddeeff0011").is_ok());
+        let short = production("secret").unwrap_err().to_string();
+        assert!(short.contains("cluster.internal_secrets"), "{short}");
+        assert!(production("change-me-change-me-change-me-change-me").is_err());
+    }
+
+    #[test]
+    fn values_that_would_break_the_server_are_refused() {
+        let refused = |tweak: fn(&mut Settings)| {
+            let mut settings = Settings::load(&Overrides::default()).unwrap();
+            tweak(&mut settings);
+            settings.validate().unwrap_err().to_string()
+        };
+        assert!(refused(|s| s.journal.max_batch = 0).contains("journal.max_batch"));
+        assert!(refused(|s| s.database.max_connections = 0).contains("max_connections"));
+        assert!(refused(|s| s.database.idle_timeout_secs = 0).contains("idle_timeout_secs"));
+        assert!(refused(|s| s.idempotency.ttl_hours = -1).contains("ttl_hours"));
+        assert!(refused(|s| s.idempotency.purge_interval_secs = 0).contains("purge_interval"));
+        assert!(refused(|s| s.outbox.batch = -1).contains("outbox.batch"));
     }
 
     #[test]
@@ -538,6 +634,9 @@ mod tests {
         assert_eq!(redact_url(&in_query), "postgres://app:***@db/x?***");
         let odd = SecretString::from("postgres://app:hun?ter2@db/x");
         assert_eq!(redact_url(&odd), "postgres://app:***@db/x");
+        // A base64 password, unencoded, as operators paste them.
+        let slashed = SecretString::from("postgres://app:hu/n+t@r2=@db:5432/x");
+        assert_eq!(redact_url(&slashed), "postgres://app:***@db:5432/x");
         let embedded = SecretString::from("sqlite:data/turnout.db?mode=rwc");
         assert_eq!(redact_url(&embedded), "sqlite:data/turnout.db?***");
     }

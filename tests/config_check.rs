@@ -121,3 +121,37 @@ fn production_refuses_to_start_with_an_unknown_setting_and_development_warns() {
         "{logs}"
     );
 }
+
+/// Lists come from a variable comma-separated, one item or several; a
+/// signing key's commas stay its own (the key list is split later).
+#[test]
+fn list_settings_come_from_variables_comma_separated() {
+    let checked = turnout(
+        &["config", "check"],
+        &[
+            (
+                "TURNOUT_REALTIME__ALLOWED_ORIGINS",
+                "https://kiosk.example.org,https://app.example.org",
+            ),
+            ("TURNOUT_HTTP__CORS_ORIGINS", "https://app.example.org"),
+            ("TURNOUT_METRICS__ALLOWED", "10.0.0.7,::1"),
+            ("TURNOUT_RATE_LIMITS__TRUSTED_PROXIES", "10.0.0.2"),
+            (
+                "TURNOUT_JWT_SECRETS",
+                "first-key-0123456789abcdef0123456789,second-key-0123456789abcdef012345",
+            ),
+        ],
+    );
+    let (stdout, stderr) = (text(&checked.stdout), text(&checked.stderr));
+    assert!(checked.status.success(), "{stderr}");
+    // The settings as `{:#?}` prints them, without its line breaks.
+    let printed: String = stdout.split_whitespace().collect();
+    for expected in [
+        r#"allowed_origins:["https://kiosk.example.org","https://app.example.org",]"#,
+        r#"cors_origins:["https://app.example.org",]"#,
+        "allowed:[10.0.0.7,::1,]",
+        "trusted_proxies:[10.0.0.2,]",
+    ] {
+        assert!(printed.contains(expected), "{expected} in {stdout}");
+    }
+}
