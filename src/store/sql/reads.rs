@@ -15,6 +15,21 @@ use crate::store::{
     EventFilter, EventReads, EventRecord, MembershipRecord, Place, micros, unavailable,
 };
 
+/// Hands each event its tags from `(event, tag)` rows, each event's in
+/// byte order: sorted here, not by the database, whose collation differs
+/// between the backends (Postgres's locale ignores a hyphen, SQLite's
+/// `BINARY` does not).
+fn give_tags(events: &mut [EventRecord], rows: Vec<(Uuid, String)>) {
+    let mut by_event: HashMap<Uuid, Vec<String>> = HashMap::new();
+    for (id, tag) in rows {
+        by_event.entry(id).or_default().push(tag);
+    }
+    for e in events.iter_mut() {
+        e.tags = by_event.remove(&e.id).unwrap_or_default();
+        e.tags.sort_unstable();
+    }
+}
+
 macro_rules! impl_reads {
     ($db:ty) => {
         impl SqlStore<$db> {
@@ -27,16 +42,10 @@ macro_rules! impl_reads {
                 for e in events.iter() {
                     ids.push_bind(e.id);
                 }
-                q.push(") ORDER BY tag");
+                q.push(")");
                 let rows: Vec<(Uuid, String)> =
                     q.build_query_as().fetch_all(&self.pool).await.map_err(unavailable)?;
-                let mut by_event: HashMap<Uuid, Vec<String>> = HashMap::new();
-                for (id, tag) in rows {
-                    by_event.entry(id).or_default().push(tag);
-                }
-                for e in events.iter_mut() {
-                    e.tags = by_event.remove(&e.id).unwrap_or_default();
-                }
+                give_tags(events, rows);
                 Ok(())
             }
         }
@@ -291,19 +300,13 @@ macro_rules! impl_reads {
                     q.build_query_as().fetch_all(&self.pool).await.map_err(unavailable)?;
                 let tags: Vec<(Uuid, String)> = sqlx::query_as(
                     "SELECT t.event_id, t.tag FROM event_tags t JOIN events e ON e.id = t.event_id \
-                     WHERE e.starts_at >= $1 ORDER BY t.tag",
+                     WHERE e.starts_at >= $1",
                 )
                 .bind(micros(since))
                 .fetch_all(&self.pool)
                 .await
                 .map_err(unavailable)?;
-                let mut by_event: HashMap<Uuid, Vec<String>> = HashMap::new();
-                for (id, tag) in tags {
-                    by_event.entry(id).or_default().push(tag);
-                }
-                for e in &mut events {
-                    e.tags = by_event.remove(&e.id).unwrap_or_default();
-                }
+                give_tags(&mut events, tags);
                 Ok(events)
             }
 

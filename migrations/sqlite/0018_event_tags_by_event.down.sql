@@ -1,0 +1,1 @@
+DROP INDEX event_tags_by_event;

@@ -1,0 +1,4 @@
+-- An event's tags are read by event (every event read that misses the
+-- cache, each hub's start) and rewritten by event (each create or edit):
+-- without an index on the event, each of those read the whole table.
+CREATE INDEX event_tags_by_event ON event_tags (event_id);
