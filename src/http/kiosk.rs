@@ -5,15 +5,21 @@
 //! The page is the same for every venue (it reads the id from its own
 //! address), so its Content-Security-Policy names its one inline script and
 //! stylesheet by hash: nothing else may run, load or connect but to us.
+//!
+//! The page names its channel after its address, and the server names a
+//! venue's channel by the id's canonical form, so any other spelling of the
+//! id (capitals, no hyphens) is redirected to the canonical address first:
+//! a screen set up by hand still shows its venue. The page reads the venue
+//! from the store, so it spends the address's read budget like `/v1` reads.
 
 use std::sync::LazyLock;
 
-use actix_web::http::header::ContentType;
-use actix_web::{HttpResponse, web};
+use actix_web::http::header::{self, ContentType};
+use actix_web::{HttpRequest, HttpResponse, middleware::from_fn, web};
 use turnout_actors::domain::VenueId;
 use uuid::Uuid;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, rate_limit};
 
 const PAGE: &str = include_str!("kiosk/kiosk.html");
 
@@ -40,14 +46,25 @@ fn inline_hash(open: &str, close: &str) -> String {
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/kiosk/{venue_id}", web::get().to(kiosk));
+    cfg.service(
+        web::resource("/kiosk/{venue_id}")
+            .wrap(from_fn(rate_limit::middleware))
+            .route(web::get().to(kiosk)),
+    );
 }
 
 async fn kiosk(
+    req: HttpRequest,
     state: web::Data<AppState>,
     venue: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let venue = venue.into_inner();
+    let canonical = venue.hyphenated().to_string();
+    if req.match_info().get("venue_id") != Some(canonical.as_str()) {
+        return Ok(HttpResponse::PermanentRedirect()
+            .insert_header((header::LOCATION, format!("/kiosk/{canonical}")))
+            .finish());
+    }
     state
         .store
         .venue(VenueId::from(venue))

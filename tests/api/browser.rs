@@ -89,6 +89,8 @@ pub struct Page {
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
     next_id: u64,
+    /// Events that arrived while a call waited for its reply.
+    events: std::collections::VecDeque<Value>,
 }
 
 impl Page {
@@ -107,7 +109,11 @@ impl Page {
             .expect("a page target");
         let url = page["webSocketDebuggerUrl"].as_str().unwrap();
         let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        Self { socket, next_id: 1 }
+        Self {
+            socket,
+            next_id: 1,
+            events: std::collections::VecDeque::new(),
+        }
     }
 
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
@@ -119,14 +125,42 @@ impl Page {
             .await
             .unwrap();
         loop {
-            let Some(Ok(Message::Text(text))) = self.socket.next().await else {
-                panic!("devtools closed")
-            };
-            let reply: Value = serde_json::from_str(&text).unwrap();
-            if reply["id"] == id {
-                return reply["result"].clone();
+            let message = self.receive().await;
+            if message["id"] == id {
+                return message["result"].clone();
+            }
+            if message.get("method").is_some() {
+                self.events.push_back(message);
             }
         }
+    }
+
+    /// The next event named `method` (e.g. `Fetch.requestPaused`), within
+    /// 20 s; other events are dropped.
+    pub async fn event(&mut self, method: &str) -> Value {
+        if let Some(at) = self.events.iter().position(|e| e["method"] == method) {
+            let event = self.events.remove(at).unwrap();
+            self.events.drain(..at);
+            return event["params"].clone();
+        }
+        self.events.clear();
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let message = self.receive().await;
+                if message["method"] == method {
+                    return message["params"].clone();
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {method} within 20 s"))
+    }
+
+    async fn receive(&mut self) -> Value {
+        let Some(Ok(Message::Text(text))) = self.socket.next().await else {
+            panic!("devtools closed")
+        };
+        serde_json::from_str(&text).unwrap()
     }
 
     pub async fn eval(&mut self, expression: &str) -> Value {
@@ -139,9 +173,14 @@ impl Page {
         result["result"]["value"].clone()
     }
 
-    /// Polls an expression until it yields `expected`.
+    /// Polls an expression until it yields `expected`, for up to 20 s.
     pub async fn wait_for(&mut self, expression: &str, expected: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        self.wait_for_within(expression, expected, Duration::from_secs(20))
+            .await;
+    }
+
+    pub async fn wait_for_within(&mut self, expression: &str, expected: &str, within: Duration) {
+        let deadline = Instant::now() + within;
         let mut last = Value::Null;
         while Instant::now() < deadline {
             last = self.eval(expression).await;

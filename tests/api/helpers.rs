@@ -442,6 +442,14 @@ pub fn metric(page: &str, name: &str) -> Option<f64> {
         .and_then(|value| value.parse().ok())
 }
 
+/// A metric with one label set (`kind="venue"`), 0 when not yet exported.
+pub fn labelled(page: &str, name: &str, label: &str) -> f64 {
+    let prefix = format!("{name}{{{label}}} ");
+    page.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map_or(0.0, |value| value.parse().unwrap())
+}
+
 pub async fn body(response: Response) -> Value {
     let status = response.status();
     let text = response.text().await.unwrap();

@@ -283,3 +283,205 @@ async fn the_kiosk_shows_times_in_the_venues_time_zone() {
     )
     .await;
 }
+
+const STATUS: &str = "document.getElementById('status').textContent";
+
+/// A screen set up by hand may carry its venue's id in capitals or without
+/// hyphens: the server sends it to the canonical address, whose channel the
+/// hub serves, and the page shows its venue.
+#[actix_web::test]
+async fn a_kiosk_address_in_another_spelling_shows_its_venue() {
+    let app = spawn_app(Backend::Sqlite).await.unwrap();
+    let owner = app.register("venue@example.com").await;
+    let venue = app.venue(&owner).await;
+    let event = publish(&app, &owner, venue, "Late jazz", 3, 5).await;
+    let not_following = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for spelling in [
+        venue.hyphenated().to_string().to_uppercase(),
+        venue.simple().to_string(),
+    ] {
+        let sent = not_following
+            .get(format!("{}/kiosk/{spelling}", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sent.status(), 308, "{spelling}");
+        assert_eq!(sent.headers()["location"], format!("/kiosk/{venue}"));
+    }
+    if !browser_available() {
+        return;
+    }
+    let upper = venue.hyphenated().to_string().to_uppercase();
+    let (_browser, devtools) = launch(&format!("{}/kiosk/{upper}", app.address), 1080, 1920);
+    let mut page = Page::attach(&devtools).await;
+    page.wait_for(
+        &format!(
+            "document.querySelector('[data-event-id=\"{event}\"] .places')?.textContent ?? null"
+        ),
+        "5 places left",
+    )
+    .await;
+    page.wait_for(STATUS, "Live").await;
+}
+
+/// A subscribe the server refuses (here every hub is taken) leaves a socket
+/// that carries nothing: the page must not call that live, and must try
+/// again until it gets in.
+#[actix_web::test]
+async fn a_refused_subscribe_is_not_live_and_is_tried_again() {
+    if !browser_available() {
+        return;
+    }
+    let app = crate::helpers::spawn_app_with(Backend::Sqlite, |s| {
+        s.realtime.max_hubs = 1;
+        s.realtime.hub_idle_secs = 1;
+    })
+    .await
+    .unwrap();
+    let owner = app.register("venue@example.com").await;
+    let (venue, elsewhere) = (app.venue(&owner).await, app.venue(&owner).await);
+    let event = publish(&app, &owner, venue, "Late jazz", 3, 5).await;
+    // Another venue's screen holds the one hub.
+    let mut holder = crate::realtime::connect(&app).await;
+    let taken = crate::realtime::subscribe(&mut holder, &format!("venue:{elsewhere}"), None).await;
+    assert_eq!(taken["type"], "snapshot", "{taken}");
+
+    let (_browser, devtools) = launch(&format!("{}/kiosk/{venue}", app.address), 1080, 1920);
+    let mut page = Page::attach(&devtools).await;
+    page.wait_for(STATUS, "Reconnecting…").await;
+    let refusals = |metrics: &str| {
+        crate::helpers::labelled(metrics, "turnout_ws_hubs_refused_total", r#"kind="venue""#)
+    };
+    let mut refused = 0.0;
+    for _ in 0..60 {
+        assert_ne!(
+            page.eval(STATUS).await,
+            "Live",
+            "a refused subscribe is not live"
+        );
+        refused = refusals(&app.metrics().await);
+        if refused >= 3.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(refused >= 3.0, "the page tries again: {refused} refusals");
+
+    drop(holder);
+    page.wait_for_within(
+        &format!(
+            "document.querySelector('[data-event-id=\"{event}\"] .places')?.textContent ?? null"
+        ),
+        "5 places left",
+        std::time::Duration::from_secs(40),
+    )
+    .await;
+    page.wait_for(STATUS, "Live").await;
+}
+
+/// A screen may boot before its network is up: the venue's name and time
+/// zone are asked for again until they come.
+#[actix_web::test]
+async fn the_kiosk_asks_for_its_venue_until_it_answers() {
+    if !browser_available() {
+        return;
+    }
+    use base64::Engine;
+    let app = spawn_app(Backend::Sqlite).await.unwrap();
+    let owner = app.register("venue@example.com").await;
+    let venue = app.venue(&owner).await;
+    let (_browser, devtools) = launch("about:blank", 1080, 1920);
+    let mut page = Page::attach(&devtools).await;
+    page.call(
+        "Fetch.enable",
+        json!({ "patterns": [{ "urlPattern": "*/v1/venues/*" }] }),
+    )
+    .await;
+    page.call(
+        "Page.navigate",
+        json!({ "url": format!("{}/kiosk/{venue}", app.address) }),
+    )
+    .await;
+    let first = page.event("Fetch.requestPaused").await;
+    let unavailable = base64::engine::general_purpose::STANDARD.encode("{}");
+    page.call(
+        "Fetch.fulfillRequest",
+        json!({ "requestId": first["requestId"], "responseCode": 503, "body": unavailable }),
+    )
+    .await;
+    let second = page.event("Fetch.requestPaused").await;
+    page.call(
+        "Fetch.continueRequest",
+        json!({ "requestId": second["requestId"] }),
+    )
+    .await;
+    page.wait_for("document.getElementById('venue').textContent", "Blue Room")
+        .await;
+}
+
+/// A connection whose network died without closing it (a rebooted access
+/// point, an expired NAT entry) carries nothing and closes nothing: the
+/// page notices the silence, says so, and connects again.
+#[actix_web::test]
+async fn a_silent_connection_is_noticed_and_replaced() {
+    if !browser_available() {
+        return;
+    }
+    let app = spawn_app(Backend::Sqlite).await.unwrap();
+    let owner = app.register("venue@example.com").await;
+    let venue = app.venue(&owner).await;
+    let event = publish(&app, &owner, venue, "Late jazz", 3, 5).await;
+    let server = app.address.trim_start_matches("http://").parse().unwrap();
+    let (port, cut) = freezing_proxy(server).await;
+    let (_browser, devtools) = launch(
+        &format!("http://127.0.0.1:{port}/kiosk/{venue}"),
+        1080,
+        1920,
+    );
+    let mut page = Page::attach(&devtools).await;
+    let places = format!(
+        "document.querySelector('[data-event-id=\"{event}\"] .places')?.textContent ?? null"
+    );
+    page.wait_for(&places, "5 places left").await;
+    page.wait_for(STATUS, "Live").await;
+
+    cut.send_modify(|generation| *generation += 1);
+    // Silent for longer than the server's own limit (60 s), checked on the
+    // page's 20 s ping.
+    page.wait_for_within(STATUS, "Reconnecting…", std::time::Duration::from_secs(100))
+        .await;
+    page.wait_for(STATUS, "Live").await;
+    app.join(&app.user(), event).await;
+    page.wait_for(&places, "4 places left").await;
+}
+
+/// A TCP proxy whose connections, at each cut, go silent: they stay open
+/// but carry nothing either way, as over a dead network. Connections made
+/// after a cut flow.
+async fn freezing_proxy(target: std::net::SocketAddr) -> (u16, tokio::sync::watch::Sender<u64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (cut, cuts) = tokio::sync::watch::channel(0u64);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let mut cuts = cuts.clone();
+            cuts.mark_unchanged();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = cuts.changed() => {
+                        // Held open, never read or written again.
+                        std::future::pending::<()>().await;
+                    }
+                }
+            });
+        }
+    });
+    (port, cut)
+}

@@ -224,3 +224,30 @@ async fn reads_are_bounded_and_everything_can_be_switched_off() {
         off.leave(&user, event).await;
     }
 }
+
+/// The kiosk page reads its venue from the store: it spends the address's
+/// read budget as `/v1` reads do, so made-up venue ids cannot be asked for
+/// without end.
+#[actix_web::test]
+async fn the_kiosk_page_spends_the_read_budget() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.rate_limits.enabled = true;
+        s.rate_limits.reads_per_ip_per_minute = 3;
+    })
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        let page = app
+            .request(Method::GET, &format!("/kiosk/{}", uuid::Uuid::now_v7()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), StatusCode::NOT_FOUND);
+    }
+    let spent = app
+        .request(Method::GET, &format!("/kiosk/{}", uuid::Uuid::now_v7()))
+        .send()
+        .await
+        .unwrap();
+    assert_error(spent, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+}
