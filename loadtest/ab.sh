@@ -5,8 +5,10 @@
 #
 #   loadtest/ab.sh DIR_A DIR_B [ROUNDS]
 #
-# DIR_A and DIR_B each hold a release `turnout` and `turnout-loadtest`
-# (build one checkout, copy the two binaries out, build the other). Prints
+# DIR_A and DIR_B each hold a release `turnout` (build one checkout, copy
+# the binary out, build the other); DIR_A also holds the `turnout-loadtest`
+# that drives both, so a change to the tool, which shares the cores, is not
+# counted as the server's. Prints
 # one line per run and a per-build summary (median of the runs) of hot-join
 # (20,000 users through 1,000 connections, capacity 1,000) and ws-fanout
 # (5,000 clients on one venue, 10 rounds); SCENARIOS="hot-join" runs one.
@@ -36,16 +38,23 @@ run() {
     sleep 0.2
   done
   local json="$OUT/$label-$scenario-$round.json"
+  # A failed check exits 1 and still writes the report, whose line says so.
   case $scenario in
     hot-join)
-      "$build/turnout-loadtest" hot-join --target "http://127.0.0.1:$PORT" --jwt-key "$KEY" \
-        --server-pid "$pid" --users 20000 --concurrency 1000 --capacity 1000 --json "$json" >/dev/null 2>&1 ;;
+      "$A/turnout-loadtest" hot-join --target "http://127.0.0.1:$PORT" --jwt-key "$KEY" \
+        --server-pid "$pid" --users 20000 --concurrency 1000 --capacity 1000 --json "$json" >"$data/tool.log" 2>&1 || true ;;
     ws-fanout)
-      "$build/turnout-loadtest" ws-fanout --target "http://127.0.0.1:$PORT" --jwt-key "$KEY" \
-        --server-pid "$pid" --clients 5000 --rounds 10 --json "$json" >/dev/null 2>&1 ;;
+      "$A/turnout-loadtest" ws-fanout --target "http://127.0.0.1:$PORT" --jwt-key "$KEY" \
+        --server-pid "$pid" --clients 5000 --rounds 10 --json "$json" >"$data/tool.log" 2>&1 || true ;;
   esac
   kill "$pid"
   wait "$pid" 2>/dev/null || true
+  if [ ! -s "$json" ]; then
+    echo "$label $scenario: no report; the tool said:" >&2
+    tail -5 "$data/tool.log" >&2
+    rm -rf "$data"
+    return 1
+  fi
   rm -rf "$data"
   python3 - "$json" "$label" "$scenario" <<'EOF'
 import json, sys

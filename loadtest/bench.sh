@@ -52,6 +52,9 @@ PG=postgres://postgres@127.0.0.1:5432
 REDIS=${REDIS_URL-redis://127.0.0.1:6379}
 out=$(mktemp -d)
 pid=
+# Whatever stops the bench, no server is left on the port: a leftover one
+# would answer the next run's readiness probe and be measured in its place.
+trap 'if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; fi' EXIT
 
 ready() {
   for _ in $(seq 1 100); do
@@ -81,7 +84,10 @@ turnout() {
     TURNOUT_REALTIME__MAX_CONNECTIONS_PER_IP=0 \
     "${BIN:-target/release/turnout}" --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &
   pid=$!
-  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$PORT/ready >/dev/null && break; sleep 0.1; done
+  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$PORT/ready >/dev/null && return 0; sleep 0.1; done
+  echo "bench: turnout on $1 did not become ready; its log:" >&2
+  tail -20 "$data/log" >&2
+  return 1
 }
 
 stick() {
@@ -104,10 +110,18 @@ load() {
   shift 2
   echo "bench: $name on $system" >&2
   before=$(db_ticks)
+  # A failed check exits 1 and still writes its report: the table says
+  # which. No report at all is a failed run, named below the table.
   target/release/turnout-loadtest "$@" --target http://127.0.0.1:$PORT --jwt-key $KEY \
-    --server-pid "$pid" --json "$out/$name.$system.json" >/dev/null 2>&1 || true
+    --server-pid "$pid" --json "$out/$name.$system.json" >"$out/$name.$system.log" 2>&1 || true
+  if [ ! -s "$out/$name.$system.json" ]; then
+    echo "$name on $system" >>"$out/no-report"
+    echo "bench: $name on $system wrote no report:" >&2
+    tail -5 "$out/$name.$system.log" >&2
+  fi
   if [[ $system == *postgres* ]]; then echo $(($(db_ticks) - before)) >"$out/$name.$system.db"; fi
   kill "$pid"; wait "$pid" 2>/dev/null || true
+  pid=
 }
 
 hot=(hot-join --users 20000 --concurrency 1000 --capacity 1000)
@@ -152,7 +166,9 @@ for path in glob.glob(os.path.join(out, "*.json")):
     failed = [c["name"] for c in d["checks"] if not c["passed"]]
     db_path = path[:-5] + ".db"
     db = int(open(db_path).read()) / ticks * 1e6 / max(d["requests"], 1) if os.path.exists(db_path) else None
-    row = (order.index(load), system != "stick", system, load, d["throughput_per_s"], d["latency"]["p99_ms"], cpu, per, db, failed)
+    # Throughput counts what was answered 2xx: fast errors are not speed.
+    ok = sum(n for kind, n in d["outcomes"].items() if kind.startswith("2")) / max(d["elapsed_s"], 1e-9)
+    row = (order.index(load), system != "stick", system, load, ok, d["latency"]["p99_ms"], cpu, per, db, failed, d["error_rate"])
     if pair:
         fanout_rows.setdefault(system, {})[int(pair)] = row
         continue
@@ -164,7 +180,7 @@ for path in glob.glob(os.path.join(out, "*.json")):
 # The fan-out's pairs: the table shows the pair whose ratio is the median
 # (the lower of the two middle ones for an even count), with every
 # pair's failed checks.
-cpu_in = lambda system, n: fanout_rows.get(system, {}).get(n, (None,) * 10)[6]
+cpu_in = lambda system, n: fanout_rows.get(system, {}).get(n, (None,) * 11)[6]
 fanout_ratios = {n: cpu_in("turnout sqlite", n) / cpu_in("stick", n) for n in sorted(fanout_rows.get("turnout sqlite", {}))
                  if cpu_in("turnout sqlite", n) and cpu_in("stick", n)}
 if fanout_ratios:
@@ -172,12 +188,12 @@ if fanout_ratios:
     median = by_ratio[(len(by_ratio) - 1) // 2]
     for system, each in fanout_rows.items():
         failed = sorted({name for row in each.values() for name in row[9]})
-        rows.append(each[median][:9] + (failed,))
+        rows.append(each[median][:9] + (failed, each[median][10]))
     cpu_of["fan-out"] = (cpu_in("stick", median), fanout_rows["stick"][median][4])
 print(f"Turnout bench, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, at {commit}\n")
-print("| load | system | requests/s | p99 | server CPU per request | × the stick's CPU | × the durable stick's | × the SQLite stick's | throughput ÷ the stick's | database CPU per request | checks |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
-for _, _, system, load, rate, p99, cpu, per, db, failed in sorted(rows):
+print("| load | system | 2xx/s | non-2xx | p99 | server CPU per request | × the stick's CPU | × the durable stick's | × the SQLite stick's | throughput ÷ the stick's | database CPU per request | checks |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+for _, _, system, load, rate, p99, cpu, per, db, failed, errors in sorted(rows):
     stick = cpu_of.get(load)
     times = f"{cpu / stick[0]:.2f}" if stick and cpu and system != "stick" else ("1" if system == "stick" else "—")
     if load == "fan-out" and system != "stick" and fanout_ratios:
@@ -189,7 +205,7 @@ for _, _, system, load, rate, p99, cpu, per, db, failed in sorted(rows):
     cpu_text = f"{cpu:.{2 if cpu < 10 else 1}f} µs per {per}" if cpu else "—"
     verdict = "all pass" if not failed else "FAILED: " + ", ".join(failed)
     db_text = f"{db:.1f} µs" if db is not None else ("in the server" if "sqlite" in system else "—")
-    print(f"| {load} | {system} | {rate:,.0f} | {p99:.1f} ms | {cpu_text} | {times} | {times_floors} | {share} | {db_text} | {verdict} |")
+    print(f"| {load} | {system} | {rate:,.0f} | {errors:.2%} | {p99:.1f} ms | {cpu_text} | {times} | {times_floors} | {share} | {db_text} | {verdict} |")
 if fanout_rows:
     print("\nfan-out, server CPU per delivery pair by pair: " + "; ".join(
         f"{system} " + ", ".join(f"{row[6]:.2f}" if row[6] else "—" for _, row in sorted(each.items())) + " µs"
@@ -207,5 +223,10 @@ if best:
     hot_stick = cpu_of.get("hot", (None, None))[1]
     ratio = f"; ÷ the stick's throughput: {best[0] / hot_stick:.2f}" if hot_stick else ""
     print(f"\nclassic design at its best (pgbench, {best[1]} clients): {best[0]:,.0f} joins/s{ratio}")
+else:
+    print("\nclassic design: no result (classic-bench.sh failed):\n" + classic[-500:])
+missing = os.path.join(out, "no-report")
+if os.path.exists(missing):
+    print("\nNO REPORT (the tool failed; its output was shown as it ran): " + "; ".join(open(missing).read().split("\n")[:-1]))
 PY
 rm -rf "$out"

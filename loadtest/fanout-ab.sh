@@ -18,7 +18,8 @@ cd "$(dirname "$0")/.."
 ulimit -n "$(ulimit -Hn)"   # 10,000 sockets on each side
 KEY=stick-bench-key-stick-bench-key-0123
 runs=$(mktemp)
-trap 'rm -f "$runs"' EXIT
+# Whatever stops the script, the servers it started stop with it.
+trap 'rm -f "$runs"; kill $(jobs -p) 2>/dev/null || true' EXIT
 PORT=18152
 CLIENTS=${CLIENTS:-10000}
 

@@ -20,6 +20,8 @@
 # runs some 50 times slower under valgrind, so batches differ from a real
 # run's: compare builds under the same load, not with CPU times.
 set -euo pipefail
+# Whatever stops the script, the servers it started stop with it.
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 if [ -n "${BIN:-}" ]; then BIN=$(realpath "$BIN"); fi
 cd "$(dirname "$0")/.."
 KEY=instructions-key-instructions-key-0123

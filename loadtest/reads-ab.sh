@@ -13,6 +13,8 @@
 #
 #   for b in a b a b; do BIN=/tmp/turnout-$b CACHED=50000 loadtest/reads-ab.sh; done
 set -euo pipefail
+# Whatever stops the script, the servers it started stop with it.
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 # BIN may be given relative to where the script was started from.
 if [ -n "${BIN:-}" ]; then BIN=$(realpath "$BIN"); fi
 cd "$(dirname "$0")/.."

@@ -13,6 +13,8 @@
 # Extra arguments are settings for the server (VAR=value). DB_PROCESS=postgres
 # also prints the database's CPU per join, over the same 10 s.
 set -euo pipefail
+# Whatever stops the script, the servers it started stop with it.
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 # BIN may be given relative to where the script was started from.
 if [ -n "${BIN:-}" ]; then BIN=$(realpath "$BIN"); fi
 cd "$(dirname "$0")/.."

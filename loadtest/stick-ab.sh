@@ -8,6 +8,8 @@
 #   cargo build --release -p turnout -p turnout-loadtest
 #   loadtest/stick-ab.sh            # needs Postgres at 127.0.0.1:5432 (user postgres)
 set -euo pipefail
+# Whatever stops the script, the servers it started stop with it.
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 cd "$(dirname "$0")/.."
 KEY=stick-bench-key-stick-bench-key-0123
 PORT=18151

@@ -12,6 +12,8 @@
 #
 # Needs strace (Debian's package).
 set -euo pipefail
+# Whatever stops the script, the servers it started stop with it.
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 if [ -n "${BIN:-}" ]; then BIN=$(realpath "$BIN"); fi
 cd "$(dirname "$0")/.."
 KEY=writes-bench-key-writes-bench-key-0123

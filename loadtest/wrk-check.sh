@@ -25,6 +25,8 @@
 #   DB_PROCESS=postgres RESET='dropdb -h 127.0.0.1 -U postgres --if-exists turnout_bench && createdb -h 127.0.0.1 -U postgres turnout_bench' \
 #     loadtest/wrk-check.sh TURNOUT_DATABASE_URL=postgres://postgres@127.0.0.1:5432/turnout_bench
 set -euo pipefail
+# Whatever stops the script, the servers it started stop with it.
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 # BIN may be given relative to where the script was started from.
 if [ -n "${BIN:-}" ]; then BIN=$(realpath "$BIN"); fi
 cd "$(dirname "$0")/.."

@@ -9,7 +9,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::burst::{self, JoinResult};
-use crate::invariants::{HotJoinOutcome, Member, check_hot_join};
+use crate::invariants::{HotJoinOutcome, Member, Told, check_hot_join};
 use crate::report::Report;
 
 const SCHEMA: &str = "
@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS rowlock_outbox (
 TRUNCATE rowlock_outbox, rowlock_idempotency, rowlock_joins, rowlock_events;
 ";
 
-async fn join(pool: &PgPool, event: Uuid, user: Uuid, key: &str) -> sqlx::Result<String> {
+async fn join(pool: &PgPool, event: Uuid, user: Uuid, key: &str) -> sqlx::Result<Told> {
     let mut tx: Transaction<'_, Postgres> = pool.begin().await?;
     sqlx::query("INSERT INTO rowlock_idempotency (key) VALUES ($1)")
         .bind(key)
@@ -69,7 +69,10 @@ async fn join(pool: &PgPool, event: Uuid, user: Uuid, key: &str) -> sqlx::Result
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(status.to_owned())
+    Ok(Told {
+        status: status.to_owned(),
+        position: position.map(|p| p as u64),
+    })
 }
 
 /// Runs the hot-join load against the row-lock design.
@@ -134,8 +137,9 @@ pub async fn hot_join(
             .await?;
     let checks = check_hot_join(&HotJoinOutcome {
         capacity,
-        acknowledged: &tally.acknowledged,
-        refused: &tally.refused,
+        acknowledged: &tally.joiners.acknowledged,
+        refused: &tally.joiners.refused,
+        unanswered: &tally.joiners.unanswered,
         roster: &roster,
         active_count: active_count as u64,
         waitlist_count: waitlist_count as u64,

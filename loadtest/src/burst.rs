@@ -15,13 +15,14 @@ use serde_json::Value;
 use tokio::sync::{Barrier, Semaphore};
 use uuid::Uuid;
 
+use crate::invariants::Told;
 use crate::progress;
 use crate::report::latency_histogram;
 
 /// How one join ended.
 pub enum JoinResult {
-    /// Acknowledged; `told` is the status the user was told.
-    Acknowledged { kind: String, told: String },
+    /// Acknowledged; `told` is what the user was told.
+    Acknowledged { kind: String, told: Told },
     /// A definite refusal: it must not have taken effect.
     Refused { kind: String },
     /// No answer (timeout, connection): it may or may not have taken effect.
@@ -34,10 +35,13 @@ impl JoinResult {
         match answer {
             Ok((status, body)) if status.is_success() => Self::Acknowledged {
                 kind: status.as_u16().to_string(),
-                told: body["data"]["status"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
+                told: Told {
+                    status: body["data"]["status"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    position: body["data"]["position"].as_u64(),
+                },
             },
             Ok((status, _)) => Self::Refused {
                 kind: status.as_u16().to_string(),
@@ -48,26 +52,32 @@ impl JoinResult {
         }
     }
 
-    /// Files what `user` was told with the acknowledged or the refused, and
-    /// returns the outcome's kind ("201", "timeout", …).
-    fn file(
-        self,
-        user: Uuid,
-        acknowledged: &mut HashMap<Uuid, String>,
-        refused: &mut HashSet<Uuid>,
-    ) -> String {
+    /// Files `user` with the acknowledged, the refused or the unanswered,
+    /// and returns the outcome's kind ("201", "timeout", …).
+    fn file(self, user: Uuid, told: &mut Joiners) -> String {
         match self {
-            Self::Acknowledged { kind, told } => {
-                acknowledged.insert(user, told);
+            Self::Acknowledged { kind, told: what } => {
+                told.acknowledged.insert(user, what);
                 kind
             }
             Self::Refused { kind } => {
-                refused.insert(user);
+                told.refused.insert(user);
                 kind
             }
-            Self::Unknown { kind } => kind,
+            Self::Unknown { kind } => {
+                told.unanswered.insert(user);
+                kind
+            }
         }
     }
+}
+
+/// The users who joined one event, by how their join ended.
+#[derive(Debug, Clone, Default)]
+pub struct Joiners {
+    pub acknowledged: HashMap<Uuid, Told>,
+    pub refused: HashSet<Uuid>,
+    pub unanswered: HashSet<Uuid>,
 }
 
 /// The outcome kind of a request that got no answer.
@@ -80,27 +90,17 @@ pub fn failure_kind(error: &reqwest::Error) -> &'static str {
 }
 
 /// What the joins of a run over several events were told, per event.
-pub struct Answers {
-    pub acknowledged: Vec<HashMap<Uuid, String>>,
-    pub refused: Vec<HashSet<Uuid>>,
-}
+pub struct Answers(pub Vec<Joiners>);
 
 impl Answers {
     pub fn new(events: usize) -> Self {
-        Self {
-            acknowledged: vec![HashMap::new(); events],
-            refused: vec![HashSet::new(); events],
-        }
+        Self(vec![Joiners::default(); events])
     }
 
     /// Records what `user` was told when joining the `event`th event, and
     /// returns the outcome's kind ("201", "timeout", …).
     pub fn record(&mut self, event: usize, user: Uuid, result: JoinResult) -> String {
-        result.file(
-            user,
-            &mut self.acknowledged[event],
-            &mut self.refused[event],
-        )
+        result.file(user, &mut self.0[event])
     }
 }
 
@@ -109,8 +109,7 @@ pub struct Tally {
     pub latency: Histogram<u64>,
     /// Outcome kind → count.
     pub outcomes: BTreeMap<String, u64>,
-    pub acknowledged: HashMap<Uuid, String>,
-    pub refused: HashSet<Uuid>,
+    pub joiners: Joiners,
     pub elapsed: Duration,
 }
 
@@ -146,14 +145,13 @@ where
     let mut tally = Tally {
         latency: latency_histogram(),
         outcomes: BTreeMap::new(),
-        acknowledged: HashMap::new(),
-        refused: HashSet::new(),
+        joiners: Joiners::default(),
         elapsed: Duration::ZERO,
     };
     for task in tasks {
         let (user, result, took) = task.await?;
         tally.latency.saturating_record(took.as_micros() as u64);
-        let kind = result.file(user, &mut tally.acknowledged, &mut tally.refused);
+        let kind = result.file(user, &mut tally.joiners);
         *tally.outcomes.entry(kind).or_default() += 1;
     }
     tally.elapsed = started.elapsed();

@@ -16,13 +16,25 @@ pub struct Member {
     pub position: Option<u64>,
 }
 
+/// What a join's 2xx answer told its user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Told {
+    pub status: String,
+    /// The waitlist place, when waitlisted. With joins only (no leaves, no
+    /// offers), a place told is the place listed at the end: FIFO.
+    pub position: Option<u64>,
+}
+
 /// What the load told and what the server now holds, for one event.
 pub struct HotJoinOutcome<'a> {
     pub capacity: u64,
-    /// Users answered 2xx, with the status they were told.
-    pub acknowledged: &'a HashMap<Uuid, String>,
+    /// Users answered 2xx, with what they were told.
+    pub acknowledged: &'a HashMap<Uuid, Told>,
     /// Users answered with a definite non-2xx status (not timeouts).
     pub refused: &'a HashSet<Uuid>,
+    /// Users whose join got no answer (a timeout, a lost connection): it
+    /// may or may not have taken effect.
+    pub unanswered: &'a HashSet<Uuid>,
     pub roster: &'a [Member],
     pub active_count: u64,
     pub waitlist_count: u64,
@@ -58,19 +70,27 @@ pub fn check_hot_join(o: &HotJoinOutcome) -> Vec<Check> {
     ));
 
     let listed: HashMap<Uuid, &Member> = o.roster.iter().map(|m| (m.user, m)).collect();
-    let lost: Vec<&Uuid> = o
+    checks.push(Check::new(
+        "each member is listed once",
+        listed.len() == o.roster.len(),
+        format!("{} rows for {} users", o.roster.len(), listed.len()),
+    ));
+
+    let lost = o
         .acknowledged
         .iter()
-        .filter(|(user, status)| listed.get(*user).is_none_or(|m| &m.status != *status))
-        .map(|(user, _)| user)
-        .collect();
+        .filter(|(user, told)| {
+            listed.get(*user).is_none_or(|m| {
+                m.status != told.status || told.position.is_some_and(|p| m.position != Some(p))
+            })
+        })
+        .count();
     checks.push(Check::new(
-        "every 2xx join is present with the status it was told",
-        lost.is_empty(),
+        "every 2xx join is present with the status and waitlist place it was told",
+        lost == 0,
         format!(
-            "{} acknowledged, {} missing or changed",
-            o.acknowledged.len(),
-            lost.len()
+            "{} acknowledged, {lost} missing, changed or moved",
+            o.acknowledged.len()
         ),
     ));
 
@@ -79,6 +99,24 @@ pub fn check_hot_join(o: &HotJoinOutcome) -> Vec<Check> {
         "no refused join is present",
         phantom == 0,
         format!("{} refused, {phantom} present anyway", o.refused.len()),
+    ));
+
+    let unsent = o
+        .roster
+        .iter()
+        .filter(|m| {
+            !o.acknowledged.contains_key(&m.user)
+                && !o.refused.contains(&m.user)
+                && !o.unanswered.contains(&m.user)
+        })
+        .count();
+    checks.push(Check::new(
+        "nobody is listed whom the load did not send",
+        unsent == 0,
+        format!(
+            "{unsent} listed without a join sent ({} unanswered, which may be either)",
+            o.unanswered.len()
+        ),
     ));
 
     checks.push(Check::new(
@@ -107,26 +145,43 @@ mod tests {
         }
     }
 
-    fn scenario(capacity: u64, n: usize) -> (HashMap<Uuid, String>, Vec<Member>) {
+    fn scenario(capacity: u64, n: usize) -> (HashMap<Uuid, Told>, Vec<Member>) {
         let users: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
         let mut acked = HashMap::new();
         let mut roster = Vec::new();
         for (i, u) in users.iter().enumerate() {
-            if (i as u64) < capacity {
-                acked.insert(*u, "active".to_owned());
-                roster.push(member(*u, "active", None));
+            let position = (i as u64 >= capacity).then(|| i as u64 - capacity + 1);
+            let status = if position.is_some() {
+                "waitlisted"
             } else {
-                acked.insert(*u, "waitlisted".to_owned());
-                roster.push(member(*u, "waitlisted", Some(i as u64 - capacity + 1)));
-            }
+                "active"
+            };
+            acked.insert(
+                *u,
+                Told {
+                    status: status.into(),
+                    position,
+                },
+            );
+            roster.push(member(*u, status, position));
         }
         (acked, roster)
     }
 
     fn run(
         capacity: u64,
-        acked: &HashMap<Uuid, String>,
+        acked: &HashMap<Uuid, Told>,
         refused: &HashSet<Uuid>,
+        roster: &[Member],
+    ) -> Vec<Check> {
+        run_with(capacity, acked, refused, &HashSet::new(), roster)
+    }
+
+    fn run_with(
+        capacity: u64,
+        acked: &HashMap<Uuid, Told>,
+        refused: &HashSet<Uuid>,
+        unanswered: &HashSet<Uuid>,
         roster: &[Member],
     ) -> Vec<Check> {
         let active = roster.iter().filter(|m| m.status == "active").count() as u64;
@@ -134,10 +189,19 @@ mod tests {
             capacity,
             acknowledged: acked,
             refused,
+            unanswered,
             roster,
             active_count: active,
             waitlist_count: roster.len() as u64 - active,
         })
+    }
+
+    fn passed(checks: &[Check], name: &str) -> bool {
+        checks
+            .iter()
+            .find(|c| c.name.starts_with(name))
+            .unwrap_or_else(|| panic!("no check {name}"))
+            .passed
     }
 
     #[test]
@@ -185,6 +249,50 @@ mod tests {
         roster[2].position = None;
         let checks = run(2, &acked, &HashSet::new(), &roster);
         assert!(!checks[0].passed);
+    }
+
+    #[test]
+    fn a_waiter_listed_at_another_place_than_told_fails() {
+        let (acked, mut roster) = scenario(2, 6);
+        // Two waiters swapped: each gapless, neither where it was told.
+        roster.swap(3, 4);
+        roster[3].position = Some(2);
+        roster[4].position = Some(3);
+        let checks = run(2, &acked, &HashSet::new(), &roster);
+        assert!(passed(&checks, "waitlist positions"));
+        assert!(!passed(&checks, "every 2xx"));
+    }
+
+    #[test]
+    fn a_join_applied_twice_fails() {
+        let (acked, mut roster) = scenario(2, 4);
+        let twice = roster[3].clone();
+        roster.push(Member {
+            position: Some(3),
+            ..twice
+        });
+        let checks = run(2, &acked, &HashSet::new(), &roster);
+        assert!(!passed(&checks, "each member is listed once"));
+    }
+
+    #[test]
+    fn a_member_nobody_sent_fails_and_an_unanswered_one_may_be_either() {
+        let (acked, mut roster) = scenario(2, 3);
+        let unanswered = Uuid::new_v4();
+        roster.push(member(unanswered, "waitlisted", Some(2)));
+        let checks = run_with(
+            2,
+            &acked,
+            &HashSet::new(),
+            &HashSet::from([unanswered]),
+            &roster,
+        );
+        assert!(
+            checks.iter().all(|c| c.passed),
+            "an unanswered join may have taken effect"
+        );
+        let checks = run(2, &acked, &HashSet::new(), &roster);
+        assert!(!passed(&checks, "nobody is listed"));
     }
 
     #[test]

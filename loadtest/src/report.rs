@@ -146,6 +146,17 @@ impl Report {
             .filter(|(k, _)| !k.starts_with('2'))
             .map(|(_, v)| v)
             .sum();
+        // Checks on what the server holds pass trivially when it took
+        // nothing: a server answering only errors must not read "all pass".
+        let mut checks = checks;
+        checks.insert(
+            0,
+            Check::new(
+                "some requests were answered 2xx",
+                errors < requests,
+                format!("{} of {requests} answered 2xx", requests - errors),
+            ),
+        );
         Self {
             scenario: scenario.to_owned(),
             target: target.to_owned(),
@@ -286,5 +297,20 @@ mod tests {
         );
         assert_eq!(report.warnings.len(), 1);
         assert!(report.warnings[0].contains("TURNOUT_RATE_LIMITS__ENABLED=false"));
+    }
+
+    #[test]
+    fn a_run_the_server_answered_only_with_errors_fails() {
+        let outcomes = BTreeMap::from([("503".to_owned(), 95), ("timeout".to_owned(), 5)]);
+        let always = vec![Check::new("counts match", true, String::new())];
+        let report = Report::new(
+            "t",
+            "x",
+            &latency_histogram(),
+            Duration::from_secs(1),
+            outcomes,
+            always,
+        );
+        assert!(!report.invariants_hold(), "{:?}", report.checks);
     }
 }

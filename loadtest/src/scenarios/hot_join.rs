@@ -4,14 +4,12 @@
 //! request from the moment it holds a connection slot (a closed model: with
 //! `--concurrency` equal to `--users`, that is the common start).
 
-use std::collections::{HashMap, HashSet};
-
 use clap::Args;
 use uuid::Uuid;
 
 use crate::Common;
 use crate::api::Api;
-use crate::burst::{self, JoinResult};
+use crate::burst::{self, JoinResult, Joiners};
 use crate::invariants::{HotJoinOutcome, Member, check_hot_join};
 use crate::process::CpuMeter;
 use crate::report::{Check, Report};
@@ -71,15 +69,7 @@ pub async fn run(args: HotJoin) -> anyhow::Result<Report> {
 
     // The read side needs no settling: it is written in the same commit.
     let cpu = cpu.checks(args.users, "join");
-    let mut checks = check_event(
-        &api,
-        &owner,
-        event,
-        args.capacity,
-        &tally.acknowledged,
-        &tally.refused,
-    )
-    .await?;
+    let mut checks = check_event(&api, &owner, event, args.capacity, &tally.joiners).await?;
     checks.extend(cpu);
     Ok(Report::new(
         "hot-join",
@@ -99,8 +89,7 @@ pub(crate) async fn check_event(
     owner: &str,
     event: Uuid,
     capacity: u64,
-    acknowledged: &HashMap<Uuid, String>,
-    refused: &HashSet<Uuid>,
+    joiners: &Joiners,
 ) -> anyhow::Result<Vec<Check>> {
     let roster: Vec<Member> = api
         .attendees(owner, event)
@@ -118,8 +107,9 @@ pub(crate) async fn check_event(
     let counts = api.event(event).await?;
     Ok(check_hot_join(&HotJoinOutcome {
         capacity,
-        acknowledged,
-        refused,
+        acknowledged: &joiners.acknowledged,
+        refused: &joiners.refused,
+        unanswered: &joiners.unanswered,
         roster: &roster,
         active_count: counts["active_count"].as_u64().unwrap_or(0),
         waitlist_count: counts["waitlist_count"].as_u64().unwrap_or(0),

@@ -325,7 +325,7 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
         *outcomes.entry(kind).or_default() += 1;
     }
     let cpu = cpu.checks(latency.len() as usize, "request");
-    let members: usize = answers.acknowledged.iter().map(|a| a.len()).sum();
+    let members: usize = answers.0.iter().map(|a| a.acknowledged.len()).sum();
     let memory = rss.check(args.common.server_pid, members);
 
     let mut checks = check_events(&api, &owner, &events, args.capacity, &answers).await?;

@@ -85,17 +85,7 @@ pub(crate) async fn check_events(
 ) -> anyhow::Result<Vec<Check>> {
     let mut per_event = Vec::with_capacity(events.len());
     for (e, event) in events.iter().enumerate() {
-        per_event.push(
-            check_event(
-                api,
-                owner,
-                *event,
-                capacity,
-                &answers.acknowledged[e],
-                &answers.refused[e],
-            )
-            .await?,
-        );
+        per_event.push(check_event(api, owner, *event, capacity, &answers.0[e]).await?);
     }
     Ok(combine(per_event))
 }
