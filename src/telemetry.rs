@@ -239,6 +239,7 @@ const COUNTED_FROM_START: &[&str] = &[
     "turnout_outbox_dead_total",
     "turnout_outbox_published_total",
     "turnout_recs_lists_pushed_total",
+    "turnout_ws_channel_load_failures_total",
     "turnout_ws_slow_consumers_total",
 ];
 

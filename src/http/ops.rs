@@ -54,23 +54,35 @@ pub async fn health() -> HttpResponse {
 /// other nodes' live updates reach this one: `local` (no Redis), `connected`
 /// or `disconnected` — a node without Redis still takes joins, so it stays
 /// ready.
+///
+/// While writes are paused, the check is the breaker's probe once its
+/// cool-down is over: a balancer that follows `/ready` sends the node no
+/// writes, and without a probe the node would stay unready after the
+/// database came back.
 #[utoipa::path(get, path = "/ready", tag = "ops",
     responses((status = 200, description = "ready; `fanout`: `local`, `connected` or `disconnected`"), (status = 503, description = "the store does not answer, or the node is stopping", body = super::ErrorBody)))]
 pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if state.drain.is_draining() {
         return Err(ApiError::Overloaded("this node is stopping"));
     }
-    if state.breaker.is_open() {
-        return Err(ApiError::Unavailable);
-    }
-    match tokio::time::timeout(Duration::from_secs(1), state.store.ping()).await {
-        Ok(Ok(())) => Ok(HttpResponse::Ok().json(serde_json::json!({ "data": {
-                "status": "ready",
-                "fanout": state.fanout.state(),
-            } }))),
+    let probe = if state.breaker.is_open() {
+        Some(state.breaker.admit().map_err(|_| ApiError::Unavailable)?)
+    } else {
+        None
+    };
+    let pinged = match tokio::time::timeout(Duration::from_secs(1), state.store.ping()).await {
+        Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(error.into()),
         Err(_) => Err(ApiError::Unavailable),
+    };
+    if let Some(probe) = probe {
+        state.breaker.record(probe, &pinged);
     }
+    pinged?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": {
+        "status": "ready",
+        "fanout": state.fanout.state(),
+    } })))
 }
 
 /// Prometheus text exposition.

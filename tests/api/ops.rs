@@ -282,6 +282,10 @@ async fn the_alert_rules_and_the_dashboard_read_only_exported_metrics() {
     crate::realtime::subscribe(&mut socket, &format!("event:{event}"), None).await;
     app.join(&app.user(), event).await;
     crate::realtime::next(&mut socket).await;
+    // A person's recommendations are ranked once they are asked for.
+    let fan = app.register("fan@example.com").await;
+    let mut recs = crate::realtime::connect(&app).await;
+    crate::recommendations::recs_as(&mut recs, &fan).await;
 
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
     let mut named = std::collections::BTreeSet::new();

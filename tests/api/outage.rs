@@ -9,7 +9,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use uuid::Uuid;
 
-use crate::helpers::{Backend, body, fresh_database, spawn_node, switchable_proxy};
+use crate::helpers::{Backend, body, fresh_database, metric, spawn_node, switchable_proxy};
 
 #[actix_web::test]
 async fn writes_fail_fast_while_the_database_is_away_and_recover_without_losing_a_join() {
@@ -90,6 +90,26 @@ async fn writes_fail_fast_while_the_database_is_away_and_recover_without_losing_
     }
 
     switch.send(true).unwrap();
+    // A balancer that follows `/ready` sends the node no writes while it
+    // says no: `/ready` probes for the breaker itself, so the node comes
+    // back without a write to probe with.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = app.request(Method::GET, "/ready").send().await.unwrap();
+        if ready.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/ready never recovered without writes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        metric(&app.metrics().await, "turnout_breaker_open"),
+        Some(0.0),
+        "writes are no longer paused"
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let user = app.user();

@@ -255,7 +255,7 @@ async fn next_recs(socket: &mut Socket) -> Value {
 
 /// Authenticates the socket as `user` and subscribes to `recs`: the
 /// channel's first frame.
-async fn recs_as(socket: &mut Socket, user: &User) -> Value {
+pub async fn recs_as(socket: &mut Socket, user: &User) -> Value {
     send(socket, json!({ "type": "auth", "token": user.token })).await;
     assert_eq!(next(socket).await["type"], "authenticated");
     send(socket, json!({ "type": "subscribe", "channel": "recs" })).await;
