@@ -2,7 +2,9 @@
 //! the configuration every route shares (body limits, error envelopes).
 //!
 //! - `accounts`: register, login, the caller's profile.
-//! - `admin`: operator endpoints (stats, dead outbox messages), admins only.
+//! - `admin`: operator endpoints (stats, dead outbox messages, the
+//!   cluster's nodes and leases), admins only.
+//! - `history`: an event's facts as JSON or CSV (`GET /v1/events/{id}/history`).
 //! - `venues`, `events`, `joins`: the product.
 //! - `recommendations`: the caller's ranked events.
 //! - `ws`: the WebSocket upgrade (`GET /v1/ws`) and its admission.

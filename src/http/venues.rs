@@ -306,6 +306,11 @@ pub struct OrganizerView {
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
+pub struct OrganizerEnvelope {
+    pub data: OrganizerView,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct OrganizersEnvelope {
     /// Oldest first.
     pub data: Vec<OrganizerView>,
@@ -336,10 +341,11 @@ pub async fn list_organizers(
 }
 
 /// Let another account put events on the venue (owner or admin).
-/// 201 when added, 200 when they already were an organiser.
+/// 201 when added, 200 (with when they were added) when they already were
+/// an organiser.
 #[utoipa::path(post, path = "/v1/venues/{id}/organizers", tag = "venues", security(("bearer" = [])), params(("id" = Uuid, Path)),
     request_body = AddOrganizerRequest,
-    responses((status = 201, body = OrganizerView), (status = 200, body = OrganizerView),
+    responses((status = 201, body = OrganizerEnvelope), (status = 200, body = OrganizerEnvelope),
         (status = 403, description = "`not_venue_owner`", body = super::ErrorBody),
         (status = 404, body = super::ErrorBody),
         (status = 409, description = "`quota_reached`: the venue has as many organisers as one may", body = super::ErrorBody)))]
@@ -351,28 +357,37 @@ pub async fn add_organizer(
 ) -> Result<HttpResponse, ApiError> {
     let venue = managed_venue(&state, id.into_inner(), &user).await?;
     let organizer = UserId::from(body.user_id);
+    let named = state.store.organizers(venue).await?;
+    let view = |added_at: i64| OrganizerEnvelope {
+        data: OrganizerView {
+            user_id: body.user_id,
+            added_at: from_micros(added_at),
+        },
+    };
+    if let Some((_, added_at)) = named.iter().find(|(u, _)| *u == body.user_id) {
+        return Ok(HttpResponse::Ok().json(view(*added_at)));
+    }
     let quota = state.quotas.organizers_per_venue;
-    if quota > 0 {
-        let named = state.store.organizers(venue).await?;
-        let already = named.iter().any(|(u, _)| *u == body.user_id);
-        if !already && named.len() as i64 >= quota {
-            return Err(ApiError::conflict(
-                ErrorCode::QuotaReached,
-                format!("a venue may have {quota} organisers"),
-            ));
-        }
+    if quota > 0 && named.len() as i64 >= quota {
+        return Err(ApiError::conflict(
+            ErrorCode::QuotaReached,
+            format!("a venue may have {quota} organisers"),
+        ));
     }
     let at = micros(Utc::now());
     let added = state.store.add_organizer(venue, organizer, at).await?;
-    let view = OrganizerView {
-        user_id: body.user_id,
-        added_at: from_micros(at),
-    };
-    Ok(if added {
-        HttpResponse::Created().json(view)
-    } else {
-        HttpResponse::Ok().json(view)
-    })
+    if added {
+        return Ok(HttpResponse::Created().json(view(at)));
+    }
+    // Named by a request racing this one: the time kept is theirs.
+    let kept = state
+        .store
+        .organizers(venue)
+        .await?
+        .into_iter()
+        .find(|(u, _)| *u == body.user_id)
+        .map_or(at, |(_, added_at)| added_at);
+    Ok(HttpResponse::Ok().json(view(kept)))
 }
 
 /// Take back an organiser's right to put new events on the venue (owner or

@@ -422,7 +422,7 @@ impl MeWatcher {
     fn load(&self) -> impl Future<Output = Option<Vec<MyPlace>>> + 'static {
         let (store, user) = (Arc::clone(&self.feeds.0.store), self.user);
         async move {
-            match store.places_of(user, SNAPSHOT_LIMIT).await {
+            match store.live_places_of(user, SNAPSHOT_LIMIT).await {
                 Ok(places) => Some(places.into_iter().map(MyPlace::from).collect()),
                 Err(error) => {
                     tracing::warn!(%error, "could not load a person's places");

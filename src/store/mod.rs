@@ -299,10 +299,12 @@ pub trait EventReads: Send + Sync {
         limit: i64,
     ) -> Result<Vec<(MembershipRecord, EventRecord)>, StoreError>;
 
-    /// A user's places of every status, newest first, at most `limit`, each
-    /// with its event's version — read in one statement, so the places are
-    /// those of that version.
-    async fn places_of(&self, user: UserId, limit: i64) -> Result<Vec<Place>, StoreError>;
+    /// A user's live places (active, offered, waitlisted), newest first, at
+    /// most `limit`, each with its event's version — read in one statement,
+    /// so the places are those of that version. Ended ones are left out in
+    /// the query: a long history of left and declined joins must not push
+    /// live places past the limit.
+    async fn live_places_of(&self, user: UserId, limit: i64) -> Result<Vec<Place>, StoreError>;
 
     /// An event's facts after stream version `after`, oldest first, at most
     /// `limit`: its history, from the log itself.

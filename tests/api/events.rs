@@ -464,14 +464,20 @@ async fn an_account_owns_a_bounded_number_of_venues_and_events(backend: Backend)
         .json(&json!({ "user_id": organizer }))
     };
     let first_organizer = uuid::Uuid::now_v7();
+    let named = name(first_organizer).send().await.unwrap();
+    assert_eq!(named.status(), StatusCode::CREATED);
+    let named = body(named).await;
+    assert_eq!(named["data"]["user_id"], json!(first_organizer));
+    let again = name(first_organizer).send().await.unwrap();
     assert_eq!(
-        name(first_organizer).send().await.unwrap().status(),
-        StatusCode::CREATED
-    );
-    assert_eq!(
-        name(first_organizer).send().await.unwrap().status(),
+        again.status(),
         StatusCode::OK,
         "naming one again is no new place"
+    );
+    assert_eq!(
+        body(again).await["data"]["added_at"],
+        named["data"]["added_at"],
+        "the answer says when they were first named"
     );
     assert_error(
         name(uuid::Uuid::now_v7()).send().await.unwrap(),

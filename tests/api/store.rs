@@ -1251,6 +1251,40 @@ async fn the_cluster_keeps_time_by_the_databases_clock(backend: Backend) {
     );
 }
 
+/// A person's live places for their `me` snapshot are read newest first up
+/// to a limit; the places they left must not take that room: a live place
+/// joined before many that ended is still found.
+async fn live_places_are_not_crowded_out_by_ended_ones(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((store, _)) = open(backend, &dir).await else {
+        return;
+    };
+    let registry = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
+    let owner = UserId::new();
+    let user = UserId::new();
+    let staying = create_event(&store, &registry, owner, 10).await;
+    let join = || Command::Join {
+        user,
+        seats: Seats::default(),
+        at: Utc::now(),
+    };
+    registry.execute(staying, join(), None, None).await.unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let left = create_event(&store, &registry, owner, 10).await;
+        registry.execute(left, join(), None, None).await.unwrap();
+        let leave = Command::Leave {
+            user,
+            at: Utc::now(),
+        };
+        registry.execute(left, leave, None, None).await.unwrap();
+    }
+
+    let places = store.live_places_of(user, 2).await.unwrap();
+    let events: Vec<uuid::Uuid> = places.iter().map(|p| p.membership.event_id).collect();
+    assert_eq!(events, vec![staying.as_uuid()], "{places:?}");
+}
+
 macro_rules! store_tests {
     ($($name:ident),*) => {
         mod sqlite {
@@ -1280,5 +1314,6 @@ store_tests!(
     a_fact_whose_version_was_taken_writes_nothing,
     a_key_taken_twice_in_one_batch_is_answered_once,
     the_cluster_keeps_time_by_the_databases_clock,
-    a_reloaded_catalog_dates_announcements_before_the_joins
+    a_reloaded_catalog_dates_announcements_before_the_joins,
+    live_places_are_not_crowded_out_by_ended_ones
 );

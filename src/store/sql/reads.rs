@@ -214,7 +214,7 @@ macro_rules! impl_reads {
                     .collect())
             }
 
-            async fn places_of(&self, user: UserId, limit: i64) -> Result<Vec<Place>, StoreError> {
+            async fn live_places_of(&self, user: UserId, limit: i64) -> Result<Vec<Place>, StoreError> {
                 let mut q = QueryBuilder::<$db>::new(
                     "SELECT j.event_id, j.user_id, j.status, j.order_key, j.seats, j.offer_expires_at, \
                      j.joined_at, ",
@@ -223,7 +223,8 @@ macro_rules! impl_reads {
                     .push(" AS position, e.version FROM joins j JOIN events e ON e.id = j.event_id \
                            WHERE j.user_id = ")
                     .push_bind(user.as_uuid())
-                    .push(" ORDER BY j.joined_at DESC, j.event_id DESC LIMIT ")
+                    .push(" AND j.status IN ('active', 'offered', 'waitlisted') \
+                           ORDER BY j.joined_at DESC, j.event_id DESC LIMIT ")
                     .push_bind(limit);
                 q.build_query_as().fetch_all(&self.pool).await.map_err(unavailable)
             }
