@@ -22,11 +22,16 @@ fn common_options(target: String) -> Common {
 
 /// 300 users at once on one event of capacity 40.
 async fn small_hot_join(target: String) -> anyhow::Result<Report> {
+    small_hot_join_replaying(target, 0.0).await
+}
+
+async fn small_hot_join_replaying(target: String, replays: f64) -> anyhow::Result<Report> {
     hot_join::run(HotJoin {
         common: common_options(target),
         users: 300,
         capacity: 40,
         concurrency: None,
+        replays,
         baseline: None,
         database_url: None,
     })
@@ -48,6 +53,32 @@ async fn a_small_hot_join_keeps_every_invariant() {
     assert_eq!(invariants.count(), 8);
     assert_eq!(report.outcomes.get("201"), Some(&300));
     assert_eq!(report.latency.count, 300);
+}
+
+/// A third of the users send their join three times under one key, twice
+/// at once and again after the answer, among everyone else's joins: each
+/// is answered the same every time and listed once.
+#[actix_web::test]
+async fn a_hot_join_with_replayed_keys_has_one_effect_per_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = common::server(&dir, KEY, false).await;
+
+    let report = small_hot_join_replaying(target, 1.0 / 3.0).await.unwrap();
+
+    assert_every_check_passed(&report);
+    let replays = report
+        .checks
+        .iter()
+        .find(|c| c.name.starts_with("a key sent three times"))
+        .expect("the replays are checked");
+    assert!(
+        replays
+            .detail
+            .starts_with("100 keys sent three times, 0 answered differently"),
+        "{}",
+        replays.detail
+    );
+    assert_eq!(report.outcomes.get("201"), Some(&300));
 }
 
 /// The measuring stick answers the hot-join load in the same shapes, so the

@@ -3,8 +3,18 @@
 //! once and up to `--concurrency` are in flight. Latency is measured per
 //! request from the moment it holds a connection slot (a closed model: with
 //! `--concurrency` equal to `--users`, that is the common start).
+//!
+//! With `--replays`, some users send their join three times under one
+//! `Idempotency-Key` — twice at once, then again after the first answer —
+//! and every answer must be the same: one effect per key, under load. Only
+//! the first of the three is timed and counted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use clap::Args;
+use reqwest::StatusCode;
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::Common;
@@ -27,6 +37,10 @@ pub struct HotJoin {
     /// Requests in flight at once (connections); defaults to --users.
     #[arg(long)]
     pub concurrency: Option<usize>,
+    /// The share of users (0 to 1, spread evenly) who send their join three
+    /// times under one key: twice at once, then again after the answer.
+    #[arg(long, default_value_t = 0.0)]
+    pub replays: f64,
     /// Run the same load against the classic design instead: `rowlock`, one
     /// transaction per join with SELECT … FOR UPDATE (needs --database-url).
     #[arg(long, value_parser = ["rowlock"])]
@@ -48,12 +62,20 @@ pub async fn run(args: HotJoin) -> anyhow::Result<Report> {
     let minter = args.common.minter()?;
     let owner = minter.token(Uuid::now_v7());
     let event = api.published_event(&owner, args.capacity).await?;
-    let users: Vec<(Uuid, String)> = (0..args.users)
-        .map(|_| {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.replays),
+        "--replays is a share, from 0 to 1"
+    );
+    // User i replays when the running count of replayers steps up at i.
+    let replays =
+        |i: usize| (i as f64 * args.replays).floor() < ((i + 1) as f64 * args.replays).floor();
+    let users: Vec<(Uuid, (String, bool))> = (0..args.users)
+        .map(|i| {
             let id = Uuid::now_v7();
-            (id, minter.token(id))
+            (id, (minter.token(id), replays(i)))
         })
         .collect();
+    let keys = Arc::new(KeyReplays::default());
     eprintln!(
         "hot-join: {} users on event {event} (capacity {}), {concurrency} in flight",
         args.users, args.capacity
@@ -61,15 +83,33 @@ pub async fn run(args: HotJoin) -> anyhow::Result<Report> {
     let api_for_joins = api.clone();
     let cpu = CpuMeter::start(args.common.server_pid);
 
-    let tally = burst::run(users, concurrency, move |_user, token: String| {
-        let api = api_for_joins.clone();
-        async move { JoinResult::of(api.join(&token, event, &Uuid::new_v4().to_string()).await) }
-    })
+    let keys_for_joins = Arc::clone(&keys);
+    let tally = burst::run(
+        users,
+        concurrency,
+        move |_user, (token, replay): (String, bool)| {
+            let (api, keys) = (api_for_joins.clone(), Arc::clone(&keys_for_joins));
+            async move {
+                let key = Uuid::new_v4().to_string();
+                if !replay {
+                    return JoinResult::of(api.join(&token, event, &key).await);
+                }
+                let (first, twin) =
+                    tokio::join!(api.join(&token, event, &key), api.join(&token, event, &key));
+                let again = api.join(&token, event, &key).await;
+                keys.compare(&first, [&twin, &again]);
+                JoinResult::of(first)
+            }
+        },
+    )
     .await?;
 
     // The read side needs no settling: it is written in the same commit.
     let cpu = cpu.checks(args.users, "join");
     let mut checks = check_event(&api, &owner, event, args.capacity, &tally.joiners).await?;
+    if args.replays > 0.0 {
+        checks.push(keys.check());
+    }
     checks.extend(cpu);
     Ok(Report::new(
         "hot-join",
@@ -80,6 +120,65 @@ pub async fn run(args: HotJoin) -> anyhow::Result<Report> {
         checks,
     )
     .by_target(api.outcomes_by_target()))
+}
+
+/// What the replayed keys were answered, tallied as the joins run.
+#[derive(Default)]
+struct KeyReplays {
+    sent: AtomicU64,
+    differed: AtomicU64,
+    unanswered: AtomicU64,
+}
+
+impl KeyReplays {
+    /// Compares a key's first answer with its others: the same status code
+    /// and the same place (status, seats, waitlist position).
+    fn compare(
+        &self,
+        first: &reqwest::Result<(StatusCode, Value)>,
+        others: [&reqwest::Result<(StatusCode, Value)>; 2],
+    ) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        let answer = |a: &reqwest::Result<(StatusCode, Value)>| {
+            a.as_ref().ok().map(|(status, body)| {
+                let place = &body["data"];
+                (
+                    *status,
+                    [
+                        place["status"].clone(),
+                        place["seats"].clone(),
+                        place["position"].clone(),
+                    ],
+                )
+            })
+        };
+        let Some(told) = answer(first) else {
+            self.unanswered.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let mut answered = others.map(answer).into_iter().flatten().peekable();
+        if answered.peek().is_none() {
+            self.unanswered.fetch_add(1, Ordering::Relaxed);
+        }
+        if answered.any(|other| other != told) {
+            self.differed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn check(&self) -> Check {
+        let (sent, differed, unanswered) = (
+            self.sent.load(Ordering::Relaxed),
+            self.differed.load(Ordering::Relaxed),
+            self.unanswered.load(Ordering::Relaxed),
+        );
+        Check::new(
+            "a key sent three times is answered the same each time",
+            differed == 0 && unanswered < sent,
+            format!(
+                "{sent} keys sent three times, {differed} answered differently, {unanswered} without answers to compare"
+            ),
+        )
+    }
 }
 
 /// Reads one event's roster and counts through the API and checks them
@@ -114,4 +213,46 @@ pub(crate) async fn check_event(
         active_count: counts["active_count"].as_u64().unwrap_or(0),
         waitlist_count: counts["waitlist_count"].as_u64().unwrap_or(0),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn answer(status: u16, place: Value) -> reqwest::Result<(StatusCode, Value)> {
+        Ok((
+            StatusCode::from_u16(status).unwrap(),
+            json!({ "data": place }),
+        ))
+    }
+
+    #[test]
+    fn a_key_answered_differently_fails_and_the_same_answer_passes() {
+        let waiting = json!({ "status": "waitlisted", "seats": 1, "position": 3 });
+        let keys = KeyReplays::default();
+        keys.compare(
+            &answer(201, waiting.clone()),
+            [&answer(201, waiting.clone()), &answer(201, waiting.clone())],
+        );
+        assert!(keys.check().passed, "{}", keys.check().detail);
+
+        let moved = json!({ "status": "waitlisted", "seats": 1, "position": 4 });
+        keys.compare(
+            &answer(201, waiting.clone()),
+            [&answer(201, waiting.clone()), &answer(201, moved)],
+        );
+        assert!(!keys.check().passed);
+
+        let twice = KeyReplays::default();
+        twice.compare(
+            &answer(201, waiting.clone()),
+            [&answer(201, waiting.clone()), &answer(200, waiting)],
+        );
+        assert!(
+            !twice.check().passed,
+            "a second effect answers 200 already_member"
+        );
+    }
 }
