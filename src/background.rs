@@ -2,7 +2,9 @@
 //! stream consumer, purges and sweeps): each is started with a [`Shutdown`]
 //! signal and stops at it between two units of its work; at shutdown they are
 //! told together and awaited, and only one that overruns the grace period is
-//! cut off.
+//! cut off. A task that panics or ends before the signal would otherwise be
+//! gone without a word: it is logged at error and counted
+//! (`turnout_background_tasks_failed_total{task}`).
 
 use std::future::Future;
 use std::time::Duration;
@@ -105,7 +107,29 @@ impl Background {
 
     /// Starts `task` on the current runtime; `name` is for the logs.
     pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + 'static) {
-        self.tasks.push((name, actix_web::rt::spawn(task)));
+        use futures_util::FutureExt;
+        // From the start, at zero: the alert reads the series.
+        metrics::counter!("turnout_background_tasks_failed_total", "task" => name).increment(0);
+        let stopping = self.shutdown();
+        let watched = async move {
+            let ended = std::panic::AssertUnwindSafe(task).catch_unwind().await;
+            let failure = match ended {
+                Ok(()) if stopping.is_requested() => return,
+                Ok(()) => "ended before shutdown".to_owned(),
+                Err(panic) => panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_owned()),
+            };
+            tracing::error!(
+                task = name,
+                failure,
+                "a background task stopped; it does not run again until a restart"
+            );
+            metrics::counter!("turnout_background_tasks_failed_total", "task" => name).increment(1);
+        };
+        self.tasks.push((name, actix_web::rt::spawn(watched)));
     }
 
     /// Signals every task and waits for each, up to `grace` in all; a task
@@ -171,6 +195,21 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(finished.load(Ordering::SeqCst), done, "nothing runs after");
+    }
+
+    #[actix_web::test]
+    async fn a_task_that_panics_or_ends_early_is_counted() {
+        let metrics = crate::telemetry::metrics();
+        let mut background = Background::default();
+        background.spawn("doomed test task", async { panic!("injected by a test") });
+        background.spawn("quitting test task", async {});
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let page = metrics.render();
+        for task in ["doomed test task", "quitting test task"] {
+            let series = format!("turnout_background_tasks_failed_total{{task=\"{task}\"}} 1");
+            assert!(page.contains(&series), "{series} in {page}");
+        }
+        background.stop(Duration::from_secs(1)).await;
     }
 
     #[actix_web::test]

@@ -370,6 +370,14 @@ impl Settings {
                 "idempotency.purge_interval_secs must be positive",
             ),
             (self.outbox.batch > 0, "outbox.batch must be at least 1"),
+            (
+                self.outbox.poll_ms > 0,
+                "outbox.poll_ms must be positive (0 would ask the database without pause)",
+            ),
+            (
+                self.cluster.heartbeat_ms > 0,
+                "cluster.heartbeat_ms must be positive",
+            ),
         ] {
             anyhow::ensure!(fine, "{refusal}");
         }
@@ -526,6 +534,8 @@ mod tests {
         assert!(refused(|s| s.idempotency.ttl_hours = -1).contains("ttl_hours"));
         assert!(refused(|s| s.idempotency.purge_interval_secs = 0).contains("purge_interval"));
         assert!(refused(|s| s.outbox.batch = -1).contains("outbox.batch"));
+        assert!(refused(|s| s.outbox.poll_ms = 0).contains("outbox.poll_ms"));
+        assert!(refused(|s| s.cluster.heartbeat_ms = 0).contains("heartbeat_ms"));
     }
 
     #[test]

@@ -179,6 +179,11 @@ pub async fn group_lag(
         .map(|lag| lag as u64))
 }
 
+/// How long a read waits on a quiet stream.
+const BLOCK: Duration = Duration::from_secs(2);
+/// How much longer than a blocking read Redis may take to answer.
+const RESPONSE_MARGIN: Duration = Duration::from_secs(5);
+
 async fn consume_until_error(
     store: &Arc<dyn Store>,
     client: &redis::Client,
@@ -186,9 +191,11 @@ async fn consume_until_error(
     consumer: &str,
     failures: &mut u32,
 ) -> anyhow::Result<()> {
-    // No response timeout: XREADGROUP blocks for up to two seconds on a
-    // quiet stream, longer than the client's default of half a second.
-    let config = AsyncConnectionConfig::new().set_response_timeout(None);
+    // XREADGROUP blocks for up to `BLOCK` on a quiet stream, longer than the
+    // client's default of half a second; past it with margin, Redis is gone
+    // (a half-open connection after a failover answers nothing and closes
+    // nothing): the error ends this loop and the caller connects again.
+    let config = AsyncConnectionConfig::new().set_response_timeout(Some(BLOCK + RESPONSE_MARGIN));
     let mut redis = client
         .get_multiplexed_async_connection_with_config(&config)
         .await?;
@@ -203,7 +210,7 @@ async fn consume_until_error(
     let read = StreamReadOptions::default()
         .group(GROUP, consumer)
         .count(100)
-        .block(2_000);
+        .block(BLOCK.as_millis() as usize);
     let mut last_claim = tokio::time::Instant::now() - Duration::from_secs(3600);
     let mut last_lag = last_claim;
     loop {

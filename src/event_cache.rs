@@ -416,7 +416,18 @@ impl EventCache {
     /// second.
     pub async fn keep_listing(&self, store: &dyn Store, mut shutdown: Shutdown) {
         match self.serving {
-            Serving::Always => self.load_listing(store, &mut shutdown).await,
+            // Loaded at the start, and again when a sweep made room in a
+            // cache whose refusals had left the listing incomplete.
+            Serving::Always => {
+                self.load_listing(store, &mut shutdown).await;
+                loop {
+                    tokio::select! {
+                        _ = shutdown.requested() => return,
+                        _ = self.listing_wanted.notified() => {}
+                    }
+                    self.load_listing(store, &mut shutdown).await;
+                }
+            }
             Serving::WhileLinked(_) => loop {
                 tokio::select! {
                     _ = shutdown.requested() => return,
@@ -426,7 +437,7 @@ impl EventCache {
                     self.load_listing(store, &mut shutdown).await;
                 }
             },
-            Serving::Never => {}
+            Serving::Never => shutdown.requested().await,
         }
     }
 
@@ -553,8 +564,12 @@ impl EventCache {
             .write()
             .expect("the listing lock is not poisoned");
         listing.by_start = listing.by_start.split_off(&(started_before, Uuid::nil()));
-        if let Some(complete) = &mut listing.complete_from {
-            *complete = (*complete).max(started_before);
+        match &mut listing.complete_from {
+            Some(complete) => *complete = (*complete).max(started_before),
+            // A refused event left the listing incomplete: with room made,
+            // a load can complete it again.
+            None if self.entries.len() < self.max_events => self.listing_wanted.notify_one(),
+            None => {}
         }
         metrics::gauge!("turnout_event_cache_events").set(self.entries.len() as f64);
     }
@@ -975,6 +990,47 @@ mod tests {
         assert!(
             cache.page(&from_the_past, 10).is_none(),
             "the listing from memory starts after what it let go of"
+        );
+    }
+
+    /// A full cache that refused an event no longer answers the listing;
+    /// once a sweep makes room, it asks for the listing to be read again,
+    /// rather than leave the listing to the database until a restart.
+    #[tokio::test]
+    async fn a_listing_left_incomplete_by_a_full_cache_is_read_again_once_there_is_room() {
+        let cache = EventCache::new(2, Serving::Always);
+        let began = cache.listing_load();
+        cache.listing_loaded(began, Utc::now(), &HashSet::new());
+        let venue = VenueId::new();
+        let at = |days: i64| {
+            let mut event = listed(EventId::new(), 1, venue, 0, &[]);
+            event.details.starts_at = Utc::now() + chrono::Duration::days(days);
+            event
+        };
+        cache.changed(&at(-3));
+        cache.changed(&at(1));
+        // Swept a moment ago: no sweep for a while, and the next is refused.
+        cache
+            .last_eviction
+            .store(micros(Utc::now()) as u64, Ordering::Release);
+        cache.changed(&at(2));
+        let upcoming = EventFilter {
+            from: Some(Utc::now()),
+            limit: 10,
+            ..EventFilter::default()
+        };
+        assert!(
+            cache.page(&upcoming, 10).is_none(),
+            "an event found no room"
+        );
+
+        cache.last_eviction.store(0, Ordering::Release);
+        cache.changed(&at(3));
+        let asked =
+            tokio::time::timeout(Duration::from_millis(20), cache.listing_wanted.notified()).await;
+        assert!(
+            asked.is_ok(),
+            "a load is asked for once the sweep made room"
         );
     }
 

@@ -19,6 +19,11 @@ use crate::store::Store;
 /// Events woken per sweep at most; the rest wait for the next.
 const BATCH: i64 = 1_000;
 
+/// How long the sweep waits for one event to wake: a command runs until
+/// answered, and one whose shard is moving to an unreachable node must
+/// not hold up every other event's offers until placement settles.
+const WAKE_WITHIN: Duration = Duration::from_secs(10);
+
 pub fn start(
     settings: &OfferSettings,
     store: Arc<dyn Store>,
@@ -41,8 +46,9 @@ pub fn start(
                     }
                 };
                 for event in due.into_iter().filter(|e| commands.holds(*e)) {
-                    let woken = commands
-                        .execute(Forwarded {
+                    let woken = tokio::time::timeout(
+                        WAKE_WITHIN,
+                        commands.execute(Forwarded {
                             event,
                             // Each event's own time: the sweep waits for
                             // each commit, and an old `at` would shorten
@@ -52,10 +58,15 @@ pub fn start(
                             },
                             idempotency: None,
                             request_id: None,
-                        })
-                        .await;
-                    if let Err(error) = woken {
-                        tracing::warn!(%event, %error, "could not wake an event holding offers");
+                        }),
+                    )
+                    .await;
+                    match woken {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(error)) => {
+                            tracing::warn!(%event, %error, "could not wake an event holding offers");
+                        }
+                        Err(_) => tracing::warn!(%event, "an event holding offers did not wake within 10 s; the next sweep tries again"),
                     }
                 }
             }

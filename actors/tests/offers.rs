@@ -113,9 +113,11 @@ fn declining_passes_the_offer_on_at_once_and_the_party_is_out() {
     );
 }
 
-/// A request taken by a node whose clock lags is decided on the clock of
-/// the node that holds the event: an acceptance timed before the deadline
-/// there, but decided after it here, is too late.
+/// A request taken by another node is decided on the clock of the node
+/// that holds the event, whichever way the taker's clock is off: an
+/// acceptance timed before the deadline by a lagging clock, but decided
+/// after it here, is too late; one timed after the deadline by a clock
+/// running ahead, but decided before it here, is in time.
 #[test]
 fn an_acceptance_is_judged_by_the_deciding_nodes_clock() {
     let state = state_after(&[full_offer_event(), vec![leave(1, 10)]].concat());
@@ -124,13 +126,21 @@ fn an_acceptance_is_judged_by_the_deciding_nodes_clock() {
         decide(Some(&state), &lagging).is_ok(),
         "in time by its own clock"
     );
-
-    let decided_here = lagging.no_earlier_than(t(10 + HOLD));
-
+    let decided_here = lagging.timed_at(t(10 + HOLD));
     assert_eq!(decided_here.at(), t(10 + HOLD));
     assert_eq!(decide(Some(&state), &decided_here), Err(Rejection::NoOffer));
-    // A command timed later than the deciding clock keeps its time.
-    assert_eq!(accept(2, 12).no_earlier_than(t(11)).at(), t(12));
+
+    let ahead = accept(2, 10 + HOLD + 60);
+    assert_eq!(
+        decide(Some(&state), &ahead),
+        Err(Rejection::NoOffer),
+        "too late by its own clock"
+    );
+    let decided_here = ahead.timed_at(t(10 + HOLD - 1));
+    assert!(
+        decide(Some(&state), &decided_here).is_ok(),
+        "in time by the deciding clock"
+    );
 }
 
 #[test]

@@ -112,16 +112,13 @@ impl Commands {
         }
     }
 
-    /// Runs a command on this node's actor; [`CommandError::NotHere`] if
-    /// the shard is not held here.
+    /// Runs a command on this node's actor, timed by this node's clock;
+    /// [`CommandError::NotHere`] if the shard is not held here.
     pub async fn run_here(&self, forwarded: &Forwarded) -> Answered {
         self.registry
             .execute(
                 forwarded.event,
-                forwarded
-                    .command
-                    .clone()
-                    .no_earlier_than(chrono::Utc::now()),
+                forwarded.command.clone().timed_at(crate::http::now()),
                 forwarded.idempotency.clone(),
                 forwarded.request_id.clone(),
             )

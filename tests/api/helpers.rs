@@ -574,3 +574,33 @@ pub async fn switchable_proxy(
     });
     (port, switch)
 }
+
+/// A TCP proxy whose connections, at each cut, go silent: they stay open
+/// but carry nothing either way, as over a dead network. Connections made
+/// after a cut flow.
+pub async fn freezing_proxy(
+    target: std::net::SocketAddr,
+) -> (u16, tokio::sync::watch::Sender<u64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (cut, cuts) = tokio::sync::watch::channel(0u64);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let mut cuts = cuts.clone();
+            cuts.mark_unchanged();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = cuts.changed() => {
+                        // Held open, never read or written again.
+                        std::future::pending::<()>().await;
+                    }
+                }
+            });
+        }
+    });
+    (port, cut)
+}

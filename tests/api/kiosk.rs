@@ -435,7 +435,7 @@ async fn a_silent_connection_is_noticed_and_replaced() {
     let venue = app.venue(&owner).await;
     let event = publish(&app, &owner, venue, "Late jazz", 3, 5).await;
     let server = app.address.trim_start_matches("http://").parse().unwrap();
-    let (port, cut) = freezing_proxy(server).await;
+    let (port, cut) = crate::helpers::freezing_proxy(server).await;
     let (_browser, devtools) = launch(
         &format!("http://127.0.0.1:{port}/kiosk/{venue}"),
         1080,
@@ -456,32 +456,4 @@ async fn a_silent_connection_is_noticed_and_replaced() {
     page.wait_for(STATUS, "Live").await;
     app.join(&app.user(), event).await;
     page.wait_for(&places, "4 places left").await;
-}
-
-/// A TCP proxy whose connections, at each cut, go silent: they stay open
-/// but carry nothing either way, as over a dead network. Connections made
-/// after a cut flow.
-async fn freezing_proxy(target: std::net::SocketAddr) -> (u16, tokio::sync::watch::Sender<u64>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (cut, cuts) = tokio::sync::watch::channel(0u64);
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            let mut cuts = cuts.clone();
-            cuts.mark_unchanged();
-            tokio::spawn(async move {
-                let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
-                    return;
-                };
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                    _ = cuts.changed() => {
-                        // Held open, never read or written again.
-                        std::future::pending::<()>().await;
-                    }
-                }
-            });
-        }
-    });
-    (port, cut)
 }

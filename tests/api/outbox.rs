@@ -80,6 +80,33 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
     &fields.iter().find(|(k, _)| k == name).unwrap().1
 }
 
+/// Where Redis listens, for a proxy in front of it.
+fn redis_address(url: &str) -> SocketAddr {
+    let info = redis::Client::open(url)
+        .unwrap()
+        .get_connection_info()
+        .clone();
+    match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}").parse().unwrap(),
+        other => panic!("a TCP Redis URL is needed, not {other:?}"),
+    }
+}
+
+/// The facts the daily-facts consumer has counted, over the last two days.
+async fn facts_counted(app: &TestApp, admin: &User) -> i64 {
+    let response = app
+        .as_user(admin, Method::GET, "/v1/admin/stats?days=2")
+        .send()
+        .await
+        .unwrap();
+    body(response).await["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["facts"].as_i64().unwrap())
+        .sum()
+}
+
 async fn wait_until<F: std::future::Future<Output = bool>>(
     what: &str,
     mut done: impl FnMut() -> F,
@@ -95,17 +122,7 @@ async fn wait_until<F: std::future::Future<Output = bool>>(
 async fn facts_reach_the_stream_in_order_even_after_redis_was_away() {
     let Some(url) = redis_url() else { return };
     let mut check = redis_connection(&url).await;
-    let target: SocketAddr = {
-        let info = redis::Client::open(url.as_str())
-            .unwrap()
-            .get_connection_info()
-            .clone();
-        match info.addr() {
-            redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}").parse().unwrap(),
-            other => panic!("a TCP Redis URL is needed, not {other:?}"),
-        }
-    };
-    let (port, switch) = switchable_proxy(target).await;
+    let (port, switch) = switchable_proxy(redis_address(&url)).await;
     let (prefix, key) = fresh_stream();
     let app = spawn_app_with(backend(), |s| {
         s.redis_url = Some(SecretString::from(format!("redis://127.0.0.1:{port}")));
@@ -180,21 +197,7 @@ async fn facts_reach_the_stream_in_order_even_after_redis_was_away() {
     };
     wait_until("every fact counted once", || {
         let (app, admin) = (app.clone(), admin.clone());
-        async move {
-            let response = app
-                .as_user(&admin, Method::GET, "/v1/admin/stats?days=2")
-                .send()
-                .await
-                .unwrap();
-            let stats = body(response).await["data"].clone();
-            let total: i64 = stats
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|row| row["facts"].as_i64().unwrap())
-                .sum();
-            total == pending
-        }
+        async move { facts_counted(&app, &admin).await == pending }
     })
     .await;
     let mut pending_entries = 1;
@@ -224,6 +227,45 @@ async fn facts_reach_the_stream_in_order_even_after_redis_was_away() {
     );
     assert!(payload["event"].is_object(), "{payload}");
     delete(&mut check, &key).await;
+}
+
+/// A connection to Redis that goes silent (a failover, a partition:
+/// nothing answers and nothing closes) holds no consumer for ever: its
+/// blocking read times out, it connects again, and the facts committed
+/// meanwhile are counted.
+#[actix_web::test]
+async fn a_consumer_whose_redis_went_silent_connects_again() {
+    let Some(url) = redis_url() else { return };
+    let (port, cut) = crate::helpers::freezing_proxy(redis_address(&url)).await;
+    let (prefix, key) = fresh_stream();
+    let app = spawn_app_with(backend(), |s| {
+        s.redis_url = Some(SecretString::from(format!("redis://127.0.0.1:{port}")));
+        s.outbox.stream_prefix = prefix.clone();
+    })
+    .await
+    .unwrap();
+    let admin = User {
+        id: Uuid::now_v7(),
+        token: app.token_with_role("admin"),
+    };
+    let owner = app.user();
+    let event = app.published_event(&owner, 10).await;
+    wait_until("the event's creation and publication counted", || {
+        let (app, admin) = (app.clone(), admin.clone());
+        async move { facts_counted(&app, &admin).await == 2 }
+    })
+    .await;
+
+    cut.send_modify(|cuts| *cuts += 1);
+    for _ in 0..3 {
+        assert!(app.join(&app.user(), event).await.status().is_success());
+    }
+    wait_until("the joins made while Redis was silent counted", || {
+        let (app, admin) = (app.clone(), admin.clone());
+        async move { facts_counted(&app, &admin).await == 5 }
+    })
+    .await;
+    delete(&mut redis_connection(&url).await, &key).await;
 }
 
 #[actix_web::test]

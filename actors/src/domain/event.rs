@@ -337,12 +337,13 @@ impl Command {
         }
     }
 
-    /// The command timed no earlier than `now`: a command decided on a
-    /// node other than the one that took the request is judged by the
-    /// deciding node's clock, so a lagging clock elsewhere cannot stretch
-    /// an offer's hold or join an event that has started.
-    pub fn no_earlier_than(mut self, now: DateTime<Utc>) -> Self {
-        command_at!(&mut self, at => *at = (*at).max(now));
+    /// The command timed at `now`: a command decided on a node other than
+    /// the one that took the request is judged by the deciding node's
+    /// clock, the event's one authority. A lagging clock elsewhere cannot
+    /// stretch an offer's hold or join an event that has started, and a
+    /// clock running ahead cannot run offers out before their deadline.
+    pub fn timed_at(mut self, now: DateTime<Utc>) -> Self {
+        command_at!(&mut self, at => *at = now);
         self
     }
 
