@@ -601,7 +601,7 @@ async fn a_websocket_closes_when_its_token_lapses() {
     let app = crate::helpers::spawn_app(Backend::Sqlite).await.unwrap();
     let now = chrono::Utc::now().timestamp();
     let token = mint(json!({
-        "sub": uuid::Uuid::new_v4(), "iss": "turnout", "iat": now, "exp": now + 2
+        "sub": uuid::Uuid::new_v4(), "iss": "turnout", "iat": now, "exp": now + 6
     }));
     let mut socket = connect(&app).await;
     send(&mut socket, json!({ "type": "auth", "token": token })).await;

@@ -168,18 +168,20 @@ async fn a_node_id_runs_in_one_process_at_a_time() {
     let Some(url) = fresh_database(Backend::Postgres, &dir).await else {
         return;
     };
-    let quick = |id: uuid::Uuid| {
+    // The second process watches the first for twice the TTL (10 s): a
+    // beat late on a busy machine must not look like a crash.
+    let as_node = |id: uuid::Uuid| {
         move |settings: &mut turnout::config::Settings| {
             settings.cluster.node_id = Some(id);
-            settings.cluster.lease_ttl_ms = 600;
-            settings.cluster.heartbeat_ms = 200;
+            settings.cluster.lease_ttl_ms = 5000;
+            settings.cluster.heartbeat_ms = 1000;
         }
     };
     let running = uuid::Uuid::new_v4();
-    let _first = spawn_node(&url, quick(running)).await;
+    let _first = spawn_node(&url, as_node(running)).await;
 
     let mut settings = test_settings(&url, &dir);
-    quick(running)(&mut settings);
+    as_node(running)(&mut settings);
     let error = turnout::app::Application::build(settings)
         .await
         .err()
@@ -209,7 +211,7 @@ async fn a_node_id_runs_in_one_process_at_a_time() {
         })
         .await
         .unwrap();
-    let restarted = spawn_node(&url, quick(crashed)).await;
+    let restarted = spawn_node(&url, as_node(crashed)).await;
     let view = restarted.wait_for_placement(2).await;
     assert!(
         view["nodes"]

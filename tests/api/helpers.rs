@@ -52,6 +52,18 @@ pub fn redis_test_url(what: &str) -> Option<String> {
 }
 
 /// A connection to the test Redis at `url`, to check what the server wrote.
+/// Where Redis listens, for a proxy in front of it.
+pub fn redis_address(url: &str) -> std::net::SocketAddr {
+    let info = redis::Client::open(url)
+        .unwrap()
+        .get_connection_info()
+        .clone();
+    match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}").parse().unwrap(),
+        other => panic!("a TCP Redis URL is needed, not {other:?}"),
+    }
+}
+
 pub async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
         .unwrap()
@@ -126,6 +138,9 @@ pub fn test_settings(database_url: &str, dir: &tempfile::TempDir) -> Settings {
     settings.rate_limits.enabled = false;
     settings.http.max_connections_per_ip = 0;
     settings.realtime.max_connections_per_ip = 0;
+    // Apps given Redis share it with every other test: each hears only its
+    // own changes, unless a test links nodes on a channel of its choosing.
+    settings.realtime.redis_channel = format!("turnout:test:{}", Uuid::new_v4());
     settings
 }
 

@@ -10,8 +10,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::helpers::{
-    Backend, TestApp, body, fresh_database, redis_connection, redis_test_url, spawn_node,
-    test_settings,
+    Backend, TestApp, body, fresh_database, redis_address, redis_connection, redis_test_url,
+    spawn_node, switchable_proxy, test_settings,
 };
 
 #[actix_web::test]
@@ -114,10 +114,9 @@ async fn joins_through_two_nodes_are_decided_by_one_actor_each() {
 #[actix_web::test]
 async fn a_client_on_one_node_sees_joins_made_through_another_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((a, b, redis_url)) = linked_nodes(&dir).await else {
+    let Some((a, b, cut_a)) = linked_nodes(&dir).await else {
         return;
     };
-    let check = redis_connection(&redis_url).await;
 
     let owner = b.register("owner@example.com").await;
     let event = b.published_event(&owner, 100).await;
@@ -140,32 +139,16 @@ async fn a_client_on_one_node_sees_joins_made_through_another_in_order() {
         );
     }
 
-    // Cut every pub/sub connection: A misses what B commits until it is back,
-    // then its hubs reload and send a fresh snapshot.
-    // Keep cutting while B's joins commit, so they fall into the gap.
-    let killing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let killer = {
-        let (killing, mut redis) = (killing.clone(), check.clone());
-        tokio::spawn(async move {
-            while killing.load(std::sync::atomic::Ordering::Relaxed) {
-                let _: redis::RedisResult<redis::Value> = redis::cmd("CLIENT")
-                    .arg("KILL")
-                    .arg("TYPE")
-                    .arg("pubsub")
-                    .query_async(&mut redis)
-                    .await;
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
-        })
-    };
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // Cut A off Redis (its proxy drops every connection and takes no new
+    // one) while B's joins commit: A misses them until it is back, then its
+    // hubs reload and send a fresh snapshot. Only A's connections: other
+    // tests share this Redis.
+    cut_a.send(false).unwrap();
     for _ in 0..5 {
         b.join(&b.user(), event).await;
     }
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    killing.store(false, std::sync::atomic::Ordering::Relaxed);
-    killer.await.unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    cut_a.send(true).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let frame = crate::realtime::next(&mut socket).await;
         if frame["type"] == "snapshot" {
@@ -191,7 +174,7 @@ async fn a_client_on_one_node_sees_joins_made_through_another_in_order() {
 #[actix_web::test]
 async fn reads_on_every_node_follow_the_joins_through_any_node() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((a, b, _)) = linked_nodes(&dir).await else {
+    let Some((a, b, _cut_a)) = linked_nodes(&dir).await else {
         return;
     };
     a.wait_for_placement(2).await;
@@ -215,7 +198,7 @@ async fn reads_on_every_node_follow_the_joins_through_any_node() {
             (Some(active), Some(waiting)),
             "the node that took the join shows it at once"
         );
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while other.event(event).await["active_count"].as_i64() != Some(active) {
             assert!(
                 std::time::Instant::now() < deadline,
@@ -243,7 +226,7 @@ async fn reads_on_every_node_follow_the_joins_through_any_node() {
 #[actix_web::test]
 async fn the_listing_on_a_cluster_node_is_from_memory_and_catches_a_change_nobody_heard() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((a, b, _)) = linked_nodes(&dir).await else {
+    let Some((a, b, _cut_a)) = linked_nodes(&dir).await else {
         return;
     };
     a.wait_for_placement(2).await;
@@ -278,7 +261,7 @@ async fn the_listing_on_a_cluster_node_is_from_memory_and_catches_a_change_nobod
     };
     // Until its link is up and the listing loaded, node b answers from the
     // database; then from memory, which must show the join too.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let before = from_memory(b.metrics().await);
         let page = listing(&b).await;
@@ -305,8 +288,10 @@ async fn the_listing_on_a_cluster_node_is_from_memory_and_catches_a_change_nobod
             if listed(&listing(node).await, lost).is_none() {
                 break;
             }
+            // Each listing is read again within a second while it is asked
+            // for; the bound here is for a slow machine, not the design's.
             assert!(
-                written.elapsed() < std::time::Duration::from_secs(3),
+                written.elapsed() < std::time::Duration::from_secs(30),
                 "a change nobody heard stayed in a listing"
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -361,20 +346,28 @@ async fn without_redis_a_cluster_takes_joins_and_says_live_updates_are_down() {
 /// Two nodes on a fresh Postgres database, linked through the real Redis on
 /// a channel of their own, once each hears the other; and the Redis URL.
 /// `None` without Postgres or Redis.
-async fn linked_nodes(dir: &tempfile::TempDir) -> Option<(TestApp, TestApp, String)> {
+/// Two nodes of a cluster linked by Redis; A reaches Redis through a proxy
+/// the returned switch cuts.
+async fn linked_nodes(
+    dir: &tempfile::TempDir,
+) -> Option<(TestApp, TestApp, tokio::sync::watch::Sender<bool>)> {
     let redis_url = redis_test_url("a test of nodes linked by Redis")?;
     let url = fresh_database(Backend::Postgres, dir).await?;
     let channel = format!("turnout:test:{}", uuid::Uuid::new_v4());
-    let tweak = |s: &mut turnout::config::Settings| {
-        s.redis_url = Some(secrecy::SecretString::from(redis_url.clone()));
-        s.realtime.redis_channel = channel.clone();
+    let (port, cut_a) = switchable_proxy(redis_address(&redis_url)).await;
+    let through = |redis: String| {
+        let channel = channel.clone();
+        move |s: &mut turnout::config::Settings| {
+            s.redis_url = Some(secrecy::SecretString::from(redis));
+            s.realtime.redis_channel = channel;
+        }
     };
-    let a = spawn_node(&url, tweak).await;
-    let b = spawn_node(&url, tweak).await;
+    let a = spawn_node(&url, through(format!("redis://127.0.0.1:{port}"))).await;
+    let b = spawn_node(&url, through(redis_url.clone())).await;
     for node in [&a, &b] {
         until_linked(node).await;
     }
-    Some((a, b, redis_url))
+    Some((a, b, cut_a))
 }
 
 /// Waits until `node` hears the other nodes through Redis.
@@ -388,7 +381,7 @@ async fn until_linked(node: &TestApp) {
         if body(ready).await["data"]["fanout"] == "connected" {
             return;
         }
-        assert!(attempt < 200, "the node never subscribed to redis");
+        assert!(attempt < 1200, "the node never subscribed to redis");
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
 }

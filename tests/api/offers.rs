@@ -570,8 +570,9 @@ async fn an_offer_runs_out_on_time_across_a_kill_9(backend: Backend) {
             break now;
         }
         assert_eq!(mine["status"], "offered", "{mine}");
+        // The bound is for a slow machine; the clock wakes at the deadline.
         assert!(
-            now < expires_at + chrono::Duration::seconds(5),
+            now < expires_at + chrono::Duration::seconds(30),
             "the offer outlived its deadline"
         );
         // The socket waits unread: a ping keeps it from timing out.

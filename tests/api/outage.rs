@@ -77,10 +77,12 @@ async fn writes_fail_fast_while_the_database_is_away_and_recover_without_losing_
     let health = app.request(Method::GET, "/health").send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK, "alive, just not ready");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !app
-        .metrics()
-        .await
-        .contains("turnout_ws_channel_load_failures_total")
+    while metric(
+        &app.metrics().await,
+        "turnout_ws_channel_load_failures_total",
+    )
+    .unwrap_or(0.0)
+        < 1.0
     {
         assert!(
             tokio::time::Instant::now() < deadline,

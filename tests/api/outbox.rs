@@ -2,7 +2,6 @@
 //! order, survive Redis being away, and a message Redis refuses goes dead
 //! and is replayed by an admin. Runs when `TURNOUT_TEST_REDIS_URL` is set.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use turnout::store::OutboxStatus;
 use uuid::Uuid;
 
 use crate::helpers::{
-    Backend, TestApp, User, body, redis_connection, spawn_app_with, switchable_proxy,
+    Backend, TestApp, User, body, redis_address, redis_connection, spawn_app_with, switchable_proxy,
 };
 
 fn redis_url() -> Option<String> {
@@ -78,18 +77,6 @@ async fn delete(redis: &mut redis::aio::MultiplexedConnection, key: &str) {
 
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
     &fields.iter().find(|(k, _)| k == name).unwrap().1
-}
-
-/// Where Redis listens, for a proxy in front of it.
-fn redis_address(url: &str) -> SocketAddr {
-    let info = redis::Client::open(url)
-        .unwrap()
-        .get_connection_info()
-        .clone();
-    match info.addr() {
-        redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}").parse().unwrap(),
-        other => panic!("a TCP Redis URL is needed, not {other:?}"),
-    }
 }
 
 /// The facts the daily-facts consumer has counted, over the last two days.

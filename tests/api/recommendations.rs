@@ -378,14 +378,15 @@ async fn an_event_that_starts_leaves_the_recs_channel() {
     let app = spawn_app(Backend::Sqlite).await.unwrap();
     let organizer = app.register("organizer@example.org").await;
     let venue = venue_at(&app, &organizer, HOME.0, HOME.1).await;
-    let in_3_s = chrono::Duration::seconds(3);
+    // Far enough ahead that setting up never reaches it, near enough that
+    // each wait for a frame stays inside 10 s.
     let soon = event_starting_in(
         &app,
         &organizer,
         venue,
         "Jazz at once",
         &["jazz"],
-        in_3_s,
+        chrono::Duration::seconds(8),
         true,
     )
     .await;
@@ -398,7 +399,7 @@ async fn an_event_that_starts_leaves_the_recs_channel() {
         frame = next_recs(&mut socket).await;
     }
 
-    let started = tokio::time::timeout(Duration::from_secs(10), async {
+    let started = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             let frame = next_recs(&mut socket).await;
             if !listed(&frame).contains(&soon) {
