@@ -263,6 +263,18 @@ mod tests {
         assert!((p.max_ms - 1000.0).abs() < 1.0, "{p:?}");
     }
 
+    /// A report of a run of one second with these outcomes and checks.
+    fn one_second_of(outcomes: BTreeMap<String, u64>, checks: Vec<Check>) -> Report {
+        Report::new(
+            "t",
+            "x",
+            &latency_histogram(),
+            Duration::from_secs(1),
+            outcomes,
+            checks,
+        )
+    }
+
     #[test]
     fn errors_are_every_non_2xx_outcome() {
         let outcomes = BTreeMap::from([
@@ -270,14 +282,7 @@ mod tests {
             ("503".to_owned(), 5),
             ("timeout".to_owned(), 5),
         ]);
-        let report = Report::new(
-            "t",
-            "x",
-            &latency_histogram(),
-            Duration::from_secs(1),
-            outcomes,
-            vec![],
-        );
+        let report = one_second_of(outcomes, vec![]);
         assert_eq!(report.requests, 100);
         assert!((report.error_rate - 0.10).abs() < 1e-9);
         assert!(report.invariants_hold());
@@ -287,14 +292,7 @@ mod tests {
     #[test]
     fn a_run_mostly_refused_for_rate_limits_says_so() {
         let outcomes = BTreeMap::from([("201".to_owned(), 10), ("429".to_owned(), 90)]);
-        let report = Report::new(
-            "t",
-            "x",
-            &latency_histogram(),
-            Duration::from_secs(1),
-            outcomes,
-            vec![],
-        );
+        let report = one_second_of(outcomes, vec![]);
         assert_eq!(report.warnings.len(), 1);
         assert!(report.warnings[0].contains("TURNOUT_RATE_LIMITS__ENABLED=false"));
     }
@@ -303,14 +301,7 @@ mod tests {
     fn a_run_the_server_answered_only_with_errors_fails() {
         let outcomes = BTreeMap::from([("503".to_owned(), 95), ("timeout".to_owned(), 5)]);
         let always = vec![Check::new("counts match", true, String::new())];
-        let report = Report::new(
-            "t",
-            "x",
-            &latency_histogram(),
-            Duration::from_secs(1),
-            outcomes,
-            always,
-        );
+        let report = one_second_of(outcomes, always);
         assert!(!report.invariants_hold(), "{:?}", report.checks);
     }
 }

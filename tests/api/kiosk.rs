@@ -43,12 +43,9 @@ async fn the_kiosk_page_updates_live_in_a_real_browser() {
     let (_browser, devtools) = launch(&format!("{}/kiosk/{venue}", app.address), 1080, 1920);
     let mut page = Page::attach(&devtools).await;
 
-    let places = format!(
-        "document.querySelector('[data-event-id=\"{event}\"] .places')?.textContent ?? null"
-    );
+    let places = places_of(event);
     page.wait_for(&places, "5 places left").await;
-    page.wait_for("document.getElementById('status').textContent", "Live")
-        .await;
+    page.wait_for(STATUS, "Live").await;
     page.wait_for("document.getElementById('venue').textContent", "Blue Room")
         .await;
 
@@ -286,6 +283,11 @@ async fn the_kiosk_shows_times_in_the_venues_time_zone() {
 
 const STATUS: &str = "document.getElementById('status').textContent";
 
+/// The page's text for an event's places, or null while it shows none.
+fn places_of(event: uuid::Uuid) -> String {
+    format!("document.querySelector('[data-event-id=\"{event}\"] .places')?.textContent ?? null")
+}
+
 /// A screen set up by hand may carry its venue's id in capitals or without
 /// hyphens: the server sends it to the canonical address, whose channel the
 /// hub serves, and the page shows its venue.
@@ -317,13 +319,7 @@ async fn a_kiosk_address_in_another_spelling_shows_its_venue() {
     let upper = venue.hyphenated().to_string().to_uppercase();
     let (_browser, devtools) = launch(&format!("{}/kiosk/{upper}", app.address), 1080, 1920);
     let mut page = Page::attach(&devtools).await;
-    page.wait_for(
-        &format!(
-            "document.querySelector('[data-event-id=\"{event}\"] .places')?.textContent ?? null"
-        ),
-        "5 places left",
-    )
-    .await;
+    page.wait_for(&places_of(event), "5 places left").await;
     page.wait_for(STATUS, "Live").await;
 }
 
@@ -372,9 +368,7 @@ async fn a_refused_subscribe_is_not_live_and_is_tried_again() {
 
     drop(holder);
     page.wait_for_within(
-        &format!(
-            "document.querySelector('[data-event-id=\"{event}\"] .places')?.textContent ?? null"
-        ),
+        &places_of(event),
         "5 places left",
         std::time::Duration::from_secs(40),
     )
@@ -442,9 +436,7 @@ async fn a_silent_connection_is_noticed_and_replaced() {
         1920,
     );
     let mut page = Page::attach(&devtools).await;
-    let places = format!(
-        "document.querySelector('[data-event-id=\"{event}\"] .places')?.textContent ?? null"
-    );
+    let places = places_of(event);
     page.wait_for(&places, "5 places left").await;
     page.wait_for(STATUS, "Live").await;
 

@@ -79,6 +79,14 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
     &fields.iter().find(|(k, _)| k == name).unwrap().1
 }
 
+/// An admin of `app`, by token.
+fn admin_of(app: &TestApp) -> User {
+    User {
+        id: Uuid::now_v7(),
+        token: app.token_with_role("admin"),
+    }
+}
+
 /// The facts the daily-facts consumer has counted, over the last two days.
 async fn facts_counted(app: &TestApp, admin: &User) -> i64 {
     let response = app
@@ -178,10 +186,7 @@ async fn facts_reach_the_stream_in_order_even_after_redis_was_away() {
         .query_async(&mut check)
         .await
         .unwrap();
-    let admin = User {
-        id: Uuid::now_v7(),
-        token: app.token_with_role("admin"),
-    };
+    let admin = admin_of(&app);
     wait_until("every fact counted once", || {
         let (app, admin) = (app.clone(), admin.clone());
         async move { facts_counted(&app, &admin).await == pending }
@@ -231,10 +236,7 @@ async fn a_consumer_whose_redis_went_silent_connects_again() {
     })
     .await
     .unwrap();
-    let admin = User {
-        id: Uuid::now_v7(),
-        token: app.token_with_role("admin"),
-    };
+    let admin = admin_of(&app);
     let owner = app.user();
     let event = app.published_event(&owner, 10).await;
     wait_until("the event's creation and publication counted", || {
@@ -274,10 +276,7 @@ async fn a_message_redis_refuses_goes_dead_and_an_admin_replays_it() {
     })
     .await
     .unwrap();
-    let admin = User {
-        id: Uuid::now_v7(),
-        token: app.token_with_role("admin"),
-    };
+    let admin = admin_of(&app);
     let owner = app.user();
     app.published_event(&owner, 10).await;
 
