@@ -179,6 +179,35 @@ pub async fn group_lag(
         .map(|lag| lag as u64))
 }
 
+/// Consumers of the group that have had nothing pending and read nothing
+/// for `idle_for`, other than `keep`, are deleted; returns how many. Every
+/// process start joins the group under a name of its own, so without this
+/// the group lists one consumer per process ever started. One with entries
+/// pending is kept whatever its age: deleting it would drop them from the
+/// group's pending list, where the others claim them from.
+pub async fn forget_idle_consumers(
+    redis: &mut impl AsyncCommands,
+    stream: &str,
+    group: &str,
+    keep: &str,
+    idle_for: Duration,
+) -> redis::RedisResult<usize> {
+    let consumers: redis::streams::StreamInfoConsumersReply =
+        redis.xinfo_consumers(stream, group).await?;
+    let mut forgotten = 0;
+    for gone in consumers.consumers.into_iter().filter(|c| {
+        c.name != keep && c.pending == 0 && Duration::from_millis(c.idle as u64) >= idle_for
+    }) {
+        let _: usize = redis.xgroup_delconsumer(stream, group, &gone.name).await?;
+        forgotten += 1;
+    }
+    Ok(forgotten)
+}
+
+/// How long a consumer with nothing pending may stay silent before it is
+/// taken for a process that is gone: a live one reads every `BLOCK`.
+const CONSUMER_GONE_AFTER: Duration = Duration::from_secs(24 * 3600);
+
 /// How long a read waits on a quiet stream.
 const BLOCK: Duration = Duration::from_secs(2);
 /// How much longer than a blocking read Redis may take to answer.
@@ -206,6 +235,16 @@ async fn consume_until_error(
         && error.code() != Some("BUSYGROUP")
     {
         return Err(error.into());
+    }
+    match forget_idle_consumers(&mut redis, stream, GROUP, consumer, CONSUMER_GONE_AFTER).await {
+        Ok(0) => {}
+        Ok(forgotten) => tracing::info!(
+            forgotten,
+            "deleted the stream consumers of processes long gone"
+        ),
+        Err(error) => {
+            tracing::warn!(%error, "could not look for the stream consumers of processes gone")
+        }
     }
     let read = StreamReadOptions::default()
         .group(GROUP, consumer)

@@ -441,7 +441,7 @@ async fn the_trim_keeps_what_a_consumer_group_still_needs() {
     let trim = || turnout::outbox::trim_stream(&client, &prefix, 24);
 
     // Given the oldest entry handed out and not acknowledged,
-    let first = hand_out(&mut check, &key, 1).await;
+    let first = hand_out(&mut check, &key, "reader", 1).await;
     // the trim keeps it and what follows.
     assert_eq!(trim().await.unwrap(), 0, "handed, not acknowledged");
 
@@ -450,22 +450,24 @@ async fn the_trim_keeps_what_a_consumer_group_still_needs() {
     assert_eq!(trim().await.unwrap(), 0, "not yet handed");
 
     // once the group is through, the old ones go.
-    let rest = hand_out(&mut check, &key, 10).await;
+    let rest = hand_out(&mut check, &key, "reader", 10).await;
     acknowledge(&mut check, &key, &rest).await;
     assert_eq!(trim().await.unwrap(), 3, "the three past the retention");
     delete(&mut check, &key).await;
 }
 
 /// Up to `count` entries handed to group `slow`'s reader: their ids.
+/// Up to `count` new entries of `key` for `consumer` of the group `slow`.
 async fn hand_out(
     redis: &mut redis::aio::MultiplexedConnection,
     key: &str,
+    consumer: &str,
     count: usize,
 ) -> Vec<String> {
     let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg("slow")
-        .arg("reader")
+        .arg(consumer)
         .arg("COUNT")
         .arg(count)
         .arg("STREAMS")
@@ -474,7 +476,10 @@ async fn hand_out(
         .query_async(redis)
         .await
         .unwrap();
-    reply.keys[0].ids.iter().map(|e| e.id.clone()).collect()
+    reply
+        .keys
+        .first()
+        .map_or_else(Vec::new, |k| k.ids.iter().map(|e| e.id.clone()).collect())
 }
 
 async fn acknowledge(redis: &mut redis::aio::MultiplexedConnection, key: &str, ids: &[String]) {
@@ -485,6 +490,72 @@ async fn acknowledge(redis: &mut redis::aio::MultiplexedConnection, key: &str, i
         .query_async(redis)
         .await
         .unwrap();
+}
+
+/// Every process start joins the group under a name of its own: the names
+/// of processes gone are deleted, but never one with entries pending (the
+/// others claim those from it), nor the consumer itself.
+#[actix_web::test]
+async fn consumers_of_processes_gone_are_forgotten_unless_entries_wait_on_them() {
+    let Some(url) = redis_url() else { return };
+    let mut check = redis_connection(&url).await;
+    let (_, key) = fresh_stream();
+    for _ in 0..2 {
+        add_entry(&mut check, &key, "*").await;
+    }
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&key)
+        .arg("slow")
+        .arg("0")
+        .query_async(&mut check)
+        .await
+        .unwrap();
+    let done = hand_out(&mut check, &key, "node-gone", 1).await;
+    acknowledge(&mut check, &key, &done).await;
+    assert_eq!(hand_out(&mut check, &key, "node-holding", 1).await.len(), 1);
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(&key)
+        .arg("slow")
+        .arg("node-me")
+        .query_async(&mut check)
+        .await
+        .unwrap();
+
+    let forgotten = turnout::consumers::forget_idle_consumers(
+        &mut check,
+        &key,
+        "slow",
+        "node-me",
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(forgotten, 1);
+    let left: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(&key)
+        .arg("slow")
+        .query_async(&mut check)
+        .await
+        .unwrap();
+    let mut names: Vec<String> = left.consumers.into_iter().map(|c| c.name).collect();
+    names.sort();
+    assert_eq!(names, ["node-holding", "node-me"]);
+    // Nothing is forgotten that has been idle for less than asked.
+    let recent = turnout::consumers::forget_idle_consumers(
+        &mut check,
+        &key,
+        "slow",
+        "node-me",
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    assert_eq!(recent, 0);
+    delete(&mut check, &key).await;
 }
 
 /// The consumer group's lag, for `turnout_outbox_consumer_lag`: the entries
