@@ -617,7 +617,9 @@ mod tests {
         let lingering = Journal::new(
             store.clone(),
             JournalSettings {
-                linger: Duration::from_millis(300),
+                // Far longer than the ten appends take, however slow the
+                // machine: they all find the first one's commit waiting.
+                linger: Duration::from_millis(2000),
                 ..JournalSettings::default()
             },
         )

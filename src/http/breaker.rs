@@ -147,7 +147,8 @@ mod tests {
     fn breaker() -> Breaker {
         Breaker::new(&BreakerSettings {
             failures: 3,
-            cool_down_ms: 50,
+            // Long enough that no stall between two lines outlasts it.
+            cool_down_ms: 500,
         })
     }
 
@@ -184,7 +185,7 @@ mod tests {
         for _ in 0..3 {
             fail(&b);
         }
-        std::thread::sleep(Duration::from_millis(60));
+        std::thread::sleep(Duration::from_millis(600));
         b
     }
 
@@ -195,7 +196,7 @@ mod tests {
         assert!(b.admit().is_err(), "only one probe at a time");
         b.record::<()>(probe, &Err(ApiError::Unavailable));
         assert!(b.admit().is_err(), "open again");
-        std::thread::sleep(Duration::from_millis(60));
+        std::thread::sleep(Duration::from_millis(600));
         let probe = b.admit().unwrap();
         b.record(probe, &Ok(()));
         assert!(!b.is_open());

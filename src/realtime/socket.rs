@@ -730,7 +730,11 @@ mod tests {
             "and counts as half of it: frames after it have the other half"
         );
         assert!(!queue.push(text(&"w".repeat(32 * 1024))), "but no more");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while connection.notices.load(Ordering::SeqCst) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never told");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(connection.notices.load(Ordering::SeqCst), 1);
 
         let frames = connection.frames(2).await;
