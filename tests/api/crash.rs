@@ -3,7 +3,6 @@
 //! event is overbooked.
 
 use std::collections::{HashMap, HashSet};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,7 +46,12 @@ impl JoinLoad {
     }
 
     async fn until_acknowledged(&self, count: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while self.acked.lock().await.len() < count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the server stopped acknowledging joins"
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
@@ -66,7 +70,7 @@ async fn acknowledged_joins_survive_kill_9(backend: Backend) {
     let Some(url) = fresh_database(backend, &dir).await else {
         return;
     };
-    let mut server = ServerProcess::start(&url, dir.path(), &[]).await;
+    let server = ServerProcess::start(&url, dir.path(), &[]).await;
     let app = TestApp::attach(&server.address, JWT_KEY);
 
     let owner = app.register("owner@example.com").await;
@@ -74,10 +78,8 @@ async fn acknowledged_joins_survive_kill_9(backend: Backend) {
     // Kill mid-load: once some joins are acknowledged, others still in flight.
     let load = JoinLoad::start(&app, event);
     load.until_acknowledged(JOINERS / 4).await;
-    server.child.kill().expect("SIGKILL");
-    server.child.wait().unwrap();
+    server.kill();
     let acked = load.finish().await;
-    assert!(acked.len() >= JOINERS / 4);
 
     let restarted = ServerProcess::start(&url, dir.path(), &[]).await;
     let app = TestApp::attach(&restarted.address, JWT_KEY);
@@ -113,35 +115,19 @@ async fn sigterm_drains_and_exits_cleanly(backend: Backend) {
     let Some(url) = fresh_database(backend, &dir).await else {
         return;
     };
-    let mut server = ServerProcess::start(&url, dir.path(), &[]).await;
+    let server = ServerProcess::start(&url, dir.path(), &[]).await;
     let app = TestApp::attach(&server.address, JWT_KEY);
     let owner = app.register("owner@example.com").await;
     let event = app.published_event(&owner, CAPACITY).await;
 
     let load = JoinLoad::start(&app, event);
     load.until_acknowledged(JOINERS / 4).await;
-    let pid = server.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    server.signal("TERM");
     let acked = load.finish().await;
-    let exited = tokio::task::spawn_blocking(move || {
-        let status = server.child.wait();
-        (status, server)
-    });
-    let (status, _server) = tokio::time::timeout(Duration::from_secs(30), exited)
-        .await
-        .expect("exits in time")
-        .unwrap();
-    assert!(status.unwrap().success(), "a clean exit after SIGTERM");
+    assert!(server.exited().await, "a clean exit after SIGTERM");
 
     let restarted = ServerProcess::start(&url, dir.path(), &[]).await;
     let app = TestApp::attach(&restarted.address, JWT_KEY);
-    assert!(acked.len() >= JOINERS / 4);
     assert_roster(&app, &owner, event, CAPACITY, &acked, &HashSet::new()).await;
 }
 

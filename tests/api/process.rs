@@ -101,15 +101,20 @@ impl ServerProcess {
     }
 
     /// Waits (up to 30 s) for the process to end; whether it ended cleanly.
+    /// One that does not is killed before the test fails, not left running.
     pub async fn exited(mut self) -> bool {
+        let pid = self.child.id().to_string();
         let exited = tokio::task::spawn_blocking(move || {
             let status = self.child.wait();
             (status, self)
         });
-        let (status, _) = tokio::time::timeout(Duration::from_secs(30), exited)
-            .await
-            .expect("exits within 30 s of SIGTERM")
-            .unwrap();
+        let Ok(waited) = tokio::time::timeout(Duration::from_secs(30), exited).await else {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid])
+                .status();
+            panic!("the server did not exit within 30 s of SIGTERM; killed");
+        };
+        let (status, _) = waited.unwrap();
         status.unwrap().success()
     }
 
