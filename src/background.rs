@@ -23,8 +23,10 @@ impl Shutdown {
         let _ = self.0.wait_for(|stop| *stop).await;
     }
 
+    /// Whether shutdown was asked for, or the sender is gone (the server
+    /// stopped without asking): the same as [`Shutdown::requested`].
     pub fn is_requested(&self) -> bool {
-        *self.0.borrow()
+        *self.0.borrow() || self.0.has_changed().is_err()
     }
 
     /// Sleeps for `pause`; `false` if shutdown came first.

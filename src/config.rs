@@ -284,6 +284,15 @@ impl Settings {
             ignored.push(path.to_string());
         })
         .context("invalid configuration")?;
+        // `a, b` in a variable is two origins, not "a" and " b".
+        for origins in [
+            &mut settings.http.cors_origins,
+            &mut settings.realtime.allowed_origins,
+        ] {
+            for origin in origins.iter_mut() {
+                *origin = origin.trim().to_owned();
+            }
+        }
         let known = known_keys();
         settings.unknown = ignored
             .into_iter()
@@ -377,6 +386,10 @@ impl Settings {
             (
                 self.cluster.heartbeat_ms > 0,
                 "cluster.heartbeat_ms must be positive",
+            ),
+            (
+                self.auth.lockout.lock_after > 0,
+                "auth.lockout.lock_after must be at least 1 (0 would lock every login out)",
             ),
         ] {
             anyhow::ensure!(fine, "{refusal}");
@@ -536,6 +549,7 @@ mod tests {
         assert!(refused(|s| s.outbox.batch = -1).contains("outbox.batch"));
         assert!(refused(|s| s.outbox.poll_ms = 0).contains("outbox.poll_ms"));
         assert!(refused(|s| s.cluster.heartbeat_ms = 0).contains("heartbeat_ms"));
+        assert!(refused(|s| s.auth.lockout.lock_after = 0).contains("lock_after"));
     }
 
     #[test]

@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -244,8 +244,11 @@ pub struct EventCache {
     last_eviction: Arc<AtomicU64>,
     max_events: usize,
     serving: Serving,
-    /// Asks a cluster node's listing keeper for a fresh load.
+    /// Asks the listing keeper for a fresh load.
     listing_wanted: Arc<Notify>,
+    /// Whether the last load found fewer upcoming events than the cache
+    /// holds: if not, a load after a sweep would be refused again.
+    listing_fits: Arc<AtomicBool>,
 }
 
 /// Which held entry an incoming one replaces.
@@ -282,6 +285,7 @@ impl EventCache {
             max_events,
             serving,
             listing_wanted: Arc::default(),
+            listing_fits: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -471,7 +475,11 @@ impl EventCache {
             }
             .await;
             match read {
-                Ok(()) => return self.listing_loaded(began, from, &found),
+                Ok(()) => {
+                    self.listing_fits
+                        .store(found.len() < self.max_events, Ordering::Release);
+                    return self.listing_loaded(began, from, &found);
+                }
                 Err(error) => {
                     tracing::warn!(%error, "cannot load the event listing; retrying");
                     if !shutdown.sleep(Duration::from_secs(1)).await {
@@ -567,8 +575,12 @@ impl EventCache {
         match &mut listing.complete_from {
             Some(complete) => *complete = (*complete).max(started_before),
             // A refused event left the listing incomplete: with room made,
-            // a load can complete it again.
-            None if self.entries.len() < self.max_events => self.listing_wanted.notify_one(),
+            // a load can complete it again, if the upcoming events fit.
+            None if self.entries.len() < self.max_events
+                && self.listing_fits.load(Ordering::Acquire) =>
+            {
+                self.listing_wanted.notify_one()
+            }
             None => {}
         }
         metrics::gauge!("turnout_event_cache_events").set(self.entries.len() as f64);
@@ -993,14 +1005,15 @@ mod tests {
         );
     }
 
-    /// A full cache that refused an event no longer answers the listing;
-    /// once a sweep makes room, it asks for the listing to be read again,
-    /// rather than leave the listing to the database until a restart.
-    #[tokio::test]
-    async fn a_listing_left_incomplete_by_a_full_cache_is_read_again_once_there_is_room() {
+    /// A cache of two, its listing loaded, holding an event that started
+    /// days ago and one tomorrow, that refused the next (swept a moment
+    /// before); then a sweep's turn comes with another new event. Whether
+    /// a load of the listing was asked for.
+    async fn refused_then_swept(listing_fits: bool) -> bool {
         let cache = EventCache::new(2, Serving::Always);
         let began = cache.listing_load();
         cache.listing_loaded(began, Utc::now(), &HashSet::new());
+        cache.listing_fits.store(listing_fits, Ordering::Release);
         let venue = VenueId::new();
         let at = |days: i64| {
             let mut event = listed(EventId::new(), 1, venue, 0, &[]);
@@ -1009,7 +1022,6 @@ mod tests {
         };
         cache.changed(&at(-3));
         cache.changed(&at(1));
-        // Swept a moment ago: no sweep for a while, and the next is refused.
         cache
             .last_eviction
             .store(micros(Utc::now()) as u64, Ordering::Release);
@@ -1023,14 +1035,25 @@ mod tests {
             cache.page(&upcoming, 10).is_none(),
             "an event found no room"
         );
-
         cache.last_eviction.store(0, Ordering::Release);
         cache.changed(&at(3));
-        let asked =
-            tokio::time::timeout(Duration::from_millis(20), cache.listing_wanted.notified()).await;
+        assert_eq!(cache.len(), 2, "the sweep made room for the new one");
+        tokio::time::timeout(Duration::from_millis(20), cache.listing_wanted.notified())
+            .await
+            .is_ok()
+    }
+
+    /// A full cache that refused an event no longer answers the listing;
+    /// once a sweep makes room, it asks for the listing to be read again,
+    /// rather than leave the listing to the database until a restart —
+    /// unless the upcoming events outnumber the cache, when such a load
+    /// would be refused again.
+    #[tokio::test]
+    async fn a_listing_left_incomplete_by_a_full_cache_is_read_again_once_there_is_room() {
+        assert!(refused_then_swept(true).await, "a load is asked for");
         assert!(
-            asked.is_ok(),
-            "a load is asked for once the sweep made room"
+            !refused_then_swept(false).await,
+            "no load that could not complete"
         );
     }
 

@@ -131,7 +131,7 @@ fn list_settings_come_from_variables_comma_separated() {
         &[
             (
                 "TURNOUT_REALTIME__ALLOWED_ORIGINS",
-                "https://kiosk.example.org,https://app.example.org",
+                "https://kiosk.example.org, https://app.example.org",
             ),
             ("TURNOUT_HTTP__CORS_ORIGINS", "https://app.example.org"),
             ("TURNOUT_METRICS__ALLOWED", "10.0.0.7,::1"),
@@ -154,4 +154,8 @@ fn list_settings_come_from_variables_comma_separated() {
     ] {
         assert!(printed.contains(expected), "{expected} in {stdout}");
     }
+    assert!(
+        !stdout.contains("\" https://"),
+        "items are trimmed: {stdout}"
+    );
 }

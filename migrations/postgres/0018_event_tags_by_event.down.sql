@@ -1,2 +1,1 @@
--- no-transaction
-DROP INDEX CONCURRENTLY IF EXISTS event_tags_by_event;
+DROP INDEX event_tags_by_event;

@@ -145,22 +145,22 @@ impl LoginGuard {
     }
 
     /// May this attempt go ahead? If so, it counts as in flight until the
-    /// returned [`Attempt`] is settled or dropped. The pair's entry is
-    /// locked while the address's is checked, so two parallel attempts
-    /// cannot both take the last try.
+    /// returned [`Attempt`] is settled or dropped. The address's entry is
+    /// locked while the pair's is checked (the one place two are held, in
+    /// that order), so two parallel attempts cannot both take the last try;
+    /// an address locked out stores nothing more, whatever email it tries.
     pub fn admit(&self, email: &Email, ip: IpAddr) -> Admission<'_> {
         let (account, ip) = (Account::of(email), counted_as(ip));
         let lock_after = self.settings.lock_after;
+        let mut address = self.addresses.entry(ip).or_insert_with(Failures::none);
+        if let Some(wait) = self.lock(&address, lock_after.saturating_mul(10)) {
+            return Admission::Locked(wait);
+        }
         let mut pair = self
             .pairs
             .entry((account, ip))
             .or_insert_with(Failures::none);
-        let mut address = self.addresses.entry(ip).or_insert_with(Failures::none);
-        let locked = [
-            self.lock(&pair, lock_after),
-            self.lock(&address, lock_after.saturating_mul(10)),
-        ];
-        if let Some(wait) = locked.into_iter().flatten().max() {
+        if let Some(wait) = self.lock(&pair, lock_after) {
             return Admission::Locked(wait);
         }
         pair.in_flight += 1;
@@ -339,7 +339,13 @@ mod tests {
         for i in 0..40 {
             fail(&g, &format!("user{i}@x.org"), ip(7));
         }
+        let pairs = g.pairs.len();
         assert!(lock(&g, "fresh@x.org", ip(7)).is_some());
+        assert_eq!(
+            g.pairs.len(),
+            pairs,
+            "a locked address stores nothing for a new email"
+        );
         assert_eq!(pause(&g, "fresh@x.org", ip(8)), Some(Duration::ZERO));
     }
 

@@ -55,10 +55,13 @@ pub async fn health() -> HttpResponse {
 /// or `disconnected` — a node without Redis still takes joins, so it stays
 /// ready.
 ///
-/// While writes are paused, the check is the breaker's probe once its
+/// While writes are paused, the check takes the breaker's probe once its
 /// cool-down is over: a balancer that follows `/ready` sends the node no
 /// writes, and without a probe the node would stay unready after the
-/// database came back.
+/// database came back. A failed ping opens the breaker again; a good one
+/// closes nothing (the journal writes through a connection of its own,
+/// which a ping of the pool does not prove): it lets the next write probe,
+/// and says ready so that one comes.
 #[utoipa::path(get, path = "/ready", tag = "ops",
     responses((status = 200, description = "ready; `fanout`: `local`, `connected` or `disconnected`"), (status = 503, description = "the store does not answer, or the node is stopping", body = super::ErrorBody)))]
 pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -75,7 +78,9 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
         Ok(Err(error)) => Err(error.into()),
         Err(_) => Err(ApiError::Unavailable),
     };
-    if let Some(probe) = probe {
+    if let Some(probe) = probe
+        && pinged.is_err()
+    {
         state.breaker.record(probe, &pinged);
     }
     pinged?;
