@@ -83,6 +83,13 @@ pub fn launch(url: &str, width: u32, height: u32) -> (Browser, String) {
     panic!("chromium did not report its DevTools endpoint");
 }
 
+/// Headless Chromium on `url` at `width`×`height`, its page attached; the
+/// browser lives as long as the guard.
+pub async fn open(url: &str, width: u32, height: u32) -> (Browser, Page) {
+    let (browser, devtools) = launch(url, width, height);
+    (browser, Page::attach(&devtools).await)
+}
+
 /// A DevTools session on the page.
 pub struct Page {
     socket: tokio_tungstenite::WebSocketStream<

@@ -5,7 +5,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::browser::{Page, browser_available, launch};
+use crate::browser::{browser_available, open};
 use crate::helpers::{Backend, TestApp, body, id_of, spawn_app};
 
 async fn publish(
@@ -31,17 +31,23 @@ async fn publish(
     id
 }
 
+/// A venue with one event, "Late jazz" in three hours with five places;
+/// its owner, the venue and the event.
+async fn late_jazz(app: &TestApp) -> (crate::helpers::User, uuid::Uuid, uuid::Uuid) {
+    let owner = app.register("venue@example.com").await;
+    let venue = app.venue(&owner).await;
+    let event = publish(app, &owner, venue, "Late jazz", 3, 5).await;
+    (owner, venue, event)
+}
+
 #[actix_web::test]
 async fn the_kiosk_page_updates_live_in_a_real_browser() {
     if !browser_available() {
         return;
     }
     let app = spawn_app(Backend::Sqlite).await.unwrap();
-    let owner = app.register("venue@example.com").await;
-    let venue = app.venue(&owner).await;
-    let event = publish(&app, &owner, venue, "Late jazz", 3, 5).await;
-    let (_browser, devtools) = launch(&format!("{}/kiosk/{venue}", app.address), 1080, 1920);
-    let mut page = Page::attach(&devtools).await;
+    let (owner, venue, event) = late_jazz(&app).await;
+    let (_browser, mut page) = open(&format!("{}/kiosk/{venue}", app.address), 1080, 1920).await;
 
     let places = places_of(event);
     page.wait_for(&places, "5 places left").await;
@@ -129,8 +135,8 @@ async fn the_kiosk_is_readable_from_across_a_room() {
     publish(&app, &owner, venue, "Brunch quiz", 24 * 5, 40).await;
 
     for (width, height) in [(1080, 1920), (1920, 1080)] {
-        let (_browser, devtools) = launch(&format!("{}/kiosk/{venue}", app.address), width, height);
-        let mut page = Page::attach(&devtools).await;
+        let (_browser, mut page) =
+            open(&format!("{}/kiosk/{venue}", app.address), width, height).await;
         page.wait_for("String(document.querySelectorAll('.event').length)", "3")
             .await;
         let cards = page
@@ -270,8 +276,7 @@ async fn the_kiosk_shows_times_in_the_venues_time_zone() {
     };
     let expected = format!("{day} {}", local.format("%H:%M"));
 
-    let (_browser, devtools) = launch(&format!("{}/kiosk/{venue}", app.address), 1080, 1920);
-    let mut page = Page::attach(&devtools).await;
+    let (_browser, mut page) = open(&format!("{}/kiosk/{venue}", app.address), 1080, 1920).await;
     page.wait_for("document.body.dataset.timeZone ?? ''", "Pacific/Kiritimati")
         .await;
     page.wait_for(
@@ -294,9 +299,7 @@ fn places_of(event: uuid::Uuid) -> String {
 #[actix_web::test]
 async fn a_kiosk_address_in_another_spelling_shows_its_venue() {
     let app = spawn_app(Backend::Sqlite).await.unwrap();
-    let owner = app.register("venue@example.com").await;
-    let venue = app.venue(&owner).await;
-    let event = publish(&app, &owner, venue, "Late jazz", 3, 5).await;
+    let (_, venue, event) = late_jazz(&app).await;
     let not_following = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -317,8 +320,7 @@ async fn a_kiosk_address_in_another_spelling_shows_its_venue() {
         return;
     }
     let upper = venue.hyphenated().to_string().to_uppercase();
-    let (_browser, devtools) = launch(&format!("{}/kiosk/{upper}", app.address), 1080, 1920);
-    let mut page = Page::attach(&devtools).await;
+    let (_browser, mut page) = open(&format!("{}/kiosk/{upper}", app.address), 1080, 1920).await;
     page.wait_for(&places_of(event), "5 places left").await;
     page.wait_for(STATUS, "Live").await;
 }
@@ -345,8 +347,7 @@ async fn a_refused_subscribe_is_not_live_and_is_tried_again() {
     let taken = crate::realtime::subscribe(&mut holder, &format!("venue:{elsewhere}"), None).await;
     assert_eq!(taken["type"], "snapshot", "{taken}");
 
-    let (_browser, devtools) = launch(&format!("{}/kiosk/{venue}", app.address), 1080, 1920);
-    let mut page = Page::attach(&devtools).await;
+    let (_browser, mut page) = open(&format!("{}/kiosk/{venue}", app.address), 1080, 1920).await;
     page.wait_for(STATUS, "Reconnecting…").await;
     let refusals = |metrics: &str| {
         crate::helpers::labelled(metrics, "turnout_ws_hubs_refused_total", r#"kind="venue""#)
@@ -387,8 +388,7 @@ async fn the_kiosk_asks_for_its_venue_until_it_answers() {
     let app = spawn_app(Backend::Sqlite).await.unwrap();
     let owner = app.register("venue@example.com").await;
     let venue = app.venue(&owner).await;
-    let (_browser, devtools) = launch("about:blank", 1080, 1920);
-    let mut page = Page::attach(&devtools).await;
+    let (_browser, mut page) = open("about:blank", 1080, 1920).await;
     page.call(
         "Fetch.enable",
         json!({ "patterns": [{ "urlPattern": "*/v1/venues/*" }] }),
@@ -425,17 +425,15 @@ async fn a_silent_connection_is_noticed_and_replaced() {
         return;
     }
     let app = spawn_app(Backend::Sqlite).await.unwrap();
-    let owner = app.register("venue@example.com").await;
-    let venue = app.venue(&owner).await;
-    let event = publish(&app, &owner, venue, "Late jazz", 3, 5).await;
+    let (_, venue, event) = late_jazz(&app).await;
     let server = app.address.trim_start_matches("http://").parse().unwrap();
     let (port, cut) = crate::helpers::freezing_proxy(server).await;
-    let (_browser, devtools) = launch(
+    let (_browser, mut page) = open(
         &format!("http://127.0.0.1:{port}/kiosk/{venue}"),
         1080,
         1920,
-    );
-    let mut page = Page::attach(&devtools).await;
+    )
+    .await;
     let places = places_of(event);
     page.wait_for(&places, "5 places left").await;
     page.wait_for(STATUS, "Live").await;

@@ -224,15 +224,14 @@ async fn cors_allows_only_listed_origins_and_never_credentials() {
 /// come from the server itself, and the page lists the API's operations.
 #[actix_web::test]
 async fn the_docs_page_works_offline_in_a_real_browser() {
-    use crate::browser::{Page, browser_available, launch};
+    use crate::browser::{browser_available, open};
     if !browser_available() {
         return;
     }
     let app = crate::helpers::spawn_app(crate::helpers::Backend::Sqlite)
         .await
         .unwrap();
-    let (_browser, devtools) = launch(&format!("{}/docs", app.address), 1280, 900);
-    let mut page = Page::attach(&devtools).await;
+    let (_browser, mut page) = open(&format!("{}/docs", app.address), 1280, 900).await;
     page.wait_for(
         "String(document.querySelectorAll('.opblock').length > 20)",
         "true",

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use redis::AsyncCommands;
 use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
 use serde_json::Value;
@@ -429,14 +430,7 @@ async fn the_trim_keeps_what_a_consumer_group_still_needs() {
     ] {
         add_entry(&mut check, &key, &id).await;
     }
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&key)
-        .arg("slow")
-        .arg("0")
-        .query_async(&mut check)
-        .await
-        .unwrap();
+    let _: () = check.xgroup_create(&key, "slow", "0").await.unwrap();
     let client = redis::Client::open(url.as_str()).unwrap();
     let trim = || turnout::outbox::trim_stream(&client, &prefix, 24);
 
@@ -503,23 +497,12 @@ async fn consumers_of_processes_gone_are_forgotten_unless_entries_wait_on_them()
     for _ in 0..2 {
         add_entry(&mut check, &key, "*").await;
     }
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&key)
-        .arg("slow")
-        .arg("0")
-        .query_async(&mut check)
-        .await
-        .unwrap();
+    let _: () = check.xgroup_create(&key, "slow", "0").await.unwrap();
     let done = hand_out(&mut check, &key, "node-gone", 1).await;
     acknowledge(&mut check, &key, &done).await;
     assert_eq!(hand_out(&mut check, &key, "node-holding", 1).await.len(), 1);
-    let _: i64 = redis::cmd("XGROUP")
-        .arg("CREATECONSUMER")
-        .arg(&key)
-        .arg("slow")
-        .arg("node-me")
-        .query_async(&mut check)
+    let _: bool = check
+        .xgroup_createconsumer(&key, "slow", "node-me")
         .await
         .unwrap();
 
@@ -534,13 +517,8 @@ async fn consumers_of_processes_gone_are_forgotten_unless_entries_wait_on_them()
     .unwrap();
 
     assert_eq!(forgotten, 1);
-    let left: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
-        .arg("CONSUMERS")
-        .arg(&key)
-        .arg("slow")
-        .query_async(&mut check)
-        .await
-        .unwrap();
+    let left: redis::streams::StreamInfoConsumersReply =
+        check.xinfo_consumers(&key, "slow").await.unwrap();
     let mut names: Vec<String> = left.consumers.into_iter().map(|c| c.name).collect();
     names.sort();
     assert_eq!(names, ["node-holding", "node-me"]);
@@ -569,14 +547,7 @@ async fn a_consumer_groups_lag_is_the_entries_it_has_yet_to_be_handed() {
     for _ in 0..3 {
         add_entry(&mut check, &key, "*").await;
     }
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&key)
-        .arg("behind")
-        .arg("0")
-        .query_async(&mut check)
-        .await
-        .unwrap();
+    let _: () = check.xgroup_create(&key, "behind", "0").await.unwrap();
 
     let lag = turnout::consumers::group_lag(&mut check, &key, "behind").await;
 
