@@ -219,7 +219,7 @@ impl Application {
                 fanout: core.fanout,
                 events: core.events,
                 drain: drain.clone(),
-                quotas: settings.quotas_in_force(),
+                quotas: crate::http::quotas::Quotas::new(settings.quotas_in_force()),
             }),
         };
         start_maintenance(&settings, &store, &shared, &mut background)?;

@@ -185,8 +185,8 @@ pub struct HttpSettings {
 /// `[quotas]`: what one account may own at once; 0: no cap. Each created
 /// row is memory on every node (the catalog of open events, the listings)
 /// and rows in the database, so a stranger's account must not grow them
-/// without bound. Counted before each create: concurrent creates may go a
-/// few past it. Like the rate limits, they are abuse limits, and
+/// without bound. Each count and its create are one step on a node
+/// (`http::quotas`). Like the rate limits, they are abuse limits, and
 /// `rate_limits.enabled = false` (a load test from one machine) lifts them
 /// too.
 #[derive(Debug, Clone, Copy, Default, Deserialize)]

@@ -190,7 +190,9 @@ pub async fn create_event(
     )?
     .apply_to(WaitlistPolicy::default());
     venues::may_place_events(&state, body.venue_id, &user).await?;
-    let quota = state.quotas.upcoming_events_per_owner;
+    let quota = state.quotas.settings.upcoming_events_per_owner;
+    // Held until the event is committed, so the next create counts it.
+    let _turn = state.quotas.turn(quota, user.id.as_uuid()).await;
     if quota > 0
         && state
             .store

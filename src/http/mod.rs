@@ -21,6 +21,7 @@
 //! - `route_memo`: each worker's memory of the route each path matched and
 //!   of each route's latency histogram.
 //! - `rate_limit`: the rate budgets by kind of request.
+//! - `quotas`: what one account may own, each count and create one step.
 //! - `client_limits`: body deadlines and connections per client address.
 //! - `breaker`: pauses writes while the database recovers.
 //! - `error`: the one error type and its envelope.
@@ -42,6 +43,7 @@ mod kiosk;
 mod openapi;
 pub mod ops;
 mod pagination;
+pub mod quotas;
 pub mod rate_limit;
 pub mod recommendations;
 pub mod request_context;
@@ -85,7 +87,7 @@ pub struct AppState {
     /// Set when the node is stopping.
     pub drain: drain::Drain,
     /// What one account may own.
-    pub quotas: crate::config::QuotaSettings,
+    pub quotas: quotas::Quotas,
 }
 
 impl AppState {

@@ -131,7 +131,9 @@ pub async fn create_venue(
         lon: body.lon,
     }
     .check("lat/lon")?;
-    let quota = state.quotas.venues_per_owner;
+    let quota = state.quotas.settings.venues_per_owner;
+    // Held until the venue is written, so the next create counts it.
+    let _turn = state.quotas.turn(quota, user.id.as_uuid()).await;
     if quota > 0 && state.store.venues_owned(user.id).await? >= quota {
         return Err(ApiError::conflict(
             ErrorCode::QuotaReached,
@@ -357,6 +359,9 @@ pub async fn add_organizer(
 ) -> Result<HttpResponse, ApiError> {
     let venue = managed_venue(&state, id.into_inner(), &user).await?;
     let organizer = UserId::from(body.user_id);
+    let quota = state.quotas.settings.organizers_per_venue;
+    // Held until the organiser is written, so the next one counts them.
+    let _turn = state.quotas.turn(quota, venue.as_uuid()).await;
     let named = state.store.organizers(venue).await?;
     let view = |added_at: i64| OrganizerEnvelope {
         data: OrganizerView {
@@ -367,7 +372,6 @@ pub async fn add_organizer(
     if let Some((_, added_at)) = named.iter().find(|(u, _)| *u == body.user_id) {
         return Ok(HttpResponse::Ok().json(view(*added_at)));
     }
-    let quota = state.quotas.organizers_per_venue;
     if quota > 0 && named.len() as i64 >= quota {
         return Err(ApiError::conflict(
             ErrorCode::QuotaReached,

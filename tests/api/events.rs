@@ -523,3 +523,76 @@ async fn sqlite_an_account_owns_a_bounded_number_of_venues_and_events() {
 async fn postgres_an_account_owns_a_bounded_number_of_venues_and_events() {
     an_account_owns_a_bounded_number_of_venues_and_events(Backend::Postgres).await;
 }
+
+/// Creates sent all at once by one account stop at its quota exactly: each
+/// count and its create are one step, so no two count the same free place.
+async fn creates_at_once_stop_at_the_quota(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |s| {
+        s.rate_limits.enabled = true;
+        s.quotas.venues_per_owner = 3;
+        s.quotas.upcoming_events_per_owner = 3;
+        s.quotas.organizers_per_venue = 3;
+    })
+    .await
+    else {
+        return;
+    };
+    let owner = app.user();
+    let statuses = |requests: Vec<reqwest::RequestBuilder>| async {
+        let answers = futures_util::future::join_all(requests.into_iter().map(|r| r.send())).await;
+        let mut created = 0;
+        for answer in answers {
+            let answer = answer.unwrap();
+            match answer.status() {
+                StatusCode::CREATED => created += 1,
+                _ => {
+                    assert_error(answer, StatusCode::CONFLICT, "quota_reached").await;
+                }
+            }
+        }
+        created
+    };
+
+    let venues = (0..12)
+        .map(|i| {
+            app.as_user(&owner, Method::POST, "/v1/venues")
+                .json(&json!({ "name": format!("Room {i}"), "lat": 52.37, "lon": 4.89 }))
+        })
+        .collect();
+    assert_eq!(statuses(venues).await, 3, "venues past the quota");
+
+    let host = app.user();
+    let venue = app.venue(&host).await;
+    let organizers = (0..12)
+        .map(|_| {
+            app.as_user(
+                &host,
+                Method::POST,
+                &format!("/v1/venues/{venue}/organizers"),
+            )
+            .json(&json!({ "user_id": uuid::Uuid::now_v7() }))
+        })
+        .collect();
+    assert_eq!(statuses(organizers).await, 3, "organisers past the quota");
+
+    let starts_at = chrono::Utc::now() + chrono::Duration::days(7);
+    let events = (0..12)
+        .map(|i| {
+            app.as_user(&host, Method::POST, "/v1/events").json(&json!({
+                "title": format!("Show {i}"), "venue_id": venue, "capacity": 5,
+                "starts_at": starts_at,
+            }))
+        })
+        .collect();
+    assert_eq!(statuses(events).await, 3, "events past the quota");
+}
+
+#[actix_web::test]
+async fn sqlite_creates_at_once_stop_at_the_quota() {
+    creates_at_once_stop_at_the_quota(Backend::Sqlite).await;
+}
+
+#[actix_web::test]
+async fn postgres_creates_at_once_stop_at_the_quota() {
+    creates_at_once_stop_at_the_quota(Backend::Postgres).await;
+}
