@@ -7,7 +7,7 @@
 //! the handler starts reading it; past that the request is answered 408 and
 //! the connection is closed. A connection takes its place within
 //! `http.max_connections_per_ip` when accepted and gives it back when it
-//! closes; one over the cap gets 503 and is closed. A connection upgraded
+//! closes; one over the cap gets 429 and is closed. A connection upgraded
 //! to a WebSocket gives its place back at the upgrade: the realtime limits
 //! count it from then on (`http::upgrade`).
 
@@ -31,7 +31,7 @@ use actix_web::{HttpMessage, ResponseError};
 use futures_util::StreamExt;
 
 use super::ApiError;
-use crate::realtime::{ConnectionLimits, ConnectionPermit};
+use crate::realtime::{ConnectionLimits, ConnectionPermit, Refused};
 
 /// The per-address cap on open HTTP connections, applied as each is
 /// accepted. Addresses of trusted proxies are exempt: many clients share
@@ -54,7 +54,7 @@ impl Drop for Open {
 
 /// A connection accepted over the per-address cap: its first request is
 /// refused and the connection closed.
-struct OverLimit;
+struct OverLimit(Refused);
 
 impl HttpConnections {
     /// `max_per_ip` 0 means no cap.
@@ -83,12 +83,12 @@ impl HttpConnections {
             return;
         }
         match self.limits.admit(peer.ip()) {
-            Some(permit) => {
+            Ok(permit) => {
                 data.insert::<ConnectionPermit>(permit);
             }
-            None => {
+            Err(refused) => {
                 metrics::counter!("turnout_http_connections_refused_total").increment(1);
-                data.insert(OverLimit);
+                data.insert(OverLimit(refused));
             }
         }
     }
@@ -117,10 +117,13 @@ pub async fn middleware(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    if req.conn_data::<OverLimit>().is_some() {
-        let mut refused =
-            ApiError::Overloaded("too many connections from your address; close some and retry")
-                .error_response();
+    if let Some(OverLimit(refused)) = req.conn_data::<OverLimit>() {
+        let mut refused = match refused {
+            Refused::AddressFull(cap) => ApiError::TooManyConnections(*cap),
+            // No total here: the server's own cap is actix's `max_connections`.
+            Refused::ServerFull => ApiError::Overloaded("too many connections; retry later"),
+        }
+        .error_response();
         refused
             .head_mut()
             .set_connection_type(ConnectionType::Close);

@@ -38,6 +38,10 @@ pub enum ApiError {
     TooManyRequests(u64),
     #[error("rate limited: the {budget} budget is spent; retry in {retry_after} s")]
     RateLimited { budget: String, retry_after: u64 },
+    /// A client address past its cap on open connections (HTTP or
+    /// WebSocket): the client's own doing, so a 4xx.
+    #[error("too many connections from your address (at most {0}); close one and retry")]
+    TooManyConnections(usize),
     #[error("{0}")]
     Overloaded(&'static str),
     #[error("the service is temporarily unavailable; retry shortly")]
@@ -161,7 +165,9 @@ impl ApiError {
             ApiError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             ApiError::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             ApiError::BodyTimeout(_) => ErrorCode::BodyTimeout,
-            ApiError::TooManyRequests(_) | ApiError::RateLimited { .. } => ErrorCode::RateLimited,
+            ApiError::TooManyRequests(_)
+            | ApiError::RateLimited { .. }
+            | ApiError::TooManyConnections(_) => ErrorCode::RateLimited,
             ApiError::Overloaded(_) => ErrorCode::Overloaded,
             ApiError::Unavailable => ErrorCode::Unavailable,
             ApiError::WritesPaused(_) => ErrorCode::WritesPaused,
@@ -184,9 +190,9 @@ impl ResponseError for ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::TooManyRequests(_) | ApiError::RateLimited { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ApiError::TooManyRequests(_)
+            | ApiError::RateLimited { .. }
+            | ApiError::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Overloaded(_) | ApiError::Unavailable | ApiError::WritesPaused(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -207,6 +213,10 @@ impl ResponseError for ApiError {
         } = self
         {
             response.insert_header((RETRY_AFTER, seconds.to_string()));
+        }
+        if let ApiError::TooManyConnections(_) = self {
+            // A place frees only when the client closes one of its own.
+            response.insert_header((RETRY_AFTER, HeaderValue::from_static("5")));
         }
         if let ApiError::MethodNotAllowed = self {
             response.insert_header(("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));

@@ -49,12 +49,12 @@ impl Modify for BearerAuth {
 }
 
 /// Errors documented once, on the operations that can answer them: a bad
-/// token (401), rate limits (429) on `/v1`; a malformed or invalid request
-/// (400, 422) where there is a body, a query or a path to get wrong; an
-/// unknown id (404) where the path names one; a body too large or too slow
-/// (413, 408) where there is a body; and overload (503: the store is away, or
-/// a connection past the per-address cap) anywhere. An operation's own
-/// documentation wins.
+/// token (401) on `/v1`; a malformed or invalid request (400, 422) where
+/// there is a body, a query or a path to get wrong; an unknown id (404) where
+/// the path names one; a body too large or too slow (413, 408) where there is
+/// a body; and anywhere, a client over a budget (429: rate limits on `/v1`,
+/// and a connection past the per-address cap on any path) and overload (503:
+/// a full queue, the store away). An operation's own documentation wins.
 struct CommonErrors;
 
 impl Modify for CommonErrors {
@@ -84,7 +84,11 @@ impl Modify for CommonErrors {
                     ("408", "the request body did not arrive in time", body),
                     ("413", "request body too large", body),
                     ("422", "a field failed validation", inputs),
-                    ("429", "rate limited; see Retry-After", api),
+                    (
+                        "429",
+                        "rate limited, or too many connections from this address; see Retry-After",
+                        true,
+                    ),
                     (
                         "503",
                         "overloaded or the database is unavailable; see Retry-After",

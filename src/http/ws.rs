@@ -20,7 +20,7 @@ use turnout_actors::recommend::Recommenders;
 use crate::auth::TokenKeys;
 use crate::realtime::{
     Channels, ConnectionLimits, ConnectionPermit, FeedPlaces, Hubs, Inbound, MeFeeds, ReadSide,
-    RealtimeSettings, SendQueue, WriteSide, WsSession,
+    RealtimeSettings, Refused, SendQueue, WriteSide, WsSession,
 };
 
 /// What the upgrade handler needs.
@@ -67,7 +67,8 @@ fn origin_allowed(req: &HttpRequest, settings: &RealtimeSettings) -> bool {
     responses((status = 101, description = "switching to the WebSocket protocol"),
         (status = 400, description = "not a WebSocket upgrade", body = super::ErrorBody),
         (status = 403, description = "origin not allowed", body = super::ErrorBody),
-        (status = 503, description = "connection limit reached", body = super::ErrorBody)))]
+        (status = 429, description = "this client address holds its cap of connections", body = super::ErrorBody),
+        (status = 503, description = "the server's connection limit reached, or the node is stopping", body = super::ErrorBody)))]
 pub async fn upgrade(
     req: HttpRequest,
     realtime: web::Data<Realtime>,
@@ -98,10 +99,14 @@ pub async fn upgrade(
     // Behind a trusted proxy the client is the one it forwards for, as for
     // the rate limits; otherwise every client would share the proxy's place.
     let ip = rate_limits.client_ip(req.peer_addr(), req.headers());
-    let permit = realtime
-        .limits
-        .admit(ip)
-        .ok_or(ApiError::Overloaded("too many connections; retry later"))?;
+    let permit = realtime.limits.admit(ip).map_err(|refused| {
+        metrics::counter!("turnout_ws_connections_refused_total", "reason" => refused.reason())
+            .increment(1);
+        match refused {
+            Refused::AddressFull(cap) => ApiError::TooManyConnections(cap),
+            Refused::ServerFull => ApiError::Overloaded("too many connections; retry later"),
+        }
+    })?;
     let mut response = HttpResponse::from(handshake.finish()).map_into_boxed_body();
     response.extensions_mut().insert(Accepted {
         permit,

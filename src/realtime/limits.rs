@@ -31,6 +31,28 @@ pub struct ConnectionPermit {
     ip: IpAddr,
 }
 
+/// Why a connection was refused. The two are different answers: a full
+/// server is the server's condition (503: try another node, or later), a
+/// full address is the client's own doing (429: close a connection first),
+/// and one client's connections must not page anyone with 5xx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Every place on this server is taken.
+    ServerFull,
+    /// The client's address holds its cap, the number given.
+    AddressFull(usize),
+}
+
+impl Refused {
+    /// The label of the refusals' counters.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::ServerFull => "server",
+            Refused::AddressFull(_) => "address",
+        }
+    }
+}
+
 impl ConnectionLimits {
     /// `max_per_ip` 0 means no cap per address; `gauge` counts the open
     /// connections.
@@ -44,25 +66,26 @@ impl ConnectionLimits {
         })
     }
 
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionPermit> {
+    /// A place for a connection from `ip`, or which cap refused it.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Refused> {
         let ip = crate::client_address::counted_as(ip);
         // The total first, and the address only when it may connect at all:
         // a refused address leaves no entry behind.
         if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
-            return None;
+            return Err(Refused::ServerFull);
         }
         if self.max_per_ip > 0 {
             let mut count = self.per_ip.entry(ip).or_insert(0);
             if *count >= self.max_per_ip {
                 drop(count);
                 self.total.fetch_sub(1, Ordering::AcqRel);
-                return None;
+                return Err(Refused::AddressFull(self.max_per_ip));
             }
             *count += 1;
         }
         metrics::gauge!(self.gauge).increment(1.0);
-        Some(ConnectionPermit {
+        Ok(ConnectionPermit {
             limits: Arc::clone(self),
             ip,
         })
@@ -164,19 +187,24 @@ mod tests {
             IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3)),
         );
         let first = limits.admit(a).expect("room");
-        assert!(limits.admit(a).is_none(), "one per address");
+        assert_eq!(
+            limits.admit(a).err(),
+            Some(Refused::AddressFull(1)),
+            "one per address"
+        );
         let _second = limits.admit(b).expect("room");
-        assert!(limits.admit(c).is_none(), "two in total");
+        assert_eq!(
+            limits.admit(c).err(),
+            Some(Refused::ServerFull),
+            "two in total"
+        );
         assert!(
             !limits.per_ip.contains_key(&c),
             "a refused address leaves no entry behind"
         );
         drop(first);
         assert!(!limits.per_ip.contains_key(&a));
-        assert!(
-            limits.admit(c).is_some(),
-            "a place given back is taken again"
-        );
+        assert!(limits.admit(c).is_ok(), "a place given back is taken again");
     }
 
     #[test]
@@ -187,10 +215,14 @@ mod tests {
             limits.admit(ip).expect("room"),
             limits.admit(ip).expect("room"),
         ];
-        assert!(limits.admit(ip).is_none(), "two in total");
+        assert_eq!(
+            limits.admit(ip).err(),
+            Some(Refused::ServerFull),
+            "two in total"
+        );
         assert!(limits.per_ip.is_empty());
         drop(places);
-        assert!(limits.admit(ip).is_some());
+        assert!(limits.admit(ip).is_ok());
     }
 
     #[test]

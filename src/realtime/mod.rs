@@ -41,7 +41,7 @@ mod takeover;
 pub use channel::Channel;
 pub use hubs::Hubs;
 pub use inbound::Inbound;
-pub use limits::{ConnectionLimits, ConnectionPermit, FeedPlaces};
+pub use limits::{ConnectionLimits, ConnectionPermit, FeedPlaces, Refused};
 pub use me::MeFeeds;
 pub use protocol::{ClientFrame, parse_client_frame};
 pub use redis_fanout::RedisFanout;

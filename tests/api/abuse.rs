@@ -282,7 +282,7 @@ async fn a_body_dribbled_past_its_deadline_is_cut_off() {
 }
 
 /// Connections per client address are capped when accepted: one past the
-/// cap is answered 503 and closed; a place given back is taken again.
+/// cap is answered 429 and closed; a place given back is taken again.
 #[tokio::test]
 async fn http_connections_per_address_are_capped() {
     use tokio::io::AsyncWriteExt;
@@ -304,8 +304,14 @@ async fn http_connections_per_address_are_capped() {
     };
     // The readiness probe's connection may not have been noticed closed yet.
     assert!(open.len() >= 4, "{} served before the cap", open.len());
-    assert!(refusal.starts_with("HTTP/1.1 503"), "{refusal}");
-    assert!(refusal.contains("overloaded"), "{refusal}");
+    // The client's own doing: a 4xx, never a 5xx that would page someone.
+    assert!(refusal.starts_with("HTTP/1.1 429"), "{refusal}");
+    assert!(refusal.contains("rate_limited"), "{refusal}");
+    assert!(refusal.contains("at most 5"), "{refusal}");
+    assert!(
+        refusal.to_ascii_lowercase().contains("retry-after: 5"),
+        "{refusal}"
+    );
 
     drop(open.pop());
     let mut served = false;
@@ -340,7 +346,7 @@ async fn websockets_per_address_are_few_by_default() {
     }
     match tokio_tungstenite::connect_async(url.as_str()).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status().as_u16(), 503)
+            crate::helpers::assert_connections_refused_to_the_client(&response, 50)
         }
         other => panic!("the 51st connection from one address must be refused: {other:?}"),
     }

@@ -619,3 +619,19 @@ pub async fn freezing_proxy(
     });
     (port, cut)
 }
+
+/// An upgrade refused for its address's cap: the client's own doing, so
+/// `429 rate_limited` (never a 5xx, which would page an operator), naming the
+/// cap and when to try again.
+pub fn assert_connections_refused_to_the_client(
+    response: &tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>,
+    cap: usize,
+) {
+    assert_eq!(response.status().as_u16(), 429);
+    assert_eq!(response.headers()["retry-after"], "5");
+    let body: serde_json::Value =
+        serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("at most {cap}")), "{message}");
+}

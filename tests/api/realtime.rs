@@ -580,13 +580,43 @@ async fn connection_limits_and_origins_are_enforced() {
     let _other = connect(&app).await;
     match connect_async(url).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status().as_u16(), 503)
+            crate::helpers::assert_connections_refused_to_the_client(&response, 2)
         }
         other => panic!("a third connection from one address must be refused: {other:?}"),
     }
 
     let plain = app.request(Method::GET, "/v1/ws").send().await.unwrap();
     assert_error(plain, StatusCode::BAD_REQUEST, "not_a_websocket").await;
+}
+
+/// The server's own cap on sockets, reached by many addresses: that is the
+/// server's condition, `503 overloaded` (another node may have room), and
+/// the refusals are counted by which cap refused them.
+#[actix_web::test]
+async fn a_full_server_refuses_sockets_with_503_and_counts_why() {
+    let app = sqlite_app(|s| {
+        s.realtime.max_connections = 2;
+        s.realtime.max_connections_per_ip = 0;
+    })
+    .await;
+    let url = app.address.replace("http://", "ws://") + "/v1/ws";
+    let _first = connect(&app).await;
+    let _second = connect(&app).await;
+    match connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 503);
+            let body: Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["error"]["code"], "overloaded", "{body}");
+        }
+        other => panic!("a third socket on a full server must be refused: {other:?}"),
+    }
+    let page = app.metrics().await;
+    assert!(
+        page.lines().any(|line| line
+            .starts_with("turnout_ws_connections_refused_total{reason=\"server\"")
+            && !line.ends_with(" 0")),
+        "counted by reason"
+    );
 }
 
 /// A hub stops once it has had no subscribers for `hub_idle_secs` (here 0):
@@ -652,7 +682,7 @@ async fn behind_a_trusted_proxy_each_client_has_its_own_connection_limit() {
     let _second = forwarded_for("203.0.113.8").await.expect("another client");
     match forwarded_for("203.0.113.7").await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status().as_u16(), 503)
+            crate::helpers::assert_connections_refused_to_the_client(&response, 1)
         }
         other => panic!("the first client's second connection must be refused: {other:?}"),
     }
@@ -743,11 +773,11 @@ async fn a_client_that_never_reads_again_loses_its_place() {
         match connect_async(url.clone()).await {
             Ok(_) => true,
             Err(tokio_tungstenite::tungstenite::Error::Http(response))
-                if response.status().as_u16() == 503 =>
+                if response.status().as_u16() == 429 =>
             {
                 false
             }
-            other => panic!("neither admitted nor refused with 503: {other:?}"),
+            other => panic!("neither admitted nor refused with 429: {other:?}"),
         }
     };
     assert!(
