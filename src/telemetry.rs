@@ -262,6 +262,9 @@ pub fn export_from_start() {
     for outcome in ["answered", "not_here", "not_sent", "lost"] {
         metrics::counter!("turnout_forwarded_commands_total", "outcome" => outcome).increment(0);
     }
+    for reason in ["address", "server"] {
+        metrics::counter!("turnout_ws_connections_refused_total", "reason" => reason).increment(0);
+    }
     for read in ["details", "listing"] {
         for source in ["memory", "database"] {
             metrics::counter!("turnout_event_reads_total", "read" => read, "source" => source)

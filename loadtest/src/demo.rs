@@ -82,10 +82,13 @@ impl DemoApi {
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if status == StatusCode::TOO_MANY_REQUESTS {
+            // The server's message says which limit: a budget, or its cap
+            // on one address's connections.
             bail!(
-                "{method} {path} was rate limited. The demo loader writes far more than one \
-                 person would: start the server with \
-                 TURNOUT_RATE_LIMITS__ENABLED=false"
+                "{method} {path} was refused 429 ({}). The demo loader writes far more than \
+                 one person would: start the server with \
+                 TURNOUT_RATE_LIMITS__ENABLED=false TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP=0",
+                body["error"]["message"].as_str().unwrap_or("no message")
             );
         }
         Ok((status, body))

@@ -192,7 +192,10 @@ pub async fn create_event(
     venues::may_place_events(&state, body.venue_id, &user).await?;
     let quota = state.quotas.settings.upcoming_events_per_owner;
     // Held until the event is committed, so the next create counts it.
-    let _turn = state.quotas.turn(quota, user.id.as_uuid()).await;
+    let _turn = state
+        .quotas
+        .turn(quota, user.id.as_uuid(), state.write_timeout)
+        .await?;
     if quota > 0
         && state
             .store

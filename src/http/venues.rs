@@ -133,7 +133,10 @@ pub async fn create_venue(
     .check("lat/lon")?;
     let quota = state.quotas.settings.venues_per_owner;
     // Held until the venue is written, so the next create counts it.
-    let _turn = state.quotas.turn(quota, user.id.as_uuid()).await;
+    let _turn = state
+        .quotas
+        .turn(quota, user.id.as_uuid(), state.write_timeout)
+        .await?;
     if quota > 0 && state.store.venues_owned(user.id).await? >= quota {
         return Err(ApiError::conflict(
             ErrorCode::QuotaReached,
@@ -361,7 +364,10 @@ pub async fn add_organizer(
     let organizer = UserId::from(body.user_id);
     let quota = state.quotas.settings.organizers_per_venue;
     // Held until the organiser is written, so the next one counts them.
-    let _turn = state.quotas.turn(quota, venue.as_uuid()).await;
+    let _turn = state
+        .quotas
+        .turn(quota, venue.as_uuid(), state.write_timeout)
+        .await?;
     let named = state.store.organizers(venue).await?;
     let view = |added_at: i64| OrganizerEnvelope {
         data: OrganizerView {
