@@ -52,9 +52,13 @@ pub struct EventCard {
     /// counts (its title, start and venue): a list that showed an earlier
     /// one is pushed again.
     pub looks: u64,
-    /// ln Σ exp((tᵢ − epoch)/τ) over the join times tᵢ: in log form it never
+    /// ln of Σ exp((tᵢ − epoch)/τ) over the join times tᵢ, less the same
+    /// over the leave times (never below none): in log form it never
     /// overflows, and the order of events by heat does not change as time
-    /// passes, so the heat index needs no re-sorting.
+    /// passes, so the heat index needs no re-sorting. A leave takes back at
+    /// least what its join gave, so joining and leaving over and over (one
+    /// account, ten joins a minute) heats nothing: without it, one account
+    /// could make any event the city's hottest.
     log_heat: f64,
 }
 
@@ -63,8 +67,8 @@ impl EventCard {
         self.capacity.saturating_sub(self.active)
     }
 
-    /// Recent joins, each weighted by exp(−age/τ): a half-life of
-    /// [`HEAT_HALF_LIFE_HOURS`].
+    /// Recent joins less recent leaves, each weighted by exp(−age/τ): a
+    /// half-life of [`HEAT_HALF_LIFE_HOURS`].
     pub fn heat(&self, now: DateTime<Utc>) -> f64 {
         if self.log_heat == f64::NEG_INFINITY {
             return 0.0;
@@ -113,6 +117,14 @@ struct IndexKeys {
 fn heat_exponent(t: DateTime<Utc>) -> f64 {
     let tau = HEAT_HALF_LIFE_HOURS * 3600.0 / std::f64::consts::LN_2;
     (t.timestamp_micros() as f64 / 1e6 - HEAT_EPOCH_SECS) / tau
+}
+
+/// ln(eᵃ − eᵇ), or −∞ (no heat) when eᵇ takes all of eᵃ.
+fn log_sub_exp(a: f64, b: f64) -> f64 {
+    if b >= a {
+        return f64::NEG_INFINITY;
+    }
+    a + (-(b - a).exp()).ln_1p()
 }
 
 /// ln(eᵃ + eᵇ) without overflow.
@@ -367,7 +379,7 @@ impl Catalog {
             self.joined(user, u.id, u.at);
         }
         for &user in &u.left {
-            self.left(user, u.id);
+            self.left(user, u.id, u.at);
         }
     }
 
@@ -422,9 +434,17 @@ impl Catalog {
         history.push(event);
     }
 
-    pub fn left(&mut self, user: UserId, event: EventId) {
+    /// Records a leave (or an offer declined or run out) at `at`: the
+    /// joiner count, heat, and co-attendance. The leave is weighed at its
+    /// own time, later than its join, so it takes back at least what the
+    /// join gave: a member of long standing cools an event more than they
+    /// warmed it, and a join taken straight back leaves no heat.
+    pub fn left(&mut self, user: UserId, event: EventId, at: DateTime<Utc>) {
         if self.cards.contains_key(&event) {
-            self.modify(event, |card| card.joiners = card.joiners.saturating_sub(1));
+            self.modify(event, |card| {
+                card.joiners = card.joiners.saturating_sub(1);
+                card.log_heat = log_sub_exp(card.log_heat, heat_exponent(at));
+            });
         }
         let Some(history) = self.histories.get_mut(&user) else {
             return;
@@ -818,6 +838,49 @@ mod tests {
         assert_eq!(catalog.hottest().collect::<Vec<_>>(), vec![hot, cold]);
     }
 
+    /// One account joining and leaving over and over (as fast as its join
+    /// budget lets it) heats nothing: one stranger's single join outranks it.
+    #[test]
+    fn joining_and_leaving_over_and_over_heats_nothing() {
+        let mut catalog = Catalog::default();
+        let (churned, liked) = (new_id(), new_id());
+        catalog.apply(&update(churned, 3, &[]));
+        catalog.apply(&update(liked, 3, &[]));
+        let churner = UserId::from(Uuid::now_v7());
+        let start = Utc::now() - Duration::hours(1);
+        for minute in 0..60 {
+            for second in [0, 30] {
+                let at = start + Duration::minutes(minute) + Duration::seconds(second);
+                catalog.joined(churner, churned, at);
+                catalog.left(churner, churned, at + Duration::seconds(6));
+            }
+        }
+        catalog.joined(UserId::from(Uuid::now_v7()), liked, start);
+        let now = Utc::now();
+        assert_eq!(catalog.card(churned).unwrap().heat(now), 0.0);
+        assert_eq!(catalog.card(churned).unwrap().joiners, 0);
+        assert_eq!(catalog.hottest().next(), Some(liked));
+    }
+
+    /// A leave takes back its join's heat, and a member of long standing
+    /// takes back a little more than they gave; never below none.
+    #[test]
+    fn a_leave_takes_back_at_least_its_join() {
+        let mut catalog = Catalog::default();
+        let id = new_id();
+        catalog.apply(&update(id, 3, &[]));
+        let now = Utc::now();
+        let (stays, goes) = (UserId::from(Uuid::now_v7()), UserId::from(Uuid::now_v7()));
+        catalog.joined(stays, id, now);
+        catalog.joined(goes, id, now);
+        catalog.left(goes, id, now);
+        let heat = catalog.card(id).unwrap().heat(now);
+        assert!((heat - 1.0).abs() < 1e-9, "{heat}");
+        let later = now + Duration::hours(HEAT_HALF_LIFE_HOURS as i64);
+        catalog.left(stays, id, later);
+        assert_eq!(catalog.card(id).unwrap().heat(later), 0.0);
+    }
+
     #[test]
     fn co_attendance_counts_shared_joiners_and_undoes_leaves() {
         let mut catalog = Catalog::default();
@@ -838,7 +901,7 @@ mod tests {
         assert!((evidence[&c].strength - 1.0 / 2f64.sqrt()).abs() < 1e-9);
         assert_eq!(evidence[&b].because, a);
 
-        catalog.left(u1, c);
+        catalog.left(u1, c, now);
         assert!(!catalog.co_evidence(&[a]).contains_key(&c));
         assert!(catalog.co_evidence_for(&[a], c).is_none());
     }
@@ -965,7 +1028,7 @@ mod tests {
                         });
                     }
                     Step::Joined(e, u) => catalog.joined(users[u], events[e], clock),
-                    Step::Left(e, u) => catalog.left(users[u], events[e]),
+                    Step::Left(e, u) => catalog.left(users[u], events[e], clock),
                     Step::Located(v) => catalog.venue_located(
                         venues[v],
                         GeoPoint { lat: 52.0 + v as f64, lon: 4.9 },
