@@ -98,7 +98,7 @@ macro_rules! batch_writes {
              x (s, v, t, sv, p, r, after_own) AS (SELECT * FROM UNNEST($5::uuid[], $6::int8[], \
                $7::text[], $8::int8[], $9::text[], $10::text[], $11::bool[])), \
              written AS (INSERT INTO event_log (stream_id, version, event_type, schema_version, \
-               payload, request_id, recorded_at) SELECT s, v, t, sv, p::jsonb, r, $1",
+               payload, request_id, recorded_at) SELECT s, v, t, sv, p::json, r, $1",
             follows!(),
             " ON CONFLICT DO NOTHING RETURNING stream_id, version), \
              event_rows AS (INSERT INTO events (id, owner_id, venue_id, title, description, \
@@ -120,14 +120,14 @@ macro_rules! batch_writes {
                  offer_expires_at = excluded.offer_expires_at, joined_at = excluded.joined_at, \
                  updated_at = excluded.updated_at), \
              snapshot_rows AS (INSERT INTO snapshots (stream_id, version, state, taken_at) \
-               SELECT s, v, st::jsonb, $1 FROM UNNEST($37::uuid[], $38::int8[], $39::text[]) \
+               SELECT s, v, st::json, $1 FROM UNNEST($37::uuid[], $38::int8[], $39::text[]) \
                  AS y(s, v, st) \
                ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
                  state = excluded.state, taken_at = excluded.taken_at \
                  WHERE snapshots.version <= excluded.version), \
              reply_rows AS (INSERT INTO idempotency_keys (user_id, key, fingerprint, answer, \
                created_at, expires_at) \
-               SELECT u, k, f, a::jsonb, ca, ea FROM UNNEST($40::uuid[], $41::text[], $42::text[], \
+               SELECT u, k, f, a::json, ca, ea FROM UNNEST($40::uuid[], $41::text[], $42::text[], \
                  $43::text[], $44::int8[], $45::int8[]) AS z(u, k, f, a, ca, ea) \
                ON CONFLICT (user_id, key) DO UPDATE SET fingerprint = excluded.fingerprint, \
                  answer = excluded.answer, created_at = excluded.created_at, \
@@ -135,7 +135,7 @@ macro_rules! batch_writes {
                RETURNING user_id, key), \
              outbox_rows AS (INSERT INTO outbox (message_id, topic, aggregate_id, stream_version, \
                event_type, payload, request_id, traceparent, next_attempt_at, created_at) \
-               SELECT m, 'events', a, o.v, t, p::jsonb, r, tp, 0, $1 \
+               SELECT m, 'events', a, o.v, t, p::json, r, tp, 0, $1 \
                FROM UNNEST($46::uuid[], $47::uuid[], $48::int8[], $49::text[], $50::text[], \
                  $51::text[], $52::text[]) WITH ORDINALITY AS o(m, a, v, t, p, r, tp, n) \
                JOIN written ON written.stream_id = o.a AND written.version = o.v \
