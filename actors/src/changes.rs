@@ -38,21 +38,27 @@ impl EventChange {
         self.kinds().any(|k| k == kind)
     }
 
-    /// Who joined (as active or waitlisted), in order.
-    pub fn joined(&self) -> impl Iterator<Item = UserId> + '_ {
+    /// Who joined (as active or waitlisted), in order, each with when.
+    pub fn joined(&self) -> impl Iterator<Item = (UserId, DateTime<Utc>)> + '_ {
         self.facts.iter().filter_map(|fact| match fact {
-            DomainEvent::Joined { user, .. } => Some(*user),
+            DomainEvent::Joined { user, at, .. } => Some((*user, *at)),
             _ => None,
         })
     }
 
     /// Who is out, in order: who left, declined their offer, or let it run
-    /// out.
-    pub fn left(&self) -> impl Iterator<Item = UserId> + '_ {
+    /// out; each with when they had joined.
+    pub fn left(&self) -> impl Iterator<Item = (UserId, DateTime<Utc>)> + '_ {
         self.facts.iter().filter_map(|fact| match fact {
-            DomainEvent::Left { user, .. }
-            | DomainEvent::OfferDeclined { user, .. }
-            | DomainEvent::OfferExpired { user, .. } => Some(*user),
+            DomainEvent::Left {
+                user, joined_at, ..
+            }
+            | DomainEvent::OfferDeclined {
+                user, joined_at, ..
+            }
+            | DomainEvent::OfferExpired {
+                user, joined_at, ..
+            } => Some((*user, *joined_at)),
             _ => None,
         })
     }
@@ -124,10 +130,10 @@ mod tests {
             moves: Vec::new(),
             committed_at: at,
         };
-        assert_eq!(change.joined().collect::<Vec<_>>(), vec![joined]);
+        assert_eq!(change.joined().collect::<Vec<_>>(), vec![(joined, at)]);
         assert_eq!(
             change.left().collect::<Vec<_>>(),
-            vec![left, declined, expired]
+            vec![(left, at), (declined, at), (expired, at)]
         );
     }
 }

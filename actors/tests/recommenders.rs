@@ -175,7 +175,7 @@ async fn changes_handed_while_the_catalog_reloads_outlive_the_reload() {
     let folk_joined = EventUpdate {
         active: 1,
         version: 3,
-        joined: vec![UserId::new()],
+        joined: vec![(UserId::new(), folk.at)],
         ..folk.clone()
     };
     recommenders.apply(folk_joined.clone());
@@ -235,7 +235,7 @@ async fn a_join_during_a_profile_reload_outlives_the_reload() {
     recommenders.apply(EventUpdate {
         active: 1,
         version: 3,
-        joined: vec![user],
+        joined: vec![(user, jazz.at)],
         ..jazz.clone()
     });
     assert!(events_of(&next(&mut lists).await).is_empty(), "joined: out");
@@ -375,7 +375,7 @@ async fn an_edited_event_is_pushed_again_and_a_count_alone_is_not() {
         title: "jazz night, moved upstairs".into(),
         active: 1,
         version: 4,
-        joined: vec![UserId::new()],
+        joined: vec![(UserId::new(), jazz.at)],
         ..jazz
     });
     nothing_more(&mut lists).await;

@@ -390,7 +390,7 @@ impl CatalogKeeper {
             });
         }
         for (users, joined) in [(&update.joined, true), (&update.left, false)] {
-            for user in users {
+            for (user, _) in users {
                 if let Some(running) = self.shared.actors.get(user) {
                     running.addr.do_send(Moved {
                         event: update.id,
