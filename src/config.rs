@@ -161,6 +161,7 @@ pub struct ActorConfig {
 pub struct HttpSettings {
     pub write_timeout_ms: u64,
     /// Browser origins allowed by CORS; `*` means any (not in production).
+    #[serde(deserialize_with = "trimmed_list")]
     pub cors_origins: Vec<String>,
     pub max_body_bytes: usize,
     /// A request body must have arrived this long after it is first read,
@@ -254,6 +255,25 @@ const LIST_SETTINGS: [&str; 4] = [
     "metrics.allowed",
 ];
 
+/// For each of [`LIST_SETTINGS`] (`#[serde(deserialize_with)]`): its items
+/// trimmed, then parsed, so `a, b` in a variable is `a` and `b`, not `a`
+/// and ` b`, whatever the items are.
+pub fn trimmed_list<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    Vec::<String>::deserialize(deserializer)?
+        .iter()
+        .map(|item| {
+            let item = item.trim();
+            item.parse()
+                .map_err(|e| serde::de::Error::custom(format!("{item:?}: {e}")))
+        })
+        .collect()
+}
+
 impl Settings {
     pub fn load(overrides: &Overrides) -> anyhow::Result<Self> {
         let mut builder = config::Config::builder()
@@ -284,15 +304,6 @@ impl Settings {
             ignored.push(path.to_string());
         })
         .context("invalid configuration")?;
-        // `a, b` in a variable is two origins, not "a" and " b".
-        for origins in [
-            &mut settings.http.cors_origins,
-            &mut settings.realtime.allowed_origins,
-        ] {
-            for origin in origins.iter_mut() {
-                *origin = origin.trim().to_owned();
-            }
-        }
         let known = known_keys();
         settings.unknown = ignored
             .into_iter()
@@ -456,15 +467,20 @@ fn weak_key(key: &str) -> bool {
 
 /// A URL fit for logs: the password, if any, replaced, and the query
 /// string dropped (drivers take secrets there too: `?password=…`,
-/// `?sslpassword=…`). The user info runs to the URL's last `@`: a password
-/// written unencoded may hold `/`, `?` or `@`, and a base64 one often does.
-/// An `@` later in the URL hides more than the password, never less.
+/// `?sslpassword=…`). The user info runs to the last `@` before the query:
+/// a password written unencoded may hold `/`, `?` or `@`, and a base64 one
+/// often does, while a query's `@` (`?password=se@cret`) is no part of it.
+/// The query is the first `?` after the first `@`, or the first `?` at all.
 pub fn redact_url(url: &SecretString) -> String {
     let raw = url.expose_secret();
     let (prefix, rest) = match raw.find("://") {
         Some(scheme_end) => {
             let (scheme, rest) = raw.split_at(scheme_end + 3);
-            match rest.rfind('@') {
+            let query = rest
+                .find('@')
+                .and_then(|at| rest[at..].find('?').map(|q| at + q))
+                .unwrap_or(rest.len());
+            match rest[..query].rfind('@') {
                 Some(at) => {
                     let user = rest[..at].split(':').next().unwrap_or("");
                     (format!("{scheme}{user}:***@"), &rest[at + 1..])
@@ -661,6 +677,8 @@ mod tests {
         // A base64 password, unencoded, as operators paste them.
         let slashed = SecretString::from("postgres://app:hu/n+t@r2=@db:5432/x");
         assert_eq!(redact_url(&slashed), "postgres://app:***@db:5432/x");
+        let at_in_query = SecretString::from("postgres://app@db/x?password=se@cret");
+        assert_eq!(redact_url(&at_in_query), "postgres://app:***@db/x?***");
         let embedded = SecretString::from("sqlite:data/turnout.db?mode=rwc");
         assert_eq!(redact_url(&embedded), "sqlite:data/turnout.db?***");
     }

@@ -135,7 +135,7 @@ fn list_settings_come_from_variables_comma_separated() {
             ),
             ("TURNOUT_HTTP__CORS_ORIGINS", "https://app.example.org"),
             ("TURNOUT_METRICS__ALLOWED", "10.0.0.7,::1"),
-            ("TURNOUT_RATE_LIMITS__TRUSTED_PROXIES", "10.0.0.2"),
+            ("TURNOUT_RATE_LIMITS__TRUSTED_PROXIES", "10.0.0.2, 10.0.0.3"),
             (
                 "TURNOUT_JWT_SECRETS",
                 "first-key-0123456789abcdef0123456789,second-key-0123456789abcdef012345",
@@ -150,7 +150,7 @@ fn list_settings_come_from_variables_comma_separated() {
         r#"allowed_origins:["https://kiosk.example.org","https://app.example.org",]"#,
         r#"cors_origins:["https://app.example.org",]"#,
         "allowed:[10.0.0.7,::1,]",
-        "trusted_proxies:[10.0.0.2,]",
+        "trusted_proxies:[10.0.0.2,10.0.0.3,]",
     ] {
         assert!(printed.contains(expected), "{expected} in {stdout}");
     }

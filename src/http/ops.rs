@@ -12,6 +12,7 @@ use super::{ApiError, AppState};
 #[derive(Debug, Clone, Deserialize)]
 pub struct MetricsSettings {
     /// Peer addresses the main listener answers `/metrics` to.
+    #[serde(deserialize_with = "crate::config::trimmed_list")]
     pub allowed: Vec<IpAddr>,
     /// A listener of its own for `/metrics` (e.g. `10.0.0.5:9100`); when
     /// set, the main listener does not serve it at all.

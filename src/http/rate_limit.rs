@@ -40,6 +40,7 @@ pub struct RateLimitSettings {
     /// Reads under `/v1`, per address.
     pub reads_per_ip_per_minute: u32,
     /// Peers whose `X-Forwarded-For` names the real client.
+    #[serde(deserialize_with = "crate::config::trimmed_list")]
     pub trusted_proxies: Vec<IpAddr>,
 }
 

@@ -91,6 +91,7 @@ pub struct RealtimeSettings {
     /// A hub with no subscribers for this long stops.
     pub hub_idle_secs: u64,
     /// Origins allowed to open a socket besides the server's own.
+    #[serde(deserialize_with = "crate::config::trimmed_list")]
     pub allowed_origins: Vec<String>,
     /// The Redis pub/sub channel nodes share changes on (with a Redis URL).
     pub redis_channel: String,
