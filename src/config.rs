@@ -442,8 +442,6 @@ pub fn key_list(setting: Option<&SecretString>) -> Vec<SecretString> {
         .unwrap_or_default()
 }
 
-/// A key from the docs and examples, or one with too little variety to be
-/// random (`aaaa…`, `abab…`).
 /// Production's rule for signing keys: each at least 32 bytes, and none
 /// an example or of too few distinct characters.
 fn strong_keys(keys: &[SecretString], setting: &str) -> anyhow::Result<()> {
@@ -459,6 +457,8 @@ fn strong_keys(keys: &[SecretString], setting: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A key from the docs and examples, or one with too little variety to be
+/// random (`aaaa…`, `abab…`).
 fn weak_key(key: &str) -> bool {
     const EXAMPLES: [&str; 3] = ["bench-key", "change-me", "loadtest-key"];
     let distinct: std::collections::HashSet<char> = key.chars().collect();

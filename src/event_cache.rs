@@ -415,33 +415,23 @@ impl EventCache {
     }
 
     /// Keeps the listing in memory until shutdown: a node alone loads it
-    /// once; a cluster node loads it again whenever [`EventCache::page`]
-    /// asks, while its link is up. A load that fails is retried after a
-    /// second.
+    /// at the start, and again when a sweep made room in a cache whose
+    /// refusals had left the listing incomplete; a cluster node loads it
+    /// whenever [`EventCache::page`] asks, while its link is up; a node
+    /// that never serves from memory is never asked. A load that fails is
+    /// retried after a second.
     pub async fn keep_listing(&self, store: &dyn Store, mut shutdown: Shutdown) {
-        match self.serving {
-            // Loaded at the start, and again when a sweep made room in a
-            // cache whose refusals had left the listing incomplete.
-            Serving::Always => {
-                self.load_listing(store, &mut shutdown).await;
-                loop {
-                    tokio::select! {
-                        _ = shutdown.requested() => return,
-                        _ = self.listing_wanted.notified() => {}
-                    }
-                    self.load_listing(store, &mut shutdown).await;
-                }
+        if let Serving::Always = self.serving {
+            self.load_listing(store, &mut shutdown).await;
+        }
+        loop {
+            tokio::select! {
+                _ = shutdown.requested() => return,
+                _ = self.listing_wanted.notified() => {}
             }
-            Serving::WhileLinked(_) => loop {
-                tokio::select! {
-                    _ = shutdown.requested() => return,
-                    _ = self.listing_wanted.notified() => {}
-                }
-                if self.serves() {
-                    self.load_listing(store, &mut shutdown).await;
-                }
-            },
-            Serving::Never => shutdown.requested().await,
+            if self.serves() {
+                self.load_listing(store, &mut shutdown).await;
+            }
         }
     }
 

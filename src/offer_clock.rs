@@ -37,7 +37,7 @@ pub fn start(
         every(period, background.shutdown(), move |_| {
             let (store, commands) = (store.clone(), commands.clone());
             async move {
-                let now = crate::http::now();
+                let now = crate::store::now();
                 let due = match store.events_with_offers_due(now + horizon, BATCH).await {
                     Ok(due) => due,
                     Err(error) => {
@@ -54,7 +54,7 @@ pub fn start(
                             // each commit, and an old `at` would shorten
                             // the holds of the offers it makes.
                             command: Command::ExpireOffers {
-                                at: crate::http::now(),
+                                at: crate::store::now(),
                             },
                             idempotency: None,
                             request_id: None,
@@ -66,7 +66,7 @@ pub fn start(
                         Ok(Err(error)) => {
                             tracing::warn!(%event, %error, "could not wake an event holding offers");
                         }
-                        Err(_) => tracing::warn!(%event, "an event holding offers did not wake within 10 s; the next sweep tries again"),
+                        Err(_) => tracing::warn!(%event, within = ?WAKE_WITHIN, "an event holding offers did not wake in time; the next sweep tries again"),
                     }
                 }
             }

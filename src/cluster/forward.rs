@@ -77,13 +77,13 @@ impl Commands {
         &self.held
     }
 
-    /// The command's durable answer, from this node or the holder. Runs
-    /// until answered: the caller bounds it with the write deadline.
     /// Whether this node holds the event's shard now.
     pub fn holds(&self, event: EventId) -> bool {
         self.held.epoch(self.held.shard_of(event)).is_some()
     }
 
+    /// The command's durable answer, from this node or the holder. Runs
+    /// until answered: the caller bounds it with the write deadline.
     pub async fn execute(&self, forwarded: Forwarded) -> Answered {
         let shard = self.held.shard_of(forwarded.event);
         loop {
@@ -118,7 +118,7 @@ impl Commands {
         self.registry
             .execute(
                 forwarded.event,
-                forwarded.command.clone().timed_at(crate::http::now()),
+                forwarded.command.clone().timed_at(crate::store::now()),
                 forwarded.idempotency.clone(),
                 forwarded.request_id.clone(),
             )

@@ -60,6 +60,7 @@ impl HttpConnections {
     /// `max_per_ip` 0 means no cap.
     pub fn new(max_per_ip: usize, trusted_proxies: Vec<IpAddr>) -> Self {
         Self {
+            // No total here: the server's own cap is actix's `max_connections`.
             limits: ConnectionLimits::new(usize::MAX, max_per_ip, "turnout_http_connections"),
             trusted_proxies,
             open: Arc::default(),
@@ -117,13 +118,8 @@ pub async fn middleware(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    if let Some(OverLimit(refused)) = req.conn_data::<OverLimit>() {
-        let mut refused = match refused {
-            Refused::AddressFull(cap) => ApiError::TooManyConnections(*cap),
-            // No total here: the server's own cap is actix's `max_connections`.
-            Refused::ServerFull => ApiError::Overloaded("too many connections; retry later"),
-        }
-        .error_response();
+    if let Some(&OverLimit(refused)) = req.conn_data::<OverLimit>() {
+        let mut refused = ApiError::from(refused).error_response();
         refused
             .head_mut()
             .set_connection_type(ConnectionType::Close);

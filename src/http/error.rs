@@ -234,6 +234,19 @@ impl ResponseError for ApiError {
     }
 }
 
+/// A connection past a cap: past its own address's, the client's doing
+/// (429); past the server's, the server's condition (503).
+impl From<crate::realtime::Refused> for ApiError {
+    fn from(refused: crate::realtime::Refused) -> Self {
+        match refused {
+            crate::realtime::Refused::AddressFull(cap) => ApiError::TooManyConnections(cap),
+            crate::realtime::Refused::ServerFull => {
+                ApiError::Overloaded("too many connections; retry later")
+            }
+        }
+    }
+}
+
 impl From<crate::auth::Busy> for ApiError {
     fn from(_: crate::auth::Busy) -> Self {
         ApiError::Overloaded("too many passwords are being checked at once; retry shortly")

@@ -199,7 +199,7 @@ pub async fn create_event(
     if quota > 0
         && state
             .store
-            .upcoming_events_owned(user.id, micros(super::now()))
+            .upcoming_events_owned(user.id, micros(crate::store::now()))
             .await?
             >= quota
     {
@@ -215,7 +215,7 @@ pub async fn create_event(
         details,
         capacity,
         policy,
-        at: super::now(),
+        at: crate::store::now(),
     };
     let outcome = state.execute(id, command).await?;
     Ok(summary_response(
@@ -262,7 +262,7 @@ pub async fn update_event(
             body.offer_hold_secs,
             body.max_party,
         )?,
-        at: super::now(),
+        at: crate::store::now(),
     };
     change(&state, id.into_inner(), command).await
 }
@@ -278,7 +278,7 @@ pub async fn publish_event(
 ) -> Result<HttpResponse, ApiError> {
     let command = Command::Publish {
         by: user.id,
-        at: super::now(),
+        at: crate::store::now(),
     };
     change(&state, id.into_inner(), command).await
 }
@@ -294,7 +294,7 @@ pub async fn cancel_event(
 ) -> Result<HttpResponse, ApiError> {
     let command = Command::Cancel {
         by: user.id,
-        at: super::now(),
+        at: crate::store::now(),
     };
     change(&state, id.into_inner(), command).await
 }

@@ -174,7 +174,7 @@ pub async fn join_event(
     let command = Command::Join {
         user: user.id,
         seats,
-        at: super::now(),
+        at: crate::store::now(),
     };
     let idempotency = IdempotencyKey {
         user: user.id,
@@ -216,7 +216,7 @@ pub async fn leave_event(
             event,
             Command::Leave {
                 user: user.id,
-                at: super::now(),
+                at: crate::store::now(),
             },
         )
         .await?;
@@ -242,7 +242,7 @@ pub async fn accept_offer(
     let event = EventId::from(id.into_inner());
     let command = Command::AcceptOffer {
         user: user.id,
-        at: super::now(),
+        at: crate::store::now(),
     };
     answer_offer(&state, event, command, "accept", &req, MemberStatus::Active).await
 }
@@ -264,7 +264,7 @@ pub async fn decline_offer(
     let event = EventId::from(id.into_inner());
     let command = Command::DeclineOffer {
         user: user.id,
-        at: super::now(),
+        at: crate::store::now(),
     };
     answer_offer(
         &state,

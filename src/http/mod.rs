@@ -151,12 +151,6 @@ impl AppState {
     }
 }
 
-/// The time a command happens at, to the microsecond the store keeps, so an
-/// answer and a later read of the same fact agree exactly.
-pub fn now() -> chrono::DateTime<chrono::Utc> {
-    crate::store::from_micros(crate::store::micros(chrono::Utc::now()))
-}
-
 /// Registers every route and the extractor settings behind the error envelope.
 pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {

@@ -43,7 +43,8 @@ impl Quotas {
     /// held, no other check-and-create for the same key runs on this node.
     /// None at once when the quota is off (0): there is nothing to count.
     /// A create stalled in a cluster (a shard moving, a peer gone) holds its
-    /// stripe for up to its write deadline, so the wait has one too.
+    /// stripe for up to its write deadline, so the wait has one too: a
+    /// create under a quota answers within twice the write deadline.
     pub async fn turn(
         &self,
         quota: i64,

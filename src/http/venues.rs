@@ -368,36 +368,30 @@ pub async fn add_organizer(
         .quotas
         .turn(quota, venue.as_uuid(), state.write_timeout)
         .await?;
-    let named = state.store.organizers(venue).await?;
-    let view = |added_at: i64| OrganizerEnvelope {
+    if quota > 0 {
+        let named = state.store.organizers(venue).await?;
+        let new = !named.iter().any(|(u, _)| *u == body.user_id);
+        if new && named.len() as i64 >= quota {
+            return Err(ApiError::conflict(
+                ErrorCode::QuotaReached,
+                format!("a venue may have {quota} organisers"),
+            ));
+        }
+    }
+    let (added_at, new) = state
+        .store
+        .add_organizer(venue, organizer, micros(Utc::now()))
+        .await?;
+    let named = OrganizerEnvelope {
         data: OrganizerView {
             user_id: body.user_id,
             added_at: from_micros(added_at),
         },
     };
-    if let Some((_, added_at)) = named.iter().find(|(u, _)| *u == body.user_id) {
-        return Ok(HttpResponse::Ok().json(view(*added_at)));
-    }
-    if quota > 0 && named.len() as i64 >= quota {
-        return Err(ApiError::conflict(
-            ErrorCode::QuotaReached,
-            format!("a venue may have {quota} organisers"),
-        ));
-    }
-    let at = micros(Utc::now());
-    let added = state.store.add_organizer(venue, organizer, at).await?;
-    if added {
-        return Ok(HttpResponse::Created().json(view(at)));
-    }
-    // Named by a request racing this one: the time kept is theirs.
-    let kept = state
-        .store
-        .organizers(venue)
-        .await?
-        .into_iter()
-        .find(|(u, _)| *u == body.user_id)
-        .map_or(at, |(_, added_at)| added_at);
-    Ok(HttpResponse::Ok().json(view(kept)))
+    Ok(match new {
+        true => HttpResponse::Created().json(named),
+        false => HttpResponse::Ok().json(named),
+    })
 }
 
 /// Take back an organiser's right to put new events on the venue (owner or

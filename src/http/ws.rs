@@ -20,7 +20,7 @@ use turnout_actors::recommend::Recommenders;
 use crate::auth::TokenKeys;
 use crate::realtime::{
     Channels, ConnectionLimits, ConnectionPermit, FeedPlaces, Hubs, Inbound, MeFeeds, ReadSide,
-    RealtimeSettings, Refused, SendQueue, WriteSide, WsSession,
+    RealtimeSettings, SendQueue, WriteSide, WsSession,
 };
 
 /// What the upgrade handler needs.
@@ -102,10 +102,7 @@ pub async fn upgrade(
     let permit = realtime.limits.admit(ip).map_err(|refused| {
         metrics::counter!("turnout_ws_connections_refused_total", "reason" => refused.reason())
             .increment(1);
-        match refused {
-            Refused::AddressFull(cap) => ApiError::TooManyConnections(cap),
-            Refused::ServerFull => ApiError::Overloaded("too many connections; retry later"),
-        }
+        ApiError::from(refused)
     })?;
     let mut response = HttpResponse::from(handshake.finish()).map_into_boxed_body();
     response.extensions_mut().insert(Accepted {

@@ -250,13 +250,14 @@ pub trait Venues: Send + Sync {
     /// Every venue's position: `(id, lat, lon)`.
     async fn venue_locations(&self) -> Result<Vec<(Uuid, f64, f64)>, StoreError>;
 
-    /// Lets `user` put events on `venue`; `false` if they already could.
+    /// Lets `user` put events on `venue` from `at`: when they were first
+    /// named (`at`, or an earlier naming's time), and whether this named them.
     async fn add_organizer(
         &self,
         venue: VenueId,
         user: UserId,
         at: i64,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<(i64, bool), StoreError>;
 
     /// `false` if `user` was not an organiser of `venue`.
     async fn remove_organizer(&self, venue: VenueId, user: UserId) -> Result<bool, StoreError>;
@@ -635,6 +636,12 @@ async fn stable_plans(conn: &mut sqlx::SqliteConnection) -> Result<(), sqlx::Err
         ));
     }
     Ok(())
+}
+
+/// The time a command happens at, to the microsecond the store keeps, so an
+/// answer and a later read of the same fact agree exactly.
+pub fn now() -> DateTime<Utc> {
+    from_micros(micros(Utc::now()))
 }
 
 /// Times are stored as unix microseconds.

@@ -77,7 +77,7 @@ macro_rules! impl_venues {
                 venue: VenueId,
                 user: UserId,
                 at: i64,
-            ) -> Result<bool, StoreError> {
+            ) -> Result<(i64, bool), StoreError> {
                 let added = sqlx::query(
                     "INSERT INTO venue_organizers (venue_id, user_id, added_at) VALUES ($1, $2, $3) \
                      ON CONFLICT (venue_id, user_id) DO NOTHING",
@@ -88,7 +88,19 @@ macro_rules! impl_venues {
                 .execute(&self.pool)
                 .await
                 .map_err(unavailable)?;
-                Ok(added.rows_affected() == 1)
+                if added.rows_affected() == 1 {
+                    return Ok((at, true));
+                }
+                // Named before (maybe by a request racing this one): theirs.
+                let (first,): (i64,) = sqlx::query_as(
+                    "SELECT added_at FROM venue_organizers WHERE venue_id = $1 AND user_id = $2",
+                )
+                .bind(venue.as_uuid())
+                .bind(user.as_uuid())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                Ok((first, false))
             }
 
             async fn remove_organizer(&self, venue: VenueId, user: UserId) -> Result<bool, StoreError> {
