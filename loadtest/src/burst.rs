@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::sync::{Barrier, Semaphore};
 use uuid::Uuid;
 
-use crate::invariants::Told;
+use crate::invariants::{Answer, Told};
 use crate::progress;
 use crate::report::latency_histogram;
 
@@ -35,13 +35,7 @@ impl JoinResult {
         match answer {
             Ok((status, body)) if status.is_success() => Self::Acknowledged {
                 kind: status.as_u16().to_string(),
-                told: Told {
-                    status: body["data"]["status"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                    position: body["data"]["position"].as_u64(),
-                },
+                told: Answer::of(status, &body).into(),
             },
             Ok((status, _)) => Self::Refused {
                 kind: status.as_u16().to_string(),

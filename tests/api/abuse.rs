@@ -352,7 +352,6 @@ async fn websockets_per_address_are_few_by_default() {
     }
 }
 
-/// The value of a metric with one label on a `/metrics` page.
 /// 1,000 made-up radius feeds from one client, with events that have long
 /// descriptions, once cost ~800 MB: a hub and a listing each. Circles now
 /// snap to a grid and a few radii, and feed hubs are capped; past the cap a

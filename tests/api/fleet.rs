@@ -459,14 +459,10 @@ async fn a_hot_event_through_three_nodes_refuses_almost_nothing() {
     let load = Load::start(&front, &[event], 64, Retry::Never);
     // Until the event is full and people wait: no rate is asserted, only
     // what the joins were told.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while front.event(event).await["waitlist_count"].as_i64() < Some(1) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the event never filled"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::helpers::wait_until(Duration::from_secs(60), "the event filled", || async {
+        front.event(event).await["waitlist_count"].as_i64() >= Some(1)
+    })
+    .await;
     let tally = load.stop().await;
     println!("hot event through 3 nodes: {}", summary(&tally));
     assert!(tally.acknowledged() > 300, "{}", summary(&tally));

@@ -51,7 +51,6 @@ pub fn redis_test_url(what: &str) -> Option<String> {
     url
 }
 
-/// A connection to the test Redis at `url`, to check what the server wrote.
 /// Where Redis listens, for a proxy in front of it.
 pub fn redis_address(url: &str) -> std::net::SocketAddr {
     let info = redis::Client::open(url)
@@ -64,6 +63,7 @@ pub fn redis_address(url: &str) -> std::net::SocketAddr {
     }
 }
 
+/// A connection to the test Redis at `url`, to check what the server wrote.
 pub async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
         .unwrap()
@@ -634,4 +634,22 @@ pub fn assert_connections_refused_to_the_client(
     assert_eq!(body["error"]["code"], "rate_limited", "{body}");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains(&format!("at most {cap}")), "{message}");
+}
+
+/// How long a test waits for what happens eventually (a stream drained, a
+/// breaker probed): long enough for a busy shared machine.
+pub const EVENTUALLY: Duration = Duration::from_secs(30);
+
+/// Polls `done` every 100 ms until it holds; fails naming `what` if it
+/// does not within `within`.
+pub async fn wait_until<F: std::future::Future<Output = bool>>(
+    within: Duration,
+    what: &str,
+    mut done: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !done().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -339,9 +339,8 @@ async fn a_refused_subscribe_is_not_live_and_is_tried_again() {
     })
     .await
     .unwrap();
-    let owner = app.register("venue@example.com").await;
-    let (venue, elsewhere) = (app.venue(&owner).await, app.venue(&owner).await);
-    let event = publish(&app, &owner, venue, "Late jazz", 3, 5).await;
+    let (owner, venue, event) = late_jazz(&app).await;
+    let elsewhere = app.venue(&owner).await;
     // Another venue's screen holds the one hub.
     let mut holder = crate::realtime::connect(&app).await;
     let taken = crate::realtime::subscribe(&mut holder, &format!("venue:{elsewhere}"), None).await;

@@ -344,10 +344,9 @@ async fn without_redis_a_cluster_takes_joins_and_says_live_updates_are_down() {
 }
 
 /// Two nodes on a fresh Postgres database, linked through the real Redis on
-/// a channel of their own, once each hears the other; and the Redis URL.
-/// `None` without Postgres or Redis.
-/// Two nodes of a cluster linked by Redis; A reaches Redis through a proxy
-/// the returned switch cuts.
+/// a channel of their own, once each hears the other; A reaches Redis
+/// through a proxy the returned switch cuts. `None` without Postgres or
+/// Redis.
 async fn linked_nodes(
     dir: &tempfile::TempDir,
 ) -> Option<(TestApp, TestApp, tokio::sync::watch::Sender<bool>)> {

@@ -13,7 +13,8 @@ use turnout::store::OutboxStatus;
 use uuid::Uuid;
 
 use crate::helpers::{
-    Backend, TestApp, User, body, redis_address, redis_connection, spawn_app_with, switchable_proxy,
+    Backend, EVENTUALLY, TestApp, User, body, redis_address, redis_connection, spawn_app_with,
+    switchable_proxy, wait_until,
 };
 
 fn redis_url() -> Option<String> {
@@ -103,17 +104,6 @@ async fn facts_counted(app: &TestApp, admin: &User) -> i64 {
         .sum()
 }
 
-async fn wait_until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    mut done: impl FnMut() -> F,
-) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !done().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[actix_web::test]
 async fn facts_reach_the_stream_in_order_even_after_redis_was_away() {
     let Some(url) = redis_url() else { return };
@@ -148,7 +138,7 @@ async fn facts_reach_the_stream_in_order_even_after_redis_was_away() {
 
     // Back: it drains, in commit order, every fact exactly once.
     switch.send(true).unwrap();
-    wait_until("the outbox drained", || {
+    wait_until(EVENTUALLY, "the outbox drained", || {
         let store = Arc::clone(&store);
         async move { store.outbox_counts().await.unwrap().0 == 0 }
     })
@@ -188,7 +178,7 @@ async fn facts_reach_the_stream_in_order_even_after_redis_was_away() {
         .await
         .unwrap();
     let admin = admin_of(&app);
-    wait_until("every fact counted once", || {
+    wait_until(EVENTUALLY, "every fact counted once", || {
         let (app, admin) = (app.clone(), admin.clone());
         async move { facts_counted(&app, &admin).await == pending }
     })
@@ -240,20 +230,28 @@ async fn a_consumer_whose_redis_went_silent_connects_again() {
     let admin = admin_of(&app);
     let owner = app.user();
     let event = app.published_event(&owner, 10).await;
-    wait_until("the event's creation and publication counted", || {
-        let (app, admin) = (app.clone(), admin.clone());
-        async move { facts_counted(&app, &admin).await == 2 }
-    })
+    wait_until(
+        EVENTUALLY,
+        "the event's creation and publication counted",
+        || {
+            let (app, admin) = (app.clone(), admin.clone());
+            async move { facts_counted(&app, &admin).await == 2 }
+        },
+    )
     .await;
 
     cut.send_modify(|cuts| *cuts += 1);
     for _ in 0..3 {
         assert!(app.join(&app.user(), event).await.status().is_success());
     }
-    wait_until("the joins made while Redis was silent counted", || {
-        let (app, admin) = (app.clone(), admin.clone());
-        async move { facts_counted(&app, &admin).await == 5 }
-    })
+    wait_until(
+        EVENTUALLY,
+        "the joins made while Redis was silent counted",
+        || {
+            let (app, admin) = (app.clone(), admin.clone());
+            async move { facts_counted(&app, &admin).await == 5 }
+        },
+    )
     .await;
     delete(&mut redis_connection(&url).await, &key).await;
 }
@@ -290,7 +288,7 @@ async fn a_message_redis_refuses_goes_dead_and_an_admin_replays_it() {
         assert_eq!(response.status(), StatusCode::OK);
         body(response).await["data"].as_array().unwrap().clone()
     };
-    wait_until("both facts are dead", || {
+    wait_until(EVENTUALLY, "both facts are dead", || {
         let (app, admin) = (app.clone(), admin.clone());
         async move { dead(app, admin).await.len() == 2 }
     })
@@ -325,7 +323,7 @@ async fn a_message_redis_refuses_goes_dead_and_an_admin_replays_it() {
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(body(response).await["data"]["status"], "pending");
     }
-    wait_until("the replayed facts are published", || {
+    wait_until(EVENTUALLY, "the replayed facts are published", || {
         let store = Arc::clone(&store);
         async move { store.outbox_counts().await.unwrap() == (0, 0) }
     })
@@ -367,7 +365,7 @@ async fn two_servers_on_one_database_publish_every_fact_once_in_order() {
         assert!(a.join(&a.user(), on_a).await.status().is_success());
         assert!(b.join(&b.user(), on_b).await.status().is_success());
     }
-    wait_until("the outbox drained", || {
+    wait_until(EVENTUALLY, "the outbox drained", || {
         let store = Arc::clone(&store);
         async move { store.outbox_counts().await.unwrap().0 == 0 }
     })
@@ -450,7 +448,6 @@ async fn the_trim_keeps_what_a_consumer_group_still_needs() {
     delete(&mut check, &key).await;
 }
 
-/// Up to `count` entries handed to group `slow`'s reader: their ids.
 /// Up to `count` new entries of `key` for `consumer` of the group `slow`.
 async fn hand_out(
     redis: &mut redis::aio::MultiplexedConnection,

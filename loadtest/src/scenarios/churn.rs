@@ -39,6 +39,7 @@ use uuid::Uuid;
 
 use crate::Common;
 use crate::api::{Api, Minter};
+use crate::invariants::Answer;
 use crate::progress;
 use crate::report::{Check, Report, latency_histogram};
 
@@ -337,47 +338,6 @@ impl EventModel {
     }
 }
 
-/// An answer as the checks compare it: the HTTP status and what the body
-/// says of the caller's membership.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Told {
-    code: u16,
-    status: String,
-    seats: Option<u64>,
-    position: Option<u64>,
-    /// Whether `offer_expires_at` is set.
-    offer_expires: bool,
-}
-
-impl Told {
-    fn of(code: StatusCode, body: &Value) -> Self {
-        let data = &body["data"];
-        Self {
-            code: code.as_u16(),
-            status: data["status"].as_str().unwrap_or_default().to_owned(),
-            seats: data["seats"].as_u64(),
-            position: data["position"].as_u64(),
-            offer_expires: !data["offer_expires_at"].is_null(),
-        }
-    }
-
-    /// No answer the scenario gets is an offer: a join is never offered.
-    fn expected(
-        code: StatusCode,
-        status: &str,
-        seats: Option<usize>,
-        position: Option<usize>,
-    ) -> Self {
-        Self {
-            code: code.as_u16(),
-            status: status.to_owned(),
-            seats: seats.map(|n| n as u64),
-            position: position.map(|n| n as u64),
-            offer_expires: false,
-        }
-    }
-}
-
 /// One operation of a worker.
 enum Op {
     Join { seats: usize },
@@ -534,7 +494,7 @@ async fn churn_event(
             .outcomes
             .entry(code.as_u16().to_string())
             .or_default() += 1;
-        let told = Told::of(code, &body);
+        let told = Answer::of(code, &body);
         // The model moves only when the server says it did something; an
         // answer with another status is wrong, and changes nothing.
         let (what, expected) = match op {
@@ -549,9 +509,9 @@ async fn churn_event(
                     continue;
                 }
                 let expected = match model.join(user, seats) {
-                    Expected::Active => Told::expected(code, "active", Some(seats), None),
+                    Expected::Active => Answer::expected(code, "active", Some(seats), None),
                     Expected::Waitlisted { position } => {
-                        Told::expected(code, "waitlisted", Some(seats), Some(position))
+                        Answer::expected(code, "waitlisted", Some(seats), Some(position))
                     }
                 };
                 (what, expected)
@@ -568,7 +528,7 @@ async fn churn_event(
                 worker.tally.served(rules.mode, served.len());
                 (
                     "a leave".to_owned(),
-                    Told::expected(code, "left", None, None),
+                    Answer::expected(code, "left", None, None),
                 )
             }
             Op::Answer { accept: true, .. } => {
@@ -580,8 +540,8 @@ async fn churn_event(
                     continue;
                 }
                 let expected = match model.accept(user) {
-                    Ok(seats) => Told::expected(code, "active", Some(seats), None),
-                    Err(NoOffer) => Told::expected(StatusCode::CONFLICT, "", None, None),
+                    Ok(seats) => Answer::expected(code, "active", Some(seats), None),
+                    Err(NoOffer) => Answer::expected(StatusCode::CONFLICT, "", None, None),
                 };
                 ("accepting an offer".to_owned(), expected)
             }
@@ -596,9 +556,9 @@ async fn churn_event(
                 let expected = match model.decline(user) {
                     Ok(served) => {
                         worker.tally.served(rules.mode, served.len());
-                        Told::expected(code, "declined", None, None)
+                        Answer::expected(code, "declined", None, None)
                     }
-                    Err(NoOffer) => Told::expected(StatusCode::CONFLICT, "", None, None),
+                    Err(NoOffer) => Answer::expected(StatusCode::CONFLICT, "", None, None),
                 };
                 ("declining an offer".to_owned(), expected)
             }

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::Common;
 use crate::api::Api;
 use crate::burst::{self, JoinResult, Joiners};
-use crate::invariants::{HotJoinOutcome, Member, check_hot_join};
+use crate::invariants::{Answer, HotJoinOutcome, Member, check_hot_join};
 use crate::process::CpuMeter;
 use crate::report::{Check, Report};
 
@@ -61,11 +61,11 @@ pub async fn run(args: HotJoin) -> anyhow::Result<Report> {
     let api = Api::new(&args.common.targets, concurrency)?;
     let minter = args.common.minter()?;
     let owner = minter.token(Uuid::now_v7());
-    let event = api.published_event(&owner, args.capacity).await?;
     anyhow::ensure!(
         (0.0..=1.0).contains(&args.replays),
         "--replays is a share, from 0 to 1"
     );
+    let event = api.published_event(&owner, args.capacity).await?;
     // User i replays when the running count of replayers steps up at i.
     let replays =
         |i: usize| (i as f64 * args.replays).floor() < ((i + 1) as f64 * args.replays).floor();
@@ -140,17 +140,9 @@ impl KeyReplays {
     ) {
         self.sent.fetch_add(1, Ordering::Relaxed);
         let answer = |a: &reqwest::Result<(StatusCode, Value)>| {
-            a.as_ref().ok().map(|(status, body)| {
-                let place = &body["data"];
-                (
-                    *status,
-                    [
-                        place["status"].clone(),
-                        place["seats"].clone(),
-                        place["position"].clone(),
-                    ],
-                )
-            })
+            a.as_ref()
+                .ok()
+                .map(|(status, body)| Answer::of(*status, body))
         };
         let Some(told) = answer(first) else {
             self.unanswered.fetch_add(1, Ordering::Relaxed);
