@@ -24,12 +24,7 @@
 #
 #   DB_PROCESS=postgres RESET='dropdb -h 127.0.0.1 -U postgres --if-exists turnout_bench && createdb -h 127.0.0.1 -U postgres turnout_bench' \
 #     loadtest/wrk-check.sh TURNOUT_DATABASE_URL=postgres://postgres@127.0.0.1:5432/turnout_bench
-set -euo pipefail
-# Whatever stops the script, the servers it started stop with it.
-trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
-# BIN may be given relative to where the script was started from.
-if [ -n "${BIN:-}" ]; then BIN=$(realpath "$BIN"); fi
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 ulimit -n "$(ulimit -Hn)"
 KEY=wrk-bench-key-wrk-bench-key-wrk-0123
 PORT=18171
@@ -49,17 +44,10 @@ loadtest/tokens.py "$KEY" $((DURATION * 120000)) >"$dir/tokens"
 owner=$(tail -1 "$dir/tokens")
 
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# The CPU of every process named DB_PROCESS (e.g. postgres): what the
-# database spends on the joins, beside the server's own.
-db_cpu() {
-  if [ -z "${DB_PROCESS:-}" ]; then echo 0; return; fi
-  for p in $(pgrep -x "$DB_PROCESS"); do awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null; done \
-    | awk '{n += $1} END {print n + 0}'
-}
 
 run() {
   local name=$1 pid=$2
-  for _ in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:$PORT/v1/venues -X POST && break; sleep 0.1; done
+  await_answer
   local auth=(-H "Authorization: Bearer $owner" -H "Content-Type: application/json")
   local venue event
   venue=$(curl -s "${auth[@]}" -X POST http://127.0.0.1:$PORT/v1/venues \
@@ -120,11 +108,8 @@ for round in $(seq 1 "${ROUNDS:-2}"); do
   chosen turnout || continue
   data=$(mktemp -d)
   if [ -n "${RESET:-}" ]; then bash -c "$RESET"; fi
-  env TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data \
-    TURNOUT_DATABASE_URL="sqlite://$data/turnout.db?mode=rwc" \
-    TURNOUT_RATE_LIMITS__ENABLED=false TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP=0 "$@" \
-    "${BIN:-target/release/turnout}" --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &
-  run "turnout" $!
+  start_turnout "$data" "$@"
+  run "turnout" $pid
   rm -rf "$data"
 done
 rm -rf "$dir"
