@@ -14,6 +14,7 @@
 //! - `recommendations`: the recommenders' settings, source and catalog load.
 //! - `store`: the SQLite and Postgres adapters.
 //! - `telemetry`: logs and metrics.
+//! - `testing`: test support: a Postgres database per test.
 //! - `views`: what clients see of an event, on HTTP and WebSocket alike.
 
 pub mod app;
@@ -33,4 +34,5 @@ pub mod realtime;
 pub mod recommendations;
 pub mod store;
 pub mod telemetry;
+pub mod testing;
 pub mod views;

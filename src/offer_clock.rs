@@ -46,27 +46,19 @@ pub fn start(
                     }
                 };
                 for event in due.into_iter().filter(|e| commands.holds(*e)) {
-                    let woken = tokio::time::timeout(
-                        WAKE_WITHIN,
-                        commands.execute(Forwarded {
-                            event,
-                            // Each event's own time: the sweep waits for
-                            // each commit, and an old `at` would shorten
-                            // the holds of the offers it makes.
-                            command: Command::ExpireOffers {
-                                at: crate::store::now(),
-                            },
-                            idempotency: None,
-                            request_id: None,
-                        }),
-                    )
-                    .await;
-                    match woken {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(error)) => {
-                            tracing::warn!(%event, %error, "could not wake an event holding offers");
-                        }
-                        Err(_) => tracing::warn!(%event, within = ?WAKE_WITHIN, "an event holding offers did not wake in time; the next sweep tries again"),
+                    let wake = Forwarded {
+                        event,
+                        // Each event's own time: the sweep waits for each
+                        // commit, and an old `at` would shorten the holds
+                        // of the offers it makes.
+                        command: Command::ExpireOffers {
+                            at: crate::store::now(),
+                        },
+                        idempotency: None,
+                        request_id: None,
+                    };
+                    if let Err(error) = commands.execute(wake, WAKE_WITHIN).await {
+                        tracing::warn!(%event, %error, "could not wake an event holding offers; the next sweep tries again");
                     }
                 }
             }

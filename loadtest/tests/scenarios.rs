@@ -239,15 +239,7 @@ async fn the_rowlock_baseline_keeps_every_invariant() {
         eprintln!("TURNOUT_TEST_POSTGRES_URL is not set: skipping the baseline test");
         return;
     };
-    let name = format!("turnout_test_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::PgPool::connect(&base)
-        .await
-        .expect("Postgres answers");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+    let url = turnout::testing::scratch_postgres_database(&base).await;
 
     let report = turnout_loadtest::baseline::hot_join(&url, 200, 30, 200)
         .await

@@ -82,19 +82,31 @@ impl Commands {
         self.held.epoch(self.held.shard_of(event)).is_some()
     }
 
-    /// The command's durable answer, from this node or the holder. Runs
-    /// until answered: the caller bounds it with the write deadline.
-    pub async fn execute(&self, forwarded: Forwarded) -> Answered {
+    /// The command's durable answer, from this node or the holder, or
+    /// [`CommandError::Unavailable`] once `within` has passed (a keyed
+    /// command may have been decided all the same: its key finds that
+    /// answer).
+    pub async fn execute(&self, forwarded: Forwarded, within: Duration) -> Answered {
+        within_deadline(forwarded.event, within, self.until_answered(&forwarded)).await
+    }
+
+    /// Runs a command on this node's actor, as [`Commands::execute`] does
+    /// when the shard is held here; [`CommandError::NotHere`] if it is not.
+    pub async fn run_here(&self, forwarded: &Forwarded, within: Duration) -> Answered {
+        within_deadline(forwarded.event, within, self.decide_here(forwarded)).await
+    }
+
+    async fn until_answered(&self, forwarded: &Forwarded) -> Answered {
         let shard = self.held.shard_of(forwarded.event);
         loop {
             if self.held.epoch(shard).is_some() {
-                match self.run_here(&forwarded).await {
+                match self.decide_here(forwarded).await {
                     Err(CommandError::NotHere) => {}
                     answer => return answer,
                 }
             } else if let Some(holder) = self.directory.holder(shard).filter(|h| h.node != self.me)
             {
-                match self.peers.forward(&holder, &forwarded).await {
+                match self.peers.forward(&holder, forwarded).await {
                     Ok(Err(CommandError::NotHere)) | Err(Undelivered::NotSent) => {}
                     // Sent, but the answer was lost: only a keyed command
                     // may go again (its key finds the first answer).
@@ -112,9 +124,8 @@ impl Commands {
         }
     }
 
-    /// Runs a command on this node's actor, timed by this node's clock;
-    /// [`CommandError::NotHere`] if the shard is not held here.
-    pub async fn run_here(&self, forwarded: &Forwarded) -> Answered {
+    /// Runs a command on this node's actor, timed by this node's clock.
+    async fn decide_here(&self, forwarded: &Forwarded) -> Answered {
         self.registry
             .execute(
                 forwarded.event,
@@ -124,6 +135,20 @@ impl Commands {
             )
             .await
     }
+}
+
+/// `answer`, unless `within` passes first.
+async fn within_deadline(
+    event: EventId,
+    within: Duration,
+    answer: impl Future<Output = Answered>,
+) -> Answered {
+    tokio::time::timeout(within, answer)
+        .await
+        .unwrap_or_else(|_| {
+            tracing::warn!(%event, ?within, "a command missed its deadline");
+            Err(CommandError::Unavailable)
+        })
 }
 
 /// Why a forwarded command has no answer.

@@ -135,6 +135,13 @@ impl Breaker {
         });
     }
 
+    /// Hands back an admitted write whose outcome says nothing of the
+    /// store (another node's failure, a ping through another connection):
+    /// no verdict, and if it was the probe, the next write probes.
+    pub fn release(&self, admitted: Admitted<'_>) {
+        drop(admitted);
+    }
+
     pub fn is_open(&self) -> bool {
         !matches!(*self.state(), State::Closed { .. })
     }
@@ -204,12 +211,15 @@ mod tests {
     }
 
     #[test]
-    fn a_probe_dropped_unrecorded_lets_the_next_write_probe() {
+    fn a_probe_released_or_dropped_unrecorded_lets_the_next_write_probe() {
         let b = cooled_down();
         let probe = b.admit().expect("the probe goes through");
-        drop(probe);
+        b.release(probe);
+        let cancelled = b.admit().expect("the next write probes");
+        assert!(b.admit().is_err(), "one probe at a time");
+        drop(cancelled);
 
-        let next = b.admit().expect("the next write probes");
+        let next = b.admit().expect("the write after a cancelled probe probes");
         assert!(b.admit().is_err(), "still one probe at a time");
         b.record(next, &Ok(()));
         assert!(!b.is_open());

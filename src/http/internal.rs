@@ -5,7 +5,6 @@
 
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{HttpRequest, HttpResponse, web};
-use turnout_actors::CommandError;
 
 use super::identity::bearer_token;
 use super::{ApiError, AppState, ErrorCode};
@@ -28,9 +27,9 @@ pub async fn forwarded_command(
     }
     let forwarded: Forwarded = serde_json::from_slice(&body.0)
         .map_err(|_| ApiError::bad_request(ErrorCode::MalformedJson, "not a forwarded command"))?;
-    let run = state.commands.run_here(&forwarded);
-    let answer = tokio::time::timeout(state.write_timeout, run)
-        .await
-        .unwrap_or(Err(CommandError::Unavailable));
+    let answer = state
+        .commands
+        .run_here(&forwarded, state.write_timeout)
+        .await;
     Ok(HttpResponse::Ok().json(answer))
 }

@@ -112,25 +112,23 @@ impl AppState {
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Reply, ApiError> {
         let admitted = self.breaker.admit()?;
-        let run = self.commands.execute(Forwarded {
+        let forwarded = Forwarded {
             event,
             command,
             idempotency,
             request_id: Some(request_context::current_request_id()),
-        });
-        let outcome = match tokio::time::timeout(self.write_timeout, run).await {
-            Ok(result) => result.map_err(ApiError::from),
-            Err(_) => {
-                tracing::warn!(%event, "command missed the write deadline");
-                Err(ApiError::Unavailable)
-            }
         };
+        let outcome = self
+            .commands
+            .execute(forwarded, self.write_timeout)
+            .await
+            .map_err(ApiError::from);
         if matches!(outcome, Err(ApiError::Unavailable)) && !self.commands.holds(event) {
             // Another node's event whose holder did not answer (it died, or
             // the shard is moving): placement's to settle, no sign that
             // the database fails, so no verdict — or a dead peer would
             // pause this node's own writes too.
-            drop(admitted);
+            self.breaker.release(admitted);
         } else {
             self.breaker.record(admitted, &outcome);
         }

@@ -79,10 +79,12 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
         Ok(Err(error)) => Err(error.into()),
         Err(_) => Err(ApiError::Unavailable),
     };
-    if let Some(probe) = probe
-        && pinged.is_err()
-    {
-        state.breaker.record(probe, &pinged);
+    if let Some(probe) = probe {
+        if pinged.is_err() {
+            state.breaker.record(probe, &pinged);
+        } else {
+            state.breaker.release(probe);
+        }
     }
     pinged?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "data": {

@@ -89,34 +89,8 @@ pub async fn fresh_database(backend: Backend, dir: &tempfile::TempDir) -> Option
                 LazyLock::force(&ONCE_NOTICE);
                 return None;
             };
-            let name = format!("turnout_test_{}", Uuid::new_v4().simple());
-            let admin = sqlx::PgPool::connect(&base)
-                .await
-                .expect("TURNOUT_TEST_POSTGRES_URL is set but Postgres does not answer");
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&admin)
-                .await
-                .expect("create a test database");
-            admin.close().await;
-            Some(with_database(&base, &name))
+            Some(turnout::testing::scratch_postgres_database(&base).await)
         }
-    }
-}
-
-fn with_database(url: &str, name: &str) -> String {
-    let (before_query, query) = url
-        .split_once('?')
-        .map_or((url, None), |(a, b)| (a, Some(b)));
-    let slash = before_query.rfind('/').expect("a URL with a path");
-    let prefix = if before_query[..slash].ends_with('/') {
-        before_query
-    } else {
-        &before_query[..slash]
-    };
-    let base = format!("{}/{}", prefix.trim_end_matches('/'), name);
-    match query {
-        Some(q) => format!("{base}?{q}"),
-        None => base,
     }
 }
 

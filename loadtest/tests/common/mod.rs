@@ -20,15 +20,7 @@ pub async fn cluster(dir: &tempfile::TempDir, key: &str, nodes: usize) -> Option
     let base = std::env::var("TURNOUT_TEST_POSTGRES_URL")
         .ok()
         .filter(|u| !u.is_empty())?;
-    let name = format!("turnout_test_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::PgPool::connect(&base)
-        .await
-        .expect("TURNOUT_TEST_POSTGRES_URL is set but Postgres does not answer");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+    let url = turnout::testing::scratch_postgres_database(&base).await;
     let mut addresses = Vec::new();
     for _ in 0..nodes {
         addresses.push(start(&url, dir, key, false).await);

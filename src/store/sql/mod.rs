@@ -85,6 +85,16 @@ const EVENT_COLUMNS: &str = "e.id, e.owner_id, e.venue_id, e.title, e.descriptio
      e.waitlist_mode, e.offer_hold_secs, e.max_party, e.waitlist_fill, e.version, e.created_at, \
      e.updated_at";
 
+/// The statuses of a member who holds or awaits a place, for
+/// `status IN` in a statement's text: a user's live places, the members a
+/// cancellation ends, the joins the recommendations load.
+macro_rules! live_statuses {
+    () => {
+        "('active', 'offered', 'waitlisted')"
+    };
+}
+pub(crate) use live_statuses;
+
 /// Waitlist position of membership row `j`: its rank among the waiters.
 const POSITION: &str = "CASE WHEN j.status = 'waitlisted' THEN (SELECT COUNT(*) FROM joins w \
      WHERE w.event_id = j.event_id AND w.status = 'waitlisted' AND w.order_key <= j.order_key) END";
@@ -155,3 +165,20 @@ macro_rules! impl_store {
 
 impl_store!(Sqlite);
 impl_store!(Postgres);
+
+#[cfg(test)]
+mod tests {
+    use turnout_actors::domain::MemberStatus;
+
+    #[test]
+    fn the_live_statuses_are_those_that_hold_or_await_a_place() {
+        let live = [
+            MemberStatus::Active,
+            MemberStatus::Offered,
+            MemberStatus::Waitlisted,
+        ]
+        .map(|status| format!("'{}'", status.as_str()))
+        .join(", ");
+        assert_eq!(live_statuses!(), format!("({live})"));
+    }
+}

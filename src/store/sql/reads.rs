@@ -10,7 +10,7 @@ use turnout_actors::domain::{EventId, MemberStatus, StoredEvent, UserId};
 use turnout_actors::store::StoreError;
 use uuid::Uuid;
 
-use super::{EVENT_COLUMNS, POSITION, SqlStore};
+use super::{EVENT_COLUMNS, POSITION, SqlStore, live_statuses};
 use crate::store::{
     EventFilter, EventReads, EventRecord, MembershipRecord, Place, micros, unavailable,
 };
@@ -223,8 +223,8 @@ macro_rules! impl_reads {
                     .push(" AS position, e.version FROM joins j JOIN events e ON e.id = j.event_id \
                            WHERE j.user_id = ")
                     .push_bind(user.as_uuid())
-                    .push(" AND j.status IN ('active', 'offered', 'waitlisted') \
-                           ORDER BY j.joined_at DESC, j.event_id DESC LIMIT ")
+                    .push(concat!(" AND j.status IN ", live_statuses!(),
+                        " ORDER BY j.joined_at DESC, j.event_id DESC LIMIT "))
                     .push_bind(limit);
                 q.build_query_as().fetch_all(&self.pool).await.map_err(unavailable)
             }
@@ -279,9 +279,9 @@ macro_rules! impl_reads {
 
             async fn current_joins_of(&self, user: UserId, limit: i64) -> Result<Vec<Uuid>, StoreError> {
                 let mut newest_first: Vec<(Uuid,)> = sqlx::query_as(
-                    "SELECT event_id FROM joins WHERE user_id = $1 \
-                     AND status IN ('active', 'offered', 'waitlisted') \
-                     ORDER BY joined_at DESC, event_id DESC LIMIT $2",
+                    concat!("SELECT event_id FROM joins WHERE user_id = $1 \
+                     AND status IN ", live_statuses!(), " \
+                     ORDER BY joined_at DESC, event_id DESC LIMIT $2"),
                 )
                 .bind(user.as_uuid())
                 .bind(limit)
@@ -316,9 +316,9 @@ macro_rules! impl_reads {
                 since: DateTime<Utc>,
             ) -> Result<Vec<(Uuid, Uuid, i64)>, StoreError> {
                 sqlx::query_as(
-                    "SELECT j.user_id, j.event_id, j.joined_at FROM joins j JOIN events e ON e.id = j.event_id \
-                     WHERE e.starts_at >= $1 AND j.status IN ('active', 'offered', 'waitlisted') \
-                     ORDER BY j.joined_at, j.event_id",
+                    concat!("SELECT j.user_id, j.event_id, j.joined_at FROM joins j JOIN events e ON e.id = j.event_id \
+                     WHERE e.starts_at >= $1 AND j.status IN ", live_statuses!(), " \
+                     ORDER BY j.joined_at, j.event_id"),
                 )
                 .bind(micros(since))
                 .fetch_all(&self.pool)

@@ -36,6 +36,7 @@ use super::{
     streams_without_facts, unstale_versions,
 };
 use crate::store::SqlStore;
+use crate::store::sql::live_statuses;
 use crate::store::{micros, unavailable};
 
 /// Which of the facts `x` (stream `s`, version `v`) may be appended: the
@@ -765,10 +766,11 @@ impl SqlStore<Postgres> {
         }
         for a in rows.appends.iter().filter(|a| a.cancels()) {
             // Every membership of a cancelled event ends.
-            sqlx::query(
+            sqlx::query(concat!(
                 "UPDATE joins SET status = 'cancelled', updated_at = $1 \
-                 WHERE event_id = $2 AND status IN ('active', 'waitlisted', 'offered')",
-            )
+                     WHERE event_id = $2 AND status IN ",
+                live_statuses!()
+            ))
             .bind(now)
             .bind(a.stream.as_uuid())
             .execute(&mut **tx)

@@ -46,6 +46,7 @@ use super::{
     AnswerRow, Checked, LogRow, OutboxRow, Step, Steps, answer_json, answered, latest_snapshots,
     latest_summaries, lost, retagged, stale, streams_without_facts,
 };
+use crate::store::sql::live_statuses;
 use crate::store::{SqlStore, micros};
 
 /// The journal's SQLite connection, on its thread: an actix arbiter, so
@@ -518,10 +519,11 @@ fn write_read_models(
         ])?;
     }
 
-    let mut cancel = tx.prepare_cached(
+    let mut cancel = tx.prepare_cached(concat!(
         "UPDATE joins SET status = 'cancelled', updated_at = ?1 \
-         WHERE event_id = ?2 AND status IN ('active', 'waitlisted', 'offered')",
-    )?;
+             WHERE event_id = ?2 AND status IN ",
+        live_statuses!()
+    ))?;
     for event in &batch.cancelled {
         cancel.execute(params![now, event])?;
     }
