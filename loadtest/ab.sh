@@ -12,31 +12,25 @@
 # one line per run and a per-build summary (median of the runs) of hot-join
 # (20,000 users through 1,000 connections, capacity 1,000) and ws-fanout
 # (5,000 clients on one venue, 10 rounds); SCENARIOS="hot-join" runs one.
-set -euo pipefail
-
 A=${1:?usage: loadtest/ab.sh DIR_A DIR_B [ROUNDS]}
 B=${2:?usage: loadtest/ab.sh DIR_A DIR_B [ROUNDS]}
+# As given from where the script was started: lib.sh moves to the repo.
+A=$(realpath -e "$A") || exit 2
+B=$(realpath -e "$B") || exit 2
+source "$(dirname "$0")/lib.sh"
+
 ROUNDS=${3:-3}
 SCENARIOS=${SCENARIOS:-hot-join ws-fanout}
 PORT=18081
 KEY=ab-bench-key-ab-bench-key-ab-bench-key
 OUT=$(mktemp -d)
-trap 'pkill -f "turnout --bind 127.0.0.1:$PORT" 2>/dev/null || true' EXIT
 
 run() {
   local build=$1 label=$2 scenario=$3 round=$4
   local data
   data=$(mktemp -d)
-  TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data \
-    TURNOUT_DATABASE_URL="sqlite://$data/turnout.db?mode=rwc" \
-    TURNOUT_RATE_LIMITS__ENABLED=false TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP=0 \
-    TURNOUT_REALTIME__MAX_CONNECTIONS_PER_IP=0 \
-    "$build/turnout" --bind "127.0.0.1:$PORT" >"$data/server.log" 2>&1 &
-  local pid=$!
-  for _ in $(seq 1 50); do
-    curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
-    sleep 0.2
-  done
+  BIN=$build/turnout start_turnout "$data"
+  await_ready
   local json="$OUT/$label-$scenario-$round.json"
   # A failed check exits 1 and still writes the report, whose line says so.
   case $scenario in
@@ -61,7 +55,7 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 cpu = next((c["detail"].split(" µs")[0] for c in d["checks"] if c["name"].startswith("server CPU")), "?")
 failed = [c["name"] for c in d["checks"] if not c["passed"]]
-print(f'{sys.argv[2]} {sys.argv[3]:9} {d["throughput_per_s"]:9.0f}/s  p50 {d["latency"]["p50_ms"]:7.2f}  '
+print(f'{sys.argv[2]} {sys.argv[3]:9} {d["ok_per_s"]:9.0f}/s  p50 {d["latency"]["p50_ms"]:7.2f}  '
       f'p99 {d["latency"]["p99_ms"]:7.2f} ms  server CPU {cpu} µs/{"delivery" if sys.argv[3] == "ws-fanout" else "join"}  {"FAILED " + ",".join(failed) if failed else "all checks pass"}')
 EOF
 }
@@ -85,7 +79,7 @@ for scenario in ("hot-join", "ws-fanout"):
             continue
         cpu = [float(c["detail"].split(" µs")[0]) for r in runs for c in r["checks"] if c["name"].startswith("server CPU")]
         med = lambda xs: statistics.median(xs) if xs else float("nan")
-        print(f'{label} {scenario:9} {med([r["throughput_per_s"] for r in runs]):9.0f}/s  '
+        print(f'{label} {scenario:9} {med([r["ok_per_s"] for r in runs]):9.0f}/s  '
               f'p50 {med([r["latency"]["p50_ms"] for r in runs]):7.2f}  p99 {med([r["latency"]["p99_ms"] for r in runs]):7.2f} ms  '
               f'server CPU {med(cpu):.1f} µs/{"delivery" if scenario == "ws-fanout" else "join"}')
 EOF

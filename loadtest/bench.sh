@@ -41,10 +41,7 @@
 # records the one-transaction rule asks of a join (fact, membership,
 # counts, answer, outbox row) to SQLite with Turnout's settings: that rule
 # at its plainest on SQLite, with nothing else of Turnout's.
-set -euo pipefail
-# BIN may be given relative to where the script was started from.
-if [ -n "${BIN:-}" ]; then BIN=$(realpath "$BIN"); fi
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 ulimit -n "$(ulimit -Hn)"
 KEY=bench-key-bench-key-bench-key-0123
 PORT=18161
@@ -52,39 +49,22 @@ PG=postgres://postgres@127.0.0.1:5432
 REDIS=${REDIS_URL-redis://127.0.0.1:6379}
 out=$(mktemp -d)
 pid=
-# Whatever stops the bench, no server is left on the port: a leftover one
-# would answer the next run's readiness probe and be measured in its place.
-trap 'if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; fi' EXIT
-
-ready() {
-  for _ in $(seq 1 100); do
-    curl -s -o /dev/null -X POST "http://127.0.0.1:$PORT/$1" && return 0
-    sleep 0.1
-  done
-  return 1
-}
 
 # turnout <sqlite|postgres>: a fresh server on a fresh database.
 turnout() {
-  local data url redis=()
+  local data more=()
   data=$(mktemp -d)
-  if [ "$1" = sqlite ]; then
-    url="sqlite://$data/turnout.db?mode=rwc"
-  else
+  if [ "$1" = postgres ]; then
     dropdb -h 127.0.0.1 -U postgres --if-exists turnout_bench
     createdb -h 127.0.0.1 -U postgres turnout_bench
-    url=$PG/turnout_bench
+    more=(TURNOUT_DATABASE_URL=$PG/turnout_bench)
     if [ -n "$REDIS" ]; then
       redis-cli -u "$REDIS" del turnout:bench >/dev/null
-      redis=(TURNOUT_REDIS_URL="$REDIS" TURNOUT_REALTIME__REDIS_CHANNEL=turnout:bench)
+      more+=(TURNOUT_REDIS_URL="$REDIS" TURNOUT_REALTIME__REDIS_CHANNEL=turnout:bench)
     fi
   fi
-  env "${redis[@]}" TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data TURNOUT_DATABASE_URL=$url \
-    TURNOUT_RATE_LIMITS__ENABLED=false TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP=0 \
-    TURNOUT_REALTIME__MAX_CONNECTIONS_PER_IP=0 \
-    "${BIN:-target/release/turnout}" --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &
-  pid=$!
-  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$PORT/ready >/dev/null && return 0; sleep 0.1; done
+  start_turnout "$data" "${more[@]}"
+  await_ready && return 0
   echo "bench: turnout on $1 did not become ready; its log:" >&2
   tail -20 "$data/log" >&2
   return 1
@@ -93,13 +73,7 @@ turnout() {
 stick() {
   target/release/"$1" --bind 127.0.0.1:$PORT "${@:2}" >/dev/null 2>&1 &
   pid=$!
-  ready v1/venues
-}
-
-# CPU of every Postgres process, in clock ticks.
-db_ticks() {
-  for p in $(pgrep -x postgres); do awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null; done \
-    | awk '{n += $1} END {print n + 0}'
+  await_answer
 }
 
 # load <load> <system> <scenario and its arguments…>: runs the tool against
@@ -109,7 +83,7 @@ load() {
   local name=$1 system=$2 before
   shift 2
   echo "bench: $name on $system" >&2
-  before=$(db_ticks)
+  before=$(DB_PROCESS=postgres db_cpu)
   # A failed check exits 1 and still writes its report: the table says
   # which. No report at all is a failed run, named below the table.
   target/release/turnout-loadtest "$@" --target http://127.0.0.1:$PORT --jwt-key $KEY \
@@ -119,7 +93,7 @@ load() {
     echo "bench: $name on $system wrote no report:" >&2
     tail -5 "$out/$name.$system.log" >&2
   fi
-  if [[ $system == *postgres* ]]; then echo $(($(db_ticks) - before)) >"$out/$name.$system.db"; fi
+  if [[ $system == *postgres* ]]; then echo $(($(DB_PROCESS=postgres db_cpu) - before)) >"$out/$name.$system.db"; fi
   kill "$pid"; wait "$pid" 2>/dev/null || true
   pid=
 }
@@ -150,65 +124,84 @@ CLIENTS="8 16" SECONDS_EACH=15 loadtest/classic-bench.sh >"$out/classic.txt" 2>&
 
 python3 - "$out" "${BIN:-$(git rev-parse --short HEAD)}" "$(getconf CLK_TCK)" <<'PY'
 import datetime, glob, json, os, re, sys
+from dataclasses import dataclass, field
 out, commit, ticks = sys.argv[1], sys.argv[2], int(sys.argv[3])
-rows, cpu_of, fanout_rows = [], {}, {}
-# The sticks each Turnout row is also held against, in the table's order:
-# the CPU per request of each, by load.
-floors = {"durable stick": {}, "sqlite stick": {}}
 order = ["hot", "spread", "reads", "mix", "fan-out"]
+
+@dataclass
+class Row:
+    """One report of the tool: a load on one system."""
+    load: str
+    system: str
+    ok_per_s: float  # what was answered 2xx: fast errors are not speed
+    errors: float    # the share answered otherwise
+    p99: float
+    cpu: float | None  # the server's CPU per request, µs
+    per: str           # what a request is ("join", "delivery", …)
+    db: float | None   # the database's CPU per request, µs (Postgres)
+    failed: list = field(default_factory=list)
+
+    def key(self):
+        return (order.index(self.load), self.system != "stick", self.system)
+
+rows, fanout_rows = [], {}
 for path in glob.glob(os.path.join(out, "*.json")):
     load, system = os.path.basename(path)[:-5].split(".", 1)
     load, _, pair = load.partition("~")
     d = json.load(open(path))
     server = next((c["detail"] for c in d["checks"] if c["name"].startswith("server CPU")), "")
     m = re.match(r"([\d.]+) µs per (\w+)", server)
-    cpu, per = (float(m.group(1)), m.group(2)) if m else (None, "")
-    failed = [c["name"] for c in d["checks"] if not c["passed"]]
     db_path = path[:-5] + ".db"
-    db = int(open(db_path).read()) / ticks * 1e6 / max(d["requests"], 1) if os.path.exists(db_path) else None
-    # Throughput counts what was answered 2xx: fast errors are not speed.
-    ok = sum(n for kind, n in d["outcomes"].items() if kind.startswith("2")) / max(d["elapsed_s"], 1e-9)
-    row = (order.index(load), system != "stick", system, load, ok, d["latency"]["p99_ms"], cpu, per, db, failed, d["error_rate"])
+    row = Row(
+        load, system,
+        ok_per_s=d["ok_per_s"], errors=d["error_rate"], p99=d["latency"]["p99_ms"],
+        cpu=float(m.group(1)) if m else None, per=m.group(2) if m else "",
+        db=int(open(db_path).read()) / ticks * 1e6 / max(d["requests"], 1) if os.path.exists(db_path) else None,
+        failed=[c["name"] for c in d["checks"] if not c["passed"]])
     if pair:
         fanout_rows.setdefault(system, {})[int(pair)] = row
-        continue
-    rows.append(row)
-    if system == "stick":
-        cpu_of[load] = (cpu, d["throughput_per_s"])
-    if system in floors:
-        floors[system][load] = cpu
+    else:
+        rows.append(row)
 # The fan-out's pairs: the table shows the pair whose ratio is the median
 # (the lower of the two middle ones for an even count), with every
 # pair's failed checks.
-cpu_in = lambda system, n: fanout_rows.get(system, {}).get(n, (None,) * 11)[6]
-fanout_ratios = {n: cpu_in("turnout sqlite", n) / cpu_in("stick", n) for n in sorted(fanout_rows.get("turnout sqlite", {}))
-                 if cpu_in("turnout sqlite", n) and cpu_in("stick", n)}
+turnout_pairs, stick_pairs = fanout_rows.get("turnout sqlite", {}), fanout_rows.get("stick", {})
+fanout_ratios = {n: turnout_pairs[n].cpu / stick_pairs[n].cpu for n in sorted(turnout_pairs)
+                 if n in stick_pairs and turnout_pairs[n].cpu and stick_pairs[n].cpu}
 if fanout_ratios:
     by_ratio = sorted(fanout_ratios, key=fanout_ratios.get)
     median = by_ratio[(len(by_ratio) - 1) // 2]
-    for system, each in fanout_rows.items():
-        failed = sorted({name for row in each.values() for name in row[9]})
-        rows.append(each[median][:9] + (failed, each[median][10]))
-    cpu_of["fan-out"] = (cpu_in("stick", median), fanout_rows["stick"][median][4])
+    for each in fanout_rows.values():
+        failed = sorted({name for row in each.values() for name in row.failed})
+        rows.append(Row(**{**each[median].__dict__, "failed": failed}))
+# What each Turnout row is held against, by load: the stick, and the
+# sticks in the table's further columns.
+sticks = {row.load: row for row in rows if row.system == "stick"}
+floors = ["durable stick", "sqlite stick"]
+floor_cpu = {(row.system, row.load): row.cpu for row in rows if row.system in floors}
 print(f"Turnout bench, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, at {commit}\n")
 print("| load | system | 2xx/s | non-2xx | p99 | server CPU per request | × the stick's CPU | × the durable stick's | × the SQLite stick's | throughput ÷ the stick's | database CPU per request | checks |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-for _, _, system, load, rate, p99, cpu, per, db, failed, errors in sorted(rows):
-    stick = cpu_of.get(load)
-    times = f"{cpu / stick[0]:.2f}" if stick and cpu and system != "stick" else ("1" if system == "stick" else "—")
-    if load == "fan-out" and system != "stick" and fanout_ratios:
-        times += " (the median pair)"
-    share = f"{rate / stick[1]:.2f}" if stick and system != "stick" and load == "hot" else ("1" if system == "stick" else "—")
+for row in sorted(rows, key=Row.key):
+    stick = sticks.get(row.load)
+    if row.system == "stick":
+        times = share = "1"
+    else:
+        times = f"{row.cpu / stick.cpu:.2f}" if stick and stick.cpu and row.cpu else "—"
+        if row.load == "fan-out" and fanout_ratios:
+            times += " (the median pair)"
+        share = f"{row.ok_per_s / stick.ok_per_s:.2f}" if stick and row.load == "hot" else "—"
     times_floors = " | ".join(
-        f"{cpu / floor[load]:.2f}" if floor.get(load) and cpu and "stick" not in system else "—"
-        for floor in floors.values())
-    cpu_text = f"{cpu:.{2 if cpu < 10 else 1}f} µs per {per}" if cpu else "—"
-    verdict = "all pass" if not failed else "FAILED: " + ", ".join(failed)
-    db_text = f"{db:.1f} µs" if db is not None else ("in the server" if "sqlite" in system else "—")
-    print(f"| {load} | {system} | {rate:,.0f} | {errors:.2%} | {p99:.1f} ms | {cpu_text} | {times} | {times_floors} | {share} | {db_text} | {verdict} |")
+        f"{row.cpu / floor_cpu[(floor, row.load)]:.2f}"
+        if floor_cpu.get((floor, row.load)) and row.cpu and "stick" not in row.system else "—"
+        for floor in floors)
+    cpu_text = f"{row.cpu:.{2 if row.cpu < 10 else 1}f} µs per {row.per}" if row.cpu else "—"
+    verdict = "all pass" if not row.failed else "FAILED: " + ", ".join(row.failed)
+    db_text = f"{row.db:.1f} µs" if row.db is not None else ("in the server" if "sqlite" in row.system else "—")
+    print(f"| {row.load} | {row.system} | {row.ok_per_s:,.0f} | {row.errors:.2%} | {row.p99:.1f} ms | {cpu_text} | {times} | {times_floors} | {share} | {db_text} | {verdict} |")
 if fanout_rows:
     print("\nfan-out, server CPU per delivery pair by pair: " + "; ".join(
-        f"{system} " + ", ".join(f"{row[6]:.2f}" if row[6] else "—" for _, row in sorted(each.items())) + " µs"
+        f"{system} " + ", ".join(f"{row.cpu:.2f}" if row.cpu else "—" for _, row in sorted(each.items())) + " µs"
         for system, each in sorted(fanout_rows.items()))
         + "; Turnout × the stick: " + ", ".join(f"{r:.2f}" for r in fanout_ratios.values()))
 idle = {}
@@ -220,8 +213,8 @@ if idle:
 classic = open(os.path.join(out, "classic.txt")).read()
 best = max((float(m.group(2)), int(m.group(1))) for m in re.finditer(r"clients (\d+): ([\d.]+) joins/s", classic)) if "joins/s" in classic else None
 if best:
-    hot_stick = cpu_of.get("hot", (None, None))[1]
-    ratio = f"; ÷ the stick's throughput: {best[0] / hot_stick:.2f}" if hot_stick else ""
+    hot_stick = sticks.get("hot")
+    ratio = f"; ÷ the stick's throughput: {best[0] / hot_stick.ok_per_s:.2f}" if hot_stick else ""
     print(f"\nclassic design at its best (pgbench, {best[1]} clients): {best[0]:,.0f} joins/s{ratio}")
 else:
     print("\nclassic design: no result (classic-bench.sh failed):\n" + classic[-500:])

@@ -101,7 +101,7 @@ failed = [c["name"] for c in d["checks"] if not c["passed"]]
 cpu_us = int(ticks) / int(hz) * 1e6 / max(d["requests"], 1)
 share = float(forwarded) / max(d["requests"], 1)
 mean_fwd = float(fsum) / float(fcount) * 1e3 if float(fcount) else 0.0
-print(f'{nodes} node(s) {scenario:11} {d["throughput_per_s"]:7.0f} joins/s  p50 {d["latency"]["p50_ms"]:7.2f}  '
+print(f'{nodes} node(s) {scenario:11} {d["ok_per_s"]:7.0f} joins/s  p50 {d["latency"]["p50_ms"]:7.2f}  '
       f'p99 {d["latency"]["p99_ms"]:7.2f} ms  errors {d["error_rate"]:.4f}  nodes CPU {cpu_us:6.0f} µs/join  '
       f'forwarded {share:5.1%} (answered {int(float(answered))}), mean forward {mean_fwd:5.2f} ms  '
       f'{"FAILED " + ",".join(failed) if failed else "all checks pass"}')

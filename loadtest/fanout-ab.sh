@@ -13,12 +13,11 @@
 #   cargo build --release -p turnout -p turnout-loadtest
 #   loadtest/fanout-ab.sh
 #   BINS="/tmp/turnout-before target/release/turnout" loadtest/fanout-ab.sh
-set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 ulimit -n "$(ulimit -Hn)"   # 10,000 sockets on each side
 KEY=stick-bench-key-stick-bench-key-0123
 runs=$(mktemp)
-# Whatever stops the script, the servers it started stop with it.
+# lib.sh's trap (the servers stop with the script), and the runs' list too.
 trap 'rm -f "$runs"; kill $(jobs -p) 2>/dev/null || true' EXIT
 PORT=18152
 CLIENTS=${CLIENTS:-10000}
@@ -48,18 +47,13 @@ for pair in $(seq 1 "${PAIRS:-3}"); do
   data=$(mktemp -d)
   target/release/ws-stick --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &
   pid=$!
-  for _ in $(seq 1 100); do curl -s -o /dev/null -X POST http://127.0.0.1:$PORT/v1/venues && break; sleep 0.1; done
+  await_answer
   load stick $pid "$data"; rm -rf "$data"
 
   for bin in ${BINS:-target/release/turnout}; do
     data=$(mktemp -d)
-    TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data \
-      TURNOUT_DATABASE_URL="sqlite://$data/turnout.db?mode=rwc" \
-      TURNOUT_RATE_LIMITS__ENABLED=false TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP=0 \
-      TURNOUT_REALTIME__MAX_CONNECTIONS_PER_IP=0 \
-      "$bin" --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &
-    pid=$!
-    for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$PORT/ready >/dev/null && break; sleep 0.1; done
+    BIN=$bin start_turnout "$data"
+    await_ready
     load "$(basename "$bin")" $pid "$data" "$bin"; rm -rf "$data"
   done
 done

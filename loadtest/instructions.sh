@@ -19,11 +19,7 @@
 # OUT keeps callgrind's profile (callgrind_annotate reads it). The server
 # runs some 50 times slower under valgrind, so batches differ from a real
 # run's: compare builds under the same load, not with CPU times.
-set -euo pipefail
-# Whatever stops the script, the servers it started stop with it.
-trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
-if [ -n "${BIN:-}" ]; then BIN=$(realpath "$BIN"); fi
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 KEY=instructions-key-instructions-key-0123
 PORT=18191
 USERS=${USERS:-2000}
@@ -35,7 +31,7 @@ env TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data \
   valgrind --tool=callgrind --callgrind-out-file="$out" \
   "${BIN:-target/release/turnout}" --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &
 pid=$!
-for _ in $(seq 1 600); do curl -sf http://127.0.0.1:$PORT/ready >/dev/null && break; sleep 0.2; done
+await_ready 120
 # What start-up cost is dropped; the dump after the load holds the load's.
 callgrind_control --zero $pid >/dev/null 2>&1
 if [ "${LOAD:-joins}" = joins ]; then

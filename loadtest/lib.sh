@@ -7,8 +7,10 @@
 # - start_turnout DATA [VAR=value…]: Turnout on SQLite in DATA, on $PORT,
 #   with the abuse limits off (one machine sends the whole load) and $KEY
 #   as its signing key, logging to DATA/log; its pid in $pid.
-# - await_ready: until Turnout on $PORT says ready; await_answer: until
-#   anything on $PORT answers (the sticks have no /ready).
+# - await_ready [SECONDS]: until Turnout on $PORT says ready, for at most
+#   SECONDS (10; more for a server under valgrind or on a large database);
+#   await_answer: until anything on $PORT answers (the sticks have no
+#   /ready).
 # - db_cpu: the CPU ticks of every process named DB_PROCESS (e.g.
 #   postgres), what the database spends beside the server; 0 without one.
 # - report_line JSON LABEL: the load tool's report in one line, or the
@@ -30,7 +32,7 @@ start_turnout() {
 }
 
 await_ready() {
-  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null && return 0; sleep 0.1; done
+  for _ in $(seq 1 $((${1:-10} * 10))); do curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null && return 0; sleep 0.1; done
   echo "nothing ready on port $PORT" >&2
   return 1
 }
@@ -59,6 +61,6 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 cpu = "; ".join(f'{c["name"]}: {c["detail"]}' for c in d["checks"] if "CPU" in c["name"])
 failed = [c["name"] for c in d["checks"] if not c["passed"]]
-print(f'{sys.argv[2]}  {d["throughput_per_s"]:6.0f} req/s  non-2xx {d["error_rate"]:.2%}  p50 {d["latency"]["p50_ms"]:.2f}  p99 {d["latency"]["p99_ms"]:.2f} ms  {cpu}  {"FAILED " + ",".join(failed) if failed else "all checks pass"}')
+print(f'{sys.argv[2]}  {d["ok_per_s"]:6.0f} 2xx/s  non-2xx {d["error_rate"]:.2%}  p50 {d["latency"]["p50_ms"]:.2f}  p99 {d["latency"]["p99_ms"]:.2f} ms  {cpu}  {"FAILED " + ",".join(failed) if failed else "all checks pass"}')
 PY
 }

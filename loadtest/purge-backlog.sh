@@ -7,17 +7,12 @@
 #   cargo build --release -p turnout -p turnout-loadtest
 #   loadtest/purge-backlog.sh /tmp/turnout-before 2000000
 #   loadtest/purge-backlog.sh target/release/turnout 2000000
-set -euo pipefail
-# Whatever stops the script, the servers it started stop with it.
-trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 BIN=${1:-target/release/turnout}; ROWS=${2:-2000000}
 KEY=bench-key-bench-key-bench-key-0123; PORT=18171
 data=$(mktemp -d)
-run() { env TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=info TURNOUT_DATA_DIR=$data TURNOUT_DATABASE_URL="sqlite://$data/turnout.db?mode=rwc" \
-  TURNOUT_RATE_LIMITS__ENABLED=false TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP=0 TURNOUT_REALTIME__MAX_CONNECTIONS_PER_IP=0 \
-  $BIN --bind 127.0.0.1:$PORT >>"$data/log" 2>&1 & pid=$!
-  for _ in $(seq 1 600); do curl -sf http://127.0.0.1:$PORT/ready >/dev/null && break; sleep 0.1; done; }
+# At info, for the purge's lines; a start on the backlog may take a while.
+run() { start_turnout "$data" TURNOUT_LOG_LEVEL=info; await_ready 60; }
 run; kill $pid; wait $pid 2>/dev/null || true
 python3 - "$data/turnout.db" $ROWS <<'PY'
 import sqlite3, sys, os

@@ -7,21 +7,10 @@
 #
 #   cargo build --release -p turnout -p turnout-loadtest
 #   loadtest/stick-ab.sh            # needs Postgres at 127.0.0.1:5432 (user postgres)
-set -euo pipefail
-# Whatever stops the script, the servers it started stop with it.
-trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 KEY=stick-bench-key-stick-bench-key-0123
 PORT=18151
 PG=postgres://postgres@127.0.0.1:5432
-
-ready() {
-  for _ in $(seq 1 100); do
-    curl -s -o /dev/null -X POST http://127.0.0.1:$PORT/v1/venues && return 0
-    sleep 0.1
-  done
-  return 1
-}
 
 load() {
   local name=$1 pid=$2 data=$3
@@ -33,7 +22,7 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 cpu = [c["detail"].split(" per")[0] for c in d["checks"] if "CPU" in c["name"]]
 failed = [c["name"] for c in d["checks"] if not c["passed"]]
-print(f'{sys.argv[2]:<18} {d["throughput_per_s"]:7.0f} joins/s  p50 {d["latency"]["p50_ms"]:6.1f}  p99 {d["latency"]["p99_ms"]:6.1f} ms  server {cpu[0]:>9} / tool {cpu[1]:>9} per join  {"FAILED " + ",".join(failed) if failed else "all checks pass"}')
+print(f'{sys.argv[2]:<18} {d["ok_per_s"]:7.0f} joins/s  p50 {d["latency"]["p50_ms"]:6.1f}  p99 {d["latency"]["p99_ms"]:6.1f} ms  server {cpu[0]:>9} / tool {cpu[1]:>9} per join  {"FAILED " + ",".join(failed) if failed else "all checks pass"}')
 PY
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
@@ -41,7 +30,7 @@ PY
 for round in $(seq 1 "${ROUNDS:-2}"); do
   data=$(mktemp -d)
   target/release/http-stick --bind 127.0.0.1:$PORT --jwt-key $KEY >"$data/log" 2>&1 &
-  pid=$!; ready; load stick $pid "$data"; rm -rf "$data"
+  pid=$!; await_answer; load stick $pid "$data"; rm -rf "$data"
 
   for db in sqlite postgres; do
     data=$(mktemp -d)
@@ -55,7 +44,7 @@ for round in $(seq 1 "${ROUNDS:-2}"); do
       TURNOUT_RATE_LIMITS__ENABLED=false TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP=0 \
       target/release/turnout --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &
     pid=$!
-    for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$PORT/ready >/dev/null && break; sleep 0.1; done
+    await_ready
     load "turnout $db" $pid "$data"; rm -rf "$data"
   done
 done

@@ -11,11 +11,7 @@
 #   for b in a b a b; do BIN=/tmp/turnout-$b loadtest/writes-per-join.sh; done
 #
 # Needs strace (Debian's package).
-set -euo pipefail
-# Whatever stops the script, the servers it started stop with it.
-trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
-if [ -n "${BIN:-}" ]; then BIN=$(realpath "$BIN"); fi
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 KEY=writes-bench-key-writes-bench-key-0123
 PORT=18133
 USERS=${USERS:-400}
@@ -25,7 +21,7 @@ env TURNOUT_JWT_SECRETS=$KEY TURNOUT_LOG_LEVEL=warn TURNOUT_DATA_DIR=$data \
   TURNOUT_RATE_LIMITS__ENABLED=false TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP=0 \
   ${BIN:-target/release/turnout} --bind 127.0.0.1:$PORT >"$data/log" 2>&1 &
 pid=$!
-for _ in $(seq 1 50); do curl -sf http://127.0.0.1:$PORT/ready >/dev/null && break; sleep 0.1; done
+await_ready
 strace -f -c -e trace=pwrite64,fsync -p $pid -o "$data/strace" 2>/dev/null &
 tracer=$!
 sleep 0.5

@@ -102,6 +102,9 @@ pub struct Report {
     pub requests: u64,
     pub elapsed_s: f64,
     pub throughput_per_s: f64,
+    /// What was answered 2xx, per second: a server answering fast errors
+    /// is not fast.
+    pub ok_per_s: f64,
     pub latency: Percentiles,
     /// "201", "503", "timeout", "connect", … → count.
     pub outcomes: BTreeMap<String, u64>,
@@ -163,6 +166,7 @@ impl Report {
             requests,
             elapsed_s: elapsed.as_secs_f64(),
             throughput_per_s: requests as f64 / elapsed.as_secs_f64().max(1e-9),
+            ok_per_s: (requests - errors) as f64 / elapsed.as_secs_f64().max(1e-9),
             latency: Percentiles::of(latency),
             outcomes: outcomes.clone(),
             error_rate: if requests == 0 {
@@ -192,8 +196,8 @@ impl Report {
         let l = &self.latency;
         println!("scenario     {} against {}", self.scenario, self.target);
         println!(
-            "requests     {} in {:.3} s = {:.0}/s",
-            self.requests, self.elapsed_s, self.throughput_per_s
+            "requests     {} in {:.3} s = {:.0}/s ({:.0}/s answered 2xx)",
+            self.requests, self.elapsed_s, self.throughput_per_s, self.ok_per_s
         );
         println!(
             "latency ms   p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
