@@ -48,7 +48,6 @@ PORT=18161
 PG=postgres://postgres@127.0.0.1:5432
 REDIS=${REDIS_URL-redis://127.0.0.1:6379}
 out=$(mktemp -d)
-pid=
 
 # turnout <sqlite|postgres>: a fresh server on a fresh database.
 turnout() {
@@ -95,7 +94,6 @@ load() {
   fi
   if [[ $system == *postgres* ]]; then echo $(($(DB_PROCESS=postgres db_cpu) - before)) >"$out/$name.$system.db"; fi
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  pid=
 }
 
 hot=(hot-join --users 20000 --concurrency 1000 --capacity 1000)
@@ -124,6 +122,7 @@ CLIENTS="8 16" SECONDS_EACH=15 loadtest/classic-bench.sh >"$out/classic.txt" 2>&
 
 python3 - "$out" "${BIN:-$(git rev-parse --short HEAD)}" "$(getconf CLK_TCK)" <<'PY'
 import datetime, glob, json, os, re, sys
+import dataclasses
 from dataclasses import dataclass, field
 out, commit, ticks = sys.argv[1], sys.argv[2], int(sys.argv[3])
 order = ["hot", "spread", "reads", "mix", "fan-out"]
@@ -173,7 +172,7 @@ if fanout_ratios:
     median = by_ratio[(len(by_ratio) - 1) // 2]
     for each in fanout_rows.values():
         failed = sorted({name for row in each.values() for name in row.failed})
-        rows.append(Row(**{**each[median].__dict__, "failed": failed}))
+        rows.append(dataclasses.replace(each[median], failed=failed))
 # What each Turnout row is held against, by load: the stick, and the
 # sticks in the table's further columns.
 sticks = {row.load: row for row in rows if row.system == "stick"}
@@ -190,7 +189,7 @@ for row in sorted(rows, key=Row.key):
         times = f"{row.cpu / stick.cpu:.2f}" if stick and stick.cpu and row.cpu else "—"
         if row.load == "fan-out" and fanout_ratios:
             times += " (the median pair)"
-        share = f"{row.ok_per_s / stick.ok_per_s:.2f}" if stick and row.load == "hot" else "—"
+        share = f"{row.ok_per_s / stick.ok_per_s:.2f}" if stick and stick.ok_per_s and row.load == "hot" else "—"
     times_floors = " | ".join(
         f"{row.cpu / floor_cpu[(floor, row.load)]:.2f}"
         if floor_cpu.get((floor, row.load)) and row.cpu and "stick" not in row.system else "—"
@@ -214,7 +213,7 @@ classic = open(os.path.join(out, "classic.txt")).read()
 best = max((float(m.group(2)), int(m.group(1))) for m in re.finditer(r"clients (\d+): ([\d.]+) joins/s", classic)) if "joins/s" in classic else None
 if best:
     hot_stick = sticks.get("hot")
-    ratio = f"; ÷ the stick's throughput: {best[0] / hot_stick.ok_per_s:.2f}" if hot_stick else ""
+    ratio = f"; ÷ the stick's throughput: {best[0] / hot_stick.ok_per_s:.2f}" if hot_stick and hot_stick.ok_per_s else ""
     print(f"\nclassic design at its best (pgbench, {best[1]} clients): {best[0]:,.0f} joins/s{ratio}")
 else:
     print("\nclassic design: no result (classic-bench.sh failed):\n" + classic[-500:])

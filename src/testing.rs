@@ -2,11 +2,13 @@
 //! Postgres database of its own for every test that runs against the real
 //! server.
 //!
-//! Each database is named after the process that made it, and the first a
-//! process makes is preceded by a sweep of those whose process has ended.
-//! So a developer's repeated `cargo test` leaves at most the last run's
-//! databases behind, and a test's database outlives the test, to be looked
-//! at when it failed.
+//! Each database is named after the machine (its boot and process
+//! namespace) and the process that made it, and the first a process makes
+//! is preceded by a sweep of this machine's whose process has ended. So a
+//! developer's repeated `cargo test` does not pile databases up, and one
+//! stays until a later test process starts, to be looked at when its test
+//! failed. Another machine's databases on a shared Postgres are never
+//! touched: whether their process runs cannot be told from here.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,10 +32,19 @@ pub async fn scratch_postgres_database(base_url: &str) -> String {
     let admin = PgPool::connect(base_url)
         .await
         .expect("TURNOUT_TEST_POSTGRES_URL is set but Postgres does not answer");
-    if !SWEPT.swap(true, Ordering::AcqRel) {
-        sweep(&admin).await;
+    let machine = machine();
+    if let Some(machine) = &machine
+        && !SWEPT.swap(true, Ordering::AcqRel)
+    {
+        sweep(&admin, machine).await;
     }
-    let name = format!("{PREFIX}{}_{}", std::process::id(), Uuid::new_v4().simple());
+    // At most 49 bytes: Postgres cuts names at 63.
+    let name = format!(
+        "{PREFIX}{}_{}_{}",
+        machine.as_deref().unwrap_or("00000000"),
+        std::process::id(),
+        &Uuid::new_v4().simple().to_string()[..16]
+    );
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&admin)
         .await
@@ -42,14 +53,11 @@ pub async fn scratch_postgres_database(base_url: &str) -> String {
     with_database(base_url, &name)
 }
 
-/// Drops the test databases whose process has ended. Those of a suite
-/// from before databases were named after their process are dropped too,
-/// unless something is connected to them. Where processes cannot be
-/// looked up (no `/proc`), nothing is dropped.
-async fn sweep(admin: &PgPool) {
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
+/// Drops this machine's test databases whose process has ended (and the
+/// connections a server they started may still hold). Those of a suite
+/// from before databases were named after their maker are dropped too,
+/// unless something is connected to them.
+async fn sweep(admin: &PgPool, machine: &str) {
     let names: Vec<String> = sqlx::query_scalar(
         r"SELECT datname FROM pg_database WHERE datname LIKE 'turnout\_test\_%'",
     )
@@ -57,24 +65,59 @@ async fn sweep(admin: &PgPool) {
     .await
     .unwrap_or_default();
     for name in names {
-        let drop = match maker(&name) {
-            Some(pid) if Path::new(&format!("/proc/{pid}")).exists() => continue,
-            // Its process is gone; a server it started may still hold a
-            // connection (a crash test's child), and would fail next anyway.
-            Some(_) => format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            None => format!("DROP DATABASE IF EXISTS {name}"),
+        let drops = match maker(&name) {
+            Some((theirs, pid))
+                if theirs == machine && !Path::new(&format!("/proc/{pid}")).exists() =>
+            {
+                // `FORCE` is Postgres 13's: before it, plainly.
+                vec![
+                    format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                    format!("DROP DATABASE IF EXISTS {name}"),
+                ]
+            }
+            Some(_) => continue,
+            None => vec![format!("DROP DATABASE IF EXISTS {name}")],
         };
-        // A database in use by an older suite is left to it.
-        let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(admin).await;
+        for drop in drops {
+            // A database still in use is left to its user.
+            if sqlx::query(sqlx::AssertSqlSafe(drop))
+                .execute(admin)
+                .await
+                .is_ok()
+            {
+                break;
+            }
+        }
     }
 }
 
-/// The process that made a test database, from its name
-/// (`turnout_test_<pid>_<uuid>`).
-fn maker(name: &str) -> Option<u32> {
-    let (pid, uuid) = name.strip_prefix(PREFIX)?.split_once('_')?;
-    Uuid::try_parse(uuid).ok()?;
-    pid.parse().ok()
+/// This machine, as far as processes go: its boot and its process
+/// namespace, as 8 hex digits; none without `/proc`.
+fn machine() -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    // FNV-1a: stable across builds and toolchains, unlike std's hasher.
+    let hash = format!("{}{}", boot.trim(), namespace.display())
+        .bytes()
+        .fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+    Some(format!("{hash:08x}"))
+}
+
+/// The machine and process that made a test database, from its name
+/// (`turnout_test_<machine>_<pid>_<random>`).
+fn maker(name: &str) -> Option<(&str, u32)> {
+    let mut parts = name.strip_prefix(PREFIX)?.split('_');
+    let (machine, pid, random) = (parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+    (parts.next().is_none()
+        && machine.len() == 8
+        && hex(machine)
+        && random.len() == 16
+        && hex(random))
+    .then_some(())?;
+    Some((machine, pid.parse().ok()?))
 }
 
 /// `url` with its database replaced by `name`.
@@ -101,9 +144,18 @@ mod tests {
 
     #[test]
     fn a_database_names_its_maker() {
-        let name = format!("{PREFIX}4242_{}", Uuid::new_v4().simple());
-        assert_eq!(maker(&name), Some(4242));
+        let here = machine().expect("Linux has /proc");
+        assert_eq!(here.len(), 8);
+        assert_eq!(machine(), Some(here.clone()), "the same machine each time");
+        let name = format!("{PREFIX}{here}_4242_0123456789abcdef");
+        assert_eq!(maker(&name), Some((here.as_str(), 4242)));
+        assert!(name.len() <= 63);
+        // An older suite's names, and others'.
         assert_eq!(maker(&format!("{PREFIX}{}", Uuid::new_v4().simple())), None);
+        assert_eq!(
+            maker(&format!("{PREFIX}4242_{}", Uuid::new_v4().simple())),
+            None
+        );
         assert_eq!(maker("turnout_bench"), None);
     }
 
@@ -130,30 +182,42 @@ mod tests {
             return;
         };
         let admin = PgPool::connect(&base).await.expect("Postgres answers");
+        let here = machine().expect("Linux has /proc");
+        let named = |machine: &str, pid: u32| {
+            format!(
+                "{PREFIX}{machine}_{pid}_{}",
+                &Uuid::new_v4().simple().to_string()[..16]
+            )
+        };
         // No process has the largest pid.
-        let ended = format!("{PREFIX}{}_{}", u32::MAX, Uuid::new_v4().simple());
-        let running = format!("{PREFIX}{}_{}", std::process::id(), Uuid::new_v4().simple());
-        for name in [&ended, &running] {
+        let ended = named(&here, u32::MAX);
+        let running = named(&here, std::process::id());
+        let elsewhere = named("0badf00d", u32::MAX);
+        for name in [&ended, &running, &elsewhere] {
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
                 .execute(&admin)
                 .await
                 .unwrap();
         }
-        sweep(&admin).await;
-        let left: Vec<String> =
+        sweep(&admin, &here).await;
+        let mut left: Vec<String> =
             sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname = ANY($1)")
-                .bind(vec![ended.clone(), running.clone()])
+                .bind(vec![ended.clone(), running.clone(), elsewhere.clone()])
                 .fetch_all(&admin)
                 .await
                 .unwrap();
+        left.sort();
+        let mut kept = vec![running.clone(), elsewhere.clone()];
+        kept.sort();
         assert_eq!(
-            left,
-            vec![running.clone()],
-            "{ended} dropped, {running} kept"
+            left, kept,
+            "{ended} dropped; this process's and another machine's kept"
         );
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {running}")))
-            .execute(&admin)
-            .await
-            .unwrap();
+        for name in [running, elsewhere] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
+                .execute(&admin)
+                .await
+                .unwrap();
+        }
     }
 }

@@ -354,6 +354,16 @@ impl EventActor {
         );
         self.last_active = Instant::now();
         if self.retired.is_none() && !self.holds_its_shard() {
+            if self.lease_lapsed() {
+                // Still this node's shard at this actor's epoch, only not
+                // believed current until a renewal lands: no answer now,
+                // but no stepping aside either. Out of the roster, a second
+                // actor could load the event beside the appends this one
+                // has in flight, which still commit under the same lease,
+                // and answer from a state without them.
+                let _ = reply.send(Err(CommandError::NotHere));
+                return;
+            }
             // Activated just as its shard was handed over, or the shard was
             // lost: it may not answer, not even "nothing changed".
             self.retire(None, ctx);
@@ -747,6 +757,14 @@ impl EventActor {
     fn holds_its_shard(&self) -> bool {
         self.lease
             .is_none_or(|lease| self.held.epoch(lease.shard) == Some(lease.epoch))
+    }
+
+    /// Whether the node still holds the shard at this actor's epoch, its
+    /// lease only past the time it is believed until (a renewal is late):
+    /// the database fences nothing of this actor's meanwhile.
+    fn lease_lapsed(&self) -> bool {
+        self.lease
+            .is_some_and(|lease| self.held.believed(lease.shard) == Some(lease.epoch))
     }
 
     /// A panic in the domain: the state may be half-changed, so drop it.

@@ -277,6 +277,94 @@ async fn an_actor_whose_lease_is_gone_answers_nothing_and_leaves() {
     assert_eq!(registry.live_actors(), 1);
 }
 
+/// A lease whose renewal is late is believed no longer, at the same
+/// epoch: a command reaching the actor meanwhile is answered "not here",
+/// but the actor stays. Had it stepped aside, the next command after the
+/// renewal would start a second actor, loaded before the first one's join
+/// committed, and tell that member they are none.
+#[actix::test]
+async fn an_actor_whose_lease_lapsed_stays_for_the_renewal() {
+    let held = Arc::new(HeldShards::none(ShardCount::DEFAULT));
+    let store = Arc::new(MemoryStore {
+        commit_delay: Duration::from_millis(150),
+        lookup_delay: Duration::from_millis(50),
+        ..MemoryStore::default()
+    });
+    let settings = ActorSettings {
+        idle_timeout: Duration::from_millis(100),
+        ..ActorSettings::default()
+    };
+    let registry = registry_on(store, Arc::clone(&held), settings);
+    let event = EventId::new();
+    let shard = held.shard_of(event);
+    held.hold(ShardLease { shard, epoch: 1 }, far_off());
+    let owner = create_event(&registry, event, 5).await;
+    let run = |command| registry.execute(event, command, None, None);
+    let now = Utc::now;
+    run(Command::Publish {
+        by: owner,
+        at: now(),
+    })
+    .await
+    .unwrap();
+
+    // Given a user whose keyed commands are looked up before anything is
+    // decided — they replayed a join's key after leaving, once the actor
+    // that knew the key had passivated —
+    let replayer = UserId::new();
+    let first = join_key(replayer, "first", event);
+    let keyed =
+        |key: &IdempotencyKey| registry.execute(event, join(replayer), Some(key.clone()), None);
+    keyed(&first).await.unwrap();
+    run(Command::Leave {
+        user: replayer,
+        at: now(),
+    })
+    .await
+    .unwrap();
+    let passivated = async {
+        while registry.live_actors() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), passivated)
+        .await
+        .expect("the idle actor passivates");
+    assert!(matches!(keyed(&first).await, Ok(Reply::Replayed(_))));
+    // and a member's join committing,
+    let member = UserId::new();
+    let joined = spawn_execute(&registry, event, join(member), None);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // when that user's next command is looked up as the lease lapses,
+    let looking = keyed(&join_key(replayer, "second", event));
+    held.hold(
+        ShardLease { shard, epoch: 1 },
+        std::time::Instant::now() + Duration::from_millis(5),
+    );
+    let answer = looking.await;
+    assert!(matches!(answer, Err(CommandError::NotHere)), "{answer:?}");
+    // and the lease is renewed before the member's join commits,
+    held.renewed(&[shard], far_off());
+    let stranger = run(Command::Leave {
+        user: UserId::new(),
+        at: now(),
+    })
+    .await;
+    assert!(
+        matches!(stranger, Err(CommandError::Rejected(_))),
+        "{stranger:?}"
+    );
+    assert!(matches!(joined.await.unwrap(), Ok(Reply::Done(_))));
+    // then the member may leave: one actor, which knows of the join.
+    let left = run(Command::Leave {
+        user: member,
+        at: now(),
+    })
+    .await;
+    assert!(matches!(left, Ok(Reply::Done(_))), "{left:?}");
+    assert_eq!(registry.live_actors(), 1);
+}
+
 #[actix::test]
 async fn facts_replayed_at_activation_count_towards_the_next_snapshot() {
     let settings = ActorSettings {
