@@ -193,25 +193,29 @@ impl RateLimits {
     /// The client's address: the peer's, or, when the peer is a trusted
     /// proxy, the nearest address in `X-Forwarded-For` that is not one.
     /// The chain is read from the right, each hop written by the one after
-    /// it; a hop that is not an address ends the walk at the last trusted
-    /// one, for whatever stands left of it may be the client's invention.
+    /// it, across every line of the header (a proxy may add a line of its
+    /// own rather than extend the last: the lines are one list, in order);
+    /// a hop that is not an address ends the walk at the last trusted one,
+    /// for whatever stands left of it may be the client's invention.
     pub fn client_ip(&self, peer: Option<SocketAddr>, headers: &HeaderMap) -> IpAddr {
         let peer = peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip().to_canonical());
         if !is_trusted(&self.trusted_proxies, peer) {
             return peer;
         }
-        let Some(chain) = headers.get("x-forwarded-for").and_then(|h| h.to_str().ok()) else {
-            return peer;
-        };
         let mut nearest = peer;
-        for hop in chain.rsplit(',') {
-            let Some(ip) = hop_address(hop.trim()) else {
-                break;
+        for line in headers.get_all("x-forwarded-for").rev() {
+            let Ok(line) = line.to_str() else {
+                return nearest;
             };
-            if !is_trusted(&self.trusted_proxies, ip) {
-                return ip;
+            for hop in line.rsplit(',') {
+                let Some(ip) = hop_address(hop.trim()) else {
+                    return nearest;
+                };
+                if !is_trusted(&self.trusted_proxies, ip) {
+                    return ip;
+                }
+                nearest = ip;
             }
-            nearest = ip;
         }
         nearest
     }
@@ -365,5 +369,28 @@ mod tests {
         assert_eq!(client("9.9.9.9, [2001:db8::2]"), ip("2001:db8::2"));
         // What stands left of a hop that is no address is not believed.
         assert_eq!(client("9.9.9.9, not-an-address"), ip("10.0.0.2"));
+    }
+
+    /// A proxy that adds a line of its own (HAProxy's `forwardfor`) puts
+    /// the client it saw last: the client's own line, first, is not read
+    /// as the client.
+    #[test]
+    fn the_header_lines_are_one_chain_read_from_the_last() {
+        let limits = limits(&["10.0.0.2", "10.0.0.3"]);
+        let name = actix_web::http::header::HeaderName::from_static("x-forwarded-for");
+        let lines = |lines: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for line in lines {
+                headers.append(name.clone(), line.parse().unwrap());
+            }
+            limits.client_ip(peer("10.0.0.2:5000"), &headers)
+        };
+        assert_eq!(lines(&["6.6.6.6", "198.51.100.7"]), ip("198.51.100.7"));
+        assert_eq!(
+            lines(&["6.6.6.6", "198.51.100.7, 10.0.0.3"]),
+            ip("198.51.100.7")
+        );
+        assert_eq!(lines(&["6.6.6.6", "10.0.0.3"]), ip("6.6.6.6"));
+        assert_eq!(lines(&["6.6.6.6", "not-an-address"]), ip("10.0.0.2"));
     }
 }

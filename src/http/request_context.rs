@@ -33,10 +33,14 @@ pub fn current_request_id() -> String {
     CURRENT.try_with(Clone::clone).unwrap_or_default()
 }
 
-/// The pattern of the route `req` matched (`None`: no route), as this
-/// worker's [`RouteMemo`] remembers it.
+/// The pattern of the route `req` matches (`None`: no route), as this
+/// worker's [`RouteMemo`] remembers it. Matched on the path as the router
+/// reads it, its escapes decoded (`/v1/auth/%6Cogin` is the login): on
+/// the path as sent, such a request would match no route here, and spend
+/// the budget of writes in general instead of its own.
 pub fn matched_route(req: &ServiceRequest) -> Option<Arc<str>> {
-    route_memo(req.request()).pattern(req.path(), || req.match_pattern())
+    let routed = req.match_info().as_str();
+    route_memo(req.request()).pattern(routed, || req.resource_map().match_pattern(routed))
 }
 
 /// The worker's memory of its routes, which the app factory gives every

@@ -49,6 +49,14 @@ async fn each_user_gets_a_budget_of_writes() {
         .await
         .unwrap();
     assert_error(lower_case, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    // A path with escapes is the same route, to the router and the limit.
+    let escaped = app
+        .request(Method::DELETE, &format!("/v1/events/{event}/j%6Fin"))
+        .header("Authorization", format!("Bearer {}", user.token))
+        .send()
+        .await
+        .unwrap();
+    assert_error(escaped, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
     assert_eq!(
         app.event(event).await["active_count"],
         1,
