@@ -24,6 +24,7 @@ use dashmap::DashMap;
 use serde::Serialize;
 use turnout_actors::changes::EventChange;
 use turnout_actors::domain::{DomainEvent, EventId, MemberStatus, UserId, WaitlistMove};
+use turnout_actors::store::StoreError;
 use uuid::Uuid;
 
 use super::protocol::{self, Position};
@@ -246,6 +247,25 @@ impl MyPlaces {
     }
 }
 
+/// One read of [`MeWatcher::read`].
+async fn read_places(
+    store: &dyn Store,
+    user: UserId,
+    known: &[EventId],
+) -> Result<Vec<Place>, StoreError> {
+    let mut places = store.live_places_of(user, SNAPSHOT_LIMIT).await?;
+    let read: HashSet<Uuid> = places.iter().map(|p| p.membership.event_id).collect();
+    let left_out: Vec<EventId> = known
+        .iter()
+        .filter(|event| !read.contains(&event.as_uuid()))
+        .copied()
+        .collect();
+    if !left_out.is_empty() {
+        places.extend(store.places_in(user, &left_out).await?);
+    }
+    Ok(places)
+}
+
 fn is_live(status: MemberStatus) -> bool {
     matches!(
         status,
@@ -419,14 +439,28 @@ pub struct MeWatcher {
 }
 
 impl MeWatcher {
-    fn load(&self) -> impl Future<Output = Option<Vec<MyPlace>>> + 'static {
+    /// The person's live places and, of the events in `known`, how their
+    /// place stands now wherever the live read left it out — ended ones
+    /// with their final status, which the live read cannot show. A failed
+    /// read is retried, backing off, as a hub's load is: an empty list
+    /// would tell the person they hold nothing.
+    fn read(&self, known: Vec<EventId>) -> impl Future<Output = Vec<MyPlace>> + 'static {
         let (store, user) = (Arc::clone(&self.feeds.0.store), self.user);
         async move {
-            match store.live_places_of(user, SNAPSHOT_LIMIT).await {
-                Ok(places) => Some(places.into_iter().map(MyPlace::from).collect()),
-                Err(error) => {
-                    tracing::warn!(%error, "could not load a person's places");
-                    None
+            let mut pause = std::time::Duration::from_millis(100);
+            loop {
+                match read_places(&*store, user, &known).await {
+                    Ok(places) => return places.into_iter().map(MyPlace::from).collect(),
+                    Err(error) => {
+                        metrics::counter!("turnout_ws_channel_load_failures_total").increment(1);
+                        tracing::warn!(
+                            %error,
+                            retry_in_ms = pause.as_millis() as u64,
+                            "could not load a person's places"
+                        );
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(std::time::Duration::from_secs(10));
+                    }
                 }
             }
         }
@@ -531,26 +565,29 @@ impl Actor for MeWatcher {
         // Registered first, then read: a change committed meanwhile is
         // either in the read or arrives after it (and older ones are
         // recognised by their version).
-        ctx.wait(self.load().into_actor(self).map(|loaded, watcher, ctx| {
-            let places = loaded.unwrap_or_default();
-            watcher.places = MyPlaces::new(watcher.user, places);
-            let all = watcher.places.all();
-            // The channel keeps no history: a resume gets a snapshot.
-            let recovered = watcher.since.take().map(|_| false);
-            let text = protocol::snapshot(
-                ME,
-                &watcher.epoch,
-                watcher.offset,
-                recovered,
-                &Snapshot { places: &all },
-            );
-            watcher.send(text);
-            watcher.follow(ctx);
-            // A change to an event the person waits in, committed between
-            // the read and registering as waiting there, reached nobody:
-            // one more read settles it.
-            ctx.notify(Refresh);
-        }));
+        ctx.wait(
+            self.read(Vec::new())
+                .into_actor(self)
+                .map(|places, watcher, ctx| {
+                    watcher.places = MyPlaces::new(watcher.user, places);
+                    let all = watcher.places.all();
+                    // The channel keeps no history: a resume gets a snapshot.
+                    let recovered = watcher.since.take().map(|_| false);
+                    let text = protocol::snapshot(
+                        ME,
+                        &watcher.epoch,
+                        watcher.offset,
+                        recovered,
+                        &Snapshot { places: &all },
+                    );
+                    watcher.send(text);
+                    watcher.follow(ctx);
+                    // A change to an event the person waits in, committed between
+                    // the read and registering as waiting there, reached nobody:
+                    // one more read settles it.
+                    ctx.notify(Refresh);
+                }),
+        );
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
@@ -591,12 +628,15 @@ impl Handler<Refresh> for MeWatcher {
     type Result = ();
 
     fn handle(&mut self, _: Refresh, ctx: &mut Self::Context) {
-        ctx.wait(self.load().into_actor(self).map(|loaded, watcher, ctx| {
-            if let Some(fresh) = loaded {
-                let updates = watcher.places.refresh(fresh);
-                watcher.send_updates(updates, None, ctx);
-            }
-        }));
+        let known = self.places.held_in().collect();
+        ctx.wait(
+            self.read(known)
+                .into_actor(self)
+                .map(|fresh, watcher, ctx| {
+                    let updates = watcher.places.refresh(fresh);
+                    watcher.send_updates(updates, None, ctx);
+                }),
+        );
     }
 }
 
@@ -716,6 +756,32 @@ mod tests {
         assert_eq!(offered[0].1.status, MemberStatus::Offered);
         assert!(offered[0].1.offer_expires_at.is_some());
         assert_eq!(offered[0].1.position, None);
+        assert_eq!(mine.waiting_in().count(), 0);
+    }
+
+    /// A refresh after a gap reads the places known here as they stand
+    /// now: one that ended meanwhile is told with its final status and
+    /// leaves the list (PROTOCOL.md).
+    #[test]
+    fn a_refresh_tells_a_place_that_ended_unheard_and_drops_it() {
+        let (a, me) = (UserId::new(), UserId::new());
+        let mut event = Event::new();
+        let mut mine = MyPlaces::new(me, []);
+        mine.apply(&event.join(a));
+        mine.apply(&event.join(me));
+        let id = event.state.as_ref().unwrap().id;
+        let waiting = mine.get(id).cloned().expect("waiting");
+        // The leave's change never arrived; the read finds the place left.
+        let unheard = event.leave(me);
+        let read = MyPlace {
+            status: MemberStatus::Left,
+            position: None,
+            version: unheard.summary.version,
+            ..waiting
+        };
+        let told = mine.refresh(vec![read.clone()]);
+        assert_eq!(told, vec![("refreshed", read)]);
+        assert!(mine.get(id).is_none());
         assert_eq!(mine.waiting_in().count(), 0);
     }
 

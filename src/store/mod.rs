@@ -307,6 +307,12 @@ pub trait EventReads: Send + Sync {
     /// live places past the limit.
     async fn live_places_of(&self, user: UserId, limit: i64) -> Result<Vec<Place>, StoreError>;
 
+    /// A user's places in `events`, whatever their status, each with its
+    /// event's version: how places known to have been live stand now,
+    /// ended ones included (a refresh's read of what the live read left
+    /// out).
+    async fn places_in(&self, user: UserId, events: &[EventId]) -> Result<Vec<Place>, StoreError>;
+
     /// An event's facts after stream version `after`, oldest first, at most
     /// `limit`: its history, from the log itself.
     async fn history(

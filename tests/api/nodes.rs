@@ -167,6 +167,75 @@ async fn a_client_on_one_node_sees_joins_made_through_another_in_order() {
     assert_eq!(a.event(event).await["active_count"], 35);
 }
 
+/// A `me` feed on node A, cut off from Redis while the person left an
+/// event held by node B, is told once the link is back: the refresh after
+/// the resync reads the places it knew as they stand, ended ones with
+/// their final status, and the place leaves the list.
+#[actix_web::test]
+async fn a_place_that_ended_unheard_is_told_once_the_link_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((a, b, cut_a)) = linked_nodes(&dir).await else {
+        return;
+    };
+    a.wait_for_placement(2).await;
+    let owner = b.register("owner@example.com").await;
+    let event = event_held_by(&b, &owner).await;
+    let person = a.user();
+    assert_eq!(b.join(&person, event).await.status(), StatusCode::CREATED);
+    let mut socket = crate::realtime::connect(&a).await;
+    crate::realtime::send(
+        &mut socket,
+        serde_json::json!({ "type": "auth", "token": person.token }),
+    )
+    .await;
+    assert_eq!(
+        crate::realtime::next(&mut socket).await["type"],
+        "authenticated"
+    );
+    let snapshot = crate::realtime::subscribe(&mut socket, "me", None).await;
+    assert_eq!(
+        snapshot["data"]["places"][0]["status"], "active",
+        "{snapshot}"
+    );
+
+    cut_a.send(false).unwrap();
+    assert_eq!(b.leave(&person, event).await.status(), StatusCode::OK);
+    cut_a.send(true).unwrap();
+    let told = crate::realtime::next(&mut socket).await;
+    assert_eq!(told["data"]["reason"], "refreshed", "{told}");
+    assert_eq!(told["data"]["place"]["event_id"], event.to_string());
+    assert_eq!(told["data"]["place"]["status"], "left", "{told}");
+}
+
+/// A published event of `owner`'s whose shard `node` holds.
+async fn event_held_by(node: &TestApp, owner: &crate::helpers::User) -> uuid::Uuid {
+    let cluster = node.cluster().await;
+    let me = cluster["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["this_node"] == true)
+        .unwrap()["id"]
+        .clone();
+    let shards =
+        turnout_actors::placement::ShardCount::new(cluster["shards"].as_u64().unwrap() as u32)
+            .unwrap();
+    for _ in 0..64 {
+        let event = node.published_event(owner, 5).await;
+        let shard = turnout_actors::placement::shard_of(event.into(), shards);
+        let holder = cluster["leases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["shard"] == shard.get())
+            .map(|l| l["node"].clone());
+        if holder == Some(me.clone()) {
+            return event;
+        }
+    }
+    panic!("64 events and none held by the node that holds half the shards");
+}
+
 /// Reads are answered from memory on every node of a cluster linked
 /// through Redis: the node that took a join (or forwarded it) shows it at
 /// once, the other as soon as the change reaches it — and each read is the

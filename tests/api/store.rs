@@ -8,8 +8,8 @@ use actix::prelude::*;
 use chrono::Utc;
 use turnout::store::{self, PoolSettings, Store};
 use turnout_actors::domain::{
-    Capacity, Command, EventDetails, EventId, EventState, Seats, Title, UserId, VenueId,
-    WaitlistPolicy, decide, evolve,
+    Capacity, Command, EventDetails, EventId, EventState, MemberStatus, Seats, Title, UserId,
+    VenueId, WaitlistPolicy, decide, evolve,
 };
 use turnout_actors::placement::{ShardCount, ShardLease, shard_of};
 use turnout_actors::shards::HeldShards;
@@ -1269,6 +1269,7 @@ async fn live_places_are_not_crowded_out_by_ended_ones(backend: Backend) {
         at: Utc::now(),
     };
     registry.execute(staying, join(), None, None).await.unwrap();
+    let mut ended = Vec::new();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(2)).await;
         let left = create_event(&store, &registry, owner, 10).await;
@@ -1278,11 +1279,32 @@ async fn live_places_are_not_crowded_out_by_ended_ones(backend: Backend) {
             at: Utc::now(),
         };
         registry.execute(left, leave, None, None).await.unwrap();
+        ended.push(left);
     }
 
     let places = store.live_places_of(user, 2).await.unwrap();
     let events: Vec<uuid::Uuid> = places.iter().map(|p| p.membership.event_id).collect();
     assert_eq!(events, vec![staying.as_uuid()], "{places:?}");
+
+    // A `me` refresh reads how the places it knew stand now, ended ones
+    // with their final status; an event the person was never in has none.
+    let never = create_event(&store, &registry, owner, 10).await;
+    let known = [staying, ended[0], never];
+    let mut now: Vec<(uuid::Uuid, MemberStatus)> = store
+        .places_in(user, &known)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.membership.event_id, p.membership.status))
+        .collect();
+    now.sort_by_key(|(event, _)| *event == ended[0].as_uuid());
+    assert_eq!(
+        now,
+        vec![
+            (staying.as_uuid(), MemberStatus::Active),
+            (ended[0].as_uuid(), MemberStatus::Left),
+        ]
+    );
 }
 
 macro_rules! store_tests {

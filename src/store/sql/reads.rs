@@ -10,10 +10,30 @@ use turnout_actors::domain::{EventId, MemberStatus, StoredEvent, UserId};
 use turnout_actors::store::StoreError;
 use uuid::Uuid;
 
-use super::{EVENT_COLUMNS, POSITION, SqlStore, live_statuses};
+use super::{CHUNK, EVENT_COLUMNS, POSITION, SqlStore, live_statuses};
 use crate::store::{
     EventFilter, EventReads, EventRecord, MembershipRecord, Place, micros, unavailable,
 };
+
+/// The start of a read of `user`'s places, each with its event's version:
+/// the statement's `WHERE` goes on from there.
+fn places_of<DB>(user: UserId) -> QueryBuilder<DB>
+where
+    DB: sqlx::Database,
+    for<'t> Uuid: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    let mut q = QueryBuilder::new(
+        "SELECT j.event_id, j.user_id, j.status, j.order_key, j.seats, j.offer_expires_at, \
+         j.joined_at, ",
+    );
+    q.push(POSITION)
+        .push(
+            " AS position, e.version FROM joins j JOIN events e ON e.id = j.event_id \
+             WHERE j.user_id = ",
+        )
+        .push_bind(user.as_uuid());
+    q
+}
 
 /// Hands each event its tags from `(event, tag)` rows, each event's in
 /// byte order: sorted here, not by the database, whose collation differs
@@ -215,18 +235,31 @@ macro_rules! impl_reads {
             }
 
             async fn live_places_of(&self, user: UserId, limit: i64) -> Result<Vec<Place>, StoreError> {
-                let mut q = QueryBuilder::<$db>::new(
-                    "SELECT j.event_id, j.user_id, j.status, j.order_key, j.seats, j.offer_expires_at, \
-                     j.joined_at, ",
-                );
-                q.push(POSITION)
-                    .push(" AS position, e.version FROM joins j JOIN events e ON e.id = j.event_id \
-                           WHERE j.user_id = ")
-                    .push_bind(user.as_uuid())
-                    .push(concat!(" AND j.status IN ", live_statuses!(),
+                let mut q = places_of::<$db>(user);
+                q.push(concat!(" AND j.status IN ", live_statuses!(),
                         " ORDER BY j.joined_at DESC, j.event_id DESC LIMIT "))
                     .push_bind(limit);
                 q.build_query_as().fetch_all(&self.pool).await.map_err(unavailable)
+            }
+
+            async fn places_in(&self, user: UserId, events: &[EventId]) -> Result<Vec<Place>, StoreError> {
+                let mut places = Vec::with_capacity(events.len());
+                for chunk in events.chunks(CHUNK) {
+                    let mut q = places_of::<$db>(user);
+                    q.push(" AND j.event_id IN (");
+                    let mut listed = q.separated(", ");
+                    for event in chunk {
+                        listed.push_bind(event.as_uuid());
+                    }
+                    q.push(")");
+                    places.extend(
+                        q.build_query_as::<Place>()
+                            .fetch_all(&self.pool)
+                            .await
+                            .map_err(unavailable)?,
+                    );
+                }
+                Ok(places)
             }
 
             async fn history(
