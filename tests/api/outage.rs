@@ -33,6 +33,9 @@ async fn writes_fail_fast_while_the_database_is_away_and_recover_without_losing_
     let owner = app.user();
     let event = app.published_event(&owner, 1000).await;
     let mut acknowledged: HashSet<Uuid> = HashSet::new();
+    let member = app.user();
+    assert_eq!(app.join(&member, event).await.status(), StatusCode::CREATED);
+    acknowledged.insert(member.id);
     for _ in 0..10 {
         let user = app.user();
         assert_eq!(app.join(&user, event).await.status(), StatusCode::CREATED);
@@ -70,6 +73,22 @@ async fn writes_fail_fast_while_the_database_is_away_and_recover_without_losing_
     crate::realtime::send(
         &mut socket,
         serde_json::json!({ "type": "subscribe", "channel": format!("event:{event}") }),
+    )
+    .await;
+    // So does a person's `me` feed: not told they hold nothing.
+    let mut mine = crate::realtime::connect(&app).await;
+    crate::realtime::send(
+        &mut mine,
+        serde_json::json!({ "type": "auth", "token": member.token }),
+    )
+    .await;
+    assert_eq!(
+        crate::realtime::next(&mut mine).await["type"],
+        "authenticated"
+    );
+    crate::realtime::send(
+        &mut mine,
+        serde_json::json!({ "type": "subscribe", "channel": "me" }),
     )
     .await;
     let ready = app.request(Method::GET, "/ready").send().await.unwrap();
@@ -139,4 +158,8 @@ async fn writes_fail_fast_while_the_database_is_away_and_recover_without_losing_
     let snapshot = crate::realtime::next(&mut socket).await;
     assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
     assert_eq!(snapshot["data"]["event"]["id"], event.to_string());
+    let places = crate::realtime::next(&mut mine).await;
+    assert_eq!(places["type"], "snapshot", "{places}");
+    assert_eq!(places["data"]["places"][0]["event_id"], event.to_string());
+    assert_eq!(places["data"]["places"][0]["status"], "active", "{places}");
 }
