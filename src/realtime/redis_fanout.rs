@@ -207,8 +207,11 @@ async fn publisher(
 }
 
 /// What this node last heard from each other node, and when.
-#[derive(Default)]
-struct Heard(HashMap<Uuid, Last>);
+struct Heard {
+    nodes: HashMap<Uuid, Last>,
+    /// When the subscription began.
+    since: Instant,
+}
 
 struct Last {
     seq: u64,
@@ -222,12 +225,33 @@ struct Last {
 /// good; each start is a new node).
 const FORGET_AFTER: Duration = Duration::from_secs(3_600);
 
+/// Subscribed this long, a node has heard every node that is up (each
+/// says so every [`HEARTBEAT`]): one heard for the first time after that,
+/// with changes numbered before, made them while it was not heard — cut
+/// off from Redis, or silent long enough to be forgotten — and they went
+/// missing. Before that, its earlier changes predate the subscription,
+/// and the reload at its start covers them.
+const HEARS_EVERY_NODE: Duration = Duration::from_secs(2 * HEARTBEAT.as_secs());
+
 impl Heard {
+    fn since(start: Instant) -> Self {
+        Self {
+            nodes: HashMap::new(),
+            since: start,
+        }
+    }
+
+    /// Whether a node first heard at `now` would have been heard before.
+    fn settled(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.since) >= HEARS_EVERY_NODE
+    }
+
     /// Whether a change is new, and whether changes before it went missing.
     fn hear(&mut self, node: Uuid, seq: u64, now: Instant) -> (bool, bool) {
+        let settled = self.settled(now);
         let (last, first) = self.heard_from(node, seq, now);
         if first {
-            return (true, false);
+            return (true, settled && seq > 1);
         }
         if seq <= last.seq {
             // A publish retried after its answer was lost: seen already.
@@ -240,7 +264,11 @@ impl Heard {
 
     /// A heartbeat: the node's count so far. Whether changes went missing.
     fn counted(&mut self, node: Uuid, count: u64, now: Instant) -> bool {
-        let (last, _) = self.heard_from(node, count, now);
+        let settled = self.settled(now);
+        let (last, first) = self.heard_from(node, count, now);
+        if first {
+            return settled && count > 0;
+        }
         let missed = count > last.seq;
         last.seq = last.seq.max(count);
         missed
@@ -250,7 +278,7 @@ impl Heard {
     /// heard for the first time starts at `seq`), and whether it is new.
     fn heard_from(&mut self, node: Uuid, seq: u64, now: Instant) -> (&mut Last, bool) {
         let mut first = false;
-        let last = self.0.entry(node).or_insert_with(|| {
+        let last = self.nodes.entry(node).or_insert_with(|| {
             first = true;
             Last {
                 seq,
@@ -267,7 +295,7 @@ impl Heard {
     /// it committed last may never have been published.
     fn lapsed(&mut self, now: Instant) -> bool {
         let mut any = false;
-        self.0.retain(|_, last| {
+        self.nodes.retain(|_, last| {
             let silent = now.saturating_duration_since(last.at);
             if !last.lapsed && silent >= SILENCE {
                 last.lapsed = true;
@@ -310,7 +338,7 @@ async fn subscriber(
         // forgotten before anything is answered from memory again.
         router.resync_all();
         link.mark(true);
-        let mut heard = Heard::default();
+        let mut heard = Heard::since(Instant::now());
         let mut last_check = Instant::now();
         let mut messages = pubsub.into_on_message();
         loop {
@@ -433,7 +461,7 @@ mod tests {
     #[test]
     fn a_skipped_number_is_a_gap_and_a_repeated_one_is_old_news() {
         let (a, b, now) = (Uuid::now_v7(), Uuid::now_v7(), Instant::now());
-        let mut heard = Heard::default();
+        let mut heard = Heard::since(now);
         assert_eq!(
             heard.hear(a, 7, now),
             (true, false),
@@ -460,7 +488,7 @@ mod tests {
             numbered: 0,
             dropped: Arc::clone(&dropped),
         };
-        let mut heard = Heard::default();
+        let mut heard = Heard::since(now);
         let seq = |wire: String| serde_json::from_str::<Wire<&RawValue>>(&wire).unwrap().seq;
 
         // One change published and heard.
@@ -476,7 +504,7 @@ mod tests {
     #[test]
     fn a_node_that_does_not_number_its_changes_is_heard_all_the_same() {
         let (old, now) = (Uuid::now_v7(), Instant::now());
-        let mut heard = Heard::default();
+        let mut heard = Heard::since(now);
         assert!(!heard.counted(old, 0, now));
         assert!(!heard.counted(old, 0, now + SILENCE / 2), "no gap in 0s");
         assert!(!heard.lapsed(now + SILENCE), "heard {:?} ago", SILENCE / 2);
@@ -485,7 +513,7 @@ mod tests {
     #[test]
     fn a_node_silent_for_long_is_told_once_and_compared_again_when_back() {
         let (a, now) = (Uuid::now_v7(), Instant::now());
-        let mut heard = Heard::default();
+        let mut heard = Heard::since(now);
         heard.hear(a, 3, now);
         assert!(!heard.lapsed(now + SILENCE / 2));
         assert!(heard.lapsed(now + SILENCE), "it may have died mid-publish");
@@ -494,6 +522,37 @@ mod tests {
         assert_eq!(heard.hear(a, 6, now + SILENCE * 3), (true, true));
         assert!(!heard.lapsed(now + SILENCE * 3));
         assert!(heard.lapsed(now + SILENCE * 3 + FORGET_AFTER));
-        assert!(heard.0.is_empty(), "gone for good: forgotten");
+        assert!(heard.nodes.is_empty(), "gone for good: forgotten");
+        // Heard again, its numbers say what was made while it was not.
+        let back = now + SILENCE * 3 + FORGET_AFTER;
+        assert_eq!(heard.hear(a, 9, back), (true, true));
+    }
+
+    /// A node first heard once every node that is up has been heard made
+    /// the changes it numbered before unheard: cut off from Redis since
+    /// before this subscription.
+    #[test]
+    fn a_node_first_heard_late_with_earlier_numbers_is_a_gap() {
+        let (a, b, c, now) = (
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Instant::now(),
+        );
+        let mut heard = Heard::since(now);
+        let early = now + HEARS_EVERY_NODE / 2;
+        assert_eq!(
+            heard.hear(a, 7, early),
+            (true, false),
+            "numbered before we listened"
+        );
+        let late = now + HEARS_EVERY_NODE;
+        assert_eq!(heard.hear(b, 7, late), (true, true));
+        assert_eq!(heard.hear(c, 1, late), (true, false), "a node just started");
+        assert!(
+            heard.counted(Uuid::now_v7(), 3, late),
+            "a heartbeat counting unheard changes"
+        );
+        assert!(!heard.counted(Uuid::now_v7(), 0, late));
     }
 }
