@@ -268,6 +268,71 @@ async fn unsubscribed_is_the_last_frame_of_its_channel() {
     }
 }
 
+/// Frames written to the socket in one write, so that the server reads
+/// them together.
+async fn in_one_write(socket: &mut Socket, frames: &[(&str, &str)]) {
+    for (kind, channel) in frames {
+        let frame = json!({ "type": kind, "channel": channel }).to_string();
+        socket.feed(Message::text(frame)).await.unwrap();
+    }
+    socket.flush().await.unwrap();
+}
+
+/// A channel left and asked for again in one write is told in that order:
+/// `unsubscribed`, then the new snapshot; and `me`, subscribed and left in
+/// one write, sends its snapshot, then `unsubscribed`, then nothing — its
+/// watcher's load may take longer than the session's answer, as a hub's.
+#[actix_web::test]
+async fn a_channel_left_and_asked_for_again_at_once_is_told_in_that_order() {
+    let app = sqlite_app(|_| {}).await;
+    let owner = app.register("owner@example.com").await;
+    let event = app.published_event(&owner, 10).await;
+    let person = app.user();
+    app.join(&person, event).await;
+    let mut socket = connect(&app).await;
+    send(
+        &mut socket,
+        json!({ "type": "auth", "token": person.token }),
+    )
+    .await;
+    assert_eq!(next(&mut socket).await["type"], "authenticated");
+    let event_channel = format!("event:{event}");
+    for channel in [event_channel.as_str(), "me"] {
+        assert_eq!(
+            subscribe(&mut socket, channel, None).await["type"],
+            "snapshot"
+        );
+        for round in 0..5 {
+            in_one_write(
+                &mut socket,
+                &[("unsubscribe", channel), ("subscribe", channel)],
+            )
+            .await;
+            let left = next(&mut socket).await;
+            assert_eq!(
+                left["type"], "unsubscribed",
+                "{channel}, round {round}: {left}"
+            );
+            let back = next(&mut socket).await;
+            assert_eq!(back["type"], "snapshot", "{channel}, round {round}: {back}");
+            assert_eq!(back["channel"], channel);
+        }
+        in_one_write(&mut socket, &[("unsubscribe", channel)]).await;
+        assert_eq!(next(&mut socket).await["type"], "unsubscribed");
+    }
+    for round in 0..5 {
+        in_one_write(&mut socket, &[("subscribe", "me"), ("unsubscribe", "me")]).await;
+        let first = next(&mut socket).await;
+        assert_eq!(first["type"], "snapshot", "round {round}: {first}");
+        let last = next(&mut socket).await;
+        assert_eq!(last["type"], "unsubscribed", "round {round}: {last}");
+        // Nothing of `me` queued behind it: the pong comes next.
+        send(&mut socket, json!({ "type": "ping" })).await;
+        let pong = next(&mut socket).await;
+        assert_eq!(pong["type"], "pong", "round {round}: {pong}");
+    }
+}
+
 #[actix_web::test]
 async fn a_client_resumes_from_its_last_offset() {
     let app = sqlite_app(|_| {}).await;
