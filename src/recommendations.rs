@@ -57,6 +57,7 @@ impl RecommendationsConfig {
             refresh: Duration::from_secs(self.refresh_secs),
             idle: Duration::from_secs(self.idle_secs),
             retention: chrono::Duration::days(self.retention_days),
+            ..RecommendSettings::default()
         }
     }
 }

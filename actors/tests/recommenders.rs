@@ -116,6 +116,52 @@ fn events_of(list: &RankedList) -> Vec<EventId> {
     list.items.iter().map(|(r, _)| r.event).collect()
 }
 
+/// A jazz lover whose joins are whatever the test last said.
+struct Joiner(std::sync::Mutex<Vec<EventId>>);
+
+#[async_trait]
+impl RecommendationSource for Joiner {
+    async fn profile(&self, _user: UserId) -> Result<ProfileSeed, StoreError> {
+        Ok(ProfileSeed {
+            joins: self.0.lock().unwrap().clone(),
+            ..likes("jazz")
+        })
+    }
+
+    async fn venue(&self, _venue: VenueId) -> Result<Option<GeoPoint>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// The catalog reloaded after changes were missed (the node's link to the
+/// others came back): the user's own joins were among them, so each actor
+/// reads its profile again, and an event the user joined unheard leaves
+/// their list.
+#[actix::test]
+async fn after_a_reload_an_event_joined_unheard_leaves_the_list() {
+    let (first, second) = (
+        event("jazz", Lifecycle::Published, 1),
+        event("jazz", Lifecycle::Published, 1),
+    );
+    let source = Arc::new(Joiner(std::sync::Mutex::new(Vec::new())));
+    let settings = RecommendSettings {
+        reload_spread: Duration::from_millis(50),
+        ..settings()
+    };
+    let both = [first.clone(), second.clone()];
+    let (recommenders, _, mut lists) = start_with(&both, source.clone(), settings);
+    assert!(events_of(&next(&mut lists).await).contains(&first.id));
+
+    // Joined through another node: the change never arrives here.
+    source.0.lock().unwrap().push(first.id);
+    let mut catalog = Catalog::default();
+    for e in &both {
+        catalog.apply(e);
+    }
+    recommenders.reload_from(async move { Ok(catalog) });
+    while events_of(&next(&mut lists).await).contains(&first.id) {}
+}
+
 #[actix::test]
 async fn a_subscriber_gets_the_list_at_once_best_match_first() {
     let folk = event("folk", Lifecycle::Published, 2);

@@ -516,13 +516,17 @@ async fn a_cancellation_reaches_every_place_holder_on_me(app: TestApp) {
         let update = realtime::next(socket).await;
         assert_eq!(
             (
-                &update["data"]["reason"],
                 &update["data"]["place"]["status"],
                 &update["data"]["place"]["event_id"]
             ),
-            (&json!("cancelled"), &json!("cancelled"), &json!(event)),
+            (&json!("cancelled"), &json!(event)),
             "{update}"
         );
+        // The one read the watcher makes after its snapshot may, on a slow
+        // machine, find the place cancelled before the change arrives: then
+        // it is told as `refreshed`, and the change, no newer, not again.
+        let reason = update["data"]["reason"].as_str().unwrap();
+        assert!(["cancelled", "refreshed"].contains(&reason), "{update}");
     }
 }
 

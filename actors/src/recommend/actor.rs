@@ -62,6 +62,9 @@ pub struct RecommendSettings {
     pub debounce: Duration,
     /// Each actor ranks in full this often, because time moves scores.
     pub refresh: Duration,
+    /// After the catalog is reloaded (changes were missed), each actor
+    /// reads its user's profile again within this long.
+    pub reload_spread: Duration,
     /// An actor without subscribers stops after this long.
     pub idle: Duration,
     /// Events that started longer ago than this are forgotten.
@@ -76,6 +79,7 @@ impl Default for RecommendSettings {
             spare: 20,
             debounce: Duration::from_millis(100),
             refresh: Duration::from_secs(300),
+            reload_spread: Duration::from_secs(5),
             idle: Duration::from_secs(60),
             retention: chrono::Duration::days(180),
         }
@@ -421,7 +425,7 @@ impl CatalogKeeper {
         *self.shared.catalog.write() = catalog;
         self.pending.clear();
         for running in self.shared.actors.iter() {
-            running.addr.do_send(Refresh);
+            running.addr.do_send(CatalogReloaded);
         }
     }
 }
@@ -479,10 +483,10 @@ struct Moved {
     joined: bool,
 }
 
-/// Rank in full.
+/// The catalog was loaded afresh: changes may have been missed.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Refresh;
+struct CatalogReloaded;
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -633,6 +637,12 @@ impl RecommenderActor {
     }
 }
 
+/// Where in a spread interval this user's actor does its rounds, in
+/// [0, 1): the same for the same user, different across users.
+fn spread(user: UserId) -> f64 {
+    (user.as_uuid().as_u128() % 1000) as f64 / 1000.0
+}
+
 impl Actor for RecommenderActor {
     type Context = Context<Self>;
 
@@ -643,13 +653,9 @@ impl Actor for RecommenderActor {
         // first: a change of interests made through another node of a
         // cluster is told only to that node's recommender.
         let refresh = self.shared.settings.refresh;
-        let spread = (self.user.as_uuid().as_u128() % 1000) as u32;
-        ctx.run_later(
-            refresh.mul_f64(f64::from(spread) / 1000.0),
-            move |_, ctx| {
-                ctx.run_interval(refresh, |actor, ctx| actor.load_profile(ctx));
-            },
-        );
+        ctx.run_later(refresh.mul_f64(spread(self.user)), move |_, ctx| {
+            ctx.run_interval(refresh, |actor, ctx| actor.load_profile(ctx));
+        });
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -746,11 +752,20 @@ impl Handler<Moved> for RecommenderActor {
     }
 }
 
-impl Handler<Refresh> for RecommenderActor {
+impl Handler<CatalogReloaded> for RecommenderActor {
     type Result = ();
 
-    fn handle(&mut self, _: Refresh, _: &mut Self::Context) {
+    /// Ranks against the new catalog at once, and reads the profile again
+    /// soon: the changes the reload makes up for were missed here too, the
+    /// user's own joins and leaves among them, and only the profile says
+    /// which events are theirs. Spread over `reload_spread`, so that a
+    /// node's reload does not ask for every profile at once.
+    fn handle(&mut self, _: CatalogReloaded, ctx: &mut Self::Context) {
         self.rank_in_full();
+        let within = self.shared.settings.reload_spread;
+        ctx.run_later(within.mul_f64(spread(self.user)), |actor, ctx| {
+            actor.load_profile(ctx)
+        });
     }
 }
 
