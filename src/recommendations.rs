@@ -121,6 +121,7 @@ pub async fn load_catalog(
             lifecycle: e.status,
             capacity: e.capacity as u32,
             active: (e.active_count + e.offered_count) as u32,
+            offered: e.offered_count as u32,
             waitlist: e.waitlist_count as u32,
             version: e.version as u64,
             joined: Vec::new(),

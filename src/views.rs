@@ -163,7 +163,7 @@ impl From<&(Recommendation, EventCard)> for RecommendationView {
                 tags: card.tags.iter().map(|t| t.as_str().to_owned()).collect(),
                 status: card.lifecycle,
                 capacity: card.capacity,
-                active_count: card.active,
+                active_count: card.active.saturating_sub(card.offered),
                 waitlist_count: card.waitlist,
                 places_left: card.places_left(),
             },

@@ -60,6 +60,7 @@ fn event(tag: &str, lifecycle: Lifecycle, version: u64) -> EventUpdate {
         lifecycle,
         capacity: 100,
         active: 0,
+        offered: 0,
         waitlist: 0,
         version,
         joined: Vec::new(),

@@ -226,6 +226,7 @@ pub fn live_bench(args: &BenchArgs) -> LiveResult {
             lifecycle: Lifecycle::Published,
             capacity: 100_000,
             active: 0,
+            offered: 0,
             waitlist: 0,
             version: 1,
             joined: Vec::new(),

@@ -166,6 +166,7 @@ pub fn catalog_at_cutoff(city: &City) -> Catalog {
             // Capacity is not what this evaluation is about.
             capacity: 100_000,
             active: 0,
+            offered: 0,
             waitlist: 0,
             version: 1,
             joined: Vec::new(),

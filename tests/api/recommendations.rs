@@ -118,6 +118,44 @@ async fn recommendations_until(
     }
 }
 
+/// A recommended event counts its seats as its details do: `active_count`
+/// the active parties' seats; a seat held on offer is taken, in
+/// `places_left`, but not active.
+#[actix_web::test]
+async fn a_recommended_event_counts_its_seats_as_its_details_do() {
+    let app = spawn_app(Backend::Sqlite).await.unwrap();
+    let owner = app.register("owner@example.org").await;
+    let offers = json!({ "waitlist_mode": "offer", "offer_hold_secs": 600 });
+    let event = app.published_event_with(&owner, 3, offers).await;
+    let [x, y, z, w] = [(); 4].map(|_| app.user());
+    for user in [&x, &y, &z, &w] {
+        app.join(user, event).await;
+    }
+    // x's seat is offered to w; y's stays free, nobody waiting.
+    app.leave(&x, event).await;
+    app.leave(&y, event).await;
+    let details = app.event(event).await;
+    let counts = |e: &Value| (e["active_count"].clone(), e["places_left"].clone());
+    assert_eq!(counts(&details), (json!(1), json!(1)), "{details}");
+
+    let fan = register_with(&app, "fan@example.org", &["jazz"]).await;
+    let items = recommendations_until(&app, &fan, "", |items| {
+        items
+            .iter()
+            .any(|i| i["event"]["id"] == event.to_string() && i["event"]["places_left"] == 1)
+    })
+    .await;
+    let recommended = items
+        .iter()
+        .find(|i| i["event"]["id"] == event.to_string())
+        .unwrap();
+    assert_eq!(
+        counts(&recommended["event"]),
+        counts(&details),
+        "{recommended}"
+    );
+}
+
 async fn recommendations_are_ranked_explained_and_exclude_what_they_must(app: TestApp) {
     let organizer = app.register("organizer@example.org").await;
     let fan = register_with(&app, "fan@example.org", &["jazz"]).await;

@@ -42,6 +42,8 @@ pub struct EventCard {
     pub capacity: u32,
     /// Seats taken: active, or held on offer.
     pub active: u32,
+    /// Of those, the seats held on offer.
+    pub offered: u32,
     pub waitlist: u32,
     /// When the catalog first saw it published: new events get explored.
     pub published_at: Option<DateTime<Utc>>,
@@ -147,7 +149,11 @@ pub struct EventUpdate {
     pub tags: Vec<Tag>,
     pub lifecycle: Lifecycle,
     pub capacity: u32,
+    /// Seats taken: active, or held on offer (as good as taken for a
+    /// newcomer).
     pub active: u32,
+    /// Of those, the seats held on offer.
+    pub offered: u32,
     pub waitlist: u32,
     pub version: u64,
     /// Users who joined (active or waitlisted) in this change, and who
@@ -170,8 +176,8 @@ impl From<&EventChange> for EventUpdate {
             tags: summary.details.tags.clone(),
             lifecycle: summary.lifecycle,
             capacity: summary.capacity.get() as u32,
-            // Seats on offer are as good as taken for a newcomer.
             active: (summary.active_count + summary.offered_count) as u32,
+            offered: summary.offered_count as u32,
             waitlist: summary.waitlist_count as u32,
             version: summary.version,
             joined: change.joined().collect(),
@@ -346,6 +352,7 @@ impl Catalog {
             lifecycle: Lifecycle::Draft,
             capacity: u.capacity,
             active: 0,
+            offered: 0,
             waitlist: 0,
             published_at: None,
             joiners: 0,
@@ -371,6 +378,7 @@ impl Catalog {
             card.lifecycle = u.lifecycle;
             card.capacity = u.capacity;
             card.active = u.active;
+            card.offered = u.offered;
             card.waitlist = u.waitlist;
             card.version = u.version;
             if u.lifecycle == Lifecycle::Published && card.published_at.is_none() {
@@ -730,6 +738,7 @@ mod tests {
             lifecycle: Lifecycle::Published,
             capacity: 10,
             active: 0,
+            offered: 0,
             waitlist: 0,
             version: 1,
             joined: vec![],

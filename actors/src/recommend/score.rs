@@ -374,6 +374,7 @@ mod tests {
             lifecycle: Lifecycle::Published,
             capacity: 100,
             active: 0,
+            offered: 0,
             waitlist: 0,
             version: 1,
             joined: vec![],
