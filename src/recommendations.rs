@@ -17,7 +17,8 @@ use turnout_actors::store::StoreError;
 
 use crate::store::{Store, from_micros};
 
-/// A user's joins that feed their profile.
+/// A user's past joins that feed their profile (besides every upcoming
+/// one).
 const PROFILE_JOINS: i64 = 500;
 
 /// `[recommendations]` settings.
@@ -69,7 +70,10 @@ pub struct StoreSource(pub Arc<dyn Store>);
 impl RecommendationSource for StoreSource {
     async fn profile(&self, user: UserId) -> Result<ProfileSeed, StoreError> {
         let record = self.0.user(user).await?;
-        let joins = self.0.current_joins_of(user, PROFILE_JOINS).await?;
+        let joins = self
+            .0
+            .current_joins_of(user, crate::store::now(), PROFILE_JOINS)
+            .await?;
         Ok(ProfileSeed {
             interests: record
                 .as_ref()

@@ -329,9 +329,17 @@ pub trait EventReads: Send + Sync {
         limit: i64,
     ) -> Result<Vec<EventId>, StoreError>;
 
-    /// The events a user is in (active or waitlisted), the `limit` most
-    /// recent joins, oldest first.
-    async fn current_joins_of(&self, user: UserId, limit: i64) -> Result<Vec<Uuid>, StoreError>;
+    /// The events a user is in (active, offered or waitlisted), oldest
+    /// join first: every one that has not started by `now` (none is to be
+    /// recommended back to them), and of the rest the `recent` most
+    /// recently joined (what their taste is learnt from). A long history
+    /// of events gone by must not crowd an upcoming one out.
+    async fn current_joins_of(
+        &self,
+        user: UserId,
+        now: DateTime<Utc>,
+        recent: i64,
+    ) -> Result<Vec<Uuid>, StoreError>;
 
     /// Every event starting at or after `since`, whatever its status, with
     /// tags: what the recommendation catalog loads at start.

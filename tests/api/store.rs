@@ -1307,6 +1307,38 @@ async fn live_places_are_not_crowded_out_by_ended_ones(backend: Backend) {
     );
 }
 
+/// The events a person is in, for their recommendations: every upcoming
+/// one however many joins came after it, and of the rest only the most
+/// recent (a long history of events gone by must not crowd out one still
+/// to come, which would then be recommended back to them).
+async fn upcoming_joins_are_not_crowded_out_of_a_profile(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((store, _)) = open(backend, &dir).await else {
+        return;
+    };
+    let registry = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
+    let (owner, user) = (UserId::new(), UserId::new());
+    let mut joined = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let event = create_event(&store, &registry, owner, 10).await;
+        let join = Command::Join {
+            user,
+            seats: Seats::default(),
+            at: Utc::now(),
+        };
+        registry.execute(event, join, None, None).await.unwrap();
+        joined.push(event.as_uuid());
+    }
+    // Each starts tomorrow: now, all three are to come.
+    let now = store.current_joins_of(user, Utc::now(), 1).await.unwrap();
+    assert_eq!(now, joined);
+    // Seen from three days on, all are gone by: the most recent alone.
+    let later = Utc::now() + chrono::Duration::days(3);
+    let then = store.current_joins_of(user, later, 1).await.unwrap();
+    assert_eq!(then, joined[2..]);
+}
+
 macro_rules! store_tests {
     ($($name:ident),*) => {
         mod sqlite {
@@ -1337,5 +1369,6 @@ store_tests!(
     a_key_taken_twice_in_one_batch_is_answered_once,
     the_cluster_keeps_time_by_the_databases_clock,
     a_reloaded_catalog_dates_announcements_before_the_joins,
-    live_places_are_not_crowded_out_by_ended_ones
+    live_places_are_not_crowded_out_by_ended_ones,
+    upcoming_joins_are_not_crowded_out_of_a_profile
 );

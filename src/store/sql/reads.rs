@@ -310,19 +310,29 @@ macro_rules! impl_reads {
                 Ok(due.into_iter().map(|(id,)| EventId::from(id)).collect())
             }
 
-            async fn current_joins_of(&self, user: UserId, limit: i64) -> Result<Vec<Uuid>, StoreError> {
-                let mut newest_first: Vec<(Uuid,)> = sqlx::query_as(
-                    concat!("SELECT event_id FROM joins WHERE user_id = $1 \
-                     AND status IN ", live_statuses!(), " \
-                     ORDER BY joined_at DESC, event_id DESC LIMIT $2"),
-                )
+            async fn current_joins_of(
+                &self,
+                user: UserId,
+                now: DateTime<Utc>,
+                recent: i64,
+            ) -> Result<Vec<Uuid>, StoreError> {
+                let joins: Vec<(Uuid,)> = sqlx::query_as(concat!(
+                    "SELECT j.event_id FROM joins j JOIN events e ON e.id = j.event_id \
+                     WHERE j.user_id = $1 AND j.status IN ", live_statuses!(), " \
+                     AND (e.starts_at >= $2 OR j.event_id IN (\
+                       SELECT k.event_id FROM joins k WHERE k.user_id = $3 \
+                       AND k.status IN ", live_statuses!(), " \
+                       ORDER BY k.joined_at DESC, k.event_id DESC LIMIT $4)) \
+                     ORDER BY j.joined_at, j.event_id"
+                ))
                 .bind(user.as_uuid())
-                .bind(limit)
+                .bind(micros(now))
+                .bind(user.as_uuid())
+                .bind(recent)
                 .fetch_all(&self.pool)
                 .await
                 .map_err(unavailable)?;
-                newest_first.reverse();
-                Ok(newest_first.into_iter().map(|(id,)| id).collect())
+                Ok(joins.into_iter().map(|(id,)| id).collect())
             }
 
             async fn events_starting_since(&self, since: DateTime<Utc>) -> Result<Vec<EventRecord>, StoreError> {
