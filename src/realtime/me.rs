@@ -444,13 +444,18 @@ impl MeWatcher {
     /// with their final status, which the live read cannot show. A failed
     /// read is retried, backing off, as a hub's load is: an empty list
     /// would tell the person they hold nothing.
+    ///
+    /// A connection that closes meanwhile stops the retries: nobody is
+    /// left to tell.
     fn read(&self, known: Vec<EventId>) -> impl Future<Output = Vec<MyPlace>> + 'static {
         let (store, user) = (Arc::clone(&self.feeds.0.store), self.user);
+        let queue = self.queue.clone();
         async move {
             let mut pause = std::time::Duration::from_millis(100);
             loop {
                 match read_places(&*store, user, &known).await {
                     Ok(places) => return places.into_iter().map(MyPlace::from).collect(),
+                    Err(_) if queue.is_closing() => return Vec::new(),
                     Err(error) => {
                         metrics::counter!("turnout_ws_channel_load_failures_total").increment(1);
                         tracing::warn!(

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -49,11 +48,6 @@ enum Subscription {
     Recs(UserId),
     /// The caller's own places.
     Me(Addr<MeWatcher>),
-    /// Ended, its `unsubscribed` still to go out: that waits until whatever
-    /// served it has let it go, so that no frame of it follows. A subscribe
-    /// to the channel meanwhile waits too (`then`, with its `since`), so
-    /// that its snapshot follows the `unsubscribed`.
-    Leaving { then: Option<Option<Position>> },
 }
 
 /// Where a connection's channels are served from.
@@ -219,36 +213,11 @@ impl WsSession {
         ctx.stop();
     }
 
-    /// Ends a subscription at once (the connection is going).
     fn end(&self, subscription: Subscription) {
         match subscription {
             Subscription::Hub { hub, .. } => hub.do_send(Unsubscribe { session: self.id }),
             Subscription::Recs(user) => self.recommenders.unsubscribe(user, self.id),
             Subscription::Me(watcher) => watcher.do_send(StopWatching),
-            Subscription::Leaving { .. } => {}
-        }
-    }
-
-    /// Ends a subscription; resolves once whatever served it has let it go
-    /// (nothing of it is written to the connection after that).
-    fn let_go(&self, subscription: Subscription) -> Pin<Box<dyn Future<Output = ()>>> {
-        match subscription {
-            Subscription::Hub { hub, _place } => {
-                let left = hub.send(Unsubscribe { session: self.id });
-                Box::pin(async move {
-                    let _ = left.await;
-                    // The feed's place is given back with the hub's.
-                    drop(_place);
-                })
-            }
-            Subscription::Recs(user) => Box::pin(self.recommenders.let_go(user, self.id)),
-            Subscription::Me(watcher) => {
-                let stopped = watcher.send(StopWatching);
-                Box::pin(async move {
-                    let _ = stopped.await;
-                })
-            }
-            Subscription::Leaving { .. } => Box::pin(std::future::ready(())),
         }
     }
 
@@ -276,15 +245,12 @@ impl WsSession {
             ClientFrame::Auth { token } => match self.tokens.verify(&token) {
                 Ok(claims) => {
                     let user = UserId::from(claims.sub);
-                    let authenticated = protocol::authenticated(&claims.sub.to_string());
-                    let switched = self.user.is_some_and(|before| before != user);
+                    if self.user.is_some_and(|before| before != user) {
+                        self.end_user_feeds();
+                    }
                     self.user = Some(user);
                     self.close_when_token_lapses(claims.exp, ctx);
-                    if switched {
-                        self.end_user_feeds(authenticated, ctx);
-                    } else {
-                        self.reply(authenticated);
-                    }
+                    self.reply(protocol::authenticated(&claims.sub.to_string()));
                 }
                 Err(e) => self.strike_as("unauthorized", &e.to_string(), ctx),
             },
@@ -293,7 +259,76 @@ impl WsSession {
             ClientFrame::Subscribe { .. } if self.token_lapsed() => {
                 self.close(CLOSE_TOKEN_EXPIRED, "token expired", ctx)
             }
-            ClientFrame::Subscribe { channel, since } => self.subscribe(channel, since, ctx),
+            ClientFrame::Subscribe { channel, since } => {
+                let parsed = if channel == RECS || channel == ME {
+                    None
+                } else {
+                    match Channel::parse(&channel) {
+                        Ok(parsed) => Some(parsed),
+                        Err(message) => return self.strike(&message, ctx),
+                    }
+                };
+                // Frames carry the channel's canonical name (lower-case ids,
+                // parameters in one order), so that is the key too: two
+                // spellings of one channel are one subscription.
+                let channel = parsed.as_ref().map_or(channel, Channel::to_string);
+                if self.subscriptions.contains_key(&channel) {
+                    return self.reply(protocol::error("already_subscribed", &channel));
+                }
+                if self.subscriptions.len() >= self.settings.max_subscriptions {
+                    return self.reply(protocol::error(
+                        "too_many_subscriptions",
+                        &format!("at most {}", self.settings.max_subscriptions),
+                    ));
+                }
+                if self.queue.is_closing() {
+                    return;
+                }
+                let subscription = match parsed {
+                    Some(parsed) => {
+                        let place = match parsed.is_filtered_feed() {
+                            true => match self.filtered_feeds.admit(self.client, &channel) {
+                                Ok(place) => Some(place),
+                                Err(cap) => {
+                                    return self.reply(protocol::error(
+                                        "too_many_subscriptions",
+                                        &format!(
+                                            "{channel}: at most {cap} filtered feeds per client address"
+                                        ),
+                                    ));
+                                }
+                            },
+                            false => None,
+                        };
+                        match self.join_hub(channel.clone(), parsed, since, ctx) {
+                            Ok(hub) => Subscription::Hub { hub, _place: place },
+                            Err(no_hub) => return self.refuse(&channel, no_hub),
+                        }
+                    }
+                    None => {
+                        let Some(user) = self.user else {
+                            return self.reply(protocol::error(
+                                "unauthorized",
+                                &format!("send an auth frame before subscribing to {channel}"),
+                            ));
+                        };
+                        if channel == ME {
+                            let watcher = self.me.watch(user, self.queue.clone(), since);
+                            self.subscriptions
+                                .insert(channel, Subscription::Me(watcher));
+                            return;
+                        }
+                        let sink = RecsSink {
+                            queue: self.queue.clone(),
+                            since,
+                            started: false,
+                        };
+                        self.recommenders.subscribe(user, self.id, Box::new(sink));
+                        Subscription::Recs(user)
+                    }
+                };
+                self.subscriptions.insert(channel, subscription);
+            }
             ClientFrame::Unsubscribe { channel } => {
                 let channel = Channel::parse(&channel).map_or(channel, |c| c.to_string());
                 self.unsubscribe(channel, ctx);
@@ -310,84 +345,6 @@ impl WsSession {
             NoHub::Full => ("busy", "the server watches too many channels; retry later"),
         };
         self.reply(protocol::error(code, &format!("{channel}: {why}")));
-    }
-
-    /// Subscribes to `channel` (as the client named it), answering with
-    /// its snapshot, or says why not.
-    fn subscribe(&mut self, channel: String, since: Option<Position>, ctx: &mut Context<Self>) {
-        let parsed = if channel == RECS || channel == ME {
-            None
-        } else {
-            match Channel::parse(&channel) {
-                Ok(parsed) => Some(parsed),
-                Err(message) => return self.strike(&message, ctx),
-            }
-        };
-        // Frames carry the channel's canonical name (lower-case ids,
-        // parameters in one order), so that is the key too: two
-        // spellings of one channel are one subscription.
-        let channel = parsed.as_ref().map_or(channel, Channel::to_string);
-        match self.subscriptions.get_mut(&channel) {
-            Some(Subscription::Leaving { then: then @ None }) => {
-                *then = Some(since);
-                return;
-            }
-            Some(_) => return self.reply(protocol::error("already_subscribed", &channel)),
-            None => {}
-        }
-        if self.subscriptions.len() >= self.settings.max_subscriptions {
-            return self.reply(protocol::error(
-                "too_many_subscriptions",
-                &format!("at most {}", self.settings.max_subscriptions),
-            ));
-        }
-        if self.queue.is_closing() {
-            return;
-        }
-        let subscription = match parsed {
-            Some(parsed) => {
-                let place = match parsed.is_filtered_feed() {
-                    true => match self.filtered_feeds.admit(self.client, &channel) {
-                        Ok(place) => Some(place),
-                        Err(cap) => {
-                            return self.reply(protocol::error(
-                                "too_many_subscriptions",
-                                &format!(
-                                    "{channel}: at most {cap} filtered feeds per client address"
-                                ),
-                            ));
-                        }
-                    },
-                    false => None,
-                };
-                match self.join_hub(channel.clone(), parsed, since, ctx) {
-                    Ok(hub) => Subscription::Hub { hub, _place: place },
-                    Err(no_hub) => return self.refuse(&channel, no_hub),
-                }
-            }
-            None => {
-                let Some(user) = self.user else {
-                    return self.reply(protocol::error(
-                        "unauthorized",
-                        &format!("send an auth frame before subscribing to {channel}"),
-                    ));
-                };
-                if channel == ME {
-                    let watcher = self.me.watch(user, self.queue.clone(), since);
-                    self.subscriptions
-                        .insert(channel, Subscription::Me(watcher));
-                    return;
-                }
-                let sink = RecsSink {
-                    queue: self.queue.clone(),
-                    since,
-                    started: false,
-                };
-                self.recommenders.subscribe(user, self.id, Box::new(sink));
-                Subscription::Recs(user)
-            }
-        };
-        self.subscriptions.insert(channel, subscription);
     }
 
     /// Subscribes to the channel's hub. A hub that stops for want of
@@ -448,61 +405,33 @@ impl WsSession {
     /// frame: they are the user's whom the connection authenticated as, and
     /// an `auth` for someone else must not leave them running on the
     /// earlier user's lapsing token.
-    /// Says `authenticated` once they have (`then`).
-    fn end_user_feeds(&mut self, then: String, ctx: &mut Context<Self>) {
-        let (mut ended, mut ending) = (Vec::new(), Vec::new());
+    fn end_user_feeds(&mut self) {
         for channel in [ME, RECS] {
-            if let Some(Subscription::Me(_) | Subscription::Recs(_)) =
-                self.subscriptions.get(channel)
-            {
-                let subscription = self.subscriptions.remove(channel).expect("just seen");
-                ending.push(self.let_go(subscription));
-                self.subscriptions
-                    .insert(channel.to_owned(), Subscription::Leaving { then: None });
-                ended.push(channel);
+            if let Some(subscription) = self.subscriptions.remove(channel) {
+                self.end(subscription);
+                self.reply(protocol::unsubscribed(channel));
             }
         }
-        let all_let_go = futures_util::future::join_all(ending);
-        ctx.spawn(all_let_go.into_actor(self).map(move |_, session, ctx| {
-            for channel in ended {
-                session.left(channel.to_owned(), ctx);
-            }
-            session.reply(then);
-        }));
     }
 
-    /// A channel is told `unsubscribed` once whatever served it has let the
-    /// session go: a subscribe just before may still have a snapshot
+    /// A hub's channel is told `unsubscribed` once the hub has let the
+    /// session go: a subscribe just before it may still have a snapshot
     /// coming, which must not follow the `unsubscribed`, nor anything after.
     fn unsubscribe(&mut self, channel: String, ctx: &mut Context<Self>) {
-        let subscription = match self.subscriptions.remove(&channel) {
-            None => return self.reply(protocol::error("not_subscribed", &channel)),
-            Some(leaving @ Subscription::Leaving { .. }) => {
-                self.subscriptions.insert(channel.clone(), leaving);
-                return self.reply(protocol::error("not_subscribed", &channel));
+        match self.subscriptions.remove(&channel) {
+            Some(Subscription::Hub { hub, _place: place }) => {
+                let left = hub.send(Unsubscribe { session: self.id });
+                ctx.spawn(left.into_actor(self).map(move |_, session, _| {
+                    // The feed's place is given back with the hub's.
+                    drop(place);
+                    session.reply(protocol::unsubscribed(&channel));
+                }));
             }
-            Some(subscription) => subscription,
-        };
-        let let_go = self.let_go(subscription);
-        self.subscriptions
-            .insert(channel.clone(), Subscription::Leaving { then: None });
-        ctx.spawn(let_go.into_actor(self).map(move |(), session, ctx| {
-            session.left(channel, ctx);
-        }));
-    }
-
-    /// A channel that was leaving has been let go: `unsubscribed`, and the
-    /// subscribe that waited for it, if one did.
-    fn left(&mut self, channel: String, ctx: &mut Context<Self>) {
-        // Only a leaving channel is let go, and once.
-        let Some(Subscription::Leaving { then }) = self.subscriptions.get_mut(&channel) else {
-            return;
-        };
-        let then = then.take();
-        self.subscriptions.remove(&channel);
-        self.reply(protocol::unsubscribed(&channel));
-        if let Some(since) = then {
-            self.subscribe(channel, since, ctx);
+            Some(subscription) => {
+                self.end(subscription);
+                self.reply(protocol::unsubscribed(&channel));
+            }
+            None => self.reply(protocol::error("not_subscribed", &channel)),
         }
     }
 }

@@ -231,21 +231,6 @@ impl Recommenders {
         }
     }
 
-    /// Removes a subscriber as [`Recommenders::unsubscribe`] does, and
-    /// resolves once its actor has let the sink go: nothing more reaches
-    /// it after that.
-    pub fn let_go(&self, user: UserId, id: u64) -> impl Future<Output = ()> + 'static {
-        let removed = self.shared.actors.get_mut(&user).map(|mut running| {
-            running.subscribers = running.subscribers.saturating_sub(1);
-            running.addr.send(RemoveSink { id })
-        });
-        async move {
-            if let Some(removed) = removed {
-                let _ = removed.await;
-            }
-        }
-    }
-
     /// The user's interests or home changed: their actor reloads the profile.
     pub fn profile_changed(&self, user: UserId) {
         if let Some(running) = self.shared.actors.get(&user) {
