@@ -55,6 +55,10 @@ pub enum Subscribed {
 #[rtype(result = "()")]
 pub struct Unsubscribe {
     pub session: u64,
+    /// Where to say `unsubscribed`, when the client asked: the hub says
+    /// it, after every frame of the channel it sent the session and before
+    /// a snapshot for a subscribe right behind, which it takes next.
+    pub told: Option<SendQueue>,
 }
 
 #[derive(Message)]
@@ -449,6 +453,9 @@ impl Handler<Unsubscribe> for ChannelHub {
     type Result = ();
 
     fn handle(&mut self, msg: Unsubscribe, _ctx: &mut Self::Context) {
+        if let Some(told) = &msg.told {
+            told.push(Frame::text(protocol::unsubscribed(&self.name), None));
+        }
         if self.subscribers.remove(&msg.session).is_some() {
             metrics::gauge!("turnout_ws_subscriptions", "kind" => self.channel.kind())
                 .decrement(1.0);

@@ -215,7 +215,10 @@ impl WsSession {
 
     fn end(&self, subscription: Subscription) {
         match subscription {
-            Subscription::Hub { hub, .. } => hub.do_send(Unsubscribe { session: self.id }),
+            Subscription::Hub { hub, .. } => hub.do_send(Unsubscribe {
+                session: self.id,
+                told: None,
+            }),
             Subscription::Recs(user) => self.recommenders.unsubscribe(user, self.id),
             Subscription::Me(watcher) => watcher.do_send(StopWatching),
         }
@@ -414,17 +417,25 @@ impl WsSession {
         }
     }
 
-    /// A hub's channel is told `unsubscribed` once the hub has let the
-    /// session go: a subscribe just before it may still have a snapshot
-    /// coming, which must not follow the `unsubscribed`, nor anything after.
+    /// A hub's channel is told `unsubscribed` by the hub, as it lets the
+    /// session go: a subscribe just before may still have a snapshot
+    /// coming, which must not follow the `unsubscribed`, nor anything after;
+    /// and one just after, to the same hub, is answered after it.
     fn unsubscribe(&mut self, channel: String, ctx: &mut Context<Self>) {
         match self.subscriptions.remove(&channel) {
             Some(Subscription::Hub { hub, _place: place }) => {
-                let left = hub.send(Unsubscribe { session: self.id });
-                ctx.spawn(left.into_actor(self).map(move |_, session, _| {
+                let left = hub.send(Unsubscribe {
+                    session: self.id,
+                    told: Some(self.queue.clone()),
+                });
+                ctx.spawn(left.into_actor(self).map(move |sent, session, _| {
                     // The feed's place is given back with the hub's.
                     drop(place);
-                    session.reply(protocol::unsubscribed(&channel));
+                    // A hub that had stopped said nothing, and nothing of
+                    // it can follow.
+                    if sent.is_err() {
+                        session.reply(protocol::unsubscribed(&channel));
+                    }
                 }));
             }
             Some(subscription) => {

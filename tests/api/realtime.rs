@@ -268,6 +268,32 @@ async fn unsubscribed_is_the_last_frame_of_its_channel() {
     }
 }
 
+/// A channel left and asked for again in one write is told in that order:
+/// `unsubscribed`, then the new snapshot (the hub says both, in its order).
+#[actix_web::test]
+async fn a_channel_left_and_asked_for_again_at_once_is_told_in_that_order() {
+    let app = sqlite_app(|_| {}).await;
+    let owner = app.register("owner@example.com").await;
+    let event = app.published_event(&owner, 10).await;
+    let channel = format!("event:{event}");
+    let mut socket = connect(&app).await;
+    assert_eq!(
+        subscribe(&mut socket, &channel, None).await["type"],
+        "snapshot"
+    );
+    for round in 0..5 {
+        for frame in ["unsubscribe", "subscribe"] {
+            let frame = json!({ "type": frame, "channel": channel }).to_string();
+            socket.feed(Message::text(frame)).await.unwrap();
+        }
+        socket.flush().await.unwrap();
+        let left = next(&mut socket).await;
+        assert_eq!(left["type"], "unsubscribed", "round {round}: {left}");
+        let back = next(&mut socket).await;
+        assert_eq!(back["type"], "snapshot", "round {round}: {back}");
+    }
+}
+
 #[actix_web::test]
 async fn a_client_resumes_from_its_last_offset() {
     let app = sqlite_app(|_| {}).await;
