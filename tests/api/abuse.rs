@@ -609,8 +609,7 @@ async fn a_websocket_closes_when_its_token_lapses() {
         "sub": uuid::Uuid::new_v4(), "iss": "turnout", "iat": now, "exp": now + 6
     }));
     let mut socket = connect(&app).await;
-    send(&mut socket, json!({ "type": "auth", "token": token })).await;
-    assert_eq!(next(&mut socket).await["type"], "authenticated");
+    crate::realtime::authenticate(&mut socket, &token).await;
     let recs = subscribe(&mut socket, "recs", None).await;
     assert_eq!(recs["type"], "snapshot", "{recs}");
 

@@ -182,17 +182,7 @@ async fn a_place_that_ended_unheard_is_told_once_the_link_is_back() {
     let event = event_held_by(&b, &owner).await;
     let person = a.user();
     assert_eq!(b.join(&person, event).await.status(), StatusCode::CREATED);
-    let mut socket = crate::realtime::connect(&a).await;
-    crate::realtime::send(
-        &mut socket,
-        serde_json::json!({ "type": "auth", "token": person.token }),
-    )
-    .await;
-    assert_eq!(
-        crate::realtime::next(&mut socket).await["type"],
-        "authenticated"
-    );
-    let snapshot = crate::realtime::subscribe(&mut socket, "me", None).await;
+    let (mut socket, snapshot) = crate::realtime::me_socket(&a, &person).await;
     assert_eq!(
         snapshot["data"]["places"][0]["status"], "active",
         "{snapshot}"

@@ -12,7 +12,7 @@ use crate::helpers::{
     Backend, JWT_KEY, TestApp, User, assert_error, body, fresh_database, spawn_app_with,
 };
 use crate::process::ServerProcess;
-use crate::realtime;
+use crate::realtime::{self, me_socket};
 
 /// An event of capacity 1 that holds a freed place for `hold_secs`.
 pub(crate) async fn offer_event(app: &TestApp, owner: &User, hold_secs: i64) -> Uuid {
@@ -22,16 +22,6 @@ pub(crate) async fn offer_event(app: &TestApp, owner: &User, hold_secs: i64) -> 
         json!({ "waitlist_mode": "offer", "offer_hold_secs": hold_secs }),
     )
     .await
-}
-
-/// A socket authenticated as `user` and subscribed to `me`; its snapshot.
-async fn me_socket(app: &TestApp, user: &User) -> (realtime::Socket, Value) {
-    let mut socket = realtime::connect(app).await;
-    realtime::send(&mut socket, json!({ "type": "auth", "token": user.token })).await;
-    assert_eq!(realtime::next(&mut socket).await["type"], "authenticated");
-    let snapshot = realtime::subscribe(&mut socket, "me", None).await;
-    assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
-    (socket, snapshot)
 }
 
 async fn answer_offer(app: &TestApp, user: &User, event: Uuid, answer: &str) -> Response {

@@ -77,15 +77,7 @@ async fn writes_fail_fast_while_the_database_is_away_and_recover_without_losing_
     .await;
     // So does a person's `me` feed: not told they hold nothing.
     let mut mine = crate::realtime::connect(&app).await;
-    crate::realtime::send(
-        &mut mine,
-        serde_json::json!({ "type": "auth", "token": member.token }),
-    )
-    .await;
-    assert_eq!(
-        crate::realtime::next(&mut mine).await["type"],
-        "authenticated"
-    );
+    crate::realtime::authenticate(&mut mine, &member.token).await;
     crate::realtime::send(
         &mut mine,
         serde_json::json!({ "type": "subscribe", "channel": "me" }),

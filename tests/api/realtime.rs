@@ -62,6 +62,24 @@ pub async fn close_frame<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Sends an `auth` frame with `token` and waits for `authenticated`.
+pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+    socket: &mut WebSocketStream<S>,
+    token: &str,
+) {
+    send(socket, json!({ "type": "auth", "token": token })).await;
+    assert_eq!(next(socket).await["type"], "authenticated");
+}
+
+/// A socket authenticated as `user` and subscribed to `me`; its snapshot.
+pub async fn me_socket(app: &TestApp, user: &User) -> (Socket, Value) {
+    let mut socket = connect(app).await;
+    authenticate(&mut socket, &user.token).await;
+    let snapshot = subscribe(&mut socket, "me", None).await;
+    assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+    (socket, snapshot)
+}
+
 pub async fn subscribe(socket: &mut Socket, channel: &str, since: Option<Value>) -> Value {
     let mut frame = json!({ "type": "subscribe", "channel": channel });
     if let Some(since) = since {
@@ -90,8 +108,7 @@ async fn an_auth_for_another_user_ends_the_first_users_own_feeds() {
     let mine = app.published_event(&owner, 10).await;
     let (first, second) = (app.user(), app.user());
     let mut socket = connect(&app).await;
-    send(&mut socket, json!({ "type": "auth", "token": first.token })).await;
-    assert_eq!(next(&mut socket).await["type"], "authenticated");
+    authenticate(&mut socket, &first.token).await;
     assert_eq!(subscribe(&mut socket, "me", None).await["type"], "snapshot");
     send(
         &mut socket,
@@ -101,8 +118,7 @@ async fn an_auth_for_another_user_ends_the_first_users_own_feeds() {
     while next(&mut socket).await["channel"] != "recs" {}
 
     // The same user again (a refreshed token) keeps its feeds.
-    send(&mut socket, json!({ "type": "auth", "token": first.token })).await;
-    assert_eq!(next(&mut socket).await["type"], "authenticated");
+    authenticate(&mut socket, &first.token).await;
     send(
         &mut socket,
         json!({ "type": "auth", "token": second.token }),

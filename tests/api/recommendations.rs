@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::helpers::{Backend, TestApp, User, assert_error, body, id_of, spawn_app};
 use crate::on_both_backends;
-use crate::realtime::{Socket, connect, next, send, subscribe};
+use crate::realtime::{Socket, authenticate, connect, next, send, subscribe};
 
 on_both_backends!(recommendations_are_ranked_explained_and_exclude_what_they_must);
 
@@ -294,8 +294,7 @@ async fn next_recs(socket: &mut Socket) -> Value {
 /// Authenticates the socket as `user` and subscribes to `recs`: the
 /// channel's first frame.
 pub async fn recs_as(socket: &mut Socket, user: &User) -> Value {
-    send(socket, json!({ "type": "auth", "token": user.token })).await;
-    assert_eq!(next(socket).await["type"], "authenticated");
+    authenticate(socket, &user.token).await;
     send(socket, json!({ "type": "subscribe", "channel": "recs" })).await;
     next_recs(socket).await
 }
@@ -383,8 +382,7 @@ async fn the_recs_channel_pushes_a_new_list_when_the_top_changes() {
     // the current list as a fresh snapshot.
     drop(socket);
     let mut socket = connect(&app).await;
-    send(&mut socket, json!({ "type": "auth", "token": fan.token })).await;
-    assert_eq!(next(&mut socket).await["type"], "authenticated");
+    authenticate(&mut socket, &fan.token).await;
     let fresh = subscribe(
         &mut socket,
         "recs",
