@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use super::channel::Channel;
 use super::history::{History, HistoryLimits};
+use super::limits::FeedPlace;
 use super::projection::Projection;
 use super::protocol::{self, Position};
 use super::socket::{Fanout, Frame, SendQueue};
@@ -59,6 +60,9 @@ pub struct Unsubscribe {
     /// it, after every frame of the channel it sent the session and before
     /// a snapshot for a subscribe right behind, which it takes next.
     pub told: Option<SendQueue>,
+    /// The subscription's place among its address's filtered feeds, given
+    /// back before the `unsubscribed`: a client told may take it again.
+    pub place: Option<FeedPlace>,
 }
 
 #[derive(Message)]
@@ -453,6 +457,7 @@ impl Handler<Unsubscribe> for ChannelHub {
     type Result = ();
 
     fn handle(&mut self, msg: Unsubscribe, _ctx: &mut Self::Context) {
+        drop(msg.place);
         if let Some(told) = &msg.told {
             told.push(Frame::text(protocol::unsubscribed(&self.name), None));
         }

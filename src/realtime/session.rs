@@ -218,6 +218,7 @@ impl WsSession {
             Subscription::Hub { hub, .. } => hub.do_send(Unsubscribe {
                 session: self.id,
                 told: None,
+                place: None,
             }),
             Subscription::Recs(user) => self.recommenders.unsubscribe(user, self.id),
             Subscription::Me(watcher) => watcher.do_send(StopWatching),
@@ -427,12 +428,11 @@ impl WsSession {
                 let left = hub.send(Unsubscribe {
                     session: self.id,
                     told: Some(self.queue.clone()),
+                    place,
                 });
                 ctx.spawn(left.into_actor(self).map(move |sent, session, _| {
-                    // The feed's place is given back with the hub's.
-                    drop(place);
-                    // A hub that had stopped said nothing, and nothing of
-                    // it can follow.
+                    // A hub that had stopped said nothing (the place went
+                    // with its message), and nothing of it can follow.
                     if sent.is_err() {
                         session.reply(protocol::unsubscribed(&channel));
                     }
