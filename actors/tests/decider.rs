@@ -303,6 +303,30 @@ fn a_started_event_cannot_be_moved_to_start_again() {
     };
     // then it is refused: reopened, a newcomer would pass the waiter.
     assert_eq!(decide(Some(&state), &reschedule), Err(Rejection::Started));
+
+    // Its end may still move, after its start and not before it.
+    let end_at = |minute| Command::Update {
+        by: user(OWNER),
+        patch: DetailsPatch {
+            ends_at: Some(Some(t(minute))),
+            ..DetailsPatch::default()
+        },
+        capacity: None,
+        policy: PolicyPatch::default(),
+        at: t(START + 52),
+    };
+    assert!(matches!(
+        decide(Some(&state), &end_at(START + 300))
+            .unwrap()
+            .as_slice(),
+        [DomainEvent::DetailsChanged { .. }]
+    ));
+    assert_eq!(
+        decide(Some(&state), &end_at(START - 1)),
+        Err(Rejection::InvalidSchedule {
+            problem: ScheduleProblem::EndsBeforeItStarts
+        })
+    );
 }
 
 #[test]

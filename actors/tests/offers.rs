@@ -446,6 +446,7 @@ enum Op {
     /// Minutes pass; the clock expires what ran out.
     Wait(u8),
     ToggleFill,
+    ToggleMode,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -457,6 +458,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1u8..12).prop_map(Op::Capacity),
         2 => (1u8..40).prop_map(Op::Wait),
         1 => Just(Op::ToggleFill),
+        1 => Just(Op::ToggleMode),
     ]
 }
 
@@ -478,6 +480,16 @@ fn to_command(op: &Op, minute: i64, state: &EventState) -> Command {
             },
             minute,
         ),
+        Op::ToggleMode => set_policy(
+            PolicyPatch {
+                mode: Some(match state.policy.mode {
+                    WaitlistMode::Auto => WaitlistMode::Offer,
+                    WaitlistMode::Offer => WaitlistMode::Auto,
+                }),
+                ..PolicyPatch::default()
+            },
+            minute,
+        ),
     }
 }
 
@@ -490,11 +502,13 @@ proptest! {
         offer_mode in any::<bool>(),
         first_fit in any::<bool>(),
         ops in prop::collection::vec(op(), 0..100),
+        crossing_the_start in any::<bool>(),
     ) {
         let fill = if first_fit { WaitlistFill::FirstFit } else { WaitlistFill::Strict };
         let policy = if offer_mode { offers(HOLD, fill) } else { parties(fill) };
         let (mut state, mut history) = given(&published_with(capacity, policy));
-        let mut minute = 2;
+        // Two hours before the start, the ops run past it.
+        let mut minute = if crossing_the_start { START - 120 } else { 2 };
         for op in &ops {
             minute += match op { Op::Wait(m) => *m as i64, _ => 1 };
             let before = state.clone().unwrap();
@@ -507,6 +521,9 @@ proptest! {
             let position: HashMap<UserId, usize> =
                 before.waitlist.iter().enumerate().map(|(i, w)| (w.user, i)).collect();
             let served = served(&facts);
+            if minute >= START {
+                prop_assert!(served.is_empty(), "served after the start: {:?}", facts);
+            }
             let after = facts.iter().fold(Some(before.clone()), evolve).unwrap();
             for s in &served {
                 prop_assert!(position.contains_key(s), "only waiting parties are served");
@@ -561,9 +578,11 @@ proptest! {
             // Work-conserving before the start: no waiting party fits the
             // places free (in strict order, the front one does not).
             let free = s.free_places();
-            match s.policy.fill {
-                WaitlistFill::Strict => prop_assert!(s.waitlist.front().is_none_or(|w| w.seats.get() > free)),
-                WaitlistFill::FirstFit => prop_assert!(s.waitlist.iter().all(|w| w.seats.get() > free)),
+            if minute < START {
+                match s.policy.fill {
+                    WaitlistFill::Strict => prop_assert!(s.waitlist.front().is_none_or(|w| w.seats.get() > free)),
+                    WaitlistFill::FirstFit => prop_assert!(s.waitlist.iter().all(|w| w.seats.get() > free)),
+                }
             }
             // Nobody is in two places at once.
             for (u, _) in s.active.iter() {

@@ -169,9 +169,11 @@ impl EventState {
     }
 
     /// The facts that hand `free` places to waiting parties under `policy`,
-    /// leaving out `gone` (a waiting party leaving in the same step). In
-    /// offer mode no offer is made once the event has started: it could not
-    /// be accepted.
+    /// leaving out `gone` (a waiting party leaving in the same step). Nobody
+    /// is served once the event has started: membership changes only before
+    /// (an offer could not be accepted, and a promotion would seat a party
+    /// when nobody may join or leave); places freed after the start, by an
+    /// offer running out or a capacity raised, stay free.
     fn serve(
         &self,
         policy: WaitlistPolicy,
@@ -180,9 +182,7 @@ impl EventState {
         because: Freed,
         at: DateTime<Utc>,
     ) -> Vec<DomainEvent> {
-        if self.lifecycle == Lifecycle::Cancelled
-            || (policy.mode == WaitlistMode::Offer && at >= self.details.starts_at)
-        {
+        if self.lifecycle == Lifecycle::Cancelled || at >= self.details.starts_at {
             return Vec::new();
         }
         let served = self.waitlist.served(free, policy.fill, gone);
@@ -933,9 +933,12 @@ fn decide_update(
             // never made: newcomers would pass the people waiting.
             return Err(Rejection::Started);
         }
-        if details.starts_at != state.details.starts_at || details.ends_at != state.details.ends_at
-        {
+        if details.starts_at != state.details.starts_at {
             check_schedule(&details, at)?;
+        } else if details.ends_at != state.details.ends_at {
+            // A started event's end may still move (it runs late); only
+            // the start is held to the future.
+            check_ends_after_start(&details)?;
         }
         events.push(DomainEvent::DetailsChanged { details, at });
     }
@@ -1171,6 +1174,10 @@ fn check_schedule(details: &EventDetails, at: DateTime<Utc>) -> Result<(), Rejec
             problem: ScheduleProblem::StartsTooFarAhead,
         });
     }
+    check_ends_after_start(details)
+}
+
+fn check_ends_after_start(details: &EventDetails) -> Result<(), Rejection> {
     if let Some(ends_at) = details.ends_at
         && ends_at <= details.starts_at
     {
