@@ -111,6 +111,10 @@ pub struct Submit {
 #[rtype(result = "()")]
 pub struct Fence {
     pub writer: u64,
+    /// Told once the writer's appends already being committed, which no
+    /// fence can stop, have settled: the replacement must not load its
+    /// stream before they land. Not held up by other writers' appends.
+    pub settled: oneshot::Sender<()>,
 }
 
 /// Resolves once every append received before it has been committed or
@@ -202,13 +206,15 @@ pub struct Journal {
     /// The commit waiting for company, if one is.
     lingering: Option<SpawnHandle>,
     /// Writers fenced after a failure; bounded, oldest forgotten first (a
-    /// fenced actor stops at once, so only appends already in transit need it).
+    /// fenced actor sends nothing more, so only appends already in transit
+    /// need it).
     fenced: HashSet<u64>,
     fenced_order: VecDeque<u64>,
     /// A writer was fenced since the buffer was last swept; a writer fenced
     /// earlier cannot be in it, since `Submit` turns it away.
     fenced_since_sweep: bool,
-    /// Each waits for the appends numbered below its own.
+    /// Each waits for the appends numbered below its own: a [`Flush`], or a
+    /// [`Fence`] for the batch being committed.
     flush_waiters: Vec<(u64, oneshot::Sender<()>)>,
 }
 
@@ -456,6 +462,10 @@ impl Handler<Fence> for Journal {
     fn handle(&mut self, msg: Fence, _ctx: &mut Self::Context) {
         self.fence_writer(msg.writer);
         self.drop_fenced_from_buffer();
+        // Whatever of the writer's is left is in the batch being committed,
+        // before the buffer's front.
+        let upto = self.buffer.front().map_or(self.received, |p| p.number);
+        self.flush_waiters.push((upto, msg.settled));
         self.wake_flushers();
     }
 }
@@ -713,9 +723,11 @@ mod tests {
         journal.do_send(submit(&writer, append(stream, 1, 0), 1)); // committing
         journal.do_send(submit(&writer, append(stream, 1, 1), 2)); // waiting
         journal.do_send(submit(&writer, append(other, 2, 0), 3)); // another writer
-        journal.do_send(Fence { writer: 1 });
+        let (settled, landed) = oneshot::channel();
+        journal.do_send(Fence { writer: 1, settled });
         journal.do_send(submit(&writer, append(stream, 1, 2), 4)); // after the fence
         flushed(&journal).await;
+        landed.await.unwrap();
         assert_eq!(
             told_in_order(&writer).await,
             vec![
@@ -724,6 +736,32 @@ mod tests {
                 (3, Ok(Appended::Committed)),
                 (4, Err(AppendError::Conflict)),
             ]
+        );
+    }
+
+    /// The replacement of a crashed actor waits for the fenced writer's
+    /// batch in commit, not for the journal's whole backlog.
+    #[actix::test]
+    async fn a_fence_is_settled_once_the_writers_committing_batch_is() {
+        let journal = slow_journal(JournalSettings {
+            max_batch: 1,
+            ..JournalSettings::default()
+        });
+        let writer = Writer::default().start();
+        journal.do_send(submit(&writer, append(EventId::new(), 1, 0), 1)); // committing
+        // A backlog of others', 50 ms a commit each: 5 s in all.
+        for seq in 2..=101 {
+            journal.do_send(submit(&writer, append(EventId::new(), seq, 0), seq));
+        }
+        let (settled, landed) = oneshot::channel();
+        journal.do_send(Fence { writer: 1, settled });
+        landed.await.unwrap();
+        let told = told_in_order(&writer).await;
+        assert_eq!(told.first(), Some(&(1, Ok(Appended::Committed))));
+        assert!(
+            told.len() < 50,
+            "the fence waited for the backlog: {} answered",
+            told.len()
         );
     }
 

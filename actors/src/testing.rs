@@ -19,6 +19,8 @@ pub struct MemoryStore {
     /// The event log.
     pub log: Mutex<HashMap<EventId, Vec<StoredEvent>>>,
     pub commits: AtomicUsize,
+    /// Commits begun, counted before their delay.
+    pub commits_begun: AtomicUsize,
     /// Each commit sleeps this long, so appends pile up behind it.
     pub commit_delay: Duration,
     /// Answers by (user, key), as committed.
@@ -40,6 +42,7 @@ impl EventStore for MemoryStore {
     }
 
     async fn commit(&self, batch: &[Append]) -> Result<CommitReport, StoreError> {
+        self.commits_begun.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(self.commit_delay).await;
         self.commits.fetch_add(1, Ordering::SeqCst);
         let mut log = self.log.lock().unwrap();

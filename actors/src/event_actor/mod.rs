@@ -39,6 +39,10 @@ const REMEMBER_KEYS_FOR: Duration = Duration::from_secs(60);
 /// under new keys must not fill the database's pool with them.
 const MAX_LOOKUPS: usize = 16;
 
+/// How soon an offer deadline that fell due while the lease had lapsed is
+/// looked at again.
+const LAPSED_LEASE_RETRY: Duration = Duration::from_millis(100);
+
 /// Tuning for every event actor.
 #[derive(Debug, Clone)]
 pub struct ActorSettings {
@@ -318,16 +322,30 @@ impl EventActor {
         }
         let Some(at) = next else { return };
         let wait = (at - Utc::now()).to_std().unwrap_or_default();
-        let timer = ctx.run_later(wait, move |actor, ctx| {
-            actor.deadline = None;
+        self.deadline = Some((at, Self::deadline_timer(at, wait, ctx)));
+    }
+
+    /// Fires `wait` from now for the deadline `at`.
+    fn deadline_timer(at: DateTime<Utc>, wait: Duration, ctx: &mut Context<Self>) -> SpawnHandle {
+        ctx.run_later(wait, move |actor, ctx| {
             if actor.broken || actor.retired.is_some() {
+                actor.deadline = None;
                 return;
             }
+            if actor.lease_lapsed() {
+                // Nothing is decided until a renewal lands. The deadline
+                // stays armed, so a command meanwhile finds it due, and is
+                // looked at again shortly: dropped, it would wait for the
+                // next command or the server's sweep.
+                let again = Self::deadline_timer(at, LAPSED_LEASE_RETRY, ctx);
+                actor.deadline = Some((at, again));
+                return;
+            }
+            actor.deadline = None;
             // Not before the deadline, whatever the clock's grain.
             let now = Utc::now().trunc_subsecs(6).max(at);
             actor.expire_offers(now, ctx);
-        });
-        self.deadline = Some((at, timer));
+        })
     }
 
     /// Decides `command` and hands its append to the journal, or answers
@@ -424,7 +442,7 @@ impl EventActor {
         let decided = std::panic::catch_unwind(AssertUnwindSafe(|| {
             #[cfg(test)]
             if let Command::Join { user, .. } = &command
-                && *PANIC_ON_JOIN_OF.lock().unwrap() == Some(*user)
+                && PANIC_ON_JOIN_OF.lock().unwrap().contains(user)
             {
                 panic!("injected by a test");
             }
@@ -763,8 +781,10 @@ impl EventActor {
     /// lease only past the time it is believed until (a renewal is late):
     /// the database fences nothing of this actor's meanwhile.
     fn lease_lapsed(&self) -> bool {
-        self.lease
-            .is_some_and(|lease| self.held.believed(lease.shard) == Some(lease.epoch))
+        !self.holds_its_shard()
+            && self
+                .lease
+                .is_some_and(|lease| self.held.believed(lease.shard) == Some(lease.epoch))
     }
 
     /// A panic in the domain: the state may be half-changed, so drop it.
@@ -779,12 +799,23 @@ impl EventActor {
         }
         self.keys.fail_all();
         // Appends of this actor still waiting in the journal must not share
-        // a batch with those of the actor that replaces it.
+        // a batch with those of the actor that replaces it; those already in
+        // the batch being committed still land. Until they have, this actor
+        // stays in the roster and holds the commands sent to it, which the
+        // registry hands to a fresh actor once it stops: a replacement
+        // loaded before them would answer from a state without them (tell
+        // a member they are none) until its first write.
+        self.broken = true;
+        self.state = None;
+        let (settled, landed) = oneshot::channel();
         self.journal.do_send(Fence {
             writer: self.writer,
+            settled,
         });
-        self.leave(ctx);
-        ctx.stop();
+        ctx.wait(landed.into_actor(self).map(|_, actor, ctx| {
+            actor.leave(ctx);
+            ctx.stop();
+        }));
     }
 
     /// Stops once nothing is in flight or queued: an idle actor, or one for
@@ -929,9 +960,10 @@ impl Handler<AppendDone> for EventActor {
 }
 
 #[cfg(test)]
-/// A join by this user panics inside the actor: fault injection for tests.
-pub(crate) static PANIC_ON_JOIN_OF: std::sync::Mutex<Option<crate::domain::UserId>> =
-    std::sync::Mutex::new(None);
+/// A join by one of these users panics inside the actor: fault injection
+/// for tests.
+pub(crate) static PANIC_ON_JOIN_OF: std::sync::Mutex<Vec<crate::domain::UserId>> =
+    std::sync::Mutex::new(Vec::new());
 
 #[cfg(test)]
 mod tests;

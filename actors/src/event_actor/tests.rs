@@ -9,7 +9,7 @@ use actix::prelude::*;
 use chrono::Utc;
 
 use super::*;
-use crate::domain::{Capacity, Seats, UserId, WaitlistPolicy};
+use crate::domain::{Capacity, OfferHold, Seats, UserId, WaitlistMode, WaitlistPolicy};
 use crate::placement::ShardCount;
 use crate::shards::HeldShards;
 use crate::testing::{MemoryStore, event_details};
@@ -164,7 +164,7 @@ async fn a_panicking_actor_is_replaced_and_rehydrated() {
         .unwrap();
 
     let doomed = UserId::new();
-    *PANIC_ON_JOIN_OF.lock().unwrap() = Some(doomed);
+    PANIC_ON_JOIN_OF.lock().unwrap().push(doomed);
     let crashed = registry.execute(event, join(doomed), None, None).await;
     assert_eq!(
         crashed.unwrap_err(),
@@ -185,6 +185,42 @@ async fn a_panicking_actor_is_replaced_and_rehydrated() {
         Some(Membership::Waitlisted { position: 1, .. })
     ));
     assert_eq!(next.summary.active_count, 1);
+}
+
+/// A join in the batch being committed when its actor panics still lands
+/// (its caller was told "unavailable": the outcome is unknown). The actor
+/// that replaces the crashed one must see it, not answer from the log
+/// without it.
+#[actix::test]
+async fn a_replacement_sees_what_its_crashed_predecessor_was_committing() {
+    let (store, registry) = setup(Duration::from_millis(300));
+    let (event, _) = open_event(&registry, 5).await;
+    let member = UserId::new();
+    let begun = store.commits_begun.load(Ordering::SeqCst);
+    let committing = spawn_execute(&registry, event, join(member), None);
+    // Inside the journal's 300 ms commit when the next join panics.
+    while store.commits_begun.load(Ordering::SeqCst) == begun {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let doomed = UserId::new();
+    PANIC_ON_JOIN_OF.lock().unwrap().push(doomed);
+    let crashed = registry.execute(event, join(doomed), None, None).await;
+    assert_eq!(crashed.unwrap_err(), CommandError::Unavailable);
+    assert_eq!(
+        committing.await.unwrap().unwrap_err(),
+        CommandError::Unavailable,
+        "its actor crashed before the commit answered"
+    );
+
+    let leave = Command::Leave {
+        user: member,
+        at: Utc::now(),
+    };
+    let left = registry.execute(event, leave, None, None).await;
+    assert!(
+        matches!(left, Ok(Reply::Done(ref outcome)) if outcome.summary.active_count == 0),
+        "the join had landed: the member may leave, got {left:?}"
+    );
 }
 
 /// A join refused because of a cancellation still being committed is
@@ -363,6 +399,76 @@ async fn an_actor_whose_lease_lapsed_stays_for_the_renewal() {
     .await;
     assert!(matches!(left, Ok(Reply::Done(_))), "{left:?}");
     assert_eq!(registry.live_actors(), 1);
+}
+
+/// An offer falling due while the lease has lapsed runs out once the
+/// renewal lands, on the actor's own clock: not at the next command, nor
+/// at the server's sweep.
+#[actix::test]
+async fn an_offer_due_while_the_lease_lapsed_runs_out_after_the_renewal() {
+    let held = Arc::new(HeldShards::none(ShardCount::DEFAULT));
+    let store = Arc::new(MemoryStore::default());
+    let registry = registry_on(store.clone(), Arc::clone(&held), ActorSettings::default());
+    let event = EventId::new();
+    let shard = held.shard_of(event);
+    held.hold(ShardLease { shard, epoch: 1 }, far_off());
+    // Every command dated so that the offer's minute of hold ends 1.5 s
+    // from now.
+    let at = Utc::now() - chrono::Duration::milliseconds(58_500);
+    let owner = UserId::new();
+    let (member, waiter) = (UserId::new(), UserId::new());
+    let policy = WaitlistPolicy {
+        mode: WaitlistMode::Offer,
+        offer_hold: OfferHold::parse(60).unwrap(),
+        ..WaitlistPolicy::default()
+    };
+    for command in [
+        Command::Create {
+            id: event,
+            owner,
+            details: event_details(),
+            capacity: Capacity::parse(1).unwrap(),
+            policy,
+            at,
+        },
+        Command::Publish { by: owner, at },
+        Command::Join {
+            user: member,
+            seats: Seats::default(),
+            at,
+        },
+        Command::Join {
+            user: waiter,
+            seats: Seats::default(),
+            at,
+        },
+        Command::Leave { user: member, at },
+    ] {
+        registry.execute(event, command, None, None).await.unwrap();
+    }
+    let expired = || {
+        store.log.lock().unwrap()[&event]
+            .iter()
+            .any(|fact| fact.event_type == "offer_expired")
+    };
+
+    // The lease lapses before the deadline and is renewed after it.
+    held.hold(
+        ShardLease { shard, epoch: 1 },
+        std::time::Instant::now() + Duration::from_millis(5),
+    );
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(!expired(), "nothing is decided while the lease has lapsed");
+    held.renewed(&[shard], far_off());
+
+    let ran_out = async {
+        while !expired() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), ran_out)
+        .await
+        .expect("the offer runs out without a command");
 }
 
 #[actix::test]
