@@ -30,7 +30,7 @@ use turnout_actors::store::StoreError;
 /// exist. (A port, so that a hub does not depend on its registry.)
 pub trait HubHome: Send + Sync + 'static {
     fn left(&self, channel: &Channel, hub: &Addr<ChannelHub>);
-    fn missed(&self, event: EventId);
+    fn missed(&self, event: EventId, looked_at: Instant);
 }
 
 #[derive(Message)]
@@ -94,6 +94,9 @@ pub struct ChannelHub {
     snapshot: Option<Arc<Value>>,
     /// The channel is a venue's and the load found no such venue.
     missing: bool,
+    /// When the last load began: what it found may be older than a change
+    /// still queued behind it.
+    looked_at: Instant,
     /// A listing's next start time and the timer that takes the events
     /// starting then off the list.
     next_start: Option<(DateTime<Utc>, SpawnHandle)>,
@@ -129,6 +132,7 @@ impl ChannelHub {
             resyncing: false,
             snapshot: None,
             missing: false,
+            looked_at: Instant::now(),
             next_start: None,
             subscribers: BTreeMap::new(),
             store,
@@ -152,6 +156,7 @@ impl ChannelHub {
     /// retried, backing off, rather than given up: the subscribers waiting
     /// for their snapshot get it once the database answers again.
     fn load(&mut self, ctx: &mut Context<Self>) {
+        self.looked_at = Instant::now();
         let store = Arc::clone(&self.store);
         let (channel, name) = (self.channel.clone(), Arc::clone(&self.name));
         ctx.wait(
@@ -291,7 +296,7 @@ impl ChannelHub {
         if let Channel::Event(id) = &self.channel
             && self.projection.shows_no_event()
         {
-            self.home.missed(*id);
+            self.home.missed(*id, self.looked_at);
             return Subscribed::NotFound;
         }
         if self.missing {

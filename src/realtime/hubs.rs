@@ -6,7 +6,9 @@
 //! once, and an `event:<id>` that names no published event starts no hub
 //! (after the first look, the miss is remembered for a few seconds).
 
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -53,41 +55,79 @@ pub enum NoHub {
 /// Event ids recently found to name no published event, so a client
 /// subscribing to made-up ids costs one load each, not a hub. Bounded: past
 /// `capacity` the expired are dropped, and if none has, nothing is added.
+///
+/// A hub's look can be overtaken: a draft published while its hub loads is
+/// routed to the hub behind the subscription that found it missing. So
+/// when each event last changed is kept too, and a miss from a look begun
+/// before that is not remembered. The changes are kept in a fixed table,
+/// each event's in a slot found by a keyed hash of its id: events sharing
+/// a slot only make a miss look overtaken, which costs a load.
 struct RecentMisses {
     seen: DashMap<EventId, Instant>,
     ttl: Duration,
     capacity: usize,
+    /// The latest change of the events hashed to each slot, in µs since
+    /// `since`.
+    changed: Box<[AtomicU64]>,
+    since: Instant,
+    slot_of: RandomState,
 }
 
 impl RecentMisses {
+    const CHANGE_SLOTS: usize = 4096;
+
     fn new(ttl: Duration, capacity: usize) -> Self {
         Self {
             seen: DashMap::new(),
             ttl,
             capacity,
+            changed: (0..Self::CHANGE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            since: Instant::now(),
+            slot_of: RandomState::new(),
         }
     }
 
-    fn remember(&self, id: EventId) {
+    /// A look begun at `looked_at` found no published event `id`.
+    fn remember(&self, id: EventId, looked_at: Instant, now: Instant) {
+        if self.slot(&id).load(Ordering::Acquire) >= self.micros(looked_at) {
+            return;
+        }
         if self.seen.len() >= self.capacity {
-            self.seen.retain(|_, at| at.elapsed() < self.ttl);
+            self.seen
+                .retain(|_, at| now.saturating_duration_since(*at) < self.ttl);
         }
         if self.seen.len() < self.capacity {
-            self.seen.insert(id, Instant::now());
+            self.seen.insert(id, now);
         }
     }
 
-    fn contains(&self, id: &EventId) -> bool {
-        let fresh = self.seen.get(id).map(|at| at.elapsed() < self.ttl);
+    fn contains(&self, id: &EventId, now: Instant) -> bool {
+        let fresh = self
+            .seen
+            .get(id)
+            .map(|at| now.saturating_duration_since(*at) < self.ttl);
         if fresh == Some(false) {
             self.seen.remove(id);
         }
         fresh == Some(true)
     }
 
-    /// The event changed (it was created or published): no longer a miss.
-    fn forget(&self, id: &EventId) {
-        self.seen.remove(id);
+    /// The event changed (it was created or published): no longer a miss,
+    /// nor one found by a look begun before now.
+    fn changed(&self, id: EventId, now: Instant) {
+        self.seen.remove(&id);
+        self.slot(&id).fetch_max(self.micros(now), Ordering::AcqRel);
+    }
+
+    fn slot(&self, id: &EventId) -> &AtomicU64 {
+        let hash = self.slot_of.hash_one(id) as usize;
+        &self.changed[hash % self.changed.len()]
+    }
+
+    /// µs since the table began, counting the first as 1: a slot's 0 is
+    /// "no change yet".
+    fn micros(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.since).as_micros() as u64 + 1
     }
 }
 
@@ -123,7 +163,7 @@ impl Hubs {
     /// The channel's hub, started if it is not running and there is room.
     pub fn hub(&self, channel: &Channel) -> Result<Addr<ChannelHub>, NoHub> {
         if let Channel::Event(id) = channel
-            && self.0.misses.contains(id)
+            && self.0.misses.contains(id, Instant::now())
         {
             return Err(NoHub::NotFound);
         }
@@ -174,7 +214,7 @@ impl Hubs {
     /// Offers a change to every running hub it may concern.
     pub fn route(&self, change: Arc<EventChange>) {
         let (event, venue) = (change.summary.id, change.summary.details.venue_id);
-        self.0.misses.forget(&event);
+        self.0.misses.changed(event, Instant::now());
         for channel in [Channel::Event(event), Channel::Venue(venue)] {
             if let Some(hub) = self.0.direct.get(&channel) {
                 hub.do_send(OfferChange(Arc::clone(&change)));
@@ -204,9 +244,10 @@ impl HubHome for Hubs {
             .remove_if(channel, |_, current| current == hub);
     }
 
-    /// An event hub found its event missing (or a draft).
-    fn missed(&self, event: EventId) {
-        self.0.misses.remember(event);
+    /// An event hub's look begun at `looked_at` found its event missing (or
+    /// a draft).
+    fn missed(&self, event: EventId, looked_at: Instant) {
+        self.0.misses.remember(event, looked_at, Instant::now());
     }
 }
 
@@ -216,27 +257,54 @@ mod tests {
 
     #[test]
     fn a_miss_is_remembered_briefly_and_forgotten_on_a_change() {
-        // Long enough that no stall between two lines outlasts it.
-        let misses = RecentMisses::new(Duration::from_millis(1000), 10);
+        let misses = RecentMisses::new(Duration::from_secs(10), 10);
+        let t = Instant::now();
         let (gone, published) = (EventId::new(), EventId::new());
-        misses.remember(gone);
-        misses.remember(published);
-        assert!(misses.contains(&gone));
-        misses.forget(&published);
-        assert!(!misses.contains(&published), "a change ends the miss");
-        std::thread::sleep(Duration::from_millis(1100));
-        assert!(!misses.contains(&gone), "a miss expires");
+        misses.remember(gone, t, t);
+        misses.remember(published, t, t);
+        assert!(misses.contains(&gone, at(t, 1)));
+        misses.changed(published, at(t, 2));
+        assert!(
+            !misses.contains(&published, at(t, 3)),
+            "a change ends the miss"
+        );
+        assert!(!misses.contains(&gone, at(t, 10_000)), "a miss expires");
         assert!(misses.seen.is_empty());
+    }
+
+    #[test]
+    fn a_look_overtaken_by_a_change_is_not_remembered() {
+        let misses = RecentMisses::new(Duration::from_secs(10), 10);
+        let t = Instant::now();
+        let draft = EventId::new();
+        // Its hub began loading at t; the draft was published at t+5 ms,
+        // and the hub, answering the subscription queued before the news,
+        // found it missing at t+8 ms.
+        misses.changed(draft, at(t, 5));
+        misses.remember(draft, t, at(t, 8));
+        assert!(
+            !misses.contains(&draft, at(t, 9)),
+            "a stale look is no miss"
+        );
+
+        // A look begun after the change stands.
+        misses.remember(draft, at(t, 21), at(t, 22));
+        assert!(misses.contains(&draft, at(t, 23)));
+    }
+
+    fn at(start: Instant, ms: u64) -> Instant {
+        start + Duration::from_millis(ms)
     }
 
     #[test]
     fn misses_are_bounded() {
         let misses = RecentMisses::new(Duration::from_secs(60), 3);
+        let t = Instant::now();
         let ids: Vec<EventId> = (0..5).map(|_| EventId::new()).collect();
         for id in &ids {
-            misses.remember(*id);
+            misses.remember(*id, t, t);
         }
         assert_eq!(misses.seen.len(), 3);
-        assert!(misses.contains(&ids[0]) && !misses.contains(&ids[4]));
+        assert!(misses.contains(&ids[0], t) && !misses.contains(&ids[4], t));
     }
 }

@@ -28,7 +28,7 @@ use turnout_actors::store::StoreError;
 use uuid::Uuid;
 
 use super::protocol::{self, Position};
-use super::socket::{Frame, SendQueue};
+use super::socket::{ChannelQueue, Frame};
 use crate::store::{Place, Store, from_micros};
 
 /// The channel's name.
@@ -315,7 +315,7 @@ impl MeFeeds {
     pub fn watch(
         &self,
         user: UserId,
-        queue: SendQueue,
+        queue: ChannelQueue,
         since: Option<Position>,
     ) -> Addr<MeWatcher> {
         static IDS: AtomicU64 = AtomicU64::new(1);
@@ -424,7 +424,7 @@ pub struct StopWatching;
 pub struct MeWatcher {
     id: u64,
     user: UserId,
-    queue: SendQueue,
+    queue: ChannelQueue,
     feeds: MeFeeds,
     places: MyPlaces,
     epoch: String,
@@ -445,8 +445,8 @@ impl MeWatcher {
     /// read is retried, backing off, as a hub's load is: an empty list
     /// would tell the person they hold nothing.
     ///
-    /// A connection that closes meanwhile stops the retries: nobody is
-    /// left to tell.
+    /// A subscription shut or a connection closed meanwhile stops the
+    /// retries: nobody is left to tell.
     fn read(&self, known: Vec<EventId>) -> impl Future<Output = Vec<MyPlace>> + 'static {
         let (store, user) = (Arc::clone(&self.feeds.0.store), self.user);
         let queue = self.queue.clone();
@@ -455,7 +455,7 @@ impl MeWatcher {
             loop {
                 match read_places(&*store, user, &known).await {
                     Ok(places) => return places.into_iter().map(MyPlace::from).collect(),
-                    Err(_) if queue.is_closing() => return Vec::new(),
+                    Err(_) if queue.is_shut() => return Vec::new(),
                     Err(error) => {
                         metrics::counter!("turnout_ws_channel_load_failures_total").increment(1);
                         tracing::warn!(

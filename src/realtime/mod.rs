@@ -21,6 +21,8 @@
 //! - `inbound`: the client's frames, decoded and joined into messages.
 //! - `socket`: a connection's byte-bounded `SendQueue` of frames, and the
 //!   writer that drains it; hubs write to a plain TCP socket themselves.
+//!   A `ChannelQueue` is the way in of a channel served by an actor of its
+//!   own (`me`, `recs`), which the session shuts with its `unsubscribed`.
 //! - `takeover`: an upgraded connection's socket, taken from actix-http.
 
 mod channel;

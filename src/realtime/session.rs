@@ -22,7 +22,7 @@ use super::inbound::{InboundError, Incoming};
 use super::limits::{FeedPlace, FeedPlaces};
 use super::me::{ME, MeFeeds, MeWatcher, StopWatching};
 use super::protocol::{self, ClientFrame, Position};
-use super::socket::{Frame, Overflowed, SendQueue};
+use super::socket::{ChannelQueue, Frame, Overflowed, SendQueue};
 use crate::auth::TokenKeys;
 use crate::views::RecommendationView;
 
@@ -45,9 +45,12 @@ enum Subscription {
         _place: Option<FeedPlace>,
     },
     /// The caller's recommendations, served by their recommender actor.
-    Recs(UserId),
+    Recs { user: UserId, to: ChannelQueue },
     /// The caller's own places.
-    Me(Addr<MeWatcher>),
+    Me {
+        watcher: Addr<MeWatcher>,
+        to: ChannelQueue,
+    },
 }
 
 /// Where a connection's channels are served from.
@@ -67,7 +70,7 @@ pub struct Channels {
 /// snapshot (or, when the client resumes at the current revision, as a
 /// `resumed`), each later one as an update.
 struct RecsSink {
-    queue: SendQueue,
+    queue: ChannelQueue,
     since: Option<Position>,
     started: bool,
 }
@@ -220,9 +223,19 @@ impl WsSession {
                 told: None,
                 place: None,
             }),
-            Subscription::Recs(user) => self.recommenders.unsubscribe(user, self.id),
-            Subscription::Me(watcher) => watcher.do_send(StopWatching),
+            Subscription::Recs { user, .. } => self.recommenders.unsubscribe(user, self.id),
+            Subscription::Me { watcher, .. } => watcher.do_send(StopWatching),
         }
+    }
+
+    /// Ends a `me` or `recs` subscription with its `unsubscribed`, which
+    /// nothing of the channel follows: its actor may still be reading a
+    /// snapshot, and lets go when it gets to the news.
+    fn end_saying_so(&self, channel: &str, subscription: Subscription) {
+        if let Subscription::Recs { to, .. } | Subscription::Me { to, .. } = &subscription {
+            to.shut_with(Frame::text(protocol::unsubscribed(channel), None));
+        }
+        self.end(subscription);
     }
 
     fn strike(&mut self, message: &str, ctx: &mut Context<Self>) {
@@ -316,19 +329,19 @@ impl WsSession {
                                 &format!("send an auth frame before subscribing to {channel}"),
                             ));
                         };
+                        let to = ChannelQueue::new(self.queue.clone());
                         if channel == ME {
-                            let watcher = self.me.watch(user, self.queue.clone(), since);
-                            self.subscriptions
-                                .insert(channel, Subscription::Me(watcher));
-                            return;
+                            let watcher = self.me.watch(user, to.clone(), since);
+                            Subscription::Me { watcher, to }
+                        } else {
+                            let sink = RecsSink {
+                                queue: to.clone(),
+                                since,
+                                started: false,
+                            };
+                            self.recommenders.subscribe(user, self.id, Box::new(sink));
+                            Subscription::Recs { user, to }
                         }
-                        let sink = RecsSink {
-                            queue: self.queue.clone(),
-                            since,
-                            started: false,
-                        };
-                        self.recommenders.subscribe(user, self.id, Box::new(sink));
-                        Subscription::Recs(user)
                     }
                 };
                 self.subscriptions.insert(channel, subscription);
@@ -412,8 +425,7 @@ impl WsSession {
     fn end_user_feeds(&mut self) {
         for channel in [ME, RECS] {
             if let Some(subscription) = self.subscriptions.remove(channel) {
-                self.end(subscription);
-                self.reply(protocol::unsubscribed(channel));
+                self.end_saying_so(channel, subscription);
             }
         }
     }
@@ -438,10 +450,7 @@ impl WsSession {
                     }
                 }));
             }
-            Some(subscription) => {
-                self.end(subscription);
-                self.reply(protocol::unsubscribed(&channel));
-            }
+            Some(subscription) => self.end_saying_so(&channel, subscription),
             None => self.reply(protocol::error("not_subscribed", &channel)),
         }
     }

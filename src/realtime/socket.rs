@@ -257,6 +257,46 @@ enum Offered {
 const SENT: &str = "turnout_ws_messages_sent_total";
 const FANOUT: &str = "turnout_ws_fanout_seconds";
 
+/// One channel's way into a connection's queue, for a channel served by an
+/// actor of its own (`me`, `recs`), which the session can shut with a last
+/// frame that nothing of the channel follows: the session's `unsubscribed`
+/// cannot be overtaken by a snapshot still being read. One lock orders the
+/// two writers; frames pushed after the shut are dropped.
+#[derive(Clone)]
+pub struct ChannelQueue {
+    queue: SendQueue,
+    open: Arc<Mutex<bool>>,
+}
+
+impl ChannelQueue {
+    pub fn new(queue: SendQueue) -> Self {
+        Self {
+            queue,
+            open: Arc::new(Mutex::new(true)),
+        }
+    }
+
+    /// As [`SendQueue::push`]; false, and nothing sent, once shut.
+    pub fn push(&self, frame: Frame) -> bool {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        *open && self.queue.push(frame)
+    }
+
+    /// Shut, or its connection closing: nobody is left to tell.
+    pub fn is_shut(&self) -> bool {
+        let open = *self.open.lock().unwrap_or_else(|e| e.into_inner());
+        !open || self.queue.is_closing()
+    }
+
+    /// Sends `last` as the channel's final frame.
+    pub fn shut_with(&self, last: Frame) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if std::mem::replace(&mut *open, false) {
+            self.queue.push(last);
+        }
+    }
+}
+
 /// A connection's outgoing queue, bounded in bytes. Cloned into every hub
 /// the connection subscribes to.
 #[derive(Clone)]

@@ -284,6 +284,42 @@ async fn unsubscribed_is_the_last_frame_of_its_channel() {
     }
 }
 
+/// The same for the user's own feeds, whose snapshot their own actor reads
+/// while the session may already have let go of them: nothing of `me` or
+/// `recs` follows its `unsubscribed`, not even the snapshot being read.
+#[actix_web::test]
+async fn unsubscribed_is_the_last_frame_of_a_users_own_feed() {
+    let app = sqlite_app(|_| {}).await;
+    let owner = app.register("owner@example.com").await;
+    let user = app.user();
+    let mut socket = connect(&app).await;
+    authenticate(&mut socket, &user.token).await;
+    for round in 0..5 {
+        for channel in ["me", "recs"] {
+            for frame in ["subscribe", "unsubscribe"] {
+                let frame = json!({ "type": frame, "channel": channel }).to_string();
+                socket.feed(Message::text(frame)).await.unwrap();
+            }
+            socket.flush().await.unwrap();
+            let mut frame = next(&mut socket).await;
+            if frame["type"] == "snapshot" {
+                frame = next(&mut socket).await;
+            }
+            assert_eq!(frame["type"], "unsubscribed", "round {round}: {frame}");
+            assert_eq!(frame["channel"], channel);
+
+            // A place of theirs would be news on both channels.
+            let event = app.published_event(&owner, 10).await;
+            app.join(&user, event).await;
+            let after = tokio::time::timeout(Duration::from_millis(300), next(&mut socket)).await;
+            assert!(
+                after.is_err(),
+                "round {round}: {after:?} after {channel}'s unsubscribed"
+            );
+        }
+    }
+}
+
 /// A channel left and asked for again in one write is told in that order:
 /// `unsubscribed`, then the new snapshot (the hub says both, in its order).
 #[actix_web::test]
