@@ -303,45 +303,100 @@ async fn pass(
                 .record(started.elapsed().as_secs_f64());
             mark_published(store, &rows, settings).await
         }
-        Err(error) if redis_away(&error) => {
-            tracing::warn!(error = ?error.kind(), code = error.code(), "redis is away; the outbox waits");
-            *connection = None;
-            Pass::RedisAway
-        }
-        Err(error) => {
-            let attempts = head.attempts + 1;
-            let dead = attempts >= settings.max_attempts;
-            let message = format!("redis refused the batch: {:?}", error.kind());
-            let retry_at = now_micros() + backoff(attempts as u32).as_micros() as i64;
-            if dead {
-                metrics::counter!("turnout_outbox_dead_total").increment(1);
-                tracing::error!(outbox_id = head.id, message_id = %head.message_id, attempts, "outbox row is dead: {message}");
-            } else {
-                tracing::warn!(
-                    outbox_id = head.id,
-                    attempts,
-                    "outbox publish failed: {message}"
-                );
+        Err(error) => match refusal(&error) {
+            Refusal::RedisAway(code) => {
+                tracing::warn!(error = ?error.kind(), code, "redis is away; the outbox waits");
+                *connection = None;
+                Pass::RedisAway
             }
-            match store
-                .outbox_failed(head.id, attempts, retry_at, &message, dead)
-                .await
-            {
-                Ok(()) => Pass::Idle,
-                Err(_) => Pass::StoreAway,
+            Refusal::Row { index, code } => {
+                // The rows before the one refused are in the stream.
+                let index = index.min(rows.len() - 1);
+                let (added, refused) = (&rows[..index], &rows[index]);
+                if !added.is_empty()
+                    && let Pass::StoreAway = mark_published(store, added, settings).await
+                {
+                    return Pass::StoreAway;
+                }
+                charge(store, refused, &code, settings).await
             }
-        }
+        },
     }
 }
 
-/// Whether Redis failed the batch for its own state, not for what the
-/// rows hold: unreachable, or answering every write with an error until
-/// it recovers — loading its dump after a restart, out of memory, unable
-/// to persist, a replica after a failover. Nothing is then counted against
-/// the rows: charged to the head row, such an outage would mark good rows
-/// dead one after another, and the stream would go on without them. (Its
-/// credentials refused count too: no row is to blame.)
-fn redis_away(error: &redis::RedisError) -> bool {
+/// Counts a failed publish against `row`, which goes dead after
+/// `max_attempts`; until then it backs off, and the rows behind it wait.
+async fn charge(
+    store: &Arc<dyn Store>,
+    row: &OutboxMessage,
+    code: &str,
+    settings: &OutboxSettings,
+) -> Pass {
+    let attempts = row.attempts + 1;
+    let dead = attempts >= settings.max_attempts;
+    let message = format!("redis refused the message: {code}");
+    let retry_at = now_micros() + backoff(attempts as u32).as_micros() as i64;
+    if dead {
+        metrics::counter!("turnout_outbox_dead_total").increment(1);
+        tracing::error!(outbox_id = row.id, message_id = %row.message_id, attempts, "outbox row is dead: {message}");
+    } else {
+        tracing::warn!(
+            outbox_id = row.id,
+            attempts,
+            "outbox publish failed: {message}"
+        );
+    }
+    match store
+        .outbox_failed(row.id, attempts, retry_at, &message, dead)
+        .await
+    {
+        Ok(()) => Pass::Idle,
+        Err(_) => Pass::StoreAway,
+    }
+}
+
+/// Why Redis did not take a batch.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// For its own state: see [`redis_away`]. With the error code, if any.
+    RedisAway(Option<String>),
+    /// For what the row at `index` of the batch holds.
+    Row { index: usize, code: String },
+}
+
+/// What a failed pipeline says. A pipeline's failure carries the error of
+/// each command refused, with its place in the batch: the code of one
+/// alone (`RedisError::code`) is known only for the codes redis-rs names,
+/// and `OOM` or `MISCONF` are not among them.
+fn refusal(error: &redis::RedisError) -> Refusal {
+    let transport = error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_timeout();
+    let refused = match error.clone().into_server_errors() {
+        Some(refused) if !transport => refused,
+        _ => return Refusal::RedisAway(error.code().map(str::to_owned)),
+    };
+    if let Some((_, outage)) = refused.iter().find(|(_, e)| redis_away(e.code())) {
+        return Refusal::RedisAway(Some(outage.code().to_owned()));
+    }
+    match refused.iter().min_by_key(|(index, _)| *index) {
+        Some((index, first)) => Refusal::Row {
+            index: *index,
+            code: first.code().to_owned(),
+        },
+        None => Refusal::RedisAway(None),
+    }
+}
+
+/// Whether an error `code` says Redis refuses for its own state, not for
+/// what a row holds: answering every write with an error until it recovers
+/// — loading its dump after a restart, out of memory, unable to persist, a
+/// replica after a failover. Nothing is then counted against the rows
+/// (nor when Redis is unreachable): charged to a row, such an outage would
+/// mark good rows dead one after another, and the stream would go on
+/// without them. (Its credentials refused count too: no row is to blame.)
+fn redis_away(code: &str) -> bool {
     const OUTAGES: [&str; 12] = [
         "LOADING",
         "BUSY",
@@ -358,11 +413,7 @@ fn redis_away(error: &redis::RedisError) -> bool {
         "WRONGPASS",
         "NOPERM",
     ];
-    error.is_io_error()
-        || error.is_connection_dropped()
-        || error.is_connection_refusal()
-        || error.is_timeout()
-        || error.code().is_some_and(|code| OUTAGES.contains(&code))
+    OUTAGES.contains(&code)
 }
 
 async fn mark_published(
@@ -531,33 +582,50 @@ async fn purge(
 mod tests {
     use super::*;
 
-    /// The error Redis answers with `reply` (a RESP error line).
-    fn answered(reply: &str) -> redis::RedisError {
-        match redis::parse_redis_value(reply.as_bytes()) {
-            Ok(redis::Value::ServerError(error)) => error.into(),
-            other => panic!("not an error reply: {other:?}"),
+    /// What a real Redis's pipeline failure says, for a batch of a
+    /// command that succeeds and one answered with the error `reply`
+    /// (`CODE message`). Runs when `TURNOUT_TEST_REDIS_URL` is set.
+    async fn pipeline_refused_with(reply: &str) -> Option<Refusal> {
+        let Some(url) = std::env::var("TURNOUT_TEST_REDIS_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            eprintln!("TURNOUT_TEST_REDIS_URL is not set: skipping a real pipeline's refusal");
+            return None;
+        };
+        let client = redis::Client::open(url).unwrap();
+        let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+        let mut pipe = redis::pipe();
+        pipe.cmd("PING").ignore();
+        pipe.cmd("EVAL")
+            .arg("return redis.error_reply(ARGV[1])")
+            .arg(0)
+            .arg(reply)
+            .ignore();
+        let error = pipe.query_async::<()>(&mut redis).await.unwrap_err();
+        Some(refusal(&error))
+    }
+
+    #[tokio::test]
+    async fn an_outage_answered_as_an_error_charges_no_row() {
+        for code in ["LOADING", "OOM", "MISCONF", "READONLY", "NOREPLICAS"] {
+            let reply = format!("{code} Redis cannot take writes now");
+            let Some(refusal) = pipeline_refused_with(&reply).await else {
+                return;
+            };
+            assert_eq!(refusal, Refusal::RedisAway(Some(code.to_owned())));
         }
     }
 
-    #[test]
-    fn an_outage_answered_as_an_error_charges_no_row() {
-        for reply in [
-            "-LOADING Redis is loading the dataset in memory\r\n",
-            "-OOM command not allowed when used memory > 'maxmemory'.\r\n",
-            "-MISCONF Redis is configured to save RDB snapshots\r\n",
-            "-READONLY You can't write against a read only replica.\r\n",
-        ] {
-            assert!(redis_away(&answered(reply)), "{reply}");
-        }
-    }
-
-    #[test]
-    fn a_refusal_of_the_batch_itself_is_charged_to_its_head() {
-        for reply in [
-            "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
-            "-ERR wrong number of arguments for 'xadd' command\r\n",
-        ] {
-            assert!(!redis_away(&answered(reply)), "{reply}");
+    #[tokio::test]
+    async fn a_refusal_of_a_message_is_charged_to_that_message() {
+        for code in ["WRONGTYPE", "ERR"] {
+            let reply = format!("{code} Operation against a key holding the wrong kind of value");
+            let Some(refusal) = pipeline_refused_with(&reply).await else {
+                return;
+            };
+            let code = code.to_owned();
+            assert_eq!(refusal, Refusal::Row { index: 1, code });
         }
     }
 }
