@@ -163,6 +163,26 @@ async fn after_a_reload_an_event_joined_unheard_leaves_the_list() {
     while events_of(&next(&mut lists).await).contains(&first.id) {}
 }
 
+/// A reload asked for by a task outside actix's local set (a plain tokio
+/// task, as the fan-out's delayed reload is) still runs.
+#[actix::test]
+async fn a_reload_may_be_asked_for_from_any_task() {
+    let folk = event("folk", Lifecycle::Published, 2);
+    let (recommenders, _user, mut lists) = start(std::slice::from_ref(&folk));
+    assert_eq!(events_of(&next(&mut lists).await), vec![folk.id]);
+
+    let jazz = event("jazz", Lifecycle::Published, 2);
+    let mut catalog = Catalog::default();
+    for e in [&folk, &jazz] {
+        catalog.apply(e);
+    }
+    let asking = recommenders.clone();
+    tokio::spawn(async move { asking.reload_from(async move { Ok(catalog) }) })
+        .await
+        .expect("asking for a reload does not panic");
+    while !events_of(&next(&mut lists).await).contains(&jazz.id) {}
+}
+
 #[actix::test]
 async fn a_subscriber_gets_the_list_at_once_best_match_first() {
     let folk = event("folk", Lifecycle::Published, 2);

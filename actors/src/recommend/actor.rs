@@ -175,11 +175,15 @@ impl Recommenders {
     /// have been missed) and has every actor rank in full. The changes
     /// handed while it loads are applied again to the loaded catalog, which
     /// may have been read before them or after ([`Catalog::reapply`]). A
-    /// load that fails leaves the catalog as it is.
-    pub fn reload_from(&self, load: impl Future<Output = Result<Catalog, StoreError>> + 'static) {
+    /// load that fails leaves the catalog as it is. The load runs on the
+    /// recommenders' thread, so any task may ask for it.
+    pub fn reload_from(
+        &self,
+        load: impl Future<Output = Result<Catalog, StoreError>> + Send + 'static,
+    ) {
         self.shared.handed.lock().push(Handed::Loading);
         let shared = Arc::clone(&self.shared);
-        actix::spawn(async move {
+        self.shared.thread.spawn(async move {
             let loaded = load.await;
             if let Err(error) = &loaded {
                 tracing::warn!(%error, "cannot reload the recommendation catalog");
