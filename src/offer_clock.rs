@@ -9,15 +9,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use turnout_actors::domain::Command;
+use turnout_actors::domain::{Command, EventId};
 
 use crate::background::{Background, every};
 use crate::cluster::forward::{Commands, Forwarded};
 use crate::config::OfferSettings;
 use crate::store::Store;
 
-/// Events woken per sweep at most; the rest wait for the next.
-const BATCH: i64 = 1_000;
+/// Events read from the database at a time. The events due are those of
+/// the whole cluster, so a sweep reads page after page until it has seen
+/// every one due within its horizon: stopping at the first page, a node
+/// could find it full of other nodes' events and never wake its own.
+const PAGE: i64 = 1_000;
 
 /// How long the sweep waits for one event to wake: a command runs until
 /// answered, and one whose shard is moving to an unreachable node must
@@ -37,31 +40,47 @@ pub fn start(
         every(period, background.shutdown(), move |_| {
             let (store, commands) = (store.clone(), commands.clone());
             async move {
-                let now = crate::store::now();
-                let due = match store.events_with_offers_due(now + horizon, BATCH).await {
-                    Ok(due) => due,
-                    Err(error) => {
-                        tracing::warn!(%error, "could not look for offers running out");
+                let by = crate::store::now() + horizon;
+                let mut after = None;
+                loop {
+                    let page = match store.events_with_offers_due(by, after, PAGE).await {
+                        Ok(page) => page,
+                        Err(error) => {
+                            tracing::warn!(%error, "could not look for offers running out");
+                            return;
+                        }
+                    };
+                    let held = page
+                        .iter()
+                        .map(|due| due.event)
+                        .filter(|e| commands.holds(*e));
+                    wake(&commands, held).await;
+                    if (page.len() as i64) < PAGE {
                         return;
                     }
-                };
-                for event in due.into_iter().filter(|e| commands.holds(*e)) {
-                    let wake = Forwarded {
-                        event,
-                        // Each event's own time: the sweep waits for each
-                        // commit, and an old `at` would shorten the holds
-                        // of the offers it makes.
-                        command: Command::ExpireOffers {
-                            at: crate::store::now(),
-                        },
-                        idempotency: None,
-                        request_id: None,
-                    };
-                    if let Err(error) = commands.execute(wake, WAKE_WITHIN).await {
-                        tracing::warn!(%event, %error, "could not wake an event holding offers; the next sweep tries again");
-                    }
+                    after = page.last().copied();
                 }
             }
         }),
     );
+}
+
+/// Sends each of `events` its own clock command, one after another.
+async fn wake(commands: &Commands, events: impl Iterator<Item = EventId>) {
+    for event in events {
+        let wake = Forwarded {
+            event,
+            // Each event's own time: the sweep waits for each
+            // commit, and an old `at` would shorten the holds
+            // of the offers it makes.
+            command: Command::ExpireOffers {
+                at: crate::store::now(),
+            },
+            idempotency: None,
+            request_id: None,
+        };
+        if let Err(error) = commands.execute(wake, WAKE_WITHIN).await {
+            tracing::warn!(%event, %error, "could not wake an event holding offers; the next sweep tries again");
+        }
+    }
 }

@@ -322,12 +322,15 @@ pub trait EventReads: Send + Sync {
         limit: i64,
     ) -> Result<Vec<(i64, StoredEvent)>, StoreError>;
 
-    /// Events holding an offer that runs out by `by`, at most `limit`.
+    /// Events holding an offer that runs out by `by`, the most urgent
+    /// first: at most `limit` of them, from just after `after` (a page's
+    /// last, to read the next page; `None` for the first).
     async fn events_with_offers_due(
         &self,
         by: DateTime<Utc>,
+        after: Option<OffersDue>,
         limit: i64,
-    ) -> Result<Vec<EventId>, StoreError>;
+    ) -> Result<Vec<OffersDue>, StoreError>;
 
     /// The events a user is in (active, offered or waitlisted), oldest
     /// join first: every one that has not started by `now` (none is to be
@@ -354,6 +357,14 @@ pub trait EventReads: Send + Sync {
         &self,
         since: DateTime<Utc>,
     ) -> Result<Vec<(Uuid, Uuid, i64)>, StoreError>;
+}
+
+/// An event holding offers, with the earliest of their deadlines (unix µs):
+/// a sweep's place in the events whose offers run out soon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffersDue {
+    pub due: i64,
+    pub event: EventId,
 }
 
 /// A node of the cluster as it registered.

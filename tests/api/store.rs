@@ -8,8 +8,8 @@ use actix::prelude::*;
 use chrono::Utc;
 use turnout::store::{self, PoolSettings, Store};
 use turnout_actors::domain::{
-    Capacity, Command, EventDetails, EventId, EventState, MemberStatus, Seats, Title, UserId,
-    VenueId, WaitlistPolicy, decide, evolve,
+    Capacity, Command, EventDetails, EventId, EventState, MemberStatus, PolicyPatch, Seats, Title,
+    UserId, VenueId, WaitlistMode, WaitlistPolicy, decide, evolve,
 };
 use turnout_actors::placement::{ShardCount, ShardLease, shard_of};
 use turnout_actors::shards::HeldShards;
@@ -1339,6 +1339,78 @@ async fn upcoming_joins_are_not_crowded_out_of_a_profile(backend: Backend) {
     assert_eq!(then, joined[2..]);
 }
 
+/// The offer clock's read of events whose offers run out soon, the most
+/// urgent first, page after page: every event comes once, in order, however
+/// many pages it takes (a cluster's page may be all other nodes' events).
+async fn offers_due_are_read_page_by_page(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((store, _)) = open(backend, &dir).await else {
+        return;
+    };
+    let registry = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
+    let owner = UserId::new();
+    let mut offering = Vec::new();
+    for _ in 0..5 {
+        let event = create_event(&store, &registry, owner, 1).await;
+        let offers = Command::Update {
+            by: owner,
+            patch: Default::default(),
+            capacity: None,
+            policy: PolicyPatch {
+                mode: Some(WaitlistMode::Offer),
+                ..PolicyPatch::default()
+            },
+            at: Utc::now(),
+        };
+        let (member, waiter) = (UserId::new(), UserId::new());
+        for command in [
+            offers,
+            join_of(member),
+            join_of(waiter),
+            Command::Leave {
+                user: member,
+                at: Utc::now(),
+            },
+        ] {
+            registry.execute(event, command, None, None).await.unwrap();
+        }
+        offering.push(event);
+    }
+    // One more holding no offer, and nothing due past the horizon.
+    create_event(&store, &registry, owner, 1).await;
+    let by = Utc::now() + chrono::Duration::days(1);
+    assert!(
+        store
+            .events_with_offers_due(Utc::now(), None, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing is due yet"
+    );
+
+    let (mut read, mut after) = (Vec::new(), None);
+    loop {
+        let page = store.events_with_offers_due(by, after, 2).await.unwrap();
+        read.extend(page.iter().copied());
+        if page.len() < 2 {
+            break;
+        }
+        after = page.last().copied();
+    }
+    let events: Vec<EventId> = read.iter().map(|due| due.event).collect();
+    // Made one after another, each offer runs out after the one before.
+    assert_eq!(events, offering);
+    assert!(read.windows(2).all(|pair| pair[0].due <= pair[1].due));
+}
+
+fn join_of(user: UserId) -> Command {
+    Command::Join {
+        user,
+        seats: Seats::default(),
+        at: Utc::now(),
+    }
+}
+
 macro_rules! store_tests {
     ($($name:ident),*) => {
         mod sqlite {
@@ -1370,5 +1442,6 @@ store_tests!(
     the_cluster_keeps_time_by_the_databases_clock,
     a_reloaded_catalog_dates_announcements_before_the_joins,
     live_places_are_not_crowded_out_by_ended_ones,
-    upcoming_joins_are_not_crowded_out_of_a_profile
+    upcoming_joins_are_not_crowded_out_of_a_profile,
+    offers_due_are_read_page_by_page
 );

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::{CHUNK, EVENT_COLUMNS, POSITION, SqlStore, live_statuses};
 use crate::store::{
-    EventFilter, EventReads, EventRecord, MembershipRecord, Place, micros, unavailable,
+    EventFilter, EventReads, EventRecord, MembershipRecord, OffersDue, Place, micros, unavailable,
 };
 
 /// The start of a read of `user`'s places, each with its event's version:
@@ -294,20 +294,30 @@ macro_rules! impl_reads {
             async fn events_with_offers_due(
                 &self,
                 by: DateTime<Utc>,
+                after: Option<OffersDue>,
                 limit: i64,
-            ) -> Result<Vec<EventId>, StoreError> {
-                // The most urgent first, should there be more than `limit`.
-                let due: Vec<(Uuid,)> = sqlx::query_as(
-                    "SELECT event_id FROM joins \
+            ) -> Result<Vec<OffersDue>, StoreError> {
+                let after = after.map_or((i64::MIN, Uuid::nil()), |a| (a.due, a.event.as_uuid()));
+                let due: Vec<(Uuid, i64)> = sqlx::query_as(
+                    "SELECT event_id, MIN(offer_expires_at) AS due FROM joins \
                      WHERE status = 'offered' AND offer_expires_at <= $1 \
-                     GROUP BY event_id ORDER BY MIN(offer_expires_at) LIMIT $2",
+                     GROUP BY event_id HAVING (MIN(offer_expires_at), event_id) > ($2, $3) \
+                     ORDER BY due, event_id LIMIT $4",
                 )
                 .bind(micros(by))
+                .bind(after.0)
+                .bind(after.1)
                 .bind(limit)
                 .fetch_all(&self.background)
                 .await
                 .map_err(unavailable)?;
-                Ok(due.into_iter().map(|(id,)| EventId::from(id)).collect())
+                Ok(due
+                    .into_iter()
+                    .map(|(event, due)| OffersDue {
+                        due,
+                        event: EventId::from(event),
+                    })
+                    .collect())
             }
 
             async fn current_joins_of(
