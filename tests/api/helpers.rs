@@ -532,66 +532,69 @@ pub fn assert_no_leak_but_echo(body: &Value, sent: &str) {
     }
 }
 
-/// A TCP proxy in front of a server (Redis, Postgres) that a test switches off (cutting every
-/// connection and refusing new ones) and on again.
-pub async fn switchable_proxy(
-    target: std::net::SocketAddr,
-) -> (u16, tokio::sync::watch::Sender<bool>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (switch, on) = tokio::sync::watch::channel(true);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut client, _)) = listener.accept().await else {
-                return;
-            };
-            let mut on = on.clone();
-            if !*on.borrow() {
-                drop(client);
-                continue;
-            }
-            tokio::spawn(async move {
-                let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
-                    return;
-                };
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                    _ = on.wait_for(|on| !*on) => {}
-                }
-            });
-        }
-    });
-    (port, switch)
+/// A TCP proxy in front of a server (Redis, Postgres) that a test breaks as
+/// a network would. Switched off, it cuts every connection and refuses new
+/// ones until switched on again. Frozen, the connections open then go
+/// silent — held open, carrying nothing either way, as over a dead network
+/// — while connections made afterwards flow.
+pub struct TcpProxy {
+    pub port: u16,
+    link: tokio::sync::watch::Sender<Link>,
 }
 
-/// A TCP proxy whose connections, at each cut, go silent: they stay open
-/// but carry nothing either way, as over a dead network. Connections made
-/// after a cut flow.
-pub async fn freezing_proxy(
-    target: std::net::SocketAddr,
-) -> (u16, tokio::sync::watch::Sender<u64>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (cut, cuts) = tokio::sync::watch::channel(0u64);
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            let mut cuts = cuts.clone();
-            cuts.mark_unchanged();
-            tokio::spawn(async move {
-                let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
-                    return;
-                };
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                    _ = cuts.changed() => {
-                        // Held open, never read or written again.
-                        std::future::pending::<()>().await;
-                    }
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Link {
+    on: bool,
+    freezes: u64,
+}
+
+impl TcpProxy {
+    pub async fn to(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (link, _) = tokio::sync::watch::channel(Link {
+            on: true,
+            freezes: 0,
+        });
+        let links = link.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut link = links.subscribe();
+                let at_start = *link.borrow_and_update();
+                if !at_start.on {
+                    continue;
                 }
-            });
-        }
-    });
-    (port, cut)
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let changed = |now: &Link| !now.on || now.freezes != at_start.freezes;
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        frozen = async { link.wait_for(changed).await.is_ok_and(|now| now.on) } => {
+                            if frozen {
+                                // Held open, never read or written again.
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, link }
+    }
+
+    pub fn off(&self) {
+        self.link.send_modify(|link| link.on = false);
+    }
+
+    pub fn on(&self) {
+        self.link.send_modify(|link| link.on = true);
+    }
+
+    pub fn freeze(&self) {
+        self.link.send_modify(|link| link.freezes += 1);
+    }
 }
 
 /// An upgrade refused for its address's cap: the client's own doing, so

@@ -426,9 +426,9 @@ async fn a_silent_connection_is_noticed_and_replaced() {
     let app = spawn_app(Backend::Sqlite).await.unwrap();
     let (_, venue, event) = late_jazz(&app).await;
     let server = app.address.trim_start_matches("http://").parse().unwrap();
-    let (port, cut) = crate::helpers::freezing_proxy(server).await;
+    let proxy = crate::helpers::TcpProxy::to(server).await;
     let (_browser, mut page) = open(
-        &format!("http://127.0.0.1:{port}/kiosk/{venue}"),
+        &format!("http://127.0.0.1:{}/kiosk/{venue}", proxy.port),
         1080,
         1920,
     )
@@ -437,7 +437,7 @@ async fn a_silent_connection_is_noticed_and_replaced() {
     page.wait_for(&places, "5 places left").await;
     page.wait_for(STATUS, "Live").await;
 
-    cut.send_modify(|generation| *generation += 1);
+    proxy.freeze();
     // Silent for longer than the server's own limit (60 s), checked on the
     // page's 20 s ping.
     page.wait_for_within(STATUS, "Reconnecting…", std::time::Duration::from_secs(100))

@@ -10,8 +10,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::helpers::{
-    Backend, TestApp, body, fresh_database, redis_address, redis_connection, redis_test_url,
-    spawn_node, switchable_proxy, test_settings,
+    Backend, TcpProxy, TestApp, body, fresh_database, redis_address, redis_connection,
+    redis_test_url, spawn_node, test_settings,
 };
 
 #[actix_web::test]
@@ -143,11 +143,11 @@ async fn a_client_on_one_node_sees_joins_made_through_another_in_order() {
     // one) while B's joins commit: A misses them until it is back, then its
     // hubs reload and send a fresh snapshot. Only A's connections: other
     // tests share this Redis.
-    cut_a.send(false).unwrap();
+    cut_a.off();
     for _ in 0..5 {
         b.join(&b.user(), event).await;
     }
-    cut_a.send(true).unwrap();
+    cut_a.on();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let frame = crate::realtime::next(&mut socket).await;
@@ -188,9 +188,9 @@ async fn a_place_that_ended_unheard_is_told_once_the_link_is_back() {
         "{snapshot}"
     );
 
-    cut_a.send(false).unwrap();
+    cut_a.off();
     assert_eq!(b.leave(&person, event).await.status(), StatusCode::OK);
-    cut_a.send(true).unwrap();
+    cut_a.on();
     let told = crate::realtime::next(&mut socket).await;
     assert_eq!(told["data"]["reason"], "refreshed", "{told}");
     assert_eq!(told["data"]["place"]["event_id"], event.to_string());
@@ -404,15 +404,13 @@ async fn without_redis_a_cluster_takes_joins_and_says_live_updates_are_down() {
 
 /// Two nodes on a fresh Postgres database, linked through the real Redis on
 /// a channel of their own, once each hears the other; A reaches Redis
-/// through a proxy the returned switch cuts. `None` without Postgres or
+/// through the returned proxy. `None` without Postgres or
 /// Redis.
-async fn linked_nodes(
-    dir: &tempfile::TempDir,
-) -> Option<(TestApp, TestApp, tokio::sync::watch::Sender<bool>)> {
+async fn linked_nodes(dir: &tempfile::TempDir) -> Option<(TestApp, TestApp, TcpProxy)> {
     let redis_url = redis_test_url("a test of nodes linked by Redis")?;
     let url = fresh_database(Backend::Postgres, dir).await?;
     let channel = format!("turnout:test:{}", uuid::Uuid::new_v4());
-    let (port, cut_a) = switchable_proxy(redis_address(&redis_url)).await;
+    let cut_a = TcpProxy::to(redis_address(&redis_url)).await;
     let through = |redis: String| {
         let channel = channel.clone();
         move |s: &mut turnout::config::Settings| {
@@ -420,7 +418,7 @@ async fn linked_nodes(
             s.realtime.redis_channel = channel;
         }
     };
-    let a = spawn_node(&url, through(format!("redis://127.0.0.1:{port}"))).await;
+    let a = spawn_node(&url, through(format!("redis://127.0.0.1:{}", cut_a.port))).await;
     let b = spawn_node(&url, through(redis_url.clone())).await;
     for node in [&a, &b] {
         until_linked(node).await;

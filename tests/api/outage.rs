@@ -9,7 +9,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use uuid::Uuid;
 
-use crate::helpers::{Backend, body, fresh_database, metric, spawn_node, switchable_proxy};
+use crate::helpers::{Backend, TcpProxy, body, fresh_database, metric, spawn_node};
 
 #[actix_web::test]
 async fn writes_fail_fast_while_the_database_is_away_and_recover_without_losing_a_join() {
@@ -20,8 +20,8 @@ async fn writes_fail_fast_while_the_database_is_away_and_recover_without_losing_
     // postgres://user@host:port/db → the same database through the proxy.
     let (scheme_user, rest) = url.split_once('@').expect("a URL with a user");
     let (host_port, database) = rest.split_once('/').unwrap();
-    let (port, switch) = switchable_proxy(host_port.parse().unwrap()).await;
-    let proxied = format!("{scheme_user}@127.0.0.1:{port}/{database}");
+    let proxy = TcpProxy::to(host_port.parse().unwrap()).await;
+    let proxied = format!("{scheme_user}@127.0.0.1:{}/{database}", proxy.port);
     let app = spawn_node(&proxied, |s| {
         s.http.breaker.failures = 3;
         s.http.breaker.cool_down_ms = 300;
@@ -42,7 +42,7 @@ async fn writes_fail_fast_while_the_database_is_away_and_recover_without_losing_
         acknowledged.insert(user.id);
     }
 
-    switch.send(false).unwrap();
+    proxy.off();
     let mut codes: HashSet<String> = HashSet::new();
     for _ in 0..12 {
         let user = app.user();
@@ -102,7 +102,7 @@ async fn writes_fail_fast_while_the_database_is_away_and_recover_without_losing_
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    switch.send(true).unwrap();
+    proxy.on();
     // A balancer that follows `/ready` sends the node no writes while it
     // says no: `/ready` probes for the breaker itself, so the node says
     // ready again without a write to probe with; the next write closes it.

@@ -13,8 +13,8 @@ use turnout::store::OutboxStatus;
 use uuid::Uuid;
 
 use crate::helpers::{
-    Backend, EVENTUALLY, TestApp, User, body, redis_address, redis_connection, spawn_app_with,
-    switchable_proxy, wait_until,
+    Backend, EVENTUALLY, TcpProxy, TestApp, User, body, redis_address, redis_connection,
+    spawn_app_with, wait_until,
 };
 
 fn redis_url() -> Option<String> {
@@ -108,10 +108,13 @@ async fn facts_counted(app: &TestApp, admin: &User) -> i64 {
 async fn facts_reach_the_stream_in_order_even_after_redis_was_away() {
     let Some(url) = redis_url() else { return };
     let mut check = redis_connection(&url).await;
-    let (port, switch) = switchable_proxy(redis_address(&url)).await;
+    let proxy = TcpProxy::to(redis_address(&url)).await;
     let (prefix, key) = fresh_stream();
     let app = spawn_app_with(backend(), |s| {
-        s.redis_url = Some(SecretString::from(format!("redis://127.0.0.1:{port}")));
+        s.redis_url = Some(SecretString::from(format!(
+            "redis://127.0.0.1:{}",
+            proxy.port
+        )));
         s.outbox.stream_prefix = prefix.clone();
         s.outbox.batch = 7;
     })
@@ -120,7 +123,7 @@ async fn facts_reach_the_stream_in_order_even_after_redis_was_away() {
     let store = app.store().await;
 
     // Redis goes away; the server keeps taking joins, the outbox grows.
-    switch.send(false).unwrap();
+    proxy.off();
     let owner = app.user();
     let event = app.published_event(&owner, 10).await;
     for _ in 0..25 {
@@ -137,7 +140,7 @@ async fn facts_reach_the_stream_in_order_even_after_redis_was_away() {
     assert!(stream(&mut check, &key).await.is_empty());
 
     // Back: it drains, in commit order, every fact exactly once.
-    switch.send(true).unwrap();
+    proxy.on();
     wait_until(EVENTUALLY, "the outbox drained", || {
         let store = Arc::clone(&store);
         async move { store.outbox_counts().await.unwrap().0 == 0 }
@@ -219,10 +222,13 @@ async fn facts_reach_the_stream_in_order_even_after_redis_was_away() {
 #[actix_web::test]
 async fn a_consumer_whose_redis_went_silent_connects_again() {
     let Some(url) = redis_url() else { return };
-    let (port, cut) = crate::helpers::freezing_proxy(redis_address(&url)).await;
+    let proxy = TcpProxy::to(redis_address(&url)).await;
     let (prefix, key) = fresh_stream();
     let app = spawn_app_with(backend(), |s| {
-        s.redis_url = Some(SecretString::from(format!("redis://127.0.0.1:{port}")));
+        s.redis_url = Some(SecretString::from(format!(
+            "redis://127.0.0.1:{}",
+            proxy.port
+        )));
         s.outbox.stream_prefix = prefix.clone();
     })
     .await
@@ -240,7 +246,7 @@ async fn a_consumer_whose_redis_went_silent_connects_again() {
     )
     .await;
 
-    cut.send_modify(|cuts| *cuts += 1);
+    proxy.freeze();
     for _ in 0..3 {
         assert!(app.join(&app.user(), event).await.status().is_success());
     }
