@@ -16,9 +16,17 @@
 # BIN names another build of the server to run (an A/B of two builds in one
 # session); the table then names it instead of the commit.
 #
-# On Postgres the database works in processes of its own, so the table has
-# their CPU too, per request, over the tool's whole run (setup included):
-# on SQLite the database is inside the server's figure.
+# On Postgres the database and Redis work in processes of their own: the
+# tool reads their CPU over the server's own window (`--companion`), the
+# table shows it beside the server's, and Turnout on Postgres is held
+# against the sticks by the two together: each stick's storage is inside
+# its own figure, as SQLite is inside Turnout's.
+#
+# The hot and spread loads run ROUNDS times (2), the systems in turn, in
+# reverse order every other round; each Turnout row is the round whose
+# ratio to the stick's CPU is the median, its ratios taken against the
+# sticks of that round (all of a load's runs within a few minutes, and
+# neither side always first).
 #
 # Loads: hot (hot-join: 20,000 users through 1,000 connections, one event of
 # capacity 1,000); spread (spread-join: 400 joins/s over 200 events of
@@ -76,23 +84,22 @@ stick() {
 }
 
 # load <load> <system> <scenario and its arguments…>: runs the tool against
-# the server just started, keeps its report (and, on Postgres, the
-# database's CPU), and stops the server.
+# the server just started, keeps its report (on Postgres with the CPU of
+# the database and Redis), and stops the server.
 load() {
-  local name=$1 system=$2 before
+  local name=$1 system=$2 companions=()
   shift 2
   echo "bench: $name on $system" >&2
-  before=$(DB_PROCESS=postgres db_cpu)
+  if [[ $system == *postgres* ]]; then companions=(--companion postgres --companion redis-server); fi
   # A failed check exits 1 and still writes its report: the table says
   # which. No report at all is a failed run, named below the table.
   target/release/turnout-loadtest "$@" --target http://127.0.0.1:$PORT --jwt-key $KEY \
-    --server-pid "$pid" --json "$out/$name.$system.json" >"$out/$name.$system.log" 2>&1 || true
+    --server-pid "$pid" "${companions[@]}" --json "$out/$name.$system.json" >"$out/$name.$system.log" 2>&1 || true
   if [ ! -s "$out/$name.$system.json" ]; then
     echo "$name on $system" >>"$out/no-report"
     echo "bench: $name on $system wrote no report:" >&2
     tail -5 "$out/$name.$system.log" >&2
   fi
-  if [[ $system == *postgres* ]]; then echo $(($(DB_PROCESS=postgres db_cpu) - before)) >"$out/$name.$system.db"; fi
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
@@ -102,15 +109,28 @@ reads=(mixed --events 200 --capacity 100 --duration 20 --join-rate 20 --read-rat
 mix=(mixed --events 200 --capacity 100 --duration "${MIX_SECS:-30}" --join-rate 400 --read-rate 1500 --subscribers 2000)
 fanout=(ws-fanout --clients 10000 --rounds 60)
 
-stick http-stick --jwt-key $KEY; load hot stick "${hot[@]}"
-stick http-stick --jwt-key $KEY --durable "$out/joins.hot"; load hot "durable stick" "${hot[@]}"
-stick http-stick --jwt-key $KEY; load spread stick "${spread[@]}"
-stick http-stick --jwt-key $KEY --durable "$out/joins.spread"; load spread "durable stick" "${spread[@]}"
-stick http-stick --jwt-key $KEY --sqlite "$out/joins-hot.db"; load hot "sqlite stick" "${hot[@]}"
-stick http-stick --jwt-key $KEY --sqlite "$out/joins-spread.db"; load spread "sqlite stick" "${spread[@]}"
+# on <system> <load> <round>: one run of a join load on a fresh server.
+on() {
+  local system=$1 name=$2 round=$3 args
+  if [ "$name" = hot ]; then args=("${hot[@]}"); else args=("${spread[@]}"); fi
+  case $system in
+    stick) stick http-stick --jwt-key $KEY ;;
+    "durable stick") stick http-stick --jwt-key $KEY --durable "$out/joins.$name.$round" ;;
+    "sqlite stick") stick http-stick --jwt-key $KEY --sqlite "$out/joins-$name-$round.db" ;;
+    "turnout sqlite") turnout sqlite ;;
+    "turnout postgres") turnout postgres ;;
+  esac
+  load "$name~$round" "$system" "${args[@]}"
+}
+systems=(stick "durable stick" "sqlite stick" "turnout sqlite" "turnout postgres")
+for round in $(seq 1 "${ROUNDS:-2}"); do
+  order=("${systems[@]}")
+  if ((round % 2 == 0)); then order=(); for ((i = ${#systems[@]} - 1; i >= 0; i--)); do order+=("${systems[i]}"); done; fi
+  for name in hot spread; do
+    for system in "${order[@]}"; do on "$system" $name "$round"; done
+  done
+done
 for db in sqlite postgres; do
-  turnout $db; load hot "turnout $db" "${hot[@]}"
-  turnout $db; load spread "turnout $db" "${spread[@]}"
   turnout $db; load mix "turnout $db" "${mix[@]}"
 done
 turnout sqlite; load reads "turnout sqlite" "${reads[@]}"
@@ -120,12 +140,13 @@ for pair in $(seq 1 "${FANOUT_PAIRS:-7}"); do
 done
 CLIENTS="8 16" SECONDS_EACH=15 loadtest/classic-bench.sh >"$out/classic.txt" 2>&1 || true
 
-python3 - "$out" "${BIN:-$(git rev-parse --short HEAD)}" "$(getconf CLK_TCK)" <<'PY'
+python3 - "$out" "${BIN:-$(git rev-parse --short HEAD)}" <<'PY'
 import datetime, glob, json, os, re, sys
 import dataclasses
 from dataclasses import dataclass, field
-out, commit, ticks = sys.argv[1], sys.argv[2], int(sys.argv[3])
+out, commit = sys.argv[1], sys.argv[2]
 order = ["hot", "spread", "reads", "mix", "fan-out"]
+floors = ["durable stick", "sqlite stick"]
 
 @dataclass
 class Row:
@@ -135,74 +156,93 @@ class Row:
     ok_per_s: float  # what was answered 2xx: fast errors are not speed
     errors: float    # the share answered otherwise
     p99: float
-    cpu: float | None  # the server's CPU per request, µs
+    cpu: float | None  # the server's CPU per request answered, µs
     per: str           # what a request is ("join", "delivery", …)
-    db: float | None   # the database's CPU per request, µs (Postgres)
+    db: float | None   # the database's and Redis's CPU per request, µs (Postgres)
     failed: list = field(default_factory=list)
+    note: str = ""     # which of several runs this is
 
     def key(self):
         return (order.index(self.load), self.system != "stick", self.system)
 
-rows, fanout_rows = [], {}
+    def cost(self):
+        """What a request cost the machine: the server and, on Postgres,
+        the processes it works through (a stick's storage is in its own)."""
+        return self.cpu + (self.db or 0) if self.cpu else None
+
+def per_request(d, name):
+    detail = next((c["detail"] for c in d["checks"] if c["name"].startswith(name)), "")
+    m = re.match(r"([\d.]+) µs per (\w+)", detail)
+    return (float(m.group(1)), m.group(2)) if m else (None, "")
+
+# (load, system) -> {run: Row}: a load run several times (rounds, pairs)
+# is named load~run.
+runs = {}
 for path in glob.glob(os.path.join(out, "*.json")):
     load, system = os.path.basename(path)[:-5].split(".", 1)
-    load, _, pair = load.partition("~")
+    load, _, run = load.partition("~")
     d = json.load(open(path))
-    server = next((c["detail"] for c in d["checks"] if c["name"].startswith("server CPU")), "")
-    m = re.match(r"([\d.]+) µs per (\w+)", server)
-    db_path = path[:-5] + ".db"
-    row = Row(
+    cpu, per = per_request(d, "server CPU")
+    db, _ = per_request(d, "companion CPU")
+    runs.setdefault((load, system), {})[int(run or 1)] = Row(
         load, system,
         ok_per_s=d["ok_per_s"], errors=d["error_rate"], p99=d["latency"]["p99_ms"],
-        cpu=float(m.group(1)) if m else None, per=m.group(2) if m else "",
-        db=int(open(db_path).read()) / ticks * 1e6 / max(d["requests"], 1) if os.path.exists(db_path) else None,
+        cpu=cpu, per=per, db=db,
         failed=[c["name"] for c in d["checks"] if not c["passed"]])
-    if pair:
-        fanout_rows.setdefault(system, {})[int(pair)] = row
-    else:
-        rows.append(row)
-# The fan-out's pairs: the table shows the pair whose ratio is the median
-# (the lower of the two middle ones for an even count), with every
-# pair's failed checks.
-turnout_pairs, stick_pairs = fanout_rows.get("turnout sqlite", {}), fanout_rows.get("stick", {})
-fanout_ratios = {n: turnout_pairs[n].cpu / stick_pairs[n].cpu for n in sorted(turnout_pairs)
-                 if n in stick_pairs and turnout_pairs[n].cpu and stick_pairs[n].cpu}
-if fanout_ratios:
-    by_ratio = sorted(fanout_ratios, key=fanout_ratios.get)
-    median = by_ratio[(len(by_ratio) - 1) // 2]
-    for each in fanout_rows.values():
-        failed = sorted({name for row in each.values() for name in row.failed})
-        rows.append(dataclasses.replace(each[median], failed=failed))
-# What each Turnout row is held against, by load: the stick, and the
-# sticks in the table's further columns.
-sticks = {row.load: row for row in rows if row.system == "stick"}
-floors = ["durable stick", "sqlite stick"]
-floor_cpu = {(row.system, row.load): row.cpu for row in rows if row.system in floors}
+
+def median_run(ratios):
+    """The run whose ratio is the median (the lower middle one of an even count)."""
+    by_ratio = sorted(ratios, key=ratios.get)
+    return by_ratio[(len(by_ratio) - 1) // 2]
+
+# Each row is one run: for a system held against the stick, the run whose
+# ratio to the stick of the same run is the median; for a stick, the run
+# the median Turnout row of its load was held against. Every run's failed
+# checks are shown.
+rows, ratios_of, chosen = [], {}, {}
+for (load, system), each in runs.items():
+    stick = runs.get((load, "stick"), {})
+    ratios = {n: each[n].cost() / stick[n].cpu for n in each
+              if n in stick and each[n].cost() and stick[n].cpu}
+    if "stick" not in system and ratios:
+        chosen[(load, system)] = median_run(ratios)
+        ratios_of[(load, system)] = ratios
+for (load, system), each in runs.items():
+    run = chosen.get((load, system)) or chosen.get((load, "turnout sqlite")) or min(each)
+    run = run if run in each else min(each)
+    failed = sorted({name for row in each.values() for name in row.failed})
+    note = f"run {run} of {len(each)}" if len(each) > 1 else ""
+    rows.append(dataclasses.replace(each[run], failed=failed, note=note))
+
 print(f"Turnout bench, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, at {commit}\n")
-print("| load | system | 2xx/s | non-2xx | p99 | server CPU per request | × the stick's CPU | × the durable stick's | × the SQLite stick's | throughput ÷ the stick's | database CPU per request | checks |")
+print("| load | system | 2xx/s | non-2xx | p99 | server CPU per request | database and Redis CPU per request | × the stick's CPU | × the durable stick's | × the SQLite stick's | throughput ÷ the stick's | checks |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for row in sorted(rows, key=Row.key):
-    stick = sticks.get(row.load)
+    run = int(row.note.split()[1]) if row.note else 1
+    stick = runs.get((row.load, "stick"), {}).get(run)
     if row.system == "stick":
         times = share = "1"
     else:
-        times = f"{row.cpu / stick.cpu:.2f}" if stick and stick.cpu and row.cpu else "—"
-        if row.load == "fan-out" and fanout_ratios:
-            times += " (the median pair)"
+        times = f"{row.cost() / stick.cpu:.2f}" if stick and stick.cpu and row.cost() else "—"
+        if len(ratios_of.get((row.load, row.system), {})) > 1:
+            times += " (the median of " + ", ".join(f"{r:.2f}" for _, r in sorted(ratios_of[(row.load, row.system)].items())) + ")"
         share = f"{row.ok_per_s / stick.ok_per_s:.2f}" if stick and stick.ok_per_s and row.load == "hot" else "—"
-    times_floors = " | ".join(
-        f"{row.cpu / floor_cpu[(floor, row.load)]:.2f}"
-        if floor_cpu.get((floor, row.load)) and row.cpu and "stick" not in row.system else "—"
-        for floor in floors)
+    def against(floor):
+        base = runs.get((row.load, floor), {}).get(run)
+        if "stick" in row.system or not base or not base.cpu or not row.cost():
+            return "—"
+        return f"{row.cost() / base.cpu:.2f}"
+    times_floors = " | ".join(against(floor) for floor in floors)
     cpu_text = f"{row.cpu:.{2 if row.cpu < 10 else 1}f} µs per {row.per}" if row.cpu else "—"
     verdict = "all pass" if not row.failed else "FAILED: " + ", ".join(row.failed)
     db_text = f"{row.db:.1f} µs" if row.db is not None else ("in the server" if "sqlite" in row.system else "—")
-    print(f"| {row.load} | {row.system} | {row.ok_per_s:,.0f} | {row.errors:.2%} | {row.p99:.1f} ms | {cpu_text} | {times} | {times_floors} | {share} | {db_text} | {verdict} |")
-if fanout_rows:
-    print("\nfan-out, server CPU per delivery pair by pair: " + "; ".join(
+    system = f"{row.system} ({row.note})" if row.note else row.system
+    print(f"| {row.load} | {system} | {row.ok_per_s:,.0f} | {row.errors:.2%} | {row.p99:.1f} ms | {cpu_text} | {db_text} | {times} | {times_floors} | {share} | {verdict} |")
+fanout = {system: each for (load, system), each in runs.items() if load == "fan-out"}
+if fanout:
+    print("\nfan-out, server CPU per delivery run by run: " + "; ".join(
         f"{system} " + ", ".join(f"{row.cpu:.2f}" if row.cpu else "—" for _, row in sorted(each.items())) + " µs"
-        for system, each in sorted(fanout_rows.items()))
-        + "; Turnout × the stick: " + ", ".join(f"{r:.2f}" for r in fanout_ratios.values()))
+        for system, each in sorted(fanout.items())))
 idle = {}
 for path in glob.glob(os.path.join(out, "fan-out~1.*.json")):
     d = json.load(open(path))
@@ -210,10 +250,12 @@ for path in glob.glob(os.path.join(out, "fan-out~1.*.json")):
 if idle:
     print("\nserver memory per idle WebSocket connection (fan-out): " + "; ".join(f"{system} {detail}" for system, detail in sorted(idle.items())))
 classic = open(os.path.join(out, "classic.txt")).read()
-best = max((float(m.group(2)), int(m.group(1))) for m in re.finditer(r"clients (\d+): ([\d.]+) joins/s", classic)) if "joins/s" in classic else None
-if best:
-    hot_stick = sticks.get("hot")
-    ratio = f"; ÷ the stick's throughput: {best[0] / hot_stick.ok_per_s:.2f}" if hot_stick and hot_stick.ok_per_s else ""
+results = [(float(m.group(2)), int(m.group(1))) for m in re.finditer(r"clients (\d+): ([\d.]+) joins/s", classic)]
+if results:
+    best = max(results)
+    hot_stick = runs.get(("hot", "stick"), {})
+    stick_2xx = sorted(row.ok_per_s for row in hot_stick.values())
+    ratio = f"; ÷ the stick's throughput (its median run): {best[0] / stick_2xx[(len(stick_2xx) - 1) // 2]:.2f}" if stick_2xx else ""
     print(f"\nclassic design at its best (pgbench, {best[1]} clients): {best[0]:,.0f} joins/s{ratio}")
 else:
     print("\nclassic design: no result (classic-bench.sh failed):\n" + classic[-500:])

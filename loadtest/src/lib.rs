@@ -59,6 +59,11 @@ pub struct Common {
     /// then gives its memory and the CPU time it spent per request.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// A process the server works through (its database, Redis), by
+    /// command name (`postgres`, `redis-server`); repeat for several. The
+    /// report gives their CPU time per request over the server's window.
+    #[arg(long)]
+    pub companion: Vec<String>,
 }
 
 impl Common {
@@ -73,6 +78,7 @@ impl Common {
             max_p99_ms: None,
             max_error_rate: None,
             server_pid: None,
+            companion: Vec::new(),
         }
     }
 

@@ -2,37 +2,88 @@
 //! CPU time. The scenarios read the server's (with `--server-pid`) and their
 //! own, so a report can say what a connection or a request cost each side.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::Common;
 use crate::report::Check;
 
-/// CPU time of the server (when its pid is known) and of the tool, from the
-/// start of a measurement: on a machine where both share the cores, this
-/// says what a request cost the server itself.
+/// CPU time of the server (when its pid is known), of the processes it
+/// works through (its database, Redis: `--companion`) and of the tool,
+/// from the start of a measurement: on a machine where they share the
+/// cores, this says what a request cost the server and what it cost the
+/// processes beside it, over the same window.
 pub struct CpuMeter {
     server_pid: Option<u32>,
     server: Option<Duration>,
+    companions: Vec<String>,
+    companions_at_start: HashMap<u32, Duration>,
     own: Option<Duration>,
 }
 
 impl CpuMeter {
-    pub fn start(server_pid: Option<u32>) -> Self {
+    pub fn start(common: &Common) -> Self {
+        let server_pid = common.server_pid;
         Self {
             server_pid,
             server: server_pid.and_then(cpu_time),
+            companions: common.companion.clone(),
+            companions_at_start: cpu_times_of(&common.companion),
             own: own_cpu_time(),
         }
     }
 
-    /// Info checks with the CPU time spent since the start per unit of work.
+    /// Info checks with the CPU time spent since the start per unit of
+    /// work: `units` is what was done (answered 2xx, delivered), not what
+    /// was asked, so fast refusals cannot make a request look cheap.
     pub fn checks(&self, units: usize, what: &str) -> Vec<Check> {
         let server = cpu_per(self.server, self.server_pid.and_then(cpu_time), units, what);
         let own = cpu_per(self.own, own_cpu_time(), units, what);
         let mut checks = Vec::new();
         checks.extend(server.map(|per| Check::new("server CPU (info)", true, per)));
+        if !self.companions.is_empty() {
+            let spent =
+                companions_spent(&self.companions_at_start, &cpu_times_of(&self.companions));
+            let per = cpu_per(Some(Duration::ZERO), Some(spent), units, what);
+            checks.extend(per.map(|per| {
+                let names = self.companions.join(", ");
+                Check::new("companion CPU (info)", true, format!("{per}: {names}"))
+            }));
+        }
         checks.extend(own.map(|per| Check::new("load generator CPU (info)", true, per)));
         checks
     }
+}
+
+/// The CPU time of every process whose command is one of `names`, by pid.
+fn cpu_times_of(names: &[String]) -> HashMap<u32, Duration> {
+    if names.is_empty() {
+        return HashMap::new();
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return HashMap::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let command = &stat[stat.find('(')? + 1..stat.rfind(')')?];
+            names
+                .iter()
+                .any(|name| name == command)
+                .then(|| Some((pid, parse_cpu_time(&stat)?)))?
+        })
+        .collect()
+}
+
+/// What the processes read at `end` spent since `start`: all of it for a
+/// process started meanwhile (a new database backend). One that ended
+/// meanwhile is not counted: keep the window shorter than its life.
+fn companions_spent(start: &HashMap<u32, Duration>, end: &HashMap<u32, Duration>) -> Duration {
+    end.iter()
+        .map(|(pid, now)| now.saturating_sub(start.get(pid).copied().unwrap_or_default()))
+        .sum()
 }
 
 /// Resident memory of a process in bytes.
@@ -167,6 +218,23 @@ mod tests {
     fn this_process_has_memory_and_cpu_time() {
         assert!(rss_bytes(std::process::id()).unwrap() > 0);
         assert!(own_cpu_time().is_some());
+    }
+
+    #[test]
+    fn companions_count_what_they_spent_in_the_window() {
+        let ms = Duration::from_millis;
+        let start = HashMap::from([(1, ms(100)), (2, ms(50)), (3, ms(70))]);
+        // 1 went on, 2 ended, 4 began.
+        let end = HashMap::from([(1, ms(130)), (4, ms(20))]);
+        assert_eq!(companions_spent(&start, &end), ms(50));
+    }
+
+    #[test]
+    fn a_companion_is_found_by_its_command() {
+        let me = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let command = me[me.find('(').unwrap() + 1..me.rfind(')').unwrap()].to_owned();
+        let found = cpu_times_of(&[command]);
+        assert!(found.contains_key(&std::process::id()), "{found:?}");
     }
 
     #[test]

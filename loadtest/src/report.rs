@@ -144,11 +144,7 @@ impl Report {
         checks: Vec<Check>,
     ) -> Self {
         let requests: u64 = outcomes.values().sum();
-        let errors: u64 = outcomes
-            .iter()
-            .filter(|(k, _)| !k.starts_with('2'))
-            .map(|(_, v)| v)
-            .sum();
+        let errors = requests - answered_2xx(&outcomes) as u64;
         // Checks on what the server holds pass trivially when it took
         // nothing: a server answering only errors must not read "all pass".
         let mut checks = checks;
@@ -230,6 +226,15 @@ impl Report {
             eprintln!("\n*** WARNING: {warning} ***\n");
         }
     }
+}
+
+/// How many of `outcomes` (outcome kind → count) were answered 2xx.
+pub fn answered_2xx(outcomes: &BTreeMap<String, u64>) -> usize {
+    outcomes
+        .iter()
+        .filter(|(kind, _)| kind.starts_with('2'))
+        .map(|(_, count)| *count as usize)
+        .sum()
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use crate::api::Api;
 use crate::burst::{self, JoinResult, Joiners};
 use crate::invariants::{Answer, HotJoinOutcome, Member, check_hot_join};
 use crate::process::CpuMeter;
-use crate::report::{Check, Report};
+use crate::report::{Check, Report, answered_2xx};
 
 #[derive(Args)]
 pub struct HotJoin {
@@ -81,7 +81,7 @@ pub async fn run(args: HotJoin) -> anyhow::Result<Report> {
         args.users, args.capacity
     );
     let api_for_joins = api.clone();
-    let cpu = CpuMeter::start(args.common.server_pid);
+    let cpu = CpuMeter::start(&args.common);
 
     let keys_for_joins = Arc::clone(&keys);
     let tally = burst::run(
@@ -105,7 +105,7 @@ pub async fn run(args: HotJoin) -> anyhow::Result<Report> {
     .await?;
 
     // The read side needs no settling: it is written in the same commit.
-    let cpu = cpu.checks(args.users, "join");
+    let cpu = cpu.checks(answered_2xx(&tally.outcomes), "join");
     let mut checks = check_event(&api, &owner, event, args.capacity, &tally.joiners).await?;
     if args.replays > 0.0 {
         checks.push(keys.check());

@@ -24,7 +24,7 @@ use crate::Common;
 use crate::api::Api;
 use crate::burst::{Answers, JoinResult, failure_kind, paced};
 use crate::process::{CpuMeter, RssTrack};
-use crate::report::{Check, Percentiles, Report, latency_histogram};
+use crate::report::{Check, Percentiles, Report, answered_2xx, latency_histogram};
 
 #[derive(Args)]
 pub struct Mixed {
@@ -271,7 +271,7 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
         .map(|(offset, step)| (Some(offset), step))
         .collect();
     let event_ids: Arc<[Uuid]> = events.clone().into();
-    let cpu = CpuMeter::start(args.common.server_pid);
+    let cpu = CpuMeter::start(&args.common);
     let rss = RssTrack::start(args.common.server_pid, Duration::from_secs(5));
     let send = {
         let api = api.clone();
@@ -324,7 +324,7 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
         };
         *outcomes.entry(kind).or_default() += 1;
     }
-    let cpu = cpu.checks(latency.len() as usize, "request");
+    let cpu = cpu.checks(answered_2xx(&outcomes), "request");
     let members: usize = answers.0.iter().map(|a| a.acknowledged.len()).sum();
     let memory = rss.check(args.common.server_pid, members);
 

@@ -17,7 +17,7 @@ use crate::Common;
 use crate::api::Api;
 use crate::burst::{Answers, JoinResult, paced};
 use crate::process::CpuMeter;
-use crate::report::{Check, Report, latency_histogram};
+use crate::report::{Check, Report, answered_2xx, latency_histogram};
 
 #[derive(Args)]
 pub struct SpreadJoin {
@@ -127,7 +127,7 @@ pub async fn run(args: SpreadJoin) -> anyhow::Result<Report> {
         .map(|(i, join)| (args.rate.map(|rate| intended_offset(i, rate)), join))
         .collect();
     let event_ids: Arc<[Uuid]> = events.clone().into();
-    let cpu = CpuMeter::start(args.common.server_pid);
+    let cpu = CpuMeter::start(&args.common);
     let send = {
         let api = api.clone();
         move |(user, token, event): (Uuid, String, usize)| {
@@ -152,7 +152,7 @@ pub async fn run(args: SpreadJoin) -> anyhow::Result<Report> {
             .entry(answers.record(event, user, answer))
             .or_default() += 1;
     }
-    let cpu = cpu.checks(args.users, "join");
+    let cpu = cpu.checks(answered_2xx(&outcomes), "join");
 
     let mut checks = check_events(&api, &owner, &events, args.capacity, &answers).await?;
     checks.extend(cpu);

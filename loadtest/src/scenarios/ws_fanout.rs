@@ -245,7 +245,8 @@ pub async fn run(args: WsFanout) -> anyhow::Result<Report> {
     let mut all_delivered = latency_histogram();
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
     let mut complete_rounds = 0;
-    let cpu = CpuMeter::start(args.common.server_pid);
+    let mut delivered = 0;
+    let cpu = CpuMeter::start(&args.common);
     let started = Instant::now();
     for round in 1..=args.rounds as u64 {
         if round > 1 && args.pause_ms > 0 {
@@ -279,6 +280,7 @@ pub async fn run(args: WsFanout) -> anyhow::Result<Report> {
                 _ => break,
             }
         }
+        delivered += received;
         if received == connected {
             complete_rounds += 1;
         }
@@ -319,7 +321,7 @@ pub async fn run(args: WsFanout) -> anyhow::Result<Report> {
             ),
         ),
     ];
-    checks.extend(cpu.checks(connected * args.rounds, "delivery"));
+    checks.extend(cpu.checks(delivered, "delivery"));
     checks.extend(memory_per_connection(
         "server memory per idle connection (info)",
         rss_before,
