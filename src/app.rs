@@ -220,6 +220,7 @@ impl Application {
                 events: core.events,
                 drain: drain.clone(),
                 quotas: crate::http::quotas::Quotas::new(settings.quotas_in_force()),
+                readiness: Default::default(),
             }),
         };
         start_maintenance(&settings, &store, &shared, &mut background)?;

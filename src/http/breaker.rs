@@ -145,6 +145,25 @@ impl Breaker {
     pub fn is_open(&self) -> bool {
         !matches!(*self.state(), State::Closed { .. })
     }
+
+    /// Open, and its cool-down over: the next write probes.
+    pub fn probe_due(&self) -> bool {
+        match *self.state() {
+            State::Open { until } => Instant::now() >= until,
+            State::Probing => true,
+            State::Closed { .. } => false,
+        }
+    }
+
+    /// A check beside the writes (`/ready`'s ping) found the store failing
+    /// while writes are paused: the cool-down starts again. It takes no
+    /// probe, so no number of checks can keep a write from probing.
+    pub fn cool_down_again(&self) {
+        let mut state = self.state();
+        if let State::Open { until } = &mut *state {
+            *until = Instant::now() + self.cool_down;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -223,5 +242,23 @@ mod tests {
         assert!(b.admit().is_err(), "still one probe at a time");
         b.record(next, &Ok(()));
         assert!(!b.is_open());
+    }
+
+    #[test]
+    fn a_check_beside_the_writes_leaves_the_probe_to_them() {
+        let b = cooled_down();
+        assert!(b.probe_due());
+        // Any number of good checks take nothing from the writes.
+        for _ in 0..100 {
+            assert!(b.probe_due());
+        }
+        // A failed one starts the cool-down again.
+        b.cool_down_again();
+        assert!(!b.probe_due());
+        assert!(matches!(b.admit(), Err(ApiError::WritesPaused(_))));
+        std::thread::sleep(Duration::from_millis(600));
+        let probe = b.admit().expect("a write probes once it is over");
+        b.record(probe, &Ok(()));
+        assert!(!b.is_open() && !b.probe_due());
     }
 }

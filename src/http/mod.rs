@@ -88,6 +88,8 @@ pub struct AppState {
     pub drain: drain::Drain,
     /// What one account may own.
     pub quotas: quotas::Quotas,
+    /// `/ready`'s pings of the store, shared.
+    pub readiness: ops::Readiness,
 }
 
 impl AppState {

@@ -56,41 +56,95 @@ pub async fn health() -> HttpResponse {
 /// or `disconnected` — a node without Redis still takes joins, so it stays
 /// ready.
 ///
-/// While writes are paused, the check takes the breaker's probe once its
-/// cool-down is over: a balancer that follows `/ready` sends the node no
-/// writes, and without a probe the node would stay unready after the
-/// database came back. A failed ping opens the breaker again; a good one
-/// closes nothing (the journal writes through a connection of its own,
-/// which a ping of the pool does not prove): it lets the next write probe,
-/// and says ready so that one comes.
+/// While writes are paused the node is unready until the breaker's
+/// cool-down is over; then a good ping says ready, so that a balancer that
+/// follows `/ready` sends the write that probes (the journal writes through
+/// a connection of its own, which a ping of the pool does not prove, so the
+/// ping closes nothing), and a failed one starts the cool-down again. The
+/// check never takes the probe itself: a flood of `/ready` from anyone
+/// would keep the writes from it, and the breaker open, for as long as it
+/// lasts. Nor does a flood ping the store more than every
+/// [`Readiness::FRESH`].
 #[utoipa::path(get, path = "/ready", tag = "ops",
     responses((status = 200, description = "ready; `fanout`: `local`, `connected` or `disconnected`"), (status = 503, description = "the store does not answer, or the node is stopping", body = super::ErrorBody)))]
 pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if state.drain.is_draining() {
         return Err(ApiError::Overloaded("this node is stopping"));
     }
-    let probe = if state.breaker.is_open() {
-        Some(state.breaker.admit().map_err(|_| ApiError::Unavailable)?)
-    } else {
-        None
-    };
-    let pinged = match tokio::time::timeout(Duration::from_secs(1), state.store.ping()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(error.into()),
-        Err(_) => Err(ApiError::Unavailable),
-    };
-    if let Some(probe) = probe {
-        if pinged.is_err() {
-            state.breaker.record(probe, &pinged);
-        } else {
-            state.breaker.release(probe);
-        }
+    if state.breaker.is_open() && !state.breaker.probe_due() {
+        return Err(ApiError::Unavailable);
     }
-    pinged?;
+    let store = &state.store;
+    let answers = state
+        .readiness
+        .store_answers(|| async {
+            matches!(
+                tokio::time::timeout(Duration::from_secs(1), store.ping()).await,
+                Ok(Ok(()))
+            )
+        })
+        .await;
+    if !answers {
+        state.breaker.cool_down_again();
+        return Err(ApiError::Unavailable);
+    }
     Ok(HttpResponse::Ok().json(serde_json::json!({ "data": {
         "status": "ready",
         "fanout": state.fanout.state(),
     } })))
+}
+
+/// The store's last ping, which `/ready` checks within [`Readiness::FRESH`]
+/// of it share: the endpoint is open to anyone, and each ping takes a
+/// connection from the pool the requests need.
+pub struct Readiness {
+    last: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
+    /// One ping at a time; the checks meanwhile wait for its answer.
+    pinging: tokio::sync::Mutex<()>,
+    fresh: Duration,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self::fresh_for(Self::FRESH)
+    }
+}
+
+impl Readiness {
+    pub const FRESH: Duration = Duration::from_millis(250);
+
+    fn fresh_for(fresh: Duration) -> Self {
+        Self {
+            last: Default::default(),
+            pinging: Default::default(),
+            fresh,
+        }
+    }
+
+    /// Whether the store answered its last ping, pinging with `ping` when
+    /// that is older than [`Readiness::FRESH`].
+    pub async fn store_answers<F>(&self, ping: impl FnOnce() -> F) -> bool
+    where
+        F: std::future::Future<Output = bool>,
+    {
+        if let Some(answered) = self.fresh() {
+            return answered;
+        }
+        let _one = self.pinging.lock().await;
+        if let Some(answered) = self.fresh() {
+            return answered;
+        }
+        let answered = ping().await;
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((std::time::Instant::now(), answered));
+        answered
+    }
+
+    fn fresh(&self) -> Option<bool> {
+        let last = *self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.filter(|(at, _)| at.elapsed() < self.fresh)
+            .map(|(_, answered)| answered)
+    }
 }
 
 /// Prometheus text exposition.
@@ -114,4 +168,37 @@ pub async fn metrics(
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn checks_close_together_share_one_ping() {
+        let pings = AtomicUsize::new(0);
+        let ping = |answer: bool| {
+            let pings = &pings;
+            move || async move {
+                pings.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                answer
+            }
+        };
+        let shared = Readiness::fresh_for(Duration::from_secs(3_600));
+        let (first, second) = tokio::join!(
+            shared.store_answers(ping(true)),
+            shared.store_answers(ping(true))
+        );
+        assert!(first && second);
+        assert!(shared.store_answers(ping(false)).await, "still fresh");
+        assert_eq!(pings.load(Ordering::SeqCst), 1);
+
+        let stale = Readiness::fresh_for(Duration::ZERO);
+        assert!(stale.store_answers(ping(true)).await);
+        assert!(!stale.store_answers(ping(false)).await, "pinged again");
+        assert_eq!(pings.load(Ordering::SeqCst), 3);
+    }
 }
