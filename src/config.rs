@@ -318,6 +318,7 @@ impl Settings {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        const MAX_TOKEN_LIFETIME_SECS: u64 = 10 * 366 * 24 * 3600;
         let refused: Vec<&UnknownSetting> = self
             .unknown
             .iter()
@@ -401,6 +402,51 @@ impl Settings {
             (
                 self.auth.lockout.lock_after > 0,
                 "auth.lockout.lock_after must be at least 1 (0 would lock every login out)",
+            ),
+            (
+                self.auth.lockout.lock_secs > 0,
+                "auth.lockout.lock_secs must be positive (0 would count no failure, and \
+                 lock nothing out)",
+            ),
+            (
+                self.auth.token_ttl_secs > 0
+                    && self.auth.token_ttl_secs <= self.auth.max_token_lifetime_secs,
+                "auth.token_ttl_secs must be positive and at most \
+                 auth.max_token_lifetime_secs (the server refuses longer-lived tokens)",
+            ),
+            (
+                self.auth.max_token_lifetime_secs <= MAX_TOKEN_LIFETIME_SECS,
+                "auth.max_token_lifetime_secs must be at most ten years",
+            ),
+            (
+                self.http.write_timeout_ms > 0,
+                "http.write_timeout_ms must be positive (0 would fail every write)",
+            ),
+            (
+                self.realtime.heartbeat_secs > 0,
+                "realtime.heartbeat_secs must be positive (0 would ping without pause)",
+            ),
+            (
+                self.realtime.client_timeout_secs > self.realtime.heartbeat_secs,
+                "realtime.client_timeout_secs must be longer than realtime.heartbeat_secs \
+                 (a client answering every ping would be closed as silent)",
+            ),
+            (
+                self.realtime.max_frame_bytes >= 1024,
+                "realtime.max_frame_bytes must be at least 1024 (an auth frame carries a token)",
+            ),
+            (
+                self.realtime.max_queued_bytes >= 16 * 1024,
+                "realtime.max_queued_bytes must be at least 16384 (below, a client reading \
+                 on would be closed as slow)",
+            ),
+            (
+                self.recommendations.debounce_ms > 0,
+                "recommendations.debounce_ms must be positive (0 would re-rank without pause)",
+            ),
+            (
+                self.recommendations.refresh_secs > 0,
+                "recommendations.refresh_secs must be positive",
             ),
         ] {
             anyhow::ensure!(fine, "{refusal}");
@@ -566,6 +612,17 @@ mod tests {
         assert!(refused(|s| s.outbox.poll_ms = 0).contains("outbox.poll_ms"));
         assert!(refused(|s| s.cluster.heartbeat_ms = 0).contains("heartbeat_ms"));
         assert!(refused(|s| s.auth.lockout.lock_after = 0).contains("lock_after"));
+        assert!(refused(|s| s.auth.lockout.lock_secs = 0).contains("lock_secs"));
+        assert!(refused(|s| s.auth.token_ttl_secs = 0).contains("token_ttl_secs"));
+        assert!(refused(|s| s.auth.token_ttl_secs = u64::MAX).contains("token_ttl_secs"));
+        assert!(refused(|s| s.auth.max_token_lifetime_secs = u64::MAX).contains("lifetime"));
+        assert!(refused(|s| s.http.write_timeout_ms = 0).contains("write_timeout_ms"));
+        assert!(refused(|s| s.realtime.heartbeat_secs = 0).contains("heartbeat_secs"));
+        assert!(refused(|s| s.realtime.client_timeout_secs = 25).contains("client_timeout"));
+        assert!(refused(|s| s.realtime.max_frame_bytes = 0).contains("max_frame_bytes"));
+        assert!(refused(|s| s.realtime.max_queued_bytes = 0).contains("max_queued_bytes"));
+        assert!(refused(|s| s.recommendations.debounce_ms = 0).contains("debounce_ms"));
+        assert!(refused(|s| s.recommendations.refresh_secs = 0).contains("refresh_secs"));
     }
 
     #[test]
