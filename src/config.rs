@@ -242,8 +242,8 @@ pub struct OfferSettings {
 pub struct Overrides {
     pub config_file: Option<String>,
     pub bind: Option<String>,
-    pub database_url: Option<String>,
-    pub redis_url: Option<String>,
+    pub database_url: Option<SecretString>,
+    pub redis_url: Option<SecretString>,
 }
 
 /// The settings that hold lists, which a `TURNOUT_…` variable gives
@@ -292,12 +292,14 @@ impl Settings {
             variables = variables.with_list_parse_key(key);
         }
         builder = builder.add_source(variables);
+        let secret =
+            |url: &Option<SecretString>| url.as_ref().map(|u| u.expose_secret().to_owned());
         for (key, value) in [
-            ("bind", &overrides.bind),
-            ("database_url", &overrides.database_url),
-            ("redis_url", &overrides.redis_url),
+            ("bind", overrides.bind.clone()),
+            ("database_url", secret(&overrides.database_url)),
+            ("redis_url", secret(&overrides.redis_url)),
         ] {
-            builder = builder.set_override_option(key, value.clone())?;
+            builder = builder.set_override_option(key, value)?;
         }
         let mut ignored = Vec::new();
         let mut settings: Settings = serde_ignored::deserialize(builder.build()?, |path| {
@@ -716,12 +718,14 @@ mod tests {
 
     #[test]
     fn secrets_never_print() {
-        let settings = Settings::load(&Overrides {
+        let overrides = Overrides {
             database_url: Some("postgres://app:hunter2@db:5432/x".into()),
+            redis_url: Some("redis://:hunter2@cache:6379".into()),
             ..Overrides::default()
-        })
-        .unwrap();
-        let printed = format!("{settings:?}");
+        };
+        let mut settings = Settings::load(&overrides).unwrap();
+        settings.traces.otlp_endpoint = Some("https://u:hunter2@otel.example/v1/traces".into());
+        let printed = format!("{settings:?} {overrides:?}");
         assert!(!printed.contains("hunter2"), "{printed}");
         assert_eq!(
             redact_url(&settings.database_url),

@@ -66,8 +66,8 @@ fn main() -> anyhow::Result<()> {
     let settings = Settings::load(&Overrides {
         config_file: cli.config,
         bind: cli.bind,
-        database_url: cli.database_url,
-        redis_url: cli.redis_url,
+        database_url: cli.database_url.map(Into::into),
+        redis_url: cli.redis_url.map(Into::into),
     })?;
     let command = cli.command.unwrap_or(Cmd::Serve);
     turnout::memory::read_heap_with(turnout::memory::jemalloc_heap);
@@ -96,7 +96,9 @@ fn main() -> anyhow::Result<()> {
                 anyhow::bail!("no account has the email {email:?}");
             }
             let role = role.as_str();
-            tracing::info!(target: "turnout::audit", %email, role, "role changed from the command line");
+            // Logs name an account by a digest of its email, as everywhere.
+            let account = turnout::auth::account_digest(account.as_str());
+            tracing::info!(target: "turnout::audit", %account, role, "role changed from the command line");
             println!("{email} is now {role}; it takes effect at their next login");
             Ok(())
         }),

@@ -11,6 +11,8 @@ use std::io::IsTerminal;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use secrecy::{ExposeSecret, SecretString};
+
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider};
@@ -41,8 +43,9 @@ pub fn dropped_log_lines() -> usize {
 /// collector. Off unless an endpoint is given.
 #[derive(Debug, Clone, Deserialize)]
 pub struct TraceSettings {
-    /// Where spans are posted, e.g. `http://127.0.0.1:4318/v1/traces`.
-    pub otlp_endpoint: Option<String>,
+    /// Where spans are posted, e.g. `http://127.0.0.1:4318/v1/traces`. A
+    /// secret: a collector's URL may carry its credentials.
+    pub otlp_endpoint: Option<SecretString>,
     pub service_name: String,
     /// The share of traces kept when a request brings no sampling decision
     /// of its own (an incoming `traceparent`'s is followed).
@@ -56,6 +59,7 @@ impl TraceSettings {
             "traces.sample_ratio must be between 0 and 1"
         );
         if let Some(endpoint) = &self.otlp_endpoint {
+            let endpoint = endpoint.expose_secret();
             anyhow::ensure!(
                 endpoint.starts_with("http://") || endpoint.starts_with("https://"),
                 "traces.otlp_endpoint must be an http:// or https:// URL (OTLP over HTTP)"
@@ -118,8 +122,8 @@ pub fn init(format: &str, level: &str, traces: &TraceSettings) -> anyhow::Result
     };
     let provider = traces
         .otlp_endpoint
-        .as_deref()
-        .map(|endpoint| tracer_provider(endpoint, traces))
+        .as_ref()
+        .map(|endpoint| tracer_provider(endpoint.expose_secret(), traces))
         .transpose()?;
     // Spans of Turnout's own code only (a target matches by prefix, so
     // this takes the actors crate's too): the log level does not decide

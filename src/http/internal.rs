@@ -4,27 +4,21 @@
 //! before the body is read: a stranger learns nothing of its shape.
 
 use actix_web::http::header::AUTHORIZATION;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
+use futures_util::future::{Ready, ready};
 
 use super::identity::bearer_token;
 use super::{ApiError, AppState, ErrorCode};
 use crate::cluster::forward::{Forwarded, InternalKeys};
 
-/// Run here or answered `not_here`, never forwarded again.
+/// Run here or answered `not_here`, never forwarded again. The caller is
+/// checked first: actix polls the extractors in order and stops at the
+/// first refusal, so a stranger's body is never read.
 pub async fn forwarded_command(
-    req: HttpRequest,
+    _caller: NodeCaller,
     state: web::Data<AppState>,
-    keys: web::Data<InternalKeys>,
     body: super::Body,
 ) -> Result<HttpResponse, ApiError> {
-    let token = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(bearer_token)
-        .ok_or(ApiError::Unauthorized("a node's call needs its token"))?;
-    if !keys.admits(token) {
-        return Err(ApiError::Unauthorized("not a node of this cluster"));
-    }
     let forwarded: Forwarded = serde_json::from_slice(&body.0)
         .map_err(|_| ApiError::bad_request(ErrorCode::MalformedJson, "not a forwarded command"))?;
     let answer = state
@@ -32,4 +26,22 @@ pub async fn forwarded_command(
         .run_here(&forwarded, state.write_timeout)
         .await;
     Ok(HttpResponse::Ok().json(answer))
+}
+
+/// A call signed with one of this cluster's node keys.
+pub struct NodeCaller;
+
+impl FromRequest for NodeCaller {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let token = req.headers().get(AUTHORIZATION).and_then(bearer_token);
+        let keys = req.app_data::<web::Data<InternalKeys>>();
+        ready(match (token, keys) {
+            (None, _) => Err(ApiError::Unauthorized("a node's call needs its token")),
+            (Some(token), Some(keys)) if keys.admits(token) => Ok(NodeCaller),
+            _ => Err(ApiError::Unauthorized("not a node of this cluster")),
+        })
+    }
 }

@@ -60,7 +60,9 @@ async fn kiosk(
 ) -> Result<HttpResponse, ApiError> {
     let venue = venue.into_inner();
     let canonical = venue.hyphenated().to_string();
-    if req.match_info().get("venue_id") != Some(canonical.as_str()) {
+    // The address as sent, not as routed (decoded): the page reads its
+    // venue from its own address, and `%30…` names no channel.
+    if req.path().rsplit('/').next() != Some(canonical.as_str()) {
         return Ok(HttpResponse::PermanentRedirect()
             .insert_header((header::LOCATION, format!("/kiosk/{canonical}")))
             .finish());

@@ -137,6 +137,19 @@ async fn only_nodes_may_forward_commands(app: TestApp) {
         assert_eq!(
             garbled.send().await.unwrap().status(),
             StatusCode::UNAUTHORIZED,
+            "refused before the body is judged"
+        );
+        // Past the body limit: still 401, not 413, so a stranger learns
+        // nothing of the endpoint, nor has it read.
+        let mut oversized = app
+            .request(Method::POST, "/internal/commands")
+            .body(vec![b' '; 1 << 20]);
+        if let Some(token) = &token {
+            oversized = oversized.bearer_auth(token);
+        }
+        assert_eq!(
+            oversized.send().await.unwrap().status(),
+            StatusCode::UNAUTHORIZED,
             "refused before the body is read"
         );
     }

@@ -304,9 +304,12 @@ async fn a_kiosk_address_in_another_spelling_shows_its_venue() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
+    let hyphenated = venue.hyphenated().to_string();
+    let escaped = format!("%{:02X}{}", hyphenated.as_bytes()[0], &hyphenated[1..]);
     for spelling in [
-        venue.hyphenated().to_string().to_uppercase(),
+        hyphenated.to_uppercase(),
         venue.simple().to_string(),
+        escaped,
     ] {
         let sent = not_following
             .get(format!("{}/kiosk/{spelling}", app.address))

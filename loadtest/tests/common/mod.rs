@@ -31,7 +31,7 @@ pub async fn cluster(dir: &tempfile::TempDir, key: &str, nodes: usize) -> Option
 async fn start(url: &str, dir: &tempfile::TempDir, key: &str, rate_limited: bool) -> String {
     let mut settings = Settings::load(&Overrides {
         bind: Some("127.0.0.1:0".into()),
-        database_url: Some(url.to_owned()),
+        database_url: Some(url.into()),
         ..Overrides::default()
     })
     .unwrap();
