@@ -162,8 +162,10 @@ pub struct HistoryPage {
 /// header (and, for JSON, in `next_cursor`).
 #[utoipa::path(get, path = "/v1/events/{id}/history", tag = "events", security(("bearer" = [])),
     params(("id" = Uuid, Path), PageQuery),
-    responses((status = 200, body = HistoryPage, content_type = "application/json"),
-        (status = 200, description = "the same rows as CSV, with `Accept: text/csv`", body = String, content_type = "text/csv"),
+    responses((status = 200, body = HistoryPage, content_type = "application/json",
+            headers(("Link" = String, description = "`<…?cursor=…>; rel=\"next\"` while more rows follow"))),
+        (status = 200, description = "the same rows as CSV, with `Accept: text/csv`", body = String, content_type = "text/csv",
+            headers(("Link" = String, description = "`<…?cursor=…>; rel=\"next\"` while more rows follow"))),
         (status = 403, description = "not the event's owner", body = super::ErrorBody),
         (status = 404, description = "no such event (a draft is found only by its owner)", body = super::ErrorBody)))]
 pub async fn history(

@@ -148,7 +148,8 @@ impl Readiness {
 }
 
 /// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text", content_type = "text/plain"),
+    (status = 404, description = "asked from an address not in `metrics.allowed` (or this listener does not serve it)")))]
 pub async fn metrics(
     state: web::Data<AppState>,
     access: web::Data<MetricsAccess>,
