@@ -22,7 +22,7 @@
 # against the sticks by the two together: each stick's storage is inside
 # its own figure, as SQLite is inside Turnout's.
 #
-# The hot and spread loads run ROUNDS times (2), the systems in turn, in
+# The hot and spread loads run ROUNDS times (3), the systems in turn, in
 # reverse order every other round; each Turnout row is the round whose
 # ratio to the stick's CPU is the median, its ratios taken against the
 # sticks of that round (all of a load's runs within a few minutes, and
@@ -100,7 +100,7 @@ load() {
     echo "bench: $name on $system wrote no report:" >&2
     tail -5 "$out/$name.$system.log" >&2
   fi
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
 }
 
 hot=(hot-join --users 20000 --concurrency 1000 --capacity 1000)
@@ -123,7 +123,7 @@ on() {
   load "$name~$round" "$system" "${args[@]}"
 }
 systems=(stick "durable stick" "sqlite stick" "turnout sqlite" "turnout postgres")
-for round in $(seq 1 "${ROUNDS:-2}"); do
+for round in $(seq 1 "${ROUNDS:-3}"); do
   order=("${systems[@]}")
   if ((round % 2 == 0)); then order=(); for ((i = ${#systems[@]} - 1; i >= 0; i--)); do order+=("${systems[i]}"); done; fi
   for name in hot spread; do
@@ -160,7 +160,8 @@ class Row:
     per: str           # what a request is ("join", "delivery", …)
     db: float | None   # the database's and Redis's CPU per request, µs (Postgres)
     failed: list = field(default_factory=list)
-    note: str = ""     # which of several runs this is
+    run: int = 1       # which of the load's runs this is
+    runs: int = 1      # of how many
 
     def key(self):
         return (order.index(self.load), self.system != "stick", self.system)
@@ -188,12 +189,13 @@ for path in glob.glob(os.path.join(out, "*.json")):
         load, system,
         ok_per_s=d["ok_per_s"], errors=d["error_rate"], p99=d["latency"]["p99_ms"],
         cpu=cpu, per=per, db=db,
-        failed=[c["name"] for c in d["checks"] if not c["passed"]])
+        failed=[c["name"] for c in d["checks"] if not c["passed"]], run=int(run or 1))
 
 def median_run(ratios):
-    """The run whose ratio is the median (the lower middle one of an even count)."""
+    """The run whose ratio is the median: of an even count, the upper
+    middle one, which flatters Turnout less."""
     by_ratio = sorted(ratios, key=ratios.get)
-    return by_ratio[(len(by_ratio) - 1) // 2]
+    return by_ratio[len(by_ratio) // 2]
 
 # Each row is one run: for a system held against the stick, the run whose
 # ratio to the stick of the same run is the median; for a stick, the run
@@ -211,14 +213,13 @@ for (load, system), each in runs.items():
     run = chosen.get((load, system)) or chosen.get((load, "turnout sqlite")) or min(each)
     run = run if run in each else min(each)
     failed = sorted({name for row in each.values() for name in row.failed})
-    note = f"run {run} of {len(each)}" if len(each) > 1 else ""
-    rows.append(dataclasses.replace(each[run], failed=failed, note=note))
+    rows.append(dataclasses.replace(each[run], failed=failed, runs=len(each)))
 
 print(f"Turnout bench, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, at {commit}\n")
 print("| load | system | 2xx/s | non-2xx | p99 | server CPU per request | database and Redis CPU per request | × the stick's CPU | × the durable stick's | × the SQLite stick's | throughput ÷ the stick's | checks |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for row in sorted(rows, key=Row.key):
-    run = int(row.note.split()[1]) if row.note else 1
+    run = row.run
     stick = runs.get((row.load, "stick"), {}).get(run)
     if row.system == "stick":
         times = share = "1"
@@ -236,7 +237,7 @@ for row in sorted(rows, key=Row.key):
     cpu_text = f"{row.cpu:.{2 if row.cpu < 10 else 1}f} µs per {row.per}" if row.cpu else "—"
     verdict = "all pass" if not row.failed else "FAILED: " + ", ".join(row.failed)
     db_text = f"{row.db:.1f} µs" if row.db is not None else ("in the server" if "sqlite" in row.system else "—")
-    system = f"{row.system} ({row.note})" if row.note else row.system
+    system = f"{row.system} (run {row.run} of {row.runs})" if row.runs > 1 or row.run > 1 else row.system
     print(f"| {row.load} | {system} | {row.ok_per_s:,.0f} | {row.errors:.2%} | {row.p99:.1f} ms | {cpu_text} | {db_text} | {times} | {times_floors} | {share} | {verdict} |")
 fanout = {system: each for (load, system), each in runs.items() if load == "fan-out"}
 if fanout:
@@ -254,7 +255,7 @@ results = [(float(m.group(2)), int(m.group(1))) for m in re.finditer(r"clients (
 if results:
     best = max(results)
     hot_stick = runs.get(("hot", "stick"), {})
-    stick_2xx = sorted(row.ok_per_s for row in hot_stick.values())
+    stick_2xx = sorted(row.ok_per_s for row in hot_stick.values() if row.ok_per_s)
     ratio = f"; ÷ the stick's throughput (its median run): {best[0] / stick_2xx[(len(stick_2xx) - 1) // 2]:.2f}" if stick_2xx else ""
     print(f"\nclassic design at its best (pgbench, {best[1]} clients): {best[0]:,.0f} joins/s{ratio}")
 else:

@@ -439,8 +439,8 @@ impl Settings {
             ),
             (
                 self.realtime.max_queued_bytes >= 16 * 1024,
-                "realtime.max_queued_bytes must be at least 16384 (below, a client reading \
-                 on would be closed as slow)",
+                "realtime.max_queued_bytes must be at least 16384 (a few updates' worth: \
+                 smaller, a client that lags a moment is closed as slow)",
             ),
             (
                 self.recommendations.debounce_ms > 0,

@@ -42,13 +42,19 @@ impl CpuMeter {
         let mut checks = Vec::new();
         checks.extend(server.map(|per| Check::new("server CPU (info)", true, per)));
         if !self.companions.is_empty() {
-            let spent =
-                companions_spent(&self.companions_at_start, &cpu_times_of(&self.companions));
-            let per = cpu_per(Some(Duration::ZERO), Some(spent), units, what);
-            checks.extend(per.map(|per| {
-                let names = self.companions.join(", ");
-                Check::new("companion CPU (info)", true, format!("{per}: {names}"))
-            }));
+            let names = self.companions.join(", ");
+            let at_end = cpu_times_of(&self.companions);
+            // None found is no measurement: read as 0 µs, it would make
+            // the server look cheaper than it is.
+            let found = !self.companions_at_start.is_empty() && !at_end.is_empty();
+            let spent = companions_spent(&self.companions_at_start, &at_end);
+            let per = cpu_per(Some(Duration::ZERO), Some(spent), units, what)
+                .filter(|_| found)
+                .map_or_else(
+                    || format!("no process named {names} found"),
+                    |per| format!("{per}: {names}"),
+                );
+            checks.push(Check::new("companion CPU (info)", found, per));
         }
         checks.extend(own.map(|per| Check::new("load generator CPU (info)", true, per)));
         checks
