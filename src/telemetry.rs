@@ -249,6 +249,7 @@ const COUNTED_FROM_START: &[&str] = &[
 
 /// Gauges whose value at the start is known to be zero.
 const ZERO_AT_START: &[&str] = &[
+    "turnout_breaker_open",
     "turnout_event_cache_events",
     "turnout_journal_pending",
     "turnout_live_actors",
