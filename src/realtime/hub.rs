@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::channel::Channel;
 use super::history::{History, HistoryLimits};
 use super::limits::FeedPlace;
-use super::projection::Projection;
+use super::projection::{LISTING_LIMIT, Projection};
 use super::protocol::{self, Position};
 use super::socket::{Fanout, Frame, SendQueue};
 use crate::store::{EventFilter, EventRecord, Store};
@@ -74,9 +74,6 @@ pub struct OfferChange(pub Arc<EventChange>);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Resync;
-
-/// How many upcoming events a venue or feed channel lists.
-const LISTING_LIMIT: i64 = 500;
 
 pub struct ChannelHub {
     channel: Channel,
@@ -205,6 +202,9 @@ impl ChannelHub {
     fn apply_and_broadcast(&mut self, change: &EventChange, ctx: &mut Context<Self>) {
         if let Some(data) = self.projection.apply(change, Utc::now()) {
             self.broadcast(data, change.committed_at);
+        }
+        for update in self.projection.take_crowded_out() {
+            self.broadcast(update, change.committed_at);
         }
         // Only a listed event starting before the timer moves it; one that
         // left the list or moved later lets it fire early, find nothing
@@ -379,7 +379,7 @@ async fn fetch(store: &dyn Store, channel: &Channel) -> Result<Loaded, StoreErro
             let filter = EventFilter {
                 venue_id: Some(*venue),
                 from: Some(Utc::now()),
-                limit: LISTING_LIMIT,
+                limit: LISTING_LIMIT as i64,
                 ..EventFilter::default()
             };
             Ok(Some((store.list_events(&filter).await?, Vec::new())))
@@ -388,7 +388,7 @@ async fn fetch(store: &dyn Store, channel: &Channel) -> Result<Loaded, StoreErro
             let filter = EventFilter {
                 tag: tag.as_ref().map(|t| t.as_str().to_owned()),
                 from: Some(Utc::now()),
-                limit: LISTING_LIMIT,
+                limit: LISTING_LIMIT as i64,
                 ..EventFilter::default()
             };
             let events = store.list_events(&filter).await?;

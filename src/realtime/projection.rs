@@ -5,7 +5,9 @@
 //! An `event:<id>` channel shows one event (none while it does not exist or
 //! is a draft). A `venue:<id>` or `feed…` channel lists the upcoming
 //! published events it concerns; an event leaves the list when it starts,
-//! is cancelled or moves away. A feed tells its subscribers only what a city
+//! is cancelled or moves away. A listing holds at most [`LISTING_LIMIT`]
+//! events, the soonest: a later one crowds nothing out, an earlier one
+//! crowds out the last. A feed tells its subscribers only what a city
 //! feed should: new, changed, cancelled, removed, filling up, full — not
 //! every join.
 
@@ -22,6 +24,10 @@ use turnout_actors::changes::EventChange;
 use turnout_actors::domain::{GeoPoint, Lifecycle};
 use turnout_actors::store::EventSummary;
 
+/// The most events a venue or feed channel lists, the soonest: what its
+/// hub loads, and what it keeps however many are published while it runs.
+pub const LISTING_LIMIT: usize = 500;
+
 enum Shown {
     /// One event; `None` while it does not exist or is a draft.
     Event(Option<EventView>),
@@ -32,9 +38,13 @@ enum Shown {
 pub struct Projection {
     channel: Channel,
     shown: Shown,
-    /// The stream version each event was last seen at: anything not newer
-    /// is old news (changes from other nodes may arrive late).
-    versions: HashMap<Uuid, i64>,
+    /// The stream version each event shown was last seen at, and when it
+    /// starts: anything not newer is old news (changes from other nodes may
+    /// arrive late). An event never shown here has none; one that started
+    /// is forgotten, as no change can list it again.
+    versions: HashMap<Uuid, (i64, DateTime<Utc>)>,
+    /// Events the last change crowded out of a full listing, to be told.
+    crowded_out: Vec<EventView>,
     /// Venue positions, for a feed filtered by radius.
     venues: HashMap<Uuid, GeoPoint>,
 }
@@ -51,6 +61,7 @@ impl Projection {
             shown,
             versions: HashMap::new(),
             venues: HashMap::new(),
+            crowded_out: Vec::new(),
         }
     }
 
@@ -65,7 +76,8 @@ impl Projection {
             if !self.near_enough(record.venue_id) {
                 continue;
             }
-            self.versions.insert(record.id, record.version);
+            let starts_at = crate::store::from_micros(record.starts_at);
+            self.versions.insert(record.id, (record.version, starts_at));
             let view = EventView::from(record);
             match &mut self.shown {
                 Shown::Event(current) => {
@@ -113,7 +125,7 @@ impl Projection {
         if self
             .versions
             .get(&change.summary.id.as_uuid())
-            .is_some_and(|&v| v >= version)
+            .is_some_and(|&(v, _)| v >= version)
         {
             return None;
         }
@@ -129,11 +141,11 @@ impl Projection {
         // Rendered only for a change this channel shows: a feed hub is
         // offered every change.
         let view = &EventView::from(&change.summary);
-        self.versions.insert(id, version);
         let kinds: Vec<&str> = change.kinds().collect();
         let lifecycle = change.summary.lifecycle;
         match &mut self.shown {
             Shown::Event(current) => {
+                self.versions.insert(id, (version, view.starts_at));
                 if lifecycle == Lifecycle::Draft {
                     return None;
                 }
@@ -141,15 +153,29 @@ impl Projection {
                 Some(json!({ "event": view, "kinds": kinds }))
             }
             Shown::Listing(events) => {
-                let listed = concerned && lifecycle == Lifecycle::Published && view.starts_at > now;
+                let listed = concerned
+                    && lifecycle == Lifecycle::Published
+                    && view.starts_at > now
+                    && fits(events, view);
                 let before = if listed {
                     events.insert(view.id, view.clone())
                 } else {
                     events.remove(&view.id)
                 };
                 if !listed && before.is_none() {
-                    // Never listed here (a draft, say): nothing to tell.
+                    // Never listed here (a draft, say): nothing to tell,
+                    // nor to remember.
                     return None;
+                }
+                self.versions.insert(id, (version, view.starts_at));
+                if self.versions.len() > 4 * LISTING_LIMIT {
+                    self.versions.retain(|_, (_, starts_at)| *starts_at > now);
+                }
+                if events.len() > LISTING_LIMIT
+                    && let Some(last) = latest(events)
+                {
+                    let last = events.remove(&last).expect("listed");
+                    self.crowded_out.push(last);
                 }
                 let reason = match &self.channel {
                     Channel::Venue(_) => Some("changed"),
@@ -158,6 +184,15 @@ impl Projection {
                 Some(listing_update(view, &kinds, listed, reason))
             }
         }
+    }
+
+    /// The events the last change crowded out of a full listing, each with
+    /// an update saying it left the list (`removed`).
+    pub fn take_crowded_out(&mut self) -> Vec<Value> {
+        std::mem::take(&mut self.crowded_out)
+            .iter()
+            .map(|view| listing_update(view, &[], false, "removed"))
+            .collect()
     }
 
     /// When the earliest listed event starts, if any is listed.
@@ -187,6 +222,8 @@ impl Projection {
         for view in &started {
             events.remove(&view.id);
         }
+        // Never listed again: no late change can bring them back.
+        self.versions.retain(|_, (_, starts_at)| *starts_at > now);
         started
             .iter()
             .map(|view| listing_update(view, &[], false, "started"))
@@ -216,6 +253,24 @@ impl Projection {
             _ => true,
         }
     }
+}
+
+/// Whether `view` has a place in `events`: listed already, room left, or
+/// sooner than the last listed (which it then crowds out).
+fn fits(events: &HashMap<Uuid, EventView>, view: &EventView) -> bool {
+    events.len() < LISTING_LIMIT
+        || events.contains_key(&view.id)
+        || latest(events)
+            .is_some_and(|last| (view.starts_at, view.id) < (events[&last].starts_at, last))
+}
+
+/// The listed event that starts last (the greatest id among those
+/// starting together).
+fn latest(events: &HashMap<Uuid, EventView>) -> Option<Uuid> {
+    events
+        .values()
+        .max_by_key(|e| (e.starts_at, e.id))
+        .map(|e| e.id)
 }
 
 /// A venue or feed update: the event, what changed, whether it is (still)
@@ -299,11 +354,21 @@ mod tests {
         }
 
         fn create(&mut self, venue: VenueId, capacity: i64, tag: &str) -> EventChange {
+            self.create_starting(venue, capacity, tag, Utc::now() + Duration::days(7))
+        }
+
+        fn create_starting(
+            &mut self,
+            venue: VenueId,
+            capacity: i64,
+            tag: &str,
+            starts_at: DateTime<Utc>,
+        ) -> EventChange {
             let details = EventDetails {
                 title: Title::parse("Late jazz").unwrap(),
                 description: None,
                 venue_id: venue,
-                starts_at: Utc::now() + Duration::days(7),
+                starts_at,
                 ends_at: None,
                 tags: vec![Tag::parse(tag).unwrap()],
             };
@@ -366,6 +431,61 @@ mod tests {
         assert_eq!(update["kinds"], json!(["published"]));
         assert!(!projection.shows_no_event());
         assert_eq!(projection.snapshot()["event"]["id"], json!(event.id()));
+    }
+
+    /// However many events are published while a feed runs, it lists the
+    /// soonest `LISTING_LIMIT`: a later one crowds nothing out, a sooner
+    /// one crowds out the last, which subscribers are told has left. A
+    /// draft it never listed leaves nothing behind.
+    #[test]
+    fn a_full_listing_keeps_the_soonest_events() {
+        let mut projection = feed("feed");
+        let first = Utc::now() + Duration::days(7);
+        let starting = |minutes: i64| first + Duration::minutes(minutes);
+        let mut listed = Vec::new();
+        for i in 0..LISTING_LIMIT as i64 {
+            let mut event = Event::new();
+            event.create_starting(VenueId::new(), 5, "jazz", starting(10 * i));
+            assert!(projection.apply(&event.publish(), Utc::now()).is_some());
+            listed.push(event);
+        }
+        assert!(projection.take_crowded_out().is_empty());
+
+        let mut later = Event::new();
+        let draft = later.create_starting(VenueId::new(), 5, "jazz", starting(100_000));
+        assert_eq!(projection.apply(&draft, Utc::now()), None);
+        assert_eq!(
+            projection.apply(&later.publish(), Utc::now()),
+            None,
+            "no room"
+        );
+        assert!(!projection.lists(later.id().as_uuid()));
+        assert!(projection.take_crowded_out().is_empty());
+
+        let mut sooner = Event::new();
+        sooner.create_starting(VenueId::new(), 5, "jazz", starting(5));
+        let told = projection.apply(&sooner.publish(), Utc::now()).unwrap();
+        assert_eq!(told["reason"], "published");
+        let crowded = projection.take_crowded_out();
+        let last = listed.last().unwrap().id();
+        assert_eq!(crowded.len(), 1);
+        assert_eq!(
+            (
+                &crowded[0]["event"]["id"],
+                &crowded[0]["reason"],
+                &crowded[0]["listed"]
+            ),
+            (&json!(last), &json!("removed"), &json!(false))
+        );
+        assert!(projection.lists(sooner.id().as_uuid()) && !projection.lists(last.as_uuid()));
+        assert_eq!(
+            projection.snapshot()["events"].as_array().unwrap().len(),
+            LISTING_LIMIT
+        );
+        assert!(
+            !projection.versions.contains_key(&later.id().as_uuid()),
+            "nothing kept of an event never listed"
+        );
     }
 
     #[test]

@@ -621,6 +621,9 @@ impl EventActor {
             }
         }
         if (self.broken || self.retired.is_some()) && self.in_flight.is_empty() {
+            if self.broken {
+                self.roster.forget(self.id, &ctx.address());
+            }
             ctx.stop();
         }
     }
@@ -832,11 +835,17 @@ impl EventActor {
         }
     }
 
-    /// Stops taking commands; the registry activates a fresh actor next time.
+    /// Stops taking commands; the registry activates a fresh actor next
+    /// time. Not before its appends still in flight have settled: a
+    /// refusal (`Overloaded`) can overtake an earlier append's commit, and
+    /// a replacement loaded before that lands would answer without it (the
+    /// last of them to settle takes the actor out of the roster).
     fn leave(&mut self, ctx: &mut Context<Self>) {
         self.broken = true;
         self.state = None;
-        self.roster.forget(self.id, &ctx.address());
+        if self.in_flight.is_empty() {
+            self.roster.forget(self.id, &ctx.address());
+        }
     }
 }
 

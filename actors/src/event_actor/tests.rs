@@ -223,6 +223,67 @@ async fn a_replacement_sees_what_its_crashed_predecessor_was_committing() {
     );
 }
 
+/// A journal too full for an append refuses it at once, ahead of the
+/// outcome of the actor's earlier append still being committed. The actor
+/// must not leave before that lands: its replacement would load the event
+/// without it.
+#[actix::test]
+async fn an_actor_refused_for_a_full_journal_leaves_once_its_earlier_appends_settle() {
+    let store = Arc::new(MemoryStore {
+        commit_delay: Duration::from_millis(300),
+        ..MemoryStore::default()
+    });
+    let settings = JournalSettings {
+        max_pending: 1,
+        max_batch: 1,
+        ..JournalSettings::default()
+    };
+    let journal = Journal::new(store.clone(), settings).start();
+    let registry = EventRegistry::new(
+        store.clone(),
+        journal,
+        Arc::new(crate::changes::NoChanges),
+        ActorSettings::default(),
+        vec![Arbiter::current()],
+        Arc::new(HeldShards::everything(ShardCount::DEFAULT)),
+    );
+    let (event, _) = open_event(&registry, 5).await;
+    let member = UserId::new();
+    let begun = store.commits_begun.load(Ordering::SeqCst);
+    let committing = spawn_execute(&registry, event, join(member), None);
+    while store.commits_begun.load(Ordering::SeqCst) == begun {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // One join waits in the journal's buffer; the next is refused at once,
+    // while the first is still being committed.
+    let waiting = spawn_execute(&registry, event, join(UserId::new()), None);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let refused = registry
+        .execute(event, join(UserId::new()), None, None)
+        .await;
+    assert_eq!(refused.unwrap_err(), CommandError::Overloaded);
+
+    let leave = || Command::Leave {
+        user: member,
+        at: Utc::now(),
+    };
+    let left = loop {
+        match registry.execute(event, leave(), None, None).await {
+            Err(CommandError::Unavailable) => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => break other,
+        }
+    };
+    assert!(
+        committing.await.unwrap().is_ok(),
+        "the first join was committed"
+    );
+    assert!(
+        matches!(left, Ok(Reply::Done(ref outcome)) if outcome.summary.active_count == 0),
+        "the committed join is known to the next actor: {left:?}"
+    );
+    let _ = waiting.await;
+}
+
 /// A join refused because of a cancellation still being committed is
 /// answered only once the cancellation is durable.
 #[actix::test]

@@ -340,6 +340,11 @@ impl Catalog {
     /// ignored, but its joins and leaves are facts of their own and count.
     pub fn apply(&mut self, u: &EventUpdate) {
         self.clock = self.clock.max(u.at);
+        // A draft is recommended to nobody, and anyone may make drafts by
+        // the thousand: no card until it is published.
+        if u.lifecycle == Lifecycle::Draft && !self.cards.contains_key(&u.id) {
+            return;
+        }
         let place = self.venues.get(&u.venue).copied();
         self.cards.entry(u.id).or_insert_with(|| EventCard {
             id: u.id,
@@ -767,7 +772,7 @@ mod tests {
             .with_tag(&jazz, now, now + Duration::days(30))
             .collect();
         assert_eq!(within_month, vec![soon]);
-        assert_eq!(catalog.len(), (3, 2));
+        assert_eq!(catalog.len(), (2, 2), "a draft leaves no card");
 
         let mut cancelled = update(soon, 1, &["jazz"]);
         cancelled.lifecycle = Lifecycle::Cancelled;
@@ -779,7 +784,7 @@ mod tests {
                 .count(),
             0
         );
-        assert_eq!(catalog.len(), (3, 1));
+        assert_eq!(catalog.len(), (2, 1));
     }
 
     #[test]
