@@ -342,14 +342,18 @@ async fn wait_for_connections_to_close(connections: &HttpConnections, limit: Dur
 }
 
 async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
-    store::connect(settings.database_url.expose_secret(), &settings.database)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the database at {}",
-                redact_url(&settings.database_url)
-            )
-        })
+    store::connect(
+        settings.database_url.expose_secret(),
+        &settings.database,
+        settings.commit_timeout(),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot open the database at {}",
+            redact_url(&settings.database_url)
+        )
+    })
 }
 
 /// The journal on the store's thread (SQLite) or one of its own, the event
@@ -366,7 +370,7 @@ async fn start_core(
     let journal_settings = JournalSettings {
         max_pending: settings.journal.max_pending,
         max_batch: settings.journal.max_batch,
-        commit_timeout: Duration::from_millis(settings.journal.commit_timeout_ms),
+        commit_timeout: settings.commit_timeout(),
         linger: Duration::from_micros(settings.journal.linger_us),
     };
     let journal_thread = store.journal_thread().unwrap_or_else(|| threads.start());

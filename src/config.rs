@@ -473,6 +473,11 @@ impl Settings {
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.http.write_timeout_ms)
     }
+
+    /// How long the journal waits for a commit.
+    pub fn commit_timeout(&self) -> Duration {
+        Duration::from_millis(self.journal.commit_timeout_ms)
+    }
 }
 
 /// A comma-separated list of keys, as a setting holds it, in order (the

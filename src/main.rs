@@ -86,7 +86,11 @@ fn main() -> anyhow::Result<()> {
         }),
         Cmd::SetRole { email, role } => system.block_on(async {
             let store =
-                turnout::store::connect(settings.database_url.expose_secret(), &settings.database)
+                turnout::store::connect(
+                    settings.database_url.expose_secret(),
+                    &settings.database,
+                    settings.commit_timeout(),
+                )
                     .await?;
             // The same normalisation as at sign-up, or a look-alike spelling
             // would miss the account.
@@ -106,7 +110,11 @@ fn main() -> anyhow::Result<()> {
             action: ConfigCmd::Check,
         } => check_config(&settings),
         Cmd::Migrate => system.block_on(async {
-            turnout::store::connect(settings.database_url.expose_secret(), &settings.database)
+            turnout::store::connect(
+                    settings.database_url.expose_secret(),
+                    &settings.database,
+                    settings.commit_timeout(),
+                )
                 .await?;
             tracing::info!(database = %redact_url(&settings.database_url), "migrations applied");
             Ok(())

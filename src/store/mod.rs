@@ -577,7 +577,19 @@ const BACKGROUND_CONNECTIONS: u32 = 4;
 /// Opens the database named by `url` (`sqlite:` or `postgres:`) and brings
 /// its schema up to date. Call inside an actix system: SQLite's journal
 /// connection lives on an arbiter of its own.
-pub async fn connect(url: &str, pool: &PoolSettings) -> anyhow::Result<Arc<dyn Store>> {
+///
+/// `commit_within` is how long the journal waits for a commit (its
+/// `commit_timeout`). On Postgres the journal's connection gives up on a
+/// statement, or a wait for a lock, a fifth sooner: a commit the journal
+/// has given up on, and answered as failed, must not land afterwards. (A
+/// statement left running on the server when the journal drops its
+/// connection would run on and commit: Postgres does not notice a client
+/// gone while a statement runs.)
+pub async fn connect(
+    url: &str,
+    pool: &PoolSettings,
+    commit_within: Duration,
+) -> anyhow::Result<Arc<dyn Store>> {
     let acquire = Duration::from_millis(pool.acquire_timeout_ms);
     let idle = Duration::from_secs(pool.idle_timeout_secs);
     if url.starts_with("sqlite:") {
@@ -632,7 +644,12 @@ pub async fn connect(url: &str, pool: &PoolSettings) -> anyhow::Result<Arc<dyn S
             .acquire_timeout(acquire)
             .connect(url)
             .await?;
-        let writer = sql::PgWriter::connect(PgConnectOptions::from_str(url)?).await?;
+        let gives_up = format!("{}ms", (commit_within.as_millis() * 4 / 5).max(1));
+        let writer_options = PgConnectOptions::from_str(url)?.options([
+            ("statement_timeout", gives_up.as_str()),
+            ("lock_timeout", gives_up.as_str()),
+        ]);
+        let writer = sql::PgWriter::connect(writer_options).await?;
         Ok(Arc::new(SqlStore::new(requests, background, writer)))
     } else {
         anyhow::bail!("unsupported database URL scheme: expected sqlite: or postgres:")

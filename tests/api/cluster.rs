@@ -213,7 +213,9 @@ async fn a_node_id_runs_in_one_process_at_a_time() {
         acquire_timeout_ms: 3000,
         idle_timeout_secs: 60,
     };
-    let store = turnout::store::connect(&url, &pool).await.unwrap();
+    let store = turnout::store::connect(&url, &pool, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
     let long_ago = store.clock().await.unwrap() - 60_000_000;
     store
         .register_node(&turnout::store::NodeRecord {

@@ -152,13 +152,22 @@ async fn start(settings: Settings, dir: tempfile::TempDir) -> TestApp {
     TestApp {
         address,
         database_url,
-        client: reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()
-            .unwrap(),
+        client: test_client(),
         tokens: Arc::new(tokens),
         _dir: Some(Arc::new(dir)),
     }
+}
+
+/// The tests' HTTP client. It lets go of an idle connection well before
+/// the server's keep-alive (5 s) closes it: reused just as the server
+/// closed it, a request would fail with no answer at all (a test that
+/// slept about that long between two requests did, under load).
+fn test_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .pool_idle_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
 }
 
 /// The database at `url` through the store's own port, for checks the API
@@ -170,7 +179,9 @@ pub async fn store_at(url: &str) -> Arc<dyn turnout::store::Store> {
         acquire_timeout_ms: 3000,
         idle_timeout_secs: 60,
     };
-    turnout::store::connect(url, &pool).await.unwrap()
+    turnout::store::connect(url, &pool, Duration::from_secs(5))
+        .await
+        .unwrap()
 }
 
 /// A user as the tests drive one: an id and a token.
@@ -185,7 +196,7 @@ impl TestApp {
     pub fn attach(address: &str, jwt_key: &str) -> Self {
         Self {
             address: address.to_owned(),
-            client: reqwest::Client::new(),
+            client: test_client(),
             database_url: String::new(),
             tokens: Arc::new(TokenKeys::new(
                 &[SecretString::from(jwt_key.to_owned())],

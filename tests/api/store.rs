@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::Utc;
+use sqlx::Connection;
 use turnout::store::{self, PoolSettings, Store};
 use turnout_actors::domain::{
     Capacity, Command, EventDetails, EventId, EventState, MemberStatus, PolicyPatch, Seats, Title,
@@ -30,7 +31,9 @@ fn pool() -> PoolSettings {
 async fn open(backend: Backend, dir: &tempfile::TempDir) -> Option<(Arc<dyn Store>, String)> {
     let url = fresh_database(backend, dir).await?;
     Some((
-        store::connect(&url, &pool()).await.expect("store opens"),
+        store::connect(&url, &pool(), JournalSettings::default().commit_timeout)
+            .await
+            .expect("store opens"),
         url,
     ))
 }
@@ -1403,6 +1406,61 @@ async fn offers_due_are_read_page_by_page(backend: Backend) {
     assert!(read.windows(2).all(|pair| pair[0].due <= pair[1].due));
 }
 
+/// A commit the journal gave up on (its `commit_timeout` passed) was
+/// answered as failed: it must not land later. On Postgres a statement left
+/// running when the journal drops its connection runs on, so the journal's
+/// connection gives up on a statement, or a lock, sooner than the journal.
+async fn a_commit_the_journal_gave_up_on_never_lands(backend: Backend) {
+    if matches!(backend, Backend::Sqlite) {
+        // The attempt runs on the journal's own thread, bounded by
+        // SQLite's busy timeout: nothing is left running.
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(url) = fresh_database(backend, &dir).await else {
+        return;
+    };
+    let commit_timeout = Duration::from_secs(1);
+    let store = store::connect(&url, &pool(), commit_timeout).await.unwrap();
+    let event_store: Arc<dyn EventStore> = store.clone();
+    let settings = JournalSettings {
+        commit_timeout,
+        ..JournalSettings::default()
+    };
+    let journal = Journal::new(event_store, settings).start();
+    let registry = EventRegistry::new(
+        store.clone(),
+        journal,
+        Arc::new(turnout_actors::changes::NoChanges),
+        ActorSettings::default(),
+        vec![Arbiter::current()],
+        Arc::new(HeldShards::everything(ShardCount::DEFAULT)),
+    );
+    let event = create_event(&store, &registry, UserId::new(), 10).await;
+
+    // Another transaction holds the event's row, as a slow one would.
+    let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT 1 FROM events WHERE id = $1 FOR UPDATE")
+        .bind(event.as_uuid())
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let joined = registry.execute(event, a_join(), None, None).await;
+    assert!(joined.is_err(), "the commit could not finish: {joined:?}");
+    // Past the journal's deadline, the row is let go.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let facts = store.load(event).await.unwrap().facts;
+    assert_eq!(
+        facts.len(),
+        2,
+        "created and published only: the join answered as failed never landed"
+    );
+}
+
 fn join_of(user: UserId) -> Command {
     Command::Join {
         user,
@@ -1443,5 +1501,6 @@ store_tests!(
     a_reloaded_catalog_dates_announcements_before_the_joins,
     live_places_are_not_crowded_out_by_ended_ones,
     upcoming_joins_are_not_crowded_out_of_a_profile,
-    offers_due_are_read_page_by_page
+    offers_due_are_read_page_by_page,
+    a_commit_the_journal_gave_up_on_never_lands
 );
