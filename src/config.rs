@@ -371,6 +371,11 @@ impl Settings {
                 "journal.max_pending must be at least 1",
             ),
             (
+                self.journal.commit_timeout_ms >= 100,
+                "journal.commit_timeout_ms must be at least 100 (a commit needs a round trip \
+                 and a sync to disk)",
+            ),
+            (
                 self.database.max_connections > 0,
                 "database.max_connections must be at least 1",
             ),
@@ -611,6 +616,7 @@ mod tests {
             settings.validate().unwrap_err().to_string()
         };
         assert!(refused(|s| s.journal.max_batch = 0).contains("journal.max_batch"));
+        assert!(refused(|s| s.journal.commit_timeout_ms = 0).contains("commit_timeout_ms"));
         assert!(refused(|s| s.database.max_connections = 0).contains("max_connections"));
         assert!(refused(|s| s.database.idle_timeout_secs = 0).contains("idle_timeout_secs"));
         assert!(refused(|s| s.idempotency.ttl_hours = -1).contains("ttl_hours"));
