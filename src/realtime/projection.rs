@@ -43,6 +43,9 @@ pub struct Projection {
     /// arrive late). An event never shown here has none; one that started
     /// is forgotten, as no change can list it again.
     versions: HashMap<Uuid, (i64, DateTime<Utc>)>,
+    /// How many versions may be held before the started ones are dropped:
+    /// twice what a drop left, so that it is not a scan per change.
+    prune_versions_at: usize,
     /// Events the last change crowded out of a full listing, to be told.
     crowded_out: Vec<EventView>,
     /// Venue positions, for a feed filtered by radius.
@@ -60,6 +63,7 @@ impl Projection {
             channel,
             shown,
             versions: HashMap::new(),
+            prune_versions_at: 4 * LISTING_LIMIT,
             venues: HashMap::new(),
             crowded_out: Vec::new(),
         }
@@ -168,8 +172,9 @@ impl Projection {
                     return None;
                 }
                 self.versions.insert(id, (version, view.starts_at));
-                if self.versions.len() > 4 * LISTING_LIMIT {
+                if self.versions.len() > self.prune_versions_at {
                     self.versions.retain(|_, (_, starts_at)| *starts_at > now);
+                    self.prune_versions_at = (2 * self.versions.len()).max(4 * LISTING_LIMIT);
                 }
                 if events.len() > LISTING_LIMIT
                     && let Some(last) = latest(events)

@@ -44,6 +44,22 @@ fn spawn_execute(
     actix::spawn(async move { registry.execute(event, command, key, None).await })
 }
 
+/// Spawns `user`'s join of `event` and returns once its commit has begun
+/// (the store then holds it for its `commit_delay`).
+async fn join_committing(
+    store: &MemoryStore,
+    registry: &EventRegistry,
+    event: EventId,
+    user: UserId,
+) -> tokio::task::JoinHandle<Result<Reply, CommandError>> {
+    let begun = store.commits_begun.load(Ordering::SeqCst);
+    let committing = spawn_execute(registry, event, join(user), None);
+    while store.commits_begun.load(Ordering::SeqCst) == begun {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    committing
+}
+
 fn far_off() -> std::time::Instant {
     std::time::Instant::now() + Duration::from_secs(3_600)
 }
@@ -75,7 +91,16 @@ fn registry_on(
     held: Arc<HeldShards>,
     settings: ActorSettings,
 ) -> EventRegistry {
-    let journal = Journal::new(store.clone(), JournalSettings::default()).start();
+    registry_with_journal(store, held, settings, JournalSettings::default())
+}
+
+fn registry_with_journal(
+    store: Arc<MemoryStore>,
+    held: Arc<HeldShards>,
+    settings: ActorSettings,
+    journal: JournalSettings,
+) -> EventRegistry {
+    let journal = Journal::new(store.clone(), journal).start();
     EventRegistry::new(
         store,
         journal,
@@ -196,12 +221,8 @@ async fn a_replacement_sees_what_its_crashed_predecessor_was_committing() {
     let (store, registry) = setup(Duration::from_millis(300));
     let (event, _) = open_event(&registry, 5).await;
     let member = UserId::new();
-    let begun = store.commits_begun.load(Ordering::SeqCst);
-    let committing = spawn_execute(&registry, event, join(member), None);
     // Inside the journal's 300 ms commit when the next join panics.
-    while store.commits_begun.load(Ordering::SeqCst) == begun {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let committing = join_committing(&store, &registry, event, member).await;
     let doomed = UserId::new();
     PANIC_ON_JOIN_OF.lock().unwrap().push(doomed);
     let crashed = registry.execute(event, join(doomed), None, None).await;
@@ -238,22 +259,15 @@ async fn an_actor_refused_for_a_full_journal_leaves_once_its_earlier_appends_set
         max_batch: 1,
         ..JournalSettings::default()
     };
-    let journal = Journal::new(store.clone(), settings).start();
-    let registry = EventRegistry::new(
+    let registry = registry_with_journal(
         store.clone(),
-        journal,
-        Arc::new(crate::changes::NoChanges),
-        ActorSettings::default(),
-        vec![Arbiter::current()],
         Arc::new(HeldShards::everything(ShardCount::DEFAULT)),
+        ActorSettings::default(),
+        settings,
     );
     let (event, _) = open_event(&registry, 5).await;
     let member = UserId::new();
-    let begun = store.commits_begun.load(Ordering::SeqCst);
-    let committing = spawn_execute(&registry, event, join(member), None);
-    while store.commits_begun.load(Ordering::SeqCst) == begun {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let committing = join_committing(&store, &registry, event, member).await;
     // One join waits in the journal's buffer; the next is refused at once,
     // while the first is still being committed.
     let waiting = spawn_execute(&registry, event, join(UserId::new()), None);
