@@ -6,8 +6,9 @@
 //! is a draft). A `venue:<id>` or `feed…` channel lists the upcoming
 //! published events it concerns; an event leaves the list when it starts,
 //! is cancelled or moves away. A listing holds at most [`LISTING_LIMIT`]
-//! events, the soonest: a later one crowds nothing out, an earlier one
-//! crowds out the last. A feed tells its subscribers only what a city
+//! events, about the soonest: a later one crowds nothing out, an earlier
+//! one crowds out the last (a listed event moved later stays, and one that
+//! leaves is not replaced until a change brings another). A feed tells its subscribers only what a city
 //! feed should: new, changed, cancelled, removed, filling up, full — not
 //! every join.
 
@@ -38,10 +39,10 @@ enum Shown {
 pub struct Projection {
     channel: Channel,
     shown: Shown,
-    /// The stream version each event shown was last seen at, and when it
-    /// starts: anything not newer is old news (changes from other nodes may
-    /// arrive late). An event never shown here has none; one that started
-    /// is forgotten, as no change can list it again.
+    /// The stream version each event this channel concerns was last seen
+    /// at, and when it starts: anything not newer is old news (changes from
+    /// other nodes may arrive late). A draft has none; one that started is
+    /// forgotten, as no change can list it again.
     versions: HashMap<Uuid, (i64, DateTime<Utc>)>,
     /// How many versions may be held before the started ones are dropped:
     /// twice what a drop left, so that it is not a scan per change.
@@ -166,12 +167,17 @@ impl Projection {
                 } else {
                     events.remove(&view.id)
                 };
+                // Remembered even when not listed (a change can overtake an
+                // older one after a shard moves: a cancellation must not let
+                // the publishing behind it list the event), but not for a
+                // draft, which anyone may make by the thousand.
+                if lifecycle != Lifecycle::Draft {
+                    self.versions.insert(id, (version, view.starts_at));
+                }
                 if !listed && before.is_none() {
-                    // Never listed here (a draft, say): nothing to tell,
-                    // nor to remember.
+                    // Never listed here (a draft, say): nothing to tell.
                     return None;
                 }
-                self.versions.insert(id, (version, view.starts_at));
                 if self.versions.len() > self.prune_versions_at {
                     self.versions.retain(|_, (_, starts_at)| *starts_at > now);
                     self.prune_versions_at = (2 * self.versions.len()).max(4 * LISTING_LIMIT);
@@ -487,10 +493,29 @@ mod tests {
             projection.snapshot()["events"].as_array().unwrap().len(),
             LISTING_LIMIT
         );
+        let mut draft = Event::new();
+        let drafted = draft.create_starting(VenueId::new(), 5, "jazz", starting(1));
+        assert_eq!(projection.apply(&drafted, Utc::now()), None);
         assert!(
-            !projection.versions.contains_key(&later.id().as_uuid()),
-            "nothing kept of an event never listed"
+            !projection.versions.contains_key(&draft.id().as_uuid()),
+            "nothing kept of a draft"
         );
+    }
+
+    /// After a shard moves, the new holder's cancellation can overtake the
+    /// old holder's publishing: the publishing, arriving after, is old news
+    /// and lists nothing.
+    #[test]
+    fn a_cancellation_overtaking_the_publishing_keeps_the_event_off_the_list() {
+        let mut event = Event::new();
+        event.create(VenueId::new(), 5, "jazz");
+        let published = event.publish();
+        let cancelled = event.cancel();
+        let mut projection = feed("feed");
+
+        assert_eq!(projection.apply(&cancelled, Utc::now()), None);
+        assert_eq!(projection.apply(&published, Utc::now()), None, "old news");
+        assert!(!projection.lists(event.id().as_uuid()));
     }
 
     #[test]

@@ -579,12 +579,8 @@ const BACKGROUND_CONNECTIONS: u32 = 4;
 /// connection lives on an arbiter of its own.
 ///
 /// `commit_within` is how long the journal waits for a commit (its
-/// `commit_timeout`). On Postgres the journal's connection gives up on a
-/// statement, or a wait for a lock, a fifth sooner: a commit the journal
-/// has given up on, and answered as failed, must not land afterwards. (A
-/// statement left running on the server when the journal drops its
-/// connection would run on and commit: Postgres does not notice a client
-/// gone while a statement runs.)
+/// `commit_timeout`): on Postgres a commit the journal has given up on,
+/// and answered as failed, must not land afterwards (see `PgWriter`).
 pub async fn connect(
     url: &str,
     pool: &PoolSettings,
@@ -644,12 +640,8 @@ pub async fn connect(
             .acquire_timeout(acquire)
             .connect(url)
             .await?;
-        let gives_up = format!("{}ms", (commit_within.as_millis() * 4 / 5).max(1));
-        let writer_options = PgConnectOptions::from_str(url)?.options([
-            ("statement_timeout", gives_up.as_str()),
-            ("lock_timeout", gives_up.as_str()),
-        ]);
-        let writer = sql::PgWriter::connect(writer_options).await?;
+        let writer =
+            sql::PgWriter::connect(PgConnectOptions::from_str(url)?, commit_within).await?;
         Ok(Arc::new(SqlStore::new(requests, background, writer)))
     } else {
         anyhow::bail!("unsupported database URL scheme: expected sqlite: or postgres:")

@@ -341,7 +341,9 @@ impl Catalog {
     pub fn apply(&mut self, u: &EventUpdate) {
         self.clock = self.clock.max(u.at);
         // A draft is recommended to nobody, and anyone may make drafts by
-        // the thousand: no card until it is published.
+        // the thousand: no card until it is published. (A cancellation
+        // still makes one: it may have overtaken the publishing, which must
+        // then find the event cancelled.)
         if u.lifecycle == Lifecycle::Draft && !self.cards.contains_key(&u.id) {
             return;
         }

@@ -528,9 +528,10 @@ macro_rules! impl_event_store {
 
             async fn commit(&self, batch: &[Append]) -> Result<CommitReport, StoreError> {
                 let now = micros(Utc::now());
+                let began = std::time::Instant::now();
                 let mut attempts = Attempts::new(batch);
                 while let Some(live) = attempts.next() {
-                    let checked = self.attempt(&live, now).await?;
+                    let checked = self.attempt(&live, now, began).await?;
                     attempts.settle(&live, checked);
                 }
                 Ok(attempts.report)

@@ -293,9 +293,21 @@ fn meanwhile<'a>(
 /// for `IDLE_CHECK`, when the server or the network may have closed it,
 /// and opened again after any failure that was not the database's answer
 /// to a statement.
+///
+/// Postgres does not notice a client gone while a statement runs: a commit
+/// the journal cut off at its `commit_timeout` (its callers told 503, its
+/// actor gone) would run on and land under a replacement that loaded
+/// without it. So the connection gives up on any statement, or a wait for
+/// a lock, at three fifths of that timeout, and the one autocommitted
+/// statement (which commits by itself) is sent only within the first fifth
+/// of a commit: begun later, say after a retried attempt or a reconnect, it
+/// could still be running when the journal gives up. A later attempt takes
+/// the transaction, which a connection dropped before its `COMMIT` rolls
+/// back.
 pub struct PgWriter {
     options: PgConnectOptions,
     connection: Mutex<Option<Open>>,
+    one_statement_within: Duration,
 }
 
 /// The writer's connection, and when it was last used.
@@ -321,11 +333,21 @@ impl Open {
 }
 
 impl PgWriter {
-    pub async fn connect(options: PgConnectOptions) -> Result<Self, sqlx::Error> {
+    /// The writer of a journal that waits `commit_within` for a commit.
+    pub async fn connect(
+        options: PgConnectOptions,
+        commit_within: Duration,
+    ) -> Result<Self, sqlx::Error> {
+        let gives_up = format!("{}ms", (commit_within * 3 / 5).as_millis().max(1));
+        let options = options.options([
+            ("statement_timeout", gives_up.as_str()),
+            ("lock_timeout", gives_up.as_str()),
+        ]);
         let open = Open::new(&options).await?;
         Ok(Self {
             options,
             connection: Mutex::new(Some(open)),
+            one_statement_within: commit_within / 5,
         })
     }
 
@@ -582,28 +604,33 @@ fn refused(e: &sqlx::Error) -> bool {
 }
 
 impl SqlStore<Postgres> {
-    /// One attempt at a batch, on the journal's own connection.
+    /// One attempt at a batch, on the journal's own connection, of a
+    /// commit that `began` then.
     pub(super) async fn attempt(
         &self,
         live: &[(usize, &Append)],
         now: i64,
+        began: Instant,
     ) -> Result<Checked, StoreError> {
         let mut writing = self.writer.lock().await.map_err(unavailable)?;
-        let checked = Self::attempt_on(writing.connection(), live, now).await;
+        let one_statement = began.elapsed() < self.writer.one_statement_within;
+        let checked = Self::attempt_on(writing.connection(), live, now, one_statement).await;
         writing.settle(checked).map_err(unavailable)
     }
 
-    /// The batch as one statement, if it can be, written whole unless a
-    /// check fails; else, or then, in a transaction that reads which check
-    /// failed, committed only if none did.
+    /// The batch as one statement, if it can be (and `one_statement` allows
+    /// it: see [`PgWriter`]), written whole unless a check fails; else, or
+    /// then, in a transaction that reads which check failed, committed
+    /// only if none did.
     async fn attempt_on(
         conn: &mut PgConnection,
         live: &[(usize, &Append)],
         now: i64,
+        one_statement: bool,
     ) -> Result<Checked, sqlx::Error> {
         let rows = Rows::of(live);
         let mut steps = Steps::start();
-        if let Some(versions) = rows.expected_versions() {
+        if let Some(versions) = rows.expected_versions().filter(|_| one_statement) {
             let written = sqlx::query_with(BATCH_OR_REFUSE, rows.arguments(now, Some(&versions))?)
                 .execute(&mut *conn)
                 .await;

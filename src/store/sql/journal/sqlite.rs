@@ -259,10 +259,14 @@ impl Batch {
 }
 
 impl SqlStore<Sqlite> {
+    /// `_began`: when the commit began (on SQLite the attempt runs on the
+    /// journal's thread, bounded by the busy timeout, and nothing is left
+    /// running when the journal gives up).
     pub(super) async fn attempt(
         &self,
         live: &[(usize, &Append)],
         now: i64,
+        _began: std::time::Instant,
     ) -> Result<Checked, StoreError> {
         let batch = Batch::of(live, now);
         self.writer
