@@ -252,6 +252,16 @@ async fn one_channel_under_two_spellings_is_one_subscription() {
     );
 }
 
+/// Frames of these `types` on `channel`, in one write, so that the server
+/// reads them together.
+async fn send_together(socket: &mut Socket, types: &[&str], channel: &str) {
+    for kind in types {
+        let frame = json!({ "type": kind, "channel": channel }).to_string();
+        socket.feed(Message::text(frame)).await.unwrap();
+    }
+    socket.flush().await.unwrap();
+}
+
 /// An unsubscribe sent right behind its subscribe, before the hub (new,
 /// loading the event) has answered: the snapshot comes first, then
 /// `unsubscribed`, and nothing of the channel after it.
@@ -263,12 +273,7 @@ async fn unsubscribed_is_the_last_frame_of_its_channel() {
     for round in 0..5 {
         let event = app.published_event(&owner, 10).await;
         let channel = format!("event:{event}");
-        // In one write, so that the server reads them together.
-        for frame in ["subscribe", "unsubscribe"] {
-            let frame = json!({ "type": frame, "channel": channel }).to_string();
-            socket.feed(Message::text(frame)).await.unwrap();
-        }
-        socket.flush().await.unwrap();
+        send_together(&mut socket, &["subscribe", "unsubscribe"], &channel).await;
 
         let first = next(&mut socket).await;
         assert_eq!(first["type"], "snapshot", "round {round}: {first}");
@@ -296,11 +301,7 @@ async fn unsubscribed_is_the_last_frame_of_a_users_own_feed() {
     authenticate(&mut socket, &user.token).await;
     for round in 0..5 {
         for channel in ["me", "recs"] {
-            for frame in ["subscribe", "unsubscribe"] {
-                let frame = json!({ "type": frame, "channel": channel }).to_string();
-                socket.feed(Message::text(frame)).await.unwrap();
-            }
-            socket.flush().await.unwrap();
+            send_together(&mut socket, &["subscribe", "unsubscribe"], channel).await;
             let mut frame = next(&mut socket).await;
             if frame["type"] == "snapshot" {
                 frame = next(&mut socket).await;
@@ -334,11 +335,7 @@ async fn a_channel_left_and_asked_for_again_at_once_is_told_in_that_order() {
         "snapshot"
     );
     for round in 0..5 {
-        for frame in ["unsubscribe", "subscribe"] {
-            let frame = json!({ "type": frame, "channel": channel }).to_string();
-            socket.feed(Message::text(frame)).await.unwrap();
-        }
-        socket.flush().await.unwrap();
+        send_together(&mut socket, &["unsubscribe", "subscribe"], &channel).await;
         let left = next(&mut socket).await;
         assert_eq!(left["type"], "unsubscribed", "round {round}: {left}");
         let back = next(&mut socket).await;

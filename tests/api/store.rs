@@ -43,8 +43,17 @@ fn registry(
     settings: ActorSettings,
     threads: Vec<ArbiterHandle>,
 ) -> EventRegistry {
+    registry_with_journal(store, settings, threads, JournalSettings::default())
+}
+
+fn registry_with_journal(
+    store: &Arc<dyn Store>,
+    settings: ActorSettings,
+    threads: Vec<ArbiterHandle>,
+    journal: JournalSettings,
+) -> EventRegistry {
     let event_store: Arc<dyn EventStore> = store.clone();
-    let journal = Journal::new(event_store, JournalSettings::default()).start();
+    let journal = Journal::new(event_store, journal).start();
     EventRegistry::new(
         store.clone(),
         journal,
@@ -1422,19 +1431,15 @@ async fn a_commit_the_journal_gave_up_on_never_lands(backend: Backend) {
     };
     let commit_timeout = Duration::from_secs(1);
     let store = store::connect(&url, &pool(), commit_timeout).await.unwrap();
-    let event_store: Arc<dyn EventStore> = store.clone();
-    let settings = JournalSettings {
+    let journal = JournalSettings {
         commit_timeout,
         ..JournalSettings::default()
     };
-    let journal = Journal::new(event_store, settings).start();
-    let registry = EventRegistry::new(
-        store.clone(),
-        journal,
-        Arc::new(turnout_actors::changes::NoChanges),
+    let registry = registry_with_journal(
+        &store,
         ActorSettings::default(),
         vec![Arbiter::current()],
-        Arc::new(HeldShards::everything(ShardCount::DEFAULT)),
+        journal,
     );
     let event = create_event(&store, &registry, UserId::new(), 10).await;
 
