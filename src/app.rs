@@ -341,7 +341,8 @@ async fn wait_for_connections_to_close(connections: &HttpConnections, limit: Dur
     tracing::info!(still_open = connections.open(), "stopping");
 }
 
-async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+/// The database the settings name, its schema brought up to date.
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     store::connect(
         settings.database_url.expose_secret(),
         &settings.database,

@@ -1,7 +1,6 @@
 //! `turnout`: run the server (`serve`, the default) or apply migrations.
 
 use clap::{Parser, Subcommand};
-use secrecy::ExposeSecret;
 use turnout::app::Application;
 use turnout::config::{Overrides, Settings, redact_url};
 
@@ -86,11 +85,7 @@ fn main() -> anyhow::Result<()> {
         }),
         Cmd::SetRole { email, role } => system.block_on(async {
             let store =
-                turnout::store::connect(
-                    settings.database_url.expose_secret(),
-                    &settings.database,
-                    settings.commit_timeout(),
-                )
+                turnout::app::open_store(&settings)
                     .await?;
             // The same normalisation as at sign-up, or a look-alike spelling
             // would miss the account.
@@ -110,11 +105,7 @@ fn main() -> anyhow::Result<()> {
             action: ConfigCmd::Check,
         } => check_config(&settings),
         Cmd::Migrate => system.block_on(async {
-            turnout::store::connect(
-                    settings.database_url.expose_secret(),
-                    &settings.database,
-                    settings.commit_timeout(),
-                )
+            turnout::app::open_store(&settings)
                 .await?;
             tracing::info!(database = %redact_url(&settings.database_url), "migrations applied");
             Ok(())

@@ -4,7 +4,7 @@
 //! writes fail fast with 503 `writes_paused` and `Retry-After` for the
 //! cool-down. Then one write is let through as a probe: if it succeeds the
 //! breaker closes, if not it opens again. Reads are not affected; `/ready`
-//! reports not ready while it is open.
+//! reports not ready until the cool-down is over.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -136,7 +136,7 @@ impl Breaker {
     }
 
     /// Hands back an admitted write whose outcome says nothing of the
-    /// store (another node's failure, a ping through another connection):
+    /// store (another node's failure):
     /// no verdict, and if it was the probe, the next write probes.
     pub fn release(&self, admitted: Admitted<'_>) {
         drop(admitted);

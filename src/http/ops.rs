@@ -98,9 +98,9 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
 /// of it share: the endpoint is open to anyone, and each ping takes a
 /// connection from the pool the requests need.
 pub struct Readiness {
-    last: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
-    /// One ping at a time; the checks meanwhile wait for its answer.
-    pinging: tokio::sync::Mutex<()>,
+    /// When the store was last pinged and whether it answered. Held across
+    /// a ping: the checks meanwhile wait for its answer.
+    last: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
     fresh: Duration,
 }
 
@@ -116,7 +116,6 @@ impl Readiness {
     fn fresh_for(fresh: Duration) -> Self {
         Self {
             last: Default::default(),
-            pinging: Default::default(),
             fresh,
         }
     }
@@ -127,23 +126,15 @@ impl Readiness {
     where
         F: std::future::Future<Output = bool>,
     {
-        if let Some(answered) = self.fresh() {
-            return answered;
-        }
-        let _one = self.pinging.lock().await;
-        if let Some(answered) = self.fresh() {
+        let mut last = self.last.lock().await;
+        if let Some((at, answered)) = *last
+            && at.elapsed() < self.fresh
+        {
             return answered;
         }
         let answered = ping().await;
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((std::time::Instant::now(), answered));
+        *last = Some((std::time::Instant::now(), answered));
         answered
-    }
-
-    fn fresh(&self) -> Option<bool> {
-        let last = *self.last.lock().unwrap_or_else(|e| e.into_inner());
-        last.filter(|(at, _)| at.elapsed() < self.fresh)
-            .map(|(_, answered)| answered)
     }
 }
 

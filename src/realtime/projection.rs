@@ -41,8 +41,8 @@ pub struct Projection {
     shown: Shown,
     /// The stream version each event this channel concerns was last seen
     /// at, and when it starts: anything not newer is old news (changes from
-    /// other nodes may arrive late). A draft has none; one that started is
-    /// forgotten, as no change can list it again.
+    /// other nodes may arrive late). A listing keeps none for a draft, and
+    /// forgets an event that started, as no change can list it again.
     versions: HashMap<Uuid, (i64, DateTime<Utc>)>,
     /// How many versions may be held before the started ones are dropped:
     /// twice what a drop left, so that it is not a scan per change.
@@ -158,10 +158,13 @@ impl Projection {
                 Some(json!({ "event": view, "kinds": kinds }))
             }
             Shown::Listing(events) => {
-                let listed = concerned
-                    && lifecycle == Lifecycle::Published
-                    && view.starts_at > now
-                    && fits(events, view);
+                // A full listing takes an event not listed yet only if it
+                // starts sooner than the last listed, which it crowds out.
+                let full = events.len() >= LISTING_LIMIT && !events.contains_key(&view.id);
+                let last = if full { latest(events) } else { None };
+                let fits = !full || last.is_some_and(|last| (view.starts_at, view.id) < last);
+                let listed =
+                    concerned && lifecycle == Lifecycle::Published && view.starts_at > now && fits;
                 let before = if listed {
                     events.insert(view.id, view.clone())
                 } else {
@@ -173,17 +176,17 @@ impl Projection {
                 // draft, which anyone may make by the thousand.
                 if lifecycle != Lifecycle::Draft {
                     self.versions.insert(id, (version, view.starts_at));
+                    if self.versions.len() > self.prune_versions_at {
+                        self.versions.retain(|_, (_, starts_at)| *starts_at > now);
+                        self.prune_versions_at = (2 * self.versions.len()).max(4 * LISTING_LIMIT);
+                    }
                 }
                 if !listed && before.is_none() {
                     // Never listed here (a draft, say): nothing to tell.
                     return None;
                 }
-                if self.versions.len() > self.prune_versions_at {
-                    self.versions.retain(|_, (_, starts_at)| *starts_at > now);
-                    self.prune_versions_at = (2 * self.versions.len()).max(4 * LISTING_LIMIT);
-                }
                 if events.len() > LISTING_LIMIT
-                    && let Some(last) = latest(events)
+                    && let Some((_, last)) = last
                 {
                     let last = events.remove(&last).expect("listed");
                     self.crowded_out.push(last);
@@ -266,22 +269,10 @@ impl Projection {
     }
 }
 
-/// Whether `view` has a place in `events`: listed already, room left, or
-/// sooner than the last listed (which it then crowds out).
-fn fits(events: &HashMap<Uuid, EventView>, view: &EventView) -> bool {
-    events.len() < LISTING_LIMIT
-        || events.contains_key(&view.id)
-        || latest(events)
-            .is_some_and(|last| (view.starts_at, view.id) < (events[&last].starts_at, last))
-}
-
-/// The listed event that starts last (the greatest id among those
-/// starting together).
-fn latest(events: &HashMap<Uuid, EventView>) -> Option<Uuid> {
-    events
-        .values()
-        .max_by_key(|e| (e.starts_at, e.id))
-        .map(|e| e.id)
+/// The start and id of the listed event that starts last (the greatest id
+/// among those starting together).
+fn latest(events: &HashMap<Uuid, EventView>) -> Option<(DateTime<Utc>, Uuid)> {
+    events.values().map(|e| (e.starts_at, e.id)).max()
 }
 
 /// A venue or feed update: the event, what changed, whether it is (still)

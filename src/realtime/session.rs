@@ -42,7 +42,7 @@ enum Subscription {
         hub: Addr<ChannelHub>,
         /// Its place among the client address's filtered feeds, if it is
         /// one: held while it lasts, given back when it is dropped.
-        _place: Option<FeedPlace>,
+        place: Option<FeedPlace>,
     },
     /// The caller's recommendations, served by their recommender actor.
     Recs { user: UserId, to: ChannelQueue },
@@ -318,7 +318,7 @@ impl WsSession {
                             false => None,
                         };
                         match self.join_hub(channel.clone(), parsed, since, ctx) {
-                            Ok(hub) => Subscription::Hub { hub, _place: place },
+                            Ok(hub) => Subscription::Hub { hub, place },
                             Err(no_hub) => return self.refuse(&channel, no_hub),
                         }
                     }
@@ -436,7 +436,7 @@ impl WsSession {
     /// and one just after, to the same hub, is answered after it.
     fn unsubscribe(&mut self, channel: String, ctx: &mut Context<Self>) {
         match self.subscriptions.remove(&channel) {
-            Some(Subscription::Hub { hub, _place: place }) => {
+            Some(Subscription::Hub { hub, place }) => {
                 let left = hub.send(Unsubscribe {
                     session: self.id,
                     told: Some(self.queue.clone()),
