@@ -75,10 +75,10 @@ fn cpu_times_of(names: &[String]) -> HashMap<u32, Duration> {
         .filter_map(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
             let command = &stat[stat.find('(')? + 1..stat.rfind(')')?];
-            names
-                .iter()
-                .any(|name| name == command)
-                .then(|| Some((pid, parse_cpu_time(&stat)?)))?
+            if !names.iter().any(|name| name == command) {
+                return None;
+            }
+            Some((pid, parse_cpu_time(&stat)?))
         })
         .collect()
 }

@@ -104,8 +104,8 @@ async fn writes_fail_fast_while_the_database_is_away_and_recover_without_losing_
 
     proxy.on();
     // A balancer that follows `/ready` sends the node no writes while it
-    // says no: `/ready` probes for the breaker itself, so the node says
-    // ready again without a write to probe with; the next write closes it.
+    // says no: after the cool-down `/ready` pings and says ready without a
+    // write to probe with; the next write is the probe and closes it.
     crate::helpers::wait_until(
         crate::helpers::EVENTUALLY,
         "/ready recovered without writes",

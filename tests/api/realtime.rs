@@ -322,24 +322,32 @@ async fn unsubscribed_is_the_last_frame_of_a_users_own_feed() {
 }
 
 /// A channel left and asked for again in one write is told in that order:
-/// `unsubscribed`, then the new snapshot (the hub says both, in its order).
+/// `unsubscribed`, then the new snapshot — a hub's channel (the hub says
+/// both, in its order) and the user's own feeds alike.
 #[actix_web::test]
 async fn a_channel_left_and_asked_for_again_at_once_is_told_in_that_order() {
     let app = sqlite_app(|_| {}).await;
     let owner = app.register("owner@example.com").await;
     let event = app.published_event(&owner, 10).await;
-    let channel = format!("event:{event}");
+    let user = app.user();
     let mut socket = connect(&app).await;
-    assert_eq!(
-        subscribe(&mut socket, &channel, None).await["type"],
-        "snapshot"
-    );
-    for round in 0..5 {
-        send_together(&mut socket, &["unsubscribe", "subscribe"], &channel).await;
-        let left = next(&mut socket).await;
-        assert_eq!(left["type"], "unsubscribed", "round {round}: {left}");
-        let back = next(&mut socket).await;
-        assert_eq!(back["type"], "snapshot", "round {round}: {back}");
+    authenticate(&mut socket, &user.token).await;
+    for channel in [format!("event:{event}"), "me".into(), "recs".into()] {
+        assert_eq!(
+            subscribe(&mut socket, &channel, None).await["type"],
+            "snapshot"
+        );
+        for round in 0..5 {
+            send_together(&mut socket, &["unsubscribe", "subscribe"], &channel).await;
+            let left = next(&mut socket).await;
+            assert_eq!(
+                left["type"], "unsubscribed",
+                "{channel} round {round}: {left}"
+            );
+            let back = next(&mut socket).await;
+            assert_eq!(back["type"], "snapshot", "{channel} round {round}: {back}");
+            assert_eq!(back["channel"], channel.as_str());
+        }
     }
 }
 

@@ -119,8 +119,13 @@ async fn create_event(
 
 /// A one-seat join by a new user, now.
 fn a_join() -> Command {
+    join_of(UserId::new())
+}
+
+/// A one-seat join by `user`, now.
+fn join_of(user: UserId) -> Command {
     Command::Join {
-        user: UserId::new(),
+        user,
         seats: Seats::default(),
         at: Utc::now(),
     }
@@ -1334,12 +1339,10 @@ async fn upcoming_joins_are_not_crowded_out_of_a_profile(backend: Backend) {
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(2)).await;
         let event = create_event(&store, &registry, owner, 10).await;
-        let join = Command::Join {
-            user,
-            seats: Seats::default(),
-            at: Utc::now(),
-        };
-        registry.execute(event, join, None, None).await.unwrap();
+        registry
+            .execute(event, join_of(user), None, None)
+            .await
+            .unwrap();
         joined.push(event.as_uuid());
     }
     // Each starts tomorrow: now, all three are to come.
@@ -1464,14 +1467,6 @@ async fn a_commit_the_journal_gave_up_on_never_lands(backend: Backend) {
         2,
         "created and published only: the join answered as failed never landed"
     );
-}
-
-fn join_of(user: UserId) -> Command {
-    Command::Join {
-        user,
-        seats: Seats::default(),
-        at: Utc::now(),
-    }
 }
 
 macro_rules! store_tests {
