@@ -451,6 +451,7 @@ async fn start_core(
         limits: ConnectionLimits::new(
             settings.realtime.max_connections,
             settings.realtime.max_connections_per_ip,
+            settings.rate_limits.ipv6_network_share,
             "turnout_ws_connections",
         ),
         filtered_feeds: FeedPlaces::new(settings.realtime.max_filtered_feeds_per_ip),
@@ -570,6 +571,7 @@ fn serve_http(
     }));
     let connections = Arc::new(HttpConnections::new(
         settings.http.max_connections_per_ip,
+        settings.rate_limits.ipv6_network_share,
         settings.rate_limits.trusted_proxies.clone(),
     ));
     let https = settings.http.tls.is_some();

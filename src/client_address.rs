@@ -2,7 +2,7 @@
 //! budgets, HTTP and WebSocket connections, failed logins, filtered feeds),
 //! and whether a peer is a proxy whose forwarding headers are believed.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 /// Whether `ip` is one of `proxies` (an IPv4 proxy seen on a dual-stack
 /// listener as `::ffff:a.b.c.d` too).
@@ -17,12 +17,25 @@ pub fn is_trusted(proxies: &[IpAddr], ip: IpAddr) -> bool {
 /// a budget of its own).
 pub fn counted_as(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(prefix.into())
-        }
+        IpAddr::V6(v6) => IpAddr::V6(prefix(v6, 64)),
         v4 => v4,
     }
+}
+
+/// The IPv6 network an address is counted in besides, where
+/// `rate_limits.ipv6_network_share` asks for it: its /48, what a site is
+/// given. Whoever holds one has 65,536 /64s to draw from, each a budget of
+/// its own. None for IPv4, where one address is what a client draws (a
+/// network of them is a city's carrier NAT).
+pub fn network_of(ip: IpAddr) -> Option<IpAddr> {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => Some(IpAddr::V6(prefix(v6, 48))),
+        IpAddr::V4(_) => None,
+    }
+}
+
+fn prefix(v6: Ipv6Addr, bits: u32) -> Ipv6Addr {
+    (u128::from(v6) & !(u128::MAX >> bits)).into()
 }
 
 #[cfg(test)]
@@ -39,6 +52,16 @@ mod tests {
         assert_eq!(counted_as(a), counted_as(b));
         assert_ne!(counted_as(a), counted_as(ip("2001:db8:1:3::1")));
         assert_eq!(counted_as(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_in_its_48_besides() {
+        let network = network_of(ip("2001:db8:1:2:aaaa::1"));
+        assert_eq!(network, Some(ip("2001:db8:1::")));
+        assert_eq!(network_of(ip("2001:db8:1:ffff::9")), network);
+        assert_ne!(network_of(ip("2001:db8:2::1")), network);
+        assert_eq!(network_of(ip("192.0.2.1")), None);
+        assert_eq!(network_of(ip("::ffff:192.0.2.1")), None);
     }
 
     #[test]

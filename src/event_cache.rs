@@ -208,6 +208,10 @@ impl Listing {
     /// The first `limit` events of the page `filter` asks for, if every
     /// event it could hold is held.
     fn page(&self, filter: &EventFilter, limit: usize) -> Option<Vec<Arc<CachedEvent>>> {
+        // The cache holds no venue positions.
+        if filter.within.is_some() {
+            return None;
+        }
         let from = micros(filter.from?);
         if self.complete_from.is_none_or(|complete| from < complete) {
             return None;

@@ -244,6 +244,7 @@ const COUNTED_FROM_START: &[&str] = &[
     "turnout_outbox_published_total",
     "turnout_recs_lists_pushed_total",
     "turnout_ws_channel_load_failures_total",
+    "turnout_ws_radius_loads_cut_total",
     "turnout_ws_slow_consumers_total",
 ];
 
@@ -267,7 +268,7 @@ pub fn export_from_start() {
     for outcome in ["answered", "not_here", "not_sent", "lost"] {
         metrics::counter!("turnout_forwarded_commands_total", "outcome" => outcome).increment(0);
     }
-    for reason in ["address", "server"] {
+    for reason in ["address", "network", "server"] {
         metrics::counter!("turnout_ws_connections_refused_total", "reason" => reason).increment(0);
     }
     for read in ["details", "listing"] {

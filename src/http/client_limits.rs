@@ -57,11 +57,17 @@ impl Drop for Open {
 struct OverLimit(Refused);
 
 impl HttpConnections {
-    /// `max_per_ip` 0 means no cap.
-    pub fn new(max_per_ip: usize, trusted_proxies: Vec<IpAddr>) -> Self {
+    /// `max_per_ip` 0 means no cap; an IPv6 /48 holds `network_share`
+    /// times it (0: no cap per network).
+    pub fn new(max_per_ip: usize, network_share: u32, trusted_proxies: Vec<IpAddr>) -> Self {
         Self {
             // No total here: the server's own cap is actix's `max_connections`.
-            limits: ConnectionLimits::new(usize::MAX, max_per_ip, "turnout_http_connections"),
+            limits: ConnectionLimits::new(
+                usize::MAX,
+                max_per_ip,
+                network_share,
+                "turnout_http_connections",
+            ),
             trusted_proxies,
             open: Arc::default(),
         }

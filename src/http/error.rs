@@ -38,10 +38,10 @@ pub enum ApiError {
     TooManyRequests(u64),
     #[error("rate limited: the {budget} budget is spent; retry in {retry_after} s")]
     RateLimited { budget: String, retry_after: u64 },
-    /// A client address past its cap on open connections (HTTP or
-    /// WebSocket): the client's own doing, so a 4xx.
-    #[error("too many connections from your address (at most {0}); close one and retry")]
-    TooManyConnections(usize),
+    /// A client address (or its IPv6 network) past its cap on open
+    /// connections (HTTP or WebSocket): the client's own doing, so a 4xx.
+    #[error("too many connections from your {from} (at most {cap}); close one and retry")]
+    TooManyConnections { cap: usize, from: &'static str },
     #[error("{0}")]
     Overloaded(&'static str),
     #[error("the service is temporarily unavailable; retry shortly")]
@@ -167,7 +167,7 @@ impl ApiError {
             ApiError::BodyTimeout(_) => ErrorCode::BodyTimeout,
             ApiError::TooManyRequests(_)
             | ApiError::RateLimited { .. }
-            | ApiError::TooManyConnections(_) => ErrorCode::RateLimited,
+            | ApiError::TooManyConnections { .. } => ErrorCode::RateLimited,
             ApiError::Overloaded(_) => ErrorCode::Overloaded,
             ApiError::Unavailable => ErrorCode::Unavailable,
             ApiError::WritesPaused(_) => ErrorCode::WritesPaused,
@@ -192,7 +192,7 @@ impl ResponseError for ApiError {
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests(_)
             | ApiError::RateLimited { .. }
-            | ApiError::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
+            | ApiError::TooManyConnections { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Overloaded(_) | ApiError::Unavailable | ApiError::WritesPaused(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -214,7 +214,7 @@ impl ResponseError for ApiError {
         {
             response.insert_header((RETRY_AFTER, seconds.to_string()));
         }
-        if let ApiError::TooManyConnections(_) = self {
+        if let ApiError::TooManyConnections { .. } = self {
             // A place frees only when the client closes one of its own.
             response.insert_header((RETRY_AFTER, HeaderValue::from_static("5")));
         }
@@ -239,7 +239,14 @@ impl ResponseError for ApiError {
 impl From<crate::realtime::Refused> for ApiError {
     fn from(refused: crate::realtime::Refused) -> Self {
         match refused {
-            crate::realtime::Refused::AddressFull(cap) => ApiError::TooManyConnections(cap),
+            crate::realtime::Refused::AddressFull(cap) => ApiError::TooManyConnections {
+                cap,
+                from: "address",
+            },
+            crate::realtime::Refused::NetworkFull(cap) => ApiError::TooManyConnections {
+                cap,
+                from: "network",
+            },
             crate::realtime::Refused::ServerFull => {
                 ApiError::Overloaded("too many connections; retry later")
             }

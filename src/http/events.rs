@@ -368,6 +368,7 @@ pub async fn list_events(
         to: query.to,
         after: pagination::decode(query.cursor.as_deref())?,
         limit: limit + 1,
+        within: None,
     };
     if let Some(held) = state.events.page(&filter, filter.limit as usize) {
         metrics::counter!("turnout_event_reads_total", "read" => "listing", "source" => "memory")

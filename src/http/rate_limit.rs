@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::ApiError;
 use super::identity::{VerifiedClaims, bearer_token};
 use crate::auth::TokenKeys;
-use crate::client_address::{counted_as, is_trusted};
+use crate::client_address::{counted_as, is_trusted, network_of};
 
 /// `[rate_limits]` settings: a budget per kind of request, each per
 /// minute; 0 switches one off, `enabled = false` all of them.
@@ -39,6 +39,10 @@ pub struct RateLimitSettings {
     pub writes_per_ip_per_minute: u32,
     /// Reads under `/v1`, per address.
     pub reads_per_ip_per_minute: u32,
+    /// How many addresses' budgets, and connection caps, one IPv6 /48 may
+    /// use in all; 0: no such tier. Off by default: a mobile carrier may
+    /// hand out many subscribers' /64s from one /48.
+    pub ipv6_network_share: u32,
     /// Peers whose `X-Forwarded-For` names the real client.
     #[serde(deserialize_with = "crate::config::trimmed_list")]
     pub trusted_proxies: Vec<IpAddr>,
@@ -74,14 +78,16 @@ impl Budget {
     }
 }
 
-/// One budget: per user (when it has one) and per address.
+/// One budget: per user (when it has one), per address, and per IPv6
+/// network ([`network_of`]) at `ipv6_network_share` times an address's.
 struct Limiter {
     per_user: Option<DefaultKeyedRateLimiter<Uuid>>,
     per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    per_network: Option<DefaultKeyedRateLimiter<IpAddr>>,
 }
 
 impl Limiter {
-    fn new(enabled: bool, per_user: u32, per_ip: u32) -> Self {
+    fn new(enabled: bool, per_user: u32, per_ip: u32, network_share: u32) -> Self {
         let quota = |per_minute: u32| {
             NonZeroU32::new(per_minute)
                 .filter(|_| enabled)
@@ -90,6 +96,7 @@ impl Limiter {
         Self {
             per_user: quota(per_user).map(RateLimiter::keyed),
             per_ip: quota(per_ip).map(RateLimiter::keyed),
+            per_network: quota(per_ip.saturating_mul(network_share)).map(RateLimiter::keyed),
         }
     }
 
@@ -102,6 +109,9 @@ impl Limiter {
             l.retain_recent();
         }
         if let Some(l) = &self.per_ip {
+            l.retain_recent();
+        }
+        if let Some(l) = &self.per_network {
             l.retain_recent();
         }
     }
@@ -141,10 +151,14 @@ impl Spent {
     fn scope(&self) -> &'static str {
         match (self.budget, self.per) {
             (Budget::Joins, "user") => "joins_user",
+            (Budget::Joins, "network") => "joins_network",
             (Budget::Joins, _) => "joins_address",
+            (Budget::Accounts, "network") => "accounts_network",
             (Budget::Accounts, _) => "accounts_address",
             (Budget::Writes, "user") => "writes_user",
+            (Budget::Writes, "network") => "writes_network",
             (Budget::Writes, _) => "writes_address",
+            (Budget::Reads, "network") => "reads_network",
             (Budget::Reads, _) => "reads_address",
         }
     }
@@ -157,20 +171,22 @@ impl Spent {
 
 impl RateLimits {
     pub fn new(settings: &RateLimitSettings) -> Self {
-        let on = settings.enabled;
+        let (on, share) = (settings.enabled, settings.ipv6_network_share);
         Self {
             joins: Limiter::new(
                 on,
                 settings.joins_per_user_per_minute,
                 settings.joins_per_ip_per_minute,
+                share,
             ),
-            accounts: Limiter::new(on, 0, settings.accounts_per_ip_per_minute),
+            accounts: Limiter::new(on, 0, settings.accounts_per_ip_per_minute, share),
             writes: Limiter::new(
                 on,
                 settings.writes_per_user_per_minute,
                 settings.writes_per_ip_per_minute,
+                share,
             ),
-            reads: Limiter::new(on, 0, settings.reads_per_ip_per_minute),
+            reads: Limiter::new(on, 0, settings.reads_per_ip_per_minute, share),
             trusted_proxies: settings.trusted_proxies.clone(),
             clock: DefaultClock::default(),
         }
@@ -234,6 +250,11 @@ impl RateLimits {
         if let Some(l) = &limiter.per_ip {
             l.check_key(&counted_as(ip))
                 .map_err(|n| spent("address", n))?;
+        }
+        // After the address's: a request its own address refuses spends
+        // nothing of its neighbours' budget.
+        if let (Some(l), Some(network)) = (&limiter.per_network, network_of(ip)) {
+            l.check_key(&network).map_err(|n| spent("network", n))?;
         }
         Ok(())
     }
@@ -323,7 +344,12 @@ mod tests {
     }
 
     fn limits(trusted: &[&str]) -> RateLimits {
+        limits_sharing(trusted, 0)
+    }
+
+    fn limits_sharing(trusted: &[&str], ipv6_network_share: u32) -> RateLimits {
         RateLimits::new(&RateLimitSettings {
+            ipv6_network_share,
             enabled: true,
             joins_per_user_per_minute: 100,
             joins_per_ip_per_minute: 100,
@@ -346,6 +372,42 @@ mod tests {
 
     fn peer(addr: &str) -> Option<SocketAddr> {
         Some(addr.parse().unwrap())
+    }
+
+    /// A client drawing a fresh /64 for every request from its /48 is
+    /// held to the network's budget, here 16 addresses' worth; its
+    /// neighbours' own addresses keep theirs, and IPv4 has no network tier.
+    #[test]
+    fn an_ipv6_network_holds_its_share_of_addresses_budgets() {
+        const NETWORK_SHARE: u32 = 16;
+        let limits = limits_sharing(&[], NETWORK_SHARE);
+        let drawn = |n: u32| ip(&format!("2001:db8:7:{n:x}::1"));
+        let (taken, refused) = (0..10_000)
+            .find_map(|n| {
+                let refused = limits.check(Budget::Accounts, None, drawn(n)).err()?;
+                Some((n as usize, refused))
+            })
+            .expect("the network's budget runs out");
+        // The network's burst, and a cell or two it regained meanwhile (one
+        // every 37.5 ms).
+        let burst = 100 * NETWORK_SHARE as usize;
+        assert!((burst..burst + 10).contains(&taken), "{taken}");
+        assert_eq!(refused.scope(), "accounts_network");
+        assert_eq!(refused.describe(), "accounts per network");
+        assert!(
+            limits
+                .check(Budget::Accounts, None, ip("2001:db8:8::1"))
+                .is_ok()
+        );
+        let v4 = (0..10_000u32)
+            .take_while(|&n| {
+                let ip = IpAddr::V4(Ipv4Addr::from(0xc000_0200 + n));
+                limits.check(Budget::Accounts, None, ip).is_ok()
+            })
+            .count();
+        assert_eq!(v4, 10_000);
+        let unshared = limits_sharing(&[], 0);
+        assert!((0..10_000).all(|n| unshared.check(Budget::Accounts, None, drawn(n)).is_ok()));
     }
 
     #[test]

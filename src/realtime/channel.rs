@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use turnout_actors::domain::{EventId, GeoPoint, Tag, VenueId, haversine_km};
+use turnout_actors::domain::{EventId, GeoBox, GeoPoint, Tag, VenueId, haversine_km};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Channel {
@@ -61,12 +61,20 @@ impl Near {
         })
     }
 
-    pub fn contains(&self, point: GeoPoint) -> bool {
-        let centre = GeoPoint {
+    fn centre(&self) -> GeoPoint {
+        GeoPoint {
             lat: self.lat_e6 as f64 / 1e6,
             lon: self.lon_e6 as f64 / 1e6,
-        };
-        haversine_km(centre, point) * 1000.0 <= f64::from(self.radius_m)
+        }
+    }
+
+    pub fn contains(&self, point: GeoPoint) -> bool {
+        haversine_km(self.centre(), point) * 1000.0 <= f64::from(self.radius_m)
+    }
+
+    /// A box holding the circle: what the database selects venues by.
+    pub fn bounds(&self) -> GeoBox {
+        GeoBox::around(self.centre(), f64::from(self.radius_m) / 1000.0)
     }
 }
 

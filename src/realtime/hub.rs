@@ -4,7 +4,8 @@
 //! and the history all live here, a subscriber's snapshot and the updates
 //! after it can neither overlap nor leave a gap.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::channel::Channel;
+use super::channel::{Channel, Near};
 use super::history::{History, HistoryLimits};
 use super::limits::FeedPlace;
 use super::projection::{LISTING_LIMIT, Projection};
@@ -60,8 +61,10 @@ pub struct Unsubscribe {
     /// it, after every frame of the channel it sent the session and before
     /// a snapshot for a subscribe right behind, which it takes next.
     pub told: Option<SendQueue>,
-    /// The subscription's place among its address's filtered feeds, given
-    /// back before the `unsubscribed`: a client told may take it again.
+    /// The subscription's place among its address's filtered feeds: the
+    /// hub holds it for its idle time (`left_places`), so the address may
+    /// take this feed again at once, and another only once the hub it made
+    /// may have stopped.
     pub place: Option<FeedPlace>,
 }
 
@@ -105,6 +108,12 @@ pub struct ChannelHub {
     /// hash map's order each subscriber was a cache miss or two: 12 % of
     /// the CPU per delivery (docs/BENCHMARKS.md).
     subscribers: BTreeMap<u64, SendQueue>,
+    /// The places of client addresses that left this filtered feed, one
+    /// each, held for the hub's idle time: the hub they made lingers that
+    /// long, a place among the node's `max_feed_hubs`, and an address that
+    /// subscribed and left feed after feed would otherwise hold them all
+    /// while its own count stayed at zero.
+    left_places: HashMap<IpAddr, (FeedPlace, Instant)>,
     store: Arc<dyn Store>,
     home: Arc<dyn HubHome>,
     idle_limit: Duration,
@@ -132,6 +141,7 @@ impl ChannelHub {
             looked_at: Instant::now(),
             next_start: None,
             subscribers: BTreeMap::new(),
+            left_places: HashMap::new(),
             store,
             home,
             idle_limit,
@@ -351,8 +361,9 @@ impl ChannelHub {
         // fit and leave the client a gap it would resume past. A subscriber
         // whose first frames did not all go out is not registered; its
         // queue's overflow has told its session to close.
-        if first.into_iter().all(|frame| msg.to.push(frame)) {
-            self.subscribers.insert(msg.session, msg.to);
+        if first.into_iter().all(|frame| msg.to.push(frame))
+            && self.subscribers.insert(msg.session, msg.to).is_none()
+        {
             metrics::gauge!("turnout_ws_subscriptions", "kind" => self.channel.kind())
                 .increment(1.0);
         }
@@ -387,18 +398,61 @@ async fn fetch(store: &dyn Store, channel: &Channel) -> Result<Loaded, StoreErro
         Channel::Feed { tag, near } => {
             let filter = EventFilter {
                 tag: tag.as_ref().map(|t| t.as_str().to_owned()),
+                within: near.map(|near| near.bounds()),
                 from: Some(Utc::now()),
                 limit: LISTING_LIMIT as i64,
                 ..EventFilter::default()
             };
-            let events = store.list_events(&filter).await?;
-            let venues = match near {
-                Some(_) => store.venue_locations().await?,
-                None => Vec::new(),
-            };
-            Ok(Some((events, venues)))
+            match near {
+                None => Ok(Some((store.list_events(&filter).await?, Vec::new()))),
+                Some(near) => fetch_near(store, *near, filter).await.map(Some),
+            }
         }
     }
+}
+
+/// The most pages of a box's events a radius feed's load reads: a circle
+/// whose corners hold a busy district and whose inside holds little would
+/// otherwise read every upcoming event of that district at each load.
+const MOST_PAGES_NEAR: usize = 8;
+
+/// A radius feed's soonest events inside its circle, and every venue's
+/// position. The database selects the events by a box around the circle;
+/// the corners outside the circle are left out here, page after page (up
+/// to [`MOST_PAGES_NEAR`]), so that events there cannot take the places of
+/// those inside.
+async fn fetch_near(
+    store: &dyn Store,
+    near: Near,
+    mut filter: EventFilter,
+) -> Result<(Vec<EventRecord>, Vec<(Uuid, f64, f64)>), StoreError> {
+    // Every venue, not only the box's: a change at a venue this feed does
+    // not know would otherwise cost a lookup before the hub reads on.
+    let venues = store.venue_locations().await?;
+    let inside: HashSet<Uuid> = venues
+        .iter()
+        .filter(|&&(_, lat, lon)| near.contains(GeoPoint { lat, lon }))
+        .map(|&(id, _, _)| id)
+        .collect();
+    let mut events = Vec::new();
+    for read in 1.. {
+        let page = store.list_events(&filter).await?;
+        let last_page = page.len() < LISTING_LIMIT;
+        filter.after = page.last().map(|e| (e.starts_at, e.id));
+        // An event at a venue made since the positions were read is left
+        // for its change, queued behind this load, to list.
+        events.extend(page.into_iter().filter(|e| inside.contains(&e.venue_id)));
+        if last_page || events.len() >= LISTING_LIMIT {
+            break;
+        }
+        if read == MOST_PAGES_NEAR {
+            // Listed: the circle's soonest up to the last start read.
+            metrics::counter!("turnout_ws_radius_loads_cut_total").increment(1);
+            break;
+        }
+    }
+    events.truncate(LISTING_LIMIT);
+    Ok((events, venues))
 }
 
 impl Actor for ChannelHub {
@@ -411,6 +465,8 @@ impl Actor for ChannelHub {
         ctx.run_interval(
             (idle_limit / 2).max(Duration::from_millis(100)),
             move |hub, ctx| {
+                hub.left_places
+                    .retain(|_, (_, left_at)| left_at.elapsed() < idle_limit);
                 if hub.subscribers.is_empty() && hub.idle_since.elapsed() >= idle_limit {
                     hub.home.left(&hub.channel, &ctx.address());
                     ctx.stop();
@@ -462,7 +518,11 @@ impl Handler<Unsubscribe> for ChannelHub {
     type Result = ();
 
     fn handle(&mut self, msg: Unsubscribe, _ctx: &mut Self::Context) {
-        drop(msg.place);
+        if let Some(place) = msg.place {
+            // The address's earlier place here, if any, goes: one is held.
+            self.left_places
+                .insert(place.client(), (place, Instant::now()));
+        }
         if let Some(told) = &msg.told {
             told.push(Frame::text(protocol::unsubscribed(&self.name), None));
         }

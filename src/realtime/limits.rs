@@ -1,4 +1,5 @@
-//! Connection limits: open connections in total and per client address.
+//! Connection limits: open connections in total, per client address and,
+//! where asked, per IPv6 network ([`crate::client_address::network_of`]).
 //! WebSockets hold their place until the socket's writer is done with it;
 //! HTTP connections (`http.max_connections_per_ip`) for as long as the
 //! connection is open. And [`FeedPlaces`]: the distinct filtered feeds each
@@ -11,13 +12,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 
-/// Open connections, in total and per client address.
+use crate::client_address::network_of;
+
+/// Open connections, in total, per client address and per IPv6 network.
 pub struct ConnectionLimits {
     total: AtomicUsize,
     per_ip: DashMap<IpAddr, usize>,
+    per_network: DashMap<IpAddr, usize>,
     max_total: usize,
-    /// 0: no cap per address.
+    /// 0: no cap per address, nor per network.
     max_per_ip: usize,
+    /// 0: no cap per network.
+    max_per_network: usize,
     /// The gauge of open connections.
     gauge: &'static str,
 }
@@ -41,6 +47,8 @@ pub enum Refused {
     ServerFull,
     /// The client's address holds its cap, the number given.
     AddressFull(usize),
+    /// The client's IPv6 network holds its cap, the number given.
+    NetworkFull(usize),
 }
 
 impl Refused {
@@ -49,19 +57,28 @@ impl Refused {
         match self {
             Refused::ServerFull => "server",
             Refused::AddressFull(_) => "address",
+            Refused::NetworkFull(_) => "network",
         }
     }
 }
 
 impl ConnectionLimits {
-    /// `max_per_ip` 0 means no cap per address; `gauge` counts the open
-    /// connections.
-    pub fn new(max_total: usize, max_per_ip: usize, gauge: &'static str) -> Arc<Self> {
+    /// `max_per_ip` 0 means no cap per address; an IPv6 /48 holds
+    /// `network_share` times it (0: no cap per network); `gauge` counts the
+    /// open connections.
+    pub fn new(
+        max_total: usize,
+        max_per_ip: usize,
+        network_share: u32,
+        gauge: &'static str,
+    ) -> Arc<Self> {
         Arc::new(Self {
             total: AtomicUsize::new(0),
             per_ip: DashMap::new(),
+            per_network: DashMap::new(),
             max_total,
             max_per_ip,
+            max_per_network: max_per_ip.saturating_mul(network_share as usize),
             gauge,
         })
     }
@@ -82,6 +99,21 @@ impl ConnectionLimits {
                 self.total.fetch_sub(1, Ordering::AcqRel);
                 return Err(Refused::AddressFull(self.max_per_ip));
             }
+            if let Some(network) = network_of(ip).filter(|_| self.max_per_network > 0) {
+                let mut in_network = self.per_network.entry(network).or_insert(0);
+                if *in_network >= self.max_per_network {
+                    drop(in_network);
+                    // Its address's entry, just made, is not left behind.
+                    let empty = *count == 0;
+                    drop(count);
+                    if empty {
+                        self.per_ip.remove_if(&ip, |_, count| *count == 0);
+                    }
+                    self.total.fetch_sub(1, Ordering::AcqRel);
+                    return Err(Refused::NetworkFull(self.max_per_network));
+                }
+                *in_network += 1;
+            }
             *count += 1;
         }
         metrics::gauge!(self.gauge).increment(1.0);
@@ -96,10 +128,14 @@ impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         self.limits.total.fetch_sub(1, Ordering::AcqRel);
         if self.limits.max_per_ip > 0 {
-            self.limits.per_ip.remove_if_mut(&self.ip, |_, count| {
+            let given_back = |_: &IpAddr, count: &mut usize| {
                 *count -= 1;
                 *count == 0
-            });
+            };
+            self.limits.per_ip.remove_if_mut(&self.ip, given_back);
+            if let Some(network) = network_of(self.ip).filter(|_| self.limits.max_per_network > 0) {
+                self.limits.per_network.remove_if_mut(&network, given_back);
+            }
         }
         metrics::gauge!(self.limits.gauge).decrement(1.0);
     }
@@ -155,6 +191,13 @@ impl FeedPlaces {
     }
 }
 
+impl FeedPlace {
+    /// The client address holding it, as counted.
+    pub fn client(&self) -> IpAddr {
+        self.client
+    }
+}
+
 impl Drop for FeedPlace {
     fn drop(&mut self) {
         self.places
@@ -180,7 +223,7 @@ mod tests {
 
     #[test]
     fn limits_count_per_address_and_in_total_and_forget_refusals() {
-        let limits = ConnectionLimits::new(2, 1, "test_connections");
+        let limits = ConnectionLimits::new(2, 1, 0, "test_connections");
         let (a, b, c) = (
             IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
             IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
@@ -208,8 +251,33 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_network_holds_its_share_of_addresses_caps() {
+        let limits = ConnectionLimits::new(usize::MAX, 2, 16, "test_connections");
+        let drawn = |n: u32| format!("2001:db8:7:{n:x}::1").parse::<IpAddr>().unwrap();
+        // Sixteen /64s of one /48, each at its own cap of two.
+        let held: Vec<ConnectionPermit> = (0..32)
+            .map(|n| limits.admit(drawn(n / 2)).unwrap())
+            .collect();
+        assert_eq!(
+            limits.admit(drawn(99)).err(),
+            Some(Refused::NetworkFull(32)),
+            "a fresh /64 of a full /48"
+        );
+        assert_eq!(limits.admit(drawn(0)).err(), Some(Refused::AddressFull(2)));
+        assert!(
+            !limits
+                .per_ip
+                .contains_key(&crate::client_address::counted_as(drawn(99)))
+        );
+        assert!(limits.admit("2001:db8:8::1".parse().unwrap()).is_ok());
+        drop(held);
+        assert!(limits.per_ip.is_empty() && limits.per_network.is_empty());
+        assert!(limits.admit(drawn(99)).is_ok());
+    }
+
+    #[test]
     fn no_cap_per_address_keeps_the_total_and_no_entries() {
-        let limits = ConnectionLimits::new(2, 0, "test_connections");
+        let limits = ConnectionLimits::new(2, 0, 0, "test_connections");
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let places = [
             limits.admit(ip).expect("room"),

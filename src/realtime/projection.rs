@@ -29,6 +29,21 @@ use turnout_actors::store::EventSummary;
 /// hub loads, and what it keeps however many are published while it runs.
 pub const LISTING_LIMIT: usize = 500;
 
+/// How late a change may arrive behind a newer one of the same event (a
+/// shard moved between two nodes) and still be known for old news by a
+/// listing that does not show the event. Far past the seconds the nodes'
+/// change feed takes; a node that misses changes reloads its hubs.
+pub const LATE_CHANGES_WITHIN: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
+/// What a projection remembers of an event's last change.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    version: i64,
+    starts_at: DateTime<Utc>,
+    /// When the change was applied (the `now` it was given).
+    at: DateTime<Utc>,
+}
+
 enum Shown {
     /// One event; `None` while it does not exist or is a draft.
     Event(Option<EventView>),
@@ -40,12 +55,16 @@ pub struct Projection {
     channel: Channel,
     shown: Shown,
     /// The stream version each event this channel concerns was last seen
-    /// at, and when it starts: anything not newer is old news (changes from
-    /// other nodes may arrive late). A listing keeps none for a draft, and
-    /// forgets an event that started, as no change can list it again.
-    versions: HashMap<Uuid, (i64, DateTime<Utc>)>,
-    /// How many versions may be held before the started ones are dropped:
-    /// twice what a drop left, so that it is not a scan per change.
+    /// at: anything not newer is old news (changes from other nodes may
+    /// arrive late). A listing keeps none for a draft; it forgets an event
+    /// that started, as no change can list it again, and one it does not
+    /// list once [`LATE_CHANGES_WITHIN`] has passed since its last change
+    /// (a cancelled event's version would otherwise be kept until its
+    /// start, years ahead maybe, and anyone may cancel events by the
+    /// thousand).
+    versions: HashMap<Uuid, Seen>,
+    /// How many versions may be held before those no longer needed are
+    /// dropped: twice what a drop left, so that it is not a scan per change.
     prune_versions_at: usize,
     /// Events the last change crowded out of a full listing, to be told.
     crowded_out: Vec<EventView>,
@@ -81,8 +100,12 @@ impl Projection {
             if !self.near_enough(record.venue_id) {
                 continue;
             }
-            let starts_at = crate::store::from_micros(record.starts_at);
-            self.versions.insert(record.id, (record.version, starts_at));
+            let seen = Seen {
+                version: record.version,
+                starts_at: crate::store::from_micros(record.starts_at),
+                at: Utc::now(),
+            };
+            self.versions.insert(record.id, seen);
             let view = EventView::from(record);
             match &mut self.shown {
                 Shown::Event(current) => {
@@ -130,7 +153,7 @@ impl Projection {
         if self
             .versions
             .get(&change.summary.id.as_uuid())
-            .is_some_and(|&(v, _)| v >= version)
+            .is_some_and(|seen| seen.version >= version)
         {
             return None;
         }
@@ -150,7 +173,12 @@ impl Projection {
         let lifecycle = change.summary.lifecycle;
         match &mut self.shown {
             Shown::Event(current) => {
-                self.versions.insert(id, (version, view.starts_at));
+                let seen = Seen {
+                    version,
+                    starts_at: view.starts_at,
+                    at: now,
+                };
+                self.versions.insert(id, seen);
                 if lifecycle == Lifecycle::Draft {
                     return None;
                 }
@@ -175,9 +203,17 @@ impl Projection {
                 // the publishing behind it list the event), but not for a
                 // draft, which anyone may make by the thousand.
                 if lifecycle != Lifecycle::Draft {
-                    self.versions.insert(id, (version, view.starts_at));
+                    let seen = Seen {
+                        version,
+                        starts_at: view.starts_at,
+                        at: now,
+                    };
+                    self.versions.insert(id, seen);
                     if self.versions.len() > self.prune_versions_at {
-                        self.versions.retain(|_, (_, starts_at)| *starts_at > now);
+                        let late = now - LATE_CHANGES_WITHIN;
+                        self.versions.retain(|id, seen| {
+                            seen.starts_at > now && (seen.at > late || events.contains_key(id))
+                        });
                         self.prune_versions_at = (2 * self.versions.len()).max(4 * LISTING_LIMIT);
                     }
                 }
@@ -237,7 +273,7 @@ impl Projection {
             events.remove(&view.id);
         }
         // Never listed again: no late change can bring them back.
-        self.versions.retain(|_, (_, starts_at)| *starts_at > now);
+        self.versions.retain(|_, seen| seen.starts_at > now);
         started
             .iter()
             .map(|view| listing_update(view, &[], false, "started"))
@@ -506,6 +542,39 @@ mod tests {
 
         assert_eq!(projection.apply(&cancelled, Utc::now()), None);
         assert_eq!(projection.apply(&published, Utc::now()), None, "old news");
+        assert!(!projection.lists(event.id().as_uuid()));
+    }
+
+    /// Events made and cancelled by the thousand leave a feed no versions
+    /// beyond those of the last few minutes; a late publishing within them
+    /// is still old news.
+    #[test]
+    fn cancelled_events_are_remembered_only_while_a_late_change_may_come() {
+        let mut projection = feed("feed");
+        let start = Utc::now();
+        let mut last = None;
+        for minute in 0..60 {
+            for _ in 0..100 {
+                let mut event = Event::new();
+                event.create(VenueId::new(), 5, "jazz");
+                let published = event.publish();
+                let at = start + Duration::minutes(minute);
+                projection.apply(&published, at);
+                projection.apply(&event.cancel(), at);
+                last = Some((event, published));
+            }
+        }
+        let within = LATE_CHANGES_WITHIN.num_minutes() as usize + 1;
+        assert!(
+            projection.versions.len() <= 2 * within * 100 + 4 * LISTING_LIMIT,
+            "{} versions for 6,000 cancelled events",
+            projection.versions.len()
+        );
+        let (event, published) = last.unwrap();
+        assert_eq!(
+            projection.apply(&published, start + Duration::minutes(60)),
+            None
+        );
         assert!(!projection.lists(event.id().as_uuid()));
     }
 

@@ -218,10 +218,10 @@ impl WsSession {
 
     fn end(&self, subscription: Subscription) {
         match subscription {
-            Subscription::Hub { hub, .. } => hub.do_send(Unsubscribe {
+            Subscription::Hub { hub, place } => hub.do_send(Unsubscribe {
                 session: self.id,
                 told: None,
-                place: None,
+                place,
             }),
             Subscription::Recs { user, .. } => self.recommenders.unsubscribe(user, self.id),
             Subscription::Me { watcher, .. } => watcher.do_send(StopWatching),
@@ -437,7 +437,12 @@ impl WsSession {
     fn unsubscribe(&mut self, channel: String, ctx: &mut Context<Self>) {
         match self.subscriptions.remove(&channel) {
             Some(Subscription::Hub { hub, place }) => {
-                let left = hub.send(Unsubscribe {
+                // Through a fresh sender: the subscription's own may have
+                // parked when its subscribe found the hub's mailbox full,
+                // and a parked sender's message waits out of the mailbox
+                // until its future is polled, after a subscribe right
+                // behind (a fresh sender) has gone in ahead of it.
+                let left = hub.clone().send(Unsubscribe {
                     session: self.id,
                     told: Some(self.queue.clone()),
                     place,

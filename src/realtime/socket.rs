@@ -666,7 +666,7 @@ mod tests {
         let (sink, client) = connection(tight).await;
         let notices = Arc::new(AtomicUsize::new(0));
         let session = Notices(Arc::clone(&notices)).start().recipient();
-        let permit = ConnectionLimits::new(1, 1, "test_connections")
+        let permit = ConnectionLimits::new(1, 1, 0, "test_connections")
             .admit(std::net::Ipv4Addr::LOCALHOST.into())
             .unwrap();
         let (queue, writer) = SendQueue::new(max_bytes, session, sink, permit);
@@ -834,7 +834,7 @@ mod tests {
 
     #[actix_web::test]
     async fn the_connection_keeps_its_place_until_the_writer_ends() {
-        let limits = ConnectionLimits::new(1, 1, "test_connections");
+        let limits = ConnectionLimits::new(1, 1, 0, "test_connections");
         let ip = std::net::Ipv4Addr::LOCALHOST.into();
         let session = Notices(Arc::new(AtomicUsize::new(0))).start().recipient();
         let (sink, _client) = connection(false).await;

@@ -19,7 +19,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::types::Json;
 use turnout_actors::domain::StoredEvent;
 use turnout_actors::domain::{
-    EventId, Lifecycle, MemberStatus, UserId, VenueId, WaitlistFill, WaitlistMode,
+    EventId, GeoBox, Lifecycle, MemberStatus, UserId, VenueId, WaitlistFill, WaitlistMode,
 };
 use turnout_actors::store::{EventStore, StoreError};
 use uuid::Uuid;
@@ -171,6 +171,8 @@ pub struct OutboxMessage {
 pub struct EventFilter {
     pub venue_id: Option<VenueId>,
     pub tag: Option<String>,
+    /// Only events at venues inside this box (a radius feed's circle).
+    pub within: Option<GeoBox>,
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
     pub after: Option<(i64, Uuid)>,

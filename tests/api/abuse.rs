@@ -2,12 +2,14 @@
 //! memory or CPU from outside. Where memory is the point the test runs the
 //! real binary and bounds its resident memory or its `/metrics` page.
 
+use std::time::Duration;
+
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use turnout_actors::domain::UserId;
 
 use crate::helpers::{
-    Backend, TestApp, assert_error, body, fresh_database, id_of, labelled, metric,
+    Backend, TestApp, assert_error, body, fresh_database, id_of, labelled, metric, wait_until,
 };
 use crate::process::ServerProcess;
 use crate::realtime::{connect, next, send, subscribe};
@@ -425,14 +427,17 @@ async fn made_up_feeds_are_few_and_capped() {
 
 /// One client address cannot take every feed hub: past
 /// `max_filtered_feeds_per_ip` distinct filtered feeds over all its
-/// connections a subscribe is refused, and an unsubscribe gives its place
-/// back. A feed it already holds, and the city feed (one hub for everyone),
-/// take none.
+/// connections a subscribe is refused. A feed it left counts for as long as
+/// the hub it made may linger (`hub_idle_secs`), so that subscribing and
+/// leaving feed after feed cannot take them all either; the same feed may
+/// be taken again at once. A feed it already holds, and the city feed (one
+/// hub for everyone), take none.
 #[tokio::test]
 async fn one_address_holds_a_bounded_number_of_filtered_feeds() {
     let (_server, app, _dir) = server(&[
         ("TURNOUT_REALTIME__MAX_FILTERED_FEEDS_PER_IP", "3"),
         ("TURNOUT_REALTIME__MAX_SUBSCRIBES_PER_MINUTE", "0"),
+        ("TURNOUT_REALTIME__HUB_IDLE_SECS", "3"),
     ])
     .await;
     let (mut first, mut second) = (connect(&app).await, connect(&app).await);
@@ -462,8 +467,32 @@ async fn one_address_holds_a_bounded_number_of_filtered_feeds() {
     )
     .await;
     assert_eq!(next(&mut first).await["type"], "unsubscribed");
-    let taken = subscribe(&mut second, "feed?tag=d", None).await;
-    assert_eq!(taken["type"], "snapshot", "a place given back: {taken}");
+    let refused = subscribe(&mut second, "feed?tag=d", None).await;
+    assert_eq!(
+        refused["code"], "too_many_subscriptions",
+        "a feed just left still counts: {refused}"
+    );
+    let again = subscribe(&mut first, "feed?tag=a", None).await;
+    assert_eq!(again["type"], "snapshot", "the same feed again: {again}");
+    send(
+        &mut first,
+        json!({ "type": "unsubscribe", "channel": "feed?tag=a" }),
+    )
+    .await;
+    assert_eq!(next(&mut first).await["type"], "unsubscribed");
+    drop(first); // its feeds, the near one too, linger as well
+
+    let second = &tokio::sync::Mutex::new(second);
+    wait_until(
+        Duration::from_secs(15),
+        "a left feed's place is given back",
+        || async move {
+            let mut second = second.lock().await;
+            let answer = subscribe(&mut second, "feed?tag=d", None).await;
+            answer["type"] == "snapshot"
+        },
+    )
+    .await;
 }
 
 /// Filtered feeds from a few addresses can take every feed hub the node

@@ -947,6 +947,66 @@ async fn a_radius_feed_hears_only_about_venues_inside_the_circle() {
     );
 }
 
+/// A radius feed lists the soonest events inside its circle, however many
+/// sooner ones are elsewhere: 500 events at a venue just outside the
+/// circle (inside the box the database selects by) start before the one
+/// inside it.
+#[actix_web::test]
+async fn a_radius_feed_lists_its_circles_events_however_many_start_sooner_elsewhere() {
+    let app = sqlite_app(|_| {}).await;
+    let owner = app.register("owner@example.com").await;
+    // 10 km around (52.37, 4.90); this venue is 7.8 km north and 7.5 km
+    // east of the centre: 10.8 km away.
+    let corner = app
+        .as_user(&owner, Method::POST, "/v1/venues")
+        .json(&json!({ "name": "Corner hall", "lat": 52.44, "lon": 5.01 }))
+        .send()
+        .await
+        .unwrap();
+    let corner = crate::helpers::id_of(&body(corner).await);
+    let soon = chrono::Utc::now() + chrono::Duration::days(1);
+    futures_util::stream::iter(0..500)
+        .for_each_concurrent(16, |i| {
+            let (app, owner) = (&app, &owner);
+            async move {
+                let starts_at = soon + chrono::Duration::minutes(i);
+                let created = app
+                    .as_user(owner, Method::POST, "/v1/events")
+                    .json(&json!({ "title": format!("Corner {i}"), "venue_id": corner,
+                                   "starts_at": starts_at, "capacity": 5 }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(created.status(), StatusCode::CREATED);
+                let id = crate::helpers::id_of(&body(created).await);
+                let published = app
+                    .as_user(owner, Method::POST, &format!("/v1/events/{id}/publish"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(published.status(), StatusCode::OK);
+            }
+        })
+        .await;
+    let inside = app.published_event(&owner, 5).await; // at the Blue Room, 0.7 km away, in a week
+
+    let mut socket = connect(&app).await;
+    let snapshot = subscribe(&mut socket, "feed?near=52.37,4.90,10", None).await;
+    let listed: Vec<&str> = snapshot["data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [inside.to_string()]);
+    let city = subscribe(&mut socket, "feed", None).await;
+    assert_eq!(
+        city["data"]["events"].as_array().unwrap().len(),
+        500,
+        "the city feed lists the 500 soonest, all at the corner"
+    );
+}
+
 /// A raw connection to the server, for what a WebSocket client library
 /// would not send: bytes written as they are, read until the server closes.
 async fn raw(app: &TestApp) -> tokio::net::TcpStream {

@@ -7,10 +7,10 @@ use std::time::Duration;
 use actix::prelude::*;
 use chrono::Utc;
 use sqlx::Connection;
-use turnout::store::{self, PoolSettings, Store};
+use turnout::store::{self, EventFilter, PoolSettings, Store};
 use turnout_actors::domain::{
-    Capacity, Command, EventDetails, EventId, EventState, MemberStatus, PolicyPatch, Seats, Title,
-    UserId, VenueId, WaitlistMode, WaitlistPolicy, decide, evolve,
+    Capacity, Command, EventDetails, EventId, EventState, GeoBox, GeoPoint, MemberStatus,
+    PolicyPatch, Seats, Title, UserId, VenueId, WaitlistMode, WaitlistPolicy, decide, evolve,
 };
 use turnout_actors::placement::{ShardCount, ShardLease, shard_of};
 use turnout_actors::shards::HeldShards;
@@ -70,14 +70,26 @@ async fn create_event(
     owner: UserId,
     capacity: i64,
 ) -> EventId {
+    create_event_at(store, registry, owner, capacity, (0.0, 0.0)).await
+}
+
+/// A published event at a venue of its own at `(lat, lon)`, starting in a
+/// day.
+async fn create_event_at(
+    store: &Arc<dyn Store>,
+    registry: &EventRegistry,
+    owner: UserId,
+    capacity: i64,
+    (lat, lon): (f64, f64),
+) -> EventId {
     let venue = VenueId::new();
     store
         .create_venue(&store::VenueRecord {
             id: venue.as_uuid(),
             owner_id: owner.as_uuid(),
             name: "Hall".into(),
-            lat: 0.0,
-            lon: 0.0,
+            lat,
+            lon,
             address: None,
             time_zone: None,
             created_at: 0,
@@ -1418,6 +1430,38 @@ async fn offers_due_are_read_page_by_page(backend: Backend) {
     assert!(read.windows(2).all(|pair| pair[0].due <= pair[1].due));
 }
 
+/// A radius feed's load selects events by a box around its circle.
+async fn events_and_venues_are_selected_by_a_box(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((store, _)) = open(backend, &dir).await else {
+        return;
+    };
+    let registry = registry(&store, ActorSettings::default(), vec![Arbiter::current()]);
+    let owner = UserId::new();
+    let amsterdam = GeoPoint {
+        lat: 52.37,
+        lon: 4.9,
+    };
+    let inside = create_event_at(&store, &registry, owner, 5, (52.40, 4.95)).await;
+    let rotterdam = create_event_at(&store, &registry, owner, 5, (51.92, 4.48)).await;
+    let area = GeoBox::around(amsterdam, 10.0);
+
+    let filter = |within| EventFilter {
+        within,
+        from: Some(Utc::now()),
+        limit: 10,
+        ..EventFilter::default()
+    };
+    let ids = |events: Vec<store::EventRecord>| -> Vec<uuid::Uuid> {
+        events.into_iter().map(|e| e.id).collect()
+    };
+    let boxed = store.list_events(&filter(Some(area))).await.unwrap();
+    assert_eq!(ids(boxed), [inside.as_uuid()]);
+    let everywhere = store.list_events(&filter(None)).await.unwrap();
+    assert_eq!(everywhere.len(), 2);
+    assert!(ids(everywhere).contains(&rotterdam.as_uuid()));
+}
+
 /// A commit the journal gave up on (its `commit_timeout` passed) was
 /// answered as failed: it must not land later. On Postgres a statement left
 /// running when the journal drops its connection runs on, so the journal's
@@ -1502,5 +1546,6 @@ store_tests!(
     live_places_are_not_crowded_out_by_ended_ones,
     upcoming_joins_are_not_crowded_out_of_a_profile,
     offers_due_are_read_page_by_page,
+    events_and_venues_are_selected_by_a_box,
     a_commit_the_journal_gave_up_on_never_lands
 );

@@ -41,7 +41,7 @@ pub use event::{
     MAX_LEAD, MemberStatus, Membership, Party, Rejection, ScheduleProblem, WaitlistMove, decide,
     evolve, waitlist_moves,
 };
-pub use geo::{GeoPoint, haversine_km};
+pub use geo::{GeoBox, GeoPoint, haversine_km};
 pub use places::{Attendee, Holders, Offer};
 pub use stored::{DecodeError, StoredEvent, current_schema_version};
 pub use values::{

@@ -110,6 +110,17 @@ macro_rules! impl_reads {
                 if let Some(to) = f.to {
                     q.push(" AND e.starts_at < ").push_bind(micros(to));
                 }
+                if let Some(area) = f.within {
+                    q.push(" AND e.venue_id IN (SELECT v.id FROM venues v WHERE v.lat BETWEEN ")
+                        .push_bind(area.south)
+                        .push(" AND ")
+                        .push_bind(area.north)
+                        .push(" AND v.lon BETWEEN ")
+                        .push_bind(area.west)
+                        .push(" AND ")
+                        .push_bind(area.east)
+                        .push(")");
+                }
                 if let Some(tag) = &f.tag {
                     q.push(" AND EXISTS (SELECT 1 FROM event_tags t WHERE t.event_id = e.id AND t.tag = ")
                         .push_bind(tag.clone())
