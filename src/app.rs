@@ -440,6 +440,7 @@ async fn start_core(
             idle_timeout: Duration::from_secs(settings.actors.idle_timeout_secs),
             snapshot_every: settings.actors.snapshot_every,
             idempotency_ttl: chrono::Duration::hours(settings.idempotency.ttl_hours),
+            offers_woken_within: Some(settings.offers.woken_within()),
         },
         threads.start_many(actor_threads),
         held,

@@ -237,6 +237,20 @@ pub struct OfferSettings {
     pub warn_before_secs: u64,
 }
 
+impl OfferSettings {
+    pub fn sweep_period(&self) -> Duration {
+        Duration::from_secs(self.sweep_secs.max(1))
+    }
+
+    /// How far ahead of an offer's deadline a sweep is sure to have woken
+    /// its event: each looks two sweeps ahead, so the last before the
+    /// deadline wakes it at least one sweep before. An idle event actor
+    /// whose next deadline is further off may leave memory.
+    pub fn woken_within(&self) -> Duration {
+        self.sweep_period() * 3
+    }
+}
+
 /// Values given on the command line; they win over everything else.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {

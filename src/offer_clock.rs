@@ -1,7 +1,8 @@
 //! Wakes the events whose waitlist offers run out soon. Each event actor
 //! keeps its own offers' deadlines (a timer, re-armed when it loads), and
-//! stays in memory while it holds one; but after a restart, or when a shard
-//! moves here, nothing would load it. This sweep does: every `sweep_secs`
+//! stays in memory while one is near; but after a restart, when a shard
+//! moves here, or when it left memory while its deadlines were far off,
+//! nothing would load it. This sweep does: every `sweep_secs`
 //! it asks the read model for events holding an offer due within the next
 //! two sweeps, and sends each one this node holds the event's own clock
 //! command, which loads it — a deadline already past is processed at once.
@@ -33,7 +34,7 @@ pub fn start(
     commands: Arc<Commands>,
     background: &mut Background,
 ) {
-    let period = Duration::from_secs(settings.sweep_secs.max(1));
+    let period = settings.sweep_period();
     let horizon = chrono::Duration::from_std(period * 2).unwrap_or(chrono::Duration::MAX);
     background.spawn(
         "offer clock",

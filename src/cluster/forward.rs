@@ -154,7 +154,8 @@ async fn within_deadline(
 /// Why a forwarded command has no answer.
 #[derive(Debug)]
 pub enum Undelivered {
-    /// It never reached the holder (no connection): nothing was decided.
+    /// It never reached the holder (no connection), or the holder refused
+    /// it before running it: nothing was decided.
     NotSent,
     /// It may have reached the holder; its answer did not come back.
     Lost,
@@ -178,8 +179,15 @@ impl Peers {
     ) -> anyhow::Result<Self> {
         let mut client = reqwest::Client::builder()
             .timeout(timeout)
+            // A holder gone without a word (its host off, a partition)
+            // costs a connection attempt, not the command's deadline: the
+            // attempt is `NotSent`, and retried against the directory as
+            // another node takes the shard.
+            .connect_timeout(CONNECT_WITHIN)
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60));
+            // Below the holder's keep-alive (actix's 5 s): a connection it
+            // is closing is not sent a command whose answer would be lost.
+            .pool_idle_timeout(Duration::from_secs(4));
         if let Some(cert) = tls_root {
             let pem = std::fs::read(cert)
                 .with_context(|| format!("cannot read the TLS certificate {}", cert.display()))?;
@@ -222,10 +230,18 @@ impl Peers {
                     tracing::warn!(%error, node = %holder.node, "a forwarded command's answer was unreadable");
                     Undelivered::Lost
                 }),
+            // The handler answers every command it ran 200: anything else
+            // was refused before it ran (a node key not shared, a holder
+            // draining), and may go again.
             Ok(response) => {
-                tracing::error!(status = %response.status(), node = %holder.node,
-                    "a node refused a forwarded command: do the nodes share cluster.internal_secrets (or the JWT keys)?");
-                Err(Undelivered::Lost)
+                let status = response.status();
+                if matches!(status.as_u16(), 401 | 403) {
+                    tracing::error!(%status, node = %holder.node,
+                        "a node refused a forwarded command: do the nodes share cluster.internal_secrets (or the JWT keys)?");
+                } else {
+                    tracing::warn!(%status, node = %holder.node, "a node refused a forwarded command before running it");
+                }
+                Err(Undelivered::NotSent)
             }
             Err(error) if error.is_connect() => {
                 tracing::debug!(%error, node = %holder.node, "cannot reach a shard's holder");
@@ -250,6 +266,9 @@ impl Peers {
 
 /// Where forwarded commands arrive.
 pub const INTERNAL_PATH: &str = "/internal/commands";
+
+/// How long a node waits for a connection to a shard's holder.
+const CONNECT_WITHIN: Duration = Duration::from_millis(500);
 
 /// The key nodes sign their calls to each other with: short-lived tokens
 /// naming the calling node, under an issuer no user token has.

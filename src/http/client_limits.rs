@@ -7,7 +7,8 @@
 //! the handler starts reading it; past that the request is answered 408 and
 //! the connection is closed. A connection takes its place within
 //! `http.max_connections_per_ip` when accepted and gives it back when it
-//! closes; one over the cap gets 429 and is closed. A connection upgraded
+//! closes; one over the cap gets 429 and is closed, unless its request is
+//! another node's signed command (`http::internal`). A connection upgraded
 //! to a WebSocket gives its place back at the upgrade: the realtime limits
 //! count it from then on (`http::upgrade`).
 
@@ -124,7 +125,9 @@ pub async fn middleware(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    if let Some(&OverLimit(refused)) = req.conn_data::<OverLimit>() {
+    if let Some(&OverLimit(refused)) = req.conn_data::<OverLimit>()
+        && !super::internal::is_a_nodes_call(req.request())
+    {
         let mut refused = ApiError::from(refused).error_response();
         refused
             .head_mut()

@@ -31,6 +31,16 @@ pub async fn forwarded_command(
 /// A call signed with one of this cluster's node keys.
 pub struct NodeCaller;
 
+/// Whether `req` is a node's forwarded command, signed with a node key:
+/// the per-address connection cap does not hold a peer back (one forwards
+/// a hot event's joins on as many connections as it has in flight).
+pub fn is_a_nodes_call(req: &HttpRequest) -> bool {
+    req.path() == crate::cluster::forward::INTERNAL_PATH
+        && NodeCaller::from_request(req, &mut actix_web::dev::Payload::None)
+            .into_inner()
+            .is_ok()
+}
+
 impl FromRequest for NodeCaller {
     type Error = ApiError;
     type Future = Ready<Result<Self, ApiError>>;

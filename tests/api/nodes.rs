@@ -109,6 +109,46 @@ async fn joins_through_two_nodes_are_decided_by_one_actor_each() {
     );
 }
 
+/// A node forwards a hot event's commands on as many connections as it has
+/// in flight: the holder's per-address cap does not refuse them (it did,
+/// 429 before the handler, and a leave, which carries no key, was
+/// answered 503).
+#[actix_web::test]
+async fn forwarded_commands_pass_the_holders_per_address_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(url) = fresh_database(Backend::Postgres, &dir).await else {
+        return;
+    };
+    let a = spawn_node(&url, |_| {}).await;
+    let b = spawn_node(&url, |s| s.http.max_connections_per_ip = 2).await;
+    a.wait_for_placement(2).await;
+    b.wait_for_placement(2).await;
+    let owner = b.register("owner@example.com").await;
+    let event = event_held_by(&b, &owner).await;
+    let members: Vec<_> = (0..24).map(|_| b.user()).collect();
+    for member in &members {
+        assert_eq!(b.join(member, event).await.status(), StatusCode::CREATED);
+    }
+
+    let left = join_all(members.iter().map(|member| a.leave(member, event))).await;
+    let statuses: Vec<StatusCode> = left.iter().map(|r| r.status()).collect();
+    assert!(
+        statuses.iter().all(|s| s.is_success()),
+        "every leave through the other node is answered: {statuses:?}"
+    );
+    assert_eq!(b.event(event).await["active_count"], 0);
+    let page = a.metrics().await;
+    assert_eq!(
+        crate::helpers::labelled(
+            &page,
+            "turnout_forwarded_commands_total",
+            r#"outcome="not_sent""#
+        ),
+        0.0,
+        "none was refused and sent again"
+    );
+}
+
 /// Two servers sharing the real Postgres and the real Redis: a client on
 /// node A sees, in order, the joins made through node B.
 #[actix_web::test]

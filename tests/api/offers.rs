@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{
-    Backend, JWT_KEY, TestApp, User, assert_error, body, fresh_database, spawn_app_with,
+    Backend, JWT_KEY, TestApp, User, assert_error, body, fresh_database, metric, spawn_app_with,
+    wait_until,
 };
 use crate::process::ServerProcess;
 use crate::realtime::{self, me_socket};
@@ -522,13 +523,18 @@ async fn a_cancellation_reaches_every_place_holder_on_me(app: TestApp) {
 
 /// An offer made before a `kill -9` still runs out on time after the
 /// restart: the deadline is in the event's state, the sweep wakes the
-/// event, and its timer passes the offer on.
+/// event, and its timer passes the offer on. Before the kill, the idle
+/// actor leaves memory though it holds the offer: its deadline is a minute
+/// off, further than the sweep is sure to wake it for.
 async fn an_offer_runs_out_on_time_across_a_kill_9(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let Some(url) = fresh_database(backend, &dir).await else {
         return;
     };
-    let env = [("TURNOUT_OFFERS__SWEEP_SECS", "1")];
+    let env = [
+        ("TURNOUT_OFFERS__SWEEP_SECS", "1"),
+        ("TURNOUT_ACTORS__IDLE_TIMEOUT_SECS", "1"),
+    ];
     let mut server = ServerProcess::start(&url, dir.path(), &env).await;
     let app = TestApp::attach(&server.address, JWT_KEY);
     let owner = app.register("owner@example.com").await;
@@ -545,6 +551,13 @@ async fn an_offer_runs_out_on_time_across_a_kill_9(backend: Backend) {
         .unwrap()
         .parse()
         .unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "the idle actor holding a far-off offer leaves memory",
+        || async { metric(&app.metrics().await, "turnout_live_actors") == Some(0.0) },
+    )
+    .await;
+    assert_eq!(membership(&app, &b, event).await["status"], "offered");
 
     server.child.kill().expect("SIGKILL");
     server.child.wait().unwrap();

@@ -56,6 +56,11 @@ pub struct ActorSettings {
     pub snapshot_every: u64,
     /// How long idempotency records are kept.
     pub idempotency_ttl: chrono::Duration,
+    /// How far ahead of an offer's deadline the server's sweep is sure to
+    /// have woken its event: an idle actor whose next deadline is further
+    /// off leaves memory, as one holding no offer does. `None`: nothing
+    /// wakes it, so an actor holding offers stays until they pass.
+    pub offers_woken_within: Option<Duration>,
 }
 
 impl Default for ActorSettings {
@@ -65,6 +70,7 @@ impl Default for ActorSettings {
             idle_timeout: Duration::from_secs(300),
             snapshot_every: 500,
             idempotency_ttl: chrono::Duration::hours(24),
+            offers_woken_within: None,
         }
     }
 }
@@ -309,6 +315,18 @@ impl EventActor {
             false,
             ctx,
         );
+    }
+
+    /// Whether an offer's deadline is too near for this actor to leave:
+    /// nothing but its own timer would act on it in time. (An offer may be
+    /// held for days; the actor need not be, for the sweep wakes it.)
+    fn keeps_an_offers_time(&self) -> bool {
+        let Some(next) = self.state.as_ref().and_then(EventState::next_deadline) else {
+            return false;
+        };
+        self.settings.offers_woken_within.is_none_or(|within| {
+            chrono::Duration::from_std(within).is_ok_and(|within| next <= Utc::now() + within)
+        })
     }
 
     /// Keeps one timer, for the earliest offer deadline.
@@ -928,10 +946,8 @@ impl Actor for EventActor {
         ctx.run_interval(
             (idle / 4).max(Duration::from_millis(50)),
             move |actor, ctx| {
-                // An actor holding offers keeps their timer: it stays.
                 actor.keys.let_go_of_old(Instant::now());
-                let holds_offers = actor.state.as_ref().is_some_and(|s| !s.offers.is_empty());
-                if actor.last_active.elapsed() >= idle && !holds_offers {
+                if actor.last_active.elapsed() >= idle && !actor.keeps_an_offers_time() {
                     tracing::debug!(event_id = %actor.id, "passivating idle event actor");
                     actor.stop_if_unwanted(ctx);
                 }

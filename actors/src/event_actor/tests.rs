@@ -476,6 +476,60 @@ async fn an_actor_whose_lease_lapsed_stays_for_the_renewal() {
     assert_eq!(registry.live_actors(), 1);
 }
 
+/// An idle actor holding an offer leaves memory when its deadline lies
+/// beyond what the server's sweep is sure to wake it for; nearer than
+/// that, or with nothing to wake it, it stays for its own timer.
+#[actix::test]
+async fn an_idle_actor_holding_a_far_off_offer_leaves_memory() {
+    let cases = [
+        (Some(Duration::from_secs(10)), true),
+        (Some(Duration::from_secs(120)), false),
+        (None, false),
+    ];
+    for (offers_woken_within, leaves) in cases {
+        let settings = ActorSettings {
+            idle_timeout: Duration::from_millis(100),
+            offers_woken_within,
+            ..ActorSettings::default()
+        };
+        let everything = Arc::new(HeldShards::everything(ShardCount::DEFAULT));
+        let (store, registry) = setup_with(Duration::ZERO, everything, settings);
+        let (event, owner, member) = (EventId::new(), UserId::new(), UserId::new());
+        let policy = WaitlistPolicy {
+            mode: WaitlistMode::Offer,
+            offer_hold: OfferHold::parse(60).unwrap(),
+            ..WaitlistPolicy::default()
+        };
+        let at = Utc::now();
+        for command in [
+            Command::Create {
+                id: event,
+                owner,
+                details: event_details(),
+                capacity: Capacity::parse(1).unwrap(),
+                policy,
+                at,
+            },
+            Command::Publish { by: owner, at },
+            join(member),
+            join(UserId::new()),
+            Command::Leave { user: member, at },
+        ] {
+            registry.execute(event, command, None, None).await.unwrap();
+        }
+        assert!(
+            store.log.lock().unwrap()[&event]
+                .iter()
+                .any(|fact| fact.event_type == "offered"),
+            "the waiting party holds an offer for a minute"
+        );
+
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let left = registry.live_actors() == 0;
+        assert_eq!(left, leaves, "woken within {offers_woken_within:?}");
+    }
+}
+
 /// An offer falling due while the lease has lapsed runs out once the
 /// renewal lands, on the actor's own clock: not at the next command, nor
 /// at the server's sweep.
