@@ -543,11 +543,19 @@ fn weak_key(key: &str) -> bool {
 /// a password written unencoded may hold `/`, `?` or `@`, and a base64 one
 /// often does, while a query's `@` (`?password=se@cret`) is no part of it.
 /// The query is the first `?` after the first `@`, or the first `?` at all.
+/// A `?` before the first `@` may be a password's or a query's (one with no
+/// user info, `?password=p@ss`): which, the URL does not say, so nothing
+/// but the scheme is printed.
 pub fn redact_url(url: &SecretString) -> String {
     let raw = url.expose_secret();
     let (prefix, rest) = match raw.find("://") {
         Some(scheme_end) => {
             let (scheme, rest) = raw.split_at(scheme_end + 3);
+            if let (Some(at), Some(query)) = (rest.find('@'), rest.find('?'))
+                && query < at
+            {
+                return format!("{scheme}***");
+            }
             let query = rest
                 .find('@')
                 .and_then(|at| rest[at..].find('?').map(|q| at + q))
@@ -758,8 +766,14 @@ mod tests {
         );
         let in_query = SecretString::from("postgres://app@db/x?sslmode=require&password=hunter2");
         assert_eq!(redact_url(&in_query), "postgres://app:***@db/x?***");
-        let odd = SecretString::from("postgres://app:hun?ter2@db/x");
-        assert_eq!(redact_url(&odd), "postgres://app:***@db/x");
+        // A `?` before the first `@`: a password's, or a query's?
+        for ambiguous in [
+            "postgres://app:hun?ter2@db/x",
+            "postgres://db:5432/x?sslmode=require&password=hun@ter2",
+            "postgres:///x?host=/run/pg&password=hun@ter2",
+        ] {
+            assert_eq!(redact_url(&SecretString::from(ambiguous)), "postgres://***");
+        }
         // A base64 password, unencoded, as operators paste them.
         let slashed = SecretString::from("postgres://app:hu/n+t@r2=@db:5432/x");
         assert_eq!(redact_url(&slashed), "postgres://app:***@db:5432/x");

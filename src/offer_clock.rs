@@ -8,6 +8,8 @@
 //! command, which loads it — a deadline already past is processed at once.
 
 use std::sync::Arc;
+
+use futures_util::StreamExt;
 use std::time::Duration;
 
 use turnout_actors::domain::{Command, EventId};
@@ -66,22 +68,31 @@ pub fn start(
     );
 }
 
-/// Sends each of `events` its own clock command, one after another.
+/// Events woken at once: one stuck for [`WAKE_WITHIN`] (its shard on the
+/// move, a slow load) must not hold up the rest, nor a sweep of thousands
+/// run them all at once.
+const WAKES_AT_ONCE: usize = 32;
+
+/// Sends each of `events` its own clock command, [`WAKES_AT_ONCE`] at a
+/// time.
 async fn wake(commands: &Commands, events: impl Iterator<Item = EventId>) {
-    for event in events {
-        let wake = Forwarded {
-            event,
-            // Each event's own time: the sweep waits for each
-            // commit, and an old `at` would shorten the holds
-            // of the offers it makes.
-            command: Command::ExpireOffers {
-                at: crate::store::now(),
-            },
-            idempotency: None,
-            request_id: None,
-        };
-        if let Err(error) = commands.execute(wake, WAKE_WITHIN).await {
-            tracing::warn!(%event, %error, "could not wake an event holding offers; the next sweep tries again");
-        }
+    futures_util::stream::iter(events)
+        .for_each_concurrent(WAKES_AT_ONCE, |event| wake_one(commands, event))
+        .await;
+}
+
+async fn wake_one(commands: &Commands, event: EventId) {
+    let wake = Forwarded {
+        event,
+        // Each event's own time: the sweep waits for each commit, and an
+        // old `at` would shorten the holds of the offers it makes.
+        command: Command::ExpireOffers {
+            at: crate::store::now(),
+        },
+        idempotency: None,
+        request_id: None,
+    };
+    if let Err(error) = commands.execute(wake, WAKE_WITHIN).await {
+        tracing::warn!(%event, %error, "could not wake an event holding offers; the next sweep tries again");
     }
 }

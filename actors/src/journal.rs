@@ -401,6 +401,9 @@ impl Journal {
                 .into_iter()
                 .partition(|p| !self.is_fenced_out(&p.append));
         self.buffer = keep;
+        // Else the gauge stays at the backlog a failed commit swept away:
+        // with the buffer empty, no commit starts to set it again.
+        metrics::gauge!("turnout_journal_pending").set(self.buffer.len() as f64);
         for p in refuse {
             p.reply.send(Err(AppendError::Conflict));
         }

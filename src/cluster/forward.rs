@@ -154,8 +154,8 @@ async fn within_deadline(
 /// Why a forwarded command has no answer.
 #[derive(Debug)]
 pub enum Undelivered {
-    /// It never reached the holder (no connection), or the holder refused
-    /// it before running it: nothing was decided.
+    /// It never reached the holder (no connection), or was refused before
+    /// it ran (429): nothing was decided.
     NotSent,
     /// It may have reached the holder; its answer did not come back.
     Lost,
@@ -183,7 +183,11 @@ impl Peers {
             // costs a connection attempt, not the command's deadline: the
             // attempt is `NotSent`, and retried against the directory as
             // another node takes the shard.
-            .connect_timeout(CONNECT_WITHIN)
+            .connect_timeout(if tls_root.is_some() {
+                CONNECT_WITHIN_TLS
+            } else {
+                CONNECT_WITHIN
+            })
             .tcp_nodelay(true)
             // Below the holder's keep-alive (actix's 5 s): a connection it
             // is closing is not sent a command whose answer would be lost.
@@ -230,18 +234,17 @@ impl Peers {
                     tracing::warn!(%error, node = %holder.node, "a forwarded command's answer was unreadable");
                     Undelivered::Lost
                 }),
-            // The handler answers every command it ran 200: anything else
-            // was refused before it ran (a node key not shared, a holder
-            // draining), and may go again.
-            Ok(response) => {
-                let status = response.status();
-                if matches!(status.as_u16(), 401 | 403) {
-                    tracing::error!(%status, node = %holder.node,
-                        "a node refused a forwarded command: do the nodes share cluster.internal_secrets (or the JWT keys)?");
-                } else {
-                    tracing::warn!(%status, node = %holder.node, "a node refused a forwarded command before running it");
-                }
+            // Too many requests: refused before it ran (a proxy's limit),
+            // so it may go again. Anything else may have come after it ran
+            // (a proxy's 502), or will not change (keys not shared).
+            Ok(response) if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
+                tracing::warn!(node = %holder.node, "a node refused a forwarded command before running it");
                 Err(Undelivered::NotSent)
+            }
+            Ok(response) => {
+                tracing::error!(status = %response.status(), node = %holder.node,
+                    "a node refused a forwarded command: do the nodes share cluster.internal_secrets (or the JWT keys)?");
+                Err(Undelivered::Lost)
             }
             Err(error) if error.is_connect() => {
                 tracing::debug!(%error, node = %holder.node, "cannot reach a shard's holder");
@@ -267,8 +270,10 @@ impl Peers {
 /// Where forwarded commands arrive.
 pub const INTERNAL_PATH: &str = "/internal/commands";
 
-/// How long a node waits for a connection to a shard's holder.
+/// How long a node waits for a connection to a shard's holder, and with
+/// TLS, whose handshake the wait covers (a busy holder's CPU).
 const CONNECT_WITHIN: Duration = Duration::from_millis(500);
+const CONNECT_WITHIN_TLS: Duration = Duration::from_secs(2);
 
 /// The key nodes sign their calls to each other with: short-lived tokens
 /// naming the calling node, under an issuer no user token has.

@@ -291,7 +291,7 @@ fn query_error(e: QueryPayloadError) -> ApiError {
 }
 
 /// serde's messages name Rust types ("expected i64"); say it in words.
-fn client_message(raw: &str) -> String {
+pub(crate) fn client_message(raw: &str) -> String {
     const WORDS: &[(&str, &str)] = &[
         ("i64", "an integer"),
         ("i32", "an integer"),
@@ -308,7 +308,39 @@ fn client_message(raw: &str) -> String {
     for (rust, words) in WORDS {
         message = message.replace(rust, words);
     }
-    message
+    without_type_names(&message)
+}
+
+/// serde names the type it expected (`expected struct CreateEventRequest`,
+/// `expected enum WaitlistMode`): the JSON kind is said instead.
+fn without_type_names(message: &str) -> String {
+    const KINDS: &[(&str, &str)] = &[
+        ("internally tagged enum ", "an object with a \"type\""),
+        ("enum ", "one of the allowed values"),
+        // `struct ` is `object ` by now.
+        ("object ", "an object"),
+    ];
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    'scan: while !rest.is_empty() {
+        for (kind, said) in KINDS {
+            let Some(after) = rest.strip_prefix(kind) else {
+                continue;
+            };
+            let name_len = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            if after.starts_with(|c: char| c.is_ascii_uppercase()) {
+                out.push_str(said);
+                rest = &after[name_len..];
+                continue 'scan;
+            }
+        }
+        let mut chars = rest.chars();
+        out.extend(chars.next());
+        rest = chars.as_str();
+    }
+    out
 }
 
 #[cfg(test)]
@@ -321,5 +353,30 @@ mod tests {
             message,
             "invalid type: string \"x\", expected an integer at line 1 column 9"
         );
+    }
+
+    #[test]
+    fn serde_messages_do_not_name_our_types() {
+        for (raw, said) in [
+            (
+                "invalid type: integer `5`, expected struct CreateEventRequest at line 1 column 1",
+                "invalid type: integer `5`, expected an object at line 1 column 1",
+            ),
+            (
+                "invalid type: integer `5`, expected enum WaitlistMode",
+                "invalid type: integer `5`, expected one of the allowed values",
+            ),
+            (
+                "invalid type: sequence, expected internally tagged enum ClientFrame",
+                "invalid type: sequence, expected an object with a \"type\"",
+            ),
+            (
+                "unknown variant `x`, expected one of `auto`, `offer`",
+                "unknown variant `x`, expected one of `auto`, `offer`",
+            ),
+            ("missing field `title`", "missing field `title`"),
+        ] {
+            assert_eq!(super::client_message(raw), said);
+        }
     }
 }

@@ -84,15 +84,18 @@ pub async fn middleware(
     mut req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    // Only a trusted proxy's id is believed: from anyone else it could
-    // pose as another request's in the logs.
-    let from_proxy = req
+    // Only a trusted proxy's id is believed, and another node's on the
+    // command it forwards (the client's, so the holder's lines carry it):
+    // from anyone else it could pose as another request's in the logs.
+    let believed = req
         .app_data::<actix_web::web::Data<super::rate_limit::RateLimits>>()
-        .is_some_and(|limits| limits.is_trusted_proxy(req.peer_addr()));
+        .is_some_and(|limits| limits.is_trusted_proxy(req.peer_addr()))
+        || (req.headers().contains_key(&REQUEST_ID)
+            && super::internal::is_a_nodes_call(req.request()));
     let id = req
         .headers()
         .get(&REQUEST_ID)
-        .filter(|_| from_proxy)
+        .filter(|_| believed)
         .and_then(sane)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let method = method_label(req.method());

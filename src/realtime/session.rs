@@ -255,7 +255,10 @@ impl WsSession {
     fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
         let frame = match protocol::parse_client_frame(text) {
             Ok(frame) => frame,
-            Err(e) => return self.strike(&format!("not a valid frame: {e}"), ctx),
+            Err(e) => {
+                let said = crate::http::client_message(&e.to_string());
+                return self.strike(&format!("not a valid frame: {said}"), ctx);
+            }
         };
         match frame {
             ClientFrame::Ping {} => self.reply(protocol::pong()),

@@ -172,6 +172,92 @@ async fn only_nodes_may_forward_commands(app: TestApp) {
     assert_eq!(app.event(event).await["active_count"], 1);
 }
 
+/// A connection over the per-address cap is refused, unless its request is
+/// a node's signed command: nodes forward a hot event's commands on as many
+/// connections as they have in flight. The command keeps the request id
+/// the client's request had on the node that forwarded it; a stranger's id
+/// is not believed.
+#[actix_web::test]
+async fn a_nodes_command_passes_the_per_address_connection_cap() {
+    let app = crate::helpers::spawn_app_with(Backend::Sqlite, |s| {
+        s.http.max_connections_per_ip = 1;
+    })
+    .await
+    .unwrap();
+    let owner = app.register("owner@example.com").await;
+    let event = app.published_event(&owner, 5).await;
+    // Each request on a connection of its own, closed after it.
+    let fresh = || {
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap()
+    };
+    let url = |path: &str| format!("{}{path}", app.address);
+    // The address's one place, taken by a connection that was served and
+    // stays open (once the test client's own idle connection is gone).
+    let mut held = None;
+    for _ in 0..200 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut socket = tokio::net::TcpStream::connect(app.address.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        socket
+            .write_all(b"GET /health HTTP/1.1\r\nHost: turnout\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = socket.read(&mut buf).await.unwrap();
+        if buf[..n].starts_with(b"HTTP/1.1 200") {
+            held = Some(socket);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(held.is_some(), "the address's place was never free");
+    let stranger = fresh()
+        .get(url("/v1/events"))
+        .header("x-request-id", "posing-as-another")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stranger.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_ne!(stranger.headers()["x-request-id"], "posing-as-another");
+    let unsigned = fresh()
+        .post(url("/internal/commands"))
+        .bearer_auth(app.token_with_role("admin"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        unsigned.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "only a node's key passes"
+    );
+    let ours = turnout::cluster::forward::InternalKeys::new(&[secrecy::SecretString::from(
+        crate::helpers::JWT_KEY.to_owned(),
+    )]);
+    let joiner = app.user();
+    let command = serde_json::json!({
+        "event": event,
+        "command": { "command": "join", "user": joiner.id, "at": chrono::Utc::now() },
+        "idempotency": null,
+        "request_id": null,
+    });
+    let forwarded = fresh()
+        .post(url("/internal/commands"))
+        .bearer_auth(ours.issue(turnout_actors::placement::NodeId::new()))
+        .header("x-request-id", "the-clients-request")
+        .json(&command)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forwarded.status(), StatusCode::OK);
+    assert_eq!(forwarded.headers()["x-request-id"], "the-clients-request");
+    assert!(crate::helpers::body(forwarded).await.get("Ok").is_some());
+}
+
 /// Two processes under one configured node id would take each other's
 /// shards back and forth: a second one refuses to start while the first
 /// still beats; one whose predecessor fell silent starts at once.

@@ -270,8 +270,11 @@ async fn websocket_frames_of_any_shape_break_nothing() {
                     closed = true;
                 }
                 Some(Ok(_)) => {}
-                // A close answered by the peer closing the stream.
-                None | Some(Err(_)) => closed = true,
+                // Every frame sent is a whole text or binary message: a
+                // session that ends says why, with a close frame first.
+                None | Some(Err(_)) => {
+                    panic!("the connection dropped without a close frame after {shown}: {frame:?}")
+                }
             }
         }
         if closed {
