@@ -568,6 +568,8 @@ pub fn redact_url(url: &SecretString) -> String {
                 None => (scheme.to_owned(), rest),
             }
         }
+        // No scheme: whatever stands before an `@` may be a password.
+        None if raw.contains('@') => return "***".to_owned(),
         None => (String::new(), raw),
     };
     match rest.split_once('?') {
@@ -773,6 +775,9 @@ mod tests {
             "postgres:///x?host=/run/pg&password=hun@ter2",
         ] {
             assert_eq!(redact_url(&SecretString::from(ambiguous)), "postgres://***");
+        }
+        for schemeless in ["app:hunter2@db:5432/x", "postgres:/app:hunter2@db/x"] {
+            assert_eq!(redact_url(&SecretString::from(schemeless)), "***");
         }
         // A base64 password, unencoded, as operators paste them.
         let slashed = SecretString::from("postgres://app:hu/n+t@r2=@db:5432/x");

@@ -70,8 +70,8 @@ pub fn start(
 
 /// Events woken at once: one stuck for [`WAKE_WITHIN`] (its shard on the
 /// move, a slow load) must not hold up the rest, nor a sweep of thousands
-/// run them all at once.
-const WAKES_AT_ONCE: usize = 32;
+/// take the request pool's connections (16 by default) from the clients.
+const WAKES_AT_ONCE: usize = 8;
 
 /// Sends each of `events` its own clock command, [`WAKES_AT_ONCE`] at a
 /// time.

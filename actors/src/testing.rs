@@ -29,6 +29,8 @@ pub struct MemoryStore {
     pub snapshots: AtomicUsize,
     /// Each stored-key lookup sleeps this long.
     pub lookup_delay: Duration,
+    /// Stored-key lookups begun, counted before their delay.
+    pub lookups_begun: AtomicUsize,
 }
 
 #[async_trait]
@@ -82,6 +84,7 @@ impl EventStore for MemoryStore {
     }
 
     async fn stored_answer(&self, user: UserId, key: &str) -> Result<Option<Given>, StoreError> {
+        self.lookups_begun.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(self.lookup_delay).await;
         let answers = self.answers.lock().unwrap();
         Ok(answers.get(&(user, key.to_owned())).cloned())

@@ -396,15 +396,18 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// Up to 120 operations, a cancellation last in one sequence of four.
+/// Up to 120 operations; in one sequence of four, a cancellation near the
+/// end, and a few commands after it (all refused).
 fn ops() -> impl Strategy<Value = Vec<Op>> {
     (
         prop::collection::vec(op(), 0..120),
         prop::bool::weighted(0.25),
+        prop::collection::vec(op(), 0..5),
     )
-        .prop_map(|(mut ops, cancelled)| {
+        .prop_map(|(mut ops, cancelled, after)| {
             if cancelled {
                 ops.push(Op::Cancel);
+                ops.extend(after);
             }
             ops
         })

@@ -318,6 +318,10 @@ fn without_type_names(message: &str) -> String {
         ("internally tagged enum ", "an object with a \"type\""),
         ("enum ", "one of the allowed values"),
         // `struct ` is `object ` by now.
+        ("object variant ", "an object"),
+        ("tuple variant ", "a list"),
+        ("tuple object ", "a list"),
+        ("unit object ", "null"),
         ("object ", "an object"),
     ];
     let mut out = String::with_capacity(message.len());
@@ -328,7 +332,7 @@ fn without_type_names(message: &str) -> String {
                 continue;
             };
             let name_len = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
                 .unwrap_or(after.len());
             if after.starts_with(|c: char| c.is_ascii_uppercase()) {
                 out.push_str(said);
@@ -375,6 +379,10 @@ mod tests {
                 "unknown variant `x`, expected one of `auto`, `offer`",
             ),
             ("missing field `title`", "missing field `title`"),
+            (
+                "invalid length 0, expected struct variant ClientFrame::Subscribe with 2 elements",
+                "invalid length 0, expected an object with 2 elements",
+            ),
         ] {
             assert_eq!(super::client_message(raw), said);
         }

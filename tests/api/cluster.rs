@@ -256,6 +256,18 @@ async fn a_nodes_command_passes_the_per_address_connection_cap() {
     assert_eq!(forwarded.status(), StatusCode::OK);
     assert_eq!(forwarded.headers()["x-request-id"], "the-clients-request");
     assert!(crate::helpers::body(forwarded).await.get("Ok").is_some());
+    // The place was held throughout (the keep-alive had not closed it).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut held = held.unwrap();
+    held.write_all(b"GET /health HTTP/1.1\r\nHost: turnout\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = held.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "the place was given up meanwhile"
+    );
 }
 
 /// Two processes under one configured node id would take each other's

@@ -54,9 +54,13 @@ async fn joins_through_two_nodes_are_decided_by_one_actor_each() {
     let owner = a.register("owner@example.com").await;
     let (capacity, joiners): (i64, usize) = (10, 24);
     let mut events = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..5 {
         events.push(a.published_event(&owner, capacity).await);
     }
+    // One that b holds, so that a forwards at least that event's joins.
+    // (Not counted on /metrics: its registry is the test process's, shared
+    // with every app in it.)
+    events.push(event_held_by(&b, &owner, capacity).await);
     let nodes = [&a, &b];
     let joins = events.iter().flat_map(|&event| {
         (0..joiners).map(move |i| {
@@ -96,17 +100,6 @@ async fn joins_through_two_nodes_are_decided_by_one_actor_each() {
             assert_eq!(seen["waitlist_count"], joiners as i64 - capacity);
         }
     }
-    let forwarded: f64 = join_all(nodes.iter().map(|n| n.metrics()))
-        .await
-        .iter()
-        .flat_map(|page| page.lines())
-        .filter(|l| l.starts_with("turnout_forwarded_commands_total{outcome=\"answered\"}"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    assert!(
-        forwarded > 0.0,
-        "a node answered for events it does not hold by forwarding"
-    );
 }
 
 /// A node forwards a hot event's commands on as many connections as it has
@@ -124,7 +117,7 @@ async fn forwarded_commands_pass_the_holders_per_address_cap() {
     a.wait_for_placement(2).await;
     b.wait_for_placement(2).await;
     let owner = b.register("owner@example.com").await;
-    let event = event_held_by(&b, &owner).await;
+    let event = event_held_by(&b, &owner, 5).await;
     let members: Vec<_> = (0..24).map(|_| b.user()).collect();
     for member in &members {
         assert_eq!(b.join(member, event).await.status(), StatusCode::CREATED);
@@ -210,7 +203,7 @@ async fn a_place_that_ended_unheard_is_told_once_the_link_is_back() {
     };
     a.wait_for_placement(2).await;
     let owner = b.register("owner@example.com").await;
-    let event = event_held_by(&b, &owner).await;
+    let event = event_held_by(&b, &owner, 5).await;
     let person = a.user();
     assert_eq!(b.join(&person, event).await.status(), StatusCode::CREATED);
     let (mut socket, snapshot) = crate::realtime::me_socket(&a, &person).await;
@@ -229,7 +222,7 @@ async fn a_place_that_ended_unheard_is_told_once_the_link_is_back() {
 }
 
 /// A published event of `owner`'s whose shard `node` holds.
-async fn event_held_by(node: &TestApp, owner: &crate::helpers::User) -> uuid::Uuid {
+async fn event_held_by(node: &TestApp, owner: &crate::helpers::User, capacity: i64) -> uuid::Uuid {
     let cluster = node.cluster().await;
     let me = cluster["nodes"]
         .as_array()
@@ -242,7 +235,7 @@ async fn event_held_by(node: &TestApp, owner: &crate::helpers::User) -> uuid::Uu
         turnout_actors::placement::ShardCount::new(cluster["shards"].as_u64().unwrap() as u32)
             .unwrap();
     for _ in 0..64 {
-        let event = node.published_event(owner, 5).await;
+        let event = node.published_event(owner, capacity).await;
         let shard = turnout_actors::placement::shard_of(event.into(), shards);
         let holder = cluster["leases"]
             .as_array()

@@ -302,9 +302,10 @@ async fn an_actor_refused_for_a_full_journal_leaves_once_its_earlier_appends_set
 /// answered only once the cancellation is durable.
 #[actix::test]
 async fn a_refusal_waits_for_the_facts_it_rests_on() {
-    let (_, registry) = setup(Duration::from_millis(200));
+    let (store, registry) = setup(Duration::from_millis(200));
     let (event, owner) = open_event(&registry, 10).await;
     let answered = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let begun = store.commits_begun.load(Ordering::SeqCst);
     let cancel = {
         let (registry, answered) = (registry.clone(), Arc::clone(&answered));
         actix::spawn(async move {
@@ -317,7 +318,10 @@ async fn a_refusal_waits_for_the_facts_it_rests_on() {
             done
         })
     };
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The cancellation is committing (for 200 ms) when the join comes.
+    while store.commits_begun.load(Ordering::SeqCst) == begun {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let join = join(UserId::new());
     let refused = registry.execute(event, join, None, None).await;
     answered.lock().unwrap().push("join");
@@ -696,7 +700,7 @@ async fn a_refusal_whose_shard_moved_during_its_lookup_is_not_given() {
         lookup_delay: Duration::from_millis(100),
         ..MemoryStore::default()
     });
-    let registry = registry_on(store, Arc::clone(&held), ActorSettings::default());
+    let registry = registry_on(store.clone(), Arc::clone(&held), ActorSettings::default());
     let event = EventId::new();
     let shard = held.shard_of(event);
     held.hold(ShardLease { shard, epoch: 1 }, far_off());
@@ -705,7 +709,9 @@ async fn a_refusal_whose_shard_moved_during_its_lookup_is_not_given() {
     // Given the owner's keyed join, refused and looking its key up,
     let key = join_key(owner, "k", event);
     let refused = spawn_execute(&registry, event, join(owner), Some(key));
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    while store.lookups_begun.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     // when the shard moves to another node before the lookup returns,
     held.let_go(shard);
     // then the refusal is not given.
