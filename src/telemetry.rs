@@ -99,11 +99,20 @@ pub fn traces_on() -> bool {
 pub fn init(format: &str, level: &str, traces: &TraceSettings) -> anyhow::Result<Telemetry> {
     let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
     let _ = DROPPED_LOG_LINES.set(writer.error_counter());
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(format!(
-            "{level},sqlx=warn,actix_server=warn,actix_web=warn"
-        ))
-    });
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| {
+            EnvFilter::new(format!(
+                "{level},sqlx=warn,actix_server=warn,actix_web=warn"
+            ))
+        })
+        // Whatever RUST_LOG says: sqlx warns of a connection parameter it
+        // does not know with its value, which may be a password
+        // (`?sslpassword=…`).
+        .add_directive(
+            "sqlx_postgres::options=error"
+                .parse()
+                .expect("a valid directive"),
+        );
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         // Colour codes only for a person at a terminal who has not asked
