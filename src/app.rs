@@ -236,7 +236,11 @@ impl Application {
             );
         }
         let metrics_server = match &settings.metrics.bind {
-            Some(bind) => Some(metrics_listener(bind, shared.state.clone())?),
+            Some(bind) => Some(metrics_listener(
+                bind,
+                shared.state.clone(),
+                shared.realtime.clone(),
+            )?),
             None => None,
         };
         let listening = listener
@@ -653,7 +657,11 @@ fn serve_http(
 }
 
 /// `/metrics` alone, on the operator's own address.
-fn metrics_listener(bind: &str, state: web::Data<AppState>) -> anyhow::Result<Server> {
+fn metrics_listener(
+    bind: &str,
+    state: web::Data<AppState>,
+    realtime: web::Data<Realtime>,
+) -> anyhow::Result<Server> {
     let listener =
         TcpListener::bind(bind).with_context(|| format!("cannot bind metrics.bind {bind}"))?;
     tracing::info!(bind, "metrics on a listener of their own");
@@ -661,6 +669,7 @@ fn metrics_listener(bind: &str, state: web::Data<AppState>) -> anyhow::Result<Se
     Ok(HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(realtime.clone())
             .app_data(access.clone())
             .route("/metrics", web::get().to(http::ops::metrics))
     })

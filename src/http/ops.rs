@@ -144,12 +144,14 @@ impl Readiness {
 pub async fn metrics(
     state: web::Data<AppState>,
     access: web::Data<MetricsAccess>,
+    realtime: web::Data<super::ws::Realtime>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     if !access.admits(&req) {
         return Err(ApiError::NotFound("route"));
     }
     metrics::gauge!("turnout_registry_actors").set(state.registry.live_actors() as f64);
+    metrics::gauge!("turnout_ws_hub_changes_queued").set(realtime.hubs.changes_queued() as f64);
     crate::memory::record();
     for pool in state.store.connections() {
         metrics::gauge!("turnout_db_connections", "pool" => pool.pool).set(pool.open as f64);

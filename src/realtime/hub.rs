@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -68,9 +69,35 @@ pub struct Unsubscribe {
     pub place: Option<FeedPlace>,
 }
 
+/// A committed change offered to a hub. It counts in the node's changes
+/// queued for hubs (`turnout_ws_hub_changes_queued`) until it is handled,
+/// or dropped with a stopped hub's mailbox: a hub's mailbox takes every
+/// change routed to it, without a bound, so the count is what shows one
+/// falling behind.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct OfferChange(pub Arc<EventChange>);
+pub struct OfferChange {
+    change: Arc<EventChange>,
+    _queued: QueuedChange,
+}
+
+impl OfferChange {
+    pub fn new(change: Arc<EventChange>, queued: &Arc<AtomicUsize>) -> Self {
+        queued.fetch_add(1, Ordering::Relaxed);
+        Self {
+            change,
+            _queued: QueuedChange(Arc::clone(queued)),
+        }
+    }
+}
+
+struct QueuedChange(Arc<AtomicUsize>);
+
+impl Drop for QueuedChange {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Changes may have been missed (the cross-node feed was down): reload the
 /// state, start a new epoch, and send every subscriber a fresh snapshot.
@@ -539,7 +566,8 @@ impl Handler<Unsubscribe> for ChannelHub {
 impl Handler<OfferChange> for ChannelHub {
     type Result = ();
 
-    fn handle(&mut self, OfferChange(change): OfferChange, ctx: &mut Self::Context) {
+    fn handle(&mut self, offered: OfferChange, ctx: &mut Self::Context) {
+        let change = offered.change;
         let venue = change.summary.details.venue_id.as_uuid();
         if !self.projection.needs_venue(venue) {
             return self.apply_and_broadcast(&change, ctx);

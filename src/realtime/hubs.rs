@@ -8,7 +8,7 @@
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -37,6 +37,8 @@ struct Inner {
     max_hubs: usize,
     max_feed_hubs: usize,
     misses: RecentMisses,
+    /// Changes offered to hubs and not yet handled ([`OfferChange`]).
+    queued: Arc<AtomicUsize>,
     /// The threads hubs run on, a channel always on the same one. A hub
     /// writes to its plain-TCP subscribers' sockets itself, so a big
     /// audience's fan-out is its thread's work.
@@ -149,6 +151,7 @@ impl Hubs {
             max_hubs: settings.max_hubs,
             max_feed_hubs: settings.max_feed_hubs,
             misses: RecentMisses::new(Duration::from_secs(10), 10_000),
+            queued: Arc::default(),
             threads: Threads::new(threads, "hubs"),
         }))
     }
@@ -217,7 +220,7 @@ impl Hubs {
         self.0.misses.changed(event, Instant::now());
         for channel in [Channel::Event(event), Channel::Venue(venue)] {
             if let Some(hub) = self.0.direct.get(&channel) {
-                hub.do_send(OfferChange(Arc::clone(&change)));
+                hub.do_send(OfferChange::new(Arc::clone(&change), &self.0.queued));
             }
         }
         if change.has("details_changed") {
@@ -228,13 +231,18 @@ impl Hubs {
             let here = Channel::Venue(venue);
             for hub in self.0.direct.iter() {
                 if matches!(hub.key(), Channel::Venue(_)) && *hub.key() != here {
-                    hub.do_send(OfferChange(Arc::clone(&change)));
+                    hub.do_send(OfferChange::new(Arc::clone(&change), &self.0.queued));
                 }
             }
         }
         for hub in self.0.feeds.iter() {
-            hub.do_send(OfferChange(Arc::clone(&change)));
+            hub.do_send(OfferChange::new(Arc::clone(&change), &self.0.queued));
         }
+    }
+
+    /// Changes offered to hubs that none has handled yet.
+    pub fn changes_queued(&self) -> usize {
+        self.0.queued.load(Ordering::Relaxed)
     }
 }
 
@@ -254,6 +262,45 @@ impl HubHome for Hubs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A change counts as queued from when it is offered until it is
+    /// handled or dropped unhandled (a stopped hub's mailbox).
+    #[test]
+    fn an_offered_change_is_queued_until_it_is_dropped() {
+        use turnout_actors::domain::{
+            Capacity, Command, EventDetails, Title, UserId, VenueId, WaitlistPolicy, decide, evolve,
+        };
+        let queued = Arc::new(AtomicUsize::new(0));
+        let create = Command::Create {
+            id: EventId::new(),
+            owner: UserId::new(),
+            details: EventDetails {
+                title: Title::parse("Late jazz").unwrap(),
+                description: None,
+                venue_id: VenueId::new(),
+                starts_at: chrono::Utc::now() + chrono::Duration::days(1),
+                ends_at: None,
+                tags: vec![],
+            },
+            capacity: Capacity::parse(5).unwrap(),
+            policy: WaitlistPolicy::default(),
+            at: chrono::Utc::now(),
+        };
+        let facts = decide(None, &create).unwrap();
+        let state = facts.iter().fold(None, evolve).unwrap();
+        let change = Arc::new(EventChange {
+            summary: turnout_actors::store::EventSummary::from(&state),
+            facts,
+            moves: Vec::new(),
+            committed_at: chrono::Utc::now(),
+        });
+        let offers: Vec<OfferChange> = (0..3)
+            .map(|_| OfferChange::new(Arc::clone(&change), &queued))
+            .collect();
+        assert_eq!(queued.load(Ordering::Relaxed), 3);
+        drop(offers);
+        assert_eq!(queued.load(Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn a_miss_is_remembered_briefly_and_forgotten_on_a_change() {
