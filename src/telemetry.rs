@@ -105,9 +105,10 @@ pub fn init(format: &str, level: &str, traces: &TraceSettings) -> anyhow::Result
                 "{level},sqlx=warn,actix_server=warn,actix_web=warn"
             ))
         })
-        // Whatever RUST_LOG says: sqlx warns of a connection parameter it
-        // does not know with its value, which may be a password
-        // (`?sslpassword=…`).
+        // Beside RUST_LOG's own directives (a more specific one of its
+        // would still win): sqlx warns of a connection parameter it does
+        // not know with its value, which may be a password
+        // (`?sslpassword=…`), and of a malformed `.pgpass` line with it.
         .add_directive(
             "sqlx_postgres::options=error"
                 .parse()
