@@ -39,6 +39,26 @@ pub struct Breaker {
     state: Mutex<State>,
     threshold: u32,
     cool_down: Duration,
+    clock: Clock,
+}
+
+/// Where the breaker reads the time: the system's clock, or in tests one
+/// moved by hand, so that no stall of a loaded machine decides a test.
+#[derive(Debug)]
+enum Clock {
+    System,
+    #[cfg(test)]
+    Manual(Mutex<Instant>),
+}
+
+impl Clock {
+    fn now(&self) -> Instant {
+        match self {
+            Clock::System => Instant::now(),
+            #[cfg(test)]
+            Clock::Manual(now) => *now.lock().unwrap(),
+        }
+    }
 }
 
 /// A write the breaker let through; report how it went with
@@ -59,7 +79,7 @@ impl Drop for Admitted<'_> {
             let mut state = self.breaker.state();
             if matches!(*state, State::Probing) {
                 *state = State::Open {
-                    until: Instant::now(),
+                    until: self.breaker.clock.now(),
                 };
             }
         }
@@ -72,6 +92,7 @@ impl Breaker {
             state: Mutex::new(State::Closed { failures: 0 }),
             threshold: settings.failures.max(1),
             cool_down: Duration::from_millis(settings.cool_down_ms),
+            clock: Clock::System,
         }
     }
 
@@ -89,7 +110,7 @@ impl Breaker {
                 breaker: self,
                 probe: false,
             }),
-            State::Open { until } if Instant::now() >= until => {
+            State::Open { until } if self.clock.now() >= until => {
                 *state = State::Probing;
                 Ok(Admitted {
                     breaker: self,
@@ -98,7 +119,7 @@ impl Breaker {
             }
             State::Open { until } => Err(ApiError::WritesPaused(
                 until
-                    .saturating_duration_since(Instant::now())
+                    .saturating_duration_since(self.clock.now())
                     .as_secs()
                     .max(1),
             )),
@@ -124,7 +145,7 @@ impl Breaker {
                     metrics::counter!("turnout_breaker_opened_total").increment(1);
                 }
                 State::Open {
-                    until: Instant::now() + self.cool_down,
+                    until: self.clock.now() + self.cool_down,
                 }
             }
         };
@@ -149,7 +170,7 @@ impl Breaker {
     /// Open, and its cool-down over: the next write probes.
     pub fn probe_due(&self) -> bool {
         match *self.state() {
-            State::Open { until } => Instant::now() >= until,
+            State::Open { until } => self.clock.now() >= until,
             State::Probing => true,
             State::Closed { .. } => false,
         }
@@ -161,7 +182,7 @@ impl Breaker {
     pub fn cool_down_again(&self) {
         let mut state = self.state();
         if let State::Open { until } = &mut *state {
-            *until = Instant::now() + self.cool_down;
+            *until = self.clock.now() + self.cool_down;
         }
     }
 }
@@ -170,12 +191,22 @@ impl Breaker {
 mod tests {
     use super::*;
 
+    /// A breaker on a clock that moves only when [`advance`] moves it.
     fn breaker() -> Breaker {
-        Breaker::new(&BreakerSettings {
-            failures: 3,
-            // Long enough that no stall between two lines outlasts it.
-            cool_down_ms: 500,
-        })
+        Breaker {
+            clock: Clock::Manual(Mutex::new(Instant::now())),
+            ..Breaker::new(&BreakerSettings {
+                failures: 3,
+                cool_down_ms: 500,
+            })
+        }
+    }
+
+    fn advance(b: &Breaker, by: Duration) {
+        let Clock::Manual(now) = &b.clock else {
+            unreachable!("a test's breaker runs on a manual clock")
+        };
+        *now.lock().unwrap() += by;
     }
 
     fn fail(b: &Breaker) {
@@ -211,7 +242,7 @@ mod tests {
         for _ in 0..3 {
             fail(&b);
         }
-        std::thread::sleep(Duration::from_millis(600));
+        advance(&b, Duration::from_millis(500));
         b
     }
 
@@ -222,7 +253,9 @@ mod tests {
         assert!(b.admit().is_err(), "only one probe at a time");
         b.record::<()>(probe, &Err(ApiError::Unavailable));
         assert!(b.admit().is_err(), "open again");
-        std::thread::sleep(Duration::from_millis(600));
+        advance(&b, Duration::from_millis(499));
+        assert!(b.admit().is_err(), "for the whole cool-down");
+        advance(&b, Duration::from_millis(1));
         let probe = b.admit().unwrap();
         b.record(probe, &Ok(()));
         assert!(!b.is_open());
@@ -256,7 +289,7 @@ mod tests {
         b.cool_down_again();
         assert!(!b.probe_due());
         assert!(matches!(b.admit(), Err(ApiError::WritesPaused(_))));
-        std::thread::sleep(Duration::from_millis(600));
+        advance(&b, Duration::from_millis(500));
         let probe = b.admit().expect("a write probes once it is over");
         b.record(probe, &Ok(()));
         assert!(!b.is_open() && !b.probe_due());
