@@ -97,6 +97,21 @@ async fn a_node_configured_with_another_shard_count_refuses_to_start() {
     );
 }
 
+/// A join of `event` by `user` as one node forwards it to another.
+fn forwarded_join(event: uuid::Uuid, user: uuid::Uuid) -> Value {
+    serde_json::json!({
+        "event": event,
+        "command": { "command": "join", "user": user, "at": chrono::Utc::now() },
+        "idempotency": null,
+        "request_id": null,
+    })
+}
+
+/// The keys a cluster whose internal secret is `secret` signs calls with.
+fn node_keys(secret: &str) -> turnout::cluster::forward::InternalKeys {
+    turnout::cluster::forward::InternalKeys::new(&[secrecy::SecretString::from(secret.to_owned())])
+}
+
 /// The internal route takes commands only from nodes of the cluster: no
 /// token, a user's token (even an admin's), or a node token signed with
 /// another key are refused before the body is read, and nothing changes.
@@ -104,15 +119,8 @@ async fn only_nodes_may_forward_commands(app: TestApp) {
     let owner = app.register("owner@example.com").await;
     let event = app.published_event(&owner, 5).await;
     let stranger = app.user();
-    let command = serde_json::json!({
-        "event": event,
-        "command": { "command": "join", "user": stranger.id, "at": chrono::Utc::now() },
-        "idempotency": null,
-        "request_id": null,
-    });
-    let foreign = turnout::cluster::forward::InternalKeys::new(&[secrecy::SecretString::from(
-        "another-cluster-another-cluster-key".to_owned(),
-    )]);
+    let command = forwarded_join(event, stranger.id);
+    let foreign = node_keys("another-cluster-another-cluster-key");
     let tokens = [
         None,
         Some(stranger.token.clone()),
@@ -156,9 +164,7 @@ async fn only_nodes_may_forward_commands(app: TestApp) {
     assert_eq!(app.event(event).await["active_count"], 0);
 
     // A node of this cluster (its key is the JWT key here) is heard.
-    let ours = turnout::cluster::forward::InternalKeys::new(&[secrecy::SecretString::from(
-        crate::helpers::JWT_KEY.to_owned(),
-    )]);
+    let ours = node_keys(crate::helpers::JWT_KEY);
     let answered = app
         .request(Method::POST, "/internal/commands")
         .bearer_auth(ours.issue(turnout_actors::placement::NodeId::new()))
@@ -235,16 +241,8 @@ async fn a_nodes_command_passes_the_per_address_connection_cap() {
         StatusCode::TOO_MANY_REQUESTS,
         "only a node's key passes"
     );
-    let ours = turnout::cluster::forward::InternalKeys::new(&[secrecy::SecretString::from(
-        crate::helpers::JWT_KEY.to_owned(),
-    )]);
-    let joiner = app.user();
-    let command = serde_json::json!({
-        "event": event,
-        "command": { "command": "join", "user": joiner.id, "at": chrono::Utc::now() },
-        "idempotency": null,
-        "request_id": null,
-    });
+    let ours = node_keys(crate::helpers::JWT_KEY);
+    let command = forwarded_join(event, app.user().id);
     let forwarded = fresh()
         .post(url("/internal/commands"))
         .bearer_auth(ours.issue(turnout_actors::placement::NodeId::new()))

@@ -260,9 +260,14 @@ impl TestApp {
     }
 
     pub async fn venue(&self, owner: &User) -> Uuid {
+        self.venue_at(owner, "Blue Room", (52.37, 4.89)).await
+    }
+
+    /// A venue of `owner`'s named `name`, at `(lat, lon)`.
+    pub async fn venue_at(&self, owner: &User, name: &str, (lat, lon): (f64, f64)) -> Uuid {
         let response = self
             .as_user(owner, Method::POST, "/v1/venues")
-            .json(&json!({ "name": "Blue Room", "lat": 52.37, "lon": 4.89 }))
+            .json(&json!({ "name": name, "lat": lat, "lon": lon }))
             .send()
             .await
             .unwrap();
@@ -279,13 +284,36 @@ impl TestApp {
     /// (`waitlist_mode`, `offer_hold_secs`, …).
     pub async fn published_event_with(&self, owner: &User, capacity: i64, settings: Value) -> Uuid {
         let event = self.draft_event_with(owner, capacity, settings).await;
+        self.publish(owner, event).await;
+        event
+    }
+
+    /// The event `draft` describes (title, venue, start, capacity, …),
+    /// created by `owner` and published.
+    pub async fn published_as(&self, owner: &User, draft: Value) -> Uuid {
+        let event = self.create_event(owner, &draft).await;
+        self.publish(owner, event).await;
+        event
+    }
+
+    async fn create_event(&self, owner: &User, draft: &Value) -> Uuid {
+        let response = self
+            .as_user(owner, Method::POST, "/v1/events")
+            .json(draft)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        id_of(&body(response).await)
+    }
+
+    async fn publish(&self, owner: &User, event: Uuid) {
         let response = self
             .as_user(owner, Method::POST, &format!("/v1/events/{event}/publish"))
             .send()
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
-        event
     }
 
     pub async fn draft_event(&self, owner: &User, capacity: i64) -> Uuid {
@@ -303,14 +331,7 @@ impl TestApp {
             .as_object_mut()
             .unwrap()
             .extend(settings.as_object().cloned().unwrap_or_default());
-        let response = self
-            .as_user(owner, Method::POST, "/v1/events")
-            .json(&event)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::CREATED);
-        id_of(&body(response).await)
+        self.create_event(owner, &event).await
     }
 
     pub async fn join(&self, user: &User, event: Uuid) -> Response {

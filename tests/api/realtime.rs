@@ -915,24 +915,14 @@ async fn a_radius_feed_hears_only_about_venues_inside_the_circle() {
     assert_eq!(snapshot["data"]["events"], json!([]));
 
     let far_venue = app
-        .as_user(&owner, Method::POST, "/v1/venues")
-        .json(&json!({ "name": "Rotterdam hall", "lat": 51.9244, "lon": 4.4777 }))
-        .send()
-        .await
-        .unwrap();
-    let far_venue = crate::helpers::id_of(&body(far_venue).await);
+        .venue_at(&owner, "Rotterdam hall", (51.9244, 4.4777))
+        .await;
     let soon = chrono::Utc::now() + chrono::Duration::days(2);
-    let far = app
-        .as_user(&owner, Method::POST, "/v1/events")
-        .json(&json!({ "title": "Far away", "venue_id": far_venue, "starts_at": soon, "capacity": 5 }))
-        .send()
-        .await
-        .unwrap();
-    let far = crate::helpers::id_of(&body(far).await);
-    app.as_user(&owner, Method::POST, &format!("/v1/events/{far}/publish"))
-        .send()
-        .await
-        .unwrap();
+    app.published_as(
+        &owner,
+        json!({ "title": "Far away", "venue_id": far_venue, "starts_at": soon, "capacity": 5 }),
+    )
+    .await;
 
     let near = app.published_event(&owner, 5).await; // at the Blue Room, in Amsterdam
     let update = next(&mut socket).await;
@@ -957,34 +947,16 @@ async fn a_radius_feed_lists_its_circles_events_however_many_start_sooner_elsewh
     let owner = app.register("owner@example.com").await;
     // 10 km around (52.37, 4.90); this venue is 7.8 km north and 7.5 km
     // east of the centre: 10.8 km away.
-    let corner = app
-        .as_user(&owner, Method::POST, "/v1/venues")
-        .json(&json!({ "name": "Corner hall", "lat": 52.44, "lon": 5.01 }))
-        .send()
-        .await
-        .unwrap();
-    let corner = crate::helpers::id_of(&body(corner).await);
+    let corner = app.venue_at(&owner, "Corner hall", (52.44, 5.01)).await;
     let soon = chrono::Utc::now() + chrono::Duration::days(1);
     futures_util::stream::iter(0..500)
         .for_each_concurrent(16, |i| {
+            let starts_at = soon + chrono::Duration::minutes(i);
+            let draft = json!({ "title": format!("Corner {i}"), "venue_id": corner,
+                                "starts_at": starts_at, "capacity": 5 });
             let (app, owner) = (&app, &owner);
             async move {
-                let starts_at = soon + chrono::Duration::minutes(i);
-                let created = app
-                    .as_user(owner, Method::POST, "/v1/events")
-                    .json(&json!({ "title": format!("Corner {i}"), "venue_id": corner,
-                                   "starts_at": starts_at, "capacity": 5 }))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(created.status(), StatusCode::CREATED);
-                let id = crate::helpers::id_of(&body(created).await);
-                let published = app
-                    .as_user(owner, Method::POST, &format!("/v1/events/{id}/publish"))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(published.status(), StatusCode::OK);
+                app.published_as(owner, draft).await;
             }
         })
         .await;

@@ -1431,7 +1431,7 @@ async fn offers_due_are_read_page_by_page(backend: Backend) {
 }
 
 /// A radius feed's load selects events by a box around its circle.
-async fn events_and_venues_are_selected_by_a_box(backend: Backend) {
+async fn events_are_selected_by_a_box(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let Some((store, _)) = open(backend, &dir).await else {
         return;
@@ -1545,5 +1545,5 @@ store_tests!(
     live_places_are_not_crowded_out_by_ended_ones,
     upcoming_joins_are_not_crowded_out_of_a_profile,
     offers_due_are_read_page_by_page,
-    events_and_venues_are_selected_by_a_box
+    events_are_selected_by_a_box
 );

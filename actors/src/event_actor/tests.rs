@@ -437,14 +437,7 @@ async fn an_actor_whose_lease_lapsed_stays_for_the_renewal() {
     })
     .await
     .unwrap();
-    let passivated = async {
-        while registry.live_actors() > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), passivated)
-        .await
-        .expect("the idle actor passivates");
+    until_passivated(&registry).await;
     assert!(matches!(keyed(&first).await, Ok(Reply::Replayed(_))));
     // and a member's join committing,
     let member = UserId::new();
@@ -480,6 +473,51 @@ async fn an_actor_whose_lease_lapsed_stays_for_the_renewal() {
     assert_eq!(registry.live_actors(), 1);
 }
 
+/// Waits (up to 10 s) until every actor of `registry` has left memory.
+async fn until_passivated(registry: &EventRegistry) {
+    let passivated = async {
+        while registry.live_actors() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), passivated)
+        .await
+        .expect("the idle actors passivate");
+}
+
+/// Event `id` of one place, offered for a minute's hold when freed: its
+/// member joins, a party waits, and the member leaves, every command at
+/// `at`. The waiting party then holds an offer until `at` plus a minute.
+async fn offer_a_place(registry: &EventRegistry, id: EventId, at: chrono::DateTime<Utc>) {
+    let (owner, member) = (UserId::new(), UserId::new());
+    let policy = WaitlistPolicy {
+        mode: WaitlistMode::Offer,
+        offer_hold: OfferHold::parse(60).unwrap(),
+        ..WaitlistPolicy::default()
+    };
+    let join_at = |user| Command::Join {
+        user,
+        seats: Seats::default(),
+        at,
+    };
+    for command in [
+        Command::Create {
+            id,
+            owner,
+            details: event_details(),
+            capacity: Capacity::parse(1).unwrap(),
+            policy,
+            at,
+        },
+        Command::Publish { by: owner, at },
+        join_at(member),
+        join_at(UserId::new()),
+        Command::Leave { user: member, at },
+    ] {
+        registry.execute(id, command, None, None).await.unwrap();
+    }
+}
+
 /// An idle actor holding an offer leaves memory when its deadline lies
 /// beyond what the server's sweep is sure to wake it for; nearer than
 /// that, or with nothing to wake it, it stays for its own timer.
@@ -498,29 +536,8 @@ async fn an_idle_actor_holding_a_far_off_offer_leaves_memory() {
         };
         let everything = Arc::new(HeldShards::everything(ShardCount::DEFAULT));
         let (store, registry) = setup_with(Duration::ZERO, everything, settings);
-        let (event, owner, member) = (EventId::new(), UserId::new(), UserId::new());
-        let policy = WaitlistPolicy {
-            mode: WaitlistMode::Offer,
-            offer_hold: OfferHold::parse(60).unwrap(),
-            ..WaitlistPolicy::default()
-        };
-        let at = Utc::now();
-        for command in [
-            Command::Create {
-                id: event,
-                owner,
-                details: event_details(),
-                capacity: Capacity::parse(1).unwrap(),
-                policy,
-                at,
-            },
-            Command::Publish { by: owner, at },
-            join(member),
-            join(UserId::new()),
-            Command::Leave { user: member, at },
-        ] {
-            registry.execute(event, command, None, None).await.unwrap();
-        }
+        let event = EventId::new();
+        offer_a_place(&registry, event, Utc::now()).await;
         assert!(
             store.log.lock().unwrap()[&event]
                 .iter()
@@ -529,14 +546,7 @@ async fn an_idle_actor_holding_a_far_off_offer_leaves_memory() {
         );
 
         if leaves {
-            let left = async {
-                while registry.live_actors() > 0 {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            };
-            tokio::time::timeout(Duration::from_secs(10), left)
-                .await
-                .expect("the idle actor leaves though it holds an offer");
+            until_passivated(&registry).await;
         } else {
             // Many idle checks (every 50 ms past 100 ms idle) go by.
             tokio::time::sleep(Duration::from_millis(600)).await;
@@ -562,38 +572,12 @@ async fn an_offer_due_while_the_lease_lapsed_runs_out_after_the_renewal() {
     held.hold(ShardLease { shard, epoch: 1 }, far_off());
     // Every command dated so that the offer's minute of hold ends 1.5 s
     // from now.
-    let at = Utc::now() - chrono::Duration::milliseconds(58_500);
-    let owner = UserId::new();
-    let (member, waiter) = (UserId::new(), UserId::new());
-    let policy = WaitlistPolicy {
-        mode: WaitlistMode::Offer,
-        offer_hold: OfferHold::parse(60).unwrap(),
-        ..WaitlistPolicy::default()
-    };
-    for command in [
-        Command::Create {
-            id: event,
-            owner,
-            details: event_details(),
-            capacity: Capacity::parse(1).unwrap(),
-            policy,
-            at,
-        },
-        Command::Publish { by: owner, at },
-        Command::Join {
-            user: member,
-            seats: Seats::default(),
-            at,
-        },
-        Command::Join {
-            user: waiter,
-            seats: Seats::default(),
-            at,
-        },
-        Command::Leave { user: member, at },
-    ] {
-        registry.execute(event, command, None, None).await.unwrap();
-    }
+    offer_a_place(
+        &registry,
+        event,
+        Utc::now() - chrono::Duration::milliseconds(58_500),
+    )
+    .await;
     let expired = || {
         store.log.lock().unwrap()[&event]
             .iter()
@@ -630,14 +614,7 @@ async fn facts_replayed_at_activation_count_towards_the_next_snapshot() {
     let (store, registry) = setup_with(Duration::ZERO, everything, settings);
     // Given an event of two facts whose actor went idle and passivated,
     let (event, _) = open_event(&registry, 5).await;
-    let passivated = async {
-        while registry.live_actors() > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), passivated)
-        .await
-        .expect("the idle actor passivates");
+    until_passivated(&registry).await;
     assert_eq!(store.snapshots.load(Ordering::SeqCst), 0);
 
     // when a fresh actor takes the third fact,
