@@ -242,12 +242,17 @@ impl OfferSettings {
         Duration::from_secs(self.sweep_secs.max(1))
     }
 
+    /// How far ahead each sweep looks: two sweeps.
+    pub fn sweep_horizon(&self) -> Duration {
+        self.sweep_period() * 2
+    }
+
     /// How far ahead of an offer's deadline a sweep is sure to have woken
-    /// its event: each looks two sweeps ahead, so the last before the
-    /// deadline wakes it at least one sweep before. An idle event actor
-    /// whose next deadline is further off may leave memory.
+    /// its event: the last sweep before the deadline wakes it at least one
+    /// sweep before. An idle event actor whose next deadline is further off
+    /// may leave memory.
     pub fn woken_within(&self) -> Duration {
-        self.sweep_period() * 3
+        self.sweep_horizon() + self.sweep_period()
     }
 }
 

@@ -37,7 +37,8 @@ pub fn start(
     background: &mut Background,
 ) {
     let period = settings.sweep_period();
-    let horizon = chrono::Duration::from_std(period * 2).unwrap_or(chrono::Duration::MAX);
+    let horizon =
+        chrono::Duration::from_std(settings.sweep_horizon()).unwrap_or(chrono::Duration::MAX);
     background.spawn(
         "offer clock",
         every(period, background.shutdown(), move |_| {

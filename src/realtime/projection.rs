@@ -188,11 +188,16 @@ impl Projection {
             Shown::Listing(events) => {
                 // A full listing takes an event not listed yet only if it
                 // starts sooner than the last listed, which it crowds out.
-                let full = events.len() >= LISTING_LIMIT && !events.contains_key(&view.id);
+                // (The last is looked for only then: it is a walk over the
+                // listing, and a busy city's joins mostly concern events
+                // the listing does not show.)
+                let may_list =
+                    concerned && lifecycle == Lifecycle::Published && view.starts_at > now;
+                let full =
+                    may_list && events.len() >= LISTING_LIMIT && !events.contains_key(&view.id);
                 let last = if full { latest(events) } else { None };
                 let fits = !full || last.is_some_and(|last| (view.starts_at, view.id) < last);
-                let listed =
-                    concerned && lifecycle == Lifecycle::Published && view.starts_at > now && fits;
+                let listed = may_list && fits;
                 let before = if listed {
                     events.insert(view.id, view.clone())
                 } else {
