@@ -14,7 +14,8 @@
 //! - `recommendations`: the recommenders' settings, source and catalog load.
 //! - `store`: the SQLite and Postgres adapters.
 //! - `telemetry`: logs and metrics.
-//! - `testing`: test support: a Postgres database per test.
+//! - `testing`: test support: a Postgres database per test, ports for
+//!   servers started as processes.
 //! - `views`: what clients see of an event, on HTTP and WebSocket alike.
 
 pub mod app;

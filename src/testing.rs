@@ -1,6 +1,6 @@
 //! Test support shared by the server's and the load tool's suites: a
 //! Postgres database of its own for every test that runs against the real
-//! server.
+//! server, and ports for the servers tests start as processes.
 //!
 //! Each database is named after the machine (its boot and process
 //! namespace) and the process that made it, and the first a process makes
@@ -135,6 +135,31 @@ fn with_database(url: &str, name: &str) -> String {
     match query {
         Some(q) => format!("{base}?{q}"),
         None => base,
+    }
+}
+
+/// A port for a server the tests start and restart where a proxy expects
+/// it: below the kernel's range for automatic ports (`bind(0)`, outgoing
+/// connections; `/proc/sys/net/ipv4/ip_local_port_range`), so nothing in
+/// this process is handed it while the server is down or not up yet, and
+/// never the same twice. Each test binary starts at an offset of its own.
+pub fn reserved_port() -> u16 {
+    use std::sync::atomic::AtomicU16;
+    static TAKEN: AtomicU16 = AtomicU16::new(0);
+    const LOWEST: u16 = 10_000;
+    let automatic_from: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    let span = automatic_from.saturating_sub(LOWEST).max(1);
+    let start = (std::process::id() % u32::from(span)) as u16;
+    loop {
+        let taken = TAKEN.fetch_add(1, Ordering::Relaxed);
+        assert!(taken < span, "no port left below {automatic_from}");
+        let port = LOWEST + (start + taken) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
     }
 }
 

@@ -18,6 +18,7 @@
 //!   of live actors it shares with them.
 //! - `recommend`: recommendation scoring, ranking and the per-user
 //!   recommender actors.
+//! - `queued`: counts of messages waiting in mailboxes without a bound.
 
 pub mod changes;
 pub mod domain;
@@ -26,6 +27,7 @@ pub mod idempotency;
 mod in_flight;
 pub mod journal;
 pub mod placement;
+pub mod queued;
 pub mod recommend;
 pub mod registry;
 mod roster;

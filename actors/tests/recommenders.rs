@@ -12,7 +12,7 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 use turnout_actors::domain::{EventId, GeoPoint, Lifecycle, Tag, UserId, VenueId};
 use turnout_actors::recommend::{
-    Catalog, EventUpdate, ListSink, ProfileSeed, RankedList, RecommendSettings,
+    Backlog, Catalog, EventUpdate, ListSink, ProfileSeed, RankedList, RecommendSettings,
     RecommendationSource, Recommenders,
 };
 use turnout_actors::store::StoreError;
@@ -337,6 +337,43 @@ async fn an_actor_with_nobody_to_serve_leaves_after_its_idle_time() {
         }
     }
     assert!(left, "the idle actor left");
+}
+
+/// What waits for the recommenders' thread is counted, and no longer once
+/// handled: a change until the keeper's tick takes it, the batch it makes
+/// until each actor has handled it.
+#[actix::test]
+async fn a_change_counts_as_waiting_until_the_recommenders_have_handled_it() {
+    let jazz = event("jazz", Lifecycle::Published, 2);
+    let between_ticks = RecommendSettings {
+        debounce: Duration::from_secs(3600),
+        ..settings()
+    };
+    let (recommenders, _, mut lists) = start_with(&[], Arc::new(JazzLover), between_ticks);
+    next(&mut lists).await;
+    recommenders.apply(jazz.clone());
+    assert_eq!(
+        recommenders.backlog(),
+        Backlog {
+            handed: 1,
+            in_mailboxes: 0
+        },
+        "handed, and the keeper has not ticked"
+    );
+
+    let (recommenders, _, mut lists) = start(&[]);
+    next(&mut lists).await;
+    recommenders.apply(jazz);
+    assert_eq!(events_of(&next(&mut lists).await).len(), 1);
+    let mut drained = false;
+    for _ in 0..50 {
+        if recommenders.backlog() == Backlog::default() {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(drained, "still waiting: {:?}", recommenders.backlog());
 }
 
 /// A user whose interests change from read to read: read `n` answers

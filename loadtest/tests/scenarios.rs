@@ -188,13 +188,10 @@ async fn small_hot_join_on_the_stick(args: &[&str]) {
     assert_eq!(report.outcomes.get("201"), Some(&300));
 }
 
-/// Starts a measuring-stick binary on a free port; its base URL once it answers.
+/// Starts a measuring-stick binary on a port of its own; its base URL once
+/// it answers.
 async fn start_stick(binary: &str, args: &[&str]) -> (std::process::Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = turnout::testing::reserved_port();
     let bind = format!("127.0.0.1:{port}");
     let stick = std::process::Command::new(binary)
         .args(["--bind", &bind])

@@ -150,8 +150,19 @@ pub async fn metrics(
     if !access.admits(&req) {
         return Err(ApiError::NotFound("route"));
     }
+    // The recorder is the process's, and these gauges are this app's: held
+    // from the first set to the render, so that a page shows one app's
+    // figures wherever several apps share a process (the tests).
+    static ONE_PAGE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _page = ONE_PAGE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     metrics::gauge!("turnout_registry_actors").set(state.registry.live_actors() as f64);
     metrics::gauge!("turnout_ws_hub_changes_queued").set(realtime.hubs.changes_queued() as f64);
+    let recommendations = state.recommenders.backlog();
+    metrics::gauge!("turnout_recs_queued", "queue" => "catalog").set(recommendations.handed as f64);
+    metrics::gauge!("turnout_recs_queued", "queue" => "actors")
+        .set(recommendations.in_mailboxes as f64);
     crate::memory::record();
     for pool in state.store.connections() {
         metrics::gauge!("turnout_db_connections", "pool" => pool.pool).set(pool.open as f64);

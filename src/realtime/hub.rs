@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -25,6 +24,7 @@ use super::socket::{Fanout, Frame, SendQueue};
 use crate::store::{EventFilter, EventRecord, Store};
 use turnout_actors::changes::EventChange;
 use turnout_actors::domain::{EventId, GeoPoint, VenueId};
+use turnout_actors::queued::{QueueCount, Queued};
 use turnout_actors::store::StoreError;
 
 /// What a hub needs of the hubs that started it: where it leaves when it
@@ -78,24 +78,15 @@ pub struct Unsubscribe {
 #[rtype(result = "()")]
 pub struct OfferChange {
     change: Arc<EventChange>,
-    _queued: QueuedChange,
+    _queued: Queued,
 }
 
 impl OfferChange {
-    pub fn new(change: Arc<EventChange>, queued: &Arc<AtomicUsize>) -> Self {
-        queued.fetch_add(1, Ordering::Relaxed);
+    pub fn new(change: Arc<EventChange>, queued: &QueueCount) -> Self {
         Self {
             change,
-            _queued: QueuedChange(Arc::clone(queued)),
+            _queued: queued.enter(),
         }
-    }
-}
-
-struct QueuedChange(Arc<AtomicUsize>);
-
-impl Drop for QueuedChange {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -8,13 +8,14 @@
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use dashmap::DashMap;
 use turnout_actors::changes::EventChange;
 use turnout_actors::domain::EventId;
+use turnout_actors::queued::QueueCount;
 use turnout_actors::threads::Threads;
 
 use super::RealtimeSettings;
@@ -38,7 +39,7 @@ struct Inner {
     max_feed_hubs: usize,
     misses: RecentMisses,
     /// Changes offered to hubs and not yet handled ([`OfferChange`]).
-    queued: Arc<AtomicUsize>,
+    queued: QueueCount,
     /// The threads hubs run on, a channel always on the same one. A hub
     /// writes to its plain-TCP subscribers' sockets itself, so a big
     /// audience's fan-out is its thread's work.
@@ -151,7 +152,7 @@ impl Hubs {
             max_hubs: settings.max_hubs,
             max_feed_hubs: settings.max_feed_hubs,
             misses: RecentMisses::new(Duration::from_secs(10), 10_000),
-            queued: Arc::default(),
+            queued: QueueCount::default(),
             threads: Threads::new(threads, "hubs"),
         }))
     }
@@ -242,7 +243,7 @@ impl Hubs {
 
     /// Changes offered to hubs that none has handled yet.
     pub fn changes_queued(&self) -> usize {
-        self.0.queued.load(Ordering::Relaxed)
+        self.0.queued.len()
     }
 }
 
@@ -262,45 +263,6 @@ impl HubHome for Hubs {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A change counts as queued from when it is offered until it is
-    /// handled or dropped unhandled (a stopped hub's mailbox).
-    #[test]
-    fn an_offered_change_is_queued_until_it_is_dropped() {
-        use turnout_actors::domain::{
-            Capacity, Command, EventDetails, Title, UserId, VenueId, WaitlistPolicy, decide, evolve,
-        };
-        let queued = Arc::new(AtomicUsize::new(0));
-        let create = Command::Create {
-            id: EventId::new(),
-            owner: UserId::new(),
-            details: EventDetails {
-                title: Title::parse("Late jazz").unwrap(),
-                description: None,
-                venue_id: VenueId::new(),
-                starts_at: chrono::Utc::now() + chrono::Duration::days(1),
-                ends_at: None,
-                tags: vec![],
-            },
-            capacity: Capacity::parse(5).unwrap(),
-            policy: WaitlistPolicy::default(),
-            at: chrono::Utc::now(),
-        };
-        let facts = decide(None, &create).unwrap();
-        let state = facts.iter().fold(None, evolve).unwrap();
-        let change = Arc::new(EventChange {
-            summary: turnout_actors::store::EventSummary::from(&state),
-            facts,
-            moves: Vec::new(),
-            committed_at: chrono::Utc::now(),
-        });
-        let offers: Vec<OfferChange> = (0..3)
-            .map(|_| OfferChange::new(Arc::clone(&change), &queued))
-            .collect();
-        assert_eq!(queued.load(Ordering::Relaxed), 3);
-        drop(offers);
-        assert_eq!(queued.load(Ordering::Relaxed), 0);
-    }
 
     #[test]
     fn a_miss_is_remembered_briefly_and_forgotten_on_a_change() {

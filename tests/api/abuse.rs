@@ -829,11 +829,7 @@ async fn metrics_answer_only_where_the_operator_says() {
         .unwrap();
     assert_error(refused, StatusCode::NOT_FOUND, "not_found").await;
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = turnout::testing::reserved_port();
     let separate = crate::helpers::spawn_app_with(Backend::Sqlite, |s| {
         s.metrics.bind = Some(format!("127.0.0.1:{port}"));
     })

@@ -113,8 +113,11 @@ pub fn test_settings(database_url: &str, dir: &tempfile::TempDir) -> Settings {
     settings.http.max_connections_per_ip = 0;
     settings.realtime.max_connections_per_ip = 0;
     // Apps given Redis share it with every other test: each hears only its
-    // own changes, unless a test links nodes on a channel of its choosing.
-    settings.realtime.redis_channel = format!("turnout:test:{}", Uuid::new_v4());
+    // own changes and relays its outbox to streams of its own, unless a
+    // test links nodes on names of its choosing.
+    let own = format!("turnout:test:{}", Uuid::new_v4());
+    settings.outbox.stream_prefix = format!("{own}:");
+    settings.realtime.redis_channel = own;
     settings
 }
 

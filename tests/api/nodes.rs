@@ -439,6 +439,7 @@ async fn linked_nodes(dir: &tempfile::TempDir) -> Option<(TestApp, TestApp, TcpP
         let channel = channel.clone();
         move |s: &mut turnout::config::Settings| {
             s.redis_url = Some(secrecy::SecretString::from(redis));
+            s.outbox.stream_prefix = format!("{channel}:");
             s.realtime.redis_channel = channel;
         }
     };
@@ -483,6 +484,7 @@ async fn a_dropped_tail_or_a_silent_node_makes_the_others_reload() {
     let channel = format!("turnout:test:{}", uuid::Uuid::new_v4());
     let node = spawn_node(&url, |s| {
         s.redis_url = Some(secrecy::SecretString::from(redis_url.clone()));
+        s.outbox.stream_prefix = format!("{channel}:");
         s.realtime.redis_channel = channel.clone();
     })
     .await;

@@ -19,28 +19,20 @@ impl Drop for ServerProcess {
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl ServerProcess {
-    /// Starts the binary on a free port with the test key, rate limits and
-    /// the per-address cap on HTTP connections off (the tests are one
-    /// address), plus `env`, and waits until it is ready.
+    /// Starts the binary on a port of its own choosing with the test key,
+    /// rate limits and the per-address cap on HTTP connections off (the
+    /// tests are one address), plus `env`, and waits until it is ready.
     pub async fn start(
         database_url: &str,
         data_dir: &std::path::Path,
         env: &[(&str, &str)],
     ) -> Self {
-        Self::start_on(free_port(), database_url, data_dir, env).await
+        Self::start_on(0, database_url, data_dir, env).await
     }
 
     /// [`ServerProcess::start`] on a given port (a node restarted where
-    /// its proxy expects it).
+    /// its proxy expects it: see [`turnout::testing::reserved_port`]); 0 lets it choose.
     #[allow(
         clippy::zombie_processes,
         reason = "the ServerProcess guard kills and waits on drop"
@@ -51,7 +43,7 @@ impl ServerProcess {
         data_dir: &std::path::Path,
         env: &[(&str, &str)],
     ) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_turnout"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_turnout"))
             .args([
                 "serve",
                 "--bind",
@@ -61,15 +53,32 @@ impl ServerProcess {
             ])
             .env("TURNOUT_JWT_SECRETS", JWT_KEY)
             .env("TURNOUT_DATA_DIR", data_dir)
-            .env("TURNOUT_LOG_LEVEL", "warn")
+            // The line saying where it listens, and warnings.
+            .env("TURNOUT_LOG_FORMAT", "json")
+            .env("TURNOUT_LOG_LEVEL", "warn,turnout::app=info")
+            .env_remove("RUST_LOG")
             .env("TURNOUT_RATE_LIMITS__ENABLED", "false")
             .env("TURNOUT_HTTP__MAX_CONNECTIONS_PER_IP", "0")
             .envs(env.iter().copied())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("the turnout binary starts");
-        let address = format!("http://127.0.0.1:{port}");
+        let listening = listening_port(child.stdout.take().expect("stdout is piped"));
+        let bound = loop {
+            if let Ok(port) = listening.try_recv() {
+                break port;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the server exited before it listened: {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(
+            port == 0 || port == bound,
+            "asked for {port}, bound {bound}"
+        );
+        let address = format!("http://127.0.0.1:{bound}");
         let client = reqwest::Client::new();
         for _ in 0..200 {
             if client
@@ -79,6 +88,9 @@ impl ServerProcess {
                 .is_ok_and(|r| r.status().is_success())
             {
                 return Self { child, address };
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the server exited before it was ready: {status}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -144,4 +156,26 @@ impl ServerProcess {
             .and_then(|kib| kib.parse().ok())
             .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
     }
+}
+
+/// Reads the server's log lines on a thread of their own until it ends (a
+/// full pipe would hold up its logging) and sends the port of its
+/// "turnout listening" line; the lines are echoed to the test's stderr,
+/// where the harness keeps a failed test's output.
+fn listening_port(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<u16> {
+    use std::io::BufRead;
+    let (tell, listening) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let logged: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if logged["message"] == "turnout listening" {
+                let port = logged["port"].as_u64().and_then(|p| u16::try_from(p).ok());
+                let _ = tell.send(port.expect("the listening line names its port"));
+            } else {
+                eprintln!("{line}");
+            }
+        }
+    });
+    listening
 }

@@ -30,6 +30,7 @@ use super::profile::Profile;
 use super::rank::{LiveList, RankSettings, Recommendation, ranked};
 use super::score::Reason;
 use crate::domain::{EventId, GeoPoint, Tag, UserId, VenueId};
+use crate::queued::{QueueCount, Queued};
 use crate::store::StoreError;
 
 /// What recommendations need from storage.
@@ -107,6 +108,8 @@ struct Shared {
     /// What the keeper takes in order on its next tick.
     handed: Mutex<Vec<Handed>>,
     actors: DashMap<UserId, Running>,
+    /// Changes and joins sent to the actors and not yet handled.
+    in_mailboxes: QueueCount,
     source: Arc<dyn RecommendationSource>,
     settings: RecommendSettings,
     thread: ArbiterHandle,
@@ -144,6 +147,7 @@ impl Recommenders {
             catalog: RwLock::new(catalog),
             handed: Mutex::new(Vec::new()),
             actors: DashMap::new(),
+            in_mailboxes: QueueCount::default(),
             source,
             settings,
             thread,
@@ -247,6 +251,26 @@ impl Recommenders {
         let (events, open) = self.shared.catalog.read().len();
         (self.shared.actors.len(), events, open)
     }
+
+    /// What waits for the recommenders' thread. Both queues take whatever
+    /// is handed to them, so these counts are what shows the thread falling
+    /// behind the changes.
+    pub fn backlog(&self) -> Backlog {
+        Backlog {
+            handed: self.shared.handed.lock().len(),
+            in_mailboxes: self.shared.in_mailboxes.len(),
+        }
+    }
+}
+
+/// See [`Recommenders::backlog`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Changes and reloads handed to the catalog's keeper for its next tick.
+    pub handed: usize,
+    /// Batches of changed events and users' own joins and leaves sent to
+    /// the recommender actors and not yet handled.
+    pub in_mailboxes: usize,
 }
 
 fn with_cards(catalog: &Catalog, list: Vec<Recommendation>) -> Vec<(Recommendation, EventCard)> {
@@ -360,7 +384,10 @@ impl CatalogKeeper {
         self.pending.dedup();
         let batch: Arc<[EventId]> = std::mem::take(&mut self.pending).into();
         for running in self.shared.actors.iter() {
-            running.addr.do_send(Changed(Arc::clone(&batch)));
+            running.addr.do_send(Changed {
+                events: Arc::clone(&batch),
+                _queued: self.shared.in_mailboxes.enter(),
+            });
         }
     }
 
@@ -403,6 +430,7 @@ impl CatalogKeeper {
                     running.addr.do_send(Moved {
                         event: update.id,
                         joined,
+                        _queued: self.shared.in_mailboxes.enter(),
                     });
                 }
             }
@@ -462,7 +490,10 @@ struct RemoveSink {
 /// Events that changed in the last debounce window.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Changed(Arc<[EventId]>);
+struct Changed {
+    events: Arc<[EventId]>,
+    _queued: Queued,
+}
 
 /// The user joined or left an event.
 #[derive(Message)]
@@ -470,6 +501,7 @@ struct Changed(Arc<[EventId]>);
 struct Moved {
     event: EventId,
     joined: bool,
+    _queued: Queued,
 }
 
 /// The catalog was loaded afresh: changes may have been missed.
@@ -723,7 +755,7 @@ impl Handler<RemoveSink> for RecommenderActor {
 impl Handler<Changed> for RecommenderActor {
     type Result = ();
 
-    fn handle(&mut self, Changed(events): Changed, _: &mut Self::Context) {
+    fn handle(&mut self, Changed { events, .. }: Changed, _: &mut Self::Context) {
         self.rescore(&events);
     }
 }
@@ -731,7 +763,7 @@ impl Handler<Changed> for RecommenderActor {
 impl Handler<Moved> for RecommenderActor {
     type Result = ();
 
-    fn handle(&mut self, Moved { event, joined }: Moved, _: &mut Self::Context) {
+    fn handle(&mut self, Moved { event, joined, .. }: Moved, _: &mut Self::Context) {
         self.moves_while_reading.heard((event, joined));
         let Some(profile) = self.profile.as_mut() else {
             return;

@@ -20,7 +20,8 @@ mod rank;
 mod score;
 
 pub use actor::{
-    ListSink, ProfileSeed, RankedList, RecommendSettings, RecommendationSource, Recommenders,
+    Backlog, ListSink, ProfileSeed, RankedList, RecommendSettings, RecommendationSource,
+    Recommenders,
 };
 pub use catalog::{Catalog, EventCard, EventUpdate};
 pub use profile::{DaySlot, Profile};
