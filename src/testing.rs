@@ -139,24 +139,41 @@ fn with_database(url: &str, name: &str) -> String {
 }
 
 /// A port for a server the tests start and restart where a proxy expects
-/// it: below the kernel's range for automatic ports (`bind(0)`, outgoing
-/// connections; `/proc/sys/net/ipv4/ip_local_port_range`), so nothing in
-/// this process is handed it while the server is down or not up yet, and
-/// never the same twice. Each test binary starts at an offset of its own.
+/// it: outside the kernel's range for automatic ports (`bind(0)`, outgoing
+/// connections; `/proc/sys/net/ipv4/ip_local_port_range`), below it where
+/// there is room (from 10000) and above it otherwise, so nothing in this
+/// process is handed it while the server is down or not up yet; never the
+/// same twice. Each test binary starts at an offset of its own.
 pub fn reserved_port() -> u16 {
-    use std::sync::atomic::AtomicU16;
-    static TAKEN: AtomicU16 = AtomicU16::new(0);
-    const LOWEST: u16 = 10_000;
-    let automatic_from: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32_768);
-    let span = automatic_from.saturating_sub(LOWEST).max(1);
-    let start = (std::process::id() % u32::from(span)) as u16;
+    use std::sync::atomic::AtomicU32;
+    static TAKEN: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let automatic: Vec<u32> = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .map(|range| {
+            range
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let (first, last) = match automatic[..] {
+        [first, last] => (first, last),
+        _ => (32_768, 60_999),
+    };
+    let (from, span) = if first > LOWEST + 1_000 {
+        (LOWEST, first - LOWEST)
+    } else {
+        (last + 1, 65_535 - last)
+    };
+    assert!(
+        span > 0,
+        "no port outside the automatic range {first}-{last}"
+    );
+    let start = std::process::id() % span;
     loop {
         let taken = TAKEN.fetch_add(1, Ordering::Relaxed);
-        assert!(taken < span, "no port left below {automatic_from}");
-        let port = LOWEST + (start + taken) % span;
+        assert!(taken < span, "every port from {from} is taken");
+        let port = u16::try_from(from + (start + taken) % span).expect("a port");
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }

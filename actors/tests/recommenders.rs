@@ -361,12 +361,41 @@ async fn a_change_counts_as_waiting_until_the_recommenders_have_handled_it() {
         "handed, and the keeper has not ticked"
     );
 
-    let (recommenders, _, mut lists) = start(&[]);
-    next(&mut lists).await;
+    // Two users on a thread of their own, whose sinks hold the thread up
+    // on the list the change brings: whichever actor handles its batch
+    // first, the other's waits in its mailbox until the gate opens.
+    let thread = actix::Arbiter::new();
+    let recommenders = Recommenders::start(
+        Catalog::default(),
+        Arc::new(JazzLover),
+        settings(),
+        thread.handle(),
+    );
+    let gate = Arc::new(Gate::default());
+    let (pushed, mut lists) = mpsc::unbounded_channel();
+    for id in 1..=2 {
+        let sink = Gated(Arc::clone(&gate), Pushed(pushed.clone()));
+        recommenders.subscribe(UserId::new(), id, Box::new(sink));
+    }
+    for _ in 1..=2 {
+        next(&mut lists).await;
+    }
     recommenders.apply(jazz);
-    assert_eq!(events_of(&next(&mut lists).await).len(), 1);
+    let mut held = false;
+    for _ in 0..250 {
+        if recommenders.backlog().in_mailboxes > 0 {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gate.open();
+    assert!(held, "a batch waited in a mailbox");
+    for _ in 1..=2 {
+        assert_eq!(events_of(&next(&mut lists).await).len(), 1);
+    }
     let mut drained = false;
-    for _ in 0..50 {
+    for _ in 0..250 {
         if recommenders.backlog() == Backlog::default() {
             drained = true;
             break;
@@ -374,6 +403,39 @@ async fn a_change_counts_as_waiting_until_the_recommenders_have_handled_it() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(drained, "still waiting: {:?}", recommenders.backlog());
+    thread.stop();
+}
+
+/// Closed until opened: holds up the thread that waits on it.
+#[derive(Default)]
+struct Gate {
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl Gate {
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+
+    fn wait(&self) {
+        let open = self.open.lock().unwrap();
+        drop(self.opened.wait_while(open, |open| !*open).unwrap());
+    }
+}
+
+/// A subscriber that takes its first list at once and waits at the gate
+/// with each later one.
+struct Gated(Arc<Gate>, Pushed);
+
+impl ListSink for Gated {
+    fn deliver(&mut self, list: &RankedList) -> bool {
+        if list.revision > 1 {
+            self.0.wait();
+        }
+        self.1.deliver(list)
+    }
 }
 
 /// A user whose interests change from read to read: read `n` answers

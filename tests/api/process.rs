@@ -2,7 +2,8 @@
 //! or measure its memory: an in-process app shares the test's heap.
 
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::mpsc::TryRecvError;
+use std::time::{Duration, Instant};
 
 use crate::helpers::JWT_KEY;
 
@@ -65,36 +66,50 @@ impl ServerProcess {
             .spawn()
             .expect("the turnout binary starts");
         let listening = listening_port(child.stdout.take().expect("stdout is piped"));
+        // Owned by the guard from here, so that a panic below kills it.
+        let mut server = Self {
+            child,
+            address: String::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
         let bound = loop {
-            if let Ok(port) = listening.try_recv() {
-                break port;
+            match listening.try_recv() {
+                Ok(port) => break port,
+                Err(TryRecvError::Disconnected) => {
+                    panic!("the server's log ended without its listening line")
+                }
+                Err(TryRecvError::Empty) => {}
             }
-            if let Some(status) = child.try_wait().unwrap() {
+            if let Some(status) = server.child.try_wait().unwrap() {
                 panic!("the server exited before it listened: {status}");
             }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not listen in 60 s"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         assert!(
             port == 0 || port == bound,
             "asked for {port}, bound {bound}"
         );
-        let address = format!("http://127.0.0.1:{bound}");
+        server.address = format!("http://127.0.0.1:{bound}");
         let client = reqwest::Client::new();
-        for _ in 0..200 {
+        while Instant::now() < deadline {
             if client
-                .get(format!("{address}/ready"))
+                .get(format!("{}/ready", server.address))
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success())
             {
-                return Self { child, address };
+                return server;
             }
-            if let Some(status) = child.try_wait().unwrap() {
+            if let Some(status) = server.child.try_wait().unwrap() {
                 panic!("the server exited before it was ready: {status}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("the server did not become ready");
+        panic!("the server did not become ready in 60 s");
     }
 
     /// Sends the process a signal (`TERM`, `STOP`, `CONT`, `KILL`).
@@ -159,22 +174,28 @@ impl ServerProcess {
 }
 
 /// Reads the server's log lines on a thread of their own until it ends (a
-/// full pipe would hold up its logging) and sends the port of its
-/// "turnout listening" line; the lines are echoed to the test's stderr,
-/// where the harness keeps a failed test's output.
+/// full pipe would hold up its logging), echoes them to the test's stderr,
+/// where the harness keeps a failed test's output, and sends the port of
+/// its "turnout listening" line.
 fn listening_port(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<u16> {
     use std::io::BufRead;
     let (tell, listening) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let logged: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if logged["message"] == "turnout listening" {
-                let port = logged["port"].as_u64().and_then(|p| u16::try_from(p).ok());
-                let _ = tell.send(port.expect("the listening line names its port"));
-            } else {
-                eprintln!("{line}");
+        let mut stdout = std::io::BufReader::new(stdout);
+        let mut line = Vec::new();
+        while stdout
+            .read_until(b'\n', &mut line)
+            .is_ok_and(|read| read > 0)
+        {
+            let text = String::from_utf8_lossy(&line);
+            eprint!("{text}");
+            let logged: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if logged["message"] == "turnout listening"
+                && let Some(port) = logged["port"].as_u64().and_then(|p| u16::try_from(p).ok())
+            {
+                let _ = tell.send(port);
             }
+            line.clear();
         }
     });
     listening

@@ -16,7 +16,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::changes::EventChange;
-use crate::domain::{EventId, GeoPoint, Lifecycle, Tag, UserId, VenueId};
+use itertools::Itertools;
+
+use crate::domain::{EventId, GeoBox, GeoPoint, Lifecycle, Tag, UserId, VenueId, haversine_km};
 
 /// Heat (join velocity) halves every this many hours.
 pub const HEAT_HALF_LIFE_HOURS: f64 = 6.0;
@@ -293,16 +295,17 @@ fn cell_of(p: GeoPoint) -> Cell {
     )
 }
 
+/// The index's entries starting in `(from, to)`, soonest first.
 fn starting_between(
     index: &Index,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-) -> impl Iterator<Item = EventId> + '_ {
+) -> impl Iterator<Item = (i64, EventId)> + '_ {
     let lo = (from.timestamp_micros(), EventId::from(Uuid::max()));
     let hi = (to.timestamp_micros(), EventId::from(Uuid::nil()));
     index
         .range((Bound::Excluded(lo), Bound::Excluded(hi)))
-        .map(|(_, id)| *id)
+        .copied()
 }
 
 impl Catalog {
@@ -625,10 +628,14 @@ impl Catalog {
             .get(tag)
             .into_iter()
             .flat_map(move |index| starting_between(index, from, to))
+            .map(|(_, id)| id)
     }
 
-    /// Open events within about `km` of `centre` starting in `(from, to)`:
-    /// whole grid cells, so callers still measure the distance.
+    /// Open events at venues within `km` of `centre` starting in
+    /// `(from, to)`, soonest first. The grid cells under the circle's box
+    /// are merged by start; where the box spans more cells than hold any
+    /// event (a circle that takes in a pole or crosses the antimeridian
+    /// spans every longitude), the cells that do are looked through instead.
     pub(crate) fn near(
         &self,
         centre: GeoPoint,
@@ -636,22 +643,42 @@ impl Catalog {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> impl Iterator<Item = EventId> + '_ {
-        let dlat = km / 111.0;
-        let dlon = km / (111.0 * centre.lat.to_radians().cos().max(0.01));
+        let area = GeoBox::around(centre, km);
         let (lo, hi) = (
             cell_of(GeoPoint {
-                lat: centre.lat - dlat,
-                lon: centre.lon - dlon,
+                lat: area.south,
+                lon: area.west,
             }),
             cell_of(GeoPoint {
-                lat: centre.lat + dlat,
-                lon: centre.lon + dlon,
+                lat: area.north,
+                lon: area.east,
             }),
         );
-        (lo.0..=hi.0)
-            .flat_map(move |y| (lo.1..=hi.1).map(move |x| (y, x)))
-            .filter_map(|cell| self.by_cell.get(&cell))
-            .flat_map(move |index| starting_between(index, from, to))
+        let spanned = u64::from((hi.0 - lo.0 + 1).unsigned_abs())
+            * u64::from((hi.1 - lo.1 + 1).unsigned_abs());
+        let cells: Vec<&Index> = if spanned <= self.by_cell.len() as u64 {
+            (lo.0..=hi.0)
+                .flat_map(|y| (lo.1..=hi.1).map(move |x| (y, x)))
+                .filter_map(|cell| self.by_cell.get(&cell))
+                .collect()
+        } else {
+            self.by_cell
+                .iter()
+                .filter(|((y, x), _)| (lo.0..=hi.0).contains(y) && (lo.1..=hi.1).contains(x))
+                .map(|(_, index)| index)
+                .collect()
+        };
+        cells
+            .into_iter()
+            .map(|index| starting_between(index, from, to))
+            .kmerge()
+            .map(|(_, id)| id)
+            .filter(move |id| {
+                self.cards
+                    .get(id)
+                    .and_then(|card| card.place)
+                    .is_some_and(|place| haversine_km(centre, place) <= km)
+            })
     }
 
     /// Open events, hottest first.
@@ -924,34 +951,59 @@ mod tests {
         assert!(catalog.co_evidence_for(&[a], c).is_none());
     }
 
+    /// Given events at venues around a centre, when the catalog is asked
+    /// for those within a radius, then it names the circle's events, soonest
+    /// first whichever cell they lie in, and none outside the circle (a
+    /// corner of its box): at mid-latitudes, far north and across the
+    /// antimeridian.
     #[test]
-    fn nearby_cells_cover_the_radius() {
-        let mut catalog = Catalog::default();
-        let venue = VenueId::from(Uuid::nil());
-        catalog.venue_located(
-            venue,
-            GeoPoint {
-                lat: 52.37,
-                lon: 4.90,
-            },
-        );
-        let id = new_id();
-        catalog.apply(&update(id, 1, &[]));
-        let now = Utc::now();
-        let to = now + Duration::days(7);
-        let close = GeoPoint {
-            lat: 52.40,
-            lon: 4.95,
-        };
-        let far = GeoPoint {
-            lat: 48.85,
-            lon: 2.35,
-        };
-        assert_eq!(
-            catalog.near(close, 6.0, now, to).collect::<Vec<_>>(),
-            vec![id]
-        );
-        assert_eq!(catalog.near(far, 6.0, now, to).count(), 0);
+    fn near_names_the_circles_events_soonest_first_wherever_it_lies() {
+        let (now, km) = (Utc::now(), 6.0);
+        for (centre, inside, outside) in [
+            // Amsterdam: 5.5 km north-east and 5.5 km south-west (different
+            // cells), and a box corner 7.5 km away.
+            (
+                (52.37, 4.90),
+                [(52.405, 4.958), (52.335, 4.842)],
+                (52.42, 4.98),
+            ),
+            // 80° N, where a cell is 1 km from west to east.
+            ((80.0, 10.0), [(80.004, 10.30), (79.99, 9.9)], (80.0, 10.4)),
+            // Across the antimeridian.
+            (
+                (0.0, 179.99),
+                [(0.0, -179.98), (0.01, 179.96)],
+                (0.0, -179.9),
+            ),
+        ] {
+            let mut catalog = Catalog::default();
+            let point = |(lat, lon): (f64, f64)| GeoPoint { lat, lon };
+            let mut within = Vec::new();
+            for (days, place) in [(1, inside[0]), (3, inside[1]), (2, outside)] {
+                let (id, venue) = (new_id(), VenueId::from(Uuid::now_v7()));
+                catalog.venue_located(venue, point(place));
+                catalog.apply(&EventUpdate {
+                    venue,
+                    ..update(id, days, &[])
+                });
+                if place != outside {
+                    within.push((days, id));
+                }
+            }
+            within.sort();
+            let found: Vec<EventId> = catalog
+                .near(point(centre), km, now, now + Duration::days(7))
+                .collect();
+            assert_eq!(
+                found,
+                within.iter().map(|(_, id)| *id).collect::<Vec<_>>(),
+                "around {centre:?}"
+            );
+            for place in inside {
+                assert!(haversine_km(point(centre), point(place)) <= km);
+            }
+            assert!(haversine_km(point(centre), point(outside)) > km);
+        }
     }
 
     #[test]
