@@ -362,8 +362,9 @@ async fn a_change_counts_as_waiting_until_the_recommenders_have_handled_it() {
     );
 
     // Two users on a thread of their own, whose sinks hold the thread up
-    // on the list the change brings: whichever actor handles its batch
-    // first, the other's waits in its mailbox until the gate opens.
+    // on the list the change brings: the actor that handles its batch
+    // first holds it while it delivers, and the other's waits in its
+    // mailbox, until the gate opens.
     let thread = actix::Arbiter::new();
     let recommenders = Recommenders::start(
         Catalog::default(),

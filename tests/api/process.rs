@@ -76,7 +76,9 @@ impl ServerProcess {
             match listening.try_recv() {
                 Ok(port) => break port,
                 Err(TryRecvError::Disconnected) => {
-                    panic!("the server's log ended without its listening line")
+                    std::thread::sleep(Duration::from_millis(200));
+                    let status = server.child.try_wait().unwrap();
+                    panic!("the server's log ended without its listening line (exit: {status:?})")
                 }
                 Err(TryRecvError::Empty) => {}
             }
@@ -94,7 +96,10 @@ impl ServerProcess {
             "asked for {port}, bound {bound}"
         );
         server.address = format!("http://127.0.0.1:{bound}");
-        let client = reqwest::Client::new();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
         while Instant::now() < deadline {
             if client
                 .get(format!("{}/ready", server.address))
