@@ -361,10 +361,29 @@ impl Settings {
             strong_keys(&keys, "TURNOUT_JWT_SECRETS")?;
             // The nodes' keys sign forwarded commands, which act as any
             // user: as strong as the users' own.
+            let internal = self.cluster.internal_keys();
             strong_keys(
-                &self.cluster.internal_keys(),
+                &internal,
                 "cluster.internal_secrets (TURNOUT_CLUSTER__INTERNAL_SECRETS)",
             )?;
+            // And not the users' keys, which an identity provider or a load
+            // tester may hold: a node's command skips the checks of a
+            // user's request (venue rights, rate limits, text). On SQLite
+            // the node is alone and forwards nothing.
+            if !crate::store::is_embedded(self.database_url.expose_secret()) {
+                anyhow::ensure!(
+                    !internal.is_empty(),
+                    "TURNOUT_ENV=production on Postgres needs \
+                     TURNOUT_CLUSTER__INTERNAL_SECRETS, keys of the nodes' own: \
+                     without them nodes sign forwarded commands with the JWT keys"
+                );
+                anyhow::ensure!(
+                    internal
+                        .iter()
+                        .all(|i| keys.iter().all(|k| k.expose_secret() != i.expose_secret())),
+                    "cluster.internal_secrets must not repeat a key of TURNOUT_JWT_SECRETS"
+                );
+            }
             anyhow::ensure!(
                 !self.http.cors_origins.iter().any(|o| o == "*")
                     && !self.realtime.allowed_origins.iter().any(|o| o == "*"),
@@ -635,6 +654,45 @@ mod tests {
         let short = production("secret").unwrap_err().to_string();
         assert!(short.contains("cluster.internal_secrets"), "{short}");
         assert!(production("change-me-change-me-change-me-change-me").is_err());
+    }
+
+    /// On Postgres, where nodes forward commands to each other, production
+    /// wants keys of the nodes' own, not the users'.
+    #[test]
+    fn production_on_postgres_wants_the_nodes_own_keys() {
+        let jwt = "6f1c9d2a8b7e4035a1c2d3e4f5061728394a5b6c7d8e9f00";
+        let production = |database: &str, internal: Option<&str>| {
+            let mut settings = Settings::load(&Overrides::default()).unwrap();
+            settings.unknown.clear();
+            settings.env = Environment::Production;
+            settings.database_url = SecretString::from(database.to_owned());
+            settings.jwt_secrets = Some(SecretString::from(jwt.to_owned()));
+            settings.cluster.internal_secrets = internal.map(|k| SecretString::from(k.to_owned()));
+            settings.validate().map_err(|e| e.to_string())
+        };
+        let postgres = "postgres://turnout@db/turnout";
+        let missing = production(postgres, None).unwrap_err();
+        assert!(
+            missing.contains("TURNOUT_CLUSTER__INTERNAL_SECRETS"),
+            "{missing}"
+        );
+        let shared = production(
+            postgres,
+            Some(&format!("0a9b8c7d6e5f40312233445566778899aabbcc,{jwt}")),
+        )
+        .unwrap_err();
+        assert!(shared.contains("must not repeat a key"), "{shared}");
+        assert!(
+            production(
+                postgres,
+                Some("0a9b8c7d6e5f40312233445566778899aabbccddeeff0011")
+            )
+            .is_ok()
+        );
+        assert!(
+            production("sqlite://turnout.db?mode=rwc", None).is_ok(),
+            "alone on SQLite"
+        );
     }
 
     #[test]

@@ -118,6 +118,11 @@ fn main() -> anyhow::Result<()> {
 /// a setting, a warning for a variable that may be someone else's.
 fn check_config(settings: &Settings) -> anyhow::Result<()> {
     println!("{settings:#?}");
+    // The settings' Debug hides every secret whole: say where they point.
+    println!("database: {}", redact_url(&settings.database_url));
+    if let Some(redis) = &settings.redis_url {
+        println!("redis: {}", redact_url(redis));
+    }
     for unknown in &settings.unknown {
         let kind = if unknown.is_surely_a_mistake() {
             "error"

@@ -44,6 +44,10 @@ fn config_check_prints_the_settings_without_secrets() {
     assert!(checked.status.success(), "{stderr}");
     assert!(stdout.contains("write_timeout_ms: 2500"), "{stdout}");
     assert!(
+        stdout.contains("database: postgres://app:***@db:5432/turnout"),
+        "where the database is, without its password: {stdout}"
+    );
+    assert!(
         !stdout.contains("hunter2") && !stdout.contains("nobody-may-see"),
         "{stdout}"
     );

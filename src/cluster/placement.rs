@@ -262,13 +262,15 @@ impl Placement {
             )
         };
 
-        let mut handing_over = Vec::new();
+        let (mut handing_over, mut taken) = (Vec::new(), 0);
         for (shard, planned) in moves {
             match planned {
                 // Not once the node began to leave, in a round that began
                 // before.
                 Move::Take { .. } if self.node.is_leaving() => {}
-                Move::Take { seen_epoch } => self.take(shard, seen_epoch, now, asked).await,
+                Move::Take { seen_epoch } => {
+                    taken += usize::from(self.take(shard, seen_epoch, now, asked).await);
+                }
                 Move::HandOver { epoch } => handing_over.push(ShardLease { shard, epoch }),
                 Move::Release { epoch } => {
                     self.release(shard, epoch).await;
@@ -283,6 +285,11 @@ impl Placement {
                     actix::spawn(self.registry.retire(shard));
                 }
             }
+        }
+        if taken > 0 {
+            // One line a round: a node alone on a fresh database takes
+            // every shard at once.
+            tracing::info!(shards = taken, "took shards");
         }
         if !handing_over.is_empty() {
             self.hand_over(handing_over).await;
@@ -303,7 +310,8 @@ impl Placement {
         metrics::gauge!("turnout_cluster_shards_held").set(self.held.held().len() as f64);
     }
 
-    async fn take(&self, shard: ShardId, seen_epoch: i64, now: i64, asked: Instant) {
+    /// Whether the shard was taken.
+    async fn take(&self, shard: ShardId, seen_epoch: i64, now: i64, asked: Instant) -> bool {
         let until = now + self.node.lease_ttl.as_micros() as i64;
         match self
             .store
@@ -318,7 +326,7 @@ impl Placement {
         {
             Ok(Some(epoch)) => {
                 metrics::counter!("turnout_cluster_lease_takeovers_total").increment(1);
-                tracing::info!(shard = shard.get(), epoch, "took a shard");
+                tracing::debug!(shard = shard.get(), epoch, "took a shard");
                 let lease = ShardLease {
                     shard,
                     epoch: epoch as u64,
@@ -330,9 +338,13 @@ impl Placement {
                 if self.node.is_leaving() {
                     self.hand_over(vec![lease]).await;
                 }
+                true
             }
-            Ok(None) => {}
-            Err(error) => tracing::warn!(%error, shard = shard.get(), "cannot take a shard"),
+            Ok(None) => false,
+            Err(error) => {
+                tracing::warn!(%error, shard = shard.get(), "cannot take a shard");
+                false
+            }
         }
     }
 

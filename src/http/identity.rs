@@ -1,6 +1,7 @@
 //! Request extractors: the caller's identity from `Authorization: Bearer`.
 //! A valid token is the identity — no per-request account lookup — so tokens
-//! from a trusted issuer work for users without a local account row.
+//! from a trusted issuer work for users without a local account row. Only
+//! the admin role is checked against the account too ([`still_admin`]).
 
 use std::future::{Ready, ready};
 
@@ -8,7 +9,10 @@ use actix_web::http::header::{AUTHORIZATION, HeaderValue};
 use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload, web};
 use turnout_actors::domain::UserId;
 
+use futures_util::future::LocalBoxFuture;
+
 use super::ApiError;
+use super::AppState;
 use super::ErrorCode;
 use crate::auth::{Claims, TokenError, TokenKeys};
 
@@ -95,24 +99,49 @@ impl FromRequest for MaybeUser {
     }
 }
 
-/// A caller whose token carries the `admin` role.
+/// A caller whose token carries the `admin` role and, where the caller has
+/// an account here, whose account still does ([`still_admin`]).
 #[derive(Debug, Clone)]
 pub struct AdminUser(pub AuthUser);
 
 impl FromRequest for AdminUser {
     type Error = ApiError;
-    type Future = Ready<Result<Self, Self::Error>>;
+    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(identify(req).and_then(|user| match user {
-            None => Err(ApiError::Unauthorized("this endpoint needs a bearer token")),
-            Some(user) if user.is_admin() => Ok(AdminUser(user)),
-            Some(_) => Err(ApiError::forbidden(
-                ErrorCode::AdminOnly,
-                "this endpoint is for administrators",
-            )),
-        }))
+        let identified = identify(req);
+        let state = req
+            .app_data::<web::Data<AppState>>()
+            .expect("AppState is registered as app data")
+            .clone();
+        Box::pin(async move {
+            let not_admin =
+                || ApiError::forbidden(ErrorCode::AdminOnly, "this endpoint is for administrators");
+            let user =
+                identified?.ok_or(ApiError::Unauthorized("this endpoint needs a bearer token"))?;
+            if !still_admin(&state, &user).await? {
+                return Err(not_admin());
+            }
+            Ok(AdminUser(user))
+        })
     }
+}
+
+/// Whether the caller acts as an administrator: the token carries the role
+/// and, where the caller has an account here, the account still does. So
+/// a demotion takes effect at once, not when the demoted admin's token
+/// runs out (a day, or more for tokens minted elsewhere); an identity
+/// that is only its token (from a trusted issuer, no account here) is
+/// what its token says.
+pub async fn still_admin(state: &AppState, user: &AuthUser) -> Result<bool, ApiError> {
+    if !user.is_admin() {
+        return Ok(false);
+    }
+    Ok(state
+        .store
+        .user(user.id)
+        .await?
+        .is_none_or(|account| account.role == crate::auth::Role::Admin))
 }
 
 #[cfg(test)]

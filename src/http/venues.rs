@@ -241,7 +241,7 @@ async fn standing(
 ) -> Result<Standing, ApiError> {
     Ok(if venue.owner_id == user.id.as_uuid() {
         Standing::Owner
-    } else if user.is_admin() {
+    } else if super::identity::still_admin(state, user).await? {
         Standing::Admin
     } else if state
         .store

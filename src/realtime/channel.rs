@@ -94,7 +94,7 @@ impl Channel {
     pub fn parse(name: &str) -> Result<Self, String> {
         let bad = || {
             format!(
-                "unknown channel {name:?}: expected event:<id>, venue:<id>, feed or feed?tag=<tag>"
+                "unknown channel {name:?}: expected event:<id>, venue:<id>, feed, feed?tag=<tag>, feed?near=<lat>,<lon>,<km>, me or recs"
             )
         };
         if let Some(id) = name.strip_prefix("event:") {

@@ -9,11 +9,13 @@ use serde_json::json;
 use crate::helpers::{TestApp, User, assert_error, body};
 use crate::on_both_backends;
 
-on_both_backends!(admin_routes_answer_to_admins_only);
+on_both_backends!(
+    admin_routes_answer_to_admins_only,
+    a_demoted_admin_is_refused_at_once
+);
 
-/// Sets a role through the real binary, then logs in again for a token
-/// carrying it.
-async fn promote(app: &TestApp, email: &str, role: &str) -> User {
+/// Sets a role through the real binary.
+fn set_role(app: &TestApp, email: &str, role: &str) {
     let output = Command::new(env!("CARGO_BIN_EXE_turnout"))
         .args(["set-role", email, role])
         .env("TURNOUT_DATABASE_URL", &app.database_url)
@@ -25,6 +27,12 @@ async fn promote(app: &TestApp, email: &str, role: &str) -> User {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// Sets a role through the real binary, then logs in again for a token
+/// carrying it.
+async fn promote(app: &TestApp, email: &str, role: &str) -> User {
+    set_role(app, email, role);
     let response = app
         .request(Method::POST, "/v1/auth/login")
         .json(&json!({ "email": email, "password": "correct horse" }))
@@ -49,6 +57,45 @@ const ROUTES: [(&str, &str); 3] = [
     ("GET", "/v1/admin/outbox/dead"),
     ("POST", "/v1/admin/outbox/1/replay"),
 ];
+
+/// The role is in the token, but an admin's account is looked at too: a
+/// demoted admin's token, still valid for hours, opens no admin route and
+/// no venue of someone else's. A token from a trusted issuer for a user
+/// with no account here is what it says.
+async fn a_demoted_admin_is_refused_at_once(app: TestApp) {
+    let owner = app.register("owner@example.org").await;
+    let venue = app.venue(&owner).await;
+    app.register("admin@example.org").await;
+    let admin = promote(&app, "admin@example.org", "admin").await;
+    let organizers = format!("/v1/venues/{venue}/organizers");
+    let as_admin = |path: &str| app.as_user(&admin, Method::GET, path).send();
+    assert_eq!(
+        as_admin("/v1/admin/stats").await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        as_admin(&organizers).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let from_elsewhere = app.token_with_role("admin");
+    let stats = app
+        .request(Method::GET, "/v1/admin/stats")
+        .bearer_auth(&from_elsewhere)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stats.status(), StatusCode::OK, "no account here: the token");
+
+    set_role(&app, "admin@example.org", "attendee");
+    assert_error(
+        as_admin("/v1/admin/stats").await.unwrap(),
+        StatusCode::FORBIDDEN,
+        "admin_only",
+    )
+    .await;
+    let refused = as_admin(&organizers).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+}
 
 async fn admin_routes_answer_to_admins_only(app: TestApp) {
     let attendee = app.register("attendee@example.org").await;

@@ -169,13 +169,17 @@ pub async fn run(args: RecsFanout) -> anyhow::Result<Report> {
         Check::new(
             "push latency (info)",
             true,
-            format!(
-                "from publishing: p50 {:.1} ms p99 {:.1} ms; until the last list: p50 {:.1} ms max {:.1} ms",
-                ms(from_send.value_at_quantile(0.5)),
-                ms(from_send.value_at_quantile(0.99)),
-                ms(all_delivered.value_at_quantile(0.5)),
-                ms(all_delivered.max()),
-            ),
+            if from_send.is_empty() {
+                "no list showed a round's event".to_owned()
+            } else {
+                format!(
+                    "from publishing: p50 {:.1} ms p99 {:.1} ms; until the last list: p50 {:.1} ms max {:.1} ms",
+                    ms(from_send.value_at_quantile(0.5)),
+                    ms(from_send.value_at_quantile(0.99)),
+                    ms(all_delivered.value_at_quantile(0.5)),
+                    ms(all_delivered.max()),
+                )
+            },
         ),
     ];
     checks.extend(memory_per_connection(
