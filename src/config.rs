@@ -377,12 +377,20 @@ impl Settings {
                      TURNOUT_CLUSTER__INTERNAL_SECRETS, keys of the nodes' own: \
                      without them nodes sign forwarded commands with the JWT keys"
                 );
+                let is_a_jwt_key =
+                    |i: &SecretString| keys.iter().any(|k| k.expose_secret() == i.expose_secret());
                 anyhow::ensure!(
-                    internal
-                        .iter()
-                        .all(|i| keys.iter().all(|k| k.expose_secret() != i.expose_secret())),
-                    "cluster.internal_secrets must not repeat a key of TURNOUT_JWT_SECRETS"
+                    !is_a_jwt_key(&internal[0]),
+                    "cluster.internal_secrets must not sign with a key of TURNOUT_JWT_SECRETS"
                 );
+                // Later keys only verify: a JWT key among them lets nodes
+                // of a release that signed with it be rolled over.
+                if internal[1..].iter().any(is_a_jwt_key) {
+                    eprintln!(
+                        "warning: cluster.internal_secrets still admits tokens signed with a JWT \
+                         key: drop it once every node signs with the first key"
+                    );
+                }
             }
             anyhow::ensure!(
                 !self.http.cors_origins.iter().any(|o| o == "*")
@@ -447,6 +455,17 @@ impl Settings {
             (
                 self.auth.lockout.lock_after > 0,
                 "auth.lockout.lock_after must be at least 1 (0 would lock every login out)",
+            ),
+            (
+                self.auth.hashing.concurrency <= 64,
+                "auth.hashing.concurrency must be at most 64 (0: one per core): each \
+                 password hash takes about 19 MiB while it runs",
+            ),
+            (
+                self.quotas.upcoming_events_per_owner >= 0
+                    && self.quotas.venues_per_owner >= 0
+                    && self.quotas.organizers_per_venue >= 0,
+                "quotas must be 0 (no cap) or more",
             ),
             (
                 self.auth.lockout.lock_secs > 0,
@@ -585,10 +604,12 @@ pub fn redact_url(url: &SecretString) -> String {
                 .and_then(|at| rest[at..].find('?').map(|q| at + q))
                 .unwrap_or(rest.len());
             match rest[..query].rfind('@') {
-                Some(at) => {
-                    let user = rest[..at].split(':').next().unwrap_or("");
-                    (format!("{scheme}{user}:***@"), &rest[at + 1..])
-                }
+                // Without a password the user info may be a token itself
+                // (`redis://<token>@host`).
+                Some(at) => match rest[..at].split_once(':') {
+                    Some((user, _)) => (format!("{scheme}{user}:***@"), &rest[at + 1..]),
+                    None => (format!("{scheme}***@"), &rest[at + 1..]),
+                },
                 None => (scheme.to_owned(), rest),
             }
         }
@@ -678,10 +699,15 @@ mod tests {
         );
         let shared = production(
             postgres,
-            Some(&format!("0a9b8c7d6e5f40312233445566778899aabbcc,{jwt}")),
+            Some(&format!("{jwt},0a9b8c7d6e5f40312233445566778899aabbcc")),
         )
         .unwrap_err();
-        assert!(shared.contains("must not repeat a key"), "{shared}");
+        assert!(shared.contains("must not sign with a key"), "{shared}");
+        let rolling_over = format!("0a9b8c7d6e5f40312233445566778899aabbcc,{jwt}");
+        assert!(
+            production(postgres, Some(&rolling_over)).is_ok(),
+            "a JWT key after the first only verifies"
+        );
         assert!(
             production(
                 postgres,
@@ -713,6 +739,8 @@ mod tests {
         assert!(refused(|s| s.cluster.heartbeat_ms = 0).contains("heartbeat_ms"));
         assert!(refused(|s| s.auth.lockout.lock_after = 0).contains("lock_after"));
         assert!(refused(|s| s.auth.lockout.lock_secs = 0).contains("lock_secs"));
+        assert!(refused(|s| s.auth.hashing.concurrency = 1000).contains("hashing.concurrency"));
+        assert!(refused(|s| s.quotas.venues_per_owner = -1).contains("quotas"));
         assert!(refused(|s| s.auth.token_ttl_secs = 0).contains("token_ttl_secs"));
         assert!(refused(|s| s.auth.token_ttl_secs = u64::MAX).contains("token_ttl_secs"));
         assert!(refused(|s| s.auth.max_token_lifetime_secs = u64::MAX).contains("lifetime"));
@@ -830,7 +858,7 @@ mod tests {
             "postgres://app:***@db:5432/x"
         );
         let in_query = SecretString::from("postgres://app@db/x?sslmode=require&password=hunter2");
-        assert_eq!(redact_url(&in_query), "postgres://app:***@db/x?***");
+        assert_eq!(redact_url(&in_query), "postgres://***@db/x?***");
         // A `?` before the first `@`: a password's, or a query's?
         for ambiguous in [
             "postgres://app:hun?ter2@db/x",
@@ -845,8 +873,10 @@ mod tests {
         // A base64 password, unencoded, as operators paste them.
         let slashed = SecretString::from("postgres://app:hu/n+t@r2=@db:5432/x");
         assert_eq!(redact_url(&slashed), "postgres://app:***@db:5432/x");
+        let token_as_user = SecretString::from("rediss://s3cr3t-token@cache:6379".to_owned());
+        assert_eq!(redact_url(&token_as_user), "rediss://***@cache:6379");
         let at_in_query = SecretString::from("postgres://app@db/x?password=se@cret");
-        assert_eq!(redact_url(&at_in_query), "postgres://app:***@db/x?***");
+        assert_eq!(redact_url(&at_in_query), "postgres://***@db/x?***");
         let embedded = SecretString::from("sqlite:data/turnout.db?mode=rwc");
         assert_eq!(redact_url(&embedded), "sqlite:data/turnout.db?***");
     }

@@ -66,7 +66,8 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
-    /// The body is not valid for the endpoint (a field of the wrong type, say).
+    /// The body could not be read (the connection broke off, a chunk was
+    /// malformed). A field of the wrong type is `validation_failed`.
     BadBody,
     MalformedJson,
     UnsupportedMediaType,

@@ -353,7 +353,8 @@ pub struct EventListQuery {
 
 /// Published events, soonest first.
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventListQuery),
-    responses((status = 200, body = EventPage), (status = 400, body = super::ErrorBody)))]
+    responses((status = 200, body = EventPage), (status = 400, body = super::ErrorBody),
+        (status = 422, description = "`validation_failed`: a `tag` that is no tag", body = super::ErrorBody)))]
 pub async fn list_events(
     state: web::Data<AppState>,
     query: web::Query<EventListQuery>,

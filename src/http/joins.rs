@@ -148,10 +148,11 @@ fn idempotency_key(req: &HttpRequest) -> Result<String, ApiError> {
     request_body(content = Option<JoinRequest>, description = "optional; without it, one seat"),
     responses((status = 201, description = "joined (active or waitlisted)", body = JoinEnvelope),
         (status = 200, description = "already a member: the current status", body = JoinEnvelope),
+        (status = 400, description = "`missing_idempotency_key`: the header is required; `malformed_json`, `unsupported_media_type`: a body that is not JSON", body = super::ErrorBody),
         (status = 403, description = "the owner cannot join", body = super::ErrorBody),
         (status = 404, description = "no such event (a draft is found only by its owner)", body = super::ErrorBody),
         (status = 409, description = "`event_cancelled`, `event_started`; `idempotency_key_in_use`: the key's request on another event is still in progress (retry)", body = super::ErrorBody),
-        (status = 422, description = "`party_too_large`: more seats than the event takes in one party; `idempotency_key_reused`: the key was used for another request", body = super::ErrorBody),
+        (status = 422, description = "`party_too_large`: more seats than the event takes in one party; `idempotency_key_reused`: the key was used for another request; `validation_failed`: a field of the body is wrong", body = super::ErrorBody),
         (status = 503, description = "busy; retry after Retry-After", body = super::ErrorBody)))]
 pub async fn join_event(
     state: web::Data<AppState>,
