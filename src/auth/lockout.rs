@@ -8,8 +8,10 @@
 //!   (credential stuffing from one address).
 //! - Per account, over all addresses: after `slow_after` failures each
 //!   attempt waits longer, up to `max_delay_ms` — a growing delay, never a
-//!   lock, so guessing from many addresses is slow and the owner still gets
-//!   in.
+//!   lock, so the owner still gets in. The delay holds each attempt, not
+//!   the account's attempts in total: guesses from many addresses at once
+//!   are held back by each address's own limits (and the accounts rate
+//!   budget), not by this.
 //!
 //! An attempt counts from the moment it is let in, not only once its
 //! password has been checked: a burst of parallel guesses from one address

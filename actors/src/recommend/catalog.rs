@@ -295,6 +295,29 @@ fn cell_of(p: GeoPoint) -> Cell {
     )
 }
 
+/// How near and how far from `centre` a grid cell's points lie, in km, give
+/// or take a margin that errs wide: its nearest point as if the cell were
+/// flat (the centre's latitude and longitude each brought into the cell's
+/// span, across the antimeridian too), and its farthest corner. A cell of
+/// 0.05° is flat to within metres away from the poles; the margin covers
+/// that.
+fn cell_reach((y, x): Cell, centre: GeoPoint) -> (f64, f64) {
+    const MARGIN_KM: f64 = 0.5;
+    let (south, west) = (f64::from(y) * CELL_DEG, f64::from(x) * CELL_DEG);
+    let (north, east) = (south + CELL_DEG, west + CELL_DEG);
+    let at = |lat: f64, lon: f64| haversine_km(centre, GeoPoint { lat, lon });
+    let lat = centre.lat.clamp(south, north);
+    let nearest = [-360.0, 0.0, 360.0]
+        .into_iter()
+        .map(|turn| at(lat, (centre.lon + turn).clamp(west, east)))
+        .fold(f64::INFINITY, f64::min);
+    let farthest = [(south, west), (south, east), (north, west), (north, east)]
+        .into_iter()
+        .map(|(lat, lon)| at(lat, lon))
+        .fold(0.0, f64::max);
+    ((nearest - MARGIN_KM).max(0.0), farthest + MARGIN_KM)
+}
+
 /// The index's entries starting in `(from, to)`, soonest first.
 fn starting_between(
     index: &Index,
@@ -631,18 +654,25 @@ impl Catalog {
             .map(|(_, id)| id)
     }
 
-    /// Open events at venues within `km` of `centre` starting in
-    /// `(from, to)`, soonest first. The grid cells under the circle's box
-    /// are merged by start; where the box spans more cells than hold any
-    /// event (a circle that takes in a pole or crosses the antimeridian
-    /// spans every longitude), the cells that do are looked through instead.
+    /// Up to `limit` open events at venues within `km` of `centre` starting
+    /// in `(from, to)`, soonest first. The grid cells under the circle's box
+    /// are merged by start (where the box spans more cells than hold any
+    /// event — a circle that takes in a pole or crosses the antimeridian
+    /// spans every longitude — the cells that do are looked through
+    /// instead); a cell the circle misses is left out, one wholly inside it
+    /// is taken unmeasured, and an event in a cell on the circle's edge is
+    /// measured. At most `NEAR_LOOKS_PER_EVENT` × `limit` entries are looked
+    /// at: a busy district in a cell on the edge of a quiet circle ends the
+    /// search early rather than measuring its every event.
     pub(crate) fn near(
         &self,
         centre: GeoPoint,
         km: f64,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
+        limit: usize,
     ) -> impl Iterator<Item = EventId> + '_ {
+        const NEAR_LOOKS_PER_EVENT: usize = 4;
         let area = GeoBox::around(centre, km);
         let (lo, hi) = (
             cell_of(GeoPoint {
@@ -656,29 +686,39 @@ impl Catalog {
         );
         let spanned = u64::from((hi.0 - lo.0 + 1).unsigned_abs())
             * u64::from((hi.1 - lo.1 + 1).unsigned_abs());
-        let cells: Vec<&Index> = if spanned <= self.by_cell.len() as u64 {
+        let in_box: Vec<(Cell, &Index)> = if spanned <= self.by_cell.len() as u64 {
             (lo.0..=hi.0)
                 .flat_map(|y| (lo.1..=hi.1).map(move |x| (y, x)))
-                .filter_map(|cell| self.by_cell.get(&cell))
+                .filter_map(|cell| Some((cell, self.by_cell.get(&cell)?)))
                 .collect()
         } else {
             self.by_cell
                 .iter()
                 .filter(|((y, x), _)| (lo.0..=hi.0).contains(y) && (lo.1..=hi.1).contains(x))
-                .map(|(_, index)| index)
+                .map(|(cell, index)| (*cell, index))
                 .collect()
         };
-        cells
+        in_box
             .into_iter()
-            .map(|index| starting_between(index, from, to))
-            .kmerge()
-            .map(|(_, id)| id)
-            .filter(move |id| {
-                self.cards
-                    .get(id)
-                    .and_then(|card| card.place)
-                    .is_some_and(|place| haversine_km(centre, place) <= km)
+            .filter_map(|(cell, index)| {
+                let (nearest, farthest) = cell_reach(cell, centre);
+                (nearest <= km).then(|| {
+                    let measure = farthest > km;
+                    starting_between(index, from, to).map(move |entry| (entry, measure))
+                })
             })
+            .kmerge()
+            .take(NEAR_LOOKS_PER_EVENT.saturating_mul(limit))
+            .filter(move |&((_, id), measure)| {
+                !measure
+                    || self
+                        .cards
+                        .get(&id)
+                        .and_then(|card| card.place)
+                        .is_some_and(|place| haversine_km(centre, place) <= km)
+            })
+            .map(|((_, id), _)| id)
+            .take(limit)
     }
 
     /// Open events, hottest first.
@@ -951,6 +991,30 @@ mod tests {
         assert!(catalog.co_evidence_for(&[a], c).is_none());
     }
 
+    proptest::proptest! {
+        /// Every point of a cell lies between the cell's reach from any
+        /// centre, within the margin: a cell the circle reaches is never
+        /// left out, and one taken unmeasured holds nothing outside it.
+        #[test]
+        fn a_cells_points_lie_within_its_reach(
+            lat in -80.0f64..80.0,
+            lon in -180.0f64..180.0,
+            dlat in -0.5f64..0.5,
+            dlon in -0.5f64..0.5,
+        ) {
+            let centre = GeoPoint { lat, lon };
+            let lon = lon + dlon;
+            let point = GeoPoint {
+                lat: lat + dlat,
+                lon: if lon >= 180.0 { lon - 360.0 } else if lon < -180.0 { lon + 360.0 } else { lon },
+            };
+            let (nearest, farthest) = cell_reach(cell_of(point), centre);
+            let distance = haversine_km(centre, point);
+            proptest::prop_assert!(nearest <= distance && distance <= farthest,
+                "{nearest} <= {distance} <= {farthest}");
+        }
+    }
+
     /// Given events at venues around a centre, when the catalog is asked
     /// for those within a radius, then it names the circle's events, soonest
     /// first whichever cell they lie in, and none outside the circle (a
@@ -960,26 +1024,32 @@ mod tests {
     fn near_names_the_circles_events_soonest_first_wherever_it_lies() {
         let (now, km) = (Utc::now(), 6.0);
         for (centre, inside, outside) in [
-            // Amsterdam: 5.5 km north-east and 5.5 km south-west (different
-            // cells), and a box corner 7.5 km away.
+            // Amsterdam: 5.5 km north-east and 5.5 km south-west (cells on
+            // the circle's edge), 2 km away (in a cell wholly inside), and
+            // a box corner 7.5 km away.
             (
                 (52.37, 4.90),
-                [(52.405, 4.958), (52.335, 4.842)],
+                [(52.405, 4.958), (52.335, 4.842), (52.38, 4.92)],
                 (52.42, 4.98),
             ),
             // 80° N, where a cell is 1 km from west to east.
-            ((80.0, 10.0), [(80.004, 10.30), (79.99, 9.9)], (80.0, 10.4)),
+            (
+                (80.0, 10.0),
+                [(80.004, 10.30), (79.99, 9.9), (80.01, 10.02)],
+                (80.0, 10.4),
+            ),
             // Across the antimeridian.
             (
                 (0.0, 179.99),
-                [(0.0, -179.98), (0.01, 179.96)],
+                [(0.0, -179.98), (0.01, 179.96), (-0.01, 179.995)],
                 (0.0, -179.9),
             ),
         ] {
             let mut catalog = Catalog::default();
             let point = |(lat, lon): (f64, f64)| GeoPoint { lat, lon };
             let mut within = Vec::new();
-            for (days, place) in [(1, inside[0]), (3, inside[1]), (2, outside)] {
+            let placed = [(1, inside[0]), (3, inside[1]), (4, inside[2]), (2, outside)];
+            for (days, place) in placed {
                 let (id, venue) = (new_id(), VenueId::from(Uuid::now_v7()));
                 catalog.venue_located(venue, point(place));
                 catalog.apply(&EventUpdate {
@@ -992,7 +1062,7 @@ mod tests {
             }
             within.sort();
             let found: Vec<EventId> = catalog
-                .near(point(centre), km, now, now + Duration::days(7))
+                .near(point(centre), km, now, now + Duration::days(7), 10)
                 .collect();
             assert_eq!(
                 found,

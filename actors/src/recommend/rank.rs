@@ -252,7 +252,7 @@ fn candidates(
         found.extend(catalog.with_tag(tag, now, until).take(n));
     }
     if let Some(home) = profile.home {
-        found.extend(catalog.near(home, settings.radius_km, now, until).take(n));
+        found.extend(catalog.near(home, settings.radius_km, now, until, n));
     }
     let mut co_ranked: Vec<(&EventId, &CoEvidence)> = co.iter().collect();
     if co_ranked.len() > n {
