@@ -505,6 +505,10 @@ impl Settings {
                  smaller, a client that lags a moment is closed as slow)",
             ),
             (
+                self.recommendations.radius_km > 0.0 && self.recommendations.radius_km <= 200.0,
+                "recommendations.radius_km must be more than 0 and at most 200",
+            ),
+            (
                 self.recommendations.debounce_ms > 0,
                 "recommendations.debounce_ms must be positive (0 would re-rank without pause)",
             ),
@@ -750,6 +754,7 @@ mod tests {
         assert!(refused(|s| s.realtime.max_frame_bytes = 0).contains("max_frame_bytes"));
         assert!(refused(|s| s.realtime.max_queued_bytes = 0).contains("max_queued_bytes"));
         assert!(refused(|s| s.recommendations.debounce_ms = 0).contains("debounce_ms"));
+        assert!(refused(|s| s.recommendations.radius_km = 1000.0).contains("radius_km"));
         assert!(refused(|s| s.recommendations.refresh_secs = 0).contains("refresh_secs"));
     }
 

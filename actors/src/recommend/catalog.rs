@@ -299,18 +299,25 @@ fn cell_of(p: GeoPoint) -> Cell {
 /// or take a margin that errs wide: its nearest point as if the cell were
 /// flat (the centre's latitude and longitude each brought into the cell's
 /// span, across the antimeridian too), and its farthest corner. A cell of
-/// 0.05° is flat to within metres away from the poles; the margin covers
-/// that.
+/// 0.05° is flat to within metres for circles of up to a few hundred km
+/// (`recommendations.radius_km` is at most 200) away from the poles; the
+/// margin covers that. Near a pole the way to a cell may cross it, and
+/// there every cell counts as reached.
 fn cell_reach((y, x): Cell, centre: GeoPoint) -> (f64, f64) {
     const MARGIN_KM: f64 = 0.5;
+    const POLAR_DEG: f64 = 85.0;
     let (south, west) = (f64::from(y) * CELL_DEG, f64::from(x) * CELL_DEG);
     let (north, east) = (south + CELL_DEG, west + CELL_DEG);
     let at = |lat: f64, lon: f64| haversine_km(centre, GeoPoint { lat, lon });
     let lat = centre.lat.clamp(south, north);
-    let nearest = [-360.0, 0.0, 360.0]
-        .into_iter()
-        .map(|turn| at(lat, (centre.lon + turn).clamp(west, east)))
-        .fold(f64::INFINITY, f64::min);
+    let nearest = if centre.lat.abs() >= POLAR_DEG || south.abs().max(north.abs()) >= POLAR_DEG {
+        0.0
+    } else {
+        [-360.0, 0.0, 360.0]
+            .into_iter()
+            .map(|turn| at(lat, (centre.lon + turn).clamp(west, east)))
+            .fold(f64::INFINITY, f64::min)
+    };
     let farthest = [(south, west), (south, east), (north, west), (north, east)]
         .into_iter()
         .map(|(lat, lon)| at(lat, lon))
@@ -993,23 +1000,32 @@ mod tests {
 
     proptest::proptest! {
         /// Every point of a cell lies between the cell's reach from any
-        /// centre, within the margin: a cell the circle reaches is never
-        /// left out, and one taken unmeasured holds nothing outside it.
+        /// centre it is near (across a pole and the antimeridian too): a
+        /// cell the circle reaches is never left out, and one taken
+        /// unmeasured holds nothing outside it.
         #[test]
         fn a_cells_points_lie_within_its_reach(
-            lat in -80.0f64..80.0,
-            lon in -180.0f64..180.0,
+            (lat, dlon) in proptest::prop_oneof![
+                (-89.9f64..89.9, -0.5f64..0.5),
+                // Near a pole, a point on the far side of it.
+                (
+                    proptest::prop_oneof![88.7f64..89.9, -89.9f64..-88.7],
+                    proptest::prop_oneof![-0.5f64..0.5, 179.5f64..180.5],
+                ),
+            ],
+            lon in proptest::prop_oneof![-180.0f64..180.0, 179.0f64..180.0, -180.0f64..-179.0],
             dlat in -0.5f64..0.5,
-            dlon in -0.5f64..0.5,
         ) {
             let centre = GeoPoint { lat, lon };
             let lon = lon + dlon;
             let point = GeoPoint {
-                lat: lat + dlat,
+                lat: (lat + dlat).clamp(-89.999, 89.999),
                 lon: if lon >= 180.0 { lon - 360.0 } else if lon < -180.0 { lon + 360.0 } else { lon },
             };
             let (nearest, farthest) = cell_reach(cell_of(point), centre);
             let distance = haversine_km(centre, point);
+            // Circles are at most 200 km (`recommendations.radius_km`).
+            proptest::prop_assume!(distance <= 300.0);
             proptest::prop_assert!(nearest <= distance && distance <= farthest,
                 "{nearest} <= {distance} <= {farthest}");
         }
