@@ -39,7 +39,8 @@ pub struct Hashing {
 impl Hashing {
     pub fn new(settings: &HashingSettings) -> Self {
         let concurrency = match settings.concurrency {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            // As many as the settings allow (64), each ~19 MiB.
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get().min(64)),
             n => n,
         };
         Self {
