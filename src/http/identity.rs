@@ -108,19 +108,19 @@ impl FromRequest for AdminUser {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
 
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let identified = identify(req);
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let caller = AuthUser::from_request(req, payload).into_inner();
         let state = req
             .app_data::<web::Data<AppState>>()
             .expect("AppState is registered as app data")
             .clone();
         Box::pin(async move {
-            let not_admin =
-                || ApiError::forbidden(ErrorCode::AdminOnly, "this endpoint is for administrators");
-            let user =
-                identified?.ok_or(ApiError::Unauthorized("this endpoint needs a bearer token"))?;
+            let user = caller?;
             if !still_admin(&state, &user).await? {
-                return Err(not_admin());
+                return Err(ApiError::forbidden(
+                    ErrorCode::AdminOnly,
+                    "this endpoint is for administrators",
+                ));
             }
             Ok(AdminUser(user))
         })

@@ -77,10 +77,9 @@ async fn a_demoted_admin_is_refused_at_once(app: TestApp) {
         as_admin(&organizers).await.unwrap().status(),
         StatusCode::OK
     );
-    let from_elsewhere = app.token_with_role("admin");
     let stats = app
         .request(Method::GET, "/v1/admin/stats")
-        .bearer_auth(&from_elsewhere)
+        .bearer_auth(app.token_with_role("admin"))
         .send()
         .await
         .unwrap();

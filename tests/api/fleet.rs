@@ -354,7 +354,6 @@ async fn join_once(app: &TestApp, event: Uuid, retry: Retry, tally: &mut Tally) 
     let key = Uuid::new_v4().to_string();
     let started = Instant::now();
     loop {
-        tally.attempts += 1;
         let sent = app
             .as_user(
                 &user,
@@ -365,6 +364,15 @@ async fn join_once(app: &TestApp, event: Uuid, retry: Retry, tally: &mut Tally) 
             .timeout(Duration::from_secs(30))
             .send()
             .await;
+        let not_read = sent
+            .as_ref()
+            .is_ok_and(|r| r.status() == reqwest::StatusCode::REQUEST_TIMEOUT);
+        if not_read && started.elapsed() < Duration::from_secs(20) {
+            tally.unread += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        tally.attempts += 1;
         let failure = match sent {
             Ok(response) if response.status().is_success() => {
                 let answer = body(response).await["data"].clone();
@@ -375,15 +383,7 @@ async fn join_once(app: &TestApp, event: Uuid, retry: Retry, tally: &mut Tally) 
                     .insert(user.id, answer);
                 return;
             }
-            Ok(response) if response.status() == reqwest::StatusCode::REQUEST_TIMEOUT => {
-                if started.elapsed() < Duration::from_secs(20) {
-                    tally.attempts -= 1;
-                    tally.unread += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-                "408: the request was not read for 20 s".to_owned()
-            }
+            Ok(_) if not_read => "408: the request was not read for 20 s".to_owned(),
             Ok(response) if response.status().is_client_error() => {
                 let status = response.status();
                 tally
