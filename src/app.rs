@@ -81,6 +81,7 @@ impl OwnedThreads {
     fn start(&mut self) -> ArbiterHandle {
         let thread = Arbiter::new();
         let handle = thread.handle();
+        handle.spawn_fn(crate::memory::give_back_when_idle);
         self.0.push(thread);
         handle
     }
@@ -127,6 +128,7 @@ impl Application {
     /// `System`.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         crate::telemetry::export_from_start();
+        crate::memory::give_back_when_idle();
         let claim = store::ServerClaim::take(settings.database_url.expose_secret())?;
         let store = open_store(&settings).await?;
         let listener = TcpListener::bind(&settings.bind)
@@ -584,6 +586,8 @@ fn serve_http(
     let address = listener.local_addr()?;
     drop_unresponsive_peers(&listener, settings.http.tcp_user_timeout_secs)?;
     let app = move || {
+        // Called on each worker's thread as it starts.
+        crate::memory::give_back_when_idle();
         let app = App::new();
         let app = match &body_deadline {
             Some(deadline) => app.app_data(deadline.clone()),
@@ -667,6 +671,7 @@ fn metrics_listener(
     tracing::info!(bind, "metrics on a listener of their own");
     let access = web::Data::new(MetricsAccess::Anyone);
     Ok(HttpServer::new(move || {
+        crate::memory::give_back_when_idle();
         App::new()
             .app_data(state.clone())
             .app_data(realtime.clone())

@@ -2,9 +2,13 @@
 //! resident, and — from the allocator the binary installs — what live
 //! objects take against what the allocator keeps. The gap between the two
 //! says whether memory that does not come back after a load is data still
-//! held or pages the allocator has not returned yet.
+//! held or pages the allocator has not returned yet. And what makes it
+//! come back: each of the app's threads hands its cache of freed objects to
+//! the allocator once it idles.
 
+use std::cell::Cell;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// The allocator's account of the heap, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +58,87 @@ pub fn jemalloc_heap() -> Option<HeapStats> {
     })
 }
 
+/// How often a thread looks whether it has idled.
+const IDLE_LOOK: Duration = Duration::from_secs(5);
+
+/// Below this much allocated between two looks a thread counts as idle:
+/// jemalloc's own collection of a thread's cache runs each time the thread
+/// has allocated this much (`tcache_gc_incr_bytes`), so a thread that
+/// allocates less keeps its cache for good.
+const IDLE_BELOW_BYTES: u64 = 64 * 1024;
+
+thread_local! {
+    static WATCHED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Starts, on the current actix thread (once per thread, however often it
+/// is called), a look every few seconds at what the thread allocated: once
+/// it idles, its cache of freed objects goes back to the allocator. A
+/// thread's cache keeps up to a few hundred objects of every size it freed,
+/// where they pin partly empty pages; after a load, with a dozen threads,
+/// that was a quarter of the heap (docs/BENCHMARKS.md, "Memory after a
+/// load"). A busy thread keeps its cache, which is what makes it fast.
+pub fn give_back_when_idle() {
+    if WATCHED.replace(true) {
+        return;
+    }
+    let Ok(allocated) = tikv_jemalloc_ctl::thread::allocatedp::read() else {
+        return;
+    };
+    actix_web::rt::spawn(async move {
+        let mut idle = IdleWatch::default();
+        let mut every = tokio::time::interval(IDLE_LOOK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if idle.has_idled(allocated.get()) {
+                hand_back_thread_cache();
+            }
+        }
+    });
+}
+
+/// Whether a thread idled between two looks, from the bytes it has
+/// allocated in all (a counter that only grows).
+#[derive(Debug, Default)]
+struct IdleWatch {
+    seen: Option<u64>,
+    /// Handed back since the thread last allocated much: once is enough.
+    handed_back: bool,
+}
+
+impl IdleWatch {
+    fn has_idled(&mut self, allocated: u64) -> bool {
+        let since = allocated.saturating_sub(self.seen.unwrap_or(allocated));
+        let first_look = self.seen.is_none();
+        self.seen = Some(allocated);
+        if since >= IDLE_BELOW_BYTES || first_look {
+            self.handed_back = false;
+            return false;
+        }
+        !std::mem::replace(&mut self.handed_back, true)
+    }
+}
+
+/// Tells jemalloc that the calling thread idles: it flushes the thread's
+/// cache (and may purge its arena).
+fn hand_back_thread_cache() {
+    // SAFETY: `thread.idle` reads and writes nothing; the name is
+    // NUL-terminated and every pointer is null, as the call requires.
+    let status = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"thread.idle".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if status != 0 {
+        tracing::debug!(status, "jemalloc refused thread.idle");
+    }
+}
+
 /// The process's resident set, from `/proc/self/status` (Linux only).
 fn resident_set() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -75,6 +160,54 @@ mod tests {
         let status = "Name:\tturnout\nVmPeak:\t  900 kB\nVmRSS:\t   34816 kB\nThreads:\t9\n";
         assert_eq!(vm_rss(status), Some(34816 * 1024));
         assert_eq!(vm_rss("Name:\tturnout\n"), None);
+    }
+
+    #[test]
+    fn a_thread_idles_once_it_allocates_little_between_two_looks() {
+        let mut watch = IdleWatch::default();
+        assert!(
+            !watch.has_idled(1_000),
+            "the first look has nothing to compare"
+        );
+        assert!(!watch.has_idled(1_000 + IDLE_BELOW_BYTES), "busy");
+        assert!(
+            watch.has_idled(1_000 + IDLE_BELOW_BYTES + 10),
+            "idle: hand back"
+        );
+        assert!(
+            !watch.has_idled(1_000 + IDLE_BELOW_BYTES + 20),
+            "still idle: done already"
+        );
+        assert!(!watch.has_idled(1_000 + 3 * IDLE_BELOW_BYTES), "busy again");
+        assert!(
+            watch.has_idled(1_000 + 3 * IDLE_BELOW_BYTES),
+            "idle again: hand back again"
+        );
+    }
+
+    #[test]
+    fn a_thread_hands_its_cache_back_to_the_allocator() {
+        use tikv_jemalloc_ctl::{epoch, raw};
+        std::thread::spawn(|| {
+            // An arena of this thread's own, so that what its threads'
+            // caches hold is this thread's cache alone.
+            let arena: u32 = unsafe { raw::read(b"arenas.create\0") }.unwrap();
+            unsafe { raw::write(b"thread.arena\0", arena) }.unwrap();
+            let cached_name = format!("stats.arenas.{arena}.tcache_bytes\0");
+            let cached = || -> usize {
+                epoch::advance().unwrap();
+                unsafe { raw::read(cached_name.as_bytes()) }.unwrap()
+            };
+            let freed: Vec<Box<[u8; 48]>> = (0..100).map(|_| Box::new([0; 48])).collect();
+            drop(freed);
+            let before = cached();
+            hand_back_thread_cache();
+            let after = cached();
+            assert!(before >= 48 * 50, "the thread's cache held {before} bytes");
+            assert_eq!(after, 0, "{before} bytes cached before");
+        })
+        .join()
+        .unwrap();
     }
 
     #[cfg(target_os = "linux")]

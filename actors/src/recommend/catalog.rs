@@ -39,7 +39,8 @@ pub struct EventCard {
     /// The venue's position, once the catalog knows the venue.
     pub place: Option<GeoPoint>,
     pub starts_at: DateTime<Utc>,
-    pub tags: Vec<Tag>,
+    /// Shared with the card's index keys, which every join takes afresh.
+    pub tags: Arc<[Tag]>,
     pub lifecycle: Lifecycle,
     pub capacity: u32,
     /// Seats taken: active, or held on offer.
@@ -112,7 +113,7 @@ impl EventCard {
 /// Where an open card sits in the catalog's indexes.
 struct IndexKeys {
     start: (i64, EventId),
-    tags: Vec<Tag>,
+    tags: Arc<[Tag]>,
     cell: Option<Cell>,
     heat: (i64, EventId),
     published: Option<(i64, EventId)>,
@@ -388,7 +389,7 @@ impl Catalog {
             venue: u.venue,
             place,
             starts_at: u.starts_at,
-            tags: Vec::new(),
+            tags: Arc::from([]),
             lifecycle: Lifecycle::Draft,
             capacity: u.capacity,
             active: 0,
@@ -414,7 +415,9 @@ impl Catalog {
             card.venue = u.venue;
             card.place = place;
             card.starts_at = u.starts_at;
-            card.tags.clone_from(&u.tags);
+            if *card.tags != *u.tags {
+                card.tags = Arc::from(u.tags.as_slice());
+            }
             card.lifecycle = u.lifecycle;
             card.capacity = u.capacity;
             card.active = u.active;
@@ -608,7 +611,7 @@ impl Catalog {
 
     fn index(&mut self, keys: &IndexKeys) {
         self.by_start.insert(keys.start);
-        for tag in &keys.tags {
+        for tag in keys.tags.iter() {
             self.by_tag
                 .entry(tag.clone())
                 .or_default()
@@ -625,7 +628,7 @@ impl Catalog {
 
     fn unindex(&mut self, keys: &IndexKeys) {
         self.by_start.remove(&keys.start);
-        for tag in &keys.tags {
+        for tag in keys.tags.iter() {
             if let Some(index) = self.by_tag.get_mut(tag) {
                 index.remove(&keys.start);
                 if index.is_empty() {

@@ -135,7 +135,7 @@ impl Profile {
         let mut known = 0.0;
         for card in self.history.iter().filter_map(|e| catalog.card(*e)) {
             known += 1.0;
-            for tag in &card.tags {
+            for tag in card.tags.iter() {
                 *tags.entry(tag.clone()).or_default() += 1.0;
             }
             slots[DaySlot::of(card.starts_at, utc_offset_minutes).index()] += 1.0;

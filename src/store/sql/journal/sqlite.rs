@@ -128,6 +128,7 @@ impl SqliteWriter {
         let thread = Arbiter::try_new()?;
         thread.spawn_fn(move || CONNECTION.set(Some(connection)));
         thread.spawn(release_when_idle());
+        thread.spawn_fn(crate::memory::give_back_when_idle);
         Ok(Self { thread })
     }
 

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Memory after a load (issue #16: "after the load stops and actors
+# passivate, RSS back within 25 % of where it started"), SQLite. The mix
+# for LOAD seconds (120), then IDLE seconds (150) with the actors' and the
+# hubs' idle timeouts at 30 s, so that no actor and no hub is left; then the
+# same database under a fresh server, read 20 s after its start. Prints
+# the server's RSS and jemalloc's figures at each point, and the ratios.
+#
+#   cargo build --release -p turnout -p turnout-loadtest
+#   loadtest/memory-after.sh                      # about 5 minutes
+#   BIN=/tmp/turnout-a loadtest/memory-after.sh   # another build
+#
+# STATS=1 also has jemalloc print its per-size-class figures at the end of
+# the idle time (gdb calls malloc_stats_print in the server; it writes to
+# DATA/loaded.log): which sizes of objects hold partly empty pages.
+source "$(dirname "$0")/lib.sh"
+KEY=memory-bench-key-memory-bench-key-01
+PORT=18161
+data=$(mktemp -d)
+memory() {
+  curl -sf "http://127.0.0.1:$PORT/metrics" | awk '
+    /^turnout_process_resident_bytes / {rss = $2}
+    /^turnout_heap_allocated_bytes / {alloc = $2}
+    /^turnout_heap_active_bytes / {active = $2}
+    /^turnout_heap_resident_bytes / {res = $2}
+    END {printf "%.1f %.1f %.1f %.1f", rss / 1048576, alloc / 1e6, active / 1e6, res / 1e6}'
+}
+show() { # LABEL "RSS ALLOCATED ACTIVE RESIDENT"
+  read -r rss alloc active res <<<"$2"
+  printf '%-28s RSS %6.1f MiB   heap: allocated %6.1f MB, active %6.1f MB, resident %6.1f MB\n' \
+    "$1" "$rss" "$alloc" "$active" "$res"
+}
+idle=(TURNOUT_ACTORS__IDLE_TIMEOUT_SECS=30 TURNOUT_REALTIME__HUB_IDLE_SECS=30 ${SERVER_ENV:-})
+start_turnout "$data" "${idle[@]}"
+await_ready
+sleep 5
+start=$(memory)
+show "at start" "$start"
+target/release/turnout-loadtest mixed --target "http://127.0.0.1:$PORT" --jwt-key "$KEY" \
+  --events 200 --capacity 100 --duration "${LOAD:-120}" --join-rate 400 --read-rate 1500 \
+  --subscribers 2000 --server-pid "$pid" --json "$data/r.json" >"$data/tool.log" 2>&1 || true
+report_line "$data/r.json" "the mix"
+show "end of the load" "$(memory)"
+sleep "${IDLE:-150}"
+after=$(memory)
+show "${IDLE:-150} s after" "$after"
+curl -sf "http://127.0.0.1:$PORT/metrics" | grep -E '^turnout_(live_actors|ws_hubs|recs_catalog|db_connections)' || true
+echo "threads: $(cat /proc/"$pid"/task/*/comm | sort | uniq -c | xargs)"
+if [ -n "${FLUSH:-}" ]; then
+  gdb -p "$pid" -batch -ex 'thread apply all call (int) mallctl("thread.idle", 0, 0, 0, 0)' >/dev/null 2>&1
+  sleep 15
+  show "every thread's cache flushed" "$(memory)"
+fi
+if [ -n "${STATS:-}" ]; then
+  gdb -p "$pid" -batch -ex 'call (void) malloc_stats_print(0, 0, "Jadxleh")' >/dev/null 2>&1
+  loadtest/jemalloc-bins.py "$data/log"
+fi
+kill "$pid"; wait "$pid" 2>/dev/null || true
+mv "$data/log" "$data/loaded.log"
+start_turnout "$data" "${idle[@]}"
+await_ready 60
+sleep 20
+fresh=$(memory)
+show "fresh server, same data" "$fresh"
+kill "$pid"; wait "$pid" 2>/dev/null || true
+awk -v s="${start%% *}" -v a="${after%% *}" -v f="${fresh%% *}" \
+  'BEGIN {printf "after / start %.2f   after / fresh %.2f   fresh / start %.2f\n", a / s, a / f, f / s}'
+echo "data and logs: $data"
