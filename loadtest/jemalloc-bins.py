@@ -8,6 +8,8 @@ import sys
 
 text = open(sys.argv[1]).read()
 start = text.rfind('{"jemalloc"')
+if start < 0:
+    sys.exit(f"no jemalloc statistics in {sys.argv[1]}")
 stats, _ = json.JSONDecoder().raw_decode(text[start:])
 sizes = [b["size"] for b in stats["jemalloc"]["arenas"]["bin"]]
 slab_bytes = [b["slab_size"] for b in stats["jemalloc"]["arenas"]["bin"]]
@@ -20,7 +22,7 @@ for size, slab, b in zip(sizes, slab_bytes, merged):
 rows.sort(reverse=True)
 g = stats["jemalloc"]["stats"]
 cached = stats["jemalloc"]["stats.arenas"]["merged"]["tcache_bytes"]
-print(f'allocated {g["allocated"] / 1e6:.1f} MB (of which {cached / 1e6:.1f} MB cached by threads), '
+print(f'allocated {g["allocated"] / 1e6:.1f} MB (threads\' caches included: {cached / 1e6:.1f} MB), '
       f'active {g["active"] / 1e6:.1f} MB, metadata {g["metadata"] / 1e6:.1f} MB, '
       f'resident {g["resident"] / 1e6:.1f} MB')
 print(f'{"size":>6} {"live MB":>8} {"slabs MB":>9} {"empty MB":>9} {"slabs":>6}')

@@ -10,9 +10,13 @@
 #   loadtest/memory-after.sh                      # about 5 minutes
 #   BIN=/tmp/turnout-a loadtest/memory-after.sh   # another build
 #
-# STATS=1 also has jemalloc print its per-size-class figures at the end of
-# the idle time (gdb calls malloc_stats_print in the server; it writes to
-# DATA/loaded.log): which sizes of objects hold partly empty pages.
+# SERVER_ENV adds settings for the server (e.g. MALLOC_CONF=tcache:false).
+# With gdb (and leave to attach to the server): STATS=1 has jemalloc print
+# its figures at the end of the idle time (malloc_stats_print, into the
+# server's log, kept as DATA/loaded.log) and sums them per size class —
+# which sizes of objects hold partly empty pages; FLUSH=1 first has every
+# thread of the server hand its cache back (thread.idle), to see what the
+# threads' caches held.
 source "$(dirname "$0")/lib.sh"
 KEY=memory-bench-key-memory-bench-key-01
 PORT=18161
@@ -47,22 +51,24 @@ show "${IDLE:-150} s after" "$after"
 curl -sf "http://127.0.0.1:$PORT/metrics" | grep -E '^turnout_(live_actors|ws_hubs|recs_catalog|db_connections)' || true
 echo "threads: $(cat /proc/"$pid"/task/*/comm | sort | uniq -c | xargs)"
 if [ -n "${FLUSH:-}" ]; then
-  gdb -p "$pid" -batch -ex 'thread apply all call (int) mallctl("thread.idle", 0, 0, 0, 0)' >/dev/null 2>&1
+  gdb -p "$pid" -batch -ex 'thread apply all call (int) mallctl("thread.idle", 0, 0, 0, 0)' >/dev/null 2>&1 ||
+    echo "gdb could not attach to the server" >&2
   sleep 15
   show "every thread's cache flushed" "$(memory)"
 fi
 if [ -n "${STATS:-}" ]; then
-  gdb -p "$pid" -batch -ex 'call (void) malloc_stats_print(0, 0, "Jadxleh")' >/dev/null 2>&1
-  loadtest/jemalloc-bins.py "$data/log"
+  gdb -p "$pid" -batch -ex 'call (void) malloc_stats_print(0, 0, "Jadxleh")' >/dev/null 2>&1 ||
+    echo "gdb could not attach to the server" >&2
+  loadtest/jemalloc-bins.py "$data/log" || true
 fi
-kill "$pid"; wait "$pid" 2>/dev/null || true
+kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
 mv "$data/log" "$data/loaded.log"
 start_turnout "$data" "${idle[@]}"
 await_ready 60
 sleep 20
 fresh=$(memory)
 show "fresh server, same data" "$fresh"
-kill "$pid"; wait "$pid" 2>/dev/null || true
+kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
 awk -v s="${start%% *}" -v a="${after%% *}" -v f="${fresh%% *}" \
   'BEGIN {printf "after / start %.2f   after / fresh %.2f   fresh / start %.2f\n", a / s, a / f, f / s}'
 echo "data and logs: $data"
