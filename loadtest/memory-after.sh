@@ -22,12 +22,15 @@ KEY=memory-bench-key-memory-bench-key-01
 PORT=18161
 data=$(mktemp -d)
 memory() {
-  curl -sf "http://127.0.0.1:$PORT/metrics" | awk '
+  local metrics
+  metrics=$(curl -sf "http://127.0.0.1:$PORT/metrics") ||
+    { echo "the server on port $PORT does not answer; its log is in $data" >&2; return 1; }
+  awk '
     /^turnout_process_resident_bytes / {rss = $2}
     /^turnout_heap_allocated_bytes / {alloc = $2}
     /^turnout_heap_active_bytes / {active = $2}
     /^turnout_heap_resident_bytes / {res = $2}
-    END {printf "%.1f %.1f %.1f %.1f", rss / 1048576, alloc / 1e6, active / 1e6, res / 1e6}'
+    END {printf "%.1f %.1f %.1f %.1f", rss / 1048576, alloc / 1e6, active / 1e6, res / 1e6}' <<<"$metrics"
 }
 show() { # LABEL "RSS ALLOCATED ACTIVE RESIDENT"
   read -r rss alloc active res <<<"$2"
@@ -44,7 +47,8 @@ target/release/turnout-loadtest mixed --target "http://127.0.0.1:$PORT" --jwt-ke
   --events 200 --capacity 100 --duration "${LOAD:-120}" --join-rate 400 --read-rate 1500 \
   --subscribers 2000 --server-pid "$pid" --json "$data/r.json" >"$data/tool.log" 2>&1 || true
 report_line "$data/r.json" "the mix"
-show "end of the load" "$(memory)"
+end=$(memory)
+show "end of the load" "$end"
 sleep "${IDLE:-150}"
 after=$(memory)
 show "${IDLE:-150} s after" "$after"
@@ -54,7 +58,8 @@ if [ -n "${FLUSH:-}" ]; then
   gdb -p "$pid" -batch -ex 'thread apply all call (int) mallctl("thread.idle", 0, 0, 0, 0)' >/dev/null 2>&1 ||
     echo "gdb could not attach to the server" >&2
   sleep 15
-  show "every thread's cache flushed" "$(memory)"
+  flushed=$(memory)
+  show "every thread's cache flushed" "$flushed"
 fi
 if [ -n "${STATS:-}" ]; then
   gdb -p "$pid" -batch -ex 'call (void) malloc_stats_print(0, 0, "Jadxleh")' >/dev/null 2>&1 ||

@@ -4,7 +4,7 @@
 //! says whether memory that does not come back after a load is data still
 //! held or pages the allocator has not returned yet. And what makes it
 //! come back: each of the app's threads hands its cache of freed objects to
-//! the allocator once it idles.
+//! the allocator while it idles.
 
 use std::cell::Cell;
 use std::sync::OnceLock;
@@ -79,7 +79,8 @@ thread_local! {
 /// load"). An idle thread still frees — actors passivate, hubs close,
 /// SQLite's cache is released — so it hands back at every look, not once;
 /// flushing an empty cache costs microseconds. A busy thread keeps its
-/// cache, which is what makes it fast.
+/// cache, which is what makes it fast. Freed pages go back to the kernel
+/// on jemalloc's own schedule (its background threads), not from here.
 pub fn give_back_when_idle() {
     if WATCHED.replace(true) {
         return;
@@ -120,14 +121,14 @@ impl IdleWatch {
     }
 }
 
-/// Tells jemalloc that the calling thread idles: it flushes the thread's
-/// cache (and may purge its arena).
+/// Flushes the calling thread's cache into its arena. (`thread.idle` would
+/// also purge the arena, which busy threads may share, at every look.)
 fn hand_back_thread_cache() {
-    // SAFETY: `thread.idle` reads and writes nothing; the name is
+    // SAFETY: `thread.tcache.flush` reads and writes nothing; the name is
     // NUL-terminated and every pointer is null, as the call requires.
     let status = unsafe {
         tikv_jemalloc_sys::mallctl(
-            c"thread.idle".as_ptr(),
+            c"thread.tcache.flush".as_ptr(),
             std::ptr::null_mut(),
             std::ptr::null_mut(),
             std::ptr::null_mut(),
@@ -135,7 +136,7 @@ fn hand_back_thread_cache() {
         )
     };
     if status != 0 {
-        tracing::debug!(status, "jemalloc refused thread.idle");
+        tracing::debug!(status, "jemalloc refused thread.tcache.flush");
     }
 }
 
