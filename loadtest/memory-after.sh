@@ -4,7 +4,9 @@
 # for LOAD seconds (120), then IDLE seconds (150) with the actors' and the
 # hubs' idle timeouts at 30 s, so that no actor and no hub is left; then the
 # same database under a fresh server, read 20 s after its start. Prints
-# the server's RSS and jemalloc's figures at each point, and the ratios.
+# the server's RSS at each point — split into anonymous pages (the heap,
+# threads' stacks) and pages of files (the binary's own, some 22 MiB) — and
+# jemalloc's figures, and the ratios.
 #
 #   cargo build --release -p turnout -p turnout-loadtest
 #   loadtest/memory-after.sh                      # about 5 minutes
@@ -16,7 +18,8 @@
 # server's log, kept as DATA/loaded.log) and sums them per size class —
 # which sizes of objects hold partly empty pages; FLUSH=1 first has every
 # thread of the server hand its cache back (thread.idle), to see what the
-# threads' caches held.
+# threads' caches held. SMAPS=1 keeps /proc/<server>/smaps at each point
+# (DATA/smaps-*), mapping by mapping.
 source "$(dirname "$0")/lib.sh"
 KEY=memory-bench-key-memory-bench-key-01
 PORT=18161
@@ -25,17 +28,23 @@ memory() {
   local metrics
   metrics=$(curl -sf "http://127.0.0.1:$PORT/metrics") ||
     { echo "the server on port $PORT does not answer; its log is in $data" >&2; return 1; }
-  awk '
+  { cat "/proc/$pid/status"; echo "$metrics"; } | awk '
     /^turnout_process_resident_bytes / {rss = $2}
+    /^RssAnon:/ {anon = $2 * 1024}
+    /^RssFile:/ {file = $2 * 1024}
+    /^RssShmem:/ {shmem = $2 * 1024}
     /^turnout_heap_allocated_bytes / {alloc = $2}
     /^turnout_heap_active_bytes / {active = $2}
     /^turnout_heap_resident_bytes / {res = $2}
-    END {printf "%.1f %.1f %.1f %.1f", rss / 1048576, alloc / 1e6, active / 1e6, res / 1e6}' <<<"$metrics"
+    /^turnout_heap_metadata_bytes / {meta = $2}
+    END {printf "%.1f %.1f %.1f %.1f %.1f %.1f %.1f %.1f", rss / 1048576, anon / 1048576, file / 1048576,
+      shmem / 1048576, alloc / 1e6, active / 1e6, res / 1e6, meta / 1e6}'
 }
-show() { # LABEL "RSS ALLOCATED ACTIVE RESIDENT"
-  read -r rss alloc active res <<<"$2"
-  printf '%-28s RSS %6.1f MiB   heap: allocated %6.1f MB, active %6.1f MB, resident %6.1f MB\n' \
-    "$1" "$rss" "$alloc" "$active" "$res"
+show() { # LABEL "RSS ANON FILE SHMEM ALLOCATED ACTIVE RESIDENT METADATA"
+  read -r rss anon file shmem alloc active res meta <<<"$2"
+  if [ -n "${SMAPS:-}" ]; then cp "/proc/$pid/smaps" "$data/smaps-${1// /-}"; fi
+  printf '%-28s RSS %6.1f MiB (anonymous %5.1f, files %5.1f, shared %4.1f)   heap: allocated %5.1f MB, active %5.1f, resident %5.1f, of it metadata %4.1f\n' \
+    "$1" "$rss" "$anon" "$file" "$shmem" "$alloc" "$active" "$res" "$meta"
 }
 idle=(TURNOUT_ACTORS__IDLE_TIMEOUT_SECS=30 TURNOUT_REALTIME__HUB_IDLE_SECS=30 ${SERVER_ENV:-})
 start_turnout "$data" "${idle[@]}"
@@ -74,6 +83,13 @@ sleep 20
 fresh=$(memory)
 show "fresh server, same data" "$fresh"
 kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
-awk -v s="${start%% *}" -v a="${after%% *}" -v f="${fresh%% *}" \
-  'BEGIN {printf "after / start %.2f   after / fresh %.2f   fresh / start %.2f\n", a / s, a / f, f / s}'
+ratios() { # LABEL START AFTER FRESH
+  awk -v l="$1" -v s="$2" -v a="$3" -v f="$4" \
+    'BEGIN {printf "%-10s after / start %.2f   after / fresh %.2f   fresh / start %.2f\n", l, a / s, a / f, f / s}'
+}
+read -r s_rss s_anon _ <<<"$start"
+read -r a_rss a_anon _ <<<"$after"
+read -r f_rss f_anon _ <<<"$fresh"
+ratios RSS "$s_rss" "$a_rss" "$f_rss"
+ratios anonymous "$s_anon" "$a_anon" "$f_anon"
 echo "data and logs: $data"

@@ -348,9 +348,16 @@ async fn the_server_reports_its_heap_and_frees_pages_from_a_background_thread() 
         gauge("turnout_heap_resident_bytes"),
     );
     assert!(0.0 < allocated && allocated <= active && active <= resident);
+    let metadata = gauge("turnout_heap_metadata_bytes");
+    assert!(0.0 < metadata && metadata < resident, "metadata {metadata}");
     assert!(gauge("turnout_heap_retained_bytes") >= 0.0);
     let rss = gauge("turnout_process_resident_bytes");
     assert!(rss >= 1024.0 * 1024.0, "resident set {rss}");
+    let anonymous = gauge("turnout_process_resident_anonymous_bytes");
+    assert!(
+        0.0 < anonymous && anonymous <= rss,
+        "anonymous {anonymous} of {rss}"
+    );
 
     let threads = std::fs::read_dir(format!("/proc/{}/task", server.child.id())).unwrap();
     let names: Vec<String> = threads
