@@ -28,23 +28,21 @@ memory() {
   local metrics
   metrics=$(curl -sf "http://127.0.0.1:$PORT/metrics") ||
     { echo "the server on port $PORT does not answer; its log is in $data" >&2; return 1; }
-  { cat "/proc/$pid/status"; echo "$metrics"; } | awk '
+  awk '
     /^turnout_process_resident_bytes / {rss = $2}
-    /^RssAnon:/ {anon = $2 * 1024}
-    /^RssFile:/ {file = $2 * 1024}
-    /^RssShmem:/ {shmem = $2 * 1024}
+    /^turnout_process_resident_anonymous_bytes / {anon = $2}
     /^turnout_heap_allocated_bytes / {alloc = $2}
     /^turnout_heap_active_bytes / {active = $2}
     /^turnout_heap_resident_bytes / {res = $2}
     /^turnout_heap_metadata_bytes / {meta = $2}
-    END {printf "%.1f %.1f %.1f %.1f %.1f %.1f %.1f %.1f", rss / 1048576, anon / 1048576, file / 1048576,
-      shmem / 1048576, alloc / 1e6, active / 1e6, res / 1e6, meta / 1e6}'
+    END {printf "%.1f %.1f %.1f %.1f %.1f %.1f %.1f", rss / 1048576, anon / 1048576, (rss - anon) / 1048576,
+      alloc / 1e6, active / 1e6, res / 1e6, meta / 1e6}' <<<"$metrics"
 }
-show() { # LABEL "RSS ANON FILE SHMEM ALLOCATED ACTIVE RESIDENT METADATA"
-  read -r rss anon file shmem alloc active res meta <<<"$2"
+show() { # LABEL "RSS ANONYMOUS FILES ALLOCATED ACTIVE RESIDENT METADATA"
+  read -r rss anon file alloc active res meta <<<"$2"
   if [ -n "${SMAPS:-}" ]; then cp "/proc/$pid/smaps" "$data/smaps-${1// /-}"; fi
-  printf '%-28s RSS %6.1f MiB (anonymous %5.1f, files %5.1f, shared %4.1f)   heap: allocated %5.1f MB, active %5.1f, resident %5.1f, of it metadata %4.1f\n' \
-    "$1" "$rss" "$anon" "$file" "$shmem" "$alloc" "$active" "$res" "$meta"
+  printf '%-28s RSS %6.1f MiB (anonymous %5.1f, files %5.1f)   heap: allocated %5.1f MB, active %5.1f, resident %5.1f, of it metadata %4.1f\n' \
+    "$1" "$rss" "$anon" "$file" "$alloc" "$active" "$res" "$meta"
 }
 idle=(TURNOUT_ACTORS__IDLE_TIMEOUT_SECS=30 TURNOUT_REALTIME__HUB_IDLE_SECS=30 ${SERVER_ENV:-})
 start_turnout "$data" "${idle[@]}"
@@ -85,7 +83,7 @@ show "fresh server, same data" "$fresh"
 kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
 ratios() { # LABEL START AFTER FRESH
   awk -v l="$1" -v s="$2" -v a="$3" -v f="$4" \
-    'BEGIN {printf "%-10s after / start %.2f   after / fresh %.2f   fresh / start %.2f\n", l, a / s, a / f, f / s}'
+    'BEGIN {if (s > 0 && f > 0) printf "%-10s after / start %.2f   after / fresh %.2f   fresh / start %.2f\n", l, a / s, a / f, f / s}'
 }
 read -r s_rss s_anon _ <<<"$start"
 read -r a_rss a_anon _ <<<"$after"

@@ -41,10 +41,10 @@ pub fn record() {
         if let Some(rss) = status_bytes(&status, "VmRSS") {
             metrics::gauge!("turnout_process_resident_bytes").set(rss as f64);
         }
-        // The rest of the resident set is the binary's and the libraries'
-        // pages mapped from their files (some 22 MiB of the server's at
-        // start), which the kernel may drop and read again: what the
-        // process holds of its own is this part.
+        // The rest of the resident set is pages of files — the binary's
+        // and the libraries' (some 22 MiB of a release build at start),
+        // which the kernel may drop and read again, and SQLite's shared WAL
+        // index: what the process holds of its own is this part.
         if let Some(anonymous) = status_bytes(&status, "RssAnon") {
             metrics::gauge!("turnout_process_resident_anonymous_bytes").set(anonymous as f64);
         }
