@@ -57,15 +57,16 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// freed pages to the kernel on time: without it an arena purges only when
 /// something allocates from it again, so memory freed as a load ends (event
 /// actors passivated, hubs gone) stays resident while the server idles.
-/// Objects up to 4 KiB live in slabs of one page (jemalloc's default is
+/// Objects up to 1 KiB live in slabs of one page (jemalloc's default is
 /// the smallest run of pages their size divides, up to seven), so the few
-/// long-lived objects a load leaves behind keep fewer partly empty pages.
-/// A page's tail that no object fits is wasted (512 bytes for 896-byte
-/// objects, 1.5 KiB for 2,560), yet 150 s after the mix the heap's
-/// pages in use were 3 MB fewer, its metadata 1 MB more, and no CPU cost
-/// stood out of the runs' spread (docs/BENCHMARKS.md, "Slabs of one page").
+/// long-lived objects a load leaves behind keep fewer partly empty pages:
+/// 150 s after the mix the heap's pages in use were 2 – 3 MB fewer,
+/// and no CPU cost stood out of the runs' spread. Not up to 4 KiB: a
+/// page's tail that no object fits is wasted (1.5 KiB for 2,560-byte
+/// objects), and an idle WebSocket connection took 15 % more
+/// (docs/BENCHMARKS.md, "Slabs of one page").
 #[unsafe(export_name = "malloc_conf")]
-static MALLOC_CONF: &[u8] = b"background_thread:true,slab_sizes:1-4096:1\0";
+static MALLOC_CONF: &[u8] = b"background_thread:true,slab_sizes:1-1024:1\0";
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -150,7 +151,8 @@ mod tests {
     use tikv_jemalloc_ctl::raw;
 
     /// jemalloc runs with the options above: its background threads on,
-    /// and every size class up to 4 KiB in slabs of one page.
+    /// every size class up to 1 KiB in slabs of one page, the larger ones
+    /// in jemalloc's own.
     #[test]
     fn jemalloc_runs_with_the_servers_options() {
         let background: bool = unsafe { raw::read(b"opt.background_thread\0") }.unwrap();
@@ -163,13 +165,15 @@ mod tests {
                 let name = format!("arenas.bin.{bin}.{what}\0");
                 unsafe { raw::read(name.as_bytes()) }.unwrap()
             };
-            let size = read("size");
-            if size <= 4096 {
-                assert_eq!(read("slab_size"), page, "bin {bin} of {size} bytes");
+            let (size, slab) = (read("size"), read("slab_size"));
+            if size <= 1024 {
+                assert_eq!(slab, page, "bin {bin} of {size} bytes");
                 sizes.push(size);
+            } else if size == 2560 {
+                assert_eq!(slab, 5 * page, "jemalloc's own slab for {size} bytes");
             }
         }
         // 80 bytes, say, would take five pages by default.
-        assert!(sizes.contains(&80), "size classes up to 4 KiB: {sizes:?}");
+        assert!(sizes.contains(&80), "size classes up to 1 KiB: {sizes:?}");
     }
 }
