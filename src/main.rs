@@ -61,10 +61,11 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// the smallest run of pages their size divides, up to seven), so the few
 /// long-lived objects a load leaves behind keep fewer partly empty pages:
 /// 150 s after the issue's mix the heap's pages in use were 2 – 3 MB fewer,
-/// and no CPU cost stood out of the runs' spread. Not up to 4 KiB: a
-/// page's tail that no object fits is wasted (1.5 KiB for 2,560-byte
-/// objects), and an idle WebSocket connection took 15 % more
-/// (docs/BENCHMARKS.md, "Slabs of one page").
+/// and no CPU cost stood out of the runs' spread. A page's tail that no
+/// object fits is wasted (512 bytes for 896-byte objects); not up to
+/// 4 KiB, where it reaches 1.5 KiB (2,560-byte objects) and an idle
+/// WebSocket connection took 15 % more (docs/BENCHMARKS.md, "Slabs of one
+/// page").
 #[unsafe(export_name = "malloc_conf")]
 static MALLOC_CONF: &[u8] = b"background_thread:true,slab_sizes:1-1024:1\0";
 
