@@ -59,13 +59,10 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// actors passivated, hubs gone) stays resident while the server idles.
 /// Objects up to 1 KiB live in slabs of one page (jemalloc's default is
 /// the smallest run of pages their size divides, up to seven), so the few
-/// long-lived objects a load leaves behind keep fewer partly empty pages:
-/// 150 s after the issue's mix the heap's pages in use were 2 – 3 MB fewer,
-/// and no CPU cost stood out of the runs' spread. A page's tail that no
-/// object fits is wasted (512 bytes for 896-byte objects); not up to
-/// 4 KiB, where it reaches 1.5 KiB (2,560-byte objects) and an idle
-/// WebSocket connection took 15 % more (docs/BENCHMARKS.md, "Slabs of one
-/// page").
+/// long-lived objects a load leaves behind keep fewer partly empty pages.
+/// Not up to 4 KiB: the page's tail no object fits grows to 1.5 KiB there,
+/// and an idle WebSocket connection's buffers live in those classes
+/// (docs/BENCHMARKS.md, "Slabs of one page").
 #[unsafe(export_name = "malloc_conf")]
 static MALLOC_CONF: &[u8] = b"background_thread:true,slab_sizes:1-1024:1\0";
 
