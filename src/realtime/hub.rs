@@ -317,6 +317,11 @@ impl ChannelHub {
         if dropped > 0 {
             metrics::gauge!("turnout_ws_subscriptions", "kind" => self.channel.kind())
                 .decrement(dropped as f64);
+            // Idle from now, as after an unsubscribe: a client dropped for
+            // being slow may come back with `since` and resume.
+            if self.subscribers.is_empty() {
+                self.idle_since = Instant::now();
+            }
         }
     }
 

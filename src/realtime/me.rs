@@ -619,11 +619,22 @@ impl Handler<MeChange> for MeWatcher {
     fn handle(&mut self, MeChange(change): MeChange, ctx: &mut Self::Context) {
         let missed = self.places.missed_before(&change);
         let updates = self.places.apply(&change);
+        // A change that gives the person a place reaches them by their
+        // name; the next ones to that event (a cancellation, a shift of the
+        // waitlist) reach them only once they are registered there, which
+        // happens here: whatever was routed between the two reached nobody,
+        // and the event may never change again. One read settles it.
+        let new_place = self
+            .places
+            .held_in()
+            .any(|event| !self.holding_in.contains(&event));
         if !updates.is_empty() {
             self.send_updates(updates, Some(change.committed_at), ctx);
         }
         if missed {
             metrics::counter!("turnout_me_gaps_total").increment(1);
+        }
+        if missed || new_place {
             ctx.notify(Refresh);
         }
     }

@@ -154,6 +154,52 @@ async fn an_auth_for_another_user_ends_the_first_users_own_feeds() {
     }
 }
 
+/// A join and the event's cancellation committed one straight after the
+/// other: the cancellation names nobody and reaches a `me` watcher only once
+/// the watcher follows the event, which it begins to do on the join's
+/// change. Every place so taken is told as cancelled all the same.
+#[actix_web::test]
+async fn a_place_cancelled_as_it_is_taken_is_told_on_me() {
+    // Appends close together share a commit: the two changes are then
+    // routed one straight after the other.
+    let app = sqlite_app(|s| s.journal.linger_us = 50_000).await;
+    let owner = app.register("owner@example.com").await;
+    let person = app.user();
+    let (mut socket, _) = me_socket(&app, &person).await;
+    let mut taken = std::collections::HashSet::new();
+    for _ in 0..40 {
+        if taken.len() == 8 {
+            break;
+        }
+        let event = app.published_event(&owner, 10).await;
+        let cancel = async {
+            // Behind the join in the actor's mailbox, decided while the
+            // join commits.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            app.as_user(&owner, Method::POST, &format!("/v1/events/{event}/cancel"))
+                .send()
+                .await
+                .unwrap()
+        };
+        let (joined, cancelled) = tokio::join!(app.try_join(&person, event), cancel);
+        assert!(cancelled.status().is_success(), "{}", cancelled.status());
+        if joined.unwrap().status().is_success() {
+            taken.insert(event.to_string());
+        }
+    }
+    assert!(!taken.is_empty(), "every cancellation came before its join");
+
+    let mut told = std::collections::HashSet::new();
+    while told.len() < taken.len() {
+        let frame = next(&mut socket).await;
+        let place = &frame["data"]["place"];
+        if frame["type"] == "update" && place["status"] == "cancelled" {
+            told.insert(place["event_id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(told, taken);
+}
+
 /// 1000 joins race the subscription: the snapshot and the updates after it
 /// neither overlap nor leave a gap, and the last update is the final state.
 #[actix_web::test]

@@ -697,9 +697,11 @@ impl EventActor {
         reply: CommandReply,
         ctx: &mut Context<Self>,
     ) {
-        // Beyond a few lookups at once, the refusal is given as decided.
+        // Beyond a few lookups at once the key's earlier answer is not
+        // known: "try again", not a refusal that may contradict it.
         if self.key_lookups >= MAX_LOOKUPS {
-            return self.answer_after_in_flight(reply, Err(refusal));
+            let _ = reply.send(Err(CommandError::Unavailable));
+            return;
         }
         self.look_up(key.user, key.key.clone(), ctx, move |actor, stored, _| {
             actor.refuse_or_replay(key, refusal, stored, reply);

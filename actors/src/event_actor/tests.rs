@@ -696,6 +696,63 @@ async fn a_refusal_whose_shard_moved_during_its_lookup_is_not_given() {
     assert!(matches!(answer, Err(CommandError::NotHere)), "{answer:?}");
 }
 
+/// A retry's key unknown to the actor (a restart since) is looked up before
+/// a refusal is given; with the lookups at their limit, the retry hears
+/// "try again", never a refusal contradicting the answer its key was given.
+#[actix::test]
+async fn a_retry_past_the_lookup_limit_is_told_to_try_again_not_refused() {
+    let store = Arc::new(MemoryStore {
+        lookup_delay: Duration::from_millis(200),
+        ..MemoryStore::default()
+    });
+    let held = || Arc::new(HeldShards::everything(ShardCount::DEFAULT));
+    let registry = registry_on(store.clone(), held(), ActorSettings::default());
+    let (event, owner) = open_event(&registry, 5).await;
+    let member = UserId::new();
+    let key = join_key(member, "k", event);
+    let joined = registry.execute(event, join(member), Some(key.clone()), None);
+    assert!(matches!(joined.await, Ok(Reply::Done(_))));
+    let cancel = Command::Cancel {
+        by: owner,
+        at: Utc::now(),
+    };
+    registry.execute(event, cancel, None, None).await.unwrap();
+
+    // Given an actor that never knew the key (the server restarted), busy
+    // looking up the keys of as many refused joins as it looks up at once,
+    let registry = registry_on(store.clone(), held(), ActorSettings::default());
+    let refused: Vec<_> = (0..MAX_LOOKUPS)
+        .map(|n| {
+            let user = UserId::new();
+            spawn_execute(
+                &registry,
+                event,
+                join(user),
+                Some(join_key(user, &n.to_string(), event)),
+            )
+        })
+        .collect();
+    while store.lookups_begun.load(Ordering::SeqCst) < MAX_LOOKUPS {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // when the member retries their join with its key,
+    let retry = registry
+        .execute(event, join(member), Some(key.clone()), None)
+        .await;
+    // then they are told to try again, not that the event is cancelled;
+    assert!(matches!(retry, Err(CommandError::Unavailable)), "{retry:?}");
+    for answer in refused {
+        let answer = answer.await.unwrap();
+        assert!(
+            matches!(answer, Err(CommandError::Rejected(_))),
+            "{answer:?}"
+        );
+    }
+    // and once the lookups are done, the retry replays the join's answer.
+    let retry = registry.execute(event, join(member), Some(key), None).await;
+    assert!(matches!(retry, Ok(Reply::Replayed(_))), "{retry:?}");
+}
+
 /// One fresh key sent to two events at once: the second event refuses it
 /// before deciding, so the journal never finds it answered at commit and
 /// nobody else's join on that event is undone.
