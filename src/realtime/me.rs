@@ -27,6 +27,7 @@ use turnout_actors::domain::{DomainEvent, EventId, MemberStatus, UserId, Waitlis
 use turnout_actors::store::StoreError;
 use uuid::Uuid;
 
+use super::projection::LATE_CHANGES_WITHIN;
 use super::protocol::{self, Position};
 use super::socket::{ChannelQueue, Frame};
 use crate::store::{Place, Store, from_micros};
@@ -86,6 +87,10 @@ pub type Reason = &'static str;
 pub struct MyPlaces {
     user: UserId,
     by_event: HashMap<EventId, MyPlace>,
+    /// Places that ended, each at the version that ended it and when, kept
+    /// for [`LATE_CHANGES_WITHIN`]: an older change overtaken by the end (an
+    /// offer, after a shard moved) must not bring the place back.
+    ended: HashMap<EventId, (u64, DateTime<Utc>)>,
 }
 
 impl MyPlaces {
@@ -98,6 +103,7 @@ impl MyPlaces {
                 .filter(|p| is_live(p.status))
                 .map(|p| (EventId::from(p.event_id), p))
                 .collect(),
+            ended: HashMap::new(),
         }
     }
 
@@ -140,15 +146,16 @@ impl MyPlaces {
     }
 
     /// Moves the places by a committed change; the updates to send, in
-    /// order. A change already reflected (an older version) moves nothing.
+    /// order. A change already reflected (an older version than the place,
+    /// or than its end) moves nothing.
     pub fn apply(&mut self, change: &EventChange) -> Vec<(Reason, MyPlace)> {
         let event = change.summary.id;
         let version = change.summary.version;
-        if self
-            .by_event
-            .get(&event)
-            .is_some_and(|p| p.version >= version)
-        {
+        let reflected = match self.by_event.get(&event) {
+            Some(place) => place.version >= version,
+            None => self.ended.get(&event).is_some_and(|(at, _)| *at >= version),
+        };
+        if reflected {
             return Vec::new();
         }
         let mut place = self.by_event.get(&event).cloned();
@@ -210,19 +217,29 @@ impl MyPlaces {
             }
         }
         match place {
-            Some(p) if is_live(p.status) => {
-                self.by_event.insert(event, p);
-            }
-            _ => {
-                self.by_event.remove(&event);
-            }
+            Some(p) if is_live(p.status) => self.holds(event, p),
+            Some(_) => self.ends(event, version, change.committed_at),
+            None => {}
         }
         updates
     }
 
-    /// Takes a fresh read of the person's places (ended ones too); the
-    /// ones it changed, as updates. A place read as ended leaves the list.
-    pub fn refresh(&mut self, fresh: Vec<MyPlace>) -> Vec<(Reason, MyPlace)> {
+    fn holds(&mut self, event: EventId, place: MyPlace) {
+        self.ended.remove(&event);
+        self.by_event.insert(event, place);
+    }
+
+    fn ends(&mut self, event: EventId, version: u64, at: DateTime<Utc>) {
+        self.by_event.remove(&event);
+        self.ended
+            .retain(|_, (_, ended_at)| *ended_at > at - LATE_CHANGES_WITHIN);
+        self.ended.insert(event, (version, at));
+    }
+
+    /// Takes a fresh read of the person's places (ended ones too), made at
+    /// `now`; the ones it changed, as updates. A place read as ended leaves
+    /// the list.
+    pub fn refresh(&mut self, fresh: Vec<MyPlace>, now: DateTime<Utc>) -> Vec<(Reason, MyPlace)> {
         let mut updates = Vec::new();
         for place in fresh {
             let event = EventId::from(place.event_id);
@@ -238,9 +255,9 @@ impl MyPlaces {
                 updates.push(("refreshed", place.clone()));
             }
             if live {
-                self.by_event.insert(event, place);
+                self.holds(event, place);
             } else {
-                self.by_event.remove(&event);
+                self.ends(event, place.version, now);
             }
         }
         updates
@@ -649,7 +666,7 @@ impl Handler<Refresh> for MeWatcher {
             self.read(known)
                 .into_actor(self)
                 .map(|fresh, watcher, ctx| {
-                    let updates = watcher.places.refresh(fresh);
+                    let updates = watcher.places.refresh(fresh, Utc::now());
                     watcher.send_updates(updates, None, ctx);
                 }),
         );
@@ -795,7 +812,7 @@ mod tests {
             version: unheard.summary.version,
             ..waiting
         };
-        let told = mine.refresh(vec![read.clone()]);
+        let told = mine.refresh(vec![read.clone()], Utc::now());
         assert_eq!(told, vec![("refreshed", read)]);
         assert!(mine.get(id).is_none());
         assert_eq!(mine.waiting_in().count(), 0);
@@ -823,6 +840,28 @@ mod tests {
             mine.apply(&offered_to_me).is_empty(),
             "the late offer is older than the place: only a read tells it"
         );
+    }
+
+    #[test]
+    fn an_offer_overtaken_by_the_leave_after_it_does_not_bring_the_place_back() {
+        let (a, me) = (UserId::new(), UserId::new());
+        let mut event = Event::new();
+        let mut mine = MyPlaces::new(me, []);
+        mine.apply(&event.join(a));
+        mine.apply(&event.join(me));
+        // After a shard moved, the new holder's leave overtakes the old
+        // holder's offer.
+        let offered_to_me = event.leave(a);
+        let i_left = event.leave(me);
+        assert_eq!(mine.apply(&i_left)[0].0, "left");
+        assert!(
+            mine.apply(&offered_to_me).is_empty(),
+            "the offer is older than the leave"
+        );
+        assert!(mine.all().is_empty());
+        // A join after that is a place again.
+        assert_eq!(mine.apply(&event.join(me))[0].0, "joined");
+        assert_eq!(mine.all().len(), 1);
     }
 
     #[test]

@@ -513,9 +513,10 @@ impl EventActor {
         if facts.is_empty() && idempotency.is_none() {
             return self.answer_after_in_flight(reply, Ok(Reply::Done(outcome)));
         }
-        // Taken only for an append that goes out: a command that writes
-        // nothing would drop it, and the count with it.
-        let snapshot = match snapshot_due {
+        // Taken only for an append with facts: one without (a keyed
+        // command that changed nothing) may be answered from its stored key
+        // and write nothing, and the snapshot would be lost with the count.
+        let snapshot = match snapshot_due && !facts.is_empty() {
             true => {
                 self.facts_since_snapshot = 0;
                 self.state.clone()

@@ -830,3 +830,35 @@ async fn a_snapshot_due_at_activation_waits_for_a_command_that_writes() {
     // then the one that writes carries the snapshot.
     assert_eq!(store.snapshots.load(Ordering::SeqCst), 1);
 }
+
+/// A due snapshot rides only on an append with facts: a keyed command that
+/// changes nothing may be answered from its stored key and write nothing,
+/// and the snapshot with it.
+#[actix::test]
+async fn a_snapshot_due_is_not_lost_on_a_replayed_command_that_writes_nothing() {
+    let everything = || Arc::new(HeldShards::everything(ShardCount::DEFAULT));
+    let (store, before) = setup_with(Duration::ZERO, everything(), ActorSettings::default());
+    let (event, _) = open_event(&before, 10).await;
+    let member = UserId::new();
+    let key = join_key(member, "k", event);
+    let joined = before.execute(event, join(member), Some(key.clone()), None);
+    assert!(matches!(joined.await, Ok(Reply::Done(_))));
+    // Given three facts and no snapshot, read by a node that snapshots
+    // every three and never knew the member's key,
+    let lowered = ActorSettings {
+        snapshot_every: 3,
+        ..ActorSettings::default()
+    };
+    let after = registry_on(store.clone(), everything(), lowered);
+    // when its first command is the member's join again under that key
+    // (nothing to change: the journal answers it from the stored key),
+    let again = after.execute(event, join(member), Some(key), None).await;
+    assert!(matches!(again, Ok(Reply::Replayed(_))), "{again:?}");
+    assert_eq!(store.snapshots.load(Ordering::SeqCst), 0);
+    // then the next command that writes carries the snapshot.
+    after
+        .execute(event, join(UserId::new()), None, None)
+        .await
+        .unwrap();
+    assert_eq!(store.snapshots.load(Ordering::SeqCst), 1);
+}
