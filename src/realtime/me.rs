@@ -385,7 +385,7 @@ impl MeFeeds {
     pub fn resync_all(&self) {
         for watchers in self.0.watchers.iter() {
             for watcher in watchers.values() {
-                watcher.do_send(Refresh);
+                watcher.do_send(Refresh::Everything);
             }
         }
     }
@@ -427,10 +427,16 @@ impl MeFeeds {
 #[rtype(result = "()")]
 struct MeChange(Arc<EventChange>);
 
-/// Read the places again (changes may have been missed).
+/// Read the places again.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Refresh;
+enum Refresh {
+    /// Every place: changes may have been missed.
+    Everything,
+    /// The places in events the watcher has just begun to follow: what was
+    /// routed to them before it did reached nobody.
+    Followed(Vec<EventId>),
+}
 
 /// The subscription ended.
 #[derive(Message)]
@@ -456,21 +462,29 @@ pub struct MeWatcher {
 }
 
 impl MeWatcher {
-    /// The person's live places and, of the events in `known`, how their
-    /// place stands now wherever the live read left it out — ended ones
-    /// with their final status, which the live read cannot show. A failed
-    /// read is retried, backing off, as a hub's load is: an empty list
-    /// would tell the person they hold nothing.
+    /// The person's live places (with `everything`) and, of the events in
+    /// `known`, how their place stands now wherever the live read left it
+    /// out — ended ones with their final status, which the live read cannot
+    /// show. A failed read is retried, backing off, as a hub's load is: an
+    /// empty list would tell the person they hold nothing.
     ///
     /// A subscription shut or a connection closed meanwhile stops the
     /// retries: nobody is left to tell.
-    fn read(&self, known: Vec<EventId>) -> impl Future<Output = Vec<MyPlace>> + 'static {
+    fn read(
+        &self,
+        known: Vec<EventId>,
+        everything: bool,
+    ) -> impl Future<Output = Vec<MyPlace>> + 'static {
         let (store, user) = (Arc::clone(&self.feeds.0.store), self.user);
         let queue = self.queue.clone();
         async move {
             let mut pause = std::time::Duration::from_millis(100);
             loop {
-                match read_places(&*store, user, &known).await {
+                let read = match everything {
+                    true => read_places(&*store, user, &known).await,
+                    false => store.places_in(user, &known).await,
+                };
+                match read {
                     Ok(places) => return places.into_iter().map(MyPlace::from).collect(),
                     Err(_) if queue.is_shut() => return Vec::new(),
                     Err(error) => {
@@ -513,6 +527,20 @@ impl MeWatcher {
             self.send(text);
         }
         self.follow(ctx);
+    }
+
+    /// The events where the person holds a place this watcher does not
+    /// follow yet. A change that gives the person a place reaches them by
+    /// their name, and a read finds it; the changes after it to that event
+    /// (a cancellation, a shift of the waitlist) reach them only once the
+    /// watcher follows the event: whatever was routed in between reached
+    /// nobody, and a cancelled event never changes again. Once followed,
+    /// one read of those places settles it.
+    fn unfollowed(&self) -> Vec<EventId> {
+        self.places
+            .held_in()
+            .filter(|event| !self.holding_in.contains(event))
+            .collect()
     }
 
     /// Registers where the person waits and where they hold a place, and
@@ -588,7 +616,7 @@ impl Actor for MeWatcher {
         // either in the read or arrives after it (and older ones are
         // recognised by their version).
         ctx.wait(
-            self.read(Vec::new())
+            self.read(Vec::new(), true)
                 .into_actor(self)
                 .map(|places, watcher, ctx| {
                     watcher.places = MyPlaces::new(watcher.user, places);
@@ -607,7 +635,7 @@ impl Actor for MeWatcher {
                     // A change to an event the person waits in, committed between
                     // the read and registering as waiting there, reached nobody:
                     // one more read settles it.
-                    ctx.notify(Refresh);
+                    ctx.notify(Refresh::Everything);
                 }),
         );
     }
@@ -636,23 +664,15 @@ impl Handler<MeChange> for MeWatcher {
     fn handle(&mut self, MeChange(change): MeChange, ctx: &mut Self::Context) {
         let missed = self.places.missed_before(&change);
         let updates = self.places.apply(&change);
-        // A change that gives the person a place reaches them by their
-        // name; the next ones to that event (a cancellation, a shift of the
-        // waitlist) reach them only once they are registered there, which
-        // happens here: whatever was routed between the two reached nobody,
-        // and the event may never change again. One read settles it.
-        let new_place = self
-            .places
-            .held_in()
-            .any(|event| !self.holding_in.contains(&event));
+        let new_places = self.unfollowed();
         if !updates.is_empty() {
             self.send_updates(updates, Some(change.committed_at), ctx);
         }
         if missed {
             metrics::counter!("turnout_me_gaps_total").increment(1);
-        }
-        if missed || new_place {
-            ctx.notify(Refresh);
+            ctx.notify(Refresh::Everything);
+        } else if !new_places.is_empty() {
+            ctx.notify(Refresh::Followed(new_places));
         }
     }
 }
@@ -660,16 +680,21 @@ impl Handler<MeChange> for MeWatcher {
 impl Handler<Refresh> for MeWatcher {
     type Result = ();
 
-    fn handle(&mut self, _: Refresh, ctx: &mut Self::Context) {
-        let known = self.places.held_in().collect();
-        ctx.wait(
-            self.read(known)
-                .into_actor(self)
-                .map(|fresh, watcher, ctx| {
-                    let updates = watcher.places.refresh(fresh, Utc::now());
-                    watcher.send_updates(updates, None, ctx);
-                }),
-        );
+    fn handle(&mut self, refresh: Refresh, ctx: &mut Self::Context) {
+        let read = match refresh {
+            Refresh::Everything => self.read(self.places.held_in().collect(), true),
+            Refresh::Followed(events) => self.read(events, false),
+        };
+        ctx.wait(read.into_actor(self).map(|fresh, watcher, ctx| {
+            let updates = watcher.places.refresh(fresh, Utc::now());
+            let new_places = watcher.unfollowed();
+            watcher.send_updates(updates, None, ctx);
+            // A read that found a new place (its change still on the
+            // way) was made before the watcher followed its event.
+            if !new_places.is_empty() {
+                ctx.notify(Refresh::Followed(new_places));
+            }
+        }));
     }
 }
 

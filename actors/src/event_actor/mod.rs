@@ -699,9 +699,10 @@ impl EventActor {
         ctx: &mut Context<Self>,
     ) {
         // Beyond a few lookups at once the key's earlier answer is not
-        // known: "try again", not a refusal that may contradict it.
+        // known: "busy, try again", not a refusal that may contradict it
+        // (nor "unavailable", which would count against the database).
         if self.key_lookups >= MAX_LOOKUPS {
-            let _ = reply.send(Err(CommandError::Unavailable));
+            let _ = reply.send(Err(CommandError::Overloaded));
             return;
         }
         self.look_up(key.user, key.key.clone(), ctx, move |actor, stored, _| {
@@ -722,7 +723,7 @@ impl EventActor {
         ctx: &mut Context<Self>,
     ) {
         if self.key_lookups >= MAX_LOOKUPS {
-            let _ = reply.send(Err(CommandError::Unavailable));
+            let _ = reply.send(Err(CommandError::Overloaded));
             return;
         }
         self.look_up(

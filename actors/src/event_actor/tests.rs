@@ -698,11 +698,13 @@ async fn a_refusal_whose_shard_moved_during_its_lookup_is_not_given() {
 
 /// A retry's key unknown to the actor (a restart since) is looked up before
 /// a refusal is given; with the lookups at their limit, the retry hears
-/// "try again", never a refusal contradicting the answer its key was given.
+/// "busy, try again", never a refusal contradicting the answer its key was
+/// given.
 #[actix::test]
 async fn a_retry_past_the_lookup_limit_is_told_to_try_again_not_refused() {
     let store = Arc::new(MemoryStore {
-        lookup_delay: Duration::from_millis(200),
+        // Long enough that the retry surely comes while they run.
+        lookup_delay: Duration::from_secs(1),
         ..MemoryStore::default()
     });
     let held = || Arc::new(HeldShards::everything(ShardCount::DEFAULT));
@@ -739,8 +741,8 @@ async fn a_retry_past_the_lookup_limit_is_told_to_try_again_not_refused() {
     let retry = registry
         .execute(event, join(member), Some(key.clone()), None)
         .await;
-    // then they are told to try again, not that the event is cancelled;
-    assert!(matches!(retry, Err(CommandError::Unavailable)), "{retry:?}");
+    // then they are told the event is busy, not that it is cancelled;
+    assert!(matches!(retry, Err(CommandError::Overloaded)), "{retry:?}");
     for answer in refused {
         let answer = answer.await.unwrap();
         assert!(
