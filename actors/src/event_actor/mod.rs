@@ -817,7 +817,9 @@ impl EventActor {
         tracing::error!(event_id = %self.id, "event actor panicked; restarting from the store");
         metrics::counter!("turnout_actor_panics_total").increment(1);
         let _ = reply.send(Err(CommandError::Unavailable));
-        for flight in self.in_flight.abandon() {
+        let abandoned = self.in_flight.abandon();
+        let may_have_landed = !abandoned.is_empty();
+        for flight in abandoned {
             for caller in flight.callers {
                 let _ = caller.reply.send(Err(CommandError::Unavailable));
             }
@@ -837,7 +839,27 @@ impl EventActor {
             writer: self.writer,
             settled,
         });
-        ctx.wait(landed.into_actor(self).map(|_, actor, ctx| {
+        let store = Arc::clone(&self.store);
+        let id = self.id;
+        let landed = async move {
+            let _ = landed.await;
+            // What the abandoned appends left, if any landed: nobody was
+            // told of them, and a node's caches of the event and its hubs
+            // follow the changes this actor announces.
+            match may_have_landed {
+                true => store.load(id).await.ok()?.into_state().ok()?,
+                false => None,
+            }
+        };
+        ctx.wait(landed.into_actor(self).map(|state, actor, ctx| {
+            if let Some(state) = state {
+                actor.changes.committed(Arc::new(EventChange {
+                    summary: EventSummary::from(&state),
+                    facts: Vec::new(),
+                    moves: Vec::new(),
+                    committed_at: Utc::now(),
+                }));
+            }
             actor.leave(ctx);
             ctx.stop();
         }));

@@ -100,11 +100,27 @@ fn registry_with_journal(
     settings: ActorSettings,
     journal: JournalSettings,
 ) -> EventRegistry {
+    registry_telling(
+        store,
+        held,
+        settings,
+        journal,
+        Arc::new(crate::changes::NoChanges),
+    )
+}
+
+fn registry_telling(
+    store: Arc<MemoryStore>,
+    held: Arc<HeldShards>,
+    settings: ActorSettings,
+    journal: JournalSettings,
+    changes: Arc<dyn crate::changes::ChangeSink>,
+) -> EventRegistry {
     let journal = Journal::new(store.clone(), journal).start();
     EventRegistry::new(
         store,
         journal,
-        Arc::new(crate::changes::NoChanges),
+        changes,
         settings,
         vec![Arbiter::current()],
         held,
@@ -242,6 +258,61 @@ async fn a_replacement_sees_what_its_crashed_predecessor_was_committing() {
         matches!(left, Ok(Reply::Done(ref outcome)) if outcome.summary.active_count == 0),
         "the join had landed: the member may leave, got {left:?}"
     );
+}
+
+/// The changes an actor announces, as told.
+#[derive(Default)]
+struct Told(std::sync::Mutex<Vec<Arc<crate::changes::EventChange>>>);
+
+impl crate::changes::ChangeSink for Told {
+    fn committed(&self, change: Arc<crate::changes::EventChange>) {
+        self.0.lock().unwrap().push(change);
+    }
+}
+
+/// A join that lands while its actor panics was never told as a change;
+/// the crashed actor announces the event as the store holds it once its
+/// appends have settled, so that caches and hubs do not keep the event
+/// without the join until its next change (on a quiet event, for ever).
+#[actix::test]
+async fn a_crashed_actor_announces_what_its_appends_left() {
+    let store = Arc::new(MemoryStore {
+        commit_delay: Duration::from_millis(300),
+        ..MemoryStore::default()
+    });
+    let told = Arc::new(Told::default());
+    let registry = registry_telling(
+        store.clone(),
+        Arc::new(HeldShards::everything(ShardCount::DEFAULT)),
+        ActorSettings::default(),
+        JournalSettings::default(),
+        told.clone(),
+    );
+    let (event, _) = open_event(&registry, 5).await;
+    // Given a join inside the journal's commit when the next join panics,
+    let committing = join_committing(&store, &registry, event, UserId::new()).await;
+    let doomed = UserId::new();
+    PANIC_ON_JOIN_OF.lock().unwrap().push(doomed);
+    let crashed = registry.execute(event, join(doomed), None, None).await;
+    assert_eq!(crashed.unwrap_err(), CommandError::Unavailable);
+    assert_eq!(
+        committing.await.unwrap().unwrap_err(),
+        CommandError::Unavailable
+    );
+    // then, once it has landed, the event with its member is announced.
+    let announced = async {
+        loop {
+            let last = told.0.lock().unwrap().last().cloned();
+            if let Some(change) = last.filter(|c| c.summary.active_count == 1) {
+                return change;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let change = tokio::time::timeout(Duration::from_secs(5), announced)
+        .await
+        .expect("the landed join is announced");
+    assert!(change.facts.is_empty(), "{change:?}");
 }
 
 /// A journal too full for an append refuses it at once, ahead of the
