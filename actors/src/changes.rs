@@ -13,10 +13,7 @@ use crate::domain::{DomainEvent, UserId, WaitlistMove};
 use crate::store::EventSummary;
 
 /// One committed append of one event: the event after it and the facts
-/// that made it. Without facts, the event as the store holds it, announced
-/// by an actor that panicked while appends of its were being committed:
-/// their own changes were never told. Serialisable, as it travels between
-/// nodes.
+/// that made it. Serialisable, as it travels between nodes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventChange {
     /// The event after the change (its version is the stream version).

@@ -817,9 +817,24 @@ impl EventActor {
         tracing::error!(event_id = %self.id, "event actor panicked; restarting from the store");
         metrics::counter!("turnout_actor_panics_total").increment(1);
         let _ = reply.send(Err(CommandError::Unavailable));
-        let abandoned = self.in_flight.abandon();
-        let may_have_landed = !abandoned.is_empty();
-        for flight in abandoned {
+        // The changes of the appends abandoned here, to be told if they
+        // land: their callers hear 503 (the outcome is unknown), but the
+        // node's caches, hubs and feeds follow what is committed.
+        let mut unannounced = Vec::new();
+        for flight in self.in_flight.abandon() {
+            if let Some(Caller {
+                answer: Ok(Reply::Done(outcome)),
+                ..
+            }) = flight.callers.first()
+                && !flight.facts.is_empty()
+            {
+                unannounced.push(EventChange {
+                    summary: outcome.summary.clone(),
+                    facts: flight.facts,
+                    moves: flight.moves,
+                    committed_at: Utc::now(),
+                });
+            }
             for caller in flight.callers {
                 let _ = caller.reply.send(Err(CommandError::Unavailable));
             }
@@ -839,26 +854,24 @@ impl EventActor {
             writer: self.writer,
             settled,
         });
-        let store = Arc::clone(&self.store);
-        let id = self.id;
+        let (store, id) = (Arc::clone(&self.store), self.id);
         let landed = async move {
             let _ = landed.await;
-            // What the abandoned appends left, if any landed: nobody was
-            // told of them, and a node's caches of the event and its hubs
-            // follow the changes this actor announces.
-            match may_have_landed {
-                true => store.load(id).await.ok()?.into_state().ok()?,
-                false => None,
+            if unannounced.is_empty() {
+                return unannounced;
             }
+            // Appends of one stream land in order: those up to the stored
+            // version are the ones that did.
+            let stored = stored_version(&*store, id).await;
+            unannounced.retain(|c| stored.is_some_and(|v| c.summary.version <= v));
+            unannounced
         };
-        ctx.wait(landed.into_actor(self).map(|state, actor, ctx| {
-            if let Some(state) = state {
-                actor.changes.committed(Arc::new(EventChange {
-                    summary: EventSummary::from(&state),
-                    facts: Vec::new(),
-                    moves: Vec::new(),
-                    committed_at: Utc::now(),
-                }));
+        ctx.wait(landed.into_actor(self).map(|changes, actor, ctx| {
+            // Told before the actor leaves: its replacement, which may
+            // announce later changes, starts only after that.
+            for mut change in changes {
+                change.committed_at = Utc::now();
+                actor.changes.committed(Arc::new(change));
             }
             actor.leave(ctx);
             ctx.stop();
@@ -1008,6 +1021,14 @@ impl Handler<AppendDone> for EventActor {
     fn handle(&mut self, done: AppendDone, ctx: &mut Self::Context) {
         self.committed(done.seq, done.result, ctx);
     }
+}
+
+/// The version the store holds of `stream`, if it answers within a few
+/// seconds (a crashed actor holds its event's commands while it asks).
+async fn stored_version(store: &dyn EventStore, stream: EventId) -> Option<u64> {
+    let load = tokio::time::timeout(Duration::from_secs(5), store.load(stream));
+    let state = load.await.ok()?.ok()?.into_state().ok()??;
+    Some(state.version)
 }
 
 #[cfg(test)]
