@@ -348,6 +348,7 @@ impl MeFeeds {
             waiting_in: HashSet::new(),
             holding_in: HashSet::new(),
             warnings: HashMap::new(),
+            reading_all: false,
         }
         .start()
     }
@@ -459,6 +460,9 @@ pub struct MeWatcher {
     holding_in: HashSet<EventId>,
     /// The warning timer of each offer held, with its deadline.
     warnings: HashMap<EventId, (DateTime<Utc>, SpawnHandle)>,
+    /// A read of every place is asked for and not begun: the changes
+    /// before it need not be applied, nor each ask for one of its own.
+    reading_all: bool,
 }
 
 impl MeWatcher {
@@ -527,6 +531,14 @@ impl MeWatcher {
             self.send(text);
         }
         self.follow(ctx);
+    }
+
+    /// Asks for a read of every place (once until it begins: the changes
+    /// handled before then are in it).
+    fn read_all(&mut self, ctx: &mut Context<Self>) {
+        if !std::mem::replace(&mut self.reading_all, true) {
+            ctx.notify(Refresh::Everything);
+        }
     }
 
     /// The events where the person holds a place this watcher does not
@@ -632,10 +644,10 @@ impl Actor for MeWatcher {
                     );
                     watcher.send(text);
                     watcher.follow(ctx);
-                    // A change to an event the person waits in, committed between
-                    // the read and registering as waiting there, reached nobody:
-                    // one more read settles it.
-                    ctx.notify(Refresh::Everything);
+                    // A change to an event the person holds a place in,
+                    // committed between the read and following the event,
+                    // reached nobody: one more read settles it.
+                    watcher.read_all(ctx);
                 }),
         );
     }
@@ -666,9 +678,12 @@ impl Handler<MeChange> for MeWatcher {
         // where the places stand. Had it moved a place to its version first,
         // the read — at that version — would find nothing newer, and what
         // the missed change did (an offer) would go untold.
+        if self.reading_all {
+            return;
+        }
         if self.places.missed_before(&change) {
             metrics::counter!("turnout_me_gaps_total").increment(1);
-            ctx.notify(Refresh::Everything);
+            self.read_all(ctx);
             return;
         }
         let updates = self.places.apply(&change);
@@ -687,7 +702,10 @@ impl Handler<Refresh> for MeWatcher {
 
     fn handle(&mut self, refresh: Refresh, ctx: &mut Self::Context) {
         let read = match refresh {
-            Refresh::Everything => self.read(self.places.held_in().collect(), true),
+            Refresh::Everything => {
+                self.reading_all = false;
+                self.read(self.places.held_in().collect(), true)
+            }
             Refresh::Followed(events) => self.read(events, false),
         };
         ctx.wait(read.into_actor(self).map(|fresh, watcher, ctx| {

@@ -857,14 +857,10 @@ impl EventActor {
         let (store, id) = (Arc::clone(&self.store), self.id);
         let landed = async move {
             let _ = landed.await;
-            if unannounced.is_empty() {
-                return unannounced;
+            match unannounced.is_empty() {
+                true => unannounced,
+                false => landed_of(&*store, id, unannounced).await,
             }
-            // Appends of one stream land in order: those up to the stored
-            // version are the ones that did.
-            let stored = stored_version(&*store, id).await;
-            unannounced.retain(|c| stored.is_some_and(|v| c.summary.version <= v));
-            unannounced
         };
         ctx.wait(landed.into_actor(self).map(|changes, actor, ctx| {
             // Told before the actor leaves: its replacement, which may
@@ -1023,12 +1019,39 @@ impl Handler<AppendDone> for EventActor {
     }
 }
 
-/// The version the store holds of `stream`, if it answers within a few
-/// seconds (a crashed actor holds its event's commands while it asks).
-async fn stored_version(store: &dyn EventStore, stream: EventId) -> Option<u64> {
+/// Of a crashed actor's `changes`, those whose facts the store holds at
+/// their versions: they landed. (A version may hold another writer's facts
+/// instead: a node whose lease lapsed has its batch refused once another
+/// took the shard.) Facts folded into a snapshot since cannot be compared
+/// and are not told; nor is anything when the store does not answer within
+/// a few seconds, as the actor holds its event's commands while it asks.
+async fn landed_of(
+    store: &dyn EventStore,
+    stream: EventId,
+    changes: Vec<EventChange>,
+) -> Vec<EventChange> {
     let load = tokio::time::timeout(Duration::from_secs(5), store.load(stream));
-    let state = load.await.ok()?.ok()?.into_state().ok()??;
-    Some(state.version)
+    let Ok(Ok(stored)) = load.await else {
+        return Vec::new();
+    };
+    let base = stored.snapshot.as_ref().map_or(0, |s| s.version);
+    let Ok(facts) = stored
+        .facts
+        .into_iter()
+        .map(|f| f.decode())
+        .collect::<Result<Vec<DomainEvent>, _>>()
+    else {
+        return Vec::new();
+    };
+    changes
+        .into_iter()
+        .filter(|change| {
+            let first = change.summary.version + 1 - change.facts.len() as u64;
+            first > base
+                && facts.get((first - base - 1) as usize..(change.summary.version - base) as usize)
+                    == Some(change.facts.as_slice())
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -321,6 +321,48 @@ async fn a_crashed_actor_announces_the_appends_of_its_that_landed() {
     assert_eq!(after[1].summary.version, landed.summary.version + 1);
 }
 
+/// What a crashed actor tells is what the log holds: a version another
+/// writer took (after a shard moved) is not told as its own.
+#[actix::test]
+async fn a_crashed_actor_tells_only_the_facts_the_log_holds_at_their_versions() {
+    let (store, registry) = setup(Duration::ZERO);
+    let (event, _) = open_event(&registry, 5).await;
+    let member = UserId::new();
+    let Reply::Done(joined) = registry
+        .execute(event, join(member), None, None)
+        .await
+        .unwrap()
+    else {
+        panic!("a fresh join")
+    };
+    let stored = store.load(event).await.unwrap();
+    let facts: Vec<DomainEvent> = stored
+        .facts
+        .into_iter()
+        .map(|f| f.decode().unwrap())
+        .collect();
+    let change = |facts: Vec<DomainEvent>| EventChange {
+        summary: joined.summary.clone(),
+        facts,
+        moves: Vec::new(),
+        committed_at: Utc::now(),
+    };
+    let ours = change(facts[2..].to_vec());
+    let theirs = change(vec![match facts[2].clone() {
+        DomainEvent::Joined {
+            status, seats, at, ..
+        } => DomainEvent::Joined {
+            user: UserId::new(),
+            status,
+            seats,
+            at,
+        },
+        other => panic!("the third fact is the join: {other:?}"),
+    }]);
+    let told = landed_of(&*store, event, vec![theirs, ours.clone()]).await;
+    assert_eq!(told, vec![ours]);
+}
+
 /// A journal too full for an append refuses it at once, ahead of the
 /// outcome of the actor's earlier append still being committed. The actor
 /// must not leave before that lands: its replacement would load the event
