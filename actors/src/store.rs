@@ -240,6 +240,15 @@ pub trait EventStore: Send + Sync + 'static {
     /// stream gives an empty rehydration.
     async fn load(&self, stream: EventId) -> Result<Rehydration, StoreError>;
 
+    /// The log's facts of a stream at versions `after + 1 ..= through`, in
+    /// order, whatever snapshot covers them (fewer where the log ends).
+    async fn logged_facts(
+        &self,
+        stream: EventId,
+        after: u64,
+        through: u64,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+
     /// Writes a batch in one transaction: event log, snapshots, read models,
     /// idempotency records and outbox rows, all or nothing — except that
     /// appends whose lease is no longer this node's at its epoch (checked

@@ -43,6 +43,18 @@ impl EventStore for MemoryStore {
         })
     }
 
+    async fn logged_facts(
+        &self,
+        stream: EventId,
+        after: u64,
+        through: u64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let log = self.log.lock().unwrap();
+        let facts = log.get(&stream).map_or(&[][..], Vec::as_slice);
+        let (from, to) = (after as usize, (through as usize).min(facts.len()));
+        Ok(facts.get(from..to).unwrap_or_default().to_vec())
+    }
+
     async fn commit(&self, batch: &[Append]) -> Result<CommitReport, StoreError> {
         self.commits_begun.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(self.commit_delay).await;

@@ -193,6 +193,49 @@ async fn execute(url: &str, sql: String, id: uuid::Uuid) {
     }
 }
 
+/// The log's facts of a version range are read whatever snapshot covers
+/// them (a crashed actor compares them with its own), and none past its end.
+async fn logged_facts_are_read_under_a_snapshot(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((store, _)) = open(backend, &dir).await else {
+        return;
+    };
+    let every_two = ActorSettings {
+        snapshot_every: 2,
+        ..ActorSettings::default()
+    };
+    let registry = registry(&store, every_two, vec![Arbiter::current()]);
+    let event = create_event(&store, &registry, UserId::new(), 5).await;
+    let member = UserId::new();
+    for user in [UserId::new(), member] {
+        registry
+            .execute(event, join_of(user), None, None)
+            .await
+            .unwrap();
+    }
+    let loaded = store.load(event).await.unwrap();
+    let version = loaded.into_state().unwrap().unwrap().version;
+    let snapshots = store.load(event).await.unwrap().snapshot;
+    assert!(
+        snapshots.is_some_and(|s| s.version == version),
+        "the last join's append carried a snapshot"
+    );
+
+    let logged = store
+        .logged_facts(event, version - 1, version + 5)
+        .await
+        .unwrap();
+    let facts: Vec<_> = logged.into_iter().map(|f| f.decode().unwrap()).collect();
+    assert!(
+        matches!(facts.as_slice(), [turnout_actors::domain::DomainEvent::Joined { user, .. }] if *user == member),
+        "{facts:?}"
+    );
+    assert_eq!(
+        store.logged_facts(event, 0, version).await.unwrap().len() as u64,
+        version
+    );
+}
+
 async fn one_commit_writes_log_read_models_and_outbox(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let Some((store, url)) = open(backend, &dir).await else {
@@ -1524,6 +1567,7 @@ macro_rules! store_tests {
 }
 
 store_tests!(
+    logged_facts_are_read_under_a_snapshot,
     one_commit_writes_log_read_models_and_outbox,
     expired_idempotency_records_are_purged,
     a_purge_takes_a_backlog_of_many_batches,

@@ -1019,39 +1019,30 @@ impl Handler<AppendDone> for EventActor {
     }
 }
 
-/// Of a crashed actor's `changes`, those whose facts the store holds at
-/// their versions: they landed. (A version may hold another writer's facts
+/// Of a crashed actor's `changes`, those whose facts the log holds at their
+/// versions: they landed. (A version may hold another writer's facts
 /// instead: a node whose lease lapsed has its batch refused once another
-/// took the shard.) Facts folded into a snapshot since cannot be compared
-/// and are not told; nor is anything when the store does not answer within
-/// a few seconds, as the actor holds its event's commands while it asks.
+/// took the shard.) Nothing is told of a change the store does not answer
+/// for within a few seconds: the actor holds its event's commands while it
+/// asks.
 async fn landed_of(
     store: &dyn EventStore,
     stream: EventId,
     changes: Vec<EventChange>,
 ) -> Vec<EventChange> {
-    let load = tokio::time::timeout(Duration::from_secs(5), store.load(stream));
-    let Ok(Ok(stored)) = load.await else {
-        return Vec::new();
-    };
-    let base = stored.snapshot.as_ref().map_or(0, |s| s.version);
-    let Ok(facts) = stored
-        .facts
-        .into_iter()
-        .map(|f| f.decode())
-        .collect::<Result<Vec<DomainEvent>, _>>()
-    else {
-        return Vec::new();
-    };
-    changes
-        .into_iter()
-        .filter(|change| {
-            let first = change.summary.version + 1 - change.facts.len() as u64;
-            first > base
-                && facts.get((first - base - 1) as usize..(change.summary.version - base) as usize)
-                    == Some(change.facts.as_slice())
-        })
-        .collect()
+    let mut landed = Vec::new();
+    for change in changes {
+        let after = change.summary.version - change.facts.len() as u64;
+        let read = store.logged_facts(stream, after, change.summary.version);
+        let Ok(Ok(logged)) = tokio::time::timeout(Duration::from_secs(5), read).await else {
+            break;
+        };
+        let logged: Result<Vec<DomainEvent>, _> = logged.into_iter().map(|f| f.decode()).collect();
+        if logged.is_ok_and(|logged| logged == change.facts) {
+            landed.push(change);
+        }
+    }
+    landed
 }
 
 #[cfg(test)]

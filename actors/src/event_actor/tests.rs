@@ -359,8 +359,19 @@ async fn a_crashed_actor_tells_only_the_facts_the_log_holds_at_their_versions() 
         },
         other => panic!("the third fact is the join: {other:?}"),
     }]);
-    let told = landed_of(&*store, event, vec![theirs, ours.clone()]).await;
-    assert_eq!(told, vec![ours]);
+    let beyond = EventChange {
+        summary: EventSummary {
+            version: joined.summary.version + 1,
+            ..joined.summary.clone()
+        },
+        ..ours.clone()
+    };
+    let told = landed_of(&*store, event, vec![theirs, ours.clone(), beyond]).await;
+    assert_eq!(
+        told,
+        vec![ours],
+        "neither another's fact nor one past the log"
+    );
 }
 
 /// A journal too full for an append refuses it at once, ahead of the

@@ -490,24 +490,34 @@ macro_rules! impl_event_store {
                     }
                 });
                 let after = snapshot.as_ref().map_or(0, |s| s.version as i64);
+                let facts = self.logged_facts(stream, after as u64, i64::MAX as u64).await?;
+                Ok(Rehydration { snapshot, facts })
+            }
+
+            async fn logged_facts(
+                &self,
+                stream: EventId,
+                after: u64,
+                through: u64,
+            ) -> Result<Vec<StoredEvent>, StoreError> {
                 let rows: Vec<(String, i64, Json<serde_json::Value>)> = sqlx::query_as(
                     "SELECT event_type, schema_version, payload FROM event_log \
-                     WHERE stream_id = $1 AND version > $2 ORDER BY version",
+                     WHERE stream_id = $1 AND version > $2 AND version <= $3 ORDER BY version",
                 )
                 .bind(stream.as_uuid())
-                .bind(after)
+                .bind(after as i64)
+                .bind(through as i64)
                 .fetch_all(&self.pool)
                 .await
                 .map_err(unavailable)?;
-                let facts = rows
+                Ok(rows
                     .into_iter()
                     .map(|(event_type, schema_version, Json(payload))| StoredEvent {
                         event_type,
                         schema_version: schema_version as i32,
                         payload,
                     })
-                    .collect();
-                Ok(Rehydration { snapshot, facts })
+                    .collect())
             }
 
             async fn stored_answer(
