@@ -1030,19 +1030,34 @@ async fn landed_of(
     stream: EventId,
     changes: Vec<EventChange>,
 ) -> Vec<EventChange> {
-    let mut landed = Vec::new();
-    for change in changes {
-        let after = change.summary.version - change.facts.len() as u64;
-        let read = store.logged_facts(stream, after, change.summary.version);
-        let Ok(Ok(logged)) = tokio::time::timeout(Duration::from_secs(5), read).await else {
-            break;
-        };
-        let logged: Result<Vec<DomainEvent>, _> = logged.into_iter().map(|f| f.decode()).collect();
-        if logged.is_ok_and(|logged| logged == change.facts) {
-            landed.push(change);
-        }
-    }
-    landed
+    let first_of = |c: &EventChange| c.summary.version - c.facts.len() as u64;
+    let (Some(after), Some(through)) = (
+        changes.iter().map(first_of).min(),
+        changes.iter().map(|c| c.summary.version).max(),
+    ) else {
+        return changes;
+    };
+    let read = store.logged_facts(stream, after, through);
+    let Ok(Ok(logged)) = tokio::time::timeout(Duration::from_secs(5), read).await else {
+        return Vec::new();
+    };
+    // One at a time: a fact that will not decode leaves out only the
+    // change it belongs to.
+    let logged: Vec<Option<DomainEvent>> = logged.into_iter().map(|f| f.decode().ok()).collect();
+    changes
+        .into_iter()
+        .filter(|change| {
+            let from = (first_of(change) - after) as usize;
+            let to = (change.summary.version - after) as usize;
+            logged.get(from..to).is_some_and(|facts| {
+                facts.len() == change.facts.len()
+                    && facts
+                        .iter()
+                        .zip(&change.facts)
+                        .all(|(logged, ours)| logged.as_ref() == Some(ours))
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

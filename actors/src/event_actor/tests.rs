@@ -322,7 +322,9 @@ async fn a_crashed_actor_announces_the_appends_of_its_that_landed() {
 }
 
 /// What a crashed actor tells is what the log holds: a version another
-/// writer took (after a shard moved) is not told as its own.
+/// writer took (after a shard moved) is not told as its own, nor a version
+/// past the log's end, and a fact that will not decode leaves out only its
+/// own change.
 #[actix::test]
 async fn a_crashed_actor_tells_only_the_facts_the_log_holds_at_their_versions() {
     let (store, registry) = setup(Duration::ZERO);
@@ -347,7 +349,9 @@ async fn a_crashed_actor_tells_only_the_facts_the_log_holds_at_their_versions() 
         moves: Vec::new(),
         committed_at: Utc::now(),
     };
+    // Given the changes a crashed actor kept — its own join at version 3,
     let ours = change(facts[2..].to_vec());
+    // another's join claiming the same version,
     let theirs = change(vec![match facts[2].clone() {
         DomainEvent::Joined {
             status, seats, at, ..
@@ -359,6 +363,7 @@ async fn a_crashed_actor_tells_only_the_facts_the_log_holds_at_their_versions() 
         },
         other => panic!("the third fact is the join: {other:?}"),
     }]);
+    // one past the log's end,
     let beyond = EventChange {
         summary: EventSummary {
             version: joined.summary.version + 1,
@@ -366,11 +371,27 @@ async fn a_crashed_actor_tells_only_the_facts_the_log_holds_at_their_versions() 
         },
         ..ours.clone()
     };
-    let told = landed_of(&*store, event, vec![theirs, ours.clone(), beyond]).await;
+    // and the publish at version 2, whose logged fact no longer decodes —
+    let published = EventChange {
+        summary: EventSummary {
+            version: joined.summary.version - 1,
+            ..joined.summary.clone()
+        },
+        ..change(vec![facts[1].clone()])
+    };
+    store.log.lock().unwrap().get_mut(&event).unwrap()[1].schema_version = i32::MAX;
+    // when it checks them against the log,
+    let told = landed_of(
+        &*store,
+        event,
+        vec![published, theirs, ours.clone(), beyond],
+    )
+    .await;
+    // then it tells its own join alone.
     assert_eq!(
         told,
         vec![ours],
-        "neither another's fact nor one past the log"
+        "neither another's fact, one past the log, nor one that will not decode"
     );
 }
 
