@@ -88,7 +88,7 @@ pub struct MyPlaces {
     user: UserId,
     by_event: HashMap<EventId, MyPlace>,
     /// Places that ended, each at the version that ended it and when, kept
-    /// for [`LATE_CHANGES_WITHIN`]: an older change overtaken by the end (an
+    /// at least [`LATE_CHANGES_WITHIN`]: an older change overtaken by the end (an
     /// offer, after a shard moved) must not bring the place back.
     ended: HashMap<EventId, (u64, DateTime<Utc>)>,
 }
@@ -264,7 +264,7 @@ impl MyPlaces {
     }
 }
 
-/// One read of [`MeWatcher::read`].
+/// One read of [`MeWatcher::read`] with `everything`.
 async fn read_places(
     store: &dyn Store,
     user: UserId,

@@ -103,7 +103,8 @@ impl Outcome {
 pub enum CommandError {
     #[error(transparent)]
     Rejected(#[from] Rejection),
-    /// The event's queue (or the journal's) is full: retry shortly.
+    /// The event's queue (or the journal's) is full, or its stored-key
+    /// lookups are at their limit: retry shortly.
     #[error("the event is busy; retry shortly")]
     Overloaded,
     /// Nothing was acknowledged; the store failed or the actor restarted.
@@ -233,7 +234,8 @@ pub struct EventActor {
     last_active: Instant,
     /// Set after a failed commit or load: the state can no longer be trusted.
     broken: bool,
-    /// Stored-key lookups under way for refused commands.
+    /// Stored-key lookups under way for refused commands and for watched
+    /// users' keys.
     key_lookups: usize,
     /// The timer for the earliest offer deadline, and that deadline.
     deadline: Option<(DateTime<Utc>, SpawnHandle)>,
@@ -832,6 +834,8 @@ impl EventActor {
                     summary: outcome.summary.clone(),
                     facts: flight.facts,
                     moves: flight.moves,
+                    // Its commit was under way at the crash: as near as is
+                    // known.
                     committed_at: Utc::now(),
                 });
             }
@@ -857,16 +861,12 @@ impl EventActor {
         let (store, id) = (Arc::clone(&self.store), self.id);
         let landed = async move {
             let _ = landed.await;
-            match unannounced.is_empty() {
-                true => unannounced,
-                false => landed_of(&*store, id, unannounced).await,
-            }
+            landed_of(&*store, id, unannounced).await
         };
         ctx.wait(landed.into_actor(self).map(|changes, actor, ctx| {
             // Told before the actor leaves: its replacement, which may
             // announce later changes, starts only after that.
-            for mut change in changes {
-                change.committed_at = Utc::now();
+            for change in changes {
                 actor.changes.committed(Arc::new(change));
             }
             actor.leave(ctx);

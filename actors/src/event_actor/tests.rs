@@ -60,6 +60,27 @@ async fn join_committing(
     committing
 }
 
+/// `member`'s join is inside the journal's commit (its delay) when the
+/// event's next join panics: both callers hear "unavailable", the join's
+/// because its actor crashed before the commit answered.
+async fn crash_while_committing(
+    store: &MemoryStore,
+    registry: &EventRegistry,
+    event: EventId,
+    member: UserId,
+) {
+    let committing = join_committing(store, registry, event, member).await;
+    let doomed = UserId::new();
+    PANIC_ON_JOIN_OF.lock().unwrap().push(doomed);
+    let crashed = registry.execute(event, join(doomed), None, None).await;
+    assert_eq!(crashed.unwrap_err(), CommandError::Unavailable);
+    assert_eq!(
+        committing.await.unwrap().unwrap_err(),
+        CommandError::Unavailable,
+        "its actor crashed before the commit answered"
+    );
+}
+
 fn far_off() -> std::time::Instant {
     std::time::Instant::now() + Duration::from_secs(3_600)
 }
@@ -114,7 +135,7 @@ fn registry_telling(
     held: Arc<HeldShards>,
     settings: ActorSettings,
     journal: JournalSettings,
-    changes: Arc<dyn crate::changes::ChangeSink>,
+    changes: Arc<dyn ChangeSink>,
 ) -> EventRegistry {
     let journal = Journal::new(store.clone(), journal).start();
     EventRegistry::new(
@@ -237,17 +258,7 @@ async fn a_replacement_sees_what_its_crashed_predecessor_was_committing() {
     let (store, registry) = setup(Duration::from_millis(300));
     let (event, _) = open_event(&registry, 5).await;
     let member = UserId::new();
-    // Inside the journal's 300 ms commit when the next join panics.
-    let committing = join_committing(&store, &registry, event, member).await;
-    let doomed = UserId::new();
-    PANIC_ON_JOIN_OF.lock().unwrap().push(doomed);
-    let crashed = registry.execute(event, join(doomed), None, None).await;
-    assert_eq!(crashed.unwrap_err(), CommandError::Unavailable);
-    assert_eq!(
-        committing.await.unwrap().unwrap_err(),
-        CommandError::Unavailable,
-        "its actor crashed before the commit answered"
-    );
+    crash_while_committing(&store, &registry, event, member).await;
 
     let leave = Command::Leave {
         user: member,
@@ -262,10 +273,10 @@ async fn a_replacement_sees_what_its_crashed_predecessor_was_committing() {
 
 /// The changes an actor announces, as told.
 #[derive(Default)]
-struct Told(std::sync::Mutex<Vec<Arc<crate::changes::EventChange>>>);
+struct Told(std::sync::Mutex<Vec<Arc<EventChange>>>);
 
-impl crate::changes::ChangeSink for Told {
-    fn committed(&self, change: Arc<crate::changes::EventChange>) {
+impl ChangeSink for Told {
+    fn committed(&self, change: Arc<EventChange>) {
         self.0.lock().unwrap().push(change);
     }
 }
@@ -292,15 +303,7 @@ async fn a_crashed_actor_announces_the_appends_of_its_that_landed() {
     let before = told.0.lock().unwrap().len();
     // Given a join inside the journal's commit when the next join panics,
     let member = UserId::new();
-    let committing = join_committing(&store, &registry, event, member).await;
-    let doomed = UserId::new();
-    PANIC_ON_JOIN_OF.lock().unwrap().push(doomed);
-    let crashed = registry.execute(event, join(doomed), None, None).await;
-    assert_eq!(crashed.unwrap_err(), CommandError::Unavailable);
-    assert_eq!(
-        committing.await.unwrap().unwrap_err(),
-        CommandError::Unavailable
-    );
+    crash_while_committing(&store, &registry, event, member).await;
     // when the next command has been answered (by a replacement, which the
     // crashed actor makes wait until it has told what landed),
     let next = registry

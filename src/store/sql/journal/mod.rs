@@ -489,8 +489,8 @@ macro_rules! impl_event_store {
                         }
                     }
                 });
-                let after = snapshot.as_ref().map_or(0, |s| s.version as i64);
-                let facts = self.logged_facts(stream, after as u64, i64::MAX as u64).await?;
+                let after = snapshot.as_ref().map_or(0, |s| s.version);
+                let facts = self.logged_facts(stream, after, i64::MAX as u64).await?;
                 Ok(Rehydration { snapshot, facts })
             }
 
