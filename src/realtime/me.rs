@@ -264,7 +264,7 @@ impl MyPlaces {
     }
 }
 
-/// One read of [`MeWatcher::read`] with `everything`.
+/// One read of everything [`MeWatcher::read`] does.
 async fn read_places(
     store: &dyn Store,
     user: UserId,
@@ -466,27 +466,24 @@ pub struct MeWatcher {
 }
 
 impl MeWatcher {
-    /// The person's live places (with `everything`) and, of the events in
-    /// `known`, how their place stands now wherever the live read left it
-    /// out — ended ones with their final status, which the live read cannot
-    /// show. A failed read is retried, backing off, as a hub's load is: an
+    /// The places `what` asks for. Everything: the person's live places
+    /// and, of the events where the watcher knows one, how it stands now
+    /// wherever the live read left it out — ended ones with their final
+    /// status, which the live read cannot show. A failed read is retried, backing off, as a hub's load is: an
     /// empty list would tell the person they hold nothing.
     ///
     /// A subscription shut or a connection closed meanwhile stops the
     /// retries: nobody is left to tell.
-    fn read(
-        &self,
-        known: Vec<EventId>,
-        everything: bool,
-    ) -> impl Future<Output = Vec<MyPlace>> + 'static {
+    fn read(&self, what: Refresh) -> impl Future<Output = Vec<MyPlace>> + 'static {
         let (store, user) = (Arc::clone(&self.feeds.0.store), self.user);
+        let known: Vec<EventId> = self.places.held_in().collect();
         let queue = self.queue.clone();
         async move {
             let mut pause = std::time::Duration::from_millis(100);
             loop {
-                let read = match everything {
-                    true => read_places(&*store, user, &known).await,
-                    false => store.places_in(user, &known).await,
+                let read = match &what {
+                    Refresh::Everything => read_places(&*store, user, &known).await,
+                    Refresh::Followed(events) => store.places_in(user, events).await,
                 };
                 match read {
                     Ok(places) => return places.into_iter().map(MyPlace::from).collect(),
@@ -628,7 +625,7 @@ impl Actor for MeWatcher {
         // either in the read or arrives after it (and older ones are
         // recognised by their version).
         ctx.wait(
-            self.read(Vec::new(), true)
+            self.read(Refresh::Everything)
                 .into_actor(self)
                 .map(|places, watcher, ctx| {
                     watcher.places = MyPlaces::new(watcher.user, places);
@@ -674,13 +671,14 @@ impl Handler<MeChange> for MeWatcher {
     type Result = ();
 
     fn handle(&mut self, MeChange(change): MeChange, ctx: &mut Self::Context) {
+        // A read of every place is on its way, later than this change.
+        if self.reading_all {
+            return;
+        }
         // A change after a gap moves nothing: the read it calls for tells
         // where the places stand. Had it moved a place to its version first,
         // the read — at that version — would find nothing newer, and what
         // the missed change did (an offer) would go untold.
-        if self.reading_all {
-            return;
-        }
         if self.places.missed_before(&change) {
             metrics::counter!("turnout_me_gaps_total").increment(1);
             self.read_all(ctx);
@@ -701,13 +699,10 @@ impl Handler<Refresh> for MeWatcher {
     type Result = ();
 
     fn handle(&mut self, refresh: Refresh, ctx: &mut Self::Context) {
-        let read = match refresh {
-            Refresh::Everything => {
-                self.reading_all = false;
-                self.read(self.places.held_in().collect(), true)
-            }
-            Refresh::Followed(events) => self.read(events, false),
-        };
+        if let Refresh::Everything = refresh {
+            self.reading_all = false;
+        }
+        let read = self.read(refresh);
         ctx.wait(read.into_actor(self).map(|fresh, watcher, ctx| {
             let updates = watcher.places.refresh(fresh, Utc::now());
             let new_places = watcher.unfollowed();
@@ -805,6 +800,15 @@ mod tests {
         }
     }
 
+    /// `me` waiting behind `a`, who holds the event's one place.
+    fn waiting_behind(a: UserId, me: UserId) -> (Event, MyPlaces) {
+        let mut event = Event::new();
+        let mut mine = MyPlaces::new(me, []);
+        mine.apply(&event.join(a));
+        mine.apply(&event.join(me));
+        (event, mine)
+    }
+
     #[test]
     fn a_waiting_place_moves_up_as_those_ahead_leave_and_is_then_offered() {
         let (a, b, c, me) = (UserId::new(), UserId::new(), UserId::new(), UserId::new());
@@ -846,10 +850,7 @@ mod tests {
     #[test]
     fn a_refresh_tells_a_place_that_ended_unheard_and_drops_it() {
         let (a, me) = (UserId::new(), UserId::new());
-        let mut event = Event::new();
-        let mut mine = MyPlaces::new(me, []);
-        mine.apply(&event.join(a));
-        mine.apply(&event.join(me));
+        let (mut event, mut mine) = waiting_behind(a, me);
         let id = event.state.as_ref().unwrap().id;
         let waiting = mine.get(id).cloned().expect("waiting");
         // The leave's change never arrived; the read finds the place left.
@@ -869,10 +870,7 @@ mod tests {
     #[test]
     fn a_change_that_overtook_an_earlier_one_is_told_as_a_gap() {
         let (a, b, me) = (UserId::new(), UserId::new(), UserId::new());
-        let mut event = Event::new();
-        let mut mine = MyPlaces::new(me, []);
-        mine.apply(&event.join(a));
-        mine.apply(&event.join(me));
+        let (mut event, mut mine) = waiting_behind(a, me);
         let offered_to_me = event.leave(a);
         let someone_else_waits = event.join(b);
         assert!(
@@ -902,10 +900,7 @@ mod tests {
     #[test]
     fn an_offer_overtaken_by_the_leave_after_it_does_not_bring_the_place_back() {
         let (a, me) = (UserId::new(), UserId::new());
-        let mut event = Event::new();
-        let mut mine = MyPlaces::new(me, []);
-        mine.apply(&event.join(a));
-        mine.apply(&event.join(me));
+        let (mut event, mut mine) = waiting_behind(a, me);
         // After a shard moved, the new holder's leave overtakes the old
         // holder's offer.
         let offered_to_me = event.leave(a);

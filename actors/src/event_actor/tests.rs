@@ -946,13 +946,22 @@ async fn a_fresh_key_raced_on_two_events_fails_nobody_elses_command() {
     assert!(matches!(after, Err(CommandError::KeyReused)), "{after:?}");
 }
 
+/// A second node on `store`, which snapshots every three facts.
+fn snapshotting_every_three(store: &Arc<MemoryStore>) -> EventRegistry {
+    let lowered = ActorSettings {
+        snapshot_every: 3,
+        ..ActorSettings::default()
+    };
+    let everything = Arc::new(HeldShards::everything(ShardCount::DEFAULT));
+    registry_on(store.clone(), everything, lowered)
+}
+
 /// A snapshot falls due at activation when more facts were replayed than
 /// `snapshot_every` (written before it was lowered, say). A first command
 /// that writes nothing must leave it due, not take it and drop it.
 #[actix::test]
 async fn a_snapshot_due_at_activation_waits_for_a_command_that_writes() {
-    let everything = || Arc::new(HeldShards::everything(ShardCount::DEFAULT));
-    let (store, before) = setup_with(Duration::ZERO, everything(), ActorSettings::default());
+    let (store, before) = setup(Duration::ZERO);
     let (event, owner) = open_event(&before, 10).await;
     for _ in 0..3 {
         before
@@ -962,11 +971,7 @@ async fn a_snapshot_due_at_activation_waits_for_a_command_that_writes() {
     }
     // Given five facts and no snapshot, read by a node that snapshots
     // every three,
-    let lowered = ActorSettings {
-        snapshot_every: 3,
-        ..ActorSettings::default()
-    };
-    let after = registry_on(store.clone(), everything(), lowered);
+    let after = snapshotting_every_three(&store);
     // when its first command changes nothing, and the next writes,
     let again = Command::Publish {
         by: owner,
@@ -992,8 +997,7 @@ async fn a_snapshot_due_at_activation_waits_for_a_command_that_writes() {
 /// and the snapshot with it.
 #[actix::test]
 async fn a_snapshot_due_is_not_lost_on_a_replayed_command_that_writes_nothing() {
-    let everything = || Arc::new(HeldShards::everything(ShardCount::DEFAULT));
-    let (store, before) = setup_with(Duration::ZERO, everything(), ActorSettings::default());
+    let (store, before) = setup(Duration::ZERO);
     let (event, _) = open_event(&before, 10).await;
     let member = UserId::new();
     let key = join_key(member, "k", event);
@@ -1001,11 +1005,7 @@ async fn a_snapshot_due_is_not_lost_on_a_replayed_command_that_writes_nothing() 
     assert!(matches!(joined.await, Ok(Reply::Done(_))));
     // Given three facts and no snapshot, read by a node that snapshots
     // every three and never knew the member's key,
-    let lowered = ActorSettings {
-        snapshot_every: 3,
-        ..ActorSettings::default()
-    };
-    let after = registry_on(store.clone(), everything(), lowered);
+    let after = snapshotting_every_three(&store);
     // when its first command is the member's join again under that key
     // (nothing to change: the journal answers it from the stored key),
     let again = after.execute(event, join(member), Some(key), None).await;
