@@ -209,7 +209,7 @@ impl ChannelHub {
             .map(|loaded, hub, ctx| {
                 hub.missing = loaded.is_none();
                 let (records, venues) = loaded.unwrap_or_default();
-                hub.projection.load(records, venues);
+                hub.projection.load(records, venues, Utc::now());
                 if std::mem::take(&mut hub.resyncing) {
                     hub.send_fresh_snapshots();
                 }
@@ -227,8 +227,64 @@ impl ChannelHub {
         self.fan_out(&frame);
     }
 
-    fn apply_and_broadcast(&mut self, change: &EventChange, ctx: &mut Context<Self>) {
-        if let Some(data) = self.projection.apply(change, Utc::now()) {
+    /// Folds `change` in and tells the subscribers — once the read model
+    /// has said whether it is old news, if the projection asks
+    /// ([`Projection::needs_read_model`]); `wait` keeps later changes
+    /// queued behind it. A read that fails lets the change in as it is.
+    fn apply_and_broadcast(&mut self, change: Arc<EventChange>, ctx: &mut Context<Self>) {
+        if !self.projection.needs_read_model(&change, Utc::now()) {
+            let applied = self.projection.apply(&change, Utc::now());
+            return self.broadcast_applied(applied, &change, ctx);
+        }
+        metrics::counter!("turnout_ws_listing_read_model_checks_total").increment(1);
+        let store = Arc::clone(&self.store);
+        let (id, radius) = (change.summary.id, self.is_radius_feed());
+        ctx.wait(
+            async move {
+                let record = store.event(id).await?;
+                // A radius feed must know where the event is now to tell
+                // whether its circle holds it.
+                let venue = match (&record, radius) {
+                    (Some(r), true) => store.venue(VenueId::from(r.venue_id)).await?,
+                    _ => None,
+                };
+                Ok::<_, StoreError>((record, venue))
+            }
+            .into_actor(self)
+            .map(move |read, hub, ctx| {
+                let record = match read {
+                    Ok((record, venue)) => {
+                        if let Some(v) = venue {
+                            let at = GeoPoint {
+                                lat: v.lat,
+                                lon: v.lon,
+                            };
+                            hub.projection.locate(v.id, at);
+                        }
+                        record
+                    }
+                    Err(error) => {
+                        tracing::warn!(channel = %hub.name, %error, "could not read an event a change would list");
+                        None
+                    }
+                };
+                let applied = hub.projection.apply_read(&change, record, Utc::now());
+                hub.broadcast_applied(applied, &change, ctx);
+            }),
+        );
+    }
+
+    fn is_radius_feed(&self) -> bool {
+        matches!(self.channel, Channel::Feed { near: Some(_), .. })
+    }
+
+    fn broadcast_applied(
+        &mut self,
+        applied: Option<Value>,
+        change: &EventChange,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Some(data) = applied {
             self.broadcast(data, change.committed_at);
         }
         for update in self.projection.take_crowded_out() {
@@ -237,11 +293,7 @@ impl ChannelHub {
         // Only a listed event starting before the timer moves it; one that
         // left the list or moved later lets it fire early, find nothing
         // started, and look again — no scan of the listing per change.
-        let (id, starts_at) = (
-            change.summary.id.as_uuid(),
-            change.summary.details.starts_at,
-        );
-        if self.projection.lists(id)
+        if let Some(starts_at) = self.projection.listed_start(change.summary.id.as_uuid())
             && self
                 .next_start
                 .as_ref()
@@ -566,7 +618,7 @@ impl Handler<OfferChange> for ChannelHub {
         let change = offered.change;
         let venue = change.summary.details.venue_id.as_uuid();
         if !self.projection.needs_venue(venue) {
-            return self.apply_and_broadcast(&change, ctx);
+            return self.apply_and_broadcast(change, ctx);
         }
         // A venue this radius feed has not seen: learn where it is first;
         // `wait` keeps later changes queued behind this one.
@@ -582,7 +634,7 @@ impl Handler<OfferChange> for ChannelHub {
                         };
                         hub.projection.locate(venue, at);
                     }
-                    hub.apply_and_broadcast(&change, ctx);
+                    hub.apply_and_broadcast(change, ctx);
                 }),
         );
     }

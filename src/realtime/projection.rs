@@ -70,6 +70,8 @@ pub struct Projection {
     crowded_out: Vec<EventView>,
     /// Venue positions, for a feed filtered by radius.
     venues: HashMap<Uuid, GeoPoint>,
+    /// When the read model's events were taken in (`load`).
+    loaded_at: Option<DateTime<Utc>>,
 }
 
 impl Projection {
@@ -86,12 +88,19 @@ impl Projection {
             prune_versions_at: 4 * LISTING_LIMIT,
             venues: HashMap::new(),
             crowded_out: Vec::new(),
+            loaded_at: None,
         }
     }
 
     /// Takes the read model's events (and, for a radius feed, the venues'
-    /// positions).
-    pub fn load(&mut self, records: Vec<EventRecord>, venues: Vec<(Uuid, f64, f64)>) {
+    /// positions), read at `now`.
+    pub fn load(
+        &mut self,
+        records: Vec<EventRecord>,
+        venues: Vec<(Uuid, f64, f64)>,
+        now: DateTime<Utc>,
+    ) {
+        self.loaded_at = Some(now);
         self.venues = venues
             .into_iter()
             .map(|(id, lat, lon)| (id, GeoPoint { lat, lon }))
@@ -103,7 +112,7 @@ impl Projection {
             let seen = Seen {
                 version: record.version,
                 starts_at: crate::store::from_micros(record.starts_at),
-                at: Utc::now(),
+                at: now,
             };
             self.versions.insert(record.id, seen);
             let view = EventView::from(record);
@@ -146,31 +155,101 @@ impl Projection {
         self.venues.insert(venue, at);
     }
 
+    /// Whether `change` would list an event this listing has not seen since
+    /// it loaded, less than [`LATE_CHANGES_WITHIN`] ago: the load may have
+    /// read a newer state of the event than the change's — cancelled, or
+    /// moved away, after a shard moved and the old holder's change came
+    /// late — and a listing keeps no version of what it does not list. The
+    /// read model then says whether the change is old news
+    /// ([`Projection::apply_read`]).
+    pub fn needs_read_model(&self, change: &EventChange, now: DateTime<Utc>) -> bool {
+        let summary = &change.summary;
+        let id = summary.id.as_uuid();
+        let Shown::Listing(events) = &self.shown else {
+            return false;
+        };
+        let recently_loaded = self
+            .loaded_at
+            .is_some_and(|at| now - at < LATE_CHANGES_WITHIN);
+        recently_loaded
+            && !self.versions.contains_key(&id)
+            && summary.lifecycle == Lifecycle::Published
+            && summary.details.starts_at > now
+            && self.concerns(summary)
+            && (events.len() < LISTING_LIMIT
+                || latest(events).is_some_and(|last| (summary.details.starts_at, id) < last))
+    }
+
     /// Folds a change in; the update's `data` if subscribers should hear of
     /// it.
     pub fn apply(&mut self, change: &EventChange, now: DateTime<Utc>) -> Option<Value> {
-        let version = change.summary.version as i64;
-        if self
-            .versions
-            .get(&change.summary.id.as_uuid())
-            .is_some_and(|seen| seen.version >= version)
-        {
+        let summary = &change.summary;
+        let (id, version) = (summary.id.as_uuid(), summary.version as i64);
+        if self.is_old_news(id, version) {
             return None;
         }
-        let id = change.summary.id.as_uuid();
-        let concerned = self.concerns(&change.summary);
-        let listed_before = match &self.shown {
-            Shown::Event(_) => false,
-            Shown::Listing(events) => events.contains_key(&id),
-        };
-        if !concerned && !listed_before {
+        let concerned = self.concerns(summary);
+        if !concerned && !self.lists(id) {
             return None;
         }
         // Rendered only for a change this channel shows: a feed hub is
         // offered every change.
-        let view = &EventView::from(&change.summary);
+        let view = EventView::from(summary);
         let kinds: Vec<&str> = change.kinds().collect();
-        let lifecycle = change.summary.lifecycle;
+        self.fold(version, concerned, view, &kinds, now)
+    }
+
+    /// Folds in `change`, or, if the read model holds a newer state of its
+    /// event (`read`, asked for because [`Projection::needs_read_model`]
+    /// said so), that state in its place: the change is old news then, and
+    /// what it would have listed may be cancelled or elsewhere by now.
+    pub fn apply_read(
+        &mut self,
+        change: &EventChange,
+        read: Option<EventRecord>,
+        now: DateTime<Utc>,
+    ) -> Option<Value> {
+        let Some(record) = read.filter(|r| r.version > change.summary.version as i64) else {
+            return self.apply(change, now);
+        };
+        let version = record.version;
+        if self.is_old_news(record.id, version) {
+            return None;
+        }
+        let view = EventView::from(record);
+        let concerned = self.concerns_view(&view);
+        if !concerned && !self.lists(view.id) {
+            // Remembered, so that the change that asked is old news.
+            let seen = Seen {
+                version,
+                starts_at: view.starts_at,
+                at: now,
+            };
+            self.versions.insert(view.id, seen);
+            return None;
+        }
+        // The facts that brought the event here are not in the read model.
+        self.fold(version, concerned, view, &[], now)
+    }
+
+    fn is_old_news(&self, id: Uuid, version: i64) -> bool {
+        self.versions
+            .get(&id)
+            .is_some_and(|seen| seen.version >= version)
+    }
+
+    /// Shows the event at `version` as `view` (after `kinds`); the update's
+    /// `data` if subscribers should hear of it.
+    fn fold(
+        &mut self,
+        version: i64,
+        concerned: bool,
+        view: EventView,
+        kinds: &[&str],
+        now: DateTime<Utc>,
+    ) -> Option<Value> {
+        let view = &view;
+        let (id, lifecycle) = (view.id, view.status);
         match &mut self.shown {
             Shown::Event(current) => {
                 let seen = Seen {
@@ -234,9 +313,9 @@ impl Projection {
                 }
                 let reason = match &self.channel {
                     Channel::Venue(_) => Some("changed"),
-                    _ => feed_reason(before.as_ref(), view, &kinds, listed),
+                    _ => feed_reason(before.as_ref(), view, kinds, listed),
                 }?;
-                Some(listing_update(view, &kinds, listed, reason))
+                Some(listing_update(view, kinds, listed, reason))
             }
         }
     }
@@ -259,7 +338,15 @@ impl Projection {
     }
 
     pub fn lists(&self, event: Uuid) -> bool {
-        matches!(&self.shown, Shown::Listing(events) if events.contains_key(&event))
+        self.listed_start(event).is_some()
+    }
+
+    /// When `event` starts, if this listing shows it.
+    pub fn listed_start(&self, event: Uuid) -> Option<DateTime<Utc>> {
+        match &self.shown {
+            Shown::Listing(events) => events.get(&event).map(|e| e.starts_at),
+            Shown::Event(_) => None,
+        }
     }
 
     /// Takes the events that have started by `now` off the listing; an
@@ -294,6 +381,19 @@ impl Projection {
                 tag.as_ref()
                     .is_none_or(|tag| event.details.tags.contains(tag))
                     && self.near_enough(venue.as_uuid())
+            }
+        }
+    }
+
+    /// [`Projection::concerns`], of an event as the read model shows it.
+    fn concerns_view(&self, event: &EventView) -> bool {
+        match &self.channel {
+            Channel::Event(id) => id.as_uuid() == event.id,
+            Channel::Venue(here) => here.as_uuid() == event.venue_id,
+            Channel::Feed { tag, .. } => {
+                tag.as_ref()
+                    .is_none_or(|tag| event.tags.iter().any(|t| t == tag.as_str()))
+                    && self.near_enough(event.venue_id)
             }
         }
     }
@@ -454,6 +554,153 @@ mod tests {
 
     fn feed(name: &str) -> Projection {
         Projection::new(Channel::parse(name).unwrap())
+    }
+
+    /// The read model's row of the event as `change` left it.
+    fn record(change: &EventChange) -> EventRecord {
+        let view = EventView::from(&change.summary);
+        let micros = crate::store::micros;
+        EventRecord {
+            id: view.id,
+            owner_id: view.owner_id,
+            venue_id: view.venue_id,
+            title: view.title,
+            description: view.description,
+            starts_at: micros(view.starts_at),
+            ends_at: view.ends_at.map(micros),
+            capacity: view.capacity,
+            status: view.status,
+            active_count: view.active_count,
+            offered_count: view.offered_seats,
+            waitlist_count: view.waitlist_count,
+            waitlist_mode: view.waitlist.waitlist_mode,
+            offer_hold_secs: view.waitlist.offer_hold_secs,
+            max_party: view.waitlist.max_party,
+            waitlist_fill: view.waitlist.waitlist_fill,
+            version: change.summary.version as i64,
+            created_at: micros(change.committed_at),
+            updated_at: micros(change.committed_at),
+            tags: view.tags,
+        }
+    }
+
+    /// A listing that loaded after the new holder of a moved shard had
+    /// cancelled an event lists nothing when the old holder's publishing
+    /// comes late: the load did not list the event, so kept no version of
+    /// it, and the read model says the publishing is old news.
+    #[test]
+    fn a_publishing_later_than_a_loaded_cancellation_lists_nothing() {
+        let venue = VenueId::new();
+        let mut event = Event::new();
+        event.create(venue, 5, "jazz");
+        let published = event.publish();
+        let cancelled = event.cancel();
+        for mut projection in [Projection::new(Channel::Venue(venue)), feed("feed")] {
+            let loaded_at = Utc::now();
+            projection.load(Vec::new(), Vec::new(), loaded_at);
+
+            assert!(projection.needs_read_model(&published, loaded_at));
+            let read = Some(record(&cancelled));
+            assert_eq!(projection.apply_read(&published, read, loaded_at), None);
+            assert!(!projection.lists(event.id().as_uuid()));
+            assert!(
+                !projection.needs_read_model(&published, loaded_at),
+                "known for old news now"
+            );
+            assert_eq!(projection.apply(&published, loaded_at), None);
+        }
+    }
+
+    /// The same for an event that moved to another venue: the old
+    /// holder's late change at the first venue does not list it there.
+    #[test]
+    fn a_change_later_than_a_loaded_move_does_not_list_the_event_where_it_was() {
+        let (here, there) = (VenueId::new(), VenueId::new());
+        let mut event = Event::new();
+        event.create(here, 5, "jazz");
+        let published = event.publish();
+        let mut moved = record(&event.join());
+        moved.venue_id = there.as_uuid();
+        moved.version += 1;
+        let mut projection = Projection::new(Channel::Venue(here));
+        projection.load(Vec::new(), Vec::new(), Utc::now());
+
+        assert!(projection.needs_read_model(&published, Utc::now()));
+        assert_eq!(
+            projection.apply_read(&published, Some(moved), Utc::now()),
+            None
+        );
+        assert!(!projection.lists(event.id().as_uuid()));
+    }
+
+    /// What the read model holds at the change's version lets the change
+    /// in as it is; a newer state still listed is shown in its place.
+    #[test]
+    fn a_change_the_read_model_does_not_contradict_is_applied() {
+        let mut event = Event::new();
+        event.create(VenueId::new(), 5, "jazz");
+        let published = event.publish();
+        let mut projection = feed("feed");
+        projection.load(Vec::new(), Vec::new(), Utc::now());
+        let read = Some(record(&published));
+        let told = projection.apply_read(&published, read, Utc::now()).unwrap();
+        assert_eq!(told["reason"], "published");
+
+        let mut later = Event::new();
+        later.create(VenueId::new(), 5, "jazz");
+        let published = later.publish();
+        let joined = record(&later.join());
+        let told = projection
+            .apply_read(&published, Some(joined), Utc::now())
+            .unwrap();
+        assert_eq!(
+            (&told["reason"], &told["event"]["active_count"]),
+            (&json!("added"), &json!(1)),
+            "the read model's state, newer than the change"
+        );
+        assert!(projection.lists(later.id().as_uuid()));
+    }
+
+    /// Only an event unseen since a load less than `LATE_CHANGES_WITHIN`
+    /// ago that the change would list is read: not one listed, not a join
+    /// of an event off a full listing, not after that time.
+    #[test]
+    fn the_read_model_is_asked_only_while_a_late_change_may_come() {
+        let mut event = Event::new();
+        event.create(VenueId::new(), 5, "jazz");
+        let published = event.publish();
+        let loaded_at = Utc::now();
+        let mut projection = feed("feed?tag=jazz");
+        assert!(
+            !projection.needs_read_model(&published, loaded_at),
+            "nothing loaded"
+        );
+        projection.load(Vec::new(), Vec::new(), loaded_at);
+        assert!(projection.needs_read_model(&published, loaded_at));
+        assert!(!projection.needs_read_model(&published, loaded_at + LATE_CHANGES_WITHIN));
+        let mut folk = Event::new();
+        folk.create(VenueId::new(), 5, "folk");
+        assert!(!projection.needs_read_model(&folk.publish(), loaded_at));
+
+        projection.apply(&published, loaded_at);
+        assert!(!projection.needs_read_model(&event.join(), loaded_at));
+
+        let mut full = feed("feed");
+        let soon = Utc::now() + Duration::days(1);
+        let listed: Vec<EventRecord> = (0..LISTING_LIMIT as i64)
+            .map(|i| {
+                let mut event = Event::new();
+                event.create_starting(VenueId::new(), 5, "jazz", soon + Duration::minutes(i));
+                record(&event.publish())
+            })
+            .collect();
+        full.load(listed, Vec::new(), loaded_at);
+        let mut late = Event::new();
+        late.create_starting(VenueId::new(), 5, "jazz", soon + Duration::days(30));
+        assert!(
+            !full.needs_read_model(&late.publish(), loaded_at),
+            "no room"
+        );
     }
 
     #[test]

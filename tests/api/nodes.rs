@@ -574,6 +574,126 @@ async fn a_dropped_tail_or_a_silent_node_makes_the_others_reload() {
     );
 }
 
+/// After a shard moves, the old holder's publishing of an event can reach
+/// a node after the new holder's cancellation of it — and after a listing
+/// loaded since, which read the event cancelled, so did not list it or keep
+/// its version. That listing asks the read model before listing the event
+/// and lists nothing. The old holder is played here: the node's own
+/// messages, heard on the shared Redis channel, are published again late as
+/// another node's.
+#[actix_web::test]
+async fn a_publishing_later_than_the_cancellation_a_listing_loaded_lists_nothing() {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(redis_url) = redis_test_url("a test of nodes linked by Redis") else {
+        return;
+    };
+    let Some(url) = fresh_database(Backend::Postgres, &dir).await else {
+        return;
+    };
+    let channel = format!("turnout:test:{}", uuid::Uuid::new_v4());
+    let node = spawn_node(&url, |s| {
+        s.redis_url = Some(secrecy::SecretString::from(redis_url.clone()));
+        s.outbox.stream_prefix = format!("{channel}:");
+        s.realtime.redis_channel = channel.clone();
+    })
+    .await;
+    until_linked(&node).await;
+    let mut heard = redis::Client::open(redis_url.as_str())
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    heard.subscribe(&channel).await.unwrap();
+    let mut heard = heard.into_on_message();
+
+    let owner = node.register("owner@example.com").await;
+    let venue = node.venue(&owner).await;
+    let draft = serde_json::json!({
+        "title": "Late jazz", "venue_id": venue, "capacity": 5,
+        "starts_at": chrono::Utc::now() + chrono::Duration::days(7),
+    });
+    let cancelled = node.published_as(&owner, draft.clone()).await;
+    let listed = node.published_as(&owner, draft).await;
+    let cancelling = node
+        .as_user(
+            &owner,
+            reqwest::Method::POST,
+            &format!("/v1/events/{cancelled}/cancel"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelling.status(), StatusCode::OK);
+    // Each event's publishing (its version 2), as the node told it.
+    let mut publishings = std::collections::HashMap::new();
+    while publishings.len() < 2 {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(10), heard.next())
+            .await
+            .expect("the node publishes its changes")
+            .unwrap();
+        let wire: Value = serde_json::from_str(&message.get_payload::<String>().unwrap()).unwrap();
+        let summary = &wire["change"]["summary"];
+        if summary["version"] == 2 {
+            publishings.insert(
+                summary["id"].as_str().unwrap().to_owned(),
+                wire["change"].clone(),
+            );
+        }
+    }
+
+    let mut socket = crate::realtime::connect(&node).await;
+    let mut snapshot =
+        crate::realtime::subscribe(&mut socket, &format!("venue:{venue}"), None).await;
+    // The node subscribes to Redis as it starts and reloads then: wait for
+    // that reload's snapshot, if it comes after ours.
+    while let Ok(frame) = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        crate::realtime::next(&mut socket),
+    )
+    .await
+    {
+        snapshot = frame;
+    }
+    let ids = |events: &Value| -> Vec<String> {
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&snapshot["data"]["events"]), [listed.to_string()]);
+
+    let other = uuid::Uuid::now_v7();
+    let mut redis = redis_connection(&redis_url).await;
+    let mut publish = async |seq: u64, change: &Value| {
+        let message = serde_json::json!({ "node": other, "seq": seq, "change": change });
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(message.to_string())
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    };
+    publish(1, &publishings[&cancelled.to_string()]).await;
+    // Then a change the listing shows, so that what the late publishing
+    // did is told before it: one of the other event, newer than any.
+    let mut newer = publishings[&listed.to_string()].clone();
+    newer["summary"]["version"] = serde_json::json!(1_000);
+    publish(2, &newer).await;
+
+    let update = crate::realtime::next(&mut socket).await;
+    assert_eq!(
+        (&update["type"], &update["data"]["event"]["id"]),
+        (&serde_json::json!("update"), &serde_json::json!(listed)),
+        "the late publishing listed the cancelled event: {update}"
+    );
+    let mut again = crate::realtime::connect(&node).await;
+    let snapshot = crate::realtime::subscribe(&mut again, &format!("venue:{venue}"), None).await;
+    assert_eq!(ids(&snapshot["data"]["events"]), [listed.to_string()]);
+}
+
 /// The next text frame within `wait`, if one comes.
 async fn text_within(
     socket: &mut crate::realtime::Socket,
