@@ -254,6 +254,8 @@ const COUNTED_FROM_START: &[&str] = &[
     "turnout_outbox_published_total",
     "turnout_recs_lists_pushed_total",
     "turnout_ws_channel_load_failures_total",
+    "turnout_ws_late_changes_dropped_total",
+    "turnout_ws_listing_checks_total",
     "turnout_ws_radius_loads_cut_total",
     "turnout_ws_slow_consumers_total",
 ];

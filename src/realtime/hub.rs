@@ -230,52 +230,83 @@ impl ChannelHub {
     /// Folds `change` in and tells the subscribers — once the read model
     /// has said whether it is old news, if the projection asks
     /// ([`Projection::needs_read_model`]); `wait` keeps later changes
-    /// queued behind it. A read that fails lets the change in as it is.
+    /// queued behind it. A read that fails lets the change in, as before
+    /// the read model was asked.
     fn apply_and_broadcast(&mut self, change: Arc<EventChange>, ctx: &mut Context<Self>) {
-        if !self.projection.needs_read_model(&change, Utc::now()) {
-            let applied = self.projection.apply(&change, Utc::now());
+        let now = Utc::now();
+        if !self.projection.needs_read_model(&change, now) {
+            let applied = self.projection.apply(&change, now);
             return self.broadcast_applied(applied, &change, ctx);
         }
-        metrics::counter!("turnout_ws_listing_read_model_checks_total").increment(1);
+        metrics::counter!("turnout_ws_listing_checks_total").increment(1);
         let store = Arc::clone(&self.store);
-        let (id, radius) = (change.summary.id, self.is_radius_feed());
-        ctx.wait(
-            async move {
-                let record = store.event(id).await?;
-                // A radius feed must know where the event is now to tell
-                // whether its circle holds it.
-                let venue = match (&record, radius) {
-                    (Some(r), true) => store.venue(VenueId::from(r.venue_id)).await?,
-                    _ => None,
-                };
-                Ok::<_, StoreError>((record, venue))
-            }
-            .into_actor(self)
-            .map(move |read, hub, ctx| {
-                let record = match read {
-                    Ok((record, venue)) => {
-                        if let Some(v) = venue {
-                            let at = GeoPoint {
-                                lat: v.lat,
-                                lon: v.lon,
-                            };
-                            hub.projection.locate(v.id, at);
-                        }
-                        record
-                    }
-                    Err(error) => {
-                        tracing::warn!(channel = %hub.name, %error, "could not read an event a change would list");
-                        None
-                    }
-                };
-                let applied = hub.projection.apply_read(&change, record, Utc::now());
-                hub.broadcast_applied(applied, &change, ctx);
-            }),
-        );
+        let id = change.summary.id;
+        ctx.wait(async move { store.event(id).await }.into_actor(self).map(
+            move |read, hub, ctx| match read {
+                // A radius feed must know where the event is now.
+                Ok(Some(record)) if hub.projection.needs_venue(record.venue_id) => {
+                    let venue = record.venue_id;
+                    hub.learn_venue(venue, ctx, move |hub, ctx| {
+                        hub.apply_unless_outdated(&change, &record, ctx)
+                    });
+                }
+                Ok(Some(record)) => hub.apply_unless_outdated(&change, &record, ctx),
+                Ok(None) => {
+                    let applied = hub.projection.apply(&change, Utc::now());
+                    hub.broadcast_applied(applied, &change, ctx);
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        channel = %hub.name,
+                        %error,
+                        "could not read an event a change would list; listing it"
+                    );
+                    let applied = hub.projection.apply(&change, Utc::now());
+                    hub.broadcast_applied(applied, &change, ctx);
+                }
+            },
+        ));
     }
 
-    fn is_radius_feed(&self) -> bool {
-        matches!(self.channel, Channel::Feed { near: Some(_), .. })
+    fn apply_unless_outdated(
+        &mut self,
+        change: &EventChange,
+        record: &EventRecord,
+        ctx: &mut Context<Self>,
+    ) {
+        let now = Utc::now();
+        if self.projection.outdated_by(change, record, now) {
+            metrics::counter!("turnout_ws_late_changes_dropped_total").increment(1);
+            return;
+        }
+        let applied = self.projection.apply(change, now);
+        self.broadcast_applied(applied, change, ctx);
+    }
+
+    /// Learns where `venue` is (a radius feed that has not seen it), then
+    /// goes on; `wait` keeps later changes queued behind this one. A venue
+    /// that cannot be read stays unknown: outside the circle.
+    fn learn_venue(
+        &mut self,
+        venue: Uuid,
+        ctx: &mut Context<Self>,
+        then: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
+    ) {
+        let store = Arc::clone(&self.store);
+        ctx.wait(
+            async move { store.venue(VenueId::from(venue)).await }
+                .into_actor(self)
+                .map(move |found, hub, ctx| {
+                    if let Ok(Some(v)) = found {
+                        let at = GeoPoint {
+                            lat: v.lat,
+                            lon: v.lon,
+                        };
+                        hub.projection.locate(venue, at);
+                    }
+                    then(hub, ctx);
+                }),
+        );
     }
 
     fn broadcast_applied(
@@ -620,22 +651,8 @@ impl Handler<OfferChange> for ChannelHub {
         if !self.projection.needs_venue(venue) {
             return self.apply_and_broadcast(change, ctx);
         }
-        // A venue this radius feed has not seen: learn where it is first;
-        // `wait` keeps later changes queued behind this one.
-        let store = Arc::clone(&self.store);
-        ctx.wait(
-            async move { store.venue(VenueId::from(venue)).await }
-                .into_actor(self)
-                .map(move |found, hub, ctx| {
-                    if let Ok(Some(v)) = found {
-                        let at = GeoPoint {
-                            lat: v.lat,
-                            lon: v.lon,
-                        };
-                        hub.projection.locate(venue, at);
-                    }
-                    hub.apply_and_broadcast(change, ctx);
-                }),
-        );
+        self.learn_venue(venue, ctx, move |hub, ctx| {
+            hub.apply_and_broadcast(change, ctx)
+        });
     }
 }

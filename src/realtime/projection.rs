@@ -22,7 +22,7 @@ use super::channel::Channel;
 use crate::store::EventRecord;
 use crate::views::EventView;
 use turnout_actors::changes::EventChange;
-use turnout_actors::domain::{GeoPoint, Lifecycle};
+use turnout_actors::domain::{GeoPoint, Lifecycle, Tag};
 use turnout_actors::store::EventSummary;
 
 /// The most events a venue or feed channel lists, the soonest: what its
@@ -31,8 +31,10 @@ pub const LISTING_LIMIT: usize = 500;
 
 /// How late a change may arrive behind a newer one of the same event (a
 /// shard moved between two nodes) and still be known for old news by a
-/// listing that does not show the event. Far past the seconds the nodes'
-/// change feed takes; a node that misses changes reloads its hubs.
+/// listing that does not show the event — by the version it keeps, or,
+/// for this long after its load, by the read model. Far past the seconds
+/// the nodes' change feed takes; a node that misses changes reloads its
+/// hubs.
 pub const LATE_CHANGES_WITHIN: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
 /// What a projection remembers of an event's last change.
@@ -109,12 +111,8 @@ impl Projection {
             if !self.near_enough(record.venue_id) {
                 continue;
             }
-            let seen = Seen {
-                version: record.version,
-                starts_at: crate::store::from_micros(record.starts_at),
-                at: now,
-            };
-            self.versions.insert(record.id, seen);
+            let starts_at = crate::store::from_micros(record.starts_at);
+            self.remember(record.id, record.version, starts_at, now);
             let view = EventView::from(record);
             match &mut self.shown {
                 Shown::Event(current) => {
@@ -161,23 +159,49 @@ impl Projection {
     /// moved away, after a shard moved and the old holder's change came
     /// late — and a listing keeps no version of what it does not list. The
     /// read model then says whether the change is old news
-    /// ([`Projection::apply_read`]).
+    /// ([`Projection::outdated_by`]).
     pub fn needs_read_model(&self, change: &EventChange, now: DateTime<Utc>) -> bool {
         let summary = &change.summary;
-        let id = summary.id.as_uuid();
         let Shown::Listing(events) = &self.shown else {
             return false;
         };
+        let id = summary.id.as_uuid();
         let recently_loaded = self
             .loaded_at
             .is_some_and(|at| now - at < LATE_CHANGES_WITHIN);
         recently_loaded
-            && !self.versions.contains_key(&id)
             && summary.lifecycle == Lifecycle::Published
             && summary.details.starts_at > now
+            && !self.versions.contains_key(&id)
             && self.concerns(summary)
             && (events.len() < LISTING_LIMIT
                 || latest(events).is_some_and(|last| (summary.details.starts_at, id) < last))
+    }
+
+    /// Whether `record`, the read model's row of `change`'s event (read
+    /// because [`Projection::needs_read_model`] asked), makes the change old
+    /// news: newer, and in a state this listing would not show (cancelled,
+    /// moved away, started). Its version is kept then, so that the change
+    /// and any older one list nothing. A newer state the listing would show
+    /// lets the change in: the changes after it are on their way here.
+    pub fn outdated_by(
+        &mut self,
+        change: &EventChange,
+        record: &EventRecord,
+        now: DateTime<Utc>,
+    ) -> bool {
+        if record.version <= change.summary.version as i64 {
+            return false;
+        }
+        let starts_at = crate::store::from_micros(record.starts_at);
+        let tagged = |tag: &Tag| record.tags.iter().any(|t| t == tag.as_str());
+        let shown = record.status == Lifecycle::Published
+            && starts_at > now
+            && self.concerns_at(record.id, record.venue_id, tagged);
+        if !shown {
+            self.remember(record.id, record.version, starts_at, now);
+        }
+        !shown
     }
 
     /// Folds a change in; the update's `data` if subscribers should hear of
@@ -185,7 +209,11 @@ impl Projection {
     pub fn apply(&mut self, change: &EventChange, now: DateTime<Utc>) -> Option<Value> {
         let summary = &change.summary;
         let (id, version) = (summary.id.as_uuid(), summary.version as i64);
-        if self.is_old_news(id, version) {
+        if self
+            .versions
+            .get(&id)
+            .is_some_and(|seen| seen.version >= version)
+        {
             return None;
         }
         let concerned = self.concerns(summary);
@@ -194,70 +222,18 @@ impl Projection {
         }
         // Rendered only for a change this channel shows: a feed hub is
         // offered every change.
-        let view = EventView::from(summary);
+        let view = &EventView::from(summary);
+        let lifecycle = summary.lifecycle;
+        // A listing remembers an event it does not list, too (a change can
+        // overtake an older one after a shard moves: a cancellation must not
+        // let the publishing behind it list the event), but not a draft,
+        // which anyone may make by the thousand.
+        if lifecycle != Lifecycle::Draft || matches!(self.shown, Shown::Event(_)) {
+            self.remember(id, version, view.starts_at, now);
+        }
         let kinds: Vec<&str> = change.kinds().collect();
-        self.fold(version, concerned, view, &kinds, now)
-    }
-
-    /// Folds in `change`, or, if the read model holds a newer state of its
-    /// event (`read`, asked for because [`Projection::needs_read_model`]
-    /// said so), that state in its place: the change is old news then, and
-    /// what it would have listed may be cancelled or elsewhere by now.
-    pub fn apply_read(
-        &mut self,
-        change: &EventChange,
-        read: Option<EventRecord>,
-        now: DateTime<Utc>,
-    ) -> Option<Value> {
-        let Some(record) = read.filter(|r| r.version > change.summary.version as i64) else {
-            return self.apply(change, now);
-        };
-        let version = record.version;
-        if self.is_old_news(record.id, version) {
-            return None;
-        }
-        let view = EventView::from(record);
-        let concerned = self.concerns_view(&view);
-        if !concerned && !self.lists(view.id) {
-            // Remembered, so that the change that asked is old news.
-            let seen = Seen {
-                version,
-                starts_at: view.starts_at,
-                at: now,
-            };
-            self.versions.insert(view.id, seen);
-            return None;
-        }
-        // The facts that brought the event here are not in the read model.
-        self.fold(version, concerned, view, &[], now)
-    }
-
-    fn is_old_news(&self, id: Uuid, version: i64) -> bool {
-        self.versions
-            .get(&id)
-            .is_some_and(|seen| seen.version >= version)
-    }
-
-    /// Shows the event at `version` as `view` (after `kinds`); the update's
-    /// `data` if subscribers should hear of it.
-    fn fold(
-        &mut self,
-        version: i64,
-        concerned: bool,
-        view: EventView,
-        kinds: &[&str],
-        now: DateTime<Utc>,
-    ) -> Option<Value> {
-        let view = &view;
-        let (id, lifecycle) = (view.id, view.status);
         match &mut self.shown {
             Shown::Event(current) => {
-                let seen = Seen {
-                    version,
-                    starts_at: view.starts_at,
-                    at: now,
-                };
-                self.versions.insert(id, seen);
                 if lifecycle == Lifecycle::Draft {
                     return None;
                 }
@@ -282,25 +258,6 @@ impl Projection {
                 } else {
                     events.remove(&view.id)
                 };
-                // Remembered even when not listed (a change can overtake an
-                // older one after a shard moves: a cancellation must not let
-                // the publishing behind it list the event), but not for a
-                // draft, which anyone may make by the thousand.
-                if lifecycle != Lifecycle::Draft {
-                    let seen = Seen {
-                        version,
-                        starts_at: view.starts_at,
-                        at: now,
-                    };
-                    self.versions.insert(id, seen);
-                    if self.versions.len() > self.prune_versions_at {
-                        let late = now - LATE_CHANGES_WITHIN;
-                        self.versions.retain(|id, seen| {
-                            seen.starts_at > now && (seen.at > late || events.contains_key(id))
-                        });
-                        self.prune_versions_at = (2 * self.versions.len()).max(4 * LISTING_LIMIT);
-                    }
-                }
                 if !listed && before.is_none() {
                     // Never listed here (a draft, say): nothing to tell.
                     return None;
@@ -313,11 +270,29 @@ impl Projection {
                 }
                 let reason = match &self.channel {
                     Channel::Venue(_) => Some("changed"),
-                    _ => feed_reason(before.as_ref(), view, kinds, listed),
+                    _ => feed_reason(before.as_ref(), view, &kinds, listed),
                 }?;
-                Some(listing_update(view, kinds, listed, reason))
+                Some(listing_update(view, &kinds, listed, reason))
             }
         }
+    }
+
+    /// Keeps `version` as the last seen of event `id`; first, past a
+    /// bound, drops the versions no longer needed.
+    fn remember(&mut self, id: Uuid, version: i64, starts_at: DateTime<Utc>, now: DateTime<Utc>) {
+        if self.versions.len() >= self.prune_versions_at {
+            let late = now - LATE_CHANGES_WITHIN;
+            let listed = |id: &Uuid| matches!(&self.shown, Shown::Listing(events) if events.contains_key(id));
+            self.versions
+                .retain(|id, seen| seen.starts_at > now && (seen.at > late || listed(id)));
+            self.prune_versions_at = (2 * self.versions.len()).max(4 * LISTING_LIMIT);
+        }
+        let seen = Seen {
+            version,
+            starts_at,
+            at: now,
+        };
+        self.versions.insert(id, seen);
     }
 
     /// The events the last change crowded out of a full listing, each with
@@ -373,28 +348,18 @@ impl Projection {
     }
 
     fn concerns(&self, event: &EventSummary) -> bool {
-        let venue = event.details.venue_id;
-        match &self.channel {
-            Channel::Event(id) => *id == event.id,
-            Channel::Venue(here) => *here == venue,
-            Channel::Feed { tag, .. } => {
-                tag.as_ref()
-                    .is_none_or(|tag| event.details.tags.contains(tag))
-                    && self.near_enough(venue.as_uuid())
-            }
-        }
+        let details = &event.details;
+        self.concerns_at(event.id.as_uuid(), details.venue_id.as_uuid(), |tag| {
+            details.tags.contains(tag)
+        })
     }
 
-    /// [`Projection::concerns`], of an event as the read model shows it.
-    fn concerns_view(&self, event: &EventView) -> bool {
+    /// Whether this channel shows event `id`, at `venue`, `tagged` so.
+    fn concerns_at(&self, id: Uuid, venue: Uuid, tagged: impl Fn(&Tag) -> bool) -> bool {
         match &self.channel {
-            Channel::Event(id) => id.as_uuid() == event.id,
-            Channel::Venue(here) => here.as_uuid() == event.venue_id,
-            Channel::Feed { tag, .. } => {
-                tag.as_ref()
-                    .is_none_or(|tag| event.tags.iter().any(|t| t == tag.as_str()))
-                    && self.near_enough(event.venue_id)
-            }
+            Channel::Event(event) => event.as_uuid() == id,
+            Channel::Venue(here) => here.as_uuid() == venue,
+            Channel::Feed { tag, .. } => tag.as_ref().is_none_or(tagged) && self.near_enough(venue),
         }
     }
 
@@ -600,8 +565,7 @@ mod tests {
             projection.load(Vec::new(), Vec::new(), loaded_at);
 
             assert!(projection.needs_read_model(&published, loaded_at));
-            let read = Some(record(&cancelled));
-            assert_eq!(projection.apply_read(&published, read, loaded_at), None);
+            assert!(projection.outdated_by(&published, &record(&cancelled), loaded_at));
             assert!(!projection.lists(event.id().as_uuid()));
             assert!(
                 !projection.needs_read_model(&published, loaded_at),
@@ -626,39 +590,31 @@ mod tests {
         projection.load(Vec::new(), Vec::new(), Utc::now());
 
         assert!(projection.needs_read_model(&published, Utc::now()));
-        assert_eq!(
-            projection.apply_read(&published, Some(moved), Utc::now()),
-            None
-        );
+        assert!(projection.outdated_by(&published, &moved, Utc::now()));
+        assert_eq!(projection.apply(&published, Utc::now()), None);
         assert!(!projection.lists(event.id().as_uuid()));
     }
 
-    /// What the read model holds at the change's version lets the change
-    /// in as it is; a newer state still listed is shown in its place.
+    /// What the read model holds at the change's version, or a newer state
+    /// the listing would show (the changes after this one are on their
+    /// way), lets the change in as it is.
     #[test]
     fn a_change_the_read_model_does_not_contradict_is_applied() {
+        let mut projection = feed("feed");
+        projection.load(Vec::new(), Vec::new(), Utc::now());
         let mut event = Event::new();
         event.create(VenueId::new(), 5, "jazz");
         let published = event.publish();
-        let mut projection = feed("feed");
-        projection.load(Vec::new(), Vec::new(), Utc::now());
-        let read = Some(record(&published));
-        let told = projection.apply_read(&published, read, Utc::now()).unwrap();
-        assert_eq!(told["reason"], "published");
+        assert!(!projection.outdated_by(&published, &record(&published), Utc::now()));
 
-        let mut later = Event::new();
-        later.create(VenueId::new(), 5, "jazz");
-        let published = later.publish();
-        let joined = record(&later.join());
-        let told = projection
-            .apply_read(&published, Some(joined), Utc::now())
-            .unwrap();
+        let joined = record(&event.join());
+        assert!(!projection.outdated_by(&published, &joined, Utc::now()));
+        let told = projection.apply(&published, Utc::now()).unwrap();
         assert_eq!(
-            (&told["reason"], &told["event"]["active_count"]),
-            (&json!("added"), &json!(1)),
-            "the read model's state, newer than the change"
+            (&told["reason"], &told["kinds"]),
+            (&json!("published"), &json!(["published"]))
         );
-        assert!(projection.lists(later.id().as_uuid()));
+        assert!(projection.lists(event.id().as_uuid()));
     }
 
     /// Only an event unseen since a load less than `LATE_CHANGES_WITHIN`
