@@ -396,8 +396,10 @@ async fn a_churn_through_two_nodes_matches_the_model() {
 }
 
 /// Reads, joins and subscribers together: the joins keep every event's
-/// invariants, no read shows an overbooking, and every subscriber sees each
-/// update once, in order, and ends at its event's counts.
+/// invariants, no read shows an overbooking, every subscriber sees each
+/// update once, in order, and ends at its event's counts, and every person
+/// watching `me` is told their place (active or waiting) as their join was
+/// answered.
 #[actix_web::test]
 async fn a_small_mixed_load_keeps_every_invariant() {
     use turnout_loadtest::scenarios::mixed::{self, Mixed};
@@ -413,6 +415,7 @@ async fn a_small_mixed_load_keeps_every_invariant() {
         read_rate: 200.0,
         list_every: 4,
         subscribers: 30,
+        me_watchers: 20,
         source_addresses: 1,
         concurrency: 50,
     })
@@ -437,6 +440,16 @@ async fn a_small_mixed_load_keeps_every_invariant() {
         updates >= 30,
         "each of the 30 subscribers saw its event fill: {}",
         subscribers.detail
+    );
+    let watchers = report
+        .checks
+        .iter()
+        .find(|c| c.name == "every watcher of me was told its place as its join was answered")
+        .expect("the me check ran");
+    assert!(
+        watchers.detail.starts_with("0/20 not told"),
+        "{}",
+        watchers.detail
     );
 }
 

@@ -18,6 +18,7 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
+use super::me_watch;
 use super::spread_join::{check_events, intended_offset};
 use super::ws_fanout::{ChannelFrame, connect_all, connect_from, server_addrs, subscribe};
 use crate::Common;
@@ -52,6 +53,10 @@ pub struct Mixed {
     /// WebSocket clients, each subscribed to one event's channel.
     #[arg(long, default_value_t = 1000)]
     pub subscribers: usize,
+    /// People who watch their own places (`me`) from before the load:
+    /// this many of the joins, spread over the run, are theirs.
+    #[arg(long, default_value_t = 0)]
+    pub me_watchers: usize,
     /// Spread subscribers over 127.0.0.1 ..= 127.0.0.N.
     #[arg(long, default_value_t = 4)]
     pub source_addresses: u8,
@@ -220,7 +225,7 @@ async fn subscriber(
 }
 
 /// "p50 … p99 … max …" of a histogram in milliseconds.
-fn summary(h: &Histogram<u64>, what: &str) -> String {
+pub(super) fn summary(h: &Histogram<u64>, what: &str) -> String {
     let p = Percentiles::of(h);
     format!(
         "{} {what}, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
@@ -257,6 +262,25 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
         .await?;
 
     let steps = schedule(&args, |user| minter.token(user));
+    let joins: Vec<(Uuid, String, usize)> = steps
+        .iter()
+        .filter_map(|(_, step)| match step {
+            Step::Join { user, token, event } => Some((*user, token.clone(), *event)),
+            _ => None,
+        })
+        .collect();
+    let every = (joins.len() / args.me_watchers.max(1)).max(1);
+    let watched: Arc<[(Uuid, String, usize)]> = joins
+        .into_iter()
+        .step_by(every)
+        .take(args.me_watchers)
+        .collect();
+    let (watchers, watch_failures) =
+        connect_all(watched.len(), args.source_addresses, |i, source| {
+            let (user, token, event) = watched[i].clone();
+            me_watch::watch(servers[i % servers.len()], source, user, token, event)
+        })
+        .await?;
     eprintln!(
         "mixed: {:.0} joins/s and {:.0} reads/s for {} s over {} events, {} subscribers watching",
         args.join_rate,
@@ -347,6 +371,18 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
             args.subscribers
         ),
     ));
+    if args.me_watchers > 0 {
+        checks.extend(me_watch::check(&watchers, &events, &answers).await);
+        checks.push(Check::new(
+            "every watcher of me connected",
+            watchers.len() == watched.len(),
+            format!(
+                "{}/{} connected; {watch_failures:?}",
+                watchers.len(),
+                watched.len()
+            ),
+        ));
+    }
     let intended_rate = args.join_rate + args.read_rate;
     checks.push(Check::new(
         "latency by kind (info)",
@@ -465,6 +501,7 @@ mod tests {
             join_rate,
             read_rate,
             list_every: 4,
+            me_watchers: 0,
             subscribers: 0,
             source_addresses: 1,
             concurrency: 1,

@@ -2,6 +2,7 @@
 
 pub mod churn;
 pub mod hot_join;
+pub mod me_watch;
 pub mod mixed;
 pub mod recs_fanout;
 pub mod spread_join;
