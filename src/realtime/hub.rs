@@ -230,42 +230,47 @@ impl ChannelHub {
     /// Folds `change` in and tells the subscribers — once the read model
     /// has said whether it is old news, if the projection asks
     /// ([`Projection::needs_read_model`]); `wait` keeps later changes
-    /// queued behind it. A read that fails lets the change in, as before
-    /// the read model was asked.
+    /// queued behind it. A read that fails (of the event, or of where a
+    /// radius feed's event is now) lets the change in as it is.
     fn apply_and_broadcast(&mut self, change: Arc<EventChange>, ctx: &mut Context<Self>) {
-        let now = Utc::now();
-        if !self.projection.needs_read_model(&change, now) {
-            let applied = self.projection.apply(&change, now);
-            return self.broadcast_applied(applied, &change, ctx);
+        if !self.projection.needs_read_model(&change, Utc::now()) {
+            return self.apply_as_is(&change, ctx);
         }
         metrics::counter!("turnout_ws_listing_checks_total").increment(1);
         let store = Arc::clone(&self.store);
         let id = change.summary.id;
-        ctx.wait(async move { store.event(id).await }.into_actor(self).map(
-            move |read, hub, ctx| match read {
-                // A radius feed must know where the event is now.
-                Ok(Some(record)) if hub.projection.needs_venue(record.venue_id) => {
-                    let venue = record.venue_id;
-                    hub.learn_venue(venue, ctx, move |hub, ctx| {
-                        hub.apply_unless_outdated(&change, &record, ctx)
-                    });
-                }
-                Ok(Some(record)) => hub.apply_unless_outdated(&change, &record, ctx),
-                Ok(None) => {
-                    let applied = hub.projection.apply(&change, Utc::now());
-                    hub.broadcast_applied(applied, &change, ctx);
-                }
-                Err(error) => {
-                    tracing::warn!(
-                        channel = %hub.name,
-                        %error,
-                        "could not read an event a change would list; listing it"
-                    );
-                    let applied = hub.projection.apply(&change, Utc::now());
-                    hub.broadcast_applied(applied, &change, ctx);
-                }
-            },
-        ));
+        let read = async move { store.event(id).await }.into_actor(self);
+        ctx.wait(read.map(move |read, hub, ctx| match read {
+            // A radius feed must know where the event is now.
+            Ok(Some(record)) if hub.projection.needs_venue(record.venue_id) => {
+                let venue = record.venue_id;
+                hub.learn_venue(venue, ctx, move |hub, ctx| {
+                    if hub.projection.needs_venue(venue) {
+                        tracing::warn!(
+                            channel = %hub.name,
+                            "could not read where an event is now; listing it"
+                        );
+                        return hub.apply_as_is(&change, ctx);
+                    }
+                    hub.apply_unless_outdated(&change, &record, ctx)
+                });
+            }
+            Ok(Some(record)) => hub.apply_unless_outdated(&change, &record, ctx),
+            Ok(None) => hub.apply_as_is(&change, ctx),
+            Err(error) => {
+                tracing::warn!(
+                    channel = %hub.name,
+                    %error,
+                    "could not read an event a change would list; listing it"
+                );
+                hub.apply_as_is(&change, ctx);
+            }
+        }));
+    }
+
+    fn apply_as_is(&mut self, change: &EventChange, ctx: &mut Context<Self>) {
+        let applied = self.projection.apply(change, Utc::now());
+        self.broadcast_applied(applied, change, ctx);
     }
 
     fn apply_unless_outdated(
@@ -274,13 +279,11 @@ impl ChannelHub {
         record: &EventRecord,
         ctx: &mut Context<Self>,
     ) {
-        let now = Utc::now();
-        if self.projection.outdated_by(change, record, now) {
+        if self.projection.outdated_by(change, record, Utc::now()) {
             metrics::counter!("turnout_ws_late_changes_dropped_total").increment(1);
             return;
         }
-        let applied = self.projection.apply(change, now);
-        self.broadcast_applied(applied, change, ctx);
+        self.apply_as_is(change, ctx);
     }
 
     /// Learns where `venue` is (a radius feed that has not seen it), then

@@ -1,10 +1,12 @@
 //! `mixed`: reads, joins and WebSocket subscribers together, as an evening
 //! in the city looks. Joins and reads each arrive at a fixed rate (open
 //! model: latency runs from each request's intended send time), while
-//! subscribers watch the events' channels. Afterwards the tool checks that
-//! the joins kept every event's invariants, that no read ever showed an
-//! overbooked event, and that every subscriber saw its channel's updates
-//! without a gap or a repeat and ended at the event's final counts.
+//! subscribers watch the events' channels and, optionally, some joiners
+//! their own places (`me`). Afterwards the tool checks that the joins kept
+//! every event's invariants, that no read ever showed an overbooked event,
+//! that every subscriber saw its channel's updates without a gap or a
+//! repeat and ended at the event's final counts, and that every watcher of
+//! `me` was told its place.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -117,6 +119,23 @@ fn schedule(args: &Mixed, token: impl Fn(Uuid) -> String) -> Vec<(Duration, Step
     }
     steps.sort_by_key(|(at, _)| *at);
     steps
+}
+
+/// Which of `joins` joins (join `i` is of event `i % events`) are by
+/// people watching `me`: `count` of them, round robin over the events and
+/// spread over each event's joins, in order.
+fn watched_joins(joins: usize, events: usize, count: usize) -> Vec<usize> {
+    let count = count.min(joins);
+    let mut chosen: Vec<usize> = (0..count)
+        .map(|k| {
+            let (event, nth) = (k % events, k / events);
+            let of_event = (joins - event).div_ceil(events);
+            let watched_of_event = (count - event).div_ceil(events);
+            event + nth * of_event / watched_of_event * events
+        })
+        .collect();
+    chosen.sort_unstable();
+    chosen
 }
 
 /// How many events in a read's answer show more active attendees than
@@ -262,18 +281,18 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
         .await?;
 
     let steps = schedule(&args, |user| minter.token(user));
-    let joins: Vec<(Uuid, String, usize)> = steps
+    let join_count = (args.join_rate * args.duration) as usize;
+    let chosen = watched_joins(join_count, args.events, args.me_watchers);
+    // Joins are scheduled in their order: the `i`th join step is join `i`.
+    let watched: Arc<[(Uuid, String, usize)]> = steps
         .iter()
         .filter_map(|(_, step)| match step {
-            Step::Join { user, token, event } => Some((*user, token.clone(), *event)),
+            Step::Join { user, token, event } => Some((user, token, event)),
             _ => None,
         })
-        .collect();
-    let every = (joins.len() / args.me_watchers.max(1)).max(1);
-    let watched: Arc<[(Uuid, String, usize)]> = joins
-        .into_iter()
-        .step_by(every)
-        .take(args.me_watchers)
+        .enumerate()
+        .filter(|(i, _)| chosen.binary_search(i).is_ok())
+        .map(|(_, (user, token, event))| (*user, token.clone(), *event))
         .collect();
     let (watchers, watch_failures) =
         connect_all(watched.len(), args.source_addresses, |i, source| {
@@ -289,6 +308,12 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
         args.events,
         subscribers.len()
     );
+    if !watched.is_empty() {
+        eprintln!(
+            "mixed: {} of the joiners watch their places",
+            watchers.len()
+        );
+    }
     let sent: Vec<Duration> = steps.iter().map(|(offset, _)| *offset).collect();
     let items: Vec<(Option<Duration>, Step)> = steps
         .into_iter()
@@ -491,6 +516,22 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn watched_joins_are_spread_over_the_events_and_the_run() {
+        let chosen = watched_joins(120, 3, 20);
+        assert_eq!(chosen.len(), 20);
+        assert!(
+            chosen.windows(2).all(|w| w[0] < w[1]),
+            "distinct: {chosen:?}"
+        );
+        for event in 0..3 {
+            assert!(chosen.iter().filter(|&&i| i % 3 == event).count() >= 6);
+        }
+        assert!(chosen.iter().any(|&i| i < 10) && chosen.iter().any(|&i| i >= 100));
+        assert_eq!(watched_joins(7, 3, 9), (0..7).collect::<Vec<_>>());
+        assert_eq!(watched_joins(100, 4, 0), Vec::<usize>::new());
+    }
 
     fn args(join_rate: f64, read_rate: f64, duration: f64) -> Mixed {
         Mixed {

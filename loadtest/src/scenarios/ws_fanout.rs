@@ -170,8 +170,10 @@ pub(crate) async fn subscribe(ws: &mut Socket, channel: &str) -> anyhow::Result<
         match ws.next().await {
             Some(Ok(Message::Text(text))) => {
                 let frame: ChannelFrame = serde_json::from_str(&text)?;
-                if frame.kind == "snapshot" {
-                    return Ok(frame);
+                match frame.kind.as_str() {
+                    "snapshot" => return Ok(frame),
+                    "error" => anyhow::bail!("subscribe to {channel} refused: {text}"),
+                    _ => {}
                 }
             }
             Some(Ok(_)) => continue,
