@@ -12,15 +12,19 @@
 //! - [`MeFeeds`] routes each committed change to the watchers it concerns:
 //!   those of the people its facts name, those waiting in its event, and,
 //!   when it cancels the event, those holding any place in it (the
-//!   cancellation names nobody).
+//!   cancellation names nobody). It keeps each event's latest change routed
+//!   lately ([`RecentChanges`]), so that a watcher that has just begun to
+//!   follow an event knows whether a change went by before it did.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use serde::Serialize;
 use turnout_actors::changes::EventChange;
 use turnout_actors::domain::{DomainEvent, EventId, MemberStatus, UserId, WaitlistMove};
@@ -290,6 +294,77 @@ fn is_live(status: MemberStatus) -> bool {
     )
 }
 
+/// How long [`RecentChanges`] remembers an event's latest change: far
+/// longer than a watcher takes to follow an event after the change that gave
+/// its person a place there. A watcher that finds no trace reads.
+const RECENT_FOR: Duration = Duration::from_secs(60);
+
+/// The version of each event's latest change routed here within
+/// [`RECENT_FOR`]. A watcher follows an event (registers for the changes
+/// that name nobody: a cancellation, a shift of the waitlist) only after
+/// the change that gave its person a place there; one routed in between
+/// reached nobody. Routing records a change before it looks up whom to
+/// send it to, and a watcher registers before it asks, so a change that
+/// missed the watcher shows here, and the watcher reads the database only
+/// then — not after every join.
+struct RecentChanges {
+    latest: DashMap<EventId, (u64, Instant)>,
+    /// Events recorded since the last sweep, and how many may be before the
+    /// next: twice what a sweep left, so that it is not a scan per change.
+    recorded: AtomicUsize,
+    sweep_at: AtomicUsize,
+}
+
+impl RecentChanges {
+    const LEAST_SWEEP_AT: usize = 1024;
+
+    fn new() -> Self {
+        Self {
+            latest: DashMap::new(),
+            recorded: AtomicUsize::new(0),
+            sweep_at: AtomicUsize::new(Self::LEAST_SWEEP_AT),
+        }
+    }
+
+    /// A change to `event` at `version` is being routed, at `now`.
+    fn routed(&self, event: EventId, version: u64, now: Instant) {
+        let new = match self.latest.entry(event) {
+            Entry::Occupied(mut seen) => {
+                let (latest, at) = seen.get_mut();
+                *latest = (*latest).max(version);
+                *at = now;
+                false
+            }
+            Entry::Vacant(room) => {
+                room.insert((version, now));
+                true
+            }
+        };
+        if new
+            && self.recorded.fetch_add(1, Ordering::Relaxed) + 1
+                >= self.sweep_at.load(Ordering::Relaxed)
+        {
+            self.sweep(now);
+        }
+    }
+
+    /// Whether a change to `event` newer than `version` may have been
+    /// routed: one was, or the event's latest is no longer remembered.
+    fn went_by(&self, event: EventId, version: u64) -> bool {
+        self.latest.get(&event).is_none_or(|seen| seen.0 > version)
+    }
+
+    fn sweep(&self, now: Instant) {
+        if let Some(cutoff) = now.checked_sub(RECENT_FOR) {
+            self.latest.retain(|_, (_, at)| *at > cutoff);
+        }
+        self.recorded.store(0, Ordering::Relaxed);
+        let left = self.latest.len();
+        self.sweep_at
+            .store(left.max(Self::LEAST_SWEEP_AT), Ordering::Relaxed);
+    }
+}
+
 /// Routes committed changes to the `me` watchers they concern.
 #[derive(Clone)]
 pub struct MeFeeds(Arc<Inner>);
@@ -304,6 +379,7 @@ struct Inner {
     waiting: Watching,
     /// The watchers of people holding any live place in each event, by id.
     holding: Watching,
+    recent: RecentChanges,
 }
 
 /// Watchers registered by event, by id.
@@ -325,6 +401,7 @@ impl MeFeeds {
             watchers: DashMap::new(),
             waiting: DashMap::new(),
             holding: DashMap::new(),
+            recent: RecentChanges::new(),
         }))
     }
 
@@ -357,6 +434,10 @@ impl MeFeeds {
     pub fn route(&self, change: &Arc<EventChange>) {
         let mut to: HashMap<u64, Addr<MeWatcher>> = HashMap::new();
         let event = change.summary.id;
+        // Before the registers are read: see `RecentChanges`.
+        self.0
+            .recent
+            .routed(event, change.summary.version, Instant::now());
         if let Some(waiting) = self.0.waiting.get(&event) {
             to.extend(waiting.iter().map(|(id, w)| (*id, w.clone())));
         }
@@ -434,8 +515,9 @@ struct MeChange(Arc<EventChange>);
 enum Refresh {
     /// Every place: changes may have been missed.
     Everything,
-    /// The places in events the watcher has just begun to follow: what was
-    /// routed to them before it did reached nobody.
+    /// The places in events the watcher has just begun to follow, where a
+    /// change went by before it did (see [`RecentChanges`]): routed to the
+    /// event's watchers, it reached nobody.
     Followed(Vec<EventId>),
 }
 
@@ -543,13 +625,35 @@ impl MeWatcher {
     /// their name, and a read finds it; the changes after it to that event
     /// (a cancellation, a shift of the waitlist) reach them only once the
     /// watcher follows the event: whatever was routed in between reached
-    /// nobody, and a cancelled event never changes again. Once followed,
-    /// one read of those places settles it.
+    /// nobody, and a cancelled event never changes again
+    /// ([`MeWatcher::follow_new`]).
     fn unfollowed(&self) -> Vec<EventId> {
         self.places
             .held_in()
             .filter(|event| !self.holding_in.contains(event))
             .collect()
+    }
+
+    /// Follows `events`, where the person has just taken a place, and reads
+    /// the places in those where a change went by before the watcher
+    /// followed them: one read settles what it missed.
+    fn follow_new(&mut self, events: Vec<EventId>, ctx: &mut Context<Self>) {
+        if events.is_empty() {
+            return;
+        }
+        self.follow(ctx);
+        let recent = &self.feeds.0.recent;
+        let missed: Vec<EventId> = events
+            .into_iter()
+            .filter(|&event| {
+                let version = self.places.get(event).map_or(0, |p| p.version);
+                recent.went_by(event, version)
+            })
+            .collect();
+        if !missed.is_empty() {
+            metrics::counter!("turnout_me_follow_reads_total").increment(1);
+            ctx.notify(Refresh::Followed(missed));
+        }
     }
 
     /// Registers where the person waits and where they hold a place, and
@@ -689,9 +793,7 @@ impl Handler<MeChange> for MeWatcher {
         if !updates.is_empty() {
             self.send_updates(updates, Some(change.committed_at), ctx);
         }
-        if !new_places.is_empty() {
-            ctx.notify(Refresh::Followed(new_places));
-        }
+        self.follow_new(new_places, ctx);
     }
 }
 
@@ -709,9 +811,7 @@ impl Handler<Refresh> for MeWatcher {
             watcher.send_updates(updates, None, ctx);
             // A read that found a new place (its change still on the
             // way) was made before the watcher followed its event.
-            if !new_places.is_empty() {
-                ctx.notify(Refresh::Followed(new_places));
-            }
+            watcher.follow_new(new_places, ctx);
         }));
     }
 }
@@ -733,6 +833,45 @@ mod tests {
     use turnout_actors::store::EventSummary;
 
     use super::*;
+
+    #[test]
+    fn a_change_went_by_when_a_newer_one_was_routed_or_none_is_remembered() {
+        let recent = RecentChanges::new();
+        let (event, now) = (EventId::new(), Instant::now());
+        assert!(recent.went_by(event, 1), "nothing remembered");
+        recent.routed(event, 3, now);
+        assert!(!recent.went_by(event, 3), "the change that gave the place");
+        assert!(recent.went_by(event, 2));
+        recent.routed(event, 2, now);
+        assert!(
+            !recent.went_by(event, 3),
+            "a late, older change moves nothing"
+        );
+        recent.routed(event, 4, now);
+        assert!(recent.went_by(event, 3), "a cancellation, say");
+    }
+
+    #[test]
+    fn recent_changes_are_forgotten_after_a_while_not_at_once() {
+        let recent = RecentChanges::new();
+        let start = Instant::now();
+        let old = EventId::new();
+        recent.routed(old, 1, start);
+        for _ in 0..RecentChanges::LEAST_SWEEP_AT {
+            recent.routed(EventId::new(), 1, start + Duration::from_secs(1));
+        }
+        assert!(!recent.went_by(old, 1), "swept, but recent");
+        let later = start + RECENT_FOR + Duration::from_secs(2);
+        for _ in 0..RecentChanges::LEAST_SWEEP_AT + 1 {
+            recent.routed(EventId::new(), 1, later);
+        }
+        assert!(recent.went_by(old, 1), "forgotten: a watcher reads");
+        assert!(
+            recent.latest.len() <= 2 * RecentChanges::LEAST_SWEEP_AT + 1,
+            "{} held",
+            recent.latest.len()
+        );
+    }
 
     /// An event of capacity 1 in offer mode, and the changes commands make.
     struct Event {
