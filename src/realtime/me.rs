@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -294,25 +294,40 @@ fn is_live(status: MemberStatus) -> bool {
     )
 }
 
-/// How long [`RecentChanges`] remembers an event's latest change: far
-/// longer than a watcher takes to follow an event after the change that gave
-/// its person a place there. A watcher that finds no trace reads.
-const RECENT_FOR: Duration = Duration::from_secs(60);
+/// How long [`RecentChanges`] remembers an event's latest changes: as long
+/// as a change may come late behind a newer one after a shard moved
+/// ([`LATE_CHANGES_WITHIN`]; an older change recorded after the newer one
+/// was forgotten would look like the latest), and far longer than a
+/// watcher takes to follow an event after the change that gave its person
+/// a place there. A watcher that finds no trace reads.
+const RECENT_FOR: Duration = Duration::from_secs(LATE_CHANGES_WITHIN.num_seconds() as u64);
 
-/// The version of each event's latest change routed here within
-/// [`RECENT_FOR`]. A watcher follows an event (registers for the changes
-/// that name nobody: a cancellation, a shift of the waitlist) only after
-/// the change that gave its person a place there; one routed in between
-/// reached nobody. Routing records a change before it looks up whom to
-/// send it to, and a watcher registers before it asks, so a change that
-/// missed the watcher shows here, and the watcher reads the database only
-/// then — not after every join.
+/// What [`RecentChanges`] holds of one event: the versions of its latest
+/// change and of its cancellation, if routed, and when it last changed.
+#[derive(Clone, Copy)]
+struct Latest {
+    change: u64,
+    cancellation: Option<u64>,
+    at: Instant,
+}
+
+/// The versions of each event's latest change and cancellation routed here
+/// within [`RECENT_FOR`]. A watcher follows an event (registers for the
+/// changes that name nobody: a cancellation, a shift of the waitlist) only
+/// after the change that gave its person a place there; one routed in
+/// between reached nobody. Routing records a change before it looks up
+/// whom to send it to, and a watcher registers before it asks, so a change
+/// that missed the watcher shows here, and the watcher reads the database
+/// only then: for a place that waits, after any newer change to the event
+/// (a shift); for one that does not, only after a cancellation (the rest
+/// name the person).
 struct RecentChanges {
-    latest: DashMap<EventId, (u64, Instant)>,
+    latest: DashMap<EventId, Latest>,
     /// Events recorded since the last sweep, and how many may be before the
-    /// next: twice what a sweep left, so that it is not a scan per change.
+    /// next: what a sweep left, so that it is not a scan per change.
     recorded: AtomicUsize,
     sweep_at: AtomicUsize,
+    sweeping: AtomicBool,
 }
 
 impl RecentChanges {
@@ -323,42 +338,59 @@ impl RecentChanges {
             latest: DashMap::new(),
             recorded: AtomicUsize::new(0),
             sweep_at: AtomicUsize::new(Self::LEAST_SWEEP_AT),
+            sweeping: AtomicBool::new(false),
         }
     }
 
     /// A change to `event` at `version` is being routed, at `now`.
-    fn routed(&self, event: EventId, version: u64, now: Instant) {
+    fn routed(&self, event: EventId, version: u64, cancels: bool, now: Instant) {
+        let cancellation = cancels.then_some(version);
         let new = match self.latest.entry(event) {
             Entry::Occupied(mut seen) => {
-                let (latest, at) = seen.get_mut();
-                *latest = (*latest).max(version);
-                *at = now;
+                let seen = seen.get_mut();
+                seen.change = seen.change.max(version);
+                seen.cancellation = seen.cancellation.max(cancellation);
+                seen.at = now;
                 false
             }
             Entry::Vacant(room) => {
-                room.insert((version, now));
+                room.insert(Latest {
+                    change: version,
+                    cancellation,
+                    at: now,
+                });
                 true
             }
         };
-        if new
+        let due = new
             && self.recorded.fetch_add(1, Ordering::Relaxed) + 1
-                >= self.sweep_at.load(Ordering::Relaxed)
-        {
+                >= self.sweep_at.load(Ordering::Relaxed);
+        if due && !self.sweeping.swap(true, Ordering::Acquire) {
             self.sweep(now);
+            self.sweeping.store(false, Ordering::Release);
         }
     }
 
-    /// Whether a change to `event` newer than `version` may have been
-    /// routed: one was, or the event's latest is no longer remembered.
-    fn went_by(&self, event: EventId, version: u64) -> bool {
-        self.latest.get(&event).is_none_or(|seen| seen.0 > version)
+    /// Whether a change to `event` newer than `version` that a place there
+    /// would miss may have been routed: one was (any change, for a place
+    /// that `waits`; a cancellation, for one that does not), or the event is
+    /// no longer remembered.
+    fn went_by(&self, event: EventId, version: u64, waits: bool) -> bool {
+        self.latest.get(&event).is_none_or(|seen| {
+            let missed = if waits {
+                Some(seen.change)
+            } else {
+                seen.cancellation
+            };
+            missed.is_some_and(|missed| missed > version)
+        })
     }
 
     fn sweep(&self, now: Instant) {
-        if let Some(cutoff) = now.checked_sub(RECENT_FOR) {
-            self.latest.retain(|_, (_, at)| *at > cutoff);
-        }
         self.recorded.store(0, Ordering::Relaxed);
+        if let Some(cutoff) = now.checked_sub(RECENT_FOR) {
+            self.latest.retain(|_, seen| seen.at > cutoff);
+        }
         let left = self.latest.len();
         self.sweep_at
             .store(left.max(Self::LEAST_SWEEP_AT), Ordering::Relaxed);
@@ -434,17 +466,18 @@ impl MeFeeds {
     pub fn route(&self, change: &Arc<EventChange>) {
         let mut to: HashMap<u64, Addr<MeWatcher>> = HashMap::new();
         let event = change.summary.id;
-        // Before the registers are read: see `RecentChanges`.
-        self.0
-            .recent
-            .routed(event, change.summary.version, Instant::now());
-        if let Some(waiting) = self.0.waiting.get(&event) {
-            to.extend(waiting.iter().map(|(id, w)| (*id, w.clone())));
-        }
         let cancels = change
             .facts
             .iter()
             .any(|f| matches!(f, DomainEvent::Cancelled { .. }));
+        // Before the registers are read: see `RecentChanges`.
+        let version = change.summary.version;
+        self.0
+            .recent
+            .routed(event, version, cancels, Instant::now());
+        if let Some(waiting) = self.0.waiting.get(&event) {
+            to.extend(waiting.iter().map(|(id, w)| (*id, w.clone())));
+        }
         if cancels && let Some(holding) = self.0.holding.get(&event) {
             to.extend(holding.iter().map(|(id, w)| (*id, w.clone())));
         }
@@ -646,8 +679,10 @@ impl MeWatcher {
         let missed: Vec<EventId> = events
             .into_iter()
             .filter(|&event| {
-                let version = self.places.get(event).map_or(0, |p| p.version);
-                recent.went_by(event, version)
+                let place = self.places.get(event);
+                let version = place.map_or(0, |p| p.version);
+                let waits = place.is_some_and(|p| p.status == MemberStatus::Waitlisted);
+                recent.went_by(event, version, waits)
             })
             .collect();
         if !missed.is_empty() {
@@ -835,37 +870,58 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_change_went_by_when_a_newer_one_was_routed_or_none_is_remembered() {
+    fn a_change_went_by_a_waiting_place_when_a_newer_one_was_routed_or_none_is_remembered() {
         let recent = RecentChanges::new();
         let (event, now) = (EventId::new(), Instant::now());
-        assert!(recent.went_by(event, 1), "nothing remembered");
-        recent.routed(event, 3, now);
-        assert!(!recent.went_by(event, 3), "the change that gave the place");
-        assert!(recent.went_by(event, 2));
-        recent.routed(event, 2, now);
+        assert!(recent.went_by(event, 1, true), "nothing remembered");
+        recent.routed(event, 3, false, now);
         assert!(
-            !recent.went_by(event, 3),
+            !recent.went_by(event, 3, true),
+            "the change that gave the place"
+        );
+        assert!(recent.went_by(event, 2, true));
+        recent.routed(event, 2, false, now);
+        assert!(
+            !recent.went_by(event, 3, true),
             "a late, older change moves nothing"
         );
-        recent.routed(event, 4, now);
-        assert!(recent.went_by(event, 3), "a cancellation, say");
+        recent.routed(event, 4, false, now);
+        assert!(
+            recent.went_by(event, 3, true),
+            "a shift of the waitlist, say"
+        );
+    }
+
+    /// Only a cancellation reaches a place that does not wait without
+    /// naming its person.
+    #[test]
+    fn only_a_cancellation_goes_by_a_place_that_does_not_wait() {
+        let recent = RecentChanges::new();
+        let (event, now) = (EventId::new(), Instant::now());
+        assert!(recent.went_by(event, 1, false), "nothing remembered");
+        recent.routed(event, 3, false, now);
+        recent.routed(event, 4, false, now);
+        assert!(!recent.went_by(event, 3, false), "another's join");
+        recent.routed(event, 5, true, now);
+        assert!(recent.went_by(event, 3, false));
+        assert!(!recent.went_by(event, 5, false), "read at the cancellation");
     }
 
     #[test]
-    fn recent_changes_are_forgotten_after_a_while_not_at_once() {
+    fn recent_changes_are_forgotten_once_no_late_change_may_come() {
         let recent = RecentChanges::new();
         let start = Instant::now();
         let old = EventId::new();
-        recent.routed(old, 1, start);
+        recent.routed(old, 1, false, start);
         for _ in 0..RecentChanges::LEAST_SWEEP_AT {
-            recent.routed(EventId::new(), 1, start + Duration::from_secs(1));
+            recent.routed(EventId::new(), 1, false, start + Duration::from_secs(1));
         }
-        assert!(!recent.went_by(old, 1), "swept, but recent");
+        assert!(!recent.went_by(old, 1, true), "swept, but recent");
         let later = start + RECENT_FOR + Duration::from_secs(2);
         for _ in 0..RecentChanges::LEAST_SWEEP_AT + 1 {
-            recent.routed(EventId::new(), 1, later);
+            recent.routed(EventId::new(), 1, false, later);
         }
-        assert!(recent.went_by(old, 1), "forgotten: a watcher reads");
+        assert!(recent.went_by(old, 1, true), "forgotten: a watcher reads");
         assert!(
             recent.latest.len() <= 2 * RecentChanges::LEAST_SWEEP_AT + 1,
             "{} held",

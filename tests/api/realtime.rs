@@ -200,6 +200,44 @@ async fn a_place_cancelled_as_it_is_taken_is_told_on_me() {
     assert_eq!(told, taken);
 }
 
+/// A join watched on `me` needs no read of its own: the feeds remember the
+/// event's latest change, and the watcher, once it follows the event, reads
+/// only if one went by that it missed — a place taken as active, or waiting
+/// with nothing moving behind it, is told and followed without one. (A
+/// server of its own, so that the count is this test's.)
+#[tokio::test]
+async fn a_join_watched_on_me_reads_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(Backend::Sqlite, &dir).await.unwrap();
+    let server = ServerProcess::start(&url, dir.path(), &[]).await;
+    let app = TestApp::attach(&server.address, crate::helpers::JWT_KEY);
+    let owner = app.register("owner@example.com").await;
+    let (person, first) = (app.user(), app.user());
+    let (mut socket, _) = me_socket(&app, &person).await;
+    let open = app.published_event(&owner, 10).await;
+    let full = app.published_event(&owner, 1).await;
+    assert_eq!(app.join(&first, full).await.status(), StatusCode::CREATED);
+
+    assert_eq!(app.join(&person, open).await.status(), StatusCode::CREATED);
+    let waiting = body(app.join(&person, full).await).await;
+    assert_eq!(waiting["data"]["status"], "waitlisted", "{waiting}");
+    let mut told = Vec::new();
+    while told.len() < 2 {
+        let frame = next(&mut socket).await;
+        if frame["type"] == "update" {
+            told.push(frame["data"]["reason"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(told, ["joined", "waitlisted"]);
+    // Followed: the leave ahead reaches the waiting place.
+    assert_eq!(app.leave(&first, full).await.status(), StatusCode::OK);
+    let promoted = next(&mut socket).await;
+    assert_eq!(promoted["data"]["reason"], "promoted", "{promoted}");
+
+    let reads = metric(&app.metrics().await, "turnout_me_follow_reads_total").unwrap_or(0.0);
+    assert_eq!(reads, 0.0);
+}
+
 /// 1000 joins race the subscription: the snapshot and the updates after it
 /// neither overlap nor leave a gap, and the last update is the final state.
 #[actix_web::test]
