@@ -495,6 +495,50 @@ async fn until_linked(node: &TestApp) {
     }
 }
 
+/// A node on `url` linked through Redis on a channel of its own, whose
+/// name comes back (to play another node on): subscribed once it returns.
+async fn linked_node(url: &str, redis_url: &str) -> (TestApp, String) {
+    let channel = format!("turnout:test:{}", uuid::Uuid::new_v4());
+    let node = spawn_node(url, |s| {
+        s.redis_url = Some(secrecy::SecretString::from(redis_url.to_owned()));
+        s.outbox.stream_prefix = format!("{channel}:");
+        s.realtime.redis_channel = channel.clone();
+    })
+    .await;
+    until_linked(&node).await;
+    (node, channel)
+}
+
+/// Subscribes `socket` to `channel`: the snapshot the channel settles on.
+/// The node subscribes to Redis as it starts and reloads then: that
+/// reload's snapshot may come after ours.
+async fn settled_snapshot(socket: &mut crate::realtime::Socket, channel: &str) -> Value {
+    let mut snapshot = crate::realtime::subscribe(socket, channel, None).await;
+    while let Ok(frame) = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        crate::realtime::next(socket),
+    )
+    .await
+    {
+        snapshot = frame;
+    }
+    snapshot
+}
+
+/// Publishes `message` on the shared Redis `channel`, as another node would.
+async fn publish_as_another_node(
+    redis: &mut redis::aio::MultiplexedConnection,
+    channel: &str,
+    message: Value,
+) {
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(message.to_string())
+        .query_async(redis)
+        .await
+        .unwrap();
+}
+
 /// A node's heartbeat carries its count of changes, and a node that falls
 /// silent may have committed changes it never published: either way the
 /// nodes that hear it reload their channels, and a client gets a fresh
@@ -509,41 +553,17 @@ async fn a_dropped_tail_or_a_silent_node_makes_the_others_reload() {
     let Some(url) = fresh_database(Backend::Postgres, &dir).await else {
         return;
     };
-    let channel = format!("turnout:test:{}", uuid::Uuid::new_v4());
-    let node = spawn_node(&url, |s| {
-        s.redis_url = Some(secrecy::SecretString::from(redis_url.clone()));
-        s.outbox.stream_prefix = format!("{channel}:");
-        s.realtime.redis_channel = channel.clone();
-    })
-    .await;
-    until_linked(&node).await;
+    let (node, channel) = linked_node(&url, &redis_url).await;
     let mut redis = redis_connection(&redis_url).await;
     let owner = node.register("owner@example.com").await;
     let event = node.published_event(&owner, 10).await;
     let mut socket = crate::realtime::connect(&node).await;
-    let mut snapshot =
-        crate::realtime::subscribe(&mut socket, &format!("event:{event}"), None).await;
-    // The node subscribes to Redis as it starts and reloads then: wait for
-    // that reload's snapshot, if it comes after ours.
-    while let Ok(frame) = tokio::time::timeout(
-        std::time::Duration::from_millis(500),
-        crate::realtime::next(&mut socket),
-    )
-    .await
-    {
-        snapshot = frame;
-    }
+    let snapshot = settled_snapshot(&mut socket, &format!("event:{event}")).await;
     assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
     let other = uuid::Uuid::now_v7();
-    let heartbeat =
-        |seq: u64| serde_json::json!({ "node": other, "seq": seq, "change": null }).to_string();
-    let mut publish = async |message: String| {
-        let _: i64 = redis::cmd("PUBLISH")
-            .arg(&channel)
-            .arg(message)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
+    let heartbeat = |seq: u64| serde_json::json!({ "node": other, "seq": seq, "change": null });
+    let mut publish = async |message: Value| {
+        publish_as_another_node(&mut redis, &channel, message).await;
     };
 
     // The other node has counted 1 change, then 3: two never arrived.
@@ -591,14 +611,7 @@ async fn a_publishing_later_than_the_cancellation_a_listing_loaded_lists_nothing
     let Some(url) = fresh_database(Backend::Postgres, &dir).await else {
         return;
     };
-    let channel = format!("turnout:test:{}", uuid::Uuid::new_v4());
-    let node = spawn_node(&url, |s| {
-        s.redis_url = Some(secrecy::SecretString::from(redis_url.clone()));
-        s.outbox.stream_prefix = format!("{channel}:");
-        s.realtime.redis_channel = channel.clone();
-    })
-    .await;
-    until_linked(&node).await;
+    let (node, channel) = linked_node(&url, &redis_url).await;
     let mut heard = redis::Client::open(redis_url.as_str())
         .unwrap()
         .get_async_pubsub()
@@ -643,18 +656,7 @@ async fn a_publishing_later_than_the_cancellation_a_listing_loaded_lists_nothing
     }
 
     let mut socket = crate::realtime::connect(&node).await;
-    let mut snapshot =
-        crate::realtime::subscribe(&mut socket, &format!("venue:{venue}"), None).await;
-    // The node subscribes to Redis as it starts and reloads then: wait for
-    // that reload's snapshot, if it comes after ours.
-    while let Ok(frame) = tokio::time::timeout(
-        std::time::Duration::from_millis(500),
-        crate::realtime::next(&mut socket),
-    )
-    .await
-    {
-        snapshot = frame;
-    }
+    let snapshot = settled_snapshot(&mut socket, &format!("venue:{venue}")).await;
     let ids = |events: &Value| -> Vec<String> {
         events
             .as_array()
@@ -669,12 +671,7 @@ async fn a_publishing_later_than_the_cancellation_a_listing_loaded_lists_nothing
     let mut redis = redis_connection(&redis_url).await;
     let mut publish = async |seq: u64, change: &Value| {
         let message = serde_json::json!({ "node": other, "seq": seq, "change": change });
-        let _: i64 = redis::cmd("PUBLISH")
-            .arg(&channel)
-            .arg(message.to_string())
-            .query_async(&mut redis)
-            .await
-            .unwrap();
+        publish_as_another_node(&mut redis, &channel, message).await;
     };
     publish(1, &publishings[&cancelled.to_string()]).await;
     // Then a change the listing shows, so that what the late publishing

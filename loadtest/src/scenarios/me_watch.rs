@@ -10,13 +10,13 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use futures_util::StreamExt;
+use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 use super::mixed::summary;
-use super::ws_fanout::{connect_from, subscribe};
+use super::ws_fanout::{connect_from, subscribe_as};
 use crate::burst::Answers;
 use crate::report::{Check, latency_histogram};
 
@@ -47,23 +47,7 @@ pub async fn watch(
     event: usize,
 ) -> anyhow::Result<Watcher> {
     let mut ws = connect_from(server, source).await?;
-    let auth = json!({ "type": "auth", "token": token });
-    ws.send(Message::text(auth.to_string())).await?;
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) => {
-                let frame: Value = serde_json::from_str(&text)?;
-                match frame["type"].as_str() {
-                    Some("authenticated") => break,
-                    Some("error") => anyhow::bail!("auth refused: {frame}"),
-                    _ => {}
-                }
-            }
-            Some(Ok(_)) => {}
-            _ => anyhow::bail!("closed before auth was answered"),
-        }
-    }
-    subscribe(&mut ws, "me").await?;
+    subscribe_as(&mut ws, &token, "me").await?;
     let told = Arc::new(Mutex::new(Told {
         places: HashMap::new(),
         from_commit: Vec::new(),

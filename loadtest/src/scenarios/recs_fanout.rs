@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use futures_util::StreamExt;
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-use super::ws_fanout::{connect_all, connect_from, server_addrs};
+use super::ws_fanout::{connect_all, connect_from, server_addrs, subscribe_as};
 use crate::Common;
 use crate::api::{Api, Minter};
 use crate::process::{memory_per_connection, rss_bytes};
@@ -49,26 +49,7 @@ async fn client(
     arrivals: mpsc::UnboundedSender<Arrival>,
 ) -> anyhow::Result<()> {
     let mut ws = connect_from(server, source).await?;
-    for frame in [
-        json!({ "type": "auth", "token": token }),
-        json!({ "type": "subscribe", "channel": "recs" }),
-    ] {
-        ws.send(Message::text(frame.to_string())).await?;
-    }
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) => {
-                let frame: Value = serde_json::from_str(&text)?;
-                match frame["type"].as_str() {
-                    Some("snapshot") => break,
-                    Some("error") => anyhow::bail!("refused: {frame}"),
-                    _ => {}
-                }
-            }
-            Some(Ok(_)) => continue,
-            _ => anyhow::bail!("closed before the snapshot"),
-        }
-    }
+    subscribe_as(&mut ws, &token, "recs").await?;
     tokio::spawn(async move {
         while let Some(Ok(message)) = ws.next().await {
             if let Message::Text(text) = message {
