@@ -250,6 +250,7 @@ const COUNTED_FROM_START: &[&str] = &[
     "turnout_journal_refused_total",
     "turnout_log_lines_dropped_total",
     "turnout_mailbox_full_total",
+    "turnout_me_follow_reads_total",
     "turnout_outbox_dead_total",
     "turnout_outbox_published_total",
     "turnout_recs_lists_pushed_total",

@@ -268,18 +268,13 @@ impl ChannelHub {
         }));
     }
 
-    fn apply_as_is(&mut self, change: &EventChange, ctx: &mut Context<Self>) {
-        let applied = self.projection.apply(change, Utc::now());
-        self.broadcast_applied(applied, change, ctx);
-    }
-
     fn apply_unless_outdated(
         &mut self,
         change: &EventChange,
         record: &EventRecord,
         ctx: &mut Context<Self>,
     ) {
-        if self.projection.outdated_by(change, record, Utc::now()) {
+        if self.projection.drop_if_outdated(change, record, Utc::now()) {
             metrics::counter!("turnout_ws_late_changes_dropped_total").increment(1);
             return;
         }
@@ -312,13 +307,8 @@ impl ChannelHub {
         );
     }
 
-    fn broadcast_applied(
-        &mut self,
-        applied: Option<Value>,
-        change: &EventChange,
-        ctx: &mut Context<Self>,
-    ) {
-        if let Some(data) = applied {
+    fn apply_as_is(&mut self, change: &EventChange, ctx: &mut Context<Self>) {
+        if let Some(data) = self.projection.apply(change, Utc::now()) {
             self.broadcast(data, change.committed_at);
         }
         for update in self.projection.take_crowded_out() {

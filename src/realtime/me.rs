@@ -375,7 +375,7 @@ impl RecentChanges {
     /// would miss may have been routed: one was (any change, for a place
     /// that `waits`; a cancellation, for one that does not), or the event is
     /// no longer remembered.
-    fn went_by(&self, event: EventId, version: u64, waits: bool) -> bool {
+    fn may_have_missed(&self, event: EventId, version: u64, waits: bool) -> bool {
         self.latest.get(&event).is_none_or(|seen| {
             let missed = if waits {
                 Some(seen.change)
@@ -626,7 +626,6 @@ impl MeWatcher {
         &mut self,
         updates: Vec<(Reason, MyPlace)>,
         committed_at: Option<DateTime<Utc>>,
-        ctx: &mut Context<Self>,
     ) {
         for (reason, place) in updates {
             self.offset += 1;
@@ -642,7 +641,6 @@ impl MeWatcher {
             );
             self.send(text);
         }
-        self.follow(ctx);
     }
 
     /// Asks for a read of every place (once until it begins: the changes
@@ -667,14 +665,14 @@ impl MeWatcher {
             .collect()
     }
 
-    /// Follows `events`, where the person has just taken a place, and reads
-    /// the places in those where a change went by before the watcher
-    /// followed them: one read settles what it missed.
+    /// Follows the places as they now stand, and reads those in `events`,
+    /// where the person has just taken a place, if a change went by before
+    /// the watcher followed them: one read settles what it missed.
     fn follow_new(&mut self, events: Vec<EventId>, ctx: &mut Context<Self>) {
+        self.follow(ctx);
         if events.is_empty() {
             return;
         }
-        self.follow(ctx);
         let recent = &self.feeds.0.recent;
         let missed: Vec<EventId> = events
             .into_iter()
@@ -682,7 +680,7 @@ impl MeWatcher {
                 let place = self.places.get(event);
                 let version = place.map_or(0, |p| p.version);
                 let waits = place.is_some_and(|p| p.status == MemberStatus::Waitlisted);
-                recent.went_by(event, version, waits)
+                recent.may_have_missed(event, version, waits)
             })
             .collect();
         if !missed.is_empty() {
@@ -725,12 +723,12 @@ impl MeWatcher {
                 // Already inside the warning window: the offer itself said when.
                 continue;
             };
-            let timer = ctx.run_later(wait, move |watcher, ctx| {
+            let timer = ctx.run_later(wait, move |watcher, _| {
                 watcher.warnings.remove(&event);
                 if let Some(place) = watcher.places.get(event).cloned()
                     && place.offer_expires_at == Some(deadline)
                 {
-                    watcher.send_updates(vec![("offer_expiring", place)], None, ctx);
+                    watcher.send_updates(vec![("offer_expiring", place)], None);
                 }
             });
             self.warnings.insert(event, (deadline, timer));
@@ -826,7 +824,7 @@ impl Handler<MeChange> for MeWatcher {
         let updates = self.places.apply(&change);
         let new_places = self.unfollowed();
         if !updates.is_empty() {
-            self.send_updates(updates, Some(change.committed_at), ctx);
+            self.send_updates(updates, Some(change.committed_at));
         }
         self.follow_new(new_places, ctx);
     }
@@ -843,7 +841,7 @@ impl Handler<Refresh> for MeWatcher {
         ctx.wait(read.into_actor(self).map(|fresh, watcher, ctx| {
             let updates = watcher.places.refresh(fresh, Utc::now());
             let new_places = watcher.unfollowed();
-            watcher.send_updates(updates, None, ctx);
+            watcher.send_updates(updates, None);
             // A read that found a new place (its change still on the
             // way) was made before the watcher followed its event.
             watcher.follow_new(new_places, ctx);
@@ -873,21 +871,21 @@ mod tests {
     fn a_change_went_by_a_waiting_place_when_a_newer_one_was_routed_or_none_is_remembered() {
         let recent = RecentChanges::new();
         let (event, now) = (EventId::new(), Instant::now());
-        assert!(recent.went_by(event, 1, true), "nothing remembered");
+        assert!(recent.may_have_missed(event, 1, true), "nothing remembered");
         recent.routed(event, 3, false, now);
         assert!(
-            !recent.went_by(event, 3, true),
+            !recent.may_have_missed(event, 3, true),
             "the change that gave the place"
         );
-        assert!(recent.went_by(event, 2, true));
+        assert!(recent.may_have_missed(event, 2, true));
         recent.routed(event, 2, false, now);
         assert!(
-            !recent.went_by(event, 3, true),
+            !recent.may_have_missed(event, 3, true),
             "a late, older change moves nothing"
         );
         recent.routed(event, 4, false, now);
         assert!(
-            recent.went_by(event, 3, true),
+            recent.may_have_missed(event, 3, true),
             "a shift of the waitlist, say"
         );
     }
@@ -898,13 +896,19 @@ mod tests {
     fn only_a_cancellation_goes_by_a_place_that_does_not_wait() {
         let recent = RecentChanges::new();
         let (event, now) = (EventId::new(), Instant::now());
-        assert!(recent.went_by(event, 1, false), "nothing remembered");
+        assert!(
+            recent.may_have_missed(event, 1, false),
+            "nothing remembered"
+        );
         recent.routed(event, 3, false, now);
         recent.routed(event, 4, false, now);
-        assert!(!recent.went_by(event, 3, false), "another's join");
+        assert!(!recent.may_have_missed(event, 3, false), "another's join");
         recent.routed(event, 5, true, now);
-        assert!(recent.went_by(event, 3, false));
-        assert!(!recent.went_by(event, 5, false), "read at the cancellation");
+        assert!(recent.may_have_missed(event, 3, false));
+        assert!(
+            !recent.may_have_missed(event, 5, false),
+            "read at the cancellation"
+        );
     }
 
     #[test]
@@ -916,12 +920,15 @@ mod tests {
         for _ in 0..RecentChanges::LEAST_SWEEP_AT {
             recent.routed(EventId::new(), 1, false, start + Duration::from_secs(1));
         }
-        assert!(!recent.went_by(old, 1, true), "swept, but recent");
+        assert!(!recent.may_have_missed(old, 1, true), "swept, but recent");
         let later = start + RECENT_FOR + Duration::from_secs(2);
         for _ in 0..RecentChanges::LEAST_SWEEP_AT + 1 {
             recent.routed(EventId::new(), 1, false, later);
         }
-        assert!(recent.went_by(old, 1, true), "forgotten: a watcher reads");
+        assert!(
+            recent.may_have_missed(old, 1, true),
+            "forgotten: a watcher reads"
+        );
         assert!(
             recent.latest.len() <= 2 * RecentChanges::LEAST_SWEEP_AT + 1,
             "{} held",

@@ -37,6 +37,12 @@ pub const LISTING_LIMIT: usize = 500;
 /// hubs.
 pub const LATE_CHANGES_WITHIN: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
+/// How far apart two nodes' clocks may be, as a listing reckons whether a
+/// change was committed before its load ([`Projection::needs_read_model`]):
+/// a change's commit time is its own node's clock's. Erring wide costs a
+/// read, not a wrong listing.
+const CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+
 /// What a projection remembers of an event's last change.
 #[derive(Debug, Clone, Copy)]
 struct Seen {
@@ -153,23 +159,25 @@ impl Projection {
         self.venues.insert(venue, at);
     }
 
-    /// Whether `change` would list an event this listing has not seen since
-    /// it loaded, less than [`LATE_CHANGES_WITHIN`] ago: the load may have
-    /// read a newer state of the event than the change's — cancelled, or
-    /// moved away, after a shard moved and the old holder's change came
-    /// late — and a listing keeps no version of what it does not list. The
-    /// read model then says whether the change is old news
-    /// ([`Projection::outdated_by`]).
+    /// Whether `change` would list an event this listing has not seen, and
+    /// was committed before the listing loaded, less than
+    /// [`LATE_CHANGES_WITHIN`] ago: the load may have read a newer state of
+    /// the event than the change's — cancelled, or moved away, after a
+    /// shard moved and the old holder's change came late — and a listing
+    /// keeps no version of what it does not list. The read model then says
+    /// whether the change is old news ([`Projection::drop_if_outdated`]). A
+    /// change committed since the load (a new event published) is newer
+    /// than anything the load read.
     pub fn needs_read_model(&self, change: &EventChange, now: DateTime<Utc>) -> bool {
         let summary = &change.summary;
         let Shown::Listing(events) = &self.shown else {
             return false;
         };
         let id = summary.id.as_uuid();
-        let recently_loaded = self
-            .loaded_at
-            .is_some_and(|at| now - at < LATE_CHANGES_WITHIN);
-        recently_loaded
+        let late_for_the_load = self.loaded_at.is_some_and(|at| {
+            now - at < LATE_CHANGES_WITHIN && change.committed_at < at + CLOCK_SKEW
+        });
+        late_for_the_load
             && summary.lifecycle == Lifecycle::Published
             && summary.details.starts_at > now
             && !self.versions.contains_key(&id)
@@ -178,13 +186,14 @@ impl Projection {
                 || latest(events).is_some_and(|last| (summary.details.starts_at, id) < last))
     }
 
-    /// Whether `record`, the read model's row of `change`'s event (read
-    /// because [`Projection::needs_read_model`] asked), makes the change old
-    /// news: newer, and in a state this listing would not show (cancelled,
-    /// moved away, started). Its version is kept then, so that the change
+    /// Drops `change` if `record`, the read model's row of its event (read
+    /// because [`Projection::needs_read_model`] asked), makes it old news:
+    /// newer, and in a state this listing would not show (cancelled, moved
+    /// away, started). The row's version is kept then, so that the change
     /// and any older one list nothing. A newer state the listing would show
     /// lets the change in: the changes after it are on their way here.
-    pub fn outdated_by(
+    /// Whether it dropped the change.
+    pub fn drop_if_outdated(
         &mut self,
         change: &EventChange,
         record: &EventRecord,
@@ -565,7 +574,7 @@ mod tests {
             projection.load(Vec::new(), Vec::new(), loaded_at);
 
             assert!(projection.needs_read_model(&published, loaded_at));
-            assert!(projection.outdated_by(&published, &record(&cancelled), loaded_at));
+            assert!(projection.drop_if_outdated(&published, &record(&cancelled), loaded_at));
             assert!(!projection.lists(event.id().as_uuid()));
             assert!(
                 !projection.needs_read_model(&published, loaded_at),
@@ -590,7 +599,7 @@ mod tests {
         projection.load(Vec::new(), Vec::new(), Utc::now());
 
         assert!(projection.needs_read_model(&published, Utc::now()));
-        assert!(projection.outdated_by(&published, &moved, Utc::now()));
+        assert!(projection.drop_if_outdated(&published, &moved, Utc::now()));
         assert_eq!(projection.apply(&published, Utc::now()), None);
         assert!(!projection.lists(event.id().as_uuid()));
     }
@@ -605,10 +614,10 @@ mod tests {
         let mut event = Event::new();
         event.create(VenueId::new(), 5, "jazz");
         let published = event.publish();
-        assert!(!projection.outdated_by(&published, &record(&published), Utc::now()));
+        assert!(!projection.drop_if_outdated(&published, &record(&published), Utc::now()));
 
         let joined = record(&event.join());
-        assert!(!projection.outdated_by(&published, &joined, Utc::now()));
+        assert!(!projection.drop_if_outdated(&published, &joined, Utc::now()));
         let told = projection.apply(&published, Utc::now()).unwrap();
         assert_eq!(
             (&told["reason"], &told["kinds"]),
@@ -618,8 +627,9 @@ mod tests {
     }
 
     /// Only an event unseen since a load less than `LATE_CHANGES_WITHIN`
-    /// ago that the change would list is read: not one listed, not a join
-    /// of an event off a full listing, not after that time.
+    /// ago that a change committed before the load would list is read: not
+    /// one listed, not a join of an event off a full listing, not after
+    /// that time, not for a change committed since.
     #[test]
     fn the_read_model_is_asked_only_while_a_late_change_may_come() {
         let mut event = Event::new();
@@ -634,6 +644,12 @@ mod tests {
         projection.load(Vec::new(), Vec::new(), loaded_at);
         assert!(projection.needs_read_model(&published, loaded_at));
         assert!(!projection.needs_read_model(&published, loaded_at + LATE_CHANGES_WITHIN));
+        let mut since = event.join();
+        since.committed_at = loaded_at + CLOCK_SKEW;
+        assert!(
+            !projection.needs_read_model(&since, loaded_at),
+            "committed after the load: newer than what it read"
+        );
         let mut folk = Event::new();
         folk.create(VenueId::new(), 5, "folk");
         assert!(!projection.needs_read_model(&folk.publish(), loaded_at));

@@ -234,7 +234,8 @@ async fn a_join_watched_on_me_reads_nothing_more() {
     let promoted = next(&mut socket).await;
     assert_eq!(promoted["data"]["reason"], "promoted", "{promoted}");
 
-    let reads = metric(&app.metrics().await, "turnout_me_follow_reads_total").unwrap_or(0.0);
+    let reads = metric(&app.metrics().await, "turnout_me_follow_reads_total")
+        .expect("counted from the start");
     assert_eq!(reads, 0.0);
 }
 

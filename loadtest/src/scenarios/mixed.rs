@@ -281,7 +281,10 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
         .await?;
 
     let steps = schedule(&args, |user| minter.token(user));
-    let join_count = (args.join_rate * args.duration) as usize;
+    let join_count = steps
+        .iter()
+        .filter(|(_, step)| matches!(step, Step::Join { .. }))
+        .count();
     let chosen = watched_joins(join_count, args.events, args.me_watchers);
     // Joins are scheduled in their order: the `i`th join step is join `i`.
     let watched: Arc<[(Uuid, String, usize)]> = steps

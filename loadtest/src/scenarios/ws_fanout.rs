@@ -183,33 +183,16 @@ pub(crate) async fn subscribe(ws: &mut Socket, channel: &str) -> anyhow::Result<
 }
 
 /// Authenticates as the holder of `token` and subscribes to `channel`, one
-/// of a person's own (`me`, `recs`): both frames at once, as the server
-/// takes them in order. Waits for the snapshot.
+/// of a person's own (`me`, `recs`): the server takes the two frames in
+/// order. Waits for the snapshot.
 pub(crate) async fn subscribe_as(
     ws: &mut Socket,
     token: &str,
     channel: &str,
 ) -> anyhow::Result<()> {
-    for frame in [
-        json!({ "type": "auth", "token": token }),
-        json!({ "type": "subscribe", "channel": channel }),
-    ] {
-        ws.send(Message::text(frame.to_string())).await?;
-    }
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) => {
-                let frame: serde_json::Value = serde_json::from_str(&text)?;
-                match frame["type"].as_str() {
-                    Some("snapshot") => return Ok(()),
-                    Some("error") => anyhow::bail!("refused: {frame}"),
-                    _ => {}
-                }
-            }
-            Some(Ok(_)) => continue,
-            _ => anyhow::bail!("closed before the snapshot"),
-        }
-    }
+    let auth = json!({ "type": "auth", "token": token });
+    ws.send(Message::text(auth.to_string())).await?;
+    subscribe(ws, channel).await.map(drop)
 }
 
 async fn client(
