@@ -823,9 +823,11 @@ impl Handler<MeChange> for MeWatcher {
         }
         let updates = self.places.apply(&change);
         let new_places = self.unfollowed();
-        if !updates.is_empty() {
-            self.send_updates(updates, Some(change.committed_at));
+        if updates.is_empty() && new_places.is_empty() {
+            // Nothing moved (a join behind a waiting place, say).
+            return;
         }
+        self.send_updates(updates, Some(change.committed_at));
         self.follow_new(new_places, ctx);
     }
 }
