@@ -621,8 +621,9 @@ mod tests {
     }
 
     /// Only an event unseen since a load less than `LATE_CHANGES_WITHIN`
-    /// ago that the change would list is read: not one listed, not a join
-    /// of an event off a full listing, not after that time.
+    /// ago that the change would list is read: not one listed, not one the
+    /// feed's tag leaves out, not an event off a full listing, not after
+    /// that time.
     #[test]
     fn the_read_model_is_asked_only_while_a_late_change_may_come() {
         let mut event = Event::new();
