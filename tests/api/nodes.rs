@@ -495,18 +495,33 @@ async fn until_linked(node: &TestApp) {
     }
 }
 
-/// A node on `url` linked through Redis on a channel of its own, whose
-/// name comes back (to play another node on): subscribed once it returns.
-async fn linked_node(url: &str, redis_url: &str) -> (TestApp, String) {
+/// A node linked through Redis on a channel of its own, and how to play
+/// another node on that channel.
+struct LinkedNode {
+    node: TestApp,
+    redis_url: String,
+    channel: String,
+}
+
+/// A node on a fresh Postgres database in `dir`, linked through Redis and
+/// subscribed once it returns; None where there is no Postgres or Redis to
+/// test with.
+async fn linked_node(dir: &tempfile::TempDir) -> Option<LinkedNode> {
+    let redis_url = redis_test_url("a test of nodes linked by Redis")?;
+    let url = fresh_database(Backend::Postgres, dir).await?;
     let channel = format!("turnout:test:{}", uuid::Uuid::new_v4());
-    let node = spawn_node(url, |s| {
-        s.redis_url = Some(secrecy::SecretString::from(redis_url.to_owned()));
+    let node = spawn_node(&url, |s| {
+        s.redis_url = Some(secrecy::SecretString::from(redis_url.clone()));
         s.outbox.stream_prefix = format!("{channel}:");
         s.realtime.redis_channel = channel.clone();
     })
     .await;
     until_linked(&node).await;
-    (node, channel)
+    Some(LinkedNode {
+        node,
+        redis_url,
+        channel,
+    })
 }
 
 /// Subscribes `socket` to `channel`: the snapshot the channel settles on.
@@ -547,13 +562,14 @@ async fn publish_as_another_node(
 #[actix_web::test]
 async fn a_dropped_tail_or_a_silent_node_makes_the_others_reload() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(redis_url) = redis_test_url("a test of nodes linked by Redis") else {
+    let Some(LinkedNode {
+        node,
+        redis_url,
+        channel,
+    }) = linked_node(&dir).await
+    else {
         return;
     };
-    let Some(url) = fresh_database(Backend::Postgres, &dir).await else {
-        return;
-    };
-    let (node, channel) = linked_node(&url, &redis_url).await;
     let mut redis = redis_connection(&redis_url).await;
     let owner = node.register("owner@example.com").await;
     let event = node.published_event(&owner, 10).await;
@@ -605,13 +621,14 @@ async fn a_dropped_tail_or_a_silent_node_makes_the_others_reload() {
 async fn a_publishing_later_than_the_cancellation_a_listing_loaded_lists_nothing() {
     use futures_util::StreamExt;
     let dir = tempfile::tempdir().unwrap();
-    let Some(redis_url) = redis_test_url("a test of nodes linked by Redis") else {
+    let Some(LinkedNode {
+        node,
+        redis_url,
+        channel,
+    }) = linked_node(&dir).await
+    else {
         return;
     };
-    let Some(url) = fresh_database(Backend::Postgres, &dir).await else {
-        return;
-    };
-    let (node, channel) = linked_node(&url, &redis_url).await;
     let mut heard = redis::Client::open(redis_url.as_str())
         .unwrap()
         .get_async_pubsub()
