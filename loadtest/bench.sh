@@ -31,7 +31,8 @@
 # Loads: hot (hot-join: 20,000 users through 1,000 connections, one event of
 # capacity 1,000); spread (spread-join: 400 joins/s over 200 events of
 # capacity 100); reads (2,000 reads/s — an event's details, one in four the
-# listing — plus 20 joins/s); mix (400 joins/s, 1,500 reads/s and 2,000
+# listing — plus 20 joins/s; the HTTP stick and Turnout on SQLite take
+# turns READS_PAIRS times (3), and the table shows the median pair); mix (400 joins/s, 1,500 reads/s and 2,000
 # subscribers over 200 events, MIX_SECS seconds; the ten-minute run is its
 # own command in docs/BENCHMARKS.md); fan-out (10,000 WebSocket clients on
 # one venue, 60 updates: ten were too few to tell builds apart; the stick
@@ -133,7 +134,14 @@ done
 for db in sqlite postgres; do
   turnout $db; load mix "turnout $db" "${mix[@]}"
 done
-turnout sqlite; load reads "turnout sqlite" "${reads[@]}"
+for pair in $(seq 1 "${READS_PAIRS:-3}"); do
+  order=(stick "turnout sqlite")
+  if ((pair % 2 == 0)); then order=("turnout sqlite" stick); fi
+  for system in "${order[@]}"; do
+    if [ "$system" = stick ]; then stick http-stick --jwt-key $KEY; else turnout sqlite; fi
+    load "reads~$pair" "$system" "${reads[@]}"
+  done
+done
 for pair in $(seq 1 "${FANOUT_PAIRS:-7}"); do
   stick ws-stick; load "fan-out~$pair" stick "${fanout[@]}"
   turnout sqlite; load "fan-out~$pair" "turnout sqlite" "${fanout[@]}"

@@ -11,7 +11,8 @@
 # Prints the report's line (the server's CPU per request: per join, here)
 # and the `me` checks. CAPACITY=20 leaves half the joiners waiting (4,000
 # of 8,000), whose places a watcher reads again after any change that went
-# by before it followed the event, not only a cancellation. MIX=1 runs the whole mix instead (1,500 reads/s,
+# by before it followed the event, not only a cancellation; with EVENTS=10
+# as well, 780 wait in each event by the end. MIX=1 runs the whole mix instead (1,500 reads/s,
 # 2,000 event subscribers, 30 s: 12,000 joins; WATCHERS 2,000 by default).
 # Extra arguments are settings for the server (VAR=value).
 source "$(dirname "$0")/lib.sh"
@@ -26,7 +27,7 @@ data=$(mktemp -d)
 start_turnout "$data" "$@"
 await_ready
 target/release/turnout-loadtest mixed --target "http://127.0.0.1:$PORT" --jwt-key "$KEY" \
-  --events 200 --capacity "${CAPACITY:-100}" --join-rate 400 "${load[@]}" --server-pid "$pid" \
+  --events "${EVENTS:-200}" --capacity "${CAPACITY:-100}" --join-rate 400 "${load[@]}" --server-pid "$pid" \
   --json "$data/r.json" >"$data/tool.log" 2>&1 || true
 report_line "$data/r.json" "me watchers ${WATCHERS:-default}:"
 if [ -s "$data/r.json" ]; then

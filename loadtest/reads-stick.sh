@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Reads side by side with the measuring stick, in one session: an event's
-# details at 2,000/s plus 20 joins/s over 200 events, 20 s, on the HTTP
-# stick (actix-web, the token checked, the event in memory: a read at its
+# Reads side by side with the measuring stick, in one session: 2,000
+# reads/s (an event's details; one in LIST_EVERY the listing, 0 for none)
+# plus 20 joins/s over 200 events, 20 s, on the HTTP stick (actix-web, the
+# token checked, the event and its counts in memory: a read at its
 # plainest) and on Turnout (SQLite, the event cache on), taking turns
-# ROUNDS times (2), each on a fresh server. Details only: the stick has
-# no listing.
+# ROUNDS times (2), each on a fresh server.
 #
 #   cargo build --release -p turnout -p turnout-loadtest
 #   loadtest/reads-stick.sh            # BIN=… for another build of the server
@@ -23,7 +23,7 @@ for round in $(seq 1 "${ROUNDS:-2}"); do
       await_ready
     fi
     target/release/turnout-loadtest mixed --target http://127.0.0.1:$PORT --jwt-key $KEY \
-      --events 200 --capacity 100 --duration 20 --join-rate 20 --read-rate 2000 --subscribers 0 --list-every 0 \
+      --events 200 --capacity 100 --duration 20 --join-rate 20 --read-rate 2000 --subscribers 0 --list-every ${LIST_EVERY:-4} \
       --server-pid $pid --json "$data/r.json" >"$data/tool.log" 2>&1 || true
     report_line "$data/r.json" "$system"
     kill $pid; wait $pid 2>/dev/null || true

@@ -10,11 +10,13 @@
 //! - [`MeWatcher`] is one actor per subscription around it: it loads the
 //!   snapshot, writes the frames and keeps the warning timers.
 //! - [`MeFeeds`] routes each committed change to the watchers it concerns:
-//!   those of the people its facts name, those waiting in its event, and,
-//!   when it cancels the event, those holding any place in it (the
-//!   cancellation names nobody). It keeps each event's latest change routed
-//!   lately ([`RecentChanges`]), so that a watcher that has just begun to
-//!   follow an event knows whether a change went by before it did.
+//!   those of the people its facts name, those waiting in its event when it
+//!   may move them (someone leaves the waitlist; a join behind them moves
+//!   nobody), and, when it cancels the event, those holding any place
+//!   in it (the cancellation names nobody). It keeps each event's latest
+//!   changes ([`RecentChanges`]), so that a watcher that has just begun to
+//!   follow an event knows whether a change went by before it did, and a
+//!   waiting place knows whether it heard every change that moved it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -137,16 +139,17 @@ impl MyPlaces {
     }
 
     /// Whether a change shows that one before it was missed: it is to an
-    /// event the person waits in, where every change reaches them, and it
-    /// does not follow the version their place is at. (After a shard moves
+    /// event the person waits in, and their place is older than
+    /// `moved_since`, the version from which the feeds vouch that every
+    /// change to the event that may move a waiting place reached it (see
+    /// [`ForWaiting`]). (After a shard moves
     /// between nodes, the new holder's first change can overtake the old
     /// holder's last one — an offer, say — which then comes as an older
     /// version and moves nothing.) Then the places are read again.
-    pub fn missed_before(&self, change: &EventChange) -> bool {
-        let base = change.summary.version - change.facts.len() as u64;
+    pub fn missed_before(&self, change: &EventChange, moved_since: u64) -> bool {
         self.by_event
             .get(&change.summary.id)
-            .is_some_and(|p| p.status == MemberStatus::Waitlisted && p.version < base)
+            .is_some_and(|p| p.status == MemberStatus::Waitlisted && p.version < moved_since)
     }
 
     /// Moves the places by a committed change; the updates to send, in
@@ -303,24 +306,85 @@ fn is_live(status: MemberStatus) -> bool {
 const RECENT_FOR: Duration = Duration::from_secs(LATE_CHANGES_WITHIN.num_seconds() as u64);
 
 /// What [`RecentChanges`] holds of one event: the versions of its latest
-/// change and of its cancellation, if routed, and when it last changed.
+/// change, of the latest that waiting places heard, and of its
+/// cancellation, if routed, and when it last changed.
 #[derive(Clone, Copy)]
 struct Latest {
     change: u64,
+    /// Every change routed here in turn after this one, up to `change`,
+    /// moved no waiting place. (A late one may have come too: see
+    /// [`RecentChanges::routed`].)
+    heard_by_waiting: u64,
     cancellation: Option<u64>,
     at: Instant,
 }
 
-/// The versions of each event's latest change and cancellation routed here
-/// within [`RECENT_FOR`]. A watcher follows an event (registers for the
-/// changes that name nobody: a cancellation, a shift of the waitlist) only
-/// after the change that gave its person a place there; one routed in
-/// between reached nobody. Routing records a change before it looks up
-/// whom to send it to, and a watcher registers before it asks, so a change
-/// that missed the watcher shows here, and the watcher reads the database
-/// only then: for a place that waits, after any newer change to the event
-/// (a shift); for one that does not, only after a cancellation (the rest
-/// name the person).
+/// What [`RecentChanges`] needs of a change to route it.
+#[derive(Clone, Copy, Debug)]
+struct Routing {
+    event: EventId,
+    /// The version the event was at before the change.
+    base: u64,
+    version: u64,
+    cancels: bool,
+    /// Someone left the waitlist: whoever waited behind them moves up.
+    vacates: bool,
+}
+
+impl Routing {
+    fn of(change: &EventChange) -> Self {
+        let version = change.summary.version;
+        Self {
+            event: change.summary.id,
+            base: version - change.facts.len() as u64,
+            version,
+            cancels: change
+                .facts
+                .iter()
+                .any(|f| matches!(f, DomainEvent::Cancelled { .. })),
+            vacates: change
+                .moves
+                .iter()
+                .any(|m| matches!(m, WaitlistMove::Vacated { .. })),
+        }
+    }
+}
+
+/// What a routed change is to the places waiting in its event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ForWaiting {
+    /// They must hear it: it may move them (a cancellation, someone leaving
+    /// the waitlist), or what went before it is not known here (the first
+    /// change remembered, one after a gap).
+    must_hear: bool,
+    /// A waiting place older than this missed a change that may have moved
+    /// it ([`MyPlaces::missed_before`]).
+    moved_since: u64,
+}
+
+/// The versions of each event's latest changes routed here within
+/// [`RECENT_FOR`] (or while a watcher here follows someone waiting in it),
+/// for two decisions.
+///
+/// Which changes reach the places waiting in an event: a join behind them
+/// moves nobody, and on a hot event with thousands waiting, each join
+/// handed to every one of their watchers cost a message per waiting
+/// watcher. A change that came in turn (its base is the latest version
+/// seen) reaches them only if it may move them ([`ForWaiting`]); since
+/// every change in between came in turn and moved nobody, a waiting place
+/// at the version of the last one they heard is exact. After a gap (a
+/// change overtaken, as when a shard moves) or with nothing remembered,
+/// every change reaches them, and a place older than its base reads.
+///
+/// Whether a watcher that has just begun to follow an event missed a
+/// change. A watcher follows an event (registers for the changes that name
+/// nobody) only after the change that gave its person a place there; one
+/// routed in between reached nobody. Routing records a change before it
+/// looks up whom to send it to, and a watcher registers before it asks, so
+/// a change that missed the watcher shows here, and the watcher reads the
+/// database only then: for a place that waits, after a newer change the
+/// waiting heard; for one that does not, only after a cancellation (the
+/// rest name the person).
 struct RecentChanges {
     latest: DashMap<EventId, Latest>,
     /// Events recorded since the last sweep, and how many may be before the
@@ -342,43 +406,85 @@ impl RecentChanges {
         }
     }
 
-    /// A change to `event` at `version` is being routed, at `now`.
-    fn routed(&self, event: EventId, version: u64, cancels: bool, now: Instant) {
+    /// A change is being routed, at `now`; what it is to the places
+    /// waiting in its event. An event a watcher here follows someone
+    /// waiting in (`waited_in`) is remembered for as long as it does.
+    fn routed(
+        &self,
+        change: Routing,
+        now: Instant,
+        waited_in: impl Fn(&EventId) -> bool,
+    ) -> ForWaiting {
+        let Routing {
+            event,
+            base,
+            version,
+            cancels,
+            vacates,
+        } = change;
         let cancellation = cancels.then_some(version);
-        let new = match self.latest.entry(event) {
+        let (for_waiting, new) = match self.latest.entry(event) {
             Entry::Occupied(mut seen) => {
                 let seen = seen.get_mut();
+                let for_waiting = if seen.change == base {
+                    ForWaiting {
+                        must_hear: cancels || vacates,
+                        moved_since: seen.heard_by_waiting,
+                    }
+                } else if version <= seen.change {
+                    // Late: the newer change that overtook it came after
+                    // a gap, which had every waiting place behind it read
+                    // at that version or later, with this one in it.
+                    ForWaiting {
+                        must_hear: false,
+                        moved_since: base,
+                    }
+                } else {
+                    ForWaiting {
+                        must_hear: true,
+                        moved_since: base,
+                    }
+                };
                 seen.change = seen.change.max(version);
+                if for_waiting.must_hear {
+                    seen.heard_by_waiting = version;
+                }
                 seen.cancellation = seen.cancellation.max(cancellation);
                 seen.at = now;
-                false
+                (for_waiting, false)
             }
             Entry::Vacant(room) => {
                 room.insert(Latest {
                     change: version,
+                    heard_by_waiting: version,
                     cancellation,
                     at: now,
                 });
-                true
+                let for_waiting = ForWaiting {
+                    must_hear: true,
+                    moved_since: base,
+                };
+                (for_waiting, true)
             }
         };
         let due = new
             && self.recorded.fetch_add(1, Ordering::Relaxed) + 1
                 >= self.sweep_at.load(Ordering::Relaxed);
         if due && !self.sweeping.swap(true, Ordering::Acquire) {
-            self.sweep(now);
+            self.sweep(now, waited_in);
             self.sweeping.store(false, Ordering::Release);
         }
+        for_waiting
     }
 
     /// Whether a change to `event` newer than `version` that a place there
-    /// would miss may have been routed: one was (any change, for a place
-    /// that `waits`; a cancellation, for one that does not), or the event is
-    /// no longer remembered.
+    /// would miss may have been routed: one was (one the waiting heard, for
+    /// a place that `waits`; a cancellation, for one that does not), or the
+    /// event is no longer remembered.
     fn may_have_missed(&self, event: EventId, version: u64, waits: bool) -> bool {
         self.latest.get(&event).is_none_or(|seen| {
             let missed = if waits {
-                Some(seen.change)
+                Some(seen.heard_by_waiting)
             } else {
                 seen.cancellation
             };
@@ -386,10 +492,11 @@ impl RecentChanges {
         })
     }
 
-    fn sweep(&self, now: Instant) {
+    fn sweep(&self, now: Instant, waited_in: impl Fn(&EventId) -> bool) {
         self.recorded.store(0, Ordering::Relaxed);
         if let Some(cutoff) = now.checked_sub(RECENT_FOR) {
-            self.latest.retain(|_, seen| seen.at > cutoff);
+            self.latest
+                .retain(|event, seen| seen.at > cutoff || waited_in(event));
         }
         let left = self.latest.len();
         self.sweep_at
@@ -465,20 +572,20 @@ impl MeFeeds {
     /// Hands a committed change to the watchers it may concern.
     pub fn route(&self, change: &Arc<EventChange>) {
         let mut to: HashMap<u64, Addr<MeWatcher>> = HashMap::new();
-        let event = change.summary.id;
-        let cancels = change
-            .facts
-            .iter()
-            .any(|f| matches!(f, DomainEvent::Cancelled { .. }));
+        let routing = Routing::of(change);
+        let event = routing.event;
         // Before the registers are read: see `RecentChanges`.
-        let version = change.summary.version;
-        self.0
-            .recent
-            .routed(event, version, cancels, Instant::now());
-        if let Some(waiting) = self.0.waiting.get(&event) {
+        let for_waiting = self.0.recent.routed(routing, Instant::now(), |event| {
+            self.0.waiting.contains_key(event)
+        });
+        if for_waiting.must_hear
+            && let Some(waiting) = self.0.waiting.get(&event)
+        {
             to.extend(waiting.iter().map(|(id, w)| (*id, w.clone())));
         }
-        if cancels && let Some(holding) = self.0.holding.get(&event) {
+        if routing.cancels
+            && let Some(holding) = self.0.holding.get(&event)
+        {
             to.extend(holding.iter().map(|(id, w)| (*id, w.clone())));
         }
         for user in change
@@ -491,8 +598,12 @@ impl MeFeeds {
                 to.extend(watchers.iter().map(|(id, w)| (*id, w.clone())));
             }
         }
+        metrics::counter!("turnout_me_changes_handed_total").increment(to.len() as u64);
         for watcher in to.into_values() {
-            watcher.do_send(MeChange(Arc::clone(change)));
+            watcher.do_send(MeChange {
+                change: Arc::clone(change),
+                moved_since: for_waiting.moved_since,
+            });
         }
     }
 
@@ -540,7 +651,11 @@ impl MeFeeds {
 /// A committed change that may concern the watcher's person.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct MeChange(Arc<EventChange>);
+struct MeChange {
+    change: Arc<EventChange>,
+    /// See [`ForWaiting::moved_since`].
+    moved_since: u64,
+}
 
 /// Read the places again.
 #[derive(Message)]
@@ -652,22 +767,24 @@ impl MeWatcher {
     }
 
     /// The events where the person holds a place this watcher does not
-    /// follow yet. A change that gives the person a place reaches them by
-    /// their name, and a read finds it; the changes after it to that event
-    /// (a cancellation, a shift of the waitlist) reach them only once the
-    /// watcher follows the event: whatever was routed in between reached
-    /// nobody, and a cancelled event never changes again
-    /// ([`MeWatcher::follow_new`]).
+    /// follow yet, or waits where it does not follow them as waiting. A
+    /// change that gives the person a place (or has them wait) reaches them
+    /// by their name, and a read finds it; the changes after it to that
+    /// event that name nobody (a cancellation, a shift of the waitlist)
+    /// reach them only once the watcher follows the event as they now
+    /// stand: whatever was routed in between reached nobody, and a
+    /// cancelled event never changes again ([`MeWatcher::follow_new`]).
     fn unfollowed(&self) -> Vec<EventId> {
-        self.places
-            .held_in()
-            .filter(|event| !self.holding_in.contains(event))
-            .collect()
+        let newly_held = (self.places.held_in()).filter(|e| !self.holding_in.contains(e));
+        let newly_waiting = (self.places.waiting_in()).filter(|e| !self.waiting_in.contains(e));
+        let events: HashSet<EventId> = newly_held.chain(newly_waiting).collect();
+        events.into_iter().collect()
     }
 
     /// Follows the places as they now stand, and reads those in `events`,
-    /// where the person has just taken a place, if a change went by before
-    /// the watcher followed them: one read settles what it missed.
+    /// where the person has just taken a place or begun to wait, if a
+    /// change went by before the watcher followed them: one read settles
+    /// what it missed.
     fn follow_new(&mut self, events: Vec<EventId>, ctx: &mut Context<Self>) {
         self.follow(ctx);
         if events.is_empty() {
@@ -807,7 +924,14 @@ impl Actor for MeWatcher {
 impl Handler<MeChange> for MeWatcher {
     type Result = ();
 
-    fn handle(&mut self, MeChange(change): MeChange, ctx: &mut Self::Context) {
+    fn handle(
+        &mut self,
+        MeChange {
+            change,
+            moved_since,
+        }: MeChange,
+        ctx: &mut Self::Context,
+    ) {
         // A read of every place is on its way, later than this change.
         if self.reading_all {
             return;
@@ -816,7 +940,7 @@ impl Handler<MeChange> for MeWatcher {
         // where the places stand. Had it moved a place to its version first,
         // the read — at that version — would find nothing newer, and what
         // the missed change did (an offer) would go untold.
-        if self.places.missed_before(&change) {
+        if self.places.missed_before(&change, moved_since) {
             metrics::counter!("turnout_me_gaps_total").increment(1);
             self.read_all(ctx);
             return;
@@ -869,26 +993,89 @@ mod tests {
 
     use super::*;
 
+    /// A change of one fact to `event`, at `version`.
+    fn one_fact(event: EventId, version: u64, cancels: bool, vacates: bool) -> Routing {
+        Routing {
+            event,
+            base: version - 1,
+            version,
+            cancels,
+            vacates,
+        }
+    }
+
+    /// No event is waited in: whatever is not recent may be swept.
+    fn nobody_waits(_: &EventId) -> bool {
+        false
+    }
+
     #[test]
-    fn a_change_went_by_a_waiting_place_when_a_newer_one_was_routed_or_none_is_remembered() {
+    fn waiting_places_hear_what_may_move_them_and_whatever_follows_a_gap() {
         let recent = RecentChanges::new();
         let (event, now) = (EventId::new(), Instant::now());
+        let route = |version, cancels, vacates| {
+            recent.routed(
+                one_fact(event, version, cancels, vacates),
+                now,
+                nobody_waits,
+            )
+        };
+        let heard = |moved_since| ForWaiting {
+            must_hear: true,
+            moved_since,
+        };
+        let passed = |moved_since| ForWaiting {
+            must_hear: false,
+            moved_since,
+        };
+        assert_eq!(route(3, false, false), heard(2), "nothing known before it");
+        assert_eq!(route(4, false, false), passed(3), "a join behind them");
+        assert_eq!(route(5, false, false), passed(3));
+        assert_eq!(
+            route(6, false, true),
+            heard(3),
+            "someone ahead left: a place at 3 heard all that moved it"
+        );
+        assert_eq!(route(7, true, false), heard(6), "a cancellation");
+        assert_eq!(route(9, false, false), heard(8), "a gap: 8 is not known");
+        assert_eq!(route(10, false, false), passed(9));
+        assert_eq!(
+            route(8, false, true),
+            passed(7),
+            "late: the gap had the places behind it read"
+        );
+        assert_eq!(route(11, false, false), passed(9), "in turn again");
+    }
+
+    #[test]
+    fn a_change_went_by_a_waiting_place_when_one_the_waiting_heard_was_routed_or_none_is_remembered()
+     {
+        let recent = RecentChanges::new();
+        let (event, now) = (EventId::new(), Instant::now());
+        let route = |version, vacates| {
+            recent.routed(one_fact(event, version, false, vacates), now, nobody_waits);
+        };
         assert!(recent.may_have_missed(event, 1, true), "nothing remembered");
-        recent.routed(event, 3, false, now);
+        route(3, false);
         assert!(
             !recent.may_have_missed(event, 3, true),
             "the change that gave the place"
         );
         assert!(recent.may_have_missed(event, 2, true));
-        recent.routed(event, 2, false, now);
+        route(4, false);
         assert!(
             !recent.may_have_missed(event, 3, true),
-            "a late, older change moves nothing"
+            "a join behind it moves nobody"
         );
-        recent.routed(event, 4, false, now);
+        route(5, true);
         assert!(
             recent.may_have_missed(event, 3, true),
-            "a shift of the waitlist, say"
+            "someone ahead left the waitlist"
+        );
+        route(2, true);
+        assert!(
+            !recent.may_have_missed(event, 5, true),
+            "a late, older change moves nothing"
         );
     }
 
@@ -898,14 +1085,24 @@ mod tests {
     fn only_a_cancellation_goes_by_a_place_that_does_not_wait() {
         let recent = RecentChanges::new();
         let (event, now) = (EventId::new(), Instant::now());
+        let route = |version, cancels, vacates| {
+            recent.routed(
+                one_fact(event, version, cancels, vacates),
+                now,
+                nobody_waits,
+            );
+        };
         assert!(
             recent.may_have_missed(event, 1, false),
             "nothing remembered"
         );
-        recent.routed(event, 3, false, now);
-        recent.routed(event, 4, false, now);
-        assert!(!recent.may_have_missed(event, 3, false), "another's join");
-        recent.routed(event, 5, true, now);
+        route(3, false, false);
+        route(4, false, true);
+        assert!(
+            !recent.may_have_missed(event, 3, false),
+            "another's join, another's leave"
+        );
+        route(5, true, false);
         assert!(recent.may_have_missed(event, 3, false));
         assert!(
             !recent.may_have_missed(event, 5, false),
@@ -914,39 +1111,52 @@ mod tests {
     }
 
     #[test]
-    fn recent_changes_are_forgotten_once_no_late_change_may_come() {
+    fn recent_changes_are_forgotten_once_no_late_change_may_come_and_nobody_waits() {
         let recent = RecentChanges::new();
         let start = Instant::now();
-        let old = EventId::new();
-        recent.routed(old, 1, false, start);
+        let (old, waited_in) = (EventId::new(), EventId::new());
+        let waits = |event: &EventId| *event == waited_in;
+        recent.routed(one_fact(old, 1, false, false), start, waits);
+        recent.routed(one_fact(waited_in, 1, false, false), start, waits);
         for _ in 0..RecentChanges::LEAST_SWEEP_AT {
-            recent.routed(EventId::new(), 1, false, start + Duration::from_secs(1));
+            let at = start + Duration::from_secs(1);
+            recent.routed(one_fact(EventId::new(), 1, false, false), at, waits);
         }
         assert!(!recent.may_have_missed(old, 1, true), "swept, but recent");
         let later = start + RECENT_FOR + Duration::from_secs(2);
         for _ in 0..RecentChanges::LEAST_SWEEP_AT + 1 {
-            recent.routed(EventId::new(), 1, false, later);
+            recent.routed(one_fact(EventId::new(), 1, false, false), later, waits);
         }
         assert!(
             recent.may_have_missed(old, 1, true),
             "forgotten: a watcher reads"
         );
         assert!(
-            recent.latest.len() <= 2 * RecentChanges::LEAST_SWEEP_AT + 1,
+            !recent.may_have_missed(waited_in, 1, true),
+            "kept while anyone waits in it"
+        );
+        assert!(
+            recent.latest.len() <= 2 * RecentChanges::LEAST_SWEEP_AT + 2,
             "{} held",
             recent.latest.len()
         );
     }
 
-    /// An event of capacity 1 in offer mode, and the changes commands make.
+    /// An event, and the changes commands make.
     struct Event {
         state: Option<EventState>,
+        owner: UserId,
     }
 
     impl Event {
+        /// Of capacity 1, in offer mode.
         fn new() -> Self {
-            let mut event = Self { state: None };
+            Self::with(1, WaitlistMode::Offer)
+        }
+
+        fn with(capacity: i64, mode: WaitlistMode) -> Self {
             let owner = UserId::new();
+            let mut event = Self { state: None, owner };
             event.run(Command::Create {
                 id: EventId::new(),
                 owner,
@@ -958,9 +1168,9 @@ mod tests {
                     ends_at: None,
                     tags: vec![],
                 },
-                capacity: Capacity::parse(1).unwrap(),
+                capacity: Capacity::parse(capacity).unwrap(),
                 policy: WaitlistPolicy {
-                    mode: WaitlistMode::Offer,
+                    mode,
                     ..WaitlistPolicy::default()
                 },
                 at: Utc::now(),
@@ -973,19 +1183,27 @@ mod tests {
         }
 
         fn run(&mut self, command: Command) -> EventChange {
-            let facts = decide(self.state.as_ref(), &command).unwrap();
+            self.try_run(command).expect("the command is taken")
+        }
+
+        /// The change a command makes, if it is taken.
+        fn try_run(&mut self, command: Command) -> Option<EventChange> {
+            let facts = decide(self.state.as_ref(), &command).ok()?;
             let moves = self
                 .state
                 .as_ref()
                 .map(|s| waitlist_moves(s, &facts))
                 .unwrap_or_default();
+            if facts.is_empty() {
+                return None;
+            }
             self.state = facts.iter().fold(self.state.take(), evolve);
-            EventChange {
+            Some(EventChange {
                 summary: EventSummary::from(self.state.as_ref().unwrap()),
                 facts,
                 moves,
                 committed_at: Utc::now(),
-            }
+            })
         }
 
         fn join(&mut self, user: UserId) -> EventChange {
@@ -1077,12 +1295,14 @@ mod tests {
         let (mut event, mut mine) = waiting_behind(a, me);
         let offered_to_me = event.leave(a);
         let someone_else_waits = event.join(b);
+        // What the feeds vouch for after a gap: nothing before its base.
+        let after_gap = |change: &EventChange| Routing::of(change).base;
         assert!(
-            !mine.missed_before(&offered_to_me),
+            !mine.missed_before(&offered_to_me, after_gap(&offered_to_me)),
             "the next change follows"
         );
         assert!(
-            mine.missed_before(&someone_else_waits),
+            mine.missed_before(&someone_else_waits, after_gap(&someone_else_waits)),
             "it came first: the offer before it was missed"
         );
         // The watcher moves nothing on it and reads instead, at its version.
@@ -1130,5 +1350,50 @@ mod tests {
         let left = mine.apply(&event.leave(me));
         assert_eq!(left[0].0, "left");
         assert!(mine.all().is_empty());
+    }
+
+    proptest::proptest! {
+        /// A person's watcher, handed in order the changes the feeds route
+        /// to it — those that name the person, while the person waits those
+        /// the waiting must hear, and while they hold a place a
+        /// cancellation — always shows where the person stands, and never
+        /// finds a change missed: a join behind a waiting place, which no
+        /// longer reaches it, moves nobody.
+        #[test]
+        fn a_waiting_place_hears_every_change_that_moves_it(
+            capacity in 1i64..3,
+            offers in proptest::bool::ANY,
+            commands in proptest::collection::vec((0usize..41, 0usize..5), 1..80),
+        ) {
+            let users: Vec<UserId> = (0..5).map(|_| UserId::new()).collect();
+            let me = users[0];
+            let mode = if offers { WaitlistMode::Offer } else { WaitlistMode::Auto };
+            let mut event = Event::with(capacity, mode);
+            let id = event.state.as_ref().unwrap().id;
+            let (recent, mut mine) = (RecentChanges::new(), MyPlaces::new(me, []));
+            for (kind, who) in commands {
+                let (user, at) = (users[who], Utc::now());
+                let command = match kind {
+                    0..10 => Command::Join { user, seats: Seats::default(), at },
+                    10..20 => Command::Leave { user, at },
+                    20..30 => Command::AcceptOffer { user, at },
+                    30..40 => Command::DeclineOffer { user, at },
+                    _ => Command::Cancel { by: event.owner, at },
+                };
+                let Some(change) = event.try_run(command) else { continue };
+                let for_waiting = recent.routed(Routing::of(&change), Instant::now(), |_| true);
+                let names_me = change.facts.iter().any(|f| f.party().is_some_and(|p| p.user == me));
+                let waits = mine.waiting_in().next().is_some();
+                let holds = mine.held_in().next().is_some();
+                let cancels = Routing::of(&change).cancels;
+                if names_me || (waits && for_waiting.must_hear) || (holds && cancels) {
+                    proptest::prop_assert!(!mine.missed_before(&change, for_waiting.moved_since));
+                    mine.apply(&change);
+                }
+                let stands = event.state.as_ref().unwrap().waitlist.position_of(me);
+                let shown = mine.get(id).and_then(|p| p.position);
+                proptest::prop_assert_eq!(shown, stands.map(|p| p as u32));
+            }
+        }
     }
 }

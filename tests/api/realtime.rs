@@ -203,8 +203,10 @@ async fn a_place_cancelled_as_it_is_taken_is_told_on_me() {
 /// A join watched on `me` needs no read of its own: the feeds remember the
 /// event's latest change, and the watcher, once it follows the event, reads
 /// only if one went by that it missed — a place taken as active, or waiting
-/// with nothing moving behind it, is told and followed without one. (A
-/// server of its own, so that the count is this test's.)
+/// with nothing moving behind it, is told and followed without one. And a
+/// waiting place hears only what may move it: the joins behind it reach
+/// nobody, the leave ahead of it moves it up, exactly, with no read. (A
+/// server of its own, so that the counts are this test's.)
 #[tokio::test]
 async fn a_join_watched_on_me_reads_nothing_more() {
     let dir = tempfile::tempdir().unwrap();
@@ -212,15 +214,17 @@ async fn a_join_watched_on_me_reads_nothing_more() {
     let server = ServerProcess::start(&url, dir.path(), &[]).await;
     let app = TestApp::attach(&server.address, crate::helpers::JWT_KEY);
     let owner = app.register("owner@example.com").await;
-    let (person, first) = (app.user(), app.user());
+    let (person, first, ahead) = (app.user(), app.user(), app.user());
     let (mut socket, _) = me_socket(&app, &person).await;
     let open = app.published_event(&owner, 10).await;
     let full = app.published_event(&owner, 1).await;
     assert_eq!(app.join(&first, full).await.status(), StatusCode::CREATED);
+    assert_eq!(app.join(&ahead, full).await.status(), StatusCode::CREATED);
 
     assert_eq!(app.join(&person, open).await.status(), StatusCode::CREATED);
     let waiting = body(app.join(&person, full).await).await;
     assert_eq!(waiting["data"]["status"], "waitlisted", "{waiting}");
+    assert_eq!(waiting["data"]["position"], 2, "{waiting}");
     let mut told = Vec::new();
     while told.len() < 2 {
         let frame = next(&mut socket).await;
@@ -229,14 +233,29 @@ async fn a_join_watched_on_me_reads_nothing_more() {
         }
     }
     assert_eq!(told, ["joined", "waitlisted"]);
-    // Followed: the leave ahead reaches the waiting place.
+    for _ in 0..5 {
+        let behind = app.user();
+        assert_eq!(app.join(&behind, full).await.status(), StatusCode::CREATED);
+    }
+    // Followed: the leave ahead reaches the waiting place, which moves up.
+    assert_eq!(app.leave(&ahead, full).await.status(), StatusCode::OK);
+    let moved = next(&mut socket).await;
+    assert_eq!(moved["data"]["reason"], "position", "{moved}");
+    assert_eq!(moved["data"]["place"]["position"], 1, "{moved}");
+    assert_eq!(moved["offset"], 3, "nothing told of the joins behind");
     assert_eq!(app.leave(&first, full).await.status(), StatusCode::OK);
     let promoted = next(&mut socket).await;
     assert_eq!(promoted["data"]["reason"], "promoted", "{promoted}");
 
-    let reads = metric(&app.metrics().await, "turnout_me_follow_reads_total")
-        .expect("counted from the start");
-    assert_eq!(reads, 0.0);
+    let metrics = app.metrics().await;
+    let counted = |name| metric(&metrics, name).expect("counted from the start");
+    assert_eq!(counted("turnout_me_follow_reads_total"), 0.0);
+    assert_eq!(counted("turnout_me_gaps_total"), 0.0);
+    assert_eq!(
+        counted("turnout_me_changes_handed_total"),
+        4.0,
+        "the two joins, the leave ahead and the promotion: not the joins behind"
+    );
 }
 
 /// 1000 joins race the subscription: the snapshot and the updates after it

@@ -27,8 +27,15 @@
 //! to tell what Turnout's joins pay for the rule from what they pay for
 //! the rest.
 //!
+//! Reads are at their plainest too: an event's details and the listing
+//! (`GET /v1/events`, in the order the events were made) are what the
+//! event was made with and its counts, which its actor keeps in two
+//! atomics as it takes each join — no round trip, no cache to keep, no
+//! filter or sort.
+//!
 //! It answers the few routes the load tool uses, in the same shapes, so
-//! `hot-join` runs against it unchanged and checks its roster too:
+//! `hot-join` and `mixed` run against it unchanged and check its roster
+//! too:
 //!
 //! ```sh
 //! target/release/http-stick --bind 127.0.0.1:18151 --jwt-key KEY &
@@ -40,7 +47,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, mpsc};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, mpsc};
 
 use actix::prelude::*;
 use actix_web::http::StatusCode;
@@ -48,8 +56,8 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use clap::Parser;
 use dashmap::DashMap;
 use jsonwebtoken::{DecodingKey, Validation};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -310,6 +318,8 @@ struct Event {
     active: HashSet<Uuid>,
     waiting: VecDeque<Uuid>,
     place: HashMap<Uuid, usize>,
+    /// What reads show of the counts.
+    shown: Arc<Counts>,
     log: Option<Log>,
 }
 
@@ -368,14 +378,20 @@ impl Handler<Join> for Event {
             self.place.insert(user, self.waiting.len());
             (201, "waitlisted", Some(self.waiting.len()))
         };
+        self.shown
+            .active
+            .store(self.active.len(), Ordering::Relaxed);
+        self.shown
+            .waiting
+            .store(self.waiting.len(), Ordering::Relaxed);
         let on_disk = self.logged(user, key, &answer);
         MessageResult((answer, on_disk))
     }
 }
 
-/// The roster and the counts, for the load tool's checks.
+/// The roster, for the load tool's checks.
 #[derive(Message)]
-#[rtype(result = "serde_json::Value")]
+#[rtype(result = "Vec<Value>")]
 struct Roster;
 
 impl Handler<Roster> for Event {
@@ -391,18 +407,54 @@ impl Handler<Roster> for Event {
             .iter()
             .enumerate()
             .map(|(i, u)| json!({ "user_id": u, "status": "waitlisted", "position": i + 1 }));
-        MessageResult(json!({
-            "attendees": active.chain(waiting).collect::<Vec<_>>(),
-            "active_count": self.active.len(),
-            "waitlist_count": self.waiting.len(),
-        }))
+        MessageResult(active.chain(waiting).collect())
+    }
+}
+
+/// An event's counts as its actor last left them.
+#[derive(Default)]
+struct Counts {
+    active: AtomicUsize,
+    waiting: AtomicUsize,
+}
+
+/// What a read shows of an event: what it was made with, and its counts.
+struct Listed {
+    id: Uuid,
+    capacity: usize,
+    made_with: Map<String, Value>,
+    counts: Arc<Counts>,
+}
+
+/// An event as a read writes it.
+#[derive(Serialize)]
+struct Shown<'a> {
+    id: Uuid,
+    #[serde(flatten)]
+    made_with: &'a Map<String, Value>,
+    capacity: usize,
+    active_count: usize,
+    waitlist_count: usize,
+}
+
+impl Listed {
+    fn shown(&self) -> Shown<'_> {
+        Shown {
+            id: self.id,
+            made_with: &self.made_with,
+            capacity: self.capacity,
+            active_count: self.counts.active.load(Ordering::Relaxed),
+            waitlist_count: self.counts.waiting.load(Ordering::Relaxed),
+        }
     }
 }
 
 struct Stick {
     key: DecodingKey,
     validation: Validation,
-    events: DashMap<Uuid, Addr<Event>>,
+    events: DashMap<Uuid, (Addr<Event>, Arc<Listed>)>,
+    /// Every event, in the order they were made.
+    listing: RwLock<Vec<Arc<Listed>>>,
     log: Option<Log>,
 }
 
@@ -419,7 +471,7 @@ impl Stick {
     }
 
     fn event(&self, id: Uuid) -> Option<Addr<Event>> {
-        self.events.get(&id).map(|e| e.clone())
+        self.events.get(&id).map(|e| e.0.clone())
     }
 }
 
@@ -441,6 +493,8 @@ async fn create_venue(stick: web::Data<Stick>, request: HttpRequest) -> HttpResp
 #[derive(Deserialize)]
 struct NewEvent {
     capacity: usize,
+    #[serde(flatten)]
+    made_with: Map<String, Value>,
 }
 
 async fn create_event(
@@ -452,16 +506,32 @@ async fn create_event(
         return unauthorized();
     }
     let id = Uuid::now_v7();
+    let NewEvent {
+        capacity,
+        made_with,
+    } = body.into_inner();
+    let listed = Arc::new(Listed {
+        id,
+        capacity,
+        made_with,
+        counts: Arc::default(),
+    });
     let event = Event {
         id,
-        capacity: body.capacity,
+        capacity,
         active: HashSet::new(),
         waiting: VecDeque::new(),
         place: HashMap::new(),
+        shown: Arc::clone(&listed.counts),
         log: stick.log.clone(),
     }
     .start();
-    stick.events.insert(id, event);
+    stick.events.insert(id, (event, Arc::clone(&listed)));
+    stick
+        .listing
+        .write()
+        .expect("no thread panics holding it")
+        .push(listed);
     HttpResponse::Created().json(json!({ "data": { "id": id } }))
 }
 
@@ -507,24 +577,33 @@ async fn join(stick: web::Data<Stick>, request: HttpRequest, id: web::Path<Uuid>
     }
 }
 
-async fn roster(stick: &Stick, id: Uuid) -> Option<serde_json::Value> {
-    stick.event(id)?.send(Roster).await.ok()
-}
-
 async fn attendees(stick: web::Data<Stick>, id: web::Path<Uuid>) -> HttpResponse {
-    match roster(&stick, *id).await {
-        Some(r) => HttpResponse::Ok().json(json!({ "data": r["attendees"], "next_cursor": null })),
-        None => not_found(),
+    let Some(event) = stick.event(*id) else {
+        return not_found();
+    };
+    match event.send(Roster).await {
+        Ok(roster) => HttpResponse::Ok().json(json!({ "data": roster, "next_cursor": null })),
+        Err(_) => HttpResponse::ServiceUnavailable().finish(),
     }
 }
 
 async fn event(stick: web::Data<Stick>, id: web::Path<Uuid>) -> HttpResponse {
-    match roster(&stick, *id).await {
-        Some(r) => HttpResponse::Ok().json(json!({ "data": {
-            "id": *id, "active_count": r["active_count"], "waitlist_count": r["waitlist_count"],
-        } })),
+    match stick.events.get(&*id) {
+        Some(e) => HttpResponse::Ok().json(json!({ "data": e.1.shown() })),
         None => not_found(),
     }
+}
+
+#[derive(Deserialize)]
+struct Page {
+    limit: Option<usize>,
+}
+
+async fn events(stick: web::Data<Stick>, page: web::Query<Page>) -> HttpResponse {
+    let limit = page.limit.unwrap_or(20).clamp(1, 100);
+    let listing = stick.listing.read().expect("no thread panics holding it");
+    let shown: Vec<Shown> = listing.iter().take(limit).map(|l| l.shown()).collect();
+    HttpResponse::Ok().json(json!({ "data": shown, "next_cursor": null }))
 }
 
 fn main() -> std::io::Result<()> {
@@ -535,6 +614,7 @@ fn main() -> std::io::Result<()> {
         key: DecodingKey::from_secret(args.jwt_key.as_bytes()),
         validation,
         events: DashMap::new(),
+        listing: RwLock::default(),
         log: args
             .durable
             .as_deref()
@@ -554,6 +634,7 @@ fn main() -> std::io::Result<()> {
                 .app_data(stick.clone())
                 .route("/v1/venues", web::post().to(create_venue))
                 .route("/v1/events", web::post().to(create_event))
+                .route("/v1/events", web::get().to(events))
                 .route("/v1/events/{id}", web::get().to(event))
                 .route("/v1/events/{id}/publish", web::post().to(publish))
                 .route("/v1/events/{id}/join", web::post().to(join))
