@@ -22,7 +22,7 @@ use turnout_actors::shards::HeldShards;
 use turnout_actors::store::EventStore;
 use turnout_actors::{ActorSettings, EventRegistry, Flush, Journal, JournalSettings};
 
-use crate::auth::{Hashing, LoginGuard, TokenKeys};
+use crate::auth::{AccountDigests, Hashing, LoginGuard, TokenKeys};
 use crate::background::{Background, every, purge_in_batches};
 use crate::cluster::Node;
 use crate::cluster::forward::{Commands, InternalKeys, Peers};
@@ -149,6 +149,7 @@ impl Application {
         });
         metrics::gauge!("turnout_cluster_shards_held").set(held.held().len() as f64);
         let jwt_keys = jwt_keys(&settings)?;
+        let digests = AccountDigests::new(&jwt_keys[0]);
         let tokens = TokenKeys::new(
             &jwt_keys,
             settings.auth.issuer.clone(),
@@ -205,7 +206,7 @@ impl Application {
             tokens: web::Data::new(tokens),
             realtime: web::Data::new(core.realtime),
             rate_limits: web::Data::new(RateLimits::new(&settings.rate_limits)),
-            login_guard: web::Data::new(LoginGuard::new(settings.auth.lockout.clone())),
+            login_guard: web::Data::new(LoginGuard::new(settings.auth.lockout.clone(), digests)),
             hashing: web::Data::new(Hashing::new(&settings.auth.hashing)),
             internal_keys: web::Data::from(internal_keys),
             drain: web::Data::new(drain.clone()),
@@ -792,8 +793,13 @@ async fn stop_requested() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// How logs name accounts, keyed as the server keys them.
+pub fn account_digests(settings: &Settings) -> anyhow::Result<AccountDigests> {
+    Ok(AccountDigests::new(&jwt_keys(settings)?[0]))
+}
+
 /// The JWT keys: configured ones, or in development a generated key kept in
-/// the data directory so tokens survive restarts.
+/// the data directory so tokens survive restarts. Never empty.
 fn jwt_keys(settings: &Settings) -> anyhow::Result<Vec<SecretString>> {
     let mut keys = settings.jwt_keys();
     if keys.is_empty() {

@@ -1,4 +1,6 @@
-//! `turnout`: run the server (`serve`, the default) or apply migrations.
+//! `turnout`: run the server (`serve`, the default), apply migrations, or
+//! the operator's few other tasks (a role, the name logs give an account,
+//! the settings).
 
 use clap::{Parser, Subcommand};
 use turnout::app::Application;
@@ -36,6 +38,9 @@ enum Cmd {
         #[arg(value_enum)]
         role: turnout::auth::Role,
     },
+    /// Print the name audit logs give an account (a digest of its email,
+    /// keyed by the signing JWT key: run it with the server's settings).
+    AccountDigest { email: String },
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -102,11 +107,17 @@ fn main() -> anyhow::Result<()> {
             }
             let role = role.as_str();
             // Logs name an account by a digest of its email, as everywhere.
-            let account = turnout::auth::account_digest(account.as_str());
+            let account = turnout::app::account_digests(&settings)?.logged(&account);
             tracing::info!(target: "turnout::audit", %account, role, "role changed from the command line");
             println!("{email} is now {role}; it takes effect at their next login");
             Ok(())
         }),
+        Cmd::AccountDigest { email } => {
+            let account = turnout::auth::Email::parse(&email)
+                .map_err(|_| anyhow::anyhow!("{email:?} is not a valid email address"))?;
+            println!("{}", turnout::app::account_digests(&settings)?.logged(&account));
+            Ok(())
+        }
         Cmd::Config {
             action: ConfigCmd::Check,
         } => check_config(&settings),

@@ -4,13 +4,15 @@
 //! (`http::identity`).
 
 mod credentials;
+mod digest;
 mod hashing;
 mod lockout;
 mod role;
 mod tokens;
 
 pub use credentials::{DisplayName, Email, Password};
+pub use digest::AccountDigests;
 pub use hashing::{Busy, Hashing, HashingSettings};
-pub use lockout::{Admission, LockoutSettings, LoginGuard, account_digest};
+pub use lockout::{Admission, LockoutSettings, LoginGuard};
 pub use role::Role;
 pub use tokens::{Claims, TokenError, TokenKeys};

@@ -12,9 +12,7 @@ use super::ErrorCode;
 use super::identity::AuthUser;
 use super::rate_limit::RateLimits;
 use super::{ApiError, AppState};
-use crate::auth::{
-    Admission, DisplayName, Email, Hashing, LoginGuard, Password, Role, TokenKeys, account_digest,
-};
+use crate::auth::{Admission, DisplayName, Email, Hashing, LoginGuard, Password, Role, TokenKeys};
 use crate::store::{UserRecord, from_micros, micros};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -212,7 +210,8 @@ pub async fn login(
     let ip = limits.client_ip(req.peer_addr(), req.headers());
     let attempt = match guard.admit(&email, ip) {
         Admission::Locked(wait) => {
-            tracing::info!(target: "turnout::audit", account = %account_digest(email.as_str()), %ip, "login refused: locked out");
+            let account = guard.digests().logged(&email);
+            tracing::info!(target: "turnout::audit", %account, %ip, "login refused: locked out");
             return Err(ApiError::TooManyRequests(wait.as_secs() + 1));
         }
         Admission::Proceed(attempt, pause) => {
@@ -244,7 +243,8 @@ pub async fn login(
         }
         _ => {
             attempt.failed();
-            tracing::info!(target: "turnout::audit", account = %account_digest(email.as_str()), %ip, "failed login");
+            let account = guard.digests().logged(&email);
+            tracing::info!(target: "turnout::audit", %account, %ip, "failed login");
             Err(ApiError::Unauthorized("wrong email or password"))
         }
     }

@@ -301,3 +301,42 @@ async fn admin_routes_answer_to_admins_only(app: TestApp) {
         .unwrap();
     assert!(!unknown_email.status.success());
 }
+
+/// `turnout account-digest` prints the name audit lines give an account: a
+/// digest of the normalised email keyed by the signing JWT key — not the
+/// email, and not a hash anyone could compute from a list of addresses.
+#[test]
+fn account_digest_prints_the_keyed_name_audit_lines_give() {
+    let digest = |email: &str, key: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_turnout"))
+            .args(["account-digest", email])
+            .env("TURNOUT_JWT_SECRETS", key)
+            .env("TURNOUT_LOG_LEVEL", "warn")
+            .output()
+            .expect("the binary runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    let (key, other) = ("a".repeat(40), "b".repeat(40));
+    let printed = digest("Ada@Example.org", &format!("{key},{other}"));
+    let expected = turnout::auth::AccountDigests::new(&key.clone().into())
+        .logged(&turnout::auth::Email::parse("ada@example.org").unwrap());
+    assert_eq!(
+        printed, expected,
+        "the first key signs, and keys the digest"
+    );
+    assert_eq!(printed.len(), 16);
+    assert_ne!(printed, digest("ada@example.org", &other), "another key");
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_turnout"))
+        .args(["account-digest", "not-an-email"])
+        .env("TURNOUT_JWT_SECRETS", &key)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not a valid email address"));
+}
