@@ -149,6 +149,7 @@ impl Application {
         });
         metrics::gauge!("turnout_cluster_shards_held").set(held.held().len() as f64);
         let jwt_keys = jwt_keys(&settings)?;
+        tracing::info!(target: "turnout::audit", keys = jwt_keys.len(), "jwt keys loaded; the first signs");
         let digests = AccountDigests::new(&jwt_keys[0]);
         let tokens = TokenKeys::new(
             &jwt_keys,
@@ -793,9 +794,34 @@ async fn stop_requested() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// How logs name accounts, keyed as the server keys them.
+/// How logs name accounts, keyed as the servers with these settings key
+/// them: by the configured signing key or, in development, the key a
+/// server keeps in the data directory. None is made up: digests under a
+/// key no server has would name nobody's lines.
 pub fn account_digests(settings: &Settings) -> anyhow::Result<AccountDigests> {
-    Ok(AccountDigests::new(&jwt_keys(settings)?[0]))
+    let key = match settings.jwt_keys().into_iter().next() {
+        Some(signing) => signing,
+        None => dev_key(settings).map(SecretString::from).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no JWT key: set TURNOUT_JWT_SECRETS as the servers have it (in development, \
+                 start the server once to make {})",
+                dev_key_path(settings).display()
+            )
+        })?,
+    };
+    Ok(AccountDigests::new(&key))
+}
+
+/// Where a development server keeps the JWT key it made.
+fn dev_key_path(settings: &Settings) -> std::path::PathBuf {
+    std::path::Path::new(&settings.data_dir).join("jwt.key")
+}
+
+/// The development key a server made, if there is one.
+fn dev_key(settings: &Settings) -> Option<String> {
+    let existing = std::fs::read_to_string(dev_key_path(settings)).ok()?;
+    let key = existing.trim();
+    (key.len() >= 32).then(|| key.to_owned())
 }
 
 /// The JWT keys: configured ones, or in development a generated key kept in
@@ -808,10 +834,10 @@ fn jwt_keys(settings: &Settings) -> anyhow::Result<Vec<SecretString>> {
             Environment::Development,
             "production settings require keys"
         );
-        let path = std::path::Path::new(&settings.data_dir).join("jwt.key");
-        let key = match std::fs::read_to_string(&path) {
-            Ok(existing) if existing.trim().len() >= 32 => existing.trim().to_owned(),
-            _ => {
+        let path = dev_key_path(settings);
+        let key = match dev_key(settings) {
+            Some(existing) => existing,
+            None => {
                 std::fs::create_dir_all(&settings.data_dir)?;
                 let key: String = {
                     use rand::Rng;
@@ -825,7 +851,6 @@ fn jwt_keys(settings: &Settings) -> anyhow::Result<Vec<SecretString>> {
         tracing::warn!(path = %path.display(), "no TURNOUT_JWT_SECRETS set: using a development key from the data directory");
         keys.push(SecretString::from(key));
     }
-    tracing::info!(target: "turnout::audit", keys = keys.len(), "jwt keys loaded; the first signs");
     Ok(keys)
 }
 

@@ -81,8 +81,13 @@ fn main() -> anyhow::Result<()> {
     })?;
     let command = cli.command.unwrap_or(Cmd::Serve);
     turnout::memory::read_heap_with(turnout::memory::jemalloc_heap);
-    let _telemetry =
-        turnout::telemetry::init(&settings.log_format, &settings.log_level, &settings.traces)?;
+    // `account-digest` prints one line for scripts: nothing else on stdout,
+    // where the logs go.
+    let _telemetry = (!matches!(command, Cmd::AccountDigest { .. }))
+        .then(|| {
+            turnout::telemetry::init(&settings.log_format, &settings.log_level, &settings.traces)
+        })
+        .transpose()?;
     if !matches!(command, Cmd::Config { .. }) {
         for mistake in &settings.unknown {
             tracing::warn!(%mistake, "ignoring an unknown setting");
@@ -95,6 +100,9 @@ fn main() -> anyhow::Result<()> {
             app.run_until_stopped().await
         }),
         Cmd::SetRole { email, role } => system.block_on(async {
+            // Logs name an account by a digest of its email, as everywhere:
+            // known before anything changes.
+            let digests = turnout::app::account_digests(&settings)?;
             let store =
                 turnout::app::open_store(&settings)
                     .await?;
@@ -106,8 +114,7 @@ fn main() -> anyhow::Result<()> {
                 anyhow::bail!("no account has the email {email:?}");
             }
             let role = role.as_str();
-            // Logs name an account by a digest of its email, as everywhere.
-            let account = turnout::app::account_digests(&settings)?.logged(&account);
+            let account = digests.logged(&account);
             tracing::info!(target: "turnout::audit", %account, role, "role changed from the command line");
             println!("{email} is now {role}; it takes effect at their next login");
             Ok(())

@@ -14,11 +14,12 @@ on_both_backends!(
     a_demoted_admin_is_refused_at_once
 );
 
-/// Sets a role through the real binary.
+/// Sets a role through the real binary, with the server's settings.
 fn set_role(app: &TestApp, email: &str, role: &str) {
     let output = Command::new(env!("CARGO_BIN_EXE_turnout"))
         .args(["set-role", email, role])
         .env("TURNOUT_DATABASE_URL", &app.database_url)
+        .env("TURNOUT_JWT_SECRETS", crate::helpers::JWT_KEY)
         .env("TURNOUT_LOG_LEVEL", "warn")
         .output()
         .expect("the binary runs");
@@ -297,21 +298,29 @@ async fn admin_routes_answer_to_admins_only(app: TestApp) {
     let unknown_email = Command::new(env!("CARGO_BIN_EXE_turnout"))
         .args(["set-role", "nobody@example.org", "admin"])
         .env("TURNOUT_DATABASE_URL", &app.database_url)
+        .env("TURNOUT_JWT_SECRETS", crate::helpers::JWT_KEY)
         .output()
         .unwrap();
     assert!(!unknown_email.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown_email.stderr).contains("no account has the email"),
+        "{}",
+        String::from_utf8_lossy(&unknown_email.stderr)
+    );
 }
 
-/// `turnout account-digest` prints the name audit lines give an account: a
-/// digest of the normalised email keyed by the signing JWT key — not the
-/// email, and not a hash anyone could compute from a list of addresses.
+/// `turnout account-digest` prints, and only that on stdout, the digest
+/// audit lines name an account by (`AccountDigests`, which the login guard
+/// and the login route log with): of the normalised email, keyed by the
+/// signing JWT key — not the email, and not a hash anyone could compute
+/// from a list of addresses. Without a key it makes none up.
 #[test]
-fn account_digest_prints_the_keyed_name_audit_lines_give() {
+fn account_digest_prints_the_keyed_digest_of_the_email() {
     let digest = |email: &str, key: &str| {
         let output = Command::new(env!("CARGO_BIN_EXE_turnout"))
             .args(["account-digest", email])
             .env("TURNOUT_JWT_SECRETS", key)
-            .env("TURNOUT_LOG_LEVEL", "warn")
+            .env("RUST_LOG", "debug")
             .output()
             .expect("the binary runs");
         assert!(
@@ -339,4 +348,22 @@ fn account_digest_prints_the_keyed_name_audit_lines_give() {
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not a valid email address"));
+
+    let no_data = tempfile::tempdir().unwrap();
+    let keyless = Command::new(env!("CARGO_BIN_EXE_turnout"))
+        .args(["account-digest", "ada@example.org"])
+        .env("TURNOUT_DATA_DIR", no_data.path())
+        .env_remove("TURNOUT_JWT_SECRETS")
+        .output()
+        .unwrap();
+    assert!(!keyless.status.success());
+    assert!(
+        String::from_utf8_lossy(&keyless.stderr).contains("no JWT key"),
+        "{}",
+        String::from_utf8_lossy(&keyless.stderr)
+    );
+    assert!(
+        std::fs::read_dir(no_data.path()).unwrap().next().is_none(),
+        "no key made up"
+    );
 }
