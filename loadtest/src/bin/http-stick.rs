@@ -437,6 +437,21 @@ struct Shown<'a> {
     waitlist_count: usize,
 }
 
+/// An event's details as a read answers them, written straight from what
+/// the stick holds (through a `serde_json::Value` it would build a map per
+/// answer first).
+#[derive(Serialize)]
+struct Details<'a> {
+    data: Shown<'a>,
+}
+
+/// A page of the listing, likewise; the stick's is always the last.
+#[derive(Serialize)]
+struct Listing<'a> {
+    data: Vec<Shown<'a>>,
+    next_cursor: Option<String>,
+}
+
 impl Listed {
     fn shown(&self) -> Shown<'_> {
         Shown {
@@ -589,7 +604,7 @@ async fn attendees(stick: web::Data<Stick>, id: web::Path<Uuid>) -> HttpResponse
 
 async fn event(stick: web::Data<Stick>, id: web::Path<Uuid>) -> HttpResponse {
     match stick.events.get(&*id) {
-        Some(e) => HttpResponse::Ok().json(json!({ "data": e.1.shown() })),
+        Some(e) => HttpResponse::Ok().json(Details { data: e.1.shown() }),
         None => not_found(),
     }
 }
@@ -602,8 +617,11 @@ struct Page {
 async fn events(stick: web::Data<Stick>, page: web::Query<Page>) -> HttpResponse {
     let limit = page.limit.unwrap_or(20).clamp(1, 100);
     let listing = stick.listing.read().expect("no thread panics holding it");
-    let shown: Vec<Shown> = listing.iter().take(limit).map(|l| l.shown()).collect();
-    HttpResponse::Ok().json(json!({ "data": shown, "next_cursor": null }))
+    let data: Vec<Shown> = listing.iter().take(limit).map(|l| l.shown()).collect();
+    HttpResponse::Ok().json(Listing {
+        data,
+        next_cursor: None,
+    })
 }
 
 fn main() -> std::io::Result<()> {
