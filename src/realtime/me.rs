@@ -1009,17 +1009,26 @@ mod tests {
         false
     }
 
-    #[test]
-    fn waiting_places_hear_what_may_move_them_and_whatever_follows_a_gap() {
-        let recent = RecentChanges::new();
-        let (event, now) = (EventId::new(), Instant::now());
-        let route = |version, cancels, vacates| {
+    /// Routes changes of one fact to `event` through `recent`, at one
+    /// instant: `route(version, cancels, vacates)`.
+    fn router(
+        recent: &RecentChanges,
+        event: EventId,
+    ) -> impl Fn(u64, bool, bool) -> ForWaiting + '_ {
+        let now = Instant::now();
+        move |version, cancels, vacates| {
             recent.routed(
                 one_fact(event, version, cancels, vacates),
                 now,
                 nobody_waits,
             )
-        };
+        }
+    }
+
+    #[test]
+    fn waiting_places_hear_what_may_move_them_and_whatever_follows_a_gap() {
+        let (recent, event) = (RecentChanges::new(), EventId::new());
+        let route = router(&recent, event);
         let heard = |moved_since| ForWaiting {
             must_hear: true,
             moved_since,
@@ -1050,29 +1059,26 @@ mod tests {
     #[test]
     fn a_change_went_by_a_waiting_place_when_one_the_waiting_heard_was_routed_or_none_is_remembered()
      {
-        let recent = RecentChanges::new();
-        let (event, now) = (EventId::new(), Instant::now());
-        let route = |version, vacates| {
-            recent.routed(one_fact(event, version, false, vacates), now, nobody_waits);
-        };
+        let (recent, event) = (RecentChanges::new(), EventId::new());
+        let route = router(&recent, event);
         assert!(recent.may_have_missed(event, 1, true), "nothing remembered");
-        route(3, false);
+        route(3, false, false);
         assert!(
             !recent.may_have_missed(event, 3, true),
             "the change that gave the place"
         );
         assert!(recent.may_have_missed(event, 2, true));
-        route(4, false);
+        route(4, false, false);
         assert!(
             !recent.may_have_missed(event, 3, true),
             "a join behind it moves nobody"
         );
-        route(5, true);
+        route(5, false, true);
         assert!(
             recent.may_have_missed(event, 3, true),
             "someone ahead left the waitlist"
         );
-        route(2, true);
+        route(2, false, true);
         assert!(
             !recent.may_have_missed(event, 5, true),
             "a late, older change moves nothing"
@@ -1083,15 +1089,8 @@ mod tests {
     /// naming its person.
     #[test]
     fn only_a_cancellation_goes_by_a_place_that_does_not_wait() {
-        let recent = RecentChanges::new();
-        let (event, now) = (EventId::new(), Instant::now());
-        let route = |version, cancels, vacates| {
-            recent.routed(
-                one_fact(event, version, cancels, vacates),
-                now,
-                nobody_waits,
-            );
-        };
+        let (recent, event) = (RecentChanges::new(), EventId::new());
+        let route = router(&recent, event);
         assert!(
             recent.may_have_missed(event, 1, false),
             "nothing remembered"

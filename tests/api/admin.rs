@@ -1,7 +1,7 @@
 //! Roles and the admin API: the first admin is made with `turnout set-role`,
 //! and every admin route answers to admins only.
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -14,20 +14,43 @@ on_both_backends!(
     a_demoted_admin_is_refused_at_once
 );
 
-/// Sets a role through the real binary, with the server's settings.
-fn set_role(app: &TestApp, email: &str, role: &str) {
-    let output = Command::new(env!("CARGO_BIN_EXE_turnout"))
-        .args(["set-role", email, role])
-        .env("TURNOUT_DATABASE_URL", &app.database_url)
-        .env("TURNOUT_JWT_SECRETS", crate::helpers::JWT_KEY)
-        .env("TURNOUT_LOG_LEVEL", "warn")
-        .output()
-        .expect("the binary runs");
+/// Runs the real binary with these arguments and settings (as variables).
+fn turnout(args: &[&str], settings: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_turnout"));
+    command.args(args).env_remove("TURNOUT_JWT_SECRETS");
+    for (name, value) in settings {
+        command.env(name, value);
+    }
+    command.output().expect("the binary runs")
+}
+
+/// What a run of the binary wrote on stdout, once it succeeded.
+fn succeeded(output: Output) -> String {
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// What a run of the binary wrote on stderr, once it failed.
+fn failed(output: Output) -> String {
+    assert!(!output.status.success());
+    String::from_utf8(output.stderr).unwrap()
+}
+
+/// The server's settings for the binary, as variables.
+fn settings_of(app: &TestApp) -> [(&str, &str); 2] {
+    [
+        ("TURNOUT_DATABASE_URL", &app.database_url),
+        ("TURNOUT_JWT_SECRETS", crate::helpers::JWT_KEY),
+    ]
+}
+
+/// Sets a role through the real binary, with the server's settings.
+fn set_role(app: &TestApp, email: &str, role: &str) {
+    succeeded(turnout(&["set-role", email, role], &settings_of(app)));
 }
 
 /// Sets a role through the real binary, then logs in again for a token
@@ -284,28 +307,22 @@ async fn admin_routes_answer_to_admins_only(app: TestApp) {
         ]
     );
 
-    let unknown_role = Command::new(env!("CARGO_BIN_EXE_turnout"))
-        .args(["set-role", "admin@example.org", "emperor"])
-        .env("TURNOUT_DATABASE_URL", &app.database_url)
-        .output()
-        .unwrap();
-    assert!(!unknown_role.status.success());
+    let settings = settings_of(&app);
+    let unknown_role = failed(turnout(
+        &["set-role", "admin@example.org", "emperor"],
+        &settings,
+    ));
     assert!(
-        String::from_utf8_lossy(&unknown_role.stderr)
-            .contains("possible values: attendee, organizer, admin"),
-        "the error names the roles"
+        unknown_role.contains("possible values: attendee, organizer, admin"),
+        "the error names the roles: {unknown_role}"
     );
-    let unknown_email = Command::new(env!("CARGO_BIN_EXE_turnout"))
-        .args(["set-role", "nobody@example.org", "admin"])
-        .env("TURNOUT_DATABASE_URL", &app.database_url)
-        .env("TURNOUT_JWT_SECRETS", crate::helpers::JWT_KEY)
-        .output()
-        .unwrap();
-    assert!(!unknown_email.status.success());
+    let unknown_email = failed(turnout(
+        &["set-role", "nobody@example.org", "admin"],
+        &settings,
+    ));
     assert!(
-        String::from_utf8_lossy(&unknown_email.stderr).contains("no account has the email"),
-        "{}",
-        String::from_utf8_lossy(&unknown_email.stderr)
+        unknown_email.contains("no account has the email"),
+        "{unknown_email}"
     );
 }
 
@@ -317,18 +334,11 @@ async fn admin_routes_answer_to_admins_only(app: TestApp) {
 #[test]
 fn account_digest_prints_the_keyed_digest_of_the_email() {
     let digest = |email: &str, key: &str| {
-        let output = Command::new(env!("CARGO_BIN_EXE_turnout"))
-            .args(["account-digest", email])
-            .env("TURNOUT_JWT_SECRETS", key)
-            .env("RUST_LOG", "debug")
-            .output()
-            .expect("the binary runs");
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
+        let run = turnout(
+            &["account-digest", email],
+            &[("TURNOUT_JWT_SECRETS", key), ("RUST_LOG", "debug")],
         );
-        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+        succeeded(run).trim().to_owned()
     };
     let (key, other) = ("a".repeat(40), "b".repeat(40));
     let printed = digest("Ada@Example.org", &format!("{key},{other}"));
@@ -341,27 +351,19 @@ fn account_digest_prints_the_keyed_digest_of_the_email() {
     assert_eq!(printed.len(), 16);
     assert_ne!(printed, digest("ada@example.org", &other), "another key");
 
-    let refused = Command::new(env!("CARGO_BIN_EXE_turnout"))
-        .args(["account-digest", "not-an-email"])
-        .env("TURNOUT_JWT_SECRETS", &key)
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("not a valid email address"));
+    let refused = turnout(
+        &["account-digest", "not-an-email"],
+        &[("TURNOUT_JWT_SECRETS", &key)],
+    );
+    assert!(failed(refused).contains("not a valid email address"));
 
     let no_data = tempfile::tempdir().unwrap();
-    let keyless = Command::new(env!("CARGO_BIN_EXE_turnout"))
-        .args(["account-digest", "ada@example.org"])
-        .env("TURNOUT_DATA_DIR", no_data.path())
-        .env_remove("TURNOUT_JWT_SECRETS")
-        .output()
-        .unwrap();
-    assert!(!keyless.status.success());
-    assert!(
-        String::from_utf8_lossy(&keyless.stderr).contains("no JWT key"),
-        "{}",
-        String::from_utf8_lossy(&keyless.stderr)
-    );
+    let data_dir = no_data.path().to_str().unwrap();
+    let keyless = failed(turnout(
+        &["account-digest", "ada@example.org"],
+        &[("TURNOUT_DATA_DIR", data_dir)],
+    ));
+    assert!(keyless.contains("no JWT key"), "{keyless}");
     assert!(
         std::fs::read_dir(no_data.path()).unwrap().next().is_none(),
         "no key made up"
