@@ -10,9 +10,9 @@
 #
 # Prints the report's line (the server's CPU per request: per join, here)
 # and the `me` checks. CAPACITY=20 leaves half the joiners waiting (4,000
-# of 8,000), whose places a watcher reads again after any change that went
-# by before it followed the event, not only a cancellation; with EVENTS=10
-# as well, 780 wait in each event by the end. MIX=1 runs the whole mix instead (1,500 reads/s,
+# of 8,000), whose watchers hear the changes that may move them (someone
+# leaving the waitlist) and read again if one went by before they followed
+# the event; with EVENTS=10 as well, 780 wait in each event by the end. MIX=1 runs the whole mix instead (1,500 reads/s,
 # 2,000 event subscribers, 30 s: 12,000 joins; WATCHERS 2,000 by default).
 # Extra arguments are settings for the server (VAR=value).
 source "$(dirname "$0")/lib.sh"

@@ -801,13 +801,17 @@ async fn stop_requested() {
 pub fn account_digests(settings: &Settings) -> anyhow::Result<AccountDigests> {
     let key = match settings.jwt_keys().into_iter().next() {
         Some(signing) => signing,
-        None => dev_key(settings).map(SecretString::from).ok_or_else(|| {
-            anyhow::anyhow!(
-                "no JWT key: set TURNOUT_JWT_SECRETS as the servers have it (in development, \
+        None => (settings.env == Environment::Development)
+            .then(|| dev_key(settings))
+            .flatten()
+            .map(SecretString::from)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no JWT key: set TURNOUT_JWT_SECRETS as the servers have it (in development, \
                  start the server once to make {})",
-                dev_key_path(settings).display()
-            )
-        })?,
+                    dev_key_path(settings).display()
+                )
+            })?,
     };
     Ok(AccountDigests::new(&key))
 }

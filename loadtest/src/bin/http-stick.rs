@@ -464,10 +464,16 @@ impl Listed {
     }
 }
 
+/// An event: its actor, which takes its joins, and what reads show of it.
+struct Held {
+    actor: Addr<Event>,
+    listed: Arc<Listed>,
+}
+
 struct Stick {
     key: DecodingKey,
     validation: Validation,
-    events: DashMap<Uuid, (Addr<Event>, Arc<Listed>)>,
+    events: DashMap<Uuid, Held>,
     /// Every event, in the order they were made.
     listing: RwLock<Vec<Arc<Listed>>>,
     log: Option<Log>,
@@ -486,7 +492,7 @@ impl Stick {
     }
 
     fn event(&self, id: Uuid) -> Option<Addr<Event>> {
-        self.events.get(&id).map(|e| e.0.clone())
+        self.events.get(&id).map(|e| e.actor.clone())
     }
 }
 
@@ -541,7 +547,11 @@ async fn create_event(
         log: stick.log.clone(),
     }
     .start();
-    stick.events.insert(id, (event, Arc::clone(&listed)));
+    let held = Held {
+        actor: event,
+        listed: Arc::clone(&listed),
+    };
+    stick.events.insert(id, held);
     stick
         .listing
         .write()
@@ -604,7 +614,9 @@ async fn attendees(stick: web::Data<Stick>, id: web::Path<Uuid>) -> HttpResponse
 
 async fn event(stick: web::Data<Stick>, id: web::Path<Uuid>) -> HttpResponse {
     match stick.events.get(&*id) {
-        Some(e) => HttpResponse::Ok().json(Details { data: e.1.shown() }),
+        Some(e) => HttpResponse::Ok().json(Details {
+            data: e.listed.shown(),
+        }),
         None => not_found(),
     }
 }
