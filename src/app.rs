@@ -807,8 +807,8 @@ pub fn account_digests(settings: &Settings) -> anyhow::Result<AccountDigests> {
             .map(SecretString::from)
             .ok_or_else(|| {
                 anyhow::anyhow!(
-                    "no JWT key: set TURNOUT_JWT_SECRETS as the servers have it (in development, \
-                 start the server once to make {})",
+                    "no JWT key: set TURNOUT_JWT_SECRETS as the servers have it \
+                     (in development, start the server once to make {})",
                     dev_key_path(settings).display()
                 )
             })?,
