@@ -1538,6 +1538,25 @@ mod tests {
         }
     }
 
+    /// Five people (the first is the one watched), an event of
+    /// `capacity` (in offer mode if `offers`), the feeds' memory and the
+    /// first person's watcher.
+    fn five_people(capacity: i64, offers: bool) -> (Vec<UserId>, Event, RecentChanges, Watcher) {
+        let users: Vec<UserId> = (0..5).map(|_| UserId::new()).collect();
+        let mode = if offers {
+            WaitlistMode::Offer
+        } else {
+            WaitlistMode::Auto
+        };
+        let watcher = Watcher::new(users[0]);
+        (
+            users,
+            Event::with(capacity, mode),
+            RecentChanges::new(),
+            watcher,
+        )
+    }
+
     proptest::proptest! {
             /// A person's watcher, handed the changes the feeds route to it —
             /// those that name the person, while the person waits those the
@@ -1553,13 +1572,8 @@ mod tests {
                 offers in proptest::bool::ANY,
                 steps in proptest::collection::vec((0usize..31, 0usize..5, 0usize..8), 1..80),
             ) {
-                let users: Vec<UserId> = (0..5).map(|_| UserId::new()).collect();
-                let me = users[0];
-                let mode = if offers { WaitlistMode::Offer } else { WaitlistMode::Auto };
-                let mut event = Event::with(capacity, mode);
-                let id = event.state.as_ref().unwrap().id;
-                let recent = RecentChanges::new();
-                let mut watcher = Watcher::new(me);
+                let (users, mut event, recent, mut watcher) = five_people(capacity, offers);
+                let (me, id) = (users[0], event.state.as_ref().unwrap().id);
                 let mut held_back = None;
                 for (kind, who, late) in steps {
                     let user = users[who];
@@ -1597,13 +1611,8 @@ mod tests {
                 offers in proptest::bool::ANY,
                 steps in proptest::collection::vec((0usize..31, 0usize..5, 0usize..3), 1..80),
             ) {
-                let users: Vec<UserId> = (0..5).map(|_| UserId::new()).collect();
-                let me = users[0];
-                let mode = if offers { WaitlistMode::Offer } else { WaitlistMode::Auto };
-                let mut event = Event::with(capacity, mode);
-                let id = event.state.as_ref().unwrap().id;
-                let recent = RecentChanges::new();
-                let mut watcher = Watcher::new(me);
+                let (users, mut event, recent, mut watcher) = five_people(capacity, offers);
+                let (me, id) = (users[0], event.state.as_ref().unwrap().id);
                 for (kind, who, handled) in steps {
                     if let Some(change) = event.try_run(command(kind, users[who], &event)) {
                         watcher.route(&recent, &change);
