@@ -38,6 +38,11 @@ impl EventChange {
         self.kinds().any(|k| k == kind)
     }
 
+    /// The event's version before this change: each fact is one version.
+    pub fn base(&self) -> u64 {
+        self.summary.version - self.facts.len() as u64
+    }
+
     /// Who joined (as active or waitlisted), in order, each with when.
     pub fn joined(&self) -> impl Iterator<Item = (UserId, DateTime<Utc>)> + '_ {
         self.facts.iter().filter_map(|fact| match fact {

@@ -333,11 +333,10 @@ struct Routing {
 
 impl Routing {
     fn of(change: &EventChange) -> Self {
-        let version = change.summary.version;
         Self {
             event: change.summary.id,
-            base: version - change.facts.len() as u64,
-            version,
+            base: change.base(),
+            version: change.summary.version,
             cancels: change
                 .facts
                 .iter()
@@ -599,6 +598,10 @@ impl MeFeeds {
             if let Some(watchers) = self.0.watchers.get(&user) {
                 to.extend(watchers.iter().map(|(id, w)| (*id, w.clone())));
             }
+        }
+        if to.is_empty() {
+            // Most changes reach nobody's `me`: no metric lookup for them.
+            return;
         }
         metrics::counter!("turnout_me_changes_handed_total").increment(to.len() as u64);
         for watcher in to.into_values() {

@@ -1030,9 +1030,8 @@ async fn landed_of(
     stream: EventId,
     changes: Vec<EventChange>,
 ) -> Vec<EventChange> {
-    let first_of = |c: &EventChange| c.summary.version - c.facts.len() as u64;
     let (Some(after), Some(through)) = (
-        changes.iter().map(first_of).min(),
+        changes.iter().map(EventChange::base).min(),
         changes.iter().map(|c| c.summary.version).max(),
     ) else {
         return changes;
@@ -1047,7 +1046,7 @@ async fn landed_of(
     changes
         .into_iter()
         .filter(|change| {
-            let from = (first_of(change) - after) as usize;
+            let from = (change.base() - after) as usize;
             let to = (change.summary.version - after) as usize;
             logged.get(from..to).is_some_and(|facts| {
                 facts.len() == change.facts.len()
