@@ -138,6 +138,21 @@ impl MyPlaces {
         self.by_event.keys().copied()
     }
 
+    /// The events of places not followed as they stand by a watcher
+    /// registered as holding a place in `holding_in` and as waiting in
+    /// `waiting_in`: held and not followed at all, or waiting and followed
+    /// only as held ([`MeWatcher::unfollowed`]).
+    pub fn unfollowed(
+        &self,
+        holding_in: &HashSet<EventId>,
+        waiting_in: &HashSet<EventId>,
+    ) -> Vec<EventId> {
+        let newly_held = self.held_in().filter(|e| !holding_in.contains(e));
+        let newly_waiting =
+            (self.waiting_in()).filter(|e| !waiting_in.contains(e) && holding_in.contains(e));
+        newly_held.chain(newly_waiting).collect()
+    }
+
     /// Whether a change shows that one before it was missed: it is to an
     /// event the person waits in, and their place is older than
     /// `moved_since`, the version from which the feeds vouch that every
@@ -780,13 +795,7 @@ impl MeWatcher {
     /// stand: whatever was routed in between reached nobody, and a
     /// cancelled event never changes again ([`MeWatcher::follow_new`]).
     fn unfollowed(&self) -> Vec<EventId> {
-        let newly_held = self
-            .places
-            .held_in()
-            .filter(|e| !self.holding_in.contains(e));
-        let newly_waiting = (self.places.waiting_in())
-            .filter(|e| !self.waiting_in.contains(e) && self.holding_in.contains(e));
-        newly_held.chain(newly_waiting).collect()
+        self.places.unfollowed(&self.holding_in, &self.waiting_in)
     }
 
     /// Follows the places as they now stand, and reads those in `events`,
@@ -1459,8 +1468,9 @@ mod tests {
     struct Watcher {
         me: UserId,
         mine: MyPlaces,
-        following_waiting: bool,
-        following_held: bool,
+        /// Its registers, as `MeWatcher`'s.
+        waiting_in: HashSet<EventId>,
+        holding_in: HashSet<EventId>,
         mailbox: std::collections::VecDeque<(EventChange, u64)>,
         reads: usize,
     }
@@ -1470,8 +1480,8 @@ mod tests {
             Self {
                 me,
                 mine: MyPlaces::new(me, []),
-                following_waiting: false,
-                following_held: false,
+                waiting_in: HashSet::new(),
+                holding_in: HashSet::new(),
                 mailbox: Default::default(),
                 reads: 0,
             }
@@ -1485,8 +1495,8 @@ mod tests {
             let names_me =
                 (change.facts.iter()).any(|f| f.party().is_some_and(|p| p.user == self.me));
             let reaches = names_me
-                || (self.following_waiting && for_waiting.must_hear)
-                || (self.following_held && routing.cancels);
+                || (self.waiting_in.contains(&routing.event) && for_waiting.must_hear)
+                || (self.holding_in.contains(&routing.event) && routing.cancels);
             if reaches {
                 self.mailbox
                     .push_back((change.clone(), for_waiting.moved_since));
@@ -1527,15 +1537,13 @@ mod tests {
         /// Registers as the place now stands; one it newly follows reads if
         /// a change it would have missed went by (`MeWatcher::follow_new`).
         fn follow(&mut self, recent: &RecentChanges, event: &Event, id: EventId) {
-            let place = self.mine.get(id).cloned();
-            let waits = place
-                .as_ref()
-                .is_some_and(|p| p.status == MemberStatus::Waitlisted);
-            let newly = (place.is_some() && !self.following_held)
-                || (waits && !self.following_waiting && self.following_held);
-            (self.following_held, self.following_waiting) = (place.is_some(), waits);
-            let version = place.as_ref().map_or(0, |p| p.version);
-            if newly && recent.may_have_missed(id, version, waits) {
+            let newly = self.mine.unfollowed(&self.holding_in, &self.waiting_in);
+            self.holding_in = self.mine.held_in().collect();
+            self.waiting_in = self.mine.waiting_in().collect();
+            let place = self.mine.get(id);
+            let waits = place.is_some_and(|p| p.status == MemberStatus::Waitlisted);
+            let version = place.map_or(0, |p| p.version);
+            if newly.contains(&id) && recent.may_have_missed(id, version, waits) {
                 self.read(recent, event, id);
             }
         }
