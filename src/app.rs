@@ -150,7 +150,9 @@ impl Application {
         metrics::gauge!("turnout_cluster_shards_held").set(held.held().len() as f64);
         let jwt_keys = jwt_keys(&settings)?;
         tracing::info!(target: "turnout::audit", keys = jwt_keys.len(), "jwt keys loaded; the first signs");
-        let digests = AccountDigests::new(&jwt_keys[0]);
+        // After `jwt_keys`, which made a development key if there was none:
+        // the same function names accounts for `turnout account-digest`.
+        let digests = account_digests(&settings)?;
         let tokens = TokenKeys::new(
             &jwt_keys,
             settings.auth.issuer.clone(),
