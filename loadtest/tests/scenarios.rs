@@ -289,6 +289,8 @@ fn churn_defaults(common: Common, seed: u64) -> turnout_loadtest::scenarios::chu
         decline_ratio: 0.3,
         offer_hold_secs: 600,
         seed,
+        me_watchers: 0,
+        source_addresses: 1,
     }
 }
 
@@ -318,7 +320,9 @@ async fn a_small_churn_matches_the_model() {
 /// or declined as the run goes), half of each kind filling first-fit: every
 /// answer, roster and count still matches the tool's model. Offers are held
 /// far longer than the run; their running out is tested by the server's
-/// own tests (tests/api/offers.rs).
+/// own tests (tests/api/offers.rs). Each event's first 30 joiners watch
+/// `me` and end told their places as the model has them: promoted,
+/// offered, moved up the waitlist, left or declined.
 #[actix_web::test]
 async fn a_small_churn_with_parties_and_offers_matches_the_model() {
     use turnout_loadtest::scenarios::churn::{self, Churn};
@@ -333,6 +337,7 @@ async fn a_small_churn_with_parties_and_offers_matches_the_model() {
         max_party: 3,
         offers: 0.5,
         first_fit: 0.5,
+        me_watchers: 30,
         ..churn_defaults(common_options(target), 11)
     })
     .await
@@ -366,7 +371,10 @@ async fn a_small_churn_with_parties_and_offers_matches_the_model() {
 
 /// Through two nodes of a cluster, round-robin: every answer still matches
 /// the model (each event decided by one actor, whichever node was called),
-/// and the report counts each node's answers.
+/// and the report counts each node's answers. With Redis linking the
+/// nodes, each event's first 20 joiners watch `me`, half of them on the
+/// node that does not hold the event, and end told their places as the
+/// model has them.
 #[actix_web::test]
 async fn a_churn_through_two_nodes_matches_the_model() {
     use turnout_loadtest::scenarios::churn::{self, Churn};
@@ -376,6 +384,9 @@ async fn a_churn_through_two_nodes_matches_the_model() {
         eprintln!("TURNOUT_TEST_POSTGRES_URL is not set: skipping the two-node churn");
         return;
     };
+    if common::redis_url().is_none() {
+        eprintln!("TURNOUT_TEST_REDIS_URL is not set: the two-node churn watches no `me`");
+    }
     let mut options = common_options(targets[0].clone());
     options.targets = targets.clone();
     let report = churn::run(Churn {
@@ -383,6 +394,7 @@ async fn a_churn_through_two_nodes_matches_the_model() {
         ops: 40,
         capacity: 3,
         leave_ratio: 0.4,
+        me_watchers: if common::redis_url().is_some() { 20 } else { 0 },
         ..churn_defaults(options, 5)
     })
     .await

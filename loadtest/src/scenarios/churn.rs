@@ -22,12 +22,17 @@
 //! at the first that does not fit, first fit passes it over; a waiting party
 //! leaving can unblock those behind it.
 //!
+//! `--me-watchers N` has each event's first N joiners watch their own
+//! places (`me`) over a WebSocket from before the run; afterwards each must
+//! have been told its place as the model has it: active, offered, waiting
+//! at its position, or left or declined.
+//!
 //! Offers are held for `--offer-hold-secs` (600 s by default), longer than a
 //! run: the model does not follow offers running out, and the report warns
 //! when a run outlasts the hold. Expiry is covered by the server's own tests
 //! (tests/api/offers.rs).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use clap::Args;
 use indicatif::ProgressBar;
@@ -39,9 +44,13 @@ use uuid::Uuid;
 
 use crate::Common;
 use crate::api::{Api, Minter};
-use crate::invariants::Answer;
+use crate::invariants::{Answer, Told};
+use crate::process::CpuMeter;
 use crate::progress;
-use crate::report::{Check, Report, latency_histogram};
+use crate::report::{Check, Report, answered_2xx, latency_histogram};
+
+use super::me_watch;
+use super::ws_fanout::{connect_all, server_addrs};
 
 #[derive(Args)]
 pub struct Churn {
@@ -84,6 +93,13 @@ pub struct Churn {
     pub offer_hold_secs: u64,
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Each event's first N joiners watch their own places (`me`) from
+    /// before the run, and must end told them as the model has them.
+    #[arg(long, default_value_t = 0)]
+    pub me_watchers: usize,
+    /// Spread the `me` watchers over 127.0.0.1 ..= 127.0.0.N.
+    #[arg(long, default_value_t = 4)]
+    pub source_addresses: u8,
 }
 
 /// What a freed place becomes for the party it goes to.
@@ -304,6 +320,23 @@ impl EventModel {
         served
     }
 
+    /// Where `user` stands, as their `me` channel must show it; `None` for
+    /// someone who is not a member (never joined, or left).
+    pub fn standing(&self, user: Uuid) -> Option<Told> {
+        let told = |status: &str, position: Option<usize>| Told {
+            status: status.to_owned(),
+            position: position.map(|p| p as u64),
+        };
+        if self.active.iter().any(|p| p.user == user) {
+            return Some(told("active", None));
+        }
+        if self.offered.iter().any(|p| p.user == user) {
+            return Some(told("offered", None));
+        }
+        let at = self.waitlist.iter().position(|p| p.user == user)?;
+        Some(told("waitlisted", Some(at + 1)))
+    }
+
     /// Every member: active, offered and waiting.
     pub fn members(&self) -> impl Iterator<Item = Uuid> + '_ {
         self.active
@@ -376,6 +409,14 @@ impl Tally {
     }
 }
 
+/// One event's part of the run.
+struct Plan {
+    index: usize,
+    rules: Rules,
+    /// The users of its first joins, who watch their places.
+    watched: VecDeque<Uuid>,
+}
+
 /// What one event's worker saw.
 struct Worker {
     latency: hdrhistogram::Histogram<u64>,
@@ -385,6 +426,8 @@ struct Worker {
     /// The first difference, if the roster is not the model's.
     roster_differs: Option<String>,
     counts_differ: Option<String>,
+    /// Where each watched joiner ended, as the model has it.
+    watched: HashMap<Uuid, Told>,
 }
 
 /// The waitlist settings an event is created with: only those not left at
@@ -422,10 +465,14 @@ async fn churn_event(
     minter: &Minter,
     owner: &str,
     args: &Churn,
-    index: usize,
-    rules: Rules,
+    plan: Plan,
     bar: &ProgressBar,
-) -> anyhow::Result<Worker> {
+) -> anyhow::Result<(Uuid, Worker)> {
+    let Plan {
+        index,
+        rules,
+        mut watched,
+    } = plan;
     let event = api
         .published_event_with(owner, args.capacity, settings(args, rules))
         .await?;
@@ -439,7 +486,11 @@ async fn churn_event(
         wrong_answers: Vec::new(),
         roster_differs: None,
         counts_differ: None,
+        watched: HashMap::new(),
     };
+    // Each watched joiner, once joined; where they ended, if they left.
+    let mut watched_joined: Vec<Uuid> = Vec::new();
+    let mut ended: HashMap<Uuid, &'static str> = HashMap::new();
     let name = format!("event {index} ({rules:?})");
     for _ in 0..args.ops {
         bar.inc(1);
@@ -469,7 +520,13 @@ async fn churn_event(
         let started = std::time::Instant::now();
         let (code, body, user) = match &op {
             Op::Join { seats } => {
-                let user = Uuid::now_v7();
+                let user = match watched.pop_front() {
+                    Some(user) => {
+                        watched_joined.push(user);
+                        user
+                    }
+                    None => Uuid::now_v7(),
+                };
                 let token = minter.token(user);
                 // One-seat runs send no body, as before parties.
                 let party = (args.max_party > 1).then_some(*seats);
@@ -525,6 +582,7 @@ async fn churn_event(
                     continue;
                 }
                 let served = model.leave(user);
+                ended.insert(user, "left");
                 worker.tally.served(rules.mode, served.len());
                 (
                     "a leave".to_owned(),
@@ -555,6 +613,7 @@ async fn churn_event(
                 }
                 let expected = match model.decline(user) {
                     Ok(served) => {
+                        ended.insert(user, "declined");
                         worker.tally.served(rules.mode, served.len());
                         Answer::expected(code, "declined", None, None)
                     }
@@ -606,7 +665,20 @@ async fn churn_event(
             "{name}: (active, offered, waiting seats, places left) are {told:?}, the model says {expected:?}"
         ));
     }
-    Ok(worker)
+    worker.watched = watched_joined
+        .into_iter()
+        .filter_map(|user| {
+            let standing = model.standing(user).or_else(|| {
+                let status = ended.get(&user)?;
+                Some(Told {
+                    status: (*status).to_owned(),
+                    position: None,
+                })
+            })?;
+            Some((user, standing))
+        })
+        .collect();
+    Ok((event, worker))
 }
 
 pub async fn run(args: Churn) -> anyhow::Result<Report> {
@@ -654,14 +726,35 @@ pub async fn run(args: Churn) -> anyhow::Result<Report> {
             args.max_party, args.offer_hold_secs
         );
     }
+    // Each event's first joiners, made up front so that they can watch.
+    let watched: Vec<(usize, Uuid)> = (0..args.events)
+        .flat_map(|event| (0..args.me_watchers).map(move |_| (event, Uuid::now_v7())))
+        .collect();
+    let servers = server_addrs(&args.common.targets)?;
+    let (watchers, watch_failures) =
+        connect_all(watched.len(), args.source_addresses, |i, source| {
+            let (event, user) = watched[i];
+            let server = servers[i % servers.len()];
+            me_watch::watch(server, source, user, minter.token(user), event)
+        })
+        .await?;
+    if !watched.is_empty() {
+        eprintln!("churn: {} joiners watch their places", watchers.len());
+    }
     let bar = progress::bar(args.events * args.ops, "operations");
+    let cpu = CpuMeter::start(&args.common);
     let started = std::time::Instant::now();
-    let workers = futures_util::future::try_join_all(
-        rules
-            .iter()
-            .enumerate()
-            .map(|(i, r)| churn_event(api.clone(), &minter, &owner, &args, i, *r, &bar)),
-    )
+    let workers = futures_util::future::try_join_all(rules.iter().enumerate().map(|(index, r)| {
+        let plan = Plan {
+            index,
+            rules: *r,
+            watched: (watched.iter())
+                .filter(|(event, _)| *event == index)
+                .map(|(_, user)| *user)
+                .collect(),
+        };
+        churn_event(api.clone(), &minter, &owner, &args, plan, &bar)
+    }))
     .await?;
     let elapsed = started.elapsed();
     bar.finish_and_clear();
@@ -671,7 +764,13 @@ pub async fn run(args: Churn) -> anyhow::Result<Report> {
     let mut tally = Tally::default();
     let mut wrong: Vec<String> = Vec::new();
     let (mut rosters, mut counts) = (Vec::new(), Vec::new());
-    for worker in workers {
+    let mut standing: HashMap<Uuid, (Uuid, Told)> = HashMap::new();
+    for (event, worker) in workers {
+        standing.extend(
+            (worker.watched)
+                .into_iter()
+                .map(|(user, told)| (user, (event, told))),
+        );
         latency.add(&worker.latency).expect("same bounds");
         for (kind, n) in worker.outcomes {
             *outcomes.entry(kind).or_default() += n;
@@ -689,7 +788,7 @@ pub async fn run(args: Churn) -> anyhow::Result<Report> {
             args.events
         ),
     };
-    let checks = vec![
+    let mut checks = vec![
         Check::new(
             "every answer matches the model (status, seats, position)",
             wrong.is_empty(),
@@ -724,6 +823,29 @@ pub async fn run(args: Churn) -> anyhow::Result<Report> {
             ),
         ),
     ];
+    // Before the watchers' check, which waits for them.
+    checks.extend(cpu.checks(answered_2xx(&outcomes), "operation"));
+    if args.me_watchers > 0 {
+        let as_modelled = |w: &me_watch::Watcher| standing.get(&w.user()).cloned();
+        checks.extend(
+            me_watch::check(
+                &watchers,
+                "as the model has it",
+                "never joined or refused",
+                as_modelled,
+            )
+            .await,
+        );
+        checks.push(Check::new(
+            "every watcher of me connected",
+            watchers.len() == watched.len(),
+            format!(
+                "{}/{} connected; {watch_failures:?}",
+                watchers.len(),
+                watched.len()
+            ),
+        ));
+    }
     let mut report = Report::new(
         "churn",
         &args.common.target_label(),

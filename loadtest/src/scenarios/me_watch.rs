@@ -1,9 +1,10 @@
 //! People who watch their own places (`me`) while they join, as the app on
 //! their phone does: each authenticates a WebSocket and subscribes to `me`
-//! before the load, then keeps the status it was last told of each event.
-//! Afterwards every watcher whose join was acknowledged must have been told
-//! its place with the status the join's answer gave (joins only: no leave
-//! can promote anyone, so the status told at the join stays).
+//! before the load, then keeps what it was last told of each event's place
+//! (status and waitlist position). Afterwards each watcher's places must be
+//! as the scenario says they stand: as its join's answer told (`mixed`,
+//! joins only: nobody leaves, so nothing moves them), or as the scenario's
+//! model of the event has them (`churn`: leaves, promotions and offers).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -17,20 +18,20 @@ use uuid::Uuid;
 
 use super::mixed::summary;
 use super::ws_fanout::{connect_from, subscribe_as};
-use crate::burst::Answers;
+use crate::invariants::Told;
 use crate::report::{Check, latency_histogram};
 
 /// One person watching `me`, who joins the `event`th event during the load.
 pub struct Watcher {
     user: Uuid,
     event: usize,
-    told: Arc<Mutex<Told>>,
+    heard: Arc<Mutex<Heard>>,
 }
 
 /// What a watcher's `me` channel has told.
-struct Told {
-    /// Each event's place, by the status last told.
-    places: HashMap<Uuid, String>,
+struct Heard {
+    /// Each event's place, as last told.
+    places: HashMap<Uuid, Told>,
     /// From each update's commit (`committed_at`) to its arrival here, µs:
     /// a few per watcher, not a histogram each (thousands of watchers).
     from_commit: Vec<u64>,
@@ -48,12 +49,12 @@ pub async fn watch(
 ) -> anyhow::Result<Watcher> {
     let mut ws = connect_from(server, source).await?;
     subscribe_as(&mut ws, &token, "me").await?;
-    let told = Arc::new(Mutex::new(Told {
+    let heard = Arc::new(Mutex::new(Heard {
         places: HashMap::new(),
         from_commit: Vec::new(),
         closed: false,
     }));
-    let telling = Arc::clone(&told);
+    let telling = Arc::clone(&heard);
     tokio::spawn(async move {
         while let Some(Ok(message)) = ws.next().await {
             let Message::Text(text) = message else {
@@ -71,7 +72,11 @@ pub async fn watch(
             };
             let arrived = chrono::Utc::now();
             let mut told = telling.lock().expect("not poisoned");
-            told.places.insert(event, status.to_owned());
+            let place = Told {
+                status: status.to_owned(),
+                position: place["position"].as_u64(),
+            };
+            told.places.insert(event, place);
             let committed = frame["committed_at"]
                 .as_str()
                 .and_then(|c| c.parse::<chrono::DateTime<chrono::Utc>>().ok());
@@ -81,49 +86,72 @@ pub async fn watch(
         }
         telling.lock().expect("not poisoned").closed = true;
     });
-    Ok(Watcher { user, event, told })
+    Ok(Watcher { user, event, heard })
 }
 
-/// Every watcher whose join was acknowledged must be told its place as the
-/// answer gave it, and some must have been: a run whose watched joins were
-/// all refused checked nothing. Updates are still in flight when the load
-/// stops, so the watchers get a few seconds to catch up.
-pub async fn check(watchers: &[Watcher], events: &[Uuid], answers: &Answers) -> Vec<Check> {
-    let expected = |w: &Watcher| {
-        let told = answers.0[w.event].acknowledged.get(&w.user)?;
-        Some((events[w.event], told.status.clone()))
-    };
-    let untold = || {
+impl Watcher {
+    pub fn user(&self) -> Uuid {
+        self.user
+    }
+
+    /// The index of the event this watcher's person joins.
+    pub fn event(&self) -> usize {
+        self.event
+    }
+
+    fn told(&self, event: Uuid) -> Option<Told> {
+        let heard = self.heard.lock().expect("not poisoned");
+        heard.places.get(&event).cloned()
+    }
+}
+
+/// Every watcher for which `expected` names an event's place must be told
+/// that place, and some must have been: a run that expected nothing checked
+/// nothing. Updates are still in flight when the load stops, so the
+/// watchers get a few seconds to catch up. `what` says whose places are
+/// expected (the check's name); `skipped` why the others are not.
+pub async fn check(
+    watchers: &[Watcher],
+    what: &str,
+    skipped: &str,
+    expected: impl Fn(&Watcher) -> Option<(Uuid, Told)>,
+) -> Vec<Check> {
+    let wrong = || {
         watchers
             .iter()
-            .filter(|w| {
-                expected(w).is_some_and(|(event, status)| {
-                    w.told.lock().expect("not poisoned").places.get(&event) != Some(&status)
-                })
+            .filter_map(|w| {
+                let (event, place) = expected(w)?;
+                let told = w.told(event);
+                (told.as_ref() != Some(&place)).then_some((w.user, place, told))
             })
-            .count()
+            .collect::<Vec<_>>()
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while untold() > 0 && Instant::now() < deadline {
+    while !wrong().is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let acknowledged = watchers.iter().filter(|w| expected(w).is_some()).count();
-    let (untold, mut closed) = (untold(), 0);
+    let expecting = watchers.iter().filter(|w| expected(w).is_some()).count();
+    let (wrong, mut closed) = (wrong(), 0);
     let mut from_commit = latency_histogram();
     for watcher in watchers {
-        let told = watcher.told.lock().expect("not poisoned");
-        closed += usize::from(told.closed);
-        for &micros in &told.from_commit {
+        let heard = watcher.heard.lock().expect("not poisoned");
+        closed += usize::from(heard.closed);
+        for &micros in &heard.from_commit {
             from_commit.saturating_record(micros);
         }
     }
+    let first = wrong
+        .first()
+        .map(|(user, place, told)| format!("; first: {user} is {place:?}, told {told:?}"))
+        .unwrap_or_default();
     vec![
         Check::new(
-            "every watcher of me was told its place as its join was answered",
-            untold == 0 && closed == 0 && acknowledged > 0,
+            &format!("every watcher of me was told its place {what}"),
+            wrong.is_empty() && closed == 0 && expecting > 0,
             format!(
-                "{untold}/{acknowledged} not told; {closed} closed; {} joins not acknowledged",
-                watchers.len() - acknowledged
+                "{}/{expecting} not told{first}; {closed} closed; {} {skipped}",
+                wrong.len(),
+                watchers.len() - expecting
             ),
         ),
         Check::new(

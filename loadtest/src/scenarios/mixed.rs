@@ -6,7 +6,7 @@
 //! every event's invariants, that no read ever showed an overbooked event,
 //! that every subscriber saw its channel's updates without a gap or a
 //! repeat and ended at the event's final counts, and that every watcher of
-//! `me` was told its place.
+//! `me` was told its place (status and position).
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -400,7 +400,21 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
         ),
     ));
     if args.me_watchers > 0 {
-        checks.extend(me_watch::check(&watchers, &events, &answers).await);
+        // Joins only: nobody leaves, so each place stays as its join's
+        // answer told it (FIFO).
+        let as_answered = |w: &me_watch::Watcher| {
+            let told = answers.0[w.event()].acknowledged.get(&w.user())?;
+            Some((events[w.event()], told.clone()))
+        };
+        checks.extend(
+            me_watch::check(
+                &watchers,
+                "as its join was answered",
+                "joins not acknowledged",
+                as_answered,
+            )
+            .await,
+        );
         checks.push(Check::new(
             "every watcher of me connected",
             watchers.len() == watched.len(),
