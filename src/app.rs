@@ -150,9 +150,7 @@ impl Application {
         metrics::gauge!("turnout_cluster_shards_held").set(held.held().len() as f64);
         let jwt_keys = jwt_keys(&settings)?;
         tracing::info!(target: "turnout::audit", keys = jwt_keys.len(), "jwt keys loaded; the first signs");
-        // After `jwt_keys`, which made a development key if there was none:
-        // the same function names accounts for `turnout account-digest`.
-        let digests = account_digests(&settings)?;
+        let digests = AccountDigests::new(&jwt_keys[0]);
         let tokens = TokenKeys::new(
             &jwt_keys,
             settings.auth.issuer.clone(),
@@ -797,25 +795,31 @@ async fn stop_requested() {
 }
 
 /// How logs name accounts, keyed as the servers with these settings key
-/// them: by the configured signing key or, in development, the key a
-/// server keeps in the data directory. None is made up: digests under a
-/// key no server has would name nobody's lines.
+/// them: by their [`signing_key`]. None is made up: digests under a key no
+/// server has would name nobody's lines.
 pub fn account_digests(settings: &Settings) -> anyhow::Result<AccountDigests> {
-    let key = match settings.jwt_keys().into_iter().next() {
-        Some(signing) => signing,
-        None => (settings.env == Environment::Development)
+    let key = signing_key(settings).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no JWT key: set TURNOUT_JWT_SECRETS as the servers have it \
+             (in development, start the server once to make {})",
+            dev_key_path(settings).display()
+        )
+    })?;
+    Ok(AccountDigests::new(&key))
+}
+
+/// The key that signs tokens and keys account digests, if there is one:
+/// the first configured or, in development, the key a server made in the
+/// data directory. [`jwt_keys`] puts it first, so a server and
+/// `turnout account-digest` cannot pick different ones.
+fn signing_key(settings: &Settings) -> Option<SecretString> {
+    let configured = settings.jwt_keys().into_iter().next();
+    configured.or_else(|| {
+        (settings.env == Environment::Development)
             .then(|| dev_key(settings))
             .flatten()
             .map(SecretString::from)
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "no JWT key: set TURNOUT_JWT_SECRETS as the servers have it \
-                     (in development, start the server once to make {})",
-                    dev_key_path(settings).display()
-                )
-            })?,
-    };
-    Ok(AccountDigests::new(&key))
+    })
 }
 
 /// Where a development server keeps the JWT key it made.
@@ -830,41 +834,47 @@ fn dev_key(settings: &Settings) -> Option<String> {
     (key.len() >= 32).then(|| key.to_owned())
 }
 
-/// The JWT keys: configured ones, or in development a generated key kept in
-/// the data directory so tokens survive restarts. Never empty.
+/// The JWT keys, the [`signing_key`] first: the configured ones or, in
+/// development, a key made and kept in the data directory so that tokens
+/// survive restarts. Never empty.
 fn jwt_keys(settings: &Settings) -> anyhow::Result<Vec<SecretString>> {
-    let mut keys = settings.jwt_keys();
-    if keys.is_empty() {
-        debug_assert_eq!(
-            settings.env,
-            Environment::Development,
-            "production settings require keys"
-        );
-        let path = dev_key_path(settings);
-        let key = match dev_key(settings) {
-            Some(existing) => existing,
-            None => {
-                std::fs::create_dir_all(&settings.data_dir)?;
-                let key: String = {
-                    use rand::Rng;
-                    let bytes: [u8; 32] = rand::rng().random();
-                    bytes.iter().map(|b| format!("{b:02x}")).collect()
-                };
-                write_private(&path, &key)?;
-                key
-            }
-        };
-        tracing::warn!(path = %path.display(), "no TURNOUT_JWT_SECRETS set: using a development key from the data directory");
-        keys.push(SecretString::from(key));
+    let configured = settings.jwt_keys();
+    if !configured.is_empty() {
+        return Ok(configured);
     }
-    Ok(keys)
+    debug_assert_eq!(
+        settings.env,
+        Environment::Development,
+        "production settings require keys"
+    );
+    let path = dev_key_path(settings);
+    let key = match signing_key(settings) {
+        Some(existing) => existing,
+        None => {
+            std::fs::create_dir_all(&settings.data_dir)?;
+            let key: String = {
+                use rand::Rng;
+                let bytes: [u8; 32] = rand::rng().random();
+                bytes.iter().map(|b| format!("{b:02x}")).collect()
+            };
+            write_private(&path, &key)?;
+            SecretString::from(key)
+        }
+    };
+    tracing::warn!(path = %path.display(), "no TURNOUT_JWT_SECRETS set: using a development key from the data directory");
+    Ok(vec![key])
 }
 
+/// Writes a file only its owner may read, whole or not at all: written
+/// beside it and renamed into place, so that a reader (another process
+/// starting on the same data directory) never finds it half written.
 fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
+    let beside = path.with_extension("tmp");
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)?.write_all(contents.as_bytes())
+    options.open(&beside)?.write_all(contents.as_bytes())?;
+    std::fs::rename(&beside, path)
 }

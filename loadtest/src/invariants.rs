@@ -61,12 +61,14 @@ impl Answer {
     }
 }
 
-/// What a join's 2xx answer told its user.
+/// What a user was told of their place: by a join's 2xx answer, or by
+/// their `me` channel.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Told {
     pub status: String,
     /// The waitlist place, when waitlisted. With joins only (no leaves, no
-    /// offers), a place told is the place listed at the end: FIFO.
+    /// offers), a place a join was told is the place listed at the end:
+    /// FIFO.
     pub position: Option<u64>,
 }
 

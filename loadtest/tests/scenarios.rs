@@ -367,6 +367,21 @@ async fn a_small_churn_with_parties_and_offers_matches_the_model() {
         "{}",
         operations.detail
     );
+    // The watchers ended active, waiting, gone and refused (an offer is
+    // answered within a few operations, so few end holding one): the
+    // check covered each way a place ends.
+    let watched = report
+        .checks
+        .iter()
+        .find(|c| c.name.starts_with("every watcher of me was told"))
+        .expect("the scenario checks its watchers");
+    for status in ["active", "waitlisted", "left", "declined"] {
+        assert!(
+            watched.detail.contains(&format!(" {status}")),
+            "no watcher ended {status}: {}",
+            watched.detail
+        );
+    }
 }
 
 /// Through two nodes of a cluster, round-robin: every answer still matches

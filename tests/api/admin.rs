@@ -369,3 +369,27 @@ fn account_digest_prints_the_keyed_digest_of_the_email() {
         "no key made up"
     );
 }
+
+/// In development, with no key configured, a server makes a key of its own
+/// in the data directory (its signing key, which keys its digests too),
+/// and `turnout account-digest` finds it there and keys its digests with
+/// it.
+#[actix_web::test]
+async fn in_development_account_digest_uses_the_key_the_server_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/turnout.db?mode=rwc", dir.path().display());
+    let mut settings = crate::helpers::test_settings(&url, &dir);
+    settings.jwt_secrets = None;
+    let app = turnout::app::Application::build(settings).await.unwrap();
+    drop(app);
+    let made = std::fs::read_to_string(dir.path().join("jwt.key")).unwrap();
+    let expected = turnout::auth::AccountDigests::new(&made.trim().to_owned().into())
+        .logged(&turnout::auth::Email::parse("ada@example.org").unwrap());
+
+    let data_dir = dir.path().to_str().unwrap();
+    let printed = succeeded(turnout(
+        &["account-digest", "ada@example.org"],
+        &[("TURNOUT_DATA_DIR", data_dir)],
+    ));
+    assert_eq!(printed.trim(), expected);
+}

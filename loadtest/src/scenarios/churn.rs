@@ -412,6 +412,7 @@ impl Tally {
 /// One event's part of the run.
 struct Plan {
     index: usize,
+    event: Uuid,
     rules: Rules,
     /// The users of its first joins, who watch their places.
     watched: VecDeque<Uuid>,
@@ -428,6 +429,10 @@ struct Worker {
     counts_differ: Option<String>,
     /// Where each watched joiner ended, as the model has it.
     watched: HashMap<Uuid, Told>,
+    /// The event, as the operations left it.
+    event: Uuid,
+    name: String,
+    model: EventModel,
 }
 
 /// The waitlist settings an event is created with: only those not left at
@@ -460,22 +465,20 @@ fn roster_difference(told: &[RosterRow], model: &[RosterRow]) -> Option<String> 
     ))
 }
 
+/// Runs one event's operations, checking each answer against the model.
 async fn churn_event(
     api: Api,
     minter: &Minter,
-    owner: &str,
     args: &Churn,
     plan: Plan,
     bar: &ProgressBar,
-) -> anyhow::Result<(Uuid, Worker)> {
+) -> anyhow::Result<Worker> {
     let Plan {
         index,
+        event,
         rules,
         mut watched,
     } = plan;
-    let event = api
-        .published_event_with(owner, args.capacity, settings(args, rules))
-        .await?;
     let mut rng = StdRng::seed_from_u64(args.seed.wrapping_add(index as u64));
     let mut model = EventModel::with_rules(args.capacity as usize, rules);
     let mut tokens: BTreeMap<Uuid, String> = BTreeMap::new();
@@ -487,11 +490,14 @@ async fn churn_event(
         roster_differs: None,
         counts_differ: None,
         watched: HashMap::new(),
+        event,
+        name: format!("event {index} ({rules:?})"),
+        model: EventModel::default(),
     };
     // Each watched joiner, once joined; where they ended, if they left.
     let mut watched_joined: Vec<Uuid> = Vec::new();
     let mut ended: HashMap<Uuid, &'static str> = HashMap::new();
-    let name = format!("event {index} ({rules:?})");
+    let name = worker.name.clone();
     for _ in 0..args.ops {
         bar.inc(1);
         // Draws nothing more than before parties and offers unless they are
@@ -628,6 +634,27 @@ async fn churn_event(
             ));
         }
     }
+    worker.watched = watched_joined
+        .into_iter()
+        .filter_map(|user| {
+            let standing = model.standing(user).or_else(|| {
+                let status = ended.get(&user)?;
+                Some(Told {
+                    status: (*status).to_owned(),
+                    position: None,
+                })
+            })?;
+            Some((user, standing))
+        })
+        .collect();
+    worker.model = model;
+    Ok(worker)
+}
+
+/// Checks the event's roster and counts against the model, once its
+/// operations are done.
+async fn verify(api: &Api, owner: &str, worker: &mut Worker) -> anyhow::Result<()> {
+    let (event, name, model) = (worker.event, &worker.name, &worker.model);
     let roster: Vec<RosterRow> = api
         .attendees(owner, event)
         .await?
@@ -665,20 +692,7 @@ async fn churn_event(
             "{name}: (active, offered, waiting seats, places left) are {told:?}, the model says {expected:?}"
         ));
     }
-    worker.watched = watched_joined
-        .into_iter()
-        .filter_map(|user| {
-            let standing = model.standing(user).or_else(|| {
-                let status = ended.get(&user)?;
-                Some(Told {
-                    status: (*status).to_owned(),
-                    position: None,
-                })
-            })?;
-            Some((user, standing))
-        })
-        .collect();
-    Ok((event, worker))
+    Ok(())
 }
 
 pub async fn run(args: Churn) -> anyhow::Result<Report> {
@@ -726,55 +740,70 @@ pub async fn run(args: Churn) -> anyhow::Result<Report> {
             args.max_party, args.offer_hold_secs
         );
     }
-    // Each event's first joiners, made up front so that they can watch.
+    let events = futures_util::future::try_join_all(
+        rules
+            .iter()
+            .map(|r| api.published_event_with(&owner, args.capacity, settings(&args, *r))),
+    )
+    .await?;
+    // Each event's first joiners, made up front so that they can watch:
+    // those of event `i` are `watched[i * me_watchers..][..me_watchers]`.
     let watched: Vec<(usize, Uuid)> = (0..args.events)
         .flat_map(|event| (0..args.me_watchers).map(move |_| (event, Uuid::now_v7())))
         .collect();
-    let servers = server_addrs(&args.common.targets)?;
-    let (watchers, watch_failures) =
-        connect_all(watched.len(), args.source_addresses, |i, source| {
+    let (watchers, watch_failures) = if watched.is_empty() {
+        (Vec::new(), BTreeMap::new())
+    } else {
+        let servers = server_addrs(&args.common.targets)?;
+        let connected = connect_all(watched.len(), args.source_addresses, |i, source| {
             let (event, user) = watched[i];
             let server = servers[i % servers.len()];
             me_watch::watch(server, source, user, minter.token(user), event)
         })
         .await?;
-    if !watched.is_empty() {
-        eprintln!("churn: {} joiners watch their places", watchers.len());
-    }
+        eprintln!("churn: {} joiners watch their places", connected.0.len());
+        connected
+    };
     let bar = progress::bar(args.events * args.ops, "operations");
     let cpu = CpuMeter::start(&args.common);
     let started = std::time::Instant::now();
     let workers = futures_util::future::try_join_all(rules.iter().enumerate().map(|(index, r)| {
+        let theirs = &watched[index * args.me_watchers..][..args.me_watchers];
         let plan = Plan {
             index,
+            event: events[index],
             rules: *r,
-            watched: (watched.iter())
-                .filter(|(event, _)| *event == index)
-                .map(|(_, user)| *user)
-                .collect(),
+            watched: theirs.iter().map(|(_, user)| *user).collect(),
         };
-        churn_event(api.clone(), &minter, &owner, &args, plan, &bar)
+        churn_event(api.clone(), &minter, &args, plan, &bar)
     }))
     .await?;
     let elapsed = started.elapsed();
     bar.finish_and_clear();
+    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    for worker in &workers {
+        for (kind, n) in &worker.outcomes {
+            *outcomes.entry(kind.clone()).or_default() += n;
+        }
+    }
+    // The operations' alone: not the events' making, nor the checks after.
+    let cpu = cpu.checks(answered_2xx(&outcomes), "operation");
+    let mut workers = workers;
+    futures_util::future::try_join_all(workers.iter_mut().map(|w| verify(&api, &owner, w))).await?;
 
     let mut latency = latency_histogram();
-    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
     let mut tally = Tally::default();
     let mut wrong: Vec<String> = Vec::new();
     let (mut rosters, mut counts) = (Vec::new(), Vec::new());
     let mut standing: HashMap<Uuid, (Uuid, Told)> = HashMap::new();
-    for (event, worker) in workers {
+    for worker in workers {
+        let event = worker.event;
         standing.extend(
             (worker.watched)
                 .into_iter()
                 .map(|(user, told)| (user, (event, told))),
         );
         latency.add(&worker.latency).expect("same bounds");
-        for (kind, n) in worker.outcomes {
-            *outcomes.entry(kind).or_default() += n;
-        }
         tally.add(&worker.tally);
         wrong.extend(worker.wrong_answers);
         rosters.extend(worker.roster_differs);
@@ -823,28 +852,18 @@ pub async fn run(args: Churn) -> anyhow::Result<Report> {
             ),
         ),
     ];
-    // Before the watchers' check, which waits for them.
-    checks.extend(cpu.checks(answered_2xx(&outcomes), "operation"));
+    checks.extend(cpu);
     if args.me_watchers > 0 {
         let as_modelled = |w: &me_watch::Watcher| standing.get(&w.user()).cloned();
         checks.extend(
             me_watch::check(
-                &watchers,
+                (&watchers, watched.len(), &watch_failures),
                 "as the model has it",
                 "never joined or refused",
                 as_modelled,
             )
             .await,
         );
-        checks.push(Check::new(
-            "every watcher of me connected",
-            watchers.len() == watched.len(),
-            format!(
-                "{}/{} connected; {watch_failures:?}",
-                watchers.len(),
-                watched.len()
-            ),
-        ));
     }
     let mut report = Report::new(
         "churn",

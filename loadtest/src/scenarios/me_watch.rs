@@ -6,7 +6,7 @@
 //! joins only: nobody leaves, so nothing moves them), or as the scenario's
 //! model of the event has them (`churn`: leaves, promotions and offers).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -105,13 +105,14 @@ impl Watcher {
     }
 }
 
-/// Every watcher for which `expected` names an event's place must be told
-/// that place, and some must have been: a run that expected nothing checked
-/// nothing. Updates are still in flight when the load stops, so the
-/// watchers get a few seconds to catch up. `what` says whose places are
-/// expected (the check's name); `skipped` why the others are not.
+/// Every one of the `asked` watchers connected (`failures` says why not),
+/// and every watcher for which `expected` names an event's place must be
+/// told that place, and some must have been: a run that expected nothing
+/// checked nothing. Updates are still in flight when the load stops, so
+/// the watchers get a few seconds to catch up. `what` says whose places
+/// are expected (the check's name); `skipped` why the others are not.
 pub async fn check(
-    watchers: &[Watcher],
+    (watchers, asked, failures): (&[Watcher], usize, &BTreeMap<String, u64>),
     what: &str,
     skipped: &str,
     expected: impl Fn(&Watcher) -> Option<(Uuid, Told)>,
@@ -130,7 +131,16 @@ pub async fn check(
     while !wrong().is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let expecting = watchers.iter().filter(|w| expected(w).is_some()).count();
+    // How the places expected stand: a run whose watchers all ended the
+    // same way checked one path only.
+    let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, place) in watchers.iter().filter_map(&expected) {
+        *by_status.entry(place.status).or_default() += 1;
+    }
+    let expecting: usize = by_status.values().sum();
+    let by_status: Vec<String> = (by_status.iter())
+        .map(|(status, n)| format!("{n} {status}"))
+        .collect();
     let (wrong, mut closed) = (wrong(), 0);
     let mut from_commit = latency_histogram();
     for watcher in watchers {
@@ -149,10 +159,16 @@ pub async fn check(
             &format!("every watcher of me was told its place {what}"),
             wrong.is_empty() && closed == 0 && expecting > 0,
             format!(
-                "{}/{expecting} not told{first}; {closed} closed; {} {skipped}",
+                "{}/{expecting} not told{first} (expected {}); {closed} closed; {} {skipped}",
                 wrong.len(),
+                by_status.join(", "),
                 watchers.len() - expecting
             ),
+        ),
+        Check::new(
+            "every watcher of me connected",
+            watchers.len() == asked,
+            format!("{}/{asked} connected; {failures:?}", watchers.len()),
         ),
         Check::new(
             "me updates from commit to watcher (info)",

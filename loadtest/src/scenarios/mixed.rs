@@ -408,22 +408,13 @@ pub async fn run(args: Mixed) -> anyhow::Result<Report> {
         };
         checks.extend(
             me_watch::check(
-                &watchers,
+                (&watchers, watched.len(), &watch_failures),
                 "as its join was answered",
                 "joins not acknowledged",
                 as_answered,
             )
             .await,
         );
-        checks.push(Check::new(
-            "every watcher of me connected",
-            watchers.len() == watched.len(),
-            format!(
-                "{}/{} connected; {watch_failures:?}",
-                watchers.len(),
-                watched.len()
-            ),
-        ));
     }
     let intended_rate = args.join_rate + args.read_rate;
     checks.push(Check::new(
