@@ -2,18 +2,25 @@
 //! order, to one Redis stream per topic (`<stream_prefix><topic>`).
 //!
 //! - One relay at a time per database, whatever the number of server
-//!   processes: it holds a lease (`leases` table) that it renews every pass.
-//! - Strictly in order: a batch is the oldest pending rows; it is published
-//!   in one pipeline and then marked published. Delivery is at least once
-//!   (a crash between the two republishes the batch): consumers dedupe on
-//!   `message_id` (see `inbox`).
+//!   processes: it holds a lease (`leases` table) that it renews every pass,
+//!   and a pass that would outlast the lease is cut short
+//!   ([`LEASE_MARGIN`]), so that a relay that takes the lease over never
+//!   publishes beside one that still believes it holds it.
+//! - In order: a batch is the oldest pending rows; it is published in one
+//!   pipeline and then marked published. Delivery is at least once (a crash
+//!   between the two republishes the batch): consumers dedupe on
+//!   `message_id` (see `inbox`). Redis runs each command of a pipeline on
+//!   its own, so where it refuses one row of a batch (below), the rows
+//!   behind it are in the stream already, and go again when the batch is
+//!   retried: a row refused can be overtaken by those behind it.
 //! - Redis unreachable: nothing is counted against the rows; the relay backs
 //!   off (exponentially, to 30 s) and the outbox grows until Redis returns,
 //!   then drains in order.
-//! - Redis answering with an error for the batch: the head row's attempt
-//!   count rises and it is retried with backoff; after `max_attempts` it is
-//!   marked dead (listed and replayed through the admin API) and the rows
-//!   behind it move on.
+//! - Redis refusing a row for what it holds: the rows before it are marked
+//!   published; its attempt count rises and it is retried with backoff;
+//!   after `max_attempts` it is marked dead (listed and replayed through the
+//!   admin API) and the rows behind it move on. Redis refusing for its own
+//!   state (out of memory, loading, a replica) charges no row.
 //! - A stream keeps what `outbox.retention_hours` keeps of the outbox and the
 //!   inbox, and no longer (`trim_stream`, with the purge): a redelivery,
 //!   or a consumer group created anew reading from the start, never meets
@@ -63,11 +70,17 @@ const LEASE: &str = "outbox-relay";
 const LEASE_TTL: Duration = Duration::from_secs(10);
 /// The lease is renewed this often (a write: not on every pass).
 const LEASE_RENEW: Duration = Duration::from_secs(2);
+/// A pass ends this long before the lease it began under could run out
+/// (another relay may take it from then on): one that has not is cut
+/// short, its rows left pending for the next.
+const LEASE_MARGIN: Duration = Duration::from_secs(1);
 /// How long a pipeline of up to a batch of `XADD`s may take to answer.
 /// The client's default, half a second, is per request and counts the
 /// whole pipeline: a Redis slowed by an fsync or a trim would be taken
 /// for gone, and the batch it had added published again on every pass.
-const PIPELINE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Well inside what a pass has of its lease (`LEASE_TTL - LEASE_RENEW -
+/// LEASE_MARGIN`).
+const PIPELINE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Starts the relay (publishing to Redis when a URL is given) and the
 /// outbox gauges among the background tasks.
@@ -191,11 +204,27 @@ async fn relay(
             },
         };
         relaying.store(held, Ordering::Relaxed);
-        if !held {
+        let Some(asked) = lease.filter(|_| held) else {
             shutdown.sleep(poll.max(Duration::from_secs(1))).await;
             continue;
-        }
-        let pause = match pass(&store, client.as_ref(), &mut connection, &settings).await {
+        };
+        let lease_ends = asked + LEASE_TTL - LEASE_MARGIN;
+        let passed = tokio::time::timeout_at(
+            lease_ends.into(),
+            pass(&store, client.as_ref(), &mut connection, &settings),
+        )
+        .await;
+        let Ok(passed) = passed else {
+            // What it published is published again by the next pass (at
+            // least once); the connection may hold a dropped pipeline's
+            // answer.
+            tracing::warn!("an outbox pass outlasted its lease; the next asks for it again");
+            metrics::counter!("turnout_outbox_passes_cut_total").increment(1);
+            lease = None;
+            connection = None;
+            continue;
+        };
+        let pause = match passed {
             Pass::Busy => {
                 redis_failures = 0;
                 Duration::ZERO
@@ -267,11 +296,14 @@ async fn pass(
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let handled =
             crate::consumers::handle_outbox_rows(store.as_ref(), &facts, &ids, now_micros()).await;
-        if let Err(error) = handled {
-            tracing::warn!(%error, "an outbox consumer failed; retrying");
-            return Pass::StoreAway;
-        }
-        return published(&rows, settings);
+        return match handled {
+            // Those no longer pending were another relay's.
+            Ok(marked) => published(&rows, marked, settings),
+            Err(error) => {
+                tracing::warn!(%error, "an outbox consumer failed; retrying");
+                Pass::StoreAway
+            }
+        };
     };
     if connection.is_none() {
         let config =
@@ -336,21 +368,25 @@ async fn charge(
     let dead = attempts >= settings.max_attempts;
     let message = format!("redis refused the message: {code}");
     let retry_at = now_micros() + backoff(attempts as u32).as_micros() as i64;
-    if dead {
-        metrics::counter!("turnout_outbox_dead_total").increment(1);
-        tracing::error!(outbox_id = row.id, message_id = %row.message_id, attempts, "outbox row is dead: {message}");
-    } else {
-        tracing::warn!(
-            outbox_id = row.id,
-            attempts,
-            "outbox publish failed: {message}"
-        );
-    }
     match store
         .outbox_failed(row.id, attempts, retry_at, &message, dead)
         .await
     {
-        Ok(()) => Pass::Idle,
+        Ok(true) if dead => {
+            metrics::counter!("turnout_outbox_dead_total").increment(1);
+            tracing::error!(outbox_id = row.id, message_id = %row.message_id, attempts, "outbox row is dead: {message}");
+            Pass::Idle
+        }
+        Ok(true) => {
+            tracing::warn!(
+                outbox_id = row.id,
+                attempts,
+                "outbox publish failed: {message}"
+            );
+            Pass::Idle
+        }
+        // No longer pending: published meanwhile, nothing to charge.
+        Ok(false) => Pass::Idle,
         Err(_) => Pass::StoreAway,
     }
 }
@@ -428,13 +464,13 @@ async fn mark_published(
         tracing::warn!(%error, "outbox rows published but not marked");
         return Pass::StoreAway;
     }
-    published(rows, settings)
+    published(rows, rows.len(), settings)
 }
 
-/// Counts `rows`, just marked published, and says whether a full batch
-/// suggests more are waiting.
-fn published(rows: &[OutboxMessage], settings: &OutboxSettings) -> Pass {
-    metrics::counter!("turnout_outbox_published_total").increment(rows.len() as u64);
+/// Counts the `marked` of `rows` just marked published, and says whether
+/// a full batch suggests more are waiting.
+fn published(rows: &[OutboxMessage], marked: usize, settings: &OutboxSettings) -> Pass {
+    metrics::counter!("turnout_outbox_published_total").increment(marked as u64);
     let now = now_micros();
     let latency = metrics::histogram!("turnout_outbox_publish_latency_seconds");
     for row in rows {

@@ -474,7 +474,8 @@ pub trait OutboxRelay: Send + Sync {
 
     async fn outbox_published(&self, ids: &[i64], now: i64) -> Result<(), StoreError>;
 
-    /// Records a failed publish; `dead` gives the row up.
+    /// Records a failed publish; `dead` gives the row up. False if the row
+    /// was no longer pending (another relay published it meanwhile).
     async fn outbox_failed(
         &self,
         id: i64,
@@ -482,7 +483,7 @@ pub trait OutboxRelay: Send + Sync {
         next_attempt_at: i64,
         error: &str,
         dead: bool,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 
     /// Puts a dead row back in the queue; false if there is no dead row `id`.
     async fn replay_outbox(&self, id: i64) -> Result<bool, StoreError>;

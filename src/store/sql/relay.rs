@@ -98,8 +98,8 @@ macro_rules! impl_relay {
                 next_attempt_at: i64,
                 error: &str,
                 dead: bool,
-            ) -> Result<(), StoreError> {
-                sqlx::query(
+            ) -> Result<bool, StoreError> {
+                let recorded = sqlx::query(
                     "UPDATE outbox SET attempts = $1, next_attempt_at = $2, last_error = $3, status = $4 \
                      WHERE id = $5 AND status = 'pending'",
                 )
@@ -111,7 +111,7 @@ macro_rules! impl_relay {
                 .execute(&self.background)
                 .await
                 .map_err(unavailable)?;
-                Ok(())
+                Ok(recorded.rows_affected() == 1)
             }
 
             async fn replay_outbox(&self, id: i64) -> Result<bool, StoreError> {
