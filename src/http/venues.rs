@@ -131,18 +131,8 @@ pub async fn create_venue(
         lon: body.lon,
     }
     .check("lat/lon")?;
-    let quota = state.quotas.settings.venues_per_owner;
-    // Held until the venue is written, so the next create counts it.
-    let _turn = state
-        .quotas
-        .turn(quota, user.id.as_uuid(), state.write_timeout)
-        .await?;
-    if quota > 0 && state.store.venues_owned(user.id).await? >= quota {
-        return Err(ApiError::conflict(
-            ErrorCode::QuotaReached,
-            format!("an account may own {quota} venues"),
-        ));
-    }
+    // The whole body is checked before the quota's turn and count: a bad
+    // one is told what is wrong with it, at no cost to the database.
     let venue = VenueRecord {
         id: VenueId::new().as_uuid(),
         owner_id: user.id.as_uuid(),
@@ -157,6 +147,18 @@ pub async fn create_venue(
         time_zone: body.time_zone.as_deref().map(time_zone).transpose()?,
         created_at: micros(Utc::now()),
     };
+    let quota = state.quotas.settings.venues_per_owner;
+    // Held until the venue is written, so the next create counts it.
+    let _turn = state
+        .quotas
+        .turn(quota, user.id.as_uuid(), state.write_timeout)
+        .await?;
+    if quota > 0 && state.store.venues_owned(user.id).await? >= quota {
+        return Err(ApiError::conflict(
+            ErrorCode::QuotaReached,
+            format!("an account may own {quota} venues"),
+        ));
+    }
     state
         .within_deadline(async { Ok(state.store.create_venue(&venue).await?) })
         .await?;

@@ -19,13 +19,27 @@ use futures_util::Stream;
 const MAX_HEADER_BYTES: usize = 14;
 
 /// A whole message from the client.
-#[derive(Debug, PartialEq)]
+#[derive(PartialEq)]
 pub enum Incoming {
     Text(ByteString),
     Binary,
     Ping(Bytes),
     Pong,
     Close,
+}
+
+/// A text message shows its length only: it may be an `auth` frame, whose
+/// token must not reach a log line.
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Incoming::Text(text) => write!(f, "Text({} bytes)", text.len()),
+            Incoming::Binary => f.write_str("Binary"),
+            Incoming::Ping(payload) => f.debug_tuple("Ping").field(payload).finish(),
+            Incoming::Pong => f.write_str("Pong"),
+            Incoming::Close => f.write_str("Close"),
+        }
+    }
 }
 
 /// Why the client's messages stopped; each has its own close code.

@@ -25,8 +25,9 @@ pub enum ClientFrame {
     Unsubscribe {
         channel: String,
     },
+    /// Secret: a frame printed for a log line shows no token.
     Auth {
-        token: String,
+        token: secrecy::SecretString,
     },
     /// A struct variant, so that unknown fields are refused here too.
     Ping {},
@@ -149,5 +150,14 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<ClientFrame>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_auth_frame_printed_shows_no_token() {
+        let frame = r#"{"type":"auth","token":"eyJ.secret-token.sig"}"#;
+        let parsed = parse_client_frame(frame).unwrap();
+        assert!(!format!("{parsed:?}").contains("secret-token"));
+        let raw = crate::realtime::inbound::Incoming::Text(frame.into());
+        assert!(!format!("{raw:?}").contains("secret-token"));
     }
 }

@@ -3,6 +3,7 @@
 //! [`SendQueue`]. A client that stops reading is closed with code 4008 instead
 //! of letting its queue grow; a silent client is closed after the timeout.
 
+use secrecy::ExposeSecret;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -262,7 +263,7 @@ impl WsSession {
         };
         match frame {
             ClientFrame::Ping {} => self.reply(protocol::pong()),
-            ClientFrame::Auth { token } => match self.tokens.verify(&token) {
+            ClientFrame::Auth { token } => match self.tokens.verify(token.expose_secret()) {
                 Ok(claims) => {
                     let user = UserId::from(claims.sub);
                     if self.user.is_some_and(|before| before != user) {

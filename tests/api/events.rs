@@ -453,6 +453,14 @@ async fn an_account_owns_a_bounded_number_of_venues_and_events(backend: Backend)
             .unwrap()
             .contains("2 venues")
     );
+    // A bad body is told what is wrong with it, quota or not.
+    let blank = app
+        .as_user(&owner, Method::POST, "/v1/venues")
+        .json(&json!({ "name": "   ", "lat": 52.37, "lon": 4.89 }))
+        .send()
+        .await
+        .unwrap();
+    assert_error(blank, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
     app.venue(&other).await;
 
     let name = |organizer: uuid::Uuid| {
