@@ -857,24 +857,60 @@ fn jwt_keys(settings: &Settings) -> anyhow::Result<Vec<SecretString>> {
                 let bytes: [u8; 32] = rand::rng().random();
                 bytes.iter().map(|b| format!("{b:02x}")).collect()
             };
-            write_private(&path, &key)?;
-            SecretString::from(key)
+            match write_private_new(&path, &key) {
+                Ok(()) => SecretString::from(key),
+                // Another process starting on this directory made one
+                // first: theirs it is, so that both sign alike.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => signing_key(settings)
+                    .ok_or_else(|| anyhow::anyhow!("{} holds no key", path.display()))?,
+                Err(e) => return Err(e.into()),
+            }
         }
     };
     tracing::warn!(path = %path.display(), "no TURNOUT_JWT_SECRETS set: using a development key from the data directory");
     Ok(vec![key])
 }
 
-/// Writes a file only its owner may read, whole or not at all: written
-/// beside it and renamed into place, so that a reader (another process
-/// starting on the same data directory) never finds it half written.
-fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+/// Makes a file only its owner may read, whole or not at all, unless it
+/// exists (`AlreadyExists`): written and synced under a name of its own
+/// beside it, then linked into place, so that another process starting on
+/// the same data directory finds it whole or not at all, and only one of
+/// two such processes makes it.
+fn write_private_new(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
-    let beside = path.with_extension("tmp");
+    let beside = path.with_extension(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(&beside)?.write_all(contents.as_bytes())?;
-    std::fs::rename(&beside, path)
+    let written = options.open(&beside).and_then(|mut file| {
+        file.write_all(contents.as_bytes())?;
+        file.sync_all()
+    });
+    let linked = written.and_then(|()| std::fs::hard_link(&beside, path));
+    let _ = std::fs::remove_file(&beside);
+    linked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_development_key_is_made_once_whole_and_for_its_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwt.key");
+        write_private_new(&path, "first").unwrap();
+        let second = write_private_new(&path, "second").unwrap_err();
+        assert_eq!(second.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "first");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no file beside it is left behind");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
 }

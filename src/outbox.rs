@@ -2,8 +2,9 @@
 //! order, to one Redis stream per topic (`<stream_prefix><topic>`).
 //!
 //! - One relay at a time per database, whatever the number of server
-//!   processes: it holds a lease (`leases` table) that it renews every pass,
-//!   and a pass that would outlast the lease is cut short
+//!   processes: it holds a lease (`leases` table) that it renews every pass.
+//!   A pipeline is begun only if it answers or times out while the lease
+//!   is surely held, and a pass held up by the database is cut short
 //!   ([`LEASE_MARGIN`]), so that a relay that takes the lease over never
 //!   publishes beside one that still believes it holds it.
 //! - In order: a batch is the oldest pending rows; it is published in one
@@ -81,6 +82,8 @@ const LEASE_MARGIN: Duration = Duration::from_secs(1);
 /// Well inside what a pass has of its lease (`LEASE_TTL - LEASE_RENEW -
 /// LEASE_MARGIN`).
 const PIPELINE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long connecting to Redis may take, once per pass.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Starts the relay (publishing to Redis when a URL is given) and the
 /// outbox gauges among the background tasks.
@@ -211,17 +214,24 @@ async fn relay(
         let lease_ends = asked + LEASE_TTL - LEASE_MARGIN;
         let passed = tokio::time::timeout_at(
             lease_ends.into(),
-            pass(&store, client.as_ref(), &mut connection, &settings),
+            pass(
+                &store,
+                client.as_ref(),
+                &mut connection,
+                &settings,
+                lease_ends,
+            ),
         )
         .await;
         let Ok(passed) = passed else {
-            // What it published is published again by the next pass (at
-            // least once); the connection may hold a dropped pipeline's
-            // answer.
+            // Only the database can be this slow (a pipeline is begun
+            // only if it ends in time, a connection is tried briefly):
+            // what the pass published goes again (at least once), after a
+            // pause as long as a failing store's.
             tracing::warn!("an outbox pass outlasted its lease; the next asks for it again");
             metrics::counter!("turnout_outbox_passes_cut_total").increment(1);
             lease = None;
-            connection = None;
+            shutdown.sleep(poll.max(Duration::from_secs(1))).await;
             continue;
         };
         let pause = match passed {
@@ -259,6 +269,7 @@ async fn pass(
     client: Option<&redis::Client>,
     connection: &mut Option<ConnectionManager>,
     settings: &OutboxSettings,
+    lease_ends: Instant,
 ) -> Pass {
     let now = now_micros();
     let rows = match store.outbox(OutboxStatus::Pending, 0, settings.batch).await {
@@ -306,8 +317,12 @@ async fn pass(
         };
     };
     if connection.is_none() {
-        let config =
-            redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(PIPELINE_TIMEOUT));
+        // Tried once, briefly: the relay's own backoff paces the retries,
+        // and a pass must not spend its lease on them.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(PIPELINE_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_number_of_retries(0);
         match ConnectionManager::new_with_config(client.clone(), config).await {
             Ok(c) => *connection = Some(c),
             Err(error) => {
@@ -315,6 +330,12 @@ async fn pass(
                 return Pass::RedisAway;
             }
         }
+    }
+    // Sent, a pipeline's commands cannot be taken back: one is begun only
+    // if it answers (or times out) while the lease is surely held, or a
+    // relay that took the lease over could be publishing beside it.
+    if Instant::now() + PIPELINE_TIMEOUT > lease_ends {
+        return Pass::Busy;
     }
     let redis = connection.as_mut().expect("connected above");
     let mut pipe = redis::pipe();

@@ -22,6 +22,11 @@
 //! at the first that does not fit, first fit passes it over; a waiting party
 //! leaving can unblock those behind it.
 //!
+//! With `--server-pid`, the server's CPU is metered over the operations
+//! alone (not the events' making before, nor the roster reads after): what
+//! they leave running when the last is answered (the outbox catching up,
+//! `me` updates in flight) falls outside it.
+//!
 //! `--me-watchers N` has each event's first N joiners watch their own
 //! places (`me`) over a WebSocket from before the run; afterwards each must
 //! have been told its place as the model has it: active, offered, waiting
