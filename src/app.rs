@@ -862,8 +862,17 @@ fn jwt_keys(settings: &Settings) -> anyhow::Result<Vec<SecretString>> {
                 // Another process starting on this directory made one
                 // first: theirs it is, so that both sign alike.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => signing_key(settings)
-                    .ok_or_else(|| anyhow::anyhow!("{} holds no key", path.display()))?,
-                Err(e) => return Err(e.into()),
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "{} exists but holds no key of 32 characters or more \
+                             (unreadable or cut short): remove it to have one made",
+                            path.display()
+                        )
+                    })?,
+                Err(e) => {
+                    let making = format!("could not make a development key at {}", path.display());
+                    return Err(anyhow::Error::new(e).context(making));
+                }
             }
         }
     };
@@ -875,7 +884,8 @@ fn jwt_keys(settings: &Settings) -> anyhow::Result<Vec<SecretString>> {
 /// exists (`AlreadyExists`): written and synced under a name of its own
 /// beside it, then linked into place, so that another process starting on
 /// the same data directory finds it whole or not at all, and only one of
-/// two such processes makes it.
+/// two such processes makes it. Where the file system has no hard links,
+/// it is made in place.
 fn write_private_new(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     let beside = path.with_extension(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
@@ -889,7 +899,25 @@ fn write_private_new(path: &std::path::Path, contents: &str) -> std::io::Result<
     });
     let linked = written.and_then(|()| std::fs::hard_link(&beside, path));
     let _ = std::fs::remove_file(&beside);
-    linked
+    match linked {
+        // A file system without hard links (FAT, some shared folders):
+        // made in place, which a reader might meet half written.
+        Err(e) if no_hard_links(&e) => {
+            let mut file = options.open(path)?;
+            file.write_all(contents.as_bytes())?;
+            file.sync_all()
+        }
+        done => done,
+    }
+}
+
+/// Whether a failed link says the file system has no hard links (`EPERM`
+/// on Linux, `ENOTSUP` elsewhere).
+fn no_hard_links(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied
+    )
 }
 
 #[cfg(test)]

@@ -5,8 +5,12 @@
 //!   processes: it holds a lease (`leases` table) that it renews every pass.
 //!   A pipeline is begun only if it answers or times out while the lease
 //!   is surely held, and a pass held up by the database is cut short
-//!   ([`LEASE_MARGIN`]), so that a relay that takes the lease over never
-//!   publishes beside one that still believes it holds it.
+//!   ([`LEASE_MARGIN`]), so that a relay that takes the lease over does
+//!   not publish beside one that still believes it holds it. (Redis may
+//!   still carry out a pipeline it took in long after the relay gave up
+//!   on its answer — after a stall longer than [`PIPELINE_TIMEOUT`] —
+//!   which then lands beside the next relay's: consumers dedupe on
+//!   `message_id`.)
 //! - In order: a batch is the oldest pending rows; it is published in one
 //!   pipeline and then marked published. Delivery is at least once (a crash
 //!   between the two republishes the batch): consumers dedupe on
@@ -79,9 +83,9 @@ const LEASE_MARGIN: Duration = Duration::from_secs(1);
 /// The client's default, half a second, is per request and counts the
 /// whole pipeline: a Redis slowed by an fsync or a trim would be taken
 /// for gone, and the batch it had added published again on every pass.
-/// Well inside what a pass has of its lease (`LEASE_TTL - LEASE_RENEW -
-/// LEASE_MARGIN`).
-const PIPELINE_TIMEOUT: Duration = Duration::from_secs(5);
+/// With a reconnect before it, inside what a pass has of its lease (the
+/// assertion below [`Pass`]).
+const PIPELINE_TIMEOUT: Duration = Duration::from_secs(4);
 /// How long connecting to Redis may take, once per pass.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -248,6 +252,13 @@ async fn relay(
                 backoff(redis_failures)
             }
             Pass::StoreAway => poll.max(Duration::from_secs(1)),
+            Pass::LeaseShort => {
+                // Renewed at once by the next turn (more than LEASE_RENEW
+                // has gone by), unless the database is this slow again.
+                tracing::warn!("the outbox lease was too far gone to publish; renewing it first");
+                metrics::counter!("turnout_outbox_passes_cut_total").increment(1);
+                Duration::ZERO
+            }
         };
         if !pause.is_zero() {
             shutdown.sleep(pause).await;
@@ -262,7 +273,17 @@ enum Pass {
     Idle,
     RedisAway,
     StoreAway,
+    /// Too little of the lease was left to begin a pipeline: renew it
+    /// first.
+    LeaseShort,
 }
+
+// A pass begun as late as the lease allows (LEASE_RENEW after it was
+// taken) can still connect and publish before it runs out.
+const _: () = assert!(
+    LEASE_RENEW.as_secs() + CONNECT_TIMEOUT.as_secs() + PIPELINE_TIMEOUT.as_secs()
+        < LEASE_TTL.as_secs() - LEASE_MARGIN.as_secs()
+);
 
 async fn pass(
     store: &Arc<dyn Store>,
@@ -332,10 +353,11 @@ async fn pass(
         }
     }
     // Sent, a pipeline's commands cannot be taken back: one is begun only
-    // if it answers (or times out) while the lease is surely held, or a
-    // relay that took the lease over could be publishing beside it.
-    if Instant::now() + PIPELINE_TIMEOUT > lease_ends {
-        return Pass::Busy;
+    // if it answers (or times out) while the lease is surely held — the
+    // send may first wait for a reconnect — or a relay that took the lease
+    // over could be publishing beside it.
+    if Instant::now() + CONNECT_TIMEOUT + PIPELINE_TIMEOUT > lease_ends {
+        return Pass::LeaseShort;
     }
     let redis = connection.as_mut().expect("connected above");
     let mut pipe = redis::pipe();
