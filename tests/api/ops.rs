@@ -2,7 +2,7 @@ use reqwest::{Method, StatusCode};
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::{Backend, TestApp, body, spawn_app_with};
+use crate::helpers::{Backend, TestApp, assert_error, body, spawn_app_with};
 use crate::on_both_backends;
 
 on_both_backends!(health_ready_metrics_and_openapi);
@@ -217,6 +217,35 @@ async fn cors_allows_only_listed_origins_and_never_credentials() {
             .headers()
             .get("access-control-allow-origin")
             .is_none()
+    );
+    // Refused in the API's error body, numbered like every other answer.
+    assert!(foreign_preflight.headers().contains_key("x-request-id"));
+    let refused = assert_error(
+        foreign_preflight,
+        StatusCode::BAD_REQUEST,
+        "origin_not_allowed",
+    )
+    .await;
+    assert!(!refused["error"]["request_id"].as_str().unwrap().is_empty());
+    let unlisted_method = app
+        .request(Method::OPTIONS, "/v1/events")
+        .header("Origin", "https://app.example.org")
+        .header("Access-Control-Request-Method", "PUT")
+        .send()
+        .await
+        .unwrap();
+    let refused = assert_error(
+        unlisted_method,
+        StatusCode::BAD_REQUEST,
+        "origin_not_allowed",
+    )
+    .await;
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("method"),
+        "{refused}"
     );
 }
 
