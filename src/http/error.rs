@@ -91,7 +91,12 @@ pub enum ErrorCode {
     OwnerCannotJoin,
     NotVenueOrganizer,
     NotVenueOwner,
+    /// A cross-origin request from an origin not allowed (CORS's
+    /// `http.cors_origins`; a WebSocket's origin check, answered 403).
     OriginNotAllowed,
+    /// A cross-origin preflight asking for a method or headers the CORS
+    /// policy does not allow, or malformed.
+    CorsRefused,
     NotFound,
     MethodNotAllowed,
     AlreadyExists,

@@ -19,7 +19,7 @@ use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use tracing::Instrument;
 
-use super::route_memo::{RouteMemo, request_duration, route_label};
+use super::route_memo::{RouteMemo, route_label};
 use super::{ApiError, ErrorCode};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -80,21 +80,29 @@ fn method_label(method: &Method) -> &'static str {
         .map_or("other", Method::as_str)
 }
 
-/// Whether CORS refused the request: a preflight from an origin not
-/// listed, or asking for a method or header not allowed.
-fn is_cors_refusal<B>(response: &ServiceResponse<B>) -> bool {
-    (response.response().error()).is_some_and(|e| e.as_error::<actix_cors::CorsError>().is_some())
+/// Why CORS refused the request, if it did: a preflight from an origin
+/// not listed, or asking for a method or headers not allowed.
+fn cors_refusal<B>(response: &ServiceResponse<B>) -> Option<&actix_cors::CorsError> {
+    response
+        .response()
+        .error()?
+        .as_error::<actix_cors::CorsError>()
 }
 
-/// The answer to an error an inner middleware returned: a CORS refusal in
-/// the API's error body; any other as it renders itself.
-fn refusal(error: &actix_web::Error) -> HttpResponse {
-    match error.as_error::<actix_cors::CorsError>() {
-        Some(cors) => {
-            ApiError::bad_request(ErrorCode::OriginNotAllowed, cors.to_string()).error_response()
-        }
-        None => error.error_response(),
+/// A CORS refusal in the API's error body, with the `Vary` header CORS
+/// gave it (a cache must not serve it to another origin).
+fn refused<B>(error: &actix_cors::CorsError, response: &ServiceResponse<B>) -> HttpResponse {
+    use actix_cors::CorsError;
+    use actix_web::http::header::VARY;
+    let code = match error {
+        CorsError::OriginNotAllowed | CorsError::MissingOrigin => ErrorCode::OriginNotAllowed,
+        _ => ErrorCode::CorsRefused,
+    };
+    let mut refusal = ApiError::bad_request(code, error.to_string()).error_response();
+    if let Some(vary) = response.headers().get(VARY) {
+        refusal.headers_mut().insert(VARY, vary.clone());
     }
+    refusal
 }
 
 pub async fn middleware(
@@ -149,44 +157,37 @@ pub async fn middleware(
     }
     let started = Instant::now();
 
-    // An inner middleware's error comes with the request gone: answered
-    // here all the same, so that it is counted, logged and numbered as
-    // every other answer is.
-    let answered: Result<ServiceResponse<EitherBody<_>>, HttpResponse> = if method == "other" {
+    let result = if method == "other" {
         let refusal =
             CURRENT.sync_scope(id.clone(), || ApiError::MethodNotAllowed.error_response());
         Ok(req.into_response(refusal).map_into_right_body())
     } else {
-        match CURRENT
+        CURRENT
             .scope(id.clone(), next.call(req).instrument(span.clone()))
             .await
-        {
-            // CORS answers a refused preflight itself, in plain text.
-            Ok(response) if is_cors_refusal(&response) => {
-                let error = response.response().error().expect("a refusal");
-                let refusal = CURRENT.sync_scope(id.clone(), || refusal(error));
-                Ok(response.into_response(refusal).map_into_right_body())
-            }
-            Ok(response) => Ok(response.map_into_left_body()),
-            Err(error) => Err(CURRENT.sync_scope(id.clone(), || refusal(&error))),
-        }
+            .map(|response| match cors_refusal(&response) {
+                // CORS answers a refused preflight itself, in plain text.
+                Some(error) => {
+                    let refusal = CURRENT.sync_scope(id.clone(), || refused(error, &response));
+                    response.into_response(refusal).map_into_right_body()
+                }
+                None => response.map_into_left_body(),
+            })
     };
     let elapsed = started.elapsed();
-    let status = match &answered {
-        Ok(response) => response.status(),
-        Err(refusal) => refusal.status(),
-    }
-    .as_u16();
+    let mut response = result?;
+    let status = response.status().as_u16();
     span.record("http.response.status_code", status);
     if status >= 500 {
         span.record("otel.status_code", "ERROR");
     }
-    let id = HeaderValue::from_str(&id).expect("request ids are sane header values");
-    let latency = match &answered {
-        Ok(response) => route_memo(response.request()).latency(matched.as_ref(), method, status),
-        Err(_) => request_duration(matched.as_ref(), method, status),
-    };
-    latency.record(elapsed.as_secs_f64());
+    response.headers_mut().insert(
+        REQUEST_ID,
+        HeaderValue::from_str(&id).expect("request ids are sane header values"),
+    );
+    route_memo(response.request())
+        .latency(matched.as_ref(), method, status)
+        .record(elapsed.as_secs_f64());
     span.in_scope(|| {
         if status >= 500 {
             tracing::warn!(
@@ -202,14 +203,5 @@ pub async fn middleware(
             );
         }
     });
-    match answered {
-        Ok(mut response) => {
-            response.headers_mut().insert(REQUEST_ID, id);
-            Ok(response)
-        }
-        Err(mut refusal) => {
-            refusal.headers_mut().insert(REQUEST_ID, id);
-            Err(actix_web::error::InternalError::from_response("refused", refusal).into())
-        }
-    }
+    Ok(response)
 }

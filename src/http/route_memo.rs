@@ -62,7 +62,8 @@ impl RouteMemo {
         if let Some(histogram) = self.latencies.borrow().get(&key) {
             return histogram.clone();
         }
-        let histogram = request_duration(route, method, status);
+        let histogram = metrics::histogram!("turnout_http_request_duration_seconds",
+            "route" => route_label(route).to_owned(), "method" => method, "status" => status.to_string());
         self.latencies.borrow_mut().insert(key, histogram.clone());
         histogram
     }
@@ -72,17 +73,6 @@ impl RouteMemo {
     fn paths(&self) -> usize {
         self.patterns.borrow().len()
     }
-}
-
-/// The latency histogram of requests to `route` by `method` answered
-/// `status` (what [`RouteMemo::latency`] keeps a handle to).
-pub fn request_duration(
-    route: Option<&Arc<str>>,
-    method: &'static str,
-    status: u16,
-) -> metrics::Histogram {
-    metrics::histogram!("turnout_http_request_duration_seconds",
-        "route" => route_label(route).to_owned(), "method" => method, "status" => status.to_string())
 }
 
 /// A route as a label: its pattern, or `unmatched`.
