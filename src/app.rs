@@ -889,24 +889,22 @@ fn jwt_keys(settings: &Settings) -> anyhow::Result<Vec<SecretString>> {
 fn write_private_new(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     let beside = path.with_extension(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let written = options.open(&beside).and_then(|mut file| {
+    let make = |at: &std::path::Path| {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(at)?;
         file.write_all(contents.as_bytes())?;
         file.sync_all()
-    });
-    let linked = written.and_then(|()| std::fs::hard_link(&beside, path));
+    };
+    make(&beside)?;
+    let linked = std::fs::hard_link(&beside, path);
     let _ = std::fs::remove_file(&beside);
     match linked {
         // A file system without hard links (FAT, some shared folders):
         // made in place, which a reader might meet half written.
-        Err(e) if no_hard_links(&e) => {
-            let mut file = options.open(path)?;
-            file.write_all(contents.as_bytes())?;
-            file.sync_all()
-        }
+        Err(e) if no_hard_links(&e) => make(path),
         done => done,
     }
 }
