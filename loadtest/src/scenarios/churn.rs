@@ -485,7 +485,6 @@ async fn churn_event(
         mut watched,
     } = plan;
     let mut rng = StdRng::seed_from_u64(args.seed.wrapping_add(index as u64));
-    let mut model = EventModel::with_rules(args.capacity as usize, rules);
     let mut tokens: BTreeMap<Uuid, String> = BTreeMap::new();
     let mut worker = Worker {
         latency: latency_histogram(),
@@ -497,12 +496,13 @@ async fn churn_event(
         watched: HashMap::new(),
         event,
         name: format!("event {index} ({rules:?})"),
-        model: EventModel::default(),
+        model: EventModel::with_rules(args.capacity as usize, rules),
     };
     // Each watched joiner, once joined; where they ended, if they left.
     let mut watched_joined: Vec<Uuid> = Vec::new();
     let mut ended: HashMap<Uuid, &'static str> = HashMap::new();
     let name = worker.name.clone();
+    let model = &mut worker.model;
     for _ in 0..args.ops {
         bar.inc(1);
         // Draws nothing more than before parties and offers unless they are
@@ -652,7 +652,6 @@ async fn churn_event(
             Some((user, standing))
         })
         .collect();
-    worker.model = model;
     Ok(worker)
 }
 
