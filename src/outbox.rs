@@ -3,28 +3,28 @@
 //!
 //! - One relay at a time per database, whatever the number of server
 //!   processes: it holds a lease (`leases` table) that it renews every pass.
-//!   A pipeline is begun only if it answers or times out while the lease
-//!   is surely held, and a pass held up by the database is cut short
-//!   ([`LEASE_MARGIN`]), so that a relay that takes the lease over does
-//!   not publish beside one that still believes it holds it. (Redis may
-//!   still carry out a pipeline it took in long after the relay gave up
-//!   on its answer — after a stall longer than [`PIPELINE_TIMEOUT`] —
-//!   which then lands beside the next relay's: consumers dedupe on
-//!   `message_id`.)
-//! - In order: a batch is the oldest pending rows; it is published in one
-//!   pipeline and then marked published. Delivery is at least once (a crash
-//!   between the two republishes the batch): consumers dedupe on
-//!   `message_id` (see `inbox`). Redis runs each command of a pipeline on
-//!   its own, so where it refuses one row of a batch (below), the rows
-//!   behind it are in the stream already, and go again when the batch is
-//!   retried: a row refused can be overtaken by those behind it.
+//!   Its epoch fences Redis: a batch is published by a script
+//!   ([`PUBLISH`]) that Redis runs whole, and that refuses a relay whose
+//!   epoch is below the highest it has seen (kept at
+//!   `<stream_prefix>outbox-relay-fence`). So once a relay that took the
+//!   lease over has published, nothing from the one before it lands, even
+//!   a batch Redis took in before a long stall and runs after it. The
+//!   timing keeps that from happening at all as a rule: a batch is sent
+//!   only if it answers or times out while the lease is surely held, and
+//!   a pass held up by the database is cut short ([`LEASE_MARGIN`]).
+//! - In order: a batch is the oldest pending rows; the script adds them to
+//!   their streams in id order, stops at the first row Redis refuses
+//!   (below), and the rows it added are then marked published. Delivery
+//!   is at least once (a crash between the two republishes the batch):
+//!   consumers dedupe on `message_id` (see `inbox`).
 //! - Redis unreachable: nothing is counted against the rows; the relay backs
 //!   off (exponentially, to 30 s) and the outbox grows until Redis returns,
 //!   then drains in order.
 //! - Redis refusing a row for what it holds: the rows before it are marked
-//!   published; its attempt count rises and it is retried with backoff;
-//!   after `max_attempts` it is marked dead (listed and replayed through the
-//!   admin API) and the rows behind it move on. Redis refusing for its own
+//!   published, none behind it was added; its attempt count rises and it
+//!   is retried with backoff; after `max_attempts` it is marked dead
+//!   (listed and replayed through the admin API) and the rows behind it
+//!   move on. Redis refusing for its own
 //!   state (out of memory, loading, a replica) charges no row.
 //! - A stream keeps what `outbox.retention_hours` keeps of the outbox and the
 //!   inbox, and no longer (`trim_stream`, with the purge): a redelivery,
@@ -178,11 +178,12 @@ async fn relay(
     let poll = Duration::from_millis(settings.poll_ms);
     let mut connection: Option<ConnectionManager> = None;
     let mut redis_failures = 0u32;
-    let mut lease: Option<Instant> = None;
+    // When the lease was last asked for and taken, and its epoch.
+    let mut lease: Option<(Instant, i64)> = None;
     while !shutdown.is_requested() {
         let asked = Instant::now();
         let held = match lease {
-            Some(renewed) if renewed.elapsed() < LEASE_RENEW => true,
+            Some((renewed, _)) if renewed.elapsed() < LEASE_RENEW => true,
             // By the database's clock, as the cluster's leases: another
             // node's clock running ahead must not take a lease still held.
             _ => match async {
@@ -193,13 +194,13 @@ async fn relay(
             }
             .await
             {
-                Ok(true) => {
+                Ok(Some(epoch)) => {
                     // From when it was asked: a slow answer shortens the
                     // time the lease is believed, never lengthens it.
-                    lease = Some(asked);
+                    lease = Some((asked, epoch));
                     true
                 }
-                Ok(false) => {
+                Ok(None) => {
                     lease = None;
                     false
                 }
@@ -211,20 +212,17 @@ async fn relay(
             },
         };
         relaying.store(held, Ordering::Relaxed);
-        let Some(asked) = lease.filter(|_| held) else {
+        let Some((asked, epoch)) = lease.filter(|_| held) else {
             shutdown.sleep(poll.max(Duration::from_secs(1))).await;
             continue;
         };
-        let lease_ends = asked + LEASE_TTL - LEASE_MARGIN;
+        let held = Held {
+            epoch,
+            ends: asked + LEASE_TTL - LEASE_MARGIN,
+        };
         let passed = tokio::time::timeout_at(
-            lease_ends.into(),
-            pass(
-                &store,
-                client.as_ref(),
-                &mut connection,
-                &settings,
-                lease_ends,
-            ),
+            held.ends.into(),
+            pass(&store, client.as_ref(), &mut connection, &settings, held),
         )
         .await;
         let Ok(passed) = passed else {
@@ -259,6 +257,20 @@ async fn relay(
                 metrics::counter!("turnout_outbox_passes_cut_total").increment(1);
                 Duration::ZERO
             }
+            Pass::Fenced { fence } => {
+                // Another relay took the lease over and published, or the
+                // fence is a relay's of another database publishing to
+                // these streams (an operator's mistake, said so here).
+                tracing::error!(
+                    epoch,
+                    fence,
+                    "redis refused the outbox relay: a relay with a later lease epoch has published \
+                     to these streams; this one asks for the lease again"
+                );
+                metrics::counter!("turnout_outbox_fenced_total").increment(1);
+                lease = None;
+                poll.max(Duration::from_secs(1))
+            }
         };
         if !pause.is_zero() {
             shutdown.sleep(pause).await;
@@ -273,9 +285,23 @@ enum Pass {
     Idle,
     RedisAway,
     StoreAway,
-    /// Too little of the lease was left to begin a pipeline: renew it
-    /// first.
+    /// Too little of the lease was left to send a batch: renew it first.
     LeaseShort,
+    /// Redis refused the batch: a relay with a later epoch (`fence`) has
+    /// published.
+    Fenced {
+        fence: i64,
+    },
+}
+
+/// The lease a pass runs under.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    /// Its fencing token (see [`PUBLISH`]).
+    epoch: i64,
+    /// When the pass must be over: another relay may take the lease from
+    /// [`LEASE_MARGIN`] later.
+    ends: Instant,
 }
 
 // A pass begun as late as the lease allows (LEASE_RENEW after it was
@@ -290,7 +316,7 @@ async fn pass(
     client: Option<&redis::Client>,
     connection: &mut Option<ConnectionManager>,
     settings: &OutboxSettings,
-    lease_ends: Instant,
+    held: Held,
 ) -> Pass {
     let now = now_micros();
     let rows = match store.outbox(OutboxStatus::Pending, 0, settings.batch).await {
@@ -352,51 +378,146 @@ async fn pass(
             }
         }
     }
-    // Sent, a pipeline's commands cannot be taken back: one is begun only
-    // if it answers (or times out) while the lease is surely held — the
-    // send may first wait for a reconnect — or a relay that took the lease
-    // over could be publishing beside it.
-    if Instant::now() + CONNECT_TIMEOUT + PIPELINE_TIMEOUT > lease_ends {
+    // Sent, a batch cannot be taken back: one is sent only if it answers
+    // (or times out) while the lease is surely held — the send may first
+    // wait for a reconnect — so that as a rule the fence has nothing to
+    // refuse.
+    if Instant::now() + CONNECT_TIMEOUT + PIPELINE_TIMEOUT > held.ends {
         return Pass::LeaseShort;
     }
     let redis = connection.as_mut().expect("connected above");
-    let mut pipe = redis::pipe();
-    for (row, traceparent) in rows.iter().zip(&traces) {
-        pipe.cmd("XADD")
-            .arg(format!("{}{}", settings.stream_prefix, row.topic))
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(settings.stream_max_len)
-            .arg("*")
-            .arg(fields(row, traceparent.as_deref()))
-            .ignore();
-    }
     let started = Instant::now();
-    match pipe.query_async::<()>(redis).await {
-        Ok(()) => {
-            metrics::histogram!("turnout_outbox_pipeline_seconds")
-                .record(started.elapsed().as_secs_f64());
-            mark_published(store, &rows, settings).await
+    let outcome = match publish(
+        redis,
+        &settings.stream_prefix,
+        held.epoch,
+        &rows,
+        &traces,
+        settings.stream_max_len,
+    )
+    .await
+    {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            // Nothing in the batch is to blame (the script checks each row
+            // itself): Redis unreachable, slow, or refusing for its state.
+            tracing::warn!(error = ?error.kind(), code = error.code(), "redis is away; the outbox waits");
+            *connection = None;
+            return Pass::RedisAway;
         }
-        Err(error) => match refusal(&error) {
-            Refusal::RedisAway(code) => {
-                tracing::warn!(error = ?error.kind(), code, "redis is away; the outbox waits");
-                *connection = None;
-                Pass::RedisAway
+    };
+    metrics::histogram!("turnout_outbox_pipeline_seconds").record(started.elapsed().as_secs_f64());
+    match outcome {
+        Published::All => mark_published(store, &rows, settings).await,
+        Published::Fenced { fence } => Pass::Fenced { fence },
+        Published::Stopped { added, error } => {
+            // The rows before the one refused are in their streams.
+            let added = added.min(rows.len() - 1);
+            if added > 0
+                && let Pass::StoreAway = mark_published(store, &rows[..added], settings).await
+            {
+                return Pass::StoreAway;
             }
-            Refusal::Row { index, code } => {
-                // The rows before the one refused are in the stream.
-                let index = index.min(rows.len() - 1);
-                let (added, refused) = (&rows[..index], &rows[index]);
-                if !added.is_empty()
-                    && let Pass::StoreAway = mark_published(store, added, settings).await
-                {
-                    return Pass::StoreAway;
+            match blame(&error) {
+                Blame::Redis(code) => {
+                    tracing::warn!(code, "redis is away; the outbox waits");
+                    Pass::RedisAway
                 }
-                charge(store, refused, &code, settings).await
+                Blame::Row(code) => charge(store, &rows[added], code, settings).await,
             }
-        },
+        }
     }
+}
+
+/// The relay's batch, run whole by Redis. The fence first: a relay whose
+/// lease epoch is below the highest seen is refused before it adds
+/// anything; a higher one is recorded. Then each row to its stream, in
+/// order, stopping at the first that Redis refuses, with its error.
+///
+/// `KEYS[1]` the fence, `KEYS[2..]` each row's stream; `ARGV[1]` the
+/// epoch, `ARGV[2]` the streams' cap, `ARGV[3]` how many fields (names and
+/// values) a row has, then each row's. Answers `{what, n, error}`:
+/// `added` and how many, `stopped` after `n` added and the refusal, or
+/// `fenced` and the fence.
+static PUBLISH: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local fence = tonumber(redis.call('GET', KEYS[1]) or '0')
+local epoch = tonumber(ARGV[1])
+if epoch < fence then
+  return {'fenced', fence, ''}
+end
+if epoch > fence then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+local per = tonumber(ARGV[3])
+local at = 4
+for i = 2, #KEYS do
+  local xadd = {'XADD', KEYS[i], 'MAXLEN', '~', ARGV[2], '*'}
+  for j = at, at + per - 1 do
+    xadd[#xadd + 1] = ARGV[j]
+  end
+  at = at + per
+  local added = redis.pcall(unpack(xadd))
+  if type(added) == 'table' and added.err then
+    return {'stopped', i - 2, added.err}
+  end
+end
+return {'added', #KEYS - 1, ''}
+",
+    )
+});
+
+/// What Redis did with a batch ([`PUBLISH`]).
+#[derive(Debug, PartialEq, Eq)]
+enum Published {
+    /// Every row is in its stream.
+    All,
+    /// The first `added` rows are in their streams; the next was refused
+    /// with `error` (Redis's, its code first) and none after it was tried.
+    Stopped { added: usize, error: String },
+    /// A relay whose lease epoch is `fence`, later than this one's, has
+    /// published: nothing was added.
+    Fenced { fence: i64 },
+}
+
+/// Publishes `rows` (with their traces) under lease `epoch`.
+async fn publish(
+    redis: &mut impl redis::aio::ConnectionLike,
+    prefix: &str,
+    epoch: i64,
+    rows: &[OutboxMessage],
+    traces: &[Option<String>],
+    max_len: usize,
+) -> redis::RedisResult<Published> {
+    let mut invocation = PUBLISH.key(fence_key(prefix));
+    invocation.arg(epoch).arg(max_len).arg(2 * FIELDS);
+    for (row, traceparent) in rows.iter().zip(traces) {
+        invocation.key(format!("{prefix}{}", row.topic));
+        for (name, value) in fields(row, traceparent.as_deref()) {
+            invocation.arg(name).arg(value);
+        }
+    }
+    let (what, n, error): (String, i64, String) = invocation.invoke_async(redis).await?;
+    match what.as_str() {
+        "added" => Ok(Published::All),
+        "stopped" => Ok(Published::Stopped {
+            added: usize::try_from(n).unwrap_or(0),
+            error,
+        }),
+        "fenced" => Ok(Published::Fenced { fence: n }),
+        _ => Err(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "the outbox script answered something it never answers",
+            what,
+        ))),
+    }
+}
+
+/// Where Redis keeps the highest lease epoch of a relay that published to
+/// the streams of `prefix`.
+pub fn fence_key(prefix: &str) -> String {
+    format!("{prefix}outbox-relay-fence")
 }
 
 /// Counts a failed publish against `row`, which goes dead after
@@ -434,38 +555,22 @@ async fn charge(
     }
 }
 
-/// Why Redis did not take a batch.
-#[derive(Debug, PartialEq, Eq)]
-enum Refusal {
-    /// For its own state: see [`redis_away`]. With the error code, if any.
-    RedisAway(Option<String>),
-    /// For what the row at `index` of the batch holds.
-    Row { index: usize, code: String },
+/// Who is to blame for a row Redis refused inside a batch, by its `error`
+/// (Redis's message, its code first): Redis's own state ([`redis_away`])
+/// or the row, with the code.
+fn blame(error: &str) -> Blame<'_> {
+    let code = error.split_whitespace().next().unwrap_or_default();
+    if redis_away(code) {
+        Blame::Redis(code)
+    } else {
+        Blame::Row(code)
+    }
 }
 
-/// What a failed pipeline says. A pipeline's failure carries the error of
-/// each command refused, with its place in the batch: the code of one
-/// alone (`RedisError::code`) is known only for the codes redis-rs names,
-/// and `OOM` or `MISCONF` are not among them.
-fn refusal(error: &redis::RedisError) -> Refusal {
-    let transport = error.is_io_error()
-        || error.is_connection_dropped()
-        || error.is_connection_refusal()
-        || error.is_timeout();
-    let refused = match error.clone().into_server_errors() {
-        Some(refused) if !transport => refused,
-        _ => return Refusal::RedisAway(error.code().map(str::to_owned)),
-    };
-    if let Some((_, outage)) = refused.iter().find(|(_, e)| redis_away(e.code())) {
-        return Refusal::RedisAway(Some(outage.code().to_owned()));
-    }
-    match refused.iter().min_by_key(|(index, _)| *index) {
-        Some((index, first)) => Refusal::Row {
-            index: *index,
-            code: first.code().to_owned(),
-        },
-        None => Refusal::RedisAway(None),
-    }
+#[derive(Debug, PartialEq, Eq)]
+enum Blame<'a> {
+    Redis(&'a str),
+    Row(&'a str),
 }
 
 /// Whether an error `code` says Redis refuses for its own state, not for
@@ -541,11 +646,14 @@ fn publish_span(row: &OutboxMessage) -> Option<tracing::Span> {
     Some(crate::telemetry::following(span, traceparent))
 }
 
+/// How many fields a stream entry has.
+const FIELDS: usize = 9;
+
 /// The stream entry: the fact, when it was committed (unix µs) and where it
 /// came from: the request that caused it, and the trace of its publishing
 /// (W3C `traceparent`, empty when traces are off) for its consumers.
-fn fields(row: &OutboxMessage, traceparent: Option<&str>) -> Vec<(&'static str, String)> {
-    vec![
+fn fields(row: &OutboxMessage, traceparent: Option<&str>) -> [(&'static str, String); FIELDS] {
+    [
         ("outbox_id", row.id.to_string()),
         ("message_id", row.message_id.to_string()),
         ("event_type", row.event_type.clone()),
@@ -661,50 +769,161 @@ async fn purge(
 mod tests {
     use super::*;
 
-    /// What a real Redis's pipeline failure says, for a batch of a
-    /// command that succeeds and one answered with the error `reply`
-    /// (`CODE message`). Runs when `TURNOUT_TEST_REDIS_URL` is set.
-    async fn pipeline_refused_with(reply: &str) -> Option<Refusal> {
+    /// A connection to the test Redis and a prefix of the test's own;
+    /// `None` unless `TURNOUT_TEST_REDIS_URL` is set.
+    async fn test_redis() -> Option<(redis::aio::MultiplexedConnection, String)> {
         let Some(url) = std::env::var("TURNOUT_TEST_REDIS_URL")
             .ok()
             .filter(|u| !u.is_empty())
         else {
-            eprintln!("TURNOUT_TEST_REDIS_URL is not set: skipping a real pipeline's refusal");
+            eprintln!("TURNOUT_TEST_REDIS_URL is not set: skipping a real Redis's answers");
             return None;
         };
         let client = redis::Client::open(url).unwrap();
-        let mut redis = client.get_multiplexed_async_connection().await.unwrap();
-        let mut pipe = redis::pipe();
-        pipe.cmd("PING").ignore();
-        pipe.cmd("EVAL")
-            .arg("return redis.error_reply(ARGV[1])")
-            .arg(0)
-            .arg(reply)
-            .ignore();
-        let error = pipe.query_async::<()>(&mut redis).await.unwrap_err();
-        Some(refusal(&error))
+        let redis = client.get_multiplexed_async_connection().await.unwrap();
+        Some((redis, format!("outbox-test-{}:", Uuid::now_v7())))
     }
 
-    #[tokio::test]
-    async fn an_outage_answered_as_an_error_charges_no_row() {
-        for code in ["LOADING", "OOM", "MISCONF", "READONLY", "NOREPLICAS"] {
-            let reply = format!("{code} Redis cannot take writes now");
-            let Some(refusal) = pipeline_refused_with(&reply).await else {
-                return;
-            };
-            assert_eq!(refusal, Refusal::RedisAway(Some(code.to_owned())));
+    fn row(id: i64, topic: &str) -> OutboxMessage {
+        OutboxMessage {
+            id,
+            message_id: Uuid::now_v7(),
+            topic: topic.to_owned(),
+            aggregate_id: Uuid::now_v7(),
+            stream_version: id,
+            event_type: "MemberJoined".to_owned(),
+            payload: format!("{{\"row\":{id}}}"),
+            request_id: None,
+            traceparent: None,
+            attempts: 0,
+            next_attempt_at: 0,
+            last_error: None,
+            created_at: id,
         }
     }
 
+    /// The `outbox_id`s in a stream, in its order.
+    async fn published_ids(
+        redis: &mut redis::aio::MultiplexedConnection,
+        stream: &str,
+    ) -> Vec<i64> {
+        let entries: redis::streams::StreamRangeReply = redis.xrange_all(stream).await.unwrap();
+        entries
+            .ids
+            .iter()
+            .map(|entry| entry.get::<String>("outbox_id").unwrap().parse().unwrap())
+            .collect()
+    }
+
     #[tokio::test]
-    async fn a_refusal_of_a_message_is_charged_to_that_message() {
-        for code in ["WRONGTYPE", "ERR"] {
-            let reply = format!("{code} Operation against a key holding the wrong kind of value");
-            let Some(refusal) = pipeline_refused_with(&reply).await else {
-                return;
-            };
-            let code = code.to_owned();
-            assert_eq!(refusal, Refusal::Row { index: 1, code });
+    async fn a_batch_stops_at_the_row_redis_refuses() {
+        let Some((mut redis, prefix)) = test_redis().await else {
+            return;
+        };
+        // A key of another type where the third row's stream should be.
+        let _: () = redis
+            .set(format!("{prefix}broken"), "not a stream")
+            .await
+            .unwrap();
+        let rows = [
+            row(1, "events"),
+            row(2, "events"),
+            row(3, "broken"),
+            row(4, "events"),
+        ];
+        let traces = vec![None; rows.len()];
+
+        let outcome = publish(&mut redis, &prefix, 10, &rows, &traces, 1000)
+            .await
+            .unwrap();
+
+        let Published::Stopped { added, error } = outcome else {
+            panic!("the batch went through a key of another type: {outcome:?}");
+        };
+        assert_eq!(added, 2);
+        assert_eq!(blame(&error), Blame::Row("WRONGTYPE"), "{error}");
+        let stream = format!("{prefix}events");
+        assert_eq!(
+            published_ids(&mut redis, &stream).await,
+            [1, 2],
+            "nothing behind the refused row"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_relay_behind_the_fence_publishes_nothing() {
+        let Some((mut redis, prefix)) = test_redis().await else {
+            return;
+        };
+        let stream = format!("{prefix}events");
+        let traces = [None];
+
+        let first = publish(&mut redis, &prefix, 10, &[row(1, "events")], &traces, 1000).await;
+        assert_eq!(first.unwrap(), Published::All);
+        let late = publish(&mut redis, &prefix, 9, &[row(2, "events")], &traces, 1000).await;
+        assert_eq!(
+            late.unwrap(),
+            Published::Fenced { fence: 10 },
+            "an earlier epoch is fenced off"
+        );
+        let again = publish(&mut redis, &prefix, 10, &[row(3, "events")], &traces, 1000).await;
+        assert_eq!(
+            again.unwrap(),
+            Published::All,
+            "the fence's own epoch goes on"
+        );
+        let next = publish(&mut redis, &prefix, 11, &[row(4, "events")], &traces, 1000).await;
+        assert_eq!(
+            next.unwrap(),
+            Published::All,
+            "a later epoch raises the fence"
+        );
+        let late = publish(&mut redis, &prefix, 10, &[row(5, "events")], &traces, 1000).await;
+        assert_eq!(late.unwrap(), Published::Fenced { fence: 11 });
+
+        assert_eq!(published_ids(&mut redis, &stream).await, [1, 3, 4]);
+        let fence: i64 = redis.get(fence_key(&prefix)).await.unwrap();
+        assert_eq!(fence, 11);
+    }
+
+    #[test]
+    fn an_outage_answered_as_an_error_charges_no_row() {
+        for (error, code) in [
+            ("LOADING Redis is loading the dataset in memory", "LOADING"),
+            (
+                "OOM command not allowed when used memory > 'maxmemory'.",
+                "OOM",
+            ),
+            (
+                "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.",
+                "MISCONF",
+            ),
+            (
+                "READONLY You can't write against a read only replica.",
+                "READONLY",
+            ),
+            (
+                "NOREPLICAS Not enough good replicas to write.",
+                "NOREPLICAS",
+            ),
+        ] {
+            assert_eq!(blame(error), Blame::Redis(code));
+        }
+    }
+
+    #[test]
+    fn a_refusal_of_a_message_is_charged_to_that_message() {
+        for (error, code) in [
+            (
+                "WRONGTYPE Operation against a key holding the wrong kind of value",
+                "WRONGTYPE",
+            ),
+            (
+                "ERR The ID specified in XADD is equal or smaller than the target stream top item",
+                "ERR",
+            ),
+        ] {
+            assert_eq!(blame(error), Blame::Row(code));
         }
     }
 }

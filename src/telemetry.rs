@@ -254,6 +254,8 @@ const COUNTED_FROM_START: &[&str] = &[
     "turnout_me_follow_reads_total",
     "turnout_me_gaps_total",
     "turnout_outbox_dead_total",
+    "turnout_outbox_fenced_total",
+    "turnout_outbox_passes_cut_total",
     "turnout_outbox_published_total",
     "turnout_recs_lists_pushed_total",
     "turnout_ws_channel_load_failures_total",

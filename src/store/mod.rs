@@ -454,15 +454,18 @@ pub trait Membership: Send + Sync {
 /// The outbox relay's rows and lease, and the consumers' inbox.
 #[async_trait]
 pub trait OutboxRelay: Send + Sync {
-    /// Takes or renews the named lease for `holder` until `now + ttl`; false
-    /// while another holder's lease runs.
+    /// Takes or renews the named lease for `holder` until `now + ttl`; its
+    /// epoch, or `None` while another holder's lease runs. The epoch stays
+    /// while one holder renews, and rises each time the lease changes
+    /// hands, to `now` at least: a fencing token that also orders the
+    /// holders of a database made afresh after those of the one before.
     async fn take_lease(
         &self,
         name: &str,
         holder: &str,
         now: i64,
         ttl_micros: i64,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Option<i64>, StoreError>;
 
     /// Outbox rows with the status, in id order, after the id `after`.
     async fn outbox(

@@ -13,7 +13,7 @@ use turnout::store::OutboxStatus;
 use uuid::Uuid;
 
 use crate::helpers::{
-    Backend, EVENTUALLY, TcpProxy, TestApp, User, body, redis_address, redis_connection,
+    Backend, EVENTUALLY, TcpProxy, TestApp, User, body, metric, redis_address, redis_connection,
     spawn_app_with, wait_until,
 };
 
@@ -387,6 +387,72 @@ async fn two_servers_on_one_database_publish_every_fact_once_in_order() {
         "once each, in order: {ids:?}"
     );
     delete(&mut check, &key).await;
+}
+
+/// A relay whose lease epoch is below the fence Redis keeps publishes
+/// nothing, says so, and leaves its rows pending; once the fence is its own
+/// (here an operator deletes one left by another database), the rows go
+/// out in order.
+#[actix_web::test]
+async fn a_relay_behind_the_fence_publishes_nothing_until_it_is_lifted() {
+    let Some(url) = redis_url() else { return };
+    let mut check = redis_connection(&url).await;
+    let (prefix, key) = fresh_stream();
+    let fence = turnout::outbox::fence_key(&prefix);
+    // Above any epoch a lease taken today can have (unix µs).
+    let _: () = redis::cmd("SET")
+        .arg(&fence)
+        .arg(9_000_000_000_000_000_i64)
+        .query_async(&mut check)
+        .await
+        .unwrap();
+    let app = spawn_app_with(backend(), |s| {
+        s.redis_url = Some(SecretString::from(url.clone()));
+        s.outbox.stream_prefix = prefix.clone();
+    })
+    .await
+    .unwrap();
+    let store = app.store().await;
+    let event = app.published_event(&app.user(), 10).await;
+    assert!(app.join(&app.user(), event).await.status().is_success());
+
+    wait_until(EVENTUALLY, "the relay was fenced off", || {
+        let app = app.clone();
+        async move {
+            metric(&app.metrics().await, "turnout_outbox_fenced_total").is_some_and(|n| n >= 1.0)
+        }
+    })
+    .await;
+    assert!(
+        stream(&mut check, &key).await.is_empty(),
+        "nothing published past the fence"
+    );
+    assert_eq!(
+        store.outbox_counts().await.unwrap(),
+        (3, 0),
+        "created, published, joined: pending"
+    );
+
+    delete(&mut check, &fence).await;
+    wait_until(EVENTUALLY, "the outbox drained", || {
+        let store = Arc::clone(&store);
+        async move { store.outbox_counts().await.unwrap().0 == 0 }
+    })
+    .await;
+    let types: Vec<String> = stream(&mut check, &key)
+        .await
+        .iter()
+        .map(|(_, f)| field(f, "event_type").to_owned())
+        .collect();
+    assert_eq!(types, ["created", "published", "joined"]);
+    let raised: i64 = redis::cmd("GET")
+        .arg(&fence)
+        .query_async(&mut check)
+        .await
+        .unwrap();
+    assert!(raised > 0, "the relay's epoch is the fence now");
+    delete(&mut check, &key).await;
+    delete(&mut check, &fence).await;
 }
 
 /// A stream keeps no entry older than the retention: its consumers' inbox

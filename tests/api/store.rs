@@ -1104,7 +1104,9 @@ async fn lease_renewals_never_deadlock_with_commits(backend: Backend) {
 
 /// The outbox relay's lease (on SQLite written through the journal's
 /// connection): one holder at a time, renewed by its holder, taken by
-/// another only once it ran out.
+/// another only once it ran out; its epoch (the relay's fencing token)
+/// kept by a renewal, raised by each change of hands, never below the
+/// time it changed hands.
 async fn the_relay_lease_has_one_holder_until_it_runs_out(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let Some((store, _)) = open(backend, &dir).await else {
@@ -1121,12 +1123,40 @@ async fn the_relay_lease_has_one_holder_until_it_runs_out(backend: Backend) {
                 .unwrap()
         }
     };
-    assert!(take("a", now).await, "a free lease is taken");
-    assert!(!take("b", now + 1).await, "held by a: b is refused");
-    assert!(take("a", now + 2).await, "its holder renews it");
-    assert!(!take("b", now + ttl).await, "renewed: still a's");
-    assert!(take("b", now + 2 + ttl + 1).await, "run out: b takes it");
-    assert!(!take("a", now + 2 + ttl + 2).await, "now a is refused");
+    let first = take("a", now).await.expect("a free lease is taken");
+    assert_eq!(first, now, "a lease's first epoch is when it was taken");
+    assert_eq!(take("b", now + 1).await, None, "held by a: b is refused");
+    assert_eq!(
+        take("a", now + 2).await,
+        Some(first),
+        "its holder renews it, at its epoch"
+    );
+    assert_eq!(take("b", now + ttl).await, None, "renewed: still a's");
+    let second = take("b", now + 2 + ttl + 1)
+        .await
+        .expect("run out: b takes it");
+    assert_eq!(
+        second,
+        now + 2 + ttl + 1,
+        "taken over, at the time it changed hands"
+    );
+    assert_eq!(take("a", now + 2 + ttl + 2).await, None, "now a is refused");
+    // The database's clock stepped back while b renewed: its lease runs
+    // out before the time of its epoch, and the next epoch still rises.
+    let back = now - 5 * ttl;
+    assert_eq!(
+        take("b", back).await,
+        Some(second),
+        "renewed on a clock stepped back"
+    );
+    let third = take("a", back + ttl + 1)
+        .await
+        .expect("run out: a takes it");
+    assert_eq!(
+        third,
+        second + 1,
+        "above b's, though the clock is behind it"
+    );
 }
 
 /// The journal's own Postgres connection, closed under it by the server,

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use rusqlite::TransactionBehavior;
+use rusqlite::{OptionalExtension, TransactionBehavior};
 use sqlx::{Postgres, QueryBuilder, Sqlite};
 use turnout_actors::store::StoreError;
 use uuid::Uuid;
@@ -19,10 +19,16 @@ const ADD_DAILY_FACTS: &str = "INSERT INTO daily_facts (day, event_type, facts) 
      VALUES ($1, $2, $3) ON CONFLICT (day, event_type) DO UPDATE SET facts = daily_facts.facts + $3";
 
 /// Takes or renews lease `$1` for holder `$2` until `$3`, if the holder
-/// has it or it ran out before `$4`.
-const TAKE_LEASE: &str = "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
-     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
-     WHERE leases.holder = excluded.holder OR leases.expires_at < $4";
+/// has it or it ran out before `$4` (the database's time now); its epoch,
+/// or no row when another holder's lease runs. Renewed, the epoch stays;
+/// taken by another holder, it rises, to `$4` at least (see migration 0020).
+const TAKE_LEASE: &str = "INSERT INTO leases (name, holder, expires_at, epoch) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at, \
+     epoch = CASE WHEN leases.holder = excluded.holder THEN leases.epoch \
+                  WHEN leases.epoch + 1 > excluded.epoch THEN leases.epoch + 1 \
+                  ELSE excluded.epoch END \
+     WHERE leases.holder = excluded.holder OR leases.expires_at < $4 \
+     RETURNING epoch";
 
 /// The inbox name of the daily-facts consumer.
 const DAILY_FACTS_HANDLER: &str = "daily-facts";
@@ -76,7 +82,7 @@ macro_rules! impl_relay {
 
         #[async_trait]
         impl OutboxRelay for SqlStore<$db> {
-            async fn take_lease(&self, name: &str, holder: &str, now: i64, ttl_micros: i64) -> Result<bool, StoreError> {
+            async fn take_lease(&self, name: &str, holder: &str, now: i64, ttl_micros: i64) -> Result<Option<i64>, StoreError> {
                 self.lease(name, holder, now + ttl_micros, now).await
             }
 
@@ -277,16 +283,15 @@ impl SqlStore<Postgres> {
         holder: &str,
         until: i64,
         now: i64,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(TAKE_LEASE)
+    ) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar(TAKE_LEASE)
             .bind(name)
             .bind(holder)
             .bind(until)
             .bind(now)
-            .execute(&self.background)
+            .fetch_optional(&self.background)
             .await
-            .map_err(unavailable)?;
-        Ok(done.rows_affected() == 1)
+            .map_err(unavailable)
     }
 
     async fn outbox_rows(
@@ -341,12 +346,15 @@ impl SqlStore<Sqlite> {
         holder: &str,
         until: i64,
         now: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<i64>, StoreError> {
         let (name, holder) = (name.to_owned(), holder.to_owned());
         self.writer
             .call(move |connection| {
                 let mut take = connection.prepare_cached(TAKE_LEASE)?;
-                Ok(take.execute(rusqlite::params![name, holder, until, now])? == 1)
+                take.query_row(rusqlite::params![name, holder, until, now], |row| {
+                    row.get(0)
+                })
+                .optional()
             })
             .await
     }
