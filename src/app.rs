@@ -595,11 +595,13 @@ fn serve_http(
             Some(deadline) => app.app_data(deadline.clone()),
             None => app,
         };
+        // Outermost last: the security headers go on every answer, a CORS
+        // preflight's and a refusal the request context makes too.
         app.wrap(from_fn(client_limits::middleware))
             .wrap(from_fn(drain::middleware))
-            .wrap(security_headers(https))
             .wrap(cors(&cors_origins))
             .wrap(from_fn(request_context::middleware))
+            .wrap(security_headers(https))
             .app_data(shared.state.clone())
             .app_data(shared.tokens.clone())
             .app_data(shared.realtime.clone())

@@ -34,6 +34,8 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("the request body did not arrive within {0} s")]
     BodyTimeout(u64),
+    #[error("the body must be JSON (Content-Type: application/json)")]
+    NotJson,
     #[error("too many requests; retry in {0} s")]
     TooManyRequests(u64),
     #[error("rate limited: the {budget} budget is spent; retry in {retry_after} s")]
@@ -171,6 +173,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             ApiError::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             ApiError::BodyTimeout(_) => ErrorCode::BodyTimeout,
+            ApiError::NotJson => ErrorCode::UnsupportedMediaType,
             ApiError::TooManyRequests(_)
             | ApiError::RateLimited { .. }
             | ApiError::TooManyConnections { .. } => ErrorCode::RateLimited,
@@ -196,6 +199,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests(_)
             | ApiError::RateLimited { .. }
             | ApiError::TooManyConnections { .. } => StatusCode::TOO_MANY_REQUESTS,

@@ -219,10 +219,7 @@ fn json_error(e: JsonPayloadError, limit: usize) -> ApiError {
         JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
             ApiError::PayloadTooLarge(limit)
         }
-        JsonPayloadError::ContentType => ApiError::bad_request(
-            ErrorCode::UnsupportedMediaType,
-            "the body must be JSON (Content-Type: application/json)",
-        ),
+        JsonPayloadError::ContentType => ApiError::NotJson,
         JsonPayloadError::Deserialize(e) if e.is_data() => {
             ApiError::unprocessable(ErrorCode::ValidationFailed, client_message(&e.to_string()))
         }

@@ -83,6 +83,11 @@ impl Modify for CommonErrors {
                     ("404", "no such resource", names_a_resource),
                     ("408", "the request body did not arrive in time", body),
                     ("413", "request body too large", body),
+                    (
+                        "415",
+                        "the body is not JSON (Content-Type: application/json)",
+                        body,
+                    ),
                     ("422", "a field failed validation", inputs),
                     (
                         "429",

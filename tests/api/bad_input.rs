@@ -132,6 +132,32 @@ async fn bad_event_bodies_are_refused_and_change_nothing(app: TestApp) {
         "malformed_json",
     )
     .await;
+    // JSON sent as something else, or with no type at all: 415, before
+    // anything is read.
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
+        let mut request = app
+            .as_user(&owner, Method::POST, "/v1/events")
+            .body(r#"{"title": "Quiz night", "capacity": 10}"#);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let error = assert_error(
+            request.send().await.unwrap(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        )
+        .await;
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("application/json")
+        );
+    }
     let huge = format!("{{\"title\": \"{}\"}}", "x".repeat(70 * 1024));
     let response = app
         .as_user(&owner, Method::POST, "/v1/events")

@@ -222,6 +222,10 @@ async fn cors_allows_only_listed_origins_and_never_credentials() {
     // its request id; a listed origin asking for a method not allowed is
     // refused for that, not for its origin.
     assert!(foreign_preflight.headers().contains_key("x-request-id"));
+    assert_eq!(
+        foreign_preflight.headers()["x-content-type-options"],
+        "nosniff"
+    );
     let refused = assert_error(
         foreign_preflight,
         StatusCode::BAD_REQUEST,
@@ -236,6 +240,12 @@ async fn cors_allows_only_listed_origins_and_never_credentials() {
         .send()
         .await
         .unwrap();
+    // Answered before the routes, each still carries the security headers.
+    for answer in [&preflight, &unlisted_method] {
+        assert_eq!(answer.headers()["x-content-type-options"], "nosniff");
+        assert_eq!(answer.headers()["x-frame-options"], "DENY");
+        assert_eq!(answer.headers()["referrer-policy"], "no-referrer");
+    }
     let refused = assert_error(unlisted_method, StatusCode::BAD_REQUEST, "cors_refused").await;
     assert!(
         refused["error"]["message"]
