@@ -182,6 +182,8 @@ async fn relay(
     let mut redis_failures = 0u32;
     // When the lease was last asked for and taken, and its epoch.
     let mut lease: Option<(Instant, i64)> = None;
+    // The last pass found Redis without the script, and loaded it.
+    let mut script_lost = false;
     while !shutdown.is_requested() {
         let asked = Instant::now();
         let held = match lease {
@@ -238,10 +240,25 @@ async fn relay(
             shutdown.sleep(poll.max(Duration::from_secs(1))).await;
             continue;
         };
+        let loaded_before = std::mem::take(&mut script_lost);
         let pause = match passed {
             Pass::Busy => {
                 redis_failures = 0;
                 Duration::ZERO
+            }
+            // Sent again at once, by a pass that checks its lease first;
+            // lost again at once (a proxy spreading requests over Redises
+            // that do not share scripts?), it is Redis failing.
+            Pass::ScriptLoaded if !loaded_before => {
+                script_lost = true;
+                Duration::ZERO
+            }
+            Pass::ScriptLoaded => {
+                tracing::warn!(
+                    "redis lost the outbox script again as soon as it was loaded; backing off"
+                );
+                redis_failures += 1;
+                backoff(redis_failures)
             }
             Pass::Idle => {
                 redis_failures = 0;
@@ -294,6 +311,8 @@ enum Pass {
     StoreAway,
     /// Too little of the lease was left to send a batch: renew it first.
     LeaseShort,
+    /// Redis had lost the script; it is loaded, and nothing was sent.
+    ScriptLoaded,
     /// Redis refused the batch: a relay with a later epoch (`fence`) has
     /// published.
     Fenced {
@@ -417,8 +436,7 @@ async fn pass(
     match outcome {
         Published::All => mark_published(store, &rows, settings).await,
         Published::Fenced { fence } => Pass::Fenced { fence },
-        // Sent again at once, by a pass that checks its lease first.
-        Published::Loaded => Pass::Busy,
+        Published::Loaded => Pass::ScriptLoaded,
         Published::Stopped { added, error } => {
             // The rows before the one refused are in their streams.
             let added = added.min(rows.len() - 1);
@@ -825,8 +843,9 @@ mod tests {
             return None;
         };
         let client = redis::Client::open(url).unwrap();
-        let redis = client.get_multiplexed_async_connection().await.unwrap();
+        let mut redis = client.get_multiplexed_async_connection().await.unwrap();
         let scripts = SCRIPTS.lock().await;
+        PUBLISH.load_async(&mut redis).await.unwrap();
         Some((redis, format!("outbox-test-{}:", Uuid::now_v7()), scripts))
     }
 

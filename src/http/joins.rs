@@ -163,7 +163,7 @@ pub async fn join_event(
 ) -> Result<HttpResponse, ApiError> {
     let event = EventId::from(id.into_inner());
     let key = idempotency_key(&req)?;
-    let seats = match super::optional_json::<JoinRequest>(&body.0)?.and_then(|b| b.seats) {
+    let seats = match super::optional_json::<JoinRequest>(&req, &body.0)?.and_then(|b| b.seats) {
         Some(seats) => Seats::parse(seats)?,
         None => Seats::default(),
     };

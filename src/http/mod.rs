@@ -267,10 +267,21 @@ impl actix_web::FromRequest for Body {
 }
 
 /// A JSON body that may be left out: an empty body is `None`; anything
-/// else must be JSON for `T`, and is judged as a required body is.
-pub fn optional_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Option<T>, ApiError> {
+/// else must be JSON for `T`, and is judged as a required body is (its
+/// `Content-Type` too, as `web::Json` judges it).
+pub fn optional_json<T: serde::de::DeserializeOwned>(
+    req: &HttpRequest,
+    body: &[u8],
+) -> Result<Option<T>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
+    }
+    let json = matches!(
+        actix_web::HttpMessage::mime_type(req),
+        Ok(Some(mime)) if mime.subtype() == actix_web::mime::JSON || mime.suffix() == Some(actix_web::mime::JSON)
+    );
+    if !json {
+        return Err(ApiError::NotJson);
     }
     serde_json::from_slice(body)
         .map(Some)

@@ -196,6 +196,43 @@ async fn bad_event_bodies_are_refused_and_change_nothing(app: TestApp) {
         .await
         .unwrap();
     assert_error(response, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+    // Its body must say it is JSON, as any other; left out, nothing to say.
+    let join = || {
+        app.as_user(
+            &owner,
+            Method::POST,
+            &format!("/v1/events/{some_event}/join"),
+        )
+        .header("Idempotency-Key", uuid::Uuid::now_v7().to_string())
+    };
+    let response = join()
+        .header("content-type", "text/plain")
+        .body(r#"{"seats": 2}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_error(
+        response,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    assert_eq!(
+        app.event(some_event).await["active_count"],
+        0,
+        "nothing changed"
+    );
+    let response = join()
+        .header("content-type", "application/problem+json")
+        .body(r#"{"seats": 2}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::FORBIDDEN,
+        "a +json type is JSON: the owner's join is judged"
+    );
 
     let bad_venue = app
         .as_user(&owner, Method::POST, "/v1/venues")

@@ -312,6 +312,7 @@ async fn parties_take_seats_in_order(app: TestApp) {
     let junk = app
         .as_user(&a, Method::POST, &format!("/v1/events/{event}/join"))
         .header("Idempotency-Key", "junk")
+        .header("content-type", "application/json")
         .body("{seats")
         .send()
         .await
