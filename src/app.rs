@@ -163,6 +163,7 @@ impl Application {
         }));
         let mut threads = OwnedThreads::default();
         let core = start_core(&settings, &store, &mut threads, Arc::clone(&held)).await?;
+        node.register(&store).await?;
         let placement = (!alone).then(|| {
             Placement::new(
                 node.clone(),

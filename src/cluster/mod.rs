@@ -52,14 +52,14 @@ impl ClusterSettings {
     }
 }
 
-/// This node, registered.
+/// This node: who it is, and whether it is leaving.
 #[derive(Debug, Clone)]
 pub struct Node {
     pub id: NodeId,
     pub address: String,
     pub shards: ShardCount,
     pub lease_ttl: Duration,
-    /// When it registered, by the database's clock.
+    /// When it began to start, by the database's clock.
     started_at: i64,
     /// Set when the node starts handing its shards over to leave: it stops
     /// heartbeating and taking shards.
@@ -67,8 +67,10 @@ pub struct Node {
 }
 
 impl Node {
-    /// Registers this node: checks the shard count against the database's
-    /// and works out the address to advertise.
+    /// Who this node is: checks the shard count against the database's,
+    /// works out the address to advertise, and under a configured id waits
+    /// for the process before it to be gone. Not yet in the membership:
+    /// see [`Node::register`].
     pub async fn join(
         store: &Arc<dyn Store>,
         settings: &ClusterSettings,
@@ -97,16 +99,6 @@ impl Node {
             .clock()
             .await
             .context("cannot read the database's clock")?;
-        store
-            .register_node(&NodeRecord {
-                id: id.as_uuid(),
-                address: address.clone(),
-                started_at: now,
-                heartbeat_at: now,
-            })
-            .await
-            .context("cannot register this node")?;
-        tracing::info!(node = %id.as_uuid(), %address, shards = configured.get(), "joined the cluster");
         Ok(Self {
             id,
             address,
@@ -115,6 +107,30 @@ impl Node {
             started_at: now,
             leaving: Arc::default(),
         })
+    }
+
+    /// Enters the membership: the others place shards on this node from
+    /// now on, and hand over those it is to hold. Only once it can take
+    /// them (its actors and catalog started, within a heartbeat of its
+    /// first placement round): registered earlier, the shards the others
+    /// let go would be held by nobody until it could — and, were the wait
+    /// longer than a lease's TTL, taken back and handed over again.
+    pub async fn register(&self, store: &Arc<dyn Store>) -> anyhow::Result<()> {
+        let now = store
+            .clock()
+            .await
+            .context("cannot read the database's clock")?;
+        store
+            .register_node(&NodeRecord {
+                id: self.id.as_uuid(),
+                address: self.address.clone(),
+                started_at: self.started_at,
+                heartbeat_at: now,
+            })
+            .await
+            .context("cannot register this node")?;
+        tracing::info!(node = %self.id.as_uuid(), address = %self.address, shards = self.shards.get(), "joined the cluster");
+        Ok(())
     }
 
     /// Heartbeats among the background tasks until shutdown, then leaves.
@@ -138,7 +154,7 @@ impl Node {
                         };
                         match store.heartbeat(id, now).await {
                             Ok(true) => {}
-                            // Removed while away (a long pause): register again
+                            // Removed (by an operator, say): register again
                             // — unless the node began to leave meanwhile (its
                             // leaving removed the row): the others would place
                             // shards on it that nobody then takes.
@@ -206,8 +222,10 @@ fn heard_within(lease_ttl: Duration, heartbeat_at: i64, now: i64) -> bool {
 /// deploy that starts the new process before the old one stops, or a
 /// copied configuration): two processes under one id would each take the
 /// shards the other holds, back and forth. Waits until the id's last
-/// process has been silent a TTL (at once after it left cleanly, which
-/// removes its row), and refuses to start if it keeps beating.
+/// process has been silent a TTL and holds no lease — one leaving cleanly
+/// removes its row first, then hands its shards over one by one, and a
+/// lease that names this id would be this process's to take at once —
+/// and refuses to start if it keeps beating or holding.
 async fn wait_for_the_last_process_of(
     id: NodeId,
     lease_ttl: Duration,
@@ -215,21 +233,34 @@ async fn wait_for_the_last_process_of(
 ) -> anyhow::Result<()> {
     let give_up = tokio::time::Instant::now() + 2 * lease_ttl + Duration::from_secs(1);
     loop {
-        let (now, nodes) = tokio::try_join!(store.clock(), store.nodes())
+        let (now, nodes, leases) = tokio::try_join!(store.clock(), store.nodes(), store.leases())
             .context("cannot read the cluster's nodes")?;
         let alive =
             |n: &&NodeRecord| n.id == id.as_uuid() && heard_within(lease_ttl, n.heartbeat_at, now);
-        let Some(running) = nodes.iter().find(alive) else {
+        let running = nodes.iter().find(alive);
+        let holding = (leases.iter())
+            .filter(|l| l.node == Some(id.as_uuid()) && l.expires_at >= now)
+            .count();
+        if running.is_none() && holding == 0 {
             return Ok(());
-        };
-        anyhow::ensure!(
-            tokio::time::Instant::now() < give_up,
-            "another process is running as node {} (at {}, heard from {} ms ago): stop it, \
-             or give this one another cluster.node_id",
-            running.id,
-            running.address,
-            (now - running.heartbeat_at) / 1000
-        );
+        }
+        if tokio::time::Instant::now() >= give_up {
+            anyhow::bail!(match running {
+                Some(running) => format!(
+                    "another process is running as node {} (at {}, heard from {} ms ago): stop \
+                     it, or give this one another cluster.node_id",
+                    running.id,
+                    running.address,
+                    (now - running.heartbeat_at) / 1000
+                ),
+                None => format!(
+                    "node {}'s last process still holds {holding} shards (handing them over as it \
+                     stops, or cut off from the database): stop it, or give this one another \
+                     cluster.node_id",
+                    id.as_uuid()
+                ),
+            });
+        }
         tokio::time::sleep(lease_ttl / 10).await;
     }
 }

@@ -439,8 +439,8 @@ pub trait Membership: Send + Sync {
         expires_at: i64,
     ) -> Result<Option<i64>, StoreError>;
     /// Extends the leases `node` holds at the given (shard, epoch) to
-    /// `expires_at` (only those it believes it holds: a lease it let go of
-    /// lapses); the shards renewed.
+    /// `expires_at`, or keeps a later expiry (only those it believes it
+    /// holds: a lease it let go of lapses); the shards renewed.
     async fn renew_shards(
         &self,
         node: Uuid,

@@ -332,4 +332,23 @@ async fn a_node_id_runs_in_one_process_at_a_time() {
             .any(|n| n["id"] == crashed.to_string() && n["this_node"] == true),
         "{view}"
     );
+
+    // A predecessor that left the membership (leaving removes its row
+    // first) and still hands its shards over: a lease naming the id would
+    // be the new process's to take at once, beside it. It waits for the
+    // last one to lapse.
+    let draining = uuid::Uuid::new_v4();
+    let lapses = store.clock().await.unwrap() + 2_000_000;
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE shard_leases SET node = $1, expires_at = $2 WHERE shard = 0")
+        .bind(draining)
+        .bind(lapses)
+        .execute(&admin)
+        .await
+        .unwrap();
+    let _successor = spawn_node(&url, as_node(draining)).await;
+    assert!(
+        store.clock().await.unwrap() > lapses,
+        "started while its predecessor still held a shard"
+    );
 }

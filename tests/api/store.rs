@@ -1012,6 +1012,17 @@ async fn an_append_under_a_lost_lease_is_fenced(backend: Backend) {
             "only the holder at the current epoch renews"
         );
     }
+    // A renewal never pulls an expiry back (a take of the shard after the
+    // renewal read the clock writes a later one than the renewal's).
+    let (_, held) = at(successor, second);
+    let renewed = store.renew_shards(successor, &held, later).await.unwrap();
+    assert_eq!(renewed, vec![i64::from(shard.get())]);
+    let leases = store.leases().await.unwrap();
+    let lease = leases
+        .iter()
+        .find(|l| l.shard == i64::from(shard.get()))
+        .unwrap();
+    assert_eq!(lease.expires_at, later + ttl, "the later expiry is kept");
 
     // The paused node wakes up and writes on the right version: fenced.
     let state = current_state(&store, event).await;

@@ -138,10 +138,16 @@ macro_rules! impl_membership {
                 if leases.is_empty() {
                     return Ok(Vec::new());
                 }
-                let mut query = QueryBuilder::<$db>::new("UPDATE shard_leases SET expires_at = ");
+                // Never earlier than it was: a take of the shard between
+                // the renewal's clock and this statement wrote a later one.
+                let mut query = QueryBuilder::<$db>::new(
+                    "UPDATE shard_leases SET expires_at = CASE WHEN expires_at > ",
+                );
                 query
                     .push_bind(expires_at)
-                    .push(" WHERE shard IN (SELECT shard FROM shard_leases WHERE node = ")
+                    .push(" THEN expires_at ELSE ")
+                    .push_bind(expires_at)
+                    .push(" END WHERE shard IN (SELECT shard FROM shard_leases WHERE node = ")
                     .push_bind(node)
                     .push(" AND (shard, epoch) IN (VALUES ");
                 let mut listed = query.separated(", ");
