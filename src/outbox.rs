@@ -4,7 +4,7 @@
 //! - One relay at a time per database, whatever the number of server
 //!   processes: it holds a lease (`leases` table) that it renews every pass.
 //!   Its epoch fences Redis: a batch is published by a script
-//!   ([`PUBLISH`]) that Redis runs whole, and that refuses a relay whose
+//!   ([`RELAY_BATCH`]) that Redis runs whole, and that refuses a relay whose
 //!   epoch is below the highest it has seen (kept at
 //!   `<stream_prefix>outbox-relay-fence`). So once a relay that took the
 //!   lease over has published, nothing from the one before it lands, even
@@ -79,14 +79,14 @@ const LEASE_RENEW: Duration = Duration::from_secs(2);
 /// (another relay may take it from then on): one that has not is cut
 /// short, its rows left pending for the next.
 const LEASE_MARGIN: Duration = Duration::from_secs(1);
-/// How long a batch (the script [`PUBLISH`] adding up to a batch of
+/// How long a batch (the script [`RELAY_BATCH`] adding up to a batch of
 /// entries) may take to answer. The client's default, half a second, would
 /// take a Redis slowed by an fsync or a trim for gone, and the batch it
 /// had added would be published again on every pass. With a reconnect
 /// before it, inside what a pass has of its lease (the assertion below
-/// [`Pass`]): one request, so a script Redis lost is loaded by a pass that
-/// then publishes nothing ([`Published::Loaded`]).
-const PIPELINE_TIMEOUT: Duration = Duration::from_secs(4);
+/// [`Pass`]): one request, so the script is loaded as the relay connects,
+/// and a Redis that lost it since is away until the relay connects again.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(4);
 /// How long connecting to Redis may take, once per pass.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -182,8 +182,6 @@ async fn relay(
     let mut redis_failures = 0u32;
     // When the lease was last asked for and taken, and its epoch.
     let mut lease: Option<(Instant, i64)> = None;
-    // The last pass found Redis without the script, and loaded it.
-    let mut script_lost = false;
     while !shutdown.is_requested() {
         let asked = Instant::now();
         let held = match lease {
@@ -240,25 +238,10 @@ async fn relay(
             shutdown.sleep(poll.max(Duration::from_secs(1))).await;
             continue;
         };
-        let loaded_before = std::mem::take(&mut script_lost);
         let pause = match passed {
             Pass::Busy => {
                 redis_failures = 0;
                 Duration::ZERO
-            }
-            // Sent again at once, by a pass that checks its lease first;
-            // lost again at once (a proxy spreading requests over Redises
-            // that do not share scripts?), it is Redis failing.
-            Pass::ScriptLoaded if !loaded_before => {
-                script_lost = true;
-                Duration::ZERO
-            }
-            Pass::ScriptLoaded => {
-                tracing::warn!(
-                    "redis lost the outbox script again as soon as it was loaded; backing off"
-                );
-                redis_failures += 1;
-                backoff(redis_failures)
             }
             Pass::Idle => {
                 redis_failures = 0;
@@ -311,8 +294,6 @@ enum Pass {
     StoreAway,
     /// Too little of the lease was left to send a batch: renew it first.
     LeaseShort,
-    /// Redis had lost the script; it is loaded, and nothing was sent.
-    ScriptLoaded,
     /// Redis refused the batch: a relay with a later epoch (`fence`) has
     /// published.
     Fenced {
@@ -323,7 +304,7 @@ enum Pass {
 /// The lease a pass runs under.
 #[derive(Debug, Clone, Copy)]
 struct Held {
-    /// Its fencing token (see [`PUBLISH`]).
+    /// Its fencing token (see [`RELAY_BATCH`]).
     epoch: i64,
     /// When the pass must be over: another relay may take the lease from
     /// [`LEASE_MARGIN`] later.
@@ -333,7 +314,7 @@ struct Held {
 // A pass begun as late as the lease allows (LEASE_RENEW after it was
 // taken) can still connect and publish before it runs out.
 const _: () = assert!(
-    LEASE_RENEW.as_secs() + CONNECT_TIMEOUT.as_secs() + PIPELINE_TIMEOUT.as_secs()
+    LEASE_RENEW.as_secs() + CONNECT_TIMEOUT.as_secs() + BATCH_TIMEOUT.as_secs()
         < LEASE_TTL.as_secs() - LEASE_MARGIN.as_secs()
 );
 
@@ -393,10 +374,15 @@ async fn pass(
         // Tried once, briefly: the relay's own backoff paces the retries,
         // and a pass must not spend its lease on them.
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(PIPELINE_TIMEOUT))
+            .set_response_timeout(Some(BATCH_TIMEOUT))
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_number_of_retries(0);
-        match ConnectionManager::new_with_config(client.clone(), config).await {
+        let connected = async {
+            let mut redis = ConnectionManager::new_with_config(client.clone(), config).await?;
+            RELAY_BATCH.load_async(&mut redis).await?;
+            Ok::<_, redis::RedisError>(redis)
+        };
+        match connected.await {
             Ok(c) => *connection = Some(c),
             Err(error) => {
                 tracing::warn!(error = ?error.kind(), "outbox relay cannot connect to redis; backing off");
@@ -408,7 +394,7 @@ async fn pass(
     // (or times out) while the lease is surely held — the send may first
     // wait for a reconnect — so that as a rule the fence has nothing to
     // refuse.
-    if Instant::now() + CONNECT_TIMEOUT + PIPELINE_TIMEOUT > held.ends {
+    if Instant::now() + CONNECT_TIMEOUT + BATCH_TIMEOUT > held.ends {
         return Pass::LeaseShort;
     }
     let redis = connection.as_mut().expect("connected above");
@@ -436,7 +422,6 @@ async fn pass(
     match outcome {
         Published::All => mark_published(store, &rows, settings).await,
         Published::Fenced { fence } => Pass::Fenced { fence },
-        Published::Loaded => Pass::ScriptLoaded,
         Published::Stopped { added, error } => {
             // The rows before the one refused are in their streams.
             let added = added.min(rows.len() - 1);
@@ -469,10 +454,10 @@ async fn pass(
 /// values. Answers `{what, n, error}`: `added` and how many, `stopped`
 /// after `n` added and the refusal, or `fenced` and the fence. A row's
 /// values are named one by one rather than gathered into a table for
-/// `unpack`: that table cost Redis 2.3 µs per row, a third more than the
-/// row's `XADD` sent in a pipeline; named, 0.8 µs (BENCHMARKS, "The outbox
-/// relay's batch as a script").
-static PUBLISH: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+/// `unpack`: with the table a row cost Redis 2.7 µs more than its `XADD`
+/// sent in a pipeline (5.7 against 3.0); named, 1.1 µs more (BENCHMARKS,
+/// "The outbox relay's batch as a script").
+static RELAY_BATCH: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r"
 local fence = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -486,6 +471,7 @@ end
 if epoch > fence then
   redis.call('SET', KEYS[1], ARGV[1])
 end
+-- a: the arguments, as a local; at: where the row's values begin, less one
 local cap, a, at = ARGV[2], ARGV, 2
 for i = 2, #KEYS do
   local added = redis.pcall('XADD', KEYS[i], 'MAXLEN', '~', cap, '*',
@@ -505,7 +491,7 @@ return {'added', #KEYS - 1, ''}
 // The script names each of a row's 18 names and values.
 const _: () = assert!(FIELDS == 9);
 
-/// What Redis did with a batch ([`PUBLISH`]).
+/// What Redis did with a batch ([`RELAY_BATCH`]).
 #[derive(Debug, PartialEq, Eq)]
 enum Published {
     /// Every row is in its stream.
@@ -516,9 +502,6 @@ enum Published {
     /// A relay whose lease epoch is `fence`, later than this one's, has
     /// published: nothing was added.
     Fenced { fence: i64 },
-    /// Redis did not have the script (after a restart or a failover): it
-    /// is loaded now, and nothing was added.
-    Loaded,
 }
 
 /// Publishes `rows` (with their traces) under lease `epoch`.
@@ -530,12 +513,14 @@ async fn publish(
     traces: &[Option<String>],
     max_len: usize,
 ) -> redis::RedisResult<Published> {
-    // One request, `EVALSHA`: the client's `invoke_async` would load a
-    // script Redis lost and send the batch again, a second request past
-    // the one the lease was checked for.
+    // One request, `EVALSHA` (the script is loaded as the relay connects):
+    // the client's `invoke_async` would load a script Redis lost and send
+    // the batch again, a second request past the one the lease was checked
+    // for. A Redis without the script answers `NOSCRIPT`: away, so the
+    // relay connects again, and loads it.
     let mut batch = redis::cmd("EVALSHA");
     batch
-        .arg(PUBLISH.get_hash())
+        .arg(RELAY_BATCH.get_hash())
         .arg(1 + rows.len())
         .arg(fence_key(prefix));
     for row in rows {
@@ -547,14 +532,7 @@ async fn publish(
             batch.arg(name).arg(value);
         }
     }
-    let answer = batch.query_async(redis).await;
-    if let Err(error) = &answer
-        && error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
-    {
-        PUBLISH.load_async(redis).await?;
-        return Ok(Published::Loaded);
-    }
-    let (what, n, error): (String, i64, String) = answer?;
+    let (what, n, error): (String, i64, String) = batch.query_async(redis).await?;
     match what.as_str() {
         "added" => Ok(Published::All),
         "stopped" => Ok(Published::Stopped {
@@ -826,6 +804,8 @@ mod tests {
     use super::*;
 
     /// Held by each test that runs the script: one flushes Redis's scripts.
+    /// (Tests of other binaries run after these under `cargo test`; a
+    /// runner that mixes binaries could load the script in between.)
     static SCRIPTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
     /// A connection to the test Redis, a prefix of the test's own, and the
@@ -845,7 +825,7 @@ mod tests {
         let client = redis::Client::open(url).unwrap();
         let mut redis = client.get_multiplexed_async_connection().await.unwrap();
         let scripts = SCRIPTS.lock().await;
-        PUBLISH.load_async(&mut redis).await.unwrap();
+        RELAY_BATCH.load_async(&mut redis).await.unwrap();
         Some((redis, format!("outbox-test-{}:", Uuid::now_v7()), scripts))
     }
 
@@ -957,11 +937,10 @@ mod tests {
         let _: () = redis.del(&[stream, fence_key(&prefix)]).await.unwrap();
     }
 
-    /// A Redis that lost its scripts (restarted, failed over) gets the
-    /// script from the batch that meets it, which adds nothing: the next
-    /// is sent by a pass that checked its lease again.
+    /// A Redis that lost its scripts (restarted, failed over) refuses the
+    /// batch whole, as a Redis away: the relay connects again, loading it.
     #[tokio::test]
-    async fn a_batch_that_finds_the_script_gone_loads_it_and_adds_nothing() {
+    async fn a_batch_that_finds_the_script_gone_adds_nothing() {
         let Some((mut redis, prefix, _scripts)) = test_redis().await else {
             return;
         };
@@ -974,8 +953,13 @@ mod tests {
             .unwrap();
 
         let first = publish(&mut redis, &prefix, 10, &[row(1, "events")], &traces, 1000).await;
-        assert_eq!(first.unwrap(), Published::Loaded);
+        let refused = first.unwrap_err();
+        assert_eq!(
+            refused.kind(),
+            redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+        );
         assert_eq!(published_ids(&mut redis, &stream).await, Vec::<i64>::new());
+        RELAY_BATCH.load_async(&mut redis).await.unwrap();
         let again = publish(&mut redis, &prefix, 10, &[row(1, "events")], &traces, 1000).await;
         assert_eq!(again.unwrap(), Published::All);
         assert_eq!(published_ids(&mut redis, &stream).await, [1]);

@@ -159,14 +159,8 @@ impl Node {
                             // leaving removed the row): the others would place
                             // shards on it that nobody then takes.
                             Ok(false) if !node.is_leaving() => {
-                                let record = NodeRecord {
-                                    id,
-                                    address: node.address.clone(),
-                                    started_at: node.started_at,
-                                    heartbeat_at: now,
-                                };
-                                if let Err(error) = store.register_node(&record).await {
-                                    tracing::warn!(%error, "cannot register this node again");
+                                if let Err(error) = node.register(&store).await {
+                                    tracing::warn!(error = %format!("{error:#}"), "cannot register this node again");
                                 }
                                 if node.is_leaving()
                                     && let Err(error) = store.deregister_node(id).await

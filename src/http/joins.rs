@@ -148,7 +148,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<String, ApiError> {
     request_body(content = Option<JoinRequest>, description = "optional; without it, one seat"),
     responses((status = 201, description = "joined (active or waitlisted)", body = JoinEnvelope),
         (status = 200, description = "already a member: the current status", body = JoinEnvelope),
-        (status = 400, description = "`missing_idempotency_key`: the header is required; `malformed_json`: a body that is not JSON", body = super::ErrorBody),
+        (status = 400, description = "`missing_idempotency_key`: the header is required; `malformed_json`: a body that does not parse as JSON", body = super::ErrorBody),
         (status = 403, description = "the owner cannot join", body = super::ErrorBody),
         (status = 404, description = "no such event (a draft is found only by its owner)", body = super::ErrorBody),
         (status = 409, description = "`event_cancelled`, `event_started`; `idempotency_key_in_use`: the key's request on another event is still in progress (retry)", body = super::ErrorBody),

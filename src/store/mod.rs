@@ -415,7 +415,8 @@ pub trait Membership: Send + Sync {
     /// Registers a node (or registers it again, after a restart with the
     /// same id).
     async fn register_node(&self, node: &NodeRecord) -> Result<(), StoreError>;
-    /// `false` if the node is not registered (it was removed as dead).
+    /// `false` if the node is not registered (its row was deleted: by its
+    /// own leaving, or by an operator).
     async fn heartbeat(&self, node: Uuid, now: i64) -> Result<bool, StoreError>;
     /// Every registered node, by id, live or not.
     async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;

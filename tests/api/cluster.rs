@@ -338,14 +338,17 @@ async fn a_node_id_runs_in_one_process_at_a_time() {
     // be the new process's to take at once, beside it. It waits for the
     // last one to lapse.
     let draining = uuid::Uuid::new_v4();
-    let lapses = store.clock().await.unwrap() + 2_000_000;
+    // Longer than a node takes to start here, well within the 11 s the
+    // newcomer waits before it gives up.
+    let lapses = store.clock().await.unwrap() + 4_000_000;
     let admin = sqlx::PgPool::connect(&url).await.unwrap();
-    sqlx::query("UPDATE shard_leases SET node = $1, expires_at = $2 WHERE shard = 0")
+    let held = sqlx::query("UPDATE shard_leases SET node = $1, expires_at = $2 WHERE shard = 0")
         .bind(draining)
         .bind(lapses)
         .execute(&admin)
         .await
         .unwrap();
+    assert_eq!(held.rows_affected(), 1);
     let _successor = spawn_node(&url, as_node(draining)).await;
     assert!(
         store.clock().await.unwrap() > lapses,
