@@ -286,10 +286,17 @@ impl Application {
         });
         let http = self.server.handle();
         let mut serving = actix_web::rt::spawn(self.server);
-        tokio::select! {
+        let superseded = async {
+            match &self.placement {
+                Some(placement) => placement.node().superseded().await,
+                None => std::future::pending().await,
+            }
+        };
+        let superseded = tokio::select! {
             stopped = &mut serving => return stopped?.map_err(Into::into),
-            () = stop_requested() => {}
-        }
+            () = stop_requested() => false,
+            () = superseded => true,
+        };
         if let Some(placement) = &self.placement
             && tokio::time::timeout(Duration::from_secs(10), placement.leave())
                 .await
@@ -322,6 +329,11 @@ impl Application {
         self.background.stop(Duration::from_secs(10)).await;
         drop(self.threads);
         tracing::info!("shutdown complete");
+        anyhow::ensure!(
+            !superseded,
+            "another process registered under this node's id (cluster.node_id) while this one \
+             was cut off from the database, and took its shards: this one stopped"
+        );
         Ok(())
     }
 }

@@ -22,7 +22,7 @@ use turnout_actors::placement::{NodeId, ShardCount};
 use uuid::Uuid;
 
 use crate::background::{Background, every};
-use crate::store::{NodeRecord, Store};
+use crate::store::{Heartbeat, NodeRecord, Store};
 
 /// `[cluster]` settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -64,6 +64,9 @@ pub struct Node {
     /// Set when the node starts handing its shards over to leave: it stops
     /// heartbeating and taking shards.
     leaving: Arc<AtomicBool>,
+    /// Told when another process took this node's id over (see
+    /// [`Node::superseded`]).
+    superseded: Arc<tokio::sync::Notify>,
 }
 
 impl Node {
@@ -106,6 +109,7 @@ impl Node {
             lease_ttl,
             started_at: now,
             leaving: Arc::default(),
+            superseded: Arc::default(),
         })
     }
 
@@ -152,23 +156,38 @@ impl Node {
                             Ok(now) => now,
                             Err(error) => return tracing::warn!(%error, "cannot heartbeat"),
                         };
-                        match store.heartbeat(id, now).await {
-                            Ok(true) => {}
+                        match store.heartbeat(id, node.started_at, now).await {
+                            Ok(Heartbeat::Heard) => {}
                             // Removed (by an operator, say): register again
                             // — unless the node began to leave meanwhile (its
                             // leaving removed the row): the others would place
                             // shards on it that nobody then takes.
-                            Ok(false) if !node.is_leaving() => {
+                            Ok(Heartbeat::Gone) if !node.is_leaving() => {
                                 if let Err(error) = node.register(&store).await {
                                     tracing::warn!(error = %format!("{error:#}"), "cannot register this node again");
                                 }
                                 if node.is_leaving()
-                                    && let Err(error) = store.deregister_node(id).await
+                                    && let Err(error) = store.deregister_node(id, node.started_at).await
                                 {
                                     tracing::warn!(%error, "cannot leave the membership");
                                 }
                             }
-                            Ok(false) => {}
+                            Ok(Heartbeat::Gone) => {}
+                            // Away past its TTL, this process was taken for
+                            // gone and another started under its id, which
+                            // took its shards. Going on, the two would take
+                            // them from each other back and forth: this one
+                            // stops (the server shuts down, see
+                            // `Application::run_until_stopped`).
+                            Ok(Heartbeat::Superseded) => {
+                                tracing::error!(
+                                    node = %id,
+                                    "another process registered as this node while it was away; \
+                                     this one stops"
+                                );
+                                node.start_leaving();
+                                node.superseded.notify_one();
+                            }
                             Err(error) => tracing::warn!(%error, "cannot heartbeat"),
                         }
                         if let Ok(nodes) = store.nodes().await {
@@ -183,12 +202,19 @@ impl Node {
             ),
         );
         let mut shutdown = background.shutdown();
+        let started_at = self.started_at;
         background.spawn("cluster leave", async move {
             shutdown.requested().await;
-            if let Err(error) = store.deregister_node(id).await {
+            if let Err(error) = store.deregister_node(id, started_at).await {
                 tracing::warn!(%error, "cannot leave the cluster cleanly; the others will time this node out");
             }
         });
+    }
+
+    /// Until another process registers under this node's id while this
+    /// one is away (a twin started in its place): this one must stop.
+    pub async fn superseded(&self) {
+        self.superseded.notified().await;
     }
 
     /// Marks the node as leaving (see [`placement::Placement::leave`]).

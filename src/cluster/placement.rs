@@ -168,12 +168,18 @@ impl Placement {
         );
     }
 
+    /// This node.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
     /// Hands every shard over: the node leaves the membership first, so the
     /// others place its shards among themselves and take each as soon as it
     /// is released.
     pub async fn leave(&self) {
         self.node.start_leaving();
-        if let Err(error) = self.store.deregister_node(self.node.id.as_uuid()).await {
+        let (id, started_at) = (self.node.id.as_uuid(), self.node.started_at);
+        if let Err(error) = self.store.deregister_node(id, started_at).await {
             tracing::warn!(%error, "cannot leave the membership; the others will time this node out");
         }
         let held = self.held.held();

@@ -379,6 +379,19 @@ pub struct NodeRecord {
     pub heartbeat_at: i64,
 }
 
+/// What a heartbeat found of its node's row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// The process's own row: beaten.
+    Heard,
+    /// No row under the node's id (deleted: by its own leaving, or by an
+    /// operator).
+    Gone,
+    /// The row under the node's id is another process's (registered at
+    /// another time): a twin took the id over while this one was away.
+    Superseded,
+}
+
 /// A shard's lease as stored. `node` is `None` while the shard is free.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct LeaseRecord {
@@ -415,13 +428,18 @@ pub trait Membership: Send + Sync {
     /// Registers a node (or registers it again, after a restart with the
     /// same id).
     async fn register_node(&self, node: &NodeRecord) -> Result<(), StoreError>;
-    /// `false` if the node is not registered (its row was deleted: by its
-    /// own leaving, or by an operator).
-    async fn heartbeat(&self, node: Uuid, now: i64) -> Result<bool, StoreError>;
+    /// Beats for the process of `node` that registered at `started_at`.
+    async fn heartbeat(
+        &self,
+        node: Uuid,
+        started_at: i64,
+        now: i64,
+    ) -> Result<Heartbeat, StoreError>;
     /// Every registered node, by id, live or not.
     async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
-    /// A node leaving the cluster on its own (shutdown).
-    async fn deregister_node(&self, node: Uuid) -> Result<(), StoreError>;
+    /// A node leaving the cluster on its own (shutdown): the row of its
+    /// process that registered at `started_at`, not another's under its id.
+    async fn deregister_node(&self, node: Uuid, started_at: i64) -> Result<(), StoreError>;
 
     /// Makes sure a lease row exists, free, for each of `shards` shards.
     async fn seed_leases(&self, shards: i64) -> Result<(), StoreError>;

@@ -268,6 +268,62 @@ async fn a_nodes_command_passes_the_per_address_connection_cap() {
     );
 }
 
+/// A process cut off from the database past its lease, in whose place
+/// another started under the same configured id, finds on its next
+/// heartbeat that the row is the other's: it stops (going on, the two
+/// would take the shards from each other back and forth), saying why, and
+/// leaves the other's row in place.
+#[actix_web::test]
+async fn a_process_whose_node_id_another_took_over_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(url) = fresh_database(Backend::Postgres, &dir).await else {
+        return;
+    };
+    let id = uuid::Uuid::new_v4();
+    let mut settings = test_settings(&url, &dir);
+    settings.cluster.node_id = Some(id);
+    settings.cluster.heartbeat_ms = 200;
+    let app = turnout::app::Application::build(settings).await.unwrap();
+    let running = actix_web::rt::spawn(app.run_until_stopped());
+
+    // The twin registers as the first process's start-up guard would have
+    // let it, had the first been silent.
+    let pool = turnout::store::PoolSettings {
+        max_connections: 2,
+        min_connections: 0,
+        acquire_timeout_ms: 3000,
+        idle_timeout_secs: 60,
+    };
+    let store = turnout::store::connect(&url, &pool, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let now = store.clock().await.unwrap();
+    let twin = turnout::store::NodeRecord {
+        id,
+        address: "127.0.0.1:1".into(),
+        started_at: now,
+        heartbeat_at: now,
+    };
+    store.register_node(&twin).await.unwrap();
+
+    let stopped = tokio::time::timeout(crate::helpers::EVENTUALLY, running)
+        .await
+        .expect("the superseded process stops")
+        .unwrap();
+    let message = format!("{:#}", stopped.expect_err("it says why it stopped"));
+    assert!(
+        message.contains("another process registered under this node's id"),
+        "{message}"
+    );
+    let nodes = store.nodes().await.unwrap();
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n.id == id && n.started_at == twin.started_at),
+        "the twin's row is left in place: {nodes:?}"
+    );
+}
+
 /// Two processes under one configured node id would take each other's
 /// shards back and forth: a second one refuses to start while the first
 /// still beats; one whose predecessor fell silent starts at once.

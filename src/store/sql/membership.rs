@@ -7,7 +7,7 @@ use turnout_actors::store::StoreError;
 use uuid::Uuid;
 
 use super::SqlStore;
-use crate::store::{LeaseRecord, Membership, NodeRecord, unavailable};
+use crate::store::{Heartbeat, LeaseRecord, Membership, NodeRecord, unavailable};
 
 // `$in_shard_order`: how the dialect locks a node's lease rows before
 // renewing them — in shard order on Postgres, the order commits take their
@@ -56,14 +56,26 @@ macro_rules! impl_membership {
                 Ok(())
             }
 
-            async fn heartbeat(&self, node: Uuid, now: i64) -> Result<bool, StoreError> {
-                let done = sqlx::query("UPDATE nodes SET heartbeat_at = $1 WHERE id = $2")
+            async fn heartbeat(&self, node: Uuid, started_at: i64, now: i64) -> Result<Heartbeat, StoreError> {
+                let done = sqlx::query("UPDATE nodes SET heartbeat_at = $1 WHERE id = $2 AND started_at = $3")
                     .bind(now)
                     .bind(node)
+                    .bind(started_at)
                     .execute(&self.background)
                     .await
                     .map_err(unavailable)?;
-                Ok(done.rows_affected() == 1)
+                if done.rows_affected() == 1 {
+                    return Ok(Heartbeat::Heard);
+                }
+                let another: Option<i64> = sqlx::query_scalar("SELECT started_at FROM nodes WHERE id = $1")
+                    .bind(node)
+                    .fetch_optional(&self.background)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(match another {
+                    Some(_) => Heartbeat::Superseded,
+                    None => Heartbeat::Gone,
+                })
             }
 
             async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
@@ -73,9 +85,10 @@ macro_rules! impl_membership {
                     .map_err(unavailable)
             }
 
-            async fn deregister_node(&self, node: Uuid) -> Result<(), StoreError> {
-                sqlx::query("DELETE FROM nodes WHERE id = $1")
+            async fn deregister_node(&self, node: Uuid, started_at: i64) -> Result<(), StoreError> {
+                sqlx::query("DELETE FROM nodes WHERE id = $1 AND started_at = $2")
                     .bind(node)
+                    .bind(started_at)
                     .execute(&self.background)
                     .await
                     .map_err(unavailable)?;
