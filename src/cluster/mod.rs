@@ -52,6 +52,9 @@ impl ClusterSettings {
     }
 }
 
+/// How long a node may be silent before its row is deleted.
+const FORGET_SILENT_NODES_AFTER: Duration = Duration::from_secs(24 * 3600);
+
 /// This node: who it is, and whether it is leaving.
 #[derive(Debug, Clone)]
 pub struct Node {
@@ -134,6 +137,18 @@ impl Node {
             .await
             .context("cannot register this node")?;
         tracing::info!(node = %self.id.as_uuid(), address = %self.address, shards = self.shards.get(), "joined the cluster");
+        // A process that died without leaving (a crash, a kill) left its
+        // row, under an id generated for it alone: forgotten after a day,
+        // or the table would grow with every such restart, read by every
+        // placement round. (Its leases lapsed long before.)
+        match store
+            .forget_nodes_silent_since(now - FORGET_SILENT_NODES_AFTER.as_micros() as i64)
+            .await
+        {
+            Ok(0) => {}
+            Ok(forgotten) => tracing::info!(forgotten, "forgot nodes silent for a day"),
+            Err(error) => tracing::warn!(%error, "cannot forget the nodes long silent"),
+        }
         Ok(())
     }
 
@@ -173,21 +188,7 @@ impl Node {
                                 }
                             }
                             Ok(Heartbeat::Gone) => {}
-                            // Away past its TTL, this process was taken for
-                            // gone and another started under its id, which
-                            // took its shards. Going on, the two would take
-                            // them from each other back and forth: this one
-                            // stops (the server shuts down, see
-                            // `Application::run_until_stopped`).
-                            Ok(Heartbeat::Superseded) => {
-                                tracing::error!(
-                                    node = %id,
-                                    "another process registered as this node while it was away; \
-                                     this one stops"
-                                );
-                                node.start_leaving();
-                                node.superseded.notify_one();
-                            }
+                            Ok(Heartbeat::Superseded) => node.superseded_by_another(),
                             Err(error) => tracing::warn!(%error, "cannot heartbeat"),
                         }
                         if let Ok(nodes) = store.nodes().await {
@@ -215,6 +216,27 @@ impl Node {
     /// one is away (a twin started in its place): this one must stop.
     pub async fn superseded(&self) {
         self.superseded.notified().await;
+    }
+
+    /// Whether `row`, under this node's id, is another process's.
+    fn is_superseded_by(&self, row: &NodeRecord) -> bool {
+        row.id == self.id.as_uuid() && row.started_at != self.started_at
+    }
+
+    /// Away past its TTL, this process was taken for gone and another
+    /// started under its id, which took its shards (the heartbeat or a
+    /// placement round met its row). Going on, the two would take them
+    /// from each other back and forth: this one takes nothing more and
+    /// stops (the server shuts down: `Application::run_until_stopped`).
+    fn superseded_by_another(&self) {
+        if !self.is_leaving() {
+            tracing::error!(
+                node = %self.id.as_uuid(),
+                "another process registered as this node while it was away; this one stops"
+            );
+        }
+        self.start_leaving();
+        self.superseded.notify_one();
     }
 
     /// Marks the node as leaving (see [`placement::Placement::leave`]).

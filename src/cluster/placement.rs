@@ -249,6 +249,12 @@ impl Placement {
                 return;
             }
         };
+        // A twin took this node's id over while it was away: the row under
+        // the id is the twin's, and the leases naming the id its shards.
+        if nodes.iter().any(|n| self.node.is_superseded_by(n)) {
+            self.node.superseded_by_another();
+            return;
+        }
         let live: Vec<&NodeRecord> = nodes
             .iter()
             .filter(|n| self.node.is_live(n.heartbeat_at, now))

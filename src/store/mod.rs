@@ -437,6 +437,9 @@ pub trait Membership: Send + Sync {
     ) -> Result<Heartbeat, StoreError>;
     /// Every registered node, by id, live or not.
     async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+    /// Deletes the rows of nodes last heard of before `before` (processes
+    /// that died without leaving); how many.
+    async fn forget_nodes_silent_since(&self, before: i64) -> Result<u64, StoreError>;
     /// A node leaving the cluster on its own (shutdown): the row of its
     /// process that registered at `started_at`, not another's under its id.
     async fn deregister_node(&self, node: Uuid, started_at: i64) -> Result<(), StoreError>;

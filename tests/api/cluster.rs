@@ -268,6 +268,47 @@ async fn a_nodes_command_passes_the_per_address_connection_cap() {
     );
 }
 
+/// A process that died without leaving keeps its row only for a day: a
+/// node registering forgets the rows silent for longer (each crash under
+/// a generated id would otherwise leave one for ever).
+#[actix_web::test]
+async fn nodes_silent_for_a_day_are_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(url) = fresh_database(Backend::Postgres, &dir).await else {
+        return;
+    };
+    let pool = turnout::store::PoolSettings {
+        max_connections: 2,
+        min_connections: 0,
+        acquire_timeout_ms: 3000,
+        idle_timeout_secs: 60,
+    };
+    let store = turnout::store::connect(&url, &pool, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let now = store.clock().await.unwrap();
+    let silent_for = |hours: i64| turnout::store::NodeRecord {
+        id: uuid::Uuid::new_v4(),
+        address: "127.0.0.1:1".into(),
+        started_at: now - hours * 3_600_000_000,
+        heartbeat_at: now - hours * 3_600_000_000,
+    };
+    let (long_gone, lately_gone) = (silent_for(25), silent_for(23));
+    for node in [&long_gone, &lately_gone] {
+        store.register_node(node).await.unwrap();
+    }
+
+    let app = spawn_node(&url, |_| {}).await;
+    app.wait_for_placement(1).await;
+
+    let ids: Vec<uuid::Uuid> = store.nodes().await.unwrap().iter().map(|n| n.id).collect();
+    assert!(
+        !ids.contains(&long_gone.id),
+        "silent for 25 hours: forgotten"
+    );
+    assert!(ids.contains(&lately_gone.id), "silent for 23 hours: kept");
+}
+
 /// A process cut off from the database past its lease, in whose place
 /// another started under the same configured id, finds on its next
 /// heartbeat that the row is the other's: it stops (going on, the two

@@ -85,6 +85,15 @@ macro_rules! impl_membership {
                     .map_err(unavailable)
             }
 
+            async fn forget_nodes_silent_since(&self, before: i64) -> Result<u64, StoreError> {
+                let done = sqlx::query("DELETE FROM nodes WHERE heartbeat_at < $1")
+                    .bind(before)
+                    .execute(&self.background)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(done.rows_affected())
+            }
+
             async fn deregister_node(&self, node: Uuid, started_at: i64) -> Result<(), StoreError> {
                 sqlx::query("DELETE FROM nodes WHERE id = $1 AND started_at = $2")
                     .bind(node)
