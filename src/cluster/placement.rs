@@ -251,9 +251,11 @@ impl Placement {
         };
         // A twin took this node's id over while it was away: the row under
         // the id is the twin's, and the leases naming the id its shards.
+        // Leaving, the node moves no shard from here on; the round still
+        // refreshes where the others' shards are, for the commands it
+        // forwards while it drains.
         if nodes.iter().any(|n| self.node.is_superseded_by(n)) {
             self.node.superseded_by_another();
-            return;
         }
         let live: Vec<&NodeRecord> = nodes
             .iter()
