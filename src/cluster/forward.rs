@@ -168,6 +168,40 @@ pub struct Peers {
     keys: Arc<InternalKeys>,
     me: NodeId,
     scheme: &'static str,
+    /// Nodes sharing no key refuse every forwarded command, each retried
+    /// every few milliseconds until its deadline: said at error level once
+    /// in a while, not once per attempt.
+    refusals_said: Every,
+}
+
+/// Whether something said at most once a period is due.
+#[derive(Debug)]
+struct Every {
+    period: Duration,
+    last: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Every {
+    fn new(period: Duration) -> Self {
+        Self {
+            period,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// True the first time, then once `period` has gone by since the last
+    /// time it was.
+    fn due(&self, now: Instant) -> bool {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let due = last.is_none_or(|at| now.duration_since(at) >= self.period);
+        if due {
+            *last = Some(now);
+        }
+        due
+    }
 }
 
 impl Peers {
@@ -202,6 +236,7 @@ impl Peers {
             keys,
             me,
             scheme: if tls_root.is_some() { "https" } else { "http" },
+            refusals_said: Every::new(Duration::from_secs(10)),
         })
     }
 
@@ -242,8 +277,13 @@ impl Peers {
                 Err(Undelivered::NotSent)
             }
             Ok(response) => {
-                tracing::error!(status = %response.status(), node = %holder.node,
-                    "a node refused a forwarded command: do the nodes share cluster.internal_secrets (or the JWT keys)?");
+                if self.refusals_said.due(Instant::now()) {
+                    tracing::error!(status = %response.status(), node = %holder.node,
+                        "a node refused a forwarded command: do the nodes share cluster.internal_secrets (or the JWT keys)? \
+                         (said once in 10 s; turnout_forwarded_commands_total{{outcome=\"lost\"}} counts them all)");
+                } else {
+                    tracing::debug!(status = %response.status(), node = %holder.node, "a node refused a forwarded command");
+                }
                 Err(Undelivered::Lost)
             }
             Err(error) if error.is_connect() => {
@@ -301,5 +341,25 @@ impl InternalKeys {
 impl std::fmt::Debug for InternalKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("InternalKeys").field(&self.0).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thing_said_once_a_period_is_due_first_and_then_once_the_period_went_by() {
+        let every = Every::new(Duration::from_secs(10));
+        let start = Instant::now();
+        assert!(every.due(start), "the first time");
+        assert!(!every.due(start + Duration::from_secs(3)));
+        assert!(!every.due(start + Duration::from_millis(9_999)));
+        assert!(every.due(start + Duration::from_secs(10)), "a period later");
+        assert!(
+            !every.due(start + Duration::from_secs(19)),
+            "counted from the last time said"
+        );
+        assert!(every.due(start + Duration::from_secs(20)));
     }
 }
