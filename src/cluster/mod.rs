@@ -178,11 +178,26 @@ impl Node {
                             // leaving removed the row): the others would place
                             // shards on it that nobody then takes.
                             Ok(Heartbeat::Gone) if !node.is_leaving() => {
-                                if let Err(error) = node.register(&store).await {
-                                    tracing::warn!(error = %format!("{error:#}"), "cannot register this node again");
+                                let record = NodeRecord {
+                                    id,
+                                    address: node.address.clone(),
+                                    started_at: node.started_at,
+                                    heartbeat_at: now,
+                                };
+                                // Not over a twin's row registered since the
+                                // beat: that one is the process to keep.
+                                match store.register_node_if_absent(&record).await {
+                                    Ok(true) => {
+                                        tracing::info!(node = %id, "registered this node again")
+                                    }
+                                    Ok(false) => node.superseded_by_another(),
+                                    Err(error) => {
+                                        tracing::warn!(%error, "cannot register this node again")
+                                    }
                                 }
                                 if node.is_leaving()
-                                    && let Err(error) = store.deregister_node(id, node.started_at).await
+                                    && let Err(error) =
+                                        store.deregister_node(id, node.started_at).await
                                 {
                                     tracing::warn!(%error, "cannot leave the membership");
                                 }

@@ -428,6 +428,9 @@ pub trait Membership: Send + Sync {
     /// Registers a node (or registers it again, after a restart with the
     /// same id).
     async fn register_node(&self, node: &NodeRecord) -> Result<(), StoreError>;
+    /// Registers a node whose row is gone, unless a row under its id came
+    /// meanwhile (another process's): whether it was registered.
+    async fn register_node_if_absent(&self, node: &NodeRecord) -> Result<bool, StoreError>;
     /// Beats for the process of `node` that registered at `started_at`.
     async fn heartbeat(
         &self,

@@ -1365,6 +1365,68 @@ async fn the_cluster_keeps_time_by_the_databases_clock(backend: Backend) {
     );
 }
 
+/// A node's row is its process's (by its start time): the heartbeat tells
+/// its own row from none and from another process's under the same id; a
+/// leaving deletes only its own; registering again after the row went
+/// never writes over another's.
+async fn a_nodes_row_is_its_processs(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((store, _)) = open(backend, &dir).await else {
+        return;
+    };
+    use turnout::store::{Heartbeat, NodeRecord};
+    let now = store.clock().await.unwrap();
+    let id = uuid::Uuid::new_v4();
+    let process = |started_at: i64| NodeRecord {
+        id,
+        address: "127.0.0.1:1".into(),
+        started_at,
+        heartbeat_at: now,
+    };
+    let (first, twin) = (process(now), process(now + 1));
+    store.register_node(&first).await.unwrap();
+    assert_eq!(
+        store
+            .heartbeat(id, first.started_at, now + 5)
+            .await
+            .unwrap(),
+        Heartbeat::Heard
+    );
+
+    store.register_node(&twin).await.unwrap();
+    assert_eq!(
+        store
+            .heartbeat(id, first.started_at, now + 6)
+            .await
+            .unwrap(),
+        Heartbeat::Superseded
+    );
+    assert!(
+        !store.register_node_if_absent(&first).await.unwrap(),
+        "not over the twin's row"
+    );
+    store.deregister_node(id, first.started_at).await.unwrap();
+    assert_eq!(
+        store.heartbeat(id, twin.started_at, now + 7).await.unwrap(),
+        Heartbeat::Heard,
+        "the first's leaving left the twin's row"
+    );
+
+    store.deregister_node(id, twin.started_at).await.unwrap();
+    assert_eq!(
+        store.heartbeat(id, twin.started_at, now + 8).await.unwrap(),
+        Heartbeat::Gone
+    );
+    assert!(
+        store.register_node_if_absent(&twin).await.unwrap(),
+        "its row gone, it registers again"
+    );
+    assert_eq!(
+        store.heartbeat(id, twin.started_at, now + 9).await.unwrap(),
+        Heartbeat::Heard
+    );
+}
+
 /// A person's live places for their `me` snapshot are read newest first up
 /// to a limit; the places they left must not take that room: a live place
 /// joined before many that ended is still found.
@@ -1627,6 +1689,7 @@ store_tests!(
     a_fact_whose_version_was_taken_writes_nothing,
     a_key_taken_twice_in_one_batch_is_answered_once,
     the_cluster_keeps_time_by_the_databases_clock,
+    a_nodes_row_is_its_processs,
     a_reloaded_catalog_dates_announcements_before_the_joins,
     live_places_are_not_crowded_out_by_ended_ones,
     upcoming_joins_are_not_crowded_out_of_a_profile,

@@ -56,6 +56,21 @@ macro_rules! impl_membership {
                 Ok(())
             }
 
+            async fn register_node_if_absent(&self, node: &NodeRecord) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "INSERT INTO nodes (id, address, started_at, heartbeat_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(node.id)
+                .bind(&node.address)
+                .bind(node.started_at)
+                .bind(node.heartbeat_at)
+                .execute(&self.background)
+                .await
+                .map_err(unavailable)?;
+                Ok(done.rows_affected() == 1)
+            }
+
             async fn heartbeat(&self, node: Uuid, started_at: i64, now: i64) -> Result<Heartbeat, StoreError> {
                 let done = sqlx::query("UPDATE nodes SET heartbeat_at = $1 WHERE id = $2 AND started_at = $3")
                     .bind(now)
