@@ -180,47 +180,39 @@ async fn relay(
     let poll = Duration::from_millis(settings.poll_ms);
     let mut connection: Option<ConnectionManager> = None;
     let mut redis_failures = 0u32;
+    // After a store that failed, or a lease not held: the store's pace.
+    let wait = poll.max(Duration::from_secs(1));
     // When the lease was last asked for and taken, and its epoch.
     let mut lease: Option<(Instant, i64)> = None;
     while !shutdown.is_requested() {
-        let asked = Instant::now();
-        let held = match lease {
-            Some((renewed, _)) if renewed.elapsed() < LEASE_RENEW => true,
+        if lease.is_none_or(|(taken, _)| taken.elapsed() >= LEASE_RENEW) {
+            let asked = Instant::now();
             // By the database's clock, as the cluster's leases: another
             // node's clock running ahead must not take a lease still held.
-            _ => match async {
+            let taken = async {
                 let now = store.clock().await?;
                 store
                     .take_lease(LEASE, &holder, now, LEASE_TTL.as_micros() as i64)
                     .await
-            }
-            .await
-            {
-                Ok(Some(epoch)) => {
-                    // From when it was asked: a slow answer shortens the
-                    // time the lease is believed, never lengthens it.
-                    lease = Some((asked, epoch));
-                    true
-                }
-                Ok(None) => {
-                    lease = None;
-                    false
-                }
+            };
+            // From when it was asked: a slow answer shortens the time the
+            // lease is believed, never lengthens it.
+            lease = match taken.await {
+                Ok(epoch) => epoch.map(|epoch| (asked, epoch)),
                 Err(error) => {
                     tracing::warn!(%error, "outbox relay cannot reach the store");
-                    lease = None;
-                    false
+                    None
                 }
-            },
-        };
-        relaying.store(held, Ordering::Relaxed);
-        let Some((asked, epoch)) = lease.filter(|_| held) else {
-            shutdown.sleep(poll.max(Duration::from_secs(1))).await;
+            };
+        }
+        relaying.store(lease.is_some(), Ordering::Relaxed);
+        let Some((taken, epoch)) = lease else {
+            shutdown.sleep(wait).await;
             continue;
         };
         let held = Held {
             epoch,
-            ends: asked + LEASE_TTL - LEASE_MARGIN,
+            ends: taken + LEASE_TTL - LEASE_MARGIN,
         };
         let passed = tokio::time::timeout_at(
             held.ends.into(),
@@ -235,7 +227,7 @@ async fn relay(
             tracing::warn!("an outbox pass outlasted its lease; the next asks for it again");
             metrics::counter!("turnout_outbox_passes_cut_total").increment(1);
             lease = None;
-            shutdown.sleep(poll.max(Duration::from_secs(1))).await;
+            shutdown.sleep(wait).await;
             continue;
         };
         let pause = match passed {
@@ -251,7 +243,7 @@ async fn relay(
                 redis_failures += 1;
                 backoff(redis_failures)
             }
-            Pass::StoreAway => poll.max(Duration::from_secs(1)),
+            Pass::StoreAway => wait,
             Pass::LeaseShort => {
                 // Renewed at once by the next turn (more than LEASE_RENEW
                 // has gone by), unless the database is this slow again.
@@ -276,7 +268,7 @@ async fn relay(
                 metrics::counter!("turnout_outbox_fenced_total").increment(1);
                 holder = Uuid::now_v7().to_string();
                 lease = None;
-                poll.max(Duration::from_secs(1))
+                wait
             }
         };
         if !pause.is_zero() {

@@ -128,12 +128,7 @@ impl Node {
             .await
             .context("cannot read the database's clock")?;
         store
-            .register_node(&NodeRecord {
-                id: self.id.as_uuid(),
-                address: self.address.clone(),
-                started_at: self.started_at,
-                heartbeat_at: now,
-            })
+            .register_node(&self.record(now))
             .await
             .context("cannot register this node")?;
         tracing::info!(node = %self.id.as_uuid(), address = %self.address, shards = self.shards.get(), "joined the cluster");
@@ -163,57 +158,7 @@ impl Node {
                 background.shutdown(),
                 move |_| {
                     let (store, node) = (Arc::clone(&beats), node.clone());
-                    async move {
-                        if node.is_leaving() {
-                            return;
-                        }
-                        let now = match store.clock().await {
-                            Ok(now) => now,
-                            Err(error) => return tracing::warn!(%error, "cannot heartbeat"),
-                        };
-                        match store.heartbeat(id, node.started_at, now).await {
-                            Ok(Heartbeat::Heard) => {}
-                            // Removed (by an operator, say): register again
-                            // — unless the node began to leave meanwhile (its
-                            // leaving removed the row): the others would place
-                            // shards on it that nobody then takes.
-                            Ok(Heartbeat::Gone) if !node.is_leaving() => {
-                                let record = NodeRecord {
-                                    id,
-                                    address: node.address.clone(),
-                                    started_at: node.started_at,
-                                    heartbeat_at: now,
-                                };
-                                // Not over a twin's row registered since the
-                                // beat: that one is the process to keep.
-                                match store.register_node_if_absent(&record).await {
-                                    Ok(true) => {
-                                        tracing::info!(node = %id, "registered this node again")
-                                    }
-                                    Ok(false) => node.superseded_by_another(),
-                                    Err(error) => {
-                                        tracing::warn!(%error, "cannot register this node again")
-                                    }
-                                }
-                                if node.is_leaving()
-                                    && let Err(error) =
-                                        store.deregister_node(id, node.started_at).await
-                                {
-                                    tracing::warn!(%error, "cannot leave the membership");
-                                }
-                            }
-                            Ok(Heartbeat::Gone) => {}
-                            Ok(Heartbeat::Superseded) => node.superseded_by_another(),
-                            Err(error) => tracing::warn!(%error, "cannot heartbeat"),
-                        }
-                        if let Ok(nodes) = store.nodes().await {
-                            let live = nodes
-                                .iter()
-                                .filter(|n| node.is_live(n.heartbeat_at, now))
-                                .count();
-                            metrics::gauge!("turnout_cluster_nodes").set(live as f64);
-                        }
-                    }
+                    async move { node.beat(&store).await }
                 },
             ),
         );
@@ -231,6 +176,66 @@ impl Node {
     /// one is away (a twin started in its place): this one must stop.
     pub async fn superseded(&self) {
         self.superseded.notified().await;
+    }
+
+    /// One heartbeat, and the count of live nodes.
+    async fn beat(&self, store: &Arc<dyn Store>) {
+        if self.is_leaving() {
+            return;
+        }
+        let now = match store.clock().await {
+            Ok(now) => now,
+            Err(error) => return tracing::warn!(%error, "cannot heartbeat"),
+        };
+        match store
+            .heartbeat(self.id.as_uuid(), self.started_at, now)
+            .await
+        {
+            Ok(Heartbeat::Heard) => {}
+            Ok(Heartbeat::Gone) => self.register_again(store, now).await,
+            Ok(Heartbeat::Superseded) => self.superseded_by_another(),
+            Err(error) => tracing::warn!(%error, "cannot heartbeat"),
+        }
+        if let Ok(nodes) = store.nodes().await {
+            let live = (nodes.iter())
+                .filter(|n| self.is_live(n.heartbeat_at, now))
+                .count();
+            metrics::gauge!("turnout_cluster_nodes").set(live as f64);
+        }
+    }
+
+    /// Its row was deleted (by an operator, say): registers again — not
+    /// over a twin's row registered since the beat (that one is the process
+    /// to keep), and not once the node began to leave (its leaving removed
+    /// the row, and the others would place shards on it that nobody then
+    /// takes; a leaving that began while it registered removes it again).
+    async fn register_again(&self, store: &Arc<dyn Store>, now: i64) {
+        if self.is_leaving() {
+            return;
+        }
+        match store.register_node_if_absent(&self.record(now)).await {
+            Ok(true) if self.is_leaving() => {
+                if let Err(error) = store
+                    .deregister_node(self.id.as_uuid(), self.started_at)
+                    .await
+                {
+                    tracing::warn!(%error, "cannot leave the membership");
+                }
+            }
+            Ok(true) => tracing::info!(node = %self.id.as_uuid(), "registered this node again"),
+            Ok(false) => self.superseded_by_another(),
+            Err(error) => tracing::warn!(%error, "cannot register this node again"),
+        }
+    }
+
+    /// This process's row in the membership, heard from at `now`.
+    fn record(&self, now: i64) -> NodeRecord {
+        NodeRecord {
+            id: self.id.as_uuid(),
+            address: self.address.clone(),
+            started_at: self.started_at,
+            heartbeat_at: now,
+        }
     }
 
     /// Whether `row`, under this node's id, is another process's.

@@ -277,15 +277,7 @@ async fn nodes_silent_for_a_day_are_forgotten() {
     let Some(url) = fresh_database(Backend::Postgres, &dir).await else {
         return;
     };
-    let pool = turnout::store::PoolSettings {
-        max_connections: 2,
-        min_connections: 0,
-        acquire_timeout_ms: 3000,
-        idle_timeout_secs: 60,
-    };
-    let store = turnout::store::connect(&url, &pool, std::time::Duration::from_secs(5))
-        .await
-        .unwrap();
+    let store = crate::helpers::store_at(&url).await;
     let now = store.clock().await.unwrap();
     let silent_for = |hours: i64| turnout::store::NodeRecord {
         id: uuid::Uuid::new_v4(),
@@ -329,15 +321,7 @@ async fn a_process_whose_node_id_another_took_over_stops() {
 
     // The twin registers as the first process's start-up guard would have
     // let it, had the first been silent.
-    let pool = turnout::store::PoolSettings {
-        max_connections: 2,
-        min_connections: 0,
-        acquire_timeout_ms: 3000,
-        idle_timeout_secs: 60,
-    };
-    let store = turnout::store::connect(&url, &pool, std::time::Duration::from_secs(5))
-        .await
-        .unwrap();
+    let store = crate::helpers::store_at(&url).await;
     let now = store.clock().await.unwrap();
     let twin = turnout::store::NodeRecord {
         id,
@@ -400,15 +384,7 @@ async fn a_node_id_runs_in_one_process_at_a_time() {
 
     // A predecessor that crashed left its row behind, silent.
     let crashed = uuid::Uuid::new_v4();
-    let pool = turnout::store::PoolSettings {
-        max_connections: 2,
-        min_connections: 0,
-        acquire_timeout_ms: 3000,
-        idle_timeout_secs: 60,
-    };
-    let store = turnout::store::connect(&url, &pool, std::time::Duration::from_secs(5))
-        .await
-        .unwrap();
+    let store = crate::helpers::store_at(&url).await;
     let long_ago = store.clock().await.unwrap() - 60_000_000;
     store
         .register_node(&turnout::store::NodeRecord {

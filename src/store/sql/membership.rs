@@ -13,8 +13,31 @@ use crate::store::{Heartbeat, LeaseRecord, Membership, NodeRecord, unavailable};
 // renewing them — in shard order on Postgres, the order commits take their
 // shares in (see the journal), so a renewal and a commit never deadlock.
 // `$clock`: the database's time now, in unix microseconds.
+/// Registers a node, over any row under its id.
+const REGISTER_NODE: &str = "INSERT INTO nodes (id, address, started_at, heartbeat_at) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO UPDATE SET address = excluded.address, \
+     started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at";
+/// Registers a node unless a row under its id is there.
+const REGISTER_NODE_IF_ABSENT: &str = "INSERT INTO nodes (id, address, started_at, heartbeat_at) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING";
+
 macro_rules! impl_membership {
     ($db:ty, $in_shard_order:literal, $clock:literal) => {
+        impl SqlStore<$db> {
+            /// Runs one of the statements above for `node`; the rows written.
+            async fn insert_node(&self, sql: &'static str, node: &NodeRecord) -> Result<u64, StoreError> {
+                let done = sqlx::query(sql)
+                    .bind(node.id)
+                    .bind(&node.address)
+                    .bind(node.started_at)
+                    .bind(node.heartbeat_at)
+                    .execute(&self.background)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(done.rows_affected())
+            }
+        }
+
         #[async_trait]
         impl Membership for SqlStore<$db> {
             async fn clock(&self) -> Result<i64, StoreError> {
@@ -41,34 +64,11 @@ macro_rules! impl_membership {
             }
 
             async fn register_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
-                sqlx::query(
-                    "INSERT INTO nodes (id, address, started_at, heartbeat_at) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (id) DO UPDATE SET address = excluded.address, \
-                     started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at",
-                )
-                .bind(node.id)
-                .bind(&node.address)
-                .bind(node.started_at)
-                .bind(node.heartbeat_at)
-                .execute(&self.background)
-                .await
-                .map_err(unavailable)?;
-                Ok(())
+                self.insert_node(REGISTER_NODE, node).await.map(drop)
             }
 
             async fn register_node_if_absent(&self, node: &NodeRecord) -> Result<bool, StoreError> {
-                let done = sqlx::query(
-                    "INSERT INTO nodes (id, address, started_at, heartbeat_at) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(node.id)
-                .bind(&node.address)
-                .bind(node.started_at)
-                .bind(node.heartbeat_at)
-                .execute(&self.background)
-                .await
-                .map_err(unavailable)?;
-                Ok(done.rows_affected() == 1)
+                Ok(self.insert_node(REGISTER_NODE_IF_ABSENT, node).await? == 1)
             }
 
             async fn heartbeat(&self, node: Uuid, started_at: i64, now: i64) -> Result<Heartbeat, StoreError> {
