@@ -55,12 +55,6 @@ pub struct IdempotencyRecord {
     pub answer: Answer,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
-    /// Whether the answer is written. `false` for a command that changed
-    /// nothing (a join by a member): the commit still checks the key, so an
-    /// earlier answer stands, but writes no row, so fresh keys on no-op
-    /// commands cannot fill the table. The actor remembers such an answer
-    /// while it lives; after that a replay is decided again.
-    pub keep: bool,
 }
 
 /// The event's row in the read model after an append.

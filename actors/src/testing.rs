@@ -82,7 +82,7 @@ impl EventStore for MemoryStore {
             if append.snapshot.is_some() {
                 self.snapshots.fetch_add(1, Ordering::SeqCst);
             }
-            if let Some(record) = append.idempotency.as_ref().filter(|r| r.keep) {
+            if let Some(record) = &append.idempotency {
                 self.answers.lock().unwrap().insert(
                     (record.user, record.key.clone()),
                     Given {

@@ -283,7 +283,9 @@ impl From<CommandError> for ApiError {
             CommandError::Rejected(rejection) => rejection.into(),
             CommandError::Overloaded => ApiError::Overloaded("the event is busy; retry shortly"),
             // Nobody could be found to decide it before the deadline.
-            CommandError::Unavailable | CommandError::NotHere => ApiError::Unavailable,
+            CommandError::Unavailable | CommandError::Interrupted | CommandError::NotHere => {
+                ApiError::Unavailable
+            }
             CommandError::KeyReused => {
                 ApiError::unprocessable(ErrorCode::IdempotencyKeyReused, error.to_string())
             }

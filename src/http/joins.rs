@@ -205,7 +205,7 @@ pub async fn join_event(
 /// places freed go to the waitlist in the same commit.
 #[utoipa::path(delete, path = "/v1/events/{id}/join", tag = "joins", security(("bearer" = [])), params(("id" = Uuid, Path)),
     responses((status = 200, body = JoinEnvelope), (status = 404, description = "not a member", body = super::ErrorBody),
-        (status = 409, description = "`idempotency_key_in_use`: the key's request on another event is still in progress (retry)", body = super::ErrorBody)))]
+        (status = 409, description = "`event_started`, `event_cancelled`: the membership stands as it is", body = super::ErrorBody)))]
 pub async fn leave_event(
     state: web::Data<AppState>,
     user: AuthUser,

@@ -60,7 +60,7 @@ use actix_web::{HttpRequest, web};
 use metrics_exporter_prometheus::PrometheusHandle;
 use turnout_actors::domain::{Command, EventId};
 use turnout_actors::recommend::Recommenders;
-use turnout_actors::{EventRegistry, IdempotencyKey, Outcome, Reply};
+use turnout_actors::{CommandError, EventRegistry, IdempotencyKey, Outcome, Reply};
 
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use openapi::ApiDoc;
@@ -120,20 +120,13 @@ impl AppState {
             idempotency,
             request_id: Some(request_context::current_request_id()),
         };
-        let outcome = self
-            .commands
-            .execute(forwarded, self.write_timeout)
-            .await
-            .map_err(ApiError::from);
-        if matches!(outcome, Err(ApiError::Unavailable)) && !self.commands.holds(event) {
-            // Another node's event whose holder did not answer (it died, or
-            // the shard is moving): placement's to settle, no sign that
-            // the database fails, so no verdict — or a dead peer would
-            // pause this node's own writes too.
+        let outcome = self.commands.execute(forwarded, self.write_timeout).await;
+        if says_nothing_of_the_store(&outcome, || self.commands.holds(event)) {
             self.breaker.release(admitted);
-        } else {
-            self.breaker.record(admitted, &outcome);
+            return outcome.map_err(ApiError::from);
         }
+        let outcome = outcome.map_err(ApiError::from);
+        self.breaker.record(admitted, &outcome);
         outcome
     }
 
@@ -148,6 +141,24 @@ impl AppState {
             .unwrap_or(Err(ApiError::Unavailable));
         self.breaker.record(admitted, &outcome);
         outcome
+    }
+}
+
+/// Whether a command's outcome says nothing of the database's health, so
+/// that the write breaker takes no verdict from it: the event's actor
+/// reloading (the store answered: one client's late replay of a key would
+/// otherwise fail enough of a busy event's commands to pause every write
+/// of the node), or another node's event whose holder did not answer (it
+/// died, or the shard is moving: placement's to settle — or a dead peer
+/// would pause this node's own writes too).
+fn says_nothing_of_the_store(
+    outcome: &Result<Reply, CommandError>,
+    held_here: impl FnOnce() -> bool,
+) -> bool {
+    match outcome {
+        Err(CommandError::Interrupted) => true,
+        Err(CommandError::Unavailable | CommandError::NotHere) => !held_here(),
+        _ => false,
     }
 }
 
@@ -393,6 +404,33 @@ mod tests {
             ),
         ] {
             assert_eq!(super::client_message(raw), said);
+        }
+    }
+
+    /// The breaker hears of the store's failures only: not of an event
+    /// reloading, nor of another node's holder that did not answer.
+    #[test]
+    fn the_breaker_judges_the_store_by_its_own_failures() {
+        use super::{CommandError, says_nothing_of_the_store};
+        use turnout_actors::domain::Rejection;
+        let failed = |error: CommandError| Err(error);
+        for held_here in [true, false] {
+            let held = || held_here;
+            assert!(says_nothing_of_the_store(
+                &failed(CommandError::Interrupted),
+                held
+            ));
+            for error in [CommandError::Unavailable, CommandError::NotHere] {
+                assert_eq!(says_nothing_of_the_store(&failed(error), held), !held_here);
+            }
+            for error in [
+                CommandError::Overloaded,
+                CommandError::KeyReused,
+                CommandError::KeyInUse,
+                CommandError::Rejected(Rejection::NotFound),
+            ] {
+                assert!(!says_nothing_of_the_store(&failed(error), held));
+            }
         }
     }
 }

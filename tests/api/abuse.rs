@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use turnout_actors::domain::UserId;
 
 use crate::helpers::{
     Backend, TestApp, assert_error, body, fresh_database, id_of, labelled, metric, wait_until,
@@ -140,49 +139,6 @@ async fn concurrent_logins_hash_a_few_at_a_time() {
         peak < baseline + 120,
         "peak resident memory {peak} MiB, from {baseline} MiB before the logins"
     );
-}
-
-/// One member sending joins under fresh keys once wrote one stored answer
-/// each. An answer that changed nothing is remembered by the event's actor
-/// (a replay gets it back) but never written.
-async fn joins_that_change_nothing_store_no_answers(app: TestApp) {
-    let owner = app.user();
-    let event = app.published_event(&owner, 10).await;
-    let member = app.user();
-    assert_eq!(
-        app.join_with_key(&member, event, "first").await.status(),
-        StatusCode::CREATED
-    );
-    for i in 0..200 {
-        let again = app
-            .join_with_key(&member, event, &format!("again-{i}"))
-            .await;
-        assert_eq!(again.status(), StatusCode::OK, "a member joining again");
-    }
-    let replay = app.join_with_key(&member, event, "again-7").await;
-    assert_eq!(replay.status(), StatusCode::OK);
-    assert_eq!(body(replay).await["data"]["status"], "active");
-
-    let store = app.store().await;
-    let member_id = UserId::from(member.id);
-    assert!(
-        store
-            .stored_answer(member_id, "first")
-            .await
-            .unwrap()
-            .is_some()
-    );
-    for i in 0..200 {
-        let key = format!("again-{i}");
-        assert!(
-            store
-                .stored_answer(member_id, &key)
-                .await
-                .unwrap()
-                .is_none(),
-            "{key} changed nothing and was stored"
-        );
-    }
 }
 
 /// 60,000 joins to made-up event ids once left an actor each in memory for
@@ -768,7 +724,6 @@ async fn only_a_venues_people_put_events_on_it(app: TestApp) {
 }
 
 crate::on_both_backends!(
-    joins_that_change_nothing_store_no_answers,
     token_times_are_checked,
     only_a_venues_people_put_events_on_it,
 );

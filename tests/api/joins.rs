@@ -11,6 +11,7 @@ use crate::on_both_backends;
 on_both_backends!(
     concurrent_joins_never_overbook_and_number_the_waitlist,
     leaving_promotes_the_earliest_waiter,
+    a_roster_page_is_one_moment_of_the_event_while_waiters_move_up,
     raising_capacity_promotes_in_order_and_cuts_below_active_are_refused,
     an_idempotency_key_replays_the_first_answer,
     joining_rules,
@@ -93,6 +94,61 @@ async fn leaving_promotes_the_earliest_waiter(app: TestApp) {
         "not_found",
     )
     .await;
+}
+
+/// The owner's roster page was read group by group: a waiter promoted
+/// between the read of the active and that of the waiting was in neither.
+/// Read while the active leave one by one in the order they joined, every
+/// page must be the event at one moment: the members who have not left, in
+/// the order they joined, the first five active and the rest numbered.
+async fn a_roster_page_is_one_moment_of_the_event_while_waiters_move_up(app: TestApp) {
+    let owner = app.user();
+    let event = app.published_event(&owner, 5).await;
+    let members: Vec<User> = (0..60).map(|_| app.user()).collect();
+    for member in &members {
+        assert!(app.join(member, event).await.status().is_success());
+    }
+    let ids: Vec<String> = members.iter().map(|m| m.id.to_string()).collect();
+    let leaving = async {
+        for member in &members[..30] {
+            assert_eq!(app.leave(member, event).await.status(), StatusCode::OK);
+        }
+    };
+    let reading = async {
+        let mut pages = 0;
+        loop {
+            let path = format!("/v1/events/{event}/attendees?limit=100");
+            let response = app
+                .as_user(&owner, Method::GET, &path)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let page = body(response).await["data"].as_array().unwrap().clone();
+            let listed: Vec<&str> = page
+                .iter()
+                .map(|m| m["user_id"].as_str().unwrap())
+                .collect();
+            let gone = ids.len() - listed.len();
+            assert_eq!(
+                listed,
+                ids[gone..],
+                "page {pages}: the members who stayed, in order"
+            );
+            for (i, member) in page.iter().enumerate() {
+                match i {
+                    0..5 => assert_eq!(member["status"], "active", "page {pages}"),
+                    _ => assert_eq!(member["position"], i as i64 - 4, "page {pages}"),
+                }
+            }
+            pages += 1;
+            if gone == 30 {
+                return pages;
+            }
+        }
+    };
+    let ((), pages) = futures_util::join!(leaving, reading);
+    assert!(pages > 1);
 }
 
 async fn raising_capacity_promotes_in_order_and_cuts_below_active_are_refused(app: TestApp) {
@@ -328,6 +384,43 @@ async fn passivated_actors_rehydrate_from_snapshot_and_tail() {
         body(app.join(&late, event).await).await["data"]["position"],
         5
     );
+}
+
+/// A member joining again under a fresh key changes nothing, yet the join
+/// was carried out: replayed after the member left and the event's actor
+/// forgot its keys, the key gets that answer back, not a place decided
+/// afresh. (Its answer was once kept by the actor alone, so such a replay
+/// joined the member again.)
+#[actix_web::test]
+async fn a_join_that_changed_nothing_replays_its_answer_after_the_member_left() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(app) = spawn_app_with(backend, |s| s.actors.idle_timeout_secs = 1).await else {
+            continue;
+        };
+        let owner = app.user();
+        let event = app.published_event(&owner, 10).await;
+        let member = app.user();
+        let first = app.join_with_key(&member, event, "first").await;
+        assert_eq!(first.status(), StatusCode::CREATED);
+        let again = app.join_with_key(&member, event, "again").await;
+        assert_eq!(
+            again.status(),
+            StatusCode::OK,
+            "{backend:?}: a member joining again"
+        );
+        let again = body(again).await;
+        assert_eq!(again["data"]["status"], "active");
+        assert_eq!(app.leave(&member, event).await.status(), StatusCode::OK);
+        wait_for_passivation(&app).await;
+
+        let replay = app.join_with_key(&member, event, "again").await;
+        assert_eq!(replay.status(), StatusCode::OK, "{backend:?}");
+        assert_eq!(replay.headers().get("idempotent-replayed").unwrap(), "true");
+        assert_eq!(body(replay).await, again, "{backend:?}: the first answer");
+        let now = app.event(event).await;
+        assert_eq!(now["active_count"], 0, "{backend:?}: no second effect");
+        assert!(app.attendees(&owner, event).await.is_empty());
+    }
 }
 
 async fn wait_for_passivation(app: &TestApp) {

@@ -821,7 +821,6 @@ fn keyed_no_op(
             },
             created_at,
             expires_at: created_at + chrono::Duration::hours(24),
-            keep: true,
         }),
         request_id: None,
         span: tracing::Span::none(),

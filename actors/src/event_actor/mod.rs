@@ -107,9 +107,17 @@ pub enum CommandError {
     /// lookups are at their limit: retry shortly.
     #[error("the event is busy; retry shortly")]
     Overloaded,
-    /// Nothing was acknowledged; the store failed or the actor restarted.
+    /// Nothing was acknowledged: the store failed, or did not answer in
+    /// time.
     #[error("the event is temporarily unavailable; retry shortly")]
     Unavailable,
+    /// Nothing was acknowledged: the event's actor is reloading its state,
+    /// because a decision it rested on did not stand (another writer's
+    /// version, an idempotency key answered before) or it panicked. The
+    /// store answered, so this says nothing of its health (the write
+    /// breaker does not count it).
+    #[error("the event is reloading; retry shortly")]
+    Interrupted,
     #[error("this Idempotency-Key was already used for a different request")]
     KeyReused,
     /// The key's command on another event is still in flight: nothing was
@@ -137,7 +145,8 @@ impl From<AppendError> for CommandError {
     fn from(e: AppendError) -> Self {
         match e {
             AppendError::Overloaded => CommandError::Overloaded,
-            AppendError::Conflict | AppendError::Unavailable => CommandError::Unavailable,
+            AppendError::Conflict => CommandError::Interrupted,
+            AppendError::Unavailable => CommandError::Unavailable,
             AppendError::KeyReused => CommandError::KeyReused,
             AppendError::LeaseLost => CommandError::NotHere,
         }
@@ -411,7 +420,7 @@ impl EventActor {
             return;
         }
         if self.broken {
-            let _ = reply.send(Err(CommandError::Unavailable));
+            let _ = reply.send(Err(CommandError::Interrupted));
             return;
         }
         if let Some(idempotency) = &idempotency {
@@ -544,7 +553,6 @@ impl EventActor {
                 answer: outcome.answer(),
                 created_at: now,
                 expires_at: now + self.settings.idempotency_ttl,
-                keep: outcome.changed,
             }
         });
         let append = Append {
@@ -662,7 +670,7 @@ impl EventActor {
         for caller in flight.callers {
             let answer = match (caller.keyed, phantom) {
                 (true, _) => keyed.clone(),
-                (false, true) => Err(CommandError::Unavailable),
+                (false, true) => Err(CommandError::Interrupted),
                 (false, false) => caller.answer,
             };
             let _ = caller.reply.send(answer);
@@ -783,7 +791,7 @@ impl EventActor {
             // they failed meanwhile, the state it was decided on is
             // gone with them.
             Ok(None) if self.broken => {
-                let _ = reply.send(Err(CommandError::Unavailable));
+                let _ = reply.send(Err(CommandError::Interrupted));
             }
             // The shard moved during the lookup: the refusal was decided
             // on a state another node now writes on.
@@ -818,7 +826,7 @@ impl EventActor {
     fn crash(&mut self, reply: CommandReply, ctx: &mut Context<Self>) {
         tracing::error!(event_id = %self.id, "event actor panicked; restarting from the store");
         metrics::counter!("turnout_actor_panics_total").increment(1);
-        let _ = reply.send(Err(CommandError::Unavailable));
+        let _ = reply.send(Err(CommandError::Interrupted));
         // The changes of the appends abandoned here, to be told if they
         // land: their callers hear 503 (the outcome is unknown), but the
         // node's caches, hubs and feeds follow what is committed.
@@ -840,7 +848,7 @@ impl EventActor {
                 });
             }
             for caller in flight.callers {
-                let _ = caller.reply.send(Err(CommandError::Unavailable));
+                let _ = caller.reply.send(Err(CommandError::Interrupted));
             }
         }
         self.keys.fail_all();

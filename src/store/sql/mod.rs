@@ -28,6 +28,10 @@ mod venues;
 pub trait Dialect: sqlx::Database {
     type Writer: Send + Sync;
 
+    /// Begins a transaction whose reads all see one snapshot of the
+    /// database, and that writes nothing.
+    const SNAPSHOT_READ: &'static str;
+
     /// The thread the journal's commits run on, if they have one.
     fn journal_thread(writer: &Self::Writer) -> Option<actix::ArbiterHandle>;
 }
@@ -35,6 +39,10 @@ pub trait Dialect: sqlx::Database {
 impl Dialect for Sqlite {
     /// On a thread of its own (see `journal::sqlite`).
     type Writer = SqliteWriter;
+
+    /// Deferred: in WAL mode its first read takes the snapshot the rest
+    /// share.
+    const SNAPSHOT_READ: &'static str = "BEGIN";
 
     fn journal_thread(writer: &SqliteWriter) -> Option<actix::ArbiterHandle> {
         Some(writer.thread())
@@ -44,6 +52,9 @@ impl Dialect for Sqlite {
 impl Dialect for Postgres {
     /// A connection, not a pool (see `journal::postgres`).
     type Writer = PgWriter;
+
+    /// Read committed, Postgres's default, takes a snapshot per statement.
+    const SNAPSHOT_READ: &'static str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
 
     fn journal_thread(_: &PgWriter) -> Option<actix::ArbiterHandle> {
         None

@@ -10,7 +10,7 @@ use turnout_actors::domain::{EventId, MemberStatus, StoredEvent, UserId};
 use turnout_actors::store::StoreError;
 use uuid::Uuid;
 
-use super::{CHUNK, EVENT_COLUMNS, POSITION, SqlStore, live_statuses};
+use super::{CHUNK, Dialect, EVENT_COLUMNS, POSITION, SqlStore, live_statuses};
 use crate::store::{
     EventFilter, EventReads, EventRecord, MembershipRecord, OffersDue, Place, micros, unavailable,
 };
@@ -151,8 +151,16 @@ macro_rules! impl_reads {
                 // The active, then those on offer, then the waiting, each in
                 // order: one index range (`joins_roster`) per status, so a page
                 // deep in a long roster reads its own rows, not the whole
-                // membership sorted again.
+                // membership sorted again. All from one snapshot: a waiter
+                // promoted between two of the reads would be in neither
+                // group (and behind the page's cursor for good), and the
+                // count that numbers the waiters would be off by the moves.
                 const GROUPS: [(i64, &str); 3] = [(0, "active"), (1, "offered"), (2, "waitlisted")];
+                let mut snapshot = self
+                    .pool
+                    .begin_with(<$db as Dialect>::SNAPSHOT_READ)
+                    .await
+                    .map_err(unavailable)?;
                 let mut rows: Vec<MembershipRecord> = Vec::new();
                 for (group, status) in GROUPS {
                     let left = limit - rows.len() as i64;
@@ -174,7 +182,7 @@ macro_rules! impl_reads {
                     .bind(status)
                     .bind(from)
                     .bind(left)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *snapshot)
                     .await
                     .map_err(unavailable)?;
                     rows.extend(page);
@@ -188,13 +196,14 @@ macro_rules! impl_reads {
                     )
                     .bind(event.as_uuid())
                     .bind(rows[first].order_key)
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *snapshot)
                     .await
                     .map_err(unavailable)?;
                     for (i, m) in rows[first..].iter_mut().enumerate() {
                         m.position = Some(ahead + 1 + i as i64);
                     }
                 }
+                snapshot.commit().await.map_err(unavailable)?;
                 Ok(rows)
             }
 

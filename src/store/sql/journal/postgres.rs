@@ -453,15 +453,15 @@ impl<'a> Rows<'a> {
         }
     }
 
-    /// The answers the batch writes, with their appends' indexes: those
-    /// kept, a key taken twice once (the check leaves the later append
+    /// The answers the batch writes, with their appends' indexes: a key
+    /// taken twice once (the check leaves the later append
     /// out, and an upsert may not touch a row twice in one statement).
     fn replies(&self) -> impl Iterator<Item = (usize, &'a IdempotencyRecord)> + '_ {
         let mut seen = HashSet::new();
         self.keyed
             .iter()
             .copied()
-            .filter(move |(_, r)| r.keep && seen.insert((r.user, r.key.as_str())))
+            .filter(move |(_, r)| seen.insert((r.user, r.key.as_str())))
     }
 
     /// Each append's index, stream, base version and number of facts.
@@ -847,7 +847,6 @@ mod tests {
             },
             created_at: Utc::now(),
             expires_at: Utc::now(),
-            keep: true,
         }
     }
 

@@ -562,7 +562,7 @@ fn write_side_records(
          answer = excluded.answer, created_at = excluded.created_at, \
          expires_at = excluded.expires_at WHERE idempotency_keys.expires_at <= ?7",
     )?;
-    for (_, r) in batch.keyed.iter().filter(|(_, r)| r.keep) {
+    for (_, r) in &batch.keyed {
         reply.execute(params![
             r.user.as_uuid(),
             r.key,
