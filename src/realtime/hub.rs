@@ -108,8 +108,13 @@ pub struct ChannelHub {
     /// Set by a resync: when the reload is done, every subscriber gets a
     /// fresh snapshot.
     resyncing: bool,
-    /// The snapshot's `data`, rebuilt after a change.
-    snapshot: Option<Arc<Value>>,
+    /// The snapshot as last encoded, until the channel moves: as a plain
+    /// subscribe's first frame, and as a resume's that could not be served
+    /// (`recovered: false`). Every subscriber between two changes is handed
+    /// the same bytes: thousands of clients coming back after a restart
+    /// cost one encoding, and a client that reads nothing pins a shared
+    /// frame, not a copy of its own of a listing that may run to megabytes.
+    snapshots: [Option<Frame>; 2],
     /// The channel is a venue's and the load found no such venue.
     missing: bool,
     /// When the last load began: what it found may be older than a change
@@ -154,7 +159,7 @@ impl ChannelHub {
             offset: 0,
             history: History::new(history),
             resyncing: false,
-            snapshot: None,
+            snapshots: Default::default(),
             missing: false,
             looked_at: Instant::now(),
             next_start: None,
@@ -167,12 +172,21 @@ impl ChannelHub {
         }
     }
 
-    fn snapshot_data(&mut self) -> Arc<Value> {
+    /// The snapshot's frame, saying `recovered: false` if it answers a
+    /// resume.
+    fn snapshot(&mut self, answers_a_resume: bool) -> Frame {
+        let (name, epoch, offset) = (&self.name, &self.epoch, self.offset);
         let projection = &self.projection;
-        Arc::clone(
-            self.snapshot
-                .get_or_insert_with(|| Arc::new(projection.snapshot())),
-        )
+        self.snapshots[usize::from(answers_a_resume)]
+            .get_or_insert_with(|| {
+                let recovered = answers_a_resume.then_some(false);
+                let data = projection.snapshot();
+                Frame::text(
+                    protocol::snapshot(name, epoch, offset, recovered, &data),
+                    None,
+                )
+            })
+            .clone()
     }
 
     /// Loads the channel's state from the read model. `wait` holds
@@ -219,11 +233,7 @@ impl ChannelHub {
     }
 
     fn send_fresh_snapshots(&mut self) {
-        let data = self.snapshot_data();
-        let frame = Frame::text(
-            protocol::snapshot(&self.name, &self.epoch, self.offset, Some(false), &data),
-            None,
-        );
+        let frame = self.snapshot(true);
         self.fan_out(&frame);
     }
 
@@ -364,7 +374,7 @@ impl ChannelHub {
     }
 
     fn broadcast(&mut self, data: Value, committed_at: DateTime<Utc>) {
-        self.snapshot = None;
+        self.snapshots = Default::default();
         self.offset += 1;
         let mut text = protocol::update(
             &self.name,
@@ -445,15 +455,7 @@ impl ChannelHub {
                     metrics::counter!("turnout_ws_resumes_total", "recovered" => "false")
                         .increment(1);
                 }
-                let data = self.snapshot_data();
-                let snapshot = protocol::snapshot(
-                    &self.name,
-                    &self.epoch,
-                    self.offset,
-                    since.as_ref().map(|_| false),
-                    &data,
-                );
-                vec![frame(snapshot.into())]
+                vec![self.snapshot(since.is_some())]
             }
         };
         // Stop at the first frame refused: a later, smaller one could still
@@ -592,7 +594,7 @@ impl Handler<Resync> for ChannelHub {
         self.epoch = format!("{:016x}", rand::random::<u64>()).into();
         self.offset = 0;
         self.history.clear();
-        self.snapshot = None;
+        self.snapshots = Default::default();
         self.projection = Projection::new(self.channel.clone());
         self.resyncing = true;
         self.load(ctx);
