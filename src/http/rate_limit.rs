@@ -28,7 +28,7 @@ use crate::client_address::{counted_as, is_trusted, network_of};
 #[derive(Debug, Clone, Deserialize)]
 pub struct RateLimitSettings {
     pub enabled: bool,
-    /// Joins and leaves, per user and per address.
+    /// Joins, leaves and offer answers, per user and per address.
     pub joins_per_user_per_minute: u32,
     pub joins_per_ip_per_minute: u32,
     /// Registrations and logins, per address.
@@ -62,7 +62,13 @@ impl Budget {
     pub fn of(method: &Method, route: Option<&str>) -> Self {
         match (method, route) {
             (&Method::GET | &Method::HEAD | &Method::OPTIONS, _) => Budget::Reads,
-            (&Method::POST | &Method::DELETE, Some("/v1/events/{id}/join")) => Budget::Joins,
+            // A place taken, given up or answered: each may carry a fresh
+            // idempotency key, and each key answered is a stored row.
+            (&Method::POST | &Method::DELETE, Some("/v1/events/{id}/join"))
+            | (
+                &Method::POST,
+                Some("/v1/events/{id}/offer/accept" | "/v1/events/{id}/offer/decline"),
+            ) => Budget::Joins,
             (&Method::POST, Some("/v1/auth/register" | "/v1/auth/login")) => Budget::Accounts,
             _ => Budget::Writes,
         }
@@ -322,6 +328,10 @@ mod tests {
         let join = Some("/v1/events/{id}/join");
         assert_eq!(Budget::of(&Method::POST, join), Budget::Joins);
         assert_eq!(Budget::of(&Method::DELETE, join), Budget::Joins);
+        for answer in ["accept", "decline"] {
+            let route = format!("/v1/events/{{id}}/offer/{answer}");
+            assert_eq!(Budget::of(&Method::POST, Some(&route)), Budget::Joins);
+        }
         assert_eq!(
             Budget::of(&Method::POST, Some("/v1/auth/login")),
             Budget::Accounts

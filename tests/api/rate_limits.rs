@@ -82,6 +82,54 @@ async fn each_user_gets_a_budget_of_writes() {
     assert!(metrics.contains("turnout_rate_limited_total{scope=\"joins_user\"}"));
 }
 
+/// An answer to an offer may carry a fresh idempotency key, and every key
+/// answered is a stored row, even for an accept that changed nothing (an
+/// active member's): so offer answers spend the joins budget, like joins,
+/// and the rows one user can make are bounded by it.
+#[actix_web::test]
+async fn offer_answers_spend_the_joins_budget() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.rate_limits.enabled = true;
+        s.rate_limits.joins_per_user_per_minute = 3;
+    })
+    .await
+    .unwrap();
+    let owner = app.user();
+    let event = app.published_event(&owner, 5).await;
+    let member = app.user();
+    assert_eq!(app.join(&member, event).await.status(), StatusCode::CREATED);
+    let accept = |key: &str| {
+        app.as_user(
+            &member,
+            Method::POST,
+            &format!("/v1/events/{event}/offer/accept"),
+        )
+        .header("Idempotency-Key", key)
+        .send()
+    };
+    for key in ["accept-1", "accept-2"] {
+        assert_eq!(accept(key).await.unwrap().status(), StatusCode::OK, "{key}");
+    }
+    let limited = accept("accept-3").await.unwrap();
+    assert_error(limited, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+
+    let store = app.store().await;
+    let member_id = turnout_actors::domain::UserId::from(member.id);
+    for key in ["accept-1", "accept-2"] {
+        assert!(
+            store.stored_answer(member_id, key).await.unwrap().is_some(),
+            "{key}"
+        );
+    }
+    assert!(
+        store
+            .stored_answer(member_id, "accept-3")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
 #[actix_web::test]
 async fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
     let trusted = spawn_app_with(Backend::Sqlite, |s| {
