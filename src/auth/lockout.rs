@@ -5,7 +5,12 @@
 //!   not try that account for `lock_secs`. A guesser at one address is
 //!   stopped; the owner, elsewhere, is not.
 //! - Per address, over all accounts: ten times the budget, then locked
-//!   (credential stuffing from one address).
+//!   (credential stuffing from one address) — except for an account that
+//!   signed in from that address in the last [`FAMILIAR_FOR`]: one guesser
+//!   behind an office's or a carrier's shared address would otherwise lock
+//!   everyone else there out, right passwords and all. A familiar account
+//!   still meets its own limits there (the lock per account and address,
+//!   the delay per account).
 //! - Per account, over all addresses: after `slow_after` failures each
 //!   attempt waits longer, up to `max_delay_ms` — a growing delay, never a
 //!   lock, so the owner still gets in. The delay holds each attempt, not
@@ -83,6 +88,15 @@ pub struct Attempt<'g> {
     ip: IpAddr,
 }
 
+/// How long a sign-in from an address makes the account familiar there.
+pub const FAMILIAR_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Familiar (account, address) pairs remembered at most: only a right
+/// password adds one, yet a stranger with many accounts of their own could
+/// sign in again and again. Past it no pair is added (those there stay until
+/// they are old): the address locks as it did without them.
+const MAX_FAMILIAR: usize = 65_536;
+
 #[derive(Debug)]
 pub struct LoginGuard {
     settings: LockoutSettings,
@@ -90,6 +104,8 @@ pub struct LoginGuard {
     accounts: DashMap<Account, Failures>,
     pairs: DashMap<(Account, IpAddr), Failures>,
     addresses: DashMap<IpAddr, Failures>,
+    /// When each account last signed in from each address.
+    familiar: DashMap<(Account, IpAddr), Instant>,
 }
 
 impl LoginGuard {
@@ -100,6 +116,7 @@ impl LoginGuard {
             accounts: DashMap::new(),
             pairs: DashMap::new(),
             addresses: DashMap::new(),
+            familiar: DashMap::new(),
         }
     }
 
@@ -140,8 +157,12 @@ impl LoginGuard {
     pub fn admit(&self, email: &Email, ip: IpAddr) -> Admission<'_> {
         let (account, ip) = (self.digests.account(email), counted_as(ip));
         let lock_after = self.settings.lock_after;
+        let familiar = self
+            .familiar
+            .get(&(account, ip))
+            .is_some_and(|at| at.elapsed() < FAMILIAR_FOR);
         let mut address = self.addresses.entry(ip).or_insert_with(Failures::none);
-        if let Some(wait) = self.lock(&address, lock_after.saturating_mul(10)) {
+        if !familiar && let Some(wait) = self.lock(&address, lock_after.saturating_mul(10)) {
             return Admission::Locked(wait);
         }
         let mut pair = self
@@ -172,6 +193,7 @@ impl LoginGuard {
         self.accounts.retain(|_, f| live(f));
         self.pairs.retain(|_, f| live(f));
         self.addresses.retain(|_, f| live(f));
+        self.familiar.retain(|_, at| at.elapsed() < FAMILIAR_FOR);
     }
 }
 
@@ -214,11 +236,22 @@ impl Attempt<'_> {
     }
 
     /// The right password: the account's and this address's failures for
-    /// it are forgotten.
+    /// it are forgotten, and the account is familiar at this address.
     pub fn succeeded(self) {
-        self.guard.accounts.remove(&self.account);
-        if let Some(mut pair) = self.guard.pairs.get_mut(&(self.account, self.ip)) {
-            pair.count = 0;
+        let guard = self.guard;
+        guard.accounts.remove(&self.account);
+        let pair = (self.account, self.ip);
+        if let Some(mut failures) = guard.pairs.get_mut(&pair) {
+            failures.count = 0;
+        }
+        // `len` is read before the entry is locked: racing sign-ins
+        // overshoot the cap by at most their number.
+        match guard.familiar.get_mut(&pair) {
+            Some(mut at) => *at = Instant::now(),
+            None if guard.familiar.len() < MAX_FAMILIAR => {
+                guard.familiar.insert(pair, Instant::now());
+            }
+            None => {}
         }
     }
 }
@@ -340,6 +373,34 @@ mod tests {
             "a locked address stores nothing for a new email"
         );
         assert_eq!(pause(&g, "fresh@x.org", ip(8)), Some(Duration::ZERO));
+    }
+
+    /// A guesser behind a shared address locks it out over all accounts,
+    /// but not the accounts that signed in from it before: they meet only
+    /// their own limits there.
+    #[test]
+    fn an_address_locked_over_all_accounts_still_lets_its_familiar_accounts_in() {
+        let g = guard();
+        let Admission::Proceed(attempt, _) = g.admit(&email("regular@x.org"), ip(7)) else {
+            panic!("nothing is locked yet")
+        };
+        attempt.succeeded();
+        for i in 0..40 {
+            fail(&g, &format!("user{i}@x.org"), ip(7));
+        }
+        assert!(lock(&g, "newcomer@x.org", ip(7)).is_some());
+        assert_eq!(pause(&g, "regular@x.org", ip(7)), Some(Duration::ZERO));
+        assert!(
+            lock(&g, "regular@x.org", ip(8)).is_none() && g.familiar.len() == 1,
+            "familiar at that address only"
+        );
+        for _ in 0..4 {
+            fail(&g, "regular@x.org", ip(7));
+        }
+        assert!(
+            lock(&g, "regular@x.org", ip(7)).is_some(),
+            "guessed at from there, it meets its own lock"
+        );
     }
 
     #[test]

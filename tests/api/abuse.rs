@@ -768,6 +768,51 @@ async fn a_stranger_cannot_lock_the_owner_out() {
     assert_error(stranger, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
 }
 
+/// A guesser behind an office's shared address, trying many accounts,
+/// locked that address out over all accounts: the colleagues behind it too,
+/// right passwords and all. An account that signed in from there before
+/// still does; one that never did waits out the lock.
+#[actix_web::test]
+async fn a_guesser_behind_a_shared_address_cannot_lock_its_regulars_out() {
+    let app = crate::helpers::spawn_app_with(Backend::Sqlite, |s| {
+        s.rate_limits.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        s.auth.lockout.lock_after = 2;
+    })
+    .await
+    .unwrap();
+    let office = "203.0.113.20";
+    app.register("regular@example.com").await;
+    app.register("newcomer@example.com").await;
+    let login = |email: String, password: &'static str| {
+        app.request(Method::POST, "/v1/auth/login")
+            .header("X-Forwarded-For", office)
+            .json(&json!({ "email": email, "password": password }))
+            .send()
+    };
+    let regular = || login("regular@example.com".into(), "correct horse");
+    assert_eq!(regular().await.unwrap().status(), StatusCode::OK);
+    for i in 0..20 {
+        let guess = login(format!("someone{i}@example.com"), "a guess")
+            .await
+            .unwrap();
+        assert_eq!(guess.status(), StatusCode::UNAUTHORIZED, "guess {i}");
+    }
+    let locked = login("someone-else@example.com".into(), "a guess")
+        .await
+        .unwrap();
+    assert_error(locked, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+
+    assert_eq!(
+        regular().await.unwrap().status(),
+        StatusCode::OK,
+        "an account that signed in from the office before"
+    );
+    let newcomer = login("newcomer@example.com".into(), "correct horse")
+        .await
+        .unwrap();
+    assert_error(newcomer, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+}
+
 /// `/metrics` answers only to the addresses an operator lists, or only on a
 /// listener of its own; to anyone else it is not there.
 #[actix_web::test]
