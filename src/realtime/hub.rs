@@ -318,11 +318,12 @@ impl ChannelHub {
     }
 
     fn apply_as_is(&mut self, change: &EventChange, ctx: &mut Context<Self>) {
-        // A listed event may change without an update (a feed tells only
-        // of thresholds crossed): the next snapshot shows it as it is.
-        self.snapshots = Default::default();
         if let Some(data) = self.projection.apply(change, Utc::now()) {
             self.broadcast(data, change.committed_at);
+        }
+        if self.projection.take_silent_change() {
+            // The next subscriber's snapshot shows the listing as it is.
+            self.snapshots = Default::default();
         }
         for update in self.projection.take_crowded_out() {
             self.broadcast(update, change.committed_at);

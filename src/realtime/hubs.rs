@@ -4,7 +4,11 @@
 //! Channel names come from clients, so hubs are bounded: at most
 //! `max_hubs` event and venue hubs and `max_feed_hubs` feed hubs run at
 //! once, and an `event:<id>` that names no published event starts no hub
-//! (after the first look, the miss is remembered for a few seconds).
+//! (after the first look, the miss is remembered for a few seconds). Of
+//! `max_hubs`, `venue_hubs_reserved` are the venues' alone: every
+//! published event is a channel anyone may open, so a few addresses could
+//! otherwise take every hub and leave the venues' screens none, while a
+//! venue hub needs a venue, which takes an account to make.
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
@@ -28,15 +32,16 @@ use crate::store::Store;
 pub struct Hubs(Arc<Inner>);
 
 struct Inner {
-    /// Event and venue hubs, found by the change's ids.
-    direct: DashMap<Channel, Addr<ChannelHub>>,
+    /// Event hubs, found by the change's id.
+    events: DashMap<Channel, Addr<ChannelHub>>,
+    /// Venue hubs, found by the change's venue.
+    venues: DashMap<Channel, Addr<ChannelHub>>,
     /// Feed hubs: few, and every change is offered to each.
     feeds: DashMap<Channel, Addr<ChannelHub>>,
     store: Arc<dyn Store>,
     history: HistoryLimits,
     idle: Duration,
-    max_hubs: usize,
-    max_feed_hubs: usize,
+    caps: HubCaps,
     misses: RecentMisses,
     /// Changes offered to hubs and not yet handled ([`OfferChange`]).
     queued: QueueCount,
@@ -141,7 +146,8 @@ impl Hubs {
         threads: Vec<ArbiterHandle>,
     ) -> Self {
         Self(Arc::new(Inner {
-            direct: DashMap::new(),
+            events: DashMap::new(),
+            venues: DashMap::new(),
             feeds: DashMap::new(),
             store,
             history: HistoryLimits {
@@ -149,8 +155,11 @@ impl Hubs {
                 max_age: Duration::from_secs(settings.history_secs),
             },
             idle: Duration::from_secs(settings.hub_idle_secs),
-            max_hubs: settings.max_hubs,
-            max_feed_hubs: settings.max_feed_hubs,
+            caps: HubCaps {
+                hubs: settings.max_hubs,
+                venues_reserved: settings.venue_hubs_reserved,
+                feeds: settings.max_feed_hubs,
+            },
             misses: RecentMisses::new(Duration::from_secs(10), 10_000),
             queued: QueueCount::default(),
             threads: Threads::new(threads, "hubs"),
@@ -159,8 +168,9 @@ impl Hubs {
 
     fn map(&self, channel: &Channel) -> &DashMap<Channel, Addr<ChannelHub>> {
         match channel {
+            Channel::Event(_) => &self.0.events,
+            Channel::Venue(_) => &self.0.venues,
             Channel::Feed { .. } => &self.0.feeds,
-            _ => &self.0.direct,
         }
     }
 
@@ -175,16 +185,14 @@ impl Hubs {
         if let Some(hub) = map.get(channel).filter(|hub| hub.connected()) {
             return Ok(hub.clone());
         }
-        let cap = match channel {
-            // The city's feed is one hub, and always let in: filtered feeds
-            // from a few addresses must not take every kiosk's channel.
-            Channel::Feed { .. } if !channel.is_filtered_feed() => usize::MAX,
-            Channel::Feed { .. } => self.0.max_feed_hubs,
-            _ => self.0.max_hubs,
-        };
         // Counted before the entry is locked (`len` reads every shard);
         // starters racing past it together overshoot by at most their number.
-        if map.len() >= cap {
+        let running = Running {
+            events: self.0.events.len(),
+            venues: self.0.venues.len(),
+            feeds: self.0.feeds.len(),
+        };
+        if !self.0.caps.admit(channel, running) {
             metrics::counter!("turnout_ws_hubs_refused_total", "kind" => channel.kind())
                 .increment(1);
             return Err(NoHub::Full);
@@ -210,7 +218,13 @@ impl Hubs {
 
     /// Tells every running hub to reload: changes may have been missed.
     pub fn resync_all(&self) {
-        for hub in self.0.direct.iter().chain(self.0.feeds.iter()) {
+        for hub in self
+            .0
+            .events
+            .iter()
+            .chain(self.0.venues.iter())
+            .chain(self.0.feeds.iter())
+        {
             hub.do_send(Resync);
         }
     }
@@ -219,10 +233,12 @@ impl Hubs {
     pub fn route(&self, change: Arc<EventChange>) {
         let (event, venue) = (change.summary.id, change.summary.details.venue_id);
         self.0.misses.changed(event, Instant::now());
-        for channel in [Channel::Event(event), Channel::Venue(venue)] {
-            if let Some(hub) = self.0.direct.get(&channel) {
-                hub.do_send(OfferChange::new(Arc::clone(&change), &self.0.queued));
-            }
+        let hubs = [
+            self.0.events.get(&Channel::Event(event)),
+            self.0.venues.get(&Channel::Venue(venue)),
+        ];
+        for hub in hubs.iter().flatten() {
+            hub.do_send(OfferChange::new(Arc::clone(&change), &self.0.queued));
         }
         if change.has("details_changed") {
             // The event may have moved: the venue it left must hear of it,
@@ -230,8 +246,8 @@ impl Hubs {
             // so every other venue hub is asked; those that never listed the
             // event ignore it.
             let here = Channel::Venue(venue);
-            for hub in self.0.direct.iter() {
-                if matches!(hub.key(), Channel::Venue(_)) && *hub.key() != here {
+            for hub in self.0.venues.iter() {
+                if *hub.key() != here {
                     hub.do_send(OfferChange::new(Arc::clone(&change), &self.0.queued));
                 }
             }
@@ -244,6 +260,42 @@ impl Hubs {
     /// Changes offered to hubs that none has handled yet.
     pub fn changes_queued(&self) -> usize {
         self.0.queued.len()
+    }
+}
+
+/// How many hubs of each kind may run at once (see the module's doc).
+struct HubCaps {
+    /// Event and venue hubs together.
+    hubs: usize,
+    /// Of `hubs`, those only venue hubs may take.
+    venues_reserved: usize,
+    /// Filtered feeds (the city's plain feed is always let in).
+    feeds: usize,
+}
+
+/// The hubs running, by kind.
+#[derive(Debug, Clone, Copy)]
+struct Running {
+    events: usize,
+    venues: usize,
+    feeds: usize,
+}
+
+impl HubCaps {
+    /// Whether a hub for `channel` may start beside those `running`.
+    fn admit(&self, channel: &Channel, running: Running) -> bool {
+        let direct = running.events + running.venues;
+        match channel {
+            // The city's feed is one hub, and always let in: filtered feeds
+            // from a few addresses must not take every kiosk's channel.
+            Channel::Feed { .. } if !channel.is_filtered_feed() => true,
+            Channel::Feed { .. } => running.feeds < self.feeds,
+            Channel::Event(_) => {
+                direct < self.hubs
+                    && running.events < self.hubs.saturating_sub(self.venues_reserved)
+            }
+            Channel::Venue(_) => direct < self.hubs,
+        }
     }
 }
 
@@ -263,6 +315,42 @@ impl HubHome for Hubs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// However many event channels are opened, the venues keep their share;
+    /// venues may take the rest too; filtered feeds have a cap of their
+    /// own, and the city's feed always starts.
+    #[test]
+    fn event_channels_cannot_take_the_venues_share() {
+        let caps = HubCaps {
+            hubs: 10,
+            venues_reserved: 4,
+            feeds: 2,
+        };
+        let event = Channel::Event(EventId::new());
+        let venue = Channel::Venue(turnout_actors::domain::VenueId::new());
+        let running = |events, venues, feeds| Running {
+            events,
+            venues,
+            feeds,
+        };
+        assert!(caps.admit(&event, running(5, 0, 0)));
+        assert!(
+            !caps.admit(&event, running(6, 0, 0)),
+            "the venues' four stay"
+        );
+        assert!(caps.admit(&venue, running(6, 3, 0)));
+        assert!(!caps.admit(&venue, running(6, 4, 0)), "ten in all");
+        assert!(
+            caps.admit(&venue, running(0, 9, 0)),
+            "venues may take the rest"
+        );
+        assert!(!caps.admit(&event, running(1, 9, 0)), "ten in all");
+        let filtered = Channel::parse("feed?tag=jazz").unwrap();
+        assert!(caps.admit(&filtered, running(6, 4, 1)));
+        assert!(!caps.admit(&filtered, running(0, 0, 2)));
+        let city = Channel::parse("feed").unwrap();
+        assert!(caps.admit(&city, running(6, 4, 2)));
+    }
 
     #[test]
     fn a_miss_is_remembered_briefly_and_forgotten_on_a_change() {

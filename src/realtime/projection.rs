@@ -74,6 +74,10 @@ pub struct Projection {
     venues: HashMap<Uuid, GeoPoint>,
     /// When the read model's events were taken in (`load`).
     loaded_at: Option<DateTime<Utc>>,
+    /// The listing changed without an update to tell it (a feed tells a
+    /// listed event's counts only as they cross a threshold): a snapshot
+    /// built before is stale ([`Projection::take_silent_change`]).
+    changed_silently: bool,
 }
 
 impl Projection {
@@ -91,7 +95,13 @@ impl Projection {
             venues: HashMap::new(),
             crowded_out: Vec::new(),
             loaded_at: None,
+            changed_silently: false,
         }
+    }
+
+    /// Whether the listing changed without an update since last asked.
+    pub fn take_silent_change(&mut self) -> bool {
+        std::mem::take(&mut self.changed_silently)
     }
 
     /// Takes the read model's events (and, for a radius feed, the venues'
@@ -274,8 +284,9 @@ impl Projection {
                 let reason = match &self.channel {
                     Channel::Venue(_) => Some("changed"),
                     _ => feed_reason(before.as_ref(), view, &kinds, listed),
-                }?;
-                Some(listing_update(view, &kinds, listed, reason))
+                };
+                self.changed_silently |= reason.is_none();
+                Some(listing_update(view, &kinds, listed, reason?))
             }
         }
     }
@@ -576,6 +587,33 @@ mod tests {
             );
             assert_eq!(projection.apply(&published, loaded_at), None);
         }
+    }
+
+    /// A feed tells a listed event's joins only as its places cross a
+    /// threshold, yet lists the new counts: the change says so, so that a
+    /// snapshot encoded before is not served again. One told, or one about
+    /// an event the feed does not list, says nothing.
+    #[test]
+    fn a_join_listed_without_an_update_is_a_silent_change() {
+        let mut projection = feed("feed?tag=jazz");
+        projection.load(Vec::new(), Vec::new(), Utc::now());
+        let mut event = Event::new();
+        event.create(VenueId::new(), 50, "jazz");
+        assert!(projection.apply(&event.publish(), Utc::now()).is_some());
+        assert!(!projection.take_silent_change(), "told");
+
+        assert_eq!(projection.apply(&event.join(), Utc::now()), None);
+        assert!(
+            projection.take_silent_change(),
+            "listed with 49 places left"
+        );
+        assert!(!projection.take_silent_change(), "taken");
+
+        let mut elsewhere = Event::new();
+        elsewhere.create(VenueId::new(), 5, "rock");
+        elsewhere.publish();
+        assert_eq!(projection.apply(&elsewhere.join(), Utc::now()), None);
+        assert!(!projection.take_silent_change(), "not listed here");
     }
 
     /// The same for an event that moved to another venue: the old
