@@ -22,7 +22,7 @@ use turnout_actors::shards::HeldShards;
 use turnout_actors::store::EventStore;
 use turnout_actors::{ActorSettings, EventRegistry, Flush, Journal, JournalSettings};
 
-use crate::auth::{AccountDigests, Hashing, LoginGuard, TokenKeys};
+use crate::auth::{AccountDigests, Hashing, LoginGuard, SignInPasses, TokenKeys};
 use crate::background::{Background, every, purge_in_batches};
 use crate::cluster::Node;
 use crate::cluster::forward::{Commands, InternalKeys, Peers};
@@ -151,6 +151,7 @@ impl Application {
         let jwt_keys = jwt_keys(&settings)?;
         tracing::info!(target: "turnout::audit", keys = jwt_keys.len(), "jwt keys loaded; the first signs");
         let digests = AccountDigests::new(&jwt_keys[0]);
+        let passes = SignInPasses::new(&jwt_keys[0]);
         let tokens = TokenKeys::new(
             &jwt_keys,
             settings.auth.issuer.clone(),
@@ -208,7 +209,11 @@ impl Application {
             tokens: web::Data::new(tokens),
             realtime: web::Data::new(core.realtime),
             rate_limits: web::Data::new(RateLimits::new(&settings.rate_limits)),
-            login_guard: web::Data::new(LoginGuard::new(settings.auth.lockout.clone(), digests)),
+            login_guard: web::Data::new(LoginGuard::new(
+                settings.auth.lockout.clone(),
+                digests,
+                passes,
+            )),
             hashing: web::Data::new(Hashing::new(&settings.auth.hashing)),
             internal_keys: web::Data::from(internal_keys),
             drain: web::Data::new(drain.clone()),

@@ -5,12 +5,12 @@
 //!   not try that account for `lock_secs`. A guesser at one address is
 //!   stopped; the owner, elsewhere, is not.
 //! - Per address, over all accounts: ten times the budget, then locked
-//!   (credential stuffing from one address) — except for an account that
-//!   signed in from that address in the last [`FAMILIAR_FOR`]: one guesser
-//!   behind an office's or a carrier's shared address would otherwise lock
-//!   everyone else there out, right passwords and all. A familiar account
-//!   still meets its own limits there (the lock per account and address,
-//!   the delay per account).
+//!   (credential stuffing from one address).
+//! - A device that holds a sign-in pass for the account ([`SignInPasses`]:
+//!   it signed in from there before) is let past both address locks: one
+//!   guesser behind an office's or a carrier's shared address cannot lock
+//!   the people behind it out, right passwords and all. The account's
+//!   delay still holds it, and its failures still count.
 //! - Per account, over all addresses: after `slow_after` failures each
 //!   attempt waits longer, up to `max_delay_ms` — a growing delay, never a
 //!   lock, so the owner still gets in. The delay holds each attempt, not
@@ -34,6 +34,7 @@ use serde::Deserialize;
 
 use super::Email;
 use super::digest::{Account, AccountDigests};
+use super::passes::SignInPasses;
 use crate::client_address::counted_as;
 
 /// `[auth.lockout]` settings.
@@ -88,41 +89,39 @@ pub struct Attempt<'g> {
     ip: IpAddr,
 }
 
-/// How long a sign-in from an address makes the account familiar there.
-pub const FAMILIAR_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
-
-/// Familiar (account, address) pairs remembered at most: only a right
-/// password adds one, yet a stranger with many accounts of their own could
-/// sign in again and again. Past it no pair is added (those there stay until
-/// they are old): the address locks as it did without them.
-const MAX_FAMILIAR: usize = 65_536;
-
 #[derive(Debug)]
 pub struct LoginGuard {
     settings: LockoutSettings,
     digests: AccountDigests,
+    passes: SignInPasses,
     accounts: DashMap<Account, Failures>,
     pairs: DashMap<(Account, IpAddr), Failures>,
     addresses: DashMap<IpAddr, Failures>,
-    /// When each account last signed in from each address.
-    familiar: DashMap<(Account, IpAddr), Instant>,
 }
 
 impl LoginGuard {
-    pub fn new(settings: LockoutSettings, digests: AccountDigests) -> Self {
+    pub fn new(settings: LockoutSettings, digests: AccountDigests, passes: SignInPasses) -> Self {
         Self {
             settings,
             digests,
+            passes,
             accounts: DashMap::new(),
             pairs: DashMap::new(),
             addresses: DashMap::new(),
-            familiar: DashMap::new(),
         }
     }
 
     /// How the guard names accounts, for the logs to name them alike.
     pub fn digests(&self) -> &AccountDigests {
         &self.digests
+    }
+
+    /// A sign-in pass for `email`'s account, to hand a client that just
+    /// proved it holds the account (its password right, or the account
+    /// just made).
+    pub fn pass_for(&self, email: &Email) -> String {
+        let now = chrono::Utc::now().timestamp();
+        self.passes.issue(&self.digests.account(email), now)
     }
 
     fn lock_window(&self) -> Duration {
@@ -154,22 +153,22 @@ impl LoginGuard {
     /// locked while the pair's is checked (the one place two are held, in
     /// that order), so two parallel attempts cannot both take the last try;
     /// an address locked out stores nothing more, whatever email it tries.
-    pub fn admit(&self, email: &Email, ip: IpAddr) -> Admission<'_> {
+    /// `pass`, the client's sign-in pass if it sent one, lets a device that
+    /// signed in to this account before past the address's locks.
+    pub fn admit(&self, email: &Email, ip: IpAddr, pass: Option<&str>) -> Admission<'_> {
         let (account, ip) = (self.digests.account(email), counted_as(ip));
+        let now = chrono::Utc::now().timestamp();
+        let known_device = pass.is_some_and(|pass| self.passes.admits(pass, &account, now));
         let lock_after = self.settings.lock_after;
-        let familiar = self
-            .familiar
-            .get(&(account, ip))
-            .is_some_and(|at| at.elapsed() < FAMILIAR_FOR);
         let mut address = self.addresses.entry(ip).or_insert_with(Failures::none);
-        if !familiar && let Some(wait) = self.lock(&address, lock_after.saturating_mul(10)) {
+        if !known_device && let Some(wait) = self.lock(&address, lock_after.saturating_mul(10)) {
             return Admission::Locked(wait);
         }
         let mut pair = self
             .pairs
             .entry((account, ip))
             .or_insert_with(Failures::none);
-        if let Some(wait) = self.lock(&pair, lock_after) {
+        if !known_device && let Some(wait) = self.lock(&pair, lock_after) {
             return Admission::Locked(wait);
         }
         pair.in_flight += 1;
@@ -193,7 +192,6 @@ impl LoginGuard {
         self.accounts.retain(|_, f| live(f));
         self.pairs.retain(|_, f| live(f));
         self.addresses.retain(|_, f| live(f));
-        self.familiar.retain(|_, at| at.elapsed() < FAMILIAR_FOR);
     }
 }
 
@@ -236,22 +234,11 @@ impl Attempt<'_> {
     }
 
     /// The right password: the account's and this address's failures for
-    /// it are forgotten, and the account is familiar at this address.
+    /// it are forgotten.
     pub fn succeeded(self) {
-        let guard = self.guard;
-        guard.accounts.remove(&self.account);
-        let pair = (self.account, self.ip);
-        if let Some(mut failures) = guard.pairs.get_mut(&pair) {
-            failures.count = 0;
-        }
-        // `len` is read before the entry is locked: racing sign-ins
-        // overshoot the cap by at most their number.
-        match guard.familiar.get_mut(&pair) {
-            Some(mut at) => *at = Instant::now(),
-            None if guard.familiar.len() < MAX_FAMILIAR => {
-                guard.familiar.insert(pair, Instant::now());
-            }
-            None => {}
+        self.guard.accounts.remove(&self.account);
+        if let Some(mut pair) = self.guard.pairs.get_mut(&(self.account, self.ip)) {
+            pair.count = 0;
         }
     }
 }
@@ -282,11 +269,18 @@ mod tests {
 
     fn guard_with(settings: LockoutSettings) -> LoginGuard {
         let key = secrecy::SecretString::from("lockout-test-key-lockout-test-key");
-        LoginGuard::new(settings, AccountDigests::new(&key))
+        LoginGuard::new(settings, AccountDigests::new(&key), SignInPasses::new(&key))
     }
 
     fn email(raw: &str) -> Email {
         Email::parse(raw).expect("a valid email")
+    }
+
+    impl LoginGuard {
+        /// An attempt from a device that holds no sign-in pass.
+        fn admit_from(&self, email: &Email, ip: IpAddr) -> Admission<'_> {
+            self.admit(email, ip, None)
+        }
     }
 
     fn ip(last: u8) -> IpAddr {
@@ -296,14 +290,14 @@ mod tests {
     /// The pause an attempt is let in after (its attempt settled as
     /// neither), or `None` if it is locked out.
     fn pause(g: &LoginGuard, raw: &str, at: IpAddr) -> Option<Duration> {
-        match g.admit(&email(raw), at) {
+        match g.admit_from(&email(raw), at) {
             Admission::Proceed(_, pause) => Some(pause),
             Admission::Locked(_) => None,
         }
     }
 
     fn lock(g: &LoginGuard, raw: &str, at: IpAddr) -> Option<Duration> {
-        match g.admit(&email(raw), at) {
+        match g.admit_from(&email(raw), at) {
             Admission::Proceed(..) => None,
             Admission::Locked(wait) => Some(wait),
         }
@@ -311,7 +305,7 @@ mod tests {
 
     /// A wrong password, from `at`.
     fn fail(g: &LoginGuard, raw: &str, at: IpAddr) {
-        match g.admit(&email(raw), at) {
+        match g.admit_from(&email(raw), at) {
             Admission::Proceed(attempt, _) => attempt.failed(),
             Admission::Locked(wait) => panic!("{raw} from {at} is locked for {wait:?}"),
         }
@@ -347,7 +341,8 @@ mod tests {
         for i in 0..50 {
             fail(&g, "a@x.org", ip(i));
         }
-        let Admission::Proceed(attempt, pause_then) = g.admit(&email("a@x.org"), ip(200)) else {
+        let Admission::Proceed(attempt, pause_then) = g.admit_from(&email("a@x.org"), ip(200))
+        else {
             panic!("an account is never locked for everyone")
         };
         assert_eq!(
@@ -376,30 +371,40 @@ mod tests {
     }
 
     /// A guesser behind a shared address locks it out over all accounts,
-    /// but not the accounts that signed in from it before: they meet only
-    /// their own limits there.
+    /// and out of an account it guessed at; a device that signed in to
+    /// that account before, holding its pass, is let in all the same. The
+    /// guesser, holding none, is told the same whatever account it tries.
     #[test]
-    fn an_address_locked_over_all_accounts_still_lets_its_familiar_accounts_in() {
+    fn a_sign_in_pass_lets_its_device_past_the_address_locks() {
         let g = guard();
-        let Admission::Proceed(attempt, _) = g.admit(&email("regular@x.org"), ip(7)) else {
-            panic!("nothing is locked yet")
-        };
-        attempt.succeeded();
+        let regular = g.pass_for(&email("regular@x.org"));
         for i in 0..40 {
             fail(&g, &format!("user{i}@x.org"), ip(7));
         }
-        assert!(lock(&g, "newcomer@x.org", ip(7)).is_some());
-        assert_eq!(pause(&g, "regular@x.org", ip(7)), Some(Duration::ZERO));
-        assert!(
-            lock(&g, "regular@x.org", ip(8)).is_none() && g.familiar.len() == 1,
-            "familiar at that address only"
-        );
         for _ in 0..4 {
-            fail(&g, "regular@x.org", ip(7));
+            match g.admit(&email("regular@x.org"), ip(7), Some(&regular)) {
+                Admission::Proceed(attempt, _) => attempt.failed(),
+                Admission::Locked(_) => panic!("the pass's device is let in"),
+            }
         }
         assert!(
             lock(&g, "regular@x.org", ip(7)).is_some(),
-            "guessed at from there, it meets its own lock"
+            "no pass: locked"
+        );
+        assert!(lock(&g, "newcomer@x.org", ip(7)).is_some());
+        let Admission::Proceed(attempt, pause) =
+            g.admit(&email("regular@x.org"), ip(7), Some(&regular))
+        else {
+            panic!("the pass's device is let in, past the account's own lock there too")
+        };
+        assert!(pause > Duration::ZERO, "the account's delay still holds it");
+        attempt.succeeded();
+        assert!(
+            matches!(
+                g.admit(&email("newcomer@x.org"), ip(7), Some(&regular)),
+                Admission::Locked(_)
+            ),
+            "a pass is its account's alone"
         );
     }
 
@@ -408,7 +413,7 @@ mod tests {
         let g = guard();
         // Four guesses let in at once, none of them checked yet.
         let in_flight: Vec<_> = (0..4)
-            .map(|_| match g.admit(&email("a@x.org"), ip(1)) {
+            .map(|_| match g.admit_from(&email("a@x.org"), ip(1)) {
                 Admission::Proceed(attempt, _) => attempt,
                 Admission::Locked(_) => panic!("the first four are let in"),
             })
@@ -453,7 +458,7 @@ mod tests {
             ..guard().settings
         });
         fail(&g, "a@x.org", ip(1));
-        let Admission::Proceed(pending, _) = g.admit(&email("b@x.org"), ip(1)) else {
+        let Admission::Proceed(pending, _) = g.admit_from(&email("b@x.org"), ip(1)) else {
             panic!("no lock lasts zero seconds")
         };
         g.forget_old();

@@ -68,6 +68,10 @@ pub struct RegisterRequest {
 pub struct LoginRequest {
     pub email: String,
     pub password: String,
+    /// The `sign_in_pass` this device was given when it last signed in to
+    /// this account (or registered it): it lets the login past the locks
+    /// that failed logins from its address may have set.
+    pub sign_in_pass: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -113,6 +117,11 @@ pub struct Session {
     pub user: UserView,
     /// Send as `Authorization: Bearer <token>`.
     pub token: String,
+    /// Keep it on this device and send it with the next login to this
+    /// account: someone guessing passwords from the same address (an
+    /// office's, a carrier's) cannot then lock you out. Good for 30 days;
+    /// each sign-in gives a new one.
+    pub sign_in_pass: String,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -140,6 +149,7 @@ pub async fn register(
     state: web::Data<AppState>,
     tokens: web::Data<TokenKeys>,
     hashing: web::Data<Hashing>,
+    guard: web::Data<LoginGuard>,
     body: web::Json<RegisterRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -171,11 +181,17 @@ pub async fn register(
         ));
     }
     tracing::info!(target: "turnout::audit", user_id = %user.id, "account registered");
-    Ok(session_response(StatusCode::CREATED, user, &tokens))
+    let pass = guard.pass_for(&email);
+    Ok(session_response(StatusCode::CREATED, user, &tokens, pass))
 }
 
 /// `{user, token}` for a signed-in user. Tokens are never cached.
-fn session_response(status: StatusCode, user: UserRecord, tokens: &TokenKeys) -> HttpResponse {
+fn session_response(
+    status: StatusCode,
+    user: UserRecord,
+    tokens: &TokenKeys,
+    sign_in_pass: String,
+) -> HttpResponse {
     let token = tokens.issue(UserId::from(user.id), Some(user.role.as_str().to_owned()));
     HttpResponse::build(status)
         .insert_header(("Cache-Control", "no-store"))
@@ -183,6 +199,7 @@ fn session_response(status: StatusCode, user: UserRecord, tokens: &TokenKeys) ->
             data: Session {
                 user: user.into(),
                 token,
+                sign_in_pass,
             },
         })
 }
@@ -208,7 +225,7 @@ pub async fn login(
         return Err(ApiError::Unauthorized("wrong email or password"));
     };
     let ip = limits.client_ip(req.peer_addr(), req.headers());
-    let attempt = match guard.admit(&email, ip) {
+    let attempt = match guard.admit(&email, ip, body.sign_in_pass.as_deref()) {
         Admission::Locked(wait) => {
             let account = guard.digests().logged(&email);
             tracing::info!(target: "turnout::audit", %account, %ip, "login refused: locked out");
@@ -239,7 +256,8 @@ pub async fn login(
         Some(user) if matches => {
             attempt.succeeded();
             tracing::info!(target: "turnout::audit", user_id = %user.id, "login");
-            Ok(session_response(StatusCode::OK, user, &tokens))
+            let pass = guard.pass_for(&email);
+            Ok(session_response(StatusCode::OK, user, &tokens, pass))
         }
         _ => {
             attempt.failed();
