@@ -1,5 +1,5 @@
-//! Rate limits under `/v1`, a budget per kind of request (joins and
-//! leaves, sign-ups and logins, other writes, reads), each per user and/or
+//! Rate limits under `/v1`, a budget per kind of request (joins, leaves
+//! and offer answers; sign-ups and logins; other writes; reads), each per user and/or
 //! per client address, with governor's GCRA. Over a budget: 429 with
 //! `Retry-After`, and the message says which budget. `X-Forwarded-For` is
 //! believed only when the peer is a configured trusted proxy.
