@@ -151,7 +151,7 @@ impl Application {
         let jwt_keys = jwt_keys(&settings)?;
         tracing::info!(target: "turnout::audit", keys = jwt_keys.len(), "jwt keys loaded; the first signs");
         let digests = AccountDigests::new(&jwt_keys[0]);
-        let passes = SignInPasses::new(&jwt_keys[0]);
+        let passes = SignInPasses::new(&jwt_keys);
         let tokens = TokenKeys::new(
             &jwt_keys,
             settings.auth.issuer.clone(),

@@ -407,10 +407,9 @@ impl Settings {
             "realtime.hub_threads must be at least 1"
         );
         anyhow::ensure!(
-            self.realtime.venue_hubs_reserved <= self.realtime.max_hubs,
-            "realtime.venue_hubs_reserved ({}) must be at most realtime.max_hubs ({})",
-            self.realtime.venue_hubs_reserved,
-            self.realtime.max_hubs
+            self.realtime.venue_hubs_percent <= 100,
+            "realtime.venue_hubs_percent ({}) is a share of realtime.max_hubs: at most 100",
+            self.realtime.venue_hubs_percent
         );
         // Values that parse but would break the server, not configure it.
         for (fine, refusal) in [
@@ -758,9 +757,7 @@ mod tests {
         assert!(refused(|s| s.realtime.heartbeat_secs = 0).contains("heartbeat_secs"));
         assert!(refused(|s| s.realtime.client_timeout_secs = 25).contains("client_timeout"));
         assert!(refused(|s| s.realtime.max_frame_bytes = 0).contains("max_frame_bytes"));
-        assert!(
-            refused(|s| s.realtime.venue_hubs_reserved = 20_001).contains("venue_hubs_reserved")
-        );
+        assert!(refused(|s| s.realtime.venue_hubs_percent = 101).contains("venue_hubs_percent"));
         assert!(refused(|s| s.realtime.max_queued_bytes = 0).contains("max_queued_bytes"));
         assert!(refused(|s| s.recommendations.debounce_ms = 0).contains("debounce_ms"));
         assert!(refused(|s| s.recommendations.radius_km = 1000.0).contains("radius_km"));

@@ -7,10 +7,12 @@
 //! - Per address, over all accounts: ten times the budget, then locked
 //!   (credential stuffing from one address).
 //! - A device that holds a sign-in pass for the account ([`SignInPasses`]:
-//!   it signed in from there before) is let past both address locks: one
+//!   it signed in from there before) is let past its address's locks: one
 //!   guesser behind an office's or a carrier's shared address cannot lock
-//!   the people behind it out, right passwords and all. The account's
-//!   delay still holds it, and its failures still count.
+//!   the people behind it out, right passwords and all. Its failures are
+//!   counted per (account, pass) instead, from whatever address, and lock
+//!   that pass out after `lock_after`: a copied pass gets no more guesses
+//!   than an address. The account's delay still holds it.
 //! - Per account, over all addresses: after `slow_after` failures each
 //!   attempt waits longer, up to `max_delay_ms` — a growing delay, never a
 //!   lock, so the owner still gets in. The delay holds each attempt, not
@@ -51,6 +53,15 @@ pub struct LockoutSettings {
     pub lock_secs: u64,
 }
 
+/// Where a login's attempts on an account are counted from: its address,
+/// or the sign-in pass it holds (by the pass's issue time), which works
+/// from any address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Origin {
+    Address(IpAddr),
+    Pass(i64),
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Failures {
     count: u32,
@@ -86,6 +97,7 @@ pub enum Admission<'g> {
 pub struct Attempt<'g> {
     guard: &'g LoginGuard,
     account: Account,
+    origin: Origin,
     ip: IpAddr,
 }
 
@@ -95,7 +107,7 @@ pub struct LoginGuard {
     digests: AccountDigests,
     passes: SignInPasses,
     accounts: DashMap<Account, Failures>,
-    pairs: DashMap<(Account, IpAddr), Failures>,
+    pairs: DashMap<(Account, Origin), Failures>,
     addresses: DashMap<IpAddr, Failures>,
 }
 
@@ -154,21 +166,25 @@ impl LoginGuard {
     /// that order), so two parallel attempts cannot both take the last try;
     /// an address locked out stores nothing more, whatever email it tries.
     /// `pass`, the client's sign-in pass if it sent one, lets a device that
-    /// signed in to this account before past the address's locks.
+    /// signed in to this account before past the address's locks, to meet
+    /// its pass's own.
     pub fn admit(&self, email: &Email, ip: IpAddr, pass: Option<&str>) -> Admission<'_> {
         let (account, ip) = (self.digests.account(email), counted_as(ip));
         let now = chrono::Utc::now().timestamp();
-        let known_device = pass.is_some_and(|pass| self.passes.admits(pass, &account, now));
+        let pass = pass.and_then(|pass| self.passes.issued_at(pass, &account, now));
+        let origin = pass.map_or(Origin::Address(ip), Origin::Pass);
         let lock_after = self.settings.lock_after;
         let mut address = self.addresses.entry(ip).or_insert_with(Failures::none);
-        if !known_device && let Some(wait) = self.lock(&address, lock_after.saturating_mul(10)) {
+        if pass.is_none()
+            && let Some(wait) = self.lock(&address, lock_after.saturating_mul(10))
+        {
             return Admission::Locked(wait);
         }
         let mut pair = self
             .pairs
-            .entry((account, ip))
+            .entry((account, origin))
             .or_insert_with(Failures::none);
-        if !known_device && let Some(wait) = self.lock(&pair, lock_after) {
+        if let Some(wait) = self.lock(&pair, lock_after) {
             return Admission::Locked(wait);
         }
         pair.in_flight += 1;
@@ -180,6 +196,7 @@ impl LoginGuard {
         let attempt = Attempt {
             guard: self,
             account,
+            origin,
             ip,
         };
         Admission::Proceed(attempt, Duration::from_millis(delay))
@@ -217,12 +234,13 @@ impl Attempt<'_> {
         let pair = bump(
             &mut guard
                 .pairs
-                .entry((self.account, self.ip))
+                .entry((self.account, self.origin))
                 .or_insert_with(Failures::none),
         );
         if pair == guard.settings.lock_after {
-            tracing::warn!(target: "turnout::audit", account = %self.account.logged(), ip = %self.ip,
-                "an address is locked out of an account after repeated failed logins");
+            let with_pass = matches!(self.origin, Origin::Pass(_));
+            tracing::warn!(target: "turnout::audit", account = %self.account.logged(), ip = %self.ip, with_pass,
+                "logins from an address (or with a sign-in pass) are locked out of an account after repeated failures");
         }
         bump(
             &mut guard
@@ -237,7 +255,7 @@ impl Attempt<'_> {
     /// it are forgotten.
     pub fn succeeded(self) {
         self.guard.accounts.remove(&self.account);
-        if let Some(mut pair) = self.guard.pairs.get_mut(&(self.account, self.ip)) {
+        if let Some(mut pair) = self.guard.pairs.get_mut(&(self.account, self.origin)) {
             pair.count = 0;
         }
     }
@@ -245,7 +263,7 @@ impl Attempt<'_> {
 
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
-        if let Some(mut pair) = self.guard.pairs.get_mut(&(self.account, self.ip)) {
+        if let Some(mut pair) = self.guard.pairs.get_mut(&(self.account, self.origin)) {
             pair.in_flight = pair.in_flight.saturating_sub(1);
         }
         if let Some(mut address) = self.guard.addresses.get_mut(&self.ip) {
@@ -269,7 +287,11 @@ mod tests {
 
     fn guard_with(settings: LockoutSettings) -> LoginGuard {
         let key = secrecy::SecretString::from("lockout-test-key-lockout-test-key");
-        LoginGuard::new(settings, AccountDigests::new(&key), SignInPasses::new(&key))
+        LoginGuard::new(
+            settings,
+            AccountDigests::new(&key),
+            SignInPasses::new(&[key]),
+        )
     }
 
     fn email(raw: &str) -> Email {
@@ -370,40 +392,45 @@ mod tests {
         assert_eq!(pause(&g, "fresh@x.org", ip(8)), Some(Duration::ZERO));
     }
 
-    /// A guesser behind a shared address locks it out over all accounts,
-    /// and out of an account it guessed at; a device that signed in to
-    /// that account before, holding its pass, is let in all the same. The
-    /// guesser, holding none, is told the same whatever account it tries.
+    /// A guesser behind a shared address locks it out of an account it
+    /// guessed at, then over all accounts; a device that signed in to that
+    /// account before, holding its pass, is let in all the same, to meet
+    /// its pass's own lock, from whatever address. Without a pass the
+    /// answer is the same whatever the account.
     #[test]
     fn a_sign_in_pass_lets_its_device_past_the_address_locks() {
         let g = guard();
         let regular = g.pass_for(&email("regular@x.org"));
-        for i in 0..40 {
-            fail(&g, &format!("user{i}@x.org"), ip(7));
-        }
+        let with_pass = |raw: &str, at: IpAddr| g.admit(&email(raw), at, Some(&regular));
         for _ in 0..4 {
-            match g.admit(&email("regular@x.org"), ip(7), Some(&regular)) {
-                Admission::Proceed(attempt, _) => attempt.failed(),
-                Admission::Locked(_) => panic!("the pass's device is let in"),
-            }
+            fail(&g, "regular@x.org", ip(7));
+        }
+        // Forty failures in all lock the address over all accounts.
+        for i in 0..36 {
+            fail(&g, &format!("user{i}@x.org"), ip(7));
         }
         assert!(
             lock(&g, "regular@x.org", ip(7)).is_some(),
             "no pass: locked"
         );
         assert!(lock(&g, "newcomer@x.org", ip(7)).is_some());
-        let Admission::Proceed(attempt, pause) =
-            g.admit(&email("regular@x.org"), ip(7), Some(&regular))
-        else {
-            panic!("the pass's device is let in, past the account's own lock there too")
-        };
-        assert!(pause > Duration::ZERO, "the account's delay still holds it");
-        attempt.succeeded();
+        for _ in 0..4 {
+            match with_pass("regular@x.org", ip(7)) {
+                Admission::Proceed(attempt, pause) => {
+                    assert!(pause > Duration::ZERO, "the account's delay still holds it");
+                    attempt.failed();
+                }
+                Admission::Locked(_) => panic!("the pass's device is let in"),
+            }
+        }
+        for at in [ip(7), ip(9)] {
+            assert!(
+                matches!(with_pass("regular@x.org", at), Admission::Locked(_)),
+                "four failures lock the pass out, from anywhere"
+            );
+        }
         assert!(
-            matches!(
-                g.admit(&email("newcomer@x.org"), ip(7), Some(&regular)),
-                Admission::Locked(_)
-            ),
+            matches!(with_pass("newcomer@x.org", ip(7)), Admission::Locked(_)),
             "a pass is its account's alone"
         );
     }

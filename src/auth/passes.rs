@@ -8,9 +8,11 @@
 //!
 //! A pass is the time it was issued and an HMAC-SHA-256 of the account
 //! and that time, under a key derived from the signing JWT key (every node
-//! shares it) with a label of its own: nothing is stored, and rotating the
-//! signing key ends every pass (the next sign-in brings a new one). It is
-//! good for [`PASS_LIFETIME`].
+//! shares it) with a label of its own: nothing is stored. As tokens are,
+//! passes are made under the first key of the list and accepted under any,
+//! so a rotation ends a pass only once its key leaves the list. It is good
+//! for [`PASS_LIFETIME_SECS`], and the guard counts a pass holder's
+//! failures per pass: a copied pass gets no more guesses than an address.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -26,13 +28,17 @@ const LABEL: &[u8] = b"turnout sign-in passes v1";
 /// How long a pass lets its device past the address locks.
 pub const PASS_LIFETIME_SECS: i64 = 30 * 24 * 3600;
 
+/// How far ahead of this node's clock a pass may have been issued (by a
+/// node whose clock runs ahead): as much as tokens are allowed.
+const CLOCK_SKEW_SECS: i64 = 60;
+
 /// A pass's bytes: the issue time (seconds, big-endian), then the MAC.
 const ISSUED: usize = 8;
 const LEN: usize = ISSUED + 32;
 
-/// Passes under one key.
+/// Passes under the JWT keys: made under the first, accepted under any.
 #[derive(Clone)]
-pub struct SignInPasses(Hmac<Sha256>);
+pub struct SignInPasses(Vec<Hmac<Sha256>>);
 
 impl std::fmt::Debug for SignInPasses {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -41,17 +47,22 @@ impl std::fmt::Debug for SignInPasses {
 }
 
 impl SignInPasses {
-    /// Keyed from the signing JWT key.
-    pub fn new(signing_key: &SecretString) -> Self {
-        let mut derive = Hmac::<Sha256>::new_from_slice(signing_key.expose_secret().as_bytes())
+    /// Keyed from the JWT keys (the first signs), at least one.
+    pub fn new(jwt_keys: &[SecretString]) -> Self {
+        assert!(!jwt_keys.is_empty(), "passes need a key");
+        Self(jwt_keys.iter().map(Self::derive).collect())
+    }
+
+    fn derive(jwt_key: &SecretString) -> Hmac<Sha256> {
+        let mut derive = Hmac::<Sha256>::new_from_slice(jwt_key.expose_secret().as_bytes())
             .expect("HMAC takes a key of any length");
         derive.update(LABEL);
         let key = derive.finalize().into_bytes();
-        Self(Hmac::new_from_slice(&key).expect("HMAC takes a key of any length"))
+        Hmac::new_from_slice(&key).expect("HMAC takes a key of any length")
     }
 
-    fn mac(&self, account: &Account, issued: [u8; ISSUED]) -> Hmac<Sha256> {
-        let mut mac = self.0.clone();
+    fn mac(key: &Hmac<Sha256>, account: &Account, issued: [u8; ISSUED]) -> Hmac<Sha256> {
+        let mut mac = key.clone();
         mac.update(account.as_bytes());
         mac.update(&issued);
         mac
@@ -62,25 +73,28 @@ impl SignInPasses {
         let issued = now.to_be_bytes();
         let mut pass = Vec::with_capacity(LEN);
         pass.extend_from_slice(&issued);
-        pass.extend_from_slice(&self.mac(account, issued).finalize().into_bytes());
+        pass.extend_from_slice(
+            &Self::mac(&self.0[0], account, issued)
+                .finalize()
+                .into_bytes(),
+        );
         URL_SAFE_NO_PAD.encode(pass)
     }
 
-    /// Whether `pass` was issued for `account` within its lifetime before
-    /// `now`. Anything else — another account's, an old one, one under
-    /// another key, garbage — is no pass.
-    pub(crate) fn admits(&self, pass: &str, account: &Account, now: i64) -> bool {
-        let Ok(bytes) = URL_SAFE_NO_PAD.decode(pass) else {
-            return false;
-        };
-        let Ok(raw) = <[u8; LEN]>::try_from(bytes.as_slice()) else {
-            return false;
-        };
+    /// When `pass` was issued, if it was for `account`, under one of the
+    /// keys, and is within its lifetime at `now`. Anything else — another
+    /// account's, an old one, one under a key gone from the list,
+    /// garbage — is no pass.
+    pub(crate) fn issued_at(&self, pass: &str, account: &Account, now: i64) -> Option<i64> {
+        let bytes = URL_SAFE_NO_PAD.decode(pass).ok()?;
+        let raw = <[u8; LEN]>::try_from(bytes.as_slice()).ok()?;
         let (issued, tag) = raw.split_at(ISSUED);
         let issued: [u8; ISSUED] = issued.try_into().expect("split at ISSUED");
-        let age = now.saturating_sub(i64::from_be_bytes(issued));
-        (0..PASS_LIFETIME_SECS).contains(&age)
-            && self.mac(account, issued).verify_slice(tag).is_ok()
+        let at = i64::from_be_bytes(issued);
+        let age = now.saturating_sub(at);
+        let genuine = |key| Self::mac(key, account, issued).verify_slice(tag).is_ok();
+        ((-CLOCK_SKEW_SECS..PASS_LIFETIME_SECS).contains(&age) && self.0.iter().any(genuine))
+            .then_some(at)
     }
 }
 
@@ -100,30 +114,56 @@ mod tests {
 
     #[test]
     fn a_pass_admits_its_account_for_its_lifetime_only() {
-        let passes = SignInPasses::new(&key("signing-key-signing-key-signing-k"));
+        let old = key("old-signing-key-old-signing-key-o");
+        let new = key("new-signing-key-new-signing-key-n");
+        let passes = SignInPasses::new(std::slice::from_ref(&old));
         let (ada, bo) = (account("ada@example.com"), account("bo@example.com"));
         let now = 1_800_000_000;
         let pass = passes.issue(&ada, now);
-        assert!(passes.admits(&pass, &ada, now));
-        assert!(passes.admits(&pass, &ada, now + PASS_LIFETIME_SECS - 1));
-        assert!(
-            !passes.admits(&pass, &ada, now + PASS_LIFETIME_SECS),
+        let admits = |passes: &SignInPasses, account, at| passes.issued_at(&pass, account, at);
+        assert_eq!(admits(&passes, &ada, now), Some(now));
+        assert_eq!(
+            admits(&passes, &ada, now + PASS_LIFETIME_SECS - 1),
+            Some(now)
+        );
+        assert_eq!(
+            admits(&passes, &ada, now + PASS_LIFETIME_SECS),
+            None,
             "run out"
         );
-        assert!(!passes.admits(&pass, &ada, now - 1), "issued in the future");
-        assert!(!passes.admits(&pass, &bo, now), "another account's");
+        assert_eq!(
+            admits(&passes, &ada, now - 30),
+            Some(now),
+            "from a clock ahead"
+        );
+        assert_eq!(
+            admits(&passes, &ada, now - 61),
+            None,
+            "issued too far ahead"
+        );
+        assert_eq!(admits(&passes, &bo, now), None, "another account's");
 
-        let rotated = SignInPasses::new(&key("another-signing-key-another-key"));
-        assert!(!rotated.admits(&pass, &ada, now), "under another key");
+        let rotating = SignInPasses::new(&[new.clone(), old]);
+        assert_eq!(
+            admits(&rotating, &ada, now),
+            Some(now),
+            "the old key still listed"
+        );
+        let rotated = SignInPasses::new(&[new]);
+        assert_eq!(admits(&rotated, &ada, now), None, "the old key gone");
+        let made_now = rotating.issue(&ada, now);
+        assert_eq!(
+            rotated.issued_at(&made_now, &ada, now),
+            Some(now),
+            "made under the first"
+        );
 
         let mut forged = URL_SAFE_NO_PAD.decode(&pass).unwrap();
         forged[..ISSUED].copy_from_slice(&(now + 10).to_be_bytes());
-        assert!(
-            !passes.admits(&URL_SAFE_NO_PAD.encode(&forged), &ada, now + 20),
-            "re-dated"
-        );
+        let forged = URL_SAFE_NO_PAD.encode(&forged);
+        assert_eq!(passes.issued_at(&forged, &ada, now + 20), None, "re-dated");
         for garbage in ["", "not base64!", "AAAA", &pass[..pass.len() - 2]] {
-            assert!(!passes.admits(garbage, &ada, now), "{garbage:?}");
+            assert_eq!(passes.issued_at(garbage, &ada, now), None, "{garbage:?}");
         }
     }
 }

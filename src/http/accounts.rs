@@ -185,7 +185,7 @@ pub async fn register(
     Ok(session_response(StatusCode::CREATED, user, &tokens, pass))
 }
 
-/// `{user, token}` for a signed-in user. Tokens are never cached.
+/// `{user, token, sign_in_pass}` for a signed-in user. Never cached.
 fn session_response(
     status: StatusCode,
     user: UserRecord,

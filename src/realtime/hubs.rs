@@ -5,7 +5,7 @@
 //! `max_hubs` event and venue hubs and `max_feed_hubs` feed hubs run at
 //! once, and an `event:<id>` that names no published event starts no hub
 //! (after the first look, the miss is remembered for a few seconds). Of
-//! `max_hubs`, `venue_hubs_reserved` are the venues' alone: every
+//! `max_hubs`, `venue_hubs_percent` are the venues' alone: every
 //! published event is a channel anyone may open, so a few addresses could
 //! otherwise take every hub and leave the venues' screens none, while a
 //! venue hub needs a venue, which takes an account to make.
@@ -157,7 +157,10 @@ impl Hubs {
             idle: Duration::from_secs(settings.hub_idle_secs),
             caps: HubCaps {
                 hubs: settings.max_hubs,
-                venues_reserved: settings.venue_hubs_reserved,
+                venues_reserved: settings
+                    .max_hubs
+                    .saturating_mul(settings.venue_hubs_percent.min(100))
+                    / 100,
                 feeds: settings.max_feed_hubs,
             },
             misses: RecentMisses::new(Duration::from_secs(10), 10_000),

@@ -68,9 +68,10 @@ pub struct RealtimeSettings {
     pub max_subscribes_per_minute: u32,
     /// Event and venue hubs running at once; a subscribe past it is refused.
     pub max_hubs: usize,
-    /// Of `max_hubs`, how many only venue channels (the kiosks') may take:
-    /// event channels opened by a few addresses cannot leave them none.
-    pub venue_hubs_reserved: usize,
+    /// The share of `max_hubs`, in percent, that only venue channels (the
+    /// kiosks') may take: event channels opened by a few addresses cannot
+    /// leave them none. A share, so that it fits any `max_hubs`.
+    pub venue_hubs_percent: usize,
     /// Feed hubs (`feed`, `feed?tag=…`, `feed?near=…`) running at once: each
     /// holds a listing of its own.
     pub max_feed_hubs: usize,

@@ -338,7 +338,6 @@ async fn a_refused_subscribe_is_not_live_and_is_tried_again() {
     }
     let app = crate::helpers::spawn_app_with(Backend::Sqlite, |s| {
         s.realtime.max_hubs = 1;
-        s.realtime.venue_hubs_reserved = 0;
         s.realtime.hub_idle_secs = 1;
     })
     .await
