@@ -23,10 +23,6 @@ const LABEL: &[u8] = b"turnout account digests v1";
 pub(crate) struct Account([u8; 32]);
 
 impl Account {
-    pub(crate) fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
     /// The name logs give it: the digest's first 8 bytes, in hex.
     pub fn logged(&self) -> String {
         self.0[..8].iter().map(|b| format!("{b:02x}")).collect()

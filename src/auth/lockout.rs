@@ -132,8 +132,7 @@ impl LoginGuard {
     /// proved it holds the account (its password right, or the account
     /// just made).
     pub fn pass_for(&self, email: &Email) -> String {
-        let now = chrono::Utc::now().timestamp();
-        self.passes.issue(&self.digests.account(email), now)
+        self.passes.issue(email, chrono::Utc::now().timestamp())
     }
 
     fn lock_window(&self) -> Duration {
@@ -164,16 +163,25 @@ impl LoginGuard {
     /// returned [`Attempt`] is settled or dropped. The address's entry is
     /// locked while the pair's is checked (the one place two are held, in
     /// that order), so two parallel attempts cannot both take the last try;
-    /// an address locked out stores nothing more, whatever email it tries.
-    /// `pass`, the client's sign-in pass if it sent one, lets a device that
-    /// signed in to this account before past the address's locks, to meet
-    /// its pass's own.
+    /// an address locked out stores nothing more, whatever email it tries
+    /// (bar an attempt with a valid pass, counted per pass). `pass`, the
+    /// client's sign-in pass if it sent one, lets a device that signed in
+    /// to this account before past the address's locks, to meet its
+    /// pass's own; a pass locked out is ignored.
     pub fn admit(&self, email: &Email, ip: IpAddr, pass: Option<&str>) -> Admission<'_> {
         let (account, ip) = (self.digests.account(email), counted_as(ip));
         let now = chrono::Utc::now().timestamp();
-        let pass = pass.and_then(|pass| self.passes.issued_at(pass, &account, now));
-        let origin = pass.map_or(Origin::Address(ip), Origin::Pass);
         let lock_after = self.settings.lock_after;
+        let pass = pass
+            .and_then(|pass| self.passes.issued_at(pass, email, now))
+            // A pass locked out is no pass: its device is counted by its
+            // address, as any other (so the owner, whose device sends the
+            // pass it keeps, still signs in where that address may).
+            .filter(|issued| {
+                let pair = self.pairs.get(&(account, Origin::Pass(*issued)));
+                pair.is_none_or(|failures| self.lock(&failures, lock_after).is_none())
+            });
+        let origin = pass.map_or(Origin::Address(ip), Origin::Pass);
         let mut address = self.addresses.entry(ip).or_insert_with(Failures::none);
         if pass.is_none()
             && let Some(wait) = self.lock(&address, lock_after.saturating_mul(10))
@@ -238,8 +246,11 @@ impl Attempt<'_> {
                 .or_insert_with(Failures::none),
         );
         if pair == guard.settings.lock_after {
-            let with_pass = matches!(self.origin, Origin::Pass(_));
-            tracing::warn!(target: "turnout::audit", account = %self.account.logged(), ip = %self.ip, with_pass,
+            let pass_issued = match self.origin {
+                Origin::Pass(issued) => Some(issued),
+                Origin::Address(_) => None,
+            };
+            tracing::warn!(target: "turnout::audit", account = %self.account.logged(), ip = %self.ip, ?pass_issued,
                 "logins from an address (or with a sign-in pass) are locked out of an account after repeated failures");
         }
         bump(
@@ -251,8 +262,8 @@ impl Attempt<'_> {
         // Dropped here: counted as a failure, no longer in flight.
     }
 
-    /// The right password: the account's and this address's failures for
-    /// it are forgotten.
+    /// The right password: the account's failures are forgotten, and those
+    /// of this address (or this pass) for it.
     pub fn succeeded(self) {
         self.guard.accounts.remove(&self.account);
         if let Some(mut pair) = self.guard.pairs.get_mut(&(self.account, self.origin)) {
@@ -423,16 +434,48 @@ mod tests {
                 Admission::Locked(_) => panic!("the pass's device is let in"),
             }
         }
-        for at in [ip(7), ip(9)] {
-            assert!(
-                matches!(with_pass("regular@x.org", at), Admission::Locked(_)),
-                "four failures lock the pass out, from anywhere"
-            );
-        }
+        assert!(
+            matches!(with_pass("regular@x.org", ip(7)), Admission::Locked(_)),
+            "four failures lock the pass out: the device is the address's again"
+        );
+        assert!(
+            matches!(with_pass("regular@x.org", ip(9)), Admission::Proceed(..)),
+            "elsewhere, a locked pass is no pass, and no lock either"
+        );
         assert!(
             matches!(with_pass("newcomer@x.org", ip(7)), Admission::Locked(_)),
             "a pass is its account's alone"
         );
+    }
+
+    /// Passes are made under the first JWT key and taken under any: a
+    /// rolling deploy that puts a new key first keeps the passes made
+    /// before it (the guard's own digests change with the first key).
+    #[test]
+    fn a_pass_outlives_a_new_key_put_first() {
+        let settings = guard().settings;
+        let (old, new) = (
+            secrecy::SecretString::from("old-lockout-key-old-lockout-key-o"),
+            secrecy::SecretString::from("new-lockout-key-new-lockout-key-n"),
+        );
+        let before = LoginGuard::new(
+            settings.clone(),
+            AccountDigests::new(&old),
+            SignInPasses::new(std::slice::from_ref(&old)),
+        );
+        let pass = before.pass_for(&email("regular@x.org"));
+        let after = LoginGuard::new(
+            settings,
+            AccountDigests::new(&new),
+            SignInPasses::new(&[new, old]),
+        );
+        for i in 0..40 {
+            fail(&after, &format!("user{i}@x.org"), ip(7));
+        }
+        assert!(matches!(
+            after.admit(&email("regular@x.org"), ip(7), Some(&pass)),
+            Admission::Proceed(..)
+        ));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! `max_hubs` event and venue hubs and `max_feed_hubs` feed hubs run at
 //! once, and an `event:<id>` that names no published event starts no hub
 //! (after the first look, the miss is remembered for a few seconds). Of
-//! `max_hubs`, `venue_hubs_percent` are the venues' alone: every
+//! `max_hubs`, the share `venue_hubs_percent` is the venues' alone: every
 //! published event is a channel anyone may open, so a few addresses could
 //! otherwise take every hub and leave the venues' screens none, while a
 //! venue hub needs a venue, which takes an account to make.
