@@ -10,9 +10,10 @@
 //!   it signed in from there before) is let past its address's locks: one
 //!   guesser behind an office's or a carrier's shared address cannot lock
 //!   the people behind it out, right passwords and all. Its failures are
-//!   counted per (account, pass) instead, from whatever address, and lock
-//!   that pass out after `lock_after`: a copied pass gets no more guesses
-//!   than an address. The account's delay still holds it.
+//!   counted per (account, pass) instead, from whatever address, and after
+//!   `lock_after` the pass counts for nothing: its device is counted by
+//!   its address again, so a copied pass gets no more guesses than an
+//!   address. The account's delay still holds it.
 //! - Per account, over all addresses: after `slow_after` failures each
 //!   attempt waits longer, up to `max_delay_ms` — a growing delay, never a
 //!   lock, so the owner still gets in. The delay holds each attempt, not
@@ -177,9 +178,12 @@ impl LoginGuard {
             // A pass locked out is no pass: its device is counted by its
             // address, as any other (so the owner, whose device sends the
             // pass it keeps, still signs in where that address may).
+            // (Its failures, not its attempts in flight: a pass at its limit
+            // while guesses are checked waits for them, as an address does.)
             .filter(|issued| {
                 let pair = self.pairs.get(&(account, Origin::Pass(*issued)));
-                pair.is_none_or(|failures| self.lock(&failures, lock_after).is_none())
+                let failed = self.recent(pair.map(|failures| *failures));
+                failed.is_none_or(|failures| failures.count < lock_after)
             });
         let origin = pass.map_or(Origin::Address(ip), Origin::Pass);
         let mut address = self.addresses.entry(ip).or_insert_with(Failures::none);

@@ -837,6 +837,32 @@ async fn a_guesser_behind_a_shared_address_cannot_lock_its_regulars_out() {
             "the regular's device is let in"
         );
     }
+
+    // A pass guessed with (copied, say) gets as many tries as an address,
+    // then counts for nothing: at the office the device is locked out with
+    // the rest; at home, where nothing is locked, it signs in as anyone.
+    for _ in 0..2 {
+        let guess = login("regular@example.com", "a guess", Some(&pass))
+            .await
+            .unwrap();
+        assert_eq!(guess.status(), StatusCode::UNAUTHORIZED);
+    }
+    let locked = login("regular@example.com", "correct horse", Some(&pass))
+        .await
+        .unwrap();
+    assert_error(locked, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    let at_home = app
+        .request(Method::POST, "/v1/auth/login")
+        .header("X-Forwarded-For", "198.51.100.30")
+        .json(&json!({ "email": "regular@example.com", "password": "correct horse", "sign_in_pass": pass }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        at_home.status(),
+        StatusCode::OK,
+        "the pass's lock is not the owner's"
+    );
 }
 
 /// `/metrics` answers only to the addresses an operator lists, or only on a
