@@ -301,7 +301,7 @@ async fn wait_for_the_last_process_of(
             |n: &&NodeRecord| n.id == id.as_uuid() && heard_within(lease_ttl, n.heartbeat_at, now);
         let running = nodes.iter().find(alive);
         let holding = (leases.iter())
-            .filter(|l| l.node == Some(id.as_uuid()) && l.expires_at >= now)
+            .filter(|l| l.holder_at(now) == Some(id.as_uuid()))
             .count();
         if running.is_none() && holding == 0 {
             return Ok(());

@@ -312,9 +312,9 @@ impl Placement {
         let holders = leases
             .iter()
             .map(|lease| {
-                let holder = lease.node?;
+                let holder = lease.holder_at(now)?;
                 let node = live.iter().find(|n| n.id == holder)?;
-                (lease.expires_at >= now).then(|| Holder {
+                Some(Holder {
                     node: holder,
                     address: Arc::from(node.address.as_str()),
                 })

@@ -157,7 +157,7 @@ impl Breaker {
     }
 
     /// Hands back an admitted write whose outcome says nothing of the
-    /// store (another node's failure):
+    /// store (another node's failure, an event's actor reloading):
     /// no verdict, and if it was the probe, the next write probes.
     pub fn release(&self, admitted: Admitted<'_>) {
         drop(admitted);

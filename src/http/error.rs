@@ -282,7 +282,8 @@ impl From<CommandError> for ApiError {
         match error {
             CommandError::Rejected(rejection) => rejection.into(),
             CommandError::Overloaded => ApiError::Overloaded("the event is busy; retry shortly"),
-            // Nobody could be found to decide it before the deadline.
+            // Not decided: the store failed or was too slow, the event is
+            // reloading, or nobody held it before the deadline.
             CommandError::Unavailable | CommandError::Interrupted | CommandError::NotHere => {
                 ApiError::Unavailable
             }

@@ -287,12 +287,13 @@ pub fn optional_json<T: serde::de::DeserializeOwned>(
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
+    // The test actix's `JsonBody` makes of a required body's type.
     let json = matches!(
         actix_web::HttpMessage::mime_type(req),
         Ok(Some(mime)) if mime.subtype() == actix_web::mime::JSON || mime.suffix() == Some(actix_web::mime::JSON)
     );
     if !json {
-        return Err(ApiError::NotJson);
+        return Err(json_error(JsonPayloadError::ContentType, body.len()));
     }
     serde_json::from_slice(body)
         .map(Some)

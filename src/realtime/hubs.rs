@@ -159,7 +159,7 @@ impl Hubs {
                 hubs: settings.max_hubs,
                 venues_reserved: settings
                     .max_hubs
-                    .saturating_mul(settings.venue_hubs_percent.min(100))
+                    .saturating_mul(settings.venue_hubs_percent)
                     / 100,
                 feeds: settings.max_feed_hubs,
             },
@@ -190,10 +190,18 @@ impl Hubs {
         }
         // Counted before the entry is locked (`len` reads every shard);
         // starters racing past it together overshoot by at most their number.
-        let running = Running {
-            events: self.0.events.len(),
-            venues: self.0.venues.len(),
-            feeds: self.0.feeds.len(),
+        // Only the counts the channel's rule reads.
+        let running = match channel {
+            Channel::Feed { .. } => Running {
+                events: 0,
+                venues: 0,
+                feeds: self.0.feeds.len(),
+            },
+            _ => Running {
+                events: self.0.events.len(),
+                venues: self.0.venues.len(),
+                feeds: 0,
+            },
         };
         if !self.0.caps.admit(channel, running) {
             metrics::counter!("turnout_ws_hubs_refused_total", "kind" => channel.kind())

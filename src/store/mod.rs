@@ -409,6 +409,11 @@ impl LeaseRecord {
     pub fn is_takeable_by(&self, node: Uuid, now: i64) -> bool {
         self.node.is_none_or(|holder| holder == node) || self.expires_at < now
     }
+
+    /// The node holding the shard at `now`, if its lease has not run out.
+    pub fn holder_at(&self, now: i64) -> Option<Uuid> {
+        self.node.filter(|_| self.expires_at >= now)
+    }
 }
 
 /// The cluster's membership: the shard count fixed in the database, the

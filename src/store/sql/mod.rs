@@ -22,9 +22,10 @@ mod reads;
 mod relay;
 mod venues;
 
-/// What each database's journal commits through: its own connection, so
-/// that group commits never queue behind a burst of requests' reads for a
-/// pooled one (on SQLite they share it with the outbox relay alone).
+/// What differs between the two databases: what the journal commits
+/// through — its own connection, so that group commits never queue behind
+/// a burst of requests' reads for a pooled one (on SQLite they share it
+/// with the outbox relay alone) — and how a read begins a snapshot.
 pub trait Dialect: sqlx::Database {
     type Writer: Send + Sync;
 
