@@ -18,6 +18,16 @@ use super::Email;
 /// What the derivation keys the digests' key with.
 const LABEL: &[u8] = b"turnout account digests v1";
 
+/// An HMAC-SHA-256 under a key derived from `jwt_key` for one use, named
+/// by `label`: what it makes says nothing of a token, nor of another use's.
+pub(super) fn derived_hmac(jwt_key: &SecretString, label: &[u8]) -> Hmac<Sha256> {
+    let mut derive = Hmac::<Sha256>::new_from_slice(jwt_key.expose_secret().as_bytes())
+        .expect("HMAC takes a key of any length");
+    derive.update(label);
+    let key = derive.finalize().into_bytes();
+    Hmac::new_from_slice(&key).expect("HMAC takes a key of any length")
+}
+
 /// An account as the guard counts it and the logs name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Account([u8; 32]);
@@ -42,11 +52,7 @@ impl std::fmt::Debug for AccountDigests {
 impl AccountDigests {
     /// Keyed from the signing JWT key.
     pub fn new(signing_key: &SecretString) -> Self {
-        let mut derive = Hmac::<Sha256>::new_from_slice(signing_key.expose_secret().as_bytes())
-            .expect("HMAC takes a key of any length");
-        derive.update(LABEL);
-        let key = derive.finalize().into_bytes();
-        Self(Hmac::new_from_slice(&key).expect("HMAC takes a key of any length"))
+        Self(derived_hmac(signing_key, LABEL))
     }
 
     pub(crate) fn account(&self, email: &Email) -> Account {

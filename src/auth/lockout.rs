@@ -10,8 +10,9 @@
 //!   it signed in from there before) is let past its address's locks: one
 //!   guesser behind an office's or a carrier's shared address cannot lock
 //!   the people behind it out, right passwords and all. Its failures are
-//!   counted per (account, pass) instead, from whatever address, and after
-//!   `lock_after` the pass counts for nothing: its device is counted by
+//!   counted per (account, pass) instead of per (account, address), from
+//!   whatever address (and still toward its address's total over all
+//!   accounts), and after `lock_after` the pass counts for nothing: its device is counted by
 //!   its address again, so a copied pass gets no more guesses than an
 //!   address. The account's delay still holds it.
 //! - Per account, over all addresses: after `slow_after` failures each
@@ -165,7 +166,8 @@ impl LoginGuard {
     /// locked while the pair's is checked (the one place two are held, in
     /// that order), so two parallel attempts cannot both take the last try;
     /// an address locked out stores nothing more, whatever email it tries
-    /// (bar an attempt with a valid pass, counted per pass). `pass`, the
+    /// (bar an attempt with a valid pass, counted per pass and toward the
+    /// address's total). `pass`, the
     /// client's sign-in pass if it sent one, lets a device that signed in
     /// to this account before past the address's locks, to meet its
     /// pass's own; a pass locked out is ignored.

@@ -16,6 +16,6 @@ pub use credentials::{DisplayName, Email, Password};
 pub use digest::AccountDigests;
 pub use hashing::{Busy, Hashing, HashingSettings};
 pub use lockout::{Admission, LockoutSettings, LoginGuard};
-pub use passes::{PASS_LIFETIME_SECS, SignInPasses};
+pub use passes::SignInPasses;
 pub use role::Role;
 pub use tokens::{Claims, TokenError, TokenKeys};

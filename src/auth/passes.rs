@@ -17,20 +17,18 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use sha2::Sha256;
 
 use super::Email;
+use super::digest::derived_hmac;
+use super::tokens::LEEWAY_SECS;
 
 /// What the derivation keys the passes' key with.
 const LABEL: &[u8] = b"turnout sign-in passes v1";
 
 /// How long a pass lets its device past the address locks.
-pub const PASS_LIFETIME_SECS: i64 = 30 * 24 * 3600;
-
-/// How far ahead of this node's clock a pass may have been issued (by a
-/// node whose clock runs ahead): as much as tokens are allowed.
-const CLOCK_SKEW_SECS: i64 = 60;
+const PASS_LIFETIME_SECS: i64 = 30 * 24 * 3600;
 
 /// A pass's bytes: the issue time (seconds, big-endian), then the MAC.
 const ISSUED: usize = 8;
@@ -50,15 +48,12 @@ impl SignInPasses {
     /// Keyed from the JWT keys (the first signs), at least one.
     pub fn new(jwt_keys: &[SecretString]) -> Self {
         assert!(!jwt_keys.is_empty(), "passes need a key");
-        Self(jwt_keys.iter().map(Self::derive).collect())
-    }
-
-    fn derive(jwt_key: &SecretString) -> Hmac<Sha256> {
-        let mut derive = Hmac::<Sha256>::new_from_slice(jwt_key.expose_secret().as_bytes())
-            .expect("HMAC takes a key of any length");
-        derive.update(LABEL);
-        let key = derive.finalize().into_bytes();
-        Hmac::new_from_slice(&key).expect("HMAC takes a key of any length")
+        Self(
+            jwt_keys
+                .iter()
+                .map(|key| derived_hmac(key, LABEL))
+                .collect(),
+        )
     }
 
     /// Over the email itself, not the guard's digest of it: the digest is
@@ -93,7 +88,9 @@ impl SignInPasses {
         let at = i64::from_be_bytes(issued);
         let age = now.saturating_sub(at);
         let genuine = |key| Self::mac(key, email, issued).verify_slice(tag).is_ok();
-        ((-CLOCK_SKEW_SECS..PASS_LIFETIME_SECS).contains(&age) && self.0.iter().any(genuine))
+        // A node whose clock runs ahead may have issued it: as much leeway as
+        // a token's.
+        ((-LEEWAY_SECS..PASS_LIFETIME_SECS).contains(&age) && self.0.iter().any(genuine))
             .then_some(at)
     }
 }

@@ -68,9 +68,9 @@ pub struct RegisterRequest {
 pub struct LoginRequest {
     pub email: String,
     pub password: String,
-    /// The `sign_in_pass` this device was given when it last signed in to
-    /// this account (or registered it): it lets the login past the locks
-    /// that failed logins from its address may have set.
+    /// A `sign_in_pass` this device was given for this account (at a
+    /// sign-in or its registration) within 30 days: it lets the login past
+    /// the locks that failed logins from its address may have set.
     pub sign_in_pass: Option<String>,
 }
 

@@ -741,30 +741,22 @@ async fn a_stranger_cannot_lock_the_owner_out() {
     .unwrap();
     app.register("owner@example.com").await;
     let login = |from: &'static str, password: &'static str| {
-        app.request(Method::POST, "/v1/auth/login")
-            .header("X-Forwarded-For", from)
-            .json(&json!({ "email": "owner@example.com", "password": password }))
-            .send()
+        app.login_from(from, "owner@example.com", password, None)
     };
     let mut statuses = Vec::new();
     for _ in 0..12 {
-        statuses.push(
-            login("203.0.113.9", "not the password")
-                .await
-                .unwrap()
-                .status(),
-        );
+        statuses.push(login("203.0.113.9", "not the password").await.status());
     }
     assert_eq!(statuses[..10], [StatusCode::UNAUTHORIZED; 10]);
     assert_eq!(statuses[10..], [StatusCode::TOO_MANY_REQUESTS; 2]);
 
-    let owner = login("198.51.100.7", "correct horse").await.unwrap();
+    let owner = login("198.51.100.7", "correct horse").await;
     assert_eq!(
         owner.status(),
         StatusCode::OK,
         "the owner signs in from home"
     );
-    let stranger = login("203.0.113.9", "correct horse").await.unwrap();
+    let stranger = login("203.0.113.9", "correct horse").await;
     assert_error(stranger, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
 }
 
@@ -782,57 +774,36 @@ async fn a_guesser_behind_a_shared_address_cannot_lock_its_regulars_out() {
     })
     .await
     .unwrap();
-    let office = "203.0.113.20";
-    let login = |email: &str, password: &str, pass: Option<&str>| {
-        let mut body = json!({ "email": email, "password": password });
-        if let Some(pass) = pass {
-            body["sign_in_pass"] = json!(pass);
-        }
-        app.request(Method::POST, "/v1/auth/login")
-            .header("X-Forwarded-For", office)
-            .json(&body)
-            .send()
-    };
-    let registered = app
-        .request(Method::POST, "/v1/auth/register")
-        .json(&json!({ "email": "regular@example.com", "password": "correct horse", "display_name": "Regular" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(registered.status(), StatusCode::CREATED);
-    let from_registering = body(registered).await["data"]["sign_in_pass"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let signed_in = login("regular@example.com", "correct horse", None)
-        .await
-        .unwrap();
+    let (office, home) = ("203.0.113.20", "198.51.100.30");
+    let regular = "regular@example.com";
+    let from_registering = app.register_for_pass(regular).await;
+    let signed_in = app.login_from(office, regular, "correct horse", None).await;
     assert_eq!(signed_in.status(), StatusCode::OK);
     let pass = body(signed_in).await["data"]["sign_in_pass"]
         .as_str()
         .unwrap()
         .to_owned();
     for i in 0..20 {
-        let guess = login(&format!("someone{i}@example.com"), "a guess", None)
-            .await
-            .unwrap();
+        let guess = app
+            .login_from(office, &format!("someone{i}@example.com"), "a guess", None)
+            .await;
         assert_eq!(guess.status(), StatusCode::UNAUTHORIZED, "guess {i}");
     }
-    for email in ["someone-else@example.com", "regular@example.com"] {
-        let locked = login(email, "correct horse", None).await.unwrap();
+    for email in ["someone-else@example.com", regular] {
+        let locked = app.login_from(office, email, "correct horse", None).await;
         assert_error(locked, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
     }
-    let wrong_pass = login("someone-else@example.com", "a guess", Some(&pass))
-        .await
-        .unwrap();
+    let wrong_pass = app
+        .login_from(office, "someone-else@example.com", "a guess", Some(&pass))
+        .await;
     assert_error(wrong_pass, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
 
     for pass in [&pass, &from_registering] {
-        let regular = login("regular@example.com", "correct horse", Some(pass))
-            .await
-            .unwrap();
+        let signed_in = app
+            .login_from(office, regular, "correct horse", Some(pass))
+            .await;
         assert_eq!(
-            regular.status(),
+            signed_in.status(),
             StatusCode::OK,
             "the regular's device is let in"
         );
@@ -842,22 +813,18 @@ async fn a_guesser_behind_a_shared_address_cannot_lock_its_regulars_out() {
     // then counts for nothing: at the office the device is locked out with
     // the rest; at home, where nothing is locked, it signs in as anyone.
     for _ in 0..2 {
-        let guess = login("regular@example.com", "a guess", Some(&pass))
-            .await
-            .unwrap();
+        let guess = app
+            .login_from(office, regular, "a guess", Some(&pass))
+            .await;
         assert_eq!(guess.status(), StatusCode::UNAUTHORIZED);
     }
-    let locked = login("regular@example.com", "correct horse", Some(&pass))
-        .await
-        .unwrap();
+    let locked = app
+        .login_from(office, regular, "correct horse", Some(&pass))
+        .await;
     assert_error(locked, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
     let at_home = app
-        .request(Method::POST, "/v1/auth/login")
-        .header("X-Forwarded-For", "198.51.100.30")
-        .json(&json!({ "email": "regular@example.com", "password": "correct horse", "sign_in_pass": pass }))
-        .send()
-        .await
-        .unwrap();
+        .login_from(home, regular, "correct horse", Some(&pass))
+        .await;
     assert_eq!(
         at_home.status(),
         StatusCode::OK,

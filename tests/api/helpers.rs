@@ -239,6 +239,26 @@ impl TestApp {
 
     /// Registers with extra profile fields (`interests`, `home`).
     pub async fn register_with(&self, email: &str, profile: Value) -> User {
+        let body = self.registered(email, profile).await;
+        User {
+            id: body["data"]["user"]["id"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+            token: body["data"]["token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// Registers `email` (password `correct horse`) and keeps the sign-in
+    /// pass the answer gives.
+    pub async fn register_for_pass(&self, email: &str) -> String {
+        let body = self.registered(email, json!({})).await;
+        body["data"]["sign_in_pass"].as_str().unwrap().to_owned()
+    }
+
+    /// The answer of a registration (password `correct horse`).
+    async fn registered(&self, email: &str, profile: Value) -> Value {
         let mut account =
             json!({ "email": email, "password": "correct horse", "display_name": "Test" });
         if let (Some(account), Some(profile)) = (account.as_object_mut(), profile.as_object()) {
@@ -251,15 +271,45 @@ impl TestApp {
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::CREATED);
-        let body = body(response).await;
-        User {
-            id: body["data"]["user"]["id"]
-                .as_str()
-                .unwrap()
-                .parse()
-                .unwrap(),
-            token: body["data"]["token"].as_str().unwrap().to_owned(),
+        body(response).await
+    }
+
+    /// A login from client address `from` (believed when the server
+    /// trusts this machine as a proxy), with a sign-in pass if given.
+    pub async fn login_from(
+        &self,
+        from: &str,
+        email: &str,
+        password: &str,
+        pass: Option<&str>,
+    ) -> Response {
+        let mut login = json!({ "email": email, "password": password });
+        if let Some(pass) = pass {
+            login["sign_in_pass"] = json!(pass);
         }
+        self.request(Method::POST, "/v1/auth/login")
+            .header("X-Forwarded-For", from)
+            .json(&login)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Answers the offer `user` holds (`accept` or `decline`), under an
+    /// idempotency key if given.
+    pub async fn answer_offer(
+        &self,
+        user: &User,
+        event: Uuid,
+        answer: &str,
+        key: Option<&str>,
+    ) -> Response {
+        let path = format!("/v1/events/{event}/offer/{answer}");
+        let mut request = self.as_user(user, Method::POST, &path);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send().await.unwrap()
     }
 
     pub async fn venue(&self, owner: &User) -> Uuid {

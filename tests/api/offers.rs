@@ -25,17 +25,6 @@ pub(crate) async fn offer_event(app: &TestApp, owner: &User, hold_secs: i64) -> 
     .await
 }
 
-async fn answer_offer(app: &TestApp, user: &User, event: Uuid, answer: &str) -> Response {
-    app.as_user(
-        user,
-        Method::POST,
-        &format!("/v1/events/{event}/offer/{answer}"),
-    )
-    .send()
-    .await
-    .unwrap()
-}
-
 async fn join_party(app: &TestApp, user: &User, event: Uuid, seats: Value) -> Response {
     app.as_user(user, Method::POST, &format!("/v1/events/{event}/join"))
         .header("Idempotency-Key", Uuid::new_v4().to_string())
@@ -71,7 +60,7 @@ async fn an_offer_passes_on_until_someone_accepts_it(app: TestApp) {
         app.join(u, event).await;
     }
     assert_error(
-        answer_offer(&app, &b, event, "accept").await,
+        app.answer_offer(&b, event, "accept", None).await,
         StatusCode::CONFLICT,
         "no_offer",
     )
@@ -139,13 +128,13 @@ async fn an_offer_passes_on_until_someone_accepts_it(app: TestApp) {
     assert_eq!(membership(&app, &c, event).await["status"], "offered");
 
     // Accepted: active; accepting again changes nothing; nobody else may.
-    let accepted = body(answer_offer(&app, &c, event, "accept").await).await;
+    let accepted = body(app.answer_offer(&c, event, "accept", None).await).await;
     assert_eq!(accepted["data"]["status"], "active");
-    let twice = answer_offer(&app, &c, event, "accept").await;
+    let twice = app.answer_offer(&c, event, "accept", None).await;
     assert_eq!(twice.status(), StatusCode::OK);
     assert_eq!(body(twice).await["data"]["status"], "active");
     assert_error(
-        answer_offer(&app, &d, event, "accept").await,
+        app.answer_offer(&d, event, "accept", None).await,
         StatusCode::CONFLICT,
         "no_offer",
     )
@@ -423,7 +412,7 @@ async fn the_me_channel_follows_my_place(backend: Backend) {
     assert_eq!(warning["data"]["reason"], "offer_expiring", "{warning}");
     assert_eq!(warning["data"]["place"]["offer_expires_at"], deadline);
 
-    answer_offer(&app, &me, event, "accept").await;
+    app.answer_offer(&me, event, "accept", None).await;
     let accepted = realtime::next(&mut socket).await;
     assert_eq!(
         (

@@ -98,19 +98,11 @@ async fn offer_answers_spend_the_joins_budget() {
     let event = app.published_event(&owner, 5).await;
     let member = app.user();
     assert_eq!(app.join(&member, event).await.status(), StatusCode::CREATED);
-    let accept = |key: &str| {
-        app.as_user(
-            &member,
-            Method::POST,
-            &format!("/v1/events/{event}/offer/accept"),
-        )
-        .header("Idempotency-Key", key)
-        .send()
-    };
+    let accept = |key| app.answer_offer(&member, event, "accept", Some(key));
     for key in ["accept-1", "accept-2"] {
-        assert_eq!(accept(key).await.unwrap().status(), StatusCode::OK, "{key}");
+        assert_eq!(accept(key).await.status(), StatusCode::OK, "{key}");
     }
-    let limited = accept("accept-3").await.unwrap();
+    let limited = accept("accept-3").await;
     assert_error(limited, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
 
     let store = app.store().await;
